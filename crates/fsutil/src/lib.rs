@@ -1,0 +1,252 @@
+//! Crash-safe file system helpers shared by every drivesec crate that persists state.
+//!
+//! The rule they enforce: a reader either sees the old content of a file or the
+//! complete new content, never a partial write. Every write goes to a temporary
+//! file in the same directory, is fsynced, renamed over the target, and the
+//! directory is fsynced so the rename itself survives a power cut.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// An error from a file system operation, naming the path it concerns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsError {
+    /// An I/O operation failed on `path`.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("write", "create directory", ...).
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The target exists and the caller asked not to replace it.
+    #[error("{path} already exists; refusing to overwrite it")]
+    AlreadyExists {
+        /// The existing path.
+        path: PathBuf,
+    },
+}
+
+impl FsError {
+    /// Wraps an I/O error with the operation and path.
+    pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// File mode for a new file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 0600: secrets, keys, anything only the owner may read.
+    Private,
+    /// 0644: certificates, public metadata.
+    Public,
+}
+
+impl Mode {
+    fn bits(self) -> u32 {
+        match self {
+            Mode::Private => 0o600,
+            Mode::Public => 0o644,
+        }
+    }
+}
+
+fn temp_sibling(path: &Path) -> PathBuf {
+    let mut rnd = [0u8; 6];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut rnd);
+    let suffix: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{suffix}"))
+}
+
+/// Fsyncs a directory so that renames and creations inside it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+    let d = File::open(dir).map_err(|e| FsError::io("open directory", dir, e))?;
+    d.sync_all()
+        .map_err(|e| FsError::io("fsync directory", dir, e))
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Atomically replaces `path` with `data`: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8], mode: Mode) -> Result<(), FsError> {
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode.bits())
+            .open(&tmp)
+            .map_err(|e| FsError::io("create", &tmp, e))?;
+        // The umask may have narrowed the mode; never widen a private file.
+        f.set_permissions(fs::Permissions::from_mode(mode.bits()))
+            .map_err(|e| FsError::io("chmod", &tmp, e))?;
+        f.write_all(data)
+            .map_err(|e| FsError::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| FsError::io("fsync", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| FsError::io("rename into place", path, e))?;
+        sync_dir(parent_of(path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Like [`write_atomic`] but fails with [`FsError::AlreadyExists`] if `path` exists.
+///
+/// Uses a hard link from the fsynced temp file, so the check and the creation are
+/// one atomic step even against a concurrent writer.
+pub fn write_new(path: &Path, data: &[u8], mode: Mode) -> Result<(), FsError> {
+    if path.exists() {
+        return Err(FsError::AlreadyExists {
+            path: path.to_path_buf(),
+        });
+    }
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode.bits())
+            .open(&tmp)
+            .map_err(|e| FsError::io("create", &tmp, e))?;
+        f.set_permissions(fs::Permissions::from_mode(mode.bits()))
+            .map_err(|e| FsError::io("chmod", &tmp, e))?;
+        f.write_all(data)
+            .map_err(|e| FsError::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| FsError::io("fsync", &tmp, e))?;
+        fs::hard_link(&tmp, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                FsError::AlreadyExists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                FsError::io("link into place", path, e)
+            }
+        })?;
+        sync_dir(parent_of(path))
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
+/// Creates a directory (and its parents) with mode 0700 for the last component.
+pub fn create_private_dir(path: &Path) -> Result<(), FsError> {
+    fs::create_dir_all(path).map_err(|e| FsError::io("create directory", path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .map_err(|e| FsError::io("chmod", path, e))
+}
+
+/// Reads a whole file, naming the path in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>, FsError> {
+    fs::read(path).map_err(|e| FsError::io("read", path, e))
+}
+
+/// Reads a whole UTF-8 file, naming the path in the error.
+pub fn read_to_string(path: &Path) -> Result<String, FsError> {
+    fs::read_to_string(path).map_err(|e| FsError::io("read", path, e))
+}
+
+/// Overwrites a file's content with zeros, fsyncs, then removes it.
+///
+/// Used when destroying key files. On flash with wear levelling or a
+/// copy-on-write file system the old blocks may survive; the soft keystore
+/// therefore also encrypts every key at rest, so destroying the device secret
+/// makes any surviving block useless.
+pub fn shred(path: &Path) -> Result<(), FsError> {
+    let len = fs::metadata(path)
+        .map_err(|e| FsError::io("stat", path, e))?
+        .len();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| FsError::io("open for shredding", path, e))?;
+    let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    f.write_all(&zeros)
+        .map_err(|e| FsError::io("overwrite", path, e))?;
+    f.sync_all().map_err(|e| FsError::io("fsync", path, e))?;
+    drop(f);
+    fs::remove_file(path).map_err(|e| FsError::io("remove", path, e))?;
+    sync_dir(parent_of(path))
+}
+
+/// Checks that `dir` can receive new files, with an error naming it if not.
+pub fn ensure_writable_dir(dir: &Path) -> Result<(), FsError> {
+    let probe = temp_sibling(&dir.join("probe"));
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| FsError::io("write into directory", dir, e))?;
+    fs::remove_file(&probe).map_err(|e| FsError::io("remove", &probe, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_sets_private_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("secret");
+        write_atomic(&p, b"one", Mode::Private).unwrap();
+        write_atomic(&p, b"two", Mode::Private).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // No temp files left behind.
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_new_refuses_existing_and_leaves_it_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write_new(&p, b"first", Mode::Public).unwrap();
+        let err = write_new(&p, b"second", Mode::Public).unwrap_err();
+        assert!(matches!(err, FsError::AlreadyExists { .. }));
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_write_names_path_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("missing-dir").join("f");
+        let err = write_atomic(&p, b"x", Mode::Public).unwrap_err();
+        assert!(err.to_string().contains("missing-dir"), "{err}");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn shred_removes_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        write_atomic(&p, b"keymaterial", Mode::Private).unwrap();
+        shred(&p).unwrap();
+        assert!(!p.exists());
+    }
+}

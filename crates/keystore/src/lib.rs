@@ -1,0 +1,74 @@
+//! The crypto chip of a drivesec device.
+//!
+//! A [`KeyStore`] holds private keys and only ever hands out *handles* to them:
+//! callers generate, sign, agree (ECDH), read the public key, list and destroy,
+//! but can never read a private key back. Two backends implement the trait:
+//!
+//! * [`soft::SoftKeyStore`]: keys in files encrypted at rest with AES-256-GCM
+//!   under a key derived (HKDF-SHA256) from a per-device secret; the embedded
+//!   default when no chip is fitted.
+//! * [`pkcs11::Pkcs11KeyStore`]: keys generated on a PKCS#11 token (SoftHSM2 in
+//!   tests, a real secure element in the field) as sensitive, non-extractable
+//!   token objects; tokens are addressed by RFC 7512 `pkcs11:` URIs.
+//!
+//! [`adapters`] lets rustls and rcgen sign through any backend, so a TLS server
+//! key or a CA key never enters the process when the backend is PKCS#11.
+//!
+//! Signature formats: ECDSA P-256 signs SHA-256(message) and returns the DER
+//! `Ecdsa-Sig-Value` (what X.509 and TLS carry); Ed25519 returns the 64-byte
+//! RFC 8032 signature of the message.
+
+mod config;
+mod error;
+mod key;
+
+pub mod adapters;
+pub mod pkcs11;
+pub mod soft;
+pub mod verify;
+
+pub use config::{KeystoreConfig, open_keystore};
+pub use error::KeystoreError;
+pub use key::{KeyAlgorithm, KeyHandle, KeyInfo, PublicKey};
+
+use zeroize::Zeroizing;
+
+/// Result type of keystore operations.
+pub type Result<T> = std::result::Result<T, KeystoreError>;
+
+/// The handle-based interface of the crypto chip. Private keys never leave it.
+pub trait KeyStore: Send + Sync {
+    /// Short backend name: `soft` or `pkcs11`.
+    fn backend(&self) -> &'static str;
+
+    /// Where the keys live (a directory, or a PKCS#11 URI without secrets).
+    fn location(&self) -> String;
+
+    /// Whether this backend can generate and use keys of `alg`.
+    fn supports(&self, alg: KeyAlgorithm) -> bool;
+
+    /// Generates a new key pair inside the store under `handle`.
+    ///
+    /// Fails with [`KeystoreError::AlreadyExists`] if the handle is taken.
+    fn generate(&self, handle: &KeyHandle, alg: KeyAlgorithm) -> Result<KeyInfo>;
+
+    /// Signs `msg` with the key (see the crate docs for the signature format).
+    fn sign(&self, handle: &KeyHandle, msg: &[u8]) -> Result<Vec<u8>>;
+
+    /// P-256 ECDH with the key and a peer's SEC1 public point; returns the
+    /// shared secret's x-coordinate (32 bytes), zeroized on drop.
+    fn ecdh(&self, handle: &KeyHandle, peer_sec1: &[u8]) -> Result<Zeroizing<Vec<u8>>>;
+
+    /// The key's public half and algorithm.
+    fn info(&self, handle: &KeyHandle) -> Result<KeyInfo>;
+
+    /// Every key in the store, sorted by handle.
+    fn list(&self) -> Result<Vec<KeyInfo>>;
+
+    /// Destroys one key pair.
+    fn destroy(&self, handle: &KeyHandle) -> Result<()>;
+
+    /// Destroys every key in the store (tamper response); returns how many
+    /// key pairs were destroyed.
+    fn destroy_all(&self) -> Result<usize>;
+}

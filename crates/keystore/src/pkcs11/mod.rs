@@ -1,0 +1,509 @@
+//! The PKCS#11 crypto chip: keys generated and used on a token.
+//!
+//! Private keys are created with `CKA_TOKEN=true`, `CKA_PRIVATE=true`,
+//! `CKA_SENSITIVE=true` and `CKA_EXTRACTABLE=false`; the token therefore never
+//! releases them, and the process only ever holds object handles. A key's
+//! [`KeyHandle`] is stored as both `CKA_LABEL` and `CKA_ID` on the private and
+//! the public object.
+//!
+//! ECDSA signs with `CKM_ECDSA` over a SHA-256 digest computed here (the
+//! token returns `r || s`, converted to DER); Ed25519 uses `CKM_EDDSA` where
+//! the token lists it; ECDH uses `CKM_ECDH1_DERIVE` with the null KDF into a
+//! session-only generic secret that is read once and destroyed.
+
+mod uri;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+pub use uri::{Pkcs11Uri, default_module};
+
+use crate::{KeyAlgorithm, KeyHandle, KeyInfo, KeyStore, KeystoreError, PublicKey, Result};
+
+/// DER of the OID prime256v1 (1.2.840.10045.3.1.7).
+const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER of the OID id-Ed25519 (1.3.101.112).
+const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+
+fn ck(op: &'static str) -> impl Fn(CkError) -> KeystoreError {
+    move |source| KeystoreError::Pkcs11 { op, source }
+}
+
+/// One initialised context per module per process: PKCS#11 allows a single
+/// `C_Initialize` per application, so every store on a module shares it.
+fn context(module: &Path) -> Result<Arc<Pkcs11>> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> = OnceLock::new();
+    let map = CONTEXTS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map
+        .lock()
+        .map_err(|_| KeystoreError::Crypto("PKCS#11 context lock poisoned".into()))?;
+    if let Some(c) = map.get(module) {
+        return Ok(c.clone());
+    }
+    let module_err = |reason: String| KeystoreError::Module {
+        module: module.display().to_string(),
+        reason,
+    };
+    if !module.exists() {
+        return Err(module_err("file not found (is softhsm2 installed?)".into()));
+    }
+    let ctx = Pkcs11::new(module).map_err(|e| module_err(e.to_string()))?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(module_err(e.to_string())),
+    }
+    let ctx = Arc::new(ctx);
+    map.insert(module.to_path_buf(), ctx.clone());
+    Ok(ctx)
+}
+
+fn trim_label(raw: &str) -> String {
+    raw.trim_end_matches([' ', '\0']).to_string()
+}
+
+fn find_slot(ctx: &Pkcs11, uri: &Pkcs11Uri, module: &Path) -> Result<(Slot, String)> {
+    let slots = ctx
+        .get_slots_with_initialized_token()
+        .map_err(ck("C_GetSlotList"))?;
+    for slot in slots {
+        if let Some(id) = uri.slot_id
+            && slot.id() != id
+        {
+            continue;
+        }
+        let info = ctx.get_token_info(slot).map_err(ck("C_GetTokenInfo"))?;
+        let label = trim_label(info.label());
+        let matches = uri.token.as_ref().is_none_or(|t| *t == label)
+            && uri
+                .manufacturer
+                .as_ref()
+                .is_none_or(|m| *m == trim_label(info.manufacturer_id()))
+            && uri
+                .serial
+                .as_ref()
+                .is_none_or(|s| *s == trim_label(info.serial_number()))
+            && uri
+                .model
+                .as_ref()
+                .is_none_or(|m| *m == trim_label(info.model()));
+        if matches {
+            return Ok((slot, label));
+        }
+    }
+    Err(KeystoreError::TokenNotFound {
+        uri: uri.to_string(),
+        module: module.display().to_string(),
+    })
+}
+
+fn login(session: &Session, pin: &AuthPin, token: &str) -> Result<()> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange, _)) => {
+            Err(KeystoreError::WrongPin {
+                token: token.into(),
+            })
+        }
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(KeystoreError::PinLocked {
+            token: token.into(),
+        }),
+        Err(e) => Err(ck("C_Login")(e)),
+    }
+}
+
+/// Initialises a fresh token on the module's first free slot (as SoftHSM2
+/// always offers one) with the given label, SO PIN and user PIN.
+///
+/// Fails if a token with the label already exists.
+pub fn init_token(module: &Path, label: &str, so_pin: &str, user_pin: &str) -> Result<()> {
+    // Two threads must not both claim the same free slot.
+    static INIT: Mutex<()> = Mutex::new(());
+    let _guard = INIT
+        .lock()
+        .map_err(|_| KeystoreError::Crypto("token init lock poisoned".into()))?;
+    let ctx = context(module)?;
+    for slot in ctx
+        .get_slots_with_initialized_token()
+        .map_err(ck("C_GetSlotList"))?
+    {
+        let info = ctx.get_token_info(slot).map_err(ck("C_GetTokenInfo"))?;
+        if trim_label(info.label()) == label {
+            return Err(KeystoreError::AlreadyExists {
+                handle: label.into(),
+                location: format!("PKCS#11 module {}", module.display()),
+            });
+        }
+    }
+    let mut free = None;
+    for slot in ctx.get_slots_with_token().map_err(ck("C_GetSlotList"))? {
+        let info = ctx.get_token_info(slot).map_err(ck("C_GetTokenInfo"))?;
+        if !info.token_initialized() {
+            free = Some(slot);
+            break;
+        }
+    }
+    let slot = free.ok_or_else(|| KeystoreError::Module {
+        module: module.display().to_string(),
+        reason: "no free slot to initialise a token in".into(),
+    })?;
+    let so = AuthPin::new(so_pin.into());
+    ctx.init_token(slot, &so, label)
+        .map_err(ck("C_InitToken"))?;
+    let session = ctx.open_rw_session(slot).map_err(ck("C_OpenSession"))?;
+    session
+        .login(UserType::So, Some(&so))
+        .map_err(ck("C_Login(SO)"))?;
+    session
+        .init_pin(&AuthPin::new(user_pin.into()))
+        .map_err(ck("C_InitPIN"))?;
+    session.logout().map_err(ck("C_Logout"))?;
+    Ok(())
+}
+
+/// A keystore on one PKCS#11 token, logged in as the user.
+pub struct Pkcs11KeyStore {
+    uri: Pkcs11Uri,
+    token: String,
+    mechanisms: Vec<MechanismType>,
+    session: Mutex<Session>,
+    _ctx: Arc<Pkcs11>,
+}
+
+impl std::fmt::Debug for Pkcs11KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11KeyStore")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11KeyStore {
+    /// Opens the token the URI selects and logs in with its PIN
+    /// (`pin-source`, resolved against `base`, or `pin-value`).
+    pub fn open(uri: &Pkcs11Uri, base: &Path) -> Result<Self> {
+        let module = uri.module();
+        let ctx = context(&module)?;
+        let (slot, token) = find_slot(&ctx, uri, &module)?;
+        let pin = uri.pin(base)?.ok_or_else(|| KeystoreError::InvalidUri {
+            reason: format!("{uri} names no PIN (add pin-source=FILE)"),
+        })?;
+        let mechanisms = ctx
+            .get_mechanism_list(slot)
+            .map_err(ck("C_GetMechanismList"))?;
+        let session = ctx.open_rw_session(slot).map_err(ck("C_OpenSession"))?;
+        login(&session, &AuthPin::new(pin.as_str().into()), &token)?;
+        Ok(Pkcs11KeyStore {
+            uri: uri.clone(),
+            token,
+            mechanisms,
+            session: Mutex::new(session),
+            _ctx: ctx,
+        })
+    }
+
+    /// Parses `uri` and opens it.
+    pub fn open_uri(uri: &str, base: &Path) -> Result<Self> {
+        Self::open(&Pkcs11Uri::parse(uri)?, base)
+    }
+
+    /// The token's label.
+    pub fn token_label(&self) -> &str {
+        &self.token
+    }
+
+    fn session(&self) -> Result<std::sync::MutexGuard<'_, Session>> {
+        self.session
+            .lock()
+            .map_err(|_| KeystoreError::Crypto("PKCS#11 session lock poisoned".into()))
+    }
+
+    fn find(
+        &self,
+        s: &Session,
+        class: ObjectClass,
+        handle: &KeyHandle,
+    ) -> Result<Option<ObjectHandle>> {
+        let objs = s
+            .find_objects(&[
+                Attribute::Class(class),
+                Attribute::Token(true),
+                Attribute::Label(handle.as_str().as_bytes().to_vec()),
+            ])
+            .map_err(ck("C_FindObjects"))?;
+        Ok(objs.into_iter().next())
+    }
+
+    fn require(&self, s: &Session, class: ObjectClass, handle: &KeyHandle) -> Result<ObjectHandle> {
+        self.find(s, class, handle)?
+            .ok_or_else(|| KeystoreError::NotFound {
+                handle: handle.to_string(),
+                location: self.location(),
+            })
+    }
+
+    fn public_of(&self, s: &Session, handle: &KeyHandle) -> Result<PublicKey> {
+        let obj = self.require(s, ObjectClass::PUBLIC_KEY, handle)?;
+        let attrs = s
+            .get_attributes(obj, &[AttributeType::KeyType, AttributeType::EcPoint])
+            .map_err(ck("C_GetAttributeValue"))?;
+        let mut kt = None;
+        let mut point = None;
+        for a in attrs {
+            match a {
+                Attribute::KeyType(k) => kt = Some(k),
+                Attribute::EcPoint(p) => point = Some(p),
+                _ => {}
+            }
+        }
+        let (alg, want) = match kt {
+            Some(KeyType::EC) => (KeyAlgorithm::EcdsaP256, 65),
+            Some(KeyType::EC_EDWARDS) => (KeyAlgorithm::Ed25519, 32),
+            other => {
+                return Err(KeystoreError::Unsupported {
+                    backend: "pkcs11",
+                    what: format!("key '{handle}' of type {other:?}"),
+                });
+            }
+        };
+        let point = point.unwrap_or_default();
+        // CKA_EC_POINT is a DER OCTET STRING around the point on most tokens.
+        let raw = if point.len() == want + 2 && point[0] == 0x04 && usize::from(point[1]) == want {
+            point[2..].to_vec()
+        } else {
+            point
+        };
+        PublicKey::from_raw(alg, raw)
+    }
+
+    fn private_algorithm(&self, s: &Session, obj: ObjectHandle) -> Result<KeyAlgorithm> {
+        let attrs = s
+            .get_attributes(obj, &[AttributeType::KeyType])
+            .map_err(ck("C_GetAttributeValue"))?;
+        match attrs.first() {
+            Some(Attribute::KeyType(KeyType::EC)) => Ok(KeyAlgorithm::EcdsaP256),
+            Some(Attribute::KeyType(KeyType::EC_EDWARDS)) => Ok(KeyAlgorithm::Ed25519),
+            other => Err(KeystoreError::Unsupported {
+                backend: "pkcs11",
+                what: format!("private key type {other:?}"),
+            }),
+        }
+    }
+}
+
+impl KeyStore for Pkcs11KeyStore {
+    fn backend(&self) -> &'static str {
+        "pkcs11"
+    }
+
+    fn location(&self) -> String {
+        let mut u = self.uri.clone();
+        u.pin_value = None;
+        u.to_string()
+    }
+
+    fn supports(&self, alg: KeyAlgorithm) -> bool {
+        let need: &[MechanismType] = match alg {
+            KeyAlgorithm::EcdsaP256 => &[MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA],
+            KeyAlgorithm::Ed25519 => &[
+                MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+                MechanismType::EDDSA,
+            ],
+        };
+        need.iter().all(|m| self.mechanisms.contains(m))
+    }
+
+    fn generate(&self, handle: &KeyHandle, alg: KeyAlgorithm) -> Result<KeyInfo> {
+        if !self.supports(alg) {
+            return Err(KeystoreError::Unsupported {
+                backend: "pkcs11",
+                what: format!("{alg} keys on token '{}'", self.token),
+            });
+        }
+        let s = self.session()?;
+        if self.find(&s, ObjectClass::PRIVATE_KEY, handle)?.is_some()
+            || self.find(&s, ObjectClass::PUBLIC_KEY, handle)?.is_some()
+        {
+            return Err(KeystoreError::AlreadyExists {
+                handle: handle.to_string(),
+                location: self.location(),
+            });
+        }
+        let label = handle.as_str().as_bytes().to_vec();
+        let (mech, params, derive) = match alg {
+            KeyAlgorithm::EcdsaP256 => (Mechanism::EccKeyPairGen, P256_PARAMS, true),
+            KeyAlgorithm::Ed25519 => (Mechanism::EccEdwardsKeyPairGen, ED25519_PARAMS, false),
+        };
+        let public_tpl = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(params.to_vec()),
+            Attribute::Label(label.clone()),
+            Attribute::Id(label.clone()),
+        ];
+        let private_tpl = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Derive(derive),
+            Attribute::Label(label.clone()),
+            Attribute::Id(label),
+        ];
+        s.generate_key_pair(&mech, &public_tpl, &private_tpl)
+            .map_err(ck("C_GenerateKeyPair"))?;
+        let public_key = self.public_of(&s, handle)?;
+        Ok(KeyInfo {
+            handle: handle.clone(),
+            public_key,
+        })
+    }
+
+    fn sign(&self, handle: &KeyHandle, msg: &[u8]) -> Result<Vec<u8>> {
+        let s = self.session()?;
+        let key = self.require(&s, ObjectClass::PRIVATE_KEY, handle)?;
+        match self.private_algorithm(&s, key)? {
+            KeyAlgorithm::EcdsaP256 => {
+                let digest = Sha256::digest(msg);
+                let rs = s
+                    .sign(&Mechanism::Ecdsa, key, &digest)
+                    .map_err(ck("C_Sign"))?;
+                let sig = p256::ecdsa::Signature::from_slice(&rs).map_err(|_| {
+                    KeystoreError::Crypto("token returned a malformed ECDSA signature".into())
+                })?;
+                Ok(sig.to_der().as_bytes().to_vec())
+            }
+            KeyAlgorithm::Ed25519 => s
+                .sign(
+                    &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                    key,
+                    msg,
+                )
+                .map_err(ck("C_Sign")),
+        }
+    }
+
+    fn ecdh(&self, handle: &KeyHandle, peer_sec1: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let s = self.session()?;
+        let key = self.require(&s, ObjectClass::PRIVATE_KEY, handle)?;
+        if self.private_algorithm(&s, key)? != KeyAlgorithm::EcdsaP256 {
+            return Err(KeystoreError::Unsupported {
+                backend: "pkcs11",
+                what: "ECDH with an Ed25519 key".into(),
+            });
+        }
+        p256::PublicKey::from_sec1_bytes(peer_sec1)
+            .map_err(|_| KeystoreError::InvalidPeerKey("not a P-256 SEC1 point".into()))?;
+        let params = Ecdh1DeriveParams::new(EcKdf::null(), peer_sec1);
+        let tpl = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::ValueLen(32.into()),
+        ];
+        let secret = s
+            .derive_key(&Mechanism::Ecdh1Derive(params), key, &tpl)
+            .map_err(ck("C_DeriveKey"))?;
+        let value = s.get_attributes(secret, &[AttributeType::Value]);
+        let destroyed = s.destroy_object(secret);
+        let value = value.map_err(ck("C_GetAttributeValue"))?;
+        destroyed.map_err(ck("C_DestroyObject"))?;
+        match value.into_iter().next() {
+            Some(Attribute::Value(v)) => Ok(Zeroizing::new(v)),
+            _ => Err(KeystoreError::Crypto(
+                "token returned no shared secret".into(),
+            )),
+        }
+    }
+
+    fn info(&self, handle: &KeyHandle) -> Result<KeyInfo> {
+        let s = self.session()?;
+        self.require(&s, ObjectClass::PRIVATE_KEY, handle)?;
+        Ok(KeyInfo {
+            handle: handle.clone(),
+            public_key: self.public_of(&s, handle)?,
+        })
+    }
+
+    fn list(&self) -> Result<Vec<KeyInfo>> {
+        let s = self.session()?;
+        let objs = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Token(true),
+            ])
+            .map_err(ck("C_FindObjects"))?;
+        let mut out = Vec::new();
+        for obj in objs {
+            let attrs = s
+                .get_attributes(obj, &[AttributeType::Label])
+                .map_err(ck("C_GetAttributeValue"))?;
+            if let Some(Attribute::Label(l)) = attrs.first()
+                && let Ok(h) = KeyHandle::new(String::from_utf8_lossy(l).into_owned())
+            {
+                let public_key = self.public_of(&s, &h)?;
+                out.push(KeyInfo {
+                    handle: h,
+                    public_key,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.handle.cmp(&b.handle));
+        Ok(out)
+    }
+
+    fn destroy(&self, handle: &KeyHandle) -> Result<()> {
+        let s = self.session()?;
+        let objs = s
+            .find_objects(&[
+                Attribute::Token(true),
+                Attribute::Label(handle.as_str().as_bytes().to_vec()),
+            ])
+            .map_err(ck("C_FindObjects"))?;
+        if objs.is_empty() {
+            return Err(KeystoreError::NotFound {
+                handle: handle.to_string(),
+                location: self.location(),
+            });
+        }
+        for o in objs {
+            s.destroy_object(o).map_err(ck("C_DestroyObject"))?;
+        }
+        Ok(())
+    }
+
+    fn destroy_all(&self) -> Result<usize> {
+        let s = self.session()?;
+        let private = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Token(true),
+            ])
+            .map_err(ck("C_FindObjects"))?
+            .len();
+        // Every token object visible to the user goes: keys, certificates, data.
+        let all = s
+            .find_objects(&[Attribute::Token(true)])
+            .map_err(ck("C_FindObjects"))?;
+        for o in all {
+            s.destroy_object(o).map_err(ck("C_DestroyObject"))?;
+        }
+        Ok(private)
+    }
+}

@@ -1,0 +1,487 @@
+//! One conformance suite, run against every keystore backend.
+//!
+//! The PKCS#11 half runs against SoftHSM2: `scripts/test` points
+//! `SOFTHSM2_CONF` at a fresh token directory; each test initialises its own
+//! token so tests never see each other's keys.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use drivesec_keystore::pkcs11::{Pkcs11KeyStore, Pkcs11Uri, default_module, init_token};
+use drivesec_keystore::soft::{DeviceSecret, SoftKeyStore};
+use drivesec_keystore::verify::verify_signature;
+use drivesec_keystore::{
+    KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, KeystoreError, open_keystore,
+};
+use rand_core::{OsRng, RngCore};
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Soft,
+    Pkcs11,
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    config: KeystoreConfig,
+}
+
+impl Fixture {
+    fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = match backend {
+            Backend::Soft => {
+                KeystoreConfig::create_soft(dir.path(), "keystore", "device-secret")
+                    .unwrap()
+                    .0
+            }
+            Backend::Pkcs11 => {
+                assert!(
+                    std::env::var_os("SOFTHSM2_CONF").is_some(),
+                    "SOFTHSM2_CONF is not set: run the suite through scripts/test, which creates a SoftHSM2 token directory"
+                );
+                let label = format!("conf-{}", rand_hex(6));
+                std::fs::write(dir.path().join("pin"), "1234\n").unwrap();
+                init_token(&default_module(), &label, "5678", "1234").unwrap();
+                KeystoreConfig::Pkcs11 {
+                    uri: format!("pkcs11:token={label}?pin-source=file:pin"),
+                }
+            }
+        };
+        Fixture { dir, config }
+    }
+
+    fn open(&self) -> Arc<dyn KeyStore> {
+        open_keystore(&self.config, self.dir.path()).unwrap()
+    }
+}
+
+fn rand_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn h(s: &str) -> KeyHandle {
+    KeyHandle::new(s).unwrap()
+}
+
+fn sign_verify_round_trip_p256(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    let info = ks.generate(&h("idevid"), KeyAlgorithm::EcdsaP256).unwrap();
+    assert_eq!(info.algorithm(), KeyAlgorithm::EcdsaP256);
+    assert_eq!(info.public_key.raw().len(), 65);
+    let msg = b"drive 42: set speed 1500 rpm";
+    let sig = ks.sign(&h("idevid"), msg).unwrap();
+    // Independent verifier (ring), not the backend's own code.
+    assert!(verify_signature(&info.public_key, msg, &sig));
+    assert!(!verify_signature(
+        &info.public_key,
+        b"drive 42: set speed 9999 rpm",
+        &sig
+    ));
+    // ECDSA is randomised or RFC 6979; both must verify, with no reuse of the first signature's bytes required.
+    let sig2 = ks.sign(&h("idevid"), msg).unwrap();
+    assert!(verify_signature(&info.public_key, msg, &sig2));
+    assert_eq!(ks.info(&h("idevid")).unwrap().public_key, info.public_key);
+}
+
+fn ed25519_where_supported(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    if !ks.supports(KeyAlgorithm::Ed25519) {
+        let err = ks.generate(&h("ed"), KeyAlgorithm::Ed25519).unwrap_err();
+        assert!(matches!(err, KeystoreError::Unsupported { .. }), "{err}");
+        return;
+    }
+    let info = ks.generate(&h("ed"), KeyAlgorithm::Ed25519).unwrap();
+    assert_eq!(info.public_key.raw().len(), 32);
+    let sig = ks.sign(&h("ed"), b"firmware manifest").unwrap();
+    assert_eq!(sig.len(), 64);
+    assert!(verify_signature(
+        &info.public_key,
+        b"firmware manifest",
+        &sig
+    ));
+    assert!(!verify_signature(
+        &info.public_key,
+        b"firmware manifesT",
+        &sig
+    ));
+    let peer = p256::SecretKey::random(&mut OsRng).public_key();
+    let err = ks
+        .ecdh(&h("ed"), p256::EncodedPoint::from(peer).as_bytes())
+        .unwrap_err();
+    assert!(matches!(err, KeystoreError::Unsupported { .. }), "{err}");
+}
+
+fn ecdh_agrees_with_independent_peer(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    let info = ks.generate(&h("kek"), KeyAlgorithm::EcdsaP256).unwrap();
+    let peer = p256::ecdh::EphemeralSecret::random(&mut OsRng);
+    let peer_pub = p256::EncodedPoint::from(peer.public_key());
+    let ours = ks.ecdh(&h("kek"), peer_pub.as_bytes()).unwrap();
+    let device_pub = p256::PublicKey::from_sec1_bytes(info.public_key.raw()).unwrap();
+    let theirs = peer.diffie_hellman(&device_pub);
+    assert_eq!(ours.as_slice(), &theirs.raw_secret_bytes()[..]);
+    assert_eq!(ours.len(), 32);
+    let err = ks.ecdh(&h("kek"), &[0x04; 65]).unwrap_err();
+    assert!(matches!(err, KeystoreError::InvalidPeerKey(_)), "{err}");
+}
+
+fn handles_are_unique_and_missing_keys_named(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    ks.generate(&h("a"), KeyAlgorithm::EcdsaP256).unwrap();
+    let err = ks.generate(&h("a"), KeyAlgorithm::EcdsaP256).unwrap_err();
+    assert!(matches!(err, KeystoreError::AlreadyExists { .. }), "{err}");
+    let err = ks.sign(&h("nope"), b"x").unwrap_err();
+    assert!(matches!(err, KeystoreError::NotFound { .. }), "{err}");
+    assert!(err.to_string().contains("nope"));
+}
+
+fn list_destroy_one_and_persistence(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    let a = ks.generate(&h("a"), KeyAlgorithm::EcdsaP256).unwrap();
+    ks.generate(&h("b"), KeyAlgorithm::EcdsaP256).unwrap();
+    ks.generate(&h("c"), KeyAlgorithm::EcdsaP256).unwrap();
+    let names: Vec<_> = ks
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.handle.to_string())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    ks.destroy(&h("b")).unwrap();
+    assert!(matches!(
+        ks.sign(&h("b"), b"x").unwrap_err(),
+        KeystoreError::NotFound { .. }
+    ));
+    assert!(matches!(
+        ks.destroy(&h("b")).unwrap_err(),
+        KeystoreError::NotFound { .. }
+    ));
+    drop(ks);
+    // Keys survive a restart of the store.
+    let ks = f.open();
+    let names: Vec<_> = ks
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.handle.to_string())
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    let sig = ks.sign(&h("a"), b"after restart").unwrap();
+    assert!(verify_signature(&a.public_key, b"after restart", &sig));
+}
+
+fn destroy_all_leaves_nothing(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    for n in ["idevid", "ldevid", "audit"] {
+        ks.generate(&h(n), KeyAlgorithm::EcdsaP256).unwrap();
+    }
+    ks.sign(&h("idevid"), b"warm the cache").unwrap();
+    assert_eq!(ks.destroy_all().unwrap(), 3);
+    assert!(ks.list().unwrap().is_empty());
+    for n in ["idevid", "ldevid", "audit"] {
+        assert!(matches!(
+            ks.sign(&h(n), b"x").unwrap_err(),
+            KeystoreError::NotFound { .. }
+        ));
+    }
+    drop(ks);
+    assert!(f.open().list().unwrap().is_empty());
+    if let KeystoreConfig::Soft { dir, .. } = &f.config {
+        let left: Vec<PathBuf> = std::fs::read_dir(f.dir.path().join(dir).join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "files left after zeroization: {left:?}");
+    }
+}
+
+fn tls_and_ca_sign_through_the_store(b: Backend) {
+    use drivesec_keystore::adapters::{CertPublicKey, CertSigningKey, TlsKey};
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let f = Fixture::new(b);
+    let ks = f.open();
+    let ca = ks.generate(&h("ca"), KeyAlgorithm::EcdsaP256).unwrap();
+    let server = ks.generate(&h("server"), KeyAlgorithm::EcdsaP256).unwrap();
+    let client = ks.generate(&h("client"), KeyAlgorithm::EcdsaP256).unwrap();
+
+    let ca_key = CertSigningKey::new(ks.clone(), &h("ca")).unwrap();
+    assert_eq!(ca_key.public_key(), &ca.public_key);
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "conformance CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf =
+        |name: &str, eku: rcgen::ExtendedKeyUsagePurpose, pk: &drivesec_keystore::PublicKey| {
+            let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            p.extended_key_usages = vec![eku];
+            p.signed_by(&CertPublicKey(pk.clone()), &issuer).unwrap()
+        };
+    let server_cert = leaf(
+        "drive.test",
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        &server.public_key,
+    );
+    let client_cert = leaf(
+        "engineer",
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        &client.public_key,
+    );
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let roots = Arc::new(roots);
+    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let server_ck = TlsKey::new(ks.clone(), &h("server"))
+        .unwrap()
+        .certified(vec![server_cert.der().clone()]);
+    let client_ck = TlsKey::new(ks.clone(), &h("client"))
+        .unwrap()
+        .certified(vec![client_cert.der().clone()]);
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(client_verifier)
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(server_ck)));
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(client_ck)));
+
+    let mut c = rustls::ClientConnection::new(
+        Arc::new(client_cfg),
+        ServerName::try_from("drive.test").unwrap(),
+    )
+    .unwrap();
+    let mut s = rustls::ServerConnection::new(Arc::new(server_cfg)).unwrap();
+    for _ in 0..10 {
+        if !c.is_handshaking() && !s.is_handshaking() {
+            break;
+        }
+        let mut buf = Vec::new();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().unwrap();
+        let mut buf = Vec::new();
+        s.write_tls(&mut buf).unwrap();
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+    }
+    assert!(
+        !c.is_handshaking() && !s.is_handshaking(),
+        "handshake did not finish"
+    );
+    let peer: Vec<CertificateDer<'_>> = s.peer_certificates().unwrap().to_vec();
+    assert_eq!(peer[0].as_ref(), client_cert.der().as_ref());
+    assert_eq!(
+        c.peer_certificates().unwrap()[0].as_ref(),
+        server_cert.der().as_ref()
+    );
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod soft {
+            $( #[test] fn $name() { super::$name(super::Backend::Soft) } )*
+        }
+        mod pkcs11 {
+            $( #[test] fn $name() { super::$name(super::Backend::Pkcs11) } )*
+        }
+    };
+}
+
+conformance!(
+    sign_verify_round_trip_p256,
+    ed25519_where_supported,
+    ecdh_agrees_with_independent_peer,
+    handles_are_unique_and_missing_keys_named,
+    list_destroy_one_and_persistence,
+    destroy_all_leaves_nothing,
+    tls_and_ca_sign_through_the_store,
+);
+
+// ---- backend-specific failure modes -------------------------------------
+
+#[test]
+fn soft_wrong_secret_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    SoftKeyStore::create(&d.path().join("ks"), &DeviceSecret::generate()).unwrap();
+    let err = SoftKeyStore::open(&d.path().join("ks"), &DeviceSecret::generate()).unwrap_err();
+    assert!(matches!(err, KeystoreError::WrongSecret { .. }), "{err}");
+    assert!(err.to_string().contains("ks"));
+}
+
+#[test]
+fn soft_key_files_are_private_and_tamper_evident() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new(Backend::Soft);
+    let ks = f.open();
+    let info = ks.generate(&h("k"), KeyAlgorithm::EcdsaP256).unwrap();
+    let path = f.dir.path().join("keystore/keys/k.key");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(f.dir.path().join("device-secret"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    drop(ks);
+    // Renaming a key file to another handle is detected (the handle is bound as AEAD data).
+    std::fs::copy(&path, f.dir.path().join("keystore/keys/other.key")).unwrap();
+    let ks = f.open();
+    let err = ks.sign(&h("other"), b"x").unwrap_err();
+    assert!(matches!(err, KeystoreError::Corrupt { .. }), "{err}");
+    // Flipping a ciphertext byte is detected.
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let ct = v["ciphertext"].as_str().unwrap().to_string();
+    let mut raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, ct).unwrap();
+    raw[0] ^= 1;
+    v["ciphertext"] =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw).into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let ks = f.open();
+    let err = ks.sign(&h("k"), b"x").unwrap_err();
+    assert!(matches!(err, KeystoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("k.key"), "{err}");
+    let _ = info;
+}
+
+#[test]
+fn soft_refuses_world_readable_secret() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new(Backend::Soft);
+    let secret = f.dir.path().join("device-secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = open_keystore(&f.config, f.dir.path()).err().unwrap();
+    assert!(
+        matches!(err, KeystoreError::InsecurePermissions { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn pkcs11_wrong_pin_is_named() {
+    let f = Fixture::new(Backend::Pkcs11);
+    let KeystoreConfig::Pkcs11 { uri } = &f.config else {
+        unreachable!()
+    };
+    let mut u = Pkcs11Uri::parse(uri).unwrap();
+    u.pin_source = None;
+    u.pin_value = Some(zeroize::Zeroizing::new("0000".into()));
+    let err = Pkcs11KeyStore::open(&u, f.dir.path()).unwrap_err();
+    assert!(matches!(err, KeystoreError::WrongPin { .. }), "{err}");
+    assert!(err.to_string().contains(u.token.as_deref().unwrap()));
+    assert!(!err.to_string().contains("0000"));
+}
+
+#[test]
+fn pkcs11_missing_token_and_module_are_named() {
+    let _f = Fixture::new(Backend::Pkcs11);
+    let err = Pkcs11KeyStore::open_uri(
+        "pkcs11:token=no-such-token?pin-value=1",
+        std::path::Path::new("/"),
+    )
+    .unwrap_err();
+    assert!(matches!(err, KeystoreError::TokenNotFound { .. }), "{err}");
+    assert!(err.to_string().contains("no-such-token"));
+    let err = Pkcs11KeyStore::open_uri(
+        "pkcs11:token=x?module-path=/nonexistent/libpkcs11.so&pin-value=1",
+        std::path::Path::new("/"),
+    )
+    .unwrap_err();
+    assert!(matches!(err, KeystoreError::Module { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/libpkcs11.so"));
+}
+
+#[test]
+fn pkcs11_private_keys_are_sensitive_and_never_extractable() {
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    let f = Fixture::new(Backend::Pkcs11);
+    let ks = f.open();
+    ks.generate(&h("idevid"), KeyAlgorithm::EcdsaP256).unwrap();
+    // Inspect the object with cryptoki directly, beside the keystore.
+    let KeystoreConfig::Pkcs11 { uri } = &f.config else {
+        unreachable!()
+    };
+    let u = Pkcs11Uri::parse(uri).unwrap();
+    let ctx = cryptoki::context::Pkcs11::new(default_module()).unwrap();
+    let _ = ctx.initialize(cryptoki::context::CInitializeArgs::new(
+        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+    ));
+    let slot = ctx
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == u.token.as_deref().unwrap())
+        .unwrap();
+    let session = ctx.open_ro_session(slot).unwrap();
+    let _ = session.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::new("1234".into())),
+    );
+    let key = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(b"idevid".to_vec()),
+        ])
+        .unwrap()[0];
+    let attrs = session
+        .get_attributes(
+            key,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Token,
+                AttributeType::AlwaysSensitive,
+                AttributeType::NeverExtractable,
+                AttributeType::Value,
+            ],
+        )
+        .unwrap();
+    assert!(attrs.contains(&Attribute::Sensitive(true)), "{attrs:?}");
+    assert!(attrs.contains(&Attribute::Extractable(false)), "{attrs:?}");
+    assert!(attrs.contains(&Attribute::Token(true)), "{attrs:?}");
+    assert!(
+        attrs.contains(&Attribute::AlwaysSensitive(true)),
+        "{attrs:?}"
+    );
+    assert!(
+        attrs.contains(&Attribute::NeverExtractable(true)),
+        "{attrs:?}"
+    );
+    assert!(
+        !attrs.iter().any(|a| matches!(a, Attribute::Value(_))),
+        "CKA_VALUE readable: {attrs:?}"
+    );
+}
