@@ -1,1 +1,29 @@
-fn main() {}
+//! `drivesec`: the tool of the people around the drive. Argument parsing,
+//! output and exit codes only; the work is done in the library crates.
+//!
+//! Exit codes: 0 success, 2 any error (bad input, failed check), with the
+//! error and its causes on stderr.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    if let Some(code) = commands::reexec_with_lab_softhsm(&cli) {
+        return code;
+    }
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

@@ -138,3 +138,23 @@ pub fn summarize(der: &[u8]) -> Result<CertSummary> {
     }
     Ok(s)
 }
+
+/// The subject public key of a certificate, as a keystore [`drivesec_keystore::PublicKey`].
+pub fn public_key(der: &[u8]) -> Result<drivesec_keystore::PublicKey> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::Invalid(format!("not an X.509 certificate: {e}")))?;
+    let spki = cert.public_key();
+    let alg = match spki.algorithm.algorithm.to_id_string().as_str() {
+        "1.2.840.10045.2.1" => drivesec_keystore::KeyAlgorithm::EcdsaP256,
+        "1.3.101.112" => drivesec_keystore::KeyAlgorithm::Ed25519,
+        other => {
+            return Err(PkiError::Invalid(format!(
+                "unsupported public key algorithm {other}"
+            )));
+        }
+    };
+    Ok(drivesec_keystore::PublicKey::from_raw(
+        alg,
+        spki.subject_public_key.data.to_vec(),
+    )?)
+}

@@ -1,0 +1,241 @@
+//! The command line, declared with clap.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// drivesec: security for networked motor drives, per IEC 62443.
+#[derive(Debug, Parser)]
+#[command(name = "drivesec", version, about, long_about = None)]
+pub struct Cli {
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the end-to-end story: build a lab and verify every identity in it.
+    Demo(DemoArgs),
+    /// Certification authorities: create, issue, revoke, publish CRLs.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// The manufacturer's factory station.
+    #[command(subcommand)]
+    Factory(FactoryCommand),
+    /// A complete local lab of CAs, devices and role clients.
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// Show what a certificate says (subject, usages, SAN, role extension).
+    Cert(CertArgs),
+}
+
+/// Keystore backend choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// Software keystore encrypted at rest.
+    Soft,
+    /// PKCS#11 token (SoftHSM2 unless --pkcs11-module says otherwise).
+    Pkcs11,
+}
+
+/// `drivesec demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Lab directory (default: a new directory under the system temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Number of devices.
+    #[arg(long, default_value_t = 3)]
+    pub devices: usize,
+    /// Device keystore backend.
+    #[arg(long, value_enum, default_value_t = BackendArg::Soft)]
+    pub keystore: BackendArg,
+    /// PKCS#11 module for --keystore pkcs11.
+    #[arg(long)]
+    pub pkcs11_module: Option<PathBuf>,
+}
+
+/// CA kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    /// Drive manufacturer (issues IDevIDs).
+    Manufacturer,
+    /// OEM / integrator / asset owner (issues LDevIDs, servers, clients).
+    Oem,
+}
+
+/// Certificate profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileArg {
+    /// IEEE 802.1AR IDevID (manufacturer CA; needs --serial, --model).
+    Idevid,
+    /// IEEE 802.1AR LDevID (OEM CA; needs --serial, --name as DNS name).
+    Ldevid,
+    /// Client for a tool or person (OEM CA; needs --name, optional --role).
+    Client,
+    /// TLS server (OEM CA; needs --dns and/or --ip).
+    Server,
+}
+
+/// `drivesec ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a root and an issuing CA with keys in a keystore.
+    Init {
+        /// CA directory to create (must not exist).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Whose CA this is.
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// Organisation name for the CA and every subject it issues.
+        #[arg(long)]
+        org: String,
+        /// Keep the CA keys on this PKCS#11 token instead of a soft keystore
+        /// (RFC 7512 URI with pin-source=FILE).
+        #[arg(long)]
+        pkcs11_uri: Option<String>,
+    },
+    /// Issue a certificate from a CSR or for a newly generated key.
+    Issue(IssueArgs),
+    /// Revoke an issued certificate and publish a fresh CRL.
+    Revoke {
+        /// CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Serial number (hex) of the certificate.
+        #[arg(long)]
+        serial: String,
+        /// RFC 5280 reason: unspecified, key-compromise, ca-compromise,
+        /// affiliation-changed, superseded, cessation-of-operation,
+        /// certificate-hold, privilege-withdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Sign and publish a fresh CRL (crl.pem in the CA directory).
+    Crl {
+        /// CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// Days until nextUpdate.
+        #[arg(long, default_value_t = 7)]
+        days: i64,
+        /// Also copy the CRL here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `drivesec ca issue`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("key").required(true).args(["csr", "key_out"]))]
+pub struct IssueArgs {
+    /// CA directory.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// Certificate profile.
+    #[arg(long, value_enum)]
+    pub profile: ProfileArg,
+    /// Certify the public key of this PEM CSR (its signature is checked).
+    #[arg(long)]
+    pub csr: Option<PathBuf>,
+    /// Generate a P-256 key and write it here (PKCS#8 PEM, 0600).
+    #[arg(long)]
+    pub key_out: Option<PathBuf>,
+    /// Where to write the certificate chain (leaf + issuing CA, PEM).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Device serial number (idevid, ldevid).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Product model (idevid).
+    #[arg(long, default_value = "iC7-Sim")]
+    pub model: String,
+    /// Client name, or the device's DNS name for ldevid.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Modbus/TCP Security role for a client certificate.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// DNS names (server).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// IP addresses (server, ldevid).
+    #[arg(long)]
+    pub ip: Vec<IpAddr>,
+    /// Validity in days (not for idevid, which never expires).
+    #[arg(long, default_value_t = 365)]
+    pub days: i64,
+}
+
+/// `drivesec factory ...`.
+#[derive(Debug, Subcommand)]
+pub enum FactoryCommand {
+    /// Provision one device: identity key in its keystore, IDevID, one-time credential.
+    Provision {
+        /// The manufacturer CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The device state directory to create.
+        #[arg(long)]
+        device_dir: PathBuf,
+        /// The device's serial number.
+        #[arg(long)]
+        serial: String,
+        /// Product model.
+        #[arg(long, default_value = "iC7-Sim")]
+        model: String,
+        /// Device keystore backend.
+        #[arg(long, value_enum, default_value_t = BackendArg::Soft)]
+        keystore: BackendArg,
+        /// For pkcs11: an existing token (RFC 7512 URI with pin-source). When
+        /// absent, a fresh token is initialised on --pkcs11-module.
+        #[arg(long)]
+        pkcs11_uri: Option<String>,
+        /// For pkcs11 without --pkcs11-uri: the module (default SoftHSM2).
+        #[arg(long)]
+        pkcs11_module: Option<PathBuf>,
+        /// Write the one-time factory credential here (0600) instead of stdout.
+        #[arg(long)]
+        credential_out: Option<PathBuf>,
+    },
+}
+
+/// `drivesec lab ...`.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build a lab: CAs, provisioned devices, one client per built-in role.
+    Up {
+        /// Lab directory (must not exist or be empty).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Number of devices.
+        #[arg(long, default_value_t = 3)]
+        devices: usize,
+        /// Device keystore backend.
+        #[arg(long, value_enum, default_value_t = BackendArg::Soft)]
+        keystore: BackendArg,
+        /// PKCS#11 module for --keystore pkcs11 (default SoftHSM2).
+        #[arg(long)]
+        pkcs11_module: Option<PathBuf>,
+    },
+    /// Stop whatever the lab started.
+    Down {
+        /// Lab directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// `drivesec cert`.
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// A PEM certificate file (the first certificate is shown).
+    pub file: PathBuf,
+}

@@ -1,0 +1,469 @@
+//! Command handlers: turn parsed arguments into library calls and print results.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_oem::factory::{DeviceKeystore, ProvisionOptions, provision};
+use drivesec_oem::lab::{self, Backend, LabOptions, LabStep};
+use drivesec_pki::ca::CaKeystore;
+use drivesec_pki::inspect::summarize;
+use drivesec_pki::{
+    Ca, CaKind, CaOptions, IssueRequest, Profile, Role, SubjectKey, read_cert_chain,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::cli::{
+    BackendArg, CaCommand, Cli, Command, FactoryCommand, IssueArgs, KindArg, LabCommand, ProfileArg,
+};
+
+/// Set in the child when the parent re-executed us with a lab-private SoftHSM2 configuration.
+const OWN_SOFTHSM: &str = "DRIVESEC_LAB_OWN_SOFTHSM";
+
+fn module(arg: &Option<PathBuf>) -> PathBuf {
+    arg.clone()
+        .unwrap_or_else(drivesec_keystore::pkcs11::default_module)
+}
+
+fn default_demo_dir() -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("drivesec-demo-{stamp}-{}", std::process::id()))
+}
+
+/// SoftHSM2 reads `SOFTHSM2_CONF` when the module initialises, and changing
+/// our own environment is not thread-safe. So when a pkcs11 lab is asked for
+/// and no token directory is configured, run ourselves again with
+/// `SOFTHSM2_CONF` pointing into the lab directory. Returns the child's exit
+/// code, or `None` to continue in this process.
+pub fn reexec_with_lab_softhsm(cli: &Cli) -> Option<ExitCode> {
+    if std::env::var_os("SOFTHSM2_CONF").is_some() || std::env::var_os(OWN_SOFTHSM).is_some() {
+        return None;
+    }
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let dir = match &cli.command {
+        Command::Lab(LabCommand::Up {
+            dir,
+            keystore: BackendArg::Pkcs11,
+            ..
+        }) => dir.clone(),
+        Command::Demo(d) if d.keystore == BackendArg::Pkcs11 => match &d.dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = default_demo_dir();
+                args.push("--dir".into());
+                args.push(dir.clone().into());
+                dir
+            }
+        },
+        _ => return None,
+    };
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let conf = dir.join("softhsm").join("softhsm2.conf");
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find my own executable to set up SoftHSM2: {e}");
+            return Some(ExitCode::from(2));
+        }
+    };
+    match std::process::Command::new(exe)
+        .args(args)
+        .env("SOFTHSM2_CONF", &conf)
+        .env(OWN_SOFTHSM, "1")
+        .status()
+    {
+        Ok(s) => Some(ExitCode::from(
+            s.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(2),
+        )),
+        Err(e) => {
+            eprintln!("error: cannot re-run with SOFTHSM2_CONF set: {e}");
+            Some(ExitCode::from(2))
+        }
+    }
+}
+
+fn lab_options(
+    dir: PathBuf,
+    devices: usize,
+    keystore: BackendArg,
+    pkcs11_module: &Option<PathBuf>,
+) -> LabOptions {
+    let keystore = match keystore {
+        BackendArg::Soft => Backend::Soft,
+        BackendArg::Pkcs11 => Backend::Pkcs11,
+    };
+    let create_softhsm_conf = (keystore == Backend::Pkcs11
+        && std::env::var_os(OWN_SOFTHSM).is_some())
+    .then(|| std::env::var_os("SOFTHSM2_CONF").map(PathBuf::from))
+    .flatten();
+    LabOptions {
+        dir,
+        devices,
+        keystore,
+        pkcs11_module: module(pkcs11_module),
+        create_softhsm_conf,
+    }
+}
+
+fn progress_bar(json: bool) -> impl FnMut(LabStep) {
+    let mut bar: Option<ProgressBar> = None;
+    move |step| match step {
+        LabStep::Start { total } if !json => {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar = Some(b);
+        }
+        LabStep::Done(msg) => {
+            if let Some(b) = &bar {
+                b.set_message(msg);
+                b.inc(1);
+                if b.position() >= b.length().unwrap_or(0) {
+                    b.finish_and_clear();
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
+    match cli.command {
+        Command::Demo(a) => {
+            let dir = a.dir.clone().unwrap_or_else(default_demo_dir);
+            let opts = lab_options(dir, a.devices, a.keystore, &a.pkcs11_module);
+            let mut sink = std::io::sink();
+            let mut stdout = std::io::stdout();
+            let out: &mut dyn std::io::Write = if json { &mut sink } else { &mut stdout };
+            let report = drivesec_oem::demo::run(&opts, out, &mut progress_bar(json))?;
+            if json {
+                print_json(&serde_json::to_value(&report)?)?;
+            }
+            Ok(())
+        }
+        Command::Ca(c) => ca(c, json),
+        Command::Factory(FactoryCommand::Provision {
+            ca,
+            device_dir,
+            serial,
+            model,
+            keystore,
+            pkcs11_uri,
+            pkcs11_module,
+            credential_out,
+        }) => {
+            let mut mfg = Ca::open(&ca)?;
+            let keystore = match (keystore, pkcs11_uri) {
+                (BackendArg::Soft, None) => DeviceKeystore::Soft,
+                (BackendArg::Soft, Some(_)) => bail!("--pkcs11-uri needs --keystore pkcs11"),
+                (BackendArg::Pkcs11, Some(uri)) => DeviceKeystore::Pkcs11 { uri },
+                (BackendArg::Pkcs11, None) => {
+                    let so_pin_file = credential_out
+                        .as_ref()
+                        .map(|p| p.with_extension("so-pin"))
+                        .ok_or_else(|| anyhow::anyhow!("a new token needs --credential-out, beside which its SO PIN is kept"))?;
+                    DeviceKeystore::Pkcs11NewToken {
+                        module: module(&pkcs11_module),
+                        so_pin_file,
+                    }
+                }
+            };
+            if let Some(p) = &credential_out
+                && p.exists()
+            {
+                bail!(
+                    "{} already exists; refusing to overwrite a credential",
+                    p.display()
+                );
+            }
+            let p = provision(
+                &mut mfg,
+                &ProvisionOptions {
+                    device_dir,
+                    serial_number: serial,
+                    model,
+                    keystore,
+                },
+            )?;
+            if let Some(path) = &credential_out {
+                fsu::write_new(
+                    path,
+                    format!("{}\n", p.factory_credential.as_str()).as_bytes(),
+                    Mode::Private,
+                )?;
+            }
+            let shown = credential_out
+                .is_none()
+                .then(|| p.factory_credential.as_str().to_string());
+            if json {
+                print_json(&json!({
+                    "device_dir": p.device_dir, "serial_number": p.serial_number,
+                    "idevid": p.idevid_path, "idevid_serial": p.idevid_serial,
+                    "keystore": p.backend, "pkcs11_uri": p.pkcs11_uri,
+                    "factory_credential": shown, "factory_credential_file": credential_out,
+                }))
+            } else {
+                println!(
+                    "provisioned {} in {} ({} keystore)",
+                    p.serial_number,
+                    p.device_dir.display(),
+                    p.backend
+                );
+                println!(
+                    "IDevID: {} (serial {})",
+                    p.idevid_path.display(),
+                    p.idevid_serial
+                );
+                match (shown, credential_out) {
+                    (Some(c), _) => println!(
+                        "one-time factory credential (shown once, stored only as a hash): {c}"
+                    ),
+                    (None, Some(path)) => {
+                        println!("one-time factory credential written to {}", path.display())
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+        }
+        Command::Lab(LabCommand::Up {
+            dir,
+            devices,
+            keystore,
+            pkcs11_module,
+        }) => {
+            let opts = lab_options(dir.clone(), devices, keystore, &pkcs11_module);
+            let m = lab::up(&opts, &mut progress_bar(json))?;
+            if json {
+                print_json(&serde_json::to_value(&m)?)
+            } else {
+                println!(
+                    "lab ready: {} device(s) ({} keystore), {} role clients",
+                    m.devices.len(),
+                    opts.keystore.as_str(),
+                    m.clients.len()
+                );
+                println!(
+                    "lab.json: {}",
+                    std::path::absolute(&dir)?.join("lab.json").display()
+                );
+                Ok(())
+            }
+        }
+        Command::Lab(LabCommand::Down { dir }) => {
+            let d = lab::down(&dir)?;
+            if json {
+                print_json(&serde_json::to_value(&d)?)
+            } else {
+                println!(
+                    "lab in {}: stopped {} process(es)",
+                    dir.display(),
+                    d.stopped
+                );
+                Ok(())
+            }
+        }
+        Command::Cert(a) => {
+            let chain = read_cert_chain(&a.file)?;
+            let s = summarize(&chain[0])?;
+            if json {
+                print_json(&serde_json::to_value(&s)?)
+            } else {
+                println!("subject:   {}", s.subject);
+                println!("issuer:    {}", s.issuer);
+                println!("serial:    {}", s.serial);
+                println!("validity:  {} .. {}", s.not_before, s.not_after);
+                println!("CA:        {}", s.is_ca);
+                println!("keyUsage:  {}", s.key_usage.join(", "));
+                println!("extKeyUsage: {}", s.extended_key_usage.join(", "));
+                println!("SAN:       {}", s.subject_alt_names.join(", "));
+                println!("role:      {}", s.role.as_deref().unwrap_or("(none)"));
+                println!("sha256:    {}", s.sha256_fingerprint);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn ca(cmd: CaCommand, json: bool) -> Result<()> {
+    match cmd {
+        CaCommand::Init {
+            dir,
+            kind,
+            org,
+            pkcs11_uri,
+        } => {
+            let kind = match kind {
+                KindArg::Manufacturer => CaKind::Manufacturer,
+                KindArg::Oem => CaKind::Oem,
+            };
+            let mut opts = CaOptions::new(kind, org);
+            if let Some(uri) = pkcs11_uri {
+                opts.keystore = CaKeystore::Pkcs11 { uri };
+            }
+            let ca = Ca::init(&dir, &opts)?;
+            if json {
+                print_json(&json!({
+                    "dir": ca.dir(), "kind": ca.kind().as_str(), "keystore": ca.keystore_backend(),
+                    "root": ca.root_path(), "chain": ca.chain_path(), "crl": ca.crl_path(),
+                }))
+            } else {
+                println!(
+                    "{} CA created in {} (keys in {} keystore)",
+                    ca.kind().as_str(),
+                    dir.display(),
+                    ca.keystore_backend()
+                );
+                println!("trust anchor: {}", ca.root_path().display());
+                Ok(())
+            }
+        }
+        CaCommand::Issue(a) => issue(a, json),
+        CaCommand::Revoke { ca, serial, reason } => {
+            let mut ca = Ca::open(&ca)?;
+            let crl = ca.revoke(&serial, &reason)?;
+            if json {
+                print_json(&json!({"revoked": serial, "reason": reason, "crl": crl}))
+            } else {
+                println!(
+                    "revoked {serial} ({reason}); CRL published at {}",
+                    crl.display()
+                );
+                Ok(())
+            }
+        }
+        CaCommand::Crl { ca, days, out } => {
+            let mut ca = Ca::open(&ca)?;
+            let crl = ca.crl(days)?;
+            if let Some(out) = &out {
+                fsu::write_atomic(out, &fsu::read(&crl)?, Mode::Public)?;
+            }
+            if json {
+                print_json(&json!({"crl": crl, "copy": out, "revoked": ca.revoked_serials()}))
+            } else {
+                println!(
+                    "CRL published at {} ({} revoked)",
+                    crl.display(),
+                    ca.revoked_serials().len()
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn need<'a>(v: &'a Option<String>, flag: &str, profile: &str) -> Result<&'a str> {
+    v.as_deref()
+        .with_context(|| format!("--profile {profile} needs {flag}"))
+}
+
+fn issue(a: IssueArgs, json: bool) -> Result<()> {
+    if a.out.exists() {
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            a.out.display()
+        );
+    }
+    if let Some(k) = &a.key_out
+        && k.exists()
+    {
+        bail!(
+            "{} already exists; refusing to overwrite a key",
+            k.display()
+        );
+    }
+    let profile = match a.profile {
+        ProfileArg::Idevid => Profile::IdevId {
+            serial_number: need(&a.serial, "--serial", "idevid")?.into(),
+            model: a.model.clone(),
+        },
+        ProfileArg::Ldevid => Profile::LdevId {
+            serial_number: need(&a.serial, "--serial", "ldevid")?.into(),
+            device_name: need(&a.name, "--name (the device's DNS name)", "ldevid")?.into(),
+            ip_addresses: a.ip.clone(),
+            days: a.days,
+        },
+        ProfileArg::Client => Profile::Client {
+            name: need(&a.name, "--name", "client")?.into(),
+            role: a.role.as_deref().map(Role::new).transpose()?,
+            days: a.days,
+        },
+        ProfileArg::Server => Profile::Server {
+            dns_names: a.dns.clone(),
+            ip_addresses: a.ip.clone(),
+            days: a.days,
+        },
+    };
+    if a.role.is_some() && a.profile != ProfileArg::Client {
+        bail!("--role only applies to --profile client");
+    }
+    let mut ca = Ca::open(&a.ca)?;
+    let (key, generated) = match (&a.csr, &a.key_out) {
+        (Some(csr), None) => (SubjectKey::CsrFile(csr.clone()), None),
+        (None, Some(out)) => {
+            let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
+                .serialize_request(&kp)?
+                .pem()?;
+            (
+                SubjectKey::CsrPem {
+                    source: "generated key".into(),
+                    pem: csr,
+                },
+                Some((out.clone(), zeroize::Zeroizing::new(kp.serialize_pem()))),
+            )
+        }
+        _ => bail!("give exactly one of --csr and --key-out"),
+    };
+    let issued = ca.issue(&IssueRequest { profile, key })?;
+    // Key first, then certificate: a certificate never exists without its key.
+    if let Some((path, pem)) = &generated {
+        fsu::write_new(path, pem.as_bytes(), Mode::Private)?;
+    }
+    fsu::write_new(&a.out, issued.chain_pem.as_bytes(), Mode::Public)?;
+    let s = summarize(&issued.der)?;
+    if json {
+        print_json(&json!({
+            "serial": issued.serial, "certificate": a.out, "key": a.key_out,
+            "filed_at": issued.path, "summary": s,
+        }))
+    } else {
+        println!(
+            "issued {} certificate {} for {}",
+            a.profile_name(),
+            issued.serial,
+            s.subject
+        );
+        println!("chain written to {}", a.out.display());
+        if let Some(k) = &a.key_out {
+            println!("private key written to {} (0600)", k.display());
+        }
+        Ok(())
+    }
+}
+
+impl IssueArgs {
+    fn profile_name(&self) -> &'static str {
+        match self.profile {
+            ProfileArg::Idevid => "IDevID",
+            ProfileArg::Ldevid => "LDevID",
+            ProfileArg::Client => "client",
+            ProfileArg::Server => "server",
+        }
+    }
+}

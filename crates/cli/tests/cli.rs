@@ -1,0 +1,759 @@
+//! The `drivesec` and `drivesecd` binaries end to end, as a user runs them,
+//! cross-checked with openssl and pkcs11-tool.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn drivesec(args: &[&str]) -> Out {
+    drivesec_env(args, &[], false)
+}
+
+fn drivesec_env(args: &[&str], env: &[(&str, &str)], clear_softhsm: bool) -> Out {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drivesec"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if clear_softhsm {
+        cmd.env_remove("SOFTHSM2_CONF");
+    }
+    let o = cmd.output().unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = drivesec(args);
+    assert_eq!(o.code, 0, "drivesec {args:?} failed: {}", o.stderr);
+    o.stdout
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = drivesec(args);
+    assert_eq!(
+        o.code, 2,
+        "drivesec {args:?} should exit 2; stdout {} stderr {}",
+        o.stdout, o.stderr
+    );
+    o.stderr
+}
+
+fn openssl(args: &[&str]) -> (bool, String) {
+    let o = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl installed by scripts/test");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pkcs11_tool_objects(conf: &str, token: &str, pin: &str) -> String {
+    let o = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", conf)
+        .args([
+            "--module",
+            s(&drivesec_keystore::pkcs11::default_module()),
+            "--token-label",
+            token,
+            "--login",
+            "--pin",
+            pin,
+            "--list-objects",
+        ])
+        .output()
+        .expect("pkcs11-tool installed by scripts/test (opensc)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn check_lab_tokens(lab: &Value, conf: &str) {
+    for dev in lab["devices"].as_array().unwrap() {
+        assert_eq!(dev["keystore"], "pkcs11");
+        let uri = dev["pkcs11_uri"].as_str().unwrap();
+        let token = uri
+            .split("token=")
+            .nth(1)
+            .unwrap()
+            .split(['?', ';'])
+            .next()
+            .unwrap();
+        let pin =
+            std::fs::read_to_string(Path::new(dev["dir"].as_str().unwrap()).join("pin")).unwrap();
+        let objects = pkcs11_tool_objects(conf, token, pin.trim());
+        let private: Vec<&str> = objects.split("Private Key Object").skip(1).collect();
+        assert_eq!(private.len(), 1, "{objects}");
+        assert!(private[0].contains("label:      idevid"), "{objects}");
+        assert!(
+            private[0]
+                .contains("Access:     sensitive, always sensitive, never extractable, local"),
+            "{objects}"
+        );
+    }
+}
+
+#[test]
+fn lab_up_soft_identities_pass_openssl_and_carry_roles() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("lab");
+    let out = ok(&["--json", "lab", "up", "--dir", s(&dir), "--devices", "2"]);
+    let printed: Value = serde_json::from_str(&out).unwrap();
+    let lab: Value = serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap();
+    assert_eq!(printed, lab);
+    for key in ["manufacturer_ca", "oem_ca", "crl"] {
+        assert!(Path::new(lab[key].as_str().unwrap()).is_absolute(), "{key}");
+        assert!(Path::new(lab[key].as_str().unwrap()).exists(), "{key}");
+    }
+    let devices = lab["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    let mfg = lab["manufacturer_ca"].as_str().unwrap();
+    for dev in devices {
+        assert_eq!(dev["keystore"], "soft");
+        assert!(dev["api"].is_null() && dev["modbus"].is_null());
+        let idevid = dev["idevid"].as_str().unwrap();
+        let (good, text) = openssl(&["verify", "-CAfile", mfg, "-untrusted", idevid, idevid]);
+        assert!(good, "{text}");
+        let (_, text) = openssl(&["x509", "-in", idevid, "-noout", "-subject"]);
+        assert!(
+            text.contains(dev["serial_number"].as_str().unwrap()),
+            "{text}"
+        );
+        let dir = Path::new(dev["dir"].as_str().unwrap());
+        let hash = std::fs::read_to_string(dir.join("factory-credential.hash")).unwrap();
+        let cred = std::fs::read_to_string(dev["factory_credential"].as_str().unwrap()).unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(!hash.contains(cred.trim()), "credential stored in clear");
+        let mode = std::fs::metadata(dir.join("factory-credential.hash"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The credential appears nowhere in the device directory.
+        for (p, bytes) in tree(dir) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(cred.trim()),
+                "credential in {}",
+                p.display()
+            );
+        }
+    }
+    let oem = lab["oem_ca"].as_str().unwrap();
+    let crl = lab["crl"].as_str().unwrap();
+    let clients = lab["clients"].as_object().unwrap();
+    let roles: Vec<&String> = clients.keys().collect();
+    assert_eq!(
+        roles,
+        [
+            "auditor",
+            "engineer",
+            "operator",
+            "security-admin",
+            "viewer"
+        ]
+    );
+    for (role, files) in clients {
+        let cert = files["cert"].as_str().unwrap();
+        let key = files["key"].as_str().unwrap();
+        let (good, text) = openssl(&[
+            "verify",
+            "-CAfile",
+            oem,
+            "-untrusted",
+            cert,
+            "-crl_check",
+            "-CRLfile",
+            crl,
+            "-purpose",
+            "sslclient",
+            cert,
+        ]);
+        assert!(good, "{role}: {text}");
+        let (_, text) = openssl(&["x509", "-in", cert, "-noout", "-text"]);
+        let at = text
+            .find("1.3.6.1.4.1.50316.802.1:")
+            .unwrap_or_else(|| panic!("{role}: no role extension\n{text}"));
+        assert_eq!(
+            text[at..]
+                .lines()
+                .nth(1)
+                .unwrap()
+                .trim()
+                .trim_start_matches(|c: char| !c.is_ascii_alphabetic()),
+            role
+        );
+        assert_eq!(
+            std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (good, text) = openssl(&["pkey", "-in", key, "-noout"]);
+        assert!(good, "{text}");
+    }
+    // `lab down` stops nothing yet and says so.
+    let v: Value = serde_json::from_str(&ok(&["--json", "lab", "down", "--dir", s(&dir)])).unwrap();
+    assert_eq!(v["stopped"], 0);
+}
+
+#[test]
+fn lab_up_pkcs11_keys_are_sensitive_and_never_extractable() {
+    let conf = std::env::var("SOFTHSM2_CONF").expect("run through scripts/test (SOFTHSM2_CONF)");
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("lab");
+    let lab: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "lab",
+        "up",
+        "--dir",
+        s(&dir),
+        "--devices",
+        "2",
+        "--keystore",
+        "pkcs11",
+    ]))
+    .unwrap();
+    check_lab_tokens(&lab, &conf);
+}
+
+#[test]
+fn lab_up_pkcs11_without_softhsm_conf_makes_its_own_token_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("lab");
+    let o = drivesec_env(
+        &[
+            "--json",
+            "lab",
+            "up",
+            "--dir",
+            s(&dir),
+            "--devices",
+            "1",
+            "--keystore",
+            "pkcs11",
+        ],
+        &[],
+        true,
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lab: Value = serde_json::from_str(&o.stdout).unwrap();
+    let conf = dir.join("softhsm/softhsm2.conf");
+    assert_eq!(lab["softhsm2_conf"].as_str().unwrap(), s(&conf));
+    check_lab_tokens(&lab, s(&conf));
+}
+
+#[test]
+fn demo_verifies_everything() {
+    let d = tempfile::tempdir().unwrap();
+    let v: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "demo",
+        "--dir",
+        s(&d.path().join("demo")),
+        "--devices",
+        "2",
+    ]))
+    .unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["devices"].as_array().unwrap().len(), 2);
+    for dev in v["devices"].as_array().unwrap() {
+        assert_eq!(dev["possession_ok"], true);
+        assert_eq!(dev["credential_ok"], true);
+        assert_eq!(dev["openssl_ok"], true);
+    }
+    let text = ok(&[
+        "demo",
+        "--dir",
+        s(&d.path().join("demo2")),
+        "--devices",
+        "1",
+    ]);
+    assert!(text.contains("All identities verified"), "{text}");
+}
+
+#[test]
+fn ca_issue_revoke_crl_flow() {
+    let d = tempfile::tempdir().unwrap();
+    let ca = d.path().join("oem");
+    let v: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "ca",
+        "init",
+        "--dir",
+        s(&ca),
+        "--kind",
+        "oem",
+        "--org",
+        "OEM Ltd",
+    ]))
+    .unwrap();
+    assert_eq!(v["keystore"], "soft");
+    let cert = d.path().join("eng.crt");
+    let key = d.path().join("eng.key");
+    let v: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "ca",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--profile",
+        "client",
+        "--name",
+        "eve",
+        "--role",
+        "engineer",
+        "--key-out",
+        s(&key),
+        "--out",
+        s(&cert),
+    ]))
+    .unwrap();
+    assert_eq!(v["summary"]["role"], "engineer");
+    let serial = v["serial"].as_str().unwrap().to_string();
+    let shown: Value = serde_json::from_str(&ok(&["--json", "cert", s(&cert)])).unwrap();
+    assert_eq!(shown["serial"], serial.as_str());
+    assert_eq!(shown["role_extension_critical"], false);
+    // A CSR made by openssl, as a customer's tool would.
+    let csr_key = d.path().join("srv.key");
+    let csr = d.path().join("srv.csr");
+    let (good, text) = openssl(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        s(&csr_key),
+        "-subj",
+        "/CN=whatever",
+        "-out",
+        s(&csr),
+    ]);
+    assert!(good, "{text}");
+    let srv = d.path().join("srv.crt");
+    ok(&[
+        "ca",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--profile",
+        "server",
+        "--dns",
+        "scada.plant.example",
+        "--csr",
+        s(&csr),
+        "--out",
+        s(&srv),
+    ]);
+    let (good, text) = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&ca.join("root.crt")),
+        "-untrusted",
+        s(&srv),
+        "-purpose",
+        "sslserver",
+        s(&srv),
+    ]);
+    assert!(good, "{text}");
+
+    let out = ok(&[
+        "ca",
+        "revoke",
+        "--ca",
+        s(&ca),
+        "--serial",
+        &serial,
+        "--reason",
+        "key-compromise",
+    ]);
+    assert!(out.contains("revoked"), "{out}");
+    let crl_copy = d.path().join("copy.crl");
+    let v: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "ca",
+        "crl",
+        "--ca",
+        s(&ca),
+        "--out",
+        s(&crl_copy),
+    ]))
+    .unwrap();
+    assert_eq!(v["revoked"][0], serial.as_str());
+    let (good, text) = openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        s(&ca.join("chain.pem")),
+        "-CRLfile",
+        s(&crl_copy),
+        s(&cert),
+    ]);
+    assert!(!good && text.contains("certificate revoked"), "{text}");
+    let err = fails(&["ca", "revoke", "--ca", s(&ca), "--serial", "deadbeef"]);
+    assert!(err.contains("deadbeef"), "{err}");
+}
+
+#[test]
+fn factory_provision_prints_credential_once_and_stores_only_a_hash() {
+    let d = tempfile::tempdir().unwrap();
+    let ca = d.path().join("mfg");
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&ca),
+        "--kind",
+        "manufacturer",
+        "--org",
+        "Acme",
+    ]);
+    let dev = d.path().join("dev1");
+    let v: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "factory",
+        "provision",
+        "--ca",
+        s(&ca),
+        "--device-dir",
+        s(&dev),
+        "--serial",
+        "SN-42",
+    ]))
+    .unwrap();
+    let cred = v["factory_credential"].as_str().unwrap().to_string();
+    assert_eq!(cred.len(), 29);
+    for (p, bytes) in tree(&dev) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&cred),
+            "credential in {}",
+            p.display()
+        );
+    }
+    // A second device gets a different credential.
+    let dev2 = d.path().join("dev2");
+    let cred_file = d.path().join("dev2.cred");
+    ok(&[
+        "factory",
+        "provision",
+        "--ca",
+        s(&ca),
+        "--device-dir",
+        s(&dev2),
+        "--serial",
+        "SN-43",
+        "--credential-out",
+        s(&cred_file),
+    ]);
+    let cred2 = std::fs::read_to_string(&cred_file).unwrap();
+    assert_ne!(cred2.trim(), cred);
+    assert_eq!(
+        std::fs::metadata(&cred_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The same serial number cannot be provisioned over an existing device.
+    let err = fails(&[
+        "factory",
+        "provision",
+        "--ca",
+        s(&ca),
+        "--device-dir",
+        s(&dev),
+        "--serial",
+        "SN-42",
+    ]);
+    assert!(err.contains(s(&dev)), "{err}");
+    // IDevIDs come only from the manufacturer CA.
+    let oem = d.path().join("oem");
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&oem),
+        "--kind",
+        "oem",
+        "--org",
+        "OEM",
+    ]);
+    let err = fails(&[
+        "factory",
+        "provision",
+        "--ca",
+        s(&oem),
+        "--device-dir",
+        s(&d.path().join("x")),
+        "--serial",
+        "S",
+    ]);
+    assert!(err.contains("manufacturer CA"), "{err}");
+    assert!(!d.path().join("x").exists());
+}
+
+#[test]
+fn bad_input_exits_2_names_the_problem_and_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let ca = d.path().join("oem");
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&ca),
+        "--kind",
+        "oem",
+        "--org",
+        "OEM",
+    ]);
+    let before = tree(&ca);
+
+    // Existing CA directory.
+    let err = fails(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&ca),
+        "--kind",
+        "oem",
+        "--org",
+        "Other",
+    ]);
+    assert!(
+        err.contains(s(&ca)) && err.contains("already exists"),
+        "{err}"
+    );
+    // Malformed CSR.
+    let junk = d.path().join("junk.csr");
+    std::fs::write(
+        &junk,
+        "-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n",
+    )
+    .unwrap();
+    let out = d.path().join("out.crt");
+    let err = fails(&[
+        "ca",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--profile",
+        "client",
+        "--name",
+        "x",
+        "--csr",
+        s(&junk),
+        "--out",
+        s(&out),
+    ]);
+    assert!(err.contains("junk.csr"), "{err}");
+    assert!(!out.exists());
+    // Malformed PEM certificate.
+    let bad_pem = d.path().join("bad.pem");
+    std::fs::write(
+        &bad_pem,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let err = fails(&["cert", s(&bad_pem)]);
+    assert!(err.contains("bad.pem") && err.contains("X.509"), "{err}");
+    // Not a CA directory.
+    let err = fails(&["ca", "crl", "--ca", s(d.path())]);
+    assert!(err.contains("ca.json"), "{err}");
+    // Unknown role characters, missing profile fields.
+    let err = fails(&[
+        "ca",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--profile",
+        "client",
+        "--name",
+        "x",
+        "--role",
+        " admin",
+        "--key-out",
+        s(&d.path().join("k")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(err.contains("role"), "{err}");
+    let err = fails(&[
+        "ca",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--profile",
+        "ldevid",
+        "--key-out",
+        s(&d.path().join("k")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(err.contains("--serial"), "{err}");
+    assert!(!d.path().join("k").exists());
+    // Unwritable location: the parent is a regular file.
+    let file = d.path().join("plain");
+    std::fs::write(&file, "x").unwrap();
+    let err = fails(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&file.join("ca")),
+        "--kind",
+        "oem",
+        "--org",
+        "O",
+    ]);
+    assert!(err.contains("plain"), "{err}");
+    let err = fails(&["lab", "up", "--dir", s(&file.join("lab"))]);
+    assert!(err.contains("plain"), "{err}");
+    // A non-empty lab directory is refused.
+    let err = fails(&["lab", "up", "--dir", s(&ca)]);
+    assert!(err.contains("not empty"), "{err}");
+
+    assert_eq!(tree(&ca), before, "a failed command changed the CA");
+}
+
+#[test]
+fn wrong_pin_and_missing_token_are_clear_errors() {
+    let _conf = std::env::var("SOFTHSM2_CONF").expect("run through scripts/test (SOFTHSM2_CONF)");
+    let d = tempfile::tempdir().unwrap();
+    let label = format!("cli-pin-{}", std::process::id());
+    drivesec_keystore::pkcs11::init_token(
+        &drivesec_keystore::pkcs11::default_module(),
+        &label,
+        "so-123456",
+        "user-1234",
+    )
+    .unwrap();
+    let wrong = d.path().join("wrong-pin");
+    std::fs::write(&wrong, "0000").unwrap();
+    let mfg = d.path().join("mfg");
+    let err = fails(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&mfg),
+        "--kind",
+        "manufacturer",
+        "--org",
+        "Acme",
+        "--pkcs11-uri",
+        &format!("pkcs11:token={label}?pin-source=file:{}", s(&wrong)),
+    ]);
+    assert!(err.contains("wrong PIN") && err.contains(&label), "{err}");
+    assert!(!err.contains("0000"));
+    assert!(!mfg.exists());
+    let err = fails(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&mfg),
+        "--kind",
+        "manufacturer",
+        "--org",
+        "Acme",
+        "--pkcs11-uri",
+        "pkcs11:token=no-such-token?pin-value=1",
+    ]);
+    assert!(
+        err.contains("no PKCS#11 token matches") && err.contains("no-such-token"),
+        "{err}"
+    );
+    assert!(!err.contains("pin-value=1"), "PIN leaked: {err}");
+    // Right PIN: the CA keys live on the token and the device gets a token-backed identity.
+    let right = d.path().join("pin");
+    std::fs::write(&right, "user-1234\n").unwrap();
+    ok(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&mfg),
+        "--kind",
+        "manufacturer",
+        "--org",
+        "Acme",
+        "--pkcs11-uri",
+        &format!("pkcs11:token={label}?pin-source=file:{}", s(&right)),
+    ]);
+    let dev = d.path().join("dev");
+    let v: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "factory",
+        "provision",
+        "--ca",
+        s(&mfg),
+        "--device-dir",
+        s(&dev),
+        "--serial",
+        "HSM-7",
+        "--keystore",
+        "pkcs11",
+        "--credential-out",
+        s(&d.path().join("dev.cred")),
+    ]))
+    .unwrap();
+    assert_eq!(v["keystore"], "pkcs11");
+    assert!(
+        v["factory_credential"].is_null(),
+        "credential went to the file, not stdout"
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["demo", "--help"],
+        vec!["ca", "--help"],
+        vec!["ca", "init", "--help"],
+        vec!["ca", "issue", "--help"],
+        vec!["ca", "revoke", "--help"],
+        vec!["ca", "crl", "--help"],
+        vec!["factory", "provision", "--help"],
+        vec!["lab", "up", "--help"],
+        vec!["lab", "down", "--help"],
+        vec!["cert", "--help"],
+    ] {
+        let o = drivesec(&args);
+        assert_eq!(o.code, 0, "{args:?}");
+        assert!(o.stdout.contains("Usage"), "{args:?}: {}", o.stdout);
+    }
+    assert_eq!(drivesec(&["no-such-command"]).code, 2);
+}

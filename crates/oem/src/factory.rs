@@ -1,0 +1,269 @@
+//! The manufacturer's provisioning station, for one device.
+//!
+//! It creates the device's state directory (see docs/device-state.md):
+//!
+//! ```text
+//! device.json                  identity and keystore configuration (no secrets)
+//! idevid.crt                   IDevID + manufacturer issuing CA (PEM chain)
+//! manufacturer-root.crt        the manufacturer's trust anchor
+//! factory-credential.hash      Argon2id PHC hash of the one-time credential (0600)
+//! keystore/, device-secret     soft backend only
+//! pin                          PKCS#11 backend only: the token user PIN (0600)
+//! ```
+//!
+//! The directory is assembled under a hidden sibling name and renamed into
+//! place, so a failed station run leaves no half-provisioned device; keys
+//! already generated on a token are destroyed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_keystore::pkcs11::{Pkcs11Uri, init_token};
+use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, open_keystore};
+use drivesec_pki::{Ca, CaKind, IssueRequest, Profile, SubjectKey};
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::{OemError, Result, credential};
+
+/// The handle of the device identity key in every device keystore.
+pub const IDEVID_KEY: &str = "idevid";
+
+/// Which crypto chip the device has.
+#[derive(Debug, Clone)]
+pub enum DeviceKeystore {
+    /// The software chip, inside the device directory.
+    Soft,
+    /// An existing PKCS#11 token (URI with a `pin-source`).
+    Pkcs11 {
+        /// The token URI.
+        uri: String,
+    },
+    /// A fresh token initialised on `module` for this device (SoftHSM2 style:
+    /// the module offers a free slot). Random SO and user PINs are generated;
+    /// the user PIN goes to `DEVICE/pin`, the SO PIN to `so_pin_file`.
+    Pkcs11NewToken {
+        /// The module.
+        module: PathBuf,
+        /// Where to keep the SO PIN (outside the device directory).
+        so_pin_file: PathBuf,
+    },
+}
+
+/// What the station is asked to do.
+#[derive(Debug, Clone)]
+pub struct ProvisionOptions {
+    /// The device state directory to create.
+    pub device_dir: PathBuf,
+    /// The device's serial number.
+    pub serial_number: String,
+    /// The product model.
+    pub model: String,
+    /// The crypto chip.
+    pub keystore: DeviceKeystore,
+}
+
+/// `device.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceFile {
+    /// Always `drivesec-device`.
+    pub format: String,
+    /// Format version, 1.
+    pub version: u32,
+    /// Serial number.
+    pub serial_number: String,
+    /// Model.
+    pub model: String,
+    /// Manufacturer organisation.
+    pub manufacturer: String,
+    /// Life-cycle state: `factory` until commissioned.
+    pub state: String,
+    /// The crypto chip.
+    pub keystore: KeystoreConfig,
+    /// Handle of the IDevID key.
+    pub idevid_key: KeyHandle,
+}
+
+impl DeviceFile {
+    /// Reads `DIR/device.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("device.json");
+        serde_json::from_slice(&fsu::read(&path)?).map_err(|e| OemError::BadFile {
+            path,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The station's result. The credential is shown once and never stored in clear.
+#[derive(Debug)]
+pub struct Provisioned {
+    /// The device directory.
+    pub device_dir: PathBuf,
+    /// Serial number.
+    pub serial_number: String,
+    /// IDevID certificate serial (hex).
+    pub idevid_serial: String,
+    /// Path of the IDevID chain.
+    pub idevid_path: PathBuf,
+    /// The keystore backend used.
+    pub backend: &'static str,
+    /// The PKCS#11 URI (no secrets), for token-backed devices.
+    pub pkcs11_uri: Option<String>,
+    /// The one-time factory credential, to hand to the owner out of band.
+    pub factory_credential: Zeroizing<String>,
+}
+
+fn rand_digits(n: usize) -> Zeroizing<String> {
+    let mut b = Zeroizing::new(vec![0u8; n]);
+    OsRng.fill_bytes(&mut b);
+    Zeroizing::new(b.iter().map(|x| char::from(b'0' + x % 10)).collect())
+}
+
+/// Provisions one device with the manufacturer CA.
+pub fn provision(mfg: &mut Ca, opts: &ProvisionOptions) -> Result<Provisioned> {
+    if mfg.kind() != CaKind::Manufacturer {
+        return Err(OemError::Invalid(format!(
+            "{} is an {} CA; factory provisioning needs the manufacturer CA",
+            mfg.dir().display(),
+            mfg.kind().as_str()
+        )));
+    }
+    let dir = &opts.device_dir;
+    if dir.exists() {
+        return Err(OemError::Exists { path: dir.clone() });
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fsu::ensure_writable_dir(&parent)?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| OemError::Invalid(format!("{} has no directory name", dir.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let staging = parent.join(format!(
+        ".{name}.staging-{}",
+        hex::encode(rand_digits(4).as_bytes())
+    ));
+    fsu::create_private_dir(&staging)?;
+    let mut key: Option<(Arc<dyn KeyStore>, KeyHandle)> = None;
+    let result = build(mfg, opts, &staging, &mut key).and_then(|p| {
+        std::fs::rename(&staging, dir)
+            .map_err(|e| fsu::FsError::io("rename device into place", dir, e))?;
+        fsu::sync_dir(&parent)?;
+        Ok(p)
+    });
+    match result {
+        Ok(mut p) => {
+            p.device_dir = dir.clone();
+            p.idevid_path = dir.join("idevid.crt");
+            Ok(p)
+        }
+        Err(e) => {
+            if let Some((store, h)) = key {
+                let _ = store.destroy(&h);
+            }
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+fn build(
+    mfg: &mut Ca,
+    opts: &ProvisionOptions,
+    dir: &Path,
+    created: &mut Option<(Arc<dyn KeyStore>, KeyHandle)>,
+) -> Result<Provisioned> {
+    let (config, store, uri) = match &opts.keystore {
+        DeviceKeystore::Soft => {
+            let (cfg, store) = KeystoreConfig::create_soft(dir, "keystore", "device-secret")?;
+            (cfg, store, None)
+        }
+        DeviceKeystore::Pkcs11 { uri } => {
+            let cfg = KeystoreConfig::Pkcs11 { uri: uri.clone() };
+            let store = open_keystore(&cfg, dir)?;
+            (cfg, store, Some(uri.clone()))
+        }
+        DeviceKeystore::Pkcs11NewToken {
+            module,
+            so_pin_file,
+        } => {
+            let mut tag = [0u8; 3];
+            OsRng.fill_bytes(&mut tag);
+            let label = format!("drivesec-{}-{}", opts.serial_number, hex::encode(tag));
+            let user_pin = rand_digits(12);
+            let so_pin = rand_digits(12);
+            fsu::write_new(&dir.join("pin"), user_pin.as_bytes(), Mode::Private)?;
+            fsu::write_new(so_pin_file, so_pin.as_bytes(), Mode::Private)?;
+            init_token(module, &label, &so_pin, &user_pin)?;
+            let u = Pkcs11Uri {
+                token: Some(label),
+                module_path: Some(module.clone()),
+                pin_source: Some("file:pin".into()),
+                ..Pkcs11Uri::default()
+            };
+            let cfg = KeystoreConfig::Pkcs11 { uri: u.to_string() };
+            let store = open_keystore(&cfg, dir)?;
+            (cfg, store, Some(u.to_string()))
+        }
+    };
+    let handle = KeyHandle::new(IDEVID_KEY)?;
+    let info = store.generate(&handle, KeyAlgorithm::EcdsaP256)?;
+    *created = Some((store.clone(), handle.clone()));
+
+    let issued = mfg.issue(&IssueRequest {
+        profile: Profile::IdevId {
+            serial_number: opts.serial_number.clone(),
+            model: opts.model.clone(),
+        },
+        key: SubjectKey::Public(info.public_key),
+    })?;
+    fsu::write_new(
+        &dir.join("idevid.crt"),
+        issued.chain_pem.as_bytes(),
+        Mode::Public,
+    )?;
+    let root = fsu::read(&mfg.root_path())?;
+    fsu::write_new(&dir.join("manufacturer-root.crt"), &root, Mode::Public)?;
+
+    let cred = credential::generate();
+    let hash = credential::hash(&cred)?;
+    fsu::write_new(
+        &dir.join("factory-credential.hash"),
+        hash.as_bytes(),
+        Mode::Private,
+    )?;
+
+    let file = DeviceFile {
+        format: "drivesec-device".into(),
+        version: 1,
+        serial_number: opts.serial_number.clone(),
+        model: opts.model.clone(),
+        manufacturer: mfg.organization().into(),
+        state: "factory".into(),
+        keystore: config,
+        idevid_key: handle,
+    };
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| OemError::Invalid(e.to_string()))?;
+    fsu::write_new(&dir.join("device.json"), &json, Mode::Public)?;
+    Ok(Provisioned {
+        device_dir: dir.to_path_buf(),
+        serial_number: opts.serial_number.clone(),
+        idevid_serial: issued.serial,
+        idevid_path: dir.join("idevid.crt"),
+        backend: store.backend(),
+        pkcs11_uri: uri,
+        factory_credential: cred,
+    })
+}
+
+/// Checks a candidate factory credential against a device's stored hash.
+pub fn check_factory_credential(device_dir: &Path, candidate: &str) -> Result<bool> {
+    let hash = fsu::read_to_string(&device_dir.join("factory-credential.hash"))?;
+    Ok(credential::verify(candidate, hash.trim()))
+}

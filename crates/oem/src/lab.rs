@@ -1,0 +1,322 @@
+//! A complete local lab, described by `DIR/lab.json` (see docs/lab.md).
+//!
+//! ```text
+//! DIR/lab.json
+//! DIR/manufacturer-ca/          manufacturer CA (root.crt, issuing.crt, crl.pem, ...)
+//! DIR/oem-ca/                   OEM CA
+//! DIR/devices/NAME/             one factory-provisioned device state directory each
+//! DIR/clients/ROLE.crt|.key     one client certificate chain and PKCS#8 key per built-in role
+//! DIR/secrets/NAME.credential   the one-time factory credential, as handed to the owner (0600)
+//! DIR/secrets/NAME.so-pin       the token SO PIN (pkcs11 devices)
+//! DIR/softhsm/                  a lab-private SoftHSM2 token directory, when the lab made one
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_pki::{BUILTIN_ROLES, Ca, CaKind, CaOptions, IssueRequest, Profile, Role, SubjectKey};
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+use crate::factory::{DeviceKeystore, ProvisionOptions, provision};
+use crate::{OemError, Result};
+
+/// The model name lab devices carry.
+pub const LAB_MODEL: &str = "iC7-Sim";
+
+/// Which crypto chip lab devices get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The software chip.
+    Soft,
+    /// A SoftHSM2 (or other PKCS#11) token per device.
+    Pkcs11,
+}
+
+impl Backend {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Soft => "soft",
+            Backend::Pkcs11 => "pkcs11",
+        }
+    }
+}
+
+/// Options for [`up`].
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// The lab directory (must not exist, or be empty).
+    pub dir: PathBuf,
+    /// Number of devices.
+    pub devices: usize,
+    /// Device crypto chip.
+    pub keystore: Backend,
+    /// PKCS#11 module for `Backend::Pkcs11`.
+    pub pkcs11_module: PathBuf,
+    /// When set, write a lab-private SoftHSM2 configuration at this path
+    /// (the caller has pointed `SOFTHSM2_CONF` at it before any PKCS#11 use).
+    pub create_softhsm_conf: Option<PathBuf>,
+}
+
+/// A client's files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientFiles {
+    /// Certificate chain (leaf + OEM issuing CA), PEM.
+    pub cert: PathBuf,
+    /// PKCS#8 private key, PEM, 0600.
+    pub key: PathBuf,
+}
+
+/// One lab device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LabDevice {
+    /// Device name (also its future DNS name in the lab).
+    pub name: String,
+    /// `soft` or `pkcs11`.
+    pub keystore: String,
+    /// IDevID chain, PEM.
+    pub idevid: PathBuf,
+    /// HTTPS API address once the device runtime runs (later issues).
+    pub api: Option<String>,
+    /// Modbus/TCP Security address once it runs (later issues).
+    pub modbus: Option<String>,
+    /// Serial number.
+    pub serial_number: String,
+    /// The device state directory.
+    pub dir: PathBuf,
+    /// The one-time factory credential file (0600).
+    pub factory_credential: PathBuf,
+    /// The PKCS#11 URI of its token (no secrets), for pkcs11 devices.
+    pub pkcs11_uri: Option<String>,
+}
+
+/// `lab.json`. Paths are absolute. Later issues add fields, never rename these.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LabManifest {
+    /// Manufacturer root certificate (verifies IDevIDs).
+    pub manufacturer_ca: PathBuf,
+    /// OEM root certificate (verifies LDevIDs and clients).
+    pub oem_ca: PathBuf,
+    /// The OEM issuing CA's CRL.
+    pub crl: PathBuf,
+    /// One client per built-in role.
+    pub clients: BTreeMap<String, ClientFiles>,
+    /// The devices.
+    pub devices: Vec<LabDevice>,
+    /// The manufacturer CA directory.
+    pub manufacturer_ca_dir: PathBuf,
+    /// The OEM CA directory.
+    pub oem_ca_dir: PathBuf,
+    /// The SoftHSM2 configuration the lab's tokens live under, if any.
+    pub softhsm2_conf: Option<PathBuf>,
+}
+
+impl LabManifest {
+    /// Reads `DIR/lab.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("lab.json");
+        serde_json::from_slice(&fsu::read(&path)?).map_err(|e| OemError::BadFile {
+            path,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A step of [`up`], for progress display.
+#[derive(Debug, Clone)]
+pub enum LabStep {
+    /// Starting; `total` steps follow.
+    Start {
+        /// Number of steps.
+        total: u64,
+    },
+    /// A step finished.
+    Done(String),
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).map_err(|e| fsu::FsError::io("resolve path", p, e).into())
+}
+
+fn serial() -> String {
+    let mut b = [0u8; 5];
+    OsRng.fill_bytes(&mut b);
+    format!("DS{}", hex::encode_upper(b))
+}
+
+/// Builds the lab. On failure the lab directory is removed again.
+pub fn up(opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Result<LabManifest> {
+    if opts.devices == 0 || opts.devices > 999 {
+        return Err(OemError::Invalid(format!(
+            "--devices must be 1..999, not {}",
+            opts.devices
+        )));
+    }
+    let dir = absolute(&opts.dir)?;
+    let preexisting = dir.exists();
+    if preexisting {
+        let empty = std::fs::read_dir(&dir)
+            .map_err(|e| fsu::FsError::io("read directory", &dir, e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(OemError::Exists { path: dir });
+        }
+    }
+    fsu::create_private_dir(&dir)?;
+    let result = build(&dir, opts, progress);
+    if result.is_err() {
+        if preexisting {
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    let _ = std::fs::remove_dir_all(e.path())
+                        .or_else(|_| std::fs::remove_file(e.path()));
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    result
+}
+
+fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Result<LabManifest> {
+    progress(LabStep::Start {
+        total: 2 + opts.devices as u64 + BUILTIN_ROLES.len() as u64,
+    });
+    let softhsm2_conf = match &opts.create_softhsm_conf {
+        Some(conf) => {
+            let tokens = dir.join("softhsm").join("tokens");
+            fsu::create_private_dir(&tokens)?;
+            let text = format!(
+                "# SoftHSM2 configuration private to this drivesec lab\n\
+                 directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            );
+            fsu::write_new(conf, text.as_bytes(), Mode::Public)?;
+            Some(conf.clone())
+        }
+        None => std::env::var_os("SOFTHSM2_CONF")
+            .filter(|_| opts.keystore == Backend::Pkcs11)
+            .map(PathBuf::from),
+    };
+
+    let mfg_dir = dir.join("manufacturer-ca");
+    let mut mfg = Ca::init(
+        &mfg_dir,
+        &CaOptions::new(CaKind::Manufacturer, "Drivesec Drives A/S"),
+    )?;
+    progress(LabStep::Done("manufacturer CA".into()));
+    let oem_dir = dir.join("oem-ca");
+    let mut oem = Ca::init(
+        &oem_dir,
+        &CaOptions::new(CaKind::Oem, "Lab Machine Builder"),
+    )?;
+    progress(LabStep::Done("OEM CA".into()));
+
+    let secrets = dir.join("secrets");
+    fsu::create_private_dir(&secrets)?;
+    fsu::create_private_dir(&dir.join("devices"))?;
+    let mut devices = Vec::new();
+    for i in 1..=opts.devices {
+        let name = format!("drive-{i:03}");
+        let keystore = match opts.keystore {
+            Backend::Soft => DeviceKeystore::Soft,
+            Backend::Pkcs11 => DeviceKeystore::Pkcs11NewToken {
+                module: opts.pkcs11_module.clone(),
+                so_pin_file: secrets.join(format!("{name}.so-pin")),
+            },
+        };
+        let device_dir = dir.join("devices").join(&name);
+        let p = provision(
+            &mut mfg,
+            &ProvisionOptions {
+                device_dir: device_dir.clone(),
+                serial_number: serial(),
+                model: LAB_MODEL.into(),
+                keystore,
+            },
+        )?;
+        let cred_path = secrets.join(format!("{name}.credential"));
+        fsu::write_new(
+            &cred_path,
+            format!("{}\n", p.factory_credential.as_str()).as_bytes(),
+            Mode::Private,
+        )?;
+        devices.push(LabDevice {
+            name: name.clone(),
+            keystore: p.backend.into(),
+            idevid: p.idevid_path,
+            api: None,
+            modbus: None,
+            serial_number: p.serial_number,
+            dir: device_dir,
+            factory_credential: cred_path,
+            pkcs11_uri: p.pkcs11_uri,
+        });
+        progress(LabStep::Done(format!("{name} provisioned")));
+    }
+
+    let clients_dir = dir.join("clients");
+    fsu::create_private_dir(&clients_dir)?;
+    let mut clients = BTreeMap::new();
+    for role in BUILTIN_ROLES {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| OemError::Invalid(format!("key generation failed: {e}")))?;
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .and_then(|p| p.serialize_request(&key))
+            .and_then(|c| c.pem())
+            .map_err(|e| OemError::Invalid(format!("CSR generation failed: {e}")))?;
+        let issued = oem.issue(&IssueRequest {
+            profile: Profile::Client {
+                name: format!("lab-{role}"),
+                role: Some(Role::new(role)?),
+                days: 365,
+            },
+            key: SubjectKey::CsrPem {
+                source: format!("lab {role} CSR"),
+                pem: csr,
+            },
+        })?;
+        let files = ClientFiles {
+            cert: clients_dir.join(format!("{role}.crt")),
+            key: clients_dir.join(format!("{role}.key")),
+        };
+        let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+        fsu::write_new(&files.key, key_pem.as_bytes(), Mode::Private)?;
+        fsu::write_new(&files.cert, issued.chain_pem.as_bytes(), Mode::Public)?;
+        clients.insert(role.to_string(), files);
+        progress(LabStep::Done(format!("{role} client certificate")));
+    }
+
+    let manifest = LabManifest {
+        manufacturer_ca: mfg.root_path(),
+        oem_ca: oem.root_path(),
+        crl: oem.crl_path(),
+        clients,
+        devices,
+        manufacturer_ca_dir: mfg_dir,
+        oem_ca_dir: oem_dir,
+        softhsm2_conf,
+    };
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| OemError::Invalid(e.to_string()))?;
+    fsu::write_new(&dir.join("lab.json"), &json, Mode::Public)?;
+    Ok(manifest)
+}
+
+/// What [`down`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabDown {
+    /// Processes stopped (none yet: the lab starts no daemons before the device runtime exists).
+    pub stopped: usize,
+}
+
+/// Stops whatever the lab started. Nothing runs yet; the lab's files stay.
+pub fn down(dir: &Path) -> Result<LabDown> {
+    LabManifest::load(dir)?;
+    Ok(LabDown { stopped: 0 })
+}
