@@ -87,8 +87,8 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
-/// Atomically replaces `path` with `data`: temp file, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8], mode: Mode) -> Result<(), FsError> {
+/// Writes `data` to a new fsynced temporary file beside `path`; returns its name.
+fn write_temp(path: &Path, data: &[u8], mode: Mode) -> Result<PathBuf, FsError> {
     let tmp = temp_sibling(path);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -102,10 +102,23 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: Mode) -> Result<(), FsError>
             .map_err(|e| FsError::io("chmod", &tmp, e))?;
         f.write_all(data)
             .map_err(|e| FsError::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| FsError::io("fsync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| FsError::io("rename into place", path, e))?;
-        sync_dir(parent_of(path))
+        f.sync_all().map_err(|e| FsError::io("fsync", &tmp, e))
     })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Atomically replaces `path` with `data`: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8], mode: Mode) -> Result<(), FsError> {
+    let tmp = write_temp(path, data, mode)?;
+    let result = fs::rename(&tmp, path)
+        .map_err(|e| FsError::io("rename into place", path, e))
+        .and_then(|()| sync_dir(parent_of(path)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -122,20 +135,9 @@ pub fn write_new(path: &Path, data: &[u8], mode: Mode) -> Result<(), FsError> {
             path: path.to_path_buf(),
         });
     }
-    let tmp = temp_sibling(path);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode.bits())
-            .open(&tmp)
-            .map_err(|e| FsError::io("create", &tmp, e))?;
-        f.set_permissions(fs::Permissions::from_mode(mode.bits()))
-            .map_err(|e| FsError::io("chmod", &tmp, e))?;
-        f.write_all(data)
-            .map_err(|e| FsError::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| FsError::io("fsync", &tmp, e))?;
-        fs::hard_link(&tmp, path).map_err(|e| {
+    let tmp = write_temp(path, data, mode)?;
+    let result = fs::hard_link(&tmp, path)
+        .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 FsError::AlreadyExists {
                     path: path.to_path_buf(),
@@ -143,11 +145,62 @@ pub fn write_new(path: &Path, data: &[u8], mode: Mode) -> Result<(), FsError> {
             } else {
                 FsError::io("link into place", path, e)
             }
-        })?;
-        sync_dir(parent_of(path))
-    })();
+        })
+        .and_then(|()| sync_dir(parent_of(path)));
     let _ = fs::remove_file(&tmp);
     result
+}
+
+/// A directory built under a hidden sibling name and renamed into place by
+/// [`StagedDir::commit`]; dropped uncommitted, it is removed. Multi-file
+/// creations (a CA, a device) use it so a failure leaves nothing behind.
+#[derive(Debug)]
+pub struct StagedDir {
+    staging: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl StagedDir {
+    /// Starts building `target`, which must not exist; its parent must be writable.
+    pub fn new(target: &Path) -> Result<Self, FsError> {
+        if target.exists() {
+            return Err(FsError::AlreadyExists {
+                path: target.to_path_buf(),
+            });
+        }
+        let parent = parent_of(target);
+        ensure_writable_dir(parent)?;
+        let staging = temp_sibling(target);
+        create_private_dir(&staging)?;
+        Ok(StagedDir {
+            staging,
+            target: target.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    /// Where to build.
+    pub fn path(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Renames the finished directory into place (durably).
+    pub fn commit(mut self) -> Result<PathBuf, FsError> {
+        fs::rename(&self.staging, &self.target)
+            .map_err(|e| FsError::io("rename into place", &self.target, e))?;
+        self.committed = true;
+        sync_dir(parent_of(&self.target))?;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.staging);
+        }
+    }
 }
 
 /// Creates a directory (and its parents) with mode 0700 for the last component.
@@ -239,6 +292,28 @@ mod tests {
         let err = write_atomic(&p, b"x", Mode::Public).unwrap_err();
         assert!(err.to_string().contains("missing-dir"), "{err}");
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn staged_dir_commits_or_vanishes() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("ca");
+        let st = StagedDir::new(&target).unwrap();
+        write_new(&st.path().join("f"), b"x", Mode::Public).unwrap();
+        drop(st);
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "uncommitted staging left behind"
+        );
+        let st = StagedDir::new(&target).unwrap();
+        write_new(&st.path().join("f"), b"x", Mode::Public).unwrap();
+        assert_eq!(st.commit().unwrap(), target);
+        assert_eq!(fs::read(target.join("f")).unwrap(), b"x");
+        assert!(matches!(
+            StagedDir::new(&target).unwrap_err(),
+            FsError::AlreadyExists { .. }
+        ));
     }
 
     #[test]

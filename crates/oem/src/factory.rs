@@ -131,43 +131,21 @@ pub fn provision(mfg: &mut Ca, opts: &ProvisionOptions) -> Result<Provisioned> {
             mfg.kind().as_str()
         )));
     }
-    let dir = &opts.device_dir;
-    if dir.exists() {
-        return Err(OemError::Exists { path: dir.clone() });
-    }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fsu::ensure_writable_dir(&parent)?;
-    let name = dir
-        .file_name()
-        .ok_or_else(|| OemError::Invalid(format!("{} has no directory name", dir.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let staging = parent.join(format!(
-        ".{name}.staging-{}",
-        hex::encode(rand_digits(4).as_bytes())
-    ));
-    fsu::create_private_dir(&staging)?;
+    let staged = fsu::StagedDir::new(&opts.device_dir).map_err(|e| match e {
+        fsu::FsError::AlreadyExists { path } => OemError::Exists { path },
+        other => other.into(),
+    })?;
     let mut key: Option<(Arc<dyn KeyStore>, KeyHandle)> = None;
-    let result = build(mfg, opts, &staging, &mut key).and_then(|p| {
-        std::fs::rename(&staging, dir)
-            .map_err(|e| fsu::FsError::io("rename device into place", dir, e))?;
-        fsu::sync_dir(&parent)?;
-        Ok(p)
-    });
-    match result {
-        Ok(mut p) => {
-            p.device_dir = dir.clone();
+    match build(mfg, opts, staged.path(), &mut key).and_then(|p| Ok((p, staged.commit()?))) {
+        Ok((mut p, dir)) => {
             p.idevid_path = dir.join("idevid.crt");
+            p.device_dir = dir;
             Ok(p)
         }
         Err(e) => {
             if let Some((store, h)) = key {
                 let _ = store.destroy(&h);
             }
-            let _ = std::fs::remove_dir_all(&staging);
             Err(e)
         }
     }

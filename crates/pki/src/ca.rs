@@ -343,40 +343,22 @@ impl Ca {
     /// a hidden sibling directory and renamed into place at the end, so a
     /// failure leaves nothing behind (keys made on a PKCS#11 token are destroyed).
     pub fn init(dir: &Path, opts: &CaOptions) -> Result<Ca> {
-        if dir.exists() {
-            return Err(PkiError::CaExists {
-                path: dir.to_path_buf(),
-            });
-        }
         if opts.organization.trim().is_empty() {
             return Err(PkiError::Invalid("the organisation name is empty".into()));
         }
-        let parent = match dir.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fsu::ensure_writable_dir(&parent)?;
-        let name = dir
-            .file_name()
-            .ok_or_else(|| PkiError::Invalid(format!("{} has no directory name", dir.display())))?
-            .to_string_lossy()
-            .into_owned();
-        let staging = parent.join(format!(".{name}.staging-{}", rand_hex(4)));
-        fsu::create_private_dir(&staging)?;
+        let staged = fsu::StagedDir::new(dir).map_err(|e| match e {
+            fsu::FsError::AlreadyExists { path } => PkiError::CaExists { path },
+            other => other.into(),
+        })?;
         let mut created_keys: Vec<(Arc<dyn KeyStore>, KeyHandle)> = Vec::new();
-        let result = Self::build(&staging, opts, &mut created_keys).and_then(|()| {
-            std::fs::rename(&staging, dir)
-                .map_err(|e| fsu::FsError::io("rename CA into place", dir, e))?;
-            fsu::sync_dir(&parent)?;
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ca::open(dir),
+        match Self::build(staged.path(), opts, &mut created_keys)
+            .and_then(|()| Ok(staged.commit()?))
+        {
+            Ok(dir) => Ca::open(&dir),
             Err(e) => {
                 for (store, h) in created_keys {
                     let _ = store.destroy(&h);
                 }
-                let _ = std::fs::remove_dir_all(&staging);
                 Err(e)
             }
         }
