@@ -214,7 +214,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 print_json(&json!({
                     "device_dir": p.device_dir, "serial_number": p.serial_number,
                     "idevid": p.idevid_path, "idevid_serial": p.idevid_serial,
-                    "keystore": p.backend, "pkcs11_uri": p.pkcs11_uri,
+                    "keystore": p.backend, "pkcs11_uri": p.pkcs11_uri, "idevid_key_uri": p.idevid_key_uri,
                     "factory_credential": shown, "factory_credential_file": credential_out,
                 }))
             } else {

@@ -425,6 +425,35 @@ fn pkcs11_missing_token_and_module_are_named() {
 }
 
 #[test]
+fn pkcs11_keys_are_addressed_by_rfc7512_uris() {
+    let f = Fixture::new(Backend::Pkcs11);
+    let KeystoreConfig::Pkcs11 { uri } = &f.config else {
+        unreachable!()
+    };
+    let store = Pkcs11KeyStore::open_uri(uri, f.dir.path()).unwrap();
+    let info = store
+        .generate(&h("ldevid"), KeyAlgorithm::EcdsaP256)
+        .unwrap();
+    let key_uri = store.key_uri(&h("ldevid"));
+    assert!(key_uri.contains(";object=ldevid;type=private"), "{key_uri}");
+    drop(store);
+    let (store, handle) = Pkcs11KeyStore::open_key(&key_uri, f.dir.path()).unwrap();
+    assert_eq!(handle, h("ldevid"));
+    let sig = store.sign(&handle, b"by uri").unwrap();
+    assert!(verify_signature(&info.public_key, b"by uri", &sig));
+    let missing = key_uri.replace("object=ldevid", "object=absent");
+    assert!(matches!(
+        Pkcs11KeyStore::open_key(&missing, f.dir.path()).unwrap_err(),
+        KeystoreError::NotFound { .. }
+    ));
+    let cert = key_uri.replace("type=private", "type=cert");
+    assert!(matches!(
+        Pkcs11KeyStore::open_key(&cert, f.dir.path()).unwrap_err(),
+        KeystoreError::InvalidUri { .. }
+    ));
+}
+
+#[test]
 fn pkcs11_private_keys_are_sensitive_and_never_extractable() {
     use cryptoki::object::{Attribute, AttributeType, ObjectClass};
     let f = Fixture::new(Backend::Pkcs11);

@@ -110,8 +110,10 @@ pub struct Provisioned {
     pub idevid_path: PathBuf,
     /// The keystore backend used.
     pub backend: &'static str,
-    /// The PKCS#11 URI (no secrets), for token-backed devices.
+    /// The PKCS#11 token URI (no secrets), for token-backed devices.
     pub pkcs11_uri: Option<String>,
+    /// The RFC 7512 URI of the IDevID private key on the token.
+    pub idevid_key_uri: Option<String>,
     /// The one-time factory credential, to hand to the owner out of band.
     pub factory_credential: Zeroizing<String>,
 }
@@ -229,6 +231,16 @@ fn build(
     };
     let json = serde_json::to_vec_pretty(&file).map_err(|e| OemError::Invalid(e.to_string()))?;
     fsu::write_new(&dir.join("device.json"), &json, Mode::Public)?;
+    let idevid_key_uri = match &uri {
+        Some(u) => {
+            let mut k = Pkcs11Uri::parse(u)?;
+            k.pin_value = None;
+            k.object = Some(IDEVID_KEY.into());
+            k.object_type = Some("private".into());
+            Some(k.to_string())
+        }
+        None => None,
+    };
     Ok(Provisioned {
         device_dir: dir.to_path_buf(),
         serial_number: opts.serial_number.clone(),
@@ -236,6 +248,7 @@ fn build(
         idevid_path: dir.join("idevid.crt"),
         backend: store.backend(),
         pkcs11_uri: uri,
+        idevid_key_uri,
         factory_credential: cred,
     })
 }

@@ -91,6 +91,8 @@ pub struct LabDevice {
     pub factory_credential: PathBuf,
     /// The PKCS#11 URI of its token (no secrets), for pkcs11 devices.
     pub pkcs11_uri: Option<String>,
+    /// The RFC 7512 URI of its IDevID private key, for pkcs11 devices.
+    pub idevid_key_uri: Option<String>,
 }
 
 /// `lab.json`. Paths are absolute. Later issues add fields, never rename these.
@@ -256,6 +258,7 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
             dir: device_dir,
             factory_credential: cred_path,
             pkcs11_uri: p.pkcs11_uri,
+            idevid_key_uri: p.idevid_key_uri,
         });
         progress(LabStep::Done(format!("{name} provisioned")));
     }

@@ -224,6 +224,38 @@ impl Pkcs11KeyStore {
         &self.token
     }
 
+    /// The RFC 7512 URI of one key's private object on this token
+    /// (`...;object=HANDLE;type=private`), without any `pin-value`.
+    pub fn key_uri(&self, handle: &KeyHandle) -> String {
+        let mut u = self.uri.clone();
+        u.pin_value = None;
+        u.token = Some(self.token.clone());
+        u.object = Some(handle.to_string());
+        u.object_type = Some("private".into());
+        u.to_string()
+    }
+
+    /// Opens the token a key URI names and returns it with the key's handle
+    /// (the URI's `object` attribute), checking that the key exists.
+    pub fn open_key(uri: &str, base: &Path) -> Result<(Self, KeyHandle)> {
+        let u = Pkcs11Uri::parse(uri)?;
+        if u.object_type.as_deref().is_some_and(|t| t != "private") {
+            return Err(KeystoreError::InvalidUri {
+                reason: format!(
+                    "{u} names a {} object, not a private key",
+                    u.object_type.as_deref().unwrap_or("")
+                ),
+            });
+        }
+        let object = u.object.clone().ok_or_else(|| KeystoreError::InvalidUri {
+            reason: format!("{u} names no key (add object=HANDLE)"),
+        })?;
+        let handle = KeyHandle::new(object)?;
+        let store = Self::open(&u, base)?;
+        store.info(&handle)?;
+        Ok((store, handle))
+    }
+
     fn session(&self) -> Result<std::sync::MutexGuard<'_, Session>> {
         self.session
             .lock()
