@@ -690,13 +690,28 @@ fn wrong_pin_and_missing_token_are_clear_errors() {
         "--org",
         "Acme",
         "--pkcs11-uri",
-        "pkcs11:token=no-such-token?pin-value=1",
+        &format!("pkcs11:token=no-such-token?pin-source=file:{}", s(&wrong)),
     ]);
     assert!(
         err.contains("no PKCS#11 token matches") && err.contains("no-such-token"),
         "{err}"
     );
-    assert!(!err.contains("pin-value=1"), "PIN leaked: {err}");
+    // A PIN in the URI itself would end up in the world-readable ca.json: refused, and never echoed.
+    let err = fails(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&mfg),
+        "--kind",
+        "manufacturer",
+        "--org",
+        "Acme",
+        "--pkcs11-uri",
+        &format!("pkcs11:token={label}?pin-value=user-1234"),
+    ]);
+    assert!(err.contains("pin-source"), "{err}");
+    assert!(!err.contains("user-1234"), "PIN leaked: {err}");
+    assert!(!mfg.exists());
     // Right PIN: the CA keys live on the token and the device gets a token-backed identity.
     let right = d.path().join("pin");
     std::fs::write(&right, "user-1234\n").unwrap();

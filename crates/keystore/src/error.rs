@@ -87,7 +87,9 @@ pub enum KeystoreError {
         reason: String,
     },
     /// A secret file is readable by others than its owner.
-    #[error("{path} is readable by group or others (mode {mode:o}); it must be 0600")]
+    #[error(
+        "{path} is accessible to group or others (mode {mode:o}); only its owner may have access (0600)"
+    )]
     InsecurePermissions {
         /// The file.
         path: PathBuf,

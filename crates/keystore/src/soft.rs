@@ -290,15 +290,6 @@ impl SoftKeyStore {
         Ok((path, kf))
     }
 
-    fn public_of(&self, handle: &KeyHandle) -> Result<PublicKey> {
-        let (path, kf) = self.read_key_file(handle)?;
-        let raw = b64d(&path, "public_key", &kf.public_key)?;
-        PublicKey::from_raw(kf.algorithm, raw).map_err(|_| KeystoreError::Corrupt {
-            path,
-            reason: "invalid public key".into(),
-        })
-    }
-
     /// Runs `f` with the decrypted key, loading it into the cache on first use.
     fn with_key<T>(&self, handle: &KeyHandle, f: impl FnOnce(&Loaded) -> Result<T>) -> Result<T> {
         let mut inner = self
@@ -463,9 +454,12 @@ impl KeyStore for SoftKeyStore {
     }
 
     fn info(&self, handle: &KeyHandle) -> Result<KeyInfo> {
+        // Decrypting authenticates the stored public key (it is AEAD data),
+        // so a swapped public key in the file is caught here, not at first use.
+        let public_key = self.with_key(handle, |k| k.public())?;
         Ok(KeyInfo {
             handle: handle.clone(),
-            public_key: self.public_of(handle)?,
+            public_key,
         })
     }
 

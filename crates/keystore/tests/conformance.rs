@@ -362,6 +362,19 @@ fn soft_key_files_are_private_and_tamper_evident() {
     let ks = f.open();
     let err = ks.sign(&h("other"), b"x").unwrap_err();
     assert!(matches!(err, KeystoreError::Corrupt { .. }), "{err}");
+    // Swapping the stored public key is caught on the first look at the key.
+    let original = std::fs::read(&path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    let other = p256::SecretKey::random(&mut OsRng).public_key();
+    v["public_key"] = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        p256::EncodedPoint::from(other).as_bytes(),
+    )
+    .into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = f.open().info(&h("k")).unwrap_err();
+    assert!(matches!(err, KeystoreError::Corrupt { .. }), "{err}");
+    std::fs::write(&path, &original).unwrap();
     // Flipping a ciphertext byte is detected.
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let ct = v["ciphertext"].as_str().unwrap().to_string();

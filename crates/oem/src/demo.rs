@@ -35,7 +35,7 @@ pub struct DeviceReport {
     pub keystore: String,
     /// IDevID subject.
     pub idevid_subject: String,
-    /// IDevID chain verified by webpki against the manufacturer root.
+    /// IDevID chain and manufacturer CRL verified by webpki against the manufacturer root.
     pub chain_ok: bool,
     /// The keystore signed a fresh challenge that verifies with the IDevID key.
     pub possession_ok: bool,
@@ -121,6 +121,7 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
     let mfg_roots = read_cert_chain(&lab.manufacturer_ca)?;
     let oem_roots = read_cert_chain(&lab.oem_ca)?;
     let crl = read_crl(&lab.crl)?;
+    let mfg_crls = [read_crl(&lab.manufacturer_crl)?];
     let mut devices = Vec::new();
     let _ = writeln!(
         out,
@@ -134,7 +135,7 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
             &VerifyOptions {
                 roots: &mfg_roots,
                 intermediates: &chain[1..],
-                crls: &[],
+                crls: &mfg_crls,
                 usage: Usage::Client,
                 time: None,
             },
@@ -149,7 +150,12 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         let cred = drivesec_fsutil::read_to_string(&d.factory_credential)?;
         let credential_ok = check_factory_credential(&d.dir, cred.trim())?
             && !check_factory_credential(&d.dir, "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA")?;
-        let openssl_ok = openssl_verify(&lab.manufacturer_ca, &d.idevid, None, "sslclient");
+        let openssl_ok = openssl_verify(
+            &lab.manufacturer_ca,
+            &d.idevid,
+            Some(&lab.manufacturer_crl),
+            "sslclient",
+        );
         let subject = summarize(leaf)?.subject;
         let _ = writeln!(
             out,
@@ -220,7 +226,7 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
                 && c.openssl_ok != Some(false)
         });
     let report = DemoReport {
-        lab_dir: lab_dir.to_path_buf(),
+        lab_dir: std::path::absolute(lab_dir).unwrap_or_else(|_| lab_dir.to_path_buf()),
         devices,
         clients,
         ok,

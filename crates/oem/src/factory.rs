@@ -118,10 +118,26 @@ pub struct Provisioned {
     pub factory_credential: Zeroizing<String>,
 }
 
+/// `n` uniformly random decimal digits (rejection sampling, no modulo bias).
 fn rand_digits(n: usize) -> Zeroizing<String> {
-    let mut b = Zeroizing::new(vec![0u8; n]);
-    OsRng.fill_bytes(&mut b);
-    Zeroizing::new(b.iter().map(|x| char::from(b'0' + x % 10)).collect())
+    let mut out = Zeroizing::new(String::with_capacity(n));
+    let mut b = [0u8; 1];
+    while out.len() < n {
+        OsRng.fill_bytes(&mut b);
+        if b[0] < 250 {
+            out.push(char::from(b'0' + b[0] % 10));
+        }
+    }
+    out
+}
+
+fn check_serial(s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(OemError::Invalid(format!(
+            "serial number '{s}' must be 1 to 64 characters from A-Z a-z 0-9 -"
+        )));
+    }
+    Ok(())
 }
 
 /// Provisions one device with the manufacturer CA.
@@ -133,6 +149,7 @@ pub fn provision(mfg: &mut Ca, opts: &ProvisionOptions) -> Result<Provisioned> {
             mfg.kind().as_str()
         )));
     }
+    check_serial(&opts.serial_number)?;
     let staged = fsu::StagedDir::new(&opts.device_dir).map_err(|e| match e {
         fsu::FsError::AlreadyExists { path } => OemError::Exists { path },
         other => other.into(),
@@ -165,9 +182,12 @@ fn build(
             (cfg, store, None)
         }
         DeviceKeystore::Pkcs11 { uri } => {
+            let cwd = std::env::current_dir()
+                .map_err(|e| fsu::FsError::io("read current directory", Path::new("."), e))?;
+            let uri = Pkcs11Uri::parse(uri)?.for_storage(&cwd)?.to_string();
             let cfg = KeystoreConfig::Pkcs11 { uri: uri.clone() };
             let store = open_keystore(&cfg, dir)?;
-            (cfg, store, Some(uri.clone()))
+            (cfg, store, Some(uri))
         }
         DeviceKeystore::Pkcs11NewToken {
             module,
@@ -175,7 +195,9 @@ fn build(
         } => {
             let mut tag = [0u8; 3];
             OsRng.fill_bytes(&mut tag);
-            let label = format!("drivesec-{}-{}", opts.serial_number, hex::encode(tag));
+            // PKCS#11 token labels hold at most 32 bytes.
+            let short: String = opts.serial_number.chars().take(16).collect();
+            let label = format!("ds-{short}-{}", hex::encode(tag));
             let user_pin = rand_digits(12);
             let so_pin = rand_digits(12);
             fsu::write_new(&dir.join("pin"), user_pin.as_bytes(), Mode::Private)?;

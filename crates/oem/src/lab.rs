@@ -104,6 +104,8 @@ pub struct LabManifest {
     pub oem_ca: PathBuf,
     /// The OEM issuing CA's CRL.
     pub crl: PathBuf,
+    /// The manufacturer issuing CA's CRL (revoked IDevIDs).
+    pub manufacturer_crl: PathBuf,
     /// One client per built-in role.
     pub clients: BTreeMap<String, ClientFiles>,
     /// The devices.
@@ -299,6 +301,7 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
         manufacturer_ca: mfg.root_path(),
         oem_ca: oem.root_path(),
         crl: oem.crl_path(),
+        manufacturer_crl: mfg.crl_path(),
         clients,
         devices,
         manufacturer_ca_dir: mfg_dir,

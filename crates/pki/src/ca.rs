@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_keystore::adapters::{CertPublicKey, CertSigningKey};
+use drivesec_keystore::pkcs11::Pkcs11Uri;
 use drivesec_keystore::{
     KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, PublicKey, open_keystore,
 };
@@ -62,7 +63,9 @@ impl CaKind {
 pub enum CaKeystore {
     /// A soft keystore inside the CA directory.
     Soft,
-    /// A PKCS#11 token (`pin-source` relative paths resolve against the CA directory).
+    /// A PKCS#11 token. The URI must name its PIN with `pin-source` (never
+    /// `pin-value`); a relative `pin-source` resolves against the current
+    /// directory and is stored absolute.
     Pkcs11 {
         /// The token URI.
         uri: String,
@@ -372,7 +375,12 @@ impl Ca {
         let (keystore, store) = match &opts.keystore {
             CaKeystore::Soft => KeystoreConfig::create_soft(dir, "keystore", "ca-secret")?,
             CaKeystore::Pkcs11 { uri } => {
-                let cfg = KeystoreConfig::Pkcs11 { uri: uri.clone() };
+                let cwd = std::env::current_dir()
+                    .map_err(|e| fsu::FsError::io("read current directory", Path::new("."), e))?;
+                let uri = Pkcs11Uri::parse(uri)?.for_storage(&cwd)?;
+                let cfg = KeystoreConfig::Pkcs11 {
+                    uri: uri.to_string(),
+                };
                 let store = open_keystore(&cfg, dir)?;
                 (cfg, store)
             }

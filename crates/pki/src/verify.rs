@@ -4,7 +4,8 @@
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use webpki::{
-    BorrowedCertRevocationList, CertRevocationList, RevocationCheckDepth, UnknownStatusPolicy,
+    BorrowedCertRevocationList, CertRevocationList, ExpirationPolicy, RevocationCheckDepth,
+    UnknownStatusPolicy,
 };
 
 use crate::{PkiError, Result};
@@ -25,7 +26,8 @@ pub struct VerifyOptions<'a> {
     pub roots: &'a [CertificateDer<'a>],
     /// Intermediate certificates that may be used to build the path.
     pub intermediates: &'a [CertificateDer<'a>],
-    /// CRLs; when non-empty, the leaf's issuer must have one (unknown status fails).
+    /// CRLs; when non-empty, the leaf's issuer must have one (unknown status
+    /// fails) and a CRL past its nextUpdate fails.
     pub crls: &'a [CertificateRevocationListDer<'a>],
     /// Required purpose.
     pub usage: Usage,
@@ -64,6 +66,7 @@ pub fn verify_chain(leaf: &CertificateDer<'_>, opts: &VerifyOptions<'_>) -> Resu
                 .map_err(|_| PkiError::Verify("no CRLs".into()))?
                 .with_depth(RevocationCheckDepth::EndEntity)
                 .with_status_policy(UnknownStatusPolicy::Deny)
+                .with_expiration_policy(ExpirationPolicy::Enforce)
                 .build(),
         )
     };
@@ -96,6 +99,7 @@ fn describe(e: &webpki::Error) -> String {
         }
         webpki::Error::InvalidSignatureForPublicKey => "a signature in the chain is invalid".into(),
         webpki::Error::UnknownRevocationStatus => "no CRL covers the certificate's issuer".into(),
+        webpki::Error::CrlExpired { .. } => "the CRL is past its nextUpdate".into(),
         other => format!("{other:?}"),
     }
 }

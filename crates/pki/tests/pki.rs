@@ -365,6 +365,22 @@ fn revocation_reaches_the_crl_webpki_and_openssl() {
     verify_chain(&CertificateDer::from(good.der.clone()), &opts).unwrap();
     let err = verify_chain(&CertificateDer::from(bad.der.clone()), &opts).unwrap_err();
     assert!(err.to_string().contains("revoked"), "{err}");
+    // A CRL past its nextUpdate (7 days) is not trusted to say "not revoked".
+    let later = rustls_pki_types::UnixTime::since_unix_epoch(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            + std::time::Duration::from_secs(10 * 86400),
+    );
+    let err = verify_chain(
+        &CertificateDer::from(good.der.clone()),
+        &VerifyOptions {
+            time: Some(later),
+            ..opts
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("nextUpdate"), "{err}");
 
     let (ok, text) = openssl(&["crl", "-in", crl_path.to_str().unwrap(), "-noout", "-text"]);
     assert!(ok, "{text}");
@@ -419,7 +435,7 @@ fn init_refuses_existing_dir_and_leaves_nothing_on_failure() {
     // A keystore failure half-way (bad PKCS#11 URI) leaves no directory behind.
     let mut opts = CaOptions::new(CaKind::Oem, "OEM");
     opts.keystore = CaKeystore::Pkcs11 {
-        uri: "pkcs11:token=does-not-exist?pin-value=1".into(),
+        uri: "pkcs11:token=does-not-exist?pin-source=file:/nonexistent-pin".into(),
     };
     let target = d.path().join("ca2");
     assert!(Ca::init(&target, &opts).is_err());

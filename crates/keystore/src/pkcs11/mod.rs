@@ -289,24 +289,37 @@ impl Pkcs11KeyStore {
     fn public_of(&self, s: &Session, handle: &KeyHandle) -> Result<PublicKey> {
         let obj = self.require(s, ObjectClass::PUBLIC_KEY, handle)?;
         let attrs = s
-            .get_attributes(obj, &[AttributeType::KeyType, AttributeType::EcPoint])
+            .get_attributes(
+                obj,
+                &[
+                    AttributeType::KeyType,
+                    AttributeType::EcPoint,
+                    AttributeType::EcParams,
+                ],
+            )
             .map_err(ck("C_GetAttributeValue"))?;
         let mut kt = None;
         let mut point = None;
+        let mut params = None;
         for a in attrs {
             match a {
                 Attribute::KeyType(k) => kt = Some(k),
                 Attribute::EcPoint(p) => point = Some(p),
+                Attribute::EcParams(p) => params = Some(p),
                 _ => {}
             }
         }
-        let (alg, want) = match kt {
-            Some(KeyType::EC) => (KeyAlgorithm::EcdsaP256, 65),
-            Some(KeyType::EC_EDWARDS) => (KeyAlgorithm::Ed25519, 32),
-            other => {
+        let (alg, want) = match (kt, params.as_deref()) {
+            (Some(KeyType::EC), Some(P256_PARAMS)) => (KeyAlgorithm::EcdsaP256, 65),
+            (Some(KeyType::EC_EDWARDS), Some(ED25519_PARAMS)) => (KeyAlgorithm::Ed25519, 32),
+            // Some tokens name the Edwards curve by PrintableString.
+            (Some(KeyType::EC_EDWARDS), Some(b"\x13\x0cedwards25519")) => {
+                (KeyAlgorithm::Ed25519, 32)
+            }
+            (kt, params) => {
                 return Err(KeystoreError::Unsupported {
                     backend: "pkcs11",
-                    what: format!("key '{handle}' of type {other:?}"),
+                    what: format!("key '{handle}' of type {kt:?} on curve {params:02x?}"),
                 });
             }
         };
@@ -348,7 +361,11 @@ impl KeyStore for Pkcs11KeyStore {
 
     fn supports(&self, alg: KeyAlgorithm) -> bool {
         let need: &[MechanismType] = match alg {
-            KeyAlgorithm::EcdsaP256 => &[MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA],
+            KeyAlgorithm::EcdsaP256 => &[
+                MechanismType::ECC_KEY_PAIR_GEN,
+                MechanismType::ECDSA,
+                MechanismType::ECDH1_DERIVE,
+            ],
             KeyAlgorithm::Ed25519 => &[
                 MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
                 MechanismType::EDDSA,

@@ -207,10 +207,30 @@ impl Pkcs11Uri {
             }
             return PathBuf::from(format!("lib{name}.so"));
         }
-        if let Some(p) = std::env::var_os("DRIVESEC_PKCS11_MODULE") {
-            return PathBuf::from(p);
-        }
         default_module()
+    }
+
+    /// Prepares a URI to be stored in a configuration file: refuses
+    /// `pin-value` (the PIN would sit in a readable file) and makes a
+    /// relative `pin-source` absolute against `base`, so the configuration
+    /// still finds its PIN after the directory holding it is moved into place.
+    pub fn for_storage(&self, base: &Path) -> Result<Pkcs11Uri> {
+        if self.pin_value.is_some() {
+            return Err(KeystoreError::InvalidUri {
+                reason: "a stored URI must not carry pin-value; put the PIN in a 0600 file and use pin-source=file:PATH".into(),
+            });
+        }
+        let mut u = self.clone();
+        if let Some(src) = &self.pin_source {
+            let p = src
+                .strip_prefix("file://")
+                .or_else(|| src.strip_prefix("file:"))
+                .unwrap_or(src);
+            if Path::new(p).is_relative() {
+                u.pin_source = Some(format!("file:{}", base.join(p).display()));
+            }
+        }
+        Ok(u)
     }
 
     /// Reads the PIN: `pin-value`, else the file named by `pin-source`
@@ -238,8 +258,12 @@ fn k_only(attr: &str) -> &str {
     attr.split('=').next().unwrap_or(attr)
 }
 
-/// SoftHSM2's module, where Debian installs it.
+/// The module used when a URI names none: `$DRIVESEC_PKCS11_MODULE`, else
+/// SoftHSM2 where Debian installs it.
 pub fn default_module() -> PathBuf {
+    if let Some(p) = std::env::var_os("DRIVESEC_PKCS11_MODULE") {
+        return PathBuf::from(p);
+    }
     for p in [
         "/usr/lib/softhsm/libsofthsm2.so",
         "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
