@@ -87,7 +87,12 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     if buf.len() < total {
         return Decoded::Bad("truncated frame");
     }
-    let crc = u32::from_le_bytes([buf[total - 4], buf[total - 3], buf[total - 2], buf[total - 1]]);
+    let crc = u32::from_le_bytes([
+        buf[total - 4],
+        buf[total - 3],
+        buf[total - 2],
+        buf[total - 1],
+    ]);
     if crc32fast::hash(&buf[..HEADER + len]) != crc {
         return Decoded::Bad("frame checksum mismatch");
     }
@@ -115,15 +120,25 @@ mod tests {
         let h1 = encode(1, &[0; 32], b"{\"a\":1}", &mut buf);
         let first = buf.len();
         let h2 = encode(2, &h1, b"{\"b\":2}", &mut buf);
-        let Decoded::Frame(f) = decode(&buf) else { panic!() };
+        let Decoded::Frame(f) = decode(&buf) else {
+            panic!()
+        };
         assert_eq!((f.seq, f.hash, f.len), (1, h1, first));
-        let Decoded::Frame(g) = decode(&buf[first..]) else { panic!() };
+        let Decoded::Frame(g) = decode(&buf[first..]) else {
+            panic!()
+        };
         assert_eq!((g.seq, g.prev, g.hash), (2, h1, h2));
         assert!(matches!(decode(&buf[buf.len()..]), Decoded::End));
         assert!(matches!(decode(&[0u8; 100]), Decoded::End));
         let mut bad = buf.clone();
         bad[50] ^= 1;
-        assert!(matches!(decode(&bad), Decoded::Bad("frame checksum mismatch")));
-        assert!(matches!(decode(&buf[..first - 1]), Decoded::Bad("truncated frame")));
+        assert!(matches!(
+            decode(&bad),
+            Decoded::Bad("frame checksum mismatch")
+        ));
+        assert!(matches!(
+            decode(&buf[..first - 1]),
+            Decoded::Bad("truncated frame")
+        ));
     }
 }
