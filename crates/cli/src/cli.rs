@@ -33,6 +33,70 @@ pub enum Command {
     Lab(LabCommand),
     /// Show what a certificate says (subject, usages, SAN, role extension).
     Cert(CertArgs),
+    /// Audit trails: verify, show, export.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `drivesec audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check a trail's hash chain, checkpoints and signatures; exit 0 only if intact.
+    Verify {
+        /// The trail directory.
+        dir: PathBuf,
+        /// The device certificate whose key signs the checkpoints (PEM; leaf first).
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// Print records, filtered.
+    Show {
+        /// The trail directory.
+        dir: PathBuf,
+        /// Filters.
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Write records as JSON lines (one object per record, with seq, hash, prev).
+    Export {
+        /// The trail directory.
+        dir: PathBuf,
+        /// Filters.
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// Write to this file (atomically) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Record filters shared by `audit show` and `audit export`.
+#[derive(Debug, Args)]
+pub struct AuditFilter {
+    /// First sequence number.
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Last sequence number (inclusive).
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// Records at or after this time (RFC 3339 UTC, e.g. 2026-11-28T04:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Records before this time (RFC 3339 UTC).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Actor: a user name, a certificate fingerprint, or `device`.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Action, or a prefix ending in '.' (e.g. `auth.`).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Outcome: success, failure or denied.
+    #[arg(long, value_parser = ["success", "failure", "denied"])]
+    pub outcome: Option<String>,
 }
 
 /// Keystore backend choice.

@@ -278,6 +278,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         }
+        Command::Audit(c) => crate::audit::run(c, json),
         Command::Cert(a) => {
             let chain = read_cert_chain(&a.file)?;
             let s = summarize(&chain[0])?;

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 2 any error (bad input, failed check), with the
 //! error and its causes on stderr.
 
+mod audit;
 mod cli;
 mod commands;
 

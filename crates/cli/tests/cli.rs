@@ -765,10 +765,152 @@ fn every_command_has_help() {
         vec!["lab", "up", "--help"],
         vec!["lab", "down", "--help"],
         vec!["cert", "--help"],
+        vec!["audit", "verify", "--help"],
+        vec!["audit", "show", "--help"],
+        vec!["audit", "export", "--help"],
     ] {
         let o = drivesec(&args);
         assert_eq!(o.code, 0, "{args:?}");
         assert!(o.stdout.contains("Usage"), "{args:?}: {}", o.stdout);
     }
     assert_eq!(drivesec(&["no-such-command"]).code, 2);
+}
+
+#[test]
+fn audit_verify_show_export_on_a_device_trail() {
+    use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Signer};
+    let d = tempfile::tempdir().unwrap();
+    let lab_dir = d.path().join("lab");
+    let lab: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "lab",
+        "up",
+        "--dir",
+        s(&lab_dir),
+        "--devices",
+        "1",
+    ]))
+    .unwrap();
+    let dev = &lab["devices"][0];
+    let dev_dir = PathBuf::from(dev["dir"].as_str().unwrap());
+    let file = drivesec_oem::factory::DeviceFile::load(&dev_dir).unwrap();
+    let store = drivesec_keystore::open_keystore(&file.keystore, &dev_dir).unwrap();
+    let trail = d.path().join("trail");
+    let cfg = AuditConfig {
+        segment_bytes: 4096,
+        checkpoint_every: 10,
+        ..AuditConfig::default()
+    };
+    let log = AuditLog::open(
+        &trail,
+        cfg,
+        Signer {
+            store,
+            handle: file.idevid_key.clone(),
+        },
+    )
+    .unwrap();
+    for i in 0..60 {
+        log.append(
+            Event::new(
+                Actor::User("op".into()),
+                if i % 2 == 0 {
+                    "auth.login"
+                } else {
+                    "param.write"
+                },
+            )
+            .target(format!("p{i}")),
+        )
+        .unwrap();
+    }
+    log.close().unwrap();
+    let cert = dev["idevid"].as_str().unwrap();
+
+    let out = ok(&["audit", "verify", s(&trail), "--cert", cert]);
+    assert!(out.contains("intact: records 1..60"), "{out}");
+    let v: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "audit",
+        "verify",
+        s(&trail),
+        "--cert",
+        cert,
+    ]))
+    .unwrap();
+    assert_eq!(v["ok"], true);
+    let shown: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "audit",
+        "show",
+        s(&trail),
+        "--action",
+        "auth.",
+        "--from",
+        "11",
+        "--limit",
+        "5",
+    ]))
+    .unwrap();
+    let seqs: Vec<u64> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [11, 13, 15, 17, 19]);
+    let export = d.path().join("export.jsonl");
+    ok(&[
+        "audit",
+        "export",
+        s(&trail),
+        "--to",
+        "20",
+        "--out",
+        s(&export),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&export).unwrap().lines().count(),
+        20
+    );
+    let err = fails(&["audit", "show", s(&trail), "--since", "yesterday"]);
+    assert!(err.contains("RFC 3339"), "{err}");
+
+    // Another device's certificate does not vouch for this trail.
+    let other = lab["clients"]["viewer"]["cert"].as_str().unwrap();
+    let err = fails(&["audit", "verify", s(&trail), "--cert", other]);
+    assert!(err.contains("NOT intact"), "{err}");
+
+    // One flipped byte in record 33: exit 2, and record 33 is named.
+    let seg_dir = trail.join("segments");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&seg_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let mut hit = false;
+    for seg in &segs {
+        let mut data = std::fs::read(seg).unwrap();
+        let mut off = 0;
+        while let drivesec_audit::frame::Decoded::Frame(f) =
+            drivesec_audit::frame::decode(&data[off..])
+        {
+            if f.seq == 33 {
+                data[off + 60] ^= 0x20;
+                std::fs::write(seg, &data).unwrap();
+                hit = true;
+                break;
+            }
+            off += f.len;
+        }
+    }
+    assert!(hit);
+    let o = drivesec(&["--json", "audit", "verify", s(&trail), "--cert", cert]);
+    assert_eq!(o.code, 2);
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_bad_seq"], 33);
+    assert!(o.stderr.contains("first bad record: 33"), "{}", o.stderr);
+    let err = fails(&["audit", "verify", s(d.path()), "--cert", cert]);
+    assert!(err.contains("not an audit trail"), "{err}");
 }

@@ -1,0 +1,147 @@
+//! `drivesec audit ...`: verify, show and export a device's audit trail.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use drivesec_audit::Outcome;
+use drivesec_audit::reader::{self, Query};
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_pki::inspect::public_key;
+use drivesec_pki::read_cert_chain;
+
+use crate::cli::{AuditCommand, AuditFilter};
+
+fn check_time(what: &str, t: &Option<String>) -> Result<()> {
+    if let Some(t) = t {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .with_context(|| format!("--{what} '{t}' is not an RFC 3339 time"))?;
+        if !t.ends_with('Z') {
+            bail!("--{what} '{t}' must be in UTC (ending in Z), as the trail's timestamps are");
+        }
+    }
+    Ok(())
+}
+
+fn query(f: &AuditFilter) -> Result<Query> {
+    check_time("since", &f.since)?;
+    check_time("until", &f.until)?;
+    Ok(Query {
+        from_seq: f.from,
+        to_seq: f.to,
+        since: f.since.clone(),
+        until: f.until.clone(),
+        actor: f.actor.clone(),
+        action: f.action.clone(),
+        outcome: f.outcome.as_deref().map(|o| match o {
+            "failure" => Outcome::Failure,
+            "denied" => Outcome::Denied,
+            _ => Outcome::Success,
+        }),
+    })
+}
+
+fn require_trail(dir: &Path) -> Result<()> {
+    if !dir.join("segments").is_dir() {
+        bail!(
+            "{} is not an audit trail (no segments/ directory)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Runs an audit command.
+pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
+    match cmd {
+        AuditCommand::Verify { dir, cert } => {
+            require_trail(&dir)?;
+            let chain = read_cert_chain(&cert)?;
+            let key = public_key(&chain[0])?;
+            let report = drivesec_audit::verify::verify(&dir, &key)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if report.ok {
+                println!(
+                    "intact: records {}..{} ({}), {} signed checkpoints verified{}",
+                    report.first_seq.unwrap_or(0),
+                    report.last_seq.unwrap_or(0),
+                    report.records,
+                    report.checkpoints_verified,
+                    report
+                        .anchor
+                        .map(|a| format!(
+                            ", records up to {a} dropped after delivery (signed anchor)"
+                        ))
+                        .unwrap_or_default()
+                );
+            } else {
+                for p in &report.problems {
+                    eprintln!("{}: {}", p.file, p.message);
+                }
+            }
+            if !report.ok {
+                bail!(
+                    "the audit trail in {} is NOT intact; first bad record: {}",
+                    dir.display(),
+                    report
+                        .first_bad_seq
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "unknown".into())
+                );
+            }
+            Ok(())
+        }
+        AuditCommand::Show { dir, filter, limit } => {
+            require_trail(&dir)?;
+            let records = reader::read(&dir, &query(&filter)?, limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                for r in records {
+                    let actor = match &r.record.actor {
+                        drivesec_audit::Actor::User(u) => format!("user:{u}"),
+                        drivesec_audit::Actor::Certificate(c) => {
+                            format!("cert:{}", &c[..c.len().min(16)])
+                        }
+                        drivesec_audit::Actor::Device => "device".into(),
+                    };
+                    println!(
+                        "{:>8} {} {:<20} {:<24} {:<8} {} {}",
+                        r.seq,
+                        r.record.time,
+                        actor,
+                        r.record.action,
+                        r.record.outcome.as_str(),
+                        r.record.target.as_deref().unwrap_or("-"),
+                        r.record.source.as_deref().unwrap_or("-"),
+                    );
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Export { dir, filter, out } => {
+            require_trail(&dir)?;
+            let q = query(&filter)?;
+            match out {
+                Some(path) => {
+                    let mut buf = Vec::new();
+                    let (n, last) = reader::export_jsonl(&dir, &q, &mut buf)?;
+                    fsu::write_atomic(&path, &buf, Mode::Private)?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"records": n, "last_seq": last, "out": path})
+                        );
+                    } else {
+                        eprintln!("exported {n} records (last {last}) to {}", path.display());
+                    }
+                }
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    reader::export_jsonl(&dir, &q, &mut stdout)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
