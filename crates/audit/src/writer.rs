@@ -62,6 +62,9 @@ pub struct CapacityStatus {
     pub durable_seq: u64,
     /// Last sequence number covered by a signed checkpoint.
     pub checkpoint_seq: u64,
+    /// Why the last background checkpoint failed (for example, the signing
+    /// key was zeroized), if it did: an audit processing failure (SR 2.10).
+    pub checkpoint_error: Option<String>,
 }
 
 pub(crate) const SEGMENTS: &str = "segments";
@@ -145,6 +148,7 @@ struct State {
     next_seq: u64,
     head: Hash,
     pending: Vec<u8>,
+    spare: Vec<u8>,
     /// (offset in `pending`, first seq) where a new segment starts.
     splits: Vec<(usize, u64)>,
     durable: u64,
@@ -157,6 +161,7 @@ struct State {
     full_reported: bool,
     checkpoint_seq: u64,
     first_uncovered: Option<Instant>,
+    checkpoint_error: Option<String>,
 }
 
 struct Io {
@@ -504,6 +509,7 @@ impl AuditLog {
             next_seq,
             head,
             pending: Vec::new(),
+            spare: Vec::new(),
             splits: Vec::new(),
             durable: next_seq - 1,
             durable_head: head,
@@ -515,6 +521,7 @@ impl AuditLog {
             full_reported: false,
             checkpoint_seq: checkpoint_seq.min(next_seq - 1),
             first_uncovered: None,
+            checkpoint_error: None,
         };
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -567,10 +574,12 @@ impl AuditLog {
             return Err(AuditError::Failed(f.clone()));
         }
         let mut out = Vec::with_capacity(events.len());
+        // One timestamp per call: the records of a batch are stamped together.
+        let now = now_rfc3339();
         for ev in events {
             let what = ev.action.clone();
             let essential = ev.essential;
-            let rec = Record::from_event(ev, now_rfc3339(), sh.config.time_quality);
+            let rec = Record::from_event(ev, now.clone(), sh.config.time_quality);
             // Rough size for the capacity check; push() computes the exact one.
             let estimate = (frame::HEADER + frame::TRAILER + 256) as u64;
             if let Err(e) = sh.admit(&mut st, essential, estimate, &what) {
@@ -586,7 +595,9 @@ impl AuditLog {
         let last = out.last().map(|a| a.seq).unwrap_or(0);
         self.wait_durable(st, last)?;
         if sh.checkpoint_due() {
-            sh.checkpoint()?;
+            // Signing and storing the checkpoint happens on the background
+            // thread, off the appenders' latency path.
+            sh.stop_cond.notify_all();
         }
         Ok(out)
     }
@@ -604,15 +615,19 @@ impl AuditLog {
                 st = sh.cond.wait(st).map_err(|_| poisoned())?;
                 continue;
             }
-            // Lead this group.
+            // Lead this group; the spare buffer keeps its capacity across groups.
             st.flushing = true;
-            let buf = std::mem::take(&mut st.pending);
+            let spare = std::mem::take(&mut st.spare);
+            let buf = std::mem::replace(&mut st.pending, spare);
             let splits = std::mem::take(&mut st.splits);
             let (last, head) = (st.next_seq - 1, st.head);
             drop(st);
             let res = sh.write_group(&buf, &splits);
             st = sh.lock()?;
             st.flushing = false;
+            let mut buf = buf;
+            buf.clear();
+            st.spare = buf;
             match res {
                 Ok(()) => {
                     st.durable = last;
@@ -642,6 +657,7 @@ impl AuditLog {
             full: st.used >= c.max_bytes,
             durable_seq: st.durable,
             checkpoint_seq: st.checkpoint_seq,
+            checkpoint_error: st.checkpoint_error.clone(),
         })
     }
 
@@ -687,26 +703,26 @@ fn spawn_ticker(sh: Arc<Shared>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let tick = (sh.config.checkpoint_interval / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let Ok(mut stop) = sh.stop.lock() else { return };
         loop {
+            while sh.checkpoint_due() {
+                let result = sh.checkpoint();
+                if let Ok(mut st) = sh.lock() {
+                    st.checkpoint_error = result.as_ref().err().map(|e| e.to_string());
+                }
+                if result.is_err() {
+                    break;
+                }
+            }
+            let Ok(stop) = sh.stop.lock() else { return };
             if *stop {
                 return;
             }
+            // Woken early by an appender when a checkpoint falls due.
             match sh.stop_cond.wait_timeout(stop, tick) {
-                Ok((g, _)) => stop = g,
+                Ok((g, _)) if *g => return,
+                Ok(_) => {}
                 Err(_) => return,
             }
-            if *stop {
-                return;
-            }
-            drop(stop);
-            if sh.checkpoint_due() {
-                let _ = sh.checkpoint();
-            }
-            stop = match sh.stop.lock() {
-                Ok(g) => g,
-                Err(_) => return,
-            };
         }
     })
 }

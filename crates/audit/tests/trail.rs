@@ -655,3 +655,28 @@ fn bad_config_and_oversized_records_are_refused() {
         "a refused record consumes no sequence number"
     );
 }
+
+#[test]
+fn checkpoint_failure_is_reported_not_hidden() {
+    let fx = Fx::new();
+    let cfg = AuditConfig {
+        checkpoint_every: 5,
+        ..small()
+    };
+    let log = fx.open(cfg);
+    // Tamper response: every key is zeroized; records still land, checkpoints cannot.
+    fx.signer.store.destroy_all().unwrap();
+    for i in 0..20 {
+        log.append(ev(i)).unwrap();
+    }
+    let mut reported = None;
+    for _ in 0..100 {
+        reported = log.status().unwrap().checkpoint_error;
+        if reported.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let msg = reported.expect("the failed checkpoint is visible in status()");
+    assert!(msg.contains("idevid"), "{msg}");
+}
