@@ -22,7 +22,7 @@ fn ev(i: u64) -> Event {
     Event::new(Actor::User(format!("operator{}", i % 7)), "param.write")
         .source("10.0.0.17:50412")
         .target(format!("speed-reference/{}", i % 100))
-        .outcome(if i % 11 == 0 {
+        .outcome(if i.is_multiple_of(11) {
             Outcome::Denied
         } else {
             Outcome::Success
