@@ -30,6 +30,14 @@ fn ev(i: u64) -> Event {
         .details(serde_json::json!({"old": i % 1500, "new": (i + 7) % 1500, "unit": "rpm"}))
 }
 
+/// Default settings but room for a long run (the bound is not what is measured).
+fn config() -> AuditConfig {
+    AuditConfig {
+        max_bytes: 16 << 30,
+        ..AuditConfig::default()
+    }
+}
+
 fn signer(dir: &std::path::Path) -> Signer {
     let (_, store) = KeystoreConfig::create_soft(dir, "ks", "secret").unwrap();
     let handle = KeyHandle::new("idevid").unwrap();
@@ -39,12 +47,7 @@ fn signer(dir: &std::path::Path) -> Signer {
 
 fn drivesec_appends(root: &std::path::Path, batch: usize, secs: f64) -> f64 {
     let d = tempfile::tempdir_in(root).unwrap();
-    let log = AuditLog::open(
-        &d.path().join("trail"),
-        AuditConfig::default(),
-        signer(d.path()),
-    )
-    .unwrap();
+    let log = AuditLog::open(&d.path().join("trail"), config(), signer(d.path())).unwrap();
     let budget = Duration::from_secs_f64(secs);
     let start = Instant::now();
     let mut n = 0u64;
@@ -99,12 +102,7 @@ fn sqlite_appends(root: &std::path::Path, batch: usize, secs: f64) -> f64 {
 fn drivesec_concurrent(root: &std::path::Path, threads: u64, secs: f64) -> f64 {
     let d = tempfile::tempdir_in(root).unwrap();
     let log = std::sync::Arc::new(
-        AuditLog::open(
-            &d.path().join("trail"),
-            AuditConfig::default(),
-            signer(d.path()),
-        )
-        .unwrap(),
+        AuditLog::open(&d.path().join("trail"), config(), signer(d.path())).unwrap(),
     );
     let start = Instant::now();
     let budget = Duration::from_secs_f64(secs);
@@ -214,15 +212,7 @@ fn main() {
     let s = signer(d.path());
     let key = s.store.info(&s.handle).unwrap().public_key;
     let trail = d.path().join("trail");
-    let log = AuditLog::open(
-        &trail,
-        AuditConfig {
-            max_bytes: 4 << 30,
-            ..AuditConfig::default()
-        },
-        s,
-    )
-    .unwrap();
+    let log = AuditLog::open(&trail, config(), s).unwrap();
     let mut n = 0;
     while n < verify_n {
         let b: Vec<Event> = (0..1024.min(verify_n - n)).map(|k| ev(n + k)).collect();
