@@ -30,7 +30,7 @@ mod writer;
 pub use checkpoint::{Checkpoint, CheckpointKind};
 pub use config::{AuditConfig, FullPolicy};
 pub use record::{Actor, Event, Outcome, Record, TimeQuality};
-pub use writer::{Appended, AuditLog, CapacityStatus, Signer};
+pub use writer::{Appended, AuditLog, CapacityStatus, Signer, read_cursor, write_cursor};
 
 use std::path::PathBuf;
 
