@@ -267,6 +267,9 @@ fn peer_closed(s: &mut Tls) -> bool {
     closed || s.sock.set_nonblocking(false).is_err()
 }
 
+/// One record read for sending: (seq, hash, prev, body).
+type Outgoing = (u64, [u8; 32], [u8; 32], Vec<u8>);
+
 /// Reads up to `max` records after `after`, in order.
 struct Tail {
     dir: PathBuf,
@@ -285,7 +288,7 @@ impl Tail {
         }
     }
 
-    fn batch(&mut self, max: usize) -> Result<Vec<(u64, [u8; 32], [u8; 32], Vec<u8>)>> {
+    fn batch(&mut self, max: usize) -> Result<Vec<Outgoing>> {
         let mut out = Vec::new();
         loop {
             if self.segment.is_none() {
