@@ -206,7 +206,8 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
     };
     let mut first_seq = None;
     let mut records = 0u64;
-    let mut last_cp = anchor.map(|a| a.0).unwrap_or(0);
+    // Hashes of the records that checkpoints name, compared after the walk.
+    let mut seen: BTreeMap<u64, Vec<(Hash, String, u64)>> = BTreeMap::new();
     'segments: for (first, path) in &segs {
         let name = segment_name(*first);
         let file = format!("segments/{name}");
@@ -285,22 +286,10 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                     message,
                 );
             }
-            if let Some(h) = checkpoints.get(&f.seq) {
-                if *h != f.hash {
-                    c.problem(
-                        Some(last_cp + 1),
-                        ProblemKind::CheckpointMismatch,
-                        &file,
-                        Some(off as u64),
-                        format!(
-                            "records {}..{} do not match the signed checkpoint at record {} (rewritten)",
-                            last_cp + 1,
-                            f.seq,
-                            f.seq
-                        ),
-                    );
-                }
-                last_cp = f.seq;
+            if checkpoints.contains_key(&f.seq) {
+                seen.entry(f.seq)
+                    .or_default()
+                    .push((f.hash, file.clone(), off as u64));
             }
             if anchor.is_some_and(|(s, h)| s == f.seq && h != f.hash) {
                 c.problem(
@@ -317,6 +306,36 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
             expected = f.seq + 1;
             off += f.len;
         }
+    }
+    // A checkpoint whose record does not hash as signed means the interval
+    // since the previous checkpoint was rewritten and re-chained. When the
+    // walk already named a bad record in that interval, that finding is the
+    // more precise one.
+    let mut prev_cp = anchor.map(|a| a.0).unwrap_or(0);
+    for (&seq, hash) in &checkpoints {
+        if let Some(found) = seen.get(&seq)
+            && !found.iter().any(|(h, _, _)| h == hash)
+        {
+            let explained = c
+                .problems
+                .iter()
+                .any(|p| p.seq.is_some_and(|s| s > prev_cp && s <= seq));
+            if !explained {
+                let (_, file, off) = &found[0];
+                let (file, off) = (file.clone(), *off);
+                c.problem(
+                    Some(prev_cp + 1),
+                    ProblemKind::CheckpointMismatch,
+                    &file,
+                    Some(off),
+                    format!(
+                        "records {}..{seq} do not match the signed checkpoint at record {seq} (rewritten)",
+                        prev_cp + 1
+                    ),
+                );
+            }
+        }
+        prev_cp = seq;
     }
     let last_seq = (records > 0).then(|| expected - 1);
     let end = expected - 1;
