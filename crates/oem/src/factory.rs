@@ -23,10 +23,10 @@ use drivesec_keystore::pkcs11::{Pkcs11Uri, init_token};
 use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, open_keystore};
 use drivesec_pki::{Ca, CaKind, IssueRequest, Profile, SubjectKey};
 use rand_core::{OsRng, RngCore};
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{OemError, Result, credential};
+use crate::{OemError, Result};
+use drivesec_device::credential;
 
 /// The handle of the device identity key in every device keystore.
 pub const IDEVID_KEY: &str = "idevid";
@@ -65,37 +65,7 @@ pub struct ProvisionOptions {
     pub keystore: DeviceKeystore,
 }
 
-/// `device.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeviceFile {
-    /// Always `drivesec-device`.
-    pub format: String,
-    /// Format version, 1.
-    pub version: u32,
-    /// Serial number.
-    pub serial_number: String,
-    /// Model.
-    pub model: String,
-    /// Manufacturer organisation.
-    pub manufacturer: String,
-    /// Life-cycle state: `factory` until commissioned.
-    pub state: String,
-    /// The crypto chip.
-    pub keystore: KeystoreConfig,
-    /// Handle of the IDevID key.
-    pub idevid_key: KeyHandle,
-}
-
-impl DeviceFile {
-    /// Reads `DIR/device.json`.
-    pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("device.json");
-        serde_json::from_slice(&fsu::read(&path)?).map_err(|e| OemError::BadFile {
-            path,
-            reason: e.to_string(),
-        })
-    }
-}
+pub use drivesec_device::state::{DeviceFile, LifeCycle};
 
 /// The station's result. The credential is shown once and never stored in clear.
 #[derive(Debug)]
@@ -247,12 +217,14 @@ fn build(
         serial_number: opts.serial_number.clone(),
         model: opts.model.clone(),
         manufacturer: mfg.organization().into(),
-        state: "factory".into(),
+        state: LifeCycle::Factory,
         keystore: config,
         idevid_key: handle,
+        device_name: None,
+        ldevid_key: None,
+        commissioned_at: None,
     };
-    let json = serde_json::to_vec_pretty(&file).map_err(|e| OemError::Invalid(e.to_string()))?;
-    fsu::write_new(&dir.join("device.json"), &json, Mode::Public)?;
+    file.save(dir).map_err(|e| OemError::Invalid(e.to_string()))?;
     let idevid_key_uri = match &uri {
         Some(u) => {
             let mut k = Pkcs11Uri::parse(u)?;

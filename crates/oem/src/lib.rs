@@ -8,7 +8,6 @@
 //!   devices, one client certificate per built-in role) described by `lab.json`.
 //! * [`demo`]: the end-to-end story `drivesec demo` tells.
 
-pub mod credential;
 pub mod demo;
 pub mod factory;
 pub mod lab;
@@ -45,6 +44,9 @@ pub enum OemError {
     /// Keystore failure.
     #[error(transparent)]
     Keystore(#[from] drivesec_keystore::KeystoreError),
+    /// Device state or runtime failure.
+    #[error(transparent)]
+    Device(#[from] drivesec_device::DeviceError),
     /// File system failure.
     #[error(transparent)]
     Fs(#[from] drivesec_fsutil::FsError),

@@ -1,0 +1,680 @@
+//! The account store: per-person accounts, custom roles, password hashes,
+//! failed-login counters and locks, in one JSON file.
+//!
+//! The file is written with [`drivesec_fsutil::write_atomic`] (mode 0600) on
+//! every change. A change is applied to a copy of the state, the copy is
+//! saved, and only then does it replace the state in memory, so a failed
+//! save leaves both the file and the in-memory store as they were. The one
+//! exception is a failed login: its counter and lock are kept in memory even
+//! when they cannot be saved, so a full or broken disk never lifts the
+//! lockout.
+//!
+//! The access policy is not stored in this file: the caller passes it to
+//! [`Accounts::create`] / [`Accounts::open`] and [`Accounts::set_policy`]
+//! (see [`AccessPolicy::load`] / [`AccessPolicy::save`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use drivesec_fsutil::Mode;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
+
+use crate::permissions::{Permission, Role, builtin_permissions, builtin_roles, is_builtin_role};
+use crate::policy::AccessPolicy;
+use crate::{AccessError, Result, password, validate_name};
+
+/// Version of the on-disk format written by this crate.
+const FORMAT: u32 = 1;
+
+/// What the outside may know about an account (never its hashes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct UserInfo {
+    /// The account name.
+    pub username: String,
+    /// Its role.
+    pub role: String,
+    /// End of a running timed lock (RFC 3339), if any.
+    pub locked_until: Option<String>,
+    /// Locked until an administrator unlocks it.
+    pub locked_by_admin_only: bool,
+    /// Consecutive failed logins since the last success or unlock.
+    pub failed_attempts: u32,
+    /// When the password was last set (RFC 3339).
+    pub password_changed: String,
+    /// The password is older than the policy allows, or an administrator
+    /// required a change: it must be changed at the next login.
+    pub password_expired: bool,
+}
+
+/// A successful login.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Authenticated {
+    /// The account name.
+    pub username: String,
+    /// Its role.
+    pub role: String,
+    /// What the role allows.
+    pub permissions: BTreeSet<Permission>,
+    /// The password has expired: the session should allow nothing but a
+    /// password change until it is changed.
+    pub must_change_password: bool,
+}
+
+/// One account as stored.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserRecord {
+    role: String,
+    /// Argon2id PHC string of the current password.
+    password_hash: String,
+    /// PHC strings of earlier passwords, newest first.
+    #[serde(default)]
+    history: Vec<String>,
+    #[serde(with = "rfc3339")]
+    password_changed: OffsetDateTime,
+    #[serde(default)]
+    must_change: bool,
+    #[serde(default)]
+    failed_attempts: u32,
+    #[serde(default, with = "rfc3339_opt")]
+    locked_until: Option<OffsetDateTime>,
+    #[serde(default)]
+    locked_by_admin: bool,
+}
+
+impl UserRecord {
+    fn new(role: &str, password_hash: String, now: OffsetDateTime) -> Self {
+        UserRecord {
+            role: role.to_owned(),
+            password_hash,
+            history: Vec::new(),
+            password_changed: now,
+            must_change: false,
+            failed_attempts: 0,
+            locked_until: None,
+            locked_by_admin: false,
+        }
+    }
+
+    /// `Some(lock)` if the account is locked at `now`.
+    fn lock_at(&self, now: OffsetDateTime) -> Option<Option<OffsetDateTime>> {
+        if self.locked_by_admin {
+            Some(None)
+        } else {
+            self.locked_until.filter(|t| now < *t).map(Some)
+        }
+    }
+}
+
+/// A custom role as stored.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomRole {
+    permissions: BTreeSet<Permission>,
+}
+
+/// The file content.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Store {
+    format: u32,
+    #[serde(default)]
+    users: BTreeMap<String, UserRecord>,
+    #[serde(default)]
+    roles: BTreeMap<String, CustomRole>,
+}
+
+impl Store {
+    fn role_permissions(&self, name: &str) -> Option<BTreeSet<Permission>> {
+        builtin_permissions(name).or_else(|| self.roles.get(name).map(|r| r.permissions.clone()))
+    }
+
+    fn user_managers(&self) -> Vec<&str> {
+        self.users
+            .iter()
+            .filter(|(_, u)| {
+                self.role_permissions(&u.role)
+                    .is_some_and(|p| p.contains(&Permission::ManageUsers))
+            })
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// Why the content is not a consistent store, if it is not.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.format != FORMAT {
+            return Err(format!(
+                "unsupported format {} (this build reads {FORMAT})",
+                self.format
+            ));
+        }
+        for name in self.roles.keys() {
+            validate_name(name).map_err(|e| format!("role: {e}"))?;
+            if is_builtin_role(name) {
+                return Err(format!("custom role {name} shadows a built-in role"));
+            }
+        }
+        for (name, u) in &self.users {
+            validate_name(name).map_err(|e| format!("user: {e}"))?;
+            if self.role_permissions(&u.role).is_none() {
+                return Err(format!("user {name} has unknown role {}", u.role));
+            }
+            if !password::is_valid_phc(&u.password_hash)
+                || !u.history.iter().all(|h| password::is_valid_phc(h))
+            {
+                return Err(format!("user {name} has a malformed password hash"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The account store of one device.
+pub struct Accounts {
+    path: PathBuf,
+    policy: AccessPolicy,
+    store: Store,
+    /// Hash verified for unknown users (made on first need with the policy's parameters).
+    dummy_hash: Option<String>,
+    /// Argon2 verifications done by [`Accounts::authenticate`] (for tests).
+    verifications: u64,
+}
+
+impl fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Accounts")
+            .field("path", &self.path)
+            .field("users", &self.store.users.keys().collect::<Vec<_>>())
+            .field("custom_roles", &self.store.roles.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Accounts {
+    /// Creates a new, empty store at `path`; fails if the file exists.
+    pub fn create(path: &Path, policy: AccessPolicy) -> Result<Accounts> {
+        policy.validate()?;
+        let store = Store {
+            format: FORMAT,
+            users: BTreeMap::new(),
+            roles: BTreeMap::new(),
+        };
+        drivesec_fsutil::write_new(path, &serialize(path, &store)?, Mode::Private)?;
+        Ok(Accounts::with(path, policy, store))
+    }
+
+    /// Opens an existing store. Content that is not a valid store gives
+    /// [`AccessError::Corrupt`] naming the file.
+    pub fn open(path: &Path, policy: AccessPolicy) -> Result<Accounts> {
+        policy.validate()?;
+        let bytes = drivesec_fsutil::read(path)?;
+        let corrupt = |reason: String| AccessError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let store: Store = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        store.check().map_err(corrupt)?;
+        Ok(Accounts::with(path, policy, store))
+    }
+
+    fn with(path: &Path, policy: AccessPolicy, store: Store) -> Accounts {
+        Accounts {
+            path: path.to_path_buf(),
+            policy,
+            store,
+            dummy_hash: None,
+            verifications: 0,
+        }
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &AccessPolicy {
+        &self.policy
+    }
+
+    /// Replaces the policy after validating it. It is not written to the
+    /// account file: persisting it is the caller's business.
+    pub fn set_policy(&mut self, p: AccessPolicy) -> Result<()> {
+        p.validate()?;
+        if p.hash != self.policy.hash {
+            self.dummy_hash = None;
+        }
+        self.policy = p;
+        Ok(())
+    }
+
+    /// Saves `next` and makes it the current state; on any error nothing changes.
+    fn commit(&mut self, next: Store) -> Result<()> {
+        let before = self.store.user_managers();
+        if next.user_managers().is_empty()
+            && let Some(last) = before.first()
+        {
+            return Err(AccessError::LastAdmin((*last).to_owned()));
+        }
+        save(&self.path, &next)?;
+        self.store = next;
+        Ok(())
+    }
+
+    fn record(&self, username: &str) -> Result<&UserRecord> {
+        self.store
+            .users
+            .get(username)
+            .ok_or_else(|| AccessError::UnknownUser(username.to_owned()))
+    }
+
+    /// Adds an account. The name must be 1-32 characters from `[a-z0-9._-]`
+    /// starting with a letter or digit and not in use; the role must exist;
+    /// the password must satisfy the policy.
+    pub fn add_user(
+        &mut self,
+        username: &str,
+        role: &str,
+        password: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        validate_name(username)?;
+        if self.store.users.contains_key(username) {
+            return Err(AccessError::UserExists(username.to_owned()));
+        }
+        if self.store.role_permissions(role).is_none() {
+            return Err(AccessError::UnknownRole(role.to_owned()));
+        }
+        self.policy.password.check(username, password)?;
+        let hash = password::hash(password, &self.policy.hash)?;
+        let mut next = self.store.clone();
+        next.users
+            .insert(username.to_owned(), UserRecord::new(role, hash, now));
+        self.commit(next)
+    }
+
+    /// Removes an account (its sessions are the caller's to terminate).
+    /// Refuses to remove the last account that can manage users.
+    pub fn remove_user(&mut self, username: &str) -> Result<()> {
+        self.record(username)?;
+        let mut next = self.store.clone();
+        next.users.remove(username);
+        self.commit(next)
+    }
+
+    /// Gives an account another role (refresh its sessions with
+    /// [`Sessions::refresh_permissions`](crate::Sessions::refresh_permissions)).
+    /// Refuses to take the manage-users permission from the last account holding it.
+    pub fn set_role(&mut self, username: &str, role: &str) -> Result<()> {
+        self.record(username)?;
+        if self.store.role_permissions(role).is_none() {
+            return Err(AccessError::UnknownRole(role.to_owned()));
+        }
+        let mut next = self.store.clone();
+        if let Some(u) = next.users.get_mut(username) {
+            u.role = role.to_owned();
+        }
+        self.commit(next)
+    }
+
+    /// Sets a new password after checking it against the policy and the last
+    /// [`history`](crate::PasswordPolicy::history) passwords (the current one
+    /// included). Clears a pending password change; does not lift a lock.
+    pub fn set_password(
+        &mut self,
+        username: &str,
+        new_password: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let rec = self.record(username)?;
+        self.policy.password.check(username, new_password)?;
+        let remembered = self.policy.password.history;
+        let recent = std::iter::once(&rec.password_hash)
+            .chain(rec.history.iter())
+            .take(1);
+        for old in recent {
+            if password::verify(new_password, old) {
+                return Err(AccessError::PasswordRejected {
+                    reason: format!("must differ from the last {remembered} passwords"),
+                });
+            }
+        }
+        let hash = password::hash(new_password, &self.policy.hash)?;
+        let mut next = self.store.clone();
+        if let Some(u) = next.users.get_mut(username) {
+            let old = std::mem::replace(&mut u.password_hash, hash);
+            u.history.insert(0, old);
+            u.history.truncate(remembered.saturating_sub(1));
+            u.password_changed = now;
+            u.must_change = false;
+        }
+        self.commit(next)
+    }
+
+    /// Requires the account to change its password at the next login.
+    pub fn expire_password(&mut self, username: &str) -> Result<()> {
+        self.record(username)?;
+        let mut next = self.store.clone();
+        if let Some(u) = next.users.get_mut(username) {
+            u.must_change = true;
+        }
+        self.commit(next)
+    }
+
+    /// Lifts a lock and resets the failed-login counter.
+    pub fn unlock(&mut self, username: &str) -> Result<()> {
+        self.record(username)?;
+        let mut next = self.store.clone();
+        if let Some(u) = next.users.get_mut(username) {
+            u.failed_attempts = 0;
+            u.locked_until = None;
+            u.locked_by_admin = false;
+        }
+        self.commit(next)
+    }
+
+    fn info(&self, username: &str, u: &UserRecord, now: OffsetDateTime) -> UserInfo {
+        let lock = u.lock_at(now);
+        UserInfo {
+            username: username.to_owned(),
+            role: u.role.clone(),
+            locked_until: lock.flatten().map(rfc3339_string),
+            locked_by_admin_only: u.locked_by_admin,
+            failed_attempts: u.failed_attempts,
+            password_changed: rfc3339_string(u.password_changed),
+            password_expired: self.password_expired(u, now),
+        }
+    }
+
+    fn password_expired(&self, u: &UserRecord, now: OffsetDateTime) -> bool {
+        if u.must_change {
+            return true;
+        }
+        let Some(days) = self.policy.password.max_age_days else {
+            return false;
+        };
+        u.password_changed
+            .checked_add(Duration::days(i64::from(days)))
+            .is_some_and(|expires| now >= expires)
+    }
+
+    /// An account as of now (wall clock).
+    pub fn user(&self, username: &str) -> Option<UserInfo> {
+        self.user_at(username, OffsetDateTime::now_utc())
+    }
+
+    /// An account as of `now` (lock and expiry evaluated at `now`).
+    pub fn user_at(&self, username: &str, now: OffsetDateTime) -> Option<UserInfo> {
+        self.store
+            .users
+            .get(username)
+            .map(|u| self.info(username, u, now))
+    }
+
+    /// All accounts as of now (wall clock), sorted by name.
+    pub fn users(&self) -> Vec<UserInfo> {
+        self.users_at(OffsetDateTime::now_utc())
+    }
+
+    /// All accounts as of `now`, sorted by name.
+    pub fn users_at(&self, now: OffsetDateTime) -> Vec<UserInfo> {
+        self.store
+            .users
+            .iter()
+            .map(|(name, u)| self.info(name, u, now))
+            .collect()
+    }
+
+    /// Built-in roles followed by custom roles (sorted by name).
+    pub fn roles(&self) -> Vec<Role> {
+        let mut all = builtin_roles();
+        all.extend(self.store.roles.iter().map(|(name, r)| Role {
+            name: name.clone(),
+            permissions: r.permissions.clone(),
+            builtin: false,
+        }));
+        all
+    }
+
+    /// A role by name, built-in or custom.
+    pub fn role(&self, name: &str) -> Option<Role> {
+        self.store.role_permissions(name).map(|permissions| Role {
+            name: name.to_owned(),
+            permissions,
+            builtin: is_builtin_role(name),
+        })
+    }
+
+    /// Adds a custom role (same naming rules as users; built-in names are refused).
+    pub fn add_role(&mut self, name: &str, permissions: BTreeSet<Permission>) -> Result<()> {
+        validate_name(name)?;
+        if is_builtin_role(name) {
+            return Err(AccessError::BuiltinRole(name.to_owned()));
+        }
+        if self.store.roles.contains_key(name) {
+            return Err(AccessError::RoleExists(name.to_owned()));
+        }
+        let mut next = self.store.clone();
+        next.roles
+            .insert(name.to_owned(), CustomRole { permissions });
+        self.commit(next)
+    }
+
+    /// Replaces the permissions of a custom role (refresh the sessions of its
+    /// holders with [`Sessions::refresh_permissions`](crate::Sessions::refresh_permissions)).
+    pub fn set_role_permissions(
+        &mut self,
+        name: &str,
+        permissions: BTreeSet<Permission>,
+    ) -> Result<()> {
+        if is_builtin_role(name) {
+            return Err(AccessError::BuiltinRole(name.to_owned()));
+        }
+        if !self.store.roles.contains_key(name) {
+            return Err(AccessError::UnknownRole(name.to_owned()));
+        }
+        let mut next = self.store.clone();
+        next.roles
+            .insert(name.to_owned(), CustomRole { permissions });
+        self.commit(next)
+    }
+
+    /// Removes a custom role; refuses built-in roles and roles still assigned.
+    pub fn remove_role(&mut self, name: &str) -> Result<()> {
+        if is_builtin_role(name) {
+            return Err(AccessError::BuiltinRole(name.to_owned()));
+        }
+        if !self.store.roles.contains_key(name) {
+            return Err(AccessError::UnknownRole(name.to_owned()));
+        }
+        if self.store.users.values().any(|u| u.role == name) {
+            return Err(AccessError::RoleInUse(name.to_owned()));
+        }
+        let mut next = self.store.clone();
+        next.roles.remove(name);
+        self.commit(next)
+    }
+
+    /// Names of the accounts holding `role`.
+    pub fn users_with_role(&self, role: &str) -> Vec<String> {
+        self.store
+            .users
+            .iter()
+            .filter(|(_, u)| u.role == role)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Verifies a login.
+    ///
+    /// * Unknown user and wrong password give the same error,
+    ///   [`AccessError::InvalidCredentials`], after the same work: for an
+    ///   unknown user the password is verified against a dummy Argon2id hash.
+    /// * Each wrong password increments the account's failure counter; the
+    ///   attempt that reaches [`max_failures`](crate::LockoutPolicy::max_failures)
+    ///   locks the account (for `lockout_secs`, or until [`Accounts::unlock`]
+    ///   when that is 0) and returns [`AccessError::Locked`].
+    /// * While an account is locked every attempt returns
+    ///   [`AccessError::Locked`], whatever the password, and does not extend
+    ///   the lock. Unknown users never get `Locked`, so the lock reveals that
+    ///   an account exists, but only to someone who already made
+    ///   `max_failures` attempts against it.
+    /// * Success resets the counter and re-hashes the password if the
+    ///   policy's hash parameters changed. An expired password still
+    ///   authenticates, with [`Authenticated::must_change_password`] set.
+    ///
+    /// Counter and lock changes are saved; a failed save of a *failed* login
+    /// returns the file system error but keeps the counter in memory (the
+    /// lockout holds), while a failed save of a successful one refuses the
+    /// login and changes nothing.
+    pub fn authenticate(
+        &mut self,
+        username: &str,
+        password: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated> {
+        let Some(stored) = self.store.users.get(username) else {
+            self.verify_dummy(password);
+            return Err(AccessError::InvalidCredentials);
+        };
+        let mut rec = stored.clone();
+        if let Some(lock) = rec.lock_at(now) {
+            return Err(AccessError::Locked {
+                until: lock.map(rfc3339_string),
+            });
+        }
+        let mut changed = false;
+        if rec.locked_until.is_some() {
+            // A timed lock that has run out starts a fresh count.
+            rec.locked_until = None;
+            rec.failed_attempts = 0;
+            changed = true;
+        }
+        self.verifications += 1;
+        if !password::verify(password, &rec.password_hash) {
+            rec.failed_attempts = rec.failed_attempts.saturating_add(1);
+            let err = if rec.failed_attempts >= self.policy.lockout.max_failures {
+                let until = i64::try_from(self.policy.lockout.lockout_secs)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .and_then(|s| now.checked_add(Duration::seconds(s)));
+                match until {
+                    Some(t) => rec.locked_until = Some(t),
+                    None => rec.locked_by_admin = true,
+                }
+                AccessError::Locked {
+                    until: until.map(rfc3339_string),
+                }
+            } else {
+                AccessError::InvalidCredentials
+            };
+            self.store.users.insert(username.to_owned(), rec);
+            save(&self.path, &self.store)?;
+            return Err(err);
+        }
+        if rec.failed_attempts != 0 {
+            rec.failed_attempts = 0;
+            changed = true;
+        }
+        if password::needs_rehash(&rec.password_hash, &self.policy.hash)
+            && let Ok(h) = password::hash(password, &self.policy.hash)
+        {
+            rec.password_hash = h;
+            changed = true;
+        }
+        let auth = Authenticated {
+            username: username.to_owned(),
+            role: rec.role.clone(),
+            permissions: self.store.role_permissions(&rec.role).unwrap_or_default(),
+            must_change_password: self.password_expired(&rec, now),
+        };
+        if changed {
+            let mut next = self.store.clone();
+            next.users.insert(username.to_owned(), rec);
+            self.commit(next)?;
+        }
+        Ok(auth)
+    }
+
+    /// Spends one hash verification on a password for an unknown user.
+    fn verify_dummy(&mut self, password: &str) {
+        if self.dummy_hash.is_none() {
+            self.dummy_hash = password::dummy_hash(&self.policy.hash).ok();
+        }
+        self.verifications += 1;
+        if let Some(h) = &self.dummy_hash {
+            let _ = password::verify(password, h);
+        }
+    }
+
+    /// The permissions of an account's role.
+    pub fn permissions_of(&self, username: &str) -> Option<BTreeSet<Permission>> {
+        self.store
+            .users
+            .get(username)
+            .and_then(|u| self.store.role_permissions(&u.role))
+    }
+}
+
+fn serialize(path: &Path, store: &Store) -> Result<Vec<u8>> {
+    let mut json = serde_json::to_vec_pretty(store).map_err(|e| AccessError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("cannot serialise: {e}"),
+    })?;
+    json.push(b'\n');
+    Ok(json)
+}
+
+fn save(path: &Path, store: &Store) -> Result<()> {
+    drivesec_fsutil::write_atomic(path, &serialize(path, store)?, Mode::Private)?;
+    Ok(())
+}
+
+fn rfc3339_string(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _, ser::Error as _};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    pub(super) fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.format(&Rfc3339).map_err(S::Error::custom)?)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let s = String::deserialize(d)?;
+        OffsetDateTime::parse(&s, &Rfc3339).map_err(D::Error::custom)
+    }
+}
+
+mod rfc3339_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub(super) fn serialize<S: Serializer>(
+        t: &Option<OffsetDateTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::rfc3339::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<OffsetDateTime>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::rfc3339")] OffsetDateTime);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(t)| t))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,98 @@
+//! Argon2id password hashing (PHC strings).
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::policy::HashParams;
+use crate::{AccessError, Result};
+
+/// The argon2 parameters for `p`, or why they are invalid.
+pub(crate) fn argon2_params(p: &HashParams) -> std::result::Result<Params, argon2::Error> {
+    Params::new(p.memory_kib, p.iterations, p.parallelism, None)
+}
+
+/// Argon2id PHC hash of `password` with a fresh random salt.
+pub(crate) fn hash(password: &str, p: &HashParams) -> Result<String> {
+    let params = argon2_params(p).map_err(|e| AccessError::Hash(e.to_string()))?;
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AccessError::Hash(e.to_string()))
+}
+
+/// Whether `password` matches the PHC string `phc` (with the parameters stored
+/// in it; constant-time comparison of the digests).
+pub(crate) fn verify(password: &str, phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+}
+
+/// Whether `phc` is a well-formed Argon2id PHC string.
+pub(crate) fn is_valid_phc(phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|h| {
+        h.algorithm == argon2::ARGON2ID_IDENT && Params::try_from(&h).is_ok() && h.hash.is_some()
+    })
+}
+
+/// Whether `phc` was made with other parameters than `p` (and so should be re-hashed).
+pub(crate) fn needs_rehash(phc: &str, p: &HashParams) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return true;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return true;
+    };
+    parsed.algorithm != argon2::ARGON2ID_IDENT
+        || parsed.version != Some(u32::from(Version::V0x13))
+        || params.m_cost() != p.memory_kib
+        || params.t_cost() != p.iterations
+        || params.p_cost() != p.parallelism
+}
+
+/// A hash of a random throw-away password, verified against for unknown users
+/// so that they cost the same time as a wrong password.
+pub(crate) fn dummy_hash(p: &HashParams) -> Result<String> {
+    let mut raw = Zeroizing::new([0u8; 16]);
+    OsRng.fill_bytes(raw.as_mut());
+    let throwaway = Zeroizing::new(hex::encode(raw.as_ref()));
+    hash(&throwaway, p)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn cheap() -> HashParams {
+        HashParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    #[test]
+    fn hashes_verify_and_carry_their_parameters() {
+        let h = hash("Correct-Horse-1", &cheap()).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"), "{h}");
+        assert!(is_valid_phc(&h));
+        assert!(verify("Correct-Horse-1", &h));
+        assert!(!verify("Correct-Horse-2", &h));
+        assert!(!verify("Correct-Horse-1", "garbage"));
+        assert!(!needs_rehash(&h, &cheap()));
+        assert!(needs_rehash(&h, &HashParams::default()));
+        assert!(!is_valid_phc(
+            "$argon2i$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaA"
+        ));
+        assert!(!is_valid_phc("not a hash"));
+        let h2 = hash("Correct-Horse-1", &cheap()).unwrap();
+        assert_ne!(h, h2, "salts must differ");
+    }
+}

@@ -1,0 +1,296 @@
+//! The HTTPS API (docs/openapi.json): routing, the shared device state,
+//! authentication of sessions bound to the TLS client certificate,
+//! authorisation by permission, and error responses.
+
+mod accounts;
+mod commission;
+mod ops;
+
+/// Request and settings types of the operations endpoints.
+pub mod ops_types {
+    pub use super::ops::ForwardingSettings;
+}
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use drivesec_access::{AccessError, Accounts, Permission, Sessions};
+use drivesec_audit::{Actor, AuditLog, Event, Outcome};
+use drivesec_drive::ParamSet;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::config::DeviceConfig;
+use crate::state::StateDir;
+use crate::DeviceError;
+
+/// What the TLS layer knows about a connection, attached to every request.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// SHA-256 of the client certificate (DER), hex.
+    pub fingerprint: String,
+    /// The client's address.
+    pub addr: SocketAddr,
+}
+
+/// A commissioning exchange in progress.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub device_name: String,
+    pub fingerprint: String,
+}
+
+/// Everything the handlers share.
+pub struct Device {
+    pub(crate) state: RwLock<StateDir>,
+    pub(crate) config: RwLock<DeviceConfig>,
+    pub(crate) accounts: Mutex<Option<Accounts>>,
+    pub(crate) sessions: Mutex<Sessions>,
+    pub(crate) audit: RwLock<Arc<AuditLog>>,
+    pub(crate) params: Mutex<ParamSet>,
+    pub(crate) login_permits: tokio::sync::Semaphore,
+    pub(crate) factory_failures: Mutex<(u32, Option<Instant>)>,
+    pub(crate) pending: Mutex<Option<Pending>>,
+    pub(crate) tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    pub(crate) forwarder: Mutex<Option<drivesec_audit::forward::Forwarder>>,
+}
+
+/// An error response: status, a stable code, and a message naming the problem.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", message)
+    }
+
+    pub(crate) fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "wrong-state", message)
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({"error": self.code, "message": self.message}))).into_response()
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        use AccessError as A;
+        let msg = e.to_string();
+        match e {
+            A::InvalidCredentials => ApiError::new(StatusCode::UNAUTHORIZED, "invalid-credentials", msg),
+            A::Locked { .. } => ApiError::new(StatusCode::FORBIDDEN, "locked", msg),
+            A::SessionInvalid => ApiError::new(StatusCode::UNAUTHORIZED, "session-invalid", msg),
+            A::TooManySessions { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too-many-sessions", msg),
+            A::UnknownUser(_) | A::UnknownRole(_) => ApiError::not_found(msg),
+            A::UserExists(_) | A::RoleExists(_) | A::RoleInUse(_) | A::BuiltinRole(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", msg)
+            }
+            A::PasswordRejected { .. } | A::InvalidName { .. } => ApiError::bad_request(msg),
+            _ => ApiError::internal(msg),
+        }
+    }
+}
+
+impl From<DeviceError> for ApiError {
+    fn from(e: DeviceError) -> Self {
+        match e {
+            DeviceError::Invalid(m) => ApiError::bad_request(m),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<drivesec_audit::AuditError> for ApiError {
+    fn from(e: drivesec_audit::AuditError) -> Self {
+        match e {
+            // SR 2.10: when the trail cannot record, the action is refused.
+            drivesec_audit::AuditError::Full { .. } | drivesec_audit::AuditError::Failed(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", e.to_string())
+            }
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+/// JSON bodies: size-limited by the router, unknown fields rejected by the
+/// types (`deny_unknown_fields`), every rejection a 4xx with the reason.
+pub(crate) struct Body<T>(pub T);
+
+impl<S, T> FromRequest<S> for Body<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Body(v)),
+            Err(rej) => Err(match rej {
+                JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "request body too large")
+                }
+                JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "content-type",
+                    "send JSON with Content-Type: application/json",
+                ),
+                other => ApiError::new(other.status(), "bad-json", other.body_text()),
+            }),
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub username: String,
+    pub role: String,
+    pub permissions: std::collections::BTreeSet<Permission>,
+    pub conn: ConnInfo,
+    pub session_handle: String,
+}
+
+impl Device {
+    /// Records an event; when the trail cannot take it the caller gets the error (and refuses).
+    pub(crate) fn audit(&self, ev: Event) -> Result<(), ApiError> {
+        let log = self
+            .audit
+            .read()
+            .map_err(|_| ApiError::internal("audit lock poisoned"))?
+            .clone();
+        log.append(ev)?;
+        Ok(())
+    }
+
+    /// An event from an authenticated caller.
+    pub(crate) fn event(c: &Caller, action: &str, outcome: Outcome) -> Event {
+        Event::new(Actor::User(c.username.clone()), action)
+            .source(c.conn.addr.to_string())
+            .outcome(outcome)
+            .details(json!({"certificate": c.conn.fingerprint, "role": c.role}))
+    }
+
+    /// An event from a TLS client not (yet) logged in.
+    pub(crate) fn cert_event(conn: &ConnInfo, action: &str, outcome: Outcome) -> Event {
+        Event::new(Actor::Certificate(conn.fingerprint.clone()), action)
+            .source(conn.addr.to_string())
+            .outcome(outcome)
+    }
+
+    /// Resolves the session of a request.
+    pub(crate) fn caller(&self, headers: &HeaderMap, conn: &ConnInfo) -> Result<Caller, ApiError> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no-session", "log in first (Authorization: Bearer SESSION)"))?;
+        let info = self
+            .sessions
+            .lock()
+            .map_err(|_| ApiError::internal("session lock poisoned"))?
+            .validate(token, &conn.fingerprint, Instant::now())?;
+        Ok(Caller {
+            username: info.username,
+            role: info.role,
+            permissions: info.permissions,
+            conn: conn.clone(),
+            session_handle: info.handle,
+        })
+    }
+
+    /// Checks a permission; a denial is audited and answered 403.
+    pub(crate) fn require(&self, c: &Caller, p: Permission, action: &str) -> Result<(), ApiError> {
+        if c.permissions.contains(&p) {
+            return Ok(());
+        }
+        let ev = Self::event(c, action, Outcome::Denied).details(json!({
+            "certificate": c.conn.fingerprint, "role": c.role, "missing_permission": p.as_str(),
+        }));
+        self.audit(ev)?;
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role '{}' lacks permission '{}'", c.role, p.as_str()),
+        ))
+    }
+
+    pub(crate) fn commissioned(&self) -> Result<(), ApiError> {
+        let st = self.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+        if st.file.state == crate::state::LifeCycle::Factory {
+            return Err(ApiError::conflict("the device is in factory state: only commissioning is available"));
+        }
+        Ok(())
+    }
+}
+
+/// The OpenAPI document, checked into docs/openapi.json and served at /api/v1/openapi.json.
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+
+/// The API router.
+pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(|| async { ([("content-type", "application/json")], OPENAPI) }))
+        .route("/api/v1/info", get(ops::info))
+        .route("/api/v1/commission/begin", post(commission::begin))
+        .route("/api/v1/commission/complete", post(commission::complete))
+        .route("/api/v1/login", post(accounts::login))
+        .route("/api/v1/logout", post(accounts::logout))
+        .route("/api/v1/me", get(accounts::me))
+        .route("/api/v1/me/password", post(accounts::change_own_password))
+        .route("/api/v1/users", get(accounts::list_users).post(accounts::add_user))
+        .route("/api/v1/users/{name}", delete(accounts::remove_user))
+        .route("/api/v1/users/{name}/role", put(accounts::set_role))
+        .route("/api/v1/users/{name}/unlock", post(accounts::unlock))
+        .route("/api/v1/users/{name}/password", post(accounts::reset_password))
+        .route("/api/v1/roles", get(accounts::list_roles).post(accounts::add_role))
+        .route("/api/v1/roles/{name}", delete(accounts::remove_role))
+        .route("/api/v1/sessions", get(accounts::list_sessions))
+        .route("/api/v1/sessions/{handle}", delete(accounts::terminate_session))
+        .route("/api/v1/params", get(ops::get_params))
+        .route("/api/v1/params/{name}", put(ops::set_param))
+        .route("/api/v1/audit", get(ops::read_audit))
+        .route("/api/v1/audit/export", get(ops::export_audit))
+        .route("/api/v1/audit/forwarding", get(ops::get_forwarding).put(ops::set_forwarding))
+        .route("/api/v1/posture", get(ops::posture))
+        .route("/api/v1/security/crl", put(ops::install_crl))
+        .route("/api/v1/factory-reset", post(ops::factory_reset))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(dev)
+}
+
+/// A JSON 200 response.
+pub(crate) fn ok(v: Value) -> Response {
+    axum::Json(v).into_response()
+}

@@ -1,0 +1,260 @@
+//! Device information, drive parameters, the audit trail, forwarding,
+//! posture, trust and factory reset.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use drivesec_access::Permission;
+use drivesec_audit::Outcome;
+use drivesec_audit::reader::{self, Query as AuditQuery};
+use drivesec_drive::{Group, PARAMS};
+use drivesec_fsutil::{self as fsu, Mode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, Body, ConnInfo, Device, ok};
+use crate::state::files;
+
+pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, ApiError> {
+    let st = dev.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+    let banner = dev.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?.access.banner.clone();
+    Ok(ok(json!({
+        "serial_number": st.file.serial_number, "model": st.file.model, "manufacturer": st.file.manufacturer,
+        "state": st.file.state, "device_name": st.file.device_name, "banner": banner,
+        "firmware_version": env!("CARGO_PKG_VERSION"), "api": "v1",
+    })))
+}
+
+pub(crate) async fn get_params(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ReadParams, "param.read")?;
+    let p = dev.params.lock().map_err(|_| ApiError::internal("params lock poisoned"))?.clone();
+    Ok(ok(json!({"values": p.values(), "definitions": PARAMS})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ParamWrite {
+    value: f64,
+}
+
+pub(crate) async fn set_param(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Body(req): Body<ParamWrite>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    let def = drivesec_drive::def(&name).ok_or_else(|| ApiError::not_found(format!("unknown parameter '{name}'")))?;
+    let perm = match def.group {
+        Group::Operation => Permission::WriteParamsOperation,
+        Group::Limits => Permission::WriteParamsLimits,
+        Group::Motor => Permission::WriteParamsMotor,
+    };
+    dev.require(&c, perm, "param.write")?;
+    let path = dev.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?.path(files::PARAMS);
+    let mut params = dev.params.lock().map_err(|_| ApiError::internal("params lock poisoned"))?;
+    let mut next = params.clone();
+    let result = next.set(&name, req.value);
+    let old = params.get(&name);
+    match result {
+        Ok(_) => {
+            let json = serde_json::to_vec_pretty(&next).map_err(|e| ApiError::internal(e.to_string()))?;
+            fsu::write_atomic(&path, &json, Mode::Public).map_err(|e| ApiError::internal(e.to_string()))?;
+            *params = next;
+            drop(params);
+            dev.audit(
+                Device::event(&c, "param.write", Outcome::Success)
+                    .target(name.clone())
+                    .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "old": old, "new": req.value})),
+            )?;
+            Ok(ok(json!({"name": name, "value": req.value, "old": old})))
+        }
+        Err(e) => {
+            drop(params);
+            dev.audit(
+                Device::event(&c, "param.write", Outcome::Failure)
+                    .target(name.clone())
+                    .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "rejected": req.value, "reason": e.to_string()})),
+            )?;
+            Err(ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "out-of-range", e.to_string()))
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditParams {
+    from: Option<u64>,
+    to: Option<u64>,
+    since: Option<String>,
+    until: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    outcome: Option<String>,
+    limit: Option<usize>,
+}
+
+fn audit_query(p: &AuditParams) -> Result<AuditQuery, ApiError> {
+    let outcome = match p.outcome.as_deref() {
+        None => None,
+        Some("success") => Some(Outcome::Success),
+        Some("failure") => Some(Outcome::Failure),
+        Some("denied") => Some(Outcome::Denied),
+        Some(o) => return Err(ApiError::bad_request(format!("outcome '{o}' is not success, failure or denied"))),
+    };
+    for t in [&p.since, &p.until].into_iter().flatten() {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| ApiError::bad_request(format!("'{t}' is not an RFC 3339 time")))?;
+    }
+    Ok(AuditQuery {
+        from_seq: p.from,
+        to_seq: p.to,
+        since: p.since.clone(),
+        until: p.until.clone(),
+        actor: p.actor.clone(),
+        action: p.action.clone(),
+        outcome,
+    })
+}
+
+pub(crate) async fn read_audit(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ReadAudit, "audit.read")?;
+    let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = audit_query(&p)?;
+    let dir = dev.audit.read().map_err(|_| ApiError::internal("audit lock poisoned"))?.dir().to_path_buf();
+    let limit = p.limit.unwrap_or(100).min(10_000);
+    let records = tokio::task::spawn_blocking(move || reader::read(&dir, &query, limit))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    dev.audit(Device::event(&c, "audit.read", Outcome::Success).details(json!({"certificate": c.conn.fingerprint, "records": records.len()})))?;
+    Ok(ok(json!({"records": records})))
+}
+
+pub(crate) async fn export_audit(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ReadAudit, "audit.export")?;
+    let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = audit_query(&p)?;
+    let log = dev.audit.read().map_err(|_| ApiError::internal("audit lock poisoned"))?.clone();
+    let dir = log.dir().to_path_buf();
+    let (body, n, last) = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        reader::export_jsonl(&dir, &query, &mut out).map(|(n, last)| (out, n, last))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    dev.audit(Device::event(&c, "audit.export", Outcome::Success).details(json!({"certificate": c.conn.fingerprint, "records": n, "last_seq": last})))?;
+    Ok(([("content-type", "application/jsonl")], body).into_response())
+}
+
+/// `forwarding.json`: where the trail is forwarded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingSettings {
+    /// Collector `IP:PORT`.
+    pub collector: String,
+    /// Name in the collector's certificate.
+    pub server_name: String,
+    /// PEM trust anchors for the collector.
+    pub ca_pem: String,
+}
+
+pub(crate) async fn get_forwarding(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ReadSecuritySettings, "audit.forwarding.read")?;
+    let settings = dev.forwarding_settings()?;
+    let status = dev.forwarder.lock().map_err(|_| ApiError::internal("lock poisoned"))?.as_ref().map(|f| f.status());
+    Ok(ok(json!({"settings": settings, "status": status})))
+}
+
+pub(crate) async fn set_forwarding(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Body(req): Body<ForwardingSettings>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ConfigureAuditForwarding, "audit.forwarding.set")?;
+    let r = dev.start_forwarding(&req, true);
+    let r = r.map_err(ApiError::from);
+    let outcome = if r.is_ok() { Outcome::Success } else { Outcome::Failure };
+    dev.audit(Device::event(&c, "audit.forwarding.set", outcome).target(req.collector.clone()))?;
+    r?;
+    Ok(ok(json!({"collector": req.collector})))
+}
+
+pub(crate) async fn posture(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ReadSecuritySettings, "posture.read")?;
+    let p = dev.posture()?;
+    Ok(ok(serde_json::to_value(p).map_err(|e| ApiError::internal(e.to_string()))?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CrlReq {
+    crl_pem: String,
+}
+
+pub(crate) async fn install_crl(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Body(req): Body<CrlReq>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ManageTrust, "trust.crl.install")?;
+    let r = (|| -> Result<(), ApiError> {
+        let dir = {
+            let st = dev.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+            st.install_crl(&req.crl_pem)?;
+            st.dir.clone()
+        };
+        dev.adopt_state(crate::state::StateDir::load(&dir)?)
+    })();
+    let outcome = if r.is_ok() { Outcome::Success } else { Outcome::Failure };
+    dev.audit(Device::event(&c, "trust.crl.install", outcome).essential())?;
+    r?;
+    Ok(ok(json!({"installed": true})))
+}
+
+pub(crate) async fn factory_reset(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::FactoryReset, "device.factory-reset")?;
+    // Recorded before the wipe, and forwarded if a collector is configured.
+    dev.audit(Device::event(&c, "device.factory-reset", Outcome::Success).essential())?;
+    let credential = dev.factory_reset_now()?;
+    Ok(ok(json!({"state": "factory", "factory_credential": credential.as_str()})))
+}

@@ -1,0 +1,170 @@
+//! The security level the device achieves in its current configuration
+//! (SL-A, per IEC 62443 foundational requirement), with the reason for every
+//! point lost, and a machine-readable settings report (CR 7.6 RE1).
+//!
+//! Each FR starts at 4; every finding caps it. The findings are rules over
+//! the live state and configuration, not declarations: change the setting
+//! and the vector changes.
+
+use std::collections::BTreeMap;
+
+use drivesec_access::UserInfo;
+use drivesec_audit::TimeQuality;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::DeviceConfig;
+use crate::state::{LifeCycle, StateDir};
+
+/// One foundational requirement's assessment.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrAssessment {
+    /// `FR1` .. `FR7`.
+    pub fr: &'static str,
+    /// Its name.
+    pub name: &'static str,
+    /// Achieved level, 0 to 4.
+    pub level: u8,
+    /// Every cap applied, e.g. "SR 1.5 RE1 (SL 3): ... -> at most 2".
+    pub reasons: Vec<String>,
+}
+
+/// The posture report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Posture {
+    /// SL-A vector in FR order {IAC UC SI DC RDF TRE RA}.
+    pub sl_a: [u8; 7],
+    /// `SL-A(device) = {a b c d e f g}`.
+    pub notation: String,
+    /// Per FR.
+    pub foundational_requirements: Vec<FrAssessment>,
+    /// The settings report (CR 7.6 RE1).
+    pub settings: serde_json::Value,
+}
+
+const FRS: [(&str, &str); 7] = [
+    ("FR1", "Identification and authentication control"),
+    ("FR2", "Use control"),
+    ("FR3", "System integrity"),
+    ("FR4", "Data confidentiality"),
+    ("FR5", "Restricted data flow"),
+    ("FR6", "Timely response to events"),
+    ("FR7", "Resource availability"),
+];
+
+/// Assesses the device.
+pub fn assess(st: &StateDir, c: &DeviceConfig, forwarding: bool, users: Option<&[UserInfo]>) -> Posture {
+    let mut fr: Vec<FrAssessment> = FRS
+        .iter()
+        .map(|(id, name)| FrAssessment {
+            fr: id,
+            name,
+            level: 4,
+            reasons: Vec::new(),
+        })
+        .collect();
+    let mut cap = |i: usize, level: u8, why: &str| {
+        let f = &mut fr[i];
+        f.reasons.push(format!("{why} -> at most {level}"));
+        f.level = f.level.min(level);
+    };
+    let soft = st.store.backend() == "soft";
+    let a = &c.access;
+
+    // FR1
+    if st.file.state == LifeCycle::Factory {
+        cap(0, 0, "factory state: the one-time factory credential is the only authenticator; commission the device");
+    }
+    if soft {
+        cap(0, 2, "SR 1.5 RE1 / SR 1.9 RE1 (SL 3): soft keystore, no hardware protection of keys");
+    }
+    if a.lockout.max_failures == 0 {
+        cap(0, 0, "SR 1.11 (SL 1): unsuccessful login attempts are not limited");
+    }
+    if a.password.min_length < 8 {
+        cap(0, 1, "SR 1.7 (SL 1): passwords shorter than 8 characters are allowed");
+    } else if a.password.min_length < 12 || a.password.min_classes < 3 {
+        cap(0, 2, "SR 1.7 RE1 (SL 3): password policy below 12 characters from 3 classes");
+    }
+    if a.password.history == 0 || a.password.max_age_days.is_none() {
+        cap(0, 2, "SR 1.7 RE1 (SL 3): password history or maximum age not configured");
+    }
+    if a.banner.trim().is_empty() {
+        cap(0, 0, "SR 1.12 (SL 1): no system use notification configured");
+    }
+    // FR2
+    if a.session.idle_secs == 0 {
+        cap(1, 0, "SR 2.5 (SL 1): no idle session lock");
+    }
+    if a.session.max_per_user == 0 {
+        cap(1, 2, "SR 2.7 (SL 3): concurrent sessions per user not limited");
+    }
+    match c.audit.time_quality {
+        TimeQuality::Synchronized => {}
+        _ => cap(1, 1, "SR 2.11 (SL 2, verify): timestamps come from a clock not known to be synchronized"),
+    }
+    if !forwarding {
+        cap(1, 2, "SR 2.8 RE1 (SL 3): audit forwarding not configured (no central audit trail)");
+    }
+    cap(1, 2, "SR 2.1 RE3 (SL 3): supervisor override is not supported");
+    // FR3
+    cap(2, 0, "SR 3.4 (SL 1): firmware integrity is not verified on this build (secure firmware not yet available)");
+    // FR4
+    if c.tls.allow_tls12 {
+        cap(3, 3, "SR 4.3: TLS 1.2 allowed (ECDHE with AEAD suites only)");
+    }
+    if soft {
+        cap(3, 2, "SR 4.1 RE1 (SL 2+): private keys at rest protected by software encryption only");
+    }
+    // FR5
+    cap(4, 1, "SR 5.1/5.2: network segmentation is a property of the system's zones and conduits, not of the device");
+    // FR6
+    if !forwarding {
+        cap(5, 1, "SR 6.2 (SL 2, verify): audit forwarding not configured (no continuous monitoring)");
+    }
+    // FR7
+    cap(6, 0, "SR 7.3 (SL 1): no control system backup and restore of the device configuration yet");
+
+    let sl_a: [u8; 7] = std::array::from_fn(|i| fr[i].level);
+    let notation = format!(
+        "SL-A(device) = {{{}}}",
+        sl_a.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" ")
+    );
+    Posture {
+        sl_a,
+        notation,
+        foundational_requirements: fr,
+        settings: settings(st, c, forwarding, users),
+    }
+}
+
+fn settings(st: &StateDir, c: &DeviceConfig, forwarding: bool, users: Option<&[UserInfo]>) -> serde_json::Value {
+    let mut per_role: BTreeMap<String, usize> = BTreeMap::new();
+    for u in users.unwrap_or(&[]) {
+        *per_role.entry(u.role.clone()).or_default() += 1;
+    }
+    let anchors: Vec<_> = st
+        .trust_anchors
+        .iter()
+        .filter_map(|a| drivesec_pki::inspect::summarize(a).ok())
+        .map(|s| json!({"subject": s.subject, "sha256": s.sha256_fingerprint, "not_after": s.not_after}))
+        .collect();
+    let suites: Vec<String> = crate::tls::provider()
+        .cipher_suites
+        .iter()
+        .filter(|s| c.tls.allow_tls12 || s.version() == &rustls::version::TLS13)
+        .map(|s| format!("{:?}", s.suite()))
+        .collect();
+    json!({
+        "device": {"serial_number": st.file.serial_number, "model": st.file.model, "state": st.file.state, "device_name": st.file.device_name},
+        "tls": {"versions": if c.tls.allow_tls12 { vec!["TLSv1.3", "TLSv1.2"] } else { vec!["TLSv1.3"] }, "cipher_suites": suites, "client_certificate": "required"},
+        "keystore": {"backend": st.store.backend(), "location": st.store.location()},
+        "trust_anchors": anchors,
+        "crl_installed": st.crl.is_some(),
+        "access": c.access,
+        "accounts_per_role": per_role,
+        "audit": c.audit,
+        "audit_forwarding": forwarding,
+        "api": c.api,
+    })
+}

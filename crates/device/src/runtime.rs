@@ -1,0 +1,212 @@
+//! Wiring: builds the shared device from its state directory and config,
+//! serves the API, and carries out state changes (commissioning, CRL
+//! installation, forwarding, factory reset).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::Router;
+use drivesec_access::{Accounts, Sessions};
+use drivesec_audit::forward::{ForwardConfig, Forwarder};
+use drivesec_audit::{Actor, AuditLog, Event, Signer};
+use drivesec_drive::ParamSet;
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_keystore::KeyHandle;
+use tokio::net::TcpListener;
+use zeroize::Zeroizing;
+
+use crate::api::{ApiError, Device};
+use crate::api::ops_types::ForwardingSettings;
+use crate::config::DeviceConfig;
+use crate::state::{LifeCycle, StateDir, files};
+use crate::{DeviceError, Result, posture, server, tls};
+
+fn open_audit(st: &StateDir, config: &DeviceConfig) -> Result<AuditLog> {
+    Ok(AuditLog::open(
+        &st.path(files::AUDIT),
+        config.audit.clone(),
+        Signer {
+            store: st.store.clone(),
+            handle: st.file.idevid_key.clone(),
+        },
+    )?)
+}
+
+fn load_params(st: &StateDir) -> Result<ParamSet> {
+    let p = st.path(files::PARAMS);
+    if !p.exists() {
+        return Ok(ParamSet::default());
+    }
+    let set: ParamSet = serde_json::from_slice(&fsu::read(&p)?).map_err(|e| DeviceError::State {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    for (name, value) in set.values() {
+        set.check(name, *value).map_err(|e| DeviceError::State {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(set)
+}
+
+/// Loads the state directory (refusing a corrupt one) and builds the device and its router.
+pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Router)> {
+    let st = StateDir::load(state_dir)?;
+    let audit = open_audit(&st, &config)?;
+    let accounts = match st.file.state {
+        LifeCycle::Commissioned => Some(Accounts::open(&st.path(files::ACCOUNTS), config.access.clone())?),
+        LifeCycle::Factory => None,
+    };
+    let params = load_params(&st)?;
+    let tls_cfg = tls::server_config(&st, &config.tls)?;
+    let dev = Arc::new(Device {
+        sessions: Mutex::new(Sessions::new(config.access.session.clone())),
+        login_permits: tokio::sync::Semaphore::new(config.api.max_concurrent_logins),
+        state: RwLock::new(st),
+        accounts: Mutex::new(accounts),
+        audit: RwLock::new(Arc::new(audit)),
+        params: Mutex::new(params),
+        factory_failures: Mutex::new((0, None)),
+        pending: Mutex::new(None),
+        tls: Arc::new(RwLock::new(tls_cfg)),
+        forwarder: Mutex::new(None),
+        config: RwLock::new(config.clone()),
+    });
+    if let Some(f) = dev.forwarding_settings().map_err(|e| DeviceError::Invalid(format!("{e:?}")))? {
+        dev.start_forwarding(&f, false)?;
+    }
+    dev.audit(Event::new(Actor::Device, "device.start").essential())
+        .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?;
+    let router = crate::api::router(dev.clone(), config.api.max_body_bytes);
+    Ok((dev, router))
+}
+
+/// Serves the API until `shutdown` completes. The bound address is written
+/// to `STATE/api.addr` (useful with port 0).
+pub async fn run(state_dir: &Path, config: DeviceConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let listen = config.listen;
+    let (dev, app) = build(state_dir, config)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| DeviceError::Net(format!("bind {listen}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| DeviceError::Net(e.to_string()))?;
+    fsu::write_atomic(&state_dir.join("api.addr"), format!("{addr}\n").as_bytes(), Mode::Public)?;
+    tracing::info!(%addr, "drivesecd API listening");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, dev.tls.clone(), app, rx));
+    shutdown.await;
+    let _ = tx.send(true);
+    let _ = server.await;
+    if let Ok(mut f) = dev.forwarder.lock()
+        && let Some(fw) = f.take()
+    {
+        fw.stop();
+    }
+    let _ = dev.audit(Event::new(Actor::Device, "device.stop").essential());
+    if let Ok(log) = dev.audit.read() {
+        log.checkpoint_now()?;
+    }
+    Ok(())
+}
+
+impl Device {
+    /// Switches to a freshly loaded state: accounts, TLS identity and trust follow it.
+    pub(crate) fn adopt_state(&self, st: StateDir) -> std::result::Result<(), ApiError> {
+        let config = self.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?.clone();
+        let accounts = match st.file.state {
+            LifeCycle::Commissioned => Some(
+                Accounts::open(&st.path(files::ACCOUNTS), config.access.clone())
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            ),
+            LifeCycle::Factory => None,
+        };
+        let tls_cfg = tls::server_config(&st, &config.tls)?;
+        *self.accounts.lock().map_err(|_| ApiError::internal("lock poisoned"))? = accounts;
+        *self.tls.write().map_err(|_| ApiError::internal("lock poisoned"))? = tls_cfg;
+        *self.state.write().map_err(|_| ApiError::internal("lock poisoned"))? = st;
+        Ok(())
+    }
+
+    /// The stored forwarding settings, if any.
+    pub(crate) fn forwarding_settings(&self) -> std::result::Result<Option<ForwardingSettings>, ApiError> {
+        let path = self.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?.path(files::FORWARDING);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let raw = fsu::read(&path).map_err(|e| ApiError::internal(e.to_string()))?;
+        serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))
+    }
+
+    /// Starts (or restarts) forwarding with the device's current identity.
+    pub(crate) fn start_forwarding(&self, s: &ForwardingSettings, persist: bool) -> Result<()> {
+        let collector = s
+            .collector
+            .parse()
+            .map_err(|_| DeviceError::Invalid(format!("collector '{}' is not IP:PORT", s.collector)))?;
+        let roots = drivesec_pki::read_certs_pem(Path::new("ca_pem"), s.ca_pem.as_bytes())?;
+        let (chain, key, host, audit_dir, fwd_path) = {
+            let st = self.state.read().map_err(|_| DeviceError::Invalid("state lock poisoned".into()))?;
+            let (chain, key): (Vec<_>, KeyHandle) = match (&st.ldevid_chain, &st.file.ldevid_key) {
+                (Some(c), Some(k)) => (c.clone(), k.clone()),
+                _ => (st.idevid_chain.clone(), st.file.idevid_key.clone()),
+            };
+            let host = st.file.device_name.clone().unwrap_or_else(|| st.file.serial_number.clone());
+            (chain, key, host, st.path(files::AUDIT), st.path(files::FORWARDING))
+        };
+        let store = self.state.read().map_err(|_| DeviceError::Invalid("state lock poisoned".into()))?.store.clone();
+        let cfg = ForwardConfig::new(collector, s.server_name.clone(), roots, chain, store, key, host);
+        let fwd = Forwarder::start(&audit_dir, cfg)?;
+        if persist {
+            let json = serde_json::to_vec_pretty(s).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+            fsu::write_atomic(&fwd_path, &json, Mode::Public)?;
+        }
+        let old = self
+            .forwarder
+            .lock()
+            .map_err(|_| DeviceError::Invalid("lock poisoned".into()))?
+            .replace(fwd);
+        if let Some(o) = old {
+            o.stop();
+        }
+        Ok(())
+    }
+
+    /// The security posture of the current configuration.
+    pub(crate) fn posture(&self) -> std::result::Result<posture::Posture, ApiError> {
+        let st = self.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let config = self.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?;
+        let forwarding = self.forwarding_settings()?.is_some();
+        let users = self.accounts.lock().map_err(|_| ApiError::internal("lock poisoned"))?.as_ref().map(|a| a.users());
+        Ok(posture::assess(&st, &config, forwarding, users.as_deref()))
+    }
+
+    /// Wipes ownership and returns the new one-time factory credential.
+    pub(crate) fn factory_reset_now(&self) -> std::result::Result<Zeroizing<String>, ApiError> {
+        if let Some(f) = self.forwarder.lock().map_err(|_| ApiError::internal("lock poisoned"))?.take() {
+            f.stop();
+        }
+        let config = self.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?.clone();
+        *self.sessions.lock().map_err(|_| ApiError::internal("lock poisoned"))? = Sessions::new(config.access.session.clone());
+        let log = self.audit.read().map_err(|_| ApiError::internal("audit lock poisoned"))?.clone();
+        log.checkpoint_now()?;
+        let (cred, dir) = {
+            let st = self.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+            let p = st.path(files::PARAMS);
+            if p.exists() {
+                fsu::shred(&p).map_err(|e| ApiError::internal(e.to_string()))?;
+            }
+            (st.factory_reset()?, st.dir.clone())
+        };
+        *self.params.lock().map_err(|_| ApiError::internal("lock poisoned"))? = ParamSet::default();
+        let st = StateDir::load(&dir)?;
+        let fresh = open_audit(&st, &config)?;
+        self.adopt_state(st)?;
+        *self.audit.write().map_err(|_| ApiError::internal("audit lock poisoned"))? = Arc::new(fresh);
+        self.audit(Event::new(Actor::Device, "device.factory-reset").essential())?;
+        Ok(cred)
+    }
+}

@@ -1,0 +1,351 @@
+//! The device's state directory (docs/device-state.md): what the factory
+//! wrote, what commissioning adds, and the checks that refuse a corrupt or
+//! inconsistent directory before anything starts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_keystore::adapters::CertSigningKey;
+use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, open_keystore};
+use drivesec_pki::inspect::public_key;
+use drivesec_pki::verify::{Usage, VerifyOptions, verify_chain};
+use drivesec_pki::{read_certs_pem, read_crl};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::{DeviceError, Result, credential};
+
+/// Handle of the IDevID key.
+pub const IDEVID_KEY: &str = "idevid";
+/// Handle of the LDevID key.
+pub const LDEVID_KEY: &str = "ldevid";
+
+/// Life-cycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LifeCycle {
+    /// As shipped: IDevID, one-time factory credential, commissioning endpoints only.
+    Factory,
+    /// Owned: LDevID, owner trust anchors, accounts.
+    Commissioned,
+}
+
+/// `device.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceFile {
+    /// Always `drivesec-device`.
+    pub format: String,
+    /// Format version, 1.
+    pub version: u32,
+    /// Serial number.
+    pub serial_number: String,
+    /// Model.
+    pub model: String,
+    /// Manufacturer organisation.
+    pub manufacturer: String,
+    /// Life-cycle state.
+    pub state: LifeCycle,
+    /// The crypto chip.
+    pub keystore: KeystoreConfig,
+    /// Handle of the IDevID key.
+    pub idevid_key: KeyHandle,
+    /// DNS name given at commissioning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    /// Handle of the LDevID key, once commissioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldevid_key: Option<KeyHandle>,
+    /// When it was commissioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commissioned_at: Option<String>,
+}
+
+impl DeviceFile {
+    /// Reads `DIR/device.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("device.json");
+        let f: DeviceFile = serde_json::from_slice(&fsu::read(&path)?).map_err(|e| DeviceError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if f.format != "drivesec-device" || f.version != 1 {
+            return Err(DeviceError::State {
+                path,
+                reason: format!("unsupported format {} version {}", f.format, f.version),
+            });
+        }
+        Ok(f)
+    }
+
+    /// Writes `DIR/device.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+        fsu::write_atomic(&dir.join("device.json"), &json, Mode::Public)?;
+        Ok(())
+    }
+}
+
+/// File names inside the state directory.
+pub mod files {
+    /// IDevID chain.
+    pub const IDEVID: &str = "idevid.crt";
+    /// Manufacturer root.
+    pub const MFG_ROOT: &str = "manufacturer-root.crt";
+    /// Factory credential hash.
+    pub const CREDENTIAL: &str = "factory-credential.hash";
+    /// LDevID chain.
+    pub const LDEVID: &str = "ldevid.crt";
+    /// Owner trust anchors.
+    pub const TRUST: &str = "trust-anchors.pem";
+    /// Owner CRL.
+    pub const CRL: &str = "crl.pem";
+    /// Accounts store.
+    pub const ACCOUNTS: &str = "accounts.json";
+    /// Audit trail directory.
+    pub const AUDIT: &str = "audit";
+    /// Drive parameters.
+    pub const PARAMS: &str = "params.json";
+    /// Audit forwarding settings.
+    pub const FORWARDING: &str = "forwarding.json";
+}
+
+/// A loaded, checked state directory.
+pub struct StateDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// `device.json`.
+    pub file: DeviceFile,
+    /// The crypto chip.
+    pub store: Arc<dyn KeyStore>,
+    /// IDevID chain (leaf first).
+    pub idevid_chain: Vec<CertificateDer<'static>>,
+    /// LDevID chain, once commissioned.
+    pub ldevid_chain: Option<Vec<CertificateDer<'static>>>,
+    /// Owner trust anchors, once commissioned.
+    pub trust_anchors: Vec<CertificateDer<'static>>,
+    /// Owner CRL, if installed.
+    pub crl: Option<CertificateRevocationListDer<'static>>,
+}
+
+impl std::fmt::Debug for StateDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDir").field("dir", &self.dir).field("state", &self.file.state).finish_non_exhaustive()
+    }
+}
+
+fn inconsistent(dir: &Path, reason: impl Into<String>) -> DeviceError {
+    DeviceError::State {
+        path: dir.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    Ok(read_certs_pem(path, &fsu::read(path)?)?)
+}
+
+fn check_key(store: &dyn KeyStore, handle: &KeyHandle, chain: &[CertificateDer<'_>], what: &str, dir: &Path) -> Result<()> {
+    let key = store.info(handle).map_err(|e| inconsistent(dir, format!("{what} key '{handle}': {e}")))?;
+    let cert_key = public_key(&chain[0])?;
+    if cert_key != key.public_key {
+        return Err(inconsistent(dir, format!("{what} certificate does not match the '{handle}' key in the keystore")));
+    }
+    Ok(())
+}
+
+impl StateDir {
+    /// Loads and checks a state directory; refuses a corrupt or inconsistent one.
+    pub fn load(dir: &Path) -> Result<StateDir> {
+        if !dir.join("device.json").exists() {
+            return Err(inconsistent(dir, "device.json is missing: not a provisioned device state directory"));
+        }
+        let file = DeviceFile::load(dir)?;
+        let store = open_keystore(&file.keystore, dir)?;
+        let idevid_chain = certs(&dir.join(files::IDEVID))?;
+        check_key(store.as_ref(), &file.idevid_key, &idevid_chain, "IDevID", dir)?;
+        let mut s = StateDir {
+            dir: dir.to_path_buf(),
+            file,
+            store,
+            idevid_chain,
+            ldevid_chain: None,
+            trust_anchors: Vec::new(),
+            crl: None,
+        };
+        match s.file.state {
+            LifeCycle::Factory => {
+                if !dir.join(files::CREDENTIAL).exists() {
+                    return Err(inconsistent(
+                        dir,
+                        "factory state without factory-credential.hash: the device cannot be commissioned (factory-reset it locally)",
+                    ));
+                }
+            }
+            LifeCycle::Commissioned => {
+                let handle = s
+                    .file
+                    .ldevid_key
+                    .clone()
+                    .ok_or_else(|| inconsistent(dir, "commissioned but device.json names no LDevID key"))?;
+                for f in [files::LDEVID, files::TRUST, files::ACCOUNTS] {
+                    if !dir.join(f).exists() {
+                        return Err(inconsistent(dir, format!("commissioned but {f} is missing")));
+                    }
+                }
+                let chain = certs(&dir.join(files::LDEVID))?;
+                check_key(s.store.as_ref(), &handle, &chain, "LDevID", dir)?;
+                s.ldevid_chain = Some(chain);
+                s.trust_anchors = certs(&dir.join(files::TRUST))?;
+                if dir.join(files::CRL).exists() {
+                    s.crl = Some(read_crl(&dir.join(files::CRL))?);
+                }
+                // A crash between the commit point and removing the credential: finish the job.
+                if dir.join(files::CREDENTIAL).exists() {
+                    fsu::shred(&dir.join(files::CREDENTIAL))?;
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Path of a file in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Checks a factory credential against the stored hash (factory state only).
+    pub fn check_factory_credential(&self, candidate: &str) -> Result<bool> {
+        if self.file.state != LifeCycle::Factory {
+            return Ok(false);
+        }
+        let hash = fsu::read_to_string(&self.path(files::CREDENTIAL))?;
+        Ok(credential::verify(candidate, hash.trim()))
+    }
+
+    /// Commissioning step 1: a fresh LDevID key inside the keystore and a CSR for it.
+    pub fn ldevid_csr(&self, device_name: &str) -> Result<String> {
+        let handle = KeyHandle::new(LDEVID_KEY)?;
+        if self.store.info(&handle).is_ok() {
+            // Left over from an unfinished commissioning: never reuse it.
+            self.store.destroy(&handle)?;
+        }
+        self.store.generate(&handle, KeyAlgorithm::EcdsaP256)?;
+        let signer = CertSigningKey::new(self.store.clone(), &handle)?;
+        let mut p = rcgen::CertificateParams::new(vec![device_name.to_string()])
+            .map_err(|e| DeviceError::Invalid(format!("device name '{device_name}': {e}")))?;
+        p.distinguished_name.push(rcgen::DnType::CommonName, device_name);
+        let csr = p
+            .serialize_request(&signer)
+            .and_then(|c| c.pem())
+            .map_err(|e| DeviceError::Invalid(format!("CSR: {e}")))?;
+        Ok(csr)
+    }
+
+    /// Commissioning step 2: checks and installs the LDevID, trust anchors, CRL
+    /// and the accounts store, then commits the new state. Returns the new state.
+    pub fn install_ownership(
+        &self,
+        device_name: &str,
+        ldevid_chain_pem: &str,
+        trust_pem: &str,
+        crl_pem: Option<&str>,
+        accounts: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<StateDir> {
+        let handle = KeyHandle::new(LDEVID_KEY)?;
+        let chain = read_certs_pem(Path::new("ldevid_chain_pem"), ldevid_chain_pem.as_bytes())?;
+        let anchors = read_certs_pem(Path::new("trust_anchors_pem"), trust_pem.as_bytes())?;
+        check_key(self.store.as_ref(), &handle, &chain, "LDevID", &self.dir)
+            .map_err(|_| DeviceError::Invalid("the LDevID certificate is not for the key this device generated".into()))?;
+        verify_chain(
+            &chain[0],
+            &VerifyOptions {
+                roots: &anchors,
+                intermediates: &chain[1..],
+                crls: &[],
+                usage: Usage::Server,
+                time: None,
+            },
+        )
+        .map_err(|e| DeviceError::Invalid(format!("the LDevID does not chain to the trust anchors given: {e}")))?;
+        let summary = drivesec_pki::inspect::summarize(&chain[0])?;
+        if !summary.subject_alt_names.iter().any(|s| s == &format!("DNS:{device_name}")) {
+            return Err(DeviceError::Invalid(format!("the LDevID does not name {device_name}")));
+        }
+        if let Some(crl) = crl_pem {
+            let blocks = pem_blocks(crl)?;
+            if !blocks.iter().any(|b| b.0 == "X509 CRL") {
+                return Err(DeviceError::Invalid("crl_pem holds no X509 CRL".into()));
+            }
+        }
+        fsu::write_atomic(&self.path(files::LDEVID), ldevid_chain_pem.as_bytes(), Mode::Public)?;
+        fsu::write_atomic(&self.path(files::TRUST), trust_pem.as_bytes(), Mode::Public)?;
+        match crl_pem {
+            Some(c) => fsu::write_atomic(&self.path(files::CRL), c.as_bytes(), Mode::Public)?,
+            None => {
+                let _ = std::fs::remove_file(self.path(files::CRL));
+            }
+        }
+        let acc = self.path(files::ACCOUNTS);
+        if acc.exists() {
+            std::fs::remove_file(&acc).map_err(|e| fsu::FsError::io("remove", &acc, e))?;
+        }
+        accounts(&acc)?;
+        // The commit point.
+        let mut file = self.file.clone();
+        file.state = LifeCycle::Commissioned;
+        file.device_name = Some(device_name.to_string());
+        file.ldevid_key = Some(handle);
+        file.commissioned_at = Some(crate::now_rfc3339());
+        file.save(&self.dir)?;
+        fsu::shred(&self.path(files::CREDENTIAL))?;
+        StateDir::load(&self.dir)
+    }
+
+    /// Replaces the owner CRL.
+    pub fn install_crl(&self, crl_pem: &str) -> Result<()> {
+        let blocks = pem_blocks(crl_pem)?;
+        if !blocks.iter().any(|b| b.0 == "X509 CRL") {
+            return Err(DeviceError::Invalid("no X509 CRL block in the body".into()));
+        }
+        fsu::write_atomic(&self.path(files::CRL), crl_pem.as_bytes(), Mode::Public)?;
+        Ok(())
+    }
+
+    /// Back to factory state: the LDevID key is destroyed, ownership files,
+    /// accounts, parameters' owner settings and the audit trail are removed,
+    /// and a new one-time factory credential is made. Returns the credential.
+    pub fn factory_reset(&self) -> Result<Zeroizing<String>> {
+        if let Ok(h) = KeyHandle::new(LDEVID_KEY)
+            && self.store.info(&h).is_ok()
+        {
+            self.store.destroy(&h)?;
+        }
+        for f in [files::LDEVID, files::TRUST, files::CRL, files::ACCOUNTS, files::FORWARDING] {
+            let p = self.path(f);
+            if p.exists() {
+                fsu::shred(&p)?;
+            }
+        }
+        let audit = self.path(files::AUDIT);
+        if audit.exists() {
+            std::fs::remove_dir_all(&audit).map_err(|e| fsu::FsError::io("remove", &audit, e))?;
+        }
+        let cred = credential::generate();
+        let hash = credential::hash(&cred)?;
+        fsu::write_atomic(&self.path(files::CREDENTIAL), hash.as_bytes(), Mode::Private)?;
+        let mut file = self.file.clone();
+        file.state = LifeCycle::Factory;
+        file.device_name = None;
+        file.ldevid_key = None;
+        file.commissioned_at = None;
+        file.save(&self.dir)?;
+        Ok(cred)
+    }
+}
+
+fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    let blocks = pem::parse_many(text).map_err(|e| DeviceError::Invalid(format!("malformed PEM: {e}")))?;
+    Ok(blocks.into_iter().map(|b| (b.tag().to_string(), b.into_contents())).collect())
+}

@@ -1,0 +1,124 @@
+//! TLS for the HTTPS API: the device's identity (IDevID in factory state,
+//! LDevID once commissioned) signs through the keystore; a client
+//! certificate is always required.
+
+use std::sync::Arc;
+
+use drivesec_keystore::adapters::TlsKey;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+
+use crate::config::TlsSettings;
+use crate::state::{LifeCycle, StateDir};
+use crate::{DeviceError, Result};
+
+/// In factory state the device has no owner trust anchors yet, so it accepts
+/// any client certificate whose holder proves possession of the key (the
+/// handshake signature is verified); who the client is gets decided by the
+/// one-time factory credential, and the commissioning exchange is pinned to
+/// that certificate. Only the commissioning endpoints are served then.
+#[derive(Debug)]
+struct ProvisionalClientCert {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for ProvisionalClientCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        x509_ok(end_entity)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+fn x509_ok(cert: &CertificateDer<'_>) -> std::result::Result<(), rustls::Error> {
+    webpki::EndEntityCert::try_from(cert)
+        .map(|_| ())
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
+}
+
+/// The crypto provider: *ring*.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the API's server configuration for the device's current state.
+pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerConfig>> {
+    let provider = provider();
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls.allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let (chain, handle) = match state.file.state {
+        LifeCycle::Factory => (state.idevid_chain.clone(), state.file.idevid_key.clone()),
+        LifeCycle::Commissioned => (
+            state.ldevid_chain.clone().unwrap_or_default(),
+            state.file.ldevid_key.clone().ok_or_else(|| DeviceError::State {
+                path: state.dir.clone(),
+                reason: "commissioned but no LDevID key".into(),
+            })?,
+        ),
+    };
+    let key = TlsKey::new(state.store.clone(), &handle)?;
+    let verifier: Arc<dyn ClientCertVerifier> = match state.file.state {
+        LifeCycle::Factory => Arc::new(ProvisionalClientCert {
+            algs: provider.signature_verification_algorithms,
+        }),
+        LifeCycle::Commissioned => {
+            let mut roots = rustls::RootCertStore::empty();
+            for a in &state.trust_anchors {
+                roots
+                    .add(a.clone())
+                    .map_err(|e| DeviceError::Invalid(format!("unusable trust anchor: {e}")))?;
+            }
+            let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            if let Some(crl) = &state.crl {
+                b = b
+                    .with_crls(vec![crl.clone()])
+                    .only_check_end_entity_revocation()
+                    .enforce_revocation_expiration();
+            }
+            b.build().map_err(|e| DeviceError::Invalid(format!("client verifier: {e}")))?
+        }
+    };
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| DeviceError::Invalid(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key.certified(chain))));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
