@@ -335,7 +335,7 @@ impl Accounts {
         let remembered = self.policy.password.history;
         let recent = std::iter::once(&rec.password_hash)
             .chain(rec.history.iter())
-            .take(1);
+            .take(remembered);
         for old in recent {
             if password::verify(new_password, old) {
                 return Err(AccessError::PasswordRejected {
