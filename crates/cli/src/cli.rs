@@ -288,6 +288,9 @@ pub enum LabCommand {
         /// PKCS#11 module for --keystore pkcs11 (default SoftHSM2).
         #[arg(long)]
         pkcs11_module: Option<PathBuf>,
+        /// Only build the PKI and device state directories; start no drivesecd.
+        #[arg(long)]
+        no_daemons: bool,
     },
     /// Stop whatever the lab started.
     Down {

@@ -92,7 +92,8 @@ fn lab_options(
     devices: usize,
     keystore: BackendArg,
     pkcs11_module: &Option<PathBuf>,
-) -> LabOptions {
+    daemons: bool,
+) -> Result<LabOptions> {
     let keystore = match keystore {
         BackendArg::Soft => Backend::Soft,
         BackendArg::Pkcs11 => Backend::Pkcs11,
@@ -101,13 +102,19 @@ fn lab_options(
         && std::env::var_os(OWN_SOFTHSM).is_some())
     .then(|| std::env::var_os("SOFTHSM2_CONF").map(PathBuf::from))
     .flatten();
-    LabOptions {
+    let daemon = if daemons {
+        Some(drivesec_oem::daemons::default_daemon()?)
+    } else {
+        None
+    };
+    Ok(LabOptions {
         dir,
         devices,
         keystore,
         pkcs11_module: module(pkcs11_module),
         create_softhsm_conf,
-    }
+        daemon,
+    })
 }
 
 fn progress_bar(json: bool) -> impl FnMut(LabStep) {
@@ -146,7 +153,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(a) => {
             let dir = a.dir.clone().unwrap_or_else(default_demo_dir);
-            let opts = lab_options(dir, a.devices, a.keystore, &a.pkcs11_module);
+            let opts = lab_options(dir, a.devices, a.keystore, &a.pkcs11_module, true)?;
             let mut sink = std::io::sink();
             let mut stdout = std::io::stdout();
             let out: &mut dyn std::io::Write = if json { &mut sink } else { &mut stdout };
@@ -246,8 +253,9 @@ pub fn run(cli: Cli) -> Result<()> {
             devices,
             keystore,
             pkcs11_module,
+            no_daemons,
         }) => {
-            let opts = lab_options(dir.clone(), devices, keystore, &pkcs11_module);
+            let opts = lab_options(dir.clone(), devices, keystore, &pkcs11_module, !no_daemons)?;
             let m = lab::up(&opts, &mut progress_bar(json))?;
             if json {
                 print_json(&serde_json::to_value(&m)?)
@@ -258,6 +266,22 @@ pub fn run(cli: Cli) -> Result<()> {
                     opts.keystore.as_str(),
                     m.clients.len()
                 );
+                for d in &m.devices {
+                    if let Some(api) = &d.api {
+                        println!(
+                            "  {} {} at {api} (pid {})",
+                            d.name,
+                            d.device_name.as_deref().unwrap_or(""),
+                            d.pid.unwrap_or(0)
+                        );
+                    }
+                }
+                if !m.users.is_empty() {
+                    println!(
+                        "accounts per role and their passwords are in lab.json; stop with: drivesec lab down --dir {}",
+                        dir.display()
+                    );
+                }
                 println!(
                     "lab.json: {}",
                     std::path::absolute(&dir)?.join("lab.json").display()

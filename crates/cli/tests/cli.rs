@@ -774,10 +774,19 @@ fn every_command_has_help() {
         assert!(o.stdout.contains("Usage"), "{args:?}: {}", o.stdout);
     }
     assert_eq!(drivesec(&["no-such-command"]).code, 2);
-    let o = Command::new(env!("CARGO_BIN_EXE_drivesecd")).arg("--version").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(o.status.success());
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("drivesecd {}", env!("CARGO_PKG_VERSION")));
-    let o = Command::new(env!("CARGO_BIN_EXE_drivesecd")).arg("--help").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("drivesecd {}", env!("CARGO_PKG_VERSION"))
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("--state"));
 }
 

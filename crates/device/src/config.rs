@@ -10,18 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::{DeviceError, Result};
 
 /// TLS settings of the HTTPS API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsSettings {
     /// Also accept TLS 1.2 (ECDHE with AEAD suites only). TLS 1.3 is always on.
     /// Risky: lowers the security posture.
     pub allow_tls12: bool,
-}
-
-impl Default for TlsSettings {
-    fn default() -> Self {
-        TlsSettings { allow_tls12: false }
-    }
 }
 
 /// Request handling limits.
@@ -91,7 +85,8 @@ impl DeviceConfig {
         if cfg.api.max_concurrent_logins == 0 || cfg.api.max_body_bytes < 1024 {
             return Err(DeviceError::Config {
                 path: path.to_path_buf(),
-                reason: "api.max_concurrent_logins must be >= 1 and api.max_body_bytes >= 1024".into(),
+                reason: "api.max_concurrent_logins must be >= 1 and api.max_body_bytes >= 1024"
+                    .into(),
             });
         }
         Ok(cfg)

@@ -2,7 +2,7 @@
 //!
 //! * [`state`]: the state directory (factory or commissioned) and the checks
 //!   that refuse to start on a corrupt or inconsistent one.
-//! * [`config`]: `drivesecd.toml`.
+//! * [`config`]: the daemon configuration file.
 //! * [`api`]: the HTTPS API (mutual TLS always; sessions bound to the client
 //!   certificate; permission per operation; every security-relevant action
 //!   recorded in the audit trail). docs/openapi.json describes it.

@@ -53,7 +53,12 @@ const FRS: [(&str, &str); 7] = [
 ];
 
 /// Assesses the device.
-pub fn assess(st: &StateDir, c: &DeviceConfig, forwarding: bool, users: Option<&[UserInfo]>) -> Posture {
+pub fn assess(
+    st: &StateDir,
+    c: &DeviceConfig,
+    forwarding: bool,
+    users: Option<&[UserInfo]>,
+) -> Posture {
     let mut fr: Vec<FrAssessment> = FRS
         .iter()
         .map(|(id, name)| FrAssessment {
@@ -73,62 +78,133 @@ pub fn assess(st: &StateDir, c: &DeviceConfig, forwarding: bool, users: Option<&
 
     // FR1
     if st.file.state == LifeCycle::Factory {
-        cap(0, 0, "factory state: the one-time factory credential is the only authenticator; commission the device");
+        cap(
+            0,
+            0,
+            "factory state: the one-time factory credential is the only authenticator; commission the device",
+        );
     }
     if soft {
-        cap(0, 2, "SR 1.5 RE1 / SR 1.9 RE1 (SL 3): soft keystore, no hardware protection of keys");
+        cap(
+            0,
+            2,
+            "SR 1.5 RE1 / SR 1.9 RE1 (SL 3): soft keystore, no hardware protection of keys",
+        );
     }
     if a.lockout.max_failures == 0 {
-        cap(0, 0, "SR 1.11 (SL 1): unsuccessful login attempts are not limited");
+        cap(
+            0,
+            0,
+            "SR 1.11 (SL 1): unsuccessful login attempts are not limited",
+        );
     }
     if a.password.min_length < 8 {
-        cap(0, 1, "SR 1.7 (SL 1): passwords shorter than 8 characters are allowed");
+        cap(
+            0,
+            1,
+            "SR 1.7 (SL 1): passwords shorter than 8 characters are allowed",
+        );
     } else if a.password.min_length < 12 || a.password.min_classes < 3 {
-        cap(0, 2, "SR 1.7 RE1 (SL 3): password policy below 12 characters from 3 classes");
+        cap(
+            0,
+            2,
+            "SR 1.7 RE1 (SL 3): password policy below 12 characters from 3 classes",
+        );
     }
     if a.password.history == 0 || a.password.max_age_days.is_none() {
-        cap(0, 2, "SR 1.7 RE1 (SL 3): password history or maximum age not configured");
+        cap(
+            0,
+            2,
+            "SR 1.7 RE1 (SL 3): password history or maximum age not configured",
+        );
     }
     if a.banner.trim().is_empty() {
-        cap(0, 0, "SR 1.12 (SL 1): no system use notification configured");
+        cap(
+            0,
+            0,
+            "SR 1.12 (SL 1): no system use notification configured",
+        );
     }
     // FR2
     if a.session.idle_secs == 0 {
         cap(1, 0, "SR 2.5 (SL 1): no idle session lock");
     }
     if a.session.max_per_user == 0 {
-        cap(1, 2, "SR 2.7 (SL 3): concurrent sessions per user not limited");
+        cap(
+            1,
+            2,
+            "SR 2.7 (SL 3): concurrent sessions per user not limited",
+        );
     }
     match c.audit.time_quality {
         TimeQuality::Synchronized => {}
-        _ => cap(1, 1, "SR 2.11 (SL 2, verify): timestamps come from a clock not known to be synchronized"),
+        _ => cap(
+            1,
+            1,
+            "SR 2.11 (SL 2, verify): timestamps come from a clock not known to be synchronized",
+        ),
     }
     if !forwarding {
-        cap(1, 2, "SR 2.8 RE1 (SL 3): audit forwarding not configured (no central audit trail)");
+        cap(
+            1,
+            2,
+            "SR 2.8 RE1 (SL 3): audit forwarding not configured (no central audit trail)",
+        );
     }
-    cap(1, 2, "SR 2.1 RE3 (SL 3): supervisor override is not supported");
+    cap(
+        1,
+        2,
+        "SR 2.1 RE3 (SL 3): supervisor override is not supported",
+    );
     // FR3
-    cap(2, 0, "SR 3.4 (SL 1): firmware integrity is not verified on this build (secure firmware not yet available)");
+    cap(
+        2,
+        0,
+        "SR 3.4 (SL 1): firmware integrity is not verified on this build (secure firmware not yet available)",
+    );
     // FR4
     if c.tls.allow_tls12 {
-        cap(3, 3, "SR 4.3: TLS 1.2 allowed (ECDHE with AEAD suites only)");
+        cap(
+            3,
+            3,
+            "SR 4.3: TLS 1.2 allowed (ECDHE with AEAD suites only)",
+        );
     }
     if soft {
-        cap(3, 2, "SR 4.1 RE1 (SL 2+): private keys at rest protected by software encryption only");
+        cap(
+            3,
+            2,
+            "SR 4.1 RE1 (SL 2+): private keys at rest protected by software encryption only",
+        );
     }
     // FR5
-    cap(4, 1, "SR 5.1/5.2: network segmentation is a property of the system's zones and conduits, not of the device");
+    cap(
+        4,
+        1,
+        "SR 5.1/5.2: network segmentation is a property of the system's zones and conduits, not of the device",
+    );
     // FR6
     if !forwarding {
-        cap(5, 1, "SR 6.2 (SL 2, verify): audit forwarding not configured (no continuous monitoring)");
+        cap(
+            5,
+            1,
+            "SR 6.2 (SL 2, verify): audit forwarding not configured (no continuous monitoring)",
+        );
     }
     // FR7
-    cap(6, 0, "SR 7.3 (SL 1): no control system backup and restore of the device configuration yet");
+    cap(
+        6,
+        0,
+        "SR 7.3 (SL 1): no control system backup and restore of the device configuration yet",
+    );
 
     let sl_a: [u8; 7] = std::array::from_fn(|i| fr[i].level);
     let notation = format!(
         "SL-A(device) = {{{}}}",
-        sl_a.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(" ")
+        sl_a.iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     Posture {
         sl_a,
@@ -138,7 +214,12 @@ pub fn assess(st: &StateDir, c: &DeviceConfig, forwarding: bool, users: Option<&
     }
 }
 
-fn settings(st: &StateDir, c: &DeviceConfig, forwarding: bool, users: Option<&[UserInfo]>) -> serde_json::Value {
+fn settings(
+    st: &StateDir,
+    c: &DeviceConfig,
+    forwarding: bool,
+    users: Option<&[UserInfo]>,
+) -> serde_json::Value {
     let mut per_role: BTreeMap<String, usize> = BTreeMap::new();
     for u in users.unwrap_or(&[]) {
         *per_role.entry(u.role.clone()).or_default() += 1;

@@ -16,8 +16,8 @@ use drivesec_keystore::KeyHandle;
 use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
-use crate::api::{ApiError, Device};
 use crate::api::ops_types::ForwardingSettings;
+use crate::api::{ApiError, Device};
 use crate::config::DeviceConfig;
 use crate::state::{LifeCycle, StateDir, files};
 use crate::{DeviceError, Result, posture, server, tls};
@@ -38,10 +38,11 @@ fn load_params(st: &StateDir) -> Result<ParamSet> {
     if !p.exists() {
         return Ok(ParamSet::default());
     }
-    let set: ParamSet = serde_json::from_slice(&fsu::read(&p)?).map_err(|e| DeviceError::State {
-        path: p.clone(),
-        reason: e.to_string(),
-    })?;
+    let set: ParamSet =
+        serde_json::from_slice(&fsu::read(&p)?).map_err(|e| DeviceError::State {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
     for (name, value) in set.values() {
         set.check(name, *value).map_err(|e| DeviceError::State {
             path: p.clone(),
@@ -56,7 +57,10 @@ pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Rou
     let st = StateDir::load(state_dir)?;
     let audit = open_audit(&st, &config)?;
     let accounts = match st.file.state {
-        LifeCycle::Commissioned => Some(Accounts::open(&st.path(files::ACCOUNTS), config.access.clone())?),
+        LifeCycle::Commissioned => Some(Accounts::open(
+            &st.path(files::ACCOUNTS),
+            config.access.clone(),
+        )?),
         LifeCycle::Factory => None,
     };
     let params = load_params(&st)?;
@@ -74,7 +78,10 @@ pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Rou
         forwarder: Mutex::new(None),
         config: RwLock::new(config.clone()),
     });
-    if let Some(f) = dev.forwarding_settings().map_err(|e| DeviceError::Invalid(format!("{e:?}")))? {
+    if let Some(f) = dev
+        .forwarding_settings()
+        .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?
+    {
         dev.start_forwarding(&f, false)?;
     }
     dev.audit(Event::new(Actor::Device, "device.start").essential())
@@ -85,14 +92,24 @@ pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Rou
 
 /// Serves the API until `shutdown` completes. The bound address is written
 /// to `STATE/api.addr` (useful with port 0).
-pub async fn run(state_dir: &Path, config: DeviceConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    state_dir: &Path,
+    config: DeviceConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let listen = config.listen;
     let (dev, app) = build(state_dir, config)?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| DeviceError::Net(format!("bind {listen}: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| DeviceError::Net(e.to_string()))?;
-    fsu::write_atomic(&state_dir.join("api.addr"), format!("{addr}\n").as_bytes(), Mode::Public)?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DeviceError::Net(e.to_string()))?;
+    fsu::write_atomic(
+        &state_dir.join("api.addr"),
+        format!("{addr}\n").as_bytes(),
+        Mode::Public,
+    )?;
     tracing::info!(%addr, "drivesecd API listening");
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, dev.tls.clone(), app, rx));
@@ -114,7 +131,11 @@ pub async fn run(state_dir: &Path, config: DeviceConfig, shutdown: impl Future<O
 impl Device {
     /// Switches to a freshly loaded state: accounts, TLS identity and trust follow it.
     pub(crate) fn adopt_state(&self, st: StateDir) -> std::result::Result<(), ApiError> {
-        let config = self.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?.clone();
+        let config = self
+            .config
+            .read()
+            .map_err(|_| ApiError::internal("config lock poisoned"))?
+            .clone();
         let accounts = match st.file.state {
             LifeCycle::Commissioned => Some(
                 Accounts::open(&st.path(files::ACCOUNTS), config.access.clone())
@@ -123,15 +144,30 @@ impl Device {
             LifeCycle::Factory => None,
         };
         let tls_cfg = tls::server_config(&st, &config.tls)?;
-        *self.accounts.lock().map_err(|_| ApiError::internal("lock poisoned"))? = accounts;
-        *self.tls.write().map_err(|_| ApiError::internal("lock poisoned"))? = tls_cfg;
-        *self.state.write().map_err(|_| ApiError::internal("lock poisoned"))? = st;
+        *self
+            .accounts
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))? = accounts;
+        *self
+            .tls
+            .write()
+            .map_err(|_| ApiError::internal("lock poisoned"))? = tls_cfg;
+        *self
+            .state
+            .write()
+            .map_err(|_| ApiError::internal("lock poisoned"))? = st;
         Ok(())
     }
 
     /// The stored forwarding settings, if any.
-    pub(crate) fn forwarding_settings(&self) -> std::result::Result<Option<ForwardingSettings>, ApiError> {
-        let path = self.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?.path(files::FORWARDING);
+    pub(crate) fn forwarding_settings(
+        &self,
+    ) -> std::result::Result<Option<ForwardingSettings>, ApiError> {
+        let path = self
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?
+            .path(files::FORWARDING);
         if !path.exists() {
             return Ok(None);
         }
@@ -143,25 +179,51 @@ impl Device {
 
     /// Starts (or restarts) forwarding with the device's current identity.
     pub(crate) fn start_forwarding(&self, s: &ForwardingSettings, persist: bool) -> Result<()> {
-        let collector = s
-            .collector
-            .parse()
-            .map_err(|_| DeviceError::Invalid(format!("collector '{}' is not IP:PORT", s.collector)))?;
+        let collector = s.collector.parse().map_err(|_| {
+            DeviceError::Invalid(format!("collector '{}' is not IP:PORT", s.collector))
+        })?;
         let roots = drivesec_pki::read_certs_pem(Path::new("ca_pem"), s.ca_pem.as_bytes())?;
         let (chain, key, host, audit_dir, fwd_path) = {
-            let st = self.state.read().map_err(|_| DeviceError::Invalid("state lock poisoned".into()))?;
+            let st = self
+                .state
+                .read()
+                .map_err(|_| DeviceError::Invalid("state lock poisoned".into()))?;
             let (chain, key): (Vec<_>, KeyHandle) = match (&st.ldevid_chain, &st.file.ldevid_key) {
                 (Some(c), Some(k)) => (c.clone(), k.clone()),
                 _ => (st.idevid_chain.clone(), st.file.idevid_key.clone()),
             };
-            let host = st.file.device_name.clone().unwrap_or_else(|| st.file.serial_number.clone());
-            (chain, key, host, st.path(files::AUDIT), st.path(files::FORWARDING))
+            let host = st
+                .file
+                .device_name
+                .clone()
+                .unwrap_or_else(|| st.file.serial_number.clone());
+            (
+                chain,
+                key,
+                host,
+                st.path(files::AUDIT),
+                st.path(files::FORWARDING),
+            )
         };
-        let store = self.state.read().map_err(|_| DeviceError::Invalid("state lock poisoned".into()))?.store.clone();
-        let cfg = ForwardConfig::new(collector, s.server_name.clone(), roots, chain, store, key, host);
+        let store = self
+            .state
+            .read()
+            .map_err(|_| DeviceError::Invalid("state lock poisoned".into()))?
+            .store
+            .clone();
+        let cfg = ForwardConfig::new(
+            collector,
+            s.server_name.clone(),
+            roots,
+            chain,
+            store,
+            key,
+            host,
+        );
         let fwd = Forwarder::start(&audit_dir, cfg)?;
         if persist {
-            let json = serde_json::to_vec_pretty(s).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+            let json =
+                serde_json::to_vec_pretty(s).map_err(|e| DeviceError::Invalid(e.to_string()))?;
             fsu::write_atomic(&fwd_path, &json, Mode::Public)?;
         }
         let old = self
@@ -177,35 +239,72 @@ impl Device {
 
     /// The security posture of the current configuration.
     pub(crate) fn posture(&self) -> std::result::Result<posture::Posture, ApiError> {
-        let st = self.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
-        let config = self.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?;
+        let st = self
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let config = self
+            .config
+            .read()
+            .map_err(|_| ApiError::internal("config lock poisoned"))?;
         let forwarding = self.forwarding_settings()?.is_some();
-        let users = self.accounts.lock().map_err(|_| ApiError::internal("lock poisoned"))?.as_ref().map(|a| a.users());
+        let users = self
+            .accounts
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?
+            .as_ref()
+            .map(|a| a.users());
         Ok(posture::assess(&st, &config, forwarding, users.as_deref()))
     }
 
     /// Wipes ownership and returns the new one-time factory credential.
     pub(crate) fn factory_reset_now(&self) -> std::result::Result<Zeroizing<String>, ApiError> {
-        if let Some(f) = self.forwarder.lock().map_err(|_| ApiError::internal("lock poisoned"))?.take() {
+        if let Some(f) = self
+            .forwarder
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?
+            .take()
+        {
             f.stop();
         }
-        let config = self.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?.clone();
-        *self.sessions.lock().map_err(|_| ApiError::internal("lock poisoned"))? = Sessions::new(config.access.session.clone());
-        let log = self.audit.read().map_err(|_| ApiError::internal("audit lock poisoned"))?.clone();
+        let config = self
+            .config
+            .read()
+            .map_err(|_| ApiError::internal("config lock poisoned"))?
+            .clone();
+        *self
+            .sessions
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))? =
+            Sessions::new(config.access.session.clone());
+        let log = self
+            .audit
+            .read()
+            .map_err(|_| ApiError::internal("audit lock poisoned"))?
+            .clone();
         log.checkpoint_now()?;
         let (cred, dir) = {
-            let st = self.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+            let st = self
+                .state
+                .read()
+                .map_err(|_| ApiError::internal("state lock poisoned"))?;
             let p = st.path(files::PARAMS);
             if p.exists() {
                 fsu::shred(&p).map_err(|e| ApiError::internal(e.to_string()))?;
             }
             (st.factory_reset()?, st.dir.clone())
         };
-        *self.params.lock().map_err(|_| ApiError::internal("lock poisoned"))? = ParamSet::default();
+        *self
+            .params
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))? = ParamSet::default();
         let st = StateDir::load(&dir)?;
         let fresh = open_audit(&st, &config)?;
         self.adopt_state(st)?;
-        *self.audit.write().map_err(|_| ApiError::internal("audit lock poisoned"))? = Arc::new(fresh);
+        *self
+            .audit
+            .write()
+            .map_err(|_| ApiError::internal("audit lock poisoned"))? = Arc::new(fresh);
         self.audit(Event::new(Actor::Device, "device.factory-reset").essential())?;
         Ok(cred)
     }

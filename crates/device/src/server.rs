@@ -44,7 +44,9 @@ pub async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
                 return;
             };
             let Some(fingerprint) = stream
@@ -57,10 +59,12 @@ pub async fn serve(
                 return;
             };
             let info = ConnInfo { fingerprint, addr };
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(info.clone());
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))

@@ -66,10 +66,11 @@ impl DeviceFile {
     /// Reads `DIR/device.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("device.json");
-        let f: DeviceFile = serde_json::from_slice(&fsu::read(&path)?).map_err(|e| DeviceError::State {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let f: DeviceFile =
+            serde_json::from_slice(&fsu::read(&path)?).map_err(|e| DeviceError::State {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         if f.format != "drivesec-device" || f.version != 1 {
             return Err(DeviceError::State {
                 path,
@@ -81,7 +82,8 @@ impl DeviceFile {
 
     /// Writes `DIR/device.json` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| DeviceError::Invalid(e.to_string()))?;
         fsu::write_atomic(&dir.join("device.json"), &json, Mode::Public)?;
         Ok(())
     }
@@ -131,7 +133,10 @@ pub struct StateDir {
 
 impl std::fmt::Debug for StateDir {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateDir").field("dir", &self.dir).field("state", &self.file.state).finish_non_exhaustive()
+        f.debug_struct("StateDir")
+            .field("dir", &self.dir)
+            .field("state", &self.file.state)
+            .finish_non_exhaustive()
     }
 }
 
@@ -146,11 +151,22 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(read_certs_pem(path, &fsu::read(path)?)?)
 }
 
-fn check_key(store: &dyn KeyStore, handle: &KeyHandle, chain: &[CertificateDer<'_>], what: &str, dir: &Path) -> Result<()> {
-    let key = store.info(handle).map_err(|e| inconsistent(dir, format!("{what} key '{handle}': {e}")))?;
+fn check_key(
+    store: &dyn KeyStore,
+    handle: &KeyHandle,
+    chain: &[CertificateDer<'_>],
+    what: &str,
+    dir: &Path,
+) -> Result<()> {
+    let key = store
+        .info(handle)
+        .map_err(|e| inconsistent(dir, format!("{what} key '{handle}': {e}")))?;
     let cert_key = public_key(&chain[0])?;
     if cert_key != key.public_key {
-        return Err(inconsistent(dir, format!("{what} certificate does not match the '{handle}' key in the keystore")));
+        return Err(inconsistent(
+            dir,
+            format!("{what} certificate does not match the '{handle}' key in the keystore"),
+        ));
     }
     Ok(())
 }
@@ -159,12 +175,21 @@ impl StateDir {
     /// Loads and checks a state directory; refuses a corrupt or inconsistent one.
     pub fn load(dir: &Path) -> Result<StateDir> {
         if !dir.join("device.json").exists() {
-            return Err(inconsistent(dir, "device.json is missing: not a provisioned device state directory"));
+            return Err(inconsistent(
+                dir,
+                "device.json is missing: not a provisioned device state directory",
+            ));
         }
         let file = DeviceFile::load(dir)?;
         let store = open_keystore(&file.keystore, dir)?;
         let idevid_chain = certs(&dir.join(files::IDEVID))?;
-        check_key(store.as_ref(), &file.idevid_key, &idevid_chain, "IDevID", dir)?;
+        check_key(
+            store.as_ref(),
+            &file.idevid_key,
+            &idevid_chain,
+            "IDevID",
+            dir,
+        )?;
         let mut s = StateDir {
             dir: dir.to_path_buf(),
             file,
@@ -184,14 +209,15 @@ impl StateDir {
                 }
             }
             LifeCycle::Commissioned => {
-                let handle = s
-                    .file
-                    .ldevid_key
-                    .clone()
-                    .ok_or_else(|| inconsistent(dir, "commissioned but device.json names no LDevID key"))?;
+                let handle = s.file.ldevid_key.clone().ok_or_else(|| {
+                    inconsistent(dir, "commissioned but device.json names no LDevID key")
+                })?;
                 for f in [files::LDEVID, files::TRUST, files::ACCOUNTS] {
                     if !dir.join(f).exists() {
-                        return Err(inconsistent(dir, format!("commissioned but {f} is missing")));
+                        return Err(inconsistent(
+                            dir,
+                            format!("commissioned but {f} is missing"),
+                        ));
                     }
                 }
                 let chain = certs(&dir.join(files::LDEVID))?;
@@ -235,7 +261,8 @@ impl StateDir {
         let signer = CertSigningKey::new(self.store.clone(), &handle)?;
         let mut p = rcgen::CertificateParams::new(vec![device_name.to_string()])
             .map_err(|e| DeviceError::Invalid(format!("device name '{device_name}': {e}")))?;
-        p.distinguished_name.push(rcgen::DnType::CommonName, device_name);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, device_name);
         let csr = p
             .serialize_request(&signer)
             .and_then(|c| c.pem())
@@ -256,8 +283,11 @@ impl StateDir {
         let handle = KeyHandle::new(LDEVID_KEY)?;
         let chain = read_certs_pem(Path::new("ldevid_chain_pem"), ldevid_chain_pem.as_bytes())?;
         let anchors = read_certs_pem(Path::new("trust_anchors_pem"), trust_pem.as_bytes())?;
-        check_key(self.store.as_ref(), &handle, &chain, "LDevID", &self.dir)
-            .map_err(|_| DeviceError::Invalid("the LDevID certificate is not for the key this device generated".into()))?;
+        check_key(self.store.as_ref(), &handle, &chain, "LDevID", &self.dir).map_err(|_| {
+            DeviceError::Invalid(
+                "the LDevID certificate is not for the key this device generated".into(),
+            )
+        })?;
         verify_chain(
             &chain[0],
             &VerifyOptions {
@@ -268,10 +298,20 @@ impl StateDir {
                 time: None,
             },
         )
-        .map_err(|e| DeviceError::Invalid(format!("the LDevID does not chain to the trust anchors given: {e}")))?;
+        .map_err(|e| {
+            DeviceError::Invalid(format!(
+                "the LDevID does not chain to the trust anchors given: {e}"
+            ))
+        })?;
         let summary = drivesec_pki::inspect::summarize(&chain[0])?;
-        if !summary.subject_alt_names.iter().any(|s| s == &format!("DNS:{device_name}")) {
-            return Err(DeviceError::Invalid(format!("the LDevID does not name {device_name}")));
+        if !summary
+            .subject_alt_names
+            .iter()
+            .any(|s| s == &format!("DNS:{device_name}"))
+        {
+            return Err(DeviceError::Invalid(format!(
+                "the LDevID does not name {device_name}"
+            )));
         }
         if let Some(crl) = crl_pem {
             let blocks = pem_blocks(crl)?;
@@ -279,7 +319,11 @@ impl StateDir {
                 return Err(DeviceError::Invalid("crl_pem holds no X509 CRL".into()));
             }
         }
-        fsu::write_atomic(&self.path(files::LDEVID), ldevid_chain_pem.as_bytes(), Mode::Public)?;
+        fsu::write_atomic(
+            &self.path(files::LDEVID),
+            ldevid_chain_pem.as_bytes(),
+            Mode::Public,
+        )?;
         fsu::write_atomic(&self.path(files::TRUST), trust_pem.as_bytes(), Mode::Public)?;
         match crl_pem {
             Some(c) => fsu::write_atomic(&self.path(files::CRL), c.as_bytes(), Mode::Public)?,
@@ -322,7 +366,13 @@ impl StateDir {
         {
             self.store.destroy(&h)?;
         }
-        for f in [files::LDEVID, files::TRUST, files::CRL, files::ACCOUNTS, files::FORWARDING] {
+        for f in [
+            files::LDEVID,
+            files::TRUST,
+            files::CRL,
+            files::ACCOUNTS,
+            files::FORWARDING,
+        ] {
             let p = self.path(f);
             if p.exists() {
                 fsu::shred(&p)?;
@@ -334,7 +384,11 @@ impl StateDir {
         }
         let cred = credential::generate();
         let hash = credential::hash(&cred)?;
-        fsu::write_atomic(&self.path(files::CREDENTIAL), hash.as_bytes(), Mode::Private)?;
+        fsu::write_atomic(
+            &self.path(files::CREDENTIAL),
+            hash.as_bytes(),
+            Mode::Private,
+        )?;
         let mut file = self.file.clone();
         file.state = LifeCycle::Factory;
         file.device_name = None;
@@ -346,6 +400,10 @@ impl StateDir {
 }
 
 fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
-    let blocks = pem::parse_many(text).map_err(|e| DeviceError::Invalid(format!("malformed PEM: {e}")))?;
-    Ok(blocks.into_iter().map(|b| (b.tag().to_string(), b.into_contents())).collect())
+    let blocks =
+        pem::parse_many(text).map_err(|e| DeviceError::Invalid(format!("malformed PEM: {e}")))?;
+    Ok(blocks
+        .into_iter()
+        .map(|b| (b.tag().to_string(), b.into_contents()))
+        .collect())
 }

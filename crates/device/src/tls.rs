@@ -86,10 +86,14 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
         LifeCycle::Factory => (state.idevid_chain.clone(), state.file.idevid_key.clone()),
         LifeCycle::Commissioned => (
             state.ldevid_chain.clone().unwrap_or_default(),
-            state.file.ldevid_key.clone().ok_or_else(|| DeviceError::State {
-                path: state.dir.clone(),
-                reason: "commissioned but no LDevID key".into(),
-            })?,
+            state
+                .file
+                .ldevid_key
+                .clone()
+                .ok_or_else(|| DeviceError::State {
+                    path: state.dir.clone(),
+                    reason: "commissioned but no LDevID key".into(),
+                })?,
         ),
     };
     let key = TlsKey::new(state.store.clone(), &handle)?;
@@ -104,21 +108,27 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
                     .add(a.clone())
                     .map_err(|e| DeviceError::Invalid(format!("unusable trust anchor: {e}")))?;
             }
-            let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            );
             if let Some(crl) = &state.crl {
                 b = b
                     .with_crls(vec![crl.clone()])
                     .only_check_end_entity_revocation()
                     .enforce_revocation_expiration();
             }
-            b.build().map_err(|e| DeviceError::Invalid(format!("client verifier: {e}")))?
+            b.build()
+                .map_err(|e| DeviceError::Invalid(format!("client verifier: {e}")))?
         }
     };
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| DeviceError::Invalid(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key.certified(chain))));
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+            key.certified(chain),
+        )));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -44,16 +44,106 @@ pub struct ParamDef {
 
 /// The parameter table.
 pub const PARAMS: &[ParamDef] = &[
-    ParamDef { name: "speed-reference", group: Group::Operation, unit: "rpm", min: -3000.0, max: 3000.0, integer: false, default: 0.0, description: "speed setpoint" },
-    ParamDef { name: "torque-limit", group: Group::Operation, unit: "%", min: 0.0, max: 150.0, integer: false, default: 100.0, description: "torque limit, percent of rated" },
-    ParamDef { name: "max-speed", group: Group::Limits, unit: "rpm", min: 0.0, max: 3000.0, integer: false, default: 1500.0, description: "highest speed in either direction" },
-    ParamDef { name: "min-speed", group: Group::Limits, unit: "rpm", min: 0.0, max: 3000.0, integer: false, default: 0.0, description: "lowest running speed" },
-    ParamDef { name: "accel-time", group: Group::Limits, unit: "s", min: 0.1, max: 3600.0, integer: false, default: 5.0, description: "ramp-up time, 0 to max-speed" },
-    ParamDef { name: "decel-time", group: Group::Limits, unit: "s", min: 0.1, max: 3600.0, integer: false, default: 5.0, description: "ramp-down time, max-speed to 0" },
-    ParamDef { name: "motor-rated-power", group: Group::Motor, unit: "kW", min: 0.1, max: 2000.0, integer: false, default: 7.5, description: "nameplate power" },
-    ParamDef { name: "motor-rated-speed", group: Group::Motor, unit: "rpm", min: 100.0, max: 6000.0, integer: true, default: 1460.0, description: "nameplate speed" },
-    ParamDef { name: "motor-rated-current", group: Group::Motor, unit: "A", min: 0.1, max: 3000.0, integer: false, default: 14.8, description: "nameplate current" },
-    ParamDef { name: "motor-poles", group: Group::Motor, unit: "", min: 2.0, max: 32.0, integer: true, default: 4.0, description: "number of poles (even)" },
+    ParamDef {
+        name: "speed-reference",
+        group: Group::Operation,
+        unit: "rpm",
+        min: -3000.0,
+        max: 3000.0,
+        integer: false,
+        default: 0.0,
+        description: "speed setpoint",
+    },
+    ParamDef {
+        name: "torque-limit",
+        group: Group::Operation,
+        unit: "%",
+        min: 0.0,
+        max: 150.0,
+        integer: false,
+        default: 100.0,
+        description: "torque limit, percent of rated",
+    },
+    ParamDef {
+        name: "max-speed",
+        group: Group::Limits,
+        unit: "rpm",
+        min: 0.0,
+        max: 3000.0,
+        integer: false,
+        default: 1500.0,
+        description: "highest speed in either direction",
+    },
+    ParamDef {
+        name: "min-speed",
+        group: Group::Limits,
+        unit: "rpm",
+        min: 0.0,
+        max: 3000.0,
+        integer: false,
+        default: 0.0,
+        description: "lowest running speed",
+    },
+    ParamDef {
+        name: "accel-time",
+        group: Group::Limits,
+        unit: "s",
+        min: 0.1,
+        max: 3600.0,
+        integer: false,
+        default: 5.0,
+        description: "ramp-up time, 0 to max-speed",
+    },
+    ParamDef {
+        name: "decel-time",
+        group: Group::Limits,
+        unit: "s",
+        min: 0.1,
+        max: 3600.0,
+        integer: false,
+        default: 5.0,
+        description: "ramp-down time, max-speed to 0",
+    },
+    ParamDef {
+        name: "motor-rated-power",
+        group: Group::Motor,
+        unit: "kW",
+        min: 0.1,
+        max: 2000.0,
+        integer: false,
+        default: 7.5,
+        description: "nameplate power",
+    },
+    ParamDef {
+        name: "motor-rated-speed",
+        group: Group::Motor,
+        unit: "rpm",
+        min: 100.0,
+        max: 6000.0,
+        integer: true,
+        default: 1460.0,
+        description: "nameplate speed",
+    },
+    ParamDef {
+        name: "motor-rated-current",
+        group: Group::Motor,
+        unit: "A",
+        min: 0.1,
+        max: 3000.0,
+        integer: false,
+        default: 14.8,
+        description: "nameplate current",
+    },
+    ParamDef {
+        name: "motor-poles",
+        group: Group::Motor,
+        unit: "",
+        min: 2.0,
+        max: 32.0,
+        integer: true,
+        default: 4.0,
+        description: "number of poles (even)",
+    },
 ];
 
 /// Why a parameter write was refused.
@@ -85,7 +175,12 @@ pub struct ParamSet(BTreeMap<String, f64>);
 
 impl Default for ParamSet {
     fn default() -> Self {
-        ParamSet(PARAMS.iter().map(|p| (p.name.to_string(), p.default)).collect())
+        ParamSet(
+            PARAMS
+                .iter()
+                .map(|p| (p.name.to_string(), p.default))
+                .collect(),
+        )
     }
 }
 
@@ -111,7 +206,10 @@ impl ParamSet {
             return Err(bad("not a finite number".into()));
         }
         if value < d.min || value > d.max {
-            return Err(bad(format!("{value} is outside {}..{} {}", d.min, d.max, d.unit)));
+            return Err(bad(format!(
+                "{value} is outside {}..{} {}",
+                d.min, d.max, d.unit
+            )));
         }
         if d.integer && value.fract() != 0.0 {
             return Err(bad(format!("{value} is not a whole number")));
@@ -119,7 +217,13 @@ impl ParamSet {
         if name == "motor-poles" && value as i64 % 2 != 0 {
             return Err(bad("the number of poles must be even".into()));
         }
-        let get = |n: &str| if n == name { value } else { self.get(n).unwrap_or(0.0) };
+        let get = |n: &str| {
+            if n == name {
+                value
+            } else {
+                self.get(n).unwrap_or(0.0)
+            }
+        };
         if get("min-speed") > get("max-speed") {
             return Err(bad(format!(
                 "min-speed {} would exceed max-speed {}",
@@ -152,14 +256,27 @@ mod tests {
     fn ranges_types_and_cross_checks() {
         let mut p = ParamSet::default();
         assert_eq!(p.set("speed-reference", 1200.0), Ok(0.0));
-        assert!(matches!(p.set("speed-reference", 1600.0), Err(ParamError::Invalid { .. })), "above max-speed");
-        assert!(p.set("max-speed", 1000.0).is_err(), "would put the running reference above the limit");
+        assert!(
+            matches!(
+                p.set("speed-reference", 1600.0),
+                Err(ParamError::Invalid { .. })
+            ),
+            "above max-speed"
+        );
+        assert!(
+            p.set("max-speed", 1000.0).is_err(),
+            "would put the running reference above the limit"
+        );
         assert!(p.set("motor-poles", 5.0).is_err());
         assert!(p.set("motor-rated-speed", 1460.5).is_err());
         assert!(p.set("accel-time", 0.0).is_err());
         assert!(p.set("accel-time", f64::NAN).is_err());
         assert!(matches!(p.set("nope", 1.0), Err(ParamError::Unknown(_))));
-        assert_eq!(p.get("speed-reference"), Some(1200.0), "refused writes changed nothing");
+        assert_eq!(
+            p.get("speed-reference"),
+            Some(1200.0),
+            "refused writes changed nothing"
+        );
         assert_eq!(p.get("max-speed"), Some(1500.0));
     }
 }

@@ -39,7 +39,9 @@ pub struct DeviceReport {
     pub chain_ok: bool,
     /// The keystore signed a fresh challenge that verifies with the IDevID key.
     pub possession_ok: bool,
-    /// The factory credential matches and a wrong one is refused.
+    /// Before commissioning: the factory credential matched its hash and a
+    /// wrong one did not. After: the hash is gone and the device refuses
+    /// commissioning (the credential is dead).
     pub credential_ok: bool,
     /// `openssl verify` result, `None` when openssl is not installed.
     pub openssl_ok: Option<bool>,
@@ -58,6 +60,34 @@ pub struct ClientReport {
     pub openssl_ok: Option<bool>,
 }
 
+/// One role's session on a running device.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleReport {
+    /// Device.
+    pub device: String,
+    /// Role.
+    pub role: String,
+    /// Login succeeded over the role's client certificate.
+    pub login_ok: bool,
+    /// An action the role may take, and the status it got.
+    pub allowed: (String, u16),
+    /// An action the role may not take, and the status it got (403 expected).
+    pub denied: (String, u16),
+}
+
+/// A device's audit trail, checked at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    /// Device.
+    pub device: String,
+    /// Records in the trail.
+    pub records: u64,
+    /// `verify` found it intact against the IDevID certificate.
+    pub intact: bool,
+    /// Denied actions recorded.
+    pub denied_records: usize,
+}
+
 /// What the demo did and found.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
@@ -67,6 +97,10 @@ pub struct DemoReport {
     pub devices: Vec<DeviceReport>,
     /// Clients.
     pub clients: Vec<ClientReport>,
+    /// A login and an allowed and a denied action per role, per device.
+    pub sessions: Vec<RoleReport>,
+    /// Each device's audit trail.
+    pub audit: Vec<AuditReport>,
     /// Everything checked out.
     pub ok: bool,
 }
@@ -100,6 +134,14 @@ pub fn run(
         format!("drivesec demo: building a lab in {}", opts.dir.display()),
     );
     let lab = up(opts, progress)?;
+    // Stop the daemons whatever happens next.
+    struct Down<'a>(&'a Path);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = crate::lab::down(self.0);
+        }
+    }
+    let _down = Down(&opts.dir);
     w(
         out,
         "  manufacturer CA and OEM CA created (keys in soft keystores)".into(),
@@ -113,7 +155,191 @@ pub fn run(
             lab.clients.len()
         ),
     );
-    verify_lab(&lab, &opts.dir, out)
+    if lab.devices.iter().any(|d| d.api.is_some()) {
+        w(
+            out,
+            "  each device runs drivesecd on loopback, was commissioned (LDevID from the OEM CA, first security-admin) and has one account per role".into(),
+        );
+    }
+    let mut report = verify_lab(&lab, &opts.dir, out)?;
+    if lab.devices.iter().any(|d| d.api.is_some()) {
+        report.sessions = role_story(&lab, out)?;
+        report.audit = audit_story(&lab, out)?;
+        report.ok = report
+            .sessions
+            .iter()
+            .all(|s| s.login_ok && (200..300).contains(&s.allowed.1) && s.denied.1 == 403)
+            && report
+                .audit
+                .iter()
+                .all(|a| a.intact && a.denied_records >= lab.users.len());
+        if !report.ok {
+            return Err(OemError::Check(format!(
+                "the running lab did not behave: {}",
+                serde_json::to_string(&report).unwrap_or_default()
+            )));
+        }
+        w(
+            out,
+            "\nEverything checked out; the daemons are stopped now. For a lab that keeps running: drivesec lab up --dir DIR".into(),
+        );
+    }
+    Ok(report)
+}
+
+type Action = (&'static str, &'static str, Option<serde_json::Value>);
+
+/// Per device and role: log in, one allowed action, one denied action.
+fn role_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<RoleReport>> {
+    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+    use serde_json::json;
+    let roots = read_cert_chain(&lab.oem_ca)?;
+    let plan: [(&str, Action, Action); 5] = [
+        (
+            "viewer",
+            ("GET", "/api/v1/params", None),
+            (
+                "PUT",
+                "/api/v1/params/speed-reference",
+                Some(json!({"value": 100})),
+            ),
+        ),
+        (
+            "operator",
+            (
+                "PUT",
+                "/api/v1/params/speed-reference",
+                Some(json!({"value": 600})),
+            ),
+            (
+                "PUT",
+                "/api/v1/params/max-speed",
+                Some(json!({"value": 1400})),
+            ),
+        ),
+        (
+            "engineer",
+            (
+                "PUT",
+                "/api/v1/params/accel-time",
+                Some(json!({"value": 4})),
+            ),
+            ("GET", "/api/v1/users", None),
+        ),
+        (
+            "security-admin",
+            ("GET", "/api/v1/users", None),
+            (
+                "PUT",
+                "/api/v1/params/speed-reference",
+                Some(json!({"value": 0})),
+            ),
+        ),
+        (
+            "auditor",
+            ("GET", "/api/v1/audit?limit=5", None),
+            (
+                "POST",
+                "/api/v1/users",
+                Some(
+                    json!({"username": "mallory", "role": "engineer", "password": "Aa1-aaaaaaaaaaaaaa"}),
+                ),
+            ),
+        ),
+    ];
+    let _ = writeln!(
+        out,
+        "\nRoles on the running devices (mutual TLS with each role's certificate, then a login):"
+    );
+    let mut reports = Vec::new();
+    for d in &lab.devices {
+        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+            continue;
+        };
+        let addr = api
+            .trim_start_matches("https://")
+            .parse()
+            .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
+        for (role, allowed, denied) in &plan {
+            let files = lab
+                .clients
+                .get(*role)
+                .ok_or_else(|| OemError::Invalid(format!("no client for {role}")))?;
+            let user = lab
+                .users
+                .get(*role)
+                .ok_or_else(|| OemError::Invalid(format!("no account for {role}")))?;
+            let id = ClientIdentity::from_files(&files.cert, &files.key)?;
+            let trust = DeviceTrust::Ldevid {
+                roots: roots.clone(),
+                device_name: name.clone(),
+            };
+            let mut c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
+            let login_ok = c.login(&user.username, &user.password).is_ok();
+            let a = c.call(allowed.0, allowed.1, allowed.2.as_ref())?;
+            let dn = c.call(denied.0, denied.1, denied.2.as_ref())?;
+            let _ = c.call("POST", "/api/v1/logout", None);
+            let _ = writeln!(
+                out,
+                "  {:<9} {:<15} login {}  {} {} -> {}  {} {} -> {}",
+                d.name,
+                role,
+                mark(login_ok),
+                allowed.0,
+                allowed.1,
+                a.status,
+                denied.0,
+                denied.1,
+                dn.status
+            );
+            reports.push(RoleReport {
+                device: d.name.clone(),
+                role: role.to_string(),
+                login_ok,
+                allowed: (format!("{} {}", allowed.0, allowed.1), a.status),
+                denied: (format!("{} {}", denied.0, denied.1), dn.status),
+            });
+        }
+    }
+    Ok(reports)
+}
+
+/// Each running device's audit trail verified against its IDevID certificate.
+fn audit_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<AuditReport>> {
+    let _ = writeln!(
+        out,
+        "\nAudit trails (hash chain and signed checkpoints, verified with each IDevID):"
+    );
+    let mut reports = Vec::new();
+    for d in lab.devices.iter().filter(|d| d.api.is_some()) {
+        let chain = read_cert_chain(&d.idevid)?;
+        let key = public_key(&chain[0])?;
+        let trail = d.dir.join("audit");
+        let r = drivesec_audit::verify::verify(&trail, &key)
+            .map_err(|e| OemError::Check(e.to_string()))?;
+        let q = drivesec_audit::reader::Query {
+            outcome: Some(drivesec_audit::Outcome::Denied),
+            ..Default::default()
+        };
+        let denied = drivesec_audit::reader::read(&trail, &q, 100_000)
+            .map_err(|e| OemError::Check(e.to_string()))?
+            .len();
+        let _ = writeln!(
+            out,
+            "  {:<9} {} records, {} denied actions recorded, intact {}",
+            d.name,
+            r.records,
+            denied,
+            mark(r.ok)
+        );
+        reports.push(AuditReport {
+            device: d.name.clone(),
+            records: r.records,
+            intact: r.ok,
+            denied_records: denied,
+        });
+    }
+    Ok(reports)
 }
 
 /// Verifies every identity of an existing lab.
@@ -148,8 +374,14 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         let sig = store.sign(&KeyHandle::new(file.idevid_key.as_str())?, &challenge)?;
         let possession_ok = verify_signature(&public_key(leaf)?, &challenge, &sig);
         let cred = drivesec_fsutil::read_to_string(&d.factory_credential)?;
-        let credential_ok = check_factory_credential(&d.dir, cred.trim())?
-            && !check_factory_credential(&d.dir, "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA")?;
+        let credential_ok = if file.state == crate::factory::LifeCycle::Factory {
+            check_factory_credential(&d.dir, cred.trim())?
+                && !check_factory_credential(&d.dir, "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA")?
+        } else {
+            // Commissioned: the hash is gone and the device refuses to be commissioned again.
+            !d.dir.join("factory-credential.hash").exists()
+                && factory_credential_refused(lab, d, cred.trim())?
+        };
         let openssl_ok = openssl_verify(
             &lab.manufacturer_ca,
             &d.idevid,
@@ -229,6 +461,8 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         lab_dir: std::path::absolute(lab_dir).unwrap_or_else(|_| lab_dir.to_path_buf()),
         devices,
         clients,
+        sessions: Vec::new(),
+        audit: Vec::new(),
         ok,
     };
     if !ok {
@@ -244,6 +478,38 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         lab_dir.join("lab.json").display()
     );
     Ok(report)
+}
+
+/// Tries to commission a commissioned device with its old credential: must be refused.
+fn factory_credential_refused(
+    lab: &LabManifest,
+    d: &crate::lab::LabDevice,
+    cred: &str,
+) -> Result<bool> {
+    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+    let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+        return Ok(true);
+    };
+    let files = lab
+        .clients
+        .get("security-admin")
+        .ok_or_else(|| OemError::Invalid("no security-admin client".into()))?;
+    let id = ClientIdentity::from_files(&files.cert, &files.key)?;
+    let addr = api
+        .trim_start_matches("https://")
+        .parse()
+        .map_err(|_| OemError::Invalid(format!("bad api {api}")))?;
+    let trust = DeviceTrust::Ldevid {
+        roots: read_cert_chain(&lab.oem_ca)?,
+        device_name: name.clone(),
+    };
+    let c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
+    let r = c.call(
+        "POST",
+        "/api/v1/commission/begin",
+        Some(&serde_json::json!({"factory_credential": cred, "device_name": "takeover.example"})),
+    )?;
+    Ok(r.status == 409)
 }
 
 fn mark(ok: bool) -> &'static str {

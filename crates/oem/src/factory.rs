@@ -224,7 +224,8 @@ fn build(
         ldevid_key: None,
         commissioned_at: None,
     };
-    file.save(dir).map_err(|e| OemError::Invalid(e.to_string()))?;
+    file.save(dir)
+        .map_err(|e| OemError::Invalid(e.to_string()))?;
     let idevid_key_uri = match &uri {
         Some(u) => {
             let mut k = Pkcs11Uri::parse(u)?;

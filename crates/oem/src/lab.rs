@@ -59,6 +59,18 @@ pub struct LabOptions {
     /// When set, write a lab-private SoftHSM2 configuration at this path
     /// (the caller has pointed `SOFTHSM2_CONF` at it before any PKCS#11 use).
     pub create_softhsm_conf: Option<PathBuf>,
+    /// Start, commission and populate one `drivesecd` per device with this
+    /// binary; `None` builds the PKI and state directories only.
+    pub daemon: Option<PathBuf>,
+}
+
+/// A login.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Credentials {
+    /// Account name.
+    pub username: String,
+    /// Password.
+    pub password: String,
 }
 
 /// A client's files.
@@ -93,6 +105,12 @@ pub struct LabDevice {
     pub pkcs11_uri: Option<String>,
     /// The RFC 7512 URI of its IDevID private key, for pkcs11 devices.
     pub idevid_key_uri: Option<String>,
+    /// DNS name given at commissioning (its LDevID names it).
+    #[serde(default)]
+    pub device_name: Option<String>,
+    /// Process id of its running drivesecd.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// `lab.json`. Paths are absolute. Later issues add fields, never rename these.
@@ -116,6 +134,12 @@ pub struct LabManifest {
     pub oem_ca_dir: PathBuf,
     /// The SoftHSM2 configuration the lab's tokens live under, if any.
     pub softhsm2_conf: Option<PathBuf>,
+    /// One account per built-in role on every device (when daemons run).
+    #[serde(default)]
+    pub users: BTreeMap<String, Credentials>,
+    /// The first security administrator created at commissioning.
+    #[serde(default)]
+    pub admin: Option<Credentials>,
 }
 
 impl LabManifest {
@@ -188,8 +212,13 @@ pub fn up(opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Result<LabMan
 }
 
 fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Result<LabManifest> {
+    let runs = if opts.daemon.is_some() {
+        opts.devices as u64
+    } else {
+        0
+    };
     progress(LabStep::Start {
-        total: 2 + opts.devices as u64 + BUILTIN_ROLES.len() as u64,
+        total: 2 + opts.devices as u64 + BUILTIN_ROLES.len() as u64 + runs,
     });
     let softhsm2_conf = match &opts.create_softhsm_conf {
         Some(conf) => {
@@ -261,6 +290,8 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
             factory_credential: cred_path,
             pkcs11_uri: p.pkcs11_uri,
             idevid_key_uri: p.idevid_key_uri,
+            device_name: None,
+            pid: None,
         });
         progress(LabStep::Done(format!("{name} provisioned")));
     }
@@ -297,7 +328,7 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
         progress(LabStep::Done(format!("{role} client certificate")));
     }
 
-    let manifest = LabManifest {
+    let mut manifest = LabManifest {
         manufacturer_ca: mfg.root_path(),
         oem_ca: oem.root_path(),
         crl: oem.crl_path(),
@@ -307,22 +338,130 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
         manufacturer_ca_dir: mfg_dir,
         oem_ca_dir: oem_dir,
         softhsm2_conf,
+        users: BTreeMap::new(),
+        admin: None,
     };
+    if let Some(daemon) = &opts.daemon {
+        let result = start_devices(daemon, &mut manifest, &mut oem, progress);
+        if let Err(e) = result {
+            for d in &manifest.devices {
+                if let Some(pid) = d.pid {
+                    crate::daemons::stop(pid);
+                }
+            }
+            return Err(e);
+        }
+    }
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| OemError::Invalid(e.to_string()))?;
     fsu::write_new(&dir.join("lab.json"), &json, Mode::Public)?;
     Ok(manifest)
 }
 
+/// Starts, commissions and populates one drivesecd per device.
+fn start_devices(
+    daemon: &Path,
+    m: &mut LabManifest,
+    oem: &mut Ca,
+    progress: &mut dyn FnMut(LabStep),
+) -> Result<()> {
+    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+    use crate::commission::{CommissionRequest, commission};
+    let admin = Credentials {
+        username: "admin".into(),
+        password: crate::daemons::random_password(),
+    };
+    let users: BTreeMap<String, Credentials> = BUILTIN_ROLES
+        .iter()
+        .map(|r| {
+            (
+                r.to_string(),
+                Credentials {
+                    username: r.to_string(),
+                    password: crate::daemons::random_password(),
+                },
+            )
+        })
+        .collect();
+    let tool = m
+        .clients
+        .get("security-admin")
+        .ok_or_else(|| OemError::Invalid("no security-admin client".into()))?;
+    let identity = ClientIdentity::from_files(&tool.cert, &tool.key)?;
+    let mfg_roots = drivesec_pki::read_cert_chain(&m.manufacturer_ca)?;
+    let oem_roots = drivesec_pki::read_cert_chain(&m.oem_ca)?;
+    for d in &mut m.devices {
+        let mut cfg = drivesec_device::config::DeviceConfig::new(
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|_| OemError::Invalid("address".into()))?,
+        );
+        cfg.audit.time_quality = drivesec_audit::TimeQuality::Unsynchronized;
+        let started = crate::daemons::start(daemon, &d.dir, &cfg)?;
+        d.pid = Some(started.pid);
+        d.api = Some(format!("https://{}", started.addr));
+        let device_name = format!("{}.lab.drivesec", d.name);
+        let credential =
+            zeroize::Zeroizing::new(drivesec_fsutil::read_to_string(&d.factory_credential)?);
+        commission(
+            oem,
+            &CommissionRequest {
+                addr: started.addr,
+                identity: &identity,
+                manufacturer_roots: mfg_roots.clone(),
+                serial: Some(d.serial_number.clone()),
+                factory_credential: credential.trim(),
+                device_name: &device_name,
+                ip_addresses: vec![started.addr.ip()],
+                days: 730,
+                admin_username: &admin.username,
+                admin_password: &admin.password,
+            },
+        )?;
+        d.device_name = Some(device_name.clone());
+        let mut c = DeviceClient::new(
+            started.addr,
+            Some(&identity),
+            &DeviceTrust::Ldevid {
+                roots: oem_roots.clone(),
+                device_name,
+            },
+            Versions::Default,
+        )?;
+        c.login(&admin.username, &admin.password)?;
+        for (role, u) in &users {
+            c.ok(
+                "POST",
+                "/api/v1/users",
+                Some(&serde_json::json!({"username": u.username, "role": role, "password": u.password})),
+            )?;
+        }
+        c.ok("POST", "/api/v1/logout", None)?;
+        progress(LabStep::Done(format!(
+            "{} running and commissioned",
+            d.name
+        )));
+    }
+    m.users = users;
+    m.admin = Some(admin);
+    Ok(())
+}
+
 /// What [`down`] did.
 #[derive(Debug, Clone, Serialize)]
 pub struct LabDown {
-    /// Processes stopped (none yet: the lab starts no daemons before the device runtime exists).
+    /// drivesecd processes that were running and are now stopped.
     pub stopped: usize,
 }
 
-/// Stops whatever the lab started. Nothing runs yet; the lab's files stay.
+/// Stops every drivesecd the lab started; the lab's files stay.
 pub fn down(dir: &Path) -> Result<LabDown> {
-    LabManifest::load(dir)?;
-    Ok(LabDown { stopped: 0 })
+    let m = LabManifest::load(dir)?;
+    let stopped = m
+        .devices
+        .iter()
+        .filter_map(|d| d.pid)
+        .filter(|&pid| crate::daemons::stop(pid))
+        .count();
+    Ok(LabDown { stopped })
 }

@@ -8,6 +8,9 @@
 //!   devices, one client certificate per built-in role) described by `lab.json`.
 //! * [`demo`]: the end-to-end story `drivesec demo` tells.
 
+pub mod client;
+pub mod commission;
+pub mod daemons;
 pub mod demo;
 pub mod factory;
 pub mod lab;

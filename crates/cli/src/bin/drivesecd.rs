@@ -36,7 +36,9 @@ enum Action {
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(args) {
@@ -57,7 +59,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(Action::FactoryReset) => {
             let st = drivesec_device::state::StateDir::load(&args.state)?;
             let cred = st.factory_reset()?;
-            println!("factory reset done; new one-time factory credential: {}", cred.as_str());
+            println!(
+                "factory reset done; new one-time factory credential: {}",
+                cred.as_str()
+            );
             Ok(())
         }
         Some(Action::Check) => {
@@ -67,7 +72,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         None => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(drivesec_device::run(&args.state, config, shutdown_signal()))?;
             Ok(())
         }

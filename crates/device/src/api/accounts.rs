@@ -58,17 +58,33 @@ pub(crate) struct NewRole {
 
 impl Device {
     /// Runs `f` on the accounts store (commissioned devices only).
-    pub(crate) fn with_accounts<T>(&self, f: impl FnOnce(&mut Accounts) -> Result<T, AccessError>) -> Result<T, ApiError> {
-        let mut g = self.accounts.lock().map_err(|_| ApiError::internal("accounts lock poisoned"))?;
-        let acc = g
-            .as_mut()
-            .ok_or_else(|| ApiError::conflict("the device is in factory state: only commissioning is available"))?;
+    pub(crate) fn with_accounts<T>(
+        &self,
+        f: impl FnOnce(&mut Accounts) -> Result<T, AccessError>,
+    ) -> Result<T, ApiError> {
+        let mut g = self
+            .accounts
+            .lock()
+            .map_err(|_| ApiError::internal("accounts lock poisoned"))?;
+        let acc = g.as_mut().ok_or_else(|| {
+            ApiError::conflict("the device is in factory state: only commissioning is available")
+        })?;
         Ok(f(acc)?)
     }
 
     /// Audits a management action and maps its result.
-    fn managed<T>(&self, c: &Caller, action: &str, target: &str, r: Result<T, ApiError>) -> Result<T, ApiError> {
-        let outcome = if r.is_ok() { Outcome::Success } else { Outcome::Failure };
+    fn managed<T>(
+        &self,
+        c: &Caller,
+        action: &str,
+        target: &str,
+        r: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let outcome = if r.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
         let mut ev = Device::event(c, action, outcome).target(target.to_string());
         if let Err(e) = &r {
             ev = ev.details(json!({"certificate": c.conn.fingerprint, "role": c.role, "error": format!("{e:?}")}));
@@ -87,12 +103,24 @@ pub(crate) async fn login(
     // Bounded hashing: a flood waits briefly, then is told to come back.
     let _permit = tokio::time::timeout(Duration::from_secs(2), dev.login_permits.acquire())
         .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many logins in progress; retry"))?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many logins in progress; retry",
+            )
+        })?
         .map_err(|_| ApiError::internal("login semaphore closed"))?;
     let d2 = dev.clone();
     let user = req.username.clone();
     let result = tokio::task::spawn_blocking(move || {
-        d2.with_accounts(|a| a.authenticate(&req.username, &req.password, time::OffsetDateTime::now_utc()))
+        d2.with_accounts(|a| {
+            a.authenticate(
+                &req.username,
+                &req.password,
+                time::OffsetDateTime::now_utc(),
+            )
+        })
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -105,7 +133,10 @@ pub(crate) async fn login(
         Ok(a) => a,
         Err(e) => {
             let locked = e.code == "locked";
-            dev.audit(base(Outcome::Failure).details(json!({"certificate": conn.fingerprint, "locked": locked})))?;
+            dev.audit(
+                base(Outcome::Failure)
+                    .details(json!({"certificate": conn.fingerprint, "locked": locked})),
+            )?;
             if locked {
                 dev.audit(
                     Device::cert_event(&conn, "auth.lockout", Outcome::Denied)
@@ -124,16 +155,30 @@ pub(crate) async fn login(
     let session = match session {
         Ok(s) => s,
         Err(e) => {
-            dev.audit(base(Outcome::Denied).details(json!({"certificate": conn.fingerprint, "reason": e.to_string()})))?;
+            dev.audit(
+                base(Outcome::Denied)
+                    .details(json!({"certificate": conn.fingerprint, "reason": e.to_string()})),
+            )?;
             return Err(e.into());
         }
     };
     dev.audit(
-        drivesec_audit::Event::new(drivesec_audit::Actor::User(auth.username.clone()), "auth.login")
-            .source(conn.addr.to_string())
-            .details(json!({"certificate": conn.fingerprint, "role": auth.role, "session": session.handle})),
+        drivesec_audit::Event::new(
+            drivesec_audit::Actor::User(auth.username.clone()),
+            "auth.login",
+        )
+        .source(conn.addr.to_string())
+        .details(
+            json!({"certificate": conn.fingerprint, "role": auth.role, "session": session.handle}),
+        ),
     )?;
-    let banner = dev.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?.access.banner.clone();
+    let banner = dev
+        .config
+        .read()
+        .map_err(|_| ApiError::internal("config lock poisoned"))?
+        .access
+        .banner
+        .clone();
     Ok(ok(json!({
         "session": session.id, "handle": session.handle, "username": auth.username, "role": auth.role,
         "permissions": auth.permissions, "must_change_password": auth.must_change_password, "banner": banner,
@@ -151,7 +196,10 @@ pub(crate) async fn logout(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    dev.sessions.lock().map_err(|_| ApiError::internal("session lock poisoned"))?.logout(token);
+    dev.sessions
+        .lock()
+        .map_err(|_| ApiError::internal("session lock poisoned"))?
+        .logout(token);
     dev.audit(Device::event(&c, "auth.logout", Outcome::Success).target(c.session_handle.clone()))?;
     Ok(ok(json!({"logged_out": true})))
 }
@@ -162,7 +210,9 @@ pub(crate) async fn me(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
-    Ok(ok(json!({"username": c.username, "role": c.role, "permissions": c.permissions, "session": c.session_handle})))
+    Ok(ok(
+        json!({"username": c.username, "role": c.role, "permissions": c.permissions, "session": c.session_handle}),
+    ))
 }
 
 pub(crate) async fn change_own_password(
@@ -200,7 +250,14 @@ pub(crate) async fn add_user(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.add")?;
-    let r = dev.with_accounts(|a| a.add_user(&req.username, &req.role, &req.password, time::OffsetDateTime::now_utc()));
+    let r = dev.with_accounts(|a| {
+        a.add_user(
+            &req.username,
+            &req.role,
+            &req.password,
+            time::OffsetDateTime::now_utc(),
+        )
+    });
     dev.managed(&c, "user.add", &req.username, r)?;
     Ok(ok(json!({"username": req.username, "role": req.role})))
 }
@@ -218,7 +275,11 @@ pub(crate) async fn remove_user(
     }
     let r = dev.with_accounts(|a| a.remove_user(&name));
     dev.managed(&c, "user.remove", &name, r)?;
-    let ended = dev.sessions.lock().map_err(|_| ApiError::internal("session lock poisoned"))?.terminate_user(&name);
+    let ended = dev
+        .sessions
+        .lock()
+        .map_err(|_| ApiError::internal("session lock poisoned"))?
+        .terminate_user(&name);
     Ok(ok(json!({"removed": name, "sessions_ended": ended})))
 }
 
@@ -233,7 +294,8 @@ pub(crate) async fn set_role(
     dev.require(&c, Permission::ManageUsers, "user.role.change")?;
     let r = dev.with_accounts(|a| {
         a.set_role(&name, &req.role)?;
-        a.permissions_of(&name).ok_or_else(|| AccessError::UnknownUser(name.clone()))
+        a.permissions_of(&name)
+            .ok_or_else(|| AccessError::UnknownUser(name.clone()))
     });
     let perms = dev.managed(&c, "user.role.change", &name, r)?;
     dev.sessions
@@ -265,7 +327,8 @@ pub(crate) async fn reset_password(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.password.reset")?;
-    let r = dev.with_accounts(|a| a.set_password(&name, &req.password, time::OffsetDateTime::now_utc()));
+    let r = dev
+        .with_accounts(|a| a.set_password(&name, &req.password, time::OffsetDateTime::now_utc()));
     dev.managed(&c, "user.password.reset", &name, r)?;
     Ok(ok(json!({"reset": name})))
 }
@@ -321,7 +384,11 @@ pub(crate) async fn list_sessions(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadSessions, "session.list")?;
-    let list = dev.sessions.lock().map_err(|_| ApiError::internal("session lock poisoned"))?.list(Instant::now());
+    let list = dev
+        .sessions
+        .lock()
+        .map_err(|_| ApiError::internal("session lock poisoned"))?
+        .list(Instant::now());
     Ok(ok(json!({"sessions": list})))
 }
 
@@ -333,7 +400,11 @@ pub(crate) async fn terminate_session(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::TerminateSessions, "session.terminate")?;
-    let ended = dev.sessions.lock().map_err(|_| ApiError::internal("session lock poisoned"))?.terminate(&handle);
+    let ended = dev
+        .sessions
+        .lock()
+        .map_err(|_| ApiError::internal("session lock poisoned"))?
+        .terminate(&handle);
     let r = ended.ok_or_else(|| ApiError::not_found(format!("no session '{handle}'")));
     let info = dev.managed(&c, "session.terminate", &handle, r)?;
     Ok(ok(json!({"terminated": handle, "username": info.username})))

@@ -36,7 +36,10 @@ pub(crate) struct CompleteReq {
 
 impl Device {
     fn in_factory_state(&self) -> Result<(), ApiError> {
-        let st = self.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let st = self
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
         if st.file.state != LifeCycle::Factory {
             return Err(ApiError::conflict("the device is already commissioned"));
         }
@@ -44,13 +47,26 @@ impl Device {
     }
 
     /// Checks the factory credential with a bounded number of failures.
-    async fn check_credential(self: &Arc<Self>, conn: &ConnInfo, candidate: String) -> Result<(), ApiError> {
+    async fn check_credential(
+        self: &Arc<Self>,
+        conn: &ConnInfo,
+        candidate: String,
+    ) -> Result<(), ApiError> {
         let (max, lock) = {
-            let c = self.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?;
-            (c.api.factory_max_failures, Duration::from_secs(c.api.factory_lockout_secs))
+            let c = self
+                .config
+                .read()
+                .map_err(|_| ApiError::internal("config lock poisoned"))?;
+            (
+                c.api.factory_max_failures,
+                Duration::from_secs(c.api.factory_lockout_secs),
+            )
         };
         {
-            let mut f = self.factory_failures.lock().map_err(|_| ApiError::internal("lock poisoned"))?;
+            let mut f = self
+                .factory_failures
+                .lock()
+                .map_err(|_| ApiError::internal("lock poisoned"))?;
             if let Some(since) = f.1 {
                 if since.elapsed() < lock {
                     return Err(ApiError::new(
@@ -64,7 +80,13 @@ impl Device {
         }
         let _permit = tokio::time::timeout(Duration::from_secs(5), self.login_permits.acquire())
             .await
-            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many logins in progress; retry"))?
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many logins in progress; retry",
+                )
+            })?
             .map_err(|_| ApiError::internal("login semaphore closed"))?;
         let dev = self.clone();
         let good = tokio::task::spawn_blocking(move || {
@@ -83,7 +105,10 @@ impl Device {
             return Ok(());
         }
         let locked = {
-            let mut f = self.factory_failures.lock().map_err(|_| ApiError::internal("lock poisoned"))?;
+            let mut f = self
+                .factory_failures
+                .lock()
+                .map_err(|_| ApiError::internal("lock poisoned"))?;
             f.0 += 1;
             if f.0 >= max {
                 f.1 = Some(Instant::now());
@@ -95,7 +120,11 @@ impl Device {
                 .details(json!({"certificate": conn.fingerprint, "locked": locked}))
                 .essential(),
         )?;
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid-credentials", "invalid factory credential"))
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-credentials",
+            "invalid factory credential",
+        ))
     }
 }
 
@@ -107,10 +136,15 @@ pub(crate) async fn begin(
     dev.in_factory_state()?;
     dev.check_credential(&conn, req.factory_credential).await?;
     let csr = {
-        let st = dev.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let st = dev
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
         st.ldevid_csr(&req.device_name)?
     };
-    *dev.pending.lock().map_err(|_| ApiError::internal("lock poisoned"))? = Some(Pending {
+    *dev.pending
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))? = Some(Pending {
         device_name: req.device_name.clone(),
         fingerprint: conn.fingerprint.clone(),
     });
@@ -136,33 +170,61 @@ pub(crate) async fn complete(
         .clone()
         .ok_or_else(|| ApiError::conflict("call commission/begin first"))?;
     if pending.fingerprint != conn.fingerprint {
-        return Err(ApiError::conflict("commissioning must be completed over the client certificate that began it"));
+        return Err(ApiError::conflict(
+            "commissioning must be completed over the client certificate that began it",
+        ));
     }
-    dev.check_credential(&conn, req.factory_credential.clone()).await?;
-    let policy = dev.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?.access.clone();
+    dev.check_credential(&conn, req.factory_credential.clone())
+        .await?;
+    let policy = dev
+        .config
+        .read()
+        .map_err(|_| ApiError::internal("config lock poisoned"))?
+        .access
+        .clone();
     let d2 = dev.clone();
     let name = pending.device_name.clone();
     let admin = req.admin_username.clone();
     let new_state = tokio::task::spawn_blocking(move || {
-        let st = d2.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
-        st.install_ownership(&name, &req.ldevid_chain_pem, &req.trust_anchors_pem, req.crl_pem.as_deref(), |path| {
-            let mut acc = Accounts::create(path, policy.clone())
-                .map_err(|e| crate::DeviceError::Invalid(e.to_string()))?;
-            acc.add_user(&req.admin_username, "security-admin", &req.admin_password, time::OffsetDateTime::now_utc())
-                .map_err(|e| crate::DeviceError::Invalid(format!("first security administrator: {e}")))?;
-            Ok(())
-        })
+        let st = d2
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        st.install_ownership(
+            &name,
+            &req.ldevid_chain_pem,
+            &req.trust_anchors_pem,
+            req.crl_pem.as_deref(),
+            |path| {
+                let mut acc = Accounts::create(path, policy.clone())
+                    .map_err(|e| crate::DeviceError::Invalid(e.to_string()))?;
+                acc.add_user(
+                    &req.admin_username,
+                    "security-admin",
+                    &req.admin_password,
+                    time::OffsetDateTime::now_utc(),
+                )
+                .map_err(|e| {
+                    crate::DeviceError::Invalid(format!("first security administrator: {e}"))
+                })?;
+                Ok(())
+            },
+        )
         .map_err(ApiError::from)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     dev.adopt_state(new_state)?;
-    *dev.pending.lock().map_err(|_| ApiError::internal("lock poisoned"))? = None;
+    *dev.pending
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))? = None;
     dev.audit(
         Device::cert_event(&conn, "device.commissioned", Outcome::Success)
             .target(pending.device_name.clone())
             .details(json!({"certificate": conn.fingerprint, "security_admin": admin}))
             .essential(),
     )?;
-    Ok(ok(json!({"state": "commissioned", "device_name": pending.device_name})))
+    Ok(ok(
+        json!({"state": "commissioned", "device_name": pending.device_name}),
+    ))
 }

@@ -27,9 +27,9 @@ use drivesec_drive::ParamSet;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::DeviceError;
 use crate::config::DeviceConfig;
 use crate::state::StateDir;
-use crate::DeviceError;
 
 /// What the TLS layer knows about a connection, attached to every request.
 #[derive(Debug, Clone)]
@@ -98,7 +98,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"error": self.code, "message": self.message}))).into_response()
+        (
+            self.status,
+            axum::Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
     }
 }
 
@@ -107,10 +111,14 @@ impl From<AccessError> for ApiError {
         use AccessError as A;
         let msg = e.to_string();
         match e {
-            A::InvalidCredentials => ApiError::new(StatusCode::UNAUTHORIZED, "invalid-credentials", msg),
+            A::InvalidCredentials => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid-credentials", msg)
+            }
             A::Locked { .. } => ApiError::new(StatusCode::FORBIDDEN, "locked", msg),
             A::SessionInvalid => ApiError::new(StatusCode::UNAUTHORIZED, "session-invalid", msg),
-            A::TooManySessions { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too-many-sessions", msg),
+            A::TooManySessions { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too-many-sessions", msg)
+            }
             A::UnknownUser(_) | A::UnknownRole(_) => ApiError::not_found(msg),
             A::UserExists(_) | A::RoleExists(_) | A::RoleInUse(_) | A::BuiltinRole(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", msg)
@@ -135,7 +143,11 @@ impl From<drivesec_audit::AuditError> for ApiError {
         match e {
             // SR 2.10: when the trail cannot record, the action is refused.
             drivesec_audit::AuditError::Full { .. } | drivesec_audit::AuditError::Failed(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit-unavailable", e.to_string())
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit-unavailable",
+                    e.to_string(),
+                )
             }
             other => ApiError::internal(other.to_string()),
         }
@@ -158,7 +170,11 @@ where
             Ok(axum::Json(v)) => Ok(Body(v)),
             Err(rej) => Err(match rej {
                 JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "request body too large")
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too-large",
+                        "request body too large",
+                    )
                 }
                 JsonRejection::MissingJsonContentType(_) => ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -214,7 +230,13 @@ impl Device {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "no-session", "log in first (Authorization: Bearer SESSION)"))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "no-session",
+                    "log in first (Authorization: Bearer SESSION)",
+                )
+            })?;
         let info = self
             .sessions
             .lock()
@@ -246,9 +268,14 @@ impl Device {
     }
 
     pub(crate) fn commissioned(&self) -> Result<(), ApiError> {
-        let st = self.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let st = self
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
         if st.file.state == crate::state::LifeCycle::Factory {
-            return Err(ApiError::conflict("the device is in factory state: only commissioning is available"));
+            return Err(ApiError::conflict(
+                "the device is in factory state: only commissioning is available",
+            ));
         }
         Ok(())
     }
@@ -260,7 +287,10 @@ pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 /// The API router.
 pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
     Router::new()
-        .route("/api/v1/openapi.json", get(|| async { ([("content-type", "application/json")], OPENAPI) }))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
         .route("/api/v1/info", get(ops::info))
         .route("/api/v1/commission/begin", post(commission::begin))
         .route("/api/v1/commission/complete", post(commission::complete))
@@ -268,20 +298,35 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
         .route("/api/v1/logout", post(accounts::logout))
         .route("/api/v1/me", get(accounts::me))
         .route("/api/v1/me/password", post(accounts::change_own_password))
-        .route("/api/v1/users", get(accounts::list_users).post(accounts::add_user))
+        .route(
+            "/api/v1/users",
+            get(accounts::list_users).post(accounts::add_user),
+        )
         .route("/api/v1/users/{name}", delete(accounts::remove_user))
         .route("/api/v1/users/{name}/role", put(accounts::set_role))
         .route("/api/v1/users/{name}/unlock", post(accounts::unlock))
-        .route("/api/v1/users/{name}/password", post(accounts::reset_password))
-        .route("/api/v1/roles", get(accounts::list_roles).post(accounts::add_role))
+        .route(
+            "/api/v1/users/{name}/password",
+            post(accounts::reset_password),
+        )
+        .route(
+            "/api/v1/roles",
+            get(accounts::list_roles).post(accounts::add_role),
+        )
         .route("/api/v1/roles/{name}", delete(accounts::remove_role))
         .route("/api/v1/sessions", get(accounts::list_sessions))
-        .route("/api/v1/sessions/{handle}", delete(accounts::terminate_session))
+        .route(
+            "/api/v1/sessions/{handle}",
+            delete(accounts::terminate_session),
+        )
         .route("/api/v1/params", get(ops::get_params))
         .route("/api/v1/params/{name}", put(ops::set_param))
         .route("/api/v1/audit", get(ops::read_audit))
         .route("/api/v1/audit/export", get(ops::export_audit))
-        .route("/api/v1/audit/forwarding", get(ops::get_forwarding).put(ops::set_forwarding))
+        .route(
+            "/api/v1/audit/forwarding",
+            get(ops::get_forwarding).put(ops::set_forwarding),
+        )
         .route("/api/v1/posture", get(ops::posture))
         .route("/api/v1/security/crl", put(ops::install_crl))
         .route("/api/v1/factory-reset", post(ops::factory_reset))

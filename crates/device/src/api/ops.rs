@@ -19,8 +19,17 @@ use super::{ApiError, Body, ConnInfo, Device, ok};
 use crate::state::files;
 
 pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, ApiError> {
-    let st = dev.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
-    let banner = dev.config.read().map_err(|_| ApiError::internal("config lock poisoned"))?.access.banner.clone();
+    let st = dev
+        .state
+        .read()
+        .map_err(|_| ApiError::internal("state lock poisoned"))?;
+    let banner = dev
+        .config
+        .read()
+        .map_err(|_| ApiError::internal("config lock poisoned"))?
+        .access
+        .banner
+        .clone();
     Ok(ok(json!({
         "serial_number": st.file.serial_number, "model": st.file.model, "manufacturer": st.file.manufacturer,
         "state": st.file.state, "device_name": st.file.device_name, "banner": banner,
@@ -35,7 +44,11 @@ pub(crate) async fn get_params(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadParams, "param.read")?;
-    let p = dev.params.lock().map_err(|_| ApiError::internal("params lock poisoned"))?.clone();
+    let p = dev
+        .params
+        .lock()
+        .map_err(|_| ApiError::internal("params lock poisoned"))?
+        .clone();
     Ok(ok(json!({"values": p.values(), "definitions": PARAMS})))
 }
 
@@ -53,22 +66,32 @@ pub(crate) async fn set_param(
     Body(req): Body<ParamWrite>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
-    let def = drivesec_drive::def(&name).ok_or_else(|| ApiError::not_found(format!("unknown parameter '{name}'")))?;
+    let def = drivesec_drive::def(&name)
+        .ok_or_else(|| ApiError::not_found(format!("unknown parameter '{name}'")))?;
     let perm = match def.group {
         Group::Operation => Permission::WriteParamsOperation,
         Group::Limits => Permission::WriteParamsLimits,
         Group::Motor => Permission::WriteParamsMotor,
     };
     dev.require(&c, perm, "param.write")?;
-    let path = dev.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?.path(files::PARAMS);
-    let mut params = dev.params.lock().map_err(|_| ApiError::internal("params lock poisoned"))?;
+    let path = dev
+        .state
+        .read()
+        .map_err(|_| ApiError::internal("state lock poisoned"))?
+        .path(files::PARAMS);
+    let mut params = dev
+        .params
+        .lock()
+        .map_err(|_| ApiError::internal("params lock poisoned"))?;
     let mut next = params.clone();
     let result = next.set(&name, req.value);
     let old = params.get(&name);
     match result {
         Ok(_) => {
-            let json = serde_json::to_vec_pretty(&next).map_err(|e| ApiError::internal(e.to_string()))?;
-            fsu::write_atomic(&path, &json, Mode::Public).map_err(|e| ApiError::internal(e.to_string()))?;
+            let json =
+                serde_json::to_vec_pretty(&next).map_err(|e| ApiError::internal(e.to_string()))?;
+            fsu::write_atomic(&path, &json, Mode::Public)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             *params = next;
             drop(params);
             dev.audit(
@@ -85,7 +108,11 @@ pub(crate) async fn set_param(
                     .target(name.clone())
                     .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "rejected": req.value, "reason": e.to_string()})),
             )?;
-            Err(ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "out-of-range", e.to_string()))
+            Err(ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "out-of-range",
+                e.to_string(),
+            ))
         }
     }
 }
@@ -109,7 +136,11 @@ fn audit_query(p: &AuditParams) -> Result<AuditQuery, ApiError> {
         Some("success") => Some(Outcome::Success),
         Some("failure") => Some(Outcome::Failure),
         Some("denied") => Some(Outcome::Denied),
-        Some(o) => return Err(ApiError::bad_request(format!("outcome '{o}' is not success, failure or denied"))),
+        Some(o) => {
+            return Err(ApiError::bad_request(format!(
+                "outcome '{o}' is not success, failure or denied"
+            )));
+        }
     };
     for t in [&p.since, &p.until].into_iter().flatten() {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
@@ -136,12 +167,20 @@ pub(crate) async fn read_audit(
     dev.require(&c, Permission::ReadAudit, "audit.read")?;
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let query = audit_query(&p)?;
-    let dir = dev.audit.read().map_err(|_| ApiError::internal("audit lock poisoned"))?.dir().to_path_buf();
+    let dir = dev
+        .audit
+        .read()
+        .map_err(|_| ApiError::internal("audit lock poisoned"))?
+        .dir()
+        .to_path_buf();
     let limit = p.limit.unwrap_or(100).min(10_000);
     let records = tokio::task::spawn_blocking(move || reader::read(&dir, &query, limit))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
-    dev.audit(Device::event(&c, "audit.read", Outcome::Success).details(json!({"certificate": c.conn.fingerprint, "records": records.len()})))?;
+    dev.audit(
+        Device::event(&c, "audit.read", Outcome::Success)
+            .details(json!({"certificate": c.conn.fingerprint, "records": records.len()})),
+    )?;
     Ok(ok(json!({"records": records})))
 }
 
@@ -155,7 +194,11 @@ pub(crate) async fn export_audit(
     dev.require(&c, Permission::ReadAudit, "audit.export")?;
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let query = audit_query(&p)?;
-    let log = dev.audit.read().map_err(|_| ApiError::internal("audit lock poisoned"))?.clone();
+    let log = dev
+        .audit
+        .read()
+        .map_err(|_| ApiError::internal("audit lock poisoned"))?
+        .clone();
     let dir = log.dir().to_path_buf();
     let (body, n, last) = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -163,7 +206,10 @@ pub(crate) async fn export_audit(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    dev.audit(Device::event(&c, "audit.export", Outcome::Success).details(json!({"certificate": c.conn.fingerprint, "records": n, "last_seq": last})))?;
+    dev.audit(
+        Device::event(&c, "audit.export", Outcome::Success)
+            .details(json!({"certificate": c.conn.fingerprint, "records": n, "last_seq": last})),
+    )?;
     Ok(([("content-type", "application/jsonl")], body).into_response())
 }
 
@@ -185,9 +231,18 @@ pub(crate) async fn get_forwarding(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
-    dev.require(&c, Permission::ReadSecuritySettings, "audit.forwarding.read")?;
+    dev.require(
+        &c,
+        Permission::ReadSecuritySettings,
+        "audit.forwarding.read",
+    )?;
     let settings = dev.forwarding_settings()?;
-    let status = dev.forwarder.lock().map_err(|_| ApiError::internal("lock poisoned"))?.as_ref().map(|f| f.status());
+    let status = dev
+        .forwarder
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .as_ref()
+        .map(|f| f.status());
     Ok(ok(json!({"settings": settings, "status": status})))
 }
 
@@ -198,10 +253,18 @@ pub(crate) async fn set_forwarding(
     Body(req): Body<ForwardingSettings>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
-    dev.require(&c, Permission::ConfigureAuditForwarding, "audit.forwarding.set")?;
+    dev.require(
+        &c,
+        Permission::ConfigureAuditForwarding,
+        "audit.forwarding.set",
+    )?;
     let r = dev.start_forwarding(&req, true);
     let r = r.map_err(ApiError::from);
-    let outcome = if r.is_ok() { Outcome::Success } else { Outcome::Failure };
+    let outcome = if r.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
     dev.audit(Device::event(&c, "audit.forwarding.set", outcome).target(req.collector.clone()))?;
     r?;
     Ok(ok(json!({"collector": req.collector})))
@@ -215,7 +278,9 @@ pub(crate) async fn posture(
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadSecuritySettings, "posture.read")?;
     let p = dev.posture()?;
-    Ok(ok(serde_json::to_value(p).map_err(|e| ApiError::internal(e.to_string()))?))
+    Ok(ok(
+        serde_json::to_value(p).map_err(|e| ApiError::internal(e.to_string()))?
+    ))
 }
 
 #[derive(Deserialize)]
@@ -234,13 +299,20 @@ pub(crate) async fn install_crl(
     dev.require(&c, Permission::ManageTrust, "trust.crl.install")?;
     let r = (|| -> Result<(), ApiError> {
         let dir = {
-            let st = dev.state.read().map_err(|_| ApiError::internal("state lock poisoned"))?;
+            let st = dev
+                .state
+                .read()
+                .map_err(|_| ApiError::internal("state lock poisoned"))?;
             st.install_crl(&req.crl_pem)?;
             st.dir.clone()
         };
         dev.adopt_state(crate::state::StateDir::load(&dir)?)
     })();
-    let outcome = if r.is_ok() { Outcome::Success } else { Outcome::Failure };
+    let outcome = if r.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
     dev.audit(Device::event(&c, "trust.crl.install", outcome).essential())?;
     r?;
     Ok(ok(json!({"installed": true})))
@@ -256,5 +328,7 @@ pub(crate) async fn factory_reset(
     // Recorded before the wipe, and forwarded if a collector is configured.
     dev.audit(Device::event(&c, "device.factory-reset", Outcome::Success).essential())?;
     let credential = dev.factory_reset_now()?;
-    Ok(ok(json!({"state": "factory", "factory_credential": credential.as_str()})))
+    Ok(ok(
+        json!({"state": "factory", "factory_credential": credential.as_str()}),
+    ))
 }

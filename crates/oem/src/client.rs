@@ -1,0 +1,329 @@
+//! A client for the device API over mutual TLS: the tool's own certificate
+//! and key (PEM files, as an engineer's tool holds them), and one of two ways
+//! to trust the device: its IDevID chain to the manufacturer root (factory
+//! state: the name is not checked, the serial number may be), or its LDevID
+//! to the owner's root under the device's DNS name.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::Value;
+
+use crate::{OemError, Result};
+
+/// How the client decides that the peer is the right device.
+#[derive(Debug, Clone)]
+pub enum DeviceTrust {
+    /// Factory state: the IDevID must chain to one of these manufacturer roots;
+    /// when `serial` is set, the certificate's subject must carry it.
+    Idevid {
+        /// Manufacturer roots.
+        roots: Vec<CertificateDer<'static>>,
+        /// Expected serial number.
+        serial: Option<String>,
+    },
+    /// Commissioned: the LDevID must chain to the owner roots and name `device_name`.
+    Ldevid {
+        /// Owner roots.
+        roots: Vec<CertificateDer<'static>>,
+        /// The device's DNS name.
+        device_name: String,
+    },
+}
+
+#[derive(Debug)]
+struct IdevidVerifier {
+    roots: Vec<CertificateDer<'static>>,
+    serial: Option<String>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for IdevidVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let opts = drivesec_pki::verify::VerifyOptions {
+            roots: &self.roots,
+            intermediates,
+            crls: &[],
+            usage: drivesec_pki::verify::Usage::Server,
+            time: Some(now),
+        };
+        drivesec_pki::verify::verify_chain(end_entity, &opts)
+            .map_err(|e| rustls::Error::General(format!("IDevID: {e}")))?;
+        if let Some(serial) = &self.serial {
+            let s = drivesec_pki::inspect::summarize(end_entity)
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            if !s.subject.contains(&format!("serialNumber={serial}")) {
+                return Err(rustls::Error::General(format!(
+                    "IDevID is for '{}', not serial {serial}",
+                    s.subject
+                )));
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The tool's TLS identity: a certificate chain and its private key.
+pub struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientIdentity(<key redacted>)")
+    }
+}
+
+impl ClientIdentity {
+    /// Reads a PEM chain and a PEM (PKCS#8) key.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<Self> {
+        let chain = drivesec_pki::read_cert_chain(cert)?;
+        let text = zeroize::Zeroizing::new(drivesec_fsutil::read(key)?);
+        let block = pem::parse(&*text).map_err(|e| OemError::BadFile {
+            path: key.to_path_buf(),
+            reason: format!("not a PEM private key: {e}"),
+        })?;
+        let key_der = match block.tag() {
+            "PRIVATE KEY" => PrivateKeyDer::Pkcs8(block.into_contents().into()),
+            "EC PRIVATE KEY" => PrivateKeyDer::Sec1(block.into_contents().into()),
+            other => {
+                return Err(OemError::BadFile {
+                    path: key.to_path_buf(),
+                    reason: format!("unsupported key block '{other}'"),
+                });
+            }
+        };
+        Ok(ClientIdentity {
+            chain,
+            key: key_der,
+        })
+    }
+}
+
+/// A response: status code and JSON body (or `{"text": ...}` for non-JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Body.
+    pub body: Value,
+}
+
+/// A client bound to one device.
+pub struct DeviceClient {
+    rt: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    /// The session identifier, once logged in.
+    pub session: Option<String>,
+}
+
+impl std::fmt::Debug for DeviceClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceClient")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS protocol versions a client offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// TLS 1.3 and 1.2.
+    Default,
+    /// TLS 1.2 only (for tests of the device's refusal).
+    Tls12Only,
+}
+
+impl DeviceClient {
+    /// A client for the device at `addr`; `identity` None sends no client certificate.
+    pub fn new(
+        addr: SocketAddr,
+        identity: Option<&ClientIdentity>,
+        trust: &DeviceTrust,
+        versions: Versions,
+    ) -> Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let algs = provider.signature_verification_algorithms;
+        let vers: &[&rustls::SupportedProtocolVersion] = match versions {
+            Versions::Default => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            Versions::Tls12Only => &[&rustls::version::TLS12],
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(vers)
+            .map_err(|e| OemError::Invalid(e.to_string()))?;
+        let (builder, server_name) = match trust {
+            DeviceTrust::Idevid { roots, serial } => (
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(IdevidVerifier {
+                        roots: roots.clone(),
+                        serial: serial.clone(),
+                        algs,
+                    })),
+                ServerName::IpAddress(addr.ip().into()),
+            ),
+            DeviceTrust::Ldevid { roots, device_name } => {
+                let mut store = rustls::RootCertStore::empty();
+                for r in roots {
+                    store
+                        .add(r.clone())
+                        .map_err(|e| OemError::Invalid(format!("owner root: {e}")))?;
+                }
+                (
+                    builder.with_root_certificates(store),
+                    ServerName::try_from(device_name.clone()).map_err(|_| {
+                        OemError::Invalid(format!("'{device_name}' is not a DNS name"))
+                    })?,
+                )
+            }
+        };
+        let mut cfg = match identity {
+            Some(id) => builder
+                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+                .map_err(|e| OemError::Invalid(format!("client certificate: {e}")))?,
+            None => builder.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| OemError::Invalid(format!("runtime: {e}")))?;
+        Ok(DeviceClient {
+            rt,
+            addr,
+            tls: Arc::new(cfg),
+            server_name,
+            session: None,
+        })
+    }
+
+    /// One request on a fresh connection. Transport and TLS failures are errors;
+    /// any HTTP status is a [`Reply`].
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Reply> {
+        self.call_raw(
+            method,
+            path,
+            body.map(|b| b.to_string().into_bytes()),
+            "application/json",
+        )
+    }
+
+    /// Like [`DeviceClient::call`] with a raw body.
+    pub fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+    ) -> Result<Reply> {
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let fut = async {
+            let tcp = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| OemError::Invalid(format!("connect {}: {e}", self.addr)))?;
+            let tls = connector
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|e| OemError::Invalid(format!("TLS with {}: {e}", self.addr)))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| OemError::Invalid(format!("HTTP with {}: {e}", self.addr)))?;
+            tokio::spawn(conn);
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", self.addr.to_string());
+            if let Some(s) = &self.session {
+                req = req.header("authorization", format!("Bearer {s}"));
+            }
+            if body.is_some() {
+                req = req.header("content-type", content_type);
+            }
+            let req = req
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| OemError::Invalid(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| OemError::Invalid(format!("request to {}: {e}", self.addr)))?;
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| OemError::Invalid(format!("reading the reply: {e}")))?
+                .to_bytes();
+            let body = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| serde_json::json!({"text": String::from_utf8_lossy(&bytes)}));
+            Ok::<Reply, OemError>(Reply { status, body })
+        };
+        self.rt.block_on(fut)
+    }
+
+    /// A call that must succeed with 2xx.
+    pub fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let r = self.call(method, path, body)?;
+        if !(200..300).contains(&r.status) {
+            return Err(OemError::Invalid(format!(
+                "{method} {path}: {} {}",
+                r.status,
+                r.body
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&r.body.to_string())
+            )));
+        }
+        Ok(r.body)
+    }
+
+    /// Logs in and keeps the session.
+    pub fn login(&mut self, username: &str, password: &str) -> Result<Value> {
+        let v = self.ok(
+            "POST",
+            "/api/v1/login",
+            Some(&serde_json::json!({"username": username, "password": password})),
+        )?;
+        self.session = v.get("session").and_then(Value::as_str).map(str::to_string);
+        Ok(v)
+    }
+}

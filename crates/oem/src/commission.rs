@@ -1,0 +1,142 @@
+//! Taking ownership of a device (`drivesec device commission`).
+//!
+//! 1. Connect trusting only the manufacturer root: the device must present an
+//!    IDevID for the expected serial number.
+//! 2. Prove the factory credential; the device generates its LDevID key in
+//!    its keystore and returns a CSR.
+//! 3. The OEM CA certifies the CSR's key under the device's DNS name.
+//! 4. Install the LDevID, the OEM trust anchors, the OEM CRL and the first
+//!    security administrator; the factory credential dies.
+//! 5. Reconnect trusting only the OEM root under the device name and log in
+//!    as that administrator, proving the new identity and account work.
+
+use std::net::SocketAddr;
+
+use drivesec_pki::{Ca, IssueRequest, Profile, SubjectKey};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use crate::{OemError, Result};
+
+/// What to commission.
+#[derive(Debug)]
+pub struct CommissionRequest<'a> {
+    /// The device API address.
+    pub addr: SocketAddr,
+    /// The tool's certificate and key (issued by the OEM CA).
+    pub identity: &'a ClientIdentity,
+    /// The manufacturer CA's root, to check the IDevID.
+    pub manufacturer_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Expected serial number (optional).
+    pub serial: Option<String>,
+    /// The one-time factory credential.
+    pub factory_credential: &'a str,
+    /// DNS name to give the device.
+    pub device_name: &'a str,
+    /// IP addresses for the LDevID.
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    /// LDevID validity.
+    pub days: i64,
+    /// The first security administrator.
+    pub admin_username: &'a str,
+    /// Their password.
+    pub admin_password: &'a str,
+}
+
+/// What commissioning did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Commissioned {
+    /// The device's serial number.
+    pub serial_number: String,
+    /// Its DNS name.
+    pub device_name: String,
+    /// LDevID serial (hex).
+    pub ldevid_serial: String,
+    /// The API address.
+    pub api: String,
+}
+
+/// Commissions one device with the OEM CA.
+pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissioned> {
+    let factory = DeviceClient::new(
+        req.addr,
+        Some(req.identity),
+        &DeviceTrust::Idevid {
+            roots: req.manufacturer_roots.clone(),
+            serial: req.serial.clone(),
+        },
+        Versions::Default,
+    )?;
+    let info = factory.ok("GET", "/api/v1/info", None)?;
+    if info["state"] != "factory" {
+        return Err(OemError::Invalid(format!(
+            "the device at {} is not in factory state ({})",
+            req.addr, info["state"]
+        )));
+    }
+    let serial = info["serial_number"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let begin = factory.ok(
+        "POST",
+        "/api/v1/commission/begin",
+        Some(
+            &json!({"factory_credential": req.factory_credential, "device_name": req.device_name}),
+        ),
+    )?;
+    let csr = begin["csr_pem"]
+        .as_str()
+        .ok_or_else(|| OemError::Invalid("the device returned no CSR".into()))?
+        .to_string();
+    let issued = oem.issue(&IssueRequest {
+        profile: Profile::LdevId {
+            serial_number: serial.clone(),
+            device_name: req.device_name.to_string(),
+            ip_addresses: req.ip_addresses.clone(),
+            days: req.days,
+        },
+        key: SubjectKey::CsrPem {
+            source: format!("CSR from {}", req.addr),
+            pem: csr,
+        },
+    })?;
+    let root_pem = String::from_utf8_lossy(&drivesec_fsutil::read(&oem.root_path())?).into_owned();
+    let crl_pem = String::from_utf8_lossy(&drivesec_fsutil::read(&oem.crl_path())?).into_owned();
+    factory.ok(
+        "POST",
+        "/api/v1/commission/complete",
+        Some(&json!({
+            "factory_credential": req.factory_credential,
+            "ldevid_chain_pem": issued.chain_pem,
+            "trust_anchors_pem": root_pem,
+            "crl_pem": crl_pem,
+            "admin_username": req.admin_username,
+            "admin_password": req.admin_password,
+        })),
+    )?;
+    let mut owned = DeviceClient::new(
+        req.addr,
+        Some(req.identity),
+        &DeviceTrust::Ldevid {
+            roots: drivesec_pki::read_cert_chain(&oem.root_path())?,
+            device_name: req.device_name.to_string(),
+        },
+        Versions::Default,
+    )?;
+    let info = owned.ok("GET", "/api/v1/info", None)?;
+    if info["state"] != "commissioned" {
+        return Err(OemError::Check(format!(
+            "the device did not switch to commissioned state: {info}"
+        )));
+    }
+    owned.login(req.admin_username, req.admin_password)?;
+    owned.ok("POST", "/api/v1/logout", None)?;
+    Ok(Commissioned {
+        serial_number: serial,
+        device_name: req.device_name.to_string(),
+        ldevid_serial: issued.serial,
+        api: format!("https://{}", req.addr),
+    })
+}

@@ -1,0 +1,152 @@
+//! Starting and stopping `drivesecd` processes for a lab, on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drivesec_device::config::DeviceConfig;
+use drivesec_fsutil::{self as fsu, Mode};
+
+use crate::{OemError, Result};
+
+/// A started daemon.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Process id.
+    pub pid: u32,
+    /// The API address it bound.
+    pub addr: std::net::SocketAddr,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// `drivesecd` next to the running executable (where cargo builds both).
+pub fn default_daemon() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("DRIVESECD") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| OemError::Invalid(format!("cannot find my executable: {e}")))?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for cand in [dir.join("drivesecd"), dir.join("../drivesecd")] {
+        if cand.exists() {
+            return Ok(cand);
+        }
+    }
+    Err(OemError::Invalid(format!(
+        "drivesecd not found beside {} (build it: cargo build --release, or set DRIVESECD)",
+        exe.display()
+    )))
+}
+
+/// Writes the device's configuration and starts `drivesecd` on an ephemeral loopback port.
+pub fn start(daemon: &Path, device_dir: &Path, config: &DeviceConfig) -> Result<Started> {
+    let conf_path = device_dir.join("drivesecd.toml");
+    fsu::write_atomic(&conf_path, config.to_toml().as_bytes(), Mode::Public)?;
+    let addr_file = device_dir.join("api.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let log = device_dir.join("drivesecd.log");
+    let out = std::fs::File::create(&log).map_err(|e| fsu::FsError::io("create", &log, e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| fsu::FsError::io("dup", &log, e))?;
+    let mut child = Command::new(daemon)
+        .arg("--state")
+        .arg(device_dir)
+        .arg("--config")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| OemError::Invalid(format!("cannot start {}: {e}", daemon.display())))?;
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&addr_file)
+            && let Ok(addr) = text.trim().parse()
+        {
+            return Ok(Started {
+                pid: child.id(),
+                addr,
+                log,
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(OemError::Invalid(format!(
+                "drivesecd for {} exited ({status}): {}",
+                device_dir.display(),
+                tail.lines().last().unwrap_or("")
+            )));
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            return Err(OemError::Invalid(format!(
+                "drivesecd for {} did not start within 30 s",
+                device_dir.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by its parent) counts as stopped.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Stops a daemon: SIGTERM, up to 10 s for a clean shutdown, then SIGKILL.
+/// Returns whether it was running.
+pub fn stop(pid: u32) -> bool {
+    if !alive(pid) {
+        return false;
+    }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let start = Instant::now();
+    while alive(pid) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if alive(pid) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+    }
+    true
+}
+
+/// A random password that meets the default policy (20 characters, four classes).
+pub fn random_password() -> String {
+    use rand_core::RngCore;
+    const SETS: [&[u8]; 4] = [
+        b"ABCDEFGHJKLMNPQRSTUVWXYZ",
+        b"abcdefghijkmnopqrstuvwxyz",
+        b"23456789",
+        b"-_.:+!",
+    ];
+    let mut out = String::new();
+    let mut b = [0u8; 1];
+    for i in 0..20 {
+        let set = SETS[i % 4];
+        loop {
+            rand_core::OsRng.fill_bytes(&mut b);
+            let n = usize::from(b[0]);
+            if n < 256 - 256 % set.len() {
+                out.push(char::from(set[n % set.len()]));
+                break;
+            }
+        }
+    }
+    out
+}
