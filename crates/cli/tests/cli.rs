@@ -52,6 +52,18 @@ fn fails(args: &[&str]) -> String {
     o.stderr
 }
 
+/// Stops a lab's daemons when the test ends, pass or fail.
+struct LabGuard(PathBuf);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_drivesec"))
+            .args(["lab", "down", "--dir"])
+            .arg(&self.0)
+            .output();
+    }
+}
+
 fn openssl(args: &[&str]) -> (bool, String) {
     let o = Command::new("openssl")
         .args(args)
@@ -122,13 +134,22 @@ fn check_lab_tokens(lab: &Value, conf: &str) {
             std::fs::read_to_string(Path::new(dev["dir"].as_str().unwrap()).join("pin")).unwrap();
         let objects = pkcs11_tool_objects(conf, token, pin.trim());
         let private: Vec<&str> = objects.split("Private Key Object").skip(1).collect();
-        assert_eq!(private.len(), 1, "{objects}");
-        assert!(private[0].contains("label:      idevid"), "{objects}");
+        // The factory's IDevID key and the LDevID key made at commissioning, both on the token.
+        assert_eq!(private.len(), 2, "{objects}");
         assert!(
-            private[0]
-                .contains("Access:     sensitive, always sensitive, never extractable, local"),
+            private.iter().any(|p| p.contains("label:      idevid")),
             "{objects}"
         );
+        assert!(
+            private.iter().any(|p| p.contains("label:      ldevid")),
+            "{objects}"
+        );
+        for p in &private {
+            assert!(
+                p.contains("Access:     sensitive, always sensitive, never extractable, local"),
+                "{objects}"
+            );
+        }
     }
 }
 
@@ -136,6 +157,7 @@ fn check_lab_tokens(lab: &Value, conf: &str) {
 fn lab_up_soft_identities_pass_openssl_and_carry_roles() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("lab");
+    let _guard = LabGuard(dir.clone());
     let out = ok(&["--json", "lab", "up", "--dir", s(&dir), "--devices", "2"]);
     let printed: Value = serde_json::from_str(&out).unwrap();
     let lab: Value = serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap();
@@ -149,7 +171,14 @@ fn lab_up_soft_identities_pass_openssl_and_carry_roles() {
     let mfg = lab["manufacturer_ca"].as_str().unwrap();
     for dev in devices {
         assert_eq!(dev["keystore"], "soft");
-        assert!(dev["api"].is_null() && dev["modbus"].is_null());
+        assert!(
+            dev["api"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://127.0.0.1:"),
+            "{dev}"
+        );
+        assert!(dev["modbus"].is_null());
         let idevid = dev["idevid"].as_str().unwrap();
         let (good, text) = openssl(&["verify", "-CAfile", mfg, "-untrusted", idevid, idevid]);
         assert!(good, "{text}");
@@ -159,15 +188,17 @@ fn lab_up_soft_identities_pass_openssl_and_carry_roles() {
             "{text}"
         );
         let dir = Path::new(dev["dir"].as_str().unwrap());
-        let hash = std::fs::read_to_string(dir.join("factory-credential.hash")).unwrap();
         let cred = std::fs::read_to_string(dev["factory_credential"].as_str().unwrap()).unwrap();
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(!hash.contains(cred.trim()), "credential stored in clear");
-        let mode = std::fs::metadata(dir.join("factory-credential.hash"))
+        // Commissioned by lab up: the factory credential is dead, its hash gone.
+        assert!(
+            !dir.join("factory-credential.hash").exists(),
+            "factory credential hash still present"
+        );
+        let cred_mode = std::fs::metadata(dev["factory_credential"].as_str().unwrap())
             .unwrap()
             .permissions()
             .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(cred_mode & 0o777, 0o600);
         // The credential appears nowhere in the device directory.
         for (p, bytes) in tree(dir) {
             assert!(
@@ -228,7 +259,21 @@ fn lab_up_soft_identities_pass_openssl_and_carry_roles() {
         let (good, text) = openssl(&["pkey", "-in", key, "-noout"]);
         assert!(good, "{text}");
     }
-    // `lab down` stops nothing yet and says so.
+    // Accounts for every built-in role were created on the devices.
+    let users = lab["users"].as_object().unwrap();
+    assert_eq!(
+        users.keys().collect::<Vec<_>>(),
+        [
+            "auditor",
+            "engineer",
+            "operator",
+            "security-admin",
+            "viewer"
+        ]
+    );
+    // `lab down` stops both daemons, and a second time nothing.
+    let v: Value = serde_json::from_str(&ok(&["--json", "lab", "down", "--dir", s(&dir)])).unwrap();
+    assert_eq!(v["stopped"], 2);
     let v: Value = serde_json::from_str(&ok(&["--json", "lab", "down", "--dir", s(&dir)])).unwrap();
     assert_eq!(v["stopped"], 0);
 }
@@ -238,6 +283,7 @@ fn lab_up_pkcs11_keys_are_sensitive_and_never_extractable() {
     let conf = std::env::var("SOFTHSM2_CONF").expect("run through scripts/test (SOFTHSM2_CONF)");
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("lab");
+    let _guard = LabGuard(dir.clone());
     let lab: Value = serde_json::from_str(&ok(&[
         "--json",
         "lab",
@@ -257,6 +303,7 @@ fn lab_up_pkcs11_keys_are_sensitive_and_never_extractable() {
 fn lab_up_pkcs11_without_softhsm_conf_makes_its_own_token_dir() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("lab");
+    let _guard = LabGuard(dir.clone());
     let o = drivesec_env(
         &[
             "--json",
@@ -803,6 +850,7 @@ fn audit_verify_show_export_on_a_device_trail() {
         s(&lab_dir),
         "--devices",
         "1",
+        "--no-daemons",
     ]))
     .unwrap();
     let dev = &lab["devices"][0];
