@@ -114,6 +114,7 @@ fn lab_options(
         pkcs11_module: module(pkcs11_module),
         create_softhsm_conf,
         daemon,
+        device_config: None,
     })
 }
 

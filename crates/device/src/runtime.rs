@@ -53,8 +53,12 @@ fn load_params(st: &StateDir) -> Result<ParamSet> {
 }
 
 /// Loads the state directory (refusing a corrupt one) and builds the device and its router.
-pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Router)> {
+pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>, Router)> {
     let st = StateDir::load(state_dir)?;
+    // A policy set through the API overrides the configuration file's.
+    if st.path(files::ACCESS_POLICY).exists() {
+        config.access = drivesec_access::AccessPolicy::load(&st.path(files::ACCESS_POLICY))?;
+    }
     let audit = open_audit(&st, &config)?;
     let accounts = match st.file.state {
         LifeCycle::Commissioned => Some(Accounts::open(
@@ -234,6 +238,30 @@ impl Device {
         if let Some(o) = old {
             o.stop();
         }
+        Ok(())
+    }
+
+    /// Validates, stores and applies a new access policy.
+    pub(crate) fn set_access_policy(
+        &self,
+        policy: drivesec_access::AccessPolicy,
+    ) -> std::result::Result<(), ApiError> {
+        policy.validate()?;
+        let path = self
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?
+            .path(files::ACCESS_POLICY);
+        self.with_accounts(|a| a.set_policy(policy.clone()))?;
+        policy.save(&path)?;
+        self.sessions
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?
+            .set_policy(policy.session.clone());
+        self.config
+            .write()
+            .map_err(|_| ApiError::internal("config lock poisoned"))?
+            .access = policy;
         Ok(())
     }
 

@@ -111,6 +111,8 @@ pub mod files {
     pub const PARAMS: &str = "params.json";
     /// Audit forwarding settings.
     pub const FORWARDING: &str = "forwarding.json";
+    /// Access policy set through the API.
+    pub const ACCESS_POLICY: &str = "access-policy.json";
 }
 
 /// A loaded, checked state directory.
@@ -372,6 +374,7 @@ impl StateDir {
             files::CRL,
             files::ACCOUNTS,
             files::FORWARDING,
+            files::ACCESS_POLICY,
         ] {
             let p = self.path(f);
             if p.exists() {

@@ -62,6 +62,9 @@ pub struct LabOptions {
     /// Start, commission and populate one `drivesecd` per device with this
     /// binary; `None` builds the PKI and state directories only.
     pub daemon: Option<PathBuf>,
+    /// Configuration for every daemon (its `listen` is replaced by an
+    /// ephemeral loopback port); `None` uses the defaults.
+    pub device_config: Option<drivesec_device::config::DeviceConfig>,
 }
 
 /// A login.
@@ -342,7 +345,13 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
         admin: None,
     };
     if let Some(daemon) = &opts.daemon {
-        let result = start_devices(daemon, &mut manifest, &mut oem, progress);
+        let result = start_devices(
+            daemon,
+            opts.device_config.as_ref(),
+            &mut manifest,
+            &mut oem,
+            progress,
+        );
         if let Err(e) = result {
             for d in &manifest.devices {
                 if let Some(pid) = d.pid {
@@ -361,6 +370,7 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
 /// Starts, commissions and populates one drivesecd per device.
 fn start_devices(
     daemon: &Path,
+    template: Option<&drivesec_device::config::DeviceConfig>,
     m: &mut LabManifest,
     oem: &mut Ca,
     progress: &mut dyn FnMut(LabStep),
@@ -391,12 +401,20 @@ fn start_devices(
     let mfg_roots = drivesec_pki::read_cert_chain(&m.manufacturer_ca)?;
     let oem_roots = drivesec_pki::read_cert_chain(&m.oem_ca)?;
     for d in &mut m.devices {
-        let mut cfg = drivesec_device::config::DeviceConfig::new(
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| OemError::Invalid("address".into()))?,
-        );
-        cfg.audit.time_quality = drivesec_audit::TimeQuality::Unsynchronized;
+        let listen = "127.0.0.1:0"
+            .parse()
+            .map_err(|_| OemError::Invalid("address".into()))?;
+        let cfg = match template {
+            Some(t) => drivesec_device::config::DeviceConfig {
+                listen,
+                ..t.clone()
+            },
+            None => {
+                let mut c = drivesec_device::config::DeviceConfig::new(listen);
+                c.audit.time_quality = drivesec_audit::TimeQuality::Unsynchronized;
+                c
+            }
+        };
         let started = crate::daemons::start(daemon, &d.dir, &cfg)?;
         d.pid = Some(started.pid);
         d.api = Some(format!("https://{}", started.addr));

@@ -733,7 +733,19 @@ impl Ca {
 
     /// Issues a certificate and files it under `issued/`.
     pub fn issue(&mut self, req: &IssueRequest) -> Result<Issued> {
+        self.issue_inner(req, None)
+    }
+
+    fn issue_inner(
+        &mut self,
+        req: &IssueRequest,
+        validity: Option<(OffsetDateTime, OffsetDateTime)>,
+    ) -> Result<Issued> {
         let mut params = self.leaf_params(&req.profile)?;
+        if let Some((nb, na)) = validity {
+            params.not_before = nb;
+            params.not_after = na;
+        }
         let public = Self::subject_public_key(&req.key)?;
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
@@ -758,6 +770,19 @@ impl Ca {
             chain_pem,
             path,
         })
+    }
+
+    /// Issues a certificate with a validity window chosen by the caller,
+    /// including one entirely in the past. Dangerous: for testing that
+    /// verifiers refuse expired or not-yet-valid certificates, never for
+    /// production issuance.
+    pub fn dangerous_issue_with_validity(
+        &mut self,
+        req: &IssueRequest,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued> {
+        self.issue_inner(req, Some((not_before, not_after)))
     }
 
     /// Revokes an issued certificate and publishes a fresh CRL.

@@ -329,6 +329,10 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
         )
         .route("/api/v1/posture", get(ops::posture))
         .route("/api/v1/security/crl", put(ops::install_crl))
+        .route(
+            "/api/v1/security/access",
+            get(ops::get_access_policy).put(ops::set_access_policy),
+        )
         .route("/api/v1/factory-reset", post(ops::factory_reset))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))

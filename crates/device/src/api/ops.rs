@@ -283,6 +283,45 @@ pub(crate) async fn posture(
     ))
 }
 
+pub(crate) async fn get_access_policy(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ReadSecuritySettings, "security.access.read")?;
+    let p = dev
+        .config
+        .read()
+        .map_err(|_| ApiError::internal("config lock poisoned"))?
+        .access
+        .clone();
+    Ok(ok(
+        serde_json::to_value(p).map_err(|e| ApiError::internal(e.to_string()))?
+    ))
+}
+
+/// Replaces the password, lockout and session policies and the banner
+/// (stored in the state directory; it overrides the configuration file).
+pub(crate) async fn set_access_policy(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Body(policy): Body<drivesec_access::AccessPolicy>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::WriteSecuritySettings, "security.access.set")?;
+    let r = dev.set_access_policy(policy);
+    let outcome = if r.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
+    dev.audit(Device::event(&c, "security.access.set", outcome).essential())?;
+    r?;
+    Ok(ok(json!({"applied": true})))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CrlReq {

@@ -1,0 +1,1087 @@
+//! End-to-end tests against real drivesecd processes on loopback, started,
+//! commissioned and populated by the lab: the role x operation matrix,
+//! lockout, sessions, commissioning, TLS refusals, bad input, audit, factory
+//! reset and posture.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use drivesec_device::config::DeviceConfig;
+use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Reply, Versions};
+use drivesec_oem::lab::{self, Backend, LabManifest, LabOptions};
+use serde_json::{Value, json};
+
+struct TestLab {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    m: LabManifest,
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = lab::down(&self.dir);
+    }
+}
+
+fn test_lab(config: Option<DeviceConfig>) -> TestLab {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let m = lab::up(
+        &LabOptions {
+            dir: dir.clone(),
+            devices: 1,
+            keystore: Backend::Soft,
+            pkcs11_module: drivesec_keystore::pkcs11::default_module(),
+            create_softhsm_conf: None,
+            daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
+            device_config: config,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    TestLab { _tmp: tmp, dir, m }
+}
+
+fn config() -> DeviceConfig {
+    DeviceConfig::new("127.0.0.1:0".parse().unwrap())
+}
+
+impl TestLab {
+    fn addr(&self) -> SocketAddr {
+        self.m.devices[0]
+            .api
+            .as_ref()
+            .unwrap()
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap()
+    }
+
+    fn trust(&self) -> DeviceTrust {
+        DeviceTrust::Ldevid {
+            roots: drivesec_pki::read_cert_chain(&self.m.oem_ca).unwrap(),
+            device_name: self.m.devices[0].device_name.clone().unwrap(),
+        }
+    }
+
+    fn identity(&self, role: &str) -> ClientIdentity {
+        let f = &self.m.clients[role];
+        ClientIdentity::from_files(&f.cert, &f.key).unwrap()
+    }
+
+    /// A client with `role`'s certificate, not logged in.
+    fn client(&self, role: &str) -> DeviceClient {
+        DeviceClient::new(
+            self.addr(),
+            Some(&self.identity(role)),
+            &self.trust(),
+            Versions::Default,
+        )
+        .unwrap()
+    }
+
+    /// Logged in as the role's account over the role's certificate.
+    fn session(&self, role: &str) -> DeviceClient {
+        let mut c = self.client(role);
+        let u = &self.m.users[role];
+        c.login(&u.username, &u.password).unwrap();
+        c
+    }
+
+    fn admin(&self) -> DeviceClient {
+        let mut c = self.client("security-admin");
+        let a = self.m.admin.as_ref().unwrap();
+        c.login(&a.username, &a.password).unwrap();
+        c
+    }
+
+    fn device_dir(&self) -> PathBuf {
+        self.m.devices[0].dir.clone()
+    }
+}
+
+fn status(r: &Reply) -> u16 {
+    r.status
+}
+
+/// One API operation with a request that passes validation, or that fails
+/// only after authorisation (so 401/403 can only come from access control).
+struct Op {
+    method: &'static str,
+    path: &'static str,
+    body: Option<Value>,
+    permission: &'static str,
+}
+
+fn operations() -> Vec<Op> {
+    let strong = "Matrix-Passw0rd-2026";
+    vec![
+        Op {
+            method: "GET",
+            path: "/api/v1/params",
+            body: None,
+            permission: "read-params",
+        },
+        Op {
+            method: "PUT",
+            path: "/api/v1/params/speed-reference",
+            body: Some(json!({"value": 10})),
+            permission: "write-params-operation",
+        },
+        Op {
+            method: "PUT",
+            path: "/api/v1/params/accel-time",
+            body: Some(json!({"value": 5})),
+            permission: "write-params-limits",
+        },
+        Op {
+            method: "PUT",
+            path: "/api/v1/params/motor-rated-power",
+            body: Some(json!({"value": 7.5})),
+            permission: "write-params-motor",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/users",
+            body: None,
+            permission: "read-users",
+        },
+        Op {
+            method: "POST",
+            path: "/api/v1/users",
+            body: Some(json!({"username": "matrix-user", "role": "viewer", "password": strong})),
+            permission: "manage-users",
+        },
+        Op {
+            method: "DELETE",
+            path: "/api/v1/users/nobody",
+            body: None,
+            permission: "manage-users",
+        },
+        Op {
+            method: "PUT",
+            path: "/api/v1/users/nobody/role",
+            body: Some(json!({"role": "viewer"})),
+            permission: "manage-users",
+        },
+        Op {
+            method: "POST",
+            path: "/api/v1/users/nobody/unlock",
+            body: None,
+            permission: "manage-users",
+        },
+        Op {
+            method: "POST",
+            path: "/api/v1/users/nobody/password",
+            body: Some(json!({"password": strong})),
+            permission: "manage-users",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/roles",
+            body: None,
+            permission: "read-users",
+        },
+        Op {
+            method: "POST",
+            path: "/api/v1/roles",
+            body: Some(json!({"name": "matrix-role", "permissions": ["read-info"]})),
+            permission: "manage-roles",
+        },
+        Op {
+            method: "DELETE",
+            path: "/api/v1/roles/no-such-role",
+            body: None,
+            permission: "manage-roles",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/sessions",
+            body: None,
+            permission: "read-sessions",
+        },
+        Op {
+            method: "DELETE",
+            path: "/api/v1/sessions/0000000000000000",
+            body: None,
+            permission: "terminate-sessions",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/audit?limit=1",
+            body: None,
+            permission: "read-audit",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/audit/export?from=1&to=2",
+            body: None,
+            permission: "read-audit",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/audit/forwarding",
+            body: None,
+            permission: "read-security-settings",
+        },
+        Op {
+            method: "PUT",
+            path: "/api/v1/audit/forwarding",
+            body: Some(json!({"collector": "not-an-address", "server_name": "x", "ca_pem": "x"})),
+            permission: "configure-audit-forwarding",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/posture",
+            body: None,
+            permission: "read-security-settings",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/security/access",
+            body: None,
+            permission: "read-security-settings",
+        },
+        Op {
+            method: "PUT",
+            path: "/api/v1/security/access",
+            body: Some(serde_json::to_value(drivesec_access::AccessPolicy::default()).unwrap()),
+            permission: "write-security-settings",
+        },
+        Op {
+            method: "PUT",
+            path: "/api/v1/security/crl",
+            body: Some(json!({"crl_pem": "not a CRL"})),
+            permission: "manage-trust",
+        },
+        // Executed only where it is denied; the allowed case is its own test.
+        Op {
+            method: "POST",
+            path: "/api/v1/factory-reset",
+            body: None,
+            permission: "factory-reset",
+        },
+    ]
+}
+
+#[test]
+fn every_role_against_every_operation() {
+    let lab = test_lab(None);
+    let mut denied_expected = 0;
+    let mut seen_permissions = std::collections::BTreeSet::new();
+    for role in drivesec_access::BUILTIN_ROLE_NAMES {
+        let perms: Vec<String> = drivesec_access::permissions::builtin_permissions(role)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.as_str().to_string())
+            .collect();
+        let c = lab.session(role);
+        for op in operations() {
+            seen_permissions.insert(op.permission);
+            let allowed = perms.iter().any(|p| p == op.permission);
+            if allowed && op.permission == "factory-reset" {
+                continue;
+            }
+            let r = c.call(op.method, op.path, op.body.as_ref()).unwrap();
+            if allowed {
+                assert!(
+                    ![401, 403].contains(&status(&r)),
+                    "{role} should be allowed {} {}: {} {}",
+                    op.method,
+                    op.path,
+                    r.status,
+                    r.body
+                );
+            } else {
+                denied_expected += 1;
+                assert_eq!(
+                    status(&r),
+                    403,
+                    "{role} must be denied {} {}: {}",
+                    op.method,
+                    op.path,
+                    r.body
+                );
+                assert_eq!(r.body["error"], "forbidden");
+                assert!(
+                    r.body["message"].as_str().unwrap().contains(op.permission),
+                    "{}",
+                    r.body
+                );
+            }
+        }
+    }
+    // The table covers every permission an API operation can need.
+    for p in drivesec_access::Permission::ALL {
+        let s = p.as_str();
+        if !["read-info", "drive-control"].contains(&s) {
+            assert!(
+                seen_permissions.contains(s),
+                "no operation in the matrix exercises {s}"
+            );
+        }
+    }
+    // Least privilege, spelled out: the security admin cannot run the drive,
+    // the operator cannot change security settings, the auditor only reads.
+    let admin = lab.session("security-admin");
+    assert_eq!(
+        admin
+            .call(
+                "PUT",
+                "/api/v1/params/speed-reference",
+                Some(&json!({"value": 1}))
+            )
+            .unwrap()
+            .status,
+        403
+    );
+    let op = lab.session("operator");
+    assert_eq!(
+        op.call(
+            "PUT",
+            "/api/v1/security/crl",
+            Some(&json!({"crl_pem": "x"}))
+        )
+        .unwrap()
+        .status,
+        403
+    );
+    // Every denial is in the trail, attributed to the account and certificate.
+    let auditor = lab.session("auditor");
+    let rec = auditor
+        .ok("GET", "/api/v1/audit?outcome=denied&limit=10000", None)
+        .unwrap();
+    let denied = rec["records"].as_array().unwrap();
+    assert!(
+        denied.len() >= denied_expected + 2,
+        "{} denials recorded, {} expected",
+        denied.len(),
+        denied_expected + 2
+    );
+    assert!(denied.iter().all(|r| {
+        r["details"]["certificate"]
+            .as_str()
+            .is_some_and(|c| c.len() == 64)
+    }));
+    assert!(denied.iter().all(|r| {
+        r["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("127.0.0.1:"))
+    }));
+}
+
+#[test]
+fn lockout_after_repeated_failures_and_admin_unlock() {
+    let lab = test_lab(None);
+    let mut c = lab.client("viewer");
+    let user = lab.m.users["viewer"].clone();
+    // Unknown user and wrong password look the same.
+    let a = c
+        .call(
+            "POST",
+            "/api/v1/login",
+            Some(&json!({"username": "ghost", "password": "Wrong-passw0rd-1"})),
+        )
+        .unwrap();
+    let b = c
+        .call(
+            "POST",
+            "/api/v1/login",
+            Some(&json!({"username": user.username, "password": "Wrong-passw0rd-1"})),
+        )
+        .unwrap();
+    assert_eq!((a.status, &a.body), (b.status, &b.body));
+    assert_eq!(a.status, 401);
+    let mut last = b;
+    for _ in 0..4 {
+        last = c
+            .call(
+                "POST",
+                "/api/v1/login",
+                Some(&json!({"username": user.username, "password": "Wrong-passw0rd-1"})),
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        (last.status, last.body["error"].as_str()),
+        (403, Some("locked")),
+        "{}",
+        last.body
+    );
+    // Locked: even the right password is refused.
+    assert!(c.login(&user.username, &user.password).is_err());
+    let admin = lab.admin();
+    let users = admin.ok("GET", "/api/v1/users", None).unwrap();
+    let v = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "viewer")
+        .unwrap()
+        .clone();
+    assert!(v["locked_until"].as_str().is_some(), "{v}");
+    admin
+        .ok("POST", "/api/v1/users/viewer/unlock", None)
+        .unwrap();
+    c.login(&user.username, &user.password).unwrap();
+    // The trail holds the failures, the lockout and the unlock.
+    let t = lab
+        .session("auditor")
+        .ok("GET", "/api/v1/audit?limit=10000", None)
+        .unwrap();
+    let recs = t["records"].as_array().unwrap();
+    let count = |action: &str, outcome: &str| {
+        recs.iter()
+            .filter(|r| r["action"] == action && r["outcome"] == outcome)
+            .count()
+    };
+    assert!(count("auth.login", "failure") >= 5);
+    assert!(count("auth.lockout", "denied") >= 1);
+    assert_eq!(count("user.unlock", "success"), 1);
+}
+
+#[test]
+fn sessions_expire_end_at_logout_and_can_be_terminated() {
+    let mut cfg = config();
+    cfg.access.session.idle_secs = 1;
+    cfg.access.session.absolute_secs = 4;
+    cfg.access.session.max_per_user = 2;
+    let lab = test_lab(Some(cfg));
+    // Idle timeout.
+    let c = lab.session("viewer");
+    assert_eq!(c.call("GET", "/api/v1/me", None).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = c.call("GET", "/api/v1/me", None).unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (401, Some("session-invalid"))
+    );
+    // Absolute timeout, even when kept busy.
+    let c = lab.session("viewer");
+    let mut expired = false;
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(500));
+        if c.call("GET", "/api/v1/me", None).unwrap().status == 401 {
+            expired = true;
+            break;
+        }
+    }
+    assert!(expired, "session outlived its absolute timeout");
+    // Logout invalidates.
+    let c = lab.session("operator");
+    c.ok("POST", "/api/v1/logout", None).unwrap();
+    assert_eq!(c.call("GET", "/api/v1/me", None).unwrap().status, 401);
+    // Per-user limit.
+    let _a = lab.session("engineer");
+    let _b = lab.session("engineer");
+    let mut third = lab.client("engineer");
+    let u = &lab.m.users["engineer"];
+    let r = third
+        .call(
+            "POST",
+            "/api/v1/login",
+            Some(&json!({"username": u.username, "password": u.password})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(third.login(&u.username, &u.password).is_err());
+    // A session is bound to its client certificate.
+    let v = lab.session("viewer");
+    let mut stolen = lab.client("operator");
+    stolen.session = v.session.clone();
+    assert_eq!(stolen.call("GET", "/api/v1/me", None).unwrap().status, 401);
+    // Remote termination by the security admin.
+    let admin = lab.admin();
+    let list = admin.ok("GET", "/api/v1/sessions", None).unwrap();
+    let handle = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["username"] == "viewer")
+        .unwrap()["handle"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        !list.to_string().contains(v.session.as_deref().unwrap()),
+        "session ids must never be listed"
+    );
+    admin
+        .ok("DELETE", &format!("/api/v1/sessions/{handle}"), None)
+        .unwrap();
+    assert_eq!(v.call("GET", "/api/v1/me", None).unwrap().status, 401);
+}
+
+/// Connects with openssl, sends one request, and says whether it got a 200.
+fn openssl_connect(addr: SocketAddr, extra: &[&str]) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-brief",
+            "-ign_eof",
+        ])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(b"GET /api/v1/info HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n");
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (text.contains("HTTP/1.1 200"), text)
+}
+
+#[test]
+fn tls_layer_refusals() {
+    let lab = test_lab(None);
+    let addr = lab.addr();
+    let trust = lab.trust();
+    let info = |c: &DeviceClient| c.call("GET", "/api/v1/info", None);
+    // Positive control.
+    assert_eq!(info(&lab.client("viewer")).unwrap().status, 200);
+    // No client certificate.
+    let anon = DeviceClient::new(addr, None, &trust, Versions::Default).unwrap();
+    assert!(
+        info(&anon).is_err(),
+        "a client without a certificate got through"
+    );
+    // A certificate from another CA.
+    let d = tempfile::tempdir().unwrap();
+    let mut other = drivesec_pki::Ca::init(
+        &d.path().join("other"),
+        &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Oem, "Intruder"),
+    )
+    .unwrap();
+    let key_path = d.path().join("k.pem");
+    let cert_path = d.path().join("c.pem");
+    let issue = |ca: &mut drivesec_pki::Ca,
+                 dangerous: Option<(time::OffsetDateTime, time::OffsetDateTime)>| {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let req = drivesec_pki::IssueRequest {
+            profile: drivesec_pki::Profile::Client {
+                name: "x".into(),
+                role: Some(drivesec_pki::Role::new("viewer").unwrap()),
+                days: 30,
+            },
+            key: drivesec_pki::SubjectKey::CsrPem {
+                source: "test".into(),
+                pem: csr,
+            },
+        };
+        let issued = match dangerous {
+            Some((nb, na)) => ca.dangerous_issue_with_validity(&req, nb, na).unwrap(),
+            None => ca.issue(&req).unwrap(),
+        };
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&cert_path, &issued.chain_pem).unwrap();
+        (
+            ClientIdentity::from_files(&cert_path, &key_path).unwrap(),
+            issued.serial,
+        )
+    };
+    let (foreign, _) = issue(&mut other, None);
+    let c = DeviceClient::new(addr, Some(&foreign), &trust, Versions::Default).unwrap();
+    assert!(
+        info(&c).is_err(),
+        "a certificate from another CA got through"
+    );
+    // An expired certificate from the right CA.
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let (expired, _) = issue(
+        &mut oem,
+        Some((
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+        )),
+    );
+    let c = DeviceClient::new(addr, Some(&expired), &trust, Versions::Default).unwrap();
+    assert!(info(&c).is_err(), "an expired certificate got through");
+    // A revoked one: valid until the owner publishes the CRL to the device.
+    let (victim, serial) = issue(&mut oem, None);
+    let c = DeviceClient::new(addr, Some(&victim), &trust, Versions::Default).unwrap();
+    assert_eq!(info(&c).unwrap().status, 200);
+    let crl = oem.revoke(&serial, "key-compromise").unwrap();
+    lab.admin()
+        .ok(
+            "PUT",
+            "/api/v1/security/crl",
+            Some(&json!({"crl_pem": std::fs::read_to_string(crl).unwrap()})),
+        )
+        .unwrap();
+    let c = DeviceClient::new(addr, Some(&victim), &trust, Versions::Default).unwrap();
+    assert!(info(&c).is_err(), "a revoked certificate got through");
+    assert_eq!(
+        info(&lab.client("viewer")).unwrap().status,
+        200,
+        "others still get in"
+    );
+    // TLS 1.2 is refused when the configuration forbids it (the default).
+    let t12 = DeviceClient::new(
+        addr,
+        Some(&lab.identity("viewer")),
+        &trust,
+        Versions::Tls12Only,
+    )
+    .unwrap();
+    assert!(info(&t12).is_err(), "TLS 1.2 accepted although not allowed");
+    // TLS 1.1, offered by openssl (rustls cannot speak it): refused.
+    let f = &lab.m.clients["viewer"];
+    let cert = f.cert.to_str().unwrap();
+    let key = f.key.to_str().unwrap();
+    let (ok13, text) = openssl_connect(
+        addr,
+        &["-tls1_3", "-cert", cert, "-cert_chain", cert, "-key", key],
+    );
+    assert!(ok13, "positive control with openssl failed: {text}");
+    let (ok11, text) = openssl_connect(
+        addr,
+        &[
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+            "-cert",
+            cert,
+            "-cert_chain",
+            cert,
+            "-key",
+            key,
+        ],
+    );
+    assert!(!ok11, "TLS 1.1 accepted: {text}");
+    // The device answers a TLS 1.1 ClientHello with a fatal alert (handshake_failure).
+    assert!(
+        text.contains("alert handshake failure") || text.contains("protocol version"),
+        "{text}"
+    );
+    assert!(!text.contains("no protocols available"), "openssl did not offer TLS 1.1: {text}");
+}
+
+#[test]
+fn tls12_only_when_allowed_and_then_posture_says_so() {
+    let mut cfg = config();
+    cfg.tls.allow_tls12 = true;
+    let lab = test_lab(Some(cfg));
+    let t12 = DeviceClient::new(
+        lab.addr(),
+        Some(&lab.identity("viewer")),
+        &lab.trust(),
+        Versions::Tls12Only,
+    )
+    .unwrap();
+    assert_eq!(t12.call("GET", "/api/v1/info", None).unwrap().status, 200);
+    let p = lab
+        .session("auditor")
+        .ok("GET", "/api/v1/posture", None)
+        .unwrap();
+    let fr4 = &p["foundational_requirements"][3];
+    assert!(fr4["level"].as_u64().unwrap() <= 3);
+    assert!(
+        fr4["reasons"].to_string().contains("TLS 1.2 allowed"),
+        "{fr4}"
+    );
+    assert_eq!(
+        p["settings"]["tls"]["versions"],
+        json!(["TLSv1.3", "TLSv1.2"])
+    );
+    let suites = p["settings"]["tls"]["cipher_suites"].to_string();
+    for s in p["settings"]["tls"]["cipher_suites"].as_array().unwrap() {
+        let s = s.as_str().unwrap();
+        assert!(
+            s.starts_with("TLS13_") || s.starts_with("TLS_ECDHE_"),
+            "{s}: not ECDHE"
+        );
+        assert!(
+            s.contains("GCM") || s.contains("CHACHA20_POLY1305"),
+            "{s}: not AEAD"
+        );
+    }
+    assert!(!suites.contains("CBC"), "{suites}");
+}
+
+#[test]
+fn posture_reflects_the_configuration() {
+    let lab = test_lab(None);
+    let p = lab
+        .session("security-admin")
+        .ok("GET", "/api/v1/posture", None)
+        .unwrap();
+    let v: Vec<u64> = p["sl_a"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(v.len(), 7);
+    let text = p.to_string();
+    assert!(
+        text.contains("soft keystore"),
+        "the soft keystore must cost points"
+    );
+    assert!(text.contains("audit forwarding not configured"));
+    assert!(text.contains("unsynchronized") || text.contains("not known to be synchronized"));
+    assert!(
+        p["notation"]
+            .as_str()
+            .unwrap()
+            .starts_with("SL-A(device) = {")
+    );
+    // The settings report is machine-readable and complete enough to audit.
+    let s = &p["settings"];
+    assert_eq!(s["keystore"]["backend"], "soft");
+    assert_eq!(s["tls"]["client_certificate"], "required");
+    assert_eq!(s["accounts_per_role"]["viewer"], 1);
+    assert!(s["trust_anchors"].as_array().unwrap().len() == 1);
+    // A viewer may not read it.
+    assert_eq!(
+        lab.session("viewer")
+            .call("GET", "/api/v1/posture", None)
+            .unwrap()
+            .status,
+        403
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_4xx_and_changes_nothing() {
+    let lab = test_lab(None);
+    let c = lab.session("engineer");
+    let before = c.ok("GET", "/api/v1/params", None).unwrap()["values"].clone();
+    let raw = |body: &[u8], ct: &str| {
+        c.call_raw("PUT", "/api/v1/params/accel-time", Some(body.to_vec()), ct)
+            .unwrap()
+    };
+    let r = raw(b"{\"value\": ", "application/json");
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (400, Some("bad-json")),
+        "{}",
+        r.body
+    );
+    let r = raw(b"{\"value\": 3, \"extra\": true}", "application/json");
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field"),
+        "{}",
+        r.body
+    );
+    let r = raw(b"{\"value\": \"fast\"}", "application/json");
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = raw(b"value=3", "application/x-www-form-urlencoded");
+    assert_eq!(r.status, 415, "{}", r.body);
+    // Just over the 64 KiB limit (small enough to be written before the answer).
+    let big = format!("{{\"value\": 3, \"pad\": \"{}\"}}", "a".repeat(70_000));
+    let r = raw(big.as_bytes(), "application/json");
+    assert_eq!(r.status, 413, "{}", r.body);
+    for (name, value) in [
+        ("accel-time", 0.0),
+        ("max-speed", 99_999.0),
+        ("motor-poles", 5.0),
+        ("motor-rated-speed", 1460.5),
+    ] {
+        let r = c
+            .call(
+                "PUT",
+                &format!("/api/v1/params/{name}"),
+                Some(&json!({"value": value})),
+            )
+            .unwrap();
+        assert_eq!(r.status, 422, "{name}={value}: {}", r.body);
+        assert!(
+            r.body["message"].as_str().unwrap().contains(name),
+            "{}",
+            r.body
+        );
+    }
+    let r = c
+        .call(
+            "PUT",
+            "/api/v1/params/no-such-param",
+            Some(&json!({"value": 1})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let r = c.call("GET", "/api/v1/no/such/endpoint", None).unwrap();
+    assert_eq!(r.status, 404);
+    let after = c.ok("GET", "/api/v1/params", None).unwrap()["values"].clone();
+    assert_eq!(before, after, "a refused write changed something");
+    // The daemon is alive and well.
+    assert_eq!(c.call("GET", "/api/v1/info", None).unwrap().status, 200);
+}
+
+#[test]
+fn audit_trail_holds_every_action_and_verifies() {
+    let lab = test_lab(None);
+    let before = lab
+        .session("auditor")
+        .ok("GET", "/api/v1/audit?limit=10000", None)
+        .unwrap()["records"]
+        .as_array()
+        .unwrap()
+        .len();
+    let op = lab.session("operator");
+    op.ok(
+        "PUT",
+        "/api/v1/params/speed-reference",
+        Some(&json!({"value": 700})),
+    )
+    .unwrap();
+    assert_eq!(
+        op.call(
+            "PUT",
+            "/api/v1/params/max-speed",
+            Some(&json!({"value": 1000}))
+        )
+        .unwrap()
+        .status,
+        403
+    );
+    op.ok("POST", "/api/v1/logout", None).unwrap();
+    let admin = lab.admin();
+    admin.ok("POST", "/api/v1/users", Some(&json!({"username": "alice", "role": "operator", "password": "Strong-Passw0rd-2026"}))).unwrap();
+    admin
+        .ok(
+            "PUT",
+            "/api/v1/users/alice/role",
+            Some(&json!({"role": "viewer"})),
+        )
+        .unwrap();
+    admin.ok("DELETE", "/api/v1/users/alice", None).unwrap();
+    let auditor = lab.session("auditor");
+    let recs = auditor
+        .ok(
+            "GET",
+            &format!("/api/v1/audit?from={}&limit=10000", before + 1),
+            None,
+        )
+        .unwrap();
+    let actions: Vec<(String, String, String)> = recs["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+                r["actor"]["id"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let has =
+        |a: &str, o: &str, who: &str| actions.iter().any(|x| x.0 == a && x.1 == o && x.2 == who);
+    assert!(has("auth.login", "success", "operator"), "{actions:?}");
+    assert!(has("param.write", "success", "operator"));
+    assert!(has("param.write", "denied", "operator"));
+    assert!(has("auth.logout", "success", "operator"));
+    assert!(has("auth.login", "success", "admin"));
+    assert!(has("user.add", "success", "admin"));
+    assert!(has("user.role.change", "success", "admin"));
+    assert!(has("user.remove", "success", "admin"));
+    assert!(has("auth.login", "success", "auditor"));
+    // The export is JSON lines, and the trail on disk verifies against the IDevID.
+    let ex = auditor.call("GET", "/api/v1/audit/export", None).unwrap();
+    assert_eq!(ex.status, 200);
+    let idevid = lab.m.devices[0].idevid.to_str().unwrap().to_string();
+    let trail = lab.device_dir().join("audit");
+    let o = Command::new(env!("CARGO_BIN_EXE_drivesec"))
+        .args([
+            "--json",
+            "audit",
+            "verify",
+            trail.to_str().unwrap(),
+            "--cert",
+            &idevid,
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(o.status.success() && v["ok"] == true, "{v}");
+    // Commissioning itself is in the trail, first thing after start.
+    let first = auditor.ok("GET", "/api/v1/audit?limit=5", None).unwrap();
+    let names: Vec<&str> = first["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"commission.begin") && names.contains(&"device.commissioned"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn factory_credential_dies_and_factory_reset_starts_over() {
+    let lab = test_lab(None);
+    let cred = std::fs::read_to_string(&lab.m.devices[0].factory_credential).unwrap();
+    // Commissioned: the old credential opens nothing.
+    let c = lab.client("security-admin");
+    let r = c
+        .call(
+            "POST",
+            "/api/v1/commission/begin",
+            Some(&json!({"factory_credential": cred.trim(), "device_name": "x.example"})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 409);
+    assert!(!lab.device_dir().join("factory-credential.hash").exists());
+    // Factory reset by the security admin returns a new one-time credential.
+    let admin = lab.admin();
+    let r = admin.ok("POST", "/api/v1/factory-reset", None).unwrap();
+    let new_cred = r["factory_credential"].as_str().unwrap().to_string();
+    assert_ne!(new_cred, cred.trim());
+    // Back in factory state: the device presents its IDevID again, sessions are gone.
+    assert!(
+        admin.call("GET", "/api/v1/me", None).is_err(),
+        "the LDevID no longer serves"
+    );
+    let mfg_roots = drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap();
+    let factory = DeviceClient::new(
+        lab.addr(),
+        Some(&lab.identity("security-admin")),
+        &DeviceTrust::Idevid {
+            roots: mfg_roots.clone(),
+            serial: Some(lab.m.devices[0].serial_number.clone()),
+        },
+        Versions::Default,
+    )
+    .unwrap();
+    let info = factory.ok("GET", "/api/v1/info", None).unwrap();
+    assert_eq!(info["state"], "factory");
+    assert_eq!(
+        factory
+            .call(
+                "POST",
+                "/api/v1/login",
+                Some(&json!({"username": "admin", "password": "x"}))
+            )
+            .unwrap()
+            .status,
+        409
+    );
+    // The old credential is still dead; wrong ones lock commissioning after five tries.
+    for _ in 0..5 {
+        let r = factory
+            .call(
+                "POST",
+                "/api/v1/commission/begin",
+                Some(&json!({"factory_credential": cred.trim(), "device_name": "x.example"})),
+            )
+            .unwrap();
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    let r = factory
+        .call(
+            "POST",
+            "/api/v1/commission/begin",
+            Some(&json!({"factory_credential": new_cred, "device_name": "x.example"})),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("locked")),
+        "{}",
+        r.body
+    );
+    // The state directory is consistent for a restart in factory state.
+    let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+        .arg("--state")
+        .arg(lab.device_dir())
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn drivesecd_refuses_a_corrupt_or_inconsistent_state_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let m = lab::up(
+        &LabOptions {
+            dir: dir.clone(),
+            devices: 1,
+            keystore: Backend::Soft,
+            pkcs11_module: drivesec_keystore::pkcs11::default_module(),
+            create_softhsm_conf: None,
+            daemon: None,
+            device_config: None,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let dev = m.devices[0].dir.clone();
+    let check = |d: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+            .arg("--state")
+            .arg(d)
+            .arg("check")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(check(&dev).0, Some(0));
+    // device.json damaged.
+    let json = std::fs::read(dev.join("device.json")).unwrap();
+    std::fs::write(dev.join("device.json"), &json[..json.len() / 2]).unwrap();
+    let (code, err) = check(&dev);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("device.json"), "{err}");
+    std::fs::write(dev.join("device.json"), &json).unwrap();
+    // An IDevID that is not for the key in the keystore.
+    let other = &m.clients["viewer"].cert;
+    let idevid = std::fs::read(dev.join("idevid.crt")).unwrap();
+    std::fs::copy(other, dev.join("idevid.crt")).unwrap();
+    let (code, err) = check(&dev);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("does not match"), "{err}");
+    std::fs::write(dev.join("idevid.crt"), idevid).unwrap();
+    // Factory state without its credential hash.
+    std::fs::rename(dev.join("factory-credential.hash"), tmp.path().join("h")).unwrap();
+    let (code, err) = check(&dev);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("factory-credential.hash"), "{err}");
+    std::fs::rename(tmp.path().join("h"), dev.join("factory-credential.hash")).unwrap();
+    // A bad configuration file is named.
+    let conf = tmp.path().join("bad.toml");
+    std::fs::write(&conf, "listen = \"127.0.0.1:0\"\nunknown_key = 1\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+        .arg("--state")
+        .arg(&dev)
+        .arg("--config")
+        .arg(&conf)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.toml"));
+    assert_eq!(check(&dev).0, Some(0));
+    let _ = BTreeMap::<u8, u8>::new();
+}
