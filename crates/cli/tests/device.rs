@@ -675,7 +675,10 @@ fn tls_layer_refusals() {
         text.contains("alert handshake failure") || text.contains("protocol version"),
         "{text}"
     );
-    assert!(!text.contains("no protocols available"), "openssl did not offer TLS 1.1: {text}");
+    assert!(
+        !text.contains("no protocols available"),
+        "openssl did not offer TLS 1.1: {text}"
+    );
 }
 
 #[test]
