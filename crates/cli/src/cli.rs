@@ -36,6 +36,209 @@ pub enum Command {
     /// Audit trails: verify, show, export.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Talk to a running device: commission, accounts, sessions, parameters, audit, posture.
+    Device(DeviceArgs),
+}
+
+/// `drivesec device`: how to reach the device, then what to do.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Take the address, names, certificates and account from a lab (with --device and --as).
+    #[arg(long, global = true)]
+    pub lab: Option<PathBuf>,
+    /// Lab device name (default: the first).
+    #[arg(long, global = true)]
+    pub device: Option<String>,
+    /// Lab role whose client certificate and account to use (default: security-admin's first account).
+    #[arg(long = "as", global = true)]
+    pub as_role: Option<String>,
+    /// Device API address, IP:PORT.
+    #[arg(long, global = true)]
+    pub api: Option<String>,
+    /// The device's DNS name (in its LDevID).
+    #[arg(long, global = true)]
+    pub name: Option<String>,
+    /// Owner root certificate the LDevID must chain to.
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+    /// This tool's client certificate chain (PEM).
+    #[arg(long, global = true)]
+    pub cert: Option<PathBuf>,
+    /// This tool's private key (PEM).
+    #[arg(long, global = true)]
+    pub key: Option<PathBuf>,
+    /// Account name.
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    /// File holding the account's password.
+    #[arg(long, global = true)]
+    pub password_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: DeviceCommand,
+}
+
+/// Device operations.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Take ownership of a factory-state device.
+    Commission {
+        /// Manufacturer root certificate (to check the IDevID).
+        #[arg(long)]
+        manufacturer_root: PathBuf,
+        /// The OEM CA directory that signs the LDevID.
+        #[arg(long)]
+        oem_ca: PathBuf,
+        /// File holding the one-time factory credential.
+        #[arg(long)]
+        credential_file: PathBuf,
+        /// Expected serial number.
+        #[arg(long)]
+        serial: Option<String>,
+        /// First security administrator's account name.
+        #[arg(long)]
+        admin: String,
+        /// File holding their password.
+        #[arg(long)]
+        admin_password_file: PathBuf,
+    },
+    /// Identity, state and banner.
+    Info,
+    /// Log in and show the account's role and permissions.
+    Login,
+    /// Accounts.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Roles.
+    #[command(subcommand)]
+    Roles(RolesCommand),
+    /// Sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// Drive parameters.
+    #[command(subcommand)]
+    Params(ParamsCommand),
+    /// The device's audit trail.
+    #[command(subcommand)]
+    Audit(DeviceAuditCommand),
+    /// The security level achieved now (SL-A per FR) and the settings report.
+    Posture,
+    /// Wipe ownership back to factory state (prints the new factory credential).
+    FactoryReset,
+}
+
+/// `device users`.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// List accounts.
+    List,
+    /// Create an account.
+    Add {
+        /// Account name.
+        username: String,
+        /// Role.
+        role: String,
+        /// File holding the new password.
+        #[arg(long)]
+        new_password_file: PathBuf,
+    },
+    /// Remove an account.
+    Remove {
+        /// Account name.
+        username: String,
+    },
+    /// Change an account's role.
+    Role {
+        /// Account name.
+        username: String,
+        /// New role.
+        role: String,
+    },
+    /// Unlock an account.
+    Unlock {
+        /// Account name.
+        username: String,
+    },
+}
+
+/// `device roles`.
+#[derive(Debug, Subcommand)]
+pub enum RolesCommand {
+    /// List roles and permissions.
+    List,
+    /// Create a custom role.
+    Add {
+        /// Role name.
+        role_name: String,
+        /// Permissions (see docs/permissions.md).
+        permissions: Vec<String>,
+    },
+    /// Remove a custom role.
+    Remove {
+        /// Role name.
+        role_name: String,
+    },
+}
+
+/// `device sessions`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List live sessions.
+    List,
+    /// Terminate a session by its handle.
+    Terminate {
+        /// Session handle.
+        handle: String,
+    },
+}
+
+/// `device params`.
+#[derive(Debug, Subcommand)]
+pub enum ParamsCommand {
+    /// Show values.
+    Get,
+    /// Write one value.
+    Set {
+        /// Parameter name.
+        param: String,
+        /// Value.
+        value: f64,
+    },
+}
+
+/// `device audit`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceAuditCommand {
+    /// Show records.
+    Show {
+        /// First sequence number.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Action or prefix ending in '.'.
+        #[arg(long)]
+        action: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Export as JSON lines.
+    Export {
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Configure forwarding to a syslog collector (RFC 5425, mutual TLS).
+    Forward {
+        /// Collector IP:PORT.
+        #[arg(long)]
+        collector: String,
+        /// Name in the collector's certificate.
+        #[arg(long)]
+        server_name: String,
+        /// PEM trust anchors for the collector.
+        #[arg(long)]
+        collector_ca: PathBuf,
+    },
 }
 
 /// `drivesec audit ...`.

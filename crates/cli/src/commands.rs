@@ -304,6 +304,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Audit(c) => crate::audit::run(c, json),
+        Command::Device(d) => crate::device::run(d, json),
         Command::Cert(a) => {
             let chain = read_cert_chain(&a.file)?;
             let s = summarize(&chain[0])?;

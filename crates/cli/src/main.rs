@@ -7,6 +7,7 @@
 mod audit;
 mod cli;
 mod commands;
+mod device;
 
 use std::process::ExitCode;
 

@@ -976,3 +976,184 @@ fn audit_verify_show_export_on_a_device_trail() {
     let err = fails(&["audit", "verify", s(d.path()), "--cert", cert]);
     assert!(err.contains("not an audit trail"), "{err}");
 }
+
+#[test]
+fn device_cli_commissions_and_operates_a_running_drive() {
+    let d = tempfile::tempdir().unwrap();
+    let lab_dir = d.path().join("lab");
+    let lab: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "lab",
+        "up",
+        "--dir",
+        s(&lab_dir),
+        "--devices",
+        "1",
+        "--no-daemons",
+    ]))
+    .unwrap();
+    let dev = &lab["devices"][0];
+    let dev_dir = PathBuf::from(dev["dir"].as_str().unwrap());
+    let conf = d.path().join("drivesecd.toml");
+    std::fs::write(&conf, "listen = \"127.0.0.1:0\"\n").unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+        .arg("--state")
+        .arg(&dev_dir)
+        .arg("--config")
+        .arg(&conf)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut daemon);
+    let addr_file = dev_dir.join("api.addr");
+    for _ in 0..300 {
+        if addr_file.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let api = std::fs::read_to_string(&addr_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let pw = d.path().join("admin.pw");
+    std::fs::write(&pw, "Setup-Passw0rd-Sec-1\n").unwrap();
+    let sa_cert = lab["clients"]["security-admin"]["cert"].as_str().unwrap();
+    let sa_key = lab["clients"]["security-admin"]["key"].as_str().unwrap();
+    let oem_root = lab["oem_ca"].as_str().unwrap();
+    let conn = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "device",
+            "--api",
+            &api,
+            "--name",
+            "press-7.plant.example",
+            "--cert",
+            sa_cert,
+            "--key",
+            sa_key,
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let args = conn(&[
+        "commission",
+        "--manufacturer-root",
+        lab["manufacturer_ca"].as_str().unwrap(),
+        "--oem-ca",
+        lab["oem_ca_dir"].as_str().unwrap(),
+        "--credential-file",
+        dev["factory_credential"].as_str().unwrap(),
+        "--serial",
+        dev["serial_number"].as_str().unwrap(),
+        "--admin",
+        "admin",
+        "--admin-password-file",
+        s(&pw),
+    ]);
+    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        out.contains("commissioned") && out.contains("press-7.plant.example"),
+        "{out}"
+    );
+    // Commissioning twice fails: the credential is dead.
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("not in factory state") || err.contains("IDevID"),
+        "{err}"
+    );
+
+    let as_admin = |extra: &[&str]| {
+        let mut v = conn(&[
+            "--ca",
+            oem_root,
+            "--user",
+            "admin",
+            "--password-file",
+            s(&pw),
+        ]);
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let out = ok(&as_admin(&["posture"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(
+        out.contains("SL-A(device) = {") && out.contains("soft keystore"),
+        "{out}"
+    );
+    let op_pw = d.path().join("op.pw");
+    std::fs::write(&op_pw, "Operator-Passw0rd-22").unwrap();
+    ok(&as_admin(&[
+        "users",
+        "add",
+        "op1",
+        "operator",
+        "--new-password-file",
+        s(&op_pw),
+    ])
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    let users: Value = serde_json::from_str(&ok(&{
+        let mut v = vec!["--json".to_string()];
+        v.extend(as_admin(&["users", "list"]));
+        v
+    }
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>()))
+    .unwrap();
+    assert!(
+        users["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["username"] == "op1" && u["role"] == "operator")
+    );
+    let as_op = |extra: &[&str]| {
+        let mut v = conn(&[
+            "--ca",
+            oem_root,
+            "--user",
+            "op1",
+            "--password-file",
+            s(&op_pw),
+        ]);
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let out = ok(&as_op(&["params", "set", "speed-reference", "250"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(out.contains("speed-reference = 250"), "{out}");
+    let err = fails(
+        &as_op(&["params", "set", "max-speed", "100"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        err.contains("403") && err.contains("write-params-limits"),
+        "{err}"
+    );
+    let err = fails(
+        &as_op(&["posture"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(err.contains("403"), "{err}");
+}

@@ -1,0 +1,379 @@
+//! `drivesec device ...`: the client side of the device API.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use drivesec_oem::lab::LabManifest;
+use serde_json::{Value, json};
+
+use crate::cli::{
+    DeviceArgs, DeviceAuditCommand, DeviceCommand, ParamsCommand, RolesCommand, SessionsCommand,
+    UsersCommand,
+};
+
+/// Where the device is and who we are.
+struct Target {
+    addr: std::net::SocketAddr,
+    name: Option<String>,
+    ca: Option<std::path::PathBuf>,
+    identity: ClientIdentity,
+    user: Option<String>,
+    password: Option<zeroize::Zeroizing<String>>,
+}
+
+fn read_secret(path: &Path) -> Result<zeroize::Zeroizing<String>> {
+    let s = fsu::read_to_string(path)?;
+    Ok(zeroize::Zeroizing::new(
+        s.trim_end_matches(['\n', '\r']).to_string(),
+    ))
+}
+
+fn target(a: &DeviceArgs) -> Result<Target> {
+    if let Some(lab_dir) = &a.lab {
+        let m = LabManifest::load(lab_dir)?;
+        let d = match &a.device {
+            Some(n) => m
+                .devices
+                .iter()
+                .find(|d| &d.name == n)
+                .ok_or_else(|| anyhow!("no device '{n}' in the lab"))?,
+            None => m
+                .devices
+                .first()
+                .ok_or_else(|| anyhow!("the lab has no devices"))?,
+        };
+        let api = d
+            .api
+            .as_ref()
+            .ok_or_else(|| anyhow!("{} is not running (lab up without --no-daemons)", d.name))?;
+        let role = a.as_role.clone().unwrap_or_else(|| "security-admin".into());
+        let files = m
+            .clients
+            .get(&role)
+            .ok_or_else(|| anyhow!("no client certificate for role '{role}'"))?;
+        let creds = if a.as_role.is_none() {
+            m.admin.clone()
+        } else {
+            m.users.get(&role).cloned()
+        };
+        return Ok(Target {
+            addr: api.trim_start_matches("https://").parse()?,
+            name: d.device_name.clone(),
+            ca: Some(m.oem_ca.clone()),
+            identity: ClientIdentity::from_files(&files.cert, &files.key)?,
+            user: a
+                .user
+                .clone()
+                .or(creds.as_ref().map(|c| c.username.clone())),
+            password: match &a.password_file {
+                Some(p) => Some(read_secret(p)?),
+                None => creds.map(|c| zeroize::Zeroizing::new(c.password)),
+            },
+        });
+    }
+    let api = a
+        .api
+        .as_ref()
+        .ok_or_else(|| anyhow!("give --api IP:PORT (or --lab DIR)"))?;
+    let (cert, key) = match (&a.cert, &a.key) {
+        (Some(c), Some(k)) => (c, k),
+        _ => bail!("give --cert and --key: the device requires a client certificate"),
+    };
+    Ok(Target {
+        addr: api
+            .trim_start_matches("https://")
+            .parse()
+            .with_context(|| format!("--api '{api}' is not IP:PORT"))?,
+        name: a.name.clone(),
+        ca: a.ca.clone(),
+        identity: ClientIdentity::from_files(cert, key)?,
+        user: a.user.clone(),
+        password: a.password_file.as_deref().map(read_secret).transpose()?,
+    })
+}
+
+fn owned(t: &Target) -> Result<DeviceClient> {
+    let name = t
+        .name
+        .clone()
+        .ok_or_else(|| anyhow!("give --name (the device's DNS name in its LDevID)"))?;
+    let ca =
+        t.ca.as_ref()
+            .ok_or_else(|| anyhow!("give --ca (the owner root certificate)"))?;
+    Ok(DeviceClient::new(
+        t.addr,
+        Some(&t.identity),
+        &DeviceTrust::Ldevid {
+            roots: drivesec_pki::read_cert_chain(ca)?,
+            device_name: name,
+        },
+        Versions::Default,
+    )?)
+}
+
+fn logged_in(t: &Target) -> Result<DeviceClient> {
+    let mut c = owned(t)?;
+    let user = t
+        .user
+        .as_ref()
+        .ok_or_else(|| anyhow!("give --user and --password-file"))?;
+    let pw = t
+        .password
+        .as_ref()
+        .ok_or_else(|| anyhow!("give --password-file"))?;
+    c.login(user, pw)?;
+    Ok(c)
+}
+
+fn print(json: bool, v: &Value, text: impl FnOnce(&Value)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        text(v);
+    }
+    Ok(())
+}
+
+/// Runs one `drivesec device` command.
+pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
+    let t = target(&a)?;
+    if let DeviceCommand::Commission {
+        manufacturer_root,
+        oem_ca,
+        credential_file,
+        serial,
+        admin,
+        admin_password_file,
+    } = &a.command
+    {
+        let name = t
+            .name
+            .clone()
+            .ok_or_else(|| anyhow!("give --name: the DNS name the device will carry"))?;
+        let mut ca = drivesec_pki::Ca::open(oem_ca)?;
+        let credential = read_secret(credential_file)?;
+        let pw = read_secret(admin_password_file)?;
+        let r = drivesec_oem::commission::commission(
+            &mut ca,
+            &drivesec_oem::commission::CommissionRequest {
+                addr: t.addr,
+                identity: &t.identity,
+                manufacturer_roots: drivesec_pki::read_cert_chain(manufacturer_root)?,
+                serial: serial.clone(),
+                factory_credential: &credential,
+                device_name: &name,
+                ip_addresses: vec![t.addr.ip()],
+                days: 730,
+                admin_username: admin,
+                admin_password: &pw,
+            },
+        )?;
+        let v = serde_json::to_value(&r)?;
+        return print(json, &v, |_| {
+            println!(
+                "commissioned {} as {} (LDevID {}); the factory credential is dead",
+                r.serial_number, r.device_name, r.ldevid_serial
+            )
+        });
+    }
+    let c = match &a.command {
+        DeviceCommand::Info => owned(&t)?,
+        _ => logged_in(&t)?,
+    };
+    let result = dispatch(&c, &a.command, json);
+    let _ = c.call("POST", "/api/v1/logout", None);
+    result
+}
+
+fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
+    let get = |path: &str| c.ok("GET", path, None).map_err(anyhow::Error::from);
+    match cmd {
+        DeviceCommand::Commission { .. } => unreachable!("handled before login"),
+        DeviceCommand::Info => print(json, &get("/api/v1/info")?, |v| {
+            println!(
+                "{} {} serial {} ({})",
+                v["manufacturer"].as_str().unwrap_or(""),
+                v["model"].as_str().unwrap_or(""),
+                v["serial_number"].as_str().unwrap_or(""),
+                v["state"].as_str().unwrap_or("")
+            );
+            println!("{}", v["banner"].as_str().unwrap_or(""));
+        }),
+        DeviceCommand::Login => print(json, &get("/api/v1/me")?, |v| {
+            println!(
+                "logged in as {} ({}): {}",
+                v["username"].as_str().unwrap_or(""),
+                v["role"].as_str().unwrap_or(""),
+                v["permissions"]
+            );
+        }),
+        DeviceCommand::Posture => print(json, &get("/api/v1/posture")?, |v| {
+            println!("{}", v["notation"].as_str().unwrap_or(""));
+            for fr in v["foundational_requirements"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!(
+                    "  {} {:<45} SL {}",
+                    fr["fr"].as_str().unwrap_or(""),
+                    fr["name"].as_str().unwrap_or(""),
+                    fr["level"]
+                );
+                for r in fr["reasons"].as_array().into_iter().flatten() {
+                    println!("      - {}", r.as_str().unwrap_or(""));
+                }
+            }
+        }),
+        DeviceCommand::FactoryReset => {
+            print(json, &c.ok("POST", "/api/v1/factory-reset", None)?, |v| {
+                println!(
+                    "the device is back in factory state; new one-time factory credential: {}",
+                    v["factory_credential"].as_str().unwrap_or("")
+                );
+            })
+        }
+        DeviceCommand::Users(u) => {
+            let v = match u {
+                UsersCommand::List => get("/api/v1/users")?,
+                UsersCommand::Add {
+                    username,
+                    role,
+                    new_password_file,
+                } => {
+                    let pw = read_secret(new_password_file)?;
+                    c.ok(
+                        "POST",
+                        "/api/v1/users",
+                        Some(&json!({"username": username, "role": role, "password": pw.as_str()})),
+                    )?
+                }
+                UsersCommand::Remove { username } => {
+                    c.ok("DELETE", &format!("/api/v1/users/{username}"), None)?
+                }
+                UsersCommand::Role { username, role } => c.ok(
+                    "PUT",
+                    &format!("/api/v1/users/{username}/role"),
+                    Some(&json!({"role": role})),
+                )?,
+                UsersCommand::Unlock { username } => {
+                    c.ok("POST", &format!("/api/v1/users/{username}/unlock"), None)?
+                }
+            };
+            print(json, &v, |v| {
+                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+            })
+        }
+        DeviceCommand::Roles(r) => {
+            let v = match r {
+                RolesCommand::List => get("/api/v1/roles")?,
+                RolesCommand::Add {
+                    role_name: name,
+                    permissions,
+                } => c.ok(
+                    "POST",
+                    "/api/v1/roles",
+                    Some(&json!({"name": name, "permissions": permissions})),
+                )?,
+                RolesCommand::Remove { role_name: name } => {
+                    c.ok("DELETE", &format!("/api/v1/roles/{name}"), None)?
+                }
+            };
+            print(json, &v, |v| {
+                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+            })
+        }
+        DeviceCommand::Sessions(s) => {
+            let v = match s {
+                SessionsCommand::List => get("/api/v1/sessions")?,
+                SessionsCommand::Terminate { handle } => {
+                    c.ok("DELETE", &format!("/api/v1/sessions/{handle}"), None)?
+                }
+            };
+            print(json, &v, |v| {
+                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+            })
+        }
+        DeviceCommand::Params(p) => {
+            let v = match p {
+                ParamsCommand::Get => get("/api/v1/params")?,
+                ParamsCommand::Set { param: name, value } => c.ok(
+                    "PUT",
+                    &format!("/api/v1/params/{name}"),
+                    Some(&json!({"value": value})),
+                )?,
+            };
+            print(json, &v, |v| match v.get("values") {
+                Some(vals) => {
+                    for (k, x) in vals.as_object().into_iter().flatten() {
+                        println!("{k:<22} {x}");
+                    }
+                }
+                None => println!(
+                    "{} = {} (was {})",
+                    v["name"].as_str().unwrap_or(""),
+                    v["value"],
+                    v["old"]
+                ),
+            })
+        }
+        DeviceCommand::Audit(au) => {
+            match au {
+                DeviceAuditCommand::Show {
+                    from,
+                    action,
+                    limit,
+                } => {
+                    let mut q = format!("/api/v1/audit?limit={limit}");
+                    if let Some(f) = from {
+                        q.push_str(&format!("&from={f}"));
+                    }
+                    if let Some(ac) = action {
+                        q.push_str(&format!("&action={ac}"));
+                    }
+                    print(json, &get(&q)?, |v| {
+                        for r in v["records"].as_array().into_iter().flatten() {
+                            println!(
+                                "{:>7} {} {:<28} {:<24} {:<8} {}",
+                                r["seq"],
+                                r["time"].as_str().unwrap_or(""),
+                                r["actor"].to_string(),
+                                r["action"].as_str().unwrap_or(""),
+                                r["outcome"].as_str().unwrap_or(""),
+                                r["target"].as_str().unwrap_or("-")
+                            );
+                        }
+                    })
+                }
+                DeviceAuditCommand::Export { out } => {
+                    let r = c.call("GET", "/api/v1/audit/export", None)?;
+                    if r.status != 200 {
+                        bail!("export refused: {} {}", r.status, r.body);
+                    }
+                    let text = r.body["text"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| r.body.to_string());
+                    match out {
+                        Some(p) => fsu::write_atomic(p, text.as_bytes(), Mode::Private)?,
+                        None => print!("{text}"),
+                    }
+                    Ok(())
+                }
+                DeviceAuditCommand::Forward {
+                    collector,
+                    server_name,
+                    collector_ca,
+                } => {
+                    let ca = fsu::read_to_string(collector_ca)?;
+                    let v = c.ok("PUT", "/api/v1/audit/forwarding", Some(&json!({"collector": collector, "server_name": server_name, "ca_pem": ca})))?;
+                    print(json, &v, |_| {
+                        println!("the device now forwards its audit trail to {collector}")
+                    })
+                }
+            }
+        }
+    }
+}
