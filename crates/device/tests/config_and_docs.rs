@@ -1,0 +1,61 @@
+//! The checked-in sample configuration, OpenAPI document and permission
+//! matrix stay true to the code.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+
+fn repo(p: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(p)
+}
+
+#[test]
+fn sample_config_parses_and_equals_the_defaults() {
+    let cfg = drivesec_device::config::DeviceConfig::load(&repo("deploy/drivesecd.toml")).unwrap();
+    let defaults = drivesec_device::config::DeviceConfig::new("127.0.0.1:8443".parse().unwrap());
+    assert_eq!(
+        cfg, defaults,
+        "deploy/drivesecd.toml must document the defaults"
+    );
+}
+
+#[test]
+fn bad_config_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("x.toml");
+    std::fs::write(&p, "listen = \"127.0.0.1:1\"\n[tls]\nallow_tls11 = true\n").unwrap();
+    let e = drivesec_device::config::DeviceConfig::load(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("x.toml") && e.contains("allow_tls11"), "{e}");
+}
+
+#[test]
+fn openapi_documents_every_route() {
+    let doc: serde_json::Value = serde_json::from_str(drivesec_device::api::OPENAPI).unwrap();
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo("docs/openapi.json")).unwrap()).unwrap();
+    assert_eq!(doc, on_disk);
+    let src = std::fs::read_to_string(repo("crates/device/src/api/mod.rs")).unwrap();
+    let routes: Vec<&str> = src
+        .split(".route(")
+        .skip(1)
+        .map(|rest| rest.split('"').nth(1).unwrap())
+        .collect();
+    assert!(routes.len() > 20);
+    for r in routes {
+        assert!(
+            doc["paths"].get(r).is_some(),
+            "route {r} is not in docs/openapi.json"
+        );
+    }
+}
+
+#[test]
+fn permissions_doc_matches_the_code() {
+    let doc = std::fs::read_to_string(repo("docs/permissions.md")).unwrap();
+    assert!(
+        doc.contains(&drivesec_access::permission_matrix_markdown()),
+        "docs/permissions.md is stale: regenerate it with `cargo run -p drivesec-access --example permission_matrix`"
+    );
+}
