@@ -284,10 +284,11 @@ fn api_request_handling_survives_random_input() {
             let (m, p) = rng.pick(&ops);
             (
                 *m,
-                p.replace(
-                    "{name}",
-                    *rng.pick(&["admin", "viewer", "speed-reference", "x", "%20", "a/b"]),
-                )
+                p.replace("{name}", {
+                    const NAMES: [&str; 6] =
+                        ["admin", "viewer", "speed-reference", "x", "%20", "a/b"];
+                    NAMES[rng.below(NAMES.len())]
+                })
                 .replace("{handle}", "abcd"),
             )
         };
