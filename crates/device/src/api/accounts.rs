@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use drivesec_access::{AccessError, Accounts, Permission};
@@ -13,7 +13,7 @@ use drivesec_audit::Outcome;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, ok};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,7 +266,7 @@ pub(crate) async fn remove_user(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.remove")?;
@@ -287,7 +287,7 @@ pub(crate) async fn set_role(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     Body(req): Body<RoleReq>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
@@ -309,7 +309,7 @@ pub(crate) async fn unlock(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.unlock")?;
@@ -322,7 +322,7 @@ pub(crate) async fn reset_password(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     Body(req): Body<PasswordReq>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
@@ -368,7 +368,7 @@ pub(crate) async fn remove_role(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageRoles, "role.remove")?;
@@ -396,7 +396,7 @@ pub(crate) async fn terminate_session(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Path(handle): Path<String>,
+    PathParam(handle): PathParam,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::TerminateSessions, "session.terminate")?;

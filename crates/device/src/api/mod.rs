@@ -131,8 +131,17 @@ impl From<AccessError> for ApiError {
 
 impl From<DeviceError> for ApiError {
     fn from(e: DeviceError) -> Self {
+        use drivesec_pki::PkiError as P;
         match e {
             DeviceError::Invalid(m) => ApiError::bad_request(m),
+            // What the client sent (PEM, certificates, collector settings) is wrong.
+            DeviceError::Pki(p @ (P::BadInput { .. } | P::Invalid(_) | P::Verify(_))) => {
+                ApiError::bad_request(p.to_string())
+            }
+            DeviceError::Audit(a @ drivesec_audit::AuditError::Forward(_)) => {
+                ApiError::bad_request(a.to_string())
+            }
+            DeviceError::Access(a) => a.into(),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -184,6 +193,23 @@ where
                 other => ApiError::new(other.status(), "bad-json", other.body_text()),
             }),
         }
+    }
+}
+
+/// One path segment (`/users/{name}`), with rejections answered as JSON.
+pub(crate) struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| PathParam(p))
+            .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use drivesec_access::Permission;
@@ -15,7 +15,7 @@ use drivesec_fsutil::{self as fsu, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, Body, ConnInfo, Device, ok};
+use super::{ApiError, Body, ConnInfo, Device, PathParam, ok};
 use crate::state::files;
 
 pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, ApiError> {
@@ -62,7 +62,7 @@ pub(crate) async fn set_param(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     Body(req): Body<ParamWrite>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
