@@ -33,7 +33,30 @@ enum Action {
     Check,
 }
 
+/// Password hashing allocates 19 MiB per login. glibc keeps such blocks in
+/// per-thread arenas after they are freed (its mmap threshold grows with the
+/// first one), so the daemon would keep tens of MiB resident forever. With a
+/// fixed mmap threshold and two arenas the memory goes back to the system
+/// after each hash. The environment must be set before the process starts,
+/// so the daemon re-executes itself once (same PID); an operator's own
+/// settings are respected.
+fn tune_allocator() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("MALLOC_ARENA_MAX", "2")
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
+        .exec();
+    // exec only returns on failure; carry on untuned.
+    eprintln!("drivesecd: could not re-execute with allocator settings: {err}");
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
