@@ -225,7 +225,10 @@ fn main() {
         ours / theirs
     );
     // Graceful stop, so its workers go too.
-    let _ = Command::new("kill").arg("-QUIT").arg(nginx.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-QUIT")
+        .arg(nginx.id().to_string())
+        .status();
     let _ = nginx.wait();
 
     // 3. Login latency at the configured cost, beside the bare hash.

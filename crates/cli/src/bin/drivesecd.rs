@@ -42,10 +42,14 @@ enum Action {
 /// settings are respected.
 fn tune_allocator() {
     use std::os::unix::process::CommandExt;
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+    {
         return;
     }
-    let Ok(exe) = std::env::current_exe() else { return };
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env("MALLOC_ARENA_MAX", "2")
