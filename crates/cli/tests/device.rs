@@ -1088,3 +1088,135 @@ fn drivesecd_refuses_a_corrupt_or_inconsistent_state_directory() {
     assert_eq!(check(&dev).0, Some(0));
     let _ = BTreeMap::<u8, u8>::new();
 }
+
+#[test]
+fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
+    let lab = test_lab(None);
+    let t = tempfile::tempdir().unwrap();
+    // The collector: rsyslog with a server certificate from the OEM CA,
+    // trusting the OEM chain for the device's LDevID.
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let server = oem
+        .issue(&drivesec_pki::IssueRequest {
+            profile: drivesec_pki::Profile::Server {
+                dns_names: vec!["collector.lab".into()],
+                ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                days: 30,
+            },
+            key: drivesec_pki::SubjectKey::CsrPem {
+                source: "collector".into(),
+                pem: csr,
+            },
+        })
+        .unwrap();
+    std::fs::write(t.path().join("c.crt"), &server.chain_pem).unwrap();
+    std::fs::write(t.path().join("c.key"), key.serialize_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rsyslog-receiver");
+    let rx = t.path().join("rx");
+    std::fs::create_dir_all(&rx).unwrap();
+    struct Stop(PathBuf, PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new(&self.0)
+                .arg("stop")
+                .arg("--dir")
+                .arg(&self.1)
+                .output();
+        }
+    }
+    let o = Command::new(&script)
+        .args([
+            "start",
+            "--dir",
+            rx.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--ca", lab.m.oem_ca_dir.join("chain.pem").to_str().unwrap()])
+        .args([
+            "--cert",
+            t.path().join("c.crt").to_str().unwrap(),
+            "--key",
+            t.path().join("c.key").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "rsyslog: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let _stop = Stop(script.clone(), rx.clone());
+    let admin = lab.admin();
+    // A viewer may not configure it; the security admin may.
+    let body = json!({"collector": format!("127.0.0.1:{port}"), "server_name": "127.0.0.1", "ca_pem": std::fs::read_to_string(&lab.m.oem_ca).unwrap()});
+    assert_eq!(
+        lab.session("viewer")
+            .call("PUT", "/api/v1/audit/forwarding", Some(&body))
+            .unwrap()
+            .status,
+        403
+    );
+    admin
+        .ok("PUT", "/api/v1/audit/forwarding", Some(&body))
+        .unwrap();
+    lab.session("operator")
+        .ok(
+            "PUT",
+            "/api/v1/params/speed-reference",
+            Some(&json!({"value": 321})),
+        )
+        .unwrap();
+    let seqs = || -> Vec<u64> {
+        std::fs::read_to_string(rx.join("received.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split("seq=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect()
+    };
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got = seqs();
+        if got.iter().any(|_| true)
+            && std::fs::read_to_string(rx.join("received.log"))
+                .unwrap_or_default()
+                .contains("\"new\":321")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(rx.join("received.log")).unwrap_or_default();
+    assert!(
+        text.contains("\"new\":321"),
+        "the parameter write did not reach the collector:\n{text}"
+    );
+    assert_eq!(
+        got,
+        (1..=got.len() as u64).collect::<Vec<_>>(),
+        "every record from the first, in order, once"
+    );
+    let status = admin.ok("GET", "/api/v1/audit/forwarding", None).unwrap();
+    assert!(
+        status["status"]["forwarded"].as_u64().unwrap() >= got.len() as u64 - 1,
+        "{status}"
+    );
+    // The posture no longer loses points for missing forwarding.
+    let p = admin.ok("GET", "/api/v1/posture", None).unwrap();
+    assert!(
+        !p.to_string().contains("audit forwarding not configured"),
+        "{p}"
+    );
+}
