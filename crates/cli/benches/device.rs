@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
-use drivesec_oem::lab::{self, Backend, LabOptions};
+use drivesec_oem::lab::{self, LabOptions};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 fn client_config(cert: &Path, key: &Path, root: &Path) -> Arc<rustls::ClientConfig> {
@@ -117,13 +117,8 @@ fn main() {
     let dir = tmp.path().join("lab");
     let m = lab::up(
         &LabOptions {
-            dir: dir.clone(),
-            devices: 1,
-            keystore: Backend::Soft,
-            pkcs11_module: drivesec_keystore::pkcs11::default_module(),
-            create_softhsm_conf: None,
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
-            device_config: None,
+            ..LabOptions::new(dir.clone())
         },
         &mut |_| {},
     )

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use drivesec_device::config::DeviceConfig;
 use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Reply, Versions};
-use drivesec_oem::lab::{self, Backend, LabManifest, LabOptions};
+use drivesec_oem::lab::{self, LabManifest, LabOptions};
 use serde_json::{Value, json};
 
 struct TestLab {
@@ -33,13 +33,9 @@ fn test_lab(config: Option<DeviceConfig>) -> TestLab {
     let dir = tmp.path().join("lab");
     let m = lab::up(
         &LabOptions {
-            dir: dir.clone(),
-            devices: 1,
-            keystore: Backend::Soft,
-            pkcs11_module: drivesec_keystore::pkcs11::default_module(),
-            create_softhsm_conf: None,
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
             device_config: config,
+            ..LabOptions::new(dir.clone())
         },
         &mut |_| {},
     )
@@ -1024,19 +1020,7 @@ fn factory_credential_dies_and_factory_reset_starts_over() {
 fn drivesecd_refuses_a_corrupt_or_inconsistent_state_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let m = lab::up(
-        &LabOptions {
-            dir: dir.clone(),
-            devices: 1,
-            keystore: Backend::Soft,
-            pkcs11_module: drivesec_keystore::pkcs11::default_module(),
-            create_softhsm_conf: None,
-            daemon: None,
-            device_config: None,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let m = lab::up(&LabOptions::new(dir.clone()), &mut |_| {}).unwrap();
     let dev = m.devices[0].dir.clone();
     let check = |d: &Path| {
         let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))

@@ -17,7 +17,7 @@ use axum::body::Body;
 use drivesec_device::api::ConnInfo;
 use drivesec_device::config::DeviceConfig;
 use drivesec_device::state::StateDir;
-use drivesec_oem::lab::{self, Backend, LabOptions};
+use drivesec_oem::lab::{self, LabOptions};
 use drivesec_pki::{Ca, IssueRequest, Profile, SubjectKey};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -158,19 +158,7 @@ fn api_request_handling_survives_random_input() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
     let tmp = tempfile::tempdir().unwrap();
-    let m = lab::up(
-        &LabOptions {
-            dir: tmp.path().join("lab"),
-            devices: 1,
-            keystore: Backend::Soft,
-            pkcs11_module: drivesec_keystore::pkcs11::default_module(),
-            create_softhsm_conf: None,
-            daemon: None,
-            device_config: None,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let m = lab::up(&LabOptions::new(tmp.path().join("lab")), &mut |_| {}).unwrap();
     // Commission in process: LDevID from the OEM CA, the owner's trust, an admin.
     let dir: PathBuf = m.devices[0].dir.clone();
     let st = StateDir::load(&dir).unwrap();

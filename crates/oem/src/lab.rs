@@ -67,6 +67,22 @@ pub struct LabOptions {
     pub device_config: Option<drivesec_device::config::DeviceConfig>,
 }
 
+impl LabOptions {
+    /// One soft-keystore device in `dir`, SoftHSM2 as the PKCS#11 module,
+    /// no daemons, default device configuration.
+    pub fn new(dir: PathBuf) -> Self {
+        LabOptions {
+            dir,
+            devices: 1,
+            keystore: Backend::Soft,
+            pkcs11_module: drivesec_keystore::pkcs11::default_module(),
+            create_softhsm_conf: None,
+            daemon: None,
+            device_config: None,
+        }
+    }
+}
+
 /// A login.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Credentials {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use drivesec_access::{AccessError, Accounts, Permission};
 use drivesec_audit::Outcome;
@@ -101,16 +101,7 @@ pub(crate) async fn login(
 ) -> Result<Response, ApiError> {
     dev.commissioned()?;
     // Bounded hashing: a flood waits briefly, then is told to come back.
-    let _permit = tokio::time::timeout(Duration::from_secs(2), dev.login_permits.acquire())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "too many logins in progress; retry",
-            )
-        })?
-        .map_err(|_| ApiError::internal("login semaphore closed"))?;
+    let _permit = dev.hash_permit(Duration::from_secs(2)).await?;
     let d2 = dev.clone();
     let user = req.username.clone();
     let result = tokio::task::spawn_blocking(move || {

@@ -78,16 +78,7 @@ impl Device {
                 *f = (0, None);
             }
         }
-        let _permit = tokio::time::timeout(Duration::from_secs(5), self.login_permits.acquire())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    "too many logins in progress; retry",
-                )
-            })?
-            .map_err(|_| ApiError::internal("login semaphore closed"))?;
+        let _permit = self.hash_permit(Duration::from_secs(5)).await?;
         let dev = self.clone();
         let good = tokio::task::spawn_blocking(move || {
             dev.state

@@ -293,6 +293,24 @@ impl Device {
         ))
     }
 
+    /// A slot for one password or credential hash: a flood waits at most
+    /// `wait`, then is told to come back (503), so it cannot starve the device.
+    pub(crate) async fn hash_permit(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        tokio::time::timeout(wait, self.login_permits.acquire())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many logins in progress; retry",
+                )
+            })?
+            .map_err(|_| ApiError::internal("login semaphore closed"))
+    }
+
     pub(crate) fn commissioned(&self) -> Result<(), ApiError> {
         let st = self
             .state
