@@ -542,81 +542,111 @@ fn openssl_connect(addr: SocketAddr, extra: &[&str]) -> (bool, String) {
     (text.contains("HTTP/1.1 200"), text)
 }
 
+/// A client certificate from `ca` (optionally with a chosen validity), as files and identity.
+fn issue_client(
+    ca: &mut drivesec_pki::Ca,
+    dir: &Path,
+    validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+) -> (ClientIdentity, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let req = drivesec_pki::IssueRequest {
+        profile: drivesec_pki::Profile::Client {
+            name: "x".into(),
+            role: Some(drivesec_pki::Role::new("viewer").unwrap()),
+            days: 30,
+        },
+        key: drivesec_pki::SubjectKey::CsrPem {
+            source: "test".into(),
+            pem: csr,
+        },
+    };
+    let issued = match validity {
+        Some((nb, na)) => ca.dangerous_issue_with_validity(&req, nb, na).unwrap(),
+        None => ca.issue(&req).unwrap(),
+    };
+    let (k, c) = (
+        dir.join(format!("{}.key", issued.serial)),
+        dir.join(format!("{}.crt", issued.serial)),
+    );
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(&c, &issued.chain_pem).unwrap();
+    (ClientIdentity::from_files(&c, &k).unwrap(), issued.serial)
+}
+
+fn info(c: &DeviceClient) -> drivesec_oem::Result<Reply> {
+    c.call("GET", "/api/v1/info", None)
+}
+
 #[test]
-fn tls_layer_refusals() {
+fn tls_refuses_a_client_without_certificate() {
     let lab = test_lab(None);
-    let addr = lab.addr();
-    let trust = lab.trust();
-    let info = |c: &DeviceClient| c.call("GET", "/api/v1/info", None);
-    // Positive control.
-    assert_eq!(info(&lab.client("viewer")).unwrap().status, 200);
-    // No client certificate.
-    let anon = DeviceClient::new(addr, None, &trust, Versions::Default).unwrap();
+    assert_eq!(
+        info(&lab.client("viewer")).unwrap().status,
+        200,
+        "positive control"
+    );
+    let anon = DeviceClient::new(lab.addr(), None, &lab.trust(), Versions::Default).unwrap();
     assert!(
         info(&anon).is_err(),
         "a client without a certificate got through"
     );
-    // A certificate from another CA.
+}
+
+#[test]
+fn tls_refuses_a_certificate_from_another_ca() {
+    let lab = test_lab(None);
     let d = tempfile::tempdir().unwrap();
     let mut other = drivesec_pki::Ca::init(
         &d.path().join("other"),
         &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Oem, "Intruder"),
     )
     .unwrap();
-    let key_path = d.path().join("k.pem");
-    let cert_path = d.path().join("c.pem");
-    let issue = |ca: &mut drivesec_pki::Ca,
-                 dangerous: Option<(time::OffsetDateTime, time::OffsetDateTime)>| {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
-        let req = drivesec_pki::IssueRequest {
-            profile: drivesec_pki::Profile::Client {
-                name: "x".into(),
-                role: Some(drivesec_pki::Role::new("viewer").unwrap()),
-                days: 30,
-            },
-            key: drivesec_pki::SubjectKey::CsrPem {
-                source: "test".into(),
-                pem: csr,
-            },
-        };
-        let issued = match dangerous {
-            Some((nb, na)) => ca.dangerous_issue_with_validity(&req, nb, na).unwrap(),
-            None => ca.issue(&req).unwrap(),
-        };
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        std::fs::write(&cert_path, &issued.chain_pem).unwrap();
-        (
-            ClientIdentity::from_files(&cert_path, &key_path).unwrap(),
-            issued.serial,
-        )
-    };
-    let (foreign, _) = issue(&mut other, None);
-    let c = DeviceClient::new(addr, Some(&foreign), &trust, Versions::Default).unwrap();
+    let (foreign, _) = issue_client(&mut other, d.path(), None);
+    let c = DeviceClient::new(lab.addr(), Some(&foreign), &lab.trust(), Versions::Default).unwrap();
     assert!(
         info(&c).is_err(),
         "a certificate from another CA got through"
     );
-    // An expired certificate from the right CA.
+}
+
+#[test]
+fn tls_refuses_an_expired_certificate() {
+    let lab = test_lab(None);
+    let d = tempfile::tempdir().unwrap();
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
     let now = time::OffsetDateTime::now_utc();
-    let (expired, _) = issue(
+    let (expired, _) = issue_client(
         &mut oem,
+        d.path(),
         Some((
             now - time::Duration::days(30),
             now - time::Duration::days(1),
         )),
     );
-    let c = DeviceClient::new(addr, Some(&expired), &trust, Versions::Default).unwrap();
+    let c = DeviceClient::new(lab.addr(), Some(&expired), &lab.trust(), Versions::Default).unwrap();
     assert!(info(&c).is_err(), "an expired certificate got through");
-    // A revoked one: valid until the owner publishes the CRL to the device.
-    let (victim, serial) = issue(&mut oem, None);
-    let c = DeviceClient::new(addr, Some(&victim), &trust, Versions::Default).unwrap();
+    let (fresh, _) = issue_client(&mut oem, d.path(), None);
+    let c = DeviceClient::new(lab.addr(), Some(&fresh), &lab.trust(), Versions::Default).unwrap();
+    assert_eq!(
+        info(&c).unwrap().status,
+        200,
+        "positive control from the same CA"
+    );
+}
+
+#[test]
+fn tls_refuses_a_revoked_certificate_once_the_crl_is_installed() {
+    let lab = test_lab(None);
+    let d = tempfile::tempdir().unwrap();
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let (victim, serial) = issue_client(&mut oem, d.path(), None);
+    let c = DeviceClient::new(lab.addr(), Some(&victim), &lab.trust(), Versions::Default).unwrap();
     assert_eq!(info(&c).unwrap().status, 200);
     let crl = oem.revoke(&serial, "key-compromise").unwrap();
     lab.admin()
@@ -626,33 +656,42 @@ fn tls_layer_refusals() {
             Some(&json!({"crl_pem": std::fs::read_to_string(crl).unwrap()})),
         )
         .unwrap();
-    let c = DeviceClient::new(addr, Some(&victim), &trust, Versions::Default).unwrap();
+    let c = DeviceClient::new(lab.addr(), Some(&victim), &lab.trust(), Versions::Default).unwrap();
     assert!(info(&c).is_err(), "a revoked certificate got through");
     assert_eq!(
         info(&lab.client("viewer")).unwrap().status,
         200,
         "others still get in"
     );
-    // TLS 1.2 is refused when the configuration forbids it (the default).
+}
+
+#[test]
+fn tls_refuses_tls12_when_the_configuration_forbids_it() {
+    let lab = test_lab(None);
     let t12 = DeviceClient::new(
-        addr,
+        lab.addr(),
         Some(&lab.identity("viewer")),
-        &trust,
+        &lab.trust(),
         Versions::Tls12Only,
     )
     .unwrap();
     assert!(info(&t12).is_err(), "TLS 1.2 accepted although not allowed");
-    // TLS 1.1, offered by openssl (rustls cannot speak it): refused.
+}
+
+#[test]
+fn tls_refuses_tls11() {
+    // Offered by openssl (rustls cannot speak TLS 1.1).
+    let lab = test_lab(None);
     let f = &lab.m.clients["viewer"];
     let cert = f.cert.to_str().unwrap();
     let key = f.key.to_str().unwrap();
     let (ok13, text) = openssl_connect(
-        addr,
+        lab.addr(),
         &["-tls1_3", "-cert", cert, "-cert_chain", cert, "-key", key],
     );
     assert!(ok13, "positive control with openssl failed: {text}");
     let (ok11, text) = openssl_connect(
-        addr,
+        lab.addr(),
         &[
             "-tls1_1",
             "-cipher",
@@ -674,6 +713,56 @@ fn tls_layer_refusals() {
     assert!(
         !text.contains("no protocols available"),
         "openssl did not offer TLS 1.1: {text}"
+    );
+}
+
+#[test]
+fn logins_are_rate_limited_per_client_certificate() {
+    let mut cfg = config();
+    cfg.api.logins_per_minute = 3;
+    let lab = test_lab(Some(cfg));
+    let c = lab.client("viewer");
+    for _ in 0..3 {
+        let r = c
+            .call(
+                "POST",
+                "/api/v1/login",
+                Some(&json!({"username": "ghost", "password": "Wrong-passw0rd-1"})),
+            )
+            .unwrap();
+        assert_eq!(r.status, 401);
+    }
+    for _ in 0..3 {
+        let r = c
+            .call(
+                "POST",
+                "/api/v1/login",
+                Some(&json!({"username": "ghost", "password": "Wrong-passw0rd-1"})),
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (429, Some("rate-limited")),
+            "{}",
+            r.body
+        );
+    }
+    // Another certificate is not affected.
+    let mut other = lab.client("operator");
+    let u = &lab.m.users["operator"];
+    other.login(&u.username, &u.password).unwrap();
+    let t = lab
+        .session("auditor")
+        .ok(
+            "GET",
+            "/api/v1/audit?action=auth.login.rate-limited&limit=100",
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        t["records"].as_array().unwrap().len(),
+        1,
+        "recorded once per window, not per refusal"
     );
 }
 
@@ -1202,5 +1291,19 @@ fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
     assert!(
         !p.to_string().contains("audit forwarding not configured"),
         "{p}"
+    );
+    // A factory reset wipes the local trail, but its own record reaches the collector first.
+    admin.ok("POST", "/api/v1/factory-reset", None).unwrap();
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(rx.join("received.log")).unwrap_or_default();
+        if text.contains("device.factory-reset") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        text.contains("device.factory-reset"),
+        "the reset was not forwarded before the wipe:\n{text}"
     );
 }

@@ -26,6 +26,9 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Password hashes computed at the same time (bounds a login flood).
     pub max_concurrent_logins: usize,
+    /// Login attempts accepted per client certificate per minute; more get
+    /// 429 before any password is hashed.
+    pub logins_per_minute: u32,
     /// Failed factory-credential attempts before commissioning is locked.
     pub factory_max_failures: u32,
     /// How long commissioning stays locked after that.
@@ -37,6 +40,7 @@ impl Default for ApiSettings {
         ApiSettings {
             max_body_bytes: 64 * 1024,
             max_concurrent_logins: 2,
+            logins_per_minute: 30,
             factory_max_failures: 5,
             factory_lockout_secs: 900,
         }
@@ -82,10 +86,13 @@ impl DeviceConfig {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        if cfg.api.max_concurrent_logins == 0 || cfg.api.max_body_bytes < 1024 {
+        if cfg.api.max_concurrent_logins == 0
+            || cfg.api.max_body_bytes < 1024
+            || cfg.api.logins_per_minute == 0
+        {
             return Err(DeviceError::Config {
                 path: path.to_path_buf(),
-                reason: "api.max_concurrent_logins must be >= 1 and api.max_body_bytes >= 1024"
+                reason: "api.max_concurrent_logins and api.logins_per_minute must be >= 1, api.max_body_bytes >= 1024"
                     .into(),
             });
         }

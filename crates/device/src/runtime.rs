@@ -72,6 +72,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     let dev = Arc::new(Device {
         sessions: Mutex::new(Sessions::new(config.access.session.clone())),
         login_permits: tokio::sync::Semaphore::new(config.api.max_concurrent_logins),
+        login_attempts: Mutex::new(std::collections::HashMap::new()),
         state: RwLock::new(st),
         accounts: Mutex::new(accounts),
         audit: RwLock::new(Arc::new(audit)),
@@ -286,13 +287,26 @@ impl Device {
     }
 
     /// Wipes ownership and returns the new one-time factory credential.
-    pub(crate) fn factory_reset_now(&self) -> std::result::Result<Zeroizing<String>, ApiError> {
-        if let Some(f) = self
+    /// When a collector is configured, waits (at most 5 s) until the trail up
+    /// to `record_seq` (the reset's own record) has been forwarded, since the
+    /// local trail is about to be wiped.
+    pub(crate) fn factory_reset_now(
+        &self,
+        record_seq: u64,
+    ) -> std::result::Result<Zeroizing<String>, ApiError> {
+        let forwarder = self
             .forwarder
             .lock()
             .map_err(|_| ApiError::internal("lock poisoned"))?
-            .take()
-        {
+            .take();
+        if let Some(f) = forwarder {
+            f.nudge();
+            let start = std::time::Instant::now();
+            while f.status().forwarded < record_seq
+                && start.elapsed() < std::time::Duration::from_secs(5)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             f.stop();
         }
         let config = self

@@ -100,6 +100,16 @@ pub(crate) async fn login(
     Body(req): Body<LoginReq>,
 ) -> Result<Response, ApiError> {
     dev.commissioned()?;
+    if let Err((e, first)) = dev.login_rate(&conn.fingerprint) {
+        if first {
+            dev.audit(
+                Device::cert_event(&conn, "auth.login.rate-limited", Outcome::Denied)
+                    .details(json!({"certificate": conn.fingerprint}))
+                    .essential(),
+            )?;
+        }
+        return Err(e);
+    }
     // Bounded hashing: a flood waits briefly, then is told to come back.
     let _permit = dev.hash_permit(Duration::from_secs(2)).await?;
     let d2 = dev.clone();

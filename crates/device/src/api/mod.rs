@@ -56,6 +56,8 @@ pub struct Device {
     pub(crate) audit: RwLock<Arc<AuditLog>>,
     pub(crate) params: Mutex<ParamSet>,
     pub(crate) login_permits: tokio::sync::Semaphore,
+    pub(crate) login_attempts:
+        Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
     pub(crate) factory_failures: Mutex<(u32, Option<Instant>)>,
     pub(crate) pending: Mutex<Option<Pending>>,
     pub(crate) tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
@@ -226,13 +228,17 @@ pub(crate) struct Caller {
 impl Device {
     /// Records an event; when the trail cannot take it the caller gets the error (and refuses).
     pub(crate) fn audit(&self, ev: Event) -> Result<(), ApiError> {
+        self.audit_seq(ev).map(|_| ())
+    }
+
+    /// Records an event and returns its sequence number.
+    pub(crate) fn audit_seq(&self, ev: Event) -> Result<u64, ApiError> {
         let log = self
             .audit
             .read()
             .map_err(|_| ApiError::internal("audit lock poisoned"))?
             .clone();
-        log.append(ev)?;
-        Ok(())
+        Ok(log.append(ev)?.seq)
     }
 
     /// An event from an authenticated caller.
@@ -309,6 +315,47 @@ impl Device {
                 )
             })?
             .map_err(|_| ApiError::internal("login semaphore closed"))
+    }
+
+    /// Per-client-certificate login rate limit (sliding minute). On refusal,
+    /// also says whether this is the first in the window (worth recording).
+    pub(crate) fn login_rate(&self, fingerprint: &str) -> Result<(), (ApiError, bool)> {
+        let limit = self
+            .config
+            .read()
+            .map(|c| c.api.logins_per_minute)
+            .unwrap_or(30) as usize;
+        let mut map = self
+            .login_attempts
+            .lock()
+            .map_err(|_| (ApiError::internal("lock poisoned"), false))?;
+        let now = Instant::now();
+        map.retain(|_, q| {
+            while q
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > std::time::Duration::from_secs(60))
+            {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+        let q = map.entry(fingerprint.to_string()).or_default();
+        if q.len() >= limit {
+            let first = q.len() == limit;
+            q.push_back(now);
+            return Err((
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    format!(
+                        "more than {limit} login attempts in a minute from this client certificate; retry later"
+                    ),
+                ),
+                first,
+            ));
+        }
+        q.push_back(now);
+        Ok(())
     }
 
     pub(crate) fn commissioned(&self) -> Result<(), ApiError> {

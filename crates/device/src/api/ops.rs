@@ -365,8 +365,9 @@ pub(crate) async fn factory_reset(
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::FactoryReset, "device.factory-reset")?;
     // Recorded before the wipe, and forwarded if a collector is configured.
-    dev.audit(Device::event(&c, "device.factory-reset", Outcome::Success).essential())?;
-    let credential = dev.factory_reset_now()?;
+    let seq =
+        dev.audit_seq(Device::event(&c, "device.factory-reset", Outcome::Success).essential())?;
+    let credential = dev.factory_reset_now(seq)?;
     Ok(ok(
         json!({"state": "factory", "factory_credential": credential.as_str()}),
     ))
