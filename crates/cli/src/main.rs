@@ -7,6 +7,7 @@
 mod audit;
 mod cli;
 mod commands;
+mod daemon;
 mod device;
 
 use std::process::ExitCode;
@@ -14,6 +15,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Invoked as `drivesecd` (the lab starts daemons this way): be the daemon.
+    let arg0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&arg0)
+        .file_name()
+        .is_some_and(|n| n == "drivesecd")
+    {
+        return daemon::main();
+    }
     let cli = cli::Cli::parse();
     if let Some(code) = commands::reexec_with_lab_softhsm(&cli) {
         return code;

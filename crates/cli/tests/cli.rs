@@ -830,6 +830,19 @@ fn every_command_has_help() {
         String::from_utf8_lossy(&o.stdout).trim(),
         format!("drivesecd {}", env!("CARGO_PKG_VERSION"))
     );
+    // `drivesec` started under the name `drivesecd` is the daemon (how the lab starts it).
+    let o = {
+        use std::os::unix::process::CommandExt;
+        Command::new(env!("CARGO_BIN_EXE_drivesec"))
+            .arg0("drivesecd")
+            .arg("--version")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("drivesecd {}", env!("CARGO_PKG_VERSION"))
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
         .arg("--help")
         .output()

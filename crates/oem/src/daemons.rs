@@ -20,23 +20,15 @@ pub struct Started {
     pub log: PathBuf,
 }
 
-/// `drivesecd` next to the running executable (where cargo builds both).
+/// The daemon to start: `$DRIVESECD` if set, else the running `drivesec`
+/// executable itself, which acts as `drivesecd` when started under that name
+/// (so the daemon is always built from the same sources as the tool).
 pub fn default_daemon() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("DRIVESECD") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| OemError::Invalid(format!("cannot find my executable: {e}")))?;
-    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    for cand in [dir.join("drivesecd"), dir.join("../drivesecd")] {
-        if cand.exists() {
-            return Ok(cand);
-        }
-    }
-    Err(OemError::Invalid(format!(
-        "drivesecd not found beside {} (build it: cargo build --release, or set DRIVESECD)",
-        exe.display()
-    )))
+    std::env::current_exe()
+        .map_err(|e| OemError::Invalid(format!("cannot find my executable: {e}")))
 }
 
 /// Writes the device's configuration and starts `drivesecd` on an ephemeral loopback port.
@@ -50,7 +42,9 @@ pub fn start(daemon: &Path, device_dir: &Path, config: &DeviceConfig) -> Result<
     let err = out
         .try_clone()
         .map_err(|e| fsu::FsError::io("dup", &log, e))?;
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new(daemon)
+        .arg0("drivesecd")
         .arg("--state")
         .arg(device_dir)
         .arg("--config")
