@@ -85,6 +85,17 @@ struct Entry {
 }
 
 impl Entry {
+    fn summary(&self, now: Instant) -> SessionSummary {
+        SessionSummary {
+            handle: self.handle.clone(),
+            username: self.username.clone(),
+            role: self.role.clone(),
+            client_fingerprint: self.fingerprint.clone(),
+            age_secs: now.saturating_duration_since(self.created).as_secs(),
+            idle_secs: now.saturating_duration_since(self.last_seen).as_secs(),
+        }
+    }
+
     fn info(&self, id: String) -> SessionInfo {
         SessionInfo {
             id,
@@ -122,6 +133,8 @@ fn expired(policy: &SessionPolicy, e: &Entry, now: Instant) -> bool {
 pub struct Sessions {
     policy: SessionPolicy,
     by_key: HashMap<Key, Entry>,
+    /// Sessions removed because they timed out, until [`Sessions::take_expired`].
+    expired_log: Vec<SessionSummary>,
 }
 
 impl fmt::Debug for Sessions {
@@ -139,6 +152,7 @@ impl Sessions {
         Sessions {
             policy,
             by_key: HashMap::new(),
+            expired_log: Vec::new(),
         }
     }
 
@@ -161,8 +175,21 @@ impl Sessions {
     pub fn purge_expired(&mut self, now: Instant) -> usize {
         let before = self.by_key.len();
         let policy = &self.policy;
-        self.by_key.retain(|_, e| !expired(policy, e, now));
+        let log = &mut self.expired_log;
+        self.by_key.retain(|_, e| {
+            let gone = expired(policy, e, now);
+            if gone {
+                log.push(e.summary(now));
+            }
+            !gone
+        });
         before - self.by_key.len()
+    }
+
+    /// Sessions that ended by timing out since the last call (for auditing
+    /// session ends that nobody asked for).
+    pub fn take_expired(&mut self) -> Vec<SessionSummary> {
+        std::mem::take(&mut self.expired_log)
     }
 
     /// Opens a session for a successful login over the TLS client certificate
@@ -218,7 +245,9 @@ impl Sessions {
             return Err(AccessError::SessionInvalid);
         };
         if self.expired(entry, now) {
+            let summary = entry.summary(now);
             self.by_key.remove(&key);
+            self.expired_log.push(summary);
             return Err(AccessError::SessionInvalid);
         }
         let Some(entry) = self.by_key.get_mut(&key) else {
@@ -290,16 +319,7 @@ impl Sessions {
                 b.handle.as_str(),
             ))
         });
-        live.into_iter()
-            .map(|e| SessionSummary {
-                handle: e.handle.clone(),
-                username: e.username.clone(),
-                role: e.role.clone(),
-                client_fingerprint: e.fingerprint.clone(),
-                age_secs: now.saturating_duration_since(e.created).as_secs(),
-                idle_secs: now.saturating_duration_since(e.last_seen).as_secs(),
-            })
-            .collect()
+        live.into_iter().map(|e| e.summary(now)).collect()
     }
 
     /// Applies a role change (or a change of the role's permissions) to all
@@ -516,5 +536,36 @@ mod tests {
         let vb = s.validate(&b.id, FP_A, t0).unwrap();
         assert_eq!(vb.role, "engineer");
         assert!(vb.permissions.contains(&Permission::DriveControl));
+    }
+
+    #[test]
+    fn timeouts_are_reported_once_for_auditing() {
+        let mut s = Sessions::new(SessionPolicy {
+            idle_secs: 10,
+            absolute_secs: 100,
+            max_per_user: 3,
+        });
+        let t0 = Instant::now();
+        let a = Authenticated {
+            username: "u".into(),
+            role: "viewer".into(),
+            permissions: BTreeSet::new(),
+            must_change_password: false,
+        };
+        let one = s.create(&a, "fp", t0).unwrap_or_else(|e| panic!("{e}"));
+        let _two = s.create(&a, "fp", t0).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.take_expired().is_empty());
+        // One found expired on use, the other by the purge.
+        assert!(
+            s.validate(&one.id, "fp", t0 + Duration::from_secs(11))
+                .is_err()
+        );
+        s.purge_expired(t0 + Duration::from_secs(11));
+        let ended = s.take_expired();
+        assert_eq!(ended.len(), 2);
+        assert!(ended.iter().all(|e| e.username == "u" && e.idle_secs >= 10));
+        assert!(s.take_expired().is_empty(), "reported once");
+        s.logout("nope");
+        assert!(s.take_expired().is_empty(), "logouts are not expiries");
     }
 }

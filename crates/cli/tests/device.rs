@@ -511,6 +511,33 @@ fn sessions_expire_end_at_logout_and_can_be_terminated() {
         .ok("DELETE", &format!("/api/v1/sessions/{handle}"), None)
         .unwrap();
     assert_eq!(v.call("GET", "/api/v1/me", None).unwrap().status, 401);
+    // Timed-out sessions are recorded as ended, like logouts and terminations.
+    let mut expired = 0;
+    for _ in 0..50 {
+        let a = lab.session("auditor");
+        let t = a
+            .ok(
+                "GET",
+                "/api/v1/audit?action=auth.session.expired&limit=100",
+                None,
+            )
+            .unwrap();
+        let _ = a.call("POST", "/api/v1/logout", None);
+        expired = t["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["actor"]["id"] == "viewer")
+            .count();
+        if expired >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        expired >= 2,
+        "idle and absolute expiries of the viewer's sessions not recorded ({expired})"
+    );
 }
 
 /// Connects with openssl, sends one request, and says whether it got a 200.

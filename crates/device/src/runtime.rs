@@ -117,10 +117,24 @@ pub async fn run(
     )?;
     tracing::info!(%addr, "drivesecd API listening");
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, dev.tls.clone(), app, rx));
+    let server = tokio::spawn(server::serve(listener, dev.tls.clone(), app, rx.clone()));
+    // Session ends nobody asked for (idle or absolute timeout) are recorded too.
+    let reaper = {
+        let dev = dev.clone();
+        let mut rx = rx;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => dev.record_expired_sessions(),
+                    _ = rx.changed() => return,
+                }
+            }
+        })
+    };
     shutdown.await;
     let _ = tx.send(true);
     let _ = server.await;
+    let _ = reaper.await;
     if let Ok(mut f) = dev.forwarder.lock()
         && let Some(fw) = f.take()
     {
@@ -240,6 +254,27 @@ impl Device {
             o.stop();
         }
         Ok(())
+    }
+
+    /// Purges timed-out sessions and records each end in the audit trail.
+    pub(crate) fn record_expired_sessions(&self) {
+        let ended = match self.sessions.lock() {
+            Ok(mut s) => {
+                s.purge_expired(std::time::Instant::now());
+                s.take_expired()
+            }
+            Err(_) => return,
+        };
+        for s in ended {
+            let _ = self.audit(
+                Event::new(Actor::User(s.username.clone()), "auth.session.expired")
+                    .target(s.handle.clone())
+                    .details(serde_json::json!({
+                        "certificate": s.client_fingerprint, "role": s.role,
+                        "age_secs": s.age_secs, "idle_secs": s.idle_secs,
+                    })),
+            );
+        }
     }
 
     /// Validates, stores and applies a new access policy.
