@@ -125,6 +125,34 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: Mode) -> Result<(), FsError>
     result
 }
 
+/// Atomically replaces `path` with what `fill` writes into a temporary file
+/// beside it (for content too large to hold in memory): the temp file is
+/// fsynced, renamed over `path`, and the directory fsynced. On error nothing
+/// changes at `path`.
+pub fn write_atomic_with<E: From<FsError>>(
+    path: &Path,
+    mode: Mode,
+    fill: impl FnOnce(&mut File) -> Result<(), E>,
+) -> Result<(), E> {
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode.bits())
+            .open(&tmp)
+            .map_err(|e| FsError::io("create", &tmp, e))?;
+        fill(&mut f)?;
+        f.sync_all().map_err(|e| FsError::io("fsync", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| FsError::io("rename into place", path, e))?;
+        sync_dir(parent_of(path)).map_err(E::from)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Like [`write_atomic`] but fails with [`FsError::AlreadyExists`] if `path` exists.
 ///
 /// Uses a hard link from the fsynced temp file, so the check and the creation are
