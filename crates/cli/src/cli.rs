@@ -38,6 +38,128 @@ pub enum Command {
     Audit(AuditCommand),
     /// Talk to a running device: commission, accounts, sessions, parameters, audit, posture.
     Device(DeviceArgs),
+    /// Firmware images: keys, packing, approval, inspection, verification.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
+}
+
+/// Where a firmware key lives.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Soft keystore directory (created by `firmware keygen`).
+    #[arg(long)]
+    pub keystore: PathBuf,
+    /// Key handle in it.
+    #[arg(long)]
+    pub key: String,
+}
+
+/// `drivesec firmware ...`.
+#[derive(Debug, Subcommand)]
+pub enum FirmwareCommand {
+    /// Generate a P-256 key in a soft keystore (created if missing) and write its public key.
+    Keygen {
+        /// Key location.
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Write the public key (PEM) here.
+        #[arg(long)]
+        public_out: PathBuf,
+    },
+    /// Pack a firmware file into a signed image encrypted for the given device keys.
+    Pack {
+        /// Plaintext firmware.
+        #[arg(long)]
+        input: PathBuf,
+        /// Image to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Product.
+        #[arg(long, default_value = "iC7-Sim")]
+        product: String,
+        /// Hardware class.
+        #[arg(long)]
+        hw_class: String,
+        /// Semantic version.
+        #[arg(long)]
+        version: String,
+        /// Anti-rollback security counter.
+        #[arg(long)]
+        counter: u64,
+        /// Device firmware public keys (PEM) that may decrypt it.
+        #[arg(long, required = true)]
+        recipient: Vec<PathBuf>,
+        /// CycloneDX SBOM (JSON) to embed.
+        #[arg(long)]
+        sbom: Option<PathBuf>,
+        /// Plaintext bytes per chunk.
+        #[arg(long, default_value_t = 65536)]
+        chunk_size: u32,
+        /// Signing role.
+        #[arg(long, default_value = "vendor")]
+        role: String,
+        /// The signing key.
+        #[command(flatten)]
+        signer: KeyArgs,
+    },
+    /// Add an approval signature (for example the OEM's, after testing).
+    Approve {
+        /// Image to approve.
+        #[arg(long)]
+        image: PathBuf,
+        /// Approved image to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Signing role.
+        #[arg(long, default_value = "oem")]
+        role: String,
+        /// The signing key.
+        #[command(flatten)]
+        signer: KeyArgs,
+    },
+    /// Show an image's manifest and signatures.
+    Inspect {
+        /// The image.
+        image: PathBuf,
+    },
+    /// Verify an image as a device would, optionally writing the plaintext.
+    Verify {
+        /// The image.
+        image: PathBuf,
+        /// The device's firmware trust store (JSON).
+        #[arg(long)]
+        trust: PathBuf,
+        /// The device's hardware class.
+        #[arg(long)]
+        hw_class: String,
+        /// The device's product.
+        #[arg(long, default_value = "iC7-Sim")]
+        product: String,
+        /// The device's stored security counter.
+        #[arg(long, default_value_t = 0)]
+        min_counter: u64,
+        /// The device's firmware key.
+        #[command(flatten)]
+        device_key: KeyArgs,
+        /// Write the decrypted payload here (atomically).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write a trust store: root of trust, signing keys by role, policy.
+    TrustInit {
+        /// Root-of-trust public key (PEM); signs rotation statements.
+        #[arg(long)]
+        root: PathBuf,
+        /// Signing key as ROLE=PUBLIC_KEY.pem (repeat).
+        #[arg(long = "signer", required = true)]
+        signers: Vec<String>,
+        /// Required signatures as ROLE=COUNT (repeat).
+        #[arg(long = "require", required = true)]
+        require: Vec<String>,
+        /// Trust store to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `drivesec device`: how to reach the device, then what to do.

@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod daemon;
 mod device;
+mod firmware;
 
 use std::process::ExitCode;
 

@@ -812,6 +812,13 @@ fn every_command_has_help() {
         vec!["lab", "up", "--help"],
         vec!["lab", "down", "--help"],
         vec!["cert", "--help"],
+        vec!["firmware", "pack", "--help"],
+        vec!["firmware", "approve", "--help"],
+        vec!["firmware", "inspect", "--help"],
+        vec!["firmware", "verify", "--help"],
+        vec!["firmware", "keygen", "--help"],
+        vec!["device", "commission", "--help"],
+        vec!["device", "posture", "--help"],
         vec!["audit", "verify", "--help"],
         vec!["audit", "show", "--help"],
         vec!["audit", "export", "--help"],
@@ -1169,4 +1176,136 @@ fn device_cli_commissions_and_operates_a_running_drive() {
             .collect::<Vec<_>>(),
     );
     assert!(err.contains("403"), "{err}");
+}
+
+#[test]
+fn firmware_keygen_pack_approve_inspect_verify() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n);
+    let ks = |n: &str| p(&format!("{n}-ks"));
+    for (store, key) in [
+        ("vendor", "release"),
+        ("oem", "approval"),
+        ("root", "root"),
+        ("device", "fwkey"),
+    ] {
+        let out = ok(&[
+            "firmware",
+            "keygen",
+            "--keystore",
+            s(&ks(store)),
+            "--key",
+            key,
+            "--public-out",
+            s(&p(&format!("{key}.pub"))),
+        ]);
+        assert!(out.contains("kid"), "{out}");
+    }
+    let fw: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(p("fw.bin"), &fw).unwrap();
+    std::fs::write(
+        p("sbom.json"),
+        r#"{"bomFormat":"CycloneDX","specVersion":"1.5"}"#,
+    )
+    .unwrap();
+    ok(&[
+        "firmware",
+        "trust-init",
+        "--root",
+        s(&p("root.pub")),
+        "--signer",
+        &format!("vendor={}", s(&p("release.pub"))),
+        "--signer",
+        &format!("oem={}", s(&p("approval.pub"))),
+        "--require",
+        "vendor=1",
+        "--require",
+        "oem=1",
+        "--out",
+        s(&p("trust.json")),
+    ]);
+    ok(&[
+        "firmware",
+        "pack",
+        "--input",
+        s(&p("fw.bin")),
+        "--out",
+        s(&p("fw.packed")),
+        "--hw-class",
+        "ctrl-a",
+        "--version",
+        "2.1.0",
+        "--counter",
+        "7",
+        "--recipient",
+        s(&p("fwkey.pub")),
+        "--sbom",
+        s(&p("sbom.json")),
+        "--keystore",
+        s(&ks("vendor")),
+        "--key",
+        "release",
+    ]);
+    let v: Value =
+        serde_json::from_str(&ok(&["--json", "firmware", "inspect", s(&p("fw.packed"))])).unwrap();
+    assert_eq!(v["manifest"]["version"], "2.1.0");
+    assert_eq!(v["manifest"]["security_counter"], 7);
+    assert_eq!(v["signatures"].as_array().unwrap().len(), 1);
+    assert_eq!(v["signatures"][0]["role"], "vendor");
+    let verify = |img: &str, min: &str, out: Option<&str>| {
+        let mut a = vec![
+            "--json",
+            "firmware",
+            "verify",
+            img,
+            "--trust",
+            s(&p("trust.json")).to_string().leak(),
+            "--hw-class",
+            "ctrl-a",
+            "--min-counter",
+            min,
+            "--keystore",
+            s(&ks("device")).to_string().leak(),
+            "--key",
+            "fwkey",
+        ];
+        if let Some(o) = out {
+            a.extend(["--out", o]);
+        }
+        drivesec(&a)
+    };
+    // Not approved yet: refused, and no plaintext written.
+    let o = verify(s(&p("fw.packed")), "0", Some(s(&p("out1.bin"))));
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("missing required signature") && o.stderr.contains("oem"),
+        "{}",
+        o.stderr
+    );
+    assert!(!p("out1.bin").exists());
+    ok(&[
+        "firmware",
+        "approve",
+        "--image",
+        s(&p("fw.packed")),
+        "--out",
+        s(&p("fw.img")),
+        "--keystore",
+        s(&ks("oem")),
+        "--key",
+        "approval",
+    ]);
+    let o = verify(s(&p("fw.img")), "7", Some(s(&p("out2.bin"))));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(std::fs::read(p("out2.bin")).unwrap(), fw);
+    // Rollback below the device's counter.
+    let o = verify(s(&p("fw.img")), "8", None);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("rollback"), "{}", o.stderr);
+    // Not an image at all.
+    let o = verify(s(&p("fw.bin")), "0", None);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("bad magic"), "{}", o.stderr);
 }

@@ -23,6 +23,22 @@ pub mod sign;
 pub mod trust;
 pub mod verify;
 
+/// Reads a PEM `PUBLIC KEY` (P-256) file.
+pub fn read_public_key(path: &std::path::Path) -> Result<drivesec_keystore::PublicKey> {
+    use p256::pkcs8::DecodePublicKey;
+    let text = drivesec_fsutil::read_to_string(path)?;
+    let pk = p256::PublicKey::from_public_key_pem(&text).map_err(|e| {
+        FirmwareError::Malformed(format!(
+            "{}: not a P-256 PEM public key: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(drivesec_keystore::PublicKey::from_raw(
+        drivesec_keystore::KeyAlgorithm::EcdsaP256,
+        p256::EncodedPoint::from(pk).as_bytes().to_vec(),
+    )?)
+}
+
 /// Why an image or a trust change was refused. Each attack in the update
 /// threat catalogue maps to one variant.
 #[derive(Debug, thiserror::Error)]

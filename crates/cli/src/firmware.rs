@@ -1,0 +1,356 @@
+//! `drivesec firmware ...`: the vendor's and OEM's side of firmware images.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use drivesec_firmware::image::{Header, PackOptions, approve, pack};
+use drivesec_firmware::sign::{key_id, kid_of, role_of};
+use drivesec_firmware::trust::{Requirement, TrustStore, TrustedKey};
+use drivesec_firmware::verify::{DevicePolicy, verify_image};
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, open_keystore};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::cli::{FirmwareCommand, KeyArgs};
+
+fn soft_config() -> KeystoreConfig {
+    KeystoreConfig::Soft {
+        dir: "keystore".into(),
+        secret_file: "secret".into(),
+    }
+}
+
+fn open(k: &KeyArgs) -> Result<(Arc<dyn KeyStore>, KeyHandle)> {
+    if !k.keystore.join("keystore").exists() {
+        bail!(
+            "{} is not a keystore made by `drivesec firmware keygen`",
+            k.keystore.display()
+        );
+    }
+    Ok((
+        open_keystore(&soft_config(), &k.keystore)?,
+        KeyHandle::new(k.key.clone())?,
+    ))
+}
+
+fn bar(json: bool, total: u64) -> ProgressBar {
+    if json {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(total);
+    b.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b
+}
+
+fn pair(s: &str, what: &str) -> Result<(String, String)> {
+    s.split_once('=')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| anyhow!("{what} '{s}' must be ROLE=VALUE"))
+}
+
+/// Runs one firmware command.
+pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
+    match cmd {
+        FirmwareCommand::Keygen { key, public_out } => {
+            if public_out.exists() {
+                bail!(
+                    "{} already exists; refusing to overwrite it",
+                    public_out.display()
+                );
+            }
+            let store = if key.keystore.join("keystore").exists() {
+                open_keystore(&soft_config(), &key.keystore)?
+            } else {
+                fsu::create_private_dir(&key.keystore)?;
+                KeystoreConfig::create_soft(&key.keystore, "keystore", "secret")?.1
+            };
+            let info =
+                store.generate(&KeyHandle::new(key.key.clone())?, KeyAlgorithm::EcdsaP256)?;
+            fsu::write_new(
+                &public_out,
+                info.public_key.spki_pem().as_bytes(),
+                Mode::Public,
+            )?;
+            let kid = key_id(&info.public_key);
+            if json {
+                println!("{}", json!({"kid": kid, "public_key": public_out}));
+            } else {
+                println!(
+                    "key {} (kid {kid}) in {}; public key in {}",
+                    key.key,
+                    key.keystore.display(),
+                    public_out.display()
+                );
+            }
+            Ok(())
+        }
+        FirmwareCommand::Pack {
+            input,
+            out,
+            product,
+            hw_class,
+            version,
+            counter,
+            recipient,
+            sbom,
+            chunk_size,
+            role,
+            signer,
+        } => {
+            if out.exists() {
+                bail!("{} already exists; refusing to overwrite it", out.display());
+            }
+            let (store, handle) = open(&signer)?;
+            let recipients = recipient
+                .iter()
+                .map(|p| drivesec_firmware::read_public_key(p))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let sbom = match sbom {
+                Some(p) => {
+                    let text = fsu::read_to_string(&p)?;
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .with_context(|| format!("{} is not JSON", p.display()))?;
+                    Some(text)
+                }
+                None => None,
+            };
+            let len = std::fs::metadata(&input)
+                .with_context(|| format!("read {}", input.display()))?
+                .len();
+            let b = bar(json, 2 * len);
+            let m = pack(
+                &input,
+                &out,
+                &PackOptions {
+                    product,
+                    hw_class,
+                    version,
+                    security_counter: counter,
+                    chunk_size,
+                    sbom,
+                    build_time: time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                },
+                &recipients,
+                (store.as_ref(), &handle),
+                &role,
+                &mut |n| b.inc(n),
+            )?;
+            b.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                println!(
+                    "packed {} {} (counter {}, {} bytes, {} chunks) into {}",
+                    m.product,
+                    m.version,
+                    m.security_counter,
+                    m.payload_len,
+                    m.chunk_count(),
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        FirmwareCommand::Approve {
+            image,
+            out,
+            role,
+            signer,
+        } => {
+            if out.exists() {
+                bail!("{} already exists; refusing to overwrite it", out.display());
+            }
+            let (store, handle) = open(&signer)?;
+            let h = approve(&image, &out, (store.as_ref(), &handle), &role)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"image": out, "signatures": h.signatures.iter().map(|s| json!({"kid": kid_of(s), "role": role_of(s)})).collect::<Vec<_>>()})
+                );
+            } else {
+                println!(
+                    "approved {} {} as {role}; written to {}",
+                    h.manifest.product,
+                    h.manifest.version,
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        FirmwareCommand::Inspect { image } => {
+            let mut f =
+                std::fs::File::open(&image).with_context(|| format!("open {}", image.display()))?;
+            let h = Header::read(&mut f).with_context(|| format!("{}", image.display()))?;
+            let sigs: Vec<_> = h
+                .signatures
+                .iter()
+                .map(|s| json!({"kid": kid_of(s), "role": role_of(s)}))
+                .collect();
+            let v = json!({"manifest": h.manifest, "chunk_count": h.manifest.chunk_count(), "signatures": sigs});
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let m = &h.manifest;
+                println!(
+                    "{} {} for {} (security counter {})",
+                    m.product, m.version, m.hw_class, m.security_counter
+                );
+                println!(
+                    "payload {} bytes in {} chunks of {}, root {}",
+                    m.payload_len,
+                    m.chunk_count(),
+                    m.chunk_size,
+                    m.root
+                );
+                println!(
+                    "encrypted for: {}",
+                    m.encryption
+                        .recipients
+                        .iter()
+                        .map(|r| r.kid.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                for s in &h.signatures {
+                    println!(
+                        "signed by {} as {}",
+                        kid_of(s),
+                        role_of(s).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        FirmwareCommand::Verify {
+            image,
+            trust,
+            hw_class,
+            product,
+            min_counter,
+            device_key,
+            out,
+        } => {
+            let trust: TrustStore = serde_json::from_str(&fsu::read_to_string(&trust)?)
+                .with_context(|| format!("{} is not a trust store", trust.display()))?;
+            let (store, handle) = open(&device_key)?;
+            let len = std::fs::metadata(&image)
+                .with_context(|| format!("read {}", image.display()))?
+                .len();
+            let b = bar(json, len);
+            let mut reader =
+                std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&image)?);
+            let policy = DevicePolicy {
+                product,
+                hw_class,
+                min_counter,
+            };
+            let mut verify = |w: &mut dyn Write| {
+                verify_image(
+                    &mut reader,
+                    &trust,
+                    &policy,
+                    store.as_ref(),
+                    &handle,
+                    &mut |_, pt| {
+                        b.inc(pt.len() as u64);
+                        w.write_all(pt)
+                            .map_err(|e| drivesec_firmware::FirmwareError::Io(e.to_string()))
+                    },
+                )
+            };
+            let v = match &out {
+                Some(p) => {
+                    let mut result = None;
+                    fsu::write_atomic_with(p, Mode::Private, |f| -> Result<()> {
+                        let mut w = std::io::BufWriter::new(f);
+                        result = Some(verify(&mut w)?);
+                        w.flush()?;
+                        Ok(())
+                    })?;
+                    result.ok_or_else(|| anyhow!("verification did not run"))?
+                }
+                None => verify(&mut std::io::sink())?,
+            };
+            b.finish_and_clear();
+            let m = v.manifest();
+            if json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "product": m.product, "version": m.version, "security_counter": m.security_counter, "signers": v.signers, "root": m.root})
+                );
+            } else {
+                println!(
+                    "verified {} {} (counter {}), signed by {}",
+                    m.product,
+                    m.version,
+                    m.security_counter,
+                    v.signers.join(", ")
+                );
+            }
+            Ok(())
+        }
+        FirmwareCommand::TrustInit {
+            root,
+            signers,
+            require,
+            out,
+        } => {
+            if out.exists() {
+                bail!("{} already exists; refusing to overwrite it", out.display());
+            }
+            let root = TrustedKey::new(&drivesec_firmware::read_public_key(&root)?, "root");
+            let keys = signers
+                .iter()
+                .map(|s| {
+                    let (role, path) = pair(s, "--signer")?;
+                    Ok(TrustedKey::new(
+                        &drivesec_firmware::read_public_key(Path::new(&path))?,
+                        &role,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let policy = require
+                .iter()
+                .map(|s| {
+                    let (role, n) = pair(s, "--require")?;
+                    Ok(Requirement {
+                        role,
+                        min: n
+                            .parse()
+                            .with_context(|| format!("--require {s}: not a count"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let t = TrustStore {
+                version: 1,
+                root,
+                keys,
+                policy,
+            };
+            fsu::write_new(
+                &out,
+                serde_json::to_string_pretty(&t)?.as_bytes(),
+                Mode::Public,
+            )?;
+            if !json {
+                println!(
+                    "trust store with {} signing key(s) written to {}",
+                    t.keys.len(),
+                    out.display()
+                );
+            } else {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            }
+            Ok(())
+        }
+    }
+}
