@@ -1,7 +1,5 @@
 //! Content key, key wrapping to recipients, chunk encryption, hash tree.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use drivesec_keystore::{KeyHandle, KeyStore, PublicKey};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
@@ -22,10 +20,6 @@ impl ContentKey {
         let mut k = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(k.as_mut());
         ContentKey(k)
-    }
-
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(self.0.as_ref().into())
     }
 }
 
@@ -97,6 +91,15 @@ fn aad(digest: &[u8; 32], index: u64, last: bool) -> Vec<u8> {
     a
 }
 
+// Chunk AEAD uses *ring*'s AES-256-GCM (assembly, several GB/s): the
+// payload path must keep up with hashing. Its expanded key lives only for one
+// chunk; the raw content key stays in zeroizing memory.
+fn ring_key(cek: &ContentKey) -> Result<ring::aead::LessSafeKey> {
+    let k = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, cek.0.as_ref())
+        .map_err(|_| FirmwareError::Malformed("bad content key".into()))?;
+    Ok(ring::aead::LessSafeKey::new(k))
+}
+
 /// Encrypts chunk `index` (the AEAD data binds the manifest digest, the index and the last flag).
 pub fn seal_chunk(
     cek: &ContentKey,
@@ -105,15 +108,33 @@ pub fn seal_chunk(
     last: bool,
     pt: &[u8],
 ) -> Result<Vec<u8>> {
-    cek.cipher()
-        .encrypt(
-            &Nonce::from(nonce(index)),
-            Payload {
-                msg: pt,
-                aad: &aad(digest, index, last),
-            },
+    let mut buf = pt.to_vec();
+    ring_key(cek)?
+        .seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce(index)),
+            ring::aead::Aad::from(aad(digest, index, last)),
+            &mut buf,
         )
-        .map_err(|_| FirmwareError::Malformed("chunk encryption failed".into()))
+        .map_err(|_| FirmwareError::Malformed("chunk encryption failed".into()))?;
+    Ok(buf)
+}
+
+/// Decrypts and authenticates chunk `index` in place; returns the plaintext length.
+pub fn open_chunk_in_place(
+    cek: &ContentKey,
+    digest: &[u8; 32],
+    index: u64,
+    last: bool,
+    buf: &mut [u8],
+) -> Result<usize> {
+    let pt = ring_key(cek)?
+        .open_in_place(
+            ring::aead::Nonce::assume_unique_for_key(nonce(index)),
+            ring::aead::Aad::from(aad(digest, index, last)),
+            buf,
+        )
+        .map_err(|_| FirmwareError::BadChunk(index))?;
+    Ok(pt.len())
 }
 
 /// Decrypts and authenticates chunk `index`.
@@ -124,15 +145,10 @@ pub fn open_chunk(
     last: bool,
     ct: &[u8],
 ) -> Result<Vec<u8>> {
-    cek.cipher()
-        .decrypt(
-            &Nonce::from(nonce(index)),
-            Payload {
-                msg: ct,
-                aad: &aad(digest, index, last),
-            },
-        )
-        .map_err(|_| FirmwareError::BadChunk(index))
+    let mut buf = ct.to_vec();
+    let n = open_chunk_in_place(cek, digest, index, last, &mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// Leaf hash of a plaintext chunk.

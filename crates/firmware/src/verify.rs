@@ -96,54 +96,147 @@ fn read_exact_or(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
     Ok(n)
 }
 
+enum Job {
+    Chunk(u64, Vec<u8>),
+    Failed(FirmwareError),
+}
+
 /// Streams the payload after the header: each chunk is authenticated before
-/// it is handed to `sink`; reading stops at the declared length; the hash
-/// tree must match the signed root. `sink` gets (chunk index, plaintext).
+/// it is handed to `sink` (in order); reading stops at the declared length;
+/// the hash tree must match the signed root. `sink` gets (chunk index,
+/// plaintext). Decryption and hashing run on up to `workers` threads (the
+/// chunk tree makes chunks independent); memory stays bounded by a few
+/// chunks per worker whatever the image size.
 pub fn stream_payload(
-    r: &mut impl Read,
+    r: &mut (impl Read + Send),
     v: &Verified,
     cek: &ContentKey,
+    workers: usize,
     sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let m = v.manifest();
     let count = m.chunk_count();
     let cs = u64::from(m.chunk_size);
-    let mut buf = vec![0u8; m.chunk_size as usize + crypt::TAG];
-    let mut leaves = Vec::with_capacity(count as usize);
-    let mut got = 0u64;
-    for i in 0..count {
-        let plain = if i + 1 == count {
-            m.payload_len - cs * i
-        } else {
-            cs
-        } as usize;
-        let want = plain + crypt::TAG;
-        let n = read_exact_or(r, &mut buf[..want])?;
-        if n < want {
-            return Err(FirmwareError::Truncated {
-                got: got + n.saturating_sub(crypt::TAG) as u64,
-                want: m.payload_len,
+    let workers = workers.clamp(1, 16);
+    let depth = 2 * workers;
+    let digest = v.digest;
+    std::thread::scope(|scope| -> Result<()> {
+        let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(depth);
+        let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
+        let (res_tx, res_rx) =
+            std::sync::mpsc::sync_channel::<(u64, Result<(Vec<u8>, [u8; 32])>)>(depth);
+        // Reader: sequential I/O, bounded by the job queue.
+        let reader = scope.spawn(move || -> Result<()> {
+            let mut got = 0u64;
+            for i in 0..count {
+                let plain = if i + 1 == count {
+                    m.payload_len - cs * i
+                } else {
+                    cs
+                } as usize;
+                let want = plain + crypt::TAG;
+                let mut buf = vec![0u8; want];
+                let n = read_exact_or(r, &mut buf)?;
+                if n < want {
+                    let e = FirmwareError::Truncated {
+                        got: got + n.saturating_sub(crypt::TAG) as u64,
+                        want: m.payload_len,
+                    };
+                    let _ = job_tx.send(Job::Failed(e));
+                    return Ok(());
+                }
+                got += plain as u64;
+                if job_tx.send(Job::Chunk(i, buf)).is_err() {
+                    return Ok(());
+                }
+            }
+            // Endless data: nothing may follow the declared payload.
+            let mut extra = [0u8; 1];
+            if read_exact_or(r, &mut extra)? != 0 {
+                let _ = job_tx.send(Job::Failed(FirmwareError::TooLong(m.payload_len)));
+            }
+            Ok(())
+        });
+        for _ in 0..workers {
+            let job_rx = job_rx.clone();
+            let res_tx = res_tx.clone();
+            scope.spawn(move || {
+                loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let out = match job {
+                        Ok(Job::Chunk(i, mut buf)) => (
+                            i,
+                            crypt::open_chunk_in_place(cek, &digest, i, i + 1 == count, &mut buf)
+                                .map(|n| {
+                                    buf.truncate(n);
+                                    let l = crypt::leaf(i, &buf);
+                                    (buf, l)
+                                }),
+                        ),
+                        // A reader failure is reported after every chunk before it.
+                        Ok(Job::Failed(e)) => (u64::MAX, Err(e)),
+                        Err(_) => return,
+                    };
+                    if res_tx.send(out).is_err() {
+                        return;
+                    }
+                }
             });
         }
-        let pt = crypt::open_chunk(cek, &v.digest, i, i + 1 == count, &buf[..want])?;
-        leaves.push(crypt::leaf(i, &pt));
-        got += pt.len() as u64;
-        sink(i, &pt)?;
-    }
-    // Endless data: nothing may follow the declared payload.
-    let mut extra = [0u8; 1];
-    if read_exact_or(r, &mut extra)? != 0 {
-        return Err(FirmwareError::TooLong(m.payload_len));
-    }
-    if hex::encode(crypt::root(&leaves)) != m.root {
-        return Err(FirmwareError::DigestMismatch);
-    }
-    Ok(())
+        drop(res_tx);
+        // In-order delivery through a small reorder buffer.
+        let mut pending = std::collections::BTreeMap::new();
+        let mut leaves = Vec::with_capacity(count as usize);
+        let mut next = 0u64;
+        let mut failure: Option<FirmwareError> = None;
+        for (i, res) in res_rx.iter() {
+            pending.insert(i, res);
+            while let Some(res) = pending.remove(&next) {
+                let (pt, leaf) = res?;
+                sink(next, &pt)?;
+                leaves.push(leaf);
+                next += 1;
+            }
+            if next == count
+                && let Some(res) = pending.remove(&u64::MAX)
+            {
+                failure = res.err();
+                break;
+            }
+            if let Some(Err(_)) = pending.get(&u64::MAX)
+                && pending.keys().all(|k| *k == u64::MAX)
+                && next < count
+            {
+                // The reader stopped early; every chunk it read has been delivered.
+                if let Some(Err(e)) = pending.remove(&u64::MAX) {
+                    failure = Some(e);
+                }
+                break;
+            }
+        }
+        drop(res_rx);
+        reader
+            .join()
+            .map_err(|_| FirmwareError::Io("reader thread panicked".into()))??;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if next < count {
+            return Err(FirmwareError::Io("payload stream ended early".into()));
+        }
+        if hex::encode(crypt::root(&leaves)) != m.root {
+            return Err(FirmwareError::DigestMismatch);
+        }
+        Ok(())
+    })
 }
 
 /// Everything in one call: header, policy, key unwrap, payload.
 pub fn verify_image(
-    r: &mut impl Read,
+    r: &mut (impl Read + Send),
     trust: &TrustStore,
     device: &DevicePolicy,
     store: &dyn KeyStore,
@@ -153,6 +246,9 @@ pub fn verify_image(
     let header = Header::read(r)?;
     let v = check_header(header, trust, device)?;
     let cek = content_key(&v, store, firmware_key)?;
-    stream_payload(r, &v, &cek, sink)?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    stream_payload(r, &v, &cek, workers, sink)?;
     Ok(v)
 }
