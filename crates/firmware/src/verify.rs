@@ -101,18 +101,31 @@ enum Job {
     Failed(FirmwareError),
 }
 
+/// One authenticated chunk, handed to a sink in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    /// Its index.
+    pub index: u64,
+    /// The decrypted, authenticated plaintext.
+    pub plaintext: &'a [u8],
+    /// The ciphertext as stored (only when asked for; else empty).
+    pub ciphertext: &'a [u8],
+}
+
 /// Streams the payload after the header: each chunk is authenticated before
 /// it is handed to `sink` (in order); reading stops at the declared length;
-/// the hash tree must match the signed root. `sink` gets (chunk index,
-/// plaintext). Decryption and hashing run on up to `workers` threads (the
-/// chunk tree makes chunks independent); memory stays bounded by a few
-/// chunks per worker whatever the image size.
+/// the hash tree must match the signed root. Decryption and hashing run on
+/// up to `workers` threads (the chunk tree makes chunks independent); memory
+/// stays bounded by a few chunks per worker whatever the image size. With
+/// `keep_ciphertext` the sink also gets each chunk as stored (to write it to
+/// a slot that stays encrypted at rest).
 pub fn stream_payload(
     r: &mut (impl Read + Send),
     v: &Verified,
     cek: &ContentKey,
     workers: usize,
-    sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    keep_ciphertext: bool,
+    sink: &mut dyn FnMut(Chunk<'_>) -> Result<()>,
 ) -> Result<()> {
     let m = v.manifest();
     let count = m.chunk_count();
@@ -124,7 +137,7 @@ pub fn stream_payload(
         let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(depth);
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
         let (res_tx, res_rx) =
-            std::sync::mpsc::sync_channel::<(u64, Result<(Vec<u8>, [u8; 32])>)>(depth);
+            std::sync::mpsc::sync_channel::<(u64, Result<(Vec<u8>, Vec<u8>, [u8; 32])>)>(depth);
         // Reader: sequential I/O, bounded by the job queue.
         let reader = scope.spawn(move || -> Result<()> {
             let mut got = 0u64;
@@ -167,15 +180,28 @@ pub fn stream_payload(
                         Err(_) => return,
                     };
                     let out = match job {
-                        Ok(Job::Chunk(i, mut buf)) => (
-                            i,
-                            crypt::open_chunk_in_place(cek, &digest, i, i + 1 == count, &mut buf)
+                        Ok(Job::Chunk(i, mut buf)) => {
+                            let ct = if keep_ciphertext {
+                                buf.clone()
+                            } else {
+                                Vec::new()
+                            };
+                            (
+                                i,
+                                crypt::open_chunk_in_place(
+                                    cek,
+                                    &digest,
+                                    i,
+                                    i + 1 == count,
+                                    &mut buf,
+                                )
                                 .map(|n| {
                                     buf.truncate(n);
                                     let l = crypt::leaf(i, &buf);
-                                    (buf, l)
+                                    (buf, ct, l)
                                 }),
-                        ),
+                            )
+                        }
                         // A reader failure is reported after every chunk before it.
                         Ok(Job::Failed(e)) => (u64::MAX, Err(e)),
                         Err(_) => return,
@@ -195,8 +221,12 @@ pub fn stream_payload(
         for (i, res) in res_rx.iter() {
             pending.insert(i, res);
             while let Some(res) = pending.remove(&next) {
-                let (pt, leaf) = res?;
-                sink(next, &pt)?;
+                let (pt, ct, leaf) = res?;
+                sink(Chunk {
+                    index: next,
+                    plaintext: &pt,
+                    ciphertext: &ct,
+                })?;
                 leaves.push(leaf);
                 next += 1;
             }
@@ -234,6 +264,13 @@ pub fn stream_payload(
     })
 }
 
+/// Worker threads for payload verification: the machine's cores.
+pub fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// Everything in one call: header, policy, key unwrap, payload.
 pub fn verify_image(
     r: &mut (impl Read + Send),
@@ -246,9 +283,8 @@ pub fn verify_image(
     let header = Header::read(r)?;
     let v = check_header(header, trust, device)?;
     let cek = content_key(&v, store, firmware_key)?;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    stream_payload(r, &v, &cek, workers, sink)?;
+    stream_payload(r, &v, &cek, workers(), false, &mut |c| {
+        sink(c.index, c.plaintext)
+    })?;
     Ok(v)
 }
