@@ -20,6 +20,8 @@ pub mod crypt;
 pub mod image;
 pub mod manifest;
 pub mod sign;
+pub mod slots;
+pub mod storage;
 pub mod trust;
 pub mod verify;
 

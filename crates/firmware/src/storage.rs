@@ -1,0 +1,200 @@
+//! The storage under the update and boot paths. Every persistent step is one
+//! counted operation (create, write, fsync, rename, remove, directory fsync),
+//! so a test can inject a crash before any chosen one ([`CrashStorage`]):
+//! that operation and every later one fail, as if power were cut there.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// A file being written.
+pub trait WriteFile {
+    /// Appends bytes (one operation).
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()>;
+    /// fsync (one operation).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// Files in one directory, addressed by name.
+pub trait Storage: Send + Sync {
+    /// Reads a whole file.
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Opens a file for streaming reads.
+    fn open(&self, name: &str) -> io::Result<File>;
+    /// Whether a file exists.
+    fn exists(&self, name: &str) -> bool;
+    /// Creates (or truncates) a file for writing (one operation).
+    fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile + '_>>;
+    /// Renames (one operation).
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes a file if present (one operation).
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// fsyncs the directory (one operation).
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// Writes a small file atomically: temp, write, fsync, rename, directory fsync.
+pub fn replace(st: &dyn Storage, name: &str, data: &[u8]) -> io::Result<()> {
+    let tmp = format!("{name}.tmp");
+    let mut f = st.create(&tmp)?;
+    f.write_all(data)?;
+    f.sync()?;
+    drop(f);
+    st.rename(&tmp, name)?;
+    st.sync_dir()
+}
+
+/// The real thing: a directory.
+#[derive(Debug, Clone)]
+pub struct DirStorage {
+    dir: PathBuf,
+}
+
+impl DirStorage {
+    /// Storage in `dir` (created if missing).
+    pub fn new(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(DirStorage {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+struct RealFile(File);
+
+impl WriteFile for RealFile {
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        self.0.write_all(b)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
+
+impl Storage for DirStorage {
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        std::fs::read(self.p(name))
+    }
+    fn open(&self, name: &str) -> io::Result<File> {
+        File::open(self.p(name))
+    }
+    fn exists(&self, name: &str) -> bool {
+        self.p(name).exists()
+    }
+    fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile + '_>> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.p(name))?;
+        Ok(Box::new(RealFile(f)))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.p(from), self.p(to))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.p(name)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// A [`DirStorage`] that counts operations and "loses power" before operation
+/// number `crash_at` (1-based): that one and all later ones fail.
+#[derive(Debug, Clone)]
+pub struct CrashStorage {
+    inner: DirStorage,
+    ops: Arc<AtomicU64>,
+    crash_at: Option<u64>,
+    crashed: Arc<AtomicBool>,
+}
+
+impl CrashStorage {
+    /// Wraps `inner`; `crash_at: None` only counts.
+    pub fn new(inner: DirStorage, crash_at: Option<u64>) -> Self {
+        CrashStorage {
+            inner,
+            ops: Arc::new(AtomicU64::new(0)),
+            crash_at,
+            crashed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Operations attempted so far.
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::SeqCst)
+    }
+
+    /// Whether the injected crash happened.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    fn step(&self) -> io::Result<()> {
+        let n = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crashed() || self.crash_at == Some(n) {
+            self.crashed.store(true, Ordering::SeqCst);
+            return Err(io::Error::other(format!(
+                "injected power loss before operation {n}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+struct CrashFile<'a> {
+    inner: Box<dyn WriteFile + 'a>,
+    st: &'a CrashStorage,
+}
+
+impl WriteFile for CrashFile<'_> {
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        self.st.step()?;
+        self.inner.write_all(b)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.st.step()?;
+        self.inner.sync()
+    }
+}
+
+impl Storage for CrashStorage {
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.inner.read(name)
+    }
+    fn open(&self, name: &str) -> io::Result<File> {
+        self.inner.open(name)
+    }
+    fn exists(&self, name: &str) -> bool {
+        self.inner.exists(name)
+    }
+    fn create(&self, name: &str) -> io::Result<Box<dyn WriteFile + '_>> {
+        self.step()?;
+        Ok(Box::new(CrashFile {
+            inner: self.inner.create(name)?,
+            st: self,
+        }))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.step()?;
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.step()?;
+        self.inner.remove(name)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        self.step()?;
+        self.inner.sync_dir()
+    }
+}
