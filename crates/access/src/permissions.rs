@@ -51,11 +51,13 @@ pub enum Permission {
     ConfigureAuditForwarding,
     /// Erase configuration, accounts and keys.
     FactoryReset,
+    /// Install firmware updates and restart into them.
+    UpdateFirmware,
 }
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 17] = [
+    pub const ALL: [Permission; 18] = [
         Permission::ReadInfo,
         Permission::ReadParams,
         Permission::WriteParamsOperation,
@@ -73,6 +75,7 @@ impl Permission {
         Permission::ReadAudit,
         Permission::ConfigureAuditForwarding,
         Permission::FactoryReset,
+        Permission::UpdateFirmware,
     ];
 
     /// The kebab-case name, as in JSON and on the command line (`write-params-limits`).
@@ -95,6 +98,7 @@ impl Permission {
             Permission::ReadAudit => "read-audit",
             Permission::ConfigureAuditForwarding => "configure-audit-forwarding",
             Permission::FactoryReset => "factory-reset",
+            Permission::UpdateFirmware => "update-firmware",
         }
     }
 
@@ -124,6 +128,7 @@ impl Permission {
                 "Configure audit forwarding to a remote collector"
             }
             Permission::FactoryReset => "Erase configuration, accounts and keys (factory reset)",
+            Permission::UpdateFirmware => "Install approved firmware updates and restart into them",
         }
     }
 }
@@ -186,6 +191,7 @@ pub fn builtin_permissions(name: &str) -> Option<BTreeSet<Permission>> {
             WriteParamsLimits,
             WriteParamsMotor,
             DriveControl,
+            UpdateFirmware,
         ],
         "security-admin" => &[
             ReadInfo,
@@ -260,7 +266,11 @@ mod tests {
     #[test]
     fn names_round_trip_through_str_and_serde() {
         let names: BTreeSet<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
-        assert_eq!(names.len(), 17, "duplicate permission names");
+        assert_eq!(
+            names.len(),
+            Permission::ALL.len(),
+            "duplicate permission names"
+        );
         for p in Permission::ALL {
             assert_eq!(p.as_str().parse::<Permission>().unwrap(), p);
             let json = serde_json::to_string(&p).unwrap();
@@ -317,7 +327,12 @@ mod tests {
             perms("operator"),
             [ReadInfo, ReadParams, WriteParamsOperation, DriveControl].into()
         );
-        assert_eq!(perms("engineer").len(), 6);
+        assert_eq!(perms("engineer").len(), 7);
+        assert!(perms("engineer").contains(&UpdateFirmware));
+        assert!(
+            !perms("security-admin").contains(&UpdateFirmware),
+            "the security admin does not run the drive"
+        );
         assert!(!perms("operator").contains(&WriteParamsLimits));
         assert!(!perms("operator").contains(&WriteParamsMotor));
         // Everything is granted by some built-in role, and every role can read info.
@@ -339,7 +354,7 @@ mod tests {
     fn matrix_has_a_row_per_permission_and_a_column_per_role() {
         let md = permission_matrix_markdown();
         let lines: Vec<&str> = md.lines().collect();
-        assert_eq!(lines.len(), 2 + 17);
+        assert_eq!(lines.len(), 2 + Permission::ALL.len());
         assert_eq!(
             lines[0],
             "| permission | description | viewer | operator | engineer | security-admin | auditor |"

@@ -247,6 +247,34 @@ pub enum DeviceCommand {
     Posture,
     /// Wipe ownership back to factory state (prints the new factory credential).
     FactoryReset,
+    /// Firmware: status, update, restart into the boot stage, attestation.
+    #[command(subcommand)]
+    Firmware(DeviceFirmwareCommand),
+}
+
+/// `device firmware`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceFirmwareCommand {
+    /// What runs, the slots and the boot state.
+    Status,
+    /// Send an image; the device verifies it chunk by chunk into the inactive slot.
+    Update {
+        /// The image.
+        #[arg(long)]
+        image: PathBuf,
+    },
+    /// Restart into the boot stage (a pending image boots on trial and is
+    /// confirmed after the health check).
+    Reboot,
+    /// Ask for a signed attestation with a fresh nonce and check it.
+    Attest {
+        /// The approved release the device should be running.
+        #[arg(long)]
+        approved: Option<PathBuf>,
+        /// Root certificate the device identity must chain to (default: --ca).
+        #[arg(long)]
+        identity_root: Option<PathBuf>,
+    },
 }
 
 /// `device users`.

@@ -9,8 +9,8 @@ use drivesec_oem::lab::LabManifest;
 use serde_json::{Value, json};
 
 use crate::cli::{
-    DeviceArgs, DeviceAuditCommand, DeviceCommand, ParamsCommand, RolesCommand, SessionsCommand,
-    UsersCommand,
+    DeviceArgs, DeviceAuditCommand, DeviceCommand, DeviceFirmwareCommand, ParamsCommand,
+    RolesCommand, SessionsCommand, UsersCommand,
 };
 
 /// Where the device is and who we are.
@@ -182,7 +182,10 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
         DeviceCommand::Info => owned(&t)?,
         _ => logged_in(&t)?,
     };
-    let result = dispatch(&c, &a.command, json);
+    let result = match &a.command {
+        DeviceCommand::Firmware(f) => firmware(&c, &t, f, json),
+        cmd => dispatch(&c, cmd, json),
+    };
     let _ = c.call("POST", "/api/v1/logout", None);
     result
 }
@@ -190,7 +193,9 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
 fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
     let get = |path: &str| c.ok("GET", path, None).map_err(anyhow::Error::from);
     match cmd {
-        DeviceCommand::Commission { .. } => unreachable!("handled before login"),
+        DeviceCommand::Commission { .. } | DeviceCommand::Firmware(_) => {
+            unreachable!("handled in run")
+        }
         DeviceCommand::Info => print(json, &get("/api/v1/info")?, |v| {
             println!(
                 "{} {} serial {} ({})",
@@ -374,6 +379,118 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                     })
                 }
             }
+        }
+    }
+}
+
+fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool) -> Result<()> {
+    let show_state = |v: &Value| {
+        let r = &v["running"];
+        if r.is_null() {
+            println!("no verified firmware is running");
+        } else {
+            println!(
+                "running {} (security counter {}) from slot {}{}",
+                r["version"].as_str().unwrap_or(""),
+                r["security_counter"],
+                r["slot"].as_str().unwrap_or("?"),
+                if r["trial"].as_bool() == Some(true) {
+                    " on trial"
+                } else {
+                    ""
+                }
+            );
+        }
+        if !v["boot_state"].is_null() {
+            println!("boot state: {}", v["boot_state"]);
+        }
+    };
+    match f {
+        DeviceFirmwareCommand::Status => {
+            print(json, &c.ok("GET", "/api/v1/firmware", None)?, show_state)
+        }
+        DeviceFirmwareCommand::Reboot => print(
+            json,
+            &c.ok("POST", "/api/v1/firmware/reboot", None)?,
+            show_state,
+        ),
+        DeviceFirmwareCommand::Update { image } => {
+            let bytes = std::fs::read(image)
+                .with_context(|| format!("reading image {}", image.display()))?;
+            let r = c.call_raw(
+                "POST",
+                "/api/v1/firmware",
+                Some(bytes),
+                "application/octet-stream",
+            )?;
+            if !(200..300).contains(&r.status) {
+                bail!(
+                    "the device refused {}: {} {}",
+                    image.display(),
+                    r.status,
+                    r.body["message"].as_str().unwrap_or(&r.body.to_string())
+                );
+            }
+            print(json, &r.body, |v| {
+                println!(
+                    "staged {} (security counter {}); it boots on trial at the next reboot",
+                    v["staged"].as_str().unwrap_or(""),
+                    v["security_counter"]
+                )
+            })
+        }
+        DeviceFirmwareCommand::Attest {
+            approved,
+            identity_root,
+        } => {
+            let root_path = identity_root
+                .as_ref()
+                .or(t.ca.as_ref())
+                .ok_or_else(|| anyhow!("give --identity-root (or --ca)"))?;
+            let roots = drivesec_pki::read_cert_chain(root_path)?;
+            let header = match approved {
+                Some(p) => {
+                    let mut file = std::fs::File::open(p)
+                        .with_context(|| format!("opening approved image {}", p.display()))?;
+                    Some(
+                        drivesec_firmware::image::Header::read(&mut file)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let mut nonce = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+            let nonce = hex::encode(nonce);
+            let resp = c.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))?;
+            let report =
+                drivesec_oem::attest::verify_attestation(&resp, &nonce, &roots, header.as_ref())?;
+            if report.matches_approved == Some(false) {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                }
+                bail!(
+                    "device {} runs {} (root {}), not the approved release",
+                    report.serial_number,
+                    report.version,
+                    report.root
+                );
+            }
+            print(json, &serde_json::to_value(&report)?, |_| {
+                println!(
+                    "device {} attests {} (security counter {}, root {}){}{}",
+                    report.serial_number,
+                    report.version,
+                    report.security_counter,
+                    report.root,
+                    if report.trial { ", on trial" } else { "" },
+                    if report.matches_approved == Some(true) {
+                        "; it is the approved release"
+                    } else {
+                        ""
+                    }
+                )
+            })
         }
     }
 }

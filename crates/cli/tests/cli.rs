@@ -134,8 +134,13 @@ fn check_lab_tokens(lab: &Value, conf: &str) {
             std::fs::read_to_string(Path::new(dev["dir"].as_str().unwrap()).join("pin")).unwrap();
         let objects = pkcs11_tool_objects(conf, token, pin.trim());
         let private: Vec<&str> = objects.split("Private Key Object").skip(1).collect();
-        // The factory's IDevID key and the LDevID key made at commissioning, both on the token.
-        assert_eq!(private.len(), 2, "{objects}");
+        // The factory's IDevID key and firmware-decryption key, and the LDevID
+        // key made at commissioning, all on the token.
+        assert_eq!(private.len(), 3, "{objects}");
+        assert!(
+            private.iter().any(|p| p.contains("label:      firmware")),
+            "{objects}"
+        );
         assert!(
             private.iter().any(|p| p.contains("label:      idevid")),
             "{objects}"

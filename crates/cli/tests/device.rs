@@ -255,6 +255,31 @@ fn operations() -> Vec<Op> {
             body: Some(json!({"crl_pem": "not a CRL"})),
             permission: "manage-trust",
         },
+        Op {
+            method: "GET",
+            path: "/api/v1/firmware",
+            body: None,
+            permission: "read-info",
+        },
+        // Not an image: refused with 400 where allowed, nothing staged.
+        Op {
+            method: "POST",
+            path: "/api/v1/firmware",
+            body: Some(json!({"not": "an image"})),
+            permission: "update-firmware",
+        },
+        Op {
+            method: "POST",
+            path: "/api/v1/firmware/reboot",
+            body: None,
+            permission: "update-firmware",
+        },
+        Op {
+            method: "POST",
+            path: "/api/v1/attest",
+            body: Some(json!({"nonce": "00112233445566778899aabbccddeeff"})),
+            permission: "read-info",
+        },
         // Executed only where it is denied; the allowed case is its own test.
         Op {
             method: "POST",

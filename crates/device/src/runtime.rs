@@ -81,6 +81,10 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
         pending: Mutex::new(None),
         tls: Arc::new(RwLock::new(tls_cfg)),
         forwarder: Mutex::new(None),
+        firmware: Mutex::new(crate::firmware::Firmware::open(&StateDir::load(
+            state_dir,
+        )?)?),
+        running: Mutex::new(None),
         config: RwLock::new(config.clone()),
     });
     if let Some(f) = dev
@@ -91,6 +95,9 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     }
     dev.audit(Event::new(Actor::Device, "device.start").essential())
         .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?;
+    // The boot stage: nothing runs that does not verify.
+    dev.boot_firmware()
+        .map_err(|e| DeviceError::Invalid(format!("boot stage: {e:?}")))?;
     let router = crate::api::router(dev.clone(), config.api.max_body_bytes);
     Ok((dev, router))
 }
@@ -254,6 +261,65 @@ impl Device {
             o.stop();
         }
         Ok(())
+    }
+
+    /// Runs the boot stage (at start and on `POST /api/v1/firmware/reboot`):
+    /// verifies what is to run, boots a pending image on trial, confirms it
+    /// after the health check, and records the outcome (and any revert).
+    pub(crate) fn boot_firmware(
+        &self,
+    ) -> std::result::Result<Option<crate::firmware::Running>, ApiError> {
+        let fw = self
+            .firmware
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?;
+        let Some(fw) = fw.as_ref() else {
+            return Ok(None);
+        };
+        // Health check: the crypto chip signs and the audit trail records.
+        let healthy = || {
+            let st = match self.state.read() {
+                Ok(s) => s,
+                Err(_) => return false,
+            };
+            st.store.sign(&st.file.idevid_key, b"health").is_ok()
+                && self
+                    .audit(Event::new(Actor::Device, "firmware.health-check"))
+                    .is_ok()
+        };
+        let result = fw.boot(healthy);
+        match result {
+            Ok((running, reverted)) => {
+                if let Some(reason) = reverted {
+                    self.audit(
+                        Event::new(Actor::Device, "firmware.reverted")
+                            .outcome(drivesec_audit::Outcome::Failure)
+                            .details(serde_json::json!({"reason": reason}))
+                            .essential(),
+                    )?;
+                }
+                self.audit(
+                    Event::new(Actor::Device, if running.trial { "firmware.trial" } else { "firmware.running" })
+                        .target(running.version.clone())
+                        .details(serde_json::json!({"slot": running.slot, "security_counter": running.security_counter, "root": running.root}))
+                        .essential(),
+                )?;
+                *self
+                    .running
+                    .lock()
+                    .map_err(|_| ApiError::internal("lock poisoned"))? = Some(running.clone());
+                Ok(Some(running))
+            }
+            Err(e) => {
+                let _ = self.audit(
+                    Event::new(Actor::Device, "firmware.boot-failed")
+                        .outcome(drivesec_audit::Outcome::Failure)
+                        .details(serde_json::json!({"error": e.to_string()}))
+                        .essential(),
+                );
+                Err(e.into())
+            }
+        }
     }
 
     /// Purges timed-out sessions and records each end in the audit trail.

@@ -60,6 +60,13 @@ pub struct DeviceFile {
     /// When it was commissioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commissioned_at: Option<String>,
+    /// Hardware class (firmware images must name it).
+    #[serde(default = "default_hw_class")]
+    pub hw_class: String,
+}
+
+fn default_hw_class() -> String {
+    "ctrl-a".into()
 }
 
 impl DeviceFile {
@@ -113,6 +120,12 @@ pub mod files {
     pub const FORWARDING: &str = "forwarding.json";
     /// Access policy set through the API.
     pub const ACCESS_POLICY: &str = "access-policy.json";
+    /// Firmware slots and boot state.
+    pub const FIRMWARE: &str = "firmware";
+    /// The firmware trust store.
+    pub const FIRMWARE_TRUST: &str = "firmware-trust.json";
+    /// The device firmware key's public half (PEM), for vendors to encrypt to.
+    pub const FIRMWARE_KEY_PUB: &str = "firmware-key.pub";
 }
 
 /// A loaded, checked state directory.

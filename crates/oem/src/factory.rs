@@ -187,6 +187,8 @@ fn build(
     let handle = KeyHandle::new(IDEVID_KEY)?;
     let info = store.generate(&handle, KeyAlgorithm::EcdsaP256)?;
     *created = Some((store.clone(), handle.clone()));
+    // The firmware key: vendors wrap image content keys to it.
+    drivesec_device::firmware::create_firmware_key(dir, store.as_ref())?;
 
     let issued = mfg.issue(&IssueRequest {
         profile: Profile::IdevId {
@@ -223,6 +225,7 @@ fn build(
         device_name: None,
         ldevid_key: None,
         commissioned_at: None,
+        hw_class: "ctrl-a".into(),
     };
     file.save(dir)
         .map_err(|e| OemError::Invalid(e.to_string()))?;

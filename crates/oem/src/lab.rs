@@ -130,6 +130,9 @@ pub struct LabDevice {
     /// Process id of its running drivesecd.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// The device firmware key's public half (PEM): pack images for it.
+    #[serde(default)]
+    pub firmware_key: Option<PathBuf>,
 }
 
 /// `lab.json`. Paths are absolute. Later issues add fields, never rename these.
@@ -159,6 +162,24 @@ pub struct LabManifest {
     /// The first security administrator created at commissioning.
     #[serde(default)]
     pub admin: Option<Credentials>,
+    /// The lab's firmware release infrastructure.
+    #[serde(default)]
+    pub firmware: Option<LabFirmware>,
+}
+
+/// Keys, trust store and factory image of the lab's firmware.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LabFirmware {
+    /// The vendor's soft keystore directory: keys `root` (rotations) and `release`.
+    pub vendor_keystore: PathBuf,
+    /// The OEM's soft keystore directory: key `approval`.
+    pub oem_keystore: PathBuf,
+    /// The trust store installed on every device (vendor release + OEM approval required).
+    pub trust: PathBuf,
+    /// The factory image (v1.0.0, counter 1) every device boots first.
+    pub factory_image: PathBuf,
+    /// Hardware class of the lab's devices.
+    pub hw_class: String,
 }
 
 impl LabManifest {
@@ -311,6 +332,7 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
             idevid_key_uri: p.idevid_key_uri,
             device_name: None,
             pid: None,
+            firmware_key: Some(dir.join("devices").join(&name).join("firmware-key.pub")),
         });
         progress(LabStep::Done(format!("{name} provisioned")));
     }
@@ -359,7 +381,9 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
         softhsm2_conf,
         users: BTreeMap::new(),
         admin: None,
+        firmware: None,
     };
+    manifest.firmware = Some(setup_firmware(dir, &manifest.devices)?);
     if let Some(daemon) = &opts.daemon {
         let result = start_devices(
             daemon,
@@ -381,6 +405,108 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
         serde_json::to_vec_pretty(&manifest).map_err(|e| OemError::Invalid(e.to_string()))?;
     fsu::write_new(&dir.join("lab.json"), &json, Mode::Public)?;
     Ok(manifest)
+}
+
+/// The lab's firmware: vendor and OEM keys, the devices' trust store, and a
+/// factory image installed (verified) in every device's slot A.
+fn setup_firmware(dir: &Path, devices: &[LabDevice]) -> Result<LabFirmware> {
+    use drivesec_firmware::image::{PackOptions, approve, pack};
+    use drivesec_firmware::trust::{Requirement, TrustStore, TrustedKey};
+    use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig};
+    let fwdir = dir.join("firmware");
+    fsu::create_private_dir(&fwdir)?;
+    let vendor_dir = fwdir.join("vendor");
+    let oem_dir = fwdir.join("oem");
+    fsu::create_private_dir(&vendor_dir)?;
+    fsu::create_private_dir(&oem_dir)?;
+    let (_, vendor) = KeystoreConfig::create_soft(&vendor_dir, "keystore", "secret")?;
+    let (_, oem) = KeystoreConfig::create_soft(&oem_dir, "keystore", "secret")?;
+    let h = |s: &str| KeyHandle::new(s);
+    let root = vendor
+        .generate(&h("root")?, KeyAlgorithm::EcdsaP256)?
+        .public_key;
+    let release = vendor
+        .generate(&h("release")?, KeyAlgorithm::EcdsaP256)?
+        .public_key;
+    let approval = oem
+        .generate(&h("approval")?, KeyAlgorithm::EcdsaP256)?
+        .public_key;
+    for (k, name) in [(&root, "root.pub"), (&release, "release.pub")] {
+        fsu::write_new(
+            &vendor_dir.join(name),
+            k.spki_pem().as_bytes(),
+            Mode::Public,
+        )?;
+    }
+    fsu::write_new(
+        &oem_dir.join("approval.pub"),
+        approval.spki_pem().as_bytes(),
+        Mode::Public,
+    )?;
+    let trust = TrustStore {
+        version: 1,
+        root: TrustedKey::new(&root, "root"),
+        keys: vec![
+            TrustedKey::new(&release, "vendor"),
+            TrustedKey::new(&approval, "oem"),
+        ],
+        policy: vec![
+            Requirement {
+                role: "vendor".into(),
+                min: 1,
+            },
+            Requirement {
+                role: "oem".into(),
+                min: 1,
+            },
+        ],
+    };
+    let trust_path = fwdir.join("trust.json");
+    let json = serde_json::to_vec_pretty(&trust).map_err(|e| OemError::Invalid(e.to_string()))?;
+    fsu::write_new(&trust_path, &json, Mode::Public)?;
+    let plain = fwdir.join("factory-1.0.0.bin");
+    let mut body = b"drivesec simulated drive firmware 1.0.0\n".repeat(6000);
+    body.truncate(200 * 1024);
+    fsu::write_new(&plain, &body, Mode::Public)?;
+    let recipients = devices
+        .iter()
+        .map(|d| drivesec_firmware::read_public_key(&d.dir.join("firmware-key.pub")))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| OemError::Invalid(e.to_string()))?;
+    let packed = fwdir.join("factory-1.0.0.packed");
+    let image = fwdir.join("factory-1.0.0.img");
+    let fw_err = |e: drivesec_firmware::FirmwareError| OemError::Invalid(e.to_string());
+    pack(
+        &plain,
+        &packed,
+        &PackOptions {
+            product: LAB_MODEL.into(),
+            hw_class: "ctrl-a".into(),
+            version: "1.0.0".into(),
+            security_counter: 1,
+            chunk_size: 64 * 1024,
+            sbom: Some(r#"{"bomFormat":"CycloneDX","specVersion":"1.5","components":[{"type":"firmware","name":"ic7-sim","version":"1.0.0"}]}"#.into()),
+            build_time: "2026-11-28T00:00:00Z".into(),
+        },
+        &recipients,
+        (vendor.as_ref(), &h("release")?),
+        "vendor",
+        &mut |_| {},
+    )
+    .map_err(fw_err)?;
+    approve(&packed, &image, (oem.as_ref(), &h("approval")?), "oem").map_err(fw_err)?;
+    let bytes = fsu::read(&image)?;
+    for d in devices {
+        let st = drivesec_device::state::StateDir::load(&d.dir)?;
+        drivesec_device::firmware::install_factory(&st, &trust, &bytes)?;
+    }
+    Ok(LabFirmware {
+        vendor_keystore: vendor_dir,
+        oem_keystore: oem_dir,
+        trust: trust_path,
+        factory_image: image,
+        hw_class: "ctrl-a".into(),
+    })
 }
 
 /// Starts, commissions and populates one drivesecd per device.

@@ -8,6 +8,7 @@
 //!   devices, one client certificate per built-in role) described by `lab.json`.
 //! * [`demo`]: the end-to-end story `drivesec demo` tells.
 
+pub mod attest;
 pub mod client;
 pub mod commission;
 pub mod daemons;

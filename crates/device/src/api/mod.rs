@@ -4,6 +4,7 @@
 
 mod accounts;
 mod commission;
+mod firmware;
 mod ops;
 
 /// Request and settings types of the operations endpoints.
@@ -62,6 +63,8 @@ pub struct Device {
     pub(crate) pending: Mutex<Option<Pending>>,
     pub(crate) tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
     pub(crate) forwarder: Mutex<Option<drivesec_audit::forward::Forwarder>>,
+    pub(crate) firmware: Mutex<Option<crate::firmware::Firmware>>,
+    pub(crate) running: Mutex<Option<crate::firmware::Running>>,
 }
 
 /// An error response: status, a stable code, and a message naming the problem.
@@ -425,6 +428,13 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
             get(ops::get_access_policy).put(ops::set_access_policy),
         )
         .route("/api/v1/factory-reset", post(ops::factory_reset))
+        // The upload reads the raw body and enforces MAX_IMAGE_BYTES itself.
+        .route(
+            "/api/v1/firmware",
+            get(firmware::status).post(firmware::upload),
+        )
+        .route("/api/v1/firmware/reboot", post(firmware::reboot))
+        .route("/api/v1/attest", post(firmware::attest))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(dev)

@@ -1,0 +1,240 @@
+//! Firmware on the device: status, updates (streamed and verified chunk by
+//! chunk), restart into the boot stage, and attestation.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use drivesec_access::Permission;
+use drivesec_audit::Outcome;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, Body, ConnInfo, Device, ok};
+
+/// Largest image accepted through the API.
+pub const MAX_IMAGE_BYTES: usize = 1 << 30;
+
+pub(crate) async fn status(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ReadInfo, "firmware.read")?;
+    let running = dev
+        .running
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .clone();
+    let state = match dev
+        .firmware
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .as_ref()
+    {
+        Some(f) => Some(f.state()?),
+        None => None,
+    };
+    Ok(ok(json!({"running": running, "boot_state": state})))
+}
+
+/// A blocking reader over the request body's chunks.
+struct BodyReader {
+    rx: tokio::sync::mpsc::Receiver<axum::body::Bytes>,
+    cur: axum::body::Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+pub(crate) async fn upload(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::UpdateFirmware, "firmware.update")?;
+    if dev
+        .firmware
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .is_none()
+    {
+        return Err(ApiError::conflict("this device has no firmware slots"));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let d2 = dev.clone();
+    let staging = tokio::task::spawn_blocking(move || {
+        let mut r = BodyReader {
+            rx,
+            cur: axum::body::Bytes::new(),
+        };
+        let fw = d2
+            .firmware
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?;
+        let f = fw
+            .as_ref()
+            .ok_or_else(|| ApiError::conflict("no firmware slots"))?;
+        let result = f.stage(&mut r);
+        // Drain what the client still sends so it gets our answer.
+        let mut sink = [0u8; 8192];
+        while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
+        result.map_err(ApiError::from)
+    });
+    let mut body = body;
+    let mut total = 0usize;
+    let mut too_large = false;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total > MAX_IMAGE_BYTES {
+                too_large = true;
+                break;
+            }
+            if tx.send(data).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let result = staging
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let result = if too_large {
+        Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("images are limited to {MAX_IMAGE_BYTES} bytes"),
+        ))
+    } else {
+        result
+    };
+    match result {
+        Ok(m) => {
+            dev.audit(
+                Device::event(&c, "firmware.staged", Outcome::Success)
+                    .target(m.version.clone())
+                    .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "security_counter": m.security_counter, "root": m.root}))
+                    .essential(),
+            )?;
+            Ok(ok(
+                json!({"staged": m.version, "security_counter": m.security_counter, "pending": true}),
+            ))
+        }
+        Err(e) => {
+            dev.audit(
+                Device::event(&c, "firmware.refused", Outcome::Failure)
+                    .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "reason": format!("{e:?}")}))
+                    .essential(),
+            )?;
+            Err(e)
+        }
+    }
+}
+
+pub(crate) async fn reboot(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::UpdateFirmware, "firmware.reboot")?;
+    dev.audit(Device::event(&c, "firmware.reboot", Outcome::Success).essential())?;
+    let d2 = dev.clone();
+    let running = tokio::task::spawn_blocking(move || d2.boot_firmware())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let state = match dev
+        .firmware
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .as_ref()
+    {
+        Some(f) => Some(f.state()?),
+        None => None,
+    };
+    Ok(ok(json!({"running": running, "boot_state": state})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AttestReq {
+    nonce: String,
+}
+
+pub(crate) async fn attest(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Body(req): Body<AttestReq>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ReadInfo, "firmware.attest")?;
+    let nonce = hex::decode(&req.nonce).map_err(|_| ApiError::bad_request("nonce must be hex"))?;
+    if !(16..=64).contains(&nonce.len()) {
+        return Err(ApiError::bad_request("nonce must be 16 to 64 bytes"));
+    }
+    let running = dev
+        .running
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .clone()
+        .ok_or_else(|| ApiError::conflict("no firmware is running from a verified slot"))?;
+    let (statement, sig, chain) = {
+        let st = dev
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let (handle, chain) = match (&st.file.ldevid_key, &st.ldevid_chain) {
+            (Some(k), Some(c)) => (k.clone(), c.clone()),
+            _ => (st.file.idevid_key.clone(), st.idevid_chain.clone()),
+        };
+        let statement = json!({
+            "kind": "drivesec-attestation/v1",
+            "nonce": req.nonce,
+            "serial_number": st.file.serial_number,
+            "device_name": st.file.device_name,
+            "firmware": running,
+            "time": crate::now_rfc3339(),
+        });
+        let bytes =
+            serde_json::to_vec(&statement).map_err(|e| ApiError::internal(e.to_string()))?;
+        let sig = st
+            .store
+            .sign(&handle, &bytes)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        (bytes, sig, chain)
+    };
+    let chain_pem: String = chain
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    dev.audit(Device::event(&c, "firmware.attest", Outcome::Success))?;
+    Ok(ok(json!({
+        "statement": b64.encode(&statement),
+        "signature": b64.encode(sig),
+        "certificate_chain": chain_pem,
+    })))
+}

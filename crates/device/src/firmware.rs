@@ -1,0 +1,185 @@
+//! The device side of firmware: the boot stage at start, updates through the
+//! API, trial boots confirmed by a health check, and attestation.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use drivesec_firmware::image::Header;
+use drivesec_firmware::slots::{BootDecision, BootState, Slots};
+use drivesec_firmware::storage::DirStorage;
+use drivesec_firmware::trust::TrustStore;
+use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore};
+use serde::Serialize;
+
+use crate::state::{StateDir, files};
+use crate::{DeviceError, Result};
+
+/// Handle of the device firmware key (content keys are wrapped to it).
+pub const FIRMWARE_KEY: &str = "firmware";
+
+/// What is running.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Running {
+    /// Slot.
+    pub slot: String,
+    /// Version.
+    pub version: String,
+    /// Security counter of the running image.
+    pub security_counter: u64,
+    /// Hash-tree root of its payload.
+    pub root: String,
+    /// Key ids that signed it.
+    pub signers: Vec<String>,
+    /// Whether it runs on trial (not yet confirmed).
+    pub trial: bool,
+}
+
+/// Generates the firmware key in the device keystore and writes its public half.
+pub fn create_firmware_key(
+    dir: &Path,
+    store: &dyn KeyStore,
+) -> Result<drivesec_keystore::PublicKey> {
+    let info = store.generate(&KeyHandle::new(FIRMWARE_KEY)?, KeyAlgorithm::EcdsaP256)?;
+    drivesec_fsutil::write_atomic(
+        &dir.join(files::FIRMWARE_KEY_PUB),
+        info.public_key.spki_pem().as_bytes(),
+        drivesec_fsutil::Mode::Public,
+    )?;
+    Ok(info.public_key)
+}
+
+/// Factory: installs the firmware trust store and the first image (slot A).
+pub fn install_factory(st: &StateDir, trust: &TrustStore, image: &[u8]) -> Result<()> {
+    let json = serde_json::to_vec_pretty(trust).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+    drivesec_fsutil::write_atomic(
+        &st.path(files::FIRMWARE_TRUST),
+        &json,
+        drivesec_fsutil::Mode::Public,
+    )?;
+    let storage = DirStorage::new(&st.path(files::FIRMWARE))
+        .map_err(|e| DeviceError::Invalid(e.to_string()))?;
+    let key = KeyHandle::new(FIRMWARE_KEY)?;
+    Slots::new(
+        &storage,
+        trust,
+        &st.file.model,
+        &st.file.hw_class,
+        st.store.as_ref(),
+        &key,
+    )
+    .install_initial(&mut &image[..])
+    .map_err(fw)
+}
+
+pub(crate) fn fw(e: drivesec_firmware::FirmwareError) -> DeviceError {
+    DeviceError::Invalid(e.to_string())
+}
+
+/// The firmware side of a state directory, if it has one.
+pub struct Firmware {
+    dir: std::path::PathBuf,
+    storage: DirStorage,
+    trust: TrustStore,
+    product: String,
+    hw_class: String,
+    store: Arc<dyn KeyStore>,
+    key: KeyHandle,
+}
+
+impl Firmware {
+    /// Opens it, or `None` when the device was provisioned without firmware slots.
+    pub fn open(st: &StateDir) -> Result<Option<Firmware>> {
+        let trust_path = st.path(files::FIRMWARE_TRUST);
+        if !trust_path.exists() || !st.path(files::FIRMWARE).join("boot.json").exists() {
+            return Ok(None);
+        }
+        let trust: TrustStore = serde_json::from_slice(&drivesec_fsutil::read(&trust_path)?)
+            .map_err(|e| DeviceError::State {
+                path: trust_path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Some(Firmware {
+            dir: st.path(files::FIRMWARE),
+            storage: DirStorage::new(&st.path(files::FIRMWARE))
+                .map_err(|e| DeviceError::Invalid(e.to_string()))?,
+            trust,
+            product: st.file.model.clone(),
+            hw_class: st.file.hw_class.clone(),
+            store: st.store.clone(),
+            key: KeyHandle::new(FIRMWARE_KEY)?,
+        }))
+    }
+
+    fn slots(&self) -> Slots<'_> {
+        Slots::new(
+            &self.storage,
+            &self.trust,
+            &self.product,
+            &self.hw_class,
+            self.store.as_ref(),
+            &self.key,
+        )
+    }
+
+    /// The boot state.
+    pub fn state(&self) -> Result<BootState> {
+        self.slots().state().map_err(fw)
+    }
+
+    /// Receives an update into the inactive slot (verified chunk by chunk).
+    pub fn stage(
+        &self,
+        image: &mut (impl std::io::Read + Send),
+    ) -> Result<drivesec_firmware::manifest::Manifest> {
+        self.slots().stage(image).map_err(fw)
+    }
+
+    /// The boot stage, then the health check and confirmation of a trial.
+    /// Returns what runs and the revert reason if one happened now.
+    pub fn boot(&self, healthy: impl Fn() -> bool) -> Result<(Running, Option<String>)> {
+        let before = self.state()?;
+        let mut slots = self.slots();
+        let decision = slots.boot().map_err(fw)?;
+        let (slot, trial) = match &decision {
+            BootDecision::Trial { slot, .. } => (*slot, true),
+            BootDecision::Confirmed { slot, .. } => (*slot, false),
+        };
+        let mut trial_now = trial;
+        if trial && healthy() {
+            slots.confirm().map_err(fw)?;
+            trial_now = false;
+        }
+        let after = self.state()?;
+        let reverted = (after.last_revert != before.last_revert)
+            .then(|| after.last_revert.clone())
+            .flatten();
+        let name = match slot {
+            drivesec_firmware::slots::Slot::A => "slot-a.img",
+            drivesec_firmware::slots::Slot::B => "slot-b.img",
+        };
+        let mut f = std::fs::File::open(self.storage_path(name))
+            .map_err(|e| DeviceError::Invalid(e.to_string()))?;
+        let header = Header::read(&mut f).map_err(fw)?;
+        let signers = header
+            .signatures
+            .iter()
+            .map(drivesec_firmware::sign::kid_of)
+            .collect();
+        let m = header.manifest;
+        Ok((
+            Running {
+                slot: format!("{slot:?}").to_lowercase(),
+                version: m.version,
+                security_counter: m.security_counter,
+                root: m.root,
+                signers,
+                trial: trial_now,
+            },
+            reverted,
+        ))
+    }
+
+    fn storage_path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+}

@@ -1,0 +1,110 @@
+//! Checking a device's attestation: a fresh nonce, the device's identity
+//! signature over what it runs, and (optionally) the approved release.
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use drivesec_firmware::image::Header;
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{OemError, Result};
+
+/// What the attestation proved.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttestReport {
+    /// Device serial number.
+    pub serial_number: String,
+    /// Running version.
+    pub version: String,
+    /// Its security counter.
+    pub security_counter: u64,
+    /// Its payload root.
+    pub root: String,
+    /// Whether it runs on trial.
+    pub trial: bool,
+    /// It is exactly the approved release (same root, version and signers).
+    pub matches_approved: Option<bool>,
+}
+
+/// Verifies an attestation response against the nonce sent, the roots the
+/// device identity must chain to, and optionally the approved image's header.
+pub fn verify_attestation(
+    resp: &Value,
+    nonce_hex: &str,
+    roots: &[CertificateDer<'static>],
+    approved: Option<&Header>,
+) -> Result<AttestReport> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bad = |m: &str| OemError::Check(format!("attestation: {m}"));
+    let statement = b64
+        .decode(
+            resp["statement"]
+                .as_str()
+                .ok_or_else(|| bad("no statement"))?,
+        )
+        .map_err(|_| bad("statement is not base64"))?;
+    let sig = b64
+        .decode(
+            resp["signature"]
+                .as_str()
+                .ok_or_else(|| bad("no signature"))?,
+        )
+        .map_err(|_| bad("signature is not base64"))?;
+    let chain = drivesec_pki::read_certs_pem(
+        std::path::Path::new("certificate_chain"),
+        resp["certificate_chain"]
+            .as_str()
+            .ok_or_else(|| bad("no certificate chain"))?
+            .as_bytes(),
+    )?;
+    drivesec_pki::verify::verify_chain(
+        &chain[0],
+        &drivesec_pki::verify::VerifyOptions {
+            roots,
+            intermediates: &chain[1..],
+            crls: &[],
+            usage: drivesec_pki::verify::Usage::Server,
+            time: None,
+        },
+    )?;
+    let key = drivesec_pki::inspect::public_key(&chain[0])?;
+    if !drivesec_keystore::verify::verify_signature(&key, &statement, &sig) {
+        return Err(bad("the device's signature does not verify"));
+    }
+    let s: Value = serde_json::from_slice(&statement).map_err(|_| bad("statement is not JSON"))?;
+    if s["kind"] != "drivesec-attestation/v1" {
+        return Err(bad("unknown statement kind"));
+    }
+    if s["nonce"].as_str() != Some(nonce_hex) {
+        return Err(bad("the nonce is not the one sent (replayed attestation)"));
+    }
+    let fw = &s["firmware"];
+    let report = AttestReport {
+        serial_number: s["serial_number"].as_str().unwrap_or_default().into(),
+        version: fw["version"].as_str().unwrap_or_default().into(),
+        security_counter: fw["security_counter"].as_u64().unwrap_or(0),
+        root: fw["root"].as_str().unwrap_or_default().into(),
+        trial: fw["trial"].as_bool().unwrap_or(false),
+        matches_approved: approved.map(|h| {
+            let want: BTreeSet<String> = h
+                .signatures
+                .iter()
+                .map(drivesec_firmware::sign::kid_of)
+                .collect();
+            let have: BTreeSet<String> = fw["signers"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            fw["root"].as_str() == Some(h.manifest.root.as_str())
+                && fw["version"].as_str() == Some(h.manifest.version.as_str())
+                && want == have
+        }),
+    };
+    Ok(report)
+}
