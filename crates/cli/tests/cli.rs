@@ -1314,3 +1314,202 @@ fn firmware_keygen_pack_approve_inspect_verify() {
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("bad magic"), "{}", o.stderr);
 }
+
+/// The whole update path through real daemons: pack and approve with the
+/// lab's release keys, least privilege on upload, unapproved and replayed
+/// images refused with nothing staged, trial boot confirmed by the health
+/// check, a corrupted pending slot reverted at boot, and an attestation
+/// that proves what runs.
+#[test]
+fn device_firmware_update_revert_and_attestation() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("lab");
+    let _guard = LabGuard(dir.clone());
+    ok(&["lab", "up", "--dir", s(&dir), "--devices", "1"]);
+    let lab: Value = serde_json::from_slice(&std::fs::read(dir.join("lab.json")).unwrap()).unwrap();
+    let dev = &lab["devices"][0];
+    let fw = &lab["firmware"];
+    let p = |n: &str| d.path().join(n);
+    let release = |version: &str, counter: &str| -> (PathBuf, PathBuf) {
+        let plain = p(&format!("fw-{version}.bin"));
+        std::fs::write(&plain, format!("drive firmware {version}\n").repeat(20_000)).unwrap();
+        let packed = p(&format!("fw-{version}.packed"));
+        let approved = p(&format!("fw-{version}.img"));
+        ok(&[
+            "firmware",
+            "pack",
+            "--input",
+            s(&plain),
+            "--out",
+            s(&packed),
+            "--hw-class",
+            fw["hw_class"].as_str().unwrap(),
+            "--version",
+            version,
+            "--counter",
+            counter,
+            "--recipient",
+            dev["firmware_key"].as_str().unwrap(),
+            "--keystore",
+            fw["vendor_keystore"].as_str().unwrap(),
+            "--key",
+            "release",
+        ]);
+        ok(&[
+            "firmware",
+            "approve",
+            "--image",
+            s(&packed),
+            "--out",
+            s(&approved),
+            "--keystore",
+            fw["oem_keystore"].as_str().unwrap(),
+            "--key",
+            "approval",
+        ]);
+        (packed, approved)
+    };
+    let device = |role: Option<&str>, args: &[&str]| -> Out {
+        let mut v = vec!["--json", "device", "--lab", s(&dir)];
+        if let Some(r) = role {
+            v.extend(["--as", r]);
+        }
+        v.extend(args);
+        drivesec(&v)
+    };
+    let json_of = |o: &Out| -> Value {
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        serde_json::from_str(&o.stdout).unwrap()
+    };
+    let status = || json_of(&device(None, &["firmware", "status"]));
+    let audit = |action: &str| -> Value {
+        json_of(&device(
+            None,
+            &["audit", "show", "--action", action, "--limit", "1000"],
+        ))
+    };
+
+    let st = status();
+    assert_eq!(st["running"]["version"], "1.0.0");
+    assert_eq!(st["running"]["trial"], false);
+    assert_eq!(st["boot_state"]["counter"], 1);
+
+    let (packed, approved) = release("1.1.0", "2");
+    // Least privilege: only the engineer role may update firmware.
+    for role in ["viewer", "operator", "auditor", "security-admin"] {
+        let o = device(Some(role), &["firmware", "update", "--image", s(&approved)]);
+        assert_ne!(o.code, 0, "{role} must not update firmware");
+        assert!(o.stderr.contains("403"), "{role}: {}", o.stderr);
+    }
+    // Without the OEM approval the policy is not met: refused, nothing staged.
+    let o = device(
+        Some("engineer"),
+        &["firmware", "update", "--image", s(&packed)],
+    );
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("400"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("oem"),
+        "names the missing role: {}",
+        o.stderr
+    );
+    assert!(status()["boot_state"]["pending"].is_null());
+    let refused = audit("firmware.refused");
+    assert!(
+        refused.to_string().contains("firmware.refused"),
+        "{refused}"
+    );
+
+    // The approved image: staged, trial boot, health check, confirmed.
+    let staged = json_of(&device(
+        Some("engineer"),
+        &["firmware", "update", "--image", s(&approved)],
+    ));
+    assert_eq!(staged["staged"], "1.1.0");
+    assert!(!status()["boot_state"]["pending"].is_null());
+    let after = json_of(&device(Some("engineer"), &["firmware", "reboot"]));
+    assert_eq!(after["running"]["version"], "1.1.0");
+    assert_eq!(after["running"]["trial"], false);
+    assert_eq!(after["boot_state"]["counter"], 2);
+    assert!(after["boot_state"]["pending"].is_null());
+    let running = audit("firmware.running").to_string();
+    assert!(running.contains("1.1.0"), "{running}");
+
+    // Attestation: fresh nonce, device identity signature, the approved release.
+    let att = json_of(&device(
+        Some("viewer"),
+        &["firmware", "attest", "--approved", s(&approved)],
+    ));
+    assert_eq!(att["version"], "1.1.0");
+    assert_eq!(att["matches_approved"], true);
+    let o = device(
+        Some("viewer"),
+        &[
+            "firmware",
+            "attest",
+            "--approved",
+            fw["factory_image"].as_str().unwrap(),
+        ],
+    );
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr.contains("not the approved release"),
+        "{}",
+        o.stderr
+    );
+    // An identity root the device does not chain to is refused.
+    let o = device(
+        Some("viewer"),
+        &[
+            "firmware",
+            "attest",
+            "--identity-root",
+            lab["manufacturer_ca"].as_str().unwrap(),
+        ],
+    );
+    assert_ne!(o.code, 0, "{}", o.stdout);
+
+    // Replaying the old, validly signed factory image: anti-rollback.
+    let o = device(
+        Some("engineer"),
+        &[
+            "firmware",
+            "update",
+            "--image",
+            fw["factory_image"].as_str().unwrap(),
+        ],
+    );
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr.contains("rollback") || o.stderr.contains("counter"),
+        "{}",
+        o.stderr
+    );
+    assert!(status()["boot_state"]["pending"].is_null());
+
+    // A verified update whose slot is corrupted before the trial boot (flash
+    // fault): the boot stage refuses it and stays on 1.1.0.
+    let (_, broken) = release("1.2.0", "3");
+    json_of(&device(
+        Some("engineer"),
+        &["firmware", "update", "--image", s(&broken)],
+    ));
+    let pending = status()["boot_state"]["pending"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    let slot = Path::new(dev["dir"].as_str().unwrap())
+        .join("firmware")
+        .join(format!("slot-{pending}.img"));
+    let mut bytes = std::fs::read(&slot).unwrap();
+    let at = bytes.len() - 1000;
+    bytes[at] ^= 0x01;
+    std::fs::write(&slot, bytes).unwrap();
+    let after = json_of(&device(Some("engineer"), &["firmware", "reboot"]));
+    assert_eq!(after["running"]["version"], "1.1.0");
+    assert_eq!(after["boot_state"]["counter"], 2);
+    assert!(after["boot_state"]["pending"].is_null());
+    assert!(!after["boot_state"]["last_revert"].is_null());
+    let reverted = audit("firmware.reverted").to_string();
+    assert!(reverted.contains("firmware.reverted"), "{reverted}");
+}

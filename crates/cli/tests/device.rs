@@ -1359,3 +1359,186 @@ fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
         "the reset was not forwarded before the wipe:\n{text}"
     );
 }
+
+/// Stops a restarted daemon the lab manifest does not know about.
+struct Daemon(u32);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        drivesec_oem::daemons::stop(self.0);
+    }
+}
+
+fn sigkill(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    // Wait until it is gone (the lab, not this test, is its parent).
+    for _ in 0..500 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s)
+                if !s
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Packs and approves a release with the lab's keys through the CLI.
+fn lab_release(lab: &TestLab, dir: &Path, version: &str, counter: u64, size: usize) -> PathBuf {
+    let fw = lab.m.firmware.as_ref().unwrap();
+    let plain = dir.join(format!("fw-{version}.bin"));
+    let mut body = format!("firmware {version} ")
+        .into_bytes()
+        .repeat(size / 10 + 1);
+    body.truncate(size);
+    std::fs::write(&plain, body).unwrap();
+    let packed = dir.join(format!("fw-{version}.packed"));
+    let image = dir.join(format!("fw-{version}.img"));
+    let run = |args: Vec<&std::ffi::OsStr>| {
+        let o = Command::new(env!("CARGO_BIN_EXE_drivesec"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let counter = counter.to_string();
+    run(vec![
+        "firmware".as_ref(),
+        "pack".as_ref(),
+        "--input".as_ref(),
+        plain.as_os_str(),
+        "--out".as_ref(),
+        packed.as_os_str(),
+        "--hw-class".as_ref(),
+        fw.hw_class.as_ref(),
+        "--version".as_ref(),
+        version.as_ref(),
+        "--counter".as_ref(),
+        counter.as_ref(),
+        "--recipient".as_ref(),
+        lab.m.devices[0].firmware_key.as_ref().unwrap().as_os_str(),
+        "--keystore".as_ref(),
+        fw.vendor_keystore.as_os_str(),
+        "--key".as_ref(),
+        "release".as_ref(),
+    ]);
+    run(vec![
+        "firmware".as_ref(),
+        "approve".as_ref(),
+        "--image".as_ref(),
+        packed.as_os_str(),
+        "--out".as_ref(),
+        image.as_os_str(),
+        "--keystore".as_ref(),
+        fw.oem_keystore.as_os_str(),
+        "--key".as_ref(),
+        "approval".as_ref(),
+    ]);
+    image
+}
+
+/// SIGKILL of drivesecd at any moment of an update (while the image streams
+/// in, after it is staged, while the trial boot and confirmation run) is
+/// survivable: the restarted daemon runs a verified image, the old or the new
+/// one as the protocol says, the security counter never decreases, and the
+/// update completes on the next try.
+#[test]
+fn sigkill_during_update_and_trial_boot_is_survivable() {
+    let lab = test_lab(Some(config()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dev_dir = lab.device_dir();
+    let conf = DeviceConfig::load(&dev_dir.join("drivesecd.toml")).unwrap();
+    let daemon = PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"));
+    let long = std::env::var_os("DRIVESEC_LONG_TESTS").is_some();
+    let delays_ms: Vec<u64> = if long {
+        (0..40).map(|i| i * 7).collect()
+    } else {
+        vec![0, 15, 60, 150]
+    };
+    let engineer = |addr: SocketAddr| {
+        let mut c = DeviceClient::new(
+            addr,
+            Some(&lab.identity("engineer")),
+            &lab.trust(),
+            Versions::Default,
+        )
+        .unwrap();
+        let u = &lab.m.users["engineer"];
+        c.login(&u.username, &u.password).unwrap();
+        c
+    };
+    let mut pid = lab.m.devices[0].pid.unwrap();
+    let mut addr = lab.addr();
+    let mut guard: Option<Daemon> = None;
+    let mut counter = 1u64;
+    let mut version = "1.0.0".to_string();
+    let mut restart = |pid: &mut u32, addr: &mut SocketAddr, guard: &mut Option<Daemon>| {
+        sigkill(*pid);
+        *guard = None;
+        let s = drivesec_oem::daemons::start(&daemon, &dev_dir, &conf).unwrap();
+        *pid = s.pid;
+        *addr = s.addr;
+        *guard = Some(Daemon(s.pid));
+    };
+    for (i, delay) in delays_ms.iter().enumerate() {
+        let next = format!("1.{}.0", i + 1);
+        let image = lab_release(&lab, tmp.path(), &next, i as u64 + 2, 4 << 20);
+        let bytes = std::fs::read(&image).unwrap();
+        // Kill while the upload streams in.
+        let c = engineer(addr);
+        let up = std::thread::spawn(move || {
+            c.call_raw(
+                "POST",
+                "/api/v1/firmware",
+                Some(bytes),
+                "application/octet-stream",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(*delay));
+        restart(&mut pid, &mut addr, &mut guard);
+        let _ = up.join().unwrap();
+        let st = engineer(addr).ok("GET", "/api/v1/firmware", None).unwrap();
+        // The old image, or the new one when it was staged before the kill
+        // (then the restart was its trial boot).
+        let running = st["running"]["version"].as_str().unwrap();
+        assert!(running == version || running == next, "{st}");
+        assert_eq!(st["running"]["trial"], false, "{st}");
+        let c_now = st["boot_state"]["counter"].as_u64().unwrap();
+        assert!(c_now >= counter, "counter went down: {st}");
+        counter = c_now;
+        // Kill after staging, and again right after asking for the reboot.
+        let r = engineer(addr)
+            .call_raw(
+                "POST",
+                "/api/v1/firmware",
+                Some(std::fs::read(&image).unwrap()),
+                "application/octet-stream",
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let c = engineer(addr);
+        let rb = std::thread::spawn(move || c.call("POST", "/api/v1/firmware/reboot", None));
+        std::thread::sleep(Duration::from_millis(*delay / 4));
+        restart(&mut pid, &mut addr, &mut guard);
+        let _ = rb.join().unwrap();
+        // The restart itself is a reboot: the pending image boots on trial
+        // and is confirmed, unless the killed reboot already did that.
+        let st = engineer(addr).ok("GET", "/api/v1/firmware", None).unwrap();
+        assert_eq!(st["running"]["version"], next.as_str(), "{st}");
+        assert_eq!(st["running"]["trial"], false, "{st}");
+        assert!(st["boot_state"]["pending"].is_null(), "{st}");
+        let c_now = st["boot_state"]["counter"].as_u64().unwrap();
+        assert_eq!(c_now, i as u64 + 2, "{st}");
+        assert!(c_now >= counter);
+        counter = c_now;
+        version = next;
+    }
+}
