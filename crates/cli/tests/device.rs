@@ -1480,7 +1480,7 @@ fn sigkill_during_update_and_trial_boot_is_survivable() {
     let mut guard: Option<Daemon> = None;
     let mut counter = 1u64;
     let mut version = "1.0.0".to_string();
-    let mut restart = |pid: &mut u32, addr: &mut SocketAddr, guard: &mut Option<Daemon>| {
+    let restart = |pid: &mut u32, addr: &mut SocketAddr, guard: &mut Option<Daemon>| {
         sigkill(*pid);
         *guard = None;
         let s = drivesec_oem::daemons::start(&daemon, &dev_dir, &conf).unwrap();
