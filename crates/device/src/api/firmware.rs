@@ -145,7 +145,7 @@ pub(crate) async fn upload(
         Err(e) => {
             dev.audit(
                 Device::event(&c, "firmware.refused", Outcome::Failure)
-                    .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "reason": format!("{e:?}")}))
+                    .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "reason": e.message()}))
                     .essential(),
             )?;
             Err(e)

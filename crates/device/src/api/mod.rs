@@ -76,6 +76,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The message the client sees (also what is audited).
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
