@@ -1581,7 +1581,7 @@ fn update_attack_catalogue_through_the_api_is_refused_audited_and_changes_nothin
     std::fs::create_dir(p("other")).unwrap();
     let (_, other) = KeystoreConfig::create_soft(&p("other"), "ks", "secret").unwrap();
     let h = |s: &str| KeyHandle::new(s).unwrap();
-    let rogue = other
+    other
         .generate(&h("rogue"), KeyAlgorithm::EcdsaP256)
         .unwrap();
     let other_device = other
