@@ -350,6 +350,30 @@ fn demo_verifies_everything() {
         assert_eq!(dev["credential_ok"], true);
         assert_eq!(dev["openssl_ok"], true);
     }
+    // The firmware story: unapproved refused, approved confirmed, attested,
+    // broken reverted.
+    let fw = &v["firmware"];
+    assert_eq!(fw["factory_version"], "1.0.0", "{fw}");
+    assert_eq!(fw["unapproved_status"], 400, "{fw}");
+    assert!(
+        fw["unapproved_reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing required signature"),
+        "{fw}"
+    );
+    assert_eq!(fw["running_after_update"], "1.1.0", "{fw}");
+    assert_eq!(fw["confirmed"], true, "{fw}");
+    assert_eq!(fw["counter_after_update"], 2, "{fw}");
+    assert_eq!(fw["attested"], true, "{fw}");
+    assert_eq!(fw["running_after_broken"], "1.1.0", "{fw}");
+    assert!(
+        fw["revert_reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed authentication"),
+        "{fw}"
+    );
     let text = ok(&[
         "demo",
         "--dir",
@@ -358,6 +382,7 @@ fn demo_verifies_everything() {
         "1",
     ]);
     assert!(text.contains("All identities verified"), "{text}");
+    assert!(text.contains("the boot stage refuses it"), "{text}");
 }
 
 #[test]

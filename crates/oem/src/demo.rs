@@ -1,11 +1,15 @@
 //! The story `drivesec demo` tells, end to end, with every claim checked.
 //!
-//! Today: a lab is built (manufacturer CA, OEM CA, factory-provisioned
+//! A lab is built (manufacturer CA, OEM CA, factory-provisioned
 //! devices, role clients), then every identity is verified independently:
 //! chains with rustls-webpki (and `openssl verify` when it is installed), each
 //! device proves possession of its IDevID key by signing a fresh challenge
 //! inside its keystore, each factory credential matches its device's hash and
 //! a wrong one does not, and each client certificate carries its role.
+//! Then the running devices: one allowed and one denied action per role,
+//! the firmware story (unapproved image refused, approved release confirmed
+//! after a trial boot, attestation, a corrupted update reverted), and each
+//! audit trail verified.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,6 +92,33 @@ pub struct AuditReport {
     pub denied_records: usize,
 }
 
+/// The firmware update story on the first running device.
+#[derive(Debug, Clone, Serialize)]
+pub struct FirmwareReport {
+    /// Device.
+    pub device: String,
+    /// Version running from the factory.
+    pub factory_version: String,
+    /// The release packed (vendor-signed, OEM-approved).
+    pub release: String,
+    /// Status the vendor-signed but unapproved image got (400 expected).
+    pub unapproved_status: u16,
+    /// Why it was refused.
+    pub unapproved_reason: String,
+    /// Running after update, trial boot and health check.
+    pub running_after_update: String,
+    /// Whether that boot was confirmed (not on trial any more).
+    pub confirmed: bool,
+    /// The device's anti-rollback counter after confirmation.
+    pub counter_after_update: u64,
+    /// A fresh-nonce attestation verified and matched the approved release.
+    pub attested: bool,
+    /// Running after a verified update whose slot was then corrupted.
+    pub running_after_broken: String,
+    /// The revert reason the boot stage recorded.
+    pub revert_reason: Option<String>,
+}
+
 /// What the demo did and found.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
@@ -99,6 +130,8 @@ pub struct DemoReport {
     pub clients: Vec<ClientReport>,
     /// A login and an allowed and a denied action per role, per device.
     pub sessions: Vec<RoleReport>,
+    /// The firmware update story.
+    pub firmware: Option<FirmwareReport>,
     /// Each device's audit trail.
     pub audit: Vec<AuditReport>,
     /// Everything checked out.
@@ -164,6 +197,7 @@ pub fn run(
     let mut report = verify_lab(&lab, &opts.dir, out)?;
     if lab.devices.iter().any(|d| d.api.is_some()) {
         report.sessions = role_story(&lab, out)?;
+        let fw = firmware_story(&lab, &opts.dir, out)?;
         report.audit = audit_story(&lab, out)?;
         report.ok = report
             .sessions
@@ -172,7 +206,16 @@ pub fn run(
             && report
                 .audit
                 .iter()
-                .all(|a| a.intact && a.denied_records >= lab.users.len());
+                .all(|a| a.intact && a.denied_records >= lab.users.len())
+            && fw.as_ref().is_none_or(|f| {
+                f.unapproved_status == 400
+                    && f.running_after_update == f.release
+                    && f.confirmed
+                    && f.attested
+                    && f.running_after_broken == f.release
+                    && f.revert_reason.is_some()
+            });
+        report.firmware = fw;
         if !report.ok {
             return Err(OemError::Check(format!(
                 "the running lab did not behave: {}",
@@ -302,6 +345,248 @@ fn role_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<RoleReport>>
         }
     }
     Ok(reports)
+}
+
+/// Packs a release with the lab's vendor key and (optionally) has the OEM approve it.
+fn lab_release(
+    lab: &LabManifest,
+    work: &Path,
+    version: &str,
+    counter: u64,
+    approve_it: bool,
+) -> Result<PathBuf> {
+    use drivesec_firmware::image::{PackOptions, approve, pack};
+    let fw = lab
+        .firmware
+        .as_ref()
+        .ok_or_else(|| OemError::Invalid("the lab has no firmware keys".into()))?;
+    let soft = drivesec_keystore::KeystoreConfig::Soft {
+        dir: "keystore".into(),
+        secret_file: "secret".into(),
+    };
+    let vendor = open_keystore(&soft, &fw.vendor_keystore)?;
+    let oem = open_keystore(&soft, &fw.oem_keystore)?;
+    let fw_err = |e: drivesec_firmware::FirmwareError| OemError::Invalid(e.to_string());
+    let plain = work.join(format!("release-{version}.bin"));
+    let mut body = format!("drivesec simulated drive firmware {version}\n")
+        .into_bytes()
+        .repeat(8000);
+    body.truncate(256 * 1024);
+    drivesec_fsutil::write_atomic(&plain, &body, drivesec_fsutil::Mode::Public)?;
+    let recipients = lab
+        .devices
+        .iter()
+        .filter_map(|d| d.firmware_key.as_ref())
+        .map(|p| drivesec_firmware::read_public_key(p))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(fw_err)?;
+    let packed = work.join(format!("release-{version}.packed"));
+    pack(
+        &plain,
+        &packed,
+        &PackOptions {
+            product: crate::lab::LAB_MODEL.into(),
+            hw_class: fw.hw_class.clone(),
+            version: version.into(),
+            security_counter: counter,
+            chunk_size: 64 * 1024,
+            sbom: None,
+            build_time: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        },
+        &recipients,
+        (vendor.as_ref(), &KeyHandle::new("release")?),
+        "vendor",
+        &mut |_| {},
+    )
+    .map_err(fw_err)?;
+    if !approve_it {
+        return Ok(packed);
+    }
+    let image = work.join(format!("release-{version}.img"));
+    approve(
+        &packed,
+        &image,
+        (oem.as_ref(), &KeyHandle::new("approval")?),
+        "oem",
+    )
+    .map_err(fw_err)?;
+    Ok(image)
+}
+
+/// On the first running device: an approved release updates it (trial boot,
+/// health check, confirm), an unapproved one is refused, an attestation
+/// proves what runs, and a broken update is reverted by the boot stage.
+fn firmware_story(
+    lab: &LabManifest,
+    lab_dir: &Path,
+    out: &mut dyn Write,
+) -> Result<Option<FirmwareReport>> {
+    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+    let Some(d) = lab.devices.iter().find(|d| d.api.is_some()) else {
+        return Ok(None);
+    };
+    if lab.firmware.is_none() {
+        return Ok(None);
+    }
+    let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+        return Ok(None);
+    };
+    let addr = api
+        .trim_start_matches("https://")
+        .parse()
+        .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
+    let roots = read_cert_chain(&lab.oem_ca)?;
+    let files = lab
+        .clients
+        .get("engineer")
+        .ok_or_else(|| OemError::Invalid("no engineer client".into()))?;
+    let user = lab
+        .users
+        .get("engineer")
+        .ok_or_else(|| OemError::Invalid("no engineer account".into()))?;
+    let trust = DeviceTrust::Ldevid {
+        roots: roots.clone(),
+        device_name: name.clone(),
+    };
+    let mut c = DeviceClient::new(
+        addr,
+        Some(&ClientIdentity::from_files(&files.cert, &files.key)?),
+        &trust,
+        Versions::Default,
+    )?;
+    c.login(&user.username, &user.password)?;
+    let w = |out: &mut dyn Write, s: String| {
+        let _ = writeln!(out, "{s}");
+    };
+    w(
+        out,
+        format!(
+            "\nFirmware on {} (engineer role; images signed by the vendor, approved by the OEM):",
+            d.name
+        ),
+    );
+    let work = lab_dir.join("firmware").join("releases");
+    drivesec_fsutil::create_private_dir(&work)?;
+    let before = c.ok("GET", "/api/v1/firmware", None)?;
+    let factory_version = before["running"]["version"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let upload = |c: &DeviceClient, p: &Path| {
+        c.call_raw(
+            "POST",
+            "/api/v1/firmware",
+            Some(drivesec_fsutil::read(p)?),
+            "application/octet-stream",
+        )
+    };
+    let release = "1.1.0";
+    let unapproved = lab_release(lab, &work, release, 2, false)?;
+    let r = upload(&c, &unapproved)?;
+    let unapproved_status = r.status;
+    let unapproved_reason = r.body["message"].as_str().unwrap_or("").to_string();
+    w(
+        out,
+        format!(
+            "  vendor-signed {release} without the OEM approval -> {} {}",
+            r.status, unapproved_reason
+        ),
+    );
+    let approved = lab_release(lab, &work, release, 2, true)?;
+    let r = upload(&c, &approved)?;
+    if r.status != 200 {
+        return Err(OemError::Check(format!(
+            "the approved release was refused: {}",
+            r.body
+        )));
+    }
+    let after = c.ok("POST", "/api/v1/firmware/reboot", None)?;
+    let running_after_update = after["running"]["version"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let confirmed = after["running"]["trial"] == false;
+    let counter_after_update = after["boot_state"]["counter"].as_u64().unwrap_or(0);
+    w(
+        out,
+        format!(
+            "  approved {release} streamed in and verified chunk by chunk; reboot: trial boot, health check -> running {running_after_update} confirmed {}, security counter {counter_after_update}",
+            mark(confirmed)
+        ),
+    );
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    let nonce = hex::encode(nonce);
+    let header = {
+        let mut f = std::fs::File::open(&approved)
+            .map_err(|e| drivesec_fsutil::FsError::io("open", &approved, e))?;
+        drivesec_firmware::image::Header::read(&mut f)
+            .map_err(|e| OemError::Invalid(e.to_string()))?
+    };
+    let att = c.ok(
+        "POST",
+        "/api/v1/attest",
+        Some(&serde_json::json!({"nonce": nonce})),
+    )?;
+    let attested = crate::attest::verify_attestation(&att, &nonce, &roots, Some(&header))
+        .map(|r| r.matches_approved == Some(true))
+        .unwrap_or(false);
+    w(
+        out,
+        format!(
+            "  attestation with a fresh nonce, signed by the device's LDevID key, is the approved {release}: {}",
+            mark(attested)
+        ),
+    );
+    let broken = lab_release(lab, &work, "1.2.0", 3, true)?;
+    let r = upload(&c, &broken)?;
+    if r.status != 200 {
+        return Err(OemError::Check(format!("1.2.0 was refused: {}", r.body)));
+    }
+    let state = c.ok("GET", "/api/v1/firmware", None)?;
+    let pending = state["boot_state"]["pending"]
+        .as_str()
+        .unwrap_or("b")
+        .to_string();
+    // A flash fault after staging: one byte of the pending slot changes.
+    let slot = d.dir.join("firmware").join(format!("slot-{pending}.img"));
+    let mut bytes = drivesec_fsutil::read(&slot)?;
+    let at = bytes.len().saturating_sub(4096);
+    if let Some(b) = bytes.get_mut(at) {
+        *b ^= 0x20;
+    }
+    std::fs::write(&slot, bytes).map_err(|e| drivesec_fsutil::FsError::io("write", &slot, e))?;
+    let after = c.ok("POST", "/api/v1/firmware/reboot", None)?;
+    let running_after_broken = after["running"]["version"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let revert_reason = after["boot_state"]["last_revert"]
+        .as_str()
+        .map(str::to_string);
+    w(
+        out,
+        format!(
+            "  1.2.0 staged, then its slot corrupted (flash fault); reboot: the boot stage refuses it and stays on {running_after_broken}: {}",
+            revert_reason.as_deref().unwrap_or("(no revert recorded)")
+        ),
+    );
+    let _ = c.call("POST", "/api/v1/logout", None);
+    Ok(Some(FirmwareReport {
+        device: d.name.clone(),
+        factory_version,
+        release: release.into(),
+        unapproved_status,
+        unapproved_reason,
+        running_after_update,
+        confirmed,
+        counter_after_update,
+        attested,
+        running_after_broken,
+        revert_reason,
+    }))
 }
 
 /// Each running device's audit trail verified against its IDevID certificate.
@@ -462,6 +747,7 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         devices,
         clients,
         sessions: Vec::new(),
+        firmware: None,
         audit: Vec::new(),
         ok,
     };
