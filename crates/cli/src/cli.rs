@@ -66,6 +66,34 @@ pub enum FirmwareCommand {
         #[arg(long)]
         public_out: PathBuf,
     },
+    /// Sign a trust rotation statement with the root-of-trust key: add or
+    /// revoke signing keys, replace the policy or the root.
+    Rotate {
+        /// The trust store the devices hold now (its version + 1 is signed).
+        #[arg(long)]
+        trust: PathBuf,
+        /// Add a signing key as ROLE=PUBLIC_KEY.pem (repeat).
+        #[arg(long = "add")]
+        add: Vec<String>,
+        /// Revoke a signing key by key id (repeat).
+        #[arg(long = "revoke")]
+        revoke: Vec<String>,
+        /// Replace the policy: ROLE=COUNT (repeat).
+        #[arg(long = "require")]
+        require: Vec<String>,
+        /// Replace the root of trust with this public key (PEM).
+        #[arg(long)]
+        new_root: Option<PathBuf>,
+        /// The statement to write (COSE_Sign1).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the rotated trust store here.
+        #[arg(long)]
+        trust_out: Option<PathBuf>,
+        /// The root-of-trust signing key.
+        #[command(flatten)]
+        root_key: KeyArgs,
+    },
     /// Pack a firmware file into a signed image encrypted for the given device keys.
     Pack {
         /// Plaintext firmware.
@@ -266,6 +294,12 @@ pub enum DeviceFirmwareCommand {
     /// Restart into the boot stage (a pending image boots on trial and is
     /// confirmed after the health check).
     Reboot,
+    /// Apply a trust rotation statement (from `drivesec firmware rotate`).
+    Trust {
+        /// The signed statement.
+        #[arg(long)]
+        statement: PathBuf,
+    },
     /// Ask for a signed attestation with a fresh nonce and check it.
     Attest {
         /// The approved release the device should be running.

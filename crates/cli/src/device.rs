@@ -414,6 +414,30 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
             &c.ok("POST", "/api/v1/firmware/reboot", None)?,
             show_state,
         ),
+        DeviceFirmwareCommand::Trust { statement } => {
+            use base64::Engine;
+            let bytes = fsu::read(statement)?;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+            let r = c.call(
+                "PUT",
+                "/api/v1/firmware/trust",
+                Some(&json!({"statement": b64})),
+            )?;
+            if !(200..300).contains(&r.status) {
+                bail!(
+                    "the device refused {}: {} {}",
+                    statement.display(),
+                    r.status,
+                    r.body["message"].as_str().unwrap_or(&r.body.to_string())
+                );
+            }
+            print(json, &r.body, |v| {
+                println!(
+                    "firmware trust store now at version {}",
+                    v["trust"]["version"]
+                )
+            })
+        }
         DeviceFirmwareCommand::Update { image } => {
             let bytes = std::fs::read(image)
                 .with_context(|| format!("reading image {}", image.display()))?;

@@ -298,6 +298,91 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
             }
             Ok(())
         }
+        FirmwareCommand::Rotate {
+            trust,
+            add,
+            revoke,
+            require,
+            new_root,
+            out,
+            trust_out,
+            root_key,
+        } => {
+            let current: TrustStore = serde_json::from_slice(&fsu::read(&trust)?)
+                .with_context(|| format!("{} is not a trust store", trust.display()))?;
+            let add = add
+                .iter()
+                .map(|s| {
+                    let (role, path) = pair(s, "--add")?;
+                    Ok(TrustedKey::new(
+                        &drivesec_firmware::read_public_key(Path::new(&path))?,
+                        &role,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let policy = if require.is_empty() {
+                None
+            } else {
+                Some(
+                    require
+                        .iter()
+                        .map(|s| {
+                            let (role, n) = pair(s, "--require")?;
+                            Ok(Requirement {
+                                role,
+                                min: n
+                                    .parse()
+                                    .with_context(|| format!("--require {s}: not a count"))?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                )
+            };
+            let new_root = match &new_root {
+                Some(p) => Some(TrustedKey::new(
+                    &drivesec_firmware::read_public_key(p)?,
+                    "root",
+                )),
+                None => None,
+            };
+            let rotation = drivesec_firmware::trust::Rotation {
+                version: current.version + 1,
+                add,
+                revoke: revoke.clone(),
+                policy,
+                new_root,
+            };
+            let (store, handle) = open(&root_key)?;
+            let statement =
+                drivesec_firmware::trust::sign_rotation(&rotation, store.as_ref(), &handle)?;
+            // Apply it here first: a statement the devices would refuse is never written.
+            let next = current
+                .rotate(&statement)
+                .with_context(|| format!("the statement does not apply to {}", trust.display()))?;
+            fsu::write_new(&out, &statement, Mode::Public)?;
+            if let Some(t) = &trust_out {
+                fsu::write_new(
+                    t,
+                    serde_json::to_string_pretty(&next)?.as_bytes(),
+                    Mode::Public,
+                )?;
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"statement": out, "trust": next}))?
+                );
+            } else {
+                println!(
+                    "rotation statement for trust store version {} written to {} ({} key(s) added, {} revoked)",
+                    next.version,
+                    out.display(),
+                    rotation.add.len(),
+                    rotation.revoke.len()
+                );
+            }
+            Ok(())
+        }
         FirmwareCommand::TrustInit {
             root,
             signers,

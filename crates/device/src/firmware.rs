@@ -121,6 +121,28 @@ impl Firmware {
         )
     }
 
+    /// The firmware trust store in force.
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
+    /// Applies a rotation statement signed by the current root of trust
+    /// (keys added or revoked, policy or root replaced). The new store is
+    /// written atomically; on any error nothing changes.
+    pub fn rotate_trust(&mut self, statement: &[u8]) -> Result<&TrustStore> {
+        let next = self.trust.rotate(statement).map_err(fw)?;
+        let json =
+            serde_json::to_vec_pretty(&next).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+        let path = self
+            .dir
+            .parent()
+            .ok_or_else(|| DeviceError::Invalid("firmware directory has no parent".into()))?
+            .join(files::FIRMWARE_TRUST);
+        drivesec_fsutil::write_atomic(&path, &json, drivesec_fsutil::Mode::Public)?;
+        self.trust = next;
+        Ok(&self.trust)
+    }
+
     /// The boot state.
     pub fn state(&self) -> Result<BootState> {
         self.slots().state().map_err(fw)

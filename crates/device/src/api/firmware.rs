@@ -41,7 +41,70 @@ pub(crate) async fn status(
         Some(f) => Some(f.state()?),
         None => None,
     };
-    Ok(ok(json!({"running": running, "boot_state": state})))
+    let trust = dev
+        .firmware
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .as_ref()
+        .map(|f| f.trust().clone());
+    Ok(ok(
+        json!({"running": running, "boot_state": state, "trust": trust}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateReq {
+    /// The COSE_Sign1 rotation statement, base64.
+    statement: String,
+}
+
+pub(crate) async fn rotate_trust(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Body(req): Body<RotateReq>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ManageTrust, "firmware.trust-rotate")?;
+    let statement = base64::engine::general_purpose::STANDARD
+        .decode(req.statement.trim())
+        .map_err(|_| ApiError::bad_request("statement must be base64"))?;
+    let result = {
+        let mut fw = dev
+            .firmware
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?;
+        match fw.as_mut() {
+            None => Err(ApiError::conflict("this device has no firmware slots")),
+            Some(f) => f.rotate_trust(&statement).cloned().map_err(ApiError::from),
+        }
+    };
+    match result {
+        Ok(t) => {
+            let revoked: Vec<&str> = t
+                .keys
+                .iter()
+                .filter(|k| k.revoked)
+                .map(|k| k.kid.as_str())
+                .collect();
+            dev.audit(
+                Device::event(&c, "firmware.trust-rotated", Outcome::Success)
+                    .target(t.version.to_string())
+                    .details(json!({"certificate": c.conn.fingerprint, "root": t.root.kid, "keys": t.keys.len(), "revoked": revoked}))
+                    .essential(),
+            )?;
+            Ok(ok(json!({"trust": t})))
+        }
+        Err(e) => {
+            dev.audit(
+                Device::event(&c, "firmware.trust-refused", Outcome::Failure)
+                    .details(json!({"certificate": c.conn.fingerprint, "reason": e.message()}))
+                    .essential(),
+            )?;
+            Err(e)
+        }
+    }
 }
 
 /// A blocking reader over the request body's chunks.

@@ -439,6 +439,7 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
             get(firmware::status).post(firmware::upload),
         )
         .route("/api/v1/firmware/reboot", post(firmware::reboot))
+        .route("/api/v1/firmware/trust", put(firmware::rotate_trust))
         .route("/api/v1/attest", post(firmware::attest))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
