@@ -47,9 +47,17 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     /// Soft keystore directory (created by `firmware keygen`).
+    #[arg(
+        long,
+        required_unless_present = "pkcs11_uri",
+        conflicts_with = "pkcs11_uri"
+    )]
+    pub keystore: Option<PathBuf>,
+    /// Or a PKCS#11 token, as an RFC 7512 URI naming the token and its PIN
+    /// (`pkcs11:token=release?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:pin`).
     #[arg(long)]
-    pub keystore: PathBuf,
-    /// Key handle in it.
+    pub pkcs11_uri: Option<String>,
+    /// Key handle (the object label on a token).
     #[arg(long)]
     pub key: String,
 }
@@ -278,6 +286,16 @@ pub enum DeviceCommand {
     /// Firmware: status, update, restart into the boot stage, attestation.
     #[command(subcommand)]
     Firmware(DeviceFirmwareCommand),
+    /// Ask for a signed attestation of the running firmware with a fresh
+    /// nonce and check it (same as `device firmware attest`).
+    Attest {
+        /// The approved release the device should be running.
+        #[arg(long)]
+        approved: Option<PathBuf>,
+        /// Root certificate the device identity must chain to (default: --ca).
+        #[arg(long)]
+        identity_root: Option<PathBuf>,
+    },
 }
 
 /// `device firmware`.

@@ -184,6 +184,18 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
     };
     let result = match &a.command {
         DeviceCommand::Firmware(f) => firmware(&c, &t, f, json),
+        DeviceCommand::Attest {
+            approved,
+            identity_root,
+        } => firmware(
+            &c,
+            &t,
+            &DeviceFirmwareCommand::Attest {
+                approved: approved.clone(),
+                identity_root: identity_root.clone(),
+            },
+            json,
+        ),
         cmd => dispatch(&c, cmd, json),
     };
     let _ = c.call("POST", "/api/v1/logout", None);
@@ -193,7 +205,9 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
 fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
     let get = |path: &str| c.ok("GET", path, None).map_err(anyhow::Error::from);
     match cmd {
-        DeviceCommand::Commission { .. } | DeviceCommand::Firmware(_) => {
+        DeviceCommand::Commission { .. }
+        | DeviceCommand::Firmware(_)
+        | DeviceCommand::Attest { .. } => {
             unreachable!("handled in run")
         }
         DeviceCommand::Info => print(json, &get("/api/v1/info")?, |v| {

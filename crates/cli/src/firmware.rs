@@ -23,17 +23,41 @@ fn soft_config() -> KeystoreConfig {
     }
 }
 
-fn open(k: &KeyArgs) -> Result<(Arc<dyn KeyStore>, KeyHandle)> {
-    if !k.keystore.join("keystore").exists() {
+fn open_store(k: &KeyArgs, create: bool) -> Result<Arc<dyn KeyStore>> {
+    if let Some(uri) = &k.pkcs11_uri {
+        let base = std::env::current_dir()?;
+        return Ok(Arc::new(
+            drivesec_keystore::pkcs11::Pkcs11KeyStore::open_uri(uri, &base)
+                .with_context(|| format!("opening PKCS#11 token {uri}"))?,
+        ));
+    }
+    let dir = k
+        .keystore
+        .as_ref()
+        .ok_or_else(|| anyhow!("give --keystore DIR or --pkcs11-uri URI"))?;
+    if dir.join("keystore").exists() {
+        return Ok(open_keystore(&soft_config(), dir)?);
+    }
+    if !create {
         bail!(
             "{} is not a keystore made by `drivesec firmware keygen`",
-            k.keystore.display()
+            dir.display()
         );
     }
-    Ok((
-        open_keystore(&soft_config(), &k.keystore)?,
-        KeyHandle::new(k.key.clone())?,
-    ))
+    fsu::create_private_dir(dir)?;
+    Ok(KeystoreConfig::create_soft(dir, "keystore", "secret")?.1)
+}
+
+fn open(k: &KeyArgs) -> Result<(Arc<dyn KeyStore>, KeyHandle)> {
+    Ok((open_store(k, false)?, KeyHandle::new(k.key.clone())?))
+}
+
+fn key_place(k: &KeyArgs) -> String {
+    match (&k.pkcs11_uri, &k.keystore) {
+        (Some(u), _) => u.clone(),
+        (None, Some(d)) => d.display().to_string(),
+        (None, None) => String::new(),
+    }
 }
 
 fn bar(json: bool, total: u64) -> ProgressBar {
@@ -65,12 +89,7 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
                     public_out.display()
                 );
             }
-            let store = if key.keystore.join("keystore").exists() {
-                open_keystore(&soft_config(), &key.keystore)?
-            } else {
-                fsu::create_private_dir(&key.keystore)?;
-                KeystoreConfig::create_soft(&key.keystore, "keystore", "secret")?.1
-            };
+            let store = open_store(&key, true)?;
             let info =
                 store.generate(&KeyHandle::new(key.key.clone())?, KeyAlgorithm::EcdsaP256)?;
             fsu::write_new(
@@ -85,7 +104,7 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
                 println!(
                     "key {} (kid {kid}) in {}; public key in {}",
                     key.key,
-                    key.keystore.display(),
+                    key_place(&key),
                     public_out.display()
                 );
             }

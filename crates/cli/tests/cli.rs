@@ -851,6 +851,7 @@ fn every_command_has_help() {
         vec!["device", "firmware", "update", "--help"],
         vec!["device", "firmware", "attest", "--help"],
         vec!["device", "firmware", "trust", "--help"],
+        vec!["device", "attest", "--help"],
         vec!["device", "commission", "--help"],
         vec!["device", "posture", "--help"],
         vec!["audit", "verify", "--help"],
@@ -1217,12 +1218,54 @@ fn firmware_keygen_pack_approve_inspect_verify() {
     let d = tempfile::tempdir().unwrap();
     let p = |n: &str| d.path().join(n);
     let ks = |n: &str| p(&format!("{n}-ks"));
-    for (store, key) in [
-        ("vendor", "release"),
-        ("oem", "approval"),
-        ("root", "root"),
-        ("device", "fwkey"),
-    ] {
+    // The vendor's release key lives on a PKCS#11 token (SoftHSM2).
+    let conf = std::env::var("SOFTHSM2_CONF").expect("run through scripts/test (SOFTHSM2_CONF)");
+    let label = format!("fw-release-{}", std::process::id());
+    drivesec_keystore::pkcs11::init_token(
+        &drivesec_keystore::pkcs11::default_module(),
+        &label,
+        "so-123456",
+        "user-1234",
+    )
+    .unwrap();
+    std::fs::write(p("release.pin"), "user-1234").unwrap();
+    let release_uri = format!(
+        "pkcs11:token={label}?pin-source=file:{}",
+        s(&p("release.pin"))
+    );
+    let out = ok(&[
+        "firmware",
+        "keygen",
+        "--pkcs11-uri",
+        &release_uri,
+        "--key",
+        "release",
+        "--public-out",
+        s(&p("release.pub")),
+    ]);
+    assert!(out.contains("kid"), "{out}");
+    let objects = pkcs11_tool_objects(&conf, &label, "user-1234");
+    assert!(
+        objects.contains("label:      release")
+            && objects.contains("sensitive, always sensitive, never extractable, local"),
+        "{objects}"
+    );
+    // Exactly one key source.
+    let o = drivesec(&[
+        "firmware",
+        "keygen",
+        "--pkcs11-uri",
+        &release_uri,
+        "--keystore",
+        s(&ks("x")),
+        "--key",
+        "k",
+        "--public-out",
+        s(&p("x.pub")),
+    ]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("cannot be used with"), "{}", o.stderr);
+    for (store, key) in [("oem", "approval"), ("root", "root"), ("device", "fwkey")] {
         let out = ok(&[
             "firmware",
             "keygen",
@@ -1275,8 +1318,8 @@ fn firmware_keygen_pack_approve_inspect_verify() {
         s(&p("fwkey.pub")),
         "--sbom",
         s(&p("sbom.json")),
-        "--keystore",
-        s(&ks("vendor")),
+        "--pkcs11-uri",
+        &release_uri,
         "--key",
         "release",
     ]);
@@ -1467,7 +1510,7 @@ fn device_firmware_update_revert_and_attestation() {
     // Attestation: fresh nonce, device identity signature, the approved release.
     let att = json_of(&device(
         Some("viewer"),
-        &["firmware", "attest", "--approved", s(&approved)],
+        &["attest", "--approved", s(&approved)],
     ));
     assert_eq!(att["version"], "1.1.0");
     assert_eq!(att["matches_approved"], true);
