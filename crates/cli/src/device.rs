@@ -501,8 +501,13 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
             let nonce = hex::encode(nonce);
             let resp = c.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))?;
-            let report =
-                drivesec_oem::attest::verify_attestation(&resp, &nonce, &roots, header.as_ref())?;
+            let report = drivesec_oem::attest::verify_attestation(
+                &resp,
+                &nonce,
+                &roots,
+                t.name.as_deref(),
+                header.as_ref(),
+            )?;
             if report.matches_approved == Some(false) {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);

@@ -1997,3 +1997,62 @@ fn firmware_trust_rotation_revokes_keys_on_the_device() {
         assert!(actions.contains(&want), "{want} not in {actions:?}");
     }
 }
+
+/// Attestation is bound to the nonce sent, to the device asked (its
+/// certificate and statement name it) and, when given, to the approved
+/// release (root, version, counter and signers).
+#[test]
+fn attestation_is_bound_to_nonce_device_and_release() {
+    let lab = test_lab(Some(config()));
+    let fw = lab.m.firmware.clone().unwrap();
+    let roots = drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap();
+    let name = lab.m.devices[0].device_name.clone().unwrap();
+    let factory = {
+        let mut f = std::fs::File::open(&fw.factory_image).unwrap();
+        drivesec_firmware::image::Header::read(&mut f).unwrap()
+    };
+    let viewer = lab.session("viewer");
+    let nonce = "0123456789abcdef0123456789abcdef";
+    let resp = viewer
+        .ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))
+        .unwrap();
+    let verify = |resp: &Value, nonce: &str, name: Option<&str>, h| {
+        drivesec_oem::attest::verify_attestation(resp, nonce, &roots, name, h)
+    };
+    let r = verify(&resp, nonce, Some(&name), Some(&factory)).unwrap();
+    assert_eq!(r.version, "1.0.0");
+    assert_eq!(r.matches_approved, Some(true));
+    // Another nonce: a replayed answer.
+    let e = verify(&resp, "ffffffffffffffffffffffffffffffff", Some(&name), None).unwrap_err();
+    assert!(e.to_string().contains("replayed"), "{e}");
+    // Another device's name: a relayed answer.
+    let e = verify(&resp, nonce, Some("other.plant.example"), None).unwrap_err();
+    assert!(e.to_string().contains("not for other.plant.example"), "{e}");
+    // A release with another counter does not match.
+    let mut other = factory.clone();
+    other.manifest.security_counter += 1;
+    let r = verify(&resp, nonce, Some(&name), Some(&other)).unwrap();
+    assert_eq!(r.matches_approved, Some(false));
+    // A changed statement breaks the signature.
+    let mut forged = resp.clone();
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+    };
+    let mut st: Value = serde_json::from_slice(&b64(resp["statement"].as_str().unwrap())).unwrap();
+    st["firmware"]["version"] = json!("9.9.9");
+    let encoded = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&st).unwrap())
+    };
+    forged["statement"] = json!(encoded);
+    let e = verify(&forged, nonce, Some(&name), None).unwrap_err();
+    assert!(e.to_string().contains("does not verify"), "{e}");
+    // Bad nonces are refused by the device.
+    for bad in ["zz", "00", &"ab".repeat(65)] {
+        let r = viewer
+            .call("POST", "/api/v1/attest", Some(&json!({"nonce": bad})))
+            .unwrap();
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+}

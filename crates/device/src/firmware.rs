@@ -75,7 +75,9 @@ pub(crate) fn fw(e: drivesec_firmware::FirmwareError) -> DeviceError {
     DeviceError::Invalid(e.to_string())
 }
 
-/// The firmware side of a state directory, if it has one.
+/// The firmware side of a state directory, if it has one. Cheap to clone:
+/// handlers work on a clone so the shared lock is never held across I/O.
+#[derive(Clone)]
 pub struct Firmware {
     dir: std::path::PathBuf,
     storage: DirStorage,

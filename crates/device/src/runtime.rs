@@ -85,6 +85,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
             state_dir,
         )?)?),
         running: Mutex::new(None),
+        firmware_gate: tokio::sync::Mutex::new(()),
         config: RwLock::new(config.clone()),
     });
     if let Some(f) = dev
@@ -269,11 +270,13 @@ impl Device {
     pub(crate) fn boot_firmware(
         &self,
     ) -> std::result::Result<Option<crate::firmware::Running>, ApiError> {
+        // Work on a clone: the shared lock is not held while images verify.
         let fw = self
             .firmware
             .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))?;
-        let Some(fw) = fw.as_ref() else {
+            .map_err(|_| ApiError::internal("lock poisoned"))?
+            .clone();
+        let Some(fw) = fw else {
             return Ok(None);
         };
         // Health check: the crypto chip signs and the audit trail records.
@@ -311,6 +314,10 @@ impl Device {
                 Ok(Some(running))
             }
             Err(e) => {
+                // Nothing verified runs: never attest or report a stale image.
+                if let Ok(mut r) = self.running.lock() {
+                    *r = None;
+                }
                 let _ = self.audit(
                     Event::new(Actor::Device, "firmware.boot-failed")
                         .outcome(drivesec_audit::Outcome::Failure)

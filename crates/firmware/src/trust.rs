@@ -43,6 +43,19 @@ impl TrustedKey {
             .map_err(|_| FirmwareError::Malformed(format!("key {} is not hex", self.kid)))?;
         Ok(PublicKey::from_raw(KeyAlgorithm::EcdsaP256, raw)?)
     }
+
+    /// Checks the key parses and its `kid` is the one derived from it (so a
+    /// key cannot be registered twice under two ids and count twice).
+    fn checked(&self) -> Result<()> {
+        let pk = self.public()?;
+        if key_id(&pk) != self.kid {
+            return Err(FirmwareError::Rotation(format!(
+                "key id {} does not belong to its public key",
+                self.kid
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// How many valid signatures from distinct keys of a role an image needs.
@@ -172,13 +185,13 @@ impl TrustStore {
         let mut next = self.clone();
         next.version = r.version;
         for k in r.add {
+            k.checked()?;
             if next.keys.iter().any(|x| x.kid == k.kid) {
                 return Err(FirmwareError::Rotation(format!(
                     "key {} is already known",
                     k.kid
                 )));
             }
-            k.public()?;
             next.keys.push(k);
         }
         for kid in r.revoke {
@@ -188,10 +201,15 @@ impl TrustStore {
             k.revoked = true;
         }
         if let Some(p) = r.policy {
+            if p.is_empty() || p.iter().any(|q| q.min == 0) {
+                return Err(FirmwareError::Rotation(
+                    "the policy must require at least one signature of each role it names".into(),
+                ));
+            }
             next.policy = p;
         }
         if let Some(root) = r.new_root {
-            root.public()?;
+            root.checked()?;
             next.root = root;
         }
         Ok(next)

@@ -435,6 +435,42 @@ fn trust_rotation_only_by_the_root_and_in_order() {
 }
 
 #[test]
+fn rotation_refuses_a_key_under_a_false_id_and_an_empty_policy() {
+    let fx = Fx::new();
+    // The vendor key again, under a made-up id: it would count twice.
+    let mut twin = TrustedKey::new(&pk(&fx.ks, "vendor"), "vendor");
+    twin.kid = "0000000000000000".into();
+    let rot = |add: Vec<TrustedKey>, policy: Option<Vec<Requirement>>| {
+        let r = Rotation {
+            version: 2,
+            add,
+            revoke: vec![],
+            policy,
+            new_root: None,
+        };
+        fx.trust
+            .rotate(&sign_rotation(&r, fx.ks.as_ref(), &h("root")).unwrap())
+    };
+    let e = rot(vec![twin], None).unwrap_err();
+    assert!(e.to_string().contains("does not belong"), "{e}");
+    // The same key under its true id is already known.
+    let e = rot(vec![TrustedKey::new(&pk(&fx.ks, "vendor"), "vendor")], None).unwrap_err();
+    assert!(e.to_string().contains("already known"), "{e}");
+    // A policy that requires nothing would accept unsigned images.
+    let e = rot(vec![], Some(vec![])).unwrap_err();
+    assert!(e.to_string().contains("at least one"), "{e}");
+    let e = rot(
+        vec![],
+        Some(vec![Requirement {
+            role: "vendor".into(),
+            min: 0,
+        }]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("at least one"), "{e}");
+}
+
+#[test]
 fn approving_twice_with_one_key_is_refused_and_changes_nothing() {
     let fx = Fx::new();
     let img = fx.image("good", 3, "ctrl-a", "vendor", true, "fw");
@@ -443,4 +479,36 @@ fn approving_twice_with_one_key_is_refused_and_changes_nothing() {
     assert!(approve(&img, &again, (fx.ks.as_ref(), &h("oem")), "oem").is_err());
     assert!(!again.exists());
     assert_eq!(std::fs::read(&img).unwrap(), before);
+}
+
+/// The device API turns "body too large", a broken body and a stalled
+/// client into a read error after whatever arrived: even when every byte of
+/// a valid image came first, verification must fail (nothing is staged).
+#[test]
+fn a_read_error_after_a_complete_image_fails_verification() {
+    struct ThenErr<'a>(&'a [u8]);
+    impl std::io::Read for ThenErr<'_> {
+        fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::other("the client sent too much"));
+            }
+            let n = b.len().min(self.0.len());
+            b[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let fx = Fx::new();
+    let bytes = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let r = verify_image(
+        &mut ThenErr(&bytes),
+        &fx.trust,
+        &fx.device(0),
+        fx.ks.as_ref(),
+        &h("fw"),
+        &mut |_, _| Ok(()),
+    );
+    assert!(r.is_err(), "{r:?}");
+    // The same bytes with a clean end verify.
+    assert!(fx.verify_bytes(&bytes, &fx.trust, 0).0.is_ok());
 }

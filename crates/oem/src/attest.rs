@@ -29,11 +29,15 @@ pub struct AttestReport {
 }
 
 /// Verifies an attestation response against the nonce sent, the roots the
-/// device identity must chain to, and optionally the approved image's header.
+/// device identity must chain to, the device asked (`device_name`: the
+/// signing certificate must carry it as a DNS name and the statement must
+/// name it, so one device cannot relay another's attestation), and
+/// optionally the approved image's header.
 pub fn verify_attestation(
     resp: &Value,
     nonce_hex: &str,
     roots: &[CertificateDer<'static>],
+    device_name: Option<&str>,
     approved: Option<&Header>,
 ) -> Result<AttestReport> {
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -69,6 +73,19 @@ pub fn verify_attestation(
             time: None,
         },
     )?;
+    if let Some(name) = device_name {
+        let leaf = drivesec_pki::inspect::summarize(&chain[0])?;
+        if !leaf
+            .subject_alt_names
+            .iter()
+            .any(|s| s == &format!("DNS:{name}"))
+        {
+            return Err(bad(&format!(
+                "signed by a certificate for {:?}, not for {name}",
+                leaf.subject_alt_names
+            )));
+        }
+    }
     let key = drivesec_pki::inspect::public_key(&chain[0])?;
     if !drivesec_keystore::verify::verify_signature(&key, &statement, &sig) {
         return Err(bad("the device's signature does not verify"));
@@ -80,13 +97,31 @@ pub fn verify_attestation(
     if s["nonce"].as_str() != Some(nonce_hex) {
         return Err(bad("the nonce is not the one sent (replayed attestation)"));
     }
+    if let Some(name) = device_name
+        && s["device_name"].as_str() != Some(name)
+    {
+        return Err(bad(&format!("the statement is not about {name}")));
+    }
     let fw = &s["firmware"];
+    let field = |k: &str| {
+        fw[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| bad(&format!("the statement has no firmware {k}")))
+    };
     let report = AttestReport {
-        serial_number: s["serial_number"].as_str().unwrap_or_default().into(),
-        version: fw["version"].as_str().unwrap_or_default().into(),
-        security_counter: fw["security_counter"].as_u64().unwrap_or(0),
-        root: fw["root"].as_str().unwrap_or_default().into(),
-        trial: fw["trial"].as_bool().unwrap_or(false),
+        serial_number: s["serial_number"]
+            .as_str()
+            .ok_or_else(|| bad("the statement has no serial number"))?
+            .into(),
+        version: field("version")?,
+        security_counter: fw["security_counter"]
+            .as_u64()
+            .ok_or_else(|| bad("the statement has no security counter"))?,
+        root: field("root")?,
+        trial: fw["trial"]
+            .as_bool()
+            .ok_or_else(|| bad("the statement has no trial flag"))?,
         matches_approved: approved.map(|h| {
             let want: BTreeSet<String> = h
                 .signatures
@@ -103,6 +138,8 @@ pub fn verify_attestation(
                 .unwrap_or_default();
             fw["root"].as_str() == Some(h.manifest.root.as_str())
                 && fw["version"].as_str() == Some(h.manifest.version.as_str())
+                && fw["security_counter"].as_u64() == Some(h.manifest.security_counter)
+                && !want.is_empty()
                 && want == have
         }),
     };

@@ -530,9 +530,10 @@ fn firmware_story(
         "/api/v1/attest",
         Some(&serde_json::json!({"nonce": nonce})),
     )?;
-    let attested = crate::attest::verify_attestation(&att, &nonce, &roots, Some(&header))
-        .map(|r| r.matches_approved == Some(true))
-        .unwrap_or(false);
+    let attested =
+        crate::attest::verify_attestation(&att, &nonce, &roots, Some(name), Some(&header))
+            .map(|r| r.matches_approved == Some(true))
+            .unwrap_or(false);
     w(
         out,
         format!(

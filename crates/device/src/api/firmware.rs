@@ -67,17 +67,18 @@ pub(crate) async fn rotate_trust(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageTrust, "firmware.trust-rotate")?;
-    let statement = base64::engine::general_purpose::STANDARD
-        .decode(req.statement.trim())
-        .map_err(|_| ApiError::bad_request("statement must be base64"))?;
-    let result = {
-        let mut fw = dev
-            .firmware
-            .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))?;
-        match fw.as_mut() {
-            None => Err(ApiError::conflict("this device has no firmware slots")),
-            Some(f) => f.rotate_trust(&statement).cloned().map_err(ApiError::from),
+    let _gate = busy(&dev)?;
+    let result = match base64::engine::general_purpose::STANDARD.decode(req.statement.trim()) {
+        Err(_) => Err(ApiError::bad_request("statement must be base64")),
+        Ok(statement) => {
+            let mut fw = dev
+                .firmware
+                .lock()
+                .map_err(|_| ApiError::internal("lock poisoned"))?;
+            match fw.as_mut() {
+                None => Err(ApiError::conflict("this device has no firmware slots")),
+                Some(f) => f.rotate_trust(&statement).cloned().map_err(ApiError::from),
+            }
         }
     };
     match result {
@@ -107,9 +108,35 @@ pub(crate) async fn rotate_trust(
     }
 }
 
-/// A blocking reader over the request body's chunks.
+/// How long the upload waits for the next piece of the body.
+const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Takes the firmware gate, or answers 409 when another firmware operation runs.
+fn busy(dev: &Device) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+    dev.firmware_gate
+        .try_lock()
+        .map_err(|_| ApiError::conflict("another firmware operation is in progress"))
+}
+
+/// Reads and drops up to [`MAX_IMAGE_BYTES`] of a refused upload, then
+/// hands back the refusal.
+async fn discard(body: &mut axum::body::Body, e: ApiError) -> ApiError {
+    let mut total = 0usize;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(FRAME_TIMEOUT, body.frame()).await {
+        if let Ok(d) = frame.into_data() {
+            total += d.len();
+            if total > MAX_IMAGE_BYTES {
+                break;
+            }
+        }
+    }
+    e
+}
+
+/// A blocking reader over the request body's chunks. An `Err` item (body
+/// too large, broken or stalled) fails the read, so staging aborts.
 struct BodyReader {
-    rx: tokio::sync::mpsc::Receiver<axum::body::Bytes>,
+    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, String>>,
     cur: axum::body::Bytes,
 }
 
@@ -117,7 +144,8 @@ impl Read for BodyReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.cur.is_empty() {
             match self.rx.blocking_recv() {
-                Some(b) => self.cur = b,
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(m)) => return Err(std::io::Error::other(m)),
                 None => return Ok(0),
             }
         }
@@ -134,64 +162,86 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
-    dev.require(&c, Permission::UpdateFirmware, "firmware.update")?;
-    if dev
+    // A refusal is answered after the body is read (bounded, with the frame
+    // timeout), so the client sees the 4xx instead of a reset mid-upload.
+    let mut body = body;
+    let c = match dev.caller(&headers, &conn) {
+        Ok(c) => c,
+        Err(e) => return Err(discard(&mut body, e).await),
+    };
+    if let Err(e) = dev.require(&c, Permission::UpdateFirmware, "firmware.update") {
+        return Err(discard(&mut body, e).await);
+    }
+    let _gate = match busy(&dev) {
+        Ok(g) => g,
+        Err(e) => return Err(discard(&mut body, e).await),
+    };
+    // A clone: the shared lock is not held while the body streams in.
+    let fw = dev
         .firmware
         .lock()
         .map_err(|_| ApiError::internal("lock poisoned"))?
-        .is_none()
-    {
-        return Err(ApiError::conflict("this device has no firmware slots"));
-    }
+        .clone();
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let d2 = dev.clone();
     let staging = tokio::task::spawn_blocking(move || {
+        let Some(f) = fw else {
+            return Err(ApiError::conflict("this device has no firmware slots"));
+        };
         let mut r = BodyReader {
             rx,
             cur: axum::body::Bytes::new(),
         };
-        let fw = d2
-            .firmware
-            .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))?;
-        let f = fw
-            .as_ref()
-            .ok_or_else(|| ApiError::conflict("no firmware slots"))?;
         let result = f.stage(&mut r);
         // Drain what the client still sends so it gets our answer.
         let mut sink = [0u8; 8192];
         while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
         result.map_err(ApiError::from)
     });
-    let mut body = body;
     let mut total = 0usize;
-    let mut too_large = false;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
+    let mut failure = None;
+    loop {
+        let frame = match tokio::time::timeout(FRAME_TIMEOUT, body.frame()).await {
+            Err(_) => {
+                failure = Some(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("no image data for {} s", FRAME_TIMEOUT.as_secs()),
+                ));
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                failure = Some(ApiError::bad_request(format!("reading the image: {e}")));
+                break;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
         if let Ok(data) = frame.into_data() {
             total += data.len();
             if total > MAX_IMAGE_BYTES {
-                too_large = true;
+                failure = Some(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    format!("images are limited to {MAX_IMAGE_BYTES} bytes"),
+                ));
                 break;
             }
-            if tx.send(data).await.is_err() {
+            if tx.send(Ok(data)).await.is_err() {
                 break;
             }
         }
+    }
+    if let Some(f) = &failure {
+        // Fails the staging read: nothing becomes pending.
+        let _ = tx.send(Err(f.message().to_string())).await;
     }
     drop(tx);
     let result = staging
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let result = if too_large {
-        Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            format!("images are limited to {MAX_IMAGE_BYTES} bytes"),
-        ))
-    } else {
-        result
+    let result = match failure {
+        Some(f) => Err(f),
+        None => result,
     };
     match result {
         Ok(m) => {
@@ -223,6 +273,7 @@ pub(crate) async fn reboot(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::UpdateFirmware, "firmware.reboot")?;
+    let _gate = busy(&dev)?;
     dev.audit(Device::event(&c, "firmware.reboot", Outcome::Success).essential())?;
     let d2 = dev.clone();
     let running = tokio::task::spawn_blocking(move || d2.boot_firmware())

@@ -65,6 +65,9 @@ pub struct Device {
     pub(crate) forwarder: Mutex<Option<drivesec_audit::forward::Forwarder>>,
     pub(crate) firmware: Mutex<Option<crate::firmware::Firmware>>,
     pub(crate) running: Mutex<Option<crate::firmware::Running>>,
+    /// Serialises firmware operations (upload, reboot, trust rotation);
+    /// taken with `try_lock`, so a second one gets 409 instead of waiting.
+    pub(crate) firmware_gate: tokio::sync::Mutex<()>,
 }
 
 /// An error response: status, a stable code, and a message naming the problem.
