@@ -1,4 +1,5 @@
-//! The simulated drive's parameter set.
+//! The simulated drive: its parameter set and (in [`machine`]) its control
+//! state machine with Safe Torque Off.
 //!
 //! Parameters are grouped; each group maps to one write permission in the
 //! device runtime (`operation`: setpoints an operator adjusts; `limits`: speed
@@ -6,6 +7,8 @@
 //! type- and range-checked and either applies completely or not at all.
 
 use std::collections::BTreeMap;
+
+pub mod machine;
 
 use serde::{Deserialize, Serialize};
 
