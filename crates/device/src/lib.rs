@@ -11,6 +11,7 @@
 pub mod api;
 pub mod config;
 pub mod credential;
+pub mod drive_loop;
 pub mod firmware;
 pub mod posture;
 mod runtime;

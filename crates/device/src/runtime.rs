@@ -76,7 +76,8 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
         state: RwLock::new(st),
         accounts: Mutex::new(accounts),
         audit: RwLock::new(Arc::new(audit)),
-        params: Mutex::new(params),
+        params: Arc::new(Mutex::new(params)),
+        drive: std::sync::OnceLock::new(),
         factory_failures: Mutex::new((0, None)),
         pending: Mutex::new(None),
         tls: Arc::new(RwLock::new(tls_cfg)),
@@ -99,6 +100,26 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     // The boot stage: nothing runs that does not verify.
     dev.boot_firmware()
         .map_err(|e| DeviceError::Invalid(format!("boot stage: {e:?}")))?;
+    // The drive, on its own thread; STO changes are audited from another.
+    let weak = Arc::downgrade(&dev);
+    let (link, _tick) = crate::drive_loop::start(state_dir, dev.params.clone(), move |c| {
+        if let Some(dev) = weak.upgrade() {
+            let _ = dev.audit(
+                Event::new(
+                    Actor::Device,
+                    if c.active {
+                        "drive.sto-active"
+                    } else {
+                        "drive.sto-released"
+                    },
+                )
+                .details(serde_json::json!({"speed_rpm": c.speed_rpm}))
+                .essential(),
+            );
+        }
+    })
+    .map_err(|e| DeviceError::Invalid(format!("starting the drive: {e}")))?;
+    let _ = dev.drive.set(link);
     let router = crate::api::router(dev.clone(), config.api.max_body_bytes);
     Ok((dev, router))
 }
@@ -147,6 +168,9 @@ pub async fn run(
         && let Some(fw) = f.take()
     {
         fw.stop();
+    }
+    if let Some(d) = dev.drive.get() {
+        d.stop();
     }
     let _ = dev.audit(Event::new(Actor::Device, "device.stop").essential());
     if let Ok(log) = dev.audit.read() {

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod commission;
+mod drive;
 mod firmware;
 mod ops;
 
@@ -55,7 +56,9 @@ pub struct Device {
     pub(crate) accounts: Mutex<Option<Accounts>>,
     pub(crate) sessions: Mutex<Sessions>,
     pub(crate) audit: RwLock<Arc<AuditLog>>,
-    pub(crate) params: Mutex<ParamSet>,
+    pub(crate) params: Arc<Mutex<ParamSet>>,
+    /// The drive's tick thread (set once at start).
+    pub(crate) drive: std::sync::OnceLock<Arc<crate::drive_loop::DriveLink>>,
     pub(crate) login_permits: tokio::sync::Semaphore,
     pub(crate) login_attempts:
         Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
@@ -444,6 +447,8 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
         .route("/api/v1/firmware/reboot", post(firmware::reboot))
         .route("/api/v1/firmware/trust", put(firmware::rotate_trust))
         .route("/api/v1/attest", post(firmware::attest))
+        .route("/api/v1/drive", get(drive::status))
+        .route("/api/v1/drive/control", put(drive::control))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(dev)

@@ -1,0 +1,107 @@
+//! The drive's process data over HTTPS: status for every role, start, stop,
+//! quick stop, fault reset and the speed reference for `drive-control`.
+//! Safe Torque Off is not here and cannot be: it is a local input
+//! (`drive_loop::sto_path`).
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use drivesec_access::Permission;
+use drivesec_audit::Outcome;
+use drivesec_drive::machine::{CW_FAULT_RESET, CW_QUICK_STOP, CW_RUN};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, Body, ConnInfo, Device, ok};
+
+fn link(dev: &Device) -> Result<&Arc<crate::drive_loop::DriveLink>, ApiError> {
+    dev.drive
+        .get()
+        .ok_or_else(|| ApiError::conflict("the drive is not running"))
+}
+
+pub(crate) async fn status(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ReadInfo, "drive.read")?;
+    let l = link(&dev)?;
+    let s = l
+        .status()
+        .ok_or_else(|| ApiError::conflict("the drive has not ticked yet"))?;
+    Ok(ok(json!({
+        "state": s.state,
+        "status_word": s.status_word,
+        "control_word": l.control_word(),
+        "speed_rpm": s.speed_rpm,
+        "torque_pct": s.torque_pct,
+        "current_a": s.current_a,
+        "fault_code": s.fault_code,
+        "sto": s.sto,
+        "ticks": s.ticks,
+    })))
+}
+
+#[derive(Deserialize, Clone, Copy, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Command {
+    Start,
+    Stop,
+    QuickStop,
+    Reset,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ControlReq {
+    command: Option<Command>,
+    speed_reference: Option<f64>,
+}
+
+pub(crate) async fn control(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Body(req): Body<ControlReq>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::DriveControl, "drive.control")?;
+    if req.command.is_none() && req.speed_reference.is_none() {
+        return Err(ApiError::bad_request(
+            "give command (start, stop, quick-stop, reset) and/or speed_reference",
+        ));
+    }
+    if let Some(r) = req.speed_reference {
+        dev.params
+            .lock()
+            .map_err(|_| ApiError::internal("params lock poisoned"))?
+            .check("speed-reference", r)
+            .map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "out-of-range",
+                    e.to_string(),
+                )
+            })?;
+    }
+    let l = link(&dev)?;
+    let words: Vec<u16> = match req.command {
+        None => vec![],
+        // A start is an edge: run low, then high.
+        Some(Command::Start) => vec![0, CW_RUN],
+        Some(Command::Stop) => vec![0],
+        Some(Command::QuickStop) => vec![CW_QUICK_STOP],
+        Some(Command::Reset) => vec![0, CW_FAULT_RESET, 0],
+    };
+    l.command(&words, req.speed_reference);
+    dev.audit(
+        Device::event(&c, "drive.control", Outcome::Success)
+            .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "command": req.command.map(|c| format!("{c:?}")), "speed_reference": req.speed_reference})),
+    )?;
+    Ok(ok(json!({"accepted": true})))
+}

@@ -1,0 +1,164 @@
+//! The drive, stepped at a fixed tick on its own OS thread.
+//!
+//! The tick thread owns the [`Drive`]. The network side only posts commands
+//! (a control word and a speed reference in atomics) and reads the published
+//! status; it never holds a lock the tick waits for, so a stalled or crashed
+//! communication task cannot delay the STO reaction. STO is read from the
+//! local safety channel at the start of every tick: the file `io/sto` in the
+//! state directory (present = STO active; any error other than "not found"
+//! counts as active, fail-safe). Nothing on the network can write it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use drivesec_drive::ParamSet;
+use drivesec_drive::machine::{Drive, State, Status};
+
+/// The tick.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// The local STO channel of a state directory.
+pub fn sto_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("io").join("sto")
+}
+
+/// Reads the STO input: fail-safe, anything but a clean "absent" is active.
+pub fn sto_active(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// What the network side shares with the tick thread.
+pub struct DriveLink {
+    control_word: AtomicU16,
+    /// Control words to apply, one per tick (so an edge made of two words
+    /// is never lost); taken with `try_lock`.
+    queue: Mutex<std::collections::VecDeque<u16>>,
+    reference_bits: AtomicU64,
+    status: Mutex<Option<Status>>,
+    stop: AtomicBool,
+}
+
+impl DriveLink {
+    fn new() -> Self {
+        DriveLink {
+            control_word: AtomicU16::new(0),
+            queue: Mutex::new(std::collections::VecDeque::new()),
+            reference_bits: AtomicU64::new(0f64.to_bits()),
+            status: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Posts control words, applied one per tick in order, and a new speed
+    /// reference (applied at the next tick). At most 64 words wait.
+    pub fn command(&self, control_words: &[u16], reference: Option<f64>) {
+        if let Some(r) = reference {
+            self.reference_bits.store(r.to_bits(), Ordering::SeqCst);
+        }
+        if let Ok(mut q) = self.queue.lock() {
+            for &cw in control_words {
+                if q.len() < 64 {
+                    q.push_back(cw);
+                }
+            }
+        }
+    }
+
+    /// The last control word applied (or queued last).
+    pub fn control_word(&self) -> u16 {
+        self.queue
+            .lock()
+            .ok()
+            .and_then(|q| q.back().copied())
+            .unwrap_or_else(|| self.control_word.load(Ordering::SeqCst))
+    }
+
+    /// The status published by the last tick.
+    pub fn status(&self) -> Option<Status> {
+        self.status.lock().ok().and_then(|s| *s)
+    }
+
+    /// Asks the tick thread to end.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An STO change, for the audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct StoChange {
+    /// Active now.
+    pub active: bool,
+    /// Speed when it changed, rpm.
+    pub speed_rpm: f64,
+}
+
+/// Starts the tick thread. `params` is read with `try_lock` (the last copy
+/// is kept when a writer holds it); `on_sto` runs on another thread.
+pub fn start(
+    state_dir: &Path,
+    params: Arc<Mutex<ParamSet>>,
+    on_sto: impl Fn(StoChange) + Send + 'static,
+) -> std::io::Result<(Arc<DriveLink>, std::thread::JoinHandle<()>)> {
+    let link = Arc::new(DriveLink::new());
+    let sto = sto_path(state_dir);
+    let (tx, rx) = std::sync::mpsc::channel::<StoChange>();
+    std::thread::Builder::new()
+        .name("drive-audit".into())
+        .spawn(move || {
+            while let Ok(c) = rx.recv() {
+                on_sto(c);
+            }
+        })?;
+    let l2 = link.clone();
+    let handle = std::thread::Builder::new()
+        .name("drive-tick".into())
+        .spawn(move || {
+            let mut drive = Drive::new();
+            let mut p = params.lock().map(|p| p.clone()).unwrap_or_default();
+            let mut last_sto = false;
+            let mut next = Instant::now();
+            let dt = TICK.as_secs_f64();
+            while !l2.stop.load(Ordering::SeqCst) {
+                let active = sto_active(&sto);
+                drive.set_sto(active);
+                if let Ok(g) = params.try_lock() {
+                    p.clone_from(&g);
+                }
+                if let Ok(mut q) = l2.queue.try_lock()
+                    && let Some(cw) = q.pop_front()
+                {
+                    l2.control_word.store(cw, Ordering::SeqCst);
+                    drive.set_control_word(cw);
+                }
+                drive.set_reference(f64::from_bits(l2.reference_bits.load(Ordering::SeqCst)));
+                let speed_before = drive.status(&p).speed_rpm;
+                drive.tick(&p, dt);
+                let s = drive.status(&p);
+                debug_assert!(!active || (s.state == State::SafeTorqueOff && s.torque_pct == 0.0));
+                if let Ok(mut g) = l2.status.lock() {
+                    *g = Some(s);
+                }
+                if active != last_sto {
+                    last_sto = active;
+                    let _ = tx.send(StoChange {
+                        active,
+                        speed_rpm: speed_before,
+                    });
+                }
+                next += TICK;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+            }
+        })?;
+    Ok((link, handle))
+}
