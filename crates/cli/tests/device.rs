@@ -2131,6 +2131,11 @@ fn sto_stops_the_drive_whatever_the_network_says() {
 
     // STO from the local channel.
     let sto = drivesec_device::drive_loop::sto_path(&lab.device_dir());
+    assert_eq!(
+        lab.m.devices[0].sto.as_ref(),
+        Some(&sto),
+        "lab.json names the STO input"
+    );
     std::fs::create_dir_all(sto.parent().unwrap()).unwrap();
     std::fs::write(&sto, "1").unwrap();
     let v = wait_for(&|v| v["state"] == "safe-torque-off");

@@ -133,6 +133,10 @@ pub struct LabDevice {
     /// The device firmware key's public half (PEM): pack images for it.
     #[serde(default)]
     pub firmware_key: Option<PathBuf>,
+    /// The device's local Safe Torque Off input: create this file to
+    /// activate STO, remove it to release (`device-state.md`, "Local I/O").
+    #[serde(default)]
+    pub sto: Option<PathBuf>,
 }
 
 /// `lab.json`. Paths are absolute. Later issues add fields, never rename these.
@@ -333,6 +337,9 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
             device_name: None,
             pid: None,
             firmware_key: Some(dir.join("devices").join(&name).join("firmware-key.pub")),
+            sto: Some(drivesec_device::drive_loop::sto_path(
+                &dir.join("devices").join(&name),
+            )),
         });
         progress(LabStep::Done(format!("{name} provisioned")));
     }
