@@ -374,6 +374,13 @@ fn demo_verifies_everything() {
             .contains("failed authentication"),
         "{fw}"
     );
+    // The drive story: started, viewer refused, STO wins, no restart.
+    let dr = &v["drive"];
+    assert!(dr["running_speed_rpm"].as_f64().unwrap() > 0.0, "{dr}");
+    assert_eq!(dr["viewer_status"], 403, "{dr}");
+    assert_eq!(dr["sto_state"], "safe-torque-off", "{dr}");
+    assert_eq!(dr["sto_torque_pct"], 0.0, "{dr}");
+    assert_eq!(dr["after_release"], "ready", "{dr}");
     let text = ok(&[
         "demo",
         "--dir",

@@ -8,8 +8,9 @@
 //! a wrong one does not, and each client certificate carries its role.
 //! Then the running devices: one allowed and one denied action per role,
 //! the firmware story (unapproved image refused, approved release confirmed
-//! after a trial boot, attestation, a corrupted update reverted), and each
-//! audit trail verified.
+//! after a trial boot, attestation, a corrupted update reverted), the drive
+//! (operator start, viewer refused, STO from the local input beats every
+//! command, no restart after release), and each audit trail verified.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,23 @@ pub struct FirmwareReport {
     pub revert_reason: Option<String>,
 }
 
+/// The drive and Safe Torque Off on the first running device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriveReport {
+    /// Device.
+    pub device: String,
+    /// Speed the operator's start reached, rpm.
+    pub running_speed_rpm: f64,
+    /// The viewer's start command got this status (403 expected).
+    pub viewer_status: u16,
+    /// State and torque while STO was active and the operator kept commanding.
+    pub sto_state: String,
+    /// Torque then, percent.
+    pub sto_torque_pct: f64,
+    /// State after STO was released (no restart by itself: `ready`).
+    pub after_release: String,
+}
+
 /// What the demo did and found.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
@@ -132,6 +150,8 @@ pub struct DemoReport {
     pub sessions: Vec<RoleReport>,
     /// The firmware update story.
     pub firmware: Option<FirmwareReport>,
+    /// The drive and STO story.
+    pub drive: Option<DriveReport>,
     /// Each device's audit trail.
     pub audit: Vec<AuditReport>,
     /// Everything checked out.
@@ -198,6 +218,7 @@ pub fn run(
     if lab.devices.iter().any(|d| d.api.is_some()) {
         report.sessions = role_story(&lab, out)?;
         let fw = firmware_story(&lab, &opts.dir, out)?;
+        let drive = drive_story(&lab, out)?;
         report.audit = audit_story(&lab, out)?;
         report.ok = report
             .sessions
@@ -214,8 +235,16 @@ pub fn run(
                     && f.attested
                     && f.running_after_broken == f.release
                     && f.revert_reason.is_some()
+            })
+            && drive.as_ref().is_none_or(|d| {
+                d.running_speed_rpm > 0.0
+                    && d.viewer_status == 403
+                    && d.sto_state == "safe-torque-off"
+                    && d.sto_torque_pct == 0.0
+                    && d.after_release == "ready"
             });
         report.firmware = fw;
+        report.drive = drive;
         if !report.ok {
             return Err(OemError::Check(format!(
                 "the running lab did not behave: {}",
@@ -590,6 +619,130 @@ fn firmware_story(
     }))
 }
 
+/// On the first running device: the operator starts the drive, a viewer's
+/// start is refused, the local STO input stops torque while the operator
+/// keeps commanding, and after release the drive waits for a new start.
+fn drive_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<DriveReport>> {
+    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+    use serde_json::json;
+    let Some(d) = lab.devices.iter().find(|d| d.api.is_some()) else {
+        return Ok(None);
+    };
+    let (Some(api), Some(name), Some(sto)) = (&d.api, &d.device_name, &d.sto) else {
+        return Ok(None);
+    };
+    let addr = api
+        .trim_start_matches("https://")
+        .parse()
+        .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
+    let trust = DeviceTrust::Ldevid {
+        roots: read_cert_chain(&lab.oem_ca)?,
+        device_name: name.clone(),
+    };
+    let session = |role: &str| -> Result<DeviceClient> {
+        let files = lab
+            .clients
+            .get(role)
+            .ok_or_else(|| OemError::Invalid(format!("no client for {role}")))?;
+        let user = lab
+            .users
+            .get(role)
+            .ok_or_else(|| OemError::Invalid(format!("no account for {role}")))?;
+        let mut c = DeviceClient::new(
+            addr,
+            Some(&ClientIdentity::from_files(&files.cert, &files.key)?),
+            &trust,
+            Versions::Default,
+        )?;
+        c.login(&user.username, &user.password)?;
+        Ok(c)
+    };
+    let operator = session("operator")?;
+    let viewer = session("viewer")?;
+    let wait = |what: &dyn Fn(&serde_json::Value) -> bool| -> Result<serde_json::Value> {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..500 {
+            last = operator.ok("GET", "/api/v1/drive", None)?;
+            if what(&last) {
+                return Ok(last);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Err(OemError::Check(format!(
+            "the drive did not get there: {last}"
+        )))
+    };
+    let _ = writeln!(
+        out,
+        "\nThe drive on {} (HTTPS API; STO from the local input {}):",
+        d.name,
+        sto.display()
+    );
+    wait(&|v| v["state"] == "ready")?;
+    operator.ok(
+        "PUT",
+        "/api/v1/drive/control",
+        Some(&json!({"command": "start", "speed_reference": 600.0})),
+    )?;
+    let v = wait(&|v| v["state"] == "running" && v["speed_rpm"].as_f64().unwrap_or(0.0) >= 150.0)?;
+    let running_speed_rpm = v["speed_rpm"].as_f64().unwrap_or(0.0);
+    let _ = writeln!(
+        out,
+        "  operator starts it towards 600 rpm: running, {running_speed_rpm:.0} rpm and ramping"
+    );
+    let viewer_status = viewer
+        .call(
+            "PUT",
+            "/api/v1/drive/control",
+            Some(&json!({"command": "stop"})),
+        )?
+        .status;
+    let _ = writeln!(out, "  viewer tries to stop it -> {viewer_status}");
+    if let Some(parent) = sto.parent() {
+        drivesec_fsutil::create_private_dir(parent)
+            .or_else(|e| if parent.is_dir() { Ok(()) } else { Err(e) })?;
+    }
+    drivesec_fsutil::write_atomic(sto, b"1", drivesec_fsutil::Mode::Public)?;
+    wait(&|v| v["state"] == "safe-torque-off")?;
+    for _ in 0..5 {
+        operator.call(
+            "PUT",
+            "/api/v1/drive/control",
+            Some(&json!({"command": "start", "speed_reference": 900.0})),
+        )?;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let v = operator.ok("GET", "/api/v1/drive", None)?;
+    let sto_state = v["state"].as_str().unwrap_or("").to_string();
+    let sto_torque_pct = v["torque_pct"].as_f64().unwrap_or(-1.0);
+    let _ = writeln!(
+        out,
+        "  STO input set while the operator keeps sending start: {sto_state}, torque {sto_torque_pct} %, coasting at {:.0} rpm",
+        v["speed_rpm"].as_f64().unwrap_or(0.0)
+    );
+    std::fs::remove_file(sto).map_err(|e| drivesec_fsutil::FsError::io("remove", sto, e))?;
+    wait(&|v| v["state"] == "ready")?;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let after_release = operator.ok("GET", "/api/v1/drive", None)?["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let _ = writeln!(
+        out,
+        "  STO released: {after_release} (no restart without a new start command)"
+    );
+    let _ = operator.call("POST", "/api/v1/logout", None);
+    let _ = viewer.call("POST", "/api/v1/logout", None);
+    Ok(Some(DriveReport {
+        device: d.name.clone(),
+        running_speed_rpm,
+        viewer_status,
+        sto_state,
+        sto_torque_pct,
+        after_release,
+    }))
+}
+
 /// Each running device's audit trail verified against its IDevID certificate.
 fn audit_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<AuditReport>> {
     let _ = writeln!(
@@ -749,6 +902,7 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         clients,
         sessions: Vec::new(),
         firmware: None,
+        drive: None,
         audit: Vec::new(),
         ok,
     };
