@@ -2192,3 +2192,33 @@ fn sto_stops_the_drive_whatever_the_network_says() {
     }
     panic!("STO edges not audited: {a}");
 }
+
+/// Found by the long fuzz run: demoting the last account that can manage
+/// users was a 500. It is a 409 naming the reason, and nothing changes.
+#[test]
+fn demoting_the_last_user_manager_is_a_conflict() {
+    let lab = test_lab(Some(config()));
+    let admin = lab.admin();
+    let admin_name = lab.m.admin.as_ref().unwrap().username.clone();
+    let other = lab.m.users["security-admin"].username.clone();
+    let r = admin
+        .call(
+            "PUT",
+            &format!("/api/v1/users/{other}/role"),
+            Some(&json!({"role": "engineer"})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let before = admin.ok("GET", "/api/v1/users", None).unwrap();
+    let r = admin
+        .call(
+            "PUT",
+            &format!("/api/v1/users/{admin_name}/role"),
+            Some(&json!({"role": "engineer"})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["error"], "last-admin");
+    assert!(r.body["message"].as_str().unwrap().contains("last one"));
+    assert_eq!(admin.ok("GET", "/api/v1/users", None).unwrap(), before);
+}

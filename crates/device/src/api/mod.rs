@@ -139,7 +139,12 @@ impl From<AccessError> for ApiError {
             A::UserExists(_) | A::RoleExists(_) | A::RoleInUse(_) | A::BuiltinRole(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", msg)
             }
-            A::PasswordRejected { .. } | A::InvalidName { .. } => ApiError::bad_request(msg),
+            // The request is fine but would leave nobody able to manage users.
+            A::LastAdmin(_) => ApiError::new(StatusCode::CONFLICT, "last-admin", msg),
+            A::PasswordRejected { .. }
+            | A::InvalidName { .. }
+            | A::UnknownPermission(_)
+            | A::InvalidPolicy(_) => ApiError::bad_request(msg),
             _ => ApiError::internal(msg),
         }
     }
