@@ -79,6 +79,34 @@ fn pair(s: &str, what: &str) -> Result<(String, String)> {
         .ok_or_else(|| anyhow!("{what} '{s}' must be ROLE=VALUE"))
 }
 
+/// `ROLE=PUBLIC_KEY.pem` arguments as trusted keys.
+fn parse_keys(args: &[String], what: &str) -> Result<Vec<TrustedKey>> {
+    args.iter()
+        .map(|s| {
+            let (role, path) = pair(s, what)?;
+            Ok(TrustedKey::new(
+                &drivesec_firmware::read_public_key(Path::new(&path))?,
+                &role,
+            ))
+        })
+        .collect()
+}
+
+/// `ROLE=COUNT` arguments as a signing policy.
+fn parse_policy(args: &[String]) -> Result<Vec<Requirement>> {
+    args.iter()
+        .map(|s| {
+            let (role, n) = pair(s, "--require")?;
+            Ok(Requirement {
+                role,
+                min: n
+                    .parse()
+                    .with_context(|| format!("--require {s}: not a count"))?,
+            })
+        })
+        .collect()
+}
+
 /// Runs one firmware command.
 pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
     match cmd {
@@ -329,33 +357,11 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
         } => {
             let current: TrustStore = serde_json::from_slice(&fsu::read(&trust)?)
                 .with_context(|| format!("{} is not a trust store", trust.display()))?;
-            let add = add
-                .iter()
-                .map(|s| {
-                    let (role, path) = pair(s, "--add")?;
-                    Ok(TrustedKey::new(
-                        &drivesec_firmware::read_public_key(Path::new(&path))?,
-                        &role,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let add = parse_keys(&add, "--add")?;
             let policy = if require.is_empty() {
                 None
             } else {
-                Some(
-                    require
-                        .iter()
-                        .map(|s| {
-                            let (role, n) = pair(s, "--require")?;
-                            Ok(Requirement {
-                                role,
-                                min: n
-                                    .parse()
-                                    .with_context(|| format!("--require {s}: not a count"))?,
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?,
-                )
+                Some(parse_policy(&require)?)
             };
             let new_root = match &new_root {
                 Some(p) => Some(TrustedKey::new(
@@ -412,28 +418,8 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
                 bail!("{} already exists; refusing to overwrite it", out.display());
             }
             let root = TrustedKey::new(&drivesec_firmware::read_public_key(&root)?, "root");
-            let keys = signers
-                .iter()
-                .map(|s| {
-                    let (role, path) = pair(s, "--signer")?;
-                    Ok(TrustedKey::new(
-                        &drivesec_firmware::read_public_key(Path::new(&path))?,
-                        &role,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let policy = require
-                .iter()
-                .map(|s| {
-                    let (role, n) = pair(s, "--require")?;
-                    Ok(Requirement {
-                        role,
-                        min: n
-                            .parse()
-                            .with_context(|| format!("--require {s}: not a count"))?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let keys = parse_keys(&signers, "--signer")?;
+            let policy = parse_policy(&require)?;
             let t = TrustStore {
                 version: 1,
                 root,

@@ -444,6 +444,37 @@ fn lab_release(
     Ok(image)
 }
 
+/// A client logged in as the lab account of `role` over that role's
+/// certificate, trusting the device's LDevID for `device_name`.
+fn role_session(
+    lab: &LabManifest,
+    addr: std::net::SocketAddr,
+    device_name: &str,
+    role: &str,
+) -> Result<crate::client::DeviceClient> {
+    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+    let files = lab
+        .clients
+        .get(role)
+        .ok_or_else(|| OemError::Invalid(format!("no client for {role}")))?;
+    let user = lab
+        .users
+        .get(role)
+        .ok_or_else(|| OemError::Invalid(format!("no account for {role}")))?;
+    let trust = DeviceTrust::Ldevid {
+        roots: read_cert_chain(&lab.oem_ca)?,
+        device_name: device_name.to_string(),
+    };
+    let mut c = DeviceClient::new(
+        addr,
+        Some(&ClientIdentity::from_files(&files.cert, &files.key)?),
+        &trust,
+        Versions::Default,
+    )?;
+    c.login(&user.username, &user.password)?;
+    Ok(c)
+}
+
 /// On the first running device: an approved release updates it (trial boot,
 /// health check, confirm), an unapproved one is refused, an attestation
 /// proves what runs, and a broken update is reverted by the boot stage.
@@ -452,7 +483,7 @@ fn firmware_story(
     lab_dir: &Path,
     out: &mut dyn Write,
 ) -> Result<Option<FirmwareReport>> {
-    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+    use crate::client::DeviceClient;
     let Some(d) = lab.devices.iter().find(|d| d.api.is_some()) else {
         return Ok(None);
     };
@@ -467,25 +498,7 @@ fn firmware_story(
         .parse()
         .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
     let roots = read_cert_chain(&lab.oem_ca)?;
-    let files = lab
-        .clients
-        .get("engineer")
-        .ok_or_else(|| OemError::Invalid("no engineer client".into()))?;
-    let user = lab
-        .users
-        .get("engineer")
-        .ok_or_else(|| OemError::Invalid("no engineer account".into()))?;
-    let trust = DeviceTrust::Ldevid {
-        roots: roots.clone(),
-        device_name: name.clone(),
-    };
-    let mut c = DeviceClient::new(
-        addr,
-        Some(&ClientIdentity::from_files(&files.cert, &files.key)?),
-        &trust,
-        Versions::Default,
-    )?;
-    c.login(&user.username, &user.password)?;
+    let c = role_session(lab, addr, name, "engineer")?;
     let w = |out: &mut dyn Write, s: String| {
         let _ = writeln!(out, "{s}");
     };
@@ -623,7 +636,6 @@ fn firmware_story(
 /// start is refused, the local STO input stops torque while the operator
 /// keeps commanding, and after release the drive waits for a new start.
 fn drive_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<DriveReport>> {
-    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
     use serde_json::json;
     let Some(d) = lab.devices.iter().find(|d| d.api.is_some()) else {
         return Ok(None);
@@ -635,28 +647,7 @@ fn drive_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<DriveRep
         .trim_start_matches("https://")
         .parse()
         .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
-    let trust = DeviceTrust::Ldevid {
-        roots: read_cert_chain(&lab.oem_ca)?,
-        device_name: name.clone(),
-    };
-    let session = |role: &str| -> Result<DeviceClient> {
-        let files = lab
-            .clients
-            .get(role)
-            .ok_or_else(|| OemError::Invalid(format!("no client for {role}")))?;
-        let user = lab
-            .users
-            .get(role)
-            .ok_or_else(|| OemError::Invalid(format!("no account for {role}")))?;
-        let mut c = DeviceClient::new(
-            addr,
-            Some(&ClientIdentity::from_files(&files.cert, &files.key)?),
-            &trust,
-            Versions::Default,
-        )?;
-        c.login(&user.username, &user.password)?;
-        Ok(c)
-    };
+    let session = |role: &str| role_session(lab, addr, name, role);
     let operator = session("operator")?;
     let viewer = session("viewer")?;
     let wait = |what: &dyn Fn(&serde_json::Value) -> bool| -> Result<serde_json::Value> {
