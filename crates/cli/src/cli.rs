@@ -286,6 +286,10 @@ pub enum DeviceCommand {
     /// Firmware: status, update, restart into the boot stage, attestation.
     #[command(subcommand)]
     Firmware(DeviceFirmwareCommand),
+    /// The drive: status, start, stop, quick stop, fault reset, speed
+    /// reference. (Safe Torque Off is a local input, not a command.)
+    #[command(subcommand)]
+    Drive(DriveCommand),
     /// Ask for a signed attestation of the running firmware with a fresh
     /// nonce and check it (same as `device firmware attest`).
     Attest {
@@ -295,6 +299,31 @@ pub enum DeviceCommand {
         /// Root certificate the device identity must chain to (default: --ca).
         #[arg(long)]
         identity_root: Option<PathBuf>,
+    },
+}
+
+/// `device drive`.
+#[derive(Debug, Subcommand)]
+pub enum DriveCommand {
+    /// State, speed, torque, current, fault code and STO.
+    Status,
+    /// Start (a run edge), optionally with a new speed reference.
+    Start {
+        /// Speed reference, rpm.
+        #[arg(long, allow_negative_numbers = true)]
+        speed: Option<f64>,
+    },
+    /// Stop along the deceleration ramp.
+    Stop,
+    /// Quick stop: ramp to zero and stay stopped.
+    QuickStop,
+    /// Reset a fault.
+    Reset,
+    /// Set the speed reference, rpm.
+    Reference {
+        /// rpm (range-checked like the speed-reference parameter).
+        #[arg(allow_negative_numbers = true)]
+        rpm: f64,
     },
 }
 

@@ -9,8 +9,8 @@ use drivesec_oem::lab::LabManifest;
 use serde_json::{Value, json};
 
 use crate::cli::{
-    DeviceArgs, DeviceAuditCommand, DeviceCommand, DeviceFirmwareCommand, ParamsCommand,
-    RolesCommand, SessionsCommand, UsersCommand,
+    DeviceArgs, DeviceAuditCommand, DeviceCommand, DeviceFirmwareCommand, DriveCommand,
+    ParamsCommand, RolesCommand, SessionsCommand, UsersCommand,
 };
 
 /// Where the device is and who we are.
@@ -228,6 +228,40 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                 v["permissions"]
             );
         }),
+        DeviceCommand::Drive(d) => {
+            let body = match d {
+                DriveCommand::Status => {
+                    return print(json, &get("/api/v1/drive")?, |v| {
+                        println!(
+                            "{} at {:.1} rpm, torque {:.1} %, current {:.1} A, fault 0x{:04x}, STO {}",
+                            v["state"].as_str().unwrap_or(""),
+                            v["speed_rpm"].as_f64().unwrap_or(0.0),
+                            v["torque_pct"].as_f64().unwrap_or(0.0),
+                            v["current_a"].as_f64().unwrap_or(0.0),
+                            v["fault_code"].as_u64().unwrap_or(0),
+                            if v["sto"].as_bool() == Some(true) {
+                                "active"
+                            } else {
+                                "off"
+                            }
+                        )
+                    });
+                }
+                DriveCommand::Start { speed } => match speed {
+                    Some(s) => json!({"command": "start", "speed_reference": s}),
+                    None => json!({"command": "start"}),
+                },
+                DriveCommand::Stop => json!({"command": "stop"}),
+                DriveCommand::QuickStop => json!({"command": "quick-stop"}),
+                DriveCommand::Reset => json!({"command": "reset"}),
+                DriveCommand::Reference { rpm } => json!({"speed_reference": rpm}),
+            };
+            print(
+                json,
+                &c.ok("PUT", "/api/v1/drive/control", Some(&body))?,
+                |_| println!("accepted; `device drive status` shows the drive"),
+            )
+        }
         DeviceCommand::Posture => print(json, &get("/api/v1/posture")?, |v| {
             println!("{}", v["notation"].as_str().unwrap_or(""));
             for fr in v["foundational_requirements"]

@@ -859,6 +859,8 @@ fn every_command_has_help() {
         vec!["device", "firmware", "attest", "--help"],
         vec!["device", "firmware", "trust", "--help"],
         vec!["device", "attest", "--help"],
+        vec!["device", "drive", "start", "--help"],
+        vec!["device", "drive", "status", "--help"],
         vec!["device", "commission", "--help"],
         vec!["device", "posture", "--help"],
         vec!["audit", "verify", "--help"],
@@ -1591,4 +1593,47 @@ fn device_firmware_update_revert_and_attestation() {
     assert!(!after["boot_state"]["last_revert"].is_null());
     let reverted = audit("firmware.reverted").to_string();
     assert!(reverted.contains("firmware.reverted"), "{reverted}");
+}
+
+/// `drivesec device drive`: the operator starts the drive from the CLI, a
+/// viewer cannot, and status shows it running.
+#[test]
+fn device_drive_commands() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("lab");
+    let _guard = LabGuard(dir.clone());
+    ok(&["lab", "up", "--dir", s(&dir), "--devices", "1"]);
+    let drive = |role: &str, args: &[&str]| {
+        let mut v = vec!["--json", "device", "--lab", s(&dir), "--as", role, "drive"];
+        v.extend(args);
+        drivesec(&v)
+    };
+    let status =
+        || -> Value { serde_json::from_str(&drive("viewer", &["status"]).stdout).unwrap() };
+    for _ in 0..300 {
+        if status()["state"] == "ready" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let o = drive("viewer", &["start", "--speed", "300"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("403"), "{}", o.stderr);
+    let o = drive("operator", &["reference", "99999"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("422"), "{}", o.stderr);
+    let o = drive("operator", &["start", "--speed", "-300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = status();
+        if last["state"] == "running" && last["speed_rpm"].as_f64().unwrap() < -10.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(last["state"], "running", "{last}");
+    assert!(last["speed_rpm"].as_f64().unwrap() < -10.0, "{last}");
+    let o = drive("operator", &["stop"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
 }
