@@ -521,14 +521,10 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
                 .ok_or_else(|| anyhow!("give --identity-root (or --ca)"))?;
             let roots = drivesec_pki::read_cert_chain(root_path)?;
             let header = match approved {
-                Some(p) => {
-                    let mut file = std::fs::File::open(p)
-                        .with_context(|| format!("opening approved image {}", p.display()))?;
-                    Some(
-                        drivesec_firmware::image::Header::read(&mut file)
-                            .with_context(|| format!("reading {}", p.display()))?,
-                    )
-                }
+                Some(p) => Some(
+                    drivesec_firmware::image::Header::read_file(p)
+                        .with_context(|| format!("approved image {}", p.display()))?,
+                ),
                 None => None,
             };
             let mut nonce = [0u8; 32];

@@ -234,9 +234,7 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
             Ok(())
         }
         FirmwareCommand::Inspect { image } => {
-            let mut f =
-                std::fs::File::open(&image).with_context(|| format!("open {}", image.display()))?;
-            let h = Header::read(&mut f).with_context(|| format!("{}", image.display()))?;
+            let h = Header::read_file(&image).with_context(|| format!("{}", image.display()))?;
             let sigs: Vec<_> = h
                 .signatures
                 .iter()

@@ -1393,19 +1393,10 @@ fn sigkill(pid: u32) {
         .status();
     // Wait until it is gone (the lab, not this test, is its parent).
     for _ in 0..500 {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(s)
-                if !s
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z') =>
-            {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            _ => return,
+        if !drivesec_oem::daemons::alive(pid) {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -80,6 +80,7 @@ pub(crate) fn fw(e: drivesec_firmware::FirmwareError) -> DeviceError {
 #[derive(Clone)]
 pub struct Firmware {
     dir: std::path::PathBuf,
+    trust_path: std::path::PathBuf,
     storage: DirStorage,
     trust: TrustStore,
     product: String,
@@ -102,6 +103,7 @@ impl Firmware {
             })?;
         Ok(Some(Firmware {
             dir: st.path(files::FIRMWARE),
+            trust_path,
             storage: DirStorage::new(&st.path(files::FIRMWARE))
                 .map_err(|e| DeviceError::Invalid(e.to_string()))?,
             trust,
@@ -135,12 +137,7 @@ impl Firmware {
         let next = self.trust.rotate(statement).map_err(fw)?;
         let json =
             serde_json::to_vec_pretty(&next).map_err(|e| DeviceError::Invalid(e.to_string()))?;
-        let path = self
-            .dir
-            .parent()
-            .ok_or_else(|| DeviceError::Invalid("firmware directory has no parent".into()))?
-            .join(files::FIRMWARE_TRUST);
-        drivesec_fsutil::write_atomic(&path, &json, drivesec_fsutil::Mode::Public)?;
+        drivesec_fsutil::write_atomic(&self.trust_path, &json, drivesec_fsutil::Mode::Public)?;
         self.trust = next;
         Ok(&self.trust)
     }
@@ -177,13 +174,7 @@ impl Firmware {
         let reverted = (after.last_revert != before.last_revert)
             .then(|| after.last_revert.clone())
             .flatten();
-        let name = match slot {
-            drivesec_firmware::slots::Slot::A => "slot-a.img",
-            drivesec_firmware::slots::Slot::B => "slot-b.img",
-        };
-        let mut f = std::fs::File::open(self.storage_path(name))
-            .map_err(|e| DeviceError::Invalid(e.to_string()))?;
-        let header = Header::read(&mut f).map_err(fw)?;
+        let header = Header::read_file(&self.dir.join(slot.file())).map_err(fw)?;
         let signers = header
             .signatures
             .iter()
@@ -201,9 +192,5 @@ impl Firmware {
             },
             reverted,
         ))
-    }
-
-    fn storage_path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.join(name)
     }
 }

@@ -288,19 +288,25 @@ impl Device {
         Ok(())
     }
 
+    /// A clone of the firmware side, so the shared lock is released before
+    /// any file is read or any image verified.
+    pub(crate) fn firmware_snapshot(
+        &self,
+    ) -> std::result::Result<Option<crate::firmware::Firmware>, ApiError> {
+        Ok(self
+            .firmware
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?
+            .clone())
+    }
+
     /// Runs the boot stage (at start and on `POST /api/v1/firmware/reboot`):
     /// verifies what is to run, boots a pending image on trial, confirms it
     /// after the health check, and records the outcome (and any revert).
     pub(crate) fn boot_firmware(
         &self,
     ) -> std::result::Result<Option<crate::firmware::Running>, ApiError> {
-        // Work on a clone: the shared lock is not held while images verify.
-        let fw = self
-            .firmware
-            .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))?
-            .clone();
-        let Some(fw) = fw else {
+        let Some(fw) = self.firmware_snapshot()? else {
             return Ok(None);
         };
         // Health check: the crypto chip signs and the audit trail records.

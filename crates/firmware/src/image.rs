@@ -46,6 +46,12 @@ fn read_u32(r: &mut impl Read) -> Result<u32> {
 }
 
 impl Header {
+    /// Reads the header of the image file at `path` (the payload is not read).
+    pub fn read_file(path: &Path) -> Result<Header> {
+        let f = std::fs::File::open(path).map_err(|e| fsu::FsError::io("open", path, e))?;
+        Header::read(&mut BufReader::new(f))
+    }
+
     /// Reads the header from the start of an image stream.
     pub fn read(r: &mut impl Read) -> Result<Header> {
         let mut magic = [0u8; 8];

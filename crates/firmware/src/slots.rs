@@ -44,7 +44,8 @@ pub enum Slot {
 }
 
 impl Slot {
-    fn file(self) -> &'static str {
+    /// The slot's file in the firmware storage.
+    pub fn file(self) -> &'static str {
         match self {
             Slot::A => "slot-a.img",
             Slot::B => "slot-b.img",

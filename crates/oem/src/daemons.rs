@@ -84,8 +84,8 @@ pub fn start(daemon: &Path, device_dir: &Path, config: &DeviceConfig) -> Result<
     }
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by its parent) counts as stopped.
+/// Whether `pid` runs (a zombie, exited but not yet reaped, does not).
+pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => !s
             .rsplit(')')

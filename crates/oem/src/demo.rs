@@ -561,12 +561,8 @@ fn firmware_story(
     let mut nonce = [0u8; 32];
     OsRng.fill_bytes(&mut nonce);
     let nonce = hex::encode(nonce);
-    let header = {
-        let mut f = std::fs::File::open(&approved)
-            .map_err(|e| drivesec_fsutil::FsError::io("open", &approved, e))?;
-        drivesec_firmware::image::Header::read(&mut f)
-            .map_err(|e| OemError::Invalid(e.to_string()))?
-    };
+    let header = drivesec_firmware::image::Header::read_file(&approved)
+        .map_err(|e| OemError::Invalid(e.to_string()))?;
     let att = c.ok(
         "POST",
         "/api/v1/attest",

@@ -32,21 +32,9 @@ pub(crate) async fn status(
         .lock()
         .map_err(|_| ApiError::internal("lock poisoned"))?
         .clone();
-    let state = match dev
-        .firmware
-        .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))?
-        .as_ref()
-    {
-        Some(f) => Some(f.state()?),
-        None => None,
-    };
-    let trust = dev
-        .firmware
-        .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))?
-        .as_ref()
-        .map(|f| f.trust().clone());
+    let fw = dev.firmware_snapshot()?;
+    let state = fw.as_ref().map(|f| f.state()).transpose()?;
+    let trust = fw.as_ref().map(|f| f.trust());
     Ok(ok(
         json!({"running": running, "boot_state": state, "trust": trust}),
     ))
@@ -177,11 +165,7 @@ pub(crate) async fn upload(
         Err(e) => return Err(discard(&mut body, e).await),
     };
     // A clone: the shared lock is not held while the body streams in.
-    let fw = dev
-        .firmware
-        .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))?
-        .clone();
+    let fw = dev.firmware_snapshot()?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let staging = tokio::task::spawn_blocking(move || {
         let Some(f) = fw else {
@@ -279,15 +263,7 @@ pub(crate) async fn reboot(
     let running = tokio::task::spawn_blocking(move || d2.boot_firmware())
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
-    let state = match dev
-        .firmware
-        .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))?
-        .as_ref()
-    {
-        Some(f) => Some(f.state()?),
-        None => None,
-    };
+    let state = dev.firmware_snapshot()?.map(|f| f.state()).transpose()?;
     Ok(ok(json!({"running": running, "boot_state": state})))
 }
 
