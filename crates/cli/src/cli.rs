@@ -292,14 +292,18 @@ pub enum DeviceCommand {
     Drive(DriveCommand),
     /// Ask for a signed attestation of the running firmware with a fresh
     /// nonce and check it (same as `device firmware attest`).
-    Attest {
-        /// The approved release the device should be running.
-        #[arg(long)]
-        approved: Option<PathBuf>,
-        /// Root certificate the device identity must chain to (default: --ca).
-        #[arg(long)]
-        identity_root: Option<PathBuf>,
-    },
+    Attest(AttestArgs),
+}
+
+/// What an attestation is checked against.
+#[derive(Debug, Args)]
+pub struct AttestArgs {
+    /// The approved release the device should be running.
+    #[arg(long)]
+    pub approved: Option<PathBuf>,
+    /// Root certificate the device identity must chain to (default: --ca).
+    #[arg(long)]
+    pub identity_root: Option<PathBuf>,
 }
 
 /// `device drive`.
@@ -348,14 +352,7 @@ pub enum DeviceFirmwareCommand {
         statement: PathBuf,
     },
     /// Ask for a signed attestation with a fresh nonce and check it.
-    Attest {
-        /// The approved release the device should be running.
-        #[arg(long)]
-        approved: Option<PathBuf>,
-        /// Root certificate the device identity must chain to (default: --ca).
-        #[arg(long)]
-        identity_root: Option<PathBuf>,
-    },
+    Attest(AttestArgs),
 }
 
 /// `device users`.

@@ -9,7 +9,7 @@ use drivesec_oem::lab::LabManifest;
 use serde_json::{Value, json};
 
 use crate::cli::{
-    DeviceArgs, DeviceAuditCommand, DeviceCommand, DeviceFirmwareCommand, DriveCommand,
+    AttestArgs, DeviceArgs, DeviceAuditCommand, DeviceCommand, DeviceFirmwareCommand, DriveCommand,
     ParamsCommand, RolesCommand, SessionsCommand, UsersCommand,
 };
 
@@ -184,18 +184,7 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
     };
     let result = match &a.command {
         DeviceCommand::Firmware(f) => firmware(&c, &t, f, json),
-        DeviceCommand::Attest {
-            approved,
-            identity_root,
-        } => firmware(
-            &c,
-            &t,
-            &DeviceFirmwareCommand::Attest {
-                approved: approved.clone(),
-                identity_root: identity_root.clone(),
-            },
-            json,
-        ),
+        DeviceCommand::Attest(at) => attest(&c, &t, at, json),
         cmd => dispatch(&c, cmd, json),
     };
     let _ = c.call("POST", "/api/v1/logout", None);
@@ -207,7 +196,7 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
     match cmd {
         DeviceCommand::Commission { .. }
         | DeviceCommand::Firmware(_)
-        | DeviceCommand::Attest { .. } => {
+        | DeviceCommand::Attest(_) => {
             unreachable!("handled in run")
         }
         DeviceCommand::Info => print(json, &get("/api/v1/info")?, |v| {
@@ -511,59 +500,59 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
                 )
             })
         }
-        DeviceFirmwareCommand::Attest {
-            approved,
-            identity_root,
-        } => {
-            let root_path = identity_root
-                .as_ref()
-                .or(t.ca.as_ref())
-                .ok_or_else(|| anyhow!("give --identity-root (or --ca)"))?;
-            let roots = drivesec_pki::read_cert_chain(root_path)?;
-            let header = match approved {
-                Some(p) => Some(
-                    drivesec_firmware::image::Header::read_file(p)
-                        .with_context(|| format!("approved image {}", p.display()))?,
-                ),
-                None => None,
-            };
-            let mut nonce = [0u8; 32];
-            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-            let nonce = hex::encode(nonce);
-            let resp = c.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))?;
-            let report = drivesec_oem::attest::verify_attestation(
-                &resp,
-                &nonce,
-                &roots,
-                t.name.as_deref(),
-                header.as_ref(),
-            )?;
-            if report.matches_approved == Some(false) {
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
-                }
-                bail!(
-                    "device {} runs {} (root {}), not the approved release",
-                    report.serial_number,
-                    report.version,
-                    report.root
-                );
-            }
-            print(json, &serde_json::to_value(&report)?, |_| {
-                println!(
-                    "device {} attests {} (security counter {}, root {}){}{}",
-                    report.serial_number,
-                    report.version,
-                    report.security_counter,
-                    report.root,
-                    if report.trial { ", on trial" } else { "" },
-                    if report.matches_approved == Some(true) {
-                        "; it is the approved release"
-                    } else {
-                        ""
-                    }
-                )
-            })
-        }
+        DeviceFirmwareCommand::Attest(at) => attest(c, t, at, json),
     }
+}
+
+fn attest(c: &DeviceClient, t: &Target, a: &AttestArgs, json: bool) -> Result<()> {
+    let root_path = a
+        .identity_root
+        .as_ref()
+        .or(t.ca.as_ref())
+        .ok_or_else(|| anyhow!("give --identity-root (or --ca)"))?;
+    let roots = drivesec_pki::read_cert_chain(root_path)?;
+    let header = match &a.approved {
+        Some(p) => Some(
+            drivesec_firmware::image::Header::read_file(p)
+                .with_context(|| format!("approved image {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let nonce = hex::encode(nonce);
+    let resp = c.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))?;
+    let report = drivesec_oem::attest::verify_attestation(
+        &resp,
+        &nonce,
+        &roots,
+        t.name.as_deref(),
+        header.as_ref(),
+    )?;
+    if report.matches_approved == Some(false) {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        bail!(
+            "device {} runs {} (root {}), not the approved release",
+            report.serial_number,
+            report.version,
+            report.root
+        );
+    }
+    print(json, &serde_json::to_value(&report)?, |_| {
+        println!(
+            "device {} attests {} (security counter {}, root {}){}{}",
+            report.serial_number,
+            report.version,
+            report.security_counter,
+            report.root,
+            if report.trial { ", on trial" } else { "" },
+            if report.matches_approved == Some(true) {
+                "; it is the approved release"
+            } else {
+                ""
+            }
+        )
+    })
 }

@@ -1549,6 +1549,11 @@ fn device_firmware_update_revert_and_attestation() {
         ],
     );
     assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(
+        o.stderr.contains("does not lead to a trusted root"),
+        "{}",
+        o.stderr
+    );
 
     // Replaying the old, validly signed factory image: anti-rollback.
     let o = device(
