@@ -183,7 +183,8 @@ fn lab_up_soft_identities_pass_openssl_and_carry_roles() {
                 .starts_with("https://127.0.0.1:"),
             "{dev}"
         );
-        assert!(dev["modbus"].is_null());
+        let modbus: std::net::SocketAddr = dev["modbus"].as_str().unwrap().parse().unwrap();
+        assert!(modbus.ip().is_loopback() && modbus.port() != 0, "{dev}");
         let idevid = dev["idevid"].as_str().unwrap();
         let (good, text) = openssl(&["verify", "-CAfile", mfg, "-untrusted", idevid, idevid]);
         assert!(good, "{text}");

@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+use common::{TestLab, config, test_lab};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,93 +16,8 @@ use std::time::Duration;
 
 use drivesec_device::config::DeviceConfig;
 use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Reply, Versions};
-use drivesec_oem::lab::{self, LabManifest, LabOptions};
+use drivesec_oem::lab::{self, LabOptions};
 use serde_json::{Value, json};
-
-struct TestLab {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    m: LabManifest,
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        let _ = lab::down(&self.dir);
-    }
-}
-
-fn test_lab(config: Option<DeviceConfig>) -> TestLab {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("lab");
-    let m = lab::up(
-        &LabOptions {
-            daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
-            device_config: config,
-            ..LabOptions::new(dir.clone())
-        },
-        &mut |_| {},
-    )
-    .unwrap();
-    TestLab { _tmp: tmp, dir, m }
-}
-
-fn config() -> DeviceConfig {
-    DeviceConfig::new("127.0.0.1:0".parse().unwrap())
-}
-
-impl TestLab {
-    fn addr(&self) -> SocketAddr {
-        self.m.devices[0]
-            .api
-            .as_ref()
-            .unwrap()
-            .trim_start_matches("https://")
-            .parse()
-            .unwrap()
-    }
-
-    fn trust(&self) -> DeviceTrust {
-        DeviceTrust::Ldevid {
-            roots: drivesec_pki::read_cert_chain(&self.m.oem_ca).unwrap(),
-            device_name: self.m.devices[0].device_name.clone().unwrap(),
-        }
-    }
-
-    fn identity(&self, role: &str) -> ClientIdentity {
-        let f = &self.m.clients[role];
-        ClientIdentity::from_files(&f.cert, &f.key).unwrap()
-    }
-
-    /// A client with `role`'s certificate, not logged in.
-    fn client(&self, role: &str) -> DeviceClient {
-        DeviceClient::new(
-            self.addr(),
-            Some(&self.identity(role)),
-            &self.trust(),
-            Versions::Default,
-        )
-        .unwrap()
-    }
-
-    /// Logged in as the role's account over the role's certificate.
-    fn session(&self, role: &str) -> DeviceClient {
-        let mut c = self.client(role);
-        let u = &self.m.users[role];
-        c.login(&u.username, &u.password).unwrap();
-        c
-    }
-
-    fn admin(&self) -> DeviceClient {
-        let mut c = self.client("security-admin");
-        let a = self.m.admin.as_ref().unwrap();
-        c.login(&a.username, &a.password).unwrap();
-        c
-    }
-
-    fn device_dir(&self) -> PathBuf {
-        self.m.devices[0].dir.clone()
-    }
-}
 
 fn status(r: &Reply) -> u16 {
     r.status
@@ -618,35 +536,8 @@ fn issue_client(
     dir: &Path,
     validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
 ) -> (ClientIdentity, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let req = drivesec_pki::IssueRequest {
-        profile: drivesec_pki::Profile::Client {
-            name: "x".into(),
-            role: Some(drivesec_pki::Role::new("viewer").unwrap()),
-            days: 30,
-        },
-        key: drivesec_pki::SubjectKey::CsrPem {
-            source: "test".into(),
-            pem: csr,
-        },
-    };
-    let issued = match validity {
-        Some((nb, na)) => ca.dangerous_issue_with_validity(&req, nb, na).unwrap(),
-        None => ca.issue(&req).unwrap(),
-    };
-    let (k, c) = (
-        dir.join(format!("{}.key", issued.serial)),
-        dir.join(format!("{}.crt", issued.serial)),
-    );
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    std::fs::write(&c, &issued.chain_pem).unwrap();
-    (ClientIdentity::from_files(&c, &k).unwrap(), issued.serial)
+    let (c, k, serial) = common::issue_client_files(ca, dir, Some("viewer"), validity);
+    (ClientIdentity::from_files(&c, &k).unwrap(), serial)
 }
 
 fn info(c: &DeviceClient) -> drivesec_oem::Result<Reply> {

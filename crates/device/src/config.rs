@@ -47,6 +47,50 @@ impl Default for ApiSettings {
     }
 }
 
+/// The Modbus/TCP Security server (docs/modbus.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModbusSettings {
+    /// Serve Modbus/TCP Security at all.
+    pub enabled: bool,
+    /// Address of the TLS server (MB-TCP-Security: port 802).
+    pub listen: SocketAddr,
+    /// Accept TLS 1.2 besides 1.3 (MB-TCP-Security asks for TLS 1.2 support;
+    /// ECDHE with AEAD suites only).
+    pub allow_tls12: bool,
+    /// Risky: also serve plain, unauthenticated Modbus/TCP on this address
+    /// (port 502 by convention). Counted against SL-A in the posture report.
+    pub insecure_plain_listen: Option<SocketAddr>,
+    /// Risky: the role whose rights plain Modbus/TCP clients get (none: they
+    /// get nothing, like a certificate without a role).
+    pub insecure_plain_role: Option<String>,
+    /// What the drive does when the session that last wrote the control
+    /// word ends or goes silent.
+    pub comm_loss_reaction: drivesec_drive::machine::CommLossReaction,
+    /// How long the controlling session may stay silent, milliseconds.
+    pub comm_loss_timeout_ms: u64,
+    /// How long any other session may stay silent, seconds.
+    pub idle_timeout_secs: u64,
+    /// Most Modbus sessions at once (TLS and plain together).
+    pub max_connections: usize,
+}
+
+impl Default for ModbusSettings {
+    fn default() -> Self {
+        ModbusSettings {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 802)),
+            allow_tls12: true,
+            insecure_plain_listen: None,
+            insecure_plain_role: None,
+            comm_loss_reaction: Default::default(),
+            comm_loss_timeout_ms: 1000,
+            idle_timeout_secs: 60,
+            max_connections: 128,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +109,9 @@ pub struct DeviceConfig {
     /// Audit trail settings.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Modbus/TCP Security.
+    #[serde(default)]
+    pub modbus: ModbusSettings,
 }
 
 impl DeviceConfig {
@@ -76,6 +123,11 @@ impl DeviceConfig {
             api: ApiSettings::default(),
             access: AccessPolicy::default(),
             audit: AuditConfig::default(),
+            // Next to the API, on a port the system picks (see STATE/modbus.addr).
+            modbus: ModbusSettings {
+                listen: SocketAddr::new(listen.ip(), 0),
+                ..ModbusSettings::default()
+            },
         }
     }
 
@@ -94,6 +146,21 @@ impl DeviceConfig {
                 path: path.to_path_buf(),
                 reason: "api.max_concurrent_logins and api.logins_per_minute must be >= 1, api.max_body_bytes >= 1024"
                     .into(),
+            });
+        }
+        let m = &cfg.modbus;
+        if m.comm_loss_timeout_ms < 50 || m.idle_timeout_secs == 0 || m.max_connections == 0 {
+            return Err(DeviceError::Config {
+                path: path.to_path_buf(),
+                reason: "modbus.comm_loss_timeout_ms must be >= 50, modbus.idle_timeout_secs and modbus.max_connections >= 1".into(),
+            });
+        }
+        if let Some(r) = &m.insecure_plain_role
+            && drivesec_pki::role::Role::new(r.clone()).is_err()
+        {
+            return Err(DeviceError::Config {
+                path: path.to_path_buf(),
+                reason: format!("modbus.insecure_plain_role '{r}' is not a valid role name"),
             });
         }
         Ok(cfg)

@@ -9,12 +9,12 @@
 //! counts as active, fail-safe). Nothing on the network can write it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drivesec_drive::ParamSet;
-use drivesec_drive::machine::{Drive, State, Status};
+use drivesec_drive::machine::{CommLossReaction, Drive, State, Status};
 
 /// The tick.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -41,6 +41,10 @@ pub struct DriveLink {
     reference_bits: AtomicU64,
     status: Mutex<Option<Status>>,
     stop: AtomicBool,
+    /// The session that last wrote the control word (0: none).
+    controller: AtomicU64,
+    /// A connection-loss reaction for the next tick (0: none).
+    comm_lost: AtomicU8,
 }
 
 impl DriveLink {
@@ -51,6 +55,8 @@ impl DriveLink {
             reference_bits: AtomicU64::new(0f64.to_bits()),
             status: Mutex::new(None),
             stop: AtomicBool::new(false),
+            controller: AtomicU64::new(0),
+            comm_lost: AtomicU8::new(0),
         }
     }
 
@@ -76,6 +82,41 @@ impl DriveLink {
             .ok()
             .and_then(|q| q.back().copied())
             .unwrap_or_else(|| self.control_word.load(Ordering::SeqCst))
+    }
+
+    /// The speed reference in force, rpm.
+    pub fn reference(&self) -> f64 {
+        f64::from_bits(self.reference_bits.load(Ordering::SeqCst))
+    }
+
+    /// Session `id` wrote the control word: it now controls the drive.
+    pub fn take_control(&self, id: u64) {
+        self.controller.store(id, Ordering::SeqCst);
+    }
+
+    /// Whether session `id` controls the drive.
+    pub fn controls(&self, id: u64) -> bool {
+        id != 0 && self.controller.load(Ordering::SeqCst) == id
+    }
+
+    /// Session `id` ended or fell silent: when it controlled the drive, the
+    /// configured reaction is applied at the next tick and `true` returned.
+    pub fn session_lost(&self, id: u64, reaction: CommLossReaction) -> bool {
+        if id == 0
+            || self
+                .controller
+                .compare_exchange(id, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return false;
+        }
+        let code = match reaction {
+            CommLossReaction::RampToStop => 1,
+            CommLossReaction::Fault => 2,
+            CommLossReaction::IgnoreRisky => 3,
+        };
+        self.comm_lost.store(code, Ordering::SeqCst);
+        true
     }
 
     /// The status published by the last tick.
@@ -137,6 +178,12 @@ pub fn start(
                     drive.set_control_word(cw);
                 }
                 drive.set_reference(f64::from_bits(l2.reference_bits.load(Ordering::SeqCst)));
+                match l2.comm_lost.swap(0, Ordering::SeqCst) {
+                    1 => drive.connection_lost(CommLossReaction::RampToStop),
+                    2 => drive.connection_lost(CommLossReaction::Fault),
+                    3 => drive.connection_lost(CommLossReaction::IgnoreRisky),
+                    _ => {}
+                }
                 let speed_before = drive.status(&p).speed_rpm;
                 drive.tick(&p, dt);
                 let s = drive.status(&p);

@@ -13,6 +13,7 @@ pub mod config;
 pub mod credential;
 pub mod drive_loop;
 pub mod firmware;
+pub mod modbus;
 pub mod posture;
 mod runtime;
 mod server;

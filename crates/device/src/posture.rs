@@ -52,12 +52,22 @@ const FRS: [(&str, &str); 7] = [
     ("FR7", "Resource availability"),
 ];
 
+/// Facts about the running device the configuration does not say.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// A verified firmware image is running.
+    pub firmware_verified: bool,
+    /// Roles in the Modbus rights table.
+    pub modbus_roles: Vec<String>,
+}
+
 /// Assesses the device.
 pub fn assess(
     st: &StateDir,
     c: &DeviceConfig,
     forwarding: bool,
     users: Option<&[UserInfo]>,
+    live: &Live,
 ) -> Posture {
     let mut fr: Vec<FrAssessment> = FRS
         .iter()
@@ -156,18 +166,46 @@ pub fn assess(
         2,
         "SR 2.1 RE3 (SL 3): supervisor override is not supported",
     );
+    let m = &c.modbus;
+    let plain = m.enabled && m.insecure_plain_listen.is_some();
+    if plain {
+        cap(
+            0,
+            1,
+            "SR 1.2 (SL 2): plain Modbus/TCP is enabled: its clients are not identified or authenticated",
+        );
+    }
     // FR3
-    cap(
-        2,
-        0,
-        "SR 3.4 (SL 1): firmware integrity is not verified on this build (secure firmware not yet available)",
-    );
+    if !live.firmware_verified {
+        cap(2, 0, "SR 3.4 (SL 1): no verified firmware image is running");
+    }
+    if plain {
+        cap(
+            2,
+            0,
+            "SR 3.1 (SL 1): plain Modbus/TCP is enabled: its traffic has no integrity protection",
+        );
+    }
     // FR4
     if c.tls.allow_tls12 {
         cap(
             3,
             3,
             "SR 4.3: TLS 1.2 allowed (ECDHE with AEAD suites only)",
+        );
+    }
+    if m.enabled && m.allow_tls12 && !c.tls.allow_tls12 {
+        cap(
+            3,
+            3,
+            "SR 4.3: TLS 1.2 allowed on Modbus/TCP Security (ECDHE with AEAD suites only)",
+        );
+    }
+    if plain {
+        cap(
+            3,
+            0,
+            "SR 4.1 (SL 1): plain Modbus/TCP is enabled: process data travels in clear",
         );
     }
     if soft {
@@ -210,7 +248,7 @@ pub fn assess(
         sl_a,
         notation,
         foundational_requirements: fr,
-        settings: settings(st, c, forwarding, users),
+        settings: settings(st, c, forwarding, users, live),
     }
 }
 
@@ -219,6 +257,7 @@ fn settings(
     c: &DeviceConfig,
     forwarding: bool,
     users: Option<&[UserInfo]>,
+    live: &Live,
 ) -> serde_json::Value {
     let mut per_role: BTreeMap<String, usize> = BTreeMap::new();
     for u in users.unwrap_or(&[]) {
@@ -247,5 +286,17 @@ fn settings(
         "audit": c.audit,
         "audit_forwarding": forwarding,
         "api": c.api,
+        "firmware_verified": live.firmware_verified,
+        "modbus": {
+            "enabled": c.modbus.enabled,
+            "listen": c.modbus.listen,
+            "tls_versions": if c.modbus.allow_tls12 { vec!["TLSv1.3", "TLSv1.2"] } else { vec!["TLSv1.3"] },
+            "client_certificate": "required",
+            "rights_roles": live.modbus_roles,
+            "insecure_plain_listen": c.modbus.insecure_plain_listen,
+            "insecure_plain_role": c.modbus.insecure_plain_role,
+            "comm_loss_reaction": c.modbus.comm_loss_reaction,
+            "comm_loss_timeout_ms": c.modbus.comm_loss_timeout_ms,
+        },
     })
 }

@@ -69,6 +69,8 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     };
     let params = load_params(&st)?;
     let tls_cfg = tls::server_config(&st, &config.tls)?;
+    let modbus_tls = tls::modbus_config(&st, &config.modbus)?;
+    let modbus_rights = crate::modbus::load_rights(&st)?;
     let dev = Arc::new(Device {
         sessions: Mutex::new(Sessions::new(config.access.session.clone())),
         login_permits: tokio::sync::Semaphore::new(config.api.max_concurrent_logins),
@@ -88,6 +90,9 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
         running: Mutex::new(None),
         firmware_gate: tokio::sync::Mutex::new(()),
         config: RwLock::new(config.clone()),
+        modbus_tls: Arc::new(RwLock::new(modbus_tls)),
+        modbus_rights: RwLock::new(Arc::new(modbus_rights)),
+        modbus_denials: Mutex::new(std::collections::HashMap::new()),
     });
     if let Some(f) = dev
         .forwarding_settings()
@@ -139,13 +144,16 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| DeviceError::Net(e.to_string()))?;
+    // Modbus is bound before api.addr appears, so whoever waits for that
+    // file finds modbus.addr too.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let modbus = start_modbus(state_dir, &dev, &rx).await?;
     fsu::write_atomic(
         &state_dir.join("api.addr"),
         format!("{addr}\n").as_bytes(),
         Mode::Public,
     )?;
     tracing::info!(%addr, "drivesecd API listening");
-    let (tx, rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(server::serve(listener, dev.tls.clone(), app, rx.clone()));
     // Session ends nobody asked for (idle or absolute timeout) are recorded too.
     let reaper = {
@@ -154,7 +162,10 @@ pub async fn run(
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => dev.record_expired_sessions(),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                        dev.record_expired_sessions();
+                        dev.flush_modbus_denials(false);
+                    }
                     _ = rx.changed() => return,
                 }
             }
@@ -164,6 +175,10 @@ pub async fn run(
     let _ = tx.send(true);
     let _ = server.await;
     let _ = reaper.await;
+    for m in modbus {
+        let _ = m.await;
+    }
+    dev.flush_modbus_denials(true);
     if let Ok(mut f) = dev.forwarder.lock()
         && let Some(fw) = f.take()
     {
@@ -177,6 +192,61 @@ pub async fn run(
         log.checkpoint_now()?;
     }
     Ok(())
+}
+
+/// Binds and starts the Modbus servers the configuration asks for; the TLS
+/// server's address goes to `STATE/modbus.addr`, the plain one's (risky) to
+/// `STATE/modbus-plain.addr`.
+async fn start_modbus(
+    state_dir: &Path,
+    dev: &Arc<Device>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let m = dev
+        .config
+        .read()
+        .map_err(|_| DeviceError::Invalid("config lock poisoned".into()))?
+        .modbus
+        .clone();
+    let mut tasks = vec![];
+    if !m.enabled {
+        return Ok(tasks);
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(m.max_connections));
+    let bind = |addr: std::net::SocketAddr, file: &'static str| async move {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| DeviceError::Net(format!("bind Modbus {addr}: {e}")))?;
+        let bound = l
+            .local_addr()
+            .map_err(|e| DeviceError::Net(e.to_string()))?;
+        fsu::write_atomic(
+            &state_dir.join(file),
+            format!("{bound}\n").as_bytes(),
+            Mode::Public,
+        )?;
+        tracing::info!(addr = %bound, file, "Modbus listening");
+        Ok::<_, DeviceError>(l)
+    };
+    let l = bind(m.listen, "modbus.addr").await?;
+    tasks.push(tokio::spawn(crate::modbus::serve_tls(
+        l,
+        dev.clone(),
+        slots.clone(),
+        shutdown.clone(),
+    )));
+    if let Some(plain) = m.insecure_plain_listen {
+        tracing::warn!(%plain, "RISKY: plain Modbus/TCP without authentication is enabled");
+        let l = bind(plain, "modbus-plain.addr").await?;
+        tasks.push(tokio::spawn(crate::modbus::serve_plain(
+            l,
+            dev.clone(),
+            m.insecure_plain_role.clone(),
+            slots,
+            shutdown.clone(),
+        )));
+    }
+    Ok(tasks)
 }
 
 impl Device {
@@ -195,6 +265,16 @@ impl Device {
             LifeCycle::Factory => None,
         };
         let tls_cfg = tls::server_config(&st, &config.tls)?;
+        let modbus_tls = tls::modbus_config(&st, &config.modbus)?;
+        let rights = crate::modbus::load_rights(&st)?;
+        *self
+            .modbus_tls
+            .write()
+            .map_err(|_| ApiError::internal("lock poisoned"))? = modbus_tls;
+        *self
+            .modbus_rights
+            .write()
+            .map_err(|_| ApiError::internal("lock poisoned"))? = Arc::new(rights);
         *self
             .accounts
             .lock()
@@ -421,7 +501,26 @@ impl Device {
             .map_err(|_| ApiError::internal("lock poisoned"))?
             .as_ref()
             .map(|a| a.users());
-        Ok(posture::assess(&st, &config, forwarding, users.as_deref()))
+        let live = posture::Live {
+            firmware_verified: self
+                .running
+                .lock()
+                .map_err(|_| ApiError::internal("lock poisoned"))?
+                .is_some(),
+            modbus_roles: self
+                .modbus_rights()
+                .roles
+                .keys()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+        };
+        Ok(posture::assess(
+            &st,
+            &config,
+            forwarding,
+            users.as_deref(),
+            &live,
+        ))
     }
 
     /// Wipes ownership and returns the new one-time factory credential.

@@ -124,6 +124,8 @@ pub mod files {
     pub const FIRMWARE: &str = "firmware";
     /// The firmware trust store.
     pub const FIRMWARE_TRUST: &str = "firmware-trust.json";
+    /// Modbus rights per role, set through the API.
+    pub const MODBUS_RIGHTS: &str = "modbus-rights.json";
     /// The device firmware key's public half (PEM), for vendors to encrypt to.
     pub const FIRMWARE_KEY_PUB: &str = "firmware-key.pub";
 }
@@ -388,6 +390,7 @@ impl StateDir {
             files::ACCOUNTS,
             files::FORWARDING,
             files::ACCESS_POLICY,
+            files::MODBUS_RIGHTS,
         ] {
             let p = self.path(f);
             if p.exists() {

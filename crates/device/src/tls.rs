@@ -132,3 +132,20 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// The Modbus/TCP Security server's configuration: the same identity and
+/// client-certificate checks as the API, TLS 1.2 when allowed, no ALPN.
+pub fn modbus_config(
+    state: &StateDir,
+    m: &crate::config::ModbusSettings,
+) -> Result<Arc<ServerConfig>> {
+    let api = server_config(
+        state,
+        &TlsSettings {
+            allow_tls12: m.allow_tls12,
+        },
+    )?;
+    let mut cfg = (*api).clone();
+    cfg.alpn_protocols.clear();
+    Ok(Arc::new(cfg))
+}

@@ -12,7 +12,11 @@ fn repo(p: &str) -> std::path::PathBuf {
 #[test]
 fn sample_config_parses_and_equals_the_defaults() {
     let cfg = drivesec_device::config::DeviceConfig::load(&repo("deploy/drivesecd.toml")).unwrap();
-    let defaults = drivesec_device::config::DeviceConfig::new("127.0.0.1:8443".parse().unwrap());
+    let mut defaults =
+        drivesec_device::config::DeviceConfig::new("127.0.0.1:8443".parse().unwrap());
+    // `new` puts Modbus next to the API on a system-picked port; the
+    // product default is MB-TCP-Security's port 802 on every interface.
+    defaults.modbus.listen = drivesec_device::config::ModbusSettings::default().listen;
     assert_eq!(
         cfg, defaults,
         "deploy/drivesecd.toml must document the defaults"

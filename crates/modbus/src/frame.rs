@@ -74,7 +74,13 @@ pub struct Adu {
 /// Reads one ADU. `Ok(None)` is a clean end of stream between frames.
 pub async fn read_adu<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Adu>, FrameError> {
     let mut head = [0u8; 7];
-    let first = r.read(&mut head[..1]).await?;
+    // A peer that goes away between frames without a TLS close_notify is
+    // still a close, not a broken frame.
+    let first = match r.read(&mut head[..1]).await {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+        Err(e) => return Err(e.into()),
+    };
     if first == 0 {
         return Ok(None);
     }

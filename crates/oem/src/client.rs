@@ -147,6 +147,57 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// The TLS client configuration (no ALPN) for talking to the device at
+/// `addr` as `identity`, and the name its certificate must carry.
+pub fn tls_config(
+    addr: SocketAddr,
+    identity: Option<&ClientIdentity>,
+    trust: &DeviceTrust,
+    versions: Versions,
+) -> Result<(rustls::ClientConfig, ServerName<'static>)> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let algs = provider.signature_verification_algorithms;
+    let vers: &[&rustls::SupportedProtocolVersion] = match versions {
+        Versions::Default => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        Versions::Tls12Only => &[&rustls::version::TLS12],
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(vers)
+        .map_err(|e| OemError::Invalid(e.to_string()))?;
+    let (builder, server_name) = match trust {
+        DeviceTrust::Idevid { roots, serial } => (
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(IdevidVerifier {
+                    roots: roots.clone(),
+                    serial: serial.clone(),
+                    algs,
+                })),
+            ServerName::IpAddress(addr.ip().into()),
+        ),
+        DeviceTrust::Ldevid { roots, device_name } => {
+            let mut store = rustls::RootCertStore::empty();
+            for r in roots {
+                store
+                    .add(r.clone())
+                    .map_err(|e| OemError::Invalid(format!("owner root: {e}")))?;
+            }
+            (
+                builder.with_root_certificates(store),
+                ServerName::try_from(device_name.clone())
+                    .map_err(|_| OemError::Invalid(format!("'{device_name}' is not a DNS name")))?,
+            )
+        }
+    };
+    let cfg = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+            .map_err(|e| OemError::Invalid(format!("client certificate: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok((cfg, server_name))
+}
+
 /// A client bound to one device.
 pub struct DeviceClient {
     rt: tokio::runtime::Runtime,
@@ -182,47 +233,7 @@ impl DeviceClient {
         trust: &DeviceTrust,
         versions: Versions,
     ) -> Result<Self> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let algs = provider.signature_verification_algorithms;
-        let vers: &[&rustls::SupportedProtocolVersion] = match versions {
-            Versions::Default => &[&rustls::version::TLS13, &rustls::version::TLS12],
-            Versions::Tls12Only => &[&rustls::version::TLS12],
-        };
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(vers)
-            .map_err(|e| OemError::Invalid(e.to_string()))?;
-        let (builder, server_name) = match trust {
-            DeviceTrust::Idevid { roots, serial } => (
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(IdevidVerifier {
-                        roots: roots.clone(),
-                        serial: serial.clone(),
-                        algs,
-                    })),
-                ServerName::IpAddress(addr.ip().into()),
-            ),
-            DeviceTrust::Ldevid { roots, device_name } => {
-                let mut store = rustls::RootCertStore::empty();
-                for r in roots {
-                    store
-                        .add(r.clone())
-                        .map_err(|e| OemError::Invalid(format!("owner root: {e}")))?;
-                }
-                (
-                    builder.with_root_certificates(store),
-                    ServerName::try_from(device_name.clone()).map_err(|_| {
-                        OemError::Invalid(format!("'{device_name}' is not a DNS name"))
-                    })?,
-                )
-            }
-        };
-        let mut cfg = match identity {
-            Some(id) => builder
-                .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
-                .map_err(|e| OemError::Invalid(format!("client certificate: {e}")))?,
-            None => builder.with_no_client_auth(),
-        };
+        let (mut cfg, server_name) = tls_config(addr, identity, trust, versions)?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -16,6 +16,8 @@ pub struct Started {
     pub pid: u32,
     /// The API address it bound.
     pub addr: std::net::SocketAddr,
+    /// The Modbus/TCP Security address it bound, when enabled.
+    pub modbus: Option<std::net::SocketAddr>,
     /// Its log file.
     pub log: PathBuf,
 }
@@ -37,6 +39,8 @@ pub fn start(daemon: &Path, device_dir: &Path, config: &DeviceConfig) -> Result<
     fsu::write_atomic(&conf_path, config.to_toml().as_bytes(), Mode::Public)?;
     let addr_file = device_dir.join("api.addr");
     let _ = std::fs::remove_file(&addr_file);
+    let modbus_file = device_dir.join("modbus.addr");
+    let _ = std::fs::remove_file(&modbus_file);
     let log = device_dir.join("drivesecd.log");
     let out = std::fs::File::create(&log).map_err(|e| fsu::FsError::io("create", &log, e))?;
     let err = out
@@ -62,6 +66,9 @@ pub fn start(daemon: &Path, device_dir: &Path, config: &DeviceConfig) -> Result<
             return Ok(Started {
                 pid: child.id(),
                 addr,
+                modbus: std::fs::read_to_string(&modbus_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok()),
                 log,
             });
         }

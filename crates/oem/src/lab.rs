@@ -567,6 +567,7 @@ fn start_devices(
         let started = crate::daemons::start(daemon, &d.dir, &cfg)?;
         d.pid = Some(started.pid);
         d.api = Some(format!("https://{}", started.addr));
+        d.modbus = started.modbus.map(|a| a.to_string());
         let device_name = format!("{}.lab.drivesec", d.name);
         let credential =
             zeroize::Zeroizing::new(drivesec_fsutil::read_to_string(&d.factory_credential)?);
@@ -603,6 +604,7 @@ fn start_devices(
                 Some(&serde_json::json!({"username": u.username, "role": role, "password": u.password})),
             )?;
         }
+        c.ok("PUT", "/api/v1/modbus/rights", Some(&lab_modbus_rights()))?;
         c.ok("POST", "/api/v1/logout", None)?;
         progress(LabStep::Done(format!(
             "{} running and commissioned",
@@ -612,6 +614,35 @@ fn start_devices(
     m.users = users;
     m.admin = Some(admin);
     Ok(())
+}
+
+/// The Modbus rights the lab's integrator sets on every device (there is no
+/// built-in default): every role with a certificate may read the process
+/// data and parameters; the operator may also write the control word, the
+/// speed reference and the `speed-reference` parameter; the engineer the
+/// control word, the speed reference and every parameter. The
+/// security-admin and auditor roles get nothing over Modbus.
+pub fn lab_modbus_rights() -> serde_json::Value {
+    let read = serde_json::json!([
+        {"functions": [3, 4], "start": 0, "end": 8},
+        {"functions": [3], "start": 1000, "end": 1009}
+    ]);
+    let with = |extra: serde_json::Value| {
+        let mut v = read.as_array().cloned().unwrap_or_default();
+        v.extend(extra.as_array().cloned().unwrap_or_default());
+        serde_json::Value::Array(v)
+    };
+    serde_json::json!({"roles": {
+        "viewer": read.clone(),
+        "operator": with(serde_json::json!([
+            {"functions": [6, 16], "start": 0, "end": 1},
+            {"functions": [6, 16], "start": 1000, "end": 1000}
+        ])),
+        "engineer": with(serde_json::json!([
+            {"functions": [6, 16], "start": 0, "end": 1},
+            {"functions": [6, 16], "start": 1000, "end": 1009}
+        ])),
+    }})
 }
 
 /// What [`down`] did.

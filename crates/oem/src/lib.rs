@@ -15,6 +15,7 @@ pub mod daemons;
 pub mod demo;
 pub mod factory;
 pub mod lab;
+pub mod modbus;
 
 use std::path::PathBuf;
 

@@ -6,6 +6,7 @@ mod accounts;
 mod commission;
 mod drive;
 mod firmware;
+mod modbus;
 mod ops;
 
 /// Request and settings types of the operations endpoints.
@@ -71,6 +72,12 @@ pub struct Device {
     /// Serialises firmware operations (upload, reboot, trust rotation);
     /// taken with `try_lock`, so a second one gets 409 instead of waiting.
     pub(crate) firmware_gate: tokio::sync::Mutex<()>,
+    /// The Modbus/TCP Security server's TLS configuration (follows `tls`).
+    pub(crate) modbus_tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    /// Modbus rights per role.
+    pub(crate) modbus_rights: RwLock<Arc<drivesec_modbus::Rights>>,
+    /// Refused Modbus requests not yet recorded, per client.
+    pub(crate) modbus_denials: Mutex<std::collections::HashMap<String, crate::modbus::DenyWindow>>,
 }
 
 /// An error response: status, a stable code, and a message naming the problem.
@@ -454,6 +461,10 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
         .route("/api/v1/attest", post(firmware::attest))
         .route("/api/v1/drive", get(drive::status))
         .route("/api/v1/drive/control", put(drive::control))
+        .route(
+            "/api/v1/modbus/rights",
+            get(modbus::get_rights).put(modbus::set_rights),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(dev)

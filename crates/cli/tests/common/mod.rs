@@ -1,0 +1,135 @@
+//! What the end-to-end test files share: a lab of real drivesecd processes
+//! on loopback, started, commissioned and populated by `drivesec lab`.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use drivesec_device::config::DeviceConfig;
+use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use drivesec_oem::lab::{self, LabManifest, LabOptions};
+
+pub struct TestLab {
+    pub _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub m: LabManifest,
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = lab::down(&self.dir);
+    }
+}
+
+pub fn test_lab(config: Option<DeviceConfig>) -> TestLab {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let m = lab::up(
+        &LabOptions {
+            daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
+            device_config: config,
+            ..LabOptions::new(dir.clone())
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    TestLab { _tmp: tmp, dir, m }
+}
+
+pub fn config() -> DeviceConfig {
+    DeviceConfig::new("127.0.0.1:0".parse().unwrap())
+}
+
+impl TestLab {
+    pub fn addr(&self) -> SocketAddr {
+        self.m.devices[0]
+            .api
+            .as_ref()
+            .unwrap()
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap()
+    }
+
+    pub fn trust(&self) -> DeviceTrust {
+        DeviceTrust::Ldevid {
+            roots: drivesec_pki::read_cert_chain(&self.m.oem_ca).unwrap(),
+            device_name: self.m.devices[0].device_name.clone().unwrap(),
+        }
+    }
+
+    pub fn identity(&self, role: &str) -> ClientIdentity {
+        let f = &self.m.clients[role];
+        ClientIdentity::from_files(&f.cert, &f.key).unwrap()
+    }
+
+    /// A client with `role`'s certificate, not logged in.
+    pub fn client(&self, role: &str) -> DeviceClient {
+        DeviceClient::new(
+            self.addr(),
+            Some(&self.identity(role)),
+            &self.trust(),
+            Versions::Default,
+        )
+        .unwrap()
+    }
+
+    /// Logged in as the role's account over the role's certificate.
+    pub fn session(&self, role: &str) -> DeviceClient {
+        let mut c = self.client(role);
+        let u = &self.m.users[role];
+        c.login(&u.username, &u.password).unwrap();
+        c
+    }
+
+    pub fn admin(&self) -> DeviceClient {
+        let mut c = self.client("security-admin");
+        let a = self.m.admin.as_ref().unwrap();
+        c.login(&a.username, &a.password).unwrap();
+        c
+    }
+
+    pub fn device_dir(&self) -> PathBuf {
+        self.m.devices[0].dir.clone()
+    }
+}
+
+/// Issues a client certificate from `ca` (with `role` in the role extension,
+/// or none) into `dir`; returns the chain and key files and the serial.
+pub fn issue_client_files(
+    ca: &mut drivesec_pki::Ca,
+    dir: &std::path::Path,
+    role: Option<&str>,
+    validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+) -> (PathBuf, PathBuf, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let req = drivesec_pki::IssueRequest {
+        profile: drivesec_pki::Profile::Client {
+            name: "x".into(),
+            role: role.map(|r| drivesec_pki::Role::new(r).unwrap()),
+            days: 30,
+        },
+        key: drivesec_pki::SubjectKey::CsrPem {
+            source: "test".into(),
+            pem: csr,
+        },
+    };
+    let issued = match validity {
+        Some((nb, na)) => ca.dangerous_issue_with_validity(&req, nb, na).unwrap(),
+        None => ca.issue(&req).unwrap(),
+    };
+    let (k, c) = (
+        dir.join(format!("{}.key", issued.serial)),
+        dir.join(format!("{}.crt", issued.serial)),
+    );
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(&c, &issued.chain_pem).unwrap();
+    (c, k, issued.serial)
+}

@@ -1,0 +1,512 @@
+//! The Modbus/TCP Security server: TLS with a mandatory client certificate
+//! checked against the owner's trust anchors and CRL, the role read once per
+//! TLS session from the certificate's role extension, the rights table the
+//! security administrator sets through the API, and the drive's registers
+//! (docs/modbus.md). Served only once the device is commissioned.
+//!
+//! Refusals are recorded, aggregated per client certificate: the first in a
+//! ten-second window at once, the rest as a count (`suppressed`), so a flood
+//! of forbidden requests cannot flood the trail; every refusal is counted in
+//! exactly one record. Writes are recorded (parameters each time, the control
+//! word when it changes); reads are not.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use drivesec_audit::{Actor, Event, Outcome};
+use drivesec_drive::machine::Status;
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_modbus::session::{self, End};
+use drivesec_modbus::{Denial, Exception, ProcessImage, Rights};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::api::{ApiError, Device};
+use crate::config::ModbusSettings;
+use crate::drive_loop::DriveLink;
+use crate::state::{LifeCycle, StateDir, files};
+use crate::{DeviceError, Result};
+
+/// Refusals from one client within this window after the first are counted, not recorded one by one.
+pub const DENIAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// Holding registers 1000.. in order: parameter, scale (register unit), signed.
+pub const PARAM_REGISTERS: [(&str, f64, bool); 10] = [
+    ("speed-reference", 1.0, true),
+    ("torque-limit", 0.1, false),
+    ("max-speed", 1.0, false),
+    ("min-speed", 1.0, false),
+    ("accel-time", 0.1, false),
+    ("decel-time", 0.1, false),
+    ("motor-rated-power", 0.1, false),
+    ("motor-rated-speed", 1.0, false),
+    ("motor-rated-current", 0.1, false),
+    ("motor-poles", 1.0, false),
+];
+/// First parameter register.
+pub const PARAM_BASE: u16 = 1000;
+/// Input registers served: 0..=8.
+pub const INPUT_REGISTERS: u16 = 9;
+
+/// Refusals of one client not yet recorded.
+#[derive(Debug)]
+pub struct DenyWindow {
+    since: Instant,
+    suppressed: u64,
+    role: Option<String>,
+    source: String,
+}
+
+/// Reads the stored rights table (empty when none was set).
+pub fn load_rights(st: &StateDir) -> Result<Rights> {
+    let p = st.path(files::MODBUS_RIGHTS);
+    if !p.exists() {
+        return Ok(Rights::default());
+    }
+    let r: Rights = serde_json::from_slice(&fsu::read(&p)?).map_err(|e| DeviceError::State {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    r.validate().map_err(|e| DeviceError::State {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(r)
+}
+
+fn to_register(value: f64, scale: f64, signed: bool) -> u16 {
+    let raw = (value / scale).round();
+    if signed {
+        (raw.clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16) as u16
+    } else {
+        raw.clamp(0.0, f64::from(u16::MAX)) as u16
+    }
+}
+
+fn from_register(raw: u16, scale: f64, signed: bool) -> f64 {
+    let v = if signed {
+        f64::from(raw as i16)
+    } else {
+        f64::from(raw)
+    };
+    v * scale
+}
+
+/// The input registers for a status snapshot.
+pub fn input_registers(s: &Status, tampered: bool) -> [u16; INPUT_REGISTERS as usize] {
+    let sw = s.status_word
+        | if tampered {
+            drivesec_drive::machine::SW_TAMPERED
+        } else {
+            0
+        };
+    [
+        sw,
+        s.state.code(),
+        to_register(s.speed_rpm, 1.0, true),
+        to_register(s.torque_pct, 0.1, true),
+        to_register(s.current_a, 0.1, false),
+        s.fault_code,
+        u16::from(s.sto),
+        (s.ticks >> 16) as u16,
+        s.ticks as u16,
+    ]
+}
+
+impl Device {
+    /// Records a refused Modbus request, aggregated per client (see the module docs).
+    pub(crate) fn modbus_denied(
+        &self,
+        client: &str,
+        role: Option<&str>,
+        source: SocketAddr,
+        d: Denial,
+    ) {
+        let now = Instant::now();
+        let emit = match self.modbus_denials.lock() {
+            Ok(mut map) => match map.get_mut(client) {
+                None => {
+                    map.insert(
+                        client.to_string(),
+                        DenyWindow {
+                            since: now,
+                            suppressed: 0,
+                            role: role.map(str::to_string),
+                            source: source.to_string(),
+                        },
+                    );
+                    Some(0)
+                }
+                Some(w) if now.duration_since(w.since) < DENIAL_WINDOW => {
+                    w.suppressed += 1;
+                    None
+                }
+                Some(w) => {
+                    let n = w.suppressed;
+                    w.since = now;
+                    w.suppressed = 0;
+                    Some(n)
+                }
+            },
+            Err(_) => Some(0),
+        };
+        if let Some(before) = emit {
+            let _ = self.audit(
+                Event::new(Actor::Certificate(client.to_string()), "modbus.denied")
+                    .source(source.to_string())
+                    .outcome(Outcome::Denied)
+                    .details(json!({
+                        "role": role, "function": d.function, "address": d.addr, "count": d.count,
+                        "suppressed_before": before,
+                    })),
+            );
+        }
+    }
+
+    /// Records the counts of refusals whose window has closed (called every second).
+    pub(crate) fn flush_modbus_denials(&self, all: bool) {
+        let now = Instant::now();
+        let due: Vec<(String, DenyWindow)> = match self.modbus_denials.lock() {
+            Ok(mut map) => {
+                let keys: Vec<String> = map
+                    .iter()
+                    .filter(|(_, w)| all || now.duration_since(w.since) >= DENIAL_WINDOW)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|k| map.remove(&k).map(|w| (k, w)))
+                    .collect()
+            }
+            Err(_) => return,
+        };
+        for (client, w) in due.into_iter().filter(|(_, w)| w.suppressed > 0) {
+            let _ = self.audit(
+                Event::new(Actor::Certificate(client), "modbus.denied")
+                    .source(w.source)
+                    .outcome(Outcome::Denied)
+                    .details(json!({"role": w.role, "suppressed": w.suppressed, "summary": true})),
+            );
+        }
+    }
+
+    /// Stores and applies a new Modbus rights table.
+    pub(crate) fn set_modbus_rights(&self, rights: Rights) -> std::result::Result<(), ApiError> {
+        rights
+            .validate()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let path = self
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?
+            .path(files::MODBUS_RIGHTS);
+        let json =
+            serde_json::to_vec_pretty(&rights).map_err(|e| ApiError::internal(e.to_string()))?;
+        fsu::write_atomic(&path, &json, Mode::Public)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        *self
+            .modbus_rights
+            .write()
+            .map_err(|_| ApiError::internal("lock poisoned"))? = Arc::new(rights);
+        Ok(())
+    }
+
+    pub(crate) fn modbus_rights(&self) -> Arc<Rights> {
+        self.modbus_rights
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// One session's view of the device.
+struct Session {
+    dev: Arc<Device>,
+    link: Arc<DriveLink>,
+    id: u64,
+    client: String,
+    role: Option<String>,
+    source: SocketAddr,
+    settings: ModbusSettings,
+    last_control_word: Option<u16>,
+}
+
+impl Session {
+    fn event(&self, action: &str, outcome: Outcome) -> Event {
+        Event::new(Actor::Certificate(self.client.clone()), action)
+            .source(self.source.to_string())
+            .outcome(outcome)
+    }
+
+    fn status(&self) -> std::result::Result<Status, Exception> {
+        self.link.status().ok_or(Exception::ServerDeviceFailure)
+    }
+}
+
+impl ProcessImage for Session {
+    fn allowed(&self, function: u8, addr: u16, count: u16) -> bool {
+        self.dev
+            .modbus_rights()
+            .allows(self.role.as_deref(), function, addr, count)
+    }
+
+    fn read_holding(&mut self, addr: u16, count: u16) -> std::result::Result<Vec<u16>, Exception> {
+        let params = self
+            .dev
+            .params
+            .lock()
+            .map_err(|_| Exception::ServerDeviceFailure)?
+            .clone();
+        (addr..addr.saturating_add(count))
+            .map(|a| match a {
+                0 => Ok(self.link.control_word()),
+                1 => Ok(to_register(self.link.reference(), 1.0, true)),
+                a if (PARAM_BASE..PARAM_BASE + PARAM_REGISTERS.len() as u16).contains(&a) => {
+                    let (name, scale, signed) = PARAM_REGISTERS[usize::from(a - PARAM_BASE)];
+                    Ok(to_register(params.get(name).unwrap_or(0.0), scale, signed))
+                }
+                _ => Err(Exception::IllegalDataAddress),
+            })
+            .collect()
+    }
+
+    fn read_input(&mut self, addr: u16, count: u16) -> std::result::Result<Vec<u16>, Exception> {
+        if u32::from(addr) + u32::from(count) > u32::from(INPUT_REGISTERS) {
+            return Err(Exception::IllegalDataAddress);
+        }
+        let regs = input_registers(&self.status()?, false);
+        Ok(regs[usize::from(addr)..usize::from(addr + count)].to_vec())
+    }
+
+    fn write(&mut self, addr: u16, values: &[u16]) -> std::result::Result<(), Exception> {
+        let mut control = None;
+        let mut reference = None;
+        let mut changes: Vec<(&'static str, f64)> = vec![];
+        for (i, &raw) in values.iter().enumerate() {
+            match addr + i as u16 {
+                0 => control = Some(raw),
+                1 => reference = Some(f64::from(raw as i16)),
+                a if (PARAM_BASE..PARAM_BASE + PARAM_REGISTERS.len() as u16).contains(&a) => {
+                    let (name, scale, signed) = PARAM_REGISTERS[usize::from(a - PARAM_BASE)];
+                    changes.push((name, from_register(raw, scale, signed)));
+                }
+                _ => return Err(Exception::IllegalDataAddress),
+            }
+        }
+        // Everything is checked before anything changes.
+        let mut params = self
+            .dev
+            .params
+            .lock()
+            .map_err(|_| Exception::ServerDeviceFailure)?;
+        if let Some(r) = reference {
+            params
+                .check("speed-reference", r)
+                .map_err(|_| Exception::IllegalDataValue)?;
+        }
+        if !changes.is_empty() {
+            let mut next = params.clone();
+            for (name, v) in &changes {
+                next.set(name, *v)
+                    .map_err(|_| Exception::IllegalDataValue)?;
+            }
+            let path = self
+                .dev
+                .state
+                .read()
+                .map_err(|_| Exception::ServerDeviceFailure)?
+                .path(files::PARAMS);
+            let json =
+                serde_json::to_vec_pretty(&next).map_err(|_| Exception::ServerDeviceFailure)?;
+            fsu::write_atomic(&path, &json, Mode::Public)
+                .map_err(|_| Exception::ServerDeviceFailure)?;
+            let old = std::mem::replace(&mut *params, next);
+            drop(params);
+            for (name, v) in &changes {
+                let _ = self.dev.audit(
+                    self.event("param.write", Outcome::Success)
+                        .target(name.to_string())
+                        .details(json!({"via": "modbus", "role": self.role, "old": old.get(name), "new": v})),
+                );
+            }
+        } else {
+            drop(params);
+        }
+        if let Some(cw) = control {
+            if self.last_control_word != Some(cw) {
+                self.dev
+                    .audit(
+                        self.event("drive.control", Outcome::Success).details(
+                            json!({"via": "modbus", "role": self.role, "control_word": cw}),
+                        ),
+                    )
+                    .map_err(|_| Exception::ServerDeviceFailure)?;
+                self.last_control_word = Some(cw);
+            }
+            self.link.take_control(self.id);
+        }
+        self.link.command(control.as_slice(), reference);
+        Ok(())
+    }
+
+    fn denied(&mut self, d: Denial) {
+        self.dev
+            .modbus_denied(&self.client, self.role.as_deref(), self.source, d);
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        if self.link.controls(self.id) {
+            Duration::from_millis(self.settings.comm_loss_timeout_ms)
+        } else {
+            Duration::from_secs(self.settings.idle_timeout_secs)
+        }
+    }
+}
+
+async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
+    dev: Arc<Device>,
+    mut stream: S,
+    client: String,
+    role: Option<String>,
+    source: SocketAddr,
+) {
+    let Some(link) = dev.drive.get().cloned() else {
+        return;
+    };
+    let settings = match dev.config.read() {
+        Ok(c) => c.modbus.clone(),
+        Err(_) => return,
+    };
+    let mut s = Session {
+        dev: dev.clone(),
+        link: link.clone(),
+        id: NEXT_SESSION.fetch_add(1, Ordering::SeqCst),
+        client,
+        role,
+        source,
+        settings,
+        last_control_word: None,
+    };
+    let (stats, end) = session::serve(&mut stream, &mut s).await;
+    if link.session_lost(s.id, s.settings.comm_loss_reaction) {
+        let why = match &end {
+            End::Closed => "closed".to_string(),
+            End::Idle => format!("silent for {} ms", s.settings.comm_loss_timeout_ms),
+            End::Broken(e) => e.to_string(),
+        };
+        let _ = dev.audit(
+            s.event("drive.connection-lost", Outcome::Success)
+                .details(json!({"via": "modbus", "role": s.role, "reason": why,
+                    "reaction": s.settings.comm_loss_reaction, "requests": stats.requests}))
+                .essential(),
+        );
+    }
+}
+
+/// Serves Modbus/TCP Security until `shutdown` turns true.
+pub async fn serve_tls(
+    listener: TcpListener,
+    dev: Arc<Device>,
+    slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((tcp, addr)) = accepted else { continue };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // over the cap: refuse rather than queue
+        };
+        let commissioned = dev
+            .state
+            .read()
+            .map(|s| s.file.state == LifeCycle::Commissioned)
+            .unwrap_or(false);
+        if !commissioned {
+            continue; // no owner trust anchors yet: nobody can be authorised
+        }
+        let Ok(cfg) = dev.modbus_tls.read().map(|c| c.clone()) else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let dev = dev.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let Some(cert) = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .cloned()
+            else {
+                return;
+            };
+            // The role is read once, here, for the whole TLS session.
+            let role = drivesec_pki::role::role_of_cert(cert.as_ref())
+                .ok()
+                .flatten()
+                .map(|r| r.as_str().to_string());
+            let client = hex::encode(Sha256::digest(cert.as_ref()));
+            run_session(dev, stream, client, role, addr).await;
+        });
+    }
+}
+
+/// Risky: serves plain Modbus/TCP (no TLS, no identity); every client acts
+/// as `role` (none: nothing is allowed).
+pub async fn serve_plain(
+    listener: TcpListener,
+    dev: Arc<Device>,
+    role: Option<String>,
+    slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((tcp, addr)) = accepted else { continue };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (dev, role) = (dev.clone(), role.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            run_session(dev, tcp, format!("plain:{}", addr.ip()), role, addr).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_round_trip_with_their_scale() {
+        assert_eq!(to_register(-1500.0, 1.0, true), (-1500i16) as u16);
+        assert_eq!(from_register((-1500i16) as u16, 1.0, true), -1500.0);
+        assert_eq!(to_register(12.5, 0.1, false), 125);
+        assert!((from_register(125, 0.1, false) - 12.5).abs() < 1e-9);
+        assert_eq!(to_register(-3.0, 0.1, false), 0, "unsigned clamps at 0");
+        assert_eq!(to_register(1e9, 1.0, true), i16::MAX as u16);
+        for (name, ..) in PARAM_REGISTERS {
+            assert!(drivesec_drive::def(name).is_some(), "{name}");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! A Modbus/TCP Security client (blocking): MBAP over mutual TLS, the role
+//! travelling in the client certificate. Used by the demo, the tests and the
+//! load generator; any MB-TCP-Security client works the same way
+//! (docs/modbus.md shows pymodbus).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drivesec_modbus::frame::{self, fc};
+
+use crate::client::{ClientIdentity, DeviceTrust, Versions, tls_config};
+use crate::{OemError, Result};
+
+/// A request's outcome at the Modbus level.
+pub type Answer<T> = std::result::Result<T, u8>;
+
+/// One TLS session with a device.
+pub struct ModbusClient {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    transaction: u16,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for ModbusClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModbusClient")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ModbusClient {
+    fn drop(&mut self) {
+        self.stream.conn.send_close_notify();
+        let _ = self.stream.flush();
+    }
+}
+
+impl ModbusClient {
+    /// Connects and completes the TLS handshake (mutual when `identity` is given).
+    pub fn connect(
+        addr: SocketAddr,
+        identity: Option<&ClientIdentity>,
+        trust: &DeviceTrust,
+        versions: Versions,
+    ) -> Result<Self> {
+        let (cfg, name) = tls_config(addr, identity, trust, versions)?;
+        let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name)
+            .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
+        let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| OemError::Invalid(format!("connect {addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| OemError::Invalid(e.to_string()))?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut tcp)
+                .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
+        }
+        let mut c = ModbusClient {
+            stream: rustls::StreamOwned::new(conn, tcp),
+            transaction: 0,
+            addr,
+        };
+        // TLS 1.3 client certificates are checked after the client's
+        // Finished: a refusal arrives as an alert on the first read.
+        c.stream
+            .flush()
+            .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
+        Ok(c)
+    }
+
+    /// Writes raw bytes (tests of malformed frames).
+    pub fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        let addr = self.addr;
+        self.stream
+            .write_all(bytes)
+            .and_then(|_| self.stream.flush())
+            .map_err(|e| OemError::Invalid(format!("Modbus with {addr}: {e}")))
+    }
+
+    /// Whether the device closed the connection (without answering) before
+    /// the read timeout.
+    pub fn closed_by_peer(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    /// Sends one PDU and returns the response PDU.
+    pub fn raw(&mut self, pdu: &[u8]) -> Result<Vec<u8>> {
+        self.transaction = self.transaction.wrapping_add(1);
+        let t = self.transaction;
+        let addr = self.addr;
+        let io = |e: std::io::Error| OemError::Invalid(format!("Modbus with {addr}: {e}"));
+        self.stream
+            .write_all(&frame::encode(t, 1, pdu))
+            .map_err(io)?;
+        self.stream.flush().map_err(io)?;
+        let mut head = [0u8; 7];
+        self.stream.read_exact(&mut head).map_err(io)?;
+        let len = usize::from(u16::from_be_bytes([head[4], head[5]]));
+        if u16::from_be_bytes([head[0], head[1]]) != t || !(2..=254).contains(&len) {
+            return Err(OemError::Invalid(format!(
+                "Modbus with {addr}: malformed response header"
+            )));
+        }
+        let mut body = vec![0u8; len - 1];
+        self.stream.read_exact(&mut body).map_err(io)?;
+        Ok(body)
+    }
+
+    fn request(&mut self, pdu: Vec<u8>) -> Result<Answer<Vec<u8>>> {
+        let r = self.raw(&pdu)?;
+        match r.as_slice() {
+            [f, code] if *f == pdu[0] | 0x80 => Ok(Err(*code)),
+            [f, ..] if *f == pdu[0] => Ok(Ok(r)),
+            _ => Err(OemError::Invalid(format!(
+                "Modbus with {}: unexpected response {r:02x?}",
+                self.addr
+            ))),
+        }
+    }
+
+    fn read(&mut self, function: u8, addr: u16, count: u16) -> Result<Answer<Vec<u16>>> {
+        let mut pdu = vec![function];
+        pdu.extend_from_slice(&addr.to_be_bytes());
+        pdu.extend_from_slice(&count.to_be_bytes());
+        Ok(self.request(pdu)?.map(|r| {
+            r.get(2..)
+                .unwrap_or_default()
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect()
+        }))
+    }
+
+    /// FC 03.
+    pub fn read_holding(&mut self, addr: u16, count: u16) -> Result<Answer<Vec<u16>>> {
+        self.read(fc::READ_HOLDING, addr, count)
+    }
+
+    /// FC 04.
+    pub fn read_input(&mut self, addr: u16, count: u16) -> Result<Answer<Vec<u16>>> {
+        self.read(fc::READ_INPUT, addr, count)
+    }
+
+    /// FC 06.
+    pub fn write_single(&mut self, addr: u16, value: u16) -> Result<Answer<()>> {
+        let mut pdu = vec![fc::WRITE_SINGLE];
+        pdu.extend_from_slice(&addr.to_be_bytes());
+        pdu.extend_from_slice(&value.to_be_bytes());
+        Ok(self.request(pdu)?.map(|_| ()))
+    }
+
+    /// FC 16.
+    pub fn write_multiple(&mut self, addr: u16, values: &[u16]) -> Result<Answer<()>> {
+        let mut pdu = vec![fc::WRITE_MULTIPLE];
+        pdu.extend_from_slice(&addr.to_be_bytes());
+        pdu.extend_from_slice(&(values.len() as u16).to_be_bytes());
+        pdu.push((values.len() * 2) as u8);
+        for v in values {
+            pdu.extend_from_slice(&v.to_be_bytes());
+        }
+        Ok(self.request(pdu)?.map(|_| ()))
+    }
+}
