@@ -24,6 +24,11 @@ pub fn sto_path(state_dir: &Path) -> PathBuf {
     state_dir.join("io").join("sto")
 }
 
+/// The local tamper input (the enclosure switch) of a state directory.
+pub fn tamper_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("io").join("tamper")
+}
+
 /// Reads the STO input: fail-safe, anything but a clean "absent" is active.
 pub fn sto_active(path: &Path) -> bool {
     match std::fs::symlink_metadata(path) {
@@ -45,6 +50,8 @@ pub struct DriveLink {
     controller: AtomicU64,
     /// A connection-loss reaction for the next tick (0: none).
     comm_lost: AtomicU8,
+    /// The tamper response ran (never cleared while the daemon runs).
+    tampered: AtomicBool,
 }
 
 impl DriveLink {
@@ -57,6 +64,7 @@ impl DriveLink {
             stop: AtomicBool::new(false),
             controller: AtomicU64::new(0),
             comm_lost: AtomicU8::new(0),
+            tampered: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +90,11 @@ impl DriveLink {
             .ok()
             .and_then(|q| q.back().copied())
             .unwrap_or_else(|| self.control_word.load(Ordering::SeqCst))
+    }
+
+    /// Whether the tamper response has run: the network may only read status.
+    pub fn tampered(&self) -> bool {
+        self.tampered.load(Ordering::SeqCst)
     }
 
     /// The speed reference in force, rpm.
@@ -139,21 +152,45 @@ pub struct StoChange {
     pub speed_rpm: f64,
 }
 
+/// What the tick thread reports (on another thread, so reporting never delays it).
+#[derive(Debug, Clone)]
+pub enum DriveEvent {
+    /// The STO input changed.
+    Sto(StoChange),
+    /// The tamper input was seen and the tamper response ran on the tick
+    /// itself: the result of destroying the keys.
+    Tamper {
+        /// Keys destroyed, or why destruction failed.
+        destroyed: std::result::Result<usize, String>,
+        /// Speed when it happened, rpm.
+        speed_rpm: f64,
+    },
+}
+
+/// The tamper response the tick thread runs when the tamper input is first
+/// seen: destroy the keys. Runs once, synchronously, on the tick.
+pub type TamperResponse = Box<dyn FnOnce() -> std::result::Result<usize, String> + Send>;
+
 /// Starts the tick thread. `params` is read with `try_lock` (the last copy
-/// is kept when a writer holds it); `on_sto` runs on another thread.
+/// is kept when a writer holds it); `report` runs on another thread.
+/// `tampered` says the response already ran (before a restart).
 pub fn start(
     state_dir: &Path,
     params: Arc<Mutex<ParamSet>>,
-    on_sto: impl Fn(StoChange) + Send + 'static,
+    tampered: bool,
+    respond: TamperResponse,
+    report: impl Fn(DriveEvent) + Send + 'static,
 ) -> std::io::Result<(Arc<DriveLink>, std::thread::JoinHandle<()>)> {
     let link = Arc::new(DriveLink::new());
+    link.tampered.store(tampered, Ordering::SeqCst);
     let sto = sto_path(state_dir);
-    let (tx, rx) = std::sync::mpsc::channel::<StoChange>();
+    let tamper = tamper_path(state_dir);
+    let (tx, rx) = std::sync::mpsc::channel::<DriveEvent>();
     std::thread::Builder::new()
         .name("drive-audit".into())
         .spawn(move || {
             while let Ok(c) = rx.recv() {
-                on_sto(c);
+                report(c);
             }
         })?;
     let l2 = link.clone();
@@ -163,19 +200,40 @@ pub fn start(
             let mut drive = Drive::new();
             let mut p = params.lock().map(|p| p.clone()).unwrap_or_default();
             let mut last_sto = false;
+            let mut respond = Some(respond);
             let mut next = Instant::now();
             let dt = TICK.as_secs_f64();
             while !l2.stop.load(Ordering::SeqCst) {
                 let active = sto_active(&sto);
                 drive.set_sto(active);
+                // The enclosure switch: acted on within this tick.
+                if !l2.tampered.load(Ordering::SeqCst) && std::fs::symlink_metadata(&tamper).is_ok()
+                {
+                    l2.tampered.store(true, Ordering::SeqCst);
+                    l2.controller.store(0, Ordering::SeqCst);
+                    drive.connection_lost(CommLossReaction::RampToStop);
+                    let destroyed = respond
+                        .take()
+                        .map(|f| f())
+                        .unwrap_or_else(|| Err("tamper response already used".into()));
+                    let _ = tx.send(DriveEvent::Tamper {
+                        destroyed,
+                        speed_rpm: drive.status(&p).speed_rpm,
+                    });
+                }
                 if let Ok(g) = params.try_lock() {
                     p.clone_from(&g);
                 }
+                // A tampered drive takes no commands: it stops and stays stopped.
                 if let Ok(mut q) = l2.queue.try_lock()
                     && let Some(cw) = q.pop_front()
+                    && !l2.tampered.load(Ordering::SeqCst)
                 {
                     l2.control_word.store(cw, Ordering::SeqCst);
                     drive.set_control_word(cw);
+                }
+                if l2.tampered.load(Ordering::SeqCst) {
+                    drive.set_control_word(0);
                 }
                 drive.set_reference(f64::from_bits(l2.reference_bits.load(Ordering::SeqCst)));
                 match l2.comm_lost.swap(0, Ordering::SeqCst) {
@@ -193,10 +251,10 @@ pub fn start(
                 }
                 if active != last_sto {
                     last_sto = active;
-                    let _ = tx.send(StoChange {
+                    let _ = tx.send(DriveEvent::Sto(StoChange {
                         active,
                         speed_rpm: speed_before,
-                    });
+                    }));
                 }
                 next += TICK;
                 let now = Instant::now();

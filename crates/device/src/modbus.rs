@@ -251,6 +251,10 @@ impl Session {
 
 impl ProcessImage for Session {
     fn allowed(&self, function: u8, addr: u16, count: u16) -> bool {
+        // Tampered: status reads only.
+        if self.link.tampered() && function != drivesec_modbus::frame::fc::READ_INPUT {
+            return false;
+        }
         self.dev
             .modbus_rights()
             .allows(self.role.as_deref(), function, addr, count)
@@ -280,7 +284,7 @@ impl ProcessImage for Session {
         if u32::from(addr) + u32::from(count) > u32::from(INPUT_REGISTERS) {
             return Err(Exception::IllegalDataAddress);
         }
-        let regs = input_registers(&self.status()?, false);
+        let regs = input_registers(&self.status()?, self.link.tampered());
         Ok(regs[usize::from(addr)..usize::from(addr + count)].to_vec())
     }
 

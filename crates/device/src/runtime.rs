@@ -102,27 +102,58 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     }
     dev.audit(Event::new(Actor::Device, "device.start").essential())
         .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?;
-    // The boot stage: nothing runs that does not verify.
-    dev.boot_firmware()
-        .map_err(|e| DeviceError::Invalid(format!("boot stage: {e:?}")))?;
-    // The drive, on its own thread; STO changes are audited from another.
+    // The boot stage: nothing runs that does not verify. A tampered device
+    // has no firmware key left to verify with: it only reports its state.
+    let tampered_at_start = dev.state.read().map(|s| s.tampered).unwrap_or(true);
+    if tampered_at_start {
+        tracing::error!("the device is tampered: keys destroyed; serving status only");
+        dev.audit(Event::new(Actor::Device, "device.start-tampered").essential())
+            .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?;
+    } else {
+        dev.boot_firmware()
+            .map_err(|e| DeviceError::Invalid(format!("boot stage: {e:?}")))?;
+    }
+    // The drive, on its own thread; STO changes and the tamper response
+    // are recorded from another.
+    let (tampered, store) = {
+        let st = dev
+            .state
+            .read()
+            .map_err(|_| DeviceError::Invalid("state lock poisoned".into()))?;
+        (st.tampered, st.store.clone())
+    };
+    let respond: crate::drive_loop::TamperResponse =
+        Box::new(move || store.destroy_all().map_err(|e| e.to_string()));
     let weak = Arc::downgrade(&dev);
-    let (link, _tick) = crate::drive_loop::start(state_dir, dev.params.clone(), move |c| {
-        if let Some(dev) = weak.upgrade() {
-            let _ = dev.audit(
-                Event::new(
-                    Actor::Device,
-                    if c.active {
-                        "drive.sto-active"
-                    } else {
-                        "drive.sto-released"
-                    },
-                )
-                .details(serde_json::json!({"speed_rpm": c.speed_rpm}))
-                .essential(),
-            );
-        }
-    })
+    let (link, _tick) = crate::drive_loop::start(
+        state_dir,
+        dev.params.clone(),
+        tampered,
+        respond,
+        move |ev| {
+            let Some(dev) = weak.upgrade() else { return };
+            match ev {
+                crate::drive_loop::DriveEvent::Sto(c) => {
+                    let _ = dev.audit(
+                        Event::new(
+                            Actor::Device,
+                            if c.active {
+                                "drive.sto-active"
+                            } else {
+                                "drive.sto-released"
+                            },
+                        )
+                        .details(serde_json::json!({"speed_rpm": c.speed_rpm}))
+                        .essential(),
+                    );
+                }
+                crate::drive_loop::DriveEvent::Tamper {
+                    destroyed,
+                    speed_rpm,
+                } => dev.tampered_now(destroyed, speed_rpm),
+            }
+        },
+    )
     .map_err(|e| DeviceError::Invalid(format!("starting the drive: {e}")))?;
     let _ = dev.drive.set(link);
     let router = crate::api::router(dev.clone(), config.api.max_body_bytes);
@@ -250,6 +281,70 @@ async fn start_modbus(
 }
 
 impl Device {
+    /// Whether the tamper response has run.
+    pub(crate) fn is_tampered(&self) -> bool {
+        self.drive.get().is_some_and(|l| l.tampered())
+            || self.state.read().map(|s| s.tampered).unwrap_or(true)
+    }
+
+    /// After the tick ran the tamper response (keys destroyed): record it,
+    /// mark the state directory, forget every secret held in memory, and
+    /// switch TLS to the throwaway "TAMPERED" identity so status can still
+    /// be read.
+    pub(crate) fn tampered_now(
+        &self,
+        destroyed: std::result::Result<usize, String>,
+        speed_rpm: f64,
+    ) {
+        let when = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let _ = self.audit(
+            Event::new(Actor::Device, "device.tampered")
+                .outcome(if destroyed.is_ok() {
+                    drivesec_audit::Outcome::Success
+                } else {
+                    drivesec_audit::Outcome::Failure
+                })
+                .details(serde_json::json!({
+                    "keys_destroyed": destroyed.as_ref().ok(),
+                    "error": destroyed.as_ref().err(),
+                    "speed_rpm": speed_rpm,
+                }))
+                .essential(),
+        );
+        // Secrets in memory: sessions, a pending commissioning, login state.
+        if let Ok(c) = self.config.read()
+            && let Ok(mut s) = self.sessions.lock()
+        {
+            *s = Sessions::new(c.access.session.clone());
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            *p = None;
+        }
+        if let Ok(mut f) = self.forwarder.lock()
+            && let Some(fw) = f.take()
+        {
+            fw.stop();
+        }
+        let reloaded = self.state.read().ok().map(|st| {
+            let _ = st.mark_tampered(&serde_json::json!({
+                "time": when, "keys_destroyed": destroyed.as_ref().ok(), "error": destroyed.as_ref().err(),
+            }));
+            st.dir.clone()
+        });
+        if let Some(dir) = reloaded {
+            match StateDir::load(&dir) {
+                Ok(st) => {
+                    if let Err(e) = self.adopt_state(st) {
+                        tracing::error!(error = e.message(), "switching to the tampered identity");
+                    }
+                }
+                Err(e) => tracing::error!(%e, "reloading the tampered state"),
+            }
+        }
+    }
+
     /// Switches to a freshly loaded state: accounts, TLS identity and trust follow it.
     pub(crate) fn adopt_state(&self, st: StateDir) -> std::result::Result<(), ApiError> {
         let config = self

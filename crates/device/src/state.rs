@@ -124,6 +124,8 @@ pub mod files {
     pub const FIRMWARE: &str = "firmware";
     /// The firmware trust store.
     pub const FIRMWARE_TRUST: &str = "firmware-trust.json";
+    /// Written by the tamper response; only re-provisioning removes it.
+    pub const TAMPERED: &str = "tampered.json";
     /// Modbus rights per role, set through the API.
     pub const MODBUS_RIGHTS: &str = "modbus-rights.json";
     /// The device firmware key's public half (PEM), for vendors to encrypt to.
@@ -146,6 +148,8 @@ pub struct StateDir {
     pub trust_anchors: Vec<CertificateDer<'static>>,
     /// Owner CRL, if installed.
     pub crl: Option<CertificateRevocationListDer<'static>>,
+    /// The tamper response ran: the keys are gone (`tampered.json`).
+    pub tampered: bool,
 }
 
 impl std::fmt::Debug for StateDir {
@@ -200,13 +204,18 @@ impl StateDir {
         let file = DeviceFile::load(dir)?;
         let store = open_keystore(&file.keystore, dir)?;
         let idevid_chain = certs(&dir.join(files::IDEVID))?;
-        check_key(
-            store.as_ref(),
-            &file.idevid_key,
-            &idevid_chain,
-            "IDevID",
-            dir,
-        )?;
+        // After the tamper response the keys are gone on purpose: load what
+        // is left so the device can still report its state.
+        let tampered = dir.join(files::TAMPERED).exists();
+        if !tampered {
+            check_key(
+                store.as_ref(),
+                &file.idevid_key,
+                &idevid_chain,
+                "IDevID",
+                dir,
+            )?;
+        }
         let mut s = StateDir {
             dir: dir.to_path_buf(),
             file,
@@ -215,6 +224,7 @@ impl StateDir {
             ldevid_chain: None,
             trust_anchors: Vec::new(),
             crl: None,
+            tampered,
         };
         match s.file.state {
             LifeCycle::Factory => {
@@ -238,7 +248,9 @@ impl StateDir {
                     }
                 }
                 let chain = certs(&dir.join(files::LDEVID))?;
-                check_key(s.store.as_ref(), &handle, &chain, "LDevID", dir)?;
+                if !tampered {
+                    check_key(s.store.as_ref(), &handle, &chain, "LDevID", dir)?;
+                }
                 s.ldevid_chain = Some(chain);
                 s.trust_anchors = certs(&dir.join(files::TRUST))?;
                 if dir.join(files::CRL).exists() {
@@ -378,6 +390,11 @@ impl StateDir {
     /// accounts, parameters' owner settings and the audit trail are removed,
     /// and a new one-time factory credential is made. Returns the credential.
     pub fn factory_reset(&self) -> Result<Zeroizing<String>> {
+        if self.tampered {
+            return Err(DeviceError::Invalid(
+                "the device is tampered: its IDevID key was destroyed, so it must be re-provisioned by the manufacturer (drivesec factory reprovision) before it can be commissioned again".into(),
+            ));
+        }
         if let Ok(h) = KeyHandle::new(LDEVID_KEY)
             && self.store.info(&h).is_ok()
         {
@@ -415,6 +432,16 @@ impl StateDir {
         file.commissioned_at = None;
         file.save(&self.dir)?;
         Ok(cred)
+    }
+}
+
+impl StateDir {
+    /// Records that the tamper response ran (atomically; idempotent).
+    pub fn mark_tampered(&self, record: &serde_json::Value) -> Result<()> {
+        let json =
+            serde_json::to_vec_pretty(record).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+        fsu::write_atomic(&self.path(files::TAMPERED), &json, Mode::Public)?;
+        Ok(())
     }
 }
 

@@ -74,6 +74,31 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// After the tamper response the device has no key to prove who it is. To
+/// still answer status reads it makes a throwaway key in memory and a
+/// self-signed certificate that says so (`CN=TAMPERED <serial>`); no client
+/// can mistake it for the device's identity, which chains to the owner's or
+/// the manufacturer's CA.
+fn tamper_identity(state: &StateDir) -> Result<Arc<rustls::sign::CertifiedKey>> {
+    let bad = |e: String| DeviceError::Invalid(format!("tampered identity: {e}"));
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| bad(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| bad(e.to_string()))?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("TAMPERED {}", state.file.serial_number),
+    );
+    let cert = params.self_signed(&key).map_err(|e| bad(e.to_string()))?;
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signing =
+        rustls::crypto::ring::sign::any_ecdsa_type(&der).map_err(|e| bad(e.to_string()))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
+}
+
 /// Builds the API's server configuration for the device's current state.
 pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerConfig>> {
     let provider = provider();
@@ -82,21 +107,26 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
     } else {
         &[&rustls::version::TLS13]
     };
-    let (chain, handle) = match state.file.state {
-        LifeCycle::Factory => (state.idevid_chain.clone(), state.file.idevid_key.clone()),
-        LifeCycle::Commissioned => (
-            state.ldevid_chain.clone().unwrap_or_default(),
-            state
-                .file
-                .ldevid_key
-                .clone()
-                .ok_or_else(|| DeviceError::State {
-                    path: state.dir.clone(),
-                    reason: "commissioned but no LDevID key".into(),
-                })?,
-        ),
+    let certified = if state.tampered {
+        tamper_identity(state)?
+    } else {
+        let (chain, handle) = match state.file.state {
+            LifeCycle::Factory => (state.idevid_chain.clone(), state.file.idevid_key.clone()),
+            LifeCycle::Commissioned => (
+                state.ldevid_chain.clone().unwrap_or_default(),
+                state
+                    .file
+                    .ldevid_key
+                    .clone()
+                    .ok_or_else(|| DeviceError::State {
+                        path: state.dir.clone(),
+                        reason: "commissioned but no LDevID key".into(),
+                    })?,
+            ),
+        };
+        Arc::new(TlsKey::new(state.store.clone(), &handle)?.certified(chain))
     };
-    let key = TlsKey::new(state.store.clone(), &handle)?;
+
     let verifier: Arc<dyn ClientCertVerifier> = match state.file.state {
         LifeCycle::Factory => Arc::new(ProvisionalClientCert {
             algs: provider.signature_verification_algorithms,
@@ -126,9 +156,7 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
         .with_protocol_versions(versions)
         .map_err(|e| DeviceError::Invalid(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
-            key.certified(chain),
-        )));
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

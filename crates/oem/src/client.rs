@@ -30,6 +30,15 @@ pub enum DeviceTrust {
         /// Expected serial number.
         serial: Option<String>,
     },
+    /// Risky: a device whose tamper response ran has no key left to prove
+    /// who it is; it answers status reads under a throwaway self-signed
+    /// certificate `CN=TAMPERED <serial>`. This accepts exactly that
+    /// certificate for `serial` and nothing else; what such a device says
+    /// cannot be authenticated.
+    TamperedStatusRisky {
+        /// The serial number the certificate must name.
+        serial: String,
+    },
     /// Commissioned: the LDevID must chain to the owner roots and name `device_name`.
     Ldevid {
         /// Owner roots.
@@ -73,6 +82,55 @@ impl ServerCertVerifier for IdevidVerifier {
                     s.subject
                 )));
             }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct TamperedVerifier {
+    serial: String,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for TamperedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let s = drivesec_pki::inspect::summarize(end_entity)
+            .map_err(|e| rustls::Error::General(format!("certificate: {e}")))?;
+        if s.subject != format!("CN=TAMPERED {}", self.serial) {
+            return Err(rustls::Error::General(format!(
+                "'{}' is not the tampered marker of serial {}",
+                s.subject, self.serial
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -170,6 +228,15 @@ pub fn tls_config(
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(IdevidVerifier {
                     roots: roots.clone(),
+                    serial: serial.clone(),
+                    algs,
+                })),
+            ServerName::IpAddress(addr.ip().into()),
+        ),
+        DeviceTrust::TamperedStatusRisky { serial } => (
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(TamperedVerifier {
                     serial: serial.clone(),
                     algs,
                 })),

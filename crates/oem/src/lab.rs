@@ -137,6 +137,10 @@ pub struct LabDevice {
     /// activate STO, remove it to release (`device-state.md`, "Local I/O").
     #[serde(default)]
     pub sto: Option<PathBuf>,
+    /// The device's local tamper input (the enclosure switch): creating
+    /// this file makes the device destroy its keys at once. Irreversible.
+    #[serde(default)]
+    pub tamper: Option<PathBuf>,
 }
 
 /// `lab.json`. Paths are absolute. Later issues add fields, never rename these.
@@ -338,6 +342,9 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
             pid: None,
             firmware_key: Some(dir.join("devices").join(&name).join("firmware-key.pub")),
             sto: Some(drivesec_device::drive_loop::sto_path(
+                &dir.join("devices").join(&name),
+            )),
+            tamper: Some(drivesec_device::drive_loop::tamper_path(
                 &dir.join("devices").join(&name),
             )),
         });

@@ -23,12 +23,18 @@ impl Drop for TestLab {
 }
 
 pub fn test_lab(config: Option<DeviceConfig>) -> TestLab {
+    test_lab_on(config, drivesec_oem::lab::Backend::Soft)
+}
+
+/// A lab whose devices keep their keys on SoftHSM2 tokens (under `$SOFTHSM2_CONF`).
+pub fn test_lab_on(config: Option<DeviceConfig>, keystore: drivesec_oem::lab::Backend) -> TestLab {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
     let m = lab::up(
         &LabOptions {
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
             device_config: config,
+            keystore,
             ..LabOptions::new(dir.clone())
         },
         &mut |_| {},

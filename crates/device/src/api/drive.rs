@@ -30,21 +30,27 @@ pub(crate) async fn status(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadInfo, "drive.read")?;
-    let l = link(&dev)?;
+    Ok(ok(status_json(&dev)?))
+}
+
+/// The drive's status as the API shows it.
+pub(crate) fn status_json(dev: &Device) -> Result<serde_json::Value, ApiError> {
+    let l = link(dev)?;
     let s = l
         .status()
         .ok_or_else(|| ApiError::conflict("the drive has not ticked yet"))?;
-    Ok(ok(json!({
+    Ok(json!({
         "state": s.state,
-        "status_word": s.status_word,
+        "status_word": s.status_word | if l.tampered() { drivesec_drive::machine::SW_TAMPERED } else { 0 },
         "control_word": l.control_word(),
         "speed_rpm": s.speed_rpm,
         "torque_pct": s.torque_pct,
         "current_a": s.current_a,
         "fault_code": s.fault_code,
         "sto": s.sto,
+        "tampered": l.tampered(),
         "ticks": s.ticks,
-    })))
+    }))
 }
 
 #[derive(Deserialize, Clone, Copy, Debug)]

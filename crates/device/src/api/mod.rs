@@ -466,8 +466,40 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
             get(modbus::get_rights).put(modbus::set_rights),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            dev.clone(),
+            tamper_gate,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(dev)
+}
+
+/// Once the tamper response has run, the API answers only status reads
+/// (`GET /api/v1/info`, `GET /api/v1/drive`, no session needed: the
+/// accounts' sessions were wiped with the other secrets) and 423 `tampered`
+/// to everything else.
+async fn tamper_gate(
+    axum::extract::State(dev): axum::extract::State<Arc<Device>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !dev.is_tampered() {
+        return next.run(req).await;
+    }
+    let get = req.method() == axum::http::Method::GET;
+    match req.uri().path() {
+        "/api/v1/info" if get => next.run(req).await,
+        "/api/v1/drive" if get => match drive::status_json(&dev) {
+            Ok(v) => ok(v),
+            Err(e) => e.into_response(),
+        },
+        _ => ApiError::new(
+            StatusCode::LOCKED,
+            "tampered",
+            "the device's tamper response has run: its keys are destroyed and only status can be read; it must be re-provisioned by the manufacturer and commissioned again",
+        )
+        .into_response(),
+    }
 }
 
 /// A JSON 200 response.

@@ -19,6 +19,7 @@ use super::{ApiError, Body, ConnInfo, Device, PathParam, ok};
 use crate::state::files;
 
 pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, ApiError> {
+    let tampered = dev.is_tampered();
     let st = dev
         .state
         .read()
@@ -34,6 +35,7 @@ pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, Api
         "serial_number": st.file.serial_number, "model": st.file.model, "manufacturer": st.file.manufacturer,
         "state": st.file.state, "device_name": st.file.device_name, "banner": banner,
         "firmware_version": env!("CARGO_PKG_VERSION"), "api": "v1",
+        "tampered": tampered,
     })))
 }
 
