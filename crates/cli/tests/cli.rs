@@ -378,10 +378,17 @@ fn demo_verifies_everything() {
     // The drive story: started, viewer refused, STO wins, no restart.
     let dr = &v["drive"];
     assert!(dr["running_speed_rpm"].as_f64().unwrap() > 0.0, "{dr}");
-    assert_eq!(dr["viewer_status"], 403, "{dr}");
+    assert_eq!(dr["viewer_exception"], 1, "{dr}");
     assert_eq!(dr["sto_state"], "safe-torque-off", "{dr}");
     assert_eq!(dr["sto_torque_pct"], 0.0, "{dr}");
     assert_eq!(dr["after_release"], "ready", "{dr}");
+    // The tamper story: the keys are gone, the device says so.
+    let t = &v["tamper"];
+    assert!(t["keys_before"].as_u64().unwrap() >= 3, "{t}");
+    assert_eq!(t["keys_after"], 0, "{t}");
+    assert_eq!(t["tampered"], true, "{t}");
+    assert_eq!(t["identity_refused"], true, "{t}");
+    assert_eq!(t["login_status"], 423, "{t}");
     let text = ok(&[
         "demo",
         "--dir",

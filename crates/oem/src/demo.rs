@@ -25,6 +25,7 @@ use drivesec_pki::{read_cert_chain, read_crl};
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
 use crate::factory::{DeviceFile, check_factory_credential};
 use crate::lab::{LabManifest, LabOptions, LabStep, up};
 use crate::{OemError, Result};
@@ -127,14 +128,31 @@ pub struct DriveReport {
     pub device: String,
     /// Speed the operator's start reached, rpm.
     pub running_speed_rpm: f64,
-    /// The viewer's start command got this status (403 expected).
-    pub viewer_status: u16,
+    /// The viewer's Modbus write got this exception (01 expected).
+    pub viewer_exception: u8,
     /// State and torque while STO was active and the operator kept commanding.
     pub sto_state: String,
     /// Torque then, percent.
     pub sto_torque_pct: f64,
     /// State after STO was released (no restart by itself: `ready`).
     pub after_release: String,
+}
+
+/// The tamper story.
+#[derive(Debug, Clone, Serialize)]
+pub struct TamperReport {
+    /// Device.
+    pub device: String,
+    /// Private keys in its keystore before.
+    pub keys_before: usize,
+    /// And after the tamper input (0 expected).
+    pub keys_after: usize,
+    /// The device reports itself tampered.
+    pub tampered: bool,
+    /// Its identity (LDevID) handshake fails now.
+    pub identity_refused: bool,
+    /// A login got this status (423 expected).
+    pub login_status: u16,
 }
 
 /// What the demo did and found.
@@ -152,6 +170,8 @@ pub struct DemoReport {
     pub firmware: Option<FirmwareReport>,
     /// The drive and STO story.
     pub drive: Option<DriveReport>,
+    /// The tamper story.
+    pub tamper: Option<TamperReport>,
     /// Each device's audit trail.
     pub audit: Vec<AuditReport>,
     /// Everything checked out.
@@ -220,6 +240,7 @@ pub fn run(
         let fw = firmware_story(&lab, &opts.dir, out)?;
         let drive = drive_story(&lab, out)?;
         report.audit = audit_story(&lab, out)?;
+        let tamper = tamper_story(&lab, out)?;
         report.ok = report
             .sessions
             .iter()
@@ -238,13 +259,21 @@ pub fn run(
             })
             && drive.as_ref().is_none_or(|d| {
                 d.running_speed_rpm > 0.0
-                    && d.viewer_status == 403
+                    && d.viewer_exception == 1
                     && d.sto_state == "safe-torque-off"
                     && d.sto_torque_pct == 0.0
                     && d.after_release == "ready"
+            })
+            && tamper.as_ref().is_none_or(|t| {
+                t.keys_before > 0
+                    && t.keys_after == 0
+                    && t.tampered
+                    && t.identity_refused
+                    && t.login_status == 423
             });
         report.firmware = fw;
         report.drive = drive;
+        report.tamper = tamper;
         if !report.ok {
             return Err(OemError::Check(format!(
                 "the running lab did not behave: {}",
@@ -632,101 +661,223 @@ fn firmware_story(
 /// start is refused, the local STO input stops torque while the operator
 /// keeps commanding, and after release the drive waits for a new start.
 fn drive_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<DriveReport>> {
-    use serde_json::json;
-    let Some(d) = lab.devices.iter().find(|d| d.api.is_some()) else {
+    use crate::modbus::ModbusClient;
+    let Some(d) = lab.devices.iter().find(|d| d.modbus.is_some()) else {
         return Ok(None);
     };
-    let (Some(api), Some(name), Some(sto)) = (&d.api, &d.device_name, &d.sto) else {
+    let (Some(modbus), Some(name), Some(sto)) = (&d.modbus, &d.device_name, &d.sto) else {
         return Ok(None);
     };
-    let addr = api
-        .trim_start_matches("https://")
+    let addr = modbus
         .parse()
-        .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
-    let session = |role: &str| role_session(lab, addr, name, role);
-    let operator = session("operator")?;
-    let viewer = session("viewer")?;
-    let wait = |what: &dyn Fn(&serde_json::Value) -> bool| -> Result<serde_json::Value> {
-        let mut last = serde_json::Value::Null;
+        .map_err(|_| OemError::Invalid(format!("bad Modbus address {modbus}")))?;
+    let trust = DeviceTrust::Ldevid {
+        roots: drivesec_pki::read_cert_chain(&lab.oem_ca)?,
+        device_name: name.clone(),
+    };
+    let connect = |role: &str| -> Result<ModbusClient> {
+        let f = lab
+            .clients
+            .get(role)
+            .ok_or_else(|| OemError::Invalid(format!("no {role} client in the lab")))?;
+        ModbusClient::connect(
+            addr,
+            Some(&ClientIdentity::from_files(&f.cert, &f.key)?),
+            &trust,
+            Versions::Default,
+        )
+    };
+    let refused = |what: &str, code: u8| OemError::Check(format!("{what}: exception {code}"));
+    let mut operator = connect("operator")?;
+    let mut viewer = connect("viewer")?;
+    // Input registers: 0 status word, 1 state, 2 speed, 3 torque (0.1 %).
+    let read = |c: &mut ModbusClient| -> Result<Vec<u16>> {
+        c.read_input(0, 9)?
+            .map_err(|e| refused("reading status", e))
+    };
+    let wait = |c: &mut ModbusClient, what: &dyn Fn(&[u16]) -> bool| -> Result<Vec<u16>> {
+        let mut last = vec![];
         for _ in 0..500 {
-            last = operator.ok("GET", "/api/v1/drive", None)?;
+            last = read(c)?;
             if what(&last) {
                 return Ok(last);
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Err(OemError::Check(format!(
-            "the drive did not get there: {last}"
+            "the drive did not get there: {last:?}"
         )))
+    };
+    let state_name = |code: u16| {
+        ["not-ready", "ready", "running", "fault", "safe-torque-off"]
+            .get(usize::from(code))
+            .copied()
+            .unwrap_or("?")
+            .to_string()
     };
     let _ = writeln!(
         out,
-        "\nThe drive on {} (HTTPS API; STO from the local input {}):",
+        "\nThe drive on {} over Modbus/TCP Security at {modbus} (TLS, role in the client certificate; STO from the local input {}):",
         d.name,
         sto.display()
     );
-    wait(&|v| v["state"] == "ready")?;
-    operator.ok(
-        "PUT",
-        "/api/v1/drive/control",
-        Some(&json!({"command": "start", "speed_reference": 600.0})),
-    )?;
-    let v = wait(&|v| v["state"] == "running" && v["speed_rpm"].as_f64().unwrap_or(0.0) >= 150.0)?;
-    let running_speed_rpm = v["speed_rpm"].as_f64().unwrap_or(0.0);
+    wait(&mut viewer, &|s| s[1] == 1)?;
+    // Control word: run low, then high; speed reference 600 rpm.
+    operator
+        .write_single(0, 0)?
+        .map_err(|e| refused("operator's control word", e))?;
+    operator
+        .write_multiple(0, &[1, 600])?
+        .map_err(|e| refused("operator's start", e))?;
+    let v = wait(&mut viewer, &|s| s[1] == 2 && (s[2] as i16) >= 150)?;
+    let running_speed_rpm = f64::from(v[2] as i16);
     let _ = writeln!(
         out,
-        "  operator starts it towards 600 rpm: running, {running_speed_rpm:.0} rpm and ramping"
+        "  operator (FC 16: control word run, 600 rpm): running, {running_speed_rpm:.0} rpm and ramping"
     );
-    let viewer_status = viewer
-        .call(
-            "PUT",
-            "/api/v1/drive/control",
-            Some(&json!({"command": "stop"})),
-        )?
-        .status;
-    let _ = writeln!(out, "  viewer tries to stop it -> {viewer_status}");
+    let viewer_exception = match viewer.write_single(0, 0)? {
+        Ok(()) => 0,
+        Err(e) => e,
+    };
+    let _ = writeln!(
+        out,
+        "  viewer tries to stop it (FC 06) -> exception {viewer_exception:02} (illegal function: not in the viewer's rights), recorded"
+    );
     if let Some(parent) = sto.parent() {
         drivesec_fsutil::create_private_dir(parent)
             .or_else(|e| if parent.is_dir() { Ok(()) } else { Err(e) })?;
     }
     drivesec_fsutil::write_atomic(sto, b"1", drivesec_fsutil::Mode::Public)?;
-    wait(&|v| v["state"] == "safe-torque-off")?;
-    for _ in 0..5 {
-        operator.call(
-            "PUT",
-            "/api/v1/drive/control",
-            Some(&json!({"command": "start", "speed_reference": 900.0})),
-        )?;
+    wait(&mut viewer, &|s| s[1] == 4)?;
+    let mut worst_torque = 0i16;
+    for i in 0..10u16 {
+        // The operator keeps commanding run; STO wins on every tick.
+        let _ = operator.write_multiple(0, &[i % 2, 900])?;
+        let s = read(&mut viewer)?;
+        worst_torque = worst_torque.max((s[3] as i16).abs());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let v = operator.ok("GET", "/api/v1/drive", None)?;
-    let sto_state = v["state"].as_str().unwrap_or("").to_string();
-    let sto_torque_pct = v["torque_pct"].as_f64().unwrap_or(-1.0);
+    let v = read(&mut viewer)?;
+    let sto_state = state_name(v[1]);
+    let sto_torque_pct = f64::from(worst_torque) / 10.0;
     let _ = writeln!(
         out,
-        "  STO input set while the operator keeps sending start: {sto_state}, torque {sto_torque_pct} %, coasting at {:.0} rpm",
-        v["speed_rpm"].as_f64().unwrap_or(0.0)
+        "  STO input set while the operator keeps writing run: {sto_state}, torque {sto_torque_pct} % on every read, coasting at {} rpm",
+        v[2] as i16
     );
+    operator
+        .write_single(0, 0)?
+        .map_err(|e| refused("operator", e))?;
     std::fs::remove_file(sto).map_err(|e| drivesec_fsutil::FsError::io("remove", sto, e))?;
-    wait(&|v| v["state"] == "ready")?;
+    wait(&mut viewer, &|s| s[1] == 1)?;
     std::thread::sleep(std::time::Duration::from_millis(100));
-    let after_release = operator.ok("GET", "/api/v1/drive", None)?["state"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let after_release = state_name(read(&mut viewer)?[1]);
     let _ = writeln!(
         out,
-        "  STO released: {after_release} (no restart without a new start command)"
+        "  STO released: {after_release} (no restart without a new rising edge of run)"
     );
-    let _ = operator.call("POST", "/api/v1/logout", None);
-    let _ = viewer.call("POST", "/api/v1/logout", None);
     Ok(Some(DriveReport {
         device: d.name.clone(),
         running_speed_rpm,
-        viewer_status,
+        viewer_exception,
         sto_state,
         sto_torque_pct,
         after_release,
+    }))
+}
+
+/// The tamper story, on the last device (after its trail was verified):
+/// the enclosure switch, the keys gone, status only.
+fn tamper_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<TamperReport>> {
+    let Some(d) = lab.devices.iter().rev().find(|d| d.api.is_some()) else {
+        return Ok(None);
+    };
+    let (Some(api), Some(tamper), Some(name)) = (&d.api, &d.tamper, &d.device_name) else {
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = api
+        .trim_start_matches("https://")
+        .parse()
+        .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
+    let keys = || -> Result<usize> {
+        let st = drivesec_device::state::StateDir::load(&d.dir)?;
+        Ok(st.store.list()?.len())
+    };
+    let keys_before = keys()?;
+    let _ = writeln!(
+        out,
+        "\nTamper on {} (enclosure switch = the local input {}):",
+        d.name,
+        tamper.display()
+    );
+    if let Some(parent) = tamper.parent() {
+        drivesec_fsutil::create_private_dir(parent)
+            .or_else(|e| if parent.is_dir() { Ok(()) } else { Err(e) })?;
+    }
+    drivesec_fsutil::write_atomic(tamper, b"1", drivesec_fsutil::Mode::Public)?;
+    let f = lab
+        .clients
+        .get("viewer")
+        .ok_or_else(|| OemError::Invalid("no viewer client in the lab".into()))?;
+    let id = ClientIdentity::from_files(&f.cert, &f.key)?;
+    let marker = DeviceClient::new(
+        addr,
+        Some(&id),
+        &DeviceTrust::TamperedStatusRisky {
+            serial: d.serial_number.clone(),
+        },
+        Versions::Default,
+    )?;
+    let mut info = serde_json::Value::Null;
+    for _ in 0..500 {
+        if let Ok(r) = marker.call("GET", "/api/v1/info", None)
+            && r.body["tampered"] == true
+        {
+            info = r.body;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let keys_after = keys()?;
+    let identity_refused = DeviceClient::new(
+        addr,
+        Some(&id),
+        &DeviceTrust::Ldevid {
+            roots: drivesec_pki::read_cert_chain(&lab.oem_ca)?,
+            device_name: name.clone(),
+        },
+        Versions::Default,
+    )?
+    .call("GET", "/api/v1/info", None)
+    .is_err();
+    let login_status = marker
+        .call(
+            "POST",
+            "/api/v1/login",
+            Some(&serde_json::json!({"username": "x", "password": "y"})),
+        )?
+        .status;
+    let _ = writeln!(
+        out,
+        "  private keys in its keystore: {keys_before} before, {keys_after} after; its LDevID handshake {}",
+        if identity_refused {
+            "now fails"
+        } else {
+            "STILL WORKS"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  status under the self-signed TAMPERED certificate: tampered = {}; a login -> {login_status}",
+        info["tampered"]
+    );
+    Ok(Some(TamperReport {
+        device: d.name.clone(),
+        keys_before,
+        keys_after,
+        tampered: info["tampered"] == true,
+        identity_refused,
+        login_status,
     }))
 }
 
@@ -890,6 +1041,7 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         sessions: Vec::new(),
         firmware: None,
         drive: None,
+        tamper: None,
         audit: Vec::new(),
         ok,
     };
