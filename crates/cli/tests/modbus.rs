@@ -734,3 +734,95 @@ fn sto_holds_against_random_commands_from_every_role() {
     assert!(checked_active > 0, "STO was never observed active");
     let _ = std::fs::remove_file(&sto);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// 64 Modbus/TCP Security sessions and 4 HTTPS API clients at once against
+/// one drivesecd: every valid request answered, memory flat. 10 s by
+/// default, 60 s with `scripts/test --long`.
+#[test]
+fn sixty_four_modbus_clients_and_api_clients_under_load() {
+    let lab = test_lab(Some(config()));
+    let secs = if std::env::var_os("DRIVESEC_LONG_TESTS").is_some() {
+        60
+    } else {
+        10
+    };
+    let pid = lab.m.devices[0].pid.unwrap();
+    let roles = ["viewer", "operator", "engineer"];
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let connect = || {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ModbusClient::connect(
+            modbus_addr(&lab),
+            Some(&lab.identity(roles[i % roles.len()])),
+            &lab.trust(),
+            Versions::Default,
+        )
+    };
+    let op = |c: &mut ModbusClient| -> drivesec_oem::Result<bool> {
+        Ok(c.read_input(0, 9)?.is_ok_and(|r| r.len() == 9)
+            && c.read_holding(1000, 10)?.is_ok_and(|r| r.len() == 10))
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (api_ok, api_failed, rss) = std::thread::scope(|s| {
+        let api: Vec<_> = roles
+            .iter()
+            .chain(["auditor"].iter())
+            .map(|role| {
+                let c = lab.session(role);
+                let stop = &stop;
+                s.spawn(move || {
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        match c.call("GET", "/api/v1/drive", None) {
+                            Ok(r) if r.status == 200 => ok += 1,
+                            _ => failed += 1,
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        let sampler = s.spawn(|| {
+            // After warm-up, then every second.
+            std::thread::sleep(Duration::from_secs(2));
+            let mut samples = vec![];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                samples.push(rss_kib(pid));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            samples
+        });
+        let r = drivesec_oem::modbus::load(64, Duration::from_secs(secs), &connect, &op).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (mut ok, mut failed) = (0, 0);
+        for h in api {
+            let (o, f) = h.join().unwrap();
+            ok += o;
+            failed += f;
+        }
+        eprintln!("{}", serde_json::to_string(&r).unwrap());
+        assert_eq!(r.failures, 0, "{r:?}");
+        assert!(r.requests > 64, "{r:?}");
+        (ok, failed, sampler.join().unwrap())
+    });
+    assert_eq!(api_failed, 0, "API requests failed ({api_ok} ok)");
+    assert!(api_ok > 0);
+    let first = rss[0];
+    let last = *rss.last().unwrap();
+    eprintln!("RSS KiB samples: {rss:?}");
+    assert!(
+        last <= first + first / 4 + 4096,
+        "memory grew under steady load: {rss:?} KiB"
+    );
+}

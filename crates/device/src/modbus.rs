@@ -261,19 +261,26 @@ impl ProcessImage for Session {
     }
 
     fn read_holding(&mut self, addr: u16, count: u16) -> std::result::Result<Vec<u16>, Exception> {
-        let params = self
-            .dev
-            .params
-            .lock()
-            .map_err(|_| Exception::ServerDeviceFailure)?
-            .clone();
-        (addr..addr.saturating_add(count))
-            .map(|a| match a {
+        let end = u32::from(addr) + u32::from(count);
+        // Lock the parameters only when a parameter register is asked for.
+        let params = if end > u32::from(PARAM_BASE) {
+            Some(
+                self.dev
+                    .params
+                    .lock()
+                    .map_err(|_| Exception::ServerDeviceFailure)?,
+            )
+        } else {
+            None
+        };
+        (u32::from(addr)..end)
+            .map(|a| match u16::try_from(a).unwrap_or(u16::MAX) {
                 0 => Ok(self.link.control_word()),
                 1 => Ok(to_register(self.link.reference(), 1.0, true)),
                 a if (PARAM_BASE..PARAM_BASE + PARAM_REGISTERS.len() as u16).contains(&a) => {
                     let (name, scale, signed) = PARAM_REGISTERS[usize::from(a - PARAM_BASE)];
-                    Ok(to_register(params.get(name).unwrap_or(0.0), scale, signed))
+                    let v = params.as_ref().and_then(|p| p.get(name)).unwrap_or(0.0);
+                    Ok(to_register(v, scale, signed))
                 }
                 _ => Err(Exception::IllegalDataAddress),
             })

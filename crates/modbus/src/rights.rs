@@ -98,25 +98,28 @@ impl Rights {
 
     /// Whether `role` may use `function` on every register of `addr..addr+count`.
     pub fn allows(&self, role: Option<&str>, function: u8, addr: u16, count: u16) -> bool {
-        let Some(rules) = role
-            .and_then(|r| Role::new(r).ok())
-            .and_then(|r| self.roles.get(&r))
-        else {
+        let Some(rules) = role.and_then(|r| self.roles.get(r)) else {
             return false;
         };
         if count == 0 {
             return false;
         }
-        let last = u32::from(addr) + u32::from(count) - 1;
-        // Covered when the grants for this function, taken together, leave
-        // no register of the range out.
-        let mut next = u32::from(addr);
-        let mut spans: Vec<(u32, u32)> = rules
-            .iter()
-            .filter(|r| r.functions.contains(&function))
-            .map(|r| (u32::from(r.start), u32::from(r.end)))
-            .collect();
+        let first = u32::from(addr);
+        let last = first + u32::from(count) - 1;
+        let grants = || {
+            rules
+                .iter()
+                .filter(|r| r.functions.contains(&function))
+                .map(|r| (u32::from(r.start), u32::from(r.end)))
+        };
+        // Usually one grant covers the whole range.
+        if grants().any(|(s, e)| s <= first && last <= e) {
+            return true;
+        }
+        // Otherwise the grants, taken together, must leave no register out.
+        let mut spans: Vec<(u32, u32)> = grants().collect();
         spans.sort_unstable();
+        let mut next = first;
         for (s, e) in spans {
             if s > next {
                 break;

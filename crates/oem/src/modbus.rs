@@ -16,9 +16,39 @@ use crate::{OemError, Result};
 /// A request's outcome at the Modbus level.
 pub type Answer<T> = std::result::Result<T, u8>;
 
-/// One TLS session with a device.
+enum Transport {
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Plain(TcpStream),
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Tls(s) => s.read(buf),
+            Transport::Plain(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Tls(s) => s.write(buf),
+            Transport::Plain(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Tls(s) => s.flush(),
+            Transport::Plain(s) => s.flush(),
+        }
+    }
+}
+
+/// One session with a device: TLS (Modbus/TCP Security), or plain TCP for
+/// comparisons and for devices configured with the risky plain listener.
 pub struct ModbusClient {
-    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    stream: Transport,
     transaction: u16,
     addr: SocketAddr,
 }
@@ -33,8 +63,10 @@ impl std::fmt::Debug for ModbusClient {
 
 impl Drop for ModbusClient {
     fn drop(&mut self) {
-        self.stream.conn.send_close_notify();
-        let _ = self.stream.flush();
+        if let Transport::Tls(s) = &mut self.stream {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
     }
 }
 
@@ -59,7 +91,7 @@ impl ModbusClient {
                 .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
         }
         let mut c = ModbusClient {
-            stream: rustls::StreamOwned::new(conn, tcp),
+            stream: Transport::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))),
             transaction: 0,
             addr,
         };
@@ -69,6 +101,20 @@ impl ModbusClient {
             .flush()
             .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
         Ok(c)
+    }
+
+    /// Risky: plain Modbus/TCP, no TLS, no identity.
+    pub fn connect_plain_risky(addr: SocketAddr) -> Result<Self> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| OemError::Invalid(format!("connect {addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| OemError::Invalid(e.to_string()))?;
+        Ok(ModbusClient {
+            stream: Transport::Plain(tcp),
+            transaction: 0,
+            addr,
+        })
     }
 
     /// Writes raw bytes (tests of malformed frames).
@@ -171,4 +217,89 @@ impl ModbusClient {
         }
         Ok(self.request(pdu)?.map(|_| ()))
     }
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadResult {
+    /// Concurrent sessions.
+    pub connections: usize,
+    /// Seconds measured.
+    pub seconds: f64,
+    /// Requests answered as expected.
+    pub requests: u64,
+    /// Requests that failed or got an exception, or sessions that broke.
+    pub failures: u64,
+    /// Requests per second.
+    pub per_sec: f64,
+    /// Median latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: f64,
+}
+
+/// Runs `connections` sessions, each doing `op` back to back for
+/// `duration`, and measures throughput and latency. `connect` opens one
+/// session; sessions are opened before the clock starts.
+pub fn load(
+    connections: usize,
+    duration: Duration,
+    connect: &(dyn Fn() -> Result<ModbusClient> + Sync),
+    op: &(dyn Fn(&mut ModbusClient) -> Result<bool> + Sync),
+) -> Result<LoadResult> {
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        clients.push(connect()?);
+    }
+    let start = std::time::Instant::now();
+    let deadline = start + duration;
+    let results: Vec<(u64, u64, Vec<u32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .into_iter()
+            .map(|mut c| {
+                s.spawn(move || {
+                    let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+                    while std::time::Instant::now() < deadline {
+                        let t = std::time::Instant::now();
+                        match op(&mut c) {
+                            Ok(true) => {
+                                ok += 1;
+                                lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                            }
+                            Ok(false) => failed += 1,
+                            Err(_) => {
+                                failed += 1;
+                                break;
+                            }
+                        }
+                    }
+                    (ok, failed, lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or((0, 1, Vec::new())))
+            .collect()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let mut lat: Vec<u32> = results.iter().flat_map(|r| r.2.iter().copied()).collect();
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(lat[i.min(lat.len() - 1)])
+    };
+    let requests: u64 = results.iter().map(|r| r.0).sum();
+    Ok(LoadResult {
+        connections,
+        seconds,
+        requests,
+        failures: results.iter().map(|r| r.1).sum(),
+        per_sec: requests as f64 / seconds,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    })
 }

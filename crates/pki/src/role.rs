@@ -80,6 +80,13 @@ impl From<Role> for String {
     }
 }
 
+// Derived Eq/Ord/Hash compare the inner string, so lookups by `&str` agree.
+impl std::borrow::Borrow<str> for Role {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
