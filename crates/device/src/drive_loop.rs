@@ -246,7 +246,8 @@ pub fn start(
                 drive.tick(&p, dt);
                 let s = drive.status(&p);
                 debug_assert!(!active || (s.state == State::SafeTorqueOff && s.torque_pct == 0.0));
-                if let Ok(mut g) = l2.status.lock() {
+                // Never wait for a reader: a busy lock skips one publication.
+                if let Ok(mut g) = l2.status.try_lock() {
                     *g = Some(s);
                 }
                 if active != last_sto {
@@ -266,4 +267,61 @@ pub fn start(
             }
         })?;
     Ok((link, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A communication task that stalls while holding every lock the
+    /// network side can take (the parameters, the command queue) must not
+    /// delay the STO reaction: the tick keeps running and sees the input
+    /// on the next tick. Measured in ticks, not wall-clock time.
+    #[test]
+    fn a_stalled_network_task_does_not_delay_sto() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("io")).unwrap();
+        let params = Arc::new(Mutex::new(ParamSet::default()));
+        let (link, tick) = start(
+            dir.path(),
+            params.clone(),
+            false,
+            Box::new(|| Ok(0)),
+            |_| {},
+        )
+        .unwrap();
+        let wait = |what: &dyn Fn(&Status) -> bool| {
+            for _ in 0..1000 {
+                if let Some(s) = link.status()
+                    && what(&s)
+                {
+                    return s;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic!("the tick did not get there: {:?}", link.status());
+        };
+        wait(&|s| s.state == State::Ready);
+        link.command(&[0, drivesec_drive::machine::CW_RUN], Some(600.0));
+        wait(&|s| s.state == State::Running && s.torque_pct > 0.0);
+        // Stall: hold the parameter lock and the command queue.
+        let held_params = params.lock().unwrap();
+        let held_queue = link.queue.lock().unwrap();
+        let before = link.status().unwrap().ticks;
+        std::fs::write(sto_path(dir.path()), b"").unwrap();
+        let s = wait(&|s| s.sto);
+        assert_eq!((s.state, s.torque_pct), (State::SafeTorqueOff, 0.0));
+        // The input is read at the start of a tick: seen on the next tick or
+        // the one after; one more allows for a publication skipped while
+        // this test was reading the status.
+        assert!(
+            s.ticks <= before + 3,
+            "STO seen {} ticks after the input was set",
+            s.ticks - before
+        );
+        drop((held_params, held_queue));
+        link.stop();
+        tick.join().unwrap();
+    }
 }
