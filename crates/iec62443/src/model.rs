@@ -505,11 +505,28 @@ impl Model {
             .unwrap_or_default()
     }
 
-    /// A component declaration by id.
+    /// A component declaration by id: the model's own, or a built-in one
+    /// ([`builtin`]) the model does not override.
     pub fn component(&self, id: &str) -> Option<&Component> {
         self.components
             .iter()
             .map(|c| c.get_ref())
             .find(|c| c.id.get_ref() == id)
+            .or_else(|| builtin(id))
     }
+}
+
+/// Declarations drivesec ships: `drivesecd` (data/drivesecd.toml), derived
+/// from what the code implements.
+pub fn builtin(id: &str) -> Option<&'static Component> {
+    static B: std::sync::OnceLock<Vec<Component>> = std::sync::OnceLock::new();
+    B.get_or_init(|| {
+        // A test parses it; a broken declaration cannot ship.
+        vec![
+            toml::from_str(include_str!("../data/drivesecd.toml"))
+                .unwrap_or_else(|e| panic!("data/drivesecd.toml: {e}")),
+        ]
+    })
+    .iter()
+    .find(|c| c.id.get_ref() == id)
 }
