@@ -41,6 +41,44 @@ pub enum Command {
     /// Firmware images: keys, packing, approval, inspection, verification.
     #[command(subcommand)]
     Firmware(FirmwareCommand),
+    /// IEC 62443 planning: check a plant model, assess its risk (SL-T, SL-C,
+    /// SL-A), derive firewall rules (docs/risk-method.md).
+    #[command(subcommand)]
+    Plan(PlanCommand),
+}
+
+/// `drivesec plan ...`.
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Validate a plant model (TOML); every problem with file, line and
+    /// column; exit 2 when there is one.
+    Check {
+        /// The model.
+        model: PathBuf,
+    },
+    /// Assess a model (ZCR 1 to 7): SL-T per zone with its rationale, each
+    /// component's SL-C against it, conduits, residual risk, approvals.
+    Assess {
+        /// The model.
+        model: PathBuf,
+        /// Write assessment.json, assessment.md and assessment.html (with the
+        /// zone drawing) into this directory instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Fetch live SL-A from the running devices of this lab (`lab.json`,
+        /// or its directory); assets name their device with `device = ...`.
+        #[arg(long)]
+        live: Option<PathBuf>,
+    },
+    /// nftables rules from the conduits: deny by default, allow exactly the
+    /// declared flows (zones need `subnet`).
+    Firewall {
+        /// The model.
+        model: PathBuf,
+        /// Write the ruleset here instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Where a firmware key lives.

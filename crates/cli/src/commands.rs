@@ -306,6 +306,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Audit(c) => crate::audit::run(c, json),
         Command::Device(d) => crate::device::run(d, json),
         Command::Firmware(f) => crate::firmware::run(f, json),
+        Command::Plan(p) => crate::plan::run(p, json),
         Command::Cert(a) => {
             let chain = read_cert_chain(&a.file)?;
             let s = summarize(&chain[0])?;

@@ -10,6 +10,7 @@ mod commands;
 mod daemon;
 mod device;
 mod firmware;
+mod plan;
 
 use std::process::ExitCode;
 

@@ -488,3 +488,65 @@ pub fn assess(m: &Model) -> Assessment {
         approvals: approvals.into_iter().collect(),
     }
 }
+
+/// A device's live posture: SL-A and the reasons for each point lost.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LivePosture {
+    /// SL-A vector.
+    pub sl_a: SlVector,
+    /// The device's reasons (`SR 1.5 RE1 (SL 3): ... -> at most 2`).
+    pub reasons: Vec<String>,
+}
+
+/// Puts each device's live SL-A beside its asset (matched by the asset's
+/// `device`), and lists for approval every FR where SL-A is below the
+/// zone's SL-T, with the device's reasons.
+pub fn attach_live(a: &mut Assessment, m: &Model, live: &BTreeMap<String, LivePosture>) {
+    let mut extra = Vec::new();
+    for z in &mut a.zones {
+        for g in &mut z.assets {
+            let Some(dev) = m.asset(&g.asset).and_then(|x| x.device.clone()) else {
+                continue;
+            };
+            let Some(p) = live.get(&dev) else { continue };
+            g.sl_a = Some(p.sl_a);
+            g.sl_a_reasons = p.reasons.clone();
+            for fr in Fr::ALL {
+                let (have, want) = (p.sl_a[fr.index()], z.sl_t[fr.index()]);
+                if have < want {
+                    let why: Vec<&String> = p
+                        .reasons
+                        .iter()
+                        .filter(|r| {
+                            r.contains(&format!("SR {}.", fr.index() + 1))
+                                || r.starts_with(&fr.label())
+                        })
+                        .collect();
+                    extra.push(Approval {
+                        kind: "sl-a".into(),
+                        subject: g.asset.clone(),
+                        text: format!(
+                            "'{}' ({dev}) achieves {} {have} in zone '{}' whose SL-T is {want}{}",
+                            g.asset,
+                            fr.label(),
+                            z.zone,
+                            if why.is_empty() {
+                                String::new()
+                            } else {
+                                format!(
+                                    ": {}",
+                                    why.iter()
+                                        .map(|s| s.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join("; ")
+                                )
+                            }
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    a.approvals.extend(extra);
+    a.approvals.sort();
+}

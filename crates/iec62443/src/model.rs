@@ -77,7 +77,7 @@ pub struct Model {
     /// The system under consideration (ZCR 1).
     pub system: System,
     /// How risk is scored and mapped to SL-T (default: docs/risk-method.md).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub risk: Option<Spanned<RiskMethod>>,
     /// Assets.
     #[serde(default)]
@@ -257,10 +257,10 @@ pub struct Asset {
     #[serde(default)]
     pub criticality: Criticality,
     /// Its component declaration (`components[].id`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<Spanned<String>>,
     /// The live device behind it (a `lab.json` device name) for SL-A.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
 }
 
@@ -281,10 +281,10 @@ pub struct Zone {
     pub owner: String,
     /// A fixed SL-T, replacing the derived one (the derived one is still
     /// reported, and a lower fixed value needs the owner's approval).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sl_t: Option<Spanned<SlVector>>,
     /// IPv4 subnet (CIDR), for the firewall rules.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<Spanned<String>>,
     /// Compensating countermeasures in force in this zone.
     #[serde(default)]
@@ -413,7 +413,7 @@ pub struct Threat {
     #[serde(default)]
     pub countermeasures: Vec<String>,
     /// Likelihood with those countermeasures, 1..=5 (default: unmitigated).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residual_likelihood: Option<Spanned<u8>>,
 }
 
@@ -451,7 +451,7 @@ pub struct Component {
     #[serde(default)]
     pub version: String,
     /// SL-C per FR, when declared as a vector.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sl_c: Option<SlVector>,
     /// Per requirement (`CR 1.1`, `SR 1.5 RE1`, ...), when declared that way.
     #[serde(default)]

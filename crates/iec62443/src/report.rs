@@ -145,7 +145,11 @@ pub fn svg(m: &Model, a: &Assessment) -> String {
     let n = m.zones.len().max(1);
     let cols = (n as f64).sqrt().ceil() as usize;
     let (w, h, gap) = (300.0, 190.0, 90.0);
-    let pos = |i: usize| {
+    // Grid slot of each zone: breadth-first along the conduits, so zones
+    // that talk to each other tend to be neighbours.
+    let slot = layout(m);
+    let pos = |zone: usize| {
+        let i = slot[zone];
         let (c, r) = (i % cols, i / cols);
         (40.0 + c as f64 * (w + gap), 40.0 + r as f64 * (h + gap))
     };
@@ -166,27 +170,58 @@ pub fn svg(m: &Model, a: &Assessment) -> String {
         .enumerate()
         .map(|(i, z)| (z.get_ref().id.get_ref().as_str(), i))
         .collect();
+    let inside_other = |px: f64, py: f64, skip: [usize; 2]| {
+        (0..m.zones.len()).filter(|z| !skip.contains(z)).any(|z| {
+            let (x, y) = pos(z);
+            px > x && px < x + w && py > y && py < y + h
+        })
+    };
+    // Labels go on top of everything, on a white ground.
+    let mut labels: Vec<(f64, f64, &str, String)> = vec![];
     for c in m.conduits.iter().map(|c| c.get_ref()) {
         let zs: Vec<usize> = c
             .zones
             .iter()
             .filter_map(|z| index.get(z.get_ref().as_str()).copied())
             .collect();
-        if let [x, y] = zs[..] {
-            let ((x1, y1), (x2, y2)) = (pos(x), pos(y));
+        if let [za, zb] = zs[..] {
+            let ((x1, y1), (x2, y2)) = (pos(za), pos(zb));
             let (x1, y1, x2, y2) = (x1 + w / 2.0, y1 + h / 2.0, x2 + w / 2.0, y2 + h / 2.0);
             let color = if c.encrypted && c.authenticated {
                 "#2b7a2b"
             } else {
                 "#b03030"
             };
-            let _ = writeln!(
-                s,
-                r#"<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="4"/><text x="{}" y="{}" font-size="13" fill="{color}" text-anchor="middle">{}</text>"#,
-                (x1 + x2) / 2.0,
-                (y1 + y2) / 2.0 - 6.0,
-                esc(c.id.get_ref())
-            );
+            // A straight line that would cross a third zone bends around it
+            // through the gap beside it.
+            let crosses = (1..50).any(|k| {
+                let t = f64::from(k) / 50.0;
+                inside_other(x1 + (x2 - x1) * t, y1 + (y2 - y1) * t, [za, zb])
+            });
+            let (lx, ly) = if crosses {
+                let (dx, dy) = (x2 - x1, y2 - y1);
+                let len = (dx * dx + dy * dy).sqrt().max(1.0);
+                let off = h + gap;
+                let (cx, cy) = (
+                    (x1 + x2) / 2.0 + dy / len * off,
+                    (y1 + y2) / 2.0 - dx / len * off,
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<path class="conduit" d="M {x1} {y1} Q {cx} {cy} {x2} {y2}" fill="none" stroke="{color}" stroke-width="4"/>"#
+                );
+                (
+                    0.25 * x1 + 0.5 * cx + 0.25 * x2,
+                    0.25 * y1 + 0.5 * cy + 0.25 * y2,
+                )
+            } else {
+                let _ = writeln!(
+                    s,
+                    r#"<line class="conduit" x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="4"/>"#
+                );
+                ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
+            };
+            labels.push((lx, ly, color, c.id.get_ref().clone()));
         }
     }
     for (i, z) in m.zones.iter().map(|z| z.get_ref()).enumerate() {
@@ -233,8 +268,63 @@ pub fn svg(m: &Model, a: &Assessment) -> String {
         }
         let _ = writeln!(s, "</g>");
     }
+    for (x, y, color, text) in labels {
+        let w = 7.5 * text.chars().count() as f64 + 10.0;
+        let _ = writeln!(
+            s,
+            r##"<g class="conduit-label"><rect x="{}" y="{}" width="{w}" height="18" rx="4" fill="#ffffff" stroke="{color}"/><text x="{x}" y="{}" font-size="13" fill="{color}" text-anchor="middle">{}</text></g>"##,
+            x - w / 2.0,
+            y - 9.0,
+            y + 4.5,
+            esc(&text)
+        );
+    }
     let _ = writeln!(s, "</svg>");
     s
+}
+
+/// Grid slots: zones in breadth-first order along the conduits (each
+/// connected group after the previous one), so neighbours sit together.
+fn layout(m: &Model) -> Vec<usize> {
+    let n = m.zones.len();
+    let index: std::collections::BTreeMap<&str, usize> = m
+        .zones
+        .iter()
+        .enumerate()
+        .map(|(i, z)| (z.get_ref().id.get_ref().as_str(), i))
+        .collect();
+    let mut adj = vec![Vec::new(); n];
+    for c in m.conduits.iter().map(|c| c.get_ref()) {
+        let zs: Vec<usize> = c
+            .zones
+            .iter()
+            .filter_map(|z| index.get(z.get_ref().as_str()).copied())
+            .collect();
+        if let [a, b] = zs[..] {
+            adj[a].push(b);
+            adj[b].push(a);
+        }
+    }
+    let mut slot = vec![usize::MAX; n];
+    let mut next = 0;
+    for start in 0..n {
+        if slot[start] != usize::MAX {
+            continue;
+        }
+        let mut queue = std::collections::VecDeque::from([start]);
+        slot[start] = next;
+        next += 1;
+        while let Some(z) = queue.pop_front() {
+            for &o in &adj[z] {
+                if slot[o] == usize::MAX {
+                    slot[o] = next;
+                    next += 1;
+                    queue.push_back(o);
+                }
+            }
+        }
+    }
+    slot
 }
 
 /// A self-contained HTML page: the drawing and the Markdown report's content.

@@ -332,3 +332,40 @@ fn the_builtin_drivesecd_declaration_is_complete() {
         );
     }
 }
+
+#[test]
+fn the_model_round_trips_through_the_json_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/plant-model.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    // The file as written, and the model as parsed (defaults filled in).
+    let raw: serde_json::Value =
+        toml::from_str(&std::fs::read_to_string(example()).unwrap()).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&raw)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let parsed = serde_json::to_value(&load().model).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&parsed)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // Back to TOML and in again: the same model.
+    let text = toml::to_string(&parsed).unwrap();
+    let again = model::parse(Path::new("again.toml"), &text).unwrap();
+    assert_eq!(serde_json::to_value(&again.model).unwrap(), parsed);
+    // And the schema refuses what the model refuses.
+    let mut bad = raw.clone();
+    bad["zones"][0]["colour"] = "red".into();
+    assert!(!validator.is_valid(&bad));
+    let mut bad = raw;
+    bad["threats"][0]["likelihood"] = 9.into();
+    assert!(!validator.is_valid(&bad));
+}

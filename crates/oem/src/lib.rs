@@ -16,6 +16,7 @@ pub mod demo;
 pub mod factory;
 pub mod lab;
 pub mod modbus;
+pub mod posture;
 
 use std::path::PathBuf;
 

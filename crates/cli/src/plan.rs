@@ -1,0 +1,141 @@
+//! `drivesec plan ...`: check, assess and firewall a plant model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_iec62443::check::Problem;
+use drivesec_iec62443::model::{self, Loaded};
+use drivesec_iec62443::{PlanError, assess, firewall, report};
+
+use crate::cli::PlanCommand;
+
+/// Loads and checks; problems are printed (as JSON with `--json`) and make
+/// the command fail with exit code 2.
+fn load_checked(path: &Path, json: bool) -> Result<Loaded> {
+    let (loaded, problems): (Option<Loaded>, Vec<Problem>) = match model::load(path) {
+        Ok(l) => {
+            let p = drivesec_iec62443::check::check(&l);
+            (Some(l), p)
+        }
+        Err(PlanError::Invalid(p)) => (None, p),
+        Err(e) => return Err(e.into()),
+    };
+    let errors = problems.iter().filter(|p| !p.warning).count();
+    if json && (errors > 0 || loaded.is_none()) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"valid": false, "problems": problems})
+            )?
+        );
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+    }
+    match loaded {
+        Some(l) if errors == 0 => Ok(l),
+        _ => bail!(
+            "{}: {errors} problem(s); the model is not valid",
+            path.display()
+        ),
+    }
+}
+
+fn lab_json(p: &Path) -> PathBuf {
+    if p.is_dir() {
+        p.join("lab.json")
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// Runs a `plan` command.
+pub fn run(c: PlanCommand, json: bool) -> Result<()> {
+    match c {
+        PlanCommand::Check { model } => {
+            let l = load_checked(&model, json)?;
+            let m = &l.model;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "valid": true, "problems": [], "assets": m.assets.len(), "zones": m.zones.len(),
+                        "conduits": m.conduits.len(), "threats": m.threats.len(),
+                    }))?
+                );
+            } else {
+                println!(
+                    "{}: valid ({} assets, {} zones, {} conduits, {} threat scenarios)",
+                    model.display(),
+                    m.assets.len(),
+                    m.zones.len(),
+                    m.conduits.len(),
+                    m.threats.len()
+                );
+            }
+            Ok(())
+        }
+        PlanCommand::Assess { model, out, live } => {
+            let l = load_checked(&model, json)?;
+            let mut a = assess::assess(&l.model);
+            if let Some(lab) = live {
+                let lab = lab_json(&lab);
+                let m =
+                    drivesec_oem::lab::LabManifest::load(lab.parent().unwrap_or(Path::new(".")))
+                        .with_context(|| format!("reading {}", lab.display()))?;
+                let postures = drivesec_oem::posture::fetch(&m)?;
+                assess::attach_live(&mut a, &l.model, &postures);
+            }
+            match out {
+                Some(dir) => {
+                    fsu::create_private_dir(&dir)
+                        .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })?;
+                    let files = [
+                        ("assessment.json", serde_json::to_string_pretty(&a)? + "\n"),
+                        ("assessment.md", report::markdown(&a)),
+                        ("assessment.html", report::html(&l.model, &a)),
+                    ];
+                    for (name, text) in &files {
+                        fsu::write_atomic(&dir.join(name), text.as_bytes(), Mode::Public)?;
+                    }
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&serde_json::json!({
+                                "json": dir.join("assessment.json"), "markdown": dir.join("assessment.md"),
+                                "html": dir.join("assessment.html"), "approvals": a.approvals.len(),
+                            }))?
+                        );
+                    } else {
+                        for (name, _) in &files {
+                            println!("{}", dir.join(name).display());
+                        }
+                    }
+                }
+                None if json => println!("{}", serde_json::to_string_pretty(&a)?),
+                None => print!("{}", report::markdown(&a)),
+            }
+            Ok(())
+        }
+        PlanCommand::Firewall { model, out } => {
+            let l = load_checked(&model, json)?;
+            let text = firewall::nftables(&l.model).map_err(|zones| {
+                anyhow::anyhow!(
+                    "{}: zones without a subnet: {} (add subnet = \"a.b.c.d/n\")",
+                    model.display(),
+                    zones.join(", ")
+                )
+            })?;
+            match out {
+                Some(p) => {
+                    fsu::write_atomic(&p, text.as_bytes(), Mode::Public)?;
+                    println!("{}", p.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+    }
+}

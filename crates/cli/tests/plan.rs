@@ -1,0 +1,190 @@
+//! `drivesec plan` end to end: check with located errors and exit 2,
+//! assess into JSON/Markdown/HTML, the HTML drawing rendered by headless
+//! Chromium (non-blank, zone names present), and firewall rules.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packaging-line.toml")
+}
+
+fn drivesec(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_drivesec"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn check_reports_located_problems_and_exits_2() {
+    let (code, out, _) = drivesec(&["plan", "check", s(&example())]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("valid (13 assets, 8 zones, 8 conduits, 8 threat scenarios)"),
+        "{out}"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("bad.toml");
+    let text = std::fs::read_to_string(example()).unwrap().replace(
+        r#"members = ["safety-plc"]"#,
+        r#"members = ["safety-plc", "hmi-line"]"#,
+    );
+    std::fs::write(&bad, &text).unwrap();
+    let (code, out, err) = drivesec(&["plan", "check", s(&bad)]);
+    assert_eq!(code, 2, "{out}{err}");
+    // hmi-line is now in two zones, and the safety zone mixes safety and other assets.
+    let line = text
+        .lines()
+        .position(|l| l.contains(r#"members = ["safety-plc", "hmi-line"]"#))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "{}:{line}:26: error[zcr-3.1]: asset 'hmi-line' is in zones 'control' and 'safety'",
+            bad.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("error[zcr-3.3]: zone 'safety' mixes safety-related assets (safety-plc) with assets that are not (hmi-line)"), "{err}");
+    let (code, out, _) = drivesec(&["--json", "plan", "check", s(&bad)]);
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 2);
+    // Not even TOML.
+    std::fs::write(&bad, "[system\nname = 1").unwrap();
+    let (code, _, err) = drivesec(&["plan", "check", s(&bad)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.toml:1:8: error[syntax]"), "{err}");
+    // A missing file is named.
+    let (code, _, err) = drivesec(&["plan", "check", "/nonexistent/plant.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/plant.toml"), "{err}");
+}
+
+/// Non-white pixels in a PNG, and its size.
+fn ink(png_path: &Path) -> (usize, u32, u32) {
+    let decoder = png::Decoder::new(std::fs::File::open(png_path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let dark = buf[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|p| p.iter().take(3).any(|&c| c < 200))
+        .count();
+    (dark, info.width, info.height)
+}
+
+#[test]
+fn assess_writes_reports_and_chromium_renders_the_drawing() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("report");
+    let (code, stdout, err) = drivesec(&["plan", "assess", s(&example()), "--out", s(&out)]);
+    assert_eq!(code, 0, "{err}");
+    for f in ["assessment.json", "assessment.md", "assessment.html"] {
+        assert!(
+            stdout.contains(&out.join(f).display().to_string()),
+            "{stdout}"
+        );
+    }
+    let a: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("assessment.json")).unwrap()).unwrap();
+    assert_eq!(a["format"], 1);
+    assert_eq!(a["zones"].as_array().unwrap().len(), 8);
+    let md = std::fs::read_to_string(out.join("assessment.md")).unwrap();
+    assert!(md.contains("| control | {3 3 3 1 2 1 2} |"), "{md}");
+    let html = out.join("assessment.html");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("<svg") && !page.contains("src=\"http"),
+        "self-contained"
+    );
+
+    // Headless Chromium: the DOM it builds has the drawing with every zone
+    // name, and the screenshot of the drawing is not blank.
+    let chromium = |extra: &[&str]| {
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(extra)
+            .arg(format!("file://{}", html.display()))
+            .output()
+            .expect("chromium (scripts/test installs it)")
+    };
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom"]).stdout).into_owned();
+    assert!(dom.contains("<svg"), "no drawing in the rendered page");
+    for name in [
+        "Enterprise network",
+        "Industrial DMZ",
+        "Remote access",
+        "Site operations",
+        "Line control",
+        "Drive cell",
+        "Safety system",
+        "Maintenance access",
+    ] {
+        assert!(dom.contains(name), "zone '{name}' not in the rendered page");
+    }
+    assert_eq!(
+        dom.matches("class=\"conduit\"").count(),
+        8,
+        "one line per conduit"
+    );
+    let shot = d.path().join("shot.png");
+    let o = chromium(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=1200,1000",
+    ]);
+    assert!(shot.exists(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (dark, w, h) = ink(&shot);
+    assert_eq!((w, h), (1200, 1000));
+    // Boxes, lines and text: a few per cent of the pixels, not none.
+    assert!(
+        dark > (w * h / 100) as usize,
+        "screenshot is nearly blank: {dark} dark pixels"
+    );
+}
+
+#[test]
+fn firewall_rules_pass_nft_check() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("zones.nft");
+    let (code, _, err) = drivesec(&["plan", "firewall", s(&example()), "--out", s(&f)]);
+    assert_eq!(code, 0, "{err}");
+    let o = Command::new("nft")
+        .arg("-c")
+        .arg("-f")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A zone without a subnet is named.
+    let bad = d.path().join("nosub.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(example())
+            .unwrap()
+            .replace("subnet = \"10.60.0.0/24\"\n", ""),
+    )
+    .unwrap();
+    let (code, _, err) = drivesec(&["plan", "firewall", s(&bad)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("zones without a subnet: safety"), "{err}");
+}
