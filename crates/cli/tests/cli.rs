@@ -382,6 +382,11 @@ fn demo_verifies_everything() {
     assert_eq!(dr["sto_state"], "safe-torque-off", "{dr}");
     assert_eq!(dr["sto_torque_pct"], 0.0, "{dr}");
     assert_eq!(dr["after_release"], "ready", "{dr}");
+    // The IEC 62443 assessment of the lab plant, with live SL-A.
+    let pl = &v["plan"];
+    assert_eq!(pl["zones"], 8, "{pl}");
+    assert!(!pl["live_devices"].as_array().unwrap().is_empty(), "{pl}");
+    assert!(std::path::Path::new(pl["report"].as_str().unwrap()).exists());
     // The tamper story: the keys are gone, the device says so.
     let t = &v["tamper"];
     assert!(t["keys_before"].as_u64().unwrap() >= 3, "{t}");

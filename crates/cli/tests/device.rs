@@ -783,7 +783,26 @@ fn posture_reflects_the_configuration() {
         .map(|x| x.as_u64().unwrap())
         .collect();
     assert_eq!(v.len(), 7);
+    // Achieved never exceeds capability: SL-A <= SL-C of drivesec's own
+    // declaration, FR by FR, with the declaration named as the reason.
+    let (sl_c, _) =
+        drivesec_iec62443::assess::sl_c(drivesec_iec62443::model::builtin("drivesecd").unwrap());
+    for i in 0..7 {
+        assert!(
+            v[i] <= u64::from(sl_c[i]),
+            "FR{}: SL-A {} > SL-C {}",
+            i + 1,
+            v[i],
+            sl_c[i]
+        );
+    }
     let text = p.to_string();
+    assert!(
+        text.contains(
+            "SR 3.2 RE2 (SL 3): central management and reporting is not implemented -> at most 2"
+        ),
+        "{text}"
+    );
     assert!(
         text.contains("soft keystore"),
         "the soft keystore must cost points"

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -187,4 +189,72 @@ fn firewall_rules_pass_nft_check() {
     let (code, _, err) = drivesec(&["plan", "firewall", s(&bad)]);
     assert_eq!(code, 2);
     assert!(err.contains("zones without a subnet: safety"), "{err}");
+}
+
+#[test]
+fn live_sl_a_comes_from_the_running_devices() {
+    let lab = common::test_lab(Some(common::config()));
+    let (code, out, err) = drivesec(&[
+        "--json",
+        "plan",
+        "assess",
+        s(&example()),
+        "--live",
+        s(&lab.dir),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let a: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cell = a["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["zone"] == "cell")
+        .unwrap();
+    let asset = |id: &str| {
+        cell["assets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["asset"] == id)
+            .unwrap()
+            .clone()
+    };
+    // drive-conveyor is the lab's drive-001; its SL-A is what the device says.
+    let posture = lab
+        .session("security-admin")
+        .ok("GET", "/api/v1/posture", None)
+        .unwrap();
+    assert_eq!(asset("drive-conveyor")["sl_a"], posture["sl_a"]);
+    assert!(
+        !asset("drive-conveyor")["sl_a_reasons"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        asset("drive-filler")["sl_a"].is_null(),
+        "no drive-002 in this lab"
+    );
+    // Every FR below the cell's SL-T is for the owner, with the device's reasons.
+    let sl_t = cell["sl_t"].as_array().unwrap();
+    let sl_a = posture["sl_a"].as_array().unwrap();
+    let below = (0..7)
+        .filter(|&i| sl_a[i].as_u64() < sl_t[i].as_u64())
+        .count();
+    let items: Vec<&serde_json::Value> = a["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "sl-a")
+        .collect();
+    assert_eq!(items.len(), below, "{items:#?}");
+    assert!(
+        items.iter().all(|p| p["subject"] == "drive-conveyor"
+            && p["text"].as_str().unwrap().contains("(drive-001)"))
+    );
+    // A lab directory without lab.json is named.
+    let d = tempfile::tempdir().unwrap();
+    let (code, _, err) = drivesec(&["plan", "assess", s(&example()), "--live", s(d.path())]);
+    assert_eq!(code, 2);
+    assert!(err.contains("lab.json"), "{err}");
 }

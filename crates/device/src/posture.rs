@@ -236,6 +236,34 @@ pub fn assess(
         "SR 7.3 (SL 1): no control system backup and restore of the device configuration yet",
     );
 
+    // What the code does not implement at all (drivesec's own 4-2
+    // declaration, data/drivesecd.toml): SL-A can never exceed SL-C.
+    if let Some(decl) = drivesec_iec62443::model::builtin("drivesecd") {
+        let cat = drivesec_iec62443::catalog::catalog();
+        for (id, status) in &decl.requirements {
+            if *status != drivesec_iec62443::model::Status::NotMet {
+                continue;
+            }
+            let Some(r) = cat.find(id) else { continue };
+            let i = r.fr.index();
+            if fr[i]
+                .reasons
+                .iter()
+                .any(|x| x.starts_with(&format!("{} ", r.id)))
+            {
+                continue;
+            }
+            let level = r.sl.saturating_sub(1);
+            if level < fr[i].level {
+                let f = &mut fr[i];
+                f.reasons.push(format!(
+                    "{} (SL {}): {} is not implemented -> at most {level}",
+                    r.id, r.sl, r.title
+                ));
+                f.level = level;
+            }
+        }
+    }
     let sl_a: [u8; 7] = std::array::from_fn(|i| fr[i].level);
     let notation = format!(
         "SL-A(device) = {{{}}}",

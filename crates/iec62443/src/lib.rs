@@ -97,3 +97,7 @@ pub enum PlanError {
 
 /// Result alias.
 pub type Result<T> = std::result::Result<T, PlanError>;
+
+/// The packaging-line example (examples/packaging-line.toml), built in so
+/// the demo can assess its lab as that plant.
+pub const PACKAGING_LINE: &str = include_str!("../../../examples/packaging-line.toml");

@@ -138,6 +138,19 @@ pub struct DriveReport {
     pub after_release: String,
 }
 
+/// The plan story.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    /// The HTML report.
+    pub report: PathBuf,
+    /// Zones assessed.
+    pub zones: usize,
+    /// Assets that got a live SL-A.
+    pub live_devices: Vec<String>,
+    /// Items for the asset owner's approval.
+    pub approvals: usize,
+}
+
 /// The tamper story.
 #[derive(Debug, Clone, Serialize)]
 pub struct TamperReport {
@@ -170,6 +183,8 @@ pub struct DemoReport {
     pub firmware: Option<FirmwareReport>,
     /// The drive and STO story.
     pub drive: Option<DriveReport>,
+    /// The IEC 62443 assessment with live SL-A.
+    pub plan: Option<PlanReport>,
     /// The tamper story.
     pub tamper: Option<TamperReport>,
     /// Each device's audit trail.
@@ -240,6 +255,7 @@ pub fn run(
         let fw = firmware_story(&lab, &opts.dir, out)?;
         let drive = drive_story(&lab, out)?;
         report.audit = audit_story(&lab, out)?;
+        let plan = plan_story(&lab, &opts.dir, out)?;
         let tamper = tamper_story(&lab, out)?;
         report.ok = report
             .sessions
@@ -264,6 +280,9 @@ pub fn run(
                     && d.sto_torque_pct == 0.0
                     && d.after_release == "ready"
             })
+            && plan
+                .as_ref()
+                .is_none_or(|p| !p.live_devices.is_empty() && p.zones == 8)
             && tamper.as_ref().is_none_or(|t| {
                 t.keys_before > 0
                     && t.keys_after == 0
@@ -274,6 +293,7 @@ pub fn run(
         report.firmware = fw;
         report.drive = drive;
         report.tamper = tamper;
+        report.plan = plan;
         if !report.ok {
             return Err(OemError::Check(format!(
                 "the running lab did not behave: {}",
@@ -786,6 +806,80 @@ fn drive_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<DriveRep
     }))
 }
 
+/// The plan story: the lab as the packaging line of
+/// examples/packaging-line.toml (drive-001..003 are its drives), assessed
+/// with live SL-A from the running devices; reports in `DIR/assessment/`.
+fn plan_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Option<PlanReport>> {
+    use drivesec_iec62443::{assess, model, notation, report};
+    let loaded = model::parse(
+        Path::new("examples/packaging-line.toml"),
+        drivesec_iec62443::PACKAGING_LINE,
+    )
+    .map_err(|e| OemError::Invalid(format!("built-in example: {e}")))?;
+    let mut a = assess::assess(&loaded.model);
+    let live = crate::posture::fetch(lab)?;
+    assess::attach_live(&mut a, &loaded.model, &live);
+    let rdir = dir.join("assessment");
+    drivesec_fsutil::create_private_dir(&rdir)
+        .or_else(|e| if rdir.is_dir() { Ok(()) } else { Err(e) })?;
+    let json = serde_json::to_string_pretty(&a).map_err(|e| OemError::Invalid(e.to_string()))?;
+    for (name, text) in [
+        ("assessment.json", json),
+        ("assessment.md", report::markdown(&a)),
+        ("assessment.html", report::html(&loaded.model, &a)),
+    ] {
+        drivesec_fsutil::write_atomic(
+            &rdir.join(name),
+            text.as_bytes(),
+            drivesec_fsutil::Mode::Public,
+        )?;
+    }
+    let _ = writeln!(
+        out,
+        "\nIEC 62443 assessment of the lab as \"{}\" (examples/packaging-line.toml), with live SL-A:",
+        a.system
+    );
+    for z in &a.zones {
+        let _ = writeln!(out, "  SL-T({}) = {}", z.zone, z.notation);
+    }
+    let mut drives = vec![];
+    if let Some(cell) = a.zones.iter().find(|z| z.zone == "cell") {
+        for g in &cell.assets {
+            let missing: usize = g
+                .missing
+                .values()
+                .flatten()
+                .filter(|m| m.compensated_by.is_none())
+                .count();
+            let _ = writeln!(
+                out,
+                "  {:<15} SL-C {}  SL-A {}  {missing} requirement(s) missing for the cell's SL-T",
+                g.asset,
+                g.sl_c.as_ref().map(notation).unwrap_or_else(|| "?".into()),
+                g.sl_a
+                    .as_ref()
+                    .map(notation)
+                    .unwrap_or_else(|| "(no device)".into()),
+            );
+            if g.sl_a.is_some() {
+                drives.push(g.asset.clone());
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  {} item(s) for the asset owner's approval; report: {}",
+        a.approvals.len(),
+        rdir.join("assessment.html").display()
+    );
+    Ok(Some(PlanReport {
+        report: rdir.join("assessment.html"),
+        zones: a.zones.len(),
+        live_devices: drives,
+        approvals: a.approvals.len(),
+    }))
+}
+
 /// The tamper story, on the last device (after its trail was verified):
 /// the enclosure switch, the keys gone, status only.
 fn tamper_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<TamperReport>> {
@@ -1041,6 +1135,7 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         sessions: Vec::new(),
         firmware: None,
         drive: None,
+        plan: None,
         tamper: None,
         audit: Vec::new(),
         ok,
