@@ -70,6 +70,19 @@ pub enum PlanCommand {
         #[arg(long)]
         live: Option<PathBuf>,
     },
+    /// Write a synthetic plant model (zones of ten assets, five conduits
+    /// per zone, a threat per zone and per ten conduits), for scale tests.
+    Generate {
+        /// How many assets.
+        #[arg(long, default_value_t = 1000)]
+        assets: usize,
+        /// Seed (same seed, same plant).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write it here instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// nftables rules from the conduits: deny by default, allow exactly the
     /// declared flows (zones need `subnet`).
     Firewall {

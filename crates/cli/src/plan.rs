@@ -119,6 +119,20 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             }
             Ok(())
         }
+        PlanCommand::Generate { assets, seed, out } => {
+            if assets == 0 || assets > 1_000_000 {
+                bail!("--assets must be 1..=1000000, not {assets}");
+            }
+            let text = drivesec_iec62443::synth::generate(assets, seed);
+            match out {
+                Some(p) => {
+                    fsu::write_atomic(&p, text.as_bytes(), Mode::Public)?;
+                    println!("{}", p.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
         PlanCommand::Firewall { model, out } => {
             let l = load_checked(&model, json)?;
             let text = firewall::nftables(&l.model).map_err(|zones| {

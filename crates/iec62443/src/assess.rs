@@ -256,6 +256,21 @@ pub fn assess(m: &Model) -> Assessment {
         });
     }
     let initial_risk = scenarios.iter().map(|s| s.unmitigated).max().unwrap_or(0);
+    // Indexes, so large plants stay linear.
+    let mut by_zone: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut by_target: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, sc) in scenarios.iter().enumerate() {
+        for z in &sc.zones {
+            by_zone.entry(z.as_str()).or_default().push(i);
+        }
+        by_target.entry(sc.target.as_str()).or_default().push(i);
+    }
+    let asset_index: BTreeMap<&str, &crate::model::Asset> = m
+        .assets
+        .iter()
+        .map(|a| (a.get_ref().id.get_ref().as_str(), a.get_ref()))
+        .collect();
+    let none: Vec<usize> = vec![];
 
     // ZCR 5.6: SL-T per zone and FR, with the scenarios behind each value.
     let mut zones = Vec::new();
@@ -268,9 +283,12 @@ pub fn assess(m: &Model) -> Assessment {
         for fr in Fr::ALL {
             let mut level = base;
             let mut by: Vec<String> = vec![];
-            for s in scenarios
+            for s in by_zone
+                .get(id.as_str())
+                .unwrap_or(&none)
                 .iter()
-                .filter(|s| s.zones.contains(&id) && s.affects.contains(&fr))
+                .map(|&i| &scenarios[i])
+                .filter(|s| s.affects.contains(&fr))
             {
                 match s.sl.cmp(&level) {
                     std::cmp::Ordering::Greater => {
@@ -307,7 +325,7 @@ pub fn assess(m: &Model) -> Assessment {
         // SL-C of each member against the zone's SL-T.
         let mut assets = Vec::new();
         for member in &z.members {
-            let Some(a) = m.asset(member.get_ref()) else {
+            let Some(a) = asset_index.get(member.get_ref().as_str()).copied() else {
                 continue;
             };
             let aid = a.id.get_ref().clone();
@@ -446,7 +464,12 @@ pub fn assess(m: &Model) -> Assessment {
                 }
             }
         }
-        for s in scenarios.iter().filter(|s| s.target == id) {
+        for s in by_target
+            .get(id.as_str())
+            .unwrap_or(&none)
+            .iter()
+            .map(|&i| &scenarios[i])
+        {
             for fr in &s.affects {
                 v[fr.index()] = v[fr.index()].max(s.sl);
             }
@@ -502,10 +525,18 @@ pub struct LivePosture {
 /// `device`), and lists for approval every FR where SL-A is below the
 /// zone's SL-T, with the device's reasons.
 pub fn attach_live(a: &mut Assessment, m: &Model, live: &BTreeMap<String, LivePosture>) {
+    let devices: BTreeMap<&str, &str> = m
+        .assets
+        .iter()
+        .filter_map(|x| {
+            let x = x.get_ref();
+            x.device.as_deref().map(|d| (x.id.get_ref().as_str(), d))
+        })
+        .collect();
     let mut extra = Vec::new();
     for z in &mut a.zones {
         for g in &mut z.assets {
-            let Some(dev) = m.asset(&g.asset).and_then(|x| x.device.clone()) else {
+            let Some(dev) = devices.get(g.asset.as_str()).map(|d| d.to_string()) else {
                 continue;
             };
             let Some(p) = live.get(&dev) else { continue };

@@ -13,6 +13,7 @@ pub mod check;
 pub mod firewall;
 pub mod model;
 pub mod report;
+pub mod synth;
 
 use serde::{Deserialize, Serialize};
 

@@ -170,11 +170,21 @@ pub fn svg(m: &Model, a: &Assessment) -> String {
         .enumerate()
         .map(|(i, z)| (z.get_ref().id.get_ref().as_str(), i))
         .collect();
+    // The zone in each grid slot, to find the box under a point in O(1).
+    let mut in_slot = vec![usize::MAX; slot.len()];
+    for (z, &i) in slot.iter().enumerate() {
+        in_slot[i] = z;
+    }
     let inside_other = |px: f64, py: f64, skip: [usize; 2]| {
-        (0..m.zones.len()).filter(|z| !skip.contains(z)).any(|z| {
-            let (x, y) = pos(z);
-            px > x && px < x + w && py > y && py < y + h
-        })
+        let (gx, gy) = ((px - 40.0) / (w + gap), (py - 40.0) / (h + gap));
+        if gx < 0.0 || gy < 0.0 || gx.fract() * (w + gap) > w || gy.fract() * (h + gap) > h {
+            return false;
+        }
+        let i = gy as usize * cols + gx as usize;
+        gx < cols as f64
+            && in_slot
+                .get(i)
+                .is_some_and(|&z| z != usize::MAX && !skip.contains(&z))
     };
     // Labels go on top of everything, on a white ground.
     let mut labels: Vec<(f64, f64, &str, String)> = vec![];
