@@ -108,6 +108,12 @@ fn assess_writes_reports_and_chromium_renders_the_drawing() {
     assert_eq!(a["zones"].as_array().unwrap().len(), 8);
     let md = std::fs::read_to_string(out.join("assessment.md")).unwrap();
     assert!(md.contains("| control | {3 3 3 1 2 1 2} |"), "{md}");
+    // Catalog rows on which sources disagree are flagged where they are used.
+    assert!(md.contains("FR2: SR 2.11 (verify)"), "{md}");
+    assert!(
+        md.contains("access point **vpn** (remote-access) enters zone remote"),
+        "{md}"
+    );
     let html = out.join("assessment.html");
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(

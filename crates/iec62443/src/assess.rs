@@ -124,6 +124,8 @@ pub struct Assessment {
     pub format: u32,
     /// System name.
     pub system: String,
+    /// ZCR 1.1: where the perimeter can be crossed (`id`, `kind`, `zone`).
+    pub access_points: Vec<crate::model::AccessPoint>,
     /// The risk method used.
     pub risk_method: RiskMethod,
     /// ZCR 2: the worst unmitigated score.
@@ -502,6 +504,12 @@ pub fn assess(m: &Model) -> Assessment {
     Assessment {
         format: 1,
         system: m.system.name.clone(),
+        access_points: m
+            .system
+            .access_points
+            .iter()
+            .map(|a| a.get_ref().clone())
+            .collect(),
         risk_method: rm.clone(),
         initial_risk,
         detailed_assessment_needed: initial_risk > rm.tolerable,

@@ -29,7 +29,17 @@ pub fn markdown(a: &Assessment) -> String {
             "not needed"
         }
     );
-    let _ = writeln!(s, "## Zones (SL-T, ZCR 5.6)\n");
+    let _ = writeln!(s, "## System under consideration (ZCR 1)\n");
+    for ap in &a.access_points {
+        let _ = writeln!(
+            s,
+            "- access point **{}** ({}) enters zone {}",
+            ap.id.get_ref(),
+            ap.kind,
+            ap.zone.get_ref()
+        );
+    }
+    let _ = writeln!(s, "\n## Zones (SL-T, ZCR 5.6)\n");
     let _ = writeln!(
         s,
         "| zone | SL-T | derived | {} |",
@@ -68,8 +78,13 @@ pub fn markdown(a: &Assessment) -> String {
                 .flat_map(|(fr, l)| {
                     l.iter().map(move |m| {
                         format!(
-                            "{fr}: {}{}",
+                            "{fr}: {}{}{}",
                             m.requirement.id,
+                            if m.requirement.verify {
+                                " (verify)"
+                            } else {
+                                ""
+                            },
                             if m.compensated_by.is_some() {
                                 " (compensated)"
                             } else {
@@ -396,7 +411,17 @@ pub fn html(m: &Model, a: &Assessment) -> String {
                 .missing
                 .values()
                 .flatten()
-                .map(|m| m.requirement.id.clone())
+                .map(|m| {
+                    format!(
+                        "{}{}",
+                        m.requirement.id,
+                        if m.requirement.verify {
+                            " (verify)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
                 .collect();
             let _ = writeln!(
                 s,
