@@ -70,6 +70,19 @@ pub enum PlanCommand {
         #[arg(long)]
         live: Option<PathBuf>,
     },
+    /// Derive the device profile a zone's SL-T calls for (TLS, passwords,
+    /// lockout, sessions, Modbus rights, audit forwarding, certificate
+    /// lifetimes, accounts), as a reviewed, diffable TOML file.
+    Profile {
+        /// The model.
+        model: PathBuf,
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+        /// Write it here instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write a synthetic plant model (zones of ten assets, five conduits
     /// per zone, a threat per zone and per ten conduits), for scale tests.
     Generate {

@@ -119,6 +119,32 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             }
             Ok(())
         }
+        PlanCommand::Profile { model, zone, out } => {
+            let l = load_checked(&model, json)?;
+            let a = assess::assess(&l.model);
+            let Some(z) = a.zones.iter().find(|z| z.zone == zone) else {
+                let known: Vec<&str> = a.zones.iter().map(|z| z.zone.as_str()).collect();
+                bail!(
+                    "{}: no zone '{zone}' (zones: {})",
+                    model.display(),
+                    known.join(", ")
+                );
+            };
+            let p = drivesec_iec62443::profile::derive(&l.model, &zone, z.sl_t);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+                return Ok(());
+            }
+            let text = drivesec_iec62443::profile::to_toml(&p, &l.model.system.name);
+            match out {
+                Some(path) => {
+                    fsu::write_atomic(&path, text.as_bytes(), Mode::Public)?;
+                    println!("{}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
         PlanCommand::Generate { assets, seed, out } => {
             if assets == 0 || assets > 1_000_000 {
                 bail!("--assets must be 1..=1000000, not {assets}");

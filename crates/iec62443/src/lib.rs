@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod check;
 pub mod firewall;
 pub mod model;
+pub mod profile;
 pub mod report;
 pub mod synth;
 

@@ -369,3 +369,53 @@ fn the_model_round_trips_through_the_json_schema() {
     bad["threats"][0]["likelihood"] = 9.into();
     assert!(!validator.is_valid(&bad));
 }
+
+#[test]
+fn profiles_follow_the_zone_sl_t() {
+    use drivesec_iec62443::profile::derive;
+    let l = load();
+    let a = assess(&l.model);
+    // The drive cell: SL-T {3 3 3 1 1 1 3}.
+    let cell = derive(&l.model, "cell", zone(&a, "cell").sl_t);
+    assert!(!cell.allow_tls12, "SI 3: TLS 1.3 only");
+    assert_eq!(
+        (cell.password.min_length, cell.password.min_classes),
+        (12, 3)
+    );
+    assert_eq!(
+        (cell.session.max_per_user, cell.session.idle_secs),
+        (1, 600),
+        "UC 3: SR 2.7"
+    );
+    assert!(cell.audit_forwarding, "UC 3: SR 2.8 RE1");
+    assert_eq!((cell.ldevid_days, cell.client_days), (365, 90));
+    assert!(
+        cell.modbus.enabled,
+        "the control-cell conduit carries modbus-tls into the cell"
+    );
+    assert!(!cell.modbus.plain);
+    assert!(!cell.modbus.allow_tls12, "SI 3");
+    assert!(
+        !cell
+            .modbus
+            .rights
+            .iter()
+            .any(|g| g.start >= 1000 && g.functions.contains(&16)),
+        "UC 3: no parameter writes over Modbus"
+    );
+    assert_eq!(cell.accounts.len(), 5);
+    // The maintenance zone: SL-T {1 1 2 1 1 1 2}, no Modbus flow into it.
+    let m = derive(&l.model, "maintenance", zone(&a, "maintenance").sl_t);
+    assert!(!m.allow_tls12, "SI 2");
+    assert_eq!(m.session.max_per_user, 3);
+    assert!(!m.audit_forwarding);
+    assert!(!m.modbus.enabled && m.modbus.rights.is_empty());
+    assert_eq!((m.ldevid_days, m.client_days), (730, 365));
+    // The enterprise zone: SL 1 throughout, TLS 1.2 allowed.
+    let e = derive(&l.model, "enterprise", zone(&a, "enterprise").sl_t);
+    assert!(e.allow_tls12);
+    // The file is TOML that reads back the same.
+    let text = drivesec_iec62443::profile::to_toml(&cell, "x");
+    let back: drivesec_iec62443::profile::Profile = toml::from_str(&text).unwrap();
+    assert_eq!(back, cell);
+}
