@@ -173,6 +173,23 @@ impl Store {
     }
 }
 
+/// A planned change of the whole account list ([`Accounts::plan_roster`]).
+pub struct RosterPlan {
+    next: Store,
+    /// The new content of the account file.
+    pub bytes: Vec<u8>,
+    /// What changes, one line each (empty: nothing).
+    pub changes: Vec<String>,
+}
+
+impl fmt::Debug for RosterPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RosterPlan")
+            .field("changes", &self.changes)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The account store of one device.
 pub struct Accounts {
     path: PathBuf,
@@ -295,6 +312,82 @@ impl Accounts {
         next.users
             .insert(username.to_owned(), UserRecord::new(role, hash, now));
         self.commit(next)
+    }
+
+    /// Plans making the accounts exactly `roster` (username, role): creates
+    /// the missing ones with their `initial` passwords (checked against
+    /// the policy), changes roles, removes every other account. Nothing is
+    /// written: the plan carries the new file content for the caller's
+    /// transaction, and [`Accounts::adopt`] makes it current afterwards.
+    /// Refuses a roster without an account that can manage users.
+    pub fn plan_roster(
+        &self,
+        roster: &[(String, String)],
+        initial: &BTreeMap<String, String>,
+        now: OffsetDateTime,
+    ) -> Result<RosterPlan> {
+        let mut next = self.store.clone();
+        let mut changes = Vec::new();
+        let wanted: BTreeMap<&str, &str> = roster
+            .iter()
+            .map(|(u, r)| (u.as_str(), r.as_str()))
+            .collect();
+        if wanted.len() != roster.len() {
+            return Err(AccessError::InvalidPolicy(
+                "the account list names a user twice".into(),
+            ));
+        }
+        for (user, role) in &wanted {
+            validate_name(user)?;
+            if next.role_permissions(role).is_none() {
+                return Err(AccessError::UnknownRole((*role).to_owned()));
+            }
+            match next.users.get_mut(*user) {
+                Some(u) if u.role != *role => {
+                    changes.push(format!("account {user}: role {} -> {role}", u.role));
+                    u.role = (*role).to_owned();
+                }
+                Some(_) => {}
+                None => {
+                    let pw = initial.get(*user).ok_or_else(|| {
+                        AccessError::InvalidPolicy(format!(
+                            "account {user} is new and needs an initial password"
+                        ))
+                    })?;
+                    self.policy.password.check(user, pw)?;
+                    let hash = password::hash(pw, &self.policy.hash)?;
+                    next.users
+                        .insert((*user).to_owned(), UserRecord::new(role, hash, now));
+                    changes.push(format!("account {user}: created with role {role}"));
+                }
+            }
+        }
+        let stray: Vec<String> = next
+            .users
+            .keys()
+            .filter(|u| !wanted.contains_key(u.as_str()))
+            .cloned()
+            .collect();
+        for u in stray {
+            next.users.remove(&u);
+            changes.push(format!("account {u}: removed"));
+        }
+        if next.user_managers().is_empty() {
+            return Err(AccessError::InvalidPolicy(
+                "the account list leaves nobody who can manage users".into(),
+            ));
+        }
+        let bytes = serialize(&self.path, &next)?;
+        Ok(RosterPlan {
+            next,
+            bytes,
+            changes,
+        })
+    }
+
+    /// Makes a plan current after its file content was written by the caller.
+    pub fn adopt(&mut self, plan: RosterPlan) {
+        self.store = plan.next;
     }
 
     /// Removes an account (its sessions are the caller's to terminate).

@@ -39,7 +39,7 @@ pub mod sessions;
 
 use std::path::PathBuf;
 
-pub use accounts::{Accounts, Authenticated, UserInfo};
+pub use accounts::{Accounts, Authenticated, RosterPlan, UserInfo};
 pub use permissions::{
     BUILTIN_ROLE_NAMES, Permission, Role, builtin_roles, permission_matrix_markdown,
 };

@@ -345,6 +345,23 @@ pub enum DeviceCommand {
     Audit(DeviceAuditCommand),
     /// The security level achieved now (SL-A per FR) and the settings report.
     Posture,
+    /// Apply a device profile (`plan profile`) in one transaction; new
+    /// accounts get random initial passwords, written to --passwords-out.
+    Provision {
+        /// The profile (TOML).
+        #[arg(long)]
+        profile: PathBuf,
+        /// Where to write the initial passwords of accounts created (0600).
+        #[arg(long)]
+        passwords_out: Option<PathBuf>,
+    },
+    /// Report where the device differs from a profile, item by item; exit 2
+    /// when it does.
+    Diff {
+        /// The profile (TOML).
+        #[arg(long)]
+        profile: PathBuf,
+    },
     /// Wipe ownership back to factory state (prints the new factory credential).
     FactoryReset,
     /// Firmware: status, update, restart into the boot stage, attestation.

@@ -191,6 +191,10 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
     result
 }
 
+fn read_profile(path: &std::path::Path) -> Result<drivesec_iec62443::profile::Profile> {
+    Ok(drivesec_iec62443::profile::load(path)?)
+}
+
 fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
     let get = |path: &str| c.ok("GET", path, None).map_err(anyhow::Error::from);
     match cmd {
@@ -250,6 +254,71 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                 &c.ok("PUT", "/api/v1/drive/control", Some(&body))?,
                 |_| println!("accepted; `device drive status` shows the drive"),
             )
+        }
+        DeviceCommand::Provision {
+            profile,
+            passwords_out,
+        } => {
+            let p = read_profile(profile)?;
+            let new: Vec<String> = {
+                let cur = get("/api/v1/profile")?;
+                p.accounts
+                    .iter()
+                    .filter(|a| {
+                        !cur["current"]["accounts"]
+                            .as_array()
+                            .is_some_and(|l| l.iter().any(|b| b["username"] == a.username.as_str()))
+                    })
+                    .map(|a| a.username.clone())
+                    .collect()
+            };
+            if !new.is_empty() && passwords_out.is_none() {
+                bail!(
+                    "the profile creates account(s) {}: give --passwords-out FILE for their initial passwords",
+                    new.join(", ")
+                );
+            }
+            let r = drivesec_oem::provision::apply(c, &p)?;
+            if let Some(out) = passwords_out
+                && !r.initial_passwords.is_empty()
+            {
+                let text: String = r
+                    .initial_passwords
+                    .iter()
+                    .map(|(u, pw)| format!("{u} {pw}\n"))
+                    .collect();
+                fsu::write_atomic(out, text.as_bytes(), Mode::Private)?;
+            }
+            print(
+                json,
+                &json!({"changed": r.changed, "created": r.initial_passwords.keys().collect::<Vec<_>>()}),
+                |_| {
+                    if r.changed.is_empty() {
+                        println!("the device already matches the profile; nothing changed");
+                    } else {
+                        for l in &r.changed {
+                            println!("changed: {l}");
+                        }
+                    }
+                },
+            )
+        }
+        DeviceCommand::Diff { profile } => {
+            let p = read_profile(profile)?;
+            let d = drivesec_oem::provision::diff(c, &p)?;
+            print(json, &json!({"drift": d}), |_| {
+                if d.is_empty() {
+                    println!("no drift from {}", profile.display());
+                }
+                for l in &d {
+                    println!("drift: {l}");
+                }
+            })?;
+            if d.is_empty() {
+                Ok(())
+            } else {
+                bail!("{} item(s) differ from {}", d.len(), profile.display())
+            }
         }
         DeviceCommand::Posture => print(json, &get("/api/v1/posture")?, |v| {
             println!("{}", v["notation"].as_str().unwrap_or(""));

@@ -15,6 +15,7 @@ pub mod drive_loop;
 pub mod firmware;
 pub mod modbus;
 pub mod posture;
+pub mod provision;
 mod runtime;
 mod server;
 pub mod state;

@@ -59,6 +59,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     if st.path(files::ACCESS_POLICY).exists() {
         config.access = drivesec_access::AccessPolicy::load(&st.path(files::ACCESS_POLICY))?;
     }
+    crate::provision::apply_overrides(&st.dir, &mut config)?;
     let audit = open_audit(&st, &config)?;
     let accounts = match st.file.state {
         LifeCycle::Commissioned => Some(Accounts::open(

@@ -126,6 +126,14 @@ pub mod files {
     pub const FIRMWARE_TRUST: &str = "firmware-trust.json";
     /// Written by the tamper response; only re-provisioning removes it.
     pub const TAMPERED: &str = "tampered.json";
+    /// A provisioning transaction past its commit point (docs/provisioning.md).
+    pub const PROVISION_JOURNAL: &str = "provision.journal";
+    /// TLS settings set by a profile (override drivesecd.toml).
+    pub const TLS_POLICY: &str = "tls-policy.json";
+    /// Modbus settings set by a profile (override drivesecd.toml).
+    pub const MODBUS_SETTINGS: &str = "modbus-settings.json";
+    /// The last profile applied.
+    pub const PROFILE: &str = "profile.json";
     /// Modbus rights per role, set through the API.
     pub const MODBUS_RIGHTS: &str = "modbus-rights.json";
     /// The device firmware key's public half (PEM), for vendors to encrypt to.
@@ -201,6 +209,8 @@ impl StateDir {
                 "device.json is missing: not a provisioned device state directory",
             ));
         }
+        // A provisioning transaction past its commit point is finished first.
+        crate::provision::roll_forward(dir)?;
         let file = DeviceFile::load(dir)?;
         let store = open_keystore(&file.keystore, dir)?;
         let idevid_chain = certs(&dir.join(files::IDEVID))?;
@@ -408,6 +418,9 @@ impl StateDir {
             files::FORWARDING,
             files::ACCESS_POLICY,
             files::MODBUS_RIGHTS,
+            files::TLS_POLICY,
+            files::MODBUS_SETTINGS,
+            files::PROFILE,
         ] {
             let p = self.path(f);
             if p.exists() {

@@ -231,6 +231,20 @@ impl Drop for StagedDir {
     }
 }
 
+/// Removes a file and makes the removal durable (fsyncs the directory).
+/// A file that is already gone is not an error.
+pub fn remove_durable(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(FsError::io("remove", path, e)),
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Creates a directory (and its parents) with mode 0700 for the last component.
 pub fn create_private_dir(path: &Path) -> Result<(), FsError> {
     fs::create_dir_all(path).map_err(|e| FsError::io("create directory", path, e))?;

@@ -213,3 +213,16 @@ pub fn to_toml(p: &Profile, system: &str) -> String {
         toml::to_string(p).unwrap_or_default()
     )
 }
+
+/// Reads a profile file; errors name the file, line and column.
+pub fn load(path: &std::path::Path) -> crate::Result<Profile> {
+    let text = drivesec_fsutil::read_to_string(path)?;
+    toml::from_str(&text).map_err(|e| {
+        let src = crate::model::Source::new(path, &text);
+        crate::PlanError::Invalid(vec![src.problem(
+            e.span().unwrap_or(0..0),
+            "syntax",
+            e.message().to_string(),
+        )])
+    })
+}

@@ -17,6 +17,7 @@ pub mod factory;
 pub mod lab;
 pub mod modbus;
 pub mod posture;
+pub mod provision;
 
 use std::path::PathBuf;
 

@@ -8,6 +8,7 @@ mod drive;
 mod firmware;
 mod modbus;
 mod ops;
+mod provision;
 
 /// Request and settings types of the operations endpoints.
 pub mod ops_types {
@@ -464,6 +465,10 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
         .route(
             "/api/v1/modbus/rights",
             get(modbus::get_rights).put(modbus::set_rights),
+        )
+        .route(
+            "/api/v1/profile",
+            get(provision::get_profile).put(provision::put_profile),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(

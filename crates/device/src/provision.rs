@@ -1,0 +1,464 @@
+//! Provisioning: a device profile (docs/provisioning.md) applied in one
+//! transaction. Everything is checked and every new file content computed
+//! first; then a journal holding all of them is written atomically (the
+//! commit point), the files are replaced one by one, and the journal is
+//! removed. A device killed before the commit point keeps its old state; one
+//! killed after it finishes the job when the state directory is next loaded
+//! ([`roll_forward`]). Re-applying the same profile changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use drivesec_access::AccessPolicy;
+use drivesec_audit::Outcome;
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_iec62443::profile::{self, Account, Grant, Profile};
+use drivesec_modbus::{Rights, Rule};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ApiError, Caller, Device};
+use crate::config::TlsSettings;
+use crate::state::files;
+use crate::{DeviceError, Result};
+
+/// The Modbus settings a profile sets (override `drivesecd.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusOverride {
+    /// Served at all.
+    pub enabled: bool,
+    /// TLS 1.2 besides 1.3.
+    pub allow_tls12: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Journal {
+    /// (file name in the state directory, content, private)
+    files: Vec<(String, String, bool)>,
+}
+
+/// A test-only fault point: when `STATE/test-failpoint` names `point`, the
+/// process aborts there. Only a local process with write access to the
+/// state directory can set it.
+fn failpoint(dir: &Path, point: &str) {
+    if std::fs::read_to_string(dir.join("test-failpoint")).is_ok_and(|s| s.trim() == point) {
+        std::process::abort();
+    }
+}
+
+/// Finishes a provisioning transaction that passed its commit point.
+/// Returns whether there was one.
+pub fn roll_forward(dir: &Path) -> Result<bool> {
+    let j = dir.join(files::PROVISION_JOURNAL);
+    if !j.exists() {
+        return Ok(false);
+    }
+    let journal: Journal =
+        serde_json::from_slice(&fsu::read(&j)?).map_err(|e| DeviceError::State {
+            path: j.clone(),
+            reason: format!("unreadable provisioning journal: {e}"),
+        })?;
+    apply_files(dir, &journal)?;
+    fsu::remove_durable(&j)?;
+    Ok(true)
+}
+
+fn apply_files(dir: &Path, j: &Journal) -> Result<()> {
+    for (i, (name, text, private)) in j.files.iter().enumerate() {
+        if i == 1 {
+            failpoint(dir, "provision:mid-apply");
+        }
+        let mode = if *private {
+            Mode::Private
+        } else {
+            Mode::Public
+        };
+        fsu::write_atomic(&dir.join(name), text.as_bytes(), mode)?;
+    }
+    Ok(())
+}
+
+/// The rights table of a profile's grants.
+pub fn rights_of(grants: &[Grant]) -> std::result::Result<Rights, String> {
+    let mut roles: BTreeMap<drivesec_pki::role::Role, Vec<Rule>> = BTreeMap::new();
+    for g in grants {
+        let role = drivesec_pki::role::Role::new(g.role.clone()).map_err(|e| e.to_string())?;
+        roles.entry(role).or_default().push(Rule {
+            functions: g.functions.clone(),
+            start: g.start,
+            end: g.end,
+        });
+    }
+    let r = Rights { roles };
+    r.validate().map_err(|e| e.to_string())?;
+    Ok(r)
+}
+
+fn grants_of(r: &Rights) -> Vec<Grant> {
+    r.roles
+        .iter()
+        .flat_map(|(role, rules)| {
+            rules.iter().map(move |x| Grant {
+                role: role.as_str().to_string(),
+                functions: x.functions.clone(),
+                start: x.start,
+                end: x.end,
+            })
+        })
+        .collect()
+}
+
+fn json<T: Serialize>(v: &T) -> std::result::Result<String, ApiError> {
+    serde_json::to_string_pretty(v)
+        .map(|s| s + "\n")
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// A request to apply a profile.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionRequest {
+    /// The profile.
+    pub profile: Profile,
+    /// Initial passwords of accounts the device does not have yet.
+    #[serde(default)]
+    pub initial_passwords: BTreeMap<String, String>,
+}
+
+impl Device {
+    /// The device's settings in profile form (what `device diff` compares).
+    pub(crate) fn current_profile(&self) -> std::result::Result<Profile, ApiError> {
+        let c = self
+            .config
+            .read()
+            .map_err(|_| ApiError::internal("config lock poisoned"))?
+            .clone();
+        let accounts = self
+            .accounts
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?
+            .as_ref()
+            .map(|a| a.users())
+            .unwrap_or_default();
+        let applied = self.applied_profile()?;
+        let (ldevid_days, sl_t, zone) = {
+            let st = self
+                .state
+                .read()
+                .map_err(|_| ApiError::internal("state lock poisoned"))?;
+            let days = st
+                .ldevid_chain
+                .as_ref()
+                .and_then(|c| c.first())
+                .and_then(|c| drivesec_pki::inspect::summarize(c).ok())
+                .and_then(|s| {
+                    let rfc = &time::format_description::well_known::Rfc3339;
+                    let a = time::OffsetDateTime::parse(&s.not_before, rfc).ok()?;
+                    let b = time::OffsetDateTime::parse(&s.not_after, rfc).ok()?;
+                    Some((b - a).whole_days().max(0) as u32)
+                })
+                .unwrap_or(0);
+            let (sl_t, zone) = applied
+                .as_ref()
+                .map(|p| (p.sl_t, p.zone.clone()))
+                .unwrap_or(([0; 7], String::new()));
+            (days, sl_t, zone)
+        };
+        let a = &c.access;
+        Ok(Profile {
+            format: 1,
+            zone,
+            sl_t,
+            allow_tls12: c.tls.allow_tls12,
+            password: profile::Password {
+                min_length: a.password.min_length,
+                min_classes: a.password.min_classes,
+                history: a.password.history,
+                max_age_days: a.password.max_age_days.unwrap_or(0),
+            },
+            lockout: profile::Lockout {
+                max_failures: a.lockout.max_failures,
+                lockout_secs: a.lockout.lockout_secs,
+            },
+            session: profile::Session {
+                idle_secs: a.session.idle_secs,
+                absolute_secs: a.session.absolute_secs,
+                max_per_user: a.session.max_per_user,
+            },
+            banner: a.banner.clone(),
+            audit_forwarding: self.forwarding_settings()?.is_some(),
+            ldevid_days,
+            client_days: applied.map(|p| p.client_days).unwrap_or(0),
+            modbus: profile::Modbus {
+                enabled: c.modbus.enabled,
+                allow_tls12: c.modbus.allow_tls12,
+                plain: c.modbus.insecure_plain_listen.is_some(),
+                rights: grants_of(&self.modbus_rights()),
+            },
+            accounts: accounts
+                .into_iter()
+                .map(|u| Account {
+                    username: u.username,
+                    role: u.role,
+                })
+                .collect(),
+        })
+    }
+
+    /// The last profile applied, if any.
+    pub(crate) fn applied_profile(&self) -> std::result::Result<Option<Profile>, ApiError> {
+        let p = self
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?
+            .path(files::PROFILE);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let raw = fsu::read(&p).map_err(|e| ApiError::internal(e.to_string()))?;
+        serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| ApiError::internal(format!("{}: {e}", p.display())))
+    }
+
+    /// Applies a profile in one transaction; returns what changed (empty:
+    /// the device already matched it). Settings a profile cannot change on a
+    /// running device (plain Modbus) are refused rather than ignored.
+    pub(crate) fn provision(
+        &self,
+        c: &Caller,
+        req: ProvisionRequest,
+    ) -> std::result::Result<Vec<String>, ApiError> {
+        let p = &req.profile;
+        let bad = |m: String| ApiError::bad_request(m);
+        if p.format != 1 {
+            return Err(bad(format!("profile format {} is not 1", p.format)));
+        }
+        if p.modbus.plain {
+            return Err(bad(
+                "modbus.plain: a profile cannot enable plain Modbus/TCP (configure insecure_plain_listen locally)".into(),
+            ));
+        }
+        let before = self.current_profile()?;
+        let dir = self
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?
+            .dir
+            .clone();
+        // 1. Check everything and compute every new file.
+        let mut access: AccessPolicy = self
+            .config
+            .read()
+            .map_err(|_| ApiError::internal("config lock poisoned"))?
+            .access
+            .clone();
+        access.password.min_length = p.password.min_length;
+        access.password.min_classes = p.password.min_classes;
+        access.password.history = p.password.history;
+        access.password.max_age_days =
+            (p.password.max_age_days > 0).then_some(p.password.max_age_days);
+        access.lockout.max_failures = p.lockout.max_failures;
+        access.lockout.lockout_secs = p.lockout.lockout_secs;
+        access.session.idle_secs = p.session.idle_secs;
+        access.session.absolute_secs = p.session.absolute_secs;
+        access.session.max_per_user = p.session.max_per_user;
+        access.banner = p.banner.clone();
+        access.validate()?;
+        let rights = rights_of(&p.modbus.rights).map_err(|e| bad(format!("modbus.rights: {e}")))?;
+        let roster: Vec<(String, String)> = p
+            .accounts
+            .iter()
+            .map(|a| (a.username.clone(), a.role.clone()))
+            .collect();
+        let plan = {
+            let mut g = self
+                .accounts
+                .lock()
+                .map_err(|_| ApiError::internal("lock poisoned"))?;
+            let a = g
+                .as_mut()
+                .ok_or_else(|| ApiError::conflict("the device is not commissioned"))?;
+            // New accounts are checked against the profile's password policy.
+            let old = a.policy().clone();
+            a.set_policy(access.clone())?;
+            let plan = a.plan_roster(
+                &roster,
+                &req.initial_passwords,
+                time::OffsetDateTime::now_utc(),
+            );
+            a.set_policy(old)?;
+            plan?
+        };
+        let tls = TlsSettings {
+            allow_tls12: p.allow_tls12,
+        };
+        let modbus = ModbusOverride {
+            enabled: p.modbus.enabled,
+            allow_tls12: p.modbus.allow_tls12,
+        };
+        let mut changed = plan.changes.clone();
+        let diff = |what: &str, a: String, b: String, out: &mut Vec<String>| {
+            if a != b {
+                out.push(format!("{what}: {a} -> {b}"));
+            }
+        };
+        diff(
+            "allow_tls12",
+            before.allow_tls12.to_string(),
+            p.allow_tls12.to_string(),
+            &mut changed,
+        );
+        diff(
+            "password",
+            format!("{:?}", before.password),
+            format!("{:?}", p.password),
+            &mut changed,
+        );
+        diff(
+            "lockout",
+            format!("{:?}", before.lockout),
+            format!("{:?}", p.lockout),
+            &mut changed,
+        );
+        diff(
+            "session",
+            format!("{:?}", before.session),
+            format!("{:?}", p.session),
+            &mut changed,
+        );
+        diff(
+            "banner",
+            before.banner.clone(),
+            p.banner.clone(),
+            &mut changed,
+        );
+        diff(
+            "modbus.enabled",
+            before.modbus.enabled.to_string(),
+            p.modbus.enabled.to_string(),
+            &mut changed,
+        );
+        diff(
+            "modbus.allow_tls12",
+            before.modbus.allow_tls12.to_string(),
+            p.modbus.allow_tls12.to_string(),
+            &mut changed,
+        );
+        if grants_of(&self.modbus_rights()) != grants_of(&rights) {
+            changed.push("modbus.rights: replaced".into());
+        }
+        let applied_same = self.applied_profile()?.as_ref() == Some(p);
+        if changed.is_empty() && applied_same {
+            self.audit(
+                Device::event(c, "device.provision", Outcome::Success)
+                    .details(serde_json::json!({"zone": p.zone, "changed": []})),
+            )?;
+            return Ok(vec![]);
+        }
+        let journal = Journal {
+            files: vec![
+                (files::ACCESS_POLICY.into(), json(&access)?, true),
+                (files::TLS_POLICY.into(), json(&tls)?, false),
+                (files::MODBUS_SETTINGS.into(), json(&modbus)?, false),
+                (files::MODBUS_RIGHTS.into(), json(&rights)?, false),
+                (
+                    files::ACCOUNTS.into(),
+                    String::from_utf8(plan.bytes.clone())
+                        .map_err(|e| ApiError::internal(e.to_string()))?,
+                    true,
+                ),
+                (files::PROFILE.into(), json(p)?, false),
+            ],
+        };
+        // 2. The commit point, then the files.
+        failpoint(&dir, "provision:before-journal");
+        fsu::write_atomic(
+            &dir.join(files::PROVISION_JOURNAL),
+            json(&journal)?.as_bytes(),
+            Mode::Private,
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        failpoint(&dir, "provision:after-journal");
+        apply_files(&dir, &journal).map_err(|e| ApiError::internal(e.to_string()))?;
+        fsu::remove_durable(&dir.join(files::PROVISION_JOURNAL))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        // 3. The running device follows.
+        let removed: Vec<String> = before
+            .accounts
+            .iter()
+            .filter(|a| !p.accounts.iter().any(|b| b.username == a.username))
+            .map(|a| a.username.clone())
+            .collect();
+        {
+            let mut g = self
+                .accounts
+                .lock()
+                .map_err(|_| ApiError::internal("lock poisoned"))?;
+            if let Some(a) = g.as_mut() {
+                a.adopt(plan);
+                a.set_policy(access.clone())?;
+            }
+        }
+        {
+            let mut s = self
+                .sessions
+                .lock()
+                .map_err(|_| ApiError::internal("lock poisoned"))?;
+            s.set_policy(access.session.clone());
+            for u in &removed {
+                s.terminate_user(u);
+            }
+        }
+        {
+            let mut cfg = self
+                .config
+                .write()
+                .map_err(|_| ApiError::internal("config lock poisoned"))?;
+            cfg.access = access;
+            cfg.tls = tls;
+            cfg.modbus.enabled = modbus.enabled;
+            cfg.modbus.allow_tls12 = modbus.allow_tls12;
+        }
+        *self
+            .modbus_rights
+            .write()
+            .map_err(|_| ApiError::internal("lock poisoned"))? = std::sync::Arc::new(rights);
+        let st = crate::state::StateDir::load(&dir)?;
+        self.adopt_state(st)?;
+        self.audit(
+            Device::event(c, "device.provision", Outcome::Success)
+                .details(serde_json::json!({"zone": p.zone, "changed": changed}))
+                .essential(),
+        )?;
+        Ok(changed)
+    }
+}
+
+/// Applies the overrides a profile left in the state directory to a
+/// configuration read from `drivesecd.toml`.
+pub fn apply_overrides(dir: &Path, c: &mut crate::config::DeviceConfig) -> Result<()> {
+    let read = |name: &str| -> Result<Option<Vec<u8>>> {
+        let p = dir.join(name);
+        if p.exists() {
+            Ok(Some(fsu::read(&p)?))
+        } else {
+            Ok(None)
+        }
+    };
+    let corrupt = |name: &str, e: serde_json::Error| DeviceError::State {
+        path: dir.join(name),
+        reason: e.to_string(),
+    };
+    if let Some(b) = read(files::TLS_POLICY)? {
+        c.tls = serde_json::from_slice(&b).map_err(|e| corrupt(files::TLS_POLICY, e))?;
+    }
+    if let Some(b) = read(files::MODBUS_SETTINGS)? {
+        let m: ModbusOverride =
+            serde_json::from_slice(&b).map_err(|e| corrupt(files::MODBUS_SETTINGS, e))?;
+        c.modbus.enabled = m.enabled;
+        c.modbus.allow_tls12 = m.allow_tls12;
+    }
+    Ok(())
+}
