@@ -45,6 +45,56 @@ pub enum Command {
     /// SL-A), derive firewall rules (docs/risk-method.md).
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// FAT/SAT validation: test each live device against its zone's SL-T,
+    /// actively, and write signed evidence (docs/validation.md).
+    Validate(ValidateArgs),
+}
+
+/// `drivesec validate ...`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ValidateArgs {
+    /// Check a signed evidence file instead.
+    #[command(subcommand)]
+    pub command: Option<ValidateCommand>,
+    /// The plant model (zones and SL-T).
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// The inventory (docs/validation.md).
+    #[arg(long, conflicts_with = "lab")]
+    pub inventory: Option<PathBuf>,
+    /// Or a running lab (its devices are the assets whose `device` names them;
+    /// the evidence is signed with the lab's OEM approval key).
+    #[arg(long)]
+    pub lab: Option<PathBuf>,
+    /// Write evidence.json, junit.xml and report.html here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Sign the evidence with this key (soft keystore directory or PKCS#11 URI and key).
+    #[arg(long)]
+    pub sign_keystore: Option<PathBuf>,
+    /// PKCS#11 URI of the signing token.
+    #[arg(long)]
+    pub sign_pkcs11_uri: Option<String>,
+    /// Key handle for signing.
+    #[arg(long)]
+    pub sign_key: Option<String>,
+    /// Devices validated at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+}
+
+/// `drivesec validate verify-evidence`.
+#[derive(Debug, Subcommand)]
+pub enum ValidateCommand {
+    /// Check a signed evidence file against the OEM's public key.
+    VerifyEvidence {
+        /// The evidence file.
+        file: PathBuf,
+        /// The OEM's public key (PEM), as `firmware keygen` writes it.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 /// `drivesec plan ...`.

@@ -307,6 +307,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Device(d) => crate::device::run(d, json),
         Command::Firmware(f) => crate::firmware::run(f, json),
         Command::Plan(p) => crate::plan::run(p, json),
+        Command::Validate(v) => crate::validate::run(v, json),
         Command::Cert(a) => {
             let chain = read_cert_chain(&a.file)?;
             let s = summarize(&chain[0])?;

@@ -11,6 +11,7 @@ mod daemon;
 mod device;
 mod firmware;
 mod plan;
+mod validate;
 
 use std::process::ExitCode;
 

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
-use common::{TestLab, config, test_lab};
+use common::{config, lab_release, test_lab};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -1311,59 +1311,6 @@ fn sigkill(pid: u32) {
 }
 
 /// Packs and approves a release with the lab's keys through the CLI.
-fn lab_release(lab: &TestLab, dir: &Path, version: &str, counter: u64, size: usize) -> PathBuf {
-    let fw = lab.m.firmware.as_ref().unwrap();
-    let plain = dir.join(format!("fw-{version}.bin"));
-    let mut body = format!("firmware {version} ")
-        .into_bytes()
-        .repeat(size / 10 + 1);
-    body.truncate(size);
-    std::fs::write(&plain, body).unwrap();
-    let packed = dir.join(format!("fw-{version}.packed"));
-    let image = dir.join(format!("fw-{version}.img"));
-    let run = |args: Vec<&std::ffi::OsStr>| {
-        let o = Command::new(env!("CARGO_BIN_EXE_drivesec"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    };
-    let counter = counter.to_string();
-    run(vec![
-        "firmware".as_ref(),
-        "pack".as_ref(),
-        "--input".as_ref(),
-        plain.as_os_str(),
-        "--out".as_ref(),
-        packed.as_os_str(),
-        "--hw-class".as_ref(),
-        fw.hw_class.as_ref(),
-        "--version".as_ref(),
-        version.as_ref(),
-        "--counter".as_ref(),
-        counter.as_ref(),
-        "--recipient".as_ref(),
-        lab.m.devices[0].firmware_key.as_ref().unwrap().as_os_str(),
-        "--keystore".as_ref(),
-        fw.vendor_keystore.as_os_str(),
-        "--key".as_ref(),
-        "release".as_ref(),
-    ]);
-    run(vec![
-        "firmware".as_ref(),
-        "approve".as_ref(),
-        "--image".as_ref(),
-        packed.as_os_str(),
-        "--out".as_ref(),
-        image.as_os_str(),
-        "--keystore".as_ref(),
-        fw.oem_keystore.as_os_str(),
-        "--key".as_ref(),
-        "approval".as_ref(),
-    ]);
-    image
-}
-
 /// SIGKILL of drivesecd at any moment of an update (while the image streams
 /// in, after it is staged, while the trial boot and confirmation run) is
 /// survivable: the restarted daemon runs a verified image, the old or the new

@@ -305,6 +305,7 @@ fn settings(
         .collect();
     json!({
         "device": {"serial_number": st.file.serial_number, "model": st.file.model, "state": st.file.state, "device_name": st.file.device_name},
+        "factory_credential": st.path(crate::state::files::CREDENTIAL).exists(),
         "tls": {"versions": if c.tls.allow_tls12 { vec!["TLSv1.3", "TLSv1.2"] } else { vec!["TLSv1.3"] }, "cipher_suites": suites, "client_certificate": "required"},
         "keystore": {"backend": st.store.backend(), "location": st.store.location()},
         "trust_anchors": anchors,

@@ -13,11 +13,14 @@ pub mod client;
 pub mod commission;
 pub mod daemons;
 pub mod demo;
+pub mod evidence;
 pub mod factory;
+pub mod inventory;
 pub mod lab;
 pub mod modbus;
 pub mod posture;
 pub mod provision;
+pub mod validate;
 
 use std::path::PathBuf;
 

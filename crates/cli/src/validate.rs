@@ -1,0 +1,154 @@
+//! `drivesec validate`: FAT/SAT validation with signed evidence.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_keystore::{KeyHandle, KeyStore, KeystoreConfig, open_keystore};
+use drivesec_oem::inventory::Inventory;
+use drivesec_oem::validate::Verdict;
+use sha2::{Digest, Sha256};
+
+use crate::cli::{ValidateArgs, ValidateCommand};
+
+fn soft(dir: &Path) -> Result<Arc<dyn KeyStore>> {
+    Ok(open_keystore(
+        &KeystoreConfig::Soft {
+            dir: "keystore".into(),
+            secret_file: "secret".into(),
+        },
+        dir,
+    )?)
+}
+
+/// Runs `validate`.
+pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
+    if let Some(ValidateCommand::VerifyEvidence { file, key }) = &a.command {
+        let v: serde_json::Value = serde_json::from_slice(&fsu::read(file)?)
+            .with_context(|| format!("{} is not JSON", file.display()))?;
+        let pk = drivesec_firmware::read_public_key(key)?;
+        let doc = drivesec_oem::evidence::verify(&v, &pk)
+            .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&doc["summary"])?);
+        } else {
+            println!(
+                "{}: signature valid; {} device(s), {} finding(s), generated {}",
+                file.display(),
+                doc["summary"]["devices"],
+                doc["summary"]["failures"],
+                doc["generated_at"].as_str().unwrap_or("")
+            );
+        }
+        return Ok(());
+    }
+    let plan = a
+        .plan
+        .as_ref()
+        .ok_or_else(|| anyhow!("give --plan MODEL (and --inventory FILE or --lab DIR)"))?;
+    let text = fsu::read_to_string(plan)?;
+    let loaded = drivesec_iec62443::model::parse(plan, &text)?;
+    let problems = drivesec_iec62443::check::check(&loaded);
+    if problems.iter().any(|p| !p.warning) {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        bail!("{}: the plan is not valid", plan.display());
+    }
+    let (inv, signer): (Inventory, Option<(Arc<dyn KeyStore>, KeyHandle)>) =
+        match (&a.inventory, &a.lab) {
+            (Some(p), None) => (Inventory::load(p)?, None),
+            (None, Some(lab)) => {
+                let m = drivesec_oem::lab::LabManifest::load(lab)?;
+                let model = &loaded.model;
+                let inv = Inventory::from_lab(lab, &m, &|dev: &str| {
+                    model
+                        .assets
+                        .iter()
+                        .map(|x| x.get_ref())
+                        .find(|x| x.device.as_deref() == Some(dev))
+                        .map(|x| x.id.get_ref().clone())
+                })?;
+                let signer = m
+                    .firmware
+                    .as_ref()
+                    .map(|f| -> Result<_> {
+                        Ok((soft(&f.oem_keystore)?, KeyHandle::new("approval")?))
+                    })
+                    .transpose()?;
+                (inv, signer)
+            }
+            _ => bail!("give --inventory FILE or --lab DIR"),
+        };
+    let signer = match (&a.sign_keystore, &a.sign_pkcs11_uri, &a.sign_key) {
+        (Some(dir), None, Some(k)) => Some((soft(dir)?, KeyHandle::new(k.clone())?)),
+        (None, Some(uri), Some(k)) => Some((
+            Arc::new(drivesec_keystore::pkcs11::Pkcs11KeyStore::open_uri(
+                uri,
+                &std::env::current_dir()?,
+            )?) as Arc<dyn KeyStore>,
+            KeyHandle::new(k.clone())?,
+        )),
+        (None, None, None) => signer,
+        _ => bail!("give --sign-key with --sign-keystore DIR or --sign-pkcs11-uri URI"),
+    };
+    let (ctx, targets) = drivesec_oem::validate::prepare(&loaded.model, &inv)?;
+    if targets.is_empty() {
+        bail!("the inventory names no device of the plan");
+    }
+    let results = drivesec_oem::validate::validate_all(&ctx, &targets, a.parallel);
+    let plan_sha = hex::encode(Sha256::digest(text.as_bytes()));
+    let doc = drivesec_oem::evidence::document(&loaded.model.system.name, &plan_sha, &results);
+    let failures: usize = results.iter().map(|r| r.failures().count()).sum();
+    if let Some(out) = &a.out {
+        let (store, handle) = signer
+            .as_ref()
+            .ok_or_else(|| anyhow!("evidence must be signed: give --sign-key (with --sign-keystore or --sign-pkcs11-uri)"))?;
+        let signed = drivesec_oem::evidence::sign(doc.clone(), store.as_ref(), handle)?;
+        fsu::create_private_dir(out).or_else(|e| if out.is_dir() { Ok(()) } else { Err(e) })?;
+        let files: [(&str, String); 3] = [
+            (
+                "evidence.json",
+                serde_json::to_string_pretty(&signed)? + "\n",
+            ),
+            ("junit.xml", drivesec_oem::evidence::junit(&results)),
+            ("report.html", drivesec_oem::evidence::html(&doc)),
+        ];
+        for (name, body) in &files {
+            fsu::write_atomic(&out.join(name), body.as_bytes(), Mode::Public)?;
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for r in &results {
+            let fails: Vec<_> = r.failures().collect();
+            println!(
+                "{} ({}, zone {}, SL-T {}): {} check(s), {} finding(s), {:.2} s",
+                r.device,
+                r.asset,
+                r.zone,
+                r.sl_t,
+                r.checks.len(),
+                fails.len(),
+                r.seconds
+            );
+            for c in fails {
+                println!("  FAIL {} {}: {}", c.requirement, c.id, c.detail);
+            }
+            for c in r.checks.iter().filter(|c| c.verdict == Verdict::Skipped) {
+                println!("  skipped {} {}: {}", c.requirement, c.id, c.detail);
+            }
+        }
+        if let Some(out) = &a.out {
+            for f in ["evidence.json", "junit.xml", "report.html"] {
+                println!("{}", out.join(f).display());
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("validation failed: {failures} finding(s)");
+    }
+    Ok(())
+}

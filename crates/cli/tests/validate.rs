@@ -1,0 +1,265 @@
+//! `drivesec validate` end to end: a correctly provisioned lab device
+//! passes; four deliberate faults (TLS 1.2 allowed where SL-T forbids it,
+//! the factory credential present, a stray administrator, firmware not on
+//! the approved list) give exactly one precise finding each, and each fix
+//! removes its finding; signed evidence verifies and tampered evidence does
+//! not.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{config, lab_release, test_lab};
+use drivesec_iec62443::profile::{Account, Profile};
+use serde_json::{Value, json};
+
+/// One zone whose SL-T the lab's soft-keystore drive can reach (SI 2:
+/// TLS 1.3 only; RA 0: the owner accepted the missing backup, SR 7.3).
+const PLAN: &str = r#"
+[system]
+name = "Validation bench"
+
+[[assets]]
+id = "drive"
+kind = "drive"
+component = "drivesecd"
+device = "drive-001"
+
+[[zones]]
+id = "line"
+members = ["drive"]
+sl_t = [1, 1, 2, 1, 1, 1, 0]
+"#;
+
+fn drivesec(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_drivesec"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn four_faults_four_findings_and_evidence() {
+    let lab = test_lab(Some(config()));
+    let d = tempfile::tempdir().unwrap();
+    let plan = d.path().join("plan.toml");
+    std::fs::write(&plan, PLAN).unwrap();
+    // The profile the device is held to: the lab's own accounts.
+    let l = drivesec_iec62443::model::load(&plan).unwrap();
+    let mut p: Profile =
+        drivesec_iec62443::profile::derive(&l.model, "line", [1, 1, 2, 1, 1, 1, 0]);
+    p.accounts = lab
+        .m
+        .users
+        .iter()
+        .map(|(role, u)| Account {
+            username: u.username.clone(),
+            role: role.clone(),
+        })
+        .chain(std::iter::once(Account {
+            username: lab.m.admin.as_ref().unwrap().username.clone(),
+            role: "security-admin".into(),
+        }))
+        .collect();
+    let profile = d.path().join("line.toml");
+    std::fs::write(&profile, drivesec_iec62443::profile::to_toml(&p, "bench")).unwrap();
+    let admin = lab.admin();
+    drivesec_oem::provision::apply(&admin, &p).unwrap();
+    // The inventory: the lab's, with the profile.
+    let m = &lab.m;
+    let mut inv = drivesec_oem::inventory::Inventory::from_lab(&lab.dir, m, &|dev| {
+        (dev == "drive-001").then(|| "drive".to_string())
+    })
+    .unwrap();
+    inv.devices[0].profile = Some(profile.clone());
+    let inventory = d.path().join("inventory.toml");
+    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    let fw = m.firmware.as_ref().unwrap();
+    let out = d.path().join("evidence");
+    let validate = || {
+        let (code, stdout, err) = drivesec(&[
+            "--json",
+            "validate",
+            "--plan",
+            s(&plan),
+            "--inventory",
+            s(&inventory),
+            "--out",
+            s(&out),
+            "--sign-keystore",
+            s(&fw.oem_keystore),
+            "--sign-key",
+            "approval",
+        ]);
+        let doc: Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}{err}"));
+        let failed: Vec<String> = doc["devices"][0]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["verdict"] == "fail")
+            .map(|c| {
+                format!(
+                    "{} {}: {}",
+                    c["requirement"].as_str().unwrap(),
+                    c["id"].as_str().unwrap(),
+                    c["detail"].as_str().unwrap()
+                )
+            })
+            .collect();
+        (code, failed)
+    };
+    let (code, failed) = validate();
+    assert_eq!(
+        (code, failed.clone()),
+        (0, vec![]),
+        "a correct device must pass: {failed:#?}"
+    );
+
+    // Four faults.
+    let mut loose = p.clone();
+    loose.allow_tls12 = true;
+    drivesec_oem::provision::apply(&admin, &loose).unwrap();
+    std::fs::write(
+        lab.device_dir().join("factory-credential.hash"),
+        "left behind",
+    )
+    .unwrap();
+    admin
+        .ok("POST", "/api/v1/users", Some(&json!({"username": "stray", "role": "security-admin", "password": "Xylophone-42-Blue"})))
+        .unwrap();
+    let rel = lab_release(&lab, d.path(), "1.1.0", 2, 64 << 10);
+    for step in [
+        vec!["firmware", "update", "--image", s(&rel)],
+        vec!["firmware", "reboot"],
+    ] {
+        let mut args = vec!["device", "--lab", s(&lab.dir), "--as", "engineer"];
+        args.extend(step);
+        let (code, _, err) = drivesec(&args);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, failed) = validate();
+    assert_eq!(code, 2);
+    assert_eq!(failed.len(), 4, "{failed:#?}");
+    assert!(
+        failed[0].starts_with(
+            "SR 4.3 tls12-refused: TLS 1.2 accepted where SL-T {1 1 2 1 1 1 0} forbids it"
+        ),
+        "{failed:#?}"
+    );
+    assert!(
+        failed[1].starts_with("SR 1.5 factory-credential: the factory credential is still present"),
+        "{failed:#?}"
+    );
+    assert!(
+        failed[2].starts_with("SR 3.4 firmware: runs 1.1.0"),
+        "{failed:#?}"
+    );
+    assert!(
+        failed[3]
+            .starts_with("SR 1.3 accounts: account stray (security-admin) is not in the profile"),
+        "{failed:#?}"
+    );
+    // JUnit has them too.
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<failure ").count(), 4, "{junit}");
+
+    // Fix one at a time: one finding fewer each time.
+    // (Re-applying the profile would also remove the stray account and the
+    // left-over credential, so TLS is fixed last.)
+    type Fix<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let fixes: [Fix<'_>; 4] = [
+        (
+            "factory-credential",
+            Box::new(|| {
+                std::fs::remove_file(lab.device_dir().join("factory-credential.hash")).unwrap()
+            }),
+        ),
+        (
+            "accounts",
+            Box::new(|| {
+                admin.ok("DELETE", "/api/v1/users/stray", None).unwrap();
+            }),
+        ),
+        (
+            "firmware",
+            Box::new(|| {
+                // The owner approves 1.1.0 for this plant.
+                let mut inv = drivesec_oem::inventory::Inventory::load(&inventory).unwrap();
+                inv.validator.approved_releases.push(rel.clone());
+                std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+            }),
+        ),
+        (
+            "tls12-refused",
+            Box::new(|| {
+                drivesec_oem::provision::apply(&admin, &p).unwrap();
+            }),
+        ),
+    ];
+    let mut left = 4;
+    for (id, fix) in fixes {
+        fix();
+        left -= 1;
+        let (code, failed) = validate();
+        assert_eq!(failed.len(), left, "after fixing {id}: {failed:#?}");
+        assert!(
+            !failed.iter().any(|f| f.contains(&format!(" {id}:"))),
+            "{failed:#?}"
+        );
+        assert_eq!(code, if left == 0 { 0 } else { 2 });
+    }
+
+    // The evidence verifies with the OEM key, and not once changed.
+    let key = fw
+        .oem_keystore
+        .parent()
+        .unwrap()
+        .join("oem")
+        .join("approval.pub");
+    let key = if key.exists() {
+        key
+    } else {
+        fw.oem_keystore.join("approval.pub")
+    };
+    let ev = out.join("evidence.json");
+    let (code, stdout, err) = drivesec(&["validate", "verify-evidence", s(&ev), "--key", s(&key)]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains("signature valid; 1 device(s), 0 finding(s)"),
+        "{stdout}"
+    );
+    let original: Value = serde_json::from_slice(&std::fs::read(&ev).unwrap()).unwrap();
+    let tampered = d.path().join("tampered.json");
+    for edit in [
+        |v: &mut Value| v["evidence"]["summary"]["failures"] = 3.into(),
+        |v: &mut Value| v["evidence"]["devices"][0]["checks"][0]["verdict"] = "fail".into(),
+        |v: &mut Value| v["signature"]["kid"] = "0000000000000000".into(),
+        |v: &mut Value| v["signature"]["value"] = "AAAA".into(),
+    ] {
+        let mut v = original.clone();
+        edit(&mut v);
+        std::fs::write(&tampered, serde_json::to_vec(&v).unwrap()).unwrap();
+        let (code, _, err) = drivesec(&[
+            "validate",
+            "verify-evidence",
+            s(&tampered),
+            "--key",
+            s(&key),
+        ]);
+        assert_eq!(code, 2, "tampered evidence accepted");
+        assert!(err.contains("evidence:"), "{err}");
+    }
+}

@@ -1,0 +1,198 @@
+//! The inventory file `drivesec validate` reads (docs/validation.md, schema
+//! docs/inventory.schema.json): where each device is, which asset of the
+//! plant model it is, who it must prove to be, and what the validator uses
+//! to test it. Paths are relative to the inventory file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::lab::LabManifest;
+use crate::{OemError, Result};
+
+/// The whole inventory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    /// Trust material.
+    pub trust: Trust,
+    /// The validator's own credentials and references.
+    pub validator: Validator,
+    /// The devices.
+    pub devices: Vec<InventoryDevice>,
+}
+
+/// Trust material.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    /// The owner's root certificate (PEM).
+    pub oem_root: PathBuf,
+    /// The owner's CRL (PEM), if any.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
+
+/// What the validator uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validator {
+    /// A security administrator's client certificate chain and key.
+    pub admin_cert: PathBuf,
+    /// Its key.
+    pub admin_key: PathBuf,
+    /// Its account.
+    pub admin_user: String,
+    /// A file holding its password.
+    pub admin_password_file: PathBuf,
+    /// A low-privilege (viewer) client certificate and key.
+    pub low_privilege_cert: PathBuf,
+    /// Its key.
+    pub low_privilege_key: PathBuf,
+    /// A revoked client certificate and key (optional).
+    #[serde(default)]
+    pub revoked_cert: Option<PathBuf>,
+    /// Its key.
+    #[serde(default)]
+    pub revoked_key: Option<PathBuf>,
+    /// Approved firmware images (packed and approved).
+    pub approved_releases: Vec<PathBuf>,
+    /// Minimum remaining LDevID validity, days (default 30).
+    #[serde(default = "margin")]
+    pub expiry_margin_days: i64,
+}
+
+fn margin() -> i64 {
+    30
+}
+
+/// One device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryDevice {
+    /// Name.
+    pub name: String,
+    /// Its asset id in the plant model.
+    pub asset: String,
+    /// HTTPS API address.
+    pub api: String,
+    /// Modbus/TCP Security address.
+    #[serde(default)]
+    pub modbus: Option<String>,
+    /// The DNS name its LDevID carries.
+    pub device_name: String,
+    /// Its serial number.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// The profile it was provisioned with.
+    #[serde(default)]
+    pub profile: Option<PathBuf>,
+}
+
+impl Inventory {
+    /// Reads an inventory; relative paths are made relative to its directory.
+    pub fn load(path: &Path) -> Result<Inventory> {
+        let text = drivesec_fsutil::read_to_string(path)?;
+        let mut inv: Inventory = toml::from_str(&text)
+            .map_err(|e| OemError::Invalid(format!("{}: {}", path.display(), e)))?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut inv.trust.oem_root);
+        if let Some(c) = &mut inv.trust.crl {
+            abs(c);
+        }
+        let v = &mut inv.validator;
+        for p in [
+            &mut v.admin_cert,
+            &mut v.admin_key,
+            &mut v.admin_password_file,
+            &mut v.low_privilege_cert,
+            &mut v.low_privilege_key,
+        ] {
+            abs(p);
+        }
+        for p in v.revoked_cert.iter_mut().chain(v.revoked_key.iter_mut()) {
+            abs(p);
+        }
+        for p in &mut v.approved_releases {
+            abs(p);
+        }
+        for d in &mut inv.devices {
+            if let Some(p) = &mut d.profile {
+                abs(p);
+            }
+        }
+        Ok(inv)
+    }
+
+    /// The inventory of a running lab: its devices are the assets whose
+    /// `device` names them (`asset_of` maps lab device name -> asset id).
+    pub fn from_lab(
+        lab_dir: &Path,
+        lab: &LabManifest,
+        asset_of: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Inventory> {
+        let admin = lab
+            .users
+            .get("security-admin")
+            .ok_or_else(|| OemError::Invalid("lab.json has no security-admin user".into()))?;
+        let pw = lab_dir
+            .join("secrets")
+            .join("validator-security-admin.password");
+        drivesec_fsutil::write_atomic(
+            &pw,
+            admin.password.as_bytes(),
+            drivesec_fsutil::Mode::Private,
+        )?;
+        let client = |role: &str| {
+            lab.clients
+                .get(role)
+                .cloned()
+                .ok_or_else(|| OemError::Invalid(format!("lab.json has no {role} client")))
+        };
+        let (a, v) = (client("security-admin")?, client("viewer")?);
+        let fw = lab
+            .firmware
+            .as_ref()
+            .ok_or_else(|| OemError::Invalid("the lab has no firmware set-up".into()))?;
+        let devices = lab
+            .devices
+            .iter()
+            .filter_map(|d| {
+                let asset = asset_of(&d.name)?;
+                Some(InventoryDevice {
+                    name: d.name.clone(),
+                    asset,
+                    api: d.api.as_ref()?.trim_start_matches("https://").to_string(),
+                    modbus: d.modbus.clone(),
+                    device_name: d.device_name.clone()?,
+                    serial: Some(d.serial_number.clone()),
+                    profile: None,
+                })
+            })
+            .collect();
+        Ok(Inventory {
+            trust: Trust {
+                oem_root: lab.oem_ca.clone(),
+                crl: Some(lab.crl.clone()),
+            },
+            validator: Validator {
+                admin_cert: a.cert,
+                admin_key: a.key,
+                admin_user: admin.username.clone(),
+                admin_password_file: pw,
+                low_privilege_cert: v.cert,
+                low_privilege_key: v.key,
+                revoked_cert: None,
+                revoked_key: None,
+                approved_releases: vec![fw.factory_image.clone()],
+                expiry_margin_days: 30,
+            },
+            devices,
+        })
+    }
+}

@@ -1,0 +1,732 @@
+//! Active FAT/SAT validation (docs/validation.md): each device is tested
+//! against its zone's SL-T as an acceptance engineer would, by trying
+//! things, and every check names the IEC 62443 requirement it evidences.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drivesec_firmware::image::Header;
+use drivesec_iec62443::profile::Profile;
+use drivesec_iec62443::{Fr, SlVector, notation};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions, tls_config};
+use crate::modbus::ModbusClient;
+use crate::{OemError, Result};
+
+/// One device to validate.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Inventory name.
+    pub name: String,
+    /// Asset in the plant model.
+    pub asset: String,
+    /// Its zone.
+    pub zone: String,
+    /// The zone's SL-T.
+    pub sl_t: SlVector,
+    /// HTTPS API.
+    pub api: SocketAddr,
+    /// Modbus/TCP Security, if served.
+    pub modbus: Option<SocketAddr>,
+    /// The DNS name its LDevID must carry.
+    pub device_name: String,
+    /// Expected serial number.
+    pub serial: Option<String>,
+    /// The profile it was provisioned with (accounts are checked against it).
+    pub profile: Option<Profile>,
+}
+
+/// What every check needs.
+pub struct Context {
+    /// Owner roots (LDevIDs and client certificates chain to them).
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The owner's CRL, if any.
+    pub crl: Option<CertificateRevocationListDer<'static>>,
+    /// A security administrator: certificate and key.
+    pub admin: ClientIdentity,
+    /// Its account.
+    pub admin_user: String,
+    /// Its password.
+    pub admin_password: String,
+    /// A low-privilege (viewer) certificate, for the forbidden Modbus write.
+    pub low_privilege: ClientIdentity,
+    /// A revoked client certificate, if the inventory has one.
+    pub revoked: Option<ClientIdentity>,
+    /// The approved releases (their headers).
+    pub approved: Vec<Header>,
+    /// Minimum remaining LDevID validity, days.
+    pub expiry_margin_days: i64,
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Holds.
+    Pass,
+    /// Does not hold: a finding.
+    Fail,
+    /// Could not be run (named why).
+    Skipped,
+}
+
+/// One check on one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Check id (`tls12-refused`, ...).
+    pub id: String,
+    /// The requirement it evidences (`SR 4.3`).
+    pub requirement: String,
+    /// Outcome.
+    pub verdict: Verdict,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// One device's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceResult {
+    /// Inventory name.
+    pub device: String,
+    /// Asset.
+    pub asset: String,
+    /// Zone.
+    pub zone: String,
+    /// SL-T.
+    pub sl_t: String,
+    /// SL-A read from the device.
+    pub sl_a: Option<SlVector>,
+    /// Checks, in order.
+    pub checks: Vec<Check>,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+impl DeviceResult {
+    /// The findings.
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| c.verdict == Verdict::Fail)
+    }
+}
+
+struct Run {
+    checks: Vec<Check>,
+}
+
+impl Run {
+    fn add(&mut self, id: &str, req: &str, verdict: Verdict, detail: impl Into<String>) {
+        self.checks.push(Check {
+            id: id.into(),
+            requirement: req.into(),
+            verdict,
+            detail: detail.into(),
+        });
+    }
+    fn pass_if(&mut self, id: &str, req: &str, ok: bool, pass: &str, fail: String) {
+        if ok {
+            self.add(id, req, Verdict::Pass, pass);
+        } else {
+            self.add(id, req, Verdict::Fail, fail);
+        }
+    }
+}
+
+/// A TLS handshake plus one request, returning the version and suite
+/// negotiated and the server's certificate chain.
+fn probe(
+    addr: SocketAddr,
+    id: Option<&ClientIdentity>,
+    trust: &DeviceTrust,
+    versions: Versions,
+) -> Result<(String, String, Vec<CertificateDer<'static>>)> {
+    let (mut cfg, name) = tls_config(addr, id, trust, versions)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name)
+        .map_err(|e| OemError::Invalid(e.to_string()))?;
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| OemError::Invalid(format!("connect {addr}: {e}")))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| OemError::Invalid(e.to_string()))?;
+    let mut s = rustls::Stream::new(&mut conn, &mut tcp);
+    // TLS 1.3 judges the client certificate after our Finished: a response proves acceptance.
+    s.write_all(b"GET /api/v1/info HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+        .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)
+        .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
+    let v = conn
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map(|c| format!("{:?}", c.suite()))
+        .unwrap_or_default();
+    let chain = conn
+        .peer_certificates()
+        .map(|c| c.iter().map(|x| x.clone().into_owned()).collect())
+        .unwrap_or_default();
+    Ok((v, suite, chain))
+}
+
+/// Validates one device.
+pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
+    let start = Instant::now();
+    let mut r = Run { checks: vec![] };
+    let trust = DeviceTrust::Ldevid {
+        roots: ctx.roots.clone(),
+        device_name: t.device_name.clone(),
+    };
+    let l = |f: Fr| t.sl_t[f.index()];
+    let mut sl_a = None;
+
+    // Transport: TLS 1.3 with an AEAD suite, identity chain, expiry, revocation.
+    match probe(t.api, Some(&ctx.admin), &trust, Versions::Default) {
+        Ok((version, suite, chain)) => {
+            r.pass_if(
+                "tls-suite",
+                "SR 4.3",
+                suite.contains("GCM") || suite.contains("CHACHA20_POLY1305"),
+                &format!("{version} {suite}"),
+                format!("negotiated {version} {suite}, not an AEAD suite"),
+            );
+            let leaf = chain.first().cloned();
+            let verified = leaf.as_ref().map(|leaf| {
+                drivesec_pki::verify::verify_chain(
+                    leaf,
+                    &drivesec_pki::verify::VerifyOptions {
+                        roots: &ctx.roots,
+                        intermediates: chain.get(1..).unwrap_or(&[]),
+                        crls: ctx.crl.as_slice(),
+                        usage: drivesec_pki::verify::Usage::Server,
+                        time: None,
+                    },
+                )
+            });
+            match verified {
+                Some(Ok(())) => r.add(
+                    "ldevid-chain",
+                    "SR 1.8",
+                    Verdict::Pass,
+                    format!(
+                        "LDevID of {} chains to the owner root, not revoked",
+                        t.device_name
+                    ),
+                ),
+                Some(Err(e)) => r.add("ldevid-chain", "SR 1.8", Verdict::Fail, e.to_string()),
+                None => r.add("ldevid-chain", "SR 1.8", Verdict::Fail, "no certificate"),
+            }
+            if let Some(s) = leaf.and_then(|l| drivesec_pki::inspect::summarize(&l).ok()) {
+                let left = time::OffsetDateTime::parse(
+                    &s.not_after,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map(|na| (na - time::OffsetDateTime::now_utc()).whole_days())
+                .unwrap_or(-1);
+                r.pass_if(
+                    "ldevid-expiry",
+                    "SR 1.8",
+                    left >= ctx.expiry_margin_days,
+                    &format!("valid {left} more days"),
+                    format!(
+                        "LDevID expires in {left} days (margin {} days)",
+                        ctx.expiry_margin_days
+                    ),
+                );
+            }
+        }
+        Err(e) => r.add(
+            "tls13",
+            "SR 4.3",
+            Verdict::Fail,
+            format!("no TLS 1.3 session with the device's LDevID: {e}"),
+        ),
+    }
+    let tls12_forbidden = l(Fr::Si) >= 2 || l(Fr::Dc) >= 2;
+    let tls12 = probe(t.api, Some(&ctx.admin), &trust, Versions::Tls12Only).is_ok();
+    if tls12_forbidden {
+        r.pass_if(
+            "tls12-refused",
+            "SR 4.3",
+            !tls12,
+            "TLS 1.2 refused",
+            format!(
+                "TLS 1.2 accepted where SL-T {} forbids it (SI or DC >= 2)",
+                notation(&t.sl_t)
+            ),
+        );
+    } else {
+        r.add(
+            "tls12-refused",
+            "SR 4.3",
+            Verdict::Pass,
+            format!(
+                "TLS 1.2 {} (allowed at this SL-T)",
+                if tls12 { "accepted" } else { "refused" }
+            ),
+        );
+    }
+    let anonymous = DeviceClient::new(t.api, None, &trust, Versions::Default)
+        .and_then(|c| c.call("GET", "/api/v1/info", None));
+    r.pass_if(
+        "no-client-certificate",
+        "SR 1.2",
+        anonymous.is_err(),
+        "a client without a certificate is refused",
+        "a client without a certificate was served".into(),
+    );
+    match &ctx.revoked {
+        Some(id) => {
+            let got = DeviceClient::new(t.api, Some(id), &trust, Versions::Default)
+                .and_then(|c| c.call("GET", "/api/v1/info", None));
+            r.pass_if(
+                "revoked-client",
+                "SR 1.9",
+                got.is_err(),
+                "a revoked client certificate is refused",
+                "a revoked client certificate was served".into(),
+            );
+        }
+        None => r.add(
+            "revoked-client",
+            "SR 1.9",
+            Verdict::Skipped,
+            "the inventory has no revoked certificate",
+        ),
+    }
+
+    // Logged in as the security administrator from here on.
+    let admin =
+        DeviceClient::new(t.api, Some(&ctx.admin), &trust, Versions::Default).and_then(|mut c| {
+            c.login(&ctx.admin_user, &ctx.admin_password)?;
+            Ok(c)
+        });
+    let admin = match admin {
+        Ok(c) => c,
+        Err(e) => {
+            r.add(
+                "login",
+                "SR 1.1",
+                Verdict::Fail,
+                format!("cannot log in as {}: {e}", ctx.admin_user),
+            );
+            return DeviceResult {
+                device: t.name.clone(),
+                asset: t.asset.clone(),
+                zone: t.zone.clone(),
+                sl_t: notation(&t.sl_t),
+                sl_a,
+                checks: r.checks,
+                seconds: start.elapsed().as_secs_f64(),
+            };
+        }
+    };
+    if let Ok(info) = admin.ok("GET", "/api/v1/info", None)
+        && let Some(serial) = &t.serial
+    {
+        r.pass_if(
+            "identity",
+            "SR 1.2 RE1",
+            info["serial_number"] == serial.as_str(),
+            &format!("serial {serial}"),
+            format!("serial {} instead of {serial}", info["serial_number"]),
+        );
+    }
+    let posture = admin.ok("GET", "/api/v1/posture", None).ok();
+    let credential_alive = posture
+        .as_ref()
+        .map(|p| {
+            p["settings"]["factory_credential"] == true
+                || p["settings"]["device"]["state"] != "commissioned"
+        })
+        .unwrap_or(true);
+    // A well-formed request a commissioned device must refuse before looking
+    // at the credential.
+    let begin = admin.call(
+        "POST",
+        "/api/v1/commission/begin",
+        Some(&json!({"factory_credential": "validator-probe", "device_name": "validator.probe"})),
+    );
+    r.pass_if(
+        "factory-credential",
+        "SR 1.5",
+        !credential_alive && begin.is_ok_and(|b| b.status == 409),
+        "commissioned; the factory credential is gone and commissioning is refused",
+        "the factory credential is still present on the device".into(),
+    );
+
+    // Firmware: a fresh attestation, checked against the approved releases.
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let nonce = hex::encode(nonce);
+    match admin.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce}))) {
+        Ok(resp) => {
+            let base = crate::attest::verify_attestation(
+                &resp,
+                &nonce,
+                &ctx.roots,
+                Some(&t.device_name),
+                None,
+            );
+            match base {
+                Err(e) => r.add("firmware", "SR 3.4", Verdict::Fail, e.to_string()),
+                Ok(rep) => {
+                    let approved = ctx.approved.iter().any(|h| {
+                        crate::attest::verify_attestation(
+                            &resp,
+                            &nonce,
+                            &ctx.roots,
+                            Some(&t.device_name),
+                            Some(h),
+                        )
+                        .is_ok_and(|x| x.matches_approved == Some(true))
+                    });
+                    r.pass_if(
+                        "firmware",
+                        "SR 3.4",
+                        approved,
+                        &format!(
+                            "runs approved release {} (attested, fresh nonce)",
+                            rep.version
+                        ),
+                        format!(
+                            "runs {} (root {}), not on the approved-release list",
+                            rep.version, rep.root
+                        ),
+                    );
+                }
+            }
+        }
+        Err(e) => r.add(
+            "firmware",
+            "SR 3.4",
+            Verdict::Fail,
+            format!("no attestation: {e}"),
+        ),
+    }
+
+    // Accounts and roles against the profile.
+    match &t.profile {
+        Some(p) => match admin.ok("GET", "/api/v1/profile", None) {
+            Ok(v) => match serde_json::from_value::<Profile>(v["current"].clone()) {
+                Ok(cur) => {
+                    let mut clean = true;
+                    for a in &p.accounts {
+                        match cur.accounts.iter().find(|b| b.username == a.username) {
+                            None => {
+                                clean = false;
+                                r.add(
+                                    "accounts",
+                                    "SR 1.3",
+                                    Verdict::Fail,
+                                    format!("account {} ({}) missing", a.username, a.role),
+                                );
+                            }
+                            Some(b) if b.role != a.role => {
+                                clean = false;
+                                r.add(
+                                    "accounts",
+                                    "SR 2.1",
+                                    Verdict::Fail,
+                                    format!(
+                                        "account {} has role {}, profile {}",
+                                        a.username, b.role, a.role
+                                    ),
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
+                    for b in &cur.accounts {
+                        if !p.accounts.iter().any(|a| a.username == b.username) {
+                            clean = false;
+                            r.add(
+                                "accounts",
+                                "SR 1.3",
+                                Verdict::Fail,
+                                format!(
+                                    "account {} ({}) is not in the profile",
+                                    b.username, b.role
+                                ),
+                            );
+                        }
+                    }
+                    if clean {
+                        r.add(
+                            "accounts",
+                            "SR 1.3",
+                            Verdict::Pass,
+                            format!("{} accounts, roles as in the profile", cur.accounts.len()),
+                        );
+                    }
+                }
+                Err(e) => r.add(
+                    "accounts",
+                    "SR 1.3",
+                    Verdict::Fail,
+                    format!("device profile: {e}"),
+                ),
+            },
+            Err(e) => r.add("accounts", "SR 1.3", Verdict::Fail, e.to_string()),
+        },
+        None => r.add(
+            "accounts",
+            "SR 1.3",
+            Verdict::Skipped,
+            "no profile for this device",
+        ),
+    }
+
+    // Modbus: a forbidden write with a low-privilege certificate.
+    match t.modbus {
+        Some(addr) => {
+            match ModbusClient::connect(addr, Some(&ctx.low_privilege), &trust, Versions::Default)
+                .and_then(|mut m| m.write_single(0, 0))
+            {
+                Ok(Err(1)) => r.add(
+                    "modbus-forbidden-write",
+                    "SR 2.1",
+                    Verdict::Pass,
+                    "exception 01 for the low-privilege write",
+                ),
+                Ok(other) => r.add(
+                    "modbus-forbidden-write",
+                    "SR 2.1",
+                    Verdict::Fail,
+                    format!("the low-privilege write got {other:?}"),
+                ),
+                Err(e) => r.add(
+                    "modbus-forbidden-write",
+                    "SR 2.1",
+                    Verdict::Fail,
+                    format!("Modbus/TCP Security: {e}"),
+                ),
+            }
+        }
+        None => r.add(
+            "modbus-forbidden-write",
+            "SR 2.1",
+            Verdict::Skipped,
+            "no Modbus address in the inventory",
+        ),
+    }
+
+    // Audit forwarding, where SL-T asks for it.
+    let required = l(Fr::Uc) >= 3 || l(Fr::Tre) >= 2;
+    let fwd = admin.ok("GET", "/api/v1/audit/forwarding", None).ok();
+    let configured = fwd.as_ref().is_some_and(|f| !f["settings"].is_null());
+    if required {
+        let moving = fwd
+            .as_ref()
+            .is_some_and(|f| f["status"]["forwarded"].as_u64().unwrap_or(0) > 0);
+        r.pass_if(
+            "audit-forwarding",
+            "SR 2.8 RE1",
+            configured && moving,
+            "records reach the collector",
+            if configured {
+                "forwarding is configured but nothing has been forwarded".into()
+            } else {
+                format!(
+                    "SL-T {} asks for a central audit trail; none is configured",
+                    notation(&t.sl_t)
+                )
+            },
+        );
+    } else {
+        r.add(
+            "audit-forwarding",
+            "SR 2.8 RE1",
+            Verdict::Pass,
+            format!(
+                "not required at this SL-T ({})",
+                if configured {
+                    "configured"
+                } else {
+                    "not configured"
+                }
+            ),
+        );
+    }
+
+    // SL-A against SL-T, FR by FR.
+    if let Some(p) = &posture {
+        let v: Vec<u8> = p["sl_a"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u8)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(a) = <[u8; 7]>::try_from(v) {
+            sl_a = Some(a);
+            for fr in Fr::ALL {
+                let (have, want) = (a[fr.index()], t.sl_t[fr.index()]);
+                if have < want {
+                    let why: Vec<String> = p["foundational_requirements"][fr.index()]["reasons"]
+                        .as_array()
+                        .map(|x| {
+                            x.iter()
+                                .filter_map(|s| s.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    r.add(
+                        &format!("sl-a-{}", fr.abbrev().to_lowercase()),
+                        &fr.label(),
+                        Verdict::Fail,
+                        format!("SL-A {have} < SL-T {want}: {}", why.join("; ")),
+                    );
+                } else {
+                    r.add(
+                        &format!("sl-a-{}", fr.abbrev().to_lowercase()),
+                        &fr.label(),
+                        Verdict::Pass,
+                        format!("SL-A {have} >= SL-T {want}"),
+                    );
+                }
+            }
+        }
+    }
+    let _ = admin.call("POST", "/api/v1/logout", None);
+    DeviceResult {
+        device: t.name.clone(),
+        asset: t.asset.clone(),
+        zone: t.zone.clone(),
+        sl_t: notation(&t.sl_t),
+        sl_a,
+        checks: r.checks,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Validates every target, `parallel` at a time.
+pub fn validate_all(ctx: &Context, targets: &[Target], parallel: usize) -> Vec<DeviceResult> {
+    let parallel = parallel.max(1);
+    let mut out: Vec<Option<DeviceResult>> = vec![None; targets.len()];
+    for (chunk_i, chunk) in targets.chunks(parallel).enumerate() {
+        let results: Vec<DeviceResult> = std::thread::scope(|s| {
+            let hs: Vec<_> = chunk
+                .iter()
+                .map(|t| s.spawn(move || validate_device(ctx, t)))
+                .collect();
+            hs.into_iter()
+                .zip(chunk)
+                .map(|(h, t)| {
+                    h.join().unwrap_or_else(|_| DeviceResult {
+                        device: t.name.clone(),
+                        asset: t.asset.clone(),
+                        zone: t.zone.clone(),
+                        sl_t: notation(&t.sl_t),
+                        sl_a: None,
+                        checks: vec![Check {
+                            id: "validator".into(),
+                            requirement: "SR 3.3".into(),
+                            verdict: Verdict::Fail,
+                            detail: "the validator failed on this device".into(),
+                        }],
+                        seconds: 0.0,
+                    })
+                })
+                .collect()
+        });
+        for (i, r) in results.into_iter().enumerate() {
+            out[chunk_i * parallel + i] = Some(r);
+        }
+    }
+    out.into_iter().flatten().collect()
+}
+
+/// The validator's context and targets from a plant model and an inventory:
+/// each device's zone and SL-T come from the model's assessment.
+pub fn prepare(
+    model: &drivesec_iec62443::model::Model,
+    inv: &crate::inventory::Inventory,
+) -> Result<(Context, Vec<Target>)> {
+    let a = drivesec_iec62443::assess::assess(model);
+    let zone_of = |asset: &str| {
+        a.zones
+            .iter()
+            .find(|z| z.assets.iter().any(|g| g.asset == asset))
+            .map(|z| (z.zone.clone(), z.sl_t))
+    };
+    let mut targets = Vec::new();
+    for d in &inv.devices {
+        let (zone, sl_t) = zone_of(&d.asset).ok_or_else(|| {
+            OemError::Invalid(format!(
+                "inventory device {}: asset '{}' is in no zone of the plan",
+                d.name, d.asset
+            ))
+        })?;
+        let parse = |s: &str, what: &str| -> Result<SocketAddr> {
+            s.parse().map_err(|_| {
+                OemError::Invalid(format!(
+                    "inventory device {}: {what} '{s}' is not IP:PORT",
+                    d.name
+                ))
+            })
+        };
+        let profile = match &d.profile {
+            Some(p) => Some(
+                drivesec_iec62443::profile::load(p)
+                    .map_err(|e| OemError::Invalid(e.to_string()))?,
+            ),
+            None => None,
+        };
+        targets.push(Target {
+            name: d.name.clone(),
+            asset: d.asset.clone(),
+            zone,
+            sl_t,
+            api: parse(&d.api, "api")?,
+            modbus: d
+                .modbus
+                .as_deref()
+                .map(|m| parse(m, "modbus"))
+                .transpose()?,
+            device_name: d.device_name.clone(),
+            serial: d.serial.clone(),
+            profile,
+        });
+    }
+    let v = &inv.validator;
+    let id = |c: &std::path::Path, k: &std::path::Path| ClientIdentity::from_files(c, k);
+    let revoked = match (&v.revoked_cert, &v.revoked_key) {
+        (Some(c), Some(k)) => Some(id(c, k)?),
+        _ => None,
+    };
+    let approved = v
+        .approved_releases
+        .iter()
+        .map(|p| {
+            Header::read_file(p)
+                .map_err(|e| OemError::Invalid(format!("approved release {}: {e}", p.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ctx = Context {
+        roots: drivesec_pki::read_cert_chain(&inv.trust.oem_root)?,
+        crl: inv
+            .trust
+            .crl
+            .as_ref()
+            .map(|p| drivesec_pki::read_crl(p))
+            .transpose()?,
+        admin: id(&v.admin_cert, &v.admin_key)?,
+        admin_user: v.admin_user.clone(),
+        admin_password: drivesec_fsutil::read_to_string(&v.admin_password_file)?
+            .trim()
+            .to_string(),
+        low_privilege: id(&v.low_privilege_cert, &v.low_privilege_key)?,
+        revoked,
+        approved,
+        expiry_margin_days: v.expiry_margin_days,
+    };
+    Ok((ctx, targets))
+}
