@@ -12,6 +12,9 @@ use sha2::{Digest, Sha256};
 
 use crate::cli::{ValidateArgs, ValidateCommand};
 
+/// A signing key in a keystore.
+type Signer = (Arc<dyn KeyStore>, KeyHandle);
+
 fn soft(dir: &Path) -> Result<Arc<dyn KeyStore>> {
     Ok(open_keystore(
         &KeystoreConfig::Soft {
@@ -56,31 +59,28 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
         }
         bail!("{}: the plan is not valid", plan.display());
     }
-    let (inv, signer): (Inventory, Option<(Arc<dyn KeyStore>, KeyHandle)>) =
-        match (&a.inventory, &a.lab) {
-            (Some(p), None) => (Inventory::load(p)?, None),
-            (None, Some(lab)) => {
-                let m = drivesec_oem::lab::LabManifest::load(lab)?;
-                let model = &loaded.model;
-                let inv = Inventory::from_lab(lab, &m, &|dev: &str| {
-                    model
-                        .assets
-                        .iter()
-                        .map(|x| x.get_ref())
-                        .find(|x| x.device.as_deref() == Some(dev))
-                        .map(|x| x.id.get_ref().clone())
-                })?;
-                let signer = m
-                    .firmware
-                    .as_ref()
-                    .map(|f| -> Result<_> {
-                        Ok((soft(&f.oem_keystore)?, KeyHandle::new("approval")?))
-                    })
-                    .transpose()?;
-                (inv, signer)
-            }
-            _ => bail!("give --inventory FILE or --lab DIR"),
-        };
+    let (inv, signer): (Inventory, Option<Signer>) = match (&a.inventory, &a.lab) {
+        (Some(p), None) => (Inventory::load(p)?, None),
+        (None, Some(lab)) => {
+            let m = drivesec_oem::lab::LabManifest::load(lab)?;
+            let model = &loaded.model;
+            let inv = Inventory::from_lab(lab, &m, &|dev: &str| {
+                model
+                    .assets
+                    .iter()
+                    .map(|x| x.get_ref())
+                    .find(|x| x.device.as_deref() == Some(dev))
+                    .map(|x| x.id.get_ref().clone())
+            })?;
+            let signer = m
+                .firmware
+                .as_ref()
+                .map(|f| -> Result<_> { Ok((soft(&f.oem_keystore)?, KeyHandle::new("approval")?)) })
+                .transpose()?;
+            (inv, signer)
+        }
+        _ => bail!("give --inventory FILE or --lab DIR"),
+    };
     let signer = match (&a.sign_keystore, &a.sign_pkcs11_uri, &a.sign_key) {
         (Some(dir), None, Some(k)) => Some((soft(dir)?, KeyHandle::new(k.clone())?)),
         (None, Some(uri), Some(k)) => Some((
