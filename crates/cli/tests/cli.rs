@@ -387,6 +387,11 @@ fn demo_verifies_everything() {
     assert_eq!(pl["zones"], 8, "{pl}");
     assert!(!pl["live_devices"].as_array().unwrap().is_empty(), "{pl}");
     assert!(std::path::Path::new(pl["report"].as_str().unwrap()).exists());
+    // Provisioned to the cell's SL-T and validated, with signed evidence.
+    let va = &v["validation"];
+    assert!(va["validated"].as_u64().unwrap() >= 1, "{va}");
+    assert_eq!(va["provisioned"], va["validated"], "{va}");
+    assert!(std::path::Path::new(va["evidence"].as_str().unwrap()).exists());
     // The tamper story: the keys are gone, the device says so.
     let t = &v["tamper"];
     assert!(t["keys_before"].as_u64().unwrap() >= 3, "{t}");

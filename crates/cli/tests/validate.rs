@@ -86,6 +86,21 @@ fn four_faults_four_findings_and_evidence() {
     inv.devices[0].profile = Some(profile.clone());
     let inventory = d.path().join("inventory.toml");
     std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    // The inventory matches its published schema.
+    let schema: Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/inventory.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let as_json: Value = toml::from_str(&std::fs::read_to_string(&inventory).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&as_json)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
     let fw = m.firmware.as_ref().unwrap();
     let out = d.path().join("evidence");
     let validate = || {

@@ -151,6 +151,19 @@ pub struct PlanReport {
     pub approvals: usize,
 }
 
+/// The provisioning and validation story.
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidationReport {
+    /// Devices provisioned with the cell's profile.
+    pub provisioned: usize,
+    /// Devices validated.
+    pub validated: usize,
+    /// Findings in all.
+    pub findings: usize,
+    /// The signed evidence file.
+    pub evidence: PathBuf,
+}
+
 /// The tamper story.
 #[derive(Debug, Clone, Serialize)]
 pub struct TamperReport {
@@ -185,6 +198,8 @@ pub struct DemoReport {
     pub drive: Option<DriveReport>,
     /// The IEC 62443 assessment with live SL-A.
     pub plan: Option<PlanReport>,
+    /// Provisioning to SL-T and validation.
+    pub validation: Option<ValidationReport>,
     /// The tamper story.
     pub tamper: Option<TamperReport>,
     /// Each device's audit trail.
@@ -256,6 +271,7 @@ pub fn run(
         let drive = drive_story(&lab, out)?;
         report.audit = audit_story(&lab, out)?;
         let plan = plan_story(&lab, &opts.dir, out)?;
+        let validation = validation_story(&lab, &opts.dir, out)?;
         let tamper = tamper_story(&lab, out)?;
         report.ok = report
             .sessions
@@ -294,6 +310,7 @@ pub fn run(
         report.drive = drive;
         report.tamper = tamper;
         report.plan = plan;
+        report.validation = validation;
         if !report.ok {
             return Err(OemError::Check(format!(
                 "the running lab did not behave: {}",
@@ -880,6 +897,189 @@ fn plan_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Opti
     }))
 }
 
+/// The provisioning and validation story: each running drive of the lab
+/// gets the cell's profile (derived from the packaging line's SL-T, keeping
+/// the lab's accounts so the demo can go on), then every drive is validated
+/// against the cell's SL-T; reports in `DIR/validation/`.
+fn validation_story(
+    lab: &LabManifest,
+    dir: &Path,
+    out: &mut dyn Write,
+) -> Result<Option<ValidationReport>> {
+    use drivesec_iec62443::{assess, model, profile};
+    let loaded = model::parse(
+        Path::new("examples/packaging-line.toml"),
+        drivesec_iec62443::PACKAGING_LINE,
+    )
+    .map_err(|e| OemError::Invalid(format!("built-in example: {e}")))?;
+    let a = assess::assess(&loaded.model);
+    let Some(cell) = a.zones.iter().find(|z| z.zone == "cell") else {
+        return Ok(None);
+    };
+    let mut p = profile::derive(&loaded.model, "cell", cell.sl_t);
+    p.accounts = lab
+        .users
+        .iter()
+        .map(|(role, u)| profile::Account {
+            username: u.username.clone(),
+            role: role.clone(),
+        })
+        .chain(lab.admin.iter().map(|a| profile::Account {
+            username: a.username.clone(),
+            role: "security-admin".into(),
+        }))
+        .collect();
+    let vdir = dir.join("validation");
+    drivesec_fsutil::create_private_dir(&vdir)
+        .or_else(|e| if vdir.is_dir() { Ok(()) } else { Err(e) })?;
+    drivesec_fsutil::write_atomic(
+        &vdir.join("cell-profile.toml"),
+        profile::to_toml(&p, &loaded.model.system.name).as_bytes(),
+        drivesec_fsutil::Mode::Public,
+    )?;
+    let _ = writeln!(
+        out,
+        "\nProvisioning to SL-T and validation (FAT/SAT) of the drives as the cell's assets:"
+    );
+    let admin = lab
+        .admin
+        .as_ref()
+        .ok_or_else(|| OemError::Invalid("lab without an administrator".into()))?;
+    let files = lab
+        .clients
+        .get("security-admin")
+        .ok_or_else(|| OemError::Invalid("no security-admin client".into()))?;
+    let id = ClientIdentity::from_files(&files.cert, &files.key)?;
+    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
+    let mut provisioned = 0;
+    for d in lab.devices.iter().filter(|d| d.api.is_some()) {
+        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+            continue;
+        };
+        let addr = api
+            .trim_start_matches("https://")
+            .parse()
+            .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
+        let mut c = DeviceClient::new(
+            addr,
+            Some(&id),
+            &DeviceTrust::Ldevid {
+                roots: roots.clone(),
+                device_name: name.clone(),
+            },
+            Versions::Default,
+        )?;
+        c.login(&admin.username, &admin.password)?;
+        let r = crate::provision::apply(&c, &p)?;
+        let again = crate::provision::apply(&c, &p)?;
+        let drift = crate::provision::diff(&c, &p)?;
+        let _ = c.call("POST", "/api/v1/logout", None);
+        let _ = writeln!(
+            out,
+            "  {}: cell profile applied ({} change(s)); re-applied: {} change(s); drift left: {}",
+            d.name,
+            r.changed.len(),
+            again.changed.len(),
+            if drift.is_empty() {
+                "none".to_string()
+            } else {
+                drift.join("; ")
+            }
+        );
+        provisioned += 1;
+    }
+    let model = &loaded.model;
+    let inv = crate::inventory::Inventory::from_lab(dir, lab, &|dev: &str| {
+        model
+            .assets
+            .iter()
+            .map(|x| x.get_ref())
+            .find(|x| x.device.as_deref() == Some(dev))
+            .map(|x| x.id.get_ref().clone())
+    })?;
+    let mut inv = inv;
+    // The releases the OEM approved in the firmware story are approved for this plant.
+    if let Ok(rd) = std::fs::read_dir(dir.join("firmware").join("releases")) {
+        let mut imgs: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "img"))
+            .collect();
+        imgs.sort();
+        inv.validator.approved_releases.extend(imgs);
+    }
+    let (ctx, targets) = crate::validate::prepare(model, &inv)?;
+    let results = crate::validate::validate_all(&ctx, &targets, 8);
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        drivesec_iec62443::PACKAGING_LINE.as_bytes(),
+    ));
+    let doc = crate::evidence::document(&model.system.name, &sha, &results);
+    let fw = lab
+        .firmware
+        .as_ref()
+        .ok_or_else(|| OemError::Invalid("the lab has no firmware set-up".into()))?;
+    let store = open_keystore(
+        &drivesec_keystore::KeystoreConfig::Soft {
+            dir: "keystore".into(),
+            secret_file: "secret".into(),
+        },
+        &fw.oem_keystore,
+    )?;
+    let signed = crate::evidence::sign(doc.clone(), store.as_ref(), &KeyHandle::new("approval")?)?;
+    let json =
+        serde_json::to_string_pretty(&signed).map_err(|e| OemError::Invalid(e.to_string()))?;
+    for (name, text) in [
+        ("evidence.json", json),
+        ("junit.xml", crate::evidence::junit(&results)),
+        ("report.html", crate::evidence::html(&doc)),
+    ] {
+        drivesec_fsutil::write_atomic(
+            &vdir.join(name),
+            text.as_bytes(),
+            drivesec_fsutil::Mode::Public,
+        )?;
+    }
+    let mut findings = 0;
+    for r in &results {
+        let f: Vec<&crate::validate::Check> = r.failures().collect();
+        findings += f.len();
+        let _ = writeln!(
+            out,
+            "  {} ({} in zone {}, SL-T {}): {} checks, {} finding(s){}",
+            r.device,
+            r.asset,
+            r.zone,
+            r.sl_t,
+            r.checks.len(),
+            f.len(),
+            if f.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": {}",
+                    f.iter()
+                        .map(|c| format!("{} {}", c.requirement, c.id))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  (the lab's soft-keystore drives cannot reach the cell's SL-T 3: the findings are the gaps the assessment predicted)\n  evidence signed with the OEM key: {}\n  JUnit: {}\n  report: {}",
+        vdir.join("evidence.json").display(),
+        vdir.join("junit.xml").display(),
+        vdir.join("report.html").display()
+    );
+    Ok(Some(ValidationReport {
+        provisioned,
+        validated: results.len(),
+        findings,
+        evidence: vdir.join("evidence.json"),
+    }))
+}
+
 /// The tamper story, on the last device (after its trail was verified):
 /// the enclosure switch, the keys gone, status only.
 fn tamper_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<TamperReport>> {
@@ -1136,6 +1336,7 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         firmware: None,
         drive: None,
         plan: None,
+        validation: None,
         tamper: None,
         audit: Vec::new(),
         ok,

@@ -1,0 +1,80 @@
+//! Validation time: each of 8 lab devices validated alone, one after the
+//! other, against all 8 validated concurrently (`validate_all` with 8 at
+//! once), with the release drivesecd. Goal: concurrent wall time at most
+//! 0.4x the sum of the single runs. Prints one JSON object.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use drivesec_oem::inventory::Inventory;
+use drivesec_oem::lab::{self, LabOptions};
+
+struct Down(PathBuf);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = lab::down(&self.0);
+    }
+}
+
+fn main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let m = lab::up(
+        &LabOptions {
+            daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
+            devices: 8,
+            ..LabOptions::new(dir.clone())
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let _down = Down(dir.clone());
+    // Eight drives, one zone.
+    let mut plan = String::from("[system]\nname = \"bench\"\n");
+    let mut members = vec![];
+    for i in 1..=8 {
+        plan += &format!(
+            "[[assets]]\nid = \"d{i}\"\nkind = \"drive\"\ncomponent = \"drivesecd\"\ndevice = \"drive-{i:03}\"\n"
+        );
+        members.push(format!("\"d{i}\""));
+    }
+    plan += &format!(
+        "[[zones]]\nid = \"line\"\nmembers = [{}]\n",
+        members.join(", ")
+    );
+    let l = drivesec_iec62443::model::parse(std::path::Path::new("bench.toml"), &plan).unwrap();
+    let model = &l.model;
+    let inv = Inventory::from_lab(&dir, &m, &|dev| {
+        model
+            .assets
+            .iter()
+            .map(|x| x.get_ref())
+            .find(|x| x.device.as_deref() == Some(dev))
+            .map(|x| x.id.get_ref().clone())
+    })
+    .unwrap();
+    let (ctx, targets) = drivesec_oem::validate::prepare(model, &inv).unwrap();
+    assert_eq!(targets.len(), 8);
+    // Warm-up.
+    let _ = drivesec_oem::validate::validate_all(&ctx, &targets[..1], 1);
+    let mut singles = vec![];
+    for t in &targets {
+        let t0 = Instant::now();
+        let r = drivesec_oem::validate::validate_device(&ctx, t);
+        singles.push(t0.elapsed().as_secs_f64());
+        assert!(r.checks.len() > 10);
+    }
+    let sum: f64 = singles.iter().sum();
+    let t0 = Instant::now();
+    let all = drivesec_oem::validate::validate_all(&ctx, &targets, 8);
+    let concurrent = t0.elapsed().as_secs_f64();
+    assert_eq!(all.len(), 8);
+    println!(
+        "{}",
+        serde_json::json!({"bench": "validate", "devices": 8, "checks_per_device": all[0].checks.len(),
+            "single_mean_s": sum / 8.0, "single_sum_s": sum, "concurrent_s": concurrent,
+            "ratio": concurrent / sum})
+    );
+}
