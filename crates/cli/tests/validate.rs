@@ -84,6 +84,20 @@ fn four_faults_four_findings_and_evidence() {
     })
     .unwrap();
     inv.devices[0].profile = Some(profile.clone());
+    // A revoked client certificate, with the CRL on the device.
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let (rc, rk, serial) = common::issue_client_files(&mut oem, d.path(), Some("viewer"), None);
+    let crl = oem.revoke(&serial, "key-compromise").unwrap();
+    admin
+        .ok(
+            "PUT",
+            "/api/v1/security/crl",
+            Some(&json!({"crl_pem": std::fs::read_to_string(&crl).unwrap()})),
+        )
+        .unwrap();
+    inv.validator.revoked_cert = Some(rc);
+    inv.validator.revoked_key = Some(rk);
+    inv.trust.crl = Some(crl);
     let inventory = d.path().join("inventory.toml");
     std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
     // The inventory matches its published schema.
@@ -141,6 +155,18 @@ fn four_faults_four_findings_and_evidence() {
         (code, failed.clone()),
         (0, vec![]),
         "a correct device must pass: {failed:#?}"
+    );
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(out.join("evidence.json")).unwrap()).unwrap();
+    let not_passed: Vec<&Value> = doc["evidence"]["devices"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["verdict"] != "pass")
+        .collect();
+    assert!(
+        not_passed.is_empty(),
+        "every check runs on the bench: {not_passed:#?}"
     );
 
     // Four faults.
