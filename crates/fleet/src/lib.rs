@@ -147,6 +147,8 @@ pub trait FleetStore: Send {
     fn migrate(&mut self) -> Result<i64>;
     /// Adds a device or updates it (its campaign is kept).
     fn upsert_device(&mut self, d: &DeviceRecord) -> Result<()>;
+    /// Many at once, in one transaction (an inventory import).
+    fn upsert_devices(&mut self, ds: &[DeviceRecord]) -> Result<()>;
     /// One device.
     fn device(&mut self, name: &str) -> Result<Option<DeviceRecord>>;
     /// All devices, by name.

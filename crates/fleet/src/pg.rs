@@ -4,7 +4,7 @@
 
 use postgres::{Client, NoTls};
 
-use crate::sqlite::DEVICE_COLUMNS;
+use crate::sqlite::{DEVICE_COLUMNS, UPSERT};
 use crate::{
     CampaignDevice, DeviceRecord, DeviceState, FleetError, FleetStore, MIGRATIONS, Result,
     ValidationRecord, now,
@@ -66,25 +66,30 @@ impl FleetStore for PgStore {
     }
 
     fn upsert_device(&mut self, d: &DeviceRecord) -> Result<()> {
-        self.client.execute(
-            "INSERT INTO devices (name, serial, api, device_name, zone, firmware_version, ldevid_not_after, tampered, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (name) DO UPDATE SET serial = excluded.serial, api = excluded.api,
-               device_name = excluded.device_name, zone = excluded.zone,
-               firmware_version = excluded.firmware_version, ldevid_not_after = excluded.ldevid_not_after,
-               tampered = excluded.tampered, updated_at = excluded.updated_at",
-            &[
-                &d.name,
-                &d.serial,
-                &d.api,
-                &d.device_name,
-                &d.zone,
-                &d.firmware_version,
-                &d.ldevid_not_after,
-                &i64::from(d.tampered),
-                &now(),
-            ],
-        )?;
+        self.upsert_devices(std::slice::from_ref(d))
+    }
+
+    fn upsert_devices(&mut self, ds: &[DeviceRecord]) -> Result<()> {
+        let mut tx = self.client.transaction()?;
+        let st = tx.prepare(UPSERT)?;
+        let at = now();
+        for d in ds {
+            tx.execute(
+                &st,
+                &[
+                    &d.name,
+                    &d.serial,
+                    &d.api,
+                    &d.device_name,
+                    &d.zone,
+                    &d.firmware_version,
+                    &d.ldevid_not_after,
+                    &i64::from(d.tampered),
+                    &at,
+                ],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

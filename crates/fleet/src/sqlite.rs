@@ -33,6 +33,13 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
     })
 }
 
+pub(crate) const UPSERT: &str = "INSERT INTO devices (name, serial, api, device_name, zone, firmware_version, ldevid_not_after, tampered, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (name) DO UPDATE SET serial = excluded.serial, api = excluded.api,
+      device_name = excluded.device_name, zone = excluded.zone,
+      firmware_version = excluded.firmware_version, ldevid_not_after = excluded.ldevid_not_after,
+      tampered = excluded.tampered, updated_at = excluded.updated_at";
+
 pub(crate) const DEVICE_COLUMNS: &str =
     "name, serial, api, device_name, zone, firmware_version, ldevid_not_after, tampered, campaign";
 
@@ -78,25 +85,31 @@ impl FleetStore for SqliteStore {
     }
 
     fn upsert_device(&mut self, d: &DeviceRecord) -> Result<()> {
-        self.conn.execute(
-            &q("INSERT INTO devices (name, serial, api, device_name, zone, firmware_version, ldevid_not_after, tampered, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                ON CONFLICT (name) DO UPDATE SET serial = excluded.serial, api = excluded.api,
-                  device_name = excluded.device_name, zone = excluded.zone,
-                  firmware_version = excluded.firmware_version, ldevid_not_after = excluded.ldevid_not_after,
-                  tampered = excluded.tampered, updated_at = excluded.updated_at"),
-            params![
-                d.name,
-                d.serial,
-                d.api,
-                d.device_name,
-                d.zone,
-                d.firmware_version,
-                d.ldevid_not_after,
-                i64::from(d.tampered),
-                now()
-            ],
-        )?;
+        self.upsert_devices(std::slice::from_ref(d))
+    }
+
+    fn upsert_devices(&mut self, ds: &[DeviceRecord]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut st = tx.prepare_cached(&q(UPSERT))?;
+            let at = now();
+            for d in ds {
+                st.execute(params![
+                    d.name,
+                    d.serial,
+                    d.api,
+                    d.device_name,
+                    d.zone,
+                    d.firmware_version,
+                    d.ldevid_not_after,
+                    i64::from(d.tampered),
+                    at
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
