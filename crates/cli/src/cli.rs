@@ -48,6 +48,46 @@ pub enum Command {
     /// FAT/SAT validation: test each live device against its zone's SL-T,
     /// actively, and write signed evidence (docs/validation.md).
     Validate(ValidateArgs),
+    /// The fleet: patch rollouts in waves and the fleet's state (docs/fleet.md).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+/// `drivesec fleet ...`.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Roll an OEM-approved release across the lab's devices in waves: a
+    /// canary, then doubling batches; halts when a wave fails too often;
+    /// resumes after being killed.
+    Rollout {
+        /// The fleet store (`sqlite:PATH` or `postgres://...`).
+        #[arg(long, env = "DRIVESEC_FLEET_STORE")]
+        store: String,
+        /// The lab whose devices to update (lab.json: addresses, trust, the engineer account).
+        #[arg(long)]
+        lab: PathBuf,
+        /// The release image (packed by the vendor, approved by the OEM).
+        #[arg(long)]
+        release: PathBuf,
+        /// Devices in the canary wave.
+        #[arg(long, default_value_t = 1)]
+        canary: usize,
+        /// Most devices updated at once.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Halt when more than this fraction of a wave fails (0..1).
+        #[arg(long, default_value_t = 0.2)]
+        max_failure_rate: f64,
+    },
+    /// Every device's firmware version and campaign, and a campaign's device states.
+    Status {
+        /// The fleet store.
+        #[arg(long, env = "DRIVESEC_FLEET_STORE")]
+        store: String,
+        /// Also show this campaign's devices.
+        #[arg(long)]
+        campaign: Option<String>,
+    },
 }
 
 /// `drivesec validate ...`.

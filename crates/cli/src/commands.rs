@@ -308,6 +308,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Firmware(f) => crate::firmware::run(f, json),
         Command::Plan(p) => crate::plan::run(p, json),
         Command::Validate(v) => crate::validate::run(v, json),
+        Command::Fleet(f) => crate::fleet::run(f, json),
         Command::Cert(a) => {
             let chain = read_cert_chain(&a.file)?;
             let s = summarize(&chain[0])?;

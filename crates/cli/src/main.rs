@@ -10,6 +10,7 @@ mod commands;
 mod daemon;
 mod device;
 mod firmware;
+mod fleet;
 mod plan;
 mod validate;
 

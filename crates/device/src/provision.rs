@@ -47,6 +47,11 @@ fn failpoint(dir: &Path, point: &str) {
     }
 }
 
+/// Whether the test-only fault file names `point` (see [`failpoint`]).
+pub(crate) fn failpoint_set(dir: &Path, point: &str) -> bool {
+    std::fs::read_to_string(dir.join("test-failpoint")).is_ok_and(|s| s.trim() == point)
+}
+
 /// Finishes a provisioning transaction that passed its commit point.
 /// Returns whether there was one.
 pub fn roll_forward(dir: &Path) -> Result<bool> {

@@ -491,7 +491,9 @@ impl Device {
                 Ok(s) => s,
                 Err(_) => return false,
             };
-            st.store.sign(&st.file.idevid_key, b"health").is_ok()
+            // A test-only fault file can make the check fail (docs/fleet.md).
+            !crate::provision::failpoint_set(&st.dir, "boot:health-fail")
+                && st.store.sign(&st.file.idevid_key, b"health").is_ok()
                 && self
                     .audit(Event::new(Actor::Device, "firmware.health-check"))
                     .is_ok()

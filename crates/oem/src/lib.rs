@@ -20,6 +20,7 @@ pub mod lab;
 pub mod modbus;
 pub mod posture;
 pub mod provision;
+pub mod rollout;
 pub mod validate;
 
 use std::path::PathBuf;

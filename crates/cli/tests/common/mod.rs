@@ -26,6 +26,23 @@ pub fn test_lab(config: Option<DeviceConfig>) -> TestLab {
     test_lab_on(config, drivesec_oem::lab::Backend::Soft)
 }
 
+/// A lab of `devices` running drives (soft keystores).
+pub fn test_lab_n(config: Option<DeviceConfig>, devices: usize) -> TestLab {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let m = lab::up(
+        &LabOptions {
+            daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
+            device_config: config,
+            devices,
+            ..LabOptions::new(dir.clone())
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    TestLab { _tmp: tmp, dir, m }
+}
+
 /// A lab whose devices keep their keys on SoftHSM2 tokens (under `$SOFTHSM2_CONF`).
 pub fn test_lab_on(config: Option<DeviceConfig>, keystore: drivesec_oem::lab::Backend) -> TestLab {
     let tmp = tempfile::tempdir().unwrap();
@@ -140,7 +157,7 @@ pub fn issue_client_files(
     (c, k, issued.serial)
 }
 
-/// A firmware release for the lab's first device: packed by the vendor,
+/// A firmware release for the lab's devices: packed by the vendor,
 /// approved by the OEM, through the CLI.
 pub fn lab_release(
     lab: &TestLab,
@@ -166,7 +183,13 @@ pub fn lab_release(
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     let counter = counter.to_string();
-    run(vec![
+    // Encrypted for every device of the lab.
+    let mut recipients: Vec<&std::ffi::OsStr> = vec![];
+    for d in &lab.m.devices {
+        recipients.push("--recipient".as_ref());
+        recipients.push(d.firmware_key.as_ref().unwrap().as_os_str());
+    }
+    let mut pack: Vec<&std::ffi::OsStr> = vec![
         "firmware".as_ref(),
         "pack".as_ref(),
         "--input".as_ref(),
@@ -179,13 +202,13 @@ pub fn lab_release(
         version.as_ref(),
         "--counter".as_ref(),
         counter.as_ref(),
-        "--recipient".as_ref(),
-        lab.m.devices[0].firmware_key.as_ref().unwrap().as_os_str(),
         "--keystore".as_ref(),
         fw.vendor_keystore.as_os_str(),
         "--key".as_ref(),
         "release".as_ref(),
-    ]);
+    ];
+    pack.extend(recipients);
+    run(pack);
     run(vec![
         "firmware".as_ref(),
         "approve".as_ref(),

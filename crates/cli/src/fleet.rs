@@ -1,0 +1,194 @@
+//! `drivesec fleet ...`: rollouts and the fleet's state.
+
+use anyhow::{Context, Result, anyhow, bail};
+use drivesec_fsutil as fsu;
+use drivesec_oem::client::ClientIdentity;
+use drivesec_oem::rollout::{Event, Operator, Plan, Target};
+
+use crate::cli::FleetCommand;
+
+/// Runs a `fleet` command.
+pub fn run(c: FleetCommand, json: bool) -> Result<()> {
+    match c {
+        FleetCommand::Rollout {
+            store,
+            lab,
+            release,
+            canary,
+            parallel,
+            max_failure_rate,
+        } => {
+            if !(0.0..=1.0).contains(&max_failure_rate) {
+                bail!("--max-failure-rate must be between 0 and 1, not {max_failure_rate}");
+            }
+            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
+            let fw = m
+                .firmware
+                .as_ref()
+                .ok_or_else(|| anyhow!("the lab has no firmware set-up"))?;
+            let trust: drivesec_firmware::trust::TrustStore =
+                serde_json::from_str(&fsu::read_to_string(&fw.trust)?)
+                    .with_context(|| format!("{} is not a trust store", fw.trust.display()))?;
+            let user = m
+                .users
+                .get("engineer")
+                .ok_or_else(|| anyhow!("lab.json has no engineer"))?;
+            let files = m
+                .clients
+                .get("engineer")
+                .ok_or_else(|| anyhow!("lab.json has no engineer client"))?;
+            let op = Operator {
+                identity: ClientIdentity::from_files(&files.cert, &files.key)?,
+                username: user.username.clone(),
+                password: user.password.clone(),
+                roots: drivesec_pki::read_cert_chain(&m.oem_ca)?,
+                operator: user.username.clone(),
+            };
+            let targets: Vec<Target> = m
+                .devices
+                .iter()
+                .filter_map(|d| {
+                    Some(Target {
+                        name: d.name.clone(),
+                        api: d
+                            .api
+                            .as_ref()?
+                            .trim_start_matches("https://")
+                            .parse()
+                            .ok()?,
+                        device_name: d.device_name.clone()?,
+                        serial: d.serial_number.clone(),
+                    })
+                })
+                .collect();
+            let mut s = drivesec_fleet::open(&store)?;
+            let bar = (!json).then(|| {
+                let b = indicatif::ProgressBar::new(targets.len() as u64);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            let mut on_event = |e: Event| {
+                if json {
+                    if let Ok(l) = serde_json::to_string(&e) {
+                        println!("{l}");
+                    }
+                    return;
+                }
+                let Some(b) = &bar else { return };
+                match &e {
+                    Event::Campaign {
+                        id,
+                        release,
+                        remaining,
+                        resumed,
+                    } => {
+                        b.set_position((targets.len() - remaining) as u64);
+                        b.println(format!(
+                            "{} campaign {id}: release {release}, {remaining} device(s) to go",
+                            if *resumed { "resuming" } else { "starting" }
+                        ));
+                    }
+                    Event::Wave { wave, devices } => {
+                        b.println(format!("wave {wave}: {}", devices.join(", ")));
+                    }
+                    Event::Device {
+                        device,
+                        state,
+                        detail,
+                    } => match state {
+                        drivesec_fleet::DeviceState::Done
+                        | drivesec_fleet::DeviceState::Reverted
+                        | drivesec_fleet::DeviceState::Failed => {
+                            b.inc(1);
+                            b.println(format!("  {device}: {} ({detail})", state_name(*state)));
+                        }
+                        _ => b.set_message(format!("{device}: {detail}")),
+                    },
+                    Event::Halted { wave, failed, of } => {
+                        b.println(format!(
+                            "halted: wave {wave} had {failed} failure(s) of {of}"
+                        ));
+                    }
+                    Event::Finished { done, failed } => {
+                        b.println(format!("finished: {done} updated, {failed} failed"));
+                    }
+                }
+            };
+            let out = drivesec_oem::rollout::run(
+                s.as_mut(),
+                &targets,
+                &op,
+                &release,
+                &trust,
+                &Plan {
+                    canary,
+                    parallel,
+                    max_failure_rate,
+                },
+                &mut on_event,
+            )?;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            if out.halted {
+                bail!(
+                    "campaign {} halted: {} failed ({})",
+                    out.campaign,
+                    out.failed.len(),
+                    out.failed.join(", ")
+                );
+            }
+            Ok(())
+        }
+        FleetCommand::Status { store, campaign } => {
+            let mut s = drivesec_fleet::open(&store)?;
+            let devices = s.devices()?;
+            let camp = match &campaign {
+                Some(id) => Some(s.campaign_devices(id)?),
+                None => None,
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"devices": devices, "campaign": camp})
+                    )?
+                );
+                return Ok(());
+            }
+            for d in &devices {
+                println!(
+                    "{:<12} {:<10} {}{}",
+                    d.name,
+                    if d.firmware_version.is_empty() {
+                        "?"
+                    } else {
+                        &d.firmware_version
+                    },
+                    d.campaign.as_deref().unwrap_or("-"),
+                    if d.tampered { "  TAMPERED" } else { "" }
+                );
+            }
+            if let (Some(id), Some(c)) = (&campaign, &camp) {
+                println!("campaign {id}:");
+                for d in c {
+                    println!(
+                        "  wave {} {:<12} {:<9} {}",
+                        d.wave,
+                        d.device,
+                        state_name(d.state),
+                        d.detail
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn state_name(s: drivesec_fleet::DeviceState) -> &'static str {
+    s.as_str()
+}

@@ -1,0 +1,479 @@
+//! Patch rollouts in waves (docs/fleet.md): a canary, then batches that
+//! double, each run in parallel; a device counts only once it runs the
+//! release, confirmed after its health check, as a fresh attestation shows.
+//! A wave whose failure rate passes the threshold halts the campaign; the
+//! failed devices have already reverted on their own (the boot stage does
+//! that). The campaign lives in the fleet store, so a killed tool resumes
+//! where it stopped, and a device is never updated twice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use drivesec_firmware::image::Header;
+use drivesec_firmware::trust::TrustStore;
+use drivesec_fleet::{DeviceRecord, DeviceState, FleetStore};
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use crate::{OemError, Result};
+
+/// A device to update.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Name (the store's key).
+    pub name: String,
+    /// API address.
+    pub api: SocketAddr,
+    /// The DNS name its LDevID carries.
+    pub device_name: String,
+    /// Serial number.
+    pub serial: String,
+}
+
+/// Who performs the updates (a role with `update-firmware`).
+pub struct Operator {
+    /// Client certificate and key.
+    pub identity: ClientIdentity,
+    /// Account.
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// Owner roots (device identities chain to them).
+    pub roots: Vec<CertificateDer<'static>>,
+    /// Operator name recorded with the campaign.
+    pub operator: String,
+}
+
+/// Rollout settings.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Devices in the canary wave.
+    pub canary: usize,
+    /// Most devices updated at once.
+    pub parallel: usize,
+    /// A wave halts the campaign when more than this fraction of it fails.
+    pub max_failure_rate: f64,
+}
+
+/// What happens, as it happens (`--json` prints these).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The campaign starts or resumes.
+    Campaign {
+        /// Campaign id.
+        id: String,
+        /// Release version.
+        release: String,
+        /// Devices still to do.
+        remaining: usize,
+        /// Resumed from the store.
+        resumed: bool,
+    },
+    /// A wave starts.
+    Wave {
+        /// Index (0: canary).
+        wave: i64,
+        /// Devices in it.
+        devices: Vec<String>,
+    },
+    /// A device changed state.
+    Device {
+        /// Device.
+        device: String,
+        /// New state.
+        state: DeviceState,
+        /// Detail.
+        detail: String,
+    },
+    /// The campaign halted.
+    Halted {
+        /// Wave that halted it.
+        wave: i64,
+        /// Its failures.
+        failed: usize,
+        /// Its size.
+        of: usize,
+    },
+    /// The campaign finished.
+    Finished {
+        /// Devices running the release.
+        done: usize,
+        /// Devices that failed or reverted.
+        failed: usize,
+    },
+}
+
+/// The result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Campaign id.
+    pub campaign: String,
+    /// Completed or halted.
+    pub halted: bool,
+    /// Running the release.
+    pub done: Vec<String>,
+    /// Failed or reverted.
+    pub failed: Vec<String>,
+}
+
+/// Checks that `image` carries the signatures the trust store's policy
+/// asks for (the OEM approval among them) and returns its header.
+pub fn check_release(image: &std::path::Path, trust: &TrustStore) -> Result<Header> {
+    let h = Header::read_file(image)
+        .map_err(|e| OemError::Invalid(format!("{}: {e}", image.display())))?;
+    trust.check(&h.manifest_bytes, &h.signatures).map_err(|e| {
+        OemError::Invalid(format!("{}: not an approved release: {e}", image.display()))
+    })?;
+    Ok(h)
+}
+
+fn campaign_id(h: &Header) -> String {
+    let d = h.manifest.digest().map(hex::encode).unwrap_or_default();
+    format!("rollout-{}-{}", h.manifest.version, &d[..12.min(d.len())])
+}
+
+/// One device's outcome: Ok(detail) when it runs the release, confirmed;
+/// else the state it ended in and why.
+type DeviceResult = std::result::Result<String, (DeviceState, String)>;
+
+/// Updates one device; Ok(detail) when it runs the release, confirmed.
+fn update_one(
+    t: &Target,
+    op: &Operator,
+    image: &[u8],
+    header: &Header,
+    step: &dyn Fn(DeviceState, &str),
+) -> DeviceResult {
+    let fail = |e: OemError| (DeviceState::Failed, e.to_string());
+    let mut c = DeviceClient::new(
+        t.api,
+        Some(&op.identity),
+        &DeviceTrust::Ldevid {
+            roots: op.roots.clone(),
+            device_name: t.device_name.clone(),
+        },
+        Versions::Default,
+    )
+    .map_err(fail)?;
+    c.login(&op.username, &op.password).map_err(fail)?;
+    let release = &header.manifest.version;
+    let status = c.ok("GET", "/api/v1/firmware", None).map_err(fail)?;
+    let running = status["running"]["version"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let attest = |c: &DeviceClient| -> std::result::Result<bool, OemError> {
+        let mut nonce = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        let nonce = hex::encode(nonce);
+        let resp = c.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))?;
+        let r = crate::attest::verify_attestation(
+            &resp,
+            &nonce,
+            &op.roots,
+            Some(&t.device_name),
+            Some(header),
+        )?;
+        Ok(r.matches_approved == Some(true) && !r.trial)
+    };
+    // Already running it (a resumed campaign): count it, do not update again.
+    if running == *release && attest(&c).map_err(fail)? {
+        let _ = c.call("POST", "/api/v1/logout", None);
+        return Ok(format!("already running {release}"));
+    }
+    // Staged by an earlier run that was killed before the reboot: do not send it again.
+    let staged = !status["boot_state"]["pending"].is_null();
+    if !staged {
+        step(DeviceState::Updating, &format!("sending {release}"));
+        let r = c
+            .call_raw(
+                "POST",
+                "/api/v1/firmware",
+                Some(image.to_vec()),
+                "application/octet-stream",
+            )
+            .map_err(fail)?;
+        if !(200..300).contains(&r.status) {
+            return Err((
+                DeviceState::Failed,
+                format!(
+                    "refused: {} {}",
+                    r.status,
+                    r.body["message"].as_str().unwrap_or("")
+                ),
+            ));
+        }
+    }
+    step(DeviceState::Verifying, "trial boot and health check");
+    // A trial whose health check fails stays on trial for its counted
+    // attempts; each reboot is one, and the boot stage reverts after the last.
+    let mut r = c
+        .call("POST", "/api/v1/firmware/reboot", None)
+        .map_err(fail)?;
+    for _ in 0..8 {
+        if r.body["running"]["trial"] != true {
+            break;
+        }
+        r = c
+            .call("POST", "/api/v1/firmware/reboot", None)
+            .map_err(fail)?;
+    }
+    let after = r.body["running"]["version"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let ok = attest(&c).map_err(fail)?;
+    let _ = c.call("POST", "/api/v1/logout", None);
+    if ok {
+        Ok(format!("running {release}, confirmed"))
+    } else {
+        let why = r.body["boot_state"]["last_revert"]
+            .as_str()
+            .unwrap_or("the release did not stay")
+            .to_string();
+        Err((DeviceState::Reverted, format!("reverted to {after}: {why}")))
+    }
+}
+
+/// Runs (or resumes) the rollout of `image` over `targets`.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    store: &mut dyn FleetStore,
+    targets: &[Target],
+    op: &Operator,
+    image_path: &std::path::Path,
+    trust: &TrustStore,
+    plan: &Plan,
+    events: &mut dyn FnMut(Event),
+) -> Result<Outcome> {
+    let header = check_release(image_path, trust)?;
+    let image = Arc::new(drivesec_fsutil::read(image_path)?);
+    let id = campaign_id(&header);
+    let release = header.manifest.version.clone();
+    let db = |e: drivesec_fleet::FleetError| OemError::Invalid(e.to_string());
+    // The inventory into the store (versions are refreshed by the updates).
+    for t in targets {
+        let mut d = store.device(&t.name).map_err(db)?.unwrap_or(DeviceRecord {
+            name: t.name.clone(),
+            serial: t.serial.clone(),
+            api: t.api.to_string(),
+            device_name: t.device_name.clone(),
+            zone: String::new(),
+            firmware_version: String::new(),
+            ldevid_not_after: String::new(),
+            tampered: false,
+            campaign: None,
+        });
+        d.api = t.api.to_string();
+        store.upsert_device(&d).map_err(db)?;
+    }
+    let existing = store.campaign_devices(&id).map_err(db)?;
+    let resumed = !existing.is_empty();
+    if !resumed && store.create_campaign(&id, &release, &op.operator).is_err() {
+        // Created before any device was claimed (killed right then): go on.
+    }
+    let finished = |s: DeviceState| {
+        matches!(
+            s,
+            DeviceState::Done | DeviceState::Reverted | DeviceState::Failed
+        )
+    };
+    let mut done: Vec<String> = existing
+        .iter()
+        .filter(|c| c.state == DeviceState::Done)
+        .map(|c| c.device.clone())
+        .collect();
+    let mut failed: Vec<String> = existing
+        .iter()
+        .filter(|c| matches!(c.state, DeviceState::Reverted | DeviceState::Failed))
+        .map(|c| c.device.clone())
+        .collect();
+    // Devices claimed but not finished when the tool died are redone first, in their wave.
+    let mut waves: Vec<(i64, Vec<String>)> = vec![];
+    let unfinished: Vec<&drivesec_fleet::CampaignDevice> =
+        existing.iter().filter(|c| !finished(c.state)).collect();
+    let mut next_wave = existing.iter().map(|c| c.wave + 1).max().unwrap_or(0);
+    if let Some(w) = unfinished.iter().map(|c| c.wave).min() {
+        waves.push((w, unfinished.iter().map(|c| c.device.clone()).collect()));
+    }
+    let in_campaign: std::collections::BTreeSet<&str> =
+        existing.iter().map(|c| c.device.as_str()).collect();
+    let mut rest: Vec<&Target> = targets
+        .iter()
+        .filter(|t| !in_campaign.contains(t.name.as_str()))
+        .collect();
+    rest.sort_by(|a, b| a.name.cmp(&b.name));
+    events(Event::Campaign {
+        id: id.clone(),
+        release: release.clone(),
+        remaining: rest.len() + unfinished.len(),
+        resumed,
+    });
+    if existing
+        .iter()
+        .any(|c| c.wave >= 0 && failed.contains(&c.device))
+        && unfinished.is_empty()
+    {
+        // A halted campaign stays halted.
+        let halted_wave = existing
+            .iter()
+            .filter(|c| failed.contains(&c.device))
+            .map(|c| c.wave)
+            .max()
+            .unwrap_or(0);
+        let of = existing.iter().filter(|c| c.wave == halted_wave).count();
+        let f = existing
+            .iter()
+            .filter(|c| c.wave == halted_wave && failed.contains(&c.device))
+            .count();
+        if f as f64 / of.max(1) as f64 > plan.max_failure_rate {
+            events(Event::Halted {
+                wave: halted_wave,
+                failed: f,
+                of,
+            });
+            return Ok(Outcome {
+                campaign: id,
+                halted: true,
+                done,
+                failed,
+            });
+        }
+    }
+    let mut size = if resumed {
+        plan.canary.max(1) * 2usize.pow(next_wave as u32)
+    } else {
+        plan.canary.max(1)
+    };
+    let mut cursor = 0;
+    loop {
+        let (wave, names) = if let Some(w) = waves.pop() {
+            w
+        } else {
+            if cursor >= rest.len() {
+                break;
+            }
+            let batch: Vec<String> = rest[cursor..(cursor + size).min(rest.len())]
+                .iter()
+                .map(|t| t.name.clone())
+                .collect();
+            cursor += batch.len();
+            let w = next_wave;
+            next_wave += 1;
+            size *= 2;
+            let got = store.claim(&id, w, &batch).map_err(db)?;
+            if got.len() != batch.len() {
+                let taken: Vec<&String> = batch.iter().filter(|b| !got.contains(b)).collect();
+                return Err(OemError::Invalid(format!(
+                    "devices held by another campaign: {}",
+                    taken
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            (w, got)
+        };
+        events(Event::Wave {
+            wave,
+            devices: names.clone(),
+        });
+        let targets_now: Vec<&Target> = names
+            .iter()
+            .filter_map(|n| targets.iter().find(|t| &t.name == n))
+            .collect();
+        let url_events = std::sync::Mutex::new(Vec::<Event>::new());
+        let results: Vec<(String, DeviceResult)> = std::thread::scope(|s| {
+            let mut out = vec![];
+            for chunk in targets_now.chunks(plan.parallel.max(1)) {
+                let hs: Vec<_> = chunk
+                    .iter()
+                    .map(|t| {
+                        let (image, header, url_events) = (&image, &header, &url_events);
+                        s.spawn(move || {
+                            let step = |st: DeviceState, d: &str| {
+                                if let Ok(mut v) = url_events.lock() {
+                                    v.push(Event::Device {
+                                        device: t.name.clone(),
+                                        state: st,
+                                        detail: d.to_string(),
+                                    });
+                                }
+                            };
+                            (t.name.clone(), update_one(t, op, image, header, &step))
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    if let Ok(r) = h.join() {
+                        out.push(r);
+                    }
+                }
+            }
+            out
+        });
+        for e in url_events.into_inner().unwrap_or_default() {
+            if let Event::Device {
+                device,
+                state,
+                detail,
+            } = &e
+            {
+                let _ = store.set_state(&id, device, *state, detail);
+            }
+            events(e);
+        }
+        let mut wave_failed = 0;
+        for (name, r) in results {
+            let (state, detail) = match r {
+                Ok(d) => (DeviceState::Done, d),
+                Err((s, d)) => (s, d),
+            };
+            store.set_state(&id, &name, state, &detail).map_err(db)?;
+            if state == DeviceState::Done {
+                if let Some(mut d) = store.device(&name).map_err(db)? {
+                    d.firmware_version = release.clone();
+                    store.upsert_device(&d).map_err(db)?;
+                }
+                done.push(name.clone());
+            } else {
+                wave_failed += 1;
+                failed.push(name.clone());
+            }
+            events(Event::Device {
+                device: name,
+                state,
+                detail,
+            });
+        }
+        if wave_failed as f64 / names.len().max(1) as f64 > plan.max_failure_rate {
+            events(Event::Halted {
+                wave,
+                failed: wave_failed,
+                of: names.len(),
+            });
+            store.finish_campaign(&id, "halted").map_err(db)?;
+            return Ok(Outcome {
+                campaign: id,
+                halted: true,
+                done,
+                failed,
+            });
+        }
+    }
+    store.finish_campaign(&id, "done").map_err(db)?;
+    events(Event::Finished {
+        done: done.len(),
+        failed: failed.len(),
+    });
+    Ok(Outcome {
+        campaign: id,
+        halted: false,
+        done,
+        failed,
+    })
+}
