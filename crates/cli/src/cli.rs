@@ -79,6 +79,28 @@ pub enum FleetCommand {
         #[arg(long, default_value_t = 0.2)]
         max_failure_rate: f64,
     },
+    /// Read every device's state into the store: firmware, LDevID expiry,
+    /// tamper (a tampered device is flagged for re-provisioning).
+    Scan {
+        /// The fleet store.
+        #[arg(long, env = "DRIVESEC_FLEET_STORE")]
+        store: String,
+        /// The lab.
+        #[arg(long)]
+        lab: PathBuf,
+        /// Warn about LDevIDs expiring within this many days.
+        #[arg(long, default_value_t = 30)]
+        margin_days: i64,
+    },
+    /// After a key compromise: install a CRL on every device.
+    PushCrl {
+        /// The lab.
+        #[arg(long)]
+        lab: PathBuf,
+        /// The CRL (PEM), as `ca revoke` publishes it.
+        #[arg(long)]
+        crl: PathBuf,
+    },
     /// Every device's firmware version and campaign, and a campaign's device states.
     Status {
         /// The fleet store.

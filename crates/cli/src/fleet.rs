@@ -143,6 +143,69 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             }
             Ok(())
         }
+        FleetCommand::Scan {
+            store,
+            lab,
+            margin_days,
+        } => {
+            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
+            let mut s = drivesec_fleet::open(&store)?;
+            let seen = drivesec_oem::incident::scan(&m, s.as_mut())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&seen)?);
+            } else {
+                for d in &seen {
+                    let note = if d.tampered {
+                        "TAMPERED: keys destroyed, flagged for re-provisioning".to_string()
+                    } else if !d.reachable {
+                        "unreachable".to_string()
+                    } else {
+                        match d.days_left {
+                            Some(n) if n < margin_days => {
+                                format!("LDevID expires in {n} days: renew")
+                            }
+                            Some(n) => format!("LDevID valid {n} more days"),
+                            None => String::new(),
+                        }
+                    };
+                    println!("{:<12} {:<8} {note}", d.device, d.firmware_version);
+                }
+            }
+            let flagged = seen.iter().filter(|d| d.tampered).count();
+            if flagged > 0 {
+                bail!("{flagged} device(s) report tamper");
+            }
+            Ok(())
+        }
+        FleetCommand::PushCrl { lab, crl } => {
+            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
+            let pem = fsu::read_to_string(&crl)?;
+            let r = drivesec_oem::incident::push_crl(&m, &pem)?;
+            let failed: Vec<String> = r
+                .iter()
+                .filter_map(|(d, x)| x.as_ref().err().map(|e| format!("{d}: {e}")))
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "installed": r.iter().filter(|(_, x)| x.is_ok()).map(|(d, _)| d).collect::<Vec<_>>(),
+                        "failed": failed,
+                    }))?
+                );
+            } else {
+                for (d, x) in &r {
+                    match x {
+                        Ok(()) => println!("{d}: CRL installed"),
+                        Err(e) => println!("{d}: FAILED {e}"),
+                    }
+                }
+            }
+            if !failed.is_empty() {
+                bail!("the CRL did not reach {} device(s)", failed.len());
+            }
+            Ok(())
+        }
         FleetCommand::Status { store, campaign } => {
             let mut s = drivesec_fleet::open(&store)?;
             let devices = s.devices()?;

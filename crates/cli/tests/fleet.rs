@@ -237,3 +237,95 @@ fn a_rollout_killed_mid_wave_resumes_and_updates_each_device_once() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(staged(&lab), vec![1, 1, 1, 1]);
 }
+
+/// Key compromise: the CRL reaches every device and the revoked client is
+/// refused everywhere; a device whose tamper response ran is flagged in the
+/// store by a scan.
+#[test]
+fn crl_reaches_every_device_and_tamper_is_flagged() {
+    let lab = test_lab_n(Some(config()), 4);
+    let d = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", d.path().join("fleet.db").display());
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let (c, k, serial) = common::issue_client_files(&mut oem, d.path(), Some("viewer"), None);
+    let stolen = drivesec_oem::client::ClientIdentity::from_files(&c, &k).unwrap();
+    let info = |dev: &drivesec_oem::lab::LabDevice| {
+        drivesec_oem::client::DeviceClient::new(
+            dev.api
+                .as_ref()
+                .unwrap()
+                .trim_start_matches("https://")
+                .parse()
+                .unwrap(),
+            Some(&stolen),
+            &drivesec_oem::client::DeviceTrust::Ldevid {
+                roots: drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap(),
+                device_name: dev.device_name.clone().unwrap(),
+            },
+            drivesec_oem::client::Versions::Default,
+        )
+        .unwrap()
+        .call("GET", "/api/v1/info", None)
+    };
+    assert!(lab.m.devices.iter().all(|dev| info(dev).is_ok()));
+    let crl = oem.revoke(&serial, "key-compromise").unwrap();
+    let (code, out, err) = drivesec(&[
+        "--json",
+        "fleet",
+        "push-crl",
+        "--lab",
+        s(&lab.dir),
+        "--crl",
+        s(&crl),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["installed"].as_array().unwrap().len(), 4);
+    assert!(
+        lab.m.devices.iter().all(|dev| info(dev).is_err()),
+        "the stolen certificate still works somewhere"
+    );
+
+    let (code, out, _) = drivesec(&[
+        "--json",
+        "fleet",
+        "scan",
+        "--store",
+        &store,
+        "--lab",
+        s(&lab.dir),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        seen.as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["reachable"] == true && x["days_left"].as_i64().unwrap() > 700)
+    );
+    // The enclosure of drive-004 is opened.
+    let t = lab.m.devices[3].tamper.clone().unwrap();
+    std::fs::create_dir_all(t.parent().unwrap()).unwrap();
+    std::fs::write(&t, b"").unwrap();
+    // The response runs within a tick; give the scan a few tries.
+    let mut res = (0, String::new(), String::new());
+    for _ in 0..50 {
+        res = drivesec(&["fleet", "scan", "--store", &store, "--lab", s(&lab.dir)]);
+        if res.0 == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, _, err) = res;
+    assert_eq!(code, 2);
+    assert!(err.contains("1 device(s) report tamper"), "{err}");
+    let (_, out, _) = drivesec(&["--json", "fleet", "status", "--store", &store]);
+    let st: Value = serde_json::from_str(&out).unwrap();
+    let flags: Vec<bool> = st["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["tampered"].as_bool().unwrap())
+        .collect();
+    assert_eq!(flags, vec![false, false, false, true]);
+}

@@ -15,6 +15,7 @@ pub mod daemons;
 pub mod demo;
 pub mod evidence;
 pub mod factory;
+pub mod incident;
 pub mod inventory;
 pub mod lab;
 pub mod modbus;

@@ -138,7 +138,7 @@ impl Run {
 
 /// A TLS handshake plus one request, returning the version and suite
 /// negotiated and the server's certificate chain.
-fn probe(
+pub fn probe(
     addr: SocketAddr,
     id: Option<&ClientIdentity>,
     trust: &DeviceTrust,

@@ -1,0 +1,169 @@
+//! Incident response over a lab's devices (docs/incident-response.md):
+//! scan the fleet (versions, certificate expiry, tamper) into the store,
+//! and push a CRL to every device after a key compromise.
+
+use drivesec_fleet::{DeviceRecord, FleetStore};
+use serde::Serialize;
+
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use crate::lab::LabManifest;
+use crate::{OemError, Result};
+
+/// What a scan saw of one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct Seen {
+    /// Device.
+    pub device: String,
+    /// Reachable under its identity.
+    pub reachable: bool,
+    /// Its tamper response has run (answers only under the TAMPERED identity).
+    pub tampered: bool,
+    /// Firmware running.
+    pub firmware_version: String,
+    /// LDevID expiry.
+    pub ldevid_not_after: String,
+    /// Days left.
+    pub days_left: Option<i64>,
+}
+
+fn admin(lab: &LabManifest) -> Result<(ClientIdentity, String, String)> {
+    let u = lab
+        .users
+        .get("security-admin")
+        .ok_or_else(|| OemError::Invalid("lab.json has no security-admin user".into()))?;
+    let f = lab
+        .clients
+        .get("security-admin")
+        .ok_or_else(|| OemError::Invalid("lab.json has no security-admin client".into()))?;
+    Ok((
+        ClientIdentity::from_files(&f.cert, &f.key)?,
+        u.username.clone(),
+        u.password.clone(),
+    ))
+}
+
+/// Reads every device's state and records it in the store; a device whose
+/// tamper response has run is flagged (queued for re-provisioning).
+pub fn scan(lab: &LabManifest, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
+    let (id, user, pw) = admin(lab)?;
+    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
+    let db = |e: drivesec_fleet::FleetError| OemError::Invalid(e.to_string());
+    let mut out = vec![];
+    for d in &lab.devices {
+        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+            continue;
+        };
+        let addr = api
+            .trim_start_matches("https://")
+            .parse()
+            .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
+        let trust = DeviceTrust::Ldevid {
+            roots: roots.clone(),
+            device_name: name.clone(),
+        };
+        let mut seen = Seen {
+            device: d.name.clone(),
+            reachable: false,
+            tampered: false,
+            firmware_version: String::new(),
+            ldevid_not_after: String::new(),
+            days_left: None,
+        };
+        let mut c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
+        if c.login(&user, &pw).is_ok() {
+            seen.reachable = true;
+            if let Ok(f) = c.ok("GET", "/api/v1/firmware", None) {
+                seen.firmware_version = f["running"]["version"].as_str().unwrap_or("").into();
+            }
+            // The certificate the device presents, as any client sees it.
+            if let Some(leaf) = crate::validate::probe(addr, Some(&id), &trust, Versions::Default)
+                .ok()
+                .and_then(|(_, _, chain)| chain.into_iter().next())
+                .and_then(|c| drivesec_pki::inspect::summarize(&c).ok())
+            {
+                seen.days_left = time::OffsetDateTime::parse(
+                    &leaf.not_after,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()
+                .map(|t| (t - time::OffsetDateTime::now_utc()).whole_days());
+                seen.ldevid_not_after = leaf.not_after;
+            }
+            let _ = c.call("POST", "/api/v1/logout", None);
+        } else {
+            // No identity answers: is it the tamper response?
+            let t = DeviceClient::new(
+                addr,
+                Some(&id),
+                &DeviceTrust::TamperedStatusRisky {
+                    serial: d.serial_number.clone(),
+                },
+                Versions::Default,
+            )?;
+            seen.tampered = t
+                .ok("GET", "/api/v1/info", None)
+                .is_ok_and(|v| v["tampered"] == true);
+        }
+        let mut rec = store.device(&d.name).map_err(db)?.unwrap_or(DeviceRecord {
+            name: d.name.clone(),
+            serial: d.serial_number.clone(),
+            api: addr.to_string(),
+            device_name: name.clone(),
+            zone: String::new(),
+            firmware_version: String::new(),
+            ldevid_not_after: String::new(),
+            tampered: false,
+            campaign: None,
+        });
+        if seen.reachable {
+            rec.firmware_version = seen.firmware_version.clone();
+            rec.ldevid_not_after = seen.ldevid_not_after.clone();
+        }
+        rec.tampered = seen.tampered;
+        store.upsert_device(&rec).map_err(db)?;
+        out.push(seen);
+    }
+    Ok(out)
+}
+
+/// Installs `crl_pem` on every reachable device; per device, Ok or why not.
+pub fn push_crl(
+    lab: &LabManifest,
+    crl_pem: &str,
+) -> Result<Vec<(String, std::result::Result<(), String>)>> {
+    let (id, user, pw) = admin(lab)?;
+    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
+    let mut out = vec![];
+    for d in &lab.devices {
+        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+            continue;
+        };
+        let r = (|| -> std::result::Result<(), String> {
+            let addr = api
+                .trim_start_matches("https://")
+                .parse()
+                .map_err(|_| format!("bad api address {api}"))?;
+            let mut c = DeviceClient::new(
+                addr,
+                Some(&id),
+                &DeviceTrust::Ldevid {
+                    roots: roots.clone(),
+                    device_name: name.clone(),
+                },
+                Versions::Default,
+            )
+            .map_err(|e| e.to_string())?;
+            c.login(&user, &pw).map_err(|e| e.to_string())?;
+            c.ok(
+                "PUT",
+                "/api/v1/security/crl",
+                Some(&serde_json::json!({"crl_pem": crl_pem})),
+            )
+            .map_err(|e| e.to_string())?;
+            let _ = c.call("POST", "/api/v1/logout", None);
+            Ok(())
+        })();
+        out.push((d.name.clone(), r));
+    }
+    Ok(out)
+}
