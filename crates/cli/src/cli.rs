@@ -92,6 +92,22 @@ pub enum FleetCommand {
         #[arg(long, default_value_t = 30)]
         margin_days: i64,
     },
+    /// Renew every LDevID expiring within the margin: each device makes a new
+    /// key in its keystore, the OEM CA signs it, the device switches to it.
+    Renew {
+        /// The lab (its OEM CA signs).
+        #[arg(long)]
+        lab: PathBuf,
+        /// Renew what expires within this many days.
+        #[arg(long, default_value_t = 30)]
+        margin_days: i64,
+        /// Validity of the new certificates, days.
+        #[arg(long, default_value_t = 730)]
+        days: i64,
+        /// Renew every device now.
+        #[arg(long)]
+        force: bool,
+    },
     /// After a key compromise: install a CRL on every device.
     PushCrl {
         /// The lab.

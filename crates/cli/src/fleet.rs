@@ -177,6 +177,40 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             }
             Ok(())
         }
+        FleetCommand::Renew {
+            lab,
+            margin_days,
+            days,
+            force,
+        } => {
+            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
+            let mut oem = drivesec_pki::Ca::open(&m.oem_ca_dir)?;
+            let r = drivesec_oem::incident::renew(&m, &mut oem, margin_days, days, force)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for x in &r {
+                    if x.renewed {
+                        println!(
+                            "{}: renewed (was {} days from expiry), new LDevID {} valid until {}",
+                            x.device,
+                            x.days_left_before
+                                .map(|d| d.to_string())
+                                .unwrap_or_else(|| "?".into()),
+                            x.serial.as_deref().unwrap_or("?"),
+                            x.not_after.as_deref().unwrap_or("?")
+                        );
+                    } else {
+                        println!(
+                            "{}: not due ({} days left)",
+                            x.device,
+                            x.days_left_before.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
         FleetCommand::PushCrl { lab, crl } => {
             let m = drivesec_oem::lab::LabManifest::load(&lab)?;
             let pem = fsu::read_to_string(&crl)?;

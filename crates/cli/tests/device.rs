@@ -216,6 +216,31 @@ fn operations() -> Vec<Op> {
             body: Some(json!({"command": "stop"})),
             permission: "drive-control",
         },
+        Op {
+            method: "GET",
+            path: "/api/v1/modbus/rights",
+            body: None,
+            permission: "read-security-settings",
+        },
+        Op {
+            method: "PUT",
+            path: "/api/v1/modbus/rights",
+            body: Some(drivesec_oem::lab::lab_modbus_rights()),
+            permission: "write-security-settings",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/profile",
+            body: None,
+            permission: "read-security-settings",
+        },
+        // No renewal is in progress: allowed callers get 409, others 403.
+        Op {
+            method: "PUT",
+            path: "/api/v1/identity/ldevid",
+            body: Some(json!({"chain_pem": "not a chain"})),
+            permission: "manage-trust",
+        },
         // Executed only where it is denied; the allowed case is its own test.
         Op {
             method: "POST",

@@ -329,3 +329,124 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
         .collect();
     assert_eq!(flags, vec![false, false, false, true]);
 }
+
+/// LDevIDs due within the margin are renewed through a key each device
+/// makes in its own keystore; the old key is destroyed, the device keeps
+/// working under its new identity, also after a restart.
+#[test]
+fn ldevid_renewal_before_expiry() {
+    let lab = test_lab_n(Some(config()), 4);
+    let serial_of = |dev: &drivesec_oem::lab::LabDevice| {
+        let id = lab.identity("viewer");
+        let trust = drivesec_oem::client::DeviceTrust::Ldevid {
+            roots: drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap(),
+            device_name: dev.device_name.clone().unwrap(),
+        };
+        let (_, _, chain) = drivesec_oem::validate::probe(
+            dev.api
+                .as_ref()
+                .unwrap()
+                .trim_start_matches("https://")
+                .parse()
+                .unwrap(),
+            Some(&id),
+            &trust,
+            drivesec_oem::client::Versions::Default,
+        )
+        .unwrap();
+        drivesec_pki::inspect::summarize(&chain[0]).unwrap().serial
+    };
+    let before: Vec<String> = lab.m.devices.iter().map(serial_of).collect();
+    // Not due with a 30-day margin (the lab's LDevIDs run 730 days).
+    let (code, out, _) = drivesec(&[
+        "--json",
+        "fleet",
+        "renew",
+        "--lab",
+        s(&lab.dir),
+        "--margin-days",
+        "30",
+    ]);
+    assert_eq!(code, 0);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(r.as_array().unwrap().iter().all(|x| x["renewed"] == false));
+    // Due with a margin beyond their expiry: renewed for 365 days.
+    let (code, out, err) = drivesec(&[
+        "--json",
+        "fleet",
+        "renew",
+        "--lab",
+        s(&lab.dir),
+        "--margin-days",
+        "1000",
+        "--days",
+        "365",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        r.as_array().unwrap().iter().all(|x| x["renewed"] == true),
+        "{r}"
+    );
+    let after: Vec<String> = lab.m.devices.iter().map(serial_of).collect();
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(a, b, "still the old LDevID");
+    }
+    for (dev, x) in lab.m.devices.iter().zip(r.as_array().unwrap()) {
+        assert_eq!(
+            x["serial"].as_str().unwrap(),
+            after[lab
+                .m
+                .devices
+                .iter()
+                .position(|d| d.name == dev.name)
+                .unwrap()]
+        );
+    }
+    // One key per device in the keystore: the old one is gone.
+    let st = drivesec_device::state::StateDir::load(&lab.m.devices[0].dir).unwrap();
+    let handles: Vec<String> = st
+        .store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.handle.as_str().to_string())
+        .collect();
+    assert_eq!(
+        handles.iter().filter(|h| h.starts_with("ldevid")).count(),
+        1,
+        "{handles:?}"
+    );
+    assert_eq!(
+        Some(
+            handles
+                .iter()
+                .find(|h| h.starts_with("ldevid"))
+                .unwrap()
+                .as_str()
+        ),
+        st.file.ldevid_key.as_ref().map(|h| h.as_str())
+    );
+    // The device still works for its users, and after a restart.
+    assert_eq!(
+        lab.session("viewer")
+            .ok("GET", "/api/v1/info", None)
+            .unwrap()["state"],
+        "commissioned"
+    );
+    let dir = lab.device_dir();
+    drivesec_oem::daemons::stop(lab.m.devices[0].pid.unwrap());
+    let cfg = drivesec_device::config::DeviceConfig::load(&dir.join("drivesecd.toml")).unwrap();
+    let again =
+        drivesec_oem::daemons::start(Path::new(env!("CARGO_BIN_EXE_drivesecd")), &dir, &cfg)
+            .unwrap();
+    let c = drivesec_oem::client::DeviceClient::new(
+        again.addr,
+        Some(&lab.identity("viewer")),
+        &lab.trust(),
+        drivesec_oem::client::Versions::Default,
+    )
+    .unwrap();
+    assert_eq!(c.call("GET", "/api/v1/info", None).unwrap().status, 200);
+    drivesec_oem::daemons::stop(again.pid);
+}

@@ -84,6 +84,22 @@ fn apply_files(dir: &Path, j: &Journal) -> Result<()> {
     Ok(())
 }
 
+/// Replaces several files of the state directory as one transaction (the
+/// same journal as provisioning: all of them, or none, even across a crash).
+pub(crate) fn commit_files(dir: &Path, files: Vec<(String, String, bool)>) -> Result<()> {
+    let journal = Journal { files };
+    let text =
+        serde_json::to_string_pretty(&journal).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+    fsu::write_atomic(
+        &dir.join(files::PROVISION_JOURNAL),
+        text.as_bytes(),
+        Mode::Private,
+    )?;
+    apply_files(dir, &journal)?;
+    fsu::remove_durable(&dir.join(files::PROVISION_JOURNAL))?;
+    Ok(())
+}
+
 /// The rights table of a profile's grants.
 pub fn rights_of(grants: &[Grant]) -> std::result::Result<Rights, String> {
     let mut roles: BTreeMap<drivesec_pki::role::Role, Vec<Rule>> = BTreeMap::new();

@@ -94,6 +94,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
         modbus_tls: Arc::new(RwLock::new(modbus_tls)),
         modbus_rights: RwLock::new(Arc::new(modbus_rights)),
         modbus_denials: Mutex::new(std::collections::HashMap::new()),
+        renewal: Mutex::new(None),
     });
     if let Some(f) = dev
         .forwarding_settings()

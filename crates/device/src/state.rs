@@ -21,6 +21,9 @@ use crate::{DeviceError, Result, credential};
 pub const IDEVID_KEY: &str = "idevid";
 /// Handle of the LDevID key.
 pub const LDEVID_KEY: &str = "ldevid";
+/// The other LDevID handle: a renewal makes its new key under whichever of
+/// the two is not in use.
+pub const LDEVID_KEY_NEXT: &str = "ldevid-next";
 
 /// Life-cycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +312,89 @@ impl StateDir {
         Ok(csr)
     }
 
+    /// Renewal step 1: a fresh key in the keystore under the unused LDevID
+    /// handle, and a CSR for the same device name.
+    pub fn renewal_csr(&self) -> Result<(KeyHandle, String)> {
+        let bad = |m: &str| DeviceError::Invalid(m.into());
+        let current = self
+            .file
+            .ldevid_key
+            .clone()
+            .ok_or_else(|| bad("not commissioned: nothing to renew"))?;
+        let name = self
+            .file
+            .device_name
+            .clone()
+            .ok_or_else(|| bad("commissioned without a device name"))?;
+        let next = KeyHandle::new(if current.as_str() == LDEVID_KEY {
+            LDEVID_KEY_NEXT
+        } else {
+            LDEVID_KEY
+        })?;
+        if self.store.info(&next).is_ok() {
+            // Left over from an unfinished renewal: never reuse it.
+            self.store.destroy(&next)?;
+        }
+        self.store.generate(&next, KeyAlgorithm::EcdsaP256)?;
+        let signer = CertSigningKey::new(self.store.clone(), &next)?;
+        let mut p = rcgen::CertificateParams::new(vec![name.clone()])
+            .map_err(|e| DeviceError::Invalid(format!("device name '{name}': {e}")))?;
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let csr = p
+            .serialize_request(&signer)
+            .and_then(|c| c.pem())
+            .map_err(|e| DeviceError::Invalid(format!("CSR: {e}")))?;
+        Ok((next, csr))
+    }
+
+    /// Renewal step 2: the new chain must be for the key step 1 made, name
+    /// the same device and chain to the owner's trust anchors; then the
+    /// certificate and `device.json` switch together (one journalled
+    /// transaction) and the old key is destroyed.
+    pub fn install_renewed(&self, next: &KeyHandle, chain_pem: &str) -> Result<StateDir> {
+        let chain = read_certs_pem(Path::new("ldevid_chain_pem"), chain_pem.as_bytes())?;
+        check_key(self.store.as_ref(), next, &chain, "LDevID", &self.dir).map_err(|_| {
+            DeviceError::Invalid(
+                "the certificate is not for the key this device generated for the renewal".into(),
+            )
+        })?;
+        verify_chain(
+            &chain[0],
+            &VerifyOptions {
+                roots: &self.trust_anchors,
+                intermediates: chain.get(1..).unwrap_or(&[]),
+                crls: self.crl.as_slice(),
+                usage: drivesec_pki::verify::Usage::Server,
+                time: None,
+            },
+        )
+        .map_err(|e| {
+            DeviceError::Invalid(format!(
+                "the renewed LDevID does not chain to the owner: {e}"
+            ))
+        })?;
+        let old = self.file.ldevid_key.clone();
+        let mut file = self.file.clone();
+        file.ldevid_key = Some(next.clone());
+        let json = String::from_utf8(
+            serde_json::to_vec_pretty(&file).map_err(|e| DeviceError::Invalid(e.to_string()))?,
+        )
+        .map_err(|e| DeviceError::Invalid(e.to_string()))?;
+        crate::provision::commit_files(
+            &self.dir,
+            vec![
+                (files::LDEVID.to_string(), chain_pem.to_string(), false),
+                ("device.json".to_string(), json, false),
+            ],
+        )?;
+        if let Some(h) = old
+            && &h != next
+        {
+            let _ = self.store.destroy(&h);
+        }
+        StateDir::load(&self.dir)
+    }
+
     /// Commissioning step 2: checks and installs the LDevID, trust anchors, CRL
     /// and the accounts store, then commits the new state. Returns the new state.
     pub fn install_ownership(
@@ -405,10 +491,13 @@ impl StateDir {
                 "the device is tampered: its IDevID key was destroyed, so it must be re-provisioned by the manufacturer (drivesec factory reprovision) before it can be commissioned again".into(),
             ));
         }
-        if let Ok(h) = KeyHandle::new(LDEVID_KEY)
-            && self.store.info(&h).is_ok()
-        {
-            self.store.destroy(&h)?;
+        // Both LDevID handles (renewal alternates between them).
+        for name in [LDEVID_KEY, LDEVID_KEY_NEXT] {
+            if let Ok(h) = KeyHandle::new(name)
+                && self.store.info(&h).is_ok()
+            {
+                self.store.destroy(&h)?;
+            }
         }
         for f in [
             files::LDEVID,

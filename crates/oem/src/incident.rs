@@ -167,3 +167,97 @@ pub fn push_crl(
     }
     Ok(out)
 }
+
+/// One device's renewal.
+#[derive(Debug, Clone, Serialize)]
+pub struct Renewed {
+    /// Device.
+    pub device: String,
+    /// Days left on the old LDevID.
+    pub days_left_before: Option<i64>,
+    /// Renewed now (false: not yet due).
+    pub renewed: bool,
+    /// The new certificate's serial.
+    pub serial: Option<String>,
+    /// Its expiry.
+    pub not_after: Option<String>,
+}
+
+/// Renews, through the device's own new key, every LDevID that expires
+/// within `margin_days` (all of them with `force`), issuing `days`-long
+/// certificates from the OEM CA.
+pub fn renew(
+    lab: &LabManifest,
+    oem: &mut drivesec_pki::Ca,
+    margin_days: i64,
+    days: i64,
+    force: bool,
+) -> Result<Vec<Renewed>> {
+    let (id, user, pw) = admin(lab)?;
+    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
+    let mut out = vec![];
+    for d in &lab.devices {
+        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+            continue;
+        };
+        let addr: std::net::SocketAddr = api
+            .trim_start_matches("https://")
+            .parse()
+            .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
+        let trust = DeviceTrust::Ldevid {
+            roots: roots.clone(),
+            device_name: name.clone(),
+        };
+        let left = crate::validate::probe(addr, Some(&id), &trust, Versions::Default)
+            .ok()
+            .and_then(|(_, _, chain)| chain.into_iter().next())
+            .and_then(|c| drivesec_pki::inspect::summarize(&c).ok())
+            .and_then(|s| {
+                time::OffsetDateTime::parse(
+                    &s.not_after,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()
+            })
+            .map(|t| (t - time::OffsetDateTime::now_utc()).whole_days());
+        let due = force || left.is_none_or(|l| l < margin_days);
+        let mut r = Renewed {
+            device: d.name.clone(),
+            days_left_before: left,
+            renewed: false,
+            serial: None,
+            not_after: None,
+        };
+        if due {
+            let mut c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
+            c.login(&user, &pw)?;
+            let csr = c.ok("POST", "/api/v1/identity/renew", None)?["csr_pem"]
+                .as_str()
+                .ok_or_else(|| OemError::Invalid(format!("{}: no CSR", d.name)))?
+                .to_string();
+            let issued = oem.issue(&drivesec_pki::IssueRequest {
+                profile: drivesec_pki::Profile::LdevId {
+                    serial_number: d.serial_number.clone(),
+                    device_name: name.clone(),
+                    ip_addresses: vec![addr.ip()],
+                    days,
+                },
+                key: drivesec_pki::SubjectKey::CsrPem {
+                    source: format!("renewal CSR from {}", d.name),
+                    pem: csr,
+                },
+            })?;
+            let v = c.ok(
+                "PUT",
+                "/api/v1/identity/ldevid",
+                Some(&serde_json::json!({"chain_pem": issued.chain_pem})),
+            )?;
+            let _ = c.call("POST", "/api/v1/logout", None);
+            r.renewed = true;
+            r.serial = v["serial"].as_str().map(str::to_string);
+            r.not_after = v["not_after"].as_str().map(str::to_string);
+        }
+        out.push(r);
+    }
+    Ok(out)
+}

@@ -77,6 +77,8 @@ pub struct Device {
     pub(crate) modbus_tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
     /// Modbus rights per role.
     pub(crate) modbus_rights: RwLock<Arc<drivesec_modbus::Rights>>,
+    /// The key handle of an LDevID renewal in progress.
+    pub(crate) renewal: Mutex<Option<drivesec_keystore::KeyHandle>>,
     /// Refused Modbus requests not yet recorded, per client.
     pub(crate) modbus_denials: Mutex<std::collections::HashMap<String, crate::modbus::DenyWindow>>,
 }
@@ -470,6 +472,8 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
             "/api/v1/profile",
             get(provision::get_profile).put(provision::put_profile),
         )
+        .route("/api/v1/identity/renew", post(provision::renew_begin))
+        .route("/api/v1/identity/ldevid", put(provision::renew_complete))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             dev.clone(),

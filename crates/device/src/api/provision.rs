@@ -55,3 +55,93 @@ pub(crate) async fn put_profile(
         }
     }
 }
+
+/// LDevID renewal, step 1: the device makes a new key in its keystore and
+/// answers a CSR for it.
+pub(crate) async fn renew_begin(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ManageTrust, "identity.renew")?;
+    dev.commissioned()?;
+    let (next, csr) = {
+        let st = dev
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        st.renewal_csr()?
+    };
+    *dev.renewal
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))? = Some(next.clone());
+    dev.audit(
+        Device::event(&c, "identity.renew-begin", Outcome::Success)
+            .details(json!({"key": next.as_str()})),
+    )?;
+    Ok(ok(json!({"csr_pem": csr})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RenewComplete {
+    chain_pem: String,
+}
+
+/// LDevID renewal, step 2: the new certificate is installed (checked to be
+/// for the new key and to chain to the owner), TLS switches to it, the old
+/// key is destroyed.
+pub(crate) async fn renew_complete(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Body(req): Body<RenewComplete>,
+) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
+    dev.require(&c, Permission::ManageTrust, "identity.renew")?;
+    let next = dev
+        .renewal
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .clone()
+        .ok_or_else(|| {
+            ApiError::conflict("no renewal in progress: POST /api/v1/identity/renew first")
+        })?;
+    let st = {
+        let cur = dev
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        cur.install_renewed(&next, &req.chain_pem)
+    };
+    let st = match st {
+        Ok(s) => s,
+        Err(e) => {
+            let e: ApiError = e.into();
+            dev.audit(
+                Device::event(&c, "identity.renewed", Outcome::Failure)
+                    .details(json!({"reason": e.message()})),
+            )?;
+            return Err(e);
+        }
+    };
+    let serial = st
+        .ldevid_chain
+        .as_ref()
+        .and_then(|c| c.first())
+        .and_then(|c| drivesec_pki::inspect::summarize(c).ok())
+        .map(|s| (s.serial, s.not_after));
+    dev.adopt_state(st)?;
+    *dev.renewal
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))? = None;
+    dev.audit(
+        Device::event(&c, "identity.renewed", Outcome::Success)
+            .details(json!({"serial": serial.as_ref().map(|s| &s.0), "not_after": serial.as_ref().map(|s| &s.1)}))
+            .essential(),
+    )?;
+    Ok(ok(
+        json!({"serial": serial.as_ref().map(|s| &s.0), "not_after": serial.map(|s| s.1)}),
+    ))
+}
