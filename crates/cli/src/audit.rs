@@ -53,6 +53,52 @@ fn require_trail(dir: &Path) -> Result<()> {
 /// Runs an audit command.
 pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
     match cmd {
+        AuditCommand::Review {
+            lab,
+            dormant_days,
+            burst,
+        } => {
+            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
+            let r = drivesec_oem::review::review(&m, dormant_days, burst.max(2))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for d in &r {
+                    println!(
+                        "{}: trail {} ({} records)",
+                        d.device,
+                        if d.trail_intact { "intact" } else { "BROKEN" },
+                        d.records
+                    );
+                    for a in &d.accounts {
+                        println!(
+                            "  {:<20} {:<15} {} login(s), last {}{}",
+                            a.username,
+                            a.role,
+                            a.logins,
+                            a.last_login.as_deref().unwrap_or("never"),
+                            if a.never_used {
+                                "  NEVER USED"
+                            } else if a.dormant {
+                                "  DORMANT"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    for p in &d.privilege_changes {
+                        println!("  privilege change: {p}");
+                    }
+                    for b in &d.failed_login_bursts {
+                        println!("  FAILED-LOGIN BURST: {b}");
+                    }
+                }
+            }
+            if r.iter().any(|d| !d.trail_intact) {
+                bail!("an audit trail is broken");
+            }
+            Ok(())
+        }
         AuditCommand::Verify { dir, cert } => {
             require_trail(&dir)?;
             let chain = read_cert_chain(&cert)?;

@@ -681,6 +681,20 @@ pub enum DeviceAuditCommand {
 /// `drivesec audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
+    /// Access review of a lab's devices: trails verified, accounts and
+    /// roles, last logins, dormant and never-used accounts, privilege
+    /// changes, bursts of failed logins.
+    Review {
+        /// The lab.
+        #[arg(long)]
+        lab: PathBuf,
+        /// Accounts whose last login is older than this are dormant.
+        #[arg(long, default_value_t = 90)]
+        dormant_days: i64,
+        /// This many failed logins within a minute is a burst.
+        #[arg(long, default_value_t = 5)]
+        burst: usize,
+    },
     /// Check a trail's hash chain, checkpoints and signatures; exit 0 only if intact.
     Verify {
         /// The trail directory.

@@ -450,3 +450,56 @@ fn ldevid_renewal_before_expiry() {
     assert_eq!(c.call("GET", "/api/v1/info", None).unwrap().status, 200);
     drivesec_oem::daemons::stop(again.pid);
 }
+
+/// The access review: trail verified; used, never-used accounts; the
+/// privilege change; a burst of failed logins.
+#[test]
+fn access_review_finds_what_happened() {
+    let lab = common::test_lab(Some(config()));
+    let _ = lab.session("viewer");
+    let admin = lab.admin();
+    admin
+        .ok("POST", "/api/v1/users", Some(&serde_json::json!({"username": "late-admin", "role": "security-admin", "password": "Xylophone-42-Blue"})))
+        .unwrap();
+    let c = lab.client("operator");
+    for _ in 0..6 {
+        let r = c
+            .call("POST", "/api/v1/login", Some(&serde_json::json!({"username": lab.m.users["operator"].username, "password": "Wrong-passw0rd-9"})))
+            .unwrap();
+        // 401, then 403 once the account locks (after five).
+        assert!(matches!(r.status, 401 | 403), "{}", r.status);
+    }
+    let (code, out, err) = drivesec(&["--json", "audit", "review", "--lab", s(&lab.dir)]);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let d = &r[0];
+    assert_eq!(d["trail_intact"], true);
+    let acct = |name: &str| {
+        d["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["username"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let viewer = acct(&lab.m.users["viewer"].username);
+    assert_eq!(
+        (viewer["logins"].clone(), viewer["never_used"].clone()),
+        (1.into(), false.into()),
+        "{viewer}"
+    );
+    assert_eq!(acct(&lab.m.users["auditor"].username)["never_used"], true);
+    assert_eq!(acct("late-admin")["never_used"], true);
+    let changes = d["privilege_changes"].to_string();
+    assert!(changes.contains("user.add late-admin"), "{changes}");
+    let bursts = d["failed_login_bursts"].as_array().unwrap();
+    assert_eq!(bursts.len(), 1, "{bursts:?}");
+    assert!(
+        bursts[0]
+            .as_str()
+            .unwrap()
+            .contains(&lab.m.users["operator"].username),
+        "{bursts:?}"
+    );
+}

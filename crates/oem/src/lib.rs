@@ -21,6 +21,7 @@ pub mod lab;
 pub mod modbus;
 pub mod posture;
 pub mod provision;
+pub mod review;
 pub mod rollout;
 pub mod validate;
 
