@@ -51,6 +51,35 @@ pub enum Command {
     /// The fleet: patch rollouts in waves and the fleet's state (docs/fleet.md).
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// Signed evidence for re-certification.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
+}
+
+/// `drivesec evidence ...`.
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Pack the plant model, its assessment (with live SL-A), a validation
+    /// run and the access review of a lab into one signed file.
+    Bundle {
+        /// The plant model.
+        #[arg(long)]
+        plan: PathBuf,
+        /// The lab.
+        #[arg(long)]
+        lab: PathBuf,
+        /// Where to write the bundle (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a bundle's signature against the OEM's public key.
+    Verify {
+        /// The bundle.
+        file: PathBuf,
+        /// The OEM's public key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 /// `drivesec fleet ...`.

@@ -309,6 +309,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Plan(p) => crate::plan::run(p, json),
         Command::Validate(v) => crate::validate::run(v, json),
         Command::Fleet(f) => crate::fleet::run(f, json),
+        Command::Evidence(e) => crate::validate::evidence(e, json),
         Command::Cert(a) => {
             let chain = read_cert_chain(&a.file)?;
             let s = summarize(&chain[0])?;

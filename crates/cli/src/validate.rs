@@ -10,7 +10,7 @@ use drivesec_oem::inventory::Inventory;
 use drivesec_oem::validate::Verdict;
 use sha2::{Digest, Sha256};
 
-use crate::cli::{ValidateArgs, ValidateCommand};
+use crate::cli::{EvidenceCommand, ValidateArgs, ValidateCommand};
 
 /// A signing key in a keystore.
 type Signer = (Arc<dyn KeyStore>, KeyHandle);
@@ -151,4 +151,108 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
         bail!("validation failed: {failures} finding(s)");
     }
     Ok(())
+}
+
+/// Runs `evidence bundle|verify`.
+pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
+    const KIND: &str = "drivesec-evidence-bundle";
+    match c {
+        EvidenceCommand::Verify { file, key } => {
+            let v: serde_json::Value = serde_json::from_slice(&fsu::read(&file)?)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            let pk = drivesec_firmware::read_public_key(&key)?;
+            let doc = drivesec_oem::evidence::verify_kind(&v, &pk, KIND)
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc["contents"])?);
+            } else {
+                println!(
+                    "{}: signature valid; {} generated {}",
+                    file.display(),
+                    doc["system"].as_str().unwrap_or(""),
+                    doc["generated_at"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        EvidenceCommand::Bundle { plan, lab, out } => {
+            let text = fsu::read_to_string(&plan)?;
+            let loaded = drivesec_iec62443::model::parse(&plan, &text)?;
+            if drivesec_iec62443::check::check(&loaded)
+                .iter()
+                .any(|p| !p.warning)
+            {
+                bail!("{}: the plan is not valid (run plan check)", plan.display());
+            }
+            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
+            let mut assessment = drivesec_iec62443::assess::assess(&loaded.model);
+            drivesec_iec62443::assess::attach_live(
+                &mut assessment,
+                &loaded.model,
+                &drivesec_oem::posture::fetch(&m)?,
+            );
+            let model = &loaded.model;
+            let inv = Inventory::from_lab(&lab, &m, &|dev: &str| {
+                model
+                    .assets
+                    .iter()
+                    .map(|x| x.get_ref())
+                    .find(|x| x.device.as_deref() == Some(dev))
+                    .map(|x| x.id.get_ref().clone())
+            })?;
+            let (ctx, targets) = drivesec_oem::validate::prepare(model, &inv)?;
+            let results = drivesec_oem::validate::validate_all(&ctx, &targets, 8);
+            let plan_sha = hex::encode(Sha256::digest(text.as_bytes()));
+            let validation =
+                drivesec_oem::evidence::document(&model.system.name, &plan_sha, &results);
+            let review = drivesec_oem::review::review(&m, 90, 5)?;
+            let doc = serde_json::json!({
+                "format": 1,
+                "kind": KIND,
+                "system": model.system.name,
+                "generated_at": time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+                "plan_sha256": plan_sha,
+                "contents": {
+                    "plan_toml": text,
+                    "assessment": assessment,
+                    "validation": validation,
+                    "audit_review": review,
+                },
+            });
+            let fw = m
+                .firmware
+                .as_ref()
+                .ok_or_else(|| anyhow!("the lab has no OEM key"))?;
+            let signed = drivesec_oem::evidence::sign(
+                doc,
+                soft(&fw.oem_keystore)?.as_ref(),
+                &KeyHandle::new("approval")?,
+            )?;
+            fsu::write_atomic(
+                &out,
+                (serde_json::to_string_pretty(&signed)? + "\n").as_bytes(),
+                Mode::Public,
+            )?;
+            let findings: usize = results.iter().map(|r| r.failures().count()).sum();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"bundle": out, "validation_findings": findings, "approvals": assessment.approvals.len()})
+                    )?
+                );
+            } else {
+                println!(
+                    "{}: plan, assessment ({} approval items), validation ({} findings), access review of {} device(s); signed with the OEM key",
+                    out.display(),
+                    assessment.approvals.len(),
+                    findings,
+                    review.len()
+                );
+            }
+            Ok(())
+        }
+    }
 }

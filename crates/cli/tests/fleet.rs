@@ -503,3 +503,73 @@ fn access_review_finds_what_happened() {
         "{bursts:?}"
     );
 }
+
+/// The re-certification bundle: plan, assessment with live SL-A, validation
+/// and access review in one signed file; any change breaks the signature.
+#[test]
+fn evidence_bundle_is_signed_and_tamper_evident() {
+    let lab = common::test_lab(Some(config()));
+    let d = tempfile::tempdir().unwrap();
+    let plan = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packaging-line.toml");
+    let out = d.path().join("bundle.json");
+    let (code, stdout, err) = drivesec(&[
+        "evidence",
+        "bundle",
+        "--plan",
+        s(&plan),
+        "--lab",
+        s(&lab.dir),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let key = lab
+        .m
+        .firmware
+        .as_ref()
+        .unwrap()
+        .oem_keystore
+        .parent()
+        .unwrap()
+        .join("approval.pub");
+    let key = if key.exists() {
+        key
+    } else {
+        lab.m
+            .firmware
+            .as_ref()
+            .unwrap()
+            .oem_keystore
+            .join("approval.pub")
+    };
+    let (code, stdout, err) = drivesec(&["evidence", "verify", s(&out), "--key", s(&key)]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let c = &v["evidence"]["contents"];
+    assert!(
+        c["plan_toml"]
+            .as_str()
+            .unwrap()
+            .contains("Packaging line 4")
+    );
+    assert_eq!(c["assessment"]["zones"].as_array().unwrap().len(), 8);
+    let cell = c["assessment"]["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["zone"] == "cell")
+        .unwrap();
+    assert!(
+        !cell["assets"][0]["sl_a"].is_null(),
+        "live SL-A for drive-001"
+    );
+    assert_eq!(c["validation"]["summary"]["devices"], 1);
+    assert_eq!(c["audit_review"][0]["trail_intact"], true);
+    let mut t = v.clone();
+    t["evidence"]["contents"]["plan_toml"] = "tolerable = 25".into();
+    let bad = d.path().join("bad.json");
+    std::fs::write(&bad, serde_json::to_vec(&t).unwrap()).unwrap();
+    let (code, _, err) = drivesec(&["evidence", "verify", s(&bad), "--key", s(&key)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does not match"), "{err}");
+}

@@ -449,6 +449,45 @@ pub fn check(l: &Loaded) -> Vec<Problem> {
             p(r.span(), "range", "risk.tolerable is a score 1..=25".into());
         }
     }
+    let mut late = vec![];
+    if let Some(g) = &m.governance {
+        let gv = g.get_ref();
+        let fmt = time::macros::format_description!("[year]-[month]-[day]");
+        let today = time::OffsetDateTime::now_utc().date();
+        for (what, date, every) in [
+            (
+                "access review",
+                &gv.last_access_review,
+                gv.access_review_days,
+            ),
+            (
+                "risk reassessment",
+                &gv.last_reassessment,
+                gv.reassessment_days,
+            ),
+        ] {
+            match time::Date::parse(date, &fmt) {
+                Err(_) => p(
+                    g.span(),
+                    "governance",
+                    format!("{what} date '{date}' is not YYYY-MM-DD"),
+                ),
+                Ok(d) => {
+                    let age = (today - d).whole_days();
+                    if age > i64::from(every) {
+                        let mut pr = src.problem(
+                            g.span(),
+                            "governance-overdue",
+                            format!("the {what} is overdue: last on {date}, {age} days ago (due every {every} days)"),
+                        );
+                        pr.warning = true;
+                        late.push(pr);
+                    }
+                }
+            }
+        }
+    }
+    out.extend(late);
     out.sort_by_key(|a| (a.warning, a.line, a.column));
     out
 }

@@ -79,6 +79,9 @@ pub struct Model {
     /// How risk is scored and mapped to SL-T (default: docs/risk-method.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub risk: Option<Spanned<RiskMethod>>,
+    /// Governance dates: access reviews and risk reassessments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<Spanned<Governance>>,
     /// Assets.
     #[serde(default)]
     pub assets: Vec<Spanned<Asset>>,
@@ -120,6 +123,31 @@ pub struct AccessPoint {
     pub kind: String,
     /// The zone it enters.
     pub zone: Spanned<String>,
+}
+
+/// When access was last reviewed and risk last reassessed, and how often
+/// each is due (`plan check` warns when one is overdue).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Governance {
+    /// Last access review (YYYY-MM-DD).
+    pub last_access_review: String,
+    /// Days between access reviews.
+    #[serde(default = "review_days")]
+    pub access_review_days: u32,
+    /// Last risk reassessment (YYYY-MM-DD).
+    pub last_reassessment: String,
+    /// Days between reassessments.
+    #[serde(default = "reassessment_days")]
+    pub reassessment_days: u32,
+}
+
+fn review_days() -> u32 {
+    90
+}
+
+fn reassessment_days() -> u32 {
+    365
 }
 
 /// The risk method (docs/risk-method.md).

@@ -236,3 +236,35 @@ fn every_problem_is_reported_not_just_the_first() {
         "{p:#?}"
     );
 }
+
+#[test]
+fn overdue_reviews_are_warnings_and_bad_dates_errors() {
+    let text = format!(
+        "{}\n[governance]\nlast_access_review = \"2020-01-01\"\nlast_reassessment = \"2099-01-01\"\n",
+        BASE
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    assert!(
+        p[0].warning && p[0].rule == "governance-overdue",
+        "{}",
+        p[0]
+    );
+    assert!(
+        p[0].message
+            .contains("access review is overdue: last on 2020-01-01"),
+        "{}",
+        p[0]
+    );
+    assert!(p[0].to_string().contains(": warning[governance-overdue]:"));
+    let bad = format!(
+        "{}\n[governance]\nlast_access_review = \"01/02/2026\"\nlast_reassessment = \"2099-01-01\"\n",
+        BASE
+    );
+    let p = problems(&bad);
+    assert_eq!(
+        (p.len(), p[0].warning, p[0].rule),
+        (1, false, "governance"),
+        "{p:#?}"
+    );
+}

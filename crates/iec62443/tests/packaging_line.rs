@@ -19,7 +19,8 @@ fn example() -> PathBuf {
 
 fn load() -> Loaded {
     let l = model::load(&example()).unwrap();
-    let problems = check(&l);
+    // Errors only: a governance warning (a review falling due) is allowed.
+    let problems: Vec<_> = check(&l).into_iter().filter(|p| !p.warning).collect();
     assert!(problems.is_empty(), "{problems:#?}");
     l
 }

@@ -48,6 +48,11 @@ pub fn sign(doc: Value, store: &dyn KeyStore, handle: &KeyHandle) -> Result<Valu
 /// Checks a signed evidence file against the OEM's public key; returns the
 /// evidence. Any change to the document, the signature or the key id fails.
 pub fn verify(file: &Value, pk: &PublicKey) -> Result<Value> {
+    verify_kind(file, pk, "drivesec-validation-evidence")
+}
+
+/// Like [`verify`] for a document of `kind`.
+pub fn verify_kind(file: &Value, pk: &PublicKey, kind: &str) -> Result<Value> {
     let bad = |m: &str| OemError::Check(format!("evidence: {m}"));
     let doc = file.get("evidence").ok_or_else(|| bad("no 'evidence'"))?;
     let sig = &file["signature"];
@@ -66,8 +71,8 @@ pub fn verify(file: &Value, pk: &PublicKey) -> Result<Value> {
             "the signature does not match the document (changed after signing?)",
         ));
     }
-    if doc["kind"] != "drivesec-validation-evidence" || doc["format"] != 1 {
-        return Err(bad("not a drivesec validation evidence document"));
+    if doc["kind"] != kind || doc["format"] != 1 {
+        return Err(bad(&format!("not a {kind} document")));
     }
     Ok(doc.clone())
 }
