@@ -341,11 +341,11 @@ fn demo_verifies_everything() {
         "--dir",
         s(&d.path().join("demo")),
         "--devices",
-        "2",
+        "3",
     ]))
     .unwrap();
     assert_eq!(v["ok"], true);
-    assert_eq!(v["devices"].as_array().unwrap().len(), 2);
+    assert_eq!(v["devices"].as_array().unwrap().len(), 3);
     for dev in v["devices"].as_array().unwrap() {
         assert_eq!(dev["possession_ok"], true);
         assert_eq!(dev["credential_ok"], true);
@@ -392,6 +392,13 @@ fn demo_verifies_everything() {
     assert!(va["validated"].as_u64().unwrap() >= 1, "{va}");
     assert_eq!(va["provisioned"], va["validated"], "{va}");
     assert!(std::path::Path::new(va["evidence"].as_str().unwrap()).exists());
+    // The fleet: a rollout halted by the drive that failed its health
+    // check and reverted, LDevIDs renewed, trails intact.
+    let fl = &v["fleet"];
+    assert_eq!(fl["halted"], true, "{fl}");
+    assert_eq!(fl["reverted"].as_array().unwrap().len(), 1, "{fl}");
+    assert!(fl["renewed"].as_u64().unwrap() >= 3, "{fl}");
+    assert_eq!(fl["trails_intact"], true, "{fl}");
     // The tamper story: the keys are gone, the device says so.
     let t = &v["tamper"];
     assert!(t["keys_before"].as_u64().unwrap() >= 3, "{t}");

@@ -164,6 +164,23 @@ pub struct ValidationReport {
     pub evidence: PathBuf,
 }
 
+/// The fleet story.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    /// The rollout halted (expected: the second drive fails its health check).
+    pub halted: bool,
+    /// Drives running the release.
+    pub updated: Vec<String>,
+    /// Drives that reverted.
+    pub reverted: Vec<String>,
+    /// LDevIDs renewed.
+    pub renewed: usize,
+    /// Every audit trail verified.
+    pub trails_intact: bool,
+    /// The fleet store.
+    pub store: PathBuf,
+}
+
 /// The tamper story.
 #[derive(Debug, Clone, Serialize)]
 pub struct TamperReport {
@@ -200,6 +217,8 @@ pub struct DemoReport {
     pub plan: Option<PlanReport>,
     /// Provisioning to SL-T and validation.
     pub validation: Option<ValidationReport>,
+    /// Rollout, renewal, access review.
+    pub fleet: Option<FleetReport>,
     /// The tamper story.
     pub tamper: Option<TamperReport>,
     /// Each device's audit trail.
@@ -272,6 +291,7 @@ pub fn run(
         report.audit = audit_story(&lab, out)?;
         let plan = plan_story(&lab, &opts.dir, out)?;
         let validation = validation_story(&lab, &opts.dir, out)?;
+        let fleet = fleet_story(&lab, &opts.dir, out)?;
         let tamper = tamper_story(&lab, out)?;
         report.ok = report
             .sessions
@@ -311,6 +331,7 @@ pub fn run(
         report.tamper = tamper;
         report.plan = plan;
         report.validation = validation;
+        report.fleet = fleet;
         if !report.ok {
             return Err(OemError::Check(format!(
                 "the running lab did not behave: {}",
@@ -1080,6 +1101,171 @@ fn validation_story(
     }))
 }
 
+/// The fleet story: the lab's drives in a fleet store (SQLite in the lab),
+/// an approved release rolled out in waves with the second drive failing
+/// its health check and reverting while its wave halts, every LDevID
+/// renewed through a key each drive makes, and the access review.
+fn fleet_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Option<FleetReport>> {
+    let running: Vec<&crate::lab::LabDevice> =
+        lab.devices.iter().filter(|d| d.api.is_some()).collect();
+    if running.len() < 3 {
+        return Ok(None);
+    }
+    let work = dir.join("firmware").join("releases");
+    let image = lab_release(lab, &work, "1.3.0", 4, true)?;
+    let fw = lab
+        .firmware
+        .as_ref()
+        .ok_or_else(|| OemError::Invalid("the lab has no firmware set-up".into()))?;
+    let trust: drivesec_firmware::trust::TrustStore =
+        serde_json::from_str(&drivesec_fsutil::read_to_string(&fw.trust)?)
+            .map_err(|e| OemError::Invalid(format!("trust store: {e}")))?;
+    let user = lab
+        .users
+        .get("engineer")
+        .ok_or_else(|| OemError::Invalid("lab.json has no engineer".into()))?;
+    let files = lab
+        .clients
+        .get("engineer")
+        .ok_or_else(|| OemError::Invalid("lab.json has no engineer client".into()))?;
+    let op = crate::rollout::Operator {
+        identity: ClientIdentity::from_files(&files.cert, &files.key)?,
+        username: user.username.clone(),
+        password: user.password.clone(),
+        roots: drivesec_pki::read_cert_chain(&lab.oem_ca)?,
+        operator: user.username.clone(),
+    };
+    let targets: Vec<crate::rollout::Target> = running
+        .iter()
+        .filter_map(|d| {
+            Some(crate::rollout::Target {
+                name: d.name.clone(),
+                api: d
+                    .api
+                    .as_ref()?
+                    .trim_start_matches("https://")
+                    .parse()
+                    .ok()?,
+                device_name: d.device_name.clone()?,
+                serial: d.serial_number.clone(),
+            })
+        })
+        .collect();
+    let store_path = dir.join("fleet.db");
+    let mut store = drivesec_fleet::open(&format!("sqlite:{}", store_path.display()))
+        .map_err(|e| OemError::Invalid(e.to_string()))?;
+    let _ = writeln!(
+        out,
+        "\nThe fleet (store {}): rolling out the approved release 1.3.0 in waves; {}'s next health check is made to fail:",
+        store_path.display(),
+        running[1].name
+    );
+    let failpoint = running[1].dir.join("test-failpoint");
+    drivesec_fsutil::write_atomic(
+        &failpoint,
+        b"boot:health-fail",
+        drivesec_fsutil::Mode::Private,
+    )?;
+    let mut lines = vec![];
+    let outcome = crate::rollout::run(
+        store.as_mut(),
+        &targets,
+        &op,
+        &image,
+        &trust,
+        &crate::rollout::Plan {
+            canary: 1,
+            parallel: 8,
+            max_failure_rate: 0.2,
+        },
+        &mut |e| {
+            let l = match &e {
+                crate::rollout::Event::Wave { wave, devices } => {
+                    Some(format!("  wave {wave}: {}", devices.join(", ")))
+                }
+                crate::rollout::Event::Device {
+                    device,
+                    state,
+                    detail,
+                } if matches!(
+                    state,
+                    drivesec_fleet::DeviceState::Done
+                        | drivesec_fleet::DeviceState::Reverted
+                        | drivesec_fleet::DeviceState::Failed
+                ) =>
+                {
+                    Some(format!("    {device}: {} ({detail})", state.as_str()))
+                }
+                crate::rollout::Event::Halted { wave, failed, of } => Some(format!(
+                    "  halted: wave {wave} had {failed} failure(s) of {of}; the failed drive reverted by itself"
+                )),
+                crate::rollout::Event::Finished { done, failed } => {
+                    Some(format!("  finished: {done} updated, {failed} failed"))
+                }
+                _ => None,
+            };
+            if let Some(l) = l {
+                lines.push(l);
+            }
+        },
+    );
+    let _ = std::fs::remove_file(&failpoint);
+    let outcome = outcome?;
+    for l in &lines {
+        let _ = writeln!(out, "{l}");
+    }
+    let mut oem = drivesec_pki::Ca::open(&lab.oem_ca_dir)?;
+    let renewed = crate::incident::renew(lab, &mut oem, 30, 730, true)?;
+    let _ = writeln!(
+        out,
+        "  LDevIDs renewed through keys the drives made themselves: {}",
+        renewed
+            .iter()
+            .filter(|r| r.renewed)
+            .map(|r| format!(
+                "{} (new serial {})",
+                r.device,
+                r.serial.as_deref().unwrap_or("?")
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let seen = crate::incident::scan(lab, store.as_mut())?;
+    let review = crate::review::review(lab, 90, 5)?;
+    let review_path = dir.join("access-review.json");
+    drivesec_fsutil::write_atomic(
+        &review_path,
+        serde_json::to_string_pretty(&review)
+            .map_err(|e| OemError::Invalid(e.to_string()))?
+            .as_bytes(),
+        drivesec_fsutil::Mode::Public,
+    )?;
+    let never: usize = review
+        .iter()
+        .map(|d| d.accounts.iter().filter(|a| a.never_used).count())
+        .sum();
+    let _ = writeln!(
+        out,
+        "  fleet scan: {} drive(s) recorded; access review: trails intact on {} of {}, {never} never-used account(s), {} privilege change(s): {}",
+        seen.len(),
+        review.iter().filter(|d| d.trail_intact).count(),
+        review.len(),
+        review
+            .iter()
+            .map(|d| d.privilege_changes.len())
+            .sum::<usize>(),
+        review_path.display()
+    );
+    Ok(Some(FleetReport {
+        halted: outcome.halted,
+        updated: outcome.done,
+        reverted: outcome.failed,
+        renewed: renewed.iter().filter(|r| r.renewed).count(),
+        trails_intact: review.iter().all(|d| d.trail_intact),
+        store: store_path,
+    }))
+}
+
 /// The tamper story, on the last device (after its trail was verified):
 /// the enclosure switch, the keys gone, status only.
 fn tamper_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<TamperReport>> {
@@ -1337,6 +1523,7 @@ pub fn verify_lab(lab: &LabManifest, lab_dir: &Path, out: &mut dyn Write) -> Res
         drive: None,
         plan: None,
         validation: None,
+        fleet: None,
         tamper: None,
         audit: Vec::new(),
         ok,
