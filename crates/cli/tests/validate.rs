@@ -10,9 +10,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{config, lab_release, test_lab};
+use common::{config, drivesec, lab_release, s, test_lab};
 use drivesec_iec62443::profile::{Account, Profile};
 use serde_json::{Value, json};
 
@@ -33,22 +32,6 @@ id = "line"
 members = ["drive"]
 sl_t = [1, 1, 2, 1, 1, 1, 0]
 "#;
-
-fn drivesec(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_drivesec"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn four_faults_four_findings_and_evidence() {

@@ -539,27 +539,14 @@ fn role_session(
     device_name: &str,
     role: &str,
 ) -> Result<crate::client::DeviceClient> {
-    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
-    let files = lab
-        .clients
-        .get(role)
-        .ok_or_else(|| OemError::Invalid(format!("no client for {role}")))?;
-    let user = lab
-        .users
-        .get(role)
-        .ok_or_else(|| OemError::Invalid(format!("no account for {role}")))?;
-    let trust = DeviceTrust::Ldevid {
-        roots: read_cert_chain(&lab.oem_ca)?,
-        device_name: device_name.to_string(),
-    };
-    let mut c = DeviceClient::new(
-        addr,
-        Some(&ClientIdentity::from_files(&files.cert, &files.key)?),
-        &trust,
-        Versions::Default,
-    )?;
-    c.login(&user.username, &user.password)?;
-    Ok(c)
+    let d = lab
+        .devices
+        .iter()
+        .find(|d| {
+            d.device_name.as_deref() == Some(device_name) && lab.api_addr(d).ok() == Some(addr)
+        })
+        .ok_or_else(|| OemError::Invalid(format!("no lab device {device_name} at {addr}")))?;
+    lab.session(d, role)
 }
 
 /// On the first running device: an approved release updates it (trial boot,
@@ -962,35 +949,13 @@ fn validation_story(
         out,
         "\nProvisioning to SL-T and validation (FAT/SAT) of the drives as the cell's assets:"
     );
-    let admin = lab
-        .admin
-        .as_ref()
-        .ok_or_else(|| OemError::Invalid("lab without an administrator".into()))?;
-    let files = lab
-        .clients
-        .get("security-admin")
-        .ok_or_else(|| OemError::Invalid("no security-admin client".into()))?;
-    let id = ClientIdentity::from_files(&files.cert, &files.key)?;
-    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
     let mut provisioned = 0;
-    for d in lab.devices.iter().filter(|d| d.api.is_some()) {
-        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
-            continue;
-        };
-        let addr = api
-            .trim_start_matches("https://")
-            .parse()
-            .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
-        let mut c = DeviceClient::new(
-            addr,
-            Some(&id),
-            &DeviceTrust::Ldevid {
-                roots: roots.clone(),
-                device_name: name.clone(),
-            },
-            Versions::Default,
-        )?;
-        c.login(&admin.username, &admin.password)?;
+    for d in lab
+        .devices
+        .iter()
+        .filter(|d| d.api.is_some() && d.device_name.is_some())
+    {
+        let c = lab.session(d, "security-admin")?;
         let r = crate::provision::apply(&c, &p)?;
         let again = crate::provision::apply(&c, &p)?;
         let drift = crate::provision::diff(&c, &p)?;

@@ -5,7 +5,7 @@
 use drivesec_fleet::{DeviceRecord, FleetStore};
 use serde::Serialize;
 
-use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use crate::client::{DeviceClient, DeviceTrust, Versions};
 use crate::lab::LabManifest;
 use crate::{OemError, Result};
 
@@ -26,41 +26,18 @@ pub struct Seen {
     pub days_left: Option<i64>,
 }
 
-fn admin(lab: &LabManifest) -> Result<(ClientIdentity, String, String)> {
-    let u = lab
-        .users
-        .get("security-admin")
-        .ok_or_else(|| OemError::Invalid("lab.json has no security-admin user".into()))?;
-    let f = lab
-        .clients
-        .get("security-admin")
-        .ok_or_else(|| OemError::Invalid("lab.json has no security-admin client".into()))?;
-    Ok((
-        ClientIdentity::from_files(&f.cert, &f.key)?,
-        u.username.clone(),
-        u.password.clone(),
-    ))
-}
-
 /// Reads every device's state and records it in the store; a device whose
 /// tamper response has run is flagged (queued for re-provisioning).
 pub fn scan(lab: &LabManifest, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
-    let (id, user, pw) = admin(lab)?;
-    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
+    let id = lab.identity("security-admin")?;
     let db = |e: drivesec_fleet::FleetError| OemError::Invalid(e.to_string());
     let mut out = vec![];
     for d in &lab.devices {
-        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+        let (Some(_), Some(name)) = (&d.api, &d.device_name) else {
             continue;
         };
-        let addr = api
-            .trim_start_matches("https://")
-            .parse()
-            .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
-        let trust = DeviceTrust::Ldevid {
-            roots: roots.clone(),
-            device_name: name.clone(),
-        };
+        let addr = lab.api_addr(d)?;
+        let trust = lab.device_trust(d)?;
         let mut seen = Seen {
             device: d.name.clone(),
             reachable: false,
@@ -69,8 +46,7 @@ pub fn scan(lab: &LabManifest, store: &mut dyn FleetStore) -> Result<Vec<Seen>> 
             ldevid_not_after: String::new(),
             days_left: None,
         };
-        let mut c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
-        if c.login(&user, &pw).is_ok() {
+        if let Ok(c) = lab.session(d, "security-admin") {
             seen.reachable = true;
             if let Ok(f) = c.ok("GET", "/api/v1/firmware", None) {
                 seen.firmware_version = f["running"]["version"].as_str().unwrap_or("").into();
@@ -131,38 +107,24 @@ pub fn push_crl(
     lab: &LabManifest,
     crl_pem: &str,
 ) -> Result<Vec<(String, std::result::Result<(), String>)>> {
-    let (id, user, pw) = admin(lab)?;
-    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
     let mut out = vec![];
-    for d in &lab.devices {
-        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
-            continue;
-        };
-        let r = (|| -> std::result::Result<(), String> {
-            let addr = api
-                .trim_start_matches("https://")
-                .parse()
-                .map_err(|_| format!("bad api address {api}"))?;
-            let mut c = DeviceClient::new(
-                addr,
-                Some(&id),
-                &DeviceTrust::Ldevid {
-                    roots: roots.clone(),
-                    device_name: name.clone(),
-                },
-                Versions::Default,
-            )
-            .map_err(|e| e.to_string())?;
-            c.login(&user, &pw).map_err(|e| e.to_string())?;
-            c.ok(
-                "PUT",
-                "/api/v1/security/crl",
-                Some(&serde_json::json!({"crl_pem": crl_pem})),
-            )
-            .map_err(|e| e.to_string())?;
-            let _ = c.call("POST", "/api/v1/logout", None);
-            Ok(())
-        })();
+    for d in lab
+        .devices
+        .iter()
+        .filter(|d| d.api.is_some() && d.device_name.is_some())
+    {
+        let r = lab
+            .session(d, "security-admin")
+            .and_then(|c| {
+                c.ok(
+                    "PUT",
+                    "/api/v1/security/crl",
+                    Some(&serde_json::json!({"crl_pem": crl_pem})),
+                )?;
+                let _ = c.call("POST", "/api/v1/logout", None);
+                Ok(())
+            })
+            .map_err(|e| e.to_string());
         out.push((d.name.clone(), r));
     }
     Ok(out)
@@ -193,21 +155,14 @@ pub fn renew(
     days: i64,
     force: bool,
 ) -> Result<Vec<Renewed>> {
-    let (id, user, pw) = admin(lab)?;
-    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
+    let id = lab.identity("security-admin")?;
     let mut out = vec![];
     for d in &lab.devices {
-        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+        let (Some(_), Some(name)) = (&d.api, &d.device_name) else {
             continue;
         };
-        let addr: std::net::SocketAddr = api
-            .trim_start_matches("https://")
-            .parse()
-            .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
-        let trust = DeviceTrust::Ldevid {
-            roots: roots.clone(),
-            device_name: name.clone(),
-        };
+        let addr = lab.api_addr(d)?;
+        let trust = lab.device_trust(d)?;
         let left = crate::validate::probe(addr, Some(&id), &trust, Versions::Default)
             .ok()
             .and_then(|(_, _, chain)| chain.into_iter().next())
@@ -229,8 +184,7 @@ pub fn renew(
             not_after: None,
         };
         if due {
-            let mut c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
-            c.login(&user, &pw)?;
+            let c = lab.session(d, "security-admin")?;
             let csr = c.ok("POST", "/api/v1/identity/renew", None)?["csr_pem"]
                 .as_str()
                 .ok_or_else(|| OemError::Invalid(format!("{}: no CSR", d.name)))?

@@ -623,6 +623,57 @@ fn start_devices(
     Ok(())
 }
 
+impl LabManifest {
+    /// The API address of a running device.
+    pub fn api_addr(&self, d: &LabDevice) -> Result<std::net::SocketAddr> {
+        let api = d
+            .api
+            .as_ref()
+            .ok_or_else(|| OemError::Invalid(format!("{} is not running", d.name)))?;
+        api.trim_start_matches("https://")
+            .parse()
+            .map_err(|_| OemError::Invalid(format!("{}: bad api address {api}", d.name)))
+    }
+
+    /// How a client recognises a commissioned device: its LDevID chains to
+    /// the lab's OEM root and names the device.
+    pub fn device_trust(&self, d: &LabDevice) -> Result<crate::client::DeviceTrust> {
+        Ok(crate::client::DeviceTrust::Ldevid {
+            roots: drivesec_pki::read_cert_chain(&self.oem_ca)?,
+            device_name: d
+                .device_name
+                .clone()
+                .ok_or_else(|| OemError::Invalid(format!("{} is not commissioned", d.name)))?,
+        })
+    }
+
+    /// A role's client certificate.
+    pub fn identity(&self, role: &str) -> Result<crate::client::ClientIdentity> {
+        let f = self
+            .clients
+            .get(role)
+            .ok_or_else(|| OemError::Invalid(format!("lab.json has no {role} client")))?;
+        crate::client::ClientIdentity::from_files(&f.cert, &f.key)
+    }
+
+    /// A client logged in to `d` as the lab's account for `role`, over that
+    /// role's certificate.
+    pub fn session(&self, d: &LabDevice, role: &str) -> Result<crate::client::DeviceClient> {
+        let user = self
+            .users
+            .get(role)
+            .ok_or_else(|| OemError::Invalid(format!("lab.json has no {role} account")))?;
+        let mut c = crate::client::DeviceClient::new(
+            self.api_addr(d)?,
+            Some(&self.identity(role)?),
+            &self.device_trust(d)?,
+            crate::client::Versions::Default,
+        )?;
+        c.login(&user.username, &user.password)?;
+        Ok(c)
+    }
+}
+
 /// The Modbus rights the lab's integrator sets on every device (there is no
 /// built-in default): every role with a certificate may read the process
 /// data and parameters; the operator may also write the control word, the

@@ -5,41 +5,18 @@ use std::collections::BTreeMap;
 
 use drivesec_iec62443::assess::LivePosture;
 
-use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
 use crate::lab::LabManifest;
 use crate::{OemError, Result};
 
 /// Posture of every lab device with a running API, by device name.
 pub fn fetch(lab: &LabManifest) -> Result<BTreeMap<String, LivePosture>> {
-    let user = lab
-        .users
-        .get("security-admin")
-        .ok_or_else(|| OemError::Invalid("lab.json has no security-admin user".into()))?;
-    let files = lab
-        .clients
-        .get("security-admin")
-        .ok_or_else(|| OemError::Invalid("lab.json has no security-admin client".into()))?;
-    let id = ClientIdentity::from_files(&files.cert, &files.key)?;
-    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
     let mut out = BTreeMap::new();
-    for d in &lab.devices {
-        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
-            continue;
-        };
-        let addr = api
-            .trim_start_matches("https://")
-            .parse()
-            .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
-        let mut c = DeviceClient::new(
-            addr,
-            Some(&id),
-            &DeviceTrust::Ldevid {
-                roots: roots.clone(),
-                device_name: name.clone(),
-            },
-            Versions::Default,
-        )?;
-        c.login(&user.username, &user.password)?;
+    for d in lab
+        .devices
+        .iter()
+        .filter(|d| d.api.is_some() && d.device_name.is_some())
+    {
+        let c = lab.session(d, "security-admin")?;
         let p = c.ok("GET", "/api/v1/posture", None)?;
         let _ = c.call("POST", "/api/v1/logout", None);
         let v: Vec<u8> = p["sl_a"]

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use drivesec_audit::{Actor, Outcome};
 use serde::Serialize;
 
-use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
 use crate::lab::LabManifest;
 use crate::{OemError, Result};
 
@@ -48,23 +47,13 @@ pub struct DeviceReview {
 
 /// Reviews every running device of the lab.
 pub fn review(lab: &LabManifest, dormant_days: i64, burst: usize) -> Result<Vec<DeviceReview>> {
-    let u = lab
-        .users
-        .get("security-admin")
-        .ok_or_else(|| OemError::Invalid("lab.json has no security-admin user".into()))?;
-    let f = lab
-        .clients
-        .get("security-admin")
-        .ok_or_else(|| OemError::Invalid("lab.json has no security-admin client".into()))?;
-    let id = ClientIdentity::from_files(&f.cert, &f.key)?;
-    let roots = drivesec_pki::read_cert_chain(&lab.oem_ca)?;
     let rfc = &time::format_description::well_known::Rfc3339;
     let now = time::OffsetDateTime::now_utc();
     let mut out = vec![];
     for d in &lab.devices {
-        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+        if d.api.is_none() || d.device_name.is_none() {
             continue;
-        };
+        }
         // The trail, verified with the device's IDevID.
         let chain = drivesec_pki::read_cert_chain(&d.idevid)?;
         let key = drivesec_pki::inspect::public_key(&chain[0])?;
@@ -74,20 +63,7 @@ pub fn review(lab: &LabManifest, dormant_days: i64, burst: usize) -> Result<Vec<
         let recs = drivesec_audit::reader::read(&trail, &Default::default(), usize::MAX)
             .map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
         // Accounts as the device has them now.
-        let addr = api
-            .trim_start_matches("https://")
-            .parse()
-            .map_err(|_| OemError::Invalid(format!("bad api address {api}")))?;
-        let mut c = DeviceClient::new(
-            addr,
-            Some(&id),
-            &DeviceTrust::Ldevid {
-                roots: roots.clone(),
-                device_name: name.clone(),
-            },
-            Versions::Default,
-        )?;
-        c.login(&u.username, &u.password)?;
+        let c = lab.session(d, "security-admin")?;
         let users = c.ok("GET", "/api/v1/users", None)?;
         let _ = c.call("POST", "/api/v1/logout", None);
         let mut logins: BTreeMap<String, Vec<String>> = BTreeMap::new();
