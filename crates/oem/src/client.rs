@@ -48,14 +48,25 @@ pub enum DeviceTrust {
     },
 }
 
+/// What a server certificate must be when webpki's name check does not fit.
 #[derive(Debug)]
-struct IdevidVerifier {
-    roots: Vec<CertificateDer<'static>>,
-    serial: Option<String>,
+enum ServerCheck {
+    /// A factory-state device: the IDevID chains to these roots (and names the serial).
+    Idevid {
+        roots: Vec<CertificateDer<'static>>,
+        serial: Option<String>,
+    },
+    /// A tampered device's throwaway `CN=TAMPERED <serial>` certificate.
+    Tampered { serial: String },
+}
+
+#[derive(Debug)]
+struct CheckedVerifier {
+    check: ServerCheck,
     algs: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for IdevidVerifier {
+impl ServerCertVerifier for CheckedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -64,73 +75,40 @@ impl ServerCertVerifier for IdevidVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let opts = drivesec_pki::verify::VerifyOptions {
-            roots: &self.roots,
-            intermediates,
-            crls: &[],
-            usage: drivesec_pki::verify::Usage::Server,
-            time: Some(now),
+        let summary = || {
+            drivesec_pki::inspect::summarize(end_entity)
+                .map_err(|e| rustls::Error::General(format!("certificate: {e}")))
         };
-        drivesec_pki::verify::verify_chain(end_entity, &opts)
-            .map_err(|e| rustls::Error::General(format!("IDevID: {e}")))?;
-        if let Some(serial) = &self.serial {
-            let s = drivesec_pki::inspect::summarize(end_entity)
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-            if !s.subject.contains(&format!("serialNumber={serial}")) {
-                return Err(rustls::Error::General(format!(
-                    "IDevID is for '{}', not serial {serial}",
-                    s.subject
-                )));
+        match &self.check {
+            ServerCheck::Idevid { roots, serial } => {
+                let opts = drivesec_pki::verify::VerifyOptions {
+                    roots,
+                    intermediates,
+                    crls: &[],
+                    usage: drivesec_pki::verify::Usage::Server,
+                    time: Some(now),
+                };
+                drivesec_pki::verify::verify_chain(end_entity, &opts)
+                    .map_err(|e| rustls::Error::General(format!("IDevID: {e}")))?;
+                if let Some(serial) = serial {
+                    let s = summary()?;
+                    if !s.subject.contains(&format!("serialNumber={serial}")) {
+                        return Err(rustls::Error::General(format!(
+                            "IDevID is for '{}', not serial {serial}",
+                            s.subject
+                        )));
+                    }
+                }
             }
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-#[derive(Debug)]
-struct TamperedVerifier {
-    serial: String,
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for TamperedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let s = drivesec_pki::inspect::summarize(end_entity)
-            .map_err(|e| rustls::Error::General(format!("certificate: {e}")))?;
-        if s.subject != format!("CN=TAMPERED {}", self.serial) {
-            return Err(rustls::Error::General(format!(
-                "'{}' is not the tampered marker of serial {}",
-                s.subject, self.serial
-            )));
+            ServerCheck::Tampered { serial } => {
+                let s = summary()?;
+                if s.subject != format!("CN=TAMPERED {serial}") {
+                    return Err(rustls::Error::General(format!(
+                        "'{}' is not the tampered marker of serial {serial}",
+                        s.subject
+                    )));
+                }
+            }
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -226,9 +204,11 @@ pub fn tls_config(
         DeviceTrust::Idevid { roots, serial } => (
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(IdevidVerifier {
-                    roots: roots.clone(),
-                    serial: serial.clone(),
+                .with_custom_certificate_verifier(Arc::new(CheckedVerifier {
+                    check: ServerCheck::Idevid {
+                        roots: roots.clone(),
+                        serial: serial.clone(),
+                    },
                     algs,
                 })),
             ServerName::IpAddress(addr.ip().into()),
@@ -236,8 +216,10 @@ pub fn tls_config(
         DeviceTrust::TamperedStatusRisky { serial } => (
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(TamperedVerifier {
-                    serial: serial.clone(),
+                .with_custom_certificate_verifier(Arc::new(CheckedVerifier {
+                    check: ServerCheck::Tampered {
+                        serial: serial.clone(),
+                    },
                     algs,
                 })),
             ServerName::IpAddress(addr.ip().into()),

@@ -74,17 +74,37 @@ fn trim_label(raw: &str) -> String {
     raw.trim_end_matches([' ', '\0']).to_string()
 }
 
+/// Lists slots, retrying a few times on CKR_GENERAL_ERROR: SoftHSM2 reports
+/// it while another process creates or deletes a token in the same token
+/// directory (many test processes share one); a device owns its token alone.
+fn list_slots(
+    f: impl Fn() -> std::result::Result<Vec<Slot>, CkError>,
+) -> std::result::Result<Vec<Slot>, CkError> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(CkError::Pkcs11(RvError::GeneralError, _)) if tries < 5 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20 * tries));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn find_slot(ctx: &Pkcs11, uri: &Pkcs11Uri, module: &Path) -> Result<(Slot, String)> {
-    let slots = ctx
-        .get_slots_with_initialized_token()
-        .map_err(ck("C_GetSlotList"))?;
+    let slots =
+        list_slots(|| ctx.get_slots_with_initialized_token()).map_err(ck("C_GetSlotList"))?;
     for slot in slots {
         if let Some(id) = uri.slot_id
             && slot.id() != id
         {
             continue;
         }
-        let info = ctx.get_token_info(slot).map_err(ck("C_GetTokenInfo"))?;
+        // A token another process is creating or deleting right now is not ours.
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
         let label = trim_label(info.label());
         let matches = uri.token.as_ref().is_none_or(|t| *t == label)
             && uri
@@ -135,11 +155,13 @@ pub fn init_token(module: &Path, label: &str, so_pin: &str, user_pin: &str) -> R
         .lock()
         .map_err(|_| KeystoreError::Crypto("token init lock poisoned".into()))?;
     let ctx = context(module)?;
-    for slot in ctx
-        .get_slots_with_initialized_token()
-        .map_err(ck("C_GetSlotList"))?
+    for slot in
+        list_slots(|| ctx.get_slots_with_initialized_token()).map_err(ck("C_GetSlotList"))?
     {
-        let info = ctx.get_token_info(slot).map_err(ck("C_GetTokenInfo"))?;
+        // A token another process is creating or deleting right now is not ours.
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
         if trim_label(info.label()) == label {
             return Err(KeystoreError::AlreadyExists {
                 handle: label.into(),
@@ -148,8 +170,11 @@ pub fn init_token(module: &Path, label: &str, so_pin: &str, user_pin: &str) -> R
         }
     }
     let mut free = None;
-    for slot in ctx.get_slots_with_token().map_err(ck("C_GetSlotList"))? {
-        let info = ctx.get_token_info(slot).map_err(ck("C_GetTokenInfo"))?;
+    for slot in list_slots(|| ctx.get_slots_with_token()).map_err(ck("C_GetSlotList"))? {
+        // A token another process is creating or deleting right now is not ours.
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
         if !info.token_initialized() {
             free = Some(slot);
             break;
