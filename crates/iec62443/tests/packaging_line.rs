@@ -420,3 +420,35 @@ fn profiles_follow_the_zone_sl_t() {
     let back: drivesec_iec62443::profile::Profile = toml::from_str(&text).unwrap();
     assert_eq!(back, cell);
 }
+
+/// Every example in examples/ checks clean (warnings allowed), validates
+/// against the schema and assesses.
+#[test]
+fn every_example_checks_and_assesses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/plant-model.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        n += 1;
+        let l = model::load(&p).unwrap();
+        let errors: Vec<_> = check(&l).into_iter().filter(|x| !x.warning).collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", p.display());
+        let raw: serde_json::Value = toml::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert!(validator.is_valid(&raw), "{}", p.display());
+        let a = assess(&l.model);
+        assert_eq!(a.zones.len(), l.model.zones.len());
+        assert!(firewall::nftables(&l.model).is_ok(), "{}", p.display());
+    }
+    assert!(n >= 2, "the example set");
+}
