@@ -18,60 +18,6 @@ impl Drop for Down {
     }
 }
 
-fn drivesec(args: &[&std::ffi::OsStr]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_drivesec"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// Packs and approves `version` for every device of the lab.
-fn release(m: &lab::LabManifest, dir: &Path, version: &str, counter: u64) -> PathBuf {
-    let fw = m.firmware.as_ref().unwrap();
-    let plain = dir.join(format!("fw-{version}.bin"));
-    std::fs::write(&plain, vec![7u8; 256 << 10]).unwrap();
-    let packed = dir.join(format!("fw-{version}.packed"));
-    let image = dir.join(format!("fw-{version}.img"));
-    let counter = counter.to_string();
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "firmware".as_ref(),
-        "pack".as_ref(),
-        "--input".as_ref(),
-        plain.as_os_str(),
-        "--out".as_ref(),
-        packed.as_os_str(),
-        "--hw-class".as_ref(),
-        fw.hw_class.as_ref(),
-        "--version".as_ref(),
-        version.as_ref(),
-        "--counter".as_ref(),
-        counter.as_ref(),
-        "--keystore".as_ref(),
-        fw.vendor_keystore.as_os_str(),
-        "--key".as_ref(),
-        "release".as_ref(),
-    ];
-    for d in &m.devices {
-        args.push("--recipient".as_ref());
-        args.push(d.firmware_key.as_ref().unwrap().as_os_str());
-    }
-    drivesec(&args);
-    drivesec(&[
-        "firmware".as_ref(),
-        "approve".as_ref(),
-        "--image".as_ref(),
-        packed.as_os_str(),
-        "--out".as_ref(),
-        image.as_os_str(),
-        "--keystore".as_ref(),
-        fw.oem_keystore.as_os_str(),
-        "--key".as_ref(),
-        "approval".as_ref(),
-    ]);
-    image
-}
-
 fn main() {
     let n: usize = std::env::var("DRIVESEC_BENCH_DEVICES")
         .ok()
@@ -89,8 +35,8 @@ fn main() {
     )
     .unwrap();
     let _down = Down(dir.clone());
-    let one = release(&m, tmp.path(), "1.1.0", 2);
-    let two = release(&m, tmp.path(), "1.2.0", 3);
+    let one = m.release(tmp.path(), "1.1.0", 2, 256 << 10, true).unwrap();
+    let two = m.release(tmp.path(), "1.2.0", 3, 256 << 10, true).unwrap();
     let store = |name: &str| format!("sqlite:{}", tmp.path().join(name).display());
     let run = |image: &Path, store: &str, extra: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_drivesec"));

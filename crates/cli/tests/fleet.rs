@@ -69,7 +69,7 @@ fn a_failing_health_check_reverts_and_halts_the_wave() {
     let rel = lab_release(&lab, d.path(), "1.1.0", 2, 64 << 10);
     let store = format!("sqlite:{}", d.path().join("fleet.db").display());
     // Only approved images: the vendor-packed one without the OEM signature is refused.
-    let packed = d.path().join("fw-1.1.0.packed");
+    let packed = d.path().join("release-1.1.0.packed");
     let (code, _, err) = drivesec(&[
         "fleet",
         "rollout",
@@ -507,25 +507,7 @@ fn evidence_bundle_is_signed_and_tamper_evident() {
         s(&out),
     ]);
     assert_eq!(code, 0, "{stdout}{err}");
-    let key = lab
-        .m
-        .firmware
-        .as_ref()
-        .unwrap()
-        .oem_keystore
-        .parent()
-        .unwrap()
-        .join("approval.pub");
-    let key = if key.exists() {
-        key
-    } else {
-        lab.m
-            .firmware
-            .as_ref()
-            .unwrap()
-            .oem_keystore
-            .join("approval.pub")
-    };
+    let key = common::oem_public_key(&lab);
     let (code, stdout, err) = drivesec(&["evidence", "verify", s(&out), "--key", s(&key)]);
     assert_eq!(code, 0, "{stdout}{err}");
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();

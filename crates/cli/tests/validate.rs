@@ -247,17 +247,7 @@ fn four_faults_four_findings_and_evidence() {
     }
 
     // The evidence verifies with the OEM key, and not once changed.
-    let key = fw
-        .oem_keystore
-        .parent()
-        .unwrap()
-        .join("oem")
-        .join("approval.pub");
-    let key = if key.exists() {
-        key
-    } else {
-        fw.oem_keystore.join("approval.pub")
-    };
+    let key = common::oem_public_key(&lab);
     let ev = out.join("evidence.json");
     let (code, stdout, err) = drivesec(&["validate", "verify-evidence", s(&ev), "--key", s(&key)]);
     assert_eq!(code, 0, "{stdout}{err}");

@@ -463,74 +463,6 @@ fn role_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<RoleReport>>
     Ok(reports)
 }
 
-/// Packs a release with the lab's vendor key and (optionally) has the OEM approve it.
-fn lab_release(
-    lab: &LabManifest,
-    work: &Path,
-    version: &str,
-    counter: u64,
-    approve_it: bool,
-) -> Result<PathBuf> {
-    use drivesec_firmware::image::{PackOptions, approve, pack};
-    let fw = lab
-        .firmware
-        .as_ref()
-        .ok_or_else(|| OemError::Invalid("the lab has no firmware keys".into()))?;
-    let soft = drivesec_keystore::KeystoreConfig::Soft {
-        dir: "keystore".into(),
-        secret_file: "secret".into(),
-    };
-    let vendor = open_keystore(&soft, &fw.vendor_keystore)?;
-    let oem = open_keystore(&soft, &fw.oem_keystore)?;
-    let fw_err = |e: drivesec_firmware::FirmwareError| OemError::Invalid(e.to_string());
-    let plain = work.join(format!("release-{version}.bin"));
-    let mut body = format!("drivesec simulated drive firmware {version}\n")
-        .into_bytes()
-        .repeat(8000);
-    body.truncate(256 * 1024);
-    drivesec_fsutil::write_atomic(&plain, &body, drivesec_fsutil::Mode::Public)?;
-    let recipients = lab
-        .devices
-        .iter()
-        .filter_map(|d| d.firmware_key.as_ref())
-        .map(|p| drivesec_firmware::read_public_key(p))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(fw_err)?;
-    let packed = work.join(format!("release-{version}.packed"));
-    pack(
-        &plain,
-        &packed,
-        &PackOptions {
-            product: crate::lab::LAB_MODEL.into(),
-            hw_class: fw.hw_class.clone(),
-            version: version.into(),
-            security_counter: counter,
-            chunk_size: 64 * 1024,
-            sbom: None,
-            build_time: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-        },
-        &recipients,
-        (vendor.as_ref(), &KeyHandle::new("release")?),
-        "vendor",
-        &mut |_| {},
-    )
-    .map_err(fw_err)?;
-    if !approve_it {
-        return Ok(packed);
-    }
-    let image = work.join(format!("release-{version}.img"));
-    approve(
-        &packed,
-        &image,
-        (oem.as_ref(), &KeyHandle::new("approval")?),
-        "oem",
-    )
-    .map_err(fw_err)?;
-    Ok(image)
-}
-
 /// A client logged in as the lab account of `role` over that role's
 /// certificate, trusting the device's LDevID for `device_name`.
 fn role_session(
@@ -599,7 +531,7 @@ fn firmware_story(
         )
     };
     let release = "1.1.0";
-    let unapproved = lab_release(lab, &work, release, 2, false)?;
+    let unapproved = lab.release(&work, release, 2, 256 * 1024, false)?;
     let r = upload(&c, &unapproved)?;
     let unapproved_status = r.status;
     let unapproved_reason = r.body["message"].as_str().unwrap_or("").to_string();
@@ -610,7 +542,7 @@ fn firmware_story(
             r.status, unapproved_reason
         ),
     );
-    let approved = lab_release(lab, &work, release, 2, true)?;
+    let approved = lab.release(&work, release, 2, 256 * 1024, true)?;
     let r = upload(&c, &approved)?;
     if r.status != 200 {
         return Err(OemError::Check(format!(
@@ -653,7 +585,7 @@ fn firmware_story(
             mark(attested)
         ),
     );
-    let broken = lab_release(lab, &work, "1.2.0", 3, true)?;
+    let broken = lab.release(&work, "1.2.0", 3, 256 * 1024, true)?;
     let r = upload(&c, &broken)?;
     if r.status != 200 {
         return Err(OemError::Check(format!("1.2.0 was refused: {}", r.body)));
@@ -1077,7 +1009,7 @@ fn fleet_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Opt
         return Ok(None);
     }
     let work = dir.join("firmware").join("releases");
-    let image = lab_release(lab, &work, "1.3.0", 4, true)?;
+    let image = lab.release(&work, "1.3.0", 4, 256 * 1024, true)?;
     let fw = lab
         .firmware
         .as_ref()

@@ -656,6 +656,83 @@ impl LabManifest {
         crate::client::ClientIdentity::from_files(&f.cert, &f.key)
     }
 
+    /// Packs a `size`-byte release for every device of the lab with the
+    /// vendor key into `work/release-VERSION.packed` and, when asked, has the
+    /// OEM approve it into `work/release-VERSION.img`; returns the last.
+    pub fn release(
+        &self,
+        work: &Path,
+        version: &str,
+        counter: u64,
+        size: usize,
+        approve_it: bool,
+    ) -> Result<PathBuf> {
+        use drivesec_firmware::image::{PackOptions, approve, pack};
+        let fw = self
+            .firmware
+            .as_ref()
+            .ok_or_else(|| OemError::Invalid("the lab has no firmware keys".into()))?;
+        let soft = drivesec_keystore::KeystoreConfig::Soft {
+            dir: "keystore".into(),
+            secret_file: "secret".into(),
+        };
+        let vendor = drivesec_keystore::open_keystore(&soft, &fw.vendor_keystore)?;
+        let oem = drivesec_keystore::open_keystore(&soft, &fw.oem_keystore)?;
+        let fw_err = |e: drivesec_firmware::FirmwareError| OemError::Invalid(e.to_string());
+        let plain = work.join(format!("release-{version}.bin"));
+        let mut body = format!("drivesec simulated drive firmware {version}\n")
+            .into_bytes()
+            .repeat(size / 30 + 1);
+        body.truncate(size);
+        drivesec_fsutil::write_atomic(&plain, &body, drivesec_fsutil::Mode::Public)?;
+        let recipients = self
+            .devices
+            .iter()
+            .filter_map(|d| d.firmware_key.as_ref())
+            .map(|p| drivesec_firmware::read_public_key(p))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(fw_err)?;
+        let packed = work.join(format!("release-{version}.packed"));
+        pack(
+            &plain,
+            &packed,
+            &PackOptions {
+                product: LAB_MODEL.into(),
+                hw_class: fw.hw_class.clone(),
+                version: version.into(),
+                security_counter: counter,
+                chunk_size: 64 * 1024,
+                sbom: None,
+                build_time: time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            },
+            &recipients,
+            (
+                vendor.as_ref(),
+                &drivesec_keystore::KeyHandle::new("release")?,
+            ),
+            "vendor",
+            &mut |_| {},
+        )
+        .map_err(fw_err)?;
+        if !approve_it {
+            return Ok(packed);
+        }
+        let image = work.join(format!("release-{version}.img"));
+        approve(
+            &packed,
+            &image,
+            (
+                oem.as_ref(),
+                &drivesec_keystore::KeyHandle::new("approval")?,
+            ),
+            "oem",
+        )
+        .map_err(fw_err)?;
+        Ok(image)
+    }
+
     /// A client logged in to `d` as the lab's account for `role`, over that
     /// role's certificate.
     pub fn session(&self, d: &LabDevice, role: &str) -> Result<crate::client::DeviceClient> {

@@ -157,8 +157,8 @@ pub fn issue_client_files(
     (c, k, issued.serial)
 }
 
-/// A firmware release for the lab's devices: packed by the vendor,
-/// approved by the OEM, through the CLI.
+/// A firmware release for the lab's devices: packed by the vendor and
+/// approved by the OEM (`release-VERSION.packed`, `.img` in `dir`).
 pub fn lab_release(
     lab: &TestLab,
     dir: &std::path::Path,
@@ -166,62 +166,7 @@ pub fn lab_release(
     counter: u64,
     size: usize,
 ) -> PathBuf {
-    let fw = lab.m.firmware.as_ref().unwrap();
-    let plain = dir.join(format!("fw-{version}.bin"));
-    let mut body = format!("firmware {version} ")
-        .into_bytes()
-        .repeat(size / 10 + 1);
-    body.truncate(size);
-    std::fs::write(&plain, body).unwrap();
-    let packed = dir.join(format!("fw-{version}.packed"));
-    let image = dir.join(format!("fw-{version}.img"));
-    let run = |args: Vec<&std::ffi::OsStr>| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_drivesec"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    };
-    let counter = counter.to_string();
-    // Encrypted for every device of the lab.
-    let mut recipients: Vec<&std::ffi::OsStr> = vec![];
-    for d in &lab.m.devices {
-        recipients.push("--recipient".as_ref());
-        recipients.push(d.firmware_key.as_ref().unwrap().as_os_str());
-    }
-    let mut pack: Vec<&std::ffi::OsStr> = vec![
-        "firmware".as_ref(),
-        "pack".as_ref(),
-        "--input".as_ref(),
-        plain.as_os_str(),
-        "--out".as_ref(),
-        packed.as_os_str(),
-        "--hw-class".as_ref(),
-        fw.hw_class.as_ref(),
-        "--version".as_ref(),
-        version.as_ref(),
-        "--counter".as_ref(),
-        counter.as_ref(),
-        "--keystore".as_ref(),
-        fw.vendor_keystore.as_os_str(),
-        "--key".as_ref(),
-        "release".as_ref(),
-    ];
-    pack.extend(recipients);
-    run(pack);
-    run(vec![
-        "firmware".as_ref(),
-        "approve".as_ref(),
-        "--image".as_ref(),
-        packed.as_os_str(),
-        "--out".as_ref(),
-        image.as_os_str(),
-        "--keystore".as_ref(),
-        fw.oem_keystore.as_os_str(),
-        "--key".as_ref(),
-        "approval".as_ref(),
-    ]);
-    image
+    lab.m.release(dir, version, counter, size, true).unwrap()
 }
 
 /// Runs `drivesec ARGS`: exit code, stdout, stderr.
@@ -240,4 +185,14 @@ pub fn drivesec(args: &[&str]) -> (i32, String, String) {
 /// A path as a command-line argument.
 pub fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// The lab OEM's approval key (PEM): it signs approvals and evidence.
+pub fn oem_public_key(lab: &TestLab) -> PathBuf {
+    lab.m
+        .firmware
+        .as_ref()
+        .unwrap()
+        .oem_keystore
+        .join("approval.pub")
 }

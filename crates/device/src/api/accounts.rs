@@ -205,12 +205,7 @@ pub(crate) async fn logout(
     Ok(ok(json!({"logged_out": true})))
 }
 
-pub(crate) async fn me(
-    State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+pub(crate) async fn me(c: Caller) -> Result<Response, ApiError> {
     Ok(ok(
         json!({"username": c.username, "role": c.role, "permissions": c.permissions, "session": c.session_handle}),
     ))
@@ -234,10 +229,8 @@ pub(crate) async fn change_own_password(
 
 pub(crate) async fn list_users(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadUsers, "user.list")?;
     let users = dev.with_accounts(|a| Ok(a.users()))?;
     Ok(ok(json!({"users": users})))
@@ -265,11 +258,9 @@ pub(crate) async fn add_user(
 
 pub(crate) async fn remove_user(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
     PathParam(name): PathParam,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.remove")?;
     if name == c.username {
         return Err(ApiError::bad_request("you cannot remove your own account"));
@@ -308,11 +299,9 @@ pub(crate) async fn set_role(
 
 pub(crate) async fn unlock(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
     PathParam(name): PathParam,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.unlock")?;
     let r = dev.with_accounts(|a| a.unlock(&name));
     dev.managed(&c, "user.unlock", &name, r)?;
@@ -336,10 +325,8 @@ pub(crate) async fn reset_password(
 
 pub(crate) async fn list_roles(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadUsers, "role.list")?;
     let roles = dev.with_accounts(|a| Ok(a.roles()))?;
     Ok(ok(json!({"roles": roles})))
@@ -367,11 +354,9 @@ pub(crate) async fn add_role(
 
 pub(crate) async fn remove_role(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
     PathParam(name): PathParam,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageRoles, "role.remove")?;
     let r = dev.with_accounts(|a| a.remove_role(&name));
     dev.managed(&c, "role.remove", &name, r)?;
@@ -380,10 +365,8 @@ pub(crate) async fn remove_role(
 
 pub(crate) async fn list_sessions(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadSessions, "session.list")?;
     let list = dev
         .sessions
@@ -395,11 +378,9 @@ pub(crate) async fn list_sessions(
 
 pub(crate) async fn terminate_session(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
     PathParam(handle): PathParam,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::TerminateSessions, "session.terminate")?;
     let ended = dev
         .sessions

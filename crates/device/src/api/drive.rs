@@ -15,7 +15,7 @@ use drivesec_drive::machine::{CW_FAULT_RESET, CW_QUICK_STOP, CW_RUN};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, Body, ConnInfo, Device, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, ok};
 
 fn link(dev: &Device) -> Result<&Arc<crate::drive_loop::DriveLink>, ApiError> {
     dev.drive
@@ -25,10 +25,8 @@ fn link(dev: &Device) -> Result<&Arc<crate::drive_loop::DriveLink>, ApiError> {
 
 pub(crate) async fn status(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadInfo, "drive.read")?;
     Ok(ok(status_json(&dev)?))
 }

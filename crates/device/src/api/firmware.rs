@@ -15,17 +15,15 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, Body, ConnInfo, Device, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, ok};
 
 /// Largest image accepted through the API.
 pub const MAX_IMAGE_BYTES: usize = 1 << 30;
 
 pub(crate) async fn status(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadInfo, "firmware.read")?;
     let running = dev
         .running
@@ -252,10 +250,8 @@ pub(crate) async fn upload(
 
 pub(crate) async fn reboot(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::UpdateFirmware, "firmware.reboot")?;
     let _gate = busy(&dev)?;
     dev.audit(Device::event(&c, "firmware.reboot", Outcome::Success).essential())?;

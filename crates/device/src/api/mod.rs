@@ -227,6 +227,26 @@ where
     }
 }
 
+/// The logged-in caller of a request: its session (bearer token) bound to
+/// the connection's client certificate. Handlers that read a body resolve
+/// it after the body instead (`Device::caller`), so a malformed body is
+/// answered before a missing session, as it always was.
+impl axum::extract::FromRequestParts<Arc<Device>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        dev: &Arc<Device>,
+    ) -> Result<Self, Self::Rejection> {
+        let conn = parts
+            .extensions
+            .get::<ConnInfo>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("no connection information"))?;
+        dev.caller(&parts.headers, &conn)
+    }
+}
+
 /// One path segment (`/users/{name}`), with rejections answered as JSON.
 pub(crate) struct PathParam(pub String);
 

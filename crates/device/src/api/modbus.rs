@@ -13,14 +13,12 @@ use drivesec_audit::Outcome;
 use drivesec_modbus::Rights;
 use serde_json::json;
 
-use super::{ApiError, Body, ConnInfo, Device, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, ok};
 
 pub(crate) async fn get_rights(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadSecuritySettings, "modbus.rights.read")?;
     dev.commissioned()?;
     let r = dev.modbus_rights();

@@ -15,7 +15,7 @@ use drivesec_fsutil::{self as fsu, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, Body, ConnInfo, Device, PathParam, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, ok};
 use crate::state::files;
 
 pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, ApiError> {
@@ -41,10 +41,8 @@ pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, Api
 
 pub(crate) async fn get_params(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadParams, "param.read")?;
     let p = dev
         .params
@@ -161,11 +159,9 @@ fn audit_query(p: &AuditParams) -> Result<AuditQuery, ApiError> {
 
 pub(crate) async fn read_audit(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
     q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadAudit, "audit.read")?;
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let query = audit_query(&p)?;
@@ -188,11 +184,9 @@ pub(crate) async fn read_audit(
 
 pub(crate) async fn export_audit(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
     q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadAudit, "audit.export")?;
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let query = audit_query(&p)?;
@@ -229,10 +223,8 @@ pub struct ForwardingSettings {
 
 pub(crate) async fn get_forwarding(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(
         &c,
         Permission::ReadSecuritySettings,
@@ -274,10 +266,8 @@ pub(crate) async fn set_forwarding(
 
 pub(crate) async fn posture(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadSecuritySettings, "posture.read")?;
     let p = dev.posture()?;
     Ok(ok(
@@ -287,10 +277,8 @@ pub(crate) async fn posture(
 
 pub(crate) async fn get_access_policy(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadSecuritySettings, "security.access.read")?;
     let p = dev
         .config
@@ -361,10 +349,8 @@ pub(crate) async fn install_crl(
 
 pub(crate) async fn factory_reset(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::FactoryReset, "device.factory-reset")?;
     // Recorded before the wipe, and forwarded if a collector is configured.
     let seq =

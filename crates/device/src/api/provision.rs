@@ -11,15 +11,13 @@ use drivesec_access::Permission;
 use drivesec_audit::Outcome;
 use serde_json::json;
 
-use super::{ApiError, Body, ConnInfo, Device, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, ok};
 use crate::provision::ProvisionRequest;
 
 pub(crate) async fn get_profile(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadSecuritySettings, "profile.read")?;
     dev.commissioned()?;
     Ok(ok(json!({
@@ -60,10 +58,8 @@ pub(crate) async fn put_profile(
 /// answers a CSR for it.
 pub(crate) async fn renew_begin(
     State(dev): State<Arc<Device>>,
-    Extension(conn): Extension<ConnInfo>,
-    headers: HeaderMap,
+    c: Caller,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageTrust, "identity.renew")?;
     dev.commissioned()?;
     let (next, csr) = {
