@@ -655,12 +655,7 @@ impl Device {
             .lock()
             .map_err(|_| ApiError::internal("lock poisoned"))? =
             Sessions::new(config.access.session.clone());
-        let log = self
-            .audit
-            .read()
-            .map_err(|_| ApiError::internal("audit lock poisoned"))?
-            .clone();
-        log.checkpoint_now()?;
+        self.audit_log()?.checkpoint_now()?;
         let (cred, dir) = {
             let st = self
                 .state

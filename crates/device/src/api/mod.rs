@@ -282,12 +282,16 @@ impl Device {
 
     /// Records an event and returns its sequence number.
     pub(crate) fn audit_seq(&self, ev: Event) -> Result<u64, ApiError> {
-        let log = self
+        Ok(self.audit_log()?.append(ev)?.seq)
+    }
+
+    /// The current audit log (replaced on factory reset).
+    pub(crate) fn audit_log(&self) -> Result<Arc<AuditLog>, ApiError> {
+        Ok(self
             .audit
             .read()
             .map_err(|_| ApiError::internal("audit lock poisoned"))?
-            .clone();
-        Ok(log.append(ev)?.seq)
+            .clone())
     }
 
     /// An event from an authenticated caller.

@@ -165,12 +165,7 @@ pub(crate) async fn read_audit(
     dev.require(&c, Permission::ReadAudit, "audit.read")?;
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let query = audit_query(&p)?;
-    let dir = dev
-        .audit
-        .read()
-        .map_err(|_| ApiError::internal("audit lock poisoned"))?
-        .dir()
-        .to_path_buf();
+    let dir = dev.audit_log()?.dir().to_path_buf();
     let limit = p.limit.unwrap_or(100).min(10_000);
     let records = tokio::task::spawn_blocking(move || reader::read(&dir, &query, limit))
         .await
@@ -190,12 +185,7 @@ pub(crate) async fn export_audit(
     dev.require(&c, Permission::ReadAudit, "audit.export")?;
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let query = audit_query(&p)?;
-    let log = dev
-        .audit
-        .read()
-        .map_err(|_| ApiError::internal("audit lock poisoned"))?
-        .clone();
-    let dir = log.dir().to_path_buf();
+    let dir = dev.audit_log()?.dir().to_path_buf();
     let (body, n, last) = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         reader::export_jsonl(&dir, &query, &mut out).map(|(n, last)| (out, n, last))
