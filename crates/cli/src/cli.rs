@@ -952,6 +952,41 @@ pub enum FactoryCommand {
         #[arg(long)]
         credential_out: Option<PathBuf>,
     },
+    /// Re-provision a tampered device returned to the manufacturer: revoke
+    /// its old IDevID (keyCompromise), keep the old directory as evidence,
+    /// and give the same serial new keys on the same chip, a new IDevID and
+    /// a new factory credential. drivesecd must be stopped; the tamper input
+    /// must be clear.
+    Reprovision {
+        /// The manufacturer CA directory.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The tampered device's state directory.
+        #[arg(long)]
+        device_dir: PathBuf,
+        /// Where to keep the old directory (default DIR.tampered-<UTC time>).
+        #[arg(long)]
+        archive: Option<PathBuf>,
+        /// Write the new one-time factory credential here (0600) instead of stdout.
+        #[arg(long)]
+        credential_out: Option<PathBuf>,
+    },
+    /// Install the factory firmware (slot A) and the firmware trust store
+    /// into a provisioned device directory. The image must be packed for the
+    /// device's firmware key and carry the signatures the trust store asks
+    /// for; after re-provisioning it must not be below the old device's
+    /// anti-rollback counter.
+    InstallFirmware {
+        /// The device state directory (drivesecd stopped).
+        #[arg(long)]
+        device_dir: PathBuf,
+        /// The firmware trust store (JSON).
+        #[arg(long)]
+        trust: PathBuf,
+        /// The approved image.
+        #[arg(long)]
+        image: PathBuf,
+    },
 }
 
 /// `drivesec lab ...`.

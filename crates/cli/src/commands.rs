@@ -165,6 +165,45 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ca(c) => ca(c, json),
+        Command::Factory(FactoryCommand::Reprovision {
+            ca,
+            device_dir,
+            archive,
+            credential_out,
+        }) => factory_reprovision(ca, device_dir, archive, credential_out, json),
+        Command::Factory(FactoryCommand::InstallFirmware {
+            device_dir,
+            trust,
+            image,
+        }) => {
+            let trust_store: drivesec_firmware::trust::TrustStore =
+                serde_json::from_str(&fsu::read_to_string(&trust)?).with_context(|| {
+                    format!("{} is not a firmware trust store", trust.display())
+                })?;
+            let st = drivesec_device::state::StateDir::load(&device_dir)?;
+            if device_dir.join("firmware").join("boot.json").exists() {
+                bail!(
+                    "{} already has firmware; updates go through the device (drivesec device firmware update)",
+                    device_dir.display()
+                );
+            }
+            let bytes = fsu::read(&image)?;
+            drivesec_device::firmware::install_factory(&st, &trust_store, &bytes)
+                .with_context(|| format!("installing {}", image.display()))?;
+            let floor = drivesec_device::firmware::security_counter_floor(&device_dir)?;
+            if json {
+                print_json(
+                    &json!({"device_dir": device_dir, "image": image, "security_counter_floor": floor}),
+                )
+            } else {
+                println!(
+                    "installed {} in slot A of {} (anti-rollback floor {floor})",
+                    image.display(),
+                    device_dir.display()
+                );
+                Ok(())
+            }
+        }
         Command::Factory(FactoryCommand::Provision {
             ca,
             device_dir,
@@ -498,4 +537,84 @@ impl IssueArgs {
             ProfileArg::Server => "server",
         }
     }
+}
+
+fn factory_reprovision(
+    ca: PathBuf,
+    device_dir: PathBuf,
+    archive: Option<PathBuf>,
+    credential_out: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
+    if let Some(p) = &credential_out
+        && p.exists()
+    {
+        bail!(
+            "{} already exists; refusing to overwrite a credential",
+            p.display()
+        );
+    }
+    let mut mfg = Ca::open(&ca)?;
+    let r = drivesec_oem::factory::reprovision(
+        &mut mfg,
+        &drivesec_oem::factory::ReprovisionOptions {
+            device_dir,
+            archive,
+        },
+    )?;
+    let p = &r.provisioned;
+    if let Some(path) = &credential_out {
+        fsu::write_new(
+            path,
+            format!("{}\n", p.factory_credential.as_str()).as_bytes(),
+            Mode::Private,
+        )?;
+    }
+    let shown = credential_out
+        .is_none()
+        .then(|| p.factory_credential.as_str().to_string());
+    if json {
+        return print_json(&json!({
+            "device_dir": p.device_dir, "serial_number": p.serial_number,
+            "idevid": p.idevid_path, "idevid_serial": p.idevid_serial,
+            "keystore": p.backend, "pkcs11_uri": p.pkcs11_uri,
+            "revoked_idevid_serial": r.revoked_idevid_serial, "newly_revoked": r.newly_revoked,
+            "crl": r.crl, "archive": r.archive, "security_counter_floor": r.security_counter_floor,
+            "factory_credential": shown, "factory_credential_file": credential_out,
+        }));
+    }
+    println!(
+        "re-provisioned {} in {} ({} keystore)",
+        p.serial_number,
+        p.device_dir.display(),
+        p.backend
+    );
+    println!(
+        "old IDevID {} revoked (keyCompromise){}; CRL: {}",
+        r.revoked_idevid_serial,
+        if r.newly_revoked { "" } else { " earlier" },
+        r.crl.display()
+    );
+    println!(
+        "new IDevID: {} (serial {})",
+        p.idevid_path.display(),
+        p.idevid_serial
+    );
+    println!(
+        "evidence (old directory, audit trail): {}",
+        r.archive.display()
+    );
+    println!(
+        "next: install factory firmware packed for {} with security counter >= {}, then commission",
+        p.device_dir.join("firmware-key.pub").display(),
+        r.security_counter_floor
+    );
+    match (shown, credential_out) {
+        (Some(c), _) => {
+            println!("one-time factory credential (shown once, stored only as a hash): {c}")
+        }
+        (None, Some(path)) => println!("one-time factory credential written to {}", path.display()),
+        _ => {}
+    }
+    Ok(())
 }

@@ -202,4 +202,161 @@ fn tamper_destroys_every_key_and_leaves_only_status() {
     assert_eq!(t.call("POST", "/api/v1/logout", None).unwrap().status, 423);
     drivesec_oem::daemons::stop(again.pid);
     assert_eq!(private_keys_on_token(&dev), 0);
+
+    reprovision_and_recommission(&lab, &dev, &tamper);
+}
+
+/// The manufacturer brings the tampered device back: a new identity on the
+/// same chip, the old one revoked, the old directory kept as evidence, the
+/// anti-rollback counter carried over; then the owner commissions it again.
+fn reprovision_and_recommission(
+    lab: &common::TestLab,
+    dev: &drivesec_oem::lab::LabDevice,
+    tamper: &Path,
+) {
+    use common::{drivesec, s};
+    let work = tempfile::tempdir().unwrap();
+    let cred = work.path().join("new.cred");
+    let old_idevid = std::fs::read(dev.dir.join("idevid.crt")).unwrap();
+    let mfg_dir = s(&lab.m.manufacturer_ca_dir).to_string();
+    let args = [
+        "factory",
+        "reprovision",
+        "--ca",
+        &mfg_dir,
+        "--device-dir",
+        s(&dev.dir),
+        "--credential-out",
+        s(&cred),
+        "--json",
+    ];
+    // The enclosure switch is still open: refused, nothing changed.
+    let (code, _, err) = drivesec(&args);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("tamper input") && err.contains(s(tamper)),
+        "{err}"
+    );
+    assert!(dev.dir.join("tampered.json").exists() && !cred.exists());
+    std::fs::remove_file(tamper).unwrap();
+
+    let (code, out, err) = drivesec(&args);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let old_serial = r["revoked_idevid_serial"].as_str().unwrap();
+    assert_eq!(r["newly_revoked"], true);
+    assert_ne!(r["idevid_serial"].as_str().unwrap(), old_serial);
+    assert_eq!(r["serial_number"], dev.serial_number.as_str());
+    assert_eq!(
+        r["security_counter_floor"], 1,
+        "the factory image's counter"
+    );
+    // Evidence: the old directory with its trail and tamper record.
+    let archive = std::path::PathBuf::from(r["archive"].as_str().unwrap());
+    assert!(archive.join("tampered.json").exists());
+    assert_eq!(
+        std::fs::read(archive.join("idevid.crt")).unwrap(),
+        old_idevid
+    );
+    let recs = drivesec_audit::reader::read(
+        &archive.join("audit"),
+        &drivesec_audit::reader::Query::default(),
+        usize::MAX,
+    )
+    .unwrap();
+    assert!(recs.iter().any(|r| r.record.action == "device.tampered"));
+    // A clean factory directory on the same token, with a new identity key.
+    assert!(!dev.dir.join("tampered.json").exists());
+    assert!(!dev.dir.join("audit").exists());
+    assert_eq!(private_keys_on_token(dev), 2, "IDevID and firmware keys");
+    let mfg_root = lab.m.manufacturer_ca_dir.join("root.crt");
+    let v = Command::new("openssl")
+        .args(["verify", "-CAfile", s(&mfg_root), "-untrusted"])
+        .arg(dev.dir.join("idevid.crt"))
+        .arg(dev.dir.join("idevid.crt"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    // The manufacturer CRL names the old IDevID as compromised.
+    let crl = Command::new("openssl")
+        .args(["crl", "-noout", "-text", "-in"])
+        .arg(r["crl"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let crl = String::from_utf8_lossy(&crl.stdout).to_ascii_lowercase();
+    assert!(
+        crl.contains(&format!("serial number: {old_serial}")),
+        "{crl}"
+    );
+    assert!(crl.contains("key compromise"), "{crl}");
+    // Once is enough: the new directory is not tampered.
+    let (code, _, err) = drivesec(&args[..6]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not tampered"), "{err}");
+
+    // Factory firmware for the new key, never below the old counter.
+    let trust = lab.m.firmware.as_ref().unwrap().trust.clone();
+    for (version, counter, ok) in [("0.9.0", 0, false), ("1.0.1", 1, true)] {
+        let img = lab
+            .m
+            .release(work.path(), version, counter, 64 * 1024, true)
+            .unwrap();
+        let (code, _, err) = drivesec(&[
+            "factory",
+            "install-firmware",
+            "--device-dir",
+            s(&dev.dir),
+            "--trust",
+            s(&trust),
+            "--image",
+            s(&img),
+        ]);
+        assert_eq!(code == 0, ok, "{version}: {err}");
+        if !ok {
+            assert!(err.contains("counter"), "{err}");
+            assert!(!dev.dir.join("firmware").join("boot.json").exists());
+        }
+    }
+
+    // The owner commissions it again with the new credential.
+    let cfg = DeviceConfig::load(&archive.join("drivesecd.toml")).unwrap();
+    let daemon = Path::new(env!("CARGO_BIN_EXE_drivesecd"));
+    let started = drivesec_oem::daemons::start(daemon, &dev.dir, &cfg).unwrap();
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let credential = std::fs::read_to_string(&cred).unwrap();
+    drivesec_oem::commission::commission(
+        &mut oem,
+        &drivesec_oem::commission::CommissionRequest {
+            addr: started.addr,
+            identity: &lab.identity("security-admin"),
+            manufacturer_roots: drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap(),
+            serial: Some(dev.serial_number.clone()),
+            factory_credential: credential.trim(),
+            device_name: "again.lab.drivesec",
+            ip_addresses: vec![started.addr.ip()],
+            days: 30,
+            admin_username: "admin2",
+            admin_password: "a long enough passphrase 42",
+        },
+    )
+    .unwrap();
+    let mut c = DeviceClient::new(
+        started.addr,
+        Some(&lab.identity("security-admin")),
+        &DeviceTrust::Ldevid {
+            roots: drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap(),
+            device_name: "again.lab.drivesec".into(),
+        },
+        Versions::Default,
+    )
+    .unwrap();
+    c.login("admin2", "a long enough passphrase 42").unwrap();
+    assert_eq!(
+        c.ok("GET", "/api/v1/info", None).unwrap()["tampered"],
+        false
+    );
+    let fw = c.ok("GET", "/api/v1/firmware", None).unwrap();
+    assert_eq!(fw["running"]["version"], "1.0.1", "{fw}");
+    drivesec_oem::daemons::stop(started.pid);
+    assert_eq!(private_keys_on_token(dev), 3, "IDevID, firmware, LDevID");
 }

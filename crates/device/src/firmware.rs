@@ -48,8 +48,24 @@ pub fn create_firmware_key(
     Ok(info.public_key)
 }
 
+/// The anti-rollback floor of a state directory before its first image: the
+/// counter of the device it replaces (`reprovisioned.json`), else 0.
+pub fn security_counter_floor(dir: &std::path::Path) -> Result<u64> {
+    let p = dir.join(files::REPROVISIONED);
+    if !p.exists() {
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&drivesec_fsutil::read(&p)?)
+        .map_err(|e| DeviceError::Invalid(format!("{}: {e}", p.display())))?;
+    v["security_counter_floor"].as_u64().ok_or_else(|| {
+        DeviceError::Invalid(format!("{}: no security_counter_floor number", p.display()))
+    })
+}
+
 /// Factory: installs the firmware trust store and the first image (slot A).
+/// The image must be at least the directory's `security_counter_floor`.
 pub fn install_factory(st: &StateDir, trust: &TrustStore, image: &[u8]) -> Result<()> {
+    let floor = security_counter_floor(&st.dir)?;
     let json = serde_json::to_vec_pretty(trust).map_err(|e| DeviceError::Invalid(e.to_string()))?;
     drivesec_fsutil::write_atomic(
         &st.path(files::FIRMWARE_TRUST),
@@ -67,7 +83,7 @@ pub fn install_factory(st: &StateDir, trust: &TrustStore, image: &[u8]) -> Resul
         st.store.as_ref(),
         &key,
     )
-    .install_initial(&mut &image[..])
+    .install_initial_at_least(&mut &image[..], floor)
     .map_err(fw)
 }
 

@@ -127,6 +127,9 @@ pub mod files {
     pub const FIRMWARE: &str = "firmware";
     /// The firmware trust store.
     pub const FIRMWARE_TRUST: &str = "firmware-trust.json";
+    /// Written by the manufacturer when it re-provisions a tampered device:
+    /// the old identity and the anti-rollback floor it leaves.
+    pub const REPROVISIONED: &str = "reprovisioned.json";
     /// Written by the tamper response; only re-provisioning removes it.
     pub const TAMPERED: &str = "tampered.json";
     /// A provisioning transaction past its commit point (docs/provisioning.md).

@@ -185,12 +185,23 @@ impl<'a> Slots<'a> {
 
     /// Factory: installs the first image in slot A as the confirmed one.
     pub fn install_initial(&self, image: &mut (impl Read + Send)) -> Result<()> {
-        let m = self.write_slot(Slot::A, image, 0)?;
+        self.install_initial_at_least(image, 0)
+    }
+
+    /// `install_initial` for a device that must not go below `floor` (a
+    /// re-provisioned device keeps its predecessor's anti-rollback counter):
+    /// an image below it is refused, and the counter starts at the higher.
+    pub fn install_initial_at_least(
+        &self,
+        image: &mut (impl Read + Send),
+        floor: u64,
+    ) -> Result<()> {
+        let m = self.write_slot(Slot::A, image, floor)?;
         self.save(&BootState {
             active: Slot::A,
             pending: None,
             attempts_left: 0,
-            counter: m.security_counter,
+            counter: m.security_counter.max(floor),
             last_revert: None,
         })
     }

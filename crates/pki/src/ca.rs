@@ -541,6 +541,11 @@ impl Ca {
         self.dir.join("crl.pem")
     }
 
+    /// Serials of every certificate this CA issued (lower-case hex).
+    pub fn issued_serials(&self) -> Vec<String> {
+        self.meta.issued.iter().map(|r| r.serial.clone()).collect()
+    }
+
     /// Serials of revoked certificates.
     pub fn revoked_serials(&self) -> Vec<String> {
         self.meta.revoked.iter().map(|r| r.serial.clone()).collect()
