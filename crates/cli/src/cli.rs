@@ -93,8 +93,16 @@ pub enum FleetCommand {
         #[arg(long, env = "DRIVESEC_FLEET_STORE")]
         store: String,
         /// The lab whose devices to update (lab.json: addresses, trust, the engineer account).
+        #[arg(
+            long,
+            required_unless_present = "inventory",
+            conflicts_with = "inventory"
+        )]
+        lab: Option<PathBuf>,
+        /// An inventory file (docs/validation.md): its devices, updated by its
+        /// [operator], releases checked against its trust.firmware_trust.
         #[arg(long)]
-        lab: PathBuf,
+        inventory: Option<PathBuf>,
         /// The release image (packed by the vendor, approved by the OEM).
         #[arg(long)]
         release: PathBuf,

@@ -1,9 +1,8 @@
 //! `drivesec fleet ...`: rollouts and the fleet's state.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use drivesec_fsutil as fsu;
-use drivesec_oem::client::ClientIdentity;
-use drivesec_oem::rollout::{Event, Operator, Plan, Target};
+use drivesec_oem::rollout::{Event, Fleet, Plan};
 
 use crate::cli::FleetCommand;
 
@@ -13,6 +12,7 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
         FleetCommand::Rollout {
             store,
             lab,
+            inventory,
             release,
             canary,
             parallel,
@@ -21,46 +21,14 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             if !(0.0..=1.0).contains(&max_failure_rate) {
                 bail!("--max-failure-rate must be between 0 and 1, not {max_failure_rate}");
             }
-            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
-            let fw = m
-                .firmware
-                .as_ref()
-                .ok_or_else(|| anyhow!("the lab has no firmware set-up"))?;
-            let trust: drivesec_firmware::trust::TrustStore =
-                serde_json::from_str(&fsu::read_to_string(&fw.trust)?)
-                    .with_context(|| format!("{} is not a trust store", fw.trust.display()))?;
-            let user = m
-                .users
-                .get("engineer")
-                .ok_or_else(|| anyhow!("lab.json has no engineer"))?;
-            let files = m
-                .clients
-                .get("engineer")
-                .ok_or_else(|| anyhow!("lab.json has no engineer client"))?;
-            let op = Operator {
-                identity: ClientIdentity::from_files(&files.cert, &files.key)?,
-                username: user.username.clone(),
-                password: user.password.clone(),
-                roots: drivesec_pki::read_cert_chain(&m.oem_ca)?,
-                operator: user.username.clone(),
+            let fleet = match (&lab, &inventory) {
+                (Some(lab), _) => Fleet::from_lab(&drivesec_oem::lab::LabManifest::load(lab)?)?,
+                (None, Some(path)) => {
+                    Fleet::from_inventory(&drivesec_oem::inventory::Inventory::load(path)?, path)?
+                }
+                (None, None) => bail!("give --lab or --inventory"),
             };
-            let targets: Vec<Target> = m
-                .devices
-                .iter()
-                .filter_map(|d| {
-                    Some(Target {
-                        name: d.name.clone(),
-                        api: d
-                            .api
-                            .as_ref()?
-                            .trim_start_matches("https://")
-                            .parse()
-                            .ok()?,
-                        device_name: d.device_name.clone()?,
-                        serial: d.serial_number.clone(),
-                    })
-                })
-                .collect();
+            let targets = &fleet.targets;
             let mut s = drivesec_fleet::open(&store)?;
             let bar = (!json).then(|| {
                 let b = indicatif::ProgressBar::new(targets.len() as u64);
@@ -119,10 +87,10 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             };
             let out = drivesec_oem::rollout::run(
                 s.as_mut(),
-                &targets,
-                &op,
+                targets,
+                &fleet.operator,
                 &release,
-                &trust,
+                &fleet.trust,
                 &Plan {
                     canary,
                     parallel,

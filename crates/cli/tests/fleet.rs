@@ -202,8 +202,29 @@ fn a_rollout_killed_mid_wave_resumes_and_updates_each_device_once() {
         .args(["-KILL", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    // Resume.
-    let (code, out, err) = drivesec(&args);
+    // Resume, this time from an inventory file that names the same devices.
+    let inventory = d.path().join("inventory.toml");
+    let mut inv =
+        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
+            .unwrap();
+    let operator = inv.operator.take().unwrap();
+    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    let mut inv_args = args.to_vec();
+    let inv_str = s(&inventory).to_string();
+    inv_args[5] = "--inventory";
+    inv_args[6] = &inv_str;
+    // Without an [operator] it is refused, naming what is missing, and nothing moves.
+    let before = (staged(&lab), versions(&lab));
+    let (code, _, err) = drivesec(&inv_args);
+    assert_eq!((staged(&lab), versions(&lab)), before);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("[operator]") && err.contains("inventory.toml"),
+        "{err}"
+    );
+    inv.operator = Some(operator);
+    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    let (code, out, err) = drivesec(&inv_args);
     assert_eq!(code, 0, "{out}{err}");
     let ev = events(&out);
     assert_eq!(ev[0]["event"], "campaign");

@@ -18,6 +18,9 @@ pub struct Inventory {
     pub trust: Trust,
     /// The validator's own credentials and references.
     pub validator: Validator,
+    /// Who performs rollouts (`drivesec fleet rollout --inventory`).
+    #[serde(default)]
+    pub operator: Option<RolloutOperator>,
     /// The devices.
     pub devices: Vec<InventoryDevice>,
 }
@@ -31,6 +34,24 @@ pub struct Trust {
     /// The owner's CRL (PEM), if any.
     #[serde(default)]
     pub crl: Option<PathBuf>,
+    /// The firmware trust store (JSON): the signatures a release needs
+    /// (rollouts accept only images it approves).
+    #[serde(default)]
+    pub firmware_trust: Option<PathBuf>,
+}
+
+/// An account with `update-firmware` and its client certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutOperator {
+    /// Client certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The account.
+    pub user: String,
+    /// A file holding its password.
+    pub password_file: PathBuf,
 }
 
 /// What the validator uses.
@@ -102,8 +123,18 @@ impl Inventory {
             }
         };
         abs(&mut inv.trust.oem_root);
-        if let Some(c) = &mut inv.trust.crl {
-            abs(c);
+        for p in inv
+            .trust
+            .crl
+            .iter_mut()
+            .chain(inv.trust.firmware_trust.iter_mut())
+        {
+            abs(p);
+        }
+        if let Some(o) = &mut inv.operator {
+            for p in [&mut o.cert, &mut o.key, &mut o.password_file] {
+                abs(p);
+            }
         }
         let v = &mut inv.validator;
         for p in [
@@ -148,13 +179,27 @@ impl Inventory {
             admin.password.as_bytes(),
             drivesec_fsutil::Mode::Private,
         )?;
+        let engineer = lab
+            .users
+            .get("engineer")
+            .ok_or_else(|| OemError::Invalid("lab.json has no engineer user".into()))?;
+        let engineer_pw = lab_dir.join("secrets").join("rollout-engineer.password");
+        drivesec_fsutil::write_atomic(
+            &engineer_pw,
+            engineer.password.as_bytes(),
+            drivesec_fsutil::Mode::Private,
+        )?;
         let client = |role: &str| {
             lab.clients
                 .get(role)
                 .cloned()
                 .ok_or_else(|| OemError::Invalid(format!("lab.json has no {role} client")))
         };
-        let (a, v) = (client("security-admin")?, client("viewer")?);
+        let (a, v, e) = (
+            client("security-admin")?,
+            client("viewer")?,
+            client("engineer")?,
+        );
         let fw = lab
             .firmware
             .as_ref()
@@ -179,7 +224,14 @@ impl Inventory {
             trust: Trust {
                 oem_root: lab.oem_ca.clone(),
                 crl: Some(lab.crl.clone()),
+                firmware_trust: Some(fw.trust.clone()),
             },
+            operator: Some(RolloutOperator {
+                cert: e.cert,
+                key: e.key,
+                user: engineer.username.clone(),
+                password_file: engineer_pw,
+            }),
             validator: Validator {
                 admin_cert: a.cert,
                 admin_key: a.key,

@@ -119,6 +119,124 @@ pub struct Outcome {
     pub failed: Vec<String>,
 }
 
+/// What a rollout needs to know about a fleet: the devices, who updates
+/// them, and the firmware trust store that says which images are approved.
+pub struct Fleet {
+    /// The devices.
+    pub targets: Vec<Target>,
+    /// The operator.
+    pub operator: Operator,
+    /// The firmware trust store.
+    pub trust: TrustStore,
+}
+
+fn read_trust(path: &std::path::Path) -> Result<TrustStore> {
+    serde_json::from_slice(&drivesec_fsutil::read(path)?).map_err(|e| {
+        OemError::Invalid(format!(
+            "{}: not a firmware trust store: {e}",
+            path.display()
+        ))
+    })
+}
+
+impl Fleet {
+    /// A running lab's devices, updated by its engineer account.
+    pub fn from_lab(m: &crate::lab::LabManifest) -> Result<Fleet> {
+        let fw = m
+            .firmware
+            .as_ref()
+            .ok_or_else(|| OemError::Invalid("the lab has no firmware set-up".into()))?;
+        let user = m
+            .users
+            .get("engineer")
+            .ok_or_else(|| OemError::Invalid("lab.json has no engineer".into()))?;
+        let files = m
+            .clients
+            .get("engineer")
+            .ok_or_else(|| OemError::Invalid("lab.json has no engineer client".into()))?;
+        let targets = m
+            .devices
+            .iter()
+            .filter_map(|d| {
+                Some(Target {
+                    name: d.name.clone(),
+                    api: d
+                        .api
+                        .as_ref()?
+                        .trim_start_matches("https://")
+                        .parse()
+                        .ok()?,
+                    device_name: d.device_name.clone()?,
+                    serial: d.serial_number.clone(),
+                })
+            })
+            .collect();
+        Ok(Fleet {
+            targets,
+            operator: Operator {
+                identity: ClientIdentity::from_files(&files.cert, &files.key)?,
+                username: user.username.clone(),
+                password: user.password.clone(),
+                roots: drivesec_pki::read_cert_chain(&m.oem_ca)?,
+                operator: user.username.clone(),
+            },
+            trust: read_trust(&fw.trust)?,
+        })
+    }
+
+    /// The devices of an inventory file (`path`, for messages), updated by
+    /// its `[operator]`; releases are checked against `trust.firmware_trust`.
+    pub fn from_inventory(
+        inv: &crate::inventory::Inventory,
+        path: &std::path::Path,
+    ) -> Result<Fleet> {
+        let missing = |what: &str| {
+            OemError::Invalid(format!(
+                "{}: {what} is needed for rollouts (docs/fleet.md)",
+                path.display()
+            ))
+        };
+        let op = inv.operator.as_ref().ok_or_else(|| missing("[operator]"))?;
+        let trust = inv
+            .trust
+            .firmware_trust
+            .as_ref()
+            .ok_or_else(|| missing("trust.firmware_trust"))?;
+        let mut targets = Vec::with_capacity(inv.devices.len());
+        for d in &inv.devices {
+            let api = std::net::ToSocketAddrs::to_socket_addrs(&d.api)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    OemError::Invalid(format!(
+                        "{}: device {}: api '{}' is not HOST:PORT",
+                        path.display(),
+                        d.name,
+                        d.api
+                    ))
+                })?;
+            targets.push(Target {
+                name: d.name.clone(),
+                api,
+                device_name: d.device_name.clone(),
+                serial: d.serial.clone().unwrap_or_default(),
+            });
+        }
+        let password = drivesec_fsutil::read_to_string(&op.password_file)?;
+        Ok(Fleet {
+            targets,
+            operator: Operator {
+                identity: ClientIdentity::from_files(&op.cert, &op.key)?,
+                username: op.user.clone(),
+                password: password.trim_end_matches(['\r', '\n']).to_string(),
+                roots: drivesec_pki::read_cert_chain(&inv.trust.oem_root)?,
+                operator: op.user.clone(),
+            },
+            trust: read_trust(trust)?,
+        })
+    }
+}
+
 /// Checks that `image` carries the signatures the trust store's policy
 /// asks for (the OEM approval among them) and returns its header.
 pub fn check_release(image: &std::path::Path, trust: &TrustStore) -> Result<Header> {
