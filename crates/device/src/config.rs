@@ -112,6 +112,26 @@ pub struct DeviceConfig {
     /// Modbus/TCP Security.
     #[serde(default)]
     pub modbus: ModbusSettings,
+    /// Firmware updates.
+    #[serde(default)]
+    pub firmware: FirmwareSettings,
+}
+
+/// Firmware updates (docs/image-format.md, "Boot stage").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirmwareSettings {
+    /// A trial image is confirmed only after the drive's control loop ran
+    /// this many 10 ms ticks on it (1 to 60000).
+    pub health_window_ticks: u32,
+}
+
+impl Default for FirmwareSettings {
+    fn default() -> Self {
+        FirmwareSettings {
+            health_window_ticks: 10,
+        }
+    }
 }
 
 impl DeviceConfig {
@@ -123,6 +143,7 @@ impl DeviceConfig {
             api: ApiSettings::default(),
             access: AccessPolicy::default(),
             audit: AuditConfig::default(),
+            firmware: FirmwareSettings::default(),
             // Next to the API, on a port the system picks (see STATE/modbus.addr).
             modbus: ModbusSettings {
                 listen: SocketAddr::new(listen.ip(), 0),
@@ -146,6 +167,15 @@ impl DeviceConfig {
                 path: path.to_path_buf(),
                 reason: "api.max_concurrent_logins and api.logins_per_minute must be >= 1, api.max_body_bytes >= 1024"
                     .into(),
+            });
+        }
+        if !(1..=60_000).contains(&cfg.firmware.health_window_ticks) {
+            return Err(DeviceError::Config {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "firmware.health_window_ticks must be 1 to 60000, not {}",
+                    cfg.firmware.health_window_ticks
+                ),
             });
         }
         let m = &cfg.modbus;

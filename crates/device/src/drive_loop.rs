@@ -19,6 +19,27 @@ use drivesec_drive::machine::{CommLossReaction, Drive, State, Status};
 /// The tick.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// Whether the control loop advances `window` ticks (read by `ticks`) within
+/// three times that long plus 200 ms: a firmware health criterion, since a
+/// stalled or missing loop (`None`) never gets there. Waits on the tick.
+pub fn ticks_advance(ticks: impl Fn() -> Option<u64>, window: u64) -> bool {
+    let deadline = std::time::Instant::now()
+        + TICK * u32::try_from(window.saturating_mul(3)).unwrap_or(u32::MAX)
+        + Duration::from_millis(200);
+    let Some(start) = ticks() else { return false };
+    loop {
+        match ticks() {
+            Some(t) if t >= start.saturating_add(window) => return true,
+            Some(_) => {}
+            None => return false,
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(TICK / 2);
+    }
+}
+
 /// The local STO channel of a state directory.
 pub fn sto_path(state_dir: &Path) -> PathBuf {
     state_dir.join("io").join("sto")
@@ -323,5 +344,24 @@ mod tests {
         drop((held_params, held_queue));
         link.stop();
         tick.join().unwrap();
+    }
+
+    #[test]
+    fn the_health_window_needs_a_running_loop() {
+        use std::sync::atomic::AtomicU64;
+        // A loop that advances one tick per tick passes a 5-tick window.
+        let t0 = std::time::Instant::now();
+        let running = || Some((t0.elapsed().as_millis() / 10) as u64);
+        assert!(ticks_advance(running, 5));
+        // Stalled (the counter never moves) or absent: unhealthy.
+        assert!(!ticks_advance(|| Some(42), 5));
+        assert!(!ticks_advance(|| None, 5));
+        // A loop that dies during the window.
+        let n = AtomicU64::new(0);
+        let dying = || {
+            let v = n.fetch_add(1, Ordering::SeqCst);
+            (v < 3).then_some(v)
+        };
+        assert!(!ticks_advance(dying, 5));
     }
 }

@@ -104,17 +104,6 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     }
     dev.audit(Event::new(Actor::Device, "device.start").essential())
         .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?;
-    // The boot stage: nothing runs that does not verify. A tampered device
-    // has no firmware key left to verify with: it only reports its state.
-    let tampered_at_start = dev.state.read().map(|s| s.tampered).unwrap_or(true);
-    if tampered_at_start {
-        tracing::error!("the device is tampered: keys destroyed; serving status only");
-        dev.audit(Event::new(Actor::Device, "device.start-tampered").essential())
-            .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?;
-    } else {
-        dev.boot_firmware()
-            .map_err(|e| DeviceError::Invalid(format!("boot stage: {e:?}")))?;
-    }
     // The drive, on its own thread; STO changes and the tamper response
     // are recorded from another.
     let (tampered, store) = {
@@ -158,6 +147,18 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     )
     .map_err(|e| DeviceError::Invalid(format!("starting the drive: {e}")))?;
     let _ = dev.drive.set(link);
+    // The boot stage, once the drive loop runs (a trial's health check
+    // watches it): nothing runs that does not verify. A tampered device
+    // has no firmware key left to verify with: it only reports its state.
+    let tampered_at_start = dev.state.read().map(|s| s.tampered).unwrap_or(true);
+    if tampered_at_start {
+        tracing::error!("the device is tampered: keys destroyed; serving status only");
+        dev.audit(Event::new(Actor::Device, "device.start-tampered").essential())
+            .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?;
+    } else {
+        dev.boot_firmware()
+            .map_err(|e| DeviceError::Invalid(format!("boot stage: {e:?}")))?;
+    }
     let router = crate::api::router(dev.clone(), config.api.max_body_bytes);
     Ok((dev, router))
 }
@@ -486,17 +487,31 @@ impl Device {
         let Some(fw) = self.firmware_snapshot()? else {
             return Ok(None);
         };
-        // Health check: the crypto chip signs and the audit trail records.
+        // Health check: the drive's control loop runs the window on the
+        // trial image, the crypto chip signs and the audit trail records.
+        let window = self
+            .config
+            .read()
+            .map(|c| c.firmware.health_window_ticks)
+            .unwrap_or(10);
         let healthy = || {
+            let loop_runs = crate::drive_loop::ticks_advance(
+                || self.drive.get().and_then(|d| d.status()).map(|s| s.ticks),
+                u64::from(window),
+            );
             let st = match self.state.read() {
                 Ok(s) => s,
                 Err(_) => return false,
             };
             // A test-only fault file can make the check fail (docs/fleet.md).
-            !crate::provision::failpoint_set(&st.dir, "boot:health-fail")
+            loop_runs
+                && !crate::provision::failpoint_set(&st.dir, "boot:health-fail")
                 && st.store.sign(&st.file.idevid_key, b"health").is_ok()
                 && self
-                    .audit(Event::new(Actor::Device, "firmware.health-check"))
+                    .audit(
+                        Event::new(Actor::Device, "firmware.health-check")
+                            .details(serde_json::json!({"window_ticks": window})),
+                    )
                     .is_ok()
         };
         let result = fw.boot(healthy);

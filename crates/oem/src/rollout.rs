@@ -505,35 +505,38 @@ pub fn run(
             .filter_map(|n| targets.iter().find(|t| &t.name == n))
             .collect();
         let url_events = std::sync::Mutex::new(Vec::<Event>::new());
-        let results: Vec<(String, DeviceResult)> = std::thread::scope(|s| {
-            let mut out = vec![];
-            for chunk in targets_now.chunks(plan.parallel.max(1)) {
-                let hs: Vec<_> = chunk
-                    .iter()
-                    .map(|t| {
-                        let (image, header, url_events) = (&image, &header, &url_events);
-                        s.spawn(move || {
-                            let step = |st: DeviceState, d: &str| {
-                                if let Ok(mut v) = url_events.lock() {
-                                    v.push(Event::Device {
-                                        device: t.name.clone(),
-                                        state: st,
-                                        detail: d.to_string(),
-                                    });
-                                }
-                            };
-                            (t.name.clone(), update_one(t, op, image, header, &step))
-                        })
-                    })
-                    .collect();
-                for h in hs {
-                    if let Ok(r) = h.join() {
-                        out.push(r);
+        // `parallel` workers take the wave's devices in order: a slow device
+        // holds one worker, not the whole wave.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results = std::sync::Mutex::new(Vec::<(String, DeviceResult)>::new());
+        std::thread::scope(|s| {
+            for _ in 0..plan.parallel.max(1).min(targets_now.len()) {
+                let (image, header, url_events) = (&image, &header, &url_events);
+                let (next, results, targets_now) = (&next, &results, &targets_now);
+                s.spawn(move || {
+                    while let Some(t) =
+                        targets_now.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                    {
+                        let step = |st: DeviceState, d: &str| {
+                            if let Ok(mut v) = url_events.lock() {
+                                v.push(Event::Device {
+                                    device: t.name.clone(),
+                                    state: st,
+                                    detail: d.to_string(),
+                                });
+                            }
+                        };
+                        let r = update_one(t, op, image, header, &step);
+                        if let Ok(mut out) = results.lock() {
+                            out.push((t.name.clone(), r));
+                        }
                     }
-                }
+                });
             }
-            out
         });
+        let mut results = results.into_inner().unwrap_or_default();
+        // In wave order, whatever order they finished in.
+        results.sort_by_key(|(n, _)| names.iter().position(|x| x == n));
         for e in url_events.into_inner().unwrap_or_default() {
             if let Event::Device {
                 device,
