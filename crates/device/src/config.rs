@@ -201,3 +201,49 @@ impl DeviceConfig {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drivesecd.toml");
+        let base = DeviceConfig::new("127.0.0.1:0".parse().unwrap());
+        std::fs::write(&path, base.to_toml()).unwrap();
+        assert_eq!(
+            DeviceConfig::load(&path)
+                .unwrap()
+                .firmware
+                .health_window_ticks,
+            10
+        );
+        for (bad, name) in [
+            (
+                DeviceConfig {
+                    firmware: FirmwareSettings {
+                        health_window_ticks: 0,
+                    },
+                    ..base.clone()
+                },
+                "firmware.health_window_ticks",
+            ),
+            (
+                DeviceConfig {
+                    modbus: ModbusSettings {
+                        comm_loss_timeout_ms: 10,
+                        ..base.modbus.clone()
+                    },
+                    ..base.clone()
+                },
+                "modbus.comm_loss_timeout_ms",
+            ),
+        ] {
+            std::fs::write(&path, bad.to_toml()).unwrap();
+            let e = DeviceConfig::load(&path).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("drivesecd.toml"), "{e}");
+        }
+    }
+}
