@@ -18,6 +18,22 @@ impl Drop for Down {
     }
 }
 
+/// CPU seconds the whole machine spent busy so far (/proc/stat, all
+/// processes: the devices and this tool).
+fn busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+    (cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu[7]) / 100.0
+}
+
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
@@ -59,6 +75,7 @@ fn main() {
     assert_eq!(targets.len(), 8);
     // Warm-up.
     let _ = drivesec_oem::validate::validate_all(&ctx, &targets[..1], 1);
+    let busy0 = busy();
     let mut singles = vec![];
     for t in &targets {
         let t0 = Instant::now();
@@ -67,14 +84,17 @@ fn main() {
         assert!(r.checks.len() > 10);
     }
     let sum: f64 = singles.iter().sum();
+    let busy1 = busy();
     let t0 = Instant::now();
     let all = drivesec_oem::validate::validate_all(&ctx, &targets, 8);
     let concurrent = t0.elapsed().as_secs_f64();
+    let busy2 = busy();
     assert_eq!(all.len(), 8);
     println!(
         "{}",
         serde_json::json!({"bench": "validate", "devices": 8, "checks_per_device": all[0].checks.len(),
             "single_mean_s": sum / 8.0, "single_sum_s": sum, "concurrent_s": concurrent,
-            "ratio": concurrent / sum})
+            "ratio": concurrent / sum,
+            "cpu_s_single_runs": busy1 - busy0, "cpu_s_concurrent": busy2 - busy1})
     );
 }
