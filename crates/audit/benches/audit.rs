@@ -180,6 +180,27 @@ fn check_sqlite_settings(db: &rusqlite::Connection) {
     );
 }
 
+/// The disk's own limit for one-at-a-time durability: 256-byte writes into
+/// a preallocated file, each followed by `fdatasync` (no file growth, so no
+/// metadata to journal). Neither engine can commit single records faster.
+fn disk_syncs_per_sec(root: &std::path::Path, secs: f64) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir_in(root).unwrap();
+    let f = std::fs::File::create(d.path().join("floor")).unwrap();
+    let size = 8u64 << 20;
+    f.write_all_at(&vec![0u8; size as usize], 0).unwrap();
+    f.sync_all().unwrap();
+    let rec = [b'x'; 256];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        f.write_all_at(&rec, (n * 256) % size).unwrap();
+        f.sync_data().unwrap();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
 fn main() {
     let secs: f64 = std::env::var("DRIVESEC_BENCH_SECONDS")
         .ok()
@@ -192,6 +213,8 @@ fn main() {
     // Same file system for both: the target directory, not a tmpfs.
     let root = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&root).unwrap();
+    let floor = disk_syncs_per_sec(&root, secs);
+    println!("{{\"bench\":\"disk-floor\",\"syncs_per_sec\":{floor:.1}}}");
     for batch in [1usize, 16, 256] {
         let ours = drivesec_appends(&root, batch, secs);
         let theirs = sqlite_appends(&root, batch, secs);
