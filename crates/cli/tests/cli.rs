@@ -406,6 +406,18 @@ fn demo_verifies_everything() {
     assert_eq!(t["tampered"], true, "{t}");
     assert_eq!(t["identity_refused"], true, "{t}");
     assert_eq!(t["login_status"], 423, "{t}");
+    // Re-provisioned by the manufacturer: a new IDevID on the same keystore,
+    // the old one refused by the CRL, firmware at the old counter.
+    let r = &t["reprovisioned"];
+    assert_eq!(r["old_idevid_in_crl"], true, "{r}");
+    assert_eq!(r["keys_after"], 2, "{r}");
+    assert_ne!(r["new_idevid_serial"], r["old_idevid_serial"], "{r}");
+    assert!(r["security_counter_floor"].as_u64().unwrap() >= 1, "{r}");
+    assert!(
+        std::path::Path::new(r["archive"].as_str().unwrap())
+            .join("tampered.json")
+            .exists()
+    );
     let text = ok(&[
         "demo",
         "--dir",

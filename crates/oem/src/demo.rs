@@ -196,6 +196,27 @@ pub struct TamperReport {
     pub identity_refused: bool,
     /// A login got this status (423 expected).
     pub login_status: u16,
+    /// Then the manufacturer re-provisioned it.
+    pub reprovisioned: Option<ReprovisionReport>,
+}
+
+/// The manufacturer's side of the tamper story.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReprovisionReport {
+    /// The old IDevID serial, now revoked (key compromise).
+    pub old_idevid_serial: String,
+    /// Whether the manufacturer CRL names it.
+    pub old_idevid_in_crl: bool,
+    /// The new IDevID serial.
+    pub new_idevid_serial: String,
+    /// Keys in the keystore afterwards (IDevID and firmware key: 2).
+    pub keys_after: usize,
+    /// The factory firmware installed for the new firmware key.
+    pub firmware: String,
+    /// The anti-rollback floor carried over.
+    pub security_counter_floor: u64,
+    /// Where the old directory (the evidence) went.
+    pub archive: PathBuf,
 }
 
 /// What the demo did and found.
@@ -292,7 +313,7 @@ pub fn run(
         let plan = plan_story(&lab, &opts.dir, out)?;
         let validation = validation_story(&lab, &opts.dir, out)?;
         let fleet = fleet_story(&lab, &opts.dir, out)?;
-        let tamper = tamper_story(&lab, out)?;
+        let tamper = tamper_story(&lab, &opts.dir, out)?;
         report.ok = report
             .sessions
             .iter()
@@ -325,6 +346,11 @@ pub fn run(
                     && t.tampered
                     && t.identity_refused
                     && t.login_status == 423
+                    && t.reprovisioned.as_ref().is_none_or(|r| {
+                        r.old_idevid_in_crl
+                            && r.keys_after == 2
+                            && r.new_idevid_serial != r.old_idevid_serial
+                    })
             });
         report.firmware = fw;
         report.drive = drive;
@@ -1165,7 +1191,11 @@ fn fleet_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Opt
 
 /// The tamper story, on the last device (after its trail was verified):
 /// the enclosure switch, the keys gone, status only.
-fn tamper_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<TamperReport>> {
+fn tamper_story(
+    lab: &LabManifest,
+    work: &Path,
+    out: &mut dyn Write,
+) -> Result<Option<TamperReport>> {
     let Some(d) = lab.devices.iter().rev().find(|d| d.api.is_some()) else {
         return Ok(None);
     };
@@ -1248,6 +1278,7 @@ fn tamper_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<TamperR
         "  status under the self-signed TAMPERED certificate: tampered = {}; a login -> {login_status}",
         info["tampered"]
     );
+    let reprovisioned = reprovision_story(lab, d, work, out)?;
     Ok(Some(TamperReport {
         device: d.name.clone(),
         keys_before,
@@ -1255,6 +1286,79 @@ fn tamper_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<TamperR
         tampered: info["tampered"] == true,
         identity_refused,
         login_status,
+        reprovisioned,
+    }))
+}
+
+/// The tampered device goes back to the manufacturer: drivesecd stopped,
+/// the enclosure closed, a new identity on the same chip, the old one
+/// revoked, factory firmware for the new firmware key at or above the old
+/// anti-rollback counter.
+fn reprovision_story(
+    lab: &LabManifest,
+    d: &crate::lab::LabDevice,
+    work: &Path,
+    out: &mut dyn Write,
+) -> Result<Option<ReprovisionReport>> {
+    let (Some(pid), Some(tamper), Some(fw)) = (d.pid, &d.tamper, &lab.firmware) else {
+        return Ok(None);
+    };
+    crate::daemons::stop(pid);
+    drivesec_fsutil::remove_durable(tamper)?;
+    let mut mfg = drivesec_pki::Ca::open(&lab.manufacturer_ca_dir)?;
+    let r = crate::factory::reprovision(
+        &mut mfg,
+        &crate::factory::ReprovisionOptions {
+            device_dir: d.dir.clone(),
+            archive: None,
+        },
+    )?;
+    let floor = r.security_counter_floor;
+    let image = lab.release(work, "1.1.1", floor, 64 * 1024, true)?;
+    let trust: drivesec_firmware::trust::TrustStore =
+        serde_json::from_slice(&drivesec_fsutil::read(&fw.trust)?)
+            .map_err(|e| OemError::Invalid(format!("{}: {e}", fw.trust.display())))?;
+    let st = drivesec_device::state::StateDir::load(&d.dir)?;
+    drivesec_device::firmware::install_factory(&st, &trust, &drivesec_fsutil::read(&image)?)?;
+    let keys_after = st.store.list()?.len();
+    // The old IDevID still chains to the manufacturer root, and the
+    // manufacturer CRL now refuses it.
+    let old = drivesec_pki::read_cert_chain(&r.archive.join("idevid.crt"))?;
+    let roots = drivesec_pki::read_cert_chain(&lab.manufacturer_ca)?;
+    let crl = drivesec_pki::read_crl(&r.crl)?;
+    let check = |crls: &[rustls::pki_types::CertificateRevocationListDer<'_>]| {
+        drivesec_pki::verify::verify_chain(
+            &old[0],
+            &drivesec_pki::verify::VerifyOptions {
+                roots: &roots,
+                intermediates: old.get(1..).unwrap_or(&[]),
+                crls,
+                usage: drivesec_pki::verify::Usage::Client,
+                time: None,
+            },
+        )
+    };
+    let in_crl = check(&[]).is_ok() && check(std::slice::from_ref(&crl)).is_err();
+    let _ = writeln!(
+        out,
+        "  back at the manufacturer (drivesec factory reprovision): old IDevID {} revoked{}, new IDevID {} on the same keystore ({keys_after} keys), factory firmware 1.1.1 at counter {floor} (the old floor); evidence kept in {}",
+        r.revoked_idevid_serial,
+        if in_crl {
+            " and in the CRL"
+        } else {
+            " but NOT in the CRL"
+        },
+        r.provisioned.idevid_serial,
+        r.archive.display()
+    );
+    Ok(Some(ReprovisionReport {
+        old_idevid_serial: r.revoked_idevid_serial,
+        old_idevid_in_crl: in_crl,
+        new_idevid_serial: r.provisioned.idevid_serial,
+        keys_after,
+        firmware: "1.1.1".into(),
+        security_counter_floor: floor,
+        archive: r.archive,
     }))
 }
 
