@@ -87,8 +87,60 @@ pub fn install_factory(st: &StateDir, trust: &TrustStore, image: &[u8]) -> Resul
     .map_err(fw)
 }
 
+/// What the image or statement says is the client's problem (400); the
+/// device's own keystore and file system failing is not (500).
 pub(crate) fn fw(e: drivesec_firmware::FirmwareError) -> DeviceError {
-    DeviceError::Invalid(e.to_string())
+    use drivesec_firmware::FirmwareError as F;
+    match e {
+        // The image's ephemeral key is the client's.
+        F::Keystore(k @ drivesec_keystore::KeystoreError::InvalidPeerKey(_)) => {
+            DeviceError::Invalid(format!("the image's key agreement: {k}"))
+        }
+        F::Keystore(k) => DeviceError::Keystore(k),
+        F::Fs(f) => DeviceError::Fs(f),
+        other => DeviceError::Invalid(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drivesec_firmware::FirmwareError as F;
+
+    fn status(e: F) -> u16 {
+        crate::api::ApiError::from(fw(e)).status_code()
+    }
+
+    #[test]
+    fn image_faults_are_the_clients_and_device_faults_are_not() {
+        assert_eq!(status(F::BadChunk(3)), 400);
+        assert_eq!(
+            status(F::Rollback {
+                image: 1,
+                device: 2
+            }),
+            400
+        );
+        assert_eq!(status(F::MissingApproval("oem".into())), 400);
+        let disk = drivesec_fsutil::FsError::io(
+            "write",
+            std::path::Path::new("firmware/slot-b.img.tmp"),
+            std::io::Error::other("no space left on device"),
+        );
+        assert_eq!(status(F::Fs(disk)), 500);
+        assert_eq!(
+            status(F::Keystore(drivesec_keystore::KeystoreError::Crypto(
+                "unwrap failed".into()
+            ))),
+            500
+        );
+        assert_eq!(
+            status(F::Keystore(
+                drivesec_keystore::KeystoreError::InvalidPeerKey("not on the curve".into())
+            )),
+            400
+        );
+    }
 }
 
 /// The firmware side of a state directory, if it has one. Cheap to clone:

@@ -92,6 +92,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status.
+    #[cfg(test)]
+    pub(crate) fn status_code(&self) -> u16 {
+        self.status.as_u16()
+    }
+
     /// The message the client sees (also what is audited).
     pub(crate) fn message(&self) -> &str {
         &self.message
