@@ -1537,9 +1537,22 @@ fn update_attack_catalogue_through_the_api_is_refused_audited_and_changes_nothin
     };
     let r = upload(image("v3", 3, hw, (v, "release"), true, &this_device));
     assert_eq!(r.status, 200, "{}", r.body);
-    engineer
+    // The trial is confirmed only after the drive loop ran the health
+    // window (10 ticks by default) on it: counted in ticks, not time.
+    let ticks = || {
+        engineer.ok("GET", "/api/v1/drive", None).unwrap()["ticks"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = ticks();
+    let rb = engineer
         .ok("POST", "/api/v1/firmware/reboot", None)
         .unwrap();
+    assert_eq!(rb["running"]["trial"], false, "{rb}");
+    assert!(
+        ticks() >= before + 10,
+        "confirmed before the health window ran"
+    );
 
     let good = image("v5", 5, hw, (v, "release"), true, &this_device);
     let chunks = chunk_layout(&good);
