@@ -26,9 +26,10 @@ pub fn document(system: &str, plan_sha256: &str, results: &[DeviceResult]) -> Va
     })
 }
 
-/// The bytes a signature covers: the document as compact JSON (keys sorted).
+/// The bytes a signature covers: the document in the JSON Canonicalization
+/// Scheme (RFC 8785), so any implementation can reproduce them.
 fn signed_bytes(doc: &Value) -> Result<Vec<u8>> {
-    serde_json::to_vec(doc).map_err(|e| OemError::Invalid(e.to_string()))
+    serde_json_canonicalizer::to_vec(doc).map_err(|e| OemError::Invalid(e.to_string()))
 }
 
 /// Signs `doc` with a keystore key.
@@ -154,4 +155,31 @@ pub fn html(doc: &Value) -> String {
         s += "</table>\n";
     }
     s + "</body></html>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// RFC 8785, section 3.2.2: numbers in ECMAScript form, strings escaped
+    /// as JSON.stringify does, keys sorted by UTF-16 code units.
+    #[test]
+    fn signed_bytes_are_rfc8785() {
+        let doc: Value = serde_json::from_str(
+            r#"{"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001],"string":"\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/","literals":[null,true,false]}"#,
+        )
+        .unwrap();
+        let want = r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#;
+        assert_eq!(
+            String::from_utf8(signed_bytes(&doc).unwrap()).unwrap(),
+            want
+        );
+        // Keys outside ASCII sort by UTF-16 code unit, not by byte.
+        let doc: Value = serde_json::from_str(r#"{"\ud83d\ude00":1,"\ufb33":2}"#).unwrap();
+        assert_eq!(
+            String::from_utf8(signed_bytes(&doc).unwrap()).unwrap(),
+            "{\"\u{1F600}\":1,\"\u{FB33}\":2}"
+        );
+    }
 }
