@@ -545,12 +545,10 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
             })
         }
         DeviceFirmwareCommand::Update { image } => {
-            let bytes = std::fs::read(image)
-                .with_context(|| format!("reading image {}", image.display()))?;
-            let r = c.call_raw(
+            let r = c.upload_file(
                 "POST",
                 "/api/v1/firmware",
-                Some(bytes),
+                image,
                 "application/octet-stream",
             )?;
             if !(200..300).contains(&r.status) {

@@ -247,6 +247,54 @@ pub fn tls_config(
     Ok((cfg, server_name))
 }
 
+/// A request body read from a file as it is sent.
+struct FileBody {
+    file: std::fs::File,
+    left: u64,
+    buf: Vec<u8>,
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, std::io::Error>>>
+    {
+        use std::io::Read;
+        let this = &mut *self;
+        if this.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        // A local file: a short blocking read on this client's own runtime.
+        let want = this.left.min(this.buf.len() as u64) as usize;
+        let frame = match this.file.read(&mut this.buf[..want]) {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being sent",
+            )),
+            Ok(n) => {
+                this.left -= n as u64;
+                Ok(hyper::body::Frame::data(Bytes::copy_from_slice(
+                    &this.buf[..n],
+                )))
+            }
+            Err(e) => Err(e),
+        };
+        std::task::Poll::Ready(Some(frame))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
 /// A client bound to one device.
 pub struct DeviceClient {
     rt: tokio::runtime::Runtime,
@@ -316,6 +364,49 @@ impl DeviceClient {
         body: Option<Vec<u8>>,
         content_type: &str,
     ) -> Result<Reply> {
+        let has_body = body.is_some();
+        let body = Full::new(Bytes::from(body.unwrap_or_default()));
+        self.send(method, path, has_body.then_some(content_type), body)
+    }
+
+    /// Sends a file as the body, read and sent 64 KiB at a time (a GiB
+    /// image never sits in memory), with its length as Content-Length.
+    pub fn upload_file(
+        &self,
+        method: &str,
+        path: &str,
+        file: &Path,
+        content_type: &str,
+    ) -> Result<Reply> {
+        let f = std::fs::File::open(file)
+            .map_err(|e| OemError::Invalid(format!("{}: {e}", file.display())))?;
+        let len = f
+            .metadata()
+            .map_err(|e| OemError::Invalid(format!("{}: {e}", file.display())))?
+            .len();
+        self.send(
+            method,
+            path,
+            Some(content_type),
+            FileBody {
+                file: f,
+                left: len,
+                buf: vec![0; 64 * 1024],
+            },
+        )
+    }
+
+    fn send<B>(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: B,
+    ) -> Result<Reply>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
         let fut = async {
             let tcp = tokio::net::TcpStream::connect(self.addr)
@@ -336,11 +427,11 @@ impl DeviceClient {
             if let Some(s) = &self.session {
                 req = req.header("authorization", format!("Bearer {s}"));
             }
-            if body.is_some() {
-                req = req.header("content-type", content_type);
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
             }
             let req = req
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .body(body)
                 .map_err(|e| OemError::Invalid(e.to_string()))?;
             let resp = sender
                 .send_request(req)

@@ -7,7 +7,6 @@
 //! where it stopped, and a device is never updated twice.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use drivesec_firmware::image::Header;
 use drivesec_firmware::trust::TrustStore;
@@ -261,7 +260,7 @@ type DeviceResult = std::result::Result<String, (DeviceState, String)>;
 fn update_one(
     t: &Target,
     op: &Operator,
-    image: &[u8],
+    image: &std::path::Path,
     header: &Header,
     step: &dyn Fn(DeviceState, &str),
 ) -> DeviceResult {
@@ -307,10 +306,10 @@ fn update_one(
     if !staged {
         step(DeviceState::Updating, &format!("sending {release}"));
         let r = c
-            .call_raw(
+            .upload_file(
                 "POST",
                 "/api/v1/firmware",
-                Some(image.to_vec()),
+                image,
                 "application/octet-stream",
             )
             .map_err(fail)?;
@@ -368,7 +367,7 @@ pub fn run(
     events: &mut dyn FnMut(Event),
 ) -> Result<Outcome> {
     let header = check_release(image_path, trust)?;
-    let image = Arc::new(drivesec_fsutil::read(image_path)?);
+    let image = image_path;
     let id = campaign_id(&header);
     let release = header.manifest.version.clone();
     let db = |e: drivesec_fleet::FleetError| OemError::Invalid(e.to_string());
