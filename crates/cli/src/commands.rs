@@ -247,16 +247,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     keystore,
                 },
             )?;
-            if let Some(path) = &credential_out {
-                fsu::write_new(
-                    path,
-                    format!("{}\n", p.factory_credential.as_str()).as_bytes(),
-                    Mode::Private,
-                )?;
-            }
-            let shown = credential_out
-                .is_none()
-                .then(|| p.factory_credential.as_str().to_string());
+            let shown = deliver_credential(&p, &credential_out)?;
             if json {
                 print_json(&json!({
                     "device_dir": p.device_dir, "serial_number": p.serial_number,
@@ -563,16 +554,7 @@ fn factory_reprovision(
         },
     )?;
     let p = &r.provisioned;
-    if let Some(path) = &credential_out {
-        fsu::write_new(
-            path,
-            format!("{}\n", p.factory_credential.as_str()).as_bytes(),
-            Mode::Private,
-        )?;
-    }
-    let shown = credential_out
-        .is_none()
-        .then(|| p.factory_credential.as_str().to_string());
+    let shown = deliver_credential(p, &credential_out)?;
     if json {
         return print_json(&json!({
             "device_dir": p.device_dir, "serial_number": p.serial_number,
@@ -617,4 +599,23 @@ fn factory_reprovision(
         _ => {}
     }
     Ok(())
+}
+
+/// The one-time factory credential goes to `out` (0600, never overwritten)
+/// or, without a file, back to be shown once.
+fn deliver_credential(
+    p: &drivesec_oem::factory::Provisioned,
+    out: &Option<PathBuf>,
+) -> Result<Option<String>> {
+    match out {
+        Some(path) => {
+            fsu::write_new(
+                path,
+                format!("{}\n", p.factory_credential.as_str()).as_bytes(),
+                Mode::Private,
+            )?;
+            Ok(None)
+        }
+        None => Ok(Some(p.factory_credential.as_str().to_string())),
+    }
 }

@@ -1036,44 +1036,8 @@ fn fleet_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Opt
     }
     let work = dir.join("firmware").join("releases");
     let image = lab.release(&work, "1.3.0", 4, 256 * 1024, true)?;
-    let fw = lab
-        .firmware
-        .as_ref()
-        .ok_or_else(|| OemError::Invalid("the lab has no firmware set-up".into()))?;
-    let trust: drivesec_firmware::trust::TrustStore =
-        serde_json::from_str(&drivesec_fsutil::read_to_string(&fw.trust)?)
-            .map_err(|e| OemError::Invalid(format!("trust store: {e}")))?;
-    let user = lab
-        .users
-        .get("engineer")
-        .ok_or_else(|| OemError::Invalid("lab.json has no engineer".into()))?;
-    let files = lab
-        .clients
-        .get("engineer")
-        .ok_or_else(|| OemError::Invalid("lab.json has no engineer client".into()))?;
-    let op = crate::rollout::Operator {
-        identity: ClientIdentity::from_files(&files.cert, &files.key)?,
-        username: user.username.clone(),
-        password: user.password.clone(),
-        roots: drivesec_pki::read_cert_chain(&lab.oem_ca)?,
-        operator: user.username.clone(),
-    };
-    let targets: Vec<crate::rollout::Target> = running
-        .iter()
-        .filter_map(|d| {
-            Some(crate::rollout::Target {
-                name: d.name.clone(),
-                api: d
-                    .api
-                    .as_ref()?
-                    .trim_start_matches("https://")
-                    .parse()
-                    .ok()?,
-                device_name: d.device_name.clone()?,
-                serial: d.serial_number.clone(),
-            })
-        })
-        .collect();
+    // The running drives, updated by the lab's engineer.
+    let fleet = crate::rollout::Fleet::from_lab(lab)?;
     let store_path = dir.join("fleet.db");
     let mut store = drivesec_fleet::open(&format!("sqlite:{}", store_path.display()))
         .map_err(|e| OemError::Invalid(e.to_string()))?;
@@ -1092,10 +1056,10 @@ fn fleet_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Opt
     let mut lines = vec![];
     let outcome = crate::rollout::run(
         store.as_mut(),
-        &targets,
-        &op,
+        &fleet.targets,
+        &fleet.operator,
         &image,
-        &trust,
+        &fleet.trust,
         &crate::rollout::Plan {
             canary: 1,
             parallel: 8,
