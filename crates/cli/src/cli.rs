@@ -92,17 +92,11 @@ pub enum FleetCommand {
         /// The fleet store (`sqlite:PATH` or `postgres://...`).
         #[arg(long, env = "DRIVESEC_FLEET_STORE")]
         store: String,
-        /// The lab whose devices to update (lab.json: addresses, trust, the engineer account).
-        #[arg(
-            long,
-            required_unless_present = "inventory",
-            conflicts_with = "inventory"
-        )]
-        lab: Option<PathBuf>,
-        /// An inventory file (docs/validation.md): its devices, updated by its
-        /// [operator], releases checked against its trust.firmware_trust.
-        #[arg(long)]
-        inventory: Option<PathBuf>,
+        /// The devices (a rollout acts as the lab's engineer or the
+        /// inventory's [operator], and checks releases against the lab's or
+        /// the inventory's trust.firmware_trust).
+        #[command(flatten)]
+        devices: FleetDevices,
         /// The release image (packed by the vendor, approved by the OEM).
         #[arg(long)]
         release: PathBuf,
@@ -122,9 +116,9 @@ pub enum FleetCommand {
         /// The fleet store.
         #[arg(long, env = "DRIVESEC_FLEET_STORE")]
         store: String,
-        /// The lab.
-        #[arg(long)]
-        lab: PathBuf,
+        /// The devices (reached as the security administrator).
+        #[command(flatten)]
+        devices: FleetDevices,
         /// Warn about LDevIDs expiring within this many days.
         #[arg(long, default_value_t = 30)]
         margin_days: i64,
@@ -132,9 +126,13 @@ pub enum FleetCommand {
     /// Renew every LDevID expiring within the margin: each device makes a new
     /// key in its keystore, the OEM CA signs it, the device switches to it.
     Renew {
-        /// The lab (its OEM CA signs).
+        /// The devices (reached as the security administrator).
+        #[command(flatten)]
+        devices: FleetDevices,
+        /// The OEM CA that signs the new LDevIDs (default: the lab's; needed
+        /// with --inventory).
         #[arg(long)]
-        lab: PathBuf,
+        ca: Option<PathBuf>,
         /// Renew what expires within this many days.
         #[arg(long, default_value_t = 30)]
         margin_days: i64,
@@ -147,9 +145,9 @@ pub enum FleetCommand {
     },
     /// After a key compromise: install a CRL on every device.
     PushCrl {
-        /// The lab.
-        #[arg(long)]
-        lab: PathBuf,
+        /// The devices (reached as the security administrator).
+        #[command(flatten)]
+        devices: FleetDevices,
         /// The CRL (PEM), as `ca revoke` publishes it.
         #[arg(long)]
         crl: PathBuf,
@@ -995,6 +993,22 @@ pub enum FactoryCommand {
         #[arg(long)]
         image: PathBuf,
     },
+}
+
+/// Which devices a fleet command works on: a running lab, or an
+/// inventory file (docs/validation.md).
+#[derive(Debug, Args)]
+pub struct FleetDevices {
+    /// A running lab (lab.json).
+    #[arg(
+        long,
+        required_unless_present = "inventory",
+        conflicts_with = "inventory"
+    )]
+    pub lab: Option<PathBuf>,
+    /// An inventory file: its devices, reached with its credentials.
+    #[arg(long)]
+    pub inventory: Option<PathBuf>,
 }
 
 /// `drivesec lab ...`.

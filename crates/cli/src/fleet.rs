@@ -4,15 +4,43 @@ use anyhow::{Result, bail};
 use drivesec_fsutil as fsu;
 use drivesec_oem::rollout::{Event, Fleet, Plan};
 
-use crate::cli::FleetCommand;
+use crate::cli::{FleetCommand, FleetDevices};
+
+/// Where a fleet command's devices come from.
+enum Source {
+    Lab(drivesec_oem::lab::LabManifest),
+    Inventory(drivesec_oem::inventory::Inventory, std::path::PathBuf),
+}
+
+impl FleetDevices {
+    fn source(&self) -> Result<Source> {
+        Ok(match (&self.lab, &self.inventory) {
+            (Some(lab), _) => Source::Lab(drivesec_oem::lab::LabManifest::load(lab)?),
+            (None, Some(path)) => Source::Inventory(
+                drivesec_oem::inventory::Inventory::load(path)?,
+                path.clone(),
+            ),
+            (None, None) => bail!("give --lab DIR or --inventory FILE"),
+        })
+    }
+
+    /// The devices, reached as the security administrator.
+    fn reach(&self) -> Result<drivesec_oem::incident::Reach> {
+        Ok(match self.source()? {
+            Source::Lab(m) => drivesec_oem::incident::Reach::from_lab(&m)?,
+            Source::Inventory(inv, path) => {
+                drivesec_oem::incident::Reach::from_inventory(&inv, &path)?
+            }
+        })
+    }
+}
 
 /// Runs a `fleet` command.
 pub fn run(c: FleetCommand, json: bool) -> Result<()> {
     match c {
         FleetCommand::Rollout {
             store,
-            lab,
-            inventory,
+            devices,
             release,
             canary,
             parallel,
@@ -21,12 +49,9 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             if !(0.0..=1.0).contains(&max_failure_rate) {
                 bail!("--max-failure-rate must be between 0 and 1, not {max_failure_rate}");
             }
-            let fleet = match (&lab, &inventory) {
-                (Some(lab), _) => Fleet::from_lab(&drivesec_oem::lab::LabManifest::load(lab)?)?,
-                (None, Some(path)) => {
-                    Fleet::from_inventory(&drivesec_oem::inventory::Inventory::load(path)?, path)?
-                }
-                (None, None) => bail!("give --lab or --inventory"),
+            let fleet = match devices.source()? {
+                Source::Lab(m) => Fleet::from_lab(&m)?,
+                Source::Inventory(inv, path) => Fleet::from_inventory(&inv, &path)?,
             };
             let targets = &fleet.targets;
             let mut s = drivesec_fleet::open(&store)?;
@@ -113,12 +138,12 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
         }
         FleetCommand::Scan {
             store,
-            lab,
+            devices,
             margin_days,
         } => {
-            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
+            let reach = devices.reach()?;
             let mut s = drivesec_fleet::open(&store)?;
-            let seen = drivesec_oem::incident::scan(&m, s.as_mut())?;
+            let seen = drivesec_oem::incident::scan(&reach, s.as_mut())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&seen)?);
             } else {
@@ -146,14 +171,23 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             Ok(())
         }
         FleetCommand::Renew {
-            lab,
+            devices,
+            ca,
             margin_days,
             days,
             force,
         } => {
-            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
-            let mut oem = drivesec_pki::Ca::open(&m.oem_ca_dir)?;
-            let r = drivesec_oem::incident::renew(&m, &mut oem, margin_days, days, force)?;
+            let ca = match (ca, devices.source()?) {
+                (Some(ca), _) => ca,
+                (None, Source::Lab(m)) => m.oem_ca_dir,
+                (None, Source::Inventory(_, path)) => bail!(
+                    "--ca OEM_CA_DIR is needed with --inventory {} (the CA that signs the new LDevIDs)",
+                    path.display()
+                ),
+            };
+            let mut oem = drivesec_pki::Ca::open(&ca)?;
+            let reach = devices.reach()?;
+            let r = drivesec_oem::incident::renew(&reach, &mut oem, margin_days, days, force)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -179,10 +213,9 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        FleetCommand::PushCrl { lab, crl } => {
-            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
+        FleetCommand::PushCrl { devices, crl } => {
             let pem = fsu::read_to_string(&crl)?;
-            let r = drivesec_oem::incident::push_crl(&m, &pem)?;
+            let r = drivesec_oem::incident::push_crl(&devices.reach()?, &pem)?;
             let failed: Vec<String> = r
                 .iter()
                 .filter_map(|(d, x)| x.as_ref().err().map(|e| format!("{d}: {e}")))

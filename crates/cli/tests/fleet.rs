@@ -56,6 +56,16 @@ fn staged(lab: &TestLab) -> Vec<usize> {
         .collect()
 }
 
+/// The lab's devices as an inventory file (what a plant would keep).
+fn inventory_file(lab: &TestLab, dir: &std::path::Path) -> std::path::PathBuf {
+    let inv =
+        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
+            .unwrap();
+    let path = dir.join("inventory.toml");
+    std::fs::write(&path, toml::to_string(&inv).unwrap()).unwrap();
+    path
+}
+
 fn events(out: &str) -> Vec<Value> {
     out.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -179,6 +189,28 @@ fn a_rollout_killed_mid_wave_resumes_and_updates_each_device_once() {
         "--canary",
         "1",
     ];
+    // The same devices as an inventory file; without an [operator] a
+    // rollout over it is refused, naming what is missing, and nothing moves.
+    let inventory = d.path().join("inventory.toml");
+    let mut inv =
+        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
+            .unwrap();
+    let operator = inv.operator.take().unwrap();
+    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    let mut inv_args = args.to_vec();
+    let inv_str = s(&inventory).to_string();
+    inv_args[5] = "--inventory";
+    inv_args[6] = &inv_str;
+    let (code, _, err) = drivesec(&inv_args);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("[operator]") && err.contains("inventory.toml"),
+        "{err}"
+    );
+    assert_eq!(
+        (staged(&lab), versions(&lab)),
+        (vec![0; 4], vec!["1.0.0".to_string(); 4])
+    );
     // Kill the tool as soon as wave 1 starts.
     let mut child = Command::new(env!("CARGO_BIN_EXE_drivesec"))
         .args(args)
@@ -202,26 +234,8 @@ fn a_rollout_killed_mid_wave_resumes_and_updates_each_device_once() {
         .args(["-KILL", &child.id().to_string()])
         .status();
     let _ = child.wait();
-    // Resume, this time from an inventory file that names the same devices.
-    let inventory = d.path().join("inventory.toml");
-    let mut inv =
-        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
-            .unwrap();
-    let operator = inv.operator.take().unwrap();
-    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
-    let mut inv_args = args.to_vec();
-    let inv_str = s(&inventory).to_string();
-    inv_args[5] = "--inventory";
-    inv_args[6] = &inv_str;
-    // Without an [operator] it is refused, naming what is missing, and nothing moves.
-    let before = (staged(&lab), versions(&lab));
-    let (code, _, err) = drivesec(&inv_args);
-    assert_eq!((staged(&lab), versions(&lab)), before);
-    assert_eq!(code, 2);
-    assert!(
-        err.contains("[operator]") && err.contains("inventory.toml"),
-        "{err}"
-    );
+    // Resume, this time from an inventory file that names the same devices
+    // (the devices may still be finishing what the killed tool asked).
     inv.operator = Some(operator);
     std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
     let (code, out, err) = drivesec(&inv_args);
@@ -274,12 +288,14 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
     };
     assert!(lab.m.devices.iter().all(|dev| info(dev).is_ok()));
     let crl = oem.revoke(&serial, "key-compromise").unwrap();
+    // Pushed over the inventory of the plant (the lab's, written as a file).
+    let inventory = inventory_file(&lab, d.path());
     let (code, out, err) = drivesec(&[
         "--json",
         "fleet",
         "push-crl",
-        "--lab",
-        s(&lab.dir),
+        "--inventory",
+        s(&inventory),
         "--crl",
         s(&crl),
     ]);
@@ -315,7 +331,14 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
     // The response runs within a tick; give the scan a few tries.
     let mut res = (0, String::new(), String::new());
     for _ in 0..50 {
-        res = drivesec(&["fleet", "scan", "--store", &store, "--lab", s(&lab.dir)]);
+        res = drivesec(&[
+            "fleet",
+            "scan",
+            "--store",
+            &store,
+            "--inventory",
+            s(&inventory),
+        ]);
         if res.0 == 2 {
             break;
         }
@@ -362,13 +385,21 @@ fn ldevid_renewal_before_expiry() {
         drivesec_pki::inspect::summarize(&chain[0]).unwrap().serial
     };
     let before: Vec<String> = lab.m.devices.iter().map(serial_of).collect();
-    // Not due with a 30-day margin (the lab's LDevIDs run 730 days).
+    // Not due with a 30-day margin (the lab's LDevIDs run 730 days); asked
+    // over an inventory, which needs the signing CA named.
+    let d = tempfile::tempdir().unwrap();
+    let inventory = inventory_file(&lab, d.path());
+    let (code, _, err) = drivesec(&["fleet", "renew", "--inventory", s(&inventory)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--ca"), "{err}");
     let (code, out, _) = drivesec(&[
         "--json",
         "fleet",
         "renew",
-        "--lab",
-        s(&lab.dir),
+        "--inventory",
+        s(&inventory),
+        "--ca",
+        s(&lab.m.oem_ca_dir),
         "--margin-days",
         "30",
     ]);

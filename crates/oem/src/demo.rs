@@ -1102,7 +1102,8 @@ fn fleet_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Opt
         let _ = writeln!(out, "{l}");
     }
     let mut oem = drivesec_pki::Ca::open(&lab.oem_ca_dir)?;
-    let renewed = crate::incident::renew(lab, &mut oem, 30, 730, true)?;
+    let reach = crate::incident::Reach::from_lab(lab)?;
+    let renewed = crate::incident::renew(&reach, &mut oem, 30, 730, true)?;
     let _ = writeln!(
         out,
         "  LDevIDs renewed through keys the drives made themselves: {}",
@@ -1117,7 +1118,7 @@ fn fleet_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Opt
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let seen = crate::incident::scan(lab, store.as_mut())?;
+    let seen = crate::incident::scan(&reach, store.as_mut())?;
     let review = crate::review::review(lab, 90, 5)?;
     let review_path = dir.join("access-review.json");
     drivesec_fsutil::write_atomic(

@@ -1,13 +1,142 @@
-//! Incident response over a lab's devices (docs/incident-response.md):
+//! Incident response over a fleet's devices (docs/incident-response.md):
 //! scan the fleet (versions, certificate expiry, tamper) into the store,
-//! and push a CRL to every device after a key compromise.
+//! renew LDevIDs, and push a CRL to every device after a key compromise.
+//! The devices come from a running lab or an inventory file ([`Reach`]).
+
+use std::net::SocketAddr;
 
 use drivesec_fleet::{DeviceRecord, FleetStore};
+use rustls::pki_types::CertificateDer;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
-use crate::client::{DeviceClient, DeviceTrust, Versions};
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
 use crate::lab::LabManifest;
 use crate::{OemError, Result};
+
+/// One device incident response reaches.
+#[derive(Debug, Clone)]
+pub struct ReachDevice {
+    /// Name (the store's key).
+    pub name: String,
+    /// Serial number (empty when the inventory does not say).
+    pub serial: String,
+    /// API address.
+    pub addr: SocketAddr,
+    /// The DNS name its LDevID carries.
+    pub device_name: String,
+}
+
+/// The devices, and the security administrator incident response acts as.
+pub struct Reach {
+    /// The devices.
+    pub devices: Vec<ReachDevice>,
+    /// The administrator's client certificate.
+    pub admin: ClientIdentity,
+    /// Its account.
+    pub admin_user: String,
+    /// Its password.
+    pub admin_password: Zeroizing<String>,
+    /// Owner roots (device identities chain to them).
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl Reach {
+    /// A running lab's commissioned devices, as its security-admin account.
+    pub fn from_lab(lab: &LabManifest) -> Result<Reach> {
+        let user = lab
+            .users
+            .get("security-admin")
+            .ok_or_else(|| OemError::Invalid("lab.json has no security-admin account".into()))?;
+        let mut devices = vec![];
+        for d in &lab.devices {
+            if let (Some(_), Some(name)) = (&d.api, &d.device_name) {
+                devices.push(ReachDevice {
+                    name: d.name.clone(),
+                    serial: d.serial_number.clone(),
+                    addr: lab.api_addr(d)?,
+                    device_name: name.clone(),
+                });
+            }
+        }
+        Ok(Reach {
+            devices,
+            admin: lab.identity("security-admin")?,
+            admin_user: user.username.clone(),
+            admin_password: Zeroizing::new(user.password.clone()),
+            roots: drivesec_pki::read_cert_chain(&lab.oem_ca)?,
+        })
+    }
+
+    /// An inventory's devices (`path` for messages), as its validator's
+    /// security administrator.
+    pub fn from_inventory(
+        inv: &crate::inventory::Inventory,
+        path: &std::path::Path,
+    ) -> Result<Reach> {
+        let v = &inv.validator;
+        let mut devices = vec![];
+        for d in &inv.devices {
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&d.api)
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    OemError::Invalid(format!(
+                        "{}: device {}: api '{}' is not HOST:PORT",
+                        path.display(),
+                        d.name,
+                        d.api
+                    ))
+                })?;
+            devices.push(ReachDevice {
+                name: d.name.clone(),
+                serial: d.serial.clone().unwrap_or_default(),
+                addr,
+                device_name: d.device_name.clone(),
+            });
+        }
+        let password = drivesec_fsutil::read_to_string(&v.admin_password_file)?;
+        Ok(Reach {
+            devices,
+            admin: ClientIdentity::from_files(&v.admin_cert, &v.admin_key)?,
+            admin_user: v.admin_user.clone(),
+            admin_password: Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string()),
+            roots: drivesec_pki::read_cert_chain(&inv.trust.oem_root)?,
+        })
+    }
+
+    fn trust(&self, d: &ReachDevice) -> DeviceTrust {
+        DeviceTrust::Ldevid {
+            roots: self.roots.clone(),
+            device_name: d.device_name.clone(),
+        }
+    }
+
+    fn session(&self, d: &ReachDevice) -> Result<DeviceClient> {
+        let mut c =
+            DeviceClient::new(d.addr, Some(&self.admin), &self.trust(d), Versions::Default)?;
+        c.login(&self.admin_user, &self.admin_password)?;
+        Ok(c)
+    }
+
+    /// Days left on the LDevID the device presents, as any client sees it.
+    fn ldevid_days_left(&self, d: &ReachDevice) -> Option<(String, i64)> {
+        let leaf =
+            crate::validate::probe(d.addr, Some(&self.admin), &self.trust(d), Versions::Default)
+                .ok()
+                .and_then(|(_, _, chain)| chain.into_iter().next())
+                .and_then(|c| drivesec_pki::inspect::summarize(&c).ok())?;
+        let t = time::OffsetDateTime::parse(
+            &leaf.not_after,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        Some((
+            leaf.not_after,
+            (t - time::OffsetDateTime::now_utc()).whole_days(),
+        ))
+    }
+}
 
 /// What a scan saw of one device.
 #[derive(Debug, Clone, Serialize)]
@@ -28,16 +157,10 @@ pub struct Seen {
 
 /// Reads every device's state and records it in the store; a device whose
 /// tamper response has run is flagged (queued for re-provisioning).
-pub fn scan(lab: &LabManifest, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
-    let id = lab.identity("security-admin")?;
+pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
     let db = |e: drivesec_fleet::FleetError| OemError::Invalid(e.to_string());
     let mut out = vec![];
-    for d in &lab.devices {
-        let (Some(_), Some(name)) = (&d.api, &d.device_name) else {
-            continue;
-        };
-        let addr = lab.api_addr(d)?;
-        let trust = lab.device_trust(d)?;
+    for d in &reach.devices {
         let mut seen = Seen {
             device: d.name.clone(),
             reachable: false,
@@ -46,33 +169,23 @@ pub fn scan(lab: &LabManifest, store: &mut dyn FleetStore) -> Result<Vec<Seen>> 
             ldevid_not_after: String::new(),
             days_left: None,
         };
-        if let Ok(c) = lab.session(d, "security-admin") {
+        if let Ok(c) = reach.session(d) {
             seen.reachable = true;
             if let Ok(f) = c.ok("GET", "/api/v1/firmware", None) {
                 seen.firmware_version = f["running"]["version"].as_str().unwrap_or("").into();
             }
-            // The certificate the device presents, as any client sees it.
-            if let Some(leaf) = crate::validate::probe(addr, Some(&id), &trust, Versions::Default)
-                .ok()
-                .and_then(|(_, _, chain)| chain.into_iter().next())
-                .and_then(|c| drivesec_pki::inspect::summarize(&c).ok())
-            {
-                seen.days_left = time::OffsetDateTime::parse(
-                    &leaf.not_after,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok()
-                .map(|t| (t - time::OffsetDateTime::now_utc()).whole_days());
-                seen.ldevid_not_after = leaf.not_after;
+            if let Some((not_after, left)) = reach.ldevid_days_left(d) {
+                seen.days_left = Some(left);
+                seen.ldevid_not_after = not_after;
             }
             let _ = c.call("POST", "/api/v1/logout", None);
-        } else {
+        } else if !d.serial.is_empty() {
             // No identity answers: is it the tamper response?
             let t = DeviceClient::new(
-                addr,
-                Some(&id),
+                d.addr,
+                Some(&reach.admin),
                 &DeviceTrust::TamperedStatusRisky {
-                    serial: d.serial_number.clone(),
+                    serial: d.serial.clone(),
                 },
                 Versions::Default,
             )?;
@@ -82,9 +195,9 @@ pub fn scan(lab: &LabManifest, store: &mut dyn FleetStore) -> Result<Vec<Seen>> 
         }
         let mut rec = store.device(&d.name).map_err(db)?.unwrap_or(DeviceRecord {
             name: d.name.clone(),
-            serial: d.serial_number.clone(),
-            api: addr.to_string(),
-            device_name: name.clone(),
+            serial: d.serial.clone(),
+            api: d.addr.to_string(),
+            device_name: d.device_name.clone(),
             zone: String::new(),
             firmware_version: String::new(),
             ldevid_not_after: String::new(),
@@ -104,17 +217,13 @@ pub fn scan(lab: &LabManifest, store: &mut dyn FleetStore) -> Result<Vec<Seen>> 
 
 /// Installs `crl_pem` on every reachable device; per device, Ok or why not.
 pub fn push_crl(
-    lab: &LabManifest,
+    reach: &Reach,
     crl_pem: &str,
 ) -> Result<Vec<(String, std::result::Result<(), String>)>> {
     let mut out = vec![];
-    for d in lab
-        .devices
-        .iter()
-        .filter(|d| d.api.is_some() && d.device_name.is_some())
-    {
-        let r = lab
-            .session(d, "security-admin")
+    for d in &reach.devices {
+        let r = reach
+            .session(d)
             .and_then(|c| {
                 c.ok(
                     "PUT",
@@ -149,32 +258,15 @@ pub struct Renewed {
 /// within `margin_days` (all of them with `force`), issuing `days`-long
 /// certificates from the OEM CA.
 pub fn renew(
-    lab: &LabManifest,
+    reach: &Reach,
     oem: &mut drivesec_pki::Ca,
     margin_days: i64,
     days: i64,
     force: bool,
 ) -> Result<Vec<Renewed>> {
-    let id = lab.identity("security-admin")?;
     let mut out = vec![];
-    for d in &lab.devices {
-        let (Some(_), Some(name)) = (&d.api, &d.device_name) else {
-            continue;
-        };
-        let addr = lab.api_addr(d)?;
-        let trust = lab.device_trust(d)?;
-        let left = crate::validate::probe(addr, Some(&id), &trust, Versions::Default)
-            .ok()
-            .and_then(|(_, _, chain)| chain.into_iter().next())
-            .and_then(|c| drivesec_pki::inspect::summarize(&c).ok())
-            .and_then(|s| {
-                time::OffsetDateTime::parse(
-                    &s.not_after,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok()
-            })
-            .map(|t| (t - time::OffsetDateTime::now_utc()).whole_days());
+    for d in &reach.devices {
+        let left = reach.ldevid_days_left(d).map(|(_, l)| l);
         let due = force || left.is_none_or(|l| l < margin_days);
         let mut r = Renewed {
             device: d.name.clone(),
@@ -184,16 +276,22 @@ pub fn renew(
             not_after: None,
         };
         if due {
-            let c = lab.session(d, "security-admin")?;
+            if d.serial.is_empty() {
+                return Err(OemError::Invalid(format!(
+                    "{}: the inventory gives no serial, which its LDevID must carry",
+                    d.name
+                )));
+            }
+            let c = reach.session(d)?;
             let csr = c.ok("POST", "/api/v1/identity/renew", None)?["csr_pem"]
                 .as_str()
                 .ok_or_else(|| OemError::Invalid(format!("{}: no CSR", d.name)))?
                 .to_string();
             let issued = oem.issue(&drivesec_pki::IssueRequest {
                 profile: drivesec_pki::Profile::LdevId {
-                    serial_number: d.serial_number.clone(),
-                    device_name: name.clone(),
-                    ip_addresses: vec![addr.ip()],
+                    serial_number: d.serial.clone(),
+                    device_name: d.device_name.clone(),
+                    ip_addresses: vec![d.addr.ip()],
                     days,
                 },
                 key: drivesec_pki::SubjectKey::CsrPem {

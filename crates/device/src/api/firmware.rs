@@ -25,6 +25,8 @@ pub(crate) async fn status(
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadInfo, "firmware.read")?;
+    // One snapshot: a reboot in progress finishes first.
+    let _boot = dev.boot_lock.read().await;
     let running = dev
         .running
         .lock()
@@ -98,9 +100,10 @@ pub(crate) async fn rotate_trust(
 const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Takes the firmware gate, or answers 409 when another firmware operation runs.
-fn busy(dev: &Device) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+fn busy(dev: &Device) -> Result<tokio::sync::OwnedMutexGuard<()>, ApiError> {
     dev.firmware_gate
-        .try_lock()
+        .clone()
+        .try_lock_owned()
         .map_err(|_| ApiError::conflict("another firmware operation is in progress"))
 }
 
@@ -158,14 +161,18 @@ pub(crate) async fn upload(
     if let Err(e) = dev.require(&c, Permission::UpdateFirmware, "firmware.update") {
         return Err(discard(&mut body, e).await);
     }
-    let _gate = match busy(&dev) {
+    let gate = match busy(&dev) {
         Ok(g) => g,
         Err(e) => return Err(discard(&mut body, e).await),
     };
     // A clone: the shared lock is not held while the body streams in.
     let fw = dev.firmware_snapshot()?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
+    // Staging and its record run to the end on their own thread, holding
+    // the gate, even if the client goes away after sending the image.
+    let (d2, c2) = (dev.clone(), c.clone());
     let staging = tokio::task::spawn_blocking(move || {
+        let _gate = gate;
         let Some(f) = fw else {
             return Err(ApiError::conflict("this device has no firmware slots"));
         };
@@ -177,7 +184,21 @@ pub(crate) async fn upload(
         // Drain what the client still sends so it gets our answer.
         let mut sink = [0u8; 8192];
         while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
-        result.map_err(ApiError::from)
+        let result = result.map_err(ApiError::from);
+        match &result {
+            Ok(m) => d2.audit(
+                Device::event(&c2, "firmware.staged", Outcome::Success)
+                    .target(m.version.clone())
+                    .details(json!({"certificate": c2.conn.fingerprint, "role": c2.role, "security_counter": m.security_counter, "root": m.root}))
+                    .essential(),
+            )?,
+            Err(e) => d2.audit(
+                Device::event(&c2, "firmware.refused", Outcome::Failure)
+                    .details(json!({"certificate": c2.conn.fingerprint, "role": c2.role, "reason": e.message()}))
+                    .essential(),
+            )?,
+        }
+        result
     });
     let mut total = 0usize;
     let mut failure = None;
@@ -221,30 +242,13 @@ pub(crate) async fn upload(
     let result = staging
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let result = match failure {
-        Some(f) => Err(f),
-        None => result,
-    };
-    match result {
-        Ok(m) => {
-            dev.audit(
-                Device::event(&c, "firmware.staged", Outcome::Success)
-                    .target(m.version.clone())
-                    .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "security_counter": m.security_counter, "root": m.root}))
-                    .essential(),
-            )?;
-            Ok(ok(
-                json!({"staged": m.version, "security_counter": m.security_counter, "pending": true}),
-            ))
-        }
-        Err(e) => {
-            dev.audit(
-                Device::event(&c, "firmware.refused", Outcome::Failure)
-                    .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "reason": e.message()}))
-                    .essential(),
-            )?;
-            Err(e)
-        }
+    // The body's own failure (timeout, size) is the answer, when there was one.
+    match (failure, result) {
+        (Some(f), _) => Err(f),
+        (None, Ok(m)) => Ok(ok(
+            json!({"staged": m.version, "security_counter": m.security_counter, "pending": true}),
+        )),
+        (None, Err(e)) => Err(e),
     }
 }
 
@@ -253,13 +257,20 @@ pub(crate) async fn reboot(
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::UpdateFirmware, "firmware.reboot")?;
-    let _gate = busy(&dev)?;
+    let gate = busy(&dev)?;
     dev.audit(Device::event(&c, "firmware.reboot", Outcome::Success).essential())?;
     let d2 = dev.clone();
-    let running = tokio::task::spawn_blocking(move || d2.boot_firmware())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-    let state = dev.firmware_snapshot()?.map(|f| f.state()).transpose()?;
+    // The boot stage runs to its end holding both locks, even if the client
+    // goes away: no second firmware operation and no status read in between.
+    let boot = dev.boot_lock.clone().write_owned().await;
+    let (running, state) = tokio::task::spawn_blocking(move || {
+        let (_gate, _boot) = (gate, boot);
+        let running = d2.boot_firmware()?;
+        let state = d2.firmware_snapshot()?.map(|f| f.state()).transpose()?;
+        Ok::<_, ApiError>((running, state))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(ok(json!({"running": running, "boot_state": state})))
 }
 

@@ -72,7 +72,12 @@ pub struct Device {
     pub(crate) running: Mutex<Option<crate::firmware::Running>>,
     /// Serialises firmware operations (upload, reboot, trust rotation);
     /// taken with `try_lock`, so a second one gets 409 instead of waiting.
-    pub(crate) firmware_gate: tokio::sync::Mutex<()>,
+    /// Owned guards: the blocking work holds it to its end even when the
+    /// client goes away and its request is dropped.
+    pub(crate) firmware_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Held (write) while a reboot runs the boot stage, so a status read
+    /// (read) never sees the boot state switched but `running` not yet.
+    pub(crate) boot_lock: Arc<tokio::sync::RwLock<()>>,
     /// The Modbus/TCP Security server's TLS configuration (follows `tls`).
     pub(crate) modbus_tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
     /// Modbus rights per role.
