@@ -1309,9 +1309,9 @@ fn reprovision_story(
         "  back at the manufacturer (drivesec factory reprovision): old IDevID {} revoked{}, new IDevID {} on the same keystore ({keys_after} keys), factory firmware 1.1.1 at counter {floor} (the old floor); evidence kept in {}",
         r.revoked_idevid_serial,
         if in_crl {
-            " and in the CRL"
+            " (the manufacturer CRL now refuses it)"
         } else {
-            " but NOT in the CRL"
+            " but the manufacturer CRL DOES NOT refuse it"
         },
         r.provisioned.idevid_serial,
         r.archive.display()
