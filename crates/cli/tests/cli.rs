@@ -649,6 +649,248 @@ fn factory_provision_prints_credential_once_and_stores_only_a_hash() {
     assert!(!d.path().join("x").exists());
 }
 
+/// Re-provisioning refuses each wrong precondition by name before it
+/// changes anything; done, it keeps the old directory as evidence and
+/// leaves a factory directory with a new identity.
+#[test]
+fn factory_reprovision_refuses_bad_input_and_keeps_evidence() {
+    let d = tempfile::tempdir().unwrap();
+    let ca = |name: &str, kind: &str| {
+        let dir = d.path().join(name);
+        ok(&[
+            "ca",
+            "init",
+            "--dir",
+            s(&dir),
+            "--kind",
+            kind,
+            "--org",
+            name,
+        ]);
+        dir
+    };
+    let (mfg, other, oem) = (
+        ca("mfg", "manufacturer"),
+        ca("other", "manufacturer"),
+        ca("oem", "oem"),
+    );
+    let dev = d.path().join("dev");
+    ok(&[
+        "factory",
+        "provision",
+        "--ca",
+        s(&mfg),
+        "--device-dir",
+        s(&dev),
+        "--serial",
+        "SN-7",
+        "--credential-out",
+        s(&d.path().join("first.cred")),
+    ]);
+    let re = |ca: &Path, dir: &Path| {
+        vec![
+            "factory".to_string(),
+            "reprovision".into(),
+            "--ca".into(),
+            s(ca).into(),
+            "--device-dir".into(),
+            s(dir).into(),
+            "--credential-out".into(),
+            s(&d.path().join("new.cred")).into(),
+        ]
+    };
+    let run = |args: Vec<String>| fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let snapshot = || (tree(&dev), tree(&mfg));
+    // Not tampered: a local factory reset is the way for intact keys.
+    let before = snapshot();
+    assert!(run(re(&mfg, &dev)).contains("not tampered"));
+    // The tamper response ran (its record; the keys are what it destroys).
+    std::fs::write(
+        dev.join("tampered.json"),
+        r#"{"time":"2026-11-28T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let before = (tree(&dev), before.1);
+    for (args, want) in [
+        (
+            re(&mfg, &d.path().join("nothing")),
+            "not a device state directory",
+        ),
+        (re(&oem, &dev), "needs the manufacturer CA"),
+        (re(&other, &dev), "was not issued by the manufacturer CA"),
+    ] {
+        let err = run(args);
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    // The enclosure switch still open.
+    let input = dev.join("io").join("tamper");
+    std::fs::create_dir_all(input.parent().unwrap()).unwrap();
+    std::fs::write(&input, b"").unwrap();
+    assert!(run(re(&mfg, &dev)).contains("tamper input"));
+    std::fs::remove_file(&input).unwrap();
+    // An archive path that is taken.
+    let taken = d.path().join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    let mut args = re(&mfg, &dev);
+    args.extend(["--archive".into(), s(&taken).into()]);
+    assert!(run(args).contains("already exists"));
+    assert_eq!(snapshot(), before, "a refusal changed something");
+    assert!(!d.path().join("new.cred").exists());
+
+    let mut args = re(&mfg, &dev);
+    args.insert(0, "--json".into());
+    let v: Value =
+        serde_json::from_str(&ok(&args.iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+    let archive = PathBuf::from(v["archive"].as_str().unwrap());
+    let rel = |root: &Path, t: Vec<(PathBuf, Vec<u8>)>| {
+        t.into_iter()
+            .map(|(p, b)| (p.strip_prefix(root).unwrap().to_path_buf(), b))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        rel(&archive, tree(&archive)),
+        rel(&dev, before.0.clone()),
+        "the evidence is the old directory, unchanged"
+    );
+    assert!(!dev.join("tampered.json").exists());
+    assert_eq!(v["serial_number"], "SN-7");
+    assert_eq!(v["security_counter_floor"], 0);
+    assert_eq!(v["newly_revoked"], true);
+    // A factory directory drivesecd accepts: both keys in a new soft store.
+    let st = drivesec_device::state::StateDir::load(&dev).unwrap();
+    assert_eq!(st.store.list().unwrap().len(), 2);
+    assert!(!st.tampered);
+    let (ok_, _) = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&mfg.join("root.crt")),
+        "-untrusted",
+        s(&dev.join("idevid.crt")),
+        s(&dev.join("idevid.crt")),
+    ]);
+    assert!(ok_);
+    // install-firmware: a trust file that is not one is named.
+    let junk = d.path().join("junk.json");
+    std::fs::write(&junk, "[]").unwrap();
+    let err = fails(&[
+        "factory",
+        "install-firmware",
+        "--device-dir",
+        s(&dev),
+        "--trust",
+        s(&junk),
+        "--image",
+        s(&junk),
+    ]);
+    assert!(
+        err.contains("junk.json") && err.contains("trust store"),
+        "{err}"
+    );
+    assert!(!dev.join("firmware").exists());
+}
+
+/// Fleet commands over an inventory name what is missing or wrong in it,
+/// and touch neither the store nor any device.
+#[test]
+fn fleet_over_a_bad_inventory_is_refused_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    let inv = d.path().join("plant.toml");
+    let store = d.path().join("fleet.db");
+    let base = r#"
+[trust]
+oem_root = "root.crt"
+TRUST
+[validator]
+admin_cert = "a.crt"
+admin_key = "a.key"
+admin_user = "secadmin"
+admin_password_file = "secadmin.password"
+low_privilege_cert = "v.crt"
+low_privilege_key = "v.key"
+approved_releases = []
+
+[operator]
+cert = "e.crt"
+key = "e.key"
+user = "engineer"
+password_file = "engineer.password"
+
+[[devices]]
+name = "drive-001"
+asset = "d1"
+api = "API"
+device_name = "d1.example"
+"#;
+    let store_url = format!("sqlite:{}", store.display());
+    let rollout = |trust: &str, api: &str| {
+        std::fs::write(&inv, base.replace("TRUST", trust).replace("API", api)).unwrap();
+        fails(&[
+            "fleet",
+            "rollout",
+            "--store",
+            &store_url,
+            "--inventory",
+            s(&inv),
+            "--release",
+            s(&inv),
+        ])
+    };
+    let err = rollout("", "127.0.0.1:8443");
+    assert!(
+        err.contains("plant.toml") && err.contains("trust.firmware_trust"),
+        "{err}"
+    );
+    let err = rollout(r#"firmware_trust = "trust.json""#, "not-an-address");
+    assert!(
+        err.contains("drive-001") && err.contains("not-an-address"),
+        "{err}"
+    );
+    let err = fails(&[
+        "fleet",
+        "scan",
+        "--store",
+        &store_url,
+        "--inventory",
+        s(&inv),
+    ]);
+    assert!(
+        err.contains("drive-001") && err.contains("not-an-address"),
+        "{err}"
+    );
+    // The administrator's password file is missing: named.
+    std::fs::write(
+        &inv,
+        base.replace("TRUST", "").replace("API", "127.0.0.1:8443"),
+    )
+    .unwrap();
+    let err = fails(&[
+        "fleet",
+        "push-crl",
+        "--inventory",
+        s(&inv),
+        "--crl",
+        s(&inv),
+    ]);
+    assert!(err.contains("secadmin.password"), "{err}");
+    // An unknown key is named too (the format is closed).
+    std::fs::write(
+        &inv,
+        base.replace("TRUST", "colour = \"blue\"")
+            .replace("API", "x:1"),
+    )
+    .unwrap();
+    let err = fails(&[
+        "fleet",
+        "push-crl",
+        "--inventory",
+        s(&inv),
+        "--crl",
+        s(&inv),
+    ]);
+    assert!(err.contains("colour"), "{err}");
+    assert!(!store.exists(), "the store was touched");
+}
+
 #[test]
 fn bad_input_exits_2_names_the_problem_and_changes_nothing() {
     let d = tempfile::tempdir().unwrap();
@@ -874,40 +1116,36 @@ fn wrong_pin_and_missing_token_are_clear_errors() {
 
 #[test]
 fn every_command_has_help() {
-    for args in [
-        vec!["--help"],
-        vec!["demo", "--help"],
-        vec!["ca", "--help"],
-        vec!["ca", "init", "--help"],
-        vec!["ca", "issue", "--help"],
-        vec!["ca", "revoke", "--help"],
-        vec!["ca", "crl", "--help"],
-        vec!["factory", "provision", "--help"],
-        vec!["lab", "up", "--help"],
-        vec!["lab", "down", "--help"],
-        vec!["cert", "--help"],
-        vec!["firmware", "pack", "--help"],
-        vec!["firmware", "approve", "--help"],
-        vec!["firmware", "inspect", "--help"],
-        vec!["firmware", "verify", "--help"],
-        vec!["firmware", "keygen", "--help"],
-        vec!["firmware", "rotate", "--help"],
-        vec!["device", "firmware", "update", "--help"],
-        vec!["device", "firmware", "attest", "--help"],
-        vec!["device", "firmware", "trust", "--help"],
-        vec!["device", "attest", "--help"],
-        vec!["device", "drive", "start", "--help"],
-        vec!["device", "drive", "status", "--help"],
-        vec!["device", "commission", "--help"],
-        vec!["device", "posture", "--help"],
-        vec!["audit", "verify", "--help"],
-        vec!["audit", "show", "--help"],
-        vec!["audit", "export", "--help"],
-    ] {
+    // Every command and subcommand, found by walking the help itself, so a
+    // new command cannot be left out.
+    let mut todo: Vec<Vec<String>> = vec![vec![]];
+    let mut seen = 0;
+    while let Some(path) = todo.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
         let o = drivesec(&args);
         assert_eq!(o.code, 0, "{args:?}");
         assert!(o.stdout.contains("Usage"), "{args:?}: {}", o.stdout);
+        seen += 1;
+        let mut in_commands = false;
+        for line in o.stdout.lines() {
+            if line.starts_with("Commands:") {
+                in_commands = true;
+            } else if in_commands && line.trim().is_empty() {
+                break;
+            } else if in_commands
+                && let Some(name) = line.split_whitespace().next()
+                && line.starts_with("  ")
+                && !line.starts_with("   ")
+                && name != "help"
+            {
+                let mut next = path.clone();
+                next.push(name.to_string());
+                todo.push(next);
+            }
+        }
     }
+    assert!(seen > 60, "only {seen} commands found");
     assert_eq!(drivesec(&["no-such-command"]).code, 2);
     let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
         .arg("--version")

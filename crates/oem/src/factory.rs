@@ -379,11 +379,9 @@ pub fn reprovision(mfg: &mut Ca, opts: &ReprovisionOptions) -> Result<Reprovisio
     }
     .max(security_counter_floor(dir)?);
     // The same chip: the soft store is rebuilt in the new directory; a token
-    // is emptied (the tamper response already did; this finishes a partial
-    // one) and reused with the PIN the old directory held.
+    // is reused with the PIN the old directory held.
     let keystore = match &file.keystore {
         KeystoreConfig::Pkcs11 { uri } => {
-            open_keystore(&file.keystore, dir)?.destroy_all()?;
             let u = Pkcs11Uri::parse(uri)?;
             match u.pin_source.as_deref() {
                 Some("file:pin") => DeviceKeystore::Pkcs11Token {
@@ -394,15 +392,6 @@ pub fn reprovision(mfg: &mut Ca, opts: &ReprovisionOptions) -> Result<Reprovisio
             }
         }
         _ => DeviceKeystore::Soft,
-    };
-    let (crl, newly_revoked) = if mfg
-        .revoked_serials()
-        .iter()
-        .any(|s| s.eq_ignore_ascii_case(&old_serial))
-    {
-        (mfg.crl_path(), false)
-    } else {
-        (mfg.revoke(&old_serial, "key-compromise")?, true)
     };
     let archive = match &opts.archive {
         Some(a) => a.clone(),
@@ -422,6 +411,20 @@ pub fn reprovision(mfg: &mut Ca, opts: &ReprovisionOptions) -> Result<Reprovisio
     if archive.exists() {
         return Err(OemError::Exists { path: archive });
     }
+    // Last of the checks passed: from here on things change. A token is
+    // emptied first (the tamper response did; this finishes a partial one).
+    if let KeystoreConfig::Pkcs11 { .. } = &file.keystore {
+        open_keystore(&file.keystore, dir)?.destroy_all()?;
+    }
+    let (crl, newly_revoked) = if mfg
+        .revoked_serials()
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(&old_serial))
+    {
+        (mfg.crl_path(), false)
+    } else {
+        (mfg.revoke(&old_serial, "key-compromise")?, true)
+    };
     let parent = |p: &Path| p.parent().unwrap_or(Path::new(".")).to_path_buf();
     std::fs::rename(dir, &archive).map_err(|e| fsu::FsError::io("rename", dir, e))?;
     fsu::sync_dir(&parent(dir))?;
