@@ -122,7 +122,8 @@ pub struct DeviceConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct FirmwareSettings {
     /// A trial image is confirmed only after the drive's control loop ran
-    /// this many 10 ms ticks on it (1 to 60000).
+    /// this many 10 ms ticks on it (1 to 3000, at most 30 s: the reboot
+    /// request and status reads wait for it).
     pub health_window_ticks: u32,
 }
 
@@ -169,11 +170,11 @@ impl DeviceConfig {
                     .into(),
             });
         }
-        if !(1..=60_000).contains(&cfg.firmware.health_window_ticks) {
+        if !(1..=3_000).contains(&cfg.firmware.health_window_ticks) {
             return Err(DeviceError::Config {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "firmware.health_window_ticks must be 1 to 60000, not {}",
+                    "firmware.health_window_ticks must be 1 to 3000, not {}",
                     cfg.firmware.health_window_ticks
                 ),
             });
@@ -225,6 +226,15 @@ mod tests {
                 DeviceConfig {
                     firmware: FirmwareSettings {
                         health_window_ticks: 0,
+                    },
+                    ..base.clone()
+                },
+                "firmware.health_window_ticks",
+            ),
+            (
+                DeviceConfig {
+                    firmware: FirmwareSettings {
+                        health_window_ticks: 3001,
                     },
                     ..base.clone()
                 },
