@@ -4,7 +4,9 @@
 //! before operation k, reboot to completion and check the invariants:
 //! a valid image boots, it is the old or the new one as the protocol says,
 //! the security counter never decreases, and never are both slots
-//! unbootable. Plus chains of up to five random crashes in a row.
+//! unbootable. Plus chains of up to five random crashes in a row. Each also
+//! with a power cut that loses the page cache (unsynced data and directory
+//! changes).
 //! `DRIVESEC_LONG_TESTS` uses a larger image (more crash points) and more
 //! random chains.
 
@@ -262,6 +264,59 @@ fn every_crash_point_of_an_update_that_reverts() {
     }
 }
 
+/// The same enumeration when the power cut also loses the page cache: data
+/// not fsynced and directory changes not followed by a directory fsync are
+/// gone. The update then counts only from the stage's final directory
+/// fsync; before it, the device boots the old image.
+#[test]
+fn every_crash_point_losing_the_page_cache() {
+    let fx = Fx::new();
+    let dir = fx.device("count");
+    let counting = CrashStorage::new(DirStorage::new(&dir).unwrap(), None);
+    {
+        let key = h("fw");
+        let s = fx.slots(&counting, &key);
+        s.stage(&mut fx.v2.as_slice()).unwrap();
+    }
+    let staged = counting.ops();
+    update_and_confirm_rest(&fx, &counting);
+    let total = counting.ops();
+    for k in 1..=total {
+        let dir = fx.device(&format!("k{k}"));
+        let crashing =
+            CrashStorage::losing_page_cache(DirStorage::new(&dir).unwrap(), Some(k)).unwrap();
+        let r = update_and_confirm(&fx, &crashing);
+        assert!(r.is_err() && crashing.crashed(), "k={k}: {r:?}");
+        let (version, counter) = recover(&fx, &dir, |_| true, 1);
+        let expect = if k <= staged {
+            ("1.0.0", 1)
+        } else {
+            ("2.0.0", 2)
+        };
+        assert_eq!(
+            (version.as_str(), counter),
+            expect,
+            "crash before operation {k}, page cache lost"
+        );
+    }
+    // And an update that never passes its health check: always the old image.
+    let dir = fx.device("count-revert");
+    let counting = CrashStorage::new(DirStorage::new(&dir).unwrap(), None);
+    update_and_fail_health(&fx, &counting).unwrap();
+    for k in 1..=counting.ops() {
+        let dir = fx.device(&format!("r{k}"));
+        let crashing =
+            CrashStorage::losing_page_cache(DirStorage::new(&dir).unwrap(), Some(k)).unwrap();
+        assert!(update_and_fail_health(&fx, &crashing).is_err());
+        let (version, counter) = recover(&fx, &dir, |v| v != "3.0.0", 1);
+        assert_eq!(
+            (version.as_str(), counter),
+            ("1.0.0", 1),
+            "crash before operation {k}, page cache lost"
+        );
+    }
+}
+
 #[test]
 fn chains_of_random_crashes() {
     let fx = Fx::new();
@@ -278,7 +333,13 @@ fn chains_of_random_crashes() {
         // Up to five crashes in a row: during the update, then during recovery.
         let crashes = 1 + rnd(5);
         for c in 0..crashes {
-            let crashing = CrashStorage::new(DirStorage::new(&dir).unwrap(), Some(1 + rnd(30)));
+            let at = Some(1 + rnd(30));
+            // Every other round also loses the page cache at each crash.
+            let crashing = if round % 2 == 0 {
+                CrashStorage::new(DirStorage::new(&dir).unwrap(), at)
+            } else {
+                CrashStorage::losing_page_cache(DirStorage::new(&dir).unwrap(), at).unwrap()
+            };
             if c == 0 {
                 let _ = update_and_confirm(&fx, &crashing);
             } else {
