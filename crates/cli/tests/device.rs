@@ -149,6 +149,13 @@ fn operations() -> Vec<Op> {
             body: Some(json!({"collector": "not-an-address", "server_name": "x", "ca_pem": "x"})),
             permission: "configure-audit-forwarding",
         },
+        // Forwarding is not configured here: allowed callers get 409.
+        Op {
+            method: "POST",
+            path: "/api/v1/audit/forwarding/test",
+            body: None,
+            permission: "configure-audit-forwarding",
+        },
         Op {
             method: "GET",
             path: "/api/v1/posture",
@@ -1170,73 +1177,8 @@ fn drivesecd_refuses_a_corrupt_or_inconsistent_state_directory() {
 #[test]
 fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
     let lab = test_lab(None);
-    let t = tempfile::tempdir().unwrap();
-    // The collector: rsyslog with a server certificate from the OEM CA,
-    // trusting the OEM chain for the device's LDevID.
-    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let server = oem
-        .issue(&drivesec_pki::IssueRequest {
-            profile: drivesec_pki::Profile::Server {
-                dns_names: vec!["collector.lab".into()],
-                ip_addresses: vec!["127.0.0.1".parse().unwrap()],
-                days: 30,
-            },
-            key: drivesec_pki::SubjectKey::CsrPem {
-                source: "collector".into(),
-                pem: csr,
-            },
-        })
-        .unwrap();
-    std::fs::write(t.path().join("c.crt"), &server.chain_pem).unwrap();
-    std::fs::write(t.path().join("c.key"), key.serialize_pem()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rsyslog-receiver");
-    let rx = t.path().join("rx");
-    std::fs::create_dir_all(&rx).unwrap();
-    struct Stop(PathBuf, PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new(&self.0)
-                .arg("stop")
-                .arg("--dir")
-                .arg(&self.1)
-                .output();
-        }
-    }
-    let o = Command::new(&script)
-        .args([
-            "start",
-            "--dir",
-            rx.to_str().unwrap(),
-            "--port",
-            &port.to_string(),
-        ])
-        .args(["--ca", lab.m.oem_ca_dir.join("chain.pem").to_str().unwrap()])
-        .args([
-            "--cert",
-            t.path().join("c.crt").to_str().unwrap(),
-            "--key",
-            t.path().join("c.key").to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "rsyslog: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let _stop = Stop(script.clone(), rx.clone());
+    let collector = common::Collector::start(&lab);
+    let (port, rx) = (collector.port, collector.rx.clone());
     let admin = lab.admin();
     // A viewer may not configure it; the security admin may.
     let body = json!({"collector": format!("127.0.0.1:{port}"), "server_name": "127.0.0.1", "ca_pem": std::fs::read_to_string(&lab.m.oem_ca).unwrap()});
@@ -1289,6 +1231,30 @@ fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
     let status = admin.ok("GET", "/api/v1/audit/forwarding", None).unwrap();
     assert!(
         status["status"]["forwarded"].as_u64().unwrap() >= got.len() as u64 - 1,
+        "{status}"
+    );
+    // A test record: its sequence number arrives at the collector, and the
+    // device's status says it was delivered.
+    let seq = admin
+        .ok("POST", "/api/v1/audit/forwarding/test", None)
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    for _ in 0..200 {
+        if seqs().contains(&seq) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        seqs().contains(&seq),
+        "test record {seq} not at the collector"
+    );
+    let text = std::fs::read_to_string(rx.join("received.log")).unwrap_or_default();
+    assert!(text.contains("audit.forwarding.test"), "{text}");
+    let status = admin.ok("GET", "/api/v1/audit/forwarding", None).unwrap();
+    assert!(
+        status["status"]["forwarded"].as_u64().unwrap() >= seq,
         "{status}"
     );
     // The posture no longer loses points for missing forwarding.

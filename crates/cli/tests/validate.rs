@@ -277,3 +277,48 @@ fn four_faults_four_findings_and_evidence() {
         assert!(err.contains("evidence:"), "{err}");
     }
 }
+
+/// Where SL-T asks for a central audit trail, validation proves delivery:
+/// a fresh test record must reach the collector (a real rsyslog); with
+/// the collector gone, the check fails and says so.
+#[test]
+fn audit_forwarding_is_checked_end_to_end() {
+    let lab = test_lab(Some(config()));
+    let collector = common::Collector::start(&lab);
+    lab.admin()
+        .ok(
+            "PUT",
+            "/api/v1/audit/forwarding",
+            Some(&collector.forwarding(&lab)),
+        )
+        .unwrap();
+    // TRE 2: forwarding required.
+    let plan = PLAN.replace("[1, 1, 2, 1, 1, 1, 0]", "[1, 1, 1, 1, 1, 2, 0]");
+    let l = drivesec_iec62443::model::parse(Path::new("plan.toml"), &plan).unwrap();
+    let inv = drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|d| {
+        (d == "drive-001").then(|| "drive".to_string())
+    })
+    .unwrap();
+    let (ctx, targets) = drivesec_oem::validate::prepare(&l.model, &inv).unwrap();
+    let check = || {
+        let r = drivesec_oem::validate::validate_device(&ctx, &targets[0]);
+        let c = r
+            .checks
+            .iter()
+            .find(|c| c.id == "audit-forwarding")
+            .unwrap()
+            .clone();
+        (c.verdict, c.detail)
+    };
+    let (verdict, detail) = check();
+    assert_eq!(verdict, drivesec_oem::validate::Verdict::Pass, "{detail}");
+    assert!(detail.contains("reached the collector"), "{detail}");
+    // The test record is at the collector, by its sequence number.
+    let seq: u64 = detail.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let log = std::fs::read_to_string(collector.rx.join("received.log")).unwrap();
+    assert!(log.contains(&format!("seq=\"{seq}\"")), "{log}");
+    collector.stop();
+    let (verdict, detail) = check();
+    assert_eq!(verdict, drivesec_oem::validate::Verdict::Fail, "{detail}");
+    assert!(detail.contains("not delivered"), "{detail}");
+}

@@ -174,6 +174,39 @@ pub fn probe(
     Ok((v, suite, chain))
 }
 
+/// How long a forwarded test record may take to reach the collector.
+const FORWARDING_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Has the device record a test record and waits until its forwarder has
+/// delivered it to the collector: (sequence number, milliseconds taken).
+fn forwarding_round_trip(admin: &DeviceClient) -> std::result::Result<(u64, u128), String> {
+    let start = Instant::now();
+    let seq = admin
+        .ok("POST", "/api/v1/audit/forwarding/test", None)
+        .map_err(|e| format!("could not record a test record: {e}"))?["seq"]
+        .as_u64()
+        .ok_or("the device gave no sequence number for its test record")?;
+    let mut last = serde_json::Value::Null;
+    while start.elapsed() < FORWARDING_DEADLINE {
+        last = admin
+            .ok("GET", "/api/v1/audit/forwarding", None)
+            .map_err(|e| e.to_string())?;
+        if last["status"]["forwarded"]
+            .as_u64()
+            .is_some_and(|f| f >= seq)
+        {
+            return Ok((seq, start.elapsed().as_millis()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!(
+        "test record {seq} was not delivered to the collector within {} s (forwarded up to {}, last error: {})",
+        FORWARDING_DEADLINE.as_secs(),
+        last["status"]["forwarded"],
+        last["status"]["last_error"].as_str().unwrap_or("none")
+    ))
+}
+
 /// Validates one device.
 pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
     let start = Instant::now();
@@ -520,23 +553,26 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
     let required = l(Fr::Uc) >= 3 || l(Fr::Tre) >= 2;
     let fwd = admin.ok("GET", "/api/v1/audit/forwarding", None).ok();
     let configured = fwd.as_ref().is_some_and(|f| !f["settings"].is_null());
-    if required {
-        let moving = fwd
-            .as_ref()
-            .is_some_and(|f| f["status"]["forwarded"].as_u64().unwrap_or(0) > 0);
-        r.pass_if(
+    if required && configured {
+        // End to end: a fresh test record must be delivered to the collector.
+        match forwarding_round_trip(&admin) {
+            Ok((seq, ms)) => r.add(
+                "audit-forwarding",
+                "SR 2.8 RE1",
+                Verdict::Pass,
+                format!("test record {seq} reached the collector in {ms} ms"),
+            ),
+            Err(e) => r.add("audit-forwarding", "SR 2.8 RE1", Verdict::Fail, e),
+        }
+    } else if required {
+        r.add(
             "audit-forwarding",
             "SR 2.8 RE1",
-            configured && moving,
-            "records reach the collector",
-            if configured {
-                "forwarding is configured but nothing has been forwarded".into()
-            } else {
-                format!(
-                    "SL-T {} asks for a central audit trail; none is configured",
-                    notation(&t.sl_t)
-                )
-            },
+            Verdict::Fail,
+            format!(
+                "SL-T {} asks for a central audit trail; none is configured",
+                notation(&t.sl_t)
+            ),
         );
     } else {
         r.add(

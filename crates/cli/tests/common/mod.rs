@@ -4,7 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use drivesec_device::config::DeviceConfig;
 use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
@@ -195,4 +195,96 @@ pub fn oem_public_key(lab: &TestLab) -> PathBuf {
         .unwrap()
         .oem_keystore
         .join("approval.pub")
+}
+
+/// A real syslog collector (rsyslog, RFC 5425 over mutual TLS) on loopback,
+/// with a server certificate from the lab's OEM CA and the OEM chain as
+/// its trust for device certificates; stopped when dropped.
+pub struct Collector {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Where it writes `received.log`.
+    pub rx: PathBuf,
+    script: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    pub fn start(lab: &TestLab) -> Collector {
+        let t = tempfile::tempdir().unwrap();
+        let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let server = oem
+            .issue(&drivesec_pki::IssueRequest {
+                profile: drivesec_pki::Profile::Server {
+                    dns_names: vec!["collector.lab".into()],
+                    ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                    days: 30,
+                },
+                key: drivesec_pki::SubjectKey::CsrPem {
+                    source: "collector".into(),
+                    pem: csr,
+                },
+            })
+            .unwrap();
+        std::fs::write(t.path().join("c.crt"), &server.chain_pem).unwrap();
+        std::fs::write(t.path().join("c.key"), key.serialize_pem()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rsyslog-receiver");
+        let rx = t.path().join("rx");
+        std::fs::create_dir_all(&rx).unwrap();
+        let o = std::process::Command::new(&script)
+            .args(["start", "--dir", s(&rx), "--port", &port.to_string()])
+            .args(["--ca", s(&lab.m.oem_ca_dir.join("chain.pem"))])
+            .args([
+                "--cert",
+                s(&t.path().join("c.crt")),
+                "--key",
+                s(&t.path().join("c.key")),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "rsyslog: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Collector {
+            port,
+            rx,
+            script,
+            _dir: t,
+        }
+    }
+
+    /// The body of `PUT /api/v1/audit/forwarding` that points at it.
+    pub fn forwarding(&self, lab: &TestLab) -> serde_json::Value {
+        serde_json::json!({"collector": format!("127.0.0.1:{}", self.port), "server_name": "127.0.0.1",
+            "ca_pem": std::fs::read_to_string(&lab.m.oem_ca).unwrap()})
+    }
+
+    /// Stops it (also done on drop).
+    pub fn stop(&self) {
+        let _ = std::process::Command::new(&self.script)
+            .arg("stop")
+            .arg("--dir")
+            .arg(&self.rx)
+            .output();
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

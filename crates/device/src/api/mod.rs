@@ -482,6 +482,10 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
             "/api/v1/audit/forwarding",
             get(ops::get_forwarding).put(ops::set_forwarding),
         )
+        .route(
+            "/api/v1/audit/forwarding/test",
+            axum::routing::post(ops::test_forwarding),
+        )
         .route("/api/v1/posture", get(ops::posture))
         .route("/api/v1/security/crl", put(ops::install_crl))
         .route(

@@ -254,6 +254,32 @@ pub(crate) async fn set_forwarding(
     Ok(ok(json!({"collector": req.collector})))
 }
 
+/// Records a test record and hands it to the forwarder now; answers its
+/// sequence number, which `GET /api/v1/audit/forwarding` shows delivered
+/// (`status.forwarded`) once the collector took it. 409 when forwarding is
+/// not configured.
+pub(crate) async fn test_forwarding(
+    State(dev): State<Arc<Device>>,
+    c: Caller,
+) -> Result<Response, ApiError> {
+    dev.require(
+        &c,
+        Permission::ConfigureAuditForwarding,
+        "audit.forwarding.test",
+    )?;
+    if dev.forwarding_settings()?.is_none() {
+        return Err(ApiError::conflict("audit forwarding is not configured"));
+    }
+    let seq =
+        dev.audit_seq(Device::event(&c, "audit.forwarding.test", Outcome::Success).essential())?;
+    if let Ok(f) = dev.forwarder.lock()
+        && let Some(f) = f.as_ref()
+    {
+        f.nudge();
+    }
+    Ok(ok(json!({"seq": seq})))
+}
+
 pub(crate) async fn posture(
     State(dev): State<Arc<Device>>,
     c: Caller,
