@@ -1252,11 +1252,20 @@ fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
     );
     let text = std::fs::read_to_string(rx.join("received.log")).unwrap_or_default();
     assert!(text.contains("audit.forwarding.test"), "{text}");
-    let status = admin.ok("GET", "/api/v1/audit/forwarding", None).unwrap();
-    assert!(
-        status["status"]["forwarded"].as_u64().unwrap() >= seq,
-        "{status}"
-    );
+    // The device counts it delivered once the write returned (it may log
+    // at the collector a moment before).
+    let delivered = || {
+        admin.ok("GET", "/api/v1/audit/forwarding", None).unwrap()["status"]["forwarded"]
+            .as_u64()
+            .unwrap()
+    };
+    for _ in 0..200 {
+        if delivered() >= seq {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(delivered() >= seq, "status never reached {seq}");
     // The posture no longer loses points for missing forwarding.
     let p = admin.ok("GET", "/api/v1/posture", None).unwrap();
     assert!(
