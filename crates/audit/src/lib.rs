@@ -30,7 +30,10 @@ mod writer;
 pub use checkpoint::{Checkpoint, CheckpointKind};
 pub use config::{AuditConfig, FullPolicy};
 pub use record::{Actor, Event, Outcome, Record, TimeQuality};
-pub use writer::{Appended, AuditLog, CapacityStatus, Signer, read_cursor, write_cursor};
+pub use writer::{
+    Appended, AuditLog, CapacityStatus, Signer, TrailSnapshot, is_segment_name, read_cursor,
+    read_segment_prefix, write_cursor,
+};
 
 use std::path::PathBuf;
 

@@ -181,6 +181,46 @@ struct Shared {
     closed: AtomicBool,
 }
 
+/// See [`AuditLog::snapshot`].
+#[derive(Debug, Clone)]
+pub struct TrailSnapshot {
+    /// `anchor.json`, `checkpoint.json`, `checkpoints.log` (those present), by content.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// `segments/NAME` and the length to copy, in order.
+    pub segments: Vec<(String, u64)>,
+}
+
+/// Whether `name` is a segment file name: 20 digits and `.seg`.
+pub fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.ends_with(".seg") && name[..20].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Reads the first `bytes` of segment `name` of the trail in `dir`.
+pub fn read_segment_prefix(dir: &Path, name: &str, bytes: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    if !is_segment_name(name) {
+        return Err(AuditError::Invalid(format!(
+            "'{name}' is not a segment name"
+        )));
+    }
+    let p = dir.join(SEGMENTS).join(name);
+    let f = File::open(&p).map_err(|e| fsu::FsError::io("open", &p, e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| fsu::FsError::io("stat", &p, e))?
+        .len();
+    if bytes > len {
+        return Err(AuditError::Invalid(format!(
+            "segment {name} holds {len} bytes, not {bytes}"
+        )));
+    }
+    let mut out = Vec::with_capacity(bytes as usize);
+    f.take(bytes)
+        .read_to_end(&mut out)
+        .map_err(|e| fsu::FsError::io("read", &p, e))?;
+    Ok(out)
+}
+
 /// An open audit trail, appending.
 pub struct AuditLog {
     shared: Arc<Shared>,
@@ -637,6 +677,39 @@ impl AuditLog {
             }
             sh.cond.notify_all();
         }
+    }
+
+    /// A consistent copy of what a verifier needs, taken with appends,
+    /// checkpoints and segment drops held off: the small files (anchor,
+    /// latest checkpoint, checkpoint log) by content, the segments by name
+    /// and length (they only grow, so their first `bytes` stay as they are).
+    pub fn snapshot(&self) -> Result<TrailSnapshot> {
+        let sh = &self.shared;
+        let _cp = sh.checkpointing.lock().map_err(|_| poisoned())?;
+        let _st = sh.lock()?;
+        let _io = sh.io.lock().map_err(|_| poisoned())?;
+        let mut files = Vec::new();
+        for name in [ANCHOR, LATEST_CHECKPOINT, CHECKPOINT_LOG] {
+            let p = sh.dir.join(name);
+            if p.exists() {
+                files.push((name.to_string(), fsu::read(&p)?));
+            }
+        }
+        let seg_dir = sh.dir.join(SEGMENTS);
+        let mut segments = Vec::new();
+        for e in std::fs::read_dir(&seg_dir).map_err(|e| fsu::FsError::io("list", &seg_dir, e))? {
+            let e = e.map_err(|e| fsu::FsError::io("list", &seg_dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_segment_name(&name) {
+                let len = e
+                    .metadata()
+                    .map_err(|err| fsu::FsError::io("stat", &e.path(), err))?
+                    .len();
+                segments.push((name, len));
+            }
+        }
+        segments.sort();
+        Ok(TrailSnapshot { files, segments })
     }
 
     /// Signs a checkpoint over the current head now (if it moved).

@@ -54,12 +54,21 @@ fn require_trail(dir: &Path) -> Result<()> {
 pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
     match cmd {
         AuditCommand::Review {
-            lab,
+            devices,
+            trails,
             dormant_days,
             burst,
         } => {
-            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
-            let r = drivesec_oem::review::review(&m, dormant_days, burst.max(2))?;
+            let reach = devices.reach()?;
+            let (dir, temporary) = match trails {
+                Some(d) => (d, false),
+                None => (crate::fleet::scratch_dir("review")?, true),
+            };
+            let r = drivesec_oem::review::review(&reach, &dir, dormant_days, burst.max(2));
+            if temporary {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let r = r?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

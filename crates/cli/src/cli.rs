@@ -720,9 +720,14 @@ pub enum AuditCommand {
     /// roles, last logins, dormant and never-used accounts, privilege
     /// changes, bursts of failed logins.
     Review {
-        /// The lab.
+        /// The devices (reached as the security administrator; an
+        /// inventory needs trust.manufacturer_root).
+        #[command(flatten)]
+        devices: FleetDevices,
+        /// Keep the collected trails here, one directory per device
+        /// (default: a temporary directory, removed afterwards).
         #[arg(long)]
-        lab: PathBuf,
+        trails: Option<PathBuf>,
         /// Accounts whose last login is older than this are dormant.
         #[arg(long, default_value_t = 90)]
         dormant_days: i64,

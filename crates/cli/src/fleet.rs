@@ -6,6 +6,17 @@ use drivesec_oem::rollout::{Event, Fleet, Plan};
 
 use crate::cli::{FleetCommand, FleetDevices};
 
+/// A fresh private directory under the system's temporary directory.
+pub(crate) fn scratch_dir(what: &str) -> Result<std::path::PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("drivesec-{what}-{}-{stamp}", std::process::id()));
+    fsu::create_private_dir(&dir)?;
+    Ok(dir)
+}
+
 /// Where a fleet command's devices come from.
 enum Source {
     Lab(drivesec_oem::lab::LabManifest),
@@ -25,7 +36,7 @@ impl FleetDevices {
     }
 
     /// The devices, reached as the security administrator.
-    fn reach(&self) -> Result<drivesec_oem::incident::Reach> {
+    pub(crate) fn reach(&self) -> Result<drivesec_oem::incident::Reach> {
         Ok(match self.source()? {
             Source::Lab(m) => drivesec_oem::incident::Reach::from_lab(&m)?,
             Source::Inventory(inv, path) => {

@@ -205,7 +205,11 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
             let plan_sha = hex::encode(Sha256::digest(text.as_bytes()));
             let validation =
                 drivesec_oem::evidence::document(&model.system.name, &plan_sha, &results);
-            let review = drivesec_oem::review::review(&m, 90, 5)?;
+            let reach = drivesec_oem::incident::Reach::from_lab(&m)?;
+            let trails = crate::fleet::scratch_dir("bundle")?;
+            let review = drivesec_oem::review::review(&reach, &trails, 90, 5);
+            let _ = std::fs::remove_dir_all(&trails);
+            let review = review?;
             let doc = serde_json::json!({
                 "format": 1,
                 "kind": KIND,

@@ -149,6 +149,18 @@ fn operations() -> Vec<Op> {
             body: Some(json!({"collector": "not-an-address", "server_name": "x", "ca_pem": "x"})),
             permission: "configure-audit-forwarding",
         },
+        Op {
+            method: "GET",
+            path: "/api/v1/audit/trail",
+            body: None,
+            permission: "read-audit",
+        },
+        Op {
+            method: "GET",
+            path: "/api/v1/audit/trail/segment?name=00000000000000000001.seg&bytes=0",
+            body: None,
+            permission: "read-audit",
+        },
         // Forwarding is not configured here: allowed callers get 409.
         Op {
             method: "POST",

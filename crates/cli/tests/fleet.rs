@@ -538,6 +538,73 @@ fn access_review_finds_what_happened() {
             .contains(&lab.m.users["operator"].username),
         "{bursts:?}"
     );
+
+    // Over an inventory: the trail is collected through the API into
+    // --trails and verified there with the IDevID the device presents,
+    // which must chain to the inventory's manufacturer root.
+    let t = tempfile::tempdir().unwrap();
+    let inventory = inventory_file(&lab, t.path());
+    let trails = t.path().join("trails");
+    let review = |inv: &Path| {
+        drivesec(&[
+            "--json",
+            "audit",
+            "review",
+            "--inventory",
+            s(inv),
+            "--trails",
+            s(&trails),
+        ])
+    };
+    let (code, out, err) = review(&inventory);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r[0]["trail_intact"], true);
+    assert!(r[0]["records"].as_u64().unwrap() >= d["records"].as_u64().unwrap());
+    assert!(
+        std::fs::read_dir(trails.join("drive-001").join("segments"))
+            .unwrap()
+            .count()
+            >= 1
+    );
+    // A byte changed in the device's own trail shows in the collected copy.
+    let seg = std::fs::read_dir(lab.m.devices[0].dir.join("audit").join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[40] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+    std::fs::remove_dir_all(&trails).unwrap();
+    let (code, out, err) = review(&inventory);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("broken"), "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r[0]["trail_intact"], false, "{out}");
+    // Another manufacturer's root: the device's IDevID is refused.
+    let other = t.path().join("other-mfg");
+    let (code, _, err) = drivesec(&[
+        "ca",
+        "init",
+        "--dir",
+        s(&other),
+        "--kind",
+        "manufacturer",
+        "--org",
+        "Other",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&inventory)
+        .unwrap()
+        .replace(s(&lab.m.manufacturer_ca), s(&other.join("root.crt")));
+    std::fs::write(&inventory, text).unwrap();
+    let (code, _, err) = review(&inventory);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("does not chain to the manufacturer root"),
+        "{err}"
+    );
 }
 
 /// The re-certification bundle: plan, assessment with live SL-A, validation

@@ -61,6 +61,8 @@ const PATHS: &[&str] = &[
     "/api/v1/audit/export",
     "/api/v1/audit/forwarding",
     "/api/v1/audit/forwarding/test",
+    "/api/v1/audit/trail",
+    "/api/v1/audit/trail/segment",
     "/api/v1/posture",
     "/api/v1/security/crl",
     "/api/v1/security/access",

@@ -179,8 +179,10 @@ impl ClientIdentity {
 pub struct Reply {
     /// HTTP status.
     pub status: u16,
-    /// Body.
+    /// Body (JSON; anything else as `{"text": ...}`).
     pub body: Value,
+    /// The body's bytes.
+    pub raw: Vec<u8>,
 }
 
 /// The TLS client configuration (no ALPN) for talking to the device at
@@ -446,7 +448,11 @@ impl DeviceClient {
                 .to_bytes();
             let body = serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| serde_json::json!({"text": String::from_utf8_lossy(&bytes)}));
-            Ok::<Reply, OemError>(Reply { status, body })
+            Ok::<Reply, OemError>(Reply {
+                status,
+                body,
+                raw: bytes.to_vec(),
+            })
         };
         self.rt.block_on(fut)
     }

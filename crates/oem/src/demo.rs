@@ -1119,7 +1119,7 @@ fn fleet_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Opt
             .join(", ")
     );
     let seen = crate::incident::scan(&reach, store.as_mut())?;
-    let review = crate::review::review(lab, 90, 5)?;
+    let review = crate::review::review(&reach, &dir.join("trails"), 90, 5)?;
     let review_path = dir.join("access-review.json");
     drivesec_fsutil::write_atomic(
         &review_path,

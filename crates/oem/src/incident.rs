@@ -39,6 +39,8 @@ pub struct Reach {
     pub admin_password: Zeroizing<String>,
     /// Owner roots (device identities chain to them).
     pub roots: Vec<CertificateDer<'static>>,
+    /// The manufacturer root (IDevIDs chain to it), when known.
+    pub manufacturer_roots: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl Reach {
@@ -65,6 +67,7 @@ impl Reach {
             admin_user: user.username.clone(),
             admin_password: Zeroizing::new(user.password.clone()),
             roots: drivesec_pki::read_cert_chain(&lab.oem_ca)?,
+            manufacturer_roots: Some(drivesec_pki::read_cert_chain(&lab.manufacturer_ca)?),
         })
     }
 
@@ -102,6 +105,12 @@ impl Reach {
             admin_user: v.admin_user.clone(),
             admin_password: Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string()),
             roots: drivesec_pki::read_cert_chain(&inv.trust.oem_root)?,
+            manufacturer_roots: inv
+                .trust
+                .manufacturer_root
+                .as_ref()
+                .map(|p| drivesec_pki::read_cert_chain(p))
+                .transpose()?,
         })
     }
 
@@ -112,7 +121,8 @@ impl Reach {
         }
     }
 
-    fn session(&self, d: &ReachDevice) -> Result<DeviceClient> {
+    /// A session on `d` as the security administrator.
+    pub fn session(&self, d: &ReachDevice) -> Result<DeviceClient> {
         let mut c =
             DeviceClient::new(d.addr, Some(&self.admin), &self.trust(d), Versions::Default)?;
         c.login(&self.admin_user, &self.admin_password)?;

@@ -38,6 +38,10 @@ pub struct Trust {
     /// (rollouts accept only images it approves).
     #[serde(default)]
     pub firmware_trust: Option<PathBuf>,
+    /// The manufacturer's root certificate (PEM): devices' IDevIDs chain to
+    /// it (the access review verifies each trail with the IDevID).
+    #[serde(default)]
+    pub manufacturer_root: Option<PathBuf>,
 }
 
 /// An account with `update-firmware` and its client certificate.
@@ -128,6 +132,7 @@ impl Inventory {
             .crl
             .iter_mut()
             .chain(inv.trust.firmware_trust.iter_mut())
+            .chain(inv.trust.manufacturer_root.iter_mut())
         {
             abs(p);
         }
@@ -225,6 +230,7 @@ impl Inventory {
                 oem_root: lab.oem_ca.clone(),
                 crl: Some(lab.crl.clone()),
                 firmware_trust: Some(fw.trust.clone()),
+                manufacturer_root: Some(lab.manufacturer_ca.clone()),
             },
             operator: Some(RolloutOperator {
                 cert: e.cert,

@@ -1,5 +1,7 @@
 //! Governance: the access review (`drivesec audit review`). Each device's
-//! audit trail is verified against its IDevID, and the review reports
+//! audit trail is collected over the API (`GET /api/v1/audit/trail` and its
+//! segments), verified against the device's IDevID (which must chain to the
+//! manufacturer root), and the review reports
 //! accounts and roles, last logins, dormant and never-used accounts,
 //! privilege changes and bursts of failed logins.
 
@@ -8,8 +10,82 @@ use std::collections::BTreeMap;
 use drivesec_audit::{Actor, Outcome};
 use serde::Serialize;
 
-use crate::lab::LabManifest;
+use crate::client::DeviceClient;
+use crate::incident::Reach;
 use crate::{OemError, Result};
+
+/// Copies a device's trail into `dir` (created): the snapshot's small files,
+/// then each segment up to the snapshot's length. Returns the IDevID chain
+/// the device says signs it.
+pub fn collect_trail(
+    c: &DeviceClient,
+    dir: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use base64::Engine as _;
+    let snap = c.ok("GET", "/api/v1/audit/trail", None)?;
+    let bad = |m: &str| OemError::Check(format!("the device's trail snapshot: {m}"));
+    std::fs::create_dir_all(dir.join("segments"))
+        .map_err(|e| drivesec_fsutil::FsError::io("create", dir, e))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (name, data) in snap["files"].as_object().ok_or_else(|| bad("no files"))? {
+        if !matches!(
+            name.as_str(),
+            "anchor.json" | "checkpoint.json" | "checkpoints.log"
+        ) {
+            return Err(bad(&format!("unexpected file '{name}'")));
+        }
+        let bytes = b64
+            .decode(data.as_str().ok_or_else(|| bad("file not base64"))?)
+            .map_err(|_| bad("file not base64"))?;
+        drivesec_fsutil::write_atomic(&dir.join(name), &bytes, drivesec_fsutil::Mode::Public)?;
+    }
+    for seg in snap["segments"]
+        .as_array()
+        .ok_or_else(|| bad("no segments"))?
+    {
+        let name = seg["name"]
+            .as_str()
+            .ok_or_else(|| bad("segment without a name"))?;
+        let bytes = seg["bytes"]
+            .as_u64()
+            .ok_or_else(|| bad("segment without a length"))?;
+        if !drivesec_audit::is_segment_name(name) {
+            return Err(bad(&format!("'{name}' is not a segment name")));
+        }
+        let r = c.call_raw(
+            "GET",
+            &format!("/api/v1/audit/trail/segment?name={name}&bytes={bytes}"),
+            None,
+            "",
+        )?;
+        if r.status != 200 {
+            return Err(OemError::Check(format!(
+                "segment {name}: {} {}",
+                r.status,
+                r.body["message"].as_str().unwrap_or("")
+            )));
+        }
+        let data = r.raw;
+        if data.len() as u64 != bytes {
+            return Err(bad(&format!(
+                "segment {name}: {} bytes instead of {bytes}",
+                data.len()
+            )));
+        }
+        drivesec_fsutil::write_atomic(
+            &dir.join("segments").join(name),
+            &data,
+            drivesec_fsutil::Mode::Public,
+        )?;
+    }
+    let pem = snap["idevid_pem"]
+        .as_str()
+        .ok_or_else(|| bad("no IDevID"))?;
+    Ok(drivesec_pki::read_certs_pem(
+        std::path::Path::new("the device's IDevID"),
+        pem.as_bytes(),
+    )?)
+}
 
 /// One account.
 #[derive(Debug, Clone, Serialize)]
@@ -45,25 +121,60 @@ pub struct DeviceReview {
     pub failed_login_bursts: Vec<String>,
 }
 
-/// Reviews every running device of the lab.
-pub fn review(lab: &LabManifest, dormant_days: i64, burst: usize) -> Result<Vec<DeviceReview>> {
+/// Reviews every device `reach` reaches; each trail is collected into
+/// `trails/DEVICE` and verified there.
+pub fn review(
+    reach: &Reach,
+    trails: &std::path::Path,
+    dormant_days: i64,
+    burst: usize,
+) -> Result<Vec<DeviceReview>> {
     let rfc = &time::format_description::well_known::Rfc3339;
     let now = time::OffsetDateTime::now_utc();
+    let mfg = reach.manufacturer_roots.as_ref().ok_or_else(|| {
+        OemError::Invalid(
+            "the access review verifies each trail with the device's IDevID and needs the manufacturer root (trust.manufacturer_root in the inventory)".into(),
+        )
+    })?;
     let mut out = vec![];
-    for d in &lab.devices {
-        if d.api.is_none() || d.device_name.is_none() {
-            continue;
+    for d in &reach.devices {
+        let c = reach.session(d)?;
+        // The trail, collected and verified with the device's IDevID.
+        let trail = trails.join(&d.name);
+        let chain =
+            collect_trail(&c, &trail).map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| OemError::Check(format!("{}: no IDevID", d.name)))?;
+        drivesec_pki::verify::verify_chain(
+            leaf,
+            &drivesec_pki::verify::VerifyOptions {
+                roots: mfg,
+                intermediates: chain.get(1..).unwrap_or(&[]),
+                crls: &[],
+                usage: drivesec_pki::verify::Usage::Client,
+                time: None,
+            },
+        )
+        .map_err(|e| {
+            OemError::Check(format!(
+                "{}: its IDevID does not chain to the manufacturer root: {e}",
+                d.name
+            ))
+        })?;
+        let subject = drivesec_pki::inspect::summarize(leaf)?.subject;
+        if !d.serial.is_empty() && !subject.contains(&format!("serialNumber={}", d.serial)) {
+            return Err(OemError::Check(format!(
+                "{}: its IDevID ({subject}) is not for serial {}",
+                d.name, d.serial
+            )));
         }
-        // The trail, verified with the device's IDevID.
-        let chain = drivesec_pki::read_cert_chain(&d.idevid)?;
-        let key = drivesec_pki::inspect::public_key(&chain[0])?;
-        let trail = d.dir.join("audit");
+        let key = drivesec_pki::inspect::public_key(leaf)?;
         let report = drivesec_audit::verify::verify(&trail, &key)
             .map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
         let recs = drivesec_audit::reader::read(&trail, &Default::default(), usize::MAX)
             .map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
         // Accounts as the device has them now.
-        let c = lab.session(d, "security-admin")?;
         let users = c.ok("GET", "/api/v1/users", None)?;
         let _ = c.call("POST", "/api/v1/logout", None);
         let mut logins: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -482,6 +482,8 @@ pub fn router(dev: Arc<Device>, max_body: usize) -> Router {
             "/api/v1/audit/forwarding",
             get(ops::get_forwarding).put(ops::set_forwarding),
         )
+        .route("/api/v1/audit/trail", get(ops::trail))
+        .route("/api/v1/audit/trail/segment", get(ops::trail_segment))
         .route(
             "/api/v1/audit/forwarding/test",
             axum::routing::post(ops::test_forwarding),

@@ -199,6 +199,78 @@ pub(crate) async fn export_audit(
     Ok(([("content-type", "application/jsonl")], body).into_response())
 }
 
+/// What a remote verifier needs, as one consistent snapshot: the IDevID
+/// chain whose key signs the checkpoints, the small trail files by content
+/// (base64), and each segment's name and the length to fetch with
+/// `GET /api/v1/audit/trail/segment` (docs/audit.md, "Collecting a trail").
+pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<Response, ApiError> {
+    use base64::Engine as _;
+    dev.require(&c, Permission::ReadAudit, "audit.trail.read")?;
+    let log = dev.audit_log()?;
+    let snap = tokio::task::spawn_blocking(move || log.snapshot())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let idevid = {
+        let st = dev
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        fsu::read_to_string(&st.path(crate::state::files::IDEVID))
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let files: serde_json::Map<String, serde_json::Value> = snap
+        .files
+        .iter()
+        .map(|(n, b)| (n.clone(), json!(b64.encode(b))))
+        .collect();
+    let segments: Vec<_> = snap
+        .segments
+        .iter()
+        .map(|(n, l)| json!({"name": n, "bytes": l}))
+        .collect();
+    dev.audit(
+        Device::event(&c, "audit.trail.read", Outcome::Success)
+            .details(json!({"certificate": c.conn.fingerprint, "segments": segments.len()})),
+    )?;
+    Ok(ok(
+        json!({"idevid_pem": idevid, "files": files, "segments": segments}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SegmentParams {
+    name: String,
+    bytes: u64,
+}
+
+/// The first `bytes` of one segment, as listed by `GET /api/v1/audit/trail`.
+pub(crate) async fn trail_segment(
+    State(dev): State<Arc<Device>>,
+    q: Result<Query<SegmentParams>, axum::extract::rejection::QueryRejection>,
+    c: Caller,
+) -> Result<Response, ApiError> {
+    dev.require(&c, Permission::ReadAudit, "audit.trail.read")?;
+    let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let dir = dev.audit_log()?.dir().to_path_buf();
+    let body = tokio::task::spawn_blocking(move || {
+        drivesec_audit::read_segment_prefix(&dir, &p.name, p.bytes)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| match e {
+        drivesec_audit::AuditError::Invalid(m) => ApiError::bad_request(m),
+        drivesec_audit::AuditError::Fs(f) => ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no such segment (dropped since the snapshot?): {f}"),
+        ),
+        other => ApiError::from(other),
+    })?;
+    Ok(([("content-type", "application/octet-stream")], body).into_response())
+}
+
 /// `forwarding.json`: where the trail is forwarded.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
