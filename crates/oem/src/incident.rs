@@ -80,17 +80,7 @@ impl Reach {
         let v = &inv.validator;
         let mut devices = vec![];
         for d in &inv.devices {
-            let addr = std::net::ToSocketAddrs::to_socket_addrs(&d.api)
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| {
-                    OemError::Invalid(format!(
-                        "{}: device {}: api '{}' is not HOST:PORT",
-                        path.display(),
-                        d.name,
-                        d.api
-                    ))
-                })?;
+            let addr = d.addr(path)?;
             devices.push(ReachDevice {
                 name: d.name.clone(),
                 serial: d.serial.clone().unwrap_or_default(),

@@ -114,6 +114,24 @@ pub struct InventoryDevice {
     pub profile: Option<PathBuf>,
 }
 
+impl InventoryDevice {
+    /// Its API address, resolved; an error names the inventory `file` and
+    /// the device.
+    pub fn addr(&self, file: &Path) -> Result<std::net::SocketAddr> {
+        std::net::ToSocketAddrs::to_socket_addrs(&self.api)
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                OemError::Invalid(format!(
+                    "{}: device {}: api '{}' is not HOST:PORT",
+                    file.display(),
+                    self.name,
+                    self.api
+                ))
+            })
+    }
+}
+
 impl Inventory {
     /// Reads an inventory; relative paths are made relative to its directory.
     pub fn load(path: &Path) -> Result<Inventory> {

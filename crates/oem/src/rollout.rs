@@ -203,17 +203,7 @@ impl Fleet {
             .ok_or_else(|| missing("trust.firmware_trust"))?;
         let mut targets = Vec::with_capacity(inv.devices.len());
         for d in &inv.devices {
-            let api = std::net::ToSocketAddrs::to_socket_addrs(&d.api)
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| {
-                    OemError::Invalid(format!(
-                        "{}: device {}: api '{}' is not HOST:PORT",
-                        path.display(),
-                        d.name,
-                        d.api
-                    ))
-                })?;
+            let api = d.addr(path)?;
             targets.push(Target {
                 name: d.name.clone(),
                 api,
