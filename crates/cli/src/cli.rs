@@ -65,9 +65,16 @@ pub enum EvidenceCommand {
         /// The plant model.
         #[arg(long)]
         plan: PathBuf,
-        /// The lab.
+        /// The devices (validated and reviewed as the security administrator).
+        #[command(flatten)]
+        devices: FleetDevices,
+        /// The OEM's soft keystore directory that signs the bundle (default:
+        /// the lab's; needed with --inventory).
         #[arg(long)]
-        lab: PathBuf,
+        sign_keystore: Option<PathBuf>,
+        /// The key's handle in it.
+        #[arg(long, default_value = "approval")]
+        sign_key: String,
         /// Where to write the bundle (JSON).
         #[arg(long)]
         out: PathBuf,
@@ -230,8 +237,11 @@ pub enum PlanCommand {
         out: Option<PathBuf>,
         /// Fetch live SL-A from the running devices of this lab (`lab.json`,
         /// or its directory); assets name their device with `device = ...`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "live_inventory")]
         live: Option<PathBuf>,
+        /// Or from the devices of this inventory file (docs/validation.md).
+        #[arg(long)]
+        live_inventory: Option<PathBuf>,
     },
     /// Derive the device profile a zone's SL-T calls for (TLS, passwords,
     /// lockout, sessions, Modbus rights, audit forwarding, certificate

@@ -18,13 +18,13 @@ pub(crate) fn scratch_dir(what: &str) -> Result<std::path::PathBuf> {
 }
 
 /// Where a fleet command's devices come from.
-enum Source {
+pub(crate) enum Source {
     Lab(drivesec_oem::lab::LabManifest),
     Inventory(drivesec_oem::inventory::Inventory, std::path::PathBuf),
 }
 
 impl FleetDevices {
-    fn source(&self) -> Result<Source> {
+    pub(crate) fn source(&self) -> Result<Source> {
         Ok(match (&self.lab, &self.inventory) {
             (Some(lab), _) => Source::Lab(drivesec_oem::lab::LabManifest::load(lab)?),
             (None, Some(path)) => Source::Inventory(

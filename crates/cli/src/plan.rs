@@ -77,15 +77,31 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        PlanCommand::Assess { model, out, live } => {
+        PlanCommand::Assess {
+            model,
+            out,
+            live,
+            live_inventory,
+        } => {
             let l = load_checked(&model, json)?;
             let mut a = assess::assess(&l.model);
-            if let Some(lab) = live {
-                let lab = lab_json(&lab);
-                let m =
-                    drivesec_oem::lab::LabManifest::load(lab.parent().unwrap_or(Path::new(".")))
-                        .with_context(|| format!("reading {}", lab.display()))?;
-                let postures = drivesec_oem::posture::fetch(&m)?;
+            let reach = match (live, live_inventory) {
+                (Some(lab), _) => {
+                    let lab = lab_json(&lab);
+                    let m = drivesec_oem::lab::LabManifest::load(
+                        lab.parent().unwrap_or(Path::new(".")),
+                    )
+                    .with_context(|| format!("reading {}", lab.display()))?;
+                    Some(drivesec_oem::incident::Reach::from_lab(&m)?)
+                }
+                (None, Some(inv)) => Some(drivesec_oem::incident::Reach::from_inventory(
+                    &drivesec_oem::inventory::Inventory::load(&inv)?,
+                    &inv,
+                )?),
+                (None, None) => None,
+            };
+            if let Some(reach) = reach {
+                let postures = drivesec_oem::posture::fetch(&reach)?;
                 assess::attach_live(&mut a, &l.model, &postures);
             }
             match out {

@@ -175,7 +175,13 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
             }
             Ok(())
         }
-        EvidenceCommand::Bundle { plan, lab, out } => {
+        EvidenceCommand::Bundle {
+            plan,
+            devices,
+            sign_keystore,
+            sign_key,
+            out,
+        } => {
             let text = fsu::read_to_string(&plan)?;
             let loaded = drivesec_iec62443::model::parse(&plan, &text)?;
             if drivesec_iec62443::check::check(&loaded)
@@ -184,28 +190,40 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
             {
                 bail!("{}: the plan is not valid (run plan check)", plan.display());
             }
-            let m = drivesec_oem::lab::LabManifest::load(&lab)?;
-            let mut assessment = drivesec_iec62443::assess::assess(&loaded.model);
+            let model = &loaded.model;
+            let (inv, reach, default_key) = match devices.source()? {
+                crate::fleet::Source::Lab(m) => {
+                    let lab = devices.lab.clone().unwrap_or_default();
+                    let inv = Inventory::from_lab(&lab, &m, &|dev: &str| {
+                        model
+                            .assets
+                            .iter()
+                            .map(|x| x.get_ref())
+                            .find(|x| x.device.as_deref() == Some(dev))
+                            .map(|x| x.id.get_ref().clone())
+                    })?;
+                    let reach = drivesec_oem::incident::Reach::from_lab(&m)?;
+                    (inv, reach, m.firmware.map(|f| f.oem_keystore))
+                }
+                crate::fleet::Source::Inventory(inv, path) => {
+                    let reach = drivesec_oem::incident::Reach::from_inventory(&inv, &path)?;
+                    (inv, reach, None)
+                }
+            };
+            let keystore = sign_keystore.or(default_key).ok_or_else(|| {
+                anyhow!("--sign-keystore DIR is needed: the OEM keystore that signs the bundle")
+            })?;
+            let mut assessment = drivesec_iec62443::assess::assess(model);
             drivesec_iec62443::assess::attach_live(
                 &mut assessment,
-                &loaded.model,
-                &drivesec_oem::posture::fetch(&m)?,
+                model,
+                &drivesec_oem::posture::fetch(&reach)?,
             );
-            let model = &loaded.model;
-            let inv = Inventory::from_lab(&lab, &m, &|dev: &str| {
-                model
-                    .assets
-                    .iter()
-                    .map(|x| x.get_ref())
-                    .find(|x| x.device.as_deref() == Some(dev))
-                    .map(|x| x.id.get_ref().clone())
-            })?;
             let (ctx, targets) = drivesec_oem::validate::prepare(model, &inv)?;
             let results = drivesec_oem::validate::validate_all(&ctx, &targets, 8);
             let plan_sha = hex::encode(Sha256::digest(text.as_bytes()));
             let validation =
                 drivesec_oem::evidence::document(&model.system.name, &plan_sha, &results);
-            let reach = drivesec_oem::incident::Reach::from_lab(&m)?;
             let trails = crate::fleet::scratch_dir("bundle")?;
             let review = drivesec_oem::review::review(&reach, &trails, 90, 5);
             let _ = std::fs::remove_dir_all(&trails);
@@ -225,14 +243,10 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
                     "audit_review": review,
                 },
             });
-            let fw = m
-                .firmware
-                .as_ref()
-                .ok_or_else(|| anyhow!("the lab has no OEM key"))?;
             let signed = drivesec_oem::evidence::sign(
                 doc,
-                soft(&fw.oem_keystore)?.as_ref(),
-                &KeyHandle::new("approval")?,
+                soft(&keystore)?.as_ref(),
+                &KeyHandle::new(&sign_key)?,
             )?;
             fsu::write_atomic(
                 &out,

@@ -657,4 +657,66 @@ fn evidence_bundle_is_signed_and_tamper_evident() {
     let (code, _, err) = drivesec(&["evidence", "verify", s(&bad), "--key", s(&key)]);
     assert_eq!(code, 2);
     assert!(err.contains("does not match"), "{err}");
+
+    // The same over an inventory file, signed with a keystore named on the
+    // command line (an inventory does not say where the OEM key is).
+    let l = drivesec_iec62443::model::load(&plan).unwrap();
+    let inv = drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|dev| {
+        l.model
+            .assets
+            .iter()
+            .map(|a| a.get_ref())
+            .find(|a| a.device.as_deref() == Some(dev))
+            .map(|a| a.id.get_ref().clone())
+    })
+    .unwrap();
+    let inventory = d.path().join("plant.toml");
+    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    let out2 = d.path().join("bundle2.json");
+    let bundle = |extra: &[&str]| {
+        let mut args = vec![
+            "evidence",
+            "bundle",
+            "--plan",
+            s(&plan),
+            "--inventory",
+            s(&inventory),
+            "--out",
+            s(&out2),
+        ];
+        args.extend_from_slice(extra);
+        drivesec(&args)
+    };
+    let (code, _, err) = bundle(&[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--sign-keystore"), "{err}");
+    assert!(!out2.exists());
+    let ks = lab.m.firmware.as_ref().unwrap().oem_keystore.clone();
+    let (code, stdout, err) = bundle(&["--sign-keystore", s(&ks)]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let (code, _, err) = drivesec(&["evidence", "verify", s(&out2), "--key", s(&key)]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&out2).unwrap()).unwrap();
+    let c = &v["evidence"]["contents"];
+    assert_eq!(c["validation"]["summary"]["devices"], 1);
+    assert_eq!(c["audit_review"][0]["trail_intact"], true);
+    // And plan assess takes its live SL-A from the inventory too.
+    let (code, out, err) = drivesec(&[
+        "--json",
+        "plan",
+        "assess",
+        s(&plan),
+        "--live-inventory",
+        s(&inventory),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let a: Value = serde_json::from_str(&out).unwrap();
+    let cell = a["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["zone"] == "cell")
+        .unwrap()
+        .clone();
+    assert!(!cell["assets"][0]["sl_a"].is_null(), "{cell}");
 }

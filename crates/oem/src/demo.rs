@@ -800,7 +800,7 @@ fn plan_story(lab: &LabManifest, dir: &Path, out: &mut dyn Write) -> Result<Opti
     )
     .map_err(|e| OemError::Invalid(format!("built-in example: {e}")))?;
     let mut a = assess::assess(&loaded.model);
-    let live = crate::posture::fetch(lab)?;
+    let live = crate::posture::fetch(&crate::incident::Reach::from_lab(lab)?)?;
     assess::attach_live(&mut a, &loaded.model, &live);
     let rdir = dir.join("assessment");
     drivesec_fsutil::create_private_dir(&rdir)

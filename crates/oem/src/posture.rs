@@ -1,22 +1,18 @@
-//! Live SL-A: each running lab device's posture, fetched over its API by
-//! the lab's security administrator, for `plan assess --live`.
+//! Live SL-A: each device's posture, fetched over its API by the security
+//! administrator (of a lab or an inventory), for `plan assess --live`.
 
 use std::collections::BTreeMap;
 
 use drivesec_iec62443::assess::LivePosture;
 
-use crate::lab::LabManifest;
+use crate::incident::Reach;
 use crate::{OemError, Result};
 
-/// Posture of every lab device with a running API, by device name.
-pub fn fetch(lab: &LabManifest) -> Result<BTreeMap<String, LivePosture>> {
+/// Posture of every device `reach` reaches, by device name.
+pub fn fetch(reach: &Reach) -> Result<BTreeMap<String, LivePosture>> {
     let mut out = BTreeMap::new();
-    for d in lab
-        .devices
-        .iter()
-        .filter(|d| d.api.is_some() && d.device_name.is_some())
-    {
-        let c = lab.session(d, "security-admin")?;
+    for d in &reach.devices {
+        let c = reach.session(d)?;
         let p = c.ok("GET", "/api/v1/posture", None)?;
         let _ = c.call("POST", "/api/v1/logout", None);
         let v: Vec<u8> = p["sl_a"]
