@@ -142,31 +142,11 @@ fn main() {
     let cfg = client_config(&viewer.cert, &viewer.key, &m.oem_ca);
 
     // nginx with a P-256 server certificate from the same OEM CA.
-    let mut oem = drivesec_pki::Ca::open(&m.oem_ca_dir).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let issued = oem
-        .issue(&drivesec_pki::IssueRequest {
-            profile: drivesec_pki::Profile::Server {
-                dns_names: vec!["nginx.lab.drivesec".into()],
-                ip_addresses: vec![],
-                days: 30,
-            },
-            key: drivesec_pki::SubjectKey::CsrPem {
-                source: "bench".into(),
-                pem: csr,
-            },
-        })
-        .unwrap();
+    let (chain, key) = m.issue_server(&["nginx.lab.drivesec"], &[]).unwrap();
     let ng = tmp.path().join("nginx");
     std::fs::create_dir_all(ng.join("logs")).unwrap();
-    std::fs::write(ng.join("server.crt"), &issued.chain_pem).unwrap();
-    std::fs::write(ng.join("server.key"), key.serialize_pem()).unwrap();
+    std::fs::write(ng.join("server.crt"), chain).unwrap();
+    std::fs::write(ng.join("server.key"), key.as_bytes()).unwrap();
     let port = free_port();
     let conf = format!(
         "worker_processes 2;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\ndaemon off;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {d}/server.crt;\n  ssl_certificate_key {d}/server.key;\n  ssl_protocols TLSv1.3;\n  ssl_verify_client on;\n  ssl_verify_depth 2;\n  ssl_client_certificate {root};\n  ssl_session_tickets off;\n  ssl_session_cache off;\n  location / {{ return 200 '{{}}'; }}\n }}\n}}\n",

@@ -117,30 +117,12 @@ fn main() {
     );
 
     // pymodbus's TLS server with a certificate from the same OEM CA.
-    let mut oem = drivesec_pki::Ca::open(&m.oem_ca_dir).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let issued = oem
-        .issue(&drivesec_pki::IssueRequest {
-            profile: drivesec_pki::Profile::Server {
-                dns_names: vec!["pymodbus.bench".into()],
-                ip_addresses: vec!["127.0.0.1".parse().unwrap()],
-                days: 30,
-            },
-            key: drivesec_pki::SubjectKey::CsrPem {
-                source: "bench".into(),
-                pem: csr,
-            },
-        })
+    let (chain, key) = m
+        .issue_server(&["pymodbus.bench"], &["127.0.0.1".parse().unwrap()])
         .unwrap();
     let (cert_p, key_p) = (tmp.path().join("py.crt"), tmp.path().join("py.key"));
-    std::fs::write(&cert_p, &issued.chain_pem).unwrap();
-    std::fs::write(&key_p, key.serialize_pem()).unwrap();
+    std::fs::write(&cert_p, chain).unwrap();
+    std::fs::write(&key_p, key.as_bytes()).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

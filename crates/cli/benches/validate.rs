@@ -62,15 +62,7 @@ fn main() {
     );
     let l = drivesec_iec62443::model::parse(std::path::Path::new("bench.toml"), &plan).unwrap();
     let model = &l.model;
-    let inv = Inventory::from_lab(&dir, &m, &|dev| {
-        model
-            .assets
-            .iter()
-            .map(|x| x.get_ref())
-            .find(|x| x.device.as_deref() == Some(dev))
-            .map(|x| x.id.get_ref().clone())
-    })
-    .unwrap();
+    let inv = Inventory::from_lab(&dir, &m, &|dev: &str| model.asset_of_device(dev)).unwrap();
     let (ctx, targets) = drivesec_oem::validate::prepare(model, &inv).unwrap();
     assert_eq!(targets.len(), 8);
     // Warm-up.

@@ -64,14 +64,7 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
         (None, Some(lab)) => {
             let m = drivesec_oem::lab::LabManifest::load(lab)?;
             let model = &loaded.model;
-            let inv = Inventory::from_lab(lab, &m, &|dev: &str| {
-                model
-                    .assets
-                    .iter()
-                    .map(|x| x.get_ref())
-                    .find(|x| x.device.as_deref() == Some(dev))
-                    .map(|x| x.id.get_ref().clone())
-            })?;
+            let inv = Inventory::from_lab(lab, &m, &|dev: &str| model.asset_of_device(dev))?;
             let signer = m
                 .firmware
                 .as_ref()
@@ -194,14 +187,8 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
             let (inv, reach, default_key) = match devices.source()? {
                 crate::fleet::Source::Lab(m) => {
                     let lab = devices.lab.clone().unwrap_or_default();
-                    let inv = Inventory::from_lab(&lab, &m, &|dev: &str| {
-                        model
-                            .assets
-                            .iter()
-                            .map(|x| x.get_ref())
-                            .find(|x| x.device.as_deref() == Some(dev))
-                            .map(|x| x.id.get_ref().clone())
-                    })?;
+                    let inv =
+                        Inventory::from_lab(&lab, &m, &|dev: &str| model.asset_of_device(dev))?;
                     let reach = drivesec_oem::incident::Reach::from_lab(&m)?;
                     (inv, reach, m.firmware.map(|f| f.oem_keystore))
                 }

@@ -662,12 +662,7 @@ fn evidence_bundle_is_signed_and_tamper_evident() {
     // command line (an inventory does not say where the OEM key is).
     let l = drivesec_iec62443::model::load(&plan).unwrap();
     let inv = drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|dev| {
-        l.model
-            .assets
-            .iter()
-            .map(|a| a.get_ref())
-            .find(|a| a.device.as_deref() == Some(dev))
-            .map(|a| a.id.get_ref().clone())
+        l.model.asset_of_device(dev)
     })
     .unwrap();
     let inventory = d.path().join("plant.toml");

@@ -517,6 +517,16 @@ impl Model {
             .find(|z| z.members.iter().any(|m| m.get_ref() == asset))
     }
 
+    /// The id of the asset whose `device` names `device` (a lab or
+    /// inventory device name).
+    pub fn asset_of_device(&self, device: &str) -> Option<String> {
+        self.assets
+            .iter()
+            .map(|a| a.get_ref())
+            .find(|a| a.device.as_deref() == Some(device))
+            .map(|a| a.id.get_ref().clone())
+    }
+
     /// An asset by id.
     pub fn asset(&self, id: &str) -> Option<&Asset> {
         self.assets

@@ -933,14 +933,8 @@ fn validation_story(
         provisioned += 1;
     }
     let model = &loaded.model;
-    let inv = crate::inventory::Inventory::from_lab(dir, lab, &|dev: &str| {
-        model
-            .assets
-            .iter()
-            .map(|x| x.get_ref())
-            .find(|x| x.device.as_deref() == Some(dev))
-            .map(|x| x.id.get_ref().clone())
-    })?;
+    let inv =
+        crate::inventory::Inventory::from_lab(dir, lab, &|dev: &str| model.asset_of_device(dev))?;
     let mut inv = inv;
     // The releases the OEM approved in the firmware story are approved for this plant.
     if let Ok(rd) = std::fs::read_dir(dir.join("firmware").join("releases")) {

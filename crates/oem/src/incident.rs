@@ -43,6 +43,40 @@ pub struct Reach {
     pub manufacturer_roots: Option<Vec<CertificateDer<'static>>>,
 }
 
+/// A running lab's commissioned devices.
+pub fn lab_devices(lab: &LabManifest) -> Result<Vec<ReachDevice>> {
+    let mut devices = vec![];
+    for d in &lab.devices {
+        if let (Some(_), Some(name)) = (&d.api, &d.device_name) {
+            devices.push(ReachDevice {
+                name: d.name.clone(),
+                serial: d.serial_number.clone(),
+                addr: lab.api_addr(d)?,
+                device_name: name.clone(),
+            });
+        }
+    }
+    Ok(devices)
+}
+
+/// An inventory's devices (`path` names the file in errors).
+pub fn inventory_devices(
+    inv: &crate::inventory::Inventory,
+    path: &std::path::Path,
+) -> Result<Vec<ReachDevice>> {
+    inv.devices
+        .iter()
+        .map(|d| {
+            Ok(ReachDevice {
+                name: d.name.clone(),
+                serial: d.serial.clone().unwrap_or_default(),
+                addr: d.addr(path)?,
+                device_name: d.device_name.clone(),
+            })
+        })
+        .collect()
+}
+
 impl Reach {
     /// A running lab's commissioned devices, as its security-admin account.
     pub fn from_lab(lab: &LabManifest) -> Result<Reach> {
@@ -50,17 +84,7 @@ impl Reach {
             .users
             .get("security-admin")
             .ok_or_else(|| OemError::Invalid("lab.json has no security-admin account".into()))?;
-        let mut devices = vec![];
-        for d in &lab.devices {
-            if let (Some(_), Some(name)) = (&d.api, &d.device_name) {
-                devices.push(ReachDevice {
-                    name: d.name.clone(),
-                    serial: d.serial_number.clone(),
-                    addr: lab.api_addr(d)?,
-                    device_name: name.clone(),
-                });
-            }
-        }
+        let devices = lab_devices(lab)?;
         Ok(Reach {
             devices,
             admin: lab.identity("security-admin")?,
@@ -78,16 +102,7 @@ impl Reach {
         path: &std::path::Path,
     ) -> Result<Reach> {
         let v = &inv.validator;
-        let mut devices = vec![];
-        for d in &inv.devices {
-            let addr = d.addr(path)?;
-            devices.push(ReachDevice {
-                name: d.name.clone(),
-                serial: d.serial.clone().unwrap_or_default(),
-                addr,
-                device_name: d.device_name.clone(),
-            });
-        }
+        let devices = inventory_devices(inv, path)?;
         let password = drivesec_fsutil::read_to_string(&v.admin_password_file)?;
         Ok(Reach {
             devices,

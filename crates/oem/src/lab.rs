@@ -733,6 +733,40 @@ impl LabManifest {
         Ok(image)
     }
 
+    /// A server identity for a third-party service in the lab (a syslog
+    /// collector, a reference server): a fresh P-256 key, and a 30-day
+    /// server certificate for it from the lab's OEM CA. Returns (chain PEM,
+    /// key PEM); the key is made here, never in a keystore.
+    pub fn issue_server(
+        &self,
+        dns_names: &[&str],
+        ip_addresses: &[std::net::IpAddr],
+    ) -> Result<(String, zeroize::Zeroizing<String>)> {
+        let bad = |e: rcgen::Error| OemError::Invalid(format!("server key: {e}"));
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(bad)?;
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .map_err(bad)?
+            .serialize_request(&key)
+            .map_err(bad)?
+            .pem()
+            .map_err(bad)?;
+        let issued = Ca::open(&self.oem_ca_dir)?.issue(&drivesec_pki::IssueRequest {
+            profile: drivesec_pki::Profile::Server {
+                dns_names: dns_names.iter().map(|s| s.to_string()).collect(),
+                ip_addresses: ip_addresses.to_vec(),
+                days: 30,
+            },
+            key: drivesec_pki::SubjectKey::CsrPem {
+                source: "lab server".into(),
+                pem: csr,
+            },
+        })?;
+        Ok((
+            issued.chain_pem,
+            zeroize::Zeroizing::new(key.serialize_pem()),
+        ))
+    }
+
     /// A client logged in to `d` as the lab's account for `role`, over that
     /// role's certificate.
     pub fn session(&self, d: &LabDevice, role: &str) -> Result<crate::client::DeviceClient> {

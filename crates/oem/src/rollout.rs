@@ -6,8 +6,6 @@
 //! that). The campaign lives in the fleet store, so a killed tool resumes
 //! where it stopped, and a device is never updated twice.
 
-use std::net::SocketAddr;
-
 use drivesec_firmware::image::Header;
 use drivesec_firmware::trust::TrustStore;
 use drivesec_fleet::{DeviceRecord, DeviceState, FleetStore};
@@ -19,17 +17,7 @@ use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
 use crate::{OemError, Result};
 
 /// A device to update.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// Name (the store's key).
-    pub name: String,
-    /// API address.
-    pub api: SocketAddr,
-    /// The DNS name its LDevID carries.
-    pub device_name: String,
-    /// Serial number.
-    pub serial: String,
-}
+pub use crate::incident::ReachDevice as Target;
 
 /// Who performs the updates (a role with `update-firmware`).
 pub struct Operator {
@@ -153,23 +141,7 @@ impl Fleet {
             .clients
             .get("engineer")
             .ok_or_else(|| OemError::Invalid("lab.json has no engineer client".into()))?;
-        let targets = m
-            .devices
-            .iter()
-            .filter_map(|d| {
-                Some(Target {
-                    name: d.name.clone(),
-                    api: d
-                        .api
-                        .as_ref()?
-                        .trim_start_matches("https://")
-                        .parse()
-                        .ok()?,
-                    device_name: d.device_name.clone()?,
-                    serial: d.serial_number.clone(),
-                })
-            })
-            .collect();
+        let targets = crate::incident::lab_devices(m)?;
         Ok(Fleet {
             targets,
             operator: Operator {
@@ -201,16 +173,7 @@ impl Fleet {
             .firmware_trust
             .as_ref()
             .ok_or_else(|| missing("trust.firmware_trust"))?;
-        let mut targets = Vec::with_capacity(inv.devices.len());
-        for d in &inv.devices {
-            let api = d.addr(path)?;
-            targets.push(Target {
-                name: d.name.clone(),
-                api,
-                device_name: d.device_name.clone(),
-                serial: d.serial.clone().unwrap_or_default(),
-            });
-        }
+        let targets = crate::incident::inventory_devices(inv, path)?;
         let password = drivesec_fsutil::read_to_string(&op.password_file)?;
         Ok(Fleet {
             targets,
@@ -256,7 +219,7 @@ fn update_one(
 ) -> DeviceResult {
     let fail = |e: OemError| (DeviceState::Failed, e.to_string());
     let mut c = DeviceClient::new(
-        t.api,
+        t.addr,
         Some(&op.identity),
         &DeviceTrust::Ldevid {
             roots: op.roots.clone(),
@@ -366,7 +329,7 @@ pub fn run(
         let mut d = store.device(&t.name).map_err(db)?.unwrap_or(DeviceRecord {
             name: t.name.clone(),
             serial: t.serial.clone(),
-            api: t.api.to_string(),
+            api: t.addr.to_string(),
             device_name: t.device_name.clone(),
             zone: String::new(),
             firmware_version: String::new(),
@@ -374,7 +337,7 @@ pub fn run(
             tampered: false,
             campaign: None,
         });
-        d.api = t.api.to_string();
+        d.api = t.addr.to_string();
         store.upsert_device(&d).map_err(db)?;
     }
     let existing = store.campaign_devices(&id).map_err(db)?;

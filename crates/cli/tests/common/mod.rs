@@ -212,29 +212,12 @@ pub struct Collector {
 impl Collector {
     pub fn start(lab: &TestLab) -> Collector {
         let t = tempfile::tempdir().unwrap();
-        let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
+        let (chain, key) = lab
+            .m
+            .issue_server(&["collector.lab"], &["127.0.0.1".parse().unwrap()])
             .unwrap();
-        let server = oem
-            .issue(&drivesec_pki::IssueRequest {
-                profile: drivesec_pki::Profile::Server {
-                    dns_names: vec!["collector.lab".into()],
-                    ip_addresses: vec!["127.0.0.1".parse().unwrap()],
-                    days: 30,
-                },
-                key: drivesec_pki::SubjectKey::CsrPem {
-                    source: "collector".into(),
-                    pem: csr,
-                },
-            })
-            .unwrap();
-        std::fs::write(t.path().join("c.crt"), &server.chain_pem).unwrap();
-        std::fs::write(t.path().join("c.key"), key.serialize_pem()).unwrap();
+        std::fs::write(t.path().join("c.crt"), chain).unwrap();
+        std::fs::write(t.path().join("c.key"), key.as_bytes()).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
