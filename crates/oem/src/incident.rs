@@ -103,7 +103,7 @@ impl Reach {
     ) -> Result<Reach> {
         let v = &inv.validator;
         let devices = inventory_devices(inv, path)?;
-        let password = drivesec_fsutil::read_to_string(&v.admin_password_file)?;
+        let password = Zeroizing::new(drivesec_fsutil::read_to_string(&v.admin_password_file)?);
         Ok(Reach {
             devices,
             admin: ClientIdentity::from_files(&v.admin_cert, &v.admin_key)?,

@@ -26,7 +26,7 @@ pub struct Operator {
     /// Account.
     pub username: String,
     /// Password.
-    pub password: String,
+    pub password: zeroize::Zeroizing<String>,
     /// Owner roots (device identities chain to them).
     pub roots: Vec<CertificateDer<'static>>,
     /// Operator name recorded with the campaign.
@@ -147,7 +147,7 @@ impl Fleet {
             operator: Operator {
                 identity: ClientIdentity::from_files(&files.cert, &files.key)?,
                 username: user.username.clone(),
-                password: user.password.clone(),
+                password: zeroize::Zeroizing::new(user.password.clone()),
                 roots: drivesec_pki::read_cert_chain(&m.oem_ca)?,
                 operator: user.username.clone(),
             },
@@ -174,13 +174,15 @@ impl Fleet {
             .as_ref()
             .ok_or_else(|| missing("trust.firmware_trust"))?;
         let targets = crate::incident::inventory_devices(inv, path)?;
-        let password = drivesec_fsutil::read_to_string(&op.password_file)?;
+        let password = zeroize::Zeroizing::new(drivesec_fsutil::read_to_string(&op.password_file)?);
         Ok(Fleet {
             targets,
             operator: Operator {
                 identity: ClientIdentity::from_files(&op.cert, &op.key)?,
                 username: op.user.clone(),
-                password: password.trim_end_matches(['\r', '\n']).to_string(),
+                password: zeroize::Zeroizing::new(
+                    password.trim_end_matches(['\r', '\n']).to_string(),
+                ),
                 roots: drivesec_pki::read_cert_chain(&inv.trust.oem_root)?,
                 operator: op.user.clone(),
             },
