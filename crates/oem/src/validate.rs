@@ -52,7 +52,7 @@ pub struct Context {
     /// Its account.
     pub admin_user: String,
     /// Its password.
-    pub admin_password: String,
+    pub admin_password: zeroize::Zeroizing<String>,
     /// A low-privilege (viewer) certificate, for the forbidden Modbus write.
     pub low_privilege: ClientIdentity,
     /// A revoked client certificate, if the inventory has one.
@@ -756,9 +756,11 @@ pub fn prepare(
             .transpose()?,
         admin: id(&v.admin_cert, &v.admin_key)?,
         admin_user: v.admin_user.clone(),
-        admin_password: drivesec_fsutil::read_to_string(&v.admin_password_file)?
-            .trim()
-            .to_string(),
+        admin_password: {
+            let raw =
+                zeroize::Zeroizing::new(drivesec_fsutil::read_to_string(&v.admin_password_file)?);
+            zeroize::Zeroizing::new(raw.trim().to_string())
+        },
         low_privilege: id(&v.low_privilege_cert, &v.low_privilege_key)?,
         revoked,
         approved,
