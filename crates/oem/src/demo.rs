@@ -732,7 +732,9 @@ fn drive_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<DriveRep
     operator
         .write_multiple(0, &[1, 600])?
         .map_err(|e| refused("operator's start", e))?;
-    let v = wait(&mut viewer, &|s| s[1] == 2 && (s[2] as i16) >= 150)?;
+    // The operator now controls the drive: it polls, so the device's
+    // connection-loss watchdog (a silent controller is cut off) never fires.
+    let v = wait(&mut operator, &|s| s[1] == 2 && (s[2] as i16) >= 150)?;
     let running_speed_rpm = f64::from(v[2] as i16);
     let _ = writeln!(
         out,
@@ -751,7 +753,7 @@ fn drive_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<DriveRep
             .or_else(|e| if parent.is_dir() { Ok(()) } else { Err(e) })?;
     }
     drivesec_fsutil::write_atomic(sto, b"1", drivesec_fsutil::Mode::Public)?;
-    wait(&mut viewer, &|s| s[1] == 4)?;
+    wait(&mut operator, &|s| s[1] == 4)?;
     let mut worst_torque = 0i16;
     for i in 0..10u16 {
         // The operator keeps commanding run; STO wins on every tick.
@@ -772,7 +774,7 @@ fn drive_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<DriveRep
         .write_single(0, 0)?
         .map_err(|e| refused("operator", e))?;
     std::fs::remove_file(sto).map_err(|e| drivesec_fsutil::FsError::io("remove", sto, e))?;
-    wait(&mut viewer, &|s| s[1] == 1)?;
+    wait(&mut operator, &|s| s[1] == 1)?;
     std::thread::sleep(std::time::Duration::from_millis(100));
     let after_release = state_name(read(&mut viewer)?[1]);
     let _ = writeln!(
