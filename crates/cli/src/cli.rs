@@ -202,6 +202,11 @@ pub struct ValidateArgs {
     /// Devices validated at once.
     #[arg(long, default_value_t = 8)]
     pub parallel: usize,
+    /// Record each device's result (passed, findings, evidence digest, the
+    /// profile it was held to) in this fleet store (`sqlite:PATH` or
+    /// `postgres://...`); `fleet status` shows the last one.
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 /// `drivesec validate verify-evidence`.

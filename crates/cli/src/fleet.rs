@@ -259,24 +259,48 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                 Some(id) => Some(s.campaign_devices(id)?),
                 None => None,
             };
+            let mut last_validation = std::collections::BTreeMap::new();
+            for d in &devices {
+                if let Some(v) = s.validations(&d.name)?.pop() {
+                    last_validation.insert(d.name.clone(), v);
+                }
+            }
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"devices": devices, "campaign": camp})
-                    )?
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "devices": devices, "campaign": camp, "last_validation": last_validation,
+                    }))?
                 );
                 return Ok(());
             }
             for d in &devices {
+                let validated = match last_validation.get(&d.name) {
+                    Some(v) => format!(
+                        "  validated {}: {}{}",
+                        v.at,
+                        if v.passed {
+                            "passed".to_string()
+                        } else {
+                            format!("{} finding(s)", v.findings)
+                        },
+                        if v.profile.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" against {}", v.profile)
+                        }
+                    ),
+                    None => String::new(),
+                };
                 println!(
-                    "{:<12} {:<10} {}{}",
+                    "{:<12} {:<10} {:<6} {}{}{validated}",
                     d.name,
                     if d.firmware_version.is_empty() {
                         "?"
                     } else {
                         &d.firmware_version
                     },
+                    if d.zone.is_empty() { "-" } else { &d.zone },
                     d.campaign.as_deref().unwrap_or("-"),
                     if d.tampered { "  TAMPERED" } else { "" }
                 );

@@ -94,6 +94,7 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
     let plan_sha = hex::encode(Sha256::digest(text.as_bytes()));
     let doc = drivesec_oem::evidence::document(&loaded.model.system.name, &plan_sha, &results);
     let failures: usize = results.iter().map(|r| r.failures().count()).sum();
+    let mut evidence_sha = hex::encode(Sha256::digest(serde_json::to_vec(&doc)?));
     if let Some(out) = &a.out {
         let (store, handle) = signer
             .as_ref()
@@ -111,6 +112,10 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
         for (name, body) in &files {
             fsu::write_atomic(&out.join(name), body.as_bytes(), Mode::Public)?;
         }
+        evidence_sha = hex::encode(Sha256::digest(files[0].1.as_bytes()));
+    }
+    if let Some(url) = &a.store {
+        record(url, &inv, &results, &doc, &evidence_sha)?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -142,6 +147,65 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
     }
     if failures > 0 {
         bail!("validation failed: {failures} finding(s)");
+    }
+    Ok(())
+}
+
+/// Records each device's validation in the fleet store: the device (zone
+/// from the plan), and its result with the evidence digest and the profile
+/// (file name and SHA-256 prefix) it was held to.
+fn record(
+    url: &str,
+    inv: &Inventory,
+    results: &[drivesec_oem::validate::DeviceResult],
+    doc: &serde_json::Value,
+    evidence_sha: &str,
+) -> Result<()> {
+    let mut store = drivesec_fleet::open(url)?;
+    let at = doc["generated_at"].as_str().unwrap_or_default().to_string();
+    for r in results {
+        let Some(d) = inv.devices.iter().find(|d| d.name == r.device) else {
+            continue;
+        };
+        let mut rec = store
+            .device(&d.name)?
+            .unwrap_or(drivesec_fleet::DeviceRecord {
+                name: d.name.clone(),
+                serial: String::new(),
+                api: d.api.clone(),
+                device_name: d.device_name.clone(),
+                zone: String::new(),
+                firmware_version: String::new(),
+                ldevid_not_after: String::new(),
+                tampered: false,
+                campaign: None,
+            });
+        rec.zone = r.zone.clone();
+        rec.api = d.api.clone();
+        rec.device_name = d.device_name.clone();
+        if let Some(s) = &d.serial {
+            rec.serial = s.clone();
+        }
+        store.upsert_device(&rec)?;
+        let profile = match &d.profile {
+            Some(p) => format!(
+                "{} sha256:{}",
+                p.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default(),
+                &hex::encode(Sha256::digest(fsu::read(p)?))[..16]
+            ),
+            None => String::new(),
+        };
+        let findings = r.failures().count();
+        store.record_validation(&drivesec_fleet::ValidationRecord {
+            device: d.name.clone(),
+            at: at.clone(),
+            passed: findings == 0,
+            findings: findings as i64,
+            evidence_sha: evidence_sha.to_string(),
+            profile,
+        })?;
     }
     Ok(())
 }

@@ -100,6 +100,7 @@ fn four_faults_four_findings_and_evidence() {
     assert!(errors.is_empty(), "{errors:#?}");
     let fw = m.firmware.as_ref().unwrap();
     let out = d.path().join("evidence");
+    let store = format!("sqlite:{}", d.path().join("fleet.db").display());
     let validate = || {
         let (code, stdout, err) = drivesec(&[
             "--json",
@@ -114,6 +115,8 @@ fn four_faults_four_findings_and_evidence() {
             s(&fw.oem_keystore),
             "--sign-key",
             "approval",
+            "--store",
+            &store,
         ]);
         let doc: Value =
             serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}{err}"));
@@ -247,6 +250,27 @@ fn four_faults_four_findings_and_evidence() {
     }
 
     // The evidence verifies with the OEM key, and not once changed.
+    // Every run is in the fleet store; the last one passed, against the
+    // profile, with the evidence file's digest.
+    let (code, st, err) = drivesec(&["--json", "fleet", "status", "--store", &store]);
+    assert_eq!(code, 0, "{err}");
+    let st: Value = serde_json::from_str(&st).unwrap();
+    let last = &st["last_validation"]["drive-001"];
+    assert_eq!(last["passed"], true, "{st}");
+    assert!(
+        last["profile"]
+            .as_str()
+            .unwrap()
+            .starts_with("line.toml sha256:"),
+        "{last}"
+    );
+    let ev_bytes = std::fs::read(out.join("evidence.json")).unwrap();
+    assert_eq!(
+        last["evidence_sha"].as_str().unwrap(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&ev_bytes)),
+        "{last}"
+    );
+    assert_eq!(st["devices"][0]["zone"], "line", "{st}");
     let key = common::oem_public_key(&lab);
     let ev = out.join("evidence.json");
     let (code, stdout, err) = drivesec(&["validate", "verify-evidence", s(&ev), "--key", s(&key)]);

@@ -17,7 +17,10 @@ mod sqlite;
 use serde::{Deserialize, Serialize};
 
 /// The migrations, in order.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_validation_profile.sql")),
+];
 
 /// Errors.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +140,9 @@ pub struct ValidationRecord {
     pub findings: i64,
     /// SHA-256 of the evidence file.
     pub evidence_sha: String,
+    /// The profile validated against (`NAME sha256:PREFIX`; empty: none).
+    #[serde(default)]
+    pub profile: String,
 }
 
 /// The store. Every method is one transaction.

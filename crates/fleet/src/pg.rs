@@ -140,8 +140,8 @@ impl FleetStore for PgStore {
             )?
             .get(0);
         tx.execute(
-            "INSERT INTO validations (id, device, at, passed, findings, evidence_sha) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&next, &v.device, &v.at, &i64::from(v.passed), &v.findings, &v.evidence_sha],
+            "INSERT INTO validations (id, device, at, passed, findings, evidence_sha, profile) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&next, &v.device, &v.at, &i64::from(v.passed), &v.findings, &v.evidence_sha, &v.profile],
         )?;
         tx.commit()?;
         Ok(())
@@ -151,7 +151,7 @@ impl FleetStore for PgStore {
         Ok(self
             .client
             .query(
-                "SELECT device, at, passed, findings, evidence_sha FROM validations WHERE device = $1 ORDER BY id",
+                "SELECT device, at, passed, findings, evidence_sha, profile FROM validations WHERE device = $1 ORDER BY id",
                 &[&device],
             )?
             .iter()
@@ -161,6 +161,7 @@ impl FleetStore for PgStore {
                 passed: r.get::<_, i64>(2) != 0,
                 findings: r.get(3),
                 evidence_sha: r.get(4),
+                profile: r.get(5),
             })
             .collect())
     }

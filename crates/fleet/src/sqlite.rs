@@ -153,8 +153,8 @@ impl FleetStore for SqliteStore {
             |r| r.get(0),
         )?;
         tx.execute(
-            "INSERT INTO validations (id, device, at, passed, findings, evidence_sha) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![next, v.device, v.at, i64::from(v.passed), v.findings, v.evidence_sha],
+            "INSERT INTO validations (id, device, at, passed, findings, evidence_sha, profile) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![next, v.device, v.at, i64::from(v.passed), v.findings, v.evidence_sha, v.profile],
         )?;
         tx.commit()?;
         Ok(())
@@ -162,7 +162,7 @@ impl FleetStore for SqliteStore {
 
     fn validations(&mut self, device: &str) -> Result<Vec<ValidationRecord>> {
         let mut st = self.conn.prepare(
-            "SELECT device, at, passed, findings, evidence_sha FROM validations WHERE device = ?1 ORDER BY id",
+            "SELECT device, at, passed, findings, evidence_sha, profile FROM validations WHERE device = ?1 ORDER BY id",
         )?;
         let rows = st.query_map(params![device], |r| {
             Ok(ValidationRecord {
@@ -171,6 +171,7 @@ impl FleetStore for SqliteStore {
                 passed: r.get::<_, i64>(2)? != 0,
                 findings: r.get(3)?,
                 evidence_sha: r.get(4)?,
+                profile: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -78,8 +78,8 @@ fn dev(name: &str) -> DeviceRecord {
 fn both_engines_migrate_once_and_refuse_bad_urls() {
     for e in engines() {
         let mut s = open(&e.url).unwrap();
-        assert_eq!(s.migrate().unwrap(), 1, "{}", s.engine());
-        assert_eq!(open(&e.url).unwrap().migrate().unwrap(), 1);
+        assert_eq!(s.migrate().unwrap(), 2, "{}", s.engine());
+        assert_eq!(open(&e.url).unwrap().migrate().unwrap(), 2);
     }
     let err = open("mysql://x")
         .err()
@@ -116,13 +116,14 @@ fn devices_validations_and_campaigns() {
                 passed,
                 findings,
                 evidence_sha: "ab".repeat(32),
+                profile: format!("cell.toml sha256:{findings}"),
             })
             .unwrap();
         }
         let v = s.validations("d1").unwrap();
         assert_eq!(
-            (v.len(), v[0].findings, v[1].passed),
-            (2, 4, true),
+            (v.len(), v[0].findings, v[1].passed, v[0].profile.as_str()),
+            (2, 4, true, "cell.toml sha256:4"),
             "{engine}"
         );
 
