@@ -227,3 +227,30 @@ fn concurrent_campaigns_never_share_a_device() {
         }
     }
 }
+
+/// A store made by an older drivesec (schema 1) is brought to schema 2 on
+/// open, and its rows stay readable (validations get an empty profile).
+#[test]
+fn a_schema_1_store_is_migrated_in_place() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("old.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(drivesec_fleet::MIGRATIONS[0].1).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY);
+             INSERT INTO schema_migrations (version) VALUES (1);
+             INSERT INTO devices (name, serial, api, device_name, updated_at)
+                 VALUES ('d1', 'SN1', '127.0.0.1:1', 'd1.lab', '2026-01-01T00:00:00Z');
+             INSERT INTO validations (id, device, at, passed, findings, evidence_sha)
+                 VALUES (1, 'd1', '2026-01-01T00:00:00Z', 1, 0, 'ab');",
+        )
+        .unwrap();
+    }
+    let url = format!("sqlite:{}", path.display());
+    let mut s = open(&url).unwrap();
+    assert_eq!(s.migrate().unwrap(), 2);
+    let v = s.validations("d1").unwrap();
+    assert_eq!((v.len(), v[0].profile.as_str()), (1, ""));
+    assert_eq!(s.device("d1").unwrap().unwrap().serial, "SN1");
+}
