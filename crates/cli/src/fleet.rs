@@ -172,7 +172,12 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                             None => String::new(),
                         }
                     };
-                    println!("{:<12} {:<8} {note}", d.device, d.firmware_version);
+                    let boot = d
+                        .boot_issue
+                        .as_ref()
+                        .map(|b| format!("; firmware reverted: {b}"))
+                        .unwrap_or_default();
+                    println!("{:<12} {:<8} {note}{boot}", d.device, d.firmware_version);
                 }
             }
             let flagged = seen.iter().filter(|d| d.tampered).count();
@@ -304,6 +309,9 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                     d.campaign.as_deref().unwrap_or("-"),
                     if d.tampered { "  TAMPERED" } else { "" }
                 );
+                if !d.boot_issue.is_empty() {
+                    println!("{:<12} firmware reverted: {}", "", d.boot_issue);
+                }
             }
             if let (Some(id), Some(c)) = (&campaign, &camp) {
                 println!("campaign {id}:");

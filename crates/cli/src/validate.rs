@@ -179,6 +179,7 @@ fn record(
                 ldevid_not_after: String::new(),
                 tampered: false,
                 campaign: None,
+                boot_issue: String::new(),
             });
         rec.zone = r.zone.clone();
         rec.api = d.api.clone();

@@ -324,6 +324,53 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
             .iter()
             .all(|x| x["reachable"] == true && x["days_left"].as_i64().unwrap() > 700)
     );
+    // Bit rot in drive-002's staged image: its boot stage refuses it and
+    // stays on the other slot; the scan reports it to the store.
+    let rel = lab_release(&lab, d.path(), "1.1.0", 2, 64 << 10);
+    let eng =
+        drivesec_oem::lab::LabManifest::session(&lab.m, &lab.m.devices[1], "engineer").unwrap();
+    let r = eng
+        .upload_file("POST", "/api/v1/firmware", &rel, "application/octet-stream")
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pending = eng.ok("GET", "/api/v1/firmware", None).unwrap()["boot_state"]["pending"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let slot = lab.m.devices[1]
+        .dir
+        .join("firmware")
+        .join(format!("slot-{pending}.img"));
+    let mut img = std::fs::read(&slot).unwrap();
+    let n = img.len();
+    img[n - 100] ^= 0x01;
+    std::fs::write(&slot, &img).unwrap();
+    let rb = eng.ok("POST", "/api/v1/firmware/reboot", None).unwrap();
+    assert_eq!(rb["running"]["version"], "1.0.0", "{rb}");
+    let (code, out, err) = drivesec(&[
+        "--json",
+        "fleet",
+        "scan",
+        "--store",
+        &store,
+        "--inventory",
+        s(&inventory),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        seen[1]["boot_issue"].as_str().unwrap().contains("failed"),
+        "{seen}"
+    );
+    let (_, out, _) = drivesec(&["--json", "fleet", "status", "--store", &store]);
+    let st: Value = serde_json::from_str(&out).unwrap();
+    let issues: Vec<bool> = st["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| !d["boot_issue"].as_str().unwrap().is_empty())
+        .collect();
+    assert_eq!(issues, vec![false, true, false, false], "{st}");
     // The enclosure of drive-004 is opened.
     let t = lab.m.devices[3].tamper.clone().unwrap();
     std::fs::create_dir_all(t.parent().unwrap()).unwrap();

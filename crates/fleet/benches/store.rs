@@ -21,6 +21,7 @@ fn dev(i: usize) -> DeviceRecord {
         ldevid_not_after: "2028-11-28T00:00:00Z".into(),
         tampered: false,
         campaign: None,
+        boot_issue: String::new(),
     }
 }
 

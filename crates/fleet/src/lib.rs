@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_validation_profile.sql")),
+    (3, include_str!("../migrations/0003_device_boot_issue.sql")),
 ];
 
 /// Errors.
@@ -63,6 +64,10 @@ pub struct DeviceRecord {
     pub tampered: bool,
     /// The campaign holding it, if any.
     pub campaign: Option<String>,
+    /// The last firmware problem its boot stage reported (the reason it
+    /// reverted to the other slot); empty when none.
+    #[serde(default)]
+    pub boot_issue: String,
 }
 
 /// A device's state in a campaign.

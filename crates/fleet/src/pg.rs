@@ -35,6 +35,7 @@ fn device_row(r: &postgres::Row) -> DeviceRecord {
         ldevid_not_after: r.get(6),
         tampered: r.get::<_, i64>(7) != 0,
         campaign: r.get(8),
+        boot_issue: r.get(9),
     }
 }
 
@@ -86,6 +87,7 @@ impl FleetStore for PgStore {
                     &d.ldevid_not_after,
                     &i64::from(d.tampered),
                     &at,
+                    &d.boot_issue,
                 ],
             )?;
         }

@@ -30,18 +30,18 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
         ldevid_not_after: r.get(6)?,
         tampered: r.get::<_, i64>(7)? != 0,
         campaign: r.get(8)?,
+        boot_issue: r.get(9)?,
     })
 }
 
-pub(crate) const UPSERT: &str = "INSERT INTO devices (name, serial, api, device_name, zone, firmware_version, ldevid_not_after, tampered, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+pub(crate) const UPSERT: &str = "INSERT INTO devices (name, serial, api, device_name, zone, firmware_version, ldevid_not_after, tampered, updated_at, boot_issue)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (name) DO UPDATE SET serial = excluded.serial, api = excluded.api,
       device_name = excluded.device_name, zone = excluded.zone,
       firmware_version = excluded.firmware_version, ldevid_not_after = excluded.ldevid_not_after,
-      tampered = excluded.tampered, updated_at = excluded.updated_at";
+      tampered = excluded.tampered, updated_at = excluded.updated_at, boot_issue = excluded.boot_issue";
 
-pub(crate) const DEVICE_COLUMNS: &str =
-    "name, serial, api, device_name, zone, firmware_version, ldevid_not_after, tampered, campaign";
+pub(crate) const DEVICE_COLUMNS: &str = "name, serial, api, device_name, zone, firmware_version, ldevid_not_after, tampered, campaign, boot_issue";
 
 impl SqliteStore {
     pub(crate) fn open(path: &Path) -> Result<Self> {
@@ -105,7 +105,8 @@ impl FleetStore for SqliteStore {
                     d.firmware_version,
                     d.ldevid_not_after,
                     i64::from(d.tampered),
-                    at
+                    at,
+                    d.boot_issue
                 ])?;
             }
         }

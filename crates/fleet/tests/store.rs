@@ -71,6 +71,7 @@ fn dev(name: &str) -> DeviceRecord {
         ldevid_not_after: "2028-11-28T00:00:00Z".into(),
         tampered: false,
         campaign: None,
+        boot_issue: String::new(),
     }
 }
 
@@ -78,8 +79,8 @@ fn dev(name: &str) -> DeviceRecord {
 fn both_engines_migrate_once_and_refuse_bad_urls() {
     for e in engines() {
         let mut s = open(&e.url).unwrap();
-        assert_eq!(s.migrate().unwrap(), 2, "{}", s.engine());
-        assert_eq!(open(&e.url).unwrap().migrate().unwrap(), 2);
+        assert_eq!(s.migrate().unwrap(), 3, "{}", s.engine());
+        assert_eq!(open(&e.url).unwrap().migrate().unwrap(), 3);
     }
     let err = open("mysql://x")
         .err()
@@ -98,10 +99,12 @@ fn devices_validations_and_campaigns() {
         }
         let mut d2 = dev("d2");
         d2.firmware_version = "1.1.0".into();
+        d2.boot_issue = "slot b failed verification".into();
         s.upsert_device(&d2).unwrap();
+        let got = s.device("d2").unwrap().unwrap();
         assert_eq!(
-            s.device("d2").unwrap().unwrap().firmware_version,
-            "1.1.0",
+            (got.firmware_version.as_str(), got.boot_issue.as_str()),
+            ("1.1.0", "slot b failed verification"),
             "{engine}"
         );
         assert!(s.device("nope").unwrap().is_none());
@@ -228,8 +231,8 @@ fn concurrent_campaigns_never_share_a_device() {
     }
 }
 
-/// A store made by an older drivesec (schema 1) is brought to schema 2 on
-/// open, and its rows stay readable (validations get an empty profile).
+/// A store made by an older drivesec (schema 1) is brought to the current
+/// schema on open, and its rows stay readable (new columns are empty).
 #[test]
 fn a_schema_1_store_is_migrated_in_place() {
     let d = tempfile::tempdir().unwrap();
@@ -249,8 +252,9 @@ fn a_schema_1_store_is_migrated_in_place() {
     }
     let url = format!("sqlite:{}", path.display());
     let mut s = open(&url).unwrap();
-    assert_eq!(s.migrate().unwrap(), 2);
+    assert_eq!(s.migrate().unwrap(), 3);
     let v = s.validations("d1").unwrap();
     assert_eq!((v.len(), v[0].profile.as_str()), (1, ""));
-    assert_eq!(s.device("d1").unwrap().unwrap().serial, "SN1");
+    let d1 = s.device("d1").unwrap().unwrap();
+    assert_eq!((d1.serial.as_str(), d1.boot_issue.as_str()), ("SN1", ""));
 }

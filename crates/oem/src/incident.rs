@@ -168,6 +168,9 @@ pub struct Seen {
     pub ldevid_not_after: String,
     /// Days left.
     pub days_left: Option<i64>,
+    /// Why its boot stage last reverted to the other slot (a corrupted or
+    /// unconfirmed image), if it did.
+    pub boot_issue: Option<String>,
 }
 
 /// Reads every device's state and records it in the store; a device whose
@@ -183,11 +186,13 @@ pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
             firmware_version: String::new(),
             ldevid_not_after: String::new(),
             days_left: None,
+            boot_issue: None,
         };
         if let Ok(c) = reach.session(d) {
             seen.reachable = true;
             if let Ok(f) = c.ok("GET", "/api/v1/firmware", None) {
                 seen.firmware_version = f["running"]["version"].as_str().unwrap_or("").into();
+                seen.boot_issue = f["boot_state"]["last_revert"].as_str().map(str::to_string);
             }
             if let Some((not_after, left)) = reach.ldevid_days_left(d) {
                 seen.days_left = Some(left);
@@ -218,10 +223,12 @@ pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
             ldevid_not_after: String::new(),
             tampered: false,
             campaign: None,
+            boot_issue: String::new(),
         });
         if seen.reachable {
             rec.firmware_version = seen.firmware_version.clone();
             rec.ldevid_not_after = seen.ldevid_not_after.clone();
+            rec.boot_issue = seen.boot_issue.clone().unwrap_or_default();
         }
         rec.tampered = seen.tampered;
         store.upsert_device(&rec).map_err(db)?;

@@ -338,6 +338,7 @@ pub fn run(
             ldevid_not_after: String::new(),
             tampered: false,
             campaign: None,
+            boot_issue: String::new(),
         });
         d.api = t.addr.to_string();
         store.upsert_device(&d).map_err(db)?;
