@@ -167,20 +167,9 @@ fn record(
         let Some(d) = inv.devices.iter().find(|d| d.name == r.device) else {
             continue;
         };
-        let mut rec = store
-            .device(&d.name)?
-            .unwrap_or(drivesec_fleet::DeviceRecord {
-                name: d.name.clone(),
-                serial: String::new(),
-                api: d.api.clone(),
-                device_name: d.device_name.clone(),
-                zone: String::new(),
-                firmware_version: String::new(),
-                ldevid_not_after: String::new(),
-                tampered: false,
-                campaign: None,
-                boot_issue: String::new(),
-            });
+        let mut rec = store.device(&d.name)?.unwrap_or_else(|| {
+            drivesec_fleet::DeviceRecord::new(&d.name, "", &d.api, &d.device_name)
+        });
         rec.zone = r.zone.clone();
         rec.api = d.api.clone();
         rec.device_name = d.device_name.clone();

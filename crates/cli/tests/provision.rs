@@ -28,19 +28,7 @@ fn profile(lab: &TestLab) -> Profile {
     let mut p = drivesec_iec62443::profile::derive(&l.model, "cell", z.sl_t);
     p.audit_forwarding = false;
     p.ldevid_days = 730;
-    p.accounts = lab
-        .m
-        .users
-        .iter()
-        .map(|(role, u)| Account {
-            username: u.username.clone(),
-            role: role.clone(),
-        })
-        .chain(std::iter::once(Account {
-            username: lab.m.admin.as_ref().unwrap().username.clone(),
-            role: "security-admin".into(),
-        }))
-        .collect();
+    p.accounts = lab.profile_accounts();
     p
 }
 

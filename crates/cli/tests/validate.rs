@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::{config, drivesec, lab_release, s, test_lab};
-use drivesec_iec62443::profile::{Account, Profile};
+use drivesec_iec62443::profile::Profile;
 use serde_json::{Value, json};
 
 /// One zone whose SL-T the lab's soft-keystore drive can reach (SI 2:
@@ -43,19 +43,7 @@ fn four_faults_four_findings_and_evidence() {
     let l = drivesec_iec62443::model::load(&plan).unwrap();
     let mut p: Profile =
         drivesec_iec62443::profile::derive(&l.model, "line", [1, 1, 2, 1, 1, 1, 0]);
-    p.accounts = lab
-        .m
-        .users
-        .iter()
-        .map(|(role, u)| Account {
-            username: u.username.clone(),
-            role: role.clone(),
-        })
-        .chain(std::iter::once(Account {
-            username: lab.m.admin.as_ref().unwrap().username.clone(),
-            role: "security-admin".into(),
-        }))
-        .collect();
+    p.accounts = lab.profile_accounts();
     let profile = d.path().join("line.toml");
     std::fs::write(&profile, drivesec_iec62443::profile::to_toml(&p, "bench")).unwrap();
     let admin = lab.admin();

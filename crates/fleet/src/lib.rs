@@ -70,6 +70,25 @@ pub struct DeviceRecord {
     pub boot_issue: String,
 }
 
+impl DeviceRecord {
+    /// A device the store has not seen yet: no zone, version, expiry,
+    /// campaign or boot issue; not tampered.
+    pub fn new(name: &str, serial: &str, api: &str, device_name: &str) -> Self {
+        DeviceRecord {
+            name: name.to_string(),
+            serial: serial.to_string(),
+            api: api.to_string(),
+            device_name: device_name.to_string(),
+            zone: String::new(),
+            firmware_version: String::new(),
+            ldevid_not_after: String::new(),
+            tampered: false,
+            campaign: None,
+            boot_issue: String::new(),
+        }
+    }
+}
+
 /// A device's state in a campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

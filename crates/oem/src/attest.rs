@@ -128,14 +128,8 @@ pub fn verify_attestation(
                 .iter()
                 .map(drivesec_firmware::sign::kid_of)
                 .collect();
-            let have: BTreeSet<String> = fw["signers"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let have: BTreeSet<String> =
+                crate::client::strings(&fw["signers"]).into_iter().collect();
             fw["root"].as_str() == Some(h.manifest.root.as_str())
                 && fw["version"].as_str() == Some(h.manifest.version.as_str())
                 && fw["security_counter"].as_u64() == Some(h.manifest.security_counter)

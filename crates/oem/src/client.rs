@@ -297,6 +297,28 @@ impl hyper::body::Body for FileBody {
     }
 }
 
+/// The strings of a JSON array (anything else: none).
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A device posture's SL-A vector (`sl_a`, seven levels), if it has one.
+pub fn posture_sl_a(posture: &Value) -> Option<[u8; 7]> {
+    let v: Vec<u8> = posture["sl_a"]
+        .as_array()?
+        .iter()
+        .filter_map(|x| x.as_u64())
+        .map(|x| x as u8)
+        .collect();
+    v.try_into().ok()
+}
+
 /// A client bound to one device.
 pub struct DeviceClient {
     rt: tokio::runtime::Runtime,

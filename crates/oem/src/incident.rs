@@ -213,17 +213,8 @@ pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
                 .ok("GET", "/api/v1/info", None)
                 .is_ok_and(|v| v["tampered"] == true);
         }
-        let mut rec = store.device(&d.name).map_err(db)?.unwrap_or(DeviceRecord {
-            name: d.name.clone(),
-            serial: d.serial.clone(),
-            api: d.addr.to_string(),
-            device_name: d.device_name.clone(),
-            zone: String::new(),
-            firmware_version: String::new(),
-            ldevid_not_after: String::new(),
-            tampered: false,
-            campaign: None,
-            boot_issue: String::new(),
+        let mut rec = store.device(&d.name).map_err(db)?.unwrap_or_else(|| {
+            DeviceRecord::new(&d.name, &d.serial, &d.addr.to_string(), &d.device_name)
         });
         if seen.reachable {
             rec.firmware_version = seen.firmware_version.clone();

@@ -15,16 +15,7 @@ pub fn fetch(reach: &Reach) -> Result<BTreeMap<String, LivePosture>> {
         let c = reach.session(d)?;
         let p = c.ok("GET", "/api/v1/posture", None)?;
         let _ = c.call("POST", "/api/v1/logout", None);
-        let v: Vec<u8> = p["sl_a"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u8)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let sl_a: [u8; 7] = v.try_into().map_err(|_| {
+        let sl_a = crate::client::posture_sl_a(&p).ok_or_else(|| {
             OemError::Invalid(format!("{}: posture without a 7-value sl_a", d.name))
         })?;
         let reasons = p["foundational_requirements"]

@@ -49,14 +49,7 @@ pub fn apply(c: &DeviceClient, p: &Profile) -> Result<Applied> {
         "/api/v1/profile",
         Some(&json!({"profile": p, "initial_passwords": initial})),
     )?;
-    let changed = v["changed"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let changed = crate::client::strings(&v["changed"]);
     Ok(Applied {
         changed,
         initial_passwords: initial,

@@ -328,17 +328,8 @@ pub fn run(
     let db = |e: drivesec_fleet::FleetError| OemError::Invalid(e.to_string());
     // The inventory into the store (versions are refreshed by the updates).
     for t in targets {
-        let mut d = store.device(&t.name).map_err(db)?.unwrap_or(DeviceRecord {
-            name: t.name.clone(),
-            serial: t.serial.clone(),
-            api: t.addr.to_string(),
-            device_name: t.device_name.clone(),
-            zone: String::new(),
-            firmware_version: String::new(),
-            ldevid_not_after: String::new(),
-            tampered: false,
-            campaign: None,
-            boot_issue: String::new(),
+        let mut d = store.device(&t.name).map_err(db)?.unwrap_or_else(|| {
+            DeviceRecord::new(&t.name, &t.serial, &t.addr.to_string(), &t.device_name)
         });
         d.api = t.addr.to_string();
         store.upsert_device(&d).map_err(db)?;

@@ -41,6 +41,21 @@ pub struct Target {
     pub profile: Option<Profile>,
 }
 
+impl Target {
+    /// This device's result: its checks, the SL-A it reported, the time taken.
+    fn result(&self, checks: Vec<Check>, sl_a: Option<SlVector>, start: Instant) -> DeviceResult {
+        DeviceResult {
+            device: self.name.clone(),
+            asset: self.asset.clone(),
+            zone: self.zone.clone(),
+            sl_t: notation(&self.sl_t),
+            sl_a,
+            checks,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 /// What every check needs.
 pub struct Context {
     /// Owner roots (LDevIDs and client certificates chain to them).
@@ -348,15 +363,7 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
                 Verdict::Fail,
                 format!("cannot log in as {}: {e}", ctx.admin_user),
             );
-            return DeviceResult {
-                device: t.name.clone(),
-                asset: t.asset.clone(),
-                zone: t.zone.clone(),
-                sl_t: notation(&t.sl_t),
-                sl_a,
-                checks: r.checks,
-                seconds: start.elapsed().as_secs_f64(),
-            };
+            return t.result(r.checks, sl_a, start);
         }
     };
     if let Ok(info) = admin.ok("GET", "/api/v1/info", None)
@@ -591,56 +598,33 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
     }
 
     // SL-A against SL-T, FR by FR.
-    if let Some(p) = &posture {
-        let v: Vec<u8> = p["sl_a"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u8)
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Ok(a) = <[u8; 7]>::try_from(v) {
-            sl_a = Some(a);
-            for fr in Fr::ALL {
-                let (have, want) = (a[fr.index()], t.sl_t[fr.index()]);
-                if have < want {
-                    let why: Vec<String> = p["foundational_requirements"][fr.index()]["reasons"]
-                        .as_array()
-                        .map(|x| {
-                            x.iter()
-                                .filter_map(|s| s.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    r.add(
-                        &format!("sl-a-{}", fr.abbrev().to_lowercase()),
-                        &fr.label(),
-                        Verdict::Fail,
-                        format!("SL-A {have} < SL-T {want}: {}", why.join("; ")),
-                    );
-                } else {
-                    r.add(
-                        &format!("sl-a-{}", fr.abbrev().to_lowercase()),
-                        &fr.label(),
-                        Verdict::Pass,
-                        format!("SL-A {have} >= SL-T {want}"),
-                    );
-                }
+    if let Some(p) = &posture
+        && let Some(a) = crate::client::posture_sl_a(p)
+    {
+        sl_a = Some(a);
+        for fr in Fr::ALL {
+            let (have, want) = (a[fr.index()], t.sl_t[fr.index()]);
+            if have < want {
+                let why =
+                    crate::client::strings(&p["foundational_requirements"][fr.index()]["reasons"]);
+                r.add(
+                    &format!("sl-a-{}", fr.abbrev().to_lowercase()),
+                    &fr.label(),
+                    Verdict::Fail,
+                    format!("SL-A {have} < SL-T {want}: {}", why.join("; ")),
+                );
+            } else {
+                r.add(
+                    &format!("sl-a-{}", fr.abbrev().to_lowercase()),
+                    &fr.label(),
+                    Verdict::Pass,
+                    format!("SL-A {have} >= SL-T {want}"),
+                );
             }
         }
     }
     let _ = admin.call("POST", "/api/v1/logout", None);
-    DeviceResult {
-        device: t.name.clone(),
-        asset: t.asset.clone(),
-        zone: t.zone.clone(),
-        sl_t: notation(&t.sl_t),
-        sl_a,
-        checks: r.checks,
-        seconds: start.elapsed().as_secs_f64(),
-    }
+    t.result(r.checks, sl_a, start)
 }
 
 /// Validates every target, `parallel` at a time.

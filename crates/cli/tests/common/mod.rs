@@ -28,35 +28,25 @@ pub fn test_lab(config: Option<DeviceConfig>) -> TestLab {
 
 /// A lab of `devices` running drives (soft keystores).
 pub fn test_lab_n(config: Option<DeviceConfig>, devices: usize) -> TestLab {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("lab");
-    let m = lab::up(
-        &LabOptions {
-            daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
-            device_config: config,
-            devices,
-            ..LabOptions::new(dir.clone())
-        },
-        &mut |_| {},
-    )
-    .unwrap();
-    TestLab { _tmp: tmp, dir, m }
+    lab_with(config, |o| o.devices = devices)
 }
 
 /// A lab whose devices keep their keys on SoftHSM2 tokens (under `$SOFTHSM2_CONF`).
 pub fn test_lab_on(config: Option<DeviceConfig>, keystore: drivesec_oem::lab::Backend) -> TestLab {
+    lab_with(config, |o| o.keystore = keystore)
+}
+
+/// A lab of this test's drivesecd, with `adjust` applied to the options.
+fn lab_with(config: Option<DeviceConfig>, adjust: impl FnOnce(&mut LabOptions)) -> TestLab {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let m = lab::up(
-        &LabOptions {
-            daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
-            device_config: config,
-            keystore,
-            ..LabOptions::new(dir.clone())
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let mut opts = LabOptions {
+        daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
+        device_config: config,
+        ..LabOptions::new(dir.clone())
+    };
+    adjust(&mut opts);
+    let m = lab::up(&opts, &mut |_| {}).unwrap();
     TestLab { _tmp: tmp, dir, m }
 }
 
@@ -65,6 +55,24 @@ pub fn config() -> DeviceConfig {
 }
 
 impl TestLab {
+    /// The lab's accounts as a profile lists them: one per built-in role,
+    /// and the first security administrator.
+    pub fn profile_accounts(&self) -> Vec<drivesec_iec62443::profile::Account> {
+        use drivesec_iec62443::profile::Account;
+        self.m
+            .users
+            .iter()
+            .map(|(role, u)| Account {
+                username: u.username.clone(),
+                role: role.clone(),
+            })
+            .chain(std::iter::once(Account {
+                username: self.m.admin.as_ref().unwrap().username.clone(),
+                role: "security-admin".into(),
+            }))
+            .collect()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.m.devices[0]
             .api
