@@ -229,18 +229,7 @@ impl Device {
 
     /// The last profile applied, if any.
     pub(crate) fn applied_profile(&self) -> std::result::Result<Option<Profile>, ApiError> {
-        let p = self
-            .state
-            .read()
-            .map_err(|_| ApiError::internal("state lock poisoned"))?
-            .path(files::PROFILE);
-        if !p.exists() {
-            return Ok(None);
-        }
-        let raw = fsu::read(&p).map_err(|e| ApiError::internal(e.to_string()))?;
-        serde_json::from_slice(&raw)
-            .map(Some)
-            .map_err(|e| ApiError::internal(format!("{}: {e}", p.display())))
+        self.state_json(files::PROFILE)
     }
 
     /// Applies a profile in one transaction; returns what changed (empty:

@@ -389,15 +389,16 @@ impl Device {
         Ok(())
     }
 
-    /// The stored forwarding settings, if any.
-    pub(crate) fn forwarding_settings(
+    /// A JSON file of the state directory (`files::*`), if present.
+    pub(crate) fn state_json<T: serde::de::DeserializeOwned>(
         &self,
-    ) -> std::result::Result<Option<ForwardingSettings>, ApiError> {
+        name: &str,
+    ) -> std::result::Result<Option<T>, ApiError> {
         let path = self
             .state
             .read()
             .map_err(|_| ApiError::internal("state lock poisoned"))?
-            .path(files::FORWARDING);
+            .path(name);
         if !path.exists() {
             return Ok(None);
         }
@@ -405,6 +406,13 @@ impl Device {
         serde_json::from_slice(&raw)
             .map(Some)
             .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))
+    }
+
+    /// The stored forwarding settings, if any.
+    pub(crate) fn forwarding_settings(
+        &self,
+    ) -> std::result::Result<Option<ForwardingSettings>, ApiError> {
+        self.state_json(files::FORWARDING)
     }
 
     /// Starts (or restarts) forwarding with the device's current identity.
