@@ -10,9 +10,13 @@
 //!
 //! drivesecd is the release-profile binary of this workspace, started by
 //! the lab with one device (soft keystore). The load generator
-//! (`drivesec_oem::modbus::load`) runs in this process: one thread per
-//! session, requests back to back, on the same 2-core machine as the
-//! servers. `DRIVESEC_BENCH_SECONDS` sets the time per figure (default 3).
+//! (`drivesec_oem::modbus::load`) runs in this process on one thread: N
+//! closed-loop sessions multiplexed on one event loop, each sending its
+//! next request when the answer came, on the same 2-core machine as the
+//! servers. The three targets are measured in interleaved rounds
+//! (`DRIVESEC_BENCH_ROUNDS`, default 5) sharing `DRIVESEC_BENCH_SECONDS`
+//! per target (default 3), and reported as medians over the rounds, so a
+//! change in the shared machine's speed cannot favour one of them.
 //! Prints one JSON object per figure.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -22,22 +26,46 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use drivesec_oem::client::{ClientIdentity, DeviceTrust, Versions};
+use drivesec_oem::client::{ClientIdentity, DeviceTrust};
 use drivesec_oem::lab::{self, LabOptions};
-use drivesec_oem::modbus::{LoadResult, ModbusClient, load};
+use drivesec_oem::modbus::load::{self, LoadResult, Step, Target};
 
-fn read2(c: &mut ModbusClient) -> drivesec_oem::Result<bool> {
-    Ok(c.read_holding(0, 2)?.is_ok_and(|r| r.len() == 2))
-}
-
-fn run(
-    n: usize,
-    secs: f64,
-    connect: &(dyn Fn() -> drivesec_oem::Result<ModbusClient> + Sync),
-) -> LoadResult {
-    let r = load(n, Duration::from_secs_f64(secs), connect, &read2).unwrap();
+/// FC 03, 2 holding registers from 0, back to back on `n` sessions.
+fn run(n: usize, secs: f64, target: &Target<'_>) -> LoadResult {
+    let steps = [Step::read(3, 0, 2)];
+    let r = load::run(target, n, Duration::from_secs_f64(secs), &steps).unwrap();
     assert_eq!(r.failures, 0, "{r:?}");
     r
+}
+
+/// One run and the CPU each side spent per answered request.
+struct Figures {
+    result: LoadResult,
+    /// The server process, µs per request.
+    server_us: f64,
+    /// This process (the load generator), µs per request.
+    client_us: f64,
+}
+
+fn measure(n: usize, secs: f64, target: &Target<'_>, server: u32) -> Figures {
+    let me = std::process::id();
+    let (s0, c0) = (cpu_secs(server), cpu_secs(me));
+    let result = run(n, secs, target);
+    let per = |d: f64| d * 1e6 / result.requests as f64;
+    Figures {
+        server_us: per(cpu_secs(server) - s0),
+        client_us: per(cpu_secs(me) - c0),
+        result,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// utime + stime of a process, seconds (clock ticks of 1/100 s).
@@ -61,11 +89,25 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
+    let rounds: usize = std::env::var("DRIVESEC_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
     let mut cfg = drivesec_device::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
     cfg.modbus.insecure_plain_listen = Some("127.0.0.1:0".parse().unwrap());
     cfg.modbus.insecure_plain_role = Some("viewer".into());
+    // `DRIVESEC_BENCH_NETWORK_THREADS=2` reproduces the comparison with a
+    // second event-loop thread (docs/benchmarks.md).
+    if let Some(n) = std::env::var("DRIVESEC_BENCH_NETWORK_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        cfg.runtime.network_threads = n;
+    }
+    let cfg_threads = cfg.runtime.network_threads;
     let m = lab::up(
         &LabOptions {
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
@@ -77,6 +119,7 @@ fn main() {
     )
     .unwrap();
     let _guard = LabGuard(dir.clone());
+
     let d = &m.devices[0];
     let tls_addr: SocketAddr = d.modbus.as_ref().unwrap().parse().unwrap();
     let plain_addr: SocketAddr = std::fs::read_to_string(d.dir.join("modbus-plain.addr"))
@@ -91,30 +134,13 @@ fn main() {
         roots: roots.clone(),
         device_name: d.device_name.clone().unwrap(),
     };
-    let tls = || ModbusClient::connect(tls_addr, Some(&id), &trust, Versions::Default);
-    let plain = || ModbusClient::connect_plain_risky(plain_addr);
-
-    // Warm up both paths.
-    run(2, 0.5, &tls);
-    run(2, 0.5, &plain);
-    // The server's own CPU per request as well: the load generator shares
-    // the 2 cores and pays for its side of TLS too.
-    let pid = d.pid.unwrap();
-    let c0 = cpu_secs(pid);
-    let t = run(8, secs, &tls);
-    let c1 = cpu_secs(pid);
-    let p = run(8, secs, &plain);
-    let c2 = cpu_secs(pid);
-    let tls_cpu_us = (c1 - c0) * 1e6 / t.requests as f64;
-    let plain_cpu_us = (c2 - c1) * 1e6 / p.requests as f64;
-    println!(
-        "{}",
-        serde_json::json!({"bench": "modbus-tls-vs-plain", "connections": 8,
-            "tls_per_sec": t.per_sec, "plain_per_sec": p.per_sec, "ratio": t.per_sec / p.per_sec,
-            "tls_p50_us": t.p50_us, "tls_p99_us": t.p99_us, "plain_p99_us": p.p99_us,
-            "tls_server_cpu_us": tls_cpu_us, "plain_server_cpu_us": plain_cpu_us,
-            "server_capacity_ratio": plain_cpu_us / tls_cpu_us})
-    );
+    let ids = [id];
+    let tls = Target::Tls {
+        addr: tls_addr,
+        identities: &ids,
+        trust: &trust,
+    };
+    let plain = Target::PlainRisky(plain_addr);
 
     // pymodbus's TLS server with a certificate from the same OEM CA.
     let (chain, key) = m
@@ -153,11 +179,28 @@ fn main() {
         roots,
         device_name: "pymodbus.bench".into(),
     };
-    let pyc = || ModbusClient::connect(py_addr, Some(&id), &py_trust, Versions::Default);
-    run(2, 0.5, &pyc);
-    let y0 = cpu_secs(py.id());
-    let y = run(8, secs, &pyc);
-    let py_cpu_us = (cpu_secs(py.id()) - y0) * 1e6 / y.requests as f64;
+    let pyc = Target::Tls {
+        addr: py_addr,
+        identities: &ids,
+        trust: &py_trust,
+    };
+
+    // Warm up every path, then interleave short rounds of the three so a
+    // change in the shared machine's speed hits all of them alike; report
+    // medians over the rounds, and the spread of the per-round ratios.
+    for t in [&tls, &plain, &pyc] {
+        run(2, 0.5, t);
+    }
+    let pid = d.pid.unwrap();
+    let per_round = secs / rounds as f64;
+    let mut rows: Vec<[Figures; 3]> = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        rows.push([
+            measure(8, per_round, &tls, pid),
+            measure(8, per_round, &plain, pid),
+            measure(8, per_round, &pyc, py.id()),
+        ]);
+    }
     let _ = py.kill();
     let _ = py.wait();
     let pyver = Command::new("python3")
@@ -165,13 +208,44 @@ fn main() {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    let col = |i: usize, f: fn(&Figures) -> f64| median(rows.iter().map(|r| f(&r[i])).collect());
+    let ratios = |i: usize| -> (f64, f64, f64) {
+        let v: Vec<f64> = rows
+            .iter()
+            .map(|r| r[0].result.per_sec / r[i].result.per_sec)
+            .collect();
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        (median(v), lo, hi)
+    };
+    let rate = |f: &Figures| f.result.per_sec;
+    let p50 = |f: &Figures| f.result.p50_us;
+    let p99 = |f: &Figures| f.result.p99_us;
+    let server = |f: &Figures| f.server_us;
+    let client = |f: &Figures| f.client_us;
+    let (r, lo, hi) = ratios(1);
+    println!(
+        "{}",
+        serde_json::json!({"bench": "modbus-tls-vs-plain", "connections": 8,
+            "network_threads": cfg_threads, "rounds": rounds, "seconds_per_round": per_round,
+            "tls_per_sec": col(0, rate), "plain_per_sec": col(1, rate),
+            "ratio": r, "ratio_min": lo, "ratio_max": hi,
+            "tls_p50_us": col(0, p50), "tls_p99_us": col(0, p99), "plain_p99_us": col(1, p99),
+            "tls_server_cpu_us": col(0, server), "plain_server_cpu_us": col(1, server),
+            "tls_client_cpu_us": col(0, client), "plain_client_cpu_us": col(1, client),
+            "server_capacity_ratio": col(1, server) / col(0, server)})
+    );
+    let (r, lo, hi) = ratios(2);
     println!(
         "{}",
         serde_json::json!({"bench": "modbus-tls-vs-pymodbus", "connections": 8, "pymodbus": pyver,
-            "drivesecd_per_sec": t.per_sec, "pymodbus_per_sec": y.per_sec, "ratio": t.per_sec / y.per_sec,
-            "drivesecd_p99_us": t.p99_us, "pymodbus_p99_us": y.p99_us,
-            "drivesecd_server_cpu_us": tls_cpu_us, "pymodbus_server_cpu_us": py_cpu_us,
-            "server_capacity_ratio": py_cpu_us / tls_cpu_us})
+            "rounds": rounds,
+            "drivesecd_per_sec": col(0, rate), "pymodbus_per_sec": col(2, rate),
+            "ratio": r, "ratio_min": lo, "ratio_max": hi,
+            "drivesecd_p99_us": col(0, p99), "pymodbus_p99_us": col(2, p99),
+            "drivesecd_server_cpu_us": col(0, server), "pymodbus_server_cpu_us": col(2, server),
+            "pymodbus_client_cpu_us": col(2, client),
+            "server_capacity_ratio": col(2, server) / col(0, server)})
     );
 
     // Latency with 64 concurrent sessions.

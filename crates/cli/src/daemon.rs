@@ -109,7 +109,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => {
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(config.runtime.network_threads)
                 .enable_all()
                 .build()?;
             rt.block_on(drivesec_device::run(&args.state, config, shutdown_signal()))?;

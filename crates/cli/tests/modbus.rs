@@ -16,8 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestLab, config, issue_client_files, test_lab};
+use drivesec_modbus::frame::fc;
 use drivesec_oem::client::{ClientIdentity, Versions};
-use drivesec_oem::modbus::ModbusClient;
+use drivesec_oem::modbus::{ModbusClient, load};
 use serde_json::{Value, json};
 
 fn modbus_addr(lab: &TestLab) -> SocketAddr {
@@ -764,20 +765,27 @@ fn sixty_four_modbus_clients_and_api_clients_under_load() {
     };
     let pid = lab.m.devices[0].pid.unwrap();
     let roles = ["viewer", "operator", "engineer"];
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let connect = || {
-        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        ModbusClient::connect(
-            modbus_addr(&lab),
-            Some(&lab.identity(roles[i % roles.len()])),
-            &lab.trust(),
-            Versions::Default,
-        )
+    let identities: Vec<_> = roles.iter().map(|r| lab.identity(r)).collect();
+    let trust = lab.trust();
+    let target = load::Target::Tls {
+        addr: modbus_addr(&lab),
+        identities: &identities,
+        trust: &trust,
     };
-    let op = |c: &mut ModbusClient| -> drivesec_oem::Result<bool> {
-        Ok(c.read_input(0, 9)?.is_ok_and(|r| r.len() == 9)
-            && c.read_holding(1000, 10)?.is_ok_and(|r| r.len() == 10))
-    };
+    let steps = [
+        load::Step::read(fc::READ_INPUT, 0, 9),
+        load::Step::read(fc::READ_HOLDING, 1000, 10),
+    ];
+    // The generator counts a wrong answer (here exception 02) as a failure,
+    // so the zero below means something.
+    let bad = load::run(
+        &target,
+        2,
+        Duration::from_millis(200),
+        &[load::Step::read(fc::READ_HOLDING, 9000, 1)],
+    )
+    .unwrap();
+    assert!(bad.failures > 0 && bad.requests == 0, "{bad:?}");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (api_ok, api_failed, rss) = std::thread::scope(|s| {
         let api: Vec<_> = roles
@@ -808,7 +816,7 @@ fn sixty_four_modbus_clients_and_api_clients_under_load() {
             }
             samples
         });
-        let r = drivesec_oem::modbus::load(64, Duration::from_secs(secs), &connect, &op).unwrap();
+        let r = load::run(&target, 64, Duration::from_secs(secs), &steps).unwrap();
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let (mut ok, mut failed) = (0, 0);
         for h in api {

@@ -115,6 +115,27 @@ pub struct DeviceConfig {
     /// Firmware updates.
     #[serde(default)]
     pub firmware: FirmwareSettings,
+    /// Threads of the network side.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
+}
+
+/// Threads of the network side (the HTTPS API and Modbus/TCP Security).
+/// The drive's tick, the audit checkpoints and blocking work (password
+/// hashes, firmware verification) run on threads of their own either way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Event-loop threads serving connections (1 to 64). One avoids the
+    /// cross-thread wake-ups that cost a small control unit more than they
+    /// bring (docs/benchmarks.md, Modbus section).
+    pub network_threads: usize,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings { network_threads: 1 }
+    }
 }
 
 /// Firmware updates (docs/image-format.md, "Boot stage").
@@ -145,6 +166,7 @@ impl DeviceConfig {
             access: AccessPolicy::default(),
             audit: AuditConfig::default(),
             firmware: FirmwareSettings::default(),
+            runtime: RuntimeSettings::default(),
             // Next to the API, on a port the system picks (see STATE/modbus.addr).
             modbus: ModbusSettings {
                 listen: SocketAddr::new(listen.ip(), 0),
@@ -176,6 +198,15 @@ impl DeviceConfig {
                 reason: format!(
                     "firmware.health_window_ticks must be 1 to 3000, not {}",
                     cfg.firmware.health_window_ticks
+                ),
+            });
+        }
+        if !(1..=64).contains(&cfg.runtime.network_threads) {
+            return Err(DeviceError::Config {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "runtime.network_threads must be 1 to 64, not {}",
+                    cfg.runtime.network_threads
                 ),
             });
         }
@@ -239,6 +270,22 @@ mod tests {
                     ..base.clone()
                 },
                 "firmware.health_window_ticks",
+            ),
+            (
+                DeviceConfig {
+                    runtime: RuntimeSettings { network_threads: 0 },
+                    ..base.clone()
+                },
+                "runtime.network_threads",
+            ),
+            (
+                DeviceConfig {
+                    runtime: RuntimeSettings {
+                        network_threads: 65,
+                    },
+                    ..base.clone()
+                },
+                "runtime.network_threads",
             ),
             (
                 DeviceConfig {

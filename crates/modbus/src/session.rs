@@ -60,6 +60,11 @@ pub enum End {
     Broken(FrameError),
 }
 
+/// Bytes a session reads from its transport at once: a few maximal ADUs
+/// (260 bytes each), so one read call usually brings a whole request, or
+/// several from a client that pipelines.
+pub const READ_BUFFER: usize = 1024;
+
 /// Serves one session until it ends.
 pub async fn serve<S, P>(stream: &mut S, image: &mut P) -> (SessionStats, End)
 where
@@ -67,13 +72,17 @@ where
     P: ProcessImage + ?Sized,
 {
     let mut stats = SessionStats::default();
+    // Frames are parsed out of a buffer: one read call per request rather
+    // than one per header part (writes pass straight through).
+    let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
     loop {
-        let adu = match tokio::time::timeout(image.idle_timeout(), frame::read_adu(stream)).await {
-            Err(_) => return (stats, End::Idle),
-            Ok(Ok(None)) => return (stats, End::Closed),
-            Ok(Err(e)) => return (stats, End::Broken(e)),
-            Ok(Ok(Some(a))) => a,
-        };
+        let adu =
+            match tokio::time::timeout(image.idle_timeout(), frame::read_adu(&mut stream)).await {
+                Err(_) => return (stats, End::Idle),
+                Ok(Ok(None)) => return (stats, End::Closed),
+                Ok(Err(e)) => return (stats, End::Broken(e)),
+                Ok(Ok(Some(a))) => a,
+            };
         let function = adu.pdu[0];
         let pdu = match answer(&adu.pdu, image, &mut stats) {
             Ok(p) => p,

@@ -1,7 +1,7 @@
 //! A Modbus/TCP Security client (blocking): MBAP over mutual TLS, the role
-//! travelling in the client certificate. Used by the demo, the tests and the
-//! load generator; any MB-TCP-Security client works the same way
-//! (docs/modbus.md shows pymodbus).
+//! travelling in the client certificate. Used by the demo and the tests;
+//! `load` is the load generator. Any MB-TCP-Security client works the same
+//! way (docs/modbus.md shows pymodbus).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,6 +12,8 @@ use drivesec_modbus::frame::{self, fc};
 
 use crate::client::{ClientIdentity, DeviceTrust, Versions, tls_config};
 use crate::{OemError, Result};
+
+pub mod load;
 
 /// A request's outcome at the Modbus level.
 pub type Answer<T> = std::result::Result<T, u8>;
@@ -217,89 +219,4 @@ impl ModbusClient {
         }
         Ok(self.request(pdu)?.map(|_| ()))
     }
-}
-
-/// What a load run measured.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LoadResult {
-    /// Concurrent sessions.
-    pub connections: usize,
-    /// Seconds measured.
-    pub seconds: f64,
-    /// Requests answered as expected.
-    pub requests: u64,
-    /// Requests that failed or got an exception, or sessions that broke.
-    pub failures: u64,
-    /// Requests per second.
-    pub per_sec: f64,
-    /// Median latency, microseconds.
-    pub p50_us: f64,
-    /// 99th percentile latency, microseconds.
-    pub p99_us: f64,
-}
-
-/// Runs `connections` sessions, each doing `op` back to back for
-/// `duration`, and measures throughput and latency. `connect` opens one
-/// session; sessions are opened before the clock starts.
-pub fn load(
-    connections: usize,
-    duration: Duration,
-    connect: &(dyn Fn() -> Result<ModbusClient> + Sync),
-    op: &(dyn Fn(&mut ModbusClient) -> Result<bool> + Sync),
-) -> Result<LoadResult> {
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        clients.push(connect()?);
-    }
-    let start = std::time::Instant::now();
-    let deadline = start + duration;
-    let results: Vec<(u64, u64, Vec<u32>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .into_iter()
-            .map(|mut c| {
-                s.spawn(move || {
-                    let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
-                    while std::time::Instant::now() < deadline {
-                        let t = std::time::Instant::now();
-                        match op(&mut c) {
-                            Ok(true) => {
-                                ok += 1;
-                                lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                            }
-                            Ok(false) => failed += 1,
-                            Err(_) => {
-                                failed += 1;
-                                break;
-                            }
-                        }
-                    }
-                    (ok, failed, lat)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or((0, 1, Vec::new())))
-            .collect()
-    });
-    let seconds = start.elapsed().as_secs_f64();
-    let mut lat: Vec<u32> = results.iter().flat_map(|r| r.2.iter().copied()).collect();
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(lat[i.min(lat.len() - 1)])
-    };
-    let requests: u64 = results.iter().map(|r| r.0).sum();
-    Ok(LoadResult {
-        connections,
-        seconds,
-        requests,
-        failures: results.iter().map(|r| r.1).sum(),
-        per_sec: requests as f64 / seconds,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-    })
 }
