@@ -6,7 +6,8 @@
 //! 2. The same against pymodbus's own TLS server (pymodbus_server.py) on
 //!    this machine, with a certificate from the same OEM CA and client
 //!    certificates required (goal: at least 10x).
-//! 3. p50/p99 request latency with 64 concurrent TLS sessions.
+//! 3. p50/p99 request latency with 64 concurrent TLS sessions, on
+//!    drivesecd and on pymodbus.
 //!
 //! drivesecd is the release-profile binary of this workspace, started by
 //! the lab with one device (soft keystore). The load generator
@@ -201,6 +202,9 @@ fn main() {
             measure(8, per_round, &pyc, py.id()),
         ]);
     }
+    // Under load: 64 sessions on each server.
+    let l = run(64, secs, &tls);
+    let ly = run(64, secs, &pyc);
     let _ = py.kill();
     let _ = py.wait();
     let pyver = Command::new("python3")
@@ -248,11 +252,10 @@ fn main() {
             "server_capacity_ratio": col(2, server) / col(0, server)})
     );
 
-    // Latency with 64 concurrent sessions.
-    let l = run(64, secs, &tls);
     println!(
         "{}",
         serde_json::json!({"bench": "modbus-latency-64", "connections": 64,
-            "per_sec": l.per_sec, "p50_us": l.p50_us, "p99_us": l.p99_us})
+            "per_sec": l.per_sec, "p50_us": l.p50_us, "p99_us": l.p99_us,
+            "pymodbus_per_sec": ly.per_sec, "pymodbus_p50_us": ly.p50_us, "pymodbus_p99_us": ly.p99_us})
     );
 }

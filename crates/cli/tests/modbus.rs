@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestLab, config, issue_client_files, test_lab};
+use common::{TestLab, config, issue_client_files, rss_kib, test_lab};
 use drivesec_modbus::frame::fc;
 use drivesec_oem::client::{ClientIdentity, Versions};
 use drivesec_oem::modbus::{ModbusClient, load};
@@ -739,17 +739,6 @@ fn sto_holds_against_random_commands_from_every_role() {
     }
     assert!(checked_active > 0, "STO was never observed active");
     let _ = std::fs::remove_file(&sto);
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// 64 Modbus/TCP Security sessions and 4 HTTPS API clients at once against

@@ -277,6 +277,31 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn pipelined_requests_are_answered_in_order() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let mut img = Image {
+            regs: [0; 10],
+            denials: vec![],
+        };
+        // Three requests in one write, so they arrive in one read.
+        let mut burst = encode(41, 1, &[6, 0, 2, 0, 9]);
+        burst.extend(encode(42, 1, &[3, 0, 2, 0, 1]));
+        burst.extend(encode(43, 1, &[3, 0, 9, 0, 2]));
+        client.write_all(&burst).await.unwrap();
+        client.shutdown().await.unwrap();
+        let (stats, end) = serve(&mut server, &mut img).await;
+        assert!(matches!(end, End::Closed), "{end:?}");
+        assert_eq!(stats.requests, 3);
+        drop(server);
+        let mut rest = vec![];
+        client.read_to_end(&mut rest).await.unwrap();
+        let mut want = encode(41, 1, &[6, 0, 2, 0, 9]);
+        want.extend(encode(42, 1, &[3, 2, 0, 9]));
+        want.extend(encode(43, 1, &[0x83, 2]));
+        assert_eq!(rest, want);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_broken_header_ends_the_session() {
         let (mut client, mut server) = tokio::io::duplex(4096);
         let mut img = Image {
