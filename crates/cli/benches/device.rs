@@ -115,9 +115,20 @@ fn main() {
         .unwrap_or(3.0);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
+    // `DRIVESEC_BENCH_NETWORK_THREADS=2` measures drivesecd with a second
+    // event-loop thread (docs/benchmarks.md).
+    let device_config = std::env::var("DRIVESEC_BENCH_NETWORK_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(|n| {
+            let mut c = drivesec_device::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
+            c.runtime.network_threads = n;
+            c
+        });
     let m = lab::up(
         &LabOptions {
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
+            device_config,
             ..LabOptions::new(dir.clone())
         },
         &mut |_| {},

@@ -40,13 +40,11 @@ enum Action {
 /// per-thread arenas after they are freed (its mmap threshold grows with the
 /// first one), so the daemon would keep tens of MiB resident forever. With a
 /// fixed mmap threshold and two arenas the memory goes back to the system
-/// after each hash. Those blocks are also backed by transparent huge pages
-/// (`glibc.malloc.hugetlb=1`: glibc advises the kernel to), so a login
-/// faults in ten 2 MiB pages rather than about 5,000 small ones, which cost
-/// more than a third of the hash itself (docs/benchmarks.md, login
-/// latency). The environment must be set before the process starts, so the
-/// daemon re-executes itself once (same PID); an operator's own settings
-/// are respected.
+/// after each hash. (Backing those blocks with transparent huge pages made
+/// one login faster but concurrent logins twice as costly in CPU, so it is
+/// not done: docs/benchmarks.md, login latency.) The environment must be
+/// set before the process starts, so the daemon re-executes itself once
+/// (same PID); an operator's own settings are respected.
 fn tune_allocator() {
     use std::os::unix::process::CommandExt;
     if std::env::var_os("MALLOC_ARENA_MAX").is_some()
@@ -61,15 +59,12 @@ fn tune_allocator() {
     let arg0 = std::env::args_os()
         .next()
         .unwrap_or_else(|| "drivesecd".into());
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg0(arg0)
+    let err = std::process::Command::new(exe)
+        .arg0(arg0)
         .args(std::env::args_os().skip(1))
         .env("MALLOC_ARENA_MAX", "2")
-        .env("MALLOC_MMAP_THRESHOLD_", "131072");
-    if std::env::var_os("GLIBC_TUNABLES").is_none() {
-        cmd.env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1");
-    }
-    let err = cmd.exec();
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
+        .exec();
     // exec only returns on failure; carry on untuned.
     eprintln!("drivesecd: could not re-execute with allocator settings: {err}");
 }

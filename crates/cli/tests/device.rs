@@ -384,11 +384,7 @@ fn logins_leave_no_hash_memory_behind() {
     let pid = lab.m.devices[0].pid.unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-    for want in [
-        &b"MALLOC_ARENA_MAX=2"[..],
-        b"MALLOC_MMAP_THRESHOLD_=131072",
-        b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1",
-    ] {
+    for want in [&b"MALLOC_ARENA_MAX=2"[..], b"MALLOC_MMAP_THRESHOLD_=131072"] {
         assert!(
             vars.contains(&want),
             "{} not in the daemon's environment",

@@ -169,6 +169,15 @@ mod tests {
         denials: Vec<Denial>,
     }
 
+    impl Image {
+        fn zeroed() -> Image {
+            Image {
+                regs: [0; 10],
+                denials: vec![],
+            }
+        }
+    }
+
     impl ProcessImage for Image {
         fn allowed(&self, function: u8, addr: u16, count: u16) -> bool {
             match function {
@@ -205,10 +214,7 @@ mod tests {
 
     async fn exchange(requests: &[Vec<u8>]) -> (Vec<Vec<u8>>, SessionStats, Vec<Denial>) {
         let (mut client, mut server) = tokio::io::duplex(4096);
-        let mut img = Image {
-            regs: [0; 10],
-            denials: vec![],
-        };
+        let mut img = Image::zeroed();
         let srv = async {
             let (stats, end) = serve(&mut server, &mut img).await;
             assert!(matches!(end, End::Closed), "{end:?}");
@@ -279,10 +285,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn pipelined_requests_are_answered_in_order() {
         let (mut client, mut server) = tokio::io::duplex(4096);
-        let mut img = Image {
-            regs: [0; 10],
-            denials: vec![],
-        };
+        let mut img = Image::zeroed();
         // Three requests in one write, so they arrive in one read.
         let mut burst = encode(41, 1, &[6, 0, 2, 0, 9]);
         burst.extend(encode(42, 1, &[3, 0, 2, 0, 1]));
@@ -304,10 +307,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_broken_header_ends_the_session() {
         let (mut client, mut server) = tokio::io::duplex(4096);
-        let mut img = Image {
-            regs: [0; 10],
-            denials: vec![],
-        };
+        let mut img = Image::zeroed();
         let mut bad = encode(1, 1, &[3, 0, 0, 0, 1]);
         bad[2] = 9;
         client.write_all(&bad).await.unwrap();
