@@ -3,8 +3,10 @@
 //! against the sum of single-device update times (the same steps, one
 //! device at a time). Goal: at most 0.3x. Measured twice: with the default
 //! health window (the trial image must run the drive loop 10 ticks) and
-//! with a one-tick window, which leaves the CPU-bound part. Prints one
-//! JSON object.
+//! with a one-tick window, which leaves the CPU-bound part. Each is
+//! measured in `DRIVESEC_BENCH_ROUNDS` (default 3) pairs of runs, each pair
+//! a new release, and reported as medians with the spread of the per-pair
+//! ratio. Prints one JSON object.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -22,8 +24,9 @@ impl Drop for Down {
 }
 
 /// One lab of `n` devices whose health check watches `window` ticks:
-/// (sum of single-device updates, rollout in waves), seconds.
-fn measure(n: usize, window: u32) -> (f64, f64) {
+/// `rounds` pairs of (sum of single-device updates, rollout in waves),
+/// seconds, each pair rolling out two new releases.
+fn measure(n: usize, window: u32, rounds: usize) -> Vec<(f64, f64)> {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
     let mut cfg = drivesec_device::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
@@ -40,8 +43,6 @@ fn measure(n: usize, window: u32) -> (f64, f64) {
     )
     .unwrap();
     let _down = Down(dir.clone());
-    let one = m.release(tmp.path(), "1.1.0", 2, 256 << 10, true).unwrap();
-    let two = m.release(tmp.path(), "1.2.0", 3, 256 << 10, true).unwrap();
     let store = |name: &str| format!("sqlite:{}", tmp.path().join(name).display());
     let run = |image: &Path, store: &str, extra: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_drivesec"));
@@ -55,14 +56,57 @@ fn measure(n: usize, window: u32) -> (f64, f64) {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         t.elapsed().as_secs_f64()
     };
-    // Single-device updates: all devices in one wave, one at a time.
-    let sequential = run(
-        &one,
-        &store("a.db"),
-        &["--parallel", "1", "--canary", &n.to_string()],
-    );
-    let waves = run(&two, &store("b.db"), &["--parallel", "8", "--canary", "1"]);
-    (sequential, waves)
+    (0..rounds)
+        .map(|r| {
+            let minor = 1 + 2 * r;
+            let release = |k: usize| {
+                m.release(
+                    tmp.path(),
+                    &format!("1.{k}.0"),
+                    1 + k as u64,
+                    256 << 10,
+                    true,
+                )
+                .unwrap()
+            };
+            let (one, two) = (release(minor), release(minor + 1));
+            // Single-device updates: all devices in one wave, one at a time.
+            let sequential = run(
+                &one,
+                &store(&format!("seq-{r}.db")),
+                &["--parallel", "1", "--canary", &n.to_string()],
+            );
+            let waves = run(
+                &two,
+                &store(&format!("waves-{r}.db")),
+                &["--parallel", "8", "--canary", "1"],
+            );
+            (sequential, waves)
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Medians over the pairs, and the spread of the per-pair ratio.
+fn summary(pairs: &[(f64, f64)]) -> (f64, f64, f64, f64, f64) {
+    let ratios: Vec<f64> = pairs.iter().map(|(s, w)| w / s).collect();
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    (
+        median(pairs.iter().map(|p| p.0).collect()),
+        median(pairs.iter().map(|p| p.1).collect()),
+        median(ratios),
+        lo,
+        hi,
+    )
 }
 
 fn main() {
@@ -70,16 +114,23 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
+    let rounds: usize = std::env::var("DRIVESEC_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(3);
     // The default health window (10 ticks, 100 ms), then the shortest (one
     // tick): the second shows the CPU-bound remainder on this machine.
-    let (sequential, waves) = measure(n, 10);
-    let (seq_1, waves_1) = measure(n, 1);
+    let (sequential, waves, ratio, lo, hi) = summary(&measure(n, 10, rounds));
+    let (seq_1, waves_1, ratio_1, lo_1, hi_1) = summary(&measure(n, 1, rounds));
     println!(
         "{}",
         serde_json::json!({"bench": "rollout", "devices": n, "health_window_ticks": 10,
+            "rounds": rounds,
             "single_sum_s": sequential, "single_mean_s": sequential / n as f64,
-            "rollout_s": waves, "ratio": waves / sequential,
+            "rollout_s": waves, "ratio": ratio, "ratio_min": lo, "ratio_max": hi,
             "window1_single_sum_s": seq_1, "window1_single_mean_s": seq_1 / n as f64,
-            "window1_rollout_s": waves_1, "window1_ratio": waves_1 / seq_1})
+            "window1_rollout_s": waves_1, "window1_ratio": ratio_1,
+            "window1_ratio_min": lo_1, "window1_ratio_max": hi_1})
     );
 }
