@@ -1917,3 +1917,45 @@ fn device_drive_commands() {
     let o = drive("operator", &["stop"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
 }
+
+/// The daily renewal unit (deploy/drivesec-renew.service, .timer) runs
+/// commands the tool takes: each, run as written with its paths moved to an
+/// empty directory, fails on the missing inventory or CA by name, not on
+/// its arguments (a renamed or dropped flag would be a usage error).
+#[test]
+fn the_renewal_timer_runs_commands_the_tool_takes() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let unit = std::fs::read_to_string(deploy.join("drivesec-renew.service")).unwrap();
+    let timer = std::fs::read_to_string(deploy.join("drivesec-renew.timer")).unwrap();
+    assert!(timer.contains("OnCalendar=daily") && timer.contains("Persistent=true"));
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().display().to_string();
+    let moved = |s: &str| {
+        s.replace("/var/lib/drivesec-fleet", &root)
+            .replace("/etc/drivesec", &root)
+    };
+    let env: Vec<(String, String)> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), moved(v)))
+        .collect();
+    assert!(env.iter().any(|(k, _)| k == "DRIVESEC_FLEET_STORE"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut ran = vec![];
+    for line in unit.lines().filter_map(|l| l.strip_prefix("ExecStart=")) {
+        let mut words = line.trim_start_matches('-').split_whitespace();
+        assert_eq!(words.next(), Some("/usr/local/bin/drivesec"), "{line}");
+        let args: Vec<String> = words.map(moved).collect();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = drivesec_env(&argv, &env, false);
+        assert_eq!(o.code, 2, "{line}: {}", o.stderr);
+        assert!(
+            o.stderr.contains(&root) && !o.stderr.contains("Usage:"),
+            "{line}: {}",
+            o.stderr
+        );
+        ran.push(argv[1].to_string());
+    }
+    assert_eq!(ran, ["scan", "renew"]);
+}
