@@ -765,7 +765,7 @@ fn sixty_four_modbus_clients_and_api_clients_under_load() {
         load::Step::read(fc::READ_INPUT, 0, 9),
         load::Step::read(fc::READ_HOLDING, 1000, 10),
     ];
-    // The generator counts a wrong answer (here exception 02) as a failure,
+    // The generator counts a wrong answer (here an exception) as a failure,
     // so the zero below means something.
     let bad = load::run(
         &target,

@@ -121,8 +121,10 @@ pub struct DeviceConfig {
 }
 
 /// Threads of the network side (the HTTPS API and Modbus/TCP Security).
-/// The drive's tick, the audit checkpoints and blocking work (password
-/// hashes, firmware verification) run on threads of their own either way.
+/// The drive's tick, the audit checkpoints, password hashes and firmware
+/// verification run on threads of their own either way; a handler that
+/// waits on a flush or the keystore hands its thread's other connections
+/// to another thread meanwhile (`crate::blocking`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeSettings {

@@ -25,6 +25,21 @@ use std::path::PathBuf;
 
 pub use runtime::{build, run};
 
+/// Runs blocking work (a disk flush, a keystore operation, a wait) from
+/// async code. drivesecd's network side has one event-loop thread by
+/// default (`[runtime] network_threads`); on its multi-thread runtime the
+/// loop's other connections move to another thread for the time being, so
+/// one flush does not stall every session. Elsewhere (a blocking-pool
+/// thread, the drive tick, a current-thread test runtime) `f` just runs.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Why the device runtime cannot do something.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -76,4 +91,34 @@ pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    /// With one network thread, a handler waiting in `blocking` does not
+    /// hold up the other connections: here the waiter can only finish if
+    /// another task runs meanwhile.
+    #[test]
+    fn blocking_work_lets_the_other_connections_run() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+            let waiter = tokio::spawn(async move {
+                started_tx.send(()).unwrap();
+                super::blocking(|| rx.recv_timeout(Duration::from_secs(5)).is_ok())
+            });
+            started.await.unwrap();
+            tokio::spawn(async move { tx.send(()).unwrap() });
+            waiter.await.unwrap()
+        });
+        assert!(got, "the other task never ran while the waiter blocked");
+    }
 }

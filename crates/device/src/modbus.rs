@@ -335,7 +335,7 @@ impl ProcessImage for Session {
                 .path(files::PARAMS);
             let json =
                 serde_json::to_vec_pretty(&next).map_err(|_| Exception::ServerDeviceFailure)?;
-            fsu::write_atomic(&path, &json, Mode::Public)
+            crate::blocking(|| fsu::write_atomic(&path, &json, Mode::Public))
                 .map_err(|_| Exception::ServerDeviceFailure)?;
             let old = std::mem::replace(&mut *params, next);
             drop(params);

@@ -90,12 +90,15 @@ where
         };
         stats.requests += 1;
         let out = frame::encode(adu.transaction, adu.unit, &pdu);
-        if let Err(e) = async {
+        // A peer that stops reading (its window full) is as silent as one
+        // that stops sending: the same timeout ends it.
+        let written = tokio::time::timeout(image.idle_timeout(), async {
             stream.write_all(&out).await?;
             stream.flush().await
-        }
+        })
         .await
-        {
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        if let Err(e) = written {
             return (stats, End::Broken(FrameError::Io(e)));
         }
     }
@@ -158,7 +161,7 @@ fn answer<P: ProcessImage + ?Sized>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::frame::encode;
     use tokio::io::AsyncReadExt;
@@ -167,6 +170,7 @@ mod tests {
     struct Image {
         regs: [u16; 10],
         denials: Vec<Denial>,
+        idle: Duration,
     }
 
     impl Image {
@@ -174,6 +178,7 @@ mod tests {
             Image {
                 regs: [0; 10],
                 denials: vec![],
+                idle: Duration::from_secs(5),
             }
         }
     }
@@ -208,7 +213,7 @@ mod tests {
             self.denials.push(d);
         }
         fn idle_timeout(&self) -> Duration {
-            Duration::from_secs(5)
+            self.idle
         }
     }
 
@@ -302,6 +307,33 @@ mod tests {
         want.extend(encode(42, 1, &[3, 2, 0, 9]));
         want.extend(encode(43, 1, &[0x83, 2]));
         assert_eq!(rest, want);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_that_stops_reading_is_cut_off_like_a_silent_one() {
+        // 64 bytes of room towards the client, which sends and never reads.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut img = Image {
+            idle: Duration::from_millis(100),
+            ..Image::zeroed()
+        };
+        let mut burst = vec![];
+        for t in 0..40u16 {
+            burst.extend(encode(t, 1, &[3, 0, 0, 0, 10]));
+        }
+        let send = async {
+            // Blocks too once the server stops reading; that is fine.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(300), client.write_all(&burst)).await;
+        };
+        let serving = tokio::time::timeout(Duration::from_secs(5), serve(&mut server, &mut img));
+        let (served, ()) = tokio::join!(serving, send);
+        let (stats, end) = served.expect("the session hung on a peer that does not read");
+        assert!(
+            matches!(&end, End::Broken(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{end:?}"
+        );
+        assert!(stats.requests < 40, "{stats:?}");
     }
 
     #[tokio::test(flavor = "current_thread")]

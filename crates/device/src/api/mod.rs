@@ -293,7 +293,9 @@ impl Device {
 
     /// Records an event and returns its sequence number.
     pub(crate) fn audit_seq(&self, ev: Event) -> Result<u64, ApiError> {
-        Ok(self.audit_log()?.append(ev)?.seq)
+        // An append waits for its group's flush.
+        let log = self.audit_log()?;
+        Ok(crate::blocking(|| log.append(ev))?.seq)
     }
 
     /// The current audit log (replaced on factory reset).

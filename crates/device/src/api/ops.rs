@@ -443,7 +443,8 @@ pub(crate) async fn factory_reset(
     // Recorded before the wipe, and forwarded if a collector is configured.
     let seq =
         dev.audit_seq(Device::event(&c, "device.factory-reset", Outcome::Success).essential())?;
-    let credential = dev.factory_reset_now(seq)?;
+    // Waits for the forwarder to deliver the record, then wipes.
+    let credential = crate::blocking(|| dev.factory_reset_now(seq))?;
     Ok(ok(
         json!({"state": "factory", "factory_credential": credential.as_str()}),
     ))

@@ -62,13 +62,14 @@ pub(crate) async fn renew_begin(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ManageTrust, "identity.renew")?;
     dev.commissioned()?;
-    let (next, csr) = {
+    // The new key is made and the CSR signed in the keystore.
+    let (next, csr) = crate::blocking(|| {
         let st = dev
             .state
             .read()
             .map_err(|_| ApiError::internal("state lock poisoned"))?;
-        st.renewal_csr()?
-    };
+        st.renewal_csr().map_err(ApiError::from)
+    })?;
     *dev.renewal
         .lock()
         .map_err(|_| ApiError::internal("lock poisoned"))? = Some(next.clone());

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drivesec_modbus::frame;
+use drivesec_modbus::frame::{self, fc};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -73,6 +73,13 @@ impl Step {
     }
 }
 
+/// The unit id the sessions send (and expect back).
+const UNIT: u8 = 1;
+
+/// How long a session waits for a handshake or an answer before it counts
+/// a failure and stops, so a stalled server ends the run instead of hanging it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
@@ -95,10 +102,13 @@ async fn connect(target: &Target<'_>, i: usize) -> Result<Box<dyn Stream>> {
                 .get(i % identities.len().max(1))
                 .ok_or_else(|| OemError::Invalid("load: no client identity".into()))?;
             let (cfg, name) = tls_config(addr, Some(identity), trust, Versions::Default)?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-                .connect(name, tcp)
-                .await
-                .map_err(err)?;
+            let tls = tokio::time::timeout(
+                ANSWER_TIMEOUT,
+                tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| OemError::Invalid(format!("TLS with {addr}: timed out")))?
+            .map_err(err)?;
             Ok(Box::new(tls))
         }
     }
@@ -116,16 +126,26 @@ impl Session {
     async fn exchange(&mut self, step: &Step) -> std::io::Result<bool> {
         self.transaction = self.transaction.wrapping_add(1);
         self.stream
-            .write_all(&frame::encode(self.transaction, 1, &step.pdu))
+            .write_all(&frame::encode(self.transaction, UNIT, &step.pdu))
             .await?;
         self.stream.flush().await?;
         loop {
             if self.buf.len() >= 7 {
                 let len = usize::from(u16::from_be_bytes([self.buf[4], self.buf[5]]));
+                if !(2..=254).contains(&len) || self.buf[2..4] != [0, 0] {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "malformed MBAP header",
+                    ));
+                }
                 if self.buf.len() >= 6 + len {
+                    let answer = &self.buf[7..6 + len];
                     let ok = u16::from_be_bytes([self.buf[0], self.buf[1]]) == self.transaction
-                        && len == step.answer_len + 1
-                        && self.buf[7] == step.pdu[0];
+                        && self.buf[6] == UNIT
+                        && answer.len() == step.answer_len
+                        && answer[0] == step.pdu[0]
+                        && (![fc::READ_HOLDING, fc::READ_INPUT].contains(&answer[0])
+                            || usize::from(answer[1]) + 2 == answer.len());
                     self.buf.drain(..6 + len);
                     return Ok(ok);
                 }
@@ -174,7 +194,11 @@ pub fn run(
                     'run: while Instant::now() < deadline {
                         for step in &steps {
                             let t = Instant::now();
-                            match s.exchange(step).await {
+                            let answer = tokio::time::timeout(ANSWER_TIMEOUT, s.exchange(step));
+                            match answer
+                                .await
+                                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                            {
                                 Ok(true) => {
                                     ok += 1;
                                     lat.push(
