@@ -172,30 +172,57 @@ pub fn def(name: &str) -> Option<&'static ParamDef> {
 }
 
 /// Current parameter values.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ParamSet(BTreeMap<String, f64>);
+pub struct ParamSet {
+    values: BTreeMap<String, f64>,
+    /// Which version of the values this is: fresh from a process-wide
+    /// counter whenever a set is made, read or changed, kept by clones. So a
+    /// copy whose version equals the original's holds the same values, and
+    /// the drive's tick copies the shared set only when it changed (no
+    /// allocation in the control loop otherwise). Not part of the value.
+    #[serde(skip, default = "fresh_version")]
+    version: u64,
+}
+
+static NEXT_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn fresh_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl PartialEq for ParamSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values
+    }
+}
 
 impl Default for ParamSet {
     fn default() -> Self {
-        ParamSet(
-            PARAMS
+        ParamSet {
+            values: PARAMS
                 .iter()
                 .map(|p| (p.name.to_string(), p.default))
                 .collect(),
-        )
+            version: fresh_version(),
+        }
     }
 }
 
 impl ParamSet {
     /// A value.
     pub fn get(&self, name: &str) -> Option<f64> {
-        self.0.get(name).copied()
+        self.values.get(name).copied()
     }
 
     /// All values.
     pub fn values(&self) -> &BTreeMap<String, f64> {
-        &self.0
+        &self.values
+    }
+
+    /// This set's version: equal versions mean equal values (see the field).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Checks a candidate value (type, range, cross-parameter rules) without applying it.
@@ -247,13 +274,35 @@ impl ParamSet {
     /// Checks and applies one value; returns the old value.
     pub fn set(&mut self, name: &str, value: f64) -> Result<f64, ParamError> {
         self.check(name, value)?;
-        Ok(self.0.insert(name.to_string(), value).unwrap_or(0.0))
+        self.version = fresh_version();
+        Ok(self.values.insert(name.to_string(), value).unwrap_or(0.0))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_version_changes_with_the_values_and_only_then() {
+        let a = ParamSet::default();
+        let mut b = a.clone();
+        assert_eq!(a.version(), b.version(), "a clone is the same version");
+        b.set("max-speed", 1400.0).unwrap();
+        assert_ne!(a.version(), b.version(), "a change is a new version");
+        let v = b.version();
+        assert!(b.set("max-speed", 1e9).is_err());
+        assert_eq!(b.version(), v, "a refused change changes nothing");
+        // The JSON form is the bare map, and what is read back is a new
+        // version with equal values (equality ignores the version).
+        let json = serde_json::to_string(&b).unwrap();
+        assert_eq!(json, serde_json::to_string(b.values()).unwrap());
+        let c: ParamSet = serde_json::from_str(&json).unwrap();
+        assert_eq!(c, b);
+        assert_ne!(c.version(), b.version());
+        assert_ne!(ParamSet::default().version(), a.version());
+    }
 
     #[test]
     fn ranges_types_and_cross_checks() {
