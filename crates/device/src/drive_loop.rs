@@ -298,6 +298,33 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    type Loop = (
+        Arc<Mutex<ParamSet>>,
+        Arc<DriveLink>,
+        std::thread::JoinHandle<()>,
+    );
+
+    /// A tick thread on a state directory with default parameters.
+    fn running_loop(dir: &Path) -> Loop {
+        std::fs::create_dir_all(dir.join("io")).unwrap();
+        let params = Arc::new(Mutex::new(ParamSet::default()));
+        let (link, tick) = start(dir, params.clone(), false, Box::new(|| Ok(0)), |_| {}).unwrap();
+        (params, link, tick)
+    }
+
+    /// The first published status that satisfies `what` (at most about 5 s).
+    fn wait_for(link: &DriveLink, what: &dyn Fn(&Status) -> bool) -> Status {
+        for _ in 0..1000 {
+            if let Some(s) = link.status()
+                && what(&s)
+            {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the tick did not get there: {:?}", link.status());
+    }
+
     /// A communication task that stalls while holding every lock the
     /// network side can take (the parameters, the command queue) must not
     /// delay the STO reaction: the tick keeps running and sees the input
@@ -305,27 +332,8 @@ mod tests {
     #[test]
     fn a_stalled_network_task_does_not_delay_sto() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("io")).unwrap();
-        let params = Arc::new(Mutex::new(ParamSet::default()));
-        let (link, tick) = start(
-            dir.path(),
-            params.clone(),
-            false,
-            Box::new(|| Ok(0)),
-            |_| {},
-        )
-        .unwrap();
-        let wait = |what: &dyn Fn(&Status) -> bool| {
-            for _ in 0..1000 {
-                if let Some(s) = link.status()
-                    && what(&s)
-                {
-                    return s;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            panic!("the tick did not get there: {:?}", link.status());
-        };
+        let (params, link, tick) = running_loop(dir.path());
+        let wait = |what: &dyn Fn(&Status) -> bool| wait_for(&link, what);
         wait(&|s| s.state == State::Ready);
         link.command(&[0, drivesec_drive::machine::CW_RUN], Some(600.0));
         wait(&|s| s.state == State::Running && s.torque_pct > 0.0);
@@ -356,27 +364,8 @@ mod tests {
     #[test]
     fn a_parameter_change_reaches_the_running_tick() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("io")).unwrap();
-        let params = Arc::new(Mutex::new(ParamSet::default()));
-        let (link, tick) = start(
-            dir.path(),
-            params.clone(),
-            false,
-            Box::new(|| Ok(0)),
-            |_| {},
-        )
-        .unwrap();
-        let wait = |what: &dyn Fn(&Status) -> bool| {
-            for _ in 0..1000 {
-                if let Some(s) = link.status()
-                    && what(&s)
-                {
-                    return s;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            panic!("the tick did not get there: {:?}", link.status());
-        };
+        let (params, link, tick) = running_loop(dir.path());
+        let wait = |what: &dyn Fn(&Status) -> bool| wait_for(&link, what);
         wait(&|s| s.state == State::Ready);
         params.lock().unwrap().set("accel-time", 0.1).unwrap();
         let before = link.status().unwrap().ticks;
