@@ -17,6 +17,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -117,14 +119,11 @@ fn main() {
     let dir = tmp.path().join("lab");
     // `DRIVESEC_BENCH_NETWORK_THREADS=2` measures drivesecd with a second
     // event-loop thread (docs/benchmarks.md).
-    let device_config = std::env::var("DRIVESEC_BENCH_NETWORK_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(|n| {
-            let mut c = drivesec_device::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
-            c.runtime.network_threads = n;
-            c
-        });
+    let device_config = common::network_threads().map(|n| {
+        let mut c = drivesec_device::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
+        c.runtime.network_threads = n;
+        c
+    });
     let m = lab::up(
         &LabOptions {
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),

@@ -22,6 +22,9 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::{median, median_spread};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -60,15 +63,6 @@ fn measure(n: usize, secs: f64, target: &Target<'_>, server: u32) -> Figures {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// utime + stime of a process, seconds (clock ticks of 1/100 s).
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -102,10 +96,7 @@ fn main() {
     cfg.modbus.insecure_plain_role = Some("viewer".into());
     // `DRIVESEC_BENCH_NETWORK_THREADS=2` reproduces the comparison with a
     // second event-loop thread (docs/benchmarks.md).
-    if let Some(n) = std::env::var("DRIVESEC_BENCH_NETWORK_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(n) = common::network_threads() {
         cfg.runtime.network_threads = n;
     }
     let cfg_threads = cfg.runtime.network_threads;
@@ -213,14 +204,12 @@ fn main() {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let col = |i: usize, f: fn(&Figures) -> f64| median(rows.iter().map(|r| f(&r[i])).collect());
-    let ratios = |i: usize| -> (f64, f64, f64) {
-        let v: Vec<f64> = rows
-            .iter()
-            .map(|r| r[0].result.per_sec / r[i].result.per_sec)
-            .collect();
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(0.0, f64::max);
-        (median(v), lo, hi)
+    let ratios = |i: usize| {
+        median_spread(
+            rows.iter()
+                .map(|r| r[0].result.per_sec / r[i].result.per_sec)
+                .collect(),
+        )
     };
     let rate = |f: &Figures| f.result.per_sec;
     let p50 = |f: &Figures| f.result.p50_us;

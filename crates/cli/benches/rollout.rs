@@ -10,6 +10,9 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+use common::{median, median_spread};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -86,24 +89,13 @@ fn measure(n: usize, window: u32, rounds: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Medians over the pairs, and the spread of the per-pair ratio.
 fn summary(pairs: &[(f64, f64)]) -> (f64, f64, f64, f64, f64) {
-    let ratios: Vec<f64> = pairs.iter().map(|(s, w)| w / s).collect();
-    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    let (ratio, lo, hi) = median_spread(pairs.iter().map(|(s, w)| w / s).collect());
     (
         median(pairs.iter().map(|p| p.0).collect()),
         median(pairs.iter().map(|p| p.1).collect()),
-        median(ratios),
+        ratio,
         lo,
         hi,
     )

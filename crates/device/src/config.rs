@@ -194,24 +194,28 @@ impl DeviceConfig {
                     .into(),
             });
         }
-        if !(1..=3_000).contains(&cfg.firmware.health_window_ticks) {
-            return Err(DeviceError::Config {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "firmware.health_window_ticks must be 1 to 3000, not {}",
-                    cfg.firmware.health_window_ticks
-                ),
-            });
-        }
-        if !(1..=64).contains(&cfg.runtime.network_threads) {
-            return Err(DeviceError::Config {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "runtime.network_threads must be 1 to 64, not {}",
-                    cfg.runtime.network_threads
-                ),
-            });
-        }
+        let in_range = |name: &str, value: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(DeviceError::Config {
+                    path: path.to_path_buf(),
+                    reason: format!("{name} must be {lo} to {hi}, not {value}"),
+                })
+            }
+        };
+        in_range(
+            "firmware.health_window_ticks",
+            u64::from(cfg.firmware.health_window_ticks),
+            1,
+            3_000,
+        )?;
+        in_range(
+            "runtime.network_threads",
+            cfg.runtime.network_threads as u64,
+            1,
+            64,
+        )?;
         let m = &cfg.modbus;
         if m.comm_loss_timeout_ms < 50 || m.idle_timeout_secs == 0 || m.max_connections == 0 {
             return Err(DeviceError::Config {
