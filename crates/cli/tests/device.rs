@@ -678,8 +678,13 @@ fn tls_refuses_a_revoked_certificate_once_the_crl_is_installed() {
     let d = tempfile::tempdir().unwrap();
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
     let (victim, serial) = issue_client(&mut oem, d.path(), None);
-    let c = DeviceClient::new(lab.addr(), Some(&victim), &lab.trust(), Versions::Default).unwrap();
-    assert_eq!(info(&c).unwrap().status, 200);
+    let open =
+        DeviceClient::new(lab.addr(), Some(&victim), &lab.trust(), Versions::Default).unwrap();
+    assert_eq!(info(&open).unwrap().status, 200);
+    assert!(
+        open.has_open_connection(),
+        "the client keeps its connection"
+    );
     let crl = oem.revoke(&serial, "key-compromise").unwrap();
     lab.admin()
         .ok(
@@ -690,6 +695,11 @@ fn tls_refuses_a_revoked_certificate_once_the_crl_is_installed() {
         .unwrap();
     let c = DeviceClient::new(lab.addr(), Some(&victim), &lab.trust(), Versions::Default).unwrap();
     assert!(info(&c).is_err(), "a revoked certificate got through");
+    // The connection it had open was closed by the change, not left to it.
+    assert!(
+        info(&open).is_err(),
+        "the revoked certificate's open connection still served"
+    );
     assert_eq!(
         info(&lab.client("viewer")).unwrap().status,
         200,

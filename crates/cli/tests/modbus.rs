@@ -234,6 +234,53 @@ fn pymodbus_interoperates_with_the_lab_role_certificates() {
     assert_eq!(out["results"][0]["ok"], true, "others still get in: {out}");
 }
 
+/// Key compromise while a session is open: the CRL closes the revoked
+/// client's session at once (recorded), and another client's session stays.
+#[test]
+fn the_crl_closes_an_open_session_of_the_revoked_certificate() {
+    let lab = test_lab(Some(config()));
+    let d = tempfile::tempdir().unwrap();
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let (rc, rk, serial) = issue_client_files(&mut oem, d.path(), Some("viewer"), None);
+    let mut victim = ModbusClient::connect(
+        modbus_addr(&lab),
+        Some(&ClientIdentity::from_files(&rc, &rk).unwrap()),
+        &lab.trust(),
+        Versions::Default,
+    )
+    .unwrap();
+    let mut other = mb(&lab, "viewer");
+    assert_eq!(input(&mut victim).len(), 9, "positive control");
+    assert_eq!(input(&mut other).len(), 9);
+    let crl = oem.revoke(&serial, "key-compromise").unwrap();
+    lab.admin()
+        .ok(
+            "PUT",
+            "/api/v1/security/crl",
+            Some(&json!({"crl_pem": std::fs::read_to_string(crl).unwrap()})),
+        )
+        .unwrap();
+    assert!(
+        victim.closed_by_peer(),
+        "the revoked certificate's session stayed open"
+    );
+    assert!(victim.read_input(0, 9).is_err());
+    assert_eq!(input(&mut other).len(), 9, "the other session stays open");
+    let t = lab
+        .session("auditor")
+        .ok("GET", "/api/v1/audit?action=modbus.session-closed", None)
+        .unwrap();
+    let records = t["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{t}");
+    assert!(
+        records[0]["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no longer passes"),
+        "{t}"
+    );
+}
+
 /// The expected answer of each probe: Ok, or the exception code.
 #[test]
 fn every_role_against_every_function_and_range() {

@@ -4,6 +4,11 @@
 //! security administrator sets through the API, and the drive's registers
 //! (docs/modbus.md). Served only once the device is commissioned.
 //!
+//! When the device's trust changes (a CRL, new trust anchors), an open
+//! session's certificate chain is checked again and the session is closed
+//! if it no longer passes; every session closes on factory reset (after
+//! the tamper response open sessions stay, answering status reads only).
+//!
 //! Refusals are recorded, aggregated per client certificate: the first in a
 //! ten-second window at once, the rest as a count (`suppressed`), so a flood
 //! of forbidden requests cannot flood the trail; every refusal is counted in
@@ -380,12 +385,40 @@ impl ProcessImage for Session {
     }
 }
 
+/// Resolves, with the reason, once the device's trust no longer admits the
+/// certificate chain `chain` (a session with none, plain Modbus, is never cut).
+async fn trust_lost(
+    mut trust: watch::Receiver<crate::runtime::Trust>,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> String {
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return std::future::pending().await;
+    };
+    loop {
+        if trust.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let t = trust.borrow_and_update().clone();
+        let Some(verifier) = t.modbus else {
+            return "the device no longer serves Modbus (factory reset)".into();
+        };
+        if let Err(e) = verifier.verify_client_cert(
+            end_entity,
+            intermediates,
+            rustls::pki_types::UnixTime::now(),
+        ) {
+            return format!("the certificate no longer passes the device's trust: {e}");
+        }
+    }
+}
+
 async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     dev: Arc<Device>,
     mut stream: S,
     client: String,
     role: Option<String>,
     source: SocketAddr,
+    cut: impl std::future::Future<Output = String>,
 ) {
     let Some(link) = dev.drive.get().cloned() else {
         return;
@@ -404,17 +437,26 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         settings,
         last_control_word: None,
     };
-    let (stats, end) = session::serve(&mut stream, &mut s).await;
-    if link.session_lost(s.id, s.settings.comm_loss_reaction) {
-        let why = match &end {
+    let (requests, why) = tokio::select! {
+        (stats, end) = session::serve(&mut stream, &mut s) => (Some(stats.requests), match &end {
             End::Closed => "closed".to_string(),
             End::Idle => format!("silent for {} ms", s.settings.comm_loss_timeout_ms),
             End::Broken(e) => e.to_string(),
-        };
+        }),
+        why = cut => {
+            let _ = dev.audit(
+                s.event("modbus.session-closed", Outcome::Success)
+                    .details(json!({"role": s.role, "reason": why}))
+                    .essential(),
+            );
+            (None, why)
+        }
+    };
+    if link.session_lost(s.id, s.settings.comm_loss_reaction) {
         let _ = dev.audit(
             s.event("drive.connection-lost", Outcome::Success)
                 .details(json!({"via": "modbus", "role": s.role, "reason": why,
-                    "reaction": s.settings.comm_loss_reaction, "requests": stats.requests}))
+                    "reaction": s.settings.comm_loss_reaction, "requests": requests}))
                 .essential(),
         );
     }
@@ -444,6 +486,10 @@ pub async fn serve_tls(
         if !commissioned {
             continue; // no owner trust anchors yet: nobody can be authorised
         }
+        // Subscribed before the configuration is read: a change after this
+        // point checks the session again.
+        let mut trust = dev.trust.subscribe();
+        trust.mark_unchanged();
         let Ok(cfg) = dev.modbus_tls.read().map(|c| c.clone()) else {
             continue;
         };
@@ -457,13 +503,10 @@ pub async fn serve_tls(
             else {
                 return;
             };
-            let Some(cert) = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .cloned()
-            else {
+            let Some(chain) = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec) else {
+                return;
+            };
+            let Some(cert) = chain.first().cloned() else {
                 return;
             };
             // The role is read once, here, for the whole TLS session.
@@ -472,7 +515,7 @@ pub async fn serve_tls(
                 .flatten()
                 .map(|r| r.as_str().to_string());
             let client = hex::encode(Sha256::digest(cert.as_ref()));
-            run_session(dev, stream, client, role, addr).await;
+            run_session(dev, stream, client, role, addr, trust_lost(trust, chain)).await;
         });
     }
 }
@@ -499,7 +542,8 @@ pub async fn serve_plain(
         let (dev, role) = (dev.clone(), role.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            run_session(dev, tcp, format!("plain:{}", addr.ip()), role, addr).await;
+            let never = std::future::pending::<String>();
+            run_session(dev, tcp, format!("plain:{}", addr.ip()), role, addr, never).await;
         });
     }
 }

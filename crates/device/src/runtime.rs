@@ -72,6 +72,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     let tls_cfg = tls::server_config(&st, &config.tls)?;
     let modbus_tls = tls::modbus_config(&st, &config.modbus)?;
     let modbus_rights = crate::modbus::load_rights(&st)?;
+    let trust = Trust::of(&st)?;
     let dev = Arc::new(Device {
         sessions: Mutex::new(Sessions::new(config.access.session.clone())),
         login_permits: tokio::sync::Semaphore::new(config.api.max_concurrent_logins),
@@ -96,6 +97,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
         modbus_rights: RwLock::new(Arc::new(modbus_rights)),
         modbus_denials: Mutex::new(std::collections::HashMap::new()),
         renewal: Mutex::new(None),
+        trust: tokio::sync::watch::Sender::new(trust),
     });
     if let Some(f) = dev
         .forwarding_settings()
@@ -189,7 +191,13 @@ pub async fn run(
         Mode::Public,
     )?;
     tracing::info!(%addr, "drivesecd API listening");
-    let server = tokio::spawn(server::serve(listener, dev.tls.clone(), app, rx.clone()));
+    let server = tokio::spawn(server::serve(
+        listener,
+        dev.tls.clone(),
+        dev.trust.subscribe(),
+        app,
+        rx.clone(),
+    ));
     // Session ends nobody asked for (idle or absolute timeout) are recorded too.
     let reaper = {
         let dev = dev.clone();
@@ -366,6 +374,7 @@ impl Device {
         let tls_cfg = tls::server_config(&st, &config.tls)?;
         let modbus_tls = tls::modbus_config(&st, &config.modbus)?;
         let rights = crate::modbus::load_rights(&st)?;
+        let trust = Trust::of(&st)?;
         *self
             .modbus_tls
             .write()
@@ -386,6 +395,10 @@ impl Device {
             .state
             .write()
             .map_err(|_| ApiError::internal("lock poisoned"))? = st;
+        // Connections admitted under the old trust or identity: the API's
+        // close, a Modbus session stays only if its certificate passes the
+        // new check (docs/api.md, docs/modbus.md).
+        self.trust.send_replace(trust);
         Ok(())
     }
 
@@ -704,5 +717,28 @@ impl Device {
             .map_err(|_| ApiError::internal("audit lock poisoned"))? = Arc::new(fresh);
         self.audit(Event::new(Actor::Device, "device.factory-reset").essential())?;
         Ok(cred)
+    }
+}
+
+/// The trust open connections were admitted under. The device sends a new
+/// one each time it adopts a state (commissioning, a CRL or trust-anchor
+/// change, LDevID renewal, factory reset, the tamper response).
+#[derive(Clone)]
+pub(crate) struct Trust {
+    /// The check an open Modbus session's certificate must still pass; none
+    /// when the device serves no Modbus (factory state). After the tamper
+    /// response open sessions stay, for status reads only (docs/modbus.md).
+    pub(crate) modbus: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+impl Trust {
+    pub(crate) fn of(st: &StateDir) -> Result<Trust> {
+        Ok(Trust {
+            modbus: if st.file.state == LifeCycle::Commissioned {
+                Some(tls::client_verifier(st)?)
+            } else {
+                None
+            },
+        })
     }
 }

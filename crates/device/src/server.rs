@@ -1,12 +1,18 @@
 //! The TLS accept loop: every connection must complete mutual TLS before a
 //! byte of HTTP is read; the client certificate's fingerprint and address are
 //! attached to each request. Bounded: handshake timeout, header timeout,
-//! and a cap on concurrent connections (SR 7.1).
+//! and a cap on concurrent connections (SR 7.1). Connections are kept
+//! alive between requests until the device adopts a new state (its identity
+//! or its trust changed): then each open connection finishes the request in
+//! flight and closes, and the one whose request made the change says so
+//! with `Connection: close`, so every client handshakes again under the new
+//! identity and trust.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -22,6 +28,7 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+    trust: watch::Receiver<crate::runtime::Trust>,
     app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -36,6 +43,10 @@ pub async fn serve(
             drop(tcp); // over the cap: refuse rather than queue
             continue;
         };
+        // Subscribed before the configuration is read: a change after this
+        // point closes the connection.
+        let mut changed = trust.clone();
+        changed.mark_unchanged();
         let cfg = match tls.read() {
             Ok(c) => c.clone(),
             Err(_) => continue,
@@ -59,17 +70,55 @@ pub async fn serve(
                 return;
             };
             let info = ConnInfo { fingerprint, addr };
+            // Never marked seen: "changed" means since this connection's handshake.
+            let admitted = changed.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
-                    app.clone().oneshot(req.map(axum::body::Body::new))
+                    let stale = admitted.has_changed().unwrap_or(true);
+                    let during = admitted.clone();
+                    let app = app.clone();
+                    async move {
+                        if stale {
+                            // Arrived before the close: not served under the old trust.
+                            let mut resp = crate::api::ApiError::new(
+                                axum::http::StatusCode::MISDIRECTED_REQUEST,
+                                "connection-stale",
+                                "the device's identity or trust changed since this connection \
+                                 was opened; send the request on a new connection",
+                            )
+                            .into_response();
+                            resp.headers_mut().insert(
+                                hyper::header::CONNECTION,
+                                hyper::header::HeaderValue::from_static("close"),
+                            );
+                            return Ok(resp);
+                        }
+                        let mut resp = app.oneshot(req.map(axum::body::Body::new)).await?;
+                        if during.has_changed().unwrap_or(false) {
+                            resp.headers_mut().insert(
+                                hyper::header::CONNECTION,
+                                hyper::header::HeaderValue::from_static("close"),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
                 },
             );
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                r = changed.changed() => {
+                    if r.is_ok() {
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            let _ = conn.await;
         });
     }
 }

@@ -127,7 +127,24 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
         Arc::new(TlsKey::new(state.store.clone(), &handle)?.certified(chain))
     };
 
-    let verifier: Arc<dyn ClientCertVerifier> = match state.file.state {
+    let verifier = client_verifier(state)?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| DeviceError::Invalid(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The client-certificate check of the state's life-cycle stage: any
+/// well-formed certificate whose key signs the handshake in factory state;
+/// once commissioned, a chain to the owner trust anchors, not on the CRL.
+/// The TLS servers check every handshake with it, and an open Modbus
+/// session is checked again with a new one when the trust changes.
+pub fn client_verifier(state: &StateDir) -> Result<Arc<dyn ClientCertVerifier>> {
+    let provider = provider();
+    Ok(match state.file.state {
         LifeCycle::Factory => Arc::new(ProvisionalClientCert {
             algs: provider.signature_verification_algorithms,
         }),
@@ -140,7 +157,7 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
             }
             let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
-                provider.clone(),
+                provider,
             );
             if let Some(crl) = &state.crl {
                 b = b
@@ -151,14 +168,7 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
             b.build()
                 .map_err(|e| DeviceError::Invalid(format!("client verifier: {e}")))?
         }
-    };
-    let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .map_err(|e| DeviceError::Invalid(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    })
 }
 
 /// The Modbus/TCP Security server's configuration: the same identity and

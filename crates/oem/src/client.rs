@@ -319,12 +319,20 @@ pub fn posture_sl_a(posture: &Value) -> Option<[u8; 7]> {
     v.try_into().ok()
 }
 
-/// A client bound to one device.
+/// Every request body, boxed to one type so one connection carries them all.
+type RequestBody =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A client bound to one device. Consecutive calls share one mutual-TLS
+/// connection (HTTP/1.1 keep-alive); when the device has closed it, the
+/// next call opens a new one.
 pub struct DeviceClient {
     rt: tokio::runtime::Runtime,
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     server_name: ServerName<'static>,
+    /// The open connection, between calls.
+    conn: std::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<RequestBody>>>,
     /// The session identifier, once logged in.
     pub session: Option<String>,
 }
@@ -365,12 +373,13 @@ impl DeviceClient {
             addr,
             tls: Arc::new(cfg),
             server_name,
+            conn: std::sync::Mutex::new(None),
             session: None,
         })
     }
 
-    /// One request on a fresh connection. Transport and TLS failures are errors;
-    /// any HTTP status is a [`Reply`].
+    /// One request, on the open connection when there is one. Transport and
+    /// TLS failures are errors; any HTTP status is a [`Reply`].
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Reply> {
         self.call_raw(
             method,
@@ -388,9 +397,22 @@ impl DeviceClient {
         body: Option<Vec<u8>>,
         content_type: &str,
     ) -> Result<Reply> {
-        let has_body = body.is_some();
-        let body = Full::new(Bytes::from(body.unwrap_or_default()));
-        self.send(method, path, has_body.then_some(content_type), body)
+        let content_type = body.is_some().then_some(content_type);
+        let body = Bytes::from(body.unwrap_or_default());
+        let (reply, reused) = self.send(method, path, content_type, Full::new(body.clone()))?;
+        // The device refused it unread because its trust changed while the
+        // connection was open (docs/api.md): once more, on a new connection.
+        if reused && reply.status == 421 && reply.body["error"] == "connection-stale" {
+            self.forget_connection();
+            return Ok(self.send(method, path, content_type, Full::new(body))?.0);
+        }
+        Ok(reply)
+    }
+
+    fn forget_connection(&self) {
+        if let Ok(mut c) = self.conn.lock() {
+            *c = None;
+        }
     }
 
     /// Sends a file as the body, read and sent 64 KiB at a time (a GiB
@@ -408,59 +430,100 @@ impl DeviceClient {
             .metadata()
             .map_err(|e| OemError::Invalid(format!("{}: {e}", file.display())))?
             .len();
-        self.send(
-            method,
-            path,
-            Some(content_type),
-            FileBody {
-                file: f,
-                left: len,
-                buf: vec![0; 64 * 1024],
-            },
-        )
+        // Not sent again on a 421: the file is read as it is sent.
+        Ok(self
+            .send(
+                method,
+                path,
+                Some(content_type),
+                FileBody {
+                    file: f,
+                    left: len,
+                    buf: vec![0; 64 * 1024],
+                },
+            )?
+            .0)
     }
 
+    /// A new connection: TCP, the mutual-TLS handshake, HTTP/1.1.
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>> {
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| OemError::Invalid(format!("connect {}: {e}", self.addr)))?;
+        let tls = connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| OemError::Invalid(format!("TLS with {}: {e}", self.addr)))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| OemError::Invalid(format!("HTTP with {}: {e}", self.addr)))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// Whether a connection is still open (a test helper's view of reuse).
+    pub fn has_open_connection(&self) -> bool {
+        self.conn
+            .lock()
+            .map(|c| c.as_ref().is_some_and(|s| !s.is_closed()))
+            .unwrap_or(false)
+    }
+
+    /// Sends one request; the reply, and whether it came on a connection
+    /// an earlier call opened.
     fn send<B>(
         &self,
         method: &str,
         path: &str,
         content_type: Option<&str>,
         body: B,
-    ) -> Result<Reply>
+    ) -> Result<(Reply, bool)>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
         let fut = async {
-            let tcp = tokio::net::TcpStream::connect(self.addr)
-                .await
-                .map_err(|e| OemError::Invalid(format!("connect {}: {e}", self.addr)))?;
-            let tls = connector
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .map_err(|e| OemError::Invalid(format!("TLS with {}: {e}", self.addr)))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| OemError::Invalid(format!("HTTP with {}: {e}", self.addr)))?;
-            tokio::spawn(conn);
-            let mut req = hyper::Request::builder()
+            let mut builder = hyper::Request::builder()
                 .method(method)
                 .uri(path)
                 .header("host", self.addr.to_string());
             if let Some(s) = &self.session {
-                req = req.header("authorization", format!("Bearer {s}"));
+                builder = builder.header("authorization", format!("Bearer {s}"));
             }
             if let Some(ct) = content_type {
-                req = req.header("content-type", ct);
+                builder = builder.header("content-type", ct);
             }
-            let req = req
-                .body(body)
+            let mut req = builder
+                .body(body.map_err(Into::into).boxed_unsync())
                 .map_err(|e| OemError::Invalid(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| OemError::Invalid(format!("request to {}: {e}", self.addr)))?;
+            let failed =
+                |e: hyper::Error| OemError::Invalid(format!("request to {}: {e}", self.addr));
+            // The open connection first. A request it did not send (the
+            // device closed the connection meanwhile) goes on a new one;
+            // one it sent is never sent twice.
+            let open = self.conn.lock().ok().and_then(|mut c| c.take());
+            let mut reused = false;
+            let (sender, resp) = 'sent: {
+                if let Some(mut sender) = open {
+                    // A closed connection fails `ready`, and `req` is still ours.
+                    if sender.ready().await.is_ok() {
+                        match sender.try_send_request(req).await {
+                            Ok(resp) => {
+                                reused = true;
+                                break 'sent (sender, resp);
+                            }
+                            Err(mut e) => match e.take_message() {
+                                Some(r) => req = r,
+                                None => return Err(failed(e.into_error())),
+                            },
+                        }
+                    }
+                }
+                let mut sender = self.connect().await?;
+                let resp = sender.send_request(req).await.map_err(failed)?;
+                (sender, resp)
+            };
             let status = resp.status().as_u16();
             let bytes = resp
                 .into_body()
@@ -468,13 +531,22 @@ impl DeviceClient {
                 .await
                 .map_err(|e| OemError::Invalid(format!("reading the reply: {e}")))?
                 .to_bytes();
+            // Kept for the next call unless the device is closing it.
+            if !sender.is_closed()
+                && let Ok(mut c) = self.conn.lock()
+            {
+                *c = Some(sender);
+            }
             let body = serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| serde_json::json!({"text": String::from_utf8_lossy(&bytes)}));
-            Ok::<Reply, OemError>(Reply {
-                status,
-                body,
-                raw: bytes.to_vec(),
-            })
+            Ok::<_, OemError>((
+                Reply {
+                    status,
+                    body,
+                    raw: bytes.to_vec(),
+                },
+                reused,
+            ))
         };
         self.rt.block_on(fut)
     }

@@ -86,6 +86,9 @@ pub struct Device {
     pub(crate) renewal: Mutex<Option<drivesec_keystore::KeyHandle>>,
     /// Refused Modbus requests not yet recorded, per client.
     pub(crate) modbus_denials: Mutex<std::collections::HashMap<String, crate::modbus::DenyWindow>>,
+    /// The trust open connections were admitted under; each adopted state
+    /// sends a new one, and every open connection is told.
+    pub(crate) trust: tokio::sync::watch::Sender<crate::runtime::Trust>,
 }
 
 /// An error response: status, a stable code, and a message naming the problem.
