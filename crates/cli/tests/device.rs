@@ -686,13 +686,7 @@ fn tls_refuses_a_revoked_certificate_once_the_crl_is_installed() {
         "the client keeps its connection"
     );
     let crl = oem.revoke(&serial, "key-compromise").unwrap();
-    lab.admin()
-        .ok(
-            "PUT",
-            "/api/v1/security/crl",
-            Some(&json!({"crl_pem": std::fs::read_to_string(crl).unwrap()})),
-        )
-        .unwrap();
+    lab.install_crl(&crl);
     let c = DeviceClient::new(lab.addr(), Some(&victim), &lab.trust(), Versions::Default).unwrap();
     assert!(info(&c).is_err(), "a revoked certificate got through");
     // The connection it had open was closed by the change, not left to it.

@@ -221,13 +221,7 @@ fn pymodbus_interoperates_with_the_lab_role_certificates() {
     let out = pymodbus(&lab, Some((&rc, &rk)), probe.clone());
     assert_eq!(out["results"][0]["ok"], true, "{out}");
     let crl = oem.revoke(&serial, "key-compromise").unwrap();
-    lab.admin()
-        .ok(
-            "PUT",
-            "/api/v1/security/crl",
-            Some(&json!({"crl_pem": std::fs::read_to_string(crl).unwrap()})),
-        )
-        .unwrap();
+    lab.install_crl(&crl);
     let out = pymodbus(&lab, Some((&rc, &rk)), probe.clone());
     assert!(refused(&out), "a revoked certificate got through: {out}");
     let out = pymodbus(&lab, Some((&vc, &vk)), probe);
@@ -253,13 +247,7 @@ fn the_crl_closes_an_open_session_of_the_revoked_certificate() {
     assert_eq!(input(&mut victim).len(), 9, "positive control");
     assert_eq!(input(&mut other).len(), 9);
     let crl = oem.revoke(&serial, "key-compromise").unwrap();
-    lab.admin()
-        .ok(
-            "PUT",
-            "/api/v1/security/crl",
-            Some(&json!({"crl_pem": std::fs::read_to_string(crl).unwrap()})),
-        )
-        .unwrap();
+    lab.install_crl(&crl);
     assert!(
         victim.closed_by_peer(),
         "the revoked certificate's session stayed open"

@@ -121,6 +121,17 @@ impl TestLab {
         c
     }
 
+    /// Installs the CRL file `crl` on the device as the security admin.
+    pub fn install_crl(&self, crl: &std::path::Path) {
+        self.admin()
+            .ok(
+                "PUT",
+                "/api/v1/security/crl",
+                Some(&serde_json::json!({"crl_pem": std::fs::read_to_string(crl).unwrap()})),
+            )
+            .unwrap();
+    }
+
     pub fn device_dir(&self) -> PathBuf {
         self.m.devices[0].dir.clone()
     }
