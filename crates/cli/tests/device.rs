@@ -672,6 +672,57 @@ fn tls_refuses_an_expired_certificate() {
     );
 }
 
+/// A request whose headers arrived before the CRL and whose body is held
+/// back until after it is refused unprocessed (421), not served under the
+/// old trust.
+#[test]
+fn a_request_body_held_back_across_a_crl_is_not_served() {
+    use std::io::{Read, Write};
+    let lab = test_lab(None);
+    let d = tempfile::tempdir().unwrap();
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let (victim, serial) = issue_client(&mut oem, d.path(), None);
+    let mut c =
+        DeviceClient::new(lab.addr(), Some(&victim), &lab.trust(), Versions::Default).unwrap();
+    let viewer = &lab.m.users["viewer"];
+    c.login(&viewer.username, &viewer.password).unwrap();
+    let session = c.session.clone().unwrap();
+    let (cfg, name) = drivesec_oem::client::tls_config(
+        lab.addr(),
+        Some(&victim),
+        &lab.trust(),
+        Versions::Default,
+    )
+    .unwrap();
+    let tls = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(lab.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = rustls::StreamOwned::new(tls, tcp);
+    let body = br#"{"crl_pem": "not a CRL"}"#;
+    write!(
+        s,
+        "PUT /api/v1/security/crl HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {session}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let crl = oem.revoke(&serial, "key-compromise").unwrap();
+    lab.install_crl(&crl);
+    s.write_all(body).unwrap();
+    s.flush().unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    // Without the check the viewer's request is judged on its rights (403).
+    assert!(
+        answer.starts_with("HTTP/1.1 421"),
+        "served under the old trust: {answer}"
+    );
+    assert!(answer.contains("connection-stale"), "{answer}");
+}
+
 #[test]
 fn tls_refuses_a_revoked_certificate_once_the_crl_is_installed() {
     let lab = test_lab(None);

@@ -209,6 +209,7 @@ fn api_request_handling_survives_random_input() {
     let conn = ConnInfo {
         fingerprint: "ab".repeat(32),
         addr: "127.0.0.1:50000".parse().unwrap(),
+        trust_generation: 0,
     };
     let send = |method: &str, uri: &str, auth: Option<&str>, body: Vec<u8>, ct: &str| {
         let mut req = axum::http::Request::builder()

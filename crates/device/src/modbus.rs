@@ -34,7 +34,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::api::{ApiError, Device};
 use crate::config::ModbusSettings;
 use crate::drive_loop::DriveLink;
-use crate::state::{LifeCycle, StateDir, files};
+use crate::state::{StateDir, files};
 use crate::{DeviceError, Result};
 
 /// Refusals from one client within this window after the first are counted, not recorded one by one.
@@ -478,18 +478,13 @@ pub async fn serve_tls(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue; // over the cap: refuse rather than queue
         };
-        let commissioned = dev
-            .state
-            .read()
-            .map(|s| s.file.state == LifeCycle::Commissioned)
-            .unwrap_or(false);
-        if !commissioned {
+        // Subscribed before anything is read: a change after this point
+        // checks the session again, and the trust read here decides
+        // whether Modbus is served at all.
+        let mut trust = dev.trust.subscribe();
+        if trust.borrow_and_update().modbus.is_none() {
             continue; // no owner trust anchors yet: nobody can be authorised
         }
-        // Subscribed before the configuration is read: a change after this
-        // point checks the session again.
-        let mut trust = dev.trust.subscribe();
-        trust.mark_unchanged();
         let Ok(cfg) = dev.modbus_tls.read().map(|c| c.clone()) else {
             continue;
         };

@@ -398,7 +398,11 @@ impl Device {
         // Connections admitted under the old trust or identity: the API's
         // close, a Modbus session stays only if its certificate passes the
         // new check (docs/api.md, docs/modbus.md).
-        self.trust.send_replace(trust);
+        let generation = self.trust.borrow().generation + 1;
+        self.trust.send_replace(Trust {
+            generation,
+            ..trust
+        });
         Ok(())
     }
 
@@ -725,6 +729,8 @@ impl Device {
 /// change, LDevID renewal, factory reset, the tamper response).
 #[derive(Clone)]
 pub(crate) struct Trust {
+    /// 0 at start, one more for each state adopted.
+    pub(crate) generation: u64,
     /// The check an open Modbus session's certificate must still pass; none
     /// when the device serves no Modbus (factory state). After the tamper
     /// response open sessions stay, for status reads only (docs/modbus.md).
@@ -734,6 +740,7 @@ pub(crate) struct Trust {
 impl Trust {
     pub(crate) fn of(st: &StateDir) -> Result<Trust> {
         Ok(Trust {
+            generation: 0,
             modbus: if st.file.state == LifeCycle::Commissioned {
                 Some(tls::client_verifier(st)?)
             } else {

@@ -47,6 +47,7 @@ pub async fn serve(
         // point closes the connection.
         let mut changed = trust.clone();
         changed.mark_unchanged();
+        let trust_generation = changed.borrow().generation;
         let cfg = match tls.read() {
             Ok(c) => c.clone(),
             Err(_) => continue,
@@ -69,7 +70,11 @@ pub async fn serve(
             else {
                 return;
             };
-            let info = ConnInfo { fingerprint, addr };
+            let info = ConnInfo {
+                fingerprint,
+                addr,
+                trust_generation,
+            };
             // Never marked seen: "changed" means since this connection's handshake.
             let admitted = changed.clone();
             let svc = hyper::service::service_fn(
@@ -81,13 +86,7 @@ pub async fn serve(
                     async move {
                         if stale {
                             // Arrived before the close: not served under the old trust.
-                            let mut resp = crate::api::ApiError::new(
-                                axum::http::StatusCode::MISDIRECTED_REQUEST,
-                                "connection-stale",
-                                "the device's identity or trust changed since this connection \
-                                 was opened; send the request on a new connection",
-                            )
-                            .into_response();
+                            let mut resp = crate::api::stale_connection().into_response();
                             resp.headers_mut().insert(
                                 hyper::header::CONNECTION,
                                 hyper::header::HeaderValue::from_static("close"),

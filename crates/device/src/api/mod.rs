@@ -42,6 +42,10 @@ pub struct ConnInfo {
     pub fingerprint: String,
     /// The client's address.
     pub addr: SocketAddr,
+    /// The device's trust generation when the connection was admitted (0
+    /// at start, one more for each state adopted); a session request on a
+    /// connection admitted under an older one is refused (421).
+    pub trust_generation: u64,
 }
 
 /// A commissioning exchange in progress.
@@ -89,6 +93,17 @@ pub struct Device {
     /// The trust open connections were admitted under; each adopted state
     /// sends a new one, and every open connection is told.
     pub(crate) trust: tokio::sync::watch::Sender<crate::runtime::Trust>,
+}
+
+/// The answer on a connection admitted before the device's identity or
+/// trust changed: refused unprocessed, to be sent on a new connection.
+pub(crate) fn stale_connection() -> ApiError {
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "connection-stale",
+        "the device's identity or trust changed since this connection was opened; \
+         send the request on a new connection",
+    )
 }
 
 /// An error response: status, a stable code, and a message naming the problem.
@@ -327,6 +342,11 @@ impl Device {
 
     /// Resolves the session of a request.
     pub(crate) fn caller(&self, headers: &HeaderMap, conn: &ConnInfo) -> Result<Caller, ApiError> {
+        // Checked here, after the body arrived, as well as when the headers
+        // did: a body held back across a trust change is not served.
+        if self.trust.borrow().generation != conn.trust_generation {
+            return Err(stale_connection());
+        }
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
