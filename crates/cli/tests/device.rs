@@ -672,6 +672,94 @@ fn tls_refuses_an_expired_certificate() {
     );
 }
 
+/// A mutual-TLS stream to the lab device as `identity`, for tests that
+/// need the HTTP bytes themselves.
+fn raw_tls(
+    lab: &common::TestLab,
+    identity: &ClientIdentity,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let (cfg, name) = drivesec_oem::client::tls_config(
+        lab.addr(),
+        Some(identity),
+        &lab.trust(),
+        Versions::Default,
+    )
+    .unwrap();
+    let tls = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(lab.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(tls, tcp)
+}
+
+/// Sends one HTTP/1.1 request on `s` and reads its response (head and
+/// Content-Length body), leaving the connection open.
+fn exchange<S: std::io::Read + std::io::Write>(s: &mut S, head: &str, body: &[u8]) -> String {
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s.flush().unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-head");
+        got.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest).unwrap();
+    got.extend(rest);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A state change closes the API's open connections: the response to the
+/// request that made it says `Connection: close`, and another client's idle
+/// kept-alive connection is closed by the device without a request.
+#[test]
+fn a_trust_change_closes_open_api_connections() {
+    use std::io::Read;
+    let lab = test_lab(None);
+    let d = tempfile::tempdir().unwrap();
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let (_, serial) = issue_client(&mut oem, d.path(), None);
+    let crl = oem.revoke(&serial, "key-compromise").unwrap();
+    let mut idle = raw_tls(&lab, &lab.identity("viewer"));
+    let r = exchange(
+        &mut idle,
+        "GET /api/v1/info HTTP/1.1\r\nHost: d\r\n\r\n",
+        b"",
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(!r.to_lowercase().contains("connection: close"), "{r}");
+    let admin = lab.admin();
+    let mut changer = raw_tls(&lab, &lab.identity("security-admin"));
+    let body = json!({"crl_pem": std::fs::read_to_string(&crl).unwrap()}).to_string();
+    let r = exchange(
+        &mut changer,
+        &format!(
+            "PUT /api/v1/security/crl HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            admin.session.as_ref().unwrap(),
+            body.len()
+        ),
+        body.as_bytes(),
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.to_lowercase().contains("connection: close"), "{r}");
+    let mut b = [0u8; 1];
+    let closed = match idle.read(&mut b) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(closed, "the idle connection stayed open across the change");
+}
+
 /// A request whose headers arrived before the CRL and whose body is held
 /// back until after it is refused unprocessed (421), not served under the
 /// old trust.
@@ -687,17 +775,7 @@ fn a_request_body_held_back_across_a_crl_is_not_served() {
     let viewer = &lab.m.users["viewer"];
     c.login(&viewer.username, &viewer.password).unwrap();
     let session = c.session.clone().unwrap();
-    let (cfg, name) = drivesec_oem::client::tls_config(
-        lab.addr(),
-        Some(&victim),
-        &lab.trust(),
-        Versions::Default,
-    )
-    .unwrap();
-    let tls = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
-    let tcp = std::net::TcpStream::connect(lab.addr()).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut s = rustls::StreamOwned::new(tls, tcp);
+    let mut s = raw_tls(&lab, &victim);
     let body = br#"{"crl_pem": "not a CRL"}"#;
     write!(
         s,

@@ -4,9 +4,9 @@
 //! security administrator sets through the API, and the drive's registers
 //! (docs/modbus.md). Served only once the device is commissioned.
 //!
-//! When the device's trust changes (a CRL, new trust anchors), an open
-//! session's certificate chain is checked again and the session is closed
-//! if it no longer passes; every session closes on factory reset (after
+//! Each time the device adopts a state (a CRL, new trust anchors, a
+//! renewal), an open session's certificate chain is checked again and the
+//! session is closed if it no longer passes; every session closes on factory reset (after
 //! the tamper response open sessions stay, answering status reads only).
 //!
 //! Refusals are recorded, aggregated per client certificate: the first in a

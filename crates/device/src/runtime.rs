@@ -397,11 +397,11 @@ impl Device {
             .map_err(|_| ApiError::internal("lock poisoned"))? = st;
         // Connections admitted under the old trust or identity: the API's
         // close, a Modbus session stays only if its certificate passes the
-        // new check (docs/api.md, docs/modbus.md).
-        let generation = self.trust.borrow().generation + 1;
-        self.trust.send_replace(Trust {
-            generation,
-            ..trust
+        // new check (docs/openapi.json, docs/modbus.md). One step of the
+        // generation per adopted state, even when two are adopted at once.
+        self.trust.send_modify(|t| {
+            t.generation += 1;
+            t.modbus = trust.modbus;
         });
         Ok(())
     }
@@ -738,6 +738,13 @@ pub(crate) struct Trust {
 }
 
 impl Trust {
+    /// Whether a connection was admitted under this trust (no state was
+    /// adopted since its handshake).
+    pub(crate) fn admits(&self, conn: &crate::api::ConnInfo) -> bool {
+        self.generation == conn.trust_generation
+    }
+
+    /// The trust of `st`, at generation 0 (`adopt_state` counts from there).
     pub(crate) fn of(st: &StateDir) -> Result<Trust> {
         Ok(Trust {
             generation: 0,

@@ -46,8 +46,7 @@ pub async fn serve(
         // Subscribed before the configuration is read: a change after this
         // point closes the connection.
         let mut changed = trust.clone();
-        changed.mark_unchanged();
-        let trust_generation = changed.borrow().generation;
+        let trust_generation = changed.borrow_and_update().generation;
         let cfg = match tls.read() {
             Ok(c) => c.clone(),
             Err(_) => continue,
@@ -75,31 +74,24 @@ pub async fn serve(
                 addr,
                 trust_generation,
             };
-            // Never marked seen: "changed" means since this connection's handshake.
-            let admitted = changed.clone();
+            let trust = changed.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    let admitted = trust.borrow().admits(&info);
                     req.extensions_mut().insert(info.clone());
-                    let stale = admitted.has_changed().unwrap_or(true);
-                    let during = admitted.clone();
-                    let app = app.clone();
+                    let (app, trust, info) = (app.clone(), trust.clone(), info.clone());
                     async move {
-                        if stale {
+                        if !admitted {
                             // Arrived before the close: not served under the old trust.
-                            let mut resp = crate::api::stale_connection().into_response();
-                            resp.headers_mut().insert(
-                                hyper::header::CONNECTION,
-                                hyper::header::HeaderValue::from_static("close"),
-                            );
-                            return Ok(resp);
+                            return Ok(closing(crate::api::stale_connection().into_response()));
                         }
-                        let mut resp = app.oneshot(req.map(axum::body::Body::new)).await?;
-                        if during.has_changed().unwrap_or(false) {
-                            resp.headers_mut().insert(
-                                hyper::header::CONNECTION,
-                                hyper::header::HeaderValue::from_static("close"),
-                            );
-                        }
+                        let resp = app.oneshot(req.map(axum::body::Body::new)).await?;
+                        // This request changed the trust (or raced a change).
+                        let resp = if trust.borrow().admits(&info) {
+                            resp
+                        } else {
+                            closing(resp)
+                        };
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 },
@@ -120,4 +112,14 @@ pub async fn serve(
             let _ = conn.await;
         });
     }
+}
+
+/// `resp` with `Connection: close`: the client must not send another
+/// request on this connection.
+fn closing(mut resp: axum::response::Response) -> axum::response::Response {
+    resp.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    resp
 }

@@ -401,7 +401,7 @@ impl DeviceClient {
         let body = Bytes::from(body.unwrap_or_default());
         let (reply, reused) = self.send(method, path, content_type, Full::new(body.clone()))?;
         // The device refused it unread because its trust changed while the
-        // connection was open (docs/api.md): once more, on a new connection.
+        // connection was open (docs/openapi.json): once more, on a new connection.
         if reused && reply.status == 421 && reply.body["error"] == "connection-stale" {
             self.forget_connection();
             return Ok(self.send(method, path, content_type, Full::new(body))?.0);
@@ -462,7 +462,9 @@ impl DeviceClient {
         Ok(sender)
     }
 
-    /// Whether a connection is still open (a test helper's view of reuse).
+    /// Whether the last call left a connection open for the next (for
+    /// tests of reuse; a close by the device since then shows only at the
+    /// next call, since this client's runtime runs only during calls).
     pub fn has_open_connection(&self) -> bool {
         self.conn
             .lock()

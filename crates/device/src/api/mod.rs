@@ -344,7 +344,7 @@ impl Device {
     pub(crate) fn caller(&self, headers: &HeaderMap, conn: &ConnInfo) -> Result<Caller, ApiError> {
         // Checked here, after the body arrived, as well as when the headers
         // did: a body held back across a trust change is not served.
-        if self.trust.borrow().generation != conn.trust_generation {
+        if !self.trust.borrow().admits(conn) {
             return Err(stale_connection());
         }
         let token = headers
