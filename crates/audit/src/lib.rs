@@ -31,7 +31,7 @@ pub use checkpoint::{Checkpoint, CheckpointKind};
 pub use config::{AuditConfig, FullPolicy};
 pub use record::{Actor, Event, Outcome, Record, TimeQuality};
 pub use writer::{
-    Appended, AuditLog, CapacityStatus, Signer, TrailSnapshot, is_segment_name, read_cursor,
+    Appended, AuditLog, CapacityStatus, Reservation, Signer, TrailSnapshot, is_segment_name, read_cursor,
     read_segment_prefix, write_cursor,
 };
 

@@ -162,6 +162,9 @@ struct State {
     checkpoint_seq: u64,
     first_uncovered: Option<Instant>,
     checkpoint_error: Option<String>,
+    /// Bytes held by [`Reservation`]s not yet used: counted as used by the
+    /// capacity policy, so the record an action promised always fits.
+    reserved: u64,
 }
 
 struct Io {
@@ -226,6 +229,33 @@ pub struct AuditLog {
     shared: Arc<Shared>,
     ticker: Option<JoinHandle<()>>,
 }
+
+/// Room for one record; see [`AuditLog::reserve`].
+pub struct Reservation {
+    shared: Arc<Shared>,
+    held: u64,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("held", &self.held)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.held > 0
+            && let Ok(mut st) = self.shared.lock()
+        {
+            st.reserved = st.reserved.saturating_sub(self.held);
+        }
+    }
+}
+
+/// The room one reservation holds: a frame with a record of up to 1 KiB.
+const RESERVED_RECORD: u64 = (frame::HEADER + frame::TRAILER + 1024) as u64;
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -407,6 +437,8 @@ impl Shared {
 
     /// Capacity policy for one record of about `len` bytes.
     fn admit(&self, st: &mut State, essential: bool, len: u64, what: &str) -> Result<()> {
+        // What reservations hold counts as used.
+        let len = len + st.reserved;
         let c = &self.config;
         if st.used + len > c.max_bytes && c.when_full == FullPolicy::DropForwarded {
             self.drop_delivered(st)?;
@@ -562,6 +594,7 @@ impl AuditLog {
             checkpoint_seq: checkpoint_seq.min(next_seq - 1),
             first_uncovered: None,
             checkpoint_error: None,
+            reserved: 0,
         };
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -595,6 +628,49 @@ impl AuditLog {
             )?;
         }
         Ok(log)
+    }
+
+    /// Holds room for one record of an action about to be taken, so that
+    /// the action runs only if its record is certain to fit (SR 2.10: an
+    /// action the trail cannot record is refused). The capacity policy
+    /// decides now, as it would for an append of `essential`; the room is
+    /// given back if the reservation is dropped unused. Only a write
+    /// failure can then stop [`Reservation::append`].
+    pub fn reserve(&self, essential: bool, what: &str) -> Result<Reservation> {
+        let sh = &self.shared;
+        let mut st = sh.lock()?;
+        if let Some(f) = &st.failed {
+            return Err(AuditError::Failed(f.clone()));
+        }
+        sh.admit(&mut st, essential, RESERVED_RECORD, what)?;
+        st.reserved += RESERVED_RECORD;
+        Ok(Reservation {
+            shared: sh.clone(),
+            held: RESERVED_RECORD,
+        })
+    }
+
+    /// Appends the event a reservation was taken for; returns once it is durable.
+    pub fn append_reserved(&self, mut r: Reservation, ev: Event) -> Result<Appended> {
+        let sh = &self.shared;
+        if !Arc::ptr_eq(sh, &r.shared) {
+            return Err(AuditError::Invalid(
+                "the reservation belongs to another trail".into(),
+            ));
+        }
+        let mut st = sh.lock()?;
+        st.reserved = st.reserved.saturating_sub(r.held);
+        r.held = 0;
+        if let Some(f) = &st.failed {
+            return Err(AuditError::Failed(f.clone()));
+        }
+        let rec = Record::from_event(ev, now_rfc3339(), sh.config.time_quality);
+        let a = sh.push(&mut st, &rec)?;
+        self.wait_durable(st, a.seq)?;
+        if sh.checkpoint_due() {
+            sh.stop_cond.notify_all();
+        }
+        Ok(a)
     }
 
     /// Appends one event; returns once it is durable.

@@ -690,3 +690,42 @@ fn checkpoint_failure_is_reported_not_hidden() {
     let msg = reported.expect("the failed checkpoint is visible in status()");
     assert!(msg.contains("idevid"), "{msg}");
 }
+
+/// An action takes room first and records after: once the room is held,
+/// a flood that fills the trail meanwhile cannot make its record fail,
+/// and an unused reservation gives its room back.
+#[test]
+fn a_reservation_keeps_room_for_the_actions_record_against_a_flood() {
+    let fx = Fx::new();
+    let log = fx.open(bounded(FullPolicy::RefuseNonEssential));
+    let held = log.reserve(false, "param.write").unwrap();
+    let mut n = 0u64;
+    while log.append(ev(n)).is_ok() {
+        n += 1;
+        assert!(n < 10_000);
+    }
+    // Full for routine records, and for new reservations of them...
+    assert!(matches!(
+        log.reserve(false, "param.write").unwrap_err(),
+        AuditError::Full { .. }
+    ));
+    // ...but the held one is still good.
+    let a = log
+        .append_reserved(held, Event::new(Actor::Device, "param.write"))
+        .unwrap();
+    // Dropping an unused reservation frees its room: one more routine record fits.
+    let fx2 = Fx::new();
+    let log2 = fx2.open(bounded(FullPolicy::RefuseNonEssential));
+    let mut m = 0u64;
+    let spare = log2.reserve(false, "x").unwrap();
+    while log2.append(ev(m)).is_ok() {
+        m += 1;
+    }
+    drop(spare);
+    log2.append(ev(m)).unwrap();
+    log.close().unwrap();
+    let all = reader::read(&fx.trail(), &Query::default(), 100_000).unwrap();
+    assert_eq!(all.last().unwrap().seq, a.seq);
+    assert_eq!(all.last().unwrap().record.action, "param.write");
+    assert!(fx.verify().ok);
+}

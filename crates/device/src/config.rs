@@ -33,6 +33,26 @@ pub struct ApiSettings {
     pub factory_max_failures: u32,
     /// How long commissioning stays locked after that.
     pub factory_lockout_secs: u64,
+    /// Connections still in the TLS handshake at once (API; the Modbus
+    /// server has the same bound of its own). Over it a new TCP connection
+    /// is closed at once (docs/device-api.md, "Connection limits").
+    pub max_handshakes: usize,
+    /// Of those, from one IP address.
+    pub max_handshakes_per_source: usize,
+    /// Time a client has to complete the TLS handshake, milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Authenticated API connections at once.
+    pub max_connections: usize,
+    /// Of those, with one client certificate.
+    pub max_connections_per_certificate: usize,
+    /// Time to send a request's head, and most time a kept-alive
+    /// connection may wait for its next request, seconds.
+    pub header_timeout_secs: u64,
+    /// Longest pause between two pieces of a request body, seconds.
+    pub body_timeout_secs: u64,
+    /// Slowest average body rate accepted once a body has taken longer
+    /// than `body_timeout_secs`, bytes per second (a trickled upload is cut).
+    pub min_body_bytes_per_sec: u64,
 }
 
 impl Default for ApiSettings {
@@ -43,6 +63,14 @@ impl Default for ApiSettings {
             logins_per_minute: 30,
             factory_max_failures: 5,
             factory_lockout_secs: 900,
+            max_handshakes: 64,
+            max_handshakes_per_source: 8,
+            handshake_timeout_ms: 5_000,
+            max_connections: 256,
+            max_connections_per_certificate: 16,
+            header_timeout_secs: 30,
+            body_timeout_secs: 10,
+            min_body_bytes_per_sec: 4096,
         }
     }
 }
@@ -73,6 +101,9 @@ pub struct ModbusSettings {
     pub idle_timeout_secs: u64,
     /// Most Modbus sessions at once (TLS and plain together).
     pub max_connections: usize,
+    /// Most Modbus sessions with one client certificate (plain Modbus:
+    /// from one IP address).
+    pub max_connections_per_certificate: usize,
 }
 
 impl Default for ModbusSettings {
@@ -87,6 +118,7 @@ impl Default for ModbusSettings {
             comm_loss_timeout_ms: 1000,
             idle_timeout_secs: 60,
             max_connections: 128,
+            max_connections_per_certificate: 8,
         }
     }
 }
@@ -210,6 +242,45 @@ impl DeviceConfig {
             1,
             3_000,
         )?;
+        let a = &cfg.api;
+        for (name, value, lo, hi) in [
+            ("api.max_handshakes", a.max_handshakes as u64, 1, 4096),
+            (
+                "api.max_handshakes_per_source",
+                a.max_handshakes_per_source as u64,
+                1,
+                4096,
+            ),
+            (
+                "api.handshake_timeout_ms",
+                a.handshake_timeout_ms,
+                100,
+                60_000,
+            ),
+            ("api.max_connections", a.max_connections as u64, 1, 4096),
+            (
+                "api.max_connections_per_certificate",
+                a.max_connections_per_certificate as u64,
+                1,
+                4096,
+            ),
+            ("api.header_timeout_secs", a.header_timeout_secs, 1, 600),
+            ("api.body_timeout_secs", a.body_timeout_secs, 1, 600),
+            (
+                "api.min_body_bytes_per_sec",
+                a.min_body_bytes_per_sec,
+                1,
+                1 << 30,
+            ),
+            (
+                "modbus.max_connections_per_certificate",
+                cfg.modbus.max_connections_per_certificate as u64,
+                1,
+                4096,
+            ),
+        ] {
+            in_range(name, value, lo, hi)?;
+        }
         in_range(
             "runtime.network_threads",
             cfg.runtime.network_threads as u64,

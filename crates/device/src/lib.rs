@@ -8,6 +8,7 @@
 //!   recorded in the audit trail). docs/openapi.json describes it.
 //! * [`posture`]: the security level achieved in the current configuration.
 
+mod admission;
 pub mod api;
 pub mod config;
 pub mod credential;
@@ -19,6 +20,7 @@ pub mod provision;
 mod runtime;
 mod server;
 pub mod state;
+mod tally;
 mod tls;
 
 use std::path::PathBuf;

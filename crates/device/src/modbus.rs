@@ -29,7 +29,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
+
+use crate::admission::Gate;
 
 use crate::api::{ApiError, Device};
 use crate::config::ModbusSettings;
@@ -315,6 +317,20 @@ impl ProcessImage for Session {
                 _ => return Err(Exception::IllegalDataAddress),
             }
         }
+        // Room in the trail for every record this write makes, before
+        // anything changes: a write the trail cannot record is refused.
+        let refuse = |_| Exception::ServerDeviceFailure;
+        let control_changes = control.is_some_and(|cw| self.last_control_word != Some(cw));
+        let control_record = if control_changes {
+            Some(self.dev.reserve("drive.control").map_err(refuse)?)
+        } else {
+            None
+        };
+        let param_records = changes
+            .iter()
+            .map(|_| self.dev.reserve("param.write"))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(refuse)?;
         // Everything is checked before anything changes.
         let mut params = self
             .dev
@@ -344,27 +360,26 @@ impl ProcessImage for Session {
                 .map_err(|_| Exception::ServerDeviceFailure)?;
             let old = std::mem::replace(&mut *params, next);
             drop(params);
-            for (name, v) in &changes {
-                let _ = self.dev.audit(
+            for ((name, v), rec) in changes.iter().zip(param_records) {
+                rec.record(
                     self.event("param.write", Outcome::Success)
                         .target(name.to_string())
                         .details(json!({"via": "modbus", "role": self.role, "old": old.get(name), "new": v})),
-                );
+                )
+                .map_err(refuse)?;
             }
         } else {
             drop(params);
         }
-        if let Some(cw) = control {
-            if self.last_control_word != Some(cw) {
-                self.dev
-                    .audit(
-                        self.event("drive.control", Outcome::Success).details(
-                            json!({"via": "modbus", "role": self.role, "control_word": cw}),
-                        ),
-                    )
-                    .map_err(|_| Exception::ServerDeviceFailure)?;
-                self.last_control_word = Some(cw);
-            }
+        if let (Some(cw), Some(rec)) = (control, control_record) {
+            rec.record(
+                self.event("drive.control", Outcome::Success)
+                    .details(json!({"via": "modbus", "role": self.role, "control_word": cw})),
+            )
+            .map_err(refuse)?;
+            self.last_control_word = Some(cw);
+        }
+        if control.is_some() {
             self.link.take_control(self.id);
         }
         self.link.command(control.as_slice(), reference);
@@ -466,17 +481,20 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
 pub async fn serve_tls(
     listener: TcpListener,
     dev: Arc<Device>,
-    slots: Arc<Semaphore>,
+    gate: Arc<Gate>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let timeout = gate.limits().handshake_timeout;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
         let Ok((tcp, addr)) = accepted else { continue };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // over the cap: refuse rather than queue
+        // Over a bound: refuse rather than queue (docs/modbus.md).
+        let Ok(handshake) = gate.handshake(addr.ip()) else {
+            dev.connection_refused("modbus", addr);
+            continue;
         };
         // Subscribed before anything is read: a change after this point
         // checks the session again, and the trust read here decides
@@ -491,11 +509,8 @@ pub async fn serve_tls(
         let _ = tcp.set_nodelay(true);
         let dev = dev.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
+            let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await else {
                 return;
             };
             let Some(chain) = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec) else {
@@ -510,6 +525,10 @@ pub async fn serve_tls(
                 .flatten()
                 .map(|r| r.as_str().to_string());
             let client = hex::encode(Sha256::digest(cert.as_ref()));
+            let Ok(_slot) = handshake.establish(&client) else {
+                dev.connection_refused("modbus", addr);
+                return;
+            };
             run_session(dev, stream, client, role, addr, trust_lost(trust, chain)).await;
         });
     }
@@ -521,7 +540,7 @@ pub async fn serve_plain(
     listener: TcpListener,
     dev: Arc<Device>,
     role: Option<String>,
-    slots: Arc<Semaphore>,
+    gate: Arc<Gate>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -530,13 +549,18 @@ pub async fn serve_plain(
             _ = shutdown.changed() => return,
         };
         let Ok((tcp, addr)) = accepted else { continue };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        // No handshake: the address is the only identity there is.
+        let slot = gate
+            .handshake(addr.ip())
+            .and_then(|h| h.establish(&format!("plain:{}", addr.ip())));
+        let Ok(slot) = slot else {
+            dev.connection_refused("modbus-plain", addr);
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let (dev, role) = (dev.clone(), role.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let never = std::future::pending::<String>();
             run_session(dev, tcp, format!("plain:{}", addr.ip()), role, addr, never).await;
         });

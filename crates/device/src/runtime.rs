@@ -98,6 +98,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
         modbus_denials: Mutex::new(std::collections::HashMap::new()),
         renewal: Mutex::new(None),
         trust: tokio::sync::watch::Sender::new(trust),
+        tally: crate::tally::Tally::default(),
     });
     if let Some(f) = dev
         .forwarding_settings()
@@ -116,8 +117,21 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
             .map_err(|_| DeviceError::Invalid("state lock poisoned".into()))?;
         (st.tampered, st.store.clone())
     };
-    let respond: crate::drive_loop::TamperResponse =
-        Box::new(move || store.destroy_all().map_err(|e| e.to_string()));
+    // Seal, then erase: the trail's last signed checkpoint covers the
+    // detection, because after the erase nothing can sign any more.
+    let sealer = Arc::downgrade(&dev);
+    let respond: crate::drive_loop::TamperResponse = Box::new(move || {
+        tracing::error!("tamper input active: sealing the audit trail, then destroying every key");
+        if let Some(dev) = sealer.upgrade() {
+            dev.seal_trail_before_erase();
+        }
+        let r = store.destroy_all().map_err(|e| e.to_string());
+        match &r {
+            Ok(n) => tracing::error!(keys = n, "tamper response: keys destroyed"),
+            Err(e) => tracing::error!(error = %e, "tamper response: destroying the keys failed"),
+        }
+        r
+    });
     let weak = Arc::downgrade(&dev);
     let (link, _tick) = crate::drive_loop::start(
         state_dir,
@@ -174,6 +188,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let listen = config.listen;
+    let api_settings = config.api.clone();
     let (dev, app) = build(state_dir, config)?;
     let listener = TcpListener::bind(listen)
         .await
@@ -193,9 +208,11 @@ pub async fn run(
     tracing::info!(%addr, "drivesecd API listening");
     let server = tokio::spawn(server::serve(
         listener,
+        dev.clone(),
         dev.tls.clone(),
         dev.trust.subscribe(),
         app,
+        api_settings,
         rx.clone(),
     ));
     // Session ends nobody asked for (idle or absolute timeout) are recorded too.
@@ -208,6 +225,7 @@ pub async fn run(
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
                         dev.record_expired_sessions();
                         dev.flush_modbus_denials(false);
+                        dev.flush_tally(false);
                     }
                     _ = rx.changed() => return,
                 }
@@ -222,6 +240,7 @@ pub async fn run(
         let _ = m.await;
     }
     dev.flush_modbus_denials(true);
+    dev.flush_tally(true);
     if let Ok(mut f) = dev.forwarder.lock()
         && let Some(fw) = f.take()
     {
@@ -255,7 +274,19 @@ async fn start_modbus(
     if !m.enabled {
         return Ok(tasks);
     }
-    let slots = Arc::new(tokio::sync::Semaphore::new(m.max_connections));
+    let api = dev
+        .config
+        .read()
+        .map_err(|_| DeviceError::Invalid("config lock poisoned".into()))?
+        .api
+        .clone();
+    // The API's handshake bounds, Modbus's own session bounds; TLS and
+    // plain sessions share them.
+    let gate = crate::admission::Gate::new(crate::admission::Limits {
+        connections: m.max_connections,
+        per_certificate: m.max_connections_per_certificate,
+        ..crate::server::limits(&api)
+    });
     let bind = |addr: std::net::SocketAddr, file: &'static str| async move {
         let l = TcpListener::bind(addr)
             .await
@@ -275,7 +306,7 @@ async fn start_modbus(
     tasks.push(tokio::spawn(crate::modbus::serve_tls(
         l,
         dev.clone(),
-        slots.clone(),
+        gate.clone(),
         shutdown.clone(),
     )));
     if let Some(plain) = m.insecure_plain_listen {
@@ -285,7 +316,7 @@ async fn start_modbus(
             l,
             dev.clone(),
             m.insecure_plain_role.clone(),
-            slots,
+            gate,
             shutdown.clone(),
         )));
     }
@@ -297,6 +328,21 @@ impl Device {
     pub(crate) fn is_tampered(&self) -> bool {
         self.drive.get().is_some_and(|l| l.tampered())
             || self.state.read().map(|s| s.tampered).unwrap_or(true)
+    }
+
+    /// The tamper response's first step, before any key is destroyed: the
+    /// detection is recorded and a checkpoint signed over it, so the trail
+    /// up to the tamper stays verifiable (docs/audit.md).
+    pub(crate) fn seal_trail_before_erase(&self) {
+        let _ = self.audit(Event::new(Actor::Device, "device.tamper-detected").essential());
+        match self.audit_log() {
+            Ok(log) => {
+                if let Err(e) = log.checkpoint_now() {
+                    tracing::error!(error = %e, "tamper response: the final checkpoint failed");
+                }
+            }
+            Err(e) => tracing::error!(error = e.message(), "tamper response: no audit trail"),
+        }
     }
 
     /// After the tick ran the tamper response (keys destroyed): record it,

@@ -8,39 +8,61 @@
 //! with `Connection: close`, so every client handshakes again under the new
 //! identity and trust.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::response::IntoResponse;
+use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::api::ConnInfo;
+use crate::admission::{Gate, Limits};
+use crate::api::{ApiError, ConnInfo, Device};
+use crate::config::ApiSettings;
 
-/// Most connections served at once.
-pub const MAX_CONNECTIONS: usize = 256;
+/// The admission bounds of the API listener.
+pub(crate) fn limits(a: &ApiSettings) -> Limits {
+    Limits {
+        handshakes: a.max_handshakes,
+        handshakes_per_source: a.max_handshakes_per_source,
+        handshake_timeout: Duration::from_millis(a.handshake_timeout_ms),
+        connections: a.max_connections,
+        per_certificate: a.max_connections_per_certificate,
+    }
+}
 
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
+    dev: Arc<Device>,
     tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
     trust: watch::Receiver<crate::runtime::Trust>,
     app: Router,
+    settings: ApiSettings,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let gate = Gate::new(limits(&settings));
+    let body_limits = BodyLimits {
+        frame_timeout: Duration::from_secs(settings.body_timeout_secs),
+        min_rate: settings.min_body_bytes_per_sec,
+    };
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
         let Ok((tcp, addr)) = accepted else { continue };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(tcp); // over the cap: refuse rather than queue
+        // Over a bound: refuse rather than queue (closing the socket).
+        let Ok(handshake) = gate.handshake(addr.ip()) else {
+            dev.connection_refused("api", addr);
             continue;
         };
         // Subscribed before the configuration is read: a change after this
@@ -51,13 +73,12 @@ pub async fn serve(
             Ok(c) => c.clone(),
             Err(_) => continue,
         };
-        let app = app.clone();
+        let (app, dev) = (app.clone(), dev.clone());
+        let timeout = gate.limits().handshake_timeout;
+        let header_timeout = Duration::from_secs(settings.header_timeout_secs);
         tokio::spawn(async move {
-            let _permit = permit;
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
+            let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await else {
                 return;
             };
             let Some(fingerprint) = stream
@@ -67,6 +88,10 @@ pub async fn serve(
                 .and_then(|c| c.first())
                 .map(|c| hex::encode(Sha256::digest(c.as_ref())))
             else {
+                return;
+            };
+            let Ok(_slot) = handshake.establish(&fingerprint) else {
+                dev.connection_refused("api", addr);
                 return;
             };
             let info = ConnInfo {
@@ -79,26 +104,39 @@ pub async fn serve(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let admitted = trust.borrow().admits(&info);
                     req.extensions_mut().insert(info.clone());
-                    let (app, trust, info) = (app.clone(), trust.clone(), info.clone());
+                    let (app, trust, info, dev) =
+                        (app.clone(), trust.clone(), info.clone(), dev.clone());
+                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
                     async move {
                         if !admitted {
                             // Arrived before the close: not served under the old trust.
-                            return Ok(closing(crate::api::stale_connection().into_response()));
+                            return Ok(closing(secure(
+                                crate::api::stale_connection().into_response(),
+                            )));
                         }
-                        let resp = app.oneshot(req.map(axum::body::Body::new)).await?;
+                        let req = req.map(|b| axum::body::Body::new(Paced::new(b, body_limits)));
+                        let resp = match CatchPanic(Box::pin(app.oneshot(req))).await {
+                            Ok(Ok(r)) => r,
+                            Ok(Err(never)) => match never {},
+                            Err(()) => {
+                                // No internal text to the client; recorded.
+                                dev.handler_panicked(&info, method.as_str(), &path);
+                                closing(ApiError::internal("handler failed").into_response())
+                            }
+                        };
                         // This request changed the trust (or raced a change).
                         let resp = if trust.borrow().admits(&info) {
                             resp
                         } else {
                             closing(resp)
                         };
-                        Ok::<_, std::convert::Infallible>(resp)
+                        Ok::<_, std::convert::Infallible>(secure(resp))
                     }
                 },
             );
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), svc);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
@@ -111,6 +149,125 @@ pub async fn serve(
             }
             let _ = conn.await;
         });
+    }
+}
+
+/// Headers on every answer: nothing is cached (answers carry sessions,
+/// credentials and settings), and content types are not sniffed.
+fn secure(mut resp: axum::response::Response) -> axum::response::Response {
+    let h = resp.headers_mut();
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        hyper::header::HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// A future whose panic becomes `Err(())` instead of unwinding into the
+/// connection task.
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}
+
+/// How slowly a request body may arrive.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    /// Longest pause between two pieces.
+    frame_timeout: Duration,
+    /// Slowest average rate once the body took longer than `frame_timeout`.
+    min_rate: u64,
+}
+
+/// A request body that fails when the client pauses longer than the frame
+/// timeout or, past that much time, sends slower than the minimum rate:
+/// a trickled body cannot hold a connection (and a handler) for long.
+struct Paced {
+    inner: hyper::body::Incoming,
+    limits: BodyLimits,
+    started: Instant,
+    received: u64,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Paced {
+    fn new(inner: hyper::body::Incoming, limits: BodyLimits) -> Self {
+        Paced {
+            inner,
+            limits,
+            started: Instant::now(),
+            received: 0,
+            deadline: Box::pin(tokio::time::sleep(limits.frame_timeout)),
+        }
+    }
+}
+
+/// Why a body was cut off.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("the request body paused for more than {0} s")]
+    Stalled(u64),
+    #[error("the request body arrived slower than {0} bytes per second")]
+    TooSlow(u64),
+    #[error(transparent)]
+    Io(#[from] hyper::Error),
+}
+
+impl hyper::body::Body for Paced {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.received += d.len() as u64;
+                }
+                let elapsed = this.started.elapsed();
+                if elapsed > this.limits.frame_timeout
+                    && (this.received as f64) < this.limits.min_rate as f64 * elapsed.as_secs_f64()
+                {
+                    return Poll::Ready(Some(Err(BodyError::TooSlow(this.limits.min_rate))));
+                }
+                let next = tokio::time::Instant::now() + this.limits.frame_timeout;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Stalled(
+                    this.limits.frame_timeout.as_secs(),
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -46,7 +46,8 @@ impl KeystoreConfig {
     ) -> Result<(Self, Arc<dyn KeyStore>)> {
         let secret = DeviceSecret::generate();
         secret.save_new(&base.join(secret_file))?;
-        let store = SoftKeyStore::create(&base.join(dir), &secret)?;
+        let store = SoftKeyStore::create(&base.join(dir), &secret)?
+            .with_secret_file(&base.join(secret_file));
         Ok((
             KeystoreConfig::Soft {
                 dir: dir.into(),
@@ -61,8 +62,20 @@ impl KeystoreConfig {
 pub fn open_keystore(cfg: &KeystoreConfig, base: &Path) -> Result<Arc<dyn KeyStore>> {
     match cfg {
         KeystoreConfig::Soft { dir, secret_file } => {
-            let secret = DeviceSecret::load(&base.join(secret_file))?;
-            Ok(Arc::new(SoftKeyStore::open(&base.join(dir), &secret)?))
+            let secret_path = base.join(secret_file);
+            // After the tamper response's crypto-erase the secret is gone
+            // and so is every key: the store opens, empty and unusable, so
+            // the device can still start and report its state.
+            if !secret_path.exists()
+                && let Some(erased) = SoftKeyStore::open_erased(&base.join(dir))?
+            {
+                return Ok(Arc::new(erased));
+            }
+            let secret = DeviceSecret::load(&secret_path)?;
+            Ok(Arc::new(
+                SoftKeyStore::open(&base.join(dir), &secret)?
+                    .with_secret_file(&base.join(secret_file)),
+            ))
         }
         KeystoreConfig::Pkcs11 { uri } => Ok(Arc::new(Pkcs11KeyStore::open(
             &Pkcs11Uri::parse(uri)?,

@@ -163,12 +163,25 @@ impl Loaded {
 struct Inner {
     /// Decrypted keys, loaded on first use and zeroized when dropped.
     cache: BTreeMap<KeyHandle, Loaded>,
+    /// The key-encryption key; gone (zeroized) after `destroy_all`.
+    kek: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl Inner {
+    fn kek(&self) -> Result<&Zeroizing<[u8; 32]>> {
+        self.kek.as_ref().ok_or_else(|| {
+            KeystoreError::Crypto(
+                "the store was crypto-erased (tamper response): no key can be used".into(),
+            )
+        })
+    }
 }
 
 /// A keystore in a directory, encrypted at rest under a [`DeviceSecret`].
 pub struct SoftKeyStore {
     dir: PathBuf,
-    kek: Zeroizing<[u8; 32]>,
+    /// The device secret's file, shredded by `destroy_all` (crypto-erase).
+    secret_file: Option<PathBuf>,
     inner: Mutex<Inner>,
 }
 
@@ -215,11 +228,48 @@ impl SoftKeyStore {
         fsu::write_new(&dir.join("store.json"), &json, Mode::Public)?;
         Ok(SoftKeyStore {
             dir: dir.to_path_buf(),
-            kek,
+            secret_file: None,
             inner: Mutex::new(Inner {
                 cache: BTreeMap::new(),
+                kek: Some(kek),
             }),
         })
+    }
+
+    /// A store whose device secret was destroyed (crypto-erase): `Some`
+    /// only when `dir` is a store and holds no key file any more. Every
+    /// key operation on it fails; listing finds nothing.
+    pub fn open_erased(dir: &Path) -> Result<Option<Self>> {
+        if !dir.join("store.json").exists() {
+            return Ok(None);
+        }
+        let keys = dir.join("keys");
+        let rd = match std::fs::read_dir(&keys) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(fsu::FsError::io("list", &keys, e).into()),
+        };
+        for entry in rd {
+            let entry = entry.map_err(|e| fsu::FsError::io("list", &keys, e))?;
+            if entry.path().extension().is_some_and(|e| e == "key") {
+                return Ok(None);
+            }
+        }
+        Ok(Some(SoftKeyStore {
+            dir: dir.to_path_buf(),
+            secret_file: None,
+            inner: Mutex::new(Inner {
+                cache: BTreeMap::new(),
+                kek: None,
+            }),
+        }))
+    }
+
+    /// Names the device secret's file, so that `destroy_all` shreds it too
+    /// (crypto-erase).
+    pub fn with_secret_file(mut self, path: &Path) -> Self {
+        self.secret_file = Some(path.to_path_buf());
+        self
     }
 
     /// Opens an existing store; fails with [`KeystoreError::WrongSecret`] if the
@@ -253,9 +303,10 @@ impl SoftKeyStore {
         }
         Ok(SoftKeyStore {
             dir: dir.to_path_buf(),
-            kek,
+            secret_file: None,
             inner: Mutex::new(Inner {
                 cache: BTreeMap::new(),
+                kek: Some(kek),
             }),
         })
     }
@@ -302,7 +353,7 @@ impl SoftKeyStore {
             let nonce = b64d(&path, "nonce", &kf.nonce)?;
             let ct = b64d(&path, "ciphertext", &kf.ciphertext)?;
             let aad = aad(handle, kf.algorithm, &public);
-            let secret = open_with_nonce(&self.kek, &nonce, &ct, &aad).ok_or_else(|| {
+            let secret = open_with_nonce(inner.kek()?, &nonce, &ct, &aad).ok_or_else(|| {
                 KeystoreError::Corrupt {
                     path: path.clone(),
                     reason:
@@ -399,7 +450,13 @@ impl KeyStore for SoftKeyStore {
         let public = key.public()?;
         let secret = key.secret_bytes();
         let aad = aad(handle, alg, public.raw());
-        let sealed = seal(&self.kek, &secret, &aad)?;
+        let sealed = {
+            let inner = self
+                .inner
+                .lock()
+                .map_err(|_| KeystoreError::Crypto("keystore lock poisoned".into()))?;
+            seal(inner.kek()?, &secret, &aad)?
+        };
         let kf = KeyFile {
             version: 1,
             handle: handle.clone(),
@@ -493,9 +550,18 @@ impl KeyStore for SoftKeyStore {
     }
 
     fn destroy_all(&self) -> Result<usize> {
-        // Forget the in-memory copies first: they zeroize on drop.
+        // Forget the in-memory copies first: they zeroize on drop, and so
+        // does the key-encryption key.
         if let Ok(mut inner) = self.inner.lock() {
             inner.cache.clear();
+            inner.kek = None;
+        }
+        // Crypto-erase: without the device secret no copy of a key file
+        // that survived on the medium can be decrypted.
+        if let Some(secret) = &self.secret_file
+            && secret.exists()
+        {
+            fsu::shred(secret)?;
         }
         let keys = self.dir.join("keys");
         let rd = std::fs::read_dir(&keys).map_err(|e| fsu::FsError::io("list", &keys, e))?;

@@ -94,6 +94,8 @@ pub(crate) async fn control(
             })?;
     }
     let l = link(&dev)?;
+    // The record's room first: a command the trail cannot record is refused.
+    let rec = dev.reserve("drive.control")?;
     let words: Vec<u16> = match req.command {
         None => vec![],
         // A start is an edge: run low, then high.
@@ -103,7 +105,7 @@ pub(crate) async fn control(
         Some(Command::Reset) => vec![0, CW_FAULT_RESET, 0],
     };
     l.command(&words, req.speed_reference);
-    dev.audit(
+    rec.record(
         Device::event(&c, "drive.control", Outcome::Success)
             .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "command": req.command.map(|c| format!("{c:?}")), "speed_reference": req.speed_reference})),
     )?;

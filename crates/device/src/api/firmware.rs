@@ -56,6 +56,7 @@ pub(crate) async fn rotate_trust(
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageTrust, "firmware.trust-rotate")?;
     let _gate = busy(&dev)?;
+    let rec = dev.reserve("firmware.trust-rotated")?;
     let result = match base64::engine::general_purpose::STANDARD.decode(req.statement.trim()) {
         Err(_) => Err(ApiError::bad_request("statement must be base64")),
         Ok(statement) => {
@@ -77,7 +78,7 @@ pub(crate) async fn rotate_trust(
                 .filter(|k| k.revoked)
                 .map(|k| k.kid.as_str())
                 .collect();
-            dev.audit(
+            rec.record(
                 Device::event(&c, "firmware.trust-rotated", Outcome::Success)
                     .target(t.version.to_string())
                     .details(json!({"certificate": c.conn.fingerprint, "root": t.root.kid, "keys": t.keys.len(), "revoked": revoked}))
@@ -86,7 +87,7 @@ pub(crate) async fn rotate_trust(
             Ok(ok(json!({"trust": t})))
         }
         Err(e) => {
-            dev.audit(
+            rec.record(
                 Device::event(&c, "firmware.trust-refused", Outcome::Failure)
                     .details(json!({"certificate": c.conn.fingerprint, "reason": e.message()}))
                     .essential(),
@@ -151,12 +152,23 @@ pub(crate) async fn upload(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    // A refusal is answered after the body is read (bounded, with the frame
-    // timeout), so the client sees the 4xx instead of a reset mid-upload.
+    // Without a session the body is not read at all: the refusal goes out
+    // at once and the connection closes, so a client that has no session
+    // cannot hold a connection by trickling an upload. A logged-in
+    // caller's refusal is answered after the body is read (bounded by the
+    // size limit and the minimum rate, docs/device-api.md), so it sees the
+    // 4xx instead of a reset mid-upload.
     let mut body = body;
     let c = match dev.caller(&headers, &conn) {
         Ok(c) => c,
-        Err(e) => return Err(discard(&mut body, e).await),
+        Err(e) => {
+            let mut resp = axum::response::IntoResponse::into_response(e);
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return Ok(resp);
+        }
     };
     if let Err(e) = dev.require(&c, Permission::UpdateFirmware, "firmware.update") {
         return Err(discard(&mut body, e).await);
@@ -165,12 +177,17 @@ pub(crate) async fn upload(
         Ok(g) => g,
         Err(e) => return Err(discard(&mut body, e).await),
     };
+    // Room for the outcome's record before anything is staged.
+    let rec = match dev.reserve("firmware.staged") {
+        Ok(r) => r,
+        Err(e) => return Err(discard(&mut body, e).await),
+    };
     // A clone: the shared lock is not held while the body streams in.
     let fw = dev.firmware_snapshot()?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     // Staging and its record run to the end on their own thread, holding
     // the gate, even if the client goes away after sending the image.
-    let (d2, c2) = (dev.clone(), c.clone());
+    let c2 = c.clone();
     let staging = tokio::task::spawn_blocking(move || {
         let _gate = gate;
         let Some(f) = fw else {
@@ -186,17 +203,19 @@ pub(crate) async fn upload(
         while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
         let result = result.map_err(ApiError::from);
         match &result {
-            Ok(m) => d2.audit(
+            Ok(m) => rec.record(
                 Device::event(&c2, "firmware.staged", Outcome::Success)
                     .target(m.version.clone())
                     .details(json!({"certificate": c2.conn.fingerprint, "role": c2.role, "security_counter": m.security_counter, "root": m.root}))
                     .essential(),
-            )?,
-            Err(e) => d2.audit(
+            )
+            .map(|_| ())?,
+            Err(e) => rec.record(
                 Device::event(&c2, "firmware.refused", Outcome::Failure)
                     .details(json!({"certificate": c2.conn.fingerprint, "role": c2.role, "reason": e.message()}))
                     .essential(),
-            )?,
+            )
+            .map(|_| ())?,
         }
         result
     });

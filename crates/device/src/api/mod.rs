@@ -93,6 +93,45 @@ pub struct Device {
     /// The trust open connections were admitted under; each adopted state
     /// sends a new one, and every open connection is told.
     pub(crate) trust: tokio::sync::watch::Sender<crate::runtime::Trust>,
+    /// Permission denials and refused connections, recorded aggregated.
+    pub(crate) tally: crate::tally::Tally,
+}
+
+/// Room in the audit trail for the record of an action about to be taken:
+/// [`Device::reserve`] before the action, [`Recorder::record`] after it.
+pub(crate) struct Recorder {
+    log: Arc<AuditLog>,
+    room: drivesec_audit::Reservation,
+}
+
+impl Recorder {
+    /// Records the action's event in the room held for it.
+    pub(crate) fn record(self, mut ev: Event) -> Result<u64, ApiError> {
+        ev.essential |= reserved_tier(&ev);
+        let Recorder { log, room } = self;
+        Ok(crate::blocking(|| log.append_reserved(room, ev))?.seq)
+    }
+}
+
+/// Whether an event may use the trail's reserve (`audit.reserve_bytes`)
+/// once routine records fill it: authentication and the security
+/// administration of the device, unless refused by access control (those
+/// are aggregated instead), besides the events marked essential where they
+/// are made (the device's own, security responses).
+pub(crate) fn reserved_tier(ev: &Event) -> bool {
+    const SECURITY: [&str; 10] = [
+        "auth.",
+        "user.",
+        "role.",
+        "session.",
+        "security.",
+        "trust.",
+        "audit.forwarding.",
+        "identity.",
+        "device.",
+        "commission.",
+    ];
+    ev.outcome != Outcome::Denied && SECURITY.iter().any(|p| ev.action.starts_with(p))
 }
 
 /// The answer on a connection admitted before the device's identity or
@@ -153,9 +192,17 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // What went wrong inside (a path, a lock, a library's text) is for
+        // the device log, not the client.
+        let message = if self.status.is_server_error() && self.code == "internal" {
+            tracing::error!(error = %self.message, "internal error answered 500");
+            "internal error; the device log has the details".to_string()
+        } else {
+            self.message
+        };
         (
             self.status,
-            axum::Json(json!({"error": self.code, "message": self.message})),
+            axum::Json(json!({"error": self.code, "message": message})),
         )
             .into_response()
     }
@@ -310,10 +357,62 @@ impl Device {
     }
 
     /// Records an event and returns its sequence number.
-    pub(crate) fn audit_seq(&self, ev: Event) -> Result<u64, ApiError> {
+    pub(crate) fn audit_seq(&self, mut ev: Event) -> Result<u64, ApiError> {
+        ev.essential |= reserved_tier(&ev);
         // An append waits for its group's flush.
         let log = self.audit_log()?;
         Ok(crate::blocking(|| log.append(ev))?.seq)
+    }
+
+    /// Holds room in the trail for the record of `action`, to be taken
+    /// before the action: if the trail cannot record it, the action is
+    /// refused (503 `audit-unavailable`) and nothing changes.
+    pub(crate) fn reserve(&self, action: &str) -> Result<Recorder, ApiError> {
+        let log = self.audit_log()?;
+        let probe = Event::new(Actor::Device, action);
+        let room = log.reserve(reserved_tier(&probe), action)?;
+        Ok(Recorder { log, room })
+    }
+
+    /// Records an event that a flood could repeat (a denial), aggregated
+    /// per `key` (`crate::tally`). A denial the trail cannot take is still
+    /// refused; the refusal changes nothing.
+    pub(crate) fn audit_tallied(&self, key: &str, ev: Event) {
+        if let Some(ev) = self.tally.hit(key, ev) {
+            let _ = self.audit(ev);
+        }
+    }
+
+    /// Records the summaries of aggregation windows that closed (every
+    /// second, and all of them at shutdown).
+    pub(crate) fn flush_tally(&self, all: bool) {
+        for ev in self.tally.due(all) {
+            let _ = self.audit(ev);
+        }
+    }
+
+    /// A connection refused by the admission bounds (`crate::admission`),
+    /// recorded aggregated per listener and source address.
+    pub(crate) fn connection_refused(&self, listener: &str, addr: SocketAddr) {
+        tracing::debug!(listener, %addr, "connection refused: over an admission bound");
+        self.audit_tallied(
+            &format!("refused|{listener}|{}", addr.ip()),
+            Event::new(Actor::Device, "net.connection-refused")
+                .source(addr.ip().to_string())
+                .outcome(Outcome::Denied)
+                .details(json!({"listener": listener})),
+        );
+    }
+
+    /// A handler panicked: the client got a bare 500 and the connection
+    /// closes; the route is recorded, the panic's text went to the log.
+    pub(crate) fn handler_panicked(&self, conn: &ConnInfo, method: &str, path: &str) {
+        tracing::error!(method, path, "an API handler panicked");
+        let _ = self.audit(
+            Self::cert_event(conn, "api.handler-failed", Outcome::Failure)
+                .details(json!({"certificate": conn.fingerprint, "method": method, "path": path}))
+                .essential(),
+        );
     }
 
     /// The current audit log (replaced on factory reset).
@@ -380,7 +479,9 @@ impl Device {
         let ev = Self::event(c, action, Outcome::Denied).details(json!({
             "certificate": c.conn.fingerprint, "role": c.role, "missing_permission": p.as_str(),
         }));
-        self.audit(ev)?;
+        // Aggregated per certificate and account: a flood of forbidden
+        // requests cannot fill the trail.
+        self.audit_tallied(&format!("denied|{}|{}", c.conn.fingerprint, c.username), ev);
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -37,15 +37,16 @@ pub(crate) async fn set_rights(
     dev.require(&c, Permission::WriteSecuritySettings, "modbus.rights.write")?;
     dev.commissioned()?;
     let old = dev.modbus_rights();
+    let rec = dev.reserve("modbus.rights.write")?;
     if let Err(e) = dev.set_modbus_rights(rights.clone()) {
-        dev.audit(
+        rec.record(
             Device::event(&c, "modbus.rights.write", Outcome::Failure).details(
                 json!({"certificate": c.conn.fingerprint, "role": c.role, "reason": e.message()}),
             ),
         )?;
         return Err(e);
     }
-    dev.audit(
+    rec.record(
         Device::event(&c, "modbus.rights.write", Outcome::Success).details(
             json!({"certificate": c.conn.fingerprint, "role": c.role, "old": &*old, "new": rights}),
         ),

@@ -79,6 +79,7 @@ pub(crate) async fn set_param(
         .read()
         .map_err(|_| ApiError::internal("state lock poisoned"))?
         .path(files::PARAMS);
+    let rec = dev.reserve("param.write")?;
     let mut params = dev
         .params
         .lock()
@@ -94,7 +95,7 @@ pub(crate) async fn set_param(
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             *params = next;
             drop(params);
-            dev.audit(
+            rec.record(
                 Device::event(&c, "param.write", Outcome::Success)
                     .target(name.clone())
                     .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "old": old, "new": req.value})),
@@ -103,7 +104,7 @@ pub(crate) async fn set_param(
         }
         Err(e) => {
             drop(params);
-            dev.audit(
+            rec.record(
                 Device::event(&c, "param.write", Outcome::Failure)
                     .target(name.clone())
                     .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "rejected": req.value, "reason": e.to_string()})),
@@ -167,10 +168,11 @@ pub(crate) async fn read_audit(
     let query = audit_query(&p)?;
     let dir = dev.audit_log()?.dir().to_path_buf();
     let limit = p.limit.unwrap_or(100).min(10_000);
+    let rec = dev.reserve("audit.read")?;
     let records = tokio::task::spawn_blocking(move || reader::read(&dir, &query, limit))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
-    dev.audit(
+    rec.record(
         Device::event(&c, "audit.read", Outcome::Success)
             .details(json!({"certificate": c.conn.fingerprint, "records": records.len()})),
     )?;
@@ -186,17 +188,96 @@ pub(crate) async fn export_audit(
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let query = audit_query(&p)?;
     let dir = dev.audit_log()?.dir().to_path_buf();
-    let (body, n, last) = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        reader::export_jsonl(&dir, &query, &mut out).map(|(n, last)| (out, n, last))
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
-    dev.audit(
-        Device::event(&c, "audit.export", Outcome::Success)
-            .details(json!({"certificate": c.conn.fingerprint, "records": n, "last_seq": last})),
-    )?;
+    let rec = dev.reserve("audit.export")?;
+    // Streamed: the trail is read and sent a chunk at a time, so memory
+    // stays bounded whatever its size. A read failure mid-way aborts the
+    // response (no clean end of the chunked body), so a client never takes
+    // a cut export for a whole one.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            tx,
+            buf: Vec::with_capacity(EXPORT_CHUNK),
+        };
+        let r = reader::export_jsonl(&dir, &query, &mut out).and_then(|done| {
+            out.flush_chunk()
+                .map_err(|e| drivesec_audit::AuditError::Invalid(format!("export output: {e}")))?;
+            Ok(done)
+        });
+        let (outcome, details) = match &r {
+            Ok((n, last)) => (
+                Outcome::Success,
+                json!({"certificate": c.conn.fingerprint, "records": n, "last_seq": last}),
+            ),
+            Err(e) => (
+                Outcome::Failure,
+                json!({"certificate": c.conn.fingerprint, "reason": e.to_string()}),
+            ),
+        };
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "audit export failed part-way");
+            let _ = out
+                .tx
+                .blocking_send(Err(std::io::Error::other("the export failed")));
+        }
+        let _ = rec.record(Device::event(&c, "audit.export", outcome).details(details));
+    });
+    let body = axum::body::Body::new(ChunkBody { rx });
     Ok(([("content-type", "application/jsonl")], body).into_response())
+}
+
+/// Bytes an export sends at a time.
+const EXPORT_CHUNK: usize = 64 * 1024;
+
+/// A `Write` that hands full chunks to the response body.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK));
+        self.tx
+            .blocking_send(Ok(chunk.into()))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= EXPORT_CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The receiving end, as a response body.
+struct ChunkBody {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<axum::body::Bytes>>,
+}
+
+impl hyper::body::Body for ChunkBody {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|o| o.map(|r| r.map(hyper::body::Frame::data)))
+    }
 }
 
 /// What a remote verifier needs, as one consistent snapshot: the IDevID
@@ -206,6 +287,7 @@ pub(crate) async fn export_audit(
 pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<Response, ApiError> {
     use base64::Engine as _;
     dev.require(&c, Permission::ReadAudit, "audit.trail.read")?;
+    let rec = dev.reserve("audit.trail.read")?;
     let log = dev.audit_log()?;
     let snap = tokio::task::spawn_blocking(move || log.snapshot())
         .await
@@ -229,7 +311,7 @@ pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<R
         .iter()
         .map(|(n, l)| json!({"name": n, "bytes": l}))
         .collect();
-    dev.audit(
+    rec.record(
         Device::event(&c, "audit.trail.read", Outcome::Success)
             .details(json!({"certificate": c.conn.fingerprint, "segments": segments.len()})),
     )?;
@@ -314,6 +396,7 @@ pub(crate) async fn set_forwarding(
         Permission::ConfigureAuditForwarding,
         "audit.forwarding.set",
     )?;
+    let rec = dev.reserve("audit.forwarding.set")?;
     let r = dev.start_forwarding(&req, true);
     let r = r.map_err(ApiError::from);
     let outcome = if r.is_ok() {
@@ -321,7 +404,7 @@ pub(crate) async fn set_forwarding(
     } else {
         Outcome::Failure
     };
-    dev.audit(Device::event(&c, "audit.forwarding.set", outcome).target(req.collector.clone()))?;
+    rec.record(Device::event(&c, "audit.forwarding.set", outcome).target(req.collector.clone()))?;
     r?;
     Ok(ok(json!({"collector": req.collector})))
 }
@@ -389,13 +472,14 @@ pub(crate) async fn set_access_policy(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::WriteSecuritySettings, "security.access.set")?;
+    let rec = dev.reserve("security.access.set")?;
     let r = dev.set_access_policy(policy);
     let outcome = if r.is_ok() {
         Outcome::Success
     } else {
         Outcome::Failure
     };
-    dev.audit(Device::event(&c, "security.access.set", outcome).essential())?;
+    rec.record(Device::event(&c, "security.access.set", outcome).essential())?;
     r?;
     Ok(ok(json!({"applied": true})))
 }

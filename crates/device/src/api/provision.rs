@@ -62,6 +62,7 @@ pub(crate) async fn renew_begin(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ManageTrust, "identity.renew")?;
     dev.commissioned()?;
+    let rec = dev.reserve("identity.renew-begin")?;
     // The new key is made and the CSR signed in the keystore.
     let (next, csr) = crate::blocking(|| {
         let st = dev
@@ -73,7 +74,7 @@ pub(crate) async fn renew_begin(
     *dev.renewal
         .lock()
         .map_err(|_| ApiError::internal("lock poisoned"))? = Some(next.clone());
-    dev.audit(
+    rec.record(
         Device::event(&c, "identity.renew-begin", Outcome::Success)
             .details(json!({"key": next.as_str()})),
     )?;
@@ -105,6 +106,7 @@ pub(crate) async fn renew_complete(
         .ok_or_else(|| {
             ApiError::conflict("no renewal in progress: POST /api/v1/identity/renew first")
         })?;
+    let rec = dev.reserve("identity.renewed")?;
     let st = {
         let cur = dev
             .state
@@ -116,7 +118,7 @@ pub(crate) async fn renew_complete(
         Ok(s) => s,
         Err(e) => {
             let e: ApiError = e.into();
-            dev.audit(
+            rec.record(
                 Device::event(&c, "identity.renewed", Outcome::Failure)
                     .details(json!({"reason": e.message()})),
             )?;
@@ -133,7 +135,7 @@ pub(crate) async fn renew_complete(
     *dev.renewal
         .lock()
         .map_err(|_| ApiError::internal("lock poisoned"))? = None;
-    dev.audit(
+    rec.record(
         Device::event(&c, "identity.renewed", Outcome::Success)
             .details(json!({"serial": serial.as_ref().map(|s| &s.0), "not_after": serial.as_ref().map(|s| &s.1)}))
             .essential(),

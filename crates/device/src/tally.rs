@@ -1,0 +1,149 @@
+//! Aggregated records for what a flood can repeat: permission denials and
+//! refused connections (docs/audit.md, "Capacity and floods").
+//!
+//! Per key (a client certificate and account, a listener and source
+//! address), the first event in a window is recorded at once; the ones that
+//! follow within the window are only counted, and when the window closes
+//! one summary record carries the count (`suppressed`). Every event is thus
+//! counted in exactly one record, and one client can write at most two
+//! records per window however fast it repeats itself. The number of keys
+//! is bounded: past it, new keys share one overflow entry.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use drivesec_audit::Event;
+
+/// How long after a recorded event the same key's events are only counted.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// Most keys tracked at once.
+pub const MAX_KEYS: usize = 4096;
+
+/// The key that collects events once [`MAX_KEYS`] are tracked.
+const OVERFLOW: &str = "*overflow*";
+
+struct Window {
+    since: Instant,
+    suppressed: u64,
+    /// The summary record's template (the window's first event).
+    first: Event,
+}
+
+/// Counts per key; see the module docs.
+#[derive(Default)]
+pub(crate) struct Tally {
+    map: Mutex<HashMap<String, Window>>,
+}
+
+impl Tally {
+    /// Counts an event for `key`; returns the event to record now (with
+    /// `suppressed_before`, the count of the window that just closed, in
+    /// its details), or `None` when it is only counted.
+    pub(crate) fn hit(&self, key: &str, ev: Event) -> Option<Event> {
+        let now = Instant::now();
+        let Ok(mut map) = self.map.lock() else {
+            return Some(ev);
+        };
+        let key = if map.len() >= MAX_KEYS && !map.contains_key(key) {
+            OVERFLOW
+        } else {
+            key
+        };
+        match map.get_mut(key) {
+            None => {
+                map.insert(
+                    key.to_string(),
+                    Window {
+                        since: now,
+                        suppressed: 0,
+                        first: ev.clone(),
+                    },
+                );
+                Some(ev)
+            }
+            Some(w) if now.duration_since(w.since) < WINDOW => {
+                w.suppressed += 1;
+                None
+            }
+            Some(w) => {
+                let before = w.suppressed;
+                w.since = now;
+                w.suppressed = 0;
+                w.first = ev.clone();
+                Some(with_detail(ev, "suppressed_before", before))
+            }
+        }
+    }
+
+    /// The summary records of the windows that closed (all of them when
+    /// `all`, at shutdown); keys whose window counted nothing are dropped
+    /// silently.
+    pub(crate) fn due(&self, all: bool) -> Vec<Event> {
+        let now = Instant::now();
+        let Ok(mut map) = self.map.lock() else {
+            return vec![];
+        };
+        let keys: Vec<String> = map
+            .iter()
+            .filter(|(_, w)| all || now.duration_since(w.since) >= WINDOW)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| map.remove(&k))
+            .filter(|w| w.suppressed > 0)
+            .map(|w| {
+                with_detail(
+                    with_detail(w.first, "suppressed", w.suppressed),
+                    "summary",
+                    true,
+                )
+            })
+            .collect()
+    }
+}
+
+fn with_detail(mut ev: Event, key: &str, value: impl Into<serde_json::Value>) -> Event {
+    if let serde_json::Value::Object(m) = &mut ev.details {
+        m.insert(key.to_string(), value.into());
+    }
+    ev
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use drivesec_audit::Actor;
+
+    use super::*;
+
+    #[test]
+    fn a_flood_makes_one_record_and_one_summary_per_window_and_counts_everything() {
+        let t = Tally::default();
+        let ev = || Event::new(Actor::Device, "x.denied");
+        assert!(t.hit("a", ev()).is_some());
+        for _ in 0..999 {
+            assert!(t.hit("a", ev()).is_none());
+        }
+        // Another key is not held back by the first one's flood.
+        assert!(t.hit("b", ev()).is_some());
+        assert!(t.due(false).is_empty(), "the window is still open");
+        let sums = t.due(true);
+        assert_eq!(sums.len(), 1, "b counted nothing beyond its record");
+        assert_eq!(sums[0].details["suppressed"], 999);
+        assert_eq!(sums[0].details["summary"], true);
+    }
+
+    #[test]
+    fn keys_are_bounded() {
+        let t = Tally::default();
+        for i in 0..MAX_KEYS + 100 {
+            t.hit(&format!("k{i}"), Event::new(Actor::Device, "x"));
+        }
+        assert!(t.map.lock().unwrap().len() <= MAX_KEYS + 1);
+        let sums = t.due(true);
+        assert_eq!(sums.len(), 1);
+        assert_eq!(sums[0].details["suppressed"], 99);
+    }
+}
