@@ -37,12 +37,18 @@ pub struct UserInfo {
     pub username: String,
     /// Its role.
     pub role: String,
-    /// End of a running timed lock (RFC 3339), if any.
+    /// End of the latest running timed lock (RFC 3339), if any: the account
+    /// is locked for the client certificates in `locked_certificates`.
     pub locked_until: Option<String>,
-    /// Locked until an administrator unlocks it.
+    /// Locked (for some certificate) until an administrator unlocks it.
     pub locked_by_admin_only: bool,
-    /// Consecutive failed logins since the last success or unlock.
+    /// Fingerprints of the client certificates the account is locked for now.
+    pub locked_certificates: Vec<String>,
+    /// Failed logins over all certificates since the last success or unlock.
     pub failed_attempts: u32,
+    /// Logins from certificates new to the account are refused until then
+    /// (RFC 3339): too many failures over all certificates.
+    pub delayed_until: Option<String>,
     /// When the password was last set (RFC 3339).
     pub password_changed: String,
     /// The password is older than the policy allows, or an administrator
@@ -84,6 +90,51 @@ struct UserRecord {
     locked_until: Option<OffsetDateTime>,
     #[serde(default)]
     locked_by_admin: bool,
+    /// Failed logins and locks per client certificate (fingerprint).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    certs: BTreeMap<String, CertFailures>,
+    /// Certificates that logged into the account, oldest first (at most [`KNOWN_CERTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    known_certs: Vec<String>,
+    /// Logins from certificates not in `known_certs` wait until then.
+    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    delayed_until: Option<OffsetDateTime>,
+}
+
+/// How many certificates an account remembers as having logged into it.
+const KNOWN_CERTS: usize = 8;
+
+/// How many certificates' failures an account keeps (the oldest unlocked
+/// ones are forgotten first).
+const TRACKED_CERTS: usize = 64;
+
+/// One (account, client certificate) pair's failed logins.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertFailures {
+    /// Consecutive failures since the last lock, success or unlock.
+    #[serde(default)]
+    failures: u32,
+    /// Locks since the last success or unlock (each doubles the next).
+    #[serde(default)]
+    locks: u32,
+    #[serde(default, with = "rfc3339_opt")]
+    locked_until: Option<OffsetDateTime>,
+    #[serde(default)]
+    locked_by_admin: bool,
+    #[serde(default, with = "rfc3339_opt")]
+    last_failure: Option<OffsetDateTime>,
+}
+
+impl CertFailures {
+    /// `Some(lock)` if the pair is locked at `now` (`None` inside: until an administrator unlocks it).
+    fn lock_at(&self, now: OffsetDateTime) -> Option<Option<OffsetDateTime>> {
+        if self.locked_by_admin {
+            Some(None)
+        } else {
+            self.locked_until.filter(|t| now < *t).map(Some)
+        }
+    }
 }
 
 impl UserRecord {
@@ -97,10 +148,14 @@ impl UserRecord {
             failed_attempts: 0,
             locked_until: None,
             locked_by_admin: false,
+            certs: BTreeMap::new(),
+            known_certs: Vec::new(),
+            delayed_until: None,
         }
     }
 
-    /// `Some(lock)` if the account is locked at `now`.
+    /// `Some(lock)` if the whole account is locked at `now` (a lock written
+    /// by an earlier release, before locks were kept per certificate).
     fn lock_at(&self, now: OffsetDateTime) -> Option<Option<OffsetDateTime>> {
         if self.locked_by_admin {
             Some(None)
@@ -289,14 +344,39 @@ impl Accounts {
             .ok_or_else(|| AccessError::UnknownUser(username.to_owned()))
     }
 
-    /// Adds an account. The name must be 1-32 characters from `[a-z0-9._-]`
-    /// starting with a letter or digit and not in use; the role must exist;
-    /// the password must satisfy the policy.
+    /// Adds an account with a password its holder chose (the first security
+    /// administrator at commissioning). The name must be 1-32 characters
+    /// from `[a-z0-9._-]` starting with a letter or digit and not in use;
+    /// the role must exist; the password must satisfy the policy.
     pub fn add_user(
         &mut self,
         username: &str,
         role: &str,
         password: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.insert_user(username, role, password, false, now)
+    }
+
+    /// Adds an account with a password an administrator set: like
+    /// [`Accounts::add_user`], but the password must be changed at the
+    /// first login ([`Authenticated::must_change_password`]).
+    pub fn add_user_by_admin(
+        &mut self,
+        username: &str,
+        role: &str,
+        password: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.insert_user(username, role, password, true, now)
+    }
+
+    fn insert_user(
+        &mut self,
+        username: &str,
+        role: &str,
+        password: &str,
+        must_change: bool,
         now: OffsetDateTime,
     ) -> Result<()> {
         validate_name(username)?;
@@ -309,8 +389,9 @@ impl Accounts {
         self.policy.password.check(username, password)?;
         let hash = password::hash(password, &self.policy.hash)?;
         let mut next = self.store.clone();
-        next.users
-            .insert(username.to_owned(), UserRecord::new(role, hash, now));
+        let mut rec = UserRecord::new(role, hash, now);
+        rec.must_change = must_change;
+        next.users.insert(username.to_owned(), rec);
         self.commit(next)
     }
 
@@ -356,8 +437,10 @@ impl Accounts {
                     })?;
                     self.policy.password.check(user, pw)?;
                     let hash = password::hash(pw, &self.policy.hash)?;
-                    next.users
-                        .insert((*user).to_owned(), UserRecord::new(role, hash, now));
+                    // Set by whoever wrote the profile: the holder changes it first.
+                    let mut rec = UserRecord::new(role, hash, now);
+                    rec.must_change = true;
+                    next.users.insert((*user).to_owned(), rec);
                     changes.push(format!("account {user}: created with role {role}"));
                 }
             }
@@ -416,23 +499,52 @@ impl Accounts {
 
     /// Sets a new password after checking it against the policy and the last
     /// [`history`](crate::PasswordPolicy::history) passwords (the current one
-    /// included). Clears a pending password change; does not lift a lock.
+    /// included; the current one always while a change is pending). Clears a
+    /// pending password change; does not lift a lock. This is the holder's
+    /// own change: for an administrator's, see [`Accounts::reset_password`].
     pub fn set_password(
         &mut self,
         username: &str,
         new_password: &str,
         now: OffsetDateTime,
     ) -> Result<()> {
+        self.replace_password(username, new_password, false, now)
+    }
+
+    /// Sets a password for someone else (an administrator's reset): the
+    /// same checks as [`Accounts::set_password`], and the holder must
+    /// change it at the next login.
+    pub fn reset_password(
+        &mut self,
+        username: &str,
+        new_password: &str,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.replace_password(username, new_password, true, now)
+    }
+
+    fn replace_password(
+        &mut self,
+        username: &str,
+        new_password: &str,
+        must_change: bool,
+        now: OffsetDateTime,
+    ) -> Result<()> {
         let rec = self.record(username)?;
         self.policy.password.check(username, new_password)?;
         let remembered = self.policy.password.history;
+        let checked = if rec.must_change {
+            remembered.max(1)
+        } else {
+            remembered
+        };
         let recent = std::iter::once(&rec.password_hash)
             .chain(rec.history.iter())
-            .take(remembered);
+            .take(checked);
         for old in recent {
             if password::verify(new_password, old) {
                 return Err(AccessError::PasswordRejected {
-                    reason: format!("must differ from the last {remembered} passwords"),
+                    reason: format!("must differ from the last {checked} passwords"),
                 });
             }
         }
@@ -443,7 +555,7 @@ impl Accounts {
             u.history.insert(0, old);
             u.history.truncate(remembered.saturating_sub(1));
             u.password_changed = now;
-            u.must_change = false;
+            u.must_change = must_change;
         }
         self.commit(next)
     }
@@ -466,18 +578,32 @@ impl Accounts {
             u.failed_attempts = 0;
             u.locked_until = None;
             u.locked_by_admin = false;
+            u.certs.clear();
+            u.delayed_until = None;
         }
         self.commit(next)
     }
 
     fn info(&self, username: &str, u: &UserRecord, now: OffsetDateTime) -> UserInfo {
-        let lock = u.lock_at(now);
+        let pair_locks: Vec<(&String, Option<OffsetDateTime>)> = u
+            .certs
+            .iter()
+            .filter_map(|(fp, c)| c.lock_at(now).map(|l| (fp, l)))
+            .collect();
+        let latest = u
+            .lock_at(now)
+            .flatten()
+            .into_iter()
+            .chain(pair_locks.iter().filter_map(|(_, l)| *l))
+            .max();
         UserInfo {
             username: username.to_owned(),
             role: u.role.clone(),
-            locked_until: lock.flatten().map(rfc3339_string),
-            locked_by_admin_only: u.locked_by_admin,
+            locked_until: latest.map(rfc3339_string),
+            locked_by_admin_only: u.locked_by_admin || pair_locks.iter().any(|(_, l)| l.is_none()),
+            locked_certificates: pair_locks.iter().map(|(fp, _)| (*fp).clone()).collect(),
             failed_attempts: u.failed_attempts,
+            delayed_until: u.delayed_until.filter(|t| now < *t).map(rfc3339_string),
             password_changed: rfc3339_string(u.password_changed),
             password_expired: self.password_expired(u, now),
         }
@@ -602,32 +728,56 @@ impl Accounts {
             .collect()
     }
 
-    /// Verifies a login.
+    /// Verifies a login over no particular client certificate (the same as
+    /// [`Accounts::authenticate_from`] with an empty fingerprint).
+    pub fn authenticate(
+        &mut self,
+        username: &str,
+        password: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated> {
+        self.authenticate_from(username, password, "", now)
+    }
+
+    /// Verifies a login made over the client certificate with fingerprint
+    /// `client` (docs/permissions.md, "Failed logins").
     ///
     /// * Unknown user and wrong password give the same error,
     ///   [`AccessError::InvalidCredentials`], after the same work: for an
     ///   unknown user the password is verified against a dummy Argon2id hash.
-    /// * Each wrong password increments the account's failure counter; the
-    ///   attempt that reaches [`max_failures`](crate::LockoutPolicy::max_failures)
-    ///   locks the account (for `lockout_secs`, or until [`Accounts::unlock`]
-    ///   when that is 0) and returns [`AccessError::Locked`].
-    /// * While an account is locked every attempt returns
-    ///   [`AccessError::Locked`], whatever the password, and does not extend
-    ///   the lock. Unknown users never get `Locked`, so the lock reveals that
-    ///   an account exists, but only to someone who already made
-    ///   `max_failures` attempts against it.
-    /// * Success resets the counter and re-hashes the password if the
-    ///   policy's hash parameters changed. An expired password still
-    ///   authenticates, with [`Authenticated::must_change_password`] set.
+    /// * Failures are counted per (account, certificate): the failure that
+    ///   reaches [`max_failures`](crate::LockoutPolicy::max_failures) locks
+    ///   the account *for that certificate only* and returns
+    ///   [`AccessError::Locked`]; another certificate (its holder's) still
+    ///   logs in. Each further lock of the same pair without a success in
+    ///   between lasts twice as long, up to
+    ///   [`max_lockout_secs`](crate::LockoutPolicy::max_lockout_secs).
+    ///   `lockout_secs = 0` locks until [`Accounts::unlock`], except for
+    ///   accounts holding `manage-users`, whose locks always end.
+    /// * While a pair is locked every attempt over it returns
+    ///   [`AccessError::Locked`], whatever the password, without hashing
+    ///   and without extending the lock.
+    /// * Failures are also counted for the account over all certificates;
+    ///   from [`account_max_failures`](crate::LockoutPolicy::account_max_failures)
+    ///   on, each further failure delays (1 s, doubling, up to
+    ///   [`max_delay_secs`](crate::LockoutPolicy::max_delay_secs)) the next
+    ///   attempt from any certificate that has never logged into the
+    ///   account ([`AccessError::Delayed`], no hash spent). Certificates
+    ///   that have logged into it are not delayed.
+    /// * Success resets the pair's and the account's counters, remembers
+    ///   the certificate, and re-hashes the password if the policy's hash
+    ///   parameters changed. An expired password still authenticates, with
+    ///   [`Authenticated::must_change_password`] set.
     ///
     /// Counter and lock changes are saved; a failed save of a *failed* login
     /// returns the file system error but keeps the counter in memory (the
     /// lockout holds), while a failed save of a successful one refuses the
     /// login and changes nothing.
-    pub fn authenticate(
+    pub fn authenticate_from(
         &mut self,
         username: &str,
         password: &str,
+        client: &str,
         now: OffsetDateTime,
     ) -> Result<Authenticated> {
         let Some(stored) = self.store.users.get(username) else {
@@ -640,37 +790,102 @@ impl Accounts {
                 until: lock.map(rfc3339_string),
             });
         }
+        let mut pair = rec.certs.get(client).cloned().unwrap_or_default();
+        if let Some(lock) = pair.lock_at(now) {
+            return Err(AccessError::Locked {
+                until: lock.map(rfc3339_string),
+            });
+        }
+        let known = rec.known_certs.iter().any(|k| k == client);
+        if !known && let Some(t) = rec.delayed_until.filter(|t| now < *t) {
+            let left = (t - now).whole_seconds().max(1);
+            return Err(AccessError::Delayed {
+                until: rfc3339_string(t),
+                retry_after_secs: u64::try_from(left).unwrap_or(1),
+            });
+        }
         let mut changed = false;
         if rec.locked_until.is_some() {
-            // A timed lock that has run out starts a fresh count.
+            // An old account-wide timed lock that has run out.
             rec.locked_until = None;
-            rec.failed_attempts = 0;
+            changed = true;
+        }
+        if pair.locked_until.take().is_some() {
+            // A timed lock that has run out starts a fresh count (but the
+            // next lock of this pair lasts longer).
+            pair.failures = 0;
             changed = true;
         }
         self.verifications += 1;
         if !password::verify(password, &rec.password_hash) {
+            let lockout = &self.policy.lockout;
+            pair.failures = pair.failures.saturating_add(1);
+            pair.last_failure = Some(now);
             rec.failed_attempts = rec.failed_attempts.saturating_add(1);
-            let err = if rec.failed_attempts >= self.policy.lockout.max_failures {
-                let until = i64::try_from(self.policy.lockout.lockout_secs)
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .and_then(|s| now.checked_add(Duration::seconds(s)));
-                match until {
-                    Some(t) => rec.locked_until = Some(t),
-                    None => rec.locked_by_admin = true,
-                }
-                AccessError::Locked {
-                    until: until.map(rfc3339_string),
+            let err = if pair.failures >= lockout.max_failures {
+                pair.failures = 0;
+                pair.locks = pair.locks.saturating_add(1);
+                let admin_only = lockout.lockout_secs == 0
+                    && !self
+                        .store
+                        .role_permissions(&rec.role)
+                        .is_some_and(|p| p.contains(&Permission::ManageUsers));
+                if admin_only {
+                    pair.locked_by_admin = true;
+                    AccessError::Locked { until: None }
+                } else {
+                    let cap = lockout.max_lockout_secs.max(lockout.lockout_secs);
+                    let base = match lockout.lockout_secs {
+                        0 => cap,
+                        s => s,
+                    };
+                    let doubled = base
+                        .checked_shl(pair.locks.saturating_sub(1).min(63))
+                        .filter(|d| *d >= base)
+                        .unwrap_or(cap)
+                        .min(cap);
+                    let until = i64::try_from(doubled)
+                        .ok()
+                        .and_then(|d| now.checked_add(Duration::seconds(d)))
+                        .unwrap_or(now + Duration::days(7));
+                    pair.locked_until = Some(until);
+                    AccessError::Locked {
+                        until: Some(rfc3339_string(until)),
+                    }
                 }
             } else {
                 AccessError::InvalidCredentials
             };
+            let threshold = lockout.account_max_failures.max(lockout.max_failures);
+            if rec.failed_attempts >= threshold {
+                let over = rec.failed_attempts - threshold;
+                let delay = 1u64
+                    .checked_shl(over.min(63))
+                    .unwrap_or(u64::MAX)
+                    .min(lockout.max_delay_secs);
+                rec.delayed_until = i64::try_from(delay)
+                    .ok()
+                    .and_then(|d| now.checked_add(Duration::seconds(d)));
+            }
+            rec.certs.insert(client.to_owned(), pair);
+            forget_old_failures(&mut rec.certs);
             self.store.users.insert(username.to_owned(), rec);
             save(&self.path, &self.store)?;
             return Err(err);
         }
-        if rec.failed_attempts != 0 {
+        if rec.certs.remove(client).is_some() {
+            changed = true;
+        }
+        if rec.failed_attempts != 0 || rec.delayed_until.is_some() {
             rec.failed_attempts = 0;
+            rec.delayed_until = None;
+            changed = true;
+        }
+        if rec.known_certs.last().is_none_or(|k| k != client) {
+            rec.known_certs.retain(|k| k != client);
+            rec.known_certs.push(client.to_owned());
+            let extra = rec.known_certs.len().saturating_sub(KNOWN_CERTS);
+            rec.known_certs.drain(..extra);
             changed = true;
         }
         if password::needs_rehash(&rec.password_hash, &self.policy.hash)
@@ -693,6 +908,73 @@ impl Accounts {
         Ok(auth)
     }
 
+    /// Checks that an account holding `grantor` may create (or change) a
+    /// role with `permissions`: it must hold every one of them.
+    pub fn check_role_grant(
+        &self,
+        grantor: &BTreeSet<Permission>,
+        permissions: &BTreeSet<Permission>,
+    ) -> Result<()> {
+        let missing: Vec<&str> = permissions
+            .iter()
+            .filter(|p| !grantor.contains(p))
+            .map(|p| p.as_str())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(AccessError::Escalation(format!(
+                "a role you create or change may only hold permissions you hold; you lack {}",
+                missing.join(", ")
+            )))
+        }
+    }
+
+    /// Checks that account `grantor` (holding `grantor_permissions`) may
+    /// give `role` to account `target` (a new one or an existing one):
+    /// never to itself, and only a role whose every permission the grantor
+    /// holds or is an operational one (which user managers assign but,
+    /// by separation of duties, do not hold; [`Permission::is_operational`]).
+    pub fn check_assign(
+        &self,
+        grantor: &str,
+        grantor_permissions: &BTreeSet<Permission>,
+        target: &str,
+        role: &str,
+    ) -> Result<()> {
+        if grantor == target {
+            return Err(AccessError::Escalation(
+                "you cannot change your own role".to_owned(),
+            ));
+        }
+        let perms = self
+            .store
+            .role_permissions(role)
+            .ok_or_else(|| AccessError::UnknownRole(role.to_owned()))?;
+        let missing: Vec<&str> = perms
+            .iter()
+            .filter(|p| !grantor_permissions.contains(p) && !p.is_operational())
+            .map(|p| p.as_str())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(AccessError::Escalation(format!(
+                "role {role} holds {}, which you do not hold",
+                missing.join(", ")
+            )))
+        }
+    }
+
+    /// Whether the account's password must be changed before anything else
+    /// (an administrator set it, or it is older than the policy allows).
+    pub fn must_change_password(&self, username: &str, now: OffsetDateTime) -> Option<bool> {
+        self.store
+            .users
+            .get(username)
+            .map(|u| self.password_expired(u, now))
+    }
+
     /// Spends one hash verification on a password for an unknown user.
     fn verify_dummy(&mut self, password: &str) {
         if self.dummy_hash.is_none() {
@@ -710,6 +992,24 @@ impl Accounts {
             .users
             .get(username)
             .and_then(|u| self.store.role_permissions(&u.role))
+    }
+}
+
+/// Keeps at most [`TRACKED_CERTS`] certificates' failures, forgetting the
+/// oldest unlocked ones first (a locked pair is never forgotten).
+fn forget_old_failures(certs: &mut BTreeMap<String, CertFailures>) {
+    while certs.len() > TRACKED_CERTS {
+        let oldest = certs
+            .iter()
+            .filter(|(_, c)| !c.locked_by_admin && c.locked_until.is_none())
+            .min_by_key(|(_, c)| c.last_failure)
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(k) => {
+                certs.remove(&k);
+            }
+            None => break,
+        }
     }
 }
 

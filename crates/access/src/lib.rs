@@ -44,7 +44,9 @@ pub use permissions::{
     BUILTIN_ROLE_NAMES, Permission, Role, builtin_roles, permission_matrix_markdown,
 };
 pub use policy::{
-    AccessPolicy, HashParams, LockoutPolicy, MAX_PASSWORD_CHARS, PasswordPolicy, SessionPolicy,
+    AccessPolicy, HashParams, LockoutPolicy, MAX_HASH_COST, MAX_HASH_ITERATIONS,
+    MAX_HASH_MEMORY_KIB, MAX_HASH_PARALLELISM, MAX_PASSWORD_CHARS, MIN_HASH_COST,
+    MIN_HASH_MEMORY_KIB, PasswordPolicy, SessionPolicy,
 };
 pub use sessions::{SessionInfo, SessionSummary, Sessions};
 
@@ -61,6 +63,24 @@ pub enum AccessError {
         /// When the lock ends (RFC 3339), or `None` if only an administrator can lift it.
         until: Option<String>,
     },
+    /// Too many failed logins to this account from all certificates: no
+    /// login from a certificate new to the account before `until`.
+    #[error("too many failed logins to this account; retry after {until}")]
+    Delayed {
+        /// When the next attempt is accepted (RFC 3339).
+        until: String,
+        /// Seconds until then (at least 1).
+        retry_after_secs: u64,
+    },
+    /// Too many password changes in this session.
+    #[error("too many password changes in this session; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the next attempt is accepted (at least 1).
+        retry_after_secs: u64,
+    },
+    /// The caller would grant a permission it does not hold, or change its own role.
+    #[error("refused: {0}")]
+    Escalation(String),
     /// A new password does not satisfy the password policy.
     #[error("password rejected: {reason}")]
     PasswordRejected {
@@ -122,6 +142,14 @@ pub enum AccessError {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// A stored access policy file cannot be used.
+    #[error("{path}: invalid access policy: {reason}")]
+    PolicyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it (names the field).
         reason: String,
     },
     /// File system failure.

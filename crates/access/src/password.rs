@@ -25,19 +25,42 @@ pub(crate) fn hash(password: &str, p: &HashParams) -> Result<String> {
 
 /// Whether `password` matches the PHC string `phc` (with the parameters stored
 /// in it; constant-time comparison of the digests).
+/// A hash whose parameters exceed the policy's ceiling (a hand-edited store)
+/// never matches rather than allocating without bound.
 pub(crate) fn verify(password: &str, phc: &str) -> bool {
     let Ok(parsed) = PasswordHash::new(phc) else {
         return false;
     };
+    if !within_ceiling(&parsed) {
+        return false;
+    }
     Argon2::default()
         .verify_password(password.as_bytes(), &parsed)
         .is_ok()
 }
 
-/// Whether `phc` is a well-formed Argon2id PHC string.
+/// Whether the parameters of `h` stay under the ceiling of
+/// [`HashParams::check`] (memory, passes, lanes, memory x passes).
+fn within_ceiling(h: &PasswordHash<'_>) -> bool {
+    use crate::policy::{
+        MAX_HASH_COST, MAX_HASH_ITERATIONS, MAX_HASH_MEMORY_KIB, MAX_HASH_PARALLELISM,
+    };
+    Params::try_from(h).is_ok_and(|p| {
+        p.m_cost() <= MAX_HASH_MEMORY_KIB
+            && p.t_cost() <= MAX_HASH_ITERATIONS
+            && p.p_cost() <= MAX_HASH_PARALLELISM
+            && u64::from(p.m_cost()) * u64::from(p.t_cost()) <= MAX_HASH_COST
+    })
+}
+
+/// Whether `phc` is a well-formed Argon2id PHC string (with parameters
+/// under the ceiling).
 pub(crate) fn is_valid_phc(phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| {
-        h.algorithm == argon2::ARGON2ID_IDENT && Params::try_from(&h).is_ok() && h.hash.is_some()
+        h.algorithm == argon2::ARGON2ID_IDENT
+            && Params::try_from(&h).is_ok()
+            && within_ceiling(&h)
+            && h.hash.is_some()
     })
 }
 

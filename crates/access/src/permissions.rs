@@ -78,6 +78,24 @@ impl Permission {
         Permission::UpdateFirmware,
     ];
 
+    /// Whether this is an operational permission: reading and running the
+    /// drive (status, parameters, control, firmware). The security
+    /// administrator assigns roles made of these without holding them
+    /// (separation of duties); every other permission can only be granted
+    /// by an account that holds it.
+    pub fn is_operational(self) -> bool {
+        matches!(
+            self,
+            Permission::ReadInfo
+                | Permission::ReadParams
+                | Permission::WriteParamsOperation
+                | Permission::WriteParamsLimits
+                | Permission::WriteParamsMotor
+                | Permission::DriveControl
+                | Permission::UpdateFirmware
+        )
+    }
+
     /// The kebab-case name, as in JSON and on the command line (`write-params-limits`).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -99,21 +99,47 @@ fn password_classes(password: &str) -> u8 {
     [lower, upper, digit, other].into_iter().map(u8::from).sum()
 }
 
-/// Lockout after repeated failed logins (SR 1.11).
+/// Lockout after repeated failed logins (SR 1.11), keyed by account *and*
+/// client certificate (docs/permissions.md, "Failed logins").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LockoutPolicy {
-    /// Consecutive failed logins that lock the account (at least 1).
+    /// Consecutive failed logins to one account over one client certificate
+    /// that lock the account for that certificate (at least 1).
     pub max_failures: u32,
-    /// How long the lock lasts, in seconds; 0 = until an administrator unlocks the account.
+    /// How long the first lock of an (account, certificate) pair lasts, in
+    /// seconds; each further lock of the same pair without a successful
+    /// login in between lasts twice as long, up to `max_lockout_secs`.
+    /// 0 = until an administrator unlocks the account, except for accounts
+    /// holding `manage-users`, whose locks always end (after `max_lockout_secs`).
     pub lockout_secs: u64,
+    /// The longest lock, in seconds (1 to 604800, a week; a longer
+    /// `lockout_secs` is its own cap).
+    pub max_lockout_secs: u64,
+    /// Failed logins to one account over all certificates together, since
+    /// its last successful login, after which every further failure delays
+    /// the account's next login attempt from a certificate that has never
+    /// logged into it (a value under `max_failures` counts as `max_failures`).
+    pub account_max_failures: u32,
+    /// The longest such delay, in seconds (1 to 3600); it starts at one
+    /// second and doubles with each further failure.
+    pub max_delay_secs: u64,
 }
+
+/// The longest lock [`LockoutPolicy::max_lockout_secs`] may set (a week).
+pub const MAX_LOCKOUT_SECS: u64 = 7 * 24 * 3600;
+
+/// The longest account-wide delay [`LockoutPolicy::max_delay_secs`] may set.
+pub const MAX_DELAY_SECS: u64 = 3600;
 
 impl Default for LockoutPolicy {
     fn default() -> Self {
         LockoutPolicy {
             max_failures: 5,
             lockout_secs: 900,
+            max_lockout_secs: 86_400,
+            account_max_failures: 20,
+            max_delay_secs: 60,
         }
     }
 }
@@ -128,6 +154,9 @@ pub struct SessionPolicy {
     pub absolute_secs: u64,
     /// Live sessions one user may hold at once.
     pub max_per_user: usize,
+    /// Own-password changes (`POST /api/v1/me/password`) one session may
+    /// attempt per minute (1 to 60); more are answered 429 before any hash.
+    pub password_changes_per_minute: u32,
 }
 
 impl Default for SessionPolicy {
@@ -136,6 +165,7 @@ impl Default for SessionPolicy {
             idle_secs: 900,
             absolute_secs: 28_800,
             max_per_user: 3,
+            password_changes_per_minute: 3,
         }
     }
 }
@@ -144,6 +174,13 @@ impl Default for SessionPolicy {
 ///
 /// Existing hashes keep the parameters they were made with and are re-hashed
 /// with the current ones at the next successful login.
+///
+/// Bounded both ways ([`AccessPolicy::validate`]): memory
+/// [`MIN_HASH_MEMORY_KIB`]..=[`MAX_HASH_MEMORY_KIB`], iterations
+/// 1..=[`MAX_HASH_ITERATIONS`], parallelism 1..=[`MAX_HASH_PARALLELISM`], and
+/// memory x iterations between [`MIN_HASH_COST`] (OWASP's weakest
+/// recommended setting, 7 MiB x 5) and [`MAX_HASH_COST`] (so that one hash
+/// stays well under a second and a few at once fit in the device's memory).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HashParams {
@@ -162,6 +199,66 @@ impl Default for HashParams {
             iterations: 2,
             parallelism: 1,
         }
+    }
+}
+
+/// Least Argon2 memory, KiB (OWASP's smallest recommended setting, 7 MiB).
+pub const MIN_HASH_MEMORY_KIB: u32 = 7 * 1024;
+/// Most Argon2 memory, KiB (128 MiB).
+pub const MAX_HASH_MEMORY_KIB: u32 = 128 * 1024;
+/// Most Argon2 passes.
+pub const MAX_HASH_ITERATIONS: u32 = 10;
+/// Most Argon2 lanes.
+pub const MAX_HASH_PARALLELISM: u32 = 8;
+/// Least memory x iterations (KiB x passes): OWASP's recommended settings
+/// (19 MiB x 2, 12 MiB x 3, 9 MiB x 4, 7 MiB x 5) all reach it.
+pub const MIN_HASH_COST: u64 = 7 * 1024 * 5;
+/// Most memory x iterations (KiB x passes): 64 MiB x 4 or 128 MiB x 2.
+pub const MAX_HASH_COST: u64 = 256 * 1024;
+
+impl HashParams {
+    /// Checks the bounds; the message names the field and its range.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let range = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "hash.{name} must be between {lo} and {hi}, not {v}"
+                ))
+            }
+        };
+        range(
+            "memory_kib",
+            u64::from(self.memory_kib),
+            u64::from(MIN_HASH_MEMORY_KIB),
+            u64::from(MAX_HASH_MEMORY_KIB),
+        )?;
+        range(
+            "iterations",
+            u64::from(self.iterations),
+            1,
+            u64::from(MAX_HASH_ITERATIONS),
+        )?;
+        range(
+            "parallelism",
+            u64::from(self.parallelism),
+            1,
+            u64::from(MAX_HASH_PARALLELISM),
+        )?;
+        let cost = u64::from(self.memory_kib) * u64::from(self.iterations);
+        if cost < MIN_HASH_COST {
+            return Err(format!(
+                "hash.memory_kib x hash.iterations must be at least {MIN_HASH_COST} (e.g. 19456 KiB x 2), not {cost}"
+            ));
+        }
+        if cost > MAX_HASH_COST {
+            return Err(format!(
+                "hash.memory_kib x hash.iterations must be at most {MAX_HASH_COST} (e.g. 65536 KiB x 4), not {cost}"
+            ));
+        }
+        crate::password::argon2_params(self).map_err(|e| format!("hash: {e}"))?;
+        Ok(())
     }
 }
 
@@ -215,8 +312,19 @@ impl AccessPolicy {
         if p.max_age_days == Some(0) {
             return bad("password.max_age_days must be at least 1 (or absent)".to_owned());
         }
-        if self.lockout.max_failures == 0 {
+        let l = &self.lockout;
+        if l.max_failures == 0 {
             return bad("lockout.max_failures must be at least 1".to_owned());
+        }
+        if l.max_lockout_secs == 0 || l.max_lockout_secs > MAX_LOCKOUT_SECS {
+            return bad(format!(
+                "lockout.max_lockout_secs must be between 1 and {MAX_LOCKOUT_SECS}"
+            ));
+        }
+        if l.max_delay_secs == 0 || l.max_delay_secs > MAX_DELAY_SECS {
+            return bad(format!(
+                "lockout.max_delay_secs must be between 1 and {MAX_DELAY_SECS}"
+            ));
         }
         let s = &self.session;
         if s.idle_secs == 0 || s.absolute_secs == 0 {
@@ -227,23 +335,32 @@ impl AccessPolicy {
         if s.max_per_user == 0 {
             return bad("session.max_per_user must be at least 1".to_owned());
         }
-        crate::password::argon2_params(&self.hash)
-            .map_err(|e| AccessError::InvalidPolicy(format!("hash: {e}")))?;
+        if !(1..=60).contains(&s.password_changes_per_minute) {
+            return bad("session.password_changes_per_minute must be between 1 and 60".to_owned());
+        }
+        self.hash.check().map_err(AccessError::InvalidPolicy)?;
         if self.banner.len() > 4096 {
             return bad("banner must be at most 4096 bytes".to_owned());
         }
         Ok(())
     }
 
-    /// Reads and validates a policy from a JSON file; missing fields take their defaults.
+    /// Reads and validates a policy from a JSON file; missing fields take
+    /// their defaults. Unreadable content and out-of-range values give
+    /// [`AccessError::PolicyFile`] naming the file and the field, before
+    /// anything is hashed with them.
     pub fn load(path: &Path) -> Result<AccessPolicy> {
         let bytes = drivesec_fsutil::read(path)?;
+        let bad = |reason: String| AccessError::PolicyFile {
+            path: path.to_path_buf(),
+            reason,
+        };
         let policy: AccessPolicy =
-            serde_json::from_slice(&bytes).map_err(|e| AccessError::Corrupt {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        policy.validate()?;
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        policy.validate().map_err(|e| match e {
+            AccessError::InvalidPolicy(m) => bad(m),
+            other => other,
+        })?;
         Ok(policy)
     }
 
@@ -374,8 +491,89 @@ mod tests {
         std::fs::write(&path, "{\"lockout\": 1}").unwrap();
         let err = AccessPolicy::load(&path).unwrap_err();
         assert!(
-            matches!(&err, AccessError::Corrupt { path: p, .. } if p == &path),
+            matches!(&err, AccessError::PolicyFile { path: p, .. } if p == &path),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_hash(memory_kib: u32, iterations: u32, parallelism: u32) -> AccessPolicy {
+        AccessPolicy {
+            hash: HashParams {
+                memory_kib,
+                iterations,
+                parallelism,
+            },
+            ..AccessPolicy::default()
+        }
+    }
+
+    #[test]
+    fn argon2_cost_has_a_floor_and_a_ceiling() {
+        for (m, t, p, field) in [
+            (4 * 1024 * 1024, 2, 1, "hash.memory_kib"),
+            (u32::MAX, 1, 1, "hash.memory_kib"),
+            (1024, 1, 1, "hash.memory_kib"),
+            (19_456, 100, 1, "hash.iterations"),
+            (19_456, 2, 64, "hash.parallelism"),
+            (7168, 1, 1, "hash.memory_kib x hash.iterations"),
+            (131_072, 4, 1, "hash.memory_kib x hash.iterations"),
+        ] {
+            match with_hash(m, t, p).validate() {
+                Err(AccessError::InvalidPolicy(msg)) => {
+                    assert!(msg.starts_with(field), "{m} {t} {p}: {msg}")
+                }
+                other => panic!("{m} {t} {p}: {other:?}"),
+            }
+        }
+        for (m, t) in [
+            (19_456, 2),
+            (47_104, 1),
+            (12_288, 3),
+            (7168, 5),
+            (65_536, 4),
+        ] {
+            with_hash(m, t, 1).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_stored_policy_out_of_bounds_names_the_file_and_the_field() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("access-policy.json");
+        std::fs::write(&path, r#"{"hash": {"memory_kib": 4294967295}}"#).unwrap();
+        let err = AccessPolicy::load(&path).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, AccessError::PolicyFile { path: p, .. } if p == &path),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("access-policy.json") && msg.contains("hash.memory_kib"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn lockout_and_session_settings_are_bounded() {
+        let mut p = AccessPolicy::default();
+        p.lockout.max_lockout_secs = 0;
+        assert!(p.validate().is_err());
+        let mut p = AccessPolicy::default();
+        p.lockout.max_delay_secs = MAX_DELAY_SECS + 1;
+        assert!(p.validate().is_err());
+        let mut p = AccessPolicy::default();
+        p.session.password_changes_per_minute = 0;
+        assert!(p.validate().is_err());
+        // Older policy files without the new fields take the defaults.
+        let old: AccessPolicy =
+            serde_json::from_str(r#"{"lockout": {"max_failures": 3, "lockout_secs": 0}}"#).unwrap();
+        assert_eq!(old.lockout.max_lockout_secs, 86_400);
+        old.validate().unwrap();
     }
 }

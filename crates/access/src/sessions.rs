@@ -9,7 +9,7 @@
 //! [`absolute_secs`](SessionPolicy::absolute_secs) after login. Sessions are
 //! named in listings and terminated by a separate random public *handle*.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -82,6 +82,8 @@ struct Entry {
     fingerprint: String,
     created: Instant,
     last_seen: Instant,
+    /// Own-password change attempts in the last minute.
+    password_attempts: VecDeque<Instant>,
 }
 
 impl Entry {
@@ -224,6 +226,7 @@ impl Sessions {
             fingerprint: client_fingerprint.to_owned(),
             created: now,
             last_seen: now,
+            password_attempts: VecDeque::new(),
         };
         let info = entry.info(id.to_string());
         self.by_key.insert(key_of(&id), entry);
@@ -282,9 +285,83 @@ impl Sessions {
 
     /// Ends every session of `username`; returns how many.
     pub fn terminate_user(&mut self, username: &str) -> usize {
-        let before = self.by_key.len();
-        self.by_key.retain(|_, e| e.username != username);
-        before - self.by_key.len()
+        self.end_user_sessions(username, None, Instant::now()).len()
+    }
+
+    /// Ends every session of `username` except the one with public handle
+    /// `keep` (if given); returns the ended ones (for the audit trail).
+    pub fn end_user_sessions(
+        &mut self,
+        username: &str,
+        keep: Option<&str>,
+        now: Instant,
+    ) -> Vec<SessionSummary> {
+        let mut ended = Vec::new();
+        self.by_key.retain(|_, e| {
+            let end = e.username == username && keep.is_none_or(|k| k != e.handle);
+            if end {
+                ended.push(e.summary(now));
+            }
+            !end
+        });
+        ended
+    }
+
+    /// Brings every session in line with the accounts: `lookup` gives an
+    /// account's current role and permissions, or `None` when it no longer
+    /// exists. Sessions of vanished accounts end; the others take the
+    /// current role and permissions at once. Returns the ended sessions and
+    /// the changed ones (as they are now), for the audit trail.
+    pub fn reconcile(
+        &mut self,
+        now: Instant,
+        mut lookup: impl FnMut(&str) -> Option<(String, BTreeSet<Permission>)>,
+    ) -> (Vec<SessionSummary>, Vec<SessionSummary>) {
+        let mut ended = Vec::new();
+        let mut changed = Vec::new();
+        self.by_key.retain(|_, e| match lookup(&e.username) {
+            None => {
+                ended.push(e.summary(now));
+                false
+            }
+            Some((role, perms)) => {
+                if e.role != role || e.permissions != perms {
+                    e.role = role;
+                    e.permissions = perms;
+                    changed.push(e.summary(now));
+                }
+                true
+            }
+        });
+        (ended, changed)
+    }
+
+    /// Counts an own-password change attempt of the session with public
+    /// handle `handle`: more than
+    /// [`password_changes_per_minute`](SessionPolicy::password_changes_per_minute)
+    /// in a sliding minute gives [`AccessError::RateLimited`] (not counted).
+    pub fn password_attempt(&mut self, handle: &str, now: Instant) -> Result<()> {
+        let limit = self.policy.password_changes_per_minute as usize;
+        let Some(e) = self.by_key.values_mut().find(|e| e.handle == handle) else {
+            return Err(AccessError::SessionInvalid);
+        };
+        let minute = Duration::from_secs(60);
+        while e
+            .password_attempts
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= minute)
+        {
+            e.password_attempts.pop_front();
+        }
+        if e.password_attempts.len() >= limit {
+            let oldest = e.password_attempts.front().copied().unwrap_or(now);
+            let left = minute.saturating_sub(now.saturating_duration_since(oldest));
+            return Err(AccessError::RateLimited {
+                retry_after_secs: left.as_secs().max(1),
+            });
+        }
+        e.password_attempts.push_back(now);
+        Ok(())
     }
 
     /// Sessions held by `username` (including expired ones not yet purged).
@@ -406,6 +483,7 @@ mod tests {
             idle_secs: 60,
             absolute_secs: 300,
             max_per_user: 3,
+            ..SessionPolicy::default()
         };
         let mut s = Sessions::new(policy);
         let t0 = Instant::now();
@@ -437,6 +515,7 @@ mod tests {
             idle_secs: 60,
             absolute_secs: 3600,
             max_per_user: 2,
+            ..SessionPolicy::default()
         };
         let mut s = Sessions::new(policy);
         let t0 = Instant::now();
@@ -544,6 +623,7 @@ mod tests {
             idle_secs: 10,
             absolute_secs: 100,
             max_per_user: 3,
+            ..SessionPolicy::default()
         });
         let t0 = Instant::now();
         let a = Authenticated {
@@ -567,5 +647,53 @@ mod tests {
         assert!(s.take_expired().is_empty(), "reported once");
         s.logout("nope");
         assert!(s.take_expired().is_empty(), "logouts are not expiries");
+    }
+
+    #[test]
+    fn sessions_follow_account_changes_and_end_with_their_account() {
+        let mut s = Sessions::new(SessionPolicy::default());
+        let t0 = Instant::now();
+        let a = s.create(&auth("alice", "engineer"), FP_A, t0).unwrap();
+        let b = s.create(&auth("alice", "engineer"), FP_B, t0).unwrap();
+        let c = s.create(&auth("carol", "viewer"), FP_A, t0).unwrap();
+        let (ended, changed) = s.reconcile(t0, |u| match u {
+            "alice" => Some((
+                "viewer".into(),
+                crate::permissions::builtin_permissions("viewer").unwrap(),
+            )),
+            _ => None,
+        });
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].username, "carol");
+        assert_eq!(changed.len(), 2);
+        assert!(s.validate(&c.id, FP_A, t0).is_err());
+        let v = s.validate(&a.id, FP_A, t0).unwrap();
+        assert_eq!(v.role, "viewer");
+        assert!(!v.permissions.contains(&Permission::DriveControl));
+        // A password change ends the other sessions, keeping the changing one.
+        let ended = s.end_user_sessions("alice", Some(&a.handle), t0);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].handle, b.handle);
+        s.validate(&a.id, FP_A, t0).unwrap();
+        assert!(s.validate(&b.id, FP_B, t0).is_err());
+    }
+
+    #[test]
+    fn password_changes_are_rate_limited_per_session() {
+        let mut s = Sessions::new(SessionPolicy::default());
+        let t0 = Instant::now();
+        let a = s.create(&auth("alice", "viewer"), FP_A, t0).unwrap();
+        let b = s.create(&auth("alice", "viewer"), FP_A, t0).unwrap();
+        for _ in 0..3 {
+            s.password_attempt(&a.handle, t0).unwrap();
+        }
+        match s.password_attempt(&a.handle, t0 + secs(10)) {
+            Err(AccessError::RateLimited { retry_after_secs }) => assert_eq!(retry_after_secs, 50),
+            other => panic!("{other:?}"),
+        }
+        // Another session has its own budget; the minute slides.
+        s.password_attempt(&b.handle, t0).unwrap();
+        s.password_attempt(&a.handle, t0 + secs(60)).unwrap();
+        assert!(s.password_attempt("nope", t0).is_err());
     }
 }

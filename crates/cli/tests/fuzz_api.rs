@@ -183,8 +183,9 @@ fn api_request_handling_survives_random_input() {
         .unwrap();
     let root = std::fs::read_to_string(&m.oem_ca).unwrap();
     let mut cfg = DeviceConfig::new("127.0.0.1:0".parse().unwrap());
-    cfg.access.hash.memory_kib = 1024;
-    cfg.access.hash.iterations = 1;
+    // The cheapest hash the access policy allows (docs/permissions.md).
+    cfg.access.hash.memory_kib = drivesec_access::MIN_HASH_MEMORY_KIB;
+    cfg.access.hash.iterations = 5;
     let policy = cfg.access.clone();
     st.install_ownership("fuzz.example", &ldevid.chain_pem, &root, None, |p| {
         let mut a = drivesec_access::Accounts::create(p, policy.clone()).unwrap();

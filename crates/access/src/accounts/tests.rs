@@ -13,8 +13,9 @@ const PW2: &str = "Battery-Staple-2";
 fn cheap() -> AccessPolicy {
     AccessPolicy {
         hash: HashParams {
-            memory_kib: 1024,
-            iterations: 1,
+            // The floor (docs/permissions.md): cheapest allowed.
+            memory_kib: crate::MIN_HASH_MEMORY_KIB,
+            iterations: 5,
             parallelism: 1,
         },
         ..AccessPolicy::default()
@@ -227,7 +228,9 @@ fn lockout_after_max_failures_lifts_after_lockout_secs() {
         b.authenticate("alice", "Wrong-Password-1", later),
         Err(AccessError::InvalidCredentials)
     ));
-    assert_eq!(b.user_at("alice", later).unwrap().failed_attempts, 1);
+    // The account-wide count runs on until a success; the pair's count
+    // started afresh (one more failure locks it again only after four).
+    assert_eq!(b.user_at("alice", later).unwrap().failed_attempts, 6);
 }
 
 #[test]
@@ -236,6 +239,7 @@ fn lockout_secs_zero_locks_until_an_admin_unlocks() {
     policy.lockout = crate::LockoutPolicy {
         max_failures: 3,
         lockout_secs: 0,
+        ..crate::LockoutPolicy::default()
     };
     let (_d, path, mut a) = setup(policy.clone());
     for _ in 0..2 {
@@ -341,7 +345,7 @@ fn state_survives_reopen_in_a_private_file() {
     for secret in [PW, PW2, "Sec-Officer-01"] {
         assert!(!text.contains(secret), "password stored in clear");
     }
-    assert!(text.contains("$argon2id$v=19$m=1024,t=1,p=1$"));
+    assert!(text.contains("$argon2id$v=19$m=7168,t=5,p=1$"));
 
     drop(a);
     let mut a = Accounts::open(&path, cheap()).unwrap();
@@ -454,6 +458,8 @@ fn a_failed_save_leaves_memory_unchanged() {
         .unwrap();
     a.add_user("alice", "operator", PW, t0()).unwrap();
     a.add_role("custom", [Permission::ReadInfo].into()).unwrap();
+    // Alice's certificate is known to her account before the disk breaks.
+    a.authenticate("alice", PW, t0()).unwrap();
     // Replace the directory by a regular file: every save now fails.
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::write(&dir, b"not a directory").unwrap();
@@ -653,7 +659,7 @@ fn production_hash_parameters() {
 fn hashes_are_upgraded_at_login_after_a_parameter_change() {
     let (_d, path, mut a) = setup(cheap());
     let mut stronger = cheap();
-    stronger.hash.memory_kib = 2048;
+    stronger.hash.memory_kib = 8192;
     a.set_policy(stronger.clone()).unwrap();
     assert_eq!(a.policy(), &stronger);
     // Old hashes still verify.
@@ -662,8 +668,8 @@ fn hashes_are_upgraded_at_login_after_a_parameter_change() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let alice = v["users"]["alice"]["password_hash"].as_str().unwrap();
     let admin = v["users"]["admin"]["password_hash"].as_str().unwrap();
-    assert!(alice.contains("m=2048,t=1,p=1"), "{alice}");
-    assert!(admin.contains("m=1024,t=1,p=1"), "{admin}");
+    assert!(alice.contains("m=8192,t=5,p=1"), "{alice}");
+    assert!(admin.contains("m=7168,t=5,p=1"), "{admin}");
     a.authenticate("alice", PW, t0()).unwrap();
     let mut bad = cheap();
     bad.password.min_classes = 9;
@@ -672,4 +678,221 @@ fn hashes_are_upgraded_at_login_after_a_parameter_change() {
         Err(AccessError::InvalidPolicy(_))
     ));
     assert_eq!(a.policy(), &stronger);
+}
+
+const FP_HOLDER: &str = "11aa";
+const FP_ATTACKER: &str = "22bb";
+
+#[test]
+fn another_certificate_cannot_lock_the_account_for_its_holder() {
+    let (_d, _p, mut a) = setup(cheap());
+    a.authenticate_from("admin", "Sec-Officer-01", FP_HOLDER, t0())
+        .unwrap();
+    for _ in 0..4 {
+        assert!(matches!(
+            a.authenticate_from("admin", "Wrong-Password-1", FP_ATTACKER, t0()),
+            Err(AccessError::InvalidCredentials)
+        ));
+    }
+    assert!(matches!(
+        a.authenticate_from("admin", "Wrong-Password-1", FP_ATTACKER, t0()),
+        Err(AccessError::Locked { until: Some(_) })
+    ));
+    // Locked for the attacker's certificate, even with the right password...
+    assert!(matches!(
+        a.authenticate_from("admin", "Sec-Officer-01", FP_ATTACKER, t0()),
+        Err(AccessError::Locked { .. })
+    ));
+    let info = a.user_at("admin", t0()).unwrap();
+    assert_eq!(info.locked_certificates, vec![FP_ATTACKER.to_owned()]);
+    // ...but not for the holder's.
+    a.authenticate_from("admin", "Sec-Officer-01", FP_HOLDER, t0())
+        .unwrap();
+    // The holder's success does not lift the attacker's lock.
+    assert!(matches!(
+        a.authenticate_from("admin", "Sec-Officer-01", FP_ATTACKER, t0() + secs(60)),
+        Err(AccessError::Locked { .. })
+    ));
+}
+
+#[test]
+fn repeated_locks_double_up_to_the_cap() {
+    let mut policy = cheap();
+    policy.lockout.max_failures = 1;
+    policy.lockout.lockout_secs = 100;
+    policy.lockout.max_lockout_secs = 350;
+    let (_d, _p, mut a) = setup(policy);
+    let mut t = t0();
+    for expected in [100, 200, 350, 350] {
+        match a.authenticate_from("alice", "Wrong-Password-1", FP_ATTACKER, t) {
+            Err(AccessError::Locked { until: Some(u) }) => {
+                let u = OffsetDateTime::parse(&u, &Rfc3339).unwrap();
+                assert_eq!((u - t).whole_seconds(), expected);
+                t = u;
+            }
+            other => panic!("expected a lock, got {other:?}"),
+        }
+    }
+    // A success over that certificate starts the doubling afresh.
+    a.authenticate_from("alice", PW, FP_ATTACKER, t).unwrap();
+    match a.authenticate_from("alice", "Wrong-Password-1", FP_ATTACKER, t) {
+        Err(AccessError::Locked { until: Some(u) }) => {
+            let u = OffsetDateTime::parse(&u, &Rfc3339).unwrap();
+            assert_eq!((u - t).whole_seconds(), 100);
+        }
+        other => panic!("expected a lock, got {other:?}"),
+    }
+}
+
+#[test]
+fn lockout_secs_zero_never_locks_a_user_manager_for_good() {
+    let mut policy = cheap();
+    policy.lockout.lockout_secs = 0;
+    policy.lockout.max_lockout_secs = 600;
+    let (_d, _p, mut a) = setup(policy);
+    for _ in 0..4 {
+        a.authenticate("admin", "Wrong-Password-1", t0())
+            .unwrap_err();
+    }
+    match a.authenticate("admin", "Wrong-Password-1", t0()) {
+        Err(AccessError::Locked { until: Some(_) }) => {}
+        other => panic!("the only user manager gets a timed lock, got {other:?}"),
+    }
+    assert!(!a.user_at("admin", t0()).unwrap().locked_by_admin_only);
+    a.authenticate("admin", "Sec-Officer-01", t0() + secs(600))
+        .unwrap();
+    // An operator is locked until an administrator unlocks it.
+    for _ in 0..5 {
+        a.authenticate("alice", "Wrong-Password-1", t0())
+            .unwrap_err();
+    }
+    assert!(matches!(
+        a.authenticate("alice", PW, t0() + Duration::days(365)),
+        Err(AccessError::Locked { until: None })
+    ));
+}
+
+#[test]
+fn many_certificates_guessing_delay_new_ones_but_not_the_holders() {
+    let mut policy = cheap();
+    policy.lockout.account_max_failures = 6;
+    policy.lockout.max_delay_secs = 8;
+    let (_d, _p, mut a) = setup(policy);
+    a.authenticate_from("alice", PW, FP_HOLDER, t0()).unwrap();
+    // Six certificates, one guess each: under every per-certificate limit.
+    for i in 0..6 {
+        assert!(matches!(
+            a.authenticate_from("alice", "Wrong-Password-1", &format!("c{i}"), t0()),
+            Err(AccessError::InvalidCredentials)
+        ));
+    }
+    // The sixth reached the account-wide threshold: a new certificate waits...
+    match a.authenticate_from("alice", PW, "c9", t0()) {
+        Err(AccessError::Delayed {
+            retry_after_secs, ..
+        }) => assert_eq!(retry_after_secs, 1),
+        other => panic!("expected a delay, got {other:?}"),
+    }
+    assert!(a.user_at("alice", t0()).unwrap().delayed_until.is_some());
+    // ...each further failure doubles the wait, up to the cap...
+    let mut t = t0();
+    for expected in [2, 4, 8, 8] {
+        t += secs(10);
+        a.authenticate_from("alice", "Wrong-Password-1", "c7", t)
+            .unwrap_err();
+        match a.authenticate_from("alice", PW, "c9", t) {
+            Err(AccessError::Delayed {
+                retry_after_secs, ..
+            }) => assert_eq!(retry_after_secs, expected),
+            other => panic!("expected a delay, got {other:?}"),
+        }
+    }
+    // ...while the holder's own certificate logs in at once, which ends the delay.
+    a.authenticate_from("alice", PW, FP_HOLDER, t).unwrap();
+    a.authenticate_from("alice", PW, "c9", t).unwrap();
+}
+
+#[test]
+fn admin_set_passwords_must_be_changed_by_their_holder() {
+    let (_d, _p, mut a) = setup(cheap());
+    // Commissioning's own password: no change needed.
+    assert!(
+        !a.authenticate("admin", "Sec-Officer-01", t0())
+            .unwrap()
+            .must_change_password
+    );
+    a.add_user_by_admin("bob", "viewer", PW, t0()).unwrap();
+    assert!(
+        a.authenticate("bob", PW, t0())
+            .unwrap()
+            .must_change_password
+    );
+    assert_eq!(a.must_change_password("bob", t0()), Some(true));
+    // The change may not keep the administrator's password, even without history.
+    let mut no_history = cheap();
+    no_history.password.history = 0;
+    a.set_policy(no_history).unwrap();
+    assert!(reason(a.set_password("bob", PW, t0())).contains("differ"));
+    a.set_password("bob", PW2, t0()).unwrap();
+    assert!(
+        !a.authenticate("bob", PW2, t0())
+            .unwrap()
+            .must_change_password
+    );
+    // An administrator's reset sets it again.
+    a.reset_password("bob", "Third-Password-3", t0()).unwrap();
+    assert!(
+        a.authenticate("bob", "Third-Password-3", t0())
+            .unwrap()
+            .must_change_password
+    );
+    // Accounts a profile creates too.
+    let roster = vec![
+        ("admin".to_owned(), "security-admin".to_owned()),
+        ("carol".to_owned(), "operator".to_owned()),
+    ];
+    let initial = [("carol".to_owned(), PW.to_owned())].into();
+    let plan = a.plan_roster(&roster, &initial, t0()).unwrap();
+    a.adopt(plan);
+    assert_eq!(a.must_change_password("carol", t0()), Some(true));
+}
+
+#[test]
+fn nobody_grants_what_it_does_not_hold() {
+    let (_d, _p, a) = setup(cheap());
+    let admin = a.permissions_of("admin").unwrap();
+    let all: BTreeSet<Permission> = Permission::ALL.into_iter().collect();
+    assert!(matches!(
+        a.check_role_grant(&admin, &all),
+        Err(AccessError::Escalation(m)) if m.contains("drive-control")
+    ));
+    a.check_role_grant(&admin, &[Permission::ReadAudit].into())
+        .unwrap();
+    // Never one's own role.
+    assert!(matches!(
+        a.check_assign("admin", &admin, "admin", "viewer"),
+        Err(AccessError::Escalation(_))
+    ));
+    // Operational built-in roles and the security ones it holds: yes.
+    for role in [
+        "viewer",
+        "operator",
+        "engineer",
+        "security-admin",
+        "auditor",
+    ] {
+        a.check_assign("admin", &admin, "alice", role).unwrap();
+    }
+    // A narrower user manager cannot hand out the security administrator's role.
+    let narrow: BTreeSet<Permission> = [Permission::ReadInfo, Permission::ManageUsers].into();
+    assert!(matches!(
+        a.check_assign("boss", &narrow, "alice", "security-admin"),
+        Err(AccessError::Escalation(m)) if m.contains("factory-reset")
+    ));
+    a.check_assign("boss", &narrow, "alice", "engineer")
+        .unwrap();
+    assert!(matches!(
+        a.check_assign("boss", &narrow, "alice", "nope"),
+        Err(AccessError::UnknownRole(_))
+    ));
 }
