@@ -343,10 +343,11 @@ pub(crate) async fn trail_segment(
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| match e {
         drivesec_audit::AuditError::Invalid(m) => ApiError::bad_request(m),
-        drivesec_audit::AuditError::Fs(f) => ApiError::new(
+        // The file system's text names the device's paths: not for clients.
+        drivesec_audit::AuditError::Fs(_) => ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "not-found",
-            format!("no such segment (dropped since the snapshot?): {f}"),
+            "no such segment (dropped since the snapshot?)",
         ),
         other => ApiError::from(other),
     })?;

@@ -1,0 +1,537 @@
+//! Attacks on the device's network side and its audit trail, each against
+//! real drivesecd processes on loopback, named after the attack. Each test
+//! asserts that the attack fails, that the legitimate user keeps working,
+//! that nothing happened unrecorded, and that the state directory is intact
+//! (the trail verifies and the daemon starts again where that matters).
+//!
+//! The attacker's connections come from 127.0.0.2 (all of 127.0.0.0/8 is
+//! loopback), the legitimate clients' from 127.0.0.1, so the per-source
+//! bounds can be told apart from the total ones.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+use common::{config, test_lab};
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use drivesec_audit::FullPolicy;
+use drivesec_device::config::DeviceConfig;
+use drivesec_oem::client::{ClientIdentity, Versions};
+use drivesec_oem::modbus::ModbusClient;
+use serde_json::{Value, json};
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        s.bind(format!("{from}:0").parse().unwrap())?;
+        let tcp = s.connect(to).await?;
+        tcp.into_std()
+    })
+    .and_then(|s| {
+        s.set_nonblocking(false)?;
+        Ok(s)
+    })
+}
+
+/// Whether the peer closed `s` (or reset it) within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A mutual-TLS stream to the lab device as `identity`.
+fn raw_tls(
+    lab: &common::TestLab,
+    identity: &ClientIdentity,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let (cfg, name) = drivesec_oem::client::tls_config(
+        lab.addr(),
+        Some(identity),
+        &lab.trust(),
+        Versions::Default,
+    )
+    .unwrap();
+    let tls = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let tcp = TcpStream::connect(lab.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    rustls::StreamOwned::new(tls, tcp)
+}
+
+/// Reads one HTTP response head from `s` (None if the connection ended first).
+fn read_head<S: Read>(s: &mut S) -> Option<String> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// The records of `action` in the device's trail, read by the auditor.
+fn records(lab: &common::TestLab, action: &str) -> Vec<Value> {
+    let r = lab
+        .session("auditor")
+        .ok(
+            "GET",
+            &format!("/api/v1/audit?action={action}&limit=10000"),
+            None,
+        )
+        .unwrap();
+    r["records"].as_array().unwrap().clone()
+}
+
+/// How many events one aggregated record stands for: itself, or the
+/// count a window's summary carries.
+fn counted_in(r: &Value) -> u64 {
+    if r["details"]["summary"] == true {
+        r["details"]["suppressed"].as_u64().unwrap()
+    } else {
+        1
+    }
+}
+
+/// Stops the lab's daemon, verifies its trail against the IDevID and starts it
+/// again from the same state directory: the attack left the state intact.
+fn state_survives(lab: &common::TestLab) {
+    let dev = &lab.m.devices[0];
+    assert!(drivesec_oem::daemons::stop(dev.pid.unwrap()));
+    let chain = drivesec_pki::read_cert_chain(&dev.idevid).unwrap();
+    let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
+    let report = drivesec_audit::verify::verify(&dev.dir.join("audit"), &key).unwrap();
+    assert!(report.ok, "trail: {:#?}", report.problems);
+    let cfg = DeviceConfig::load(&dev.dir.join("drivesecd.toml")).unwrap();
+    let daemon = std::path::Path::new(env!("CARGO_BIN_EXE_drivesecd"));
+    let again = drivesec_oem::daemons::start(daemon, &dev.dir, &cfg).unwrap();
+    drivesec_oem::daemons::stop(again.pid);
+}
+
+fn tight_admission() -> DeviceConfig {
+    let mut c = config();
+    c.api.max_handshakes = 32;
+    c.api.max_handshakes_per_source = 4;
+    c.api.handshake_timeout_ms = 1_000;
+    c
+}
+
+/// Hundreds of idle TCP connections (a slow-loris that never starts its
+/// handshake) from one address, on the API and the Modbus port at once:
+/// the attacker holds at most its per-source share of handshake slots for
+/// at most the handshake timeout, so the engineer's API calls and the
+/// operator's Modbus session go on, and the refusals are recorded
+/// aggregated instead of one record each.
+#[test]
+fn idle_tcp_flood_on_both_ports_does_not_lock_out_the_owner() {
+    let lab = test_lab(Some(tight_admission()));
+    let modbus: SocketAddr = lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..150 {
+        for to in [lab.addr(), modbus] {
+            if let Ok(s) = connect_from("127.0.0.2", to) {
+                flood.push(s);
+            }
+        }
+    }
+    assert!(
+        flood.len() >= 250,
+        "the flood itself failed: {}",
+        flood.len()
+    );
+    // The device closes what it does not admit at once, and the rest when
+    // their handshake time runs out.
+    let still_open = flood
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_millis(3_000)))
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(still_open, 0, "idle pre-handshake connections stayed open");
+
+    // With a new flood in place, the owner still gets through.
+    let mut flood2: Vec<TcpStream> = (0..150)
+        .filter_map(|_| connect_from("127.0.0.2", lab.addr()).ok())
+        .collect();
+    let engineer = lab.session("engineer");
+    for _ in 0..5 {
+        assert_eq!(
+            engineer.call("GET", "/api/v1/params", None).unwrap().status,
+            200
+        );
+    }
+    let mut op = ModbusClient::connect(
+        modbus,
+        Some(&lab.identity("operator")),
+        &lab.trust(),
+        Versions::Default,
+    )
+    .unwrap();
+    assert!(op.read_input(0, 3).unwrap().is_ok());
+    for s in &mut flood2 {
+        let _ = s.write_all(b"\x16\x03\x01");
+    }
+    drop(flood2);
+
+    // Recorded, aggregated: far fewer records than refused connections,
+    // and the summaries count them.
+    std::thread::sleep(Duration::from_millis(11_500));
+    let refused = records(&lab, "net.connection-refused");
+    assert!(!refused.is_empty(), "the refusals were not recorded");
+    assert!(
+        refused.len() <= 8,
+        "one record per refusal: {}",
+        refused.len()
+    );
+    let counted: u64 = refused.iter().map(counted_in).sum();
+    assert!(counted > 100, "the summaries lost count: {counted}");
+    state_survives(&lab);
+}
+
+/// A client with a trusted certificate but no session starts a huge
+/// upload and trickles it: the device answers 401 before reading the body
+/// and closes the connection, so no slot is held.
+#[test]
+fn trickled_upload_without_a_session_is_refused_before_its_body() {
+    let lab = test_lab(None);
+    let mut s = raw_tls(&lab, &lab.identity("viewer"));
+    s.write_all(
+        b"POST /api/v1/firmware HTTP/1.1\r\nHost: d\r\nContent-Type: application/octet-stream\r\n\
+          Content-Length: 1000000000\r\n\r\nX",
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let head = read_head(&mut s).expect("no answer while the body was pending");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(head.to_lowercase().contains("connection: close"), "{head}");
+    // Closed: nothing more is read from this client.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    // The device is unharmed and nothing was staged.
+    let st = lab
+        .session("engineer")
+        .ok("GET", "/api/v1/firmware", None)
+        .unwrap();
+    assert_eq!(st["boot_state"]["pending"], Value::Null, "{st}");
+}
+
+/// A logged-in engineer (or a stolen session) trickles an upload a byte at
+/// a time: the body falls below the minimum rate and the upload is cut;
+/// nothing is staged and the refusal is recorded.
+#[test]
+fn trickled_upload_with_a_session_is_cut_by_the_minimum_rate() {
+    let mut cfg = config();
+    cfg.api.body_timeout_secs = 1;
+    cfg.api.min_body_bytes_per_sec = 4096;
+    let lab = test_lab(Some(cfg));
+    let engineer = lab.session("engineer");
+    let token = engineer.session.clone().unwrap();
+    let mut s = raw_tls(&lab, &lab.identity("engineer"));
+    s.write_all(
+        format!(
+            "POST /api/v1/firmware HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // A byte every 200 ms: 5 bytes/s, far below the floor. Stop at 60 bytes.
+    let mut answered = None;
+    for _ in 0..60 {
+        if s.write_all(b"x").and_then(|()| s.flush()).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        s.get_ref().set_nonblocking(true).unwrap();
+        let mut peek = [0u8; 1];
+        let done = !matches!(s.get_mut().peek(&mut peek), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        s.get_ref().set_nonblocking(false).unwrap();
+        if done {
+            answered = read_head(&mut s);
+            break;
+        }
+    }
+    let head = answered.expect("the trickled upload was never cut off");
+    assert!(
+        head.starts_with("HTTP/1.1 4"),
+        "a trickled body must end in a 4xx: {head}"
+    );
+    let st = engineer.ok("GET", "/api/v1/firmware", None).unwrap();
+    assert_eq!(st["boot_state"]["pending"], Value::Null, "{st}");
+    let refused = records(&lab, "firmware.refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+}
+
+/// A viewer floods forbidden requests. Each refusal is still a 403, but
+/// the trail gets one record per window plus a summary that counts the
+/// rest; the engineer's changes go on being recorded.
+#[test]
+fn forbidden_request_flood_is_recorded_aggregated() {
+    let lab = test_lab(None);
+    let viewer = lab.session("viewer");
+    let before = lab
+        .session("auditor")
+        .ok("GET", "/api/v1/audit?limit=1&from=1", None);
+    assert!(before.is_ok());
+    for _ in 0..500 {
+        let r = viewer
+            .call(
+                "PUT",
+                "/api/v1/params/max-speed",
+                Some(&json!({"value": 1400.0})),
+            )
+            .unwrap();
+        assert_eq!(r.status, 403, "{}", r.body);
+    }
+    let engineer = lab.session("engineer");
+    engineer
+        .ok(
+            "PUT",
+            "/api/v1/params/max-speed",
+            Some(&json!({"value": 1450.0})),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(11_500));
+    let writes = records(&lab, "param.write");
+    let denied: Vec<_> = writes.iter().filter(|r| r["outcome"] == "denied").collect();
+    assert!(
+        !denied.is_empty() && denied.len() <= 4,
+        "{} denial records for 500 refusals",
+        denied.len()
+    );
+    let counted: u64 = denied.iter().map(counted_in).sum();
+    assert_eq!(
+        counted, 500,
+        "every refusal is counted in exactly one record"
+    );
+    assert!(
+        writes
+            .iter()
+            .any(|r| r["outcome"] == "success" && r["details"]["new"] == 1450.0),
+        "the engineer's write is recorded"
+    );
+}
+
+/// Routine records fill a bounded trail (policy refuse-non-essential).
+/// From then on an action whose record cannot be written is refused and
+/// changes nothing, over the API and over Modbus alike, while logins and
+/// the security administrator, in the reserve, still work.
+#[test]
+fn a_full_trail_refuses_actions_instead_of_losing_their_records() {
+    let mut cfg = config();
+    cfg.audit.segment_bytes = 4096;
+    cfg.audit.max_bytes = 192 * 1024;
+    cfg.audit.reserve_bytes = 64 * 1024;
+    cfg.audit.when_full = FullPolicy::RefuseNonEssential;
+    let lab = test_lab(Some(cfg));
+    let auditor = lab.session("auditor");
+    let engineer = lab.session("engineer");
+    let modbus: SocketAddr = lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap();
+    let mut op = ModbusClient::connect(
+        modbus,
+        Some(&lab.identity("operator")),
+        &lab.trust(),
+        Versions::Default,
+    )
+    .unwrap();
+    // Fill it with routine records (each audit read is recorded).
+    let mut n = 0;
+    loop {
+        let r = auditor.call("GET", "/api/v1/audit?limit=1", None).unwrap();
+        if r.status == 503 {
+            assert_eq!(r.body["error"], "audit-unavailable", "{}", r.body);
+            break;
+        }
+        assert_eq!(r.status, 200);
+        n += 1;
+        assert!(n < 5_000, "the trail never filled");
+    }
+    let params = |c: &drivesec_oem::client::DeviceClient| {
+        c.ok("GET", "/api/v1/params", None).unwrap()["values"]["max-speed"].clone()
+    };
+    let speed_before = params(&engineer);
+    let r = engineer
+        .call(
+            "PUT",
+            "/api/v1/params/max-speed",
+            Some(&json!({"value": 1234.0})),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (503, Some("audit-unavailable"))
+    );
+    assert_eq!(
+        params(&engineer),
+        speed_before,
+        "a refused write took effect"
+    );
+    let r = engineer
+        .call(
+            "PUT",
+            "/api/v1/drive/control",
+            Some(&json!({"command": "start"})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    // Modbus: the control word is refused (exception 4) and the drive stays put.
+    assert_eq!(op.write_multiple(0, &[1, 500]).unwrap(), Err(4));
+    let st = engineer.ok("GET", "/api/v1/drive", None).unwrap();
+    assert_ne!(st["state"], "running", "{st}");
+    // Authentication and security administration use the reserve.
+    let mut admin = lab.admin();
+    let users = admin.ok("GET", "/api/v1/users", None).unwrap();
+    assert!(users.is_array() || users.is_object());
+    admin.ok("POST", "/api/v1/logout", None).unwrap();
+    let login = lab.m.admin.as_ref().unwrap();
+    admin.login(&login.username, &login.password).unwrap();
+    state_survives(&lab);
+}
+
+/// Every answer forbids caching and content sniffing, and an internal
+/// error names no path of the device.
+#[test]
+fn answers_carry_no_store_and_nosniff_and_errors_leak_no_paths() {
+    let lab = test_lab(None);
+    let mut s = raw_tls(&lab, &lab.identity("viewer"));
+    s.write_all(b"GET /api/v1/info HTTP/1.1\r\nHost: d\r\n\r\n")
+        .unwrap();
+    let head = read_head(&mut s).unwrap().to_lowercase();
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    let auditor = lab.session("auditor");
+    let r = auditor
+        .call(
+            "GET",
+            "/api/v1/audit/trail/segment?name=00000000000000099999.seg&bytes=10",
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    let text = r.body.to_string();
+    assert!(
+        !text.contains(lab.m.devices[0].dir.to_str().unwrap()) && !text.contains("/audit/"),
+        "{text}"
+    );
+}
+
+/// The audit export is streamed (chunked, no length known up front) and
+/// complete: what arrives is every record, in order, and the export is
+/// recorded with its count.
+#[test]
+fn audit_export_is_streamed_and_complete() {
+    let lab = test_lab(None);
+    let engineer = lab.session("engineer");
+    for i in 0..200 {
+        engineer
+            .ok(
+                "PUT",
+                "/api/v1/params/max-speed",
+                Some(&json!({"value": 1000.0 + f64::from(i)})),
+            )
+            .unwrap();
+    }
+    let auditor = lab.session("auditor");
+    let token = auditor.session.clone().unwrap();
+    let mut s = raw_tls(&lab, &lab.identity("auditor"));
+    s.write_all(
+        format!(
+            "GET /api/v1/audit/export HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let head = read_head(&mut s).unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).ok();
+    let text = String::from_utf8_lossy(&body);
+    let seqs: Vec<u64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["seq"].as_u64())
+        .collect();
+    assert!(seqs.len() > 200, "{} records exported", seqs.len());
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gaps or reordering"
+    );
+    let rec = records(&lab, "audit.export");
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0]["details"]["records"], seqs.len() as u64);
+}
+
+/// The enclosure is opened: the trail is sealed with a signed checkpoint
+/// over the detection before the keys go, the soft keystore's device
+/// secret is destroyed with them (crypto-erase), and the tampered device
+/// still starts to report its state.
+#[test]
+fn tamper_seals_the_trail_then_crypto_erases() {
+    let lab = test_lab(None);
+    let dev = lab.m.devices[0].clone();
+    let tamper = dev.tamper.clone().unwrap();
+    std::fs::create_dir_all(tamper.parent().unwrap()).unwrap();
+    std::fs::write(&tamper, b"").unwrap();
+    let start = Instant::now();
+    while !dev.dir.join("tampered.json").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no tamper response"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(drivesec_oem::daemons::stop(dev.pid.unwrap()));
+    assert!(
+        !dev.dir.join("device-secret").exists(),
+        "the device secret survived the tamper response"
+    );
+    let chain = drivesec_pki::read_cert_chain(&dev.idevid).unwrap();
+    let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
+    let report = drivesec_audit::verify::verify(&dev.dir.join("audit"), &key).unwrap();
+    assert!(report.ok, "{:#?}", report.problems);
+    let recs = drivesec_audit::reader::read(
+        &dev.dir.join("audit"),
+        &drivesec_audit::reader::Query::default(),
+        usize::MAX,
+    )
+    .unwrap();
+    let detected = recs
+        .iter()
+        .find(|r| r.record.action == "device.tamper-detected")
+        .expect("the detection is recorded");
+    assert!(
+        report.latest_checkpoint.unwrap() >= detected.seq,
+        "the last signed checkpoint ({:?}) does not cover the detection ({})",
+        report.latest_checkpoint,
+        detected.seq
+    );
+    let cfg = DeviceConfig::load(&dev.dir.join("drivesecd.toml")).unwrap();
+    let daemon = std::path::Path::new(env!("CARGO_BIN_EXE_drivesecd"));
+    let again = drivesec_oem::daemons::start(daemon, &dev.dir, &cfg).unwrap();
+    drivesec_oem::daemons::stop(again.pid);
+}
