@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! magic "DSFWIMG1" | u32 LE manifest length | manifest (CBOR)
-//!                  | u32 LE signatures length | CBOR array of tagged COSE_Sign1 (byte strings)
+//!                  | u32 LE signatures length | CBOR array of tagged COSE_Sign1 (byte strings), nothing after it
 //!                  | chunk 0 | chunk 1 | ... (each: AES-256-GCM ciphertext + 16-byte tag)
 //! ```
 
@@ -81,17 +81,7 @@ impl Header {
         let mut sig_bytes = vec![0u8; n as usize];
         r.read_exact(&mut sig_bytes)
             .map_err(|_| FirmwareError::Malformed("truncated signatures".into()))?;
-        let list: Vec<ciborium::Value> = ciborium::from_reader(sig_bytes.as_slice())
-            .map_err(|e| FirmwareError::Malformed(format!("signature block: {e}")))?;
-        let signatures = list
-            .iter()
-            .map(|v| match v {
-                ciborium::Value::Bytes(b) => sign::decode(b),
-                _ => Err(FirmwareError::Malformed(
-                    "signature entry is not a byte string".into(),
-                )),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let signatures = sign::decode_block(&sig_bytes)?;
         Ok(Header {
             manifest_bytes,
             manifest,
@@ -101,14 +91,13 @@ impl Header {
 
     /// Writes the header.
     pub fn write(&self, w: &mut impl Write) -> Result<()> {
-        let list: Vec<ciborium::Value> = self
-            .signatures
-            .iter()
-            .map(|s| sign::encode(s).map(ciborium::Value::Bytes))
-            .collect::<Result<_>>()?;
-        let mut sig_bytes = Vec::new();
-        ciborium::into_writer(&list, &mut sig_bytes)
-            .map_err(|e| FirmwareError::Malformed(e.to_string()))?;
+        let sig_bytes = sign::encode_block(&self.signatures)?;
+        if self.manifest_bytes.len() > MAX_MANIFEST as usize || sig_bytes.len() > MAX_SIGS as usize
+        {
+            return Err(FirmwareError::Malformed(
+                "manifest or signature block larger than a reader accepts".into(),
+            ));
+        }
         w.write_all(MAGIC).map_err(io)?;
         w.write_all(&(self.manifest_bytes.len() as u32).to_le_bytes())
             .map_err(io)?;
@@ -255,9 +244,7 @@ pub fn approve(
     let sig = sign::sign_manifest(&header.manifest_bytes, signer.0, signer.1, role)?;
     let kid = sign::kid_of(&sig);
     if header.signatures.iter().any(|s| sign::kid_of(s) == kid) {
-        return Err(FirmwareError::Malformed(format!(
-            "key {kid} has already signed this image"
-        )));
+        return Err(FirmwareError::DuplicateSigner(kid));
     }
     header.signatures.push(sig);
     fsu::write_atomic_with(out, Mode::Public, |file| -> Result<()> {

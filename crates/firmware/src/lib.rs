@@ -49,6 +49,63 @@ pub enum FirmwareError {
     /// Not a drivesec image, or a malformed part.
     #[error("malformed image: {0}")]
     Malformed(String),
+    /// The manifest is not in the one encoding the format allows (keys in
+    /// the documented order, shortest integers, definite lengths, lowercase hex).
+    #[error("manifest is not in canonical encoding")]
+    NonCanonicalManifest,
+    /// The manifest's `version` is not a semantic version (semver 2.0.0).
+    #[error("manifest version '{0}' is not a semantic version (MAJOR.MINOR.PATCH[-pre][+build])")]
+    BadVersion(String),
+    /// The manifest's `build_time` is not an RFC 3339 date-time.
+    #[error("manifest build_time '{0}' is not an RFC 3339 date-time")]
+    BadBuildTime(String),
+    /// The manifest's `root` is not 64 lowercase hex digits (SHA-256).
+    #[error("manifest root '{0}' is not 64 lowercase hex digits")]
+    BadRoot(String),
+    /// The manifest lists no recipient: nobody could decrypt it.
+    #[error("manifest has no encryption recipients")]
+    NoRecipients,
+    /// A recipient entry has a field of the wrong form or length.
+    #[error("recipient {index}: {field} {reason}")]
+    BadRecipient {
+        /// Its position in `recipients`, from 0.
+        index: usize,
+        /// `kid`, `epk` or `wrapped_key`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The signature block is followed by bytes that are not part of it.
+    #[error("{0} byte(s) after the signatures array")]
+    SignatureBlockTrailingBytes(usize),
+    /// A signature is a bare COSE_Sign1 array, without tag 18.
+    #[error("signature {0} is not a tagged COSE_Sign1 (tag 18)")]
+    UntaggedSignature(usize),
+    /// A signature carries a payload; image signatures are detached (nil payload).
+    #[error("signature {0} carries a payload; image signatures are detached (nil)")]
+    AttachedPayload(usize),
+    /// A signature that is not a well-formed drivesec COSE_Sign1 (structure,
+    /// headers, algorithm, key id, role, signature length, bytes after it).
+    #[error("signature {index} is malformed: {reason}")]
+    MalformedSignature {
+        /// Its position in the signatures array, from 0.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The same key signed the image more than once (a key signs once).
+    #[error("key {0} signed the image more than once")]
+    DuplicateSigner(String),
+    /// A valid signature whose role is not the role the trust store gives its key.
+    #[error("key {kid} signed as '{signed}' but is trusted as '{trusted}'")]
+    RoleMismatch {
+        /// The signer.
+        kid: String,
+        /// The role in the signature's protected header.
+        signed: String,
+        /// The role in the trust store.
+        trusted: String,
+    },
     /// A signature by a key the trust store does not know.
     #[error("signed by an unknown key {0}")]
     UnknownKey(String),
@@ -105,6 +162,17 @@ pub enum FirmwareError {
     /// The decrypted payload does not hash to the signed root.
     #[error("payload does not match the signed hash-tree root")]
     DigestMismatch,
+    /// A trust store whose policy requires nothing (no requirement, or a
+    /// requirement of zero signatures): it would accept unsigned images.
+    #[error("the policy must require at least one signature of each role it names")]
+    EmptyPolicy,
+    /// A trust store that is not well formed (a key that does not parse or
+    /// whose id is not derived from it, a key id twice, ...).
+    #[error("invalid trust store: {0}")]
+    InvalidTrustStore(String),
+    /// The slot a trial booted from changed before the trial was confirmed.
+    #[error("slot {0} changed since it was booted; not confirming it")]
+    SlotChanged(String),
     /// A trust rotation statement was refused.
     #[error("rotation refused: {0}")]
     Rotation(String),

@@ -76,31 +76,18 @@ impl Manifest {
         Ok(out)
     }
 
-    /// Decodes and sanity-checks a manifest.
+    /// Decodes a manifest and checks every field the format constrains
+    /// (docs/image-format.md, "Manifest"): exactly the eleven keys, `format`,
+    /// `version` (semver), `build_time` (RFC 3339), `chunk_size`, `root`
+    /// (64 lowercase hex digits), `encryption` (`alg`, at least one
+    /// recipient, each `kid` 16, `epk` 130 and `wrapped_key` 80 lowercase hex
+    /// digits, `epk` an uncompressed point), then the canonical encoding.
     pub fn from_cbor(bytes: &[u8]) -> Result<Self> {
-        let m: Manifest = ciborium::from_reader(bytes)
+        let raw: RawManifest = ciborium::from_reader(bytes)
             .map_err(|e| FirmwareError::Malformed(format!("manifest: {e}")))?;
-        if m.format != FORMAT {
-            return Err(FirmwareError::Malformed(format!(
-                "unknown format '{}'",
-                m.format
-            )));
-        }
-        if m.chunk_size < 4096 || m.chunk_size > 16 << 20 {
-            return Err(FirmwareError::Malformed(format!(
-                "chunk size {} out of range",
-                m.chunk_size
-            )));
-        }
-        if m.encryption.alg != "A256GCM-chunked" || m.encryption.recipients.is_empty() {
-            return Err(FirmwareError::Malformed(
-                "unsupported or empty encryption parameters".into(),
-            ));
-        }
+        let m = raw.check()?;
         if m.to_cbor()? != bytes {
-            return Err(FirmwareError::Malformed(
-                "manifest is not in canonical encoding".into(),
-            ));
+            return Err(FirmwareError::NonCanonicalManifest);
         }
         Ok(m)
     }
@@ -108,6 +95,204 @@ impl Manifest {
     /// SHA-256 of the canonical encoding: the image's identity, bound into every chunk.
     pub fn digest(&self) -> Result<[u8; 32]> {
         Ok(Sha256::digest(self.to_cbor()?).into())
+    }
+}
+
+/// The manifest as it arrives: every text field as text, so its form
+/// (lowercase hex, lengths) can be checked before anything is decoded.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    format: String,
+    product: String,
+    hw_class: String,
+    version: String,
+    security_counter: u64,
+    build_time: String,
+    payload_len: u64,
+    chunk_size: u32,
+    root: String,
+    encryption: RawEncryption,
+    /// Required: null when there is no SBOM (`deserialize_with` turns off
+    /// serde's "a missing Option is None").
+    #[serde(deserialize_with = "required_option")]
+    sbom: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncryption {
+    alg: String,
+    recipients: Vec<RawRecipient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecipient {
+    kid: String,
+    epk: String,
+    wrapped_key: String,
+}
+
+fn required_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
+}
+
+/// Encryption algorithm identifier.
+pub const ALG: &str = "A256GCM-chunked";
+/// Smallest and largest `chunk_size`.
+pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = 4096..=16 << 20;
+
+/// Whether `s` is `n` lowercase hex digits.
+pub fn is_lower_hex(s: &str, n: usize) -> bool {
+    s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn hex_field(index: usize, field: &'static str, s: &str, bytes: usize) -> Result<Vec<u8>> {
+    if !is_lower_hex(s, 2 * bytes) {
+        return Err(FirmwareError::BadRecipient {
+            index,
+            field,
+            reason: format!(
+                "must be {} lowercase hex digits ({bytes} bytes), got {} character(s)",
+                2 * bytes,
+                s.chars().count()
+            ),
+        });
+    }
+    hex::decode(s).map_err(|e| FirmwareError::BadRecipient {
+        index,
+        field,
+        reason: e.to_string(),
+    })
+}
+
+/// Whether `s` is a semantic version (semver 2.0.0): `MAJOR.MINOR.PATCH`,
+/// each a decimal without leading zeros that fits in 64 bits, then
+/// optionally `-` and dot-separated pre-release identifiers (`[0-9A-Za-z-]+`,
+/// numeric ones without leading zeros), then optionally `+` and
+/// dot-separated build identifiers (`[0-9A-Za-z-]+`).
+pub fn is_semver(s: &str) -> bool {
+    fn ident_ok(i: &str) -> bool {
+        !i.is_empty() && i.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    }
+    fn numeric_ok(i: &str) -> bool {
+        !i.is_empty()
+            && i.bytes().all(|b| b.is_ascii_digit())
+            && (i == "0" || !i.starts_with('0'))
+            && i.parse::<u64>().is_ok()
+    }
+    let (rest, build) = match s.split_once('+') {
+        Some((a, b)) => (a, Some(b)),
+        None => (s, None),
+    };
+    let (core, pre) = match rest.split_once('-') {
+        Some((a, b)) => (a, Some(b)),
+        None => (rest, None),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    if parts.len() != 3 || !parts.iter().all(|p| numeric_ok(p)) {
+        return false;
+    }
+    if let Some(pre) = pre
+        && !pre
+            .split('.')
+            .all(|i| ident_ok(i) && (!i.bytes().all(|b| b.is_ascii_digit()) || numeric_ok(i)))
+    {
+        return false;
+    }
+    if let Some(build) = build
+        && !build.split('.').all(ident_ok)
+    {
+        return false;
+    }
+    true
+}
+
+/// Whether `s` is an RFC 3339 `date-time` (section 5.6).
+pub fn is_rfc3339(s: &str) -> bool {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+}
+
+impl RawManifest {
+    fn check(self) -> Result<Manifest> {
+        if self.format != FORMAT {
+            return Err(FirmwareError::Malformed(format!(
+                "unknown format '{}'",
+                self.format
+            )));
+        }
+        if !is_semver(&self.version) {
+            return Err(FirmwareError::BadVersion(self.version));
+        }
+        if !is_rfc3339(&self.build_time) {
+            return Err(FirmwareError::BadBuildTime(self.build_time));
+        }
+        if !CHUNK_SIZE_RANGE.contains(&self.chunk_size) {
+            return Err(FirmwareError::Malformed(format!(
+                "chunk size {} out of range",
+                self.chunk_size
+            )));
+        }
+        if !is_lower_hex(&self.root, 64) {
+            return Err(FirmwareError::BadRoot(self.root));
+        }
+        if self.encryption.alg != ALG {
+            return Err(FirmwareError::Malformed(format!(
+                "unsupported encryption '{}'",
+                self.encryption.alg
+            )));
+        }
+        if self.encryption.recipients.is_empty() {
+            return Err(FirmwareError::NoRecipients);
+        }
+        let recipients = self
+            .encryption
+            .recipients
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if !is_lower_hex(&r.kid, 16) {
+                    return Err(FirmwareError::BadRecipient {
+                        index: i,
+                        field: "kid",
+                        reason: "must be 16 lowercase hex digits".into(),
+                    });
+                }
+                let epk = hex_field(i, "epk", &r.epk, 65)?;
+                if epk[0] != 0x04 {
+                    return Err(FirmwareError::BadRecipient {
+                        index: i,
+                        field: "epk",
+                        reason: "must be an uncompressed SEC1 point (first byte 04)".into(),
+                    });
+                }
+                let wrapped_key = hex_field(i, "wrapped_key", &r.wrapped_key, 40)?;
+                Ok(Recipient {
+                    kid: r.kid,
+                    epk,
+                    wrapped_key,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Manifest {
+            format: self.format,
+            product: self.product,
+            hw_class: self.hw_class,
+            version: self.version,
+            security_counter: self.security_counter,
+            build_time: self.build_time,
+            payload_len: self.payload_len,
+            chunk_size: self.chunk_size,
+            root: self.root,
+            encryption: Encryption {
+                alg: self.encryption.alg,
+                recipients,
+            },
+            sbom: self.sbom,
+        })
     }
 }
 

@@ -103,7 +103,8 @@ pub struct Slots<'a> {
     hw_class: String,
     keystore: &'a dyn KeyStore,
     key: &'a KeyHandle,
-    booted: Option<Slot>,
+    /// The slot the boot stage verified and the digest of its manifest.
+    booted: Option<(Slot, [u8; 32])>,
 }
 
 fn io(e: std::io::Error) -> FirmwareError {
@@ -225,7 +226,7 @@ impl<'a> Slots<'a> {
         Ok(m)
     }
 
-    fn verify_slot(&self, slot: Slot, min_counter: u64) -> Result<Manifest> {
+    fn verify_slot(&self, slot: Slot, min_counter: u64) -> Result<(Manifest, [u8; 32])> {
         let mut f =
             std::io::BufReader::with_capacity(1 << 20, self.st.open(slot.file()).map_err(io)?);
         let v = verify_image(
@@ -236,7 +237,7 @@ impl<'a> Slots<'a> {
             self.key,
             &mut |_, _| Ok(()),
         )?;
-        Ok(v.header.manifest)
+        Ok((v.header.manifest, v.digest))
     }
 
     fn revert(&self, s: &mut BootState, reason: String) -> Result<()> {
@@ -260,8 +261,8 @@ impl<'a> Slots<'a> {
                 s.attempts_left -= 1;
                 self.save(&s)?;
                 match self.verify_slot(p, s.counter) {
-                    Ok(m) => {
-                        self.booted = Some(p);
+                    Ok((m, digest)) => {
+                        self.booted = Some((p, digest));
                         return Ok(BootDecision::Trial {
                             slot: p,
                             version: m.version,
@@ -275,8 +276,8 @@ impl<'a> Slots<'a> {
             }
         }
         match self.verify_slot(s.active, s.counter) {
-            Ok(m) => {
-                self.booted = Some(s.active);
+            Ok((m, digest)) => {
+                self.booted = Some((s.active, digest));
                 Ok(BootDecision::Confirmed {
                     slot: s.active,
                     version: m.version,
@@ -290,19 +291,26 @@ impl<'a> Slots<'a> {
     }
 
     /// After a healthy trial: the pending image becomes active and the
-    /// security counter advances to its counter.
+    /// security counter advances to its counter. The slot's header is read
+    /// again and verified (signatures and policy against the trust store,
+    /// product, hardware class, counter) and must be the very manifest the
+    /// boot stage verified; else nothing changes.
     pub fn confirm(&mut self) -> Result<BootState> {
         let mut s = self.state()?;
-        let p = match (s.pending, self.booted) {
-            (Some(p), Some(b)) if p == b => p,
+        let (p, booted_digest) = match (s.pending, self.booted) {
+            (Some(p), Some((b, d))) if p == b => (p, d),
             _ => {
                 return Err(FirmwareError::Malformed(
                     "not running a pending image on trial".into(),
                 ));
             }
         };
-        let mut f = self.st.open(p.file()).map_err(io)?;
-        let m = Header::read(&mut f)?.manifest;
+        let mut f = std::io::BufReader::new(self.st.open(p.file()).map_err(io)?);
+        let v = check_header(Header::read(&mut f)?, self.trust, &self.policy(s.counter))?;
+        if v.digest != booted_digest {
+            return Err(FirmwareError::SlotChanged(format!("{p:?}").to_lowercase()));
+        }
+        let m = v.header.manifest;
         s.active = p;
         s.pending = None;
         s.attempts_left = 0;

@@ -44,6 +44,26 @@ impl TrustedKey {
         Ok(PublicKey::from_raw(KeyAlgorithm::EcdsaP256, raw)?)
     }
 
+    /// [`Self::checked`], as a trust store error.
+    fn well_formed(&self) -> Result<()> {
+        let raw = hex::decode(&self.public_key).ok();
+        if !crate::manifest::is_lower_hex(&self.public_key, 130)
+            || raw.as_ref().is_none_or(|r| r.first() != Some(&0x04))
+        {
+            return Err(FirmwareError::InvalidTrustStore(format!(
+                "key {}: public_key is not 130 lowercase hex digits of an uncompressed SEC1 point",
+                self.kid
+            )));
+        }
+        self.checked().map_err(|e| match e {
+            FirmwareError::Rotation(m) => FirmwareError::InvalidTrustStore(m),
+            FirmwareError::Keystore(k) => {
+                FirmwareError::InvalidTrustStore(format!("key {}: {k}", self.kid))
+            }
+            other => other,
+        })
+    }
+
     /// Checks the key parses and its `kid` is the one derived from it (so a
     /// key cannot be registered twice under two ids and count twice).
     fn checked(&self) -> Result<()> {
@@ -67,8 +87,10 @@ pub struct Requirement {
     pub min: usize,
 }
 
-/// The trust store.
+/// The trust store. Deserializing one validates it
+/// ([`TrustStore::validate`]): a store that is read is a store that passed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "UncheckedTrustStore")]
 pub struct TrustStore {
     /// Increases with every applied rotation.
     pub version: u64,
@@ -78,6 +100,30 @@ pub struct TrustStore {
     pub keys: Vec<TrustedKey>,
     /// Required signatures.
     pub policy: Vec<Requirement>,
+}
+
+/// A trust store as read, before [`TrustStore::validate`].
+#[derive(Deserialize)]
+struct UncheckedTrustStore {
+    version: u64,
+    root: TrustedKey,
+    keys: Vec<TrustedKey>,
+    policy: Vec<Requirement>,
+}
+
+impl TryFrom<UncheckedTrustStore> for TrustStore {
+    type Error = FirmwareError;
+
+    fn try_from(u: UncheckedTrustStore) -> Result<TrustStore> {
+        let t = TrustStore {
+            version: u.version,
+            root: u.root,
+            keys: u.keys,
+            policy: u.policy,
+        };
+        t.validate()?;
+        Ok(t)
+    }
 }
 
 /// A change to the trust store, signed by the current root.
@@ -104,10 +150,21 @@ impl TrustStore {
     /// the key ids that signed. Any signature by an unknown or revoked key,
     /// or one that does not verify, rejects the image.
     pub fn check(&self, manifest: &[u8], sigs: &[CoseSign1]) -> Result<Vec<String>> {
+        // A store built in code has not been through `validate`: a policy
+        // that requires nothing must not let an unsigned image through.
+        if self.policy.is_empty() || self.policy.iter().any(|q| q.min == 0) {
+            return Err(FirmwareError::EmptyPolicy);
+        }
         let mut by_role: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        let mut signers = Vec::new();
-        for s in sigs {
+        let mut signers: Vec<String> = Vec::new();
+        for (i, s) in sigs.iter().enumerate() {
+            if s.payload.is_some() {
+                return Err(FirmwareError::AttachedPayload(i));
+            }
             let kid = sign::kid_of(s);
+            if signers.contains(&kid) {
+                return Err(FirmwareError::DuplicateSigner(kid));
+            }
             let key = self
                 .keys
                 .iter()
@@ -116,10 +173,17 @@ impl TrustStore {
             if key.revoked {
                 return Err(FirmwareError::RevokedKey(kid));
             }
-            if sign::role_of(s).as_deref() != Some(key.role.as_str())
-                || !sign::verify_with(s, manifest, &key.public()?)
-            {
+            if !sign::verify_with(s, manifest, &key.public()?) {
                 return Err(FirmwareError::BadSignature(kid));
+            }
+            // The role is in the signed header: checked once the signature is.
+            let signed = sign::role_of(s).unwrap_or_default();
+            if signed != key.role {
+                return Err(FirmwareError::RoleMismatch {
+                    kid,
+                    signed,
+                    trusted: key.role.clone(),
+                });
             }
             by_role
                 .entry(key.role.as_str())
@@ -201,18 +265,54 @@ impl TrustStore {
             k.revoked = true;
         }
         if let Some(p) = r.policy {
-            if p.is_empty() || p.iter().any(|q| q.min == 0) {
-                return Err(FirmwareError::Rotation(
-                    "the policy must require at least one signature of each role it names".into(),
-                ));
-            }
             next.policy = p;
         }
         if let Some(root) = r.new_root {
             root.checked()?;
             next.root = root;
         }
+        next.validate()?;
         Ok(next)
+    }
+
+    /// Checks a trust store is one a device may use: a policy that
+    /// requires something ([`FirmwareError::EmptyPolicy`]: no requirement,
+    /// or one of zero signatures, would accept unsigned images), no role
+    /// named twice in it, every key (the root too) a P-256 SEC1 uncompressed
+    /// point whose `kid` is derived from it, no key id twice, the root not an
+    /// image signing key, and every role non-empty.
+    pub fn validate(&self) -> Result<()> {
+        if self.policy.is_empty() || self.policy.iter().any(|q| q.min == 0) {
+            return Err(FirmwareError::EmptyPolicy);
+        }
+        let bad = |m: String| Err(FirmwareError::InvalidTrustStore(m));
+        let mut roles = BTreeSet::new();
+        for q in &self.policy {
+            if q.role.is_empty() || !roles.insert(q.role.as_str()) {
+                return bad(format!("policy role '{}' is empty or named twice", q.role));
+            }
+        }
+        let mut kids = BTreeSet::new();
+        for k in std::iter::once(&self.root).chain(&self.keys) {
+            k.well_formed()?;
+            if k.role.is_empty() {
+                return bad(format!("key {} has no role", k.kid));
+            }
+            if !kids.insert(k.kid.as_str()) {
+                return bad(format!(
+                    "key {} appears twice (the root signs no images)",
+                    k.kid
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a trust store from its JSON form and [validates](Self::validate) it.
+    pub fn from_json(bytes: &[u8]) -> Result<TrustStore> {
+        let u: UncheckedTrustStore = serde_json::from_slice(bytes)
+            .map_err(|e| FirmwareError::InvalidTrustStore(e.to_string()))?;
+        TrustStore::try_from(u)
     }
 }
 

@@ -215,7 +215,8 @@ pub fn stream_payload(
         drop(res_tx);
         // In-order delivery through a small reorder buffer.
         let mut pending = std::collections::BTreeMap::new();
-        let mut leaves = Vec::with_capacity(count as usize);
+        // The count comes from the (signed) manifest; the capacity is only a hint.
+        let mut leaves = Vec::with_capacity(count.min(1 << 16) as usize);
         let mut next = 0u64;
         let mut failure: Option<FirmwareError> = None;
         for (i, res) in res_rx.iter() {
