@@ -321,7 +321,7 @@ fn forbidden_request_flood_is_recorded_aggregated() {
         "{} denial records for 500 refusals",
         denied.len()
     );
-    let counted: u64 = denied.iter().map(counted_in).sum();
+    let counted: u64 = denied.iter().map(|r| counted_in(r)).sum();
     assert_eq!(
         counted, 500,
         "every refusal is counted in exactly one record"
@@ -534,4 +534,225 @@ fn tamper_seals_the_trail_then_crypto_erases() {
     let daemon = std::path::Path::new(env!("CARGO_BIN_EXE_drivesecd"));
     let again = drivesec_oem::daemons::start(daemon, &dev.dir, &cfg).unwrap();
     drivesec_oem::daemons::stop(again.pid);
+}
+
+/// A security administrator (or whoever holds its session) tries to erase
+/// the device and its trail alone: it must give its password again, a
+/// second account must approve, and the trail survives the reset sealed,
+/// verifiable against the IDevID, with the request and the approval in it.
+#[test]
+fn one_administrator_cannot_factory_reset_alone_and_the_trail_survives() {
+    let lab = test_lab(None);
+    let admin = lab.admin();
+    let admin_pw = lab.m.admin.as_ref().unwrap().password.clone();
+    // A stolen session without the password gets nowhere.
+    let r = admin
+        .call(
+            "POST",
+            "/api/v1/factory-reset",
+            Some(&json!({"password": "guessed"})),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (401, Some("reauthentication-failed"))
+    );
+    // Asked with the password: only a request.
+    let asked = admin
+        .ok(
+            "POST",
+            "/api/v1/factory-reset",
+            Some(&json!({"password": admin_pw})),
+        )
+        .unwrap();
+    let id = asked["request"].as_str().unwrap().to_string();
+    assert_eq!(asked["pending"], true);
+    // The same account cannot approve its own request.
+    let r = admin
+        .call(
+            "POST",
+            "/api/v1/factory-reset",
+            Some(&json!({"password": admin_pw, "approve": id})),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("second-person-required"))
+    );
+    // Still commissioned and working.
+    assert_eq!(
+        lab.session("engineer")
+            .call("GET", "/api/v1/params", None)
+            .unwrap()
+            .status,
+        200
+    );
+    // A made-up id is refused.
+    let second = lab.session("security-admin");
+    let second_pw = lab.m.users["security-admin"].password.clone();
+    let r = second
+        .call(
+            "POST",
+            "/api/v1/factory-reset",
+            Some(&json!({"password": second_pw, "approve": "00"})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    // The second person approves: the reset runs.
+    let done = second
+        .ok(
+            "POST",
+            "/api/v1/factory-reset",
+            Some(&json!({"password": second_pw, "approve": id})),
+        )
+        .unwrap();
+    assert!(done["factory_credential"].is_string(), "{done}");
+    // The old trail is kept, sealed and verifiable, with the whole story.
+    let dev = &lab.m.devices[0];
+    let archive = dev.dir.join("audit-archive");
+    let kept: Vec<_> = std::fs::read_dir(&archive).unwrap().flatten().collect();
+    assert_eq!(kept.len(), 1, "one archived trail");
+    let chain = drivesec_pki::read_cert_chain(&dev.idevid).unwrap();
+    let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
+    let report = drivesec_audit::verify::verify(&kept[0].path(), &key).unwrap();
+    assert!(report.ok, "{:#?}", report.problems);
+    let recs = drivesec_audit::reader::read(
+        &kept[0].path(),
+        &drivesec_audit::reader::Query::default(),
+        usize::MAX,
+    )
+    .unwrap();
+    let actions: Vec<&str> = recs.iter().map(|r| r.record.action.as_str()).collect();
+    for a in [
+        "auth.reauthenticate",
+        "device.factory-reset-requested",
+        "device.factory-reset",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from the kept trail");
+    }
+    let reset = recs
+        .iter()
+        .rfind(|r| {
+            r.record.action == "device.factory-reset"
+                && r.record.outcome == drivesec_audit::Outcome::Success
+        })
+        .unwrap();
+    assert!(
+        report.latest_checkpoint.unwrap() >= reset.seq,
+        "the kept trail is not sealed over the reset"
+    );
+}
+
+/// A body nested thousands of levels deep (inside the size limit) is
+/// refused with a 4xx by the JSON parser's depth limit; nothing changes
+/// and the device keeps serving.
+#[test]
+fn deeply_nested_json_is_refused_and_changes_nothing() {
+    let lab = test_lab(None);
+    let engineer = lab.session("engineer");
+    let before = engineer.ok("GET", "/api/v1/params", None).unwrap();
+    let depth = 20_000;
+    let body = format!("{{\"value\": {}1{}}}", "[".repeat(depth), "]".repeat(depth));
+    let token = engineer.session.clone().unwrap();
+    let mut s = raw_tls(&lab, &lab.identity("engineer"));
+    s.write_all(
+        format!(
+            "PUT /api/v1/params/max-speed HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let head = read_head(&mut s).expect("no answer");
+    assert!(head.starts_with("HTTP/1.1 4"), "{head}");
+    assert_eq!(engineer.ok("GET", "/api/v1/params", None).unwrap(), before);
+    state_survives(&lab);
+}
+
+/// While the operator's Modbus session runs the drive, an authorised role
+/// floods the Modbus port with requests over several sessions. The local
+/// STO input still stops the drive, and when the operator's session goes
+/// silent the comm-loss reaction still stops it: no network load delays
+/// the drive's own reactions.
+#[test]
+fn modbus_flood_does_not_hold_off_sto_or_the_comm_loss_reaction() {
+    let mut cfg = config();
+    cfg.modbus.comm_loss_timeout_ms = 300;
+    let lab = test_lab(Some(cfg));
+    let dev = lab.m.devices[0].clone();
+    let modbus: SocketAddr = dev.modbus.as_ref().unwrap().parse().unwrap();
+    let connect = |role: &str| {
+        ModbusClient::connect(
+            modbus,
+            Some(&lab.identity(role)),
+            &lab.trust(),
+            Versions::Default,
+        )
+        .unwrap()
+    };
+    let state = |c: &mut ModbusClient| c.read_input(0, 7).unwrap().unwrap();
+    let wait = |c: &mut ModbusClient, what: &str, f: &dyn Fn(&[u16]) -> bool| {
+        let start = Instant::now();
+        loop {
+            let s = state(c);
+            if f(&s) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "never {what}: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The flood: four viewer sessions reading as fast as they can.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = connect("viewer");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if c.read_input(0, 9).is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut watch = connect("viewer");
+    let mut op = connect("operator");
+    assert_eq!(op.write_single(0, 0).unwrap(), Ok(()));
+    assert_eq!(op.write_multiple(0, &[1, 900]).unwrap(), Ok(()));
+    wait(&mut watch, "running", &|s| s[1] == 2 && s[2] > 50);
+
+    // The safety input, under load.
+    let sto = dev.sto.clone().unwrap();
+    std::fs::create_dir_all(sto.parent().unwrap()).unwrap();
+    std::fs::write(&sto, b"1").unwrap();
+    // (Watched over the operator's own session, which so stays the live
+    // controlling connection: silence would be a comm loss.)
+    wait(&mut op, "in STO", &|s| s[1] == 4 && s[6] == 1);
+    std::fs::remove_file(&sto).unwrap();
+    wait(&mut op, "out of STO and ready", &|s| s[6] == 0 && s[1] == 1);
+
+    // Running again, then the operator's session goes silent: the drive stops.
+    assert_eq!(op.write_single(0, 0).unwrap(), Ok(()));
+    assert_eq!(op.write_multiple(0, &[1, 900]).unwrap(), Ok(()));
+    wait(&mut op, "running again", &|s| s[1] == 2 && s[2] > 50);
+    drop(op);
+    wait(&mut watch, "stopped after the comm loss", &|s| {
+        s[1] != 2 || s[2] == 0
+    });
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served: u64 = flooders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(served > 100, "the flood never ran ({served} requests)");
+    let lost = records(&lab, "drive.connection-lost");
+    assert!(!lost.is_empty(), "the comm loss was not recorded");
 }
