@@ -512,3 +512,575 @@ fn a_read_error_after_a_complete_image_fails_verification() {
     // The same bytes with a clean end verify.
     assert!(fx.verify_bytes(&bytes, &fx.trust, 0).0.is_ok());
 }
+
+// ---- Issue 15, findings 11 and 17: the signature block, the manifest's
+// fields, the trust store and the confirmation, each refused by name. ----
+
+use coset::{CborSerializable, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable, iana};
+use drivesec_firmware::slots::{BootDecision, Slots};
+use drivesec_firmware::storage::DirStorage;
+
+/// An image's parts as bytes: (manifest, signature block, payload).
+fn split(bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
+    let m = u32_at(8);
+    let s = u32_at(12 + m);
+    (
+        bytes[12..12 + m].to_vec(),
+        bytes[16 + m..16 + m + s].to_vec(),
+        bytes[16 + m + s..].to_vec(),
+    )
+}
+
+/// An image from its parts, exactly as given.
+fn join(manifest: &[u8], sigs: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = b"DSFWIMG1".to_vec();
+    out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
+    out.extend_from_slice(manifest);
+    out.extend_from_slice(&(sigs.len() as u32).to_le_bytes());
+    out.extend_from_slice(sigs);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A signature block from entries, exactly as given.
+fn block(entries: Vec<Vec<u8>>) -> Vec<u8> {
+    let list: Vec<ciborium::Value> = entries.into_iter().map(ciborium::Value::Bytes).collect();
+    let mut out = Vec::new();
+    ciborium::into_writer(&list, &mut out).unwrap();
+    out
+}
+
+impl Fx {
+    /// A detached signature over `manifest` by `key` as `role`, tagged.
+    fn sig(&self, manifest: &[u8], key: &str, role: &str) -> Vec<u8> {
+        let s = drivesec_firmware::sign::sign_manifest(manifest, self.ks.as_ref(), &h(key), role)
+            .unwrap();
+        drivesec_firmware::sign::encode(&s).unwrap()
+    }
+
+    /// The good image with its manifest replaced by `manifest` (bytes as
+    /// given), genuinely signed by the vendor and the OEM.
+    fn resigned(&self, manifest: &[u8]) -> Vec<u8> {
+        let good = std::fs::read(self.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+        let (_, _, payload) = split(&good);
+        let sigs = block(vec![
+            self.sig(manifest, "vendor", "vendor"),
+            self.sig(manifest, "oem", "oem"),
+        ]);
+        join(manifest, &sigs, &payload)
+    }
+
+    /// The good manifest as a CBOR value, changed by `f`, re-encoded (keys
+    /// keep their order), and genuinely signed.
+    fn with_manifest(
+        &self,
+        f: impl FnOnce(&mut Vec<(ciborium::Value, ciborium::Value)>),
+    ) -> Vec<u8> {
+        let good = std::fs::read(self.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+        let (m, _, _) = split(&good);
+        let mut v: ciborium::Value = ciborium::from_reader(m.as_slice()).unwrap();
+        f(match &mut v {
+            ciborium::Value::Map(entries) => entries,
+            _ => unreachable!(),
+        });
+        let mut out = Vec::new();
+        ciborium::into_writer(&v, &mut out).unwrap();
+        self.resigned(&out)
+    }
+}
+
+fn field<'a>(
+    entries: &'a mut [(ciborium::Value, ciborium::Value)],
+    name: &str,
+) -> &'a mut ciborium::Value {
+    &mut entries
+        .iter_mut()
+        .find(|(k, _)| k.as_text() == Some(name))
+        .unwrap()
+        .1
+}
+
+fn first_recipient(
+    entries: &mut [(ciborium::Value, ciborium::Value)],
+) -> &mut Vec<(ciborium::Value, ciborium::Value)> {
+    let enc = field(entries, "encryption").as_map_mut().unwrap();
+    let recips = field(enc, "recipients").as_array_mut().unwrap();
+    recips[0].as_map_mut().unwrap()
+}
+
+#[test]
+fn attack_signature_with_an_embedded_payload() {
+    // coset asserts a detached signature has no payload; this once panicked.
+    let fx = Fx::new();
+    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let (m, sigs, payload) = split(&good);
+    let embedded = CoseSign1Builder::new()
+        .protected(
+            HeaderBuilder::new()
+                .algorithm(iana::Algorithm::ES256)
+                .key_id(drivesec_firmware::sign::key_id(&pk(&fx.ks, "vendor")).into_bytes())
+                .text_value(
+                    "drivesec-role".into(),
+                    ciborium::Value::Text("vendor".into()),
+                )
+                .build(),
+        )
+        .payload(m.clone())
+        .signature(vec![0u8; 64])
+        .build()
+        .to_tagged_vec()
+        .unwrap();
+    let mut entries = vec![embedded];
+    let list: Vec<ciborium::Value> = ciborium::from_reader(sigs.as_slice()).unwrap();
+    entries.push(list[1].as_bytes().unwrap().clone());
+    let bad = join(&m, &block(entries), &payload);
+    let (r, chunks) = fx.verify_bytes(&bad, &fx.trust, 0);
+    assert!(matches!(r, Err(FirmwareError::AttachedPayload(0))), "{r:?}");
+    assert_eq!(chunks, 0);
+    // Inspecting it (what `drivesec firmware inspect` does) is refused too.
+    let r = Header::read(&mut bad.as_slice());
+    assert!(matches!(r, Err(FirmwareError::AttachedPayload(0))), "{r:?}");
+    // A signature with a payload put into a header in code reaches the
+    // trust check: refused there by name, never handed to coset.
+    let mut header = Header::read(&mut good.as_slice()).unwrap();
+    header.signatures[0].payload = Some(m.clone());
+    let r = fx.trust.check(&header.manifest_bytes, &header.signatures);
+    assert!(matches!(r, Err(FirmwareError::AttachedPayload(0))), "{r:?}");
+    assert!(!drivesec_firmware::sign::verify_with(
+        &header.signatures[0],
+        &m,
+        &pk(&fx.ks, "vendor")
+    ));
+}
+
+#[test]
+fn attack_untagged_signature() {
+    let fx = Fx::new();
+    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let (m, _, payload) = split(&good);
+    let oem = drivesec_firmware::sign::sign_manifest(&m, fx.ks.as_ref(), &h("oem"), "oem")
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let bad = join(
+        &m,
+        &block(vec![fx.sig(&m, "vendor", "vendor"), oem]),
+        &payload,
+    );
+    let (r, chunks) = fx.verify_bytes(&bad, &fx.trust, 0);
+    assert!(
+        matches!(r, Err(FirmwareError::UntaggedSignature(1))),
+        "{r:?}"
+    );
+    assert_eq!(chunks, 0);
+}
+
+#[test]
+fn attack_bytes_after_the_signatures_array() {
+    let fx = Fx::new();
+    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let (m, mut sigs, payload) = split(&good);
+    // Another CBOR item (a byte string smuggling a third signature) after the array.
+    let mut extra = Vec::new();
+    ciborium::into_writer(
+        &ciborium::Value::Bytes(fx.sig(&m, "rogue", "vendor")),
+        &mut extra,
+    )
+    .unwrap();
+    sigs.extend_from_slice(&extra);
+    let bad = join(&m, &sigs, &payload);
+    let (r, chunks) = fx.verify_bytes(&bad, &fx.trust, 0);
+    assert!(
+        matches!(r, Err(FirmwareError::SignatureBlockTrailingBytes(n)) if n == extra.len()),
+        "{r:?}"
+    );
+    assert_eq!(chunks, 0);
+}
+
+#[test]
+fn attack_same_key_signs_twice() {
+    let fx = Fx::new();
+    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let (m, _, payload) = split(&good);
+    // Two distinct, valid signatures by one key (ECDSA is randomised).
+    let bad = join(
+        &m,
+        &block(vec![
+            fx.sig(&m, "vendor", "vendor"),
+            fx.sig(&m, "oem", "oem"),
+            fx.sig(&m, "oem", "oem"),
+        ]),
+        &payload,
+    );
+    let (r, chunks) = fx.verify_bytes(&bad, &fx.trust, 0);
+    assert!(matches!(r, Err(FirmwareError::DuplicateSigner(_))), "{r:?}");
+    assert_eq!(chunks, 0);
+    // Refused when read, before any trust store is consulted.
+    let r = Header::read(&mut bad.as_slice());
+    assert!(matches!(r, Err(FirmwareError::DuplicateSigner(_))), "{r:?}");
+    // A header built in code (not read) is refused by the trust check too.
+    let mut header = Header::read(&mut good.as_slice()).unwrap();
+    let again = header.signatures[1].clone();
+    header.signatures.push(again);
+    let r = fx.trust.check(&header.manifest_bytes, &header.signatures);
+    assert!(matches!(r, Err(FirmwareError::DuplicateSigner(_))), "{r:?}");
+}
+
+#[test]
+fn attack_role_mismatch() {
+    let fx = Fx::new();
+    // The OEM's key (trusted as `oem`) signs claiming to be the vendor.
+    let packed = fx.image("p", 3, "ctrl-a", "vendor", false, "fw");
+    let out = fx.path("as-vendor.img");
+    approve(&packed, &out, (fx.ks.as_ref(), &h("oem")), "vendor").unwrap();
+    let (r, chunks) = fx.verify(&out, 0);
+    assert!(
+        matches!(
+            r,
+            Err(FirmwareError::RoleMismatch { ref signed, ref trusted, .. })
+                if signed == "vendor" && trusted == "oem"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(chunks, 0);
+}
+
+#[test]
+fn attack_malformed_signature_headers() {
+    let fx = Fx::new();
+    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let (m, _, payload) = split(&good);
+    let vendor_kid = drivesec_firmware::sign::key_id(&pk(&fx.ks, "vendor"));
+    let role = || ciborium::Value::Text("vendor".into());
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "an unprotected header",
+            CoseSign1Builder::new()
+                .protected(
+                    HeaderBuilder::new()
+                        .algorithm(iana::Algorithm::ES256)
+                        .key_id(vendor_kid.clone().into_bytes())
+                        .text_value("drivesec-role".into(), role())
+                        .build(),
+                )
+                .unprotected(
+                    HeaderBuilder::new()
+                        .key_id(b"0000000000000000".to_vec())
+                        .build(),
+                )
+                .signature(vec![0; 64])
+                .build()
+                .to_tagged_vec()
+                .unwrap(),
+        ),
+        (
+            "no alg",
+            CoseSign1Builder::new()
+                .protected(
+                    HeaderBuilder::new()
+                        .key_id(vendor_kid.clone().into_bytes())
+                        .text_value("drivesec-role".into(), role())
+                        .build(),
+                )
+                .signature(vec![0; 64])
+                .build()
+                .to_tagged_vec()
+                .unwrap(),
+        ),
+        (
+            "no role",
+            CoseSign1Builder::new()
+                .protected(
+                    HeaderBuilder::new()
+                        .algorithm(iana::Algorithm::ES256)
+                        .key_id(vendor_kid.clone().into_bytes())
+                        .build(),
+                )
+                .signature(vec![0; 64])
+                .build()
+                .to_tagged_vec()
+                .unwrap(),
+        ),
+        (
+            "role not text",
+            CoseSign1Builder::new()
+                .protected(
+                    HeaderBuilder::new()
+                        .algorithm(iana::Algorithm::ES256)
+                        .key_id(vendor_kid.clone().into_bytes())
+                        .text_value("drivesec-role".into(), ciborium::Value::Integer(1.into()))
+                        .build(),
+                )
+                .signature(vec![0; 64])
+                .build()
+                .to_tagged_vec()
+                .unwrap(),
+        ),
+        (
+            "short signature",
+            CoseSign1Builder::new()
+                .protected(
+                    HeaderBuilder::new()
+                        .algorithm(iana::Algorithm::ES256)
+                        .key_id(vendor_kid.clone().into_bytes())
+                        .text_value("drivesec-role".into(), role())
+                        .build(),
+                )
+                .signature(vec![0; 63])
+                .build()
+                .to_tagged_vec()
+                .unwrap(),
+        ),
+        ("a byte after the COSE_Sign1", {
+            let mut s = fx.sig(&m, "vendor", "vendor");
+            s.push(0xf6);
+            s
+        }),
+        ("another tag", {
+            let mut s = fx.sig(&m, "vendor", "vendor");
+            assert_eq!(s[0], 0xd2);
+            s[0] = 0xd1; // tag 17, COSE_Mac0
+            s
+        }),
+    ];
+    for (name, sig) in cases {
+        let bad = join(&m, &block(vec![sig, fx.sig(&m, "oem", "oem")]), &payload);
+        let (r, chunks) = fx.verify_bytes(&bad, &fx.trust, 0);
+        assert!(
+            matches!(r, Err(FirmwareError::MalformedSignature { index: 0, .. })),
+            "{name}: {r:?}"
+        );
+        assert_eq!(chunks, 0);
+    }
+}
+
+#[test]
+fn attack_version_not_semver() {
+    let fx = Fx::new();
+    for v in [
+        "1.2", "01.2.3", "1.2.3-", "1.2.3+", "1.2.3-01", "v1.2.3", "1.2.3 ",
+    ] {
+        let bad = fx.with_manifest(|e| *field(e, "version") = ciborium::Value::Text(v.into()));
+        let (r, chunks) = fx.verify_bytes(&bad, &fx.trust, 0);
+        assert!(
+            matches!(r, Err(FirmwareError::BadVersion(ref got)) if got == v),
+            "{v}: {r:?}"
+        );
+        assert_eq!(chunks, 0);
+    }
+    // What semver allows is accepted by the parser.
+    for v in ["1.2.3-rc.1+build.7", "0.0.0", "10.20.30-alpha-1.0"] {
+        let ok = fx.with_manifest(|e| *field(e, "version") = ciborium::Value::Text(v.into()));
+        let (m, _, _) = split(&ok);
+        drivesec_firmware::manifest::Manifest::from_cbor(&m).unwrap();
+    }
+}
+
+#[test]
+fn attack_build_time_not_rfc3339() {
+    let fx = Fx::new();
+    for t in [
+        "yesterday",
+        "2026-11-28",
+        "2026-11-28 00:00:00",
+        "2026-13-01T00:00:00Z",
+    ] {
+        let bad = fx.with_manifest(|e| *field(e, "build_time") = ciborium::Value::Text(t.into()));
+        let (r, _) = fx.verify_bytes(&bad, &fx.trust, 0);
+        assert!(
+            matches!(r, Err(FirmwareError::BadBuildTime(_))),
+            "{t}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn attack_root_not_a_lowercase_sha256() {
+    let fx = Fx::new();
+    let root = |e: &mut Vec<(ciborium::Value, ciborium::Value)>| {
+        field(e, "root").as_text().unwrap().to_string()
+    };
+    for change in [
+        |r: String| r.to_uppercase(),
+        |r: String| r[..62].to_string(),
+        |r: String| format!("{r}00"),
+    ] {
+        let bad = fx.with_manifest(|e| {
+            let r = root(e);
+            *field(e, "root") = ciborium::Value::Text(change(r));
+        });
+        let (r, chunks) = fx.verify_bytes(&bad, &fx.trust, 0);
+        assert!(matches!(r, Err(FirmwareError::BadRoot(_))), "{r:?}");
+        assert_eq!(chunks, 0);
+    }
+}
+
+#[test]
+fn attack_recipient_fields_of_the_wrong_form() {
+    let fx = Fx::new();
+    type Change = fn(&str) -> String;
+    let cases: [(&str, Change); 7] = [
+        ("kid", |s| s[..14].to_string()),
+        ("kid", |s| s.to_uppercase()),
+        ("epk", |s| s[..66].to_string()),
+        ("epk", |s| s.to_uppercase()),
+        ("epk", |s| format!("02{}", &s[2..])),
+        ("wrapped_key", |s| format!("{s}0000000000000000")),
+        ("wrapped_key", |s| s.to_uppercase()),
+    ];
+    for (name, change) in cases {
+        let bad = fx.with_manifest(|e| {
+            let r = first_recipient(e);
+            let v = field(r, name);
+            *v = ciborium::Value::Text(change(v.as_text().unwrap()));
+        });
+        let (r, chunks) = fx.verify_bytes(&bad, &fx.trust, 0);
+        assert!(
+            matches!(r, Err(FirmwareError::BadRecipient { index: 0, field, .. }) if field == name),
+            "{name}: {r:?}"
+        );
+        assert_eq!(chunks, 0);
+    }
+}
+
+#[test]
+fn attack_no_recipients() {
+    let fx = Fx::new();
+    let bad = fx.with_manifest(|e| {
+        let enc = field(e, "encryption").as_map_mut().unwrap();
+        *field(enc, "recipients") = ciborium::Value::Array(vec![]);
+    });
+    let (r, _) = fx.verify_bytes(&bad, &fx.trust, 0);
+    assert!(matches!(r, Err(FirmwareError::NoRecipients)), "{r:?}");
+}
+
+#[test]
+fn attack_manifest_without_the_sbom_key() {
+    let fx = Fx::new();
+    let bad = fx.with_manifest(|e| e.retain(|(k, _)| k.as_text() != Some("sbom")));
+    let (r, _) = fx.verify_bytes(&bad, &fx.trust, 0);
+    assert!(
+        matches!(r, Err(FirmwareError::Malformed(ref m)) if m.contains("sbom")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn attack_manifest_not_in_canonical_encoding() {
+    let fx = Fx::new();
+    // Keys in another order (RFC 8949's length-first order, say) and an
+    // integer in a longer form than needed: same values, other bytes.
+    let reordered = fx.with_manifest(|e| e.sort_by_key(|(k, _)| k.as_text().unwrap().len()));
+    let (r, _) = fx.verify_bytes(&reordered, &fx.trust, 0);
+    assert!(
+        matches!(r, Err(FirmwareError::NonCanonicalManifest)),
+        "{r:?}"
+    );
+    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let (m, _, _) = split(&good);
+    let at = m
+        .windows(17)
+        .position(|w| w == b"\x70security_counter")
+        .unwrap()
+        + 17;
+    assert_eq!(m[at], 0x03);
+    let mut long = m[..at].to_vec();
+    long.extend_from_slice(&[0x18, 0x03]);
+    long.extend_from_slice(&m[at + 1..]);
+    let (r, _) = fx.verify_bytes(&fx.resigned(&long), &fx.trust, 0);
+    assert!(
+        matches!(r, Err(FirmwareError::NonCanonicalManifest)),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn attack_trust_store_with_an_empty_policy_is_refused_at_load() {
+    let fx = Fx::new();
+    for policy in [
+        vec![],
+        vec![Requirement {
+            role: "vendor".into(),
+            min: 0,
+        }],
+    ] {
+        let mut t = fx.trust.clone();
+        t.policy = policy;
+        let json = serde_json::to_vec(&t).unwrap();
+        let r = TrustStore::from_json(&json);
+        assert!(matches!(r, Err(FirmwareError::EmptyPolicy)), "{r:?}");
+        // Every serde load validates (the device, the CLI and the OEM tools read it so).
+        let e = serde_json::from_slice::<TrustStore>(&json).unwrap_err();
+        assert!(e.to_string().contains("at least one"), "{e}");
+    }
+    // A key under an id not derived from it, and a key listed twice.
+    let mut t = fx.trust.clone();
+    t.keys[0].kid = "0000000000000000".into();
+    let r = TrustStore::from_json(&serde_json::to_vec(&t).unwrap());
+    assert!(
+        matches!(r, Err(FirmwareError::InvalidTrustStore(_))),
+        "{r:?}"
+    );
+    let mut t = fx.trust.clone();
+    t.keys.push(t.keys[0].clone());
+    let r = TrustStore::from_json(&serde_json::to_vec(&t).unwrap());
+    assert!(
+        matches!(r, Err(FirmwareError::InvalidTrustStore(_))),
+        "{r:?}"
+    );
+    // The good one loads.
+    assert_eq!(
+        TrustStore::from_json(&serde_json::to_vec(&fx.trust).unwrap()).unwrap(),
+        fx.trust
+    );
+}
+
+#[test]
+fn attack_unsigned_image_against_a_store_built_with_an_empty_policy() {
+    let fx = Fx::new();
+    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let (m, _, payload) = split(&good);
+    let unsigned = join(&m, &block(vec![]), &payload);
+    let mut t = fx.trust.clone();
+    t.policy.clear();
+    let (r, chunks) = fx.verify_bytes(&unsigned, &t, 0);
+    assert!(matches!(r, Err(FirmwareError::EmptyPolicy)), "{r:?}");
+    assert_eq!(chunks, 0);
+}
+
+#[test]
+fn attack_slot_replaced_between_boot_and_confirm() {
+    let fx = Fx::new();
+    let v1 = std::fs::read(fx.image("v1", 1, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let v2 = std::fs::read(fx.image("v2", 2, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let v9 = std::fs::read(fx.image("v9", 9, "ctrl-a", "vendor", true, "fw")).unwrap();
+    // v9 with its manifest changed after signing (one digit of its root).
+    let forged = {
+        let (mut m, s, p) = split(&v9);
+        let at = m.windows(7).position(|w| w == b"\x64root\x78\x40").unwrap() + 7;
+        m[at] = if m[at] == b'0' { b'1' } else { b'0' };
+        join(&m, &s, &p)
+    };
+    let key = h("fw");
+    for (swap, want) in [(&v9, "changed"), (&forged, "does not verify")] {
+        let dir = fx.path(&format!("dev-{want}"));
+        let st = DirStorage::new(&dir).unwrap();
+        let mut slots = Slots::new(&st, &fx.trust, "iC7-Sim", "ctrl-a", fx.ks.as_ref(), &key);
+        slots.install_initial(&mut v1.as_slice()).unwrap();
+        slots.stage(&mut v2.as_slice()).unwrap();
+        let BootDecision::Trial { slot, .. } = slots.boot().unwrap() else {
+            panic!("expected a trial")
+        };
+        // Between the trial boot and its confirmation the slot is replaced.
+        std::fs::write(dir.join(slot.file()), swap).unwrap();
+        let before = slots.state().unwrap();
+        let r = slots.confirm();
+        match want {
+            "changed" => assert!(matches!(r, Err(FirmwareError::SlotChanged(_))), "{r:?}"),
+            _ => assert!(matches!(r, Err(FirmwareError::BadSignature(_))), "{r:?}"),
+        }
+        assert_eq!(slots.state().unwrap(), before, "nothing confirmed");
+        assert_eq!(before.counter, 1);
+    }
+}
