@@ -226,6 +226,15 @@ impl DeviceConfig {
                     .into(),
             });
         }
+        // The access policy is checked before anything is hashed with it
+        // (a huge Argon2 cost would abort the daemon at the first login).
+        cfg.access.validate().map_err(|e| DeviceError::Config {
+            path: path.to_path_buf(),
+            reason: match e {
+                drivesec_access::AccessError::InvalidPolicy(m) => format!("access.{m}"),
+                other => other.to_string(),
+            },
+        })?;
         let in_range = |name: &str, value: u64, lo: u64, hi: u64| {
             if (lo..=hi).contains(&value) {
                 Ok(())
@@ -373,6 +382,19 @@ mod tests {
                     ..base.clone()
                 },
                 "modbus.comm_loss_timeout_ms",
+            ),
+            (
+                DeviceConfig {
+                    access: AccessPolicy {
+                        hash: drivesec_access::HashParams {
+                            memory_kib: u32::MAX,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
+                    ..base.clone()
+                },
+                "access.hash.memory_kib",
             ),
         ] {
             std::fs::write(&path, bad.to_toml()).unwrap();

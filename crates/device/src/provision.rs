@@ -282,6 +282,12 @@ impl Device {
             .iter()
             .map(|a| (a.username.clone(), a.role.clone()))
             .collect();
+        // New accounts' initial passwords are hashed in the bounded hash pool.
+        let _permit = if req.initial_passwords.is_empty() {
+            None
+        } else {
+            Some(self.hash_permit_blocking()?)
+        };
         let plan = {
             let mut g = self
                 .accounts
@@ -411,16 +417,10 @@ impl Device {
                 a.set_policy(access.clone())?;
             }
         }
-        {
-            let mut s = self
-                .sessions
-                .lock()
-                .map_err(|_| ApiError::internal("lock poisoned"))?;
-            s.set_policy(access.session.clone());
-            for u in &removed {
-                s.terminate_user(u);
-            }
-        }
+        self.sessions
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?
+            .set_policy(access.session.clone());
         {
             let mut cfg = self
                 .config
@@ -439,10 +439,43 @@ impl Device {
         self.adopt_state(st)?;
         self.audit(
             Device::event(c, "device.provision", Outcome::Success)
-                .details(serde_json::json!({"zone": p.zone, "changed": changed}))
+                .details(serde_json::json!({"zone": p.zone, "changed": changed, "removed_accounts": removed}))
                 .essential(),
         )?;
+        // Open sessions follow the adopted roster at once: those of removed
+        // accounts end, the others hold their account's new role (recorded).
+        self.resync_sessions(c, "provisioned")?;
         Ok(changed)
+    }
+}
+
+impl Device {
+    /// A hash permit for synchronous work already off the network thread
+    /// (the provisioning transaction): waits up to two seconds, then 503.
+    fn hash_permit_blocking(
+        &self,
+    ) -> std::result::Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match self.login_permits.try_acquire() {
+                Ok(p) => return Ok(p),
+                Err(tokio::sync::TryAcquireError::Closed) => {
+                    return Err(ApiError::internal("login semaphore closed"));
+                }
+                Err(tokio::sync::TryAcquireError::NoPermits)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "too many password hashes in progress; retry",
+                    ));
+                }
+            }
+        }
     }
 }
 

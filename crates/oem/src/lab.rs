@@ -605,11 +605,31 @@ fn start_devices(
         )?;
         c.login(&admin.username, &admin.password)?;
         for (role, u) in &users {
+            // The administrator sets a temporary password; each account's
+            // first login must change it (docs/permissions.md), which the
+            // lab does on the person's behalf.
+            let temporary = crate::daemons::random_password();
             c.ok(
                 "POST",
                 "/api/v1/users",
-                Some(&serde_json::json!({"username": u.username, "role": role, "password": u.password})),
+                Some(&serde_json::json!({"username": u.username, "role": role, "password": temporary})),
             )?;
+            let mut holder = DeviceClient::new(
+                started.addr,
+                Some(&identity),
+                &DeviceTrust::Ldevid {
+                    roots: oem_roots.clone(),
+                    device_name: d.device_name.clone().unwrap_or_default(),
+                },
+                Versions::Default,
+            )?;
+            holder.login(&u.username, &temporary)?;
+            holder.ok(
+                "POST",
+                "/api/v1/me/password",
+                Some(&serde_json::json!({"old_password": temporary, "new_password": u.password})),
+            )?;
+            holder.ok("POST", "/api/v1/logout", None)?;
         }
         c.ok("PUT", "/api/v1/modbus/rights", Some(&lab_modbus_rights()))?;
         c.ok("POST", "/api/v1/logout", None)?;

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::response::Response;
-use drivesec_access::{AccessError, Accounts, Permission};
+use drivesec_access::{AccessError, Accounts, Permission, SessionSummary};
 use drivesec_audit::Outcome;
 use serde::Deserialize;
 use serde_json::json;
@@ -56,20 +57,150 @@ pub(crate) struct NewRole {
     permissions: Vec<String>,
 }
 
+/// An access error as an API error: the ones this module introduced, then
+/// the common mapping.
+pub(crate) fn access_error(e: AccessError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        AccessError::Delayed { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "login-delayed", msg)
+        }
+        AccessError::RateLimited { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", msg)
+        }
+        AccessError::Escalation(_) => {
+            ApiError::new(StatusCode::FORBIDDEN, "privilege-escalation", msg)
+        }
+        other => other.into(),
+    }
+}
+
 impl Device {
-    /// Runs `f` on the accounts store (commissioned devices only).
+    /// Runs `f` on the accounts store (commissioned devices only). Waiting
+    /// for the store (a password hash may hold it) goes through
+    /// `crate::blocking`, so the network thread serves others meanwhile.
     pub(crate) fn with_accounts<T>(
         &self,
         f: impl FnOnce(&mut Accounts) -> Result<T, AccessError>,
     ) -> Result<T, ApiError> {
-        let mut g = self
-            .accounts
+        crate::blocking(|| {
+            let mut g = self
+                .accounts
+                .lock()
+                .map_err(|_| ApiError::internal("accounts lock poisoned"))?;
+            let acc = g.as_mut().ok_or_else(|| {
+                ApiError::conflict(
+                    "the device is in factory state: only commissioning is available",
+                )
+            })?;
+            f(acc).map_err(access_error)
+        })
+    }
+
+    /// Runs `f`, which hashes passwords, on the accounts store in the
+    /// bounded hash pool: a permit (a flood waits briefly, then gets 503)
+    /// and a blocking thread, never the network thread.
+    pub(crate) async fn with_accounts_hashing<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Accounts) -> Result<T, AccessError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self.hash_permit(Duration::from_secs(2)).await?;
+        let dev = self.clone();
+        tokio::task::spawn_blocking(move || dev.with_accounts(f))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+
+    /// The answer to a session whose password must be changed first, for
+    /// anything but the change, `/me` and logout; recorded (aggregated per
+    /// certificate and account).
+    pub(crate) fn password_change_required(&self, c: &Caller) -> ApiError {
+        self.audit_tallied(
+            &format!(
+                "password-change-required|{}|{}",
+                c.conn.fingerprint, c.username
+            ),
+            Device::event(c, "auth.password-change-required", Outcome::Denied),
+        );
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "password-change-required",
+            "the password must be changed first (POST /api/v1/me/password)",
+        )
+    }
+
+    /// Records sessions the device ended (`reason`: what ended them).
+    fn record_ended(
+        &self,
+        c: &Caller,
+        ended: &[SessionSummary],
+        reason: &str,
+    ) -> Result<(), ApiError> {
+        for s in ended {
+            self.audit(
+                Device::event(c, "session.end", Outcome::Success)
+                    .target(s.handle.clone())
+                    .details(json!({
+                        "certificate": c.conn.fingerprint, "role": c.role,
+                        "username": s.username, "session_certificate": s.client_fingerprint,
+                        "reason": reason,
+                    }))
+                    .essential(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Brings every open session in line with the accounts after a change
+    /// made by `c`: sessions of accounts that no longer exist end, the
+    /// others take their account's current role and permissions at once.
+    /// Both are recorded.
+    pub(crate) fn resync_sessions(&self, c: &Caller, reason: &str) -> Result<(), ApiError> {
+        let current: std::collections::BTreeMap<String, (String, BTreeSet<Permission>)> = self
+            .with_accounts(|a| {
+                Ok(a.users()
+                    .into_iter()
+                    .map(|u| {
+                        let perms = a.permissions_of(&u.username).unwrap_or_default();
+                        (u.username, (u.role, perms))
+                    })
+                    .collect())
+            })?;
+        let (ended, changed) = self
+            .sessions
             .lock()
-            .map_err(|_| ApiError::internal("accounts lock poisoned"))?;
-        let acc = g.as_mut().ok_or_else(|| {
-            ApiError::conflict("the device is in factory state: only commissioning is available")
-        })?;
-        Ok(f(acc)?)
+            .map_err(|_| ApiError::internal("session lock poisoned"))?
+            .reconcile(Instant::now(), |u| current.get(u).cloned());
+        self.record_ended(c, &ended, reason)?;
+        for s in &changed {
+            self.audit(
+                Device::event(c, "session.permissions-changed", Outcome::Success)
+                    .target(s.handle.clone())
+                    .details(json!({
+                        "certificate": c.conn.fingerprint, "role": c.role,
+                        "username": s.username, "new_role": s.role, "reason": reason,
+                    }))
+                    .essential(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Ends `username`'s sessions (all but `keep`) and records them.
+    fn end_sessions_of(
+        &self,
+        c: &Caller,
+        username: &str,
+        keep: Option<&str>,
+        reason: &str,
+    ) -> Result<usize, ApiError> {
+        let ended = self
+            .sessions
+            .lock()
+            .map_err(|_| ApiError::internal("session lock poisoned"))?
+            .end_user_sessions(username, keep, Instant::now());
+        self.record_ended(c, &ended, reason)?;
+        Ok(ended.len())
     }
 
     /// Audits a management action and maps its result.
@@ -80,10 +211,10 @@ impl Device {
         target: &str,
         r: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let outcome = if r.is_ok() {
-            Outcome::Success
-        } else {
-            Outcome::Failure
+        let outcome = match &r {
+            Ok(_) => Outcome::Success,
+            Err(e) if matches!(e.code, "privilege-escalation" | "rate-limited") => Outcome::Denied,
+            Err(_) => Outcome::Failure,
         };
         let mut ev = Device::event(c, action, outcome).target(target.to_string());
         if let Err(e) = &r {
@@ -111,20 +242,18 @@ pub(crate) async fn login(
         return Err(e);
     }
     // Bounded hashing: a flood waits briefly, then is told to come back.
-    let _permit = dev.hash_permit(Duration::from_secs(2)).await?;
-    let d2 = dev.clone();
     let user = req.username.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        d2.with_accounts(|a| {
-            a.authenticate(
+    let fingerprint = conn.fingerprint.clone();
+    let result = dev
+        .with_accounts_hashing(move |a| {
+            a.authenticate_from(
                 &req.username,
                 &req.password,
+                &fingerprint,
                 time::OffsetDateTime::now_utc(),
             )
         })
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+        .await;
     let base = |outcome| {
         Device::cert_event(&conn, "auth.login", outcome)
             .target(user.clone())
@@ -134,6 +263,20 @@ pub(crate) async fn login(
         Ok(a) => a,
         Err(e) => {
             let locked = e.code == "locked";
+            let delayed = e.code == "login-delayed";
+            if delayed {
+                // No password was checked: one record per certificate and
+                // account per aggregation window.
+                dev.audit_tallied(
+                    &format!("login-delayed|{}|{user}", conn.fingerprint),
+                    base(Outcome::Denied)
+                        .details(json!({"certificate": conn.fingerprint, "delayed": true})),
+                );
+                return Err(e);
+            }
+            if e.code == "busy" {
+                return Err(e);
+            }
             dev.audit(
                 base(Outcome::Failure)
                     .details(json!({"certificate": conn.fingerprint, "locked": locked})),
@@ -142,6 +285,7 @@ pub(crate) async fn login(
                 dev.audit(
                     Device::cert_event(&conn, "auth.lockout", Outcome::Denied)
                         .target(user.clone())
+                        .details(json!({"certificate": conn.fingerprint}))
                         .essential(),
                 )?;
             }
@@ -169,9 +313,10 @@ pub(crate) async fn login(
             "auth.login",
         )
         .source(conn.addr.to_string())
-        .details(
-            json!({"certificate": conn.fingerprint, "role": auth.role, "session": session.handle}),
-        ),
+        .details(json!({
+            "certificate": conn.fingerprint, "role": auth.role, "session": session.handle,
+            "must_change_password": auth.must_change_password,
+        })),
     )?;
     let banner = dev
         .config
@@ -191,7 +336,7 @@ pub(crate) async fn logout(
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let c = dev.session_caller(&headers, &conn)?;
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -205,10 +350,16 @@ pub(crate) async fn logout(
     Ok(ok(json!({"logged_out": true})))
 }
 
-pub(crate) async fn me(c: Caller) -> Result<Response, ApiError> {
-    Ok(ok(
-        json!({"username": c.username, "role": c.role, "permissions": c.permissions, "session": c.session_handle}),
-    ))
+pub(crate) async fn me(
+    State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let c = dev.session_caller(&headers, &conn)?;
+    Ok(ok(json!({
+        "username": c.username, "role": c.role, "permissions": c.permissions,
+        "session": c.session_handle, "must_change_password": c.must_change_password,
+    })))
 }
 
 pub(crate) async fn change_own_password(
@@ -217,14 +368,48 @@ pub(crate) async fn change_own_password(
     headers: HeaderMap,
     Body(req): Body<OwnPasswordReq>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
-    let now = time::OffsetDateTime::now_utc();
-    let r = dev.with_accounts(|a| {
-        a.authenticate(&c.username, &req.old_password, now)?;
-        a.set_password(&c.username, &req.new_password, now)
-    });
+    let c = dev.session_caller(&headers, &conn)?;
+    // Per-session rate limit, before any hash: a flood is answered 429 and
+    // recorded once per aggregation window.
+    let allowed = dev
+        .sessions
+        .lock()
+        .map_err(|_| ApiError::internal("session lock poisoned"))?
+        .password_attempt(&c.session_handle, Instant::now());
+    if let Err(e) = allowed {
+        let e = access_error(e);
+        dev.audit_tallied(
+            &format!("password-rate|{}", c.session_handle),
+            Device::event(&c, "user.password.change", Outcome::Denied)
+                .target(c.username.clone())
+                .details(json!({
+                    "certificate": c.conn.fingerprint, "role": c.role,
+                    "session": c.session_handle, "error": e.code,
+                })),
+        );
+        return Err(e);
+    }
+    let (user, fingerprint) = (c.username.clone(), c.conn.fingerprint.clone());
+    let r = dev
+        .with_accounts_hashing(move |a| {
+            let now = time::OffsetDateTime::now_utc();
+            a.authenticate_from(&user, &req.old_password, &fingerprint, now)?;
+            a.set_password(&user, &req.new_password, now)
+        })
+        .await;
+    if matches!(&r, Err(e) if e.code == "busy") {
+        return r.map(|_| ok(json!({})));
+    }
     dev.managed(&c, "user.password.change", &c.username, r)?;
-    Ok(ok(json!({"changed": true})))
+    // The changing session goes on (now unrestricted); the account's other
+    // sessions end: whoever held them must log in with the new password.
+    dev.sessions
+        .lock()
+        .map_err(|_| ApiError::internal("session lock poisoned"))?
+        .password_changed(&c.username);
+    let ended =
+        dev.end_sessions_of(&c, &c.username, Some(&c.session_handle), "password changed")?;
+    Ok(ok(json!({"changed": true, "sessions_ended": ended})))
 }
 
 pub(crate) async fn list_users(
@@ -244,16 +429,19 @@ pub(crate) async fn add_user(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.add")?;
-    let r = dev.with_accounts(|a| {
-        a.add_user(
-            &req.username,
-            &req.role,
-            &req.password,
-            time::OffsetDateTime::now_utc(),
-        )
-    });
+    let (who, perms) = (c.username.clone(), c.permissions.clone());
+    let (user, role, pw) = (req.username.clone(), req.role.clone(), req.password);
+    // An administrator sets the first password: the holder must change it.
+    let r = dev
+        .with_accounts_hashing(move |a| {
+            a.check_assign(&who, &perms, &user, &role)?;
+            a.add_user_by_admin(&user, &role, &pw, time::OffsetDateTime::now_utc())
+        })
+        .await;
     dev.managed(&c, "user.add", &req.username, r)?;
-    Ok(ok(json!({"username": req.username, "role": req.role})))
+    Ok(ok(
+        json!({"username": req.username, "role": req.role, "must_change_password": true}),
+    ))
 }
 
 pub(crate) async fn remove_user(
@@ -267,11 +455,8 @@ pub(crate) async fn remove_user(
     }
     let r = dev.with_accounts(|a| a.remove_user(&name));
     dev.managed(&c, "user.remove", &name, r)?;
-    let ended = dev
-        .sessions
-        .lock()
-        .map_err(|_| ApiError::internal("session lock poisoned"))?
-        .terminate_user(&name);
+    let ended = dev.end_sessions_of(&c, &name, None, "account removed")?;
+    dev.resync_sessions(&c, "account removed")?;
     Ok(ok(json!({"removed": name, "sessions_ended": ended})))
 }
 
@@ -285,15 +470,12 @@ pub(crate) async fn set_role(
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.role.change")?;
     let r = dev.with_accounts(|a| {
-        a.set_role(&name, &req.role)?;
-        a.permissions_of(&name)
-            .ok_or_else(|| AccessError::UnknownUser(name.clone()))
+        a.check_assign(&c.username, &c.permissions, &name, &req.role)?;
+        a.set_role(&name, &req.role)
     });
-    let perms = dev.managed(&c, "user.role.change", &name, r)?;
-    dev.sessions
-        .lock()
-        .map_err(|_| ApiError::internal("session lock poisoned"))?
-        .refresh_permissions(&name, &req.role, perms);
+    dev.managed(&c, "user.role.change", &name, r)?;
+    // The account's open sessions hold the new role from their next request.
+    dev.resync_sessions(&c, "role changed")?;
     Ok(ok(json!({"username": name, "role": req.role})))
 }
 
@@ -317,10 +499,18 @@ pub(crate) async fn reset_password(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.password.reset")?;
+    let (user, pw) = (name.clone(), req.password);
     let r = dev
-        .with_accounts(|a| a.set_password(&name, &req.password, time::OffsetDateTime::now_utc()));
+        .with_accounts_hashing(move |a| {
+            a.reset_password(&user, &pw, time::OffsetDateTime::now_utc())
+        })
+        .await;
     dev.managed(&c, "user.password.reset", &name, r)?;
-    Ok(ok(json!({"reset": name})))
+    // Whoever held the old password loses every session made with it.
+    let ended = dev.end_sessions_of(&c, &name, None, "password reset")?;
+    Ok(ok(
+        json!({"reset": name, "must_change_password": true, "sessions_ended": ended}),
+    ))
 }
 
 pub(crate) async fn list_roles(
@@ -347,7 +537,10 @@ pub(crate) async fn add_role(
                 .map_err(|_| ApiError::bad_request(format!("unknown permission '{p}'")))?,
         );
     }
-    let r = dev.with_accounts(|a| a.add_role(&req.name, perms.clone()));
+    let r = dev.with_accounts(|a| {
+        a.check_role_grant(&c.permissions, &perms)?;
+        a.add_role(&req.name, perms.clone())
+    });
     dev.managed(&c, "role.add", &req.name, r)?;
     Ok(ok(json!({"name": req.name, "permissions": perms})))
 }
@@ -360,6 +553,7 @@ pub(crate) async fn remove_role(
     dev.require(&c, Permission::ManageRoles, "role.remove")?;
     let r = dev.with_accounts(|a| a.remove_role(&name));
     dev.managed(&c, "role.remove", &name, r)?;
+    dev.resync_sessions(&c, "role removed")?;
     Ok(ok(json!({"removed": name})))
 }
 

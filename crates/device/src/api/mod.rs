@@ -348,6 +348,9 @@ pub(crate) struct Caller {
     pub permissions: std::collections::BTreeSet<Permission>,
     pub conn: ConnInfo,
     pub session_handle: String,
+    /// The account's password must be changed first: only the change,
+    /// `/me` and logout are served (`Device::session_caller`).
+    pub must_change_password: bool,
 }
 
 impl Device {
@@ -439,8 +442,23 @@ impl Device {
             .outcome(outcome)
     }
 
-    /// Resolves the session of a request.
+    /// Resolves the session of a request; a session whose password must
+    /// be changed first is refused (403 `password-change-required`).
     pub(crate) fn caller(&self, headers: &HeaderMap, conn: &ConnInfo) -> Result<Caller, ApiError> {
+        let c = self.session_caller(headers, conn)?;
+        if c.must_change_password {
+            return Err(self.password_change_required(&c));
+        }
+        Ok(c)
+    }
+
+    /// Resolves the session of a request, also one whose password must be
+    /// changed first (only for the change itself, `/me` and logout).
+    pub(crate) fn session_caller(
+        &self,
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+    ) -> Result<Caller, ApiError> {
         // Checked here, after the body arrived, as well as when the headers
         // did: a body held back across a trust change is not served.
         if !self.trust.borrow().admits(conn) {
@@ -468,6 +486,7 @@ impl Device {
             permissions: info.permissions,
             conn: conn.clone(),
             session_handle: info.handle,
+            must_change_password: info.must_change_password,
         })
     }
 

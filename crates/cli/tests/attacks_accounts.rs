@@ -1,0 +1,519 @@
+//! Attacks on accounts and sessions (issue 15, findings 4-8 and 13), each
+//! against real drivesecd processes on loopback: the attack fails, the
+//! legitimate user keeps working, and the attempt is in the audit trail.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{TestLab, config, test_lab};
+use drivesec_device::config::DeviceConfig;
+use drivesec_oem::client::{DeviceClient, Versions};
+use drivesec_oem::modbus::ModbusClient;
+use serde_json::{Value, json};
+
+/// The device's audit records (read by the auditor).
+fn trail(lab: &TestLab) -> Vec<Value> {
+    let t = lab
+        .session("auditor")
+        .ok("GET", "/api/v1/audit?limit=100000", None)
+        .unwrap();
+    t["records"].as_array().unwrap().clone()
+}
+
+fn recorded(recs: &[Value], action: &str, outcome: &str) -> Vec<Value> {
+    recs.iter()
+        .filter(|r| r["action"] == action && r["outcome"] == outcome)
+        .cloned()
+        .collect()
+}
+
+fn fingerprint(lab: &TestLab, role: &str) -> String {
+    let der = drivesec_pki::read_cert_chain(&lab.m.clients[role].cert).unwrap();
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der[0].as_ref()))
+}
+
+fn admin_name(lab: &TestLab) -> String {
+    lab.m.admin.as_ref().unwrap().username.clone()
+}
+
+/// Finding 5: the viewer's certificate guesses the security administrator's
+/// password until the account locks, with `lockout_secs = 0` (which used to
+/// lock it for good). The lock holds only for the viewer's certificate.
+#[test]
+fn viewer_cannot_lock_out_the_security_admins() {
+    let mut cfg = config();
+    cfg.access.lockout.lockout_secs = 0;
+    let lab = test_lab(Some(cfg));
+    let admin = admin_name(&lab);
+    let mallory = lab.client("viewer");
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let r = mallory
+            .call(
+                "POST",
+                "/api/v1/login",
+                Some(&json!({"username": admin, "password": "Wrong-passw0rd-1"})),
+            )
+            .unwrap();
+        statuses.push((r.status, r.body["error"].as_str().unwrap_or("").to_owned()));
+    }
+    assert_eq!(statuses[0], (401, "invalid-credentials".into()));
+    assert_eq!(statuses[9], (403, "locked".into()), "{statuses:?}");
+    // The administrator, over its own certificate, logs in and works.
+    let a = lab.admin();
+    let users = a.ok("GET", "/api/v1/users", None).unwrap();
+    let me = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == admin.as_str())
+        .unwrap()
+        .clone();
+    let viewer_fp = fingerprint(&lab, "viewer");
+    assert_eq!(me["locked_certificates"], json!([viewer_fp]), "{me}");
+    // A user manager is never locked until an unlock nobody could give.
+    assert_eq!(me["locked_by_admin_only"], false, "{me}");
+    a.ok("POST", "/api/v1/users/viewer/unlock", None).unwrap();
+    // The trail names the certificate that guessed.
+    let recs = trail(&lab);
+    let lockouts = recorded(&recs, "auth.lockout", "denied");
+    assert!(
+        lockouts
+            .iter()
+            .any(|r| r["target"] == admin.as_str() && r["actor"]["id"] == viewer_fp.as_str()),
+        "{lockouts:?}"
+    );
+    assert!(recorded(&recs, "auth.login", "failure").len() >= 5);
+}
+
+/// Finding 8: the security administrator makes an all-permission role,
+/// gives itself a role, or gives away one it could not hold.
+#[test]
+fn security_admin_cannot_grant_itself_all_permissions() {
+    let lab = test_lab(Some(config()));
+    let admin = lab.admin();
+    let me = admin_name(&lab);
+    let all: Vec<&str> = drivesec_access::Permission::ALL
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    let r = admin
+        .call(
+            "POST",
+            "/api/v1/roles",
+            Some(&json!({"name": "root", "permissions": all})),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("privilege-escalation")),
+        "{}",
+        r.body
+    );
+    for role in ["engineer", "security-admin"] {
+        let r = admin
+            .call(
+                "PUT",
+                &format!("/api/v1/users/{me}/role"),
+                Some(&json!({"role": role})),
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (403, Some("privilege-escalation")),
+            "{role}: {}",
+            r.body
+        );
+    }
+    // A role made of what it holds is fine, and still cannot run the drive.
+    admin
+        .ok(
+            "POST",
+            "/api/v1/roles",
+            Some(&json!({"name": "reader", "permissions": ["read-info", "read-audit"]})),
+        )
+        .unwrap();
+    let roles = admin.ok("GET", "/api/v1/roles", None).unwrap();
+    assert!(!roles.to_string().contains("\"root\""));
+    let users = admin.ok("GET", "/api/v1/users", None).unwrap();
+    assert!(users.to_string().contains("security-admin"));
+    let me_now = admin.ok("GET", "/api/v1/me", None).unwrap();
+    assert_eq!(me_now["role"], "security-admin");
+    assert_eq!(
+        admin
+            .call(
+                "PUT",
+                "/api/v1/params/speed-reference",
+                Some(&json!({"value": 100}))
+            )
+            .unwrap()
+            .status,
+        403
+    );
+    let recs = trail(&lab);
+    assert!(
+        recorded(&recs, "role.add", "denied")
+            .iter()
+            .any(|r| r["target"] == "root")
+    );
+    assert_eq!(recorded(&recs, "user.role.change", "denied").len(), 2);
+}
+
+/// The lab's cell profile, with the lab's accounts.
+fn profile(lab: &TestLab) -> drivesec_iec62443::profile::Profile {
+    let l = drivesec_iec62443::model::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packaging-line.toml"),
+    )
+    .unwrap();
+    let a = drivesec_iec62443::assess::assess(&l.model);
+    let z = a.zones.iter().find(|z| z.zone == "cell").unwrap();
+    let mut p = drivesec_iec62443::profile::derive(&l.model, "cell", z.sl_t);
+    p.audit_forwarding = false;
+    p.ldevid_days = 730;
+    p.accounts = lab.profile_accounts();
+    p
+}
+
+/// Finding 6: an engineer demoted through provisioning keeps using the
+/// session it opened before.
+#[test]
+fn demoted_engineer_session_loses_rights_at_once() {
+    let lab = test_lab(Some(config()));
+    let eng = lab.session("engineer");
+    let set_limit = |c: &DeviceClient, v: u32| {
+        c.call(
+            "PUT",
+            "/api/v1/params/max-speed",
+            Some(&json!({"value": v})),
+        )
+        .unwrap()
+    };
+    assert_eq!(set_limit(&eng, 1400).status, 200);
+    let op = lab.session("operator");
+    let mut p = profile(&lab);
+    for a in &mut p.accounts {
+        if a.username == lab.m.users["engineer"].username {
+            a.role = "viewer".into();
+        }
+    }
+    lab.admin()
+        .ok("PUT", "/api/v1/profile", Some(&json!({"profile": p})))
+        .unwrap();
+    // Adopting the profile closes open API connections (the session lives
+    // on); the clients reconnect.
+    let _ = eng.call("GET", "/api/v1/info", None);
+    let _ = op.call("GET", "/api/v1/info", None);
+    // The very next request of the open session is the viewer's.
+    let r = set_limit(&eng, 1300);
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert_eq!(eng.ok("GET", "/api/v1/me", None).unwrap()["role"], "viewer");
+    // The operator was not touched.
+    assert_eq!(
+        op.call(
+            "PUT",
+            "/api/v1/params/speed-reference",
+            Some(&json!({"value": 300}))
+        )
+        .unwrap()
+        .status,
+        200
+    );
+    let recs = trail(&lab);
+    let changed = recorded(&recs, "session.permissions-changed", "success");
+    assert!(
+        changed
+            .iter()
+            .any(|r| r["details"]["username"] == "engineer" && r["details"]["new_role"] == "viewer"),
+        "{changed:?}"
+    );
+    assert!(
+        recorded(&recs, "param.write", "denied")
+            .iter()
+            .any(|r| r["actor"]["id"] == "engineer")
+    );
+}
+
+/// Finding 6: a password reset leaves the session made with the old
+/// password working (whoever stole the password keeps it).
+#[test]
+fn password_reset_ends_open_sessions() {
+    let lab = test_lab(Some(config()));
+    let stolen = lab.session("operator");
+    assert_eq!(
+        stolen.call("GET", "/api/v1/params", None).unwrap().status,
+        200
+    );
+    let admin = lab.admin();
+    let new_pw = "Reset-by-Admin-2026";
+    let r = admin
+        .ok(
+            "POST",
+            "/api/v1/users/operator/password",
+            Some(&json!({"password": new_pw})),
+        )
+        .unwrap();
+    assert_eq!(r["sessions_ended"], 1);
+    let r = stolen.call("GET", "/api/v1/params", None).unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (401, Some("session-invalid"))
+    );
+    // The operator gets in with the new password, and must change it first.
+    let mut op = lab.client("operator");
+    let login = op.login("operator", new_pw).unwrap();
+    assert_eq!(login["must_change_password"], true);
+    op.ok(
+        "POST",
+        "/api/v1/me/password",
+        Some(&json!({"old_password": new_pw, "new_password": "Own-Choice-2026!x"})),
+    )
+    .unwrap();
+    assert_eq!(op.call("GET", "/api/v1/params", None).unwrap().status, 200);
+    assert_eq!(
+        admin.call("GET", "/api/v1/users", None).unwrap().status,
+        200
+    );
+    let recs = trail(&lab);
+    assert!(
+        recorded(&recs, "session.end", "success")
+            .iter()
+            .any(|r| r["details"]["username"] == "operator"
+                && r["details"]["reason"] == "password reset")
+    );
+    assert_eq!(recorded(&recs, "user.password.reset", "success").len(), 1);
+}
+
+/// Finding 7: an account with an administrator-set password uses the
+/// device without ever changing it.
+#[test]
+fn must_change_password_allows_only_the_change() {
+    let lab = test_lab(Some(config()));
+    let admin = lab.admin();
+    let temp = "Temporary-Passw0rd-1";
+    let r = admin
+        .ok(
+            "POST",
+            "/api/v1/users",
+            Some(&json!({"username": "newbie", "role": "operator", "password": temp})),
+        )
+        .unwrap();
+    assert_eq!(r["must_change_password"], true);
+    let mut c = lab.client("operator");
+    assert_eq!(
+        c.login("newbie", temp).unwrap()["must_change_password"],
+        true
+    );
+    let me = c.ok("GET", "/api/v1/me", None).unwrap();
+    assert_eq!(me["must_change_password"], true);
+    for (method, path, body) in [
+        ("GET", "/api/v1/params", None),
+        ("GET", "/api/v1/drive", None),
+        (
+            "PUT",
+            "/api/v1/params/speed-reference",
+            Some(json!({"value": 100})),
+        ),
+        (
+            "PUT",
+            "/api/v1/drive/control",
+            Some(json!({"command": "start"})),
+        ),
+        ("GET", "/api/v1/sessions", None),
+    ] {
+        let r = c.call(method, path, body.as_ref()).unwrap();
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (403, Some("password-change-required")),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    // Keeping the administrator's password is not a change.
+    let r = c
+        .call(
+            "POST",
+            "/api/v1/me/password",
+            Some(&json!({"old_password": temp, "new_password": temp})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    c.ok(
+        "POST",
+        "/api/v1/me/password",
+        Some(&json!({"old_password": temp, "new_password": "Chosen-By-Me-2026"})),
+    )
+    .unwrap();
+    assert_eq!(c.call("GET", "/api/v1/params", None).unwrap().status, 200);
+    // Everyone else worked all along.
+    assert_eq!(
+        lab.session("operator")
+            .call("GET", "/api/v1/params", None)
+            .unwrap()
+            .status,
+        200
+    );
+    let recs = trail(&lab);
+    assert!(
+        recorded(&recs, "auth.password-change-required", "denied")
+            .iter()
+            .any(|r| r["actor"]["id"] == "newbie")
+    );
+    assert!(
+        recorded(&recs, "user.password.change", "success")
+            .iter()
+            .any(|r| r["target"] == "newbie")
+    );
+}
+
+/// Finding 13: a huge Argon2 memory cost set over the API aborted the
+/// daemon at the next login (and after every restart); a tiny one was
+/// accepted. A stored one out of bounds now stops the start with a message
+/// naming the file and the field.
+#[test]
+fn huge_argon2_memory_cost_is_refused() {
+    let lab = test_lab(Some(config()));
+    let admin = lab.admin();
+    let before = admin.ok("GET", "/api/v1/security/access", None).unwrap();
+    for memory in [4_000_000_000u64, 8] {
+        let mut p = before.clone();
+        p["hash"]["memory_kib"] = memory.into();
+        let r = admin
+            .call("PUT", "/api/v1/security/access", Some(&p))
+            .unwrap();
+        assert_eq!(r.status, 400, "{memory}: {}", r.body);
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("hash.memory_kib"),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        admin.ok("GET", "/api/v1/security/access", None).unwrap(),
+        before
+    );
+    // Logins go on.
+    let v = lab.session("viewer");
+    assert_eq!(v.call("GET", "/api/v1/params", None).unwrap().status, 200);
+    let recs = trail(&lab);
+    assert!(recorded(&recs, "security.access.set", "failure").len() >= 2);
+    // A bad policy on disk: a clear start-up error, not an abort at login.
+    let dev = &lab.m.devices[0];
+    assert!(drivesec_oem::daemons::stop(dev.pid.unwrap()));
+    let mut p = before.clone();
+    p["hash"]["memory_kib"] = 4_000_000_000u64.into();
+    std::fs::write(
+        dev.dir.join("access-policy.json"),
+        serde_json::to_vec(&p).unwrap(),
+    )
+    .unwrap();
+    let cfg = DeviceConfig::load(&dev.dir.join("drivesecd.toml")).unwrap();
+    let daemon = Path::new(env!("CARGO_BIN_EXE_drivesecd"));
+    let err = match drivesec_oem::daemons::start(daemon, &dev.dir, &cfg) {
+        Ok(s) => {
+            drivesec_oem::daemons::stop(s.pid);
+            panic!("started with a 4 TB Argon2 memory cost");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("access-policy.json") && err.contains("hash.memory_kib"),
+        "{err}"
+    );
+}
+
+fn modbus_addr(lab: &TestLab) -> SocketAddr {
+    lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap()
+}
+
+/// Finding 4: one session floods `POST /me/password`; each request ran up
+/// to seven Argon2 hashes on the single network thread, and Modbus round
+/// trips stalled. Now the flood is refused (429, per session) before any
+/// hash, the rest hash in the bounded pool, and Modbus answers throughout.
+#[test]
+fn password_change_flood_does_not_stall_modbus() {
+    let lab = test_lab(Some(config()));
+    let flooding = Arc::new(AtomicBool::new(true));
+    let mut mb = ModbusClient::connect(
+        modbus_addr(&lab),
+        Some(&lab.identity("viewer")),
+        &lab.trust(),
+        Versions::Default,
+    )
+    .unwrap();
+    let reader = {
+        let flooding = flooding.clone();
+        std::thread::spawn(move || {
+            let (mut answered, mut failed) = (0u32, 0u32);
+            while flooding.load(Ordering::Relaxed) {
+                match mb.read_holding(0, 2) {
+                    Ok(Ok(v)) if v.len() == 2 => answered += 1,
+                    _ => failed += 1,
+                }
+            }
+            (answered, failed)
+        })
+    };
+    let flood = lab.session("operator");
+    let mut codes = std::collections::BTreeMap::<u16, u32>::new();
+    for i in 0..200 {
+        let r = flood
+            .call(
+                "POST",
+                "/api/v1/me/password",
+                Some(&json!({"old_password": "Not-my-passw0rd", "new_password": format!("Flood-Passw0rd-{i}")})),
+            )
+            .unwrap();
+        *codes.entry(r.status).or_default() += 1;
+    }
+    // Meanwhile the engineer changes its password (its own session's budget).
+    let eng = lab.session("engineer");
+    eng.ok(
+        "POST",
+        "/api/v1/me/password",
+        Some(&json!({"old_password": lab.m.users["engineer"].password, "new_password": "Fresh-Choice-2026!y"})),
+    )
+    .unwrap();
+    flooding.store(false, Ordering::Relaxed);
+    let (answered, failed) = reader.join().unwrap();
+    // A few wrong old passwords were checked (in the hash pool), the rest
+    // refused before any hash.
+    let limit = u32::try_from(config().access.session.password_changes_per_minute).unwrap();
+    assert_eq!(codes.get(&401).copied().unwrap_or(0), limit, "{codes:?}");
+    assert_eq!(
+        codes.get(&429).copied().unwrap_or(0),
+        200 - limit,
+        "{codes:?}"
+    );
+    // Every Modbus request during the flood was answered, correctly.
+    assert_eq!(failed, 0, "Modbus requests failed during the flood");
+    assert!(answered >= 1, "no Modbus answer during the flood");
+    // The flooding session itself still works, and the flood is on record.
+    assert_eq!(
+        flood.call("GET", "/api/v1/params", None).unwrap().status,
+        200
+    );
+    let recs = trail(&lab);
+    let denied = recorded(&recs, "user.password.change", "denied");
+    assert!(
+        denied
+            .iter()
+            .any(|r| r["actor"]["id"] == "operator" && r["details"]["error"] == "rate-limited"),
+        "{denied:?}"
+    );
+    assert_eq!(
+        recorded(&recs, "user.password.change", "failure").len() as u32,
+        limit
+    );
+}
