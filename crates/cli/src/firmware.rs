@@ -284,8 +284,8 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
             device_key,
             out,
         } => {
-            let trust: TrustStore = serde_json::from_str(&fsu::read_to_string(&trust)?)
-                .with_context(|| format!("{} is not a trust store", trust.display()))?;
+            let trust = TrustStore::from_json(&fsu::read(&trust)?)
+                .with_context(|| format!("{} is not a usable trust store", trust.display()))?;
             let (store, handle) = open(&device_key)?;
             let len = std::fs::metadata(&image)
                 .with_context(|| format!("read {}", image.display()))?
@@ -353,8 +353,8 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
             trust_out,
             root_key,
         } => {
-            let current: TrustStore = serde_json::from_slice(&fsu::read(&trust)?)
-                .with_context(|| format!("{} is not a trust store", trust.display()))?;
+            let current = TrustStore::from_json(&fsu::read(&trust)?)
+                .with_context(|| format!("{} is not a usable trust store", trust.display()))?;
             let add = parse_keys(&add, "--add")?;
             let policy = if require.is_empty() {
                 None
@@ -424,6 +424,9 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
                 keys,
                 policy,
             };
+            // A store the devices would refuse to load is never written.
+            t.validate()
+                .context("the trust store would not be usable (give --require ROLE=N, N >= 1)")?;
             fsu::write_new(
                 &out,
                 serde_json::to_string_pretty(&t)?.as_bytes(),
