@@ -1,0 +1,510 @@
+//! Deterministic, bounded fuzzing of the image, manifest and signature
+//! parsers. Inputs are real, valid ones mutated (bit flips, byte values,
+//! truncations, insertions, deletions, splices between inputs, CBOR-aware
+//! changes of one node, whole random CBOR). The property: no panic, and a
+//! typed error or success; a success is checked further (a manifest that
+//! parses re-encodes to the same bytes; an image that verifies yields the
+//! genuine plaintext; a sink only ever sees genuine chunks).
+//! `DRIVESEC_FUZZ_ITERS` sets the iterations per parser target (the image
+//! target, a full verification each, runs a fifth of it); the defaults keep
+//! the debug run within a few seconds; `scripts/test --long` uses 500000.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use ciborium::Value;
+use drivesec_firmware::image::{Header, PackOptions, approve, pack};
+use drivesec_firmware::manifest::Manifest;
+use drivesec_firmware::sign;
+use drivesec_firmware::trust::{Requirement, TrustStore, TrustedKey};
+use drivesec_firmware::verify::{DevicePolicy, verify_image};
+use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig};
+
+/// xorshift64: small, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+    fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max + 1);
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Iterations: `DRIVESEC_FUZZ_ITERS` divided by `cost` (how many times
+/// dearer an iteration of this target is than a parse), else `default`.
+fn iters(default: usize, cost: usize) -> usize {
+    std::env::var("DRIVESEC_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .map_or(default, |n| n / cost)
+}
+
+const INTERESTING: &[u8] = &[
+    0x00, 0x01, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1f, 0x40, 0x5f, 0x60, 0x7f, 0x80, 0x9f, 0xa0, 0xbf,
+    0xc0, 0xd2, 0xf4, 0xf5, 0xf6, 0xf7, 0xfa, 0xfb, 0xff,
+];
+
+fn random_value(rng: &mut Rng, depth: usize) -> Value {
+    let leaf = depth == 0 || rng.chance(2);
+    match rng.below(if leaf { 7 } else { 10 }) {
+        0 => Value::Integer((rng.next() as i64 >> rng.below(64)).into()),
+        1 => Value::Bytes(rng.bytes(80)),
+        2 => Value::Text(
+            [
+                "",
+                "vendor",
+                "oem",
+                "drivesec-role",
+                "A256GCM-chunked",
+                "1.0.0",
+                "x",
+            ][rng.below(7)]
+            .to_string(),
+        ),
+        3 => Value::Bool(rng.chance(2)),
+        4 => Value::Null,
+        5 => Value::Float(f64::from_bits(rng.next())),
+        6 => Value::Text(String::from_utf8_lossy(&rng.bytes(20)).into_owned()),
+        7 => Value::Array(
+            (0..rng.below(5))
+                .map(|_| random_value(rng, depth - 1))
+                .collect(),
+        ),
+        8 => Value::Map(
+            (0..rng.below(5))
+                .map(|_| (random_value(rng, depth - 1), random_value(rng, depth - 1)))
+                .collect(),
+        ),
+        _ => Value::Tag(
+            [18, 17, 98, 2, 24, rng.next() >> 40][rng.below(6)],
+            Box::new(random_value(rng, depth - 1)),
+        ),
+    }
+}
+
+fn cbor(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).unwrap();
+    out
+}
+
+/// Changes one node of a CBOR tree (or the tree itself).
+fn mutate_value(rng: &mut Rng, v: &mut Value) {
+    let children = match v {
+        Value::Array(a) if !a.is_empty() => a.len(),
+        Value::Map(m) if !m.is_empty() => m.len(),
+        Value::Tag(..) => 1,
+        _ => 0,
+    };
+    if children > 0 && !rng.chance(3) {
+        let i = rng.below(children);
+        return match v {
+            Value::Array(a) => mutate_value(rng, &mut a[i]),
+            Value::Map(m) => {
+                if rng.chance(4) {
+                    mutate_value(rng, &mut m[i].0)
+                } else {
+                    mutate_value(rng, &mut m[i].1)
+                }
+            }
+            Value::Tag(_, inner) => mutate_value(rng, inner),
+            _ => unreachable!(),
+        };
+    }
+    match (rng.below(8), &mut *v) {
+        (0, Value::Array(a)) if !a.is_empty() => {
+            let i = rng.below(a.len());
+            a.remove(i);
+        }
+        (1, Value::Array(a)) if !a.is_empty() => {
+            let i = rng.below(a.len());
+            let x = a[i].clone();
+            a.insert(rng.below(a.len() + 1), x);
+        }
+        (0, Value::Map(m)) if !m.is_empty() => {
+            let i = rng.below(m.len());
+            m.remove(i);
+        }
+        (1, Value::Map(m)) if !m.is_empty() => {
+            let i = rng.below(m.len());
+            let x = m[i].clone();
+            m.insert(rng.below(m.len() + 1), x);
+        }
+        (2, Value::Map(m)) if m.len() > 1 => {
+            let (i, j) = (rng.below(m.len()), rng.below(m.len()));
+            m.swap(i, j);
+        }
+        (3, Value::Text(t)) => {
+            *t = match rng.below(4) {
+                0 => t.to_uppercase(),
+                1 => t.chars().take(rng.below(t.len() + 1)).collect(),
+                2 => format!("{t}{}", ["0", "-", "+", ".", "Z"][rng.below(5)]),
+                _ => String::new(),
+            }
+        }
+        (3, Value::Bytes(b)) => {
+            if !b.is_empty() && rng.chance(2) {
+                let i = rng.below(b.len());
+                b[i] ^= 1 << rng.below(8);
+            } else {
+                b.truncate(rng.below(b.len() + 1));
+            }
+        }
+        (3, Value::Integer(_)) => {
+            *v = Value::Integer(
+                [0i64, 1, -1, 4095, 4096, 1 << 24, i64::MAX, i64::MIN][rng.below(8)].into(),
+            )
+        }
+        (4, _) => *v = Value::Tag(18, Box::new(v.clone())),
+        (5, Value::Tag(_, inner)) => *v = (**inner).clone(),
+        _ => *v = random_value(rng, 3),
+    }
+}
+
+/// One mutation of `input`; `others` are other valid inputs to splice from.
+fn mutate(rng: &mut Rng, input: &[u8], others: &[&[u8]]) -> Vec<u8> {
+    let mut b = input.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        let len = b.len();
+        match rng.below(10) {
+            0 | 1 if len > 0 => {
+                let i = rng.below(len);
+                b[i] ^= 1 << rng.below(8);
+            }
+            2 if len > 0 => {
+                let i = rng.below(len);
+                b[i] = INTERESTING[rng.below(INTERESTING.len())];
+            }
+            3 => b.truncate(rng.below(len + 1)),
+            4 => {
+                let at = rng.below(len + 1);
+                let mut ins = rng.bytes(15);
+                ins.push(rng.next() as u8);
+                b.splice(at..at, ins);
+            }
+            5 if len > 0 => {
+                let at = rng.below(len);
+                let end = (at + 1 + rng.below(32)).min(len);
+                b.drain(at..end);
+            }
+            6 if !others.is_empty() => {
+                let o = others[rng.below(others.len())];
+                let from = rng.below(o.len() + 1);
+                let to = (from + rng.below(64)).min(o.len());
+                let at = rng.below(len + 1);
+                let end = (at + rng.below(64)).min(len);
+                b.splice(at..end, o[from..to].iter().copied());
+            }
+            7 => {
+                if let Ok(mut v) = ciborium::from_reader::<Value, _>(b.as_slice()) {
+                    mutate_value(rng, &mut v);
+                    b = cbor(&v);
+                }
+            }
+            8 => b = cbor(&random_value(rng, 4)),
+            _ if len > 0 => {
+                // Duplicate a range (repeated items, lengths that no longer match).
+                let at = rng.below(len);
+                let end = (at + 1 + rng.below(32)).min(len);
+                let dup = b[at..end].to_vec();
+                b.splice(at..at, dup);
+            }
+            _ => b.push(rng.next() as u8),
+        }
+    }
+    b
+}
+
+/// Runs `f` and turns a panic into a failure that shows the input.
+fn no_panic<T>(what: &str, iter: usize, input: &[u8], f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!(
+                "{what} panicked at iteration {iter}: {msg}\ninput ({} bytes): {}",
+                input.len(),
+                hex(input)
+            )
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const CHUNK: usize = 4096;
+
+struct Fx {
+    _dir: tempfile::TempDir,
+    ks: Arc<dyn KeyStore>,
+    trust: TrustStore,
+    firmware: Vec<u8>,
+    /// Approved images: several chunks with an SBOM, and one empty payload.
+    images: Vec<Vec<u8>>,
+}
+
+fn h(s: &str) -> KeyHandle {
+    KeyHandle::new(s).unwrap()
+}
+
+fn split(bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
+    let m = u32_at(8);
+    let s = u32_at(12 + m);
+    (
+        bytes[12..12 + m].to_vec(),
+        bytes[16 + m..16 + m + s].to_vec(),
+        bytes[16 + m + s..].to_vec(),
+    )
+}
+
+fn join(manifest: &[u8], sigs: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = b"DSFWIMG1".to_vec();
+    out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
+    out.extend_from_slice(manifest);
+    out.extend_from_slice(&(sigs.len() as u32).to_le_bytes());
+    out.extend_from_slice(sigs);
+    out.extend_from_slice(payload);
+    out
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, ks) = KeystoreConfig::create_soft(dir.path(), "ks", "secret").unwrap();
+        for k in ["root", "vendor", "oem", "fw", "fw-2"] {
+            ks.generate(&h(k), KeyAlgorithm::EcdsaP256).unwrap();
+        }
+        let pk = |k: &str| ks.info(&h(k)).unwrap().public_key;
+        let trust = TrustStore {
+            version: 1,
+            root: TrustedKey::new(&pk("root"), "root"),
+            keys: vec![
+                TrustedKey::new(&pk("vendor"), "vendor"),
+                TrustedKey::new(&pk("oem"), "oem"),
+            ],
+            policy: vec![
+                Requirement {
+                    role: "vendor".into(),
+                    min: 1,
+                },
+                Requirement {
+                    role: "oem".into(),
+                    min: 1,
+                },
+            ],
+        };
+        let firmware: Vec<u8> = (0..2 * CHUNK + 321).map(|i| (i * 7 % 253) as u8).collect();
+        let mut images = Vec::new();
+        for (i, (body, sbom)) in [(firmware.clone(), true), (Vec::new(), false)]
+            .into_iter()
+            .enumerate()
+        {
+            let input = dir.path().join(format!("fw-{i}.bin"));
+            std::fs::write(&input, &body).unwrap();
+            let packed = dir.path().join(format!("fw-{i}.packed"));
+            pack(
+                &input,
+                &packed,
+                &PackOptions {
+                    product: "iC7-Sim".into(),
+                    hw_class: "ctrl-a".into(),
+                    version: "1.2.3-rc.1+b7".into(),
+                    security_counter: 3,
+                    chunk_size: CHUNK as u32,
+                    sbom: sbom.then(|| r#"{"bomFormat":"CycloneDX"}"#.to_string()),
+                    build_time: "2026-11-28T00:00:00Z".into(),
+                },
+                &[pk("fw"), pk("fw-2")],
+                (ks.as_ref(), &h("vendor")),
+                "vendor",
+                &mut |_| {},
+            )
+            .unwrap();
+            let out = dir.path().join(format!("fw-{i}.img"));
+            approve(&packed, &out, (ks.as_ref(), &h("oem")), "oem").unwrap();
+            images.push(std::fs::read(&out).unwrap());
+        }
+        Fx {
+            _dir: dir,
+            ks,
+            trust,
+            firmware,
+            images,
+        }
+    }
+
+    /// Verifies `bytes` as the device would; checks every chunk the sink
+    /// sees is genuine and a success yields the genuine plaintext.
+    fn verify(&self, iter: usize, bytes: &[u8]) {
+        let device = DevicePolicy {
+            product: "iC7-Sim".into(),
+            hw_class: "ctrl-a".into(),
+            min_counter: 0,
+        };
+        let mut out = Vec::new();
+        let r = no_panic("verify_image", iter, bytes, || {
+            verify_image(
+                &mut &bytes[..],
+                &self.trust,
+                &device,
+                self.ks.as_ref(),
+                &h("fw"),
+                &mut |i, pt| {
+                    let i = i as usize;
+                    let genuine = &self.firmware[(i * CHUNK).min(self.firmware.len())
+                        ..((i + 1) * CHUNK).min(self.firmware.len())];
+                    // The empty image's single chunk is empty.
+                    assert!(
+                        pt == genuine || (i == 0 && pt.is_empty()),
+                        "chunk {i} reached the sink but is not genuine: {}",
+                        hex(bytes)
+                    );
+                    out.extend_from_slice(pt);
+                    Ok(())
+                },
+            )
+        });
+        if let Ok(v) = r {
+            let want: &[u8] = if v.manifest().payload_len == 0 {
+                &[]
+            } else {
+                &self.firmware
+            };
+            assert_eq!(out, want, "a verified image yields the genuine plaintext");
+        }
+    }
+}
+
+#[test]
+fn fuzz_manifest_parser() {
+    let fx = Fx::new();
+    let seeds: Vec<Vec<u8>> = fx.images.iter().map(|i| split(i).0).collect();
+    let others: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    let mut rng = Rng(0x6d61_6e69_6665_7374);
+    let (mut ok, mut refused) = (0, 0);
+    for iter in 0..iters(30_000, 1) {
+        let seed = &seeds[rng.below(seeds.len())];
+        let input = mutate(&mut rng, seed, &others);
+        match no_panic("Manifest::from_cbor", iter, &input, || {
+            Manifest::from_cbor(&input)
+        }) {
+            Ok(m) => {
+                ok += 1;
+                assert_eq!(
+                    m.to_cbor().unwrap(),
+                    input,
+                    "a parsed manifest is canonical"
+                );
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    println!("manifests: {ok} parsed, {refused} refused");
+    assert!(refused > 0);
+}
+
+#[test]
+fn fuzz_signature_parser() {
+    let fx = Fx::new();
+    let (manifest, block, _) = split(&fx.images[0]);
+    let list: Vec<Value> = ciborium::from_reader(block.as_slice()).unwrap();
+    let singles: Vec<Vec<u8>> = list.iter().map(|v| v.as_bytes().unwrap().clone()).collect();
+    let mut seeds = singles.clone();
+    seeds.push(block.clone());
+    let others: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+    let mut rng = Rng(0x7369_676e_6174_7572);
+    let (mut ok, mut refused) = (0, 0);
+    for iter in 0..iters(30_000, 1) {
+        // A whole block, or one signature mutated inside an intact block.
+        let block_bytes = if rng.chance(2) {
+            mutate(&mut rng, &block, &others)
+        } else {
+            let mut entries = singles.clone();
+            let i = rng.below(entries.len());
+            entries[i] = mutate(&mut rng, &singles[i], &others);
+            no_panic("sign::decode", iter, &entries[i], || {
+                let _ = sign::decode(&entries[i]);
+            });
+            cbor(&Value::Array(
+                entries.into_iter().map(Value::Bytes).collect(),
+            ))
+        };
+        let r = no_panic("sign::decode_block", iter, &block_bytes, || {
+            sign::decode_block(&block_bytes)
+        });
+        match r {
+            Ok(sigs) => {
+                // Whatever parses goes on to the trust check without panicking.
+                let r = no_panic("TrustStore::check", iter, &block_bytes, || {
+                    fx.trust.check(&manifest, &sigs)
+                });
+                if r.is_ok() {
+                    ok += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    println!("signature blocks: {ok} accepted, {refused} refused");
+    assert!(refused > 0);
+}
+
+#[test]
+fn fuzz_image_parser() {
+    let fx = Fx::new();
+    let parts: Vec<_> = fx.images.iter().map(|i| split(i)).collect();
+    let others: Vec<&[u8]> = fx.images.iter().map(Vec::as_slice).collect();
+    // Both unmodified images verify (the property holds for them).
+    for (i, img) in fx.images.iter().enumerate() {
+        fx.verify(i, img);
+    }
+    let mut rng = Rng(0x696d_6167_6570_6172);
+    for iter in 0..iters(4_000, 5) {
+        let k = rng.below(parts.len());
+        let (m, s, p) = &parts[k];
+        let input = match rng.below(5) {
+            // The raw bytes, lengths and all.
+            0 => mutate(&mut rng, &fx.images[k], &others),
+            // One part mutated, the lengths kept consistent.
+            1 => join(&mutate(&mut rng, m, &[s, p]), s, p),
+            2 => join(m, &mutate(&mut rng, s, &[m, p]), p),
+            3 => join(m, s, &mutate(&mut rng, p, &others)),
+            // Parts of the two images mixed.
+            _ => {
+                let j = rng.below(parts.len());
+                join(m, &parts[j].1, &parts[rng.below(parts.len())].2)
+            }
+        };
+        no_panic("Header::read", iter, &input, || {
+            let _ = Header::read(&mut input.as_slice());
+        });
+        fx.verify(iter, &input);
+    }
+}
