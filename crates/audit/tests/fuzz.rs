@@ -1,0 +1,352 @@
+//! Deterministic, bounded fuzzing of the audit trail's frame parser and of
+//! the readers over it. A real trail is written once (several segments,
+//! signed checkpoints); each iteration mutates its bytes (bit flips, byte
+//! values, truncations, insertions, deletions, splices between segments and
+//! across the checkpoint files) and runs the frame decoder, the verifier,
+//! the reader, the JSON-lines export and the crash recovery of `open` over
+//! the result. The property: no panic, and a typed result (a report, records
+//! or an `AuditError`). A trail the verifier calls sound yields only the
+//! genuine records. `DRIVESEC_FUZZ_ITERS` scales the iterations (a tenth of
+//! it for the frame target, which walks a whole segment each time, a
+//! hundredth for the trail readers, a thousandth for `open`); `scripts/test
+//! --long` uses 500000. The defaults keep the debug run within seconds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use drivesec_audit::frame::{self, Decoded};
+use drivesec_audit::reader::{self, Query};
+use drivesec_audit::verify::verify;
+use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Outcome, Signer};
+use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig, PublicKey};
+
+/// xorshift64: small, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+    fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+}
+
+fn iters(default: usize, cost: usize) -> usize {
+    std::env::var("DRIVESEC_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .map_or(default, |n| n / cost)
+}
+
+const INTERESTING: &[u8] = &[
+    0x00, 0x01, 0x7f, 0x80, 0xff, b'D', b'S', b'A', b'1', b'{', b'"',
+];
+
+/// One to three mutations of `input`; `others` are inputs to splice from.
+fn mutate(rng: &mut Rng, input: &[u8], others: &[&[u8]]) -> Vec<u8> {
+    let mut b = input.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        let len = b.len();
+        match rng.below(9) {
+            0 | 1 if len > 0 => {
+                let i = rng.below(len);
+                b[i] ^= 1 << rng.below(8);
+            }
+            2 if len > 0 => {
+                let i = rng.below(len);
+                b[i] = INTERESTING[rng.below(INTERESTING.len())];
+            }
+            3 => b.truncate(rng.below(len + 1)),
+            4 => {
+                let at = rng.below(len + 1);
+                let ins: Vec<u8> = (0..1 + rng.below(16)).map(|_| rng.next() as u8).collect();
+                b.splice(at..at, ins);
+            }
+            5 if len > 0 => {
+                let at = rng.below(len);
+                let end = (at + 1 + rng.below(64)).min(len);
+                b.drain(at..end);
+            }
+            6 if !others.is_empty() => {
+                let o = others[rng.below(others.len())];
+                let from = rng.below(o.len() + 1);
+                let to = (from + rng.below(200)).min(o.len());
+                let at = rng.below(len + 1);
+                let end = (at + rng.below(200)).min(len);
+                b.splice(at..end, o[from..to].iter().copied());
+            }
+            7 if len > 8 => {
+                // A length field (bytes 4..8 of a frame) set to an edge value.
+                let at = rng.below(len - 8);
+                let v: u32 = [0, 1, 65_536, 65_537, u32::MAX, u32::MAX - 47][rng.below(6)];
+                b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            _ => b.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+        }
+    }
+    b
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Runs `f`; a panic fails the test naming the target and showing the input.
+fn no_panic<T>(what: &str, iter: usize, input: &str, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(t) => t,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("{what} panicked at iteration {iter}: {msg}\ninput: {input}")
+        }
+    }
+}
+
+struct Fx {
+    tmp: tempfile::TempDir,
+    signer: Signer,
+    key: PublicKey,
+    /// The trail's files (relative path -> bytes).
+    files: BTreeMap<PathBuf, Vec<u8>>,
+    /// The genuine records: seq -> hash (hex).
+    genuine: BTreeMap<u64, String>,
+}
+
+fn cfg() -> AuditConfig {
+    AuditConfig {
+        segment_bytes: 4 * 1024,
+        checkpoint_every: 25,
+        ..AuditConfig::default()
+    }
+}
+
+fn files_of(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn write_trail(dir: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) {
+    let _ = std::fs::remove_dir_all(dir);
+    for (rel, bytes) in files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, store) = KeystoreConfig::create_soft(tmp.path(), "ks", "secret").unwrap();
+        let handle = KeyHandle::new("idevid").unwrap();
+        let key = store
+            .generate(&handle, KeyAlgorithm::EcdsaP256)
+            .unwrap()
+            .public_key;
+        let signer = Signer { store, handle };
+        let dir = tmp.path().join("trail");
+        let log = AuditLog::open(&dir, cfg(), signer.clone()).unwrap();
+        let events: Vec<Event> = (1..=90u64)
+            .map(|i| {
+                Event::new(Actor::User(format!("user{}", i % 3)), "param.write")
+                    .source("127.0.0.1:50000")
+                    .target(format!("param-{i}"))
+                    .outcome(if i % 7 == 0 {
+                        Outcome::Denied
+                    } else {
+                        Outcome::Success
+                    })
+                    .details(
+                        serde_json::json!({ "i": i, "note": "x".repeat((i % 5) as usize * 40) }),
+                    )
+            })
+            .collect();
+        log.append_batch(events).unwrap();
+        log.checkpoint_now().unwrap();
+        log.close().unwrap();
+        let files = files_of(&dir);
+        assert!(
+            files
+                .keys()
+                .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+                .count()
+                > 2,
+            "several segments"
+        );
+        let report = verify(&dir, &key).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+        let mut genuine = BTreeMap::new();
+        for r in reader::read(&dir, &Query::default(), 10_000).unwrap() {
+            genuine.insert(r.seq, r.hash);
+        }
+        assert_eq!(genuine.len(), report.records as usize);
+        Fx {
+            tmp,
+            signer,
+            key,
+            files,
+            genuine,
+        }
+    }
+
+    fn segments(&self) -> Vec<&[u8]> {
+        self.files
+            .iter()
+            .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
+            .map(|(_, b)| b.as_slice())
+            .collect()
+    }
+
+    /// The trail with one of its files mutated (a segment, mostly).
+    fn mutated(&self, rng: &mut Rng) -> (BTreeMap<PathBuf, Vec<u8>>, String) {
+        let mut files = self.files.clone();
+        let names: Vec<PathBuf> = files.keys().cloned().collect();
+        let segs: Vec<&PathBuf> = names
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        let target = if rng.chance(4) {
+            names[rng.below(names.len())].clone()
+        } else {
+            segs[rng.below(segs.len())].clone()
+        };
+        let all: Vec<&[u8]> = self.files.values().map(Vec::as_slice).collect();
+        let bytes = mutate(rng, &files[&target], &all);
+        let what = format!("{} := {}", target.display(), hex(&bytes));
+        files.insert(target, bytes);
+        if rng.chance(10) {
+            // Now and then a whole segment goes missing or is doubled.
+            let s = segs[rng.below(segs.len())].clone();
+            let b = files.remove(&s).unwrap();
+            if rng.chance(2) {
+                files.insert(s.with_file_name("999999.seg"), b);
+            }
+        }
+        (files, what)
+    }
+}
+
+#[test]
+fn fuzz_frame_decoder() {
+    let fx = Fx::new();
+    let segs = fx.segments();
+    let mut rng = Rng(0x6672_616d_6573_3031);
+    let mut frames = 0u64;
+    for iter in 0..iters(2_500, 10) {
+        let seed = segs[rng.below(segs.len())];
+        let input = mutate(&mut rng, seed, &segs);
+        // Walk the buffer as the reader does.
+        no_panic("frame::decode", iter, &hex(&input), || {
+            let mut off = 0;
+            while off < input.len() {
+                match frame::decode(&input[off..]) {
+                    Decoded::Frame(f) => {
+                        assert_eq!(f.len, frame::HEADER + f.body.len() + frame::TRAILER);
+                        assert!(f.len <= input.len() - off);
+                        frames += 1;
+                        off += f.len;
+                    }
+                    Decoded::End | Decoded::Bad(_) => break,
+                }
+            }
+            // And at an arbitrary offset.
+            let at = rng.below(input.len() + 1);
+            let _ = frame::decode(&input[at..]);
+        });
+    }
+    println!("frames decoded: {frames}");
+}
+
+#[test]
+fn fuzz_trail_readers_and_verifier() {
+    let fx = Fx::new();
+    let dir = fx.tmp.path().join("work");
+    let mut rng = Rng(0x7472_6169_6c73_3032);
+    let (mut sound, mut unsound) = (0, 0);
+    for iter in 0..iters(200, 100) {
+        let (files, what) = fx.mutated(&mut rng);
+        write_trail(&dir, &files);
+        let report = no_panic("verify", iter, &what, || verify(&dir, &fx.key));
+        let records = no_panic("reader::read", iter, &what, || {
+            reader::read(&dir, &Query::default(), 10_000)
+        });
+        no_panic("reader::export_jsonl", iter, &what, || {
+            let _ = reader::export_jsonl(&dir, &Query::default(), &mut std::io::sink());
+        });
+        no_panic("reader::for_each_frame", iter, &what, || {
+            let from = 1 + rng.below(100) as u64;
+            let _ = reader::for_each_frame(&dir, from, |_, _, _, _| ControlFlow::Continue(()));
+        });
+        match report {
+            Ok(r) if r.ok => {
+                sound += 1;
+                // Sound means: what can be read is the genuine trail.
+                if let Ok(records) = records {
+                    for rec in records {
+                        assert_eq!(
+                            fx.genuine.get(&rec.seq),
+                            Some(&rec.hash),
+                            "record {} read from a trail verified as sound is not genuine; {what}",
+                            rec.seq
+                        );
+                    }
+                }
+            }
+            _ => unsound += 1,
+        }
+    }
+    println!("mutated trails: {sound} verified sound, {unsound} not");
+    assert!(unsound > 0);
+}
+
+#[test]
+fn fuzz_trail_recovery_on_open() {
+    let fx = Fx::new();
+    let dir = fx.tmp.path().join("reopen");
+    let mut rng = Rng(0x6f70_656e_7333_3033);
+    for iter in 0..iters(100, 1_000) {
+        let (files, what) = fx.mutated(&mut rng);
+        write_trail(&dir, &files);
+        no_panic("AuditLog::open", iter, &what, || {
+            if let Ok(log) = AuditLog::open(&dir, cfg(), fx.signer.clone()) {
+                let _ = log.close();
+            }
+        });
+        no_panic("verify after open", iter, &what, || {
+            let _ = verify(&dir, &fx.key);
+        });
+    }
+}
