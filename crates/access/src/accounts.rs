@@ -942,15 +942,21 @@ impl Accounts {
         target: &str,
         role: &str,
     ) -> Result<()> {
-        if grantor == target {
-            return Err(AccessError::Escalation(
-                "you cannot change your own role".to_owned(),
-            ));
-        }
         let perms = self
             .store
             .role_permissions(role)
             .ok_or_else(|| AccessError::UnknownRole(role.to_owned()))?;
+        if grantor == target {
+            // The more useful answer when both apply: the last user
+            // manager giving up manage-users is a conflict.
+            if !perms.contains(&Permission::ManageUsers) && self.store.user_managers() == [grantor]
+            {
+                return Err(AccessError::LastAdmin(grantor.to_owned()));
+            }
+            return Err(AccessError::Escalation(
+                "you cannot change your own role".to_owned(),
+            ));
+        }
         let missing: Vec<&str> = perms
             .iter()
             .filter(|p| !grantor_permissions.contains(p) && !p.is_operational())

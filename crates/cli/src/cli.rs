@@ -506,6 +506,13 @@ pub enum DeviceCommand {
     Info,
     /// Log in and show the account's role and permissions.
     Login,
+    /// Change your own password (the --user account; --password-file holds
+    /// the current one). Required first after an administrator set it.
+    Password {
+        /// File holding the new password.
+        #[arg(long)]
+        new_password_file: PathBuf,
+    },
     /// Accounts.
     #[command(subcommand)]
     Users(UsersCommand),

@@ -185,10 +185,38 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
     let result = match &a.command {
         DeviceCommand::Firmware(f) => firmware(&c, &t, f, json),
         DeviceCommand::Attest(at) => attest(&c, &t, at, json),
+        DeviceCommand::Password { new_password_file } => {
+            change_password(&c, &t, new_password_file, json)
+        }
         cmd => dispatch(&c, cmd, json),
     };
     let _ = c.call("POST", "/api/v1/logout", None);
     result
+}
+
+/// `device password`: the logged-in account changes its own password.
+fn change_password(
+    c: &DeviceClient,
+    t: &Target,
+    new_password_file: &std::path::Path,
+    json: bool,
+) -> Result<()> {
+    let old = t
+        .password
+        .as_ref()
+        .ok_or_else(|| anyhow!("give --password-file (the current password)"))?;
+    let new = read_secret(new_password_file)?;
+    let body = serde_json::json!({"old_password": old.as_str(), "new_password": new.as_str()});
+    print(
+        json,
+        &c.ok("POST", "/api/v1/me/password", Some(&body))?,
+        |v| {
+            println!(
+                "password changed; {} other session(s) ended",
+                v["sessions_ended"]
+            )
+        },
+    )
 }
 
 fn read_profile(path: &std::path::Path) -> Result<drivesec_iec62443::profile::Profile> {
@@ -200,7 +228,8 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
     match cmd {
         DeviceCommand::Commission { .. }
         | DeviceCommand::Firmware(_)
-        | DeviceCommand::Attest(_) => {
+        | DeviceCommand::Attest(_)
+        | DeviceCommand::Password { .. } => {
             unreachable!("handled in run")
         }
         DeviceCommand::Info => print(json, &get("/api/v1/info")?, |v| {

@@ -1461,6 +1461,19 @@ fn device_cli_commissions_and_operates_a_running_drive() {
             .iter()
             .any(|u| u["username"] == "op1" && u["role"] == "operator")
     );
+    // The administrator set op1's password: op1 changes it first.
+    let op_own = d.path().join("op-own.pw");
+    std::fs::write(&op_own, "Self-Chosen-Pass-2026").unwrap();
+    let mut change = conn(&[
+        "--ca",
+        oem_root,
+        "--user",
+        "op1",
+        "--password-file",
+        s(&op_pw),
+    ]);
+    change.extend(["password", "--new-password-file", s(&op_own)].map(String::from));
+    ok(&change.iter().map(String::as_str).collect::<Vec<_>>());
     let as_op = |extra: &[&str]| {
         let mut v = conn(&[
             "--ca",
@@ -1468,7 +1481,7 @@ fn device_cli_commissions_and_operates_a_running_drive() {
             "--user",
             "op1",
             "--password-file",
-            s(&op_pw),
+            s(&op_own),
         ]);
         v.extend(extra.iter().map(|x| x.to_string()));
         v

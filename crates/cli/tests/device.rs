@@ -887,7 +887,9 @@ fn logins_are_rate_limited_per_client_certificate() {
     cfg.api.logins_per_minute = 3;
     let lab = test_lab(Some(cfg));
     let c = lab.client("viewer");
-    for _ in 0..3 {
+    // The lab's set-up used one of them: the viewer changed its first
+    // (administrator-set) password over this certificate.
+    for _ in 0..2 {
         let r = c
             .call(
                 "POST",

@@ -614,9 +614,16 @@ fn start_devices(
                 "/api/v1/users",
                 Some(&serde_json::json!({"username": u.username, "role": role, "password": temporary})),
             )?;
+            // Over the person's own certificate (the per-certificate login
+            // rate limit stays with each of them).
+            let own = m
+                .clients
+                .get(role.as_str())
+                .map(|f| ClientIdentity::from_files(&f.cert, &f.key))
+                .transpose()?;
             let mut holder = DeviceClient::new(
                 started.addr,
-                Some(&identity),
+                Some(own.as_ref().unwrap_or(&identity)),
                 &DeviceTrust::Ldevid {
                     roots: oem_roots.clone(),
                     device_name: d.device_name.clone().unwrap_or_default(),

@@ -859,7 +859,7 @@ fn admin_set_passwords_must_be_changed_by_their_holder() {
 
 #[test]
 fn nobody_grants_what_it_does_not_hold() {
-    let (_d, _p, a) = setup(cheap());
+    let (_d, _p, mut a) = setup(cheap());
     let admin = a.permissions_of("admin").unwrap();
     let all: BTreeSet<Permission> = Permission::ALL.into_iter().collect();
     assert!(matches!(
@@ -868,7 +868,17 @@ fn nobody_grants_what_it_does_not_hold() {
     ));
     a.check_role_grant(&admin, &[Permission::ReadAudit].into())
         .unwrap();
-    // Never one's own role.
+    // Never one's own role (the last user manager's demotion is the
+    // conflict it always was).
+    assert!(matches!(
+        a.check_assign("admin", &admin, "admin", "viewer"),
+        Err(AccessError::LastAdmin(_))
+    ));
+    assert!(matches!(
+        a.check_assign("admin", &admin, "admin", "security-admin"),
+        Err(AccessError::Escalation(_))
+    ));
+    a.add_user("second", "security-admin", PW2, t0()).unwrap();
     assert!(matches!(
         a.check_assign("admin", &admin, "admin", "viewer"),
         Err(AccessError::Escalation(_))
