@@ -211,9 +211,13 @@ pub fn is_semver(s: &str) -> bool {
     true
 }
 
-/// Whether `s` is an RFC 3339 `date-time` (section 5.6).
+/// Whether `s` is an RFC 3339 `date-time` (section 5.6): `full-date`, `T`
+/// (or `t`), `full-time` with an optional fraction and a `Z` (`z`) or
+/// `+hh:mm`/`-hh:mm` offset, denoting a real date and time. The separator is
+/// checked here: the parser underneath also takes a space or any other byte.
 pub fn is_rfc3339(s: &str) -> bool {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+    matches!(s.as_bytes().get(10), Some(b'T' | b't'))
+        && time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
 }
 
 impl RawManifest {

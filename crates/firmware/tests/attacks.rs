@@ -884,7 +884,11 @@ fn attack_build_time_not_rfc3339() {
         "yesterday",
         "2026-11-28",
         "2026-11-28 00:00:00",
+        "2026-11-28 00:00:00Z",
+        "2026-11-28_00:00:00Z",
         "2026-13-01T00:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "2026-11-28T00:00:00",
     ] {
         let bad = fx.with_manifest(|e| *field(e, "build_time") = ciborium::Value::Text(t.into()));
         let (r, _) = fx.verify_bytes(&bad, &fx.trust, 0);
@@ -892,6 +896,11 @@ fn attack_build_time_not_rfc3339() {
             matches!(r, Err(FirmwareError::BadBuildTime(_))),
             "{t}: {r:?}"
         );
+    }
+    for t in ["2026-11-28T00:00:00Z", "2026-11-28t01:02:03.5+01:00"] {
+        let ok = fx.with_manifest(|e| *field(e, "build_time") = ciborium::Value::Text(t.into()));
+        let (m, _, _) = split(&ok);
+        drivesec_firmware::manifest::Manifest::from_cbor(&m).unwrap();
     }
 }
 
