@@ -857,6 +857,52 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// Signs a CRL of the issuing CA with a caller-chosen number and
+    /// thisUpdate/nextUpdate (including ones in the past), listing the
+    /// revoked serials, and returns it as PEM without writing `crl.pem` or
+    /// changing `ca.json`. Dangerous: for testing that devices refuse an
+    /// older CRL and survive a stale one, never for publishing.
+    pub fn dangerous_crl(
+        &self,
+        number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String> {
+        let mut revoked = Vec::new();
+        for r in &self.meta.revoked {
+            let bytes = hex::decode(&r.serial)
+                .map_err(|_| PkiError::Invalid(format!("bad serial {}", r.serial)))?;
+            revoked.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: this_update,
+                reason_code: Some(parse_reason(&r.reason)?),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer()?)?.pem()?)
+    }
+
+    /// The root CA as an rcgen issuer (its key stays in the keystore).
+    /// Dangerous: the root signs only CA certificates and the root's CRL;
+    /// for tests that build a second issuing CA or revoke the first.
+    pub fn dangerous_root_issuer(&self) -> Result<Issuer<'static, CertSigningKey>> {
+        let key = CertSigningKey::new(self.store.clone(), &self.meta.root_key)?;
+        Ok(Issuer::from_ca_cert_der(
+            &self.root_der.clone().into(),
+            key,
+        )?)
+    }
+}
+
 /// Parses a revocation reason name (RFC 5280 §5.3.1, kebab-case).
 pub fn parse_reason(s: &str) -> Result<RevocationReason> {
     Ok(match s {

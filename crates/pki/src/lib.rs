@@ -7,6 +7,8 @@
 //! * [`role`]: the Modbus/TCP Security role extension
 //!   (OID 1.3.6.1.4.1.50316.802.1, a DER UTF8String, non-critical).
 //! * [`verify`]: chain, usage, validity and CRL checks with rustls-webpki.
+//! * [`crl`]: checking a CRL before a device adopts it: parse, issuer,
+//!   signature, number (docs/pki.md, "CRL policy").
 //! * [`inspect`]: a summary of a certificate for listings and `--json`.
 //!
 //! Profiles (keyUsage, extendedKeyUsage, validity, subject, SAN) are chosen by
@@ -14,12 +16,14 @@
 //! only its public key, after its self-signature has been checked.
 
 pub mod ca;
+pub mod crl;
 pub mod inspect;
 mod pemfile;
 pub mod role;
 pub mod verify;
 
 pub use ca::{Ca, CaKind, CaOptions, IssueRequest, Issued, Profile, SubjectKey};
+pub use crl::{CrlError, CrlInfo};
 pub use pemfile::{read_cert_chain, read_certs_pem, read_crl};
 pub use role::{BUILTIN_ROLES, ROLE_EXTENSION_OID, Role};
 
@@ -74,6 +78,9 @@ pub enum PkiError {
     /// A file operation failed.
     #[error(transparent)]
     Fs(#[from] drivesec_fsutil::FsError),
+    /// A CRL was refused.
+    #[error(transparent)]
+    Crl(#[from] crate::crl::CrlError),
     /// Certificate generation failed.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),

@@ -35,8 +35,30 @@ pub struct VerifyOptions<'a> {
     pub time: Option<UnixTime>,
 }
 
+/// How CRLs are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlPolicy {
+    /// The leaf only; its issuer must have a CRL; a CRL past its
+    /// nextUpdate fails ([`verify_chain`]).
+    Strict,
+    /// What a device applies to its clients (docs/pki.md, "CRL policy"):
+    /// every certificate of the path against its issuer's CRL when one is
+    /// given (unknown status allowed), and a CRL past its nextUpdate still
+    /// enforced rather than failing every certificate.
+    Device,
+}
+
 /// Verifies `leaf` against the options; the error text says why it failed.
 pub fn verify_chain(leaf: &CertificateDer<'_>, opts: &VerifyOptions<'_>) -> Result<()> {
+    verify_chain_with(leaf, opts, CrlPolicy::Strict)
+}
+
+/// [`verify_chain`] with a chosen CRL policy.
+pub fn verify_chain_with(
+    leaf: &CertificateDer<'_>,
+    opts: &VerifyOptions<'_>,
+    policy: CrlPolicy,
+) -> Result<()> {
     let anchors = opts
         .roots
         .iter()
@@ -64,9 +86,18 @@ pub fn verify_chain(leaf: &CertificateDer<'_>, opts: &VerifyOptions<'_>) -> Resu
         Some(
             webpki::RevocationOptionsBuilder::new(&crl_refs)
                 .map_err(|_| PkiError::Verify("no CRLs".into()))?
-                .with_depth(RevocationCheckDepth::EndEntity)
-                .with_status_policy(UnknownStatusPolicy::Deny)
-                .with_expiration_policy(ExpirationPolicy::Enforce)
+                .with_depth(match policy {
+                    CrlPolicy::Strict => RevocationCheckDepth::EndEntity,
+                    CrlPolicy::Device => RevocationCheckDepth::Chain,
+                })
+                .with_status_policy(match policy {
+                    CrlPolicy::Strict => UnknownStatusPolicy::Deny,
+                    CrlPolicy::Device => UnknownStatusPolicy::Allow,
+                })
+                .with_expiration_policy(match policy {
+                    CrlPolicy::Strict => ExpirationPolicy::Enforce,
+                    CrlPolicy::Device => ExpirationPolicy::Ignore,
+                })
                 .build(),
         )
     };
