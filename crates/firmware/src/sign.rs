@@ -123,6 +123,7 @@ pub fn decode_at(bytes: &[u8], index: usize) -> Result<CoseSign1> {
     if !rest.is_empty() {
         return Err(bad(format!("{} byte(s) after the COSE_Sign1", rest.len())));
     }
+    let preferred = preferred(&v, bytes);
     let inner = match v {
         ciborium::Value::Tag(18, inner) => *inner,
         ciborium::Value::Tag(t, _) => return Err(bad(format!("tag {t}, not 18 (COSE_Sign1)"))),
@@ -137,6 +138,11 @@ pub fn decode_at(bytes: &[u8], index: usize) -> Result<CoseSign1> {
         ciborium::Value::Null => {}
         ciborium::Value::Bytes(_) => return Err(FirmwareError::AttachedPayload(index)),
         _ => return Err(bad("payload is neither nil nor a byte string".into())),
+    }
+    if !preferred {
+        return Err(bad(
+            "not in preferred CBOR encoding (definite lengths, shortest heads)".into(),
+        ));
     }
     let sig = CoseSign1::from_cbor_value(ciborium::Value::Array(items))
         .map_err(|e| bad(format!("COSE_Sign1: {e}")))?;
@@ -186,6 +192,14 @@ pub fn decode_at(bytes: &[u8], index: usize) -> Result<CoseSign1> {
     Ok(sig)
 }
 
+/// Whether `bytes` are `v` in preferred serialization (RFC 8949 section
+/// 4.1: definite lengths, every head in its shortest form): the bytes
+/// re-encode identically.
+fn preferred(v: &ciborium::Value, bytes: &[u8]) -> bool {
+    let mut out = Vec::with_capacity(bytes.len());
+    ciborium::into_writer(v, &mut out).is_ok() && out == bytes
+}
+
 /// Decodes one image signature strictly (see [`decode_at`]).
 pub fn decode(bytes: &[u8]) -> Result<CoseSign1> {
     decode_at(bytes, 0)
@@ -197,17 +211,22 @@ pub fn decode_block(bytes: &[u8]) -> Result<Vec<CoseSign1>> {
     let mut rest = bytes;
     let v: ciborium::Value = ciborium::from_reader(&mut rest)
         .map_err(|e| FirmwareError::Malformed(format!("signature block: {e}")))?;
-    let list = match v {
-        ciborium::Value::Array(list) => list,
-        _ => {
-            return Err(FirmwareError::Malformed(
-                "signature block is not a CBOR array".into(),
-            ));
-        }
-    };
+    let not_array = || FirmwareError::Malformed("signature block is not a CBOR array".into());
+    if !matches!(v, ciborium::Value::Array(_)) {
+        return Err(not_array());
+    }
     if !rest.is_empty() {
         return Err(FirmwareError::SignatureBlockTrailingBytes(rest.len()));
     }
+    if !preferred(&v, &bytes[..bytes.len() - rest.len()]) {
+        return Err(FirmwareError::Malformed(
+            "signature block is not in preferred CBOR encoding (definite lengths, shortest heads)"
+                .into(),
+        ));
+    }
+    let ciborium::Value::Array(list) = v else {
+        return Err(not_array());
+    };
     let mut seen = std::collections::BTreeSet::new();
     list.iter()
         .enumerate()

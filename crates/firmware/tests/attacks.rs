@@ -699,6 +699,38 @@ fn attack_bytes_after_the_signatures_array() {
 }
 
 #[test]
+fn attack_signature_block_not_in_preferred_encoding() {
+    let fx = Fx::new();
+    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let (m, sigs, payload) = split(&good);
+    // The same array with an indefinite length.
+    assert_eq!(sigs[0], 0x82);
+    let mut indefinite = vec![0x9f];
+    indefinite.extend_from_slice(&sigs[1..]);
+    indefinite.push(0xff);
+    let (r, _) = fx.verify_bytes(&join(&m, &indefinite, &payload), &fx.trust, 0);
+    assert!(
+        matches!(r, Err(FirmwareError::Malformed(ref e)) if e.contains("preferred")),
+        "{r:?}"
+    );
+    // A signature whose 64-byte signature has a two-byte length head.
+    let mut long = fx.sig(&m, "vendor", "vendor");
+    let at = long.len() - 66;
+    assert_eq!(long[at..at + 2], [0x58, 0x40]);
+    long.splice(at..at + 2, [0x59, 0x00, 0x40]);
+    let (r, chunks) = fx.verify_bytes(
+        &join(&m, &block(vec![long, fx.sig(&m, "oem", "oem")]), &payload),
+        &fx.trust,
+        0,
+    );
+    assert!(
+        matches!(r, Err(FirmwareError::MalformedSignature { index: 0, ref reason }) if reason.contains("preferred")),
+        "{r:?}"
+    );
+    assert_eq!(chunks, 0);
+}
+
+#[test]
 fn attack_same_key_signs_twice() {
     let fx = Fx::new();
     let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
