@@ -24,7 +24,7 @@
 //! | 1.5 | authenticator management | Argon2id hashes, [`Accounts::set_password`], [`PasswordPolicy::max_age_days`] |
 //! | 1.7 | strength of password-based authentication | [`PasswordPolicy`] (length, classes, history) |
 //! | 1.10 | authenticator feedback | one [`AccessError::InvalidCredentials`] for unknown user and wrong password |
-//! | 1.11 | unsuccessful login attempts | [`LockoutPolicy`] |
+//! | 1.11 | unsuccessful login attempts | [`LockoutPolicy`], per account and client certificate ([`Accounts::authenticate_from`]) |
 //! | 1.12 | system use notification | [`AccessPolicy::banner`] |
 //! | 2.1 | authorisation enforcement | [`Permission`], [`Role`], [`Authenticated::permissions`] |
 //! | 2.5 | session lock | [`SessionPolicy::idle_secs`] |
