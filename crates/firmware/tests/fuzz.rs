@@ -508,3 +508,66 @@ fn fuzz_image_parser() {
         fx.verify(iter, &input);
     }
 }
+
+#[test]
+fn fuzz_trust_store_and_rotation_statements() {
+    use drivesec_firmware::trust::{Rotation, sign_rotation};
+    let fx = Fx::new();
+    let json = serde_json::to_vec_pretty(&fx.trust).unwrap();
+    let statements: Vec<Vec<u8>> = [
+        Rotation {
+            version: 2,
+            add: vec![TrustedKey::new(
+                &fx.ks.info(&h("fw-2")).unwrap().public_key,
+                "oem",
+            )],
+            revoke: vec![],
+            policy: None,
+            new_root: None,
+        },
+        Rotation {
+            version: 2,
+            add: vec![],
+            revoke: vec![fx.trust.keys[1].kid.clone()],
+            policy: Some(vec![Requirement {
+                role: "vendor".into(),
+                min: 1,
+            }]),
+            new_root: Some(TrustedKey::new(
+                &fx.ks.info(&h("fw")).unwrap().public_key,
+                "root",
+            )),
+        },
+    ]
+    .iter()
+    .map(|r| sign_rotation(r, fx.ks.as_ref(), &h("root")).unwrap())
+    .collect();
+    for s in &statements {
+        fx.trust.rotate(s).unwrap();
+    }
+    let others: Vec<&[u8]> = statements
+        .iter()
+        .map(Vec::as_slice)
+        .chain([json.as_slice()])
+        .collect();
+    let mut rng = Rng(0x7472_7573_7473_746f);
+    for iter in 0..iters(10_000, 1) {
+        let input = mutate(&mut rng, &json, &others);
+        // Whatever loads was validated: it must pass validate again.
+        if let Ok(t) = no_panic("TrustStore::from_json", iter, &input, || {
+            TrustStore::from_json(&input)
+        }) {
+            t.validate().unwrap();
+        }
+        let seed = &statements[rng.below(statements.len())];
+        let input = mutate(&mut rng, seed, &others);
+        if let Ok(next) = no_panic("TrustStore::rotate", iter, &input, || {
+            fx.trust.rotate(&input)
+        }) {
+            // Only the root's genuine statements apply (their CBOR may be
+            // re-encoded, the signed bytes may not change).
+            next.validate().unwrap();
+            assert_eq!(next.version, 2);
+        }
+    }
+}
