@@ -400,6 +400,58 @@ impl Fx {
     }
 }
 
+/// Deep nesting (arrays, indefinite arrays, maps, tags), huge declared
+/// lengths and lone heads: each parser refuses them without exhausting the
+/// stack or allocating what the length claims.
+fn hostile() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for head in [0x81u8, 0x9f, 0xa1, 0xd2, 0xc0, 0xd8] {
+        for n in [300usize, 100_000] {
+            let mut b = vec![head; n];
+            if head == 0xd8 {
+                b = [0xd8, 0x12].repeat(n / 2);
+            }
+            out.push(b);
+        }
+    }
+    for head in [
+        &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+        &[0x7b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        &[0x9b, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00],
+        &[0xbb, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00],
+        &[0x5f, 0x41, 0x00, 0x5f],
+        &[0x1c],
+        &[0xff],
+        &[0xd2, 0x84, 0x40, 0xa0, 0x41, 0x00, 0x58, 0x40],
+    ] {
+        out.push(head.to_vec());
+    }
+    out
+}
+
+#[test]
+fn hostile_cbor_is_refused_by_every_parser() {
+    for (i, b) in hostile().iter().enumerate() {
+        assert!(no_panic("Manifest::from_cbor", i, b, || Manifest::from_cbor(b)).is_err());
+        assert!(no_panic("sign::decode", i, b, || sign::decode(b)).is_err());
+        assert!(no_panic("sign::decode_block", i, b, || sign::decode_block(b)).is_err());
+        let img = join(b, b, &[]);
+        assert!(
+            no_panic("Header::read", i, &img, || Header::read(
+                &mut img.as_slice()
+            ))
+            .is_err()
+        );
+        let wrapped = cbor(&Value::Array(vec![Value::Bytes(b.clone())]));
+        assert!(
+            no_panic("sign::decode_block", i, &wrapped, || sign::decode_block(
+                &wrapped
+            ))
+            .is_err()
+        );
+    }
+}
+
 #[test]
 fn fuzz_manifest_parser() {
     let fx = Fx::new();
