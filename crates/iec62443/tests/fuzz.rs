@@ -239,7 +239,7 @@ fn fuzz_plant_model_parser() {
     let others: Vec<&str> = seeds.iter().map(String::as_str).collect();
     let mut rng = Rng(0x706c_616e_746f_6d6c);
     let (mut valid, mut refused) = (0, 0);
-    for iter in 0..iters(2_000, 10) {
+    for iter in 0..iters(1_500, 10) {
         let seed = &seeds[rng.below(seeds.len())];
         let text = mutate(&mut rng, seed, &others);
         let r = catch_unwind(AssertUnwindSafe(|| plan(&text)));
@@ -258,4 +258,18 @@ fn fuzz_plant_model_parser() {
     }
     println!("mutated models: {valid} planned, {refused} refused with located problems");
     assert!(refused > 0 && valid > 0);
+}
+
+#[test]
+fn deeply_nested_values_are_refused_with_a_located_problem() {
+    for n in [1_000usize, 100_000] {
+        for (open, close) in [("[", "]"), ("{ a = ", " }")] {
+            let text = format!(
+                "[system]\nname = \"t\"\nx = {}1{}\n",
+                open.repeat(n),
+                close.repeat(n)
+            );
+            assert!(!plan(&text), "{open} x {n}");
+        }
+    }
 }
