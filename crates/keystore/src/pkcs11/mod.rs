@@ -198,6 +198,28 @@ pub fn init_token(module: &Path, label: &str, so_pin: &str, user_pin: &str) -> R
     Ok(())
 }
 
+/// Every mechanism [`Pkcs11KeyStore`] may use.
+const USED_MECHANISMS: [MechanismType; 5] = [
+    MechanismType::ECC_KEY_PAIR_GEN,
+    MechanismType::ECDSA,
+    MechanismType::ECDH1_DERIVE,
+    MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+    MechanismType::EDDSA,
+];
+
+/// The mechanisms of [`USED_MECHANISMS`] the token offers, asked one by one
+/// (`C_GetMechanismInfo`). Not `C_GetMechanismList`: cryptoki converts every
+/// type that list holds and logs each one it has no name for (SoftHSM2 has
+/// about 30, vendor-defined and newer ones) at ERROR level, so every open
+/// of a keystore wrote that many false errors to the daemon's log. A type
+/// the token does not offer is simply absent here.
+fn needed_mechanisms(ctx: &Pkcs11, slot: Slot) -> Vec<MechanismType> {
+    USED_MECHANISMS
+        .into_iter()
+        .filter(|m| ctx.get_mechanism_info(slot, *m).is_ok())
+        .collect()
+}
+
 /// A keystore on one PKCS#11 token, logged in as the user.
 pub struct Pkcs11KeyStore {
     uri: Pkcs11Uri,
@@ -225,9 +247,7 @@ impl Pkcs11KeyStore {
         let pin = uri.pin(base)?.ok_or_else(|| KeystoreError::InvalidUri {
             reason: format!("{uri} names no PIN (add pin-source=FILE)"),
         })?;
-        let mechanisms = ctx
-            .get_mechanism_list(slot)
-            .map_err(ck("C_GetMechanismList"))?;
+        let mechanisms = needed_mechanisms(&ctx, slot);
         let session = ctx.open_rw_session(slot).map_err(ck("C_OpenSession"))?;
         login(&session, &AuthPin::new(pin.as_str().into()), &token)?;
         Ok(Pkcs11KeyStore {
