@@ -492,9 +492,12 @@ pub enum DeviceCommand {
         /// File holding the one-time factory credential.
         #[arg(long)]
         credential_file: PathBuf,
-        /// Expected serial number.
+        /// The device's serial number, exactly as its IDevID's subject
+        /// serialNumber carries it (required: a genuine IDevID of another
+        /// device must not receive this one's credential). Take it from the
+        /// label or delivery papers, never from the device's own answers.
         #[arg(long)]
-        serial: Option<String>,
+        serial: String,
         /// First security administrator's account name.
         #[arg(long)]
         admin: String,

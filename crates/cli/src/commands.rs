@@ -330,6 +330,12 @@ pub fn run(cli: Cli) -> Result<()> {
                     dir.display(),
                     d.stopped
                 );
+                for n in &d.not_ours {
+                    println!(
+                        "  left alone: pid {} recorded for {} is no longer its drivesecd ({})",
+                        n.pid, n.device, n.reason
+                    );
+                }
                 Ok(())
             }
         }

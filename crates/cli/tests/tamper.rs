@@ -330,7 +330,7 @@ fn reprovision_and_recommission(
             addr: started.addr,
             identity: &lab.identity("security-admin"),
             manufacturer_roots: drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap(),
-            serial: Some(dev.serial_number.clone()),
+            serial: dev.serial_number.clone(),
             factory_credential: credential.trim(),
             device_name: "again.lab.drivesec",
             ip_addresses: vec![started.addr.ip()],

@@ -3,6 +3,10 @@
 //! to trust the device: its IDevID chain to the manufacturer root (factory
 //! state: the name is not checked, the serial number may be), or its LDevID
 //! to the owner's root under the device's DNS name.
+//!
+//! A refused device certificate that is a tampered device's throwaway
+//! `CN=TAMPERED <serial>` one, or a genuine IDevID of another serial, is
+//! reported as such ([`PeerProblem`]) instead of as a bare TLS error.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,11 +23,178 @@ use serde_json::Value;
 
 use crate::{OemError, Result};
 
+/// Why a device's certificate was refused, when that says more than the TLS
+/// error: carried through the handshake error ([`peer_problem`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerProblem {
+    /// The peer presented a tampered device's self-signed `CN=TAMPERED
+    /// <serial>` certificate where an identity was expected. Unauthenticated
+    /// (anyone can make such a certificate), so it only explains a refusal.
+    Tampered {
+        /// The serial number the certificate names.
+        serial: String,
+    },
+    /// A genuine IDevID, but for another serial number than the expected one.
+    WrongSerial {
+        /// The serial number expected.
+        expected: String,
+        /// The one the IDevID's subject serialNumber carries.
+        found: String,
+    },
+}
+
+impl PeerProblem {
+    /// The problem with `who` (e.g. "drive-001.lab.drivesec at 127.0.0.1:8443") as the subject.
+    pub fn describe(&self, who: &str) -> String {
+        match self {
+            PeerProblem::Tampered { serial } => format!(
+                "{who} reports its tamper response has run (certificate CN=TAMPERED {serial}): \
+                 its keys are destroyed; send it to the manufacturer for `drivesec factory reprovision`"
+            ),
+            PeerProblem::WrongSerial { expected, found } => format!(
+                "{who} presents a genuine IDevID for serial {found}, not the expected serial {expected}: \
+                 it is another device, and nothing was sent to it"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for PeerProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe("the device"))
+    }
+}
+
+impl std::error::Error for PeerProblem {}
+
+impl PeerProblem {
+    fn into_tls(self) -> rustls::Error {
+        rustls::Error::Other(rustls::OtherError(Arc::new(self)))
+    }
+}
+
+/// The [`PeerProblem`] a failed handshake carries, if any (`err` is the
+/// handshake's error, or any error whose source chain holds it).
+pub fn peer_problem(err: &(dyn std::error::Error + 'static)) -> Option<PeerProblem> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(p) = e.downcast_ref::<PeerProblem>() {
+            return Some(p.clone());
+        }
+        if let Some(rustls::Error::Other(o)) = e.downcast_ref::<rustls::Error>()
+            && let Some(p) = o.0.downcast_ref::<PeerProblem>()
+        {
+            return Some(p.clone());
+        }
+        // io::Error hides the rustls error behind get_ref, not source.
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            cur = Some(inner);
+            continue;
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The serial a tampered device's throwaway certificate names, when `der`
+/// is one: subject exactly `CN=TAMPERED <serial>`, the serial a token.
+fn tampered_marker(der: &[u8]) -> Option<String> {
+    let s = drivesec_pki::inspect::summarize(der).ok()?;
+    let serial = s.subject.strip_prefix("CN=TAMPERED ")?;
+    (!serial.is_empty()
+        && serial.len() <= 64
+        && serial
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    .then(|| serial.to_string())
+}
+
+/// The subject serialNumber attribute (OID 2.5.4.5) of a DER certificate;
+/// an error unless there is exactly one. Read from the DER itself, so a
+/// serial is compared whole, never as a part of a longer one or of
+/// another attribute's text.
+pub fn subject_serial_number(der: &[u8]) -> Result<String> {
+    let bad = |why: &str| OemError::Invalid(format!("certificate subject: {why}"));
+    let (tag, cert, _) = der_next(der).ok_or_else(|| bad("not DER"))?;
+    let (tag2, tbs, _) = der_next(cert).ok_or_else(|| bad("no tbsCertificate"))?;
+    if tag != 0x30 || tag2 != 0x30 {
+        return Err(bad("not a certificate"));
+    }
+    let mut rest = tbs;
+    let mut fields = Vec::new();
+    while let Some((t, c, r)) = der_next(rest) {
+        fields.push((t, c));
+        rest = r;
+    }
+    // [0] version (optional), serialNumber, signature, issuer, validity, subject.
+    let skip = usize::from(fields.first().is_some_and(|(t, _)| *t == 0xa0));
+    let (t, subject) = *fields.get(skip + 4).ok_or_else(|| bad("no subject"))?;
+    if t != 0x30 {
+        return Err(bad("malformed subject"));
+    }
+    let mut found = Vec::new();
+    let mut rdns = subject;
+    while let Some((t, set, r)) = der_next(rdns) {
+        if t != 0x31 {
+            return Err(bad("malformed RDN"));
+        }
+        let mut atvs = set;
+        while let Some((t, atv, r2)) = der_next(atvs) {
+            let (ot, oid, vrest) = der_next(atv).ok_or_else(|| bad("malformed attribute"))?;
+            if t != 0x30 || ot != 0x06 {
+                return Err(bad("malformed attribute"));
+            }
+            if oid == [0x55, 0x04, 0x05] {
+                let (vt, v, _) = der_next(vrest).ok_or_else(|| bad("empty serialNumber"))?;
+                // PrintableString or UTF8String.
+                if vt != 0x13 && vt != 0x0c {
+                    return Err(bad("serialNumber is not a string"));
+                }
+                found.push(
+                    std::str::from_utf8(v)
+                        .map_err(|_| bad("serialNumber is not text"))?
+                        .to_string(),
+                );
+            }
+            atvs = r2;
+        }
+        rdns = r;
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(bad("no serialNumber")),
+        n => Err(bad(&format!("{n} serialNumber attributes"))),
+    }
+}
+
+/// One DER element of `input`: (tag, contents, what follows). Single-byte
+/// tags and definite lengths only (all a certificate uses).
+fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&len0, rest) = rest.split_first()?;
+    let (len, rest) = if len0 < 0x80 {
+        (usize::from(len0), rest)
+    } else {
+        let n = usize::from(len0 & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, &b| (l << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
 /// How the client decides that the peer is the right device.
 #[derive(Debug, Clone)]
 pub enum DeviceTrust {
     /// Factory state: the IDevID must chain to one of these manufacturer roots;
-    /// when `serial` is set, the certificate's subject must carry it.
+    /// when `serial` is set, the certificate's subject serialNumber must be
+    /// exactly it.
     Idevid {
         /// Manufacturer roots.
         roots: Vec<CertificateDer<'static>>,
@@ -88,15 +259,21 @@ impl ServerCertVerifier for CheckedVerifier {
                     usage: drivesec_pki::verify::Usage::Server,
                     time: Some(now),
                 };
-                drivesec_pki::verify::verify_chain(end_entity, &opts)
-                    .map_err(|e| rustls::Error::General(format!("IDevID: {e}")))?;
-                if let Some(serial) = serial {
-                    let s = summary()?;
-                    if !s.subject.contains(&format!("serialNumber={serial}")) {
-                        return Err(rustls::Error::General(format!(
-                            "IDevID is for '{}', not serial {serial}",
-                            s.subject
-                        )));
+                if let Err(e) = drivesec_pki::verify::verify_chain(end_entity, &opts) {
+                    return Err(match tampered_marker(end_entity) {
+                        Some(serial) => PeerProblem::Tampered { serial }.into_tls(),
+                        None => rustls::Error::General(format!("IDevID: {e}")),
+                    });
+                }
+                if let Some(expected) = serial {
+                    let found = subject_serial_number(end_entity)
+                        .map_err(|e| rustls::Error::General(format!("IDevID: {e}")))?;
+                    if &found != expected {
+                        return Err(PeerProblem::WrongSerial {
+                            expected: expected.clone(),
+                            found,
+                        }
+                        .into_tls());
                     }
                 }
             }
@@ -133,6 +310,54 @@ impl ServerCertVerifier for CheckedVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+/// The owner's check of a commissioned device (webpki: chain to the owner
+/// roots, name), which also recognises a tampered device's certificate
+/// among the ones it refuses.
+#[derive(Debug)]
+struct LdevidVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for LdevidVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            .map_err(|e| match tampered_marker(end_entity) {
+                Some(serial) => PeerProblem::Tampered { serial }.into_tls(),
+                None => e,
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -233,8 +458,16 @@ pub fn tls_config(
                     .add(r.clone())
                     .map_err(|e| OemError::Invalid(format!("owner root: {e}")))?;
             }
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(store),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| OemError::Invalid(format!("owner roots: {e}")))?;
             (
-                builder.with_root_certificates(store),
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(LdevidVerifier { inner })),
                 ServerName::try_from(device_name.clone())
                     .map_err(|_| OemError::Invalid(format!("'{device_name}' is not a DNS name")))?,
             )
@@ -454,12 +687,23 @@ impl DeviceClient {
         let tls = connector
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| OemError::Invalid(format!("TLS with {}: {e}", self.addr)))?;
+            .map_err(|e| match peer_problem(&e) {
+                Some(p) => OemError::Invalid(p.describe(&self.who())),
+                None => OemError::Invalid(format!("TLS with {}: {e}", self.addr)),
+            })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| OemError::Invalid(format!("HTTP with {}: {e}", self.addr)))?;
         tokio::spawn(conn);
         Ok(sender)
+    }
+
+    /// The device as a message names it: its DNS name and address, or the address.
+    fn who(&self) -> String {
+        match &self.server_name {
+            ServerName::DnsName(n) => format!("{} at {}", n.as_ref(), self.addr),
+            _ => format!("the device at {}", self.addr),
+        }
     }
 
     /// Whether the last call left a connection open for the next (for
@@ -578,5 +822,71 @@ impl DeviceClient {
         )?;
         self.session = v.get("session").and_then(Value::as_str).map(str::to_string);
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rcgen::{DistinguishedName, DnType, DnValue};
+
+    fn cert(attrs: &[(DnType, &str)]) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        for (t, v) in attrs {
+            let v = match t {
+                DnType::CustomDnType(_) => DnValue::PrintableString((*v).try_into().unwrap()),
+                _ => DnValue::Utf8String((*v).into()),
+            };
+            dn.push(t.clone(), v);
+        }
+        p.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn serial_dn() -> DnType {
+        DnType::CustomDnType(vec![2, 5, 4, 5])
+    }
+
+    #[test]
+    fn the_subject_serial_number_is_read_whole() {
+        let der = cert(&[
+            (DnType::OrganizationName, "Drives"),
+            (DnType::CommonName, "iC7-Sim SN-10 serialNumber=SN-1"),
+            (serial_dn(), "SN-10"),
+        ]);
+        assert_eq!(subject_serial_number(&der).unwrap(), "SN-10");
+        let none = cert(&[(DnType::CommonName, "serialNumber=SN-1")]);
+        assert!(subject_serial_number(&none).is_err());
+        assert!(subject_serial_number(b"\x30\x05junk").is_err());
+    }
+
+    #[test]
+    fn a_tampered_marker_is_recognised_only_as_the_whole_subject() {
+        let t = cert(&[(DnType::CommonName, "TAMPERED SN-7")]);
+        assert_eq!(tampered_marker(&t).as_deref(), Some("SN-7"));
+        for other in [
+            cert(&[(DnType::CommonName, "TAMPERED ")]),
+            cert(&[(DnType::CommonName, "TAMPERED SN 7")]),
+            cert(&[
+                (DnType::OrganizationName, "x"),
+                (DnType::CommonName, "TAMPERED SN-7"),
+            ]),
+        ] {
+            assert_eq!(tampered_marker(&other), None);
+        }
+        let e = PeerProblem::Tampered {
+            serial: "SN-7".into(),
+        }
+        .into_tls();
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert_eq!(
+            peer_problem(&io),
+            Some(PeerProblem::Tampered {
+                serial: "SN-7".into()
+            })
+        );
     }
 }

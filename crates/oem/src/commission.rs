@@ -1,7 +1,10 @@
 //! Taking ownership of a device (`drivesec device commission`).
 //!
 //! 1. Connect trusting only the manufacturer root: the device must present an
-//!    IDevID for the expected serial number.
+//!    IDevID whose subject serialNumber is exactly the expected serial number
+//!    (which the operator gives; a genuine IDevID of another device must not
+//!    receive this one's credential). The LDevID carries that serial, never
+//!    the one the device's `/info` claims.
 //! 2. Prove the factory credential; the device generates its LDevID key in
 //!    its keystore and returns a CSR.
 //! 3. The OEM CA certifies the CSR's key under the device's DNS name.
@@ -28,8 +31,8 @@ pub struct CommissionRequest<'a> {
     pub identity: &'a ClientIdentity,
     /// The manufacturer CA's root, to check the IDevID.
     pub manufacturer_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// Expected serial number (optional).
-    pub serial: Option<String>,
+    /// The serial number the device must be (its IDevID's subject serialNumber, exactly).
+    pub serial: String,
     /// The one-time factory credential.
     pub factory_credential: &'a str,
     /// DNS name to give the device.
@@ -59,12 +62,17 @@ pub struct Commissioned {
 
 /// Commissions one device with the OEM CA.
 pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissioned> {
+    if req.serial.is_empty() {
+        return Err(OemError::Invalid(
+            "commissioning needs the device's expected serial number".into(),
+        ));
+    }
     let factory = DeviceClient::new(
         req.addr,
         Some(req.identity),
         &DeviceTrust::Idevid {
             roots: req.manufacturer_roots.clone(),
-            serial: req.serial.clone(),
+            serial: Some(req.serial.clone()),
         },
         Versions::Default,
     )?;
@@ -75,10 +83,8 @@ pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissio
             req.addr, info["state"]
         )));
     }
-    let serial = info["serial_number"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    // The serial the IDevID was checked for, not what /info says.
+    let serial = req.serial.clone();
     let begin = factory.ok(
         "POST",
         "/api/v1/commission/begin",

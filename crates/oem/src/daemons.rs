@@ -14,6 +14,9 @@ use crate::{OemError, Result};
 pub struct Started {
     /// Process id.
     pub pid: u32,
+    /// Its start time ([`start_time`]): with the PID, what tells this
+    /// process from a later one that reuses its PID.
+    pub start_time: Option<u64>,
     /// The API address it bound.
     pub addr: std::net::SocketAddr,
     /// The Modbus/TCP Security address it bound, when enabled.
@@ -58,6 +61,8 @@ pub fn start(daemon: &Path, device_dir: &Path, config: &DeviceConfig) -> Result<
         .stderr(err)
         .spawn()
         .map_err(|e| OemError::Invalid(format!("cannot start {}: {e}", daemon.display())))?;
+    // Our own unreaped child: its PID cannot be reused yet.
+    let start_time = start_time(child.id());
     let start = Instant::now();
     loop {
         if let Ok(text) = std::fs::read_to_string(&addr_file)
@@ -65,6 +70,7 @@ pub fn start(daemon: &Path, device_dir: &Path, config: &DeviceConfig) -> Result<
         {
             return Ok(Started {
                 pid: child.id(),
+                start_time,
                 addr,
                 modbus: std::fs::read_to_string(&modbus_file)
                     .ok()
@@ -104,25 +110,92 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// A process's start time, in clock ticks since boot (`/proc/PID/stat`
+/// field 22); `None` when there is no such process. A PID is reused, a
+/// (PID, start time) pair is not.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2 (comm) may hold spaces and ')': count from after its last ')',
+    // where field 3 begins.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is still the drivesecd that [`start`] started for
+/// `state_dir`: its start time is `started_at` (when recorded), and its
+/// command line is `drivesecd ... --state STATE_DIR ...`. `Err` says why not.
+pub fn is_daemon_for(
+    pid: u32,
+    started_at: Option<u64>,
+    state_dir: &Path,
+) -> std::result::Result<(), String> {
+    let now = start_time(pid).ok_or_else(|| "no such process".to_string())?;
+    if let Some(t) = started_at
+        && t != now
+    {
+        return Err(format!(
+            "it started at tick {now}, the lab's daemon at tick {t}: the PID was reused"
+        ));
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map_err(|e| format!("cannot read its command line: {e}"))?;
+    let argv: Vec<&[u8]> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let shown = || {
+        String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .trim_end()
+            .to_string()
+    };
+    let name = argv
+        .first()
+        .map(|a| a.rsplit(|&b| b == b'/').next().unwrap_or(a))
+        .unwrap_or_default();
+    use std::os::unix::ffi::OsStrExt;
+    let dir = state_dir.as_os_str().as_bytes();
+    let for_dir = argv.windows(2).any(|w| w[0] == b"--state" && w[1] == dir);
+    if name != b"drivesecd" || !for_dir {
+        return Err(format!(
+            "it runs `{}`, not drivesecd for {}",
+            shown(),
+            state_dir.display()
+        ));
+    }
+    Ok(())
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
 /// Stops a daemon: SIGTERM, up to 10 s for a clean shutdown, then SIGKILL.
-/// Returns whether it was running.
+/// Returns whether it was running. The SIGKILL goes only to the process
+/// that got the SIGTERM (same start time), never to a later one that
+/// reused its PID.
 pub fn stop(pid: u32) -> bool {
     if !alive(pid) {
         return false;
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
+    let Some(started) = start_time(pid) else {
+        return false;
+    };
+    signal(pid, "TERM");
+    let same = || alive(pid) && start_time(pid) == Some(started);
     let start = Instant::now();
-    while alive(pid) && start.elapsed() < Duration::from_secs(10) {
+    while same() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if alive(pid) {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(pid.to_string())
-            .status();
+    if same() {
+        signal(pid, "KILL");
     }
     true
 }

@@ -130,6 +130,10 @@ pub struct LabDevice {
     /// Process id of its running drivesecd.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// That process's start time (clock ticks since boot, `/proc/PID/stat`
+    /// field 22): `lab down` signals `pid` only while it still matches.
+    #[serde(default)]
+    pub pid_start_time: Option<u64>,
     /// The device firmware key's public half (PEM): pack images for it.
     #[serde(default)]
     pub firmware_key: Option<PathBuf>,
@@ -340,6 +344,7 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
             idevid_key_uri: p.idevid_key_uri,
             device_name: None,
             pid: None,
+            pid_start_time: None,
             firmware_key: Some(dir.join("devices").join(&name).join("firmware-key.pub")),
             sto: Some(drivesec_device::drive_loop::sto_path(
                 &dir.join("devices").join(&name),
@@ -573,6 +578,7 @@ fn start_devices(
         };
         let started = crate::daemons::start(daemon, &d.dir, &cfg)?;
         d.pid = Some(started.pid);
+        d.pid_start_time = started.start_time;
         d.api = Some(format!("https://{}", started.addr));
         d.modbus = started.modbus.map(|a| a.to_string());
         let device_name = format!("{}.lab.drivesec", d.name);
@@ -584,7 +590,7 @@ fn start_devices(
                 addr: started.addr,
                 identity: &identity,
                 manufacturer_roots: mfg_roots.clone(),
-                serial: Some(d.serial_number.clone()),
+                serial: d.serial_number.clone(),
                 factory_credential: credential.trim(),
                 device_name: &device_name,
                 ip_addresses: vec![started.addr.ip()],
@@ -846,16 +852,49 @@ pub fn lab_modbus_rights() -> serde_json::Value {
 pub struct LabDown {
     /// drivesecd processes that were running and are now stopped.
     pub stopped: usize,
+    /// Recorded PIDs left alone: a running process that is no longer the
+    /// lab's drivesecd (the daemon ended and the PID was reused).
+    pub not_ours: Vec<NotOurs>,
 }
 
-/// Stops every drivesecd the lab started; the lab's files stay.
+/// A recorded PID [`down`] did not signal.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotOurs {
+    /// The lab device it was recorded for.
+    pub device: String,
+    /// The PID.
+    pub pid: u32,
+    /// Why it is not that device's daemon.
+    pub reason: String,
+}
+
+/// Stops every drivesecd the lab started; the lab's files stay. A recorded
+/// PID is signalled only while it is still that device's daemon (its start
+/// time as recorded at launch, its command line `drivesecd --state DIR`);
+/// any other process under it is reported in `not_ours`, never signalled.
 pub fn down(dir: &Path) -> Result<LabDown> {
     let m = LabManifest::load(dir)?;
-    let stopped = m
-        .devices
-        .iter()
-        .filter_map(|d| d.pid)
-        .filter(|&pid| crate::daemons::stop(pid))
-        .count();
-    Ok(LabDown { stopped })
+    let mut out = LabDown {
+        stopped: 0,
+        not_ours: vec![],
+    };
+    for d in &m.devices {
+        let Some(pid) = d.pid else { continue };
+        if !crate::daemons::alive(pid) {
+            continue;
+        }
+        match crate::daemons::is_daemon_for(pid, d.pid_start_time, &d.dir) {
+            Ok(()) => {
+                if crate::daemons::stop(pid) {
+                    out.stopped += 1;
+                }
+            }
+            Err(reason) => out.not_ours.push(NotOurs {
+                device: d.name.clone(),
+                pid,
+                reason,
+            }),
+        }
+    }
+    Ok(out)
 }
