@@ -242,6 +242,56 @@ fn demoted_engineer_session_loses_rights_at_once() {
     );
 }
 
+/// Finding 6, over the API: a demoted operator's and a removed account's
+/// open sessions keep their rights.
+#[test]
+fn demoted_or_removed_account_sessions_follow_at_once() {
+    let lab = test_lab(Some(config()));
+    let op = lab.session("operator");
+    let aud = lab.session("auditor");
+    let write = |c: &DeviceClient| {
+        c.call(
+            "PUT",
+            "/api/v1/params/speed-reference",
+            Some(&json!({"value": 200})),
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(write(&op), 200);
+    let admin = lab.admin();
+    admin
+        .ok(
+            "PUT",
+            "/api/v1/users/operator/role",
+            Some(&json!({"role": "viewer"})),
+        )
+        .unwrap();
+    assert_eq!(write(&op), 403);
+    assert_eq!(op.call("GET", "/api/v1/params", None).unwrap().status, 200);
+    let r = admin.ok("DELETE", "/api/v1/users/auditor", None).unwrap();
+    assert_eq!(r["sessions_ended"], 1);
+    let r = aud.call("GET", "/api/v1/audit?limit=1", None).unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (401, Some("session-invalid"))
+    );
+    // The administrator goes on; the trail holds both.
+    let t = admin.ok("GET", "/api/v1/audit?limit=100000", None).unwrap();
+    let recs = t["records"].as_array().unwrap();
+    assert!(
+        recorded(recs, "session.permissions-changed", "success")
+            .iter()
+            .any(|r| r["details"]["username"] == "operator")
+    );
+    assert!(
+        recorded(recs, "session.end", "success")
+            .iter()
+            .any(|r| r["details"]["username"] == "auditor"
+                && r["details"]["reason"] == "account removed")
+    );
+}
+
 /// Finding 6: a password reset leaves the session made with the old
 /// password working (whoever stole the password keeps it).
 #[test]
@@ -489,7 +539,7 @@ fn password_change_flood_does_not_stall_modbus() {
     let (answered, failed) = reader.join().unwrap();
     // A few wrong old passwords were checked (in the hash pool), the rest
     // refused before any hash.
-    let limit = u32::try_from(config().access.session.password_changes_per_minute).unwrap();
+    let limit = config().access.session.password_changes_per_minute;
     assert_eq!(codes.get(&401).copied().unwrap_or(0), limit, "{codes:?}");
     assert_eq!(
         codes.get(&429).copied().unwrap_or(0),
