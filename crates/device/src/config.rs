@@ -123,6 +123,26 @@ impl Default for ModbusSettings {
     }
 }
 
+/// How the device treats its owner CRLs (docs/pki.md, "CRL policy").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustSettings {
+    /// Seconds after a CRL's nextUpdate during which it is *overdue*: still
+    /// enforced, reported as a warning (posture, one audit record). After
+    /// them it is *stale*: still enforced (its revoked certificates stay
+    /// refused, others get in), reported loudly (posture caps FR1 at 1, one
+    /// `trust.crl.stale` record, an error log line). 0 to 31536000 (a year).
+    pub crl_grace_secs: u64,
+}
+
+impl Default for TrustSettings {
+    fn default() -> Self {
+        TrustSettings {
+            crl_grace_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +170,9 @@ pub struct DeviceConfig {
     /// Threads of the network side.
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// Owner CRLs.
+    #[serde(default)]
+    pub trust: TrustSettings,
 }
 
 /// Threads of the network side (the HTTPS API and Modbus/TCP Security).
@@ -201,6 +224,7 @@ impl DeviceConfig {
             audit: AuditConfig::default(),
             firmware: FirmwareSettings::default(),
             runtime: RuntimeSettings::default(),
+            trust: TrustSettings::default(),
             // Next to the API, on a port the system picks (see STATE/modbus.addr).
             modbus: ModbusSettings {
                 listen: SocketAddr::new(listen.ip(), 0),
@@ -290,6 +314,12 @@ impl DeviceConfig {
         ] {
             in_range(name, value, lo, hi)?;
         }
+        in_range(
+            "trust.crl_grace_secs",
+            cfg.trust.crl_grace_secs,
+            0,
+            31_536_000,
+        )?;
         in_range(
             "runtime.network_threads",
             cfg.runtime.network_threads as u64,

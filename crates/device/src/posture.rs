@@ -86,6 +86,35 @@ pub fn assess(
     let soft = st.store.backend() == "soft";
     let a = &c.access;
 
+    // FR1: revocation information (docs/pki.md, "CRL policy").
+    for (crl, stage) in crl_stages(st, c, time::OffsetDateTime::now_utc()) {
+        match stage {
+            CrlStage::Current => {}
+            CrlStage::Overdue => cap(
+                0,
+                3,
+                &format!(
+                    "SR 1.9 (SL 4): the CRL of '{}' (number {}) is overdue: past its nextUpdate {}, within the {} s grace; still enforced; install a newer CRL",
+                    crl.issuer,
+                    crl.number,
+                    rfc3339(crl.next_update),
+                    c.trust.crl_grace_secs
+                ),
+            ),
+            CrlStage::Stale => cap(
+                0,
+                1,
+                &format!(
+                    "SR 1.9 (SL 2): the CRL of '{}' (number {}) is stale: past its nextUpdate {} and the {} s grace; its revocations are still enforced, other certificates get in without current revocation status; install a newer CRL",
+                    crl.issuer,
+                    crl.number,
+                    rfc3339(crl.next_update),
+                    c.trust.crl_grace_secs
+                ),
+            ),
+        }
+    }
+
     // FR1
     if st.file.state == LifeCycle::Factory {
         cap(
@@ -309,7 +338,13 @@ fn settings(
         "tls": {"versions": if c.tls.allow_tls12 { vec!["TLSv1.3", "TLSv1.2"] } else { vec!["TLSv1.3"] }, "cipher_suites": suites, "client_certificate": "required"},
         "keystore": {"backend": st.store.backend(), "location": st.store.location()},
         "trust_anchors": anchors,
-        "crl_installed": st.crl.is_some(),
+        "crl_installed": !st.crls.is_empty(),
+        "crls": crl_stages(st, c, time::OffsetDateTime::now_utc()).iter().map(|(crl, stage)| json!({
+            "issuer": crl.issuer, "number": crl.number.to_string(),
+            "this_update": rfc3339(crl.this_update), "next_update": rfc3339(crl.next_update),
+            "revoked": crl.revoked.len(), "status": stage.name(),
+        })).collect::<Vec<_>>(),
+        "crl_grace_secs": c.trust.crl_grace_secs,
         "access": c.access,
         "accounts_per_role": per_role,
         "audit": c.audit,
@@ -328,4 +363,108 @@ fn settings(
             "comm_loss_timeout_ms": c.modbus.comm_loss_timeout_ms,
         },
     })
+}
+
+/// Where a CRL stands against its nextUpdate and `[trust] crl_grace_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum CrlStage {
+    /// Before nextUpdate.
+    Current,
+    /// Past nextUpdate, within the grace period: a warning.
+    Overdue,
+    /// Past the grace period: still enforced, reported loudly.
+    Stale,
+}
+
+impl CrlStage {
+    fn name(self) -> &'static str {
+        match self {
+            CrlStage::Current => "current",
+            CrlStage::Overdue => "overdue",
+            CrlStage::Stale => "stale",
+        }
+    }
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Each installed CRL with its stage at `now`.
+pub(crate) fn crl_stages<'a>(
+    st: &'a StateDir,
+    c: &DeviceConfig,
+    now: time::OffsetDateTime,
+) -> Vec<(&'a drivesec_pki::CrlInfo, CrlStage)> {
+    let grace = time::Duration::seconds(i64::try_from(c.trust.crl_grace_secs).unwrap_or(i64::MAX));
+    st.crls
+        .iter()
+        .map(|crl| {
+            let stage = if !crl.is_overdue(now) {
+                CrlStage::Current
+            } else if now > crl.next_update.saturating_add(grace) {
+                CrlStage::Stale
+            } else {
+                CrlStage::Overdue
+            };
+            (crl, stage)
+        })
+        .collect()
+}
+
+impl crate::api::Device {
+    /// Records, once per stage and loaded state, that an installed CRL
+    /// became overdue (`trust.crl.overdue`, a warning) or stale
+    /// (`trust.crl.stale`, an error log line too). Called every second by
+    /// the runtime and after each CRL installation; cheap when nothing changed.
+    pub(crate) fn report_stale_crl(&self) {
+        let (worst, details, flag) = {
+            let (Ok(st), Ok(c)) = (self.state.read(), self.config.read()) else {
+                return;
+            };
+            let stages = crl_stages(&st, &c, time::OffsetDateTime::now_utc());
+            let worst = stages
+                .iter()
+                .map(|(_, s)| *s)
+                .max()
+                .unwrap_or(CrlStage::Current);
+            let details: Vec<_> = stages
+                .iter()
+                .filter(|(_, s)| *s != CrlStage::Current)
+                .map(|(crl, s)| {
+                    json!({"issuer": crl.issuer, "number": crl.number.to_string(),
+                        "next_update": rfc3339(crl.next_update), "status": s.name(),
+                        "grace_secs": c.trust.crl_grace_secs})
+                })
+                .collect();
+            (worst, details, st.crl_reported.clone())
+        };
+        let level = match worst {
+            CrlStage::Current => return,
+            CrlStage::Overdue => 1,
+            CrlStage::Stale => 2,
+        };
+        use std::sync::atomic::Ordering;
+        if flag.fetch_max(level, Ordering::SeqCst) >= level {
+            return;
+        }
+        let action = if level == 2 {
+            tracing::error!(crls = %serde_json::Value::from(details.clone()), "an owner CRL is stale: its revocations stay enforced, other certificates get in without current revocation status; install a newer CRL");
+            "trust.crl.stale"
+        } else {
+            tracing::warn!(crls = %serde_json::Value::from(details.clone()), "an owner CRL is past its nextUpdate (within the grace period)");
+            "trust.crl.overdue"
+        };
+        let r = self.audit(
+            drivesec_audit::Event::new(drivesec_audit::Actor::Device, action)
+                .outcome(drivesec_audit::Outcome::Failure)
+                .details(json!({"crls": details}))
+                .essential(),
+        );
+        if r.is_err() {
+            // Not recorded: try again next time.
+            flag.store(level - 1, Ordering::SeqCst);
+        }
+    }
 }

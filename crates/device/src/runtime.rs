@@ -82,7 +82,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
         audit: RwLock::new(Arc::new(audit)),
         params: Arc::new(Mutex::new(params)),
         drive: std::sync::OnceLock::new(),
-        factory_failures: Mutex::new((0, None)),
+        factory_failures: Mutex::default(),
         pending: Mutex::new(None),
         tls: Arc::new(RwLock::new(tls_cfg)),
         forwarder: Mutex::new(None),
@@ -226,6 +226,7 @@ pub async fn run(
                         dev.record_expired_sessions();
                         dev.flush_modbus_denials(false);
                         dev.flush_tally(false);
+                        dev.report_stale_crl();
                     }
                     _ = rx.changed() => return,
                 }

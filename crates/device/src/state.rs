@@ -8,9 +8,10 @@ use std::sync::Arc;
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_keystore::adapters::CertSigningKey;
 use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, open_keystore};
+use drivesec_pki::crl::{CrlError, CrlInfo};
 use drivesec_pki::inspect::public_key;
-use drivesec_pki::verify::{Usage, VerifyOptions, verify_chain};
-use drivesec_pki::{read_certs_pem, read_crl};
+use drivesec_pki::read_certs_pem;
+use drivesec_pki::verify::{CrlPolicy, Usage, VerifyOptions, verify_chain, verify_chain_with};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -111,7 +112,7 @@ pub mod files {
     pub const LDEVID: &str = "ldevid.crt";
     /// Owner trust anchors.
     pub const TRUST: &str = "trust-anchors.pem";
-    /// Owner CRL.
+    /// Owner CRLs, one `X509 CRL` block per issuing CA (docs/pki.md, "CRL policy").
     pub const CRL: &str = "crl.pem";
     /// Accounts store.
     pub const ACCOUNTS: &str = "accounts.json";
@@ -147,6 +148,7 @@ pub mod files {
 }
 
 /// A loaded, checked state directory.
+#[derive(Clone)]
 pub struct StateDir {
     /// The directory.
     pub dir: PathBuf,
@@ -160,8 +162,12 @@ pub struct StateDir {
     pub ldevid_chain: Option<Vec<CertificateDer<'static>>>,
     /// Owner trust anchors, once commissioned.
     pub trust_anchors: Vec<CertificateDer<'static>>,
-    /// Owner CRL, if installed.
-    pub crl: Option<CertificateRevocationListDer<'static>>,
+    /// Owner CRLs, one per issuer, each checked (parse, issuer, signature)
+    /// at installation and again at load.
+    pub crls: Vec<CrlInfo>,
+    /// How far the staleness of the CRLs was reported (0 not, 1 overdue,
+    /// 2 past the grace period): each stage is recorded once per loaded state.
+    pub crl_reported: Arc<std::sync::atomic::AtomicU8>,
     /// The tamper response ran: the keys are gone (`tampered.json`).
     pub tampered: bool,
 }
@@ -239,7 +245,8 @@ impl StateDir {
             idevid_chain,
             ldevid_chain: None,
             trust_anchors: Vec::new(),
-            crl: None,
+            crls: Vec::new(),
+            crl_reported: Arc::default(),
             tampered,
         };
         match s.file.state {
@@ -270,7 +277,14 @@ impl StateDir {
                 s.ldevid_chain = Some(chain);
                 s.trust_anchors = certs(&dir.join(files::TRUST))?;
                 if dir.join(files::CRL).exists() {
-                    s.crl = Some(read_crl(&dir.join(files::CRL))?);
+                    let path = dir.join(files::CRL);
+                    s.crls = drivesec_pki::crl::verify_crls(&fsu::read(&path)?, &s.crl_issuers())
+                        .map_err(|e| {
+                        inconsistent(
+                            &path,
+                            format!("{e} (remove the file locally and install a good CRL)"),
+                        )
+                    })?;
                 }
                 // A crash between the commit point and removing the credential: finish the job.
                 if dir.join(files::CREDENTIAL).exists() {
@@ -284,6 +298,61 @@ impl StateDir {
     /// Path of a file in the directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// The CAs whose CRLs the device takes: the owner's trust anchors and
+    /// the CA certificates of the LDevID chain that chain to them (the
+    /// owner's issuing CA, which issues the client certificates).
+    pub fn crl_issuers(&self) -> Vec<CertificateDer<'static>> {
+        drivesec_pki::crl::known_issuers(
+            &self.trust_anchors,
+            self.ldevid_chain
+                .as_deref()
+                .and_then(|c| c.get(1..))
+                .unwrap_or(&[]),
+        )
+    }
+
+    /// The installed CRLs, DER, for the verifiers.
+    pub fn crl_ders(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.crls.iter().map(|c| c.der.clone()).collect()
+    }
+
+    /// Checks a CRL body (PEM with one or more `X509 CRL` blocks, or one
+    /// DER CRL) against this state without changing anything: each CRL
+    /// parses, comes from a CA that issues the client certificates, and
+    /// its number is greater than the installed CRL of the same issuer.
+    /// Returns the set that would be installed (the issuers not named keep
+    /// their CRLs).
+    pub fn check_crl(&self, body: &[u8]) -> std::result::Result<Vec<CrlInfo>, CrlError> {
+        if self.file.state != LifeCycle::Commissioned {
+            return Err(CrlError::Malformed(
+                "the device is not commissioned: no owner CA to check a CRL against".into(),
+            ));
+        }
+        let new = drivesec_pki::crl::verify_crls(body, &self.crl_issuers())?;
+        drivesec_pki::crl::merge(&self.crls, new)
+    }
+
+    /// This state with `crls` installed, in memory only.
+    pub fn with_crls(&self, crls: Vec<CrlInfo>) -> StateDir {
+        StateDir {
+            crls,
+            crl_reported: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Writes the CRL set to `crl.pem` (atomic replace). Call after the
+    /// set was checked ([`StateDir::check_crl`]) and the configuration
+    /// built from it, and before adopting it.
+    pub fn write_crls(&self, crls: &[CrlInfo]) -> Result<()> {
+        fsu::write_atomic(
+            &self.path(files::CRL),
+            drivesec_pki::crl::to_pem(crls).as_bytes(),
+            Mode::Public,
+        )?;
+        Ok(())
     }
 
     /// Checks a factory credential against the stored hash (factory state only).
@@ -361,15 +430,16 @@ impl StateDir {
                 "the certificate is not for the key this device generated for the renewal".into(),
             )
         })?;
-        verify_chain(
+        verify_chain_with(
             &chain[0],
             &VerifyOptions {
                 roots: &self.trust_anchors,
                 intermediates: chain.get(1..).unwrap_or(&[]),
-                crls: self.crl.as_slice(),
+                crls: &self.crl_ders(),
                 usage: drivesec_pki::verify::Usage::Server,
                 time: None,
             },
+            CrlPolicy::Device,
         )
         .map_err(|e| {
             DeviceError::Invalid(format!(
@@ -400,12 +470,44 @@ impl StateDir {
 
     /// Commissioning step 2: checks and installs the LDevID, trust anchors, CRL
     /// and the accounts store, then commits the new state. Returns the new state.
+    ///
+    /// Everything that can be refused is checked before the first write:
+    /// the chain, the names, the CRL (parse, issuer among the owner's CAs,
+    /// signature) and the TLS configuration of the commissioned state
+    /// (default TLS settings; [`StateDir::install_ownership_with`] takes a
+    /// check of its own). A refusal leaves the device in factory state
+    /// with its credential.
     pub fn install_ownership(
         &self,
         device_name: &str,
         ldevid_chain_pem: &str,
         trust_pem: &str,
         crl_pem: Option<&str>,
+        accounts: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<StateDir> {
+        self.install_ownership_with(
+            device_name,
+            ldevid_chain_pem,
+            trust_pem,
+            crl_pem,
+            |owned| {
+                crate::tls::server_config(owned, &crate::config::TlsSettings::default())?;
+                Ok(())
+            },
+            accounts,
+        )
+    }
+
+    /// [`StateDir::install_ownership`] where `precheck` gets the
+    /// commissioned state as it will be loaded, in memory, before anything
+    /// is written, to build the TLS configurations from it.
+    pub fn install_ownership_with(
+        &self,
+        device_name: &str,
+        ldevid_chain_pem: &str,
+        trust_pem: &str,
+        crl_pem: Option<&str>,
+        precheck: impl FnOnce(&StateDir) -> Result<()>,
         accounts: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<StateDir> {
         let handle = KeyHandle::new(LDEVID_KEY)?;
@@ -441,12 +543,26 @@ impl StateDir {
                 "the LDevID does not name {device_name}"
             )));
         }
+        // The commissioned state, in memory: its CRLs checked against the
+        // CAs it will trust, its TLS configurations built by the caller.
+        let mut file = self.file.clone();
+        file.state = LifeCycle::Commissioned;
+        file.device_name = Some(device_name.to_string());
+        file.ldevid_key = Some(handle);
+        file.commissioned_at = Some(crate::now_rfc3339());
+        let mut owned = StateDir {
+            file,
+            ldevid_chain: Some(chain),
+            trust_anchors: anchors,
+            crls: Vec::new(),
+            crl_reported: Arc::default(),
+            ..self.clone()
+        };
         if let Some(crl) = crl_pem {
-            let blocks = pem_blocks(crl)?;
-            if !blocks.iter().any(|b| b.0 == "X509 CRL") {
-                return Err(DeviceError::Invalid("crl_pem holds no X509 CRL".into()));
-            }
+            owned.crls = drivesec_pki::crl::verify_crls(crl.as_bytes(), &owned.crl_issuers())
+                .map_err(drivesec_pki::PkiError::from)?;
         }
+        precheck(&owned)?;
         fsu::write_atomic(
             &self.path(files::LDEVID),
             ldevid_chain_pem.as_bytes(),
@@ -454,7 +570,7 @@ impl StateDir {
         )?;
         fsu::write_atomic(&self.path(files::TRUST), trust_pem.as_bytes(), Mode::Public)?;
         match crl_pem {
-            Some(c) => fsu::write_atomic(&self.path(files::CRL), c.as_bytes(), Mode::Public)?,
+            Some(_) => owned.write_crls(&owned.crls)?,
             None => {
                 let _ = std::fs::remove_file(self.path(files::CRL));
             }
@@ -465,24 +581,9 @@ impl StateDir {
         }
         accounts(&acc)?;
         // The commit point.
-        let mut file = self.file.clone();
-        file.state = LifeCycle::Commissioned;
-        file.device_name = Some(device_name.to_string());
-        file.ldevid_key = Some(handle);
-        file.commissioned_at = Some(crate::now_rfc3339());
-        file.save(&self.dir)?;
+        owned.file.save(&self.dir)?;
         fsu::shred(&self.path(files::CREDENTIAL))?;
         StateDir::load(&self.dir)
-    }
-
-    /// Replaces the owner CRL.
-    pub fn install_crl(&self, crl_pem: &str) -> Result<()> {
-        let blocks = pem_blocks(crl_pem)?;
-        if !blocks.iter().any(|b| b.0 == "X509 CRL") {
-            return Err(DeviceError::Invalid("no X509 CRL block in the body".into()));
-        }
-        fsu::write_atomic(&self.path(files::CRL), crl_pem.as_bytes(), Mode::Public)?;
-        Ok(())
     }
 
     /// Back to factory state: the LDevID key is destroyed, ownership files,
@@ -548,13 +649,4 @@ impl StateDir {
         fsu::write_atomic(&self.path(files::TAMPERED), &json, Mode::Public)?;
         Ok(())
     }
-}
-
-fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>> {
-    let blocks =
-        pem::parse_many(text).map_err(|e| DeviceError::Invalid(format!("malformed PEM: {e}")))?;
-    Ok(blocks
-        .into_iter()
-        .map(|b| (b.tag().to_string(), b.into_contents()))
-        .collect())
 }

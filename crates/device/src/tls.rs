@@ -139,7 +139,8 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
 
 /// The client-certificate check of the state's life-cycle stage: any
 /// well-formed certificate whose key signs the handshake in factory state;
-/// once commissioned, a chain to the owner trust anchors, not on the CRL.
+/// once commissioned, a chain to the owner trust anchors, no certificate
+/// of which is on an installed CRL.
 /// The TLS servers check every handshake with it, and an open Modbus
 /// session is checked again with a new one when the trust changes.
 pub fn client_verifier(state: &StateDir) -> Result<Arc<dyn ClientCertVerifier>> {
@@ -159,11 +160,17 @@ pub fn client_verifier(state: &StateDir) -> Result<Arc<dyn ClientCertVerifier>> 
                 Arc::new(roots),
                 provider,
             );
-            if let Some(crl) = &state.crl {
+            // The CRL policy (docs/pki.md): every certificate of the
+            // client's path is checked against its issuer's CRL (the
+            // issuing CA against the root's, when installed); an issuer
+            // without a CRL is not a refusal (unknown status allowed); a
+            // CRL past its nextUpdate stays enforced (its revoked stay
+            // refused) and everything else gets in: a stale CRL is
+            // reported (posture, audit, log), never a lock-out.
+            if !state.crls.is_empty() {
                 b = b
-                    .with_crls(vec![crl.clone()])
-                    .only_check_end_entity_revocation()
-                    .enforce_revocation_expiration();
+                    .with_crls(state.crl_ders())
+                    .allow_unknown_revocation_status();
             }
             b.build()
                 .map_err(|e| DeviceError::Invalid(format!("client verifier: {e}")))?

@@ -302,3 +302,127 @@ pub fn rss_kib(pid: u32) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// A lab whose device runs in factory state: the PKI, the clients and the
+/// device's state directory are made, and its drivesecd started, but it is
+/// not commissioned. `lab down` (on drop) stops it.
+pub fn factory_lab(config: Option<DeviceConfig>) -> TestLab {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let m = lab::up(&LabOptions::new(dir.clone()), &mut |_| {}).unwrap();
+    let mut lab = TestLab { _tmp: tmp, dir, m };
+    let mut cfg = config.unwrap_or_else(self::config);
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.modbus.listen = "127.0.0.1:0".parse().unwrap();
+    let device_dir = lab.device_dir();
+    lab.started(
+        drivesec_oem::daemons::start(
+            Path::new(env!("CARGO_BIN_EXE_drivesecd")),
+            &device_dir,
+            &cfg,
+        )
+        .unwrap(),
+    );
+    lab
+}
+
+/// A self-signed client certificate and its key, written into `dir`.
+pub fn self_signed_identity(dir: &Path, name: &str) -> ClientIdentity {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, name.to_string());
+    let cert = p.self_signed(&key).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    ClientIdentity::from_files(&c, &k).unwrap()
+}
+
+impl TestLab {
+    /// Records a (re)started daemon in the manifest and `lab.json`, so the
+    /// clients reach it and `lab down` stops it.
+    pub fn started(&mut self, s: drivesec_oem::daemons::Started) {
+        let d = &mut self.m.devices[0];
+        d.pid = Some(s.pid);
+        d.pid_start_time = s.start_time;
+        d.api = Some(format!("https://{}", s.addr));
+        d.modbus = s.modbus.map(|m| m.to_string());
+        std::fs::write(
+            self.dir.join("lab.json"),
+            serde_json::to_vec_pretty(&self.m).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// Stops the device's daemon, checks that its audit trail verifies
+    /// against the IDevID, and returns the trail's records.
+    pub fn stop_and_read_trail(&mut self) -> Vec<drivesec_audit::reader::StoredRecord> {
+        let dev = self.m.devices[0].clone();
+        assert!(drivesec_oem::daemons::stop(dev.pid.unwrap()));
+        self.m.devices[0].pid = None;
+        let chain = drivesec_pki::read_cert_chain(&dev.idevid).unwrap();
+        let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
+        let report = drivesec_audit::verify::verify(&dev.dir.join("audit"), &key).unwrap();
+        assert!(report.ok, "trail: {:#?}", report.problems);
+        drivesec_audit::reader::read(
+            &dev.dir.join("audit"),
+            &drivesec_audit::reader::Query::default(),
+            usize::MAX,
+        )
+        .unwrap()
+    }
+
+    /// Starts the device's daemon again from its state directory and
+    /// `drivesecd.toml`; the daemon's complaint if it does not start.
+    pub fn start_again(&mut self) -> Result<(), String> {
+        let dir = self.device_dir();
+        let cfg = DeviceConfig::load(&dir.join("drivesecd.toml")).map_err(|e| e.to_string())?;
+        let s =
+            drivesec_oem::daemons::start(Path::new(env!("CARGO_BIN_EXE_drivesecd")), &dir, &cfg)
+                .map_err(|e| e.to_string())?;
+        self.started(s);
+        Ok(())
+    }
+
+    /// `PUT /api/v1/security/crl` with `body` as the first security
+    /// administrator (logged out after): the reply, whatever its status.
+    pub fn put_crl(&self, body: &str) -> drivesec_oem::client::Reply {
+        let admin = self.admin();
+        let r = admin
+            .call(
+                "PUT",
+                "/api/v1/security/crl",
+                Some(&serde_json::json!({ "crl_pem": body })),
+            )
+            .unwrap();
+        let _ = admin.call("POST", "/api/v1/logout", None);
+        r
+    }
+
+    /// A client of the factory-state device with `identity`, checking the
+    /// IDevID against the manufacturer root and the device's serial.
+    pub fn factory_client(&self, identity: &ClientIdentity) -> DeviceClient {
+        DeviceClient::new(
+            self.addr(),
+            Some(identity),
+            &DeviceTrust::Idevid {
+                roots: drivesec_pki::read_cert_chain(&self.m.manufacturer_ca).unwrap(),
+                serial: Some(self.m.devices[0].serial_number.clone()),
+            },
+            Versions::Default,
+        )
+        .unwrap()
+    }
+
+    /// The device's one-time factory credential.
+    pub fn factory_credential(&self) -> String {
+        std::fs::read_to_string(&self.m.devices[0].factory_credential)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}

@@ -68,7 +68,8 @@ pub struct Device {
     pub(crate) login_permits: tokio::sync::Semaphore,
     pub(crate) login_attempts:
         Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
-    pub(crate) factory_failures: Mutex<(u32, Option<Instant>)>,
+    /// Wrong factory credentials per client certificate and address.
+    pub(crate) factory_failures: Mutex<commission::FactoryBackoff>,
     pub(crate) pending: Mutex<Option<Pending>>,
     pub(crate) tls: Arc<RwLock<Arc<rustls::ServerConfig>>>,
     pub(crate) forwarder: Mutex<Option<drivesec_audit::forward::Forwarder>>,

@@ -499,24 +499,53 @@ pub(crate) async fn install_crl(
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageTrust, "trust.crl.install")?;
-    let r = (|| -> Result<(), ApiError> {
-        let dir = {
-            let st = dev
-                .state
-                .read()
-                .map_err(|_| ApiError::internal("state lock poisoned"))?;
-            st.install_crl(&req.crl_pem)?;
-            st.dir.clone()
-        };
-        dev.adopt_state(crate::state::StateDir::load(&dir)?)
+    // Check, build, write, adopt (docs/pki.md, "CRL policy"): a refused
+    // CRL (400 naming why) changes nothing, in memory or on disk. One
+    // installation at a time, so two cannot both pass the number check
+    // against the same installed CRL.
+    static GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _gate = GATE
+        .lock()
+        .map_err(|_| ApiError::internal("lock poisoned"))?;
+    let config = dev
+        .config
+        .read()
+        .map_err(|_| ApiError::internal("config lock poisoned"))?
+        .clone();
+    let r = (|| -> Result<crate::state::StateDir, ApiError> {
+        let st = dev
+            .state
+            .read()
+            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let set = st
+            .check_crl(req.crl_pem.as_bytes())
+            .map_err(|e| super::commission::crl_refused(&e))?;
+        let next = st.with_crls(set);
+        crate::tls::server_config(&next, &config.tls)?;
+        crate::tls::modbus_config(&next, &config.modbus)?;
+        next.write_crls(&next.crls)?;
+        Ok(next)
     })();
+    let details = match &r {
+        Ok(next) => json!({"crls": next.crls.iter().map(|x| json!({
+            "issuer": x.issuer, "number": x.number.to_string(),
+            "next_update": x.next_update.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "revoked": x.revoked.len()})).collect::<Vec<_>>()}),
+        Err(e) => json!({"reason": e.message()}),
+    };
+    let r = r.and_then(|next| dev.adopt_state(next));
     let outcome = if r.is_ok() {
         Outcome::Success
     } else {
         Outcome::Failure
     };
-    dev.audit(Device::event(&c, "trust.crl.install", outcome).essential())?;
+    dev.audit(
+        Device::event(&c, "trust.crl.install", outcome)
+            .details(details)
+            .essential(),
+    )?;
     r?;
+    dev.report_stale_crl();
     Ok(ok(json!({"installed": true})))
 }
 
