@@ -446,6 +446,17 @@ impl StateDir {
                 "the renewed LDevID does not chain to the owner: {e}"
             ))
         })?;
+        // The installed CRLs must stay verifiable with the CAs the renewed
+        // state knows, or the directory would not load again.
+        let issuers =
+            drivesec_pki::crl::known_issuers(&self.trust_anchors, chain.get(1..).unwrap_or(&[]));
+        for (i, crl) in self.crls.iter().enumerate() {
+            drivesec_pki::crl::verify_crl(&crl.der, &issuers, i + 1).map_err(|e| {
+                DeviceError::Invalid(format!(
+                    "after this renewal the installed CRL could no longer be checked ({e}): include the issuing CA of the CRL in the chain"
+                ))
+            })?;
+        }
         let old = self.file.ldevid_key.clone();
         let mut file = self.file.clone();
         file.ldevid_key = Some(next.clone());
