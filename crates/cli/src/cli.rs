@@ -550,8 +550,17 @@ pub enum DeviceCommand {
         #[arg(long)]
         profile: PathBuf,
     },
-    /// Wipe ownership back to factory state (prints the new factory credential).
-    FactoryReset,
+    /// Wipe ownership back to factory state. It takes two people: the first
+    /// security administrator asks (prints a request id), another account
+    /// with factory-reset approves with `--approve ID` (prints the new
+    /// one-time factory credential). Each gives its own password again
+    /// (--password-file, or the lab's). The audit trail is sealed and kept
+    /// on the device.
+    FactoryReset {
+        /// Approve the request with this id (made by another account).
+        #[arg(long, value_name = "ID")]
+        approve: Option<String>,
+    },
     /// Firmware: status, update, restart into the boot stage, attestation.
     #[command(subcommand)]
     Firmware(DeviceFirmwareCommand),

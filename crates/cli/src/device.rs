@@ -188,10 +188,34 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
         DeviceCommand::Password { new_password_file } => {
             change_password(&c, &t, new_password_file, json)
         }
+        DeviceCommand::FactoryReset { approve } => factory_reset(&c, &t, approve.as_deref(), json),
         cmd => dispatch(&c, cmd, json),
     };
     let _ = c.call("POST", "/api/v1/logout", None);
     result
+}
+
+/// `device factory-reset`: ask, or approve another account's request.
+fn factory_reset(c: &DeviceClient, t: &Target, approve: Option<&str>, json: bool) -> Result<()> {
+    let password = t.password.as_ref().ok_or_else(|| {
+        anyhow!("a factory reset needs your password again: give --password-file")
+    })?;
+    let body = serde_json::json!({"password": password.as_str(), "approve": approve});
+    print(
+        json,
+        &c.ok("POST", "/api/v1/factory-reset", Some(&body))?,
+        |v| match v["request"].as_str() {
+            Some(id) => println!(
+                "factory reset requested ({id}); another account with factory-reset approves it \
+                 within {} s: drivesec device factory-reset --approve {id}",
+                v["expires_in_secs"]
+            ),
+            None => println!(
+                "the device is back in factory state; new one-time factory credential: {}",
+                v["factory_credential"].as_str().unwrap_or("")
+            ),
+        },
+    )
 }
 
 /// `device password`: the logged-in account changes its own password.
@@ -367,14 +391,7 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                 }
             }
         }),
-        DeviceCommand::FactoryReset => {
-            print(json, &c.ok("POST", "/api/v1/factory-reset", None)?, |v| {
-                println!(
-                    "the device is back in factory state; new one-time factory credential: {}",
-                    v["factory_credential"].as_str().unwrap_or("")
-                );
-            })
-        }
+        DeviceCommand::FactoryReset { .. } => bail!("factory-reset is run by `device::run`"),
         DeviceCommand::Users(u) => {
             let v = match u {
                 UsersCommand::List => get("/api/v1/users")?,

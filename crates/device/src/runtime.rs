@@ -99,6 +99,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
         renewal: Mutex::new(None),
         trust: tokio::sync::watch::Sender::new(trust),
         tally: crate::tally::Tally::default(),
+        reset_request: Mutex::new(None),
     });
     if let Some(f) = dev
         .forwarding_settings()

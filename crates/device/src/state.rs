@@ -118,6 +118,8 @@ pub mod files {
     pub const ACCOUNTS: &str = "accounts.json";
     /// Audit trail directory.
     pub const AUDIT: &str = "audit";
+    /// Trails sealed and kept by factory resets, one directory each.
+    pub const AUDIT_ARCHIVE: &str = "audit-archive";
     /// Drive parameters.
     pub const PARAMS: &str = "params.json";
     /// Audit forwarding settings.
@@ -631,9 +633,18 @@ impl StateDir {
                 fsu::shred(&p)?;
             }
         }
+        // The trail is kept, not erased: sealed by its last checkpoint (the
+        // caller signs one first) and moved under `audit-archive/`, where
+        // it still verifies against the IDevID (docs/device-state.md).
         let audit = self.path(files::AUDIT);
         if audit.exists() {
-            std::fs::remove_dir_all(&audit).map_err(|e| fsu::FsError::io("remove", &audit, e))?;
+            let archive = self.path(files::AUDIT_ARCHIVE);
+            fsu::create_private_dir(&archive)?;
+            let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+            let to = archive.join(format!("{stamp}"));
+            std::fs::rename(&audit, &to).map_err(|e| fsu::FsError::io("rename", &audit, e))?;
+            fsu::sync_dir(&archive)?;
+            fsu::sync_dir(&self.dir)?;
         }
         let cred = credential::generate();
         let hash = credential::hash(&cred)?;

@@ -29,7 +29,13 @@ struct Window {
     suppressed: u64,
     /// The summary record's template (the window's first event).
     first: Event,
+    /// What the counted events were: action name to count (at most
+    /// [`MAX_ACTIONS`] names; the rest count under `*other*`).
+    actions: std::collections::BTreeMap<String, u64>,
 }
+
+/// Most distinct action names a summary lists.
+pub const MAX_ACTIONS: usize = 32;
 
 /// Counts per key; see the module docs.
 #[derive(Default)]
@@ -59,20 +65,39 @@ impl Tally {
                         since: now,
                         suppressed: 0,
                         first: ev.clone(),
+                        actions: Default::default(),
                     },
                 );
                 Some(ev)
             }
             Some(w) if now.duration_since(w.since) < WINDOW => {
                 w.suppressed += 1;
+                let name = if w.actions.len() < MAX_ACTIONS || w.actions.contains_key(&ev.action) {
+                    ev.action.clone()
+                } else {
+                    "*other*".to_string()
+                };
+                *w.actions.entry(name).or_default() += 1;
                 None
             }
             Some(w) => {
+                // The closed window's count goes with this record, so the
+                // summary is not also written by `due`.
                 let before = w.suppressed;
+                let actions = std::mem::take(&mut w.actions);
                 w.since = now;
                 w.suppressed = 0;
                 w.first = ev.clone();
-                Some(with_detail(ev, "suppressed_before", before))
+                let ev = with_detail(ev, "suppressed_before", before);
+                Some(if before > 0 {
+                    with_detail(
+                        ev,
+                        "suppressed_actions",
+                        serde_json::to_value(actions).unwrap_or_default(),
+                    )
+                } else {
+                    ev
+                })
             }
         }
     }
@@ -94,8 +119,13 @@ impl Tally {
             .filter_map(|k| map.remove(&k))
             .filter(|w| w.suppressed > 0)
             .map(|w| {
+                let actions = serde_json::to_value(&w.actions).unwrap_or_default();
                 with_detail(
-                    with_detail(w.first, "suppressed", w.suppressed),
+                    with_detail(
+                        with_detail(w.first, "suppressed", w.suppressed),
+                        "suppressed_actions",
+                        actions,
+                    ),
                     "summary",
                     true,
                 )
@@ -132,6 +162,7 @@ mod tests {
         let sums = t.due(true);
         assert_eq!(sums.len(), 1, "b counted nothing beyond its record");
         assert_eq!(sums[0].details["suppressed"], 999);
+        assert_eq!(sums[0].details["suppressed_actions"]["x.denied"], 999);
         assert_eq!(sums[0].details["summary"], true);
     }
 

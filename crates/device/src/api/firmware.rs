@@ -197,7 +197,16 @@ pub(crate) async fn upload(
             rx,
             cur: axum::body::Bytes::new(),
         };
-        let result = f.stage(&mut r);
+        // A parser bug must not cost the record: a panic while staging is a
+        // refusal like any other (the slot's temp file is never marked
+        // pending before the image verified).
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.stage(&mut r)))
+            .unwrap_or_else(|_| {
+                tracing::error!("staging an uploaded image panicked");
+                Err(crate::DeviceError::Invalid(
+                    "the image could not be processed".into(),
+                ))
+            });
         // Drain what the client still sends so it gets our answer.
         let mut sink = [0u8; 8192];
         while matches!(r.read(&mut sink), Ok(n) if n > 0) {}

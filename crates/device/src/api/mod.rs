@@ -96,6 +96,8 @@ pub struct Device {
     pub(crate) trust: tokio::sync::watch::Sender<crate::runtime::Trust>,
     /// Permission denials and refused connections, recorded aggregated.
     pub(crate) tally: crate::tally::Tally,
+    /// A factory reset waiting for its second person.
+    pub(crate) reset_request: Mutex<Option<ops::ResetRequest>>,
 }
 
 /// Room in the audit trail for the record of an action about to be taken:
@@ -489,6 +491,39 @@ impl Device {
             session_handle: info.handle,
             must_change_password: info.must_change_password,
         })
+    }
+
+    /// Asks the caller for its password again before a destructive action
+    /// (through the bounded hash pool; a wrong one counts toward the
+    /// account's lockout like a failed login and is recorded).
+    pub(crate) async fn reauthenticate(
+        self: &Arc<Self>,
+        c: &Caller,
+        password: String,
+        action: &str,
+    ) -> Result<(), ApiError> {
+        let _permit = self.hash_permit(std::time::Duration::from_secs(2)).await?;
+        let (dev, user, client) = (self.clone(), c.username.clone(), c.conn.fingerprint.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            dev.with_accounts(|a| {
+                a.authenticate_from(&user, &password, &client, time::OffsetDateTime::now_utc())
+            })
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Err(e) = r {
+            self.audit(
+                Self::event(c, "auth.reauthenticate", Outcome::Failure)
+                    .target(action.to_string())
+                    .details(json!({"certificate": c.conn.fingerprint, "reason": e.message()})),
+            )?;
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "reauthentication-failed",
+                "this action needs the caller's password again, and it was wrong",
+            ));
+        }
+        Ok(())
     }
 
     /// Checks a permission; a denial is audited and answered 403.

@@ -549,17 +549,115 @@ pub(crate) async fn install_crl(
     Ok(ok(json!({"installed": true})))
 }
 
+/// `POST /api/v1/factory-reset`: the caller's password again, and, to
+/// approve, the id a first security administrator's request answered.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResetReq {
+    password: String,
+    #[serde(default)]
+    approve: Option<String>,
+}
+
+/// A factory reset asked for and not yet approved.
+#[derive(Debug, Clone)]
+pub(crate) struct ResetRequest {
+    id: String,
+    username: String,
+    at: std::time::Instant,
+}
+
+/// How long a factory-reset request waits for its second person.
+pub(crate) const RESET_APPROVAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A factory reset erases the owner's configuration, accounts and keys, so
+/// it takes two people (docs/device-state.md, "Factory reset"): a security
+/// administrator asks for it with its password (202 and a request id), and
+/// another account with `factory-reset`, with its own password, approves it
+/// within ten minutes. Locally, `drivesecd --state DIR factory-reset`
+/// (physical presence) needs neither. The trail is sealed and kept.
 pub(crate) async fn factory_reset(
     State(dev): State<Arc<Device>>,
-    c: Caller,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Body(req): Body<ResetReq>,
 ) -> Result<Response, ApiError> {
+    let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::FactoryReset, "device.factory-reset")?;
-    // Recorded before the wipe, and forwarded if a collector is configured.
-    let seq =
-        dev.audit_seq(Device::event(&c, "device.factory-reset", Outcome::Success).essential())?;
-    // Waits for the forwarder to deliver the record, then wipes.
+    dev.reauthenticate(&c, req.password, "device.factory-reset")
+        .await?;
+    let Some(id) = req.approve else {
+        let rec = dev.reserve("device.factory-reset-requested")?;
+        let id = hex::encode(rand_bytes());
+        *dev.reset_request
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))? = Some(ResetRequest {
+            id: id.clone(),
+            username: c.username.clone(),
+            at: std::time::Instant::now(),
+        });
+        rec.record(
+            Device::event(&c, "device.factory-reset-requested", Outcome::Success)
+                .target(id.clone())
+                .essential(),
+        )?;
+        return Ok((
+            axum::http::StatusCode::ACCEPTED,
+            axum::Json(json!({
+                "pending": true, "request": id,
+                "expires_in_secs": RESET_APPROVAL_WINDOW.as_secs(),
+                "next": "another account with factory-reset approves it with its own password (\"approve\": REQUEST)",
+            })),
+        )
+            .into_response());
+    };
+    let asked = {
+        let mut slot = dev
+            .reset_request
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?;
+        match slot.as_ref() {
+            Some(r) if r.at.elapsed() > RESET_APPROVAL_WINDOW => {
+                *slot = None;
+                None
+            }
+            Some(r) if r.id == id && r.username != c.username => slot.take(),
+            Some(r) if r.id == id => {
+                drop(slot);
+                dev.audit(
+                    Device::event(&c, "device.factory-reset", Outcome::Denied)
+                        .details(json!({"reason": "approved by the account that asked"})),
+                )?;
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "second-person-required",
+                    "a factory reset must be approved by another account than the one that asked for it",
+                ));
+            }
+            _ => None,
+        }
+    };
+    let Some(asked) = asked else {
+        return Err(ApiError::conflict(
+            "no such factory-reset request (expired, already used or never made): ask again",
+        ));
+    };
+    // Recorded before the wipe; the trail is then sealed and kept.
+    let seq = dev.audit_seq(
+        Device::event(&c, "device.factory-reset", Outcome::Success)
+            .target(asked.id.clone())
+            .details(json!({"requested_by": asked.username, "approved_by": c.username}))
+            .essential(),
+    )?;
     let credential = crate::blocking(|| dev.factory_reset_now(seq))?;
     Ok(ok(
         json!({"state": "factory", "factory_credential": credential.as_str()}),
     ))
+}
+
+fn rand_bytes() -> [u8; 16] {
+    use rand_core::RngCore;
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    b
 }
