@@ -31,8 +31,8 @@ pub use checkpoint::{Checkpoint, CheckpointKind};
 pub use config::{AuditConfig, FullPolicy};
 pub use record::{Actor, Event, Outcome, Record, TimeQuality};
 pub use writer::{
-    Appended, AuditLog, CapacityStatus, Reservation, Signer, TrailSnapshot, is_segment_name, read_cursor,
-    read_segment_prefix, write_cursor,
+    Appended, AuditLog, CapacityStatus, Reservation, Signer, TrailSnapshot, is_segment_name,
+    read_cursor, read_segment_prefix, write_cursor,
 };
 
 use std::path::PathBuf;
