@@ -29,9 +29,11 @@ pub struct ApiSettings {
     /// Login attempts accepted per client certificate per minute; more get
     /// 429 before any password is hashed.
     pub logins_per_minute: u32,
-    /// Failed factory-credential attempts before commissioning is locked.
+    /// Wrong factory credentials from one client certificate before it must
+    /// wait (30 s, doubling with each further failure); a source address
+    /// gets four times as many (docs/device-state.md, "Factory credential").
     pub factory_max_failures: u32,
-    /// How long commissioning stays locked after that.
+    /// The longest such wait, seconds.
     pub factory_lockout_secs: u64,
     /// Connections still in the TLS handshake at once (API; the Modbus
     /// server has the same bound of its own). Over it a new TCP connection
@@ -118,7 +120,7 @@ impl Default for ModbusSettings {
             comm_loss_timeout_ms: 1000,
             idle_timeout_secs: 60,
             max_connections: 128,
-            max_connections_per_certificate: 8,
+            max_connections_per_certificate: 32,
         }
     }
 }

@@ -366,8 +366,10 @@ impl Device {
             changed.push("modbus.rights: replaced".into());
         }
         let applied_same = self.applied_profile()?.as_ref() == Some(p);
+        // Room for the outcome's record before anything is written.
+        let rec = self.reserve("device.provision")?;
         if changed.is_empty() && applied_same {
-            self.audit(
+            rec.record(
                 Device::event(c, "device.provision", Outcome::Success)
                     .details(serde_json::json!({"zone": p.zone, "changed": []})),
             )?;
@@ -437,7 +439,7 @@ impl Device {
             .map_err(|_| ApiError::internal("lock poisoned"))? = std::sync::Arc::new(rights);
         let st = crate::state::StateDir::load(&dir)?;
         self.adopt_state(st)?;
-        self.audit(
+        rec.record(
             Device::event(c, "device.provision", Outcome::Success)
                 .details(serde_json::json!({"zone": p.zone, "changed": changed, "removed_accounts": removed}))
                 .essential(),

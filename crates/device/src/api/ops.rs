@@ -507,6 +507,7 @@ pub(crate) async fn install_crl(
     let _gate = GATE
         .lock()
         .map_err(|_| ApiError::internal("lock poisoned"))?;
+    let rec = dev.reserve("trust.crl.install")?;
     let config = dev
         .config
         .read()
@@ -539,7 +540,7 @@ pub(crate) async fn install_crl(
     } else {
         Outcome::Failure
     };
-    dev.audit(
+    rec.record(
         Device::event(&c, "trust.crl.install", outcome)
             .details(details)
             .essential(),
