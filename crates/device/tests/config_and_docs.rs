@@ -63,3 +63,38 @@ fn permissions_doc_matches_the_code() {
         "docs/permissions.md is stale: regenerate it with `cargo run -p drivesec-access --example permission_matrix`"
     );
 }
+
+/// Every test drivesecd's own IEC 62443-4-2 declaration names as proof of
+/// a claim exists (`file::test` in crates/cli/tests/file.rs; a bare test
+/// file name must exist as a file), so the declaration cannot name a test
+/// that was renamed or removed.
+#[test]
+fn the_declaration_names_tests_that_exist() {
+    let decl = std::fs::read_to_string(repo("crates/iec62443/data/drivesecd.toml")).unwrap();
+    let mut named = 0;
+    for comment in decl
+        .lines()
+        .filter_map(|l| l.split_once('#').map(|(_, c)| c))
+    {
+        for word in comment.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':')) {
+            let Some((file, test)) = word.split_once("::") else {
+                if word.starts_with("attacks_") {
+                    assert!(
+                        repo(&format!("crates/cli/tests/{word}.rs")).exists(),
+                        "drivesecd.toml names a test file that does not exist: {word}"
+                    );
+                    named += 1;
+                }
+                continue;
+            };
+            let src = std::fs::read_to_string(repo(&format!("crates/cli/tests/{file}.rs")))
+                .unwrap_or_else(|_| panic!("drivesecd.toml names {word}: no {file}.rs"));
+            assert!(
+                src.contains(&format!("fn {test}(")),
+                "drivesecd.toml names {word}, which does not exist"
+            );
+            named += 1;
+        }
+    }
+    assert!(named >= 6, "the declaration names only {named} tests");
+}
