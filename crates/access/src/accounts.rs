@@ -51,6 +51,8 @@ pub struct UserInfo {
     pub delayed_until: Option<String>,
     /// When the password was last set (RFC 3339).
     pub password_changed: String,
+    /// When the account got its current role (RFC 3339), if known.
+    pub role_since: Option<String>,
     /// The password is older than the policy allows, or an administrator
     /// required a change: it must be changed at the next login.
     pub password_expired: bool,
@@ -99,6 +101,10 @@ struct UserRecord {
     /// Logins from certificates not in `known_certs` wait until then.
     #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
     delayed_until: Option<OffsetDateTime>,
+    /// When the account got its current role (unknown for accounts stored
+    /// before this was kept: taken as long ago).
+    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    role_since: Option<OffsetDateTime>,
 }
 
 /// How many certificates an account remembers as having logged into it.
@@ -151,6 +157,7 @@ impl UserRecord {
             certs: BTreeMap::new(),
             known_certs: Vec::new(),
             delayed_until: None,
+            role_since: Some(now),
         }
     }
 
@@ -427,6 +434,7 @@ impl Accounts {
                 Some(u) if u.role != *role => {
                     changes.push(format!("account {user}: role {} -> {role}", u.role));
                     u.role = (*role).to_owned();
+                    u.role_since = Some(now);
                 }
                 Some(_) => {}
                 None => {
@@ -493,6 +501,7 @@ impl Accounts {
         let mut next = self.store.clone();
         if let Some(u) = next.users.get_mut(username) {
             u.role = role.to_owned();
+            u.role_since = Some(OffsetDateTime::now_utc());
         }
         self.commit(next)
     }
@@ -605,6 +614,7 @@ impl Accounts {
             failed_attempts: u.failed_attempts,
             delayed_until: u.delayed_until.filter(|t| now < *t).map(rfc3339_string),
             password_changed: rfc3339_string(u.password_changed),
+            role_since: u.role_since.map(rfc3339_string),
             password_expired: self.password_expired(u, now),
         }
     }
@@ -970,6 +980,75 @@ impl Accounts {
                 missing.join(", ")
             )))
         }
+    }
+
+    /// Checks that account `grantor` (holding `grantor_permissions`) may act
+    /// on the existing account `target` at all (reset its password, change
+    /// or take away its role, remove or unlock it): the target's current
+    /// role must hold nothing the grantor lacks beyond the operational
+    /// permissions. Otherwise a user manager could reset a security
+    /// administrator's password and log in as it, or demote one.
+    pub fn check_manage(
+        &self,
+        grantor: &str,
+        grantor_permissions: &BTreeSet<Permission>,
+        target: &str,
+    ) -> Result<()> {
+        let user = self
+            .store
+            .users
+            .get(target)
+            .ok_or_else(|| AccessError::UnknownUser(target.to_owned()))?;
+        if grantor == target {
+            return Ok(());
+        }
+        let perms = self
+            .store
+            .role_permissions(&user.role)
+            .ok_or_else(|| AccessError::UnknownRole(user.role.clone()))?;
+        let missing: Vec<&str> = perms
+            .iter()
+            .filter(|p| !grantor_permissions.contains(p) && !p.is_operational())
+            .map(|p| p.as_str())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(AccessError::Escalation(format!(
+                "{target} holds {} (role {}), which you do not hold",
+                missing.join(", "),
+                user.role
+            )))
+        }
+    }
+
+    /// A tag of what a session is made from: the account's role and
+    /// password. It changes with a role change, a password change or reset
+    /// and a removal (then None), and with nothing else (failed logins
+    /// leave it), so a login can check that the account did not change
+    /// between its password check and its session, without a clock.
+    pub fn credential_tag(&self, username: &str) -> Option<String> {
+        use sha2::Digest as _;
+        self.store.users.get(username).map(|u| {
+            let mut h = sha2::Sha256::new();
+            h.update(u.role.as_bytes());
+            h.update([0]);
+            h.update(u.password_hash.as_bytes());
+            hex::encode(h.finalize())
+        })
+    }
+
+    /// Since when the account has held both its current role and its
+    /// current password: the later of the two changes. A second person
+    /// approving a destructive action must have been settled for a while,
+    /// so an account made, re-roled or re-passworded for the purpose
+    /// cannot approve at once.
+    pub fn settled_since(&self, username: &str) -> Option<OffsetDateTime> {
+        self.store.users.get(username).map(|u| {
+            u.role_since
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+                .max(u.password_changed)
+        })
     }
 
     /// Whether the account's password must be changed before anything else

@@ -230,6 +230,18 @@ pub struct AuditLog {
     ticker: Option<JoinHandle<()>>,
 }
 
+/// Which part of the capacity a record may use (docs/audit.md, "The
+/// reserve tier").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// Up to `max_bytes`.
+    Routine,
+    /// Essential, from the network: half of `reserve_bytes` beyond.
+    Network,
+    /// Essential, the device's own: all of `reserve_bytes` beyond.
+    Device,
+}
+
 /// Room for one record; see [`AuditLog::reserve`].
 pub struct Reservation {
     shared: Arc<Shared>,
@@ -368,6 +380,7 @@ impl Shared {
         let delivered =
             read_cursor(&self.dir, "forwarded")?.max(read_cursor(&self.dir, "exported")?);
         let mut freed = 0;
+        let mut dropped: Option<(u64, u64)> = None;
         while st.segments.len() > 1 {
             let next_first = st.segments[1].first_seq;
             let last = next_first - 1;
@@ -388,6 +401,16 @@ impl Shared {
             fsu::sync_dir(&self.dir.join(SEGMENTS))?;
             st.used -= seg.bytes;
             freed += seg.bytes;
+            dropped = Some((dropped.map_or(seg.first_seq, |(f, _)| f), last));
+        }
+        // The drop itself is on the record: which records went, and up to
+        // which one the collector or an export had them.
+        if let Some((first, last)) = dropped {
+            let rec = self.device_event(
+                "audit.capacity.dropped",
+                serde_json::json!({"first_seq": first, "last_seq": last, "delivered_seq": delivered, "bytes": freed}),
+            );
+            self.push(st, &rec)?;
         }
         Ok(freed)
     }
@@ -436,7 +459,8 @@ impl Shared {
     }
 
     /// Capacity policy for one record of about `len` bytes.
-    fn admit(&self, st: &mut State, essential: bool, len: u64, what: &str) -> Result<()> {
+    fn admit(&self, st: &mut State, tier: Tier, len: u64, what: &str) -> Result<()> {
+        let essential = tier != Tier::Routine;
         // What reservations hold counts as used.
         let len = len + st.reserved;
         let c = &self.config;
@@ -458,7 +482,13 @@ impl Shared {
         if st.used + len <= c.max_bytes {
             return Ok(());
         }
-        let hard = c.max_bytes + c.reserve_bytes;
+        // Essential records from the network get half the reserve; the
+        // device's own (tamper, start, stop, recovery) all of it, so no
+        // network traffic can take the room the device keeps for itself.
+        let hard = match tier {
+            Tier::Device => c.max_bytes + c.reserve_bytes,
+            _ => c.max_bytes + c.reserve_bytes / 2,
+        };
         if essential && st.used + len <= hard {
             if !st.full_reported {
                 st.full_reported = true;
@@ -642,7 +672,12 @@ impl AuditLog {
         if let Some(f) = &st.failed {
             return Err(AuditError::Failed(f.clone()));
         }
-        sh.admit(&mut st, essential, RESERVED_RECORD, what)?;
+        let tier = if essential {
+            Tier::Network
+        } else {
+            Tier::Routine
+        };
+        sh.admit(&mut st, tier, RESERVED_RECORD, what)?;
         st.reserved += RESERVED_RECORD;
         Ok(Reservation {
             shared: sh.clone(),
@@ -694,11 +729,15 @@ impl AuditLog {
         let now = now_rfc3339();
         for ev in events {
             let what = ev.action.clone();
-            let essential = ev.essential;
+            let tier = match (ev.essential, &ev.actor) {
+                (false, _) => Tier::Routine,
+                (true, Actor::Device) => Tier::Device,
+                (true, _) => Tier::Network,
+            };
             let rec = Record::from_event(ev, now.clone(), sh.config.time_quality);
             // Rough size for the capacity check; push() computes the exact one.
             let estimate = (frame::HEADER + frame::TRAILER + 256) as u64;
-            if let Err(e) = sh.admit(&mut st, essential, estimate, &what) {
+            if let Err(e) = sh.admit(&mut st, tier, estimate, &what) {
                 if out.is_empty() {
                     return Err(e);
                 }

@@ -611,6 +611,21 @@ fn drop_policy_deletes_only_delivered_segments_behind_a_signed_anchor() {
     );
     assert_eq!(r.first_seq, Some(anchor + 1));
     assert!(r.last_seq.unwrap() > total);
+    // The drop is recorded, naming what went.
+    let all = reader::read(&fx.trail(), &Query::default(), 100_000).unwrap();
+    let drops: Vec<_> = all
+        .iter()
+        .filter(|r| r.record.action == "audit.capacity.dropped")
+        .collect();
+    assert!(!drops.is_empty(), "the drop was not recorded");
+    assert!(drops.iter().all(|d| d.record.essential));
+    assert_eq!(
+        drops
+            .iter()
+            .map(|d| d.record.details["last_seq"].as_u64().unwrap())
+            .max(),
+        Some(anchor)
+    );
     // Deleting one more (undelivered) segment behind the anchor's back is caught.
     let first = frames(&fx.trail())[0].0.clone();
     std::fs::remove_file(first).unwrap();
@@ -727,5 +742,39 @@ fn a_reservation_keeps_room_for_the_actions_record_against_a_flood() {
     let all = reader::read(&fx.trail(), &Query::default(), 100_000).unwrap();
     assert_eq!(all.last().unwrap().seq, a.seq);
     assert_eq!(all.last().unwrap().record.action, "param.write");
+    assert!(fx.verify().ok);
+}
+
+/// Essential records from the network (logins, security administration)
+/// use only half of the reserve: once they have, the device's own records
+/// (tamper, stop) still fit.
+#[test]
+fn network_records_cannot_eat_the_devices_half_of_the_reserve() {
+    let fx = Fx::new();
+    let log = fx.open(bounded(FullPolicy::RefuseNonEssential));
+    let mut n = 0u64;
+    while log.append(ev(n)).is_ok() {
+        n += 1;
+        assert!(n < 10_000);
+    }
+    let mut m = 0;
+    while log
+        .append(Event::new(Actor::User("admin".into()), "auth.login").essential())
+        .is_ok()
+    {
+        m += 1;
+        assert!(m < 10_000);
+    }
+    assert!(m > 0, "network essentials got no reserve at all");
+    assert!(matches!(
+        log.reserve(true, "user.add").unwrap_err(),
+        AuditError::Full { .. }
+    ));
+    let a = log
+        .append(Event::new(Actor::Device, "device.tamper-detected").essential())
+        .unwrap();
+    log.close().unwrap();
+    let all = reader::read(&fx.trail(), &Query::default(), 100_000).unwrap();
+    assert_eq!(all.last().unwrap().seq, a.seq);
     assert!(fx.verify().ok);
 }

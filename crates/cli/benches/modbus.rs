@@ -94,6 +94,9 @@ fn main() {
     let mut cfg = drivesec_device::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
     cfg.modbus.insecure_plain_listen = Some("127.0.0.1:0".parse().unwrap());
     cfg.modbus.insecure_plain_role = Some("viewer".into());
+    // The load generator's 64 sessions share one certificate (and, plain,
+    // one address); a plant's controller needs a handful (default 32).
+    cfg.modbus.max_connections_per_certificate = 64;
     // `DRIVESEC_BENCH_NETWORK_THREADS=2` reproduces the comparison with a
     // second event-loop thread (docs/benchmarks.md).
     if let Some(n) = common::network_threads() {

@@ -581,3 +581,91 @@ fn password_change_flood_does_not_stall_modbus() {
         limit
     );
 }
+
+/// An account that may only manage users (a custom role with read-users
+/// and manage-users) cannot take over a security administrator: not by
+/// resetting its password (then logging in as it), not by demoting,
+/// removing or unlocking it. It still manages operational accounts.
+#[test]
+fn user_manager_cannot_take_over_a_security_admin() {
+    let lab = test_lab(Some(config()));
+    let admin = lab.admin();
+    admin
+        .ok(
+            "POST",
+            "/api/v1/roles",
+            Some(&json!({"name": "user-manager", "permissions": ["read-users", "manage-users"]})),
+        )
+        .unwrap();
+    admin
+        .ok(
+            "POST",
+            "/api/v1/users",
+            Some(&json!({"username": "um", "role": "user-manager",
+                "password": "Temporary-Passw0rd-1"})),
+        )
+        .unwrap();
+    let mut um = lab.client("viewer");
+    um.login("um", "Temporary-Passw0rd-1").unwrap();
+    um.ok(
+        "POST",
+        "/api/v1/me/password",
+        Some(
+            &json!({"old_password": "Temporary-Passw0rd-1", "new_password": "Manager-Passw0rd-22"}),
+        ),
+    )
+    .unwrap();
+    let victim = lab.m.users["security-admin"].username.clone();
+    let boss = admin_name(&lab);
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("/api/v1/users/{victim}/password"),
+            Some(json!({"password": "Taken-Over-Passw0rd-3"})),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/users/{boss}/role"),
+            Some(json!({"role": "viewer"})),
+        ),
+        ("DELETE", format!("/api/v1/users/{victim}"), None),
+        ("POST", format!("/api/v1/users/{victim}/unlock"), None),
+    ] {
+        let r = um.call(method, &path, body.as_ref()).unwrap();
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (403, Some("privilege-escalation")),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    // The security administrators are untouched and work.
+    let u = &lab.m.users["security-admin"];
+    let mut sa = lab.client("security-admin");
+    sa.login(&u.username, &u.password).unwrap();
+    let users = admin.ok("GET", "/api/v1/users", None).unwrap();
+    let role_of = |name: &str| {
+        users["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["username"] == name)
+            .unwrap()["role"]
+            .clone()
+    };
+    assert_eq!(role_of(&boss), "security-admin");
+    assert_eq!(role_of(&victim), "security-admin");
+    // An operational account is still the user manager's to manage.
+    let viewer = lab.m.users["viewer"].username.clone();
+    um.ok(
+        "POST",
+        &format!("/api/v1/users/{viewer}/password"),
+        Some(&json!({"password": "Reset-By-Manager-4"})),
+    )
+    .unwrap();
+    let refused = recorded(&trail(&lab), "user.password.reset", "denied");
+    assert!(
+        refused.iter().any(|r| r["target"] == victim.as_str()),
+        "{refused:?}"
+    );
+}

@@ -571,7 +571,12 @@ fn tamper_seals_the_trail_then_crypto_erases() {
 /// verifiable against the IDevID, with the request and the approval in it.
 #[test]
 fn one_administrator_cannot_factory_reset_alone_and_the_trail_survives() {
-    let lab = test_lab(None);
+    let mut cfg = config();
+    // An approver must have held its role and password this long (a day
+    // by default; seconds here, so the lab's own second admin can approve).
+    cfg.api.factory_reset_approver_min_age_secs = 5;
+    let lab = test_lab(Some(cfg));
+    let lab_ready = Instant::now();
     let admin = lab.admin();
     let admin_pw = lab.m.admin.as_ref().unwrap().password.clone();
     // A stolen session without the password gets nowhere.
@@ -586,16 +591,20 @@ fn one_administrator_cannot_factory_reset_alone_and_the_trail_survives() {
         (r.status, r.body["error"].as_str()),
         (401, Some("reauthentication-failed"))
     );
-    // Asked with the password: only a request.
-    let asked = admin
-        .ok(
-            "POST",
-            "/api/v1/factory-reset",
-            Some(&json!({"password": admin_pw})),
-        )
-        .unwrap();
-    let id = asked["request"].as_str().unwrap().to_string();
-    assert_eq!(asked["pending"], true);
+    // Asked with the password: only a request. (A refused approval ends
+    // the request, so each attempt below follows a new one.)
+    let ask = || {
+        let asked = admin
+            .ok(
+                "POST",
+                "/api/v1/factory-reset",
+                Some(&json!({"password": admin_pw})),
+            )
+            .unwrap();
+        assert_eq!(asked["pending"], true);
+        asked["request"].as_str().unwrap().to_string()
+    };
+    let id = ask();
     // The same account cannot approve its own request.
     let r = admin
         .call(
@@ -608,6 +617,92 @@ fn one_administrator_cannot_factory_reset_alone_and_the_trail_survives() {
         (r.status, r.body["error"].as_str()),
         (403, Some("second-person-required"))
     );
+    // A sock puppet: the rogue administrator makes another security
+    // administrator, logs in as it and sets its password. It cannot
+    // approve: not over the rogue's certificate, and not as a brand-new
+    // account over a certificate of its own (the owner gets the settling
+    // time to see the user.add in the trail).
+    admin
+        .ok(
+            "POST",
+            "/api/v1/users",
+            Some(&json!({"username": "sockpuppet", "role": "security-admin",
+                "password": "Temporary-Passw0rd-1"})),
+        )
+        .unwrap();
+    let mut puppet = lab.client("security-admin");
+    puppet.login("sockpuppet", "Temporary-Passw0rd-1").unwrap();
+    puppet
+        .ok(
+            "POST",
+            "/api/v1/me/password",
+            Some(&json!({"old_password": "Temporary-Passw0rd-1",
+                "new_password": "Puppet-Passw0rd-22"})),
+        )
+        .unwrap();
+    let mut same_cert = lab.client("security-admin");
+    same_cert.login("sockpuppet", "Puppet-Passw0rd-22").unwrap();
+    let id = ask();
+    let r = same_cert
+        .call(
+            "POST",
+            "/api/v1/factory-reset",
+            Some(&json!({"password": "Puppet-Passw0rd-22", "approve": id})),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("second-person-required")),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["message"].as_str().unwrap().contains("certificate"),
+        "{}",
+        r.body
+    );
+    let d = tempfile::tempdir().unwrap();
+    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    let (cert, key, _) =
+        common::issue_client_files(&mut oem, d.path(), Some("security-admin"), None);
+    let mut own = drivesec_oem::client::DeviceClient::new(
+        lab.addr(),
+        Some(&ClientIdentity::from_files(&cert, &key).unwrap()),
+        &lab.trust(),
+        Versions::Default,
+    )
+    .unwrap();
+    own.login("sockpuppet", "Puppet-Passw0rd-22").unwrap();
+    let id = ask();
+    let r = own
+        .call(
+            "POST",
+            "/api/v1/factory-reset",
+            Some(&json!({"password": "Puppet-Passw0rd-22", "approve": id})),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("second-person-required")),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["message"].as_str().unwrap().contains("settled"),
+        "{}",
+        r.body
+    );
+    // That refusal ended the request too.
+    let r = lab
+        .second_admin()
+        .call(
+            "POST",
+            "/api/v1/factory-reset",
+            Some(&json!({"password": lab.m.users["security-admin"].password, "approve": id})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    let id = ask();
     // Still commissioned and working.
     assert_eq!(
         lab.session("engineer")
@@ -617,7 +712,7 @@ fn one_administrator_cannot_factory_reset_alone_and_the_trail_survives() {
         200
     );
     // A made-up id is refused.
-    let second = lab.session("security-admin");
+    let second = lab.second_admin();
     let second_pw = lab.m.users["security-admin"].password.clone();
     let r = second
         .call(
@@ -627,7 +722,10 @@ fn one_administrator_cannot_factory_reset_alone_and_the_trail_survives() {
         )
         .unwrap();
     assert_eq!(r.status, 409, "{}", r.body);
-    // The second person approves: the reset runs.
+    // The lab's other security administrator, settled long enough, approves:
+    // the reset runs.
+    let settle = Duration::from_secs(6).saturating_sub(lab_ready.elapsed());
+    std::thread::sleep(settle);
     let done = second
         .ok(
             "POST",
@@ -784,4 +882,79 @@ fn modbus_flood_does_not_hold_off_sto_or_the_comm_loss_reaction() {
     assert!(served > 100, "the flood never ran ({served} requests)");
     let lost = records(&lab, "drive.connection-lost");
     assert!(!lost.is_empty(), "the comm loss was not recorded");
+}
+
+/// A Modbus session runs the drive, the API operator stops it, and the
+/// same session writes "run" again: a restart of the motor, recorded
+/// although the session wrote the same word before.
+#[test]
+fn a_modbus_restart_after_an_api_stop_is_recorded() {
+    let lab = test_lab(None);
+    let modbus: SocketAddr = lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap();
+    let mut op = ModbusClient::connect(
+        modbus,
+        Some(&lab.identity("operator")),
+        &lab.trust(),
+        Versions::Default,
+    )
+    .unwrap();
+    let state = |c: &mut ModbusClient| c.read_input(0, 3).unwrap().unwrap();
+    let wait = |c: &mut ModbusClient, f: &dyn Fn(&[u16]) -> bool| {
+        let start = Instant::now();
+        while !f(&state(c)) {
+            assert!(start.elapsed() < Duration::from_secs(20), "{:?}", state(c));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(op.write_single(0, 0).unwrap(), Ok(()));
+    assert_eq!(op.write_multiple(0, &[1, 600]).unwrap(), Ok(()));
+    wait(&mut op, &|s| s[1] == 2);
+    let before = records(&lab, "drive.control").len();
+    lab.session("operator")
+        .ok(
+            "PUT",
+            "/api/v1/drive/control",
+            Some(&json!({"command": "stop"})),
+        )
+        .unwrap();
+    wait(&mut op, &|s| s[1] != 2);
+    assert_eq!(op.write_single(0, 1).unwrap(), Ok(()));
+    wait(&mut op, &|s| s[1] == 2);
+    let after = records(&lab, "drive.control");
+    // The API's stop and the Modbus restart.
+    assert_eq!(after.len(), before + 2, "{after:#?}");
+    let last = after.last().unwrap();
+    assert_eq!(last["details"]["via"], "modbus", "{last}");
+    assert_eq!(last["details"]["control_word"], 1, "{last}");
+}
+
+/// One certificate guesses passwords for a new made-up username on every
+/// attempt: the records are aggregated per certificate (not per name, which
+/// the attacker chooses), every attempt is counted, and the guesses use
+/// no reserve, so the owner's login still works on a full trail.
+#[test]
+fn guessing_many_usernames_from_one_certificate_is_recorded_aggregated() {
+    let lab = test_lab(None);
+    let mallory = lab.client("viewer");
+    for i in 0..25 {
+        let r = mallory
+            .call(
+                "POST",
+                "/api/v1/login",
+                Some(&json!({"username": format!("guess{i}"), "password": "Wrong-passw0rd-1"})),
+            )
+            .unwrap();
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    std::thread::sleep(Duration::from_millis(11_500));
+    let failed: Vec<Value> = records(&lab, "auth.login")
+        .into_iter()
+        .filter(|r| r["outcome"] == "failure")
+        .collect();
+    assert!(failed.len() <= 3, "{} records for 25 guesses", failed.len());
+    assert_eq!(failed.iter().map(counted_in).sum::<u64>(), 25);
+    assert!(
+        failed.iter().all(|r| r["essential"] == false),
+        "{failed:#?}"
+    );
 }

@@ -19,6 +19,15 @@ use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Reply, Ver
 use drivesec_oem::lab::{self, LabOptions};
 use serde_json::{Value, json};
 
+/// A device whose factory reset the lab's two fresh security
+/// administrators may approve at once (the approver-age rule has its own
+/// test in attacks_device.rs).
+fn fresh_lab_may_reset() -> DeviceConfig {
+    let mut c = config();
+    c.api.factory_reset_approver_min_age_secs = 0;
+    c
+}
+
 fn status(r: &Reply) -> u16 {
     r.status
 }
@@ -1223,7 +1232,7 @@ fn audit_trail_holds_every_action_and_verifies() {
 
 #[test]
 fn factory_credential_dies_and_factory_reset_starts_over() {
-    let lab = test_lab(None);
+    let lab = test_lab(Some(fresh_lab_may_reset()));
     let cred = std::fs::read_to_string(&lab.m.devices[0].factory_credential).unwrap();
     // Commissioned: the old credential opens nothing.
     let c = lab.client("security-admin");
@@ -1247,7 +1256,7 @@ fn factory_credential_dies_and_factory_reset_starts_over() {
         )
         .unwrap();
     let r = lab
-        .session("security-admin")
+        .second_admin()
         .ok(
             "POST",
             "/api/v1/factory-reset",
@@ -1379,7 +1388,7 @@ fn drivesecd_refuses_a_corrupt_or_inconsistent_state_directory() {
 
 #[test]
 fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
-    let lab = test_lab(None);
+    let lab = test_lab(Some(fresh_lab_may_reset()));
     let collector = common::Collector::start(&lab);
     let (port, rx) = (collector.port, collector.rx.clone());
     let admin = lab.admin();
@@ -1491,7 +1500,7 @@ fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
             Some(&json!({"password": lab.m.admin.as_ref().unwrap().password})),
         )
         .unwrap();
-    lab.session("security-admin")
+    lab.second_admin()
         .ok(
             "POST",
             "/api/v1/factory-reset",

@@ -55,6 +55,10 @@ pub struct ApiSettings {
     /// Slowest average body rate accepted once a body has taken longer
     /// than `body_timeout_secs`, bytes per second (a trickled upload is cut).
     pub min_body_bytes_per_sec: u64,
+    /// How long an account must have held its role and its password before
+    /// it may approve another's factory reset, seconds (0 to 2592000). An
+    /// account made or changed for the purpose cannot approve at once.
+    pub factory_reset_approver_min_age_secs: u64,
 }
 
 impl Default for ApiSettings {
@@ -73,6 +77,7 @@ impl Default for ApiSettings {
             header_timeout_secs: 30,
             body_timeout_secs: 10,
             min_body_bytes_per_sec: 4096,
+            factory_reset_approver_min_age_secs: 86_400,
         }
     }
 }
@@ -306,6 +311,12 @@ impl DeviceConfig {
                 a.min_body_bytes_per_sec,
                 1,
                 1 << 30,
+            ),
+            (
+                "api.factory_reset_approver_min_age_secs",
+                a.factory_reset_approver_min_age_secs,
+                0,
+                2_592_000,
             ),
             (
                 "modbus.max_connections_per_certificate",

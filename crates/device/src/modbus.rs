@@ -241,7 +241,6 @@ struct Session {
     role: Option<String>,
     source: SocketAddr,
     settings: ModbusSettings,
-    last_control_word: Option<u16>,
 }
 
 impl Session {
@@ -320,7 +319,11 @@ impl ProcessImage for Session {
         // Room in the trail for every record this write makes, before
         // anything changes: a write the trail cannot record is refused.
         let refuse = |_| Exception::ServerDeviceFailure;
-        let control_changes = control.is_some_and(|cw| self.last_control_word != Some(cw));
+        // Recorded whenever the write changes the drive's control word (as
+        // the drive has it, whoever set it last: a Modbus restart after an
+        // API stop is recorded) or takes control of the drive.
+        let control_changes = control
+            .is_some_and(|cw| self.link.control_word() != cw || !self.link.controls(self.id));
         let control_record = if control_changes {
             Some(self.dev.reserve("drive.control").map_err(refuse)?)
         } else {
@@ -377,7 +380,6 @@ impl ProcessImage for Session {
                     .details(json!({"via": "modbus", "role": self.role, "control_word": cw})),
             )
             .map_err(refuse)?;
-            self.last_control_word = Some(cw);
         }
         if control.is_some() {
             self.link.take_control(self.id);
@@ -450,7 +452,6 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
         role,
         source,
         settings,
-        last_control_word: None,
     };
     let (requests, why) = tokio::select! {
         (stats, end) = session::serve(&mut stream, &mut s) => (Some(stats.requests), match &end {

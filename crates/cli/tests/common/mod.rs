@@ -121,6 +121,25 @@ impl TestLab {
         c
     }
 
+    /// The lab's other security administrator (the `security-admin` role's
+    /// account), logged in over a client certificate of its own, as a second
+    /// person approving a factory reset must be.
+    pub fn second_admin(&self) -> DeviceClient {
+        let d = tempfile::tempdir().unwrap();
+        let mut oem = drivesec_pki::Ca::open(&self.m.oem_ca_dir).unwrap();
+        let (cert, key, _) = issue_client_files(&mut oem, d.path(), Some("security-admin"), None);
+        let mut c = DeviceClient::new(
+            self.addr(),
+            Some(&ClientIdentity::from_files(&cert, &key).unwrap()),
+            &self.trust(),
+            Versions::Default,
+        )
+        .unwrap();
+        let u = &self.m.users["security-admin"];
+        c.login(&u.username, &u.password).unwrap();
+        c
+    }
+
     /// Installs the CRL file `crl` on the device as the security admin.
     pub fn install_crl(&self, crl: &std::path::Path) {
         self.admin()

@@ -237,11 +237,11 @@ pub(crate) async fn login(
     dev.commissioned()?;
     if let Err((e, first)) = dev.login_rate(&conn.fingerprint) {
         if first {
-            dev.audit(
+            // Once per certificate and minute; a refusal, outside the reserve.
+            let _ = dev.audit(
                 Device::cert_event(&conn, "auth.login.rate-limited", Outcome::Denied)
-                    .details(json!({"certificate": conn.fingerprint}))
-                    .essential(),
-            )?;
+                    .details(json!({"certificate": conn.fingerprint})),
+            );
         }
         return Err(e);
     }
@@ -250,12 +250,15 @@ pub(crate) async fn login(
     let fingerprint = conn.fingerprint.clone();
     let result = dev
         .with_accounts_hashing(move |a| {
-            a.authenticate_from(
+            let auth = a.authenticate_from(
                 &req.username,
                 &req.password,
                 &fingerprint,
                 time::OffsetDateTime::now_utc(),
-            )
+            )?;
+            // What the session is made from, under the same lock.
+            let tag = a.credential_tag(&auth.username);
+            Ok((auth, tag))
         })
         .await;
     let base = |outcome| {
@@ -263,7 +266,7 @@ pub(crate) async fn login(
             .target(user.clone())
             .details(json!({"certificate": conn.fingerprint}))
     };
-    let auth = match result {
+    let (auth, tag) = match result {
         Ok(a) => a,
         Err(e) => {
             let locked = e.code == "locked";
@@ -272,7 +275,7 @@ pub(crate) async fn login(
                 // No password was checked: one record per certificate and
                 // account per aggregation window.
                 dev.audit_tallied(
-                    &format!("login-delayed|{}|{user}", conn.fingerprint),
+                    &format!("login-delayed|{}", conn.fingerprint),
                     base(Outcome::Denied)
                         .details(json!({"certificate": conn.fingerprint, "delayed": true})),
                 );
@@ -283,18 +286,22 @@ pub(crate) async fn login(
             }
             // Aggregated per certificate and account: a guesser writes at
             // most two records per window (docs/audit.md, "Floods").
+            // Keyed by certificate alone: a guesser cannot make a new
+            // key (and a new record) per username it tries.
             dev.audit_tallied(
-                &format!("login-failed|{}|{user}", conn.fingerprint),
+                &format!("login-failed|{}", conn.fingerprint),
                 base(Outcome::Failure)
                     .details(json!({"certificate": conn.fingerprint, "locked": locked})),
             );
             if locked {
-                dev.audit(
+                // Answered on every attempt while locked: aggregated, and
+                // outside the reserve (a refusal changes nothing).
+                dev.audit_tallied(
+                    &format!("lockout|{}", conn.fingerprint),
                     Device::cert_event(&conn, "auth.lockout", Outcome::Denied)
                         .target(user.clone())
-                        .details(json!({"certificate": conn.fingerprint}))
-                        .essential(),
-                )?;
+                        .details(json!({"certificate": conn.fingerprint})),
+                );
             }
             return Err(e);
         }
@@ -316,6 +323,26 @@ pub(crate) async fn login(
             return Err(e.into());
         }
     };
+    // A role change, removal or password reset that ran while the password
+    // was being checked must not leave a session with what was taken away:
+    // the account must still be as it was when the login began.
+    let unchanged =
+        tag.is_some() && dev.with_accounts(|a| Ok(a.credential_tag(&auth.username)))? == tag;
+    if !unchanged {
+        dev.sessions
+            .lock()
+            .map_err(|_| ApiError::internal("session lock poisoned"))?
+            .logout(&session.id);
+        rec.record(base(Outcome::Denied).details(json!({
+            "certificate": conn.fingerprint,
+            "reason": "the account changed while logging in",
+        })))?;
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "account-changed",
+            "the account's role or password changed during the login; log in again",
+        ));
+    }
     rec.record(
         drivesec_audit::Event::new(
             drivesec_audit::Actor::User(auth.username.clone()),
@@ -468,7 +495,10 @@ pub(crate) async fn remove_user(
         return Err(ApiError::bad_request("you cannot remove your own account"));
     }
     let rec = dev.reserve("user.remove")?;
-    let r = dev.with_accounts(|a| a.remove_user(&name));
+    let r = dev.with_accounts(|a| {
+        a.check_manage(&c.username, &c.permissions, &name)?;
+        a.remove_user(&name)
+    });
     dev.managed(rec, &c, "user.remove", &name, r)?;
     let ended = dev.end_sessions_of(&c, &name, None, "account removed")?;
     dev.resync_sessions(&c, "account removed")?;
@@ -486,6 +516,8 @@ pub(crate) async fn set_role(
     dev.require(&c, Permission::ManageUsers, "user.role.change")?;
     let rec = dev.reserve("user.role.change")?;
     let r = dev.with_accounts(|a| {
+        // Both the role it has and the role it gets must be within reach.
+        a.check_manage(&c.username, &c.permissions, &name)?;
         a.check_assign(&c.username, &c.permissions, &name, &req.role)?;
         a.set_role(&name, &req.role)
     });
@@ -502,7 +534,10 @@ pub(crate) async fn unlock(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ManageUsers, "user.unlock")?;
     let rec = dev.reserve("user.unlock")?;
-    let r = dev.with_accounts(|a| a.unlock(&name));
+    let r = dev.with_accounts(|a| {
+        a.check_manage(&c.username, &c.permissions, &name)?;
+        a.unlock(&name)
+    });
     dev.managed(rec, &c, "user.unlock", &name, r)?;
     Ok(ok(json!({"unlocked": name})))
 }
@@ -518,8 +553,10 @@ pub(crate) async fn reset_password(
     dev.require(&c, Permission::ManageUsers, "user.password.reset")?;
     let rec = dev.reserve("user.password.reset")?;
     let (user, pw) = (name.clone(), req.password);
+    let (who, perms) = (c.username.clone(), c.permissions.clone());
     let r = dev
         .with_accounts_hashing(move |a| {
+            a.check_manage(&who, &perms, &user)?;
             a.reset_password(&user, &pw, time::OffsetDateTime::now_utc())
         })
         .await;

@@ -116,12 +116,10 @@ impl Device {
         // state, so a guesser writes at most two records per window.
         self.audit_tallied(
             &format!("commission-failed|{ip}"),
-            Device::cert_event(conn, "commission.credential", Outcome::Failure)
-                .details(
-                    json!({"certificate": conn.fingerprint, "address": ip.to_string(),
+            Device::cert_event(conn, "commission.credential", Outcome::Failure).details(
+                json!({"certificate": conn.fingerprint, "address": ip.to_string(),
                     "failures": failures, "locked": locked}),
-                )
-                .essential(),
+            ),
         );
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

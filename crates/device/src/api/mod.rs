@@ -117,10 +117,10 @@ impl Recorder {
 }
 
 /// Whether an event may use the trail's reserve (`audit.reserve_bytes`)
-/// once routine records fill it: authentication and the security
-/// administration of the device, unless refused by access control (those
-/// are aggregated instead), besides the events marked essential where they
-/// are made (the device's own, security responses).
+/// once routine records fill it: successful authentication and security
+/// administration (failures and refusals are aggregated instead), besides
+/// the events marked essential where they are made (the device's own,
+/// security responses).
 pub(crate) fn reserved_tier(ev: &Event) -> bool {
     const SECURITY: [&str; 10] = [
         "auth.",
@@ -134,7 +134,10 @@ pub(crate) fn reserved_tier(ev: &Event) -> bool {
         "device.",
         "commission.",
     ];
-    ev.outcome != Outcome::Denied && SECURITY.iter().any(|p| ev.action.starts_with(p))
+    // Refusals and failed attempts change nothing and are aggregated;
+    // only what was done (or the record of a device event) may use the
+    // reserve, so no flood of attempts can eat it.
+    ev.outcome == Outcome::Success && SECURITY.iter().any(|p| ev.action.starts_with(p))
 }
 
 /// The answer on a connection admitted before the device's identity or
@@ -399,15 +402,23 @@ impl Device {
 
     /// A connection refused by the admission bounds (`crate::admission`),
     /// recorded aggregated per listener and source address.
-    pub(crate) fn connection_refused(&self, listener: &str, addr: SocketAddr) {
+    /// The count is taken at once; the record is written on a blocking
+    /// thread, so the accept loop never waits for the trail's flush.
+    pub(crate) fn connection_refused(self: &Arc<Self>, listener: &str, addr: SocketAddr) {
         tracing::debug!(listener, %addr, "connection refused: over an admission bound");
-        self.audit_tallied(
+        let ev = self.tally.hit(
             &format!("refused|{listener}|{}", addr.ip()),
             Event::new(Actor::Device, "net.connection-refused")
                 .source(addr.ip().to_string())
                 .outcome(Outcome::Denied)
                 .details(json!({"listener": listener})),
         );
+        if let Some(ev) = ev {
+            let dev = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = dev.audit(ev);
+            });
+        }
     }
 
     /// A handler panicked: the client got a bare 500 and the connection

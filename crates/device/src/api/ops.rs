@@ -194,9 +194,11 @@ pub(crate) async fn export_audit(
     // response (no clean end of the chunked body), so a client never takes
     // a cut export for a whole one.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut out = ChunkWriter {
             tx,
+            rt,
             buf: Vec::with_capacity(EXPORT_CHUNK),
         };
         let r = reader::export_jsonl(&dir, &query, &mut out).and_then(|done| {
@@ -218,7 +220,7 @@ pub(crate) async fn export_audit(
             tracing::error!(error = %e, "audit export failed part-way");
             let _ = out
                 .tx
-                .blocking_send(Err(std::io::Error::other("the export failed")));
+                .try_send(Err(std::io::Error::other("the export failed")));
         }
         let _ = rec.record(Device::event(&c, "audit.export", outcome).details(details));
     });
@@ -229,9 +231,15 @@ pub(crate) async fn export_audit(
 /// Bytes an export sends at a time.
 const EXPORT_CHUNK: usize = 64 * 1024;
 
+/// Longest an export waits for the client to take the next chunk; a
+/// client that stops reading is cut off, so it cannot hold the export's
+/// thread and its audit room.
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A `Write` that hands full chunks to the response body.
 struct ChunkWriter {
     tx: tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+    rt: tokio::runtime::Handle,
     buf: Vec<u8>,
 }
 
@@ -241,9 +249,15 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK));
-        self.tx
-            .blocking_send(Ok(chunk.into()))
-            .map_err(|_| std::io::Error::other("the client went away"))
+        let send = tokio::time::timeout(EXPORT_STALL, self.tx.send(Ok(chunk.into())));
+        match self.rt.block_on(send) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::other("the client went away")),
+            Err(_) => Err(std::io::Error::other(format!(
+                "the client took no data for {} s",
+                EXPORT_STALL.as_secs()
+            ))),
+        }
     }
 }
 
@@ -565,6 +579,7 @@ pub(crate) struct ResetReq {
 pub(crate) struct ResetRequest {
     id: String,
     username: String,
+    fingerprint: String,
     at: std::time::Instant,
 }
 
@@ -595,6 +610,7 @@ pub(crate) async fn factory_reset(
             .map_err(|_| ApiError::internal("lock poisoned"))? = Some(ResetRequest {
             id: id.clone(),
             username: c.username.clone(),
+            fingerprint: c.conn.fingerprint.clone(),
             at: std::time::Instant::now(),
         });
         rec.record(
@@ -622,18 +638,25 @@ pub(crate) async fn factory_reset(
                 *slot = None;
                 None
             }
-            Some(r) if r.id == id && r.username != c.username => slot.take(),
             Some(r) if r.id == id => {
-                drop(slot);
-                dev.audit(
-                    Device::event(&c, "device.factory-reset", Outcome::Denied)
-                        .details(json!({"reason": "approved by the account that asked"})),
-                )?;
-                return Err(ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
-                    "second-person-required",
-                    "a factory reset must be approved by another account than the one that asked for it",
-                ));
+                let why = dev.second_person_refusal(r, &c)?;
+                if let Some(why) = why {
+                    // A refused approval ends the request: the requester
+                    // must ask again (and the owner sees both in the trail).
+                    *slot = None;
+                    drop(slot);
+                    dev.audit(
+                        Device::event(&c, "device.factory-reset", Outcome::Denied)
+                            .target(id.clone())
+                            .details(json!({"certificate": c.conn.fingerprint, "reason": why})),
+                    )?;
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::FORBIDDEN,
+                        "second-person-required",
+                        format!("this account cannot approve the factory reset: {why}"),
+                    ));
+                }
+                slot.take()
             }
             _ => None,
         }
@@ -654,6 +677,56 @@ pub(crate) async fn factory_reset(
     Ok(ok(
         json!({"state": "factory", "factory_credential": credential.as_str()}),
     ))
+}
+
+impl Device {
+    /// Why `c` cannot be the second person for `asked` (None: it can). The
+    /// approver is another account, over another client certificate, settled
+    /// in its role and password for `api.factory_reset_approver_min_age_secs`
+    /// (an account the requester just made, re-roled or re-passworded
+    /// cannot approve before the owner had time to see that in the trail),
+    /// and the requester still holds `factory-reset`.
+    fn second_person_refusal(
+        &self,
+        asked: &ResetRequest,
+        c: &Caller,
+    ) -> Result<Option<String>, ApiError> {
+        if asked.username == c.username {
+            return Ok(Some("it asked for the reset itself".into()));
+        }
+        if asked.fingerprint == c.conn.fingerprint {
+            return Ok(Some(
+                "it uses the same client certificate as the account that asked".into(),
+            ));
+        }
+        let min_age = self
+            .config
+            .read()
+            .map_err(|_| ApiError::internal("config lock poisoned"))?
+            .api
+            .factory_reset_approver_min_age_secs;
+        let (settled, requester_can) = self.with_accounts(|a| {
+            Ok((
+                a.settled_since(&c.username),
+                a.permissions_of(&asked.username)
+                    .is_some_and(|p| p.contains(&Permission::FactoryReset)),
+            ))
+        })?;
+        if !requester_can {
+            return Ok(Some(
+                "the account that asked no longer holds factory-reset".into(),
+            ));
+        }
+        let age = settled
+            .map(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds())
+            .unwrap_or(0);
+        if age < min_age as i64 {
+            return Ok(Some(format!(
+                "its role or password changed {age} s ago; an approver must be settled for {min_age} s"
+            )));
+        }
+        Ok(None)
+    }
 }
 
 fn rand_bytes() -> [u8; 16] {
