@@ -552,6 +552,9 @@ fn access_review_finds_what_happened() {
         // 401, then 403 once the account locks (after five).
         assert!(matches!(r.status, 401 | 403), "{}", r.status);
     }
+    // Failed logins are recorded aggregated: the window's summary, which
+    // counts all but the first, is written when the window closes.
+    std::thread::sleep(std::time::Duration::from_millis(11_500));
     let (code, out, err) = drivesec(&["--json", "audit", "review", "--lab", s(&lab.dir)]);
     assert_eq!(code, 0, "{err}");
     let r: Value = serde_json::from_str(&out).unwrap();

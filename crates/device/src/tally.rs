@@ -32,6 +32,19 @@ struct Window {
     /// What the counted events were: action name to count (at most
     /// [`MAX_ACTIONS`] names; the rest count under `*other*`).
     actions: std::collections::BTreeMap<String, u64>,
+    /// On what they were (the events' targets, such as the usernames a
+    /// login guesser tried), bounded the same way.
+    targets: std::collections::BTreeMap<String, u64>,
+}
+
+/// Counts `name` in a bounded breakdown.
+fn count_in(map: &mut std::collections::BTreeMap<String, u64>, name: &str) {
+    let name = if map.len() < MAX_ACTIONS || map.contains_key(name) {
+        name.to_string()
+    } else {
+        "*other*".to_string()
+    };
+    *map.entry(name).or_default() += 1;
 }
 
 /// Most distinct action names a summary lists.
@@ -66,18 +79,17 @@ impl Tally {
                         suppressed: 0,
                         first: ev.clone(),
                         actions: Default::default(),
+                        targets: Default::default(),
                     },
                 );
                 Some(ev)
             }
             Some(w) if now.duration_since(w.since) < WINDOW => {
                 w.suppressed += 1;
-                let name = if w.actions.len() < MAX_ACTIONS || w.actions.contains_key(&ev.action) {
-                    ev.action.clone()
-                } else {
-                    "*other*".to_string()
-                };
-                *w.actions.entry(name).or_default() += 1;
+                count_in(&mut w.actions, &ev.action);
+                if let Some(t) = &ev.target {
+                    count_in(&mut w.targets, t);
+                }
                 None
             }
             Some(w) => {
@@ -85,16 +97,13 @@ impl Tally {
                 // summary is not also written by `due`.
                 let before = w.suppressed;
                 let actions = std::mem::take(&mut w.actions);
+                let targets = std::mem::take(&mut w.targets);
                 w.since = now;
                 w.suppressed = 0;
                 w.first = ev.clone();
                 let ev = with_detail(ev, "suppressed_before", before);
                 Some(if before > 0 {
-                    with_detail(
-                        ev,
-                        "suppressed_actions",
-                        serde_json::to_value(actions).unwrap_or_default(),
-                    )
+                    breakdown(ev, actions, targets)
                 } else {
                     ev
                 })
@@ -119,18 +128,33 @@ impl Tally {
             .filter_map(|k| map.remove(&k))
             .filter(|w| w.suppressed > 0)
             .map(|w| {
-                let actions = serde_json::to_value(&w.actions).unwrap_or_default();
-                with_detail(
-                    with_detail(
-                        with_detail(w.first, "suppressed", w.suppressed),
-                        "suppressed_actions",
-                        actions,
-                    ),
-                    "summary",
-                    true,
-                )
+                let ev = with_detail(w.first, "suppressed", w.suppressed);
+                with_detail(breakdown(ev, w.actions, w.targets), "summary", true)
             })
             .collect()
+    }
+}
+
+/// Adds what the counted events were (`suppressed_actions`) and, when they
+/// had targets, on what (`suppressed_targets`).
+fn breakdown(
+    ev: Event,
+    actions: std::collections::BTreeMap<String, u64>,
+    targets: std::collections::BTreeMap<String, u64>,
+) -> Event {
+    let ev = with_detail(
+        ev,
+        "suppressed_actions",
+        serde_json::to_value(actions).unwrap_or_default(),
+    );
+    if targets.is_empty() {
+        ev
+    } else {
+        with_detail(
+            ev,
+            "suppressed_targets",
+            serde_json::to_value(targets).unwrap_or_default(),
+        )
     }
 }
 
@@ -163,6 +187,7 @@ mod tests {
         assert_eq!(sums.len(), 1, "b counted nothing beyond its record");
         assert_eq!(sums[0].details["suppressed"], 999);
         assert_eq!(sums[0].details["suppressed_actions"]["x.denied"], 999);
+        assert!(sums[0].details.get("suppressed_targets").is_none());
         assert_eq!(sums[0].details["summary"], true);
     }
 

@@ -192,9 +192,24 @@ pub fn review(
                     logins.entry(who).or_default().push(rec.time.clone())
                 }
                 ("auth.login", Outcome::Failure | Outcome::Denied) => {
-                    let key = rec.target.clone().unwrap_or(who);
+                    // Failed logins are recorded aggregated (docs/audit.md,
+                    // "Floods"): a record stands for itself unless it is a
+                    // window's summary, and a summary (or the next record,
+                    // as `suppressed_before`) counts the rest per target.
                     if let Ok(t) = time::OffsetDateTime::parse(&rec.time, rfc) {
-                        failures.entry(key).or_default().push(t);
+                        if rec.details["summary"] != true {
+                            let key = rec.target.clone().unwrap_or_else(|| who.clone());
+                            failures.entry(key).or_default().push(t);
+                        }
+                        if let Some(m) = rec.details["suppressed_targets"].as_object() {
+                            for (target, n) in m {
+                                let n = n.as_u64().unwrap_or(0).min(10_000) as usize;
+                                failures
+                                    .entry(target.clone())
+                                    .or_default()
+                                    .extend(std::iter::repeat_n(t, n));
+                            }
+                        }
                     }
                 }
                 (
