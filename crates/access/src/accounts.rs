@@ -1022,18 +1022,20 @@ impl Accounts {
         }
     }
 
-    /// A tag of what a session is made from: the account's role and
-    /// password. It changes with a role change, a password change or reset
-    /// and a removal (then None), and with nothing else (failed logins
-    /// leave it), so a login can check that the account did not change
+    /// A tag of what a session is made from: the account's role and when
+    /// its password was set. It changes with a role change, a password
+    /// change or reset and a removal (then None), and with nothing else
+    /// (failed logins and rehashing leave it), so a login can check that the account did not change
     /// between its password check and its session, without a clock.
     pub fn credential_tag(&self, username: &str) -> Option<String> {
         use sha2::Digest as _;
         self.store.users.get(username).map(|u| {
             let mut h = sha2::Sha256::new();
+            // The password's last change, not its hash: a login that
+            // rehashes under a new cost setting changes the hash only.
             h.update(u.role.as_bytes());
             h.update([0]);
-            h.update(u.password_hash.as_bytes());
+            h.update(rfc3339_string(u.password_changed).as_bytes());
             hex::encode(h.finalize())
         })
     }

@@ -669,3 +669,65 @@ fn user_manager_cannot_take_over_a_security_admin() {
         "{refused:?}"
     );
 }
+
+/// A custom role that may apply profiles (write-security-settings and
+/// manage-users) but is no security administrator cannot use a profile to
+/// do what it could not do by hand: demote a security administrator.
+#[test]
+fn a_profile_cannot_demote_an_account_holding_more_than_the_caller() {
+    let lab = test_lab(Some(config()));
+    let admin = lab.admin();
+    admin
+        .ok(
+            "POST",
+            "/api/v1/roles",
+            Some(&json!({"name": "provisioner", "permissions":
+                ["read-users", "manage-users", "read-security-settings", "write-security-settings"]})),
+        )
+        .unwrap();
+    admin
+        .ok(
+            "POST",
+            "/api/v1/users",
+            Some(&json!({"username": "prov", "role": "provisioner",
+                "password": "Temporary-Passw0rd-1"})),
+        )
+        .unwrap();
+    let mut prov = lab.client("viewer");
+    prov.login("prov", "Temporary-Passw0rd-1").unwrap();
+    prov.ok(
+        "POST",
+        "/api/v1/me/password",
+        Some(&json!({"old_password": "Temporary-Passw0rd-1", "new_password": "Deploy-Passw0rd-22"})),
+    )
+    .unwrap();
+    let mut p = profile(&lab);
+    p.accounts.push(drivesec_iec62443::profile::Account {
+        username: "prov".into(),
+        role: "provisioner".into(),
+    });
+    let victim = lab.m.users["security-admin"].username.clone();
+    for a in &mut p.accounts {
+        if a.username == victim {
+            a.role = "viewer".into();
+        }
+    }
+    let r = prov
+        .call("PUT", "/api/v1/profile", Some(&json!({"profile": p})))
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (403, Some("privilege-escalation")),
+        "{}",
+        r.body
+    );
+    let users = admin.ok("GET", "/api/v1/users", None).unwrap();
+    let role = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == victim.as_str())
+        .unwrap()["role"]
+        .clone();
+    assert_eq!(role, "security-admin");
+}

@@ -958,3 +958,37 @@ fn guessing_many_usernames_from_one_certificate_is_recorded_aggregated() {
         "{failed:#?}"
     );
 }
+
+/// Two sessions of one certificate trade control of the drive on every
+/// write, with the word the drive already has: each takeover is counted,
+/// aggregated, and the trail is not flooded (a control-word change is
+/// still recorded on its own).
+#[test]
+fn two_modbus_sessions_trading_control_do_not_flood_the_trail() {
+    let lab = test_lab(None);
+    let modbus: SocketAddr = lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap();
+    let connect = || {
+        ModbusClient::connect(
+            modbus,
+            Some(&lab.identity("operator")),
+            &lab.trust(),
+            Versions::Default,
+        )
+        .unwrap()
+    };
+    let (mut a, mut b) = (connect(), connect());
+    for _ in 0..200 {
+        assert_eq!(a.write_single(0, 0).unwrap(), Ok(()));
+        assert_eq!(b.write_single(0, 0).unwrap(), Ok(()));
+    }
+    std::thread::sleep(Duration::from_millis(11_500));
+    let taken = records(&lab, "drive.control-taken");
+    assert!(
+        taken.len() <= 4,
+        "{} records for 400 takeovers",
+        taken.len()
+    );
+    let counted: u64 = taken.iter().map(counted_in).sum();
+    assert!(counted >= 398, "takeovers counted: {counted}");
+    assert!(records(&lab, "drive.control").is_empty());
+}

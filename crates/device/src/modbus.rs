@@ -319,11 +319,14 @@ impl ProcessImage for Session {
         // Room in the trail for every record this write makes, before
         // anything changes: a write the trail cannot record is refused.
         let refuse = |_| Exception::ServerDeviceFailure;
-        // Recorded whenever the write changes the drive's control word (as
-        // the drive has it, whoever set it last: a Modbus restart after an
-        // API stop is recorded) or takes control of the drive.
-        let control_changes = control
-            .is_some_and(|cw| self.link.control_word() != cw || !self.link.controls(self.id));
+        // Recorded, before it takes effect, whenever the write changes the
+        // drive's control word (as the drive has it, whoever set it last: a
+        // Modbus restart after an API stop is recorded). Taking control with
+        // the word the drive already has changes what the drive does not;
+        // it is recorded aggregated per certificate (two sessions trading
+        // control every cycle cannot flood the trail).
+        let control_changes = control.is_some_and(|cw| self.link.control_word() != cw);
+        let takes_over = control.is_some() && !control_changes && !self.link.controls(self.id);
         let control_record = if control_changes {
             Some(self.dev.reserve("drive.control").map_err(refuse)?)
         } else {
@@ -383,6 +386,13 @@ impl ProcessImage for Session {
         }
         if control.is_some() {
             self.link.take_control(self.id);
+        }
+        if let (true, Some(cw)) = (takes_over, control) {
+            self.dev.audit_tallied(
+                &format!("modbus-takeover|{}", self.client),
+                self.event("drive.control-taken", Outcome::Success)
+                    .details(json!({"via": "modbus", "role": self.role, "control_word": cw})),
+            );
         }
         self.link.command(control.as_slice(), reference);
         Ok(())

@@ -296,6 +296,27 @@ impl Device {
             let a = g
                 .as_mut()
                 .ok_or_else(|| ApiError::conflict("the device is not commissioned"))?;
+            // The roster may not do what the caller could not do by hand:
+            // re-role or remove an account holding more than the caller,
+            // or give a role beyond the caller's own (docs/permissions.md).
+            let grant = |r: std::result::Result<(), drivesec_access::AccessError>| {
+                r.map_err(crate::api::access_error)
+            };
+            for (user, role) in &roster {
+                match a.user(user) {
+                    Some(u) if &u.role != role => {
+                        grant(a.check_manage(&c.username, &c.permissions, user))?;
+                        grant(a.check_assign(&c.username, &c.permissions, user, role))?;
+                    }
+                    Some(_) => {}
+                    None => grant(a.check_assign(&c.username, &c.permissions, user, role))?,
+                }
+            }
+            for u in a.users() {
+                if !roster.iter().any(|(n, _)| n == &u.username) {
+                    grant(a.check_manage(&c.username, &c.permissions, &u.username))?;
+                }
+            }
             // New accounts are checked against the profile's password policy.
             let old = a.policy().clone();
             a.set_policy(access.clone())?;

@@ -10,6 +10,8 @@ mod modbus;
 mod ops;
 mod provision;
 
+pub(crate) use accounts::access_error;
+
 /// Request and settings types of the operations endpoints.
 pub mod ops_types {
     pub use super::ops::ForwardingSettings;

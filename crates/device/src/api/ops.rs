@@ -605,14 +605,28 @@ pub(crate) async fn factory_reset(
     let Some(id) = req.approve else {
         let rec = dev.reserve("device.factory-reset-requested")?;
         let id = hex::encode(rand_bytes());
-        *dev.reset_request
+        let mut slot = dev
+            .reset_request
             .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))? = Some(ResetRequest {
+            .map_err(|_| ApiError::internal("lock poisoned"))?;
+        // Another account's pending request is not replaced (it would be
+        // a way to cancel it); the same account asking again replaces its own.
+        if let Some(other) = slot.as_ref()
+            && other.username != c.username
+            && other.at.elapsed() <= RESET_APPROVAL_WINDOW
+        {
+            return Err(ApiError::conflict(format!(
+                "a factory reset asked for by {} is waiting for approval; approve it or let it expire",
+                other.username
+            )));
+        }
+        *slot = Some(ResetRequest {
             id: id.clone(),
             username: c.username.clone(),
             fingerprint: c.conn.fingerprint.clone(),
             at: std::time::Instant::now(),
         });
+        drop(slot);
         rec.record(
             Device::event(&c, "device.factory-reset-requested", Outcome::Success)
                 .target(id.clone())
