@@ -698,7 +698,9 @@ fn a_profile_cannot_demote_an_account_holding_more_than_the_caller() {
     prov.ok(
         "POST",
         "/api/v1/me/password",
-        Some(&json!({"old_password": "Temporary-Passw0rd-1", "new_password": "Deploy-Passw0rd-22"})),
+        Some(
+            &json!({"old_password": "Temporary-Passw0rd-1", "new_password": "Deploy-Passw0rd-22"}),
+        ),
     )
     .unwrap();
     let mut p = profile(&lab);
