@@ -280,3 +280,31 @@ fn closing(mut resp: axum::response::Response) -> axum::response::Response {
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::CatchPanic;
+
+    /// A handler that panics becomes an error the connection answers with a
+    /// bare 500; the task serving the connection does not unwind.
+    #[test]
+    fn a_panicking_handler_is_caught_at_the_boundary() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let caught = rt.block_on(CatchPanic(Box::pin(async {
+            tokio::task::yield_now().await;
+            if std::hint::black_box(true) {
+                panic!("internal detail: /var/lib/drivesec/secret");
+            }
+            1
+        })));
+        std::panic::set_hook(prev);
+        assert!(caught.is_err());
+        let fine = rt.block_on(CatchPanic(Box::pin(async { 7 })));
+        assert_eq!(fine, Ok(7));
+    }
+}
