@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use drivesec_audit::frame::{self, Decoded};
@@ -23,35 +22,7 @@ use drivesec_audit::reader::{self, Query};
 use drivesec_audit::verify::verify;
 use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Outcome, Signer};
 use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig, PublicKey};
-
-/// xorshift64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-}
-
-fn iters(default: usize, cost: usize) -> usize {
-    std::env::var("DRIVESEC_FUZZ_ITERS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .map_or(default, |n| n / cost)
-}
+use drivesec_testkit::{Hex, Rng, iters, mutation, no_panic};
 
 const INTERESTING: &[u8] = &[
     0x00, 0x01, 0x7f, 0x80, 0xff, b'D', b'S', b'A', b'1', b'{', b'"',
@@ -63,62 +34,22 @@ fn mutate(rng: &mut Rng, input: &[u8], others: &[&[u8]]) -> Vec<u8> {
     for _ in 0..1 + rng.below(3) {
         let len = b.len();
         match rng.below(9) {
-            0 | 1 if len > 0 => {
-                let i = rng.below(len);
-                b[i] ^= 1 << rng.below(8);
-            }
-            2 if len > 0 => {
-                let i = rng.below(len);
-                b[i] = INTERESTING[rng.below(INTERESTING.len())];
-            }
-            3 => b.truncate(rng.below(len + 1)),
-            4 => {
-                let at = rng.below(len + 1);
-                let ins: Vec<u8> = (0..1 + rng.below(16)).map(|_| rng.next() as u8).collect();
-                b.splice(at..at, ins);
-            }
-            5 if len > 0 => {
-                let at = rng.below(len);
-                let end = (at + 1 + rng.below(64)).min(len);
-                b.drain(at..end);
-            }
-            6 if !others.is_empty() => {
-                let o = others[rng.below(others.len())];
-                let from = rng.below(o.len() + 1);
-                let to = (from + rng.below(200)).min(o.len());
-                let at = rng.below(len + 1);
-                let end = (at + rng.below(200)).min(len);
-                b.splice(at..end, o[from..to].iter().copied());
-            }
+            0 | 1 if len > 0 => mutation::flip_bit(rng, &mut b),
+            2 if len > 0 => mutation::set_byte(rng, &mut b, INTERESTING),
+            3 => mutation::truncate(rng, &mut b),
+            4 => mutation::insert_random(rng, &mut b, 16),
+            5 if len > 0 => mutation::delete_range(rng, &mut b, 64),
+            6 if !others.is_empty() => mutation::splice_from(rng, &mut b, others, 200),
             7 if len > 8 => {
                 // A length field (bytes 4..8 of a frame) set to an edge value.
                 let at = rng.below(len - 8);
                 let v: u32 = [0, 1, 65_536, 65_537, u32::MAX, u32::MAX - 47][rng.below(6)];
                 b[at..at + 4].copy_from_slice(&v.to_le_bytes());
             }
-            _ => b.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            _ => b.extend(rng.bytes(63)),
         }
     }
     b
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Runs `f`; a panic fails the test naming the target and showing the input.
-fn no_panic<T>(what: &str, iter: usize, input: &str, f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            panic!("{what} panicked at iteration {iter}: {msg}\ninput: {input}")
-        }
-    }
 }
 
 struct Fx {
@@ -245,7 +176,7 @@ impl Fx {
         };
         let all: Vec<&[u8]> = self.files.values().map(Vec::as_slice).collect();
         let bytes = mutate(rng, &files[&target], &all);
-        let what = format!("{} := {}", target.display(), hex(&bytes));
+        let what = format!("{} := {}", target.display(), Hex(&bytes));
         files.insert(target, bytes);
         if rng.chance(10) {
             // Now and then a whole segment goes missing or is doubled.
@@ -263,13 +194,13 @@ impl Fx {
 fn fuzz_frame_decoder() {
     let fx = Fx::new();
     let segs = fx.segments();
-    let mut rng = Rng(0x6672_616d_6573_3031);
+    let mut rng = Rng::new(0x6672_616d_6573_3031);
     let mut frames = 0u64;
     for iter in 0..iters(2_500, 10) {
         let seed = segs[rng.below(segs.len())];
         let input = mutate(&mut rng, seed, &segs);
         // Walk the buffer as the reader does.
-        no_panic("frame::decode", iter, &hex(&input), || {
+        no_panic("frame::decode", iter, Hex(&input), || {
             let mut off = 0;
             while off < input.len() {
                 match frame::decode(&input[off..]) {
@@ -294,7 +225,7 @@ fn fuzz_frame_decoder() {
 fn fuzz_trail_readers_and_verifier() {
     let fx = Fx::new();
     let dir = fx.tmp.path().join("work");
-    let mut rng = Rng(0x7472_6169_6c73_3032);
+    let mut rng = Rng::new(0x7472_6169_6c73_3032);
     let (mut sound, mut unsound) = (0, 0);
     for iter in 0..iters(200, 100) {
         let (files, what) = fx.mutated(&mut rng);
@@ -336,7 +267,7 @@ fn fuzz_trail_readers_and_verifier() {
 fn fuzz_trail_recovery_on_open() {
     let fx = Fx::new();
     let dir = fx.tmp.path().join("reopen");
-    let mut rng = Rng(0x6f70_656e_7333_3033);
+    let mut rng = Rng::new(0x6f70_656e_7333_3033);
     for iter in 0..iters(100, 1_000) {
         let (files, what) = fx.mutated(&mut rng);
         write_trail(&dir, &files);

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
+use drivesec_firmware::FirmwareError;
 use drivesec_firmware::image::{Header, PackOptions, approve, pack};
 use drivesec_firmware::sign::{key_id, kid_of, role_of};
 use drivesec_firmware::trust::{Requirement, TrustStore, TrustedKey};
@@ -425,8 +426,14 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
                 policy,
             };
             // A store the devices would refuse to load is never written.
-            t.validate()
-                .context("the trust store would not be usable (give --require ROLE=N, N >= 1)")?;
+            if let Err(e) = t.validate() {
+                let hint = match e {
+                    FirmwareError::EmptyPolicy => " (give --require ROLE=N, N >= 1)",
+                    _ => "",
+                };
+                return Err(anyhow::Error::new(e)
+                    .context(format!("the trust store would not be usable{hint}")));
+            }
             fsu::write_new(
                 &out,
                 serde_json::to_string_pretty(&t)?.as_bytes(),

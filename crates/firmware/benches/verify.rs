@@ -12,19 +12,18 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use drivesec_firmware::image::{PackOptions, approve, pack};
-use drivesec_firmware::trust::{Requirement, TrustStore, TrustedKey};
+use common::h;
+use drivesec_firmware::image::PackOptions;
 use drivesec_firmware::verify::{DevicePolicy, verify_image};
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig, open_keystore};
-
-fn h(s: &str) -> KeyHandle {
-    KeyHandle::new(s).unwrap()
-}
+use drivesec_keystore::{KeystoreConfig, open_keystore};
 
 fn cfg() -> KeystoreConfig {
     KeystoreConfig::Soft {
@@ -36,12 +35,9 @@ fn cfg() -> KeystoreConfig {
 fn write_plain(path: &Path, mib: usize) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let mut block = vec![0u8; 1 << 20];
-    let mut x = 0x2545F4914F6CDD1Du64;
+    let mut rng = drivesec_testkit::Rng::new(0x2545F4914F6CDD1D);
     for b in block.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
+        *b = rng.next_u64() as u8;
     }
     for i in 0..mib {
         block[0] = i as u8;
@@ -64,51 +60,15 @@ fn make_image(dir: &Path, name: &str, mib: usize) -> (PathBuf, PathBuf) {
         sbom: None,
         build_time: "2026-11-28T00:00:00Z".into(),
     };
-    let packed = dir.join(format!("{name}.packed"));
-    let fw = ks.info(&h("fw")).unwrap().public_key;
-    pack(
-        &plain,
-        &packed,
-        &opts,
-        &[fw],
-        (ks.as_ref(), &h("vendor")),
-        "vendor",
-        &mut |_| {},
-    )
-    .unwrap();
-    let img = dir.join(format!("{name}.img"));
-    approve(&packed, &img, (ks.as_ref(), &h("oem")), "oem").unwrap();
-    std::fs::remove_file(&packed).unwrap();
+    let fw = common::pk(ks.as_ref(), "fw");
+    let img = common::release(ks.as_ref(), &plain, dir, name, &opts, &[fw]);
     (plain, img)
-}
-
-fn trust(dir: &Path) -> TrustStore {
-    let ks = open_keystore(&cfg(), dir).unwrap();
-    let pk = |n: &str| ks.info(&h(n)).unwrap().public_key;
-    TrustStore {
-        version: 1,
-        root: TrustedKey::new(&pk("root"), "root"),
-        keys: vec![
-            TrustedKey::new(&pk("vendor"), "vendor"),
-            TrustedKey::new(&pk("oem"), "oem"),
-        ],
-        policy: vec![
-            Requirement {
-                role: "vendor".into(),
-                min: 1,
-            },
-            Requirement {
-                role: "oem".into(),
-                min: 1,
-            },
-        ],
-    }
 }
 
 /// Verifies `img` in this process, discarding the plaintext; returns seconds.
 fn verify_once(dir: &Path, img: &Path) -> f64 {
     let ks = open_keystore(&cfg(), dir).unwrap();
-    let t = trust(dir);
+    let t = common::vendor_oem_trust(ks.as_ref());
     let policy = DevicePolicy {
         product: "iC7-Sim".into(),
         hw_class: "ctrl-a".into(),
@@ -161,10 +121,7 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fw-bench");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
-    let (_, ks) = KeystoreConfig::create_soft(&root, "ks", "secret").unwrap();
-    for k in ["root", "vendor", "oem", "fw"] {
-        ks.generate(&h(k), KeyAlgorithm::EcdsaP256).unwrap();
-    }
+    common::keystore(&root, &["root", "vendor", "oem", "fw"]);
     let (plain, img) = make_image(&root, "large", mib);
     // Warm the page cache for both, then take the best of two runs each.
     let o = openssl_dgst(&plain).min(openssl_dgst(&plain));

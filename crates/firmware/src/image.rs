@@ -14,18 +14,14 @@ use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_keystore::{KeyHandle, KeyStore, PublicKey};
 
 use crate::crypt::{self, ContentKey};
-use crate::manifest::{Encryption, FORMAT, Manifest};
+use crate::manifest::{ALG, Encryption, FORMAT, Manifest};
 use crate::sign;
-use crate::{FirmwareError, Result};
+use crate::{FirmwareError, Result, io, read_full};
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"DSFWIMG1";
 const MAX_MANIFEST: u32 = 1 << 20;
 const MAX_SIGS: u32 = 64 * 1024;
-
-fn io(e: std::io::Error) -> FirmwareError {
-    FirmwareError::Io(e.to_string())
-}
 
 /// The signed part of an image.
 #[derive(Debug, Clone)]
@@ -127,18 +123,6 @@ pub struct PackOptions {
     pub build_time: String,
 }
 
-fn read_chunk(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let k = r.read(&mut buf[n..]).map_err(io)?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    Ok(n)
-}
-
 /// Packs a plaintext firmware file into a signed, encrypted image at `out`
 /// (written atomically), encrypted for `recipients` (their firmware keys),
 /// signed by `signer` under `role`. `progress` gets bytes processed (two passes).
@@ -164,7 +148,7 @@ pub fn pack(
         BufReader::new(std::fs::File::open(input).map_err(|e| fsu::FsError::io("open", input, e))?);
     let mut buf = vec![0u8; cs];
     loop {
-        let n = read_chunk(&mut f, &mut buf)?;
+        let n = read_full(&mut f, &mut buf)?;
         if n == 0 && !leaves.is_empty() {
             break;
         }
@@ -191,7 +175,7 @@ pub fn pack(
         chunk_size: opts.chunk_size,
         root: hex::encode(crypt::root(&leaves)),
         encryption: Encryption {
-            alg: "A256GCM-chunked".into(),
+            alg: ALG.into(),
             recipients: recips,
         },
         sbom: opts.sbom.clone(),
@@ -214,12 +198,12 @@ pub fn pack(
             std::fs::File::open(input).map_err(|e| fsu::FsError::io("open", input, e))?,
         );
         for i in 0..count {
-            let n = read_chunk(&mut f, &mut buf)?;
+            let n = read_full(&mut f, &mut buf)?;
             let ct = crypt::seal_chunk(&cek, &digest, i, i + 1 == count, &buf[..n])?;
             w.write_all(&ct).map_err(io)?;
             progress(n as u64);
         }
-        if read_chunk(&mut f, &mut buf[..1])? != 0 {
+        if read_full(&mut f, &mut buf[..1])? != 0 {
             return Err(FirmwareError::Malformed(format!(
                 "{} changed while packing",
                 input.display()

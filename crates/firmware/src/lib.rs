@@ -189,3 +189,21 @@ pub enum FirmwareError {
 
 /// Result type of the firmware crate.
 pub type Result<T> = std::result::Result<T, FirmwareError>;
+
+/// An I/O error on an image stream or the slot storage.
+fn io(e: std::io::Error) -> FirmwareError {
+    FirmwareError::Io(e.to_string())
+}
+
+/// Reads until `buf` is full or the stream ends; returns how many bytes
+/// were read (short only at the end of the stream).
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]).map_err(io)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}

@@ -146,10 +146,6 @@ pub fn decode_at(bytes: &[u8], index: usize) -> Result<CoseSign1> {
     }
     let sig = CoseSign1::from_cbor_value(ciborium::Value::Array(items))
         .map_err(|e| bad(format!("COSE_Sign1: {e}")))?;
-    // coset never builds a payload from nil; checked again all the same.
-    if sig.payload.is_some() {
-        return Err(FirmwareError::AttachedPayload(index));
-    }
     if !sig.unprotected.is_empty() {
         return Err(bad("the unprotected header must be empty".into()));
     }
@@ -211,22 +207,20 @@ pub fn decode_block(bytes: &[u8]) -> Result<Vec<CoseSign1>> {
     let mut rest = bytes;
     let v: ciborium::Value = ciborium::from_reader(&mut rest)
         .map_err(|e| FirmwareError::Malformed(format!("signature block: {e}")))?;
-    let not_array = || FirmwareError::Malformed("signature block is not a CBOR array".into());
-    if !matches!(v, ciborium::Value::Array(_)) {
-        return Err(not_array());
-    }
+    let ciborium::Value::Array(list) = &v else {
+        return Err(FirmwareError::Malformed(
+            "signature block is not a CBOR array".into(),
+        ));
+    };
     if !rest.is_empty() {
         return Err(FirmwareError::SignatureBlockTrailingBytes(rest.len()));
     }
-    if !preferred(&v, &bytes[..bytes.len() - rest.len()]) {
+    if !preferred(&v, bytes) {
         return Err(FirmwareError::Malformed(
             "signature block is not in preferred CBOR encoding (definite lengths, shortest heads)"
                 .into(),
         ));
     }
-    let ciborium::Value::Array(list) = v else {
-        return Err(not_array());
-    };
     let mut seen = std::collections::BTreeSet::new();
     list.iter()
         .enumerate()

@@ -27,7 +27,7 @@ use crate::trust::TrustStore;
 use crate::verify::{
     DevicePolicy, check_header, content_key, stream_payload, verify_image, workers,
 };
-use crate::{FirmwareError, Result};
+use crate::{FirmwareError, Result, io};
 
 /// Boot attempts a pending image gets.
 pub const TRIAL_ATTEMPTS: u8 = 3;
@@ -105,10 +105,6 @@ pub struct Slots<'a> {
     key: &'a KeyHandle,
     /// The slot the boot stage verified and the digest of its manifest.
     booted: Option<(Slot, [u8; 32])>,
-}
-
-fn io(e: std::io::Error) -> FirmwareError {
-    FirmwareError::Io(e.to_string())
 }
 
 impl<'a> Slots<'a> {

@@ -152,7 +152,7 @@ impl TrustStore {
     pub fn check(&self, manifest: &[u8], sigs: &[CoseSign1]) -> Result<Vec<String>> {
         // A store built in code has not been through `validate`: a policy
         // that requires nothing must not let an unsigned image through.
-        if self.policy.is_empty() || self.policy.iter().any(|q| q.min == 0) {
+        if self.requires_nothing() {
             return Err(FirmwareError::EmptyPolicy);
         }
         let mut by_role: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
@@ -275,6 +275,12 @@ impl TrustStore {
         Ok(next)
     }
 
+    /// Whether the policy lets an image through with no signature at all
+    /// (no requirement, or one of zero signatures).
+    fn requires_nothing(&self) -> bool {
+        self.policy.is_empty() || self.policy.iter().any(|q| q.min == 0)
+    }
+
     /// Checks a trust store is one a device may use: a policy that
     /// requires something ([`FirmwareError::EmptyPolicy`]: no requirement,
     /// or one of zero signatures, would accept unsigned images), no role
@@ -282,7 +288,7 @@ impl TrustStore {
     /// point whose `kid` is derived from it, no key id twice, the root not an
     /// image signing key, and every role non-empty.
     pub fn validate(&self) -> Result<()> {
-        if self.policy.is_empty() || self.policy.iter().any(|q| q.min == 0) {
+        if self.requires_nothing() {
             return Err(FirmwareError::EmptyPolicy);
         }
         let bad = |m: String| Err(FirmwareError::InvalidTrustStore(m));

@@ -9,7 +9,7 @@ use crate::image::Header;
 use crate::manifest::Manifest;
 use crate::sign::key_id;
 use crate::trust::TrustStore;
-use crate::{FirmwareError, Result};
+use crate::{FirmwareError, Result, read_full};
 
 /// What the device requires of an image.
 #[derive(Debug, Clone)]
@@ -84,18 +84,6 @@ pub fn content_key(v: &Verified, store: &dyn KeyStore, handle: &KeyHandle) -> Re
     crypt::unwrap_with(store, handle, r)
 }
 
-fn read_exact_or(r: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(FirmwareError::Io(e.to_string())),
-        }
-    }
-    Ok(n)
-}
-
 enum Job {
     Chunk(u64, Vec<u8>),
     Failed(FirmwareError),
@@ -149,7 +137,7 @@ pub fn stream_payload(
                 } as usize;
                 let want = plain + crypt::TAG;
                 let mut buf = vec![0u8; want];
-                let n = read_exact_or(r, &mut buf)?;
+                let n = read_full(r, &mut buf)?;
                 if n < want {
                     let e = FirmwareError::Truncated {
                         got: got + n.saturating_sub(crypt::TAG) as u64,
@@ -165,7 +153,7 @@ pub fn stream_payload(
             }
             // Endless data: nothing may follow the declared payload.
             let mut extra = [0u8; 1];
-            if read_exact_or(r, &mut extra)? != 0 {
+            if read_full(r, &mut extra)? != 0 {
                 let _ = job_tx.send(Job::Failed(FirmwareError::TooLong(m.payload_len)));
             }
             Ok(())

@@ -4,55 +4,39 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
+use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::{block, h, join, split};
+use coset::{CborSerializable, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable, iana};
 use drivesec_firmware::image::{Header, PackOptions, approve, pack};
+use drivesec_firmware::slots::{BootDecision, Slots};
+use drivesec_firmware::storage::DirStorage;
 use drivesec_firmware::trust::{Requirement, Rotation, TrustStore, TrustedKey, sign_rotation};
 use drivesec_firmware::verify::{DevicePolicy, verify_image};
 use drivesec_firmware::{FirmwareError, crypt};
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, PublicKey};
+use drivesec_keystore::{KeyAlgorithm, KeyStore, PublicKey};
 
 struct Fx {
     dir: tempfile::TempDir,
     ks: Arc<dyn KeyStore>,
     trust: TrustStore,
     firmware: Vec<u8>,
-}
-
-fn h(s: &str) -> KeyHandle {
-    KeyHandle::new(s).unwrap()
-}
-
-fn pk(ks: &Arc<dyn KeyStore>, name: &str) -> PublicKey {
-    ks.info(&h(name)).unwrap().public_key
+    /// [`Fx::good`], packed on first use.
+    good: OnceCell<Vec<u8>>,
 }
 
 impl Fx {
     fn new() -> Fx {
         let dir = tempfile::tempdir().unwrap();
-        let (_, ks) = KeystoreConfig::create_soft(dir.path(), "ks", "secret").unwrap();
-        for k in ["root", "vendor", "oem", "rogue", "fw", "fw-other"] {
-            ks.generate(&h(k), KeyAlgorithm::EcdsaP256).unwrap();
-        }
-        let trust = TrustStore {
-            version: 1,
-            root: TrustedKey::new(&pk(&ks, "root"), "root"),
-            keys: vec![
-                TrustedKey::new(&pk(&ks, "vendor"), "vendor"),
-                TrustedKey::new(&pk(&ks, "oem"), "oem"),
-            ],
-            policy: vec![
-                Requirement {
-                    role: "vendor".into(),
-                    min: 1,
-                },
-                Requirement {
-                    role: "oem".into(),
-                    min: 1,
-                },
-            ],
-        };
+        let ks = common::keystore(
+            dir.path(),
+            &["root", "vendor", "oem", "rogue", "fw", "fw-other"],
+        );
+        let trust = common::vendor_oem_trust(ks.as_ref());
         let mut firmware = vec![0u8; 300 * 1024 + 123];
         for (i, b) in firmware.iter_mut().enumerate() {
             *b = (i * 31 % 251) as u8;
@@ -63,7 +47,21 @@ impl Fx {
             ks,
             trust,
             firmware,
+            good: OnceCell::new(),
         }
+    }
+
+    /// The good image's bytes: counter 3, hardware `ctrl-a`, signed by the
+    /// vendor, approved by the OEM, encrypted for `fw`. Packed once per
+    /// fixture (packing is the dear part of most attacks' set-up).
+    fn good(&self) -> &[u8] {
+        self.good.get_or_init(|| {
+            std::fs::read(self.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap()
+        })
+    }
+
+    fn pk(&self, name: &str) -> PublicKey {
+        common::pk(self.ks.as_ref(), name)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -94,7 +92,7 @@ impl Fx {
             &self.path("fw.bin"),
             &packed,
             &opts,
-            &[pk(&self.ks, recipient)],
+            &[self.pk(recipient)],
             (self.ks.as_ref(), &h(signer)),
             "vendor",
             &mut |_| {},
@@ -212,8 +210,7 @@ fn attack_missing_required_approval() {
 #[test]
 fn attack_revoked_key() {
     let fx = Fx::new();
-    let img = fx.image("good", 3, "ctrl-a", "vendor", true, "fw");
-    let vendor_kid = drivesec_firmware::sign::key_id(&pk(&fx.ks, "vendor"));
+    let vendor_kid = drivesec_firmware::sign::key_id(&fx.pk("vendor"));
     let stmt = sign_rotation(
         &Rotation {
             version: 2,
@@ -227,7 +224,7 @@ fn attack_revoked_key() {
     )
     .unwrap();
     let trust = fx.trust.rotate(&stmt).unwrap();
-    let (r, chunks) = fx.verify_bytes(&std::fs::read(&img).unwrap(), &trust, 0);
+    let (r, chunks) = fx.verify_bytes(fx.good(), &trust, 0);
     assert!(matches!(r, Err(FirmwareError::RevokedKey(_))), "{r:?}");
     assert_eq!(chunks, 0);
 }
@@ -279,7 +276,7 @@ fn attack_mix_and_match_manifest_and_payload() {
 #[test]
 fn attack_endless_data_stops_at_the_declared_length() {
     let fx = Fx::new();
-    let mut bytes = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let mut bytes = fx.good().to_vec();
     bytes.extend(std::iter::repeat_n(0x41u8, 10 * 1024 * 1024));
     let (r, _) = fx.verify_bytes(&bytes, &fx.trust, 0);
     assert!(
@@ -303,11 +300,11 @@ fn attack_wrong_hardware_class() {
 #[test]
 fn attack_one_flipped_bit_in_any_chunk() {
     let fx = Fx::new();
-    let bytes = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (_, chunks) = layout(&bytes);
+    let bytes = fx.good();
+    let (_, chunks) = layout(bytes);
     for (i, (off, len)) in chunks.iter().enumerate() {
         for pos in [0, len / 2, len - 1] {
-            let mut bad = bytes.clone();
+            let mut bad = bytes.to_vec();
             bad[off + pos] ^= 0x10;
             let (r, delivered) = fx.verify_bytes(&bad, &fx.trust, 0);
             assert!(
@@ -325,8 +322,8 @@ fn attack_one_flipped_bit_in_any_chunk() {
 #[test]
 fn attack_truncated_image() {
     let fx = Fx::new();
-    let bytes = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (_, chunks) = layout(&bytes);
+    let bytes = fx.good();
+    let (_, chunks) = layout(bytes);
     for cut in [
         chunks[4].0,
         chunks[4].0 + 10,
@@ -339,7 +336,7 @@ fn attack_truncated_image() {
             "cut at {cut}: {r:?}"
         );
     }
-    let (start, _) = layout(&bytes);
+    let (start, _) = layout(bytes);
     let (r, _) = fx.verify_bytes(&bytes[..start - 3], &fx.trust, 0);
     assert!(matches!(r, Err(FirmwareError::Malformed(_))), "{r:?}");
 }
@@ -347,12 +344,12 @@ fn attack_truncated_image() {
 #[test]
 fn attack_chunks_reordered() {
     let fx = Fx::new();
-    let bytes = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (_, chunks) = layout(&bytes);
+    let bytes = fx.good();
+    let (_, chunks) = layout(bytes);
     let (a, la) = chunks[1];
     let (b, lb) = chunks[2];
     assert_eq!(la, lb);
-    let mut bad = bytes.clone();
+    let mut bad = bytes.to_vec();
     bad[a..a + la].copy_from_slice(&bytes[b..b + lb]);
     bad[b..b + lb].copy_from_slice(&bytes[a..a + la]);
     let (r, delivered) = fx.verify_bytes(&bad, &fx.trust, 0);
@@ -363,8 +360,8 @@ fn attack_chunks_reordered() {
 #[test]
 fn attack_manifest_with_a_tampered_field() {
     let fx = Fx::new();
-    let bytes = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let mut r = &bytes[..];
+    let bytes = fx.good();
+    let mut r = bytes;
     let mut header = Header::read(&mut r).unwrap();
     let payload = r.to_vec();
     header.manifest.security_counter = 99;
@@ -394,7 +391,7 @@ fn trust_rotation_only_by_the_root_and_in_order() {
     let fx = Fx::new();
     let new_oem = {
         fx.ks.generate(&h("oem2"), KeyAlgorithm::EcdsaP256).unwrap();
-        TrustedKey::new(&pk(&fx.ks, "oem2"), "oem")
+        TrustedKey::new(&fx.pk("oem2"), "oem")
     };
     let r2 = Rotation {
         version: 2,
@@ -438,7 +435,7 @@ fn trust_rotation_only_by_the_root_and_in_order() {
 fn rotation_refuses_a_key_under_a_false_id_and_an_empty_policy() {
     let fx = Fx::new();
     // The vendor key again, under a made-up id: it would count twice.
-    let mut twin = TrustedKey::new(&pk(&fx.ks, "vendor"), "vendor");
+    let mut twin = TrustedKey::new(&fx.pk("vendor"), "vendor");
     twin.kid = "0000000000000000".into();
     let rot = |add: Vec<TrustedKey>, policy: Option<Vec<Requirement>>| {
         let r = Rotation {
@@ -454,7 +451,7 @@ fn rotation_refuses_a_key_under_a_false_id_and_an_empty_policy() {
     let e = rot(vec![twin], None).unwrap_err();
     assert!(e.to_string().contains("does not belong"), "{e}");
     // The same key under its true id is already known.
-    let e = rot(vec![TrustedKey::new(&pk(&fx.ks, "vendor"), "vendor")], None).unwrap_err();
+    let e = rot(vec![TrustedKey::new(&fx.pk("vendor"), "vendor")], None).unwrap_err();
     assert!(e.to_string().contains("already known"), "{e}");
     // A policy that requires nothing would accept unsigned images.
     let e = rot(vec![], Some(vec![])).unwrap_err();
@@ -476,7 +473,8 @@ fn approving_twice_with_one_key_is_refused_and_changes_nothing() {
     let img = fx.image("good", 3, "ctrl-a", "vendor", true, "fw");
     let before = std::fs::read(&img).unwrap();
     let again = fx.path("again.img");
-    assert!(approve(&img, &again, (fx.ks.as_ref(), &h("oem")), "oem").is_err());
+    let r = approve(&img, &again, (fx.ks.as_ref(), &h("oem")), "oem");
+    assert!(matches!(r, Err(FirmwareError::DuplicateSigner(_))), "{r:?}");
     assert!(!again.exists());
     assert_eq!(std::fs::read(&img).unwrap(), before);
 }
@@ -499,9 +497,9 @@ fn a_read_error_after_a_complete_image_fails_verification() {
         }
     }
     let fx = Fx::new();
-    let bytes = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
+    let bytes = fx.good();
     let r = verify_image(
-        &mut ThenErr(&bytes),
+        &mut ThenErr(bytes),
         &fx.trust,
         &fx.device(0),
         fx.ks.as_ref(),
@@ -510,46 +508,11 @@ fn a_read_error_after_a_complete_image_fails_verification() {
     );
     assert!(r.is_err(), "{r:?}");
     // The same bytes with a clean end verify.
-    assert!(fx.verify_bytes(&bytes, &fx.trust, 0).0.is_ok());
+    assert!(fx.verify_bytes(bytes, &fx.trust, 0).0.is_ok());
 }
 
 // ---- Issue 15, findings 11 and 17: the signature block, the manifest's
 // fields, the trust store and the confirmation, each refused by name. ----
-
-use coset::{CborSerializable, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable, iana};
-use drivesec_firmware::slots::{BootDecision, Slots};
-use drivesec_firmware::storage::DirStorage;
-
-/// An image's parts as bytes: (manifest, signature block, payload).
-fn split(bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
-    let m = u32_at(8);
-    let s = u32_at(12 + m);
-    (
-        bytes[12..12 + m].to_vec(),
-        bytes[16 + m..16 + m + s].to_vec(),
-        bytes[16 + m + s..].to_vec(),
-    )
-}
-
-/// An image from its parts, exactly as given.
-fn join(manifest: &[u8], sigs: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut out = b"DSFWIMG1".to_vec();
-    out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
-    out.extend_from_slice(manifest);
-    out.extend_from_slice(&(sigs.len() as u32).to_le_bytes());
-    out.extend_from_slice(sigs);
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A signature block from entries, exactly as given.
-fn block(entries: Vec<Vec<u8>>) -> Vec<u8> {
-    let list: Vec<ciborium::Value> = entries.into_iter().map(ciborium::Value::Bytes).collect();
-    let mut out = Vec::new();
-    ciborium::into_writer(&list, &mut out).unwrap();
-    out
-}
 
 impl Fx {
     /// A detached signature over `manifest` by `key` as `role`, tagged.
@@ -562,8 +525,7 @@ impl Fx {
     /// The good image with its manifest replaced by `manifest` (bytes as
     /// given), genuinely signed by the vendor and the OEM.
     fn resigned(&self, manifest: &[u8]) -> Vec<u8> {
-        let good = std::fs::read(self.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-        let (_, _, payload) = split(&good);
+        let (_, _, payload) = split(self.good());
         let sigs = block(vec![
             self.sig(manifest, "vendor", "vendor"),
             self.sig(manifest, "oem", "oem"),
@@ -577,8 +539,7 @@ impl Fx {
         &self,
         f: impl FnOnce(&mut Vec<(ciborium::Value, ciborium::Value)>),
     ) -> Vec<u8> {
-        let good = std::fs::read(self.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-        let (m, _, _) = split(&good);
+        let (m, _, _) = split(self.good());
         let mut v: ciborium::Value = ciborium::from_reader(m.as_slice()).unwrap();
         f(match &mut v {
             ciborium::Value::Map(entries) => entries,
@@ -613,13 +574,13 @@ fn first_recipient(
 fn attack_signature_with_an_embedded_payload() {
     // coset asserts a detached signature has no payload; this once panicked.
     let fx = Fx::new();
-    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (m, sigs, payload) = split(&good);
+    let good = fx.good();
+    let (m, sigs, payload) = split(good);
     let embedded = CoseSign1Builder::new()
         .protected(
             HeaderBuilder::new()
                 .algorithm(iana::Algorithm::ES256)
-                .key_id(drivesec_firmware::sign::key_id(&pk(&fx.ks, "vendor")).into_bytes())
+                .key_id(drivesec_firmware::sign::key_id(&fx.pk("vendor")).into_bytes())
                 .text_value(
                     "drivesec-role".into(),
                     ciborium::Value::Text("vendor".into()),
@@ -643,22 +604,22 @@ fn attack_signature_with_an_embedded_payload() {
     assert!(matches!(r, Err(FirmwareError::AttachedPayload(0))), "{r:?}");
     // A signature with a payload put into a header in code reaches the
     // trust check: refused there by name, never handed to coset.
-    let mut header = Header::read(&mut good.as_slice()).unwrap();
+    let mut header = Header::read(&mut &good[..]).unwrap();
     header.signatures[0].payload = Some(m.clone());
     let r = fx.trust.check(&header.manifest_bytes, &header.signatures);
     assert!(matches!(r, Err(FirmwareError::AttachedPayload(0))), "{r:?}");
     assert!(!drivesec_firmware::sign::verify_with(
         &header.signatures[0],
         &m,
-        &pk(&fx.ks, "vendor")
+        &fx.pk("vendor")
     ));
 }
 
 #[test]
 fn attack_untagged_signature() {
     let fx = Fx::new();
-    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (m, _, payload) = split(&good);
+    let good = fx.good();
+    let (m, _, payload) = split(good);
     let oem = drivesec_firmware::sign::sign_manifest(&m, fx.ks.as_ref(), &h("oem"), "oem")
         .unwrap()
         .to_vec()
@@ -679,8 +640,8 @@ fn attack_untagged_signature() {
 #[test]
 fn attack_bytes_after_the_signatures_array() {
     let fx = Fx::new();
-    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (m, mut sigs, payload) = split(&good);
+    let good = fx.good();
+    let (m, mut sigs, payload) = split(good);
     // Another CBOR item (a byte string smuggling a third signature) after the array.
     let mut extra = Vec::new();
     ciborium::into_writer(
@@ -701,8 +662,8 @@ fn attack_bytes_after_the_signatures_array() {
 #[test]
 fn attack_signature_block_not_in_preferred_encoding() {
     let fx = Fx::new();
-    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (m, sigs, payload) = split(&good);
+    let good = fx.good();
+    let (m, sigs, payload) = split(good);
     // The same array with an indefinite length.
     assert_eq!(sigs[0], 0x82);
     let mut indefinite = vec![0x9f];
@@ -733,8 +694,8 @@ fn attack_signature_block_not_in_preferred_encoding() {
 #[test]
 fn attack_same_key_signs_twice() {
     let fx = Fx::new();
-    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (m, _, payload) = split(&good);
+    let good = fx.good();
+    let (m, _, payload) = split(good);
     // Two distinct, valid signatures by one key (ECDSA is randomised).
     let bad = join(
         &m,
@@ -752,7 +713,7 @@ fn attack_same_key_signs_twice() {
     let r = Header::read(&mut bad.as_slice());
     assert!(matches!(r, Err(FirmwareError::DuplicateSigner(_))), "{r:?}");
     // A header built in code (not read) is refused by the trust check too.
-    let mut header = Header::read(&mut good.as_slice()).unwrap();
+    let mut header = Header::read(&mut &good[..]).unwrap();
     let again = header.signatures[1].clone();
     header.signatures.push(again);
     let r = fx.trust.check(&header.manifest_bytes, &header.signatures);
@@ -781,89 +742,55 @@ fn attack_role_mismatch() {
 #[test]
 fn attack_malformed_signature_headers() {
     let fx = Fx::new();
-    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (m, _, payload) = split(&good);
-    let vendor_kid = drivesec_firmware::sign::key_id(&pk(&fx.ks, "vendor"));
-    let role = || ciborium::Value::Text("vendor".into());
+    let good = fx.good();
+    let (m, _, payload) = split(good);
+    let vendor_kid = drivesec_firmware::sign::key_id(&fx.pk("vendor"));
+    // A protected header with the vendor's kid, and ES256 and the role as given.
+    let protected = |alg: bool, role: Option<ciborium::Value>| {
+        let mut b = HeaderBuilder::new();
+        if alg {
+            b = b.algorithm(iana::Algorithm::ES256);
+        }
+        b = b.key_id(vendor_kid.clone().into_bytes());
+        if let Some(role) = role {
+            b = b.text_value("drivesec-role".into(), role);
+        }
+        b.build()
+    };
+    // A tagged COSE_Sign1 with these headers and an all-zero signature.
+    let cose = |protected: coset::Header, unprotected: coset::Header, sig_len: usize| {
+        CoseSign1Builder::new()
+            .protected(protected)
+            .unprotected(unprotected)
+            .signature(vec![0; sig_len])
+            .build()
+            .to_tagged_vec()
+            .unwrap()
+    };
+    let role = || Some(ciborium::Value::Text("vendor".into()));
+    let none = coset::Header::default;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "an unprotected header",
-            CoseSign1Builder::new()
-                .protected(
-                    HeaderBuilder::new()
-                        .algorithm(iana::Algorithm::ES256)
-                        .key_id(vendor_kid.clone().into_bytes())
-                        .text_value("drivesec-role".into(), role())
-                        .build(),
-                )
-                .unprotected(
-                    HeaderBuilder::new()
-                        .key_id(b"0000000000000000".to_vec())
-                        .build(),
-                )
-                .signature(vec![0; 64])
-                .build()
-                .to_tagged_vec()
-                .unwrap(),
+            cose(
+                protected(true, role()),
+                HeaderBuilder::new()
+                    .key_id(b"0000000000000000".to_vec())
+                    .build(),
+                64,
+            ),
         ),
-        (
-            "no alg",
-            CoseSign1Builder::new()
-                .protected(
-                    HeaderBuilder::new()
-                        .key_id(vendor_kid.clone().into_bytes())
-                        .text_value("drivesec-role".into(), role())
-                        .build(),
-                )
-                .signature(vec![0; 64])
-                .build()
-                .to_tagged_vec()
-                .unwrap(),
-        ),
-        (
-            "no role",
-            CoseSign1Builder::new()
-                .protected(
-                    HeaderBuilder::new()
-                        .algorithm(iana::Algorithm::ES256)
-                        .key_id(vendor_kid.clone().into_bytes())
-                        .build(),
-                )
-                .signature(vec![0; 64])
-                .build()
-                .to_tagged_vec()
-                .unwrap(),
-        ),
+        ("no alg", cose(protected(false, role()), none(), 64)),
+        ("no role", cose(protected(true, None), none(), 64)),
         (
             "role not text",
-            CoseSign1Builder::new()
-                .protected(
-                    HeaderBuilder::new()
-                        .algorithm(iana::Algorithm::ES256)
-                        .key_id(vendor_kid.clone().into_bytes())
-                        .text_value("drivesec-role".into(), ciborium::Value::Integer(1.into()))
-                        .build(),
-                )
-                .signature(vec![0; 64])
-                .build()
-                .to_tagged_vec()
-                .unwrap(),
+            cose(
+                protected(true, Some(ciborium::Value::Integer(1.into()))),
+                none(),
+                64,
+            ),
         ),
-        (
-            "short signature",
-            CoseSign1Builder::new()
-                .protected(
-                    HeaderBuilder::new()
-                        .algorithm(iana::Algorithm::ES256)
-                        .key_id(vendor_kid.clone().into_bytes())
-                        .text_value("drivesec-role".into(), role())
-                        .build(),
-                )
-                .signature(vec![0; 63])
-                .build()
-                .to_tagged_vec()
-                .unwrap(),
-        ),
+        ("short signature", cose(protected(true, role()), none(), 63)),
         ("a byte after the COSE_Sign1", {
             let mut s = fx.sig(&m, "vendor", "vendor");
             s.push(0xf6);
@@ -1018,8 +945,8 @@ fn attack_manifest_not_in_canonical_encoding() {
         matches!(r, Err(FirmwareError::NonCanonicalManifest)),
         "{r:?}"
     );
-    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (m, _, _) = split(&good);
+    let good = fx.good();
+    let (m, _, _) = split(good);
     let at = m
         .windows(17)
         .position(|w| w == b"\x70security_counter")
@@ -1080,8 +1007,8 @@ fn attack_trust_store_with_an_empty_policy_is_refused_at_load() {
 #[test]
 fn attack_unsigned_image_against_a_store_built_with_an_empty_policy() {
     let fx = Fx::new();
-    let good = std::fs::read(fx.image("good", 3, "ctrl-a", "vendor", true, "fw")).unwrap();
-    let (m, _, payload) = split(&good);
+    let good = fx.good();
+    let (m, _, payload) = split(good);
     let unsigned = join(&m, &block(vec![]), &payload);
     let mut t = fx.trust.clone();
     t.policy.clear();
@@ -1124,4 +1051,98 @@ fn attack_slot_replaced_between_boot_and_confirm() {
         assert_eq!(slots.state().unwrap(), before, "nothing confirmed");
         assert_eq!(before.counter, 1);
     }
+}
+
+#[test]
+fn a_signature_that_does_not_verify_is_bad_whatever_role_it_claims() {
+    let fx = Fx::new();
+    let (m, _, payload) = split(fx.good());
+    // The OEM's key claiming the vendor's role, its signature damaged: the
+    // role is read only from a header whose signature verified.
+    let mut forged = fx.sig(&m, "oem", "vendor");
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let bad = join(
+        &m,
+        &block(vec![fx.sig(&m, "vendor", "vendor"), forged]),
+        &payload,
+    );
+    let (r, chunks) = fx.verify_bytes(&bad, &fx.trust, 0);
+    assert!(matches!(r, Err(FirmwareError::BadSignature(_))), "{r:?}");
+    assert_eq!(chunks, 0);
+}
+
+#[test]
+fn trust_store_validation_refuses_each_malformation_by_name() {
+    let fx = Fx::new();
+    type Spoil = fn(&mut TrustStore);
+    let cases: [(&str, Spoil); 6] = [
+        ("a policy role twice", |t| {
+            t.policy.push(t.policy[0].clone())
+        }),
+        ("an empty policy role", |t| t.policy[0].role.clear()),
+        ("a key without a role", |t| t.keys[0].role.clear()),
+        ("the root as an image key", |t| t.keys.push(t.root.clone())),
+        ("an uppercase public key", |t| {
+            t.keys[0].public_key = t.keys[0].public_key.to_uppercase()
+        }),
+        ("a compressed point", |t| {
+            t.keys[0].public_key = format!("02{}", &t.keys[0].public_key[2..])
+        }),
+    ];
+    for (name, spoil) in cases {
+        let mut t = fx.trust.clone();
+        spoil(&mut t);
+        let r = t.validate();
+        assert!(
+            matches!(r, Err(FirmwareError::InvalidTrustStore(_))),
+            "{name}: {r:?}"
+        );
+        // Loading it is refused the same way.
+        let r = TrustStore::from_json(&serde_json::to_vec(&t).unwrap());
+        assert!(
+            matches!(r, Err(FirmwareError::InvalidTrustStore(_))),
+            "{name}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_header_no_reader_would_accept_is_never_written() {
+    let fx = Fx::new();
+    let good = Header::read(&mut &fx.good()[..]).unwrap();
+    // A manifest one byte over the reader's 1 MiB, and a signature block
+    // over its 64 KiB.
+    let mut big_manifest = good.clone();
+    big_manifest.manifest_bytes = vec![0; (1 << 20) + 1];
+    let mut many_sigs = good.clone();
+    many_sigs.signatures = vec![good.signatures[0].clone(); 1000];
+    for (name, header) in [("manifest", big_manifest), ("signatures", many_sigs)] {
+        let mut out = Vec::new();
+        let r = header.write(&mut out);
+        assert!(
+            matches!(r, Err(FirmwareError::Malformed(_))),
+            "{name}: {r:?}"
+        );
+        assert!(out.is_empty(), "{name}: nothing written");
+    }
+}
+
+#[test]
+fn attack_signature_entry_not_a_byte_string() {
+    let fx = Fx::new();
+    let (m, _, payload) = split(fx.good());
+    // The vendor's COSE_Sign1 put into the array as an item of its own,
+    // not wrapped in a byte string.
+    let vendor: ciborium::Value =
+        ciborium::from_reader(fx.sig(&m, "vendor", "vendor").as_slice()).unwrap();
+    let oem = ciborium::Value::Bytes(fx.sig(&m, "oem", "oem"));
+    let mut sigs = Vec::new();
+    ciborium::into_writer(&ciborium::Value::Array(vec![vendor, oem]), &mut sigs).unwrap();
+    let (r, chunks) = fx.verify_bytes(&join(&m, &sigs, &payload), &fx.trust, 0);
+    assert!(
+        matches!(r, Err(FirmwareError::MalformedSignature { index: 0, .. })),
+        "{r:?}"
+    );
+    assert_eq!(chunks, 0);
 }

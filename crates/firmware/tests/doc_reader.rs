@@ -7,9 +7,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use ciborium::Value;
-use drivesec_firmware::image::{PackOptions, approve, pack};
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig, PublicKey};
+use drivesec_firmware::image::PackOptions;
+use drivesec_keystore::{KeyAlgorithm, PublicKey};
 use sha2::{Digest, Sha256};
 
 /// "Key ids": SHA-256 over the fixed P-256 SPKI prefix and the point, 8 bytes, hex.
@@ -32,11 +34,7 @@ fn text(v: &Value) -> &str {
 #[test]
 fn an_image_read_and_a_manifest_written_from_the_document_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, ks) = KeystoreConfig::create_soft(dir.path(), "ks", "secret").unwrap();
-    let h = |s: &str| KeyHandle::new(s).unwrap();
-    for k in ["vendor", "oem"] {
-        ks.generate(&h(k), KeyAlgorithm::EcdsaP256).unwrap();
-    }
+    let ks = common::keystore(dir.path(), &["vendor", "oem"]);
     // The recipient's private key is the test's own (not in a keystore),
     // so the test can do the device's ECDH itself.
     let device = p256::SecretKey::random(&mut rand_core::OsRng);
@@ -61,19 +59,14 @@ fn an_image_read_and_a_manifest_written_from_the_document_alone() {
         sbom: None,
         build_time: "2026-11-28T09:30:00Z".into(),
     };
-    let packed = dir.path().join("fw.packed");
-    pack(
+    let img = common::release(
+        ks.as_ref(),
         &dir.path().join("fw.bin"),
-        &packed,
+        dir.path(),
+        "fw",
         &opts,
         &[device_pk],
-        (ks.as_ref(), &h("vendor")),
-        "vendor",
-        &mut |_| {},
-    )
-    .unwrap();
-    let img = dir.path().join("fw.img");
-    approve(&packed, &img, (ks.as_ref(), &h("oem")), "oem").unwrap();
+    );
     let bytes = std::fs::read(&img).unwrap();
 
     // Container.
@@ -196,7 +189,7 @@ fn an_image_read_and_a_manifest_written_from_the_document_alone() {
             ph[0],
             (Value::Integer(1.into()), Value::Integer((-7).into()))
         );
-        let pk = ks.info(&h(key)).unwrap().public_key;
+        let pk = common::pk(ks.as_ref(), key);
         assert_eq!(ph[1].0, Value::Integer(4.into()));
         assert_eq!(ph[1].1, Value::Bytes(doc_kid(pk.raw()).into_bytes()));
         assert_eq!(text(&ph[2].0), "drivesec-role");

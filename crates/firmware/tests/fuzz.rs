@@ -11,51 +11,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+mod common;
+
 use std::sync::Arc;
 
 use ciborium::Value;
-use drivesec_firmware::image::{Header, PackOptions, approve, pack};
+use common::{h, join, split};
+use drivesec_firmware::image::{Header, PackOptions};
 use drivesec_firmware::manifest::Manifest;
 use drivesec_firmware::sign;
 use drivesec_firmware::trust::{Requirement, TrustStore, TrustedKey};
 use drivesec_firmware::verify::{DevicePolicy, verify_image};
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig};
-
-/// xorshift64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let n = self.below(max + 1);
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
-/// Iterations: `DRIVESEC_FUZZ_ITERS` divided by `cost` (how many times
-/// dearer an iteration of this target is than a parse), else `default`.
-fn iters(default: usize, cost: usize) -> usize {
-    std::env::var("DRIVESEC_FUZZ_ITERS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .map_or(default, |n| n / cost)
-}
+use drivesec_keystore::KeyStore;
+use drivesec_testkit::{Hex, Rng, iters, mutation, no_panic};
 
 const INTERESTING: &[u8] = &[
     0x00, 0x01, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1f, 0x40, 0x5f, 0x60, 0x7f, 0x80, 0x9f, 0xa0, 0xbf,
@@ -65,7 +33,7 @@ const INTERESTING: &[u8] = &[
 fn random_value(rng: &mut Rng, depth: usize) -> Value {
     let leaf = depth == 0 || rng.chance(2);
     match rng.below(if leaf { 7 } else { 10 }) {
-        0 => Value::Integer((rng.next() as i64 >> rng.below(64)).into()),
+        0 => Value::Integer((rng.next_u64() as i64 >> rng.below(64)).into()),
         1 => Value::Bytes(rng.bytes(80)),
         2 => Value::Text(
             [
@@ -81,7 +49,7 @@ fn random_value(rng: &mut Rng, depth: usize) -> Value {
         ),
         3 => Value::Bool(rng.chance(2)),
         4 => Value::Null,
-        5 => Value::Float(f64::from_bits(rng.next())),
+        5 => Value::Float(f64::from_bits(rng.next_u64())),
         6 => Value::Text(String::from_utf8_lossy(&rng.bytes(20)).into_owned()),
         7 => Value::Array(
             (0..rng.below(5))
@@ -94,7 +62,7 @@ fn random_value(rng: &mut Rng, depth: usize) -> Value {
                 .collect(),
         ),
         _ => Value::Tag(
-            [18, 17, 98, 2, 24, rng.next() >> 40][rng.below(6)],
+            [18, 17, 98, 2, 24, rng.next_u64() >> 40][rng.below(6)],
             Box::new(random_value(rng, depth - 1)),
         ),
     }
@@ -179,40 +147,18 @@ fn mutate_value(rng: &mut Rng, v: &mut Value) {
     }
 }
 
-/// One mutation of `input`; `others` are other valid inputs to splice from.
+/// One to three mutations of `input`; `others` are other valid inputs to splice from.
 fn mutate(rng: &mut Rng, input: &[u8], others: &[&[u8]]) -> Vec<u8> {
     let mut b = input.to_vec();
     for _ in 0..1 + rng.below(3) {
         let len = b.len();
         match rng.below(10) {
-            0 | 1 if len > 0 => {
-                let i = rng.below(len);
-                b[i] ^= 1 << rng.below(8);
-            }
-            2 if len > 0 => {
-                let i = rng.below(len);
-                b[i] = INTERESTING[rng.below(INTERESTING.len())];
-            }
-            3 => b.truncate(rng.below(len + 1)),
-            4 => {
-                let at = rng.below(len + 1);
-                let mut ins = rng.bytes(15);
-                ins.push(rng.next() as u8);
-                b.splice(at..at, ins);
-            }
-            5 if len > 0 => {
-                let at = rng.below(len);
-                let end = (at + 1 + rng.below(32)).min(len);
-                b.drain(at..end);
-            }
-            6 if !others.is_empty() => {
-                let o = others[rng.below(others.len())];
-                let from = rng.below(o.len() + 1);
-                let to = (from + rng.below(64)).min(o.len());
-                let at = rng.below(len + 1);
-                let end = (at + rng.below(64)).min(len);
-                b.splice(at..end, o[from..to].iter().copied());
-            }
+            0 | 1 if len > 0 => mutation::flip_bit(rng, &mut b),
+            2 if len > 0 => mutation::set_byte(rng, &mut b, INTERESTING),
+            3 => mutation::truncate(rng, &mut b),
+            4 => mutation::insert_random(rng, &mut b, 16),
+            5 if len > 0 => mutation::delete_range(rng, &mut b, 32),
+            6 if !others.is_empty() => mutation::splice_from(rng, &mut b, others, 64),
             7 => {
                 if let Ok(mut v) = ciborium::from_reader::<Value, _>(b.as_slice()) {
                     mutate_value(rng, &mut v);
@@ -220,40 +166,11 @@ fn mutate(rng: &mut Rng, input: &[u8], others: &[&[u8]]) -> Vec<u8> {
                 }
             }
             8 => b = cbor(&random_value(rng, 4)),
-            _ if len > 0 => {
-                // Duplicate a range (repeated items, lengths that no longer match).
-                let at = rng.below(len);
-                let end = (at + 1 + rng.below(32)).min(len);
-                let dup = b[at..end].to_vec();
-                b.splice(at..at, dup);
-            }
-            _ => b.push(rng.next() as u8),
+            _ if len > 0 => mutation::duplicate_range(rng, &mut b, 32),
+            _ => b.push(rng.next_u64() as u8),
         }
     }
     b
-}
-
-/// Runs `f` and turns a panic into a failure that shows the input.
-fn no_panic<T>(what: &str, iter: usize, input: &[u8], f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            panic!(
-                "{what} panicked at iteration {iter}: {msg}\ninput ({} bytes): {}",
-                input.len(),
-                hex(input)
-            )
-        }
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 const CHUNK: usize = 4096;
@@ -267,58 +184,16 @@ struct Fx {
     images: Vec<Vec<u8>>,
 }
 
-fn h(s: &str) -> KeyHandle {
-    KeyHandle::new(s).unwrap()
-}
-
-fn split(bytes: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
-    let m = u32_at(8);
-    let s = u32_at(12 + m);
-    (
-        bytes[12..12 + m].to_vec(),
-        bytes[16 + m..16 + m + s].to_vec(),
-        bytes[16 + m + s..].to_vec(),
-    )
-}
-
-fn join(manifest: &[u8], sigs: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut out = b"DSFWIMG1".to_vec();
-    out.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
-    out.extend_from_slice(manifest);
-    out.extend_from_slice(&(sigs.len() as u32).to_le_bytes());
-    out.extend_from_slice(sigs);
-    out.extend_from_slice(payload);
-    out
-}
-
 impl Fx {
     fn new() -> Fx {
         let dir = tempfile::tempdir().unwrap();
-        let (_, ks) = KeystoreConfig::create_soft(dir.path(), "ks", "secret").unwrap();
-        for k in ["root", "vendor", "oem", "fw", "fw-2"] {
-            ks.generate(&h(k), KeyAlgorithm::EcdsaP256).unwrap();
-        }
-        let pk = |k: &str| ks.info(&h(k)).unwrap().public_key;
-        let trust = TrustStore {
-            version: 1,
-            root: TrustedKey::new(&pk("root"), "root"),
-            keys: vec![
-                TrustedKey::new(&pk("vendor"), "vendor"),
-                TrustedKey::new(&pk("oem"), "oem"),
-            ],
-            policy: vec![
-                Requirement {
-                    role: "vendor".into(),
-                    min: 1,
-                },
-                Requirement {
-                    role: "oem".into(),
-                    min: 1,
-                },
-            ],
-        };
+        let ks = common::keystore(dir.path(), &["root", "vendor", "oem", "fw", "fw-2"]);
+        let trust = common::vendor_oem_trust(ks.as_ref());
         let firmware: Vec<u8> = (0..2 * CHUNK + 321).map(|i| (i * 7 % 253) as u8).collect();
+        let recipients = [
+            common::pk(ks.as_ref(), "fw"),
+            common::pk(ks.as_ref(), "fw-2"),
+        ];
         let mut images = Vec::new();
         for (i, (body, sbom)) in [(firmware.clone(), true), (Vec::new(), false)]
             .into_iter()
@@ -326,28 +201,24 @@ impl Fx {
         {
             let input = dir.path().join(format!("fw-{i}.bin"));
             std::fs::write(&input, &body).unwrap();
-            let packed = dir.path().join(format!("fw-{i}.packed"));
-            pack(
+            let opts = PackOptions {
+                product: "iC7-Sim".into(),
+                hw_class: "ctrl-a".into(),
+                version: "1.2.3-rc.1+b7".into(),
+                security_counter: 3,
+                chunk_size: CHUNK as u32,
+                sbom: sbom.then(|| r#"{"bomFormat":"CycloneDX"}"#.to_string()),
+                build_time: "2026-11-28T00:00:00Z".into(),
+            };
+            let img = common::release(
+                ks.as_ref(),
                 &input,
-                &packed,
-                &PackOptions {
-                    product: "iC7-Sim".into(),
-                    hw_class: "ctrl-a".into(),
-                    version: "1.2.3-rc.1+b7".into(),
-                    security_counter: 3,
-                    chunk_size: CHUNK as u32,
-                    sbom: sbom.then(|| r#"{"bomFormat":"CycloneDX"}"#.to_string()),
-                    build_time: "2026-11-28T00:00:00Z".into(),
-                },
-                &[pk("fw"), pk("fw-2")],
-                (ks.as_ref(), &h("vendor")),
-                "vendor",
-                &mut |_| {},
-            )
-            .unwrap();
-            let out = dir.path().join(format!("fw-{i}.img"));
-            approve(&packed, &out, (ks.as_ref(), &h("oem")), "oem").unwrap();
-            images.push(std::fs::read(&out).unwrap());
+                dir.path(),
+                &format!("fw-{i}"),
+                &opts,
+                &recipients,
+            );
+            images.push(std::fs::read(img).unwrap());
         }
         Fx {
             _dir: dir,
@@ -367,7 +238,7 @@ impl Fx {
             min_counter: 0,
         };
         let mut out = Vec::new();
-        let r = no_panic("verify_image", iter, bytes, || {
+        let r = no_panic("verify_image", iter, Hex(bytes), || {
             verify_image(
                 &mut &bytes[..],
                 &self.trust,
@@ -382,7 +253,7 @@ impl Fx {
                     assert!(
                         pt == genuine || (i == 0 && pt.is_empty()),
                         "chunk {i} reached the sink but is not genuine: {}",
-                        hex(bytes)
+                        Hex(bytes)
                     );
                     out.extend_from_slice(pt);
                     Ok(())
@@ -432,21 +303,21 @@ fn hostile() -> Vec<Vec<u8>> {
 #[test]
 fn hostile_cbor_is_refused_by_every_parser() {
     for (i, b) in hostile().iter().enumerate() {
-        assert!(no_panic("Manifest::from_cbor", i, b, || Manifest::from_cbor(b)).is_err());
-        assert!(no_panic("sign::decode", i, b, || sign::decode(b)).is_err());
-        assert!(no_panic("sign::decode_block", i, b, || sign::decode_block(b)).is_err());
+        assert!(no_panic("Manifest::from_cbor", i, Hex(b), || Manifest::from_cbor(b)).is_err());
+        assert!(no_panic("sign::decode", i, Hex(b), || sign::decode(b)).is_err());
+        assert!(no_panic("sign::decode_block", i, Hex(b), || sign::decode_block(b)).is_err());
         let img = join(b, b, &[]);
         assert!(
-            no_panic("Header::read", i, &img, || Header::read(
+            no_panic("Header::read", i, Hex(&img), || Header::read(
                 &mut img.as_slice()
             ))
             .is_err()
         );
         let wrapped = cbor(&Value::Array(vec![Value::Bytes(b.clone())]));
         assert!(
-            no_panic("sign::decode_block", i, &wrapped, || sign::decode_block(
-                &wrapped
-            ))
+            no_panic("sign::decode_block", i, Hex(&wrapped), || {
+                sign::decode_block(&wrapped)
+            })
             .is_err()
         );
     }
@@ -457,12 +328,12 @@ fn fuzz_manifest_parser() {
     let fx = Fx::new();
     let seeds: Vec<Vec<u8>> = fx.images.iter().map(|i| split(i).0).collect();
     let others: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
-    let mut rng = Rng(0x6d61_6e69_6665_7374);
+    let mut rng = Rng::new(0x6d61_6e69_6665_7374);
     let (mut ok, mut refused) = (0, 0);
     for iter in 0..iters(30_000, 1) {
         let seed = &seeds[rng.below(seeds.len())];
         let input = mutate(&mut rng, seed, &others);
-        match no_panic("Manifest::from_cbor", iter, &input, || {
+        match no_panic("Manifest::from_cbor", iter, Hex(&input), || {
             Manifest::from_cbor(&input)
         }) {
             Ok(m) => {
@@ -489,7 +360,7 @@ fn fuzz_signature_parser() {
     let mut seeds = singles.clone();
     seeds.push(block.clone());
     let others: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
-    let mut rng = Rng(0x7369_676e_6174_7572);
+    let mut rng = Rng::new(0x7369_676e_6174_7572);
     let (mut ok, mut refused) = (0, 0);
     for iter in 0..iters(30_000, 1) {
         // A whole block, or one signature mutated inside an intact block.
@@ -499,29 +370,27 @@ fn fuzz_signature_parser() {
             let mut entries = singles.clone();
             let i = rng.below(entries.len());
             entries[i] = mutate(&mut rng, &singles[i], &others);
-            no_panic("sign::decode", iter, &entries[i], || {
+            no_panic("sign::decode", iter, Hex(&entries[i]), || {
                 let _ = sign::decode(&entries[i]);
             });
             cbor(&Value::Array(
                 entries.into_iter().map(Value::Bytes).collect(),
             ))
         };
-        let r = no_panic("sign::decode_block", iter, &block_bytes, || {
+        let parsed = no_panic("sign::decode_block", iter, Hex(&block_bytes), || {
             sign::decode_block(&block_bytes)
         });
-        match r {
-            Ok(sigs) => {
-                // Whatever parses goes on to the trust check without panicking.
-                let r = no_panic("TrustStore::check", iter, &block_bytes, || {
-                    fx.trust.check(&manifest, &sigs)
-                });
-                if r.is_ok() {
-                    ok += 1;
-                } else {
-                    refused += 1;
-                }
-            }
-            Err(_) => refused += 1,
+        // Whatever parses goes on to the trust check without panicking.
+        let accepted = parsed.is_ok_and(|sigs| {
+            no_panic("TrustStore::check", iter, Hex(&block_bytes), || {
+                fx.trust.check(&manifest, &sigs)
+            })
+            .is_ok()
+        });
+        if accepted {
+            ok += 1;
+        } else {
+            refused += 1;
         }
     }
     println!("signature blocks: {ok} accepted, {refused} refused");
@@ -537,7 +406,7 @@ fn fuzz_image_parser() {
     for (i, img) in fx.images.iter().enumerate() {
         fx.verify(i, img);
     }
-    let mut rng = Rng(0x696d_6167_6570_6172);
+    let mut rng = Rng::new(0x696d_6167_6570_6172);
     for iter in 0..iters(4_000, 5) {
         let k = rng.below(parts.len());
         let (m, s, p) = &parts[k];
@@ -554,7 +423,7 @@ fn fuzz_image_parser() {
                 join(m, &parts[j].1, &parts[rng.below(parts.len())].2)
             }
         };
-        no_panic("Header::read", iter, &input, || {
+        no_panic("Header::read", iter, Hex(&input), || {
             let _ = Header::read(&mut input.as_slice());
         });
         fx.verify(iter, &input);
@@ -569,10 +438,7 @@ fn fuzz_trust_store_and_rotation_statements() {
     let statements: Vec<Vec<u8>> = [
         Rotation {
             version: 2,
-            add: vec![TrustedKey::new(
-                &fx.ks.info(&h("fw-2")).unwrap().public_key,
-                "oem",
-            )],
+            add: vec![TrustedKey::new(&common::pk(fx.ks.as_ref(), "fw-2"), "oem")],
             revoke: vec![],
             policy: None,
             new_root: None,
@@ -585,10 +451,7 @@ fn fuzz_trust_store_and_rotation_statements() {
                 role: "vendor".into(),
                 min: 1,
             }]),
-            new_root: Some(TrustedKey::new(
-                &fx.ks.info(&h("fw")).unwrap().public_key,
-                "root",
-            )),
+            new_root: Some(TrustedKey::new(&common::pk(fx.ks.as_ref(), "fw"), "root")),
         },
     ]
     .iter()
@@ -602,18 +465,18 @@ fn fuzz_trust_store_and_rotation_statements() {
         .map(Vec::as_slice)
         .chain([json.as_slice()])
         .collect();
-    let mut rng = Rng(0x7472_7573_7473_746f);
+    let mut rng = Rng::new(0x7472_7573_7473_746f);
     for iter in 0..iters(10_000, 1) {
         let input = mutate(&mut rng, &json, &others);
         // Whatever loads was validated: it must pass validate again.
-        if let Ok(t) = no_panic("TrustStore::from_json", iter, &input, || {
+        if let Ok(t) = no_panic("TrustStore::from_json", iter, Hex(&input), || {
             TrustStore::from_json(&input)
         }) {
             t.validate().unwrap();
         }
         let seed = &statements[rng.below(statements.len())];
         let input = mutate(&mut rng, seed, &others);
-        if let Ok(next) = no_panic("TrustStore::rotate", iter, &input, || {
+        if let Ok(next) = no_panic("TrustStore::rotate", iter, Hex(&input), || {
             fx.trust.rotate(&input)
         }) {
             // Only the root's genuine statements apply (their CBOR may be

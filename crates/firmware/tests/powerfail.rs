@@ -12,18 +12,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use drivesec_firmware::image::{PackOptions, approve, pack};
+use common::h;
+use drivesec_firmware::image::PackOptions;
 use drivesec_firmware::slots::{BootDecision, Slots};
 use drivesec_firmware::storage::{CrashStorage, DirStorage, Storage};
-use drivesec_firmware::trust::{Requirement, TrustStore, TrustedKey};
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig};
-
-fn h(s: &str) -> KeyHandle {
-    KeyHandle::new(s).unwrap()
-}
+use drivesec_firmware::trust::TrustStore;
+use drivesec_keystore::{KeyHandle, KeyStore};
 
 struct Fx {
     _tmp: tempfile::TempDir,
@@ -43,30 +42,10 @@ impl Fx {
     fn new() -> Fx {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let (_, ks) = KeystoreConfig::create_soft(&root, "ks", "secret").unwrap();
-        for k in ["root", "vendor", "oem", "fw"] {
-            ks.generate(&h(k), KeyAlgorithm::EcdsaP256).unwrap();
-        }
-        let pk = |n: &str| ks.info(&h(n)).unwrap().public_key;
-        let trust = TrustStore {
-            version: 1,
-            root: TrustedKey::new(&pk("root"), "root"),
-            keys: vec![
-                TrustedKey::new(&pk("vendor"), "vendor"),
-                TrustedKey::new(&pk("oem"), "oem"),
-            ],
-            policy: vec![
-                Requirement {
-                    role: "vendor".into(),
-                    min: 1,
-                },
-                Requirement {
-                    role: "oem".into(),
-                    min: 1,
-                },
-            ],
-        };
+        let ks = common::keystore(&root, &["root", "vendor", "oem", "fw"]);
+        let trust = common::vendor_oem_trust(ks.as_ref());
         let chunks = if long() { 24 } else { 4 };
+        let fw = [common::pk(ks.as_ref(), "fw")];
         let make = |name: &str, counter: u64| -> Vec<u8> {
             let plain = root.join(format!("{name}.bin"));
             std::fs::write(&plain, vec![counter as u8; 4096 * chunks - 100]).unwrap();
@@ -79,20 +58,15 @@ impl Fx {
                 sbom: None,
                 build_time: "2026-11-28T00:00:00Z".into(),
             };
-            let packed = root.join(format!("{name}.p"));
-            let img = root.join(format!("{name}.img"));
-            pack(
+            std::fs::read(common::release(
+                ks.as_ref(),
                 &plain,
-                &packed,
+                &root,
+                name,
                 &opts,
-                &[pk("fw")],
-                (ks.as_ref(), &h("vendor")),
-                "vendor",
-                &mut |_| {},
-            )
-            .unwrap();
-            approve(&packed, &img, (ks.as_ref(), &h("oem")), "oem").unwrap();
-            std::fs::read(img).unwrap()
+                &fw,
+            ))
+            .unwrap()
         };
         let (v1, v2, v3) = (make("v1", 1), make("v2", 2), make("v3", 3));
         Fx {

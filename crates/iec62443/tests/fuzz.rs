@@ -13,41 +13,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use drivesec_iec62443::check::{Problem, check};
 use drivesec_iec62443::model::parse;
 use drivesec_iec62443::{PlanError, assess, firewall, report, synth};
-
-/// xorshift64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-}
-
-fn iters(default: usize, cost: usize) -> usize {
-    std::env::var("DRIVESEC_FUZZ_ITERS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .map_or(default, |n| n / cost)
-}
+use drivesec_testkit::{Rng, iters, mutation, no_panic};
 
 const VALUES: &[&str] = &[
     "0",
@@ -177,8 +148,7 @@ fn mutate(rng: &mut Rng, text: &str, others: &[&str]) -> String {
         let mut b = out.into_bytes();
         for _ in 0..1 + rng.below(4) {
             if !b.is_empty() {
-                let i = rng.below(b.len());
-                b[i] ^= 1 << rng.below(8);
+                mutation::flip_bit(rng, &mut b);
             }
         }
         out = String::from_utf8_lossy(&b).into_owned();
@@ -237,23 +207,20 @@ fn fuzz_plant_model_parser() {
         assert!(plan(s), "every seed is a valid model");
     }
     let others: Vec<&str> = seeds.iter().map(String::as_str).collect();
-    let mut rng = Rng(0x706c_616e_746f_6d6c);
+    let mut rng = Rng::new(0x706c_616e_746f_6d6c);
     let (mut valid, mut refused) = (0, 0);
     for iter in 0..iters(1_500, 10) {
         let seed = &seeds[rng.below(seeds.len())];
         let text = mutate(&mut rng, seed, &others);
-        let r = catch_unwind(AssertUnwindSafe(|| plan(&text)));
-        match r {
-            Ok(true) => valid += 1,
-            Ok(false) => refused += 1,
-            Err(e) => {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                panic!("plan panicked at iteration {iter}: {msg}\n--- model ---\n{text}\n---");
-            }
+        if no_panic(
+            "plan",
+            iter,
+            format_args!("\n--- model ---\n{text}\n---"),
+            || plan(&text),
+        ) {
+            valid += 1;
+        } else {
+            refused += 1;
         }
     }
     println!("mutated models: {valid} planned, {refused} refused with located problems");
