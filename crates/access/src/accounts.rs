@@ -72,6 +72,14 @@ pub struct Authenticated {
     pub must_change_password: bool,
 }
 
+/// What a login's session is made from ([`Accounts::credential_tag`]);
+/// only compared for equality.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialTag {
+    role: String,
+    password_changed: OffsetDateTime,
+}
+
 /// One account as stored.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,11 +143,21 @@ struct CertFailures {
 impl CertFailures {
     /// `Some(lock)` if the pair is locked at `now` (`None` inside: until an administrator unlocks it).
     fn lock_at(&self, now: OffsetDateTime) -> Option<Option<OffsetDateTime>> {
-        if self.locked_by_admin {
-            Some(None)
-        } else {
-            self.locked_until.filter(|t| now < *t).map(Some)
-        }
+        lock_at(self.locked_by_admin, self.locked_until, now)
+    }
+}
+
+/// `Some(lock)` if a lock is on at `now`: `Some(None)` until an
+/// administrator lifts it, `Some(Some(end))` while a timed one runs.
+fn lock_at(
+    by_admin: bool,
+    until: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Option<Option<OffsetDateTime>> {
+    if by_admin {
+        Some(None)
+    } else {
+        until.filter(|t| now < *t).map(Some)
     }
 }
 
@@ -164,11 +182,7 @@ impl UserRecord {
     /// `Some(lock)` if the whole account is locked at `now` (a lock written
     /// by an earlier release, before locks were kept per certificate).
     fn lock_at(&self, now: OffsetDateTime) -> Option<Option<OffsetDateTime>> {
-        if self.locked_by_admin {
-            Some(None)
-        } else {
-            self.locked_until.filter(|t| now < *t).map(Some)
-        }
+        lock_at(self.locked_by_admin, self.locked_until, now)
     }
 }
 
@@ -259,7 +273,7 @@ pub struct Accounts {
     store: Store,
     /// Hash verified for unknown users (made on first need with the policy's parameters).
     dummy_hash: Option<String>,
-    /// Argon2 verifications done by [`Accounts::authenticate`] (for tests).
+    /// Argon2 verifications done by [`Accounts::authenticate_from`] (for tests).
     verifications: u64,
 }
 
@@ -407,13 +421,20 @@ impl Accounts {
     /// the policy), changes roles, removes every other account. Nothing is
     /// written: the plan carries the new file content for the caller's
     /// transaction, and [`Accounts::adopt`] makes it current afterwards.
-    /// Refuses a roster without an account that can manage users.
+    /// Refuses a roster without an account that can manage users, and one
+    /// that makes a change account `grantor` (holding `grantor_permissions`)
+    /// could not make by hand: [`Accounts::check_manage`] for every account
+    /// it re-roles or removes, [`Accounts::check_assign`] for every role it
+    /// gives (checked first, before any password is hashed).
     pub fn plan_roster(
         &self,
+        grantor: &str,
+        grantor_permissions: &BTreeSet<Permission>,
         roster: &[(String, String)],
         initial: &BTreeMap<String, String>,
         now: OffsetDateTime,
     ) -> Result<RosterPlan> {
+        self.check_roster(grantor, grantor_permissions, roster)?;
         let mut next = self.store.clone();
         let mut changes = Vec::new();
         let wanted: BTreeMap<&str, &str> = roster
@@ -476,6 +497,31 @@ impl Accounts {
         })
     }
 
+    /// The checks of [`Accounts::plan_roster`] on what `grantor` may do.
+    fn check_roster(
+        &self,
+        grantor: &str,
+        grantor_permissions: &BTreeSet<Permission>,
+        roster: &[(String, String)],
+    ) -> Result<()> {
+        for (user, role) in roster {
+            match self.store.users.get(user) {
+                Some(u) if &u.role != role => {
+                    self.check_manage(grantor, grantor_permissions, user)?;
+                    self.check_assign(grantor, grantor_permissions, user, role)?;
+                }
+                Some(_) => {}
+                None => self.check_assign(grantor, grantor_permissions, user, role)?,
+            }
+        }
+        for user in self.store.users.keys() {
+            if !roster.iter().any(|(n, _)| n == user) {
+                self.check_manage(grantor, grantor_permissions, user)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes a plan current after its file content was written by the caller.
     pub fn adopt(&mut self, plan: RosterPlan) {
         self.store = plan.next;
@@ -490,10 +536,12 @@ impl Accounts {
         self.commit(next)
     }
 
-    /// Gives an account another role (refresh its sessions with
-    /// [`Sessions::refresh_permissions`](crate::Sessions::refresh_permissions)).
-    /// Refuses to take the manage-users permission from the last account holding it.
-    pub fn set_role(&mut self, username: &str, role: &str) -> Result<()> {
+    /// Gives an account another role (bring its sessions in line with
+    /// [`Sessions::reconcile`](crate::Sessions::reconcile)).
+    /// Refuses to take the manage-users permission from the last account
+    /// holding it. The account holds the role from `now`
+    /// ([`Accounts::settled_since`]).
+    pub fn set_role(&mut self, username: &str, role: &str, now: OffsetDateTime) -> Result<()> {
         self.record(username)?;
         if self.store.role_permissions(role).is_none() {
             return Err(AccessError::UnknownRole(role.to_owned()));
@@ -501,7 +549,7 @@ impl Accounts {
         let mut next = self.store.clone();
         if let Some(u) = next.users.get_mut(username) {
             u.role = role.to_owned();
-            u.role_since = Some(OffsetDateTime::now_utc());
+            u.role_since = Some(now);
         }
         self.commit(next)
     }
@@ -693,8 +741,8 @@ impl Accounts {
         self.commit(next)
     }
 
-    /// Replaces the permissions of a custom role (refresh the sessions of its
-    /// holders with [`Sessions::refresh_permissions`](crate::Sessions::refresh_permissions)).
+    /// Replaces the permissions of a custom role (bring the sessions of its
+    /// holders in line with [`Sessions::reconcile`](crate::Sessions::reconcile)).
     pub fn set_role_permissions(
         &mut self,
         name: &str,
@@ -736,17 +784,6 @@ impl Accounts {
             .filter(|(_, u)| u.role == role)
             .map(|(name, _)| name.clone())
             .collect()
-    }
-
-    /// Verifies a login over no particular client certificate (the same as
-    /// [`Accounts::authenticate_from`] with an empty fingerprint).
-    pub fn authenticate(
-        &mut self,
-        username: &str,
-        password: &str,
-        now: OffsetDateTime,
-    ) -> Result<Authenticated> {
-        self.authenticate_from(username, password, "", now)
     }
 
     /// Verifies a login made over the client certificate with fingerprint
@@ -795,13 +832,9 @@ impl Accounts {
             return Err(AccessError::InvalidCredentials);
         };
         let mut rec = stored.clone();
-        if let Some(lock) = rec.lock_at(now) {
-            return Err(AccessError::Locked {
-                until: lock.map(rfc3339_string),
-            });
-        }
         let mut pair = rec.certs.get(client).cloned().unwrap_or_default();
-        if let Some(lock) = pair.lock_at(now) {
+        // A lock of the whole account (an earlier release's) or of this pair.
+        if let Some(lock) = rec.lock_at(now).or_else(|| pair.lock_at(now)) {
             return Err(AccessError::Locked {
                 until: lock.map(rfc3339_string),
             });
@@ -844,17 +877,7 @@ impl Accounts {
                     pair.locked_by_admin = true;
                     AccessError::Locked { until: None }
                 } else {
-                    let cap = lockout.max_lockout_secs.max(lockout.lockout_secs);
-                    let base = match lockout.lockout_secs {
-                        0 => cap,
-                        s => s,
-                    };
-                    let doubled = base
-                        .checked_shl(pair.locks.saturating_sub(1).min(63))
-                        .filter(|d| *d >= base)
-                        .unwrap_or(cap)
-                        .min(cap);
-                    let until = i64::try_from(doubled)
+                    let until = i64::try_from(lockout.lock_secs(pair.locks))
                         .ok()
                         .and_then(|d| now.checked_add(Duration::seconds(d)))
                         .unwrap_or(now + Duration::days(7));
@@ -866,13 +889,7 @@ impl Accounts {
             } else {
                 AccessError::InvalidCredentials
             };
-            let threshold = lockout.account_max_failures.max(lockout.max_failures);
-            if rec.failed_attempts >= threshold {
-                let over = rec.failed_attempts - threshold;
-                let delay = 1u64
-                    .checked_shl(over.min(63))
-                    .unwrap_or(u64::MAX)
-                    .min(lockout.max_delay_secs);
+            if let Some(delay) = lockout.delay_secs(rec.failed_attempts) {
                 rec.delayed_until = i64::try_from(delay)
                     .ok()
                     .and_then(|d| now.checked_add(Duration::seconds(d)));
@@ -964,21 +981,15 @@ impl Accounts {
                 return Err(AccessError::LastAdmin(grantor.to_owned()));
             }
             return Err(AccessError::Escalation(
-                "you cannot change your own role".to_owned(),
+                "you cannot change your own role: ask another account that can manage users"
+                    .to_owned(),
             ));
         }
-        let missing: Vec<&str> = perms
-            .iter()
-            .filter(|p| !grantor_permissions.contains(p) && !p.is_operational())
-            .map(|p| p.as_str())
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(AccessError::Escalation(format!(
-                "role {role} holds {}, which you do not hold",
-                missing.join(", ")
-            )))
+        match beyond_grantor(grantor_permissions, &perms) {
+            None => Ok(()),
+            Some(missing) => Err(AccessError::Escalation(format!(
+                "role {role} holds {missing}, which you do not hold"
+            ))),
         }
     }
 
@@ -1006,37 +1017,26 @@ impl Accounts {
             .store
             .role_permissions(&user.role)
             .ok_or_else(|| AccessError::UnknownRole(user.role.clone()))?;
-        let missing: Vec<&str> = perms
-            .iter()
-            .filter(|p| !grantor_permissions.contains(p) && !p.is_operational())
-            .map(|p| p.as_str())
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(AccessError::Escalation(format!(
-                "{target} holds {} (role {}), which you do not hold",
-                missing.join(", "),
+        match beyond_grantor(grantor_permissions, &perms) {
+            None => Ok(()),
+            Some(missing) => Err(AccessError::Escalation(format!(
+                "{target} holds {missing} (role {}), which you do not hold",
                 user.role
-            )))
+            ))),
         }
     }
 
-    /// A tag of what a session is made from: the account's role and when
-    /// its password was set. It changes with a role change, a password
-    /// change or reset and a removal (then None), and with nothing else
-    /// (failed logins and rehashing leave it), so a login can check that the account did not change
-    /// between its password check and its session, without a clock.
-    pub fn credential_tag(&self, username: &str) -> Option<String> {
-        use sha2::Digest as _;
-        self.store.users.get(username).map(|u| {
-            let mut h = sha2::Sha256::new();
+    /// What a session is made from: the account's role and when its
+    /// password was set. It changes with a role change, a password change
+    /// or reset and a removal (then `None`), and with nothing else (failed
+    /// logins and rehashing leave it), so a login can check that the
+    /// account did not change between its password check and its session.
+    pub fn credential_tag(&self, username: &str) -> Option<CredentialTag> {
+        self.store.users.get(username).map(|u| CredentialTag {
+            role: u.role.clone(),
             // The password's last change, not its hash: a login that
             // rehashes under a new cost setting changes the hash only.
-            h.update(u.role.as_bytes());
-            h.update([0]);
-            h.update(rfc3339_string(u.password_changed).as_bytes());
-            hex::encode(h.finalize())
+            password_changed: u.password_changed,
         })
     }
 
@@ -1080,6 +1080,19 @@ impl Accounts {
             .get(username)
             .and_then(|u| self.store.role_permissions(&u.role))
     }
+}
+
+/// The permissions of `perms` that an account holding `grantor` may neither
+/// give nor act on: those it lacks, except the operational ones
+/// ([`Permission::is_operational`]); their names, comma-separated, or
+/// `None` when there are none.
+fn beyond_grantor(grantor: &BTreeSet<Permission>, perms: &BTreeSet<Permission>) -> Option<String> {
+    let missing: Vec<&str> = perms
+        .iter()
+        .filter(|p| !grantor.contains(p) && !p.is_operational())
+        .map(|p| p.as_str())
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(", "))
 }
 
 /// Keeps at most [`TRACKED_CERTS`] certificates' failures, forgetting the

@@ -19,7 +19,7 @@
 //!
 //! | SR | what | where |
 //! |---|---|---|
-//! | 1.1 | human user identification and authentication | [`Accounts::authenticate`], per-person accounts |
+//! | 1.1 | human user identification and authentication | [`Accounts::authenticate_from`], per-person accounts |
 //! | 1.3 | account management | [`Accounts::add_user`], [`Accounts::remove_user`], [`Accounts::set_role`], [`Accounts::unlock`] |
 //! | 1.5 | authenticator management | Argon2id hashes, [`Accounts::set_password`], [`PasswordPolicy::max_age_days`] |
 //! | 1.7 | strength of password-based authentication | [`PasswordPolicy`] (length, classes, history) |
@@ -28,7 +28,7 @@
 //! | 1.12 | system use notification | [`AccessPolicy::banner`] |
 //! | 2.1 | authorisation enforcement | [`Permission`], [`Role`], [`Authenticated::permissions`] |
 //! | 2.5 | session lock | [`SessionPolicy::idle_secs`] |
-//! | 2.6 | remote session termination | [`Sessions::terminate`], [`Sessions::terminate_user`], [`SessionPolicy::absolute_secs`] |
+//! | 2.6 | remote session termination | [`Sessions::terminate`], [`Sessions::end_user_sessions`], [`SessionPolicy::absolute_secs`] |
 //! | 2.7 | concurrent session control | [`SessionPolicy::max_per_user`] |
 
 pub mod accounts;
@@ -39,7 +39,7 @@ pub mod sessions;
 
 use std::path::PathBuf;
 
-pub use accounts::{Accounts, Authenticated, RosterPlan, UserInfo};
+pub use accounts::{Accounts, Authenticated, CredentialTag, RosterPlan, UserInfo};
 pub use permissions::{
     BUILTIN_ROLE_NAMES, Permission, Role, builtin_roles, permission_matrix_markdown,
 };

@@ -132,6 +132,39 @@ pub const MAX_LOCKOUT_SECS: u64 = 7 * 24 * 3600;
 /// The longest account-wide delay [`LockoutPolicy::max_delay_secs`] may set.
 pub const MAX_DELAY_SECS: u64 = 3600;
 
+impl LockoutPolicy {
+    /// How long the `locks`-th lock in a row of one (account, certificate)
+    /// pair lasts, in seconds: `lockout_secs`, doubled for each lock before
+    /// it, up to `max_lockout_secs` (or `lockout_secs` when longer). With
+    /// `lockout_secs = 0` (a lock that must end all the same: an account
+    /// holding `manage-users`) it is that cap.
+    pub(crate) fn lock_secs(&self, locks: u32) -> u64 {
+        let cap = self.max_lockout_secs.max(self.lockout_secs);
+        let base = match self.lockout_secs {
+            0 => cap,
+            s => s,
+        };
+        base.checked_shl(locks.saturating_sub(1).min(63))
+            .filter(|d| *d >= base)
+            .unwrap_or(cap)
+            .min(cap)
+    }
+
+    /// The delay, in seconds, before a certificate new to an account may
+    /// try it after `failed` failures over all certificates: none under
+    /// `account_max_failures` (at least `max_failures`), then 1 s, doubled
+    /// for each further failure, up to `max_delay_secs`.
+    pub(crate) fn delay_secs(&self, failed: u32) -> Option<u64> {
+        let threshold = self.account_max_failures.max(self.max_failures);
+        let over = failed.checked_sub(threshold)?;
+        Some(
+            1u64.checked_shl(over.min(63))
+                .unwrap_or(u64::MAX)
+                .min(self.max_delay_secs),
+        )
+    }
+}
+
 impl Default for LockoutPolicy {
     fn default() -> Self {
         LockoutPolicy {

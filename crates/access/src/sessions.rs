@@ -283,11 +283,6 @@ impl Sessions {
         self.by_key.remove(&key).map(|e| e.info(String::new()))
     }
 
-    /// Ends every session of `username`; returns how many.
-    pub fn terminate_user(&mut self, username: &str) -> usize {
-        self.end_user_sessions(username, None, Instant::now()).len()
-    }
-
     /// Ends every session of `username` except the one with public handle
     /// `keep` (if given); returns the ended ones (for the audit trail).
     pub fn end_user_sessions(
@@ -397,15 +392,6 @@ impl Sessions {
             ))
         });
         live.into_iter().map(|e| e.summary(now)).collect()
-    }
-
-    /// Applies a role change (or a change of the role's permissions) to all
-    /// of `username`'s sessions.
-    pub fn refresh_permissions(&mut self, username: &str, role: &str, perms: BTreeSet<Permission>) {
-        for e in self.by_key.values_mut().filter(|e| e.username == username) {
-            e.role = role.to_owned();
-            e.permissions = perms.clone();
-        }
     }
 
     /// Clears the pending password change of `username`'s sessions (after
@@ -581,8 +567,8 @@ mod tests {
 
         s.create(&auth("alice", "operator"), FP_A, t0 + secs(12))
             .unwrap();
-        assert_eq!(s.terminate_user("alice"), 2);
-        assert_eq!(s.terminate_user("alice"), 0);
+        assert_eq!(s.end_user_sessions("alice", None, t0).len(), 2);
+        assert_eq!(s.end_user_sessions("alice", None, t0).len(), 0);
         assert!(s.is_empty());
         // Expired sessions are not listed.
         let d = s.create(&auth("dave", "viewer"), FP_A, t0).unwrap();
@@ -601,11 +587,13 @@ mod tests {
         let a = s.create(&au, FP_A, t0).unwrap();
         let b = s.create(&auth("bob", "engineer"), FP_A, t0).unwrap();
         assert!(a.must_change_password);
-        s.refresh_permissions(
-            "alice",
-            "viewer",
-            crate::permissions::builtin_permissions("viewer").unwrap(),
-        );
+        s.reconcile(t0, |u| {
+            let role = if u == "alice" { "viewer" } else { "engineer" };
+            Some((
+                role.to_owned(),
+                crate::permissions::builtin_permissions(role).unwrap(),
+            ))
+        });
         let v = s.validate(&a.id, FP_A, t0).unwrap();
         assert_eq!(v.role, "viewer");
         assert!(!v.permissions.contains(&Permission::DriveControl));

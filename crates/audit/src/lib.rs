@@ -29,7 +29,7 @@ mod writer;
 
 pub use checkpoint::{Checkpoint, CheckpointKind};
 pub use config::{AuditConfig, FullPolicy};
-pub use record::{Actor, Event, Outcome, Record, TimeQuality};
+pub use record::{Actor, Event, Outcome, Record, TimeQuality, events_counted};
 pub use writer::{
     Appended, AuditLog, CapacityStatus, Reservation, Signer, TrailSnapshot, is_segment_name,
     read_cursor, read_segment_prefix, write_cursor,

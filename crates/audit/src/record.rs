@@ -165,3 +165,32 @@ pub(crate) fn now_rfc3339() -> String {
     );
     t.format(&fmt).unwrap_or_else(|_| t.to_string())
 }
+
+/// How many events one record stands for when what it records is
+/// aggregated (docs/audit.md, "Floods"): a window's summary
+/// (`"summary": true`) counts its `suppressed` events; any other record
+/// counts itself plus the closed window's `suppressed_before`, if it
+/// carries one. `details` is the record's details object.
+pub fn events_counted(details: &serde_json::Value) -> u64 {
+    if details["summary"] == true {
+        details["suppressed"].as_u64().unwrap_or(0)
+    } else {
+        1 + details["suppressed_before"].as_u64().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::events_counted;
+    use serde_json::json;
+
+    #[test]
+    fn a_record_counts_itself_a_summary_its_suppressed_events() {
+        assert_eq!(events_counted(&json!({})), 1);
+        assert_eq!(events_counted(&json!({"suppressed_before": 4})), 5);
+        assert_eq!(
+            events_counted(&json!({"summary": true, "suppressed": 9})),
+            9
+        );
+    }
+}

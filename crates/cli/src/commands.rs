@@ -332,7 +332,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
                 for n in &d.not_ours {
                     println!(
-                        "  left alone: pid {} recorded for {} is no longer its drivesecd ({})",
+                        "  left alone: pid {} recorded for {} is no longer its drivesecd ({}); \
+                         that daemon has ended, or runs under another pid: look for it with \
+                         pgrep -af 'drivesecd.*--state'",
                         n.pid, n.device, n.reason
                     );
                 }

@@ -48,6 +48,54 @@ fn outcome(r: &StoredRecord) -> String {
         .to_string()
 }
 
+/// The records of `action` that failed.
+fn failures<'a>(recs: &'a [StoredRecord], action: &str) -> Vec<&'a StoredRecord> {
+    actions(recs, action)
+        .into_iter()
+        .filter(|r| outcome(r) == "failure")
+        .collect()
+}
+
+/// A refusal's `details.reason`.
+fn reason(r: &StoredRecord) -> &str {
+    r.record.details["reason"].as_str().unwrap()
+}
+
+/// An OEM CA of organisation `org` in `dir/name`, unknown to the device.
+fn stranger_ca(dir: &std::path::Path, name: &str, org: &str) -> Ca {
+    Ca::init(
+        &dir.join(name),
+        &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Oem, org),
+    )
+    .unwrap()
+}
+
+/// Commissions the lab's factory-state device as the owner
+/// (`oem::commission`, what `drivesec device commission` runs) over
+/// `tool`'s certificate with the factory credential `cred`.
+fn commission_as_owner(
+    lab: &TestLab,
+    oem: &mut Ca,
+    tool: &ClientIdentity,
+    cred: &str,
+) -> drivesec_oem::Result<drivesec_oem::commission::Commissioned> {
+    drivesec_oem::commission::commission(
+        oem,
+        &drivesec_oem::commission::CommissionRequest {
+            addr: lab.addr(),
+            identity: tool,
+            manufacturer_roots: drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap(),
+            serial: lab.m.devices[0].serial_number.clone(),
+            factory_credential: cred,
+            device_name: "drive-1.lab",
+            ip_addresses: vec![],
+            days: 30,
+            admin_username: "owner",
+            admin_password: "Kestrel-valve-42!",
+        },
+    )
+}
+
 fn modbus_addr(lab: &TestLab) -> SocketAddr {
     lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap()
 }
@@ -149,16 +197,8 @@ fn crl_from_another_ca_is_refused_and_changes_nothing() {
     let mut lab = test_lab(None);
     let d = tempfile::tempdir().unwrap();
     let oem = Ca::open(&lab.m.oem_ca_dir).unwrap();
-    let other = Ca::init(
-        &d.path().join("other"),
-        &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Oem, "Mallory Ltd"),
-    )
-    .unwrap();
-    let twin = Ca::init(
-        &d.path().join("twin"),
-        &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Oem, oem.organization()),
-    )
-    .unwrap();
+    let other = stranger_ca(d.path(), "other", "Mallory Ltd");
+    let twin = stranger_ca(d.path(), "twin", oem.organization());
     let before = crl_file(&lab);
     for (ca, code) in [(&other, "crl-unknown-issuer"), (&twin, "crl-bad-signature")] {
         let r = lab.put_crl(&std::fs::read_to_string(ca.crl_path()).unwrap());
@@ -172,16 +212,10 @@ fn crl_from_another_ca_is_refused_and_changes_nothing() {
         owner_works(&lab);
     }
     let recs = lab.stop_and_read_trail();
-    let refused: Vec<_> = actions(&recs, "trust.crl.install")
-        .into_iter()
-        .filter(|r| outcome(r) == "failure")
-        .collect();
+    let refused = failures(&recs, "trust.crl.install");
     assert_eq!(refused.len(), 2);
     assert!(
-        refused[0].record.details["reason"]
-            .as_str()
-            .unwrap()
-            .contains("Mallory"),
+        reason(refused[0]).contains("Mallory"),
         "{:?}",
         refused[0].record.details
     );
@@ -229,10 +263,7 @@ fn malformed_crl_is_refused_and_the_daemon_restarts() {
         "the installed CRL is no longer in force"
     );
     let recs = lab.stop_and_read_trail();
-    let refused = actions(&recs, "trust.crl.install")
-        .into_iter()
-        .filter(|r| outcome(r) == "failure")
-        .count();
+    let refused = failures(&recs, "trust.crl.install").len();
     assert_eq!(refused, 5);
     lab.start_again()
         .expect("the daemon does not start after a refused CRL");
@@ -271,16 +302,10 @@ fn older_crl_replay_is_refused() {
     );
     owner_works(&lab);
     let recs = lab.stop_and_read_trail();
-    let refused: Vec<_> = actions(&recs, "trust.crl.install")
-        .into_iter()
-        .filter(|r| outcome(r) == "failure")
-        .collect();
+    let refused = failures(&recs, "trust.crl.install");
     assert_eq!(refused.len(), 2);
     assert!(
-        refused[0].record.details["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not greater"),
+        reason(refused[0]).contains("not greater"),
         "{:?}",
         refused[0].record.details
     );
@@ -297,11 +322,7 @@ fn malformed_crl_at_commissioning_leaves_factory_state() {
     let mut lab = factory_lab(None);
     let d = tempfile::tempdir().unwrap();
     let mut oem = Ca::open(&lab.m.oem_ca_dir).unwrap();
-    let stranger = Ca::init(
-        &d.path().join("stranger"),
-        &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Oem, "Mallory Ltd"),
-    )
-    .unwrap();
+    let stranger = stranger_ca(d.path(), "stranger", "Mallory Ltd");
     let tool = lab.identity("security-admin");
     let cred = lab.factory_credential();
     let dir = lab.device_dir();
@@ -380,30 +401,13 @@ fn malformed_crl_at_commissioning_leaves_factory_state() {
         );
     }
     let recs = lab.stop_and_read_trail();
-    let refused = actions(&recs, "commission.complete")
-        .into_iter()
-        .filter(|r| outcome(r) == "failure")
-        .count();
+    let refused = failures(&recs, "commission.complete").len();
     assert_eq!(refused, 2);
     lab.start_again()
         .expect("the daemon does not start after a refused commissioning");
     // The credential still commissions the device, with the owner's CRL.
-    drivesec_oem::commission::commission(
-        &mut oem,
-        &drivesec_oem::commission::CommissionRequest {
-            addr: lab.addr(),
-            identity: &tool,
-            manufacturer_roots: drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap(),
-            serial: lab.m.devices[0].serial_number.clone(),
-            factory_credential: &cred,
-            device_name: "drive-1.lab",
-            ip_addresses: vec![],
-            days: 30,
-            admin_username: "owner",
-            admin_password: "Kestrel-valve-42!",
-        },
-    )
-    .expect("the factory credential no longer commissions the device");
+    commission_as_owner(&lab, &mut oem, &tool, &cred)
+        .expect("the factory credential no longer commissions the device");
     assert!(!dir.join("factory-credential.hash").exists());
     assert!(dir.join("crl.pem").exists());
 }
@@ -550,22 +554,8 @@ fn self_signed_guesser_cannot_lock_out_commissioning() {
     let mut oem = Ca::open(&lab.m.oem_ca_dir).unwrap();
     let tool = lab.identity("security-admin");
     let cred = lab.factory_credential();
-    drivesec_oem::commission::commission(
-        &mut oem,
-        &drivesec_oem::commission::CommissionRequest {
-            addr: lab.addr(),
-            identity: &tool,
-            manufacturer_roots: drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap(),
-            serial: lab.m.devices[0].serial_number.clone(),
-            factory_credential: &cred,
-            device_name: "drive-1.lab",
-            ip_addresses: vec![],
-            days: 30,
-            admin_username: "owner",
-            admin_password: "Kestrel-valve-42!",
-        },
-    )
-    .expect("the guesser locked the owner out of commissioning");
+    commission_as_owner(&lab, &mut oem, &tool, &cred)
+        .expect("the guesser locked the owner out of commissioning");
     let recs = lab.stop_and_read_trail();
     let mallory_fp = {
         let der = drivesec_pki::read_cert_chain(&d.path().join("mallory.crt")).unwrap();

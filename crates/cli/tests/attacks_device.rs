@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use drivesec_audit::FullPolicy;
 use drivesec_device::config::DeviceConfig;
-use drivesec_oem::client::{ClientIdentity, Versions};
 use drivesec_oem::modbus::ModbusClient;
 use serde_json::{Value, json};
 
@@ -62,58 +61,14 @@ fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-/// A mutual-TLS stream to the lab device as `identity`.
-fn raw_tls(
-    lab: &common::TestLab,
-    identity: &ClientIdentity,
-) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let (cfg, name) = drivesec_oem::client::tls_config(
-        lab.addr(),
-        Some(identity),
-        &lab.trust(),
-        Versions::Default,
-    )
-    .unwrap();
-    let tls = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
-    let tcp = TcpStream::connect(lab.addr()).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    rustls::StreamOwned::new(tls, tcp)
-}
-
-/// Reads one HTTP response head from `s` (None if the connection ended first).
-fn read_head<S: Read>(s: &mut S) -> Option<String> {
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => got.push(byte[0]),
-            _ => return None,
-        }
-    }
-    Some(String::from_utf8_lossy(&got).into_owned())
-}
-
 /// The records of `action` in the device's trail, read by the auditor.
 fn records(lab: &common::TestLab, action: &str) -> Vec<Value> {
-    let r = lab
-        .session("auditor")
-        .ok(
-            "GET",
-            &format!("/api/v1/audit?action={action}&limit=10000"),
-            None,
-        )
-        .unwrap();
-    r["records"].as_array().unwrap().clone()
+    lab.audit_records(action)
 }
 
-/// How many events one aggregated record stands for: itself, or the
-/// count a window's summary carries.
+/// How many events one aggregated record stands for.
 fn counted_in(r: &Value) -> u64 {
-    if r["details"]["summary"] == true {
-        r["details"]["suppressed"].as_u64().unwrap()
-    } else {
-        1 + r["details"]["suppressed_before"].as_u64().unwrap_or(0)
-    }
+    drivesec_audit::events_counted(&r["details"])
 }
 
 /// Stops the lab's daemon, verifies its trail against the IDevID and starts it
@@ -121,14 +76,9 @@ fn counted_in(r: &Value) -> u64 {
 fn state_survives(lab: &common::TestLab) {
     let dev = &lab.m.devices[0];
     assert!(drivesec_oem::daemons::stop(dev.pid.unwrap()));
-    let chain = drivesec_pki::read_cert_chain(&dev.idevid).unwrap();
-    let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
-    let report = drivesec_audit::verify::verify(&dev.dir.join("audit"), &key).unwrap();
+    let report = lab.verify_trail(&dev.dir.join("audit"));
     assert!(report.ok, "trail: {:#?}", report.problems);
-    let cfg = DeviceConfig::load(&dev.dir.join("drivesecd.toml")).unwrap();
-    let daemon = std::path::Path::new(env!("CARGO_BIN_EXE_drivesecd"));
-    let again = drivesec_oem::daemons::start(daemon, &dev.dir, &cfg).unwrap();
-    drivesec_oem::daemons::stop(again.pid);
+    lab.restarts();
 }
 
 fn tight_admission() -> DeviceConfig {
@@ -148,7 +98,7 @@ fn tight_admission() -> DeviceConfig {
 #[test]
 fn idle_tcp_flood_on_both_ports_does_not_lock_out_the_owner() {
     let lab = test_lab(Some(tight_admission()));
-    let modbus: SocketAddr = lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap();
+    let modbus: SocketAddr = lab.modbus_addr();
     let mut flood = Vec::new();
     for _ in 0..150 {
         for to in [lab.addr(), modbus] {
@@ -182,13 +132,7 @@ fn idle_tcp_flood_on_both_ports_does_not_lock_out_the_owner() {
             200
         );
     }
-    let mut op = ModbusClient::connect(
-        modbus,
-        Some(&lab.identity("operator")),
-        &lab.trust(),
-        Versions::Default,
-    )
-    .unwrap();
+    let mut op = lab.modbus("operator");
     assert!(op.read_input(0, 3).unwrap().is_ok());
     for s in &mut flood2 {
         let _ = s.write_all(b"\x16\x03\x01");
@@ -216,14 +160,14 @@ fn idle_tcp_flood_on_both_ports_does_not_lock_out_the_owner() {
 #[test]
 fn trickled_upload_without_a_session_is_refused_before_its_body() {
     let lab = test_lab(None);
-    let mut s = raw_tls(&lab, &lab.identity("viewer"));
+    let mut s = lab.raw_tls(&lab.identity("viewer"));
     s.write_all(
         b"POST /api/v1/firmware HTTP/1.1\r\nHost: d\r\nContent-Type: application/octet-stream\r\n\
           Content-Length: 1000000000\r\n\r\nX",
     )
     .unwrap();
     s.flush().unwrap();
-    let head = read_head(&mut s).expect("no answer while the body was pending");
+    let head = common::read_head(&mut s).expect("no answer while the body was pending");
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     assert!(head.to_lowercase().contains("connection: close"), "{head}");
     // Closed: nothing more is read from this client.
@@ -251,7 +195,7 @@ fn trickled_upload_with_a_session_is_cut_by_the_minimum_rate() {
     // A genuine approved image, so the device keeps waiting for the rest of it.
     let d = tempfile::tempdir().unwrap();
     let image = std::fs::read(common::lab_release(&lab, d.path(), "1.0.1", 2, 256 * 1024)).unwrap();
-    let mut s = raw_tls(&lab, &lab.identity("engineer"));
+    let mut s = lab.raw_tls(&lab.identity("engineer"));
     s.write_all(
         format!(
             "POST /api/v1/firmware HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {token}\r\n\
@@ -282,7 +226,8 @@ fn trickled_upload_with_a_session_is_cut_by_the_minimum_rate() {
                 s.get_ref()
                     .set_read_timeout(Some(Duration::from_secs(20)))
                     .unwrap();
-                answered = read_head(&mut s).map(|rest| format!("{}{rest}", first[0] as char));
+                answered =
+                    common::read_head(&mut s).map(|rest| format!("{}{rest}", first[0] as char));
                 break;
             }
             Ok(_) => break,
@@ -377,14 +322,7 @@ fn a_full_trail_refuses_actions_instead_of_losing_their_records() {
     let lab = test_lab(Some(cfg));
     let auditor = lab.session("auditor");
     let engineer = lab.session("engineer");
-    let modbus: SocketAddr = lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap();
-    let mut op = ModbusClient::connect(
-        modbus,
-        Some(&lab.identity("operator")),
-        &lab.trust(),
-        Versions::Default,
-    )
-    .unwrap();
+    let mut op = lab.modbus("operator");
     // Fill it with routine records (each audit read is recorded).
     let mut n = 0;
     loop {
@@ -444,10 +382,10 @@ fn a_full_trail_refuses_actions_instead_of_losing_their_records() {
 #[test]
 fn answers_carry_no_store_and_nosniff_and_errors_leak_no_paths() {
     let lab = test_lab(None);
-    let mut s = raw_tls(&lab, &lab.identity("viewer"));
+    let mut s = lab.raw_tls(&lab.identity("viewer"));
     s.write_all(b"GET /api/v1/info HTTP/1.1\r\nHost: d\r\n\r\n")
         .unwrap();
-    let head = read_head(&mut s).unwrap().to_lowercase();
+    let head = common::read_head(&mut s).unwrap().to_lowercase();
     assert!(head.contains("cache-control: no-store"), "{head}");
     assert!(head.contains("x-content-type-options: nosniff"), "{head}");
     let auditor = lab.session("auditor");
@@ -484,7 +422,7 @@ fn audit_export_is_streamed_and_complete() {
     }
     let auditor = lab.session("auditor");
     let token = auditor.session.clone().unwrap();
-    let mut s = raw_tls(&lab, &lab.identity("auditor"));
+    let mut s = lab.raw_tls(&lab.identity("auditor"));
     s.write_all(
         format!(
             "GET /api/v1/audit/export HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {token}\r\n\
@@ -493,7 +431,7 @@ fn audit_export_is_streamed_and_complete() {
         .as_bytes(),
     )
     .unwrap();
-    let head = read_head(&mut s).unwrap().to_lowercase();
+    let head = common::read_head(&mut s).unwrap().to_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert!(!head.contains("content-length"), "{head}");
@@ -539,9 +477,7 @@ fn tamper_seals_the_trail_then_crypto_erases() {
         !dev.dir.join("device-secret").exists(),
         "the device secret survived the tamper response"
     );
-    let chain = drivesec_pki::read_cert_chain(&dev.idevid).unwrap();
-    let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
-    let report = drivesec_audit::verify::verify(&dev.dir.join("audit"), &key).unwrap();
+    let report = lab.verify_trail(&dev.dir.join("audit"));
     assert!(report.ok, "{:#?}", report.problems);
     let recs = drivesec_audit::reader::read(
         &dev.dir.join("audit"),
@@ -559,10 +495,7 @@ fn tamper_seals_the_trail_then_crypto_erases() {
         report.latest_checkpoint,
         detected.seq
     );
-    let cfg = DeviceConfig::load(&dev.dir.join("drivesecd.toml")).unwrap();
-    let daemon = std::path::Path::new(env!("CARGO_BIN_EXE_drivesecd"));
-    let again = drivesec_oem::daemons::start(daemon, &dev.dir, &cfg).unwrap();
-    drivesec_oem::daemons::stop(again.pid);
+    lab.restarts();
 }
 
 /// A security administrator (or whoever holds its session) tries to erase
@@ -640,58 +573,35 @@ fn one_administrator_cannot_factory_reset_alone_and_the_trail_survives() {
                 "new_password": "Puppet-Passw0rd-22"})),
         )
         .unwrap();
+    // Each approval the puppet tries is refused, naming why.
+    let puppet_approves = |c: &drivesec_oem::client::DeviceClient, why: &str| {
+        let id = ask();
+        let r = c
+            .call(
+                "POST",
+                "/api/v1/factory-reset",
+                Some(&json!({"password": "Puppet-Passw0rd-22", "approve": id})),
+            )
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (403, Some("second-person-required")),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body["message"].as_str().unwrap().contains(why),
+            "{}",
+            r.body
+        );
+        id
+    };
     let mut same_cert = lab.client("security-admin");
     same_cert.login("sockpuppet", "Puppet-Passw0rd-22").unwrap();
-    let id = ask();
-    let r = same_cert
-        .call(
-            "POST",
-            "/api/v1/factory-reset",
-            Some(&json!({"password": "Puppet-Passw0rd-22", "approve": id})),
-        )
-        .unwrap();
-    assert_eq!(
-        (r.status, r.body["error"].as_str()),
-        (403, Some("second-person-required")),
-        "{}",
-        r.body
-    );
-    assert!(
-        r.body["message"].as_str().unwrap().contains("certificate"),
-        "{}",
-        r.body
-    );
-    let d = tempfile::tempdir().unwrap();
-    let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
-    let (cert, key, _) =
-        common::issue_client_files(&mut oem, d.path(), Some("security-admin"), None);
-    let mut own = drivesec_oem::client::DeviceClient::new(
-        lab.addr(),
-        Some(&ClientIdentity::from_files(&cert, &key).unwrap()),
-        &lab.trust(),
-        Versions::Default,
-    )
-    .unwrap();
+    puppet_approves(&same_cert, "certificate");
+    let mut own = lab.client_with_new_certificate("security-admin");
     own.login("sockpuppet", "Puppet-Passw0rd-22").unwrap();
-    let id = ask();
-    let r = own
-        .call(
-            "POST",
-            "/api/v1/factory-reset",
-            Some(&json!({"password": "Puppet-Passw0rd-22", "approve": id})),
-        )
-        .unwrap();
-    assert_eq!(
-        (r.status, r.body["error"].as_str()),
-        (403, Some("second-person-required")),
-        "{}",
-        r.body
-    );
-    assert!(
-        r.body["message"].as_str().unwrap().contains("settled"),
-        "{}",
-        r.body
-    );
+    let id = puppet_approves(&own, "settled");
     // That refusal ended the request too.
     let r = lab
         .second_admin()
@@ -739,9 +649,7 @@ fn one_administrator_cannot_factory_reset_alone_and_the_trail_survives() {
     let archive = dev.dir.join("audit-archive");
     let kept: Vec<_> = std::fs::read_dir(&archive).unwrap().flatten().collect();
     assert_eq!(kept.len(), 1, "one archived trail");
-    let chain = drivesec_pki::read_cert_chain(&dev.idevid).unwrap();
-    let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
-    let report = drivesec_audit::verify::verify(&kept[0].path(), &key).unwrap();
+    let report = lab.verify_trail(&kept[0].path());
     assert!(report.ok, "{:#?}", report.problems);
     let recs = drivesec_audit::reader::read(
         &kept[0].path(),
@@ -781,7 +689,7 @@ fn deeply_nested_json_is_refused_and_changes_nothing() {
     let depth = 20_000;
     let body = format!("{{\"value\": {}1{}}}", "[".repeat(depth), "]".repeat(depth));
     let token = engineer.session.clone().unwrap();
-    let mut s = raw_tls(&lab, &lab.identity("engineer"));
+    let mut s = lab.raw_tls(&lab.identity("engineer"));
     s.write_all(
         format!(
             "PUT /api/v1/params/max-speed HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {token}\r\n\
@@ -792,7 +700,7 @@ fn deeply_nested_json_is_refused_and_changes_nothing() {
     )
     .unwrap();
     s.write_all(body.as_bytes()).unwrap();
-    let head = read_head(&mut s).expect("no answer");
+    let head = common::read_head(&mut s).expect("no answer");
     assert!(head.starts_with("HTTP/1.1 4"), "{head}");
     assert_eq!(engineer.ok("GET", "/api/v1/params", None).unwrap(), before);
     state_survives(&lab);
@@ -809,16 +717,7 @@ fn modbus_flood_does_not_hold_off_sto_or_the_comm_loss_reaction() {
     cfg.modbus.comm_loss_timeout_ms = 300;
     let lab = test_lab(Some(cfg));
     let dev = lab.m.devices[0].clone();
-    let modbus: SocketAddr = dev.modbus.as_ref().unwrap().parse().unwrap();
-    let connect = |role: &str| {
-        ModbusClient::connect(
-            modbus,
-            Some(&lab.identity(role)),
-            &lab.trust(),
-            Versions::Default,
-        )
-        .unwrap()
-    };
+    let connect = |role: &str| lab.modbus(role);
     let state = |c: &mut ModbusClient| c.read_input(0, 7).unwrap().unwrap();
     let wait = |c: &mut ModbusClient, what: &str, f: &dyn Fn(&[u16]) -> bool| {
         let start = Instant::now();
@@ -890,14 +789,7 @@ fn modbus_flood_does_not_hold_off_sto_or_the_comm_loss_reaction() {
 #[test]
 fn a_modbus_restart_after_an_api_stop_is_recorded() {
     let lab = test_lab(None);
-    let modbus: SocketAddr = lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap();
-    let mut op = ModbusClient::connect(
-        modbus,
-        Some(&lab.identity("operator")),
-        &lab.trust(),
-        Versions::Default,
-    )
-    .unwrap();
+    let mut op = lab.modbus("operator");
     let state = |c: &mut ModbusClient| c.read_input(0, 3).unwrap().unwrap();
     let wait = |c: &mut ModbusClient, f: &dyn Fn(&[u16]) -> bool| {
         let start = Instant::now();
@@ -966,16 +858,7 @@ fn guessing_many_usernames_from_one_certificate_is_recorded_aggregated() {
 #[test]
 fn two_modbus_sessions_trading_control_do_not_flood_the_trail() {
     let lab = test_lab(None);
-    let modbus: SocketAddr = lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap();
-    let connect = || {
-        ModbusClient::connect(
-            modbus,
-            Some(&lab.identity("operator")),
-            &lab.trust(),
-            Versions::Default,
-        )
-        .unwrap()
-    };
+    let connect = || lab.modbus("operator");
     let (mut a, mut b) = (connect(), connect());
     for _ in 0..200 {
         assert_eq!(a.write_single(0, 0).unwrap(), Ok(()));

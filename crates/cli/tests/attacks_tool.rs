@@ -18,17 +18,6 @@ use drivesec_oem::client::{DeviceClient, DeviceTrust, Versions};
 use drivesec_oem::lab::{Backend, LabManifest, LabOptions};
 use serde_json::Value;
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 /// Stops a process this test started, by PID, when dropped.
 struct Reap(std::process::Child);
 
@@ -162,7 +151,7 @@ fn cli_names_a_tampered_device() {
         Versions::Default,
     )
     .unwrap();
-    wait_until("the tamper response", || {
+    common::wait_until("the tamper response", || {
         marker
             .ok("GET", "/api/v1/info", None)
             .is_ok_and(|v| v["tampered"] == true)
@@ -427,8 +416,7 @@ fn deploy_unit_can_bind_modbus_port_under_its_capabilities() {
     assert!(cp.success());
     // The listeners on loopback (in the namespace); Modbus on the sample's port.
     conf.insert("listen".into(), "127.0.0.1:0".into());
-    let modbus = conf["modbus"].as_table().cloned().unwrap();
-    let mut modbus = modbus;
+    let mut modbus = conf["modbus"].as_table().cloned().unwrap();
     let want: std::net::SocketAddr = format!("127.0.0.1:{}", modbus_listen.port())
         .parse()
         .unwrap();

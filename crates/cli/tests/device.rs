@@ -373,13 +373,7 @@ fn every_role_against_every_operation() {
     let counted: u64 = denied
         .iter()
         .filter(|r| r["action"] != "net.connection-refused")
-        .map(|r| {
-            if r["details"]["summary"] == true {
-                r["details"]["suppressed"].as_u64().unwrap()
-            } else {
-                1 + r["details"]["suppressed_before"].as_u64().unwrap_or(0)
-            }
-        })
+        .map(|r| drivesec_audit::events_counted(&r["details"]))
         .sum();
     assert!(
         counted >= denied_expected as u64 + 2,
@@ -491,14 +485,8 @@ fn lockout_after_repeated_failures_and_admin_unlock() {
     let count = |action: &str, outcome: &str| {
         recs.iter()
             .filter(|r| r["action"] == action && r["outcome"] == outcome)
-            .map(|r| {
-                if r["details"]["summary"] == true {
-                    r["details"]["suppressed"].as_u64().unwrap() as usize
-                } else {
-                    1 + r["details"]["suppressed_before"].as_u64().unwrap_or(0) as usize
-                }
-            })
-            .sum::<usize>()
+            .map(|r| drivesec_audit::events_counted(&r["details"]))
+            .sum::<u64>()
     };
     assert!(count("auth.login", "failure") >= 5);
     assert!(count("auth.lockout", "denied") >= 1);
@@ -704,49 +692,6 @@ fn tls_refuses_an_expired_certificate() {
     );
 }
 
-/// A mutual-TLS stream to the lab device as `identity`, for tests that
-/// need the HTTP bytes themselves.
-fn raw_tls(
-    lab: &common::TestLab,
-    identity: &ClientIdentity,
-) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-    let (cfg, name) = drivesec_oem::client::tls_config(
-        lab.addr(),
-        Some(identity),
-        &lab.trust(),
-        Versions::Default,
-    )
-    .unwrap();
-    let tls = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
-    let tcp = std::net::TcpStream::connect(lab.addr()).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    rustls::StreamOwned::new(tls, tcp)
-}
-
-/// Sends one HTTP/1.1 request on `s` and reads its response (head and
-/// Content-Length body), leaving the connection open.
-fn exchange<S: std::io::Read + std::io::Write>(s: &mut S, head: &str, body: &[u8]) -> String {
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    s.flush().unwrap();
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-head");
-        got.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&got).to_lowercase();
-    let len: usize = text
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0);
-    let mut rest = vec![0u8; len];
-    s.read_exact(&mut rest).unwrap();
-    got.extend(rest);
-    String::from_utf8_lossy(&got).into_owned()
-}
-
 /// A state change closes the API's open connections: the response to the
 /// request that made it says `Connection: close`, and another client's idle
 /// kept-alive connection is closed by the device without a request.
@@ -758,8 +703,8 @@ fn a_trust_change_closes_open_api_connections() {
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
     let (_, serial) = issue_client(&mut oem, d.path(), None);
     let crl = oem.revoke(&serial, "key-compromise").unwrap();
-    let mut idle = raw_tls(&lab, &lab.identity("viewer"));
-    let r = exchange(
+    let mut idle = lab.raw_tls(&lab.identity("viewer"));
+    let r = common::exchange(
         &mut idle,
         "GET /api/v1/info HTTP/1.1\r\nHost: d\r\n\r\n",
         b"",
@@ -767,9 +712,9 @@ fn a_trust_change_closes_open_api_connections() {
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(!r.to_lowercase().contains("connection: close"), "{r}");
     let admin = lab.admin();
-    let mut changer = raw_tls(&lab, &lab.identity("security-admin"));
+    let mut changer = lab.raw_tls(&lab.identity("security-admin"));
     let body = json!({"crl_pem": std::fs::read_to_string(&crl).unwrap()}).to_string();
-    let r = exchange(
+    let r = common::exchange(
         &mut changer,
         &format!(
             "PUT /api/v1/security/crl HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {}\r\n\
@@ -807,7 +752,7 @@ fn a_request_body_held_back_across_a_crl_is_not_served() {
     let viewer = &lab.m.users["viewer"];
     c.login(&viewer.username, &viewer.password).unwrap();
     let session = c.session.clone().unwrap();
-    let mut s = raw_tls(&lab, &victim);
+    let mut s = lab.raw_tls(&victim);
     let body = br#"{"crl_pem": "not a CRL"}"#;
     write!(
         s,
@@ -1258,22 +1203,7 @@ fn factory_credential_dies_and_factory_reset_starts_over() {
     // Factory reset, asked by the first security admin and approved by the
     // other, returns a new one-time credential.
     let admin = lab.admin();
-    let asked = admin
-        .ok(
-            "POST",
-            "/api/v1/factory-reset",
-            Some(&json!({"password": lab.m.admin.as_ref().unwrap().password})),
-        )
-        .unwrap();
-    let r = lab
-        .second_admin()
-        .ok(
-            "POST",
-            "/api/v1/factory-reset",
-            Some(&json!({"password": lab.m.users["security-admin"].password,
-                "approve": asked["request"]})),
-        )
-        .unwrap();
+    let r = lab.factory_reset();
     let new_cred = r["factory_credential"].as_str().unwrap().to_string();
     assert_ne!(new_cred, cred.trim());
     // Back in factory state: the device presents its IDevID again, sessions are gone.
@@ -1503,21 +1433,7 @@ fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
         "{p}"
     );
     // A factory reset archives the local trail, and its own record reaches the collector first.
-    let asked = admin
-        .ok(
-            "POST",
-            "/api/v1/factory-reset",
-            Some(&json!({"password": lab.m.admin.as_ref().unwrap().password})),
-        )
-        .unwrap();
-    lab.second_admin()
-        .ok(
-            "POST",
-            "/api/v1/factory-reset",
-            Some(&json!({"password": lab.m.users["security-admin"].password,
-                "approve": asked["request"]})),
-        )
-        .unwrap();
+    lab.factory_reset();
     let mut text = String::new();
     for _ in 0..100 {
         text = std::fs::read_to_string(rx.join("received.log")).unwrap_or_default();

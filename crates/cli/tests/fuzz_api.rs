@@ -19,25 +19,9 @@ use drivesec_device::config::DeviceConfig;
 use drivesec_device::state::StateDir;
 use drivesec_oem::lab::{self, LabOptions};
 use drivesec_pki::{Ca, IssueRequest, Profile, SubjectKey};
+use drivesec_testkit::Rng;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
-}
 
 const PATHS: &[&str] = &[
     "/api/v1/info",
@@ -114,7 +98,7 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
                 let from = rng.below(other.len());
                 b.splice(at..at, other[from..].iter().copied());
             }
-            3 => b = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+            3 => b = rng.bytes(63),
             4 => {
                 b = format!(
                     "{}1{}",
@@ -156,10 +140,7 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 
 #[test]
 fn api_request_handling_survives_random_input() {
-    let iters: usize = std::env::var("DRIVESEC_FUZZ_ITERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
+    let iters = drivesec_testkit::iters(20_000, 1);
     let tmp = tempfile::tempdir().unwrap();
     let m = lab::up(&LabOptions::new(tmp.path().join("lab")), &mut |_| {}).unwrap();
     // Commission in process: LDevID from the OEM CA, the owner's trust, an admin.
@@ -187,17 +168,24 @@ fn api_request_handling_survives_random_input() {
     cfg.access.hash.memory_kib = drivesec_access::MIN_HASH_MEMORY_KIB;
     cfg.access.hash.iterations = 5;
     let policy = cfg.access.clone();
-    st.install_ownership("fuzz.example", &ldevid.chain_pem, &root, None, |p| {
-        let mut a = drivesec_access::Accounts::create(p, policy.clone()).unwrap();
-        a.add_user(
-            "admin",
-            "security-admin",
-            "Setup-Passw0rd-Sec-1",
-            time::OffsetDateTime::now_utc(),
-        )
-        .unwrap();
-        Ok(())
-    })
+    st.install_ownership(
+        "fuzz.example",
+        &ldevid.chain_pem,
+        &root,
+        None,
+        |_| Ok(()),
+        |p| {
+            let mut a = drivesec_access::Accounts::create(p, policy.clone()).unwrap();
+            a.add_user(
+                "admin",
+                "security-admin",
+                "Setup-Passw0rd-Sec-1",
+                time::OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+            Ok(())
+        },
+    )
     .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -264,7 +252,7 @@ fn api_request_handling_survives_random_input() {
             })
         })
         .collect();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..iters {
         // Mostly a documented (method, path) pair, sometimes anything.

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{TestLab, config, issue_client_files, rss_kib, test_lab};
 use drivesec_modbus::frame::fc;
@@ -21,24 +21,10 @@ use drivesec_oem::client::{ClientIdentity, Versions};
 use drivesec_oem::modbus::{ModbusClient, load};
 use serde_json::{Value, json};
 
-fn modbus_addr(lab: &TestLab) -> SocketAddr {
-    lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap()
-}
-
-fn mb(lab: &TestLab, role: &str) -> ModbusClient {
-    ModbusClient::connect(
-        modbus_addr(lab),
-        Some(&lab.identity(role)),
-        &lab.trust(),
-        Versions::Default,
-    )
-    .unwrap()
-}
-
 /// Runs the pymodbus client script with `ops`; `cert` is (chain, key).
 fn pymodbus(lab: &TestLab, cert: Option<(&Path, &Path)>, ops: Value) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/pymodbus_client.py");
-    let a = modbus_addr(lab);
+    let a = lab.modbus_addr();
     let mut cmd = Command::new("python3");
     cmd.arg(script)
         .arg(a.ip().to_string())
@@ -87,17 +73,6 @@ fn refused(out: &Value) -> bool {
             .is_none_or(|r| r.first().is_none_or(|r| r["ok"] != true))
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn input(c: &mut ModbusClient) -> Vec<u16> {
     c.read_input(0, 9).unwrap().unwrap()
 }
@@ -144,7 +119,7 @@ fn pymodbus_interoperates_with_the_lab_role_certificates() {
     // pymodbus has gone: the controlling connection is lost, the drive
     // ramps to a stop, and the HTTPS side sees it.
     let viewer = lab.session("viewer");
-    wait_until("the drive to stop after the client left", || {
+    common::wait_until("the drive to stop after the client left", || {
         let d = viewer.ok("GET", "/api/v1/drive", None).unwrap();
         d["state"] == "ready" && d["speed_rpm"].as_f64().unwrap() == 0.0
     });
@@ -237,13 +212,13 @@ fn the_crl_closes_an_open_session_of_the_revoked_certificate() {
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
     let (rc, rk, serial) = issue_client_files(&mut oem, d.path(), Some("viewer"), None);
     let mut victim = ModbusClient::connect(
-        modbus_addr(&lab),
+        lab.modbus_addr(),
         Some(&ClientIdentity::from_files(&rc, &rk).unwrap()),
         &lab.trust(),
         Versions::Default,
     )
     .unwrap();
-    let mut other = mb(&lab, "viewer");
+    let mut other = lab.modbus("viewer");
     assert_eq!(input(&mut victim).len(), 9, "positive control");
     assert_eq!(input(&mut other).len(), 9);
     let crl = oem.revoke(&serial, "key-compromise").unwrap();
@@ -278,7 +253,8 @@ fn every_role_against_every_function_and_range() {
     let (nc, nk, _) = issue_client_files(&mut oem, d.path(), None, None);
     let no_role = ClientIdentity::from_files(&nc, &nk).unwrap();
     // Current parameter values, so allowed writes change nothing.
-    let p = mb(&lab, "engineer")
+    let p = lab
+        .modbus("engineer")
         .read_holding(1000, 10)
         .unwrap()
         .unwrap();
@@ -336,14 +312,14 @@ fn every_role_against_every_function_and_range() {
     for (role, want) in expected {
         let mut c = if role == "(no role)" {
             ModbusClient::connect(
-                modbus_addr(&lab),
+                lab.modbus_addr(),
                 Some(&no_role),
                 &lab.trust(),
                 Versions::Default,
             )
             .unwrap()
         } else {
-            mb(&lab, role)
+            lab.modbus(role)
         };
         for ((name, probe), want) in probes.iter().zip(want) {
             let got = match probe(&mut c) {
@@ -394,7 +370,7 @@ fn the_rights_table_is_set_by_the_security_admin_and_applies_at_once() {
     let admin = lab.admin();
     let before = admin.ok("GET", "/api/v1/modbus/rights", None).unwrap();
     assert_eq!(before, drivesec_oem::lab::lab_modbus_rights());
-    let mut viewer = mb(&lab, "viewer");
+    let mut viewer = lab.modbus("viewer");
     assert!(viewer.read_input(0, 1).unwrap().is_ok());
     // Only write-security-settings may change it.
     for role in ["viewer", "operator", "engineer", "auditor"] {
@@ -463,7 +439,7 @@ fn the_rights_table_is_set_by_the_security_admin_and_applies_at_once() {
 #[test]
 fn a_flood_of_refusals_is_aggregated_and_every_one_counted() {
     let lab = test_lab(Some(config()));
-    let mut viewer = mb(&lab, "viewer");
+    let mut viewer = lab.modbus("viewer");
     const N: u64 = 400;
     for _ in 0..N {
         assert_eq!(viewer.write_single(0, 1).unwrap(), Err(1));
@@ -483,14 +459,7 @@ fn a_flood_of_refusals_is_aggregated_and_every_one_counted() {
         .collect();
     let counted: u64 = denied
         .iter()
-        .map(|r| {
-            let d = &r.record.details;
-            if d["summary"] == true {
-                d["suppressed"].as_u64().unwrap()
-            } else {
-                1
-            }
-        })
+        .map(|r| drivesec_audit::events_counted(&r.record.details))
         .sum();
     assert_eq!(counted, N, "every refusal counted exactly once");
     assert!(
@@ -513,14 +482,14 @@ fn malformed_frames_close_the_connection_and_the_server_carries_on() {
         // length 300
         vec![0, 1, 0, 0, 1, 44, 1, 3, 0, 0, 0, 1],
     ] {
-        let mut c = mb(&lab, "engineer");
+        let mut c = lab.modbus("engineer");
         c.write_raw(&bad).unwrap();
         assert!(c.closed_by_peer(), "{bad:?} did not close the connection");
-        let mut again = mb(&lab, "engineer");
+        let mut again = lab.modbus("engineer");
         assert!(again.read_input(0, 1).unwrap().is_ok());
     }
     // A well-framed but wrong PDU gets an exception, and the session goes on.
-    let mut c = mb(&lab, "engineer");
+    let mut c = lab.modbus("engineer");
     assert_eq!(c.raw(&[3, 0, 0, 0]).unwrap(), vec![0x83, 3]);
     assert_eq!(c.raw(&[16, 0, 0, 0, 2, 3, 0, 1, 0]).unwrap(), vec![0x90, 3]);
     assert!(c.read_input(0, 1).unwrap().is_ok());
@@ -529,7 +498,7 @@ fn malformed_frames_close_the_connection_and_the_server_carries_on() {
 fn start_over_modbus(op: &mut ModbusClient, viewer: &mut ModbusClient, rpm: u16) {
     assert_eq!(op.write_single(0, 0).unwrap(), Ok(()));
     assert_eq!(op.write_multiple(0, &[1, rpm]).unwrap(), Ok(()));
-    wait_until("running", || {
+    common::wait_until("running", || {
         let s = input(viewer);
         s[1] == 2 && (s[2] as i16) > 50
     });
@@ -554,12 +523,12 @@ fn losing_the_controlling_connection_stops_the_drive() {
             Some(&json!({"value": 0.5})),
         )
         .unwrap();
-    let mut viewer = mb(&lab, "viewer");
+    let mut viewer = lab.modbus("viewer");
     // 1. The connection closes.
-    let mut op = mb(&lab, "operator");
+    let mut op = lab.modbus("operator");
     start_over_modbus(&mut op, &mut viewer, 600);
     drop(op);
-    wait_until("ramp to stop after the close", || {
+    common::wait_until("ramp to stop after the close", || {
         let s = input(&mut viewer);
         s[1] == 1 && s[2] == 0
     });
@@ -567,10 +536,10 @@ fn losing_the_controlling_connection_stops_the_drive() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(input(&mut viewer)[1], 1);
     // 2. The controller falls silent (1 s by default) with the connection open.
-    let mut op = mb(&lab, "operator");
+    let mut op = lab.modbus("operator");
     start_over_modbus(&mut op, &mut viewer, 600);
     let mut reads = 0;
-    wait_until("ramp to stop after silence", || {
+    common::wait_until("ramp to stop after silence", || {
         reads += 1;
         let s = input(&mut viewer);
         s[1] == 1 && s[2] == 0
@@ -580,9 +549,9 @@ fn losing_the_controlling_connection_stops_the_drive() {
         "the silent session was closed"
     );
     // A reader going away changes nothing.
-    let mut op = mb(&lab, "operator");
+    let mut op = lab.modbus("operator");
     start_over_modbus(&mut op, &mut viewer, 300);
-    drop(mb(&lab, "viewer"));
+    drop(lab.modbus("viewer"));
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(input(&mut viewer)[1], 2, "still running");
     assert!(
@@ -701,11 +670,11 @@ fn sto_holds_against_random_commands_from_every_role() {
         "security-admin",
         "auditor",
     ];
-    let mut clients: Vec<ModbusClient> = roles.iter().map(|r| mb(&lab, r)).collect();
+    let mut clients: Vec<ModbusClient> = roles.iter().map(|r| lab.modbus(r)).collect();
     let api: Vec<_> = roles.iter().map(|r| lab.session(r)).collect();
     let sto = lab.m.devices[0].sto.clone().unwrap();
     std::fs::create_dir_all(sto.parent().unwrap()).unwrap();
-    let mut watcher = mb(&lab, "viewer");
+    let mut watcher = lab.modbus("viewer");
     let mut sto_on = false;
     let mut checked_active = 0;
     for step in 0..steps {
@@ -769,7 +738,7 @@ fn sto_holds_against_random_commands_from_every_role() {
         }
         if sto_on && rng.below(4) == 0 {
             // Once the input has been seen, it must be in force.
-            wait_until("STO seen", || input(&mut watcher)[6] == 1);
+            common::wait_until("STO seen", || input(&mut watcher)[6] == 1);
         }
     }
     assert!(checked_active > 0, "STO was never observed active");
@@ -792,7 +761,7 @@ fn sixty_four_modbus_clients_and_api_clients_under_load() {
     let identities: Vec<_> = roles.iter().map(|r| lab.identity(r)).collect();
     let trust = lab.trust();
     let target = load::Target::Tls {
-        addr: modbus_addr(&lab),
+        addr: lab.modbus_addr(),
         identities: &identities,
         trust: &trust,
     };

@@ -16,22 +16,6 @@ use drivesec_iec62443::profile::{Account, Profile};
 use drivesec_oem::client::{DeviceClient, Versions};
 use serde_json::{Value, json};
 
-/// The cell's derived profile, kept applicable to the lab: its own
-/// accounts, no collector, the lab's LDevID lifetime.
-fn profile(lab: &TestLab) -> Profile {
-    let l = drivesec_iec62443::model::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packaging-line.toml"),
-    )
-    .unwrap();
-    let a = drivesec_iec62443::assess::assess(&l.model);
-    let z = a.zones.iter().find(|z| z.zone == "cell").unwrap();
-    let mut p = drivesec_iec62443::profile::derive(&l.model, "cell", z.sl_t);
-    p.audit_forwarding = false;
-    p.ldevid_days = 730;
-    p.accounts = lab.profile_accounts();
-    p
-}
-
 fn admin_at(lab: &TestLab, addr: SocketAddr) -> DeviceClient {
     let mut c = DeviceClient::new(
         addr,
@@ -53,7 +37,7 @@ fn current(c: &DeviceClient) -> Value {
 fn applies_reapplies_with_no_change_and_diff_finds_drift() {
     let lab = test_lab(Some(config()));
     let admin = lab.admin();
-    let p = profile(&lab);
+    let p = lab.cell_profile();
     let before = drivesec_oem::provision::diff(&admin, &p).unwrap();
     assert!(
         before
@@ -145,7 +129,7 @@ fn a_refused_item_changes_nothing() {
     let lab = test_lab(Some(config()));
     let admin = lab.admin();
     let before = current(&admin);
-    let good = profile(&lab);
+    let good = lab.cell_profile();
     let mut bad = good.clone();
     bad.modbus.rights[0].functions = vec![5];
     let r = admin
@@ -202,7 +186,7 @@ fn killed_at_each_point_of_the_transaction_it_is_all_or_nothing() {
     let dir = lab.device_dir();
     let daemon = Path::new(env!("CARGO_BIN_EXE_drivesecd"));
     let cfg = DeviceConfig::load(&dir.join("drivesecd.toml")).unwrap();
-    let p = profile(&lab);
+    let p = lab.cell_profile();
     let mut addr = lab.addr();
     let mut pid = lab.m.devices[0].pid.unwrap();
     let before = current(&admin_at(&lab, addr));

@@ -10,7 +10,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::{config, test_lab_on};
 use drivesec_device::config::DeviceConfig;
@@ -50,17 +49,6 @@ fn private_keys_on_token(dev: &drivesec_oem::lab::LabDevice) -> usize {
         .count()
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[test]
 fn tamper_destroys_every_key_and_leaves_only_status() {
     let lab = test_lab_on(Some(config()), Backend::Pkcs11);
@@ -79,7 +67,7 @@ fn tamper_destroys_every_key_and_leaves_only_status() {
     let mut viewer = connect("viewer", &lab.trust()).unwrap();
     assert_eq!(op.write_single(0, 0).unwrap(), Ok(()));
     assert_eq!(op.write_multiple(0, &[1, 900]).unwrap(), Ok(()));
-    wait_until("running", || {
+    common::wait_until("running", || {
         viewer.read_input(0, 3).unwrap().unwrap()[1] == 2
     });
 
@@ -87,12 +75,12 @@ fn tamper_destroys_every_key_and_leaves_only_status() {
     let tamper = dev.tamper.clone().unwrap();
     std::fs::create_dir_all(tamper.parent().unwrap()).unwrap();
     std::fs::write(&tamper, b"").unwrap();
-    wait_until("the tampered bit", || {
+    common::wait_until("the tampered bit", || {
         viewer.read_input(0, 1).unwrap().unwrap()[0] & (1 << 5) != 0
     });
     // The tampered bit shows at detection; the response then seals the
     // trail (one signed checkpoint) and destroys the keys.
-    wait_until("every private key destroyed", || {
+    common::wait_until("every private key destroyed", || {
         private_keys_on_token(&dev) == 0
     });
 
@@ -100,7 +88,7 @@ fn tamper_destroys_every_key_and_leaves_only_status() {
     // the drive stops and cannot be started.
     assert_eq!(op.write_multiple(0, &[1, 900]).unwrap(), Err(1));
     assert_eq!(viewer.read_holding(1000, 1).unwrap(), Err(1));
-    wait_until("the drive stopped", || {
+    common::wait_until("the drive stopped", || {
         let s = viewer.read_input(0, 3).unwrap().unwrap();
         s[1] == 1 && s[2] == 0
     });

@@ -9,16 +9,17 @@
 //! session is closed if it no longer passes; every session closes on factory reset (after
 //! the tamper response open sessions stay, answering status reads only).
 //!
-//! Refusals are recorded, aggregated per client certificate: the first in a
-//! ten-second window at once, the rest as a count (`suppressed`), so a flood
-//! of forbidden requests cannot flood the trail; every refusal is counted in
-//! exactly one record. Writes are recorded (parameters each time, the control
-//! word when it changes); reads are not.
+//! Refusals are recorded aggregated per client certificate (`crate::tally`,
+//! shared with the API): the first in a ten-second window at once, the rest
+//! as a count (`suppressed`), so a flood of forbidden requests cannot flood
+//! the trail; every refusal is counted in exactly one record. Writes are
+//! recorded before they take effect (parameters each time, the control word
+//! when it changes, taking control aggregated); reads are not.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use drivesec_audit::{Actor, Event, Outcome};
 use drivesec_drive::machine::Status;
@@ -39,9 +40,6 @@ use crate::drive_loop::DriveLink;
 use crate::state::{StateDir, files};
 use crate::{DeviceError, Result};
 
-/// Refusals from one client within this window after the first are counted, not recorded one by one.
-pub const DENIAL_WINDOW: Duration = Duration::from_secs(10);
-
 /// Holding registers 1000.. in order: parameter, scale (register unit), signed.
 pub const PARAM_REGISTERS: [(&str, f64, bool); 10] = [
     ("speed-reference", 1.0, true),
@@ -59,15 +57,6 @@ pub const PARAM_REGISTERS: [(&str, f64, bool); 10] = [
 pub const PARAM_BASE: u16 = 1000;
 /// Input registers served: 0..=8.
 pub const INPUT_REGISTERS: u16 = 9;
-
-/// Refusals of one client not yet recorded.
-#[derive(Debug)]
-pub struct DenyWindow {
-    since: Instant,
-    suppressed: u64,
-    role: Option<String>,
-    source: String,
-}
 
 /// Reads the stored rights table (empty when none was set).
 pub fn load_rights(st: &StateDir) -> Result<Rights> {
@@ -126,81 +115,6 @@ pub fn input_registers(s: &Status, tampered: bool) -> [u16; INPUT_REGISTERS as u
 }
 
 impl Device {
-    /// Records a refused Modbus request, aggregated per client (see the module docs).
-    pub(crate) fn modbus_denied(
-        &self,
-        client: &str,
-        role: Option<&str>,
-        source: SocketAddr,
-        d: Denial,
-    ) {
-        let now = Instant::now();
-        let emit = match self.modbus_denials.lock() {
-            Ok(mut map) => match map.get_mut(client) {
-                None => {
-                    map.insert(
-                        client.to_string(),
-                        DenyWindow {
-                            since: now,
-                            suppressed: 0,
-                            role: role.map(str::to_string),
-                            source: source.to_string(),
-                        },
-                    );
-                    Some(0)
-                }
-                Some(w) if now.duration_since(w.since) < DENIAL_WINDOW => {
-                    w.suppressed += 1;
-                    None
-                }
-                Some(w) => {
-                    let n = w.suppressed;
-                    w.since = now;
-                    w.suppressed = 0;
-                    Some(n)
-                }
-            },
-            Err(_) => Some(0),
-        };
-        if let Some(before) = emit {
-            let _ = self.audit(
-                Event::new(Actor::Certificate(client.to_string()), "modbus.denied")
-                    .source(source.to_string())
-                    .outcome(Outcome::Denied)
-                    .details(json!({
-                        "role": role, "function": d.function, "address": d.addr, "count": d.count,
-                        "suppressed_before": before,
-                    })),
-            );
-        }
-    }
-
-    /// Records the counts of refusals whose window has closed (called every second).
-    pub(crate) fn flush_modbus_denials(&self, all: bool) {
-        let now = Instant::now();
-        let due: Vec<(String, DenyWindow)> = match self.modbus_denials.lock() {
-            Ok(mut map) => {
-                let keys: Vec<String> = map
-                    .iter()
-                    .filter(|(_, w)| all || now.duration_since(w.since) >= DENIAL_WINDOW)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                keys.into_iter()
-                    .filter_map(|k| map.remove(&k).map(|w| (k, w)))
-                    .collect()
-            }
-            Err(_) => return,
-        };
-        for (client, w) in due.into_iter().filter(|(_, w)| w.suppressed > 0) {
-            let _ = self.audit(
-                Event::new(Actor::Certificate(client), "modbus.denied")
-                    .source(w.source)
-                    .outcome(Outcome::Denied)
-                    .details(json!({"role": w.role, "suppressed": w.suppressed, "summary": true})),
-            );
-        }
-    }
-
     /// Stores and applies a new Modbus rights table.
     pub(crate) fn set_modbus_rights(&self, rights: Rights) -> std::result::Result<(), ApiError> {
         rights
@@ -399,8 +313,13 @@ impl ProcessImage for Session {
     }
 
     fn denied(&mut self, d: Denial) {
-        self.dev
-            .modbus_denied(&self.client, self.role.as_deref(), self.source, d);
+        // Aggregated per client certificate (`crate::tally`, see the module docs).
+        self.dev.audit_tallied(
+            &format!("modbus-denied|{}", self.client),
+            self.event("modbus.denied", Outcome::Denied).details(json!({
+                "role": self.role, "function": d.function, "address": d.addr, "count": d.count,
+            })),
+        );
     }
 
     fn idle_timeout(&self) -> Duration {

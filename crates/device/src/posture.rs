@@ -384,6 +384,31 @@ impl CrlStage {
             CrlStage::Stale => "stale",
         }
     }
+
+    /// The stage at `now` of a CRL whose nextUpdate is `next_update`, with
+    /// `grace` after it.
+    fn of(
+        next_update: time::OffsetDateTime,
+        now: time::OffsetDateTime,
+        grace: time::Duration,
+    ) -> Self {
+        if now <= next_update {
+            CrlStage::Current
+        } else if now > next_update.saturating_add(grace) {
+            CrlStage::Stale
+        } else {
+            CrlStage::Overdue
+        }
+    }
+
+    /// The value `StateDir::crl_reported` keeps for a stage once recorded.
+    fn level(self) -> u8 {
+        match self {
+            CrlStage::Current => 0,
+            CrlStage::Overdue => 1,
+            CrlStage::Stale => 2,
+        }
+    }
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -400,16 +425,7 @@ pub(crate) fn crl_stages<'a>(
     let grace = time::Duration::seconds(i64::try_from(c.trust.crl_grace_secs).unwrap_or(i64::MAX));
     st.crls
         .iter()
-        .map(|crl| {
-            let stage = if !crl.is_overdue(now) {
-                CrlStage::Current
-            } else if now > crl.next_update.saturating_add(grace) {
-                CrlStage::Stale
-            } else {
-                CrlStage::Overdue
-            };
-            (crl, stage)
-        })
+        .map(|crl| (crl, CrlStage::of(crl.next_update, now, grace)))
         .collect()
 }
 
@@ -419,16 +435,18 @@ impl crate::api::Device {
     /// (`trust.crl.stale`, an error log line too). Called every second by
     /// the runtime and after each CRL installation; cheap when nothing changed.
     pub(crate) fn report_stale_crl(&self) {
-        let (worst, details, flag) = {
+        use std::sync::atomic::Ordering;
+        let (level, details, flag) = {
             let (Ok(st), Ok(c)) = (self.state.read(), self.config.read()) else {
                 return;
             };
             let stages = crl_stages(&st, &c, time::OffsetDateTime::now_utc());
-            let worst = stages
-                .iter()
-                .map(|(_, s)| *s)
-                .max()
-                .unwrap_or(CrlStage::Current);
+            let level = stages.iter().map(|(_, s)| s.level()).max().unwrap_or(0);
+            // Nothing to report, or already reported for this loaded state:
+            // the usual case every second, done before any record is built.
+            if level == 0 || st.crl_reported.load(Ordering::SeqCst) >= level {
+                return;
+            }
             let details: Vec<_> = stages
                 .iter()
                 .filter(|(_, s)| *s != CrlStage::Current)
@@ -438,14 +456,8 @@ impl crate::api::Device {
                         "grace_secs": c.trust.crl_grace_secs})
                 })
                 .collect();
-            (worst, details, st.crl_reported.clone())
+            (level, details, st.crl_reported.clone())
         };
-        let level = match worst {
-            CrlStage::Current => return,
-            CrlStage::Overdue => 1,
-            CrlStage::Stale => 2,
-        };
-        use std::sync::atomic::Ordering;
         if flag.fetch_max(level, Ordering::SeqCst) >= level {
             return;
         }
@@ -466,5 +478,36 @@ impl crate::api::Device {
             // Not recorded: try again next time.
             flag.store(level - 1, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CrlStage;
+    use time::{Duration, OffsetDateTime};
+
+    #[test]
+    fn a_crl_is_current_to_its_next_update_then_overdue_for_the_grace_then_stale() {
+        let next = OffsetDateTime::now_utc();
+        let grace = Duration::days(7);
+        let at = |d: Duration| CrlStage::of(next, next + d, grace);
+        assert_eq!(at(Duration::seconds(-1)), CrlStage::Current);
+        assert_eq!(at(Duration::ZERO), CrlStage::Current);
+        assert_eq!(at(Duration::seconds(1)), CrlStage::Overdue);
+        assert_eq!(at(grace), CrlStage::Overdue);
+        assert_eq!(at(grace + Duration::seconds(1)), CrlStage::Stale);
+        // No grace: stale right after nextUpdate; the largest grace does not overflow.
+        assert_eq!(
+            CrlStage::of(next, next + Duration::seconds(1), Duration::ZERO),
+            CrlStage::Stale
+        );
+        assert_eq!(
+            CrlStage::of(
+                next,
+                next + Duration::days(400),
+                Duration::seconds(i64::MAX)
+            ),
+            CrlStage::Overdue
+        );
     }
 }

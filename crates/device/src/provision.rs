@@ -282,11 +282,14 @@ impl Device {
             .iter()
             .map(|a| (a.username.clone(), a.role.clone()))
             .collect();
-        // New accounts' initial passwords are hashed in the bounded hash pool.
+        // New accounts' initial passwords are hashed in the bounded hash
+        // pool, with the handlers' wait (then 503): this runs under
+        // `block_in_place`, so it may block on the permit.
         let _permit = if req.initial_passwords.is_empty() {
             None
         } else {
-            Some(self.hash_permit_blocking()?)
+            let wait = self.hash_permit(std::time::Duration::from_secs(2));
+            Some(tokio::runtime::Handle::current().block_on(wait)?)
         };
         let plan = {
             let mut g = self
@@ -296,31 +299,14 @@ impl Device {
             let a = g
                 .as_mut()
                 .ok_or_else(|| ApiError::conflict("the device is not commissioned"))?;
-            // The roster may not do what the caller could not do by hand:
-            // re-role or remove an account holding more than the caller,
-            // or give a role beyond the caller's own (docs/permissions.md).
-            let grant = |r: std::result::Result<(), drivesec_access::AccessError>| {
-                r.map_err(crate::api::access_error)
-            };
-            for (user, role) in &roster {
-                match a.user(user) {
-                    Some(u) if &u.role != role => {
-                        grant(a.check_manage(&c.username, &c.permissions, user))?;
-                        grant(a.check_assign(&c.username, &c.permissions, user, role))?;
-                    }
-                    Some(_) => {}
-                    None => grant(a.check_assign(&c.username, &c.permissions, user, role))?,
-                }
-            }
-            for u in a.users() {
-                if !roster.iter().any(|(n, _)| n == &u.username) {
-                    grant(a.check_manage(&c.username, &c.permissions, &u.username))?;
-                }
-            }
             // New accounts are checked against the profile's password policy.
             let old = a.policy().clone();
             a.set_policy(access.clone())?;
+            // The roster may not do what the caller could not do by hand
+            // (plan_roster checks it: 403 privilege-escalation).
             let plan = a.plan_roster(
+                &c.username,
+                &c.permissions,
                 &roster,
                 &req.initial_passwords,
                 time::OffsetDateTime::now_utc(),
@@ -440,10 +426,7 @@ impl Device {
                 a.set_policy(access.clone())?;
             }
         }
-        self.sessions
-            .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))?
-            .set_policy(access.session.clone());
+        self.lock_sessions()?.set_policy(access.session.clone());
         {
             let mut cfg = self
                 .config
@@ -469,36 +452,6 @@ impl Device {
         // accounts end, the others hold their account's new role (recorded).
         self.resync_sessions(c, "provisioned")?;
         Ok(changed)
-    }
-}
-
-impl Device {
-    /// A hash permit for synchronous work already off the network thread
-    /// (the provisioning transaction): waits up to two seconds, then 503.
-    fn hash_permit_blocking(
-        &self,
-    ) -> std::result::Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            match self.login_permits.try_acquire() {
-                Ok(p) => return Ok(p),
-                Err(tokio::sync::TryAcquireError::Closed) => {
-                    return Err(ApiError::internal("login semaphore closed"));
-                }
-                Err(tokio::sync::TryAcquireError::NoPermits)
-                    if std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(tokio::sync::TryAcquireError::NoPermits) => {
-                    return Err(ApiError::new(
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "busy",
-                        "too many password hashes in progress; retry",
-                    ));
-                }
-            }
-        }
     }
 }
 

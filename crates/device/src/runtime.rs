@@ -73,6 +73,7 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
     let modbus_tls = tls::modbus_config(&st, &config.modbus)?;
     let modbus_rights = crate::modbus::load_rights(&st)?;
     let trust = Trust::of(&st)?;
+    let firmware = crate::firmware::Firmware::open(&st)?;
     let dev = Arc::new(Device {
         sessions: Mutex::new(Sessions::new(config.access.session.clone())),
         login_permits: tokio::sync::Semaphore::new(config.api.max_concurrent_logins),
@@ -86,16 +87,13 @@ pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>,
         pending: Mutex::new(None),
         tls: Arc::new(RwLock::new(tls_cfg)),
         forwarder: Mutex::new(None),
-        firmware: Mutex::new(crate::firmware::Firmware::open(&StateDir::load(
-            state_dir,
-        )?)?),
+        firmware: Mutex::new(firmware),
         running: Mutex::new(None),
         firmware_gate: Arc::new(tokio::sync::Mutex::new(())),
         boot_lock: Arc::new(tokio::sync::RwLock::new(())),
         config: RwLock::new(config.clone()),
         modbus_tls: Arc::new(RwLock::new(modbus_tls)),
         modbus_rights: RwLock::new(Arc::new(modbus_rights)),
-        modbus_denials: Mutex::new(std::collections::HashMap::new()),
         renewal: Mutex::new(None),
         trust: tokio::sync::watch::Sender::new(trust),
         tally: crate::tally::Tally::default(),
@@ -225,7 +223,6 @@ pub async fn run(
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
                         dev.record_expired_sessions();
-                        dev.flush_modbus_denials(false);
                         dev.flush_tally(false);
                         dev.report_stale_crl();
                     }
@@ -241,7 +238,6 @@ pub async fn run(
     for m in modbus {
         let _ = m.await;
     }
-    dev.flush_modbus_denials(true);
     dev.flush_tally(true);
     if let Ok(mut f) = dev.forwarder.lock()
         && let Some(fw) = f.take()
@@ -266,22 +262,17 @@ async fn start_modbus(
     dev: &Arc<Device>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let m = dev
-        .config
-        .read()
-        .map_err(|_| DeviceError::Invalid("config lock poisoned".into()))?
-        .modbus
-        .clone();
+    let (m, api) = {
+        let c = dev
+            .config
+            .read()
+            .map_err(|_| DeviceError::Invalid("config lock poisoned".into()))?;
+        (c.modbus.clone(), c.api.clone())
+    };
     let mut tasks = vec![];
     if !m.enabled {
         return Ok(tasks);
     }
-    let api = dev
-        .config
-        .read()
-        .map_err(|_| DeviceError::Invalid("config lock poisoned".into()))?
-        .api
-        .clone();
     // The API's handshake bounds, Modbus's own session bounds; TLS and
     // plain sessions share them.
     let gate = crate::admission::Gate::new(crate::admission::Limits {
@@ -661,10 +652,7 @@ impl Device {
             .path(files::ACCESS_POLICY);
         self.with_accounts(|a| a.set_policy(policy.clone()))?;
         policy.save(&path)?;
-        self.sessions
-            .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))?
-            .set_policy(policy.session.clone());
+        self.lock_sessions()?.set_policy(policy.session.clone());
         self.config
             .write()
             .map_err(|_| ApiError::internal("config lock poisoned"))?
@@ -739,11 +727,7 @@ impl Device {
             .read()
             .map_err(|_| ApiError::internal("config lock poisoned"))?
             .clone();
-        *self
-            .sessions
-            .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))? =
-            Sessions::new(config.access.session.clone());
+        *self.lock_sessions()? = Sessions::new(config.access.session.clone());
         self.audit_log()?.checkpoint_now()?;
         let (cred, dir) = {
             let st = self

@@ -214,6 +214,15 @@ fn check_key(
     Ok(())
 }
 
+/// The CAs whose CRLs a device with these trust anchors and this LDevID
+/// chain takes ([`StateDir::crl_issuers`]).
+fn crl_issuers(
+    anchors: &[CertificateDer<'static>],
+    ldevid_chain: &[CertificateDer<'static>],
+) -> Vec<CertificateDer<'static>> {
+    drivesec_pki::crl::known_issuers(anchors, ldevid_chain.get(1..).unwrap_or(&[]))
+}
+
 impl StateDir {
     /// Loads and checks a state directory; refuses a corrupt or inconsistent one.
     pub fn load(dir: &Path) -> Result<StateDir> {
@@ -306,12 +315,9 @@ impl StateDir {
     /// the CA certificates of the LDevID chain that chain to them (the
     /// owner's issuing CA, which issues the client certificates).
     pub fn crl_issuers(&self) -> Vec<CertificateDer<'static>> {
-        drivesec_pki::crl::known_issuers(
+        crl_issuers(
             &self.trust_anchors,
-            self.ldevid_chain
-                .as_deref()
-                .and_then(|c| c.get(1..))
-                .unwrap_or(&[]),
+            self.ldevid_chain.as_deref().unwrap_or(&[]),
         )
     }
 
@@ -345,13 +351,13 @@ impl StateDir {
         }
     }
 
-    /// Writes the CRL set to `crl.pem` (atomic replace). Call after the
+    /// Writes this state's CRL set to `crl.pem` (atomic replace). Call after the
     /// set was checked ([`StateDir::check_crl`]) and the configuration
     /// built from it, and before adopting it.
-    pub fn write_crls(&self, crls: &[CrlInfo]) -> Result<()> {
+    pub fn write_crls(&self) -> Result<()> {
         fsu::write_atomic(
             &self.path(files::CRL),
-            drivesec_pki::crl::to_pem(crls).as_bytes(),
+            drivesec_pki::crl::to_pem(&self.crls).as_bytes(),
             Mode::Public,
         )?;
         Ok(())
@@ -450,8 +456,7 @@ impl StateDir {
         })?;
         // The installed CRLs must stay verifiable with the CAs the renewed
         // state knows, or the directory would not load again.
-        let issuers =
-            drivesec_pki::crl::known_issuers(&self.trust_anchors, chain.get(1..).unwrap_or(&[]));
+        let issuers = crl_issuers(&self.trust_anchors, &chain);
         for (i, crl) in self.crls.iter().enumerate() {
             drivesec_pki::crl::verify_crl(&crl.der, &issuers, i + 1).map_err(|e| {
                 DeviceError::Invalid(format!(
@@ -486,35 +491,11 @@ impl StateDir {
     ///
     /// Everything that can be refused is checked before the first write:
     /// the chain, the names, the CRL (parse, issuer among the owner's CAs,
-    /// signature) and the TLS configuration of the commissioned state
-    /// (default TLS settings; [`StateDir::install_ownership_with`] takes a
-    /// check of its own). A refusal leaves the device in factory state
-    /// with its credential.
+    /// signature) and whatever `precheck` checks of the commissioned state
+    /// as it will be loaded, in memory (drivesecd builds its TLS
+    /// configurations from it). A refusal leaves the device in factory
+    /// state with its credential.
     pub fn install_ownership(
-        &self,
-        device_name: &str,
-        ldevid_chain_pem: &str,
-        trust_pem: &str,
-        crl_pem: Option<&str>,
-        accounts: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<StateDir> {
-        self.install_ownership_with(
-            device_name,
-            ldevid_chain_pem,
-            trust_pem,
-            crl_pem,
-            |owned| {
-                crate::tls::server_config(owned, &crate::config::TlsSettings::default())?;
-                Ok(())
-            },
-            accounts,
-        )
-    }
-
-    /// [`StateDir::install_ownership`] where `precheck` gets the
-    /// commissioned state as it will be loaded, in memory, before anything
-    /// is written, to build the TLS configurations from it.
-    pub fn install_ownership_with(
         &self,
         device_name: &str,
         ldevid_chain_pem: &str,
@@ -563,18 +544,21 @@ impl StateDir {
         file.device_name = Some(device_name.to_string());
         file.ldevid_key = Some(handle);
         file.commissioned_at = Some(crate::now_rfc3339());
-        let mut owned = StateDir {
+        let crls = match crl_pem {
+            Some(crl) => {
+                drivesec_pki::crl::verify_crls(crl.as_bytes(), &crl_issuers(&anchors, &chain))
+                    .map_err(drivesec_pki::PkiError::from)?
+            }
+            None => Vec::new(),
+        };
+        let owned = StateDir {
             file,
             ldevid_chain: Some(chain),
             trust_anchors: anchors,
-            crls: Vec::new(),
+            crls,
             crl_reported: Arc::default(),
             ..self.clone()
         };
-        if let Some(crl) = crl_pem {
-            owned.crls = drivesec_pki::crl::verify_crls(crl.as_bytes(), &owned.crl_issuers())
-                .map_err(drivesec_pki::PkiError::from)?;
-        }
         precheck(&owned)?;
         fsu::write_atomic(
             &self.path(files::LDEVID),
@@ -583,7 +567,7 @@ impl StateDir {
         )?;
         fsu::write_atomic(&self.path(files::TRUST), trust_pem.as_bytes(), Mode::Public)?;
         match crl_pem {
-            Some(_) => owned.write_crls(&owned.crls)?,
+            Some(_) => owned.write_crls()?,
             None => {
                 let _ = std::fs::remove_file(self.path(files::CRL));
             }
@@ -600,8 +584,9 @@ impl StateDir {
     }
 
     /// Back to factory state: the LDevID key is destroyed, ownership files,
-    /// accounts, parameters' owner settings and the audit trail are removed,
-    /// and a new one-time factory credential is made. Returns the credential.
+    /// accounts and parameters' owner settings are removed, the audit trail
+    /// is moved under `audit-archive/`, and a new one-time factory
+    /// credential is made. Returns the credential.
     pub fn factory_reset(&self) -> Result<Zeroizing<String>> {
         if self.tampered {
             return Err(DeviceError::Invalid(

@@ -166,7 +166,10 @@ pub fn client_verifier(state: &StateDir) -> Result<Arc<dyn ClientCertVerifier>> 
             // without a CRL is not a refusal (unknown status allowed); a
             // CRL past its nextUpdate stays enforced (its revoked stay
             // refused) and everything else gets in: a stale CRL is
-            // reported (posture, audit, log), never a lock-out.
+            // reported (posture, audit, log), never a lock-out. The whole
+            // path and ignored expiration are rustls's defaults (the
+            // builder has no setter for them, only for the opposite);
+            // crates/cli/tests/attacks_crl.rs fails if either changes.
             if !state.crls.is_empty() {
                 b = b
                     .with_crls(state.crl_ders())

@@ -53,9 +53,15 @@ impl PeerProblem {
             ),
             PeerProblem::WrongSerial { expected, found } => format!(
                 "{who} presents a genuine IDevID for serial {found}, not the expected serial {expected}: \
-                 it is another device, and nothing was sent to it"
+                 it is another device, and nothing was sent to it; check the serial on the device's label \
+                 and the address"
             ),
         }
+    }
+
+    /// As a handshake error, which [`peer_problem`] finds again.
+    fn into_tls(self) -> rustls::Error {
+        rustls::Error::Other(rustls::OtherError(Arc::new(self)))
     }
 }
 
@@ -66,12 +72,6 @@ impl std::fmt::Display for PeerProblem {
 }
 
 impl std::error::Error for PeerProblem {}
-
-impl PeerProblem {
-    fn into_tls(self) -> rustls::Error {
-        rustls::Error::Other(rustls::OtherError(Arc::new(self)))
-    }
-}
 
 /// The [`PeerProblem`] a failed handshake carries, if any (`err` is the
 /// handshake's error, or any error whose source chain holds it).
@@ -111,82 +111,14 @@ fn tampered_marker(der: &[u8]) -> Option<String> {
     .then(|| serial.to_string())
 }
 
-/// The subject serialNumber attribute (OID 2.5.4.5) of a DER certificate;
-/// an error unless there is exactly one. Read from the DER itself, so a
-/// serial is compared whole, never as a part of a longer one or of
-/// another attribute's text.
-pub fn subject_serial_number(der: &[u8]) -> Result<String> {
-    let bad = |why: &str| OemError::Invalid(format!("certificate subject: {why}"));
-    let (tag, cert, _) = der_next(der).ok_or_else(|| bad("not DER"))?;
-    let (tag2, tbs, _) = der_next(cert).ok_or_else(|| bad("no tbsCertificate"))?;
-    if tag != 0x30 || tag2 != 0x30 {
-        return Err(bad("not a certificate"));
+/// `err`, a refused device certificate's error, or the
+/// [`PeerProblem::Tampered`] that explains it when the certificate is a
+/// tampered device's marker.
+fn explain_refusal(end_entity: &[u8], err: rustls::Error) -> rustls::Error {
+    match tampered_marker(end_entity) {
+        Some(serial) => PeerProblem::Tampered { serial }.into_tls(),
+        None => err,
     }
-    let mut rest = tbs;
-    let mut fields = Vec::new();
-    while let Some((t, c, r)) = der_next(rest) {
-        fields.push((t, c));
-        rest = r;
-    }
-    // [0] version (optional), serialNumber, signature, issuer, validity, subject.
-    let skip = usize::from(fields.first().is_some_and(|(t, _)| *t == 0xa0));
-    let (t, subject) = *fields.get(skip + 4).ok_or_else(|| bad("no subject"))?;
-    if t != 0x30 {
-        return Err(bad("malformed subject"));
-    }
-    let mut found = Vec::new();
-    let mut rdns = subject;
-    while let Some((t, set, r)) = der_next(rdns) {
-        if t != 0x31 {
-            return Err(bad("malformed RDN"));
-        }
-        let mut atvs = set;
-        while let Some((t, atv, r2)) = der_next(atvs) {
-            let (ot, oid, vrest) = der_next(atv).ok_or_else(|| bad("malformed attribute"))?;
-            if t != 0x30 || ot != 0x06 {
-                return Err(bad("malformed attribute"));
-            }
-            if oid == [0x55, 0x04, 0x05] {
-                let (vt, v, _) = der_next(vrest).ok_or_else(|| bad("empty serialNumber"))?;
-                // PrintableString or UTF8String.
-                if vt != 0x13 && vt != 0x0c {
-                    return Err(bad("serialNumber is not a string"));
-                }
-                found.push(
-                    std::str::from_utf8(v)
-                        .map_err(|_| bad("serialNumber is not text"))?
-                        .to_string(),
-                );
-            }
-            atvs = r2;
-        }
-        rdns = r;
-    }
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => Err(bad("no serialNumber")),
-        n => Err(bad(&format!("{n} serialNumber attributes"))),
-    }
-}
-
-/// One DER element of `input`: (tag, contents, what follows). Single-byte
-/// tags and definite lengths only (all a certificate uses).
-fn der_next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&len0, rest) = rest.split_first()?;
-    let (len, rest) = if len0 < 0x80 {
-        (usize::from(len0), rest)
-    } else {
-        let n = usize::from(len0 & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |l, &b| (l << 8) | usize::from(b));
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// How the client decides that the peer is the right device.
@@ -219,7 +151,8 @@ pub enum DeviceTrust {
     },
 }
 
-/// What a server certificate must be when webpki's name check does not fit.
+/// What a device's server certificate must be: the check of each
+/// [`DeviceTrust`].
 #[derive(Debug)]
 enum ServerCheck {
     /// A factory-state device: the IDevID chains to these roots (and names the serial).
@@ -229,6 +162,10 @@ enum ServerCheck {
     },
     /// A tampered device's throwaway `CN=TAMPERED <serial>` certificate.
     Tampered { serial: String },
+    /// A commissioned device: webpki's check (chain to the owner roots,
+    /// the name), with a tampered device's certificate recognised among
+    /// the ones it refuses.
+    Ldevid(Arc<rustls::client::WebPkiServerVerifier>),
 }
 
 #[derive(Debug)]
@@ -242,8 +179,8 @@ impl ServerCertVerifier for CheckedVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         let summary = || {
@@ -259,14 +196,11 @@ impl ServerCertVerifier for CheckedVerifier {
                     usage: drivesec_pki::verify::Usage::Server,
                     time: Some(now),
                 };
-                if let Err(e) = drivesec_pki::verify::verify_chain(end_entity, &opts) {
-                    return Err(match tampered_marker(end_entity) {
-                        Some(serial) => PeerProblem::Tampered { serial }.into_tls(),
-                        None => rustls::Error::General(format!("IDevID: {e}")),
-                    });
-                }
+                drivesec_pki::verify::verify_chain(end_entity, &opts).map_err(|e| {
+                    explain_refusal(end_entity, rustls::Error::General(format!("IDevID: {e}")))
+                })?;
                 if let Some(expected) = serial {
-                    let found = subject_serial_number(end_entity)
+                    let found = drivesec_pki::inspect::subject_serial_number(end_entity)
                         .map_err(|e| rustls::Error::General(format!("IDevID: {e}")))?;
                     if &found != expected {
                         return Err(PeerProblem::WrongSerial {
@@ -285,6 +219,11 @@ impl ServerCertVerifier for CheckedVerifier {
                         s.subject
                     )));
                 }
+            }
+            ServerCheck::Ldevid(webpki) => {
+                webpki
+                    .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+                    .map_err(|e| explain_refusal(end_entity, e))?;
             }
         }
         Ok(ServerCertVerified::assertion())
@@ -310,54 +249,6 @@ impl ServerCertVerifier for CheckedVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
-    }
-}
-
-/// The owner's check of a commissioned device (webpki: chain to the owner
-/// roots, name), which also recognises a tampered device's certificate
-/// among the ones it refuses.
-#[derive(Debug)]
-struct LdevidVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for LdevidVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-            .map_err(|e| match tampered_marker(end_entity) {
-                Some(serial) => PeerProblem::Tampered { serial }.into_tls(),
-                None => e,
-            })
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 
@@ -458,7 +349,7 @@ pub fn tls_config(
                     .add(r.clone())
                     .map_err(|e| OemError::Invalid(format!("owner root: {e}")))?;
             }
-            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
                 Arc::new(store),
                 provider.clone(),
             )
@@ -467,7 +358,10 @@ pub fn tls_config(
             (
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(LdevidVerifier { inner })),
+                    .with_custom_certificate_verifier(Arc::new(CheckedVerifier {
+                        check: ServerCheck::Ldevid(webpki),
+                        algs,
+                    })),
                 ServerName::try_from(device_name.clone())
                     .map_err(|_| OemError::Invalid(format!("'{device_name}' is not a DNS name")))?,
             )
@@ -829,38 +723,17 @@ impl DeviceClient {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rcgen::{DistinguishedName, DnType, DnValue};
+    use rcgen::{DistinguishedName, DnType};
 
     fn cert(attrs: &[(DnType, &str)]) -> Vec<u8> {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         let mut dn = DistinguishedName::new();
         for (t, v) in attrs {
-            let v = match t {
-                DnType::CustomDnType(_) => DnValue::PrintableString((*v).try_into().unwrap()),
-                _ => DnValue::Utf8String((*v).into()),
-            };
-            dn.push(t.clone(), v);
+            dn.push(t.clone(), *v);
         }
         p.distinguished_name = dn;
         let key = rcgen::KeyPair::generate().unwrap();
         p.self_signed(&key).unwrap().der().to_vec()
-    }
-
-    fn serial_dn() -> DnType {
-        DnType::CustomDnType(vec![2, 5, 4, 5])
-    }
-
-    #[test]
-    fn the_subject_serial_number_is_read_whole() {
-        let der = cert(&[
-            (DnType::OrganizationName, "Drives"),
-            (DnType::CommonName, "iC7-Sim SN-10 serialNumber=SN-1"),
-            (serial_dn(), "SN-10"),
-        ]);
-        assert_eq!(subject_serial_number(&der).unwrap(), "SN-10");
-        let none = cert(&[(DnType::CommonName, "serialNumber=SN-1")]);
-        assert!(subject_serial_number(&none).is_err());
-        assert!(subject_serial_number(b"\x30\x05junk").is_err());
     }
 
     #[test]

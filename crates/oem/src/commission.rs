@@ -64,7 +64,7 @@ pub struct Commissioned {
 pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissioned> {
     if req.serial.is_empty() {
         return Err(OemError::Invalid(
-            "commissioning needs the device's expected serial number".into(),
+            "commissioning needs the device's expected serial number (`--serial`, as on the device's label)".into(),
         ));
     }
     let factory = DeviceClient::new(

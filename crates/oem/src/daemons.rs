@@ -114,7 +114,11 @@ pub fn alive(pid: u32) -> bool {
 /// field 22); `None` when there is no such process. A PID is reused, a
 /// (PID, start time) pair is not.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    start_time_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 22 of a `/proc/PID/stat` line.
+fn start_time_in(stat: &str) -> Option<u64> {
     // Field 2 (comm) may hold spaces and ')': count from after its last ')',
     // where field 3 begins.
     stat.rsplit_once(')')?
@@ -127,12 +131,13 @@ pub fn start_time(pid: u32) -> Option<u64> {
 
 /// Whether `pid` is still the drivesecd that [`start`] started for
 /// `state_dir`: its start time is `started_at` (when recorded), and its
-/// command line is `drivesecd ... --state STATE_DIR ...`. `Err` says why not.
+/// command line is `drivesecd ... --state STATE_DIR ...`. `Ok` holds its
+/// start time (for [`stop_exactly`]), `Err` says why not.
 pub fn is_daemon_for(
     pid: u32,
     started_at: Option<u64>,
     state_dir: &Path,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<u64, String> {
     let now = start_time(pid).ok_or_else(|| "no such process".to_string())?;
     if let Some(t) = started_at
         && t != now
@@ -167,7 +172,7 @@ pub fn is_daemon_for(
             state_dir.display()
         ));
     }
-    Ok(())
+    Ok(now)
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -185,11 +190,19 @@ pub fn stop(pid: u32) -> bool {
     if !alive(pid) {
         return false;
     }
-    let Some(started) = start_time(pid) else {
-        return false;
-    };
-    signal(pid, "TERM");
+    start_time(pid).is_some_and(|started| stop_exactly(pid, started))
+}
+
+/// [`stop`] for the process `pid` that started at `started` ([`start_time`]):
+/// each signal goes only while `pid` is still that process, so a PID
+/// checked earlier ([`is_daemon_for`]) and reused since is left alone.
+/// Returns whether it was running.
+pub fn stop_exactly(pid: u32, started: u64) -> bool {
     let same = || alive(pid) && start_time(pid) == Some(started);
+    if !same() {
+        return false;
+    }
+    signal(pid, "TERM");
     let start = Instant::now();
     while same() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
@@ -223,4 +236,42 @@ pub fn random_password() -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_start_time_is_counted_after_the_command_name() {
+        let fields = (3..=22)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(
+            start_time_in(&format!("42 (drivesecd) {fields} 23 24")),
+            Some(22)
+        );
+        // A name with spaces and ')' does not shift the fields.
+        assert_eq!(start_time_in(&format!("42 (a) b ) c) {fields}")), Some(22));
+        assert_eq!(start_time_in("42 (drivesecd) S 1"), None);
+        assert!(start_time(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn stop_exactly_signals_only_the_process_that_started_then() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let started = start_time(pid).unwrap();
+        // Another start time: a later process under the same PID.
+        assert!(!stop_exactly(pid, started + 1));
+        assert!(
+            alive(pid),
+            "a process with another start time was signalled"
+        );
+        assert!(stop_exactly(pid, started));
+        assert!(!alive(pid));
+        let _ = child.wait();
+    }
 }

@@ -600,15 +600,11 @@ fn start_devices(
             },
         )?;
         d.device_name = Some(device_name.clone());
-        let mut c = DeviceClient::new(
-            started.addr,
-            Some(&identity),
-            &DeviceTrust::Ldevid {
-                roots: oem_roots.clone(),
-                device_name,
-            },
-            Versions::Default,
-        )?;
+        let trust = DeviceTrust::Ldevid {
+            roots: oem_roots.clone(),
+            device_name,
+        };
+        let mut c = DeviceClient::new(started.addr, Some(&identity), &trust, Versions::Default)?;
         c.login(&admin.username, &admin.password)?;
         for (role, u) in &users {
             // The administrator sets a temporary password; each account's
@@ -630,10 +626,7 @@ fn start_devices(
             let mut holder = DeviceClient::new(
                 started.addr,
                 Some(own.as_ref().unwrap_or(&identity)),
-                &DeviceTrust::Ldevid {
-                    roots: oem_roots.clone(),
-                    device_name: d.device_name.clone().unwrap_or_default(),
-                },
+                &trust,
                 Versions::Default,
             )?;
             holder.login(&u.username, &temporary)?;
@@ -884,8 +877,8 @@ pub fn down(dir: &Path) -> Result<LabDown> {
             continue;
         }
         match crate::daemons::is_daemon_for(pid, d.pid_start_time, &d.dir) {
-            Ok(()) => {
-                if crate::daemons::stop(pid) {
+            Ok(started) => {
+                if crate::daemons::stop_exactly(pid, started) {
                     out.stopped += 1;
                 }
             }

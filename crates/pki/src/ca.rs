@@ -729,11 +729,18 @@ impl Ca {
     }
 
     fn issuer(&self) -> Result<Issuer<'static, CertSigningKey>> {
-        let key = CertSigningKey::new(self.store.clone(), &self.meta.issuing_key)?;
-        Ok(Issuer::from_ca_cert_der(
-            &self.issuing_der.clone().into(),
-            key,
-        )?)
+        self.issuer_of(&self.issuing_der, &self.meta.issuing_key)
+    }
+
+    /// One of this CA's two certificates as an rcgen issuer signing with
+    /// its key in the keystore.
+    fn issuer_of(
+        &self,
+        cert_der: &[u8],
+        key: &KeyHandle,
+    ) -> Result<Issuer<'static, CertSigningKey>> {
+        let key = CertSigningKey::new(self.store.clone(), key)?;
+        Ok(Issuer::from_ca_cert_der(&cert_der.to_vec().into(), key)?)
     }
 
     /// Issues a certificate and files it under `issued/`.
@@ -827,33 +834,49 @@ impl Ca {
                 "CRL validity of {days} days is out of range 1..365"
             )));
         }
+        let number = self.meta.crl_number + 1;
+        let pem = self.signed_crl(
+            number,
+            now() - Duration::minutes(5),
+            now() + Duration::days(days),
+            |r| OffsetDateTime::parse(&r.revoked_at, &Rfc3339).unwrap_or_else(|_| now()),
+        )?;
+        let path = self.crl_path();
+        fsu::write_atomic(&path, pem.as_bytes(), Mode::Public)?;
+        self.meta.crl_number = number;
+        self.save_meta()?;
+        Ok(path)
+    }
+
+    /// A CRL of the issuing CA listing every revoked record (its
+    /// revocationDate from `revoked_at`), signed, as PEM; nothing written.
+    fn signed_crl(
+        &self,
+        number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        revoked_at: impl Fn(&RevokedRecord) -> OffsetDateTime,
+    ) -> Result<String> {
         let mut revoked = Vec::new();
         for r in &self.meta.revoked {
             let bytes = hex::decode(&r.serial)
                 .map_err(|_| PkiError::Invalid(format!("bad serial {}", r.serial)))?;
-            let when = OffsetDateTime::parse(&r.revoked_at, &Rfc3339).unwrap_or_else(|_| now());
             revoked.push(RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&bytes),
-                revocation_time: when,
+                revocation_time: revoked_at(r),
                 reason_code: Some(parse_reason(&r.reason)?),
                 invalidity_date: None,
             });
         }
-        let number = self.meta.crl_number + 1;
         let params = CertificateRevocationListParams {
-            this_update: now() - Duration::minutes(5),
-            next_update: now() + Duration::days(days),
+            this_update,
+            next_update,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: revoked,
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        let crl = params.signed_by(&self.issuer()?)?;
-        let path = self.crl_path();
-        fsu::write_atomic(&path, crl.pem()?.as_bytes(), Mode::Public)?;
-        self.meta.crl_number = number;
-        self.save_meta()?;
-        Ok(path)
+        Ok(params.signed_by(&self.issuer()?)?.pem()?)
     }
 }
 
@@ -869,37 +892,16 @@ impl Ca {
         this_update: OffsetDateTime,
         next_update: OffsetDateTime,
     ) -> Result<String> {
-        let mut revoked = Vec::new();
-        for r in &self.meta.revoked {
-            let bytes = hex::decode(&r.serial)
-                .map_err(|_| PkiError::Invalid(format!("bad serial {}", r.serial)))?;
-            revoked.push(RevokedCertParams {
-                serial_number: SerialNumber::from_slice(&bytes),
-                revocation_time: this_update,
-                reason_code: Some(parse_reason(&r.reason)?),
-                invalidity_date: None,
-            });
-        }
-        let params = CertificateRevocationListParams {
-            this_update,
-            next_update,
-            crl_number: SerialNumber::from(number),
-            issuing_distribution_point: None,
-            revoked_certs: revoked,
-            key_identifier_method: KeyIdMethod::Sha256,
-        };
-        Ok(params.signed_by(&self.issuer()?)?.pem()?)
+        // Every entry revoked at thisUpdate, which may lie before the
+        // recorded revocation time.
+        self.signed_crl(number, this_update, next_update, |_| this_update)
     }
 
     /// The root CA as an rcgen issuer (its key stays in the keystore).
     /// Dangerous: the root signs only CA certificates and the root's CRL;
     /// for tests that build a second issuing CA or revoke the first.
     pub fn dangerous_root_issuer(&self) -> Result<Issuer<'static, CertSigningKey>> {
-        let key = CertSigningKey::new(self.store.clone(), &self.meta.root_key)?;
-        Ok(Issuer::from_ca_cert_der(
-            &self.root_der.clone().into(),
-            key,
-        )?)
+        self.issuer_of(&self.root_der, &self.meta.root_key)
     }
 }
 

@@ -47,7 +47,7 @@ pub enum CrlError {
     },
     /// No CA the device knows has the CRL's issuer name.
     #[error(
-        "CRL {index} is issued by '{issuer}', which is not a CA that issues this device's client certificates"
+        "CRL {index} is issued by '{issuer}', which is not a CA that issues this device's client certificates; send the CRL of the owner's issuing CA (`drivesec ca crl`) or root"
     )]
     UnknownIssuer {
         /// 1-based position in the input.
@@ -82,7 +82,7 @@ pub enum CrlError {
     },
     /// The CRL is not newer than the installed one of the same issuer.
     #[error(
-        "CRL number {number} from '{issuer}' is not greater than the installed CRL number {installed}: an older or replayed CRL is refused"
+        "CRL number {number} from '{issuer}' is not greater than the installed CRL number {installed}: an older or replayed CRL is refused; send a newer one (`drivesec ca crl` signs the next number)"
     )]
     NotNewer {
         /// The issuer.
@@ -254,10 +254,6 @@ pub fn known_issuers(
     }
 }
 
-fn asn1_time(t: x509_parser::time::ASN1Time) -> OffsetDateTime {
-    t.to_datetime()
-}
-
 /// Parses and checks one CRL (DER): it must parse, carry a cRLNumber and a
 /// nextUpdate, and be signed by one of `issuers` (a CA certificate with
 /// the CRL's issuer name, whose keyUsage, if present, allows cRLSign).
@@ -288,9 +284,9 @@ pub fn verify_crl(
         .ok_or_else(|| missing("cRLNumber"))?;
     let next_update = crl
         .next_update()
-        .map(asn1_time)
+        .map(|t| t.to_datetime())
         .ok_or_else(|| missing("nextUpdate"))?;
-    let this_update = asn1_time(crl.last_update());
+    let this_update = crl.last_update().to_datetime();
     if this_update > next_update {
         return Err(CrlError::BadDates { index, issuer });
     }

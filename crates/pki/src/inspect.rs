@@ -139,6 +139,37 @@ pub fn summarize(der: &[u8]) -> Result<CertSummary> {
     Ok(s)
 }
 
+/// The subject serialNumber attribute (OID 2.5.4.5) of a DER certificate,
+/// as PrintableString or UTF8String text; an error unless there is exactly
+/// one. The attribute is read whole, so an expected serial is compared
+/// exactly, never found inside a longer one or another attribute's text
+/// (as a search of [`CertSummary::subject`] would).
+pub fn subject_serial_number(der: &[u8]) -> Result<String> {
+    use x509_parser::asn1_rs::Tag;
+    let bad = |why: String| PkiError::Invalid(format!("certificate subject: {why}"));
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::Invalid(format!("not an X.509 certificate: {e}")))?;
+    let mut found = Vec::new();
+    for a in cert
+        .subject()
+        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+    {
+        if !matches!(a.attr_value().tag(), Tag::PrintableString | Tag::Utf8String) {
+            return Err(bad("serialNumber is not a string".into()));
+        }
+        found.push(
+            std::str::from_utf8(a.as_slice())
+                .map_err(|_| bad("serialNumber is not text".into()))?
+                .to_string(),
+        );
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(bad("no serialNumber".into())),
+        n => Err(bad(format!("{n} serialNumber attributes"))),
+    }
+}
+
 /// The subject public key of a certificate, as a keystore [`drivesec_keystore::PublicKey`].
 pub fn public_key(der: &[u8]) -> Result<drivesec_keystore::PublicKey> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
@@ -157,4 +188,43 @@ pub fn public_key(der: &[u8]) -> Result<drivesec_keystore::PublicKey> {
         alg,
         spki.subject_public_key.data.to_vec(),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rcgen::{DistinguishedName, DnType, DnValue};
+
+    fn cert(attrs: &[(DnType, &str)]) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        for (t, v) in attrs {
+            let v = match t {
+                DnType::CustomDnType(_) => DnValue::PrintableString((*v).try_into().unwrap()),
+                _ => DnValue::Utf8String((*v).into()),
+            };
+            dn.push(t.clone(), v);
+        }
+        p.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn serial_dn() -> DnType {
+        DnType::CustomDnType(vec![2, 5, 4, 5])
+    }
+
+    #[test]
+    fn the_subject_serial_number_is_read_whole() {
+        let der = cert(&[
+            (DnType::OrganizationName, "Drives"),
+            (DnType::CommonName, "iC7-Sim SN-10 serialNumber=SN-1"),
+            (serial_dn(), "SN-10"),
+        ]);
+        assert_eq!(subject_serial_number(&der).unwrap(), "SN-10");
+        let none = cert(&[(DnType::CommonName, "serialNumber=SN-1")]);
+        assert!(subject_serial_number(&none).is_err());
+        assert!(subject_serial_number(b"\x30\x05junk").is_err());
+    }
 }

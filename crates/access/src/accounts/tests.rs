@@ -41,6 +41,18 @@ fn setup(policy: AccessPolicy) -> (tempfile::TempDir, PathBuf, Accounts) {
     (d, path, a)
 }
 
+impl Accounts {
+    /// A login over no particular client certificate (an empty fingerprint).
+    fn authenticate(
+        &mut self,
+        username: &str,
+        password: &str,
+        now: OffsetDateTime,
+    ) -> Result<Authenticated> {
+        self.authenticate_from(username, password, "", now)
+    }
+}
+
 fn reason(r: Result<()>) -> String {
     match r {
         Err(AccessError::PasswordRejected { reason }) => reason,
@@ -334,7 +346,7 @@ fn state_survives_reopen_in_a_private_file() {
     let ops: BTreeSet<Permission> = [Permission::ReadInfo, Permission::ReadAudit].into();
     a.add_role("shift-lead", ops.clone()).unwrap();
     a.add_user("bob", "shift-lead", PW2, t0()).unwrap();
-    a.set_role("alice", "engineer").unwrap();
+    a.set_role("alice", "engineer", t0()).unwrap();
     a.authenticate("bob", "Wrong-Password-1", t0()).unwrap_err();
     a.authenticate("bob", "Wrong-Password-1", t0()).unwrap_err();
     let before = a.users_at(t0());
@@ -469,7 +481,7 @@ fn a_failed_save_leaves_memory_unchanged() {
     let fs_err = |r: Result<()>| assert!(matches!(r, Err(AccessError::Fs(_))), "{r:?}");
     fs_err(a.add_user("bob", "viewer", PW2, t0()));
     fs_err(a.remove_user("alice"));
-    fs_err(a.set_role("alice", "engineer"));
+    fs_err(a.set_role("alice", "engineer", t0()));
     fs_err(a.set_password("alice", PW2, t0()));
     fs_err(a.expire_password("alice"));
     fs_err(a.unlock("alice"));
@@ -561,7 +573,7 @@ fn custom_roles() {
         a.set_role_permissions("ghost", BTreeSet::new()),
         Err(AccessError::UnknownRole(_))
     ));
-    a.set_role("bob", "viewer").unwrap();
+    a.set_role("bob", "viewer", t0()).unwrap();
     a.remove_role("night-shift").unwrap();
     assert!(a.role("night-shift").is_none());
     assert!(matches!(
@@ -573,11 +585,11 @@ fn custom_roles() {
         Err(AccessError::UnknownRole(_))
     ));
     assert!(matches!(
-        a.set_role("bob", "night-shift"),
+        a.set_role("bob", "night-shift", t0()),
         Err(AccessError::UnknownRole(_))
     ));
     assert!(matches!(
-        a.set_role("ghost", "viewer"),
+        a.set_role("ghost", "viewer", t0()),
         Err(AccessError::UnknownUser(_))
     ));
 }
@@ -590,7 +602,7 @@ fn the_last_user_manager_cannot_be_removed_or_demoted() {
         Err(AccessError::LastAdmin(n)) if n == "admin"
     ));
     assert!(matches!(
-        a.set_role("admin", "viewer"),
+        a.set_role("admin", "viewer", t0()),
         Err(AccessError::LastAdmin(_))
     ));
     a.add_role("user-admin", [Permission::ManageUsers].into())
@@ -602,7 +614,7 @@ fn the_last_user_manager_cannot_be_removed_or_demoted() {
     ));
     // carol lost it, admin still has it; now admin is the last again.
     assert!(a.remove_user("admin").is_err());
-    a.set_role("alice", "security-admin").unwrap();
+    a.set_role("alice", "security-admin", t0()).unwrap();
     a.remove_user("admin").unwrap();
     assert!(a.user("admin").is_none());
     // Other removals are fine.
@@ -852,7 +864,10 @@ fn admin_set_passwords_must_be_changed_by_their_holder() {
         ("carol".to_owned(), "operator".to_owned()),
     ];
     let initial = [("carol".to_owned(), PW.to_owned())].into();
-    let plan = a.plan_roster(&roster, &initial, t0()).unwrap();
+    let admin = a.permissions_of("admin").unwrap();
+    let plan = a
+        .plan_roster("admin", &admin, &roster, &initial, t0())
+        .unwrap();
     a.adopt(plan);
     assert_eq!(a.must_change_password("carol", t0()), Some(true));
 }
@@ -904,5 +919,181 @@ fn nobody_grants_what_it_does_not_hold() {
     assert!(matches!(
         a.check_assign("boss", &narrow, "alice", "nope"),
         Err(AccessError::UnknownRole(_))
+    ));
+}
+
+#[test]
+fn nobody_acts_on_an_account_holding_more() {
+    let (_d, _p, mut a) = setup(cheap());
+    let admin = a.permissions_of("admin").unwrap();
+    a.add_user("second", "security-admin", PW2, t0()).unwrap();
+    let narrow: BTreeSet<Permission> = [Permission::ReadUsers, Permission::ManageUsers].into();
+    // A user manager cannot act on a security administrator...
+    assert!(matches!(
+        a.check_manage("boss", &narrow, "second"),
+        Err(AccessError::Escalation(m)) if m.contains("factory-reset") && m.contains("security-admin")
+    ));
+    // ...but on an operational account; an equal may act on an equal.
+    a.check_manage("boss", &narrow, "alice").unwrap();
+    a.check_manage("admin", &admin, "second").unwrap();
+    assert!(matches!(
+        a.check_manage("admin", &admin, "nobody"),
+        Err(AccessError::UnknownUser(_))
+    ));
+    // A roster is held to the same: no demotion, removal or grant beyond
+    // the grantor, whatever else it changes.
+    let roster = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(u, r)| ((*u).to_owned(), (*r).to_owned()))
+            .collect()
+    };
+    let initial: BTreeMap<String, String> = [("carol".to_owned(), PW.to_owned())].into();
+    for beyond in [
+        roster(&[
+            ("admin", "security-admin"),
+            ("second", "viewer"),
+            ("alice", "operator"),
+        ]),
+        roster(&[("admin", "security-admin"), ("alice", "operator")]),
+        roster(&[
+            ("admin", "security-admin"),
+            ("second", "security-admin"),
+            ("alice", "operator"),
+            ("carol", "security-admin"),
+        ]),
+    ] {
+        assert!(
+            matches!(
+                a.plan_roster("boss", &narrow, &beyond, &initial, t0()),
+                Err(AccessError::Escalation(_))
+            ),
+            "{beyond:?}"
+        );
+    }
+    a.plan_roster(
+        "boss",
+        &narrow,
+        &roster(&[
+            ("admin", "security-admin"),
+            ("second", "security-admin"),
+            ("alice", "engineer"),
+        ]),
+        &initial,
+        t0(),
+    )
+    .unwrap();
+    a.plan_roster(
+        "admin",
+        &admin,
+        &roster(&[("admin", "security-admin"), ("alice", "operator")]),
+        &initial,
+        t0(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn settled_since_is_the_later_of_the_role_and_the_password() {
+    let (_d, _p, mut a) = setup(cheap());
+    assert_eq!(a.settled_since("alice"), Some(t0()));
+    a.set_password("alice", PW2, t0() + Duration::days(2))
+        .unwrap();
+    assert_eq!(a.settled_since("alice"), Some(t0() + Duration::days(2)));
+    a.set_role("alice", "engineer", t0() + Duration::days(3))
+        .unwrap();
+    assert_eq!(a.settled_since("alice"), Some(t0() + Duration::days(3)));
+    assert_eq!(
+        a.user_at("alice", t0()).unwrap().role_since.as_deref(),
+        Some("2030-01-04T00:00:00Z")
+    );
+    // A profile's re-role counts too; an unchanged role does not.
+    let admin = a.permissions_of("admin").unwrap();
+    let roster = vec![
+        ("admin".to_owned(), "security-admin".to_owned()),
+        ("alice".to_owned(), "viewer".to_owned()),
+    ];
+    let later = t0() + Duration::days(5);
+    let plan = a
+        .plan_roster("admin", &admin, &roster, &BTreeMap::new(), later)
+        .unwrap();
+    a.adopt(plan);
+    assert_eq!(a.settled_since("alice"), Some(later));
+    assert_eq!(a.settled_since("admin"), Some(t0()));
+    assert_eq!(a.settled_since("nobody"), None);
+    // Failed and successful logins change nothing.
+    a.authenticate("alice", "Wrong-Password-1", later)
+        .unwrap_err();
+    a.authenticate("alice", PW2, later).unwrap();
+    assert_eq!(a.settled_since("alice"), Some(later));
+}
+
+#[test]
+fn the_credential_tag_follows_role_and_password_only() {
+    let (_d, _p, mut a) = setup(cheap());
+    let tag = a.credential_tag("alice").unwrap();
+    // Logins (failed, successful, rehashing) leave it.
+    a.authenticate("alice", "Wrong-Password-1", t0())
+        .unwrap_err();
+    let mut stronger = cheap();
+    stronger.hash.iterations += 1;
+    a.set_policy(stronger).unwrap();
+    a.authenticate("alice", PW, t0()).unwrap();
+    assert_eq!(a.credential_tag("alice").as_ref(), Some(&tag));
+    // A role change, a password change and a removal change it.
+    a.set_role("alice", "viewer", t0()).unwrap();
+    let tag = a.credential_tag("alice").unwrap();
+    a.set_role("alice", "operator", t0()).unwrap();
+    assert_ne!(a.credential_tag("alice").as_ref(), Some(&tag));
+    let tag = a.credential_tag("alice").unwrap();
+    a.reset_password("alice", PW2, t0() + secs(1)).unwrap();
+    assert_ne!(a.credential_tag("alice").as_ref(), Some(&tag));
+    a.remove_user("alice").unwrap();
+    assert_eq!(a.credential_tag("alice"), None);
+}
+
+#[test]
+fn the_last_eight_certificates_count_as_known() {
+    let mut policy = cheap();
+    policy.lockout.max_failures = 1;
+    policy.lockout.account_max_failures = 1;
+    let (_d, _p, mut a) = setup(policy);
+    for i in 0..=KNOWN_CERTS {
+        a.authenticate_from("alice", PW, &format!("k{i}"), t0())
+            .unwrap();
+    }
+    // One failure reaches the account-wide threshold: new certificates wait.
+    a.authenticate_from("alice", "Wrong-Password-1", FP_ATTACKER, t0())
+        .unwrap_err();
+    // The first certificate was pushed out by the eight after it...
+    assert!(matches!(
+        a.authenticate_from("alice", PW, "k0", t0()),
+        Err(AccessError::Delayed { .. })
+    ));
+    // ...which are still known.
+    a.authenticate_from("alice", PW, "k1", t0()).unwrap();
+}
+
+#[test]
+fn failures_are_kept_for_a_bounded_number_of_certificates_but_locks_stay() {
+    let mut policy = cheap();
+    policy.lockout.account_max_failures = 1000;
+    let (_d, _p, mut a) = setup(policy);
+    for _ in 0..5 {
+        a.authenticate_from("alice", "Wrong-Password-1", FP_ATTACKER, t0())
+            .unwrap_err();
+    }
+    for i in 0..TRACKED_CERTS + 4 {
+        let at = t0() + secs(i64::try_from(i).unwrap());
+        a.authenticate_from("alice", "Wrong-Password-1", &format!("g{i}"), at)
+            .unwrap_err();
+    }
+    let certs = &a.store.users["alice"].certs;
+    assert_eq!(certs.len(), TRACKED_CERTS);
+    // The oldest unlocked ones went first; the locked pair stays locked.
+    assert!(!certs.contains_key("g4") && certs.contains_key("g5"));
+    assert!(matches!(
+        a.authenticate_from("alice", PW, FP_ATTACKER, t0() + secs(100)),
+        Err(AccessError::Locked { .. })
     ));
 }

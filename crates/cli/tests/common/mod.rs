@@ -121,23 +121,144 @@ impl TestLab {
         c
     }
 
-    /// The lab's other security administrator (the `security-admin` role's
-    /// account), logged in over a client certificate of its own, as a second
-    /// person approving a factory reset must be.
-    pub fn second_admin(&self) -> DeviceClient {
+    /// A client over a client certificate the OEM CA issues now, with
+    /// `role` in it; not logged in.
+    pub fn client_with_new_certificate(&self, role: &str) -> DeviceClient {
         let d = tempfile::tempdir().unwrap();
         let mut oem = drivesec_pki::Ca::open(&self.m.oem_ca_dir).unwrap();
-        let (cert, key, _) = issue_client_files(&mut oem, d.path(), Some("security-admin"), None);
-        let mut c = DeviceClient::new(
+        let (cert, key, _) = issue_client_files(&mut oem, d.path(), Some(role), None);
+        DeviceClient::new(
             self.addr(),
             Some(&ClientIdentity::from_files(&cert, &key).unwrap()),
             &self.trust(),
             Versions::Default,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// The lab's other security administrator (the `security-admin` role's
+    /// account), logged in over a client certificate of its own, as a second
+    /// person approving a factory reset must be.
+    pub fn second_admin(&self) -> DeviceClient {
+        let mut c = self.client_with_new_certificate("security-admin");
         let u = &self.m.users["security-admin"];
         c.login(&u.username, &u.password).unwrap();
         c
+    }
+
+    /// The first device's Modbus/TCP Security address.
+    pub fn modbus_addr(&self) -> SocketAddr {
+        self.m.devices[0].modbus.as_ref().unwrap().parse().unwrap()
+    }
+
+    /// A Modbus/TCP Security session with `role`'s certificate.
+    pub fn modbus(&self, role: &str) -> drivesec_oem::modbus::ModbusClient {
+        drivesec_oem::modbus::ModbusClient::connect(
+            self.modbus_addr(),
+            Some(&self.identity(role)),
+            &self.trust(),
+            Versions::Default,
+        )
+        .unwrap()
+    }
+
+    /// The cell's derived profile (examples/packaging-line.toml), kept
+    /// applicable to the lab: its own accounts, no collector, the lab's
+    /// LDevID lifetime.
+    pub fn cell_profile(&self) -> drivesec_iec62443::profile::Profile {
+        let l = drivesec_iec62443::model::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/packaging-line.toml"),
+        )
+        .unwrap();
+        let a = drivesec_iec62443::assess::assess(&l.model);
+        let z = a.zones.iter().find(|z| z.zone == "cell").unwrap();
+        let mut p = drivesec_iec62443::profile::derive(&l.model, "cell", z.sl_t);
+        p.audit_forwarding = false;
+        p.ldevid_days = 730;
+        p.accounts = self.profile_accounts();
+        p
+    }
+
+    /// The fingerprint the device knows `role`'s client certificate by.
+    pub fn fingerprint(&self, role: &str) -> String {
+        let der = drivesec_pki::read_cert_chain(&self.m.clients[role].cert).unwrap();
+        drivesec_pki::inspect::summarize(der[0].as_ref())
+            .unwrap()
+            .sha256_fingerprint
+    }
+
+    /// A mutual-TLS stream to the lab device as `identity`, for tests that
+    /// need the HTTP bytes themselves (reads time out after 20 s).
+    pub fn raw_tls(
+        &self,
+        identity: &ClientIdentity,
+    ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+        let (cfg, name) = drivesec_oem::client::tls_config(
+            self.addr(),
+            Some(identity),
+            &self.trust(),
+            Versions::Default,
+        )
+        .unwrap();
+        let tls = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+        let tcp = std::net::TcpStream::connect(self.addr()).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        rustls::StreamOwned::new(tls, tcp)
+    }
+
+    /// The device's audit records of `action` (all of them for ""), read
+    /// over the API by the auditor.
+    pub fn audit_records(&self, action: &str) -> Vec<serde_json::Value> {
+        let query = if action.is_empty() {
+            "/api/v1/audit?limit=100000".to_string()
+        } else {
+            format!("/api/v1/audit?action={action}&limit=100000")
+        };
+        let r = self.session("auditor").ok("GET", &query, None).unwrap();
+        r["records"].as_array().unwrap().clone()
+    }
+
+    /// Verifies the trail in `trail` (a device's `audit/`, or a kept one)
+    /// against the first device's IDevID.
+    pub fn verify_trail(&self, trail: &Path) -> drivesec_audit::verify::Report {
+        let chain = drivesec_pki::read_cert_chain(&self.m.devices[0].idevid).unwrap();
+        let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
+        drivesec_audit::verify::verify(trail, &key).unwrap()
+    }
+
+    /// Starts the first device's daemon again from its state directory
+    /// (after it was stopped) and stops it: the directory is intact.
+    pub fn restarts(&self) {
+        let dev = &self.m.devices[0];
+        let cfg = DeviceConfig::load(&dev.dir.join("drivesecd.toml")).unwrap();
+        let daemon = Path::new(env!("CARGO_BIN_EXE_drivesecd"));
+        let again = drivesec_oem::daemons::start(daemon, &dev.dir, &cfg).unwrap();
+        drivesec_oem::daemons::stop(again.pid);
+    }
+
+    /// A factory reset over the API: the first security administrator asks,
+    /// the other one (`second_admin`) approves. Returns the approval's
+    /// answer (with the new factory credential).
+    pub fn factory_reset(&self) -> serde_json::Value {
+        let asked = self
+            .admin()
+            .ok(
+                "POST",
+                "/api/v1/factory-reset",
+                Some(&serde_json::json!({"password": self.m.admin.as_ref().unwrap().password})),
+            )
+            .unwrap();
+        self.second_admin()
+            .ok(
+                "POST",
+                "/api/v1/factory-reset",
+                Some(
+                    &serde_json::json!({"password": self.m.users["security-admin"].password,
+                    "approve": asked["request"]}),
+                ),
+            )
+            .unwrap()
     }
 
     /// Installs the CRL file `crl` on the device as the security admin.
@@ -154,6 +275,49 @@ impl TestLab {
     pub fn device_dir(&self) -> PathBuf {
         self.m.devices[0].dir.clone()
     }
+}
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` after 30 s.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(30) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Reads one HTTP response head from `s` (None if the connection ended first).
+pub fn read_head<S: std::io::Read>(s: &mut S) -> Option<String> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Sends one HTTP/1.1 request on `s` and reads its response (head and
+/// Content-Length body), leaving the connection open.
+pub fn exchange<S: std::io::Read + std::io::Write>(s: &mut S, head: &str, body: &[u8]) -> String {
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s.flush().unwrap();
+    let got = read_head(s).expect("closed mid-head");
+    let len: usize = got
+        .to_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest).unwrap();
+    got + &String::from_utf8_lossy(&rest)
 }
 
 /// Issues a client certificate from `ca` (with `role` in the role extension,

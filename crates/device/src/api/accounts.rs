@@ -1,7 +1,7 @@
 //! Login, sessions, users and roles.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::Response;
-use drivesec_access::{AccessError, Accounts, Permission, SessionSummary};
+use drivesec_access::{AccessError, Accounts, Permission, SessionSummary, Sessions};
 use drivesec_audit::Outcome;
 use serde::Deserialize;
 use serde_json::json;
@@ -57,24 +57,6 @@ pub(crate) struct NewRole {
     permissions: Vec<String>,
 }
 
-/// An access error as an API error: the ones this module introduced, then
-/// the common mapping.
-pub(crate) fn access_error(e: AccessError) -> ApiError {
-    let msg = e.to_string();
-    match e {
-        AccessError::Delayed { .. } => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "login-delayed", msg)
-        }
-        AccessError::RateLimited { .. } => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", msg)
-        }
-        AccessError::Escalation(_) => {
-            ApiError::new(StatusCode::FORBIDDEN, "privilege-escalation", msg)
-        }
-        other => other.into(),
-    }
-}
-
 impl Device {
     /// Runs `f` on the accounts store (commissioned devices only). Waiting
     /// for the store (a password hash may hold it) goes through
@@ -93,7 +75,7 @@ impl Device {
                     "the device is in factory state: only commissioning is available",
                 )
             })?;
-            f(acc).map_err(access_error)
+            f(acc).map_err(ApiError::from)
         })
     }
 
@@ -109,6 +91,13 @@ impl Device {
         tokio::task::spawn_blocking(move || dev.with_accounts(f))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+
+    /// The session table, locked.
+    pub(crate) fn lock_sessions(&self) -> Result<MutexGuard<'_, Sessions>, ApiError> {
+        self.sessions
+            .lock()
+            .map_err(|_| ApiError::internal("session lock poisoned"))
     }
 
     /// The answer to a session whose password must be changed first, for
@@ -167,9 +156,7 @@ impl Device {
                     .collect())
             })?;
         let (ended, changed) = self
-            .sessions
-            .lock()
-            .map_err(|_| ApiError::internal("session lock poisoned"))?
+            .lock_sessions()?
             .reconcile(Instant::now(), |u| current.get(u).cloned());
         self.record_ended(c, &ended, reason)?;
         for s in &changed {
@@ -195,15 +182,12 @@ impl Device {
         reason: &str,
     ) -> Result<usize, ApiError> {
         let ended = self
-            .sessions
-            .lock()
-            .map_err(|_| ApiError::internal("session lock poisoned"))?
+            .lock_sessions()?
             .end_user_sessions(username, keep, Instant::now());
         self.record_ended(c, &ended, reason)?;
         Ok(ended.len())
     }
 
-    /// Audits a management action and maps its result.
     /// Records an account action's outcome in the room `rec` held for it
     /// (taken before the action, so an action the trail cannot record was
     /// refused before it ran).
@@ -261,19 +245,16 @@ pub(crate) async fn login(
             Ok((auth, tag))
         })
         .await;
-    let base = |outcome| {
-        Device::cert_event(&conn, "auth.login", outcome)
-            .target(user.clone())
-            .details(json!({"certificate": conn.fingerprint}))
-    };
+    // Each record gives its own details.
+    let base = |outcome| Device::cert_event(&conn, "auth.login", outcome).target(user.clone());
     let (auth, tag) = match result {
         Ok(a) => a,
         Err(e) => {
             let locked = e.code == "locked";
             let delayed = e.code == "login-delayed";
             if delayed {
-                // No password was checked: one record per certificate and
-                // account per aggregation window.
+                // No password was checked: one record per certificate per
+                // aggregation window.
                 dev.audit_tallied(
                     &format!("login-delayed|{}", conn.fingerprint),
                     base(Outcome::Denied)
@@ -284,10 +265,10 @@ pub(crate) async fn login(
             if e.code == "busy" {
                 return Err(e);
             }
-            // Aggregated per certificate and account: a guesser writes at
-            // most two records per window (docs/audit.md, "Floods").
-            // Keyed by certificate alone: a guesser cannot make a new
-            // key (and a new record) per username it tries.
+            // Aggregated per certificate: a guesser writes at most two
+            // records per window (docs/audit.md, "Floods"). Not per
+            // account: a guesser cannot make a new key (and a new record)
+            // per username it tries.
             dev.audit_tallied(
                 &format!("login-failed|{}", conn.fingerprint),
                 base(Outcome::Failure)
@@ -309,9 +290,7 @@ pub(crate) async fn login(
     // Room for the login's record before the session exists.
     let rec = dev.reserve("auth.login")?;
     let session = dev
-        .sessions
-        .lock()
-        .map_err(|_| ApiError::internal("session lock poisoned"))?
+        .lock_sessions()?
         .create(&auth, &conn.fingerprint, Instant::now());
     let session = match session {
         Ok(s) => s,
@@ -329,10 +308,7 @@ pub(crate) async fn login(
     let unchanged =
         tag.is_some() && dev.with_accounts(|a| Ok(a.credential_tag(&auth.username)))? == tag;
     if !unchanged {
-        dev.sessions
-            .lock()
-            .map_err(|_| ApiError::internal("session lock poisoned"))?
-            .logout(&session.id);
+        dev.lock_sessions()?.logout(&session.id);
         rec.record(base(Outcome::Denied).details(json!({
             "certificate": conn.fingerprint,
             "reason": "the account changed while logging in",
@@ -379,10 +355,7 @@ pub(crate) async fn logout(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     let rec = dev.reserve("auth.logout")?;
-    dev.sessions
-        .lock()
-        .map_err(|_| ApiError::internal("session lock poisoned"))?
-        .logout(token);
+    dev.lock_sessions()?.logout(token);
     rec.record(
         Device::event(&c, "auth.logout", Outcome::Success).target(c.session_handle.clone()),
     )?;
@@ -411,12 +384,10 @@ pub(crate) async fn change_own_password(
     // Per-session rate limit, before any hash: a flood is answered 429 and
     // recorded once per aggregation window.
     let allowed = dev
-        .sessions
-        .lock()
-        .map_err(|_| ApiError::internal("session lock poisoned"))?
+        .lock_sessions()?
         .password_attempt(&c.session_handle, Instant::now());
     if let Err(e) = allowed {
-        let e = access_error(e);
+        let e = ApiError::from(e);
         dev.audit_tallied(
             &format!("password-rate|{}", c.session_handle),
             Device::event(&c, "user.password.change", Outcome::Denied)
@@ -437,16 +408,15 @@ pub(crate) async fn change_own_password(
             a.set_password(&user, &req.new_password, now)
         })
         .await;
-    if matches!(&r, Err(e) if e.code == "busy") {
-        return r.map(|_| ok(json!({})));
-    }
+    let r = match r {
+        // Nothing was checked: the reserved record goes unused.
+        Err(e) if e.code == "busy" => return Err(e),
+        r => r,
+    };
     dev.managed(rec, &c, "user.password.change", &c.username, r)?;
     // The changing session goes on (now unrestricted); the account's other
     // sessions end: whoever held them must log in with the new password.
-    dev.sessions
-        .lock()
-        .map_err(|_| ApiError::internal("session lock poisoned"))?
-        .password_changed(&c.username);
+    dev.lock_sessions()?.password_changed(&c.username);
     let ended =
         dev.end_sessions_of(&c, &c.username, Some(&c.session_handle), "password changed")?;
     Ok(ok(json!({"changed": true, "sessions_ended": ended})))
@@ -500,8 +470,9 @@ pub(crate) async fn remove_user(
         a.remove_user(&name)
     });
     dev.managed(rec, &c, "user.remove", &name, r)?;
+    // No other account changed: ending the removed one's sessions is the
+    // whole of what `resync_sessions` would do.
     let ended = dev.end_sessions_of(&c, &name, None, "account removed")?;
-    dev.resync_sessions(&c, "account removed")?;
     Ok(ok(json!({"removed": name, "sessions_ended": ended})))
 }
 
@@ -519,7 +490,7 @@ pub(crate) async fn set_role(
         // Both the role it has and the role it gets must be within reach.
         a.check_manage(&c.username, &c.permissions, &name)?;
         a.check_assign(&c.username, &c.permissions, &name, &req.role)?;
-        a.set_role(&name, &req.role)
+        a.set_role(&name, &req.role, time::OffsetDateTime::now_utc())
     });
     dev.managed(rec, &c, "user.role.change", &name, r)?;
     // The account's open sessions hold the new role from their next request.
@@ -619,11 +590,7 @@ pub(crate) async fn list_sessions(
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadSessions, "session.list")?;
-    let list = dev
-        .sessions
-        .lock()
-        .map_err(|_| ApiError::internal("session lock poisoned"))?
-        .list(Instant::now());
+    let list = dev.lock_sessions()?.list(Instant::now());
     Ok(ok(json!({"sessions": list})))
 }
 
@@ -634,11 +601,7 @@ pub(crate) async fn terminate_session(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::TerminateSessions, "session.terminate")?;
     let rec = dev.reserve("session.terminate")?;
-    let ended = dev
-        .sessions
-        .lock()
-        .map_err(|_| ApiError::internal("session lock poisoned"))?
-        .terminate(&handle);
+    let ended = dev.lock_sessions()?.terminate(&handle);
     let r = ended.ok_or_else(|| ApiError::not_found(format!("no session '{handle}'")));
     let info = dev.managed(rec, &c, "session.terminate", &handle, r)?;
     Ok(ok(json!({"terminated": handle, "username": info.username})))

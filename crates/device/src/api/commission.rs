@@ -253,24 +253,6 @@ impl FactoryBackoff {
     }
 }
 
-/// A refused CRL as a 400 whose code names the reason
-/// (`crl-malformed`, `crl-unknown-issuer`, `crl-not-newer`, ...).
-pub(crate) fn crl_refused(e: &drivesec_pki::CrlError) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        e.code(),
-        format!("CRL refused: {e}"),
-    )
-}
-
-/// [`crl_refused`] for a CRL error inside a device error; others as usual.
-pub(crate) fn device_error(e: crate::DeviceError) -> ApiError {
-    match e {
-        crate::DeviceError::Pki(drivesec_pki::PkiError::Crl(c)) => crl_refused(&c),
-        other => other.into(),
-    }
-}
-
 pub(crate) async fn begin(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
@@ -320,17 +302,12 @@ pub(crate) async fn complete(
     }
     dev.check_credential(&conn, req.factory_credential.clone())
         .await?;
-    let policy = dev
-        .config
-        .read()
-        .map_err(|_| ApiError::internal("config lock poisoned"))?
-        .access
-        .clone();
     let config = dev
         .config
         .read()
         .map_err(|_| ApiError::internal("config lock poisoned"))?
         .clone();
+    let policy = config.access.clone();
     let d2 = dev.clone();
     let name = pending.device_name.clone();
     let admin = req.admin_username.clone();
@@ -341,7 +318,7 @@ pub(crate) async fn complete(
             .state
             .read()
             .map_err(|_| ApiError::internal("state lock poisoned"))?;
-        st.install_ownership_with(
+        st.install_ownership(
             &name,
             &req.ldevid_chain_pem,
             &req.trust_anchors_pem,
@@ -369,7 +346,7 @@ pub(crate) async fn complete(
                 Ok(())
             },
         )
-        .map_err(device_error)
+        .map_err(ApiError::from)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?;

@@ -10,8 +10,6 @@ mod modbus;
 mod ops;
 mod provision;
 
-pub(crate) use accounts::access_error;
-
 /// Request and settings types of the operations endpoints.
 pub mod ops_types {
     pub use super::ops::ForwardingSettings;
@@ -91,12 +89,11 @@ pub struct Device {
     pub(crate) modbus_rights: RwLock<Arc<drivesec_modbus::Rights>>,
     /// The key handle of an LDevID renewal in progress.
     pub(crate) renewal: Mutex<Option<drivesec_keystore::KeyHandle>>,
-    /// Refused Modbus requests not yet recorded, per client.
-    pub(crate) modbus_denials: Mutex<std::collections::HashMap<String, crate::modbus::DenyWindow>>,
     /// The trust open connections were admitted under; each adopted state
     /// sends a new one, and every open connection is told.
     pub(crate) trust: tokio::sync::watch::Sender<crate::runtime::Trust>,
-    /// Permission denials and refused connections, recorded aggregated.
+    /// What a flood can repeat (API and Modbus denials, failed logins,
+    /// refused connections), recorded aggregated.
     pub(crate) tally: crate::tally::Tally,
     /// A factory reset waiting for its second person.
     pub(crate) reset_request: Mutex<Option<ops::ResetRequest>>,
@@ -124,6 +121,14 @@ impl Recorder {
 /// the events marked essential where they are made (the device's own,
 /// security responses).
 pub(crate) fn reserved_tier(ev: &Event) -> bool {
+    // Refusals and failed attempts change nothing and are aggregated;
+    // only what was done (or the record of a device event) may use the
+    // reserve, so no flood of attempts can eat it.
+    ev.outcome == Outcome::Success && security_action(&ev.action)
+}
+
+/// Authentication and the security administration of the device.
+fn security_action(action: &str) -> bool {
     const SECURITY: [&str; 10] = [
         "auth.",
         "user.",
@@ -136,10 +141,7 @@ pub(crate) fn reserved_tier(ev: &Event) -> bool {
         "device.",
         "commission.",
     ];
-    // Refusals and failed attempts change nothing and are aggregated;
-    // only what was done (or the record of a device event) may use the
-    // reserve, so no flood of attempts can eat it.
-    ev.outcome == Outcome::Success && SECURITY.iter().any(|p| ev.action.starts_with(p))
+    SECURITY.iter().any(|p| action.starts_with(p))
 }
 
 /// The answer on a connection admitted before the device's identity or
@@ -229,6 +231,11 @@ impl From<AccessError> for ApiError {
             A::TooManySessions { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too-many-sessions", msg)
             }
+            A::Delayed { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "login-delayed", msg),
+            A::RateLimited { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", msg)
+            }
+            A::Escalation(_) => ApiError::new(StatusCode::FORBIDDEN, "privilege-escalation", msg),
             A::UnknownUser(_) | A::UnknownRole(_) => ApiError::not_found(msg),
             A::UserExists(_) | A::RoleExists(_) | A::RoleInUse(_) | A::BuiltinRole(_) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", msg)
@@ -244,11 +251,24 @@ impl From<AccessError> for ApiError {
     }
 }
 
+/// A refused CRL (docs/pki.md, "CRL policy"): 400 with the refusal's code
+/// (`crl-malformed`, `crl-unknown-issuer`, ...).
+impl From<drivesec_pki::CrlError> for ApiError {
+    fn from(e: drivesec_pki::CrlError) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            e.code(),
+            format!("CRL refused: {e}"),
+        )
+    }
+}
+
 impl From<DeviceError> for ApiError {
     fn from(e: DeviceError) -> Self {
         use drivesec_pki::PkiError as P;
         match e {
             DeviceError::Invalid(m) => ApiError::bad_request(m),
+            DeviceError::Pki(P::Crl(c)) => c.into(),
             // What the client sent (PEM, certificates, collector settings) is wrong.
             DeviceError::Pki(p @ (P::BadInput { .. } | P::Invalid(_) | P::Verify(_))) => {
                 ApiError::bad_request(p.to_string())
@@ -266,13 +286,24 @@ impl From<drivesec_audit::AuditError> for ApiError {
     fn from(e: drivesec_audit::AuditError) -> Self {
         match e {
             // SR 2.10: when the trail cannot record, the action is refused.
-            drivesec_audit::AuditError::Full { .. } | drivesec_audit::AuditError::Failed(_) => {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "audit-unavailable",
-                    e.to_string(),
-                )
-            }
+            // The message says what to do next.
+            drivesec_audit::AuditError::Full { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                format!(
+                    "{e}. A security administrator can still log in: forward or export the \
+                     trail so that delivered records can be dropped (policy drop-forwarded), \
+                     or raise [audit] max_bytes (docs/audit.md, \"Capacity\")"
+                ),
+            ),
+            drivesec_audit::AuditError::Failed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit-unavailable",
+                format!(
+                    "{e}. Recorded actions are refused until drivesecd is restarted on \
+                     working storage (check the disk; the device log has the error)"
+                ),
+            ),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -380,8 +411,7 @@ impl Device {
     /// refused (503 `audit-unavailable`) and nothing changes.
     pub(crate) fn reserve(&self, action: &str) -> Result<Recorder, ApiError> {
         let log = self.audit_log()?;
-        let probe = Event::new(Actor::Device, action);
-        let room = log.reserve(reserved_tier(&probe), action)?;
+        let room = log.reserve(security_action(action), action)?;
         Ok(Recorder { log, room })
     }
 
@@ -492,9 +522,7 @@ impl Device {
                 )
             })?;
         let info = self
-            .sessions
-            .lock()
-            .map_err(|_| ApiError::internal("session lock poisoned"))?
+            .lock_sessions()?
             .validate(token, &conn.fingerprint, Instant::now())?;
         Ok(Caller {
             username: info.username,

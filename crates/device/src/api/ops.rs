@@ -534,11 +534,11 @@ pub(crate) async fn install_crl(
             .map_err(|_| ApiError::internal("state lock poisoned"))?;
         let set = st
             .check_crl(req.crl_pem.as_bytes())
-            .map_err(|e| super::commission::crl_refused(&e))?;
+            .map_err(ApiError::from)?;
         let next = st.with_crls(set);
         crate::tls::server_config(&next, &config.tls)?;
         crate::tls::modbus_config(&next, &config.modbus)?;
-        next.write_crls(&next.crls)?;
+        next.write_crls()?;
         Ok(next)
     })();
     let details = match &r {

@@ -198,24 +198,32 @@ pub fn init_token(module: &Path, label: &str, so_pin: &str, user_pin: &str) -> R
     Ok(())
 }
 
-/// Every mechanism [`Pkcs11KeyStore`] may use.
-const USED_MECHANISMS: [MechanismType; 5] = [
-    MechanismType::ECC_KEY_PAIR_GEN,
-    MechanismType::ECDSA,
-    MechanismType::ECDH1_DERIVE,
-    MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
-    MechanismType::EDDSA,
-];
+/// The mechanisms [`Pkcs11KeyStore`] needs for keys of `alg`.
+fn mechanisms_for(alg: KeyAlgorithm) -> &'static [MechanismType] {
+    match alg {
+        KeyAlgorithm::EcdsaP256 => &[
+            MechanismType::ECC_KEY_PAIR_GEN,
+            MechanismType::ECDSA,
+            MechanismType::ECDH1_DERIVE,
+        ],
+        KeyAlgorithm::Ed25519 => &[
+            MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+            MechanismType::EDDSA,
+        ],
+    }
+}
 
-/// The mechanisms of [`USED_MECHANISMS`] the token offers, asked one by one
+/// The mechanisms of [`mechanisms_for`] the token offers, asked one by one
 /// (`C_GetMechanismInfo`). Not `C_GetMechanismList`: cryptoki converts every
 /// type that list holds and logs each one it has no name for (SoftHSM2 has
 /// about 30, vendor-defined and newer ones) at ERROR level, so every open
 /// of a keystore wrote that many false errors to the daemon's log. A type
 /// the token does not offer is simply absent here.
 fn needed_mechanisms(ctx: &Pkcs11, slot: Slot) -> Vec<MechanismType> {
-    USED_MECHANISMS
+    [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Ed25519]
         .into_iter()
+        .flat_map(mechanisms_for)
+        .copied()
         .filter(|m| ctx.get_mechanism_info(slot, *m).is_ok())
         .collect()
 }
@@ -405,18 +413,9 @@ impl KeyStore for Pkcs11KeyStore {
     }
 
     fn supports(&self, alg: KeyAlgorithm) -> bool {
-        let need: &[MechanismType] = match alg {
-            KeyAlgorithm::EcdsaP256 => &[
-                MechanismType::ECC_KEY_PAIR_GEN,
-                MechanismType::ECDSA,
-                MechanismType::ECDH1_DERIVE,
-            ],
-            KeyAlgorithm::Ed25519 => &[
-                MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
-                MechanismType::EDDSA,
-            ],
-        };
-        need.iter().all(|m| self.mechanisms.contains(m))
+        mechanisms_for(alg)
+            .iter()
+            .all(|m| self.mechanisms.contains(m))
     }
 
     fn generate(&self, handle: &KeyHandle, alg: KeyAlgorithm) -> Result<KeyInfo> {

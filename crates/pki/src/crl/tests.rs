@@ -274,3 +274,41 @@ fn a_second_issuing_ca_under_the_root_is_known_once_it_chains() {
     );
     assert_eq!(known.len(), 2);
 }
+
+#[test]
+fn a_ca_whose_key_usage_lacks_crl_sign_is_no_crl_issuer() {
+    let d = tempfile::tempdir().unwrap();
+    let a = ca(d.path(), "Owner");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "Certificates Only CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = p
+        .signed_by(&key, &a.dangerous_root_issuer().unwrap())
+        .unwrap();
+    let known = known_issuers(
+        &[CertificateDer::from(a.root_der().to_vec())],
+        &[cert.der().clone()],
+    );
+    assert_eq!(known.len(), 2);
+    // rcgen refuses to sign with it as it is; the certificate stays without cRLSign.
+    p.key_usages.push(KeyUsagePurpose::CrlSign);
+    let now = OffsetDateTime::now_utc();
+    let crl = CertificateRevocationListParams {
+        this_update: now - Duration::minutes(5),
+        next_update: now + Duration::days(7),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![],
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&rcgen::Issuer::new(p, &key))
+    .unwrap()
+    .pem()
+    .unwrap();
+    let e = verify_crls(crl.as_bytes(), &known).unwrap_err();
+    assert!(matches!(e, CrlError::BadSignature { .. }), "{e:?}");
+    assert!(e.to_string().contains("cRLSign"), "{e}");
+}
