@@ -895,7 +895,7 @@ impl Accounts {
                     .and_then(|d| now.checked_add(Duration::seconds(d)));
             }
             rec.certs.insert(client.to_owned(), pair);
-            forget_old_failures(&mut rec.certs);
+            forget_old_failures(&mut rec.certs, now);
             self.store.users.insert(username.to_owned(), rec);
             save(&self.path, &self.store)?;
             return Err(err);
@@ -1096,12 +1096,14 @@ fn beyond_grantor(grantor: &BTreeSet<Permission>, perms: &BTreeSet<Permission>) 
 }
 
 /// Keeps at most [`TRACKED_CERTS`] certificates' failures, forgetting the
-/// oldest unlocked ones first (a locked pair is never forgotten).
-fn forget_old_failures(certs: &mut BTreeMap<String, CertFailures>) {
+/// oldest first among those not locked now (a lock in force is never
+/// forgotten; one that has run out is, so that once the record is full a
+/// new certificate's failures are still counted and can lock it).
+fn forget_old_failures(certs: &mut BTreeMap<String, CertFailures>, now: OffsetDateTime) {
     while certs.len() > TRACKED_CERTS {
         let oldest = certs
             .iter()
-            .filter(|(_, c)| !c.locked_by_admin && c.locked_until.is_none())
+            .filter(|(_, c)| !c.locked_by_admin && c.locked_until.is_none_or(|t| t <= now))
             .min_by_key(|(_, c)| c.last_failure)
             .map(|(k, _)| k.clone());
         match oldest {

@@ -1097,3 +1097,30 @@ fn failures_are_kept_for_a_bounded_number_of_certificates_but_locks_stay() {
         Err(AccessError::Locked { .. })
     ));
 }
+
+#[test]
+fn locks_that_ran_out_make_room_so_a_new_certificate_is_still_locked() {
+    let mut policy = cheap();
+    policy.lockout.account_max_failures = 1000;
+    let lock = policy.lockout.lockout_secs as i64;
+    let max = policy.lockout.max_failures;
+    let (_d, _p, mut a) = setup(policy);
+    // As many certificates as are tracked, each locked for itself.
+    for i in 0..TRACKED_CERTS {
+        for _ in 0..max {
+            let _ = a.authenticate_from("alice", "Wrong-Password-1", &format!("l{i}"), t0());
+        }
+    }
+    // Long after those locks ran out, a new certificate guesses: its
+    // failures are kept (an expired lock gives way) and it gets locked.
+    let later = t0() + secs(lock * 64 + 10);
+    let mut last = None;
+    for _ in 0..max {
+        last = Some(
+            a.authenticate_from("alice", "Wrong-Password-1", "late", later)
+                .unwrap_err(),
+        );
+    }
+    assert!(matches!(last, Some(AccessError::Locked { .. })), "{last:?}");
+    assert_eq!(a.store.users["alice"].certs.len(), TRACKED_CERTS);
+}
