@@ -753,6 +753,7 @@ fn modbus_flood_does_not_hold_off_sto_or_the_comm_loss_reaction() {
         .collect();
     let mut watch = connect("viewer");
     let mut op = connect("operator");
+    wait(&mut watch, "ready", &|s| s[1] == 1);
     assert_eq!(op.write_single(0, 0).unwrap(), Ok(()));
     assert_eq!(op.write_multiple(0, &[1, 900]).unwrap(), Ok(()));
     wait(&mut watch, "running", &|s| s[1] == 2 && s[2] > 50);
@@ -798,6 +799,9 @@ fn a_modbus_restart_after_an_api_stop_is_recorded() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
+    // A start is an edge seen in the ready state: wait for it first (a
+    // freshly started drive is not ready for its first ticks).
+    wait(&mut op, &|s| s[1] == 1);
     assert_eq!(op.write_single(0, 0).unwrap(), Ok(()));
     assert_eq!(op.write_multiple(0, &[1, 600]).unwrap(), Ok(()));
     wait(&mut op, &|s| s[1] == 2);
@@ -809,7 +813,7 @@ fn a_modbus_restart_after_an_api_stop_is_recorded() {
             Some(&json!({"command": "stop"})),
         )
         .unwrap();
-    wait(&mut op, &|s| s[1] != 2);
+    wait(&mut op, &|s| s[1] == 1);
     assert_eq!(op.write_single(0, 1).unwrap(), Ok(()));
     wait(&mut op, &|s| s[1] == 2);
     let after = records(&lab, "drive.control");

@@ -320,7 +320,9 @@ impl Drive {
             if self.stopping && self.speed == 0.0 {
                 self.state = State::Ready;
                 self.stopping = false;
-                self.run_armed = false;
+                // A run bit held through the stop needs a new edge; one
+                // already low arms the next start, even in the very next tick.
+                self.run_armed = cw & CW_RUN == 0;
             } else if self.current > 2.0 * rated_current {
                 self.trip(fault::OVERCURRENT);
             }
@@ -386,6 +388,37 @@ mod tests {
     fn run_for(d: &mut Drive, p: &ParamSet, secs: f64) {
         for _ in 0..(secs / DT).round() as u64 {
             d.tick(p, DT);
+        }
+    }
+
+    /// Stopped with the run bit low, the drive takes a start in the first
+    /// tick after it reaches ready (a controller that writes "run" as soon
+    /// as it reads "ready" is not ignored); a run bit held high through the
+    /// stop still needs a new edge.
+    #[test]
+    fn a_start_in_the_first_tick_after_a_stop_is_taken() {
+        let p = ParamSet::default();
+        for held in [false, true] {
+            let mut d = Drive::new();
+            d.set_reference(300.0);
+            ready(&mut d, &p);
+            d.set_control_word(CW_RUN);
+            d.tick(&p, DT);
+            run_for(&mut d, &p, 1.0);
+            assert_eq!(d.status(&p).state, State::Running);
+            d.set_control_word(0);
+            d.tick(&p, DT);
+            if held {
+                d.set_control_word(CW_RUN);
+            }
+            while d.status(&p).state == State::Running {
+                d.tick(&p, DT);
+            }
+            assert_eq!(d.status(&p).state, State::Ready);
+            d.set_control_word(CW_RUN);
+            d.tick(&p, DT);
+            let want = if held { State::Ready } else { State::Running };
+            assert_eq!(d.status(&p).state, want, "held={held}");
         }
     }
 
