@@ -30,6 +30,25 @@ pub enum KeystoreError {
         /// Why.
         reason: &'static str,
     },
+    /// The name is not a valid counter name (1 to 64 characters of `[a-z0-9-]`).
+    #[error("invalid counter name {name:?}: {reason}")]
+    InvalidCounterName {
+        /// The rejected name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A stored counter is damaged or forged: it does not authenticate, or
+    /// does not hold one 8-byte value.
+    #[error("corrupt counter '{name}' at {location}: {reason}")]
+    CorruptCounter {
+        /// The counter's name.
+        name: String,
+        /// Where it is stored: the soft backend's file, or the token.
+        location: String,
+        /// Why.
+        reason: String,
+    },
     /// The backend cannot do this.
     #[error("the {backend} keystore does not support {what}")]
     Unsupported {

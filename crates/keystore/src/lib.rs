@@ -14,11 +14,19 @@
 //! [`adapters`] lets rustls and rcgen sign through any backend, so a TLS server
 //! key or a CA key never enters the process when the backend is PKCS#11.
 //!
+//! Besides keys, a store holds named monotonic counters
+//! ([`KeyStore::counter`], [`KeyStore::advance_counter`]) that can only be
+//! raised; the audit trail anchors its last checkpoint in one. On PKCS#11
+//! they live on the token, outside the state directory; on the soft backend
+//! they are sealed under the device secret but live in the store directory,
+//! so restoring an old copy of that directory rolls them back.
+//!
 //! Signature formats: ECDSA P-256 signs SHA-256(message) and returns the DER
 //! `Ecdsa-Sig-Value` (what X.509 and TLS carry); Ed25519 returns the 64-byte
 //! RFC 8032 signature of the message.
 
 mod config;
+mod counter;
 mod error;
 mod key;
 
@@ -28,6 +36,7 @@ pub mod soft;
 pub mod verify;
 
 pub use config::{KeystoreConfig, open_keystore};
+pub use counter::{COUNTER_NAME_MAX, check_counter_name};
 pub use error::KeystoreError;
 pub use key::{KeyAlgorithm, KeyHandle, KeyInfo, PublicKey};
 
@@ -69,6 +78,23 @@ pub trait KeyStore: Send + Sync {
     fn destroy(&self, handle: &KeyHandle) -> Result<()>;
 
     /// Destroys every key in the store (tamper response); returns how many
-    /// key pairs were destroyed.
+    /// key pairs were destroyed. Every counter goes too: afterwards each
+    /// reads as never set.
     fn destroy_all(&self) -> Result<usize>;
+
+    /// The named monotonic counter's value; None when it was never set.
+    ///
+    /// Names are 1 to 64 characters of `[a-z0-9-]`
+    /// ([`check_counter_name`]); a stored value that does not authenticate
+    /// is [`KeystoreError::CorruptCounter`], never `None`.
+    fn counter(&self, name: &str) -> Result<Option<u64>>;
+
+    /// Raises the named counter to `to` if it is lower (never lowers it); returns the value now held.
+    ///
+    /// A counter never set is below every value, so `to = 0` creates it at
+    /// 0. Calls on one store are atomic with respect to each other (two
+    /// advances end at the larger value), and the new value is durable
+    /// when this returns. [`destroy`](KeyStore::destroy) never touches
+    /// counters.
+    fn advance_counter(&self, name: &str, to: u64) -> Result<u64>;
 }

@@ -5,6 +5,7 @@
 //! ```text
 //! store.json          {"format":"drivesec-soft-keystore","version":1,"salt":B64,"check":B64}
 //! keys/HANDLE.key     {"version":1,"handle":..,"algorithm":..,"public_key":B64,"nonce":B64,"ciphertext":B64}  (0600)
+//! counters/NAME.ctr   {"version":1,"name":..,"nonce":B64,"ciphertext":B64}  (0600)
 //! ```
 //!
 //! The key-encryption key is HKDF-SHA256(ikm = device secret, salt = store
@@ -14,11 +15,18 @@
 //! public key, so a key file cannot be renamed or re-labelled unnoticed.
 //! `check` is the seal of a fixed string, so a wrong secret is reported as
 //! such instead of as a damaged key.
+//!
+//! A counter's value (8 bytes, big-endian) is sealed the same way, with its
+//! name as associated data: nobody without the device secret can forge a
+//! value or move one to another name. An older copy of a counter file (or of
+//! the whole directory) is still authentic, though, so putting one back
+//! rolls the counter back; only a counter outside the directory (a PKCS#11
+//! token, a TPM NV index) closes that.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -35,6 +43,7 @@ use crate::{KeyAlgorithm, KeyHandle, KeyInfo, KeyStore, KeystoreError, PublicKey
 const FORMAT: &str = "drivesec-soft-keystore";
 const KEK_INFO: &[u8] = b"drivesec soft keystore v1 kek";
 const CHECK_PLAINTEXT: &[u8] = b"drivesec soft keystore v1 check";
+const COUNTER_AAD: &[u8] = b"drivesec-soft-counter/v1\0";
 
 /// The per-device secret the store's encryption key is derived from.
 ///
@@ -95,6 +104,14 @@ struct StoreFile {
     version: u32,
     salt: String,
     check: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CounterFile {
+    version: u32,
+    name: String,
+    nonce: String,
+    ciphertext: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -183,6 +200,9 @@ pub struct SoftKeyStore {
     /// The device secret's file, shredded by `destroy_all` (crypto-erase).
     secret_file: Option<PathBuf>,
     inner: Mutex<Inner>,
+    /// Serialises counter advances (and the erase of counters) on this
+    /// directory within the process; taken before `inner`, never after.
+    counters: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for SoftKeyStore {
@@ -199,6 +219,19 @@ fn derive_kek(secret: &DeviceSecret, salt: &[u8]) -> Zeroizing<[u8; 32]> {
     // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
     let _ = hk.expand(KEK_INFO, kek.as_mut());
     kek
+}
+
+/// The process-wide counter lock of the store in `dir` (keyed by its
+/// canonical path, so two spellings of one directory share it).
+fn counters_lock(dir: &Path) -> Arc<Mutex<()>> {
+    let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    crate::counter::store_lock(format!("soft:{}", key.display()))
+}
+
+fn counter_aad(name: &str) -> Vec<u8> {
+    let mut a = COUNTER_AAD.to_vec();
+    a.extend_from_slice(name.as_bytes());
+    a
 }
 
 fn b64d(path: &Path, field: &str, s: &str) -> Result<Vec<u8>> {
@@ -233,6 +266,7 @@ impl SoftKeyStore {
                 cache: BTreeMap::new(),
                 kek: Some(kek),
             }),
+            counters: counters_lock(dir),
         })
     }
 
@@ -262,6 +296,7 @@ impl SoftKeyStore {
                 cache: BTreeMap::new(),
                 kek: None,
             }),
+            counters: counters_lock(dir),
         }))
     }
 
@@ -308,7 +343,87 @@ impl SoftKeyStore {
                 cache: BTreeMap::new(),
                 kek: Some(kek),
             }),
+            counters: counters_lock(dir),
         })
+    }
+
+    fn counter_path(&self, name: &str) -> PathBuf {
+        self.dir.join("counters").join(format!("{name}.ctr"))
+    }
+
+    /// A copy of the key-encryption key, or the crypto-erased error.
+    fn kek_copy(&self) -> Result<Zeroizing<[u8; 32]>> {
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| KeystoreError::Crypto("keystore lock poisoned".into()))?;
+        Ok(inner.kek()?.clone())
+    }
+
+    /// Whether the store was crypto-erased (its counters died with the secret).
+    fn erased(&self) -> Result<bool> {
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| KeystoreError::Crypto("keystore lock poisoned".into()))?;
+        Ok(inner.kek.is_none())
+    }
+
+    /// Reads and authenticates a counter file; `None` when there is none.
+    fn read_counter(&self, kek: &[u8; 32], name: &str) -> Result<Option<u64>> {
+        let path = self.counter_path(name);
+        let raw = match std::fs::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(fsu::FsError::io("read", &path, e).into()),
+        };
+        let corrupt = |reason: String| KeystoreError::CorruptCounter {
+            name: name.to_string(),
+            location: path.display().to_string(),
+            reason,
+        };
+        let cf: CounterFile = serde_json::from_slice(&raw).map_err(|e| corrupt(e.to_string()))?;
+        if cf.version != 1 || cf.name != name {
+            return Err(corrupt("the file does not belong to this counter".into()));
+        }
+        let b64 = |field: &str, v: &str| {
+            B64.decode(v)
+                .map_err(|_| corrupt(format!("field '{field}' is not base64")))
+        };
+        let nonce = b64("nonce", &cf.nonce)?;
+        let ct = b64("ciphertext", &cf.ciphertext)?;
+        let pt = open_with_nonce(kek, &nonce, &ct, &counter_aad(name)).ok_or_else(|| {
+            corrupt(
+                "authentication failed: the file was modified or belongs to another store".into(),
+            )
+        })?;
+        let value: [u8; 8] = pt
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt(format!("the value is {} bytes, not 8", pt.len())))?;
+        Ok(Some(u64::from_be_bytes(value)))
+    }
+
+    /// Seals `value` under the counter's name and replaces its file atomically.
+    fn write_counter(&self, kek: &[u8; 32], name: &str, value: u64) -> Result<()> {
+        let dir = self.dir.join("counters");
+        if !dir.is_dir() {
+            // Stores made before counters existed have no directory yet; its
+            // entry in the store directory must be durable before the file.
+            fsu::create_private_dir(&dir)?;
+            fsu::sync_dir(&self.dir)?;
+        }
+        let sealed = seal(kek, &value.to_be_bytes(), &counter_aad(name))?;
+        let cf = CounterFile {
+            version: 1,
+            name: name.to_string(),
+            nonce: B64.encode(&sealed[..12]),
+            ciphertext: B64.encode(&sealed[12..]),
+        };
+        let json =
+            serde_json::to_vec_pretty(&cf).map_err(|e| KeystoreError::Crypto(e.to_string()))?;
+        fsu::write_atomic(&self.counter_path(name), &json, Mode::Private)?;
+        Ok(())
     }
 
     fn key_path(&self, handle: &KeyHandle) -> PathBuf {
@@ -550,6 +665,8 @@ impl KeyStore for SoftKeyStore {
     }
 
     fn destroy_all(&self) -> Result<usize> {
+        // No advance may write a counter file while (or after) they go.
+        let _counters = crate::counter::lock(&self.counters);
         // Forget the in-memory copies first: they zeroize on drop, and so
         // does the key-encryption key.
         if let Ok(mut inner) = self.inner.lock() {
@@ -574,6 +691,42 @@ impl KeyStore for SoftKeyStore {
             }
             fsu::shred(&p)?;
         }
+        // Counters died with the secret (nothing can authenticate them any
+        // more); their files go too, so the erased store reads them as unset.
+        let counters = self.dir.join("counters");
+        match std::fs::read_dir(&counters) {
+            Ok(rd) => {
+                for entry in rd {
+                    let entry = entry.map_err(|e| fsu::FsError::io("list", &counters, e))?;
+                    fsu::shred(&entry.path())?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fsu::FsError::io("list", &counters, e).into()),
+        }
         Ok(n)
+    }
+
+    fn counter(&self, name: &str) -> Result<Option<u64>> {
+        crate::check_counter_name(name)?;
+        // After the crypto-erase every counter reads as never set.
+        if self.erased()? {
+            return Ok(None);
+        }
+        let kek = self.kek_copy()?;
+        self.read_counter(&kek, name)
+    }
+
+    fn advance_counter(&self, name: &str, to: u64) -> Result<u64> {
+        crate::check_counter_name(name)?;
+        let _guard = crate::counter::lock(&self.counters)?;
+        let kek = self.kek_copy()?;
+        match self.read_counter(&kek, name)? {
+            Some(held) if held >= to => Ok(held),
+            _ => {
+                self.write_counter(&kek, name, to)?;
+                Ok(to)
+            }
+        }
     }
 }

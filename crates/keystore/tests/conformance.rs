@@ -305,6 +305,194 @@ fn tls_and_ca_sign_through_the_store(b: Backend) {
     );
 }
 
+// ---- named monotonic counters ------------------------------------------
+
+const AUDIT: &str = "audit-checkpoint";
+
+fn counters_start_unset_and_only_rise(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    assert_eq!(ks.counter(AUDIT).unwrap(), None);
+    assert_eq!(ks.advance_counter(AUDIT, 5).unwrap(), 5);
+    assert_eq!(ks.counter(AUDIT).unwrap(), Some(5));
+    // Lower or equal: the higher value stays and is what the call returns.
+    assert_eq!(ks.advance_counter(AUDIT, 3).unwrap(), 5);
+    assert_eq!(ks.advance_counter(AUDIT, 0).unwrap(), 5);
+    assert_eq!(ks.advance_counter(AUDIT, 5).unwrap(), 5);
+    assert_eq!(ks.counter(AUDIT).unwrap(), Some(5));
+    // All 64 bits are kept (8 big-endian bytes at rest).
+    let big = 0x0102_0304_0506_0708;
+    assert_eq!(ks.advance_counter(AUDIT, big).unwrap(), big);
+    assert_eq!(ks.counter(AUDIT).unwrap(), Some(big));
+    assert_eq!(ks.advance_counter(AUDIT, u64::MAX).unwrap(), u64::MAX);
+    assert_eq!(ks.advance_counter(AUDIT, big).unwrap(), u64::MAX);
+    assert_eq!(ks.counter(AUDIT).unwrap(), Some(u64::MAX));
+    // A counter never set is below every value: advancing it to 0 sets it.
+    assert_eq!(ks.counter("zero").unwrap(), None);
+    assert_eq!(ks.advance_counter("zero", 0).unwrap(), 0);
+    assert_eq!(ks.counter("zero").unwrap(), Some(0));
+}
+
+fn counters_survive_reopening(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    assert_eq!(ks.advance_counter(AUDIT, 42).unwrap(), 42);
+    drop(ks);
+    let ks = f.open();
+    assert_eq!(ks.counter(AUDIT).unwrap(), Some(42));
+    assert_eq!(ks.advance_counter(AUDIT, 41).unwrap(), 42);
+    assert_eq!(ks.advance_counter(AUDIT, 43).unwrap(), 43);
+    drop(ks);
+    assert_eq!(f.open().counter(AUDIT).unwrap(), Some(43));
+}
+
+fn counters_are_independent_of_each_other_and_of_keys(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    assert_eq!(ks.advance_counter("a", 10).unwrap(), 10);
+    assert_eq!(ks.counter("b").unwrap(), None);
+    assert_eq!(ks.advance_counter("b", 3).unwrap(), 3);
+    assert_eq!(ks.counter("a").unwrap(), Some(10));
+    assert_eq!(ks.counter("b").unwrap(), Some(3));
+    assert_eq!(ks.counter("a-1").unwrap(), None);
+    // A key of the same name is another thing: destroying it, or listing
+    // keys, never touches the counter.
+    ks.generate(&h("a"), KeyAlgorithm::EcdsaP256).unwrap();
+    let names: Vec<_> = ks
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.handle.to_string())
+        .collect();
+    assert_eq!(names, ["a"]);
+    ks.destroy(&h("a")).unwrap();
+    assert_eq!(ks.counter("a").unwrap(), Some(10));
+    assert!(matches!(
+        ks.destroy(&h("b")).unwrap_err(),
+        KeystoreError::NotFound { .. }
+    ));
+    assert_eq!(ks.counter("b").unwrap(), Some(3));
+}
+
+fn bad_counter_names_are_refused(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    let long = "x".repeat(65);
+    for bad in [
+        "",
+        "Audit",
+        "audit_checkpoint",
+        "audit.checkpoint",
+        "../keys/idevid",
+        "a:b",
+        "a b",
+        "\u{e9}t\u{e9}",
+        long.as_str(),
+    ] {
+        for err in [
+            ks.counter(bad).unwrap_err(),
+            ks.advance_counter(bad, 1).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, KeystoreError::InvalidCounterName { name, .. } if name == bad),
+                "{bad:?}: {err}"
+            );
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+    // The longest name is fine.
+    let longest = "x".repeat(64);
+    assert_eq!(ks.advance_counter(&longest, 1).unwrap(), 1);
+    assert_eq!(ks.counter(&longest).unwrap(), Some(1));
+}
+
+fn concurrent_advances_end_at_the_max(b: Backend) {
+    const THREADS: u64 = 8;
+    const PER_THREAD: u64 = 24;
+    let f = Fixture::new(b);
+    let a = f.open();
+    // A second instance on the same store takes part too.
+    let other = f.open();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Nobody may ever see the counter go down, not even for a moment.
+    let watcher = {
+        let ks = a.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = ks.counter(AUDIT).unwrap().unwrap_or(0);
+                assert!(now >= seen, "the counter went down from {seen} to {now}");
+                seen = now;
+            }
+        })
+    };
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let ks = if t % 2 == 0 { a.clone() } else { other.clone() };
+            std::thread::spawn(move || {
+                // Thread t owns the values t, t+8, t+16, ... in a scrambled order.
+                let mut values: Vec<u64> = (0..PER_THREAD).map(|i| i * THREADS + t).collect();
+                let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ t;
+                for i in (1..values.len()).rev() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    values.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+                for to in values {
+                    let held = ks.advance_counter(AUDIT, to).unwrap();
+                    assert!(held >= to, "advance to {to} returned {held}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    let max = THREADS * PER_THREAD - 1;
+    assert_eq!(a.counter(AUDIT).unwrap(), Some(max));
+    assert_eq!(other.counter(AUDIT).unwrap(), Some(max));
+    drop((a, other));
+    assert_eq!(f.open().counter(AUDIT).unwrap(), Some(max));
+}
+
+fn destroy_all_takes_the_counters_too(b: Backend) {
+    let f = Fixture::new(b);
+    let ks = f.open();
+    ks.generate(&h("idevid"), KeyAlgorithm::EcdsaP256).unwrap();
+    assert_eq!(ks.advance_counter(AUDIT, 7).unwrap(), 7);
+    assert_eq!(ks.advance_counter("other", 3).unwrap(), 3);
+    assert_eq!(ks.destroy_all().unwrap(), 1);
+    assert_eq!(ks.counter(AUDIT).unwrap(), None);
+    assert_eq!(ks.counter("other").unwrap(), None);
+    drop(ks);
+    let ks = f.open();
+    assert_eq!(ks.counter(AUDIT).unwrap(), None);
+    assert_eq!(ks.counter("other").unwrap(), None);
+    match b {
+        // The soft store's secret is gone: nothing can be sealed any more.
+        Backend::Soft => {
+            let err = ks.advance_counter(AUDIT, 1).unwrap_err();
+            assert!(err.to_string().contains("crypto-erased"), "{err}");
+            if let KeystoreConfig::Soft { dir, .. } = &f.config {
+                let left: Vec<PathBuf> = std::fs::read_dir(f.dir.path().join(dir).join("counters"))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+                assert!(
+                    left.is_empty(),
+                    "counter files left after the erase: {left:?}"
+                );
+            }
+        }
+        // The token stays usable, with its counters starting afresh.
+        Backend::Pkcs11 => assert_eq!(ks.advance_counter(AUDIT, 1).unwrap(), 1),
+    }
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod soft {
@@ -324,6 +512,12 @@ conformance!(
     list_destroy_one_and_persistence,
     destroy_all_leaves_nothing,
     tls_and_ca_sign_through_the_store,
+    counters_start_unset_and_only_rise,
+    counters_survive_reopening,
+    counters_are_independent_of_each_other_and_of_keys,
+    bad_counter_names_are_refused,
+    concurrent_advances_end_at_the_max,
+    destroy_all_takes_the_counters_too,
 );
 
 // ---- backend-specific failure modes -------------------------------------
@@ -473,25 +667,7 @@ fn pkcs11_private_keys_are_sensitive_and_never_extractable() {
     let ks = f.open();
     ks.generate(&h("idevid"), KeyAlgorithm::EcdsaP256).unwrap();
     // Inspect the object with cryptoki directly, beside the keystore.
-    let KeystoreConfig::Pkcs11 { uri } = &f.config else {
-        unreachable!()
-    };
-    let u = Pkcs11Uri::parse(uri).unwrap();
-    let ctx = cryptoki::context::Pkcs11::new(default_module()).unwrap();
-    let _ = ctx.initialize(cryptoki::context::CInitializeArgs::new(
-        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
-    ));
-    let slot = ctx
-        .get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == u.token.as_deref().unwrap())
-        .unwrap();
-    let session = ctx.open_ro_session(slot).unwrap();
-    let _ = session.login(
-        cryptoki::session::UserType::User,
-        Some(&cryptoki::types::AuthPin::new("1234".into())),
-    );
+    let session = raw_session(&f);
     let key = session
         .find_objects(&[
             Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -526,4 +702,310 @@ fn pkcs11_private_keys_are_sensitive_and_never_extractable() {
         !attrs.iter().any(|a| matches!(a, Attribute::Value(_))),
         "CKA_VALUE readable: {attrs:?}"
     );
+}
+
+// ---- counters: backend specifics ------------------------------------------
+
+fn b64(s: &str) -> Vec<u8> {
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap()
+}
+
+fn b64e(b: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
+}
+
+/// Decrypts a soft counter file from the description in docs/keystore.md
+/// alone (HKDF, AES-256-GCM, the AAD), without the backend's code.
+#[test]
+fn soft_counter_file_format_matches_the_docs() {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new(Backend::Soft);
+    let ks = f.open();
+    ks.advance_counter(AUDIT, 0x0a0b_0c0d_0e0f_1011).unwrap();
+    let store = f.dir.path().join("keystore");
+    let path = store.join("counters/audit-checkpoint.ctr");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&store.join("counters")), 0o700);
+
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("store.json")).unwrap()).unwrap();
+    let secret = std::fs::read(f.dir.path().join("device-secret")).unwrap();
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&b64(meta["salt"].as_str().unwrap())), &secret);
+    let mut kek = [0u8; 32];
+    hk.expand(b"drivesec soft keystore v1 kek", &mut kek)
+        .unwrap();
+
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let keys: Vec<&str> = file
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(keys.len(), 4, "{file}");
+    assert_eq!(file["version"], 1);
+    assert_eq!(file["name"], AUDIT);
+    let nonce = b64(file["nonce"].as_str().unwrap());
+    let ct = b64(file["ciphertext"].as_str().unwrap());
+    assert_eq!((nonce.len(), ct.len()), (12, 24));
+    let pt = aes_gcm::Aes256Gcm::new(&kek.into())
+        .decrypt(
+            &aes_gcm::Nonce::from(<[u8; 12]>::try_from(nonce.as_slice()).unwrap()),
+            Payload {
+                msg: &ct,
+                aad: b"drivesec-soft-counter/v1\0audit-checkpoint",
+            },
+        )
+        .unwrap();
+    assert_eq!(pt, 0x0a0b_0c0d_0e0f_1011_u64.to_be_bytes());
+}
+
+#[test]
+fn soft_tampered_counter_is_an_error_not_unset() {
+    let f = Fixture::new(Backend::Soft);
+    let ks = f.open();
+    ks.advance_counter(AUDIT, 5).unwrap();
+    ks.advance_counter("other", 9).unwrap();
+    let dir = f.dir.path().join("keystore/counters");
+    let path = dir.join("audit-checkpoint.ctr");
+    let original = std::fs::read(&path).unwrap();
+    let json = |bytes: &[u8]| -> serde_json::Value { serde_json::from_slice(bytes).unwrap() };
+    let expect_corrupt = |what: &str| {
+        // Both a fresh instance and the open one see it, and an advance
+        // refuses to paper over it by writing a new value.
+        for store in [f.open(), ks.clone()] {
+            let err = store.counter(AUDIT).unwrap_err();
+            assert!(
+                matches!(&err, KeystoreError::CorruptCounter { name, .. } if name == AUDIT),
+                "{what}: {err}"
+            );
+            assert!(
+                err.to_string().contains("audit-checkpoint.ctr"),
+                "{what}: {err}"
+            );
+            let err = store.advance_counter(AUDIT, 100).unwrap_err();
+            assert!(
+                matches!(err, KeystoreError::CorruptCounter { .. }),
+                "{what}: {err}"
+            );
+        }
+        // Another counter is unaffected.
+        assert_eq!(ks.counter("other").unwrap(), Some(9), "{what}");
+    };
+
+    // A flipped ciphertext bit.
+    let mut v = json(&original);
+    let mut ct = b64(v["ciphertext"].as_str().unwrap());
+    ct[0] ^= 1;
+    v["ciphertext"] = b64e(&ct).into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    expect_corrupt("flipped ciphertext");
+    // A forged value: the structure is right, the seal is not the store's.
+    let mut v = json(&original);
+    v["ciphertext"] = b64e(&[0u8; 24]).into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    expect_corrupt("forged ciphertext");
+    // Another counter's file under this name, with and without its name field changed.
+    let other = std::fs::read(dir.join("other.ctr")).unwrap();
+    std::fs::write(&path, &other).unwrap();
+    expect_corrupt("other counter's file");
+    let mut v = json(&other);
+    v["name"] = AUDIT.into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    expect_corrupt("other counter's seal, renamed");
+    // The same counter from another store (another device secret).
+    let g = Fixture::new(Backend::Soft);
+    g.open().advance_counter(AUDIT, 5).unwrap();
+    std::fs::copy(
+        g.dir.path().join("keystore/counters/audit-checkpoint.ctr"),
+        &path,
+    )
+    .unwrap();
+    expect_corrupt("another store's counter");
+    // Damaged files.
+    for (what, bytes) in [
+        ("empty", &b""[..]),
+        ("not JSON", &b"\x00\x01garbage"[..]),
+        (
+            "bad base64",
+            &br#"{"version":1,"name":"audit-checkpoint","nonce":"!","ciphertext":"!"}"#[..],
+        ),
+        (
+            "wrong version",
+            &br#"{"version":2,"name":"audit-checkpoint","nonce":"","ciphertext":""}"#[..],
+        ),
+    ] {
+        std::fs::write(&path, bytes).unwrap();
+        expect_corrupt(what);
+    }
+    // Put back, it reads again.
+    std::fs::write(&path, &original).unwrap();
+    assert_eq!(ks.counter(AUDIT).unwrap(), Some(5));
+    assert_eq!(ks.advance_counter(AUDIT, 6).unwrap(), 6);
+}
+
+/// The documented residual of the soft backend: an older copy of the store
+/// directory is authentic, so putting it back rolls a counter back (a TPM
+/// NV counter, issue #21, closes this; the PKCS#11 token keeps its counters
+/// outside the directory).
+#[test]
+fn soft_restoring_an_old_store_directory_rolls_a_counter_back() {
+    let f = Fixture::new(Backend::Soft);
+    let ks = f.open();
+    ks.advance_counter(AUDIT, 5).unwrap();
+    let path = f.dir.path().join("keystore/counters/audit-checkpoint.ctr");
+    let old = std::fs::read(&path).unwrap();
+    ks.advance_counter(AUDIT, 9).unwrap();
+    drop(ks);
+    std::fs::write(&path, old).unwrap();
+    assert_eq!(f.open().counter(AUDIT).unwrap(), Some(5));
+}
+
+/// A user session on the fixture's token beside the keystore's own. The
+/// slot comes from the keystore: listing slots here, beside the tests that
+/// run in parallel, would race SoftHSM2's slot rescan.
+fn raw_session(f: &Fixture) -> cryptoki::session::Session {
+    let KeystoreConfig::Pkcs11 { uri } = &f.config else {
+        unreachable!()
+    };
+    let slot = Pkcs11KeyStore::open_uri(uri, f.dir.path())
+        .unwrap()
+        .slot_id();
+    let ctx = cryptoki::context::Pkcs11::new(default_module()).unwrap();
+    let _ = ctx.initialize(cryptoki::context::CInitializeArgs::new(
+        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+    ));
+    let session = ctx
+        .open_rw_session(cryptoki::slot::Slot::try_from(slot).unwrap())
+        .unwrap();
+    // The keystore logged the application in already; never log out here.
+    let _ = session.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::new("1234".into())),
+    );
+    session
+}
+
+fn counter_objects(
+    s: &cryptoki::session::Session,
+    name: &str,
+) -> Vec<cryptoki::object::ObjectHandle> {
+    use cryptoki::object::{Attribute, ObjectClass};
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Label(format!("drivesec-counter:{name}").into_bytes()),
+    ])
+    .unwrap()
+}
+
+fn create_counter_object(
+    s: &cryptoki::session::Session,
+    name: &str,
+    value: &[u8],
+    modifiable: bool,
+) {
+    use cryptoki::object::{Attribute, ObjectClass};
+    s.create_object(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Modifiable(modifiable),
+        Attribute::Label(format!("drivesec-counter:{name}").into_bytes()),
+        Attribute::Value(value.to_vec()),
+    ])
+    .unwrap();
+}
+
+#[test]
+fn pkcs11_counter_is_a_private_token_data_object() {
+    use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+    let f = Fixture::new(Backend::Pkcs11);
+    let ks = f.open();
+    ks.advance_counter(AUDIT, 0x0102_0304_0506_0708).unwrap();
+    ks.advance_counter(AUDIT, 0x0102_0304_0506_0709).unwrap();
+    let s = raw_session(&f);
+    let objs = counter_objects(&s, AUDIT);
+    // Updated in place or replaced (SoftHSM2), never added to.
+    assert_eq!(objs.len(), 1);
+    let attrs = s
+        .get_attributes(
+            objs[0],
+            &[
+                AttributeType::Class,
+                AttributeType::Token,
+                AttributeType::Private,
+                AttributeType::Value,
+            ],
+        )
+        .unwrap();
+    assert!(
+        attrs.contains(&Attribute::Class(ObjectClass::DATA)),
+        "{attrs:?}"
+    );
+    assert!(attrs.contains(&Attribute::Token(true)), "{attrs:?}");
+    assert!(attrs.contains(&Attribute::Private(true)), "{attrs:?}");
+    assert!(
+        attrs.contains(&Attribute::Value(vec![1, 2, 3, 4, 5, 6, 7, 9])),
+        "{attrs:?}"
+    );
+}
+
+/// What a crash between creating the new object and destroying the old one
+/// leaves: two objects. The higher value counts, and the next raise
+/// leaves one object.
+#[test]
+fn pkcs11_duplicate_counter_objects_read_the_max_and_collapse() {
+    let f = Fixture::new(Backend::Pkcs11);
+    let ks = f.open();
+    let s = raw_session(&f);
+    create_counter_object(&s, AUDIT, &5u64.to_be_bytes(), true);
+    create_counter_object(&s, AUDIT, &9u64.to_be_bytes(), true);
+    create_counter_object(&s, AUDIT, &7u64.to_be_bytes(), true);
+    assert_eq!(ks.counter(AUDIT).unwrap(), Some(9));
+    assert_eq!(ks.advance_counter(AUDIT, 8).unwrap(), 9);
+    assert_eq!(
+        counter_objects(&s, AUDIT).len(),
+        3,
+        "no write when not raised"
+    );
+    assert_eq!(ks.advance_counter(AUDIT, 12).unwrap(), 12);
+    assert_eq!(counter_objects(&s, AUDIT).len(), 1);
+    drop(ks);
+    assert_eq!(f.open().counter(AUDIT).unwrap(), Some(12));
+}
+
+/// A token that refuses the in-place update: the counter is replaced by a
+/// new object (created before the old one is destroyed).
+#[test]
+fn pkcs11_a_counter_the_token_will_not_modify_is_replaced() {
+    let f = Fixture::new(Backend::Pkcs11);
+    let ks = f.open();
+    let s = raw_session(&f);
+    create_counter_object(&s, AUDIT, &3u64.to_be_bytes(), false);
+    assert_eq!(ks.counter(AUDIT).unwrap(), Some(3));
+    assert_eq!(ks.advance_counter(AUDIT, 4).unwrap(), 4);
+    assert_eq!(ks.counter(AUDIT).unwrap(), Some(4));
+    assert_eq!(counter_objects(&s, AUDIT).len(), 1);
+    assert_eq!(ks.advance_counter(AUDIT, 5).unwrap(), 5);
+    drop(ks);
+    assert_eq!(f.open().counter(AUDIT).unwrap(), Some(5));
+}
+
+#[test]
+fn pkcs11_malformed_counter_object_is_an_error_not_unset() {
+    let f = Fixture::new(Backend::Pkcs11);
+    let ks = f.open();
+    let s = raw_session(&f);
+    create_counter_object(&s, AUDIT, &[0, 0, 1], true);
+    let err = ks.counter(AUDIT).unwrap_err();
+    assert!(
+        matches!(&err, KeystoreError::CorruptCounter { name, .. } if name == AUDIT),
+        "{err}"
+    );
+    assert!(err.to_string().contains("3 bytes"), "{err}");
+    let err = ks.advance_counter(AUDIT, 10).unwrap_err();
+    assert!(matches!(err, KeystoreError::CorruptCounter { .. }), "{err}");
 }

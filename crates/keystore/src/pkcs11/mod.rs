@@ -10,6 +10,12 @@
 //! token returns `r || s`, converted to DER); Ed25519 uses `CKM_EDDSA` where
 //! the token lists it; ECDH uses `CKM_ECDH1_DERIVE` with the null KDF into a
 //! session-only generic secret that is read once and destroyed.
+//!
+//! A named counter is a private token data object (`CKO_DATA`) labelled
+//! `drivesec-counter:NAME` whose `CKA_VALUE` is the value as 8 big-endian
+//! bytes. It lives on the token, outside the state directory, so copying an
+//! old state directory back does not roll it back. A key handle cannot
+//! contain `:`, so no key operation ever meets a counter's label.
 
 mod uri;
 
@@ -37,6 +43,8 @@ use crate::{KeyAlgorithm, KeyHandle, KeyInfo, KeyStore, KeystoreError, PublicKey
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// DER of the OID id-Ed25519 (1.3.101.112).
 const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+/// `CKA_LABEL` of a counter's data object is this prefix and its name.
+pub const COUNTER_LABEL_PREFIX: &str = "drivesec-counter:";
 
 fn ck(op: &'static str) -> impl Fn(CkError) -> KeystoreError {
     move |source| KeystoreError::Pkcs11 { op, source }
@@ -92,7 +100,19 @@ fn list_slots(
     }
 }
 
+/// Serialises every walk of a module's slots in the process. SoftHSM2
+/// rescans its token directory on `C_GetSlotList` and aborts the process
+/// (an assertion in `SlotManager::insertToken`) when two threads rescan at
+/// once and both find the same new token.
+fn slot_lock() -> Result<std::sync::MutexGuard<'static, ()>> {
+    static SLOTS: Mutex<()> = Mutex::new(());
+    SLOTS
+        .lock()
+        .map_err(|_| KeystoreError::Crypto("PKCS#11 slot lock poisoned".into()))
+}
+
 fn find_slot(ctx: &Pkcs11, uri: &Pkcs11Uri, module: &Path) -> Result<(Slot, String)> {
+    let _slots = slot_lock()?;
     let slots =
         list_slots(|| ctx.get_slots_with_initialized_token()).map_err(ck("C_GetSlotList"))?;
     for slot in slots {
@@ -150,11 +170,8 @@ fn login(session: &Session, pin: &AuthPin, token: &str) -> Result<()> {
 /// Fails if a token with the label already exists.
 pub fn init_token(module: &Path, label: &str, so_pin: &str, user_pin: &str) -> Result<()> {
     // Two threads must not both claim the same free slot.
-    static INIT: Mutex<()> = Mutex::new(());
-    let _guard = INIT
-        .lock()
-        .map_err(|_| KeystoreError::Crypto("token init lock poisoned".into()))?;
     let ctx = context(module)?;
+    let _slots = slot_lock()?;
     for slot in
         list_slots(|| ctx.get_slots_with_initialized_token()).map_err(ck("C_GetSlotList"))?
     {
@@ -198,6 +215,10 @@ pub fn init_token(module: &Path, label: &str, so_pin: &str, user_pin: &str) -> R
     Ok(())
 }
 
+fn counter_label(name: &str) -> Vec<u8> {
+    format!("{COUNTER_LABEL_PREFIX}{name}").into_bytes()
+}
+
 /// The mechanisms [`Pkcs11KeyStore`] needs for keys of `alg`.
 fn mechanisms_for(alg: KeyAlgorithm) -> &'static [MechanismType] {
     match alg {
@@ -232,8 +253,12 @@ fn needed_mechanisms(ctx: &Pkcs11, slot: Slot) -> Vec<MechanismType> {
 pub struct Pkcs11KeyStore {
     uri: Pkcs11Uri,
     token: String,
+    slot: Slot,
     mechanisms: Vec<MechanismType>,
     session: Mutex<Session>,
+    /// Serialises counter reads and advances on this token within the
+    /// process; taken before `session`, never after.
+    counters: Arc<Mutex<()>>,
     _ctx: Arc<Pkcs11>,
 }
 
@@ -258,11 +283,18 @@ impl Pkcs11KeyStore {
         let mechanisms = needed_mechanisms(&ctx, slot);
         let session = ctx.open_rw_session(slot).map_err(ck("C_OpenSession"))?;
         login(&session, &AuthPin::new(pin.as_str().into()), &token)?;
+        let counters = crate::counter::store_lock(format!(
+            "pkcs11:{}:{}:{token}",
+            module.display(),
+            slot.id()
+        ));
         Ok(Pkcs11KeyStore {
             uri: uri.clone(),
             token,
+            slot,
             mechanisms,
             session: Mutex::new(session),
+            counters,
             _ctx: ctx,
         })
     }
@@ -275,6 +307,11 @@ impl Pkcs11KeyStore {
     /// The token's label.
     pub fn token_label(&self) -> &str {
         &self.token
+    }
+
+    /// The id of the slot the token was found in when the store was opened.
+    pub fn slot_id(&self) -> u64 {
+        self.slot.id()
     }
 
     /// The RFC 7512 URI of one key's private object on this token
@@ -384,6 +421,57 @@ impl Pkcs11KeyStore {
             point
         };
         PublicKey::from_raw(alg, raw)
+    }
+
+    /// Every data object of the counter (more than one only after a
+    /// replacement was cut short) with its value. An object that vanishes
+    /// between the search and the read was replaced by another session (the
+    /// new object is created first), so the search is simply repeated.
+    fn counter_objects(&self, s: &Session, name: &str) -> Result<Vec<(ObjectHandle, u64)>> {
+        let mut tries = 0;
+        loop {
+            match self.counter_objects_once(s, name) {
+                Err(KeystoreError::Pkcs11 {
+                    source: CkError::Pkcs11(RvError::ObjectHandleInvalid, _),
+                    ..
+                }) if tries < 5 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn counter_objects_once(&self, s: &Session, name: &str) -> Result<Vec<(ObjectHandle, u64)>> {
+        let objs = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Label(counter_label(name)),
+            ])
+            .map_err(ck("C_FindObjects"))?;
+        let mut out = Vec::with_capacity(objs.len());
+        for obj in objs {
+            let attrs = s
+                .get_attributes(obj, &[AttributeType::Value])
+                .map_err(ck("C_GetAttributeValue"))?;
+            let value = match attrs.into_iter().next() {
+                Some(Attribute::Value(v)) => v,
+                _ => Vec::new(),
+            };
+            let value: [u8; 8] =
+                value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| KeystoreError::CorruptCounter {
+                        name: name.to_string(),
+                        location: self.location(),
+                        reason: format!(
+                            "its data object holds {} bytes, not an 8-byte value",
+                            value.len()
+                        ),
+                    })?;
+            out.push((obj, u64::from_be_bytes(value)));
+        }
+        Ok(out)
     }
 
     fn private_algorithm(&self, s: &Session, obj: ObjectHandle) -> Result<KeyAlgorithm> {
@@ -594,7 +682,9 @@ impl KeyStore for Pkcs11KeyStore {
             ])
             .map_err(ck("C_FindObjects"))?
             .len();
-        // Every token object visible to the user goes: keys, certificates, data.
+        // Every token object visible to the user goes: keys, certificates,
+        // data, and with them the counters (as on the soft backend, whose
+        // counters die with the device secret).
         let all = s
             .find_objects(&[Attribute::Token(true)])
             .map_err(ck("C_FindObjects"))?;
@@ -602,5 +692,60 @@ impl KeyStore for Pkcs11KeyStore {
             s.destroy_object(o).map_err(ck("C_DestroyObject"))?;
         }
         Ok(private)
+    }
+
+    fn counter(&self, name: &str) -> Result<Option<u64>> {
+        crate::check_counter_name(name)?;
+        // Reads take the lock too: SoftHSM2 fails a C_CreateObject with
+        // CKR_GENERAL_ERROR while another session of the process searches.
+        let _guard = crate::counter::lock(&self.counters)?;
+        let s = self.session()?;
+        Ok(self
+            .counter_objects(&s, name)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .max())
+    }
+
+    fn advance_counter(&self, name: &str, to: u64) -> Result<u64> {
+        crate::check_counter_name(name)?;
+        let _guard = crate::counter::lock(&self.counters)?;
+        // One session lock from the read to the write: the advance is atomic.
+        let s = self.session()?;
+        let objs = self.counter_objects(&s, name)?;
+        if let Some(held) = objs.iter().map(|(_, v)| *v).max()
+            && held >= to
+        {
+            return Ok(held);
+        }
+        let value = Attribute::Value(to.to_be_bytes().to_vec());
+        // In place when the token allows it (SoftHSM2 does not: CKA_VALUE of
+        // a data object is read-only there); then any duplicates a cut-short
+        // replacement left are lower than the kept object and can go.
+        if let Some(((keep, _), rest)) = objs.split_first()
+            && s.update_attributes(*keep, std::slice::from_ref(&value))
+                .is_ok()
+        {
+            for (o, _) in rest {
+                let _ = s.destroy_object(*o);
+            }
+            return Ok(to);
+        }
+        // Otherwise the new object first, then the old ones: a crash in
+        // between leaves duplicates, and reads take their maximum.
+        s.create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Modifiable(true),
+            Attribute::Label(counter_label(name)),
+            value,
+        ])
+        .map_err(ck("C_CreateObject"))?;
+        for (o, _) in objs {
+            // Best effort: a leftover holds a lower value, which reads ignore.
+            let _ = s.destroy_object(o);
+        }
+        Ok(to)
     }
 }
