@@ -57,6 +57,38 @@ impl Default for AuditConfig {
     }
 }
 
+impl AuditConfig {
+    /// Checks the settings; `AuditLog::open` refuses what this refuses, and
+    /// a configuration check (`drivesecd check`) must use this same test.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(format!(
+                "audit.segment_bytes must be at least {MIN_SEGMENT_BYTES}, not {}",
+                self.segment_bytes
+            ));
+        }
+        if self.max_bytes < self.segment_bytes {
+            return Err(format!(
+                "audit.max_bytes ({}) must be at least audit.segment_bytes ({})",
+                self.max_bytes, self.segment_bytes
+            ));
+        }
+        if self.warn_percent > 100 {
+            return Err(format!(
+                "audit.warn_percent must be 0 to 100, not {}",
+                self.warn_percent
+            ));
+        }
+        if self.checkpoint_every == 0 {
+            return Err("audit.checkpoint_every must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The smallest segment size accepted.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+
 mod secs {
     use std::time::Duration;
 

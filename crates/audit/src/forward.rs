@@ -1,6 +1,7 @@
 //! Forwarding the trail to a syslog collector: RFC 5424 messages over TLS
 //! with octet-counting framing (RFC 5425), mutually authenticated with the
-//! device's certificate, whose key stays in the keystore.
+//! device's certificate, whose key stays in the keystore. docs/audit.md,
+//! "Forwarding", specifies the wire format for a collector's parser.
 //!
 //! Delivery: a persistent cursor (`cursors/forwarded`) names the last record
 //! handed to the collector. Records after it are sent in order, in batches;
@@ -10,11 +11,24 @@
 //! connection is checked for an orderly close by the collector, so a
 //! collector that shut down is not sent records into the void.
 //!
-//! Every message carries the structured data element `drivesec@32473` with
-//! the record's `seq`, `hash` and `prev`, so the collector side can prove
-//! completeness (no gap in `seq`) and integrity (the hash chain). 32473 is
-//! the private enterprise number IANA reserves for documentation (RFC 5612);
-//! a deployment substitutes its own through [`ForwardConfig::sd_id`].
+//! The collector's certificate must chain to the configured trust anchors,
+//! name the configured server name, and pass the CRLs the device holds
+//! ([`CollectorTrust`]), asked again before every connection; when they
+//! change, an open connection is checked again and ended if it no longer
+//! passes. A refused collector gets nothing, the status says why
+//! ([`ForwardStatus::collector_refused`]), the cursor stays, and the
+//! forwarder keeps retrying.
+//!
+//! Every message carries the structured data element `drivesec@50316`
+//! (the project's IANA private enterprise number, [`ENTERPRISE_NUMBER`], or
+//! a configured one) with the record's `seq`, `hash` and `prev`, so the
+//! collector side can prove completeness (no gap in `seq`) and integrity
+//! (the hash chain), and the highest sequence number a signed checkpoint
+//! (or anchor) in the trail covers (`checkpoint`), which a collector can
+//! require never to go backwards: the trail's anchor outside the device.
+//! A record too long for the collector's message size is sent with its
+//! MSG cut and marked `truncated="true"`, never as a longer message that
+//! the collector would split into several.
 //!
 //! RFC 5425 has no application-level acknowledgement: records written into a
 //! socket that the collector then loses in a crash, after TCP accepted them,
@@ -29,11 +43,67 @@ use std::time::Duration;
 
 use drivesec_keystore::adapters::TlsKey;
 use drivesec_keystore::{KeyHandle, KeyStore};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 
 use crate::frame::{self, Decoded};
-use crate::writer::{list_segments, read_cursor, write_cursor};
+use crate::writer::{
+    ANCHOR, LATEST_CHECKPOINT, list_segments, read_checkpoint, read_cursor, write_cursor,
+};
 use crate::{AuditError, Outcome, Record, Result};
+
+/// The project's IANA private enterprise number (the arc of its
+/// certificate extensions, 1.3.6.1.4.1.50316): the default SD-ID is
+/// `drivesec@50316`.
+pub const ENTERPRISE_NUMBER: u32 = 50316;
+
+/// The default longest message, octets (without the octet count): RFC 5425
+/// receivers should take 8192, and it is rsyslog's default maxMessageSize.
+pub const DEFAULT_MAX_MESSAGE: usize = 8192;
+
+/// The smallest `max_message` accepted: RFC 5424's minimum a receiver must
+/// take (2048), which leaves room for the header and structured data.
+pub const MIN_MAX_MESSAGE: usize = 2048;
+
+/// The largest `max_message` accepted: more than any record needs (a body
+/// is at most 64 KiB, [`frame::MAX_BODY`]).
+pub const MAX_MAX_MESSAGE: usize = 256 * 1024;
+
+/// The longest `actor` SD param, in characters; the whole actor is in MSG.
+const MAX_SD_ACTOR: usize = 128;
+
+/// The SD-ID of the drivesec element for a private enterprise number.
+pub fn sd_id(enterprise_number: u32) -> String {
+    format!("drivesec@{enterprise_number}")
+}
+
+/// What the collector's certificate is checked against besides its trust
+/// anchors: the CRLs the device holds now. The forwarder asks before every
+/// connection, and checks an open connection again when the generation
+/// changes.
+pub trait CollectorTrust: Send + Sync {
+    /// A number that changes whenever the CRLs may have changed.
+    fn generation(&self) -> u64;
+    /// The CRLs in force now (DER). An error refuses the connection: the
+    /// forwarder does not connect without knowing what is revoked.
+    fn crls(&self) -> std::result::Result<Vec<CertificateRevocationListDer<'static>>, String>;
+}
+
+/// No CRLs: the collector's certificate is checked against its trust
+/// anchors only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCrls;
+
+impl CollectorTrust for NoCrls {
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    fn crls(&self) -> std::result::Result<Vec<CertificateRevocationListDer<'static>>, String> {
+        Ok(Vec::new())
+    }
+}
 
 /// Where and how to forward.
 #[derive(Clone)]
@@ -44,6 +114,8 @@ pub struct ForwardConfig {
     pub server_name: String,
     /// Trust anchors for the collector's certificate (PEM certificates).
     pub collector_roots: Vec<CertificateDer<'static>>,
+    /// The CRLs the collector's certificate must pass (default: none).
+    pub collector_trust: Arc<dyn CollectorTrust>,
     /// The device's certificate chain (leaf first), presented to the collector.
     pub client_chain: Vec<CertificateDer<'static>>,
     /// The keystore holding the device key.
@@ -52,8 +124,13 @@ pub struct ForwardConfig {
     pub key: KeyHandle,
     /// HOSTNAME field: the device's name.
     pub hostname: String,
-    /// SD-ID of the drivesec element (default `drivesec@32473`).
-    pub sd_id: String,
+    /// Private enterprise number of the SD-ID `drivesec@N` (default
+    /// [`ENTERPRISE_NUMBER`]); positive.
+    pub enterprise_number: u32,
+    /// Longest message in octets, without the octet count (default
+    /// [`DEFAULT_MAX_MESSAGE`]); a longer record's MSG is cut and the
+    /// message marked `truncated="true"`.
+    pub max_message: usize,
     /// Records per write.
     pub batch: usize,
     /// How often to look for new records when idle.
@@ -79,16 +156,52 @@ impl ForwardConfig {
             collector,
             server_name: server_name.into(),
             collector_roots,
+            collector_trust: Arc::new(NoCrls),
             client_chain,
             keystore,
             key,
             hostname: hostname.into(),
-            sd_id: "drivesec@32473".into(),
+            enterprise_number: ENTERPRISE_NUMBER,
+            max_message: DEFAULT_MAX_MESSAGE,
             batch: 256,
             poll: Duration::from_millis(100),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
         }
+    }
+
+    /// Refuses settings the forwarder cannot honour.
+    pub fn check(&self) -> Result<()> {
+        check_enterprise_number(u64::from(self.enterprise_number))?;
+        check_max_message(self.max_message as u64)?;
+        if self.batch == 0 {
+            return Err(AuditError::Forward("batch must be at least 1".into()));
+        }
+        ServerName::try_from(self.server_name.clone())
+            .map_err(|e| AuditError::Forward(format!("server name '{}': {e}", self.server_name)))?;
+        Ok(())
+    }
+}
+
+/// Checks a configured private enterprise number: a positive integer that
+/// fits 32 bits.
+pub fn check_enterprise_number(n: u64) -> Result<u32> {
+    match u32::try_from(n) {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(AuditError::Forward(format!(
+            "enterprise number {n}: must be a positive integer below 2^32 (IANA private enterprise number; default {ENTERPRISE_NUMBER})"
+        ))),
+    }
+}
+
+/// Checks a configured longest message: from [`MIN_MAX_MESSAGE`] to
+/// [`MAX_MAX_MESSAGE`] octets.
+pub fn check_max_message(n: u64) -> Result<usize> {
+    match usize::try_from(n) {
+        Ok(v) if (MIN_MAX_MESSAGE..=MAX_MAX_MESSAGE).contains(&v) => Ok(v),
+        _ => Err(AuditError::Forward(format!(
+            "max message size {n}: must be from {MIN_MAX_MESSAGE} to {MAX_MAX_MESSAGE} octets (default {DEFAULT_MAX_MESSAGE}, rsyslog's maxMessageSize)"
+        ))),
     }
 }
 
@@ -105,6 +218,11 @@ pub struct ForwardStatus {
     pub failures: u64,
     /// The last failure.
     pub last_error: Option<String>,
+    /// Why the device refused the collector's certificate at the last
+    /// handshake or re-check (revoked, not trusted, expired, wrong name);
+    /// none once a handshake succeeds. Nothing is sent to a refused
+    /// collector, and the forwarder keeps retrying.
+    pub collector_refused: Option<String>,
 }
 
 struct Control {
@@ -146,7 +264,8 @@ pub struct Forwarder {
 impl Forwarder {
     /// Starts forwarding the trail in `dir` from its cursor.
     pub fn start(dir: &Path, cfg: ForwardConfig) -> Result<Forwarder> {
-        let tls = Arc::new(client_config(&cfg)?);
+        cfg.check()?;
+        let tls = Tls::new(&cfg)?;
         let forwarded = read_cursor(dir, "forwarded")?;
         let control = Arc::new(Control {
             stop: Mutex::new(false),
@@ -158,7 +277,7 @@ impl Forwarder {
         });
         let c = control.clone();
         let dir = dir.to_path_buf();
-        let thread = std::thread::spawn(move || run(&dir, &cfg, tls, &c));
+        let thread = std::thread::spawn(move || run(&dir, &cfg, &tls, &c));
         Ok(Forwarder {
             control,
             thread: Some(thread),
@@ -201,50 +320,207 @@ impl Drop for Forwarder {
     }
 }
 
-fn client_config(cfg: &ForwardConfig) -> Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for r in &cfg.collector_roots {
-        roots
-            .add(r.clone())
-            .map_err(|e| AuditError::Forward(format!("unusable collector trust anchor: {e}")))?;
-    }
-    let key = TlsKey::new(cfg.keystore.clone(), &cfg.key)?;
-    let certified = key.certified(cfg.client_chain.clone());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AuditError::Forward(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified))))
+/// What every connection shares: the collector's trust anchors and the
+/// device's identity. The server-certificate check is built per
+/// connection, with the CRLs in force then.
+struct Tls {
+    roots: Arc<rustls::RootCertStore>,
+    identity: Arc<rustls::sign::SingleCertAndKey>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+impl Tls {
+    fn new(cfg: &ForwardConfig) -> Result<Tls> {
+        let mut roots = rustls::RootCertStore::empty();
+        for r in &cfg.collector_roots {
+            roots.add(r.clone()).map_err(|e| {
+                AuditError::Forward(format!("unusable collector trust anchor: {e}"))
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(AuditError::Forward(
+                "no trust anchor for the collector's certificate".into(),
+            ));
+        }
+        let key = TlsKey::new(cfg.keystore.clone(), &cfg.key)?;
+        let certified = key.certified(cfg.client_chain.clone());
+        Ok(Tls {
+            roots: Arc::new(roots),
+            identity: Arc::new(rustls::sign::SingleCertAndKey::from(certified)),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
 
-fn connect(
-    cfg: &ForwardConfig,
-    tls: &Arc<rustls::ClientConfig>,
-) -> std::result::Result<Tls, String> {
+    /// The collector check with `crls`: a chain to the trust anchors, the
+    /// server name, serverAuth, and no certificate of the path on a CRL
+    /// (docs/pki.md's CRL policy, as for the device's own listeners: the
+    /// whole path, an issuer without a CRL is no refusal, a CRL past its
+    /// nextUpdate stays enforced).
+    fn verifier(
+        &self,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> std::result::Result<Arc<WebPkiServerVerifier>, String> {
+        let mut b =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone());
+        if !crls.is_empty() {
+            b = b.with_crls(crls).allow_unknown_revocation_status();
+        }
+        b.build()
+            .map_err(|e| format!("collector certificate check: {e}"))
+    }
+
+    fn client_config(
+        &self,
+        verifier: Arc<WebPkiServerVerifier>,
+    ) -> std::result::Result<Arc<rustls::ClientConfig>, String> {
+        Ok(Arc::new(
+            rustls::ClientConfig::builder_with_provider(self.provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_webpki_verifier(verifier)
+                .with_client_cert_resolver(self.identity.clone()),
+        ))
+    }
+}
+
+type Stream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Why a connection did not come up, or ended.
+struct Failure {
+    message: String,
+    /// The collector's certificate was refused, and why.
+    refused: Option<String>,
+}
+
+impl Failure {
+    fn other(message: String) -> Failure {
+        Failure {
+            message,
+            refused: None,
+        }
+    }
+
+    fn refused(why: String) -> Failure {
+        Failure {
+            message: format!("the collector's certificate was refused: {why}"),
+            refused: Some(why),
+        }
+    }
+}
+
+/// Why a collector certificate fails its check, in words.
+fn refusal(e: &rustls::CertificateError) -> String {
+    match e {
+        rustls::CertificateError::Revoked => {
+            "it is revoked (on a CRL the device holds)".to_string()
+        }
+        rustls::CertificateError::UnknownIssuer => {
+            "it does not chain to the configured trust anchors".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A handshake error's rustls cause, if it is one.
+fn tls_cause(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// An open connection and the check it passed.
+struct Connection {
+    stream: Stream,
+    name: ServerName<'static>,
+    /// The [`CollectorTrust`] generation the check was built at.
+    generation: u64,
+}
+
+fn connect(cfg: &ForwardConfig, tls: &Tls) -> std::result::Result<Connection, Failure> {
     let name = ServerName::try_from(cfg.server_name.clone())
-        .map_err(|e| format!("bad server name: {e}"))?;
+        .map_err(|e| Failure::other(format!("bad server name: {e}")))?;
+    // The generation first: a change after it shows at the next batch.
+    let generation = cfg.collector_trust.generation();
+    let crls = cfg.collector_trust.crls().map_err(|e| {
+        Failure::other(format!(
+            "revocation information unavailable, not connecting: {e}"
+        ))
+    })?;
+    let config = tls
+        .verifier(crls)
+        .and_then(|v| tls.client_config(v))
+        .map_err(Failure::other)?;
     let sock = TcpStream::connect_timeout(&cfg.collector, Duration::from_secs(5))
-        .map_err(|e| format!("connect {}: {e}", cfg.collector))?;
-    sock.set_nodelay(true).map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::other(format!("connect {}: {e}", cfg.collector)))?;
+    let io = |e: std::io::Error| Failure::other(e.to_string());
+    sock.set_nodelay(true).map_err(io)?;
     sock.set_write_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
+        .map_err(io)?;
     sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(|e| e.to_string())?;
+        .map_err(io)?;
+    let conn = rustls::ClientConnection::new(config, name.clone())
+        .map_err(|e| Failure::other(e.to_string()))?;
     let mut s = rustls::StreamOwned::new(conn, sock);
     while s.conn.is_handshaking() {
-        s.conn
-            .complete_io(&mut s.sock)
-            .map_err(|e| format!("TLS handshake with {}: {e}", cfg.collector))?;
+        if let Err(e) = s.conn.complete_io(&mut s.sock) {
+            if let Some(rustls::Error::InvalidCertificate(c)) = tls_cause(&e) {
+                // Tell the collector why (the alert is queued), then go.
+                let _ = s.conn.write_tls(&mut s.sock);
+                return Err(Failure::refused(refusal(c)));
+            }
+            return Err(Failure::other(format!(
+                "TLS handshake with {}: {e}",
+                cfg.collector
+            )));
+        }
     }
-    Ok(s)
+    Ok(Connection {
+        stream: s,
+        name,
+        generation,
+    })
+}
+
+/// Checks an open connection's collector certificate again with the CRLs
+/// in force now, when they may have changed since its handshake.
+fn recheck(c: &mut Connection, cfg: &ForwardConfig, tls: &Tls) -> std::result::Result<(), Failure> {
+    let generation = cfg.collector_trust.generation();
+    if generation == c.generation {
+        return Ok(());
+    }
+    let crls = cfg.collector_trust.crls().map_err(|e| {
+        Failure::other(format!(
+            "revocation information unavailable, disconnecting: {e}"
+        ))
+    })?;
+    let verifier = tls.verifier(crls).map_err(Failure::other)?;
+    let certs = c
+        .stream
+        .conn
+        .peer_certificates()
+        .ok_or_else(|| Failure::other("the collector presented no certificate".into()))?;
+    let (leaf, intermediates) = certs
+        .split_first()
+        .ok_or_else(|| Failure::other("the collector presented no certificate".into()))?;
+    match verifier.verify_server_cert(leaf, intermediates, &c.name, &[], UnixTime::now()) {
+        Ok(_) => {
+            c.generation = generation;
+            Ok(())
+        }
+        Err(rustls::Error::InvalidCertificate(e)) => Err(Failure::refused(refusal(&e))),
+        Err(e) => Err(Failure::other(format!(
+            "checking the collector's certificate again: {e}"
+        ))),
+    }
+}
+
+/// Ends a connection the orderly way (close_notify).
+fn close(c: &mut Connection) {
+    c.stream.conn.send_close_notify();
+    let _ = c.stream.flush();
 }
 
 /// Whether the collector has closed the connection (EOF, close_notify or error).
-fn peer_closed(s: &mut Tls) -> bool {
+fn peer_closed(s: &mut Stream) -> bool {
     if s.sock.set_nonblocking(true).is_err() {
         return true;
     }
@@ -339,16 +615,28 @@ impl Tail {
                         }
                         off += f.len;
                     }
-                    _ => break,
+                    // Damage in the middle (a later frame is whole): the
+                    // records after it are still delivered, as start-up
+                    // recovery keeps them (the gap shows at the collector
+                    // as a jump in `seq`). A torn tail waits for the writer.
+                    Decoded::Bad(_) => match frame::resync(&data, off) {
+                        Some(next) => off = next,
+                        None => break,
+                    },
+                    Decoded::End => break,
                 }
             }
             self.offset = base + off as u64;
             if out.len() >= max {
                 return Ok(out);
             }
-            // At the end of this segment: move on only if a later one exists.
+            // At the end of this segment: move on only if a later one
+            // exists (the writer has left this one). The next one may start
+            // after a gap (records lost to damage and cut at start-up): the
+            // forwarder goes on there rather than wait for numbers that
+            // will never come.
             let segs = list_segments(&self.dir)?;
-            match segs.iter().find(|(f, _)| *f > first && *f <= self.next) {
+            match segs.iter().find(|(f, _)| *f > first) {
                 Some(next)
                     if off >= data.len() || matches!(frame::decode(&data[off..]), Decoded::End) =>
                 {
@@ -381,22 +669,79 @@ fn field(v: &str, max: usize) -> String {
     if f.is_empty() { "-".into() } else { f }
 }
 
-/// Formats one record as an RFC 5424 message (without the octet count).
-pub fn format_message(
-    cfg_hostname: &str,
-    sd_id: &str,
-    seq: u64,
-    hash: &[u8; 32],
-    prev: &[u8; 32],
-    body: &[u8],
-) -> String {
-    let rec: Option<Record> = serde_json::from_slice(body).ok();
-    // Facility 13 (log audit); notice for success, warning otherwise.
-    let (time, msgid, severity, actor, outcome) = match &rec {
+/// The record's TIMESTAMP as is when it is one printable token (the
+/// writer's RFC 3339 stamp), else the NILVALUE.
+fn timestamp(v: &str) -> String {
+    if !v.is_empty() && v.len() <= 32 && v.chars().all(|c| c.is_ascii_graphic()) {
+        v.to_string()
+    } else {
+        "-".into()
+    }
+}
+
+/// Syslog facility of every message: 13, log audit.
+pub const FACILITY: u8 = 13;
+
+/// The syslog severity of a record: 1 (alert) for the tamper response's
+/// records, 2 (critical) for a trail found rewound or broken at start-up,
+/// 4 (warning) for any other failure or refusal, 5 (notice) for any other
+/// success; 3 (error) for a body that is not a record.
+pub fn severity(rec: Option<&Record>) -> u8 {
+    match rec {
+        None => 3,
+        Some(r)
+            if matches!(
+                r.action.as_str(),
+                "device.tamper-detected" | "device.tampered"
+            ) =>
+        {
+            1
+        }
+        Some(r)
+            if matches!(
+                r.action.as_str(),
+                "audit.trail-rewound" | "audit.integrity-failed"
+            ) =>
+        {
+            2
+        }
+        Some(r) if r.outcome == Outcome::Success => 5,
+        Some(_) => 4,
+    }
+}
+
+/// One record, as [`format_message`] puts it on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// HOSTNAME: the device's name.
+    pub hostname: &'a str,
+    /// Private enterprise number of the SD-ID.
+    pub enterprise_number: u32,
+    /// Sequence number.
+    pub seq: u64,
+    /// The record's hash.
+    pub hash: &'a [u8; 32],
+    /// The previous record's hash.
+    pub prev: &'a [u8; 32],
+    /// The highest sequence number a signed statement in the trail covers
+    /// (latest checkpoint or anchor; 0: none yet).
+    pub checkpoint: u64,
+    /// The record body (JSON).
+    pub body: &'a [u8],
+    /// Longest message in octets; MSG is cut to fit.
+    pub max: usize,
+}
+
+/// Formats one record as an RFC 5424 message (without the octet count),
+/// at most `m.max` octets: when the whole body does not fit, MSG is its
+/// longest prefix that does (cut at a character boundary) and the message
+/// says `truncated="true"`; `bytes` always gives the body's full length.
+pub fn format_message(m: &Message<'_>) -> String {
+    let rec: Option<Record> = serde_json::from_slice(m.body).ok();
+    let (time, msgid, actor, outcome) = match &rec {
         Some(r) => (
-            r.time.clone(),
+            timestamp(&r.time),
             r.action.clone(),
-            if r.outcome == Outcome::Success { 5 } else { 4 },
             match &r.actor {
                 crate::Actor::User(u) => format!("user:{u}"),
                 crate::Actor::Certificate(c) => format!("certificate:{c}"),
@@ -404,34 +749,78 @@ pub fn format_message(
             },
             r.outcome.as_str().to_string(),
         ),
-        None => ("-".into(), "unparsed".into(), 3, "-".into(), "-".into()),
+        None => ("-".into(), "unparsed".into(), "-".into(), "-".into()),
     };
-    let pri = 13 * 8 + severity;
-    format!(
-        "<{pri}>1 {time} {host} drivesecd - {msgid} [{sd_id} seq=\"{seq}\" hash=\"{hash}\" prev=\"{prev}\" actor=\"{actor}\" outcome=\"{outcome}\"] {msg}",
-        host = field(cfg_hostname, 255),
-        msgid = field(&msgid, 32),
-        hash = hex::encode(hash),
-        prev = hex::encode(prev),
-        actor = sd_escape(&actor),
-        outcome = sd_escape(&outcome),
-        msg = String::from_utf8_lossy(body),
-    )
+    let pri = u16::from(FACILITY) * 8 + u16::from(severity(rec.as_ref()));
+    let actor: String = actor.chars().take(MAX_SD_ACTOR).collect();
+    let head = |truncated: bool| {
+        format!(
+            "<{pri}>1 {time} {host} drivesecd - {msgid} [{sd_id} seq=\"{seq}\" hash=\"{hash}\" prev=\"{prev}\" actor=\"{actor}\" outcome=\"{outcome}\" checkpoint=\"{checkpoint}\" bytes=\"{bytes}\"{trunc}]",
+            host = field(m.hostname, 255),
+            msgid = field(&msgid, 32),
+            sd_id = sd_id(m.enterprise_number),
+            seq = m.seq,
+            hash = hex::encode(m.hash),
+            prev = hex::encode(m.prev),
+            actor = sd_escape(&actor),
+            outcome = sd_escape(&outcome),
+            checkpoint = m.checkpoint,
+            bytes = m.body.len(),
+            trunc = if truncated { " truncated=\"true\"" } else { "" },
+        )
+    };
+    let msg = String::from_utf8_lossy(m.body);
+    let whole = head(false);
+    if whole.len() + 1 + msg.len() <= m.max {
+        return format!("{whole} {msg}");
+    }
+    let head = head(true);
+    let room = m.max.saturating_sub(head.len() + 1);
+    let mut cut = room.min(msg.len());
+    while !msg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if cut == 0 {
+        return head;
+    }
+    format!("{head} {}", &msg[..cut])
 }
 
-fn run(dir: &Path, cfg: &ForwardConfig, tls: Arc<rustls::ClientConfig>, ctl: &Control) {
+/// The highest sequence number a signed statement in `dir` covers: the
+/// latest checkpoint (`checkpoint.json`) or the anchor (`anchor.json`, which
+/// a trail started by a factory reset begins with), 0 when there is none
+/// or it cannot be read (a collector sees that as a step back). Read as
+/// found; the start-up check verifies the signatures.
+fn latest_checkpoint(dir: &Path) -> u64 {
+    [LATEST_CHECKPOINT, ANCHOR]
+        .iter()
+        .filter_map(|f| read_checkpoint(&dir.join(f)).ok().flatten())
+        .map(|c| c.seq)
+        .max()
+        .unwrap_or(0)
+}
+
+fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
     let mut backoff = cfg.backoff_min;
     let mut cursor = read_cursor(dir, "forwarded").unwrap_or(0);
     let mut tail = Tail::new(dir, cursor);
+    let fail = |f: Failure, count: bool| {
+        ctl.update(|s| {
+            s.connected = false;
+            if count {
+                s.failures += 1;
+            }
+            if f.refused.is_some() {
+                s.collector_refused = f.refused;
+            }
+            s.last_error = Some(f.message);
+        });
+    };
     'outer: while !ctl.stopped() {
-        let mut conn = match connect(cfg, &tls) {
+        let mut conn = match connect(cfg, tls) {
             Ok(c) => c,
             Err(e) => {
-                ctl.update(|s| {
-                    s.connected = false;
-                    s.failures += 1;
-                    s.last_error = Some(e);
-                });
+                fail(e, true);
                 if ctl.sleep(backoff) {
                     break;
                 }
@@ -443,11 +832,11 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: Arc<rustls::ClientConfig>, ctl: &Co
         ctl.update(|s| {
             s.connected = true;
             s.connections += 1;
+            s.collector_refused = None;
         });
         loop {
             if ctl.stopped() {
-                conn.conn.send_close_notify();
-                let _ = conn.flush();
+                close(&mut conn);
                 break 'outer;
             }
             let batch = match tail.batch(cfg.batch) {
@@ -457,12 +846,23 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: Arc<rustls::ClientConfig>, ctl: &Co
                     Vec::new()
                 }
             };
+            // Read before this check, so a record appended after a new CRL
+            // was adopted goes out only to a collector that passes it.
+            if let Err(e) = recheck(&mut conn, cfg, tls) {
+                close(&mut conn);
+                tail = Tail::new(dir, cursor);
+                fail(e, true);
+                if ctl.sleep(backoff) {
+                    break 'outer;
+                }
+                continue 'outer;
+            }
             if batch.is_empty() {
-                if peer_closed(&mut conn) {
-                    ctl.update(|s| {
-                        s.connected = false;
-                        s.last_error = Some("collector closed the connection".into());
-                    });
+                if peer_closed(&mut conn.stream) {
+                    fail(
+                        Failure::other("collector closed the connection".into()),
+                        false,
+                    );
                     continue 'outer;
                 }
                 if ctl.sleep(cfg.poll) {
@@ -470,22 +870,36 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: Arc<rustls::ClientConfig>, ctl: &Co
                 }
                 continue;
             }
-            if peer_closed(&mut conn) {
+            if peer_closed(&mut conn.stream) {
                 // Do not send into a closed connection; resend from the cursor.
                 tail = Tail::new(dir, cursor);
-                ctl.update(|s| {
-                    s.connected = false;
-                    s.last_error = Some("collector closed the connection".into());
-                });
+                fail(
+                    Failure::other("collector closed the connection".into()),
+                    false,
+                );
                 continue 'outer;
             }
+            let checkpoint = latest_checkpoint(dir);
             let mut wire = Vec::new();
             let last = batch.last().map(|b| b.0).unwrap_or(cursor);
             for (seq, hash, prev, body) in &batch {
-                let msg = format_message(&cfg.hostname, &cfg.sd_id, *seq, hash, prev, body);
+                let msg = format_message(&Message {
+                    hostname: &cfg.hostname,
+                    enterprise_number: cfg.enterprise_number,
+                    seq: *seq,
+                    hash,
+                    prev,
+                    checkpoint,
+                    body,
+                    max: cfg.max_message,
+                });
                 wire.extend_from_slice(format!("{} {msg}", msg.len()).as_bytes());
             }
-            match conn.write_all(&wire).and_then(|()| conn.flush()) {
+            match conn
+                .stream
+                .write_all(&wire)
+                .and_then(|()| conn.stream.flush())
+            {
                 Ok(()) => {
                     cursor = last;
                     if let Err(e) = write_cursor(dir, "forwarded", cursor) {
@@ -495,11 +909,10 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: Arc<rustls::ClientConfig>, ctl: &Co
                 }
                 Err(e) => {
                     tail = Tail::new(dir, cursor);
-                    ctl.update(|s| {
-                        s.connected = false;
-                        s.failures += 1;
-                        s.last_error = Some(format!("write to {}: {e}", cfg.collector));
-                    });
+                    fail(
+                        Failure::other(format!("write to {}: {e}", cfg.collector)),
+                        true,
+                    );
                     if ctl.sleep(backoff) {
                         break 'outer;
                     }
@@ -515,12 +928,194 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: Arc<rustls::ClientConfig>, ctl: &Co
 mod tests {
     use super::*;
 
+    const BODY: &[u8] = br#"{"time":"2026-11-28T04:00:00.000000Z","time_quality":"unknown","actor":{"kind":"user","id":"a\"b]"},"action":"auth.login","outcome":"denied"}"#;
+
+    fn msg(body: &[u8], max: usize) -> String {
+        format_message(&Message {
+            hostname: "drive-001",
+            enterprise_number: ENTERPRISE_NUMBER,
+            seq: 7,
+            hash: &[1; 32],
+            prev: &[0; 32],
+            checkpoint: 5,
+            body,
+            max,
+        })
+    }
+
     #[test]
     fn messages_follow_rfc5424() {
-        let body = br#"{"time":"2026-11-28T04:00:00.000000Z","time_quality":"unknown","actor":{"kind":"user","id":"a\"b]"},"action":"auth.login","outcome":"denied"}"#;
-        let m = format_message("drive-001", "drivesec@32473", 7, &[1; 32], &[0; 32], body);
-        assert!(m.starts_with("<108>1 2026-11-28T04:00:00.000000Z drive-001 drivesecd - auth.login [drivesec@32473 seq=\"7\" hash=\"0101"), "{m}");
+        let m = msg(BODY, DEFAULT_MAX_MESSAGE);
+        assert!(
+            m.starts_with("<108>1 2026-11-28T04:00:00.000000Z drive-001 drivesecd - auth.login [drivesec@50316 seq=\"7\" hash=\"0101"),
+            "{m}"
+        );
         assert!(m.contains(r#"actor="user:a\"b\]""#), "{m}");
-        assert!(m.ends_with(std::str::from_utf8(body).unwrap_or_default()));
+        assert!(
+            m.contains(&format!(" checkpoint=\"5\" bytes=\"{}\"] {{", BODY.len())),
+            "{m}"
+        );
+        assert!(!m.contains("truncated"), "{m}");
+        assert!(m.ends_with(std::str::from_utf8(BODY).unwrap_or_default()));
+    }
+
+    #[test]
+    fn the_sd_id_takes_the_configured_enterprise_number() {
+        let m = format_message(&Message {
+            enterprise_number: 99999,
+            ..Message {
+                hostname: "d",
+                enterprise_number: 1,
+                seq: 1,
+                hash: &[0; 32],
+                prev: &[0; 32],
+                checkpoint: 0,
+                body: BODY,
+                max: DEFAULT_MAX_MESSAGE,
+            }
+        });
+        assert!(m.contains(" [drivesec@99999 seq=\"1\""), "{m}");
+        assert!(check_enterprise_number(0).is_err());
+        assert!(check_enterprise_number(1 << 32).is_err());
+        assert_eq!(check_enterprise_number(32473).ok(), Some(32473));
+        assert!(check_max_message(2047).is_err());
+        assert!(check_max_message(MAX_MAX_MESSAGE as u64 + 1).is_err());
+    }
+
+    #[test]
+    fn severities_follow_outcome_and_tamper() {
+        let rec = |action: &str, outcome: &str| -> Record {
+            serde_json::from_str(&format!(
+                r#"{{"time":"t","time_quality":"unknown","actor":{{"kind":"device"}},"action":"{action}","outcome":"{outcome}"}}"#
+            ))
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(severity(Some(&rec("auth.login", "success"))), 5);
+        assert_eq!(severity(Some(&rec("auth.login", "failure"))), 4);
+        assert_eq!(severity(Some(&rec("param.write", "denied"))), 4);
+        assert_eq!(severity(Some(&rec("device.tamper-detected", "success"))), 1);
+        assert_eq!(severity(Some(&rec("device.tampered", "failure"))), 1);
+        assert_eq!(severity(Some(&rec("audit.trail-rewound", "failure"))), 2);
+        assert_eq!(severity(Some(&rec("audit.integrity-failed", "success"))), 2);
+        assert_eq!(severity(None), 3);
+        assert!(
+            msg(b"not json", DEFAULT_MAX_MESSAGE)
+                .starts_with("<107>1 - drive-001 drivesecd - unparsed [")
+        );
+    }
+
+    /// Writes segments of frames with the given numbers (`None`: a damaged
+    /// frame, garbage in its place) under `dir/segments/`.
+    fn segments(dir: &Path, segs: &[&[Option<u64>]]) {
+        let seg_dir = dir.join(crate::writer::SEGMENTS);
+        std::fs::create_dir_all(&seg_dir).unwrap_or_else(|e| panic!("{e}"));
+        for frames in segs {
+            let mut buf = Vec::new();
+            let mut prev = [0u8; 32];
+            let first = frames.iter().flatten().next().copied().unwrap_or(1);
+            for f in frames.iter() {
+                match f {
+                    Some(seq) => prev = frame::encode(*seq, &prev, BODY, &mut buf),
+                    None => buf.extend_from_slice(b"DSA1 not a frame at all, just damage"),
+                }
+            }
+            std::fs::write(seg_dir.join(crate::writer::segment_name(first)), buf)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    fn seqs(tail: &mut Tail) -> Vec<u64> {
+        tail.batch(100)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|o| o.0)
+            .collect()
+    }
+
+    /// Start-up recovery keeps the records after a damaged frame and may
+    /// leave a gap between segments: the forwarder delivers everything
+    /// that is still there instead of waiting for numbers that will never
+    /// come.
+    #[test]
+    fn the_tail_goes_on_past_damage_and_across_a_gap_between_segments() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        // Segment 1: 1..=3, damage, 5; segment 7 (6 was lost): 7, 8.
+        segments(
+            dir,
+            &[
+                &[Some(1), Some(2), Some(3), None, Some(5)],
+                &[Some(7), Some(8)],
+            ],
+        );
+        let mut tail = Tail::new(dir, 0);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.extend(seqs(&mut tail));
+        }
+        assert_eq!(got, [1, 2, 3, 5, 7, 8]);
+        // A torn tail (the writer mid-append) is waited for, not skipped:
+        // once the frame is whole, it is delivered.
+        let seg = dir
+            .join(crate::writer::SEGMENTS)
+            .join(crate::writer::segment_name(7));
+        let whole = std::fs::read(&seg).unwrap_or_else(|e| panic!("{e}"));
+        let mut more = Vec::new();
+        frame::encode(9, &[0; 32], BODY, &mut more);
+        let torn = [whole.as_slice(), &more[..more.len() / 2]].concat();
+        std::fs::write(&seg, &torn).unwrap_or_else(|e| panic!("{e}"));
+        assert!(seqs(&mut tail).is_empty());
+        std::fs::write(&seg, [whole.as_slice(), &more].concat()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(seqs(&mut tail), [9]);
+    }
+
+    #[test]
+    fn the_checkpoint_param_is_the_highest_signed_statement() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        let write = |name: &str, kind: crate::CheckpointKind, seq: u64| {
+            let cp = crate::Checkpoint {
+                kind,
+                seq,
+                hash: "00".repeat(32),
+                time: "2026-01-01T00:00:00.000000Z".into(),
+                algorithm: "ed25519".into(),
+                signature: String::new(),
+            };
+            std::fs::write(
+                dir.join(name),
+                serde_json::to_vec(&cp).unwrap_or_else(|e| panic!("{e}")),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        };
+        assert_eq!(latest_checkpoint(dir), 0);
+        // A trail a factory reset started: only the anchor so far.
+        write(ANCHOR, crate::CheckpointKind::Anchor, 500);
+        assert_eq!(latest_checkpoint(dir), 500);
+        write(LATEST_CHECKPOINT, crate::CheckpointKind::Checkpoint, 520);
+        assert_eq!(latest_checkpoint(dir), 520);
+        // Checkpoints deleted: the value steps back, for the collector to see.
+        std::fs::remove_file(dir.join(LATEST_CHECKPOINT)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(latest_checkpoint(dir), 500);
+    }
+
+    #[test]
+    fn long_records_are_cut_to_the_limit_and_marked() {
+        // A body of multi-byte characters: the cut falls on a boundary.
+        let big = format!(
+            r#"{{"time":"2026-11-28T04:00:00.000000Z","time_quality":"unknown","actor":{{"kind":"device"}},"action":"x","outcome":"success","details":{{"v":"{}"}}}}"#,
+            "\u{e9}".repeat(10_000)
+        );
+        for max in [MIN_MAX_MESSAGE, DEFAULT_MAX_MESSAGE, 20_001] {
+            let m = msg(big.as_bytes(), max);
+            assert!(m.len() <= max, "{max}: {}", m.len());
+            assert!(m.len() >= max - 4, "{max}: {}", m.len());
+            assert!(m.contains(" truncated=\"true\"]"), "{m}");
+            assert!(m.contains(&format!(" bytes=\"{}\"", big.len())), "{m}");
+            let msg_part = m.split_once("\"true\"] ").map(|x| x.1).unwrap_or_default();
+            assert!(big.starts_with(msg_part));
+        }
+        let whole = msg(big.as_bytes(), MAX_MAX_MESSAGE);
+        assert!(whole.ends_with(&big) && !whole.contains("truncated"));
     }
 }

@@ -110,6 +110,40 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
     })
 }
 
+/// Where the next readable frame starts after unreadable bytes at `from`:
+/// the first later offset holding the magic and a complete frame that
+/// passes its checksum, or `None` when none follows (the rest is torn or
+/// garbage). Used to keep the records after a damaged one.
+pub fn resync(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from + 1;
+    while at + HEADER + TRAILER <= buf.len() {
+        let i = buf[at..].windows(4).position(|w| w == MAGIC)?;
+        let cand = at + i;
+        if let Decoded::Frame(_) = decode(&buf[cand..]) {
+            return Some(cand);
+        }
+        at = cand + 1;
+    }
+    None
+}
+
+/// The sequence number of a frame at the start of `buf` that was written
+/// whole (magic, a length in range, every byte present) but fails its
+/// checksum now: a record that existed and was damaged afterwards, unlike
+/// a torn write, which never completed. Its number is never given out again.
+pub fn damaged_seq(buf: &[u8]) -> Option<u64> {
+    if buf.len() < HEADER + TRAILER || buf[0..4] != MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    if len == 0 || len > MAX_BODY || buf.len() < HEADER + len + TRAILER {
+        return None;
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&buf[8..16]);
+    Some(u64::from_le_bytes(seq))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +174,11 @@ mod tests {
             decode(&buf[..first - 1]),
             Decoded::Bad("truncated frame")
         ));
+        // The damaged frame is skipped to the next readable one, and its
+        // number is still known; a torn one has none.
+        assert_eq!(resync(&bad, 0), Some(first));
+        assert_eq!(damaged_seq(&bad), Some(1));
+        assert_eq!(damaged_seq(&buf[..first - 1]), None);
+        assert_eq!(resync(&buf[..buf.len() - 1], 0), None);
     }
 }

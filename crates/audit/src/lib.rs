@@ -7,13 +7,21 @@
 //!   and [`AuditLog::append`] returns only once the record is durable.
 //! * Every N records or T seconds a [`Checkpoint`] over the chain head is
 //!   signed with the device key through the keystore; the latest one is also
-//!   kept in `checkpoint.json`, apart from the segments, so a cut tail shows.
-//! * On open, a torn tail left by a crash is cut back to the last complete
-//!   record; the cut bytes are kept in `quarantine/` and the cut is recorded.
+//!   kept in `checkpoint.json`, apart from the segments, so a cut tail shows,
+//!   and its sequence number is anchored outside the directory in a
+//!   keystore counter ([`CHECKPOINT_COUNTER`]).
+//! * On open, before anything is signed ([`AuditLog::open`]): bytes a crash
+//!   or damage left that are not frames (and a torn `checkpoints.log` line)
+//!   are moved to `quarantine/`, keeping every record after them; the trail
+//!   is verified and compared with the counter; numbering continues after
+//!   every number ever used; what was found is recorded
+//!   (`audit.integrity-failed`, `audit.trail-rewound`) and reported
+//!   ([`StartupCheck`]), never fatal.
 //! * Storage is bounded ([`AuditConfig::max_bytes`]) with a warning event at
 //!   a threshold and a configured policy when full; nothing is dropped silently.
-//! * [`verify`] checks a trail against the device certificate's key and names
-//!   the first bad record; [`reader`] serves reads and JSON-lines exports;
+//! * [`verify`] checks a trail against the device certificate's key, names
+//!   the first bad record and the unsigned tail; [`reader`] serves reads and
+//!   JSON-lines exports (which fail on a broken chain, never drop records);
 //!   [`forward`] sends the trail to a syslog collector over mutual TLS.
 //!
 //! The on-disk format is specified in docs/audit.md.
@@ -28,11 +36,11 @@ pub mod verify;
 mod writer;
 
 pub use checkpoint::{Checkpoint, CheckpointKind};
-pub use config::{AuditConfig, FullPolicy};
+pub use config::{AuditConfig, FullPolicy, MIN_SEGMENT_BYTES};
 pub use record::{Actor, Event, Outcome, Record, TimeQuality, events_counted};
 pub use writer::{
-    Appended, AuditLog, CapacityStatus, Reservation, Signer, TrailSnapshot, is_segment_name,
-    read_cursor, read_segment_prefix, write_cursor,
+    Appended, AuditLog, CHECKPOINT_COUNTER, CapacityStatus, Reservation, Signer, StartupCheck,
+    TrailSnapshot, continue_after, is_segment_name, read_cursor, read_segment_prefix, write_cursor,
 };
 
 use std::path::PathBuf;

@@ -75,20 +75,21 @@ impl Query {
 }
 
 /// Calls `f(seq, hash, prev, body)` for every readable frame from `from_seq` on,
-/// in order, until it returns `Break`.
+/// in order, until it returns `Break`. Bytes that are not a frame are
+/// skipped to the next readable frame (so damage hides only itself); use
+/// [`check`] or [`export_jsonl`] where a complete chain is required.
 pub fn for_each_frame(
     dir: &Path,
     from_seq: u64,
     mut f: impl FnMut(u64, &Hash, &Hash, &[u8]) -> ControlFlow<()>,
 ) -> Result<()> {
     let segs = list_segments(dir)?;
-    for (i, (first, path)) in segs.iter().enumerate() {
+    for (i, (_, path)) in segs.iter().enumerate() {
         if let Some((next_first, _)) = segs.get(i + 1)
             && *next_first <= from_seq
         {
             continue;
         }
-        let _ = first;
         let data = drivesec_fsutil::read(path)?;
         let mut off = 0;
         while off < data.len() {
@@ -99,18 +100,186 @@ pub fn for_each_frame(
                     }
                     off += fr.len;
                 }
-                _ => break,
+                Decoded::End => break,
+                Decoded::Bad(_) => match frame::resync(&data, off) {
+                    Some(n) => off = n,
+                    None => break,
+                },
             }
         }
     }
     Ok(())
 }
 
+fn damaged(path: &Path, reason: String) -> AuditError {
+    AuditError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{reason}: the trail is damaged (`drivesec audit verify` names every problem)"
+        ),
+    }
+}
+
+/// Walks records `from_seq..=to_seq` requiring an unbroken chain: every
+/// frame readable, each segment starting with the record its name says,
+/// sequence numbers without gap, repeat or step back, each `prev` equal to
+/// the previous record's hash. Calls `f` for each record in the range and
+/// fails, naming the damage, at the first break inside it. Damage wholly
+/// before `from_seq` does not matter; an incomplete frame at the very end
+/// is a record still being written and ends the walk.
+fn walk_chain(
+    dir: &Path,
+    from_seq: u64,
+    to_seq: u64,
+    mut f: impl FnMut(u64, &Hash, &Hash, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let segs = list_segments(dir)?;
+    let mut prev: Option<(u64, Hash)> = None;
+    let last_index = segs.len().saturating_sub(1);
+    for (i, (first, path)) in segs.iter().enumerate() {
+        if let Some((next_first, _)) = segs.get(i + 1)
+            && *next_first <= from_seq
+        {
+            continue;
+        }
+        let data = drivesec_fsutil::read(path)?;
+        let mut off = 0;
+        let mut first_in_seg = true;
+        // Unreadable bytes since the last record: (offset, reason).
+        let mut bad: Option<(usize, &'static str)> = None;
+        while off < data.len() {
+            let fr = match frame::decode(&data[off..]) {
+                Decoded::Frame(fr) => fr,
+                Decoded::End => break,
+                Decoded::Bad(reason) => {
+                    let next = frame::resync(&data, off);
+                    if next.is_none()
+                        && i == last_index
+                        && reason.starts_with("truncated")
+                        && bad.is_none()
+                    {
+                        // A record being appended right now.
+                        break;
+                    }
+                    bad.get_or_insert((off, reason));
+                    match next {
+                        Some(n) => {
+                            off = n;
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+            };
+            if fr.seq > to_seq {
+                return Ok(());
+            }
+            let in_range = fr.seq > from_seq;
+            if let Some((at, reason)) = bad.take()
+                && in_range
+            {
+                return Err(damaged(
+                    path,
+                    format!(
+                        "unreadable bytes at offset {at} ({reason}) before record {}{}",
+                        fr.seq,
+                        prev.map(|(s, _)| format!(", after record {s}"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+            if first_in_seg && fr.seq != *first && fr.seq >= from_seq {
+                return Err(damaged(
+                    path,
+                    format!(
+                        "the segment is named for record {first} but starts with record {}",
+                        fr.seq
+                    ),
+                ));
+            }
+            first_in_seg = false;
+            if let Some((ps, ph)) = prev
+                && in_range
+            {
+                if fr.seq != ps.saturating_add(1) {
+                    return Err(damaged(
+                        path,
+                        if fr.seq > ps {
+                            format!(
+                                "records {}..{} are missing (record {} follows record {ps})",
+                                ps + 1,
+                                fr.seq - 1,
+                                fr.seq
+                            )
+                        } else {
+                            format!(
+                                "record {} follows record {ps} (inserted or reordered)",
+                                fr.seq
+                            )
+                        },
+                    ));
+                }
+                if fr.prev != ph {
+                    return Err(damaged(
+                        path,
+                        format!(
+                            "record {ps} does not hash to the value record {} recorded (modified)",
+                            fr.seq
+                        ),
+                    ));
+                }
+            }
+            prev = Some((fr.seq, fr.hash));
+            if fr.seq >= from_seq {
+                f(fr.seq, &fr.hash, &fr.prev, fr.body)?;
+            }
+            off += fr.len;
+        }
+        if let Some((at, reason)) = bad
+            && prev.is_none_or(|(s, _)| s >= from_seq)
+        {
+            return Err(damaged(
+                path,
+                format!(
+                    "unreadable bytes at offset {at} ({reason}){}",
+                    prev.map(|(s, _)| format!(" after record {s}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that records `from_seq..=to_seq` form an unbroken chain (see
+/// [`export_jsonl`]); the error names the first break. No key is needed:
+/// this finds damage, not forgery (`verify` checks the signatures).
+pub fn check(dir: &Path, from_seq: u64, to_seq: u64) -> Result<()> {
+    walk_chain(dir, from_seq, to_seq, |_, _, _, _| Ok(()))
+}
+
 fn parse(seq: u64, body: &[u8]) -> Result<Record> {
     serde_json::from_slice(body).map_err(|e| AuditError::Corrupt {
         path: format!("record {seq}").into(),
-        reason: format!("body is not a record: {e}"),
+        // The parser quotes what it read (an unknown variant, say), which
+        // came from the trail: control characters are shown escaped.
+        reason: format!("body is not a record: {}", printable(&e.to_string())),
     })
+}
+
+/// `s` with control characters escaped (`\u{1b}`), for messages that
+/// quote bytes read from a trail.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
 }
 
 /// Reads matching records, at most `limit`.
@@ -143,40 +312,33 @@ pub fn read(dir: &Path, q: &Query, limit: usize) -> Result<Vec<StoredRecord>> {
 }
 
 /// Writes matching records as JSON lines; returns (count, last sequence number written).
+///
+/// An export never drops or reorders records silently: the range is first
+/// checked ([`check`]) and the export then fails, naming the damage,
+/// rather than write a record after a gap, an unreadable frame, a
+/// misnamed segment or a broken link.
 pub fn export_jsonl(dir: &Path, q: &Query, out: &mut dyn Write) -> Result<(u64, u64)> {
+    let from = q.from_seq.unwrap_or(1);
+    let to = q.to_seq.unwrap_or(u64::MAX);
+    check(dir, from, to)?;
     let mut n = 0;
     let mut last = 0;
-    let mut err = None;
-    for_each_frame(dir, q.from_seq.unwrap_or(1), |seq, hash, prev, body| {
-        if q.to_seq.is_some_and(|t| seq > t) {
-            return ControlFlow::Break(());
+    walk_chain(dir, from, to, |seq, hash, prev, body| {
+        let record = parse(seq, body)?;
+        if q.matches(seq, &record) {
+            let line = serde_json::to_string(&StoredRecord {
+                seq,
+                hash: hex::encode(hash),
+                prev: hex::encode(prev),
+                record,
+            })
+            .map_err(|e| AuditError::Invalid(e.to_string()))?;
+            writeln!(out, "{line}")
+                .map_err(|e| AuditError::Invalid(format!("export output: {e}")))?;
+            n += 1;
+            last = seq;
         }
-        let res = parse(seq, body).and_then(|record| {
-            if q.matches(seq, &record) {
-                let line = serde_json::to_string(&StoredRecord {
-                    seq,
-                    hash: hex::encode(hash),
-                    prev: hex::encode(prev),
-                    record,
-                })
-                .map_err(|e| AuditError::Invalid(e.to_string()))?;
-                writeln!(out, "{line}")
-                    .map_err(|e| AuditError::Invalid(format!("export output: {e}")))?;
-                n += 1;
-                last = seq;
-            }
-            Ok(())
-        });
-        match res {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                err = Some(e);
-                ControlFlow::Break(())
-            }
-        }
+        Ok(())
     })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok((n, last)),
-    }
+    Ok((n, last))
 }

@@ -1,7 +1,7 @@
 //! The appending side: group commit, segment rotation, checkpoints, capacity,
 //! and crash recovery on open.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use drivesec_fsutil::{self as fsu, Mode};
-use drivesec_keystore::{KeyHandle, KeyStore};
+use drivesec_keystore::{KeyHandle, KeyStore, PublicKey};
 
 use crate::checkpoint::{Checkpoint, CheckpointKind};
 use crate::frame::{self, Decoded, Hash};
 use crate::record::now_rfc3339;
+use crate::verify::{Problem, ProblemKind, Report};
 use crate::{Actor, AuditConfig, AuditError, Event, FullPolicy, Record, Result};
 
 /// The key checkpoints are signed with: a keystore and a handle in it.
@@ -71,36 +72,57 @@ pub(crate) const SEGMENTS: &str = "segments";
 pub(crate) const CHECKPOINT_LOG: &str = "checkpoints.log";
 pub(crate) const LATEST_CHECKPOINT: &str = "checkpoint.json";
 pub(crate) const ANCHOR: &str = "anchor.json";
-const QUARANTINE: &str = "quarantine";
+pub(crate) const QUARANTINE: &str = "quarantine";
 const CURSORS: &str = "cursors";
+
+/// The keystore counter that anchors the trail outside its directory: the
+/// highest sequence number a checkpoint was signed for (docs/audit.md,
+/// "Start-up check").
+pub const CHECKPOINT_COUNTER: &str = "audit-checkpoint";
+
+/// Sequence numbers at or above this are taken for damage, never as the
+/// place to continue numbering from (so a forged number cannot exhaust them).
+const SEQ_LIMIT: u64 = 1 << 62;
 
 /// Segment file name for a first sequence number.
 pub(crate) fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
 }
 
-/// The segments of a trail, sorted by first sequence number.
+/// The segments of a trail, sorted by first sequence number; whatever else
+/// is in `segments/` is left out.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    Ok(segment_dir(dir)?.0)
+}
+
+/// Segments by first sequence number, and stray entry names.
+pub(crate) type SegmentDir = (Vec<(u64, PathBuf)>, Vec<String>);
+
+/// The segments of a trail, sorted by the number in their name, and the
+/// stray entries of `segments/`: anything that is not a regular file named
+/// as a segment (20 digits and `.seg`). Strays are reported and ignored.
+pub(crate) fn segment_dir(dir: &Path) -> Result<SegmentDir> {
     let seg_dir = dir.join(SEGMENTS);
     let rd = match std::fs::read_dir(&seg_dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(fsu::FsError::io("list", &seg_dir, e).into()),
     };
     let mut out = Vec::new();
+    let mut stray = Vec::new();
     for e in rd {
         let e = e.map_err(|e| fsu::FsError::io("list", &seg_dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix(".seg") {
-            let first = stem.parse::<u64>().map_err(|_| AuditError::Corrupt {
-                path: e.path(),
-                reason: "segment file name is not a sequence number".into(),
-            })?;
-            out.push((first, e.path()));
+        let regular = e.file_type().is_ok_and(|t| t.is_file());
+        // is_segment_name: 24 bytes ending in ".seg", so byte 20 is a boundary.
+        match is_segment_name(&name).then(|| name[..20].parse::<u64>()) {
+            Some(Ok(first)) if regular => out.push((first, e.path())),
+            _ => stray.push(name),
         }
     }
     out.sort();
-    Ok(out)
+    stray.sort();
+    Ok((out, stray))
 }
 
 /// Reads a signed statement file, if present.
@@ -228,6 +250,7 @@ pub fn read_segment_prefix(dir: &Path, name: &str, bytes: u64) -> Result<Vec<u8>
 pub struct AuditLog {
     shared: Arc<Shared>,
     ticker: Option<JoinHandle<()>>,
+    startup: StartupCheck,
 }
 
 /// Which part of the capacity a record may use (docs/audit.md, "The
@@ -313,61 +336,60 @@ impl Shared {
     }
 
     fn sign(&self, kind: CheckpointKind, seq: u64, hash: &Hash) -> Result<Checkpoint> {
-        let hash_hex = hex::encode(hash);
-        let time = now_rfc3339();
-        let msg = Checkpoint::signed_bytes(kind, seq, &hash_hex, &time);
-        let sig = self.signer.store.sign(&self.signer.handle, &msg)?;
-        let algorithm = match self.signer.store.info(&self.signer.handle)?.algorithm() {
-            drivesec_keystore::KeyAlgorithm::EcdsaP256 => "ecdsa-p256-sha256",
-            drivesec_keystore::KeyAlgorithm::Ed25519 => "ed25519",
-        };
-        Ok(Checkpoint {
-            kind,
-            seq,
-            hash: hash_hex,
-            time,
-            algorithm: algorithm.into(),
-            signature: base64::engine::general_purpose::STANDARD.encode(sig),
-        })
+        sign_statement(&self.signer, kind, seq, hash)
     }
 
     /// Signs and stores a checkpoint over the durable head if it moved.
+    ///
+    /// Write order (docs/audit.md, "Checkpoints and anchors"): first
+    /// `checkpoint.json` (atomically), then the line in `checkpoints.log`,
+    /// then the keystore's counter. A crash between the steps leaves
+    /// `checkpoint.json` newer than the log or the counter behind the
+    /// files, both of which start-up completes; `checkpoint.json` older
+    /// than the log, or the counter ahead of the files, never comes from a
+    /// crash: that is a cut or a rewind.
     fn checkpoint(&self) -> Result<()> {
+        self.checkpoint_unless_failed(true)
+    }
+
+    /// [`Shared::checkpoint`]; `unless_failed: false` signs even after the
+    /// log stopped taking appends (used by [`AuditLog::retire`], whose
+    /// stop is deliberate, never after a write failure).
+    fn checkpoint_unless_failed(&self, unless_failed: bool) -> Result<()> {
         let _one = self.checkpointing.lock().map_err(|_| poisoned())?;
         let (seq, head) = {
             let st = self.lock()?;
-            if st.durable <= st.checkpoint_seq || st.failed.is_some() {
+            if st.durable <= st.checkpoint_seq || (unless_failed && st.failed.is_some()) {
                 return Ok(());
             }
             (st.durable, st.durable_head)
         };
         let cp = self.sign(CheckpointKind::Checkpoint, seq, &head)?;
         let line = serde_json::to_string(&cp).map_err(|e| AuditError::Invalid(e.to_string()))?;
-        let log = self.dir.join(CHECKPOINT_LOG);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| fsu::FsError::io("open", &log, e))?;
-        f.write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| f.sync_data())
-            .map_err(|e| fsu::FsError::io("append", &log, e))?;
         fsu::write_atomic(
             &self.dir.join(LATEST_CHECKPOINT),
             line.as_bytes(),
             Mode::Public,
         )?;
-        let mut st = self.lock()?;
-        st.checkpoint_seq = seq;
-        if st.durable == seq {
-            st.first_uncovered = None;
+        append_log_line(&self.dir, &line)?;
+        {
+            let mut st = self.lock()?;
+            st.checkpoint_seq = seq;
+            if st.durable == seq {
+                st.first_uncovered = None;
+            }
         }
+        // Anchored outside the directory last: only a checkpoint that is on
+        // disk may raise the counter.
+        self.signer.store.advance_counter(CHECKPOINT_COUNTER, seq)?;
         Ok(())
     }
 
     fn checkpoint_due(&self) -> bool {
         let Ok(st) = self.lock() else { return false };
-        st.durable > st.checkpoint_seq
+        // A failed or retired log signs nothing more in the background.
+        st.failed.is_none()
+            && st.durable > st.checkpoint_seq
             && (st.durable - st.checkpoint_seq >= self.config.checkpoint_every
                 || st
                     .first_uncovered
@@ -508,71 +530,523 @@ impl Shared {
     }
 }
 
-impl AuditLog {
-    /// Opens (or creates) the trail in `dir`, recovering from a crash: a torn
-    /// tail is cut back to the last complete record, the cut bytes are kept
-    /// under `quarantine/`, and the cut is recorded as an essential event.
-    pub fn open(dir: &Path, config: AuditConfig, signer: Signer) -> Result<AuditLog> {
-        if config.segment_bytes < 4096
-            || config.max_bytes < config.segment_bytes
-            || config.warn_percent > 100
-        {
-            return Err(AuditError::Invalid(
-                "segment_bytes must be >= 4096, max_bytes >= segment_bytes and warn_percent <= 100"
-                    .into(),
+/// Signs a statement about the chain with the device key.
+fn sign_statement(
+    signer: &Signer,
+    kind: CheckpointKind,
+    seq: u64,
+    hash: &Hash,
+) -> Result<Checkpoint> {
+    let hash_hex = hex::encode(hash);
+    let time = now_rfc3339();
+    let msg = Checkpoint::signed_bytes(kind, seq, &hash_hex, &time);
+    let sig = signer.store.sign(&signer.handle, &msg)?;
+    let algorithm = match signer.store.info(&signer.handle)?.algorithm() {
+        drivesec_keystore::KeyAlgorithm::EcdsaP256 => "ecdsa-p256-sha256",
+        drivesec_keystore::KeyAlgorithm::Ed25519 => "ed25519",
+    };
+    Ok(Checkpoint {
+        kind,
+        seq,
+        hash: hash_hex,
+        time,
+        algorithm: algorithm.into(),
+        signature: base64::engine::general_purpose::STANDARD.encode(sig),
+    })
+}
+
+/// Appends one line to `checkpoints.log` and makes it durable.
+fn append_log_line(dir: &Path, line: &str) -> Result<()> {
+    let log = dir.join(CHECKPOINT_LOG);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| fsu::FsError::io("open", &log, e))?;
+    f.write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(|e| fsu::FsError::io("append", &log, e))?;
+    Ok(())
+}
+
+/// A signed statement file, if present and readable (whether its signature
+/// holds is the verifier's business).
+fn read_statement(path: &Path) -> Option<Checkpoint> {
+    read_checkpoint(path).ok().flatten()
+}
+
+/// A delivery cursor, or 0 when it is missing or unreadable.
+fn cursor_or_zero(dir: &Path, name: &str) -> u64 {
+    read_cursor(dir, name).unwrap_or(0)
+}
+
+/// Keeps `bytes` under `quarantine/` as evidence, named `base` (with a
+/// counter added if that name is taken); returns the name.
+fn quarantine(dir: &Path, base: &str, bytes: &[u8]) -> Result<String> {
+    let q = dir.join(QUARANTINE);
+    fsu::create_private_dir(&q)?;
+    let mut name = base.to_string();
+    for n in 1u32.. {
+        match fsu::write_new(&q.join(&name), bytes, Mode::Public) {
+            Ok(()) => return Ok(name),
+            Err(fsu::FsError::AlreadyExists { .. }) => name = format!("{base}.{n}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(AuditError::Failed("no free quarantine name".into()))
+}
+
+/// What crash recovery found in the trail's files, as records to append.
+type Recovered = Vec<(&'static str, serde_json::Value)>;
+
+/// Repairs `checkpoints.log`: a last line with no newline that is not a
+/// statement is a torn append, cut off and kept under `quarantine/`; one
+/// that is a statement gets its newline. Then a `checkpoint.json` newer
+/// than the log's last line (a crash between the two writes, which come in
+/// that order) is appended to the log.
+fn repair_checkpoint_log(dir: &Path, key: Option<&PublicKey>, out: &mut Recovered) -> Result<()> {
+    let path = dir.join(CHECKPOINT_LOG);
+    let mut data = if path.exists() {
+        fsu::read(&path)?
+    } else {
+        Vec::new()
+    };
+    let line_start = data
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    if line_start < data.len() {
+        let tail = data[line_start..].to_vec();
+        let f = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| fsu::FsError::io("open", &path, e))?;
+        if serde_json::from_slice::<Checkpoint>(&tail).is_ok() {
+            (&f).write_all(b"\n")
+                .map_err(|e| fsu::FsError::io("append", &path, e))?;
+            data.push(b'\n');
+        } else {
+            let mut details = serde_json::json!({
+                "file": CHECKPOINT_LOG, "offset": line_start, "bytes": tail.len(),
+            });
+            if tail.iter().any(|&b| b != 0) {
+                details["quarantined"] =
+                    quarantine(dir, &format!("{CHECKPOINT_LOG}.{line_start}.bin"), &tail)?.into();
+            }
+            f.set_len(line_start as u64)
+                .map_err(|e| fsu::FsError::io("truncate", &path, e))?;
+            data.truncate(line_start);
+            out.push(("audit.recovery.truncated", details));
+        }
+        f.sync_all()
+            .map_err(|e| fsu::FsError::io("fsync", &path, e))?;
+    }
+    let Some(latest) = read_statement(&dir.join(LATEST_CHECKPOINT)) else {
+        return Ok(());
+    };
+    let logged = data
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Checkpoint>(l).ok())
+        .map(|c| c.seq)
+        .max();
+    let genuine = key.is_none_or(|k| latest.verify(k));
+    if latest.kind == CheckpointKind::Checkpoint && genuine && logged.is_none_or(|s| s < latest.seq)
+    {
+        let line =
+            serde_json::to_string(&latest).map_err(|e| AuditError::Invalid(e.to_string()))?;
+        append_log_line(dir, &line)?;
+        out.push((
+            "audit.recovery.checkpoint-log",
+            serde_json::json!({"restored_seq": latest.seq, "logged_seq": logged}),
+        ));
+    }
+    Ok(())
+}
+
+/// What recovery kept of one segment.
+struct Kept {
+    /// The last record in the file: (seq, hash).
+    last: Option<(u64, Hash)>,
+    /// The highest sequence number it holds or held (a record that was
+    /// written whole and damaged later counts: its number was given out).
+    max_seq: u64,
+}
+
+/// Bytes of a segment that are not frames: (start, end, why, the last
+/// record before, the first record after).
+type Cut = (usize, usize, &'static str, Option<u64>, Option<u64>);
+
+/// Reads a segment and moves whatever is not a frame (torn or damaged
+/// bytes) to `quarantine/`, keeping every frame after it: one bad frame
+/// costs that frame only.
+fn repair_segment(dir: &Path, first: u64, path: &Path, out: &mut Recovered) -> Result<Kept> {
+    let data = fsu::read(path)?;
+    let name = segment_name(first);
+    let mut off = 0;
+    let mut last: Option<(u64, Hash)> = None;
+    let mut max_seq = 0u64;
+    let mut cuts: Vec<Cut> = Vec::new();
+    let mut end_of_frames = data.len();
+    while off < data.len() {
+        match frame::decode(&data[off..]) {
+            Decoded::Frame(f) => {
+                if let Some(c) = cuts.last_mut()
+                    && c.1 == off
+                {
+                    c.4 = Some(f.seq);
+                }
+                last = Some((f.seq, f.hash));
+                if f.seq < SEQ_LIMIT {
+                    max_seq = max_seq.max(f.seq);
+                }
+                off += f.len;
+            }
+            Decoded::End => {
+                // Only zero bytes remain: unwritten space.
+                end_of_frames = off;
+                break;
+            }
+            Decoded::Bad(reason) => {
+                let next = frame::resync(&data, off);
+                let end = next.unwrap_or(data.len());
+                // A whole frame damaged later held the number due here.
+                let due = last.map_or(first, |(s, _)| s.saturating_add(1));
+                if frame::damaged_seq(&data[off..]) == Some(due) && due < SEQ_LIMIT {
+                    max_seq = max_seq.max(due);
+                }
+                cuts.push((off, end, reason, last.map(|l| l.0), None));
+                off = end;
+            }
+        }
+    }
+    if cuts.is_empty() && end_of_frames == data.len() {
+        return Ok(Kept { last, max_seq });
+    }
+    for &(start, end, reason, before, after) in &cuts {
+        let bytes = &data[start..end];
+        let torn = end == data.len();
+        let mut details = serde_json::json!({
+            "segment": name, "offset": start, "bytes": bytes.len(), "reason": reason,
+            "after_seq": before, "before_seq": after,
+        });
+        if bytes.iter().any(|&b| b != 0) {
+            details["quarantined"] = quarantine(dir, &format!("{name}.{start}.bin"), bytes)?.into();
+        }
+        out.push((
+            if torn {
+                "audit.recovery.truncated"
+            } else {
+                "audit.recovery.quarantined"
+            },
+            details,
+        ));
+    }
+    let only_tail = cuts.len() <= 1 && cuts.first().is_none_or(|c| c.1 == data.len());
+    if only_tail {
+        let keep = cuts.first().map_or(end_of_frames, |c| c.0);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| fsu::FsError::io("open", path, e))?;
+        f.set_len(keep as u64)
+            .map_err(|e| fsu::FsError::io("truncate", path, e))?;
+        f.sync_all()
+            .map_err(|e| fsu::FsError::io("fsync", path, e))?;
+    } else {
+        let mut kept = Vec::with_capacity(data.len());
+        let mut at = 0;
+        for &(start, end, ..) in &cuts {
+            kept.extend_from_slice(&data[at..start]);
+            at = end;
+        }
+        kept.extend_from_slice(&data[at..end_of_frames.max(at)]);
+        fsu::write_atomic(path, &kept, Mode::Public)?;
+    }
+    Ok(Kept { last, max_seq })
+}
+
+/// Starts a new trail in `dir` that carries on from the trail in
+/// `previous` (the one a factory reset just archived): a signed anchor for
+/// `previous`'s last record, so the new trail's first record follows it,
+/// sequence numbers are never given out twice and the keystore's
+/// checkpoint counter never has to go back. Returns the anchor's sequence
+/// number, or `None` when `previous` holds no record.
+pub fn continue_after(dir: &Path, previous: &Path, signer: &Signer) -> Result<Option<u64>> {
+    let (segs, _) = segment_dir(previous)?;
+    let mut last: Option<(u64, Hash)> = None;
+    for (_, path) in segs.iter().rev() {
+        let data = fsu::read(path)?;
+        let mut off = 0;
+        while off < data.len() {
+            match frame::decode(&data[off..]) {
+                Decoded::Frame(f) => {
+                    last = Some((f.seq, f.hash));
+                    off += f.len;
+                }
+                Decoded::End => break,
+                Decoded::Bad(_) => match frame::resync(&data, off) {
+                    Some(n) => off = n,
+                    None => break,
+                },
+            }
+        }
+        if last.is_some() {
+            break;
+        }
+    }
+    let last = last.or_else(|| {
+        let a = read_statement(&previous.join(ANCHOR))?;
+        Some((a.seq, a.hash_bytes()?))
+    });
+    let Some((seq, hash)) = last else {
+        return Ok(None);
+    };
+    fsu::create_private_dir(&dir.join(SEGMENTS))?;
+    let anchor = sign_statement(signer, CheckpointKind::Anchor, seq, &hash)?;
+    let json = serde_json::to_vec(&anchor).map_err(|e| AuditError::Invalid(e.to_string()))?;
+    fsu::write_atomic(&dir.join(ANCHOR), &json, Mode::Public)?;
+    Ok(Some(seq))
+}
+
+/// What [`AuditLog::open`] found when it checked the trail, before it
+/// signed anything (docs/audit.md, "Start-up check").
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StartupCheck {
+    /// What the verifier found once crash damage was repaired (empty when
+    /// the trail is intact); includes earlier start-up reports still in it.
+    pub problems: Vec<Problem>,
+    /// The first bad record.
+    pub first_bad_seq: Option<u64>,
+    /// The keystore counter [`CHECKPOINT_COUNTER`]: the highest record a
+    /// checkpoint was ever signed for; `None` when never set.
+    pub anchored_seq: Option<u64>,
+    /// The highest record a signed statement in the directory covers.
+    pub found_seq: Option<u64>,
+    /// The signed checkpoints went back or vanished: the counter is ahead
+    /// of every statement in the directory.
+    pub rewound: bool,
+    /// Entries of `segments/` that are not segments: ignored.
+    pub stray_files: Vec<String>,
+    /// What could not be checked, and why.
+    pub unchecked: Vec<String>,
+    /// Records appended for what was found: (action, sequence number).
+    pub recorded: Vec<(String, u64)>,
+    /// The sequence number the trail continued at.
+    pub next_seq: u64,
+}
+
+impl StartupCheck {
+    /// Whether the trail passed in full: intact, not rewound, all checked.
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty() && !self.rewound && self.unchecked.is_empty()
+    }
+
+    /// One sentence per finding (for logs and the device's posture).
+    pub fn findings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.rewound {
+            out.push(format!(
+                "the trail's signed checkpoints went back: the keystore counter says record {} was covered, the directory's statements reach {} (records removed or rewritten at rest)",
+                self.anchored_seq.unwrap_or(0),
+                self.found_seq
+                    .map_or_else(|| "no record".to_string(), |f| format!("record {f}"))
             ));
         }
-        fsu::create_private_dir(&dir.join(SEGMENTS))?;
-        let anchor = read_checkpoint(&dir.join(ANCHOR))?;
-        let latest = read_checkpoint(&dir.join(LATEST_CHECKPOINT))?;
-        let mut recovered: Vec<serde_json::Value> = Vec::new();
-        let mut segs = list_segments(dir)?;
+        if let Some(p) = self.problems.first() {
+            out.push(format!(
+                "the trail failed its start-up verification: {} problem(s), first bad record {}: {}",
+                self.problems.len(),
+                self.first_bad_seq
+                    .map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+                p.message
+            ));
+        }
+        for u in &self.unchecked {
+            out.push(format!("the trail was not fully checked at start-up: {u}"));
+        }
+        out
+    }
+}
 
-        // Find the chain head, cutting a torn tail back.
+/// The `audit.integrity-failed` record for what verification found that
+/// no earlier start-up report in the trail names (by record), if anything.
+fn integrity_event(r: &Report, stray: &[String]) -> Option<Event> {
+    let known: BTreeSet<u64> = r
+        .device_reports
+        .iter()
+        .flat_map(|d| d.seqs.iter().copied())
+        .collect();
+    let new: Vec<&Problem> = r
+        .problems
+        .iter()
+        .filter(|p| p.kind != ProblemKind::ReportedByDevice && !known.contains(&p.seq.unwrap_or(0)))
+        .collect();
+    if new.is_empty() {
+        return None;
+    }
+    let mut seqs: Vec<u64> = new.iter().map(|p| p.seq.unwrap_or(0)).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.truncate(256);
+    let problems: Vec<serde_json::Value> = new
+        .iter()
+        .take(16)
+        .map(|p| {
+            serde_json::json!({"kind": p.kind, "seq": p.seq, "file": p.file,
+                "offset": p.offset, "message": p.message})
+        })
+        .collect();
+    Some(
+        Event::new(Actor::Device, crate::verify::INTEGRITY_FAILED)
+            .outcome(crate::Outcome::Failure)
+            .details(serde_json::json!({
+                "first_bad_seq": new.iter().filter_map(|p| p.seq).min(),
+                "problem_count": new.len(),
+                "problems": problems,
+                "seqs": seqs,
+                "stray_files": stray,
+            }))
+            .essential(),
+    )
+}
+
+impl AuditLog {
+    /// Opens (or creates) the trail in `dir`. Before anything is signed:
+    ///
+    /// 1. crash damage is repaired: a torn line at the end of
+    ///    `checkpoints.log` and bytes in a segment that are not frames are
+    ///    moved to `quarantine/` (the frames after them stay), and a
+    ///    `checkpoint.json` newer than the log is appended to it;
+    /// 2. the trail is verified with the signing key's public half, and the
+    ///    keystore counter [`CHECKPOINT_COUNTER`] is compared with the
+    ///    highest signed statement in the directory;
+    /// 3. numbering continues after every number ever used (records,
+    ///    damaged records, checkpoints, the counter, the delivery cursors);
+    /// 4. what recovery did is recorded (`audit.recovery.*`), and what the
+    ///    check found too (`audit.integrity-failed`, `audit.trail-rewound`,
+    ///    failures, essential), then a checkpoint is signed over those
+    ///    records at once.
+    ///
+    /// Findings never stop the trail from opening; see
+    /// [`AuditLog::startup_check`].
+    pub fn open(dir: &Path, config: AuditConfig, signer: Signer) -> Result<AuditLog> {
+        config.validate().map_err(AuditError::Invalid)?;
+        fsu::create_private_dir(&dir.join(SEGMENTS))?;
+        let mut check = StartupCheck::default();
+        let key = match signer.store.info(&signer.handle) {
+            Ok(i) => Some(i.public_key),
+            Err(e) => {
+                check.unchecked.push(format!(
+                    "the signing key cannot be read ({e}), so the trail was not verified"
+                ));
+                None
+            }
+        };
+        let mut recovered: Recovered = Vec::new();
+
+        // 1. Crash damage.
+        repair_checkpoint_log(dir, key.as_ref(), &mut recovered)?;
+        let (mut segs, stray) = segment_dir(dir)?;
+        check.stray_files = stray;
+        let mut top = 0u64;
+        let mut last: Option<(u64, Hash)> = None;
+        for (first, path) in &segs {
+            let kept = repair_segment(dir, *first, path, &mut recovered)?;
+            top = top.max(kept.max_seq);
+            if kept.last.is_some() {
+                last = kept.last;
+            }
+        }
+        // An empty last segment (a crash right after rotation) goes; a new
+        // one is made, named for the record it will start with.
+        while let Some((_, path)) = segs.last() {
+            let len = std::fs::metadata(path)
+                .map_err(|e| fsu::FsError::io("stat", path, e))?
+                .len();
+            if len > 0 {
+                break;
+            }
+            std::fs::remove_file(path).map_err(|e| fsu::FsError::io("remove", path, e))?;
+            fsu::sync_dir(&dir.join(SEGMENTS))?;
+            segs.pop();
+        }
+
+        // 2. Verification and the counter, before anything is signed.
+        let report = match &key {
+            Some(k) => match crate::verify::verify(dir, k) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    check
+                        .unchecked
+                        .push(format!("verification could not read the trail: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let anchor = read_statement(&dir.join(ANCHOR));
+        let latest = read_statement(&dir.join(LATEST_CHECKPOINT));
+        let (found, checkpointed) = match &report {
+            Some(r) => (r.signed_seq.max(r.anchor), r.signed_seq),
+            None => {
+                let cp = latest.as_ref().map(|c| c.seq);
+                (cp.max(anchor.as_ref().map(|a| a.seq)), cp)
+            }
+        };
+        check.found_seq = found;
+        check.anchored_seq = match signer.store.counter(CHECKPOINT_COUNTER) {
+            Ok(v) => v,
+            Err(e) => {
+                check.unchecked.push(format!(
+                    "the keystore counter '{CHECKPOINT_COUNTER}' cannot be read ({e}), so a rewind of the trail cannot be detected"
+                ));
+                None
+            }
+        };
+        check.rewound = check.anchored_seq.is_some_and(|a| a > found.unwrap_or(0));
+        if let Some(r) = &report {
+            check.problems = r.problems.clone();
+            check.first_bad_seq = r.first_bad_seq;
+        }
+
+        // 3. Where numbering continues.
         let mut head = anchor
             .as_ref()
             .and_then(|a| a.hash_bytes())
             .unwrap_or([0; 32]);
-        let mut next_seq = anchor.as_ref().map(|a| a.seq + 1).unwrap_or(1);
-        let mut infos: VecDeque<SegInfo> = VecDeque::new();
-        while let Some((first, path)) = segs.last().cloned() {
-            let data = fsu::read(&path)?;
-            let (end, last) = scan(&data, first);
-            if end < data.len() {
-                let tail = &data[end..];
-                if tail.iter().any(|&b| b != 0) {
-                    let q = dir.join(QUARANTINE);
-                    fsu::create_private_dir(&q)?;
-                    let qname = format!("{}.{end}.bin", segment_name(first));
-                    fsu::write_atomic(&q.join(&qname), tail, Mode::Public)?;
-                    recovered.push(serde_json::json!({
-                        "segment": segment_name(first), "offset": end, "bytes": tail.len(), "quarantined": qname,
-                    }));
-                }
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| fsu::FsError::io("open", &path, e))?;
-                f.set_len(end as u64)
-                    .map_err(|e| fsu::FsError::io("truncate", &path, e))?;
-                f.sync_all()
-                    .map_err(|e| fsu::FsError::io("fsync", &path, e))?;
-            }
-            match last {
-                Some((seq, hash, _)) => {
-                    head = hash;
-                    next_seq = seq + 1;
-                    break;
-                }
-                None => {
-                    // An empty segment (crash right after rotation): remove and look further back.
-                    std::fs::remove_file(&path)
-                        .map_err(|e| fsu::FsError::io("remove", &path, e))?;
-                    fsu::sync_dir(&dir.join(SEGMENTS))?;
-                    segs.pop();
-                }
+        let mut durable = anchor.as_ref().map(|a| a.seq).unwrap_or(0);
+        if let Some((seq, hash)) = last {
+            head = hash;
+            durable = seq;
+        }
+        for used in [
+            Some(durable),
+            found,
+            check.anchored_seq,
+            Some(cursor_or_zero(dir, "forwarded")),
+            Some(cursor_or_zero(dir, "exported")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if used < SEQ_LIMIT {
+                top = top.max(used);
             }
         }
+        let next_seq = top + 1;
+        check.next_seq = next_seq;
+        // The last frame may carry a number numbering does not continue
+        // from (a forged one at or above SEQ_LIMIT): nothing counts as
+        // durable beyond next_seq - 1, and nothing is signed over that
+        // frame until a new record follows it.
+        let mut checkpointed = checkpointed.unwrap_or(0);
+        if durable >= next_seq {
+            durable = next_seq - 1;
+            checkpointed = durable;
+        }
+
+        let mut infos: VecDeque<SegInfo> = VecDeque::new();
         let mut used = 0;
         for (first, path) in &segs {
             let bytes = std::fs::metadata(path)
@@ -606,14 +1080,13 @@ impl AuditLog {
                 f
             }
         };
-        let checkpoint_seq = latest.as_ref().map(|c| c.seq).unwrap_or(0);
         let state = State {
             next_seq,
             head,
             pending: Vec::new(),
             spare: Vec::new(),
             splits: Vec::new(),
-            durable: next_seq - 1,
+            durable,
             durable_head: head,
             flushing: false,
             failed: None,
@@ -621,7 +1094,7 @@ impl AuditLog {
             used,
             warned: false,
             full_reported: false,
-            checkpoint_seq: checkpoint_seq.min(next_seq - 1),
+            checkpoint_seq: checkpointed.min(durable),
             first_uncovered: None,
             checkpoint_error: None,
             reserved: 0,
@@ -638,26 +1111,77 @@ impl AuditLog {
             stop_cond: Condvar::new(),
             closed: AtomicBool::new(false),
         });
-        let log = AuditLog {
-            ticker: Some(spawn_ticker(shared.clone())),
+        let mut log = AuditLog {
+            ticker: None,
             shared,
+            startup: StartupCheck::default(),
         };
-        for r in recovered {
+
+        // 4. On the record, then sealed.
+        for (action, details) in recovered {
             log.append(
-                Event::new(Actor::Device, "audit.recovery.truncated")
-                    .details(r)
+                Event::new(Actor::Device, action)
+                    .details(details)
                     .essential(),
             )?;
         }
-        if checkpoint_seq > next_seq - 1 {
-            log.append(
-                Event::new(Actor::Device, "audit.recovery.missing-records")
+        let mut findings = Vec::new();
+        if let Some(r) = &report {
+            findings.extend(integrity_event(r, &check.stray_files));
+        }
+        if check.rewound {
+            let first_bad = found.map_or(1, |f| f + 1);
+            findings.push(
+                Event::new(Actor::Device, crate::verify::TRAIL_REWOUND)
                     .outcome(crate::Outcome::Failure)
-                    .details(serde_json::json!({"checkpoint_seq": checkpoint_seq, "last_seq": next_seq - 1}))
+                    .details(serde_json::json!({
+                        "anchored_seq": check.anchored_seq,
+                        "found_seq": found,
+                        "last_seq": last.map(|l| l.0),
+                        "first_bad_seq": first_bad,
+                        "next_seq": next_seq,
+                        "seqs": [first_bad],
+                    }))
                     .essential(),
-            )?;
+            );
         }
+        for ev in findings {
+            let action = ev.action.clone();
+            let a = log.append(ev)?;
+            check.recorded.push((action, a.seq));
+        }
+        if !check.recorded.is_empty() {
+            if let Err(e) = log.shared.checkpoint()
+                && let Ok(mut st) = log.shared.lock()
+            {
+                st.checkpoint_error = Some(e.to_string());
+            }
+        } else if report.is_some()
+            && let Some(f) = found
+            && check.anchored_seq.is_none_or(|a| a < f)
+        {
+            // The counter is behind the verified statements (a crash after
+            // a checkpoint was written, or the first start with a counter):
+            // it catches up with the directory.
+            if let Err(e) = log
+                .shared
+                .signer
+                .store
+                .advance_counter(CHECKPOINT_COUNTER, f)
+            {
+                check.unchecked.push(format!(
+                    "the keystore counter '{CHECKPOINT_COUNTER}' could not be raised to {f}: {e}"
+                ));
+            }
+        }
+        log.startup = check;
+        log.ticker = Some(spawn_ticker(log.shared.clone()));
         Ok(log)
+    }
+
+    /// What the start-up check found (see [`AuditLog::open`]).
+    pub fn startup_check(&self) -> &StartupCheck {
+        &self.startup
     }
 
     /// Holds room for one record of an action about to be taken, so that
@@ -665,7 +1189,7 @@ impl AuditLog {
     /// action the trail cannot record is refused). The capacity policy
     /// decides now, as it would for an append of `essential`; the room is
     /// given back if the reservation is dropped unused. Only a write
-    /// failure can then stop [`Reservation::append`].
+    /// failure can then stop [`AuditLog::append_reserved`].
     pub fn reserve(&self, essential: bool, what: &str) -> Result<Reservation> {
         let sh = &self.shared;
         let mut st = sh.lock()?;
@@ -815,7 +1339,8 @@ impl AuditLog {
         for e in std::fs::read_dir(&seg_dir).map_err(|e| fsu::FsError::io("list", &seg_dir, e))? {
             let e = e.map_err(|e| fsu::FsError::io("list", &seg_dir, e))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if is_segment_name(&name) {
+            // The segments the readers see: stray entries stay out.
+            if is_segment_name(&name) && e.file_type().is_ok_and(|t| t.is_file()) {
                 let len = e
                     .metadata()
                     .map_err(|err| fsu::FsError::io("stat", &e.path(), err))?
@@ -867,6 +1392,37 @@ impl AuditLog {
         self.shared.checkpoint()
     }
 
+    /// Ends this trail for good, as a factory reset does before it
+    /// archives the directory: appends are refused from now on (records
+    /// still being written fail), a final checkpoint covers every durable
+    /// record, and nothing is written to the directory afterwards (no
+    /// checkpoint on drop), so it can be moved away.
+    pub fn retire(&self) -> Result<()> {
+        let sh = &self.shared;
+        {
+            let mut st = sh.lock()?;
+            st.failed = Some("the trail was retired (archived by a factory reset)".into());
+            while st.flushing {
+                st = sh.cond.wait(st).map_err(|_| poisoned())?;
+            }
+        }
+        sh.cond.notify_all();
+        sh.closed.store(true, Ordering::SeqCst);
+        if let Ok(mut s) = sh.stop.lock() {
+            *s = true;
+        }
+        sh.stop_cond.notify_all();
+        sh.checkpoint_unless_failed(false)
+    }
+
+    /// Stops the background ticker and drops the log without the final
+    /// checkpoint, as if the process had died here: for crash tests.
+    #[doc(hidden)]
+    pub fn abandon(mut self) {
+        self.stop_ticker();
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
     fn stop_ticker(&mut self) {
         if let Ok(mut s) = self.shared.stop.lock() {
             *s = true;
@@ -913,25 +1469,6 @@ fn spawn_ticker(sh: Arc<Shared>) -> JoinHandle<()> {
             }
         }
     })
-}
-
-/// Scans a segment: the offset where valid frames end, and the last valid
-/// frame's (seq, hash, offset).
-pub(crate) fn scan(data: &[u8], first_seq: u64) -> (usize, Option<(u64, Hash, usize)>) {
-    let mut off = 0;
-    let mut last = None;
-    let mut expect = first_seq;
-    while off < data.len() {
-        match frame::decode(&data[off..]) {
-            Decoded::Frame(f) if f.seq == expect => {
-                last = Some((f.seq, f.hash, off));
-                off += f.len;
-                expect += 1;
-            }
-            _ => break,
-        }
-    }
-    (off, last)
 }
 
 /// The `prev` hash in a segment's first frame header (zeros if unreadable;

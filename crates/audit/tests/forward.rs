@@ -7,13 +7,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drivesec_audit::forward::{ForwardConfig, Forwarder};
+use drivesec_audit::forward::{CollectorTrust, ForwardConfig, Forwarder};
 use drivesec_audit::reader::{self, Query};
 use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Signer};
 use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig};
 use drivesec_pki::{Ca, CaKind, CaOptions, IssueRequest, Profile, SubjectKey, read_cert_chain};
+use rustls_pki_types::CertificateRevocationListDer;
+use sha2::Digest;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rsyslog-receiver")
@@ -47,6 +51,30 @@ impl Receiver {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// Every message received so far, one per line.
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("received.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The structured data of every message received so far, as rsyslog's
+    /// RFC 5424 parser (mmpstrucdata) reads it: the `drivesec@50316`
+    /// element's params.
+    fn structured(&self) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let text = std::fs::read_to_string(self.dir.join("sd.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let obj = v.as_object().unwrap();
+                assert_eq!(obj.len(), 1, "one SD element: {l}");
+                obj["drivesec@50316"].as_object().unwrap().clone()
+            })
+            .collect()
     }
 
     /// seq -> hash for every message received so far.
@@ -99,104 +127,153 @@ fn csr_key() -> (String, String) {
     (csr, key.serialize_pem())
 }
 
-#[test]
-fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+/// A device (soft keystore, IDevID from a manufacturer CA) and a collector
+/// certificate from an OEM CA, in a temporary directory.
+struct Fixture {
+    tmp: tempfile::TempDir,
+    store: std::sync::Arc<dyn drivesec_keystore::KeyStore>,
+    handle: KeyHandle,
+    mfg: Ca,
+    oem: Ca,
+    idevid: drivesec_pki::Issued,
+}
 
-    // The device: a soft keystore holding its identity key, an IDevID from the manufacturer.
-    let (_, store) = KeystoreConfig::create_soft(t, "ks", "secret").unwrap();
-    let handle = KeyHandle::new("idevid").unwrap();
-    let pk = store
-        .generate(&handle, KeyAlgorithm::EcdsaP256)
-        .unwrap()
-        .public_key;
-    let mut mfg = Ca::init(
-        &t.join("mfg"),
-        &CaOptions::new(CaKind::Manufacturer, "Acme Drives"),
-    )
-    .unwrap();
-    let idevid = mfg
-        .issue(&IssueRequest {
-            profile: Profile::IdevId {
-                serial_number: "SN-FWD-1".into(),
-                model: "iC7-Sim".into(),
-            },
-            key: SubjectKey::Public(pk),
-        })
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path();
+        let (_, store) = KeystoreConfig::create_soft(t, "ks", "secret").unwrap();
+        let handle = KeyHandle::new("idevid").unwrap();
+        let pk = store
+            .generate(&handle, KeyAlgorithm::EcdsaP256)
+            .unwrap()
+            .public_key;
+        let mut mfg = Ca::init(
+            &t.join("mfg"),
+            &CaOptions::new(CaKind::Manufacturer, "Acme Drives"),
+        )
         .unwrap();
-    // The collector: a server certificate from the OEM CA.
-    let mut oem = Ca::init(&t.join("oem"), &CaOptions::new(CaKind::Oem, "Plant Owner")).unwrap();
-    let (csr, key_pem) = csr_key();
-    let server = oem
-        .issue(&IssueRequest {
-            profile: Profile::Server {
-                dns_names: vec!["localhost".into()],
-                ip_addresses: vec!["127.0.0.1".parse().unwrap()],
-                days: 30,
-            },
-            key: SubjectKey::CsrPem {
-                source: "collector".into(),
-                pem: csr,
-            },
-        })
-        .unwrap();
-    std::fs::write(t.join("collector.crt"), &server.chain_pem).unwrap();
-    std::fs::write(t.join("collector.key"), key_pem).unwrap();
+        let idevid = mfg
+            .issue(&IssueRequest {
+                profile: Profile::IdevId {
+                    serial_number: "SN-FWD-1".into(),
+                    model: "iC7-Sim".into(),
+                },
+                key: SubjectKey::Public(pk),
+            })
+            .unwrap();
+        let oem = Ca::init(&t.join("oem"), &CaOptions::new(CaKind::Oem, "Plant Owner")).unwrap();
+        Fixture {
+            tmp,
+            store,
+            handle,
+            mfg,
+            oem,
+            idevid,
+        }
+    }
 
-    let port = free_port();
-    let rx = Receiver {
-        dir: t.join("rsyslog"),
-        args: vec![
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A collector certificate `name` (for 127.0.0.1) from the OEM CA,
+    /// written as NAME.crt and NAME.key; its serial.
+    fn collector_cert(&mut self, name: &str) -> String {
+        let (csr, key_pem) = csr_key();
+        let server = self
+            .oem
+            .issue(&IssueRequest {
+                profile: Profile::Server {
+                    dns_names: vec!["localhost".into()],
+                    ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                    days: 30,
+                },
+                key: SubjectKey::CsrPem {
+                    source: "collector".into(),
+                    pem: csr,
+                },
+            })
+            .unwrap();
+        let t = self.path();
+        std::fs::write(t.join(format!("{name}.crt")), &server.chain_pem).unwrap();
+        std::fs::write(t.join(format!("{name}.key")), key_pem).unwrap();
+        server.serial
+    }
+
+    /// A receiver on `port` serving certificate `name`, not started.
+    fn receiver(&self, port: u16, name: &str, extra: &[&str]) -> Receiver {
+        let t = self.path();
+        let dir = t.join(format!("rsyslog-{port}-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args = vec![
             "--dir".into(),
-            t.join("rsyslog").display().to_string(),
+            dir.display().to_string(),
             "--port".into(),
             port.to_string(),
             "--ca".into(),
-            mfg.chain_path().display().to_string(),
+            self.mfg.chain_path().display().to_string(),
             "--cert".into(),
-            t.join("collector.crt").display().to_string(),
+            t.join(format!("{name}.crt")).display().to_string(),
             "--key".into(),
-            t.join("collector.key").display().to_string(),
-        ],
-    };
-    std::fs::create_dir_all(&rx.dir).unwrap();
+            t.join(format!("{name}.key")).display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Receiver { dir, args }
+    }
+
+    fn log(&self, dir: &str) -> AuditLog {
+        let signer = Signer {
+            store: self.store.clone(),
+            handle: self.handle.clone(),
+        };
+        AuditLog::open(
+            &self.path().join(dir),
+            AuditConfig {
+                segment_bytes: 8192,
+                checkpoint_every: 25,
+                ..AuditConfig::default()
+            },
+            signer,
+        )
+        .unwrap()
+    }
+
+    fn forward_config(&self, port: u16) -> ForwardConfig {
+        let mut cfg = ForwardConfig::new(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            "127.0.0.1",
+            read_cert_chain(&self.oem.root_path()).unwrap(),
+            vec![self.idevid.der.clone().into(), issuing_cert(&self.mfg)],
+            self.store.clone(),
+            self.handle.clone(),
+            "drive-001",
+        );
+        cfg.backoff_max = Duration::from_millis(500);
+        cfg
+    }
+}
+
+fn ev(i: u64) -> Event {
+    Event::new(Actor::User("op".into()), "param.write")
+        .target(format!("p{i}"))
+        .details(serde_json::json!({"i": i}))
+}
+
+#[test]
+fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
+    let mut fx = Fixture::new();
+    fx.collector_cert("collector");
+    let port = free_port();
+    let rx = fx.receiver(port, "collector", &[]);
     rx.start();
 
-    let trail = t.join("trail");
-    let signer = Signer {
-        store: store.clone(),
-        handle: handle.clone(),
-    };
-    let log = AuditLog::open(
-        &trail,
-        AuditConfig {
-            segment_bytes: 8192,
-            checkpoint_every: 25,
-            ..AuditConfig::default()
-        },
-        signer,
-    )
-    .unwrap();
-    let ev = |i: u64| {
-        Event::new(Actor::User("op".into()), "param.write")
-            .target(format!("p{i}"))
-            .details(serde_json::json!({"i": i}))
-    };
+    let log = fx.log("trail");
+    let trail = fx.path().join("trail");
     for i in 0..50 {
         log.append(ev(i)).unwrap();
     }
-    let mut cfg = ForwardConfig::new(
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        "127.0.0.1",
-        read_cert_chain(&oem.root_path()).unwrap(),
-        vec![idevid.der.clone().into(), issuing_cert(&mfg)],
-        store,
-        handle,
-        "drive-001",
-    );
-    cfg.backoff_max = Duration::from_millis(500);
-    let fwd = Forwarder::start(&trail, cfg).unwrap();
+    let fwd = Forwarder::start(&trail, fx.forward_config(port)).unwrap();
     wait_for(
         "the first 50 records at the collector",
         Duration::from_secs(30),
@@ -253,10 +330,285 @@ fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
     for (seq, hash) in &got {
         assert_eq!(stored.get(seq), Some(hash), "record {seq}");
     }
+    // And recompute each hash from the message alone, as docs/audit.md
+    // says: SHA-256 over bytes (LE32), seq (LE64), prev and MSG, where the
+    // structured data ends at the first `"]` followed by a space.
+    for line in rx.lines() {
+        let num = |name: &str| -> u64 {
+            line.split(&format!(" {name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        let text = |name: &str| -> String {
+            line.split(&format!(" {name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap()
+                .to_string()
+        };
+        let (_, msg) = line.split_once("\"] ").unwrap();
+        assert_eq!(msg.len() as u64, num("bytes"));
+        let mut h = sha2::Sha256::new();
+        h.update((num("bytes") as u32).to_le_bytes());
+        h.update(num("seq").to_le_bytes());
+        h.update(hex::decode(text("prev")).unwrap());
+        h.update(msg.as_bytes());
+        assert_eq!(hex::encode(h.finalize()), text("hash"), "{line}");
+    }
     assert_eq!(
         drivesec_audit::read_cursor(&trail, "forwarded").unwrap(),
         total
     );
+    // rsyslog's own parser reads the structured data as docs/audit.md
+    // ("Forwarding") says: seq, hash, prev, actor, outcome, checkpoint,
+    // bytes; the checkpoint never goes backwards and never exceeds the
+    // latest signed one.
+    wait_for(
+        "the collector to parse them",
+        Duration::from_secs(10),
+        || rx.structured().len() as u64 >= total,
+    );
+    let sd = rx.structured();
+    assert_eq!(sd.len() as u64, total);
+    let latest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trail.join("checkpoint.json")).unwrap()).unwrap();
+    let mut checkpoint = 0;
+    for (p, (seq, hash)) in sd.iter().zip(&got) {
+        let keys: Vec<&str> = p.keys().map(String::as_str).collect();
+        let mut want = vec![
+            "actor",
+            "bytes",
+            "checkpoint",
+            "hash",
+            "outcome",
+            "prev",
+            "seq",
+        ];
+        want.sort();
+        assert_eq!(keys, want);
+        assert_eq!(p["seq"], seq.to_string());
+        assert_eq!(p["hash"], hash.as_str());
+        assert_eq!(p["actor"], "user:op");
+        assert_eq!(p["outcome"], "success");
+        let cp: u64 = p["checkpoint"].as_str().unwrap().parse().unwrap();
+        assert!(cp >= checkpoint, "checkpoint went back at {seq}");
+        assert!(cp <= latest["seq"].as_u64().unwrap());
+        checkpoint = cp;
+    }
+    assert!(checkpoint >= 25, "{checkpoint}");
+}
+
+/// rsyslog's default maxMessageSize is 8k. A record whose message is
+/// longer arrives as one message whose MSG is cut, marked as such, never
+/// split into a second message (whose text the record's author would
+/// choose: a forged message at the collector).
+#[test]
+fn a_record_longer_than_the_collector_takes_arrives_as_one_marked_message() {
+    let mut fx = Fixture::new();
+    fx.collector_cert("collector");
+    let port = free_port();
+    let rx = fx.receiver(port, "collector", &["--max-message-size", "8k"]);
+    rx.start();
+    let log = fx.log("trail");
+    let trail = fx.path().join("trail");
+    log.append(ev(0)).unwrap();
+    // 20 000 bytes of details, the tail of which looks like a message.
+    let forged = "<105>1 2026-01-01T00:00:00Z drive-001 drivesecd - auth.login [drivesec@50316 seq=\"999\"] forged";
+    let big = format!("{}{forged}", "x".repeat(8000));
+    log.append(
+        Event::new(Actor::User(r#"o"p]\x"#.into()), "param.write")
+            .details(serde_json::json!({"a": big, "b": big})),
+    )
+    .unwrap();
+    log.append(ev(2)).unwrap();
+    let total = log.status().unwrap().durable_seq;
+    let fwd = Forwarder::start(&trail, fx.forward_config(port)).unwrap();
+    wait_for("delivery", Duration::from_secs(30), || {
+        fwd.status().forwarded >= total
+    });
+    fwd.stop();
+    log.close().unwrap();
+    // The last record's line is written after the big one's.
+    wait_for(
+        "the collector to write them",
+        Duration::from_secs(10),
+        || rx.received().iter().any(|(s, _)| *s == total),
+    );
+    let lines = rx.lines();
+    assert_eq!(lines.len() as u64, total, "one line per record: {lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains("forged")), "{lines:#?}");
+    let seqs: Vec<u64> = rx.received().iter().map(|g| g.0).collect();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    let big_line = &lines[1];
+    assert!(big_line.len() <= 8192, "{}", big_line.len());
+    assert!(big_line.contains(" truncated=\"true\""), "{big_line}");
+    let body = reader::read(&trail, &Query::default(), 10)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.seq == 2)
+        .unwrap();
+    let bytes = serde_json::to_vec(&body.record).unwrap().len();
+    assert!(
+        big_line.contains(&format!(" bytes=\"{bytes}\"")),
+        "{bytes}: {big_line}"
+    );
+    for l in [&lines[0], &lines[2]] {
+        assert!(!l.contains("truncated="), "{l}");
+    }
+    // rsyslog's parser reads the cut message's structured data whole, the
+    // actor unescaped.
+    wait_for(
+        "the collector to parse them",
+        Duration::from_secs(10),
+        || rx.structured().len() as u64 >= total,
+    );
+    let sd = rx.structured();
+    assert_eq!(sd[1]["truncated"], "true");
+    assert_eq!(sd[1]["bytes"], bytes.to_string());
+    assert_eq!(sd[1]["actor"], r#"user:o"p]\x"#);
+    assert!(sd[0].get("truncated").is_none());
+}
+
+/// The CRLs a test device holds, changed by the test.
+#[derive(Default)]
+struct TestCrls {
+    generation: AtomicU64,
+    crls: Mutex<Vec<CertificateRevocationListDer<'static>>>,
+}
+
+impl TestCrls {
+    fn install(&self, crl: CertificateRevocationListDer<'static>) {
+        *self.crls.lock().unwrap() = vec![crl];
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl CollectorTrust for TestCrls {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn crls(&self) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+        Ok(self.crls.lock().unwrap().clone())
+    }
+}
+
+/// The collector's certificate is on the CRL the device holds: no record
+/// reaches it, the status says why, the cursor stays. A CRL installed while
+/// a connection is open ends it before the next record. A collector with
+/// a good certificate then gets everything, once, in order.
+#[test]
+fn a_revoked_collector_gets_nothing_and_nothing_is_lost() {
+    let mut fx = Fixture::new();
+    let bad = fx.collector_cert("revoked");
+    let good_serial = fx.collector_cert("good");
+    fx.collector_cert("good2");
+    let crls = Arc::new(TestCrls::default());
+    let crl = fx.oem.revoke(&bad, "key-compromise").unwrap();
+    crls.install(drivesec_pki::read_crl(&crl).unwrap());
+
+    let port = free_port();
+    let revoked = fx.receiver(port, "revoked", &[]);
+    revoked.start();
+    let log = fx.log("trail");
+    let trail = fx.path().join("trail");
+    for i in 0..20 {
+        log.append(ev(i)).unwrap();
+    }
+    let mut cfg = fx.forward_config(port);
+    cfg.collector_trust = crls.clone();
+    let fwd = Forwarder::start(&trail, cfg).unwrap();
+    wait_for("two refused attempts", Duration::from_secs(30), || {
+        fwd.status().failures >= 2
+    });
+    let st = fwd.status();
+    assert!(
+        revoked.lines().is_empty(),
+        "the revoked collector received {:?}",
+        revoked.lines()
+    );
+    assert_eq!(st.forwarded, 0, "{st:?}");
+    assert!(!st.connected, "{st:?}");
+    assert!(
+        st.collector_refused
+            .as_deref()
+            .is_some_and(|w| w.contains("revoked")),
+        "{st:?}"
+    );
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|w| w.contains("revoked")),
+        "{st:?}"
+    );
+    assert_eq!(drivesec_audit::read_cursor(&trail, "forwarded").unwrap(), 0);
+
+    // The collector comes back with a good certificate: the forwarder,
+    // still retrying, delivers everything from record 1.
+    revoked.stop();
+    let good = fx.receiver(port, "good", &[]);
+    good.start();
+    wait_for(
+        "delivery to the good collector",
+        Duration::from_secs(30),
+        || fwd.status().forwarded >= 20,
+    );
+    assert_eq!(fwd.status().collector_refused, None);
+    wait_for(
+        "the collector to write them",
+        Duration::from_secs(10),
+        || good.received().len() >= 20,
+    );
+
+    // Its certificate revoked while connected: the CRL is installed, then
+    // records appended; none of them goes out over the open connection.
+    let crl = fx.oem.revoke(&good_serial, "key-compromise").unwrap();
+    crls.install(drivesec_pki::read_crl(&crl).unwrap());
+    let connections = fwd.status().connections;
+    for i in 20..40 {
+        log.append(ev(i)).unwrap();
+    }
+    fwd.nudge();
+    wait_for(
+        "the open connection refused",
+        Duration::from_secs(30),
+        || {
+            fwd.status()
+                .collector_refused
+                .is_some_and(|w| w.contains("revoked"))
+        },
+    );
+    let st = fwd.status();
+    assert_eq!(st.forwarded, 20, "{st:?}");
+    assert!(
+        st.collector_refused
+            .as_deref()
+            .is_some_and(|w| w.contains("revoked")),
+        "{st:?}"
+    );
+    assert!(st.connections >= connections, "{st:?}");
+    let got: Vec<u64> = good.received().iter().map(|g| g.0).collect();
+    assert_eq!(got, (1..=20).collect::<Vec<_>>(), "after the CRL");
+
+    // And a collector with a good certificate gets the rest, once.
+    good.stop();
+    let good2 = fx.receiver(port, "good2", &[]);
+    good2.start();
+    let total = log.status().unwrap().durable_seq;
+    wait_for("delivery of the rest", Duration::from_secs(30), || {
+        fwd.status().forwarded >= total
+    });
+    wait_for(
+        "the collector to write them",
+        Duration::from_secs(10),
+        || good2.received().len() as u64 >= total - 20,
+    );
+    fwd.stop();
+    log.close().unwrap();
+    let rest: Vec<u64> = good2.received().iter().map(|g| g.0).collect();
+    assert_eq!(rest, (21..=total).collect::<Vec<_>>());
 }
 
 /// The manufacturer issuing CA certificate, sent after the leaf.

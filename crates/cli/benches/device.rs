@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use drivesec_oem::client::{ClientIdentity, DeviceClient, Versions};
 use drivesec_oem::lab::{self, LabOptions};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -218,10 +218,7 @@ fn main() {
 
     // 3. Login latency at the configured cost, beside the bare hash.
     let id = ClientIdentity::from_files(&viewer.cert, &viewer.key).unwrap();
-    let trust = DeviceTrust::Ldevid {
-        roots: drivesec_pki::read_cert_chain(&m.oem_ca).unwrap(),
-        device_name: dev.device_name.clone().unwrap(),
-    };
+    let trust = m.device_trust(dev).unwrap();
     let user = &m.users["viewer"];
     let mut lat = Vec::new();
     for _ in 0..20 {

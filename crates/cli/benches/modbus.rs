@@ -125,10 +125,7 @@ fn main() {
     let viewer = &m.clients["viewer"];
     let id = ClientIdentity::from_files(&viewer.cert, &viewer.key).unwrap();
     let roots = drivesec_pki::read_cert_chain(&m.oem_ca).unwrap();
-    let trust = DeviceTrust::Ldevid {
-        roots: roots.clone(),
-        device_name: d.device_name.clone().unwrap(),
-    };
+    let trust = m.device_trust(d).unwrap();
     let ids = [id];
     let tls = Target::Tls {
         addr: tls_addr,
@@ -139,7 +136,11 @@ fn main() {
 
     // pymodbus's TLS server with a certificate from the same OEM CA.
     let (chain, key) = m
-        .issue_server(&["pymodbus.bench"], &["127.0.0.1".parse().unwrap()])
+        .issue_stand_in_device(
+            "BENCH-PYMODBUS",
+            "pymodbus.bench",
+            &["127.0.0.1".parse().unwrap()],
+        )
         .unwrap();
     let (cert_p, key_p) = (tmp.path().join("py.crt"), tmp.path().join("py.key"));
     std::fs::write(&cert_p, chain).unwrap();
@@ -170,10 +171,14 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let py_trust = DeviceTrust::Ldevid {
+    let py_trust = DeviceTrust::owned(
         roots,
-        device_name: "pymodbus.bench".into(),
-    };
+        "pymodbus.bench",
+        Some("BENCH-PYMODBUS".into()),
+        drivesec_oem::client::Revocation::from_file(&m.crl)
+            .unwrap()
+            .0,
+    );
     let pyc = Target::Tls {
         addr: py_addr,
         identities: &ids,

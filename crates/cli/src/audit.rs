@@ -10,6 +10,7 @@ use drivesec_pki::inspect::public_key;
 use drivesec_pki::read_cert_chain;
 
 use crate::cli::{AuditCommand, AuditFilter};
+use crate::text::safe;
 
 fn check_time(what: &str, t: &Option<String>) -> Result<()> {
     if let Some(t) = t {
@@ -50,6 +51,63 @@ fn require_trail(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The human-readable verdict of `audit verify` (problems on stderr).
+/// File names and messages can carry names found in the directory (a
+/// stray file's), so they are printed escaped.
+fn print_verify(report: &drivesec_audit::verify::Report) {
+    for p in &report.problems {
+        eprintln!("{}: {}", safe(&p.file), safe(&p.message));
+    }
+    for f in &report.stray_files {
+        eprintln!(
+            "warning: segments/{} is not a segment file: ignored",
+            safe(f)
+        );
+    }
+    if !report.quarantined.is_empty() {
+        eprintln!(
+            "note: quarantine/ holds {} file(s) of bytes recovery cut out of the trail (evidence; see the audit.recovery.* records)",
+            report.quarantined.len()
+        );
+    }
+    if !report.ok {
+        return;
+    }
+    if report.records == 0 {
+        println!("intact: no records");
+        return;
+    }
+    let range = format!(
+        "records {}..{} ({})",
+        report.first_seq.unwrap_or(0),
+        report.last_seq.unwrap_or(0),
+        report.records
+    );
+    let anchor = report
+        .anchor
+        .map(|a| format!(", records up to {a} dropped after delivery or archived (signed anchor)"))
+        .unwrap_or_default();
+    if report.nothing_signed {
+        println!(
+            "UNSIGNED: {range}: the chain is consistent but no signed checkpoint covers any record{anchor}"
+        );
+        return;
+    }
+    println!(
+        "intact: {range}, {} signed checkpoints verified{anchor}",
+        report.checkpoints_verified
+    );
+    if let Some(u) = report.unsigned {
+        println!(
+            "UNSIGNED tail: records {}..{} ({}) come after the last signed checkpoint (record {}): protected by the chain only, they could be cut or replaced undetected",
+            u.first,
+            u.last,
+            u.last - u.first + 1,
+            report.signed_seq.unwrap_or(0)
+        );
+    }
+}
+
 /// Runs an audit command.
 pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
     match cmd {
@@ -72,20 +130,25 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
+                // Everything below came from the devices: printed escaped.
                 for d in &r {
+                    if let Some(e) = &d.error {
+                        println!("{}: FAILED {}", safe(&d.device), safe(e));
+                        continue;
+                    }
                     println!(
                         "{}: trail {} ({} records)",
-                        d.device,
+                        safe(&d.device),
                         if d.trail_intact { "intact" } else { "BROKEN" },
                         d.records
                     );
                     for a in &d.accounts {
                         println!(
                             "  {:<20} {:<15} {} login(s), last {}{}",
-                            a.username,
-                            a.role,
+                            safe(&a.username),
+                            safe(&a.role),
                             a.logins,
-                            a.last_login.as_deref().unwrap_or("never"),
+                            safe(a.last_login.as_deref().unwrap_or("never")),
                             if a.never_used {
                                 "  NEVER USED"
                             } else if a.dormant {
@@ -96,43 +159,43 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
                         );
                     }
                     for p in &d.privilege_changes {
-                        println!("  privilege change: {p}");
+                        println!("  privilege change: {}", safe(p));
                     }
                     for b in &d.failed_login_bursts {
-                        println!("  FAILED-LOGIN BURST: {b}");
+                        println!("  FAILED-LOGIN BURST: {}", safe(b));
                     }
                 }
+            }
+            // Devices that could not be reviewed, with why (the others are above).
+            let failed: Vec<String> = r
+                .iter()
+                .filter_map(|d| d.error.as_ref().map(|e| safe(e).to_string()))
+                .collect();
+            if !failed.is_empty() {
+                bail!(
+                    "{} device(s) could not be reviewed: {}",
+                    failed.len(),
+                    failed.join("; ")
+                );
             }
             if r.iter().any(|d| !d.trail_intact) {
                 bail!("an audit trail is broken");
             }
             Ok(())
         }
-        AuditCommand::Verify { dir, cert } => {
+        AuditCommand::Verify {
+            dir,
+            cert,
+            allow_unsigned,
+        } => {
             require_trail(&dir)?;
             let chain = read_cert_chain(&cert)?;
             let key = public_key(&chain[0])?;
             let report = drivesec_audit::verify::verify(&dir, &key)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if report.ok {
-                println!(
-                    "intact: records {}..{} ({}), {} signed checkpoints verified{}",
-                    report.first_seq.unwrap_or(0),
-                    report.last_seq.unwrap_or(0),
-                    report.records,
-                    report.checkpoints_verified,
-                    report
-                        .anchor
-                        .map(|a| format!(
-                            ", records up to {a} dropped after delivery (signed anchor)"
-                        ))
-                        .unwrap_or_default()
-                );
             } else {
-                for p in &report.problems {
-                    eprintln!("{}: {}", p.file, p.message);
-                }
+                print_verify(&report);
             }
             if !report.ok {
                 bail!(
@@ -142,6 +205,16 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
                         .first_bad_seq
                         .map(|s| s.to_string())
                         .unwrap_or_else(|| "unknown".into())
+                );
+            }
+            if report.nothing_signed && !allow_unsigned {
+                bail!(
+                    "the audit trail in {} is UNSIGNED: no signed checkpoint covers any of its records{}; pass --allow-unsigned to accept a chain nothing proves the device wrote",
+                    dir.display(),
+                    report
+                        .unsigned
+                        .map(|u| format!(" ({}..{})", u.first, u.last))
+                        .unwrap_or_default()
                 );
             }
             Ok(())
@@ -156,19 +229,21 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
                     let actor = match &r.record.actor {
                         drivesec_audit::Actor::User(u) => format!("user:{u}"),
                         drivesec_audit::Actor::Certificate(c) => {
-                            format!("cert:{}", &c[..c.len().min(16)])
+                            format!("cert:{}", c.chars().take(16).collect::<String>())
                         }
                         drivesec_audit::Actor::Device => "device".into(),
                     };
+                    // Every field came from the device (a username is
+                    // whatever a client sent): printed escaped.
                     println!(
                         "{:>8} {} {:<20} {:<24} {:<8} {} {}",
                         r.seq,
-                        r.record.time,
-                        actor,
-                        r.record.action,
+                        safe(&r.record.time),
+                        safe(&actor),
+                        safe(&r.record.action),
                         r.record.outcome.as_str(),
-                        r.record.target.as_deref().unwrap_or("-"),
-                        r.record.source.as_deref().unwrap_or("-"),
+                        safe(r.record.target.as_deref().unwrap_or("-")),
+                        safe(r.record.source.as_deref().unwrap_or("-")),
                     );
                 }
             }

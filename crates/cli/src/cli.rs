@@ -69,23 +69,26 @@ pub enum EvidenceCommand {
         #[command(flatten)]
         devices: FleetDevices,
         /// The OEM's soft keystore directory that signs the bundle (default:
-        /// the lab's; needed with --inventory).
-        #[arg(long)]
+        /// the lab's evidence keystore; needed with --inventory).
+        #[arg(long, requires = "sign_key")]
         sign_keystore: Option<PathBuf>,
-        /// The key's handle in it.
-        #[arg(long, default_value = "approval")]
-        sign_key: String,
+        /// The key's handle in it (with --sign-keystore).
+        #[arg(long, requires = "sign_keystore")]
+        sign_key: Option<String>,
         /// Where to write the bundle (JSON).
         #[arg(long)]
         out: PathBuf,
     },
-    /// Check a bundle's signature against the OEM's public key.
+    /// Check a bundle's signature against the OEM's evidence key.
     Verify {
         /// The bundle.
         file: PathBuf,
-        /// The OEM's public key (PEM).
+        /// The OEM's evidence public key (PEM).
+        #[arg(long, required_unless_present = "lab", conflicts_with = "lab")]
+        key: Option<PathBuf>,
+        /// Or the lab whose evidence key signed it.
         #[arg(long)]
-        key: PathBuf,
+        lab: Option<PathBuf>,
     },
 }
 
@@ -97,7 +100,7 @@ pub enum FleetCommand {
     /// resumes after being killed.
     Rollout {
         /// The fleet store (`sqlite:PATH` or `postgres://...`).
-        #[arg(long, env = "DRIVESEC_FLEET_STORE")]
+        #[arg(long, env = "DRIVESEC_FLEET_STORE", hide_env_values = true)]
         store: String,
         /// The devices (a rollout acts as the lab's engineer or the
         /// inventory's [operator], and checks releases against the lab's or
@@ -110,9 +113,6 @@ pub enum FleetCommand {
         /// Devices in the canary wave.
         #[arg(long, default_value_t = 1)]
         canary: usize,
-        /// Most devices updated at once.
-        #[arg(long, default_value_t = 8)]
-        parallel: usize,
         /// Halt when more than this fraction of a wave fails (0..1).
         #[arg(long, default_value_t = 0.2)]
         max_failure_rate: f64,
@@ -121,7 +121,7 @@ pub enum FleetCommand {
     /// tamper (a tampered device is flagged for re-provisioning).
     Scan {
         /// The fleet store.
-        #[arg(long, env = "DRIVESEC_FLEET_STORE")]
+        #[arg(long, env = "DRIVESEC_FLEET_STORE", hide_env_values = true)]
         store: String,
         /// The devices (reached as the security administrator).
         #[command(flatten)]
@@ -162,7 +162,7 @@ pub enum FleetCommand {
     /// Every device's firmware version and campaign, and a campaign's device states.
     Status {
         /// The fleet store.
-        #[arg(long, env = "DRIVESEC_FLEET_STORE")]
+        #[arg(long, env = "DRIVESEC_FLEET_STORE", hide_env_values = true)]
         store: String,
         /// Also show this campaign's devices.
         #[arg(long)]
@@ -184,7 +184,7 @@ pub struct ValidateArgs {
     #[arg(long, conflicts_with = "lab")]
     pub inventory: Option<PathBuf>,
     /// Or a running lab (its devices are the assets whose `device` names them;
-    /// the evidence is signed with the lab's OEM approval key).
+    /// the evidence is signed with the lab's evidence key).
     #[arg(long)]
     pub lab: Option<PathBuf>,
     /// Write evidence.json, junit.xml and report.html here.
@@ -212,13 +212,27 @@ pub struct ValidateArgs {
 /// `drivesec validate verify-evidence`.
 #[derive(Debug, Subcommand)]
 pub enum ValidateCommand {
-    /// Check a signed evidence file against the OEM's public key.
+    /// Check a signed evidence file against the OEM's evidence key and,
+    /// when given, against the plan, the inventory and a maximum age.
     VerifyEvidence {
         /// The evidence file.
         file: PathBuf,
-        /// The OEM's public key (PEM), as `firmware keygen` writes it.
+        /// The OEM's evidence public key (PEM), as `firmware keygen` writes it.
+        #[arg(long, required_unless_present = "lab", conflicts_with = "lab")]
+        key: Option<PathBuf>,
+        /// Or the lab whose evidence key signed it (`evidence.public_key` in lab.json).
         #[arg(long)]
-        key: PathBuf,
+        lab: Option<PathBuf>,
+        /// The plan the evidence must be for (its SHA-256 must match).
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// The inventory whose every device must be in the evidence, with
+        /// the serial number (and certificate fingerprint) it names.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
+        /// The oldest the evidence may be, e.g. 90d, 12h, 30m, 2w.
+        #[arg(long)]
+        max_age: Option<String>,
     },
 }
 
@@ -461,6 +475,15 @@ pub struct DeviceArgs {
     /// Owner root certificate the LDevID must chain to.
     #[arg(long, global = true)]
     pub ca: Option<PathBuf>,
+    /// The owner's CRL(s) (PEM) the device's LDevID is checked against
+    /// (default: `crl.pem` beside the --ca file, as in a CA directory; with
+    /// --lab, the lab's).
+    #[arg(long, global = true)]
+    pub crl: Option<PathBuf>,
+    /// Risky: when no CRL is found, go on without checking the device's
+    /// certificate for revocation.
+    #[arg(long, global = true)]
+    pub insecure_no_crl: bool,
     /// This tool's client certificate chain (PEM).
     #[arg(long, global = true)]
     pub cert: Option<PathBuf>,
@@ -769,13 +792,19 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 5)]
         burst: usize,
     },
-    /// Check a trail's hash chain, checkpoints and signatures; exit 0 only if intact.
+    /// Check a trail's hash chain, checkpoints and signatures; exit 0 only
+    /// if intact and signed (records after the last checkpoint are named
+    /// as the UNSIGNED tail).
     Verify {
         /// The trail directory.
         dir: PathBuf,
         /// The device certificate whose key signs the checkpoints (PEM; leaf first).
         #[arg(long)]
         cert: PathBuf,
+        /// Accept a trail no signed checkpoint covers at all (its chain is
+        /// consistent, but nothing proves the device wrote it).
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// Print records, filtered.
     Show {
@@ -1048,6 +1077,15 @@ pub struct FleetDevices {
     /// An inventory file: its devices, reached with its credentials.
     #[arg(long)]
     pub inventory: Option<PathBuf>,
+    /// Most devices worked on at once (a device that does not answer holds
+    /// one of them until its deadline, not the fleet).
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Risky: when the inventory gives no CRL (trust.crl), go on without
+    /// checking device certificates for revocation. A CRL that is given is
+    /// always checked.
+    #[arg(long)]
+    pub insecure_no_crl: bool,
 }
 
 /// `drivesec lab ...`.

@@ -18,6 +18,37 @@ use serde_json::json;
 use crate::cli::{
     BackendArg, CaCommand, Cli, Command, FactoryCommand, IssueArgs, KindArg, LabCommand, ProfileArg,
 };
+use crate::text::safe;
+
+pub(crate) use crate::text::safe_lines;
+
+/// A writer that passes text through [`safe_lines`]: for what a library
+/// writes for people (the demo's story) when it quotes devices. Each write
+/// is taken as whole UTF-8 text, which `write!`/`writeln!` guarantee.
+struct SafeText<W: std::io::Write>(W);
+
+impl<W: std::io::Write> std::io::Write for SafeText<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .write_all(safe_lines(&String::from_utf8_lossy(buf)).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Prints a document (a report, an export) on stdout as it is when stdout
+/// is a file or a pipe, and through [`safe_lines`] when it is a terminal.
+pub(crate) fn print_document(text: &str) {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        print!("{}", safe_lines(text));
+    } else {
+        print!("{text}");
+    }
+}
 
 /// Set in the child when the parent re-executed us with a lab-private SoftHSM2 configuration.
 const OWN_SOFTHSM: &str = "DRIVESEC_LAB_OWN_SOFTHSM";
@@ -27,12 +58,87 @@ fn module(arg: &Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(drivesec_keystore::pkcs11::default_module)
 }
 
-fn default_demo_dir() -> PathBuf {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    std::env::temp_dir().join(format!("drivesec-demo-{stamp}-{}", std::process::id()))
+/// A new directory for the demo's lab under the temporary directory: a
+/// random name nobody can guess in advance, created here (mode 0700,
+/// failing if anything is already there, a symlink included), so the lab
+/// is built in a directory that is ours from the start.
+fn default_demo_dir() -> Result<PathBuf> {
+    fresh_private_dir("drivesec-demo")
+}
+
+/// `$TMPDIR/PREFIX-<random>`, created exclusively with mode 0700.
+pub(crate) fn fresh_private_dir(prefix: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut rnd = [0u8; 12];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut rnd);
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", hex::encode(rnd)));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The marker file that makes a directory the tool's own `--out` output.
+const OUTPUT_MARKER: &str = ".drivesec-output";
+
+/// Whether `dir` may receive the files of `what` (e.g. "validate"):
+/// `Ok(false)` when it does not exist yet, `Ok(true)` when it is an
+/// earlier run's output (a directory carrying the marker naming `what`).
+/// Anything else is refused, naming it: a symbolic link (never followed),
+/// a file, or a directory the tool did not make for `what`, whose mode and
+/// files must stay as they are.
+pub(crate) fn check_output_dir(dir: &std::path::Path, what: &str) -> Result<bool> {
+    let refuse = |why: &str| -> Result<bool> {
+        bail!(
+            "--out {}: {why}; refusing to write into it (name a new directory, \
+             or one an earlier `drivesec {what}` run wrote)",
+            dir.display()
+        )
+    };
+    match std::fs::symlink_metadata(dir) {
+        Ok(md) if md.file_type().is_symlink() => refuse("is a symbolic link"),
+        Ok(md) if !md.is_dir() => refuse("exists and is not a directory"),
+        Ok(_) => {
+            let path = dir.join(OUTPUT_MARKER);
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() && fsu::read(&path)? == marker(what).as_bytes() => Ok(true),
+                Ok(_) => refuse(&format!(
+                    "its {OUTPUT_MARKER} is not from `drivesec {what}`"
+                )),
+                Err(_) => refuse("is an existing directory the tool did not make"),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("--out {}", dir.display())),
+    }
+}
+
+fn marker(what: &str) -> String {
+    format!("drivesec {what}\n")
+}
+
+/// Makes `dir` ready to receive the files of `what`: checked as
+/// [`check_output_dir`] does, and created (0700, with the marker) when new.
+pub(crate) fn output_dir(dir: &std::path::Path, what: &str) -> Result<()> {
+    if !check_output_dir(dir, what)? {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        // Not recursive: fails if anything (a symlink too) appeared meanwhile.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        fsu::write_new(
+            &dir.join(OUTPUT_MARKER),
+            marker(what).as_bytes(),
+            Mode::Public,
+        )?;
+    }
+    Ok(())
 }
 
 /// SoftHSM2 reads `SOFTHSM2_CONF` when the module initialises, and changing
@@ -54,7 +160,13 @@ pub fn reexec_with_lab_softhsm(cli: &Cli) -> Option<ExitCode> {
         Command::Demo(d) if d.keystore == BackendArg::Pkcs11 => match &d.dir {
             Some(dir) => dir.clone(),
             None => {
-                let dir = default_demo_dir();
+                let dir = match default_demo_dir() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return Some(ExitCode::from(2));
+                    }
+                };
                 args.push("--dir".into());
                 args.push(dir.clone().into());
                 dir
@@ -153,10 +265,13 @@ pub fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Demo(a) => {
-            let dir = a.dir.clone().unwrap_or_else(default_demo_dir);
+            let dir = match a.dir.clone() {
+                Some(d) => d,
+                None => default_demo_dir()?,
+            };
             let opts = lab_options(dir, a.devices, a.keystore, &a.pkcs11_module, true)?;
             let mut sink = std::io::sink();
-            let mut stdout = std::io::stdout();
+            let mut stdout = SafeText(std::io::stdout());
             let out: &mut dyn std::io::Write = if json { &mut sink } else { &mut stdout };
             let report = drivesec_oem::demo::run(&opts, out, &mut progress_bar(json))?;
             if json {
@@ -300,9 +415,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 for d in &m.devices {
                     if let Some(api) = &d.api {
                         println!(
-                            "  {} {} at {api} (pid {})",
-                            d.name,
-                            d.device_name.as_deref().unwrap_or(""),
+                            "  {} {} at {} (pid {})",
+                            safe(&d.name),
+                            safe(d.device_name.as_deref().unwrap_or("")),
+                            safe(api),
                             d.pid.unwrap_or(0)
                         );
                     }
@@ -335,7 +451,9 @@ pub fn run(cli: Cli) -> Result<()> {
                         "  left alone: pid {} recorded for {} is no longer its drivesecd ({}); \
                          that daemon has ended, or runs under another pid: look for it with \
                          pgrep -af 'drivesecd.*--state'",
-                        n.pid, n.device, n.reason
+                        n.pid,
+                        safe(&n.device),
+                        safe(&n.reason)
                     );
                 }
                 Ok(())
@@ -354,15 +472,15 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&serde_json::to_value(&s)?)
             } else {
-                println!("subject:   {}", s.subject);
-                println!("issuer:    {}", s.issuer);
+                println!("subject:   {}", safe(&s.subject));
+                println!("issuer:    {}", safe(&s.issuer));
                 println!("serial:    {}", s.serial);
                 println!("validity:  {} .. {}", s.not_before, s.not_after);
                 println!("CA:        {}", s.is_ca);
                 println!("keyUsage:  {}", s.key_usage.join(", "));
                 println!("extKeyUsage: {}", s.extended_key_usage.join(", "));
-                println!("SAN:       {}", s.subject_alt_names.join(", "));
-                println!("role:      {}", s.role.as_deref().unwrap_or("(none)"));
+                println!("SAN:       {}", safe(&s.subject_alt_names.join(", ")));
+                println!("role:      {}", safe(s.role.as_deref().unwrap_or("(none)")));
                 println!("sha256:    {}", s.sha256_fingerprint);
                 Ok(())
             }
@@ -419,16 +537,22 @@ fn ca(cmd: CaCommand, json: bool) -> Result<()> {
         }
         CaCommand::Crl { ca, days, out } => {
             let mut ca = Ca::open(&ca)?;
-            let crl = ca.crl(days)?;
+            let crl = ca.publish_crl(days)?;
+            // The copy is the CRL this run signed, even if another run has
+            // published a newer one since.
             if let Some(out) = &out {
-                fsu::write_atomic(out, &fsu::read(&crl)?, Mode::Public)?;
+                fsu::write_atomic(out, crl.pem.as_bytes(), Mode::Public)?;
             }
             if json {
-                print_json(&json!({"crl": crl, "copy": out, "revoked": ca.revoked_serials()}))
+                print_json(&json!({
+                    "crl": crl.path, "number": crl.number, "copy": out,
+                    "revoked": ca.revoked_serials(),
+                }))
             } else {
                 println!(
-                    "CRL published at {} ({} revoked)",
-                    crl.display(),
+                    "CRL number {} published at {} ({} revoked)",
+                    crl.number,
+                    crl.path.display(),
                     ca.revoked_serials().len()
                 );
                 Ok(())
@@ -517,7 +641,7 @@ fn issue(a: IssueArgs, json: bool) -> Result<()> {
             "issued {} certificate {} for {}",
             a.profile_name(),
             issued.serial,
-            s.subject
+            safe(&s.subject)
         );
         println!("chain written to {}", a.out.display());
         if let Some(k) = &a.key_out {
@@ -575,7 +699,7 @@ fn factory_reprovision(
     }
     println!(
         "re-provisioned {} in {} ({} keystore)",
-        p.serial_number,
+        safe(&p.serial_number),
         p.device_dir.display(),
         p.backend
     );
@@ -625,5 +749,42 @@ fn deliver_credential(
             Ok(None)
         }
         None => Ok(Some(p.factory_credential.as_str().to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::fresh_private_dir;
+
+    #[test]
+    fn the_safe_text_writer_escapes_what_a_library_writes() {
+        let mut out = super::SafeText(Vec::new());
+        std::io::Write::write_fmt(&mut out, format_args!("{} ok\n", "dev\u{9b}2J")).unwrap();
+        assert_eq!(out.0, b"dev\\u{9b}2J ok\n");
+    }
+
+    /// The demo's default directory cannot be guessed and is made here,
+    /// private: two calls in the same second of the same process give two
+    /// different new directories, each 0700.
+    #[test]
+    fn default_demo_dirs_are_fresh_random_and_private() {
+        let a = super::default_demo_dir().unwrap();
+        let b = super::default_demo_dir().unwrap();
+        assert_ne!(a, b);
+        for d in [&a, &b] {
+            let name = d.file_name().unwrap().to_str().unwrap();
+            let suffix = name.strip_prefix("drivesec-demo-").unwrap();
+            assert_eq!(suffix.len(), 24, "{name}");
+            assert!(!suffix.contains(&std::process::id().to_string()));
+            let md = std::fs::symlink_metadata(d).unwrap();
+            assert!(md.is_dir());
+            assert_eq!(md.permissions().mode() & 0o777, 0o700);
+            std::fs::remove_dir(d).unwrap();
+        }
+        let scratch = fresh_private_dir("drivesec-test").unwrap();
+        std::fs::remove_dir(&scratch).unwrap();
     }
 }

@@ -104,8 +104,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Some(Action::Check) => {
-            let _ = config;
-            drivesec_device::state::StateDir::load(&args.state)?;
+            // The same checks start-up runs: the state, then the
+            // configuration with the settings made over the API applied.
+            let st = drivesec_device::state::StateDir::load(&args.state)?;
+            config.for_state(&st)?;
             println!("state directory and configuration are consistent");
             Ok(())
         }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 use drivesec_fsutil::{self as fsu, Mode};
-use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions};
 use drivesec_oem::lab::LabManifest;
 use serde_json::{Value, json};
 
@@ -12,12 +12,31 @@ use crate::cli::{
     AttestArgs, DeviceArgs, DeviceAuditCommand, DeviceCommand, DeviceFirmwareCommand, DriveCommand,
     ParamsCommand, RolesCommand, SessionsCommand, UsersCommand,
 };
+use crate::commands::safe_lines;
+use crate::text::safe;
+
+/// A string field of a device reply, safe to print.
+fn field<'a>(v: &'a Value, key: &str) -> std::borrow::Cow<'a, str> {
+    safe(v[key].as_str().unwrap_or(""))
+}
+
+/// Any JSON value of a device reply as text, safe to print (serde_json
+/// leaves DEL, C1 controls and bidi overrides in strings as they are).
+fn shown(v: &Value) -> String {
+    safe(&v.to_string()).into_owned()
+}
 
 /// Where the device is and who we are.
 struct Target {
     addr: std::net::SocketAddr,
     name: Option<String>,
     ca: Option<std::path::PathBuf>,
+    /// The owner's CRL file (None: none found).
+    crl: Option<std::path::PathBuf>,
+    /// Go on without a CRL (`--insecure-no-crl`).
+    insecure_no_crl: bool,
+    /// The device's serial number, when known (a lab's).
+    serial: Option<String>,
     identity: ClientIdentity,
     user: Option<String>,
     password: Option<zeroize::Zeroizing<String>>,
@@ -62,6 +81,9 @@ fn target(a: &DeviceArgs) -> Result<Target> {
             addr: api.trim_start_matches("https://").parse()?,
             name: d.device_name.clone(),
             ca: Some(m.oem_ca.clone()),
+            crl: Some(a.crl.clone().unwrap_or_else(|| m.crl.clone())),
+            insecure_no_crl: a.insecure_no_crl,
+            serial: Some(d.serial_number.clone()),
             identity: ClientIdentity::from_files(&files.cert, &files.key)?,
             user: a
                 .user
@@ -88,6 +110,15 @@ fn target(a: &DeviceArgs) -> Result<Target> {
             .with_context(|| format!("--api '{api}' is not IP:PORT"))?,
         name: a.name.clone(),
         ca: a.ca.clone(),
+        // Given, or the CA directory's own beside the root (`ca init` layout).
+        crl: a.crl.clone().or_else(|| {
+            a.ca.as_ref()
+                .and_then(|c| c.parent())
+                .map(|d| d.join("crl.pem"))
+                .filter(|p| p.is_file())
+        }),
+        insecure_no_crl: a.insecure_no_crl,
+        serial: None,
         identity: ClientIdentity::from_files(cert, key)?,
         user: a.user.clone(),
         password: a.password_file.as_deref().map(read_secret).transpose()?,
@@ -102,15 +133,34 @@ fn owned(t: &Target) -> Result<DeviceClient> {
     let ca =
         t.ca.as_ref()
             .ok_or_else(|| anyhow!("give --ca (the owner root certificate)"))?;
+    let (revocation, warnings) = revocation(t)?;
+    crate::fleet::warn(&warnings);
     Ok(DeviceClient::new(
         t.addr,
         Some(&t.identity),
-        &DeviceTrust::Ldevid {
-            roots: drivesec_pki::read_cert_chain(ca)?,
-            device_name: name,
-        },
+        &DeviceTrust::owned(
+            drivesec_pki::read_cert_chain(ca)?,
+            name,
+            t.serial.clone(),
+            revocation,
+        ),
         Versions::Default,
     )?)
+}
+
+/// The owner's CRLs the device is checked against: the target's CRL file;
+/// without one, an error saying where to give it, unless `--insecure-no-crl`.
+fn revocation(t: &Target) -> Result<(Revocation, Vec<String>)> {
+    let (r, w) = Revocation::configured(t.crl.as_deref(), t.insecure_no_crl, || {
+        "no CRL to check the device's LDevID against: give --crl (the owner's CRL, e.g. \
+         OEM_CA_DIR/crl.pem; by default crl.pem beside the --ca file is used), or \
+         --insecure-no-crl to go on without revocation checks"
+            .into()
+    })?;
+    if let Revocation::Missing(why) = &r {
+        bail!("{why}");
+    }
+    Ok((r, w))
 }
 
 fn logged_in(t: &Target) -> Result<DeviceClient> {
@@ -174,7 +224,9 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
         return print(json, &v, |_| {
             println!(
                 "commissioned {} as {} (LDevID {}); the factory credential is dead",
-                r.serial_number, r.device_name, r.ldevid_serial
+                safe(&r.serial_number),
+                safe(&r.device_name),
+                safe(&r.ldevid_serial)
             )
         });
     }
@@ -208,11 +260,12 @@ fn factory_reset(c: &DeviceClient, t: &Target, approve: Option<&str>, json: bool
             Some(id) => println!(
                 "factory reset requested ({id}); another account with factory-reset approves it \
                  within {} s: drivesec device factory-reset --approve {id}",
-                v["expires_in_secs"]
+                shown(&v["expires_in_secs"]),
+                id = safe(id)
             ),
             None => println!(
                 "the device is back in factory state; new one-time factory credential: {}",
-                v["factory_credential"].as_str().unwrap_or("")
+                field(v, "factory_credential")
             ),
         },
     )
@@ -237,7 +290,7 @@ fn change_password(
         |v| {
             println!(
                 "password changed; {} other session(s) ended",
-                v["sessions_ended"]
+                shown(&v["sessions_ended"])
             )
         },
     )
@@ -259,19 +312,19 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
         DeviceCommand::Info => print(json, &get("/api/v1/info")?, |v| {
             println!(
                 "{} {} serial {} ({})",
-                v["manufacturer"].as_str().unwrap_or(""),
-                v["model"].as_str().unwrap_or(""),
-                v["serial_number"].as_str().unwrap_or(""),
-                v["state"].as_str().unwrap_or("")
+                field(v, "manufacturer"),
+                field(v, "model"),
+                field(v, "serial_number"),
+                field(v, "state")
             );
-            println!("{}", v["banner"].as_str().unwrap_or(""));
+            println!("{}", safe_lines(v["banner"].as_str().unwrap_or("")));
         }),
         DeviceCommand::Login => print(json, &get("/api/v1/me")?, |v| {
             println!(
                 "logged in as {} ({}): {}",
-                v["username"].as_str().unwrap_or(""),
-                v["role"].as_str().unwrap_or(""),
-                v["permissions"]
+                field(v, "username"),
+                field(v, "role"),
+                shown(&v["permissions"])
             );
         }),
         DeviceCommand::Drive(d) => {
@@ -280,7 +333,7 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                     return print(json, &get("/api/v1/drive")?, |v| {
                         println!(
                             "{} at {:.1} rpm, torque {:.1} %, current {:.1} A, fault 0x{:04x}, STO {}",
-                            v["state"].as_str().unwrap_or(""),
+                            field(v, "state"),
                             v["speed_rpm"].as_f64().unwrap_or(0.0),
                             v["torque_pct"].as_f64().unwrap_or(0.0),
                             v["current_a"].as_f64().unwrap_or(0.0),
@@ -350,7 +403,7 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                         println!("the device already matches the profile; nothing changed");
                     } else {
                         for l in &r.changed {
-                            println!("changed: {l}");
+                            println!("changed: {}", safe(l));
                         }
                     }
                 },
@@ -364,7 +417,7 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                     println!("no drift from {}", profile.display());
                 }
                 for l in &d {
-                    println!("drift: {l}");
+                    println!("drift: {}", safe(l));
                 }
             })?;
             if d.is_empty() {
@@ -374,7 +427,7 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
             }
         }
         DeviceCommand::Posture => print(json, &get("/api/v1/posture")?, |v| {
-            println!("{}", v["notation"].as_str().unwrap_or(""));
+            println!("{}", field(v, "notation"));
             for fr in v["foundational_requirements"]
                 .as_array()
                 .into_iter()
@@ -382,12 +435,12 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
             {
                 println!(
                     "  {} {:<45} SL {}",
-                    fr["fr"].as_str().unwrap_or(""),
-                    fr["name"].as_str().unwrap_or(""),
-                    fr["level"]
+                    field(fr, "fr"),
+                    field(fr, "name"),
+                    shown(&fr["level"])
                 );
                 for r in fr["reasons"].as_array().into_iter().flatten() {
-                    println!("      - {}", r.as_str().unwrap_or(""));
+                    println!("      - {}", safe(r.as_str().unwrap_or("")));
                 }
             }
         }),
@@ -420,7 +473,10 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                 }
             };
             print(json, &v, |v| {
-                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+                println!(
+                    "{}",
+                    safe_lines(&serde_json::to_string_pretty(v).unwrap_or_default())
+                )
             })
         }
         DeviceCommand::Roles(r) => {
@@ -439,7 +495,10 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                 }
             };
             print(json, &v, |v| {
-                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+                println!(
+                    "{}",
+                    safe_lines(&serde_json::to_string_pretty(v).unwrap_or_default())
+                )
             })
         }
         DeviceCommand::Sessions(s) => {
@@ -450,7 +509,10 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                 }
             };
             print(json, &v, |v| {
-                println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
+                println!(
+                    "{}",
+                    safe_lines(&serde_json::to_string_pretty(v).unwrap_or_default())
+                )
             })
         }
         DeviceCommand::Params(p) => {
@@ -465,14 +527,14 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
             print(json, &v, |v| match v.get("values") {
                 Some(vals) => {
                     for (k, x) in vals.as_object().into_iter().flatten() {
-                        println!("{k:<22} {x}");
+                        println!("{:<22} {}", safe(k), shown(x));
                     }
                 }
                 None => println!(
                     "{} = {} (was {})",
-                    v["name"].as_str().unwrap_or(""),
-                    v["value"],
-                    v["old"]
+                    field(v, "name"),
+                    shown(&v["value"]),
+                    shown(&v["old"])
                 ),
             })
         }
@@ -494,28 +556,33 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                         for r in v["records"].as_array().into_iter().flatten() {
                             println!(
                                 "{:>7} {} {:<28} {:<24} {:<8} {}",
-                                r["seq"],
-                                r["time"].as_str().unwrap_or(""),
-                                r["actor"].to_string(),
-                                r["action"].as_str().unwrap_or(""),
-                                r["outcome"].as_str().unwrap_or(""),
-                                r["target"].as_str().unwrap_or("-")
+                                shown(&r["seq"]),
+                                field(r, "time"),
+                                shown(&r["actor"]),
+                                field(r, "action"),
+                                field(r, "outcome"),
+                                safe(r["target"].as_str().unwrap_or("-"))
                             );
                         }
                     })
                 }
                 DeviceAuditCommand::Export { out } => {
-                    let r = c.call("GET", "/api/v1/audit/export", None)?;
-                    if r.status != 200 {
-                        bail!("export refused: {} {}", r.status, r.body);
-                    }
-                    let text = r.body["text"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| r.body.to_string());
+                    // Streamed as it arrives (capped, client::EXPORT_CAP): to
+                    // a temporary file renamed into place only when the
+                    // whole export came, or to stdout.
+                    let path = "/api/v1/audit/export";
                     match out {
-                        Some(p) => fsu::write_atomic(p, text.as_bytes(), Mode::Private)?,
-                        None => print!("{text}"),
+                        Some(p) => fsu::write_atomic_with(p, Mode::Private, |f| {
+                            c.download(path, f)
+                                .map(|_| ())
+                                .map_err(|e| anyhow!("export refused or cut: {e}"))
+                        })?,
+                        None => {
+                            let stdout = std::io::stdout();
+                            let mut lock = stdout.lock();
+                            c.download(path, &mut lock)
+                                .map_err(|e| anyhow!("export refused or cut: {e}"))?;
+                        }
                     }
                     Ok(())
                 }
@@ -543,9 +610,9 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
         } else {
             println!(
                 "running {} (security counter {}) from slot {}{}",
-                r["version"].as_str().unwrap_or(""),
-                r["security_counter"],
-                r["slot"].as_str().unwrap_or("?"),
+                field(r, "version"),
+                shown(&r["security_counter"]),
+                safe(r["slot"].as_str().unwrap_or("?")),
                 if r["trial"].as_bool() == Some(true) {
                     " on trial"
                 } else {
@@ -554,7 +621,7 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
             );
         }
         if !v["boot_state"].is_null() {
-            println!("boot state: {}", v["boot_state"]);
+            println!("boot state: {}", shown(&v["boot_state"]));
         }
     };
     match f {
@@ -580,13 +647,13 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
                     "the device refused {}: {} {}",
                     statement.display(),
                     r.status,
-                    r.body["message"].as_str().unwrap_or(&r.body.to_string())
+                    safe(r.body["message"].as_str().unwrap_or(&r.body.to_string()))
                 );
             }
             print(json, &r.body, |v| {
                 println!(
                     "firmware trust store now at version {}",
-                    v["trust"]["version"]
+                    shown(&v["trust"]["version"])
                 )
             })
         }
@@ -602,14 +669,14 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
                     "the device refused {}: {} {}",
                     image.display(),
                     r.status,
-                    r.body["message"].as_str().unwrap_or(&r.body.to_string())
+                    safe(r.body["message"].as_str().unwrap_or(&r.body.to_string()))
                 );
             }
             print(json, &r.body, |v| {
                 println!(
                     "staged {} (security counter {}); it boots on trial at the next reboot",
-                    v["staged"].as_str().unwrap_or(""),
-                    v["security_counter"]
+                    field(v, "staged"),
+                    shown(&v["security_counter"])
                 )
             })
         }
@@ -635,10 +702,14 @@ fn attest(c: &DeviceClient, t: &Target, a: &AttestArgs, json: bool) -> Result<()
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let nonce = hex::encode(nonce);
     let resp = c.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))?;
+    // The signing certificate is checked against the owner's CRLs too: an
+    // attestation by a revoked key does not count.
+    let (revocation, _) = revocation(t)?;
     let report = drivesec_oem::attest::verify_attestation(
         &resp,
         &nonce,
         &roots,
+        revocation.crls()?,
         t.name.as_deref(),
         header.as_ref(),
     )?;
@@ -648,18 +719,18 @@ fn attest(c: &DeviceClient, t: &Target, a: &AttestArgs, json: bool) -> Result<()
         }
         bail!(
             "device {} runs {} (root {}), not the approved release",
-            report.serial_number,
-            report.version,
-            report.root
+            safe(&report.serial_number),
+            safe(&report.version),
+            safe(&report.root)
         );
     }
     print(json, &serde_json::to_value(&report)?, |_| {
         println!(
             "device {} attests {} (security counter {}, root {}){}{}",
-            report.serial_number,
-            report.version,
+            safe(&report.serial_number),
+            safe(&report.version),
             report.security_counter,
-            report.root,
+            safe(&report.root),
             if report.trial { ", on trial" } else { "" },
             if report.matches_approved == Some(true) {
                 "; it is the approved release"

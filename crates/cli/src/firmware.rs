@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::{FirmwareCommand, KeyArgs};
+use crate::text::safe;
 
 fn soft_config() -> KeystoreConfig {
     KeystoreConfig::Soft {
@@ -198,8 +199,8 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
             } else {
                 println!(
                     "packed {} {} (counter {}, {} bytes, {} chunks) into {}",
-                    m.product,
-                    m.version,
+                    safe(&m.product),
+                    safe(&m.version),
                     m.security_counter,
                     m.payload_len,
                     m.chunk_count(),
@@ -227,8 +228,8 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
             } else {
                 println!(
                     "approved {} {} as {role}; written to {}",
-                    h.manifest.product,
-                    h.manifest.version,
+                    safe(&h.manifest.product),
+                    safe(&h.manifest.version),
                     out.display()
                 );
             }
@@ -248,29 +249,34 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
                 let m = &h.manifest;
                 println!(
                     "{} {} for {} (security counter {})",
-                    m.product, m.version, m.hw_class, m.security_counter
+                    safe(&m.product),
+                    safe(&m.version),
+                    safe(&m.hw_class),
+                    m.security_counter
                 );
                 println!(
                     "payload {} bytes in {} chunks of {}, root {}",
                     m.payload_len,
                     m.chunk_count(),
                     m.chunk_size,
-                    m.root
+                    safe(&m.root.to_string())
                 );
                 println!(
                     "encrypted for: {}",
-                    m.encryption
-                        .recipients
-                        .iter()
-                        .map(|r| r.kid.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    safe(
+                        &m.encryption
+                            .recipients
+                            .iter()
+                            .map(|r| r.kid.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 );
                 for s in &h.signatures {
                     println!(
                         "signed by {} as {}",
-                        kid_of(s),
-                        role_of(s).unwrap_or_default()
+                        safe(&kid_of(s).to_string()),
+                        safe(&role_of(s).unwrap_or_default())
                     );
                 }
             }
@@ -336,10 +342,10 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
             } else {
                 println!(
                     "verified {} {} (counter {}), signed by {}",
-                    m.product,
-                    m.version,
+                    safe(&m.product),
+                    safe(&m.version),
                     m.security_counter,
-                    v.signers.join(", ")
+                    safe(&v.signers.join(", "))
                 );
             }
             Ok(())

@@ -5,16 +5,12 @@ use drivesec_fsutil as fsu;
 use drivesec_oem::rollout::{Event, Fleet, Plan};
 
 use crate::cli::{FleetCommand, FleetDevices};
+use crate::text::safe;
 
-/// A fresh private directory under the system's temporary directory.
+/// A fresh private directory under the system's temporary directory
+/// (random name, created exclusively, 0700).
 pub(crate) fn scratch_dir(what: &str) -> Result<std::path::PathBuf> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("drivesec-{what}-{}-{stamp}", std::process::id()));
-    fsu::create_private_dir(&dir)?;
-    Ok(dir)
+    crate::commands::fresh_private_dir(&format!("drivesec-{what}"))
 }
 
 /// Where a fleet command's devices come from.
@@ -35,15 +31,45 @@ impl FleetDevices {
         })
     }
 
-    /// The devices, reached as the security administrator.
+    /// The devices, reached as the security administrator, `--parallel` at
+    /// a time. A missing CRL stops here (unless `--insecure-no-crl`);
+    /// warnings (a stale CRL) go to stderr.
     pub(crate) fn reach(&self) -> Result<drivesec_oem::incident::Reach> {
-        Ok(match self.source()? {
+        let mut reach = match self.source()? {
             Source::Lab(m) => drivesec_oem::incident::Reach::from_lab(&m)?,
             Source::Inventory(inv, path) => {
                 drivesec_oem::incident::Reach::from_inventory(&inv, &path)?
             }
-        })
+        };
+        reach.parallel = self.parallel.max(1);
+        if self.insecure_no_crl {
+            reach.allow_missing_crl();
+        }
+        if let drivesec_oem::client::Revocation::Missing(why) = &reach.revocation {
+            bail!("{why}");
+        }
+        warn(&reach.warnings);
+        Ok(reach)
     }
+}
+
+/// Prints each warning on stderr.
+pub(crate) fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {}", safe(w));
+    }
+}
+
+/// The error for devices a fleet command could not work on, if any.
+fn failed_devices(what: &str, failed: &[String]) -> Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} device(s) could not be {what}: {}",
+        failed.len(),
+        safe(&failed.join(", "))
+    )
 }
 
 /// Runs a `fleet` command.
@@ -54,16 +80,23 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             devices,
             release,
             canary,
-            parallel,
             max_failure_rate,
         } => {
             if !(0.0..=1.0).contains(&max_failure_rate) {
                 bail!("--max-failure-rate must be between 0 and 1, not {max_failure_rate}");
             }
-            let fleet = match devices.source()? {
+            let parallel = devices.parallel;
+            let mut fleet = match devices.source()? {
                 Source::Lab(m) => Fleet::from_lab(&m)?,
                 Source::Inventory(inv, path) => Fleet::from_inventory(&inv, &path)?,
             };
+            if devices.insecure_no_crl {
+                fleet.allow_missing_crl();
+            }
+            if let drivesec_oem::client::Revocation::Missing(why) = &fleet.operator.revocation {
+                bail!("{why}");
+            }
+            warn(&fleet.warnings);
             let targets = &fleet.targets;
             let mut s = drivesec_fleet::open(&store)?;
             let bar = (!json).then(|| {
@@ -91,12 +124,14 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                     } => {
                         b.set_position((targets.len() - remaining) as u64);
                         b.println(format!(
-                            "{} campaign {id}: release {release}, {remaining} device(s) to go",
-                            if *resumed { "resuming" } else { "starting" }
+                            "{} campaign {}: release {}, {remaining} device(s) to go",
+                            if *resumed { "resuming" } else { "starting" },
+                            safe(id),
+                            safe(release)
                         ));
                     }
                     Event::Wave { wave, devices } => {
-                        b.println(format!("wave {wave}: {}", devices.join(", ")));
+                        b.println(format!("wave {wave}: {}", safe(&devices.join(", "))));
                     }
                     Event::Device {
                         device,
@@ -107,9 +142,14 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                         | drivesec_fleet::DeviceState::Reverted
                         | drivesec_fleet::DeviceState::Failed => {
                             b.inc(1);
-                            b.println(format!("  {device}: {} ({detail})", state_name(*state)));
+                            b.println(format!(
+                                "  {}: {} ({})",
+                                safe(device),
+                                state_name(*state),
+                                safe(detail)
+                            ));
                         }
-                        _ => b.set_message(format!("{device}: {detail}")),
+                        _ => b.set_message(format!("{}: {}", safe(device), safe(detail))),
                     },
                     Event::Halted { wave, failed, of } => {
                         b.println(format!(
@@ -140,9 +180,9 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             if out.halted {
                 bail!(
                     "campaign {} halted: {} failed ({})",
-                    out.campaign,
+                    safe(&out.campaign),
                     out.failed.len(),
-                    out.failed.join(", ")
+                    safe(&out.failed.join(", "))
                 );
             }
             Ok(())
@@ -161,6 +201,8 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                 for d in &seen {
                     let note = if d.tampered {
                         "TAMPERED: keys destroyed, flagged for re-provisioning".to_string()
+                    } else if let Some(e) = &d.error {
+                        format!("FAILED {}", safe(e))
                     } else if !d.reachable {
                         "unreachable".to_string()
                     } else {
@@ -168,23 +210,45 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                             Some(n) if n < margin_days => {
                                 format!("LDevID expires in {n} days: renew")
                             }
-                            Some(n) => format!("LDevID valid {n} more days"),
+                            Some(n) => {
+                                format!("LDevID {} valid {n} more days", safe(&d.ldevid_serial))
+                            }
                             None => String::new(),
                         }
                     };
                     let boot = d
                         .boot_issue
                         .as_ref()
-                        .map(|b| format!("; firmware reverted: {b}"))
+                        .map(|b| format!("; firmware reverted: {}", safe(b)))
                         .unwrap_or_default();
-                    println!("{:<12} {:<8} {note}{boot}", d.device, d.firmware_version);
+                    println!(
+                        "{:<12} {:<8} {note}{boot}",
+                        safe(&d.device),
+                        safe(&d.firmware_version)
+                    );
                 }
             }
             let flagged = seen.iter().filter(|d| d.tampered).count();
+            let failed: Vec<String> = seen
+                .iter()
+                .filter(|d| d.error.is_some())
+                .map(|d| d.device.clone())
+                .collect();
             if flagged > 0 {
-                bail!("{flagged} device(s) report tamper");
+                bail!(
+                    "{flagged} device(s) report tamper{}",
+                    if failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} could not be scanned: {}",
+                            failed.len(),
+                            safe(&failed.join(", "))
+                        )
+                    }
+                );
             }
-            Ok(())
+            failed_devices("scanned", &failed)
         }
         FleetCommand::Renew {
             devices,
@@ -208,26 +272,34 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 for x in &r {
-                    if x.renewed {
+                    if let Some(e) = &x.error {
+                        println!("{}: FAILED {}", safe(&x.device), safe(e));
+                    } else if x.renewed {
                         println!(
-                            "{}: renewed (was {} days from expiry), new LDevID {} valid until {}",
-                            x.device,
+                            "{}: renewed (was {} days from expiry, LDevID {}), new LDevID {} valid until {}",
+                            safe(&x.device),
                             x.days_left_before
                                 .map(|d| d.to_string())
                                 .unwrap_or_else(|| "?".into()),
-                            x.serial.as_deref().unwrap_or("?"),
-                            x.not_after.as_deref().unwrap_or("?")
+                            safe(x.previous_serial.as_deref().unwrap_or("?")),
+                            safe(x.serial.as_deref().unwrap_or("?")),
+                            safe(x.not_after.as_deref().unwrap_or("?"))
                         );
                     } else {
                         println!(
                             "{}: not due ({} days left)",
-                            x.device,
+                            safe(&x.device),
                             x.days_left_before.unwrap_or_default()
                         );
                     }
                 }
             }
-            Ok(())
+            let failed: Vec<String> = r
+                .iter()
+                .filter(|x| x.error.is_some())
+                .map(|x| x.device.clone())
+                .collect();
+            failed_devices("renewed", &failed)
         }
         FleetCommand::PushCrl { devices, crl } => {
             let pem = fsu::read_to_string(&crl)?;
@@ -247,8 +319,8 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             } else {
                 for (d, x) in &r {
                     match x {
-                        Ok(()) => println!("{d}: CRL installed"),
-                        Err(e) => println!("{d}: FAILED {e}"),
+                        Ok(()) => println!("{}: CRL installed", safe(d)),
+                        Err(e) => println!("{}: FAILED {}", safe(d), safe(&e.to_string())),
                     }
                 }
             }
@@ -283,7 +355,7 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                 let validated = match last_validation.get(&d.name) {
                     Some(v) => format!(
                         "  validated {}: {}{}",
-                        v.at,
+                        safe(&v.at),
                         if v.passed {
                             "passed".to_string()
                         } else {
@@ -292,36 +364,36 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                         if v.profile.is_empty() {
                             String::new()
                         } else {
-                            format!(" against {}", v.profile)
+                            format!(" against {}", safe(&v.profile))
                         }
                     ),
                     None => String::new(),
                 };
                 println!(
                     "{:<12} {:<10} {:<6} {}{}{validated}",
-                    d.name,
-                    if d.firmware_version.is_empty() {
+                    safe(&d.name),
+                    safe(if d.firmware_version.is_empty() {
                         "?"
                     } else {
                         &d.firmware_version
-                    },
-                    if d.zone.is_empty() { "-" } else { &d.zone },
-                    d.campaign.as_deref().unwrap_or("-"),
+                    }),
+                    safe(if d.zone.is_empty() { "-" } else { &d.zone }),
+                    safe(d.campaign.as_deref().unwrap_or("-")),
                     if d.tampered { "  TAMPERED" } else { "" }
                 );
                 if !d.boot_issue.is_empty() {
-                    println!("{:<12} firmware reverted: {}", "", d.boot_issue);
+                    println!("{:<12} firmware reverted: {}", "", safe(&d.boot_issue));
                 }
             }
             if let (Some(id), Some(c)) = (&campaign, &camp) {
-                println!("campaign {id}:");
+                println!("campaign {}:", safe(id));
                 for d in c {
                     println!(
                         "  wave {} {:<12} {:<9} {}",
                         d.wave,
-                        d.device,
+                        safe(&d.device),
                         state_name(d.state),
-                        d.detail
+                        safe(&d.detail)
                     );
                 }
             }

@@ -12,6 +12,7 @@ mod device;
 mod firmware;
 mod fleet;
 mod plan;
+mod text;
 mod validate;
 
 use std::process::ExitCode;
@@ -34,9 +35,10 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Errors carry what devices and files said: escaped.
+            eprintln!("error: {}", text::safe_lines(&e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", text::safe_lines(&cause.to_string()));
             }
             ExitCode::from(2)
         }

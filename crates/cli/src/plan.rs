@@ -9,6 +9,8 @@ use drivesec_iec62443::model::{self, Loaded};
 use drivesec_iec62443::{PlanError, assess, firewall, report};
 
 use crate::cli::PlanCommand;
+use crate::commands::{print_document, safe_lines};
+use crate::text::safe;
 
 /// Loads and checks; problems are printed (as JSON with `--json`) and make
 /// the command fail with exit code 2.
@@ -31,7 +33,7 @@ fn load_checked(path: &Path, json: bool) -> Result<Loaded> {
         );
     } else {
         for p in &problems {
-            eprintln!("{p}");
+            eprintln!("{}", safe_lines(&p.to_string()));
         }
     }
     match loaded {
@@ -106,8 +108,7 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             }
             match out {
                 Some(dir) => {
-                    fsu::create_private_dir(&dir)
-                        .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })?;
+                    crate::commands::output_dir(&dir, "plan assess")?;
                     let files = [
                         ("assessment.json", serde_json::to_string_pretty(&a)? + "\n"),
                         ("assessment.md", report::markdown(&a)),
@@ -126,12 +127,12 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
                         );
                     } else {
                         for (name, _) in &files {
-                            println!("{}", dir.join(name).display());
+                            println!("{}", safe(&dir.join(name).display().to_string()));
                         }
                     }
                 }
                 None if json => println!("{}", serde_json::to_string_pretty(&a)?),
-                None => print!("{}", report::markdown(&a)),
+                None => print_document(&report::markdown(&a)),
             }
             Ok(())
         }
@@ -141,9 +142,10 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             let Some(z) = a.zones.iter().find(|z| z.zone == zone) else {
                 let known: Vec<&str> = a.zones.iter().map(|z| z.zone.as_str()).collect();
                 bail!(
-                    "{}: no zone '{zone}' (zones: {})",
+                    "{}: no zone '{}' (zones: {})",
                     model.display(),
-                    known.join(", ")
+                    safe(&zone),
+                    safe(&known.join(", "))
                 );
             };
             let p = drivesec_iec62443::profile::derive(&l.model, &zone, z.sl_t);
@@ -157,7 +159,7 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
                     fsu::write_atomic(&path, text.as_bytes(), Mode::Public)?;
                     println!("{}", path.display());
                 }
-                None => print!("{text}"),
+                None => print_document(&text),
             }
             Ok(())
         }
@@ -171,7 +173,7 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
                     fsu::write_atomic(&p, text.as_bytes(), Mode::Public)?;
                     println!("{}", p.display());
                 }
-                None => print!("{text}"),
+                None => print_document(&text),
             }
             Ok(())
         }
@@ -181,7 +183,7 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
                 anyhow::anyhow!(
                     "{}: zones without a subnet: {} (add subnet = \"a.b.c.d/n\")",
                     model.display(),
-                    zones.join(", ")
+                    safe(&zones.join(", "))
                 )
             })?;
             match out {
@@ -189,7 +191,7 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
                     fsu::write_atomic(&p, text.as_bytes(), Mode::Public)?;
                     println!("{}", p.display());
                 }
-                None => print!("{text}"),
+                None => print_document(&text),
             }
             Ok(())
         }

@@ -1,6 +1,6 @@
 //! `drivesec validate`: FAT/SAT validation with signed evidence.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -11,6 +11,7 @@ use drivesec_oem::validate::Verdict;
 use sha2::{Digest, Sha256};
 
 use crate::cli::{EvidenceCommand, ValidateArgs, ValidateCommand};
+use crate::text::safe;
 
 /// A signing key in a keystore.
 type Signer = (Arc<dyn KeyStore>, KeyHandle);
@@ -25,37 +26,137 @@ fn soft(dir: &Path) -> Result<Arc<dyn KeyStore>> {
     )?)
 }
 
+/// The evidence public key: `--key FILE`, or the one in a lab's lab.json.
+fn evidence_key(key: &Option<PathBuf>, lab: &Option<PathBuf>) -> Result<PathBuf> {
+    match (key, lab) {
+        (Some(k), _) => Ok(k.clone()),
+        (None, Some(lab)) => Ok(drivesec_oem::lab::LabManifest::load(lab)?
+            .evidence
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: this lab has no evidence key (it was made before labs had one); give --key",
+                    lab.display()
+                )
+            })?
+            .public_key),
+        (None, None) => bail!("give --key FILE or --lab DIR"),
+    }
+}
+
+/// The signing key of a lab: its own evidence key, never the firmware
+/// approval key.
+fn lab_signer(lab: &Path, m: &drivesec_oem::lab::LabManifest) -> Result<Signer> {
+    let e = m.evidence.as_ref().ok_or_else(|| {
+        anyhow!(
+            "{}: this lab has no evidence key (it was made before labs had one); \
+             give --sign-keystore DIR --sign-key NAME",
+            lab.display()
+        )
+    })?;
+    Ok((soft(&e.keystore)?, KeyHandle::new(e.key.clone())?))
+}
+
+/// Runs `validate verify-evidence`.
+fn verify_evidence(c: &ValidateCommand, json: bool) -> Result<()> {
+    let ValidateCommand::VerifyEvidence {
+        file,
+        key,
+        lab,
+        plan,
+        inventory,
+        max_age,
+    } = c;
+    // Bad arguments first: nothing is read before they are all usable.
+    let max_age = max_age
+        .as_deref()
+        .map(drivesec_oem::evidence::parse_max_age)
+        .transpose()?;
+    let v: serde_json::Value = serde_json::from_slice(&fsu::read(file)?)
+        .with_context(|| format!("{} is not JSON", file.display()))?;
+    let pk = drivesec_firmware::read_public_key(&evidence_key(key, lab)?)?;
+    let doc =
+        drivesec_oem::evidence::verify(&v, &pk).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let mut expect = drivesec_oem::evidence::Expectations {
+        max_age,
+        ..Default::default()
+    };
+    if let Some(plan) = plan {
+        expect.plan_sha256 = Some(hex::encode(Sha256::digest(fsu::read(plan)?)));
+    }
+    if let Some(path) = inventory {
+        expect.devices = Inventory::load(path)?
+            .devices
+            .into_iter()
+            .map(|d| drivesec_oem::evidence::ExpectedDevice {
+                name: d.name,
+                serial: d.serial,
+                certificate_sha256: d.certificate_sha256,
+            })
+            .collect();
+    }
+    let mismatches =
+        drivesec_oem::evidence::mismatches(&doc, &expect, time::OffsetDateTime::now_utc());
+    let checked: Vec<&str> = [
+        plan.as_ref().map(|_| "plan"),
+        inventory.as_ref().map(|_| "inventory"),
+        expect.max_age.map(|_| "max-age"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "signature": "valid", "checked": checked, "mismatches": mismatches,
+                "summary": doc["summary"],
+            }))?
+        );
+    } else {
+        println!(
+            "{}: signature valid; {} device(s), {} finding(s), generated {}",
+            safe(&file.display().to_string()),
+            safe(&doc["summary"]["devices"].to_string()),
+            safe(&doc["summary"]["failures"].to_string()),
+            safe(doc["generated_at"].as_str().unwrap_or(""))
+        );
+        for m in &mismatches {
+            println!("  MISMATCH {}", safe(m));
+        }
+        if !checked.is_empty() && mismatches.is_empty() {
+            println!("  matches the {}", checked.join(", "));
+        }
+    }
+    if !mismatches.is_empty() {
+        bail!(
+            "{}: {} mismatch(es) with the {}",
+            file.display(),
+            mismatches.len(),
+            checked.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Runs `validate`.
 pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
-    if let Some(ValidateCommand::VerifyEvidence { file, key }) = &a.command {
-        let v: serde_json::Value = serde_json::from_slice(&fsu::read(file)?)
-            .with_context(|| format!("{} is not JSON", file.display()))?;
-        let pk = drivesec_firmware::read_public_key(key)?;
-        let doc = drivesec_oem::evidence::verify(&v, &pk)
-            .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&doc["summary"])?);
-        } else {
-            println!(
-                "{}: signature valid; {} device(s), {} finding(s), generated {}",
-                file.display(),
-                doc["summary"]["devices"],
-                doc["summary"]["failures"],
-                doc["generated_at"].as_str().unwrap_or("")
-            );
-        }
-        return Ok(());
+    if let Some(c) = &a.command {
+        return verify_evidence(c, json);
     }
     let plan = a
         .plan
         .as_ref()
         .ok_or_else(|| anyhow!("give --plan MODEL (and --inventory FILE or --lab DIR)"))?;
+    // Before any device is contacted: an --out that cannot be used stops here.
+    if let Some(out) = &a.out {
+        crate::commands::check_output_dir(out, "validate")?;
+    }
     let text = fsu::read_to_string(plan)?;
     let loaded = drivesec_iec62443::model::parse(plan, &text)?;
     let problems = drivesec_iec62443::check::check(&loaded);
     if problems.iter().any(|p| !p.warning) {
         for p in &problems {
-            eprintln!("{p}");
+            eprintln!("{}", crate::commands::safe_lines(&p.to_string()));
         }
         bail!("{}: the plan is not valid", plan.display());
     }
@@ -65,11 +166,12 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
             let m = drivesec_oem::lab::LabManifest::load(lab)?;
             let model = &loaded.model;
             let inv = Inventory::from_lab(lab, &m, &|dev: &str| model.asset_of_device(dev))?;
-            let signer = m
-                .firmware
-                .as_ref()
-                .map(|f| -> Result<_> { Ok((soft(&f.oem_keystore)?, KeyHandle::new("approval")?)) })
-                .transpose()?;
+            // Only needed when the evidence is written and no other key is given.
+            let signer = if a.out.is_some() && a.sign_key.is_none() {
+                Some(lab_signer(lab, &m)?)
+            } else {
+                None
+            };
             (inv, signer)
         }
         _ => bail!("give --inventory FILE or --lab DIR"),
@@ -100,7 +202,7 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
             .as_ref()
             .ok_or_else(|| anyhow!("evidence must be signed: give --sign-key (with --sign-keystore or --sign-pkcs11-uri)"))?;
         let signed = drivesec_oem::evidence::sign(doc.clone(), store.as_ref(), handle)?;
-        fsu::create_private_dir(out).or_else(|e| if out.is_dir() { Ok(()) } else { Err(e) })?;
+        crate::commands::output_dir(out, "validate")?;
         let files: [(&str, String); 3] = [
             (
                 "evidence.json",
@@ -124,24 +226,24 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
             let fails: Vec<_> = r.failures().collect();
             println!(
                 "{} ({}, zone {}, SL-T {}): {} check(s), {} finding(s), {:.2} s",
-                r.device,
-                r.asset,
-                r.zone,
+                safe(&r.device),
+                safe(&r.asset),
+                safe(&r.zone),
                 r.sl_t,
                 r.checks.len(),
                 fails.len(),
                 r.seconds
             );
             for c in fails {
-                println!("  FAIL {} {}: {}", c.requirement, c.id, c.detail);
+                println!("  FAIL {} {}: {}", c.requirement, c.id, safe(&c.detail));
             }
             for c in r.checks.iter().filter(|c| c.verdict == Verdict::Skipped) {
-                println!("  skipped {} {}: {}", c.requirement, c.id, c.detail);
+                println!("  skipped {} {}: {}", c.requirement, c.id, safe(&c.detail));
             }
         }
         if let Some(out) = &a.out {
             for f in ["evidence.json", "junit.xml", "report.html"] {
-                println!("{}", out.join(f).display());
+                println!("{}", safe(&out.join(f).display().to_string()));
             }
         }
     }
@@ -204,10 +306,10 @@ fn record(
 pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
     const KIND: &str = "drivesec-evidence-bundle";
     match c {
-        EvidenceCommand::Verify { file, key } => {
+        EvidenceCommand::Verify { file, key, lab } => {
             let v: serde_json::Value = serde_json::from_slice(&fsu::read(&file)?)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
-            let pk = drivesec_firmware::read_public_key(&key)?;
+            let pk = drivesec_firmware::read_public_key(&evidence_key(&key, &lab)?)?;
             let doc = drivesec_oem::evidence::verify_kind(&v, &pk, KIND)
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
             if json {
@@ -215,9 +317,9 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
             } else {
                 println!(
                     "{}: signature valid; {} generated {}",
-                    file.display(),
-                    doc["system"].as_str().unwrap_or(""),
-                    doc["generated_at"].as_str().unwrap_or("")
+                    safe(&file.display().to_string()),
+                    safe(doc["system"].as_str().unwrap_or("")),
+                    safe(doc["generated_at"].as_str().unwrap_or(""))
                 );
             }
             Ok(())
@@ -238,22 +340,32 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
                 bail!("{}: the plan is not valid (run plan check)", plan.display());
             }
             let model = &loaded.model;
-            let (inv, reach, default_key) = match devices.source()? {
+            let given = match (sign_keystore, sign_key) {
+                (Some(dir), Some(key)) => Some((soft(&dir)?, KeyHandle::new(&key)?)),
+                _ => None,
+            };
+            let (inv, reach, signer) = match devices.source()? {
                 crate::fleet::Source::Lab(m) => {
                     let lab = devices.lab.clone().unwrap_or_default();
                     let inv =
                         Inventory::from_lab(&lab, &m, &|dev: &str| model.asset_of_device(dev))?;
                     let reach = drivesec_oem::incident::Reach::from_lab(&m)?;
-                    (inv, reach, m.firmware.map(|f| f.oem_keystore))
+                    let signer = match given {
+                        Some(s) => s,
+                        None => lab_signer(&lab, &m)?,
+                    };
+                    (inv, reach, signer)
                 }
                 crate::fleet::Source::Inventory(inv, path) => {
                     let reach = drivesec_oem::incident::Reach::from_inventory(&inv, &path)?;
-                    (inv, reach, None)
+                    let signer = given.ok_or_else(|| {
+                        anyhow!(
+                            "--sign-keystore DIR --sign-key NAME are needed: the OEM evidence key that signs the bundle"
+                        )
+                    })?;
+                    (inv, reach, signer)
                 }
             };
-            let keystore = sign_keystore.or(default_key).ok_or_else(|| {
-                anyhow!("--sign-keystore DIR is needed: the OEM keystore that signs the bundle")
-            })?;
             let mut assessment = drivesec_iec62443::assess::assess(model);
             drivesec_iec62443::assess::attach_live(
                 &mut assessment,
@@ -284,11 +396,7 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
                     "audit_review": review,
                 },
             });
-            let signed = drivesec_oem::evidence::sign(
-                doc,
-                soft(&keystore)?.as_ref(),
-                &KeyHandle::new(&sign_key)?,
-            )?;
+            let signed = drivesec_oem::evidence::sign(doc, signer.0.as_ref(), &signer.1)?;
             fsu::write_atomic(
                 &out,
                 (serde_json::to_string_pretty(&signed)? + "\n").as_bytes(),
@@ -304,8 +412,8 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
                 );
             } else {
                 println!(
-                    "{}: plan, assessment ({} approval items), validation ({} findings), access review of {} device(s); signed with the OEM key",
-                    out.display(),
+                    "{}: plan, assessment ({} approval items), validation ({} findings), access review of {} device(s); signed with the OEM evidence key",
+                    safe(&out.display().to_string()),
                     assessment.approvals.len(),
                     findings,
                     review.len()

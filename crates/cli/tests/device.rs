@@ -1086,7 +1086,11 @@ fn bad_input_is_refused_with_4xx_and_changes_nothing() {
 
 #[test]
 fn audit_trail_holds_every_action_and_verifies() {
-    let lab = test_lab(None);
+    // Checkpoints every 5 records: the trail on disk is signed, not only
+    // chained, by the time it is verified below.
+    let mut cfg = config();
+    cfg.audit.checkpoint_every = 5;
+    let lab = test_lab(Some(cfg));
     let before = lab
         .session("auditor")
         .ok("GET", "/api/v1/audit?limit=10000", None)
@@ -1171,6 +1175,7 @@ fn audit_trail_holds_every_action_and_verifies() {
         .unwrap();
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(o.status.success() && v["ok"] == true, "{v}");
+    assert!(v["checkpoints_verified"].as_u64().unwrap() >= 1, "{v}");
     // Commissioning itself is in the trail, first thing after start.
     let first = auditor.ok("GET", "/api/v1/audit?limit=5", None).unwrap();
     let names: Vec<&str> = first["records"]
@@ -2050,7 +2055,7 @@ fn attestation_is_bound_to_nonce_device_and_release() {
         .ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))
         .unwrap();
     let verify = |resp: &Value, nonce: &str, name: Option<&str>, h| {
-        drivesec_oem::attest::verify_attestation(resp, nonce, &roots, name, h)
+        drivesec_oem::attest::verify_attestation(resp, nonce, &roots, &[], name, h)
     };
     let r = verify(&resp, nonce, Some(&name), Some(&factory)).unwrap();
     assert_eq!(r.version, "1.0.0");

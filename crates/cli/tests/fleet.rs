@@ -277,10 +277,7 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
                 .parse()
                 .unwrap(),
             Some(&stolen),
-            &drivesec_oem::client::DeviceTrust::Ldevid {
-                roots: drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap(),
-                device_name: dev.device_name.clone().unwrap(),
-            },
+            &lab.m.device_trust(dev).unwrap(),
             drivesec_oem::client::Versions::Default,
         )
         .unwrap()
@@ -375,7 +372,9 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
     let t = lab.m.devices[3].tamper.clone().unwrap();
     std::fs::create_dir_all(t.parent().unwrap()).unwrap();
     std::fs::write(&t, b"").unwrap();
-    // The response runs within a tick; give the scan a few tries.
+    // The response runs within a tick; give the scan a few tries (while
+    // the device switches to its tampered identity, a scan may also find
+    // it unreachable, a failed device, and try again).
     let mut res = (0, String::new(), String::new());
     for _ in 0..50 {
         res = drivesec(&[
@@ -386,7 +385,7 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
             "--inventory",
             s(&inventory),
         ]);
-        if res.0 == 2 {
+        if res.0 == 2 && res.2.contains("report tamper") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -413,10 +412,7 @@ fn ldevid_renewal_before_expiry() {
     let lab = test_lab_n(Some(config()), 4);
     let serial_of = |dev: &drivesec_oem::lab::LabDevice| {
         let id = lab.identity("viewer");
-        let trust = drivesec_oem::client::DeviceTrust::Ldevid {
-            roots: drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap(),
-            device_name: dev.device_name.clone().unwrap(),
-        };
+        let trust = lab.m.device_trust(dev).unwrap();
         let (_, _, chain) = drivesec_oem::validate::probe(
             dev.api
                 .as_ref()
@@ -678,7 +674,11 @@ fn evidence_bundle_is_signed_and_tamper_evident() {
         s(&out),
     ]);
     assert_eq!(code, 0, "{stdout}{err}");
-    let key = common::oem_public_key(&lab);
+    // The lab signs evidence with its own evidence key, not the approval key.
+    let key = common::evidence_public_key(&lab);
+    let approval = common::oem_public_key(&lab);
+    let (code, _, err) = drivesec(&["evidence", "verify", s(&out), "--key", s(&approval)]);
+    assert_eq!(code, 2, "verified under the approval key: {err}");
     let (code, stdout, err) = drivesec(&["evidence", "verify", s(&out), "--key", s(&key)]);
     assert_eq!(code, 0, "{stdout}{err}");
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
@@ -739,9 +739,12 @@ fn evidence_bundle_is_signed_and_tamper_evident() {
     assert!(err.contains("--sign-keystore"), "{err}");
     assert!(!out2.exists());
     let ks = lab.m.firmware.as_ref().unwrap().oem_keystore.clone();
-    let (code, stdout, err) = bundle(&["--sign-keystore", s(&ks)]);
+    let (code, _, err) = bundle(&["--sign-keystore", s(&ks)]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--sign-key"), "{err}");
+    let (code, stdout, err) = bundle(&["--sign-keystore", s(&ks), "--sign-key", "approval"]);
     assert_eq!(code, 0, "{stdout}{err}");
-    let (code, _, err) = drivesec(&["evidence", "verify", s(&out2), "--key", s(&key)]);
+    let (code, _, err) = drivesec(&["evidence", "verify", s(&out2), "--key", s(&approval)]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_slice(&std::fs::read(&out2).unwrap()).unwrap();
     let c = &v["evidence"]["contents"];

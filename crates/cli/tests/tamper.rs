@@ -331,10 +331,14 @@ fn reprovision_and_recommission(
     let mut c = DeviceClient::new(
         started.addr,
         Some(&lab.identity("security-admin")),
-        &DeviceTrust::Ldevid {
-            roots: drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap(),
-            device_name: "again.lab.drivesec".into(),
-        },
+        &DeviceTrust::owned(
+            drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap(),
+            "again.lab.drivesec",
+            None,
+            drivesec_oem::client::Revocation::from_file(&lab.m.crl)
+                .unwrap()
+                .0,
+        ),
         Versions::Default,
     )
     .unwrap();

@@ -241,39 +241,45 @@ impl DeviceConfig {
     }
 
     /// Reads and checks a TOML file; errors name the file and the problem.
+    /// The check is [`DeviceConfig::validate`], the one start-up applies.
     pub fn load(path: &Path) -> Result<Self> {
         let text = drivesec_fsutil::read_to_string(path)?;
         let cfg: DeviceConfig = toml::from_str(&text).map_err(|e| DeviceError::Config {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        cfg.validate().map_err(|reason| DeviceError::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Every check of the settings, in one place: [`DeviceConfig::load`]
+    /// (so `drivesecd check`) and start-up (`runtime::build`, after the
+    /// overrides set through the API) use this same test, and it includes
+    /// the audit trail's own ([`AuditConfig::validate`]), so a
+    /// configuration that passes the check also starts.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let cfg = self;
         if cfg.api.max_concurrent_logins == 0
             || cfg.api.max_body_bytes < 1024
             || cfg.api.logins_per_minute == 0
         {
-            return Err(DeviceError::Config {
-                path: path.to_path_buf(),
-                reason: "api.max_concurrent_logins and api.logins_per_minute must be >= 1, api.max_body_bytes >= 1024"
-                    .into(),
-            });
+            return Err("api.max_concurrent_logins and api.logins_per_minute must be >= 1, api.max_body_bytes >= 1024".into());
         }
         // The access policy is checked before anything is hashed with it
         // (a huge Argon2 cost would abort the daemon at the first login).
-        cfg.access.validate().map_err(|e| DeviceError::Config {
-            path: path.to_path_buf(),
-            reason: match e {
-                drivesec_access::AccessError::InvalidPolicy(m) => format!("access.{m}"),
-                other => other.to_string(),
-            },
+        cfg.access.validate().map_err(|e| match e {
+            drivesec_access::AccessError::InvalidPolicy(m) => format!("access.{m}"),
+            other => other.to_string(),
         })?;
+        cfg.audit.validate()?;
         let in_range = |name: &str, value: u64, lo: u64, hi: u64| {
             if (lo..=hi).contains(&value) {
                 Ok(())
             } else {
-                Err(DeviceError::Config {
-                    path: path.to_path_buf(),
-                    reason: format!("{name} must be {lo} to {hi}, not {value}"),
-                })
+                Err(format!("{name} must be {lo} to {hi}, not {value}"))
             }
         };
         in_range(
@@ -341,20 +347,31 @@ impl DeviceConfig {
         )?;
         let m = &cfg.modbus;
         if m.comm_loss_timeout_ms < 50 || m.idle_timeout_secs == 0 || m.max_connections == 0 {
-            return Err(DeviceError::Config {
-                path: path.to_path_buf(),
-                reason: "modbus.comm_loss_timeout_ms must be >= 50, modbus.idle_timeout_secs and modbus.max_connections >= 1".into(),
-            });
+            return Err("modbus.comm_loss_timeout_ms must be >= 50, modbus.idle_timeout_secs and modbus.max_connections >= 1".into());
         }
         if let Some(r) = &m.insecure_plain_role
             && drivesec_pki::role::Role::new(r.clone()).is_err()
         {
-            return Err(DeviceError::Config {
-                path: path.to_path_buf(),
-                reason: format!("modbus.insecure_plain_role '{r}' is not a valid role name"),
-            });
+            return Err(format!(
+                "modbus.insecure_plain_role '{r}' is not a valid role name"
+            ));
         }
-        Ok(cfg)
+        Ok(())
+    }
+
+    /// The configuration start-up runs with for the state directory `st`:
+    /// this one with the settings set through the API applied over it
+    /// (access policy, TLS and Modbus overrides), checked by
+    /// [`DeviceConfig::validate`]. Start-up uses it, and so can a check.
+    pub fn for_state(mut self, st: &crate::state::StateDir) -> Result<Self> {
+        use crate::state::files;
+        if st.path(files::ACCESS_POLICY).exists() {
+            self.access = AccessPolicy::load(&st.path(files::ACCESS_POLICY))?;
+        }
+        crate::provision::apply_overrides(&st.dir, &mut self)?;
+        self.validate()
+            .map_err(|reason| DeviceError::Invalid(format!("configuration: {reason}")))?;
+        Ok(self)
     }
 
     /// As TOML.
@@ -425,6 +442,26 @@ mod tests {
                     ..base.clone()
                 },
                 "modbus.comm_loss_timeout_ms",
+            ),
+            (
+                DeviceConfig {
+                    audit: AuditConfig {
+                        segment_bytes: 1024,
+                        ..AuditConfig::default()
+                    },
+                    ..base.clone()
+                },
+                "audit.segment_bytes",
+            ),
+            (
+                DeviceConfig {
+                    audit: AuditConfig {
+                        max_bytes: 4096,
+                        ..AuditConfig::default()
+                    },
+                    ..base.clone()
+                },
+                "audit.max_bytes",
             ),
             (
                 DeviceConfig {

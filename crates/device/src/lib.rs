@@ -14,6 +14,7 @@ pub mod config;
 pub mod credential;
 pub mod drive_loop;
 pub mod firmware;
+mod forwarding;
 pub mod modbus;
 pub mod posture;
 pub mod provision;

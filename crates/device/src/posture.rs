@@ -59,6 +59,12 @@ pub struct Live {
     pub firmware_verified: bool,
     /// Roles in the Modbus rights table.
     pub modbus_roles: Vec<String>,
+    /// Why the audit forwarder refuses its collector (its certificate
+    /// failed the check: revoked, not trusted, ...), if it does.
+    pub forwarding_refused: Option<String>,
+    /// What the audit trail's start-up check found (damage, a rewind of
+    /// its checkpoints, what it could not check); empty when it passed.
+    pub audit_findings: Vec<String>,
 }
 
 /// Assesses the device.
@@ -190,6 +196,15 @@ pub fn assess(
             "SR 2.8 RE1 (SL 3): audit forwarding not configured (no central audit trail)",
         );
     }
+    if let Some(why) = &live.forwarding_refused {
+        cap(
+            1,
+            2,
+            &format!(
+                "SR 2.8 RE1 (SL 3): audit forwarding delivers nothing: the collector's certificate was refused ({why}); records wait in the trail"
+            ),
+        );
+    }
     cap(
         1,
         2,
@@ -214,6 +229,12 @@ pub fn assess(
             0,
             "SR 3.1 (SL 1): plain Modbus/TCP is enabled: its traffic has no integrity protection",
         );
+    }
+    // The trail at rest (docs/audit.md, "Start-up check"): reported, not
+    // signed over; the cap stays while the trail holds the damage or the
+    // device's report of it.
+    for f in &live.audit_findings {
+        cap(2, 1, &format!("SR 3.9 (SL 2): {f}"));
     }
     // FR4
     if c.tls.allow_tls12 {
@@ -256,6 +277,13 @@ pub fn assess(
             5,
             1,
             "SR 6.2 (SL 2, verify): audit forwarding not configured (no continuous monitoring)",
+        );
+    }
+    if live.forwarding_refused.is_some() {
+        cap(
+            5,
+            1,
+            "SR 6.2 (SL 2, verify): audit forwarding delivers nothing: the collector's certificate was refused (no continuous monitoring)",
         );
     }
     // FR7
@@ -349,8 +377,10 @@ fn settings(
         "accounts_per_role": per_role,
         "audit": c.audit,
         "audit_forwarding": forwarding,
+        "audit_forwarding_refused": live.forwarding_refused,
         "api": c.api,
         "firmware_verified": live.firmware_verified,
+        "audit_start_up_findings": live.audit_findings,
         "modbus": {
             "enabled": c.modbus.enabled,
             "listen": c.modbus.listen,

@@ -53,14 +53,21 @@ fn load_params(st: &StateDir) -> Result<ParamSet> {
 }
 
 /// Loads the state directory (refusing a corrupt one) and builds the device and its router.
-pub fn build(state_dir: &Path, mut config: DeviceConfig) -> Result<(Arc<Device>, Router)> {
+pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Router)> {
     let st = StateDir::load(state_dir)?;
-    // A policy set through the API overrides the configuration file's.
-    if st.path(files::ACCESS_POLICY).exists() {
-        config.access = drivesec_access::AccessPolicy::load(&st.path(files::ACCESS_POLICY))?;
-    }
-    crate::provision::apply_overrides(&st.dir, &mut config)?;
+    // Settings made through the API override the configuration file's;
+    // the result passes the same check as `drivesecd check`.
+    let config = config.for_state(&st)?;
+    // The trail is checked before anything signs over it: what the check
+    // finds is recorded, shown in the posture and forwarded; the device
+    // starts anyway (docs/audit.md, "Start-up check").
     let audit = open_audit(&st, &config)?;
+    for f in audit.startup_check().findings() {
+        tracing::error!(finding = %f, "audit trail start-up check");
+    }
+    if !audit.startup_check().stray_files.is_empty() {
+        tracing::warn!(files = ?audit.startup_check().stray_files, "stray files in the audit trail's segments/ are ignored");
+    }
     let accounts = match st.file.state {
         LifeCycle::Commissioned => Some(Accounts::open(
             &st.path(files::ACCOUNTS),
@@ -441,7 +448,19 @@ impl Device {
         self.trust.send_modify(|t| {
             t.generation += 1;
             t.modbus = trust.modbus;
+            t.crls = trust.crls;
         });
+        // The forwarder signs its TLS handshakes with the identity it was
+        // started with, which a renewal has just destroyed: a running
+        // forwarder starts again under the state's identity (its cursor is
+        // on disk, so nothing is lost or sent twice beyond the usual).
+        let running = self.forwarder.lock().is_ok_and(|f| f.is_some());
+        if running
+            && let Ok(Some(s)) = self.forwarding_settings()
+            && let Err(e) = self.start_forwarding(&s, false)
+        {
+            tracing::error!(%e, "restarting audit forwarding under the new identity");
+        }
         Ok(())
     }
 
@@ -514,6 +533,7 @@ impl Device {
             key,
             host,
         );
+        let cfg = crate::forwarding::configure(cfg, s, self.trust.subscribe())?;
         let fwd = Forwarder::start(&audit_dir, cfg)?;
         if persist {
             let json =
@@ -677,7 +697,9 @@ impl Device {
             .map_err(|_| ApiError::internal("lock poisoned"))?
             .as_ref()
             .map(|a| a.users());
+        let audit_findings = self.audit_log()?.startup_check().findings();
         let live = posture::Live {
+            audit_findings,
             firmware_verified: self
                 .running
                 .lock()
@@ -689,6 +711,7 @@ impl Device {
                 .keys()
                 .map(|r| r.as_str().to_string())
                 .collect(),
+            forwarding_refused: crate::forwarding::refused(self),
         };
         Ok(posture::assess(
             &st,
@@ -728,17 +751,43 @@ impl Device {
             .map_err(|_| ApiError::internal("config lock poisoned"))?
             .clone();
         *self.lock_sessions()? = Sessions::new(config.access.session.clone());
-        self.audit_log()?.checkpoint_now()?;
+        // The old trail ends here, sealed by a final checkpoint; nothing
+        // writes into its directory after it is archived.
+        // A failed final checkpoint leaves the archived trail's tail
+        // unsigned (verify names it); the approved reset goes on.
+        if let Err(e) = self.audit_log()?.retire() {
+            tracing::error!(error = %e, "factory reset: the old trail's final checkpoint failed");
+        }
         let (cred, dir) = {
             let st = self
                 .state
                 .read()
                 .map_err(|_| ApiError::internal("state lock poisoned"))?;
             let p = st.path(files::PARAMS);
-            if p.exists() {
-                fsu::shred(&p).map_err(|e| ApiError::internal(e.to_string()))?;
+            let reset = (|| {
+                if p.exists() {
+                    fsu::shred(&p).map_err(|e| ApiError::internal(e.to_string()))?;
+                }
+                Ok::<_, ApiError>(st.factory_reset()?)
+            })();
+            match reset {
+                Ok(cred) => (cred, st.dir.clone()),
+                Err(e) => {
+                    // The old trail was retired: whatever the reset did,
+                    // the device must not go on without a trail.
+                    match open_audit(&st, &config) {
+                        Ok(again) => {
+                            if let Ok(mut a) = self.audit.write() {
+                                *a = Arc::new(again);
+                            }
+                        }
+                        Err(open) => {
+                            tracing::error!(error = %open, "after a failed factory reset the audit trail did not reopen")
+                        }
+                    }
+                    return Err(e);
+                }
             }
-            (st.factory_reset()?, st.dir.clone())
         };
         *self
             .params
@@ -767,6 +816,9 @@ pub(crate) struct Trust {
     /// when the device serves no Modbus (factory state). After the tamper
     /// response open sessions stay, for status reads only (docs/modbus.md).
     pub(crate) modbus: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    /// The owner's CRLs the state holds, which the audit forwarder checks
+    /// the collector's certificate against (`crate::forwarding`).
+    pub(crate) crls: Arc<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>>,
 }
 
 impl Trust {
@@ -785,6 +837,7 @@ impl Trust {
             } else {
                 None
             },
+            crls: Arc::new(st.crl_ders()),
         })
     }
 }

@@ -630,6 +630,19 @@ impl StateDir {
             std::fs::rename(&audit, &to).map_err(|e| fsu::FsError::io("rename", &audit, e))?;
             fsu::sync_dir(&archive)?;
             fsu::sync_dir(&self.dir)?;
+            // The new trail carries on from the archived one behind a
+            // signed anchor, so no sequence number is given out twice and
+            // the keystore's checkpoint counter never has to go back
+            // (docs/audit.md, "Factory reset keeps the trail"). Without it
+            // the next start reports the trail as rewound, which is loud
+            // but not fatal: the reset goes on.
+            let signer = drivesec_audit::Signer {
+                store: self.store.clone(),
+                handle: self.file.idevid_key.clone(),
+            };
+            if let Err(e) = drivesec_audit::continue_after(&audit, &to, &signer) {
+                tracing::error!(error = %e, "factory reset: the new audit trail could not be anchored to the archived one");
+            }
         }
         let cred = credential::generate();
         let hash = credential::hash(&cred)?;

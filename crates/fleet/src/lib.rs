@@ -26,7 +26,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
 /// Errors.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    /// The URL names no engine this build knows.
+    /// The URL names no engine this build knows (the URL as shown, its
+    /// password redacted: [`redact_url`]).
     #[error("'{0}' is not a store URL (use sqlite:PATH or postgres://USER@HOST:PORT/DB)")]
     Url(String),
     /// SQLite said no.
@@ -215,10 +216,44 @@ pub fn open(url: &str) -> Result<Box<dyn FleetStore>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Box::new(pg::PgStore::connect(url)?)
     } else {
-        return Err(FleetError::Url(url.to_string()));
+        return Err(FleetError::Url(redact_url(url)));
     };
     s.migrate()?;
     Ok(s)
+}
+
+/// `url` fit to show in a message or a log: the password of its user
+/// information (`scheme://user:PASSWORD@host`, also in a mistyped URL) and
+/// any `password=` parameter (query string or key=value form) replaced by
+/// `***`. Everything else is kept, so the mistake stays visible.
+pub fn redact_url(url: &str) -> String {
+    let mut out = match url.rfind('@') {
+        Some(at) => {
+            let (head, tail) = url.split_at(at);
+            // Where the user information starts: after "://", or after the
+            // scheme's ':' in a URL missing its slashes.
+            let start = head
+                .find("://")
+                .map(|i| i + 3)
+                .or_else(|| head.find(':').map(|i| i + 1))
+                .unwrap_or(0);
+            match head[start..].find(':') {
+                Some(colon) => format!("{}***{tail}", &head[..start + colon + 1]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    };
+    let mut from = 0;
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
+        let value = from + i + "password=".len();
+        let end = out[value..]
+            .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
+            .map_or(out.len(), |e| value + e);
+        out.replace_range(value..end, "***");
+        from = value + 3;
+    }
+    out
 }
 
 /// Now, RFC 3339 UTC.
@@ -226,4 +261,49 @@ pub(crate) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_store_urls_are_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://admin:s3cret@db:5432/fleet",
+                "postgres://admin:***@db:5432/fleet",
+            ),
+            (
+                "postgress://admin:s3cret@db/fleet",
+                "postgress://admin:***@db/fleet",
+            ),
+            (
+                "postgres:admin:s3cret@db/fleet",
+                "postgres:admin:***@db/fleet",
+            ),
+            ("pg://admin:p@ss/w:rd@db/fleet", "pg://admin:***@db/fleet"),
+            (
+                "postgres://db/fleet?user=a&Password=s3cret&sslmode=x",
+                "postgres://db/fleet?user=a&Password=***&sslmode=x",
+            ),
+            (
+                "host=db user=a password=s3cret",
+                "host=db user=a password=***",
+            ),
+            ("postgres://admin@db/fleet", "postgres://admin@db/fleet"),
+            ("sqlite:/var/lib/fleet.db", "sqlite:/var/lib/fleet.db"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let e = super::open("postgress://admin:s3cret@db/fleet")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            !e.contains("s3cret") && e.contains("postgress://admin:***@db"),
+            "{e}"
+        );
+    }
 }

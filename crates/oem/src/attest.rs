@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use base64::Engine;
 use drivesec_firmware::image::Header;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -29,14 +29,21 @@ pub struct AttestReport {
 }
 
 /// Verifies an attestation response against the nonce sent, the roots the
-/// device identity must chain to, the device asked (`device_name`: the
-/// signing certificate must carry it as a DNS name and the statement must
-/// name it, so one device cannot relay another's attestation), and
-/// optionally the approved image's header.
+/// device identity must chain to, the owner's `crls`, the device asked
+/// (`device_name`: the signing certificate must carry it as a DNS name and
+/// the statement must name it, so one device cannot relay another's
+/// attestation), and optionally the approved image's header.
+///
+/// With `crls` (when there are any) the signing certificate's issuer must
+/// have one and the certificate must not be on it, and a root's CRL applies
+/// to the chain. A CRL past its nextUpdate still applies (the policy of the
+/// tool's connections, docs/incident-response.md). So an attestation signed
+/// with a revoked LDevID key does not count.
 pub fn verify_attestation(
     resp: &Value,
     nonce_hex: &str,
     roots: &[CertificateDer<'static>],
+    crls: &[CertificateRevocationListDer<'static>],
     device_name: Option<&str>,
     approved: Option<&Header>,
 ) -> Result<AttestReport> {
@@ -73,6 +80,9 @@ pub fn verify_attestation(
             time: None,
         },
     )?;
+    if !crls.is_empty() {
+        check_revocation(&chain[0], &chain[1..], roots, crls).map_err(|e| bad(&e))?;
+    }
     if let Some(name) = device_name {
         let leaf = drivesec_pki::inspect::summarize(&chain[0])?;
         if !leaf
@@ -138,4 +148,61 @@ pub fn verify_attestation(
         }),
     };
     Ok(report)
+}
+
+/// The signer `leaf` (with `intermediates`, chaining to `roots`) against
+/// `crls`: first the leaf, whose issuer must have a CRL, then the chain
+/// against whichever CRLs cover it; expiry of a CRL is not enforced.
+fn check_revocation(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'static>],
+    crls: &[CertificateRevocationListDer<'static>],
+) -> std::result::Result<(), String> {
+    use webpki::{RevocationCheckDepth, UnknownStatusPolicy};
+    let anchors = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).map_err(|e| format!("owner root: {e:?}")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let parsed = crls
+        .iter()
+        .map(|c| {
+            webpki::BorrowedCertRevocationList::from_der(c)
+                .map(webpki::CertRevocationList::from)
+                .map_err(|e| format!("the owner's CRL does not parse: {e:?}"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let refs: Vec<&webpki::CertRevocationList<'_>> = parsed.iter().collect();
+    let ee = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("the signing certificate does not parse: {e:?}"))?;
+    for (depth, status) in [
+        (RevocationCheckDepth::EndEntity, UnknownStatusPolicy::Deny),
+        (RevocationCheckDepth::Chain, UnknownStatusPolicy::Allow),
+    ] {
+        let opts = webpki::RevocationOptionsBuilder::new(&refs)
+            .map_err(|_| "no CRL".to_string())?
+            .with_depth(depth)
+            .with_status_policy(status)
+            .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+            .build();
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            intermediates,
+            UnixTime::now(),
+            webpki::KeyUsage::server_auth(),
+            Some(opts),
+            None,
+        )
+        .map_err(|e| match e {
+            webpki::Error::CertRevoked => {
+                "signed by a certificate the owner's CRL revokes: it does not count".to_string()
+            }
+            webpki::Error::UnknownRevocationStatus => {
+                "no CRL of the owner covers the signing certificate's issuer".to_string()
+            }
+            other => format!("the signing certificate: {other:?}"),
+        })?;
+    }
+    Ok(())
 }

@@ -1,24 +1,39 @@
 //! A client for the device API over mutual TLS: the tool's own certificate
-//! and key (PEM files, as an engineer's tool holds them), and one of two ways
+//! and key (PEM files, as an engineer's tool holds them), and one of the ways
 //! to trust the device: its IDevID chain to the manufacturer root (factory
 //! state: the name is not checked, the serial number may be), or its LDevID
-//! to the owner's root under the device's DNS name.
+//! to the owner's root under the device's DNS name, checked against the
+//! owner's CRLs, for the LDevID profile and (when known) the device's serial
+//! number ([`DeviceTrust::Owned`]).
 //!
 //! A refused device certificate that is a tampered device's throwaway
-//! `CN=TAMPERED <serial>` one, or a genuine IDevID of another serial, is
-//! reported as such ([`PeerProblem`]) instead of as a bare TLS error.
+//! `CN=TAMPERED <serial>` one, a genuine IDevID of another serial, a revoked
+//! certificate, another profile than an LDevID or the LDevID of another
+//! device is reported as such ([`PeerProblem`]) instead of as a bare TLS
+//! error. Nothing is sent to a refused device: the request (and so any
+//! password in it) goes only over a connection whose handshake proved the
+//! device.
+//!
+//! Every connection has deadlines ([`Timeouts`]: TCP connect, TLS
+//! handshake, each answer) and every answer a size cap chosen by its route,
+//! so a silent or flooding device fails its own request instead of hanging
+//! or exhausting the tool.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 
 use crate::{OemError, Result};
@@ -41,6 +56,35 @@ pub enum PeerProblem {
         /// The one the IDevID's subject serialNumber carries.
         found: String,
     },
+    /// The certificate chains to the owner's root but the owner's CRL
+    /// revokes it.
+    Revoked {
+        /// The certificate's serial (hex).
+        serial: String,
+        /// Its subject.
+        subject: String,
+    },
+    /// None of the owner's CRLs covers the certificate's issuer, so its
+    /// revocation cannot be checked.
+    NoCrlCoverage {
+        /// The certificate's issuer.
+        issuer: String,
+    },
+    /// A certificate of the owner's CA, but not an LDevID (a server or
+    /// client certificate, say): it does not identify a device.
+    NotLdevid {
+        /// Which profile it is ("a server-profile certificate", ...).
+        kind: String,
+        /// Its subject.
+        subject: String,
+    },
+    /// A genuine LDevID, but for another serial number than the expected one.
+    OtherDevice {
+        /// The serial number expected.
+        expected: String,
+        /// The one the LDevID's subject serialNumber carries.
+        found: String,
+    },
 }
 
 impl PeerProblem {
@@ -55,6 +99,27 @@ impl PeerProblem {
                 "{who} presents a genuine IDevID for serial {found}, not the expected serial {expected}: \
                  it is another device, and nothing was sent to it; check the serial on the device's label \
                  and the address"
+            ),
+            PeerProblem::Revoked { serial, subject } => format!(
+                "{who} presents a certificate the owner's CRL revokes (serial {serial}, {subject}): \
+                 it is not trusted as the device, and nothing was sent to it; if this is your device \
+                 presenting its revoked LDevID, it has to be commissioned again (factory reset); \
+                 otherwise something else answers at this address"
+            ),
+            PeerProblem::NoCrlCoverage { issuer } => format!(
+                "{who}: none of the owner's CRLs covers its certificate's issuer ({issuer}), so its \
+                 revocation cannot be checked; nothing was sent to it; give the CRL of that CA \
+                 (its crl.pem: trust.crl in the inventory, --crl) and run the command again"
+            ),
+            PeerProblem::NotLdevid { kind, subject } => format!(
+                "{who} presents {kind} ({subject}) where a device's LDevID is expected: a certificate \
+                 of the owner's CA that is not an LDevID does not identify a device, and nothing was \
+                 sent to it; something else answers at this address"
+            ),
+            PeerProblem::OtherDevice { expected, found } => format!(
+                "{who} presents the owner's LDevID of serial {found}, not of the expected serial \
+                 {expected}: it is another device, and nothing was sent to it; check the address and \
+                 serial in the inventory"
             ),
         }
     }
@@ -111,14 +176,203 @@ fn tampered_marker(der: &[u8]) -> Option<String> {
     .then(|| serial.to_string())
 }
 
-/// `err`, a refused device certificate's error, or the
-/// [`PeerProblem::Tampered`] that explains it when the certificate is a
-/// tampered device's marker.
+/// `err`, a refused device certificate's error, or the [`PeerProblem`]
+/// that explains it: a tampered device's marker, a revoked certificate, or
+/// one whose issuer no CRL covers.
 fn explain_refusal(end_entity: &[u8], err: rustls::Error) -> rustls::Error {
-    match tampered_marker(end_entity) {
-        Some(serial) => PeerProblem::Tampered { serial }.into_tls(),
-        None => err,
+    if let Some(serial) = tampered_marker(end_entity) {
+        return PeerProblem::Tampered { serial }.into_tls();
     }
+    let summary = drivesec_pki::inspect::summarize(end_entity).ok();
+    match (&err, summary) {
+        (rustls::Error::InvalidCertificate(CertificateError::Revoked), Some(s)) => {
+            PeerProblem::Revoked {
+                serial: s.serial,
+                subject: s.subject,
+            }
+            .into_tls()
+        }
+        (rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus), Some(s)) => {
+            PeerProblem::NoCrlCoverage { issuer: s.issuer }.into_tls()
+        }
+        _ => err,
+    }
+}
+
+/// The subject serialNumber of `der` when it is an LDevID as the OEM CA
+/// issues them (docs/pki.md, "Certificate profiles"): OU exactly `LDevID`,
+/// not a CA, exactly one serialNumber, extendedKeyUsage serverAuth and
+/// clientAuth, the one URI `urn:drivesec:device:<serial>` among its names,
+/// no role extension. Otherwise [`PeerProblem::NotLdevid`] naming the
+/// profile it has. (A local helper: `drivesec_pki` has no profile reader.)
+pub fn ldevid_serial(der: &[u8]) -> std::result::Result<String, PeerProblem> {
+    let not = |kind: &str, subject: String| PeerProblem::NotLdevid {
+        kind: kind.to_string(),
+        subject,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| not("something that is not an X.509 certificate", String::new()))?;
+    let subject = cert.subject().to_string();
+    let ous: Vec<&str> = cert
+        .subject()
+        .iter_organizational_unit()
+        .map(|a| a.as_str().unwrap_or("?"))
+        .collect();
+    let kind = match ous.as_slice() {
+        ["LDevID"] => None,
+        ["Servers"] => Some("a server-profile certificate"),
+        ["Clients"] => Some("a client-profile certificate"),
+        ["IDevID"] => Some("an IDevID"),
+        _ => Some("a certificate that is not an LDevID"),
+    };
+    if let Some(k) = kind {
+        return Err(not(k, subject));
+    }
+    let s = drivesec_pki::inspect::summarize(der)
+        .map_err(|_| not("an unreadable certificate", subject.clone()))?;
+    let serial = drivesec_pki::inspect::subject_serial_number(der).map_err(|_| {
+        not(
+            "an LDevID-named certificate without one serialNumber",
+            subject.clone(),
+        )
+    })?;
+    let uris: Vec<&String> = s
+        .subject_alt_names
+        .iter()
+        .filter(|n| n.starts_with("URI:"))
+        .collect();
+    let eku = |u: &str| s.extended_key_usage.iter().any(|e| e == u);
+    if s.is_ca
+        || !eku("serverAuth")
+        || !eku("clientAuth")
+        || uris.len() != 1
+        || *uris[0] != format!("URI:urn:drivesec:device:{serial}")
+        || s.role_extension_critical.is_some()
+    {
+        return Err(not(
+            "an LDevID-named certificate that does not have the LDevID profile",
+            subject,
+        ));
+    }
+    Ok(serial)
+}
+
+/// How the tool checks a commissioned device's certificate against the
+/// owner's revocations (docs/incident-response.md, "How the tool
+/// recognises a device").
+#[derive(Debug, Clone)]
+pub enum Revocation {
+    /// The owner's CRLs. The device certificate's issuer must have one
+    /// (a certificate whose revocation cannot be checked is refused) and
+    /// the certificate must not be on it; a CRL of a root that revokes an
+    /// issuing CA is applied to the chain too. A CRL past its nextUpdate
+    /// still applies: its revocations stay refused, and the tool warns
+    /// ([`Revocation::from_file`]).
+    Crls(Vec<CertificateRevocationListDer<'static>>),
+    /// No CRL is known: connecting is refused with this message, which
+    /// says where to give one.
+    Missing(String),
+    /// Risky: no CRL is known and the user chose to go on without
+    /// revocation checks (`--insecure-no-crl`).
+    UncheckedRisky,
+}
+
+impl Revocation {
+    /// The CRLs in `path` (PEM `X509 CRL` blocks, or one DER CRL), and a
+    /// warning for each one past its nextUpdate (or without one).
+    pub fn from_file(path: &Path) -> Result<(Revocation, Vec<String>)> {
+        let bytes = drivesec_fsutil::read(path)?;
+        let bad = |reason: String| OemError::BadFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let crls = drivesec_pki::crl::parse_crls(&bytes).map_err(|e| bad(e.to_string()))?;
+        let now = time::OffsetDateTime::now_utc();
+        let mut warnings = vec![];
+        for (i, c) in crls.iter().enumerate() {
+            let (_, crl) = x509_parser::parse_x509_crl(c)
+                .map_err(|e| bad(format!("CRL {}: does not parse: {e}", i + 1)))?;
+            let issuer = crl.issuer().to_string();
+            match crl.next_update().map(|t| t.to_datetime()) {
+                Some(next) if next >= now => {}
+                next => warnings.push(format!(
+                    "the owner's CRL {} (issuer {issuer}) is {}: revocations published since then \
+                     are unknown to this tool (the ones it lists are still refused); sign a fresh \
+                     one (`drivesec ca crl --ca OEM_CA_DIR`) and push it (`drivesec fleet push-crl`)",
+                    path.display(),
+                    match next {
+                        Some(t) => format!(
+                            "past its nextUpdate ({})",
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .unwrap_or_default()
+                        ),
+                        None => "without a nextUpdate".into(),
+                    }
+                )),
+            }
+        }
+        Ok((Revocation::Crls(crls), warnings))
+    }
+
+    /// The CRLs of `path` when there is one; otherwise [`Revocation::Missing`]
+    /// with `missing` as its message, or [`Revocation::UncheckedRisky`]
+    /// (with a warning) when `insecure` says go on without.
+    pub fn configured(
+        path: Option<&Path>,
+        insecure: bool,
+        missing: impl FnOnce() -> String,
+    ) -> Result<(Revocation, Vec<String>)> {
+        match path {
+            Some(p) => Revocation::from_file(p),
+            None if insecure => Ok((
+                Revocation::UncheckedRisky,
+                vec![
+                    "no CRL is configured and --insecure-no-crl is given: device certificates are \
+                     not checked for revocation"
+                        .into(),
+                ],
+            )),
+            None => Ok((Revocation::Missing(missing()), vec![])),
+        }
+    }
+
+    /// Turns a missing CRL into going on without one (`--insecure-no-crl`):
+    /// a warning when it does.
+    pub fn allow_missing(&mut self) -> Option<String> {
+        if matches!(self, Revocation::Missing(_)) {
+            *self = Revocation::UncheckedRisky;
+            return Some(
+                "no CRL is configured and --insecure-no-crl is given: device certificates are not \
+                 checked for revocation"
+                    .into(),
+            );
+        }
+        None
+    }
+
+    /// The CRLs to check a certificate against (none: unchecked); an error
+    /// when they are missing.
+    pub fn crls(&self) -> Result<&[CertificateRevocationListDer<'static>]> {
+        match self {
+            Revocation::Crls(c) => Ok(c),
+            Revocation::Missing(why) => Err(OemError::MissingCrl(why.clone())),
+            Revocation::UncheckedRisky => Ok(&[]),
+        }
+    }
+}
+
+/// What the tool requires of a commissioned device's certificate.
+#[derive(Debug, Clone)]
+pub struct OwnedTrust {
+    /// Owner roots the LDevID must chain to.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The device's DNS name (in the LDevID).
+    pub device_name: String,
+    /// The device's serial number, when known: the LDevID's subject
+    /// serialNumber must be exactly it.
+    pub serial: Option<String>,
+    /// The owner's CRLs.
+    pub revocation: Revocation,
 }
 
 /// How the client decides that the peer is the right device.
@@ -142,13 +396,27 @@ pub enum DeviceTrust {
         /// The serial number the certificate must name.
         serial: String,
     },
-    /// Commissioned: the LDevID must chain to the owner roots and name `device_name`.
-    Ldevid {
-        /// Owner roots.
+    /// Commissioned: the LDevID chains to the owner roots, names the
+    /// device, is not revoked by the owner's CRLs, has the LDevID profile,
+    /// and carries the expected serial number when one is known.
+    Owned(OwnedTrust),
+}
+
+impl DeviceTrust {
+    /// [`DeviceTrust::Owned`] from its parts.
+    pub fn owned(
         roots: Vec<CertificateDer<'static>>,
-        /// The device's DNS name.
-        device_name: String,
-    },
+        device_name: impl Into<String>,
+        serial: Option<String>,
+        revocation: Revocation,
+    ) -> DeviceTrust {
+        DeviceTrust::Owned(OwnedTrust {
+            roots,
+            device_name: device_name.into(),
+            serial: serial.filter(|s| !s.is_empty()),
+            revocation,
+        })
+    }
 }
 
 /// What a device's server certificate must be: the check of each
@@ -162,10 +430,14 @@ enum ServerCheck {
     },
     /// A tampered device's throwaway `CN=TAMPERED <serial>` certificate.
     Tampered { serial: String },
-    /// A commissioned device: webpki's check (chain to the owner roots,
-    /// the name), with a tampered device's certificate recognised among
-    /// the ones it refuses.
-    Ldevid(Arc<rustls::client::WebPkiServerVerifier>),
+    /// A commissioned device: webpki's checks (chain to the owner roots,
+    /// the name; with the owner's CRLs, the leaf against its issuer's CRL,
+    /// which must exist, then the chain against any CRL given), each
+    /// refusal explained; then the LDevID profile and the serial.
+    Owned {
+        verifiers: Vec<Arc<rustls::client::WebPkiServerVerifier>>,
+        serial: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -220,10 +492,22 @@ impl ServerCertVerifier for CheckedVerifier {
                     )));
                 }
             }
-            ServerCheck::Ldevid(webpki) => {
-                webpki
-                    .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-                    .map_err(|e| explain_refusal(end_entity, e))?;
+            ServerCheck::Owned { verifiers, serial } => {
+                for webpki in verifiers {
+                    webpki
+                        .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+                        .map_err(|e| explain_refusal(end_entity, e))?;
+                }
+                let found = ldevid_serial(end_entity).map_err(PeerProblem::into_tls)?;
+                if let Some(expected) = serial
+                    && &found != expected
+                {
+                    return Err(PeerProblem::OtherDevice {
+                        expected: expected.clone(),
+                        found,
+                    }
+                    .into_tls());
+                }
             }
         }
         Ok(ServerCertVerified::assertion())
@@ -250,6 +534,47 @@ impl ServerCertVerifier for CheckedVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
     }
+}
+
+/// The webpki verifiers of a commissioned device's certificate: chain and
+/// name; with CRLs, first the leaf against its issuer's CRL (which must be
+/// among them), then the whole chain against whichever CRLs cover it (a
+/// root's CRL revoking the issuing CA). A CRL past its nextUpdate is still
+/// applied (rustls' default: expiration not enforced).
+fn owned_verifiers(
+    roots: &[CertificateDer<'static>],
+    crls: &[CertificateRevocationListDer<'static>],
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Vec<Arc<rustls::client::WebPkiServerVerifier>>> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store
+            .add(r.clone())
+            .map_err(|e| OemError::Invalid(format!("owner root: {e}")))?;
+    }
+    let store = Arc::new(store);
+    let build = |b: rustls::client::ServerCertVerifierBuilder| {
+        b.build()
+            .map_err(|e| OemError::Invalid(format!("owner roots or CRLs: {e}")))
+    };
+    let base = || {
+        rustls::client::WebPkiServerVerifier::builder_with_provider(store.clone(), provider.clone())
+    };
+    if crls.is_empty() {
+        return Ok(vec![build(base())?]);
+    }
+    Ok(vec![
+        build(
+            base()
+                .with_crls(crls.iter().cloned())
+                .only_check_end_entity_revocation(),
+        )?,
+        build(
+            base()
+                .with_crls(crls.iter().cloned())
+                .allow_unknown_revocation_status(),
+        )?,
+    ])
 }
 
 /// The tool's TLS identity: a certificate chain and its private key.
@@ -302,7 +627,9 @@ pub struct Reply {
 }
 
 /// The TLS client configuration (no ALPN) for talking to the device at
-/// `addr` as `identity`, and the name its certificate must carry.
+/// `addr` as `identity`, and the name its certificate must carry. A
+/// [`DeviceTrust::Owned`] whose CRL is missing is an error here, before
+/// any connection.
 pub fn tls_config(
     addr: SocketAddr,
     identity: Option<&ClientIdentity>,
@@ -318,55 +645,35 @@ pub fn tls_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(vers)
         .map_err(|e| OemError::Invalid(e.to_string()))?;
-    let (builder, server_name) = match trust {
+    let dns = |device_name: &str| {
+        ServerName::try_from(device_name.to_string())
+            .map_err(|_| OemError::Invalid(format!("'{device_name}' is not a DNS name")))
+    };
+    let (check, server_name) = match trust {
         DeviceTrust::Idevid { roots, serial } => (
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(CheckedVerifier {
-                    check: ServerCheck::Idevid {
-                        roots: roots.clone(),
-                        serial: serial.clone(),
-                    },
-                    algs,
-                })),
+            ServerCheck::Idevid {
+                roots: roots.clone(),
+                serial: serial.clone(),
+            },
             ServerName::IpAddress(addr.ip().into()),
         ),
         DeviceTrust::TamperedStatusRisky { serial } => (
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(CheckedVerifier {
-                    check: ServerCheck::Tampered {
-                        serial: serial.clone(),
-                    },
-                    algs,
-                })),
+            ServerCheck::Tampered {
+                serial: serial.clone(),
+            },
             ServerName::IpAddress(addr.ip().into()),
         ),
-        DeviceTrust::Ldevid { roots, device_name } => {
-            let mut store = rustls::RootCertStore::empty();
-            for r in roots {
-                store
-                    .add(r.clone())
-                    .map_err(|e| OemError::Invalid(format!("owner root: {e}")))?;
-            }
-            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(store),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|e| OemError::Invalid(format!("owner roots: {e}")))?;
-            (
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(CheckedVerifier {
-                        check: ServerCheck::Ldevid(webpki),
-                        algs,
-                    })),
-                ServerName::try_from(device_name.clone())
-                    .map_err(|_| OemError::Invalid(format!("'{device_name}' is not a DNS name")))?,
-            )
-        }
+        DeviceTrust::Owned(t) => (
+            ServerCheck::Owned {
+                verifiers: owned_verifiers(&t.roots, t.revocation.crls()?, &provider)?,
+                serial: t.serial.clone(),
+            },
+            dns(&t.device_name)?,
+        ),
     };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CheckedVerifier { check, algs }));
     let cfg = match identity {
         Some(id) => builder
             .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
@@ -376,11 +683,128 @@ pub fn tls_config(
     Ok((cfg, server_name))
 }
 
+/// How long the client waits for a device. A device that does not keep to
+/// these fails the request with [`OemError::Timeout`] naming it and the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The TCP connection (default 5 s).
+    pub connect: Duration,
+    /// The TLS handshake (default 10 s).
+    pub handshake: Duration,
+    /// One whole answer, head and body, from the request on (default
+    /// 30 s); for the routes whose answers are streamed (audit export,
+    /// trail segments), the most time between two pieces of it.
+    pub response: Duration,
+    /// One whole answer to a request the device works on for long: the
+    /// firmware reboot, which verifies the image (default 300 s).
+    pub slow_response: Duration,
+    /// An upload: the most time without progress (the device taking
+    /// bytes), and then until its answer (default 60 s). No total limit.
+    pub upload_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(10),
+            response: Duration::from_secs(30),
+            slow_response: Duration::from_secs(300),
+            upload_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The largest answer to an ordinary (JSON) request.
+pub const JSON_CAP: u64 = 1 << 20;
+/// The largest audit record listing (`GET /api/v1/audit`, at most 10,000 records).
+pub const AUDIT_RECORDS_CAP: u64 = 32 << 20;
+/// The largest trail snapshot (`GET /api/v1/audit/trail`: checkpoints, base64).
+pub const TRAIL_SNAPSHOT_CAP: u64 = 64 << 20;
+/// The largest trail segment when the request names no length.
+pub const SEGMENT_CAP: u64 = 64 << 20;
+/// The largest audit export (`GET /api/v1/audit/export`, streamed to its destination).
+pub const EXPORT_CAP: u64 = 4 << 30;
+
+/// What the client takes in answer to one request.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Most bytes of body.
+    cap: u64,
+    /// How long it may take.
+    wait: Wait,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// The whole answer within this.
+    Total(Duration),
+    /// Each piece of it within this of the previous (streamed answers).
+    Idle(Duration),
+}
+
+/// The limits of the answer to `method path`, by route.
+fn limits(t: &Timeouts, method: &str, path: &str) -> Limits {
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    let total = |cap| Limits {
+        cap,
+        wait: Wait::Total(t.response),
+    };
+    match (method, route) {
+        ("GET", "/api/v1/audit") => total(AUDIT_RECORDS_CAP),
+        ("GET", "/api/v1/audit/trail") => total(TRAIL_SNAPSHOT_CAP),
+        ("GET", "/api/v1/audit/trail/segment") => Limits {
+            // The prefix asked for, exactly: more is not the answer.
+            cap: query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("bytes="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(SEGMENT_CAP),
+            wait: Wait::Idle(t.response),
+        },
+        ("GET", "/api/v1/audit/export") => Limits {
+            cap: EXPORT_CAP,
+            wait: Wait::Idle(t.response),
+        },
+        ("POST", "/api/v1/firmware/reboot") => Limits {
+            cap: JSON_CAP,
+            wait: Wait::Total(t.slow_response),
+        },
+        _ => total(JSON_CAP),
+    }
+}
+
+/// When an upload last made progress.
+#[derive(Debug)]
+struct Progress {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    fn idle(&self) -> Duration {
+        self.base
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
 /// A request body read from a file as it is sent.
 struct FileBody {
     file: std::fs::File,
     left: u64,
     buf: Vec<u8>,
+    progress: Arc<Progress>,
 }
 
 impl hyper::body::Body for FileBody {
@@ -406,6 +830,8 @@ impl hyper::body::Body for FileBody {
             )),
             Ok(n) => {
                 this.left -= n as u64;
+                // Asked for more: the device took the previous piece.
+                this.progress.touch();
                 Ok(hyper::body::Frame::data(Bytes::copy_from_slice(
                     &this.buf[..n],
                 )))
@@ -458,8 +884,11 @@ pub struct DeviceClient {
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
     server_name: ServerName<'static>,
+    timeouts: Timeouts,
     /// The open connection, between calls.
     conn: std::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<RequestBody>>>,
+    /// The certificate chain the device presented on the last connection.
+    peer: std::sync::Mutex<Vec<CertificateDer<'static>>>,
     /// The session identifier, once logged in.
     pub session: Option<String>,
 }
@@ -481,8 +910,18 @@ pub enum Versions {
     Tls12Only,
 }
 
+/// Where an answer's body goes.
+enum Sink<'a> {
+    /// Into the [`Reply`].
+    Memory,
+    /// Written out as it arrives (the reply's `raw` stays empty), for a
+    /// successful answer; an error answer still comes into memory.
+    Stream(&'a mut dyn std::io::Write),
+}
+
 impl DeviceClient {
-    /// A client for the device at `addr`; `identity` None sends no client certificate.
+    /// A client for the device at `addr`; `identity` None sends no client
+    /// certificate. The default [`Timeouts`] apply ([`DeviceClient::with_timeouts`]).
     pub fn new(
         addr: SocketAddr,
         identity: Option<&ClientIdentity>,
@@ -500,9 +939,29 @@ impl DeviceClient {
             addr,
             tls: Arc::new(cfg),
             server_name,
+            timeouts: Timeouts::default(),
             conn: std::sync::Mutex::new(None),
+            peer: std::sync::Mutex::new(Vec::new()),
             session: None,
         })
+    }
+
+    /// The same client with other deadlines.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Its deadlines.
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// The certificate chain (leaf first) the device presented on the last
+    /// connection this client opened: what its handshake proved (empty
+    /// before the first call).
+    pub fn peer_certificates(&self) -> Vec<CertificateDer<'static>> {
+        self.peer.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// One request, on the open connection when there is one. Transport and
@@ -526,14 +985,58 @@ impl DeviceClient {
     ) -> Result<Reply> {
         let content_type = body.is_some().then_some(content_type);
         let body = Bytes::from(body.unwrap_or_default());
-        let (reply, reused) = self.send(method, path, content_type, Full::new(body.clone()))?;
+        let (reply, reused) = self.send(
+            method,
+            path,
+            content_type,
+            Full::new(body.clone()),
+            None,
+            Sink::Memory,
+        )?;
         // The device refused it unread because its trust changed while the
         // connection was open (docs/openapi.json): once more, on a new connection.
         if reused && reply.status == 421 && reply.body["error"] == "connection-stale" {
             self.forget_connection();
-            return Ok(self.send(method, path, content_type, Full::new(body))?.0);
+            return Ok(self
+                .send(
+                    method,
+                    path,
+                    content_type,
+                    Full::new(body),
+                    None,
+                    Sink::Memory,
+                )?
+                .0);
         }
         Ok(reply)
+    }
+
+    /// `GET path`, its body written to `out` as it arrives (within the
+    /// route's size cap, e.g. [`EXPORT_CAP`]); the number of bytes. An
+    /// answer that is not 2xx is an error naming its status, and nothing
+    /// of it is written. A cut answer is an error too (what `out` got
+    /// then is incomplete).
+    pub fn download(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        let mut counted = Counted { inner: out, n: 0 };
+        let (r, _) = self.send(
+            "GET",
+            path,
+            None,
+            Full::new(Bytes::new()),
+            None,
+            Sink::Stream(&mut counted),
+        )?;
+        if !(200..300).contains(&r.status) {
+            return Err(OemError::Invalid(format!(
+                "GET {path}: {} {}",
+                r.status,
+                r.body
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&r.body.to_string())
+            )));
+        }
+        Ok(counted.n)
     }
 
     fn forget_connection(&self) {
@@ -543,7 +1046,10 @@ impl DeviceClient {
     }
 
     /// Sends a file as the body, read and sent 64 KiB at a time (a GiB
-    /// image never sits in memory), with its length as Content-Length.
+    /// image never sits in memory), with its length as Content-Length. No
+    /// total deadline: the upload fails when the device takes nothing for
+    /// [`Timeouts::upload_idle`], or does not answer within it after the
+    /// last byte.
     pub fn upload_file(
         &self,
         method: &str,
@@ -557,6 +1063,7 @@ impl DeviceClient {
             .metadata()
             .map_err(|e| OemError::Invalid(format!("{}: {e}", file.display())))?
             .len();
+        let progress = Progress::new();
         // Not sent again on a 421: the file is read as it is sent.
         Ok(self
             .send(
@@ -567,27 +1074,60 @@ impl DeviceClient {
                     file: f,
                     left: len,
                     buf: vec![0; 64 * 1024],
+                    progress: progress.clone(),
                 },
+                Some(progress),
+                Sink::Memory,
             )?
             .0)
     }
 
-    /// A new connection: TCP, the mutual-TLS handshake, HTTP/1.1.
+    fn timeout(&self, what: impl Into<String>, after: Duration) -> OemError {
+        OemError::Timeout {
+            device: self.who(),
+            what: what.into(),
+            secs: after.as_secs().max(1),
+        }
+    }
+
+    /// A new connection: TCP, the mutual-TLS handshake, HTTP/1.1, each
+    /// within its deadline.
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>> {
+        let t = self.timeouts;
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-        let tcp = tokio::net::TcpStream::connect(self.addr)
+        let tcp = tokio::time::timeout(t.connect, tokio::net::TcpStream::connect(self.addr))
             .await
-            .map_err(|e| OemError::Invalid(format!("connect {}: {e}", self.addr)))?;
-        let tls = connector
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|e| match peer_problem(&e) {
-                Some(p) => OemError::Invalid(p.describe(&self.who())),
-                None => OemError::Invalid(format!("TLS with {}: {e}", self.addr)),
+            .map_err(|_| self.timeout("the TCP connection", t.connect))?
+            .map_err(|e| {
+                OemError::Invalid(format!(
+                    "{}: cannot connect: {e}; check that it runs and the address",
+                    self.who()
+                ))
             })?;
+        let tls = tokio::time::timeout(
+            t.handshake,
+            connector.connect(self.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| self.timeout("the TLS handshake", t.handshake))?
+        .map_err(|e| match peer_problem(&e) {
+            Some(p) => OemError::Refused {
+                message: p.describe(&self.who()),
+                problem: p,
+            },
+            None => OemError::Invalid(format!("TLS with {}: {e}", self.who())),
+        })?;
+        if let Ok(mut p) = self.peer.lock() {
+            *p = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.iter().map(|x| x.clone().into_owned()).collect())
+                .unwrap_or_default();
+        }
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| OemError::Invalid(format!("HTTP with {}: {e}", self.addr)))?;
+            .map_err(|e| OemError::Invalid(format!("HTTP with {}: {e}", self.who())))?;
         tokio::spawn(conn);
         Ok(sender)
     }
@@ -610,6 +1150,40 @@ impl DeviceClient {
             .unwrap_or(false)
     }
 
+    /// Waits for `fut` (a request's answer head): until `at` (`after` from
+    /// the request), or, for an upload, while it makes progress.
+    async fn head<F: std::future::Future>(
+        &self,
+        fut: F,
+        at: tokio::time::Instant,
+        after: Duration,
+        upload: Option<&Progress>,
+        what: &str,
+    ) -> Result<F::Output> {
+        match upload {
+            None => tokio::time::timeout_at(at, fut)
+                .await
+                .map_err(|_| self.timeout(format!("the answer to {what}"), after)),
+            Some(p) => {
+                let idle = self.timeouts.upload_idle;
+                tokio::pin!(fut);
+                loop {
+                    tokio::select! {
+                        out = &mut fut => return Ok(out),
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                            if p.idle() > idle {
+                                return Err(self.timeout(
+                                    format!("the upload {what} (no bytes taken, or no answer after the last one)"),
+                                    idle,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends one request; the reply, and whether it came on a connection
     /// an earlier call opened.
     fn send<B>(
@@ -618,11 +1192,16 @@ impl DeviceClient {
         path: &str,
         content_type: Option<&str>,
         body: B,
+        upload: Option<Arc<Progress>>,
+        mut sink: Sink<'_>,
     ) -> Result<(Reply, bool)>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let route = path.split('?').next().unwrap_or(path);
+        let what = format!("{method} {route}");
+        let lim = limits(&self.timeouts, method, path);
         let fut = async {
             let mut builder = hyper::Request::builder()
                 .method(method)
@@ -638,7 +1217,10 @@ impl DeviceClient {
                 .body(body.map_err(Into::into).boxed_unsync())
                 .map_err(|e| OemError::Invalid(e.to_string()))?;
             let failed =
-                |e: hyper::Error| OemError::Invalid(format!("request to {}: {e}", self.addr));
+                |e: hyper::Error| OemError::Invalid(format!("{what} to {}: {e}", self.who()));
+            let after = lim.wait_len();
+            let deadline = || tokio::time::Instant::now() + after;
+            let mut at;
             // The open connection first. A request it did not send (the
             // device closed the connection meanwhile) goes on a new one;
             // one it sent is never sent twice.
@@ -648,7 +1230,17 @@ impl DeviceClient {
                 if let Some(mut sender) = open {
                     // A closed connection fails `ready`, and `req` is still ours.
                     if sender.ready().await.is_ok() {
-                        match sender.try_send_request(req).await {
+                        at = deadline();
+                        match self
+                            .head(
+                                sender.try_send_request(req),
+                                at,
+                                after,
+                                upload.as_deref(),
+                                &what,
+                            )
+                            .await?
+                        {
                             Ok(resp) => {
                                 reused = true;
                                 break 'sent (sender, resp);
@@ -661,16 +1253,67 @@ impl DeviceClient {
                     }
                 }
                 let mut sender = self.connect().await?;
-                let resp = sender.send_request(req).await.map_err(failed)?;
+                at = deadline();
+                let resp = self
+                    .head(
+                        sender.send_request(req),
+                        at,
+                        after,
+                        upload.as_deref(),
+                        &what,
+                    )
+                    .await?
+                    .map_err(failed)?;
                 (sender, resp)
             };
             let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| OemError::Invalid(format!("reading the reply: {e}")))?
-                .to_bytes();
+            let ok = (200..300).contains(&status);
+            let declared = resp
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            // An error answer is read (small) whatever the route.
+            let cap = if ok { lim.cap } else { JSON_CAP };
+            let too_large = || OemError::TooLarge {
+                device: self.who(),
+                what: format!("the answer to {what}"),
+                limit: cap,
+            };
+            if declared.is_some_and(|n| n > cap) {
+                return Err(too_large());
+            }
+            let mut body = resp.into_body();
+            let mut got: u64 = 0;
+            let mut bytes = Vec::new();
+            // An upload's answer body gets its own time from the head on.
+            if upload.is_some() {
+                at = deadline();
+            }
+            loop {
+                let next = match lim.wait {
+                    Wait::Total(_) => tokio::time::timeout_at(at, body.frame()).await,
+                    Wait::Idle(d) => tokio::time::timeout(d, body.frame()).await,
+                }
+                .map_err(|_| self.timeout(format!("the answer to {what}"), after))?;
+                let Some(frame) = next else { break };
+                let frame = frame.map_err(|e| {
+                    OemError::Invalid(format!("{}: reading the answer to {what}: {e}", self.who()))
+                })?;
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                got += data.len() as u64;
+                if got > cap {
+                    return Err(too_large());
+                }
+                match (&mut sink, ok) {
+                    (Sink::Stream(out), true) => out.write_all(&data).map_err(|e| {
+                        OemError::Invalid(format!("writing the answer to {what}: {e}"))
+                    })?,
+                    _ => bytes.extend_from_slice(&data),
+                }
+            }
             // Kept for the next call unless the device is closing it.
             if !sender.is_closed()
                 && let Ok(mut c) = self.conn.lock()
@@ -683,7 +1326,7 @@ impl DeviceClient {
                 Reply {
                     status,
                     body,
-                    raw: bytes.to_vec(),
+                    raw: bytes,
                 },
                 reused,
             ))
@@ -707,7 +1350,9 @@ impl DeviceClient {
         Ok(r.body)
     }
 
-    /// Logs in and keeps the session.
+    /// Logs in and keeps the session. The password goes only over a
+    /// connection whose handshake proved the device (a refused device
+    /// gets no request at all).
     pub fn login(&mut self, username: &str, password: &str) -> Result<Value> {
         let v = self.ok(
             "POST",
@@ -716,6 +1361,31 @@ impl DeviceClient {
         )?;
         self.session = v.get("session").and_then(Value::as_str).map(str::to_string);
         Ok(v)
+    }
+}
+
+impl Limits {
+    fn wait_len(&self) -> Duration {
+        match self.wait {
+            Wait::Total(d) | Wait::Idle(d) => d,
+        }
+    }
+}
+
+/// A writer that counts what passes.
+struct Counted<'a> {
+    inner: &'a mut dyn std::io::Write,
+    n: u64,
+}
+
+impl std::io::Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -734,6 +1404,183 @@ mod tests {
         p.distinguished_name = dn;
         let key = rcgen::KeyPair::generate().unwrap();
         p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// A CA of `kind` in a new directory under `dir`.
+    fn ca(dir: &Path, kind: drivesec_pki::CaKind) -> drivesec_pki::Ca {
+        drivesec_pki::Ca::init(
+            &dir.join(kind.as_str()),
+            &drivesec_pki::CaOptions::new(kind, "Test Drives"),
+        )
+        .unwrap()
+    }
+
+    /// A certificate of `profile` from `ca` over a fresh key (DER).
+    fn issue(ca: &mut drivesec_pki::Ca, profile: drivesec_pki::Profile) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        ca.issue(&drivesec_pki::IssueRequest {
+            profile,
+            key: drivesec_pki::SubjectKey::CsrPem {
+                source: "test".into(),
+                pem: csr,
+            },
+        })
+        .unwrap()
+        .der
+    }
+
+    #[test]
+    fn only_an_ldevid_identifies_a_device() {
+        let t = tempfile::tempdir().unwrap();
+        let mut oem = ca(t.path(), drivesec_pki::CaKind::Oem);
+        let mut mfg = ca(t.path(), drivesec_pki::CaKind::Manufacturer);
+        let ldevid = issue(
+            &mut oem,
+            drivesec_pki::Profile::LdevId {
+                serial_number: "SN-10".into(),
+                device_name: "drive-001.lab.drivesec".into(),
+                ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                days: 30,
+            },
+        );
+        assert_eq!(ldevid_serial(&ldevid).unwrap(), "SN-10");
+        let server = issue(
+            &mut oem,
+            drivesec_pki::Profile::Server {
+                dns_names: vec!["drive-001.lab.drivesec".into()],
+                ip_addresses: vec![],
+                days: 30,
+            },
+        );
+        let client = issue(
+            &mut oem,
+            drivesec_pki::Profile::Client {
+                name: "drive-001.lab.drivesec".into(),
+                role: Some(drivesec_pki::Role::new("security-admin").unwrap()),
+                days: 30,
+            },
+        );
+        let idevid = issue(
+            &mut mfg,
+            drivesec_pki::Profile::IdevId {
+                serial_number: "SN-10".into(),
+                model: "iC7-Sim".into(),
+            },
+        );
+        for (der, kind) in [
+            (&server, "a server-profile certificate"),
+            (&client, "a client-profile certificate"),
+            (&idevid, "an IDevID"),
+        ] {
+            match ldevid_serial(der) {
+                Err(PeerProblem::NotLdevid { kind: k, .. }) => assert_eq!(k, kind),
+                other => panic!("{kind}: {other:?}"),
+            }
+        }
+        // Named LDevID but not issued as one: refused all the same.
+        let mut p = rcgen::CertificateParams::new(vec!["drive-001.lab.drivesec".into()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, "LDevID");
+        p.distinguished_name
+            .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), "SN-10");
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let fake = p
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .to_vec();
+        assert!(matches!(
+            ldevid_serial(&fake),
+            Err(PeerProblem::NotLdevid { .. })
+        ));
+    }
+
+    #[test]
+    fn a_stale_crl_is_kept_and_named() {
+        let t = tempfile::tempdir().unwrap();
+        let oem = ca(t.path(), drivesec_pki::CaKind::Oem);
+        let (r, warnings) = Revocation::from_file(&oem.crl_path()).unwrap();
+        assert!(matches!(&r, Revocation::Crls(c) if c.len() == 1));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let now = time::OffsetDateTime::now_utc();
+        let stale = t.path().join("stale.pem");
+        std::fs::write(
+            &stale,
+            oem.dangerous_crl(
+                9,
+                now - time::Duration::days(9),
+                now - time::Duration::days(2),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let (r, warnings) = Revocation::from_file(&stale).unwrap();
+        // Still applied (its revocations stay refused), and visible.
+        assert!(matches!(&r, Revocation::Crls(c) if c.len() == 1));
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("stale.pem")
+                && warnings[0].contains("past its nextUpdate")
+                && warnings[0].contains("drivesec ca crl"),
+            "{}",
+            warnings[0]
+        );
+        let junk = t.path().join("junk.pem");
+        std::fs::write(&junk, "not a CRL").unwrap();
+        assert!(matches!(
+            Revocation::from_file(&junk),
+            Err(OemError::BadFile { .. })
+        ));
+        // None given: missing (an error at the first connection) unless allowed.
+        let (mut r, w) = Revocation::configured(None, false, || "set trust.crl".into()).unwrap();
+        assert!(w.is_empty());
+        assert!(matches!(r.crls(), Err(OemError::MissingCrl(m)) if m == "set trust.crl"));
+        let trust = DeviceTrust::owned(vec![], "d.example", None, r.clone());
+        assert!(matches!(
+            tls_config(
+                "127.0.0.1:1".parse().unwrap(),
+                None,
+                &trust,
+                Versions::Default
+            ),
+            Err(OemError::MissingCrl(_))
+        ));
+        assert!(r.allow_missing().is_some());
+        assert!(matches!(r, Revocation::UncheckedRisky));
+        assert!(r.crls().unwrap().is_empty());
+    }
+
+    #[test]
+    fn answers_are_capped_by_route() {
+        let t = Timeouts::default();
+        let cap = |m: &str, p: &str| limits(&t, m, p).cap;
+        assert_eq!(cap("GET", "/api/v1/info"), JSON_CAP);
+        assert_eq!(cap("POST", "/api/v1/login"), JSON_CAP);
+        assert_eq!(cap("GET", "/api/v1/audit?limit=100"), AUDIT_RECORDS_CAP);
+        assert_eq!(cap("GET", "/api/v1/audit/trail"), TRAIL_SNAPSHOT_CAP);
+        // A segment: exactly the prefix asked for.
+        assert_eq!(
+            cap(
+                "GET",
+                "/api/v1/audit/trail/segment?name=00000001.seg&bytes=4096"
+            ),
+            4096
+        );
+        assert_eq!(cap("GET", "/api/v1/audit/export"), EXPORT_CAP);
+        assert!(matches!(
+            limits(&t, "POST", "/api/v1/firmware/reboot").wait,
+            Wait::Total(d) if d == t.slow_response
+        ));
+        assert!(matches!(
+            limits(&t, "GET", "/api/v1/audit/export").wait,
+            Wait::Idle(d) if d == t.response
+        ));
     }
 
     #[test]

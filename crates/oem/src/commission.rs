@@ -3,15 +3,22 @@
 //! 1. Connect trusting only the manufacturer root: the device must present an
 //!    IDevID whose subject serialNumber is exactly the expected serial number
 //!    (which the operator gives; a genuine IDevID of another device must not
-//!    receive this one's credential). The LDevID carries that serial, never
-//!    the one the device's `/info` claims.
+//!    receive this one's credential). Nothing is sent before that handshake
+//!    proved it. The LDevID carries the serial read from the certificate the
+//!    handshake checked, never the one the device's `/info` claims.
 //! 2. Prove the factory credential; the device generates its LDevID key in
 //!    its keystore and returns a CSR.
 //! 3. The OEM CA certifies the CSR's key under the device's DNS name.
 //! 4. Install the LDevID, the OEM trust anchors, the OEM CRL and the first
 //!    security administrator; the factory credential dies.
-//! 5. Reconnect trusting only the OEM root under the device name and log in
-//!    as that administrator, proving the new identity and account work.
+//! 5. Reconnect trusting only the OEM root under the device name (the new
+//!    LDevID, checked against the OEM CRL and for the serial) and log in as
+//!    that administrator, proving the new identity and account work.
+//!
+//! When anything fails after the OEM CA issued the LDevID, that LDevID is
+//! revoked (reason cessation-of-operation; the OEM CRL is re-signed): a
+//! device that did not finish commissioning, or something that only claimed
+//! to be it, keeps no certificate the owner's tools trust.
 
 use std::net::SocketAddr;
 
@@ -19,7 +26,7 @@ use drivesec_pki::{Ca, IssueRequest, Profile, SubjectKey};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, PeerProblem, Revocation, Versions};
 use crate::{OemError, Result};
 
 /// What to commission.
@@ -83,8 +90,25 @@ pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissio
             req.addr, info["state"]
         )));
     }
-    // The serial the IDevID was checked for, not what /info says.
-    let serial = req.serial.clone();
+    // The serial of the IDevID the handshake checked, not what /info says
+    // (the check made them equal to the expected one; read again here so
+    // the LDevID can only ever name the certificate's serial).
+    let serial = factory
+        .peer_certificates()
+        .first()
+        .map(|leaf| drivesec_pki::inspect::subject_serial_number(leaf))
+        .transpose()?
+        .ok_or_else(|| OemError::Invalid("the device presented no certificate".into()))?;
+    if serial != req.serial {
+        let problem = PeerProblem::WrongSerial {
+            expected: req.serial.clone(),
+            found: serial,
+        };
+        return Err(OemError::Refused {
+            message: problem.describe(&format!("the device at {}", req.addr)),
+            problem,
+        });
+    }
     let begin = factory.ok(
         "POST",
         "/api/v1/commission/begin",
@@ -108,6 +132,27 @@ pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissio
             pem: csr,
         },
     })?;
+    match finish(oem, req, &factory, &issued, &serial) {
+        Ok(()) => {}
+        Err(e) => return Err(revoke_after_failure(oem, req, &issued.serial, e)),
+    }
+    Ok(Commissioned {
+        serial_number: serial,
+        device_name: req.device_name.to_string(),
+        ldevid_serial: issued.serial,
+        api: format!("https://{}", req.addr),
+    })
+}
+
+/// Steps 4 and 5: install everything, then prove the new identity and
+/// account over a fresh connection.
+fn finish(
+    oem: &Ca,
+    req: &CommissionRequest<'_>,
+    factory: &DeviceClient,
+    issued: &drivesec_pki::Issued,
+    serial: &str,
+) -> Result<()> {
     let root_pem = String::from_utf8_lossy(&drivesec_fsutil::read(&oem.root_path())?).into_owned();
     let crl_pem = String::from_utf8_lossy(&drivesec_fsutil::read(&oem.crl_path())?).into_owned();
     factory.ok(
@@ -122,13 +167,16 @@ pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissio
             "admin_password": req.admin_password,
         })),
     )?;
+    let (revocation, _) = Revocation::from_file(&oem.crl_path())?;
     let mut owned = DeviceClient::new(
         req.addr,
         Some(req.identity),
-        &DeviceTrust::Ldevid {
-            roots: drivesec_pki::read_cert_chain(&oem.root_path())?,
-            device_name: req.device_name.to_string(),
-        },
+        &DeviceTrust::owned(
+            drivesec_pki::read_cert_chain(&oem.root_path())?,
+            req.device_name,
+            Some(serial.to_string()),
+            revocation,
+        ),
         Versions::Default,
     )?;
     let info = owned.ok("GET", "/api/v1/info", None)?;
@@ -137,12 +185,60 @@ pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissio
             "the device did not switch to commissioned state: {info}"
         )));
     }
+    // The device presents the LDevID just issued, not another one.
+    let presented = owned
+        .peer_certificates()
+        .first()
+        .map(|c| hex::encode(serial_of(c)))
+        .unwrap_or_default();
+    if presented != issued.serial {
+        return Err(OemError::Check(format!(
+            "the device presents LDevID {presented}, not the one just issued ({})",
+            issued.serial
+        )));
+    }
     owned.login(req.admin_username, req.admin_password)?;
     owned.ok("POST", "/api/v1/logout", None)?;
-    Ok(Commissioned {
-        serial_number: serial,
-        device_name: req.device_name.to_string(),
-        ldevid_serial: issued.serial,
-        api: format!("https://{}", req.addr),
-    })
+    Ok(())
+}
+
+/// The certificate's serial number (its DER INTEGER's content bytes).
+fn serial_of(der: &[u8]) -> Vec<u8> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c.raw_serial().to_vec())
+        .unwrap_or_default()
+}
+
+/// `cause` after the LDevID `serial` was issued: the LDevID is revoked
+/// (and the OEM CRL re-signed), and the error says so and what to do next.
+fn revoke_after_failure(
+    oem: &mut Ca,
+    req: &CommissionRequest<'_>,
+    serial: &str,
+    cause: OemError,
+) -> OemError {
+    match oem.revoke(serial, "cessation-of-operation") {
+        Ok(_) => OemError::CommissioningFailed {
+            message: format!(
+                "commissioning {} at {} failed after the OEM CA issued its LDevID {serial}: {cause}. \
+                 That LDevID is revoked (the OEM CRL {} is re-signed; push it with `drivesec fleet \
+                 push-crl`). If the device took it, factory-reset it before commissioning it again",
+                req.serial,
+                req.addr,
+                oem.crl_path().display()
+            ),
+            revoked: Some(serial.to_string()),
+        },
+        Err(e) => OemError::CommissioningFailed {
+            message: format!(
+                "commissioning {} at {} failed after the OEM CA issued its LDevID {serial}: {cause}. \
+                 Revoking that LDevID failed too ({e}): revoke it now with `drivesec ca revoke --ca {} \
+                 --serial {serial} --reason cessation-of-operation` and push the CRL",
+                req.serial,
+                req.addr,
+                oem.dir().display()
+            ),
+            revoked: None,
+        },
+    }
 }

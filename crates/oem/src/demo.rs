@@ -376,9 +376,8 @@ type Action = (&'static str, &'static str, Option<serde_json::Value>);
 
 /// Per device and role: log in, one allowed action, one denied action.
 fn role_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<RoleReport>> {
-    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+    use crate::client::{ClientIdentity, DeviceClient, Versions};
     use serde_json::json;
-    let roots = read_cert_chain(&lab.oem_ca)?;
     let plan: [(&str, Action, Action); 5] = [
         (
             "viewer",
@@ -438,7 +437,7 @@ fn role_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<RoleReport>>
     );
     let mut reports = Vec::new();
     for d in &lab.devices {
-        let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+        let (Some(api), Some(_)) = (&d.api, &d.device_name) else {
             continue;
         };
         let addr = api
@@ -455,10 +454,7 @@ fn role_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<RoleReport>>
                 .get(*role)
                 .ok_or_else(|| OemError::Invalid(format!("no account for {role}")))?;
             let id = ClientIdentity::from_files(&files.cert, &files.key)?;
-            let trust = DeviceTrust::Ldevid {
-                roots: roots.clone(),
-                device_name: name.clone(),
-            };
+            let trust = lab.device_trust(d)?;
             let mut c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
             let login_ok = c.login(&user.username, &user.password).is_ok();
             let a = c.call(allowed.0, allowed.1, allowed.2.as_ref())?;
@@ -600,8 +596,12 @@ fn firmware_story(
         "/api/v1/attest",
         Some(&serde_json::json!({"nonce": nonce})),
     )?;
+    let crls = match crate::client::Revocation::from_file(&lab.crl)?.0 {
+        crate::client::Revocation::Crls(c) => c,
+        _ => Vec::new(),
+    };
     let attested =
-        crate::attest::verify_attestation(&att, &nonce, &roots, Some(name), Some(&header))
+        crate::attest::verify_attestation(&att, &nonce, &roots, &crls, Some(name), Some(&header))
             .map(|r| r.matches_approved == Some(true))
             .unwrap_or(false);
     w(
@@ -668,16 +668,13 @@ fn drive_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Option<DriveRep
     let Some(d) = lab.devices.iter().find(|d| d.modbus.is_some()) else {
         return Ok(None);
     };
-    let (Some(modbus), Some(name), Some(sto)) = (&d.modbus, &d.device_name, &d.sto) else {
+    let (Some(modbus), Some(_), Some(sto)) = (&d.modbus, &d.device_name, &d.sto) else {
         return Ok(None);
     };
     let addr = modbus
         .parse()
         .map_err(|_| OemError::Invalid(format!("bad Modbus address {modbus}")))?;
-    let trust = DeviceTrust::Ldevid {
-        roots: drivesec_pki::read_cert_chain(&lab.oem_ca)?,
-        device_name: name.clone(),
-    };
+    let trust = lab.device_trust(d)?;
     let connect = |role: &str| -> Result<ModbusClient> {
         let f = lab
             .clients
@@ -954,18 +951,19 @@ fn validation_story(
         drivesec_iec62443::PACKAGING_LINE.as_bytes(),
     ));
     let doc = crate::evidence::document(&model.system.name, &sha, &results);
-    let fw = lab
-        .firmware
+    // The lab's evidence key, never the firmware approval key.
+    let ek = lab
+        .evidence
         .as_ref()
-        .ok_or_else(|| OemError::Invalid("the lab has no firmware set-up".into()))?;
+        .ok_or_else(|| OemError::Invalid("the lab has no evidence key".into()))?;
     let store = open_keystore(
         &drivesec_keystore::KeystoreConfig::Soft {
             dir: "keystore".into(),
             secret_file: "secret".into(),
         },
-        &fw.oem_keystore,
+        &ek.keystore,
     )?;
-    let signed = crate::evidence::sign(doc.clone(), store.as_ref(), &KeyHandle::new("approval")?)?;
+    let signed = crate::evidence::sign(doc.clone(), store.as_ref(), &KeyHandle::new(&ek.key)?)?;
     let json =
         serde_json::to_string_pretty(&signed).map_err(|e| OemError::Invalid(e.to_string()))?;
     for (name, text) in [
@@ -1007,7 +1005,7 @@ fn validation_story(
     }
     let _ = writeln!(
         out,
-        "  (the lab's soft-keystore drives cannot reach the cell's SL-T 3: the findings are the gaps the assessment predicted)\n  evidence signed with the OEM key: {}\n  JUnit: {}\n  report: {}",
+        "  (the lab's soft-keystore drives cannot reach the cell's SL-T 3: the findings are the gaps the assessment predicted)\n  evidence signed with the OEM evidence key: {}\n  JUnit: {}\n  report: {}",
         vdir.join("evidence.json").display(),
         vdir.join("junit.xml").display(),
         vdir.join("report.html").display()
@@ -1160,7 +1158,7 @@ fn tamper_story(
     let Some(d) = lab.devices.iter().rev().find(|d| d.api.is_some()) else {
         return Ok(None);
     };
-    let (Some(api), Some(tamper), Some(name)) = (&d.api, &d.tamper, &d.device_name) else {
+    let (Some(api), Some(tamper), Some(_)) = (&d.api, &d.tamper, &d.device_name) else {
         return Ok(None);
     };
     let addr: std::net::SocketAddr = api
@@ -1207,17 +1205,10 @@ fn tamper_story(
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let keys_after = keys()?;
-    let identity_refused = DeviceClient::new(
-        addr,
-        Some(&id),
-        &DeviceTrust::Ldevid {
-            roots: drivesec_pki::read_cert_chain(&lab.oem_ca)?,
-            device_name: name.clone(),
-        },
-        Versions::Default,
-    )?
-    .call("GET", "/api/v1/info", None)
-    .is_err();
+    let identity_refused =
+        DeviceClient::new(addr, Some(&id), &lab.device_trust(d)?, Versions::Default)?
+            .call("GET", "/api/v1/info", None)
+            .is_err();
     let login_status = marker
         .call(
             "POST",
@@ -1511,8 +1502,8 @@ fn factory_credential_refused(
     d: &crate::lab::LabDevice,
     cred: &str,
 ) -> Result<bool> {
-    use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
-    let (Some(api), Some(name)) = (&d.api, &d.device_name) else {
+    use crate::client::{ClientIdentity, DeviceClient, Versions};
+    let (Some(api), Some(_)) = (&d.api, &d.device_name) else {
         return Ok(true);
     };
     let files = lab
@@ -1524,10 +1515,7 @@ fn factory_credential_refused(
         .trim_start_matches("https://")
         .parse()
         .map_err(|_| OemError::Invalid(format!("bad api {api}")))?;
-    let trust = DeviceTrust::Ldevid {
-        roots: read_cert_chain(&lab.oem_ca)?,
-        device_name: name.clone(),
-    };
+    let trust = lab.device_trust(d)?;
     let c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
     let r = c.call(
         "POST",

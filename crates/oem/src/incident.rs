@@ -2,6 +2,9 @@
 //! scan the fleet (versions, certificate expiry, tamper) into the store,
 //! renew LDevIDs, and push a CRL to every device after a key compromise.
 //! The devices come from a running lab or an inventory file ([`Reach`]).
+//! Each command works on the devices `parallel` at a time
+//! ([`each_device`]), carries on past a device that fails, and reports
+//! which did and why.
 
 use std::net::SocketAddr;
 
@@ -10,9 +13,12 @@ use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions};
 use crate::lab::LabManifest;
 use crate::{OemError, Result};
+
+/// Devices worked on at once unless told otherwise.
+pub const DEFAULT_PARALLEL: usize = 8;
 
 /// One device incident response reaches.
 #[derive(Debug, Clone)]
@@ -39,8 +45,61 @@ pub struct Reach {
     pub admin_password: Zeroizing<String>,
     /// Owner roots (device identities chain to them).
     pub roots: Vec<CertificateDer<'static>>,
+    /// The owner's CRLs every device certificate is checked against.
+    pub revocation: Revocation,
+    /// What the caller should show before it starts (a stale CRL, say).
+    pub warnings: Vec<String>,
+    /// Devices worked on at once.
+    pub parallel: usize,
     /// The manufacturer root (IDevIDs chain to it), when known.
     pub manufacturer_roots: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// Runs `f` on every device, at most `parallel` at once (a device that
+/// does not answer holds one worker until its deadline, not the others);
+/// the results in the devices' order. A panic on one device is that
+/// device's error.
+pub fn each_device<T: Send>(
+    devices: &[ReachDevice],
+    parallel: usize,
+    f: impl Fn(&ReachDevice) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<T>>>> = devices
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1).min(devices.len()) {
+            s.spawn(|| {
+                while let Some(i) = Some(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                    .filter(|i| *i < devices.len())
+                {
+                    let d = &devices[i];
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(d)))
+                        .unwrap_or_else(|_| {
+                            Err(OemError::Invalid(format!(
+                                "{}: the tool failed on this device (internal error)",
+                                d.name
+                            )))
+                        });
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .zip(devices)
+        .map(|(m, d)| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(OemError::Invalid(format!("{}: not processed", d.name))))
+        })
+        .collect()
 }
 
 /// A running lab's commissioned devices.
@@ -77,26 +136,49 @@ pub fn inventory_devices(
         .collect()
 }
 
+/// The owner's CRLs of an inventory: `trust.crl`, or [`Revocation::Missing`]
+/// saying to set it (`path` names the file).
+pub fn inventory_revocation(
+    inv: &crate::inventory::Inventory,
+    path: &std::path::Path,
+) -> Result<(Revocation, Vec<String>)> {
+    Revocation::configured(inv.trust.crl.as_deref(), false, || {
+        format!(
+            "{}: trust.crl is not set, and the tool checks every device's LDevID against the \
+             owner's CRL: set trust.crl to the OEM CA's crl.pem (docs/validation.md); fleet \
+             commands and `audit review` also take --insecure-no-crl to go on without \
+             revocation checks",
+            path.display()
+        )
+    })
+}
+
 impl Reach {
-    /// A running lab's commissioned devices, as its security-admin account.
+    /// A running lab's commissioned devices, as its security-admin account,
+    /// checked against the lab's OEM CRL.
     pub fn from_lab(lab: &LabManifest) -> Result<Reach> {
         let user = lab
             .users
             .get("security-admin")
             .ok_or_else(|| OemError::Invalid("lab.json has no security-admin account".into()))?;
         let devices = lab_devices(lab)?;
+        let (revocation, warnings) = Revocation::from_file(&lab.crl)?;
         Ok(Reach {
             devices,
             admin: lab.identity("security-admin")?,
             admin_user: user.username.clone(),
             admin_password: Zeroizing::new(user.password.clone()),
             roots: drivesec_pki::read_cert_chain(&lab.oem_ca)?,
+            revocation,
+            warnings,
+            parallel: DEFAULT_PARALLEL,
             manufacturer_roots: Some(drivesec_pki::read_cert_chain(&lab.manufacturer_ca)?),
         })
     }
 
     /// An inventory's devices (`path` for messages), as its validator's
-    /// security administrator.
+    /// security administrator, checked against `trust.crl` (without one,
+    /// every connection is refused until [`Reach::allow_missing_crl`]).
     pub fn from_inventory(
         inv: &crate::inventory::Inventory,
         path: &std::path::Path,
@@ -104,12 +186,18 @@ impl Reach {
         let v = &inv.validator;
         let devices = inventory_devices(inv, path)?;
         let password = Zeroizing::new(drivesec_fsutil::read_to_string(&v.admin_password_file)?);
+        let admin = ClientIdentity::from_files(&v.admin_cert, &v.admin_key)?;
+        let roots = drivesec_pki::read_cert_chain(&inv.trust.oem_root)?;
+        let (revocation, warnings) = inventory_revocation(inv, path)?;
         Ok(Reach {
             devices,
-            admin: ClientIdentity::from_files(&v.admin_cert, &v.admin_key)?,
+            admin,
             admin_user: v.admin_user.clone(),
             admin_password: Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string()),
-            roots: drivesec_pki::read_cert_chain(&inv.trust.oem_root)?,
+            roots,
+            revocation,
+            warnings,
+            parallel: DEFAULT_PARALLEL,
             manufacturer_roots: inv
                 .trust
                 .manufacturer_root
@@ -119,38 +207,61 @@ impl Reach {
         })
     }
 
-    fn trust(&self, d: &ReachDevice) -> DeviceTrust {
-        DeviceTrust::Ldevid {
-            roots: self.roots.clone(),
-            device_name: d.device_name.clone(),
+    /// Risky (`--insecure-no-crl`): when no CRL is configured, go on without
+    /// revocation checks (a warning is added); a configured CRL is always
+    /// checked.
+    pub fn allow_missing_crl(&mut self) {
+        if let Some(w) = self.revocation.allow_missing() {
+            self.warnings.push(w);
         }
     }
 
-    /// A session on `d` as the security administrator.
+    /// How `d`'s certificate is checked: the owner roots, its DNS name, the
+    /// owner's CRLs, the LDevID profile and its serial (when known).
+    pub fn trust(&self, d: &ReachDevice) -> DeviceTrust {
+        DeviceTrust::owned(
+            self.roots.clone(),
+            d.device_name.clone(),
+            Some(d.serial.clone()),
+            self.revocation.clone(),
+        )
+    }
+
+    /// A client of `d` (not logged in) that has completed one request
+    /// (`GET /api/v1/info`), so its handshake proved the device.
+    fn connected(&self, d: &ReachDevice) -> Result<DeviceClient> {
+        let c = DeviceClient::new(d.addr, Some(&self.admin), &self.trust(d), Versions::Default)?;
+        c.ok("GET", "/api/v1/info", None)?;
+        Ok(c)
+    }
+
+    /// A session on `d` as the security administrator. The password goes
+    /// only to a device whose certificate passed [`Reach::trust`].
     pub fn session(&self, d: &ReachDevice) -> Result<DeviceClient> {
         let mut c =
             DeviceClient::new(d.addr, Some(&self.admin), &self.trust(d), Versions::Default)?;
         c.login(&self.admin_user, &self.admin_password)?;
         Ok(c)
     }
+}
 
-    /// Days left on the LDevID the device presents, as any client sees it.
-    fn ldevid_days_left(&self, d: &ReachDevice) -> Option<(String, i64)> {
-        let leaf =
-            crate::validate::probe(d.addr, Some(&self.admin), &self.trust(d), Versions::Default)
-                .ok()
-                .and_then(|(_, _, chain)| chain.into_iter().next())
-                .and_then(|c| drivesec_pki::inspect::summarize(&c).ok())?;
-        let t = time::OffsetDateTime::parse(
-            &leaf.not_after,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .ok()?;
-        Some((
-            leaf.not_after,
-            (t - time::OffsetDateTime::now_utc()).whole_days(),
-        ))
-    }
+/// The LDevID `c`'s device presented: (serial, notAfter, days left).
+fn presented_ldevid(c: &DeviceClient) -> Option<(String, String, i64)> {
+    let leaf = c
+        .peer_certificates()
+        .into_iter()
+        .next()
+        .and_then(|c| drivesec_pki::inspect::summarize(&c).ok())?;
+    let t = time::OffsetDateTime::parse(
+        &leaf.not_after,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    Some((
+        leaf.serial,
+        leaf.not_after,
+        (t - time::OffsetDateTime::now_utc()).whole_days(),
+    ))
 }
 
 /// What a scan saw of one device.
@@ -164,6 +275,8 @@ pub struct Seen {
     pub tampered: bool,
     /// Firmware running.
     pub firmware_version: String,
+    /// The serial (hex) of the LDevID it presents.
+    pub ldevid_serial: String,
     /// LDevID expiry.
     pub ldevid_not_after: String,
     /// Days left.
@@ -171,48 +284,88 @@ pub struct Seen {
     /// Why its boot stage last reverted to the other slot (a corrupted or
     /// unconfirmed image), if it did.
     pub boot_issue: Option<String>,
+    /// Why it could not be scanned (not reachable under its identity, no
+    /// answer in time, refused), unless it is flagged as tampered.
+    pub error: Option<String>,
 }
 
-/// Reads every device's state and records it in the store; a device whose
-/// tamper response has run is flagged (queued for re-provisioning).
-pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
-    let db = |e: drivesec_fleet::FleetError| OemError::Invalid(e.to_string());
-    let mut out = vec![];
-    for d in &reach.devices {
-        let mut seen = Seen {
-            device: d.name.clone(),
-            reachable: false,
-            tampered: false,
-            firmware_version: String::new(),
-            ldevid_not_after: String::new(),
-            days_left: None,
-            boot_issue: None,
-        };
-        if let Ok(c) = reach.session(d) {
+/// Reads one device's state.
+fn scan_one(reach: &Reach, d: &ReachDevice) -> Seen {
+    let mut seen = Seen {
+        device: d.name.clone(),
+        reachable: false,
+        tampered: false,
+        firmware_version: String::new(),
+        ldevid_serial: String::new(),
+        ldevid_not_after: String::new(),
+        days_left: None,
+        boot_issue: None,
+        error: None,
+    };
+    match reach.session(d) {
+        Ok(c) => {
             seen.reachable = true;
-            if let Ok(f) = c.ok("GET", "/api/v1/firmware", None) {
-                seen.firmware_version = f["running"]["version"].as_str().unwrap_or("").into();
-                seen.boot_issue = f["boot_state"]["last_revert"].as_str().map(str::to_string);
+            match c.ok("GET", "/api/v1/firmware", None) {
+                Ok(f) => {
+                    seen.firmware_version = f["running"]["version"].as_str().unwrap_or("").into();
+                    seen.boot_issue = f["boot_state"]["last_revert"].as_str().map(str::to_string);
+                }
+                Err(e) => seen.error = Some(e.to_string()),
             }
-            if let Some((not_after, left)) = reach.ldevid_days_left(d) {
+            if let Some((serial, not_after, left)) = presented_ldevid(&c) {
+                seen.ldevid_serial = serial;
                 seen.days_left = Some(left);
                 seen.ldevid_not_after = not_after;
             }
             let _ = c.call("POST", "/api/v1/logout", None);
-        } else if !d.serial.is_empty() {
-            // No identity answers: is it the tamper response?
-            let t = DeviceClient::new(
-                d.addr,
-                Some(&reach.admin),
-                &DeviceTrust::TamperedStatusRisky {
-                    serial: d.serial.clone(),
-                },
-                Versions::Default,
-            )?;
-            seen.tampered = t
-                .ok("GET", "/api/v1/info", None)
-                .is_ok_and(|v| v["tampered"] == true);
         }
+        Err(e) => {
+            // No identity answers: is it the tamper response? (Not asked of a
+            // device that does not answer at all.)
+            if !d.serial.is_empty() && !matches!(e, OemError::Timeout { .. }) {
+                seen.tampered = DeviceClient::new(
+                    d.addr,
+                    Some(&reach.admin),
+                    &DeviceTrust::TamperedStatusRisky {
+                        serial: d.serial.clone(),
+                    },
+                    Versions::Default,
+                )
+                .and_then(|t| t.ok("GET", "/api/v1/info", None))
+                .is_ok_and(|v| v["tampered"] == true);
+            }
+            if !seen.tampered {
+                seen.error = Some(e.to_string());
+            }
+        }
+    }
+    seen
+}
+
+/// Reads every device's state (`reach.parallel` at a time) and records it
+/// in the store; a device whose tamper response has run is flagged
+/// (queued for re-provisioning). A device that cannot be scanned is in the
+/// result with its `error`; the store keeps what it knew of it.
+pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
+    let db = |e: drivesec_fleet::FleetError| OemError::Invalid(e.to_string());
+    let seen: Vec<Seen> = each_device(&reach.devices, reach.parallel, |d| Ok(scan_one(reach, d)))
+        .into_iter()
+        .zip(&reach.devices)
+        .map(|(r, d)| {
+            r.unwrap_or_else(|e| Seen {
+                device: d.name.clone(),
+                reachable: false,
+                tampered: false,
+                firmware_version: String::new(),
+                ldevid_serial: String::new(),
+                ldevid_not_after: String::new(),
+                days_left: None,
+                boot_issue: None,
+                error: Some(e.to_string()),
+            })
+        })
+        .collect();
+    for (d, seen) in reach.devices.iter().zip(&seen) {
         let mut rec = store.device(&d.name).map_err(db)?.unwrap_or_else(|| {
             DeviceRecord::new(&d.name, &d.serial, &d.addr.to_string(), &d.device_name)
         });
@@ -223,33 +376,32 @@ pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
         }
         rec.tampered = seen.tampered;
         store.upsert_device(&rec).map_err(db)?;
-        out.push(seen);
     }
-    Ok(out)
+    Ok(seen)
 }
 
-/// Installs `crl_pem` on every reachable device; per device, Ok or why not.
+/// Installs `crl_pem` on every reachable device (`reach.parallel` at a
+/// time); per device, Ok or why not.
 pub fn push_crl(
     reach: &Reach,
     crl_pem: &str,
 ) -> Result<Vec<(String, std::result::Result<(), String>)>> {
-    let mut out = vec![];
-    for d in &reach.devices {
-        let r = reach
-            .session(d)
-            .and_then(|c| {
-                c.ok(
-                    "PUT",
-                    "/api/v1/security/crl",
-                    Some(&serde_json::json!({"crl_pem": crl_pem})),
-                )?;
-                let _ = c.call("POST", "/api/v1/logout", None);
-                Ok(())
-            })
-            .map_err(|e| e.to_string());
-        out.push((d.name.clone(), r));
-    }
-    Ok(out)
+    let r = each_device(&reach.devices, reach.parallel, |d| {
+        let c = reach.session(d)?;
+        c.ok(
+            "PUT",
+            "/api/v1/security/crl",
+            Some(&serde_json::json!({"crl_pem": crl_pem})),
+        )?;
+        let _ = c.call("POST", "/api/v1/logout", None);
+        Ok(())
+    });
+    Ok(reach
+        .devices
+        .iter()
+        .zip(r)
+        .map(|(d, r)| (d.name.clone(), r.map_err(|e| e.to_string())))
+        .collect())
 }
 
 /// One device's renewal.
@@ -259,17 +411,24 @@ pub struct Renewed {
     pub device: String,
     /// Days left on the old LDevID.
     pub days_left_before: Option<i64>,
-    /// Renewed now (false: not yet due).
+    /// The serial (hex) of the LDevID it presented before: revoke it after a
+    /// key compromise (docs/incident-response.md).
+    pub previous_serial: Option<String>,
+    /// Renewed now (false: not yet due, or failed).
     pub renewed: bool,
     /// The new certificate's serial.
     pub serial: Option<String>,
     /// Its expiry.
     pub not_after: Option<String>,
+    /// Why it could not be renewed (or checked).
+    pub error: Option<String>,
 }
 
 /// Renews, through the device's own new key, every LDevID that expires
 /// within `margin_days` (all of them with `force`), issuing `days`-long
-/// certificates from the OEM CA.
+/// certificates from the OEM CA; `reach.parallel` devices at a time, the CA
+/// signing one at a time. A device that fails is in the result with its
+/// `error`.
 pub fn renew(
     reach: &Reach,
     oem: &mut drivesec_pki::Ca,
@@ -277,52 +436,145 @@ pub fn renew(
     days: i64,
     force: bool,
 ) -> Result<Vec<Renewed>> {
-    let mut out = vec![];
-    for d in &reach.devices {
-        let left = reach.ldevid_days_left(d).map(|(_, l)| l);
-        let due = force || left.is_none_or(|l| l < margin_days);
+    let oem = std::sync::Mutex::new(oem);
+    let r = each_device(&reach.devices, reach.parallel, |d| {
         let mut r = Renewed {
             device: d.name.clone(),
-            days_left_before: left,
+            days_left_before: None,
+            previous_serial: None,
             renewed: false,
             serial: None,
             not_after: None,
+            error: None,
         };
-        if due {
-            if d.serial.is_empty() {
-                return Err(OemError::Invalid(format!(
-                    "{}: the inventory gives no serial, which its LDevID must carry",
-                    d.name
-                )));
-            }
-            let c = reach.session(d)?;
-            let csr = c.ok("POST", "/api/v1/identity/renew", None)?["csr_pem"]
-                .as_str()
-                .ok_or_else(|| OemError::Invalid(format!("{}: no CSR", d.name)))?
-                .to_string();
-            let issued = oem.issue(&drivesec_pki::IssueRequest {
-                profile: drivesec_pki::Profile::LdevId {
-                    serial_number: d.serial.clone(),
-                    device_name: d.device_name.clone(),
-                    ip_addresses: vec![d.addr.ip()],
-                    days,
-                },
-                key: drivesec_pki::SubjectKey::CsrPem {
-                    source: format!("renewal CSR from {}", d.name),
-                    pem: csr,
-                },
-            })?;
-            let v = c.ok(
-                "PUT",
-                "/api/v1/identity/ldevid",
-                Some(&serde_json::json!({"chain_pem": issued.chain_pem})),
-            )?;
-            let _ = c.call("POST", "/api/v1/logout", None);
-            r.renewed = true;
-            r.serial = v["serial"].as_str().map(str::to_string);
-            r.not_after = v["not_after"].as_str().map(str::to_string);
+        if let Err(e) = renew_one(reach, &oem, d, &mut r, margin_days, days, force) {
+            r.error = Some(e.to_string());
         }
-        out.push(r);
+        Ok(r)
+    });
+    Ok(reach
+        .devices
+        .iter()
+        .zip(r)
+        .map(|(d, r)| {
+            r.unwrap_or_else(|e| Renewed {
+                device: d.name.clone(),
+                days_left_before: None,
+                previous_serial: None,
+                renewed: false,
+                serial: None,
+                not_after: None,
+                error: Some(e.to_string()),
+            })
+        })
+        .collect())
+}
+
+/// One device of [`renew`], filling `r` as it goes.
+fn renew_one(
+    reach: &Reach,
+    oem: &std::sync::Mutex<&mut drivesec_pki::Ca>,
+    d: &ReachDevice,
+    r: &mut Renewed,
+    margin_days: i64,
+    days: i64,
+    force: bool,
+) -> Result<()> {
+    let mut c = reach.connected(d)?;
+    let presented = presented_ldevid(&c);
+    r.days_left_before = presented.as_ref().map(|p| p.2);
+    r.previous_serial = presented.map(|p| p.0);
+    let due = force || r.days_left_before.is_none_or(|l| l < margin_days);
+    if !due {
+        return Ok(());
     }
-    Ok(out)
+    if d.serial.is_empty() {
+        return Err(OemError::Invalid(format!(
+            "{}: the inventory gives no serial, which its LDevID must carry",
+            d.name
+        )));
+    }
+    c.login(&reach.admin_user, &reach.admin_password)?;
+    let csr = c.ok("POST", "/api/v1/identity/renew", None)?["csr_pem"]
+        .as_str()
+        .ok_or_else(|| OemError::Invalid(format!("{}: no CSR", d.name)))?
+        .to_string();
+    let issued = {
+        let mut ca = oem
+            .lock()
+            .map_err(|_| OemError::Invalid("the OEM CA failed on another device".into()))?;
+        ca.issue(&drivesec_pki::IssueRequest {
+            profile: drivesec_pki::Profile::LdevId {
+                serial_number: d.serial.clone(),
+                device_name: d.device_name.clone(),
+                ip_addresses: vec![d.addr.ip()],
+                days,
+            },
+            key: drivesec_pki::SubjectKey::CsrPem {
+                source: format!("renewal CSR from {}", d.name),
+                pem: csr,
+            },
+        })?
+    };
+    let v = c
+        .ok(
+            "PUT",
+            "/api/v1/identity/ldevid",
+            Some(&serde_json::json!({"chain_pem": issued.chain_pem})),
+        )
+        .map_err(|e| {
+            OemError::Invalid(format!(
+                "{}: the new LDevID {} was issued but not installed: {e}; run the renewal again",
+                d.name, issued.serial
+            ))
+        })?;
+    let _ = c.call("POST", "/api/v1/logout", None);
+    r.renewed = true;
+    r.serial = v["serial"].as_str().map(str::to_string);
+    r.not_after = v["not_after"].as_str().map(str::to_string);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn devices(n: usize) -> Vec<ReachDevice> {
+        (0..n)
+            .map(|i| ReachDevice {
+                name: format!("d{i}"),
+                serial: String::new(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                device_name: "d.example".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_device_is_bounded_ordered_and_carries_on() {
+        let ds = devices(10);
+        let running = std::sync::atomic::AtomicUsize::new(0);
+        let most = std::sync::atomic::AtomicUsize::new(0);
+        let r = each_device(&ds, 3, |d| {
+            let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            match d.name.as_str() {
+                "d3" => Err(OemError::Invalid("d3 is silent".into())),
+                "d5" => panic!("a bug on d5"),
+                n => Ok(n.to_string()),
+            }
+        });
+        assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 3);
+        assert_eq!(r.len(), 10);
+        for (i, x) in r.iter().enumerate() {
+            match i {
+                3 => assert!(x.as_ref().unwrap_err().to_string().contains("silent")),
+                5 => assert!(x.as_ref().unwrap_err().to_string().contains("d5")),
+                _ => assert_eq!(x.as_ref().unwrap(), &format!("d{i}")),
+            }
+        }
+    }
 }

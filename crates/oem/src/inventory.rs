@@ -109,6 +109,11 @@ pub struct InventoryDevice {
     /// Its serial number.
     #[serde(default)]
     pub serial: Option<String>,
+    /// The SHA-256 fingerprint (64 hex digits) of the certificate it
+    /// presented at acceptance, pinned: `validate verify-evidence
+    /// --inventory` reports evidence from a device with another certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
     /// The profile it was provisioned with.
     #[serde(default)]
     pub profile: Option<PathBuf>,
@@ -179,6 +184,18 @@ impl Inventory {
             if let Some(p) = &mut d.profile {
                 abs(p);
             }
+            if let Some(f) = &mut d.certificate_sha256 {
+                let hex = f.replace(':', "").to_ascii_lowercase();
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(OemError::Invalid(format!(
+                        "{}: device {}: certificate_sha256 '{f}' is not a SHA-256 fingerprint \
+                         (64 hex digits, colons allowed)",
+                        path.display(),
+                        d.name
+                    )));
+                }
+                *f = hex;
+            }
         }
         Ok(inv)
     }
@@ -239,6 +256,7 @@ impl Inventory {
                     modbus: d.modbus.clone(),
                     device_name: d.device_name.clone()?,
                     serial: Some(d.serial_number.clone()),
+                    certificate_sha256: None,
                     profile: None,
                 })
             })

@@ -9,6 +9,7 @@
 //! DIR/secrets/NAME.credential   the one-time factory credential, as handed to the owner (0600)
 //! DIR/secrets/NAME.so-pin       the token SO PIN (pkcs11 devices)
 //! DIR/softhsm/                  a lab-private SoftHSM2 token directory, when the lab made one
+//! DIR/evidence/                 the OEM's evidence-signing keystore (key `evidence`, evidence.pub)
 //! ```
 
 use std::collections::BTreeMap;
@@ -177,6 +178,21 @@ pub struct LabManifest {
     /// The lab's firmware release infrastructure.
     #[serde(default)]
     pub firmware: Option<LabFirmware>,
+    /// The OEM's evidence-signing key (validation evidence and bundles): a
+    /// key of its own, not the firmware approval key.
+    #[serde(default)]
+    pub evidence: Option<LabEvidenceKey>,
+}
+
+/// The lab OEM's evidence-signing key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LabEvidenceKey {
+    /// Its soft keystore directory.
+    pub keystore: PathBuf,
+    /// The key's handle in it.
+    pub key: String,
+    /// Its public key (PEM), for `verify-evidence --key`.
+    pub public_key: PathBuf,
 }
 
 /// Keys, trust store and factory image of the lab's firmware.
@@ -195,10 +211,28 @@ pub struct LabFirmware {
 }
 
 impl LabManifest {
-    /// Reads `DIR/lab.json`.
+    /// Reads `DIR/lab.json`. It holds every role's password, so a file
+    /// that others may read is refused (naming the fix) instead of used.
     pub fn load(dir: &Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
         let path = dir.join("lab.json");
-        serde_json::from_slice(&fsu::read(&path)?).map_err(|e| OemError::BadFile {
+        let bytes = fsu::read(&path)?;
+        let mode = std::fs::metadata(&path)
+            .map_err(|e| fsu::FsError::io("stat", &path, e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(OemError::BadFile {
+                reason: format!(
+                    "mode {:04o}: it holds the lab's passwords and must be readable by its owner only \
+                     (chmod 600 {})",
+                    mode & 0o7777,
+                    path.display()
+                ),
+                path,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| OemError::BadFile {
             path,
             reason: e.to_string(),
         })
@@ -227,6 +261,71 @@ fn serial() -> String {
     format!("DS{}", hex::encode_upper(b))
 }
 
+/// The effective user id of this process: the owner of `/proc/self`.
+fn current_uid() -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let me = Path::new("/proc/self");
+    Ok(std::fs::metadata(me)
+        .map_err(|e| fsu::FsError::io("stat", me, e))?
+        .uid())
+}
+
+/// Whether the lab may be built in `dir`: `Ok(false)` when it does not
+/// exist, `Ok(true)` when it is an empty directory of this user's that
+/// nobody else can write to; refused when it is anything else (a symlink,
+/// a file, someone else's directory, group- or world-writable, not empty).
+fn usable_lab_dir(dir: &Path) -> Result<bool> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let md = match std::fs::symlink_metadata(dir) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(fsu::FsError::io("stat", dir, e).into()),
+    };
+    let refuse = |why: String| {
+        Err(OemError::Invalid(format!(
+            "{}: {why}; give the lab a new directory (or an empty one of your own)",
+            dir.display()
+        )))
+    };
+    if md.file_type().is_symlink() {
+        return refuse("is a symbolic link".into());
+    }
+    if !md.is_dir() {
+        return Err(OemError::Exists {
+            path: dir.to_path_buf(),
+        });
+    }
+    let me = current_uid()?;
+    if md.uid() != me {
+        return refuse(format!(
+            "is owned by uid {}, not by you (uid {me})",
+            md.uid()
+        ));
+    }
+    let mode = md.permissions().mode();
+    if mode & 0o022 != 0 {
+        return refuse(format!(
+            "is writable by {} (mode {:04o})",
+            if mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
+            mode & 0o7777
+        ));
+    }
+    let empty = std::fs::read_dir(dir)
+        .map_err(|e| fsu::FsError::io("read directory", dir, e))?
+        .next()
+        .is_none();
+    if !empty {
+        return Err(OemError::Exists {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(true)
+}
+
 /// Builds the lab. On failure the lab directory is removed again.
 pub fn up(opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Result<LabManifest> {
     if opts.devices == 0 || opts.devices > 999 {
@@ -236,16 +335,7 @@ pub fn up(opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Result<LabMan
         )));
     }
     let dir = absolute(&opts.dir)?;
-    let preexisting = dir.exists();
-    if preexisting {
-        let empty = std::fs::read_dir(&dir)
-            .map_err(|e| fsu::FsError::io("read directory", &dir, e))?
-            .next()
-            .is_none();
-        if !empty {
-            return Err(OemError::Exists { path: dir });
-        }
-    }
+    let preexisting = usable_lab_dir(&dir)?;
     fsu::create_private_dir(&dir)?;
     let result = build(&dir, opts, progress);
     if result.is_err() {
@@ -401,8 +491,10 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
         users: BTreeMap::new(),
         admin: None,
         firmware: None,
+        evidence: None,
     };
     manifest.firmware = Some(setup_firmware(dir, &manifest.devices)?);
+    manifest.evidence = Some(setup_evidence_key(dir)?);
     if let Some(daemon) = &opts.daemon {
         let result = start_devices(
             daemon,
@@ -422,8 +514,29 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
     }
     let json =
         serde_json::to_vec_pretty(&manifest).map_err(|e| OemError::Invalid(e.to_string()))?;
-    fsu::write_new(&dir.join("lab.json"), &json, Mode::Public)?;
+    // Every role's password is in it.
+    fsu::write_new(&dir.join("lab.json"), &json, Mode::Private)?;
     Ok(manifest)
+}
+
+/// The OEM's evidence-signing key, in a keystore of its own: evidence is
+/// never signed with the firmware approval key.
+fn setup_evidence_key(dir: &Path) -> Result<LabEvidenceKey> {
+    use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig};
+    let edir = dir.join("evidence");
+    fsu::create_private_dir(&edir)?;
+    let (_, store) = KeystoreConfig::create_soft(&edir, "keystore", "secret")?;
+    let key = "evidence";
+    let public = store
+        .generate(&KeyHandle::new(key)?, KeyAlgorithm::EcdsaP256)?
+        .public_key;
+    let public_key = edir.join("evidence.pub");
+    fsu::write_new(&public_key, public.spki_pem().as_bytes(), Mode::Public)?;
+    Ok(LabEvidenceKey {
+        keystore: edir,
+        key: key.into(),
+        public_key,
+    })
 }
 
 /// The lab's firmware: vendor and OEM keys, the devices' trust store, and a
@@ -561,6 +674,7 @@ fn start_devices(
     let identity = ClientIdentity::from_files(&tool.cert, &tool.key)?;
     let mfg_roots = drivesec_pki::read_cert_chain(&m.manufacturer_ca)?;
     let oem_roots = drivesec_pki::read_cert_chain(&m.oem_ca)?;
+    let revocation = crate::client::Revocation::from_file(&m.crl)?.0;
     for d in &mut m.devices {
         let listen = "127.0.0.1:0"
             .parse()
@@ -600,10 +714,12 @@ fn start_devices(
             },
         )?;
         d.device_name = Some(device_name.clone());
-        let trust = DeviceTrust::Ldevid {
-            roots: oem_roots.clone(),
+        let trust = DeviceTrust::owned(
+            oem_roots.clone(),
             device_name,
-        };
+            Some(d.serial_number.clone()),
+            revocation.clone(),
+        );
         let mut c = DeviceClient::new(started.addr, Some(&identity), &trust, Versions::Default)?;
         c.login(&admin.username, &admin.password)?;
         for (role, u) in &users {
@@ -662,15 +778,18 @@ impl LabManifest {
     }
 
     /// How a client recognises a commissioned device: its LDevID chains to
-    /// the lab's OEM root and names the device.
+    /// the lab's OEM root, names the device and its serial number, and is
+    /// not on the lab's CRL (docs/incident-response.md, "How the tool
+    /// recognises a device").
     pub fn device_trust(&self, d: &LabDevice) -> Result<crate::client::DeviceTrust> {
-        Ok(crate::client::DeviceTrust::Ldevid {
-            roots: drivesec_pki::read_cert_chain(&self.oem_ca)?,
-            device_name: d
-                .device_name
+        Ok(crate::client::DeviceTrust::owned(
+            drivesec_pki::read_cert_chain(&self.oem_ca)?,
+            d.device_name
                 .clone()
                 .ok_or_else(|| OemError::Invalid(format!("{} is not commissioned", d.name)))?,
-        })
+            Some(d.serial_number.clone()),
+            crate::client::Revocation::from_file(&self.crl)?.0,
+        ))
     }
 
     /// A role's client certificate.
@@ -759,6 +878,24 @@ impl LabManifest {
         Ok(image)
     }
 
+    /// A certificate with the LDevID profile for `serial` and `device_name`
+    /// from the lab's OEM CA, and its key: for a stand-in that a client must
+    /// take for a commissioned device (the reference Modbus server in the
+    /// benchmarks).
+    pub fn issue_stand_in_device(
+        &self,
+        serial: &str,
+        device_name: &str,
+        ip_addresses: &[std::net::IpAddr],
+    ) -> Result<(String, zeroize::Zeroizing<String>)> {
+        self.issue_for_new_key(drivesec_pki::Profile::LdevId {
+            serial_number: serial.into(),
+            device_name: device_name.into(),
+            ip_addresses: ip_addresses.to_vec(),
+            days: 30,
+        })
+    }
+
     /// A server identity for a third-party service in the lab (a syslog
     /// collector, a reference server): a fresh P-256 key, and a 30-day
     /// server certificate for it from the lab's OEM CA. Returns (chain PEM,
@@ -767,6 +904,19 @@ impl LabManifest {
         &self,
         dns_names: &[&str],
         ip_addresses: &[std::net::IpAddr],
+    ) -> Result<(String, zeroize::Zeroizing<String>)> {
+        self.issue_for_new_key(drivesec_pki::Profile::Server {
+            dns_names: dns_names.iter().map(|s| s.to_string()).collect(),
+            ip_addresses: ip_addresses.to_vec(),
+            days: 30,
+        })
+    }
+
+    /// A fresh P-256 key and a certificate of `profile` for it from the
+    /// lab's OEM CA (chain PEM, key PEM).
+    fn issue_for_new_key(
+        &self,
+        profile: drivesec_pki::Profile,
     ) -> Result<(String, zeroize::Zeroizing<String>)> {
         let bad = |e: rcgen::Error| OemError::Invalid(format!("server key: {e}"));
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(bad)?;
@@ -777,11 +927,7 @@ impl LabManifest {
             .pem()
             .map_err(bad)?;
         let issued = Ca::open(&self.oem_ca_dir)?.issue(&drivesec_pki::IssueRequest {
-            profile: drivesec_pki::Profile::Server {
-                dns_names: dns_names.iter().map(|s| s.to_string()).collect(),
-                ip_addresses: ip_addresses.to_vec(),
-                days: 30,
-            },
+            profile,
             key: drivesec_pki::SubjectKey::CsrPem {
                 source: "lab server".into(),
                 pem: csr,

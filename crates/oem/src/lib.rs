@@ -48,6 +48,51 @@ pub enum OemError {
         /// What is wrong.
         reason: String,
     },
+    /// A device did not answer in time (docs/incident-response.md, "Deadlines and sizes").
+    #[error(
+        "{device}: {what} took longer than {secs} s; check that the device runs and the network path to it, then run the command again"
+    )]
+    Timeout {
+        /// The device (name and address).
+        device: String,
+        /// What it did not finish: the TCP connection, the TLS handshake, the answer to a request.
+        what: String,
+        /// The deadline, seconds.
+        secs: u64,
+    },
+    /// A device's answer was larger than the tool takes for that request.
+    #[error(
+        "{device}: {what} is larger than {limit} bytes, more than a device sends for it; the tool stopped reading it. Check what answers at this address"
+    )]
+    TooLarge {
+        /// The device (name and address).
+        device: String,
+        /// The answer.
+        what: String,
+        /// The cap, bytes.
+        limit: u64,
+    },
+    /// The device's certificate did not prove it is the expected device;
+    /// nothing was sent to it.
+    #[error("{message}")]
+    Refused {
+        /// What was wrong, naming the device and what to do.
+        message: String,
+        /// The problem.
+        problem: crate::client::PeerProblem,
+    },
+    /// No CRL is known for a connection that must check the owner's
+    /// revocations (the message says where to give one).
+    #[error("{0}")]
+    MissingCrl(String),
+    /// Commissioning failed after the OEM CA issued the device's LDevID.
+    #[error("{message}")]
+    CommissioningFailed {
+        /// What happened and what to do next.
+        message: String,
+        /// The LDevID serial revoked because of it (None: revoking failed too).
+        revoked: Option<String>,
+    },
     /// A verification step of the demo failed.
     #[error("check failed: {0}")]
     Check(String),

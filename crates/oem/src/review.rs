@@ -3,7 +3,9 @@
 //! segments), verified against the device's IDevID (which must chain to the
 //! manufacturer root), and the review reports
 //! accounts and roles, last logins, dormant and never-used accounts,
-//! privilege changes and bursts of failed logins.
+//! privilege changes and bursts of failed logins. Devices are collected
+//! `reach.parallel` at a time; one that fails is reported with its error and
+//! the others are reviewed.
 
 use std::collections::BTreeMap;
 
@@ -119,6 +121,24 @@ pub struct DeviceReview {
     pub privilege_changes: Vec<String>,
     /// Bursts of failed logins: at least `burst` within a minute for one user or certificate.
     pub failed_login_bursts: Vec<String>,
+    /// Why the device could not be reviewed (then the rest is empty and
+    /// `trail_intact` false).
+    pub error: Option<String>,
+}
+
+/// Whether `leaf` (an IDevID) is for exactly `serial`: its subject
+/// serialNumber, read whole, equals it (not a longer serial that contains
+/// it, nor text in another attribute).
+pub fn check_idevid_serial(leaf: &[u8], serial: &str, device: &str) -> Result<()> {
+    let found = drivesec_pki::inspect::subject_serial_number(leaf)
+        .map_err(|e| OemError::Check(format!("{device}: its IDevID: {e}")))?;
+    if found != serial {
+        return Err(OemError::Check(format!(
+            "{device}: its IDevID is for serial {found}, not for the expected serial {serial}: \
+             the trail was not signed by this device's IDevID"
+        )));
+    }
+    Ok(())
 }
 
 /// Reviews every device `reach` reaches; each trail is collected into
@@ -129,157 +149,225 @@ pub fn review(
     dormant_days: i64,
     burst: usize,
 ) -> Result<Vec<DeviceReview>> {
-    let rfc = &time::format_description::well_known::Rfc3339;
     let now = time::OffsetDateTime::now_utc();
     let mfg = reach.manufacturer_roots.as_ref().ok_or_else(|| {
         OemError::Invalid(
             "the access review verifies each trail with the device's IDevID and needs the manufacturer root (trust.manufacturer_root in the inventory)".into(),
         )
     })?;
-    let mut out = vec![];
-    for d in &reach.devices {
-        let c = reach.session(d)?;
-        // The trail, collected and verified with the device's IDevID.
-        let trail = trails.join(&d.name);
-        let chain =
-            collect_trail(&c, &trail).map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
-        let leaf = chain
-            .first()
-            .ok_or_else(|| OemError::Check(format!("{}: no IDevID", d.name)))?;
-        drivesec_pki::verify::verify_chain(
-            leaf,
-            &drivesec_pki::verify::VerifyOptions {
-                roots: mfg,
-                intermediates: chain.get(1..).unwrap_or(&[]),
-                crls: &[],
-                usage: drivesec_pki::verify::Usage::Client,
-                time: None,
-            },
-        )
-        .map_err(|e| {
-            OemError::Check(format!(
-                "{}: its IDevID does not chain to the manufacturer root: {e}",
-                d.name
-            ))
-        })?;
-        let subject = drivesec_pki::inspect::summarize(leaf)?.subject;
-        if !d.serial.is_empty() && !subject.contains(&format!("serialNumber={}", d.serial)) {
-            return Err(OemError::Check(format!(
-                "{}: its IDevID ({subject}) is not for serial {}",
-                d.name, d.serial
-            )));
-        }
-        let key = drivesec_pki::inspect::public_key(leaf)?;
-        let report = drivesec_audit::verify::verify(&trail, &key)
-            .map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
-        let recs = drivesec_audit::reader::read(&trail, &Default::default(), usize::MAX)
-            .map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
-        // Accounts as the device has them now.
-        let users = c.ok("GET", "/api/v1/users", None)?;
-        let _ = c.call("POST", "/api/v1/logout", None);
-        let mut logins: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut failures: BTreeMap<String, Vec<time::OffsetDateTime>> = BTreeMap::new();
-        let mut privilege_changes = vec![];
-        for r in &recs {
-            let rec = &r.record;
-            let who = match &rec.actor {
-                Actor::User(u) => u.clone(),
-                Actor::Certificate(f) => format!("certificate {}", &f[..16.min(f.len())]),
-                Actor::Device => "device".into(),
-            };
-            match (rec.action.as_str(), rec.outcome) {
-                ("auth.login", Outcome::Success) => {
-                    logins.entry(who).or_default().push(rec.time.clone())
-                }
-                ("auth.login", Outcome::Failure | Outcome::Denied) => {
-                    // Failed logins are recorded aggregated (docs/audit.md,
-                    // "Floods"): a record stands for itself unless it is a
-                    // window's summary, and a summary (or the next record,
-                    // as `suppressed_before`) counts the rest per target.
-                    if let Ok(t) = time::OffsetDateTime::parse(&rec.time, rfc) {
-                        if rec.details["summary"] != true {
-                            let key = rec.target.clone().unwrap_or_else(|| who.clone());
-                            failures.entry(key).or_default().push(t);
-                        }
-                        if let Some(m) = rec.details["suppressed_targets"].as_object() {
-                            for (target, n) in m {
-                                let n = n.as_u64().unwrap_or(0).min(10_000) as usize;
-                                failures
-                                    .entry(target.clone())
-                                    .or_default()
-                                    .extend(std::iter::repeat_n(t, n));
-                            }
+    let results = crate::incident::each_device(&reach.devices, reach.parallel, |d| {
+        review_one(reach, mfg, d, trails, dormant_days, burst, now)
+    });
+    Ok(reach
+        .devices
+        .iter()
+        .zip(results)
+        .map(|(d, r)| {
+            r.unwrap_or_else(|e| DeviceReview {
+                device: d.name.clone(),
+                trail_intact: false,
+                records: 0,
+                accounts: vec![],
+                privilege_changes: vec![],
+                failed_login_bursts: vec![],
+                error: Some(e.to_string()),
+            })
+        })
+        .collect())
+}
+
+/// Collects, verifies and reviews one device's trail.
+fn review_one(
+    reach: &Reach,
+    mfg: &[rustls::pki_types::CertificateDer<'static>],
+    d: &crate::incident::ReachDevice,
+    trails: &std::path::Path,
+    dormant_days: i64,
+    burst: usize,
+    now: time::OffsetDateTime,
+) -> Result<DeviceReview> {
+    let rfc = &time::format_description::well_known::Rfc3339;
+    let c = reach.session(d)?;
+    // The trail, collected and verified with the device's IDevID.
+    let trail = trails.join(&d.name);
+    let chain =
+        collect_trail(&c, &trail).map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| OemError::Check(format!("{}: no IDevID", d.name)))?;
+    drivesec_pki::verify::verify_chain(
+        leaf,
+        &drivesec_pki::verify::VerifyOptions {
+            roots: mfg,
+            intermediates: chain.get(1..).unwrap_or(&[]),
+            crls: &[],
+            usage: drivesec_pki::verify::Usage::Client,
+            time: None,
+        },
+    )
+    .map_err(|e| {
+        OemError::Check(format!(
+            "{}: its IDevID does not chain to the manufacturer root: {e}",
+            d.name
+        ))
+    })?;
+    if !d.serial.is_empty() {
+        check_idevid_serial(leaf, &d.serial, &d.name)?;
+    }
+    let key = drivesec_pki::inspect::public_key(leaf)?;
+    let report = drivesec_audit::verify::verify(&trail, &key)
+        .map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
+    let recs = drivesec_audit::reader::read(&trail, &Default::default(), usize::MAX)
+        .map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
+    // Accounts as the device has them now.
+    let users = c.ok("GET", "/api/v1/users", None)?;
+    let _ = c.call("POST", "/api/v1/logout", None);
+    let mut logins: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut failures: BTreeMap<String, Vec<time::OffsetDateTime>> = BTreeMap::new();
+    let mut privilege_changes = vec![];
+    for r in &recs {
+        let rec = &r.record;
+        let who = match &rec.actor {
+            Actor::User(u) => u.clone(),
+            Actor::Certificate(f) => format!("certificate {}", &f[..16.min(f.len())]),
+            Actor::Device => "device".into(),
+        };
+        match (rec.action.as_str(), rec.outcome) {
+            ("auth.login", Outcome::Success) => {
+                logins.entry(who).or_default().push(rec.time.clone())
+            }
+            ("auth.login", Outcome::Failure | Outcome::Denied) => {
+                // Failed logins are recorded aggregated (docs/audit.md,
+                // "Floods"): a record stands for itself unless it is a
+                // window's summary, and a summary (or the next record,
+                // as `suppressed_before`) counts the rest per target.
+                if let Ok(t) = time::OffsetDateTime::parse(&rec.time, rfc) {
+                    if rec.details["summary"] != true {
+                        let key = rec.target.clone().unwrap_or_else(|| who.clone());
+                        failures.entry(key).or_default().push(t);
+                    }
+                    if let Some(m) = rec.details["suppressed_targets"].as_object() {
+                        for (target, n) in m {
+                            let n = n.as_u64().unwrap_or(0).min(10_000) as usize;
+                            failures
+                                .entry(target.clone())
+                                .or_default()
+                                .extend(std::iter::repeat_n(t, n));
                         }
                     }
                 }
-                (
-                    "user.add" | "user.remove" | "user.role.change" | "role.add" | "role.remove",
-                    Outcome::Success,
-                ) => {
-                    privilege_changes.push(format!(
-                        "{} {} {} by {who}{}",
-                        rec.time,
-                        rec.action,
-                        rec.target.as_deref().unwrap_or(""),
-                        rec.details
-                            .get("role")
-                            .and_then(|r| r.as_str())
-                            .map(|r| format!(" (role {r})"))
-                            .unwrap_or_default()
-                    ));
-                }
-                _ => {}
             }
-        }
-        let mut bursts = vec![];
-        for (who, mut times) in failures {
-            times.sort();
-            let mut start = 0;
-            for end in 0..times.len() {
-                while times[end] - times[start] > time::Duration::minutes(1) {
-                    start += 1;
-                }
-                if end + 1 - start >= burst {
-                    bursts.push(format!(
-                        "{} failed logins for {who} within a minute, from {}",
-                        end + 1 - start,
-                        times[start].format(rfc).unwrap_or_default()
-                    ));
-                    break;
-                }
+            (
+                "user.add" | "user.remove" | "user.role.change" | "role.add" | "role.remove",
+                Outcome::Success,
+            ) => {
+                privilege_changes.push(format!(
+                    "{} {} {} by {who}{}",
+                    rec.time,
+                    rec.action,
+                    rec.target.as_deref().unwrap_or(""),
+                    rec.details
+                        .get("role")
+                        .and_then(|r| r.as_str())
+                        .map(|r| format!(" (role {r})"))
+                        .unwrap_or_default()
+                ));
             }
+            _ => {}
         }
-        let accounts = users["users"]
-            .as_array()
-            .or_else(|| users.as_array())
-            .into_iter()
-            .flatten()
-            .map(|x| {
-                let username = x["username"].as_str().unwrap_or("").to_string();
-                let l = logins.get(&username);
-                let last = l.and_then(|v| v.last().cloned());
-                let dormant = last
-                    .as_ref()
-                    .and_then(|t| time::OffsetDateTime::parse(t, rfc).ok())
-                    .is_some_and(|t| (now - t).whole_days() > dormant_days);
-                AccountReview {
-                    role: x["role"].as_str().unwrap_or("").to_string(),
-                    logins: l.map(|v| v.len()).unwrap_or(0),
-                    never_used: last.is_none(),
-                    dormant,
-                    last_login: last,
-                    username,
-                }
-            })
-            .collect();
-        out.push(DeviceReview {
-            device: d.name.clone(),
-            trail_intact: report.ok,
-            records: report.records,
-            accounts,
-            privilege_changes,
-            failed_login_bursts: bursts,
-        });
     }
-    Ok(out)
+    let mut bursts = vec![];
+    for (who, mut times) in failures {
+        times.sort();
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end] - times[start] > time::Duration::minutes(1) {
+                start += 1;
+            }
+            if end + 1 - start >= burst {
+                bursts.push(format!(
+                    "{} failed logins for {who} within a minute, from {}",
+                    end + 1 - start,
+                    times[start].format(rfc).unwrap_or_default()
+                ));
+                break;
+            }
+        }
+    }
+    let accounts = users["users"]
+        .as_array()
+        .or_else(|| users.as_array())
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            let username = x["username"].as_str().unwrap_or("").to_string();
+            let l = logins.get(&username);
+            let last = l.and_then(|v| v.last().cloned());
+            let dormant = last
+                .as_ref()
+                .and_then(|t| time::OffsetDateTime::parse(t, rfc).ok())
+                .is_some_and(|t| (now - t).whole_days() > dormant_days);
+            AccountReview {
+                role: x["role"].as_str().unwrap_or("").to_string(),
+                logins: l.map(|v| v.len()).unwrap_or(0),
+                never_used: last.is_none(),
+                dormant,
+                last_login: last,
+                username,
+            }
+        })
+        .collect();
+    Ok(DeviceReview {
+        device: d.name.clone(),
+        trail_intact: report.ok,
+        records: report.records,
+        accounts,
+        privilege_changes,
+        failed_login_bursts: bursts,
+        error: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_idevid_serial_is_compared_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let mut mfg = drivesec_pki::Ca::init(
+            &t.path().join("mfg"),
+            &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Manufacturer, "Test Drives"),
+        )
+        .unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let idevid = mfg
+            .issue(&drivesec_pki::IssueRequest {
+                profile: drivesec_pki::Profile::IdevId {
+                    serial_number: "SN-10".into(),
+                    model: "iC7-Sim".into(),
+                },
+                key: drivesec_pki::SubjectKey::CsrPem {
+                    source: "test".into(),
+                    pem: csr,
+                },
+            })
+            .unwrap()
+            .der;
+        check_idevid_serial(&idevid, "SN-10", "drive-010").unwrap();
+        // A prefix of it (the substring match of the subject used to pass).
+        let e = check_idevid_serial(&idevid, "SN-1", "drive-001").unwrap_err();
+        assert!(
+            e.to_string().contains("serial SN-10")
+                && e.to_string().contains("expected serial SN-1"),
+            "{e}"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions};
 use crate::{OemError, Result};
 
 /// A device to update.
@@ -29,6 +29,9 @@ pub struct Operator {
     pub password: zeroize::Zeroizing<String>,
     /// Owner roots (device identities chain to them).
     pub roots: Vec<CertificateDer<'static>>,
+    /// The owner's CRLs: each device's LDevID, and the certificate that
+    /// signs its attestation, are checked against them.
+    pub revocation: Revocation,
     /// Operator name recorded with the campaign.
     pub operator: String,
 }
@@ -115,6 +118,8 @@ pub struct Fleet {
     pub operator: Operator,
     /// The firmware trust store.
     pub trust: TrustStore,
+    /// What the caller should show before it starts (a stale CRL, say).
+    pub warnings: Vec<String>,
 }
 
 fn read_trust(path: &std::path::Path) -> Result<TrustStore> {
@@ -142,6 +147,7 @@ impl Fleet {
             .get("engineer")
             .ok_or_else(|| OemError::Invalid("lab.json has no engineer client".into()))?;
         let targets = crate::incident::lab_devices(m)?;
+        let (revocation, warnings) = Revocation::from_file(&m.crl)?;
         Ok(Fleet {
             targets,
             operator: Operator {
@@ -149,9 +155,11 @@ impl Fleet {
                 username: user.username.clone(),
                 password: zeroize::Zeroizing::new(user.password.clone()),
                 roots: drivesec_pki::read_cert_chain(&m.oem_ca)?,
+                revocation,
                 operator: user.username.clone(),
             },
             trust: read_trust(&fw.trust)?,
+            warnings,
         })
     }
 
@@ -175,19 +183,33 @@ impl Fleet {
             .ok_or_else(|| missing("trust.firmware_trust"))?;
         let targets = crate::incident::inventory_devices(inv, path)?;
         let password = zeroize::Zeroizing::new(drivesec_fsutil::read_to_string(&op.password_file)?);
+        let identity = ClientIdentity::from_files(&op.cert, &op.key)?;
+        let roots = drivesec_pki::read_cert_chain(&inv.trust.oem_root)?;
+        let (revocation, warnings) = crate::incident::inventory_revocation(inv, path)?;
         Ok(Fleet {
             targets,
             operator: Operator {
-                identity: ClientIdentity::from_files(&op.cert, &op.key)?,
+                identity,
                 username: op.user.clone(),
                 password: zeroize::Zeroizing::new(
                     password.trim_end_matches(['\r', '\n']).to_string(),
                 ),
-                roots: drivesec_pki::read_cert_chain(&inv.trust.oem_root)?,
+                roots,
+                revocation,
                 operator: op.user.clone(),
             },
             trust: read_trust(trust)?,
+            warnings,
         })
+    }
+
+    /// Risky (`--insecure-no-crl`): when no CRL is configured, go on without
+    /// revocation checks (a warning is added); a configured CRL is always
+    /// checked.
+    pub fn allow_missing_crl(&mut self) {
+        if let Some(w) = self.operator.revocation.allow_missing() {
+            self.warnings.push(w);
+        }
     }
 }
 
@@ -223,10 +245,12 @@ fn update_one(
     let mut c = DeviceClient::new(
         t.addr,
         Some(&op.identity),
-        &DeviceTrust::Ldevid {
-            roots: op.roots.clone(),
-            device_name: t.device_name.clone(),
-        },
+        &DeviceTrust::owned(
+            op.roots.clone(),
+            t.device_name.clone(),
+            Some(t.serial.clone()),
+            op.revocation.clone(),
+        ),
         Versions::Default,
     )
     .map_err(fail)?;
@@ -246,6 +270,7 @@ fn update_one(
             &resp,
             &nonce,
             &op.roots,
+            op.revocation.crls()?,
             Some(&t.device_name),
             Some(header),
         )?;

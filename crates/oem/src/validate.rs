@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions, tls_config};
+use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions, tls_config};
 use crate::modbus::ModbusClient;
 use crate::{OemError, Result};
 
@@ -42,15 +42,22 @@ pub struct Target {
 }
 
 impl Target {
-    /// This device's result: its checks, the SL-A it reported, the time taken.
-    fn result(&self, checks: Vec<Check>, sl_a: Option<SlVector>, start: Instant) -> DeviceResult {
+    /// This device's result: its checks, the certificate it presented,
+    /// the SL-A it reported, the time taken.
+    fn result(&self, run: Run, sl_a: Option<SlVector>, start: Instant) -> DeviceResult {
+        let cert = run.certificate.as_ref();
         DeviceResult {
             device: self.name.clone(),
             asset: self.asset.clone(),
             zone: self.zone.clone(),
             sl_t: notation(&self.sl_t),
+            serial_number: cert.and_then(|c| drivesec_pki::inspect::subject_serial_number(c).ok()),
+            certificate_sha256: cert.map(|c| {
+                use sha2::Digest as _;
+                hex::encode(sha2::Sha256::digest(c))
+            }),
             sl_a,
-            checks,
+            checks: run.checks,
             seconds: start.elapsed().as_secs_f64(),
         }
     }
@@ -114,6 +121,12 @@ pub struct DeviceResult {
     pub zone: String,
     /// SL-T.
     pub sl_t: String,
+    /// The serialNumber in the subject of the certificate the device
+    /// presented (its LDevID), not what it says about itself; `None` when
+    /// no TLS session was made.
+    pub serial_number: Option<String>,
+    /// SHA-256 of that certificate (DER), lower-case hex.
+    pub certificate_sha256: Option<String>,
     /// SL-A read from the device.
     pub sl_a: Option<SlVector>,
     /// Checks, in order.
@@ -131,6 +144,8 @@ impl DeviceResult {
 
 struct Run {
     checks: Vec<Check>,
+    /// The leaf certificate the device presented.
+    certificate: Option<CertificateDer<'static>>,
 }
 
 impl Run {
@@ -225,16 +240,38 @@ fn forwarding_round_trip(admin: &DeviceClient) -> std::result::Result<(u64, u128
 /// Validates one device.
 pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
     let start = Instant::now();
-    let mut r = Run { checks: vec![] };
-    let trust = DeviceTrust::Ldevid {
-        roots: ctx.roots.clone(),
-        device_name: t.device_name.clone(),
+    let mut r = Run {
+        checks: vec![],
+        certificate: None,
     };
+    // The owner's CRL (none: every connection is refused, saying to set
+    // trust.crl); the probe below learns the serial the certificate carries
+    // (the `identity` check), every other connection requires it.
+    let revocation = match &ctx.crl {
+        Some(c) => Revocation::Crls(vec![c.clone()]),
+        None => Revocation::Missing(
+            "the inventory has no trust.crl: validation checks each device's LDevID against the \
+             owner's CRL; set trust.crl to the OEM CA's crl.pem"
+                .into(),
+        ),
+    };
+    let probe_trust = DeviceTrust::owned(
+        ctx.roots.clone(),
+        t.device_name.clone(),
+        None,
+        revocation.clone(),
+    );
+    let trust = DeviceTrust::owned(
+        ctx.roots.clone(),
+        t.device_name.clone(),
+        t.serial.clone(),
+        revocation,
+    );
     let l = |f: Fr| t.sl_t[f.index()];
     let mut sl_a = None;
 
     // Transport: TLS 1.3 with an AEAD suite, identity chain, expiry, revocation.
-    match probe(t.api, Some(&ctx.admin), &trust, Versions::Default) {
+    match probe(t.api, Some(&ctx.admin), &probe_trust, Versions::Default) {
         Ok((version, suite, chain)) => {
             r.pass_if(
                 "tls-suite",
@@ -244,6 +281,25 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
                 format!("negotiated {version} {suite}, not an AEAD suite"),
             );
             let leaf = chain.first().cloned();
+            r.certificate.clone_from(&leaf);
+            if let Some(serial) = &t.serial {
+                // The serial the certificate carries, read whole; never /info's.
+                let found = leaf
+                    .as_ref()
+                    .map(|l| drivesec_pki::inspect::subject_serial_number(l))
+                    .transpose();
+                r.pass_if(
+                    "identity",
+                    "SR 1.2 RE1",
+                    matches!(&found, Ok(Some(f)) if f == serial),
+                    &format!("LDevID serialNumber {serial}"),
+                    match found {
+                        Ok(Some(f)) => format!("LDevID serialNumber {f} instead of {serial}"),
+                        Ok(None) => "no certificate".into(),
+                        Err(e) => format!("LDevID serialNumber: {e}"),
+                    },
+                );
+            }
             let verified = leaf.as_ref().map(|leaf| {
                 drivesec_pki::verify::verify_chain(
                     leaf,
@@ -296,7 +352,7 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
         ),
     }
     let tls12_forbidden = l(Fr::Si) >= 2 || l(Fr::Dc) >= 2;
-    let tls12 = probe(t.api, Some(&ctx.admin), &trust, Versions::Tls12Only).is_ok();
+    let tls12 = probe(t.api, Some(&ctx.admin), &probe_trust, Versions::Tls12Only).is_ok();
     if tls12_forbidden {
         r.pass_if(
             "tls12-refused",
@@ -319,26 +375,41 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
             ),
         );
     }
+    // A refusal counts only when the device refused: not when this tool
+    // refused the device, or it did not answer.
+    let served = |r: &Result<crate::client::Reply>| match r {
+        Ok(_) => Ok(true),
+        Err(
+            e @ (OemError::Refused { .. } | OemError::MissingCrl(_) | OemError::Timeout { .. }),
+        ) => Err(format!("could not be tried: {e}")),
+        Err(_) => Ok(false),
+    };
     let anonymous = DeviceClient::new(t.api, None, &trust, Versions::Default)
         .and_then(|c| c.call("GET", "/api/v1/info", None));
-    r.pass_if(
-        "no-client-certificate",
-        "SR 1.2",
-        anonymous.is_err(),
-        "a client without a certificate is refused",
-        "a client without a certificate was served".into(),
-    );
+    match served(&anonymous) {
+        Ok(s) => r.pass_if(
+            "no-client-certificate",
+            "SR 1.2",
+            !s,
+            "a client without a certificate is refused",
+            "a client without a certificate was served".into(),
+        ),
+        Err(e) => r.add("no-client-certificate", "SR 1.2", Verdict::Fail, e),
+    }
     match &ctx.revoked {
         Some(id) => {
             let got = DeviceClient::new(t.api, Some(id), &trust, Versions::Default)
                 .and_then(|c| c.call("GET", "/api/v1/info", None));
-            r.pass_if(
-                "revoked-client",
-                "SR 1.9",
-                got.is_err(),
-                "a revoked client certificate is refused",
-                "a revoked client certificate was served".into(),
-            );
+            match served(&got) {
+                Ok(s) => r.pass_if(
+                    "revoked-client",
+                    "SR 1.9",
+                    !s,
+                    "a revoked client certificate is refused",
+                    "a revoked client certificate was served".into(),
+                ),
+                Err(e) => r.add("revoked-client", "SR 1.9", Verdict::Fail, e),
+            }
         }
         None => r.add(
             "revoked-client",
@@ -363,20 +434,9 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
                 Verdict::Fail,
                 format!("cannot log in as {}: {e}", ctx.admin_user),
             );
-            return t.result(r.checks, sl_a, start);
+            return t.result(r, sl_a, start);
         }
     };
-    if let Ok(info) = admin.ok("GET", "/api/v1/info", None)
-        && let Some(serial) = &t.serial
-    {
-        r.pass_if(
-            "identity",
-            "SR 1.2 RE1",
-            info["serial_number"] == serial.as_str(),
-            &format!("serial {serial}"),
-            format!("serial {} instead of {serial}", info["serial_number"]),
-        );
-    }
     let posture = admin.ok("GET", "/api/v1/posture", None).ok();
     let credential_alive = posture
         .as_ref()
@@ -410,6 +470,7 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
                 &resp,
                 &nonce,
                 &ctx.roots,
+                ctx.crl.as_slice(),
                 Some(&t.device_name),
                 None,
             );
@@ -421,6 +482,7 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
                             &resp,
                             &nonce,
                             &ctx.roots,
+                            ctx.crl.as_slice(),
                             Some(&t.device_name),
                             Some(h),
                         )
@@ -624,7 +686,7 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
         }
     }
     let _ = admin.call("POST", "/api/v1/logout", None);
-    t.result(r.checks, sl_a, start)
+    t.result(r, sl_a, start)
 }
 
 /// Validates every target, `parallel` at a time.
@@ -645,6 +707,8 @@ pub fn validate_all(ctx: &Context, targets: &[Target], parallel: usize) -> Vec<D
                         asset: t.asset.clone(),
                         zone: t.zone.clone(),
                         sl_t: notation(&t.sl_t),
+                        serial_number: None,
+                        certificate_sha256: None,
                         sl_a: None,
                         checks: vec![Check {
                             id: "validator".into(),

@@ -11,9 +11,18 @@
 //! crl.pem        the issuing CA's latest CRL
 //! issued/SERIAL.crt
 //! keystore/, ca-secret   the soft keystore (when the CA uses the soft backend)
+//! ca.lock        empty; held with flock(2) while one change is made
 //! ```
+//!
+//! Every change (issue, revoke, CRL) takes an exclusive lock on `ca.lock`
+//! and re-reads `ca.json` under it, so concurrent runs (an operator's
+//! revoke and the renewal timer, say) queue instead of losing each other's
+//! records, and CRL numbers only go up. Readers take no lock: every file is
+//! replaced by an atomic rename.
 
+use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +46,42 @@ use crate::role::Role;
 use crate::{PkiError, Result};
 
 const FORMAT: &str = "drivesec-ca";
+
+/// The file whose flock(2) serialises changes to a CA directory.
+const LOCK_FILE: &str = "ca.lock";
+
+/// An exclusive lock on a CA directory, released when dropped (or when the
+/// process ends, however it ends).
+struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Waits for the exclusive lock on `dir`'s lock file, creating the file
+    /// (0600) if needed. A symlink in its place is refused, not followed.
+    fn acquire(dir: &Path) -> Result<DirLock> {
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32,
+            )
+            .open(&path)
+            .map_err(|e| fsu::FsError::io("open lock file", &path, e))?;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
+                Ok(()) => return Ok(DirLock { _file: file }),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(fsu::FsError::io("lock", &path, std::io::Error::from(e)).into());
+                }
+            }
+        }
+    }
+}
 
 /// Whose CA this is, which decides what it may issue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +223,17 @@ pub struct IssueRequest {
     pub profile: Profile,
     /// The subject's key.
     pub key: SubjectKey,
+}
+
+/// A CRL just published by [`Ca::publish_crl`].
+#[derive(Debug, Clone)]
+pub struct PublishedCrl {
+    /// Where it was written (`crl.pem`).
+    pub path: PathBuf,
+    /// Its cRLNumber.
+    pub number: u64,
+    /// The CRL, PEM (what `crl.pem` held when it was written).
+    pub pem: String,
 }
 
 /// An issued certificate.
@@ -432,6 +488,8 @@ impl Ca {
         let chain = format!("{}{}", issuing.pem(), root.pem());
         fsu::write_new(&dir.join("chain.pem"), chain.as_bytes(), Mode::Public)?;
         fsu::create_private_dir(&dir.join("issued"))?;
+        // Made now, so that no later change (or failed change) adds a file.
+        fsu::write_new(&dir.join(LOCK_FILE), b"", Mode::Private)?;
         let meta = CaMeta {
             format: FORMAT.into(),
             version: 1,
@@ -451,12 +509,31 @@ impl Ca {
             root_der: root.der().to_vec(),
             issuing_der: issuing.der().to_vec(),
         };
-        ca.crl(7)?;
+        // Still the private staging directory: nobody else can see it yet.
+        ca.write_crl(7)?;
         Ok(())
     }
 
     /// Opens an existing CA directory.
     pub fn open(dir: &Path) -> Result<Ca> {
+        let meta = Self::read_meta(dir)?;
+        let store = open_keystore(&meta.keystore, dir)?;
+        let root_der = crate::read_cert_chain(&dir.join("root.crt"))?
+            .remove(0)
+            .to_vec();
+        let issuing_der = crate::read_cert_chain(&dir.join("issuing.crt"))?
+            .remove(0)
+            .to_vec();
+        Ok(Ca {
+            dir: dir.to_path_buf(),
+            meta,
+            store,
+            root_der,
+            issuing_der,
+        })
+    }
+
+    fn read_meta(dir: &Path) -> Result<CaMeta> {
         let not_ca = |reason: String| PkiError::NotACa {
             path: dir.to_path_buf(),
             reason,
@@ -473,20 +550,25 @@ impl Ca {
                 meta.format, meta.version
             )));
         }
-        let store = open_keystore(&meta.keystore, dir)?;
-        let root_der = crate::read_cert_chain(&dir.join("root.crt"))?
-            .remove(0)
-            .to_vec();
-        let issuing_der = crate::read_cert_chain(&dir.join("issuing.crt"))?
-            .remove(0)
-            .to_vec();
-        Ok(Ca {
-            dir: dir.to_path_buf(),
-            meta,
-            store,
-            root_der,
-            issuing_der,
-        })
+        Ok(meta)
+    }
+
+    /// Runs one change under the directory's exclusive lock, on `ca.json`
+    /// as it is now (another process may have changed it since `open`).
+    fn locked<T>(&mut self, change: impl FnOnce(&mut Ca) -> Result<T>) -> Result<T> {
+        let _lock = DirLock::acquire(&self.dir)?;
+        let meta = Self::read_meta(&self.dir)?;
+        if meta.kind != self.meta.kind
+            || meta.root_key != self.meta.root_key
+            || meta.issuing_key != self.meta.issuing_key
+        {
+            return Err(PkiError::NotACa {
+                path: self.dir.clone(),
+                reason: "ca.json now names other keys than when the CA was opened".into(),
+            });
+        }
+        self.meta = meta;
+        change(self)
     }
 
     fn save_meta(&self) -> Result<()> {
@@ -567,6 +649,21 @@ impl Ca {
             path: PathBuf::from(&source),
             reason,
         };
+        // The key's type comes from its own SubjectPublicKeyInfo, named
+        // before the signature is checked: rcgen infers it from the
+        // signature algorithm, which misnames a P-384 key signed with
+        // SHA-256 and cannot verify a P-521 one at all.
+        let alg = match csr_key_algorithm(&pem) {
+            Some(Ok(alg)) => Some(alg),
+            Some(Err(what)) => {
+                return Err(bad(format!(
+                    "the CSR's key is {what}; this CA certifies only ECDSA P-256 and Ed25519 keys \
+                     (make an ECDSA key on P-256, e.g. openssl req -newkey ec -pkeyopt \
+                     ec_paramgen_curve:P-256)"
+                )));
+            }
+            None => None,
+        };
         let csr = rcgen::CertificateSigningRequestParams::from_pem(&pem).map_err(|e| {
             bad(match e {
                 rcgen::Error::InvalidCertificationRequestSignature => {
@@ -579,16 +676,7 @@ impl Ca {
             })
         })?;
         use rcgen::PublicKeyData;
-        let alg = csr.public_key.algorithm();
-        let alg = if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
-            KeyAlgorithm::EcdsaP256
-        } else if alg == &rcgen::PKCS_ED25519 {
-            KeyAlgorithm::Ed25519
-        } else {
-            return Err(bad(
-                "the CSR's key is neither ECDSA P-256 nor Ed25519".into()
-            ));
-        };
+        let alg = alg.ok_or_else(|| bad("the CSR's public key cannot be read".into()))?;
         PublicKey::from_raw(alg, csr.public_key.der_bytes().to_vec())
             .map_err(|e| bad(e.to_string()))
     }
@@ -745,7 +833,7 @@ impl Ca {
 
     /// Issues a certificate and files it under `issued/`.
     pub fn issue(&mut self, req: &IssueRequest) -> Result<Issued> {
-        self.issue_inner(req, None)
+        self.locked(|ca| ca.issue_inner(req, None))
     }
 
     fn issue_inner(
@@ -794,11 +882,15 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> Result<Issued> {
-        self.issue_inner(req, Some((not_before, not_after)))
+        self.locked(|ca| ca.issue_inner(req, Some((not_before, not_after))))
     }
 
     /// Revokes an issued certificate and publishes a fresh CRL.
     pub fn revoke(&mut self, serial_hex: &str, reason: &str) -> Result<PathBuf> {
+        self.locked(|ca| ca.revoke_inner(serial_hex, reason))
+    }
+
+    fn revoke_inner(&mut self, serial_hex: &str, reason: &str) -> Result<PathBuf> {
         let serial = serial_hex
             .trim()
             .to_ascii_lowercase()
@@ -818,17 +910,33 @@ impl Ca {
             revoked_at: rfc3339(now()),
             reason: reason.into(),
         });
-        // crl() writes the CRL first and ca.json second: if we stop in between,
-        // the published CRL already names the certificate (fail safe).
-        let result = self.crl(7);
+        // write_crl() writes the CRL first and ca.json second: if we stop in
+        // between, the published CRL already names the certificate (fail safe).
+        let result = self.write_crl(7);
         if result.is_err() {
             self.meta.revoked.pop();
         }
-        result
+        result.map(|p| p.path)
     }
 
     /// Signs a new CRL (next update in `days`), writes `crl.pem`, returns its path.
     pub fn crl(&mut self, days: i64) -> Result<PathBuf> {
+        self.publish_crl(days).map(|p| p.path)
+    }
+
+    /// Signs a new CRL (next update in `days`) with the next cRLNumber,
+    /// writes `crl.pem`, and returns what it wrote.
+    pub fn publish_crl(&mut self, days: i64) -> Result<PublishedCrl> {
+        self.locked(|ca| ca.write_crl(days))
+    }
+
+    /// The CRL number last published, as this handle last read or wrote it.
+    pub fn crl_number(&self) -> u64 {
+        self.meta.crl_number
+    }
+
+    /// [`Ca::publish_crl`] without taking the lock (the caller holds it).
+    fn write_crl(&mut self, days: i64) -> Result<PublishedCrl> {
         if !(1..=365).contains(&days) {
             return Err(PkiError::Invalid(format!(
                 "CRL validity of {days} days is out of range 1..365"
@@ -845,7 +953,7 @@ impl Ca {
         fsu::write_atomic(&path, pem.as_bytes(), Mode::Public)?;
         self.meta.crl_number = number;
         self.save_meta()?;
-        Ok(path)
+        Ok(PublishedCrl { path, number, pem })
     }
 
     /// A CRL of the issuing CA listing every revoked record (its
@@ -903,6 +1011,40 @@ impl Ca {
     pub fn dangerous_root_issuer(&self) -> Result<Issuer<'static, CertSigningKey>> {
         self.issuer_of(&self.root_der, &self.meta.root_key)
     }
+}
+
+/// The algorithm of the key in a PEM CSR, read from its
+/// SubjectPublicKeyInfo: `Ok` for the two this CA certifies, `Err` naming
+/// any other; `None` when the CSR does not parse (the caller's parser then
+/// says why).
+fn csr_key_algorithm(pem_text: &str) -> Option<std::result::Result<KeyAlgorithm, String>> {
+    use x509_parser::prelude::FromDer;
+    let block = pem::parse(pem_text).ok()?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(block.contents())
+            .ok()?;
+    let spki = &csr.certification_request_info.subject_pki.algorithm;
+    let curve = || {
+        spki.parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string())
+    };
+    Some(match spki.algorithm.to_id_string().as_str() {
+        "1.3.101.112" => Ok(KeyAlgorithm::Ed25519),
+        "1.2.840.10045.2.1" => match curve().as_deref() {
+            Some("1.2.840.10045.3.1.7") => Ok(KeyAlgorithm::EcdsaP256),
+            Some("1.3.132.0.34") => Err("ECDSA P-384".into()),
+            Some("1.3.132.0.35") => Err("ECDSA P-521".into()),
+            Some("1.3.132.0.10") => Err("ECDSA secp256k1".into()),
+            Some(other) => Err(format!("ECDSA on the curve {other}")),
+            None => Err("ECDSA without a named curve".into()),
+        },
+        "1.2.840.113549.1.1.1" | "1.2.840.113549.1.1.10" => Err("RSA".into()),
+        "1.3.101.113" => Err("Ed448".into()),
+        "1.2.840.10040.4.1" => Err("DSA".into()),
+        other => Err(format!("of algorithm {other}")),
+    })
 }
 
 /// Parses a revocation reason name (RFC 5280 §5.3.1, kebab-case).

@@ -22,7 +22,7 @@ mod pemfile;
 pub mod role;
 pub mod verify;
 
-pub use ca::{Ca, CaKind, CaOptions, IssueRequest, Issued, Profile, SubjectKey};
+pub use ca::{Ca, CaKind, CaOptions, IssueRequest, Issued, Profile, PublishedCrl, SubjectKey};
 pub use crl::{CrlError, CrlInfo};
 pub use pemfile::{read_cert_chain, read_certs_pem, read_crl};
 pub use role::{BUILTIN_ROLES, ROLE_EXTENSION_OID, Role};

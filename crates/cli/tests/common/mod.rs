@@ -84,10 +84,7 @@ impl TestLab {
     }
 
     pub fn trust(&self) -> DeviceTrust {
-        DeviceTrust::Ldevid {
-            roots: drivesec_pki::read_cert_chain(&self.m.oem_ca).unwrap(),
-            device_name: self.m.devices[0].device_name.clone().unwrap(),
-        }
+        self.m.device_trust(&self.m.devices[0]).unwrap()
     }
 
     pub fn identity(&self, role: &str) -> ClientIdentity {
@@ -608,4 +605,10 @@ impl TestLab {
             .trim()
             .to_string()
     }
+}
+
+/// The lab OEM's evidence-signing public key (PEM): it signs validation
+/// evidence and bundles (not the firmware approval key).
+pub fn evidence_public_key(lab: &TestLab) -> PathBuf {
+    lab.m.evidence.as_ref().unwrap().public_key.clone()
 }

@@ -378,6 +378,15 @@ pub struct ForwardingSettings {
     pub server_name: String,
     /// PEM trust anchors for the collector.
     pub ca_pem: String,
+    /// Private enterprise number of the syslog SD-ID `drivesec@N`; a
+    /// positive integer, 50316 (the project's) when absent
+    /// (docs/audit.md, "Forwarding").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enterprise_number: Option<u32>,
+    /// Longest syslog message in octets, 2048 to 262144; 8192 (rsyslog's
+    /// default maxMessageSize) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<u32>,
 }
 
 pub(crate) async fn get_forwarding(

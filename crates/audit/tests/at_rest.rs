@@ -1,0 +1,627 @@
+//! The trail at rest (issue 16, item 4): each test performs an attack or a
+//! crash on a stopped trail first, then shows it now fails safely.
+//!
+//! * a rewritten and re-chained trail whose checkpoints were deleted is
+//!   reported at the next open (the keystore's counter is ahead), never
+//!   silently signed over, and stays NOT intact;
+//! * a whole directory rolled back to an older copy is reported too;
+//! * records no checkpoint covers are named as the unsigned tail;
+//! * export fails, naming the damage, instead of dropping records;
+//! * a torn line in `checkpoints.log` is repaired and kept as evidence;
+//! * one damaged frame costs that frame only, and its number is not reused;
+//! * the checkpoint write order tells a crash from a cut;
+//! * segment names are bound to their records, stray files are ignored;
+//! * a factory reset's new trail carries on from the archived one.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use drivesec_audit::frame::{self, Decoded};
+use drivesec_audit::reader::{self, Query, StoredRecord};
+use drivesec_audit::verify::{ProblemKind, Report, verify};
+use drivesec_audit::{
+    Actor, AuditConfig, AuditLog, CHECKPOINT_COUNTER, Event, Outcome, Signer, continue_after,
+};
+use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig, PublicKey};
+
+struct Fx {
+    tmp: tempfile::TempDir,
+    signer: Signer,
+    key: PublicKey,
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, store) = KeystoreConfig::create_soft(tmp.path(), "ks", "secret").unwrap();
+        let handle = KeyHandle::new("idevid").unwrap();
+        let key = store
+            .generate(&handle, KeyAlgorithm::EcdsaP256)
+            .unwrap()
+            .public_key;
+        Fx {
+            tmp,
+            signer: Signer { store, handle },
+            key,
+        }
+    }
+
+    fn trail(&self) -> PathBuf {
+        self.tmp.path().join("audit")
+    }
+
+    fn open(&self) -> AuditLog {
+        AuditLog::open(&self.trail(), cfg(), self.signer.clone()).unwrap()
+    }
+
+    fn verify(&self) -> Report {
+        verify(&self.trail(), &self.key).unwrap()
+    }
+
+    fn fill(&self, n: u64) {
+        let log = self.open();
+        let first = log.status().unwrap().durable_seq + 1;
+        for i in 0..n {
+            assert_eq!(log.append(ev(first + i)).unwrap().seq, first + i);
+        }
+        log.close().unwrap();
+    }
+
+    fn counter(&self) -> Option<u64> {
+        self.signer.store.counter(CHECKPOINT_COUNTER).unwrap()
+    }
+
+    fn records(&self) -> Vec<StoredRecord> {
+        reader::read(&self.trail(), &Query::default(), 100_000).unwrap()
+    }
+}
+
+fn cfg() -> AuditConfig {
+    AuditConfig {
+        segment_bytes: 64 * 1024,
+        checkpoint_every: 40,
+        ..AuditConfig::default()
+    }
+}
+
+fn ev(i: u64) -> Event {
+    Event::new(Actor::User(format!("user{}", i % 3)), "param.write")
+        .source("127.0.0.1:50000")
+        .target(format!("param-{i}"))
+        .details(serde_json::json!({ "i": i }))
+}
+
+/// (segment path, offset, length, seq) of every frame.
+fn frames(dir: &Path) -> Vec<(PathBuf, usize, usize, u64)> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.is_file()
+                && drivesec_audit::is_segment_name(&p.file_name().unwrap().to_string_lossy())
+        })
+        .collect();
+    segs.sort();
+    let mut out = Vec::new();
+    for s in segs {
+        let data = std::fs::read(&s).unwrap();
+        let mut off = 0;
+        while let Decoded::Frame(f) = frame::decode(&data[off..]) {
+            out.push((s.clone(), off, f.len, f.seq));
+            off += f.len;
+        }
+    }
+    out
+}
+
+fn frame_of(dir: &Path, seq: u64) -> (PathBuf, usize, usize) {
+    let (p, o, l, _) = frames(dir).into_iter().find(|f| f.3 == seq).unwrap();
+    (p, o, l)
+}
+
+/// The attack of the issue: record `target`'s actor changed, every later
+/// link recomputed (hashes and checksums right), both checkpoint files
+/// deleted.
+fn forge_and_drop_checkpoints(dir: &Path, target: u64) {
+    let all = reader::read(dir, &Query::default(), 100_000).unwrap();
+    let segs = frames(dir);
+    let mut files: std::collections::BTreeMap<PathBuf, Vec<u8>> = Default::default();
+    let mut prev = [0u8; 32];
+    for (rec, (path, _, _, seq)) in all.iter().zip(&segs) {
+        let mut r = rec.record.clone();
+        if *seq == target {
+            r.actor = Actor::User("someone-else".into());
+        }
+        let body = serde_json::to_vec(&r).unwrap();
+        prev = frame::encode(*seq, &prev, &body, files.entry(path.clone()).or_default());
+    }
+    for (p, d) in files {
+        std::fs::write(p, d).unwrap();
+    }
+    std::fs::remove_file(dir.join("checkpoint.json")).unwrap();
+    std::fs::remove_file(dir.join("checkpoints.log")).unwrap();
+}
+
+fn actions(fx: &Fx, action: &str) -> Vec<StoredRecord> {
+    fx.records()
+        .into_iter()
+        .filter(|r| r.record.action == action)
+        .collect()
+}
+
+#[test]
+fn a_forged_trail_without_checkpoints_is_reported_at_start_not_signed_over() {
+    let fx = Fx::new();
+    fx.fill(300);
+    assert_eq!(fx.counter(), Some(300), "the last checkpoint is anchored");
+    forge_and_drop_checkpoints(&fx.trail(), 117);
+    // At rest, the forged chain is consistent; nothing is signed.
+    let r = fx.verify();
+    assert!(r.ok && r.nothing_signed, "{r:#?}");
+
+    // One start: the device reports the rewind instead of signing over it.
+    let log = fx.open();
+    let check = log.startup_check().clone();
+    assert!(check.rewound, "{check:#?}");
+    assert_eq!((check.anchored_seq, check.found_seq), (Some(300), None));
+    assert!(!check.passed());
+    assert_eq!(check.recorded.len(), 1, "{check:#?}");
+    assert_eq!(check.recorded[0], ("audit.trail-rewound".to_string(), 301));
+    log.append(ev(1)).unwrap();
+    log.close().unwrap();
+    let rewound = actions(&fx, "audit.trail-rewound");
+    assert_eq!(rewound.len(), 1);
+    let d = &rewound[0].record.details;
+    assert_eq!(rewound[0].record.outcome, Outcome::Failure);
+    assert!(rewound[0].record.essential);
+    assert_eq!(
+        (d["anchored_seq"].as_u64(), d["first_bad_seq"].as_u64()),
+        (Some(300), Some(1))
+    );
+
+    // The device signed checkpoints again, but over its own report: the
+    // trail is NOT intact, and names record 1 as the first unproven one.
+    let r = fx.verify();
+    assert!(!r.ok, "the forged trail verifies as intact");
+    assert!(r.checkpoints_verified > 0);
+    assert_eq!(r.first_bad_seq, Some(1), "{:#?}", r.problems);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::ReportedByDevice && p.seq == Some(1)),
+        "{:#?}",
+        r.problems
+    );
+
+    // A second start does not report the same rewind again, and still fails.
+    let log = fx.open();
+    let again = log.startup_check().clone();
+    assert!(!again.rewound && again.recorded.is_empty(), "{again:#?}");
+    assert!(!again.passed() && again.first_bad_seq == Some(1));
+    log.close().unwrap();
+    assert_eq!(actions(&fx, "audit.trail-rewound").len(), 1);
+}
+
+#[test]
+fn a_directory_rolled_back_to_an_older_copy_is_reported_and_numbers_continue() {
+    let fx = Fx::new();
+    fx.fill(100);
+    let old = fx.tmp.path().join("old-copy");
+    copy_dir(&fx.trail(), &old);
+    fx.fill(100);
+    assert_eq!(fx.counter(), Some(200));
+    // The attacker puts the older, consistent and signed copy back.
+    std::fs::remove_dir_all(fx.trail()).unwrap();
+    copy_dir(&old, &fx.trail());
+    assert!(fx.verify().ok, "the copy alone looks fine");
+    let log = fx.open();
+    let c = log.startup_check().clone();
+    assert!(c.rewound && c.found_seq == Some(100), "{c:#?}");
+    // Numbers 101..200 were used once: the trail continues after them.
+    assert_eq!(c.next_seq, 201);
+    log.close().unwrap();
+    let r = fx.verify();
+    assert!(!r.ok);
+    assert_eq!(r.first_bad_seq, Some(101), "{:#?}", r.problems);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::MissingRecords && p.seq == Some(101))
+    );
+}
+
+#[test]
+fn a_deleted_trail_is_reported_when_the_device_starts_a_new_one() {
+    let fx = Fx::new();
+    fx.fill(50);
+    std::fs::remove_dir_all(fx.trail()).unwrap();
+    let log = fx.open();
+    let c = log.startup_check().clone();
+    assert!(c.rewound && c.next_seq == 51, "{c:#?}");
+    log.close().unwrap();
+    let r = fx.verify();
+    assert_eq!(r.first_bad_seq, Some(1), "{:#?}", r.problems);
+}
+
+#[test]
+fn a_factory_reset_trail_carries_on_behind_a_signed_anchor() {
+    let fx = Fx::new();
+    fx.fill(50);
+    let archive = fx.tmp.path().join("archive");
+    std::fs::rename(fx.trail(), &archive).unwrap();
+    assert_eq!(
+        continue_after(&fx.trail(), &archive, &fx.signer).unwrap(),
+        Some(50)
+    );
+    let log = fx.open();
+    assert!(log.startup_check().passed(), "{:#?}", log.startup_check());
+    assert_eq!(log.append(ev(1)).unwrap().seq, 51);
+    log.close().unwrap();
+    let r = fx.verify();
+    assert!(r.ok, "{:#?}", r.problems);
+    assert_eq!((r.anchor, r.first_seq), (Some(50), Some(51)));
+    assert!(verify(&archive, &fx.key).unwrap().ok);
+}
+
+#[test]
+fn records_no_checkpoint_covers_are_the_unsigned_tail() {
+    let fx = Fx::new();
+    fx.fill(50);
+    let log = fx.open();
+    for i in 0..5 {
+        log.append(ev(i)).unwrap();
+    }
+    log.abandon();
+    let r = fx.verify();
+    assert!(r.ok, "{:#?}", r.problems);
+    assert!(!r.nothing_signed);
+    let u = r.unsigned.unwrap();
+    assert_eq!((u.first, u.last), (51, 55));
+    // A trail nothing signs at all.
+    let fx = Fx::new();
+    let log = fx.open();
+    for i in 0..5 {
+        log.append(ev(i)).unwrap();
+    }
+    log.abandon();
+    let r = fx.verify();
+    assert!(r.ok && r.nothing_signed);
+    assert_eq!(r.unsigned.map(|u| (u.first, u.last)), Some((1, 5)));
+}
+
+#[test]
+fn export_fails_on_a_damaged_trail_instead_of_dropping_records() {
+    let fx = Fx::new();
+    fx.fill(120);
+    let all = |fx: &Fx, q: &Query| {
+        let mut out = Vec::new();
+        reader::export_jsonl(&fx.trail(), q, &mut out).map(|(n, _)| (n, out))
+    };
+    assert_eq!(all(&fx, &Query::default()).unwrap().0, 120);
+    // One flipped bit in record 86.
+    let (p, off, len) = frame_of(&fx.trail(), 86);
+    let pristine = std::fs::read(&p).unwrap();
+    let mut data = pristine.clone();
+    data[off + frame::HEADER + 3] ^= 0x04;
+    std::fs::write(&p, &data).unwrap();
+    let e = all(&fx, &Query::default()).unwrap_err().to_string();
+    assert!(
+        e.contains("damaged") && e.contains("after record 85"),
+        "{e}"
+    );
+    // The part before the damage, and the part after it, still export.
+    let before = Query {
+        to_seq: Some(85),
+        ..Query::default()
+    };
+    assert_eq!(all(&fx, &before).unwrap().0, 85);
+    let after = Query {
+        from_seq: Some(87),
+        ..Query::default()
+    };
+    assert_eq!(all(&fx, &after).unwrap().0, 34);
+    // Reading for display skips only the damaged record.
+    assert_eq!(fx.records().len(), 119);
+    // A removed record.
+    let mut cut = pristine.clone();
+    cut.drain(off..off + len);
+    std::fs::write(&p, &cut).unwrap();
+    let e = all(&fx, &Query::default()).unwrap_err().to_string();
+    assert!(e.contains("records 86..86 are missing"), "{e}");
+    // Two records swapped.
+    std::fs::write(&p, &pristine).unwrap();
+    let (_, a_off, a_len) = frame_of(&fx.trail(), 90);
+    let (_, b_off, b_len) = frame_of(&fx.trail(), 91);
+    let mut swapped = pristine[..a_off].to_vec();
+    swapped.extend_from_slice(&pristine[b_off..b_off + b_len]);
+    swapped.extend_from_slice(&pristine[a_off..a_off + a_len]);
+    swapped.extend_from_slice(&pristine[b_off + b_len..]);
+    std::fs::write(&p, &swapped).unwrap();
+    let e = all(&fx, &Query::default()).unwrap_err().to_string();
+    assert!(e.contains("missing") || e.contains("reordered"), "{e}");
+    std::fs::write(&p, &pristine).unwrap();
+    assert_eq!(all(&fx, &Query::default()).unwrap().0, 120);
+}
+
+#[test]
+fn a_torn_checkpoint_log_line_is_repaired_and_kept_as_evidence() {
+    let fx = Fx::new();
+    fx.fill(100);
+    let log_path = fx.trail().join("checkpoints.log");
+    let torn = br#"{"kind":"checkpoint","seq":1"#;
+    let mut data = std::fs::read(&log_path).unwrap();
+    let at = data.len();
+    data.extend_from_slice(torn);
+    std::fs::write(&log_path, &data).unwrap();
+    let r = fx.verify();
+    assert!(!r.ok, "a torn line is not a statement");
+    let log = fx.open();
+    assert!(
+        log.startup_check().problems.is_empty(),
+        "repaired before the check"
+    );
+    log.close().unwrap();
+    let r = fx.verify();
+    assert!(r.ok, "{:#?}", r.problems);
+    let kept = fx
+        .trail()
+        .join("quarantine")
+        .join(format!("checkpoints.log.{at}.bin"));
+    assert_eq!(std::fs::read(kept).unwrap(), torn);
+    let rec = actions(&fx, "audit.recovery.truncated");
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].record.details["file"], "checkpoints.log");
+}
+
+#[test]
+fn one_damaged_frame_costs_that_frame_only_and_its_number_is_not_reused() {
+    let fx = Fx::new();
+    fx.fill(100);
+    assert_eq!(frames(&fx.trail()).len(), 100);
+    let (p, off, len) = frame_of(&fx.trail(), 86);
+    let mut data = std::fs::read(&p).unwrap();
+    let damaged = data[off..off + len].to_vec();
+    data[off + frame::HEADER + 3] ^= 0x04;
+    std::fs::write(&p, &data).unwrap();
+    let log = fx.open();
+    let c = log.startup_check().clone();
+    assert_eq!(c.first_bad_seq, Some(86), "{c:#?}");
+    let a = log.append(ev(1)).unwrap();
+    log.close().unwrap();
+    // Records 87..100 survived; new numbers continue after 100.
+    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+    assert!((87..=100).all(|s| seqs.contains(&s)), "{seqs:?}");
+    assert!(!seqs.contains(&86));
+    assert!(a.seq > 100 && seqs.iter().filter(|&&s| s > 85 && s <= 100).count() == 14);
+    // Only the damaged frame's bytes went to quarantine.
+    let q = fx.trail().join("quarantine").join(format!(
+        "{}.{off}.bin",
+        p.file_name().unwrap().to_string_lossy()
+    ));
+    let mut flipped = damaged.clone();
+    flipped[frame::HEADER + 3] ^= 0x04;
+    assert_eq!(std::fs::read(q).unwrap(), flipped);
+    let rec = actions(&fx, "audit.recovery.quarantined");
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].record.details["after_seq"], 85);
+    assert_eq!(rec[0].record.details["before_seq"], 87);
+    // Verification names exactly the lost record, and the device's report.
+    let r = fx.verify();
+    assert_eq!(r.first_bad_seq, Some(86), "{:#?}", r.problems);
+    assert!(
+        r.problems.iter().all(|p| p.seq == Some(86)
+            && matches!(
+                p.kind,
+                ProblemKind::MissingRecords | ProblemKind::ReportedByDevice
+            )),
+        "{:#?}",
+        r.problems
+    );
+    assert_eq!(actions(&fx, "audit.integrity-failed").len(), 1);
+    // A start after that reports nothing new.
+    let log = fx.open();
+    assert!(log.startup_check().recorded.is_empty());
+    log.close().unwrap();
+    assert_eq!(actions(&fx, "audit.integrity-failed").len(), 1);
+}
+
+#[test]
+fn a_damaged_last_record_keeps_its_number() {
+    let fx = Fx::new();
+    fx.fill(99);
+    // Record 100 is durable (and may have been forwarded) but no
+    // checkpoint covers it yet when the process stops.
+    let log = fx.open();
+    assert_eq!(log.append(ev(100)).unwrap().seq, 100);
+    log.abandon();
+    let (p, off, _) = frame_of(&fx.trail(), 100);
+    let mut data = std::fs::read(&p).unwrap();
+    data[off + frame::HEADER + 3] ^= 0x04;
+    std::fs::write(&p, &data).unwrap();
+    let log = fx.open();
+    let a = log.append(ev(1)).unwrap();
+    log.close().unwrap();
+    assert!(a.seq > 100, "number 100 was given out again: {}", a.seq);
+    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+    assert!(!seqs.contains(&100), "{seqs:?}");
+}
+
+#[test]
+fn a_checkpoint_that_fails_half_way_never_looks_like_a_cut() {
+    let fx = Fx::new();
+    fx.fill(40);
+    // checkpoint.json cannot be replaced (a directory stands in its way):
+    // the next checkpoint fails at its first step.
+    let json = fx.trail().join("checkpoint.json");
+    let saved = std::fs::read(&json).unwrap();
+    let log = AuditLog::open(&fx.trail(), cfg(), fx.signer.clone()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    std::fs::create_dir(&json).unwrap();
+    std::fs::write(json.join("x"), b"x").unwrap();
+    log.append(ev(41)).unwrap();
+    assert!(log.checkpoint_now().is_err());
+    log.abandon();
+    std::fs::remove_dir_all(&json).unwrap();
+    std::fs::write(&json, saved).unwrap();
+    let r = fx.verify();
+    assert!(
+        r.ok,
+        "a failed checkpoint looks like a cut: {:#?}",
+        r.problems
+    );
+    assert_eq!(r.unsigned.map(|u| (u.first, u.last)), Some((41, 41)));
+
+    // A crash after checkpoint.json, before its log line: fine, and the
+    // next start completes the log.
+    fx.fill(10);
+    let log_path = fx.trail().join("checkpoints.log");
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let last = lines.pop().unwrap().to_string();
+    std::fs::write(&log_path, lines.join("\n") + "\n").unwrap();
+    assert!(fx.verify().ok, "a crash between the writes is not a cut");
+    let log = fx.open();
+    assert!(log.startup_check().passed());
+    log.close().unwrap();
+    assert!(std::fs::read_to_string(&log_path).unwrap().contains(&last));
+    assert!(fx.verify().ok);
+
+    // What no crash leaves: checkpoint.json older than the log, or missing.
+    let first_line = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let newest = std::fs::read(&json).unwrap();
+    std::fs::write(&json, &first_line).unwrap();
+    let r = fx.verify();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::CutTail && p.file == "checkpoint.json"),
+        "{:#?}",
+        r.problems
+    );
+    std::fs::remove_file(&json).unwrap();
+    let r = fx.verify();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::CutTail && p.file == "checkpoint.json"),
+        "{:#?}",
+        r.problems
+    );
+    std::fs::write(&json, newest).unwrap();
+    assert!(fx.verify().ok);
+}
+
+#[test]
+fn segment_names_are_bound_and_stray_files_ignored() {
+    let fx = Fx::new();
+    let small = AuditConfig {
+        segment_bytes: 8 * 1024,
+        ..cfg()
+    };
+    let log = AuditLog::open(&fx.trail(), small.clone(), fx.signer.clone()).unwrap();
+    for i in 1..=200 {
+        log.append(ev(i)).unwrap();
+    }
+    log.close().unwrap();
+    let segs: Vec<PathBuf> = {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(fx.trail().join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(segs.len() > 3);
+    // Stray files: reported, ignored; start-up and verification go on.
+    let seg_dir = fx.trail().join("segments");
+    std::fs::write(seg_dir.join("notes.seg"), b"not a segment").unwrap();
+    std::fs::write(seg_dir.join("7.seg"), b"").unwrap();
+    std::fs::create_dir(seg_dir.join("00000000000000000999.seg")).unwrap();
+    let r = fx.verify();
+    assert!(r.ok, "{:#?}", r.problems);
+    assert_eq!(
+        r.stray_files,
+        ["00000000000000000999.seg", "7.seg", "notes.seg"]
+    );
+    let log = AuditLog::open(&fx.trail(), small.clone(), fx.signer.clone()).unwrap();
+    assert_eq!(log.startup_check().stray_files.len(), 3);
+    assert!(log.startup_check().passed());
+    log.close().unwrap();
+    // A segment renamed to another number is named as such.
+    let second = &segs[1];
+    let first_of_second = frames(&fx.trail())
+        .into_iter()
+        .find(|f| &f.0 == second)
+        .unwrap()
+        .3;
+    let renamed = seg_dir.join(format!("{:020}.seg", first_of_second + 2));
+    std::fs::rename(second, &renamed).unwrap();
+    let r = fx.verify();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::MisnamedSegment),
+        "{:#?}",
+        r.problems
+    );
+    std::fs::rename(&renamed, second).unwrap();
+    // The last segment renamed: the device keeps every record and reports it.
+    let last = segs.last().unwrap();
+    let last_renamed = seg_dir.join(format!("{:020}.seg", 10_000));
+    std::fs::rename(last, &last_renamed).unwrap();
+    let before = fx.records().len();
+    let log = AuditLog::open(&fx.trail(), small, fx.signer.clone()).unwrap();
+    assert!(
+        log.startup_check()
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::MisnamedSegment)
+    );
+    log.close().unwrap();
+    assert!(fx.records().len() > before, "records were lost");
+    assert!(!fx.trail().join("quarantine").exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_forged_huge_sequence_number_neither_exhausts_numbers_nor_loses_records() {
+    let fx = Fx::new();
+    fx.fill(20);
+    let (p, _, _) = frame_of(&fx.trail(), 20);
+    let mut data = std::fs::read(&p).unwrap();
+    frame::encode(
+        u64::MAX - 1,
+        &[7; 32],
+        br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#,
+        &mut data,
+    );
+    std::fs::write(&p, &data).unwrap();
+    let log = fx.open();
+    let a = log.append(ev(21)).unwrap();
+    assert!(a.seq > 20 && a.seq < 1 << 62, "{}", a.seq);
+    log.close().unwrap();
+    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+    assert!(
+        seqs.contains(&a.seq),
+        "the record was not written: {seqs:?}"
+    );
+    assert!(!fx.verify().ok);
+}

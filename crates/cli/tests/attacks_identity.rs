@@ -1,0 +1,888 @@
+//! Attacks on how the tool recognises a device (issue 16, items 1 and 3):
+//! fake devices on loopback (small rustls servers in this file) that hold
+//! certificates of the lab's own CAs, a silent one and a flooding one.
+//! Each test performs the attack and checks it now fails safely: nothing
+//! is sent to a device that did not prove to be the expected one, an
+//! LDevID issued to a device that did not finish commissioning is revoked,
+//! and a silent or flooding device fails its own request while the fleet
+//! command carries on with the others.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{config, drivesec, s, test_lab};
+use drivesec_oem::lab::{LabManifest, LabOptions};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+
+/// What a fake device answers to one request.
+enum Answer {
+    /// This status and JSON body.
+    Json(u16, Value),
+    /// 200 MiB of zeros, with a Content-Length or chunked.
+    Flood { declared: bool },
+}
+
+type Handler = dyn Fn(&str, &[u8]) -> Answer + Send + Sync;
+
+/// A fake device: a TLS server on loopback with a certificate chain and
+/// key of the test's choice, recording every byte it receives (after
+/// TLS) and counting the bytes it sends.
+struct Fake {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<u8>>>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Fake {
+    fn start(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        h: Arc<Handler>,
+    ) -> Fake {
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (rx, tx) = (received.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let (cfg, h, rx, tx) = (cfg.clone(), h.clone(), rx.clone(), tx.clone());
+                std::thread::spawn(move || serve(tcp, cfg, &*h, &rx, &tx));
+            }
+        });
+        Fake {
+            addr,
+            received,
+            sent,
+        }
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn serve(
+    tcp: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    h: &Handler,
+    received: &Mutex<Vec<u8>>,
+    sent: &AtomicU64,
+) {
+    let _ = tcp.set_write_timeout(Some(Duration::from_secs(20)));
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(60)));
+    let conn = rustls::ServerConnection::new(cfg).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while let Some(head) = common::read_head(&mut tls) {
+        let len: usize = head
+            .to_lowercase()
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap_or(0))
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if tls.read_exact(&mut body).is_err() {
+            return;
+        }
+        {
+            let mut r = received.lock().unwrap();
+            r.extend_from_slice(head.as_bytes());
+            r.extend_from_slice(&body);
+        }
+        let ok = match h(&head, &body) {
+            Answer::Json(status, v) => {
+                let b = v.to_string();
+                let out = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+                    b.len()
+                );
+                tls.write_all(out.as_bytes())
+                    .and_then(|_| tls.flush())
+                    .is_ok()
+            }
+            Answer::Flood { declared } => {
+                let total: u64 = 200 << 20;
+                let head = if declared {
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {total}\r\n\r\n"
+                    )
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_string()
+                };
+                let _ = tls.write_all(head.as_bytes());
+                let chunk = vec![b'0'; 64 * 1024];
+                let mut left = total;
+                while left > 0 {
+                    let framed = if declared {
+                        tls.write_all(&chunk)
+                    } else {
+                        tls.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                            .and_then(|_| tls.write_all(&chunk))
+                            .and_then(|_| tls.write_all(b"\r\n"))
+                    };
+                    if framed.is_err() {
+                        break;
+                    }
+                    sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    left -= chunk.len() as u64;
+                }
+                false
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+}
+
+/// A TCP listener that accepts connections and never answers.
+fn silent_device() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        for tcp in listener.incoming().flatten() {
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+/// A certificate of `profile` from the CA in `ca_dir` over a new key: its
+/// chain (leaf, issuing CA), key and serial.
+fn issue(
+    ca_dir: &Path,
+    profile: drivesec_pki::Profile,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let issued = drivesec_pki::Ca::open(ca_dir)
+        .unwrap()
+        .issue(&drivesec_pki::IssueRequest {
+            profile,
+            key: drivesec_pki::SubjectKey::CsrPem {
+                source: "test".into(),
+                pem: csr,
+            },
+        })
+        .unwrap();
+    let chain =
+        drivesec_pki::read_certs_pem(Path::new("chain"), issued.chain_pem.as_bytes()).unwrap();
+    (
+        chain,
+        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        issued.serial,
+    )
+}
+
+/// A fresh CSR (PEM), as a device answers `commission/begin`.
+fn csr_pem() -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+/// A copy of the lab's manifest in a new directory with the first device's
+/// API at `api`: the lab's commands then reach `api` as that device.
+fn lab_pointing_at(m: &LabManifest, dir: &Path, api: SocketAddr) -> PathBuf {
+    let mut m = m.clone();
+    m.devices[0].api = Some(format!("https://{api}"));
+    m.devices[0].pid = None;
+    std::fs::create_dir_all(dir).unwrap();
+    // Private, as `lab up` writes it (it holds the lab's passwords).
+    drivesec_fsutil::write_atomic(
+        &dir.join("lab.json"),
+        &serde_json::to_vec_pretty(&m).unwrap(),
+        drivesec_fsutil::Mode::Private,
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+/// Answers like a logged-in device to anything.
+fn answers_everything() -> Arc<Handler> {
+    Arc::new(|head: &str, _: &[u8]| {
+        if head.starts_with("POST /api/v1/login") {
+            Answer::Json(
+                200,
+                json!({"session": "captured", "role": "security-admin"}),
+            )
+        } else {
+            Answer::Json(
+                200,
+                json!({"state": "commissioned", "running": {"version": "1.0.0"}}),
+            )
+        }
+    })
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+fn store_url(dir: &Path) -> String {
+    format!("sqlite:{}", dir.join("fleet.db").display())
+}
+
+/// The revoked impostor: a fake device serving a certificate the lab's OEM
+/// CA issued (server profile, for drive-001.lab.drivesec) and then revoked.
+/// `fleet scan` reports it as refused (exit 2), and `device users list`
+/// refuses it too; the fake receives no request at all, so neither the
+/// security administrator's name nor a password. The genuine device is
+/// still scanned. The same certificate unrevoked is refused as not an
+/// LDevID, and a genuine LDevID of another serial as another device.
+#[test]
+fn a_revoked_impostor_device_gets_no_password() {
+    let lab = test_lab(Some(config()));
+    let t = tempfile::tempdir().unwrap();
+    let name = lab.m.devices[0].device_name.clone().unwrap();
+    let server = |dns: &str| drivesec_pki::Profile::Server {
+        dns_names: vec![dns.to_string()],
+        ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+        days: 365,
+    };
+    let (chain, key, serial) = issue(&lab.m.oem_ca_dir, server(&name));
+    drivesec_pki::Ca::open(&lab.m.oem_ca_dir)
+        .unwrap()
+        .revoke(&serial, "key-compromise")
+        .unwrap();
+    let fake = Fake::start(chain, key, answers_everything());
+    let fake_lab = lab_pointing_at(&lab.m, &t.path().join("fake-lab"), fake.addr);
+
+    let (code, out, err) = drivesec(&[
+        "fleet",
+        "scan",
+        "--store",
+        &store_url(t.path()),
+        "--lab",
+        s(&fake_lab),
+    ]);
+    assert_eq!(code, 2, "the revoked impostor was scanned: {out}");
+    assert!(
+        out.contains("FAILED") && out.contains("revokes") && out.contains(&serial),
+        "{out} {err}"
+    );
+    assert!(err.contains("could not be scanned: drive-001"), "{err}");
+    assert!(!out.contains("more days"), "{out}");
+
+    let (code, out, err) = drivesec(&["device", "--lab", s(&fake_lab), "users", "list"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("revokes") && err.contains(&name), "{err}");
+
+    let got = fake.received();
+    assert!(
+        got.is_empty(),
+        "the impostor got: {}",
+        String::from_utf8_lossy(&got)
+    );
+    for secret in [
+        &lab.m.users["security-admin"].password,
+        &lab.m.admin.as_ref().unwrap().password,
+    ] {
+        assert!(!contains(&got, secret));
+    }
+
+    // The genuine device passes the same checks (its LDevID, the lab CRL, its serial).
+    let (code, out, err) = drivesec(&[
+        "fleet",
+        "scan",
+        "--store",
+        &store_url(t.path()),
+        "--lab",
+        s(&lab.dir),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("more days"), "{out}");
+
+    // Not revoked, but a server certificate: not the device either.
+    let (chain, key, _) = issue(&lab.m.oem_ca_dir, server(&name));
+    let fake = Fake::start(chain, key, answers_everything());
+    let fake_lab = lab_pointing_at(&lab.m, &t.path().join("fake-lab-2"), fake.addr);
+    let (code, out, err) = drivesec(&["device", "--lab", s(&fake_lab), "users", "list"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("server-profile certificate"), "{err}");
+    assert!(fake.received().is_empty());
+
+    // A genuine LDevID for the name, but of another serial.
+    let (chain, key, _) = issue(
+        &lab.m.oem_ca_dir,
+        drivesec_pki::Profile::LdevId {
+            serial_number: "SN-OTHER".into(),
+            device_name: name.clone(),
+            ip_addresses: vec![],
+            days: 365,
+        },
+    );
+    let fake = Fake::start(chain, key, answers_everything());
+    let fake_lab = lab_pointing_at(&lab.m, &t.path().join("fake-lab-3"), fake.addr);
+    let (code, out, err) = drivesec(&["device", "--lab", s(&fake_lab), "users", "list"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        err.contains("serial SN-OTHER")
+            && err.contains(&format!(
+                "expected serial {}",
+                lab.m.devices[0].serial_number
+            )),
+        "{err}"
+    );
+    assert!(fake.received().is_empty());
+}
+
+/// A device whose own LDevID the owner revoked is refused by the tool, and
+/// an attestation that LDevID signed (fetched before the revocation) no
+/// longer counts once the CRL says so.
+#[test]
+fn a_revoked_ldevid_and_its_attestations_are_refused() {
+    let lab = test_lab(Some(config()));
+    let admin = lab.admin();
+    let nonce = "00112233445566778899aabbccddeeff";
+    let resp = admin
+        .ok("POST", "/api/v1/attest", Some(&json!({ "nonce": nonce })))
+        .unwrap();
+    let leaf = admin.peer_certificates()[0].clone();
+    let serial = drivesec_pki::inspect::summarize(&leaf).unwrap().serial;
+    let roots = drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap();
+    let name = lab.m.devices[0].device_name.clone();
+    let crls = |p: &Path| match drivesec_oem::client::Revocation::from_file(p).unwrap().0 {
+        drivesec_oem::client::Revocation::Crls(c) => c,
+        other => panic!("{other:?}"),
+    };
+    drivesec_oem::attest::verify_attestation(
+        &resp,
+        nonce,
+        &roots,
+        &crls(&lab.m.crl),
+        name.as_deref(),
+        None,
+    )
+    .unwrap();
+
+    drivesec_pki::Ca::open(&lab.m.oem_ca_dir)
+        .unwrap()
+        .revoke(&serial, "key-compromise")
+        .unwrap();
+    let e = drivesec_oem::attest::verify_attestation(
+        &resp,
+        nonce,
+        &roots,
+        &crls(&lab.m.crl),
+        name.as_deref(),
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("revokes"), "{e}");
+
+    let t = tempfile::tempdir().unwrap();
+    let (code, out, _) = drivesec(&[
+        "fleet",
+        "scan",
+        "--store",
+        &store_url(t.path()),
+        "--lab",
+        s(&lab.dir),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("revokes") && out.contains(&serial), "{out}");
+}
+
+/// A lab's PKI and clients (no devices running), and the security
+/// administrator's certificate arguments for `drivesec device`.
+fn pki_lab(dir: &Path) -> LabManifest {
+    drivesec_oem::lab::up(&LabOptions::new(dir.to_path_buf()), &mut |_| {}).unwrap()
+}
+
+fn sa_args(m: &LabManifest) -> [String; 4] {
+    let sa = &m.clients["security-admin"];
+    [
+        "--cert".into(),
+        s(&sa.cert).into(),
+        "--key".into(),
+        s(&sa.key).into(),
+    ]
+}
+
+/// `device commission` of the device at `api` as `serial`: (code, stdout, stderr).
+fn commission(m: &LabManifest, dir: &Path, api: SocketAddr, serial: &str) -> (i32, String, String) {
+    let cred = dir.join("factory.credential");
+    std::fs::write(&cred, "Factory-Credential-123456\n").unwrap();
+    let pw = dir.join("admin.pw");
+    std::fs::write(&pw, "Setup-Passw0rd-Sec-1\n").unwrap();
+    let api = api.to_string();
+    let sa = sa_args(m);
+    let mut args: Vec<&str> = vec!["device", "--api", &api, "--name", "press-1.plant.example"];
+    args.extend(sa.iter().map(String::as_str));
+    args.extend([
+        "commission",
+        "--manufacturer-root",
+        s(&m.manufacturer_ca),
+        "--oem-ca",
+        s(&m.oem_ca_dir),
+        "--credential-file",
+        s(&cred),
+        "--serial",
+        serial,
+        "--admin",
+        "admin",
+        "--admin-password-file",
+        s(&pw),
+    ]);
+    drivesec(&args)
+}
+
+/// A factory-state fake whose `/info` claims `claims` and whose
+/// commissioning ends with `complete` (status, body).
+fn factory_answers(claims: &'static str, complete: (u16, Value)) -> Arc<Handler> {
+    Arc::new(move |head: &str, _: &[u8]| {
+        if head.starts_with("GET /api/v1/info") {
+            Answer::Json(200, json!({"state": "factory", "serial_number": claims}))
+        } else if head.starts_with("POST /api/v1/commission/begin") {
+            Answer::Json(200, json!({ "csr_pem": csr_pem() }))
+        } else if head.starts_with("POST /api/v1/commission/complete") {
+            Answer::Json(complete.0, complete.1.clone())
+        } else {
+            Answer::Json(404, json!({"error": "not-found"}))
+        }
+    })
+}
+
+/// The factory impostor with a relabelled serial: a genuine IDevID of the
+/// lab's manufacturer for SN-10, on a device whose `/info` claims SN-1 (or
+/// SN-VICTIM). Commissioning it as SN-1 or SN-VICTIM is refused at the
+/// handshake: the fake receives nothing (no factory credential, no
+/// administrator password), and the OEM CA issues nothing.
+#[test]
+fn a_factory_impostor_with_a_relabelled_serial_gets_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let m = pki_lab(&t.path().join("lab"));
+    let (chain, key, _) = issue(
+        &m.manufacturer_ca_dir,
+        drivesec_pki::Profile::IdevId {
+            serial_number: "SN-10".into(),
+            model: "iC7-Sim".into(),
+        },
+    );
+    let issued_before = drivesec_pki::Ca::open(&m.oem_ca_dir)
+        .unwrap()
+        .issued_serials()
+        .len();
+    for claims in ["SN-1", "SN-VICTIM"] {
+        let fake = Fake::start(
+            chain.clone(),
+            key.clone_key(),
+            factory_answers(claims, (200, json!({}))),
+        );
+        let (code, out, err) = commission(&m, t.path(), fake.addr, claims);
+        assert_eq!(code, 2, "commissioned as {claims}: {out}");
+        assert!(
+            err.contains("serial SN-10") && err.contains(&format!("expected serial {claims}")),
+            "{err}"
+        );
+        let got = fake.received();
+        assert!(
+            got.is_empty(),
+            "the impostor got: {}",
+            String::from_utf8_lossy(&got)
+        );
+        assert!(!contains(&got, "Factory-Credential") && !contains(&got, "Setup-Passw0rd"));
+    }
+    assert_eq!(
+        drivesec_pki::Ca::open(&m.oem_ca_dir)
+            .unwrap()
+            .issued_serials()
+            .len(),
+        issued_before
+    );
+}
+
+/// Commissioning that fails after the OEM CA issued the LDevID revokes it:
+/// once when the device refuses `commission/complete`, once when it
+/// accepts but does not come back under the new LDevID. The LDevID names
+/// the serial of the IDevID (SN-77), not the one `/info` claims, and the
+/// OEM CRL lists it afterwards.
+#[test]
+fn an_ldevid_is_revoked_after_failed_commissioning() {
+    let t = tempfile::tempdir().unwrap();
+    let m = pki_lab(&t.path().join("lab"));
+    let (chain, key, _) = issue(
+        &m.manufacturer_ca_dir,
+        drivesec_pki::Profile::IdevId {
+            serial_number: "SN-77".into(),
+            model: "iC7-Sim".into(),
+        },
+    );
+    for complete in [
+        (500, json!({"error": "internal", "message": "disk full"})),
+        (200, json!({})),
+    ] {
+        let before = drivesec_pki::Ca::open(&m.oem_ca_dir)
+            .unwrap()
+            .issued_serials();
+        let fake = Fake::start(
+            chain.clone(),
+            key.clone_key(),
+            factory_answers("SN-VICTIM", complete.clone()),
+        );
+        let (code, out, err) = commission(&m, t.path(), fake.addr, "SN-77");
+        assert_eq!(code, 2, "{out}");
+        let oem = drivesec_pki::Ca::open(&m.oem_ca_dir).unwrap();
+        let new: Vec<String> = oem
+            .issued_serials()
+            .into_iter()
+            .filter(|s| !before.contains(s))
+            .collect();
+        assert_eq!(new.len(), 1, "{new:?}");
+        let ldevid = &new[0];
+        assert!(
+            err.contains(&format!("LDevID {ldevid}")) && err.contains("revoked"),
+            "{complete:?}: {err}"
+        );
+        assert!(oem.revoked_serials().contains(ldevid), "{complete:?}");
+        let crl = std::fs::read(&m.crl).unwrap();
+        let infos = drivesec_pki::crl::verify_crls(
+            &crl,
+            &[CertificateDer::from(oem.issuing_der().to_vec())],
+        )
+        .unwrap();
+        assert!(infos[0].revoked.contains(ldevid), "{complete:?}");
+        let cert = drivesec_pki::read_cert_chain(
+            &m.oem_ca_dir.join("issued").join(format!("{ldevid}.crt")),
+        )
+        .unwrap();
+        assert_eq!(
+            drivesec_pki::inspect::subject_serial_number(&cert[0]).unwrap(),
+            "SN-77"
+        );
+    }
+}
+
+/// A device that accepts the connection and never answers: `device info`
+/// fails naming it and the TLS handshake; `fleet scan` and `fleet push-crl`
+/// over an inventory with it and the lab's real device process the real
+/// one, report the silent one (text row, JSON field) and exit 2.
+#[test]
+fn a_silent_device_fails_alone() {
+    let lab = test_lab(Some(config()));
+    let t = tempfile::tempdir().unwrap();
+    let silent = silent_device();
+    let api = silent.to_string();
+    let sa = sa_args(&lab.m);
+    let mut args: Vec<&str> = vec![
+        "device",
+        "--api",
+        &api,
+        "--name",
+        "silent.lab.drivesec",
+        "--ca",
+        s(&lab.m.oem_ca),
+    ];
+    args.extend(sa.iter().map(String::as_str));
+    args.push("info");
+    let (code, _, err) = drivesec(&args);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("silent.lab.drivesec") && err.contains(&api) && err.contains("TLS handshake"),
+        "{err}"
+    );
+
+    let mut inv =
+        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
+            .unwrap();
+    inv.devices.push(drivesec_oem::inventory::InventoryDevice {
+        name: "drive-silent".into(),
+        asset: "drive-silent".into(),
+        api: api.clone(),
+        modbus: None,
+        device_name: "silent.lab.drivesec".into(),
+        serial: Some("SN-SILENT".into()),
+        certificate_sha256: None,
+        profile: None,
+    });
+    let inventory = t.path().join("inventory.toml");
+    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+
+    let store = store_url(t.path());
+    let (code, out, err) = drivesec(&[
+        "--json",
+        "fleet",
+        "scan",
+        "--store",
+        &store,
+        "--inventory",
+        s(&inventory),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    let by = |n: &str| {
+        seen.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("drive-001")["reachable"], true, "{seen}");
+    assert!(by("drive-001")["error"].is_null(), "{seen}");
+    assert!(
+        by("drive-silent")["error"]
+            .as_str()
+            .unwrap()
+            .contains("TLS handshake"),
+        "{seen}"
+    );
+    assert!(
+        err.contains("1 device(s) could not be scanned: drive-silent"),
+        "{err}"
+    );
+    let mut st = drivesec_fleet::open(&store).unwrap();
+    assert!(
+        !st.device("drive-001")
+            .unwrap()
+            .unwrap()
+            .firmware_version
+            .is_empty()
+    );
+
+    let crl = drivesec_pki::Ca::open(&lab.m.oem_ca_dir)
+        .unwrap()
+        .crl(7)
+        .unwrap();
+    let (code, out, err) = drivesec(&[
+        "fleet",
+        "push-crl",
+        "--inventory",
+        s(&inventory),
+        "--crl",
+        s(&crl),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.contains("drive-001: CRL installed"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("drive-silent: FAILED") && l.contains("TLS handshake")),
+        "{out}"
+    );
+}
+
+/// A device that answers with 200 MiB (declared, or chunked without a
+/// length) under a genuine LDevID: `device info` is refused at the JSON
+/// cap, naming the device; the tool stops reading long before the 200 MiB.
+#[test]
+fn a_200_mib_answer_is_refused_at_the_cap() {
+    let t = tempfile::tempdir().unwrap();
+    let m = pki_lab(&t.path().join("lab"));
+    let (chain, key, _) = issue(
+        &m.oem_ca_dir,
+        drivesec_pki::Profile::LdevId {
+            serial_number: "SN-BIG".into(),
+            device_name: "big.lab.drivesec".into(),
+            ip_addresses: vec![],
+            days: 365,
+        },
+    );
+    for declared in [true, false] {
+        let fake = Fake::start(
+            chain.clone(),
+            key.clone_key(),
+            Arc::new(move |_: &str, _: &[u8]| Answer::Flood { declared }),
+        );
+        let api = fake.addr.to_string();
+        let sa = sa_args(&m);
+        let mut args: Vec<&str> = vec![
+            "device",
+            "--api",
+            &api,
+            "--name",
+            "big.lab.drivesec",
+            "--ca",
+            s(&m.oem_ca),
+        ];
+        args.extend(sa.iter().map(String::as_str));
+        args.push("info");
+        let (code, _, err) = drivesec(&args);
+        assert_eq!(code, 2);
+        assert!(
+            err.contains("big.lab.drivesec") && err.contains("larger than 1048576 bytes"),
+            "declared {declared}: {err}"
+        );
+        // Give the fake's writer a moment to notice the closed connection.
+        common::wait_until("the fake to stop sending", || {
+            let a = fake.sent.load(Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
+            a == fake.sent.load(Ordering::SeqCst)
+        });
+        let sent = fake.sent.load(Ordering::SeqCst);
+        assert!(
+            sent < 64 << 20,
+            "declared {declared}: the tool read {sent} bytes"
+        );
+    }
+}
+
+/// The CRL policy: an inventory without trust.crl is refused before any
+/// connection, with what to do; `--insecure-no-crl` goes on with a
+/// warning. A stale CRL does not lock the owner out: the scan runs, and
+/// the warning names the CRL and how to refresh it.
+#[test]
+fn a_missing_crl_refuses_and_a_stale_one_warns() {
+    let lab = test_lab(Some(config()));
+    let t = tempfile::tempdir().unwrap();
+    let store = store_url(t.path());
+    let mut inv =
+        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
+            .unwrap();
+    let inventory = t.path().join("inventory.toml");
+
+    inv.trust.crl = None;
+    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    let (code, _, err) = drivesec(&[
+        "fleet",
+        "scan",
+        "--store",
+        &store,
+        "--inventory",
+        s(&inventory),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("trust.crl") && err.contains("--insecure-no-crl"),
+        "{err}"
+    );
+    let (code, _, err) = drivesec(&[
+        "fleet",
+        "scan",
+        "--store",
+        &store,
+        "--inventory",
+        s(&inventory),
+        "--insecure-no-crl",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: no CRL is configured"), "{err}");
+
+    let now = time::OffsetDateTime::now_utc();
+    let stale = t.path().join("stale-crl.pem");
+    let oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
+    std::fs::write(
+        &stale,
+        oem.dangerous_crl(
+            99,
+            now - time::Duration::days(10),
+            now - time::Duration::days(3),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    inv.trust.crl = Some(stale);
+    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    let (code, out, err) = drivesec(&[
+        "fleet",
+        "scan",
+        "--store",
+        &store,
+        "--inventory",
+        s(&inventory),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("more days"), "{out}");
+    assert!(
+        err.contains("warning: the owner's CRL")
+            && err.contains("stale-crl.pem")
+            && err.contains("past its nextUpdate")
+            && err.contains("drivesec ca crl"),
+        "{err}"
+    );
+}
+
+/// Validation's identity check reads the serial from the certificate the
+/// device presents, not from its `/info`: a device with a genuine LDevID
+/// of SN-REAL whose `/info` claims the inventory's SN-CLAIMED fails it,
+/// and is not logged in to.
+#[test]
+fn validation_reads_the_serial_from_the_certificate() {
+    let t = tempfile::tempdir().unwrap();
+    let m = pki_lab(&t.path().join("lab"));
+    let (chain, key, _) = issue(
+        &m.oem_ca_dir,
+        drivesec_pki::Profile::LdevId {
+            serial_number: "SN-REAL".into(),
+            device_name: "press.lab.drivesec".into(),
+            ip_addresses: vec![],
+            days: 365,
+        },
+    );
+    let fake = Fake::start(
+        chain,
+        key,
+        Arc::new(|_: &str, _: &[u8]| {
+            Answer::Json(
+                200,
+                json!({"state": "commissioned", "serial_number": "SN-CLAIMED"}),
+            )
+        }),
+    );
+    let id = |role: &str| {
+        let f = &m.clients[role];
+        drivesec_oem::client::ClientIdentity::from_files(&f.cert, &f.key).unwrap()
+    };
+    let ctx = drivesec_oem::validate::Context {
+        roots: drivesec_pki::read_cert_chain(&m.oem_ca).unwrap(),
+        crl: Some(drivesec_pki::read_crl(&m.crl).unwrap()),
+        admin: id("security-admin"),
+        admin_user: "admin".into(),
+        admin_password: zeroize::Zeroizing::new("Never-Sent-Passw0rd".into()),
+        low_privilege: id("viewer"),
+        revoked: None,
+        approved: vec![],
+        expiry_margin_days: 30,
+    };
+    let target = drivesec_oem::validate::Target {
+        name: "press".into(),
+        asset: "press".into(),
+        zone: "cell".into(),
+        sl_t: [2; 7],
+        api: fake.addr,
+        modbus: None,
+        device_name: "press.lab.drivesec".into(),
+        serial: Some("SN-CLAIMED".into()),
+        profile: None,
+    };
+    let r = drivesec_oem::validate::validate_device(&ctx, &target);
+    let identity = r.checks.iter().find(|c| c.id == "identity").unwrap();
+    assert_eq!(
+        identity.verdict,
+        drivesec_oem::validate::Verdict::Fail,
+        "{identity:?}"
+    );
+    assert!(identity.detail.contains("SN-REAL"), "{identity:?}");
+    let login = r.checks.iter().find(|c| c.id == "login").unwrap();
+    assert!(login.detail.contains("serial SN-REAL"), "{login:?}");
+    assert!(!contains(&fake.received(), "Never-Sent-Passw0rd"));
+}
