@@ -99,7 +99,12 @@ pub(crate) fn check_output_dir(dir: &std::path::Path, what: &str) -> Result<bool
     match std::fs::symlink_metadata(dir) {
         Ok(md) if md.file_type().is_symlink() => refuse("is a symbolic link"),
         Ok(md) if !md.is_dir() => refuse("exists and is not a directory"),
-        Ok(_) => {
+        Ok(md) => {
+            // A marker anyone could have planted: the directory must be
+            // this user's and writable by nobody else.
+            if let Some(why) = fsu::not_private_dir(&md)? {
+                return refuse(why);
+            }
             let path = dir.join(OUTPUT_MARKER);
             match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_file() && fsu::read(&path)? == marker(what).as_bytes() => Ok(true),
@@ -758,6 +763,21 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::fresh_private_dir;
+
+    /// The marker proves nothing in a directory others can write to or
+    /// own: such a directory is refused even with a correct marker.
+    #[test]
+    fn a_marked_output_directory_must_be_private() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("out");
+        super::output_dir(&dir, "validate").unwrap();
+        assert!(super::check_output_dir(&dir, "validate").unwrap());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = super::check_output_dir(&dir, "validate").unwrap_err();
+        assert!(e.to_string().contains("writable by group or others"), "{e}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(super::check_output_dir(&dir, "validate").unwrap());
+    }
 
     #[test]
     fn the_safe_text_writer_escapes_what_a_library_writes() {

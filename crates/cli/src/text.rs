@@ -1,15 +1,25 @@
 //! Text that came from a device, a trail or a file, made safe to print on a
 //! reviewer's terminal: control characters (C0, DEL, C1) and the Unicode
 //! bidirectional overrides, which can clear a screen, move the cursor or
-//! reorder a line, are shown escaped instead of acting. JSON output needs
-//! none of this (serde_json escapes control characters itself).
+//! reorder a line, are shown escaped instead of acting. JSON output is for
+//! programs: serde_json escapes C0 controls, `"` and `\` there, and leaves
+//! the rest of Unicode as it is, as JSON allows.
 
 use std::borrow::Cow;
 
 /// Whether `c` must not reach a terminal as itself.
 fn dangerous(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{061C}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
 }
 
 /// `s` with every dangerous character written as `\u{..}` (and `\` as `\\`
@@ -67,6 +77,11 @@ mod tests {
         assert_eq!(safe("a\nb\rc"), "a\\u{a}b\\u{d}c");
         assert_eq!(safe("\u{9b}2J"), "\\u{9b}2J");
         assert_eq!(safe("evil\u{202e}gnp.exe"), "evil\\u{202e}gnp.exe");
+        // The Arabic letter mark and the Unicode line and paragraph separators.
+        assert_eq!(
+            safe("a\u{61c}b\u{2028}c\u{2029}"),
+            "a\\u{61c}b\\u{2028}c\\u{2029}"
+        );
         assert_eq!(safe("\\u{1b}\u{7f}"), "\\\\u{1b}\\u{7f}");
     }
 }

@@ -230,12 +230,19 @@ pub fn redact_url(url: &str) -> String {
     let mut out = match url.rfind('@') {
         Some(at) => {
             let (head, tail) = url.split_at(at);
-            // Where the user information starts: after "://", or after the
-            // scheme's ':' in a URL missing its slashes.
+            // Where the user information starts: after "://" (or "//" in
+            // a URL missing its colon), after the scheme's ':' in a URL
+            // missing its slashes, or at the start of a bare
+            // `user:password@host`.
             let start = head
                 .find("://")
                 .map(|i| i + 3)
-                .or_else(|| head.find(':').map(|i| i + 1))
+                .or_else(|| head.find("//").map(|i| i + 2))
+                .or_else(|| {
+                    (head.matches(':').count() >= 2)
+                        .then(|| head.find(':').map(|i| i + 1))
+                        .flatten()
+                })
                 .unwrap_or(0);
             match head[start..].find(':') {
                 Some(colon) => format!("{}***{tail}", &head[..start + colon + 1]),
@@ -244,12 +251,27 @@ pub fn redact_url(url: &str) -> String {
         }
         None => url.to_string(),
     };
+    // `password=...` in a query or a libpq connection string, also with
+    // spaces around '=' and a quoted value.
     let mut from = 0;
-    while let Some(i) = out[from..].to_ascii_lowercase().find("password=") {
-        let value = from + i + "password=".len();
-        let end = out[value..]
-            .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
-            .map_or(out.len(), |e| value + e);
+    while let Some(i) = out[from..].to_ascii_lowercase().find("password") {
+        let after = from + i + "password".len();
+        let rest = &out[after..];
+        let trimmed = rest.trim_start();
+        let Some(eq) = trimmed.strip_prefix('=') else {
+            from = after;
+            continue;
+        };
+        let value = out.len() - eq.trim_start().len();
+        let end = if out[value..].starts_with('\'') {
+            out[value + 1..]
+                .find('\'')
+                .map_or(out.len(), |e| value + 1 + e + 1)
+        } else {
+            out[value..]
+                .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
+                .map_or(out.len(), |e| value + e)
+        };
         out.replace_range(value..end, "***");
         from = value + 3;
     }
@@ -293,6 +315,21 @@ mod tests {
                 "host=db user=a password=***",
             ),
             ("postgres://admin@db/fleet", "postgres://admin@db/fleet"),
+            // Typos people make.
+            (
+                "postgres//admin:s3cret@db/fleet",
+                "postgres//admin:***@db/fleet",
+            ),
+            ("admin:s3cret@db", "admin:***@db"),
+            (
+                "host=db password = s3cret user=a",
+                "host=db password = *** user=a",
+            ),
+            (
+                "host=db password='s3 cret' user=a",
+                "host=db password=*** user=a",
+            ),
+            ("host=db passwordless=1", "host=db passwordless=1"),
             ("sqlite:/var/lib/fleet.db", "sqlite:/var/lib/fleet.db"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");

@@ -73,6 +73,28 @@ fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{suffix}"))
 }
 
+/// The effective user id of this process (the owner of `/proc/self`).
+pub fn current_uid() -> Result<u32, FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = Path::new("/proc/self");
+    Ok(fs::metadata(me)
+        .map_err(|e| FsError::io("stat", me, e))?
+        .uid())
+}
+
+/// Why a directory with metadata `md` is not private to this user (owned
+/// by another user, or writable by group or others), or `None` when it is.
+pub fn not_private_dir(md: &fs::Metadata) -> Result<Option<&'static str>, FsError> {
+    use std::os::unix::fs::MetadataExt;
+    if md.uid() != current_uid()? {
+        return Ok(Some("is owned by another user"));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Ok(Some("is writable by group or others"));
+    }
+    Ok(None)
+}
+
 /// Fsyncs a directory so that renames and creations inside it are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
     let d = File::open(dir).map_err(|e| FsError::io("open directory", dir, e))?;

@@ -261,15 +261,6 @@ fn serial() -> String {
     format!("DS{}", hex::encode_upper(b))
 }
 
-/// The effective user id of this process: the owner of `/proc/self`.
-fn current_uid() -> Result<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let me = Path::new("/proc/self");
-    Ok(std::fs::metadata(me)
-        .map_err(|e| fsu::FsError::io("stat", me, e))?
-        .uid())
-}
-
 /// Whether the lab may be built in `dir`: `Ok(false)` when it does not
 /// exist, `Ok(true)` when it is an empty directory of this user's that
 /// nobody else can write to; refused when it is anything else (a symlink,
@@ -295,7 +286,7 @@ fn usable_lab_dir(dir: &Path) -> Result<bool> {
             path: dir.to_path_buf(),
         });
     }
-    let me = current_uid()?;
+    let me = fsu::current_uid()?;
     if md.uid() != me {
         return refuse(format!(
             "is owned by uid {}, not by you (uid {me})",

@@ -910,8 +910,10 @@ impl Ca {
             revoked_at: rfc3339(now()),
             reason: reason.into(),
         });
-        // write_crl() writes the CRL first and ca.json second: if we stop in
-        // between, the published CRL already names the certificate (fail safe).
+        // write_crl() records the revocation and the CRL number it takes in
+        // ca.json first, then publishes the CRL: stopped in between, the
+        // record keeps the revocation and the number is never used twice;
+        // the next `ca crl` publishes it.
         let result = self.write_crl(7);
         if result.is_err() {
             self.meta.revoked.pop();
@@ -942,17 +944,21 @@ impl Ca {
                 "CRL validity of {days} days is out of range 1..365"
             )));
         }
-        let number = self.meta.crl_number + 1;
+        // One above both the number recorded and the one published (a
+        // crl.pem from a change that stopped before ca.json was saved, by an
+        // older version that wrote the CRL first, still counts).
+        let path = self.crl_path();
+        let number = self.meta.crl_number.max(published_crl_number(&path)) + 1;
+        // The record first: the revocations and the number this CRL takes.
+        self.meta.crl_number = number;
+        self.save_meta()?;
         let pem = self.signed_crl(
             number,
             now() - Duration::minutes(5),
             now() + Duration::days(days),
             |r| OffsetDateTime::parse(&r.revoked_at, &Rfc3339).unwrap_or_else(|_| now()),
         )?;
-        let path = self.crl_path();
         fsu::write_atomic(&path, pem.as_bytes(), Mode::Public)?;
-        self.meta.crl_number = number;
-        self.save_meta()?;
         Ok(PublishedCrl { path, number, pem })
     }
 
@@ -1065,4 +1071,20 @@ pub fn parse_reason(s: &str) -> Result<RevocationReason> {
             )));
         }
     })
+}
+
+/// The cRLNumber of the CRL published at `path` (0 when there is none or it
+/// does not parse: the number in ca.json then rules).
+fn published_crl_number(path: &Path) -> u64 {
+    let Ok(bytes) = std::fs::read(path) else {
+        return 0;
+    };
+    let Ok(ders) = crate::crl::parse_crls(&bytes) else {
+        return 0;
+    };
+    ders.iter()
+        .filter_map(|d| x509_parser::parse_x509_crl(d.as_ref()).ok())
+        .filter_map(|(_, c)| c.crl_number().and_then(|n| u64::try_from(n.clone()).ok()))
+        .max()
+        .unwrap_or(0)
 }

@@ -205,3 +205,55 @@ fn csr_keys_the_ca_does_not_certify_are_named() {
     let summary = drivesec_pki::inspect::summarize(&issued.der).unwrap();
     assert_eq!(summary.subject, "O=OEM, OU=Clients, CN=x");
 }
+
+/// The serials a CA's published CRL lists (lower-case hex).
+fn crl_serials(ca: &Path) -> Vec<String> {
+    let pem = std::fs::read(ca.join("crl.pem")).unwrap();
+    let ders = drivesec_pki::crl::parse_crls(&pem).unwrap();
+    let (_, crl) = x509_parser::parse_x509_crl(ders[0].as_ref()).unwrap();
+    crl.iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect()
+}
+
+/// A revoke stopped between its two writes (power cut, full disk): the
+/// revocation is never lost and no CRL number is published twice, in
+/// either order of the stop.
+#[test]
+fn a_revoke_stopped_half_way_loses_nothing_and_repeats_no_number() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("oem");
+    Ca::init(&dir, &CaOptions::new(CaKind::Oem, "OEM")).unwrap();
+    let mut ca = Ca::open(&dir).unwrap();
+    let one = ca.issue(&client("one", csr())).unwrap();
+    let two = ca.issue(&client("two", csr())).unwrap();
+    ca.crl(7).unwrap();
+    let n0: u64 = crl_number(&dir).parse().unwrap();
+
+    // Stopped after ca.json, before crl.pem: the record has the
+    // revocation; the next CRL lists it under a new number.
+    let old_crl = std::fs::read(dir.join("crl.pem")).unwrap();
+    ca.revoke(&one.serial, "key-compromise").unwrap();
+    assert_eq!(crl_number(&dir), (n0 + 1).to_string());
+    std::fs::write(dir.join("crl.pem"), &old_crl).unwrap();
+    Ca::open(&dir).unwrap().crl(7).unwrap();
+    assert_eq!(crl_number(&dir), (n0 + 2).to_string());
+    assert!(
+        crl_serials(&dir).contains(&one.serial),
+        "{:?}",
+        crl_serials(&dir)
+    );
+
+    // A crl.pem newer than ca.json (written first by an older version,
+    // then stopped): its number is not published again.
+    let old_meta = std::fs::read(dir.join("ca.json")).unwrap();
+    Ca::open(&dir)
+        .unwrap()
+        .revoke(&two.serial, "superseded")
+        .unwrap();
+    let published: u64 = crl_number(&dir).parse().unwrap();
+    std::fs::write(dir.join("ca.json"), &old_meta).unwrap();
+    Ca::open(&dir).unwrap().crl(7).unwrap();
+    let next: u64 = crl_number(&dir).parse().unwrap();
+    assert!(next > published, "CRL number {next} published again");
+}
