@@ -266,12 +266,19 @@ impl Forwarder {
     pub fn start(dir: &Path, cfg: ForwardConfig) -> Result<Forwarder> {
         cfg.check()?;
         let tls = Tls::new(&cfg)?;
-        let forwarded = read_cursor(dir, "forwarded")?;
+        // An unreadable cursor never stops forwarding: it starts from the
+        // beginning of the trail (the trail's start-up check reports and
+        // resets such a cursor before the forwarder starts).
+        let (forwarded, last_error) = match read_cursor(dir, "forwarded") {
+            Ok(v) => (v, None),
+            Err(e) => (0, Some(format!("{e}; forwarding from the first record"))),
+        };
         let control = Arc::new(Control {
             stop: Mutex::new(false),
             wake: Condvar::new(),
             status: Mutex::new(ForwardStatus {
                 forwarded,
+                last_error,
                 ..ForwardStatus::default()
             }),
         });
@@ -547,11 +554,17 @@ fn peer_closed(s: &mut Stream) -> bool {
 type Outgoing = (u64, [u8; 32], [u8; 32], Vec<u8>);
 
 /// Reads up to `max` records after `after`, in order.
+#[derive(Clone)]
 struct Tail {
     dir: PathBuf,
     segment: Option<(u64, PathBuf)>,
     offset: u64,
     next: u64,
+    /// The tail has found its place (a record after the cursor): from
+    /// there it goes in file order, so a record numbered lower than the
+    /// one before it (damage, a frame forged at rest) is sent too rather
+    /// than making it skip everything below a high number.
+    started: bool,
 }
 
 impl Tail {
@@ -560,7 +573,8 @@ impl Tail {
             dir: dir.to_path_buf(),
             segment: None,
             offset: 0,
-            next: after + 1,
+            next: after.saturating_add(1),
+            started: false,
         }
     }
 
@@ -580,6 +594,7 @@ impl Tail {
                 };
                 self.segment = Some(seg.clone());
                 self.offset = 0;
+                self.started = false;
             }
             let Some((first, path)) = self.segment.clone() else {
                 return Ok(out);
@@ -606,12 +621,14 @@ impl Tail {
                 }
             };
             let mut off = 0usize;
+            let mut rs = frame::Resync::default();
             while off < data.len() && out.len() < max {
                 match frame::decode(&data[off..]) {
                     Decoded::Frame(f) => {
-                        if f.seq >= self.next {
+                        if self.started || f.seq >= self.next {
                             out.push((f.seq, f.hash, f.prev, f.body.to_vec()));
-                            self.next = f.seq + 1;
+                            self.next = f.seq.saturating_add(1);
+                            self.started = true;
                         }
                         off += f.len;
                     }
@@ -619,7 +636,7 @@ impl Tail {
                     // records after it are still delivered, as start-up
                     // recovery keeps them (the gap shows at the collector
                     // as a jump in `seq`). A torn tail waits for the writer.
-                    Decoded::Bad(_) => match frame::resync(&data, off) {
+                    Decoded::Bad(_) => match rs.next(&data, off) {
                         Some(next) => off = next,
                         None => break,
                     },
@@ -804,6 +821,9 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
     let mut backoff = cfg.backoff_min;
     let mut cursor = read_cursor(dir, "forwarded").unwrap_or(0);
     let mut tail = Tail::new(dir, cursor);
+    // Where the tail stood after the last delivered batch: a resend starts
+    // there (by position, not by number, see `Tail::started`).
+    let mut resume = tail.clone();
     let fail = |f: Failure, count: bool| {
         ctl.update(|s| {
             s.connected = false;
@@ -828,7 +848,9 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
                 continue;
             }
         };
-        backoff = cfg.backoff_min;
+        // The backoff is reset by a delivery, not by a handshake: a
+        // collector that accepts and closes at once is a failing one.
+        let mut delivered = false;
         ctl.update(|s| {
             s.connected = true;
             s.connections += 1;
@@ -850,7 +872,7 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
             // was adopted goes out only to a collector that passes it.
             if let Err(e) = recheck(&mut conn, cfg, tls) {
                 close(&mut conn);
-                tail = Tail::new(dir, cursor);
+                tail = resume.clone();
                 fail(e, true);
                 if ctl.sleep(backoff) {
                     break 'outer;
@@ -861,8 +883,14 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
                 if peer_closed(&mut conn.stream) {
                     fail(
                         Failure::other("collector closed the connection".into()),
-                        false,
+                        !delivered,
                     );
+                    if !delivered {
+                        if ctl.sleep(backoff) {
+                            break 'outer;
+                        }
+                        backoff = (backoff * 2).min(cfg.backoff_max);
+                    }
                     continue 'outer;
                 }
                 if ctl.sleep(cfg.poll) {
@@ -872,11 +900,17 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
             }
             if peer_closed(&mut conn.stream) {
                 // Do not send into a closed connection; resend from the cursor.
-                tail = Tail::new(dir, cursor);
+                tail = resume.clone();
                 fail(
                     Failure::other("collector closed the connection".into()),
-                    false,
+                    !delivered,
                 );
+                if !delivered {
+                    if ctl.sleep(backoff) {
+                        break 'outer;
+                    }
+                    backoff = (backoff * 2).min(cfg.backoff_max);
+                }
                 continue 'outer;
             }
             let checkpoint = latest_checkpoint(dir);
@@ -901,14 +935,17 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
                 .and_then(|()| conn.stream.flush())
             {
                 Ok(()) => {
+                    delivered = true;
+                    backoff = cfg.backoff_min;
                     cursor = last;
+                    resume = tail.clone();
                     if let Err(e) = write_cursor(dir, "forwarded", cursor) {
                         ctl.update(|s| s.last_error = Some(e.to_string()));
                     }
                     ctl.update(|s| s.forwarded = cursor);
                 }
                 Err(e) => {
-                    tail = Tail::new(dir, cursor);
+                    tail = resume.clone();
                     fail(
                         Failure::other(format!("write to {}: {e}", cfg.collector)),
                         true,
@@ -941,6 +978,16 @@ mod tests {
             body,
             max,
         })
+    }
+
+    #[test]
+    fn a_cursor_at_the_top_of_the_range_neither_panics_nor_wraps()
+    -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let mut t = Tail::new(tmp.path(), u64::MAX);
+        assert_eq!(t.next, u64::MAX);
+        assert!(t.batch(10)?.is_empty());
+        Ok(())
     }
 
     #[test]
@@ -1067,6 +1114,32 @@ mod tests {
         assert!(seqs(&mut tail).is_empty());
         std::fs::write(&seg, [whole.as_slice(), &more].concat()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(seqs(&mut tail), [9]);
+    }
+
+    /// A frame numbered above the ones after it (forged at rest, or left by
+    /// damage) does not make the tail skip every later record: the tail
+    /// goes in file order once it has found its place, and a resend after
+    /// a failed write starts where the last delivered batch ended.
+    #[test]
+    fn a_high_number_in_the_file_does_not_hide_the_records_after_it() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        segments(
+            dir,
+            &[&[Some(1), Some(2), Some(u64::MAX - 1), Some(3), Some(4)]],
+        );
+        let mut tail = Tail::new(dir, 0);
+        let first = tail.batch(3).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            first.iter().map(|o| o.0).collect::<Vec<_>>(),
+            [1, 2, u64::MAX - 1]
+        );
+        // Delivered; the next batch fails and is sent again from there.
+        let resume = tail.clone();
+        assert_eq!(seqs(&mut tail), [3, 4]);
+        let mut tail = resume;
+        assert_eq!(seqs(&mut tail), [3, 4]);
+        assert!(seqs(&mut tail).is_empty());
     }
 
     #[test]

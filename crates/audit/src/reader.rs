@@ -91,6 +91,7 @@ pub fn for_each_frame(
             continue;
         }
         let data = drivesec_fsutil::read(path)?;
+        let mut rs = frame::Resync::default();
         let mut off = 0;
         while off < data.len() {
             match frame::decode(&data[off..]) {
@@ -101,7 +102,7 @@ pub fn for_each_frame(
                     off += fr.len;
                 }
                 Decoded::End => break,
-                Decoded::Bad(_) => match frame::resync(&data, off) {
+                Decoded::Bad(_) => match rs.next(&data, off) {
                     Some(n) => off = n,
                     None => break,
                 },
@@ -143,6 +144,7 @@ fn walk_chain(
             continue;
         }
         let data = drivesec_fsutil::read(path)?;
+        let mut rs = frame::Resync::default();
         let mut off = 0;
         let mut first_in_seg = true;
         // Unreadable bytes since the last record: (offset, reason).
@@ -152,7 +154,7 @@ fn walk_chain(
                 Decoded::Frame(fr) => fr,
                 Decoded::End => break,
                 Decoded::Bad(reason) => {
-                    let next = frame::resync(&data, off);
+                    let next = rs.next(&data, off);
                     if next.is_none()
                         && i == last_index
                         && reason.starts_with("truncated")
@@ -171,7 +173,12 @@ fn walk_chain(
                     }
                 }
             };
-            if fr.seq > to_seq {
+            // Past the range: done, unless the range itself ends short (the
+            // last record read is below `to_seq` and this one does not
+            // follow it): then the checks below name what is missing.
+            if fr.seq > to_seq
+                && !prev.is_some_and(|(ps, _)| ps < to_seq && ps.saturating_add(1) >= from_seq)
+            {
                 return Ok(());
             }
             let in_range = fr.seq > from_seq;
@@ -228,6 +235,9 @@ fn walk_chain(
                         ),
                     ));
                 }
+            }
+            if fr.seq > to_seq {
+                return Ok(());
             }
             prev = Some((fr.seq, fr.hash));
             if fr.seq >= from_seq {

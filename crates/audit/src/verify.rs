@@ -367,6 +367,7 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
         let name = crate::writer::segment_name(*first);
         let file = format!("segments/{name}");
         let data = drivesec_fsutil::read(path)?;
+        let mut rs = frame::Resync::default();
         let mut off = 0usize;
         let mut first_in_seg = true;
         if matches!(frame::decode(&data), Decoded::End) && *first != expected {
@@ -388,7 +389,7 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                     if let Some(d) = pending.take_if(|d| d.file != file) {
                         report_damage(&mut c, d, expected, None);
                     }
-                    let next = frame::resync(&data, off);
+                    let next = rs.next(&data, off);
                     let end = next.unwrap_or(data.len()) as u64;
                     match &mut pending {
                         Some(d) => d.end = end,

@@ -17,7 +17,7 @@ use drivesec_keystore::{KeyHandle, KeyStore, PublicKey};
 use crate::checkpoint::{Checkpoint, CheckpointKind};
 use crate::frame::{self, Decoded, Hash};
 use crate::record::now_rfc3339;
-use crate::verify::{Problem, ProblemKind, Report};
+use crate::verify::{DeviceReport, Problem, ProblemKind};
 use crate::{Actor, AuditConfig, AuditError, Event, FullPolicy, Record, Result};
 
 /// The key checkpoints are signed with: a keystore and a handle in it.
@@ -80,9 +80,13 @@ const CURSORS: &str = "cursors";
 /// "Start-up check").
 pub const CHECKPOINT_COUNTER: &str = "audit-checkpoint";
 
-/// Sequence numbers at or above this are taken for damage, never as the
-/// place to continue numbering from (so a forged number cannot exhaust them).
-const SEQ_LIMIT: u64 = 1 << 62;
+/// The smallest frame (a 1-byte body): what bounds how many records a
+/// trail of a given size can hold (docs/audit.md, "Start-up check").
+const MIN_FRAME: u64 = (frame::HEADER + 1 + frame::TRAILER) as u64;
+
+/// Why start-up recovery cuts out a valid frame whose number no record,
+/// statement or counter of the trail can account for.
+const IMPLAUSIBLE: &str = "implausible sequence number";
 
 /// Segment file name for a first sequence number.
 pub(crate) fn segment_name(first_seq: u64) -> String {
@@ -187,6 +191,9 @@ struct State {
     /// Bytes held by [`Reservation`]s not yet used: counted as used by the
     /// capacity policy, so the record an action promised always fits.
     reserved: u64,
+    /// `open` is appending its recovery and start-up records: they are
+    /// admitted beyond the reserve (a bounded, small number of records).
+    opening: bool,
 }
 
 struct Io {
@@ -251,6 +258,8 @@ pub struct AuditLog {
     shared: Arc<Shared>,
     ticker: Option<JoinHandle<()>>,
     startup: StartupCheck,
+    /// Start-up findings noted after `open` (see [`AuditLog::note_finding`]).
+    notes: Mutex<Vec<String>>,
 }
 
 /// Which part of the capacity a record may use (docs/audit.md, "The
@@ -399,8 +408,12 @@ impl Shared {
     /// Drops the oldest segments that were forwarded or exported, writing a
     /// signed anchor first. Returns the bytes freed.
     fn drop_delivered(&self, st: &mut State) -> Result<u64> {
-        let delivered =
-            read_cursor(&self.dir, "forwarded")?.max(read_cursor(&self.dir, "exported")?);
+        // A cursor is never trusted beyond the last durable record (one
+        // written at rest would otherwise mark undelivered records as sent).
+        let delivered = read_cursor(&self.dir, "forwarded")
+            .unwrap_or(0)
+            .max(read_cursor(&self.dir, "exported").unwrap_or(0))
+            .min(st.durable);
         let mut freed = 0;
         let mut dropped: Option<(u64, u64)> = None;
         while st.segments.len() > 1 {
@@ -511,7 +524,9 @@ impl Shared {
             Tier::Device => c.max_bytes + c.reserve_bytes,
             _ => c.max_bytes + c.reserve_bytes / 2,
         };
-        if essential && st.used + len <= hard {
+        // The few records `open` appends (recovery, findings) always fit:
+        // a full trail must never stop the device from starting.
+        if essential && (st.used + len <= hard || st.opening) {
             if !st.full_reported {
                 st.full_reported = true;
                 let rec = self.device_event(
@@ -591,6 +606,42 @@ fn quarantine(dir: &Path, base: &str, bytes: &[u8]) -> Result<String> {
             Ok(()) => return Ok(name),
             Err(fsu::FsError::AlreadyExists { .. }) => name = format!("{base}.{n}"),
             Err(e) => return Err(e.into()),
+        }
+    }
+    Err(AuditError::Failed("no free quarantine name".into()))
+}
+
+/// Copies the bytes of `path` from `from` on to a new file under
+/// `quarantine/` named `base` (with a counter added if taken), streaming;
+/// returns the name.
+fn quarantine_tail(dir: &Path, base: &str, path: &Path, from: u64) -> Result<String> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let q = dir.join(QUARANTINE);
+    fsu::create_private_dir(&q)?;
+    let mut src = File::open(path).map_err(|e| fsu::FsError::io("open", path, e))?;
+    src.seek(SeekFrom::Start(from))
+        .map_err(|e| fsu::FsError::io("seek", path, e))?;
+    let mut name = base.to_string();
+    for n in 1u32.. {
+        let dst_path = q.join(&name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&dst_path)
+        {
+            Ok(mut dst) => {
+                std::io::copy(&mut src, &mut dst)
+                    .and_then(|_| dst.sync_all())
+                    .map_err(|e| fsu::FsError::io("write", &dst_path, e))?;
+                fsu::sync_dir(&q)?;
+                return Ok(name);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                name = format!("{base}.{n}");
+            }
+            Err(e) => return Err(fsu::FsError::io("create", &dst_path, e).into()),
         }
     }
     Err(AuditError::Failed("no free quarantine name".into()))
@@ -680,9 +731,48 @@ type Cut = (usize, usize, &'static str, Option<u64>, Option<u64>);
 /// Reads a segment and moves whatever is not a frame (torn or damaged
 /// bytes) to `quarantine/`, keeping every frame after it: one bad frame
 /// costs that frame only.
-fn repair_segment(dir: &Path, first: u64, path: &Path, out: &mut Recovered) -> Result<Kept> {
-    let data = fsu::read(path)?;
+///
+/// A valid frame numbered above `limit` is cut out too (see
+/// [`plausible_limit`]), and described in `implausible` for the start-up
+/// report: it must not steer numbering.
+///
+/// Bytes beyond `cap` (more than the writer ever puts in a segment) are
+/// moved to `quarantine/` without being read into memory.
+#[allow(clippy::too_many_arguments)]
+fn repair_segment(
+    dir: &Path,
+    first: u64,
+    path: &Path,
+    limit: u64,
+    cap: u64,
+    out: &mut Recovered,
+    implausible: &mut Vec<Problem>,
+) -> Result<Kept> {
     let name = segment_name(first);
+    let size = std::fs::metadata(path)
+        .map_err(|e| fsu::FsError::io("stat", path, e))?
+        .len();
+    if size > cap {
+        let q = quarantine_tail(dir, &format!("{name}.{cap}.bin"), path, cap)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| fsu::FsError::io("open", path, e))?;
+        f.set_len(cap)
+            .map_err(|e| fsu::FsError::io("truncate", path, e))?;
+        f.sync_all()
+            .map_err(|e| fsu::FsError::io("fsync", path, e))?;
+        out.push((
+            "audit.recovery.quarantined",
+            serde_json::json!({
+                "segment": name, "offset": cap, "bytes": size - cap, "quarantined": q,
+                "reason": "segment longer than the writer makes one",
+                "after_seq": null, "before_seq": null,
+            }),
+        ));
+    }
+    let data = fsu::read(path)?;
+    let mut rs = frame::Resync::default();
     let mut off = 0;
     let mut last: Option<(u64, Hash)> = None;
     let mut max_seq = 0u64;
@@ -690,6 +780,22 @@ fn repair_segment(dir: &Path, first: u64, path: &Path, out: &mut Recovered) -> R
     let mut end_of_frames = data.len();
     while off < data.len() {
         match frame::decode(&data[off..]) {
+            Decoded::Frame(f) if f.seq > limit => {
+                let after = last.map(|l| l.0);
+                implausible.push(Problem {
+                    seq: Some(after.map_or(first, |s| s.saturating_add(1))),
+                    kind: ProblemKind::DamagedRecord,
+                    file: format!("{SEGMENTS}/{name}"),
+                    offset: Some(off as u64),
+                    message: format!(
+                        "a frame numbered {} (no record, checkpoint or counter of the trail allows a number above {limit}) was cut out{}",
+                        f.seq,
+                        after.map(|s| format!(" after record {s}")).unwrap_or_default()
+                    ),
+                });
+                cuts.push((off, off + f.len, IMPLAUSIBLE, after, None));
+                off += f.len;
+            }
             Decoded::Frame(f) => {
                 if let Some(c) = cuts.last_mut()
                     && c.1 == off
@@ -697,9 +803,7 @@ fn repair_segment(dir: &Path, first: u64, path: &Path, out: &mut Recovered) -> R
                     c.4 = Some(f.seq);
                 }
                 last = Some((f.seq, f.hash));
-                if f.seq < SEQ_LIMIT {
-                    max_seq = max_seq.max(f.seq);
-                }
+                max_seq = max_seq.max(f.seq);
                 off += f.len;
             }
             Decoded::End => {
@@ -708,11 +812,11 @@ fn repair_segment(dir: &Path, first: u64, path: &Path, out: &mut Recovered) -> R
                 break;
             }
             Decoded::Bad(reason) => {
-                let next = frame::resync(&data, off);
+                let next = rs.next(&data, off);
                 let end = next.unwrap_or(data.len());
                 // A whole frame damaged later held the number due here.
                 let due = last.map_or(first, |(s, _)| s.saturating_add(1));
-                if frame::damaged_seq(&data[off..]) == Some(due) && due < SEQ_LIMIT {
+                if frame::damaged_seq(&data[off..]) == Some(due) && due <= limit {
                     max_seq = max_seq.max(due);
                 }
                 cuts.push((off, end, reason, last.map(|l| l.0), None));
@@ -725,7 +829,7 @@ fn repair_segment(dir: &Path, first: u64, path: &Path, out: &mut Recovered) -> R
     }
     for &(start, end, reason, before, after) in &cuts {
         let bytes = &data[start..end];
-        let torn = end == data.len();
+        let torn = end == data.len() && reason != IMPLAUSIBLE;
         let mut details = serde_json::json!({
             "segment": name, "offset": start, "bytes": bytes.len(), "reason": reason,
             "after_seq": before, "before_seq": after,
@@ -766,6 +870,30 @@ fn repair_segment(dir: &Path, first: u64, path: &Path, out: &mut Recovered) -> R
     Ok(Kept { last, max_seq })
 }
 
+/// The highest sequence number a frame may carry at start-up (docs/audit.md,
+/// "Start-up check", rule 1): `trusted` (the highest number a signed
+/// statement or the keystore counter vouches for) plus the number of
+/// smallest frames that fit in `max_bytes + reserve_bytes` and in the
+/// segments as found. A frame above it was not written by this device.
+fn plausible_limit(trusted: u64, config: &AuditConfig, segment_bytes: u64) -> u64 {
+    let room = config
+        .max_bytes
+        .saturating_add(config.reserve_bytes)
+        .saturating_add(segment_bytes);
+    trusted.saturating_add(room / MIN_FRAME)
+}
+
+/// The most bytes start-up reads of one segment: the writer rotates before
+/// a segment passes `segment_bytes` (a first frame alone may be one whole
+/// frame), and `segment_bytes` may have been larger before (at most the
+/// default is assumed), so more than this was never written by the device.
+fn segment_cap(config: &AuditConfig) -> u64 {
+    config
+        .segment_bytes
+        .max(AuditConfig::default().segment_bytes)
+        .saturating_add((frame::HEADER + frame::MAX_BODY + frame::TRAILER) as u64)
+}
+
 /// Starts a new trail in `dir` that carries on from the trail in
 /// `previous` (the one a factory reset just archived): a signed anchor for
 /// `previous`'s last record, so the new trail's first record follows it,
@@ -777,6 +905,7 @@ pub fn continue_after(dir: &Path, previous: &Path, signer: &Signer) -> Result<Op
     let mut last: Option<(u64, Hash)> = None;
     for (_, path) in segs.iter().rev() {
         let data = fsu::read(path)?;
+        let mut rs = frame::Resync::default();
         let mut off = 0;
         while off < data.len() {
             match frame::decode(&data[off..]) {
@@ -785,7 +914,7 @@ pub fn continue_after(dir: &Path, previous: &Path, signer: &Signer) -> Result<Op
                     off += f.len;
                 }
                 Decoded::End => break,
-                Decoded::Bad(_) => match frame::resync(&data, off) {
+                Decoded::Bad(_) => match rs.next(&data, off) {
                     Some(n) => off = n,
                     None => break,
                 },
@@ -830,6 +959,10 @@ pub struct StartupCheck {
     pub stray_files: Vec<String>,
     /// What could not be checked, and why.
     pub unchecked: Vec<String>,
+    /// Delivery cursors that were unreadable or claimed records beyond the
+    /// last one present (written at rest): each was reset and recorded
+    /// (`audit.cursor-reset`).
+    pub cursors: Vec<String>,
     /// Records appended for what was found: (action, sequence number).
     pub recorded: Vec<(String, u64)>,
     /// The sequence number the trail continued at.
@@ -839,7 +972,10 @@ pub struct StartupCheck {
 impl StartupCheck {
     /// Whether the trail passed in full: intact, not rewound, all checked.
     pub fn passed(&self) -> bool {
-        self.problems.is_empty() && !self.rewound && self.unchecked.is_empty()
+        self.problems.is_empty()
+            && !self.rewound
+            && self.unchecked.is_empty()
+            && self.cursors.is_empty()
     }
 
     /// One sentence per finding (for logs and the device's posture).
@@ -865,20 +1001,38 @@ impl StartupCheck {
         for u in &self.unchecked {
             out.push(format!("the trail was not fully checked at start-up: {u}"));
         }
+        for c in &self.cursors {
+            out.push(format!("a delivery cursor was tampered with: {c}"));
+        }
         out
+    }
+}
+
+/// How many problems or names a start-up record lists at most.
+const DETAIL_ITEMS: usize = 16;
+/// How many characters of one string a start-up record keeps at most.
+const DETAIL_CHARS: usize = 256;
+
+/// `s` cut to [`DETAIL_CHARS`] characters (marked with `…` when cut).
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(DETAIL_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 
 /// The `audit.integrity-failed` record for what verification found that
 /// no earlier start-up report in the trail names (by record), if anything.
-fn integrity_event(r: &Report, stray: &[String]) -> Option<Event> {
-    let known: BTreeSet<u64> = r
-        .device_reports
+fn integrity_event(
+    problems: &[Problem],
+    device_reports: &[DeviceReport],
+    stray: &[String],
+) -> Option<Event> {
+    let known: BTreeSet<u64> = device_reports
         .iter()
         .flat_map(|d| d.seqs.iter().copied())
         .collect();
-    let new: Vec<&Problem> = r
-        .problems
+    let new: Vec<&Problem> = problems
         .iter()
         .filter(|p| p.kind != ProblemKind::ReportedByDevice && !known.contains(&p.seq.unwrap_or(0)))
         .collect();
@@ -889,14 +1043,18 @@ fn integrity_event(r: &Report, stray: &[String]) -> Option<Event> {
     seqs.sort_unstable();
     seqs.dedup();
     seqs.truncate(256);
+    // Bounded, whatever the directory holds: a start-up record must always
+    // fit in a frame (docs/audit.md, "Start-up check").
     let problems: Vec<serde_json::Value> = new
         .iter()
-        .take(16)
+        .take(DETAIL_ITEMS)
         .map(|p| {
-            serde_json::json!({"kind": p.kind, "seq": p.seq, "file": p.file,
-                "offset": p.offset, "message": p.message})
+            serde_json::json!({"kind": p.kind, "seq": p.seq,
+                "file": clip(&p.file),
+                "offset": p.offset, "message": clip(&p.message)})
         })
         .collect();
+    let stray_names: Vec<String> = stray.iter().take(DETAIL_ITEMS).map(|n| clip(n)).collect();
     Some(
         Event::new(Actor::Device, crate::verify::INTEGRITY_FAILED)
             .outcome(crate::Outcome::Failure)
@@ -905,7 +1063,8 @@ fn integrity_event(r: &Report, stray: &[String]) -> Option<Event> {
                 "problem_count": new.len(),
                 "problems": problems,
                 "seqs": seqs,
-                "stray_files": stray,
+                "stray_files": stray_names,
+                "stray_count": stray.len(),
             }))
             .essential(),
     )
@@ -944,15 +1103,59 @@ impl AuditLog {
             }
         };
         let mut recovered: Recovered = Vec::new();
+        check.anchored_seq = match signer.store.counter(CHECKPOINT_COUNTER) {
+            Ok(v) => v,
+            Err(e) => {
+                check.unchecked.push(format!(
+                    "the keystore counter '{CHECKPOINT_COUNTER}' cannot be read ({e}), so a rewind of the trail cannot be detected"
+                ));
+                None
+            }
+        };
 
         // 1. Crash damage.
         repair_checkpoint_log(dir, key.as_ref(), &mut recovered)?;
         let (mut segs, stray) = segment_dir(dir)?;
         check.stray_files = stray;
+        // What a signature or the counter vouches for; numbers far above it
+        // were not given out by this device (without the key, the
+        // statements are taken as they are).
+        let signed = |name: &str| {
+            read_statement(&dir.join(name))
+                .filter(|c| key.as_ref().is_none_or(|k| c.verify(k)))
+                .map(|c| c.seq)
+        };
+        let trusted = [
+            signed(ANCHOR),
+            signed(LATEST_CHECKPOINT),
+            check.anchored_seq,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        let mut seg_bytes = 0u64;
+        for (_, path) in &segs {
+            seg_bytes = seg_bytes.saturating_add(
+                std::fs::metadata(path)
+                    .map_err(|e| fsu::FsError::io("stat", path, e))?
+                    .len(),
+            );
+        }
+        let limit = plausible_limit(trusted, &config, seg_bytes);
+        let mut implausible = Vec::new();
         let mut top = 0u64;
         let mut last: Option<(u64, Hash)> = None;
         for (first, path) in &segs {
-            let kept = repair_segment(dir, *first, path, &mut recovered)?;
+            let kept = repair_segment(
+                dir,
+                *first,
+                path,
+                limit,
+                segment_cap(&config),
+                &mut recovered,
+                &mut implausible,
+            )?;
             top = top.max(kept.max_seq);
             if kept.last.is_some() {
                 last = kept.last;
@@ -995,19 +1198,21 @@ impl AuditLog {
             }
         };
         check.found_seq = found;
-        check.anchored_seq = match signer.store.counter(CHECKPOINT_COUNTER) {
-            Ok(v) => v,
-            Err(e) => {
-                check.unchecked.push(format!(
-                    "the keystore counter '{CHECKPOINT_COUNTER}' cannot be read ({e}), so a rewind of the trail cannot be detected"
-                ));
-                None
-            }
-        };
         check.rewound = check.anchored_seq.is_some_and(|a| a > found.unwrap_or(0));
+        // Frames cut out for their number are problems the repaired trail
+        // no longer shows: they join the verifier's.
+        let report = report.map(|mut r| {
+            r.problems.extend(implausible.iter().cloned());
+            r.problems.sort_by_key(|p| p.seq);
+            r.first_bad_seq = r.problems.iter().filter_map(|p| p.seq).min();
+            r
+        });
         if let Some(r) = &report {
             check.problems = r.problems.clone();
             check.first_bad_seq = r.first_bad_seq;
+        } else if !implausible.is_empty() {
+            check.first_bad_seq = implausible.iter().filter_map(|p| p.seq).min();
+            check.problems = implausible;
         }
 
         // 3. Where numbering continues.
@@ -1020,30 +1225,71 @@ impl AuditLog {
             head = hash;
             durable = seq;
         }
-        for used in [
-            Some(durable),
-            found,
-            check.anchored_seq,
-            Some(cursor_or_zero(dir, "forwarded")),
-            Some(cursor_or_zero(dir, "exported")),
-        ]
-        .into_iter()
-        .flatten()
+        // Every number a kept record, a signed statement or the counter
+        // holds counts; a cursor (written at rest, unsigned) only within
+        // the plausible range.
+        for used in [Some(durable), found, check.anchored_seq]
+            .into_iter()
+            .flatten()
         {
-            if used < SEQ_LIMIT {
-                top = top.max(used);
+            top = top.max(used);
+        }
+        for name in ["forwarded", "exported"] {
+            let c = cursor_or_zero(dir, name);
+            if c <= limit {
+                top = top.max(c);
             }
         }
-        let next_seq = top + 1;
+        // So does the number in a segment's name (within the plausible
+        // range): a new segment then sorts after every one present, and
+        // file order stays sequence order even after a misnamed one.
+        for (first, _) in &segs {
+            if *first <= limit {
+                top = top.max(*first);
+            }
+        }
+        let next_seq = top.saturating_add(1);
         check.next_seq = next_seq;
-        // The last frame may carry a number numbering does not continue
-        // from (a forged one at or above SEQ_LIMIT): nothing counts as
-        // durable beyond next_seq - 1, and nothing is signed over that
-        // frame until a new record follows it.
+        // Kept frames are all at or below `top`; should one not be, nothing
+        // counts as durable beyond next_seq - 1.
         let mut checkpointed = checkpointed.unwrap_or(0);
         if durable >= next_seq {
             durable = next_seq - 1;
             checkpointed = durable;
+        }
+        // A delivery cursor says up to which record the collector (or an
+        // export) has the trail. One beyond the last record present, or
+        // unreadable, was written at rest: trusted, it would stop delivery
+        // and let the capacity policy drop undelivered records. It is reset
+        // (to the last record, or to 0 when unreadable) and reported.
+        let mut cursor_events = Vec::new();
+        for name in ["forwarded", "exported"] {
+            let (found_cursor, reset) = match read_cursor(dir, name) {
+                Ok(v) if v <= durable => continue,
+                Ok(v) => (Some(v), durable),
+                Err(_) => (None, 0),
+            };
+            let mut msg = match found_cursor {
+                Some(v) => format!(
+                    "cursors/{name} says record {v} was delivered but the last record present is {durable}; reset to {reset}"
+                ),
+                None => format!("cursors/{name} cannot be read; reset to {reset}"),
+            };
+            if let Err(e) = write_cursor(dir, name, reset) {
+                msg.push_str(&format!(" (rewriting it failed: {e})"));
+            }
+            check.cursors.push(msg);
+            cursor_events.push(
+                Event::new(Actor::Device, "audit.cursor-reset")
+                    .outcome(crate::Outcome::Failure)
+                    .details(serde_json::json!({
+                        "cursor": name,
+                        "found": found_cursor,
+                        "last_seq": durable,
+                        "reset_to": reset,
+                    }))
+                    .essential(),
+            );
         }
 
         let mut infos: VecDeque<SegInfo> = VecDeque::new();
@@ -1059,7 +1305,14 @@ impl AuditLog {
                 first_prev: first_prev_of(path)?,
             });
         }
-        let file = match segs.last() {
+        // A last segment whose first record is not the one its name says
+        // (renamed at rest) stays as evidence, unwritten: the next record
+        // starts a fresh segment named for it.
+        let misnamed = match segs.last() {
+            Some((first, path)) => first_seq_of(path)?.is_some_and(|s| s != *first),
+            None => false,
+        };
+        let file = match segs.last().filter(|_| !misnamed) {
             Some((_, path)) => OpenOptions::new()
                 .append(true)
                 .open(path)
@@ -1098,6 +1351,7 @@ impl AuditLog {
             first_uncovered: None,
             checkpoint_error: None,
             reserved: 0,
+            opening: true,
         };
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -1115,6 +1369,7 @@ impl AuditLog {
             ticker: None,
             shared,
             startup: StartupCheck::default(),
+            notes: Mutex::new(Vec::new()),
         };
 
         // 4. On the record, then sealed.
@@ -1126,9 +1381,15 @@ impl AuditLog {
             )?;
         }
         let mut findings = Vec::new();
-        if let Some(r) = &report {
-            findings.extend(integrity_event(r, &check.stray_files));
+        match &report {
+            Some(r) => findings.extend(integrity_event(
+                &r.problems,
+                &r.device_reports,
+                &check.stray_files,
+            )),
+            None => findings.extend(integrity_event(&check.problems, &[], &check.stray_files)),
         }
+        findings.extend(cursor_events);
         if check.rewound {
             let first_bad = found.map_or(1, |f| f + 1);
             findings.push(
@@ -1174,6 +1435,9 @@ impl AuditLog {
                 ));
             }
         }
+        if let Ok(mut st) = log.shared.lock() {
+            st.opening = false;
+        }
         log.startup = check;
         log.ticker = Some(spawn_ticker(log.shared.clone()));
         Ok(log)
@@ -1182,6 +1446,24 @@ impl AuditLog {
     /// What the start-up check found (see [`AuditLog::open`]).
     pub fn startup_check(&self) -> &StartupCheck {
         &self.startup
+    }
+
+    /// Notes a finding made while the device started that could not go on
+    /// the record (e.g. `device.start` refused for capacity): it is shown
+    /// with the start-up check's findings.
+    pub fn note_finding(&self, finding: String) {
+        if let Ok(mut n) = self.notes.lock() {
+            n.push(finding);
+        }
+    }
+
+    /// The start-up check's findings and the noted ones (for the posture).
+    pub fn findings(&self) -> Vec<String> {
+        let mut out = self.startup.findings();
+        if let Ok(n) = self.notes.lock() {
+            out.extend(n.iter().cloned());
+        }
+        out
     }
 
     /// Holds room for one record of an action about to be taken, so that
@@ -1473,6 +1755,19 @@ fn spawn_ticker(sh: Arc<Shared>) -> JoinHandle<()> {
 
 /// The `prev` hash in a segment's first frame header (zeros if unreadable;
 /// only used to sign an anchor when the segment before it is dropped).
+/// The sequence number of the first frame of a segment, if it holds one.
+fn first_seq_of(path: &Path) -> Result<Option<u64>> {
+    use std::io::Read;
+    let mut head = [0u8; frame::HEADER];
+    let mut f = File::open(path).map_err(|e| fsu::FsError::io("open", path, e))?;
+    if f.read_exact(&mut head).is_err() || head[0..4] != frame::MAGIC {
+        return Ok(None);
+    }
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&head[8..16]);
+    Ok(Some(u64::from_le_bytes(seq)))
+}
+
 fn first_prev_of(path: &Path) -> Result<Hash> {
     use std::io::Read;
     let mut head = [0u8; frame::HEADER];

@@ -15,52 +15,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use drivesec_audit::frame::{self, Decoded};
+use common::{Fx, forge, frame_of, frames, param_write, small};
+use drivesec_audit::frame;
 use drivesec_audit::reader::{self, Query, StoredRecord};
 use drivesec_audit::verify::{ProblemKind, Report, verify};
 use drivesec_audit::{
-    Actor, AuditConfig, AuditLog, CHECKPOINT_COUNTER, Event, Outcome, Signer, continue_after,
+    Actor, AuditConfig, CHECKPOINT_COUNTER, Event, Outcome, StartupCheck, continue_after,
 };
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig, PublicKey};
-
-struct Fx {
-    tmp: tempfile::TempDir,
-    signer: Signer,
-    key: PublicKey,
-}
 
 impl Fx {
-    fn new() -> Fx {
-        let tmp = tempfile::tempdir().unwrap();
-        let (_, store) = KeystoreConfig::create_soft(tmp.path(), "ks", "secret").unwrap();
-        let handle = KeyHandle::new("idevid").unwrap();
-        let key = store
-            .generate(&handle, KeyAlgorithm::EcdsaP256)
-            .unwrap()
-            .public_key;
-        Fx {
-            tmp,
-            signer: Signer { store, handle },
-            key,
-        }
-    }
-
-    fn trail(&self) -> PathBuf {
-        self.tmp.path().join("audit")
-    }
-
-    fn open(&self) -> AuditLog {
-        AuditLog::open(&self.trail(), cfg(), self.signer.clone()).unwrap()
-    }
-
-    fn verify(&self) -> Report {
-        verify(&self.trail(), &self.key).unwrap()
-    }
-
+    /// Appends `n` records after those the trail holds, and closes it.
     fn fill(&self, n: u64) {
-        let log = self.open();
+        let log = self.open(cfg());
         let first = log.status().unwrap().durable_seq + 1;
         for i in 0..n {
             assert_eq!(log.append(ev(first + i)).unwrap().seq, first + i);
@@ -75,72 +45,26 @@ impl Fx {
     fn records(&self) -> Vec<StoredRecord> {
         reader::read(&self.trail(), &Query::default(), 100_000).unwrap()
     }
+
+    /// One start and stop of the device, appending nothing: what its
+    /// start-up check found.
+    fn start(&self) -> StartupCheck {
+        let log = self.open(cfg());
+        let check = log.startup_check().clone();
+        log.close().unwrap();
+        check
+    }
 }
 
 fn cfg() -> AuditConfig {
     AuditConfig {
         segment_bytes: 64 * 1024,
-        checkpoint_every: 40,
-        ..AuditConfig::default()
+        ..small()
     }
 }
 
 fn ev(i: u64) -> Event {
-    Event::new(Actor::User(format!("user{}", i % 3)), "param.write")
-        .source("127.0.0.1:50000")
-        .target(format!("param-{i}"))
-        .details(serde_json::json!({ "i": i }))
-}
-
-/// (segment path, offset, length, seq) of every frame.
-fn frames(dir: &Path) -> Vec<(PathBuf, usize, usize, u64)> {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.is_file()
-                && drivesec_audit::is_segment_name(&p.file_name().unwrap().to_string_lossy())
-        })
-        .collect();
-    segs.sort();
-    let mut out = Vec::new();
-    for s in segs {
-        let data = std::fs::read(&s).unwrap();
-        let mut off = 0;
-        while let Decoded::Frame(f) = frame::decode(&data[off..]) {
-            out.push((s.clone(), off, f.len, f.seq));
-            off += f.len;
-        }
-    }
-    out
-}
-
-fn frame_of(dir: &Path, seq: u64) -> (PathBuf, usize, usize) {
-    let (p, o, l, _) = frames(dir).into_iter().find(|f| f.3 == seq).unwrap();
-    (p, o, l)
-}
-
-/// The attack of the issue: record `target`'s actor changed, every later
-/// link recomputed (hashes and checksums right), both checkpoint files
-/// deleted.
-fn forge_and_drop_checkpoints(dir: &Path, target: u64) {
-    let all = reader::read(dir, &Query::default(), 100_000).unwrap();
-    let segs = frames(dir);
-    let mut files: std::collections::BTreeMap<PathBuf, Vec<u8>> = Default::default();
-    let mut prev = [0u8; 32];
-    for (rec, (path, _, _, seq)) in all.iter().zip(&segs) {
-        let mut r = rec.record.clone();
-        if *seq == target {
-            r.actor = Actor::User("someone-else".into());
-        }
-        let body = serde_json::to_vec(&r).unwrap();
-        prev = frame::encode(*seq, &prev, &body, files.entry(path.clone()).or_default());
-    }
-    for (p, d) in files {
-        std::fs::write(p, d).unwrap();
-    }
-    std::fs::remove_file(dir.join("checkpoint.json")).unwrap();
-    std::fs::remove_file(dir.join("checkpoints.log")).unwrap();
+    param_write(i).details(serde_json::json!({ "i": i }))
 }
 
 fn actions(fx: &Fx, action: &str) -> Vec<StoredRecord> {
@@ -155,13 +79,13 @@ fn a_forged_trail_without_checkpoints_is_reported_at_start_not_signed_over() {
     let fx = Fx::new();
     fx.fill(300);
     assert_eq!(fx.counter(), Some(300), "the last checkpoint is anchored");
-    forge_and_drop_checkpoints(&fx.trail(), 117);
+    forge(&fx.trail(), 117, true);
     // At rest, the forged chain is consistent; nothing is signed.
     let r = fx.verify();
     assert!(r.ok && r.nothing_signed, "{r:#?}");
 
     // One start: the device reports the rewind instead of signing over it.
-    let log = fx.open();
+    let log = fx.open(cfg());
     let check = log.startup_check().clone();
     assert!(check.rewound, "{check:#?}");
     assert_eq!((check.anchored_seq, check.found_seq), (Some(300), None));
@@ -195,11 +119,9 @@ fn a_forged_trail_without_checkpoints_is_reported_at_start_not_signed_over() {
     );
 
     // A second start does not report the same rewind again, and still fails.
-    let log = fx.open();
-    let again = log.startup_check().clone();
+    let again = fx.start();
     assert!(!again.rewound && again.recorded.is_empty(), "{again:#?}");
     assert!(!again.passed() && again.first_bad_seq == Some(1));
-    log.close().unwrap();
     assert_eq!(actions(&fx, "audit.trail-rewound").len(), 1);
 }
 
@@ -215,12 +137,10 @@ fn a_directory_rolled_back_to_an_older_copy_is_reported_and_numbers_continue() {
     std::fs::remove_dir_all(fx.trail()).unwrap();
     copy_dir(&old, &fx.trail());
     assert!(fx.verify().ok, "the copy alone looks fine");
-    let log = fx.open();
-    let c = log.startup_check().clone();
+    let c = fx.start();
     assert!(c.rewound && c.found_seq == Some(100), "{c:#?}");
     // Numbers 101..200 were used once: the trail continues after them.
     assert_eq!(c.next_seq, 201);
-    log.close().unwrap();
     let r = fx.verify();
     assert!(!r.ok);
     assert_eq!(r.first_bad_seq, Some(101), "{:#?}", r.problems);
@@ -236,10 +156,8 @@ fn a_deleted_trail_is_reported_when_the_device_starts_a_new_one() {
     let fx = Fx::new();
     fx.fill(50);
     std::fs::remove_dir_all(fx.trail()).unwrap();
-    let log = fx.open();
-    let c = log.startup_check().clone();
+    let c = fx.start();
     assert!(c.rewound && c.next_seq == 51, "{c:#?}");
-    log.close().unwrap();
     let r = fx.verify();
     assert_eq!(r.first_bad_seq, Some(1), "{:#?}", r.problems);
 }
@@ -254,7 +172,7 @@ fn a_factory_reset_trail_carries_on_behind_a_signed_anchor() {
         continue_after(&fx.trail(), &archive, &fx.signer).unwrap(),
         Some(50)
     );
-    let log = fx.open();
+    let log = fx.open(cfg());
     assert!(log.startup_check().passed(), "{:#?}", log.startup_check());
     assert_eq!(log.append(ev(1)).unwrap().seq, 51);
     log.close().unwrap();
@@ -268,11 +186,7 @@ fn a_factory_reset_trail_carries_on_behind_a_signed_anchor() {
 fn records_no_checkpoint_covers_are_the_unsigned_tail() {
     let fx = Fx::new();
     fx.fill(50);
-    let log = fx.open();
-    for i in 0..5 {
-        log.append(ev(i)).unwrap();
-    }
-    log.abandon();
+    fx.append_unsigned(cfg(), (0..5).map(ev));
     let r = fx.verify();
     assert!(r.ok, "{:#?}", r.problems);
     assert!(!r.nothing_signed);
@@ -280,11 +194,7 @@ fn records_no_checkpoint_covers_are_the_unsigned_tail() {
     assert_eq!((u.first, u.last), (51, 55));
     // A trail nothing signs at all.
     let fx = Fx::new();
-    let log = fx.open();
-    for i in 0..5 {
-        log.append(ev(i)).unwrap();
-    }
-    log.abandon();
+    fx.append_unsigned(cfg(), (0..5).map(ev));
     let r = fx.verify();
     assert!(r.ok && r.nothing_signed);
     assert_eq!(r.unsigned.map(|u| (u.first, u.last)), Some((1, 5)));
@@ -356,12 +266,7 @@ fn a_torn_checkpoint_log_line_is_repaired_and_kept_as_evidence() {
     std::fs::write(&log_path, &data).unwrap();
     let r = fx.verify();
     assert!(!r.ok, "a torn line is not a statement");
-    let log = fx.open();
-    assert!(
-        log.startup_check().problems.is_empty(),
-        "repaired before the check"
-    );
-    log.close().unwrap();
+    assert!(fx.start().problems.is_empty(), "repaired before the check");
     let r = fx.verify();
     assert!(r.ok, "{:#?}", r.problems);
     let kept = fx
@@ -384,7 +289,7 @@ fn one_damaged_frame_costs_that_frame_only_and_its_number_is_not_reused() {
     let damaged = data[off..off + len].to_vec();
     data[off + frame::HEADER + 3] ^= 0x04;
     std::fs::write(&p, &data).unwrap();
-    let log = fx.open();
+    let log = fx.open(cfg());
     let c = log.startup_check().clone();
     assert_eq!(c.first_bad_seq, Some(86), "{c:#?}");
     let a = log.append(ev(1)).unwrap();
@@ -420,9 +325,7 @@ fn one_damaged_frame_costs_that_frame_only_and_its_number_is_not_reused() {
     );
     assert_eq!(actions(&fx, "audit.integrity-failed").len(), 1);
     // A start after that reports nothing new.
-    let log = fx.open();
-    assert!(log.startup_check().recorded.is_empty());
-    log.close().unwrap();
+    assert!(fx.start().recorded.is_empty());
     assert_eq!(actions(&fx, "audit.integrity-failed").len(), 1);
 }
 
@@ -432,14 +335,14 @@ fn a_damaged_last_record_keeps_its_number() {
     fx.fill(99);
     // Record 100 is durable (and may have been forwarded) but no
     // checkpoint covers it yet when the process stops.
-    let log = fx.open();
+    let log = fx.open(cfg());
     assert_eq!(log.append(ev(100)).unwrap().seq, 100);
     log.abandon();
     let (p, off, _) = frame_of(&fx.trail(), 100);
     let mut data = std::fs::read(&p).unwrap();
     data[off + frame::HEADER + 3] ^= 0x04;
     std::fs::write(&p, &data).unwrap();
-    let log = fx.open();
+    let log = fx.open(cfg());
     let a = log.append(ev(1)).unwrap();
     log.close().unwrap();
     assert!(a.seq > 100, "number 100 was given out again: {}", a.seq);
@@ -455,7 +358,7 @@ fn a_checkpoint_that_fails_half_way_never_looks_like_a_cut() {
     // the next checkpoint fails at its first step.
     let json = fx.trail().join("checkpoint.json");
     let saved = std::fs::read(&json).unwrap();
-    let log = AuditLog::open(&fx.trail(), cfg(), fx.signer.clone()).unwrap();
+    let log = fx.open(cfg());
     std::fs::remove_file(&json).unwrap();
     std::fs::create_dir(&json).unwrap();
     std::fs::write(json.join("x"), b"x").unwrap();
@@ -481,9 +384,7 @@ fn a_checkpoint_that_fails_half_way_never_looks_like_a_cut() {
     let last = lines.pop().unwrap().to_string();
     std::fs::write(&log_path, lines.join("\n") + "\n").unwrap();
     assert!(fx.verify().ok, "a crash between the writes is not a cut");
-    let log = fx.open();
-    assert!(log.startup_check().passed());
-    log.close().unwrap();
+    assert!(fx.start().passed());
     assert!(std::fs::read_to_string(&log_path).unwrap().contains(&last));
     assert!(fx.verify().ok);
 
@@ -496,35 +397,29 @@ fn a_checkpoint_that_fails_half_way_never_looks_like_a_cut() {
         .to_string();
     let newest = std::fs::read(&json).unwrap();
     std::fs::write(&json, &first_line).unwrap();
-    let r = fx.verify();
-    assert!(
-        r.problems
-            .iter()
-            .any(|p| p.kind == ProblemKind::CutTail && p.file == "checkpoint.json"),
-        "{:#?}",
-        r.problems
-    );
+    assert_cut_at_checkpoint_json(&fx.verify());
     std::fs::remove_file(&json).unwrap();
-    let r = fx.verify();
-    assert!(
-        r.problems
-            .iter()
-            .any(|p| p.kind == ProblemKind::CutTail && p.file == "checkpoint.json"),
-        "{:#?}",
-        r.problems
-    );
+    assert_cut_at_checkpoint_json(&fx.verify());
     std::fs::write(&json, newest).unwrap();
     assert!(fx.verify().ok);
+}
+
+/// `r` names checkpoint.json as showing a cut tail.
+fn assert_cut_at_checkpoint_json(r: &Report) {
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::CutTail && p.file == "checkpoint.json"),
+        "{:#?}",
+        r.problems
+    );
 }
 
 #[test]
 fn segment_names_are_bound_and_stray_files_ignored() {
     let fx = Fx::new();
-    let small = AuditConfig {
-        segment_bytes: 8 * 1024,
-        ..cfg()
-    };
-    let log = AuditLog::open(&fx.trail(), small.clone(), fx.signer.clone()).unwrap();
+    let small = small();
+    let log = fx.open(small.clone());
     for i in 1..=200 {
         log.append(ev(i)).unwrap();
     }
@@ -549,7 +444,7 @@ fn segment_names_are_bound_and_stray_files_ignored() {
         r.stray_files,
         ["00000000000000000999.seg", "7.seg", "notes.seg"]
     );
-    let log = AuditLog::open(&fx.trail(), small.clone(), fx.signer.clone()).unwrap();
+    let log = fx.open(small.clone());
     assert_eq!(log.startup_check().stray_files.len(), 3);
     assert!(log.startup_check().passed());
     log.close().unwrap();
@@ -576,7 +471,7 @@ fn segment_names_are_bound_and_stray_files_ignored() {
     let last_renamed = seg_dir.join(format!("{:020}.seg", 10_000));
     std::fs::rename(last, &last_renamed).unwrap();
     let before = fx.records().len();
-    let log = AuditLog::open(&fx.trail(), small, fx.signer.clone()).unwrap();
+    let log = fx.open(small);
     assert!(
         log.startup_check()
             .problems
@@ -603,25 +498,294 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn a_forged_huge_sequence_number_neither_exhausts_numbers_nor_loses_records() {
+    // 2^62 - 1 (just below the old cut-off) and u64::MAX - 1 (the top).
+    for forged in [(1u64 << 62) - 1, u64::MAX - 1] {
+        let fx = Fx::new();
+        fx.fill(20);
+        let (p, _, _) = frame_of(&fx.trail(), 20);
+        let mut data = std::fs::read(&p).unwrap();
+        frame::encode(
+            forged,
+            &[7; 32],
+            br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#,
+            &mut data,
+        );
+        std::fs::write(&p, &data).unwrap();
+        // Several starts: no number is given out twice, none comes from
+        // the forged frame.
+        let mut issued = Vec::new();
+        for i in 0..3 {
+            let log = fx.open(cfg());
+            let a = log.append(ev(21 + i)).unwrap();
+            assert!(a.seq > 20 && a.seq < 1000, "{forged}: {}", a.seq);
+            issued.push(a.seq);
+            log.close().unwrap();
+        }
+        let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+        let mut unique = seqs.clone();
+        unique.dedup();
+        assert_eq!(seqs, unique, "{forged}: a number was given out twice");
+        assert!(
+            seqs.windows(2).all(|w| w[1] > w[0]),
+            "{forged}: not in order {seqs:?}"
+        );
+        for s in &issued {
+            assert!(seqs.contains(s), "{forged}: record {s} missing: {seqs:?}");
+        }
+        // The forged frame is out of the segments, kept as evidence and
+        // on the record; the later records export as one unbroken chain.
+        assert!(!seqs.contains(&forged), "{forged}: {seqs:?}");
+        assert!(
+            std::fs::read_dir(fx.trail().join("quarantine"))
+                .unwrap()
+                .count()
+                >= 1
+        );
+        assert_eq!(actions(&fx, "audit.recovery.quarantined").len(), 1);
+        let failed = actions(&fx, "audit.integrity-failed");
+        assert_eq!(failed.len(), 1, "{forged}");
+        drivesec_audit::reader::check(&fx.trail(), 1, *seqs.last().unwrap()).unwrap();
+        assert!(!fx.verify().ok);
+    }
+}
+
+/// `export --to N` never stops early at a frame numbered beyond N while
+/// records up to N are missing: a forged huge number after record 20, then
+/// records 21..30, must not export as records 1..20 and success.
+#[test]
+fn export_to_a_bound_fails_when_a_high_number_cuts_the_range_short() {
     let fx = Fx::new();
-    fx.fill(20);
-    let (p, _, _) = frame_of(&fx.trail(), 20);
+    fx.fill(30);
+    let (p, off, len) = frame_of(&fx.trail(), 20);
     let mut data = std::fs::read(&p).unwrap();
+    let mut forged = Vec::new();
     frame::encode(
         u64::MAX - 1,
         &[7; 32],
         br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#,
-        &mut data,
+        &mut forged,
     );
+    data.splice(off + len..off + len, forged);
     std::fs::write(&p, &data).unwrap();
-    let log = fx.open();
-    let a = log.append(ev(21)).unwrap();
-    assert!(a.seq > 20 && a.seq < 1 << 62, "{}", a.seq);
-    log.close().unwrap();
-    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
-    assert!(
-        seqs.contains(&a.seq),
-        "the record was not written: {seqs:?}"
+    let q = Query {
+        to_seq: Some(30),
+        ..Query::default()
+    };
+    let mut out = Vec::new();
+    let e = reader::export_jsonl(&fx.trail(), &q, &mut out)
+        .map(|(n, last)| format!("exported {n} records up to {last}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("21") && e.contains("missing"), "{e}");
+    // Up to record 20, the range is whole.
+    let q = Query {
+        to_seq: Some(20),
+        ..Query::default()
+    };
+    assert_eq!(
+        reader::export_jsonl(&fx.trail(), &q, &mut Vec::new()).unwrap(),
+        (20, 20)
     );
-    assert!(!fx.verify().ok);
+}
+
+/// A last segment whose name is not its first record (renamed at rest) is
+/// not written to any more: new records go to a fresh segment that sorts
+/// after it, so file order stays sequence order across later rotations.
+#[test]
+fn a_misnamed_last_segment_is_left_as_evidence_and_order_is_kept() {
+    let fx = Fx::new();
+    fx.fill(30);
+    let seg_dir = fx.trail().join("segments");
+    let names = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&seg_dir), [format!("{:020}.seg", 1)]);
+    let misnamed = format!("{:020}.seg", 100);
+    std::fs::rename(
+        seg_dir.join(format!("{:020}.seg", 1)),
+        seg_dir.join(&misnamed),
+    )
+    .unwrap();
+    let c = AuditConfig {
+        segment_bytes: 4096,
+        ..cfg()
+    };
+    let log = fx.open(c);
+    let mut issued = Vec::new();
+    for i in 0..60 {
+        issued.push(log.append(ev(1000 + i)).unwrap().seq);
+    }
+    log.close().unwrap();
+    // The misnamed segment still holds records 1..30 only.
+    let held: Vec<u64> = frames(&fx.trail())
+        .iter()
+        .filter(|f| f.0.ends_with(&misnamed))
+        .map(|f| f.3)
+        .collect();
+    assert_eq!(held, (1..=30).collect::<Vec<_>>());
+    // Every frame, in file order, numbered above the one before.
+    let order: Vec<u64> = frames(&fx.trail()).iter().map(|f| f.3).collect();
+    assert!(
+        order.windows(2).all(|w| w[1] > w[0]),
+        "file order is not sequence order: {order:?}"
+    );
+    for s in &issued {
+        assert!(order.contains(s), "record {s} missing");
+    }
+    assert!(
+        fx.verify()
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::MisnamedSegment)
+    );
+}
+
+/// A segment far longer than the writer ever makes one is not read whole
+/// at start-up: the bytes beyond the cap go to quarantine, on the record,
+/// and the records before them stay.
+#[test]
+fn an_oversized_segment_is_capped_at_start_up() {
+    let fx = Fx::new();
+    fx.fill(30);
+    let (p, _, _) = frame_of(&fx.trail(), 30);
+    let kept = std::fs::metadata(&p).unwrap().len();
+    let cap = (8u64 << 20) + 48 + 65536 + 4;
+    // Garbage up to 1 MiB beyond the cap.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    std::io::Write::write_all(&mut f, &vec![0x5a; (cap + (1 << 20) - kept) as usize]).unwrap();
+    drop(f);
+    let log = fx.open(cfg());
+    let a = log.append(ev(31)).unwrap();
+    log.close().unwrap();
+    assert!(a.seq > 30, "{}", a.seq);
+    let q = actions(&fx, "audit.recovery.quarantined");
+    assert!(
+        q.iter()
+            .any(|r| r.record.details["offset"] == cap && r.record.details["bytes"] == 1 << 20),
+        "{:?}",
+        q.iter().map(|r| &r.record.details).collect::<Vec<_>>()
+    );
+    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+    let tail = std::fs::metadata(fx.trail().join(format!("quarantine/{name}.{cap}.bin")))
+        .unwrap()
+        .len();
+    assert_eq!(tail, 1 << 20);
+    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=a.seq).collect::<Vec<_>>());
+    assert!(std::fs::metadata(&p).unwrap().len() < cap);
+}
+
+// ---- Delivery cursors and start-up under a hostile or full trail ----
+
+fn small_full(policy: drivesec_audit::FullPolicy) -> AuditConfig {
+    AuditConfig {
+        segment_bytes: 4096,
+        max_bytes: 8192,
+        reserve_bytes: 1024,
+        when_full: policy,
+        ..cfg()
+    }
+}
+
+#[test]
+fn a_cursor_beyond_the_trail_is_reported_reset_and_frees_nothing_undelivered() {
+    let fx = Fx::new();
+    let c = small_full(drivesec_audit::FullPolicy::DropForwarded);
+    let log = fx.open(c.clone());
+    for i in 1..=10 {
+        log.append(ev(i)).unwrap();
+    }
+    log.close().unwrap();
+    // At rest: both cursors claim records that never existed.
+    drivesec_audit::write_cursor(&fx.trail(), "forwarded", 1 << 62).unwrap();
+    drivesec_audit::write_cursor(&fx.trail(), "exported", u64::MAX).unwrap();
+    let log = fx.open(c);
+    let check = log.startup_check().clone();
+    assert_eq!(check.cursors.len(), 2, "{check:#?}");
+    assert!(!check.passed());
+    assert!(
+        check
+            .findings()
+            .iter()
+            .any(|f| f.contains("cursors/forwarded"))
+    );
+    let reset = drivesec_audit::read_cursor(&fx.trail(), "forwarded").unwrap();
+    assert!(reset < 100, "cursor not reset: {reset}");
+    assert!(drivesec_audit::read_cursor(&fx.trail(), "exported").unwrap() <= reset);
+    // The trail fills: nothing after the reset cursor may be dropped.
+    for i in 11..=400 {
+        let _ = log.append(ev(i));
+    }
+    log.close().unwrap();
+    let first = fx.records().first().unwrap().seq;
+    assert!(
+        first <= reset + 1,
+        "undelivered records were dropped: first left {first}, delivered up to {reset}"
+    );
+    assert_eq!(actions(&fx, "audit.cursor-reset").len(), 2);
+    // An unreadable cursor is reset to 0 and reported too.
+    std::fs::write(fx.trail().join("cursors/forwarded"), b"garbage").unwrap();
+    let log = fx.open(small_full(drivesec_audit::FullPolicy::DropForwarded));
+    assert_eq!(log.startup_check().cursors.len(), 1);
+    assert_eq!(
+        drivesec_audit::read_cursor(&fx.trail(), "forwarded").unwrap(),
+        0
+    );
+    log.close().unwrap();
+}
+
+#[test]
+fn many_long_stray_names_do_not_stop_the_trail_from_opening() {
+    let fx = Fx::new();
+    fx.fill(20);
+    // A damaged frame, so that start-up writes an integrity record...
+    let (p, off, len) = frame_of(&fx.trail(), 10);
+    let mut data = std::fs::read(&p).unwrap();
+    data[off + len / 2] ^= 0xff;
+    std::fs::write(&p, &data).unwrap();
+    // ...and 300 stray files with long names.
+    let seg_dir = fx.trail().join("segments");
+    for i in 0..300 {
+        std::fs::write(seg_dir.join(format!("{i:03}{}", "x".repeat(240))), b"").unwrap();
+    }
+    for _ in 0..2 {
+        let log = fx.open(cfg());
+        assert_eq!(log.startup_check().stray_files.len(), 300);
+        log.close().unwrap();
+    }
+    let rec = actions(&fx, drivesec_audit::verify::INTEGRITY_FAILED);
+    let d = &rec.first().unwrap().record.details;
+    assert_eq!(d["stray_count"], 300);
+    assert!(d["stray_files"].as_array().unwrap().len() <= 16);
+}
+
+#[test]
+fn a_torn_tail_on_a_full_trail_does_not_stop_the_trail_from_opening() {
+    let fx = Fx::new();
+    let c = small_full(drivesec_audit::FullPolicy::RefuseNonEssential);
+    let log = fx.open(c.clone());
+    let mut i = 0;
+    while log.append(ev(i)).is_ok() {
+        i += 1;
+    }
+    while log
+        .append(Event::new(Actor::Device, "device.start").essential())
+        .is_ok()
+    {}
+    log.close().unwrap();
+    // A crash mid-write: half a frame at the end of the last segment.
+    let (p, _, _, seq) = frames(&fx.trail()).pop().unwrap();
+    let mut torn = Vec::new();
+    frame::encode(seq + 1, &[0; 32], br#"{"x":1}"#, &mut torn);
+    let mut data = std::fs::read(&p).unwrap();
+    data.extend_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(&p, &data).unwrap();
+    let log = fx.open(c);
+    log.close().unwrap();
+    assert_eq!(actions(&fx, "audit.recovery.truncated").len(), 1);
 }

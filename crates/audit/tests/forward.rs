@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,10 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::idevid_signer;
 use drivesec_audit::forward::{CollectorTrust, ForwardConfig, Forwarder};
 use drivesec_audit::reader::{self, Query};
 use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Signer};
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig};
+use drivesec_keystore::KeyHandle;
 use drivesec_pki::{Ca, CaKind, CaOptions, IssueRequest, Profile, SubjectKey, read_cert_chain};
 use rustls_pki_types::CertificateRevocationListDer;
 use sha2::Digest;
@@ -142,12 +145,7 @@ impl Fixture {
     fn new() -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
-        let (_, store) = KeystoreConfig::create_soft(t, "ks", "secret").unwrap();
-        let handle = KeyHandle::new("idevid").unwrap();
-        let pk = store
-            .generate(&handle, KeyAlgorithm::EcdsaP256)
-            .unwrap()
-            .public_key;
+        let (Signer { store, handle }, pk) = idevid_signer(t);
         let mut mfg = Ca::init(
             &t.join("mfg"),
             &CaOptions::new(CaKind::Manufacturer, "Acme Drives"),

@@ -13,15 +13,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use common::{files_of, idevid_signer, param_write, write_trail};
 use drivesec_audit::frame::{self, Decoded};
 use drivesec_audit::reader::{self, Query};
 use drivesec_audit::verify::verify;
-use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Outcome, Signer};
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig, PublicKey};
+use drivesec_audit::{AuditConfig, AuditLog, Event, Outcome, Signer};
+use drivesec_keystore::PublicKey;
 use drivesec_testkit::{Hex, Rng, iters, mutation, no_panic};
 
 const INTERESTING: &[u8] = &[
@@ -70,51 +73,15 @@ fn cfg() -> AuditConfig {
     }
 }
 
-fn files_of(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
-fn write_trail(dir: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) {
-    let _ = std::fs::remove_dir_all(dir);
-    for (rel, bytes) in files {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, bytes).unwrap();
-    }
-}
-
 impl Fx {
     fn new() -> Fx {
         let tmp = tempfile::tempdir().unwrap();
-        let (_, store) = KeystoreConfig::create_soft(tmp.path(), "ks", "secret").unwrap();
-        let handle = KeyHandle::new("idevid").unwrap();
-        let key = store
-            .generate(&handle, KeyAlgorithm::EcdsaP256)
-            .unwrap()
-            .public_key;
-        let signer = Signer { store, handle };
+        let (signer, key) = idevid_signer(tmp.path());
         let dir = tmp.path().join("trail");
         let log = AuditLog::open(&dir, cfg(), signer.clone()).unwrap();
         let events: Vec<Event> = (1..=90u64)
             .map(|i| {
-                Event::new(Actor::User(format!("user{}", i % 3)), "param.write")
-                    .source("127.0.0.1:50000")
-                    .target(format!("param-{i}"))
+                param_write(i)
                     .outcome(if i % 7 == 0 {
                         Outcome::Denied
                     } else {

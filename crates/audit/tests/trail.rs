@@ -3,60 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drivesec_audit::frame::{self, Decoded};
+use common::{Fx, frame_of, frames, modify_record_fixing_checksum, small};
+use drivesec_audit::frame;
 use drivesec_audit::reader::{self, Query};
 use drivesec_audit::verify::{ProblemKind, Report, verify};
-use drivesec_audit::{
-    Actor, AuditConfig, AuditError, AuditLog, Event, FullPolicy, Outcome, Signer,
-};
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig, PublicKey};
-
-struct Fx {
-    tmp: tempfile::TempDir,
-    signer: Signer,
-    key: PublicKey,
-}
-
-impl Fx {
-    fn new() -> Fx {
-        let tmp = tempfile::tempdir().unwrap();
-        let (_, store) = KeystoreConfig::create_soft(tmp.path(), "ks", "secret").unwrap();
-        let handle = KeyHandle::new("idevid").unwrap();
-        let key = store
-            .generate(&handle, KeyAlgorithm::EcdsaP256)
-            .unwrap()
-            .public_key;
-        Fx {
-            tmp,
-            signer: Signer { store, handle },
-            key,
-        }
-    }
-
-    fn trail(&self) -> PathBuf {
-        self.tmp.path().join("audit")
-    }
-
-    fn open(&self, cfg: AuditConfig) -> AuditLog {
-        AuditLog::open(&self.trail(), cfg, self.signer.clone()).unwrap()
-    }
-
-    fn verify(&self) -> Report {
-        verify(&self.trail(), &self.key).unwrap()
-    }
-}
-
-fn small() -> AuditConfig {
-    AuditConfig {
-        segment_bytes: 8 * 1024,
-        checkpoint_every: 40,
-        ..AuditConfig::default()
-    }
-}
+use drivesec_audit::{Actor, AuditConfig, AuditError, AuditLog, Event, FullPolicy, Outcome};
 
 fn ev(i: u64) -> Event {
     Event::new(
@@ -83,30 +40,6 @@ fn fill(fx: &Fx, n: u64, cfg: AuditConfig) {
         assert_eq!(log.append(ev(i)).unwrap().seq, i);
     }
     log.close().unwrap();
-}
-
-/// (segment path, offset, length, seq) of every frame.
-fn frames(dir: &Path) -> Vec<(PathBuf, usize, usize, u64)> {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    let mut out = Vec::new();
-    for s in segs {
-        let data = std::fs::read(&s).unwrap();
-        let mut off = 0;
-        while let Decoded::Frame(f) = frame::decode(&data[off..]) {
-            out.push((s.clone(), off, f.len, f.seq));
-            off += f.len;
-        }
-    }
-    out
-}
-
-fn frame_of(dir: &Path, seq: u64) -> (PathBuf, usize, usize) {
-    let (p, o, l, _) = frames(dir).into_iter().find(|f| f.3 == seq).unwrap();
-    (p, o, l)
 }
 
 fn assert_bad(r: &Report, seq: u64, kind: ProblemKind) {
@@ -266,15 +199,7 @@ fn tamper_modified_byte_with_fixed_checksum_is_named() {
     fill(&fx, 300, small());
     let (p, off, len) = frame_of(&fx.trail(), 150);
     let mut data = std::fs::read(&p).unwrap();
-    let body = off + frame::HEADER;
-    let pos = body
-        + data[body..off + len]
-            .windows(5)
-            .position(|w| w == b"param")
-            .unwrap();
-    data[pos] = b'P';
-    let crc = crc32fast::hash(&data[off..off + len - 4]);
-    data[off + len - 4..off + len].copy_from_slice(&crc.to_le_bytes());
+    modify_record_fixing_checksum(&mut data, off, len);
     std::fs::write(&p, data).unwrap();
     assert_bad(&fx.verify(), 150, ProblemKind::BrokenLink);
 }

@@ -137,11 +137,25 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
                         continue;
                     }
                     println!(
-                        "{}: trail {} ({} records)",
+                        "{}: trail {} ({} records{})",
                         safe(&d.device),
-                        if d.trail_intact { "intact" } else { "BROKEN" },
-                        d.records
+                        if d.trail_intact {
+                            "intact"
+                        } else if d.error.is_none() && d.records == 0 {
+                            "NOT intact (EMPTY)"
+                        } else if d.nothing_signed {
+                            "NOT intact (UNSIGNED)"
+                        } else {
+                            "BROKEN"
+                        },
+                        d.records,
+                        d.signed_seq
+                            .map(|s| format!(", signed through record {s}"))
+                            .unwrap_or_default()
                     );
+                    for f in &d.trail_findings {
+                        println!("  trail: {}", safe(f));
+                    }
                     for a in &d.accounts {
                         println!(
                             "  {:<20} {:<15} {} login(s), last {}{}",
@@ -179,7 +193,14 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
                 );
             }
             if r.iter().any(|d| !d.trail_intact) {
-                bail!("an audit trail is broken");
+                bail!(
+                    "an audit trail is not intact (broken, or nothing in it is signed): {}",
+                    r.iter()
+                        .filter(|d| !d.trail_intact)
+                        .map(|d| safe(&d.device).to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             Ok(())
         }

@@ -233,6 +233,10 @@ pub enum ValidateCommand {
         /// The oldest the evidence may be, e.g. 90d, 12h, 30m, 2w.
         #[arg(long)]
         max_age: Option<String>,
+        /// Exit 0 for authentic evidence that records failed checks
+        /// (findings); without it, such evidence exits 2.
+        #[arg(long)]
+        accept_findings: bool,
     },
 }
 
@@ -484,6 +488,15 @@ pub struct DeviceArgs {
     /// certificate for revocation.
     #[arg(long, global = true)]
     pub insecure_no_crl: bool,
+    /// The device's serial number, exactly as its certificate's subject
+    /// serialNumber carries it. With --api, the LDevID must name exactly
+    /// it (a genuine LDevID of another device is refused); with --lab, the
+    /// lab's serial is the default. Required by `commission`: take it from
+    /// the label or delivery papers, never from the device's own answers (a
+    /// genuine IDevID of another device must not receive this one's
+    /// credential).
+    #[arg(long, global = true)]
+    pub serial: Option<String>,
     /// This tool's client certificate chain (PEM).
     #[arg(long, global = true)]
     pub cert: Option<PathBuf>,
@@ -509,18 +522,24 @@ pub enum DeviceCommand {
         /// Manufacturer root certificate (to check the IDevID).
         #[arg(long)]
         manufacturer_root: PathBuf,
+        /// The manufacturer's CRL(s) (PEM) the IDevID is checked against: a
+        /// reprovisioned device's old IDevID is revoked there (default:
+        /// `crl.pem` beside the --manufacturer-root file, as in a CA
+        /// directory; with --lab, the lab's).
+        #[arg(long)]
+        manufacturer_crl: Option<PathBuf>,
+        /// Risky: when no manufacturer CRL is found, go on without checking
+        /// the IDevID for revocation (a revoked IDevID, such as a
+        /// reprovisioned device's old one, would receive the factory
+        /// credential and the administrator's password).
+        #[arg(long)]
+        insecure_no_manufacturer_crl: bool,
         /// The OEM CA directory that signs the LDevID.
         #[arg(long)]
         oem_ca: PathBuf,
         /// File holding the one-time factory credential.
         #[arg(long)]
         credential_file: PathBuf,
-        /// The device's serial number, exactly as its IDevID's subject
-        /// serialNumber carries it (required: a genuine IDevID of another
-        /// device must not receive this one's credential). Take it from the
-        /// label or delivery papers, never from the device's own answers.
-        #[arg(long)]
-        serial: String,
         /// First security administrator's account name.
         #[arg(long)]
         admin: String,

@@ -35,8 +35,10 @@ struct Target {
     crl: Option<std::path::PathBuf>,
     /// Go on without a CRL (`--insecure-no-crl`).
     insecure_no_crl: bool,
-    /// The device's serial number, when known (a lab's).
+    /// The device's serial number, when known (`--serial`, or a lab's).
     serial: Option<String>,
+    /// The manufacturer's CRL file, for commissioning (None: none found).
+    manufacturer_crl: Option<std::path::PathBuf>,
     identity: ClientIdentity,
     user: Option<String>,
     password: Option<zeroize::Zeroizing<String>>,
@@ -83,7 +85,8 @@ fn target(a: &DeviceArgs) -> Result<Target> {
             ca: Some(m.oem_ca.clone()),
             crl: Some(a.crl.clone().unwrap_or_else(|| m.crl.clone())),
             insecure_no_crl: a.insecure_no_crl,
-            serial: Some(d.serial_number.clone()),
+            serial: Some(a.serial.clone().unwrap_or_else(|| d.serial_number.clone())),
+            manufacturer_crl: Some(m.manufacturer_crl.clone()),
             identity: ClientIdentity::from_files(&files.cert, &files.key)?,
             user: a
                 .user
@@ -118,7 +121,8 @@ fn target(a: &DeviceArgs) -> Result<Target> {
                 .filter(|p| p.is_file())
         }),
         insecure_no_crl: a.insecure_no_crl,
-        serial: None,
+        serial: a.serial.clone().filter(|s| !s.is_empty()),
+        manufacturer_crl: None,
         identity: ClientIdentity::from_files(cert, key)?,
         user: a.user.clone(),
         password: a.password_file.as_deref().map(read_secret).transpose()?,
@@ -191,9 +195,10 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
     let t = target(&a)?;
     if let DeviceCommand::Commission {
         manufacturer_root,
+        manufacturer_crl,
+        insecure_no_manufacturer_crl,
         oem_ca,
         credential_file,
-        serial,
         admin,
         admin_password_file,
     } = &a.command
@@ -202,6 +207,38 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
             .name
             .clone()
             .ok_or_else(|| anyhow!("give --name: the DNS name the device will carry"))?;
+        let serial = a.serial.clone().filter(|s| !s.is_empty()).ok_or_else(|| {
+            anyhow!(
+                "give --serial: the device's serial number as on its label or delivery \
+                 papers (its IDevID must carry exactly it; never taken from the device)"
+            )
+        })?;
+        // Given; with --lab, the lab's; else the manufacturer CA
+        // directory's own beside the root (`ca init` layout).
+        let mfg_crl = manufacturer_crl
+            .clone()
+            .or_else(|| t.manufacturer_crl.clone())
+            .or_else(|| {
+                manufacturer_root
+                    .parent()
+                    .map(|d| d.join("crl.pem"))
+                    .filter(|p| p.is_file())
+            });
+        let (manufacturer_revocation, warnings) = Revocation::manufacturer_configured(
+            mfg_crl.as_deref(),
+            *insecure_no_manufacturer_crl,
+            || {
+                "no manufacturer CRL to check the device's IDevID against (a reprovisioned \
+                 device's old IDevID is revoked there): give --manufacturer-crl (the \
+                 manufacturer CA's crl.pem; by default crl.pem beside the --manufacturer-root \
+                 file is used), or --insecure-no-manufacturer-crl to go on without"
+                    .into()
+            },
+        )?;
+        if let Revocation::Missing(why) = &manufacturer_revocation {
+            bail!("{why}");
+        }
+        crate::fleet::warn(&warnings);
         let mut ca = drivesec_pki::Ca::open(oem_ca)?;
         let credential = read_secret(credential_file)?;
         let pw = read_secret(admin_password_file)?;
@@ -211,7 +248,8 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
                 addr: t.addr,
                 identity: &t.identity,
                 manufacturer_roots: drivesec_pki::read_cert_chain(manufacturer_root)?,
-                serial: serial.clone(),
+                manufacturer_revocation,
+                serial,
                 factory_credential: &credential,
                 device_name: &name,
                 ip_addresses: vec![t.addr.ip()],

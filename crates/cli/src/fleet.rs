@@ -61,7 +61,7 @@ pub(crate) fn warn(warnings: &[String]) {
 }
 
 /// The error for devices a fleet command could not work on, if any.
-fn failed_devices(what: &str, failed: &[String]) -> Result<()> {
+pub(crate) fn failed_devices(what: &str, failed: &[String]) -> Result<()> {
     if failed.is_empty() {
         return Ok(());
     }
@@ -122,7 +122,7 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                         remaining,
                         resumed,
                     } => {
-                        b.set_position((targets.len() - remaining) as u64);
+                        b.set_position(done_before(targets.len(), *remaining));
                         b.println(format!(
                             "{} campaign {}: release {}, {remaining} device(s) to go",
                             if *resumed { "resuming" } else { "starting" },
@@ -200,9 +200,14 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             } else {
                 for d in &seen {
                     let note = if d.tampered {
-                        "TAMPERED: keys destroyed, flagged for re-provisioning".to_string()
+                        "TAMPERED (claimed, unauthenticated: it presents only its tamper marker): \
+                         keys destroyed, flagged for re-provisioning"
+                            .to_string()
                     } else if let Some(e) = &d.error {
-                        format!("FAILED {}", safe(e))
+                        match &d.tamper_claim {
+                            Some(c) => format!("FAILED {}; tamper {}", safe(e), safe(c)),
+                            None => format!("FAILED {}", safe(e)),
+                        }
                     } else if !d.reachable {
                         "unreachable".to_string()
                     } else {
@@ -404,4 +409,25 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
 
 fn state_name(s: drivesec_fleet::DeviceState) -> &'static str {
     s.as_str()
+}
+
+/// Where a (resumed) campaign's progress bar starts: the `targets` to work
+/// on less the `remaining` ones the store still holds unfinished, which can
+/// be more than the targets (devices that left the inventory since).
+fn done_before(targets: usize, remaining: usize) -> u64 {
+    targets.saturating_sub(remaining) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_survives_more_remaining_than_targets() {
+        assert_eq!(done_before(4, 1), 3);
+        assert_eq!(done_before(4, 4), 0);
+        // The store still holds 5 unfinished devices, 2 of them no longer
+        // in the inventory: no underflow (a panic in debug builds).
+        assert_eq!(done_before(3, 5), 0);
+    }
 }

@@ -86,6 +86,10 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             live_inventory,
         } => {
             let l = load_checked(&model, json)?;
+            // Refused before any device is contacted (docs/validation.md).
+            if let Some(dir) = &out {
+                crate::commands::check_output_dir(dir, "plan assess")?;
+            }
             let mut a = assess::assess(&l.model);
             let reach = match (live, live_inventory) {
                 (Some(lab), _) => {
@@ -102,15 +106,44 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
                 )?),
                 (None, None) => None,
             };
-            if let Some(reach) = reach {
-                let postures = drivesec_oem::posture::fetch(&reach)?;
-                assess::attach_live(&mut a, &l.model, &postures);
-            }
+            // Devices that could not be assessed live (None: not --live).
+            let live_failed = match reach {
+                Some(reach) => {
+                    if let drivesec_oem::client::Revocation::Missing(why) = &reach.revocation {
+                        bail!("{why}");
+                    }
+                    crate::fleet::warn(&reach.warnings);
+                    let postures = drivesec_oem::posture::fetch(&reach)?;
+                    assess::attach_live(&mut a, &l.model, &postures);
+                    if !json {
+                        for f in &postures.failed {
+                            eprintln!(
+                                "{}: FAILED {} (no live SL-A)",
+                                safe(&f.device),
+                                safe(&f.error)
+                            );
+                        }
+                    }
+                    Some(postures.failed)
+                }
+                None => None,
+            };
+            // The assessment as JSON, with `live_failed` when --live.
+            let doc = {
+                let mut v = serde_json::to_value(&a)?;
+                if let (Some(f), Some(o)) = (&live_failed, v.as_object_mut()) {
+                    o.insert("live_failed".into(), serde_json::to_value(f)?);
+                }
+                v
+            };
             match out {
                 Some(dir) => {
                     crate::commands::output_dir(&dir, "plan assess")?;
                     let files = [
-                        ("assessment.json", serde_json::to_string_pretty(&a)? + "\n"),
+                        (
+                            "assessment.json",
+                            serde_json::to_string_pretty(&doc)? + "\n",
+                        ),
                         ("assessment.md", report::markdown(&a)),
                         ("assessment.html", report::html(&l.model, &a)),
                     ];
@@ -118,23 +151,29 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
                         fsu::write_atomic(&dir.join(name), text.as_bytes(), Mode::Public)?;
                     }
                     if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&serde_json::json!({
-                                "json": dir.join("assessment.json"), "markdown": dir.join("assessment.md"),
-                                "html": dir.join("assessment.html"), "approvals": a.approvals.len(),
-                            }))?
-                        );
+                        let mut summary = serde_json::json!({
+                            "json": dir.join("assessment.json"), "markdown": dir.join("assessment.md"),
+                            "html": dir.join("assessment.html"), "approvals": a.approvals.len(),
+                        });
+                        if let (Some(f), Some(o)) = (&live_failed, summary.as_object_mut()) {
+                            o.insert("live_failed".into(), serde_json::to_value(f)?);
+                        }
+                        println!("{}", serde_json::to_string_pretty(&summary)?);
                     } else {
                         for (name, _) in &files {
                             println!("{}", safe(&dir.join(name).display().to_string()));
                         }
                     }
                 }
-                None if json => println!("{}", serde_json::to_string_pretty(&a)?),
+                None if json => println!("{}", serde_json::to_string_pretty(&doc)?),
                 None => print_document(&report::markdown(&a)),
             }
-            Ok(())
+            let failed: Vec<String> = live_failed
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| f.device)
+                .collect();
+            crate::fleet::failed_devices("assessed live", &failed)
         }
         PlanCommand::Profile { model, zone, out } => {
             let l = load_checked(&model, json)?;

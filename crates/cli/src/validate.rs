@@ -65,6 +65,7 @@ fn verify_evidence(c: &ValidateCommand, json: bool) -> Result<()> {
         plan,
         inventory,
         max_age,
+        accept_findings,
     } = c;
     // Bad arguments first: nothing is read before they are all usable.
     let max_age = max_age
@@ -96,6 +97,7 @@ fn verify_evidence(c: &ValidateCommand, json: bool) -> Result<()> {
     }
     let mismatches =
         drivesec_oem::evidence::mismatches(&doc, &expect, time::OffsetDateTime::now_utc());
+    let failed = failed_checks(&doc);
     let checked: Vec<&str> = [
         plan.as_ref().map(|_| "plan"),
         inventory.as_ref().map(|_| "inventory"),
@@ -109,7 +111,7 @@ fn verify_evidence(c: &ValidateCommand, json: bool) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "signature": "valid", "checked": checked, "mismatches": mismatches,
-                "summary": doc["summary"],
+                "failed_checks": failed, "summary": doc["summary"],
             }))?
         );
     } else {
@@ -135,7 +137,37 @@ fn verify_evidence(c: &ValidateCommand, json: bool) -> Result<()> {
             checked.join(", ")
         );
     }
+    if failed > 0 {
+        let msg = format!(
+            "{}: the evidence is authentic, and it records {failed} failed check(s)",
+            file.display()
+        );
+        if !accept_findings {
+            bail!("{msg}: the validation it records did not pass (--accept-findings to exit 0)");
+        }
+        eprintln!("warning: {} (accepted: --accept-findings)", safe(&msg));
+    }
     Ok(())
+}
+
+/// The failed checks a verified evidence document records: its checks
+/// with verdict `fail`, and at least its summary's `failures` (at least
+/// one when the summary says it did not pass), so neither part alone can
+/// hide a finding.
+fn failed_checks(doc: &serde_json::Value) -> u64 {
+    let listed = doc["devices"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .flat_map(|d| d["checks"].as_array().into_iter().flatten())
+                .filter(|c| c["verdict"] != "pass" && c["verdict"] != "skipped")
+                .count() as u64
+        })
+        .unwrap_or(0);
+    let summary = &doc["summary"];
+    let counted = summary["failures"].as_u64().unwrap_or(0);
+    let not_passed = u64::from(summary["passed"] != true);
+    listed.max(counted).max(not_passed)
 }
 
 /// Runs `validate`.
@@ -367,11 +399,17 @@ pub fn evidence(c: EvidenceCommand, json: bool) -> Result<()> {
                 }
             };
             let mut assessment = drivesec_iec62443::assess::assess(model);
-            drivesec_iec62443::assess::attach_live(
-                &mut assessment,
-                model,
-                &drivesec_oem::posture::fetch(&reach)?,
-            );
+            // A device that fails here has no live SL-A in the bundle; its
+            // validation and review record why.
+            let postures = drivesec_oem::posture::fetch(&reach)?;
+            for f in &postures.failed {
+                eprintln!(
+                    "{}: FAILED {} (no live SL-A)",
+                    safe(&f.device),
+                    safe(&f.error)
+                );
+            }
+            drivesec_iec62443::assess::attach_live(&mut assessment, model, &postures);
             let (ctx, targets) = drivesec_oem::validate::prepare(model, &inv)?;
             let results = drivesec_oem::validate::validate_all(&ctx, &targets, 8);
             let plan_sha = hex::encode(Sha256::digest(text.as_bytes()));

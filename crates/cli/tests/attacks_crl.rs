@@ -85,6 +85,11 @@ fn commission_as_owner(
             addr: lab.addr(),
             identity: tool,
             manufacturer_roots: drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap(),
+            manufacturer_revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+                &lab.m.manufacturer_crl,
+            )
+            .unwrap()
+            .0,
             serial: lab.m.devices[0].serial_number.clone(),
             factory_credential: cred,
             device_name: "drive-1.lab",

@@ -9,129 +9,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use common::{TestLab, config, s, test_lab};
+use common::{Collector, TestLab, config, test_lab, wait_until};
 use drivesec_oem::client::DeviceClient;
 use drivesec_pki::Ca;
 use serde_json::{Value, json};
 
-/// A real rsyslog collector with a server certificate from the lab's OEM
-/// CA whose serial the test knows (to revoke it).
-struct Collector {
-    port: u16,
-    rx: PathBuf,
-    serial: String,
-    _dir: tempfile::TempDir,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rsyslog-receiver")
-}
-
 impl Collector {
-    fn start(lab: &TestLab) -> Collector {
-        let t = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
-        let issued = Ca::open(&lab.m.oem_ca_dir)
-            .unwrap()
-            .issue(&drivesec_pki::IssueRequest {
-                profile: drivesec_pki::Profile::Server {
-                    dns_names: vec!["collector.lab".into()],
-                    ip_addresses: vec!["127.0.0.1".parse().unwrap()],
-                    days: 30,
-                },
-                key: drivesec_pki::SubjectKey::CsrPem {
-                    source: "collector".into(),
-                    pem: csr,
-                },
-            })
-            .unwrap();
-        std::fs::write(t.path().join("c.crt"), &issued.chain_pem).unwrap();
-        std::fs::write(t.path().join("c.key"), key.serialize_pem()).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let rx = t.path().join("rx");
-        std::fs::create_dir_all(&rx).unwrap();
-        let c = Collector {
-            port,
-            rx,
-            serial: issued.serial,
-            _dir: t,
-        };
-        c.run_rsyslog(lab);
-        c
-    }
-
-    fn run_rsyslog(&self, lab: &TestLab) {
-        let t = self._dir.path();
-        let o = std::process::Command::new(script())
-            .args([
-                "start",
-                "--dir",
-                s(&self.rx),
-                "--port",
-                &self.port.to_string(),
-            ])
-            .args(["--ca", s(&lab.m.oem_ca_dir.join("chain.pem"))])
-            .args(["--cert", s(&t.join("c.crt"))])
-            .args(["--key", s(&t.join("c.key"))])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "rsyslog: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-
-    /// Stops rsyslog and starts it again on the same port: the device's
-    /// forwarder must make a new connection (a new handshake).
-    fn restart(&self, lab: &TestLab) {
-        let _ = std::process::Command::new(script())
-            .args(["stop", "--dir", s(&self.rx)])
-            .output();
-        self.run_rsyslog(lab);
-    }
-
-    fn settings(&self, lab: &TestLab) -> Value {
-        json!({"collector": format!("127.0.0.1:{}", self.port), "server_name": "127.0.0.1",
-            "ca_pem": std::fs::read_to_string(&lab.m.oem_ca).unwrap()})
-    }
-
-    /// Every message received, one per line.
-    fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.rx.join("received.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
     /// The `seq` of every message received, in arrival order.
     fn seqs(&self) -> Vec<u64> {
         self.lines()
             .iter()
             .filter_map(|l| param(l, "seq"))
             .collect()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(script())
-            .args(["stop", "--dir", s(&self.rx)])
-            .output();
     }
 }
 
@@ -145,17 +34,16 @@ fn param(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `GET /api/v1/audit/forwarding`'s `status`.
 fn status(admin: &DeviceClient) -> Value {
     admin.ok("GET", "/api/v1/audit/forwarding", None).unwrap()["status"].clone()
+}
+
+/// Points the device's forwarding at `c`, as `admin`.
+fn forward_to(admin: &DeviceClient, lab: &TestLab, c: &Collector) {
+    admin
+        .ok("PUT", "/api/v1/audit/forwarding", Some(&c.forwarding(lab)))
+        .unwrap();
 }
 
 /// A fresh test record, handed to the forwarder now: its sequence number.
@@ -185,22 +73,12 @@ fn a_revoked_collector_receives_nothing() {
     let revoked = Collector::start(&lab);
     revoke_and_install(&lab, &revoked.serial);
     let admin = lab.admin();
-    admin
-        .ok(
-            "PUT",
-            "/api/v1/audit/forwarding",
-            Some(&revoked.settings(&lab)),
-        )
-        .unwrap();
+    forward_to(&admin, &lab, &revoked);
     let seq = test_record(&admin);
-    wait_for(
-        "the record delivered or two refused attempts",
-        Duration::from_secs(30),
-        || {
-            let st = status(&admin);
-            st["forwarded"].as_u64().unwrap() >= seq || st["failures"].as_u64().unwrap() >= 2
-        },
-    );
+    wait_until("the record delivered or two refused attempts", || {
+        let st = status(&admin);
+        st["forwarded"].as_u64().unwrap() >= seq || st["failures"].as_u64().unwrap() >= 2
+    });
     let st = status(&admin);
     assert!(
         revoked.lines().is_empty(),
@@ -225,19 +103,11 @@ fn a_revoked_collector_receives_nothing() {
 
     // A good collector: everything arrives, from record 1, once, in order.
     let good = Collector::start(&lab);
-    admin
-        .ok(
-            "PUT",
-            "/api/v1/audit/forwarding",
-            Some(&good.settings(&lab)),
-        )
-        .unwrap();
+    forward_to(&admin, &lab, &good);
     let seq = test_record(&admin);
-    wait_for(
-        "delivery to the good collector",
-        Duration::from_secs(30),
-        || good.seqs().last().is_some_and(|l| *l >= seq),
-    );
+    wait_until("delivery to the good collector", || {
+        good.seqs().last().is_some_and(|l| *l >= seq)
+    });
     let got = good.seqs();
     assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>());
     let st = status(&admin);
@@ -249,17 +119,13 @@ fn a_revoked_collector_receives_nothing() {
     // (Adopting the CRL closed the API's open connections.)
     let admin = lab.admin();
     let later = test_record(&admin);
-    wait_for(
-        "the forwarder to refuse the collector",
-        Duration::from_secs(30),
-        || {
-            let st = status(&admin);
-            st["collector_refused"]
-                .as_str()
-                .is_some_and(|w| w.contains("revoked"))
-                || st["forwarded"].as_u64().unwrap() >= later
-        },
-    );
+    wait_until("the forwarder to refuse the collector", || {
+        let st = status(&admin);
+        st["collector_refused"]
+            .as_str()
+            .is_some_and(|w| w.contains("revoked"))
+            || st["forwarded"].as_u64().unwrap() >= later
+    });
     assert!(
         !good.seqs().contains(&later),
         "a record reached the collector after its certificate was revoked"
@@ -289,19 +155,23 @@ fn messages_carry_the_enterprise_number_and_the_checkpoint() {
         "the lab's device signed no checkpoint yet"
     );
     let admin = lab.admin();
-    admin
-        .ok("PUT", "/api/v1/audit/forwarding", Some(&c.settings(&lab)))
-        .unwrap();
+    forward_to(&admin, &lab, &c);
     let seq = test_record(&admin);
-    wait_for("delivery", Duration::from_secs(30), || {
-        c.seqs().contains(&seq)
-    });
+    wait_until("delivery", || c.seqs().contains(&seq));
     for l in c.lines() {
         assert!(l.contains(" [drivesec@50316 seq=\""), "{l}");
         assert!(!l.contains("32473"), "{l}");
         assert!(param(&l, "checkpoint").is_some(), "{l}");
     }
 
+    // The settings pointing at `c`, with `field` set to `v`, put by the admin.
+    let put_with = |field: &str, v: &Value| {
+        let mut body = c.forwarding(&lab);
+        body[field] = v.clone();
+        admin
+            .call("PUT", "/api/v1/audit/forwarding", Some(&body))
+            .unwrap()
+    };
     // Zero is refused by the check (400), what is not an unsigned 32-bit
     // integer by the body's parser (422, bad-json).
     for (bad, status) in [
@@ -311,11 +181,7 @@ fn messages_carry_the_enterprise_number_and_the_checkpoint() {
         (json!("50316"), 422),
         (json!(4294967296u64), 422),
     ] {
-        let mut body = c.settings(&lab);
-        body["enterprise_number"] = bad.clone();
-        let r = admin
-            .call("PUT", "/api/v1/audit/forwarding", Some(&body))
-            .unwrap();
+        let r = put_with("enterprise_number", &bad);
         assert_eq!(r.status, status, "{bad}: {}", r.body);
         if status == 400 {
             let m = r.body["message"].as_str().unwrap();
@@ -326,14 +192,10 @@ fn messages_carry_the_enterprise_number_and_the_checkpoint() {
     assert!(got["settings"].get("enterprise_number").is_none(), "{got}");
     // The message size limit is checked the same way.
     for (bad, status) in [(json!(2047), 400), (json!(262145), 400), (json!(-5), 422)] {
-        let mut body = c.settings(&lab);
-        body["max_message_bytes"] = bad.clone();
-        let r = admin
-            .call("PUT", "/api/v1/audit/forwarding", Some(&body))
-            .unwrap();
+        let r = put_with("max_message_bytes", &bad);
         assert_eq!(r.status, status, "{bad}: {}", r.body);
     }
-    let mut body = c.settings(&lab);
+    let mut body = c.forwarding(&lab);
     body["enterprise_number"] = json!(99999);
     body["max_message_bytes"] = json!(4096);
     admin
@@ -343,9 +205,7 @@ fn messages_carry_the_enterprise_number_and_the_checkpoint() {
     assert_eq!(got["settings"]["enterprise_number"], 99999, "{got}");
     assert_eq!(got["settings"]["max_message_bytes"], 4096, "{got}");
     let seq = test_record(&admin);
-    wait_for("delivery", Duration::from_secs(30), || {
-        c.seqs().contains(&seq)
-    });
+    wait_until("delivery", || c.seqs().contains(&seq));
     let last = c.lines().last().cloned().unwrap();
     assert!(last.contains(" [drivesec@99999 seq=\""), "{last}");
 
@@ -371,25 +231,11 @@ fn forwarding_follows_an_ldevid_renewal() {
     let lab = test_lab(Some(config()));
     let c = Collector::start(&lab);
     let admin = lab.admin();
-    admin
-        .ok("PUT", "/api/v1/audit/forwarding", Some(&c.settings(&lab)))
-        .unwrap();
+    forward_to(&admin, &lab, &c);
     let seq = test_record(&admin);
-    wait_for("delivery before", Duration::from_secs(30), || {
-        c.seqs().contains(&seq)
-    });
+    wait_until("delivery before", || c.seqs().contains(&seq));
     drop(admin);
-    let (code, out, err) = common::drivesec(&[
-        "--json",
-        "fleet",
-        "renew",
-        "--lab",
-        s(&lab.dir),
-        "--margin-days",
-        "1000",
-        "--days",
-        "365",
-    ]);
+    let (code, out, err) = common::renew_every_ldevid(&lab);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("\"renewed\": true") || out.contains("\"renewed\":true"),
@@ -399,11 +245,7 @@ fn forwarding_follows_an_ldevid_renewal() {
     c.restart(&lab);
     let admin = lab.admin();
     let seq = test_record(&admin);
-    wait_for(
-        "delivery after the renewal",
-        Duration::from_secs(30),
-        || c.seqs().contains(&seq),
-    );
+    wait_until("delivery after the renewal", || c.seqs().contains(&seq));
     let st = status(&admin);
     assert!(
         st["last_error"].is_null() || st["connected"] == true,

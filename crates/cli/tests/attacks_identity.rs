@@ -18,8 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{config, drivesec, s, test_lab};
+use common::{
+    commission_args, config, drivesec, fleet_scan, s, sa_cert_args, store_url, test_lab,
+    write_inventory,
+};
 use drivesec_oem::lab::{LabManifest, LabOptions};
+use drivesec_pki::Profile;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
@@ -78,6 +82,17 @@ impl Fake {
 
     fn received(&self) -> Vec<u8> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// What it received, asserted to be nothing.
+    fn assert_received_nothing(&self) -> Vec<u8> {
+        let got = self.received();
+        assert!(
+            got.is_empty(),
+            "the impostor got: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got
     }
 }
 
@@ -171,25 +186,9 @@ fn silent_device() -> SocketAddr {
 /// chain (leaf, issuing CA), key and serial.
 fn issue(
     ca_dir: &Path,
-    profile: drivesec_pki::Profile,
+    profile: Profile,
 ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let issued = drivesec_pki::Ca::open(ca_dir)
-        .unwrap()
-        .issue(&drivesec_pki::IssueRequest {
-            profile,
-            key: drivesec_pki::SubjectKey::CsrPem {
-                source: "test".into(),
-                pem: csr,
-            },
-        })
-        .unwrap();
+    let (issued, key) = common::issue_over_csr(ca_dir, profile, "test");
     let chain =
         drivesec_pki::read_certs_pem(Path::new("chain"), issued.chain_pem.as_bytes()).unwrap();
     (
@@ -199,15 +198,44 @@ fn issue(
     )
 }
 
-/// A fresh CSR (PEM), as a device answers `commission/begin`.
-fn csr_pem() -> String {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap()
+/// An LDevID for the device `serial` named `device_name` (no IP address,
+/// a year).
+fn ldevid(serial: &str, device_name: &str) -> Profile {
+    Profile::LdevId {
+        serial_number: serial.into(),
+        device_name: device_name.into(),
+        ip_addresses: vec![],
+        days: 365,
+    }
+}
+
+/// An IDevID of the simulated drive model for the device `serial`.
+fn idevid(serial: &str) -> Profile {
+    Profile::IdevId {
+        serial_number: serial.into(),
+        model: "iC7-Sim".into(),
+    }
+}
+
+/// A lab's PKI and clients (no devices running) in a new temporary
+/// directory, and a stand-in device's certificate of `profile` over a new
+/// key: from the lab's manufacturer CA for an IDevID, its OEM CA otherwise.
+fn pki_lab_and_device(
+    profile: Profile,
+) -> (
+    tempfile::TempDir,
+    LabManifest,
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+) {
+    let t = tempfile::tempdir().unwrap();
+    let m = drivesec_oem::lab::up(&LabOptions::new(t.path().join("lab")), &mut |_| {}).unwrap();
+    let ca = match profile {
+        Profile::IdevId { .. } => &m.manufacturer_ca_dir,
+        _ => &m.oem_ca_dir,
+    };
+    let (chain, key, _) = issue(ca, profile);
+    (t, m, chain, key)
 }
 
 /// A copy of the lab's manifest in a new directory with the first device's
@@ -248,8 +276,27 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-fn store_url(dir: &Path) -> String {
-    format!("sqlite:{}", dir.join("fleet.db").display())
+/// A fake device serving `chain` and `key` that answers like a logged-in
+/// device, and a copy of the lab (in `dir`) whose first device is the fake.
+fn impostor(
+    lab: &common::TestLab,
+    dir: &Path,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> (Fake, PathBuf) {
+    let fake = Fake::start(chain, key, answers_everything());
+    let fake_lab = lab_pointing_at(&lab.m, dir, fake.addr);
+    (fake, fake_lab)
+}
+
+/// `drivesec device --lab LAB users list`.
+fn users_list(lab: &Path) -> (i32, String, String) {
+    drivesec(&["device", "--lab", s(lab), "users", "list"])
+}
+
+/// `drivesec fleet scan` of the lab in `lab` into a store in `dir`.
+fn scan_lab(dir: &Path, lab: &Path) -> (i32, String, String) {
+    fleet_scan(false, &store_url(dir), &["--lab", s(lab)])
 }
 
 /// The revoked impostor: a fake device serving a certificate the lab's OEM
@@ -264,7 +311,7 @@ fn a_revoked_impostor_device_gets_no_password() {
     let lab = test_lab(Some(config()));
     let t = tempfile::tempdir().unwrap();
     let name = lab.m.devices[0].device_name.clone().unwrap();
-    let server = |dns: &str| drivesec_pki::Profile::Server {
+    let server = |dns: &str| Profile::Server {
         dns_names: vec![dns.to_string()],
         ip_addresses: vec!["127.0.0.1".parse().unwrap()],
         days: 365,
@@ -274,17 +321,9 @@ fn a_revoked_impostor_device_gets_no_password() {
         .unwrap()
         .revoke(&serial, "key-compromise")
         .unwrap();
-    let fake = Fake::start(chain, key, answers_everything());
-    let fake_lab = lab_pointing_at(&lab.m, &t.path().join("fake-lab"), fake.addr);
+    let (fake, fake_lab) = impostor(&lab, &t.path().join("fake-lab"), chain, key);
 
-    let (code, out, err) = drivesec(&[
-        "fleet",
-        "scan",
-        "--store",
-        &store_url(t.path()),
-        "--lab",
-        s(&fake_lab),
-    ]);
+    let (code, out, err) = scan_lab(t.path(), &fake_lab);
     assert_eq!(code, 2, "the revoked impostor was scanned: {out}");
     assert!(
         out.contains("FAILED") && out.contains("revokes") && out.contains(&serial),
@@ -293,16 +332,11 @@ fn a_revoked_impostor_device_gets_no_password() {
     assert!(err.contains("could not be scanned: drive-001"), "{err}");
     assert!(!out.contains("more days"), "{out}");
 
-    let (code, out, err) = drivesec(&["device", "--lab", s(&fake_lab), "users", "list"]);
+    let (code, out, err) = users_list(&fake_lab);
     assert_eq!(code, 2, "{out}");
     assert!(err.contains("revokes") && err.contains(&name), "{err}");
 
-    let got = fake.received();
-    assert!(
-        got.is_empty(),
-        "the impostor got: {}",
-        String::from_utf8_lossy(&got)
-    );
+    let got = fake.assert_received_nothing();
     for secret in [
         &lab.m.users["security-admin"].password,
         &lab.m.admin.as_ref().unwrap().password,
@@ -311,39 +345,22 @@ fn a_revoked_impostor_device_gets_no_password() {
     }
 
     // The genuine device passes the same checks (its LDevID, the lab CRL, its serial).
-    let (code, out, err) = drivesec(&[
-        "fleet",
-        "scan",
-        "--store",
-        &store_url(t.path()),
-        "--lab",
-        s(&lab.dir),
-    ]);
+    let (code, out, err) = scan_lab(t.path(), &lab.dir);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("more days"), "{out}");
 
     // Not revoked, but a server certificate: not the device either.
     let (chain, key, _) = issue(&lab.m.oem_ca_dir, server(&name));
-    let fake = Fake::start(chain, key, answers_everything());
-    let fake_lab = lab_pointing_at(&lab.m, &t.path().join("fake-lab-2"), fake.addr);
-    let (code, out, err) = drivesec(&["device", "--lab", s(&fake_lab), "users", "list"]);
+    let (fake, fake_lab) = impostor(&lab, &t.path().join("fake-lab-2"), chain, key);
+    let (code, out, err) = users_list(&fake_lab);
     assert_eq!(code, 2, "{out}");
     assert!(err.contains("server-profile certificate"), "{err}");
     assert!(fake.received().is_empty());
 
     // A genuine LDevID for the name, but of another serial.
-    let (chain, key, _) = issue(
-        &lab.m.oem_ca_dir,
-        drivesec_pki::Profile::LdevId {
-            serial_number: "SN-OTHER".into(),
-            device_name: name.clone(),
-            ip_addresses: vec![],
-            days: 365,
-        },
-    );
-    let fake = Fake::start(chain, key, answers_everything());
-    let fake_lab = lab_pointing_at(&lab.m, &t.path().join("fake-lab-3"), fake.addr);
-    let (code, out, err) = drivesec(&["device", "--lab", s(&fake_lab), "users", "list"]);
+    let (chain, key, _) = issue(&lab.m.oem_ca_dir, ldevid("SN-OTHER", &name));
+    let (fake, fake_lab) = impostor(&lab, &t.path().join("fake-lab-3"), chain, key);
+    let (code, out, err) = users_list(&fake_lab);
     assert_eq!(code, 2, "{out}");
     assert!(
         err.contains("serial SN-OTHER")
@@ -375,58 +392,47 @@ fn a_revoked_ldevid_and_its_attestations_are_refused() {
         drivesec_oem::client::Revocation::Crls(c) => c,
         other => panic!("{other:?}"),
     };
-    drivesec_oem::attest::verify_attestation(
-        &resp,
-        nonce,
-        &roots,
-        &crls(&lab.m.crl),
-        name.as_deref(),
-        None,
-    )
-    .unwrap();
+    // The attestation checked against the owner's CRL as it is now.
+    let verify = || {
+        drivesec_oem::attest::verify_attestation(
+            &resp,
+            nonce,
+            &roots,
+            &crls(&lab.m.crl),
+            name.as_deref(),
+            None,
+        )
+    };
+    verify().unwrap();
 
     drivesec_pki::Ca::open(&lab.m.oem_ca_dir)
         .unwrap()
         .revoke(&serial, "key-compromise")
         .unwrap();
-    let e = drivesec_oem::attest::verify_attestation(
-        &resp,
-        nonce,
-        &roots,
-        &crls(&lab.m.crl),
-        name.as_deref(),
-        None,
-    )
-    .unwrap_err();
+    let e = verify().unwrap_err();
     assert!(e.to_string().contains("revokes"), "{e}");
 
     let t = tempfile::tempdir().unwrap();
-    let (code, out, _) = drivesec(&[
-        "fleet",
-        "scan",
-        "--store",
-        &store_url(t.path()),
-        "--lab",
-        s(&lab.dir),
-    ]);
+    let (code, out, _) = scan_lab(t.path(), &lab.dir);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("revokes") && out.contains(&serial), "{out}");
 }
 
-/// A lab's PKI and clients (no devices running), and the security
-/// administrator's certificate arguments for `drivesec device`.
-fn pki_lab(dir: &Path) -> LabManifest {
-    drivesec_oem::lab::up(&LabOptions::new(dir.to_path_buf()), &mut |_| {}).unwrap()
-}
-
-fn sa_args(m: &LabManifest) -> [String; 4] {
-    let sa = &m.clients["security-admin"];
-    [
-        "--cert".into(),
-        s(&sa.cert).into(),
-        "--key".into(),
-        s(&sa.key).into(),
-    ]
+/// `drivesec device --api API --name NAME OPTIONS ARGS` with the lab's
+/// security administrator's certificate: (code, stdout, stderr).
+fn device_at(
+    m: &LabManifest,
+    api: SocketAddr,
+    name: &str,
+    options: &[&str],
+    args: &[&str],
+) -> (i32, String, String) {
+    let api = api.to_string();
+    let mut all: Vec<&str> = vec!["device", "--api", &api, "--name", name];
+    all.extend_from_slice(options);
+    all.extend(sa_cert_args(m));
+    all.extend_from_slice(args);
+    drivesec(&all)
 }
 
 /// `device commission` of the device at `api` as `serial`: (code, stdout, stderr).
@@ -435,26 +441,9 @@ fn commission(m: &LabManifest, dir: &Path, api: SocketAddr, serial: &str) -> (i3
     std::fs::write(&cred, "Factory-Credential-123456\n").unwrap();
     let pw = dir.join("admin.pw");
     std::fs::write(&pw, "Setup-Passw0rd-Sec-1\n").unwrap();
-    let api = api.to_string();
-    let sa = sa_args(m);
-    let mut args: Vec<&str> = vec!["device", "--api", &api, "--name", "press-1.plant.example"];
-    args.extend(sa.iter().map(String::as_str));
-    args.extend([
-        "commission",
-        "--manufacturer-root",
-        s(&m.manufacturer_ca),
-        "--oem-ca",
-        s(&m.oem_ca_dir),
-        "--credential-file",
-        s(&cred),
-        "--serial",
-        serial,
-        "--admin",
-        "admin",
-        "--admin-password-file",
-        s(&pw),
-    ]);
-    drivesec(&args)
+    let mut args = commission_args(m, &cred, &pw);
+    args.extend(["--serial", serial]);
+    device_at(m, api, "press-1.plant.example", &[], &args)
 }
 
 /// A factory-state fake whose `/info` claims `claims` and whose
@@ -464,7 +453,7 @@ fn factory_answers(claims: &'static str, complete: (u16, Value)) -> Arc<Handler>
         if head.starts_with("GET /api/v1/info") {
             Answer::Json(200, json!({"state": "factory", "serial_number": claims}))
         } else if head.starts_with("POST /api/v1/commission/begin") {
-            Answer::Json(200, json!({ "csr_pem": csr_pem() }))
+            Answer::Json(200, json!({ "csr_pem": common::key_and_csr().1 }))
         } else if head.starts_with("POST /api/v1/commission/complete") {
             Answer::Json(complete.0, complete.1.clone())
         } else {
@@ -480,15 +469,7 @@ fn factory_answers(claims: &'static str, complete: (u16, Value)) -> Arc<Handler>
 /// administrator password), and the OEM CA issues nothing.
 #[test]
 fn a_factory_impostor_with_a_relabelled_serial_gets_nothing() {
-    let t = tempfile::tempdir().unwrap();
-    let m = pki_lab(&t.path().join("lab"));
-    let (chain, key, _) = issue(
-        &m.manufacturer_ca_dir,
-        drivesec_pki::Profile::IdevId {
-            serial_number: "SN-10".into(),
-            model: "iC7-Sim".into(),
-        },
-    );
+    let (t, m, chain, key) = pki_lab_and_device(idevid("SN-10"));
     let issued_before = drivesec_pki::Ca::open(&m.oem_ca_dir)
         .unwrap()
         .issued_serials()
@@ -505,12 +486,7 @@ fn a_factory_impostor_with_a_relabelled_serial_gets_nothing() {
             err.contains("serial SN-10") && err.contains(&format!("expected serial {claims}")),
             "{err}"
         );
-        let got = fake.received();
-        assert!(
-            got.is_empty(),
-            "the impostor got: {}",
-            String::from_utf8_lossy(&got)
-        );
+        let got = fake.assert_received_nothing();
         assert!(!contains(&got, "Factory-Credential") && !contains(&got, "Setup-Passw0rd"));
     }
     assert_eq!(
@@ -529,15 +505,7 @@ fn a_factory_impostor_with_a_relabelled_serial_gets_nothing() {
 /// OEM CRL lists it afterwards.
 #[test]
 fn an_ldevid_is_revoked_after_failed_commissioning() {
-    let t = tempfile::tempdir().unwrap();
-    let m = pki_lab(&t.path().join("lab"));
-    let (chain, key, _) = issue(
-        &m.manufacturer_ca_dir,
-        drivesec_pki::Profile::IdevId {
-            serial_number: "SN-77".into(),
-            model: "iC7-Sim".into(),
-        },
-    );
+    let (t, m, chain, key) = pki_lab_and_device(idevid("SN-77"));
     for complete in [
         (500, json!({"error": "internal", "message": "disk full"})),
         (200, json!({})),
@@ -593,28 +561,20 @@ fn a_silent_device_fails_alone() {
     let t = tempfile::tempdir().unwrap();
     let silent = silent_device();
     let api = silent.to_string();
-    let sa = sa_args(&lab.m);
-    let mut args: Vec<&str> = vec![
-        "device",
-        "--api",
-        &api,
-        "--name",
+    let (code, _, err) = device_at(
+        &lab.m,
+        silent,
         "silent.lab.drivesec",
-        "--ca",
-        s(&lab.m.oem_ca),
-    ];
-    args.extend(sa.iter().map(String::as_str));
-    args.push("info");
-    let (code, _, err) = drivesec(&args);
+        &["--ca", s(&lab.m.oem_ca)],
+        &["info"],
+    );
     assert_eq!(code, 2);
     assert!(
         err.contains("silent.lab.drivesec") && err.contains(&api) && err.contains("TLS handshake"),
         "{err}"
     );
 
-    let mut inv =
-        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
-            .unwrap();
+    let mut inv = lab.inventory();
     inv.devices.push(drivesec_oem::inventory::InventoryDevice {
         name: "drive-silent".into(),
         asset: "drive-silent".into(),
@@ -626,18 +586,10 @@ fn a_silent_device_fails_alone() {
         profile: None,
     });
     let inventory = t.path().join("inventory.toml");
-    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    write_inventory(&inventory, &inv);
 
     let store = store_url(t.path());
-    let (code, out, err) = drivesec(&[
-        "--json",
-        "fleet",
-        "scan",
-        "--store",
-        &store,
-        "--inventory",
-        s(&inventory),
-    ]);
+    let (code, out, err) = fleet_scan(true, &store, &["--inventory", s(&inventory)]);
     assert_eq!(code, 2, "{err}");
     let seen: Value = serde_json::from_str(&out).unwrap();
     let by = |n: &str| {
@@ -696,37 +648,20 @@ fn a_silent_device_fails_alone() {
 /// cap, naming the device; the tool stops reading long before the 200 MiB.
 #[test]
 fn a_200_mib_answer_is_refused_at_the_cap() {
-    let t = tempfile::tempdir().unwrap();
-    let m = pki_lab(&t.path().join("lab"));
-    let (chain, key, _) = issue(
-        &m.oem_ca_dir,
-        drivesec_pki::Profile::LdevId {
-            serial_number: "SN-BIG".into(),
-            device_name: "big.lab.drivesec".into(),
-            ip_addresses: vec![],
-            days: 365,
-        },
-    );
+    let (_t, m, chain, key) = pki_lab_and_device(ldevid("SN-BIG", "big.lab.drivesec"));
     for declared in [true, false] {
         let fake = Fake::start(
             chain.clone(),
             key.clone_key(),
             Arc::new(move |_: &str, _: &[u8]| Answer::Flood { declared }),
         );
-        let api = fake.addr.to_string();
-        let sa = sa_args(&m);
-        let mut args: Vec<&str> = vec![
-            "device",
-            "--api",
-            &api,
-            "--name",
+        let (code, _, err) = device_at(
+            &m,
+            fake.addr,
             "big.lab.drivesec",
-            "--ca",
-            s(&m.oem_ca),
-        ];
-        args.extend(sa.iter().map(String::as_str));
-        args.push("info");
-        let (code, _, err) = drivesec(&args);
+            &["--ca", s(&m.oem_ca)],
+            &["info"],
+        );
         assert_eq!(code, 2);
         assert!(
             err.contains("big.lab.drivesec") && err.contains("larger than 1048576 bytes"),
@@ -755,35 +690,23 @@ fn a_missing_crl_refuses_and_a_stale_one_warns() {
     let lab = test_lab(Some(config()));
     let t = tempfile::tempdir().unwrap();
     let store = store_url(t.path());
-    let mut inv =
-        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
-            .unwrap();
+    let mut inv = lab.inventory();
     let inventory = t.path().join("inventory.toml");
+    let scan = |extra: &[&str]| {
+        let mut args = vec!["--inventory", s(&inventory)];
+        args.extend_from_slice(extra);
+        fleet_scan(false, &store, &args)
+    };
 
     inv.trust.crl = None;
-    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
-    let (code, _, err) = drivesec(&[
-        "fleet",
-        "scan",
-        "--store",
-        &store,
-        "--inventory",
-        s(&inventory),
-    ]);
+    write_inventory(&inventory, &inv);
+    let (code, _, err) = scan(&[]);
     assert_eq!(code, 2);
     assert!(
         err.contains("trust.crl") && err.contains("--insecure-no-crl"),
         "{err}"
     );
-    let (code, _, err) = drivesec(&[
-        "fleet",
-        "scan",
-        "--store",
-        &store,
-        "--inventory",
-        s(&inventory),
-        "--insecure-no-crl",
-    ]);
+    let (code, _, err) = scan(&["--insecure-no-crl"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("warning: no CRL is configured"), "{err}");
 
@@ -801,15 +724,8 @@ fn a_missing_crl_refuses_and_a_stale_one_warns() {
     )
     .unwrap();
     inv.trust.crl = Some(stale);
-    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
-    let (code, out, err) = drivesec(&[
-        "fleet",
-        "scan",
-        "--store",
-        &store,
-        "--inventory",
-        s(&inventory),
-    ]);
+    write_inventory(&inventory, &inv);
+    let (code, out, err) = scan(&[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("more days"), "{out}");
     assert!(
@@ -827,17 +743,7 @@ fn a_missing_crl_refuses_and_a_stale_one_warns() {
 /// and is not logged in to.
 #[test]
 fn validation_reads_the_serial_from_the_certificate() {
-    let t = tempfile::tempdir().unwrap();
-    let m = pki_lab(&t.path().join("lab"));
-    let (chain, key, _) = issue(
-        &m.oem_ca_dir,
-        drivesec_pki::Profile::LdevId {
-            serial_number: "SN-REAL".into(),
-            device_name: "press.lab.drivesec".into(),
-            ip_addresses: vec![],
-            days: 365,
-        },
-    );
+    let (_t, m, chain, key) = pki_lab_and_device(ldevid("SN-REAL", "press.lab.drivesec"));
     let fake = Fake::start(
         chain,
         key,
@@ -854,7 +760,7 @@ fn validation_reads_the_serial_from_the_certificate() {
     };
     let ctx = drivesec_oem::validate::Context {
         roots: drivesec_pki::read_cert_chain(&m.oem_ca).unwrap(),
-        crl: Some(drivesec_pki::read_crl(&m.crl).unwrap()),
+        crls: vec![drivesec_pki::read_crl(&m.crl).unwrap()],
         admin: id("security-admin"),
         admin_user: "admin".into(),
         admin_password: zeroize::Zeroizing::new("Never-Sent-Passw0rd".into()),

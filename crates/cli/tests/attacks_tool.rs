@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{config, drivesec, s, test_lab, test_lab_on};
+use common::{commission_args, config, drivesec, s, sa_cert_args, test_lab, test_lab_on};
 use drivesec_oem::client::{DeviceClient, DeviceTrust, Versions};
 use drivesec_oem::lab::{Backend, LabManifest, LabOptions};
 use serde_json::Value;
@@ -73,22 +73,9 @@ fn commission_refuses_a_relabelled_serial() {
             &api,
             "--name",
             "press-10.plant.example",
-            "--cert",
-            s(&sa.cert),
-            "--key",
-            s(&sa.key),
-            "commission",
-            "--manufacturer-root",
-            s(&m.manufacturer_ca),
-            "--oem-ca",
-            s(&m.oem_ca_dir),
-            "--credential-file",
-            s(&cred),
-            "--admin",
-            "admin",
-            "--admin-password-file",
-            s(&pw),
         ];
+        args.extend(sa_cert_args(&m));
+        args.extend(commission_args(&m, &cred, &pw));
         if let Some(sn) = serial {
             args.extend(["--serial", sn]);
         }
@@ -112,6 +99,11 @@ fn commission_refuses_a_relabelled_serial() {
         &DeviceTrust::Idevid {
             roots: drivesec_pki::read_cert_chain(&m.manufacturer_ca).unwrap(),
             serial: Some("SN-10".into()),
+            revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+                &m.manufacturer_crl,
+            )
+            .unwrap()
+            .0,
         },
         Versions::Default,
     )

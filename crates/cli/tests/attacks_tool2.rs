@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{drivesec, s};
+use common::{ONE_ZONE_PLAN as PLAN, drivesec, s, store_url, write_inventory};
 use serde_json::Value;
 
 /// Starts `drivesec ARGS` without waiting for it.
@@ -154,23 +154,6 @@ fn ca_keeps_every_change_under_parallel_runs() {
     assert_eq!(listed, want);
 }
 
-/// One zone the lab's drive belongs to (as in tests/validate.rs).
-const PLAN: &str = r#"
-[system]
-name = "Evidence bench"
-
-[[assets]]
-id = "drive"
-kind = "drive"
-component = "drivesecd"
-device = "drive-001"
-
-[[zones]]
-id = "line"
-members = ["drive"]
-sl_t = [1, 1, 2, 1, 1, 1, 0]
-"#;
-
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
 }
@@ -178,6 +161,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
 }
 
 /// Evidence names each device by the serial number and SHA-256 of the
@@ -210,7 +197,7 @@ fn evidence_is_bound_to_certificates_plan_inventory_and_age() {
     let theirs = d.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
     std::fs::write(theirs.join("keep.txt"), "mine").unwrap();
-    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    set_mode(&theirs, 0o755);
     let link = d.path().join("link");
     std::os::unix::fs::symlink(&theirs, &link).unwrap();
     for (dir, why) in [
@@ -282,7 +269,7 @@ fn evidence_is_bound_to_certificates_plan_inventory_and_age() {
     })
     .unwrap();
     let inventory = d.path().join("inventory.toml");
-    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    write_inventory(&inventory, &inv);
     let verify = |file: &Path, plan: &Path, inventory: &Path, age: &str| {
         drivesec(&[
             "validate",
@@ -296,6 +283,9 @@ fn evidence_is_bound_to_certificates_plan_inventory_and_age() {
             s(inventory),
             "--max-age",
             age,
+            // The lab's validation may record findings; this test is
+            // about the bindings.
+            "--accept-findings",
         ])
     };
     let (code, stdout, err) = verify(&ev, &plan, &inventory, "1h");
@@ -327,7 +317,7 @@ fn evidence_is_bound_to_certificates_plan_inventory_and_age() {
     missing.name = "drive-404".into();
     other.devices.push(missing);
     let inventory2 = d.path().join("inventory2.toml");
-    std::fs::write(&inventory2, toml::to_string(&other).unwrap()).unwrap();
+    write_inventory(&inventory2, &other);
     let (code, stdout, _) = verify(&ev, &plan, &inventory2, "1h");
     assert_eq!(code, 2);
     assert!(
@@ -349,7 +339,7 @@ fn evidence_is_bound_to_certificates_plan_inventory_and_age() {
         let mut inv = inv.clone();
         inv.devices[0].certificate_sha256 = Some(fp.into());
         let f = d.path().join(name);
-        std::fs::write(&f, toml::to_string(&inv).unwrap()).unwrap();
+        write_inventory(&f, &inv);
         f
     };
     let (code, stdout, _) = verify(&ev, &plan, &pinned(&"ab".repeat(32), "pin-bad.toml"), "1h");
@@ -429,7 +419,7 @@ fn out_directories_are_the_tools_own() {
     let home = d.path().join("home");
     std::fs::create_dir(&home).unwrap();
     std::fs::write(home.join("assessment.md"), "my notes").unwrap();
-    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    set_mode(&home, 0o755);
     let link = d.path().join("link");
     std::os::unix::fs::symlink(&home, &link).unwrap();
     let link_to_own = d.path().join("link-to-own");
@@ -489,14 +479,14 @@ fn lab_directory_and_lab_json_are_private() {
     let mut refused = vec![];
     let open = d.path().join("open");
     std::fs::create_dir(&open).unwrap();
-    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    set_mode(&open, 0o777);
     refused.push((
         open.clone(),
         "is writable by everyone (mode 0777)".to_string(),
     ));
     let group = d.path().join("group");
     std::fs::create_dir(&group).unwrap();
-    std::fs::set_permissions(&group, std::os::unix::fs::PermissionsExt::from_mode(0o770)).unwrap();
+    set_mode(&group, 0o770);
     refused.push((
         group.clone(),
         "is writable by its group (mode 0770)".to_string(),
@@ -509,7 +499,7 @@ fn lab_directory_and_lab_json_are_private() {
     // Someone else's: only a privileged test run can make one.
     let theirs = d.path().join("theirs");
     std::fs::create_dir(&theirs).unwrap();
-    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    set_mode(&theirs, 0o700);
     match std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)) {
         Ok(()) => refused.push((
             theirs.clone(),
@@ -534,22 +524,14 @@ fn lab_directory_and_lab_json_are_private() {
     let manifest = own_empty.join("lab.json");
     assert_eq!(mode(&manifest), 0o600);
     assert_eq!(mode(&own_empty), 0o700);
-    std::fs::set_permissions(
-        &manifest,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
+    set_mode(&manifest, 0o644);
     let (code, _, err) = drivesec(&["lab", "down", "--dir", s(&own_empty)]);
     assert_eq!(code, 2);
     assert!(
         err.contains("mode 0644") && err.contains(&format!("chmod 600 {}", manifest.display())),
         "{err}"
     );
-    std::fs::set_permissions(
-        &manifest,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    set_mode(&manifest, 0o600);
     let (code, _, err) = drivesec(&["lab", "down", "--dir", s(&own_empty)]);
     assert_eq!(code, 0, "{err}");
 }
@@ -619,7 +601,7 @@ fn device_info_escapes_what_the_device_says() {
 #[test]
 fn fleet_status_escapes_store_fields() {
     let d = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", d.path().join("fleet.db").display());
+    let url = store_url(d.path());
     let mut store = drivesec_fleet::open(&url).unwrap();
     let mut rec = drivesec_fleet::DeviceRecord::new(
         "drive\u{1b}[2J-001",

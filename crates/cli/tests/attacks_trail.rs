@@ -15,18 +15,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+/// The audit crate's trail helpers, shared with its own tests.
+#[path = "../../audit/tests/common/mod.rs"]
+mod audit_common;
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use audit_common::{
+    files_of, forge, frame_of, frames, modify_record_fixing_checksum, param_write, small,
+    write_trail,
+};
 use common::*;
-use drivesec_audit::frame::{self, Decoded};
+use drivesec_audit::frame;
 use drivesec_audit::reader::{self, Query};
-use drivesec_audit::verify::verify;
-use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Signer};
+use drivesec_audit::{Actor, AuditLog, Event};
 use drivesec_device::config::DeviceConfig;
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig, PublicKey};
 use serde_json::Value;
 
 const ESCAPED_USER: &str = "\u{1b}[2J\u{1b}[Hmallory";
@@ -76,50 +81,38 @@ fn assert_agree(what: &str, rust: &Value, python: &Value) {
 
 // ---- an independent verifier, from the documentation -----------------------
 
+/// A trail (as the audit crate's tests make one) and its key as a PEM
+/// file, for the independent verifier.
 struct Fx {
-    tmp: tempfile::TempDir,
-    signer: Signer,
-    key: PublicKey,
+    base: audit_common::Fx,
     key_pem: PathBuf,
+}
+
+impl std::ops::Deref for Fx {
+    type Target = audit_common::Fx;
+
+    fn deref(&self) -> &audit_common::Fx {
+        &self.base
+    }
 }
 
 impl Fx {
     fn new() -> Fx {
-        let tmp = tempfile::tempdir().unwrap();
-        let (_, store) = KeystoreConfig::create_soft(tmp.path(), "ks", "secret").unwrap();
-        let handle = KeyHandle::new("idevid").unwrap();
-        let key = store
-            .generate(&handle, KeyAlgorithm::EcdsaP256)
-            .unwrap()
-            .public_key;
+        let base = audit_common::Fx::new();
         // SubjectPublicKeyInfo of a P-256 key: a fixed prefix, then the point.
         let mut spki = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
-        spki.extend_from_slice(key.raw());
-        let key_pem = tmp.path().join("key.pem");
+        spki.extend_from_slice(base.key.raw());
+        let key_pem = base.tmp.path().join("key.pem");
         std::fs::write(
             &key_pem,
             pem::encode(&pem::Pem::new("PUBLIC KEY", spki)).as_bytes(),
         )
         .unwrap();
-        Fx {
-            tmp,
-            signer: Signer { store, handle },
-            key,
-            key_pem,
-        }
-    }
-
-    fn trail(&self) -> PathBuf {
-        self.tmp.path().join("audit")
+        Fx { base, key_pem }
     }
 
     fn open(&self) -> AuditLog {
-        let cfg = AuditConfig {
-            segment_bytes: 8 * 1024,
-            checkpoint_every: 40,
-            ..AuditConfig::default()
-        };
-        AuditLog::open(&self.trail(), cfg, self.signer.clone()).unwrap()
+        self.base.open(small())
     }
 
     fn fill(&self, n: u64) {
@@ -131,7 +124,7 @@ impl Fx {
     }
 
     fn agree(&self, what: &str) -> Value {
-        let rust = serde_json::to_value(verify(&self.trail(), &self.key).unwrap()).unwrap();
+        let rust = serde_json::to_value(self.verify()).unwrap();
         let python = python_verify(&self.trail(), &self.key_pem);
         assert_agree(what, &rust, &python);
         rust
@@ -139,69 +132,7 @@ impl Fx {
 }
 
 fn ev(i: u64) -> Event {
-    Event::new(Actor::User(format!("user{}", i % 3)), "param.write")
-        .source("127.0.0.1:50000")
-        .target(format!("param-{i}"))
-        .details(serde_json::json!({ "i": i, "note": "x".repeat((i % 4) as usize * 30) }))
-}
-
-/// (segment path, offset, length, seq) of every frame, in order.
-fn frames(dir: &Path) -> Vec<(PathBuf, usize, usize, u64)> {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir.join("segments"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.is_file()
-                && drivesec_audit::is_segment_name(&p.file_name().unwrap().to_string_lossy())
-        })
-        .collect();
-    segs.sort();
-    let mut out = Vec::new();
-    for s in segs {
-        let data = std::fs::read(&s).unwrap();
-        let mut off = 0;
-        while let Decoded::Frame(f) = frame::decode(&data[off..]) {
-            out.push((s.clone(), off, f.len, f.seq));
-            off += f.len;
-        }
-    }
-    out
-}
-
-fn frame_of(dir: &Path, seq: u64) -> (PathBuf, usize, usize) {
-    let (p, o, l, _) = frames(dir).into_iter().find(|f| f.3 == seq).unwrap();
-    (p, o, l)
-}
-
-/// Rewrites record `target` (actor changed) and re-chains every record
-/// after it, hashes and checksums right; `drop_checkpoints` deletes both
-/// checkpoint files too. Returns the forged record's new actor.
-fn forge(dir: &Path, target: u64, drop_checkpoints: bool) {
-    let all = reader::read(dir, &Query::default(), usize::MAX).unwrap();
-    let segs = frames(dir);
-    assert_eq!(all.len(), segs.len());
-    let mut files: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
-    let mut prev = [0u8; 32];
-    let mut first = true;
-    for (rec, (path, _, _, seq)) in all.iter().zip(&segs) {
-        if first {
-            prev = hex::decode(&rec.prev).unwrap().try_into().unwrap();
-            first = false;
-        }
-        let mut r = rec.record.clone();
-        if *seq == target {
-            r.actor = Actor::User("someone-else".into());
-        }
-        let body = serde_json::to_vec(&r).unwrap();
-        prev = frame::encode(*seq, &prev, &body, files.entry(path.clone()).or_default());
-    }
-    for (p, d) in files {
-        std::fs::write(p, d).unwrap();
-    }
-    if drop_checkpoints {
-        std::fs::remove_file(dir.join("checkpoint.json")).unwrap();
-        std::fs::remove_file(dir.join("checkpoints.log")).unwrap();
-    }
+    param_write(i).details(serde_json::json!({ "i": i, "note": "x".repeat((i % 4) as usize * 30) }))
 }
 
 fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
@@ -218,13 +149,7 @@ fn an_independent_verifier_from_the_docs_agrees_with_audit_verify() {
     let r = fx.agree("intact");
     assert_eq!(r["ok"], true);
     let pristine: BTreeMap<PathBuf, Vec<u8>> = files_of(&fx.trail());
-    let reset = |fx: &Fx| {
-        std::fs::remove_dir_all(fx.trail()).unwrap();
-        for (p, d) in &pristine {
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, d).unwrap();
-        }
-    };
+    let reset = |fx: &Fx| write_trail(&fx.trail(), &pristine);
     let seg_of = |seq| frame_of(&fx.trail(), seq);
 
     // Each tamper class of docs/audit.md, one at a time.
@@ -232,17 +157,7 @@ fn an_independent_verifier_from_the_docs_agrees_with_audit_verify() {
     edit(&p, |d| d[off + frame::HEADER + 5] ^= 1);
     assert_eq!(fx.agree("a flipped bit")["first_bad_seq"], 77);
     reset(&fx);
-    edit(&p, |d| {
-        let body = off + frame::HEADER;
-        let at = body
-            + d[body..off + len]
-                .windows(5)
-                .position(|w| w == b"param")
-                .unwrap();
-        d[at] = b'P';
-        let crc = crc32(&d[off..off + len - 4]);
-        d[off + len - 4..off + len].copy_from_slice(&crc.to_le_bytes());
-    });
+    edit(&p, |d| modify_record_fixing_checksum(d, off, len));
     assert_eq!(
         fx.agree("a modified record with its checksum fixed")["ok"],
         false
@@ -376,22 +291,14 @@ fn an_independent_verifier_from_the_docs_agrees_with_audit_verify() {
     // The unsigned tail, and a trail nothing signs.
     let fxu = Fx::new();
     fxu.fill(150);
-    let log = fxu.open();
-    for i in 0..5 {
-        log.append(ev(i)).unwrap();
-    }
-    log.abandon();
+    fxu.append_unsigned(small(), (0..5).map(ev));
     let r = fxu.agree("an unsigned tail");
     assert_eq!(
         r["unsigned"],
         serde_json::json!({"first": 151, "last": 155})
     );
     let fx2 = Fx::new();
-    let log = fx2.open();
-    for i in 0..5 {
-        log.append(ev(i)).unwrap();
-    }
-    log.abandon();
+    fx2.append_unsigned(small(), (0..5).map(ev));
     assert_eq!(fx2.agree("nothing signed")["nothing_signed"], true);
 
     // A trail a factory reset started, behind a signed anchor.
@@ -408,7 +315,7 @@ fn an_independent_verifier_from_the_docs_agrees_with_audit_verify() {
     let names: Vec<PathBuf> = pristine.keys().cloned().collect();
     for i in 0..24 {
         reset(&fx);
-        let target = names[rng.below(names.len())].clone();
+        let target = fx.trail().join(&names[rng.below(names.len())]);
         let mut data = std::fs::read(&target).unwrap();
         match rng.below(4) {
             0 if !data.is_empty() => drivesec_testkit::mutation::flip_bit(&mut rng, &mut data),
@@ -421,38 +328,6 @@ fn an_independent_verifier_from_the_docs_agrees_with_audit_verify() {
         std::fs::write(&target, data).unwrap();
         fx.agree(&format!("random damage {i} to {}", target.display()));
     }
-}
-
-fn files_of(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
-/// CRC-32 (IEEE), as the frame trailer.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 // ---- against a running device ------------------------------------------------

@@ -1223,6 +1223,11 @@ fn factory_credential_dies_and_factory_reset_starts_over() {
         &DeviceTrust::Idevid {
             roots: mfg_roots.clone(),
             serial: Some(lab.m.devices[0].serial_number.clone()),
+            revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+                &lab.m.manufacturer_crl,
+            )
+            .unwrap()
+            .0,
         },
         Versions::Default,
     )

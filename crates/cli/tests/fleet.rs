@@ -11,7 +11,9 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{TestLab, config, drivesec, lab_release, s, test_lab_n};
+use common::{
+    TestLab, config, drivesec, fleet_scan, lab_release, s, store_url, test_lab_n, write_inventory,
+};
 use serde_json::Value;
 
 /// Each device's running version (through the CLI, as the engineer).
@@ -58,11 +60,8 @@ fn staged(lab: &TestLab) -> Vec<usize> {
 
 /// The lab's devices as an inventory file (what a plant would keep).
 fn inventory_file(lab: &TestLab, dir: &std::path::Path) -> std::path::PathBuf {
-    let inv =
-        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
-            .unwrap();
     let path = dir.join("inventory.toml");
-    std::fs::write(&path, toml::to_string(&inv).unwrap()).unwrap();
+    write_inventory(&path, &lab.inventory());
     path
 }
 
@@ -77,7 +76,7 @@ fn a_failing_health_check_reverts_and_halts_the_wave() {
     let lab = test_lab_n(Some(config()), 4);
     let d = tempfile::tempdir().unwrap();
     let rel = lab_release(&lab, d.path(), "1.1.0", 2, 64 << 10);
-    let store = format!("sqlite:{}", d.path().join("fleet.db").display());
+    let store = store_url(d.path());
     // Only approved images: the vendor-packed one without the OEM signature is refused.
     let packed = d.path().join("release-1.1.0.packed");
     let (code, _, err) = drivesec(&[
@@ -175,7 +174,7 @@ fn a_rollout_killed_mid_wave_resumes_and_updates_each_device_once() {
     let lab = test_lab_n(Some(config()), 4);
     let d = tempfile::tempdir().unwrap();
     let rel = lab_release(&lab, d.path(), "1.1.0", 2, 256 << 10);
-    let store = format!("sqlite:{}", d.path().join("fleet.db").display());
+    let store = store_url(d.path());
     let args = [
         "--json",
         "fleet",
@@ -192,11 +191,9 @@ fn a_rollout_killed_mid_wave_resumes_and_updates_each_device_once() {
     // The same devices as an inventory file; without an [operator] a
     // rollout over it is refused, naming what is missing, and nothing moves.
     let inventory = d.path().join("inventory.toml");
-    let mut inv =
-        drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|n| Some(n.to_string()))
-            .unwrap();
+    let mut inv = lab.inventory();
     let operator = inv.operator.take().unwrap();
-    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    write_inventory(&inventory, &inv);
     let mut inv_args = args.to_vec();
     let inv_str = s(&inventory).to_string();
     inv_args[5] = "--inventory";
@@ -237,7 +234,7 @@ fn a_rollout_killed_mid_wave_resumes_and_updates_each_device_once() {
     // Resume, this time from an inventory file that names the same devices
     // (the devices may still be finishing what the killed tool asked).
     inv.operator = Some(operator);
-    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    write_inventory(&inventory, &inv);
     let (code, out, err) = drivesec(&inv_args);
     assert_eq!(code, 0, "{out}{err}");
     let ev = events(&out);
@@ -264,7 +261,7 @@ fn a_rollout_killed_mid_wave_resumes_and_updates_each_device_once() {
 fn crl_reaches_every_device_and_tamper_is_flagged() {
     let lab = test_lab_n(Some(config()), 4);
     let d = tempfile::tempdir().unwrap();
-    let store = format!("sqlite:{}", d.path().join("fleet.db").display());
+    let store = store_url(d.path());
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
     let (c, k, serial) = common::issue_client_files(&mut oem, d.path(), Some("viewer"), None);
     let stolen = drivesec_oem::client::ClientIdentity::from_files(&c, &k).unwrap();
@@ -304,15 +301,7 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
         "the stolen certificate still works somewhere"
     );
 
-    let (code, out, _) = drivesec(&[
-        "--json",
-        "fleet",
-        "scan",
-        "--store",
-        &store,
-        "--lab",
-        s(&lab.dir),
-    ]);
+    let (code, out, _) = fleet_scan(true, &store, &["--lab", s(&lab.dir)]);
     assert_eq!(code, 0, "{out}");
     let seen: Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -344,15 +333,7 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
     std::fs::write(&slot, &img).unwrap();
     let rb = eng.ok("POST", "/api/v1/firmware/reboot", None).unwrap();
     assert_eq!(rb["running"]["version"], "1.0.0", "{rb}");
-    let (code, out, err) = drivesec(&[
-        "--json",
-        "fleet",
-        "scan",
-        "--store",
-        &store,
-        "--inventory",
-        s(&inventory),
-    ]);
+    let (code, out, err) = fleet_scan(true, &store, &["--inventory", s(&inventory)]);
     assert_eq!(code, 0, "{err}");
     let seen: Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -377,14 +358,7 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
     // it unreachable, a failed device, and try again).
     let mut res = (0, String::new(), String::new());
     for _ in 0..50 {
-        res = drivesec(&[
-            "fleet",
-            "scan",
-            "--store",
-            &store,
-            "--inventory",
-            s(&inventory),
-        ]);
+        res = fleet_scan(false, &store, &["--inventory", s(&inventory)]);
         if res.0 == 2 && res.2.contains("report tamper") {
             break;
         }
@@ -450,17 +424,7 @@ fn ldevid_renewal_before_expiry() {
     let r: Value = serde_json::from_str(&out).unwrap();
     assert!(r.as_array().unwrap().iter().all(|x| x["renewed"] == false));
     // Due with a margin beyond their expiry: renewed for 365 days.
-    let (code, out, err) = drivesec(&[
-        "--json",
-        "fleet",
-        "renew",
-        "--lab",
-        s(&lab.dir),
-        "--margin-days",
-        "1000",
-        "--days",
-        "365",
-    ]);
+    let (code, out, err) = common::renew_every_ldevid(&lab);
     assert_eq!(code, 0, "{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -718,7 +682,7 @@ fn evidence_bundle_is_signed_and_tamper_evident() {
     })
     .unwrap();
     let inventory = d.path().join("plant.toml");
-    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    write_inventory(&inventory, &inv);
     let out2 = d.path().join("bundle2.json");
     let bundle = |extra: &[&str]| {
         let mut args = vec![

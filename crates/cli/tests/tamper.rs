@@ -318,6 +318,11 @@ fn reprovision_and_recommission(
             addr: started.addr,
             identity: &lab.identity("security-admin"),
             manufacturer_roots: drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap(),
+            manufacturer_revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+                &lab.m.manufacturer_crl,
+            )
+            .unwrap()
+            .0,
             serial: dev.serial_number.clone(),
             factory_credential: credential.trim(),
             device_name: "again.lab.drivesec",

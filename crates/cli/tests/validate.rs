@@ -11,27 +11,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{config, drivesec, lab_release, s, test_lab};
+use common::{ONE_ZONE_PLAN as PLAN, config, drivesec, lab_release, s, test_lab, write_inventory};
 use drivesec_iec62443::profile::Profile;
 use serde_json::{Value, json};
-
-/// One zone whose SL-T the lab's soft-keystore drive can reach (SI 2:
-/// TLS 1.3 only; RA 0: the owner accepted the missing backup, SR 7.3).
-const PLAN: &str = r#"
-[system]
-name = "Validation bench"
-
-[[assets]]
-id = "drive"
-kind = "drive"
-component = "drivesecd"
-device = "drive-001"
-
-[[zones]]
-id = "line"
-members = ["drive"]
-sl_t = [1, 1, 2, 1, 1, 1, 0]
-"#;
 
 #[test]
 fn four_faults_four_findings_and_evidence() {
@@ -70,7 +52,7 @@ fn four_faults_four_findings_and_evidence() {
     inv.validator.revoked_key = Some(rk);
     inv.trust.crl = Some(crl);
     let inventory = d.path().join("inventory.toml");
-    std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+    write_inventory(&inventory, &inv);
     // The inventory matches its published schema.
     let schema: Value = serde_json::from_slice(
         &std::fs::read(
@@ -214,7 +196,7 @@ fn four_faults_four_findings_and_evidence() {
                 // The owner approves 1.1.0 for this plant.
                 let mut inv = drivesec_oem::inventory::Inventory::load(&inventory).unwrap();
                 inv.validator.approved_releases.push(rel.clone());
-                std::fs::write(&inventory, toml::to_string(&inv).unwrap()).unwrap();
+                write_inventory(&inventory, &inv);
             }),
         ),
         (

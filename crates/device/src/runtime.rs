@@ -106,14 +106,41 @@ pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Rou
         tally: crate::tally::Tally::default(),
         reset_request: Mutex::new(None),
     });
-    if let Some(f) = dev
-        .forwarding_settings()
-        .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?
-    {
-        dev.start_forwarding(&f, false)?;
+    // Forwarding that cannot start, or whose settings cannot be read, never
+    // stops the device: it is logged and shown in the posture (the owner
+    // sets forwarding again over the API).
+    match dev.forwarding_settings() {
+        Ok(Some(f)) => {
+            if let Err(e) = dev.start_forwarding(&f, false) {
+                tracing::error!(error = %e, "audit forwarding could not start");
+                dev.note_start_finding(format!("audit forwarding could not start: {e}"));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            // Moved aside (kept as evidence), so every later read sees no
+            // settings instead of failing: forwarding is off until the owner
+            // sets it again.
+            let path = dev
+                .state
+                .read()
+                .map(|st| st.path(files::FORWARDING))
+                .map_err(|_| DeviceError::Invalid("state lock poisoned".into()))?;
+            let aside = path.with_extension("json.unreadable");
+            let moved = std::fs::rename(&path, &aside);
+            tracing::error!(error = ?e, ?moved, "audit forwarding settings could not be read");
+            dev.note_start_finding(format!(
+                "audit forwarding settings could not be read ({e:?}; kept as {}): forwarding is off until they are set again",
+                aside.display()
+            ));
+        }
     }
-    dev.audit(Event::new(Actor::Device, "device.start").essential())
-        .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?;
+    // Neither may a trail that cannot take the record (a drive must never
+    // be bricked by its audit trail).
+    if let Err(e) = dev.audit(Event::new(Actor::Device, "device.start").essential()) {
+        tracing::error!(error = ?e, "the device start could not be recorded");
+        dev.note_start_finding(format!("the device start could not be recorded: {e:?}"));
+    }
     // The drive, on its own thread; STO changes and the tamper response
     // are recorded from another.
     let (tampered, store) = {
@@ -176,8 +203,10 @@ pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Rou
     let tampered_at_start = dev.state.read().map(|s| s.tampered).unwrap_or(true);
     if tampered_at_start {
         tracing::error!("the device is tampered: keys destroyed; serving status only");
-        dev.audit(Event::new(Actor::Device, "device.start-tampered").essential())
-            .map_err(|e| DeviceError::Invalid(format!("{e:?}")))?;
+        if let Err(e) = dev.audit(Event::new(Actor::Device, "device.start-tampered").essential()) {
+            tracing::error!(error = ?e, "the tampered start could not be recorded");
+            dev.note_start_finding(format!("the tampered start could not be recorded: {e:?}"));
+        }
     } else {
         dev.boot_firmware()
             .map_err(|e| DeviceError::Invalid(format!("boot stage: {e:?}")))?;
@@ -491,6 +520,14 @@ impl Device {
     }
 
     /// Starts (or restarts) forwarding with the device's current identity.
+    /// Notes a start-up finding for the posture (see
+    /// [`drivesec_audit::AuditLog::note_finding`]).
+    fn note_start_finding(&self, finding: String) {
+        if let Ok(a) = self.audit_log() {
+            a.note_finding(finding);
+        }
+    }
+
     pub(crate) fn start_forwarding(&self, s: &ForwardingSettings, persist: bool) -> Result<()> {
         let collector = s.collector.parse().map_err(|_| {
             DeviceError::Invalid(format!("collector '{}' is not IP:PORT", s.collector))
@@ -697,7 +734,7 @@ impl Device {
             .map_err(|_| ApiError::internal("lock poisoned"))?
             .as_ref()
             .map(|a| a.users());
-        let audit_findings = self.audit_log()?.startup_check().findings();
+        let audit_findings = self.audit_log()?.findings();
         let live = posture::Live {
             audit_findings,
             firmware_verified: self

@@ -68,6 +68,15 @@ fn h(s: &str) -> KeyHandle {
     KeyHandle::new(s).unwrap()
 }
 
+/// The handles of the keys `ks` lists, in its order.
+fn handles(ks: &dyn KeyStore) -> Vec<String> {
+    ks.list()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.handle.to_string())
+        .collect()
+}
+
 fn sign_verify_round_trip_p256(b: Backend) {
     let f = Fixture::new(b);
     let ks = f.open();
@@ -150,13 +159,7 @@ fn list_destroy_one_and_persistence(b: Backend) {
     let a = ks.generate(&h("a"), KeyAlgorithm::EcdsaP256).unwrap();
     ks.generate(&h("b"), KeyAlgorithm::EcdsaP256).unwrap();
     ks.generate(&h("c"), KeyAlgorithm::EcdsaP256).unwrap();
-    let names: Vec<_> = ks
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|k| k.handle.to_string())
-        .collect();
-    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(handles(ks.as_ref()), ["a", "b", "c"]);
     ks.destroy(&h("b")).unwrap();
     assert!(matches!(
         ks.sign(&h("b"), b"x").unwrap_err(),
@@ -169,13 +172,7 @@ fn list_destroy_one_and_persistence(b: Backend) {
     drop(ks);
     // Keys survive a restart of the store.
     let ks = f.open();
-    let names: Vec<_> = ks
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|k| k.handle.to_string())
-        .collect();
-    assert_eq!(names, ["a", "c"]);
+    assert_eq!(handles(ks.as_ref()), ["a", "c"]);
     let sig = ks.sign(&h("a"), b"after restart").unwrap();
     assert!(verify_signature(&a.public_key, b"after restart", &sig));
 }
@@ -358,13 +355,7 @@ fn counters_are_independent_of_each_other_and_of_keys(b: Backend) {
     // A key of the same name is another thing: destroying it, or listing
     // keys, never touches the counter.
     ks.generate(&h("a"), KeyAlgorithm::EcdsaP256).unwrap();
-    let names: Vec<_> = ks
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|k| k.handle.to_string())
-        .collect();
-    assert_eq!(names, ["a"]);
+    assert_eq!(handles(ks.as_ref()), ["a"]);
     ks.destroy(&h("a")).unwrap();
     assert_eq!(ks.counter("a").unwrap(), Some(10));
     assert!(matches!(
@@ -714,17 +705,24 @@ fn b64e(b: &[u8]) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
 }
 
+/// A soft fixture, its keystore open with counter `AUDIT` advanced to
+/// `value`, and that counter's file.
+fn soft_with_audit_counter(value: u64) -> (Fixture, Arc<dyn KeyStore>, PathBuf) {
+    let f = Fixture::new(Backend::Soft);
+    let ks = f.open();
+    ks.advance_counter(AUDIT, value).unwrap();
+    let path = f.dir.path().join("keystore/counters/audit-checkpoint.ctr");
+    (f, ks, path)
+}
+
 /// Decrypts a soft counter file from the description in docs/keystore.md
 /// alone (HKDF, AES-256-GCM, the AAD), without the backend's code.
 #[test]
 fn soft_counter_file_format_matches_the_docs() {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
     use std::os::unix::fs::PermissionsExt;
-    let f = Fixture::new(Backend::Soft);
-    let ks = f.open();
-    ks.advance_counter(AUDIT, 0x0a0b_0c0d_0e0f_1011).unwrap();
+    let (f, _ks, path) = soft_with_audit_counter(0x0a0b_0c0d_0e0f_1011);
     let store = f.dir.path().join("keystore");
-    let path = store.join("counters/audit-checkpoint.ctr");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(&store.join("counters")), 0o700);
@@ -764,12 +762,9 @@ fn soft_counter_file_format_matches_the_docs() {
 
 #[test]
 fn soft_tampered_counter_is_an_error_not_unset() {
-    let f = Fixture::new(Backend::Soft);
-    let ks = f.open();
-    ks.advance_counter(AUDIT, 5).unwrap();
+    let (f, ks, path) = soft_with_audit_counter(5);
     ks.advance_counter("other", 9).unwrap();
-    let dir = f.dir.path().join("keystore/counters");
-    let path = dir.join("audit-checkpoint.ctr");
+    let dir = path.parent().unwrap();
     let original = std::fs::read(&path).unwrap();
     let json = |bytes: &[u8]| -> serde_json::Value { serde_json::from_slice(bytes).unwrap() };
     let expect_corrupt = |what: &str| {
@@ -816,13 +811,8 @@ fn soft_tampered_counter_is_an_error_not_unset() {
     std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
     expect_corrupt("other counter's seal, renamed");
     // The same counter from another store (another device secret).
-    let g = Fixture::new(Backend::Soft);
-    g.open().advance_counter(AUDIT, 5).unwrap();
-    std::fs::copy(
-        g.dir.path().join("keystore/counters/audit-checkpoint.ctr"),
-        &path,
-    )
-    .unwrap();
+    let (_g, _, theirs) = soft_with_audit_counter(5);
+    std::fs::copy(theirs, &path).unwrap();
     expect_corrupt("another store's counter");
     // Damaged files.
     for (what, bytes) in [
@@ -852,10 +842,7 @@ fn soft_tampered_counter_is_an_error_not_unset() {
 /// outside the directory).
 #[test]
 fn soft_restoring_an_old_store_directory_rolls_a_counter_back() {
-    let f = Fixture::new(Backend::Soft);
-    let ks = f.open();
-    ks.advance_counter(AUDIT, 5).unwrap();
-    let path = f.dir.path().join("keystore/counters/audit-checkpoint.ctr");
+    let (f, ks, path) = soft_with_audit_counter(5);
     let old = std::fs::read(&path).unwrap();
     ks.advance_counter(AUDIT, 9).unwrap();
     drop(ks);
@@ -919,6 +906,21 @@ fn create_counter_object(
     .unwrap();
 }
 
+/// A PKCS#11 fixture, its keystore open, and a session of its own on the
+/// token, in which `objects` (value, modifiable) were made as data objects
+/// of counter `AUDIT` beside the keystore.
+fn pkcs11_with_counter_objects(
+    objects: &[(&[u8], bool)],
+) -> (Fixture, Arc<dyn KeyStore>, cryptoki::session::Session) {
+    let f = Fixture::new(Backend::Pkcs11);
+    let ks = f.open();
+    let s = raw_session(&f);
+    for (value, modifiable) in objects {
+        create_counter_object(&s, AUDIT, value, *modifiable);
+    }
+    (f, ks, s)
+}
+
 #[test]
 fn pkcs11_counter_is_a_private_token_data_object() {
     use cryptoki::object::{Attribute, AttributeType, ObjectClass};
@@ -958,12 +960,11 @@ fn pkcs11_counter_is_a_private_token_data_object() {
 /// leaves one object.
 #[test]
 fn pkcs11_duplicate_counter_objects_read_the_max_and_collapse() {
-    let f = Fixture::new(Backend::Pkcs11);
-    let ks = f.open();
-    let s = raw_session(&f);
-    create_counter_object(&s, AUDIT, &5u64.to_be_bytes(), true);
-    create_counter_object(&s, AUDIT, &9u64.to_be_bytes(), true);
-    create_counter_object(&s, AUDIT, &7u64.to_be_bytes(), true);
+    let (f, ks, s) = pkcs11_with_counter_objects(&[
+        (&5u64.to_be_bytes(), true),
+        (&9u64.to_be_bytes(), true),
+        (&7u64.to_be_bytes(), true),
+    ]);
     assert_eq!(ks.counter(AUDIT).unwrap(), Some(9));
     assert_eq!(ks.advance_counter(AUDIT, 8).unwrap(), 9);
     assert_eq!(
@@ -981,10 +982,7 @@ fn pkcs11_duplicate_counter_objects_read_the_max_and_collapse() {
 /// new object (created before the old one is destroyed).
 #[test]
 fn pkcs11_a_counter_the_token_will_not_modify_is_replaced() {
-    let f = Fixture::new(Backend::Pkcs11);
-    let ks = f.open();
-    let s = raw_session(&f);
-    create_counter_object(&s, AUDIT, &3u64.to_be_bytes(), false);
+    let (f, ks, s) = pkcs11_with_counter_objects(&[(&3u64.to_be_bytes(), false)]);
     assert_eq!(ks.counter(AUDIT).unwrap(), Some(3));
     assert_eq!(ks.advance_counter(AUDIT, 4).unwrap(), 4);
     assert_eq!(ks.counter(AUDIT).unwrap(), Some(4));
@@ -996,10 +994,7 @@ fn pkcs11_a_counter_the_token_will_not_modify_is_replaced() {
 
 #[test]
 fn pkcs11_malformed_counter_object_is_an_error_not_unset() {
-    let f = Fixture::new(Backend::Pkcs11);
-    let ks = f.open();
-    let s = raw_session(&f);
-    create_counter_object(&s, AUDIT, &[0, 0, 1], true);
+    let (_f, ks, _s) = pkcs11_with_counter_objects(&[(&[0, 0, 1], true)]);
     let err = ks.counter(AUDIT).unwrap_err();
     assert!(
         matches!(&err, KeystoreError::CorruptCounter { name, .. } if name == AUDIT),

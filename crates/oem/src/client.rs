@@ -78,6 +78,21 @@ pub enum PeerProblem {
         /// Its subject.
         subject: String,
     },
+    /// An IDevID that chains to the manufacturer's root but that the
+    /// manufacturer's CRL revokes (a reprovisioned device's old identity,
+    /// say).
+    IdevidRevoked {
+        /// The certificate's serial (hex).
+        serial: String,
+        /// Its subject.
+        subject: String,
+    },
+    /// None of the manufacturer's CRLs covers the IDevID's issuer, so its
+    /// revocation cannot be checked.
+    NoManufacturerCrlCoverage {
+        /// The IDevID's issuer.
+        issuer: String,
+    },
     /// A genuine LDevID, but for another serial number than the expected one.
     OtherDevice {
         /// The serial number expected.
@@ -115,6 +130,18 @@ impl PeerProblem {
                 "{who} presents {kind} ({subject}) where a device's LDevID is expected: a certificate \
                  of the owner's CA that is not an LDevID does not identify a device, and nothing was \
                  sent to it; something else answers at this address"
+            ),
+            PeerProblem::IdevidRevoked { serial, subject } => format!(
+                "{who} presents an IDevID the manufacturer's CRL revokes (serial {serial}, \
+                 {subject}): it is not trusted as the device, and nothing was sent to it; a \
+                 reprovisioned device's old identity (`drivesec factory reprovision`) is revoked, \
+                 so something that is not the device answers at this address"
+            ),
+            PeerProblem::NoManufacturerCrlCoverage { issuer } => format!(
+                "{who}: none of the manufacturer's CRLs covers its IDevID's issuer ({issuer}), so \
+                 its revocation cannot be checked; nothing was sent to it; give that CA's CRL \
+                 (--manufacturer-crl; trust.manufacturer_crl in the inventory) and run the \
+                 command again"
             ),
             PeerProblem::OtherDevice { expected, found } => format!(
                 "{who} presents the owner's LDevID of serial {found}, not of the expected serial \
@@ -287,31 +314,52 @@ impl Revocation {
             reason,
         };
         let crls = drivesec_pki::crl::parse_crls(&bytes).map_err(|e| bad(e.to_string()))?;
-        let now = time::OffsetDateTime::now_utc();
-        let mut warnings = vec![];
-        for (i, c) in crls.iter().enumerate() {
-            let (_, crl) = x509_parser::parse_x509_crl(c)
-                .map_err(|e| bad(format!("CRL {}: does not parse: {e}", i + 1)))?;
-            let issuer = crl.issuer().to_string();
-            match crl.next_update().map(|t| t.to_datetime()) {
-                Some(next) if next >= now => {}
-                next => warnings.push(format!(
-                    "the owner's CRL {} (issuer {issuer}) is {}: revocations published since then \
-                     are unknown to this tool (the ones it lists are still refused); sign a fresh \
-                     one (`drivesec ca crl --ca OEM_CA_DIR`) and push it (`drivesec fleet push-crl`)",
-                    path.display(),
-                    match next {
-                        Some(t) => format!(
-                            "past its nextUpdate ({})",
-                            t.format(&time::format_description::well_known::Rfc3339)
-                                .unwrap_or_default()
-                        ),
-                        None => "without a nextUpdate".into(),
-                    }
-                )),
-            }
-        }
+        let warnings = stale_crl_warnings(&crls, &path.display().to_string()).map_err(bad)?;
         Ok((Revocation::Crls(crls), warnings))
+    }
+
+    /// The manufacturer's CRLs in `path` (revoked IDevIDs), and a warning
+    /// for each one past its nextUpdate (or without one): a stale CRL still
+    /// applies.
+    pub fn manufacturer_from_file(path: &Path) -> Result<(Revocation, Vec<String>)> {
+        let bytes = drivesec_fsutil::read(path)?;
+        let bad = |reason: String| OemError::BadFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let crls = drivesec_pki::crl::parse_crls(&bytes).map_err(|e| bad(e.to_string()))?;
+        let warnings =
+            crl_warnings(&crls, &path.display().to_string(), CrlOf::Manufacturer).map_err(bad)?;
+        Ok((Revocation::Crls(crls), warnings))
+    }
+
+    /// The manufacturer's CRLs of `path` when there is one; otherwise
+    /// [`Revocation::Missing`] with `missing` as its message, or
+    /// [`Revocation::UncheckedRisky`] (with a warning) when `insecure` says
+    /// go on without.
+    pub fn manufacturer_configured(
+        path: Option<&Path>,
+        insecure: bool,
+        missing: impl FnOnce() -> String,
+    ) -> Result<(Revocation, Vec<String>)> {
+        match path {
+            Some(p) => Revocation::manufacturer_from_file(p),
+            None if insecure => Ok((
+                Revocation::UncheckedRisky,
+                vec![MFG_UNCHECKED_WARNING.into()],
+            )),
+            None => Ok((Revocation::Missing(missing()), vec![])),
+        }
+    }
+
+    /// Turns a missing manufacturer CRL into going on without one: a
+    /// warning when it does.
+    pub fn allow_missing_manufacturer(&mut self) -> Option<String> {
+        if matches!(self, Revocation::Missing(_)) {
+            *self = Revocation::UncheckedRisky;
+            return Some(MFG_UNCHECKED_WARNING.into());
+        }
+        None
     }
 
     /// The CRLs of `path` when there is one; otherwise [`Revocation::Missing`]
@@ -361,6 +409,66 @@ impl Revocation {
     }
 }
 
+const MFG_UNCHECKED_WARNING: &str = "no manufacturer CRL is configured and its check is \
+     switched off: IDevIDs are not checked for revocation (a reprovisioned device's old, revoked \
+     identity would be accepted)";
+
+/// Whose CRL a warning is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrlOf {
+    Owner,
+    Manufacturer,
+}
+
+/// A warning for each of `crls` (read from `source`) past its nextUpdate
+/// or without one; an error when one does not parse.
+pub fn stale_crl_warnings(
+    crls: &[CertificateRevocationListDer<'_>],
+    source: &str,
+) -> std::result::Result<Vec<String>, String> {
+    crl_warnings(crls, source, CrlOf::Owner)
+}
+
+fn crl_warnings(
+    crls: &[CertificateRevocationListDer<'_>],
+    source: &str,
+    of: CrlOf,
+) -> std::result::Result<Vec<String>, String> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut warnings = vec![];
+    for (i, c) in crls.iter().enumerate() {
+        let (_, crl) = x509_parser::parse_x509_crl(c)
+            .map_err(|e| format!("CRL {}: does not parse: {e}", i + 1))?;
+        let issuer = crl.issuer().to_string();
+        match crl.next_update().map(|t| t.to_datetime()) {
+            Some(next) if next >= now => {}
+            next => warnings.push(format!(
+                "the {} {source} (issuer {issuer}) is {}: revocations published since then \
+                 are unknown to this tool (the ones it lists are still refused); {}",
+                match of {
+                    CrlOf::Owner => "owner's CRL",
+                    CrlOf::Manufacturer => "manufacturer's CRL",
+                },
+                match next {
+                    Some(t) => format!(
+                        "past its nextUpdate ({})",
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default()
+                    ),
+                    None => "without a nextUpdate".into(),
+                },
+                match of {
+                    CrlOf::Owner =>
+                        "sign a fresh one (`drivesec ca crl --ca OEM_CA_DIR`) and push \
+                                     it (`drivesec fleet push-crl`)",
+                    CrlOf::Manufacturer => "get a fresh one from the manufacturer",
+                }
+            )),
+        }
+    }
+    Ok(warnings)
+}
+
 /// What the tool requires of a commissioned device's certificate.
 #[derive(Debug, Clone)]
 pub struct OwnedTrust {
@@ -378,14 +486,18 @@ pub struct OwnedTrust {
 /// How the client decides that the peer is the right device.
 #[derive(Debug, Clone)]
 pub enum DeviceTrust {
-    /// Factory state: the IDevID must chain to one of these manufacturer roots;
-    /// when `serial` is set, the certificate's subject serialNumber must be
-    /// exactly it.
+    /// Factory state: the IDevID must chain to one of these manufacturer roots,
+    /// must not be revoked by the manufacturer's CRLs (its issuer must have
+    /// one, unless the check is explicitly off); when `serial` is set, the
+    /// certificate's subject serialNumber must be exactly it.
     Idevid {
         /// Manufacturer roots.
         roots: Vec<CertificateDer<'static>>,
         /// Expected serial number.
         serial: Option<String>,
+        /// The manufacturer's CRLs (revoked IDevIDs); missing refuses to
+        /// connect.
+        revocation: Revocation,
     },
     /// Risky: a device whose tamper response ran has no key left to prove
     /// who it is; it answers status reads under a throwaway self-signed
@@ -423,9 +535,11 @@ impl DeviceTrust {
 /// [`DeviceTrust`].
 #[derive(Debug)]
 enum ServerCheck {
-    /// A factory-state device: the IDevID chains to these roots (and names the serial).
+    /// A factory-state device: the IDevID chains to these roots, is not
+    /// revoked by these CRLs (none: unchecked), and names the serial.
     Idevid {
         roots: Vec<CertificateDer<'static>>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
         serial: Option<String>,
     },
     /// A tampered device's throwaway `CN=TAMPERED <serial>` certificate.
@@ -460,17 +574,19 @@ impl ServerCertVerifier for CheckedVerifier {
                 .map_err(|e| rustls::Error::General(format!("certificate: {e}")))
         };
         match &self.check {
-            ServerCheck::Idevid { roots, serial } => {
-                let opts = drivesec_pki::verify::VerifyOptions {
-                    roots,
+            ServerCheck::Idevid {
+                roots,
+                crls,
+                serial,
+            } => {
+                verify_idevid(
+                    end_entity,
                     intermediates,
-                    crls: &[],
-                    usage: drivesec_pki::verify::Usage::Server,
-                    time: Some(now),
-                };
-                drivesec_pki::verify::verify_chain(end_entity, &opts).map_err(|e| {
-                    explain_refusal(end_entity, rustls::Error::General(format!("IDevID: {e}")))
-                })?;
+                    roots,
+                    crls,
+                    drivesec_pki::verify::Usage::Server,
+                    now,
+                )?;
                 if let Some(expected) = serial {
                     let found = drivesec_pki::inspect::subject_serial_number(end_entity)
                         .map_err(|e| rustls::Error::General(format!("IDevID: {e}")))?;
@@ -533,6 +649,117 @@ impl ServerCertVerifier for CheckedVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+/// Checks an IDevID `leaf` (with the `intermediates` presented): it chains
+/// to the manufacturer `roots` for `usage`; with `crls` (the
+/// manufacturer's), the leaf against its issuer's CRL, which must be among
+/// them, then the whole chain against whichever CRLs cover it. A CRL past
+/// its nextUpdate still applies (the caller warned when it read it). No
+/// CRLs: not checked for revocation. The error explains a revoked or
+/// uncovered IDevID as a [`PeerProblem`].
+pub fn verify_idevid(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+    crls: &[CertificateRevocationListDer<'_>],
+    usage: drivesec_pki::verify::Usage,
+    now: UnixTime,
+) -> std::result::Result<(), rustls::Error> {
+    let general = |m: String| rustls::Error::General(format!("IDevID: {m}"));
+    let anchors = roots
+        .iter()
+        .map(|r| {
+            webpki::anchor_from_trusted_cert(r)
+                .map(|a| a.to_owned())
+                .map_err(|e| general(format!("unusable manufacturer root: {e:?}")))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let ee = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| general(format!("unparseable certificate: {e:?}")))?;
+    let parsed = crls
+        .iter()
+        .map(|c| {
+            webpki::BorrowedCertRevocationList::from_der(c)
+                .map(webpki::CertRevocationList::from)
+                .map_err(|e| general(format!("unparseable manufacturer CRL: {e:?}")))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let refs: Vec<&webpki::CertRevocationList<'_>> = parsed.iter().collect();
+    let key_usage = match usage {
+        drivesec_pki::verify::Usage::Server => webpki::KeyUsage::server_auth(),
+        drivesec_pki::verify::Usage::Client => webpki::KeyUsage::client_auth(),
+    };
+    let passes: Vec<Option<webpki::RevocationOptions<'_>>> = if refs.is_empty() {
+        vec![None]
+    } else {
+        let builder = || {
+            webpki::RevocationOptionsBuilder::new(&refs)
+                .map_err(|_| general("no CRLs".into()))
+                .map(|b| b.with_expiration_policy(webpki::ExpirationPolicy::Ignore))
+        };
+        vec![
+            Some(
+                builder()?
+                    .with_depth(webpki::RevocationCheckDepth::EndEntity)
+                    .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+                    .build(),
+            ),
+            Some(
+                builder()?
+                    .with_depth(webpki::RevocationCheckDepth::Chain)
+                    .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                    .build(),
+            ),
+        ]
+    };
+    for revocation in passes {
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            intermediates,
+            now,
+            key_usage,
+            revocation,
+            None,
+        )
+        .map_err(|e| {
+            let summary = drivesec_pki::inspect::summarize(leaf).ok();
+            if let Some(serial) = tampered_marker(leaf) {
+                return PeerProblem::Tampered { serial }.into_tls();
+            }
+            match (e, summary) {
+                (webpki::Error::CertRevoked, Some(s)) => PeerProblem::IdevidRevoked {
+                    serial: s.serial,
+                    subject: s.subject,
+                }
+                .into_tls(),
+                (webpki::Error::UnknownRevocationStatus, Some(s)) => {
+                    PeerProblem::NoManufacturerCrlCoverage { issuer: s.issuer }.into_tls()
+                }
+                (e, _) => general(idevid_refusal(&e)),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Why webpki refused an IDevID, in words.
+fn idevid_refusal(e: &webpki::Error) -> String {
+    match e {
+        webpki::Error::CertRevoked => "the certificate is revoked".into(),
+        webpki::Error::UnknownIssuer => "the chain does not lead to a trusted root".into(),
+        webpki::Error::CertExpired { .. } => "the certificate has expired".into(),
+        webpki::Error::CertNotValidYet { .. } => "the certificate is not valid yet".into(),
+        webpki::Error::RequiredEkuNotFoundContext(_) => {
+            "the certificate is not issued for this purpose (extendedKeyUsage)".into()
+        }
+        webpki::Error::InvalidSignatureForPublicKey => "a signature in the chain is invalid".into(),
+        webpki::Error::UnknownRevocationStatus => {
+            "no manufacturer CRL covers the certificate's issuer".into()
+        }
+        other => format!("{other:?}"),
     }
 }
 
@@ -650,9 +877,14 @@ pub fn tls_config(
             .map_err(|_| OemError::Invalid(format!("'{device_name}' is not a DNS name")))
     };
     let (check, server_name) = match trust {
-        DeviceTrust::Idevid { roots, serial } => (
+        DeviceTrust::Idevid {
+            roots,
+            serial,
+            revocation,
+        } => (
             ServerCheck::Idevid {
                 roots: roots.clone(),
+                crls: revocation.crls()?.to_vec(),
                 serial: serial.clone(),
             },
             ServerName::IpAddress(addr.ip().into()),
@@ -692,9 +924,15 @@ pub struct Timeouts {
     /// The TLS handshake (default 10 s).
     pub handshake: Duration,
     /// One whole answer, head and body, from the request on (default
-    /// 30 s); for the routes whose answers are streamed (audit export,
-    /// trail segments), the most time between two pieces of it.
+    /// 30 s). For the routes whose answers are streamed (audit export,
+    /// trail segments): the head within this, then the body in windows of
+    /// this length, each of which must bring at least
+    /// [`Timeouts::min_rate`] on average (no total limit, but none for
+    /// a trickle either: at most the route's cap at that rate).
     pub response: Duration,
+    /// The slowest a streamed answer may come, bytes per second averaged
+    /// over each window of [`Timeouts::response`] (default 32 KiB/s).
+    pub min_rate: u64,
     /// One whole answer to a request the device works on for long: the
     /// firmware reboot, which verifies the image (default 300 s).
     pub slow_response: Duration,
@@ -709,6 +947,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             handshake: Duration::from_secs(10),
             response: Duration::from_secs(30),
+            min_rate: 32 << 10,
             slow_response: Duration::from_secs(300),
             upload_idle: Duration::from_secs(60),
         }
@@ -721,8 +960,17 @@ pub const JSON_CAP: u64 = 1 << 20;
 pub const AUDIT_RECORDS_CAP: u64 = 32 << 20;
 /// The largest trail snapshot (`GET /api/v1/audit/trail`: checkpoints, base64).
 pub const TRAIL_SNAPSHOT_CAP: u64 = 64 << 20;
-/// The largest trail segment when the request names no length.
+/// The largest trail segment the tool collects, whatever length the
+/// device's snapshot declares: a segment is at most the device's
+/// `[audit] segment_bytes` (default 8 MiB), or one frame when that is
+/// larger, so this leaves room for a device configured eight times the
+/// default. A segment request is capped at the smaller of this and the
+/// length asked for.
 pub const SEGMENT_CAP: u64 = 64 << 20;
+/// The most the tool collects of one device's trail (all segments
+/// together, `audit review`): four times the default `[audit] max_bytes`
+/// (256 MiB) plus its reserve.
+pub const TRAIL_TOTAL_CAP: u64 = 1 << 30;
 /// The largest audit export (`GET /api/v1/audit/export`, streamed to its destination).
 pub const EXPORT_CAP: u64 = 4 << 30;
 
@@ -739,8 +987,10 @@ struct Limits {
 enum Wait {
     /// The whole answer within this.
     Total(Duration),
-    /// Each piece of it within this of the previous (streamed answers).
-    Idle(Duration),
+    /// Streamed answers: the head within this, then the body in windows
+    /// of this length, each bringing at least `min_rate` bytes per second
+    /// on average.
+    Streamed(Duration),
 }
 
 /// The limits of the answer to `method path`, by route.
@@ -754,17 +1004,18 @@ fn limits(t: &Timeouts, method: &str, path: &str) -> Limits {
         ("GET", "/api/v1/audit") => total(AUDIT_RECORDS_CAP),
         ("GET", "/api/v1/audit/trail") => total(TRAIL_SNAPSHOT_CAP),
         ("GET", "/api/v1/audit/trail/segment") => Limits {
-            // The prefix asked for, exactly: more is not the answer.
+            // The prefix asked for, and never more than a segment can be:
+            // the length asked for comes from the device's own snapshot.
             cap: query
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("bytes="))
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(SEGMENT_CAP),
-            wait: Wait::Idle(t.response),
+                .map_or(SEGMENT_CAP, |n: u64| n.min(SEGMENT_CAP)),
+            wait: Wait::Streamed(t.response),
         },
         ("GET", "/api/v1/audit/export") => Limits {
             cap: EXPORT_CAP,
-            wait: Wait::Idle(t.response),
+            wait: Wait::Streamed(t.response),
         },
         ("POST", "/api/v1/firmware/reboot") => Limits {
             cap: JSON_CAP,
@@ -1133,7 +1384,7 @@ impl DeviceClient {
     }
 
     /// The device as a message names it: its DNS name and address, or the address.
-    fn who(&self) -> String {
+    pub fn who(&self) -> String {
         match &self.server_name {
             ServerName::DnsName(n) => format!("{} at {}", n.as_ref(), self.addr),
             _ => format!("the device at {}", self.addr),
@@ -1290,28 +1541,63 @@ impl DeviceClient {
             if upload.is_some() {
                 at = deadline();
             }
+            // A streamed body: windows from the head on, each of which
+            // must bring its share at the minimum rate.
+            let mut window = tokio::time::Instant::now();
+            let mut window_got: u64 = 0;
             loop {
-                let next = match lim.wait {
-                    Wait::Total(_) => tokio::time::timeout_at(at, body.frame()).await,
-                    Wait::Idle(d) => tokio::time::timeout(d, body.frame()).await,
-                }
-                .map_err(|_| self.timeout(format!("the answer to {what}"), after))?;
-                let Some(frame) = next else { break };
-                let frame = frame.map_err(|e| {
-                    OemError::Invalid(format!("{}: reading the answer to {what}: {e}", self.who()))
-                })?;
-                let Ok(data) = frame.into_data() else {
-                    continue;
+                let wake = match lim.wait {
+                    Wait::Total(_) => at,
+                    Wait::Streamed(w) => window + w,
                 };
-                got += data.len() as u64;
-                if got > cap {
-                    return Err(too_large());
+                let next = match tokio::time::timeout_at(wake, body.frame()).await {
+                    Ok(next) => Some(next),
+                    Err(_) if matches!(lim.wait, Wait::Total(_)) => {
+                        return Err(self.timeout(format!("the answer to {what}"), after));
+                    }
+                    Err(_) => None,
+                };
+                if let Some(next) = next {
+                    let Some(frame) = next else { break };
+                    let frame = frame.map_err(|e| {
+                        OemError::Invalid(format!(
+                            "{}: reading the answer to {what}: {e}",
+                            self.who()
+                        ))
+                    })?;
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    got += data.len() as u64;
+                    window_got += data.len() as u64;
+                    if got > cap {
+                        return Err(too_large());
+                    }
+                    match (&mut sink, ok) {
+                        (Sink::Stream(out), true) => out.write_all(&data).map_err(|e| {
+                            OemError::Invalid(format!("writing the answer to {what}: {e}"))
+                        })?,
+                        _ => bytes.extend_from_slice(&data),
+                    }
                 }
-                match (&mut sink, ok) {
-                    (Sink::Stream(out), true) => out.write_all(&data).map_err(|e| {
-                        OemError::Invalid(format!("writing the answer to {what}: {e}"))
-                    })?,
-                    _ => bytes.extend_from_slice(&data),
+                if let Wait::Streamed(w) = lim.wait
+                    && tokio::time::Instant::now() >= window + w
+                {
+                    let need =
+                        u64::try_from(u128::from(self.timeouts.min_rate) * w.as_millis() / 1000)
+                            .unwrap_or(u64::MAX);
+                    if window_got < need {
+                        return Err(self.timeout(
+                            format!(
+                                "sending {need} bytes of the answer to {what} (the minimum \
+                                 rate, {} bytes/s; it sent {window_got} in that time)",
+                                self.timeouts.min_rate
+                            ),
+                            w,
+                        ));
+                    }
+                    window = tokio::time::Instant::now();
+                    window_got = 0;
                 }
             }
             // Kept for the next call unless the device is closing it.
@@ -1367,7 +1653,7 @@ impl DeviceClient {
 impl Limits {
     fn wait_len(&self) -> Duration {
         match self.wait {
-            Wait::Total(d) | Wait::Idle(d) => d,
+            Wait::Total(d) | Wait::Streamed(d) => d,
         }
     }
 }
@@ -1386,6 +1672,87 @@ impl std::io::Write for Counted<'_> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// A blocking TCP stream with one total deadline for everything read and
+/// written through it (the synchronous TLS probes): before each read or
+/// write the socket's timeout is set to the time left, and once none is
+/// left the operation fails with [`std::io::ErrorKind::TimedOut`]. A peer
+/// that trickles one byte at a time therefore cannot stretch the step
+/// beyond the deadline ([`deadline_error`] names it).
+#[derive(Debug)]
+pub struct DeadlineStream {
+    /// The socket.
+    pub tcp: std::net::TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    /// `tcp` with `within` from now.
+    pub fn new(tcp: std::net::TcpStream, within: Duration) -> Self {
+        DeadlineStream {
+            tcp,
+            deadline: Instant::now() + within,
+        }
+    }
+
+    /// A new deadline, `within` from now (the next step).
+    pub fn restart(&mut self, within: Duration) {
+        self.deadline = Instant::now() + within;
+    }
+
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the deadline passed",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl std::io::Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.tcp.set_read_timeout(Some(left))?;
+        std::io::Read::read(&mut self.tcp, buf)
+    }
+}
+
+impl std::io::Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.tcp.set_write_timeout(Some(left))?;
+        std::io::Write::write(&mut self.tcp, buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.tcp)
+    }
+}
+
+/// An I/O error of a step done through a [`DeadlineStream`]: the deadline
+/// (a timeout or the socket's own) as [`OemError::Timeout`] naming the
+/// device at `addr` and `what`; anything else as `TLS with ADDR: ...`.
+pub fn deadline_error(
+    e: &std::io::Error,
+    addr: SocketAddr,
+    what: &str,
+    within: Duration,
+) -> OemError {
+    if matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    ) {
+        OemError::Timeout {
+            device: format!("the device at {addr}"),
+            what: what.into(),
+            secs: within.as_secs().max(1),
+        }
+    } else {
+        OemError::Invalid(format!("TLS with {addr}: {e}"))
     }
 }
 
@@ -1564,13 +1931,25 @@ mod tests {
         assert_eq!(cap("POST", "/api/v1/login"), JSON_CAP);
         assert_eq!(cap("GET", "/api/v1/audit?limit=100"), AUDIT_RECORDS_CAP);
         assert_eq!(cap("GET", "/api/v1/audit/trail"), TRAIL_SNAPSHOT_CAP);
-        // A segment: exactly the prefix asked for.
+        // A segment: the prefix asked for, but never more than a segment
+        // can be (the length asked for is the device's own claim).
         assert_eq!(
             cap(
                 "GET",
                 "/api/v1/audit/trail/segment?name=00000001.seg&bytes=4096"
             ),
             4096
+        );
+        assert_eq!(
+            cap(
+                "GET",
+                "/api/v1/audit/trail/segment?name=00000001.seg&bytes=314572800"
+            ),
+            SEGMENT_CAP
+        );
+        assert_eq!(
+            cap("GET", "/api/v1/audit/trail/segment?name=00000001.seg"),
+            SEGMENT_CAP
         );
         assert_eq!(cap("GET", "/api/v1/audit/export"), EXPORT_CAP);
         assert!(matches!(
@@ -1579,7 +1958,7 @@ mod tests {
         ));
         assert!(matches!(
             limits(&t, "GET", "/api/v1/audit/export").wait,
-            Wait::Idle(d) if d == t.response
+            Wait::Streamed(d) if d == t.response
         ));
     }
 

@@ -1,7 +1,10 @@
 //! Taking ownership of a device (`drivesec device commission`).
 //!
 //! 1. Connect trusting only the manufacturer root: the device must present an
-//!    IDevID whose subject serialNumber is exactly the expected serial number
+//!    IDevID the manufacturer's CRL does not revoke (a reprovisioned
+//!    device's old IDevID is revoked there; its issuer must have a CRL unless
+//!    the check is explicitly off) whose subject serialNumber is exactly
+//!    the expected serial number
 //!    (which the operator gives; a genuine IDevID of another device must not
 //!    receive this one's credential). Nothing is sent before that handshake
 //!    proved it. The LDevID carries the serial read from the certificate the
@@ -38,6 +41,10 @@ pub struct CommissionRequest<'a> {
     pub identity: &'a ClientIdentity,
     /// The manufacturer CA's root, to check the IDevID.
     pub manufacturer_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The manufacturer's CRLs the IDevID is checked against (a
+    /// reprovisioned device's old IDevID is revoked there);
+    /// [`Revocation::Missing`] refuses before connecting.
+    pub manufacturer_revocation: Revocation,
     /// The serial number the device must be (its IDevID's subject serialNumber, exactly).
     pub serial: String,
     /// The one-time factory credential.
@@ -80,6 +87,7 @@ pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissio
         &DeviceTrust::Idevid {
             roots: req.manufacturer_roots.clone(),
             serial: Some(req.serial.clone()),
+            revocation: req.manufacturer_revocation.clone(),
         },
         Versions::Default,
     )?;

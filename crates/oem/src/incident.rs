@@ -53,6 +53,9 @@ pub struct Reach {
     pub parallel: usize,
     /// The manufacturer root (IDevIDs chain to it), when known.
     pub manufacturer_roots: Option<Vec<CertificateDer<'static>>>,
+    /// The manufacturer's CRLs every IDevID is checked against (missing:
+    /// IDevID checks refuse, until [`Reach::allow_missing_crl`]).
+    pub manufacturer_revocation: Revocation,
 }
 
 /// Runs `f` on every device, at most `parallel` at once (a device that
@@ -162,7 +165,10 @@ impl Reach {
             .get("security-admin")
             .ok_or_else(|| OemError::Invalid("lab.json has no security-admin account".into()))?;
         let devices = lab_devices(lab)?;
-        let (revocation, warnings) = Revocation::from_file(&lab.crl)?;
+        let (revocation, mut warnings) = Revocation::from_file(&lab.crl)?;
+        let (manufacturer_revocation, w) =
+            Revocation::manufacturer_from_file(&lab.manufacturer_crl)?;
+        warnings.extend(w);
         Ok(Reach {
             devices,
             admin: lab.identity("security-admin")?,
@@ -173,6 +179,7 @@ impl Reach {
             warnings,
             parallel: DEFAULT_PARALLEL,
             manufacturer_roots: Some(drivesec_pki::read_cert_chain(&lab.manufacturer_ca)?),
+            manufacturer_revocation,
         })
     }
 
@@ -188,7 +195,21 @@ impl Reach {
         let password = Zeroizing::new(drivesec_fsutil::read_to_string(&v.admin_password_file)?);
         let admin = ClientIdentity::from_files(&v.admin_cert, &v.admin_key)?;
         let roots = drivesec_pki::read_cert_chain(&inv.trust.oem_root)?;
-        let (revocation, warnings) = inventory_revocation(inv, path)?;
+        let (revocation, mut warnings) = inventory_revocation(inv, path)?;
+        let (manufacturer_revocation, w) = Revocation::manufacturer_configured(
+            inv.trust.manufacturer_crl.as_deref(),
+            false,
+            || {
+                format!(
+                    "{}: trust.manufacturer_crl is not set, and the tool checks every IDevID \
+                     against the manufacturer's CRL (a reprovisioned device's old IDevID is \
+                     revoked there): set it to the manufacturer CA's crl.pem; `audit review` also \
+                     takes --insecure-no-crl to go on without revocation checks",
+                    path.display()
+                )
+            },
+        )?;
+        warnings.extend(w);
         Ok(Reach {
             devices,
             admin,
@@ -204,6 +225,7 @@ impl Reach {
                 .as_ref()
                 .map(|p| drivesec_pki::read_cert_chain(p))
                 .transpose()?,
+            manufacturer_revocation,
         })
     }
 
@@ -212,6 +234,13 @@ impl Reach {
     /// checked.
     pub fn allow_missing_crl(&mut self) {
         if let Some(w) = self.revocation.allow_missing() {
+            self.warnings.push(w);
+        }
+        // The manufacturer's CRL only matters where an IDevID is checked
+        // (the manufacturer root is known): warn only then.
+        if let Some(w) = self.manufacturer_revocation.allow_missing_manufacturer()
+            && self.manufacturer_roots.is_some()
+        {
             self.warnings.push(w);
         }
     }
@@ -271,8 +300,16 @@ pub struct Seen {
     pub device: String,
     /// Reachable under its identity.
     pub reachable: bool,
-    /// Its tamper response has run (answers only under the TAMPERED identity).
+    /// Its tamper response has run, as far as anyone can tell: it presents
+    /// only its `CN=TAMPERED <serial>` marker and says so over it
+    /// (unauthenticated: the keys that could prove it are destroyed).
+    /// Flagged in the store for re-provisioning.
     pub tampered: bool,
+    /// What a `CN=TAMPERED <serial>` status connection claimed, always
+    /// "claimed, unauthenticated"; when the device's identity connection
+    /// failed for another reason, that `error` stands and the claim is not
+    /// recorded in the store.
+    pub tamper_claim: Option<String>,
     /// Firmware running.
     pub firmware_version: String,
     /// The serial (hex) of the LDevID it presents.
@@ -295,6 +332,7 @@ fn scan_one(reach: &Reach, d: &ReachDevice) -> Seen {
         device: d.name.clone(),
         reachable: false,
         tampered: false,
+        tamper_claim: None,
         firmware_version: String::new(),
         ldevid_serial: String::new(),
         ldevid_not_after: String::new(),
@@ -321,9 +359,12 @@ fn scan_one(reach: &Reach, d: &ReachDevice) -> Seen {
         }
         Err(e) => {
             // No identity answers: is it the tamper response? (Not asked of a
-            // device that does not answer at all.)
-            if !d.serial.is_empty() && !matches!(e, OemError::Timeout { .. }) {
-                seen.tampered = DeviceClient::new(
+            // device that does not answer at all.) What answers under a
+            // `CN=TAMPERED <serial>` certificate is unauthenticated: anyone
+            // can make one.
+            let claims_tamper = !d.serial.is_empty()
+                && !matches!(e, OemError::Timeout { .. })
+                && DeviceClient::new(
                     d.addr,
                     Some(&reach.admin),
                     &DeviceTrust::TamperedStatusRisky {
@@ -333,8 +374,32 @@ fn scan_one(reach: &Reach, d: &ReachDevice) -> Seen {
                 )
                 .and_then(|t| t.ok("GET", "/api/v1/info", None))
                 .is_ok_and(|v| v["tampered"] == true);
-            }
-            if !seen.tampered {
+            // Flagged only when all the device presented is its own tamper
+            // marker; a claim beside another refusal (a revoked or another
+            // device's certificate, say) does not hide that refusal.
+            let marker_only = matches!(
+                &e,
+                OemError::Refused {
+                    problem: crate::client::PeerProblem::Tampered { serial },
+                    ..
+                } if *serial == d.serial
+            );
+            if claims_tamper && marker_only {
+                seen.tampered = true;
+                seen.tamper_claim = Some(format!(
+                    "claimed, unauthenticated: it presents only the tamper marker CN=TAMPERED {} \
+                     and says its tamper response has run",
+                    d.serial
+                ));
+            } else {
+                if claims_tamper {
+                    seen.tamper_claim = Some(format!(
+                        "claimed, unauthenticated, not recorded: a status connection under \
+                         CN=TAMPERED {} says its tamper response has run, but its identity \
+                         connection failed otherwise",
+                        d.serial
+                    ));
+                }
                 seen.error = Some(e.to_string());
             }
         }
@@ -356,6 +421,7 @@ pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
                 device: d.name.clone(),
                 reachable: false,
                 tampered: false,
+                tamper_claim: None,
                 firmware_version: String::new(),
                 ldevid_serial: String::new(),
                 ldevid_not_after: String::new(),
@@ -373,8 +439,12 @@ pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
             rec.firmware_version = seen.firmware_version.clone();
             rec.ldevid_not_after = seen.ldevid_not_after.clone();
             rec.boot_issue = seen.boot_issue.clone().unwrap_or_default();
+            // Under its identity again (re-provisioned, commissioned).
+            rec.tampered = false;
         }
-        rec.tampered = seen.tampered;
+        if seen.tampered {
+            rec.tampered = true;
+        }
         store.upsert_device(&rec).map_err(db)?;
     }
     Ok(seen)
@@ -416,10 +486,14 @@ pub struct Renewed {
     pub previous_serial: Option<String>,
     /// Renewed now (false: not yet due, or failed).
     pub renewed: bool,
-    /// The new certificate's serial.
+    /// The new certificate's serial, as the OEM CA issued it (and the
+    /// device was then seen presenting).
     pub serial: Option<String>,
-    /// Its expiry.
+    /// Its expiry, as issued.
     pub not_after: Option<String>,
+    /// The LDevID issued for this renewal and revoked because the renewal
+    /// then failed (the device was not seen presenting it).
+    pub revoked: Option<String>,
     /// Why it could not be renewed (or checked).
     pub error: Option<String>,
 }
@@ -445,6 +519,7 @@ pub fn renew(
             renewed: false,
             serial: None,
             not_after: None,
+            revoked: None,
             error: None,
         };
         if let Err(e) = renew_one(reach, &oem, d, &mut r, margin_days, days, force) {
@@ -464,6 +539,7 @@ pub fn renew(
                 renewed: false,
                 serial: None,
                 not_after: None,
+                revoked: None,
                 error: Some(e.to_string()),
             })
         })
@@ -516,23 +592,109 @@ fn renew_one(
             },
         })?
     };
-    let v = c
+    // From here on the issued LDevID exists: it is revoked unless the
+    // device is seen presenting exactly it.
+    let installed = c
         .ok(
             "PUT",
             "/api/v1/identity/ldevid",
             Some(&serde_json::json!({"chain_pem": issued.chain_pem})),
         )
-        .map_err(|e| {
-            OemError::Invalid(format!(
-                "{}: the new LDevID {} was issued but not installed: {e}; run the renewal again",
-                d.name, issued.serial
-            ))
-        })?;
+        .map(|_| ());
+    // Whatever the device answered (its reply may also have been lost),
+    // what counts is the certificate it presents on a new connection.
+    let presents = presents_exactly(reach, d, &issued);
     let _ = c.call("POST", "/api/v1/logout", None);
+    match (presents, installed) {
+        (Ok(()), _) => {}
+        (Err(seen), installed) => {
+            let cause = match installed {
+                Ok(()) => seen.to_string(),
+                Err(e) => format!("installing it failed ({e}), and {seen}"),
+            };
+            let (message, revoked) = revoke_unproven(oem, d, &issued.serial, &cause);
+            r.revoked = revoked;
+            return Err(OemError::Invalid(message));
+        }
+    }
+    // What the CA issued, never what the device said about it.
+    let summary = drivesec_pki::inspect::summarize(&issued.der)?;
     r.renewed = true;
-    r.serial = v["serial"].as_str().map(str::to_string);
-    r.not_after = v["not_after"].as_str().map(str::to_string);
+    r.serial = Some(summary.serial);
+    r.not_after = Some(summary.not_after);
     Ok(())
+}
+
+/// Ok when a new connection to `d` (checked as [`Reach::trust`]: owner
+/// roots, name, CRL, LDevID profile, serial) presents exactly `issued` as
+/// its end-entity certificate; why not otherwise.
+fn presents_exactly(reach: &Reach, d: &ReachDevice, issued: &drivesec_pki::Issued) -> Result<()> {
+    let fresh = reach.connected(d).map_err(|e| {
+        OemError::Invalid(format!(
+            "reconnecting to check it presents the new LDevID failed: {e}"
+        ))
+    })?;
+    let leaf = fresh.peer_certificates().into_iter().next();
+    match leaf {
+        Some(leaf) if leaf.as_ref() == issued.der.as_slice() => Ok(()),
+        Some(leaf) => Err(OemError::Invalid(format!(
+            "on a new connection it presents LDevID {}, not the one just issued",
+            drivesec_pki::inspect::summarize(&leaf)
+                .map(|s| s.serial)
+                .unwrap_or_else(|_| "(unreadable)".into())
+        ))),
+        None => Err(OemError::Invalid(
+            "on a new connection it presents no certificate".into(),
+        )),
+    }
+}
+
+/// After renewing `d` failed (`cause`) once the OEM CA had issued the
+/// LDevID `serial`: revokes it (reason cessation-of-operation, the OEM CRL
+/// re-signed), so no key the tool did not see installed keeps a valid
+/// LDevID. The error message, and the serial when it is revoked.
+fn revoke_unproven(
+    oem: &std::sync::Mutex<&mut drivesec_pki::Ca>,
+    d: &ReachDevice,
+    serial: &str,
+    cause: &str,
+) -> (String, Option<String>) {
+    let head = format!(
+        "{}: renewal failed after the OEM CA issued the new LDevID {serial}: {cause}",
+        d.name
+    );
+    let revoked = match oem.lock() {
+        Ok(mut ca) => {
+            let dir = ca.dir().display().to_string();
+            ca.revoke(serial, "cessation-of-operation")
+                .map(|_| ca.crl_path())
+                .map_err(|e| (e.to_string(), dir))
+        }
+        Err(_) => Err((
+            "the OEM CA failed on another device".to_string(),
+            "OEM_CA_DIR".to_string(),
+        )),
+    };
+    match revoked {
+        Ok(crl) => (
+            format!(
+                "{head}. That LDevID is revoked (the OEM CRL {} is re-signed; push it with \
+                 `drivesec fleet push-crl`). The device keeps its previous LDevID if it did not \
+                 take the new one: run the renewal again; if it did take it, it now presents a \
+                 revoked certificate and has to be factory-reset and commissioned again",
+                crl.display()
+            ),
+            Some(serial.to_string()),
+        ),
+        Err((e, dir)) => (
+            format!(
+                "{head}. Revoking that LDevID failed too ({e}): revoke it now with \
+                 `drivesec ca revoke --ca {dir} --serial {serial} --reason \
+                 cessation-of-operation` and push the CRL"
+            ),
+            None,
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,11 @@ pub struct Trust {
     /// it (the access review verifies each trail with the IDevID).
     #[serde(default)]
     pub manufacturer_root: Option<PathBuf>,
+    /// The manufacturer's CRL (PEM): revoked IDevIDs (a reprovisioned
+    /// device's old one, say). Every IDevID check applies it; without it,
+    /// they refuse unless told to go on without (`--insecure-no-crl`).
+    #[serde(default)]
+    pub manufacturer_crl: Option<PathBuf>,
 }
 
 /// An account with `update-firmware` and its client certificate.
@@ -156,6 +161,7 @@ impl Inventory {
             .iter_mut()
             .chain(inv.trust.firmware_trust.iter_mut())
             .chain(inv.trust.manufacturer_root.iter_mut())
+            .chain(inv.trust.manufacturer_crl.iter_mut())
         {
             abs(p);
         }
@@ -267,6 +273,7 @@ impl Inventory {
                 crl: Some(lab.crl.clone()),
                 firmware_trust: Some(fw.trust.clone()),
                 manufacturer_root: Some(lab.manufacturer_ca.clone()),
+                manufacturer_crl: Some(lab.manufacturer_crl.clone()),
             },
             operator: Some(RolloutOperator {
                 cert: e.cert,

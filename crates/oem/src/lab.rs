@@ -666,6 +666,7 @@ fn start_devices(
     let mfg_roots = drivesec_pki::read_cert_chain(&m.manufacturer_ca)?;
     let oem_roots = drivesec_pki::read_cert_chain(&m.oem_ca)?;
     let revocation = crate::client::Revocation::from_file(&m.crl)?.0;
+    let mfg_revocation = crate::client::Revocation::manufacturer_from_file(&m.manufacturer_crl)?.0;
     for d in &mut m.devices {
         let listen = "127.0.0.1:0"
             .parse()
@@ -695,6 +696,7 @@ fn start_devices(
                 addr: started.addr,
                 identity: &identity,
                 manufacturer_roots: mfg_roots.clone(),
+                manufacturer_revocation: mfg_revocation.clone(),
                 serial: d.serial_number.clone(),
                 factory_credential: credential.trim(),
                 device_name: &device_name,

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use drivesec_modbus::frame::{self, fc};
 
-use crate::client::{ClientIdentity, DeviceTrust, Versions, tls_config};
+use crate::client::{
+    ClientIdentity, DeadlineStream, DeviceTrust, Versions, deadline_error, tls_config,
+};
 use crate::{OemError, Result};
 
 pub mod load;
@@ -18,9 +20,23 @@ pub mod load;
 /// A request's outcome at the Modbus level.
 pub type Answer<T> = std::result::Result<T, u8>;
 
+/// How long the TLS handshake may take in all, and then each request with
+/// its whole answer ([`ModbusClient::connect_within`]).
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
 enum Transport {
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, DeadlineStream>>),
+    Plain(DeadlineStream),
+}
+
+impl Transport {
+    /// The next step gets `within` from now.
+    fn restart(&mut self, within: Duration) {
+        match self {
+            Transport::Tls(s) => s.sock.restart(within),
+            Transport::Plain(s) => s.restart(within),
+        }
+    }
 }
 
 impl Read for Transport {
@@ -53,6 +69,8 @@ pub struct ModbusClient {
     stream: Transport,
     transaction: u16,
     addr: SocketAddr,
+    /// Each request's deadline (answer included).
+    within: Duration,
 }
 
 impl std::fmt::Debug for ModbusClient {
@@ -66,6 +84,7 @@ impl std::fmt::Debug for ModbusClient {
 impl Drop for ModbusClient {
     fn drop(&mut self) {
         if let Transport::Tls(s) = &mut self.stream {
+            s.sock.restart(Duration::from_secs(1));
             s.conn.send_close_notify();
             let _ = s.flush();
         }
@@ -73,35 +92,51 @@ impl Drop for ModbusClient {
 }
 
 impl ModbusClient {
-    /// Connects and completes the TLS handshake (mutual when `identity` is given).
+    /// Connects and completes the TLS handshake (mutual when `identity` is
+    /// given), within [`DEADLINE`] in all; each request then gets
+    /// [`DEADLINE`] too.
     pub fn connect(
         addr: SocketAddr,
         identity: Option<&ClientIdentity>,
         trust: &DeviceTrust,
         versions: Versions,
     ) -> Result<Self> {
+        Self::connect_within(addr, identity, trust, versions, DEADLINE)
+    }
+
+    /// [`ModbusClient::connect`] with another deadline: for the whole
+    /// handshake, and then for each request with its answer. A device that
+    /// trickles bytes fails with [`OemError::Timeout`] once it has passed.
+    pub fn connect_within(
+        addr: SocketAddr,
+        identity: Option<&ClientIdentity>,
+        trust: &DeviceTrust,
+        versions: Versions,
+        within: Duration,
+    ) -> Result<Self> {
         let (cfg, name) = tls_config(addr, identity, trust, versions)?;
         let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name)
             .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
-        let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|e| OemError::Invalid(format!("connect {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        tcp.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| OemError::Invalid(e.to_string()))?;
+        let mut tcp = DeadlineStream::new(tcp, within);
         while conn.is_handshaking() {
-            conn.complete_io(&mut tcp)
-                .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
+            conn.complete_io(&mut tcp).map_err(|e| {
+                deadline_error(&e, addr, "the Modbus/TCP Security TLS handshake", within)
+            })?;
         }
         let mut c = ModbusClient {
             stream: Transport::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))),
             transaction: 0,
             addr,
+            within,
         };
         // TLS 1.3 client certificates are checked after the client's
         // Finished: a refusal arrives as an alert on the first read.
-        c.stream
-            .flush()
-            .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
+        c.stream.flush().map_err(|e| {
+            deadline_error(&e, addr, "the Modbus/TCP Security TLS handshake", within)
+        })?;
         Ok(c)
     }
 
@@ -110,18 +145,18 @@ impl ModbusClient {
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(|e| OemError::Invalid(format!("connect {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        tcp.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| OemError::Invalid(e.to_string()))?;
         Ok(ModbusClient {
-            stream: Transport::Plain(tcp),
+            stream: Transport::Plain(DeadlineStream::new(tcp, DEADLINE)),
             transaction: 0,
             addr,
+            within: DEADLINE,
         })
     }
 
     /// Writes raw bytes (tests of malformed frames).
     pub fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
         let addr = self.addr;
+        self.stream.restart(self.within);
         self.stream
             .write_all(bytes)
             .and_then(|_| self.stream.flush())
@@ -129,8 +164,9 @@ impl ModbusClient {
     }
 
     /// Whether the device closed the connection (without answering) before
-    /// the read timeout.
+    /// the deadline.
     pub fn closed_by_peer(&mut self) -> bool {
+        self.stream.restart(self.within);
         let mut b = [0u8; 1];
         match self.stream.read(&mut b) {
             Ok(0) => true,
@@ -147,7 +183,18 @@ impl ModbusClient {
         self.transaction = self.transaction.wrapping_add(1);
         let t = self.transaction;
         let addr = self.addr;
-        let io = |e: std::io::Error| OemError::Invalid(format!("Modbus with {addr}: {e}"));
+        let within = self.within;
+        // The request and its whole answer within the deadline.
+        self.stream.restart(within);
+        let io = |e: std::io::Error| match deadline_error(
+            &e,
+            addr,
+            "a Modbus request and its answer",
+            within,
+        ) {
+            t @ OemError::Timeout { .. } => t,
+            _ => OemError::Invalid(format!("Modbus with {addr}: {e}")),
+        };
         self.stream
             .write_all(&frame::encode(t, 1, pdu))
             .map_err(io)?;

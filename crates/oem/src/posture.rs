@@ -1,40 +1,86 @@
 //! Live SL-A: each device's posture, fetched over its API by the security
 //! administrator (of a lab or an inventory), for `plan assess --live`.
+//! Devices are asked `reach.parallel` at a time ([`each_device`]); one that
+//! fails (silent, refused, a bad answer) is reported in
+//! [`Postures::failed`] and the others are still assessed.
 
 use std::collections::BTreeMap;
 
 use drivesec_iec62443::assess::LivePosture;
+use serde::Serialize;
 
-use crate::incident::Reach;
+use crate::incident::{Reach, ReachDevice, each_device};
 use crate::{OemError, Result};
 
-/// Posture of every device `reach` reaches, by device name.
-pub fn fetch(reach: &Reach) -> Result<BTreeMap<String, LivePosture>> {
-    let mut out = BTreeMap::new();
-    for d in &reach.devices {
-        let c = reach.session(d)?;
-        let p = c.ok("GET", "/api/v1/posture", None)?;
-        let _ = c.call("POST", "/api/v1/logout", None);
-        let sl_a = crate::client::posture_sl_a(&p).ok_or_else(|| {
-            OemError::Invalid(format!("{}: posture without a 7-value sl_a", d.name))
-        })?;
-        let reasons = p["foundational_requirements"]
-            .as_array()
-            .map(|frs| {
-                frs.iter()
-                    .flat_map(|f| {
-                        let fr = f["fr"].as_str().unwrap_or("").to_string();
-                        f["reasons"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
-                            .into_iter()
-                            .filter_map(move |r| r.as_str().map(|r| format!("{fr}: {r}")))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.insert(d.name.clone(), LivePosture { sl_a, reasons });
+/// A device whose posture could not be fetched.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PostureFailure {
+    /// Device.
+    pub device: String,
+    /// Why.
+    pub error: String,
+}
+
+/// The postures fetched, by device name, and the devices that failed.
+/// Dereferences to the postures (what `assess::attach_live` takes).
+#[derive(Debug, Clone, Default)]
+pub struct Postures {
+    /// Posture of each device that answered.
+    pub postures: BTreeMap<String, LivePosture>,
+    /// The devices that did not, in the reach's order.
+    pub failed: Vec<PostureFailure>,
+}
+
+impl std::ops::Deref for Postures {
+    type Target = BTreeMap<String, LivePosture>;
+    fn deref(&self) -> &Self::Target {
+        &self.postures
+    }
+}
+
+/// Posture of every device `reach` reaches, `reach.parallel` at a time;
+/// a device that fails is in [`Postures::failed`] with why, the others are
+/// still fetched. Errs only on what stops every device (none yet).
+pub fn fetch(reach: &Reach) -> Result<Postures> {
+    let results = each_device(&reach.devices, reach.parallel, |d| fetch_one(reach, d));
+    let mut out = Postures::default();
+    for (d, r) in reach.devices.iter().zip(results) {
+        match r {
+            Ok(p) => {
+                out.postures.insert(d.name.clone(), p);
+            }
+            Err(e) => out.failed.push(PostureFailure {
+                device: d.name.clone(),
+                error: e.to_string(),
+            }),
+        }
     }
     Ok(out)
+}
+
+/// One device's posture.
+fn fetch_one(reach: &Reach, d: &ReachDevice) -> Result<LivePosture> {
+    let c = reach.session(d)?;
+    let p = c.ok("GET", "/api/v1/posture", None);
+    let _ = c.call("POST", "/api/v1/logout", None);
+    let p = p?;
+    let sl_a = crate::client::posture_sl_a(&p)
+        .ok_or_else(|| OemError::Invalid(format!("{}: posture without a 7-value sl_a", d.name)))?;
+    let reasons = p["foundational_requirements"]
+        .as_array()
+        .map(|frs| {
+            frs.iter()
+                .flat_map(|f| {
+                    let fr = f["fr"].as_str().unwrap_or("").to_string();
+                    f["reasons"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(move |r| r.as_str().map(|r| format!("{fr}: {r}")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(LivePosture { sl_a, reasons })
 }

@@ -12,35 +12,41 @@ use std::collections::BTreeMap;
 use drivesec_audit::{Actor, Outcome};
 use serde::Serialize;
 
-use crate::client::DeviceClient;
+use crate::client::{DeviceClient, SEGMENT_CAP, TRAIL_TOTAL_CAP};
 use crate::incident::Reach;
 use crate::{OemError, Result};
 
 /// Copies a device's trail into `dir` (created): the snapshot's small files,
-/// then each segment up to the snapshot's length. Returns the IDevID chain
-/// the device says signs it.
+/// then each segment up to the snapshot's length, streamed to its file.
+/// Returns the IDevID chain the device says signs it.
+///
+/// The lengths are the device's own claim, so they are bounded here: each
+/// segment at most [`SEGMENT_CAP`], all of them together at most
+/// [`TRAIL_TOTAL_CAP`] (checked before anything is fetched); each segment
+/// comes within the client's streamed-answer deadline (a minimum rate,
+/// [`crate::client::Timeouts::min_rate`]), so a trickling device fails
+/// instead of holding the review.
 pub fn collect_trail(
     c: &DeviceClient,
     dir: &std::path::Path,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    collect_trail_within(c, dir, TRAIL_TOTAL_CAP)
+}
+
+/// [`collect_trail`] with another total cap.
+pub fn collect_trail_within(
+    c: &DeviceClient,
+    dir: &std::path::Path,
+    total_cap: u64,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     use base64::Engine as _;
     let snap = c.ok("GET", "/api/v1/audit/trail", None)?;
     let bad = |m: &str| OemError::Check(format!("the device's trail snapshot: {m}"));
-    std::fs::create_dir_all(dir.join("segments"))
-        .map_err(|e| drivesec_fsutil::FsError::io("create", dir, e))?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    for (name, data) in snap["files"].as_object().ok_or_else(|| bad("no files"))? {
-        if !matches!(
-            name.as_str(),
-            "anchor.json" | "checkpoint.json" | "checkpoints.log"
-        ) {
-            return Err(bad(&format!("unexpected file '{name}'")));
-        }
-        let bytes = b64
-            .decode(data.as_str().ok_or_else(|| bad("file not base64"))?)
-            .map_err(|_| bad("file not base64"))?;
-        drivesec_fsutil::write_atomic(&dir.join(name), &bytes, drivesec_fsutil::Mode::Public)?;
-    }
+    let files = snap["files"].as_object().ok_or_else(|| bad("no files"))?;
+    // The segments and their lengths, checked before anything is fetched.
+    let mut segments = vec![];
+    let mut total: u64 = 0;
     for seg in snap["segments"]
         .as_array()
         .ok_or_else(|| bad("no segments"))?
@@ -54,30 +60,62 @@ pub fn collect_trail(
         if !drivesec_audit::is_segment_name(name) {
             return Err(bad(&format!("'{name}' is not a segment name")));
         }
-        let r = c.call_raw(
-            "GET",
-            &format!("/api/v1/audit/trail/segment?name={name}&bytes={bytes}"),
-            None,
-            "",
-        )?;
-        if r.status != 200 {
-            return Err(OemError::Check(format!(
-                "segment {name}: {} {}",
-                r.status,
-                r.body["message"].as_str().unwrap_or("")
-            )));
+        if bytes > SEGMENT_CAP {
+            return Err(OemError::TooLarge {
+                device: c.who(),
+                what: format!("trail segment {name} ({bytes} bytes, as its snapshot declares)"),
+                limit: SEGMENT_CAP,
+            });
         }
-        let data = r.raw;
-        if data.len() as u64 != bytes {
-            return Err(bad(&format!(
-                "segment {name}: {} bytes instead of {bytes}",
-                data.len()
-            )));
+        total = total.saturating_add(bytes);
+        if total > total_cap {
+            return Err(OemError::TooLarge {
+                device: c.who(),
+                what: format!(
+                    "the trail its snapshot declares (segments together, {total} bytes or more)"
+                ),
+                limit: total_cap,
+            });
         }
-        drivesec_fsutil::write_atomic(
-            &dir.join("segments").join(name),
-            &data,
+        segments.push((name.to_string(), bytes));
+    }
+    std::fs::create_dir_all(dir.join("segments"))
+        .map_err(|e| drivesec_fsutil::FsError::io("create", dir, e))?;
+    for (name, data) in files {
+        if !matches!(
+            name.as_str(),
+            "anchor.json" | "checkpoint.json" | "checkpoints.log"
+        ) {
+            return Err(bad(&format!("unexpected file '{name}'")));
+        }
+        let bytes = b64
+            .decode(data.as_str().ok_or_else(|| bad("file not base64"))?)
+            .map_err(|_| bad("file not base64"))?;
+        drivesec_fsutil::write_atomic(&dir.join(name), &bytes, drivesec_fsutil::Mode::Public)?;
+    }
+    for (name, bytes) in segments {
+        // Streamed to its file (capped by the client at the length asked
+        // for, and at SEGMENT_CAP): a segment never sits in memory.
+        drivesec_fsutil::write_atomic_with(
+            &dir.join("segments").join(&name),
             drivesec_fsutil::Mode::Public,
+            |f| {
+                let got = c
+                    .download(
+                        &format!("/api/v1/audit/trail/segment?name={name}&bytes={bytes}"),
+                        f,
+                    )
+                    .map_err(|e| match e {
+                        OemError::Invalid(m) => OemError::Check(format!("segment {name}: {m}")),
+                        other => other,
+                    })?;
+                if got != bytes {
+                    return Err(bad(&format!(
+                        "segment {name}: {got} bytes instead of {bytes}"
+                    )));
+                }
+                Ok::<(), OemError>(())
+            },
         )?;
     }
     let pem = snap["idevid_pem"]
@@ -111,10 +149,22 @@ pub struct AccountReview {
 pub struct DeviceReview {
     /// Device.
     pub device: String,
-    /// The trail verified (chain and signed checkpoints).
+    /// The trail verified (chain and signed checkpoints), and a signed
+    /// checkpoint covers at least part of it: a commissioned device's
+    /// trail that nothing signs (or that is empty) is not intact, since
+    /// nothing proves the device wrote it (see `trail_findings`).
     pub trail_intact: bool,
     /// Records in it.
     pub records: u64,
+    /// The highest record a signed checkpoint covers.
+    pub signed_seq: Option<u64>,
+    /// Records no signed checkpoint covers (the tail after the last one;
+    /// all of them when `nothing_signed`): protected by the chain only.
+    pub unsigned: Option<drivesec_audit::verify::SeqRange>,
+    /// No signed checkpoint covers any record (UNSIGNED).
+    pub nothing_signed: bool,
+    /// What the verification found, in words (empty when intact and fully signed).
+    pub trail_findings: Vec<String>,
     /// Accounts.
     pub accounts: Vec<AccountReview>,
     /// Privilege changes (accounts added or removed, roles changed, custom roles changed).
@@ -155,6 +205,10 @@ pub fn review(
             "the access review verifies each trail with the device's IDevID and needs the manufacturer root (trust.manufacturer_root in the inventory)".into(),
         )
     })?;
+    // Every IDevID is checked against the manufacturer's CRL (a
+    // reprovisioned device's old one is revoked there): without one, refuse
+    // before contacting any device.
+    reach.manufacturer_revocation.crls()?;
     let results = crate::incident::each_device(&reach.devices, reach.parallel, |d| {
         review_one(reach, mfg, d, trails, dormant_days, burst, now)
     });
@@ -167,6 +221,10 @@ pub fn review(
                 device: d.name.clone(),
                 trail_intact: false,
                 records: 0,
+                signed_seq: None,
+                unsigned: None,
+                nothing_signed: false,
+                trail_findings: vec![],
                 accounts: vec![],
                 privilege_changes: vec![],
                 failed_login_bursts: vec![],
@@ -195,21 +253,22 @@ fn review_one(
     let leaf = chain
         .first()
         .ok_or_else(|| OemError::Check(format!("{}: no IDevID", d.name)))?;
-    drivesec_pki::verify::verify_chain(
+    crate::client::verify_idevid(
         leaf,
-        &drivesec_pki::verify::VerifyOptions {
-            roots: mfg,
-            intermediates: chain.get(1..).unwrap_or(&[]),
-            crls: &[],
-            usage: drivesec_pki::verify::Usage::Client,
-            time: None,
-        },
+        chain.get(1..).unwrap_or(&[]),
+        mfg,
+        reach.manufacturer_revocation.crls()?,
+        drivesec_pki::verify::Usage::Client,
+        rustls::pki_types::UnixTime::now(),
     )
     .map_err(|e| {
-        OemError::Check(format!(
-            "{}: its IDevID does not chain to the manufacturer root: {e}",
-            d.name
-        ))
+        OemError::Check(match crate::client::peer_problem(&e) {
+            Some(p) => format!("{}: {}", d.name, p.describe("the device")),
+            None => format!(
+                "{}: its IDevID does not chain to the manufacturer root: {e}",
+                d.name
+            ),
+        })
     })?;
     if !d.serial.is_empty() {
         check_idevid_serial(leaf, &d.serial, &d.name)?;
@@ -317,15 +376,68 @@ fn review_one(
             }
         })
         .collect();
+    let (trail_intact, trail_findings) = trail_verdict(&report);
     Ok(DeviceReview {
         device: d.name.clone(),
-        trail_intact: report.ok,
+        trail_intact,
         records: report.records,
+        signed_seq: report.signed_seq,
+        unsigned: report.unsigned,
+        nothing_signed: report.nothing_signed,
+        trail_findings,
         accounts,
         privilege_changes,
         failed_login_bursts: bursts,
         error: None,
     })
+}
+
+/// Whether a commissioned device's collected trail counts as intact, and
+/// the findings in words. Intact: the chain and every signed checkpoint
+/// verify, and a signed checkpoint covers at least part of it. A trail
+/// nothing signs (UNSIGNED) or without records is a finding: a
+/// commissioned device has recorded its commissioning and signs
+/// checkpoints, so nothing proves the device wrote such a trail. An
+/// unsigned tail (records after the last signed checkpoint) is reported
+/// but does not make it broken: the device signs periodically.
+pub fn trail_verdict(report: &drivesec_audit::verify::Report) -> (bool, Vec<String>) {
+    let mut findings: Vec<String> = report
+        .problems
+        .iter()
+        .map(|p| format!("{}: {}", p.file, p.message))
+        .collect();
+    if !report.ok && findings.is_empty() {
+        findings.push("the trail does not verify".into());
+    }
+    let mut intact = report.ok;
+    if report.records == 0 {
+        intact = false;
+        findings.push(
+            "EMPTY: the trail has no records, though a commissioned device records its \
+             commissioning"
+                .into(),
+        );
+    } else if report.nothing_signed {
+        intact = false;
+        findings.push(format!(
+            "UNSIGNED: no signed checkpoint covers any record{}: the chain alone proves nothing \
+             about who wrote it",
+            report
+                .unsigned
+                .map(|u| format!(" ({}..{})", u.first, u.last))
+                .unwrap_or_default()
+        ));
+    } else if let Some(u) = report.unsigned {
+        findings.push(format!(
+            "UNSIGNED tail: records {}..{} ({}) come after the last signed checkpoint (record \
+             {}): protected by the chain only until the device signs its next checkpoint",
+            u.first,
+            u.last,
+            u.last - u.first + 1,
+            report.signed_seq.unwrap_or(0)
+        ));
+    }
+    (intact, findings)
 }
 
 #[cfg(test)]
@@ -369,5 +481,63 @@ mod tests {
                 && e.to_string().contains("expected serial SN-1"),
             "{e}"
         );
+    }
+
+    fn report(records: u64, signed: Option<u64>) -> drivesec_audit::verify::Report {
+        use drivesec_audit::verify::SeqRange;
+        let unsigned = match (records, signed) {
+            (0, _) => None,
+            (n, None) => Some(SeqRange { first: 1, last: n }),
+            (n, Some(s)) if s < n => Some(SeqRange {
+                first: s + 1,
+                last: n,
+            }),
+            _ => None,
+        };
+        drivesec_audit::verify::Report {
+            ok: true,
+            records,
+            first_seq: (records > 0).then_some(1),
+            last_seq: (records > 0).then_some(records),
+            checkpoints_verified: u64::from(signed.is_some()),
+            latest_checkpoint: signed,
+            signed_seq: signed,
+            anchor: None,
+            unsigned,
+            nothing_signed: records > 0 && signed.is_none(),
+            first_bad_seq: None,
+            problems: vec![],
+            stray_files: vec![],
+            quarantined: vec![],
+            device_reports: vec![],
+        }
+    }
+
+    /// A commissioned device's trail that nothing signs, or that is empty,
+    /// is not intact (it used to be, as `report.ok` says of a consistent
+    /// chain); an unsigned tail is named but does not break it.
+    #[test]
+    fn an_unsigned_or_empty_trail_is_not_intact() {
+        let (intact, f) = trail_verdict(&report(12, None));
+        assert!(!intact);
+        assert!(
+            f[0].starts_with("UNSIGNED: ") && f[0].contains("(1..12)"),
+            "{f:?}"
+        );
+        let (intact, f) = trail_verdict(&report(0, None));
+        assert!(!intact);
+        assert!(f[0].starts_with("EMPTY"), "{f:?}");
+        let (intact, f) = trail_verdict(&report(12, Some(10)));
+        assert!(intact);
+        assert!(
+            f.len() == 1 && f[0].starts_with("UNSIGNED tail: records 11..12 (2)"),
+            "{f:?}"
+        );
+        let (intact, f) = trail_verdict(&report(12, Some(12)));
+        assert!(intact && f.is_empty(), "{f:?}");
+        let mut broken = report(12, Some(12));
+        broken.ok = false;
+        let (intact, f) = trail_verdict(&broken);
+        assert!(!intact && !f.is_empty());
     }
 }

@@ -14,7 +14,10 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions, tls_config};
+use crate::client::{
+    ClientIdentity, DeadlineStream, DeviceClient, DeviceTrust, Revocation, Versions,
+    deadline_error, tls_config,
+};
 use crate::modbus::ModbusClient;
 use crate::{OemError, Result};
 
@@ -67,8 +70,9 @@ impl Target {
 pub struct Context {
     /// Owner roots (LDevIDs and client certificates chain to them).
     pub roots: Vec<CertificateDer<'static>>,
-    /// The owner's CRL, if any.
-    pub crl: Option<CertificateRevocationListDer<'static>>,
+    /// The owner's CRLs (every one of the inventory's `trust.crl`, PEM or
+    /// DER); none: every connection is refused, saying to set trust.crl.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
     /// A security administrator: certificate and key.
     pub admin: ClientIdentity,
     /// Its account.
@@ -166,29 +170,47 @@ impl Run {
     }
 }
 
+/// How long a probe's TLS handshake, request and the head of its answer
+/// may take together (after the TCP connection, which gets 5 s).
+pub const PROBE_DEADLINE: Duration = Duration::from_secs(15);
+
 /// A TLS handshake plus one request, returning the version and suite
-/// negotiated and the server's certificate chain.
+/// negotiated and the server's certificate chain: within
+/// [`PROBE_DEADLINE`] ([`probe_within`]).
 pub fn probe(
     addr: SocketAddr,
     id: Option<&ClientIdentity>,
     trust: &DeviceTrust,
     versions: Versions,
 ) -> Result<(String, String, Vec<CertificateDer<'static>>)> {
+    probe_within(addr, id, trust, versions, PROBE_DEADLINE)
+}
+
+/// [`probe`] with a total deadline for the handshake, the request and the
+/// first bytes of the answer: a device that trickles its handshake or
+/// answer fails with [`OemError::Timeout`] once `within` has passed.
+pub fn probe_within(
+    addr: SocketAddr,
+    id: Option<&ClientIdentity>,
+    trust: &DeviceTrust,
+    versions: Versions,
+    within: Duration,
+) -> Result<(String, String, Vec<CertificateDer<'static>>)> {
     let (mut cfg, name) = tls_config(addr, id, trust, versions)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name)
         .map_err(|e| OemError::Invalid(e.to_string()))?;
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| OemError::Invalid(format!("connect {addr}: {e}")))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| OemError::Invalid(e.to_string()))?;
+    let mut tcp = DeadlineStream::new(tcp, within);
+    let what = "the TLS handshake and the first answer (a validation probe)";
     let mut s = rustls::Stream::new(&mut conn, &mut tcp);
     // TLS 1.3 judges the client certificate after our Finished: a response proves acceptance.
     s.write_all(b"GET /api/v1/info HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
-        .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
+        .map_err(|e| deadline_error(&e, addr, what, within))?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head)
-        .map_err(|e| OemError::Invalid(format!("TLS with {addr}: {e}")))?;
+        .map_err(|e| deadline_error(&e, addr, what, within))?;
     let v = conn
         .protocol_version()
         .map(|v| format!("{v:?}"))
@@ -247,9 +269,9 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
     // The owner's CRL (none: every connection is refused, saying to set
     // trust.crl); the probe below learns the serial the certificate carries
     // (the `identity` check), every other connection requires it.
-    let revocation = match &ctx.crl {
-        Some(c) => Revocation::Crls(vec![c.clone()]),
-        None => Revocation::Missing(
+    let revocation = match ctx.crls.is_empty() {
+        false => Revocation::Crls(ctx.crls.clone()),
+        true => Revocation::Missing(
             "the inventory has no trust.crl: validation checks each device's LDevID against the \
              owner's CRL; set trust.crl to the OEM CA's crl.pem"
                 .into(),
@@ -306,20 +328,29 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
                     &drivesec_pki::verify::VerifyOptions {
                         roots: &ctx.roots,
                         intermediates: chain.get(1..).unwrap_or(&[]),
-                        crls: ctx.crl.as_slice(),
+                        crls: &ctx.crls,
                         usage: drivesec_pki::verify::Usage::Server,
                         time: None,
                     },
                 )
             });
+            // Checked against a CRL past its nextUpdate: said in the
+            // evidence (revocations since then are unknown).
+            let stale = crate::client::stale_crl_warnings(&ctx.crls, "(the inventory's trust.crl)")
+                .unwrap_or_else(|e| vec![e]);
             match verified {
                 Some(Ok(())) => r.add(
                     "ldevid-chain",
                     "SR 1.8",
                     Verdict::Pass,
                     format!(
-                        "LDevID of {} chains to the owner root, not revoked",
-                        t.device_name
+                        "LDevID of {} chains to the owner root, not revoked{}",
+                        t.device_name,
+                        if stale.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; warning: {}", stale.join("; "))
+                        }
                     ),
                 ),
                 Some(Err(e)) => r.add("ldevid-chain", "SR 1.8", Verdict::Fail, e.to_string()),
@@ -470,7 +501,7 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
                 &resp,
                 &nonce,
                 &ctx.roots,
-                ctx.crl.as_slice(),
+                &ctx.crls,
                 Some(&t.device_name),
                 None,
             );
@@ -482,7 +513,7 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
                             &resp,
                             &nonce,
                             &ctx.roots,
-                            ctx.crl.as_slice(),
+                            &ctx.crls,
                             Some(&t.device_name),
                             Some(h),
                         )
@@ -689,43 +720,78 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
     t.result(r, sl_a, start)
 }
 
-/// Validates every target, `parallel` at a time.
+/// Validates every target, at most `parallel` at a time: a pool of
+/// workers that each take the next target when done with one, so a slow
+/// device holds only its own slot. Results in the targets' order.
 pub fn validate_all(ctx: &Context, targets: &[Target], parallel: usize) -> Vec<DeviceResult> {
-    let parallel = parallel.max(1);
-    let mut out: Vec<Option<DeviceResult>> = vec![None; targets.len()];
-    for (chunk_i, chunk) in targets.chunks(parallel).enumerate() {
-        let results: Vec<DeviceResult> = std::thread::scope(|s| {
-            let hs: Vec<_> = chunk
-                .iter()
-                .map(|t| s.spawn(move || validate_device(ctx, t)))
-                .collect();
-            hs.into_iter()
-                .zip(chunk)
-                .map(|(h, t)| {
-                    h.join().unwrap_or_else(|_| DeviceResult {
-                        device: t.name.clone(),
-                        asset: t.asset.clone(),
-                        zone: t.zone.clone(),
-                        sl_t: notation(&t.sl_t),
-                        serial_number: None,
-                        certificate_sha256: None,
-                        sl_a: None,
-                        checks: vec![Check {
-                            id: "validator".into(),
-                            requirement: "SR 3.3".into(),
-                            verdict: Verdict::Fail,
-                            detail: "the validator failed on this device".into(),
-                        }],
-                        seconds: 0.0,
-                    })
-                })
-                .collect()
-        });
-        for (i, r) in results.into_iter().enumerate() {
-            out[chunk_i * parallel + i] = Some(r);
+    pool(targets, parallel, |t| validate_device(ctx, t))
+        .into_iter()
+        .zip(targets)
+        .map(|(r, t)| {
+            r.unwrap_or_else(|| DeviceResult {
+                device: t.name.clone(),
+                asset: t.asset.clone(),
+                zone: t.zone.clone(),
+                sl_t: notation(&t.sl_t),
+                serial_number: None,
+                certificate_sha256: None,
+                sl_a: None,
+                checks: vec![Check {
+                    id: "validator".into(),
+                    requirement: "SR 3.3".into(),
+                    verdict: Verdict::Fail,
+                    detail: "the validator failed on this device".into(),
+                }],
+                seconds: 0.0,
+            })
+        })
+        .collect()
+}
+
+/// `f` over `items` by at most `parallel` workers, each taking the next
+/// item as soon as it is done with one; the results in the items' order
+/// (None where `f` panicked).
+fn pool<T: Sync, R: Send>(
+    items: &[T],
+    parallel: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<Option<R>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1).min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(item) = items.get(i) else { break };
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item)));
+                    if let (Ok(r), Ok(mut slot)) = (r, slots[i].lock()) {
+                        *slot = Some(r);
+                    }
+                }
+            });
         }
+    });
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().ok().flatten())
+        .collect()
+}
+
+/// Every CRL of the inventory's `trust.crl` (PEM blocks, any number and
+/// order, a root's CRL too; or one DER CRL), and a warning for each one
+/// past its nextUpdate; none without the file.
+pub fn owner_crls(
+    path: Option<&std::path::Path>,
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<String>)> {
+    match path {
+        Some(p) => match Revocation::from_file(p)? {
+            (Revocation::Crls(c), warnings) => Ok((c, warnings)),
+            (_, warnings) => Ok((vec![], warnings)),
+        },
+        None => Ok((vec![], vec![])),
     }
-    out.into_iter().flatten().collect()
 }
 
 /// The validator's context and targets from a plant model and an inventory:
@@ -796,12 +862,7 @@ pub fn prepare(
         .collect::<Result<Vec<_>>>()?;
     let ctx = Context {
         roots: drivesec_pki::read_cert_chain(&inv.trust.oem_root)?,
-        crl: inv
-            .trust
-            .crl
-            .as_ref()
-            .map(|p| drivesec_pki::read_crl(p))
-            .transpose()?,
+        crls: owner_crls(inv.trust.crl.as_deref())?.0,
         admin: id(&v.admin_cert, &v.admin_key)?,
         admin_user: v.admin_user.clone(),
         admin_password: {
@@ -815,4 +876,92 @@ pub fn prepare(
         expiry_margin_days: v.expiry_margin_days,
     };
     Ok((ctx, targets))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A slow item holds only its own worker: the others go on with the
+    /// rest. Fixed chunks of `parallel` made the slow item's chunk wait for
+    /// it (here: the slow item waits for every other item to finish, which
+    /// chunks never let happen; it gives up after 20 s and says so).
+    #[test]
+    fn a_slow_item_holds_only_its_own_slot() {
+        let items: Vec<usize> = (0..6).collect();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let most = std::sync::atomic::AtomicUsize::new(0);
+        let running = std::sync::atomic::AtomicUsize::new(0);
+        let r = pool(&items, 2, |i| {
+            let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            let out = if *i == 0 {
+                let start = Instant::now();
+                while done.load(std::sync::atomic::Ordering::SeqCst) < items.len() - 1
+                    && start.elapsed() < Duration::from_secs(20)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                done.load(std::sync::atomic::Ordering::SeqCst) == items.len() - 1
+            } else if *i == 3 {
+                running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                panic!("a bug on item 3");
+            } else {
+                true
+            };
+            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            out
+        });
+        assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+        assert_eq!(r.len(), 6);
+        assert_eq!(r[0], Some(true), "the other items waited for the slow one");
+        assert_eq!(r[3], None);
+        assert!(
+            r.iter()
+                .enumerate()
+                .all(|(i, x)| i == 3 || *x == Some(true))
+        );
+    }
+
+    fn crl_of(dir: &std::path::Path, org: &str, next_update_days: i64) -> String {
+        let ca = drivesec_pki::Ca::init(
+            dir,
+            &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Oem, org),
+        )
+        .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        ca.dangerous_crl(
+            2,
+            now - time::Duration::days(2),
+            now + time::Duration::days(next_update_days),
+        )
+        .unwrap()
+    }
+
+    /// Validation reads every CRL of trust.crl (a second one, say a
+    /// root's, used to be ignored), a DER file, and warns of a stale one.
+    #[test]
+    fn every_owner_crl_is_read_pem_or_der_and_a_stale_one_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let fresh = crl_of(&t.path().join("a"), "Owner A", 7);
+        let stale = crl_of(&t.path().join("b"), "Owner B", -1);
+        let both = t.path().join("both.pem");
+        std::fs::write(&both, format!("{fresh}{stale}")).unwrap();
+        let (crls, warnings) = owner_crls(Some(&both)).unwrap();
+        assert_eq!(crls.len(), 2);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("past its nextUpdate") && warnings[0].contains("Owner B"),
+            "{warnings:?}"
+        );
+        let der = t.path().join("crl.der");
+        std::fs::write(&der, crls[0].as_ref()).unwrap();
+        let (crls, warnings) = owner_crls(Some(&der)).unwrap();
+        assert_eq!(crls.len(), 1);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(owner_crls(None).unwrap().0.is_empty());
+    }
 }

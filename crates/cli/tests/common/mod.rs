@@ -272,6 +272,12 @@ impl TestLab {
     pub fn device_dir(&self) -> PathBuf {
         self.m.devices[0].dir.clone()
     }
+
+    /// The lab's inventory, each device's asset named as the device.
+    pub fn inventory(&self) -> drivesec_oem::inventory::Inventory {
+        drivesec_oem::inventory::Inventory::from_lab(&self.dir, &self.m, &|n| Some(n.to_string()))
+            .unwrap()
+    }
 }
 
 /// Polls `f` every 20 ms until it holds; panics naming `what` after 30 s.
@@ -317,6 +323,50 @@ pub fn exchange<S: std::io::Read + std::io::Write>(s: &mut S, head: &str, body: 
     got + &String::from_utf8_lossy(&rest)
 }
 
+/// A new P-256 key and a certificate request (PEM) over it with an empty
+/// subject, as a device or an operator sends one: the CA's profile says
+/// what the certificate holds.
+pub fn key_and_csr() -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    (key, csr)
+}
+
+/// A request for a certificate of `profile` over a new P-256 key, sent as
+/// a CSR from `source`; and the key.
+pub fn csr_request(
+    profile: drivesec_pki::Profile,
+    source: &str,
+) -> (drivesec_pki::IssueRequest, rcgen::KeyPair) {
+    let (key, pem) = key_and_csr();
+    let req = drivesec_pki::IssueRequest {
+        profile,
+        key: drivesec_pki::SubjectKey::CsrPem {
+            source: source.into(),
+            pem,
+        },
+    };
+    (req, key)
+}
+
+/// A certificate of `profile` (a server, a stand-in device's LDevID or
+/// IDevID) that the CA in `ca_dir` issues now over a new P-256 key, sent as
+/// a CSR from `source`: the CA's answer (chain PEM, serial) and the key.
+pub fn issue_over_csr(
+    ca_dir: &Path,
+    profile: drivesec_pki::Profile,
+    source: &str,
+) -> (drivesec_pki::Issued, rcgen::KeyPair) {
+    let (req, key) = csr_request(profile, source);
+    let issued = drivesec_pki::Ca::open(ca_dir).unwrap().issue(&req).unwrap();
+    (issued, key)
+}
+
 /// Issues a client certificate from `ca` (with `role` in the role extension,
 /// or none) into `dir`; returns the chain and key files and the serial.
 pub fn issue_client_files(
@@ -325,24 +375,14 @@ pub fn issue_client_files(
     role: Option<&str>,
     validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
 ) -> (PathBuf, PathBuf, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let req = drivesec_pki::IssueRequest {
-        profile: drivesec_pki::Profile::Client {
+    let (req, key) = csr_request(
+        drivesec_pki::Profile::Client {
             name: "x".into(),
             role: role.map(|r| drivesec_pki::Role::new(r).unwrap()),
             days: 30,
         },
-        key: drivesec_pki::SubjectKey::CsrPem {
-            source: "test".into(),
-            pem: csr,
-        },
-    };
+        "test",
+    );
     let issued = match validity {
         Some((nb, na)) => ca.dangerous_issue_with_validity(&req, nb, na).unwrap(),
         None => ca.issue(&req).unwrap(),
@@ -381,6 +421,92 @@ pub fn drivesec(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `drivesec fleet scan --store STORE ARGS` (`json`: `drivesec --json
+/// fleet scan ...`): exit code, stdout, stderr.
+pub fn fleet_scan(json: bool, store: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["fleet", "scan", "--store", store];
+    if json {
+        all.insert(0, "--json");
+    }
+    all.extend_from_slice(args);
+    drivesec(&all)
+}
+
+/// A fleet store URL: an SQLite file in `dir`.
+pub fn store_url(dir: &Path) -> String {
+    format!("sqlite:{}", dir.join("fleet.db").display())
+}
+
+/// Writes `inv` to `path` as TOML.
+pub fn write_inventory(path: &Path, inv: &drivesec_oem::inventory::Inventory) {
+    std::fs::write(path, toml::to_string(inv).unwrap()).unwrap();
+}
+
+/// A plan of one zone holding the lab's drive, whose SL-T the lab's
+/// soft-keystore drive can reach (SI 2: TLS 1.3 only; RA 0: the owner
+/// accepted the missing backup, SR 7.3).
+pub const ONE_ZONE_PLAN: &str = r#"
+[system]
+name = "Validation bench"
+
+[[assets]]
+id = "drive"
+kind = "drive"
+component = "drivesecd"
+device = "drive-001"
+
+[[zones]]
+id = "line"
+members = ["drive"]
+sl_t = [1, 1, 2, 1, 1, 1, 0]
+"#;
+
+/// `drivesec --json fleet renew` of every device of `lab`, due by a margin
+/// beyond their expiry: each gets a new LDevID for a year.
+pub fn renew_every_ldevid(lab: &TestLab) -> (i32, String, String) {
+    drivesec(&[
+        "--json",
+        "fleet",
+        "renew",
+        "--lab",
+        s(&lab.dir),
+        "--margin-days",
+        "1000",
+        "--days",
+        "365",
+    ])
+}
+
+/// `--cert` and `--key` of the lab's security administrator, for
+/// `drivesec device --api`.
+pub fn sa_cert_args(m: &LabManifest) -> [&str; 4] {
+    let sa = &m.clients["security-admin"];
+    ["--cert", s(&sa.cert), "--key", s(&sa.key)]
+}
+
+/// `commission` and its arguments for `drivesec device`: the lab's
+/// manufacturer root and OEM CA, the factory credential in `credential`,
+/// and the new administrator `admin` with the password in `password`.
+pub fn commission_args<'a>(
+    m: &'a LabManifest,
+    credential: &'a Path,
+    password: &'a Path,
+) -> Vec<&'a str> {
+    vec![
+        "commission",
+        "--manufacturer-root",
+        s(&m.manufacturer_ca),
+        "--oem-ca",
+        s(&m.oem_ca_dir),
+        "--credential-file",
+        s(credential),
+        "--admin",
+        "admin",
+        "--admin-password-file",
+        s(password),
+    ]
+}
+
 /// A path as a command-line argument.
 pub fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
@@ -397,43 +523,68 @@ pub fn oem_public_key(lab: &TestLab) -> PathBuf {
 }
 
 /// A real syslog collector (rsyslog, RFC 5425 over mutual TLS) on loopback,
-/// with a server certificate from the lab's OEM CA and the OEM chain as
-/// its trust for device certificates; stopped when dropped.
+/// with a server certificate from the lab's OEM CA (whose serial the test
+/// knows, to revoke it) and the OEM chain as its trust for device
+/// certificates; stopped when dropped.
 pub struct Collector {
     /// Its port on 127.0.0.1.
     pub port: u16,
     /// Where it writes `received.log`.
     pub rx: PathBuf,
-    script: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Its certificate's serial.
+    pub serial: String,
+    dir: tempfile::TempDir,
+}
+
+/// The script that starts and stops rsyslog.
+fn rsyslog_receiver() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rsyslog-receiver")
 }
 
 impl Collector {
     pub fn start(lab: &TestLab) -> Collector {
         let t = tempfile::tempdir().unwrap();
-        let (chain, key) = lab
-            .m
-            .issue_server(&["collector.lab"], &["127.0.0.1".parse().unwrap()])
-            .unwrap();
-        std::fs::write(t.path().join("c.crt"), chain).unwrap();
-        std::fs::write(t.path().join("c.key"), key.as_bytes()).unwrap();
+        let (issued, key) = issue_over_csr(
+            &lab.m.oem_ca_dir,
+            drivesec_pki::Profile::Server {
+                dns_names: vec!["collector.lab".into()],
+                ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                days: 30,
+            },
+            "collector",
+        );
+        std::fs::write(t.path().join("c.crt"), &issued.chain_pem).unwrap();
+        std::fs::write(t.path().join("c.key"), key.serialize_pem()).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/rsyslog-receiver");
         let rx = t.path().join("rx");
         std::fs::create_dir_all(&rx).unwrap();
-        let o = std::process::Command::new(&script)
-            .args(["start", "--dir", s(&rx), "--port", &port.to_string()])
-            .args(["--ca", s(&lab.m.oem_ca_dir.join("chain.pem"))])
+        let c = Collector {
+            port,
+            rx,
+            serial: issued.serial,
+            dir: t,
+        };
+        c.run_rsyslog(lab);
+        c
+    }
+
+    fn run_rsyslog(&self, lab: &TestLab) {
+        let t = self.dir.path();
+        let o = std::process::Command::new(rsyslog_receiver())
             .args([
-                "--cert",
-                s(&t.path().join("c.crt")),
-                "--key",
-                s(&t.path().join("c.key")),
+                "start",
+                "--dir",
+                s(&self.rx),
+                "--port",
+                &self.port.to_string(),
             ])
+            .args(["--ca", s(&lab.m.oem_ca_dir.join("chain.pem"))])
+            .args(["--cert", s(&t.join("c.crt"))])
+            .args(["--key", s(&t.join("c.key"))])
             .output()
             .unwrap();
         assert!(
@@ -441,12 +592,13 @@ impl Collector {
             "rsyslog: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        Collector {
-            port,
-            rx,
-            script,
-            _dir: t,
-        }
+    }
+
+    /// Stops rsyslog and starts it again on the same port: the device's
+    /// forwarder must make a new connection (a new handshake).
+    pub fn restart(&self, lab: &TestLab) {
+        self.stop();
+        self.run_rsyslog(lab);
     }
 
     /// The body of `PUT /api/v1/audit/forwarding` that points at it.
@@ -455,12 +607,19 @@ impl Collector {
             "ca_pem": std::fs::read_to_string(&lab.m.oem_ca).unwrap()})
     }
 
+    /// Every message received, one per line.
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.rx.join("received.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Stops it (also done on drop).
     pub fn stop(&self) {
-        let _ = std::process::Command::new(&self.script)
-            .arg("stop")
-            .arg("--dir")
-            .arg(&self.rx)
+        let _ = std::process::Command::new(rsyslog_receiver())
+            .args(["stop", "--dir", s(&self.rx)])
             .output();
     }
 }
@@ -592,6 +751,11 @@ impl TestLab {
             &DeviceTrust::Idevid {
                 roots: drivesec_pki::read_cert_chain(&self.m.manufacturer_ca).unwrap(),
                 serial: Some(self.m.devices[0].serial_number.clone()),
+                revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+                    &self.m.manufacturer_crl,
+                )
+                .unwrap()
+                .0,
             },
             Versions::Default,
         )

@@ -303,9 +303,17 @@ pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<R
     dev.require(&c, Permission::ReadAudit, "audit.trail.read")?;
     let rec = dev.reserve("audit.trail.read")?;
     let log = dev.audit_log()?;
-    let snap = tokio::task::spawn_blocking(move || log.snapshot())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    // A checkpoint over everything recorded so far first: the collected
+    // trail is signed up to the moment it was asked for (what comes after,
+    // this read's own record included, is the next collection's).
+    let snap = tokio::task::spawn_blocking(move || {
+        if let Err(e) = log.checkpoint_now() {
+            tracing::warn!(%e, "checkpoint before a trail snapshot");
+        }
+        log.snapshot()
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     let idevid = {
         let st = dev
             .state

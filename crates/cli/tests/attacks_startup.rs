@@ -1,0 +1,86 @@
+//! The trail and its side files at the device (issue 16). A drive is never
+//! bricked by its own files: with the daemon stopped, someone with access to
+//! the state directory damages the forwarding settings and the forwarder's
+//! delivery cursor; drivesecd still starts, its owner can still log in, and
+//! each damage is reported (in the posture and, for the cursor, as a record
+//! in the trail). A trail collected over the API is signed up to the moment
+//! it was asked for.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use common::test_lab;
+
+#[test]
+fn damaged_side_files_do_not_stop_the_drive_and_are_reported() {
+    let mut lab = test_lab(None);
+    lab.stop_and_read_trail();
+    let dir = lab.device_dir();
+    std::fs::write(dir.join("forwarding.json"), b"{not json").unwrap();
+    let cursors = dir.join("audit").join("cursors");
+    std::fs::create_dir_all(&cursors).unwrap();
+    // A cursor far beyond the trail: records never delivered would count
+    // as delivered, and the capacity policy could drop them.
+    std::fs::write(cursors.join("forwarded"), b"4611686018427387904").unwrap();
+    lab.start_again().expect("the drive starts");
+
+    let admin = lab.admin();
+    let posture = admin.ok("GET", "/api/v1/posture", None).unwrap();
+    let text = posture.to_string();
+    assert!(
+        text.contains("forwarding settings could not be read"),
+        "{posture:#}"
+    );
+    let resets = lab.audit_records("audit.cursor-reset");
+    assert_eq!(resets.len(), 1, "{resets:#?}");
+    let d = &resets[0]["details"];
+    assert_eq!(
+        d["found"].to_string().trim_matches('"'),
+        "4611686018427387904",
+        "{d}"
+    );
+    let cursor: u64 = std::fs::read_to_string(cursors.join("forwarded"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let last = lab.audit_records("").len() as u64;
+    assert!(cursor <= last, "cursor {cursor} beyond the {last} records");
+    // Forwarding can be set again over the API; the start finding stays in
+    // the posture until then.
+    let status = admin.ok("GET", "/api/v1/audit/forwarding", None).unwrap();
+    assert!(
+        status.get("settings").is_none_or(|s| s.is_null()),
+        "{status}"
+    );
+}
+
+/// A reviewer collects a trail from a drive that has not signed a
+/// checkpoint in a while (checkpoints every 1000 records): the drive signs
+/// one before it answers the snapshot, so the copy verifies as signed up to
+/// the moment it was asked for, with no unsigned tail.
+#[test]
+fn a_collected_trail_is_signed_up_to_the_moment_it_was_asked_for() {
+    let mut cfg = common::config();
+    cfg.audit.checkpoint_every = 1000;
+    let lab = test_lab(Some(cfg));
+    // Records after whatever the lab's set-up signed.
+    let admin = lab.admin();
+    for _ in 0..3 {
+        admin.ok("GET", "/api/v1/users", None).unwrap();
+    }
+    let before = lab.audit_records("").len() as u64;
+    let t = tempfile::tempdir().unwrap();
+    let auditor = lab.session("auditor");
+    let chain = drivesec_oem::review::collect_trail(&auditor, t.path()).unwrap();
+    let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
+    let report = drivesec_audit::verify::verify(t.path(), &key).unwrap();
+    assert!(report.ok, "{:#?}", report.problems);
+    let signed = report.signed_seq.expect("signed");
+    assert!(
+        signed >= before,
+        "signed up to {signed}, {before} records before the read"
+    );
+    assert!(report.unsigned.is_none(), "{:?}", report.unsigned);
+}
