@@ -877,6 +877,7 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
                 if ctl.sleep(backoff) {
                     break 'outer;
                 }
+                backoff = (backoff * 2).min(cfg.backoff_max);
                 continue 'outer;
             }
             if batch.is_empty() {

@@ -29,6 +29,12 @@ pub const INTEGRITY_FAILED: &str = "audit.integrity-failed";
 /// The action of the record the device writes when its signed checkpoints
 /// went back or vanished: the keystore's counter is ahead of the trail.
 pub const TRAIL_REWOUND: &str = "audit.trail-rewound";
+/// The action of the record the device writes when its start-up check
+/// reset a delivery cursor that claimed records beyond the trail or could
+/// not be read. Not a problem of the records (the chain and the signatures
+/// are untouched), so not part of the verdict; the device's posture counts
+/// it for as long as it is in the trail (docs/audit.md, "Start-up check").
+pub const CURSOR_RESET: &str = "audit.cursor-reset";
 
 /// Kinds of problems a verification can find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -149,6 +155,10 @@ pub struct Report {
     pub quarantined: Vec<String>,
     /// The device's own reports of damage found at start-up.
     pub device_reports: Vec<DeviceReport>,
+    /// The sequence numbers of the device's `audit.cursor-reset` records
+    /// (not problems; see [`CURSOR_RESET`]).
+    #[serde(skip)]
+    pub cursor_resets: Vec<u64>,
 }
 
 struct Checker<'k> {
@@ -361,6 +371,7 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
     let mut records = 0u64;
     let mut pending: Option<Damage> = None;
     let mut reports: Vec<DeviceReport> = Vec::new();
+    let mut cursor_resets: Vec<u64> = Vec::new();
     // Hashes of the records that checkpoints name, compared after the walk.
     let mut seen: BTreeMap<u64, Vec<(Hash, String, u64)>> = BTreeMap::new();
     for (first, path) in &segs {
@@ -477,7 +488,12 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                 );
             }
             match serde_json::from_slice::<crate::Record>(f.body) {
-                Ok(r) => reports.extend(device_report(f.seq, &r)),
+                Ok(r) => {
+                    if r.action == CURSOR_RESET && r.actor == crate::Actor::Device {
+                        cursor_resets.push(f.seq);
+                    }
+                    reports.extend(device_report(f.seq, &r));
+                }
                 Err(e) => c.problem(
                     Some(f.seq),
                     ProblemKind::DamagedRecord,
@@ -617,5 +633,6 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
         stray_files,
         quarantined,
         device_reports: reports,
+        cursor_resets,
     })
 }

@@ -194,6 +194,10 @@ struct State {
     /// `open` is appending its recovery and start-up records: they are
     /// admitted beyond the reserve (a bounded, small number of records).
     opening: bool,
+    /// Lines of `checkpoints.log` at or below this seq (the anchor's) are
+    /// to be pruned, under the checkpoint writer's lock ([`Shared::prune_log`]);
+    /// 0 when nothing is pending.
+    prune_log_upto: u64,
 }
 
 struct Io {
@@ -351,8 +355,9 @@ impl Shared {
     /// Signs and stores a checkpoint over the durable head if it moved.
     ///
     /// Write order (docs/audit.md, "Checkpoints and anchors"): first
-    /// `checkpoint.json` (atomically), then the line in `checkpoints.log`,
-    /// then the keystore's counter. A crash between the steps leaves
+    /// `checkpoint.json` (atomically), then the line in `checkpoints.log`
+    /// (and, after a capacity drop, the log pruned behind the anchor), then
+    /// the keystore's counter. A crash between the steps leaves
     /// `checkpoint.json` newer than the log or the counter behind the
     /// files, both of which start-up completes; `checkpoint.json` older
     /// than the log, or the counter ahead of the files, never comes from a
@@ -365,7 +370,7 @@ impl Shared {
     /// log stopped taking appends (used by [`AuditLog::retire`], whose
     /// stop is deliberate, never after a write failure).
     fn checkpoint_unless_failed(&self, unless_failed: bool) -> Result<()> {
-        let _one = self.checkpointing.lock().map_err(|_| poisoned())?;
+        let one = self.checkpointing.lock().map_err(|_| poisoned())?;
         let (seq, head) = {
             let st = self.lock()?;
             if st.durable <= st.checkpoint_seq || (unless_failed && st.failed.is_some()) {
@@ -381,6 +386,13 @@ impl Shared {
             Mode::Public,
         )?;
         append_log_line(&self.dir, &line)?;
+        // With this line the newest, the lines a drop left behind can go.
+        let upto = std::mem::take(&mut self.lock()?.prune_log_upto);
+        if upto > 0 && !self.prune_log(&one, upto).unwrap_or(false) {
+            // Tried again at the next checkpoint; the log stays valid.
+            let mut st = self.lock()?;
+            st.prune_log_upto = st.prune_log_upto.max(upto);
+        }
         {
             let mut st = self.lock()?;
             st.checkpoint_seq = seq;
@@ -392,6 +404,42 @@ impl Shared {
         // disk may raise the counter.
         self.signer.store.advance_counter(CHECKPOINT_COUNTER, seq)?;
         Ok(())
+    }
+
+    /// Removes from `checkpoints.log` the lines of valid checkpoints at or
+    /// below `upto` (the anchor's seq: their records are gone), except the
+    /// newest line, which `checkpoint.json` is checked against. Lines that
+    /// do not verify stay as evidence. The log is replaced atomically (temp
+    /// file, fsync, rename, directory fsync); the caller holds the
+    /// checkpoint writer's lock (`_one`), so no checkpoint appends meanwhile.
+    /// Returns whether it is done: no valid line at or below `upto` is left
+    /// (false when the newest line is one: the next checkpoint tries again).
+    fn prune_log(&self, _one: &MutexGuard<'_, ()>, upto: u64) -> Result<bool> {
+        let path = self.dir.join(CHECKPOINT_LOG);
+        if !path.exists() {
+            return Ok(true);
+        }
+        let key = self.signer.store.info(&self.signer.handle)?.public_key;
+        let data = fsu::read(&path)?;
+        let lines: Vec<&[u8]> = data
+            .split_inclusive(|&b| b == b'\n')
+            .filter(|l| l.iter().any(|&b| b != b'\n'))
+            .collect();
+        let covered = |l: &[u8]| {
+            serde_json::from_slice::<Checkpoint>(l.trim_ascii_end())
+                .is_ok_and(|c| c.seq <= upto && c.verify(&key))
+        };
+        let newest_covered = lines.last().is_some_and(|l| covered(l));
+        let kept: Vec<u8> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| i + 1 == lines.len() || !covered(l))
+            .flat_map(|(_, l)| l.iter().copied())
+            .collect();
+        if kept.len() != data.len() {
+            fsu::write_atomic(&path, &kept, Mode::Public)?;
+        }
+        Ok(!newest_covered)
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -437,6 +485,14 @@ impl Shared {
             st.used -= seg.bytes;
             freed += seg.bytes;
             dropped = Some((dropped.map_or(seg.first_seq, |(f, _)| f), last));
+        }
+        // The log's lines for what the anchor now covers go too (so the log,
+        // read whole at every start, stays bounded), at the next checkpoint:
+        // the log is rewritten only under the checkpoint writer's lock,
+        // which is taken before this state lock (and the rewrite, which
+        // checks signatures, is no work to do while appends wait).
+        if let Some((_, last)) = dropped {
+            st.prune_log_upto = st.prune_log_upto.max(last);
         }
         // The drop itself is on the record: which records went, and up to
         // which one the collector or an export had them.
@@ -900,32 +956,52 @@ fn segment_cap(config: &AuditConfig) -> u64 {
 /// sequence numbers are never given out twice and the keystore's
 /// checkpoint counter never has to go back. Returns the anchor's sequence
 /// number, or `None` when `previous` holds no record.
+///
+/// Only what verifies is anchored (an offline reset runs without the
+/// daemon's start-up check, on a directory someone may have written to):
+/// `previous` is verified with the signing key first, and the anchor goes
+/// to the last record of its verified chain, the record before the first
+/// bad one when it is damaged. A frame past the damage (a forged number,
+/// say) is never signed for, and an `anchor.json` there counts only when
+/// its signature verifies.
 pub fn continue_after(dir: &Path, previous: &Path, signer: &Signer) -> Result<Option<u64>> {
+    let key = signer.store.info(&signer.handle)?.public_key;
+    let report = crate::verify::verify(previous, &key)?;
+    // The last record the verified chain vouches for.
+    let target = match report.first_bad_seq {
+        Some(bad) => bad.checked_sub(1).filter(|s| *s >= 1),
+        None => report.last_seq,
+    };
+    // The highest record at or below it, the first of that number in file
+    // order (the verified chain comes before anything appended after it).
     let (segs, _) = segment_dir(previous)?;
     let mut last: Option<(u64, Hash)> = None;
-    for (_, path) in segs.iter().rev() {
-        let data = fsu::read(path)?;
-        let mut rs = frame::Resync::default();
-        let mut off = 0;
-        while off < data.len() {
-            match frame::decode(&data[off..]) {
-                Decoded::Frame(f) => {
-                    last = Some((f.seq, f.hash));
-                    off += f.len;
+    if let Some(want) = target {
+        for (_, path) in &segs {
+            let data = fsu::read(path)?;
+            let mut rs = frame::Resync::default();
+            let mut off = 0;
+            while off < data.len() {
+                match frame::decode(&data[off..]) {
+                    Decoded::Frame(f) => {
+                        if f.seq <= want && last.is_none_or(|(s, _)| f.seq > s) {
+                            last = Some((f.seq, f.hash));
+                        }
+                        off += f.len;
+                    }
+                    Decoded::End => break,
+                    Decoded::Bad(_) => match rs.next(&data, off) {
+                        Some(n) => off = n,
+                        None => break,
+                    },
                 }
-                Decoded::End => break,
-                Decoded::Bad(_) => match rs.next(&data, off) {
-                    Some(n) => off = n,
-                    None => break,
-                },
             }
         }
-        if last.is_some() {
-            break;
-        }
     }
+    // No record left: the archived trail's own anchor, when it verifies.
     let last = last.or_else(|| {
         let a = read_statement(&previous.join(ANCHOR))?;
+        (report.anchor == Some(a.seq)).then_some(())?;
         Some((a.seq, a.hash_bytes()?))
     });
     let Some((seq, hash)) = last else {
@@ -963,6 +1039,9 @@ pub struct StartupCheck {
     /// last one present (written at rest): each was reset and recorded
     /// (`audit.cursor-reset`).
     pub cursors: Vec<String>,
+    /// The `audit.cursor-reset` records an earlier start wrote that are
+    /// still in the trail: a finding for as long as they are there.
+    pub earlier_cursor_resets: Vec<u64>,
     /// Records appended for what was found: (action, sequence number).
     pub recorded: Vec<(String, u64)>,
     /// The sequence number the trail continued at.
@@ -976,6 +1055,7 @@ impl StartupCheck {
             && !self.rewound
             && self.unchecked.is_empty()
             && self.cursors.is_empty()
+            && self.earlier_cursor_resets.is_empty()
     }
 
     /// One sentence per finding (for logs and the device's posture).
@@ -1003,6 +1083,15 @@ impl StartupCheck {
         }
         for c in &self.cursors {
             out.push(format!("a delivery cursor was tampered with: {c}"));
+        }
+        if let (Some(first), Some(last)) = (
+            self.earlier_cursor_resets.first(),
+            self.earlier_cursor_resets.last(),
+        ) {
+            out.push(format!(
+                "a delivery cursor was tampered with: an earlier start-up reset it ({} audit.cursor-reset record(s) in the trail, records {first}..{last}); records may be missing at the collector or an export",
+                self.earlier_cursor_resets.len()
+            ));
         }
         out
     }
@@ -1210,6 +1299,7 @@ impl AuditLog {
         if let Some(r) = &report {
             check.problems = r.problems.clone();
             check.first_bad_seq = r.first_bad_seq;
+            check.earlier_cursor_resets = r.cursor_resets.clone();
         } else if !implausible.is_empty() {
             check.first_bad_seq = implausible.iter().filter_map(|p| p.seq).min();
             check.problems = implausible;
@@ -1280,7 +1370,7 @@ impl AuditLog {
             }
             check.cursors.push(msg);
             cursor_events.push(
-                Event::new(Actor::Device, "audit.cursor-reset")
+                Event::new(Actor::Device, crate::verify::CURSOR_RESET)
                     .outcome(crate::Outcome::Failure)
                     .details(serde_json::json!({
                         "cursor": name,
@@ -1352,6 +1442,12 @@ impl AuditLog {
             checkpoint_error: None,
             reserved: 0,
             opening: true,
+            // Lines a drop before a crash (or a trail older than pruning)
+            // left behind go at the first checkpoint.
+            prune_log_upto: anchor
+                .as_ref()
+                .filter(|a| key.as_ref().is_some_and(|k| a.verify(k)))
+                .map_or(0, |a| a.seq),
         };
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),

@@ -789,3 +789,94 @@ fn a_torn_tail_on_a_full_trail_does_not_stop_the_trail_from_opening() {
     log.close().unwrap();
     assert_eq!(actions(&fx, "audit.recovery.truncated").len(), 1);
 }
+
+#[test]
+fn a_reset_cursor_stays_a_finding_while_its_record_is_in_the_trail() {
+    let fx = Fx::new();
+    fx.fill(10);
+    drivesec_audit::write_cursor(&fx.trail(), "forwarded", 1 << 40).unwrap();
+    let check = fx.start();
+    assert_eq!(check.cursors.len(), 1, "{check:#?}");
+    let reset = actions(&fx, drivesec_audit::verify::CURSOR_RESET);
+    assert_eq!(reset.len(), 1);
+    // Later starts: the cursor is sound again, but the report of its reset
+    // is in the trail, so the posture still shows it, as it does for
+    // audit.integrity-failed; nothing is recorded again.
+    for _ in 0..2 {
+        let check = fx.start();
+        assert!(check.cursors.is_empty(), "{check:#?}");
+        assert_eq!(check.earlier_cursor_resets, vec![reset[0].seq]);
+        assert!(!check.passed());
+        assert!(
+            check
+                .findings()
+                .iter()
+                .any(|f| f.contains("delivery cursor") && f.contains(&reset[0].seq.to_string())),
+            "{:?}",
+            check.findings()
+        );
+        assert!(check.recorded.is_empty(), "{check:#?}");
+    }
+    // The records are untouched: verify's verdict is about them.
+    let r = fx.verify();
+    assert!(r.ok, "{:#?}", r.problems);
+    assert_eq!(r.cursor_resets, vec![reset[0].seq]);
+}
+
+/// An offline factory reset (`drivesecd factory-reset`, no start-up check)
+/// on a directory someone wrote to: a frame with a forged number appended
+/// after the last record, and an unsigned `anchor.json`. The new trail's
+/// anchor goes to the last record the archived trail's verified chain
+/// vouches for, never to the forgery, and the numbers go on from there.
+#[test]
+fn a_reset_anchors_only_what_the_archived_trail_verifies() {
+    let fx = Fx::new();
+    fx.fill(50);
+    let archive = fx.tmp.path().join("archive");
+    std::fs::rename(fx.trail(), &archive).unwrap();
+    let (last_seg, _, _) = frame_of(&archive, 50);
+    let mut forged = Vec::new();
+    frame::encode(
+        u64::MAX - 1,
+        &[7; 32],
+        br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#,
+        &mut forged,
+    );
+    let mut data = std::fs::read(&last_seg).unwrap();
+    // After the last frame (zero bytes beyond it end the segment).
+    let end = frames(&archive)
+        .iter()
+        .filter(|f| f.0 == last_seg)
+        .map(|f| f.1 + f.2)
+        .max()
+        .unwrap();
+    data.truncate(end);
+    data.extend_from_slice(&forged);
+    std::fs::write(&last_seg, &data).unwrap();
+    assert_eq!(
+        continue_after(&fx.trail(), &archive, &fx.signer).unwrap(),
+        Some(50)
+    );
+    let log = fx.open(cfg());
+    assert_eq!(log.append(ev(1)).unwrap().seq, 51);
+    log.close().unwrap();
+    assert_eq!(fx.verify().anchor, Some(50));
+
+    // No record left, only an anchor.json nobody signed: nothing to anchor.
+    let fx = Fx::new();
+    let archive = fx.tmp.path().join("archive2");
+    std::fs::create_dir_all(archive.join("segments")).unwrap();
+    std::fs::write(
+        archive.join("anchor.json"),
+        format!(
+            r#"{{"kind":"anchor","seq":{},"hash":"{}","time":"2026-01-01T00:00:00.000000Z","algorithm":"ecdsa-p256-sha256","signature":"AAAA"}}"#,
+            u64::MAX - 1,
+            "00".repeat(32)
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        continue_after(&fx.trail(), &archive, &fx.signer).unwrap(),
+        None
+    );
+}

@@ -613,3 +613,122 @@ fn a_revoked_collector_gets_nothing_and_nothing_is_lost() {
 fn issuing_cert(mfg: &Ca) -> rustls_pki_types::CertificateDer<'static> {
     mfg.issuing_der().to_vec().into()
 }
+
+/// A collector that completes the TLS handshake and hangs up at once, in
+/// this process (no rsyslog): counts the handshakes it completed.
+struct HangUp {
+    port: u16,
+    handshakes: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HangUp {
+    fn start(cert: &Path, key: &Path) -> HangUp {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handshakes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, stopped) = (handshakes.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let mut sock = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                sock.set_nonblocking(false).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut conn = rustls::ServerConnection::new(config.clone()).unwrap();
+                let mut ok = true;
+                while ok && conn.is_handshaking() {
+                    ok = conn.complete_io(&mut sock).is_ok();
+                }
+                if ok {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    conn.send_close_notify();
+                    let _ = conn.complete_io(&mut sock);
+                }
+                // Dropped: the connection closes.
+            }
+        });
+        HangUp {
+            port,
+            handshakes,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_collector_that_hangs_up_after_the_handshake_gets_the_backoff_not_a_storm() {
+    let mut fx = Fixture::new();
+    fx.collector_cert("hangup");
+    let server = HangUp::start(&fx.path().join("hangup.crt"), &fx.path().join("hangup.key"));
+    // An empty trail: nothing is ever written on a connection, so every
+    // connection is one the collector closed before the device wrote.
+    let log = fx.log("trail");
+    let trail = fx.path().join("trail");
+    let mut cfg = fx.forward_config(server.port);
+    cfg.backoff_max = Duration::from_secs(2);
+    let fwd = Forwarder::start(&trail, cfg).unwrap();
+    wait_for("three failed connections", Duration::from_secs(20), || {
+        fwd.status().failures >= 3
+    });
+    let st = fwd.status();
+    assert!(server.handshakes() >= 3, "{st:?}");
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("closed")),
+        "{st:?}"
+    );
+    // With the backoff at 800 ms or more by now, 3 s see a handful of
+    // handshakes; without it the forwarder reconnects every poll (100 ms).
+    let (h0, f0) = (server.handshakes(), fwd.status().failures);
+    std::thread::sleep(Duration::from_secs(3));
+    let (h1, f1) = (server.handshakes(), fwd.status().failures);
+    assert!(
+        h1 - h0 <= 12,
+        "{} handshakes in 3 s: a reconnect storm",
+        h1 - h0
+    );
+    assert!(f1 >= f0, "failures went down: {f0} -> {f1}");
+    assert!(fwd.status().failures >= server.handshakes().saturating_sub(1));
+    drop(fwd);
+    drop(log);
+}

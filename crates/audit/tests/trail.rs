@@ -560,6 +560,69 @@ fn drop_policy_deletes_only_delivered_segments_behind_a_signed_anchor() {
     assert_eq!(r.first_bad_seq, Some(anchor + 1), "{:#?}", r.problems);
 }
 
+/// The seqs of `checkpoints.log`'s lines, in order.
+fn log_seqs(fx: &Fx) -> Vec<u64> {
+    std::fs::read_to_string(fx.trail().join("checkpoints.log"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn dropping_segments_prunes_the_checkpoint_log_behind_the_anchor() {
+    let fx = Fx::new();
+    let cfg = bounded(FullPolicy::DropForwarded);
+    let log = fx.open(cfg.clone());
+    let mut n = 0u64;
+    while log.append(ev(n)).is_ok() {
+        n += 1;
+    }
+    let before = log_seqs(&fx);
+    assert!(before.len() >= 3, "{before:?}");
+    // Delivered: segments go, and so do the log lines for their records.
+    log.mark_exported(log.status().unwrap().durable_seq)
+        .unwrap();
+    for i in 0..2000 {
+        log.append(ev(i)).unwrap();
+        if i % 100 == 0 {
+            log.mark_exported(log.status().unwrap().durable_seq)
+                .unwrap();
+        }
+    }
+    log.close().unwrap();
+    let r = fx.verify();
+    assert!(r.ok, "{:#?}", r.problems);
+    let anchor = r.anchor.expect("segments were dropped");
+    let seqs = log_seqs(&fx);
+    let (last, rest) = seqs.split_last().unwrap();
+    assert!(
+        rest.iter().all(|&s| s > anchor),
+        "lines at or below the anchor {anchor} stayed: {seqs:?}"
+    );
+    // The newest line is the latest checkpoint's; nothing above the anchor went.
+    assert_eq!(Some(*last), r.latest_checkpoint);
+    assert_eq!(Some(*last), r.signed_seq);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // Bounded: no more lines than the records present could need.
+    assert!(
+        (seqs.len() as u64) <= r.records / cfg.checkpoint_every + 3,
+        "{} lines for {} records",
+        seqs.len(),
+        r.records
+    );
+    // The next start finds nothing to repair or report.
+    let log = fx.open(cfg);
+    assert!(log.startup_check().passed(), "{:#?}", log.startup_check());
+    assert!(log.startup_check().recorded.is_empty());
+    log.close().unwrap();
+    assert!(fx.verify().ok);
+}
+
 #[test]
 fn time_based_checkpoints_cover_quiet_periods() {
     let fx = Fx::new();

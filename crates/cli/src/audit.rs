@@ -117,9 +117,19 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
             dormant_days,
             burst,
         } => {
+            // `--trails DIR` is an output directory like `--out`'s: new
+            // (made 0700, marked) or an earlier review's, never a symlink
+            // nor a directory others can write to. Checked before anything
+            // is contacted, made once the devices are known.
+            if let Some(d) = &trails {
+                crate::commands::check_output_dir_for(d, "audit review", "--trails")?;
+            }
             let reach = devices.reach()?;
             let (dir, temporary) = match trails {
-                Some(d) => (d, false),
+                Some(d) => {
+                    crate::commands::output_dir_for(&d, "audit review", "--trails")?;
+                    (d, false)
+                }
                 None => (crate::fleet::scratch_dir("review")?, true),
             };
             let r = drivesec_oem::review::review(&reach, &dir, dormant_days, burst.max(2));

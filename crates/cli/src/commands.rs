@@ -89,9 +89,14 @@ const OUTPUT_MARKER: &str = ".drivesec-output";
 /// a file, or a directory the tool did not make for `what`, whose mode and
 /// files must stay as they are.
 pub(crate) fn check_output_dir(dir: &std::path::Path, what: &str) -> Result<bool> {
+    check_output_dir_for(dir, what, "--out")
+}
+
+/// [`check_output_dir`] for a directory given as `flag` (e.g. `--trails`).
+pub(crate) fn check_output_dir_for(dir: &std::path::Path, what: &str, flag: &str) -> Result<bool> {
     let refuse = |why: &str| -> Result<bool> {
         bail!(
-            "--out {}: {why}; refusing to write into it (name a new directory, \
+            "{flag} {}: {why}; refusing to write into it (name a new directory, \
              or one an earlier `drivesec {what}` run wrote)",
             dir.display()
         )
@@ -115,7 +120,7 @@ pub(crate) fn check_output_dir(dir: &std::path::Path, what: &str) -> Result<bool
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("--out {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("{flag} {}", dir.display())),
     }
 }
 
@@ -126,7 +131,12 @@ fn marker(what: &str) -> String {
 /// Makes `dir` ready to receive the files of `what`: checked as
 /// [`check_output_dir`] does, and created (0700, with the marker) when new.
 pub(crate) fn output_dir(dir: &std::path::Path, what: &str) -> Result<()> {
-    if !check_output_dir(dir, what)? {
+    output_dir_for(dir, what, "--out")
+}
+
+/// [`output_dir`] for a directory given as `flag` (e.g. `--trails`).
+pub(crate) fn output_dir_for(dir: &std::path::Path, what: &str, flag: &str) -> Result<()> {
+    if !check_output_dir_for(dir, what, flag)? {
         use std::os::unix::fs::DirBuilderExt;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)

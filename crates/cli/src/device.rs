@@ -190,6 +190,59 @@ fn print(json: bool, v: &Value, text: impl FnOnce(&Value)) -> Result<()> {
     Ok(())
 }
 
+/// Handles SIGINT and SIGTERM while a device is commissioned: before the
+/// OEM CA issued anything the process exits at once (130); after, the first
+/// signal makes the commissioning abandon its remaining steps and revoke
+/// the LDevID it issued (it then fails, naming what happened), and further
+/// signals are noted but do not cut that short. SIGKILL cannot be handled:
+/// the LDevID's serial is printed right after issuance for `ca revoke`.
+fn watch_signals(interrupt: &drivesec_oem::commission::Interrupt) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal watcher")?;
+    // Registered here, before commissioning starts.
+    let (mut int, mut term) = {
+        let _in_rt = rt.enter();
+        (
+            signal(SignalKind::interrupt()).context("handling SIGINT")?,
+            signal(SignalKind::terminate()).context("handling SIGTERM")?,
+        )
+    };
+    let interrupt = interrupt.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                let mut first = true;
+                loop {
+                    let name = tokio::select! {
+                        _ = int.recv() => "SIGINT",
+                        _ = term.recv() => "SIGTERM",
+                    };
+                    if !first {
+                        eprintln!("{name}: still revoking the LDevID just issued; wait for it");
+                        continue;
+                    }
+                    first = false;
+                    if interrupt.interrupt() {
+                        eprintln!(
+                            "{name}: commissioning interrupted before the OEM CA issued anything; \
+                             nothing to revoke"
+                        );
+                        std::process::exit(130);
+                    }
+                    eprintln!(
+                        "{name}: interrupting the commissioning; revoking the LDevID just issued"
+                    );
+                }
+            })
+        })
+        .context("starting the signal watcher")?;
+    Ok(())
+}
+
 /// Runs one `drivesec device` command.
 pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
     let t = target(&a)?;
@@ -242,7 +295,10 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
         let mut ca = drivesec_pki::Ca::open(oem_ca)?;
         let credential = read_secret(credential_file)?;
         let pw = read_secret(admin_password_file)?;
-        let r = drivesec_oem::commission::commission(
+        let interrupt = drivesec_oem::commission::Interrupt::new();
+        watch_signals(&interrupt)?;
+        let ca_dir = oem_ca.clone();
+        let r = drivesec_oem::commission::commission_interruptible(
             &mut ca,
             &drivesec_oem::commission::CommissionRequest {
                 addr: t.addr,
@@ -256,6 +312,18 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
                 days: 730,
                 admin_username: admin,
                 admin_password: &pw,
+            },
+            &interrupt,
+            &mut |serial| {
+                // Said at once: if this process is killed (SIGKILL, power)
+                // before it ends, this is what to revoke.
+                eprintln!(
+                    "the OEM CA issued LDevID {serial} for {}; if this run is killed before it \
+                     ends, revoke it: drivesec ca revoke --ca {} --serial {serial} --reason \
+                     cessation-of-operation",
+                    safe(&name),
+                    ca_dir.display()
+                );
             },
         )?;
         let v = serde_json::to_value(&r)?;

@@ -35,10 +35,12 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Errors carry what devices and files said: escaped.
-            eprintln!("error: {}", text::safe_lines(&e.to_string()));
+            // Errors carry what devices and files said: escaped, and any
+            // line after an error's first indented, so no text inside an
+            // error can pass for a line of the tool's own.
+            eprintln!("error: {}", text::continued(&e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {}", text::safe_lines(&cause.to_string()));
+                eprintln!("  caused by: {}", text::continued(&cause.to_string()));
             }
             ExitCode::from(2)
         }

@@ -52,9 +52,25 @@ pub fn safe_lines(text: &str) -> String {
         .join("\n")
 }
 
+/// [`safe_lines`] with every line after the first indented by four
+/// spaces: for a message printed after a label (`error: `), so that text a
+/// device put into it cannot start a line of its own.
+pub fn continued(text: &str) -> String {
+    safe_lines(text).replace('\n', "\n    ")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{safe, safe_lines};
+    use super::{continued, safe, safe_lines};
+
+    #[test]
+    fn continued_lines_are_indented() {
+        assert_eq!(continued("one"), "one");
+        assert_eq!(
+            continued("bad\nerror: all good\u{1b}[2J"),
+            "bad\n    error: all good\\u{1b}[2J"
+        );
+    }
 
     #[test]
     fn safe_lines_keeps_lines_and_tabs() {

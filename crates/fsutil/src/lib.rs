@@ -25,6 +25,16 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
+    /// A directory to build in is not (or is no longer) this user's private
+    /// directory: a symbolic link, not a directory, another user's,
+    /// writable by others, or another directory than the one checked.
+    #[error("{path} {why}; refusing to use it")]
+    NotPrivateDir {
+        /// The path concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The target exists and the caller asked not to replace it.
     #[error("{path} already exists; refusing to overwrite it")]
     AlreadyExists {
@@ -274,6 +284,91 @@ pub fn create_private_dir(path: &Path) -> Result<(), FsError> {
         .map_err(|e| FsError::io("chmod", path, e))
 }
 
+/// Opens the directory `path` itself, never a symbolic link's target
+/// (`O_NOFOLLOW | O_DIRECTORY`): a symlink or a non-directory at `path`
+/// fails.
+pub fn open_dir_nofollow(path: &Path) -> Result<File, FsError> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // With O_DIRECTORY, Linux reports a symlink as ENOTDIR.
+            Some(libc::ELOOP | libc::ENOTDIR) => FsError::NotPrivateDir {
+                path: path.to_path_buf(),
+                why: match fs::symlink_metadata(path) {
+                    Ok(md) if md.file_type().is_symlink() => "is a symbolic link",
+                    _ => "is not a directory",
+                }
+                .into(),
+            },
+            _ => FsError::io("open directory", path, e),
+        })
+}
+
+/// Takes `path` as a private directory (0700) to build in, with no window
+/// for a swap between a check and the use:
+///
+/// - `checked: None` (nothing was at `path` when it was checked): it is
+///   created with mkdir semantics (its parents as needed), which fail if
+///   anything, a symbolic link too, appeared there meanwhile;
+/// - `checked: Some(md)` (an existing empty directory passed a check,
+///   `md` its `symlink_metadata`): it is used only if it is still that
+///   directory.
+///
+/// Either way the directory is then opened without following a link
+/// ([`open_dir_nofollow`]), and the opened handle is checked with fstat:
+/// a directory of this user's nobody else can write to, the same one
+/// (device and inode) `checked` saw and the path names now. Its mode is
+/// set to 0700 through the handle. Returns the open handle.
+pub fn claim_private_dir(path: &Path, checked: Option<&fs::Metadata>) -> Result<File, FsError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if checked.is_none() {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| FsError::io("create directory", parent, e))?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    FsError::NotPrivateDir {
+                        path: path.to_path_buf(),
+                        why: "appeared after it was checked".into(),
+                    }
+                } else {
+                    FsError::io("create directory", path, e)
+                }
+            })?;
+    }
+    let refuse = |why: &str| FsError::NotPrivateDir {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
+    let dir = open_dir_nofollow(path)?;
+    let md = dir
+        .metadata()
+        .map_err(|e| FsError::io("fstat directory", path, e))?;
+    if !md.is_dir() {
+        return Err(refuse("is not a directory"));
+    }
+    if let Some(why) = not_private_dir(&md)? {
+        return Err(refuse(why));
+    }
+    let same = |other: &fs::Metadata| other.dev() == md.dev() && other.ino() == md.ino();
+    if checked.is_some_and(|c| !same(c)) {
+        return Err(refuse("is another directory than the one checked"));
+    }
+    match fs::symlink_metadata(path) {
+        Ok(now) if same(&now) => {}
+        Ok(_) => return Err(refuse("was replaced while it was opened")),
+        Err(e) => return Err(FsError::io("stat", path, e)),
+    }
+    dir.set_permissions(fs::Permissions::from_mode(0o700))
+        .map_err(|e| FsError::io("chmod", path, e))?;
+    Ok(dir)
+}
+
 /// Reads a whole file, naming the path in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>, FsError> {
     fs::read(path).map_err(|e| FsError::io("read", path, e))
@@ -378,6 +473,43 @@ mod tests {
             StagedDir::new(&target).unwrap_err(),
             FsError::AlreadyExists { .. }
         ));
+    }
+
+    /// A new directory is made 0700 and a name taken meanwhile is refused;
+    /// a checked directory is used only if it is still the same private
+    /// directory, never through a symbolic link swapped in.
+    #[test]
+    fn claim_private_dir_refuses_links_swaps_and_shared_dirs() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let new = d.path().join("a").join("new");
+        claim_private_dir(&new, None).unwrap();
+        assert_eq!(fs::metadata(&new).unwrap().mode() & 0o777, 0o700);
+        // Something appeared after the check said "nothing there".
+        let e = claim_private_dir(&new, None).unwrap_err();
+        assert!(e.to_string().contains("appeared after"), "{e}");
+        let target = d.path().join("target");
+        fs::create_dir(&target).unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = claim_private_dir(&link, None).unwrap_err();
+        assert!(e.to_string().contains("appeared after"), "{e}");
+        // The checked directory swapped for a link to another one.
+        let checked = fs::symlink_metadata(&target).unwrap();
+        let e = claim_private_dir(&link, Some(&checked)).unwrap_err();
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        // ... or for another directory.
+        let other = d.path().join("other");
+        fs::create_dir(&other).unwrap();
+        let e = claim_private_dir(&other, Some(&checked)).unwrap_err();
+        assert!(e.to_string().contains("another directory"), "{e}");
+        // Writable by others (after the check).
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = claim_private_dir(&target, Some(&checked)).unwrap_err();
+        assert!(e.to_string().contains("writable by group or others"), "{e}");
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o750)).unwrap();
+        claim_private_dir(&target, Some(&checked)).unwrap();
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o700);
     }
 
     #[test]

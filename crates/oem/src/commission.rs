@@ -22,8 +22,17 @@
 //! revoked (reason cessation-of-operation; the OEM CRL is re-signed): a
 //! device that did not finish commissioning, or something that only claimed
 //! to be it, keeps no certificate the owner's tools trust.
+//!
+//! An [`Interrupt`] (the tool's SIGINT/SIGTERM watcher) ends a
+//! commissioning in progress through that same path: before the OEM CA
+//! issues anything the tool may simply exit; once it has, steps 4 and 5 are
+//! abandoned and the LDevID revoked. SIGKILL (or a power cut) cannot be
+//! handled: the serial of the LDevID is announced (`on_issued`) right after
+//! issuance so the operator can revoke it with `drivesec ca revoke`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use drivesec_pki::{Ca, IssueRequest, Profile, SubjectKey};
 use serde::Serialize;
@@ -74,8 +83,77 @@ pub struct Commissioned {
     pub api: String,
 }
 
+/// A request to stop a commissioning in progress, shared between the
+/// commissioning and whatever watches for signals.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<InterruptState>);
+
+#[derive(Debug, Default)]
+struct InterruptState {
+    /// [`BEFORE_ISSUE`], [`ISSUING`] or [`ABANDONED`].
+    phase: AtomicU8,
+    signalled: AtomicBool,
+}
+
+/// Nothing issued yet: an interrupt may end the process at once.
+const BEFORE_ISSUE: u8 = 0;
+/// The OEM CA is issuing or has issued: only the failure path may end it.
+const ISSUING: u8 = 1;
+/// Interrupted before issuance: nothing will be issued any more.
+const ABANDONED: u8 = 2;
+
+impl Interrupt {
+    /// A request nobody made yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the commissioning to stop. Returns `true` when nothing was
+    /// issued (and now nothing will be): the caller may exit at once.
+    /// Otherwise the commissioning abandons its remaining steps, revokes the
+    /// LDevID it issued and returns an error; the caller must let it.
+    pub fn interrupt(&self) -> bool {
+        self.0.signalled.store(true, Ordering::SeqCst);
+        match self.0.phase.compare_exchange(
+            BEFORE_ISSUE,
+            ABANDONED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => true,
+            Err(phase) => phase == ABANDONED,
+        }
+    }
+
+    /// Whether [`Interrupt::interrupt`] was called.
+    pub fn interrupted(&self) -> bool {
+        self.0.signalled.load(Ordering::SeqCst)
+    }
+
+    /// Enters the issuing phase, unless interrupted before.
+    fn start_issuing(&self) -> bool {
+        self.0
+            .phase
+            .compare_exchange(BEFORE_ISSUE, ISSUING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+}
+
 /// Commissions one device with the OEM CA.
 pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissioned> {
+    commission_interruptible(oem, req, &Interrupt::new(), &mut |_| {})
+}
+
+/// [`commission`] that `interrupt` can stop (see [`Interrupt`]), and that
+/// calls `on_issued` with the LDevID's serial as soon as the OEM CA issued
+/// it (before anything else is sent), so that it can be revoked by hand if
+/// the process is killed in a way nothing can handle.
+pub fn commission_interruptible(
+    oem: &mut Ca,
+    req: &CommissionRequest<'_>,
+    interrupt: &Interrupt,
+    on_issued: &mut dyn FnMut(&str),
+) -> Result<Commissioned> {
     if req.serial.is_empty() {
         return Err(OemError::Invalid(
             "commissioning needs the device's expected serial number (`--serial`, as on the device's label)".into(),
@@ -128,6 +206,13 @@ pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissio
         .as_str()
         .ok_or_else(|| OemError::Invalid("the device returned no CSR".into()))?
         .to_string();
+    if !interrupt.start_issuing() {
+        return Err(OemError::Invalid(format!(
+            "commissioning {} at {} was interrupted before the OEM CA issued anything; \
+             nothing to revoke",
+            req.serial, req.addr
+        )));
+    }
     let issued = oem.issue(&IssueRequest {
         profile: Profile::LdevId {
             serial_number: serial.clone(),
@@ -140,9 +225,38 @@ pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissio
             pem: csr,
         },
     })?;
-    match finish(oem, req, &factory, &issued, &serial) {
-        Ok(()) => {}
-        Err(e) => return Err(revoke_after_failure(oem, req, &issued.serial, e)),
+    on_issued(&issued.serial);
+    // Steps 4 and 5 run on their own thread so that an interrupt need not
+    // wait for the device (which may stall until the client's deadlines):
+    // on an interrupt they are abandoned and the LDevID revoked at once.
+    let result = finish_job(oem, req, factory, &issued, &serial).and_then(|job| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("commission-finish".into())
+            .spawn(move || {
+                let _ = tx.send(job.run());
+            })
+            .map_err(|e| OemError::Invalid(format!("starting the commissioning thread: {e}")))?;
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(r) => break r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if interrupt.interrupted() => {
+                    break Err(OemError::Invalid(
+                        "interrupted (SIGINT/SIGTERM) before the device finished commissioning"
+                            .into(),
+                    ));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    break Err(OemError::Invalid(
+                        "the commissioning thread panicked".into(),
+                    ));
+                }
+            }
+        }
+    });
+    if let Err(e) = result {
+        return Err(revoke_after_failure(oem, req, &issued.serial, e));
     }
     Ok(Commissioned {
         serial_number: serial,
@@ -152,31 +266,41 @@ pub fn commission(oem: &mut Ca, req: &CommissionRequest<'_>) -> Result<Commissio
     })
 }
 
-/// Steps 4 and 5: install everything, then prove the new identity and
-/// account over a fresh connection.
-fn finish(
+/// Steps 4 and 5, with everything they need from the OEM CA read
+/// beforehand, so that they can run on a thread of their own.
+struct FinishJob {
+    factory: DeviceClient,
+    owned: DeviceClient,
+    body: zeroize::Zeroizing<String>,
+    admin_username: String,
+    admin_password: zeroize::Zeroizing<String>,
+    issued_serial: String,
+}
+
+/// Reads what steps 4 and 5 need: the OEM root and CRL, and the client
+/// that reconnects trusting only the OEM root under the device name.
+fn finish_job(
     oem: &Ca,
     req: &CommissionRequest<'_>,
-    factory: &DeviceClient,
+    factory: DeviceClient,
     issued: &drivesec_pki::Issued,
     serial: &str,
-) -> Result<()> {
+) -> Result<FinishJob> {
     let root_pem = String::from_utf8_lossy(&drivesec_fsutil::read(&oem.root_path())?).into_owned();
     let crl_pem = String::from_utf8_lossy(&drivesec_fsutil::read(&oem.crl_path())?).into_owned();
-    factory.ok(
-        "POST",
-        "/api/v1/commission/complete",
-        Some(&json!({
+    let body = zeroize::Zeroizing::new(
+        json!({
             "factory_credential": req.factory_credential,
             "ldevid_chain_pem": issued.chain_pem,
             "trust_anchors_pem": root_pem,
             "crl_pem": crl_pem,
             "admin_username": req.admin_username,
             "admin_password": req.admin_password,
-        })),
-    )?;
+        })
+        .to_string(),
+    );
     let (revocation, _) = Revocation::from_file(&oem.crl_path())?;
-    let mut owned = DeviceClient::new(
+    let owned = DeviceClient::new(
         req.addr,
         Some(req.identity),
         &DeviceTrust::owned(
@@ -187,27 +311,51 @@ fn finish(
         ),
         Versions::Default,
     )?;
-    let info = owned.ok("GET", "/api/v1/info", None)?;
-    if info["state"] != "commissioned" {
-        return Err(OemError::Check(format!(
-            "the device did not switch to commissioned state: {info}"
-        )));
+    Ok(FinishJob {
+        factory,
+        owned,
+        body,
+        admin_username: req.admin_username.to_string(),
+        admin_password: zeroize::Zeroizing::new(req.admin_password.to_string()),
+        issued_serial: issued.serial.clone(),
+    })
+}
+
+impl FinishJob {
+    /// Steps 4 and 5: install everything, then prove the new identity and
+    /// account over a fresh connection.
+    fn run(mut self) -> Result<()> {
+        let body: serde_json::Value = serde_json::from_str(&self.body)
+            .map_err(|e| OemError::Invalid(format!("commissioning request: {e}")))?;
+        let sent = self
+            .factory
+            .ok("POST", "/api/v1/commission/complete", Some(&body));
+        drop(body);
+        sent?;
+        let info = self.owned.ok("GET", "/api/v1/info", None)?;
+        if info["state"] != "commissioned" {
+            return Err(OemError::Check(format!(
+                "the device did not switch to commissioned state: {info}"
+            )));
+        }
+        // The device presents the LDevID just issued, not another one.
+        let presented = self
+            .owned
+            .peer_certificates()
+            .first()
+            .map(|c| hex::encode(serial_of(c)))
+            .unwrap_or_default();
+        if presented != self.issued_serial {
+            return Err(OemError::Check(format!(
+                "the device presents LDevID {presented}, not the one just issued ({})",
+                self.issued_serial
+            )));
+        }
+        self.owned
+            .login(&self.admin_username, &self.admin_password)?;
+        self.owned.ok("POST", "/api/v1/logout", None)?;
+        Ok(())
     }
-    // The device presents the LDevID just issued, not another one.
-    let presented = owned
-        .peer_certificates()
-        .first()
-        .map(|c| hex::encode(serial_of(c)))
-        .unwrap_or_default();
-    if presented != issued.serial {
-        return Err(OemError::Check(format!(
-            "the device presents LDevID {presented}, not the one just issued ({})",
-            issued.serial
-        )));
-    }
-    owned.login(req.admin_username, req.admin_password)?;
-    owned.ok("POST", "/api/v1/logout", None)?;
-    Ok(())
 }
 
 /// The certificate's serial number (its DER INTEGER's content bytes).

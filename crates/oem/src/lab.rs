@@ -265,11 +265,13 @@ fn serial() -> String {
 /// exist, `Ok(true)` when it is an empty directory of this user's that
 /// nobody else can write to; refused when it is anything else (a symlink,
 /// a file, someone else's directory, group- or world-writable, not empty).
-fn usable_lab_dir(dir: &Path) -> Result<bool> {
+/// On `Ok(Some(md))`, `md` is the directory's `symlink_metadata`, for
+/// [`fsu::claim_private_dir`] to check it is still the same directory.
+fn usable_lab_dir(dir: &Path) -> Result<Option<std::fs::Metadata>> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let md = match std::fs::symlink_metadata(dir) {
         Ok(md) => md,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(fsu::FsError::io("stat", dir, e).into()),
     };
     let refuse = |why: String| {
@@ -314,7 +316,19 @@ fn usable_lab_dir(dir: &Path) -> Result<bool> {
             path: dir.to_path_buf(),
         });
     }
-    Ok(true)
+    Ok(Some(md))
+}
+
+/// Checks `dir` ([`usable_lab_dir`]) and takes it: created with mkdir
+/// semantics when it was not there (failing if anything appeared
+/// meanwhile), or, when it was an empty private directory, opened without
+/// following a link and re-checked on the open handle (owner, mode, the
+/// same directory). A symlink or another directory swapped in between the
+/// check and the use is refused. Returns whether the directory existed.
+fn take_lab_dir(dir: &Path) -> Result<bool> {
+    let checked = usable_lab_dir(dir)?;
+    fsu::claim_private_dir(dir, checked.as_ref())?;
+    Ok(checked.is_some())
 }
 
 /// Builds the lab. On failure the lab directory is removed again.
@@ -326,8 +340,7 @@ pub fn up(opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Result<LabMan
         )));
     }
     let dir = absolute(&opts.dir)?;
-    let preexisting = usable_lab_dir(&dir)?;
-    fsu::create_private_dir(&dir)?;
+    let preexisting = take_lab_dir(&dir)?;
     let result = build(&dir, opts, progress);
     if result.is_err() {
         if preexisting {
@@ -1029,4 +1042,61 @@ pub fn down(dir: &Path) -> Result<LabDown> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    /// The lab directory is taken as checked: new (made 0700), or an empty
+    /// private one of this user's (narrowed to 0700); a symlink or a
+    /// directory of a wider mode is refused, and so is a symlink swapped in
+    /// between the check and the use.
+    #[test]
+    fn the_lab_directory_is_taken_without_a_window() {
+        let t = tempfile::tempdir().unwrap();
+        let new = t.path().join("new");
+        assert!(!take_lab_dir(&new).unwrap());
+        assert_eq!(std::fs::metadata(&new).unwrap().mode() & 0o777, 0o700);
+        let empty = t.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(take_lab_dir(&empty).unwrap());
+        assert_eq!(std::fs::metadata(&empty).unwrap().mode() & 0o777, 0o700);
+
+        let target = t.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = take_lab_dir(&link).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let shared = t.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = take_lab_dir(&shared).unwrap_err();
+        assert!(e.to_string().contains("writable by everyone"), "{e}");
+
+        // The swap: the checked empty directory is moved away and a link
+        // to it planted at the path before it is taken.
+        let dir = t.path().join("lab");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let checked = usable_lab_dir(&dir).unwrap();
+        assert!(checked.is_some());
+        let moved = t.path().join("moved");
+        std::fs::rename(&dir, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        let e = fsu::claim_private_dir(&dir, checked.as_ref()).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::metadata(&moved).unwrap().mode() & 0o777, 0o755);
+        // "Nothing there" at the check, a link by the time it is made.
+        std::fs::remove_file(&dir).unwrap();
+        assert!(usable_lab_dir(&dir).unwrap().is_none());
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        assert!(fsu::claim_private_dir(&dir, None).is_err());
+        assert_eq!(std::fs::metadata(&moved).unwrap().mode() & 0o777, 0o755);
+    }
 }

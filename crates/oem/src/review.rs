@@ -127,6 +127,63 @@ pub fn collect_trail_within(
     )?)
 }
 
+/// Makes `trails/NAME` an empty directory (0700) for one device's copy of
+/// its trail. A previous copy there (an earlier review's: evidence the
+/// device may no longer hold) is never deleted: it is renamed
+/// `NAME.UTC-TIMESTAMP` first, and so is a file at that name; a symbolic
+/// link there is removed as itself (never followed). `trails` is created
+/// (0700) when missing; when it exists it must be the tool's own directory
+/// (checked by the caller). `name` must be one plain path component not
+/// starting with a dot (never `..`, a path, or the directory's marker).
+pub fn fresh_device_dir(trails: &std::path::Path, name: &str) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let plain =
+        !name.is_empty() && !name.starts_with('.') && !name.contains('/') && !name.contains('\0');
+    if !plain {
+        return Err(OemError::Invalid(format!(
+            "device name '{}' cannot name a directory under {}: a plain name not starting \
+             with a dot is needed",
+            name.escape_debug(),
+            trails.display()
+        )));
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(trails)
+        .map_err(|e| drivesec_fsutil::FsError::io("create directory", trails, e))?;
+    let dir = trails.join(name);
+    let io = |op, e| drivesec_fsutil::FsError::io(op, &dir, e);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(md) if md.file_type().is_symlink() => {
+            std::fs::remove_file(&dir).map_err(|e| io("remove", e))?
+        }
+        Ok(_) => {
+            // Kept under a name of its own, never overwritten.
+            let stamp = time::OffsetDateTime::now_utc()
+                .format(time::macros::format_description!(
+                    "[year][month][day]T[hour][minute][second]Z"
+                ))
+                .unwrap_or_default();
+            let mut aside = trails.join(format!("{name}.{stamp}"));
+            let mut n = 1;
+            while std::fs::symlink_metadata(&aside).is_ok() {
+                n += 1;
+                aside = trails.join(format!("{name}.{stamp}.{n}"));
+            }
+            std::fs::rename(&dir, &aside).map_err(|e| io("keep the earlier copy of", e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("stat", e).into()),
+    }
+    // Not recursive: fails if anything reappeared at the name meanwhile.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| io("create directory", e))?;
+    Ok(dir)
+}
+
 /// One account.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountReview {
@@ -246,8 +303,9 @@ fn review_one(
 ) -> Result<DeviceReview> {
     let rfc = &time::format_description::well_known::Rfc3339;
     let c = reach.session(d)?;
-    // The trail, collected and verified with the device's IDevID.
-    let trail = trails.join(&d.name);
+    // The trail, collected into an empty directory of its own (nothing of
+    // an earlier run's copy is reused) and verified with the device's IDevID.
+    let trail = fresh_device_dir(trails, &d.name)?;
     let chain =
         collect_trail(&c, &trail).map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
     let leaf = chain
@@ -510,6 +568,7 @@ mod tests {
             stray_files: vec![],
             quarantined: vec![],
             device_reports: vec![],
+            cursor_resets: vec![],
         }
     }
 

@@ -1,0 +1,276 @@
+//! Attacks on the tool's side, part three: `audit review --trails`
+//! directories, the lab directory between its check and its creation, and
+//! commissioning interrupted by a signal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{commission_args, drivesec, s, sa_cert_args, test_lab};
+use drivesec_oem::lab::LabOptions;
+use drivesec_pki::Profile;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+
+/// `--trails DIR` follows the output-directory rule: a symbolic link, a
+/// directory the tool did not make, and a marked one others can write to
+/// are refused before any device is contacted, and nothing changes there.
+#[test]
+fn review_trails_must_be_the_tools_own_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let victim = t.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let link = t.path().join("link");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let lab = t.path().join("no-lab");
+    let review = |dir: &std::path::Path| {
+        drivesec(&["audit", "review", "--lab", s(&lab), "--trails", s(dir)])
+    };
+    let (code, _, err) = review(&link);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--trails") && err.contains("is a symbolic link"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    let (code, _, err) = review(&victim);
+    assert_ne!(code, 0);
+    assert!(err.contains("the tool did not make"), "{err}");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    // A marker proves nothing in a directory others can write to.
+    let shared = t.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join(".drivesec-output"), "drivesec audit review\n").unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (code, _, err) = review(&shared);
+    assert_ne!(code, 0);
+    assert!(err.contains("writable by group or others"), "{err}");
+}
+
+/// Each device's copy starts from an empty directory: a stale segment left
+/// in an earlier run's copy is not verified as part of the device's trail,
+/// and a symbolic link planted in the copy's place is removed, not followed.
+#[test]
+fn review_trails_start_empty_and_never_follow_links() {
+    let lab = test_lab(None);
+    let t = tempfile::tempdir().unwrap();
+    let trails = t.path().join("trails");
+    let review = || {
+        drivesec(&[
+            "audit",
+            "review",
+            "--lab",
+            s(&lab.dir),
+            "--trails",
+            s(&trails),
+        ])
+    };
+    let (code, _, err) = review();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::metadata(&trails).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let name = lab.m.devices[0].name.clone();
+    let copy = trails.join(&name);
+    assert!(copy.join("segments").is_dir());
+
+    // A stale (here: garbage) segment from "an earlier run".
+    let stale = copy.join("segments").join("99999999999999999999.seg");
+    std::fs::write(&stale, b"not a record\n").unwrap();
+    let (code, _, err) = review();
+    assert_eq!(code, 0, "a stale file was reviewed as the device's: {err}");
+    assert!(!stale.exists());
+    // The earlier copy is evidence: kept beside the new one, never deleted.
+    let kept: Vec<_> = std::fs::read_dir(&trails)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{name}."))
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        kept[0]
+            .join("segments")
+            .join("99999999999999999999.seg")
+            .exists()
+    );
+
+    // The copy replaced by a symbolic link to a directory elsewhere.
+    let elsewhere = t.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("keep"), b"mine").unwrap();
+    std::fs::remove_dir_all(&copy).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &copy).unwrap();
+    let (code, _, err) = review();
+    assert_eq!(code, 0, "{err}");
+    assert!(!std::fs::symlink_metadata(&copy).unwrap().is_symlink());
+    assert!(copy.join("segments").is_dir());
+    let left: Vec<_> = std::fs::read_dir(&elsewhere)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("keep")]);
+    assert_eq!(std::fs::read(elsewhere.join("keep")).unwrap(), b"mine");
+}
+
+/// A factory-state fake device on loopback presenting `chain`: it answers
+/// `/info` and `commission/begin` (with a CSR of a new key), then stalls on
+/// `commission/complete` (never answers). Returns its address and what it
+/// received.
+fn stalling_factory_device(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> (SocketAddr, Arc<Mutex<String>>) {
+    let cfg = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(String::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let (cfg, seen) = (cfg.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(cfg).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                while let Some(head) = common::read_head(&mut tls) {
+                    let len: usize = head
+                        .to_lowercase()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if tls.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    seen.lock().unwrap().push_str(&head);
+                    let answer = if head.starts_with("GET /api/v1/info") {
+                        json!({"state": "factory", "serial_number": "SN-88"})
+                    } else if head.starts_with("POST /api/v1/commission/begin") {
+                        json!({ "csr_pem": common::key_and_csr().1 })
+                    } else {
+                        // commission/complete: the device stalls.
+                        std::thread::sleep(Duration::from_secs(300));
+                        return;
+                    };
+                    let b = answer.to_string();
+                    let out = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+                        b.len()
+                    );
+                    if tls
+                        .write_all(out.as_bytes())
+                        .and_then(|_| tls.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Ctrl-C while the device stalls after the OEM CA issued its LDevID: the
+/// tool does not die with the LDevID unrevoked; it revokes it (the OEM CRL
+/// lists it), exits non-zero saying so, and had printed the serial right
+/// after issuance (what the operator revokes after a SIGKILL).
+#[test]
+fn commissioning_interrupted_after_issuance_revokes_the_ldevid() {
+    let t = tempfile::tempdir().unwrap();
+    let m = drivesec_oem::lab::up(&LabOptions::new(t.path().join("lab")), &mut |_| {}).unwrap();
+    let (issued, key) = common::issue_over_csr(
+        &m.manufacturer_ca_dir,
+        Profile::IdevId {
+            serial_number: "SN-88".into(),
+            model: "iC7-Sim".into(),
+        },
+        "test",
+    );
+    let chain =
+        drivesec_pki::read_certs_pem(std::path::Path::new("chain"), issued.chain_pem.as_bytes())
+            .unwrap();
+    let (addr, heads) =
+        stalling_factory_device(chain, PrivateKeyDer::Pkcs8(key.serialize_der().into()));
+    let before = drivesec_pki::Ca::open(&m.oem_ca_dir)
+        .unwrap()
+        .issued_serials();
+    let cred = t.path().join("factory.credential");
+    std::fs::write(&cred, "Factory-Credential-123456\n").unwrap();
+    let pw = t.path().join("admin.pw");
+    std::fs::write(&pw, "Setup-Passw0rd-Sec-1\n").unwrap();
+    let api = addr.to_string();
+    let mut args: Vec<&str> = vec!["device", "--api", &api, "--name", "press-1.plant.example"];
+    args.extend(sa_cert_args(&m));
+    args.extend(commission_args(&m, &cred, &pw));
+    args.extend(["--serial", "SN-88"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_drivesec"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the tool sent commission/complete (the LDevID is issued).
+    let start = Instant::now();
+    while !heads.lock().unwrap().contains("commission/complete") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never got to complete"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "waited for the device's deadline"
+    );
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(out.status.code().is_some(), "killed by the signal: {err}");
+    let oem = drivesec_pki::Ca::open(&m.oem_ca_dir).unwrap();
+    let new: Vec<String> = oem
+        .issued_serials()
+        .into_iter()
+        .filter(|s| !before.contains(s))
+        .collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    let ldevid = &new[0];
+    assert!(oem.revoked_serials().contains(ldevid), "{err}");
+    assert!(
+        err.contains(&format!("issued LDevID {ldevid}")) && err.contains("drivesec ca revoke"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("its LDevID {ldevid}: interrupted"))
+            && err.contains("That LDevID is revoked"),
+        "{err}"
+    );
+}
