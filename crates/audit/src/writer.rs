@@ -1082,14 +1082,16 @@ impl StartupCheck {
             out.push(format!("the trail was not fully checked at start-up: {u}"));
         }
         for c in &self.cursors {
-            out.push(format!("a delivery cursor was tampered with: {c}"));
+            out.push(format!(
+                "a delivery cursor was out of the trail (written at rest, or a power cut after records were sent before they were on disk): {c}"
+            ));
         }
         if let (Some(first), Some(last)) = (
             self.earlier_cursor_resets.first(),
             self.earlier_cursor_resets.last(),
         ) {
             out.push(format!(
-                "a delivery cursor was tampered with: an earlier start-up reset it ({} audit.cursor-reset record(s) in the trail, records {first}..{last}); records may be missing at the collector or an export",
+                "a delivery cursor was out of the trail: an earlier start-up reset it ({} audit.cursor-reset record(s) in the trail, records {first}..{last}); records may be missing at the collector or an export",
                 self.earlier_cursor_resets.len()
             ));
         }

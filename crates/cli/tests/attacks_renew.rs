@@ -347,6 +347,76 @@ fn renew_believes_the_ca_not_the_device() {
     );
 }
 
+/// The device accepts the new LDevID and then cannot be reached to show
+/// it (restarting its listener, a network blip): the tool asks again with
+/// back-off, and when it still cannot tell, it does NOT revoke the new
+/// LDevID (the device may already be using it; revoking would lock its
+/// owner out) and says what to do.
+#[test]
+fn a_renewal_the_tool_cannot_confirm_is_not_revoked() {
+    let lab = test_lab(Some(config()));
+    let t = tempfile::tempdir().unwrap();
+    let dev = &lab.m.devices[0];
+    let (chain, key, _) = issue(
+        &lab.m.oem_ca_dir,
+        drivesec_pki::Profile::LdevId {
+            serial_number: dev.serial_number.clone(),
+            device_name: dev.device_name.clone().unwrap(),
+            ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+            days: 365,
+        },
+    );
+    let installed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = installed.clone();
+    let inner = renewal_answers((200, json!({})));
+    let h: Arc<Handler> = Arc::new(move |head: &str| {
+        if head.starts_with("PUT /api/v1/identity/ldevid") {
+            flag.store(true, Ordering::SeqCst);
+        }
+        if head.starts_with("GET /api/v1/info") && flag.load(Ordering::SeqCst) {
+            return (503, json!({"error": "busy", "message": "restarting"}));
+        }
+        inner(head)
+    });
+    let ck = certified(chain, &key);
+    let fake = Fake::start(
+        BySni {
+            named: ck.clone(),
+            unnamed: ck,
+        },
+        h,
+    );
+    let fake_lab = lab_pointing_at(&lab.m, &t.path().join("fake"), fake.addr, &[]);
+    let before = drivesec_pki::Ca::open(&lab.m.oem_ca_dir)
+        .unwrap()
+        .issued_serials();
+    let (code, out, err) =
+        drivesec(&["--json", "fleet", "renew", "--lab", s(&fake_lab), "--force"]);
+    assert_eq!(code, 2, "{out}{err}");
+    let new = issued_since(&lab.m, &before);
+    assert_eq!(new.len(), 1, "{new:?}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert!(r[0]["revoked"].is_null(), "{r}");
+    let e = r[0]["error"].as_str().unwrap();
+    assert!(
+        e.contains("It is NOT revoked") && e.contains(&new[0]),
+        "{e}"
+    );
+    assert!(
+        !drivesec_pki::Ca::open(&lab.m.oem_ca_dir)
+            .unwrap()
+            .revoked_serials()
+            .contains(&new[0])
+    );
+    // It asked again before giving up.
+    let infos = fake
+        .received()
+        .iter()
+        .filter(|l| l.starts_with("GET /api/v1/info"))
+        .count();
+    assert!(infos >= 3, "{:?}", fake.received());
+}
+
 /// Answers a tamper-status read as a tampered device does.
 fn tampered_answers() -> Arc<Handler> {
     Arc::new(|_: &str| (200, json!({"tampered": true, "state": "tampered"})))

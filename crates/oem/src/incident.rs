@@ -592,29 +592,68 @@ fn renew_one(
             },
         })?
     };
-    // From here on the issued LDevID exists: it is revoked unless the
-    // device is seen presenting exactly it.
-    let installed = c
-        .ok(
-            "PUT",
-            "/api/v1/identity/ldevid",
-            Some(&serde_json::json!({"chain_pem": issued.chain_pem})),
-        )
-        .map(|_| ());
-    // Whatever the device answered (its reply may also have been lost),
-    // what counts is the certificate it presents on a new connection.
-    let presents = presents_exactly(reach, d, &issued);
+    // From here on the issued LDevID exists. It is revoked when the device
+    // positively refuses it or presents another certificate; when the
+    // device cannot be reached to tell, it is not (revoking an LDevID the
+    // device may already be using would lock its owner out of it).
+    let install = match c.call(
+        "PUT",
+        "/api/v1/identity/ldevid",
+        Some(&serde_json::json!({"chain_pem": issued.chain_pem})),
+    ) {
+        Ok(r) if (200..300).contains(&r.status) => Install::Accepted,
+        Ok(r) => Install::Refused(format!(
+            "the device refused it ({} {})",
+            r.status,
+            r.body
+                .get("message")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+        )),
+        Err(e) => Install::Unknown(e.to_string()),
+    };
     let _ = c.call("POST", "/api/v1/logout", None);
-    match (presents, installed) {
-        (Ok(()), _) => {}
-        (Err(seen), installed) => {
-            let cause = match installed {
-                Ok(()) => seen.to_string(),
-                Err(e) => format!("installing it failed ({e}), and {seen}"),
+    // Whatever the device answered (its reply may also have been lost),
+    // what counts is the certificate it presents on a new connection:
+    // asked again, with back-off, while it cannot be reached (a device
+    // restarting its listener, a lost packet).
+    let mut seen = presents_after_renewal(reach, d, &issued);
+    let mut wait = std::time::Duration::from_secs(1);
+    for _ in 0..4 {
+        if !matches!(seen, Presented::Unreachable(_)) {
+            break;
+        }
+        std::thread::sleep(wait);
+        wait *= 2;
+        seen = presents_after_renewal(reach, d, &issued);
+    }
+    match (seen, install) {
+        (Presented::Exactly, _) => {}
+        (Presented::Other(why), install)
+        | (Presented::Unreachable(why), install @ Install::Refused(_)) => {
+            let cause = match install {
+                Install::Accepted => why,
+                Install::Refused(e) | Install::Unknown(e) => format!("{e}, and {why}"),
             };
             let (message, revoked) = revoke_unproven(oem, d, &issued.serial, &cause);
             r.revoked = revoked;
             return Err(OemError::Invalid(message));
+        }
+        (Presented::Unreachable(why), install) => {
+            let state = match install {
+                Install::Accepted => "the device accepted it".to_string(),
+                Install::Refused(e) | Install::Unknown(e) => format!("its answer was lost ({e})"),
+            };
+            return Err(OemError::Invalid(format!(
+                "{}: the OEM CA issued the new LDevID {serial} and {state}, but the device could \
+                 not be reached to confirm it presents it ({why}). It is NOT revoked: the device \
+                 may already be using it, and revoking it would lock you out. Run `drivesec fleet \
+                 renew` again when the device is reachable (it reports what the device presents); \
+                 if the device at that address is not yours, revoke it: `drivesec ca revoke --ca \
+                 OEM_CA_DIR --serial {serial} --reason key-compromise`",
+                d.name,
+                serial = issued.serial
+            )));
         }
     }
     // What the CA issued, never what the device said about it.
@@ -625,27 +664,51 @@ fn renew_one(
     Ok(())
 }
 
-/// Ok when a new connection to `d` (checked as [`Reach::trust`]: owner
-/// roots, name, CRL, LDevID profile, serial) presents exactly `issued` as
-/// its end-entity certificate; why not otherwise.
-fn presents_exactly(reach: &Reach, d: &ReachDevice, issued: &drivesec_pki::Issued) -> Result<()> {
-    let fresh = reach.connected(d).map_err(|e| {
-        OemError::Invalid(format!(
-            "reconnecting to check it presents the new LDevID failed: {e}"
-        ))
-    })?;
-    let leaf = fresh.peer_certificates().into_iter().next();
-    match leaf {
-        Some(leaf) if leaf.as_ref() == issued.der.as_slice() => Ok(()),
-        Some(leaf) => Err(OemError::Invalid(format!(
+/// How the device answered the installation of a renewed LDevID.
+enum Install {
+    /// 2xx.
+    Accepted,
+    /// An error status: the device positively refused it.
+    Refused(String),
+    /// No answer (connection lost, deadline): it may have installed it.
+    Unknown(String),
+}
+
+/// What a new connection to a device showed after a renewal.
+enum Presented {
+    /// It presents exactly the certificate just issued.
+    Exactly,
+    /// It presents another certificate (or none): why.
+    Other(String),
+    /// It could not be reached (or the handshake failed): why.
+    Unreachable(String),
+}
+
+/// What a new connection to `d` (checked as [`Reach::trust`]: owner
+/// roots, name, CRL, LDevID profile, serial) presents, compared with
+/// `issued`.
+fn presents_after_renewal(
+    reach: &Reach,
+    d: &ReachDevice,
+    issued: &drivesec_pki::Issued,
+) -> Presented {
+    let fresh = match reach.connected(d) {
+        Ok(c) => c,
+        Err(e) => {
+            return Presented::Unreachable(format!(
+                "reconnecting to check it presents the new LDevID failed: {e}"
+            ));
+        }
+    };
+    match fresh.peer_certificates().into_iter().next() {
+        Some(leaf) if leaf.as_ref() == issued.der.as_slice() => Presented::Exactly,
+        Some(leaf) => Presented::Other(format!(
             "on a new connection it presents LDevID {}, not the one just issued",
             drivesec_pki::inspect::summarize(&leaf)
                 .map(|s| s.serial)
                 .unwrap_or_else(|_| "(unreadable)".into())
-        ))),
-        None => Err(OemError::Invalid(
-            "on a new connection it presents no certificate".into(),
         )),
+        None => Presented::Other("on a new connection it presents no certificate".into()),
     }
 }
 
