@@ -880,28 +880,12 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
                 backoff = (backoff * 2).min(cfg.backoff_max);
                 continue 'outer;
             }
-            if batch.is_empty() {
-                if peer_closed(&mut conn.stream) {
-                    fail(
-                        Failure::other("collector closed the connection".into()),
-                        !delivered,
-                    );
-                    if !delivered {
-                        if ctl.sleep(backoff) {
-                            break 'outer;
-                        }
-                        backoff = (backoff * 2).min(cfg.backoff_max);
-                    }
-                    continue 'outer;
-                }
-                if ctl.sleep(cfg.poll) {
-                    continue;
-                }
-                continue;
-            }
             if peer_closed(&mut conn.stream) {
-                // Do not send into a closed connection; resend from the cursor.
-                tail = resume.clone();
+                // Do not send into a closed connection: what this batch read
+                // is sent again on the next one.
+                if !batch.is_empty() {
+                    tail = resume.clone();
+                }
                 fail(
                     Failure::other("collector closed the connection".into()),
                     !delivered,
@@ -913,6 +897,11 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
                     backoff = (backoff * 2).min(cfg.backoff_max);
                 }
                 continue 'outer;
+            }
+            if batch.is_empty() {
+                // Stopped while waiting: the loop's first check ends it.
+                let _ = ctl.sleep(cfg.poll);
+                continue;
             }
             let checkpoint = latest_checkpoint(dir);
             let mut wire = Vec::new();

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,27 +52,11 @@ impl Fake {
         key: PrivateKeyDer<'static>,
         h: Arc<Handler>,
     ) -> Fake {
-        let cfg = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+        let cfg = common::fake_server_config(chain, key);
         let received = Arc::new(Mutex::new(Vec::new()));
         let sent = Arc::new(AtomicU64::new(0));
         let (rx, tx) = (received.clone(), sent.clone());
-        std::thread::spawn(move || {
-            for tcp in listener.incoming().flatten() {
-                let (cfg, h, rx, tx) = (cfg.clone(), h.clone(), rx.clone(), tx.clone());
-                std::thread::spawn(move || serve(tcp, cfg, &*h, &rx, &tx));
-            }
-        });
+        let addr = common::spawn_server(move |tcp| serve(tcp, cfg.clone(), &*h, &rx, &tx));
         Fake {
             addr,
             received,
@@ -108,32 +92,16 @@ fn serve(
     let conn = rustls::ServerConnection::new(cfg).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     while let Some(head) = common::read_head(&mut tls) {
-        let len: usize = head
-            .to_lowercase()
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map(|v| v.trim().parse().unwrap_or(0))
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if tls.read_exact(&mut body).is_err() {
+        let Some(body) = common::read_body(&mut tls, &head) else {
             return;
-        }
+        };
         {
             let mut r = received.lock().unwrap();
             r.extend_from_slice(head.as_bytes());
             r.extend_from_slice(&body);
         }
         let ok = match h(&head, &body) {
-            Answer::Json(status, v) => {
-                let b = v.to_string();
-                let out = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
-                    b.len()
-                );
-                tls.write_all(out.as_bytes())
-                    .and_then(|_| tls.flush())
-                    .is_ok()
-            }
+            Answer::Json(status, v) => common::write_json(&mut tls, &format!("{status} X"), &v),
             Answer::Flood { declared } => {
                 let total: u64 = 200 << 20;
                 let head = if declared {

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,26 +29,10 @@ struct Fake {
 
 impl Fake {
     fn start(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Fake {
-        let cfg = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+        let cfg = common::fake_server_config(chain, key);
         let received = Arc::new(Mutex::new(Vec::new()));
         let rx = received.clone();
-        std::thread::spawn(move || {
-            for tcp in listener.incoming().flatten() {
-                let (cfg, rx) = (cfg.clone(), rx.clone());
-                std::thread::spawn(move || serve(tcp, cfg, &rx));
-            }
-        });
+        let addr = common::spawn_server(move |tcp| serve(tcp, cfg.clone(), &rx));
         Fake { addr, received }
     }
 
@@ -63,16 +46,9 @@ fn serve(tcp: TcpStream, cfg: Arc<rustls::ServerConfig>, received: &Mutex<Vec<u8
     let conn = rustls::ServerConnection::new(cfg).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     while let Some(head) = common::read_head(&mut tls) {
-        let len: usize = head
-            .to_lowercase()
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map(|v| v.trim().parse().unwrap_or(0))
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if tls.read_exact(&mut body).is_err() {
+        let Some(body) = common::read_body(&mut tls, &head) else {
             return;
-        }
+        };
         {
             let mut r = received.lock().unwrap();
             r.extend_from_slice(head.as_bytes());
@@ -85,16 +61,7 @@ fn serve(tcp: TcpStream, cfg: Arc<rustls::ServerConfig>, received: &Mutex<Vec<u8
         } else {
             (500, json!({"error": "internal"}))
         };
-        let b = v.to_string();
-        let out = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
-            b.len()
-        );
-        if tls
-            .write_all(out.as_bytes())
-            .and_then(|_| tls.flush())
-            .is_err()
-        {
+        if !common::write_json(&mut tls, &format!("{status} X"), &v) {
             return;
         }
     }

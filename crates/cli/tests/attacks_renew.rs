@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,16 +72,9 @@ impl Fake {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver)),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let rx = received.clone();
-        std::thread::spawn(move || {
-            for tcp in listener.incoming().flatten() {
-                let (cfg, h, rx) = (cfg.clone(), h.clone(), rx.clone());
-                std::thread::spawn(move || serve(tcp, cfg, &*h, &rx));
-            }
-        });
+        let addr = common::spawn_server(move |tcp| serve(tcp, cfg.clone(), &*h, &rx));
         Fake { addr, received }
     }
 
@@ -95,30 +87,14 @@ fn serve(tcp: TcpStream, cfg: Arc<rustls::ServerConfig>, h: &Handler, rx: &Mutex
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
     let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(cfg).unwrap(), tcp);
     while let Some(head) = common::read_head(&mut tls) {
-        let len: usize = head
-            .to_lowercase()
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map(|v| v.trim().parse().unwrap_or(0))
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if tls.read_exact(&mut body).is_err() {
+        if common::read_body(&mut tls, &head).is_none() {
             return;
         }
         rx.lock()
             .unwrap()
             .push(head.lines().next().unwrap_or("").to_string());
         let (status, v) = h(&head);
-        let b = v.to_string();
-        let out = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
-            b.len()
-        );
-        if tls
-            .write_all(out.as_bytes())
-            .and_then(|_| tls.flush())
-            .is_err()
-        {
+        if !common::write_json(&mut tls, &format!("{status} X"), &v) {
             return;
         }
     }
@@ -229,6 +205,23 @@ fn renewal_answers(install: (u16, Value)) -> Arc<Handler> {
     })
 }
 
+/// A valid LDevID of the lab's first device (as a thief would hold it),
+/// issued by the lab's OEM CA for loopback.
+fn stolen_ldevid(
+    m: &LabManifest,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String) {
+    let dev = &m.devices[0];
+    issue(
+        &m.oem_ca_dir,
+        drivesec_pki::Profile::LdevId {
+            serial_number: dev.serial_number.clone(),
+            device_name: dev.device_name.clone().unwrap(),
+            ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+            days: 365,
+        },
+    )
+}
+
 /// The HIGH finding: a fake device with a stolen but valid LDevID of
 /// drive-001 answers the renewal with an attacker's CSR and lies about
 /// what it installed (`00deadbeef`, 2099). The tool reconnects, sees the
@@ -240,16 +233,7 @@ fn renewal_answers(install: (u16, Value)) -> Arc<Handler> {
 fn renew_believes_the_ca_not_the_device() {
     let lab = test_lab(Some(config()));
     let t = tempfile::tempdir().unwrap();
-    let dev = &lab.m.devices[0];
-    let (chain, key, stolen) = issue(
-        &lab.m.oem_ca_dir,
-        drivesec_pki::Profile::LdevId {
-            serial_number: dev.serial_number.clone(),
-            device_name: dev.device_name.clone().unwrap(),
-            ip_addresses: vec!["127.0.0.1".parse().unwrap()],
-            days: 365,
-        },
-    );
+    let (chain, key, stolen) = stolen_ldevid(&lab.m);
     let lie = json!({"serial": "00deadbeef", "not_after": "2099-12-31T00:00:00Z"});
     for (i, install) in [
         (200, lie.clone()),
@@ -356,16 +340,7 @@ fn renew_believes_the_ca_not_the_device() {
 fn a_renewal_the_tool_cannot_confirm_is_not_revoked() {
     let lab = test_lab(Some(config()));
     let t = tempfile::tempdir().unwrap();
-    let dev = &lab.m.devices[0];
-    let (chain, key, _) = issue(
-        &lab.m.oem_ca_dir,
-        drivesec_pki::Profile::LdevId {
-            serial_number: dev.serial_number.clone(),
-            device_name: dev.device_name.clone().unwrap(),
-            ip_addresses: vec!["127.0.0.1".parse().unwrap()],
-            days: 365,
-        },
-    );
+    let (chain, key, _) = stolen_ldevid(&lab.m);
     let installed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = installed.clone();
     let inner = renewal_answers((200, json!({})));

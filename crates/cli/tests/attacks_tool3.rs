@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -133,61 +132,29 @@ fn stalling_factory_device(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> (SocketAddr, Arc<Mutex<String>>) {
-    let cfg = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap(),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let cfg = common::fake_server_config(chain, key);
     let heads = Arc::new(Mutex::new(String::new()));
     let seen = heads.clone();
-    std::thread::spawn(move || {
-        for tcp in listener.incoming().flatten() {
-            let (cfg, seen) = (cfg.clone(), seen.clone());
-            std::thread::spawn(move || {
-                let conn = rustls::ServerConnection::new(cfg).unwrap();
-                let mut tls = rustls::StreamOwned::new(conn, tcp);
-                while let Some(head) = common::read_head(&mut tls) {
-                    let len: usize = head
-                        .to_lowercase()
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                        .unwrap_or(0);
-                    let mut body = vec![0u8; len];
-                    if tls.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    seen.lock().unwrap().push_str(&head);
-                    let answer = if head.starts_with("GET /api/v1/info") {
-                        json!({"state": "factory", "serial_number": "SN-88"})
-                    } else if head.starts_with("POST /api/v1/commission/begin") {
-                        json!({ "csr_pem": common::key_and_csr().1 })
-                    } else {
-                        // commission/complete: the device stalls.
-                        std::thread::sleep(Duration::from_secs(300));
-                        return;
-                    };
-                    let b = answer.to_string();
-                    let out = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
-                        b.len()
-                    );
-                    if tls
-                        .write_all(out.as_bytes())
-                        .and_then(|_| tls.flush())
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+    let addr = common::spawn_server(move |tcp| {
+        let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while let Some(head) = common::read_head(&mut tls) {
+            if common::read_body(&mut tls, &head).is_none() {
+                return;
+            }
+            seen.lock().unwrap().push_str(&head);
+            let answer = if head.starts_with("GET /api/v1/info") {
+                json!({"state": "factory", "serial_number": "SN-88"})
+            } else if head.starts_with("POST /api/v1/commission/begin") {
+                json!({ "csr_pem": common::key_and_csr().1 })
+            } else {
+                // commission/complete: the device stalls.
+                std::thread::sleep(Duration::from_secs(300));
+                return;
+            };
+            if !common::write_json(&mut tls, "200 OK", &answer) {
+                return;
+            }
         }
     });
     (addr, heads)

@@ -745,21 +745,14 @@ pub fn verify_idevid(
     Ok(())
 }
 
-/// Why webpki refused an IDevID, in words.
+/// Why webpki refused an IDevID, in words: pki's sentences, with the
+/// missing CRL named as the manufacturer's.
 fn idevid_refusal(e: &webpki::Error) -> String {
     match e {
-        webpki::Error::CertRevoked => "the certificate is revoked".into(),
-        webpki::Error::UnknownIssuer => "the chain does not lead to a trusted root".into(),
-        webpki::Error::CertExpired { .. } => "the certificate has expired".into(),
-        webpki::Error::CertNotValidYet { .. } => "the certificate is not valid yet".into(),
-        webpki::Error::RequiredEkuNotFoundContext(_) => {
-            "the certificate is not issued for this purpose (extendedKeyUsage)".into()
-        }
-        webpki::Error::InvalidSignatureForPublicKey => "a signature in the chain is invalid".into(),
         webpki::Error::UnknownRevocationStatus => {
             "no manufacturer CRL covers the certificate's issuer".into()
         }
-        other => format!("{other:?}"),
+        other => drivesec_pki::verify::describe_refusal(other),
     }
 }
 

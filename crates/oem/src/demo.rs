@@ -596,12 +596,10 @@ fn firmware_story(
         "/api/v1/attest",
         Some(&serde_json::json!({"nonce": nonce})),
     )?;
-    let crls = match crate::client::Revocation::from_file(&lab.crl)?.0 {
-        crate::client::Revocation::Crls(c) => c,
-        _ => Vec::new(),
-    };
+    let (revocation, _) = crate::client::Revocation::from_file(&lab.crl)?;
+    let crls = revocation.crls()?;
     let attested =
-        crate::attest::verify_attestation(&att, &nonce, &roots, &crls, Some(name), Some(&header))
+        crate::attest::verify_attestation(&att, &nonce, &roots, crls, Some(name), Some(&header))
             .map(|r| r.matches_approved == Some(true))
             .unwrap_or(false);
     w(

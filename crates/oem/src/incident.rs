@@ -326,20 +326,27 @@ pub struct Seen {
     pub error: Option<String>,
 }
 
+impl Seen {
+    /// `d` before anything was read from it.
+    fn nothing_yet(d: &ReachDevice) -> Seen {
+        Seen {
+            device: d.name.clone(),
+            reachable: false,
+            tampered: false,
+            tamper_claim: None,
+            firmware_version: String::new(),
+            ldevid_serial: String::new(),
+            ldevid_not_after: String::new(),
+            days_left: None,
+            boot_issue: None,
+            error: None,
+        }
+    }
+}
+
 /// Reads one device's state.
 fn scan_one(reach: &Reach, d: &ReachDevice) -> Seen {
-    let mut seen = Seen {
-        device: d.name.clone(),
-        reachable: false,
-        tampered: false,
-        tamper_claim: None,
-        firmware_version: String::new(),
-        ldevid_serial: String::new(),
-        ldevid_not_after: String::new(),
-        days_left: None,
-        boot_issue: None,
-        error: None,
-    };
+    let mut seen = Seen::nothing_yet(d);
     match reach.session(d) {
         Ok(c) => {
             seen.reachable = true;
@@ -418,16 +425,8 @@ pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> Result<Vec<Seen>> {
         .zip(&reach.devices)
         .map(|(r, d)| {
             r.unwrap_or_else(|e| Seen {
-                device: d.name.clone(),
-                reachable: false,
-                tampered: false,
-                tamper_claim: None,
-                firmware_version: String::new(),
-                ldevid_serial: String::new(),
-                ldevid_not_after: String::new(),
-                days_left: None,
-                boot_issue: None,
                 error: Some(e.to_string()),
+                ..Seen::nothing_yet(d)
             })
         })
         .collect();

@@ -116,10 +116,12 @@ pub fn verify_chain_with(
         None,
     )
     .map(|_| ())
-    .map_err(|e| PkiError::Verify(describe(&e)))
+    .map_err(|e| PkiError::Verify(describe_refusal(&e)))
 }
 
-fn describe(e: &webpki::Error) -> String {
+/// Why webpki refused a certificate, in words (its debug form for the
+/// rare reasons without their own sentence).
+pub fn describe_refusal(e: &webpki::Error) -> String {
     match e {
         webpki::Error::CertRevoked => "the certificate is revoked".into(),
         webpki::Error::UnknownIssuer => "the chain does not lead to a trusted root".into(),
