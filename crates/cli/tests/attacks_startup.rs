@@ -84,3 +84,28 @@ fn a_collected_trail_is_signed_up_to_the_moment_it_was_asked_for() {
     );
     assert!(report.unsigned.is_none(), "{:?}", report.unsigned);
 }
+
+/// `drivesecd check` runs the checks start-up runs, with the settings made
+/// over the API applied: a TLS policy the daemon cannot read fails the
+/// check, naming the file, as it would fail the start.
+#[test]
+fn drivesecd_check_applies_the_settings_made_over_the_api() {
+    let mut lab = test_lab(None);
+    lab.stop_and_read_trail();
+    let dir = lab.device_dir();
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+            .args(["--state", common::s(&dir), "--config"])
+            .arg(dir.join("drivesecd.toml"))
+            .arg("check")
+            .output()
+            .unwrap()
+    };
+    let o = check();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(dir.join("tls-policy.json"), b"{not json").unwrap();
+    let o = check();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("tls-policy.json"), "{err}");
+}
