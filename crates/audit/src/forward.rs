@@ -5,7 +5,10 @@
 //!
 //! Delivery: a persistent cursor (`cursors/forwarded`) names the last record
 //! handed to the collector. Records after it are sent in order, in batches;
-//! the cursor advances only after a batch was written and flushed. While the
+//! the cursor advances only after a batch was written and flushed, and never
+//! goes back (a frame numbered at or below it is skipped). Only records the
+//! writer has made durable are read ([`crate::DurableMark`]), so after a
+//! power cut the collector holds nothing the device lost. While the
 //! collector is unreachable nothing is lost: the records stay in the trail
 //! and the forwarder retries with exponential backoff. Before each batch the
 //! connection is checked for an orderly close by the collector, so a
@@ -47,11 +50,12 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 
-use crate::frame::{self, Decoded};
+use crate::scan::{Item, Scanner};
 use crate::writer::{
-    ANCHOR, LATEST_CHECKPOINT, list_segments, read_checkpoint, read_cursor, write_cursor,
+    ANCHOR, DurableMark, LATEST_CHECKPOINT, list_segments, read_checkpoint, read_cursor,
+    write_cursor,
 };
-use crate::{AuditError, Outcome, Record, Result};
+use crate::{AuditError, AuditLog, Outcome, Record, Result};
 
 /// The project's IANA private enterprise number (the arc of its
 /// certificate extensions, 1.3.6.1.4.1.50316): the default SD-ID is
@@ -262,8 +266,16 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts forwarding the trail in `dir` from its cursor.
-    pub fn start(dir: &Path, cfg: ForwardConfig) -> Result<Forwarder> {
+    /// Starts forwarding the trail `log` writes, from its cursor. Only
+    /// records the writer has made durable are sent
+    /// ([`AuditLog::durable_mark`]): after a power cut the collector holds
+    /// nothing the device lost. The forwarder keeps the mark, not the log:
+    /// a log replaced by a factory reset (its directory archived, the mark
+    /// retired) gets nothing more sent from its path; forwarding for the
+    /// new trail is started with the new log.
+    pub fn start(log: &AuditLog, cfg: ForwardConfig) -> Result<Forwarder> {
+        let dir = log.dir();
+        let mark = log.durable_mark();
         cfg.check()?;
         let tls = Tls::new(&cfg)?;
         // An unreadable cursor never stops forwarding: it starts from the
@@ -284,7 +296,7 @@ impl Forwarder {
         });
         let c = control.clone();
         let dir = dir.to_path_buf();
-        let thread = std::thread::spawn(move || run(&dir, &cfg, &tls, &c));
+        let thread = std::thread::spawn(move || run(&dir, &mark, &cfg, &tls, &c));
         Ok(Forwarder {
             control,
             thread: Some(thread),
@@ -553,18 +565,19 @@ fn peer_closed(s: &mut Stream) -> bool {
 /// One record read for sending: (seq, hash, prev, body).
 type Outgoing = (u64, [u8; 32], [u8; 32], Vec<u8>);
 
-/// Reads up to `max` records after `after`, in order.
+/// Reads the records to send, in file order: each numbered above every
+/// record handed over before it (the cursor never goes back) and at or
+/// below the writer's durable mark (nothing the writer has not synced).
 #[derive(Clone)]
 struct Tail {
     dir: PathBuf,
     segment: Option<(u64, PathBuf)>,
     offset: u64,
+    /// The lowest number still to send: one above the cursor, then above
+    /// the last record handed over. A frame numbered below it (damage, a
+    /// frame forged at rest, which start-up and `verify` report) is
+    /// skipped, never sent again.
     next: u64,
-    /// The tail has found its place (a record after the cursor): from
-    /// there it goes in file order, so a record numbered lower than the
-    /// one before it (damage, a frame forged at rest) is sent too rather
-    /// than making it skip everything below a high number.
-    started: bool,
 }
 
 impl Tail {
@@ -574,11 +587,19 @@ impl Tail {
             segment: None,
             offset: 0,
             next: after.saturating_add(1),
-            started: false,
         }
     }
 
-    fn batch(&mut self, max: usize) -> Result<Vec<Outgoing>> {
+    /// Up to `max` records after those handed over, numbered at most
+    /// `durable`.
+    ///
+    /// A frame numbered above `durable` is the writer's record not yet
+    /// synced: the tail waits at it. Unless the next frame is one to send
+    /// (numbered from `next` to `durable`): the writer numbers up in file
+    /// order, so a frame above its durable mark with a durable record after
+    /// it was not written by it (a frame forged or damaged at rest), and is
+    /// skipped rather than waited for.
+    fn batch(&mut self, max: usize, durable: u64) -> Result<Vec<Outgoing>> {
         let mut out = Vec::new();
         loop {
             if self.segment.is_none() {
@@ -594,56 +615,79 @@ impl Tail {
                 };
                 self.segment = Some(seg.clone());
                 self.offset = 0;
-                self.started = false;
             }
             let Some((first, path)) = self.segment.clone() else {
                 return Ok(out);
             };
             // Read only what follows the position already consumed.
-            let read_from = |p: &Path, at: u64| -> std::io::Result<Vec<u8>> {
-                use std::io::Seek;
-                let mut f = std::fs::File::open(p)?;
-                f.seek(std::io::SeekFrom::Start(at))?;
-                let mut v = Vec::new();
-                f.read_to_end(&mut v)?;
-                Ok(v)
-            };
-            let base = self.offset;
-            let data = match read_from(&path, base) {
-                Ok(d) => d,
-                Err(_) => {
-                    // Dropped under us: start over from the segment list.
-                    self.segment = None;
-                    if out.is_empty() && !list_segments(&self.dir)?.is_empty() {
-                        continue;
-                    }
-                    return Ok(out);
+            let Ok(mut sc) = Scanner::open_at(&path, self.offset) else {
+                // Dropped under us: start over from the segment list.
+                self.segment = None;
+                if out.is_empty() && !list_segments(&self.dir)?.is_empty() {
+                    continue;
                 }
+                return Ok(out);
             };
-            let mut off = 0usize;
-            let mut rs = frame::Resync::default();
-            while off < data.len() && out.len() < max {
-                match frame::decode(&data[off..]) {
-                    Decoded::Frame(f) => {
-                        if self.started || f.seq >= self.next {
+            let mut at_end = false;
+            // A frame above `durable` met last: (offset, its end).
+            let mut above: Option<(u64, u64)> = None;
+            while out.len() < max {
+                let item = match sc.next_item() {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Dropped or unreadable under us: start over.
+                        self.segment = None;
+                        return Ok(out);
+                    }
+                };
+                if let Some((at, end)) = above.take() {
+                    match item {
+                        Item::Frame { frame: f, .. } if f.seq >= self.next && f.seq <= durable => {
+                            // Not the writer's: skipped.
+                            self.offset = end;
+                        }
+                        _ => {
+                            // The writer's record being synced: wait at it.
+                            self.offset = at;
+                            return Ok(out);
+                        }
+                    }
+                }
+                match item {
+                    Item::Frame { offset, frame: f } => {
+                        let end = offset + f.len as u64;
+                        if f.seq > durable && f.seq >= self.next {
+                            above = Some((offset, end));
+                            continue;
+                        }
+                        if f.seq >= self.next {
                             out.push((f.seq, f.hash, f.prev, f.body.to_vec()));
                             self.next = f.seq.saturating_add(1);
-                            self.started = true;
                         }
-                        off += f.len;
+                        self.offset = end;
                     }
                     // Damage in the middle (a later frame is whole): the
                     // records after it are still delivered, as start-up
                     // recovery keeps them (the gap shows at the collector
                     // as a jump in `seq`). A torn tail waits for the writer.
-                    Decoded::Bad(_) => match rs.next(&data, off) {
-                        Some(next) => off = next,
-                        None => break,
-                    },
-                    Decoded::End => break,
+                    Item::Unreadable(u) if u.to_end => {
+                        self.offset = u.offset;
+                        break;
+                    }
+                    Item::Unreadable(u) => self.offset = u.end,
+                    Item::End { offset } => {
+                        self.offset = offset;
+                        at_end = true;
+                        break;
+                    }
                 }
             }
-            self.offset = base + off as u64;
+            if let Some((at, _)) = above {
+                // The last frame read is above the mark: wait at it.
+                self.offset = at;
+                return Ok(out);
+            }
             if out.len() >= max {
                 return Ok(out);
             }
@@ -654,9 +698,7 @@ impl Tail {
             // will never come.
             let segs = list_segments(&self.dir)?;
             match segs.iter().find(|(f, _)| *f > first) {
-                Some(next)
-                    if off >= data.len() || matches!(frame::decode(&data[off..]), Decoded::End) =>
-                {
+                Some(next) if at_end => {
                     self.segment = Some(next.clone());
                     self.offset = 0;
                 }
@@ -754,7 +796,7 @@ pub struct Message<'a> {
 /// longest prefix that does (cut at a character boundary) and the message
 /// says `truncated="true"`; `bytes` always gives the body's full length.
 pub fn format_message(m: &Message<'_>) -> String {
-    let rec: Option<Record> = serde_json::from_slice(m.body).ok();
+    let rec: Option<Record> = Record::parse(m.body).ok();
     let (time, msgid, actor, outcome) = match &rec {
         Some(r) => (
             timestamp(&r.time),
@@ -817,7 +859,7 @@ fn latest_checkpoint(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
+fn run(dir: &Path, mark: &DurableMark, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
     let mut backoff = cfg.backoff_min;
     let mut cursor = read_cursor(dir, "forwarded").unwrap_or(0);
     let mut tail = Tail::new(dir, cursor);
@@ -861,11 +903,22 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
                 close(&mut conn);
                 break 'outer;
             }
-            let batch = match tail.batch(cfg.batch) {
-                Ok(b) => b,
-                Err(e) => {
-                    ctl.update(|s| s.last_error = Some(e.to_string()));
-                    Vec::new()
+            let batch = if mark.retired() {
+                // The trail was archived (factory reset): its path holds
+                // another trail, which a forwarder started for it sends.
+                ctl.update(|s| {
+                    s.last_error = Some(
+                        "the trail this forwarder was started for was archived (factory reset); nothing more is sent until forwarding is started again".into(),
+                    );
+                });
+                Vec::new()
+            } else {
+                match tail.batch(cfg.batch, mark.seq()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        ctl.update(|s| s.last_error = Some(e.to_string()));
+                        Vec::new()
+                    }
                 }
             };
             // Read before this check, so a record appended after a new CRL
@@ -927,7 +980,8 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
                 Ok(()) => {
                     delivered = true;
                     backoff = cfg.backoff_min;
-                    cursor = last;
+                    // Batches go up in number; the cursor never goes back.
+                    cursor = cursor.max(last);
                     resume = tail.clone();
                     if let Err(e) = write_cursor(dir, "forwarded", cursor) {
                         ctl.update(|s| s.last_error = Some(e.to_string()));
@@ -954,6 +1008,7 @@ fn run(dir: &Path, cfg: &ForwardConfig, tls: &Tls, ctl: &Control) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame;
 
     const BODY: &[u8] = br#"{"time":"2026-11-28T04:00:00.000000Z","time_quality":"unknown","actor":{"kind":"user","id":"a\"b]"},"action":"auth.login","outcome":"denied"}"#;
 
@@ -976,7 +1031,7 @@ mod tests {
         let tmp = tempfile::tempdir()?;
         let mut t = Tail::new(tmp.path(), u64::MAX);
         assert_eq!(t.next, u64::MAX);
-        assert!(t.batch(10)?.is_empty());
+        assert!(t.batch(10, u64::MAX)?.is_empty());
         Ok(())
     }
 
@@ -1061,8 +1116,14 @@ mod tests {
         }
     }
 
+    /// What the next batch sends, everything on disk being durable.
     fn seqs(tail: &mut Tail) -> Vec<u64> {
-        tail.batch(100)
+        seqs_upto(tail, u64::MAX)
+    }
+
+    /// What the next batch sends, with the writer durable up to `durable`.
+    fn seqs_upto(tail: &mut Tail, durable: u64) -> Vec<u64> {
+        tail.batch(100, durable)
             .unwrap_or_else(|e| panic!("{e}"))
             .iter()
             .map(|o| o.0)
@@ -1107,9 +1168,12 @@ mod tests {
     }
 
     /// A frame numbered above the ones after it (forged at rest, or left by
-    /// damage) does not make the tail skip every later record: the tail
-    /// goes in file order once it has found its place, and a resend after
-    /// a failed write starts where the last delivered batch ended.
+    /// damage) does not make the tail skip every later record: it is above
+    /// what the writer made durable (the writer's records here are 1..=4),
+    /// with a durable record after it, so it is not the writer's and is
+    /// skipped, never sent (sent, it would move the cursor to the top and
+    /// every later record would be below it). A resend after a failed write
+    /// starts where the last delivered batch ended.
     #[test]
     fn a_high_number_in_the_file_does_not_hide_the_records_after_it() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -1119,17 +1183,51 @@ mod tests {
             &[&[Some(1), Some(2), Some(u64::MAX - 1), Some(3), Some(4)]],
         );
         let mut tail = Tail::new(dir, 0);
-        let first = tail.batch(3).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            first.iter().map(|o| o.0).collect::<Vec<_>>(),
-            [1, 2, u64::MAX - 1]
-        );
+        let first = tail.batch(3, 4).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first.iter().map(|o| o.0).collect::<Vec<_>>(), [1, 2, 3]);
         // Delivered; the next batch fails and is sent again from there.
         let resume = tail.clone();
-        assert_eq!(seqs(&mut tail), [3, 4]);
+        assert_eq!(seqs_upto(&mut tail, 4), [4]);
         let mut tail = resume;
-        assert_eq!(seqs(&mut tail), [3, 4]);
-        assert!(seqs(&mut tail).is_empty());
+        assert_eq!(seqs_upto(&mut tail, 4), [4]);
+        assert!(seqs_upto(&mut tail, 4).is_empty());
+    }
+
+    /// Records the writer has written but not yet synced (above its durable
+    /// mark) are not sent: the tail waits at the first of them, and sends
+    /// them once the mark covers them.
+    #[test]
+    fn records_above_the_durable_mark_wait_until_it_covers_them() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        segments(dir, &[&[Some(1), Some(2), Some(3), Some(4), Some(5)]]);
+        let mut tail = Tail::new(dir, 0);
+        assert_eq!(seqs_upto(&mut tail, 3), [1, 2, 3]);
+        assert!(seqs_upto(&mut tail, 3).is_empty());
+        assert_eq!(seqs_upto(&mut tail, 4), [4]);
+        assert_eq!(seqs_upto(&mut tail, 5), [5]);
+        assert!(seqs_upto(&mut tail, 5).is_empty());
+    }
+
+    /// A frame with a low number after higher ones (forged at rest; the
+    /// start-up check and `verify` report it) is skipped: what the tail
+    /// hands over only goes up, so the cursor never goes back and nothing
+    /// is sent twice, also when the frame ends a batch.
+    #[test]
+    fn a_forged_low_number_never_moves_the_cursor_back() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        segments(
+            dir,
+            &[&[Some(1), Some(2), Some(3), Some(4), Some(5), Some(2)]],
+        );
+        let mut tail = Tail::new(dir, 0);
+        assert_eq!(seqs_upto(&mut tail, 5), [1, 2, 3, 4, 5]);
+        assert!(seqs_upto(&mut tail, 5).is_empty());
+        // After a restart from a cursor of 3: 4 and 5, never 2 again.
+        let mut tail = Tail::new(dir, 3);
+        assert_eq!(seqs_upto(&mut tail, 5), [4, 5]);
+        assert!(seqs_upto(&mut tail, 5).is_empty());
     }
 
     #[test]

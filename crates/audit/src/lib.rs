@@ -22,7 +22,9 @@
 //! * [`verify`] checks a trail against the device certificate's key, names
 //!   the first bad record and the unsigned tail; [`reader`] serves reads and
 //!   JSON-lines exports (which fail on a broken chain, never drop records);
-//!   [`forward`] sends the trail to a syslog collector over mutual TLS.
+//!   [`forward`] sends the trail's durable records to a syslog collector
+//!   over mutual TLS. All of them, and the start-up check, read segments
+//!   through [`scan::Scanner`], in bounded memory.
 //!
 //! The on-disk format is specified in docs/audit.md.
 
@@ -32,15 +34,19 @@ pub mod forward;
 pub mod frame;
 pub mod reader;
 mod record;
+pub mod scan;
 pub mod verify;
 mod writer;
 
 pub use checkpoint::{Checkpoint, CheckpointKind};
-pub use config::{AuditConfig, FullPolicy, MIN_SEGMENT_BYTES};
+pub use config::{
+    AuditConfig, Clamped, FullPolicy, MAX_SEGMENT_BYTES, MAX_TRAIL_BYTES, MIN_SEGMENT_BYTES,
+};
 pub use record::{Actor, Event, Outcome, Record, TimeQuality, events_counted};
 pub use writer::{
-    Appended, AuditLog, CHECKPOINT_COUNTER, CapacityStatus, Reservation, Signer, StartupCheck,
-    TrailSnapshot, continue_after, is_segment_name, read_cursor, read_segment_prefix, write_cursor,
+    Appended, AuditLog, CHECKPOINT_COUNTER, CONFIG_CLAMPED, CapacityStatus, DurableMark,
+    Reservation, Signer, StartupCheck, TrailSnapshot, continue_after, is_segment_name, read_cursor,
+    read_segment_prefix, write_cursor,
 };
 
 use std::path::PathBuf;

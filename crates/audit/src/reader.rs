@@ -9,7 +9,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::frame::{self, Decoded, Hash};
+use crate::frame::Hash;
+use crate::scan::{Item, Scanner};
 use crate::writer::list_segments;
 use crate::{AuditError, Outcome, Record, Result};
 
@@ -90,23 +91,15 @@ pub fn for_each_frame(
         {
             continue;
         }
-        let data = drivesec_fsutil::read(path)?;
-        let mut rs = frame::Resync::default();
-        let mut off = 0;
-        while off < data.len() {
-            match frame::decode(&data[off..]) {
-                Decoded::Frame(fr) => {
-                    if fr.seq >= from_seq && f(fr.seq, &fr.hash, &fr.prev, fr.body).is_break() {
-                        return Ok(());
-                    }
-                    off += fr.len;
-                }
-                Decoded::End => break,
-                Decoded::Bad(_) => match rs.next(&data, off) {
-                    Some(n) => off = n,
-                    None => break,
-                },
+        let mut sc = Scanner::open(path)?;
+        while let Some(item) = sc.next_item()? {
+            if let Item::Frame { frame: fr, .. } = item
+                && fr.seq >= from_seq
+                && f(fr.seq, &fr.hash, &fr.prev, fr.body).is_break()
+            {
+                return Ok(());
             }
+            // Unreadable bytes: the scanner goes on at the next frame.
         }
     }
     Ok(())
@@ -143,34 +136,26 @@ fn walk_chain(
         {
             continue;
         }
-        let data = drivesec_fsutil::read(path)?;
-        let mut rs = frame::Resync::default();
-        let mut off = 0;
+        let mut sc = Scanner::open(path)?;
         let mut first_in_seg = true;
         // Unreadable bytes since the last record: (offset, reason).
-        let mut bad: Option<(usize, &'static str)> = None;
-        while off < data.len() {
-            let fr = match frame::decode(&data[off..]) {
-                Decoded::Frame(fr) => fr,
-                Decoded::End => break,
-                Decoded::Bad(reason) => {
-                    let next = rs.next(&data, off);
-                    if next.is_none()
+        let mut bad: Option<(u64, &'static str)> = None;
+        while let Some(item) = sc.next_item()? {
+            let fr = match item {
+                Item::Frame { frame, .. } => frame,
+                Item::End { .. } => break,
+                Item::Unreadable(u) => {
+                    if u.to_end
                         && i == last_index
-                        && reason.starts_with("truncated")
+                        && u.reason.starts_with("truncated")
                         && bad.is_none()
                     {
                         // A record being appended right now.
                         break;
                     }
-                    bad.get_or_insert((off, reason));
-                    match next {
-                        Some(n) => {
-                            off = n;
-                            continue;
-                        }
-                        None => break,
-                    }
+                    bad.get_or_insert((u.offset, u.reason));
+                    // The scanner goes on at the next frame, if any.
+                    continue;
                 }
             };
             // Past the range: done, unless the range itself ends short (the
@@ -243,7 +228,6 @@ fn walk_chain(
             if fr.seq >= from_seq {
                 f(fr.seq, &fr.hash, &fr.prev, fr.body)?;
             }
-            off += fr.len;
         }
         if let Some((at, reason)) = bad
             && prev.is_none_or(|(s, _)| s >= from_seq)
@@ -269,7 +253,7 @@ pub fn check(dir: &Path, from_seq: u64, to_seq: u64) -> Result<()> {
 }
 
 fn parse(seq: u64, body: &[u8]) -> Result<Record> {
-    serde_json::from_slice(body).map_err(|e| AuditError::Corrupt {
+    Record::parse(body).map_err(|e| AuditError::Corrupt {
         path: format!("record {seq}").into(),
         // The parser quotes what it read (an unknown variant, say), which
         // came from the trail: control characters are shown escaped.

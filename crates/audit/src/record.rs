@@ -140,7 +140,25 @@ pub struct Record {
     pub essential: bool,
 }
 
+/// The deepest nesting of arrays and objects a record body may have (the
+/// body object itself is level 1; docs/audit.md, "Record body").
+pub const MAX_BODY_DEPTH: usize = 64;
+
 impl Record {
+    /// Reads a frame's body as a record, strictly (docs/audit.md, "Record
+    /// body"): UTF-8 JSON (no byte order mark), one object with the fields
+    /// of a record and their types, unknown fields allowed; no object
+    /// anywhere in it with a key twice; arrays and objects nested at most
+    /// [`MAX_BODY_DEPTH`] deep; every string valid Unicode and every number
+    /// finite, as serde_json requires. What is not a record is a
+    /// `damaged-record` for the verifier.
+    pub fn parse(body: &[u8]) -> serde_json::Result<Record> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        serde::de::DeserializeSeed::deserialize(Strict { depth: 0 }, &mut de)?;
+        de.end()?;
+        serde_json::from_slice(body)
+    }
+
     /// Stamps an event.
     pub fn from_event(ev: Event, time: String, time_quality: TimeQuality) -> Self {
         Record {
@@ -154,6 +172,86 @@ impl Record {
             details: ev.details,
             essential: ev.essential,
         }
+    }
+}
+
+/// Walks any JSON value, refusing a key twice in one object and nesting
+/// deeper than [`MAX_BODY_DEPTH`] (which serde_json lets through: it keeps
+/// the last of two keys inside a map value and allows 127 levels).
+#[derive(Clone, Copy)]
+struct Strict {
+    /// The level of the value being read (0: the whole body).
+    depth: usize,
+}
+
+impl Strict {
+    fn inner<E: serde::de::Error>(self) -> Result<Strict, E> {
+        if self.depth >= MAX_BODY_DEPTH {
+            return Err(E::custom(format!(
+                "arrays and objects nested deeper than {MAX_BODY_DEPTH}"
+            )));
+        }
+        Ok(Strict {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while a.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        let mut keys = std::collections::HashSet::new();
+        while let Some(k) = a.next_key::<String>()? {
+            if !keys.insert(k.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+            }
+            a.next_value_seed(inner)?;
+        }
+        Ok(())
     }
 }
 
@@ -181,8 +279,36 @@ pub fn events_counted(details: &serde_json::Value) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::events_counted;
+    use super::{MAX_BODY_DEPTH, Record, events_counted};
     use serde_json::json;
+
+    /// A body is a record only when no object in it holds a key twice, at
+    /// any depth, and it is nested at most [`MAX_BODY_DEPTH`] deep.
+    #[test]
+    fn bodies_are_read_strictly() {
+        let head = r#""time":"t","time_quality":"unknown","actor":{"kind":"device"},"action":"a","outcome":"success""#;
+        let body = |rest: &str| format!("{{{head}{rest}}}");
+        let nested = |n: usize| format!(",\"details\":{}{}", "[".repeat(n), "]".repeat(n));
+        for ok in [
+            body(""),
+            body(r#","zz":1,"details":{"a":{"b":1},"c":[{"b":1},{"b":2}]}"#),
+            body(&nested(MAX_BODY_DEPTH - 1)),
+            body("").replace(r#"{"kind":"device"}"#, r#"{"kind":"device","id":null}"#),
+        ] {
+            assert!(Record::parse(ok.as_bytes()).is_ok(), "{ok}");
+        }
+        for bad in [
+            body(r#","action":"b""#),
+            body(r#","details":{"a":1,"a":2}"#),
+            body(r#","details":[{"x":{"a":1,"a":1}}]"#),
+            body(&nested(MAX_BODY_DEPTH)),
+            body(r#","details":{"a":"\udc00"}"#),
+            body(r#","details":1e400"#),
+            format!("{} ", body("")) + "x",
+        ] {
+            assert!(Record::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_record_counts_itself_a_summary_its_suppressed_events() {

@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::checkpoint::{Checkpoint, CheckpointKind};
-use crate::frame::{self, Decoded, Hash};
+use crate::frame::Hash;
+use crate::scan::{Item, Scanner};
 use crate::writer::{ANCHOR, CHECKPOINT_LOG, LATEST_CHECKPOINT, QUARANTINE, segment_dir};
 
 /// The action of the record the device writes when its start-up check
@@ -377,50 +378,43 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
     for (first, path) in &segs {
         let name = crate::writer::segment_name(*first);
         let file = format!("segments/{name}");
-        let data = drivesec_fsutil::read(path)?;
-        let mut rs = frame::Resync::default();
-        let mut off = 0usize;
+        let mut sc = Scanner::open(path)?;
         let mut first_in_seg = true;
-        if matches!(frame::decode(&data), Decoded::End) && *first != expected {
-            c.problem(
-                Some(expected.min(*first)),
-                ProblemKind::MisnamedSegment,
-                &file,
-                Some(0),
-                format!(
-                    "an empty segment is named for record {first} where record {expected} is next"
-                ),
-            );
-        }
-        while off < data.len() {
-            let f = match frame::decode(&data[off..]) {
-                Decoded::Frame(f) => f,
-                Decoded::End => break,
-                Decoded::Bad(reason) => {
+        while let Some(item) = sc.next_item()? {
+            let (off, f) = match item {
+                Item::Frame { offset, frame } => (offset, frame),
+                Item::End { offset } => {
+                    if offset == 0 && *first != expected {
+                        c.problem(
+                            Some(expected.min(*first)),
+                            ProblemKind::MisnamedSegment,
+                            &file,
+                            Some(0),
+                            format!(
+                                "an empty segment is named for record {first} where record {expected} is next"
+                            ),
+                        );
+                    }
+                    break;
+                }
+                Item::Unreadable(u) => {
                     if let Some(d) = pending.take_if(|d| d.file != file) {
                         report_damage(&mut c, d, expected, None);
                     }
-                    let next = rs.next(&data, off);
-                    let end = next.unwrap_or(data.len()) as u64;
                     match &mut pending {
-                        Some(d) => d.end = end,
+                        Some(d) => d.end = u.end,
                         None => {
                             pending = Some(Damage {
                                 file: file.clone(),
-                                offset: off as u64,
-                                end,
-                                reason,
+                                offset: u.offset,
+                                end: u.end,
+                                reason: u.reason,
                             })
                         }
                     }
                     head_known = false;
-                    match next {
-                        Some(n) => {
-                            off = n;
-                            continue;
-                        }
-                        None => break,
-                    }
+                    // The scanner goes on at the next frame, if any.
+                    continue;
                 }
             };
             if first_in_seg && f.seq != *first {
@@ -447,7 +441,7 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                         Some(expected),
                         ProblemKind::MissingRecords,
                         &file,
-                        Some(off as u64),
+                        Some(off),
                         format!(
                             "records {expected}..{} are missing (next record found is {})",
                             f.seq - 1,
@@ -460,7 +454,7 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                     Some(f.seq),
                     ProblemKind::OutOfOrder,
                     &file,
-                    Some(off as u64),
+                    Some(off),
                     format!(
                         "record {} appears where record {expected} belongs (inserted or reordered)",
                         f.seq
@@ -483,11 +477,11 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                     Some(bad),
                     ProblemKind::BrokenLink,
                     &file,
-                    Some(off as u64),
+                    Some(off),
                     message,
                 );
             }
-            match serde_json::from_slice::<crate::Record>(f.body) {
+            match crate::Record::parse(f.body) {
                 Ok(r) => {
                     if r.action == CURSOR_RESET && r.actor == crate::Actor::Device {
                         cursor_resets.push(f.seq);
@@ -498,21 +492,21 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
                     Some(f.seq),
                     ProblemKind::DamagedRecord,
                     &file,
-                    Some(off as u64),
+                    Some(off),
                     format!("record {}: the body is not a record: {e}", f.seq),
                 ),
             }
             if checkpoints.contains_key(&f.seq) {
                 seen.entry(f.seq)
                     .or_default()
-                    .push((f.hash, file.clone(), off as u64));
+                    .push((f.hash, file.clone(), off));
             }
             if anchor.is_some_and(|(s, h)| s == f.seq && h != f.hash) {
                 c.problem(
                     Some(f.seq),
                     ProblemKind::CheckpointMismatch,
                     &file,
-                    Some(off as u64),
+                    Some(off),
                     format!("record {} does not match the signed anchor", f.seq),
                 );
             }
@@ -522,7 +516,6 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
             head = f.hash;
             head_known = true;
             expected = f.seq.saturating_add(1);
-            off += f.len;
         }
     }
     if let Some(d) = pending.take() {

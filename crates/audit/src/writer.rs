@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,8 +15,9 @@ use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_keystore::{KeyHandle, KeyStore, PublicKey};
 
 use crate::checkpoint::{Checkpoint, CheckpointKind};
-use crate::frame::{self, Decoded, Hash};
+use crate::frame::{self, Hash};
 use crate::record::now_rfc3339;
+use crate::scan::{Item, Scanner};
 use crate::verify::{DeviceReport, Problem, ProblemKind};
 use crate::{Actor, AuditConfig, AuditError, Event, FullPolicy, Record, Result};
 
@@ -44,6 +45,48 @@ pub struct Appended {
     pub seq: u64,
     /// Its hash.
     pub hash: Hash,
+}
+
+/// How far the records of an open trail are durable, for a reader beside
+/// the writer (the forwarder): every record numbered at or below
+/// [`DurableMark::seq`] that is in the trail's directory has been
+/// fdatasynced. A cheap handle ([`AuditLog::durable_mark`]); it outlives the
+/// log, and says when the log was retired (its directory archived by a
+/// factory reset, so the path now holds another trail).
+#[derive(Debug, Clone, Default)]
+pub struct DurableMark(Arc<MarkInner>);
+
+#[derive(Debug, Default)]
+struct MarkInner {
+    seq: AtomicU64,
+    retired: AtomicBool,
+}
+
+impl DurableMark {
+    /// Every record numbered at or below this is durable: the last record
+    /// of the last group the writer synced, and at open the highest number
+    /// in use (whatever is on disk after recovery is durable).
+    pub fn seq(&self) -> u64 {
+        self.0.seq.load(Ordering::Acquire)
+    }
+
+    /// The trail was retired ([`AuditLog::retire`]): its directory was
+    /// archived, and nothing more of it is to be read there.
+    pub fn retired(&self) -> bool {
+        self.0.retired.load(Ordering::Acquire)
+    }
+
+    /// A mark at `seq`, for tests of readers.
+    #[doc(hidden)]
+    pub fn at(seq: u64) -> DurableMark {
+        let m = DurableMark::default();
+        m.advance(seq);
+        m
+    }
+
+    fn advance(&self, seq: u64) {
+        self.0.seq.fetch_max(seq, Ordering::AcqRel);
+    }
 }
 
 /// How full the trail is.
@@ -83,6 +126,10 @@ pub const CHECKPOINT_COUNTER: &str = "audit-checkpoint";
 /// The smallest frame (a 1-byte body): what bounds how many records a
 /// trail of a given size can hold (docs/audit.md, "Start-up check").
 const MIN_FRAME: u64 = (frame::HEADER + 1 + frame::TRAILER) as u64;
+
+/// The action of the record `open` writes for a setting above its upper
+/// bound that it brought down to the bound (docs/audit.md, "Settings").
+pub const CONFIG_CLAMPED: &str = "audit.config-clamped";
 
 /// Why start-up recovery cuts out a valid frame whose number no record,
 /// statement or counter of the trail can account for.
@@ -215,6 +262,11 @@ struct Shared {
     stop: Mutex<bool>,
     stop_cond: Condvar,
     closed: AtomicBool,
+    /// What readers beside the writer may take as durable.
+    mark: DurableMark,
+    /// Tests hold a written group before its fsync ([`AuditLog::hold_syncs`]).
+    hold: Mutex<bool>,
+    hold_cond: Condvar,
 }
 
 /// See [`AuditLog::snapshot`].
@@ -345,6 +397,18 @@ impl Shared {
             at = offset;
         }
         io.file.write_all(&buf[at..])?;
+        // Written but not yet durable: a test may hold the group here.
+        let mut held = self
+            .hold
+            .lock()
+            .map_err(|_| std::io::Error::other("hold lock poisoned"))?;
+        while *held {
+            held = self
+                .hold_cond
+                .wait(held)
+                .map_err(|_| std::io::Error::other("hold lock poisoned"))?;
+        }
+        drop(held);
         io.file.sync_data()
     }
 
@@ -577,8 +641,8 @@ impl Shared {
         // device's own (tamper, start, stop, recovery) all of it, so no
         // network traffic can take the room the device keeps for itself.
         let hard = match tier {
-            Tier::Device => c.max_bytes + c.reserve_bytes,
-            _ => c.max_bytes + c.reserve_bytes / 2,
+            Tier::Device => c.max_bytes.saturating_add(c.reserve_bytes),
+            _ => c.max_bytes.saturating_add(c.reserve_bytes / 2),
         };
         // The few records `open` appends (recovery, findings) always fit:
         // a full trail must never stop the device from starting.
@@ -667,11 +731,11 @@ fn quarantine(dir: &Path, base: &str, bytes: &[u8]) -> Result<String> {
     Err(AuditError::Failed("no free quarantine name".into()))
 }
 
-/// Copies the bytes of `path` from `from` on to a new file under
-/// `quarantine/` named `base` (with a counter added if taken), streaming;
-/// returns the name.
-fn quarantine_tail(dir: &Path, base: &str, path: &Path, from: u64) -> Result<String> {
-    use std::io::{Seek, SeekFrom};
+/// Copies the bytes `from..to` of `path` to a new file under `quarantine/`
+/// named `base` (with a counter added if taken), streaming; returns the
+/// name.
+fn quarantine_range(dir: &Path, base: &str, path: &Path, from: u64, to: u64) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
     let q = dir.join(QUARANTINE);
     fsu::create_private_dir(&q)?;
@@ -688,7 +752,7 @@ fn quarantine_tail(dir: &Path, base: &str, path: &Path, from: u64) -> Result<Str
             .open(&dst_path)
         {
             Ok(mut dst) => {
-                std::io::copy(&mut src, &mut dst)
+                std::io::copy(&mut (&mut src).take(to.saturating_sub(from)), &mut dst)
                     .and_then(|_| dst.sync_all())
                     .map_err(|e| fsu::FsError::io("write", &dst_path, e))?;
                 fsu::sync_dir(&q)?;
@@ -701,6 +765,38 @@ fn quarantine_tail(dir: &Path, base: &str, path: &Path, from: u64) -> Result<Str
         }
     }
     Err(AuditError::Failed("no free quarantine name".into()))
+}
+
+/// Whether any of the bytes `from..to` of `path` is not zero (read in
+/// pieces).
+fn any_nonzero(path: &Path, from: u64, to: u64) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).map_err(|e| fsu::FsError::io("open", path, e))?;
+    f.seek(SeekFrom::Start(from))
+        .map_err(|e| fsu::FsError::io("seek", path, e))?;
+    let mut r = f.take(to.saturating_sub(from));
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = r
+            .read(&mut chunk)
+            .map_err(|e| fsu::FsError::io("read", path, e))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(true);
+        }
+    }
+}
+
+/// Appends the bytes `from..to` of `src` (at `path`) to `dst`.
+fn copy_range(src: &mut File, path: &Path, from: u64, to: u64, dst: &mut File) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    src.seek(SeekFrom::Start(from))
+        .map_err(|e| fsu::FsError::io("seek", path, e))?;
+    std::io::copy(&mut src.take(to.saturating_sub(from)), dst)
+        .map_err(|e| fsu::FsError::io("copy", path, e))?;
+    Ok(())
 }
 
 /// What crash recovery found in the trail's files, as records to append.
@@ -782,25 +878,26 @@ struct Kept {
 
 /// Bytes of a segment that are not frames: (start, end, why, the last
 /// record before, the first record after).
-type Cut = (usize, usize, &'static str, Option<u64>, Option<u64>);
+type Cut = (u64, u64, &'static str, Option<u64>, Option<u64>);
 
-/// Reads a segment and moves whatever is not a frame (torn or damaged
-/// bytes) to `quarantine/`, keeping every frame after it: one bad frame
-/// costs that frame only.
+/// Reads a segment (streaming, whatever its length) and moves whatever is
+/// not a frame (torn or damaged bytes) to `quarantine/`, keeping every
+/// frame after it: one bad frame costs that frame only.
 ///
-/// A valid frame numbered above `limit` is cut out too (see
-/// [`plausible_limit`]), and described in `implausible` for the start-up
-/// report: it must not steer numbering.
-///
-/// Bytes beyond `cap` (more than the writer ever puts in a segment) are
-/// moved to `quarantine/` without being read into memory.
-#[allow(clippy::too_many_arguments)]
+/// A valid frame numbered above `limit` (see [`plausible_limit`]) that
+/// does not continue the chain kept before it is cut out too, and
+/// described in `implausible` for the start-up report: it must not steer
+/// numbering. One that continues it (its `prev` is the hash of the last
+/// frame kept before it, in this segment or an earlier one, `chain`, and
+/// its number the next) stays: a genuine chain is never cut for its
+/// numbers, and a chain can climb only one number per frame above the
+/// limit, so numbering stays far from the end of the number space.
 fn repair_segment(
     dir: &Path,
     first: u64,
     path: &Path,
     limit: u64,
-    cap: u64,
+    chain: &mut Option<(u64, Hash)>,
     out: &mut Recovered,
     implausible: &mut Vec<Problem>,
 ) -> Result<Kept> {
@@ -808,90 +905,73 @@ fn repair_segment(
     let size = std::fs::metadata(path)
         .map_err(|e| fsu::FsError::io("stat", path, e))?
         .len();
-    if size > cap {
-        let q = quarantine_tail(dir, &format!("{name}.{cap}.bin"), path, cap)?;
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| fsu::FsError::io("open", path, e))?;
-        f.set_len(cap)
-            .map_err(|e| fsu::FsError::io("truncate", path, e))?;
-        f.sync_all()
-            .map_err(|e| fsu::FsError::io("fsync", path, e))?;
-        out.push((
-            "audit.recovery.quarantined",
-            serde_json::json!({
-                "segment": name, "offset": cap, "bytes": size - cap, "quarantined": q,
-                "reason": "segment longer than the writer makes one",
-                "after_seq": null, "before_seq": null,
-            }),
-        ));
-    }
-    let data = fsu::read(path)?;
-    let mut rs = frame::Resync::default();
-    let mut off = 0;
+    let mut sc = Scanner::open(path)?;
     let mut last: Option<(u64, Hash)> = None;
     let mut max_seq = 0u64;
     let mut cuts: Vec<Cut> = Vec::new();
-    let mut end_of_frames = data.len();
-    while off < data.len() {
-        match frame::decode(&data[off..]) {
-            Decoded::Frame(f) if f.seq > limit => {
+    let mut end_of_frames = size;
+    while let Some(item) = sc.next_item()? {
+        match item {
+            Item::Frame {
+                offset: off,
+                frame: f,
+            } if f.seq > limit
+                && !chain.is_some_and(|(s, h)| s.checked_add(1) == Some(f.seq) && h == f.prev) =>
+            {
                 let after = last.map(|l| l.0);
                 implausible.push(Problem {
                     seq: Some(after.map_or(first, |s| s.saturating_add(1))),
                     kind: ProblemKind::DamagedRecord,
                     file: format!("{SEGMENTS}/{name}"),
-                    offset: Some(off as u64),
+                    offset: Some(off),
                     message: format!(
-                        "a frame numbered {} (no record, checkpoint or counter of the trail allows a number above {limit}) was cut out{}",
+                        "a frame numbered {} (no record, checkpoint or counter of the trail allows a number above {limit}, and it does not continue the chain kept before it) was cut out{}",
                         f.seq,
                         after.map(|s| format!(" after record {s}")).unwrap_or_default()
                     ),
                 });
-                cuts.push((off, off + f.len, IMPLAUSIBLE, after, None));
-                off += f.len;
+                cuts.push((off, off + f.len as u64, IMPLAUSIBLE, after, None));
             }
-            Decoded::Frame(f) => {
+            Item::Frame {
+                offset: off,
+                frame: f,
+            } => {
                 if let Some(c) = cuts.last_mut()
                     && c.1 == off
                 {
                     c.4 = Some(f.seq);
                 }
                 last = Some((f.seq, f.hash));
+                *chain = last;
                 max_seq = max_seq.max(f.seq);
-                off += f.len;
             }
-            Decoded::End => {
+            Item::End { offset } => {
                 // Only zero bytes remain: unwritten space.
-                end_of_frames = off;
-                break;
+                end_of_frames = offset;
             }
-            Decoded::Bad(reason) => {
-                let next = rs.next(&data, off);
-                let end = next.unwrap_or(data.len());
-                // A whole frame damaged later held the number due here.
+            Item::Unreadable(u) => {
+                // A whole frame damaged later held the number due here
+                // (after a kept record: at most one above it).
                 let due = last.map_or(first, |(s, _)| s.saturating_add(1));
-                if frame::damaged_seq(&data[off..]) == Some(due) && due <= limit {
+                if u.damaged_seq == Some(due) && (due <= limit || last.is_some()) {
                     max_seq = max_seq.max(due);
                 }
-                cuts.push((off, end, reason, last.map(|l| l.0), None));
-                off = end;
+                cuts.push((u.offset, u.end, u.reason, last.map(|l| l.0), None));
             }
         }
     }
-    if cuts.is_empty() && end_of_frames == data.len() {
+    if cuts.is_empty() && end_of_frames == size {
         return Ok(Kept { last, max_seq });
     }
     for &(start, end, reason, before, after) in &cuts {
-        let bytes = &data[start..end];
-        let torn = end == data.len() && reason != IMPLAUSIBLE;
+        let torn = end == size && reason != IMPLAUSIBLE;
         let mut details = serde_json::json!({
-            "segment": name, "offset": start, "bytes": bytes.len(), "reason": reason,
+            "segment": name, "offset": start, "bytes": end - start, "reason": reason,
             "after_seq": before, "before_seq": after,
         });
-        if bytes.iter().any(|&b| b != 0) {
-            details["quarantined"] = quarantine(dir, &format!("{name}.{start}.bin"), bytes)?.into();
+        if any_nonzero(path, start, end)? {
+            details["quarantined"] =
+                quarantine_range(dir, &format!("{name}.{start}.bin"), path, start, end)?.into();
         }
         out.push((
             if torn {
@@ -902,26 +982,28 @@ fn repair_segment(
             details,
         ));
     }
-    let only_tail = cuts.len() <= 1 && cuts.first().is_none_or(|c| c.1 == data.len());
+    let only_tail = cuts.len() <= 1 && cuts.first().is_none_or(|c| c.1 == size);
     if only_tail {
         let keep = cuts.first().map_or(end_of_frames, |c| c.0);
         let f = OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(|e| fsu::FsError::io("open", path, e))?;
-        f.set_len(keep as u64)
+        f.set_len(keep)
             .map_err(|e| fsu::FsError::io("truncate", path, e))?;
         f.sync_all()
             .map_err(|e| fsu::FsError::io("fsync", path, e))?;
     } else {
-        let mut kept = Vec::with_capacity(data.len());
-        let mut at = 0;
-        for &(start, end, ..) in &cuts {
-            kept.extend_from_slice(&data[at..start]);
-            at = end;
-        }
-        kept.extend_from_slice(&data[at..end_of_frames.max(at)]);
-        fsu::write_atomic(path, &kept, Mode::Public)?;
+        // The frames kept, copied piece by piece into the new segment.
+        let mut src = File::open(path).map_err(|e| fsu::FsError::io("open", path, e))?;
+        fsu::write_atomic_with(path, Mode::Public, |dst| -> Result<()> {
+            let mut at = 0;
+            for &(start, end, ..) in &cuts {
+                copy_range(&mut src, path, at, start, dst)?;
+                at = end;
+            }
+            copy_range(&mut src, path, at, end_of_frames.max(at), dst)
+        })?;
     }
     Ok(Kept { last, max_seq })
 }
@@ -937,17 +1019,6 @@ fn plausible_limit(trusted: u64, config: &AuditConfig, segment_bytes: u64) -> u6
         .saturating_add(config.reserve_bytes)
         .saturating_add(segment_bytes);
     trusted.saturating_add(room / MIN_FRAME)
-}
-
-/// The most bytes start-up reads of one segment: the writer rotates before
-/// a segment passes `segment_bytes` (a first frame alone may be one whole
-/// frame), and `segment_bytes` may have been larger before (at most the
-/// default is assumed), so more than this was never written by the device.
-fn segment_cap(config: &AuditConfig) -> u64 {
-    config
-        .segment_bytes
-        .max(AuditConfig::default().segment_bytes)
-        .saturating_add((frame::HEADER + frame::MAX_BODY + frame::TRAILER) as u64)
 }
 
 /// Starts a new trail in `dir` that carries on from the trail in
@@ -978,22 +1049,13 @@ pub fn continue_after(dir: &Path, previous: &Path, signer: &Signer) -> Result<Op
     let mut last: Option<(u64, Hash)> = None;
     if let Some(want) = target {
         for (_, path) in &segs {
-            let data = fsu::read(path)?;
-            let mut rs = frame::Resync::default();
-            let mut off = 0;
-            while off < data.len() {
-                match frame::decode(&data[off..]) {
-                    Decoded::Frame(f) => {
-                        if f.seq <= want && last.is_none_or(|(s, _)| f.seq > s) {
-                            last = Some((f.seq, f.hash));
-                        }
-                        off += f.len;
-                    }
-                    Decoded::End => break,
-                    Decoded::Bad(_) => match rs.next(&data, off) {
-                        Some(n) => off = n,
-                        None => break,
-                    },
+            let mut sc = Scanner::open(path)?;
+            while let Some(item) = sc.next_item()? {
+                if let Item::Frame { frame: f, .. } = item
+                    && f.seq <= want
+                    && last.is_none_or(|(s, _)| f.seq > s)
+                {
+                    last = Some((f.seq, f.hash));
                 }
             }
         }
@@ -1042,6 +1104,11 @@ pub struct StartupCheck {
     /// The `audit.cursor-reset` records an earlier start wrote that are
     /// still in the trail: a finding for as long as they are there.
     pub earlier_cursor_resets: Vec<u64>,
+    /// Settings above their upper bound (from a configuration an older
+    /// version accepted) that the trail was opened with brought down to
+    /// the bound: a finding at every start until the configuration is
+    /// fixed, recorded as `audit.config-clamped`.
+    pub config_clamped: Vec<crate::Clamped>,
     /// Records appended for what was found: (action, sequence number).
     pub recorded: Vec<(String, u64)>,
     /// The sequence number the trail continued at.
@@ -1056,6 +1123,7 @@ impl StartupCheck {
             && self.unchecked.is_empty()
             && self.cursors.is_empty()
             && self.earlier_cursor_resets.is_empty()
+            && self.config_clamped.is_empty()
     }
 
     /// One sentence per finding (for logs and the device's posture).
@@ -1081,9 +1149,15 @@ impl StartupCheck {
         for u in &self.unchecked {
             out.push(format!("the trail was not fully checked at start-up: {u}"));
         }
+        for c in &self.config_clamped {
+            out.push(format!(
+                "the configuration sets {} to {}, above its bound {}: the trail uses {} (set it at most {} in the configuration file; `drivesecd check` names it)",
+                c.setting, c.configured, c.bound, c.bound, c.bound
+            ));
+        }
         for c in &self.cursors {
             out.push(format!(
-                "a delivery cursor was out of the trail (written at rest, or a power cut after records were sent before they were on disk): {c}"
+                "a delivery cursor was out of the trail (the cursor written or records removed at rest, or a cursor a version that sent records before they were durable left after a power cut): {c}"
             ));
         }
         if let (Some(first), Some(last)) = (
@@ -1180,10 +1254,17 @@ impl AuditLog {
     ///
     /// Findings never stop the trail from opening; see
     /// [`AuditLog::startup_check`].
-    pub fn open(dir: &Path, config: AuditConfig, signer: Signer) -> Result<AuditLog> {
+    pub fn open(dir: &Path, mut config: AuditConfig, signer: Signer) -> Result<AuditLog> {
+        // A value above an upper bound (a configuration an older version
+        // accepted) is brought down to it and reported, never refused: a
+        // drive must not stop starting because a bound was added.
+        let clamped = config.clamp();
         config.validate().map_err(AuditError::Invalid)?;
         fsu::create_private_dir(&dir.join(SEGMENTS))?;
-        let mut check = StartupCheck::default();
+        let mut check = StartupCheck {
+            config_clamped: clamped,
+            ..StartupCheck::default()
+        };
         let key = match signer.store.info(&signer.handle) {
             Ok(i) => Some(i.public_key),
             Err(e) => {
@@ -1237,13 +1318,16 @@ impl AuditLog {
         let mut implausible = Vec::new();
         let mut top = 0u64;
         let mut last: Option<(u64, Hash)> = None;
+        // The last frame kept so far, which a frame above the limit must
+        // continue to be kept.
+        let mut chain: Option<(u64, Hash)> = None;
         for (first, path) in &segs {
             let kept = repair_segment(
                 dir,
                 *first,
                 path,
                 limit,
-                segment_cap(&config),
+                &mut chain,
                 &mut recovered,
                 &mut implausible,
             )?;
@@ -1462,6 +1546,11 @@ impl AuditLog {
             stop: Mutex::new(false),
             stop_cond: Condvar::new(),
             closed: AtomicBool::new(false),
+            // Everything on disk after recovery is durable, and numbered
+            // below `next_seq`.
+            mark: DurableMark::at(next_seq - 1),
+            hold: Mutex::new(false),
+            hold_cond: Condvar::new(),
         });
         let mut log = AuditLog {
             ticker: None,
@@ -1479,6 +1568,18 @@ impl AuditLog {
             )?;
         }
         let mut findings = Vec::new();
+        for c in &check.config_clamped {
+            findings.push(
+                Event::new(Actor::Device, CONFIG_CLAMPED)
+                    .outcome(crate::Outcome::Failure)
+                    .details(serde_json::json!({
+                        "setting": c.setting,
+                        "configured": c.configured,
+                        "used": c.bound,
+                    }))
+                    .essential(),
+            );
+        }
         match &report {
             Some(r) => findings.extend(integrity_event(
                 &r.problems,
@@ -1691,6 +1792,7 @@ impl AuditLog {
                 Ok(()) => {
                     st.durable = last;
                     st.durable_head = head;
+                    sh.mark.advance(last);
                 }
                 Err(e) => st.failed = Some(format!("writing the trail failed: {e}")),
             }
@@ -1788,11 +1890,29 @@ impl AuditLog {
         }
         sh.cond.notify_all();
         sh.closed.store(true, Ordering::SeqCst);
+        sh.mark.0.retired.store(true, Ordering::Release);
         if let Ok(mut s) = sh.stop.lock() {
             *s = true;
         }
         sh.stop_cond.notify_all();
         sh.checkpoint_unless_failed(false)
+    }
+
+    /// What a reader beside the writer may take as durable (see
+    /// [`DurableMark`]): the forwarder sends nothing above it.
+    pub fn durable_mark(&self) -> DurableMark {
+        self.shared.mark.clone()
+    }
+
+    /// While `true`, a group of records is written to its segment but held
+    /// before its fdatasync (appends wait): for tests of what a reader
+    /// beside the writer sees of records not yet durable.
+    #[doc(hidden)]
+    pub fn hold_syncs(&self, hold: bool) {
+        if let Ok(mut h) = self.shared.hold.lock() {
+            *h = hold;
+        }
+        self.shared.hold_cond.notify_all();
     }
 
     /// Stops the background ticker and drops the log without the final

@@ -549,6 +549,71 @@ fn a_forged_huge_sequence_number_neither_exhausts_numbers_nor_loses_records() {
     }
 }
 
+/// The ceiling on sequence numbers cuts only frames out of chain. A trail
+/// with no checkpoint yet and no keystore counter (a fresh keystore), so
+/// nothing signed vouches for any number: records 1..20, then a chain
+/// the writer continued from a higher number (as it does after a start-up
+/// finding; its `prev` is record 20's hash) that climbs across the ceiling
+/// one record at a time. Every record of that chain stays. A frame above
+/// the ceiling that does not continue the chain kept before it (a wrong
+/// `prev`, or a number that skips) is still cut out and reported.
+#[test]
+fn a_genuine_chain_above_the_ceiling_is_kept_without_checkpoint_or_counter() {
+    const BODY: &[u8] = br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#;
+    let fx = Fx::new();
+    assert_eq!(fx.counter(), None);
+    let c = cfg();
+    let seg_dir = fx.trail().join("segments");
+    std::fs::create_dir_all(&seg_dir).unwrap();
+    // (segment 1, segment `jump`): 1..=20, then jump..jump+29, then two
+    // frames that do not continue it.
+    let build = |jump: u64| {
+        let mut one = Vec::new();
+        let mut prev = [0u8; 32];
+        for seq in 1..=20 {
+            prev = frame::encode(seq, &prev, BODY, &mut one);
+        }
+        let mut two = Vec::new();
+        for seq in jump..jump + 30 {
+            prev = frame::encode(seq, &prev, BODY, &mut two);
+        }
+        frame::encode(jump + 30, &[9; 32], BODY, &mut two);
+        frame::encode(jump + 32, &prev, BODY, &mut two);
+        (one, two)
+    };
+    // The ceiling: nothing signed, no counter, so (max_bytes +
+    // reserve_bytes + the segments' size) / 53 (docs/audit.md, rule 1).
+    let (one, two) = build(1000);
+    let size = (one.len() + two.len()) as u64;
+    let limit = (c.max_bytes + c.reserve_bytes + size) / 53;
+    let jump = limit - 5;
+    let (one, two) = build(jump);
+    assert_eq!((one.len() + two.len()) as u64, size);
+    std::fs::write(seg_dir.join(format!("{:020}.seg", 1)), one).unwrap();
+    std::fs::write(seg_dir.join(format!("{jump:020}.seg")), two).unwrap();
+
+    let log = fx.open(c);
+    let a = log.append(ev(1)).unwrap();
+    log.close().unwrap();
+    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+    let chain: Vec<u64> = (1..=20).chain(jump..jump + 30).collect();
+    assert_eq!(&seqs[..50], chain.as_slice(), "the chain is kept whole");
+    assert!(jump + 29 > limit);
+    assert!(a.seq > jump + 29, "{}", a.seq);
+    // The two frames out of chain are cut, as implausible.
+    let cut: Vec<serde_json::Value> = actions(&fx, "audit.recovery.quarantined")
+        .into_iter()
+        .map(|r| r.record.details)
+        .filter(|d| d["reason"] == "implausible sequence number")
+        .collect();
+    assert_eq!(cut.len(), 2, "{cut:?}");
+    assert!(cut.iter().all(|d| d["after_seq"] == jump + 29), "{cut:?}");
+    // What follows continues the chain: from `jump` to the last record,
+    // one unbroken chain, numbered on after it.
+    assert_eq!(seqs[50], jump + 30);
+    reader::check(&fx.trail(), jump, a.seq).unwrap();
+}
+
 /// `export --to N` never stops early at a frame numbered beyond N while
 /// records up to N are missing: a forged huge number after record 20, then
 /// records 21..30, must not export as records 1..20 and success.
@@ -645,39 +710,157 @@ fn a_misnamed_last_segment_is_left_as_evidence_and_order_is_kept() {
     );
 }
 
-/// A segment far longer than the writer ever makes one is not read whole
-/// at start-up: the bytes beyond the cap go to quarantine, on the record,
-/// and the records before them stay.
+/// A genuine segment longer than today's `segment_bytes` (written under a
+/// configuration that allowed larger segments, here 16 MiB, beyond the old
+/// start-up cap of 8 MiB and one frame) is read whole at start-up: no
+/// record of it is cut out, the trail stays intact, and it is read in
+/// bounded memory (crates/audit/src/scan.rs).
 #[test]
-fn an_oversized_segment_is_capped_at_start_up() {
+fn an_older_larger_segment_keeps_every_record_at_start_up() {
+    let fx = Fx::new();
+    let big = AuditConfig {
+        segment_bytes: 16 << 20,
+        max_bytes: 64 << 20,
+        ..cfg()
+    };
+    let log = fx.open(big);
+    let blob = "b".repeat(60_000);
+    let mut n = 0;
+    while log.status().unwrap().used_bytes < (9 << 20) + 65_588 {
+        let batch: Vec<Event> = (0..8)
+            .map(|i| ev(n + i).details(serde_json::json!({ "blob": blob })))
+            .collect();
+        n += 8;
+        log.append_batch(batch).unwrap();
+    }
+    let last = log.status().unwrap().durable_seq;
+    log.close().unwrap();
+    let segs = std::fs::read_dir(fx.trail().join("segments"))
+        .unwrap()
+        .count();
+    assert_eq!(segs, 1, "one segment longer than the old cap");
+    // Today's configuration makes 64 KiB segments.
+    let check = fx.start();
+    assert!(check.passed(), "{check:#?}");
+    assert!(actions(&fx, "audit.recovery.quarantined").is_empty());
+    assert!(!fx.trail().join("quarantine").exists());
+    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+    assert_eq!(&seqs[..last as usize], (1..=last).collect::<Vec<_>>());
+    let r = fx.verify();
+    assert!(r.ok, "{:?}", r.problems);
+}
+
+/// Bytes after the last record of a segment, however many, are cut out
+/// like any unreadable tail: kept as evidence, on the record, and the
+/// records before them stay.
+#[test]
+fn garbage_after_the_last_record_is_quarantined_whatever_its_length() {
     let fx = Fx::new();
     fx.fill(30);
     let (p, _, _) = frame_of(&fx.trail(), 30);
     let kept = std::fs::metadata(&p).unwrap().len();
-    let cap = (8u64 << 20) + 48 + 65536 + 4;
-    // Garbage up to 1 MiB beyond the cap.
+    let garbage = (9u64 << 20) + 12_345;
     let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-    std::io::Write::write_all(&mut f, &vec![0x5a; (cap + (1 << 20) - kept) as usize]).unwrap();
+    std::io::Write::write_all(&mut f, &vec![0x5a; garbage as usize]).unwrap();
     drop(f);
     let log = fx.open(cfg());
     let a = log.append(ev(31)).unwrap();
     log.close().unwrap();
     assert!(a.seq > 30, "{}", a.seq);
-    let q = actions(&fx, "audit.recovery.quarantined");
+    let q = actions(&fx, "audit.recovery.truncated");
     assert!(
         q.iter()
-            .any(|r| r.record.details["offset"] == cap && r.record.details["bytes"] == 1 << 20),
+            .any(|r| r.record.details["offset"] == kept && r.record.details["bytes"] == garbage),
         "{:?}",
         q.iter().map(|r| &r.record.details).collect::<Vec<_>>()
     );
     let name = p.file_name().unwrap().to_string_lossy().into_owned();
-    let tail = std::fs::metadata(fx.trail().join(format!("quarantine/{name}.{cap}.bin")))
+    let tail = std::fs::metadata(fx.trail().join(format!("quarantine/{name}.{kept}.bin")))
         .unwrap()
         .len();
-    assert_eq!(tail, 1 << 20);
+    assert_eq!(tail, garbage);
     let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=a.seq).collect::<Vec<_>>());
-    assert!(std::fs::metadata(&p).unwrap().len() < cap);
+    // The garbage is out; the records after it were appended in its place.
+    let data = std::fs::read(&p).unwrap();
+    assert!(data.len() < (kept + (64 << 10)) as usize, "{}", data.len());
+    assert!(!data.windows(64).any(|w| w.iter().all(|&b| b == 0x5a)));
+}
+
+/// Settings above their upper bound are refused by `validate` (naming the
+/// setting, the value and the bound), but a trail opened with them (a
+/// configuration file an older version accepted) opens with the bound,
+/// and says so: in its start-up findings and on the record, at every start.
+#[test]
+fn settings_above_their_bound_are_refused_when_made_but_clamped_at_open() {
+    let over = AuditConfig {
+        segment_bytes: drivesec_audit::MAX_SEGMENT_BYTES + 1,
+        max_bytes: drivesec_audit::MAX_TRAIL_BYTES + 7,
+        ..cfg()
+    };
+    let e = over.validate().unwrap_err();
+    assert!(
+        e.contains("audit.segment_bytes")
+            && e.contains(&(drivesec_audit::MAX_SEGMENT_BYTES + 1).to_string())
+            && e.contains(&drivesec_audit::MAX_SEGMENT_BYTES.to_string()),
+        "{e}"
+    );
+    let only_max = AuditConfig {
+        max_bytes: drivesec_audit::MAX_TRAIL_BYTES + 7,
+        ..cfg()
+    };
+    let e = only_max.validate().unwrap_err();
+    assert!(
+        e.contains("audit.max_bytes")
+            && e.contains(&(drivesec_audit::MAX_TRAIL_BYTES + 7).to_string())
+            && e.contains(&drivesec_audit::MAX_TRAIL_BYTES.to_string()),
+        "{e}"
+    );
+    over.validate_existing().unwrap();
+    // Below the lower bounds stays refused either way.
+    let tiny = AuditConfig {
+        segment_bytes: 10,
+        ..over.clone()
+    };
+    assert!(tiny.validate_existing().is_err());
+
+    let fx = Fx::new();
+    for start in 0..2 {
+        let log = fx.open(over.clone());
+        let check = log.startup_check().clone();
+        assert!(!check.passed());
+        let settings: Vec<&str> = check
+            .config_clamped
+            .iter()
+            .map(|c| c.setting.as_str())
+            .collect();
+        assert_eq!(settings, ["audit.segment_bytes", "audit.max_bytes"]);
+        assert!(
+            log.findings()
+                .iter()
+                .any(|f| f.contains("audit.max_bytes") && f.contains("above its bound")),
+            "{:?}",
+            log.findings()
+        );
+        assert_eq!(
+            log.status().unwrap().max_bytes,
+            drivesec_audit::MAX_TRAIL_BYTES
+        );
+        log.append(ev(start)).unwrap();
+        log.close().unwrap();
+    }
+    let recorded = actions(&fx, drivesec_audit::CONFIG_CLAMPED);
+    assert_eq!(recorded.len(), 4, "two settings, two starts");
+    assert_eq!(
+        recorded[0].record.details,
+        serde_json::json!({
+            "setting": "audit.segment_bytes",
+            "configured": drivesec_audit::MAX_SEGMENT_BYTES + 1,
+            "used": drivesec_audit::MAX_SEGMENT_BYTES,
+        })
+    );
+    // Not a problem of the records: the trail verifies.
+    assert!(fx.verify().ok);
 }
 
 // ---- Delivery cursors and start-up under a hostile or full trail ----

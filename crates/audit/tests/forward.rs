@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::idevid_signer;
 use drivesec_audit::forward::{CollectorTrust, ForwardConfig, Forwarder};
 use drivesec_audit::reader::{self, Query};
-use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Signer};
+use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Signer, read_cursor};
 use drivesec_keystore::KeyHandle;
 use drivesec_pki::{Ca, CaKind, CaOptions, IssueRequest, Profile, SubjectKey, read_cert_chain};
 use rustls_pki_types::CertificateRevocationListDer;
@@ -271,7 +271,7 @@ fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
     for i in 0..50 {
         log.append(ev(i)).unwrap();
     }
-    let fwd = Forwarder::start(&trail, fx.forward_config(port)).unwrap();
+    let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
     wait_for(
         "the first 50 records at the collector",
         Duration::from_secs(30),
@@ -422,7 +422,7 @@ fn a_record_longer_than_the_collector_takes_arrives_as_one_marked_message() {
     .unwrap();
     log.append(ev(2)).unwrap();
     let total = log.status().unwrap().durable_seq;
-    let fwd = Forwarder::start(&trail, fx.forward_config(port)).unwrap();
+    let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
     wait_for("delivery", Duration::from_secs(30), || {
         fwd.status().forwarded >= total
     });
@@ -517,7 +517,7 @@ fn a_revoked_collector_gets_nothing_and_nothing_is_lost() {
     }
     let mut cfg = fx.forward_config(port);
     cfg.collector_trust = crls.clone();
-    let fwd = Forwarder::start(&trail, cfg).unwrap();
+    let fwd = Forwarder::start(&log, cfg).unwrap();
     wait_for("two refused attempts", Duration::from_secs(30), || {
         fwd.status().failures >= 2
     });
@@ -702,10 +702,9 @@ fn a_collector_that_hangs_up_after_the_handshake_gets_the_backoff_not_a_storm() 
     // An empty trail: nothing is ever written on a connection, so every
     // connection is one the collector closed before the device wrote.
     let log = fx.log("trail");
-    let trail = fx.path().join("trail");
     let mut cfg = fx.forward_config(server.port);
     cfg.backoff_max = Duration::from_secs(2);
-    let fwd = Forwarder::start(&trail, cfg).unwrap();
+    let fwd = Forwarder::start(&log, cfg).unwrap();
     wait_for("three failed connections", Duration::from_secs(20), || {
         fwd.status().failures >= 3
     });
@@ -731,4 +730,240 @@ fn a_collector_that_hangs_up_after_the_handshake_gets_the_backoff_not_a_storm() 
     assert!(fwd.status().failures >= server.handshakes().saturating_sub(1));
     drop(fwd);
     drop(log);
+}
+
+/// The forwarder sends only what the writer has made durable. A record
+/// the writer has written into its segment but not yet synced (held
+/// before its fdatasync) is in the file for any reader to see, and is not
+/// sent: after a power cut the collector would hold a record the device
+/// lost, and the cursor would be past the trail. Once synced, it goes.
+#[test]
+fn a_record_written_but_not_yet_synced_is_not_forwarded() {
+    let mut fx = Fixture::new();
+    fx.collector_cert("collector");
+    let port = free_port();
+    let rx = fx.receiver(port, "collector", &[]);
+    rx.start();
+    let log = fx.log("trail");
+    let trail = fx.path().join("trail");
+    for i in 0..5 {
+        log.append(ev(i)).unwrap();
+    }
+    let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
+    wait_for("the first 5 records", Duration::from_secs(30), || {
+        fwd.status().forwarded == 5
+    });
+    log.hold_syncs(true);
+    std::thread::scope(|s| {
+        let appending = s.spawn(|| log.append(ev(5)).unwrap());
+        wait_for(
+            "record 6 written to its segment",
+            Duration::from_secs(10),
+            || common::frames(&trail).last().is_some_and(|f| f.3 == 6),
+        );
+        // The forwarder looks several times while the record is held.
+        for _ in 0..8 {
+            fwd.nudge();
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let (st, cursor) = (fwd.status(), read_cursor(&trail, "forwarded"));
+        // Released before any assertion, so a failure fails, not hangs.
+        log.hold_syncs(false);
+        assert_eq!(appending.join().unwrap().seq, 6);
+        assert_eq!(st.forwarded, 5, "a record not yet durable was sent: {st:?}");
+        assert!(st.connected, "{st:?}");
+        assert_eq!(cursor.unwrap(), 5);
+    });
+    wait_for("record 6 once durable", Duration::from_secs(30), || {
+        fwd.status().forwarded == 6
+    });
+    wait_for("the collector to write it", Duration::from_secs(10), || {
+        rx.received().iter().any(|(s, _)| *s == 6)
+    });
+    fwd.stop();
+    log.close().unwrap();
+    let seqs: Vec<u64> = rx.received().iter().map(|g| g.0).collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+}
+
+/// A cursor past the trail after a power cut (records 11..15 delivered,
+/// then lost with the cut, as a forwarder that sent records before they
+/// were durable could leave it, or a cursor written at rest): the start-up
+/// check resets it to the last record present and records that
+/// (`audit.cursor-reset`), numbering continues above it, and the forwarder
+/// goes on from the recovered trail with the new records, none of the
+/// lost numbers used again.
+#[test]
+fn a_cursor_past_the_recovered_trail_is_reset_and_forwarding_goes_on() {
+    let mut fx = Fixture::new();
+    fx.collector_cert("collector");
+    let port = free_port();
+    let rx = fx.receiver(port, "collector", &[]);
+    rx.start();
+    let log = fx.log("trail");
+    let trail = fx.path().join("trail");
+    for i in 0..15 {
+        log.append(ev(i)).unwrap();
+    }
+    let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
+    wait_for("15 records delivered", Duration::from_secs(30), || {
+        fwd.status().forwarded == 15
+    });
+    fwd.stop();
+    log.abandon();
+    // The cut: records 11..15 are gone from the disk.
+    let (seg, off, _) = common::frame_of(&trail, 11);
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(off as u64).unwrap();
+    drop(f);
+    assert_eq!(read_cursor(&trail, "forwarded").unwrap(), 15);
+
+    let log = fx.log("trail");
+    let check = log.startup_check().clone();
+    assert_eq!(check.cursors.len(), 1, "{check:#?}");
+    assert_eq!(read_cursor(&trail, "forwarded").unwrap(), 10);
+    assert_eq!(check.next_seq, 16, "{check:#?}");
+    let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
+    let total = log.status().unwrap().durable_seq;
+    wait_for("the new records delivered", Duration::from_secs(30), || {
+        fwd.status().forwarded == total
+    });
+    wait_for(
+        "the collector to write them",
+        Duration::from_secs(10),
+        || rx.received().iter().any(|(s, _)| *s == total),
+    );
+    fwd.stop();
+    log.close().unwrap();
+    let seqs: Vec<u64> = rx.received().iter().map(|g| g.0).collect();
+    let want: Vec<u64> = (1..=15).chain(16..=total).collect();
+    assert_eq!(seqs, want);
+    let reset = reader::read(&trail, &Query::default(), 1000)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.record.action == "audit.cursor-reset")
+        .unwrap();
+    assert_eq!(reset.seq, 16);
+    assert_eq!(reset.record.details["reset_to"], 10);
+}
+
+/// A frame with a low number forged at rest after the last record (the
+/// start-up check reports it as out of order) is never sent, and the
+/// cursor never goes back to it, even when it ends a batch: after a
+/// restart of the forwarder nothing is sent twice.
+#[test]
+fn a_forged_low_number_neither_reaches_the_collector_nor_moves_the_cursor_back() {
+    let mut fx = Fixture::new();
+    fx.collector_cert("collector");
+    let port = free_port();
+    let rx = fx.receiver(port, "collector", &[]);
+    rx.start();
+    let log = fx.log("trail");
+    let trail = fx.path().join("trail");
+    for i in 0..5 {
+        log.append(ev(i)).unwrap();
+    }
+    log.abandon();
+    // Record 2 again, after record 5, checksum right.
+    let (seg, _, _) = common::frame_of(&trail, 5);
+    let mut data = std::fs::read(&seg).unwrap();
+    let prev: [u8; 32] = [3; 32];
+    drivesec_audit::frame::encode(
+        2,
+        &prev,
+        br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"forged","outcome":"success"}"#,
+        &mut data,
+    );
+    std::fs::write(&seg, data).unwrap();
+    let log = fx.log("trail");
+    assert!(!log.startup_check().passed());
+    let total = log.status().unwrap().durable_seq;
+    // Batches of 6: the first one ends with the forged frame.
+    let mut cfg = fx.forward_config(port);
+    cfg.batch = 6;
+    let fwd = Forwarder::start(&log, cfg).unwrap();
+    wait_for("every record delivered", Duration::from_secs(30), || {
+        fwd.status().forwarded == total
+    });
+    fwd.stop();
+    // A restart of the forwarder sends nothing again.
+    let mut cfg = fx.forward_config(port);
+    cfg.batch = 6;
+    let fwd = Forwarder::start(&log, cfg).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(fwd.status().forwarded, total);
+    fwd.stop();
+    log.close().unwrap();
+    wait_for(
+        "the collector to write them",
+        Duration::from_secs(10),
+        || rx.received().iter().any(|(s, _)| *s == total),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let seqs: Vec<u64> = rx.received().iter().map(|g| g.0).collect();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "once each, in order");
+    assert!(!rx.lines().iter().any(|l| l.contains("forged")));
+    assert_eq!(read_cursor(&trail, "forwarded").unwrap(), total);
+}
+
+/// A factory reset retires the trail, archives its directory and starts a
+/// new trail at the same path (`continue_after`). A forwarder still bound
+/// to the old trail (the device stops it first; this is the race where
+/// one was started just before) sends nothing of the new trail and says
+/// why; one started with the new log delivers the new trail.
+#[test]
+fn a_forwarder_bound_to_a_retired_trail_sends_nothing_of_the_new_one() {
+    let mut fx = Fixture::new();
+    fx.collector_cert("collector");
+    let port = free_port();
+    let rx = fx.receiver(port, "collector", &[]);
+    rx.start();
+    let old = fx.log("trail");
+    let trail = fx.path().join("trail");
+    for i in 0..5 {
+        old.append(ev(i)).unwrap();
+    }
+    let stale = Forwarder::start(&old, fx.forward_config(port)).unwrap();
+    wait_for("the old trail delivered", Duration::from_secs(30), || {
+        stale.status().forwarded == 5
+    });
+    // The reset: retired, archived, a new trail behind an anchor.
+    old.retire().unwrap();
+    let archive = fx.path().join("archive");
+    std::fs::rename(&trail, &archive).unwrap();
+    let signer = Signer {
+        store: fx.store.clone(),
+        handle: fx.handle.clone(),
+    };
+    assert_eq!(
+        drivesec_audit::continue_after(&trail, &archive, &signer).unwrap(),
+        Some(5)
+    );
+    let new = fx.log("trail");
+    for i in 0..3 {
+        new.append(ev(100 + i)).unwrap();
+    }
+    let total = new.status().unwrap().durable_seq;
+    assert!(total > 5);
+    for _ in 0..8 {
+        stale.nudge();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let st = stale.status();
+    stale.stop();
+    assert_eq!(st.forwarded, 5, "{st:?}");
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("archived")),
+        "{st:?}"
+    );
+    assert!(rx.received().iter().all(|(s, _)| *s <= 5));
+    let fwd = Forwarder::start(&new, fx.forward_config(port)).unwrap();
+    wait_for("the new trail delivered", Duration::from_secs(30), || {
+        fwd.status().forwarded == total
+    });
+    fwd.stop();
+    new.close().unwrap();
+    drop(old);
 }

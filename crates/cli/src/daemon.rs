@@ -107,7 +107,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             // The same checks start-up runs: the state, then the
             // configuration with the settings made over the API applied.
             let st = drivesec_device::state::StateDir::load(&args.state)?;
-            config.for_state(&st)?;
+            let config = config.for_state(&st)?;
+            // Stricter than start-up: a value above an upper bound that an
+            // older version accepted still starts (clamped, and recorded),
+            // but a check is where it is found and fixed.
+            config.audit.validate().map_err(|reason| {
+                anyhow::anyhow!(
+                    "{reason} (drivesecd would start with the bound and record audit.config-clamped; set it within the bound)"
+                )
+            })?;
             println!("state directory and configuration are consistent");
             Ok(())
         }

@@ -3,9 +3,33 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
+use drivesec_api::accounts::{
+    NewRoleRequest, NewUserRequest, RoleAddedAnswer, RoleListAnswer, RoleRemovedAnswer,
+    RoleSetAnswer, SetRoleRequest, UserAddedAnswer, UserListAnswer, UserRemovedAnswer,
+    UserUnlockedAnswer,
+};
+use drivesec_api::audit::{AuditRecordsAnswer, ForwardingSetAnswer, ForwardingSettings};
+use drivesec_api::device::DeviceInfo;
+use drivesec_api::drive::{
+    DriveCommand as Command, DriveControlAnswer, DriveControlRequest, DriveStatus,
+    ParamWriteAnswer, ParamWriteRequest, ParamsAnswer,
+};
+use drivesec_api::firmware::{
+    FirmwareBootState, FirmwareRebootAnswer, FirmwareStatus, FirmwareUploadAnswer, RunningFirmware,
+    TrustRotationAnswer, TrustRotationRequest,
+};
+use drivesec_api::security::{
+    FactoryResetAnswer, FactoryResetPendingAnswer, FactoryResetRequest, Posture,
+};
+use drivesec_api::sessions::{
+    MeAnswer, OwnPasswordAnswer, OwnPasswordRequest, SessionListAnswer, SessionTerminatedAnswer,
+};
 use drivesec_fsutil::{self as fsu, Mode};
-use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions};
+use drivesec_oem::client::{
+    ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions, wire_name,
+};
 use drivesec_oem::lab::LabManifest;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::cli::{
@@ -15,15 +39,23 @@ use crate::cli::{
 use crate::commands::safe_lines;
 use crate::text::safe;
 
-/// A string field of a device reply, safe to print.
-fn field<'a>(v: &'a Value, key: &str) -> std::borrow::Cow<'a, str> {
-    safe(v[key].as_str().unwrap_or(""))
+/// Any part of a device answer as its JSON text, safe to print (serde_json
+/// leaves DEL, C1 controls and bidi overrides in strings as they are).
+/// Through a JSON value, so an object's keys are in alphabetical order, as
+/// they were always printed.
+fn shown<T: Serialize + ?Sized>(v: &T) -> String {
+    safe(&as_json(v).to_string()).into_owned()
 }
 
-/// Any JSON value of a device reply as text, safe to print (serde_json
-/// leaves DEL, C1 controls and bidi overrides in strings as they are).
-fn shown(v: &Value) -> String {
-    safe(&v.to_string()).into_owned()
+/// An API enum value's name on the wire (`commissioned`,
+/// `safe-torque-off`), safe to print.
+fn named<T: Serialize + ?Sized>(v: &T) -> String {
+    safe(&wire_name(v)).into_owned()
+}
+
+/// `v` as a JSON value (objects with their keys in alphabetical order).
+fn as_json<T: Serialize + ?Sized>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
 }
 
 /// Where the device is and who we are.
@@ -181,22 +213,32 @@ fn logged_in(t: &Target) -> Result<DeviceClient> {
     Ok(c)
 }
 
-fn print(json: bool, v: &Value, text: impl FnOnce(&Value)) -> Result<()> {
+/// `v` as pretty JSON with `--json` (a device answer's keys in
+/// alphabetical order, as the device writes them), else `text(v)`.
+fn print<T: Serialize + ?Sized>(json: bool, v: &T, text: impl FnOnce(&T)) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::to_value(v)?)?
+        );
     } else {
         text(v);
     }
     Ok(())
 }
 
-/// Handles SIGINT and SIGTERM while a device is commissioned: before the
-/// OEM CA issued anything the process exits at once (130); after, the first
-/// signal makes the commissioning abandon its remaining steps and revoke
-/// the LDevID it issued (it then fails, naming what happened), and further
-/// signals are noted but do not cut that short. SIGKILL cannot be handled:
-/// the LDevID's serial is printed right after issuance for `ca revoke`.
-fn watch_signals(interrupt: &drivesec_oem::commission::Interrupt) -> Result<()> {
+/// Handles SIGINT and SIGTERM while a device is commissioned. What each
+/// signal does, and what is said about it, follows the phase the
+/// commissioning is in (`drivesec_oem::commission::Interrupted`): before
+/// the OEM CA issued anything the process exits at once (130); while the
+/// LDevID is issued or the device finished, the commissioning abandons its
+/// remaining steps and revokes that LDevID (naming it; it then fails,
+/// saying what happened), and further signals do not cut that short; once
+/// the revocation was decided, or the commissioning succeeded, a signal
+/// changes nothing and says so (a commissioned device stays commissioned).
+/// SIGKILL cannot be handled: the LDevID's serial is printed right after
+/// issuance for `ca revoke`.
+fn watch_signals(interrupt: &drivesec_oem::commission::Interrupt, device: &str) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -211,31 +253,21 @@ fn watch_signals(interrupt: &drivesec_oem::commission::Interrupt) -> Result<()> 
         )
     };
     let interrupt = interrupt.clone();
+    let device = safe(device).into_owned();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             rt.block_on(async {
-                let mut first = true;
                 loop {
                     let name = tokio::select! {
                         _ = int.recv() => "SIGINT",
                         _ = term.recv() => "SIGTERM",
                     };
-                    if !first {
-                        eprintln!("{name}: still revoking the LDevID just issued; wait for it");
-                        continue;
-                    }
-                    first = false;
-                    if interrupt.interrupt() {
-                        eprintln!(
-                            "{name}: commissioning interrupted before the OEM CA issued anything; \
-                             nothing to revoke"
-                        );
+                    let what = interrupt.interrupt();
+                    eprintln!("{}", what.message(name, &device));
+                    if what.exits_now() {
                         std::process::exit(130);
                     }
-                    eprintln!(
-                        "{name}: interrupting the commissioning; revoking the LDevID just issued"
-                    );
                 }
             })
         })
@@ -296,7 +328,7 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
         let credential = read_secret(credential_file)?;
         let pw = read_secret(admin_password_file)?;
         let interrupt = drivesec_oem::commission::Interrupt::new();
-        watch_signals(&interrupt)?;
+        watch_signals(&interrupt, &name)?;
         let ca_dir = oem_ca.clone();
         let r = drivesec_oem::commission::commission_interruptible(
             &mut ca,
@@ -349,7 +381,7 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
         DeviceCommand::FactoryReset { approve } => factory_reset(&c, &t, approve.as_deref(), json),
         cmd => dispatch(&c, cmd, json),
     };
-    let _ = c.call("POST", "/api/v1/logout", None);
+    let _ = c.logout();
     result
 }
 
@@ -358,23 +390,32 @@ fn factory_reset(c: &DeviceClient, t: &Target, approve: Option<&str>, json: bool
     let password = t.password.as_ref().ok_or_else(|| {
         anyhow!("a factory reset needs your password again: give --password-file")
     })?;
-    let body = serde_json::json!({"password": password.as_str(), "approve": approve});
-    print(
-        json,
-        &c.ok("POST", "/api/v1/factory-reset", Some(&body))?,
-        |v| match v["request"].as_str() {
-            Some(id) => println!(
+    let mut body = FactoryResetRequest {
+        password: password.to_string(),
+        approve: approve.map(str::to_string),
+    };
+    let sent = c.call_with("POST", "/api/v1/factory-reset", &body);
+    zeroize::Zeroize::zeroize(&mut body.password);
+    let r = sent?.success()?;
+    // 202: asked, waiting for a second person; 200: done.
+    if r.status == 202 {
+        let v: FactoryResetPendingAnswer = r.answer()?;
+        return print(json, &v, |v| {
+            println!(
                 "factory reset requested ({id}); another account with factory-reset approves it \
                  within {} s: drivesec device factory-reset --approve {id}",
-                shown(&v["expires_in_secs"]),
-                id = safe(id)
-            ),
-            None => println!(
-                "the device is back in factory state; new one-time factory credential: {}",
-                field(v, "factory_credential")
-            ),
-        },
-    )
+                v.expires_in_secs,
+                id = safe(&v.request)
+            )
+        });
+    }
+    let v: FactoryResetAnswer = r.answer()?;
+    print(json, &v, |v| {
+        println!(
+            "the device is back in factory state; new one-time factory credential: {}",
+            safe(&v.factory_credential)
+        )
+    })
 }
 
 /// `device password`: the logged-in account changes its own password.
@@ -389,17 +430,19 @@ fn change_password(
         .as_ref()
         .ok_or_else(|| anyhow!("give --password-file (the current password)"))?;
     let new = read_secret(new_password_file)?;
-    let body = serde_json::json!({"old_password": old.as_str(), "new_password": new.as_str()});
-    print(
-        json,
-        &c.ok("POST", "/api/v1/me/password", Some(&body))?,
-        |v| {
-            println!(
-                "password changed; {} other session(s) ended",
-                shown(&v["sessions_ended"])
-            )
-        },
-    )
+    let mut body = OwnPasswordRequest {
+        old_password: old.to_string(),
+        new_password: new.to_string(),
+    };
+    let sent = c.send::<_, OwnPasswordAnswer>("POST", "/api/v1/me/password", &body);
+    zeroize::Zeroize::zeroize(&mut body.old_password);
+    zeroize::Zeroize::zeroize(&mut body.new_password);
+    print(json, &sent?, |v| {
+        println!(
+            "password changed; {} other session(s) ended",
+            v.sessions_ended
+        )
+    })
 }
 
 fn read_profile(path: &std::path::Path) -> Result<drivesec_iec62443::profile::Profile> {
@@ -407,7 +450,6 @@ fn read_profile(path: &std::path::Path) -> Result<drivesec_iec62443::profile::Pr
 }
 
 fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
-    let get = |path: &str| c.ok("GET", path, None).map_err(anyhow::Error::from);
     match cmd {
         DeviceCommand::Commission { .. }
         | DeviceCommand::Firmware(_)
@@ -415,55 +457,52 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
         | DeviceCommand::Password { .. } => {
             unreachable!("handled in run")
         }
-        DeviceCommand::Info => print(json, &get("/api/v1/info")?, |v| {
+        DeviceCommand::Info => print(json, &c.get::<DeviceInfo>("/api/v1/info")?, |v| {
             println!(
                 "{} {} serial {} ({})",
-                field(v, "manufacturer"),
-                field(v, "model"),
-                field(v, "serial_number"),
-                field(v, "state")
+                safe(&v.manufacturer),
+                safe(&v.model),
+                safe(&v.serial_number),
+                named(&v.state)
             );
-            println!("{}", safe_lines(v["banner"].as_str().unwrap_or("")));
+            println!("{}", safe_lines(&v.banner));
         }),
-        DeviceCommand::Login => print(json, &get("/api/v1/me")?, |v| {
+        DeviceCommand::Login => print(json, &c.get::<MeAnswer>("/api/v1/me")?, |v| {
             println!(
                 "logged in as {} ({}): {}",
-                field(v, "username"),
-                field(v, "role"),
-                shown(&v["permissions"])
+                safe(&v.username),
+                safe(&v.role),
+                shown(&v.permissions)
             );
         }),
         DeviceCommand::Drive(d) => {
+            let control = |command, speed_reference| DriveControlRequest {
+                command,
+                speed_reference,
+            };
             let body = match d {
                 DriveCommand::Status => {
-                    return print(json, &get("/api/v1/drive")?, |v| {
+                    return print(json, &c.get::<DriveStatus>("/api/v1/drive")?, |v| {
                         println!(
                             "{} at {:.1} rpm, torque {:.1} %, current {:.1} A, fault 0x{:04x}, STO {}",
-                            field(v, "state"),
-                            v["speed_rpm"].as_f64().unwrap_or(0.0),
-                            v["torque_pct"].as_f64().unwrap_or(0.0),
-                            v["current_a"].as_f64().unwrap_or(0.0),
-                            v["fault_code"].as_u64().unwrap_or(0),
-                            if v["sto"].as_bool() == Some(true) {
-                                "active"
-                            } else {
-                                "off"
-                            }
+                            named(&v.state),
+                            v.speed_rpm,
+                            v.torque_pct,
+                            v.current_a,
+                            v.fault_code,
+                            if v.sto { "active" } else { "off" }
                         )
                     });
                 }
-                DriveCommand::Start { speed } => match speed {
-                    Some(s) => json!({"command": "start", "speed_reference": s}),
-                    None => json!({"command": "start"}),
-                },
-                DriveCommand::Stop => json!({"command": "stop"}),
-                DriveCommand::QuickStop => json!({"command": "quick-stop"}),
-                DriveCommand::Reset => json!({"command": "reset"}),
-                DriveCommand::Reference { rpm } => json!({"speed_reference": rpm}),
+                DriveCommand::Start { speed } => control(Some(Command::Start), *speed),
+                DriveCommand::Stop => control(Some(Command::Stop), None),
+                DriveCommand::QuickStop => control(Some(Command::QuickStop), None),
+                DriveCommand::Reset => control(Some(Command::Reset), None),
+                DriveCommand::Reference { rpm } => control(None, Some(*rpm)),
             };
             print(
                 json,
-                &c.ok("PUT", "/api/v1/drive/control", Some(&body))?,
+                &c.send::<_, DriveControlAnswer>("PUT", "/api/v1/drive/control", &body)?,
                 |_| println!("accepted; `device drive status` shows the drive"),
             )
         }
@@ -473,14 +512,10 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
         } => {
             let p = read_profile(profile)?;
             let new: Vec<String> = {
-                let cur = get("/api/v1/profile")?;
+                let (_, cur) = drivesec_oem::provision::current(c)?;
                 p.accounts
                     .iter()
-                    .filter(|a| {
-                        !cur["current"]["accounts"]
-                            .as_array()
-                            .is_some_and(|l| l.iter().any(|b| b["username"] == a.username.as_str()))
-                    })
+                    .filter(|a| !cur.accounts.iter().any(|b| b.username == a.username))
                     .map(|a| a.username.clone())
                     .collect()
             };
@@ -532,118 +567,105 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                 bail!("{} item(s) differ from {}", d.len(), profile.display())
             }
         }
-        DeviceCommand::Posture => print(json, &get("/api/v1/posture")?, |v| {
-            println!("{}", field(v, "notation"));
-            for fr in v["foundational_requirements"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
-                println!(
-                    "  {} {:<45} SL {}",
-                    field(fr, "fr"),
-                    field(fr, "name"),
-                    shown(&fr["level"])
-                );
-                for r in fr["reasons"].as_array().into_iter().flatten() {
-                    println!("      - {}", safe(r.as_str().unwrap_or("")));
+        DeviceCommand::Posture => print(json, &c.get::<Posture>("/api/v1/posture")?, |v| {
+            println!("{}", safe(&v.notation));
+            for fr in &v.foundational_requirements {
+                println!("  {} {:<45} SL {}", named(&fr.fr), safe(&fr.name), fr.level);
+                for r in &fr.reasons {
+                    println!("      - {}", safe(r));
                 }
             }
         }),
         DeviceCommand::FactoryReset { .. } => bail!("factory-reset is run by `device::run`"),
         DeviceCommand::Users(u) => {
             let v = match u {
-                UsersCommand::List => get("/api/v1/users")?,
+                UsersCommand::List => as_json(&c.get::<UserListAnswer>("/api/v1/users")?),
                 UsersCommand::Add {
                     username,
                     role,
                     new_password_file,
                 } => {
                     let pw = read_secret(new_password_file)?;
-                    c.ok(
-                        "POST",
-                        "/api/v1/users",
-                        Some(&json!({"username": username, "role": role, "password": pw.as_str()})),
-                    )?
+                    let mut body = NewUserRequest {
+                        username: username.clone(),
+                        role: role.clone(),
+                        password: pw.to_string(),
+                    };
+                    let sent = c.send::<_, UserAddedAnswer>("POST", "/api/v1/users", &body);
+                    zeroize::Zeroize::zeroize(&mut body.password);
+                    as_json(&sent?)
                 }
-                UsersCommand::Remove { username } => {
-                    c.ok("DELETE", &format!("/api/v1/users/{username}"), None)?
-                }
-                UsersCommand::Role { username, role } => c.ok(
+                UsersCommand::Remove { username } => as_json(&c.request::<UserRemovedAnswer>(
+                    "DELETE",
+                    &format!("/api/v1/users/{username}"),
+                )?),
+                UsersCommand::Role { username, role } => as_json(&c.send::<_, RoleSetAnswer>(
                     "PUT",
                     &format!("/api/v1/users/{username}/role"),
-                    Some(&json!({"role": role})),
-                )?,
-                UsersCommand::Unlock { username } => {
-                    c.ok("POST", &format!("/api/v1/users/{username}/unlock"), None)?
-                }
+                    &SetRoleRequest { role: role.clone() },
+                )?),
+                UsersCommand::Unlock { username } => as_json(&c.request::<UserUnlockedAnswer>(
+                    "POST",
+                    &format!("/api/v1/users/{username}/unlock"),
+                )?),
             };
-            print(json, &v, |v| {
-                println!(
-                    "{}",
-                    safe_lines(&serde_json::to_string_pretty(v).unwrap_or_default())
-                )
-            })
+            print_answer(json, &v)
         }
         DeviceCommand::Roles(r) => {
             let v = match r {
-                RolesCommand::List => get("/api/v1/roles")?,
+                RolesCommand::List => as_json(&c.get::<RoleListAnswer>("/api/v1/roles")?),
                 RolesCommand::Add {
                     role_name: name,
                     permissions,
-                } => c.ok(
+                } => as_json(&c.send::<_, RoleAddedAnswer>(
                     "POST",
                     "/api/v1/roles",
-                    Some(&json!({"name": name, "permissions": permissions})),
-                )?,
-                RolesCommand::Remove { role_name: name } => {
-                    c.ok("DELETE", &format!("/api/v1/roles/{name}"), None)?
-                }
+                    &NewRoleRequest {
+                        name: name.clone(),
+                        permissions: permissions.clone(),
+                    },
+                )?),
+                RolesCommand::Remove { role_name: name } => as_json(
+                    &c.request::<RoleRemovedAnswer>("DELETE", &format!("/api/v1/roles/{name}"))?,
+                ),
             };
-            print(json, &v, |v| {
-                println!(
-                    "{}",
-                    safe_lines(&serde_json::to_string_pretty(v).unwrap_or_default())
-                )
-            })
+            print_answer(json, &v)
         }
         DeviceCommand::Sessions(s) => {
             let v = match s {
-                SessionsCommand::List => get("/api/v1/sessions")?,
+                SessionsCommand::List => as_json(&c.get::<SessionListAnswer>("/api/v1/sessions")?),
                 SessionsCommand::Terminate { handle } => {
-                    c.ok("DELETE", &format!("/api/v1/sessions/{handle}"), None)?
+                    as_json(&c.request::<SessionTerminatedAnswer>(
+                        "DELETE",
+                        &format!("/api/v1/sessions/{handle}"),
+                    )?)
                 }
             };
-            print(json, &v, |v| {
-                println!(
-                    "{}",
-                    safe_lines(&serde_json::to_string_pretty(v).unwrap_or_default())
-                )
-            })
+            print_answer(json, &v)
         }
-        DeviceCommand::Params(p) => {
-            let v = match p {
-                ParamsCommand::Get => get("/api/v1/params")?,
-                ParamsCommand::Set { param: name, value } => c.ok(
+        DeviceCommand::Params(p) => match p {
+            ParamsCommand::Get => print(json, &c.get::<ParamsAnswer>("/api/v1/params")?, |v| {
+                for (k, x) in &v.values {
+                    println!("{:<22} {}", safe(k), shown(x));
+                }
+            }),
+            ParamsCommand::Set { param: name, value } => print(
+                json,
+                &c.send::<_, ParamWriteAnswer>(
                     "PUT",
                     &format!("/api/v1/params/{name}"),
-                    Some(&json!({"value": value})),
+                    &ParamWriteRequest { value: *value },
                 )?,
-            };
-            print(json, &v, |v| match v.get("values") {
-                Some(vals) => {
-                    for (k, x) in vals.as_object().into_iter().flatten() {
-                        println!("{:<22} {}", safe(k), shown(x));
-                    }
-                }
-                None => println!(
-                    "{} = {} (was {})",
-                    field(v, "name"),
-                    shown(&v["value"]),
-                    shown(&v["old"])
-                ),
-            })
-        }
+                |v| {
+                    println!(
+                        "{} = {} (was {})",
+                        safe(&v.name),
+                        shown(&v.value),
+                        shown(&v.old)
+                    )
+                },
+            ),
+        },
         DeviceCommand::Audit(au) => {
             match au {
                 DeviceAuditCommand::Show {
@@ -658,16 +680,16 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                     if let Some(ac) = action {
                         q.push_str(&format!("&action={ac}"));
                     }
-                    print(json, &get(&q)?, |v| {
-                        for r in v["records"].as_array().into_iter().flatten() {
+                    print(json, &c.get::<AuditRecordsAnswer>(&q)?, |v| {
+                        for r in &v.records {
                             println!(
                                 "{:>7} {} {:<28} {:<24} {:<8} {}",
-                                shown(&r["seq"]),
-                                field(r, "time"),
-                                shown(&r["actor"]),
-                                field(r, "action"),
-                                field(r, "outcome"),
-                                safe(r["target"].as_str().unwrap_or("-"))
+                                r.seq,
+                                safe(&r.time),
+                                shown(&r.actor),
+                                safe(&r.action),
+                                named(&r.outcome),
+                                safe(r.target.as_deref().unwrap_or("-"))
                             );
                         }
                     })
@@ -698,7 +720,17 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
                     collector_ca,
                 } => {
                     let ca = fsu::read_to_string(collector_ca)?;
-                    let v = c.ok("PUT", "/api/v1/audit/forwarding", Some(&json!({"collector": collector, "server_name": server_name, "ca_pem": ca})))?;
+                    let v = c.send::<_, ForwardingSetAnswer>(
+                        "PUT",
+                        "/api/v1/audit/forwarding",
+                        &ForwardingSettings {
+                            collector: collector.clone(),
+                            server_name: server_name.clone(),
+                            ca_pem: ca,
+                            enterprise_number: None,
+                            max_message_bytes: None,
+                        },
+                    )?;
                     print(json, &v, |_| {
                         println!("the device now forwards its audit trail to {collector}")
                     })
@@ -708,59 +740,65 @@ fn dispatch(c: &DeviceClient, cmd: &DeviceCommand, json: bool) -> Result<()> {
     }
 }
 
+/// A device answer shown as it is: pretty JSON, with `--json` and without
+/// (keys in alphabetical order, as the device writes them).
+fn print_answer(json: bool, v: &Value) -> Result<()> {
+    print(json, v, |v| {
+        println!(
+            "{}",
+            safe_lines(&serde_json::to_string_pretty(v).unwrap_or_default())
+        )
+    })
+}
+
+/// What runs and the boot state, for people.
+fn show_state(running: Option<&RunningFirmware>, boot_state: Option<&FirmwareBootState>) {
+    match running {
+        None => println!("no verified firmware is running"),
+        Some(r) => println!(
+            "running {} (security counter {}) from slot {}{}",
+            safe(&r.version),
+            r.security_counter,
+            safe(&r.slot),
+            if r.trial { " on trial" } else { "" }
+        ),
+    }
+    if let Some(b) = boot_state {
+        println!("boot state: {}", shown(b));
+    }
+}
+
 fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool) -> Result<()> {
-    let show_state = |v: &Value| {
-        let r = &v["running"];
-        if r.is_null() {
-            println!("no verified firmware is running");
-        } else {
-            println!(
-                "running {} (security counter {}) from slot {}{}",
-                field(r, "version"),
-                shown(&r["security_counter"]),
-                safe(r["slot"].as_str().unwrap_or("?")),
-                if r["trial"].as_bool() == Some(true) {
-                    " on trial"
-                } else {
-                    ""
-                }
-            );
-        }
-        if !v["boot_state"].is_null() {
-            println!("boot state: {}", shown(&v["boot_state"]));
-        }
-    };
     match f {
         DeviceFirmwareCommand::Status => {
-            print(json, &c.ok("GET", "/api/v1/firmware", None)?, show_state)
+            print(json, &c.get::<FirmwareStatus>("/api/v1/firmware")?, |v| {
+                show_state(v.running.as_ref(), v.boot_state.as_ref())
+            })
         }
         DeviceFirmwareCommand::Reboot => print(
             json,
-            &c.ok("POST", "/api/v1/firmware/reboot", None)?,
-            show_state,
+            &c.request::<FirmwareRebootAnswer>("POST", "/api/v1/firmware/reboot")?,
+            |v| show_state(v.running.as_ref(), v.boot_state.as_ref()),
         ),
         DeviceFirmwareCommand::Trust { statement } => {
             use base64::Engine;
             let bytes = fsu::read(statement)?;
             let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-            let r = c.call(
+            let r = c.call_with(
                 "PUT",
                 "/api/v1/firmware/trust",
-                Some(&json!({"statement": b64})),
+                &TrustRotationRequest { statement: b64 },
             )?;
-            if !(200..300).contains(&r.status) {
+            if !r.is_success() {
                 bail!(
                     "the device refused {}: {} {}",
                     statement.display(),
                     r.status,
-                    safe(r.body["message"].as_str().unwrap_or(&r.body.to_string()))
+                    safe(&r.error_message())
                 );
             }
-            print(json, &r.body, |v| {
-                println!(
-                    "firmware trust store now at version {}",
-                    shown(&v["trust"]["version"])
-                )
+            print(json, &r.answer::<TrustRotationAnswer>()?, |v| {
+                println!("firmware trust store now at version {}", v.trust.version)
             })
         }
         DeviceFirmwareCommand::Update { image } => {
@@ -770,19 +808,19 @@ fn firmware(c: &DeviceClient, t: &Target, f: &DeviceFirmwareCommand, json: bool)
                 image,
                 "application/octet-stream",
             )?;
-            if !(200..300).contains(&r.status) {
+            if !r.is_success() {
                 bail!(
                     "the device refused {}: {} {}",
                     image.display(),
                     r.status,
-                    safe(r.body["message"].as_str().unwrap_or(&r.body.to_string()))
+                    safe(&r.error_message())
                 );
             }
-            print(json, &r.body, |v| {
+            print(json, &r.answer::<FirmwareUploadAnswer>()?, |v| {
                 println!(
                     "staged {} (security counter {}); it boots on trial at the next reboot",
-                    field(v, "staged"),
-                    shown(&v["security_counter"])
+                    safe(&v.staged),
+                    v.security_counter
                 )
             })
         }
@@ -804,16 +842,12 @@ fn attest(c: &DeviceClient, t: &Target, a: &AttestArgs, json: bool) -> Result<()
         ),
         None => None,
     };
-    let mut nonce = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-    let nonce = hex::encode(nonce);
-    let resp = c.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))?;
-    // The signing certificate is checked against the owner's CRLs too: an
-    // attestation by a revoked key does not count.
+    // A fresh nonce, and the answer checked against the certificate this
+    // connection authenticated (and the owner's CRLs: an attestation by a
+    // revoked key does not count).
     let (revocation, _) = revocation(t)?;
-    let report = drivesec_oem::attest::verify_attestation(
-        &resp,
-        &nonce,
+    let report = drivesec_oem::attest::attest(
+        c,
         &roots,
         revocation.crls()?,
         t.name.as_deref(),

@@ -349,7 +349,7 @@ fn password_reset_ends_open_sessions() {
     // The operator gets in with the new password, and must change it first.
     let mut op = lab.client("operator");
     let login = op.login("operator", new_pw).unwrap();
-    assert_eq!(login["must_change_password"], true);
+    assert!(login.must_change_password);
     op.ok(
         "POST",
         "/api/v1/me/password",
@@ -387,10 +387,7 @@ fn must_change_password_allows_only_the_change() {
         .unwrap();
     assert_eq!(r["must_change_password"], true);
     let mut c = lab.client("operator");
-    assert_eq!(
-        c.login("newbie", temp).unwrap()["must_change_password"],
-        true
-    );
+    assert!(c.login("newbie", temp).unwrap().must_change_password);
     let me = c.ok("GET", "/api/v1/me", None).unwrap();
     assert_eq!(me["must_change_password"], true);
     for (method, path, body) in [

@@ -349,9 +349,14 @@ fn a_revoked_ldevid_and_its_attestations_are_refused() {
     let lab = test_lab(Some(config()));
     let admin = lab.admin();
     let nonce = "00112233445566778899aabbccddeeff";
-    let resp = admin
-        .ok("POST", "/api/v1/attest", Some(&json!({ "nonce": nonce })))
+    let reply = admin
+        .ok_reply("POST", "/api/v1/attest", Some(&json!({ "nonce": nonce })))
         .unwrap();
+    let answer = drivesec_oem::attest::Answer {
+        body: reply.answer().unwrap(),
+        nonce: nonce.into(),
+        peer: reply.peer,
+    };
     let leaf = admin.peer_certificates()[0].clone();
     let serial = drivesec_pki::inspect::summarize(&leaf).unwrap().serial;
     let roots = drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap();
@@ -363,8 +368,7 @@ fn a_revoked_ldevid_and_its_attestations_are_refused() {
     // The attestation checked against the owner's CRL as it is now.
     let verify = || {
         drivesec_oem::attest::verify_attestation(
-            &resp,
-            nonce,
+            &answer,
             &roots,
             &crls(&lab.m.crl),
             name.as_deref(),
@@ -419,9 +423,17 @@ fn commission(m: &LabManifest, dir: &Path, api: SocketAddr, serial: &str) -> (i3
 fn factory_answers(claims: &'static str, complete: (u16, Value)) -> Arc<Handler> {
     Arc::new(move |head: &str, _: &[u8]| {
         if head.starts_with("GET /api/v1/info") {
-            Answer::Json(200, json!({"state": "factory", "serial_number": claims}))
+            Answer::Json(
+                200,
+                json!({"api": "v1", "banner": "", "device_name": null, "firmware_version": "1.0.0",
+                    "manufacturer": "Test Drives", "model": "iC7-Sim", "serial_number": claims,
+                    "state": "factory", "tampered": false}),
+            )
         } else if head.starts_with("POST /api/v1/commission/begin") {
-            Answer::Json(200, json!({ "csr_pem": common::key_and_csr().1 }))
+            Answer::Json(
+                200,
+                json!({ "csr_pem": common::key_and_csr().1, "device_name": "press-1.plant.example" }),
+            )
         } else if head.starts_with("POST /api/v1/commission/complete") {
             Answer::Json(complete.0, complete.1.clone())
         } else {
@@ -476,7 +488,10 @@ fn an_ldevid_is_revoked_after_failed_commissioning() {
     let (t, m, chain, key) = pki_lab_and_device(idevid("SN-77"));
     for complete in [
         (500, json!({"error": "internal", "message": "disk full"})),
-        (200, json!({})),
+        (
+            200,
+            json!({"device_name": "press-1.plant.example", "state": "commissioned"}),
+        ),
     ] {
         let before = drivesec_pki::Ca::open(&m.oem_ca_dir)
             .unwrap()

@@ -55,9 +55,17 @@ fn serve(tcp: TcpStream, cfg: Arc<rustls::ServerConfig>, received: &Mutex<Vec<u8
             r.extend_from_slice(&body);
         }
         let (status, v): (u16, Value) = if head.starts_with("GET /api/v1/info") {
-            (200, json!({"state": "factory"}))
+            (
+                200,
+                json!({"api": "v1", "banner": "", "device_name": null, "firmware_version": "1.0.0",
+                "manufacturer": "Test Drives", "model": "iC7-Sim", "serial_number": "SN-1",
+                "state": "factory", "tampered": false}),
+            )
         } else if head.starts_with("POST /api/v1/commission/begin") {
-            (200, json!({ "csr_pem": common::key_and_csr().1 }))
+            (
+                200,
+                json!({ "csr_pem": common::key_and_csr().1, "device_name": "d.example" }),
+            )
         } else {
             (500, json!({"error": "internal"}))
         };

@@ -194,7 +194,12 @@ fn renewal_answers(install: (u16, Value)) -> Arc<Handler> {
     let csr = csr_for(&key);
     Arc::new(move |head: &str| {
         if head.starts_with("POST /api/v1/login") {
-            (200, json!({"session": "s", "role": "security-admin"}))
+            (
+                200,
+                json!({"banner": "", "handle": "h", "must_change_password": false,
+                    "permissions": ["manage-trust"], "role": "security-admin", "session": "s",
+                    "username": "admin"}),
+            )
         } else if head.starts_with("POST /api/v1/identity/renew") {
             (200, json!({ "csr_pem": csr }))
         } else if head.starts_with("PUT /api/v1/identity/ldevid") {
@@ -394,7 +399,14 @@ fn a_renewal_the_tool_cannot_confirm_is_not_revoked() {
 
 /// Answers a tamper-status read as a tampered device does.
 fn tampered_answers() -> Arc<Handler> {
-    Arc::new(|_: &str| (200, json!({"tampered": true, "state": "tampered"})))
+    Arc::new(|_: &str| {
+        (
+            200,
+            json!({"api": "v1", "banner": "", "device_name": "drive-001.lab.drivesec",
+                "firmware_version": "1.0.0", "manufacturer": "Test Drives", "model": "iC7-Sim",
+                "serial_number": "SN-1", "state": "commissioned", "tampered": true}),
+        )
+    })
 }
 
 /// A fake presenting a revoked LDevID of drive-001 to the tool's identity

@@ -109,3 +109,43 @@ fn drivesecd_check_applies_the_settings_made_over_the_api() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("tls-policy.json"), "{err}");
 }
+
+/// A trail setting above its upper bound (one an older version accepted)
+/// fails `drivesecd check`, naming the setting and the bound, although
+/// the daemon itself would start with the bound and record it.
+#[test]
+fn drivesecd_check_refuses_a_trail_setting_above_its_bound() {
+    let mut lab = test_lab(None);
+    lab.stop_and_read_trail();
+    let dir = lab.device_dir();
+    let cfg = dir.join("drivesecd.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // 1 GiB segments (and a bound on the whole trail that allows them).
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("segment_bytes") {
+                "segment_bytes = 1073741824".to_string()
+            } else if l.starts_with("max_bytes") {
+                "max_bytes = 4294967296".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("segment_bytes = 1073741824"), "{text}");
+    std::fs::write(&cfg, text).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+        .args(["--state", common::s(&dir), "--config"])
+        .arg(&cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("audit.segment_bytes") && err.contains("67108864"),
+        "{err}"
+    );
+}

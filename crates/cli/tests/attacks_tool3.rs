@@ -144,9 +144,11 @@ fn stalling_factory_device(
             }
             seen.lock().unwrap().push_str(&head);
             let answer = if head.starts_with("GET /api/v1/info") {
-                json!({"state": "factory", "serial_number": "SN-88"})
+                json!({"api": "v1", "banner": "", "device_name": null, "firmware_version": "1.0.0",
+                "manufacturer": "Test Drives", "model": "iC7-Sim", "serial_number": "SN-88",
+                "state": "factory", "tampered": false})
             } else if head.starts_with("POST /api/v1/commission/begin") {
-                json!({ "csr_pem": common::key_and_csr().1 })
+                json!({ "csr_pem": common::key_and_csr().1, "device_name": "press-1.plant.example" })
             } else {
                 // commission/complete: the device stalls.
                 std::thread::sleep(Duration::from_secs(300));
@@ -238,6 +240,15 @@ fn commissioning_interrupted_after_issuance_revokes_the_ldevid() {
     assert!(
         err.contains(&format!("its LDevID {ldevid}: interrupted"))
             && err.contains("That LDevID is revoked"),
+        "{err}"
+    );
+    // What the signal watcher said names the LDevID it revokes.
+    assert!(
+        err.contains(&format!(
+            "SIGINT: interrupting the commissioning of press-1.plant.example: its remaining \
+             steps are abandoned and LDevID {ldevid}, which the OEM CA issued for it, is being \
+             revoked"
+        )),
         "{err}"
     );
 }

@@ -2056,11 +2056,17 @@ fn attestation_is_bound_to_nonce_device_and_release() {
     };
     let viewer = lab.session("viewer");
     let nonce = "0123456789abcdef0123456789abcdef";
-    let resp = viewer
-        .ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))
+    let reply = viewer
+        .ok_reply("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))
         .unwrap();
+    let resp = reply.body.clone();
     let verify = |resp: &Value, nonce: &str, name: Option<&str>, h| {
-        drivesec_oem::attest::verify_attestation(resp, nonce, &roots, &[], name, h)
+        let answer = drivesec_oem::attest::Answer {
+            body: serde_json::from_value(resp.clone()).unwrap(),
+            nonce: nonce.into(),
+            peer: reply.peer.clone(),
+        };
+        drivesec_oem::attest::verify_attestation(&answer, &roots, &[], name, h)
     };
     let r = verify(&resp, nonce, Some(&name), Some(&factory)).unwrap();
     assert_eq!(r.version, "1.0.0");

@@ -252,13 +252,19 @@ impl DeviceConfig {
             path: path.to_path_buf(),
             reason,
         })?;
+        // Above an upper bound an older version did not have: started with
+        // the bound (the trail records it), named here for `drivesecd check`.
+        for c in cfg.audit.clone().clamp() {
+            tracing::warn!(file = %path.display(), setting = %c.setting, configured = c.configured, bound = c.bound,
+                "{} is above its bound {}: the audit trail uses the bound (docs/audit.md, \"Settings\")", c.setting, c.bound);
+        }
         Ok(cfg)
     }
 
     /// Every check of the settings, in one place: [`DeviceConfig::load`]
     /// (so `drivesecd check`) and start-up (`runtime::build`, after the
     /// overrides set through the API) use this same test, and it includes
-    /// the audit trail's own ([`AuditConfig::validate`]), so a
+    /// the audit trail's own ([`AuditConfig::validate_existing`]), so a
     /// configuration that passes the check also starts.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let cfg = self;
@@ -274,7 +280,11 @@ impl DeviceConfig {
             drivesec_access::AccessError::InvalidPolicy(m) => format!("access.{m}"),
             other => other.to_string(),
         })?;
-        cfg.audit.validate()?;
+        // An existing file's audit values above an upper bound are not
+        // refused (a drive must never stop starting over a bound it did not
+        // have): the trail opens with the bound and reports it
+        // (docs/audit.md, "Settings").
+        cfg.audit.validate_existing()?;
         let in_range = |name: &str, value: u64, lo: u64, hi: u64| {
             if (lo..=hi).contains(&value) {
                 Ok(())
@@ -481,5 +491,26 @@ mod tests {
             let e = DeviceConfig::load(&path).unwrap_err().to_string();
             assert!(e.contains(name) && e.contains("drivesecd.toml"), "{e}");
         }
+    }
+
+    /// A configuration an older version accepted with audit values above
+    /// today's upper bounds still loads (and so `drivesecd check` and
+    /// start-up pass): the trail opens with the bounds and reports them.
+    #[test]
+    fn audit_values_above_their_bound_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drivesecd.toml");
+        let old = DeviceConfig {
+            audit: AuditConfig {
+                segment_bytes: 128 << 20,
+                max_bytes: 2 << 40,
+                ..AuditConfig::default()
+            },
+            ..DeviceConfig::new("127.0.0.1:0".parse().unwrap())
+        };
+        std::fs::write(&path, old.to_toml()).unwrap();
+        let loaded = DeviceConfig::load(&path).unwrap();
+        assert_eq!(loaded.audit.segment_bytes, 128 << 20);
+        assert!(loaded.audit.validate().is_err());
     }
 }

@@ -9,47 +9,26 @@
 use std::collections::BTreeMap;
 
 use drivesec_access::UserInfo;
+use drivesec_api::security::{self as wire, FoundationalRequirement};
 use drivesec_audit::TimeQuality;
-use serde::Serialize;
+use drivesec_drive::machine::CommLossReaction;
 use serde_json::json;
 
 use crate::config::DeviceConfig;
 use crate::state::{LifeCycle, StateDir};
 
-/// One foundational requirement's assessment.
-#[derive(Debug, Clone, Serialize)]
-pub struct FrAssessment {
-    /// `FR1` .. `FR7`.
-    pub fr: &'static str,
-    /// Its name.
-    pub name: &'static str,
-    /// Achieved level, 0 to 4.
-    pub level: u8,
-    /// Every cap applied, e.g. "SR 1.5 RE1 (SL 3): ... -> at most 2".
-    pub reasons: Vec<String>,
-}
+/// The posture report and one foundational requirement's assessment are
+/// the API's (`GET /api/v1/posture`).
+pub use drivesec_api::security::{FrAssessment, Posture};
 
-/// The posture report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Posture {
-    /// SL-A vector in FR order {IAC UC SI DC RDF TRE RA}.
-    pub sl_a: [u8; 7],
-    /// `SL-A(device) = {a b c d e f g}`.
-    pub notation: String,
-    /// Per FR.
-    pub foundational_requirements: Vec<FrAssessment>,
-    /// The settings report (CR 7.6 RE1).
-    pub settings: serde_json::Value,
-}
-
-const FRS: [(&str, &str); 7] = [
-    ("FR1", "Identification and authentication control"),
-    ("FR2", "Use control"),
-    ("FR3", "System integrity"),
-    ("FR4", "Data confidentiality"),
-    ("FR5", "Restricted data flow"),
-    ("FR6", "Timely response to events"),
-    ("FR7", "Resource availability"),
+const FRS: [&str; 7] = [
+    "Identification and authentication control",
+    "Use control",
+    "System integrity",
+    "Data confidentiality",
+    "Restricted data flow",
+    "Timely response to events",
+    "Resource availability",
 ];
 
 /// Facts about the running device the configuration does not say.
@@ -75,11 +54,12 @@ pub fn assess(
     users: Option<&[UserInfo]>,
     live: &Live,
 ) -> Posture {
-    let mut fr: Vec<FrAssessment> = FRS
+    let mut fr: Vec<FrAssessment> = FoundationalRequirement::ALL
         .iter()
+        .zip(FRS)
         .map(|(id, name)| FrAssessment {
-            fr: id,
-            name,
+            fr: *id,
+            name: name.to_string(),
             level: 4,
             reasons: Vec::new(),
         })
@@ -343,8 +323,8 @@ fn settings(
     forwarding: bool,
     users: Option<&[UserInfo]>,
     live: &Live,
-) -> serde_json::Value {
-    let mut per_role: BTreeMap<String, usize> = BTreeMap::new();
+) -> wire::PostureSettings {
+    let mut per_role: BTreeMap<String, u64> = BTreeMap::new();
     for u in users.unwrap_or(&[]) {
         *per_role.entry(u.role.clone()).or_default() += 1;
     }
@@ -352,7 +332,11 @@ fn settings(
         .trust_anchors
         .iter()
         .filter_map(|a| drivesec_pki::inspect::summarize(a).ok())
-        .map(|s| json!({"subject": s.subject, "sha256": s.sha256_fingerprint, "not_after": s.not_after}))
+        .map(|s| wire::TrustAnchorSummary {
+            subject: s.subject,
+            sha256: s.sha256_fingerprint,
+            not_after: s.not_after,
+        })
         .collect();
     let suites: Vec<String> = crate::tls::provider()
         .cipher_suites
@@ -360,39 +344,208 @@ fn settings(
         .filter(|s| c.tls.allow_tls12 || s.version() == &rustls::version::TLS13)
         .map(|s| format!("{:?}", s.suite()))
         .collect();
-    json!({
-        "device": {"serial_number": st.file.serial_number, "model": st.file.model, "state": st.file.state, "device_name": st.file.device_name},
-        "factory_credential": st.path(crate::state::files::CREDENTIAL).exists(),
-        "tls": {"versions": if c.tls.allow_tls12 { vec!["TLSv1.3", "TLSv1.2"] } else { vec!["TLSv1.3"] }, "cipher_suites": suites, "client_certificate": "required"},
-        "keystore": {"backend": st.store.backend(), "location": st.store.location()},
-        "trust_anchors": anchors,
-        "crl_installed": !st.crls.is_empty(),
-        "crls": crl_stages(st, c, time::OffsetDateTime::now_utc()).iter().map(|(crl, stage)| json!({
-            "issuer": crl.issuer, "number": crl.number.to_string(),
-            "this_update": rfc3339(crl.this_update), "next_update": rfc3339(crl.next_update),
-            "revoked": crl.revoked.len(), "status": stage.name(),
-        })).collect::<Vec<_>>(),
-        "crl_grace_secs": c.trust.crl_grace_secs,
-        "access": c.access,
-        "accounts_per_role": per_role,
-        "audit": c.audit,
-        "audit_forwarding": forwarding,
-        "audit_forwarding_refused": live.forwarding_refused,
-        "api": c.api,
-        "firmware_verified": live.firmware_verified,
-        "audit_start_up_findings": live.audit_findings,
-        "modbus": {
-            "enabled": c.modbus.enabled,
-            "listen": c.modbus.listen,
-            "tls_versions": if c.modbus.allow_tls12 { vec!["TLSv1.3", "TLSv1.2"] } else { vec!["TLSv1.3"] },
-            "client_certificate": "required",
-            "rights_roles": live.modbus_roles,
-            "insecure_plain_listen": c.modbus.insecure_plain_listen,
-            "insecure_plain_role": c.modbus.insecure_plain_role,
-            "comm_loss_reaction": c.modbus.comm_loss_reaction,
-            "comm_loss_timeout_ms": c.modbus.comm_loss_timeout_ms,
+    let versions = |tls12: bool| {
+        if tls12 {
+            vec![wire::TlsVersion::Tls13, wire::TlsVersion::Tls12]
+        } else {
+            vec![wire::TlsVersion::Tls13]
+        }
+    };
+    wire::PostureSettings {
+        device: wire::PostureDevice {
+            serial_number: st.file.serial_number.clone(),
+            model: st.file.model.clone(),
+            state: life_cycle(st.file.state),
+            device_name: st.file.device_name.clone(),
         },
-    })
+        factory_credential: st.path(crate::state::files::CREDENTIAL).exists(),
+        tls: wire::PostureTls {
+            versions: versions(c.tls.allow_tls12),
+            cipher_suites: suites,
+            client_certificate: wire::ClientCertificate::Required,
+        },
+        keystore: wire::PostureKeystore {
+            backend: st.store.backend().to_string(),
+            location: st.store.location(),
+        },
+        trust_anchors: anchors,
+        crl_installed: !st.crls.is_empty(),
+        crls: crl_stages(st, c, time::OffsetDateTime::now_utc())
+            .iter()
+            .map(|(crl, stage)| wire::InstalledCrl {
+                issuer: crl.issuer.clone(),
+                number: crl.number.to_string(),
+                this_update: rfc3339(crl.this_update),
+                next_update: rfc3339(crl.next_update),
+                revoked: crl.revoked.len() as u64,
+                status: stage.wire(),
+            })
+            .collect(),
+        crl_grace_secs: c.trust.crl_grace_secs,
+        access: access_policy(c.access.clone()),
+        accounts_per_role: per_role,
+        audit: audit_settings(&c.audit),
+        audit_forwarding: forwarding,
+        audit_forwarding_refused: live.forwarding_refused.clone(),
+        api: api_settings(&c.api),
+        firmware_verified: live.firmware_verified,
+        audit_start_up_findings: live.audit_findings.clone(),
+        modbus: wire::PostureModbus {
+            enabled: c.modbus.enabled,
+            listen: c.modbus.listen.to_string(),
+            tls_versions: versions(c.modbus.allow_tls12),
+            client_certificate: wire::ClientCertificate::Required,
+            rights_roles: live.modbus_roles.clone(),
+            insecure_plain_listen: c.modbus.insecure_plain_listen.map(|a| a.to_string()),
+            insecure_plain_role: c.modbus.insecure_plain_role.clone(),
+            comm_loss_reaction: match c.modbus.comm_loss_reaction {
+                CommLossReaction::RampToStop => wire::CommLossReaction::RampToStop,
+                CommLossReaction::Fault => wire::CommLossReaction::Fault,
+                CommLossReaction::IgnoreRisky => wire::CommLossReaction::IgnoreRisky,
+            },
+            comm_loss_timeout_ms: c.modbus.comm_loss_timeout_ms,
+        },
+    }
+}
+
+/// The `[audit]` settings on the wire.
+fn audit_settings(a: &drivesec_audit::AuditConfig) -> drivesec_api::audit::AuditSettings {
+    use drivesec_api::audit as w;
+    let drivesec_audit::AuditConfig {
+        segment_bytes,
+        checkpoint_every,
+        checkpoint_interval,
+        max_bytes,
+        warn_percent,
+        when_full,
+        reserve_bytes,
+        time_quality,
+    } = a;
+    w::AuditSettings {
+        segment_bytes: *segment_bytes,
+        checkpoint_every: *checkpoint_every,
+        checkpoint_interval: checkpoint_interval.as_secs(),
+        max_bytes: *max_bytes,
+        warn_percent: *warn_percent,
+        when_full: match when_full {
+            drivesec_audit::FullPolicy::DropForwarded => w::FullPolicy::DropForwarded,
+            drivesec_audit::FullPolicy::RefuseNonEssential => w::FullPolicy::RefuseNonEssential,
+        },
+        reserve_bytes: *reserve_bytes,
+        time_quality: match time_quality {
+            TimeQuality::Synchronized => w::TimeQuality::Synchronized,
+            TimeQuality::Unsynchronized => w::TimeQuality::Unsynchronized,
+            TimeQuality::Unknown => w::TimeQuality::Unknown,
+        },
+    }
+}
+
+/// The `[api]` settings on the wire.
+fn api_settings(a: &crate::config::ApiSettings) -> wire::ApiSettings {
+    let crate::config::ApiSettings {
+        max_body_bytes,
+        max_concurrent_logins,
+        logins_per_minute,
+        factory_max_failures,
+        factory_lockout_secs,
+        max_handshakes,
+        max_handshakes_per_source,
+        handshake_timeout_ms,
+        max_connections,
+        max_connections_per_certificate,
+        header_timeout_secs,
+        body_timeout_secs,
+        min_body_bytes_per_sec,
+        factory_reset_approver_min_age_secs,
+    } = a;
+    wire::ApiSettings {
+        max_body_bytes: *max_body_bytes as u64,
+        max_concurrent_logins: *max_concurrent_logins as u64,
+        logins_per_minute: *logins_per_minute,
+        factory_max_failures: *factory_max_failures,
+        factory_lockout_secs: *factory_lockout_secs,
+        max_handshakes: *max_handshakes as u64,
+        max_handshakes_per_source: *max_handshakes_per_source as u64,
+        handshake_timeout_ms: *handshake_timeout_ms,
+        max_connections: *max_connections as u64,
+        max_connections_per_certificate: *max_connections_per_certificate as u64,
+        header_timeout_secs: *header_timeout_secs,
+        body_timeout_secs: *body_timeout_secs,
+        min_body_bytes_per_sec: *min_body_bytes_per_sec,
+        factory_reset_approver_min_age_secs: *factory_reset_approver_min_age_secs,
+    }
+}
+
+/// The device's life-cycle state on the wire.
+pub(crate) fn life_cycle(s: crate::state::LifeCycle) -> drivesec_api::device::LifeCycle {
+    match s {
+        crate::state::LifeCycle::Factory => drivesec_api::device::LifeCycle::Factory,
+        crate::state::LifeCycle::Commissioned => drivesec_api::device::LifeCycle::Commissioned,
+    }
+}
+
+/// The access policy on the wire (`GET /api/v1/security/access`, the
+/// posture's settings report).
+pub(crate) fn access_policy(p: drivesec_access::AccessPolicy) -> wire::AccessPolicy {
+    use drivesec_access::{AccessPolicy, HashParams, LockoutPolicy, PasswordPolicy, SessionPolicy};
+    let AccessPolicy {
+        password:
+            PasswordPolicy {
+                min_length,
+                min_classes,
+                history,
+                max_age_days,
+            },
+        lockout:
+            LockoutPolicy {
+                max_failures,
+                lockout_secs,
+                max_lockout_secs,
+                account_max_failures,
+                max_delay_secs,
+            },
+        session:
+            SessionPolicy {
+                idle_secs,
+                absolute_secs,
+                max_per_user,
+                password_changes_per_minute,
+            },
+        hash:
+            HashParams {
+                memory_kib,
+                iterations,
+                parallelism,
+            },
+        banner,
+    } = p;
+    wire::AccessPolicy {
+        password: wire::AccessPasswordPolicy {
+            min_length: min_length as u64,
+            min_classes,
+            history: history as u64,
+            max_age_days,
+        },
+        lockout: wire::AccessLockoutPolicy {
+            max_failures,
+            lockout_secs,
+            max_lockout_secs,
+            account_max_failures,
+            max_delay_secs,
+        },
+        session: wire::AccessSessionPolicy {
+            idle_secs,
+            absolute_secs,
+            max_per_user: max_per_user as u64,
+            password_changes_per_minute,
+        },
+        hash: wire::AccessHashParams {
+            memory_kib,
+            iterations,
+            parallelism,
+        },
+        banner,
+    }
 }
 
 /// Where a CRL stands against its nextUpdate and `[trust] crl_grace_secs`.
@@ -407,6 +560,15 @@ pub(crate) enum CrlStage {
 }
 
 impl CrlStage {
+    /// The stage on the wire.
+    fn wire(self) -> wire::CrlStatus {
+        match self {
+            CrlStage::Current => wire::CrlStatus::Current,
+            CrlStage::Overdue => wire::CrlStatus::Overdue,
+            CrlStage::Stale => wire::CrlStatus::Stale,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             CrlStage::Current => "current",

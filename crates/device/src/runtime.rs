@@ -533,7 +533,7 @@ impl Device {
             DeviceError::Invalid(format!("collector '{}' is not IP:PORT", s.collector))
         })?;
         let roots = drivesec_pki::read_certs_pem(Path::new("ca_pem"), s.ca_pem.as_bytes())?;
-        let (chain, key, host, audit_dir, fwd_path) = {
+        let (chain, key, host, fwd_path) = {
             let st = self
                 .state
                 .read()
@@ -547,13 +547,7 @@ impl Device {
                 .device_name
                 .clone()
                 .unwrap_or_else(|| st.file.serial_number.clone());
-            (
-                chain,
-                key,
-                host,
-                st.path(files::AUDIT),
-                st.path(files::FORWARDING),
-            )
+            (chain, key, host, st.path(files::FORWARDING))
         };
         let store = self
             .state
@@ -571,7 +565,15 @@ impl Device {
             host,
         );
         let cfg = crate::forwarding::configure(cfg, s, self.trust.subscribe())?;
-        let fwd = Forwarder::start(&audit_dir, cfg)?;
+        // The trail the device writes now (a factory reset replaces it;
+        // forwarding then starts anew with the new one): only what that
+        // log has made durable is sent.
+        let log = self
+            .audit
+            .read()
+            .map_err(|_| DeviceError::Invalid("audit lock poisoned".into()))?
+            .clone();
+        let fwd = Forwarder::start(&log, cfg)?;
         if persist {
             let json =
                 serde_json::to_vec_pretty(s).map_err(|e| DeviceError::Invalid(e.to_string()))?;

@@ -18,6 +18,16 @@
 //! handshake, each answer) and every answer a size cap chosen by its route,
 //! so a silent or flooding device fails its own request instead of hanging
 //! or exhausting the tool.
+//!
+//! The tool speaks the device API through its types (`drivesec_api`):
+//! [`DeviceClient::get`], [`DeviceClient::request`] and
+//! [`DeviceClient::send`] serialise the request type and parse the answer
+//! as the type the route answers with. An error answer becomes
+//! [`OemError::Rejected`] with the device's [`ErrorBody`]; an answer that
+//! does not parse as its type is [`OemError::BadAnswer`], naming the
+//! request and what did not parse. [`DeviceClient::call`] and
+//! [`DeviceClient::ok`] keep the JSON as it came, for probes that look at
+//! what a device answers to anything.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,6 +35,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use drivesec_api::ErrorBody;
+use drivesec_api::sessions::{LoginAnswer, LoginRequest, LogoutAnswer};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -34,6 +46,8 @@ use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{OemError, Result};
@@ -844,7 +858,125 @@ pub struct Reply {
     pub body: Value,
     /// The body's bytes.
     pub raw: Vec<u8>,
+    /// The certificate chain (leaf first) the device presented in the
+    /// handshake of the connection this answer came over: what that
+    /// connection authenticated, whichever call opened it. An answer that
+    /// must be bound to the device's identity (an attestation) is checked
+    /// against this, never against a certificate the body carries.
+    pub peer: PeerChain,
+    /// The request this answers, `METHOD PATH` (what errors name).
+    pub request: String,
+    /// The device that answered, as messages name it ([`DeviceClient::who`]).
+    pub device: String,
 }
+
+impl Reply {
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The device's error body (`{"error": CODE, "message": TEXT}`), when
+    /// the answer is one.
+    pub fn error_body(&self) -> Option<ErrorBody> {
+        serde_json::from_slice(&self.raw).ok()
+    }
+
+    /// What the device said went wrong: its error body's message, or the
+    /// answer as it came (JSON text) when it has none.
+    pub fn error_message(&self) -> String {
+        match self.error_body() {
+            Some(e) => e.message,
+            None => self.body.to_string(),
+        }
+    }
+
+    /// The answer itself when it is 2xx; otherwise [`OemError::Rejected`]
+    /// with the device's error body.
+    pub fn success(self) -> Result<Reply> {
+        match self.rejection() {
+            Some(e) => Err(e),
+            None => Ok(self),
+        }
+    }
+
+    /// [`OemError::Rejected`] for an answer that is not 2xx.
+    fn rejection(&self) -> Option<OemError> {
+        if self.is_success() {
+            return None;
+        }
+        let error = self.error_body();
+        Some(OemError::Rejected {
+            request: self.request.clone(),
+            status: self.status,
+            message: match &error {
+                Some(e) => e.message.clone(),
+                None => self.body.to_string(),
+            },
+            error,
+        })
+    }
+
+    /// The answer as `A`, the type the route answers with: an error answer
+    /// is [`OemError::Rejected`], and a 2xx answer that does not parse as
+    /// `A` (a missing or unknown field, a value of another type, not JSON)
+    /// is [`OemError::BadAnswer`] naming the request, the type and where
+    /// it failed. Never a default in place of what is missing.
+    pub fn answer<A: DeserializeOwned>(&self) -> Result<A> {
+        if let Some(e) = self.rejection() {
+            return Err(e);
+        }
+        parse_answer(&self.raw).map_err(|reason| OemError::BadAnswer {
+            device: self.device.clone(),
+            request: self.request.clone(),
+            reason: format!("{}: {reason}", type_name::<A>()),
+        })
+    }
+}
+
+/// `bytes` as `A`; where and why it did not parse (the path of the field
+/// at fault, then serde_json's message).
+fn parse_answer<A: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<A, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let a = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = e.path().to_string();
+        if at == "." {
+            e.inner().to_string()
+        } else {
+            format!("`{at}`: {}", e.inner())
+        }
+    })?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(a)
+}
+
+/// The last segment of `A`'s type name (`LoginAnswer`).
+fn type_name<A>() -> &'static str {
+    let full = std::any::type_name::<A>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}
+
+/// The name a value of an API enum has on the wire (`commissioned`,
+/// `safe-torque-off`); for anything that is not a string on the wire, its
+/// JSON.
+pub fn wire_name<T: Serialize + ?Sized>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// A connection's peer certificate chain, leaf first (shared, not copied,
+/// between the answers of one connection).
+pub type PeerChain = Arc<[CertificateDer<'static>]>;
+
+/// An open connection between calls: its sender and what its handshake authenticated.
+type OpenConnection = (
+    hyper::client::conn::http1::SendRequest<RequestBody>,
+    PeerChain,
+);
 
 /// The TLS client configuration (no ALPN) for talking to the device at
 /// `addr` as `identity`, and the name its certificate must carry. A
@@ -1094,28 +1226,6 @@ impl hyper::body::Body for FileBody {
     }
 }
 
-/// The strings of a JSON array (anything else: none).
-pub fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A device posture's SL-A vector (`sl_a`, seven levels), if it has one.
-pub fn posture_sl_a(posture: &Value) -> Option<[u8; 7]> {
-    let v: Vec<u8> = posture["sl_a"]
-        .as_array()?
-        .iter()
-        .filter_map(|x| x.as_u64())
-        .map(|x| x as u8)
-        .collect();
-    v.try_into().ok()
-}
-
 /// Every request body, boxed to one type so one connection carries them all.
 type RequestBody =
     http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -1129,8 +1239,8 @@ pub struct DeviceClient {
     tls: Arc<rustls::ClientConfig>,
     server_name: ServerName<'static>,
     timeouts: Timeouts,
-    /// The open connection, between calls.
-    conn: std::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<RequestBody>>>,
+    /// The open connection, between calls, with its peer's chain.
+    conn: std::sync::Mutex<Option<OpenConnection>>,
     /// The certificate chain the device presented on the last connection.
     peer: std::sync::Mutex<Vec<CertificateDer<'static>>>,
     /// The session identifier, once logged in.
@@ -1229,7 +1339,7 @@ impl DeviceClient {
     ) -> Result<Reply> {
         let content_type = body.is_some().then_some(content_type);
         let body = Bytes::from(body.unwrap_or_default());
-        let (reply, reused) = self.send(
+        let (reply, reused) = self.transmit(
             method,
             path,
             content_type,
@@ -1239,10 +1349,15 @@ impl DeviceClient {
         )?;
         // The device refused it unread because its trust changed while the
         // connection was open (docs/openapi.json): once more, on a new connection.
-        if reused && reply.status == 421 && reply.body["error"] == "connection-stale" {
+        if reused
+            && reply.status == 421
+            && reply
+                .error_body()
+                .is_some_and(|e| e.error == "connection-stale")
+        {
             self.forget_connection();
             return Ok(self
-                .send(
+                .transmit(
                     method,
                     path,
                     content_type,
@@ -1262,7 +1377,7 @@ impl DeviceClient {
     /// then is incomplete).
     pub fn download(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
         let mut counted = Counted { inner: out, n: 0 };
-        let (r, _) = self.send(
+        let (r, _) = self.transmit(
             "GET",
             path,
             None,
@@ -1270,14 +1385,11 @@ impl DeviceClient {
             None,
             Sink::Stream(&mut counted),
         )?;
-        if !(200..300).contains(&r.status) {
+        if !r.is_success() {
             return Err(OemError::Invalid(format!(
                 "GET {path}: {} {}",
                 r.status,
-                r.body
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&r.body.to_string())
+                r.error_message()
             )));
         }
         Ok(counted.n)
@@ -1310,7 +1422,7 @@ impl DeviceClient {
         let progress = Progress::new();
         // Not sent again on a 421: the file is read as it is sent.
         Ok(self
-            .send(
+            .transmit(
                 method,
                 path,
                 Some(content_type),
@@ -1335,8 +1447,8 @@ impl DeviceClient {
     }
 
     /// A new connection: TCP, the mutual-TLS handshake, HTTP/1.1, each
-    /// within its deadline.
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<RequestBody>> {
+    /// within its deadline; with the chain the device presented on it.
+    async fn connect(&self) -> Result<OpenConnection> {
         let t = self.timeouts;
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
         let tcp = tokio::time::timeout(t.connect, tokio::net::TcpStream::connect(self.addr))
@@ -1361,19 +1473,20 @@ impl DeviceClient {
             },
             None => OemError::Invalid(format!("TLS with {}: {e}", self.who())),
         })?;
+        let chain: Vec<CertificateDer<'static>> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|x| x.clone().into_owned()).collect())
+            .unwrap_or_default();
         if let Ok(mut p) = self.peer.lock() {
-            *p = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| c.iter().map(|x| x.clone().into_owned()).collect())
-                .unwrap_or_default();
+            p.clone_from(&chain);
         }
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| OemError::Invalid(format!("HTTP with {}: {e}", self.who())))?;
         tokio::spawn(conn);
-        Ok(sender)
+        Ok((sender, chain.into()))
     }
 
     /// The device as a message names it: its DNS name and address, or the address.
@@ -1390,7 +1503,7 @@ impl DeviceClient {
     pub fn has_open_connection(&self) -> bool {
         self.conn
             .lock()
-            .map(|c| c.as_ref().is_some_and(|s| !s.is_closed()))
+            .map(|c| c.as_ref().is_some_and(|(s, _)| !s.is_closed()))
             .unwrap_or(false)
     }
 
@@ -1430,7 +1543,7 @@ impl DeviceClient {
 
     /// Sends one request; the reply, and whether it came on a connection
     /// an earlier call opened.
-    fn send<B>(
+    fn transmit<B>(
         &self,
         method: &str,
         path: &str,
@@ -1470,8 +1583,8 @@ impl DeviceClient {
             // one it sent is never sent twice.
             let open = self.conn.lock().ok().and_then(|mut c| c.take());
             let mut reused = false;
-            let (sender, resp) = 'sent: {
-                if let Some(mut sender) = open {
+            let (sender, peer, resp) = 'sent: {
+                if let Some((mut sender, peer)) = open {
                     // A closed connection fails `ready`, and `req` is still ours.
                     if sender.ready().await.is_ok() {
                         at = deadline();
@@ -1487,7 +1600,7 @@ impl DeviceClient {
                         {
                             Ok(resp) => {
                                 reused = true;
-                                break 'sent (sender, resp);
+                                break 'sent (sender, peer, resp);
                             }
                             Err(mut e) => match e.take_message() {
                                 Some(r) => req = r,
@@ -1496,7 +1609,7 @@ impl DeviceClient {
                         }
                     }
                 }
-                let mut sender = self.connect().await?;
+                let (mut sender, peer) = self.connect().await?;
                 at = deadline();
                 let resp = self
                     .head(
@@ -1508,7 +1621,7 @@ impl DeviceClient {
                     )
                     .await?
                     .map_err(failed)?;
-                (sender, resp)
+                (sender, peer, resp)
             };
             let status = resp.status().as_u16();
             let ok = (200..300).contains(&status);
@@ -1597,7 +1710,7 @@ impl DeviceClient {
             if !sender.is_closed()
                 && let Ok(mut c) = self.conn.lock()
             {
-                *c = Some(sender);
+                *c = Some((sender, peer.clone()));
             }
             let body = serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| serde_json::json!({"text": String::from_utf8_lossy(&bytes)}));
@@ -1606,6 +1719,9 @@ impl DeviceClient {
                     status,
                     body,
                     raw: bytes,
+                    peer,
+                    request: format!("{method} {path}"),
+                    device: self.who(),
                 },
                 reused,
             ))
@@ -1613,33 +1729,75 @@ impl DeviceClient {
         self.rt.block_on(fut)
     }
 
-    /// A call that must succeed with 2xx.
+    /// A call that must succeed with 2xx, its JSON as it came (for probes
+    /// and tests that look at what a device answers to anything; the
+    /// tool's own calls use [`DeviceClient::get`], [`DeviceClient::request`]
+    /// and [`DeviceClient::send`]).
     pub fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        let r = self.call(method, path, body)?;
-        if !(200..300).contains(&r.status) {
-            return Err(OemError::Invalid(format!(
-                "{method} {path}: {} {}",
-                r.status,
-                r.body
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&r.body.to_string())
-            )));
-        }
-        Ok(r.body)
+        Ok(self.ok_reply(method, path, body)?.body)
+    }
+
+    /// [`DeviceClient::ok`] keeping the whole [`Reply`] (its connection's
+    /// peer chain with it).
+    pub fn ok_reply(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Reply> {
+        self.call(method, path, body)?.success()
+    }
+
+    /// `method path` with `body` serialised as JSON: the whole [`Reply`],
+    /// whatever its status ([`Reply::answer`] reads it as the route's
+    /// answer type).
+    pub fn call_with<B: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<Reply> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| OemError::Invalid(format!("{method} {path}: the request: {e}")))?;
+        self.call_raw(method, path, Some(bytes), "application/json")
+    }
+
+    /// `GET path`: the answer as `A`, the type the route answers with
+    /// ([`Reply::answer`]).
+    pub fn get<A: DeserializeOwned>(&self, path: &str) -> Result<A> {
+        self.request("GET", path)
+    }
+
+    /// `method path` without a body (`POST /api/v1/logout`, a `DELETE`):
+    /// the answer as `A` ([`Reply::answer`]).
+    pub fn request<A: DeserializeOwned>(&self, method: &str, path: &str) -> Result<A> {
+        self.call(method, path, None)?.answer()
+    }
+
+    /// `method path` with `body` (the route's request type) as JSON: the
+    /// answer as `A` ([`Reply::answer`]).
+    pub fn send<B: Serialize + ?Sized, A: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<A> {
+        self.call_with(method, path, body)?.answer()
     }
 
     /// Logs in and keeps the session. The password goes only over a
     /// connection whose handshake proved the device (a refused device
     /// gets no request at all).
-    pub fn login(&mut self, username: &str, password: &str) -> Result<Value> {
-        let v = self.ok(
-            "POST",
-            "/api/v1/login",
-            Some(&serde_json::json!({"username": username, "password": password})),
-        )?;
-        self.session = v.get("session").and_then(Value::as_str).map(str::to_string);
-        Ok(v)
+    pub fn login(&mut self, username: &str, password: &str) -> Result<LoginAnswer> {
+        let mut req = LoginRequest {
+            username: username.to_string(),
+            password: password.to_string(),
+        };
+        let sent = self.send::<_, LoginAnswer>("POST", "/api/v1/login", &req);
+        zeroize::Zeroize::zeroize(&mut req.password);
+        let a = sent?;
+        self.session = Some(a.session.clone());
+        Ok(a)
+    }
+
+    /// Ends the session (`POST /api/v1/logout`).
+    pub fn logout(&self) -> Result<LogoutAnswer> {
+        self.request("POST", "/api/v1/logout")
     }
 }
 
@@ -1953,6 +2111,93 @@ mod tests {
             limits(&t, "GET", "/api/v1/audit/export").wait,
             Wait::Streamed(d) if d == t.response
         ));
+    }
+
+    /// A reply to `GET /api/v1/users` with `status` and body `raw`.
+    fn reply(status: u16, raw: &str) -> Reply {
+        Reply {
+            status,
+            body: serde_json::from_str(raw).unwrap_or_else(|_| serde_json::json!({ "text": raw })),
+            raw: raw.as_bytes().to_vec(),
+            peer: Vec::new().into(),
+            request: "GET /api/v1/users".into(),
+            device: "drive-001.lab.drivesec at 127.0.0.1:8443".into(),
+        }
+    }
+
+    #[test]
+    fn a_typed_answer_parses_whole_or_names_what_did_not() {
+        use drivesec_api::accounts::UserListAnswer;
+        let user = r#"{"delayed_until":null,"failed_attempts":0,"locked_by_admin_only":false,
+            "locked_certificates":[],"locked_until":null,"password_changed":"2026-01-01T00:00:00Z",
+            "password_expired":false,"role":"viewer","role_since":null,"username":"ada"}"#;
+        let a: UserListAnswer = reply(200, &format!(r#"{{"users":[{user}]}}"#))
+            .answer()
+            .unwrap();
+        assert_eq!(a.users[0].username, "ada");
+        // A missing field, a value of another type deep inside, not JSON,
+        // something after the JSON: an error naming the request, the type
+        // and where, never a default.
+        for (raw, want) in [
+            (r#"{}"#.to_string(), "missing field `users`"),
+            (
+                format!(
+                    r#"{{"users":[{}]}}"#,
+                    user.replace(r#""failed_attempts":0"#, r#""failed_attempts":"0""#)
+                ),
+                "`users[0].failed_attempts`: invalid type: string \"0\", expected u32",
+            ),
+            ("<html>".to_string(), "expected value"),
+            (r#"{"users":[]} {}"#.to_string(), "trailing characters"),
+        ] {
+            let e = reply(200, &raw).answer::<UserListAnswer>().unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, OemError::BadAnswer { .. }), "{msg}");
+            assert!(
+                msg.starts_with(
+                    "drive-001.lab.drivesec at 127.0.0.1:8443: the answer to GET /api/v1/users \
+                     is not what the device API defines: UserListAnswer: "
+                ) && msg.contains(want),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_answer_keeps_the_devices_code_and_words() {
+        let e = reply(403, r#"{"error":"locked","message":"locked for 5 s"}"#)
+            .answer::<drivesec_api::accounts::UserListAnswer>()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "GET /api/v1/users: 403 locked for 5 s");
+        assert!(
+            matches!(&e, OemError::Rejected { status: 403, error: Some(b), .. } if b.error == "locked"),
+            "{e:?}"
+        );
+        // Not an error body (a proxy's page, say): the answer as it came.
+        let r = reply(502, "bad gateway");
+        assert_eq!(r.error_body(), None);
+        assert_eq!(r.error_message(), r#"{"text":"bad gateway"}"#);
+        let e = r.success().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"GET /api/v1/users: 502 {"text":"bad gateway"}"#
+        );
+        assert!(matches!(e, OemError::Rejected { error: None, .. }));
+        // A 2xx is itself.
+        assert_eq!(reply(200, "{}").success().unwrap().status, 200);
+    }
+
+    #[test]
+    fn an_enum_is_named_as_on_the_wire() {
+        assert_eq!(
+            wire_name(&drivesec_api::device::LifeCycle::Commissioned),
+            "commissioned"
+        );
+        assert_eq!(
+            wire_name(&drivesec_api::drive::DriveState::SafeTorqueOff),
+            "safe-torque-off"
+        );
+        assert_eq!(wire_name(&7u8), "7");
     }
 
     #[test]

@@ -25,20 +25,29 @@
 //!
 //! An [`Interrupt`] (the tool's SIGINT/SIGTERM watcher) ends a
 //! commissioning in progress through that same path: before the OEM CA
-//! issues anything the tool may simply exit; once it has, steps 4 and 5 are
-//! abandoned and the LDevID revoked. SIGKILL (or a power cut) cannot be
+//! issues anything the tool may simply exit; once it has (or while it
+//! does), steps 4 and 5 are abandoned and the LDevID revoked; after the
+//! commissioning succeeded, or once a failure decided the revocation, an
+//! interrupt changes nothing ([`Interrupted`] says which, for the
+//! watcher's message). SIGKILL (or a power cut) cannot be
 //! handled: the serial of the LDevID is announced (`on_issued`) right after
 //! issuance so the operator can revoke it with `drivesec ca revoke`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
+use drivesec_api::commissioning::{
+    CommissionBeginAnswer, CommissionBeginRequest, CommissionCompleteAnswer,
+    CommissionCompleteRequest,
+};
+use drivesec_api::device::{DeviceInfo, LifeCycle};
 use drivesec_pki::{Ca, IssueRequest, Profile, SubjectKey};
 use serde::Serialize;
-use serde_json::json;
+use zeroize::Zeroize;
 
-use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, PeerProblem, Revocation, Versions};
+use crate::client::{
+    ClientIdentity, DeviceClient, DeviceTrust, PeerProblem, Revocation, Versions, wire_name,
+};
 use crate::{OemError, Result};
 
 /// What to commission.
@@ -84,23 +93,170 @@ pub struct Commissioned {
 }
 
 /// A request to stop a commissioning in progress, shared between the
-/// commissioning and whatever watches for signals.
+/// commissioning and whatever watches for signals. It also knows how far
+/// the commissioning got ([`Phase`]), so that what an interrupt does, and
+/// what the watcher says about it ([`Interrupted::message`]), is true in
+/// every phase: the decision to revoke and the commissioning's success are
+/// taken under one lock, so a signal either wins (the LDevID is revoked,
+/// even if the device had just finished) or comes after the success
+/// (nothing is revoked).
 #[derive(Debug, Clone, Default)]
-pub struct Interrupt(Arc<InterruptState>);
+pub struct Interrupt(Arc<Mutex<State>>);
 
 #[derive(Debug, Default)]
-struct InterruptState {
-    /// [`BEFORE_ISSUE`], [`ISSUING`] or [`ABANDONED`].
-    phase: AtomicU8,
-    signalled: AtomicBool,
+struct State {
+    phase: Phase,
+    /// Whether an interrupt was asked for (in any phase).
+    signalled: bool,
 }
 
-/// Nothing issued yet: an interrupt may end the process at once.
-const BEFORE_ISSUE: u8 = 0;
-/// The OEM CA is issuing or has issued: only the failure path may end it.
-const ISSUING: u8 = 1;
-/// Interrupted before issuance: nothing will be issued any more.
-const ABANDONED: u8 = 2;
+/// How far a commissioning got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// The OEM CA has issued nothing yet.
+    #[default]
+    BeforeIssue,
+    /// Interrupted before issuance: nothing will be issued any more.
+    Abandoned,
+    /// Failed before the OEM CA issued anything (the error is on its way).
+    FailedBeforeIssue,
+    /// The OEM CA is issuing the LDevID; `interrupted`: it is to be
+    /// revoked as soon as it is issued.
+    Issuing {
+        /// An interrupt came meanwhile.
+        interrupted: bool,
+    },
+    /// LDevID `serial` issued; the device is being finished (steps 4 and 5).
+    Finishing {
+        /// The LDevID's serial (hex).
+        serial: String,
+    },
+    /// LDevID `serial` is being revoked, after an interrupt or a failure.
+    Revoking {
+        /// The LDevID's serial (hex).
+        serial: String,
+        /// An interrupt decided it (else a failure did).
+        interrupted: bool,
+    },
+    /// The commissioning failed and LDevID `serial` is revoked.
+    Revoked {
+        /// The LDevID's serial (hex).
+        serial: String,
+    },
+    /// The commissioning failed and revoking LDevID `serial` failed too
+    /// (the error says how to revoke it by hand).
+    RevokeFailed {
+        /// The LDevID's serial (hex).
+        serial: String,
+    },
+    /// The device is commissioned with LDevID `serial`.
+    Commissioned {
+        /// The LDevID's serial (hex).
+        serial: String,
+    },
+}
+
+/// What an interrupt does, by the phase it arrives in
+/// ([`Interrupt::interrupt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interrupted {
+    /// Nothing was issued, and now nothing will be: the process may exit
+    /// at once.
+    NothingIssued,
+    /// The commissioning had already failed before anything was issued:
+    /// nothing to revoke; it is ending with its error.
+    FailedNothingIssued,
+    /// The OEM CA is issuing the LDevID right now: the device gets nothing
+    /// more, and the LDevID is revoked as soon as it is issued.
+    RevokeOnceIssued,
+    /// This interrupt abandons the remaining steps: LDevID `serial` is
+    /// revoked now.
+    Revoking {
+        /// The LDevID's serial (hex).
+        serial: String,
+    },
+    /// LDevID `serial` is already being revoked (`after_failure`: because
+    /// the commissioning failed; else an earlier interrupt): wait for it.
+    AlreadyRevoking {
+        /// The LDevID's serial (hex).
+        serial: String,
+        /// A failure decided it, not an interrupt.
+        after_failure: bool,
+    },
+    /// The commissioning failed and LDevID `serial` is already revoked.
+    AlreadyRevoked {
+        /// The LDevID's serial (hex).
+        serial: String,
+    },
+    /// The commissioning failed and revoking LDevID `serial` failed too.
+    RevokeFailed {
+        /// The LDevID's serial (hex).
+        serial: String,
+    },
+    /// The device is already commissioned with LDevID `serial`: nothing is
+    /// revoked, and the command ends normally.
+    Commissioned {
+        /// The LDevID's serial (hex).
+        serial: String,
+    },
+}
+
+impl Interrupted {
+    /// Whether the process should exit at once (code 130): only when
+    /// nothing was issued. In every other case the commissioning (or its
+    /// revocation) must be let run to its end.
+    pub fn exits_now(&self) -> bool {
+        matches!(self, Interrupted::NothingIssued)
+    }
+
+    /// What the tool says about it, for the signal `signal` ("SIGINT") and
+    /// the device `device`.
+    pub fn message(&self, signal: &str, device: &str) -> String {
+        match self {
+            Interrupted::NothingIssued => format!(
+                "{signal}: commissioning of {device} interrupted before the OEM CA issued \
+                 anything; nothing to revoke"
+            ),
+            Interrupted::FailedNothingIssued => format!(
+                "{signal}: the commissioning of {device} had already failed before the OEM CA \
+                 issued anything; nothing to revoke"
+            ),
+            Interrupted::RevokeOnceIssued => format!(
+                "{signal}: interrupting the commissioning of {device}: the OEM CA is issuing its \
+                 LDevID right now; the device gets nothing more and that LDevID is revoked as \
+                 soon as it is issued (its serial follows); wait for it"
+            ),
+            Interrupted::Revoking { serial } => format!(
+                "{signal}: interrupting the commissioning of {device}: its remaining steps are \
+                 abandoned and LDevID {serial}, which the OEM CA issued for it, is being revoked; \
+                 wait for it"
+            ),
+            Interrupted::AlreadyRevoking {
+                serial,
+                after_failure: false,
+            } => format!("{signal}: still revoking LDevID {serial} of {device}; wait for it"),
+            Interrupted::AlreadyRevoking {
+                serial,
+                after_failure: true,
+            } => format!(
+                "{signal}: the commissioning of {device} already failed; LDevID {serial} is being \
+                 revoked; wait for it"
+            ),
+            Interrupted::AlreadyRevoked { serial } => format!(
+                "{signal}: the commissioning of {device} already failed and LDevID {serial} is \
+                 revoked; nothing more to do"
+            ),
+            Interrupted::RevokeFailed { serial } => format!(
+                "{signal}: the commissioning of {device} failed and revoking LDevID {serial} \
+                 failed too: revoke it by hand (the command follows)"
+            ),
+            Interrupted::Commissioned { serial } => format!(
+                "{signal}: {device} is already commissioned (LDevID {serial}); nothing was \
+                 revoked"
+            ),
+        }
+    }
+}
 
 impl Interrupt {
     /// A request nobody made yet.
@@ -108,34 +264,169 @@ impl Interrupt {
         Self::default()
     }
 
-    /// Asks the commissioning to stop. Returns `true` when nothing was
-    /// issued (and now nothing will be): the caller may exit at once.
-    /// Otherwise the commissioning abandons its remaining steps, revokes the
-    /// LDevID it issued and returns an error; the caller must let it.
-    pub fn interrupt(&self) -> bool {
-        self.0.signalled.store(true, Ordering::SeqCst);
-        match self.0.phase.compare_exchange(
-            BEFORE_ISSUE,
-            ABANDONED,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        ) {
-            Ok(_) => true,
-            Err(phase) => phase == ABANDONED,
-        }
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent whatever panicked while holding it.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether [`Interrupt::interrupt`] was called.
+    /// Asks the commissioning to stop, and says what that does in the
+    /// phase it arrives in: before issuance nothing will be issued (the
+    /// caller may exit at once); while the LDevID is being issued or the
+    /// device finished, the remaining steps are abandoned and the LDevID
+    /// revoked (the commissioning then returns an error; the caller must
+    /// let it); after the revocation was decided, or the commissioning
+    /// succeeded, nothing changes.
+    pub fn interrupt(&self) -> Interrupted {
+        let mut st = self.state();
+        st.signalled = true;
+        let (next, said) = match &st.phase {
+            Phase::BeforeIssue | Phase::Abandoned => {
+                (Some(Phase::Abandoned), Interrupted::NothingIssued)
+            }
+            Phase::FailedBeforeIssue => (None, Interrupted::FailedNothingIssued),
+            Phase::Issuing { .. } => (
+                Some(Phase::Issuing { interrupted: true }),
+                Interrupted::RevokeOnceIssued,
+            ),
+            Phase::Finishing { serial } => (
+                Some(Phase::Revoking {
+                    serial: serial.clone(),
+                    interrupted: true,
+                }),
+                Interrupted::Revoking {
+                    serial: serial.clone(),
+                },
+            ),
+            Phase::Revoking {
+                serial,
+                interrupted,
+            } => (
+                None,
+                Interrupted::AlreadyRevoking {
+                    serial: serial.clone(),
+                    after_failure: !interrupted,
+                },
+            ),
+            Phase::Revoked { serial } => (
+                None,
+                Interrupted::AlreadyRevoked {
+                    serial: serial.clone(),
+                },
+            ),
+            Phase::RevokeFailed { serial } => (
+                None,
+                Interrupted::RevokeFailed {
+                    serial: serial.clone(),
+                },
+            ),
+            Phase::Commissioned { serial } => (
+                None,
+                Interrupted::Commissioned {
+                    serial: serial.clone(),
+                },
+            ),
+        };
+        if let Some(p) = next {
+            st.phase = p;
+        }
+        said
+    }
+
+    /// Whether [`Interrupt::interrupt`] was called (in any phase).
     pub fn interrupted(&self) -> bool {
-        self.0.signalled.load(Ordering::SeqCst)
+        self.state().signalled
+    }
+
+    /// The phase the commissioning is in.
+    pub fn phase(&self) -> Phase {
+        self.state().phase.clone()
     }
 
     /// Enters the issuing phase, unless interrupted before.
     fn start_issuing(&self) -> bool {
-        self.0
-            .phase
-            .compare_exchange(BEFORE_ISSUE, ISSUING, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+        let mut st = self.state();
+        if st.phase != Phase::BeforeIssue {
+            return false;
+        }
+        st.phase = Phase::Issuing { interrupted: false };
+        true
+    }
+
+    /// The commissioning failed before anything was issued (or issuing failed).
+    fn failed_before_issue(&self) {
+        let mut st = self.state();
+        if matches!(st.phase, Phase::BeforeIssue | Phase::Issuing { .. }) {
+            st.phase = Phase::FailedBeforeIssue;
+        }
+    }
+
+    /// LDevID `serial` was issued: the device is to be finished, unless an
+    /// interrupt came while it was issued (then it is to be revoked: false).
+    fn issued(&self, serial: &str) -> bool {
+        let mut st = self.state();
+        let interrupted = matches!(st.phase, Phase::Issuing { interrupted: true });
+        st.phase = if interrupted {
+            Phase::Revoking {
+                serial: serial.into(),
+                interrupted: true,
+            }
+        } else {
+            Phase::Finishing {
+                serial: serial.into(),
+            }
+        };
+        !interrupted
+    }
+
+    /// The device finished: commissioned, unless an interrupt already
+    /// decided to revoke (false).
+    fn finished(&self) -> bool {
+        let mut st = self.state();
+        match &st.phase {
+            Phase::Finishing { serial } => {
+                st.phase = Phase::Commissioned {
+                    serial: serial.clone(),
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an interrupt decided to revoke the LDevID.
+    fn revoke_decided(&self) -> bool {
+        matches!(
+            self.state().phase,
+            Phase::Revoking {
+                interrupted: true,
+                ..
+            }
+        )
+    }
+
+    /// LDevID `serial` is to be revoked after a failure (unless an
+    /// interrupt decided it already).
+    fn revoking_after_failure(&self, serial: &str) {
+        let mut st = self.state();
+        if !matches!(st.phase, Phase::Revoking { .. }) {
+            st.phase = Phase::Revoking {
+                serial: serial.into(),
+                interrupted: false,
+            };
+        }
+    }
+
+    /// How the revocation of LDevID `serial` ended.
+    fn revocation_done(&self, serial: &str, revoked: bool) {
+        self.state().phase = if revoked {
+            Phase::Revoked {
+                serial: serial.into(),
+            }
+        } else {
+            Phase::RevokeFailed {
+                serial: serial.into(),
+            }
+        };
     }
 }
 
@@ -154,6 +445,107 @@ pub fn commission_interruptible(
     interrupt: &Interrupt,
     on_issued: &mut dyn FnMut(&str),
 ) -> Result<Commissioned> {
+    let (factory, serial, csr) = match before_issue(req) {
+        Ok(x) => x,
+        Err(e) => {
+            interrupt.failed_before_issue();
+            return Err(e);
+        }
+    };
+    if !interrupt.start_issuing() {
+        return Err(OemError::Invalid(format!(
+            "commissioning {} at {} was interrupted before the OEM CA issued anything; \
+             nothing to revoke",
+            req.serial, req.addr
+        )));
+    }
+    let issued = oem.issue(&IssueRequest {
+        profile: Profile::LdevId {
+            serial_number: serial.clone(),
+            device_name: req.device_name.to_string(),
+            ip_addresses: req.ip_addresses.clone(),
+            days: req.days,
+        },
+        key: SubjectKey::CsrPem {
+            source: format!("CSR from {}", req.addr),
+            pem: csr,
+        },
+    });
+    let issued = match issued {
+        Ok(i) => i,
+        Err(e) => {
+            interrupt.failed_before_issue();
+            return Err(e.into());
+        }
+    };
+    let finish = interrupt.issued(&issued.serial);
+    on_issued(&issued.serial);
+    let interrupted = || {
+        OemError::Invalid(
+            "interrupted (SIGINT/SIGTERM) before the device finished commissioning".into(),
+        )
+    };
+    if !finish {
+        // Interrupted while the OEM CA issued it: the device gets nothing more.
+        return Err(revoke_after_failure(
+            oem,
+            req,
+            interrupt,
+            &issued.serial,
+            interrupted(),
+        ));
+    }
+    // Steps 4 and 5 run on their own thread so that an interrupt need not
+    // wait for the device (which may stall until the client's deadlines):
+    // on an interrupt they are abandoned and the LDevID revoked at once.
+    // Success and an interrupt's decision to revoke are taken under the
+    // interrupt's lock: whichever comes first holds.
+    let result = finish_job(oem, req, factory, &issued, &serial).and_then(|job| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done = interrupt.clone();
+        std::thread::Builder::new()
+            .name("commission-finish".into())
+            .spawn(move || {
+                let r = job.run().and_then(|()| {
+                    if done.finished() {
+                        Ok(())
+                    } else {
+                        Err(interrupted())
+                    }
+                });
+                let _ = tx.send(r);
+            })
+            .map_err(|e| OemError::Invalid(format!("starting the commissioning thread: {e}")))?;
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(r) => break r,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if interrupt.revoke_decided() => {
+                    break Err(interrupted());
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    break Err(OemError::Invalid(
+                        "the commissioning thread panicked".into(),
+                    ));
+                }
+            }
+        }
+    });
+    if let Err(e) = result {
+        return Err(revoke_after_failure(oem, req, interrupt, &issued.serial, e));
+    }
+    Ok(Commissioned {
+        serial_number: serial,
+        device_name: req.device_name.to_string(),
+        ldevid_serial: issued.serial,
+        api: format!("https://{}", req.addr),
+    })
+}
+
+/// Steps 1 and 2: the factory-state device proven by its IDevID, the
+/// credential proven, the CSR; with the client and the serial the
+/// handshake checked.
+fn before_issue(req: &CommissionRequest<'_>) -> Result<(DeviceClient, String, String)> {
     if req.serial.is_empty() {
         return Err(OemError::Invalid(
             "commissioning needs the device's expected serial number (`--serial`, as on the device's label)".into(),
@@ -169,11 +561,12 @@ pub fn commission_interruptible(
         },
         Versions::Default,
     )?;
-    let info = factory.ok("GET", "/api/v1/info", None)?;
-    if info["state"] != "factory" {
+    let info: DeviceInfo = factory.get("/api/v1/info")?;
+    if info.state != LifeCycle::Factory {
         return Err(OemError::Invalid(format!(
-            "the device at {} is not in factory state ({})",
-            req.addr, info["state"]
+            "the device at {} is not in factory state ({:?})",
+            req.addr,
+            wire_name(&info.state)
         )));
     }
     // The serial of the IDevID the handshake checked, not what /info says
@@ -195,75 +588,14 @@ pub fn commission_interruptible(
             problem,
         });
     }
-    let begin = factory.ok(
-        "POST",
-        "/api/v1/commission/begin",
-        Some(
-            &json!({"factory_credential": req.factory_credential, "device_name": req.device_name}),
-        ),
-    )?;
-    let csr = begin["csr_pem"]
-        .as_str()
-        .ok_or_else(|| OemError::Invalid("the device returned no CSR".into()))?
-        .to_string();
-    if !interrupt.start_issuing() {
-        return Err(OemError::Invalid(format!(
-            "commissioning {} at {} was interrupted before the OEM CA issued anything; \
-             nothing to revoke",
-            req.serial, req.addr
-        )));
-    }
-    let issued = oem.issue(&IssueRequest {
-        profile: Profile::LdevId {
-            serial_number: serial.clone(),
-            device_name: req.device_name.to_string(),
-            ip_addresses: req.ip_addresses.clone(),
-            days: req.days,
-        },
-        key: SubjectKey::CsrPem {
-            source: format!("CSR from {}", req.addr),
-            pem: csr,
-        },
-    })?;
-    on_issued(&issued.serial);
-    // Steps 4 and 5 run on their own thread so that an interrupt need not
-    // wait for the device (which may stall until the client's deadlines):
-    // on an interrupt they are abandoned and the LDevID revoked at once.
-    let result = finish_job(oem, req, factory, &issued, &serial).and_then(|job| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("commission-finish".into())
-            .spawn(move || {
-                let _ = tx.send(job.run());
-            })
-            .map_err(|e| OemError::Invalid(format!("starting the commissioning thread: {e}")))?;
-        loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok(r) => break r,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if interrupt.interrupted() => {
-                    break Err(OemError::Invalid(
-                        "interrupted (SIGINT/SIGTERM) before the device finished commissioning"
-                            .into(),
-                    ));
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    break Err(OemError::Invalid(
-                        "the commissioning thread panicked".into(),
-                    ));
-                }
-            }
-        }
-    });
-    if let Err(e) = result {
-        return Err(revoke_after_failure(oem, req, &issued.serial, e));
-    }
-    Ok(Commissioned {
-        serial_number: serial,
+    let mut begin = CommissionBeginRequest {
+        factory_credential: req.factory_credential.to_string(),
         device_name: req.device_name.to_string(),
-        ldevid_serial: issued.serial,
-        api: format!("https://{}", req.addr),
-    })
+    };
+    let answer =
+        factory.send::<_, CommissionBeginAnswer>("POST", "/api/v1/commission/begin", &begin);
+    begin.factory_credential.zeroize();
+    Ok((factory, serial, answer?.csr_pem))
 }
 
 /// Steps 4 and 5, with everything they need from the OEM CA read
@@ -271,7 +603,8 @@ pub fn commission_interruptible(
 struct FinishJob {
     factory: DeviceClient,
     owned: DeviceClient,
-    body: zeroize::Zeroizing<String>,
+    /// The `commission/complete` request, serialised.
+    body: zeroize::Zeroizing<Vec<u8>>,
     admin_username: String,
     admin_password: zeroize::Zeroizing<String>,
     issued_serial: String,
@@ -288,17 +621,20 @@ fn finish_job(
 ) -> Result<FinishJob> {
     let root_pem = String::from_utf8_lossy(&drivesec_fsutil::read(&oem.root_path())?).into_owned();
     let crl_pem = String::from_utf8_lossy(&drivesec_fsutil::read(&oem.crl_path())?).into_owned();
-    let body = zeroize::Zeroizing::new(
-        json!({
-            "factory_credential": req.factory_credential,
-            "ldevid_chain_pem": issued.chain_pem,
-            "trust_anchors_pem": root_pem,
-            "crl_pem": crl_pem,
-            "admin_username": req.admin_username,
-            "admin_password": req.admin_password,
-        })
-        .to_string(),
-    );
+    let mut complete = CommissionCompleteRequest {
+        factory_credential: req.factory_credential.to_string(),
+        ldevid_chain_pem: issued.chain_pem.clone(),
+        trust_anchors_pem: root_pem,
+        crl_pem: Some(crl_pem),
+        admin_username: req.admin_username.to_string(),
+        admin_password: req.admin_password.to_string(),
+    };
+    let body = serde_json::to_vec(&complete)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| OemError::Invalid(format!("commissioning request: {e}")));
+    complete.factory_credential.zeroize();
+    complete.admin_password.zeroize();
+    let body = body?;
     let (revocation, _) = Revocation::from_file(&oem.crl_path())?;
     let owned = DeviceClient::new(
         req.addr,
@@ -325,17 +661,20 @@ impl FinishJob {
     /// Steps 4 and 5: install everything, then prove the new identity and
     /// account over a fresh connection.
     fn run(mut self) -> Result<()> {
-        let body: serde_json::Value = serde_json::from_str(&self.body)
-            .map_err(|e| OemError::Invalid(format!("commissioning request: {e}")))?;
-        let sent = self
-            .factory
-            .ok("POST", "/api/v1/commission/complete", Some(&body));
-        drop(body);
-        sent?;
-        let info = self.owned.ok("GET", "/api/v1/info", None)?;
-        if info["state"] != "commissioned" {
+        // The request as serialised (its secrets wiped when the job ends).
+        self.factory
+            .call_raw(
+                "POST",
+                "/api/v1/commission/complete",
+                Some(self.body.to_vec()),
+                "application/json",
+            )?
+            .answer::<CommissionCompleteAnswer>()?;
+        let info: DeviceInfo = self.owned.get("/api/v1/info")?;
+        if info.state != LifeCycle::Commissioned {
             return Err(OemError::Check(format!(
-                "the device did not switch to commissioned state: {info}"
+                "the device did not switch to commissioned state: {}",
+                serde_json::to_value(&info).unwrap_or_default()
             )));
         }
         // The device presents the LDevID just issued, not another one.
@@ -353,7 +692,7 @@ impl FinishJob {
         }
         self.owned
             .login(&self.admin_username, &self.admin_password)?;
-        self.owned.ok("POST", "/api/v1/logout", None)?;
+        self.owned.logout()?;
         Ok(())
     }
 }
@@ -370,10 +709,14 @@ fn serial_of(der: &[u8]) -> Vec<u8> {
 fn revoke_after_failure(
     oem: &mut Ca,
     req: &CommissionRequest<'_>,
+    interrupt: &Interrupt,
     serial: &str,
     cause: OemError,
 ) -> OemError {
-    match oem.revoke(serial, "cessation-of-operation") {
+    interrupt.revoking_after_failure(serial);
+    let revoked = oem.revoke(serial, "cessation-of-operation");
+    interrupt.revocation_done(serial, revoked.is_ok());
+    match revoked {
         Ok(_) => OemError::CommissioningFailed {
             message: format!(
                 "commissioning {} at {} failed after the OEM CA issued its LDevID {serial}: {cause}. \
@@ -396,5 +739,202 @@ fn revoke_after_failure(
             ),
             revoked: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const SERIAL: &str = "4dd22da2fda4de6e";
+
+    fn said(i: &Interrupt) -> (Interrupted, String) {
+        let what = i.interrupt();
+        let msg = what.message("SIGINT", "press-1.plant.example");
+        (what, msg)
+    }
+
+    #[test]
+    fn before_issuance_the_tool_exits_and_nothing_is_ever_issued() {
+        let i = Interrupt::new();
+        let (what, msg) = said(&i);
+        assert_eq!(what, Interrupted::NothingIssued);
+        assert!(what.exits_now());
+        assert!(
+            msg.contains("before the OEM CA issued anything; nothing to revoke"),
+            "{msg}"
+        );
+        assert!(!i.start_issuing(), "issued after an interrupt");
+        assert_eq!(i.phase(), Phase::Abandoned);
+    }
+
+    #[test]
+    fn after_a_failure_before_issuance_nothing_is_revoked() {
+        let i = Interrupt::new();
+        i.failed_before_issue();
+        let (what, msg) = said(&i);
+        assert_eq!(what, Interrupted::FailedNothingIssued);
+        assert!(!what.exits_now());
+        assert!(msg.contains("already failed") && msg.contains("nothing to revoke"));
+        // Issuing failed: the same.
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        i.failed_before_issue();
+        assert_eq!(said(&i).0, Interrupted::FailedNothingIssued);
+    }
+
+    #[test]
+    fn while_issuing_the_ldevid_is_revoked_once_issued() {
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        let (what, msg) = said(&i);
+        assert_eq!(what, Interrupted::RevokeOnceIssued);
+        assert!(!what.exits_now());
+        assert!(msg.contains("revoked as soon as it is issued"), "{msg}");
+        assert!(!i.issued(SERIAL), "the device was to be finished");
+        assert!(i.revoke_decided());
+        let (what, msg) = said(&i);
+        assert_eq!(
+            what,
+            Interrupted::AlreadyRevoking {
+                serial: SERIAL.into(),
+                after_failure: false
+            }
+        );
+        assert!(
+            msg.contains(&format!("still revoking LDevID {SERIAL}")),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn after_issuance_a_signal_revokes_and_names_the_ldevid() {
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        assert!(i.issued(SERIAL));
+        let (what, msg) = said(&i);
+        assert_eq!(
+            what,
+            Interrupted::Revoking {
+                serial: SERIAL.into()
+            }
+        );
+        assert!(!what.exits_now());
+        assert!(
+            msg.contains(&format!("LDevID {SERIAL}")) && msg.contains("is being revoked"),
+            "{msg}"
+        );
+        // The device finishing afterwards does not undo the decision.
+        assert!(!i.finished());
+        assert!(i.revoke_decided());
+        i.revoking_after_failure(SERIAL);
+        assert_eq!(
+            i.phase(),
+            Phase::Revoking {
+                serial: SERIAL.into(),
+                interrupted: true
+            }
+        );
+        i.revocation_done(SERIAL, true);
+        let (what, msg) = said(&i);
+        assert_eq!(
+            what,
+            Interrupted::AlreadyRevoked {
+                serial: SERIAL.into()
+            }
+        );
+        assert!(
+            msg.contains(&format!("LDevID {SERIAL} is revoked")),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn after_success_a_signal_revokes_nothing_and_says_so() {
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        assert!(i.issued(SERIAL));
+        assert!(i.finished());
+        for _ in 0..2 {
+            let (what, msg) = said(&i);
+            assert_eq!(
+                what,
+                Interrupted::Commissioned {
+                    serial: SERIAL.into()
+                }
+            );
+            assert!(!what.exits_now());
+            assert!(
+                msg.contains("is already commissioned")
+                    && msg.contains(SERIAL)
+                    && msg.contains("nothing was revoked"),
+                "{msg}"
+            );
+            assert!(
+                !msg.contains("being revoked")
+                    && !msg.contains("interrupting")
+                    && !msg.contains("failed"),
+                "{msg}"
+            );
+            assert!(!i.revoke_decided());
+            assert_eq!(
+                i.phase(),
+                Phase::Commissioned {
+                    serial: SERIAL.into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn after_a_failure_a_signal_says_the_revocation_is_under_way_or_done() {
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        assert!(i.issued(SERIAL));
+        i.revoking_after_failure(SERIAL);
+        let (what, msg) = said(&i);
+        assert_eq!(
+            what,
+            Interrupted::AlreadyRevoking {
+                serial: SERIAL.into(),
+                after_failure: true
+            }
+        );
+        assert!(
+            msg.contains("already failed")
+                && msg.contains(&format!("LDevID {SERIAL} is being revoked")),
+            "{msg}"
+        );
+        assert!(!msg.contains("interrupting"), "{msg}");
+        i.revocation_done(SERIAL, false);
+        let (what, msg) = said(&i);
+        assert_eq!(
+            what,
+            Interrupted::RevokeFailed {
+                serial: SERIAL.into()
+            }
+        );
+        assert!(msg.contains("revoke it by hand"), "{msg}");
+    }
+
+    /// Success and an interrupt race under one lock: exactly one wins, and
+    /// what the interrupt said matches what happens.
+    #[test]
+    fn success_and_a_signal_never_both_win() {
+        for _ in 0..200 {
+            let i = Interrupt::new();
+            assert!(i.start_issuing());
+            assert!(i.issued(SERIAL));
+            let j = i.clone();
+            let t = std::thread::spawn(move || j.interrupt());
+            let done = i.finished();
+            let what = t.join().unwrap();
+            match what {
+                Interrupted::Commissioned { .. } => assert!(done),
+                Interrupted::Revoking { .. } => assert!(!done && i.revoke_decided()),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

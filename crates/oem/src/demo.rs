@@ -16,6 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use drivesec_api::firmware::{FirmwareRebootAnswer, FirmwareStatus};
 use drivesec_keystore::verify::verify_signature;
 use drivesec_keystore::{KeyHandle, open_keystore};
 use drivesec_pki::inspect::{public_key, summarize};
@@ -372,52 +373,46 @@ pub fn run(
     Ok(report)
 }
 
-type Action = (&'static str, &'static str, Option<serde_json::Value>);
+/// A request of the role story: method, path and body (the route's request
+/// type), whose answer's status is what the story shows.
+type Action = (&'static str, &'static str, Option<ActionBody>);
+
+/// The request body of an [`Action`].
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ActionBody {
+    /// `PUT /api/v1/params/{name}`.
+    Param(drivesec_api::drive::ParamWriteRequest),
+    /// `POST /api/v1/users`.
+    User(drivesec_api::accounts::NewUserRequest),
+}
 
 /// Per device and role: log in, one allowed action, one denied action.
 fn role_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<RoleReport>> {
     use crate::client::{ClientIdentity, DeviceClient, Versions};
-    use serde_json::json;
+    use drivesec_api::accounts::NewUserRequest;
+    use drivesec_api::drive::ParamWriteRequest;
+    let param = |value| Some(ActionBody::Param(ParamWriteRequest { value }));
     let plan: [(&str, Action, Action); 5] = [
         (
             "viewer",
             ("GET", "/api/v1/params", None),
-            (
-                "PUT",
-                "/api/v1/params/speed-reference",
-                Some(json!({"value": 100})),
-            ),
+            ("PUT", "/api/v1/params/speed-reference", param(100.0)),
         ),
         (
             "operator",
-            (
-                "PUT",
-                "/api/v1/params/speed-reference",
-                Some(json!({"value": 600})),
-            ),
-            (
-                "PUT",
-                "/api/v1/params/max-speed",
-                Some(json!({"value": 1400})),
-            ),
+            ("PUT", "/api/v1/params/speed-reference", param(600.0)),
+            ("PUT", "/api/v1/params/max-speed", param(1400.0)),
         ),
         (
             "engineer",
-            (
-                "PUT",
-                "/api/v1/params/accel-time",
-                Some(json!({"value": 4})),
-            ),
+            ("PUT", "/api/v1/params/accel-time", param(4.0)),
             ("GET", "/api/v1/users", None),
         ),
         (
             "security-admin",
             ("GET", "/api/v1/users", None),
-            (
-                "PUT",
-                "/api/v1/params/speed-reference",
-                Some(json!({"value": 0})),
-            ),
+            ("PUT", "/api/v1/params/speed-reference", param(0.0)),
         ),
         (
             "auditor",
@@ -425,12 +420,18 @@ fn role_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<RoleReport>>
             (
                 "POST",
                 "/api/v1/users",
-                Some(
-                    json!({"username": "mallory", "role": "engineer", "password": "Aa1-aaaaaaaaaaaaaa"}),
-                ),
+                Some(ActionBody::User(NewUserRequest {
+                    username: "mallory".into(),
+                    role: "engineer".into(),
+                    password: "Aa1-aaaaaaaaaaaaaa".into(),
+                })),
             ),
         ),
     ];
+    let call = |c: &DeviceClient, (method, path, body): &Action| match body {
+        Some(b) => c.call_with(method, path, b),
+        None => c.call(method, path, None),
+    };
     let _ = writeln!(
         out,
         "\nRoles on the running devices (mutual TLS with each role's certificate, then a login):"
@@ -457,9 +458,9 @@ fn role_story(lab: &LabManifest, out: &mut dyn Write) -> Result<Vec<RoleReport>>
             let trust = lab.device_trust(d)?;
             let mut c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
             let login_ok = c.login(&user.username, &user.password).is_ok();
-            let a = c.call(allowed.0, allowed.1, allowed.2.as_ref())?;
-            let dn = c.call(denied.0, denied.1, denied.2.as_ref())?;
-            let _ = c.call("POST", "/api/v1/logout", None);
+            let a = call(&c, allowed)?;
+            let dn = call(&c, denied)?;
+            let _ = c.logout();
             let _ = writeln!(
                 out,
                 "  {:<9} {:<15} login {}  {} {} -> {}  {} {} -> {}",
@@ -539,11 +540,8 @@ fn firmware_story(
     );
     let work = lab_dir.join("firmware").join("releases");
     drivesec_fsutil::create_private_dir(&work)?;
-    let before = c.ok("GET", "/api/v1/firmware", None)?;
-    let factory_version = before["running"]["version"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let before: FirmwareStatus = c.get("/api/v1/firmware")?;
+    let factory_version = before.running.map(|r| r.version).unwrap_or_default();
     let upload = |c: &DeviceClient, p: &Path| {
         c.call_raw(
             "POST",
@@ -556,7 +554,7 @@ fn firmware_story(
     let unapproved = lab.release(&work, release, 2, 256 * 1024, false)?;
     let r = upload(&c, &unapproved)?;
     let unapproved_status = r.status;
-    let unapproved_reason = r.body["message"].as_str().unwrap_or("").to_string();
+    let unapproved_reason = r.error_body().map(|e| e.message).unwrap_or_default();
     w(
         out,
         format!(
@@ -572,13 +570,14 @@ fn firmware_story(
             r.body
         )));
     }
-    let after = c.ok("POST", "/api/v1/firmware/reboot", None)?;
-    let running_after_update = after["running"]["version"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    let confirmed = after["running"]["trial"] == false;
-    let counter_after_update = after["boot_state"]["counter"].as_u64().unwrap_or(0);
+    let after: FirmwareRebootAnswer = c.request("POST", "/api/v1/firmware/reboot")?;
+    let running_after_update = after
+        .running
+        .as_ref()
+        .map(|r| r.version.clone())
+        .unwrap_or_default();
+    let confirmed = after.running.as_ref().is_some_and(|r| !r.trial);
+    let counter_after_update = after.boot_state.as_ref().map_or(0, |b| b.counter);
     w(
         out,
         format!(
@@ -586,22 +585,14 @@ fn firmware_story(
             mark(confirmed)
         ),
     );
-    let mut nonce = [0u8; 32];
-    OsRng.fill_bytes(&mut nonce);
-    let nonce = hex::encode(nonce);
     let header = drivesec_firmware::image::Header::read_file(&approved)
         .map_err(|e| OemError::Invalid(e.to_string()))?;
-    let att = c.ok(
-        "POST",
-        "/api/v1/attest",
-        Some(&serde_json::json!({"nonce": nonce})),
-    )?;
+    let att = crate::attest::request(&c)?;
     let (revocation, _) = crate::client::Revocation::from_file(&lab.crl)?;
     let crls = revocation.crls()?;
-    let attested =
-        crate::attest::verify_attestation(&att, &nonce, &roots, crls, Some(name), Some(&header))
-            .map(|r| r.matches_approved == Some(true))
-            .unwrap_or(false);
+    let attested = crate::attest::verify_attestation(&att, &roots, crls, Some(name), Some(&header))
+        .map(|r| r.matches_approved == Some(true))
+        .unwrap_or(false);
     w(
         out,
         format!(
@@ -614,11 +605,11 @@ fn firmware_story(
     if r.status != 200 {
         return Err(OemError::Check(format!("1.2.0 was refused: {}", r.body)));
     }
-    let state = c.ok("GET", "/api/v1/firmware", None)?;
-    let pending = state["boot_state"]["pending"]
-        .as_str()
-        .unwrap_or("b")
-        .to_string();
+    let state: FirmwareStatus = c.get("/api/v1/firmware")?;
+    let pending = state
+        .boot_state
+        .and_then(|b| b.pending)
+        .unwrap_or_else(|| "b".to_string());
     // A flash fault after staging: one byte of the pending slot changes.
     let slot = d.dir.join("firmware").join(format!("slot-{pending}.img"));
     let mut bytes = drivesec_fsutil::read(&slot)?;
@@ -627,14 +618,9 @@ fn firmware_story(
         *b ^= 0x20;
     }
     std::fs::write(&slot, bytes).map_err(|e| drivesec_fsutil::FsError::io("write", &slot, e))?;
-    let after = c.ok("POST", "/api/v1/firmware/reboot", None)?;
-    let running_after_broken = after["running"]["version"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
-    let revert_reason = after["boot_state"]["last_revert"]
-        .as_str()
-        .map(str::to_string);
+    let after: FirmwareRebootAnswer = c.request("POST", "/api/v1/firmware/reboot")?;
+    let running_after_broken = after.running.map(|r| r.version).unwrap_or_default();
+    let revert_reason = after.boot_state.and_then(|b| b.last_revert);
     w(
         out,
         format!(
@@ -642,7 +628,7 @@ fn firmware_story(
             revert_reason.as_deref().unwrap_or("(no revert recorded)")
         ),
     );
-    let _ = c.call("POST", "/api/v1/logout", None);
+    let _ = c.logout();
     Ok(Some(FirmwareReport {
         device: d.name.clone(),
         factory_version,
@@ -914,7 +900,7 @@ fn validation_story(
         let r = crate::provision::apply(&c, &p)?;
         let again = crate::provision::apply(&c, &p)?;
         let drift = crate::provision::diff(&c, &p)?;
-        let _ = c.call("POST", "/api/v1/logout", None);
+        let _ = c.logout();
         let _ = writeln!(
             out,
             "  {}: cell profile applied ({} change(s)); re-applied: {} change(s); drift left: {}",
@@ -1192,12 +1178,14 @@ fn tamper_story(
         },
         Versions::Default,
     )?;
-    let mut info = serde_json::Value::Null;
+    // Whether the device said (under its marker) that its tamper response
+    // ran; None while it did not.
+    let mut tampered = None;
     for _ in 0..500 {
-        if let Ok(r) = marker.call("GET", "/api/v1/info", None)
-            && r.body["tampered"] == true
+        if let Ok(i) = marker.get::<drivesec_api::device::DeviceInfo>("/api/v1/info")
+            && i.tampered
         {
-            info = r.body;
+            tampered = Some(i.tampered);
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -1208,10 +1196,13 @@ fn tamper_story(
             .call("GET", "/api/v1/info", None)
             .is_err();
     let login_status = marker
-        .call(
+        .call_with(
             "POST",
             "/api/v1/login",
-            Some(&serde_json::json!({"username": "x", "password": "y"})),
+            &drivesec_api::sessions::LoginRequest {
+                username: "x".into(),
+                password: "y".into(),
+            },
         )?
         .status;
     let _ = writeln!(
@@ -1226,14 +1217,14 @@ fn tamper_story(
     let _ = writeln!(
         out,
         "  status under the self-signed TAMPERED certificate: tampered = {}; a login -> {login_status}",
-        info["tampered"]
+        tampered.map_or_else(|| "null".to_string(), |t| t.to_string())
     );
     let reprovisioned = reprovision_story(lab, d, work, out)?;
     Ok(Some(TamperReport {
         device: d.name.clone(),
         keys_before,
         keys_after,
-        tampered: info["tampered"] == true,
+        tampered: tampered == Some(true),
         identity_refused,
         login_status,
         reprovisioned,
@@ -1515,10 +1506,13 @@ fn factory_credential_refused(
         .map_err(|_| OemError::Invalid(format!("bad api {api}")))?;
     let trust = lab.device_trust(d)?;
     let c = DeviceClient::new(addr, Some(&id), &trust, Versions::Default)?;
-    let r = c.call(
+    let r = c.call_with(
         "POST",
         "/api/v1/commission/begin",
-        Some(&serde_json::json!({"factory_credential": cred, "device_name": "takeover.example"})),
+        &drivesec_api::commissioning::CommissionBeginRequest {
+            factory_credential: cred.to_string(),
+            device_name: "takeover.example".into(),
+        },
     )?;
     Ok(r.status == 409)
 }

@@ -8,6 +8,10 @@
 
 use std::net::SocketAddr;
 
+use drivesec_api::device::DeviceInfo;
+use drivesec_api::firmware::FirmwareStatus;
+use drivesec_api::identity::{InstallLdevid, RenewalCsr};
+use drivesec_api::security::{CrlInstallAnswer, CrlInstallRequest};
 use drivesec_fleet::{DeviceRecord, FleetStore};
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
@@ -257,10 +261,12 @@ impl Reach {
     }
 
     /// A client of `d` (not logged in) that has completed one request
-    /// (`GET /api/v1/info`), so its handshake proved the device.
+    /// (`GET /api/v1/info`, answered 2xx), so its handshake proved the
+    /// device. What counts is that handshake (the certificate it
+    /// presented), not what the answer says, which is not read.
     fn connected(&self, d: &ReachDevice) -> Result<DeviceClient> {
         let c = DeviceClient::new(d.addr, Some(&self.admin), &self.trust(d), Versions::Default)?;
-        c.ok("GET", "/api/v1/info", None)?;
+        c.call("GET", "/api/v1/info", None)?.success()?;
         Ok(c)
     }
 
@@ -350,10 +356,10 @@ fn scan_one(reach: &Reach, d: &ReachDevice) -> Seen {
     match reach.session(d) {
         Ok(c) => {
             seen.reachable = true;
-            match c.ok("GET", "/api/v1/firmware", None) {
+            match c.get::<FirmwareStatus>("/api/v1/firmware") {
                 Ok(f) => {
-                    seen.firmware_version = f["running"]["version"].as_str().unwrap_or("").into();
-                    seen.boot_issue = f["boot_state"]["last_revert"].as_str().map(str::to_string);
+                    seen.firmware_version = f.running.map(|r| r.version).unwrap_or_default();
+                    seen.boot_issue = f.boot_state.and_then(|b| b.last_revert);
                 }
                 Err(e) => seen.error = Some(e.to_string()),
             }
@@ -362,7 +368,7 @@ fn scan_one(reach: &Reach, d: &ReachDevice) -> Seen {
                 seen.days_left = Some(left);
                 seen.ldevid_not_after = not_after;
             }
-            let _ = c.call("POST", "/api/v1/logout", None);
+            let _ = c.logout();
         }
         Err(e) => {
             // No identity answers: is it the tamper response? (Not asked of a
@@ -379,8 +385,8 @@ fn scan_one(reach: &Reach, d: &ReachDevice) -> Seen {
                     },
                     Versions::Default,
                 )
-                .and_then(|t| t.ok("GET", "/api/v1/info", None))
-                .is_ok_and(|v| v["tampered"] == true);
+                .and_then(|t| t.get::<DeviceInfo>("/api/v1/info"))
+                .is_ok_and(|v| v.tampered);
             // Flagged only when all the device presented is its own tamper
             // marker; a claim beside another refusal (a revoked or another
             // device's certificate, say) does not hide that refusal.
@@ -457,12 +463,14 @@ pub fn push_crl(
 ) -> Result<Vec<(String, std::result::Result<(), String>)>> {
     let r = each_device(&reach.devices, reach.parallel, |d| {
         let c = reach.session(d)?;
-        c.ok(
+        c.send::<_, CrlInstallAnswer>(
             "PUT",
             "/api/v1/security/crl",
-            Some(&serde_json::json!({"crl_pem": crl_pem})),
+            &CrlInstallRequest {
+                crl_pem: crl_pem.to_string(),
+            },
         )?;
-        let _ = c.call("POST", "/api/v1/logout", None);
+        let _ = c.logout();
         Ok(())
     });
     Ok(reach
@@ -570,10 +578,9 @@ fn renew_one(
         )));
     }
     c.login(&reach.admin_user, &reach.admin_password)?;
-    let csr = c.ok("POST", "/api/v1/identity/renew", None)?["csr_pem"]
-        .as_str()
-        .ok_or_else(|| OemError::Invalid(format!("{}: no CSR", d.name)))?
-        .to_string();
+    let csr = c
+        .request::<RenewalCsr>("POST", "/api/v1/identity/renew")?
+        .csr_pem;
     let issued = {
         let mut ca = oem
             .lock()
@@ -595,23 +602,23 @@ fn renew_one(
     // positively refuses it or presents another certificate; when the
     // device cannot be reached to tell, it is not (revoking an LDevID the
     // device may already be using would lock its owner out of it).
-    let install = match c.call(
+    let install = match c.call_with(
         "PUT",
         "/api/v1/identity/ldevid",
-        Some(&serde_json::json!({"chain_pem": issued.chain_pem})),
+        &InstallLdevid {
+            chain_pem: issued.chain_pem.clone(),
+        },
     ) {
-        Ok(r) if (200..300).contains(&r.status) => Install::Accepted,
+        // What counts is the certificate it presents next, not this answer.
+        Ok(r) if r.is_success() => Install::Accepted,
         Ok(r) => Install::Refused(format!(
             "the device refused it ({} {})",
             r.status,
-            r.body
-                .get("message")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or_default()
+            r.error_body().map(|e| e.message).unwrap_or_default()
         )),
         Err(e) => Install::Unknown(e.to_string()),
     };
-    let _ = c.call("POST", "/api/v1/logout", None);
+    let _ = c.logout();
     // Whatever the device answered (its reply may also have been lost),
     // what counts is the certificate it presents on a new connection:
     // asked again, with back-off, while it cannot be reached (a device

@@ -15,6 +15,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use drivesec_api::accounts::{NewUserRequest, UserAddedAnswer};
+use drivesec_api::modbus::{ModbusRights, ModbusRightsSet, ModbusRule};
+use drivesec_api::sessions::{OwnPasswordAnswer, OwnPasswordRequest};
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_pki::{BUILTIN_ROLES, Ca, CaKind, CaOptions, IssueRequest, Profile, Role, SubjectKey};
 use rand_core::{OsRng, RngCore};
@@ -733,10 +736,14 @@ fn start_devices(
             // first login must change it (docs/permissions.md), which the
             // lab does on the person's behalf.
             let temporary = crate::daemons::random_password();
-            c.ok(
+            c.send::<_, UserAddedAnswer>(
                 "POST",
                 "/api/v1/users",
-                Some(&serde_json::json!({"username": u.username, "role": role, "password": temporary})),
+                &NewUserRequest {
+                    username: u.username.clone(),
+                    role: role.clone(),
+                    password: temporary.clone(),
+                },
             )?;
             // Over the person's own certificate (the per-certificate login
             // rate limit stays with each of them).
@@ -752,15 +759,18 @@ fn start_devices(
                 Versions::Default,
             )?;
             holder.login(&u.username, &temporary)?;
-            holder.ok(
+            holder.send::<_, OwnPasswordAnswer>(
                 "POST",
                 "/api/v1/me/password",
-                Some(&serde_json::json!({"old_password": temporary, "new_password": u.password})),
+                &OwnPasswordRequest {
+                    old_password: temporary.clone(),
+                    new_password: u.password.clone(),
+                },
             )?;
-            holder.ok("POST", "/api/v1/logout", None)?;
+            holder.logout()?;
         }
-        c.ok("PUT", "/api/v1/modbus/rights", Some(&lab_modbus_rights()))?;
-        c.ok("POST", "/api/v1/logout", None)?;
+        c.send::<_, ModbusRightsSet>("PUT", "/api/v1/modbus/rights", &lab_rights())?;
+        c.logout()?;
         progress(LabStep::Done(format!(
             "{} running and commissioned",
             d.name
@@ -969,27 +979,36 @@ impl LabManifest {
 /// speed reference and the `speed-reference` parameter; the engineer the
 /// control word, the speed reference and every parameter. The
 /// security-admin and auditor roles get nothing over Modbus.
-pub fn lab_modbus_rights() -> serde_json::Value {
-    let read = serde_json::json!([
-        {"functions": [3, 4], "start": 0, "end": 8},
-        {"functions": [3], "start": 1000, "end": 1009}
-    ]);
-    let with = |extra: serde_json::Value| {
-        let mut v = read.as_array().cloned().unwrap_or_default();
-        v.extend(extra.as_array().cloned().unwrap_or_default());
-        serde_json::Value::Array(v)
+pub fn lab_rights() -> ModbusRights {
+    let rule = |functions: &[u8], start, end| ModbusRule {
+        functions: functions.to_vec(),
+        start,
+        end,
     };
-    serde_json::json!({"roles": {
-        "viewer": read.clone(),
-        "operator": with(serde_json::json!([
-            {"functions": [6, 16], "start": 0, "end": 1},
-            {"functions": [6, 16], "start": 1000, "end": 1000}
-        ])),
-        "engineer": with(serde_json::json!([
-            {"functions": [6, 16], "start": 0, "end": 1},
-            {"functions": [6, 16], "start": 1000, "end": 1009}
-        ])),
-    }})
+    let read = vec![rule(&[3, 4], 0, 8), rule(&[3], 1000, 1009)];
+    let with = |extra: Vec<ModbusRule>| [read.clone(), extra].concat();
+    ModbusRights {
+        roles: [
+            ("viewer", read.clone()),
+            (
+                "operator",
+                with(vec![rule(&[6, 16], 0, 1), rule(&[6, 16], 1000, 1000)]),
+            ),
+            (
+                "engineer",
+                with(vec![rule(&[6, 16], 0, 1), rule(&[6, 16], 1000, 1009)]),
+            ),
+        ]
+        .into_iter()
+        .map(|(role, rules)| (role.to_string(), rules))
+        .collect(),
+    }
+}
+
+/// [`lab_rights`] as the JSON of `GET`/`PUT /api/v1/modbus/rights`, for
+/// tests that speak the API by hand.
+pub fn lab_modbus_rights() -> serde_json::Value {
+    serde_json::to_value(lab_rights()).unwrap_or_default()
 }
 
 /// What [`down`] did.

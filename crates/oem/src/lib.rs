@@ -93,6 +93,31 @@ pub enum OemError {
         /// The LDevID serial revoked because of it (None: revoking failed too).
         revoked: Option<String>,
     },
+    /// A device answered a request with an error status (not 2xx).
+    #[error("{request}: {status} {message}")]
+    Rejected {
+        /// The request, `METHOD PATH`.
+        request: String,
+        /// The HTTP status.
+        status: u16,
+        /// The device's error body (a stable `error` code and a
+        /// `message`), when the answer was one.
+        error: Option<drivesec_api::ErrorBody>,
+        /// What the device said: the error body's message, or the answer
+        /// as it came.
+        message: String,
+    },
+    /// A device's answer to a request is not what the device API defines
+    /// for that request (docs/openapi.json): nothing of it is used.
+    #[error("{device}: the answer to {request} is not what the device API defines: {reason}")]
+    BadAnswer {
+        /// The device (name and address).
+        device: String,
+        /// The request, `METHOD PATH`.
+        request: String,
+        /// The answer type and what did not parse (the field, and why).
+        reason: String,
+    },
     /// A verification step of the demo failed.
     #[error("check failed: {0}")]
     Check(String),

@@ -6,11 +6,13 @@
 
 use std::collections::BTreeMap;
 
+use drivesec_api::security::Posture;
 use drivesec_iec62443::assess::LivePosture;
 use serde::Serialize;
 
+use crate::Result;
+use crate::client::wire_name;
 use crate::incident::{Reach, ReachDevice, each_device};
-use crate::{OemError, Result};
 
 /// A device whose posture could not be fetched.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -61,26 +63,23 @@ pub fn fetch(reach: &Reach) -> Result<Postures> {
 /// One device's posture.
 fn fetch_one(reach: &Reach, d: &ReachDevice) -> Result<LivePosture> {
     let c = reach.session(d)?;
-    let p = c.ok("GET", "/api/v1/posture", None);
-    let _ = c.call("POST", "/api/v1/logout", None);
-    let p = p?;
-    let sl_a = crate::client::posture_sl_a(&p)
-        .ok_or_else(|| OemError::Invalid(format!("{}: posture without a 7-value sl_a", d.name)))?;
-    let reasons = p["foundational_requirements"]
-        .as_array()
-        .map(|frs| {
-            frs.iter()
-                .flat_map(|f| {
-                    let fr = f["fr"].as_str().unwrap_or("").to_string();
-                    f["reasons"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(move |r| r.as_str().map(|r| format!("{fr}: {r}")))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(LivePosture { sl_a, reasons })
+    let p = c.get::<Posture>("/api/v1/posture");
+    let _ = c.logout();
+    Ok(live(&p?))
+}
+
+/// What an assessment takes of a device's posture: its SL-A vector and
+/// every reason a level was capped, as `FRn: reason`.
+fn live(p: &Posture) -> LivePosture {
+    LivePosture {
+        sl_a: p.sl_a,
+        reasons: p
+            .foundational_requirements
+            .iter()
+            .flat_map(|f| {
+                let fr = wire_name(&f.fr);
+                f.reasons.iter().map(move |r| format!("{fr}: {r}"))
+            })
+            .collect(),
+    }
 }

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use drivesec_api::accounts::UserListAnswer;
+use drivesec_api::audit::TrailSnapshot;
 use drivesec_audit::{Actor, Outcome};
 use serde::Serialize;
 
@@ -40,23 +42,14 @@ pub fn collect_trail_within(
     total_cap: u64,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     use base64::Engine as _;
-    let snap = c.ok("GET", "/api/v1/audit/trail", None)?;
+    let snap: TrailSnapshot = c.get("/api/v1/audit/trail")?;
     let bad = |m: &str| OemError::Check(format!("the device's trail snapshot: {m}"));
     let b64 = base64::engine::general_purpose::STANDARD;
-    let files = snap["files"].as_object().ok_or_else(|| bad("no files"))?;
     // The segments and their lengths, checked before anything is fetched.
     let mut segments = vec![];
     let mut total: u64 = 0;
-    for seg in snap["segments"]
-        .as_array()
-        .ok_or_else(|| bad("no segments"))?
-    {
-        let name = seg["name"]
-            .as_str()
-            .ok_or_else(|| bad("segment without a name"))?;
-        let bytes = seg["bytes"]
-            .as_u64()
-            .ok_or_else(|| bad("segment without a length"))?;
+    for seg in &snap.segments {
+        let (name, bytes) = (seg.name.as_str(), seg.bytes);
         if !drivesec_audit::is_segment_name(name) {
             return Err(bad(&format!("'{name}' is not a segment name")));
         }
@@ -81,16 +74,14 @@ pub fn collect_trail_within(
     }
     std::fs::create_dir_all(dir.join("segments"))
         .map_err(|e| drivesec_fsutil::FsError::io("create", dir, e))?;
-    for (name, data) in files {
+    for (name, data) in &snap.files {
         if !matches!(
             name.as_str(),
             "anchor.json" | "checkpoint.json" | "checkpoints.log"
         ) {
             return Err(bad(&format!("unexpected file '{name}'")));
         }
-        let bytes = b64
-            .decode(data.as_str().ok_or_else(|| bad("file not base64"))?)
-            .map_err(|_| bad("file not base64"))?;
+        let bytes = b64.decode(data).map_err(|_| bad("file not base64"))?;
         drivesec_fsutil::write_atomic(&dir.join(name), &bytes, drivesec_fsutil::Mode::Public)?;
     }
     for (name, bytes) in segments {
@@ -118,12 +109,9 @@ pub fn collect_trail_within(
             },
         )?;
     }
-    let pem = snap["idevid_pem"]
-        .as_str()
-        .ok_or_else(|| bad("no IDevID"))?;
     Ok(drivesec_pki::read_certs_pem(
         std::path::Path::new("the device's IDevID"),
-        pem.as_bytes(),
+        snap.idevid_pem.as_bytes(),
     )?)
 }
 
@@ -337,8 +325,8 @@ fn review_one(
     let recs = drivesec_audit::reader::read(&trail, &Default::default(), usize::MAX)
         .map_err(|e| OemError::Check(format!("{}: {e}", d.name)))?;
     // Accounts as the device has them now.
-    let users = c.ok("GET", "/api/v1/users", None)?;
-    let _ = c.call("POST", "/api/v1/logout", None);
+    let users: UserListAnswer = c.get("/api/v1/users")?;
+    let _ = c.logout();
     let mut logins: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut failures: BTreeMap<String, Vec<time::OffsetDateTime>> = BTreeMap::new();
     let mut privilege_changes = vec![];
@@ -411,13 +399,11 @@ fn review_one(
             }
         }
     }
-    let accounts = users["users"]
-        .as_array()
-        .or_else(|| users.as_array())
+    let accounts = users
+        .users
         .into_iter()
-        .flatten()
         .map(|x| {
-            let username = x["username"].as_str().unwrap_or("").to_string();
+            let username = x.username;
             let l = logins.get(&username);
             let last = l.and_then(|v| v.last().cloned());
             let dormant = last
@@ -425,7 +411,7 @@ fn review_one(
                 .and_then(|t| time::OffsetDateTime::parse(t, rfc).ok())
                 .is_some_and(|t| (now - t).whole_days() > dormant_days);
             AccountReview {
-                role: x["role"].as_str().unwrap_or("").to_string(),
+                role: x.role,
                 logins: l.map(|v| v.len()).unwrap_or(0),
                 never_used: last.is_none(),
                 dormant,

@@ -6,12 +6,12 @@
 //! that). The campaign lives in the fleet store, so a killed tool resumes
 //! where it stopped, and a device is never updated twice.
 
+use drivesec_api::firmware::{FirmwareRebootAnswer, FirmwareStatus, FirmwareUploadAnswer};
 use drivesec_firmware::image::Header;
 use drivesec_firmware::trust::TrustStore;
 use drivesec_fleet::{DeviceRecord, DeviceState, FleetStore};
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions};
 use crate::{OemError, Result};
@@ -256,19 +256,15 @@ fn update_one(
     .map_err(fail)?;
     c.login(&op.username, &op.password).map_err(fail)?;
     let release = &header.manifest.version;
-    let status = c.ok("GET", "/api/v1/firmware", None).map_err(fail)?;
-    let running = status["running"]["version"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let status: FirmwareStatus = c.get("/api/v1/firmware").map_err(fail)?;
+    let running = status
+        .running
+        .as_ref()
+        .map(|r| r.version.clone())
+        .unwrap_or_default();
     let attest = |c: &DeviceClient| -> std::result::Result<bool, OemError> {
-        let mut nonce = [0u8; 32];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-        let nonce = hex::encode(nonce);
-        let resp = c.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce})))?;
-        let r = crate::attest::verify_attestation(
-            &resp,
-            &nonce,
+        let r = crate::attest::attest(
+            c,
             &op.roots,
             op.revocation.crls()?,
             Some(&t.device_name),
@@ -278,11 +274,14 @@ fn update_one(
     };
     // Already running it (a resumed campaign): count it, do not update again.
     if running == *release && attest(&c).map_err(fail)? {
-        let _ = c.call("POST", "/api/v1/logout", None);
+        let _ = c.logout();
         return Ok(format!("already running {release}"));
     }
     // Staged by an earlier run that was killed before the reboot: do not send it again.
-    let staged = !status["boot_state"]["pending"].is_null();
+    let staged = status
+        .boot_state
+        .as_ref()
+        .is_some_and(|b| b.pending.is_some());
     if !staged {
         step(DeviceState::Updating, &format!("sending {release}"));
         let r = c
@@ -293,44 +292,57 @@ fn update_one(
                 "application/octet-stream",
             )
             .map_err(fail)?;
-        if !(200..300).contains(&r.status) {
+        if !r.is_success() {
             return Err((
                 DeviceState::Failed,
                 format!(
                     "refused: {} {}",
                     r.status,
-                    r.body["message"].as_str().unwrap_or("")
+                    r.error_body().map(|e| e.message).unwrap_or_default()
                 ),
             ));
         }
+        r.answer::<FirmwareUploadAnswer>().map_err(fail)?;
     }
     step(DeviceState::Verifying, "trial boot and health check");
     // A trial whose health check fails stays on trial for its counted
     // attempts; each reboot is one, and the boot stage reverts after the last.
-    let mut r = c
-        .call("POST", "/api/v1/firmware/reboot", None)
-        .map_err(fail)?;
-    for _ in 0..8 {
-        if r.body["running"]["trial"] != true {
-            break;
-        }
-        r = c
+    // An error answer (another firmware operation in progress, say) ends
+    // the reboots; what runs is then what the attestation says.
+    let reboot = || -> std::result::Result<Option<FirmwareRebootAnswer>, (DeviceState, String)> {
+        let r = c
             .call("POST", "/api/v1/firmware/reboot", None)
             .map_err(fail)?;
+        if !r.is_success() {
+            return Ok(None);
+        }
+        r.answer().map(Some).map_err(fail)
+    };
+    let mut r = reboot()?;
+    for _ in 0..8 {
+        if !r
+            .as_ref()
+            .and_then(|r| r.running.as_ref())
+            .is_some_and(|f| f.trial)
+        {
+            break;
+        }
+        r = reboot()?;
     }
-    let after = r.body["running"]["version"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let after = r
+        .as_ref()
+        .and_then(|r| r.running.as_ref())
+        .map(|f| f.version.clone())
+        .unwrap_or_default();
     let ok = attest(&c).map_err(fail)?;
-    let _ = c.call("POST", "/api/v1/logout", None);
+    let _ = c.logout();
     if ok {
         Ok(format!("running {release}, confirmed"))
     } else {
-        let why = r.body["boot_state"]["last_revert"]
-            .as_str()
-            .unwrap_or("the release did not stay")
-            .to_string();
+        let why = r
+            .and_then(|r| r.boot_state)
+            .and_then(|b| b.last_revert)
+            .unwrap_or_else(|| "the release did not stay".to_string());
         Err((DeviceState::Reverted, format!("reverted to {after}: {why}")))
     }
 }

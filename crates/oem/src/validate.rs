@@ -7,12 +7,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use drivesec_api::audit::{ForwardingAnswer, ForwardingStatus, ForwardingTestAnswer};
+use drivesec_api::commissioning::CommissionBeginRequest;
+use drivesec_api::device::LifeCycle;
+use drivesec_api::security::Posture;
 use drivesec_firmware::image::Header;
 use drivesec_iec62443::profile::Profile;
 use drivesec_iec62443::{Fr, SlVector, notation};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Serialize;
-use serde_json::json;
 
 use crate::client::{
     ClientIdentity, DeadlineStream, DeviceClient, DeviceTrust, Revocation, Versions,
@@ -234,19 +237,16 @@ const FORWARDING_DEADLINE: Duration = Duration::from_secs(10);
 fn forwarding_round_trip(admin: &DeviceClient) -> std::result::Result<(u64, u128), String> {
     let start = Instant::now();
     let seq = admin
-        .ok("POST", "/api/v1/audit/forwarding/test", None)
-        .map_err(|e| format!("could not record a test record: {e}"))?["seq"]
-        .as_u64()
-        .ok_or("the device gave no sequence number for its test record")?;
-    let mut last = serde_json::Value::Null;
+        .request::<ForwardingTestAnswer>("POST", "/api/v1/audit/forwarding/test")
+        .map_err(|e| format!("could not record a test record: {e}"))?
+        .seq;
+    let mut last: Option<ForwardingStatus> = None;
     while start.elapsed() < FORWARDING_DEADLINE {
         last = admin
-            .ok("GET", "/api/v1/audit/forwarding", None)
-            .map_err(|e| e.to_string())?;
-        if last["status"]["forwarded"]
-            .as_u64()
-            .is_some_and(|f| f >= seq)
-        {
+            .get::<ForwardingAnswer>("/api/v1/audit/forwarding")
+            .map_err(|e| e.to_string())?
+            .status;
+        if last.as_ref().is_some_and(|s| s.forwarded >= seq) {
             return Ok((seq, start.elapsed().as_millis()));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -254,8 +254,11 @@ fn forwarding_round_trip(admin: &DeviceClient) -> std::result::Result<(u64, u128
     Err(format!(
         "test record {seq} was not delivered to the collector within {} s (forwarded up to {}, last error: {})",
         FORWARDING_DEADLINE.as_secs(),
-        last["status"]["forwarded"],
-        last["status"]["last_error"].as_str().unwrap_or("none")
+        last.as_ref()
+            .map_or_else(|| "null".to_string(), |s| s.forwarded.to_string()),
+        last.as_ref()
+            .and_then(|s| s.last_error.as_deref())
+            .unwrap_or("none")
     ))
 }
 
@@ -468,20 +471,22 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
             return t.result(r, sl_a, start);
         }
     };
-    let posture = admin.ok("GET", "/api/v1/posture", None).ok();
+    let posture = admin.get::<Posture>("/api/v1/posture").ok();
     let credential_alive = posture
         .as_ref()
         .map(|p| {
-            p["settings"]["factory_credential"] == true
-                || p["settings"]["device"]["state"] != "commissioned"
+            p.settings.factory_credential || p.settings.device.state != LifeCycle::Commissioned
         })
         .unwrap_or(true);
     // A well-formed request a commissioned device must refuse before looking
     // at the credential.
-    let begin = admin.call(
+    let begin = admin.call_with(
         "POST",
         "/api/v1/commission/begin",
-        Some(&json!({"factory_credential": "validator-probe", "device_name": "validator.probe"})),
+        &CommissionBeginRequest {
+            factory_credential: "validator-probe".into(),
+            device_name: "validator.probe".into(),
+        },
     );
     r.pass_if(
         "factory-credential",
@@ -492,14 +497,10 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
     );
 
     // Firmware: a fresh attestation, checked against the approved releases.
-    let mut nonce = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-    let nonce = hex::encode(nonce);
-    match admin.ok("POST", "/api/v1/attest", Some(&json!({"nonce": nonce}))) {
-        Ok(resp) => {
+    match crate::attest::request(&admin) {
+        Ok(answer) => {
             let base = crate::attest::verify_attestation(
-                &resp,
-                &nonce,
+                &answer,
                 &ctx.roots,
                 &ctx.crls,
                 Some(&t.device_name),
@@ -510,8 +511,7 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
                 Ok(rep) => {
                     let approved = ctx.approved.iter().any(|h| {
                         crate::attest::verify_attestation(
-                            &resp,
-                            &nonce,
+                            &answer,
                             &ctx.roots,
                             &ctx.crls,
                             Some(&t.device_name),
@@ -545,66 +545,55 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
 
     // Accounts and roles against the profile.
     match &t.profile {
-        Some(p) => match admin.ok("GET", "/api/v1/profile", None) {
-            Ok(v) => match serde_json::from_value::<Profile>(v["current"].clone()) {
-                Ok(cur) => {
-                    let mut clean = true;
-                    for a in &p.accounts {
-                        match cur.accounts.iter().find(|b| b.username == a.username) {
-                            None => {
-                                clean = false;
-                                r.add(
-                                    "accounts",
-                                    "SR 1.3",
-                                    Verdict::Fail,
-                                    format!("account {} ({}) missing", a.username, a.role),
-                                );
-                            }
-                            Some(b) if b.role != a.role => {
-                                clean = false;
-                                r.add(
-                                    "accounts",
-                                    "SR 2.1",
-                                    Verdict::Fail,
-                                    format!(
-                                        "account {} has role {}, profile {}",
-                                        a.username, b.role, a.role
-                                    ),
-                                );
-                            }
-                            _ => {}
-                        }
-                    }
-                    for b in &cur.accounts {
-                        if !p.accounts.iter().any(|a| a.username == b.username) {
+        Some(p) => match crate::provision::current(&admin) {
+            Ok((_, cur)) => {
+                let mut clean = true;
+                for a in &p.accounts {
+                    match cur.accounts.iter().find(|b| b.username == a.username) {
+                        None => {
                             clean = false;
                             r.add(
                                 "accounts",
                                 "SR 1.3",
                                 Verdict::Fail,
+                                format!("account {} ({}) missing", a.username, a.role),
+                            );
+                        }
+                        Some(b) if b.role != a.role => {
+                            clean = false;
+                            r.add(
+                                "accounts",
+                                "SR 2.1",
+                                Verdict::Fail,
                                 format!(
-                                    "account {} ({}) is not in the profile",
-                                    b.username, b.role
+                                    "account {} has role {}, profile {}",
+                                    a.username, b.role, a.role
                                 ),
                             );
                         }
+                        _ => {}
                     }
-                    if clean {
+                }
+                for b in &cur.accounts {
+                    if !p.accounts.iter().any(|a| a.username == b.username) {
+                        clean = false;
                         r.add(
                             "accounts",
                             "SR 1.3",
-                            Verdict::Pass,
-                            format!("{} accounts, roles as in the profile", cur.accounts.len()),
+                            Verdict::Fail,
+                            format!("account {} ({}) is not in the profile", b.username, b.role),
                         );
                     }
                 }
-                Err(e) => r.add(
-                    "accounts",
-                    "SR 1.3",
-                    Verdict::Fail,
-                    format!("device profile: {e}"),
-                ),
-            },
+                if clean {
+                    r.add(
+                        "accounts",
+                        "SR 1.3",
+                        Verdict::Pass,
+                        format!("{} accounts, roles as in the profile", cur.accounts.len()),
+                    );
+                }
+            }
             Err(e) => r.add("accounts", "SR 1.3", Verdict::Fail, e.to_string()),
         },
         None => r.add(
@@ -651,8 +640,9 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
 
     // Audit forwarding, where SL-T asks for it.
     let required = l(Fr::Uc) >= 3 || l(Fr::Tre) >= 2;
-    let fwd = admin.ok("GET", "/api/v1/audit/forwarding", None).ok();
-    let configured = fwd.as_ref().is_some_and(|f| !f["settings"].is_null());
+    let configured = admin
+        .get::<ForwardingAnswer>("/api/v1/audit/forwarding")
+        .is_ok_and(|f| f.settings.is_some());
     if required && configured {
         // End to end: a fresh test record must be delivered to the collector.
         match forwarding_round_trip(&admin) {
@@ -691,15 +681,18 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
     }
 
     // SL-A against SL-T, FR by FR.
-    if let Some(p) = &posture
-        && let Some(a) = crate::client::posture_sl_a(p)
-    {
+    if let Some(p) = &posture {
+        let a = p.sl_a;
         sl_a = Some(a);
         for fr in Fr::ALL {
             let (have, want) = (a[fr.index()], t.sl_t[fr.index()]);
             if have < want {
-                let why =
-                    crate::client::strings(&p["foundational_requirements"][fr.index()]["reasons"]);
+                let why: Vec<String> = p
+                    .foundational_requirements
+                    .iter()
+                    .find(|f| f.fr.index() == fr.index())
+                    .map(|f| f.reasons.clone())
+                    .unwrap_or_default();
                 r.add(
                     &format!("sl-a-{}", fr.abbrev().to_lowercase()),
                     &fr.label(),
@@ -716,7 +709,7 @@ pub fn validate_device(ctx: &Context, t: &Target) -> DeviceResult {
             }
         }
     }
-    let _ = admin.call("POST", "/api/v1/logout", None);
+    let _ = admin.logout();
     t.result(r, sl_a, start)
 }
 

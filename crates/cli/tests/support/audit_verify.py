@@ -14,7 +14,9 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
+import re
 import stat
 import struct
 import sys
@@ -30,6 +32,9 @@ HEADER = 48
 TRAILER = 4
 MAX_BODY = 65536
 U64_MAX = 2**64 - 1
+MAX_BODY_DEPTH = 64
+STATEMENT_FIELDS = {"kind", "seq", "hash", "time", "algorithm", "signature"}
+HASH_HEX = re.compile(r"[0-9a-f]{64}")
 
 KIND_ORDER = [
     "damaged-record",
@@ -84,6 +89,80 @@ def resync(buf, off):
         at = i + 1
 
 
+# ---- strict JSON ("JSON" in docs/audit.md) -----------------------------------
+
+
+class Invalid(ValueError):
+    """JSON the format does not allow."""
+
+
+def _object(pairs):
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            raise Invalid("duplicate key")
+        obj[k] = v
+    return obj
+
+
+def _float(text):
+    v = float(text)
+    if math.isinf(v):
+        raise Invalid("number beyond a double")
+    return v
+
+
+def _int(text):
+    if text == "-0":
+        # A minus sign makes a number that is not an unsigned integer.
+        return -0.0
+    v = int(text)
+    try:
+        float(v)
+    except OverflowError:
+        raise Invalid("number beyond a double") from None
+    return v
+
+
+def _constant(name):
+    raise Invalid(name)
+
+
+def strict_json(data, max_depth=None):
+    """The JSON value in `data` (bytes), or Invalid: UTF-8 without a byte
+    order mark, no key twice in any object, finite numbers, valid Unicode
+    strings, and (when given) arrays and objects nested at most `max_depth`
+    deep, the outermost counting 1."""
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(
+            text,
+            object_pairs_hook=_object,
+            parse_float=_float,
+            parse_int=_int,
+            parse_constant=_constant,
+        )
+    except (UnicodeDecodeError, RecursionError, ValueError) as e:
+        raise Invalid(str(e)) from None
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if max_depth is not None and depth > max_depth:
+                raise Invalid("nested too deep")
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, x in items:
+                if isinstance(k, str):
+                    stack.append((k, depth))
+                stack.append((x, depth + 1))
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Invalid("a lone surrogate") from None
+    return value
+
+
 # ---- statements and records ---------------------------------------------------
 
 
@@ -116,10 +195,10 @@ def statement(text, want, key):
     """(seq, hash bytes) of a valid statement of kind `want`, else (None or
     its seq, None) for a forged or unreadable one."""
     try:
-        cp = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+        cp = strict_json(text)
+    except Invalid:
         return None, None
-    if not isinstance(cp, dict):
+    if not isinstance(cp, dict) or set(cp) != STATEMENT_FIELDS:
         return None, None
     fields = {"kind": str, "seq": int, "hash": str, "time": str, "algorithm": str, "signature": str}
     for name, typ in fields.items():
@@ -129,14 +208,12 @@ def statement(text, want, key):
     if cp["kind"] not in ("checkpoint", "anchor") or not 0 <= cp["seq"] <= U64_MAX:
         return None, None
     seq = cp["seq"]
-    try:
-        h = bytes.fromhex(cp["hash"]) if len(cp["hash"]) == 64 else None
-    except ValueError:
-        h = None
-    if h is not None and len(h) != 32:
-        h = None
+    h = bytes.fromhex(cp["hash"]) if HASH_HEX.fullmatch(cp["hash"]) else None
+    # Canonical base64 only: the standard alphabet, padded, unused bits zero.
     try:
         sig = base64.b64decode(cp["signature"], validate=True)
+        if base64.b64encode(sig).decode("ascii") != cp["signature"]:
+            sig = None
     except (binascii.Error, ValueError):
         sig = None
     if cp["kind"] != want or h is None or sig is None:
@@ -151,8 +228,8 @@ def statement(text, want, key):
 def is_record(body):
     """The body parses as a record (docs/audit.md, "Record body")."""
     try:
-        r = json.loads(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        r = strict_json(body, MAX_BODY_DEPTH)
+    except Invalid:
         return None
     if not isinstance(r, dict):
         return None
@@ -166,7 +243,7 @@ def is_record(body):
     if actor.get("kind") in ("user", "certificate"):
         if not isinstance(actor.get("id"), str):
             return None
-    elif actor.get("kind") != "device":
+    elif actor.get("kind") != "device" or actor.get("id") is not None:
         return None
     for opt in ("source", "target"):
         if opt in r and r[opt] is not None and not isinstance(r[opt], str):
@@ -332,7 +409,7 @@ def verify(trail, key):
             ):
                 details = rec.get("details") if isinstance(rec.get("details"), dict) else {}
                 fb = details.get("first_bad_seq")
-                fb = fb if isinstance(fb, int) and not isinstance(fb, bool) and fb >= 0 else None
+                fb = fb if isinstance(fb, int) and not isinstance(fb, bool) and 0 <= fb <= U64_MAX else None
                 reports.append({"seq": seq, "action": rec["action"], "first_bad_seq": fb})
             if seq in checkpoints:
                 seen.setdefault(seq, []).append(digest)

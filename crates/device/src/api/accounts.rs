@@ -9,52 +9,56 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::Response;
-use drivesec_access::{AccessError, Accounts, Permission, SessionSummary, Sessions};
+use drivesec_access::{
+    AccessError, Accounts, Permission, Role, SessionSummary, Sessions, UserInfo,
+};
+use drivesec_api::accounts as api;
+use drivesec_api::sessions as sessions_api;
 use drivesec_audit::Outcome;
-use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, reply};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LoginReq {
-    username: String,
-    password: String,
+/// A permission set as listed on the wire: the names, in the set's order.
+fn wire_permissions(set: &BTreeSet<Permission>) -> Vec<String> {
+    set.iter().map(|p| p.as_str().to_string()).collect()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewUser {
-    username: String,
-    role: String,
-    password: String,
+/// An account as listed on the wire.
+fn wire_user(u: UserInfo) -> api::UserSummary {
+    api::UserSummary {
+        delayed_until: u.delayed_until,
+        failed_attempts: u.failed_attempts,
+        locked_by_admin_only: u.locked_by_admin_only,
+        locked_certificates: u.locked_certificates,
+        locked_until: u.locked_until,
+        password_changed: u.password_changed,
+        password_expired: u.password_expired,
+        role: u.role,
+        role_since: u.role_since,
+        username: u.username,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RoleReq {
-    role: String,
+/// A role as listed on the wire.
+fn wire_role(r: Role) -> api::RoleSummary {
+    api::RoleSummary {
+        builtin: r.builtin,
+        permissions: wire_permissions(&r.permissions),
+        name: r.name,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PasswordReq {
-    password: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct OwnPasswordReq {
-    old_password: String,
-    new_password: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewRole {
-    name: String,
-    permissions: Vec<String>,
+/// A session as listed on the wire.
+fn wire_session(s: SessionSummary) -> sessions_api::SessionSummary {
+    sessions_api::SessionSummary {
+        age_secs: s.age_secs,
+        client_fingerprint: s.client_fingerprint,
+        handle: s.handle,
+        idle_secs: s.idle_secs,
+        role: s.role,
+        username: s.username,
+    }
 }
 
 impl Device {
@@ -216,7 +220,7 @@ impl Device {
 pub(crate) async fn login(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
-    Body(req): Body<LoginReq>,
+    Body(req): Body<sessions_api::LoginRequest>,
 ) -> Result<Response, ApiError> {
     dev.commissioned()?;
     if let Err((e, first)) = dev.login_rate(&conn.fingerprint) {
@@ -337,10 +341,15 @@ pub(crate) async fn login(
         .access
         .banner
         .clone();
-    Ok(ok(json!({
-        "session": session.id, "handle": session.handle, "username": auth.username, "role": auth.role,
-        "permissions": auth.permissions, "must_change_password": auth.must_change_password, "banner": banner,
-    })))
+    Ok(reply(sessions_api::LoginAnswer {
+        banner,
+        handle: session.handle,
+        must_change_password: auth.must_change_password,
+        permissions: wire_permissions(&auth.permissions),
+        role: auth.role,
+        session: session.id,
+        username: auth.username,
+    }))
 }
 
 pub(crate) async fn logout(
@@ -359,7 +368,7 @@ pub(crate) async fn logout(
     rec.record(
         Device::event(&c, "auth.logout", Outcome::Success).target(c.session_handle.clone()),
     )?;
-    Ok(ok(json!({"logged_out": true})))
+    Ok(reply(sessions_api::LogoutAnswer { logged_out: true }))
 }
 
 pub(crate) async fn me(
@@ -368,17 +377,20 @@ pub(crate) async fn me(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let c = dev.session_caller(&headers, &conn)?;
-    Ok(ok(json!({
-        "username": c.username, "role": c.role, "permissions": c.permissions,
-        "session": c.session_handle, "must_change_password": c.must_change_password,
-    })))
+    Ok(reply(sessions_api::MeAnswer {
+        must_change_password: c.must_change_password,
+        permissions: wire_permissions(&c.permissions),
+        role: c.role,
+        session: c.session_handle,
+        username: c.username,
+    }))
 }
 
 pub(crate) async fn change_own_password(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(req): Body<OwnPasswordReq>,
+    Body(req): Body<sessions_api::OwnPasswordRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.session_caller(&headers, &conn)?;
     // Per-session rate limit, before any hash: a flood is answered 429 and
@@ -419,7 +431,10 @@ pub(crate) async fn change_own_password(
     dev.lock_sessions()?.password_changed(&c.username);
     let ended =
         dev.end_sessions_of(&c, &c.username, Some(&c.session_handle), "password changed")?;
-    Ok(ok(json!({"changed": true, "sessions_ended": ended})))
+    Ok(reply(sessions_api::OwnPasswordAnswer {
+        changed: true,
+        sessions_ended: ended as u64,
+    }))
 }
 
 pub(crate) async fn list_users(
@@ -428,14 +443,16 @@ pub(crate) async fn list_users(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadUsers, "user.list")?;
     let users = dev.with_accounts(|a| Ok(a.users()))?;
-    Ok(ok(json!({"users": users})))
+    Ok(reply(api::UserListAnswer {
+        users: users.into_iter().map(wire_user).collect(),
+    }))
 }
 
 pub(crate) async fn add_user(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(req): Body<NewUser>,
+    Body(req): Body<api::NewUserRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.add")?;
@@ -450,9 +467,11 @@ pub(crate) async fn add_user(
         })
         .await;
     dev.managed(rec, &c, "user.add", &req.username, r)?;
-    Ok(ok(
-        json!({"username": req.username, "role": req.role, "must_change_password": true}),
-    ))
+    Ok(reply(api::UserAddedAnswer {
+        must_change_password: true,
+        role: req.role,
+        username: req.username,
+    }))
 }
 
 pub(crate) async fn remove_user(
@@ -473,7 +492,10 @@ pub(crate) async fn remove_user(
     // No other account changed: ending the removed one's sessions is the
     // whole of what `resync_sessions` would do.
     let ended = dev.end_sessions_of(&c, &name, None, "account removed")?;
-    Ok(ok(json!({"removed": name, "sessions_ended": ended})))
+    Ok(reply(api::UserRemovedAnswer {
+        removed: name,
+        sessions_ended: ended as u64,
+    }))
 }
 
 pub(crate) async fn set_role(
@@ -481,7 +503,7 @@ pub(crate) async fn set_role(
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
     PathParam(name): PathParam,
-    Body(req): Body<RoleReq>,
+    Body(req): Body<api::SetRoleRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.role.change")?;
@@ -495,7 +517,10 @@ pub(crate) async fn set_role(
     dev.managed(rec, &c, "user.role.change", &name, r)?;
     // The account's open sessions hold the new role from their next request.
     dev.resync_sessions(&c, "role changed")?;
-    Ok(ok(json!({"username": name, "role": req.role})))
+    Ok(reply(api::RoleSetAnswer {
+        role: req.role,
+        username: name,
+    }))
 }
 
 pub(crate) async fn unlock(
@@ -510,7 +535,7 @@ pub(crate) async fn unlock(
         a.unlock(&name)
     });
     dev.managed(rec, &c, "user.unlock", &name, r)?;
-    Ok(ok(json!({"unlocked": name})))
+    Ok(reply(api::UserUnlockedAnswer { unlocked: name }))
 }
 
 pub(crate) async fn reset_password(
@@ -518,7 +543,7 @@ pub(crate) async fn reset_password(
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
     PathParam(name): PathParam,
-    Body(req): Body<PasswordReq>,
+    Body(req): Body<api::PasswordResetRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageUsers, "user.password.reset")?;
@@ -534,9 +559,11 @@ pub(crate) async fn reset_password(
     dev.managed(rec, &c, "user.password.reset", &name, r)?;
     // Whoever held the old password loses every session made with it.
     let ended = dev.end_sessions_of(&c, &name, None, "password reset")?;
-    Ok(ok(
-        json!({"reset": name, "must_change_password": true, "sessions_ended": ended}),
-    ))
+    Ok(reply(api::PasswordResetAnswer {
+        must_change_password: true,
+        reset: name,
+        sessions_ended: ended as u64,
+    }))
 }
 
 pub(crate) async fn list_roles(
@@ -545,14 +572,16 @@ pub(crate) async fn list_roles(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadUsers, "role.list")?;
     let roles = dev.with_accounts(|a| Ok(a.roles()))?;
-    Ok(ok(json!({"roles": roles})))
+    Ok(reply(api::RoleListAnswer {
+        roles: roles.into_iter().map(wire_role).collect(),
+    }))
 }
 
 pub(crate) async fn add_role(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(req): Body<NewRole>,
+    Body(req): Body<api::NewRoleRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageRoles, "role.add")?;
@@ -569,7 +598,10 @@ pub(crate) async fn add_role(
         a.add_role(&req.name, perms.clone())
     });
     dev.managed(rec, &c, "role.add", &req.name, r)?;
-    Ok(ok(json!({"name": req.name, "permissions": perms})))
+    Ok(reply(api::RoleAddedAnswer {
+        permissions: wire_permissions(&perms),
+        name: req.name,
+    }))
 }
 
 pub(crate) async fn remove_role(
@@ -582,7 +614,7 @@ pub(crate) async fn remove_role(
     let r = dev.with_accounts(|a| a.remove_role(&name));
     dev.managed(rec, &c, "role.remove", &name, r)?;
     dev.resync_sessions(&c, "role removed")?;
-    Ok(ok(json!({"removed": name})))
+    Ok(reply(api::RoleRemovedAnswer { removed: name }))
 }
 
 pub(crate) async fn list_sessions(
@@ -591,7 +623,9 @@ pub(crate) async fn list_sessions(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadSessions, "session.list")?;
     let list = dev.lock_sessions()?.list(Instant::now());
-    Ok(ok(json!({"sessions": list})))
+    Ok(reply(sessions_api::SessionListAnswer {
+        sessions: list.into_iter().map(wire_session).collect(),
+    }))
 }
 
 pub(crate) async fn terminate_session(
@@ -604,5 +638,99 @@ pub(crate) async fn terminate_session(
     let ended = dev.lock_sessions()?.terminate(&handle);
     let r = ended.ok_or_else(|| ApiError::not_found(format!("no session '{handle}'")));
     let info = dev.managed(rec, &c, "session.terminate", &handle, r)?;
-    Ok(ok(json!({"terminated": handle, "username": info.username})))
+    Ok(reply(sessions_api::SessionTerminatedAnswer {
+        terminated: handle,
+        username: info.username,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The bytes the device wrote before the API's types: `json!` objects,
+    /// whose keys serde_json sorts.
+    fn old_bytes(v: serde_json::Value) -> String {
+        serde_json::to_string(&v).unwrap()
+    }
+
+    #[test]
+    fn permissions_keep_their_names() {
+        // The contract's list of names (its schema) is the device's.
+        assert_eq!(
+            api::Permission::ALL.map(|p| p.as_str()),
+            Permission::ALL.map(|p| p.as_str())
+        );
+    }
+
+    #[test]
+    fn roles_and_users_are_written_as_before() {
+        let roles = drivesec_access::builtin_roles();
+        let wire = api::RoleListAnswer {
+            roles: roles.iter().cloned().map(wire_role).collect(),
+        };
+        assert_eq!(
+            serde_json::to_string(&wire).unwrap(),
+            old_bytes(json!({"roles": roles}))
+        );
+
+        let d = tempfile::tempdir().unwrap();
+        let policy = drivesec_access::AccessPolicy {
+            hash: drivesec_access::HashParams {
+                memory_kib: drivesec_access::MIN_HASH_MEMORY_KIB,
+                iterations: 5,
+                parallelism: 1,
+            },
+            ..Default::default()
+        };
+        let mut a = Accounts::create(&d.path().join("accounts.json"), policy).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        a.add_user("admin", "security-admin", "Sec-Officer-01", now)
+            .unwrap();
+        a.add_user("alice", "operator", "Correct-Horse-1", now)
+            .unwrap();
+        // A lock, a delay and a failure count, so no field is at its default.
+        for _ in 0..8 {
+            let _ = a.authenticate_from("alice", "wrong", "fp-1", now);
+        }
+        let users = a.users();
+        assert!(users.iter().any(|u| u.locked_until.is_some()), "{users:?}");
+        let wire = api::UserListAnswer {
+            users: users.iter().cloned().map(wire_user).collect(),
+        };
+        assert_eq!(
+            serde_json::to_string(&wire).unwrap(),
+            old_bytes(json!({"users": users}))
+        );
+    }
+
+    #[test]
+    fn sessions_are_written_as_before() {
+        let mut s = Sessions::new(drivesec_access::SessionPolicy::default());
+        let auth = drivesec_access::Authenticated {
+            username: "alice".into(),
+            role: "operator".into(),
+            permissions: drivesec_access::builtin_roles()
+                .into_iter()
+                .find(|r| r.name == "operator")
+                .unwrap()
+                .permissions,
+            must_change_password: false,
+        };
+        s.create(&auth, "fp-1", Instant::now()).unwrap();
+        let list = s.list(Instant::now());
+        let wire = sessions_api::SessionListAnswer {
+            sessions: list.iter().cloned().map(wire_session).collect(),
+        };
+        assert_eq!(
+            serde_json::to_string(&wire).unwrap(),
+            old_bytes(json!({"sessions": list}))
+        );
+        assert_eq!(
+            serde_json::to_value(wire_permissions(&auth.permissions)).unwrap(),
+            serde_json::to_value(&auth.permissions).unwrap()
+        );
+    }
 }

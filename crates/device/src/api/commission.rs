@@ -10,31 +10,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use drivesec_access::Accounts;
+use drivesec_api::commissioning as api;
 use drivesec_audit::Outcome;
-use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, Body, ConnInfo, Device, Pending, ok};
+use super::{ApiError, Body, ConnInfo, Device, Pending, reply};
 use crate::state::LifeCycle;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BeginReq {
-    factory_credential: String,
-    device_name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CompleteReq {
-    factory_credential: String,
-    ldevid_chain_pem: String,
-    trust_anchors_pem: String,
-    #[serde(default)]
-    crl_pem: Option<String>,
-    admin_username: String,
-    admin_password: String,
-}
 
 impl Device {
     fn in_factory_state(&self) -> Result<(), ApiError> {
@@ -256,7 +237,7 @@ impl FactoryBackoff {
 pub(crate) async fn begin(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
-    Body(req): Body<BeginReq>,
+    Body(req): Body<api::CommissionBeginRequest>,
 ) -> Result<Response, ApiError> {
     dev.in_factory_state()?;
     dev.check_credential(&conn, req.factory_credential).await?;
@@ -280,13 +261,16 @@ pub(crate) async fn begin(
             .details(json!({"certificate": conn.fingerprint}))
             .essential(),
     )?;
-    Ok(ok(json!({"csr_pem": csr, "device_name": req.device_name})))
+    Ok(reply(api::CommissionBeginAnswer {
+        csr_pem: csr,
+        device_name: req.device_name,
+    }))
 }
 
 pub(crate) async fn complete(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
-    Body(req): Body<CompleteReq>,
+    Body(req): Body<api::CommissionCompleteRequest>,
 ) -> Result<Response, ApiError> {
     dev.in_factory_state()?;
     let pending = dev
@@ -372,9 +356,10 @@ pub(crate) async fn complete(
             .details(json!({"certificate": conn.fingerprint, "security_admin": admin}))
             .essential(),
     )?;
-    Ok(ok(
-        json!({"state": "commissioned", "device_name": pending.device_name}),
-    ))
+    Ok(reply(api::CommissionCompleteAnswer {
+        device_name: pending.device_name,
+        state: api::CommissionedState::Commissioned,
+    }))
 }
 
 #[cfg(test)]

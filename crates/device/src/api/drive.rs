@@ -10,12 +10,14 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use drivesec_access::Permission;
+use drivesec_api::drive::{
+    DriveCommand, DriveControlAnswer, DriveControlRequest, DriveState, DriveStatus,
+};
 use drivesec_audit::Outcome;
-use drivesec_drive::machine::{CW_FAULT_RESET, CW_QUICK_STOP, CW_RUN};
-use serde::Deserialize;
+use drivesec_drive::machine::{CW_FAULT_RESET, CW_QUICK_STOP, CW_RUN, State as Machine};
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, reply};
 
 fn link(dev: &Device) -> Result<&Arc<crate::drive_loop::DriveLink>, ApiError> {
     dev.drive
@@ -28,50 +30,46 @@ pub(crate) async fn status(
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadInfo, "drive.read")?;
-    Ok(ok(status_json(&dev)?))
+    Ok(reply(drive_status(&dev)?))
 }
 
 /// The drive's status as the API shows it.
-pub(crate) fn status_json(dev: &Device) -> Result<serde_json::Value, ApiError> {
+pub(crate) fn drive_status(dev: &Device) -> Result<DriveStatus, ApiError> {
     let l = link(dev)?;
     let s = l
         .status()
         .ok_or_else(|| ApiError::conflict("the drive has not ticked yet"))?;
-    Ok(json!({
-        "state": s.state,
-        "status_word": s.status_word | if l.tampered() { drivesec_drive::machine::SW_TAMPERED } else { 0 },
-        "control_word": l.control_word(),
-        "speed_rpm": s.speed_rpm,
-        "torque_pct": s.torque_pct,
-        "current_a": s.current_a,
-        "fault_code": s.fault_code,
-        "sto": s.sto,
-        "tampered": l.tampered(),
-        "ticks": s.ticks,
-    }))
-}
-
-#[derive(Deserialize, Clone, Copy, Debug)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum Command {
-    Start,
-    Stop,
-    QuickStop,
-    Reset,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ControlReq {
-    command: Option<Command>,
-    speed_reference: Option<f64>,
+    let tampered = l.tampered();
+    Ok(DriveStatus {
+        state: match s.state {
+            Machine::NotReady => DriveState::NotReady,
+            Machine::Ready => DriveState::Ready,
+            Machine::Running => DriveState::Running,
+            Machine::Fault => DriveState::Fault,
+            Machine::SafeTorqueOff => DriveState::SafeTorqueOff,
+        },
+        status_word: s.status_word
+            | if tampered {
+                drivesec_drive::machine::SW_TAMPERED
+            } else {
+                0
+            },
+        control_word: l.control_word(),
+        speed_rpm: s.speed_rpm,
+        torque_pct: s.torque_pct,
+        current_a: s.current_a,
+        fault_code: s.fault_code,
+        sto: s.sto,
+        tampered,
+        ticks: s.ticks,
+    })
 }
 
 pub(crate) async fn control(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(req): Body<ControlReq>,
+    Body(req): Body<DriveControlRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::DriveControl, "drive.control")?;
@@ -99,15 +97,15 @@ pub(crate) async fn control(
     let words: Vec<u16> = match req.command {
         None => vec![],
         // A start is an edge: run low, then high.
-        Some(Command::Start) => vec![0, CW_RUN],
-        Some(Command::Stop) => vec![0],
-        Some(Command::QuickStop) => vec![CW_QUICK_STOP],
-        Some(Command::Reset) => vec![0, CW_FAULT_RESET, 0],
+        Some(DriveCommand::Start) => vec![0, CW_RUN],
+        Some(DriveCommand::Stop) => vec![0],
+        Some(DriveCommand::QuickStop) => vec![CW_QUICK_STOP],
+        Some(DriveCommand::Reset) => vec![0, CW_FAULT_RESET, 0],
     };
     l.command(&words, req.speed_reference);
     rec.record(
         Device::event(&c, "drive.control", Outcome::Success)
             .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "command": req.command.map(|c| format!("{c:?}")), "speed_reference": req.speed_reference})),
     )?;
-    Ok(ok(json!({"accepted": true})))
+    Ok(reply(DriveControlAnswer { accepted: true }))
 }

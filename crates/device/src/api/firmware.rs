@@ -10,15 +10,79 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine;
 use drivesec_access::Permission;
+use drivesec_api::firmware as wire;
 use drivesec_audit::Outcome;
+use drivesec_firmware::slots::{BootState, Slot};
+use drivesec_firmware::trust::{TrustStore, TrustedKey};
 use http_body_util::BodyExt;
-use serde::Deserialize;
 use serde_json::json;
+use sha2::Digest;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, reply};
+use crate::firmware::Running;
 
 /// Largest image accepted through the API.
 pub const MAX_IMAGE_BYTES: usize = 1 << 30;
+
+/// What runs, as the API sends it.
+fn running_wire(r: &Running) -> wire::RunningFirmware {
+    wire::RunningFirmware {
+        root: r.root.clone(),
+        security_counter: r.security_counter,
+        signers: r.signers.clone(),
+        slot: r.slot.clone(),
+        trial: r.trial,
+        version: r.version.clone(),
+    }
+}
+
+/// A slot's name on the wire (`a`, `b`).
+fn slot_wire(s: Slot) -> String {
+    match s {
+        Slot::A => wire::FirmwareSlot::A,
+        Slot::B => wire::FirmwareSlot::B,
+    }
+    .as_str()
+    .to_string()
+}
+
+/// The boot state, as the API sends it.
+fn boot_state_wire(b: &BootState) -> wire::FirmwareBootState {
+    wire::FirmwareBootState {
+        active: slot_wire(b.active),
+        attempts_left: u32::from(b.attempts_left),
+        counter: b.counter,
+        last_revert: b.last_revert.clone(),
+        pending: b.pending.map(slot_wire),
+    }
+}
+
+/// A trusted key, as the API sends it.
+fn key_wire(k: &TrustedKey) -> wire::FirmwareTrustedKey {
+    wire::FirmwareTrustedKey {
+        kid: k.kid.clone(),
+        public_key: k.public_key.clone(),
+        revoked: k.revoked,
+        role: k.role.clone(),
+    }
+}
+
+/// The trust store, as the API sends it.
+fn trust_wire(t: &TrustStore) -> wire::FirmwareTrust {
+    wire::FirmwareTrust {
+        keys: t.keys.iter().map(key_wire).collect(),
+        policy: t
+            .policy
+            .iter()
+            .map(|q| wire::FirmwareSignatureRequirement {
+                min: q.min as u64,
+                role: q.role.clone(),
+            })
+            .collect(),
+        root: key_wire(&t.root),
+        version: t.version,
+    }
+}
 
 pub(crate) async fn status(
     State(dev): State<Arc<Device>>,
@@ -34,24 +98,19 @@ pub(crate) async fn status(
         .clone();
     let fw = dev.firmware_snapshot()?;
     let state = fw.as_ref().map(|f| f.state()).transpose()?;
-    let trust = fw.as_ref().map(|f| f.trust());
-    Ok(ok(
-        json!({"running": running, "boot_state": state, "trust": trust}),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RotateReq {
-    /// The COSE_Sign1 rotation statement, base64.
-    statement: String,
+    let trust = fw.as_ref().map(|f| trust_wire(f.trust()));
+    Ok(reply(wire::FirmwareStatus {
+        boot_state: state.as_ref().map(boot_state_wire),
+        running: running.as_ref().map(running_wire),
+        trust,
+    }))
 }
 
 pub(crate) async fn rotate_trust(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(req): Body<RotateReq>,
+    Body(req): Body<wire::TrustRotationRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageTrust, "firmware.trust-rotate")?;
@@ -84,7 +143,9 @@ pub(crate) async fn rotate_trust(
                     .details(json!({"certificate": c.conn.fingerprint, "root": t.root.kid, "keys": t.keys.len(), "revoked": revoked}))
                     .essential(),
             )?;
-            Ok(ok(json!({"trust": t})))
+            Ok(reply(wire::TrustRotationAnswer {
+                trust: trust_wire(&t),
+            }))
         }
         Err(e) => {
             rec.record(
@@ -273,9 +334,11 @@ pub(crate) async fn upload(
     // The body's own failure (timeout, size) is the answer, when there was one.
     match (failure, result) {
         (Some(f), _) => Err(f),
-        (None, Ok(m)) => Ok(ok(
-            json!({"staged": m.version, "security_counter": m.security_counter, "pending": true}),
-        )),
+        (None, Ok(m)) => Ok(reply(wire::FirmwareUploadAnswer {
+            pending: true,
+            security_counter: m.security_counter,
+            staged: m.version,
+        })),
         (None, Err(e)) => Err(e),
     }
 }
@@ -299,20 +362,17 @@ pub(crate) async fn reboot(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(ok(json!({"running": running, "boot_state": state})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AttestReq {
-    nonce: String,
+    Ok(reply(wire::FirmwareRebootAnswer {
+        boot_state: state.as_ref().map(boot_state_wire),
+        running: running.as_ref().map(running_wire),
+    }))
 }
 
 pub(crate) async fn attest(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(req): Body<AttestReq>,
+    Body(req): Body<wire::AttestRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ReadInfo, "firmware.attest")?;
@@ -335,14 +395,29 @@ pub(crate) async fn attest(
             (Some(k), Some(c)) => (k.clone(), c.clone()),
             _ => (st.file.idevid_key.clone(), st.idevid_chain.clone()),
         };
-        let statement = json!({
-            "kind": "drivesec-attestation/v1",
-            "nonce": req.nonce,
-            "serial_number": st.file.serial_number,
-            "device_name": st.file.device_name,
-            "firmware": running,
-            "time": crate::now_rfc3339(),
-        });
+        // The certificate whose key signs: the one this device presents in
+        // its TLS handshakes (a connection admitted under another identity
+        // gets 421 before it reaches here). Named in the statement, so a
+        // verifier can bind the answer to the connection it came over.
+        let leaf = chain
+            .first()
+            .ok_or_else(|| ApiError::internal("no identity certificate"))?;
+        let leaf_serial = drivesec_pki::inspect::summarize(leaf)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .serial;
+        // These bytes are what is signed and sent (base64) as they are.
+        let statement = wire::AttestationStatement {
+            certificate: wire::AttestedCertificate {
+                serial: leaf_serial,
+                sha256: hex::encode(sha2::Sha256::digest(leaf.as_ref())),
+            },
+            device_name: st.file.device_name.clone(),
+            firmware: running_wire(&running),
+            kind: wire::ATTESTATION_KIND.to_string(),
+            nonce: req.nonce,
+            serial_number: st.file.serial_number.clone(),
+            time: crate::now_rfc3339(),
+        };
         let bytes =
             serde_json::to_vec(&statement).map_err(|e| ApiError::internal(e.to_string()))?;
         let sig = st
@@ -357,9 +432,9 @@ pub(crate) async fn attest(
         .collect();
     let b64 = base64::engine::general_purpose::STANDARD;
     dev.audit(Device::event(&c, "firmware.attest", Outcome::Success))?;
-    Ok(ok(json!({
-        "statement": b64.encode(&statement),
-        "signature": b64.encode(sig),
-        "certificate_chain": chain_pem,
-    })))
+    Ok(reply(wire::AttestAnswer {
+        certificate_chain: chain_pem,
+        signature: b64.encode(sig),
+        statement: b64.encode(&statement),
+    }))
 }

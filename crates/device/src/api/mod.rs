@@ -29,7 +29,7 @@ use drivesec_access::{AccessError, Accounts, Permission, Sessions};
 use drivesec_audit::{Actor, AuditLog, Event, Outcome};
 use drivesec_drive::ParamSet;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::DeviceError;
 use crate::config::DeviceConfig;
@@ -212,7 +212,10 @@ impl IntoResponse for ApiError {
         };
         (
             self.status,
-            axum::Json(json!({"error": self.code, "message": message})),
+            axum::Json(drivesec_api::ErrorBody {
+                error: self.code.to_string(),
+                message,
+            }),
         )
             .into_response()
     }
@@ -761,8 +764,8 @@ async fn tamper_gate(
     let get = req.method() == axum::http::Method::GET;
     match req.uri().path() {
         "/api/v1/info" if get => next.run(req).await,
-        "/api/v1/drive" if get => match drive::status_json(&dev) {
-            Ok(v) => ok(v),
+        "/api/v1/drive" if get => match drive::drive_status(&dev) {
+            Ok(v) => reply(v),
             Err(e) => e.into_response(),
         },
         _ => ApiError::new(
@@ -774,7 +777,7 @@ async fn tamper_gate(
     }
 }
 
-/// A JSON 200 response.
-pub(crate) fn ok(v: Value) -> Response {
-    axum::Json(v).into_response()
+/// A 200 response carrying one of the API's answer types.
+pub(crate) fn reply<T: serde::Serialize>(answer: T) -> Response {
+    axum::Json(answer).into_response()
 }

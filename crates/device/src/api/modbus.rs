@@ -2,18 +2,68 @@
 //! `read-security-settings`, replaced as a whole with
 //! `write-security-settings` (checked first; a bad table changes nothing).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use drivesec_access::Permission;
+use drivesec_api::modbus::{ModbusRights, ModbusRightsSet, ModbusRule};
 use drivesec_audit::Outcome;
-use drivesec_modbus::Rights;
+use drivesec_modbus::{Rights, Rule};
+use drivesec_pki::role::Role;
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, reply};
+
+/// The wire form of the device's rights table.
+fn to_wire(r: &Rights) -> ModbusRights {
+    ModbusRights {
+        roles: r
+            .roles
+            .iter()
+            .map(|(role, rules)| {
+                let rules = rules
+                    .iter()
+                    .map(|x| ModbusRule {
+                        functions: x.functions.clone(),
+                        start: x.start,
+                        end: x.end,
+                    })
+                    .collect();
+                (role.as_str().to_string(), rules)
+            })
+            .collect(),
+    }
+}
+
+/// The device's rights table from its wire form. A role name that cannot
+/// be one is a malformed body (422), as when the table was parsed straight
+/// into the device's type; the table's rules are checked when it is set.
+fn from_wire(r: ModbusRights) -> Result<Rights, ApiError> {
+    let mut roles = BTreeMap::new();
+    for (name, rules) in r.roles {
+        let role = Role::new(name).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad-json",
+                format!("roles: {e}"),
+            )
+        })?;
+        let rules = rules
+            .into_iter()
+            .map(|x| Rule {
+                functions: x.functions,
+                start: x.start,
+                end: x.end,
+            })
+            .collect();
+        roles.insert(role, rules);
+    }
+    Ok(Rights { roles })
+}
 
 pub(crate) async fn get_rights(
     State(dev): State<Arc<Device>>,
@@ -21,18 +71,17 @@ pub(crate) async fn get_rights(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadSecuritySettings, "modbus.rights.read")?;
     dev.commissioned()?;
-    let r = dev.modbus_rights();
-    Ok(ok(
-        serde_json::to_value(&*r).map_err(|e| ApiError::internal(e.to_string()))?
-    ))
+    Ok(reply(to_wire(&dev.modbus_rights())))
 }
 
 pub(crate) async fn set_rights(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(rights): Body<Rights>,
+    Body(rights): Body<ModbusRights>,
 ) -> Result<Response, ApiError> {
+    // A malformed body is answered before a missing session.
+    let rights = from_wire(rights)?;
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::WriteSecuritySettings, "modbus.rights.write")?;
     dev.commissioned()?;
@@ -51,5 +100,7 @@ pub(crate) async fn set_rights(
             json!({"certificate": c.conn.fingerprint, "role": c.role, "old": &*old, "new": rights}),
         ),
     )?;
-    Ok(ok(json!({"roles": rights.roles.len()})))
+    Ok(reply(ModbusRightsSet {
+        roles: rights.roles.len() as u64,
+    }))
 }

@@ -8,15 +8,20 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use drivesec_access::Permission;
+use drivesec_api::{audit as wire_audit, drive as wire_drive, security as wire_security};
 use drivesec_audit::Outcome;
 use drivesec_audit::reader::{self, Query as AuditQuery};
 use drivesec_drive::{Group, PARAMS};
 use drivesec_fsutil::{self as fsu, Mode};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, ok};
+use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, reply};
+use crate::posture::{access_policy, life_cycle};
 use crate::state::files;
+
+/// `forwarding.json` and the forwarding request are the API's type (kept
+/// here under its old path for the device's other users).
+pub use drivesec_api::audit::ForwardingSettings;
 
 pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, ApiError> {
     let tampered = dev.is_tampered();
@@ -31,12 +36,48 @@ pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, Api
         .access
         .banner
         .clone();
-    Ok(ok(json!({
-        "serial_number": st.file.serial_number, "model": st.file.model, "manufacturer": st.file.manufacturer,
-        "state": st.file.state, "device_name": st.file.device_name, "banner": banner,
-        "firmware_version": env!("CARGO_PKG_VERSION"), "api": "v1",
-        "tampered": tampered,
-    })))
+    Ok(reply(drivesec_api::device::DeviceInfo {
+        serial_number: st.file.serial_number.clone(),
+        model: st.file.model.clone(),
+        manufacturer: st.file.manufacturer.clone(),
+        state: life_cycle(st.file.state),
+        device_name: st.file.device_name.clone(),
+        banner,
+        firmware_version: env!("CARGO_PKG_VERSION").to_string(),
+        api: drivesec_api::device::ApiVersion::V1,
+        tampered,
+    }))
+}
+
+fn param_group(g: Group) -> wire_drive::ParamGroup {
+    match g {
+        Group::Operation => wire_drive::ParamGroup::Operation,
+        Group::Limits => wire_drive::ParamGroup::Limits,
+        Group::Motor => wire_drive::ParamGroup::Motor,
+    }
+}
+
+fn param_definition(d: &drivesec_drive::ParamDef) -> wire_drive::ParamDefinition {
+    let drivesec_drive::ParamDef {
+        name,
+        group,
+        unit,
+        min,
+        max,
+        integer,
+        default,
+        description,
+    } = d;
+    wire_drive::ParamDefinition {
+        name: name.to_string(),
+        group: param_group(*group),
+        unit: unit.to_string(),
+        min: *min,
+        max: *max,
+        integer: *integer,
+        default: *default,
+        description: description.to_string(),
+    }
 }
 
 pub(crate) async fn get_params(
@@ -49,13 +90,10 @@ pub(crate) async fn get_params(
         .lock()
         .map_err(|_| ApiError::internal("params lock poisoned"))?
         .clone();
-    Ok(ok(json!({"values": p.values(), "definitions": PARAMS})))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ParamWrite {
-    value: f64,
+    Ok(reply(wire_drive::ParamsAnswer {
+        values: p.values().clone(),
+        definitions: PARAMS.iter().map(param_definition).collect(),
+    }))
 }
 
 pub(crate) async fn set_param(
@@ -63,7 +101,7 @@ pub(crate) async fn set_param(
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
     PathParam(name): PathParam,
-    Body(req): Body<ParamWrite>,
+    Body(req): Body<wire_drive::ParamWriteRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     let def = drivesec_drive::def(&name)
@@ -100,7 +138,11 @@ pub(crate) async fn set_param(
                     .target(name.clone())
                     .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "old": old, "new": req.value})),
             )?;
-            Ok(ok(json!({"name": name, "value": req.value, "old": old})))
+            Ok(reply(wire_drive::ParamWriteAnswer {
+                name,
+                value: req.value,
+                old,
+            }))
         }
         Err(e) => {
             drop(params);
@@ -118,31 +160,12 @@ pub(crate) async fn set_param(
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AuditParams {
-    from: Option<u64>,
-    to: Option<u64>,
-    since: Option<String>,
-    until: Option<String>,
-    actor: Option<String>,
-    action: Option<String>,
-    outcome: Option<String>,
-    limit: Option<usize>,
-}
-
-fn audit_query(p: &AuditParams) -> Result<AuditQuery, ApiError> {
-    let outcome = match p.outcome.as_deref() {
-        None => None,
-        Some("success") => Some(Outcome::Success),
-        Some("failure") => Some(Outcome::Failure),
-        Some("denied") => Some(Outcome::Denied),
-        Some(o) => {
-            return Err(ApiError::bad_request(format!(
-                "outcome '{o}' is not success, failure or denied"
-            )));
-        }
-    };
+fn audit_query(p: &wire_audit::AuditQuery) -> Result<AuditQuery, ApiError> {
+    let outcome = p.outcome.map(|o| match o {
+        wire_audit::AuditOutcome::Success => Outcome::Success,
+        wire_audit::AuditOutcome::Failure => Outcome::Failure,
+        wire_audit::AuditOutcome::Denied => Outcome::Denied,
+    });
     for t in [&p.since, &p.until].into_iter().flatten() {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
             .map_err(|_| ApiError::bad_request(format!("'{t}' is not an RFC 3339 time")))?;
@@ -160,14 +183,14 @@ fn audit_query(p: &AuditParams) -> Result<AuditQuery, ApiError> {
 
 pub(crate) async fn read_audit(
     State(dev): State<Arc<Device>>,
-    q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<wire_audit::AuditQuery>, axum::extract::rejection::QueryRejection>,
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadAudit, "audit.read")?;
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let query = audit_query(&p)?;
     let dir = dev.audit_log()?.dir().to_path_buf();
-    let limit = p.limit.unwrap_or(100).min(10_000);
+    let limit = usize::try_from(p.limit.unwrap_or(100).min(10_000)).unwrap_or(10_000);
     let rec = dev.reserve("audit.read")?;
     let records = tokio::task::spawn_blocking(move || reader::read(&dir, &query, limit))
         .await
@@ -176,12 +199,62 @@ pub(crate) async fn read_audit(
         Device::event(&c, "audit.read", Outcome::Success)
             .details(json!({"certificate": c.conn.fingerprint, "records": records.len()})),
     )?;
-    Ok(ok(json!({"records": records})))
+    Ok(reply(wire_audit::AuditRecordsAnswer {
+        records: records.into_iter().map(audit_record).collect(),
+    }))
+}
+
+/// A record read back, on the wire.
+fn audit_record(r: reader::StoredRecord) -> wire_audit::AuditRecord {
+    use drivesec_audit::{Actor, TimeQuality};
+    let reader::StoredRecord {
+        seq,
+        hash,
+        prev,
+        record:
+            drivesec_audit::Record {
+                time,
+                time_quality,
+                actor,
+                source,
+                action,
+                target,
+                outcome,
+                details,
+                essential,
+            },
+    } = r;
+    wire_audit::AuditRecord {
+        seq,
+        hash,
+        prev,
+        time,
+        time_quality: match time_quality {
+            TimeQuality::Synchronized => wire_audit::TimeQuality::Synchronized,
+            TimeQuality::Unsynchronized => wire_audit::TimeQuality::Unsynchronized,
+            TimeQuality::Unknown => wire_audit::TimeQuality::Unknown,
+        },
+        actor: match actor {
+            Actor::User(u) => wire_audit::AuditActor::User(u),
+            Actor::Certificate(f) => wire_audit::AuditActor::Certificate(f),
+            Actor::Device => wire_audit::AuditActor::Device,
+        },
+        source,
+        action,
+        target,
+        outcome: match outcome {
+            Outcome::Success => wire_audit::AuditOutcome::Success,
+            Outcome::Failure => wire_audit::AuditOutcome::Failure,
+            Outcome::Denied => wire_audit::AuditOutcome::Denied,
+        },
+        details,
+        essential,
+    }
 }
 
 pub(crate) async fn export_audit(
     State(dev): State<Arc<Device>>,
-    q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<wire_audit::AuditQuery>, axum::extract::rejection::QueryRejection>,
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadAudit, "audit.export")?;
@@ -323,36 +396,34 @@ pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<R
             .map_err(|e| ApiError::internal(e.to_string()))?
     };
     let b64 = base64::engine::general_purpose::STANDARD;
-    let files: serde_json::Map<String, serde_json::Value> = snap
+    let files: std::collections::BTreeMap<String, String> = snap
         .files
         .iter()
-        .map(|(n, b)| (n.clone(), json!(b64.encode(b))))
+        .map(|(n, b)| (n.clone(), b64.encode(b)))
         .collect();
     let segments: Vec<_> = snap
         .segments
         .iter()
-        .map(|(n, l)| json!({"name": n, "bytes": l}))
+        .map(|(n, l)| wire_audit::TrailSegment {
+            name: n.clone(),
+            bytes: *l,
+        })
         .collect();
     rec.record(
         Device::event(&c, "audit.trail.read", Outcome::Success)
             .details(json!({"certificate": c.conn.fingerprint, "segments": segments.len()})),
     )?;
-    Ok(ok(
-        json!({"idevid_pem": idevid, "files": files, "segments": segments}),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SegmentParams {
-    name: String,
-    bytes: u64,
+    Ok(reply(wire_audit::TrailSnapshot {
+        idevid_pem: idevid,
+        files,
+        segments,
+    }))
 }
 
 /// The first `bytes` of one segment, as listed by `GET /api/v1/audit/trail`.
 pub(crate) async fn trail_segment(
     State(dev): State<Arc<Device>>,
-    q: Result<Query<SegmentParams>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<wire_audit::SegmentQuery>, axum::extract::rejection::QueryRejection>,
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadAudit, "audit.trail.read")?;
@@ -376,25 +447,24 @@ pub(crate) async fn trail_segment(
     Ok(([("content-type", "application/octet-stream")], body).into_response())
 }
 
-/// `forwarding.json`: where the trail is forwarded.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ForwardingSettings {
-    /// Collector `IP:PORT`.
-    pub collector: String,
-    /// Name in the collector's certificate.
-    pub server_name: String,
-    /// PEM trust anchors for the collector.
-    pub ca_pem: String,
-    /// Private enterprise number of the syslog SD-ID `drivesec@N`; a
-    /// positive integer, 50316 (the project's) when absent
-    /// (docs/audit.md, "Forwarding").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enterprise_number: Option<u32>,
-    /// Longest syslog message in octets, 2048 to 262144; 8192 (rsyslog's
-    /// default maxMessageSize) when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_message_bytes: Option<u32>,
+/// The forwarder's status on the wire.
+fn forwarding_status(s: drivesec_audit::forward::ForwardStatus) -> wire_audit::ForwardingStatus {
+    let drivesec_audit::forward::ForwardStatus {
+        forwarded,
+        connected,
+        connections,
+        failures,
+        last_error,
+        collector_refused,
+    } = s;
+    wire_audit::ForwardingStatus {
+        forwarded,
+        connected,
+        connections,
+        failures,
+        last_error,
+        collector_refused,
+    }
 }
 
 pub(crate) async fn get_forwarding(
@@ -412,8 +482,8 @@ pub(crate) async fn get_forwarding(
         .lock()
         .map_err(|_| ApiError::internal("lock poisoned"))?
         .as_ref()
-        .map(|f| f.status());
-    Ok(ok(json!({"settings": settings, "status": status})))
+        .map(|f| forwarding_status(f.status()));
+    Ok(reply(wire_audit::ForwardingAnswer { settings, status }))
 }
 
 pub(crate) async fn set_forwarding(
@@ -438,7 +508,9 @@ pub(crate) async fn set_forwarding(
     };
     rec.record(Device::event(&c, "audit.forwarding.set", outcome).target(req.collector.clone()))?;
     r?;
-    Ok(ok(json!({"collector": req.collector})))
+    Ok(reply(wire_audit::ForwardingSetAnswer {
+        collector: req.collector,
+    }))
 }
 
 /// Records a test record and hands it to the forwarder now; answers its
@@ -464,7 +536,7 @@ pub(crate) async fn test_forwarding(
     {
         f.nudge();
     }
-    Ok(ok(json!({"seq": seq})))
+    Ok(reply(wire_audit::ForwardingTestAnswer { seq }))
 }
 
 pub(crate) async fn posture(
@@ -472,10 +544,7 @@ pub(crate) async fn posture(
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadSecuritySettings, "posture.read")?;
-    let p = dev.posture()?;
-    Ok(ok(
-        serde_json::to_value(p).map_err(|e| ApiError::internal(e.to_string()))?
-    ))
+    Ok(reply(dev.posture()?))
 }
 
 pub(crate) async fn get_access_policy(
@@ -489,9 +558,7 @@ pub(crate) async fn get_access_policy(
         .map_err(|_| ApiError::internal("config lock poisoned"))?
         .access
         .clone();
-    Ok(ok(
-        serde_json::to_value(p).map_err(|e| ApiError::internal(e.to_string()))?
-    ))
+    Ok(reply(access_policy(p)))
 }
 
 /// Replaces the password, lockout and session policies and the banner
@@ -500,12 +567,12 @@ pub(crate) async fn set_access_policy(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(policy): Body<drivesec_access::AccessPolicy>,
+    Body(policy): Body<wire_security::AccessPolicy>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::WriteSecuritySettings, "security.access.set")?;
     let rec = dev.reserve("security.access.set")?;
-    let r = dev.set_access_policy(policy);
+    let r = dev.set_access_policy(access_policy_from(policy));
     let outcome = if r.is_ok() {
         Outcome::Success
     } else {
@@ -513,20 +580,56 @@ pub(crate) async fn set_access_policy(
     };
     rec.record(Device::event(&c, "security.access.set", outcome).essential())?;
     r?;
-    Ok(ok(json!({"applied": true})))
+    Ok(reply(wire_security::AccessPolicySetAnswer {
+        applied: true,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CrlReq {
-    crl_pem: String,
+/// A policy from the wire, to be validated (`AccessPolicy::validate`); a
+/// count beyond this machine's `usize` saturates, and validation refuses it.
+fn access_policy_from(p: wire_security::AccessPolicy) -> drivesec_access::AccessPolicy {
+    let size = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let wire_security::AccessPolicy {
+        password,
+        lockout,
+        session,
+        hash,
+        banner,
+    } = p;
+    drivesec_access::AccessPolicy {
+        password: drivesec_access::PasswordPolicy {
+            min_length: size(password.min_length),
+            min_classes: password.min_classes,
+            history: size(password.history),
+            max_age_days: password.max_age_days,
+        },
+        lockout: drivesec_access::LockoutPolicy {
+            max_failures: lockout.max_failures,
+            lockout_secs: lockout.lockout_secs,
+            max_lockout_secs: lockout.max_lockout_secs,
+            account_max_failures: lockout.account_max_failures,
+            max_delay_secs: lockout.max_delay_secs,
+        },
+        session: drivesec_access::SessionPolicy {
+            idle_secs: session.idle_secs,
+            absolute_secs: session.absolute_secs,
+            max_per_user: size(session.max_per_user),
+            password_changes_per_minute: session.password_changes_per_minute,
+        },
+        hash: drivesec_access::HashParams {
+            memory_kib: hash.memory_kib,
+            iterations: hash.iterations,
+            parallelism: hash.parallelism,
+        },
+        banner,
+    }
 }
 
 pub(crate) async fn install_crl(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(req): Body<CrlReq>,
+    Body(req): Body<wire_security::CrlInstallRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::ManageTrust, "trust.crl.install")?;
@@ -578,17 +681,7 @@ pub(crate) async fn install_crl(
     )?;
     r?;
     dev.report_stale_crl();
-    Ok(ok(json!({"installed": true})))
-}
-
-/// `POST /api/v1/factory-reset`: the caller's password again, and, to
-/// approve, the id a first security administrator's request answered.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ResetReq {
-    password: String,
-    #[serde(default)]
-    approve: Option<String>,
+    Ok(reply(wire_security::CrlInstallAnswer { installed: true }))
 }
 
 /// A factory reset asked for and not yet approved.
@@ -613,7 +706,7 @@ pub(crate) async fn factory_reset(
     State(dev): State<Arc<Device>>,
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
-    Body(req): Body<ResetReq>,
+    Body(req): Body<wire_security::FactoryResetRequest>,
 ) -> Result<Response, ApiError> {
     let c = dev.caller(&headers, &conn)?;
     dev.require(&c, Permission::FactoryReset, "device.factory-reset")?;
@@ -651,11 +744,12 @@ pub(crate) async fn factory_reset(
         )?;
         return Ok((
             axum::http::StatusCode::ACCEPTED,
-            axum::Json(json!({
-                "pending": true, "request": id,
-                "expires_in_secs": RESET_APPROVAL_WINDOW.as_secs(),
-                "next": "another account with factory-reset approves it with its own password (\"approve\": REQUEST)",
-            })),
+            axum::Json(wire_security::FactoryResetPendingAnswer {
+                pending: true,
+                request: id,
+                expires_in_secs: RESET_APPROVAL_WINDOW.as_secs(),
+                next: "another account with factory-reset approves it with its own password (\"approve\": REQUEST)".to_string(),
+            }),
         )
             .into_response());
     };
@@ -705,9 +799,10 @@ pub(crate) async fn factory_reset(
             .essential(),
     )?;
     let credential = crate::blocking(|| dev.factory_reset_now(seq))?;
-    Ok(ok(
-        json!({"state": "factory", "factory_credential": credential.as_str()}),
-    ))
+    Ok(reply(wire_security::FactoryResetAnswer {
+        state: drivesec_api::device::LifeCycle::Factory,
+        factory_credential: credential.as_str().to_string(),
+    }))
 }
 
 impl Device {
@@ -765,4 +860,34 @@ fn rand_bytes() -> [u8; 16] {
     let mut b = [0u8; 16];
     rand_core::OsRng.fill_bytes(&mut b);
     b
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// A body left partly out takes the same defaults through the API's
+    /// type as through the access crate's own.
+    #[test]
+    fn an_access_policy_reads_the_same_through_the_wire_type() {
+        for body in [
+            "{}",
+            r#"{"banner": "b", "password": {"min_length": 14}}"#,
+            r#"{"password": {"max_age_days": null}}"#,
+            r#"{"lockout": {"max_failures": 3}, "session": {"idle_secs": 60}, "hash": {"iterations": 3}}"#,
+        ] {
+            let wire: drivesec_api::security::AccessPolicy = serde_json::from_str(body).unwrap();
+            let own: drivesec_access::AccessPolicy = serde_json::from_str(body).unwrap();
+            assert_eq!(super::access_policy_from(wire.clone()), own, "{body}");
+            assert_eq!(crate::posture::access_policy(own.clone()), wire, "{body}");
+            assert_eq!(
+                serde_json::to_value(&wire).unwrap(),
+                serde_json::to_value(&own).unwrap(),
+                "{body}"
+            );
+        }
+        for body in [r#"{"nope": 1}"#, r#"{"password": {"nope": 1}}"#] {
+            assert!(serde_json::from_str::<drivesec_api::security::AccessPolicy>(body).is_err());
+        }
+    }
 }
