@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
-use crate::permissions::{Permission, Role, builtin_permissions, builtin_roles, is_builtin_role};
+use crate::permissions::{
+    Permission, Role, builtin_permissions, builtin_roles, is_builtin_role, is_operational,
+};
 use crate::policy::AccessPolicy;
 use crate::{AccessError, Result, password, validate_name};
 
@@ -961,7 +963,7 @@ impl Accounts {
     /// give `role` to account `target` (a new one or an existing one):
     /// never to itself, and only a role whose every permission the grantor
     /// holds or is an operational one (which user managers assign but,
-    /// by separation of duties, do not hold; [`Permission::is_operational`]).
+    /// by separation of duties, do not hold; [`is_operational`]).
     pub fn check_assign(
         &self,
         grantor: &str,
@@ -1084,12 +1086,12 @@ impl Accounts {
 
 /// The permissions of `perms` that an account holding `grantor` may neither
 /// give nor act on: those it lacks, except the operational ones
-/// ([`Permission::is_operational`]); their names, comma-separated, or
+/// ([`is_operational`]); their names, comma-separated, or
 /// `None` when there are none.
 fn beyond_grantor(grantor: &BTreeSet<Permission>, perms: &BTreeSet<Permission>) -> Option<String> {
     let missing: Vec<&str> = perms
         .iter()
-        .filter(|p| !grantor.contains(p) && !p.is_operational())
+        .filter(|p| !grantor.contains(p) && !is_operational(**p))
         .map(|p| p.as_str())
         .collect();
     (!missing.is_empty()).then(|| missing.join(", "))

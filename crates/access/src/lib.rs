@@ -1,7 +1,8 @@
 //! Who may do what on the drive: accounts, roles, permissions, password
 //! policy, lockout and sessions for the device runtime (`drivesecd`).
 //!
-//! * [`permissions`]: the fixed set of [`Permission`]s and the five built-in
+//! * [`permissions`]: the fixed set of [`Permission`]s (defined by the device
+//!   API contract, `drivesec_api::accounts`) and the five built-in
 //!   least-privilege [`Role`]s (`viewer`, `operator`, `engineer`,
 //!   `security-admin`, `auditor`). The security administrator cannot run the
 //!   drive and the engineer cannot change security settings (separation of
@@ -41,7 +42,8 @@ use std::path::PathBuf;
 
 pub use accounts::{Accounts, Authenticated, CredentialTag, RosterPlan, UserInfo};
 pub use permissions::{
-    BUILTIN_ROLE_NAMES, Permission, Role, builtin_roles, permission_matrix_markdown,
+    BUILTIN_ROLE_NAMES, Permission, Role, UnknownPermission, builtin_roles, is_operational,
+    permission_matrix_markdown,
 };
 pub use policy::{
     AccessPolicy, HashParams, LockoutPolicy, MAX_HASH_COST, MAX_HASH_ITERATIONS,
@@ -155,6 +157,12 @@ pub enum AccessError {
     /// File system failure.
     #[error(transparent)]
     Fs(#[from] drivesec_fsutil::FsError),
+}
+
+impl From<UnknownPermission> for AccessError {
+    fn from(e: UnknownPermission) -> Self {
+        AccessError::UnknownPermission(e.0)
+    }
 }
 
 /// Result type of this crate.

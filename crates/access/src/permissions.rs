@@ -6,167 +6,30 @@
 //! administrator cannot run the drive or change its parameters.
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::AccessError;
+/// The permission vocabulary is part of the device API contract and defined
+/// there, with its names ([`Permission::as_str`], serde, `FromStr`), its
+/// one-line descriptions ([`Permission::describe`]) and its schema.
+pub use drivesec_api::accounts::{Permission, UnknownPermission};
 
-/// One thing a user may be allowed to do on the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Permission {
-    /// Read device identity, firmware version and status.
-    ReadInfo,
-    /// Read drive parameters.
-    ReadParams,
-    /// Change operational parameters (set-points, ramps).
-    WriteParamsOperation,
-    /// Change protective limits (current, speed, torque).
-    WriteParamsLimits,
-    /// Change motor data and control-loop parameters.
-    WriteParamsMotor,
-    /// Start, stop and reset the drive.
-    DriveControl,
-    /// List accounts and their roles.
-    ReadUsers,
-    /// Create, remove and unlock accounts, reset passwords, assign roles.
-    ManageUsers,
-    /// Create, change and remove custom roles.
-    ManageRoles,
-    /// List active sessions.
-    ReadSessions,
-    /// Terminate other users' sessions.
-    TerminateSessions,
-    /// Read security settings (policies, trust configuration).
-    ReadSecuritySettings,
-    /// Change security settings.
-    WriteSecuritySettings,
-    /// Manage certificates, trust anchors and revocation lists.
-    ManageTrust,
-    /// Read and export the audit trail.
-    ReadAudit,
-    /// Configure forwarding of the audit trail to a remote collector.
-    ConfigureAuditForwarding,
-    /// Erase configuration, accounts and keys.
-    FactoryReset,
-    /// Install firmware updates and restart into them.
-    UpdateFirmware,
-}
-
-impl Permission {
-    /// Every permission, in declaration order.
-    pub const ALL: [Permission; 18] = [
-        Permission::ReadInfo,
-        Permission::ReadParams,
-        Permission::WriteParamsOperation,
-        Permission::WriteParamsLimits,
-        Permission::WriteParamsMotor,
-        Permission::DriveControl,
-        Permission::ReadUsers,
-        Permission::ManageUsers,
-        Permission::ManageRoles,
-        Permission::ReadSessions,
-        Permission::TerminateSessions,
-        Permission::ReadSecuritySettings,
-        Permission::WriteSecuritySettings,
-        Permission::ManageTrust,
-        Permission::ReadAudit,
-        Permission::ConfigureAuditForwarding,
-        Permission::FactoryReset,
-        Permission::UpdateFirmware,
-    ];
-
-    /// Whether this is an operational permission: reading and running the
-    /// drive (status, parameters, control, firmware). The security
-    /// administrator assigns roles made of these without holding them
-    /// (separation of duties); every other permission can only be granted
-    /// by an account that holds it.
-    pub fn is_operational(self) -> bool {
-        matches!(
-            self,
-            Permission::ReadInfo
-                | Permission::ReadParams
-                | Permission::WriteParamsOperation
-                | Permission::WriteParamsLimits
-                | Permission::WriteParamsMotor
-                | Permission::DriveControl
-                | Permission::UpdateFirmware
-        )
-    }
-
-    /// The kebab-case name, as in JSON and on the command line (`write-params-limits`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Permission::ReadInfo => "read-info",
-            Permission::ReadParams => "read-params",
-            Permission::WriteParamsOperation => "write-params-operation",
-            Permission::WriteParamsLimits => "write-params-limits",
-            Permission::WriteParamsMotor => "write-params-motor",
-            Permission::DriveControl => "drive-control",
-            Permission::ReadUsers => "read-users",
-            Permission::ManageUsers => "manage-users",
-            Permission::ManageRoles => "manage-roles",
-            Permission::ReadSessions => "read-sessions",
-            Permission::TerminateSessions => "terminate-sessions",
-            Permission::ReadSecuritySettings => "read-security-settings",
-            Permission::WriteSecuritySettings => "write-security-settings",
-            Permission::ManageTrust => "manage-trust",
-            Permission::ReadAudit => "read-audit",
-            Permission::ConfigureAuditForwarding => "configure-audit-forwarding",
-            Permission::FactoryReset => "factory-reset",
-            Permission::UpdateFirmware => "update-firmware",
-        }
-    }
-
-    /// One line saying what the permission allows.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Permission::ReadInfo => "Read device identity, firmware version and status",
-            Permission::ReadParams => "Read drive parameters",
-            Permission::WriteParamsOperation => "Change operational parameters (set-points, ramps)",
-            Permission::WriteParamsLimits => "Change protective limits (current, speed, torque)",
-            Permission::WriteParamsMotor => "Change motor data and control-loop parameters",
-            Permission::DriveControl => "Start, stop and reset the drive",
-            Permission::ReadUsers => "List accounts and their roles",
-            Permission::ManageUsers => {
-                "Create, remove and unlock accounts, reset passwords, assign roles"
-            }
-            Permission::ManageRoles => "Create, change and remove custom roles",
-            Permission::ReadSessions => "List active sessions",
-            Permission::TerminateSessions => "Terminate other users' sessions",
-            Permission::ReadSecuritySettings => {
-                "Read security settings (password, lockout and session policy, trust)"
-            }
-            Permission::WriteSecuritySettings => "Change security settings",
-            Permission::ManageTrust => "Manage certificates, trust anchors and revocation lists",
-            Permission::ReadAudit => "Read and export the audit trail",
-            Permission::ConfigureAuditForwarding => {
-                "Configure audit forwarding to a remote collector"
-            }
-            Permission::FactoryReset => "Erase configuration, accounts and keys (factory reset)",
-            Permission::UpdateFirmware => "Install approved firmware updates and restart into them",
-        }
-    }
-}
-
-impl fmt::Display for Permission {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Permission {
-    type Err = AccessError;
-
-    /// Parses the kebab-case name returned by [`Permission::as_str`].
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Permission::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| AccessError::UnknownPermission(s.to_owned()))
-    }
+/// Whether `p` is an operational permission: reading and running the
+/// drive (status, parameters, control, firmware). The security
+/// administrator assigns roles made of these without holding them
+/// (separation of duties); every other permission can only be granted
+/// by an account that holds it.
+pub fn is_operational(p: Permission) -> bool {
+    matches!(
+        p,
+        Permission::ReadInfo
+            | Permission::ReadParams
+            | Permission::WriteParamsOperation
+            | Permission::WriteParamsLimits
+            | Permission::WriteParamsMotor
+            | Permission::DriveControl
+            | Permission::UpdateFirmware
+    )
 }
 
 /// A named set of permissions.
@@ -276,32 +139,27 @@ pub fn permission_matrix_markdown() -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::AccessError;
 
     fn perms(name: &str) -> BTreeSet<Permission> {
         builtin_permissions(name).unwrap()
     }
 
     #[test]
-    fn names_round_trip_through_str_and_serde() {
-        let names: BTreeSet<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
-        assert_eq!(
-            names.len(),
-            Permission::ALL.len(),
-            "duplicate permission names"
-        );
-        for p in Permission::ALL {
-            assert_eq!(p.as_str().parse::<Permission>().unwrap(), p);
-            let json = serde_json::to_string(&p).unwrap();
-            assert_eq!(json, format!("\"{}\"", p.as_str()));
-            assert_eq!(serde_json::from_str::<Permission>(&json).unwrap(), p);
-            assert!(!p.describe().is_empty());
-            assert_eq!(p.to_string(), p.as_str());
-        }
-        assert!(matches!(
-            "drive-everything".parse::<Permission>(),
-            Err(AccessError::UnknownPermission(s)) if s == "drive-everything"
-        ));
-        assert!("ReadInfo".parse::<Permission>().is_err());
+    fn an_unknown_name_is_an_access_error_naming_it() {
+        let e: AccessError = "drive-everything".parse::<Permission>().unwrap_err().into();
+        assert!(matches!(&e, AccessError::UnknownPermission(s) if s == "drive-everything"));
+        assert_eq!(e.to_string(), "unknown permission: drive-everything");
+    }
+
+    #[test]
+    fn operational_permissions_are_the_engineers() {
+        // Reading and running the drive: what the engineer role holds.
+        let operational: BTreeSet<Permission> = Permission::ALL
+            .into_iter()
+            .filter(|p| is_operational(*p))
+            .collect();
+        assert_eq!(operational, perms("engineer"));
     }
 
     #[test]

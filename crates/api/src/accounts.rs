@@ -12,6 +12,9 @@ use crate::route::{Body, Method, Route, schema_of};
 /// One thing an account may be allowed to do on the device. A role is a
 /// set of these; every operation requires at most one
 /// (docs/permissions.md has the matrix of the built-in roles).
+//
+// The one definition: drivesec-access (roles, grant checks, the account
+// store, whose file holds these names) uses it as `drivesec_access::Permission`.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
 )]
@@ -56,7 +59,8 @@ pub enum Permission {
 }
 
 impl Permission {
-    /// Every permission, in the order the device lists them.
+    /// Every permission, in declaration order (the order the device lists
+    /// them in).
     pub const ALL: [Permission; 18] = [
         Permission::ReadInfo,
         Permission::ReadParams,
@@ -78,7 +82,8 @@ impl Permission {
         Permission::UpdateFirmware,
     ];
 
-    /// The name on the wire (`write-params-limits`).
+    /// The kebab-case name, as on the wire, in files and on the command
+    /// line (`write-params-limits`).
     pub fn as_str(self) -> &'static str {
         match self {
             Permission::ReadInfo => "read-info",
@@ -101,6 +106,37 @@ impl Permission {
             Permission::UpdateFirmware => "update-firmware",
         }
     }
+
+    /// One line saying what the permission allows (the description column
+    /// of docs/permissions.md).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Permission::ReadInfo => "Read device identity, firmware version and status",
+            Permission::ReadParams => "Read drive parameters",
+            Permission::WriteParamsOperation => "Change operational parameters (set-points, ramps)",
+            Permission::WriteParamsLimits => "Change protective limits (current, speed, torque)",
+            Permission::WriteParamsMotor => "Change motor data and control-loop parameters",
+            Permission::DriveControl => "Start, stop and reset the drive",
+            Permission::ReadUsers => "List accounts and their roles",
+            Permission::ManageUsers => {
+                "Create, remove and unlock accounts, reset passwords, assign roles"
+            }
+            Permission::ManageRoles => "Create, change and remove custom roles",
+            Permission::ReadSessions => "List active sessions",
+            Permission::TerminateSessions => "Terminate other users' sessions",
+            Permission::ReadSecuritySettings => {
+                "Read security settings (password, lockout and session policy, trust)"
+            }
+            Permission::WriteSecuritySettings => "Change security settings",
+            Permission::ManageTrust => "Manage certificates, trust anchors and revocation lists",
+            Permission::ReadAudit => "Read and export the audit trail",
+            Permission::ConfigureAuditForwarding => {
+                "Configure audit forwarding to a remote collector"
+            }
+            Permission::FactoryReset => "Erase configuration, accounts and keys (factory reset)",
+            Permission::UpdateFirmware => "Install approved firmware updates and restart into them",
+        }
+    }
 }
 
 impl std::fmt::Display for Permission {
@@ -108,6 +144,30 @@ impl std::fmt::Display for Permission {
         f.write_str(self.as_str())
     }
 }
+
+impl std::str::FromStr for Permission {
+    type Err = UnknownPermission;
+
+    /// Parses the kebab-case name returned by [`Permission::as_str`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Permission::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPermission(s.to_owned()))
+    }
+}
+
+/// A name that is not one of [`Permission::ALL`]'s (the name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPermission(pub String);
+
+impl std::fmt::Display for UnknownPermission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown permission: {}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownPermission {}
 
 /// An account as listed to administrators (never its password hashes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -373,4 +433,38 @@ pub(crate) fn routes() -> Vec<Route> {
             .error(404)
             ,
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn permission_names_round_trip_through_str_and_serde() {
+        let names: std::collections::BTreeSet<&str> =
+            Permission::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            names.len(),
+            Permission::ALL.len(),
+            "duplicate permission names"
+        );
+        for p in Permission::ALL {
+            assert_eq!(p.as_str().parse::<Permission>().unwrap(), p);
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+            assert_eq!(serde_json::from_str::<Permission>(&json).unwrap(), p);
+            assert!(!p.describe().is_empty());
+            assert_eq!(p.to_string(), p.as_str());
+        }
+        assert_eq!(
+            "drive-everything".parse::<Permission>(),
+            Err(UnknownPermission("drive-everything".into()))
+        );
+        assert_eq!(
+            UnknownPermission("x".into()).to_string(),
+            "unknown permission: x"
+        );
+        assert!("ReadInfo".parse::<Permission>().is_err());
+    }
 }

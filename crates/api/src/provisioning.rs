@@ -1,10 +1,13 @@
 //! The provisioning operations: device profiles (docs/provisioning.md).
 //!
-//! [`Profile`] has the JSON form of the profile file `drivesec plan
-//! profile` writes (there TOML): the same fields, and unknown fields are
-//! refused in both directions, as in the file (a profile is a versioned
-//! document, `format`; a client must not drop a field it does not know and
-//! send the rest back as the whole profile).
+//! [`Profile`] is also the profile file `drivesec plan profile` writes
+//! (TOML): drivesec-iec62443 derives, writes and reads profiles with these
+//! types (`drivesec_iec62443::profile`), so a change here changes the file
+//! format too. Unknown fields are refused in both directions, as in the
+//! file (a profile is a versioned document, `format`; a client must not
+//! drop a field it does not know and send the rest back as the whole
+//! profile). Counts are `u64` on the wire and in the file, whatever the
+//! platform; the device refuses one it cannot hold (422).
 
 use std::collections::BTreeMap;
 

@@ -37,6 +37,7 @@
 //! socket that the collector then loses in a crash, after TCP accepted them,
 //! are not resent. RELP would close that gap; this forwarder does not speak it.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -565,6 +566,10 @@ fn peer_closed(s: &mut Stream) -> bool {
 /// One record read for sending: (seq, hash, prev, body).
 type Outgoing = (u64, [u8; 32], [u8; 32], Vec<u8>);
 
+/// How [`Tail`] opens a segment at an offset ([`Scanner::open_at`]; tests
+/// put one that fails in its place).
+type OpenSegment = fn(&Path, u64) -> Result<Scanner>;
+
 /// Reads the records to send, in file order: each numbered above every
 /// record handed over before it (the cursor never goes back) and at or
 /// below the writer's durable mark (nothing the writer has not synced).
@@ -578,6 +583,16 @@ struct Tail {
     /// frame forged at rest, which start-up and `verify` report) is
     /// skipped, never sent again.
     next: u64,
+    /// How far each segment left for another one was read (by name), so
+    /// coming back to it reads only what was added since.
+    read_to: BTreeMap<u64, u64>,
+    open: OpenSegment,
+}
+
+/// The segment that holds record `next` if the writer wrote it: the last
+/// one named at or below it (else the first).
+fn holding(segs: &[(u64, PathBuf)], next: u64) -> Option<&(u64, PathBuf)> {
+    segs.iter().rev().find(|(f, _)| *f <= next).or(segs.first())
 }
 
 impl Tail {
@@ -587,7 +602,18 @@ impl Tail {
             segment: None,
             offset: 0,
             next: after.saturating_add(1),
+            read_to: BTreeMap::new(),
+            open: Scanner::open_at,
         }
+    }
+
+    /// Moves to segment `seg`, where it was left before (or its start).
+    fn enter(&mut self, seg: &(u64, PathBuf)) {
+        if let Some((first, _)) = &self.segment {
+            self.read_to.insert(*first, self.offset);
+        }
+        self.offset = self.read_to.get(&seg.0).copied().unwrap_or(0);
+        self.segment = Some(seg.clone());
     }
 
     /// Up to `max` records after those handed over, numbered at most
@@ -599,34 +625,47 @@ impl Tail {
     /// order, so a frame above its durable mark with a durable record after
     /// it was not written by it (a frame forged or damaged at rest), and is
     /// skipped rather than waited for.
+    ///
+    /// When its segment has nothing more to send now, the tail takes the
+    /// segment that holds `next` (the writer's, also when a segment named
+    /// higher was planted beside it), or else, at the end of its segment,
+    /// the next one by name (records lost to damage and cut at start-up
+    /// leave a gap before it). Each segment is read at most once per call,
+    /// so a call ends whatever the directory holds; a segment that cannot
+    /// be opened ends it with the error (the forwarder then waits before
+    /// it tries again).
     fn batch(&mut self, max: usize, durable: u64) -> Result<Vec<Outgoing>> {
         let mut out = Vec::new();
+        let mut visited: Vec<u64> = Vec::new();
         loop {
             if self.segment.is_none() {
                 let segs = list_segments(&self.dir)?;
-                // The segment holding `next`: the last one starting at or before it.
-                let Some(seg) = segs
-                    .iter()
-                    .rev()
-                    .find(|(f, _)| *f <= self.next)
-                    .or(segs.first())
-                else {
+                self.read_to.retain(|f, _| segs.iter().any(|s| s.0 == *f));
+                let Some(seg) = holding(&segs, self.next) else {
                     return Ok(out);
                 };
-                self.segment = Some(seg.clone());
-                self.offset = 0;
+                self.enter(seg);
             }
             let Some((first, path)) = self.segment.clone() else {
                 return Ok(out);
             };
-            // Read only what follows the position already consumed.
-            let Ok(mut sc) = Scanner::open_at(&path, self.offset) else {
-                // Dropped under us: start over from the segment list.
-                self.segment = None;
-                if out.is_empty() && !list_segments(&self.dir)?.is_empty() {
-                    continue;
-                }
+            if visited.contains(&first) {
                 return Ok(out);
+            }
+            visited.push(first);
+            // Read only what follows the position already consumed.
+            let mut sc = match (self.open)(&path, self.offset) {
+                Ok(sc) => sc,
+                Err(e) => {
+                    self.segment = None;
+                    let gone = matches!(&e, AuditError::Fs(drivesec_fsutil::FsError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound);
+                    if gone {
+                        // Dropped under us: start over from the segment list.
+                        continue;
+                    }
+                    return if out.is_empty() { Err(e) } else { Ok(out) };
+                }
             };
             let mut at_end = false;
             // A frame above `durable` met last: (offset, its end).
@@ -650,7 +689,7 @@ impl Tail {
                         _ => {
                             // The writer's record being synced: wait at it.
                             self.offset = at;
-                            return Ok(out);
+                            break;
                         }
                     }
                 }
@@ -686,22 +725,27 @@ impl Tail {
             if let Some((at, _)) = above {
                 // The last frame read is above the mark: wait at it.
                 self.offset = at;
-                return Ok(out);
             }
             if out.len() >= max {
                 return Ok(out);
             }
-            // At the end of this segment: move on only if a later one
-            // exists (the writer has left this one). The next one may start
-            // after a gap (records lost to damage and cut at start-up): the
-            // forwarder goes on there rather than wait for numbers that
-            // will never come.
+            // Nothing more here now. The segment holding `next` is where
+            // the writer puts it: go there when it is another one (this one
+            // may be named higher than the writer's, planted or left by
+            // damage). Else, at the end of this segment, move on by name if
+            // a later one exists (the writer has left this one; the next
+            // one may start after a gap, records lost to damage and cut at
+            // start-up: the forwarder goes on there rather than wait for
+            // numbers that will never come).
             let segs = list_segments(&self.dir)?;
-            match segs.iter().find(|(f, _)| *f > first) {
-                Some(next) if at_end => {
-                    self.segment = Some(next.clone());
-                    self.offset = 0;
-                }
+            self.read_to.retain(|f, _| segs.iter().any(|s| s.0 == *f));
+            let target = match holding(&segs, self.next) {
+                Some(h) if h.0 != first => Some(h),
+                _ if at_end && above.is_none() => segs.iter().find(|(f, _)| *f > first),
+                _ => None,
+            };
+            match target {
+                Some(t) if !visited.contains(&t.0) => self.enter(t),
                 _ => return Ok(out),
             }
         }
@@ -1228,6 +1272,80 @@ mod tests {
         let mut tail = Tail::new(dir, 3);
         assert_eq!(seqs_upto(&mut tail, 5), [4, 5]);
         assert!(seqs_upto(&mut tail, 5).is_empty());
+    }
+
+    /// A segment planted at rest beside the writer's with a higher name
+    /// (here `u64::MAX`, while the daemon runs) does not capture the
+    /// tail, whatever its frame's number (below the cursor, or above the
+    /// durable mark, which the tail would otherwise wait at for good):
+    /// records the writer appends to its own segment still go out.
+    #[test]
+    fn a_segment_named_above_the_writers_does_not_capture_the_tail() {
+        for planted in [1, u64::MAX] {
+            let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let dir = tmp.path();
+            segments(dir, &[&[Some(1), Some(2), Some(3)]]);
+            let mut bytes = Vec::new();
+            frame::encode(planted, &[7; 32], BODY, &mut bytes);
+            std::fs::write(
+                dir.join(crate::writer::SEGMENTS)
+                    .join(crate::writer::segment_name(u64::MAX)),
+                bytes,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let mut tail = Tail::new(dir, 0);
+            assert_eq!(seqs_upto(&mut tail, 3), [1, 2, 3], "{planted}");
+            assert!(seqs_upto(&mut tail, 3).is_empty(), "{planted}");
+            // The writer appends 4 and 5 to its segment.
+            segments(dir, &[&[Some(1), Some(2), Some(3), Some(4), Some(5)]]);
+            assert_eq!(seqs_upto(&mut tail, 5), [4, 5], "{planted}");
+            assert!(seqs_upto(&mut tail, 5).is_empty(), "{planted}");
+            segments(
+                dir,
+                &[&[Some(1), Some(2), Some(3), Some(4), Some(5), Some(6)]],
+            );
+            assert_eq!(seqs_upto(&mut tail, 6), [6], "{planted}");
+        }
+    }
+
+    /// How often [`refuse`] was asked to open a segment.
+    static OPENS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Opens nothing: as a segment the forwarder may not read (EACCES) or
+    /// a process out of descriptors. Counts the attempts, and ends a test
+    /// that keeps trying (a busy loop) instead of hanging it.
+    fn refuse(path: &Path, _: u64) -> Result<Scanner> {
+        let n = OPENS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        assert!(
+            n < 1000,
+            "the tail tried to open {} {n} times in a row",
+            path.display()
+        );
+        Err(
+            drivesec_fsutil::FsError::io("open", path, std::io::Error::from_raw_os_error(13))
+                .into(),
+        )
+    }
+
+    /// A listed segment that cannot be opened ends the batch with the
+    /// error after one attempt (the forwarder records it and waits its
+    /// poll interval, where a stop is seen) instead of trying again at
+    /// once for ever; once it can be opened, the tail goes on.
+    #[test]
+    fn a_segment_that_cannot_be_opened_ends_the_batch_with_the_error() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        segments(dir, &[&[Some(1), Some(2)]]);
+        let mut tail = Tail::new(dir, 0);
+        tail.open = refuse;
+        let e = tail.batch(100, 2).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("os error 13")),
+            "{e:?}"
+        );
+        assert_eq!(OPENS.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tail.open = Scanner::open_at;
+        assert_eq!(seqs_upto(&mut tail, 2), [1, 2]);
     }
 
     #[test]

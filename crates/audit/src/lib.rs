@@ -45,8 +45,8 @@ pub use config::{
 pub use record::{Actor, Event, Outcome, Record, TimeQuality, events_counted};
 pub use writer::{
     Appended, AuditLog, CHECKPOINT_COUNTER, CONFIG_CLAMPED, CapacityStatus, DurableMark,
-    Reservation, Signer, StartupCheck, TrailSnapshot, continue_after, is_segment_name, read_cursor,
-    read_segment_prefix, write_cursor,
+    Reservation, Signer, StartupCheck, TrailSnapshot, continue_after, is_segment_name,
+    open_segment_prefix, read_cursor, read_segment_prefix, write_cursor,
 };
 
 use std::path::PathBuf;

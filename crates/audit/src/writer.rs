@@ -135,6 +135,11 @@ pub const CONFIG_CLAMPED: &str = "audit.config-clamped";
 /// statement or counter of the trail can account for.
 const IMPLAUSIBLE: &str = "implausible sequence number";
 
+/// Why start-up recovery moves a whole segment to `quarantine/`: its name
+/// is above every number the trail can account for, and it does not carry
+/// the chain on.
+const IMPLAUSIBLE_NAME: &str = "implausible segment name";
+
 /// Segment file name for a first sequence number.
 pub(crate) fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
@@ -213,8 +218,12 @@ pub fn write_cursor(dir: &Path, name: &str, seq: u64) -> Result<()> {
 struct SegInfo {
     first_seq: u64,
     bytes: u64,
-    /// Hash stored as `prev` in the segment's first record.
-    first_prev: Hash,
+    /// Its last record, in file order: (seq, hash); what an anchor names
+    /// when the segment is dropped.
+    last: Option<(u64, Hash)>,
+    /// The highest number it holds or held (see `Kept::max_seq`): the
+    /// segment is dropped only once every record up to it was delivered.
+    max_seq: u64,
 }
 
 struct State {
@@ -283,25 +292,46 @@ pub fn is_segment_name(name: &str) -> bool {
     name.len() == 24 && name.ends_with(".seg") && name[..20].bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Reads the first `bytes` of segment `name` of the trail in `dir`.
-pub fn read_segment_prefix(dir: &Path, name: &str, bytes: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
+/// Opens segment `name` of the trail in `dir` for sending its first
+/// `bytes` (a prefix from [`AuditLog::snapshot`]): the file, positioned at
+/// offset 0, and the number of bytes to send. Refuses a name that is not a
+/// segment name, an entry that is not a regular file (a symbolic link is
+/// not followed), and `bytes` beyond the file's length. The caller streams
+/// the bytes in bounded pieces (`Read::take(bytes)`).
+pub fn open_segment_prefix(dir: &Path, name: &str, bytes: u64) -> Result<(File, u64)> {
+    use std::os::unix::fs::MetadataExt;
     if !is_segment_name(name) {
         return Err(AuditError::Invalid(format!(
             "'{name}' is not a segment name"
         )));
     }
     let p = dir.join(SEGMENTS).join(name);
+    // The entry itself must be a regular file (as the snapshot lists
+    // segments), and the file opened the one that was checked.
+    let entry = std::fs::symlink_metadata(&p).map_err(|e| fsu::FsError::io("stat", &p, e))?;
     let f = File::open(&p).map_err(|e| fsu::FsError::io("open", &p, e))?;
-    let len = f
-        .metadata()
-        .map_err(|e| fsu::FsError::io("stat", &p, e))?
-        .len();
+    let meta = f.metadata().map_err(|e| fsu::FsError::io("stat", &p, e))?;
+    if !entry.is_file() || !meta.is_file() || (entry.dev(), entry.ino()) != (meta.dev(), meta.ino())
+    {
+        return Err(AuditError::Invalid(format!(
+            "segments/{name} is not a regular file"
+        )));
+    }
+    let len = meta.len();
     if bytes > len {
         return Err(AuditError::Invalid(format!(
             "segment {name} holds {len} bytes, not {bytes}"
         )));
     }
+    Ok((f, bytes))
+}
+
+/// Reads the first `bytes` of segment `name` of the trail in `dir` into
+/// memory (see [`open_segment_prefix`], which streams).
+pub fn read_segment_prefix(dir: &Path, name: &str, bytes: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let (f, bytes) = open_segment_prefix(dir, name, bytes)?;
+    let p = dir.join(SEGMENTS).join(name);
     let mut out = Vec::with_capacity(bytes as usize);
     f.take(bytes)
         .read_to_end(&mut out)
@@ -527,19 +557,23 @@ impl Shared {
             .max(read_cursor(&self.dir, "exported").unwrap_or(0))
             .min(st.durable);
         let mut freed = 0;
-        let mut dropped: Option<(u64, u64)> = None;
+        let mut dropped: Option<(u64, Option<u64>)> = None;
         while st.segments.len() > 1 {
-            let next_first = st.segments[1].first_seq;
-            let last = next_first - 1;
-            // Only whole segments that are durable and delivered.
-            if last > delivered || last > st.durable {
+            let seg = &st.segments[0];
+            // Only whole segments that are durable and delivered, judged by
+            // the records the segment holds (never by the next segment's
+            // name, which may have been planted at rest).
+            if seg.max_seq > delivered || seg.max_seq > st.durable {
                 break;
             }
-            let anchor_hash = st.segments[1].first_prev;
-            let anchor = self.sign(CheckpointKind::Anchor, last, &anchor_hash)?;
-            let json =
-                serde_json::to_vec(&anchor).map_err(|e| AuditError::Invalid(e.to_string()))?;
-            fsu::write_atomic(&self.dir.join(ANCHOR), &json, Mode::Public)?;
+            // The anchor names the segment's real last record; a segment
+            // without one leaves the anchor as it is.
+            if let Some((last, hash)) = seg.last {
+                let anchor = self.sign(CheckpointKind::Anchor, last, &hash)?;
+                let json =
+                    serde_json::to_vec(&anchor).map_err(|e| AuditError::Invalid(e.to_string()))?;
+                fsu::write_atomic(&self.dir.join(ANCHOR), &json, Mode::Public)?;
+            }
             let Some(seg) = st.segments.pop_front() else {
                 break;
             };
@@ -548,6 +582,7 @@ impl Shared {
             fsu::sync_dir(&self.dir.join(SEGMENTS))?;
             st.used -= seg.bytes;
             freed += seg.bytes;
+            let last = seg.last.map(|l| l.0).or(dropped.and_then(|d| d.1));
             dropped = Some((dropped.map_or(seg.first_seq, |(f, _)| f), last));
         }
         // The log's lines for what the anchor now covers go too (so the log,
@@ -555,7 +590,7 @@ impl Shared {
         // the log is rewritten only under the checkpoint writer's lock,
         // which is taken before this state lock (and the rewrite, which
         // checks signatures, is no work to do while appends wait).
-        if let Some((_, last)) = dropped {
+        if let Some((_, Some(last))) = dropped {
             st.prune_log_upto = st.prune_log_upto.max(last);
         }
         // The drop itself is on the record: which records went, and up to
@@ -590,12 +625,15 @@ impl Shared {
             st.segments.push_back(SegInfo {
                 first_seq: seq,
                 bytes: 0,
-                first_prev: st.head,
+                last: None,
+                max_seq: 0,
             });
         }
         let hash = frame::encode(seq, &st.head, &body, &mut st.pending);
         if let Some(s) = st.segments.back_mut() {
             s.bytes += frame_len;
+            s.last = Some((seq, hash));
+            s.max_seq = s.max_seq.max(seq);
         }
         st.used += frame_len;
         st.head = hash;
@@ -767,6 +805,62 @@ fn quarantine_range(dir: &Path, base: &str, path: &Path, from: u64, to: u64) -> 
     Err(AuditError::Failed("no free quarantine name".into()))
 }
 
+/// Moves the file at `path` to `quarantine/` under the name `base` (with a
+/// counter added if that name is taken), durably; returns the name. A
+/// rename: no copy, so it takes no room however large the file.
+fn quarantine_file(dir: &Path, base: &str, path: &Path) -> Result<String> {
+    let q = dir.join(QUARANTINE);
+    fsu::create_private_dir(&q)?;
+    let mut name = base.to_string();
+    for n in 1u32.. {
+        let dst = q.join(&name);
+        match std::fs::symlink_metadata(&dst) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::rename(path, &dst).map_err(|e| fsu::FsError::io("rename", path, e))?;
+                fsu::sync_dir(&q)?;
+                if let Some(parent) = path.parent() {
+                    fsu::sync_dir(parent)?;
+                }
+                return Ok(name);
+            }
+            Ok(_) => name = format!("{base}.{n}"),
+            Err(e) => return Err(fsu::FsError::io("stat", &dst, e).into()),
+        }
+    }
+    Err(AuditError::Failed("no free quarantine name".into()))
+}
+
+/// Makes a file or directory durable (fsync), as start-up does with what it
+/// found before trusting it.
+fn sync_path(path: &Path) -> Result<()> {
+    #[cfg(test)]
+    tests::SYNCED.with(|s| s.borrow_mut().push(path.to_path_buf()));
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| fsu::FsError::io("fsync", path, e))?;
+    Ok(())
+}
+
+/// Whether segment `first` at `path` (named above the plausible limit)
+/// starts with the record its name says, carrying `chain` on: a genuine
+/// chain that climbed past the limit. Its first bytes are that frame, or
+/// a whole frame damaged later with that number.
+fn starts_chain(path: &Path, first: u64, chain: &Chain) -> Result<bool> {
+    let mut sc = Scanner::open(path)?;
+    Ok(match sc.next_item()? {
+        Some(Item::Frame {
+            offset: 0,
+            frame: f,
+        }) => f.seq == first && continues(chain, f.seq, &f.prev),
+        Some(Item::Unreadable(u)) => {
+            u.offset == 0
+                && u.damaged_seq == Some(first)
+                && chain.is_some_and(|(s, _)| s.checked_add(1) == Some(first))
+        }
+        _ => false,
+    })
+}
+
 /// Whether any of the bytes `from..to` of `path` is not zero (read in
 /// pieces).
 fn any_nonzero(path: &Path, from: u64, to: u64) -> Result<bool> {
@@ -868,6 +962,7 @@ fn repair_checkpoint_log(dir: &Path, key: Option<&PublicKey>, out: &mut Recovere
 }
 
 /// What recovery kept of one segment.
+#[derive(Debug, Clone, Copy)]
 struct Kept {
     /// The last record in the file: (seq, hash).
     last: Option<(u64, Hash)>,
@@ -876,28 +971,182 @@ struct Kept {
     max_seq: u64,
 }
 
-/// Bytes of a segment that are not frames: (start, end, why, the last
-/// record before, the first record after).
-type Cut = (u64, u64, &'static str, Option<u64>, Option<u64>);
+/// The chain kept so far at start-up, in file order: the last record kept
+/// (or the verified anchor), its number and its hash, unknown when the
+/// chain went on past a damaged frame (see [`walk`]).
+type Chain = Option<(u64, Option<Hash>)>;
+
+/// Whether a frame numbered `seq` with `prev` continues `chain`: the next
+/// number, and `prev` the chain's hash when that is known.
+fn continues(chain: &Chain, seq: u64, prev: &Hash) -> bool {
+    chain.is_some_and(|(s, h)| s.checked_add(1) == Some(seq) && h.is_none_or(|h| h == *prev))
+}
+
+/// One step of [`walk`], in file order.
+enum Step {
+    /// A valid frame that stays.
+    Keep { offset: u64, seq: u64, hash: Hash },
+    /// Bytes to cut out: unreadable bytes, or a valid frame with an
+    /// implausible number (`implausible`: its number).
+    Cut {
+        start: u64,
+        end: u64,
+        reason: &'static str,
+        implausible: Option<u64>,
+        /// [`frame::damaged_seq`] of unreadable bytes.
+        damaged_seq: Option<u64>,
+    },
+    /// Only zero bytes from here on (unwritten space).
+    End(u64),
+}
+
+/// Walks a segment (streaming) and decides, frame by frame, what recovery
+/// keeps: a valid frame numbered above `limit` (see [`plausible_limit`])
+/// that does not continue `chain` is cut; every other valid frame stays
+/// and becomes the chain's end. A whole frame damaged later whose number
+/// is the next in the chain lets the chain go on past it (its hash is
+/// unknown, so the frame after it needs only the next number): a chain
+/// still climbs one number per frame of at least [`MIN_FRAME`] bytes, and
+/// one damaged frame no longer cuts every frame after it. The same walk
+/// from the same `chain` gives the same steps (recovery walks twice).
+fn walk(
+    path: &Path,
+    limit: u64,
+    chain: &mut Chain,
+    mut on: impl FnMut(Step) -> Result<()>,
+) -> Result<()> {
+    let mut sc = Scanner::open(path)?;
+    while let Some(item) = sc.next_item()? {
+        let step = match item {
+            Item::Frame { offset, frame: f }
+                if f.seq > limit && !continues(chain, f.seq, &f.prev) =>
+            {
+                Step::Cut {
+                    start: offset,
+                    end: offset + f.len as u64,
+                    reason: IMPLAUSIBLE,
+                    implausible: Some(f.seq),
+                    damaged_seq: None,
+                }
+            }
+            Item::Frame { offset, frame: f } => {
+                *chain = Some((f.seq, Some(f.hash)));
+                Step::Keep {
+                    offset,
+                    seq: f.seq,
+                    hash: f.hash,
+                }
+            }
+            Item::End { offset } => Step::End(offset),
+            Item::Unreadable(u) => {
+                if let (Some(d), Some((s, _))) = (u.damaged_seq, *chain)
+                    && s.checked_add(1) == Some(d)
+                {
+                    *chain = Some((d, None));
+                }
+                Step::Cut {
+                    start: u.offset,
+                    end: u.end,
+                    reason: u.reason,
+                    implausible: None,
+                    damaged_seq: u.damaged_seq,
+                }
+            }
+        };
+        on(step)?;
+    }
+    Ok(())
+}
+
+/// How many cuts of one segment start-up records one by one (each its own
+/// `audit.recovery.*` record and `quarantine/` file); the rest are
+/// summed up in one record and one file (docs/audit.md, "Start-up check").
+const CUTS_LISTED: usize = 16;
+
+/// Bytes of a segment recovery cuts out.
+#[derive(Debug, Clone)]
+struct Cut {
+    start: u64,
+    end: u64,
+    reason: &'static str,
+    /// The last record kept before it in its segment.
+    after: Option<u64>,
+    /// The first record kept after it in its segment.
+    before: Option<u64>,
+    /// Frames with an implausible number cut: how many, and the first
+    /// one's number.
+    implausible: u64,
+    first_implausible: Option<u64>,
+    /// How many cuts it stands for, and their bytes (the summary of the
+    /// cuts beyond [`CUTS_LISTED`] spans the records kept between them).
+    cuts: u64,
+    cut_bytes: u64,
+}
+
+/// The cuts of one segment: the first [`CUTS_LISTED`] one by one, the
+/// rest as one summary (so a segment crafted with many small damaged
+/// spans costs a bounded number of records and files).
+#[derive(Default)]
+struct Cuts {
+    listed: Vec<Cut>,
+    rest: Option<Cut>,
+    count: u64,
+}
+
+impl Cuts {
+    fn push(&mut self, c: Cut) {
+        self.count += 1;
+        if self.listed.len() < CUTS_LISTED {
+            self.listed.push(c);
+            return;
+        }
+        match &mut self.rest {
+            None => self.rest = Some(c),
+            Some(r) => {
+                r.end = c.end;
+                r.before = c.before;
+                if r.reason != c.reason {
+                    r.reason = "unreadable bytes or implausible sequence numbers";
+                }
+                r.implausible += c.implausible;
+                r.first_implausible = r.first_implausible.or(c.first_implausible);
+                r.cuts += c.cuts;
+                r.cut_bytes += c.cut_bytes;
+            }
+        }
+    }
+
+    /// The cut that ended last, to note the record kept right after it.
+    fn last_mut(&mut self) -> Option<&mut Cut> {
+        match &mut self.rest {
+            Some(r) => Some(r),
+            None => self.listed.last_mut(),
+        }
+    }
+}
 
 /// Reads a segment (streaming, whatever its length) and moves whatever is
 /// not a frame (torn or damaged bytes) to `quarantine/`, keeping every
 /// frame after it: one bad frame costs that frame only.
 ///
 /// A valid frame numbered above `limit` (see [`plausible_limit`]) that
-/// does not continue the chain kept before it is cut out too, and
-/// described in `implausible` for the start-up report: it must not steer
-/// numbering. One that continues it (its `prev` is the hash of the last
-/// frame kept before it, in this segment or an earlier one, `chain`, and
-/// its number the next) stays: a genuine chain is never cut for its
-/// numbers, and a chain can climb only one number per frame above the
-/// limit, so numbering stays far from the end of the number space.
+/// does not continue the chain kept before it (`chain`, in this segment or
+/// an earlier one; see [`walk`]) is cut out too, and described in
+/// `implausible` for the start-up report: it must not steer numbering. One
+/// that continues it stays: a genuine chain is never cut for its numbers,
+/// and a chain can climb only one number per frame above the limit, so
+/// numbering stays far from the end of the number space.
+///
+/// Each cut is one record and one `quarantine/` file, for the first
+/// [`CUTS_LISTED`] cuts of the segment; the cuts after those are one
+/// summary record and one file (their bytes from the first to the last,
+/// the records kept between them included).
 fn repair_segment(
     dir: &Path,
     first: u64,
     path: &Path,
     limit: u64,
-    chain: &mut Option<(u64, Hash)>,
+    chain: &mut Chain,
     out: &mut Recovered,
     implausible: &mut Vec<Problem>,
 ) -> Result<Kept> {
@@ -905,73 +1154,100 @@ fn repair_segment(
     let size = std::fs::metadata(path)
         .map_err(|e| fsu::FsError::io("stat", path, e))?
         .len();
-    let mut sc = Scanner::open(path)?;
+    let chain_before = *chain;
     let mut last: Option<(u64, Hash)> = None;
     let mut max_seq = 0u64;
-    let mut cuts: Vec<Cut> = Vec::new();
+    let mut cuts = Cuts::default();
     let mut end_of_frames = size;
-    while let Some(item) = sc.next_item()? {
-        match item {
-            Item::Frame {
-                offset: off,
-                frame: f,
-            } if f.seq > limit
-                && !chain.is_some_and(|(s, h)| s.checked_add(1) == Some(f.seq) && h == f.prev) =>
-            {
-                let after = last.map(|l| l.0);
-                implausible.push(Problem {
-                    seq: Some(after.map_or(first, |s| s.saturating_add(1))),
-                    kind: ProblemKind::DamagedRecord,
-                    file: format!("{SEGMENTS}/{name}"),
-                    offset: Some(off),
-                    message: format!(
-                        "a frame numbered {} (no record, checkpoint or counter of the trail allows a number above {limit}, and it does not continue the chain kept before it) was cut out{}",
-                        f.seq,
-                        after.map(|s| format!(" after record {s}")).unwrap_or_default()
-                    ),
-                });
-                cuts.push((off, off + f.len as u64, IMPLAUSIBLE, after, None));
-            }
-            Item::Frame {
-                offset: off,
-                frame: f,
-            } => {
+    walk(path, limit, chain, |step| {
+        match step {
+            Step::Keep { offset, seq, hash } => {
                 if let Some(c) = cuts.last_mut()
-                    && c.1 == off
+                    && c.end == offset
                 {
-                    c.4 = Some(f.seq);
+                    c.before = Some(seq);
                 }
-                last = Some((f.seq, f.hash));
-                *chain = last;
-                max_seq = max_seq.max(f.seq);
+                last = Some((seq, hash));
+                max_seq = max_seq.max(seq);
             }
-            Item::End { offset } => {
-                // Only zero bytes remain: unwritten space.
-                end_of_frames = offset;
-            }
-            Item::Unreadable(u) => {
+            Step::End(offset) => end_of_frames = offset,
+            Step::Cut {
+                start,
+                end,
+                reason,
+                implausible,
+                damaged_seq,
+            } => {
                 // A whole frame damaged later held the number due here
                 // (after a kept record: at most one above it).
                 let due = last.map_or(first, |(s, _)| s.saturating_add(1));
-                if u.damaged_seq == Some(due) && (due <= limit || last.is_some()) {
+                if implausible.is_none()
+                    && damaged_seq == Some(due)
+                    && (due <= limit || last.is_some())
+                {
                     max_seq = max_seq.max(due);
                 }
-                cuts.push((u.offset, u.end, u.reason, last.map(|l| l.0), None));
+                cuts.push(Cut {
+                    start,
+                    end,
+                    reason,
+                    after: last.map(|l| l.0),
+                    before: None,
+                    implausible: u64::from(implausible.is_some()),
+                    first_implausible: implausible,
+                    cuts: 1,
+                    cut_bytes: end - start,
+                });
             }
         }
-    }
-    if cuts.is_empty() && end_of_frames == size {
+        Ok(())
+    })?;
+    if cuts.count == 0 && end_of_frames == size {
         return Ok(Kept { last, max_seq });
     }
-    for &(start, end, reason, before, after) in &cuts {
-        let torn = end == size && reason != IMPLAUSIBLE;
+    let summary = cuts.rest.iter().map(|r| (r, true));
+    for (c, is_summary) in cuts.listed.iter().map(|c| (c, false)).chain(summary) {
+        if c.implausible > 0 {
+            let seq = c.after.map_or(first, |s| s.saturating_add(1));
+            let numbers = match c.first_implausible {
+                Some(n) if c.implausible == 1 => format!("a frame numbered {n}"),
+                Some(n) => format!("{} frames, the first numbered {n},", c.implausible),
+                None => format!("{} frames", c.implausible),
+            };
+            implausible.push(Problem {
+                seq: Some(seq),
+                kind: ProblemKind::DamagedRecord,
+                file: format!("{SEGMENTS}/{name}"),
+                offset: Some(c.start),
+                message: format!(
+                    "{numbers} (no record, checkpoint or counter of the trail allows a number above {limit}, and {} not continue the chain kept before {}) {} cut out{}",
+                    if c.implausible == 1 { "it does" } else { "they do" },
+                    if c.implausible == 1 { "it" } else { "them" },
+                    if c.implausible == 1 { "was" } else { "were" },
+                    c.after
+                        .map(|s| format!(" after record {s}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+        let torn = !is_summary && c.end == size && c.reason != IMPLAUSIBLE;
         let mut details = serde_json::json!({
-            "segment": name, "offset": start, "bytes": end - start, "reason": reason,
-            "after_seq": before, "before_seq": after,
+            "segment": name, "offset": c.start, "bytes": c.end - c.start, "reason": c.reason,
+            "after_seq": c.after, "before_seq": c.before,
         });
-        if any_nonzero(path, start, end)? {
-            details["quarantined"] =
-                quarantine_range(dir, &format!("{name}.{start}.bin"), path, start, end)?.into();
+        if is_summary {
+            details["cuts"] = c.cuts.into();
+            details["cut_bytes"] = c.cut_bytes.into();
+        }
+        if any_nonzero(path, c.start, c.end)? {
+            details["quarantined"] = quarantine_range(
+                dir,
+                &format!("{name}.{}.bin", c.start),
+                path,
+                c.start,
+                c.end,
+            )?
+            .into();
         }
         out.push((
             if torn {
@@ -982,9 +1258,9 @@ fn repair_segment(
             details,
         ));
     }
-    let only_tail = cuts.len() <= 1 && cuts.first().is_none_or(|c| c.1 == size);
+    let only_tail = cuts.count == 0 || (cuts.count == 1 && cuts.listed[0].end == size);
     if only_tail {
-        let keep = cuts.first().map_or(end_of_frames, |c| c.0);
+        let keep = cuts.listed.first().map_or(end_of_frames, |c| c.start);
         let f = OpenOptions::new()
             .write(true)
             .open(path)
@@ -994,14 +1270,24 @@ fn repair_segment(
         f.sync_all()
             .map_err(|e| fsu::FsError::io("fsync", path, e))?;
     } else {
-        // The frames kept, copied piece by piece into the new segment.
+        // The frames kept, copied piece by piece into the new segment: the
+        // same walk again (from the same chain, so the same steps), in
+        // bounded memory whatever the number of cuts.
         let mut src = File::open(path).map_err(|e| fsu::FsError::io("open", path, e))?;
+        let mut again = chain_before;
         fsu::write_atomic_with(path, Mode::Public, |dst| -> Result<()> {
             let mut at = 0;
-            for &(start, end, ..) in &cuts {
-                copy_range(&mut src, path, at, start, dst)?;
-                at = end;
-            }
+            walk(path, limit, &mut again, |step| {
+                match step {
+                    Step::Cut { start, end, .. } => {
+                        copy_range(&mut src, path, at, start, dst)?;
+                        at = end;
+                    }
+                    Step::End(offset) => end_of_frames = offset,
+                    Step::Keep { .. } => {}
+                }
+                Ok(())
+            })?;
             copy_range(&mut src, path, at, end_of_frames.max(at), dst)
         })?;
     }
@@ -1240,8 +1526,11 @@ impl AuditLog {
     ///
     /// 1. crash damage is repaired: a torn line at the end of
     ///    `checkpoints.log` and bytes in a segment that are not frames are
-    ///    moved to `quarantine/` (the frames after them stay), and a
-    ///    `checkpoint.json` newer than the log is appended to it;
+    ///    moved to `quarantine/` (the frames after them stay), so are a
+    ///    frame and a whole segment whose number or name nothing in the
+    ///    trail can account for, and a `checkpoint.json` newer than the log
+    ///    is appended to it; then what is kept is fsynced (it may have been
+    ///    in the page cache only);
     /// 2. the trail is verified with the signing key's public half, and the
     ///    keystore counter [`CHECKPOINT_COUNTER`] is compared with the
     ///    highest signed statement in the directory;
@@ -1287,7 +1576,7 @@ impl AuditLog {
 
         // 1. Crash damage.
         repair_checkpoint_log(dir, key.as_ref(), &mut recovered)?;
-        let (mut segs, stray) = segment_dir(dir)?;
+        let (segs, stray) = segment_dir(dir)?;
         check.stray_files = stray;
         // What a signature or the counter vouches for; numbers far above it
         // were not given out by this device (without the key, the
@@ -1319,23 +1608,69 @@ impl AuditLog {
         let mut top = 0u64;
         let mut last: Option<(u64, Hash)> = None;
         // The last frame kept so far, which a frame above the limit must
-        // continue to be kept.
-        let mut chain: Option<(u64, Hash)> = None;
-        for (first, path) in &segs {
-            let kept = repair_segment(
+        // continue to be kept; at first the verified anchor's record.
+        let mut chain: Chain = read_statement(&dir.join(ANCHOR))
+            .filter(|a| {
+                a.kind == CheckpointKind::Anchor && key.as_ref().is_none_or(|k| a.verify(k))
+            })
+            .and_then(|a| Some((a.seq, Some(a.hash_bytes()?))));
+        let mut kept_segs: Vec<(u64, PathBuf)> = Vec::new();
+        let mut kept: Vec<Kept> = Vec::new();
+        for (first, path) in segs {
+            // A segment named above the limit that does not carry the chain
+            // on (planted at rest): its name would steer which segment the
+            // writer and the forwarder take for the last one, and what a
+            // drop counts as delivered. It goes to quarantine/ whole, on the
+            // record; one with no frame at all is only removed.
+            if first > limit && !starts_chain(&path, first, &chain)? {
+                let size = std::fs::metadata(&path)
+                    .map_err(|e| fsu::FsError::io("stat", &path, e))?
+                    .len();
+                let name = segment_name(first);
+                if size == 0 || !any_nonzero(&path, 0, size)? {
+                    std::fs::remove_file(&path)
+                        .map_err(|e| fsu::FsError::io("remove", &path, e))?;
+                    fsu::sync_dir(&dir.join(SEGMENTS))?;
+                    continue;
+                }
+                let after = chain.map(|(s, _)| s);
+                let moved = quarantine_file(dir, &format!("{name}.0.bin"), &path)?;
+                implausible.push(Problem {
+                    seq: Some(after.map_or(1, |s| s.saturating_add(1))),
+                    kind: ProblemKind::MisnamedSegment,
+                    file: format!("{SEGMENTS}/{name}"),
+                    offset: None,
+                    message: format!(
+                        "segment {name} (named above {limit}, which no record, checkpoint or counter of the trail allows, and not carrying on the chain kept before it) was moved to {QUARANTINE}/{moved}"
+                    ),
+                });
+                recovered.push((
+                    "audit.recovery.quarantined",
+                    serde_json::json!({
+                        "segment": name, "offset": 0, "bytes": size,
+                        "reason": IMPLAUSIBLE_NAME, "after_seq": after, "before_seq": null,
+                        "quarantined": moved,
+                    }),
+                ));
+                continue;
+            }
+            let k = repair_segment(
                 dir,
-                *first,
-                path,
+                first,
+                &path,
                 limit,
                 &mut chain,
                 &mut recovered,
                 &mut implausible,
             )?;
-            top = top.max(kept.max_seq);
-            if kept.last.is_some() {
-                last = kept.last;
+            top = top.max(k.max_seq);
+            if k.last.is_some() {
+                last = k.last;
             }
+            kept_segs.push((first, path));
+            kept.push(k);
         }
+        let mut segs = kept_segs;
         // An empty last segment (a crash right after rotation) goes; a new
         // one is made, named for the record it will start with.
         while let Some((_, path)) = segs.last() {
@@ -1348,6 +1683,18 @@ impl AuditLog {
             std::fs::remove_file(path).map_err(|e| fsu::FsError::io("remove", path, e))?;
             fsu::sync_dir(&dir.join(SEGMENTS))?;
             segs.pop();
+            kept.pop();
+        }
+        // What is on disk now may be only in the page cache (a daemon
+        // killed between a write and its fdatasync): it is made durable
+        // before it is verified, signed over, counted as durable or sent.
+        for (_, path) in &segs {
+            sync_path(path)?;
+        }
+        sync_path(&dir.join(SEGMENTS))?;
+        let log_path = dir.join(CHECKPOINT_LOG);
+        if log_path.exists() {
+            sync_path(&log_path)?;
         }
 
         // 2. Verification and the counter, before anything is signed.
@@ -1470,7 +1817,7 @@ impl AuditLog {
 
         let mut infos: VecDeque<SegInfo> = VecDeque::new();
         let mut used = 0;
-        for (first, path) in &segs {
+        for ((first, path), k) in segs.iter().zip(&kept) {
             let bytes = std::fs::metadata(path)
                 .map_err(|e| fsu::FsError::io("stat", path, e))?
                 .len();
@@ -1478,7 +1825,8 @@ impl AuditLog {
             infos.push_back(SegInfo {
                 first_seq: *first,
                 bytes,
-                first_prev: first_prev_of(path)?,
+                last: k.last,
+                max_seq: k.max_seq,
             });
         }
         // A last segment whose first record is not the one its name says
@@ -1504,7 +1852,8 @@ impl AuditLog {
                 infos.push_back(SegInfo {
                     first_seq: next_seq,
                     bytes: 0,
-                    first_prev: head,
+                    last: None,
+                    max_seq: 0,
                 });
                 f
             }
@@ -1971,8 +2320,6 @@ fn spawn_ticker(sh: Arc<Shared>) -> JoinHandle<()> {
     })
 }
 
-/// The `prev` hash in a segment's first frame header (zeros if unreadable;
-/// only used to sign an anchor when the segment before it is dropped).
 /// The sequence number of the first frame of a segment, if it holds one.
 fn first_seq_of(path: &Path) -> Result<Option<u64>> {
     use std::io::Read;
@@ -1986,14 +2333,98 @@ fn first_seq_of(path: &Path) -> Result<Option<u64>> {
     Ok(Some(u64::from_le_bytes(seq)))
 }
 
-fn first_prev_of(path: &Path) -> Result<Hash> {
-    use std::io::Read;
-    let mut head = [0u8; frame::HEADER];
-    let mut f = File::open(path).map_err(|e| fsu::FsError::io("open", path, e))?;
-    if f.read_exact(&mut head).is_err() {
-        return Ok([0; 32]);
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::path::PathBuf;
+
+    use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeystoreConfig};
+
+    use super::*;
+
+    thread_local! {
+        /// What [`super::sync_path`] made durable on this thread.
+        pub(super) static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
     }
-    let mut prev = [0u8; 32];
-    prev.copy_from_slice(&head[16..48]);
-    Ok(prev)
+
+    /// `open_segment_prefix` opens a segment for sending its first bytes,
+    /// and refuses what is not a segment of the trail: another name, a
+    /// symbolic link, more bytes than the file holds.
+    #[test]
+    fn a_segment_prefix_is_opened_only_within_a_segment_file() {
+        use std::io::Read;
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        let segs = dir.join(SEGMENTS);
+        std::fs::create_dir_all(&segs).unwrap_or_else(|e| panic!("{e}"));
+        let name = segment_name(1);
+        std::fs::write(segs.join(&name), b"0123456789").unwrap_or_else(|e| panic!("{e}"));
+        let (f, n) = open_segment_prefix(dir, &name, 4).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, 4);
+        let mut got = Vec::new();
+        f.take(n)
+            .read_to_end(&mut got)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, b"0123");
+        assert!(open_segment_prefix(dir, &name, 10).is_ok());
+        assert!(open_segment_prefix(dir, &name, 11).is_err());
+        assert!(open_segment_prefix(dir, "../checkpoint.json", 0).is_err());
+        std::fs::write(dir.join("secret"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        let link = segment_name(2);
+        std::os::unix::fs::symlink(dir.join("secret"), segs.join(&link))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(open_segment_prefix(dir, &link, 1).is_err());
+        assert_eq!(
+            read_segment_prefix(dir, &name, 3).unwrap_or_else(|e| panic!("{e}")),
+            b"012"
+        );
+    }
+
+    /// A daemon killed between a write and its fdatasync leaves records
+    /// in the page cache only; the next start reads them from there. Open
+    /// makes every segment it keeps, `segments/` and `checkpoints.log`
+    /// durable before it verifies, signs, publishes the durable mark (what
+    /// the forwarder may send) or counts them.
+    #[test]
+    fn open_makes_what_it_found_durable_before_trusting_it() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (_, store) = KeystoreConfig::create_soft(tmp.path(), "ks", "secret")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let handle = KeyHandle::new("idevid").unwrap_or_else(|e| panic!("{e}"));
+        store
+            .generate(&handle, KeyAlgorithm::EcdsaP256)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let signer = Signer { store, handle };
+        let dir = tmp.path().join("audit");
+        let cfg = AuditConfig {
+            segment_bytes: 4096,
+            checkpoint_every: 20,
+            ..AuditConfig::default()
+        };
+        let log =
+            AuditLog::open(&dir, cfg.clone(), signer.clone()).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..60 {
+            log.append(Event::new(Actor::Device, "x").details(serde_json::json!({ "i": i })))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        log.checkpoint_now().unwrap_or_else(|e| panic!("{e}"));
+        log.abandon();
+        let (found, _) = segment_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(found.len() > 2, "{found:?}");
+        SYNCED.with(|s| s.borrow_mut().clear());
+        let log = AuditLog::open(&dir, cfg, signer).unwrap_or_else(|e| panic!("{e}"));
+        assert!(log.startup_check().passed(), "{:#?}", log.startup_check());
+        let synced = SYNCED.with(|s| s.borrow().clone());
+        for (_, path) in &found {
+            assert!(
+                synced.contains(path),
+                "{} not synced: {synced:?}",
+                path.display()
+            );
+        }
+        assert!(synced.contains(&dir.join(SEGMENTS)), "{synced:?}");
+        assert!(synced.contains(&dir.join(CHECKPOINT_LOG)), "{synced:?}");
+        assert_eq!(log.durable_mark().seq(), 60);
+        log.close().unwrap_or_else(|e| panic!("{e}"));
+    }
 }

@@ -1063,3 +1063,235 @@ fn a_reset_anchors_only_what_the_archived_trail_verifies() {
         None
     );
 }
+
+// ---- Segment names, chains and recovery records under a hostile trail ----
+
+const PLANTED_BODY: &[u8] = br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#;
+
+/// A segment planted at rest with the highest name there is, holding one
+/// valid frame numbered 1: start-up moves it to `quarantine/` whole and
+/// says so, so it neither becomes the segment the writer and the
+/// forwarder take for the last one nor blocks `drop-forwarded` (the trail
+/// takes every record as long as the collector keeps up).
+#[test]
+fn a_segment_planted_with_the_highest_name_is_quarantined_and_blocks_nothing() {
+    let fx = Fx::new();
+    let c = small_full(drivesec_audit::FullPolicy::DropForwarded);
+    let log = fx.open(c.clone());
+    for i in 1..=30 {
+        log.append(ev(i)).unwrap();
+        log.mark_exported(log.status().unwrap().durable_seq)
+            .unwrap();
+    }
+    log.close().unwrap();
+    let planted = format!("{}.seg", u64::MAX);
+    let mut bytes = Vec::new();
+    frame::encode(1, &[0; 32], PLANTED_BODY, &mut bytes);
+    std::fs::write(fx.trail().join("segments").join(&planted), &bytes).unwrap();
+
+    let log = fx.open(c);
+    let check = log.startup_check().clone();
+    assert!(!fx.trail().join("segments").join(&planted).exists());
+    assert_eq!(
+        std::fs::read(
+            fx.trail()
+                .join("quarantine")
+                .join(format!("{planted}.0.bin"))
+        )
+        .unwrap(),
+        bytes
+    );
+    assert!(!check.passed());
+    assert!(
+        check
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::MisnamedSegment && p.file.ends_with(&planted)),
+        "{check:#?}"
+    );
+    let moved: Vec<serde_json::Value> = actions(&fx, "audit.recovery.quarantined")
+        .into_iter()
+        .map(|r| r.record.details)
+        .filter(|d| d["segment"] == planted.as_str())
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["reason"], "implausible segment name");
+    assert_eq!(moved[0]["quarantined"], format!("{planted}.0.bin"));
+    // A collector that keeps up: every record is taken, older segments go.
+    for i in 31..=200 {
+        log.append(ev(i))
+            .unwrap_or_else(|e| panic!("append {i} refused: {e}"));
+        log.mark_exported(log.status().unwrap().durable_seq)
+            .unwrap();
+    }
+    log.close().unwrap();
+    assert!(!actions(&fx, "audit.capacity.dropped").is_empty());
+    let order: Vec<u64> = frames(&fx.trail()).iter().map(|f| f.3).collect();
+    assert!(
+        order.windows(2).all(|w| w[1] > w[0]),
+        "file order is not sequence order: {order:?}"
+    );
+}
+
+/// A drop's anchor names the dropped segment's real last record, not what
+/// the next segment's first frame says came before it: here that frame
+/// was damaged and cut out at start-up, so the next segment now starts
+/// one record later and its first `prev` is the hash of the lost record.
+#[test]
+fn a_drop_anchors_the_real_last_record_of_the_segment_it_drops() {
+    let fx = Fx::new();
+    let c = small_full(drivesec_audit::FullPolicy::DropForwarded);
+    let log = fx.open(c.clone());
+    for i in 1..=25 {
+        log.append(ev(i)).unwrap();
+    }
+    log.close().unwrap();
+    let all = frames(&fx.trail());
+    let first_seg = all[0].0.clone();
+    let last_of_first = all
+        .iter()
+        .filter(|f| f.0 == first_seg)
+        .map(|f| f.3)
+        .max()
+        .unwrap();
+    let (second, off, len, lost) = all.iter().find(|f| f.0 != first_seg).cloned().unwrap();
+    assert_eq!(lost, last_of_first + 1);
+    let hash_of_last = fx
+        .records()
+        .into_iter()
+        .find(|r| r.seq == last_of_first)
+        .unwrap()
+        .hash;
+    let mut data = std::fs::read(&second).unwrap();
+    data[off + len / 2] ^= 0x20;
+    std::fs::write(&second, &data).unwrap();
+
+    // Delivered: the first segment only.
+    let log = fx.open(c);
+    log.mark_exported(last_of_first).unwrap();
+    let mut i = 100;
+    while first_seg.exists() {
+        log.append(ev(i)).unwrap();
+        i += 1;
+        assert!(i < 1000, "the first segment was never dropped");
+    }
+    log.close().unwrap();
+    let anchor: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.trail().join("anchor.json")).unwrap()).unwrap();
+    assert_eq!(anchor["seq"], last_of_first, "{anchor}");
+    assert_eq!(anchor["hash"], hash_of_last.as_str(), "{anchor}");
+    let dropped = actions(&fx, "audit.capacity.dropped");
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].record.details["last_seq"], last_of_first);
+    // The anchor is sound: only the lost record is missing.
+    let r = fx.verify();
+    assert_eq!(r.anchor, Some(last_of_first));
+    assert_eq!(r.first_bad_seq, Some(lost), "{:#?}", r.problems);
+}
+
+/// A genuine chain above the ceiling (no checkpoint, no counter: nothing
+/// signed vouches for its numbers; see the test above) with one frame
+/// damaged at rest: that frame goes, and the chain goes on past it (the
+/// damaged frame was whole and held the next number), so the records
+/// after it stay instead of being cut as implausible one by one.
+#[test]
+fn one_damaged_frame_in_a_chain_above_the_ceiling_costs_that_frame_only() {
+    let fx = Fx::new();
+    assert_eq!(fx.counter(), None);
+    let c = cfg();
+    let seg_dir = fx.trail().join("segments");
+    std::fs::create_dir_all(&seg_dir).unwrap();
+    // Segment 1: 1..=20; segment `jump`: jump..jump+29, chained on.
+    let build = |jump: u64| {
+        let mut one = Vec::new();
+        let mut prev = [0u8; 32];
+        for seq in 1..=20 {
+            prev = frame::encode(seq, &prev, PLANTED_BODY, &mut one);
+        }
+        let mut two = Vec::new();
+        let mut at = Vec::new();
+        for seq in jump..jump + 30 {
+            at.push(two.len());
+            prev = frame::encode(seq, &prev, PLANTED_BODY, &mut two);
+        }
+        (one, two, at)
+    };
+    let (one, two, _) = build(1000);
+    let size = (one.len() + two.len()) as u64;
+    let limit = (c.max_bytes + c.reserve_bytes + size) / 53;
+    let jump = limit - 5;
+    let (one, mut two, at) = build(jump);
+    // Record jump+10 (above the ceiling) damaged: its checksum fails.
+    let damaged = jump + 10;
+    assert!(damaged > limit);
+    two[at[10] + frame::HEADER + 2] ^= 0x01;
+    std::fs::write(seg_dir.join(format!("{:020}.seg", 1)), one).unwrap();
+    std::fs::write(seg_dir.join(format!("{jump:020}.seg")), two).unwrap();
+
+    let log = fx.open(c);
+    let a = log.append(ev(1)).unwrap();
+    log.close().unwrap();
+    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+    let chain: Vec<u64> = (1..=20)
+        .chain(jump..jump + 30)
+        .filter(|s| *s != damaged)
+        .collect();
+    assert_eq!(
+        &seqs[..49],
+        chain.as_slice(),
+        "the chain is kept but for {damaged}"
+    );
+    assert!(a.seq > jump + 29, "{}", a.seq);
+    // One cut: the damaged frame, none for an implausible number.
+    let cut: Vec<serde_json::Value> = actions(&fx, "audit.recovery.quarantined")
+        .into_iter()
+        .map(|r| r.record.details)
+        .collect();
+    assert_eq!(cut.len(), 1, "{cut:?}");
+    assert_eq!(cut[0]["after_seq"], damaged - 1);
+    assert_eq!(cut[0]["before_seq"], damaged + 1);
+    assert_ne!(cut[0]["reason"], "implausible sequence number");
+}
+
+/// A segment crafted at rest with many small damaged spans (here 40
+/// frames with forged numbers, each between two genuine records) costs a
+/// bounded number of start-up records and quarantine files: the first 16
+/// cuts one by one, the rest summed up in one record and one file; every
+/// genuine record stays.
+#[test]
+fn many_cuts_in_one_segment_cost_a_bounded_number_of_records_and_files() {
+    let fx = Fx::new();
+    fx.fill(40);
+    let (p, _, _) = frame_of(&fx.trail(), 1);
+    let data = std::fs::read(&p).unwrap();
+    let mut crafted = Vec::new();
+    let mut forged_len = 0;
+    for (_, off, len, seq) in frames(&fx.trail()) {
+        crafted.extend_from_slice(&data[off..off + len]);
+        let before = crafted.len();
+        frame::encode(u64::MAX - seq, &[7; 32], PLANTED_BODY, &mut crafted);
+        forged_len = crafted.len() - before;
+    }
+    std::fs::write(&p, &crafted).unwrap();
+
+    let check = fx.start();
+    assert!(!check.passed());
+    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+    assert_eq!(&seqs[..40], (1..=40).collect::<Vec<_>>().as_slice());
+    let cut: Vec<serde_json::Value> = actions(&fx, "audit.recovery.quarantined")
+        .into_iter()
+        .map(|r| r.record.details)
+        .collect();
+    assert_eq!(cut.len(), 17, "{cut:?}");
+    assert!(cut[..16].iter().all(|d| d.get("cuts").is_none()), "{cut:?}");
+    let summary = &cut[16];
+    assert_eq!(summary["cuts"], 24, "{summary}");
+    assert_eq!(summary["cut_bytes"], 24 * forged_len, "{summary}");
+    assert_eq!(summary["after_seq"], 17, "{summary}");
+    let files = std::fs::read_dir(fx.trail().join("quarantine"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 17);
+    // What the start-up report lists stays bounded too.
+    assert!(check.problems.len() <= 17 + 2, "{:#?}", check.problems);
+}

@@ -227,6 +227,25 @@ fn print<T: Serialize + ?Sized>(json: bool, v: &T, text: impl FnOnce(&T)) -> Res
     Ok(())
 }
 
+/// A commissioning that ended because a signal came before it failed or
+/// succeeded (`Interrupt::ended_by_signal`): the tool exits 130, what
+/// happened said as for any error (the commissioning's error, shown as
+/// is).
+#[derive(Debug)]
+pub struct EndedBySignal(drivesec_oem::OemError);
+
+impl std::fmt::Display for EndedBySignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for EndedBySignal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
+}
+
 /// Handles SIGINT and SIGTERM while a device is commissioned. What each
 /// signal does, and what is said about it, follows the phase the
 /// commissioning is in (`drivesec_oem::commission::Interrupted`): before
@@ -237,8 +256,14 @@ fn print<T: Serialize + ?Sized>(json: bool, v: &T, text: impl FnOnce(&T)) -> Res
 /// the revocation was decided, or the commissioning succeeded, a signal
 /// changes nothing and says so (a commissioned device stays commissioned).
 /// SIGKILL cannot be handled: the LDevID's serial is printed right after
-/// issuance for `ca revoke`.
+/// issuance for `ca revoke`. What the watcher says is written without
+/// panicking (a closed stderr must not end the watcher: later signals
+/// would go unhandled). The exit code is decided by whichever of a
+/// signal, a failure or the success the commissioning recorded first
+/// ([`EndedBySignal`]), so the watcher's `exit(130)` (only before
+/// issuance) and the command's own end always agree.
 fn watch_signals(interrupt: &drivesec_oem::commission::Interrupt, device: &str) -> Result<()> {
+    use std::io::Write as _;
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -264,7 +289,7 @@ fn watch_signals(interrupt: &drivesec_oem::commission::Interrupt, device: &str) 
                         _ = term.recv() => "SIGTERM",
                     };
                     let what = interrupt.interrupt();
-                    eprintln!("{}", what.message(name, &device));
+                    let _ = writeln!(std::io::stderr(), "{}", what.message(name, &device));
                     if what.exits_now() {
                         std::process::exit(130);
                     }
@@ -327,6 +352,9 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
         let mut ca = drivesec_pki::Ca::open(oem_ca)?;
         let credential = read_secret(credential_file)?;
         let pw = read_secret(admin_password_file)?;
+        let manufacturer_roots = drivesec_pki::read_cert_chain(manufacturer_root)?;
+        // Nothing fails between here and the commissioning, which records
+        // its own failures: a signal meanwhile exits 130 and nothing else.
         let interrupt = drivesec_oem::commission::Interrupt::new();
         watch_signals(&interrupt, &name)?;
         let ca_dir = oem_ca.clone();
@@ -335,7 +363,7 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
             &drivesec_oem::commission::CommissionRequest {
                 addr: t.addr,
                 identity: &t.identity,
-                manufacturer_roots: drivesec_pki::read_cert_chain(manufacturer_root)?,
+                manufacturer_roots,
                 manufacturer_revocation,
                 serial,
                 factory_credential: &credential,
@@ -348,7 +376,10 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
             &interrupt,
             &mut |serial| {
                 // Said at once: if this process is killed (SIGKILL, power)
-                // before it ends, this is what to revoke.
+                // before it ends, this is what to revoke. If it cannot be
+                // said (stderr closed), this panics and the commissioning
+                // revokes the LDevID as it unwinds: no LDevID is left
+                // that nobody was told about.
                 eprintln!(
                     "the OEM CA issued LDevID {serial} for {}; if this run is killed before it \
                      ends, revoke it: drivesec ca revoke --ca {} --serial {serial} --reason \
@@ -357,7 +388,13 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
                     ca_dir.display()
                 );
             },
-        )?;
+        );
+        let r = match r {
+            Ok(r) => r,
+            // A signal came first: 130, as when the watcher exits itself.
+            Err(e) if interrupt.ended_by_signal() => return Err(EndedBySignal(e).into()),
+            Err(e) => return Err(e.into()),
+        };
         let v = serde_json::to_value(&r)?;
         return print(json, &v, |_| {
             println!(

@@ -2,7 +2,8 @@
 //! output and exit codes only; the work is done in the library crates.
 //!
 //! Exit codes: 0 success, 2 any error (bad input, failed check), with the
-//! error and its causes on stderr.
+//! error and its causes on stderr; 130 for a `device commission` a signal
+//! ended (docs/provisioning.md).
 
 mod audit;
 mod cli;
@@ -42,7 +43,11 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {}", text::continued(&cause.to_string()));
             }
-            ExitCode::from(2)
+            if e.is::<device::EndedBySignal>() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::from(2)
+            }
         }
     }
 }

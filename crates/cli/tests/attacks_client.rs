@@ -234,6 +234,11 @@ fn a_segment_is_capped_whatever_the_device_declares() {
         "{msg}"
     );
     assert!(msg.contains(&fake.addr.to_string()), "{msg}");
+    // The collection cap, named as such, with what to do instead.
+    assert!(
+        msg.contains("Collecting a trail") && msg.contains("drivesec audit verify"),
+        "{msg}"
+    );
     assert!(
         fake.sent.load(Ordering::SeqCst) <= drivesec_oem::client::SEGMENT_CAP + (1 << 20),
         "the tool read {} bytes of the segment",

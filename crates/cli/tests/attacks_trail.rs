@@ -12,6 +12,9 @@
 //!   repaired by a start; `drivesecd check` refuses what start-up refuses.
 //! * An independent verifier written from docs/audit.md
 //!   (tests/support/audit_verify.py) agrees with `audit verify`.
+//! * Segment downloads over the API are streamed, bounded in number and
+//!   exact; the posture reports trail settings above their bound as the
+//!   bound in force and says so (review findings 3 and 8).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -21,6 +24,7 @@ mod audit_common;
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use audit_common::{
@@ -626,4 +630,301 @@ fn audit_show_prints_an_escape_laden_actor_escaped() {
         !out.contains('\u{1b}') && !err.contains('\u{1b}'),
         "{err:?}"
     );
+}
+
+// ---- collecting a trail over the API -----------------------------------------
+
+/// How many segment downloads the device serves at once (the device's
+/// `SEGMENT_DOWNLOADS`, docs/device-api.md).
+const SEGMENT_DOWNLOADS: usize = 4;
+
+/// Makes the last segment of the stopped lab device's trail at least
+/// `at_least` bytes long, as a configuration with larger segments would
+/// have written it: genuine records, appended with the device's own
+/// signer and sealed by a checkpoint. Returns the segment's name.
+fn grow_last_segment(lab: &TestLab, at_least: u64) -> String {
+    let dir = lab.device_dir();
+    let file = drivesec_oem::factory::DeviceFile::load(&dir).unwrap();
+    let store = drivesec_keystore::open_keystore(&file.keystore, &dir).unwrap();
+    let cfg = drivesec_audit::AuditConfig {
+        segment_bytes: drivesec_audit::MAX_SEGMENT_BYTES,
+        max_bytes: 1 << 30,
+        ..drivesec_audit::AuditConfig::default()
+    };
+    let log = AuditLog::open(
+        &dir.join("audit"),
+        cfg,
+        drivesec_audit::Signer {
+            store,
+            handle: file.idevid_key.clone(),
+        },
+    )
+    .unwrap();
+    let last = || {
+        let mut names: Vec<_> = std::fs::read_dir(dir.join("audit/segments"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        let p = names.pop().unwrap();
+        let len = std::fs::metadata(&p).unwrap().len();
+        (p.file_name().unwrap().to_str().unwrap().to_string(), len)
+    };
+    let pad = "x".repeat(60_000);
+    // Four appenders, so records are committed in groups.
+    while last().1 < at_least {
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (log, pad) = (&log, &pad);
+                s.spawn(move || {
+                    for i in 0..10 {
+                        log.append(
+                            Event::new(Actor::Device, "test.bulk")
+                                .target(format!("{t}-{i}"))
+                                .details(serde_json::json!({ "pad": pad })),
+                        )
+                        .unwrap();
+                    }
+                });
+            }
+        });
+    }
+    log.close().unwrap();
+    last().0
+}
+
+/// The open descriptors of process `pid` on `path`, each with its offset
+/// (one that closes while it is looked at is left out).
+fn open_offsets(pid: u32, path: &Path) -> Vec<u64> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if !std::fs::read_link(e.path()).is_ok_and(|t| t == path) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            e.file_name().to_str().unwrap()
+        ));
+        if let Some(pos) = info.ok().and_then(|i| {
+            i.lines()
+                .find_map(|l| l.strip_prefix("pos:"))
+                .and_then(|v| v.trim().parse().ok())
+        }) {
+            out.push(pos);
+        }
+    }
+    out
+}
+
+/// The most a TCP connection on this host can buffer between a sender's
+/// file reads and a receiver that reads nothing (the largest send and
+/// receive buffers), plus 2 MiB for the daemon's own chunks, HTTP and TLS
+/// buffers.
+fn in_flight_bound() -> u64 {
+    let max = |f: &str| -> u64 {
+        std::fs::read_to_string(f)
+            .unwrap()
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    max("/proc/sys/net/ipv4/tcp_wmem") + max("/proc/sys/net/ipv4/tcp_rmem") + (2 << 20)
+}
+
+/// Review finding 3: a segment download is streamed from the file, not
+/// read into memory first, and only `SEGMENT_DOWNLOADS` run at once.
+///
+/// With a 40 MiB segment (larger than today's default, as an older
+/// configuration left it) and clients that request it and then read
+/// nothing: exactly `SEGMENT_DOWNLOADS` are served, the rest answered 503
+/// `busy` (counted in the trail like other refusals); each download being
+/// served holds the file open and has read only a small part of it (the
+/// offsets of the daemon's descriptors), so the daemon holds no segment in
+/// memory, and its resident memory grows by far less than one segment.
+/// Once those clients go, downloads are served again, and every download
+/// is the file's bytes exactly, with the same answer head as before
+/// (`application/octet-stream`, its length as `Content-Length`).
+#[test]
+fn segment_downloads_are_streamed_bounded_and_exact() {
+    // A segment well beyond what the connection itself can buffer, so a
+    // download that holds it whole shows.
+    let bound = in_flight_bound();
+    assert!(
+        bound < 48 << 20,
+        "this host buffers {bound} bytes per TCP connection"
+    );
+    let mut lab = test_lab(None);
+    let before = lab.stop_and_read_trail();
+    let big = grow_last_segment(&lab, (40 << 20).max(bound + (16 << 20)));
+    lab.start_again().unwrap();
+    let dev_dir = lab.device_dir();
+    let pid = lab.m.devices[0].pid.unwrap();
+    let auditor = lab.session("auditor");
+    let snap = auditor.ok("GET", "/api/v1/audit/trail", None).unwrap();
+    let segments: Vec<(String, u64)> = snap["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let big_len = segments.iter().find(|(n, _)| *n == big).unwrap().1;
+    assert!(big_len >= 40 << 20 && big_len > bound, "{segments:?}");
+    let big_path = dev_dir.join("audit/segments").join(&big);
+    assert!(
+        open_offsets(pid, &big_path).is_empty(),
+        "nothing holds the old segment open before a download"
+    );
+    let path_of =
+        |name: &str, bytes: u64| format!("/api/v1/audit/trail/segment?name={name}&bytes={bytes}");
+
+    // Clients that ask for the big segment and then read nothing.
+    let token = auditor.session.clone().unwrap();
+    let rss_before = rss_kib(pid);
+    let mut served = vec![];
+    let mut refused = vec![];
+    for _ in 0..2 * SEGMENT_DOWNLOADS {
+        let mut s = lab.raw_tls(&lab.identity("auditor"));
+        s.write_all(
+            format!(
+                "GET {} HTTP/1.1\r\nHost: d\r\nAuthorization: Bearer {token}\r\n\r\n",
+                path_of(&big, big_len)
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let head = common::read_head(&mut s).unwrap().to_lowercase();
+        if head.starts_with("http/1.1 200") {
+            assert!(
+                head.contains("content-type: application/octet-stream"),
+                "{head}"
+            );
+            assert!(
+                head.contains(&format!("content-length: {big_len}\r\n")),
+                "{head}"
+            );
+            assert!(!head.contains("transfer-encoding"), "{head}");
+            served.push(s);
+        } else {
+            assert!(head.starts_with("http/1.1 503"), "{head}");
+            let body: Value =
+                serde_json::from_slice(&common::read_body(&mut s, &head).unwrap()).unwrap();
+            assert_eq!(body["error"], "busy", "{body}");
+            refused.push(s);
+        }
+    }
+    assert_eq!(
+        (served.len(), refused.len()),
+        (SEGMENT_DOWNLOADS, SEGMENT_DOWNLOADS),
+        "downloads served and refused at once"
+    );
+    // Each served download has the segment open and has read no more of
+    // it than the connection buffers: what it holds is bounded, whatever
+    // the segment's size.
+    let offsets = open_offsets(pid, &big_path);
+    assert_eq!(offsets.len(), SEGMENT_DOWNLOADS, "{offsets:?}");
+    assert!(
+        offsets.iter().all(|&pos| pos < bound),
+        "stalled downloads read {offsets:?} of {big_len} bytes (bound {bound})"
+    );
+    let grown = rss_kib(pid).saturating_sub(rss_before);
+    assert!(
+        grown * 1024 < big_len / 2,
+        "the daemon grew by {grown} KiB serving {SEGMENT_DOWNLOADS} stalled downloads of a {big_len}-byte segment"
+    );
+
+    // The clients go: their downloads end, and the next is served.
+    drop(served);
+    drop(refused);
+    wait_until("the stalled downloads to end", || {
+        open_offsets(pid, &big_path).is_empty()
+    });
+    for (name, bytes) in &segments {
+        let mut got = Vec::new();
+        let n = auditor.download(&path_of(name, *bytes), &mut got).unwrap();
+        let on_disk = std::fs::read(dev_dir.join("audit/segments").join(name)).unwrap();
+        assert_eq!(n, *bytes);
+        assert!(
+            got == on_disk[..*bytes as usize],
+            "segment {name}: the download differs from the file"
+        );
+    }
+    // A prefix is the prefix.
+    let mut got = Vec::new();
+    auditor.download(&path_of(&big, 100_000), &mut got).unwrap();
+    assert!(got == std::fs::read(&big_path).unwrap()[..100_000]);
+
+    // The refusals are counted in the trail, aggregated.
+    let records = lab.stop_and_read_trail();
+    assert!(records.len() > before.len());
+    let busy: u64 = records
+        .iter()
+        .filter(|r| {
+            r.record.action == "audit.trail.read" && r.record.details["busy"] == Value::Bool(true)
+        })
+        .map(|r| {
+            let d = &r.record.details;
+            if d["summary"] == Value::Bool(true) {
+                d["suppressed"].as_u64().unwrap()
+            } else {
+                1 + d["suppressed_before"].as_u64().unwrap_or(0)
+            }
+        })
+        .sum();
+    assert_eq!(busy, SEGMENT_DOWNLOADS as u64);
+}
+
+/// Review finding 8 (the posture): a trail setting above its bound, from a
+/// configuration an older version accepted, is reported in the posture's
+/// settings as the value in force (the bound), and the posture's start-up
+/// findings say that it was brought down from the configured value.
+#[test]
+fn the_posture_reports_the_clamped_trail_settings_and_says_so() {
+    let mut lab = test_lab(None);
+    let dir = lab.device_dir();
+    stop_device(&mut lab);
+    let mut cfg = DeviceConfig::load(&dir.join("drivesecd.toml")).unwrap();
+    cfg.audit.segment_bytes = 2 * drivesec_audit::MAX_SEGMENT_BYTES;
+    cfg.audit.max_bytes = 2 * drivesec_audit::MAX_TRAIL_BYTES;
+    let s = drivesec_oem::daemons::start(Path::new(env!("CARGO_BIN_EXE_drivesecd")), &dir, &cfg)
+        .unwrap();
+    lab.started(s);
+    let p = lab.admin().ok("GET", "/api/v1/posture", None).unwrap();
+    let audit = &p["settings"]["audit"];
+    assert_eq!(audit["segment_bytes"], drivesec_audit::MAX_SEGMENT_BYTES);
+    assert_eq!(audit["max_bytes"], drivesec_audit::MAX_TRAIL_BYTES);
+    let findings: Vec<&str> = p["settings"]["audit_start_up_findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    for (setting, configured, bound) in [
+        (
+            "audit.segment_bytes",
+            cfg.audit.segment_bytes,
+            drivesec_audit::MAX_SEGMENT_BYTES,
+        ),
+        (
+            "audit.max_bytes",
+            cfg.audit.max_bytes,
+            drivesec_audit::MAX_TRAIL_BYTES,
+        ),
+    ] {
+        let said = format!("sets {setting} to {configured}, above its bound {bound}");
+        assert!(
+            findings.iter().any(|f| f.contains(&said)),
+            "{said}: {findings:#?}"
+        );
+    }
 }

@@ -7,6 +7,15 @@
 //!   certificate; permission per operation; every security-relevant action
 //!   recorded in the audit trail). docs/openapi.json describes it.
 //! * [`posture`]: the security level achieved in the current configuration.
+//! * [`credential`]: the one-time factory credential.
+//! * [`drive_loop`]: the drive's tick thread (Safe Torque Off read first).
+//! * [`firmware`]: the boot stage, streamed updates, trust rotation.
+//! * [`modbus`]: the Modbus/TCP Security server.
+//! * [`provision`]: applying a device profile in one transaction.
+//!
+//! Private: connection admission, the TLS set-up, the accept loops, the
+//! runtime that ties them together, forwarding and aggregated records.
+//! The API's request and answer types are `drivesec-api`'s.
 
 mod admission;
 pub mod api;

@@ -408,9 +408,16 @@ fn settings(
     }
 }
 
-/// The `[audit]` settings on the wire.
-fn audit_settings(a: &drivesec_audit::AuditConfig) -> drivesec_api::audit::AuditSettings {
+/// The `[audit]` settings in force, on the wire: a value above its upper
+/// bound (a configuration an older version accepted) is reported as the
+/// bound, which is what the trail uses (`AuditLog::open` brings it down
+/// the same way, [`drivesec_audit::AuditConfig::clamp`]); the trail's
+/// start-up findings, in the same report, name the configured value.
+fn audit_settings(configured: &drivesec_audit::AuditConfig) -> drivesec_api::audit::AuditSettings {
     use drivesec_api::audit as w;
+    let mut in_force = configured.clone();
+    in_force.clamp();
+    let a = &in_force;
     let drivesec_audit::AuditConfig {
         segment_bytes,
         checkpoint_every,
@@ -700,6 +707,34 @@ mod tests {
                 Duration::seconds(i64::MAX)
             ),
             CrlStage::Overdue
+        );
+    }
+
+    /// The settings report shows what the trail uses: a value above its
+    /// bound as the bound, the others as configured.
+    #[test]
+    fn the_audit_settings_reported_are_the_clamped_ones_in_force() {
+        use drivesec_audit::{AuditConfig, MAX_SEGMENT_BYTES, MAX_TRAIL_BYTES};
+        let configured = AuditConfig {
+            segment_bytes: 2 * MAX_SEGMENT_BYTES,
+            max_bytes: 3 * MAX_TRAIL_BYTES,
+            reserve_bytes: 12345,
+            ..AuditConfig::default()
+        };
+        let mut in_force = configured.clone();
+        assert_eq!(in_force.clamp().len(), 2);
+        let w = super::audit_settings(&configured);
+        assert_eq!(w.segment_bytes, MAX_SEGMENT_BYTES);
+        assert_eq!(w.max_bytes, MAX_TRAIL_BYTES);
+        assert_eq!(w.segment_bytes, in_force.segment_bytes);
+        assert_eq!(w.max_bytes, in_force.max_bytes);
+        assert_eq!(w.reserve_bytes, 12345);
+        // Within the bounds: as configured.
+        let plain = AuditConfig::default();
+        let w = super::audit_settings(&plain);
+        assert_eq!(
+            (w.segment_bytes, w.max_bytes),
+            (plain.segment_bytes, plain.max_bytes)
         );
     }
 }

@@ -9,10 +9,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use axum::http::StatusCode;
 use drivesec_access::AccessPolicy;
+use drivesec_api::provisioning::ApplyProfile;
 use drivesec_audit::Outcome;
 use drivesec_fsutil::{self as fsu, Mode};
-use drivesec_iec62443::profile::{self, Account, Grant, Profile};
+use drivesec_iec62443::profile::{self, Account, Grant, Lockout, Password, Profile, Session};
 use drivesec_modbus::{Rights, Rule};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +52,22 @@ fn failpoint(dir: &Path, point: &str) {
 /// Whether the test-only fault file names `point` (see [`failpoint`]).
 pub(crate) fn failpoint_set(dir: &Path, point: &str) -> bool {
     std::fs::read_to_string(dir.join("test-failpoint")).is_ok_and(|s| s.trim() == point)
+}
+
+/// A test-only hold point: when `STATE/test-failpoint` names `point`, the
+/// caller writes `STATE/test-failpoint-reached` (naming it) and waits
+/// there until the fault file names something else (at most a minute),
+/// so a test can run another operation in between. Blocking: only on a
+/// blocking path (`crate::blocking`).
+pub(crate) fn failpoint_hold(dir: &Path, point: &str) {
+    if !failpoint_set(dir, point) {
+        return;
+    }
+    let _ = std::fs::write(dir.join("test-failpoint-reached"), point);
+    let start = std::time::Instant::now();
+    while failpoint_set(dir, point) && start.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Finishes a provisioning transaction that passed its commit point.
@@ -136,15 +154,50 @@ fn json<T: Serialize>(v: &T) -> std::result::Result<String, ApiError> {
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// A request to apply a profile.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisionRequest {
-    /// The profile.
-    pub profile: Profile,
-    /// Initial passwords of accounts the device does not have yet.
-    #[serde(default)]
-    pub initial_passwords: BTreeMap<String, String>,
+/// A count of a profile as the access policy holds it. One the device
+/// cannot hold is a malformed body (422), as when the profile was parsed
+/// straight into the policy's types.
+fn count(field: &str, v: u64) -> std::result::Result<usize, ApiError> {
+    usize::try_from(v).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad-json",
+            format!("profile.{field}: {v} is too large"),
+        )
+    })
+}
+
+/// Checks that the device can hold the profile's counts (password length
+/// and history, sessions per account); see [`count`].
+pub(crate) fn check_counts(p: &Profile) -> std::result::Result<(), ApiError> {
+    count("password.min_length", p.password.min_length)?;
+    count("password.history", p.password.history)?;
+    count("session.max_per_user", p.session.max_per_user)?;
+    Ok(())
+}
+
+/// How a `changed` line shows password rules (the form it has always had).
+fn shown_password(p: &Password) -> String {
+    format!(
+        "Password {{ min_length: {}, min_classes: {}, history: {}, max_age_days: {} }}",
+        p.min_length, p.min_classes, p.history, p.max_age_days
+    )
+}
+
+/// How a `changed` line shows lockout settings.
+fn shown_lockout(l: &Lockout) -> String {
+    format!(
+        "Lockout {{ max_failures: {}, lockout_secs: {} }}",
+        l.max_failures, l.lockout_secs
+    )
+}
+
+/// How a `changed` line shows session limits.
+fn shown_session(s: &Session) -> String {
+    format!(
+        "Session {{ idle_secs: {}, absolute_secs: {}, max_per_user: {} }}",
+        s.idle_secs, s.absolute_secs, s.max_per_user
+    )
 }
 
 impl Device {
@@ -193,9 +246,9 @@ impl Device {
             sl_t,
             allow_tls12: c.tls.allow_tls12,
             password: profile::Password {
-                min_length: a.password.min_length,
+                min_length: a.password.min_length as u64,
                 min_classes: a.password.min_classes,
-                history: a.password.history,
+                history: a.password.history as u64,
                 max_age_days: a.password.max_age_days.unwrap_or(0),
             },
             lockout: profile::Lockout {
@@ -205,7 +258,7 @@ impl Device {
             session: profile::Session {
                 idle_secs: a.session.idle_secs,
                 absolute_secs: a.session.absolute_secs,
-                max_per_user: a.session.max_per_user,
+                max_per_user: a.session.max_per_user as u64,
             },
             banner: a.banner.clone(),
             audit_forwarding: self.forwarding_settings()?.is_some(),
@@ -238,7 +291,7 @@ impl Device {
     pub(crate) fn provision(
         &self,
         c: &Caller,
-        req: ProvisionRequest,
+        req: ApplyProfile,
     ) -> std::result::Result<Vec<String>, ApiError> {
         let p = &req.profile;
         let bad = |m: String| ApiError::bad_request(m);
@@ -264,16 +317,16 @@ impl Device {
             .map_err(|_| ApiError::internal("config lock poisoned"))?
             .access
             .clone();
-        access.password.min_length = p.password.min_length;
+        access.password.min_length = count("password.min_length", p.password.min_length)?;
         access.password.min_classes = p.password.min_classes;
-        access.password.history = p.password.history;
+        access.password.history = count("password.history", p.password.history)?;
         access.password.max_age_days =
             (p.password.max_age_days > 0).then_some(p.password.max_age_days);
         access.lockout.max_failures = p.lockout.max_failures;
         access.lockout.lockout_secs = p.lockout.lockout_secs;
         access.session.idle_secs = p.session.idle_secs;
         access.session.absolute_secs = p.session.absolute_secs;
-        access.session.max_per_user = p.session.max_per_user;
+        access.session.max_per_user = count("session.max_per_user", p.session.max_per_user)?;
         access.banner = p.banner.clone();
         access.validate()?;
         let rights = rights_of(&p.modbus.rights).map_err(|e| bad(format!("modbus.rights: {e}")))?;
@@ -335,20 +388,20 @@ impl Device {
         );
         diff(
             "password",
-            format!("{:?}", before.password),
-            format!("{:?}", p.password),
+            shown_password(&before.password),
+            shown_password(&p.password),
             &mut changed,
         );
         diff(
             "lockout",
-            format!("{:?}", before.lockout),
-            format!("{:?}", p.lockout),
+            shown_lockout(&before.lockout),
+            shown_lockout(&p.lockout),
             &mut changed,
         );
         diff(
             "session",
-            format!("{:?}", before.session),
-            format!("{:?}", p.session),
+            shown_session(&before.session),
+            shown_session(&p.session),
             &mut changed,
         );
         diff(
@@ -480,4 +533,57 @@ pub fn apply_overrides(dir: &Path, c: &mut crate::config::DeviceConfig) -> Resul
         c.modbus.allow_tls12 = m.allow_tls12;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_lines_show_settings_as_they_always_have() {
+        // The form the profile's own types' `Debug` gave: on the wire
+        // (`changed`), in the audit record and in the tool's output.
+        let p = Password {
+            min_length: 12,
+            min_classes: 3,
+            history: 5,
+            max_age_days: 365,
+        };
+        assert_eq!(
+            shown_password(&p),
+            "Password { min_length: 12, min_classes: 3, history: 5, max_age_days: 365 }"
+        );
+        let l = Lockout {
+            max_failures: 5,
+            lockout_secs: 900,
+        };
+        assert_eq!(
+            shown_lockout(&l),
+            "Lockout { max_failures: 5, lockout_secs: 900 }"
+        );
+        let s = Session {
+            idle_secs: 600,
+            absolute_secs: 28_800,
+            max_per_user: 1,
+        };
+        assert_eq!(
+            shown_session(&s),
+            "Session { idle_secs: 600, absolute_secs: 28800, max_per_user: 1 }"
+        );
+    }
+
+    #[test]
+    fn counts_the_device_holds_pass() {
+        assert_eq!(count("password.history", 5).ok(), Some(5));
+        #[cfg(target_pointer_width = "32")]
+        assert_eq!(
+            count("password.history", u64::MAX)
+                .err()
+                .map(|e| e.message().to_string()),
+            Some(format!(
+                "profile.password.history: {} is too large",
+                u64::MAX
+            ))
+        );
+    }
 }

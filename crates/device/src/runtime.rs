@@ -105,6 +105,8 @@ pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Rou
         trust: tokio::sync::watch::Sender::new(trust),
         tally: crate::tally::Tally::default(),
         reset_request: Mutex::new(None),
+        segment_downloads: Arc::new(tokio::sync::Semaphore::new(crate::api::SEGMENT_DOWNLOADS)),
+        reset_gate: tokio::sync::RwLock::new(()),
     });
     // Forwarding that cannot start, or whose settings cannot be read, never
     // stops the device: it is logged and shown in the posture (the owner
@@ -519,7 +521,6 @@ impl Device {
         self.state_json(files::FORWARDING)
     }
 
-    /// Starts (or restarts) forwarding with the device's current identity.
     /// Notes a start-up finding for the posture (see
     /// [`drivesec_audit::AuditLog::note_finding`]).
     fn note_start_finding(&self, finding: String) {
@@ -528,7 +529,18 @@ impl Device {
         }
     }
 
+    /// Starts (or restarts) forwarding with the device's current identity,
+    /// from the trail the device writes now; with `persist`, the settings
+    /// are stored too (`PUT /api/v1/audit/forwarding`, whose handler holds
+    /// the reset gate, so no factory reset runs meanwhile). Refused when
+    /// that trail was retired by a factory reset: nothing is forwarded
+    /// from it (the reset starts a new one).
     pub(crate) fn start_forwarding(&self, s: &ForwardingSettings, persist: bool) -> Result<()> {
+        if persist && let Ok(st) = self.state.read() {
+            let dir = st.dir.clone();
+            drop(st);
+            crate::provision::failpoint_hold(&dir, "forwarding:hold");
+        }
         let collector = s.collector.parse().map_err(|_| {
             DeviceError::Invalid(format!("collector '{}' is not IP:PORT", s.collector))
         })?;
@@ -573,6 +585,12 @@ impl Device {
             .read()
             .map_err(|_| DeviceError::Invalid("audit lock poisoned".into()))?
             .clone();
+        if log.durable_mark().retired() {
+            return Err(DeviceError::Invalid(
+                "the audit trail was retired by a factory reset: forwarding is not started from it"
+                    .into(),
+            ));
+        }
         let fwd = Forwarder::start(&log, cfg)?;
         if persist {
             let json =
@@ -761,6 +779,29 @@ impl Device {
         ))
     }
 
+    /// After a factory reset that failed: forwarding as stored in
+    /// `forwarding.json` (if the reset did not get to erase it) starts
+    /// again; a failure to start is logged and shown in the posture.
+    fn restart_forwarding_after_failed_reset(&self) {
+        match self.forwarding_settings() {
+            Ok(Some(f)) => {
+                if let Err(e) = self.start_forwarding(&f, false) {
+                    tracing::error!(error = %e, "after a failed factory reset audit forwarding could not start again");
+                    self.note_start_finding(format!(
+                        "after a failed factory reset audit forwarding could not start again: {e}"
+                    ));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(
+                    error = e.message(),
+                    "after a failed factory reset the forwarding settings could not be read"
+                );
+            }
+        }
+    }
+
     /// Wipes ownership and returns the new one-time factory credential.
     /// When a collector is configured, waits (at most 5 s) until the trail up
     /// to `record_seq` (the reset's own record) has been forwarded, since the
@@ -814,15 +855,24 @@ impl Device {
                 Err(e) => {
                     // The old trail was retired: whatever the reset did,
                     // the device must not go on without a trail.
-                    match open_audit(&st, &config) {
+                    let reopened = match open_audit(&st, &config) {
                         Ok(again) => {
                             if let Ok(mut a) = self.audit.write() {
                                 *a = Arc::new(again);
                             }
+                            true
                         }
                         Err(open) => {
-                            tracing::error!(error = %open, "after a failed factory reset the audit trail did not reopen")
+                            tracing::error!(error = %open, "after a failed factory reset the audit trail did not reopen");
+                            false
                         }
+                    };
+                    drop(st);
+                    // Nor without the forwarding it had: the forwarder
+                    // stopped above starts again from the settings still
+                    // stored (as at start-up), on the reopened trail.
+                    if reopened {
+                        self.restart_forwarding_after_failed_reset();
                     }
                     return Err(e);
                 }

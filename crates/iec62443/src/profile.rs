@@ -3,117 +3,18 @@
 //! file; field names follow the device's own settings (drivesecd.toml and
 //! the API) so provisioning maps them one to one.
 
-use serde::{Deserialize, Serialize};
-
 use crate::model::Model;
 use crate::{Fr, SlVector, notation};
 
-/// Password rules (SR 1.7).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Password {
-    /// Shortest password.
-    pub min_length: usize,
-    /// Character classes required.
-    pub min_classes: u8,
-    /// Previous passwords that may not be reused.
-    pub history: usize,
-    /// Maximum age in days.
-    pub max_age_days: u32,
-}
-
-/// Lockout (SR 1.11).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Lockout {
-    /// Failures before the account locks.
-    pub max_failures: u32,
-    /// For how long (0: until an administrator unlocks it).
-    pub lockout_secs: u64,
-}
-
-/// Sessions (SR 2.5, 2.7).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Session {
-    /// Idle timeout.
-    pub idle_secs: u64,
-    /// Absolute timeout.
-    pub absolute_secs: u64,
-    /// Sessions per account.
-    pub max_per_user: usize,
-}
-
-/// One Modbus grant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Grant {
-    /// Role in the client certificate.
-    pub role: String,
-    /// Function codes.
-    pub functions: Vec<u8>,
-    /// First register.
-    pub start: u16,
-    /// Last register.
-    pub end: u16,
-}
-
-/// Modbus/TCP Security.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Modbus {
-    /// Served at all (the zone receives a Modbus flow).
-    pub enabled: bool,
-    /// TLS 1.2 besides 1.3.
-    pub allow_tls12: bool,
-    /// Plain Modbus/TCP (never, in a derived profile).
-    pub plain: bool,
-    /// The rights table.
-    pub rights: Vec<Grant>,
-}
-
-/// An account the device must have.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Account {
-    /// Name (a placeholder in a derived profile: the reviewer names the person).
-    pub username: String,
-    /// Role.
-    pub role: String,
-}
-
-/// The whole profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Profile {
-    /// Format version.
-    pub format: u32,
-    /// The zone it was derived for.
-    pub zone: String,
-    /// That zone's SL-T.
-    pub sl_t: SlVector,
-    /// TLS 1.2 on the HTTPS API.
-    pub allow_tls12: bool,
-    /// SR 1.7.
-    pub password: Password,
-    /// SR 1.11.
-    pub lockout: Lockout,
-    /// SR 2.5 / 2.7.
-    pub session: Session,
-    /// SR 1.12.
-    pub banner: String,
-    /// Audit forwarding to a collector required (SR 2.8 RE1, SR 6.2).
-    pub audit_forwarding: bool,
-    /// LDevID validity, days.
-    pub ldevid_days: u32,
-    /// Client certificate validity, days.
-    pub client_days: u32,
-    /// Modbus/TCP Security.
-    pub modbus: Modbus,
-    /// The complete account list: provisioning creates the missing ones,
-    /// sets roles, and removes any other account.
-    pub accounts: Vec<Account>,
-}
+/// The profile's types are the device API's (`drivesec_api::provisioning`):
+/// the file, the tool and the device share one definition, so the TOML file
+/// and the JSON of `GET`/`PUT /api/v1/profile` have the same fields and
+/// rules (unknown fields refused, no defaults). Re-exported here under the
+/// names this crate has always used.
+pub use drivesec_api::provisioning::{
+    Profile, ProfileAccount as Account, ProfileGrant as Grant, ProfileLockout as Lockout,
+    ProfileModbus as Modbus, ProfilePassword as Password, ProfileSession as Session,
+};
 
 fn grants(uc: u8) -> Vec<Grant> {
     let g = |role: &str, functions: &[u8], start, end| Grant {

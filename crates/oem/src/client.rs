@@ -1636,6 +1636,7 @@ impl DeviceClient {
                 device: self.who(),
                 what: format!("the answer to {what}"),
                 limit: cap,
+                why: "more than a device sends for it; the tool stopped reading it. Check what answers at this address",
             };
             if declared.is_some_and(|n| n > cap) {
                 return Err(too_large());

@@ -32,9 +32,21 @@
 //! watcher's message). SIGKILL (or a power cut) cannot be
 //! handled: the serial of the LDevID is announced (`on_issued`) right after
 //! issuance so the operator can revoke it with `drivesec ca revoke`.
+//!
+//! Once issued, the LDevID is held by a guard that revokes it when dropped
+//! in any phase but [`Phase::Commissioned`]: a panic (say `on_issued`
+//! could not print because stderr is closed) or a return that forgot it
+//! revokes it like a failure does. `commission/complete` (step 4, the
+//! request that hands the device the LDevID) is sent only if, right
+//! before, under the interrupt's lock, the commissioning is still
+//! finishing: once the revocation is decided it is never sent. One already
+//! on its way is waited for (up to [`COMPLETE_GRACE`]) before the LDevID
+//! is revoked, and the error says what the device got: nothing, the
+//! LDevID (answered), a refusal, or no answer (it may have taken it).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use drivesec_api::commissioning::{
     CommissionBeginAnswer, CommissionBeginRequest, CommissionCompleteAnswer,
@@ -101,13 +113,51 @@ pub struct Commissioned {
 /// even if the device had just finished) or comes after the success
 /// (nothing is revoked).
 #[derive(Debug, Clone, Default)]
-pub struct Interrupt(Arc<Mutex<State>>);
+pub struct Interrupt(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Notified when a `commission/complete` in flight returns.
+    complete_returned: Condvar,
+}
 
 #[derive(Debug, Default)]
 struct State {
     phase: Phase,
     /// Whether an interrupt was asked for (in any phase).
     signalled: bool,
+    /// A signal came before the commissioning failed or succeeded: it
+    /// decided how the commissioning ends.
+    by_signal: bool,
+    /// What became of `commission/complete`.
+    complete: Delivery,
+}
+
+/// How long a revocation waits for a `commission/complete` already on its
+/// way to the device, to tell the operator whether the device took the
+/// LDevID, before it revokes it anyway.
+pub const COMPLETE_GRACE: Duration = Duration::from_secs(5);
+
+/// What became of the `commission/complete` request (step 4: it hands the
+/// device the LDevID, the OEM CRL and the first administrator).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Delivery {
+    /// Not sent. Once the phase left [`Phase::Finishing`] it never will be.
+    #[default]
+    NotSent,
+    /// Being sent, or its answer awaited.
+    InFlight,
+    /// The device answered 2xx: it took the LDevID.
+    Took,
+    /// The device answered with an error status.
+    Refused,
+    /// Sent (at least in part) and no answer came: a connection error or
+    /// a deadline.
+    NoAnswer,
+    /// Still in flight [`COMPLETE_GRACE`] after the revocation was
+    /// decided: given up on; whatever it returns later changes nothing.
+    Abandoned,
 }
 
 /// How far a commissioning got.
@@ -170,10 +220,13 @@ pub enum Interrupted {
     /// more, and the LDevID is revoked as soon as it is issued.
     RevokeOnceIssued,
     /// This interrupt abandons the remaining steps: LDevID `serial` is
-    /// revoked now.
+    /// revoked now (after waiting up to [`COMPLETE_GRACE`] for the
+    /// answer to a `commission/complete` in flight).
     Revoking {
         /// The LDevID's serial (hex).
         serial: String,
+        /// `commission/complete` was on its way to the device.
+        complete_in_flight: bool,
     },
     /// LDevID `serial` is already being revoked (`after_failure`: because
     /// the commissioning failed; else an earlier interrupt): wait for it.
@@ -226,10 +279,22 @@ impl Interrupted {
                  LDevID right now; the device gets nothing more and that LDevID is revoked as \
                  soon as it is issued (its serial follows); wait for it"
             ),
-            Interrupted::Revoking { serial } => format!(
+            Interrupted::Revoking {
+                serial,
+                complete_in_flight,
+            } => format!(
                 "{signal}: interrupting the commissioning of {device}: its remaining steps are \
-                 abandoned and LDevID {serial}, which the OEM CA issued for it, is being revoked; \
-                 wait for it"
+                 abandoned and LDevID {serial}, which the OEM CA issued for it, is being \
+                 revoked{}; wait for it",
+                if *complete_in_flight {
+                    format!(
+                        " (commission/complete is already on its way to the device: its answer \
+                         is awaited up to {} s first, to tell whether the device took the LDevID)",
+                        COMPLETE_GRACE.as_secs()
+                    )
+                } else {
+                    String::new()
+                }
             ),
             Interrupted::AlreadyRevoking {
                 serial,
@@ -266,7 +331,7 @@ impl Interrupt {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // The state stays consistent whatever panicked while holding it.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Asks the commissioning to stop, and says what that does in the
@@ -279,6 +344,7 @@ impl Interrupt {
     pub fn interrupt(&self) -> Interrupted {
         let mut st = self.state();
         st.signalled = true;
+        let complete_in_flight = st.complete == Delivery::InFlight;
         let (next, said) = match &st.phase {
             Phase::BeforeIssue | Phase::Abandoned => {
                 (Some(Phase::Abandoned), Interrupted::NothingIssued)
@@ -295,6 +361,7 @@ impl Interrupt {
                 }),
                 Interrupted::Revoking {
                     serial: serial.clone(),
+                    complete_in_flight,
                 },
             ),
             Phase::Revoking {
@@ -327,7 +394,9 @@ impl Interrupt {
             ),
         };
         if let Some(p) = next {
+            // Only before the commissioning failed or succeeded.
             st.phase = p;
+            st.by_signal = true;
         }
         said
     }
@@ -335,6 +404,16 @@ impl Interrupt {
     /// Whether [`Interrupt::interrupt`] was called (in any phase).
     pub fn interrupted(&self) -> bool {
         self.state().signalled
+    }
+
+    /// Whether a signal decided how the commissioning ends: it came, under
+    /// this lock, before the commissioning failed or succeeded. Whichever
+    /// of a signal, a failure and the success is recorded first holds, so
+    /// this is final once the commissioning returned: `drivesec` exits 130
+    /// when it is true, 2 on an error otherwise, 0 on success
+    /// (docs/provisioning.md).
+    pub fn ended_by_signal(&self) -> bool {
+        self.state().by_signal
     }
 
     /// The phase the commissioning is in.
@@ -416,6 +495,60 @@ impl Interrupt {
         }
     }
 
+    /// Right before `commission/complete` is sent: whether it may be
+    /// (the commissioning is still finishing; it is then in flight). Once
+    /// the revocation is decided, it is never sent.
+    fn begin_complete(&self) -> bool {
+        let mut st = self.state();
+        if !matches!(st.phase, Phase::Finishing { .. }) {
+            return false;
+        }
+        st.complete = Delivery::InFlight;
+        true
+    }
+
+    /// `commission/complete` returned: `what` reached the device (ignored
+    /// once the request was abandoned).
+    fn complete_returned(&self, what: Delivery) {
+        let mut st = self.state();
+        if st.complete == Delivery::InFlight {
+            st.complete = what;
+        }
+        drop(st);
+        self.0.complete_returned.notify_all();
+    }
+
+    /// What `commission/complete` delivered, for good: waits up to `grace`
+    /// for one in flight to return, then abandons it. Called once the
+    /// phase left [`Phase::Finishing`], so that none is sent any more.
+    fn settle_complete(&self, grace: Duration) -> Delivery {
+        let st = self.state();
+        let (mut st, _) = self
+            .0
+            .complete_returned
+            .wait_timeout_while(st, grace, |st| st.complete == Delivery::InFlight)
+            .unwrap_or_else(|p| p.into_inner());
+        if st.complete == Delivery::InFlight {
+            st.complete = Delivery::Abandoned;
+        }
+        st.complete
+    }
+
+    /// Whether the issued LDevID still has to be revoked: the
+    /// commissioning neither succeeded nor went through a revocation.
+    fn unsettled(&self) -> bool {
+        matches!(
+            self.state().phase,
+            Phase::Issuing { .. } | Phase::Finishing { .. } | Phase::Revoking { .. }
+        )
+    }
+
+    /// What became of `commission/complete` so far.
+    #[cfg(test)]
+    fn delivery(&self) -> Delivery {
+        self.state().complete
+    }
+
     /// How the revocation of LDevID `serial` ended.
     fn revocation_done(&self, serial: &str, revoked: bool) {
         self.state().phase = if revoked {
@@ -478,68 +611,194 @@ pub fn commission_interruptible(
             return Err(e.into());
         }
     };
-    let finish = interrupt.issued(&issued.serial);
-    on_issued(&issued.serial);
-    let interrupted = || {
-        OemError::Invalid(
-            "interrupted (SIGINT/SIGTERM) before the device finished commissioning".into(),
-        )
-    };
-    if !finish {
-        // Interrupted while the OEM CA issued it: the device gets nothing more.
-        return Err(revoke_after_failure(
-            oem,
-            req,
-            interrupt,
-            &issued.serial,
-            interrupted(),
-        ));
-    }
-    // Steps 4 and 5 run on their own thread so that an interrupt need not
-    // wait for the device (which may stall until the client's deadlines):
-    // on an interrupt they are abandoned and the LDevID revoked at once.
-    // Success and an interrupt's decision to revoke are taken under the
-    // interrupt's lock: whichever comes first holds.
-    let result = finish_job(oem, req, factory, &issued, &serial).and_then(|job| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let done = interrupt.clone();
-        std::thread::Builder::new()
-            .name("commission-finish".into())
-            .spawn(move || {
-                let r = job.run().and_then(|()| {
-                    if done.finished() {
-                        Ok(())
-                    } else {
-                        Err(interrupted())
-                    }
-                });
-                let _ = tx.send(r);
-            })
-            .map_err(|e| OemError::Invalid(format!("starting the commissioning thread: {e}")))?;
-        loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-                Ok(r) => break r,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if interrupt.revoke_decided() => {
-                    break Err(interrupted());
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    break Err(OemError::Invalid(
-                        "the commissioning thread panicked".into(),
-                    ));
-                }
-            }
-        }
-    });
-    if let Err(e) = result {
-        return Err(revoke_after_failure(oem, req, interrupt, &issued.serial, e));
-    }
+    after_issue(
+        oem,
+        Subject {
+            serial: &req.serial,
+            addr: req.addr,
+        },
+        interrupt,
+        &issued.serial,
+        on_issued,
+        |oem| finish_job(oem, req, factory, &issued, &serial),
+        COMPLETE_GRACE,
+    )?;
     Ok(Commissioned {
         serial_number: serial,
         device_name: req.device_name.to_string(),
         ldevid_serial: issued.serial,
         api: format!("https://{}", req.addr),
     })
+}
+
+/// The device being commissioned, as the messages name it.
+#[derive(Debug, Clone, Copy)]
+struct Subject<'a> {
+    /// Its expected serial number.
+    serial: &'a str,
+    /// Its API address.
+    addr: SocketAddr,
+}
+
+/// The error of a commissioning an interrupt stopped.
+fn interrupted() -> OemError {
+    OemError::Invalid(
+        "interrupted (SIGINT/SIGTERM) before the device finished commissioning".into(),
+    )
+}
+
+/// An LDevID the OEM CA issued for this commissioning. Dropped in any
+/// phase but [`Phase::Commissioned`] (after a panic, say `on_issued`
+/// failing to print because stderr is closed, or a return that forgot
+/// it), it revokes the LDevID as a failure does; after
+/// [`IssuedLdevid::fail`] or the success it does nothing more.
+struct IssuedLdevid<'a> {
+    oem: &'a mut Ca,
+    subject: Subject<'a>,
+    interrupt: &'a Interrupt,
+    serial: String,
+    grace: Duration,
+}
+
+impl IssuedLdevid<'_> {
+    /// The commissioning failed with `cause`: the LDevID is revoked; the
+    /// error says so and what to do next.
+    fn fail(&mut self, cause: OemError) -> OemError {
+        revoke_after_failure(
+            self.oem,
+            self.subject,
+            self.interrupt,
+            &self.serial,
+            cause,
+            self.grace,
+        )
+    }
+}
+
+impl Drop for IssuedLdevid<'_> {
+    fn drop(&mut self) {
+        if !self.interrupt.unsettled() {
+            return;
+        }
+        let cause = if std::thread::panicking() {
+            "the tool panicked"
+        } else {
+            "the commissioning ended without finishing or revoking it"
+        };
+        let e = self.fail(OemError::Invalid(cause.into()));
+        // Best effort, and never a panic: stderr may be what failed.
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("error: {e}\n"));
+    }
+}
+
+/// Everything after the OEM CA issued LDevID `serial`: it is announced
+/// (`on_issued`), then steps 4 and 5 (`steps`, made from the OEM CA) run
+/// on a thread of their own, so that an interrupt need not wait for the
+/// device (which may stall until the client's deadlines). On a failure,
+/// an interrupt, a panic or an early return the LDevID is revoked
+/// (waiting up to `grace` for a `commission/complete` in flight first).
+/// Success and an interrupt's decision to revoke are taken under the
+/// interrupt's lock: whichever comes first holds.
+fn after_issue<S: FinishSteps>(
+    oem: &mut Ca,
+    subject: Subject<'_>,
+    interrupt: &Interrupt,
+    serial: &str,
+    on_issued: &mut dyn FnMut(&str),
+    steps: impl FnOnce(&Ca) -> Result<S>,
+    grace: Duration,
+) -> Result<()> {
+    let finish = interrupt.issued(serial);
+    // From here on, whatever happens, the LDevID is revoked unless the
+    // commissioning succeeds.
+    let mut ldevid = IssuedLdevid {
+        oem,
+        subject,
+        interrupt,
+        serial: serial.to_string(),
+        grace,
+    };
+    on_issued(serial);
+    if !finish {
+        // Interrupted while the OEM CA issued it: the device gets nothing more.
+        return Err(ldevid.fail(interrupted()));
+    }
+    let steps = match steps(ldevid.oem) {
+        Ok(s) => s,
+        Err(e) => return Err(ldevid.fail(e)),
+    };
+    match finish_on_thread(interrupt, steps) {
+        // Commissioned: the guard leaves the LDevID alone.
+        Ok(()) => Ok(()),
+        Err(e) => Err(ldevid.fail(e)),
+    }
+}
+
+/// Runs `steps` on a thread of their own; returns their result, or an
+/// error as soon as an interrupt decided to revoke (the thread is then
+/// abandoned; it sends nothing more to the device, see [`run_finish`]).
+fn finish_on_thread<S: FinishSteps>(interrupt: &Interrupt, steps: S) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let done = interrupt.clone();
+    std::thread::Builder::new()
+        .name("commission-finish".into())
+        .spawn(move || {
+            let _ = tx.send(run_finish(steps, &done));
+        })
+        .map_err(|e| OemError::Invalid(format!("starting the commissioning thread: {e}")))?;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => return r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if interrupt.revoke_decided() => {
+                return Err(interrupted());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(OemError::Invalid(
+                    "the commissioning thread panicked".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// Steps 4 and 5. `commission/complete` is sent only if, checked under
+/// the interrupt's lock right before, the commissioning is still
+/// finishing: once the revocation is decided (an interrupt, a failure) it
+/// is never sent, and what one already on its way delivered is recorded
+/// for the revocation's message.
+fn run_finish<S: FinishSteps>(mut steps: S, interrupt: &Interrupt) -> Result<()> {
+    if !interrupt.begin_complete() {
+        return Err(interrupted());
+    }
+    /// Records what `commission/complete` delivered, even if it panicked
+    /// (then: no answer).
+    struct Returned<'a>(&'a Interrupt, Delivery);
+    impl Drop for Returned<'_> {
+        fn drop(&mut self) {
+            self.0.complete_returned(self.1);
+        }
+    }
+    let mut returned = Returned(interrupt, Delivery::NoAnswer);
+    let (delivered, answer) = steps.complete();
+    returned.1 = delivered;
+    drop(returned);
+    answer?;
+    steps.verify()?;
+    if interrupt.finished() {
+        Ok(())
+    } else {
+        Err(interrupted())
+    }
+}
+
+/// Steps 4 and 5 (a trait so that tests can stand in for the device).
+trait FinishSteps: Send + 'static {
+    /// Step 4: sends `commission/complete`; what reached the device, and
+    /// the error if it did not answer that it took it.
+    fn complete(&mut self) -> (Delivery, Result<()>);
+    /// Step 5: the device under its new identity, and the administrator.
+    fn verify(&mut self) -> Result<()>;
 }
 
 /// Steps 1 and 2: the factory-state device proven by its IDevID, the
@@ -657,19 +916,29 @@ fn finish_job(
     })
 }
 
-impl FinishJob {
-    /// Steps 4 and 5: install everything, then prove the new identity and
-    /// account over a fresh connection.
-    fn run(mut self) -> Result<()> {
+impl FinishSteps for FinishJob {
+    fn complete(&mut self) -> (Delivery, Result<()>) {
         // The request as serialised (its secrets wiped when the job ends).
-        self.factory
-            .call_raw(
-                "POST",
-                "/api/v1/commission/complete",
-                Some(self.body.to_vec()),
-                "application/json",
-            )?
-            .answer::<CommissionCompleteAnswer>()?;
+        match self.factory.call_raw(
+            "POST",
+            "/api/v1/commission/complete",
+            Some(self.body.to_vec()),
+            "application/json",
+        ) {
+            Err(e) => (Delivery::NoAnswer, Err(e)),
+            Ok(reply) => (
+                if reply.is_success() {
+                    Delivery::Took
+                } else {
+                    Delivery::Refused
+                },
+                reply.answer::<CommissionCompleteAnswer>().map(drop),
+            ),
+        }
+    }
+
+    /// Proves the new identity and account over a fresh connection.
+    fn verify(&mut self) -> Result<()> {
         let info: DeviceInfo = self.owned.get("/api/v1/info")?;
         if info.state != LifeCycle::Commissioned {
             return Err(OemError::Check(format!(
@@ -705,25 +974,30 @@ fn serial_of(der: &[u8]) -> Vec<u8> {
 }
 
 /// `cause` after the LDevID `serial` was issued: the LDevID is revoked
-/// (and the OEM CRL re-signed), and the error says so and what to do next.
+/// (and the OEM CRL re-signed), once no `commission/complete` can reach
+/// the device any more (one in flight is waited for up to `grace`); the
+/// error says so, what the device got, and what to do next.
 fn revoke_after_failure(
     oem: &mut Ca,
-    req: &CommissionRequest<'_>,
+    subject: Subject<'_>,
     interrupt: &Interrupt,
     serial: &str,
     cause: OemError,
+    grace: Duration,
 ) -> OemError {
     interrupt.revoking_after_failure(serial);
+    let delivered = interrupt.settle_complete(grace);
     let revoked = oem.revoke(serial, "cessation-of-operation");
     interrupt.revocation_done(serial, revoked.is_ok());
+    let device = what_the_device_got(delivered, grace);
     match revoked {
         Ok(_) => OemError::CommissioningFailed {
             message: format!(
                 "commissioning {} at {} failed after the OEM CA issued its LDevID {serial}: {cause}. \
                  That LDevID is revoked (the OEM CRL {} is re-signed; push it with `drivesec fleet \
-                 push-crl`). If the device took it, factory-reset it before commissioning it again",
-                req.serial,
-                req.addr,
+                 push-crl`). {device}",
+                subject.serial,
+                subject.addr,
                 oem.crl_path().display()
             ),
             revoked: Some(serial.to_string()),
@@ -732,13 +1006,52 @@ fn revoke_after_failure(
             message: format!(
                 "commissioning {} at {} failed after the OEM CA issued its LDevID {serial}: {cause}. \
                  Revoking that LDevID failed too ({e}): revoke it now with `drivesec ca revoke --ca {} \
-                 --serial {serial} --reason cessation-of-operation` and push the CRL",
-                req.serial,
-                req.addr,
+                 --serial {serial} --reason cessation-of-operation` and push the CRL. {device}",
+                subject.serial,
+                subject.addr,
                 oem.dir().display()
             ),
             revoked: None,
         },
+    }
+}
+
+/// What the device got of a commissioning that failed after issuance,
+/// and what the operator does about it.
+fn what_the_device_got(delivered: Delivery, grace: Duration) -> String {
+    const AGAIN: &str = "Run the commissioning again: a device still in factory state is \
+         commissioned as usual, and one that took the LDevID no longer presents its IDevID, \
+         so that handshake fails before anything is sent; then factory-reset it locally \
+         (`drivesecd --state DIR factory-reset` on its console; the tool refuses a device \
+         presenting a revoked LDevID) and commission it with the new factory credential that \
+         prints";
+    match delivered {
+        Delivery::NotSent => "commission/complete was never sent (and no longer can be): the \
+             device did not get the LDevID and is still in factory state with its factory \
+             credential; commission it again"
+            .into(),
+        Delivery::Took => "The device had answered commission/complete: it took that LDevID, \
+             with an OEM CRL that does not list it, and its factory credential is dead. The \
+             tool refuses a device presenting a revoked LDevID: factory-reset it locally \
+             (`drivesecd --state DIR factory-reset` on its console), then commission it with \
+             the new factory credential that prints"
+            .into(),
+        Delivery::Refused => format!(
+            "The device answered commission/complete with an error, so it most likely kept its \
+             factory state. {AGAIN}"
+        ),
+        Delivery::NoAnswer => format!(
+            "commission/complete was sent and no answer came: the device may have taken that \
+             LDevID (with an OEM CRL that does not list it; its factory credential then dead). \
+             {AGAIN}"
+        ),
+        // In flight when the revocation was decided, so not: still in
+        // flight when it was waited for.
+        Delivery::InFlight | Delivery::Abandoned => format!(
+            "commission/complete was on its way to the device when the commissioning stopped, \
+             and no answer came within {grace:?}: the device may have taken that LDevID (with an \
+             OEM CRL that does not list it; its factory credential then dead). {AGAIN}"
+        ),
     }
 }
 
@@ -817,7 +1130,8 @@ mod tests {
         assert_eq!(
             what,
             Interrupted::Revoking {
-                serial: SERIAL.into()
+                serial: SERIAL.into(),
+                complete_in_flight: false
             }
         );
         assert!(!what.exits_now());
@@ -933,6 +1247,432 @@ mod tests {
             match what {
                 Interrupted::Commissioned { .. } => assert!(done),
                 Interrupted::Revoking { .. } => assert!(!done && i.revoke_decided()),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// A stand-in for the device's steps 4 and 5: `complete` records that
+    /// it was sent, waits for `gate` (if any), then answers `answer`.
+    struct Fake {
+        sent: Arc<std::sync::atomic::AtomicBool>,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+        answer: Delivery,
+    }
+
+    impl Fake {
+        fn new(answer: Delivery) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+            let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let f = Fake {
+                sent: sent.clone(),
+                gate: None,
+                answer,
+            };
+            (f, sent)
+        }
+    }
+
+    impl FinishSteps for Fake {
+        fn complete(&mut self) -> (Delivery, Result<()>) {
+            self.sent.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(g) = &self.gate {
+                let _ = g.recv();
+            }
+            let r = match self.answer {
+                Delivery::Took => Ok(()),
+                _ => Err(OemError::Invalid("the device refused".into())),
+            };
+            (self.answer, r)
+        }
+
+        fn verify(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    const WHO: &str = "SN-7";
+
+    fn subject() -> Subject<'static> {
+        Subject {
+            serial: WHO,
+            addr: "127.0.0.1:4443".parse().unwrap(),
+        }
+    }
+
+    /// An OEM CA under `dir` that has just issued an LDevID for `i`
+    /// (which is then issuing); its serial.
+    fn issuing(dir: &std::path::Path, i: &Interrupt) -> (Ca, String) {
+        let mut oem = Ca::init(
+            &dir.join("oem"),
+            &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Oem, "Test Owner"),
+        )
+        .unwrap();
+        assert!(i.start_issuing());
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let issued = oem
+            .issue(&IssueRequest {
+                profile: Profile::LdevId {
+                    serial_number: WHO.into(),
+                    device_name: "press-1.plant.example".into(),
+                    ip_addresses: vec![],
+                    days: 30,
+                },
+                key: SubjectKey::CsrPem {
+                    source: "test".into(),
+                    pem: csr,
+                },
+            })
+            .unwrap();
+        (oem, issued.serial)
+    }
+
+    /// Whether the OEM CA under `dir`, read again from disk, revoked `serial`.
+    fn revoked(dir: &std::path::Path, serial: &str) -> bool {
+        Ca::open(&dir.join("oem"))
+            .unwrap()
+            .revoked_serials()
+            .iter()
+            .any(|s| s == serial)
+    }
+
+    /// `on_issued` panicking (stderr closed: `eprintln!` panics on EPIPE)
+    /// neither leaves the LDevID unrevoked nor lets the device get it.
+    #[test]
+    fn a_panic_while_the_ldevid_is_announced_revokes_it() {
+        let t = tempfile::tempdir().unwrap();
+        let i = Interrupt::new();
+        let (mut oem, serial) = issuing(t.path(), &i);
+        let (fake, sent) = Fake::new(Delivery::Took);
+        let made = std::sync::atomic::AtomicBool::new(false);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            after_issue(
+                &mut oem,
+                subject(),
+                &i,
+                &serial,
+                &mut |_| panic!("failed printing to stderr: Broken pipe (os error 32)"),
+                |_| {
+                    made.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(fake)
+                },
+                COMPLETE_GRACE,
+            )
+        }));
+        assert!(r.is_err(), "the panic went on");
+        assert!(revoked(t.path(), &serial), "the LDevID was left unrevoked");
+        assert_eq!(
+            i.phase(),
+            Phase::Revoked {
+                serial: serial.clone()
+            }
+        );
+        assert!(!made.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!sent.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(!i.ended_by_signal());
+    }
+
+    /// The guard itself: dropped before the commissioning succeeded or was
+    /// revoked (an early return) it revokes; after the success, nothing.
+    #[test]
+    fn the_issued_ldevid_is_revoked_when_dropped_unless_commissioned() {
+        let t = tempfile::tempdir().unwrap();
+        let i = Interrupt::new();
+        let (mut oem, serial) = issuing(t.path(), &i);
+        assert!(i.issued(&serial));
+        drop(IssuedLdevid {
+            oem: &mut oem,
+            subject: subject(),
+            interrupt: &i,
+            serial: serial.clone(),
+            grace: COMPLETE_GRACE,
+        });
+        assert!(revoked(t.path(), &serial));
+        assert_eq!(
+            i.phase(),
+            Phase::Revoked {
+                serial: serial.clone()
+            }
+        );
+
+        let t = tempfile::tempdir().unwrap();
+        let i = Interrupt::new();
+        let (mut oem, serial) = issuing(t.path(), &i);
+        assert!(i.issued(&serial));
+        assert!(i.finished());
+        drop(IssuedLdevid {
+            oem: &mut oem,
+            subject: subject(),
+            interrupt: &i,
+            serial: serial.clone(),
+            grace: COMPLETE_GRACE,
+        });
+        assert!(!revoked(t.path(), &serial));
+    }
+
+    /// The whole path after issuance with a device that takes everything:
+    /// commissioned, nothing revoked.
+    #[test]
+    fn a_device_that_finishes_keeps_its_ldevid() {
+        let t = tempfile::tempdir().unwrap();
+        let i = Interrupt::new();
+        let (mut oem, serial) = issuing(t.path(), &i);
+        let (fake, sent) = Fake::new(Delivery::Took);
+        let mut announced = String::new();
+        after_issue(
+            &mut oem,
+            subject(),
+            &i,
+            &serial,
+            &mut |s| announced = s.to_string(),
+            |_| Ok(fake),
+            COMPLETE_GRACE,
+        )
+        .unwrap();
+        assert_eq!(announced, serial);
+        assert!(sent.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(
+            i.phase(),
+            Phase::Commissioned {
+                serial: serial.clone()
+            }
+        );
+        assert!(!revoked(t.path(), &serial));
+    }
+
+    /// Once the revocation is decided (by a signal or a failure),
+    /// `commission/complete` is never sent, even by a finish thread that
+    /// only gets to it afterwards.
+    #[test]
+    fn no_complete_is_sent_once_the_revocation_is_decided() {
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        assert!(i.issued(SERIAL));
+        assert!(matches!(i.interrupt(), Interrupted::Revoking { .. }));
+        let (fake, sent) = Fake::new(Delivery::Took);
+        assert!(run_finish(fake, &i).is_err());
+        assert!(!sent.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(i.settle_complete(Duration::ZERO), Delivery::NotSent);
+
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        assert!(i.issued(SERIAL));
+        i.revoking_after_failure(SERIAL);
+        let (fake, sent) = Fake::new(Delivery::Took);
+        assert!(run_finish(fake, &i).is_err());
+        assert!(!sent.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// Raced: whenever the revocation finds `commission/complete` not
+    /// sent, it never is.
+    #[test]
+    fn what_the_revocation_finds_sent_is_what_was_sent() {
+        for _ in 0..200 {
+            let i = Interrupt::new();
+            assert!(i.start_issuing());
+            assert!(i.issued(SERIAL));
+            let (fake, sent) = Fake::new(Delivery::Took);
+            let j = i.clone();
+            let t = std::thread::spawn(move || run_finish(fake, &j));
+            let said = i.interrupt();
+            let delivered = i.settle_complete(Duration::from_secs(5));
+            let _ = t.join().unwrap();
+            let was_sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+            match said {
+                Interrupted::Revoking { .. } => {
+                    assert_eq!(delivered == Delivery::NotSent, !was_sent, "{delivered:?}");
+                }
+                Interrupted::Commissioned { .. } => assert!(was_sent),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// Runs `after_issue` with `fake` on a thread of its own; waits until
+    /// `commission/complete` is in flight, interrupts, and checks what the
+    /// signal said. Returns the thread.
+    fn interrupted_in_flight<'s>(
+        scope: &'s std::thread::Scope<'s, '_>,
+        oem: &'s mut Ca,
+        i: &'s Interrupt,
+        serial: &'s str,
+        fake: Fake,
+        grace: Duration,
+    ) -> std::thread::ScopedJoinHandle<'s, Result<()>> {
+        let run = scope.spawn(move || {
+            after_issue(oem, subject(), i, serial, &mut |_| {}, |_| Ok(fake), grace)
+        });
+        let start = std::time::Instant::now();
+        while i.delivery() != Delivery::InFlight {
+            assert!(start.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let said = i.interrupt();
+        assert_eq!(
+            said,
+            Interrupted::Revoking {
+                serial: serial.to_string(),
+                complete_in_flight: true
+            }
+        );
+        let msg = said.message("SIGINT", "press-1.plant.example");
+        assert!(
+            msg.contains("already on its way") && msg.contains("5 s"),
+            "{msg}"
+        );
+        run
+    }
+
+    /// A signal while `commission/complete` is on its way: the revocation
+    /// waits for its answer, and the error says the device took the LDevID
+    /// (so it must be factory-reset locally).
+    #[test]
+    fn a_revocation_waits_for_the_complete_in_flight_and_says_what_the_device_got() {
+        let t = tempfile::tempdir().unwrap();
+        let i = Interrupt::new();
+        let (mut oem, serial) = issuing(t.path(), &i);
+        let (mut fake, _) = Fake::new(Delivery::Took);
+        let (release, gate) = std::sync::mpsc::channel();
+        fake.gate = Some(gate);
+        let e = std::thread::scope(|scope| {
+            let run =
+                interrupted_in_flight(scope, &mut oem, &i, &serial, fake, Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                !revoked(t.path(), &serial),
+                "revoked before the answer to commission/complete"
+            );
+            release.send(()).unwrap();
+            run.join().unwrap().unwrap_err()
+        });
+        assert!(revoked(t.path(), &serial));
+        assert!(i.ended_by_signal());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("That LDevID is revoked")
+                && msg.contains("The device had answered commission/complete: it took that LDevID")
+                && msg.contains("drivesecd --state DIR factory-reset"),
+            "{msg}"
+        );
+    }
+
+    /// No answer within the grace: the request is abandoned for good (a
+    /// late answer changes nothing), the LDevID revoked, and the error
+    /// says the device may have taken it and what to do.
+    #[test]
+    fn an_unanswered_complete_is_abandoned_after_the_grace() {
+        let t = tempfile::tempdir().unwrap();
+        let i = Interrupt::new();
+        let (mut oem, serial) = issuing(t.path(), &i);
+        let (mut fake, _) = Fake::new(Delivery::Took);
+        let (release, gate) = std::sync::mpsc::channel();
+        fake.gate = Some(gate);
+        let grace = Duration::from_millis(300);
+        let e = std::thread::scope(|scope| {
+            let run = interrupted_in_flight(scope, &mut oem, &i, &serial, fake, grace);
+            run.join().unwrap().unwrap_err()
+        });
+        assert!(revoked(t.path(), &serial));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("was on its way to the device when the commissioning stopped")
+                && msg.contains("no answer came within 300ms")
+                && msg.contains("may have taken that LDevID")
+                && msg.contains("Run the commissioning again")
+                && msg.contains("factory-reset it locally"),
+            "{msg}"
+        );
+        // The late answer is ignored.
+        release.send(()).unwrap();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(200) {
+            assert_eq!(i.delivery(), Delivery::Abandoned);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the error says the device got, by what reached it.
+    #[test]
+    fn the_error_says_what_the_device_got() {
+        let g = COMPLETE_GRACE;
+        let never = what_the_device_got(Delivery::NotSent, g);
+        assert!(
+            never.contains("never sent") && never.contains("still in factory state"),
+            "{never}"
+        );
+        assert!(!never.contains("factory-reset"), "{never}");
+        let took = what_the_device_got(Delivery::Took, g);
+        assert!(
+            took.contains("it took that LDevID") && took.contains("factory-reset it locally"),
+            "{took}"
+        );
+        for d in [Delivery::Refused, Delivery::NoAnswer, Delivery::Abandoned] {
+            let m = what_the_device_got(d, g);
+            assert!(
+                m.contains("Run the commissioning again") && m.contains("factory-reset it locally"),
+                "{m}"
+            );
+        }
+        assert!(what_the_device_got(Delivery::NoAnswer, g).contains("may have taken"));
+    }
+
+    /// The first of a signal, a failure and the success decides how the
+    /// command ends (130, 2, 0), whatever comes after.
+    #[test]
+    fn whichever_of_a_signal_and_a_failure_comes_first_decides_the_exit() {
+        // Before issuance.
+        let i = Interrupt::new();
+        assert!(i.interrupt().exits_now());
+        i.failed_before_issue();
+        assert!(i.ended_by_signal());
+        let i = Interrupt::new();
+        i.failed_before_issue();
+        i.interrupt();
+        assert!(!i.ended_by_signal());
+        // While issuing, then issuing fails.
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        i.interrupt();
+        i.failed_before_issue();
+        assert!(i.ended_by_signal());
+        // After issuance.
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        assert!(i.issued(SERIAL));
+        i.interrupt();
+        i.revoking_after_failure(SERIAL);
+        i.revocation_done(SERIAL, true);
+        assert!(i.ended_by_signal());
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        assert!(i.issued(SERIAL));
+        i.revoking_after_failure(SERIAL);
+        i.interrupt();
+        i.revocation_done(SERIAL, true);
+        i.interrupt();
+        assert!(!i.ended_by_signal());
+        // After the success.
+        let i = Interrupt::new();
+        assert!(i.start_issuing());
+        assert!(i.issued(SERIAL));
+        assert!(i.finished());
+        i.interrupt();
+        assert!(!i.ended_by_signal());
+        // Raced: the exit code follows what the signal said.
+        for _ in 0..200 {
+            let i = Interrupt::new();
+            let j = i.clone();
+            let t = std::thread::spawn(move || j.interrupt());
+            i.failed_before_issue();
+            let said = t.join().unwrap();
+            match said {
+                Interrupted::NothingIssued => assert!(i.ended_by_signal()),
+                Interrupted::FailedNothingIssued => assert!(!i.ended_by_signal()),
                 other => panic!("{other:?}"),
             }
         }

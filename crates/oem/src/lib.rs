@@ -61,9 +61,7 @@ pub enum OemError {
         secs: u64,
     },
     /// A device's answer was larger than the tool takes for that request.
-    #[error(
-        "{device}: {what} is larger than {limit} bytes, more than a device sends for it; the tool stopped reading it. Check what answers at this address"
-    )]
+    #[error("{device}: {what} is larger than {limit} bytes, {why}")]
     TooLarge {
         /// The device (name and address).
         device: String,
@@ -71,6 +69,8 @@ pub enum OemError {
         what: String,
         /// The cap, bytes.
         limit: u64,
+        /// Why that is the cap, and what to do.
+        why: &'static str,
     },
     /// The device's certificate did not prove it is the expected device;
     /// nothing was sent to it.

@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use drivesec_api::provisioning::{self as wire, ApplyProfile, ProfileApplied, ProfileState};
-use drivesec_iec62443::profile::{self, Profile};
+use drivesec_api::provisioning::{ApplyProfile, ProfileApplied, ProfileState};
+use drivesec_iec62443::profile::Profile;
 
+use crate::Result;
 use crate::client::DeviceClient;
-use crate::{OemError, Result};
 
 /// What a provisioning run did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -21,122 +21,11 @@ pub struct Applied {
     pub initial_passwords: BTreeMap<String, String>,
 }
 
-/// The device API's form of a profile (the same fields as the file's).
-pub fn to_wire(p: &Profile) -> wire::Profile {
-    wire::Profile {
-        format: p.format,
-        zone: p.zone.clone(),
-        sl_t: p.sl_t,
-        allow_tls12: p.allow_tls12,
-        password: wire::ProfilePassword {
-            min_length: p.password.min_length as u64,
-            min_classes: p.password.min_classes,
-            history: p.password.history as u64,
-            max_age_days: p.password.max_age_days,
-        },
-        lockout: wire::ProfileLockout {
-            max_failures: p.lockout.max_failures,
-            lockout_secs: p.lockout.lockout_secs,
-        },
-        session: wire::ProfileSession {
-            idle_secs: p.session.idle_secs,
-            absolute_secs: p.session.absolute_secs,
-            max_per_user: p.session.max_per_user as u64,
-        },
-        banner: p.banner.clone(),
-        audit_forwarding: p.audit_forwarding,
-        ldevid_days: p.ldevid_days,
-        client_days: p.client_days,
-        modbus: wire::ProfileModbus {
-            enabled: p.modbus.enabled,
-            allow_tls12: p.modbus.allow_tls12,
-            plain: p.modbus.plain,
-            rights: p
-                .modbus
-                .rights
-                .iter()
-                .map(|g| wire::ProfileGrant {
-                    role: g.role.clone(),
-                    functions: g.functions.clone(),
-                    start: g.start,
-                    end: g.end,
-                })
-                .collect(),
-        },
-        accounts: p
-            .accounts
-            .iter()
-            .map(|a| wire::ProfileAccount {
-                username: a.username.clone(),
-                role: a.role.clone(),
-            })
-            .collect(),
-    }
-}
-
-/// A profile from the device API's form; a count this tool cannot hold is
-/// an error naming the field.
-pub fn from_wire(p: wire::Profile) -> Result<Profile> {
-    let size = |field: &str, v: u64| {
-        usize::try_from(v)
-            .map_err(|_| OemError::Invalid(format!("device profile: {field}: {v} is too large")))
-    };
-    Ok(Profile {
-        format: p.format,
-        zone: p.zone,
-        sl_t: p.sl_t,
-        allow_tls12: p.allow_tls12,
-        password: profile::Password {
-            min_length: size("password.min_length", p.password.min_length)?,
-            min_classes: p.password.min_classes,
-            history: size("password.history", p.password.history)?,
-            max_age_days: p.password.max_age_days,
-        },
-        lockout: profile::Lockout {
-            max_failures: p.lockout.max_failures,
-            lockout_secs: p.lockout.lockout_secs,
-        },
-        session: profile::Session {
-            idle_secs: p.session.idle_secs,
-            absolute_secs: p.session.absolute_secs,
-            max_per_user: size("session.max_per_user", p.session.max_per_user)?,
-        },
-        banner: p.banner,
-        audit_forwarding: p.audit_forwarding,
-        ldevid_days: p.ldevid_days,
-        client_days: p.client_days,
-        modbus: profile::Modbus {
-            enabled: p.modbus.enabled,
-            allow_tls12: p.modbus.allow_tls12,
-            plain: p.modbus.plain,
-            rights: p
-                .modbus
-                .rights
-                .into_iter()
-                .map(|g| profile::Grant {
-                    role: g.role,
-                    functions: g.functions,
-                    start: g.start,
-                    end: g.end,
-                })
-                .collect(),
-        },
-        accounts: p
-            .accounts
-            .into_iter()
-            .map(|a| profile::Account {
-                username: a.username,
-                role: a.role,
-            })
-            .collect(),
-    })
-}
-
 /// The device's settings in profile form (`GET /api/v1/profile`): the last
 /// profile applied (None: none was) and the current settings.
 pub fn current(c: &DeviceClient) -> Result<(Option<Profile>, Profile)> {
     let v: ProfileState = c.get("/api/v1/profile")?;
-    Ok((v.applied.map(from_wire).transpose()?, from_wire(v.current)?))
+    Ok((v.applied, v.current))
 }
 
 /// Applies `p` through a logged-in security administrator's client.
@@ -152,7 +41,7 @@ pub fn apply(c: &DeviceClient, p: &Profile) -> Result<Applied> {
         "PUT",
         "/api/v1/profile",
         &ApplyProfile {
-            profile: to_wire(p),
+            profile: p.clone(),
             initial_passwords: initial.clone(),
         },
     )?;

@@ -35,6 +35,9 @@ pub fn collect_trail(
     collect_trail_within(c, dir, TRAIL_TOTAL_CAP)
 }
 
+/// Why a trail larger than the collection caps is refused, and what to do.
+const TRAIL_CAP_WHY: &str = "the most `audit review` collects over the network (docs/audit.md, \"Collecting a trail\"); nothing was fetched. Copy the device's audit directory and check it with `drivesec audit verify`";
+
 /// [`collect_trail`] with another total cap.
 pub fn collect_trail_within(
     c: &DeviceClient,
@@ -58,6 +61,7 @@ pub fn collect_trail_within(
                 device: c.who(),
                 what: format!("trail segment {name} ({bytes} bytes, as its snapshot declares)"),
                 limit: SEGMENT_CAP,
+                why: TRAIL_CAP_WHY,
             });
         }
         total = total.saturating_add(bytes);
@@ -68,6 +72,7 @@ pub fn collect_trail_within(
                     "the trail its snapshot declares (segments together, {total} bytes or more)"
                 ),
                 limit: total_cap,
+                why: TRAIL_CAP_WHY,
             });
         }
         segments.push((name.to_string(), bytes));

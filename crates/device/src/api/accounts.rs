@@ -657,15 +657,6 @@ mod tests {
     }
 
     #[test]
-    fn permissions_keep_their_names() {
-        // The contract's list of names (its schema) is the device's.
-        assert_eq!(
-            api::Permission::ALL.map(|p| p.as_str()),
-            Permission::ALL.map(|p| p.as_str())
-        );
-    }
-
-    #[test]
     fn roles_and_users_are_written_as_before() {
         let roles = drivesec_access::builtin_roles();
         let wire = api::RoleListAnswer {

@@ -10,6 +10,8 @@ mod modbus;
 mod ops;
 mod provision;
 
+pub(crate) use ops::SEGMENT_DOWNLOADS;
+
 /// Request and settings types of the operations endpoints.
 pub mod ops_types {
     pub use super::ops::ForwardingSettings;
@@ -97,6 +99,17 @@ pub struct Device {
     pub(crate) tally: crate::tally::Tally,
     /// A factory reset waiting for its second person.
     pub(crate) reset_request: Mutex<Option<ops::ResetRequest>>,
+    /// Trail segment downloads in progress ([`ops::SEGMENT_DOWNLOADS`]
+    /// permits; one more is answered 503 `busy`).
+    pub(crate) segment_downloads: Arc<tokio::sync::Semaphore>,
+    /// Keeps a factory reset and the owner's settings changes apart: each
+    /// handler that writes the owner's settings or adopts a state holds it
+    /// (read) from before it authenticates the request to its end; an
+    /// approved factory reset holds it (write) while it runs. A change
+    /// that waited for a reset is then refused (its session is gone), and
+    /// none can write the previous owner's settings into the factory
+    /// device ([`Device::settings_change`]).
+    pub(crate) reset_gate: tokio::sync::RwLock<()>,
 }
 
 /// Room in the audit trail for the record of an action about to be taken:
@@ -499,6 +512,22 @@ impl Device {
             return Err(self.password_change_required(&c));
         }
         Ok(c)
+    }
+
+    /// For a handler that writes the owner's settings or adopts a state:
+    /// waits while an approved factory reset runs, then authenticates the
+    /// request. The guard is held to the handler's end, so no reset starts
+    /// meanwhile; a request that waited for one is refused here (the reset
+    /// ended every session and the connection's trust), never applied to
+    /// the factory device ([`Device::reset_gate`]).
+    pub(crate) async fn settings_change(
+        &self,
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+    ) -> Result<(tokio::sync::RwLockReadGuard<'_, ()>, Caller), ApiError> {
+        let gate = self.reset_gate.read().await;
+        let c = self.caller(headers, conn)?;
+        Ok((gate, c))
     }
 
     /// Resolves the session of a request, also one whose password must be

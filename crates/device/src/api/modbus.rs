@@ -82,7 +82,7 @@ pub(crate) async fn set_rights(
 ) -> Result<Response, ApiError> {
     // A malformed body is answered before a missing session.
     let rights = from_wire(rights)?;
-    let c = dev.caller(&headers, &conn)?;
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::WriteSecuritySettings, "modbus.rights.write")?;
     dev.commissioned()?;
     let old = dev.modbus_rights();

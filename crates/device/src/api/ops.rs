@@ -103,7 +103,7 @@ pub(crate) async fn set_param(
     PathParam(name): PathParam,
     Body(req): Body<wire_drive::ParamWriteRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     let def = drivesec_drive::def(&name)
         .ok_or_else(|| ApiError::not_found(format!("unknown parameter '{name}'")))?;
     let perm = match def.group {
@@ -420,7 +420,19 @@ pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<R
     }))
 }
 
+/// Most segment downloads (`GET /api/v1/audit/trail/segment`) a device
+/// serves at once; one more is answered 503 `busy` (docs/device-api.md).
+pub(crate) const SEGMENT_DOWNLOADS: usize = 4;
+
 /// The first `bytes` of one segment, as listed by `GET /api/v1/audit/trail`.
+///
+/// Streamed like the export: the file is read and sent
+/// [`EXPORT_CHUNK`] at a time, so a download holds at most a few chunks
+/// whatever the segment's size (segments an older configuration wrote can
+/// be larger than today's bound), and at most [`SEGMENT_DOWNLOADS`] run at
+/// once. The answer's bytes and its `Content-Length` are the prefix's; a
+/// read failure part-way aborts the response short of that length, so a
+/// client never takes a cut segment for a whole one.
 pub(crate) async fn trail_segment(
     State(dev): State<Arc<Device>>,
     q: Result<Query<wire_audit::SegmentQuery>, axum::extract::rejection::QueryRejection>,
@@ -428,9 +440,28 @@ pub(crate) async fn trail_segment(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadAudit, "audit.trail.read")?;
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Ok(permit) = dev.segment_downloads.clone().try_acquire_owned() else {
+        // Refused at once, never queued; aggregated per certificate like
+        // the other refusals a flood repeats (docs/audit.md, "Floods").
+        dev.audit_tallied(
+            &format!("busy|audit.trail.segment|{}", c.conn.fingerprint),
+            Device::event(&c, "audit.trail.read", Outcome::Denied)
+                .target(p.name.clone())
+                .details(json!({"certificate": c.conn.fingerprint, "role": c.role,
+                    "busy": true, "limit": SEGMENT_DOWNLOADS})),
+        );
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "{SEGMENT_DOWNLOADS} trail segment downloads are in progress, the most this device serves at once; retry"
+            ),
+        ));
+    };
     let dir = dev.audit_log()?.dir().to_path_buf();
-    let body = tokio::task::spawn_blocking(move || {
-        drivesec_audit::read_segment_prefix(&dir, &p.name, p.bytes)
+    let name = p.name.clone();
+    let (file, bytes) = tokio::task::spawn_blocking(move || {
+        drivesec_audit::open_segment_prefix(&dir, &name, p.bytes)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
@@ -444,7 +475,42 @@ pub(crate) async fn trail_segment(
         ),
         other => ApiError::from(other),
     })?;
-    Ok(([("content-type", "application/octet-stream")], body).into_response())
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let rt = tokio::runtime::Handle::current();
+    let name = p.name;
+    tokio::task::spawn_blocking(move || {
+        // Held until the last chunk is handed over, the client went away
+        // or stopped reading for EXPORT_STALL.
+        let _permit = permit;
+        let mut out = ChunkWriter {
+            tx,
+            rt,
+            buf: Vec::with_capacity(EXPORT_CHUNK),
+        };
+        let sent = std::io::copy(&mut std::io::Read::take(&file, bytes), &mut out)
+            .and_then(|n| out.flush_chunk().map(|()| n));
+        let failed = match sent {
+            Ok(n) if n == bytes => return,
+            Ok(n) => format!("the segment ended after {n} of {bytes} bytes"),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(segment = %name, error = %failed, "trail segment download cut off");
+        let _ = out
+            .tx
+            .try_send(Err(std::io::Error::other("the download failed")));
+    });
+    let body = axum::body::Body::new(ChunkBody { rx });
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, bytes.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// The forwarder's status on the wire.
@@ -492,14 +558,15 @@ pub(crate) async fn set_forwarding(
     headers: HeaderMap,
     Body(req): Body<ForwardingSettings>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(
         &c,
         Permission::ConfigureAuditForwarding,
         "audit.forwarding.set",
     )?;
     let rec = dev.reserve("audit.forwarding.set")?;
-    let r = dev.start_forwarding(&req, true);
+    // Keystore and file work (and a test's hold point): off the network thread.
+    let r = crate::blocking(|| dev.start_forwarding(&req, true));
     let r = r.map_err(ApiError::from);
     let outcome = if r.is_ok() {
         Outcome::Success
@@ -569,7 +636,7 @@ pub(crate) async fn set_access_policy(
     headers: HeaderMap,
     Body(policy): Body<wire_security::AccessPolicy>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::WriteSecuritySettings, "security.access.set")?;
     let rec = dev.reserve("security.access.set")?;
     let r = dev.set_access_policy(access_policy_from(policy));
@@ -631,7 +698,7 @@ pub(crate) async fn install_crl(
     headers: HeaderMap,
     Body(req): Body<wire_security::CrlInstallRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::ManageTrust, "trust.crl.install")?;
     // Check, build, write, adopt (docs/pki.md, "CRL policy"): a refused
     // CRL (400 naming why) changes nothing, in memory or on disk. One
@@ -790,6 +857,18 @@ pub(crate) async fn factory_reset(
         return Err(ApiError::conflict(
             "no such factory-reset request (expired, already used or never made): ask again",
         ));
+    };
+    // No change of the owner's settings runs beside the reset: those in
+    // progress finish first (their records go into the trail the reset
+    // seals), those that come later find their session gone.
+    let _reset = match dev.reset_gate.try_write() {
+        Ok(g) => g,
+        Err(_) => {
+            tracing::info!(
+                "factory reset approved: waiting for the settings changes in progress to finish"
+            );
+            dev.reset_gate.write().await
+        }
     };
     // Recorded before the wipe; the trail is then sealed and kept.
     let seq = dev.audit_seq(
