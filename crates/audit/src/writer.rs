@@ -753,11 +753,70 @@ fn cursor_or_zero(dir: &Path, name: &str) -> u64 {
     read_cursor(dir, name).unwrap_or(0)
 }
 
+/// The action of the record of a `quarantine` that was no directory (a
+/// symbolic link planted at rest) and was moved aside (docs/audit.md,
+/// "Start-up check").
+const QUARANTINE_REPLACED: &str = "audit.recovery.quarantine-replaced";
+
+/// `quarantine/` (made 0700 when missing), never through a symbolic link:
+/// whatever else stood there was moved aside by [`set_aside_quarantine`]
+/// at start-up; one that appeared since fails here, and nothing is
+/// written through it.
+fn quarantine_dir(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let q = dir.join(QUARANTINE);
+    match std::fs::DirBuilder::new().mode(0o700).create(&q) {
+        Ok(()) => fsu::sync_dir(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fsu::FsError::io("create directory", &q, e).into()),
+    }
+    fsu::open_dir_nofollow(&q)?
+        .set_permissions(std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fsu::FsError::io("chmod", &q, e))?;
+    Ok(q)
+}
+
+/// A `quarantine` that is not a directory (a symbolic link planted at
+/// rest, to anywhere, or a file) is renamed aside to
+/// `quarantine.invalid-N` (the link itself: a rename never follows it),
+/// on the record, so recovery never moves segments out of the trail or
+/// changes the mode of what it points at; a real `quarantine/` is created
+/// when needed. Never a refusal: the device starts anyway.
+fn set_aside_quarantine(dir: &Path, out: &mut Recovered) -> Result<()> {
+    let q = dir.join(QUARANTINE);
+    let was = match std::fs::symlink_metadata(&q) {
+        Ok(md) if md.is_dir() => return Ok(()),
+        Ok(md) if md.file_type().is_symlink() => "symbolic link",
+        Ok(_) => "not a directory",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(fsu::FsError::io("stat", &q, e).into()),
+    };
+    for n in 1u32.. {
+        let name = format!("{QUARANTINE}.invalid-{n}");
+        let aside = dir.join(&name);
+        match std::fs::symlink_metadata(&aside) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::rename(&q, &aside).map_err(|e| fsu::FsError::io("rename", &q, e))?;
+                fsu::sync_dir(dir)?;
+                out.push((
+                    QUARANTINE_REPLACED,
+                    serde_json::json!({ "file": QUARANTINE, "was": was, "moved_to": name }),
+                ));
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => return Err(fsu::FsError::io("stat", &aside, e).into()),
+        }
+    }
+    Err(AuditError::Failed(
+        "no free name to move quarantine aside".into(),
+    ))
+}
+
 /// Keeps `bytes` under `quarantine/` as evidence, named `base` (with a
 /// counter added if that name is taken); returns the name.
 fn quarantine(dir: &Path, base: &str, bytes: &[u8]) -> Result<String> {
-    let q = dir.join(QUARANTINE);
-    fsu::create_private_dir(&q)?;
+    let q = quarantine_dir(dir)?;
     let mut name = base.to_string();
     for n in 1u32.. {
         match fsu::write_new(&q.join(&name), bytes, Mode::Public) {
@@ -775,8 +834,7 @@ fn quarantine(dir: &Path, base: &str, bytes: &[u8]) -> Result<String> {
 fn quarantine_range(dir: &Path, base: &str, path: &Path, from: u64, to: u64) -> Result<String> {
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
-    let q = dir.join(QUARANTINE);
-    fsu::create_private_dir(&q)?;
+    let q = quarantine_dir(dir)?;
     let mut src = File::open(path).map_err(|e| fsu::FsError::io("open", path, e))?;
     src.seek(SeekFrom::Start(from))
         .map_err(|e| fsu::FsError::io("seek", path, e))?;
@@ -809,8 +867,7 @@ fn quarantine_range(dir: &Path, base: &str, path: &Path, from: u64, to: u64) -> 
 /// counter added if that name is taken), durably; returns the name. A
 /// rename: no copy, so it takes no room however large the file.
 fn quarantine_file(dir: &Path, base: &str, path: &Path) -> Result<String> {
-    let q = dir.join(QUARANTINE);
-    fsu::create_private_dir(&q)?;
+    let q = quarantine_dir(dir)?;
     let mut name = base.to_string();
     for n in 1u32.. {
         let dst = q.join(&name);
@@ -844,20 +901,32 @@ fn sync_path(path: &Path) -> Result<()> {
 /// Whether segment `first` at `path` (named above the plausible limit)
 /// starts with the record its name says, carrying `chain` on: a genuine
 /// chain that climbed past the limit. Its first bytes are that frame, or
-/// a whole frame damaged later with that number.
+/// unreadable bytes (that frame damaged at rest, its number readable or
+/// not) when `first` may come next in the chain and the first frame after
+/// them carries the chain on past them (or none follows).
 fn starts_chain(path: &Path, first: u64, chain: &Chain) -> Result<bool> {
     let mut sc = Scanner::open(path)?;
-    Ok(match sc.next_item()? {
+    let u = match sc.next_item()? {
         Some(Item::Frame {
             offset: 0,
             frame: f,
-        }) => f.seq == first && continues(chain, f.seq, &f.prev),
-        Some(Item::Unreadable(u)) => {
-            u.offset == 0
-                && u.damaged_seq == Some(first)
-                && chain.is_some_and(|(s, _)| s.checked_add(1) == Some(first))
-        }
-        _ => false,
+        }) => return Ok(f.seq == first && continues(chain, f.seq, &f.prev)),
+        Some(Item::Unreadable(u)) if u.offset == 0 => u,
+        _ => return Ok(false),
+    };
+    let Some(c) = *chain else {
+        return Ok(false);
+    };
+    if !c.may_be_next(first) || u.damaged_seq.is_some_and(|d| d != first) {
+        return Ok(false);
+    }
+    let past = Some(ChainEnd {
+        skipped: c.skipped.saturating_add(u.end - u.offset),
+        ..c
+    });
+    Ok(match sc.next_item()? {
+        Some(Item::Frame { frame: f, .. }) => f.seq > first && continues(&past, f.seq, &f.prev),
+        _ => true,
     })
 }
 
@@ -971,15 +1040,45 @@ struct Kept {
     max_seq: u64,
 }
 
-/// The chain kept so far at start-up, in file order: the last record kept
-/// (or the verified anchor), its number and its hash, unknown when the
-/// chain went on past a damaged frame (see [`walk`]).
-type Chain = Option<(u64, Option<Hash>)>;
+/// The end of the chain kept so far at start-up, in file order: the last
+/// record kept (or the verified anchor), and the unreadable bytes read
+/// after it (see [`walk`]).
+#[derive(Debug, Clone, Copy)]
+struct ChainEnd {
+    seq: u64,
+    hash: Hash,
+    /// Unreadable bytes since `seq`: they may have held one record per
+    /// [`MIN_FRAME`] bytes.
+    skipped: u64,
+    /// Those bytes hold a frame written whole (its checksum wrong now)
+    /// with a number they may hold: damage, not a torn write.
+    whole: bool,
+}
+
+type Chain = Option<ChainEnd>;
+
+impl ChainEnd {
+    /// Whether number `seq` may come next: `seq - self.seq - 1` numbers
+    /// skipped, at most one per [`MIN_FRAME`] unreadable bytes.
+    fn may_be_next(&self, seq: u64) -> bool {
+        seq.checked_sub(self.seq)
+            .and_then(|d| d.checked_sub(1))
+            .is_some_and(|k| k <= self.skipped / MIN_FRAME)
+    }
+}
 
 /// Whether a frame numbered `seq` with `prev` continues `chain`: the next
-/// number, and `prev` the chain's hash when that is known.
+/// number with `prev` the chain's hash, or, after unreadable bytes, a
+/// number at most one per [`MIN_FRAME`] of those bytes further (its
+/// `prev` unchecked: the hash of the record before it is unknown).
 fn continues(chain: &Chain, seq: u64, prev: &Hash) -> bool {
-    chain.is_some_and(|(s, h)| s.checked_add(1) == Some(seq) && h.is_none_or(|h| h == *prev))
+    chain.is_some_and(|c| {
+        if c.seq.checked_add(1) == Some(seq) {
+            c.hash == *prev
+        } else {
+            c.may_be_next(seq)
+        }
+    })
 }
 
 /// One step of [`walk`], in file order.
@@ -1003,12 +1102,14 @@ enum Step {
 /// Walks a segment (streaming) and decides, frame by frame, what recovery
 /// keeps: a valid frame numbered above `limit` (see [`plausible_limit`])
 /// that does not continue `chain` is cut; every other valid frame stays
-/// and becomes the chain's end. A whole frame damaged later whose number
-/// is the next in the chain lets the chain go on past it (its hash is
-/// unknown, so the frame after it needs only the next number): a chain
-/// still climbs one number per frame of at least [`MIN_FRAME`] bytes, and
-/// one damaged frame no longer cuts every frame after it. The same walk
-/// from the same `chain` gives the same steps (recovery walks twice).
+/// and becomes the chain's end. Unreadable bytes after the chain's end
+/// (frames damaged at rest, their numbers readable or not) let the chain
+/// go on past them: the next frame may skip one number per [`MIN_FRAME`]
+/// of those bytes (its `prev` unchecked: the hash before it is unknown),
+/// so a chain still climbs at most one number per frame of at least
+/// [`MIN_FRAME`] bytes, and damage costs the damaged frames only. The
+/// same walk from the same `chain` gives the same steps (recovery walks
+/// twice).
 fn walk(
     path: &Path,
     limit: u64,
@@ -1030,7 +1131,12 @@ fn walk(
                 }
             }
             Item::Frame { offset, frame: f } => {
-                *chain = Some((f.seq, Some(f.hash)));
+                *chain = Some(ChainEnd {
+                    seq: f.seq,
+                    hash: f.hash,
+                    skipped: 0,
+                    whole: false,
+                });
                 Step::Keep {
                     offset,
                     seq: f.seq,
@@ -1039,10 +1145,9 @@ fn walk(
             }
             Item::End { offset } => Step::End(offset),
             Item::Unreadable(u) => {
-                if let (Some(d), Some((s, _))) = (u.damaged_seq, *chain)
-                    && s.checked_add(1) == Some(d)
-                {
-                    *chain = Some((d, None));
+                if let Some(c) = chain {
+                    c.whole |= u.damaged_seq.is_some_and(|d| c.may_be_next(d));
+                    c.skipped = c.skipped.saturating_add(u.end - u.offset);
                 }
                 Step::Cut {
                     start: u.offset,
@@ -1575,6 +1680,7 @@ impl AuditLog {
         };
 
         // 1. Crash damage.
+        set_aside_quarantine(dir, &mut recovered)?;
         repair_checkpoint_log(dir, key.as_ref(), &mut recovered)?;
         let (segs, stray) = segment_dir(dir)?;
         check.stray_files = stray;
@@ -1613,7 +1719,14 @@ impl AuditLog {
             .filter(|a| {
                 a.kind == CheckpointKind::Anchor && key.as_ref().is_none_or(|k| a.verify(k))
             })
-            .and_then(|a| Some((a.seq, Some(a.hash_bytes()?))));
+            .and_then(|a| {
+                Some(ChainEnd {
+                    seq: a.seq,
+                    hash: a.hash_bytes()?,
+                    skipped: 0,
+                    whole: false,
+                })
+            });
         let mut kept_segs: Vec<(u64, PathBuf)> = Vec::new();
         let mut kept: Vec<Kept> = Vec::new();
         for (first, path) in segs {
@@ -1633,7 +1746,7 @@ impl AuditLog {
                     fsu::sync_dir(&dir.join(SEGMENTS))?;
                     continue;
                 }
-                let after = chain.map(|(s, _)| s);
+                let after = chain.map(|c| c.seq);
                 let moved = quarantine_file(dir, &format!("{name}.0.bin"), &path)?;
                 implausible.push(Problem {
                     seq: Some(after.map_or(1, |s| s.saturating_add(1))),
@@ -1670,6 +1783,14 @@ impl AuditLog {
             kept_segs.push((first, path));
             kept.push(k);
         }
+        // Damage after the last record kept that holds a frame written
+        // whole may have held a record per MIN_FRAME bytes, given out
+        // before it was damaged: none of those numbers is given out again.
+        if let Some(c) = chain
+            && c.whole
+        {
+            top = top.max(c.seq.saturating_add(c.skipped / MIN_FRAME));
+        }
         let mut segs = kept_segs;
         // An empty last segment (a crash right after rotation) goes; a new
         // one is made, named for the record it will start with.
@@ -1688,7 +1809,11 @@ impl AuditLog {
         // What is on disk now may be only in the page cache (a daemon
         // killed between a write and its fdatasync): it is made durable
         // before it is verified, signed over, counted as durable or sent.
-        for (_, path) in &segs {
+        // Only the last segment can hold such bytes: the writer fdatasyncs
+        // a segment before it creates the next one, and the repair above
+        // fsyncs every segment it changed. One fsync, not one per segment
+        // (a trail of many small segments would take minutes to start).
+        if let Some((_, path)) = segs.last() {
             sync_path(path)?;
         }
         sync_path(&dir.join(SEGMENTS))?;
@@ -2382,9 +2507,11 @@ mod tests {
 
     /// A daemon killed between a write and its fdatasync leaves records
     /// in the page cache only; the next start reads them from there. Open
-    /// makes every segment it keeps, `segments/` and `checkpoints.log`
-    /// durable before it verifies, signs, publishes the durable mark (what
-    /// the forwarder may send) or counts them.
+    /// makes the last segment (the writer syncs a segment before it starts
+    /// the next one), `segments/` and `checkpoints.log` durable before it
+    /// verifies, signs, publishes the durable mark (what the forwarder may
+    /// send) or counts them; and no more than that, however many segments
+    /// the trail holds (one fsync each would take minutes on eMMC).
     #[test]
     fn open_makes_what_it_found_durable_before_trusting_it() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -2415,16 +2542,55 @@ mod tests {
         let log = AuditLog::open(&dir, cfg, signer).unwrap_or_else(|e| panic!("{e}"));
         assert!(log.startup_check().passed(), "{:#?}", log.startup_check());
         let synced = SYNCED.with(|s| s.borrow().clone());
-        for (_, path) in &found {
-            assert!(
-                synced.contains(path),
-                "{} not synced: {synced:?}",
-                path.display()
-            );
-        }
+        let (_, last) = found.last().unwrap_or_else(|| panic!("no segment"));
+        assert!(
+            synced.contains(last),
+            "{} not synced: {synced:?}",
+            last.display()
+        );
         assert!(synced.contains(&dir.join(SEGMENTS)), "{synced:?}");
         assert!(synced.contains(&dir.join(CHECKPOINT_LOG)), "{synced:?}");
         assert_eq!(log.durable_mark().seq(), 60);
+        log.close().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The fsyncs of a start do not grow with the number of segments: a
+    /// trail of 4 KiB segments up to 1 GiB would otherwise cost ~262 000
+    /// of them. Here 40 segments cost the same three as a trail of one
+    /// (the last segment, `segments/`, `checkpoints.log`).
+    #[test]
+    fn open_syncs_a_bounded_number_of_files_however_many_segments() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (_, store) = KeystoreConfig::create_soft(tmp.path(), "ks", "secret")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let handle = KeyHandle::new("idevid").unwrap_or_else(|e| panic!("{e}"));
+        store
+            .generate(&handle, KeyAlgorithm::EcdsaP256)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let signer = Signer { store, handle };
+        let dir = tmp.path().join("audit");
+        let cfg = AuditConfig {
+            segment_bytes: 4096,
+            checkpoint_every: 1000,
+            ..AuditConfig::default()
+        };
+        let log =
+            AuditLog::open(&dir, cfg.clone(), signer.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let pad = "p".repeat(1000);
+        for i in 0..160 {
+            log.append(
+                Event::new(Actor::Device, "x").details(serde_json::json!({ "i": i, "pad": pad })),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        log.close().unwrap_or_else(|e| panic!("{e}"));
+        let (found, _) = segment_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(found.len() >= 40, "{}", found.len());
+        SYNCED.with(|s| s.borrow_mut().clear());
+        let log = AuditLog::open(&dir, cfg, signer).unwrap_or_else(|e| panic!("{e}"));
+        assert!(log.startup_check().passed(), "{:#?}", log.startup_check());
+        let synced = SYNCED.with(|s| s.borrow().clone());
+        assert!(synced.len() <= 3, "{} fsyncs: {synced:?}", synced.len());
         log.close().unwrap_or_else(|e| panic!("{e}"));
     }
 }

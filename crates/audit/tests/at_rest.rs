@@ -1253,6 +1253,171 @@ fn one_damaged_frame_in_a_chain_above_the_ceiling_costs_that_frame_only() {
     assert_ne!(cut[0]["reason"], "implausible sequence number");
 }
 
+/// A genuine chain above the ceiling (no checkpoint, no counter) damaged
+/// at rest over several frames in a row, as a bad sector does: three
+/// frames with wrong checksums (numbers readable), three overwritten
+/// (no number readable), and a segment named above the ceiling whose
+/// first frame lost its magic. Only the damaged frames go: the chain goes
+/// on past each span (one number per 53 bytes of it at most), so no
+/// frame after them is cut as implausible, no segment is moved out, and
+/// numbering continues after the last record.
+#[test]
+fn damage_over_several_frames_in_a_chain_above_the_ceiling_costs_those_frames_only() {
+    let fx = Fx::new();
+    let c = cfg();
+    let seg_dir = fx.trail().join("segments");
+    std::fs::create_dir_all(&seg_dir).unwrap();
+    // Segment 1: 1..=20; segment `jump`: jump..jump+29; segment
+    // `jump + 30`: jump+30..jump+39, chained on.
+    let build = |jump: u64| {
+        let mut one = Vec::new();
+        let mut prev = [0u8; 32];
+        for seq in 1..=20 {
+            prev = frame::encode(seq, &prev, PLANTED_BODY, &mut one);
+        }
+        let (mut two, mut three) = (Vec::new(), Vec::new());
+        let mut at = Vec::new();
+        for seq in jump..jump + 30 {
+            at.push(two.len());
+            prev = frame::encode(seq, &prev, PLANTED_BODY, &mut two);
+        }
+        for seq in jump + 30..jump + 40 {
+            prev = frame::encode(seq, &prev, PLANTED_BODY, &mut three);
+        }
+        (one, two, three, at)
+    };
+    let (one, two, three, _) = build(1000);
+    let size = (one.len() + two.len() + three.len()) as u64;
+    let limit = (c.max_bytes + c.reserve_bytes + size) / 53;
+    let jump = limit - 5;
+    let (one, mut two, mut three, at) = build(jump);
+    // jump+10..=jump+12: checksums wrong, numbers readable.
+    for i in 10..13 {
+        two[at[i] + frame::HEADER + 2] ^= 0x01;
+    }
+    // jump+20..=jump+22: overwritten, nothing readable.
+    two[at[20]..at[23]].fill(0xa5);
+    // jump+30: its magic gone.
+    three[0] ^= 0xff;
+    std::fs::write(seg_dir.join(format!("{:020}.seg", 1)), one).unwrap();
+    std::fs::write(seg_dir.join(format!("{jump:020}.seg")), two).unwrap();
+    let name_three = format!("{:020}.seg", jump + 30);
+    std::fs::write(seg_dir.join(&name_three), three).unwrap();
+
+    let log = fx.open(c);
+    let check = log.startup_check().clone();
+    let a = log.append(ev(1)).unwrap();
+    log.close().unwrap();
+    let damaged = [10, 11, 12, 20, 21, 22, 30].map(|i| jump + i);
+    let chain: Vec<u64> = (1..=20)
+        .chain(jump..jump + 40)
+        .filter(|s| !damaged.contains(s))
+        .collect();
+    let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
+    assert_eq!(
+        &seqs[..chain.len()],
+        chain.as_slice(),
+        "the chain is kept but for {damaged:?}"
+    );
+    assert!(a.seq > jump + 39, "{}", a.seq);
+    // Not moved out (verify names it misnamed: its first valid frame is
+    // not the one its name says).
+    assert!(seg_dir.join(&name_three).exists(), "{:#?}", check.problems);
+    let cut: Vec<serde_json::Value> = actions(&fx, "audit.recovery.quarantined")
+        .into_iter()
+        .map(|r| r.record.details)
+        .collect();
+    assert_eq!(cut.len(), 3, "{cut:?}");
+    assert!(
+        cut.iter()
+            .all(|d| d["reason"] != "implausible sequence number"
+                && d["reason"] != "implausible segment name"),
+        "{cut:?}"
+    );
+    assert_eq!(cut[0]["after_seq"], jump + 9);
+    assert_eq!(cut[0]["before_seq"], jump + 13);
+    assert_eq!(cut[1]["after_seq"], jump + 19);
+    assert_eq!(cut[1]["before_seq"], jump + 23);
+}
+
+/// The last three records, durable (and maybe forwarded) but covered by
+/// no checkpoint, damaged at rest (a bad sector): none of their numbers
+/// is given out again, though only the first one's is read.
+#[test]
+fn damaged_last_records_keep_their_numbers() {
+    let fx = Fx::new();
+    fx.fill(97);
+    let log = fx.open(cfg());
+    for seq in 98..=100 {
+        assert_eq!(log.append(ev(seq)).unwrap().seq, seq);
+    }
+    log.abandon();
+    let at: Vec<_> = (98..=100).map(|seq| frame_of(&fx.trail(), seq)).collect();
+    for (p, off, _) in at {
+        let mut data = std::fs::read(&p).unwrap();
+        data[off + frame::HEADER + 3] ^= 0x04;
+        std::fs::write(&p, &data).unwrap();
+    }
+    let log = fx.open(cfg());
+    let a = log.append(ev(1)).unwrap();
+    log.close().unwrap();
+    assert!(
+        a.seq > 100,
+        "a number of 98..=100 was given out again: {}",
+        a.seq
+    );
+}
+
+/// `quarantine` planted at rest as a symbolic link to another directory:
+/// recovery does not follow it. The link is moved aside (on the record),
+/// the target keeps its mode and contents, the trail opens, and the bytes
+/// cut out are in a real `quarantine/` of the trail.
+#[test]
+fn a_symlinked_quarantine_is_moved_aside_never_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fx::new();
+    fx.fill(30);
+    let (p, off, len) = frame_of(&fx.trail(), 20);
+    let mut data = std::fs::read(&p).unwrap();
+    data[off + frame::HEADER + 3] ^= 0x04;
+    std::fs::write(&p, &data).unwrap();
+    let elsewhere = fx.tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("keep"), b"theirs").unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let q = fx.trail().join("quarantine");
+    std::os::unix::fs::symlink(&elsewhere, &q).unwrap();
+
+    fx.start();
+    // The target: untouched.
+    let mode = std::fs::metadata(&elsewhere).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let names: Vec<_> = std::fs::read_dir(&elsewhere)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["keep"]);
+    assert_eq!(std::fs::read(elsewhere.join("keep")).unwrap(), b"theirs");
+    // The link moved aside, the cut bytes in a real quarantine/.
+    let aside = fx.trail().join("quarantine.invalid-1");
+    assert!(
+        std::fs::symlink_metadata(&aside)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::symlink_metadata(&q).unwrap().is_dir());
+    let kept = q.join(format!(
+        "{}.{off}.bin",
+        p.file_name().unwrap().to_string_lossy()
+    ));
+    assert_eq!(std::fs::read(kept).unwrap(), data[off..off + len]);
+    let rec = actions(&fx, "audit.recovery.quarantine-replaced");
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].record.details["moved_to"], "quarantine.invalid-1");
+    assert_eq!(rec[0].record.details["was"], "symbolic link");
+}
+
 /// A segment crafted at rest with many small damaged spans (here 40
 /// frames with forged numbers, each between two genuine records) costs a
 /// bounded number of start-up records and quarantine files: the first 16

@@ -185,3 +185,141 @@ fn forwarding_runs_again_after_a_factory_reset_that_failed() {
         collector.lines().iter().any(|l| l.contains(&sd))
     });
 }
+
+/// The device log says an approved reset waits for the changes in progress.
+fn reset_waits(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join("drivesecd.log"))
+        .is_ok_and(|l| l.contains("waiting for the settings changes in progress to finish"))
+}
+
+/// The hold point last reached (`test-failpoint-reached`).
+fn reached(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("test-failpoint-reached")).unwrap_or_default()
+}
+
+/// Review finding (account handlers and the reset gate). `POST
+/// /api/v1/users` is held (hold point `accounts:hold`) after it
+/// authenticated and before it writes the accounts; a factory reset is
+/// approved meanwhile, and would be held (`reset:erased`) after it erased
+/// the owner's files and before it adopts the factory state. The reset
+/// waits for the account change (the device says so), the change finishes
+/// first, and the factory device has no `accounts.json`. Before the fix the
+/// reset ran at once, and the account change, let go between the erasure
+/// and the factory state, wrote the previous owner's accounts (hashes and
+/// all) into the factory device.
+#[test]
+fn an_account_change_in_progress_never_outlives_a_factory_reset() {
+    let lab = reset_lab();
+    let dir = lab.device_dir();
+    let admin = lab.admin();
+    let failpoint = dir.join("test-failpoint");
+    std::fs::write(&failpoint, "accounts:hold\nreset:erased\n").unwrap();
+    let body = json!({"username": "newcomer", "role": "operator",
+        "password": "Temporary-Passw0rd-2026"});
+    let (add, reset) = std::thread::scope(|s| {
+        let add = s.spawn(|| admin.call("POST", "/api/v1/users", Some(&body)));
+        wait_until("the account change to reach its hold point", || {
+            reached(&dir) == "accounts:hold"
+        });
+        let reset = s.spawn(|| lab.factory_reset());
+        // The reset either waits for the change (the fix) or runs to its
+        // own hold point, past the erasure.
+        wait_until("the reset to wait or to erase", || {
+            reset_waits(&dir) || reached(&dir) == "reset:erased"
+        });
+        // The account change goes on; a reset past its erasure stays held.
+        std::fs::write(&failpoint, "reset:erased\n").unwrap();
+        wait_until("the account change to end", || add.is_finished());
+        std::fs::remove_file(&failpoint).unwrap();
+        (add.join().unwrap(), reset.join().unwrap())
+    });
+    assert_eq!(reset["state"], "factory", "{reset}");
+    assert!(
+        !dir.join("accounts.json").exists(),
+        "the previous owner's accounts survived the reset: {}",
+        std::fs::read_to_string(dir.join("accounts.json")).unwrap_or_default()
+    );
+    // The change went through, before the reset (and into the trail it sealed).
+    let add = add.unwrap();
+    assert_eq!(add.status, 200, "{}", add.body);
+    let archived: Vec<_> = std::fs::read_dir(dir.join("audit-archive"))
+        .unwrap()
+        .flatten()
+        .collect();
+    let old = trail_records(&archived[0].path());
+    let at = |action: &str| {
+        old.iter()
+            .rposition(|r| r.record.action == action)
+            .unwrap_or_else(|| panic!("no {action} in the archived trail"))
+    };
+    assert!(at("user.add") < at("device.factory-reset"));
+}
+
+/// Review finding (the approval and the gate). A factory reset is asked
+/// for by the first administrator; a role change that takes
+/// `factory-reset` from it is in progress (held at `accounts:hold`) when
+/// the other administrator approves. The approval waits for the change
+/// and then checks the second person again: the requester no longer holds
+/// `factory-reset`, so the reset is refused (403 `second-person-required`,
+/// recorded) and the device is still the owner's. Before the fix the
+/// approval was checked and taken before it waited, and the reset ran
+/// after the change.
+#[test]
+fn a_reset_approval_honours_a_role_change_that_finished_while_it_waited() {
+    let lab = reset_lab();
+    let dir = lab.device_dir();
+    let requester = lab.m.admin.as_ref().unwrap().clone();
+    let asked = lab
+        .admin()
+        .ok(
+            "POST",
+            "/api/v1/factory-reset",
+            Some(&json!({"password": requester.password})),
+        )
+        .unwrap();
+    let (changer, approver) = (lab.second_admin(), lab.second_admin());
+    let failpoint = dir.join("test-failpoint");
+    std::fs::write(&failpoint, "accounts:hold").unwrap();
+    let role = json!({"role": "auditor"});
+    let approve = json!({"password": lab.m.users["security-admin"].password,
+        "approve": asked["request"]});
+    let (changed, approved) = std::thread::scope(|s| {
+        let change = s.spawn(|| {
+            changer
+                .call(
+                    "PUT",
+                    &format!("/api/v1/users/{}/role", requester.username),
+                    Some(&role),
+                )
+                .unwrap()
+        });
+        wait_until("the role change to reach its hold point", || {
+            reached(&dir) == "accounts:hold"
+        });
+        let approval = s.spawn(|| {
+            approver
+                .call("POST", "/api/v1/factory-reset", Some(&approve))
+                .unwrap()
+        });
+        wait_until("the approval to wait for the change", || reset_waits(&dir));
+        std::fs::remove_file(&failpoint).unwrap();
+        (change.join().unwrap(), approval.join().unwrap())
+    });
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert_eq!(approved.status, 403, "{}", approved.body);
+    assert_eq!(approved.body["error"], "second-person-required");
+    assert!(
+        approved.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the account that asked no longer holds factory-reset")),
+        "{}",
+        approved.body
+    );
+    // Still the owner's device, and the refusal is recorded.
+    assert!(!dir.join("audit-archive").exists());
+    let refusal = lab
+        .audit_records("device.factory-reset")
+        .into_iter()
+        .find(|r| r["outcome"] == "denied");
+    assert!(refusal.is_some(), "no refusal recorded");
+}

@@ -202,7 +202,7 @@ impl Default for RuntimeSettings {
     }
 }
 
-/// Firmware updates (docs/image-format.md, "Boot stage").
+/// Firmware updates (docs/device-state.md, "Firmware at start and on reboot").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FirmwareSettings {

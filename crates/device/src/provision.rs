@@ -49,9 +49,11 @@ fn failpoint(dir: &Path, point: &str) {
     }
 }
 
-/// Whether the test-only fault file names `point` (see [`failpoint`]).
+/// Whether the test-only fault file names `point` (see [`failpoint`]; hold
+/// points may be named one a line, so a test can hold two operations).
 pub(crate) fn failpoint_set(dir: &Path, point: &str) -> bool {
-    std::fs::read_to_string(dir.join("test-failpoint")).is_ok_and(|s| s.trim() == point)
+    std::fs::read_to_string(dir.join("test-failpoint"))
+        .is_ok_and(|s| s.lines().any(|l| l.trim() == point))
 }
 
 /// A test-only hold point: when `STATE/test-failpoint` names `point`, the

@@ -106,6 +106,7 @@ pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Rou
         tally: crate::tally::Tally::default(),
         reset_request: Mutex::new(None),
         segment_downloads: Arc::new(tokio::sync::Semaphore::new(crate::api::SEGMENT_DOWNLOADS)),
+        segment_downloaders: Default::default(),
         reset_gate: tokio::sync::RwLock::new(()),
     });
     // Forwarding that cannot start, or whose settings cannot be read, never
@@ -878,6 +879,9 @@ impl Device {
                 }
             }
         };
+        // Test-only: the owner's files are erased, the factory state not
+        // yet adopted.
+        crate::provision::failpoint_hold(&dir, "reset:erased");
         *self
             .params
             .lock()

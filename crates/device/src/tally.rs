@@ -1,5 +1,5 @@
 //! Aggregated records for what a flood can repeat: permission denials and
-//! refused connections (docs/audit.md, "Capacity and floods").
+//! refused connections (docs/audit.md, "Floods: aggregated records").
 //!
 //! Per key (a client certificate and account, a listener and source
 //! address), the first event in a window is recorded at once; the ones that

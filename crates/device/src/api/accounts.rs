@@ -233,6 +233,9 @@ pub(crate) async fn login(
         }
         return Err(e);
     }
+    // A login writes the accounts too (failure counts, locks): never
+    // beside a factory reset, into the factory device.
+    let _settings = dev.reset_gate.read().await;
     // Bounded hashing: a flood waits briefly, then is told to come back.
     let user = req.username.clone();
     let fingerprint = conn.fingerprint.clone();
@@ -392,7 +395,7 @@ pub(crate) async fn change_own_password(
     headers: HeaderMap,
     Body(req): Body<sessions_api::OwnPasswordRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.session_caller(&headers, &conn)?;
+    let (_settings, c) = dev.own_password_change(&headers, &conn).await?;
     // Per-session rate limit, before any hash: a flood is answered 429 and
     // recorded once per aggregation window.
     let allowed = dev
@@ -454,12 +457,13 @@ pub(crate) async fn add_user(
     headers: HeaderMap,
     Body(req): Body<api::NewUserRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.add")?;
     let (who, perms) = (c.username.clone(), c.permissions.clone());
     let (user, role, pw) = (req.username.clone(), req.role.clone(), req.password);
     // An administrator sets the first password: the holder must change it.
     let rec = dev.reserve("user.add")?;
+    dev.hold_point("accounts:hold").await;
     let r = dev
         .with_accounts_hashing(move |a| {
             a.check_assign(&who, &perms, &user, &role)?;
@@ -476,9 +480,11 @@ pub(crate) async fn add_user(
 
 pub(crate) async fn remove_user(
     State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
     PathParam(name): PathParam,
-    c: Caller,
 ) -> Result<Response, ApiError> {
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.remove")?;
     if name == c.username {
         return Err(ApiError::bad_request("you cannot remove your own account"));
@@ -505,9 +511,10 @@ pub(crate) async fn set_role(
     PathParam(name): PathParam,
     Body(req): Body<api::SetRoleRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.role.change")?;
     let rec = dev.reserve("user.role.change")?;
+    dev.hold_point("accounts:hold").await;
     let r = dev.with_accounts(|a| {
         // Both the role it has and the role it gets must be within reach.
         a.check_manage(&c.username, &c.permissions, &name)?;
@@ -525,9 +532,11 @@ pub(crate) async fn set_role(
 
 pub(crate) async fn unlock(
     State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
     PathParam(name): PathParam,
-    c: Caller,
 ) -> Result<Response, ApiError> {
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.unlock")?;
     let rec = dev.reserve("user.unlock")?;
     let r = dev.with_accounts(|a| {
@@ -545,7 +554,7 @@ pub(crate) async fn reset_password(
     PathParam(name): PathParam,
     Body(req): Body<api::PasswordResetRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.password.reset")?;
     let rec = dev.reserve("user.password.reset")?;
     let (user, pw) = (name.clone(), req.password);
@@ -583,7 +592,7 @@ pub(crate) async fn add_role(
     headers: HeaderMap,
     Body(req): Body<api::NewRoleRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::ManageRoles, "role.add")?;
     let mut perms = BTreeSet::new();
     for p in &req.permissions {
@@ -606,9 +615,11 @@ pub(crate) async fn add_role(
 
 pub(crate) async fn remove_role(
     State(dev): State<Arc<Device>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
     PathParam(name): PathParam,
-    c: Caller,
 ) -> Result<Response, ApiError> {
+    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::ManageRoles, "role.remove")?;
     let rec = dev.reserve("role.remove")?;
     let r = dev.with_accounts(|a| a.remove_role(&name));

@@ -102,6 +102,9 @@ pub struct Device {
     /// Trail segment downloads in progress ([`ops::SEGMENT_DOWNLOADS`]
     /// permits; one more is answered 503 `busy`).
     pub(crate) segment_downloads: Arc<tokio::sync::Semaphore>,
+    /// Of those, how many each client certificate has
+    /// ([`ops::SEGMENT_DOWNLOADS_PER_CERTIFICATE`]).
+    pub(crate) segment_downloaders: ops::SegmentDownloaders,
     /// Keeps a factory reset and the owner's settings changes apart: each
     /// handler that writes the owner's settings or adopts a state holds it
     /// (read) from before it authenticates the request to its end; an
@@ -528,6 +531,34 @@ impl Device {
         let gate = self.reset_gate.read().await;
         let c = self.caller(headers, conn)?;
         Ok((gate, c))
+    }
+
+    /// [`Device::settings_change`] for a change of the caller's own
+    /// password, the one change a session whose password must be changed
+    /// first may make (it writes the accounts like any other).
+    pub(crate) async fn own_password_change(
+        &self,
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+    ) -> Result<(tokio::sync::RwLockReadGuard<'_, ()>, Caller), ApiError> {
+        let gate = self.reset_gate.read().await;
+        let c = self.session_caller(headers, conn)?;
+        Ok((gate, c))
+    }
+
+    /// The test-only hold point `point` (`crate::provision::failpoint_hold`),
+    /// waited for on a blocking thread; nothing unless the state
+    /// directory's fault file names it.
+    pub(crate) async fn hold_point(&self, point: &'static str) {
+        let Some(dir) = self.state.read().ok().map(|st| st.dir.clone()) else {
+            return;
+        };
+        if crate::provision::failpoint_set(&dir, point) {
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::provision::failpoint_hold(&dir, point);
+            })
+            .await;
+        }
     }
 
     /// Resolves the session of a request, also one whose password must be

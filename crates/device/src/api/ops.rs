@@ -266,14 +266,8 @@ pub(crate) async fn export_audit(
     // stays bounded whatever its size. A read failure mid-way aborts the
     // response (no clean end of the chunked body), so a client never takes
     // a cut export for a whole one.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let rt = tokio::runtime::Handle::current();
+    let (mut out, body) = ChunkWriter::new(None);
     tokio::task::spawn_blocking(move || {
-        let mut out = ChunkWriter {
-            tx,
-            rt,
-            buf: Vec::with_capacity(EXPORT_CHUNK),
-        };
         let r = reader::export_jsonl(&dir, &query, &mut out).and_then(|done| {
             out.flush_chunk()
                 .map_err(|e| drivesec_audit::AuditError::Invalid(format!("export output: {e}")))?;
@@ -291,13 +285,11 @@ pub(crate) async fn export_audit(
         };
         if let Err(e) = &r {
             tracing::error!(error = %e, "audit export failed part-way");
-            let _ = out
-                .tx
-                .try_send(Err(std::io::Error::other("the export failed")));
+            out.abort("the export failed");
         }
         let _ = rec.record(Device::event(&c, "audit.export", outcome).details(details));
     });
-    let body = axum::body::Body::new(ChunkBody { rx });
+    let body = axum::body::Body::new(body);
     Ok(([("content-type", "application/jsonl")], body).into_response())
 }
 
@@ -309,27 +301,148 @@ const EXPORT_CHUNK: usize = 64 * 1024;
 /// thread and its audit room.
 const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The slowest a segment download may be taken, bytes per second,
+/// averaged over each [`EXPORT_STALL`] from the answer on (the first
+/// window included, so the connection's buffers filling at once count
+/// only toward the first): what the tool's client demands of devices
+/// (`oem::client::Timeouts::min_rate`). A slower reader is cut off, and
+/// its place given back.
+pub(crate) const SEGMENT_MIN_RATE: u64 = 32 << 10;
+
+/// Why a streamed answer was cut off by the device (its client did not
+/// take it fast enough), as opposed to a client that went away.
+const CUT: &str = "cut off";
+
+/// A minimum average rate over windows ([`EXPORT_STALL`] long, but for
+/// tests).
+struct Pace {
+    min_rate: u64,
+    window: std::time::Duration,
+    window_start: std::time::Instant,
+    window_sent: u64,
+}
+
+impl Pace {
+    fn window_end(&self) -> std::time::Instant {
+        self.window_start + self.window
+    }
+
+    /// Checks the window if it ended: it must have taken its share.
+    fn check(&mut self) -> std::io::Result<()> {
+        self.check_at(std::time::Instant::now())
+    }
+
+    fn check_at(&mut self, now: std::time::Instant) -> std::io::Result<()> {
+        if now < self.window_end() {
+            return Ok(());
+        }
+        let need = u64::try_from(u128::from(self.min_rate) * self.window.as_millis() / 1000)
+            .unwrap_or(u64::MAX);
+        if self.window_sent < need {
+            return Err(std::io::Error::other(format!(
+                "{CUT}: the client took {} bytes in {} ms, below the minimum rate of {} bytes/s",
+                self.window_sent,
+                self.window.as_millis(),
+                self.min_rate
+            )));
+        }
+        self.window_start = now;
+        self.window_sent = 0;
+        Ok(())
+    }
+}
+
 /// A `Write` that hands full chunks to the response body.
 struct ChunkWriter {
-    tx: tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+    tx: tokio::sync::mpsc::Sender<axum::body::Bytes>,
+    /// Ends the response with an error at once, ahead of the chunks
+    /// still queued (see [`ChunkWriter::abort`]).
+    abort: Option<tokio::sync::oneshot::Sender<std::io::Error>>,
     rt: tokio::runtime::Handle,
     buf: Vec<u8>,
+    /// Longest wait for the client to take a chunk ([`EXPORT_STALL`]).
+    stall: std::time::Duration,
+    pace: Option<Pace>,
 }
 
 impl ChunkWriter {
+    /// A writer and the response body it feeds; with `min_rate`, a client
+    /// that takes the body slower than that on average is cut off
+    /// ([`Pace`]).
+    fn new(min_rate: Option<u64>) -> (ChunkWriter, ChunkBody) {
+        Self::with_times(min_rate, EXPORT_STALL)
+    }
+
+    /// [`ChunkWriter::new`] with `stall` for [`EXPORT_STALL`] (tests).
+    fn with_times(min_rate: Option<u64>, stall: std::time::Duration) -> (ChunkWriter, ChunkBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (abort, aborted) = tokio::sync::oneshot::channel();
+        let out = ChunkWriter {
+            tx,
+            abort: Some(abort),
+            rt: tokio::runtime::Handle::current(),
+            buf: Vec::with_capacity(EXPORT_CHUNK),
+            stall,
+            pace: min_rate.map(|min_rate| Pace {
+                min_rate,
+                window: stall,
+                window_start: std::time::Instant::now(),
+                window_sent: 0,
+            }),
+        };
+        (
+            out,
+            ChunkBody {
+                rx,
+                aborted: Some(aborted),
+                failed: false,
+            },
+        )
+    }
+
+    /// Fails the response: the body ends with an error, so the client
+    /// never takes a cut answer for a whole one and the connection closes.
+    fn abort(&mut self, why: &str) {
+        if let Some(a) = self.abort.take() {
+            let _ = a.send(std::io::Error::other(why.to_string()));
+        }
+    }
+
     fn flush_chunk(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK));
-        let send = tokio::time::timeout(EXPORT_STALL, self.tx.send(Ok(chunk.into())));
-        match self.rt.block_on(send) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(std::io::Error::other("the client went away")),
-            Err(_) => Err(std::io::Error::other(format!(
-                "the client took no data for {} s",
-                EXPORT_STALL.as_secs()
-            ))),
+        let stalled = std::time::Instant::now() + self.stall;
+        loop {
+            let wake = match &self.pace {
+                Some(p) => stalled.min(p.window_end()),
+                None => stalled,
+            };
+            let room = tokio::time::timeout_at(wake.into(), self.tx.reserve());
+            match self.rt.block_on(room) {
+                Ok(Ok(room)) => {
+                    let n = chunk.len() as u64;
+                    room.send(chunk.into());
+                    if let Some(p) = &mut self.pace {
+                        p.window_sent += n;
+                        p.check()?;
+                    }
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(std::io::Error::other("the client went away")),
+                Err(_) if std::time::Instant::now() >= stalled => {
+                    return Err(std::io::Error::other(format!(
+                        "{CUT}: the client took no data for {} ms",
+                        self.stall.as_millis()
+                    )));
+                }
+                Err(_) => {
+                    if let Some(p) = &mut self.pace {
+                        p.check()?;
+                    }
+                }
+            }
         }
     }
 }
@@ -350,7 +463,11 @@ impl std::io::Write for ChunkWriter {
 
 /// The receiving end, as a response body.
 struct ChunkBody {
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<axum::body::Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<axum::body::Bytes>,
+    /// Until the writer ends, normally (dropped) or not (an error).
+    aborted: Option<tokio::sync::oneshot::Receiver<std::io::Error>>,
+    /// Ended with an error: nothing more.
+    failed: bool,
 }
 
 impl hyper::body::Body for ChunkBody {
@@ -361,9 +478,26 @@ impl hyper::body::Body for ChunkBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future as _;
+        if self.failed {
+            return std::task::Poll::Ready(None);
+        }
+        if let Some(a) = self.aborted.as_mut() {
+            match std::pin::Pin::new(a).poll(cx) {
+                std::task::Poll::Ready(Ok(e)) => {
+                    self.aborted = None;
+                    self.failed = true;
+                    self.rx.close();
+                    return std::task::Poll::Ready(Some(Err(e)));
+                }
+                // The writer ended without an error: what it queued is the answer.
+                std::task::Poll::Ready(Err(_)) => self.aborted = None,
+                std::task::Poll::Pending => {}
+            }
+        }
         self.rx
             .poll_recv(cx)
-            .map(|o| o.map(|r| r.map(hyper::body::Frame::data)))
+            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }
 
@@ -424,15 +558,62 @@ pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<R
 /// serves at once; one more is answered 503 `busy` (docs/device-api.md).
 pub(crate) const SEGMENT_DOWNLOADS: usize = 4;
 
+/// Of those, most with one client certificate: one certificate cannot hold
+/// every place.
+pub(crate) const SEGMENT_DOWNLOADS_PER_CERTIFICATE: usize = 2;
+
+/// Segment downloads in progress per client certificate.
+pub(crate) type SegmentDownloaders =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
+/// One certificate's place among its [`SEGMENT_DOWNLOADS_PER_CERTIFICATE`];
+/// given back when dropped.
+struct CertificateDownload {
+    all: SegmentDownloaders,
+    fingerprint: String,
+}
+
+impl CertificateDownload {
+    fn take(all: &SegmentDownloaders, fingerprint: &str) -> Option<CertificateDownload> {
+        let mut m = all.lock().ok()?;
+        let n = m.entry(fingerprint.to_string()).or_default();
+        if *n >= SEGMENT_DOWNLOADS_PER_CERTIFICATE {
+            return None;
+        }
+        *n += 1;
+        Some(CertificateDownload {
+            all: all.clone(),
+            fingerprint: fingerprint.to_string(),
+        })
+    }
+}
+
+impl Drop for CertificateDownload {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.all.lock()
+            && let Some(n) = m.get_mut(&self.fingerprint)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.fingerprint);
+            }
+        }
+    }
+}
+
 /// The first `bytes` of one segment, as listed by `GET /api/v1/audit/trail`.
 ///
 /// Streamed like the export: the file is read and sent
 /// [`EXPORT_CHUNK`] at a time, so a download holds at most a few chunks
 /// whatever the segment's size (segments an older configuration wrote can
 /// be larger than today's bound), and at most [`SEGMENT_DOWNLOADS`] run at
-/// once. The answer's bytes and its `Content-Length` are the prefix's; a
-/// read failure part-way aborts the response short of that length, so a
-/// client never takes a cut segment for a whole one.
+/// once, [`SEGMENT_DOWNLOADS_PER_CERTIFICATE`] of them with one client
+/// certificate. A client that takes the answer slower than
+/// [`SEGMENT_MIN_RATE`] (or nothing for [`EXPORT_STALL`]) is cut off and
+/// its place given back, recorded. The answer's bytes and its
+/// `Content-Length` are the prefix's; a read failure part-way aborts the
+/// response short of that length, so a client never takes a cut segment
+/// for a whole one.
 pub(crate) async fn trail_segment(
     State(dev): State<Arc<Device>>,
     q: Result<Query<wire_audit::SegmentQuery>, axum::extract::rejection::QueryRejection>,
@@ -440,19 +621,32 @@ pub(crate) async fn trail_segment(
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadAudit, "audit.trail.read")?;
     let Query(p) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let Ok(permit) = dev.segment_downloads.clone().try_acquire_owned() else {
-        // Refused at once, never queued; aggregated per certificate like
-        // the other refusals a flood repeats (docs/audit.md, "Floods").
+    // Refused at once, never queued; aggregated per certificate like the
+    // other refusals a flood repeats (docs/audit.md, "Floods").
+    let busy = |limit: usize, per_certificate: bool, text: String| {
         dev.audit_tallied(
             &format!("busy|audit.trail.segment|{}", c.conn.fingerprint),
             Device::event(&c, "audit.trail.read", Outcome::Denied)
                 .target(p.name.clone())
                 .details(json!({"certificate": c.conn.fingerprint, "role": c.role,
-                    "busy": true, "limit": SEGMENT_DOWNLOADS})),
+                    "busy": true, "limit": limit, "per_certificate": per_certificate})),
         );
-        return Err(ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
+        ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy", text)
+    };
+    let Some(mine) = CertificateDownload::take(&dev.segment_downloaders, &c.conn.fingerprint)
+    else {
+        return Err(busy(
+            SEGMENT_DOWNLOADS_PER_CERTIFICATE,
+            true,
+            format!(
+                "{SEGMENT_DOWNLOADS_PER_CERTIFICATE} trail segment downloads with this client certificate are in progress, the most one certificate gets at once; retry"
+            ),
+        ));
+    };
+    let Ok(permit) = dev.segment_downloads.clone().try_acquire_owned() else {
+        return Err(busy(
+            SEGMENT_DOWNLOADS,
+            false,
             format!(
                 "{SEGMENT_DOWNLOADS} trail segment downloads are in progress, the most this device serves at once; retry"
             ),
@@ -475,18 +669,12 @@ pub(crate) async fn trail_segment(
         ),
         other => ApiError::from(other),
     })?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let rt = tokio::runtime::Handle::current();
+    let (mut out, body) = ChunkWriter::new(Some(SEGMENT_MIN_RATE));
     let name = p.name;
     tokio::task::spawn_blocking(move || {
         // Held until the last chunk is handed over, the client went away
-        // or stopped reading for EXPORT_STALL.
-        let _permit = permit;
-        let mut out = ChunkWriter {
-            tx,
-            rt,
-            buf: Vec::with_capacity(EXPORT_CHUNK),
-        };
+        // or was cut off.
+        let places = (permit, mine);
         let sent = std::io::copy(&mut std::io::Read::take(&file, bytes), &mut out)
             .and_then(|n| out.flush_chunk().map(|()| n));
         let failed = match sent {
@@ -495,11 +683,23 @@ pub(crate) async fn trail_segment(
             Err(e) => e.to_string(),
         };
         tracing::warn!(segment = %name, error = %failed, "trail segment download cut off");
-        let _ = out
-            .tx
-            .try_send(Err(std::io::Error::other("the download failed")));
+        out.abort("the download failed");
+        drop(out);
+        // The place is free before the record says so.
+        drop(places);
+        if failed.starts_with(CUT) {
+            // Aggregated per certificate: a client repeating it cannot
+            // fill the trail.
+            dev.audit_tallied(
+                &format!("cut|audit.trail.segment|{}", c.conn.fingerprint),
+                Device::event(&c, "audit.trail.read", Outcome::Failure)
+                    .target(name)
+                    .details(json!({"certificate": c.conn.fingerprint, "role": c.role,
+                        "cut": true, "reason": failed, "min_rate": SEGMENT_MIN_RATE})),
+            );
+        }
     });
-    let body = axum::body::Body::new(ChunkBody { rx });
+    let body = axum::body::Body::new(body);
     Ok((
         [
             (
@@ -764,7 +964,7 @@ pub(crate) struct ResetRequest {
 pub(crate) const RESET_APPROVAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A factory reset erases the owner's configuration, accounts and keys, so
-/// it takes two people (docs/device-state.md, "Factory reset"): a security
+/// it takes two people (docs/device-api.md, "Factory reset: two people, and the trail survives"): a security
 /// administrator asks for it with its password (202 and a request id), and
 /// another account with `factory-reset`, with its own password, approves it
 /// within ten minutes. Locally, `drivesecd --state DIR factory-reset`
@@ -775,7 +975,9 @@ pub(crate) async fn factory_reset(
     headers: HeaderMap,
     Body(req): Body<wire_security::FactoryResetRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    // Held (read) while the password is checked again, which writes the
+    // accounts (failure counts), and while a request is stored.
+    let (settings, c) = dev.settings_change(&headers, &conn).await?;
     dev.require(&c, Permission::FactoryReset, "device.factory-reset")?;
     dev.reauthenticate(&c, req.password, "device.factory-reset")
         .await?;
@@ -820,6 +1022,23 @@ pub(crate) async fn factory_reset(
         )
             .into_response());
     };
+    drop(settings);
+    // No change of the owner's settings runs beside the reset: those in
+    // progress finish first (their records go into the trail the reset
+    // seals), those that come later find their session gone. The request
+    // is taken and the second person checked only then, under the gate:
+    // an approval whose client goes away while it waits leaves the request
+    // in place, and a change that finished meanwhile (the requester's
+    // role, the approver's account) is honoured.
+    let _reset = match dev.reset_gate.try_write() {
+        Ok(g) => g,
+        Err(_) => {
+            tracing::info!(
+                "factory reset approved: waiting for the settings changes in progress to finish"
+            );
+            dev.reset_gate.write().await
+        }
+    };
     let asked = {
         let mut slot = dev
             .reset_request
@@ -857,18 +1076,6 @@ pub(crate) async fn factory_reset(
         return Err(ApiError::conflict(
             "no such factory-reset request (expired, already used or never made): ask again",
         ));
-    };
-    // No change of the owner's settings runs beside the reset: those in
-    // progress finish first (their records go into the trail the reset
-    // seals), those that come later find their session gone.
-    let _reset = match dev.reset_gate.try_write() {
-        Ok(g) => g,
-        Err(_) => {
-            tracing::info!(
-                "factory reset approved: waiting for the settings changes in progress to finish"
-            );
-            dev.reset_gate.write().await
-        }
     };
     // Recorded before the wipe; the trail is then sealed and kept.
     let seq = dev.audit_seq(
@@ -910,17 +1117,24 @@ impl Device {
             .map_err(|_| ApiError::internal("config lock poisoned"))?
             .api
             .factory_reset_approver_min_age_secs;
-        let (settled, requester_can) = self.with_accounts(|a| {
+        let holds = |a: &drivesec_access::Accounts, user: &str| {
+            a.permissions_of(user)
+                .is_some_and(|p| p.contains(&Permission::FactoryReset))
+        };
+        let (settled, requester_can, approver_can) = self.with_accounts(|a| {
             Ok((
                 a.settled_since(&c.username),
-                a.permissions_of(&asked.username)
-                    .is_some_and(|p| p.contains(&Permission::FactoryReset)),
+                holds(a, &asked.username),
+                holds(a, &c.username),
             ))
         })?;
         if !requester_can {
             return Ok(Some(
                 "the account that asked no longer holds factory-reset".into(),
             ));
+        }
+        if !approver_can {
+            return Ok(Some("it no longer holds factory-reset".into()));
         }
         let age = settled
             .map(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds())
@@ -944,6 +1158,92 @@ fn rand_bytes() -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    /// The minimum rate of a segment download is checked per window of
+    /// 30 s: a window that brought less than its share cuts the download
+    /// (whatever the windows before brought), one that brought its share
+    /// starts the next; nothing is checked before a window ends.
+    #[test]
+    fn a_download_window_below_the_minimum_rate_cuts_it() {
+        use super::{EXPORT_STALL, Pace, SEGMENT_MIN_RATE};
+        let start = std::time::Instant::now();
+        let share = SEGMENT_MIN_RATE * EXPORT_STALL.as_secs();
+        let mut p = Pace {
+            min_rate: SEGMENT_MIN_RATE,
+            window: EXPORT_STALL,
+            window_start: start,
+            window_sent: 0,
+        };
+        // Before the first window ends, nothing is due.
+        p.check_at(start + EXPORT_STALL / 2).unwrap();
+        // The first window brought a burst (the buffers filling): fine.
+        p.window_sent = 100 * share;
+        let second = start + EXPORT_STALL;
+        p.check_at(second).unwrap();
+        assert_eq!((p.window_start, p.window_sent), (second, 0));
+        // The second brings just under its share: cut.
+        p.window_sent = share - 1;
+        let e = p.check_at(second + EXPORT_STALL).unwrap_err();
+        assert!(e.to_string().contains("below the minimum rate"), "{e}");
+        // Exactly its share is enough.
+        p.window_sent = share;
+        p.check_at(second + EXPORT_STALL).unwrap();
+    }
+
+    /// A body taken steadily (never a pause near the stall limit) but
+    /// slower than the minimum rate ends the writer with the rate's cut,
+    /// and the body with an error; one taken fast enough gets everything.
+    /// Scaled down: windows of 1 s, 1 MiB/s, chunks taken every 200 ms
+    /// (320 KiB/s) or at once.
+    #[test]
+    fn a_writer_taken_below_the_minimum_rate_is_cut() {
+        use super::{ChunkWriter, EXPORT_CHUNK};
+        use http_body_util::BodyExt as _;
+        use std::io::Write as _;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let run = |pause: std::time::Duration| {
+            let (mut out, mut body) = rt.block_on(async {
+                ChunkWriter::with_times(Some(1 << 20), std::time::Duration::from_secs(1))
+            });
+            // As the handlers run it: on a blocking thread of the runtime.
+            let writer = rt.spawn_blocking(move || {
+                let chunk = vec![7u8; EXPORT_CHUNK];
+                let r = (0..64)
+                    .try_for_each(|_| out.write_all(&chunk))
+                    .and_then(|()| out.flush_chunk());
+                if r.is_err() {
+                    out.abort("cut");
+                }
+                r.map_err(|e| e.to_string())
+            });
+            let (mut got, mut failed) = (0usize, false);
+            rt.block_on(async {
+                while let Some(f) = body.frame().await {
+                    match f {
+                        Ok(f) => got += f.into_data().map(|d| d.len()).unwrap_or(0),
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            });
+            drop(body);
+            (rt.block_on(writer).unwrap(), got, failed)
+        };
+        let (slow, got, failed) = run(std::time::Duration::from_millis(200));
+        let e = slow.unwrap_err();
+        assert!(e.contains("below the minimum rate"), "{e}");
+        assert!(failed && got < 64 * EXPORT_CHUNK, "{got}");
+        let (fast, got, failed) = run(std::time::Duration::ZERO);
+        fast.unwrap();
+        assert!(!failed && got == 64 * EXPORT_CHUNK, "{got}");
+    }
 
     /// A body left partly out takes the same defaults through the API's
     /// type as through the access crate's own.
