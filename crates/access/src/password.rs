@@ -5,13 +5,8 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::policy::HashParams;
+use crate::policy::{HashParams, argon2_params};
 use crate::{AccessError, Result};
-
-/// The argon2 parameters for `p`, or why they are invalid.
-pub(crate) fn argon2_params(p: &HashParams) -> std::result::Result<Params, argon2::Error> {
-    Params::new(p.memory_kib, p.iterations, p.parallelism, None)
-}
 
 /// Argon2id PHC hash of `password` with a fresh random salt.
 pub(crate) fn hash(password: &str, p: &HashParams) -> Result<String> {

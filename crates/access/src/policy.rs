@@ -290,9 +290,14 @@ impl HashParams {
                 "hash.memory_kib x hash.iterations must be at most {MAX_HASH_COST} (e.g. 65536 KiB x 4), not {cost}"
             ));
         }
-        crate::password::argon2_params(self).map_err(|e| format!("hash: {e}"))?;
+        argon2_params(self).map_err(|e| format!("hash: {e}"))?;
         Ok(())
     }
+}
+
+/// The argon2 parameters for `p`, or why they are invalid.
+pub(crate) fn argon2_params(p: &HashParams) -> std::result::Result<argon2::Params, argon2::Error> {
+    argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, None)
 }
 
 /// The default login banner (SR 1.12).

@@ -51,11 +51,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 
+use crate::layout::{ANCHOR, LATEST_CHECKPOINT, list_segments};
 use crate::scan::{Item, Scanner};
-use crate::writer::{
-    ANCHOR, DurableMark, LATEST_CHECKPOINT, list_segments, read_checkpoint, read_cursor,
-    write_cursor,
-};
+use crate::writer::{DurableMark, read_checkpoint, read_cursor, write_cursor};
 use crate::{AuditError, AuditLog, Outcome, Record, Result};
 
 /// The project's IANA private enterprise number (the arc of its
@@ -1143,7 +1141,7 @@ mod tests {
     /// Writes segments of frames with the given numbers (`None`: a damaged
     /// frame, garbage in its place) under `dir/segments/`.
     fn segments(dir: &Path, segs: &[&[Option<u64>]]) {
-        let seg_dir = dir.join(crate::writer::SEGMENTS);
+        let seg_dir = dir.join(crate::layout::SEGMENTS);
         std::fs::create_dir_all(&seg_dir).unwrap_or_else(|e| panic!("{e}"));
         for frames in segs {
             let mut buf = Vec::new();
@@ -1155,7 +1153,7 @@ mod tests {
                     None => buf.extend_from_slice(b"DSA1 not a frame at all, just damage"),
                 }
             }
-            std::fs::write(seg_dir.join(crate::writer::segment_name(first)), buf)
+            std::fs::write(seg_dir.join(crate::layout::segment_name(first)), buf)
                 .unwrap_or_else(|e| panic!("{e}"));
         }
     }
@@ -1199,8 +1197,8 @@ mod tests {
         // A torn tail (the writer mid-append) is waited for, not skipped:
         // once the frame is whole, it is delivered.
         let seg = dir
-            .join(crate::writer::SEGMENTS)
-            .join(crate::writer::segment_name(7));
+            .join(crate::layout::SEGMENTS)
+            .join(crate::layout::segment_name(7));
         let whole = std::fs::read(&seg).unwrap_or_else(|e| panic!("{e}"));
         let mut more = Vec::new();
         frame::encode(9, &[0; 32], BODY, &mut more);
@@ -1288,8 +1286,8 @@ mod tests {
             let mut bytes = Vec::new();
             frame::encode(planted, &[7; 32], BODY, &mut bytes);
             std::fs::write(
-                dir.join(crate::writer::SEGMENTS)
-                    .join(crate::writer::segment_name(u64::MAX)),
+                dir.join(crate::layout::SEGMENTS)
+                    .join(crate::layout::segment_name(u64::MAX)),
                 bytes,
             )
             .unwrap_or_else(|e| panic!("{e}"));

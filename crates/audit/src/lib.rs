@@ -32,6 +32,7 @@ mod checkpoint;
 mod config;
 pub mod forward;
 pub mod frame;
+mod layout;
 pub mod reader;
 mod record;
 pub mod scan;
@@ -42,11 +43,12 @@ pub use checkpoint::{Checkpoint, CheckpointKind};
 pub use config::{
     AuditConfig, Clamped, FullPolicy, MAX_SEGMENT_BYTES, MAX_TRAIL_BYTES, MIN_SEGMENT_BYTES,
 };
+pub use layout::is_segment_name;
 pub use record::{Actor, Event, Outcome, Record, TimeQuality, events_counted};
 pub use writer::{
     Appended, AuditLog, CHECKPOINT_COUNTER, CONFIG_CLAMPED, CapacityStatus, DurableMark,
-    Reservation, Signer, StartupCheck, TrailSnapshot, continue_after, is_segment_name,
-    open_segment_prefix, read_cursor, read_segment_prefix, write_cursor,
+    Reservation, Signer, StartupCheck, TrailSnapshot, continue_after, open_segment_prefix,
+    read_cursor, read_segment_prefix, write_cursor,
 };
 
 use std::path::PathBuf;

@@ -10,8 +10,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::frame::Hash;
+use crate::layout::list_segments;
 use crate::scan::{Item, Scanner};
-use crate::writer::list_segments;
 use crate::{AuditError, Outcome, Record, Result};
 
 /// A record as read back, with its place in the chain.

@@ -21,8 +21,8 @@ use serde::Serialize;
 use crate::Result;
 use crate::checkpoint::{Checkpoint, CheckpointKind};
 use crate::frame::Hash;
+use crate::layout::{ANCHOR, CHECKPOINT_LOG, LATEST_CHECKPOINT, QUARANTINE, segment_dir};
 use crate::scan::{Item, Scanner};
-use crate::writer::{ANCHOR, CHECKPOINT_LOG, LATEST_CHECKPOINT, QUARANTINE, segment_dir};
 
 /// The action of the record the device writes when its start-up check
 /// finds the trail damaged (docs/audit.md, "Start-up check").
@@ -376,7 +376,7 @@ pub fn verify(dir: &Path, key: &PublicKey) -> Result<Report> {
     // Hashes of the records that checkpoints name, compared after the walk.
     let mut seen: BTreeMap<u64, Vec<(Hash, String, u64)>> = BTreeMap::new();
     for (first, path) in &segs {
-        let name = crate::writer::segment_name(*first);
+        let name = crate::layout::segment_name(*first);
         let file = format!("segments/{name}");
         let mut sc = Scanner::open(path)?;
         let mut first_in_seg = true;

@@ -16,6 +16,10 @@ use drivesec_keystore::{KeyHandle, KeyStore, PublicKey};
 
 use crate::checkpoint::{Checkpoint, CheckpointKind};
 use crate::frame::{self, Hash};
+use crate::layout::{
+    ANCHOR, CHECKPOINT_LOG, LATEST_CHECKPOINT, QUARANTINE, SEGMENTS, is_segment_name, segment_dir,
+    segment_name,
+};
 use crate::record::now_rfc3339;
 use crate::scan::{Item, Scanner};
 use crate::verify::{DeviceReport, Problem, ProblemKind};
@@ -111,11 +115,6 @@ pub struct CapacityStatus {
     pub checkpoint_error: Option<String>,
 }
 
-pub(crate) const SEGMENTS: &str = "segments";
-pub(crate) const CHECKPOINT_LOG: &str = "checkpoints.log";
-pub(crate) const LATEST_CHECKPOINT: &str = "checkpoint.json";
-pub(crate) const ANCHOR: &str = "anchor.json";
-pub(crate) const QUARANTINE: &str = "quarantine";
 const CURSORS: &str = "cursors";
 
 /// The keystore counter that anchors the trail outside its directory: the
@@ -139,47 +138,6 @@ const IMPLAUSIBLE: &str = "implausible sequence number";
 /// is above every number the trail can account for, and it does not carry
 /// the chain on.
 const IMPLAUSIBLE_NAME: &str = "implausible segment name";
-
-/// Segment file name for a first sequence number.
-pub(crate) fn segment_name(first_seq: u64) -> String {
-    format!("{first_seq:020}.seg")
-}
-
-/// The segments of a trail, sorted by first sequence number; whatever else
-/// is in `segments/` is left out.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    Ok(segment_dir(dir)?.0)
-}
-
-/// Segments by first sequence number, and stray entry names.
-pub(crate) type SegmentDir = (Vec<(u64, PathBuf)>, Vec<String>);
-
-/// The segments of a trail, sorted by the number in their name, and the
-/// stray entries of `segments/`: anything that is not a regular file named
-/// as a segment (20 digits and `.seg`). Strays are reported and ignored.
-pub(crate) fn segment_dir(dir: &Path) -> Result<SegmentDir> {
-    let seg_dir = dir.join(SEGMENTS);
-    let rd = match std::fs::read_dir(&seg_dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-        Err(e) => return Err(fsu::FsError::io("list", &seg_dir, e).into()),
-    };
-    let mut out = Vec::new();
-    let mut stray = Vec::new();
-    for e in rd {
-        let e = e.map_err(|e| fsu::FsError::io("list", &seg_dir, e))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let regular = e.file_type().is_ok_and(|t| t.is_file());
-        // is_segment_name: 24 bytes ending in ".seg", so byte 20 is a boundary.
-        match is_segment_name(&name).then(|| name[..20].parse::<u64>()) {
-            Some(Ok(first)) if regular => out.push((first, e.path())),
-            _ => stray.push(name),
-        }
-    }
-    out.sort();
-    stray.sort();
-    Ok((out, stray))
-}
 
 /// Reads a signed statement file, if present.
 pub(crate) fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>> {
@@ -285,11 +243,6 @@ pub struct TrailSnapshot {
     pub files: Vec<(String, Vec<u8>)>,
     /// `segments/NAME` and the length to copy, in order.
     pub segments: Vec<(String, u64)>,
-}
-
-/// Whether `name` is a segment file name: 20 digits and `.seg`.
-pub fn is_segment_name(name: &str) -> bool {
-    name.len() == 24 && name.ends_with(".seg") && name[..20].bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Opens segment `name` of the trail in `dir` for sending its first

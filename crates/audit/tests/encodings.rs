@@ -3,40 +3,23 @@
 //! checkpoints.log) and in a record body. Each case here puts one such
 //! encoding into an otherwise good trail and runs both this crate's
 //! verifier and the independent one written from the docs
-//! (crates/cli/tests/support/audit_verify.py): they must agree, and say
+//! (crates/cli/tests/e2e/support/audit_verify.py): they must agree, and say
 //! what the docs say.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine;
-use common::{Fx, files_of, frames, param_write, small, write_trail};
+use common::{Fx, files_of, frames, param_write, python_verify, small, write_trail};
 use drivesec_audit::frame;
 use drivesec_audit::verify::verify;
 use drivesec_audit::{Checkpoint, CheckpointKind};
 use serde_json::Value;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// The independent verifier's report on `trail`.
-fn python_verify(trail: &Path, key_pem: &Path) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/support/audit_verify.py");
-    let o = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(trail)
-        .arg(key_pem)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.code() == Some(0) || o.status.code() == Some(1),
-        "audit_verify.py failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).unwrap()
-}
 
 /// (kind, seq, file) of every problem, sorted: what both must agree on.
 fn problems(r: &Value) -> Vec<(String, Option<u64>, String)> {
@@ -70,24 +53,7 @@ impl Case {
             log.append(param_write(i)).unwrap();
         }
         log.close().unwrap();
-        // SubjectPublicKeyInfo of a P-256 key: a fixed prefix, then the point.
-        let mut spki = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
-        spki.extend_from_slice(fx.key.raw());
-        let b64 = B64.encode(spki);
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        let key_pem = fx.tmp.path().join("key.pem");
-        std::fs::write(
-            &key_pem,
-            format!(
-                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-                lines.join("\n")
-            ),
-        )
-        .unwrap();
+        let key_pem = fx.key_pem();
         let pristine = files_of(&fx.trail());
         Case {
             fx,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::idevid_signer;
 use drivesec_audit::forward::{CollectorTrust, ForwardConfig, Forwarder};
@@ -19,6 +19,9 @@ use drivesec_audit::reader::{self, Query};
 use drivesec_audit::{Actor, AuditConfig, AuditLog, Event, Signer, read_cursor};
 use drivesec_keystore::KeyHandle;
 use drivesec_pki::{Ca, CaKind, CaOptions, IssueRequest, Profile, SubjectKey, read_cert_chain};
+use drivesec_testkit::csr::key_and_csr;
+use drivesec_testkit::net::free_port;
+use drivesec_testkit::wait_until;
 use rustls_pki_types::CertificateRevocationListDer;
 use sha2::Digest;
 
@@ -103,33 +106,6 @@ impl Drop for Receiver {
     }
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn csr_key() -> (String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    (csr, key.serialize_pem())
-}
-
 /// A device (soft keystore, IDevID from a manufacturer CA) and a collector
 /// certificate from an OEM CA, in a temporary directory.
 struct Fixture {
@@ -178,7 +154,7 @@ impl Fixture {
     /// A collector certificate `name` (for 127.0.0.1) from the OEM CA,
     /// written as NAME.crt and NAME.key; its serial.
     fn collector_cert(&mut self, name: &str) -> String {
-        let (csr, key_pem) = csr_key();
+        let (key, csr) = key_and_csr();
         let server = self
             .oem
             .issue(&IssueRequest {
@@ -195,7 +171,7 @@ impl Fixture {
             .unwrap();
         let t = self.path();
         std::fs::write(t.join(format!("{name}.crt")), &server.chain_pem).unwrap();
-        std::fs::write(t.join(format!("{name}.key")), key_pem).unwrap();
+        std::fs::write(t.join(format!("{name}.key")), key.serialize_pem()).unwrap();
         server.serial
     }
 
@@ -272,12 +248,12 @@ fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
         log.append(ev(i)).unwrap();
     }
     let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
-    wait_for(
+    wait_until(
         "the first 50 records at the collector",
         Duration::from_secs(30),
         || rx.received().len() >= 50,
     );
-    wait_for("the cursor to reach 50", Duration::from_secs(10), || {
+    wait_until("the cursor to reach 50", Duration::from_secs(10), || {
         fwd.status().forwarded == 50
     });
 
@@ -286,7 +262,7 @@ fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
     for i in 50..150 {
         log.append(ev(i)).unwrap();
     }
-    wait_for(
+    wait_until(
         "failed delivery attempts during the outage",
         Duration::from_secs(30),
         || fwd.status().failures >= 2,
@@ -298,12 +274,12 @@ fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
 
     // Back up: everything arrives, once, in order.
     rx.start();
-    wait_for(
+    wait_until(
         "all 150+ records at the collector",
         Duration::from_secs(60),
         || fwd.status().forwarded >= log.status().unwrap().durable_seq,
     );
-    wait_for(
+    wait_until(
         "the collector to write them",
         Duration::from_secs(10),
         || rx.received().len() as u64 >= log.status().unwrap().durable_seq,
@@ -363,7 +339,7 @@ fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
     // ("Forwarding") says: seq, hash, prev, actor, outcome, checkpoint,
     // bytes; the checkpoint never goes backwards and never exceeds the
     // latest signed one.
-    wait_for(
+    wait_until(
         "the collector to parse them",
         Duration::from_secs(10),
         || rx.structured().len() as u64 >= total,
@@ -423,13 +399,13 @@ fn a_record_longer_than_the_collector_takes_arrives_as_one_marked_message() {
     log.append(ev(2)).unwrap();
     let total = log.status().unwrap().durable_seq;
     let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
-    wait_for("delivery", Duration::from_secs(30), || {
+    wait_until("delivery", Duration::from_secs(30), || {
         fwd.status().forwarded >= total
     });
     fwd.stop();
     log.close().unwrap();
     // The last record's line is written after the big one's.
-    wait_for(
+    wait_until(
         "the collector to write them",
         Duration::from_secs(10),
         || rx.received().iter().any(|(s, _)| *s == total),
@@ -457,7 +433,7 @@ fn a_record_longer_than_the_collector_takes_arrives_as_one_marked_message() {
     }
     // rsyslog's parser reads the cut message's structured data whole, the
     // actor unescaped.
-    wait_for(
+    wait_until(
         "the collector to parse them",
         Duration::from_secs(10),
         || rx.structured().len() as u64 >= total,
@@ -518,7 +494,7 @@ fn a_revoked_collector_gets_nothing_and_nothing_is_lost() {
     let mut cfg = fx.forward_config(port);
     cfg.collector_trust = crls.clone();
     let fwd = Forwarder::start(&log, cfg).unwrap();
-    wait_for("two refused attempts", Duration::from_secs(30), || {
+    wait_until("two refused attempts", Duration::from_secs(30), || {
         fwd.status().failures >= 2
     });
     let st = fwd.status();
@@ -548,13 +524,13 @@ fn a_revoked_collector_gets_nothing_and_nothing_is_lost() {
     revoked.stop();
     let good = fx.receiver(port, "good", &[]);
     good.start();
-    wait_for(
+    wait_until(
         "delivery to the good collector",
         Duration::from_secs(30),
         || fwd.status().forwarded >= 20,
     );
     assert_eq!(fwd.status().collector_refused, None);
-    wait_for(
+    wait_until(
         "the collector to write them",
         Duration::from_secs(10),
         || good.received().len() >= 20,
@@ -569,7 +545,7 @@ fn a_revoked_collector_gets_nothing_and_nothing_is_lost() {
         log.append(ev(i)).unwrap();
     }
     fwd.nudge();
-    wait_for(
+    wait_until(
         "the open connection refused",
         Duration::from_secs(30),
         || {
@@ -595,10 +571,10 @@ fn a_revoked_collector_gets_nothing_and_nothing_is_lost() {
     let good2 = fx.receiver(port, "good2", &[]);
     good2.start();
     let total = log.status().unwrap().durable_seq;
-    wait_for("delivery of the rest", Duration::from_secs(30), || {
+    wait_until("delivery of the rest", Duration::from_secs(30), || {
         fwd.status().forwarded >= total
     });
-    wait_for(
+    wait_until(
         "the collector to write them",
         Duration::from_secs(10),
         || good2.received().len() as u64 >= total - 20,
@@ -632,16 +608,7 @@ impl HangUp {
             .map(|c| c.unwrap())
             .collect();
         let key = PrivateKeyDer::from_pem_file(key).unwrap();
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-        );
+        let config = drivesec_testkit::net::tls_server_config(certs, key);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -705,7 +672,7 @@ fn a_collector_that_hangs_up_after_the_handshake_gets_the_backoff_not_a_storm() 
     let mut cfg = fx.forward_config(server.port);
     cfg.backoff_max = Duration::from_secs(2);
     let fwd = Forwarder::start(&log, cfg).unwrap();
-    wait_for("three failed connections", Duration::from_secs(20), || {
+    wait_until("three failed connections", Duration::from_secs(20), || {
         fwd.status().failures >= 3
     });
     let st = fwd.status();
@@ -750,13 +717,13 @@ fn a_record_written_but_not_yet_synced_is_not_forwarded() {
         log.append(ev(i)).unwrap();
     }
     let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
-    wait_for("the first 5 records", Duration::from_secs(30), || {
+    wait_until("the first 5 records", Duration::from_secs(30), || {
         fwd.status().forwarded == 5
     });
     log.hold_syncs(true);
     std::thread::scope(|s| {
         let appending = s.spawn(|| log.append(ev(5)).unwrap());
-        wait_for(
+        wait_until(
             "record 6 written to its segment",
             Duration::from_secs(10),
             || common::frames(&trail).last().is_some_and(|f| f.3 == 6),
@@ -774,10 +741,10 @@ fn a_record_written_but_not_yet_synced_is_not_forwarded() {
         assert!(st.connected, "{st:?}");
         assert_eq!(cursor.unwrap(), 5);
     });
-    wait_for("record 6 once durable", Duration::from_secs(30), || {
+    wait_until("record 6 once durable", Duration::from_secs(30), || {
         fwd.status().forwarded == 6
     });
-    wait_for("the collector to write it", Duration::from_secs(10), || {
+    wait_until("the collector to write it", Duration::from_secs(10), || {
         rx.received().iter().any(|(s, _)| *s == 6)
     });
     fwd.stop();
@@ -806,7 +773,7 @@ fn a_cursor_past_the_recovered_trail_is_reset_and_forwarding_goes_on() {
         log.append(ev(i)).unwrap();
     }
     let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
-    wait_for("15 records delivered", Duration::from_secs(30), || {
+    wait_until("15 records delivered", Duration::from_secs(30), || {
         fwd.status().forwarded == 15
     });
     fwd.stop();
@@ -825,10 +792,10 @@ fn a_cursor_past_the_recovered_trail_is_reset_and_forwarding_goes_on() {
     assert_eq!(check.next_seq, 16, "{check:#?}");
     let fwd = Forwarder::start(&log, fx.forward_config(port)).unwrap();
     let total = log.status().unwrap().durable_seq;
-    wait_for("the new records delivered", Duration::from_secs(30), || {
+    wait_until("the new records delivered", Duration::from_secs(30), || {
         fwd.status().forwarded == total
     });
-    wait_for(
+    wait_until(
         "the collector to write them",
         Duration::from_secs(10),
         || rx.received().iter().any(|(s, _)| *s == total),
@@ -882,7 +849,7 @@ fn a_forged_low_number_neither_reaches_the_collector_nor_moves_the_cursor_back()
     let mut cfg = fx.forward_config(port);
     cfg.batch = 6;
     let fwd = Forwarder::start(&log, cfg).unwrap();
-    wait_for("every record delivered", Duration::from_secs(30), || {
+    wait_until("every record delivered", Duration::from_secs(30), || {
         fwd.status().forwarded == total
     });
     fwd.stop();
@@ -894,7 +861,7 @@ fn a_forged_low_number_neither_reaches_the_collector_nor_moves_the_cursor_back()
     assert_eq!(fwd.status().forwarded, total);
     fwd.stop();
     log.close().unwrap();
-    wait_for(
+    wait_until(
         "the collector to write them",
         Duration::from_secs(10),
         || rx.received().iter().any(|(s, _)| *s == total),
@@ -924,7 +891,7 @@ fn a_forwarder_bound_to_a_retired_trail_sends_nothing_of_the_new_one() {
         old.append(ev(i)).unwrap();
     }
     let stale = Forwarder::start(&old, fx.forward_config(port)).unwrap();
-    wait_for("the old trail delivered", Duration::from_secs(30), || {
+    wait_until("the old trail delivered", Duration::from_secs(30), || {
         stale.status().forwarded == 5
     });
     // The reset: retired, archived, a new trail behind an anchor.
@@ -960,7 +927,7 @@ fn a_forwarder_bound_to_a_retired_trail_sends_nothing_of_the_new_one() {
     );
     assert!(rx.received().iter().all(|(s, _)| *s <= 5));
     let fwd = Forwarder::start(&new, fx.forward_config(port)).unwrap();
-    wait_for("the new trail delivered", Duration::from_secs(30), || {
+    wait_until("the new trail delivered", Duration::from_secs(30), || {
         fwd.status().forwarded == total
     });
     fwd.stop();

@@ -75,9 +75,57 @@ fn the_crates_link_only_what_they_may() {
     }
     // The device runtime never links the people's side.
     let device = links(&g, "drivesec-device");
-    for people in ["drivesec-oem", "drivesec-cli", "drivesec-fleet"] {
+    for people in [
+        "drivesec-oem",
+        "drivesec-cli",
+        "drivesec-fleet",
+        "drivesec-client",
+        "drivesec-factory",
+        "drivesec-ops",
+        "drivesec-lab",
+    ] {
         assert!(!device.contains(people), "drivesec-device links {people}");
     }
+    // The people's side by duty: client <- ops <- lab, and the factory
+    // beside them. A lower crate never links a higher one; the tool
+    // reaches devices over the network, so client and ops never link the
+    // device runtime (the factory does, for the state directory's format).
+    let never = |krate: &str, forbidden: &[&str]| {
+        let l = links(&g, krate);
+        for f in forbidden {
+            assert!(!l.contains(*f), "{krate} links {f}");
+        }
+    };
+    never(
+        "drivesec-client",
+        &[
+            "drivesec-ops",
+            "drivesec-lab",
+            "drivesec-factory",
+            "drivesec-oem",
+            "drivesec-device",
+            "drivesec-fleet",
+        ],
+    );
+    never(
+        "drivesec-ops",
+        &[
+            "drivesec-lab",
+            "drivesec-factory",
+            "drivesec-oem",
+            "drivesec-device",
+        ],
+    );
+    never(
+        "drivesec-factory",
+        &[
+            "drivesec-client",
+            "drivesec-ops",
+            "drivesec-lab",
+            "drivesec-oem",
+        ],
+    );
+    never("drivesec-lab", &["drivesec-oem"]);
     // Nothing links the binaries, and the test kit only as a dev-dependency.
     for krate in g.keys() {
         let l = links(&g, krate);

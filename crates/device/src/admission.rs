@@ -25,20 +25,21 @@ use std::time::Duration;
 
 /// The bounds of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Connections in the handshake stage at once.
-    pub handshakes: usize,
+    pub(crate) handshakes: usize,
     /// Of those, from one IP address.
-    pub handshakes_per_source: usize,
+    pub(crate) handshakes_per_source: usize,
     /// Time to complete the TLS handshake.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// Established (authenticated) connections at once.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Of those, with one client certificate.
-    pub per_certificate: usize,
+    pub(crate) per_certificate: usize,
 }
 
-/// Counts per key with a total, released by dropping a [`Slot`].
+/// Counts per key with a total, released by dropping a [`Handshake`] or an
+/// [`Established`].
 struct Pool<K: Eq + Hash + Clone> {
     total: usize,
     max_total: usize,
@@ -78,7 +79,7 @@ impl<K: Eq + Hash + Clone> Pool<K> {
 }
 
 /// The two gates of one listener.
-pub struct Gate {
+pub(crate) struct Gate {
     limits: Limits,
     handshaking: Mutex<Pool<IpAddr>>,
     established: Mutex<Pool<String>>,
@@ -86,7 +87,7 @@ pub struct Gate {
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// All handshake slots are taken.
     Handshakes,
     /// This address has its share of handshake slots.
@@ -98,20 +99,20 @@ pub enum Refused {
 }
 
 /// A handshake slot; given back when dropped.
-pub struct Handshake {
+pub(crate) struct Handshake {
     gate: Arc<Gate>,
     ip: IpAddr,
 }
 
 /// An established slot; given back when dropped.
-pub struct Established {
+pub(crate) struct Established {
     gate: Arc<Gate>,
     fingerprint: String,
 }
 
 impl Gate {
     /// A gate with these bounds.
-    pub fn new(limits: Limits) -> Arc<Gate> {
+    pub(crate) fn new(limits: Limits) -> Arc<Gate> {
         Arc::new(Gate {
             limits,
             handshaking: Mutex::new(Pool::new(limits.handshakes, limits.handshakes_per_source)),
@@ -120,12 +121,12 @@ impl Gate {
     }
 
     /// The bounds.
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         self.limits
     }
 
     /// A handshake slot for a connection from `ip`.
-    pub fn handshake(self: &Arc<Self>, ip: IpAddr) -> Result<Handshake, Refused> {
+    pub(crate) fn handshake(self: &Arc<Self>, ip: IpAddr) -> Result<Handshake, Refused> {
         let mut p = self.handshaking.lock().map_err(|_| Refused::Handshakes)?;
         if p.total >= p.max_total {
             return Err(Refused::Handshakes);
@@ -143,7 +144,7 @@ impl Gate {
 impl Handshake {
     /// Moves an authenticated connection to the established pool; the
     /// handshake slot is given back either way.
-    pub fn establish(self, fingerprint: &str) -> Result<Established, Refused> {
+    pub(crate) fn establish(self, fingerprint: &str) -> Result<Established, Refused> {
         let gate = self.gate.clone();
         drop(self);
         let mut p = gate.established.lock().map_err(|_| Refused::Connections)?;

@@ -5,8 +5,10 @@ use std::path::Path;
 
 use drivesec_access::AccessPolicy;
 use drivesec_audit::AuditConfig;
+use drivesec_fsutil as fsu;
 use serde::{Deserialize, Serialize};
 
+use crate::state::files;
 use crate::{DeviceError, Result};
 
 /// TLS settings of the HTTPS API.
@@ -241,7 +243,7 @@ impl DeviceConfig {
     }
 
     /// Reads and checks a TOML file; errors name the file and the problem.
-    /// The check is [`DeviceConfig::validate`], the one start-up applies.
+    /// The check is `DeviceConfig::validate`, the one start-up applies.
     pub fn load(path: &Path) -> Result<Self> {
         let text = drivesec_fsutil::read_to_string(path)?;
         let cfg: DeviceConfig = toml::from_str(&text).map_err(|e| DeviceError::Config {
@@ -266,7 +268,7 @@ impl DeviceConfig {
     /// overrides set through the API) use this same test, and it includes
     /// the audit trail's own ([`AuditConfig::validate_existing`]), so a
     /// configuration that passes the check also starts.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         let cfg = self;
         if cfg.api.max_concurrent_logins == 0
             || cfg.api.max_body_bytes < 1024
@@ -372,13 +374,12 @@ impl DeviceConfig {
     /// The configuration start-up runs with for the state directory `st`:
     /// this one with the settings set through the API applied over it
     /// (access policy, TLS and Modbus overrides), checked by
-    /// [`DeviceConfig::validate`]. Start-up uses it, and so can a check.
+    /// `DeviceConfig::validate`. Start-up uses it, and so can a check.
     pub fn for_state(mut self, st: &crate::state::StateDir) -> Result<Self> {
-        use crate::state::files;
         if st.path(files::ACCESS_POLICY).exists() {
             self.access = AccessPolicy::load(&st.path(files::ACCESS_POLICY))?;
         }
-        crate::provision::apply_overrides(&st.dir, &mut self)?;
+        apply_overrides(&st.dir, &mut self)?;
         self.validate()
             .map_err(|reason| DeviceError::Invalid(format!("configuration: {reason}")))?;
         Ok(self)
@@ -388,6 +389,44 @@ impl DeviceConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// The Modbus settings a profile sets (`modbus-settings.json`, over
+/// `drivesecd.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModbusOverride {
+    /// Served at all.
+    pub(crate) enabled: bool,
+    /// TLS 1.2 besides 1.3.
+    pub(crate) allow_tls12: bool,
+}
+
+/// Applies the overrides a profile left in the state directory to a
+/// configuration read from `drivesecd.toml`.
+fn apply_overrides(dir: &Path, c: &mut DeviceConfig) -> Result<()> {
+    let read = |name: &str| -> Result<Option<Vec<u8>>> {
+        let p = dir.join(name);
+        if p.exists() {
+            Ok(Some(fsu::read(&p)?))
+        } else {
+            Ok(None)
+        }
+    };
+    let corrupt = |name: &str, e: serde_json::Error| DeviceError::State {
+        path: dir.join(name),
+        reason: e.to_string(),
+    };
+    if let Some(b) = read(files::TLS_POLICY)? {
+        c.tls = serde_json::from_slice(&b).map_err(|e| corrupt(files::TLS_POLICY, e))?;
+    }
+    if let Some(b) = read(files::MODBUS_SETTINGS)? {
+        let m: ModbusOverride =
+            serde_json::from_slice(&b).map_err(|e| corrupt(files::MODBUS_SETTINGS, e))?;
+        c.modbus.enabled = m.enabled;
+        c.modbus.allow_tls12 = m.allow_tls12;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

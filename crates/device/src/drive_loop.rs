@@ -17,12 +17,12 @@ use drivesec_drive::ParamSet;
 use drivesec_drive::machine::{CommLossReaction, Drive, State, Status};
 
 /// The tick.
-pub const TICK: Duration = Duration::from_millis(10);
+pub(crate) const TICK: Duration = Duration::from_millis(10);
 
 /// Whether the control loop advances `window` ticks (read by `ticks`) within
 /// three times that long plus 200 ms: a firmware health criterion, since a
 /// stalled or missing loop (`None`) never gets there. Waits on the tick.
-pub fn ticks_advance(ticks: impl Fn() -> Option<u64>, window: u64) -> bool {
+pub(crate) fn ticks_advance(ticks: impl Fn() -> Option<u64>, window: u64) -> bool {
     let deadline = std::time::Instant::now()
         + TICK * u32::try_from(window.saturating_mul(3)).unwrap_or(u32::MAX)
         + Duration::from_millis(200);
@@ -51,7 +51,7 @@ pub fn tamper_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Reads the STO input: fail-safe, anything but a clean "absent" is active.
-pub fn sto_active(path: &Path) -> bool {
+pub(crate) fn sto_active(path: &Path) -> bool {
     match std::fs::symlink_metadata(path) {
         Ok(_) => true,
         Err(e) => e.kind() != std::io::ErrorKind::NotFound,
@@ -59,7 +59,7 @@ pub fn sto_active(path: &Path) -> bool {
 }
 
 /// What the network side shares with the tick thread.
-pub struct DriveLink {
+pub(crate) struct DriveLink {
     control_word: AtomicU16,
     /// Control words to apply, one per tick (so an edge made of two words
     /// is never lost); taken with `try_lock`.
@@ -91,7 +91,7 @@ impl DriveLink {
 
     /// Posts control words, applied one per tick in order, and a new speed
     /// reference (applied at the next tick). At most 64 words wait.
-    pub fn command(&self, control_words: &[u16], reference: Option<f64>) {
+    pub(crate) fn command(&self, control_words: &[u16], reference: Option<f64>) {
         if let Some(r) = reference {
             self.reference_bits.store(r.to_bits(), Ordering::SeqCst);
         }
@@ -105,7 +105,7 @@ impl DriveLink {
     }
 
     /// The last control word applied (or queued last).
-    pub fn control_word(&self) -> u16 {
+    pub(crate) fn control_word(&self) -> u16 {
         self.queue
             .lock()
             .ok()
@@ -114,28 +114,28 @@ impl DriveLink {
     }
 
     /// Whether the tamper response has run: the network may only read status.
-    pub fn tampered(&self) -> bool {
+    pub(crate) fn tampered(&self) -> bool {
         self.tampered.load(Ordering::SeqCst)
     }
 
     /// The speed reference in force, rpm.
-    pub fn reference(&self) -> f64 {
+    pub(crate) fn reference(&self) -> f64 {
         f64::from_bits(self.reference_bits.load(Ordering::SeqCst))
     }
 
     /// Session `id` wrote the control word: it now controls the drive.
-    pub fn take_control(&self, id: u64) {
+    pub(crate) fn take_control(&self, id: u64) {
         self.controller.store(id, Ordering::SeqCst);
     }
 
     /// Whether session `id` controls the drive.
-    pub fn controls(&self, id: u64) -> bool {
+    pub(crate) fn controls(&self, id: u64) -> bool {
         id != 0 && self.controller.load(Ordering::SeqCst) == id
     }
 
     /// Session `id` ended or fell silent: when it controlled the drive, the
     /// configured reaction is applied at the next tick and `true` returned.
-    pub fn session_lost(&self, id: u64, reaction: CommLossReaction) -> bool {
+    pub(crate) fn session_lost(&self, id: u64, reaction: CommLossReaction) -> bool {
         if id == 0
             || self
                 .controller
@@ -154,28 +154,28 @@ impl DriveLink {
     }
 
     /// The status published by the last tick.
-    pub fn status(&self) -> Option<Status> {
+    pub(crate) fn status(&self) -> Option<Status> {
         self.status.lock().ok().and_then(|s| *s)
     }
 
     /// Asks the tick thread to end.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
 
 /// An STO change, for the audit trail.
 #[derive(Debug, Clone, Copy)]
-pub struct StoChange {
+pub(crate) struct StoChange {
     /// Active now.
-    pub active: bool,
+    pub(crate) active: bool,
     /// Speed when it changed, rpm.
-    pub speed_rpm: f64,
+    pub(crate) speed_rpm: f64,
 }
 
 /// What the tick thread reports (on another thread, so reporting never delays it).
 #[derive(Debug, Clone)]
-pub enum DriveEvent {
+pub(crate) enum DriveEvent {
     /// The STO input changed.
     Sto(StoChange),
     /// The tamper input was seen and the tamper response ran on the tick
@@ -190,12 +190,12 @@ pub enum DriveEvent {
 
 /// The tamper response the tick thread runs when the tamper input is first
 /// seen: destroy the keys. Runs once, synchronously, on the tick.
-pub type TamperResponse = Box<dyn FnOnce() -> std::result::Result<usize, String> + Send>;
+pub(crate) type TamperResponse = Box<dyn FnOnce() -> std::result::Result<usize, String> + Send>;
 
 /// Starts the tick thread. `params` is read with `try_lock` (the last copy
 /// is kept when a writer holds it); `report` runs on another thread.
 /// `tampered` says the response already ran (before a restart).
-pub fn start(
+pub(crate) fn start(
     state_dir: &Path,
     params: Arc<Mutex<ParamSet>>,
     tampered: bool,

@@ -15,23 +15,23 @@ use crate::state::{StateDir, files};
 use crate::{DeviceError, Result};
 
 /// Handle of the device firmware key (content keys are wrapped to it).
-pub const FIRMWARE_KEY: &str = "firmware";
+pub(crate) const FIRMWARE_KEY: &str = "firmware";
 
 /// What is running.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Running {
+pub(crate) struct Running {
     /// Slot.
-    pub slot: String,
+    pub(crate) slot: String,
     /// Version.
-    pub version: String,
+    pub(crate) version: String,
     /// Security counter of the running image.
-    pub security_counter: u64,
+    pub(crate) security_counter: u64,
     /// Hash-tree root of its payload.
-    pub root: String,
+    pub(crate) root: String,
     /// Key ids that signed it.
-    pub signers: Vec<String>,
+    pub(crate) signers: Vec<String>,
     /// Whether it runs on trial (not yet confirmed).
-    pub trial: bool,
+    pub(crate) trial: bool,
 }
 
 /// Generates the firmware key in the device keystore and writes its public half.
@@ -102,51 +102,10 @@ pub(crate) fn fw(e: drivesec_firmware::FirmwareError) -> DeviceError {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use drivesec_firmware::FirmwareError as F;
-
-    fn status(e: F) -> u16 {
-        crate::api::ApiError::from(fw(e)).status_code()
-    }
-
-    #[test]
-    fn image_faults_are_the_clients_and_device_faults_are_not() {
-        assert_eq!(status(F::BadChunk(3)), 400);
-        assert_eq!(
-            status(F::Rollback {
-                image: 1,
-                device: 2
-            }),
-            400
-        );
-        assert_eq!(status(F::MissingApproval("oem".into())), 400);
-        let disk = drivesec_fsutil::FsError::io(
-            "write",
-            std::path::Path::new("firmware/slot-b.img.tmp"),
-            std::io::Error::other("no space left on device"),
-        );
-        assert_eq!(status(F::Fs(disk)), 500);
-        assert_eq!(
-            status(F::Keystore(drivesec_keystore::KeystoreError::Crypto(
-                "unwrap failed".into()
-            ))),
-            500
-        );
-        assert_eq!(
-            status(F::Keystore(
-                drivesec_keystore::KeystoreError::InvalidPeerKey("not on the curve".into())
-            )),
-            400
-        );
-    }
-}
-
 /// The firmware side of a state directory, if it has one. Cheap to clone:
 /// handlers work on a clone so the shared lock is never held across I/O.
 #[derive(Clone)]
-pub struct Firmware {
+pub(crate) struct Firmware {
     dir: std::path::PathBuf,
     trust_path: std::path::PathBuf,
     storage: DirStorage,
@@ -159,7 +118,7 @@ pub struct Firmware {
 
 impl Firmware {
     /// Opens it, or `None` when the device was provisioned without firmware slots.
-    pub fn open(st: &StateDir) -> Result<Option<Firmware>> {
+    pub(crate) fn open(st: &StateDir) -> Result<Option<Firmware>> {
         let trust_path = st.path(files::FIRMWARE_TRUST);
         if !trust_path.exists() || !st.path(files::FIRMWARE).join("boot.json").exists() {
             return Ok(None);
@@ -194,14 +153,14 @@ impl Firmware {
     }
 
     /// The firmware trust store in force.
-    pub fn trust(&self) -> &TrustStore {
+    pub(crate) fn trust(&self) -> &TrustStore {
         &self.trust
     }
 
     /// Applies a rotation statement signed by the current root of trust
     /// (keys added or revoked, policy or root replaced). The new store is
     /// written atomically; on any error nothing changes.
-    pub fn rotate_trust(&mut self, statement: &[u8]) -> Result<&TrustStore> {
+    pub(crate) fn rotate_trust(&mut self, statement: &[u8]) -> Result<&TrustStore> {
         let next = self.trust.rotate(statement).map_err(fw)?;
         let json =
             serde_json::to_vec_pretty(&next).map_err(|e| DeviceError::Invalid(e.to_string()))?;
@@ -211,12 +170,12 @@ impl Firmware {
     }
 
     /// The boot state.
-    pub fn state(&self) -> Result<BootState> {
+    pub(crate) fn state(&self) -> Result<BootState> {
         self.slots().state().map_err(fw)
     }
 
     /// Receives an update into the inactive slot (verified chunk by chunk).
-    pub fn stage(
+    pub(crate) fn stage(
         &self,
         image: &mut (impl std::io::Read + Send),
     ) -> Result<drivesec_firmware::manifest::Manifest> {
@@ -225,7 +184,7 @@ impl Firmware {
 
     /// The boot stage, then the health check and confirmation of a trial.
     /// Returns what runs and the revert reason if one happened now.
-    pub fn boot(&self, healthy: impl Fn() -> bool) -> Result<(Running, Option<String>)> {
+    pub(crate) fn boot(&self, healthy: impl Fn() -> bool) -> Result<(Running, Option<String>)> {
         let before = self.state()?;
         let mut slots = self.slots();
         let decision = slots.boot().map_err(fw)?;

@@ -1,40 +1,58 @@
-//! The drivesec device runtime, run by `drivesecd`.
+//! The drivesec device runtime, run by `drivesecd`: [`run`] serves a
+//! device until shutdown, [`build`] makes it and its API router without
+//! serving (in-process tests).
+//!
+//! Public, for the binaries, the factory and the tests:
 //!
 //! * [`state`]: the state directory (factory or commissioned) and the checks
 //!   that refuse to start on a corrupt or inconsistent one.
 //! * [`config`]: the daemon configuration file.
-//! * [`api`]: the HTTPS API (mutual TLS always; sessions bound to the client
-//!   certificate; permission per operation; every security-relevant action
-//!   recorded in the audit trail). docs/openapi.json describes it.
-//! * [`posture`]: the security level achieved in the current configuration.
+//! * [`api`]: the HTTPS API's connection information and OpenAPI document
+//!   (docs/openapi.json); the API itself is served by [`run`].
 //! * [`credential`]: the one-time factory credential.
-//! * [`drive_loop`]: the drive's tick thread (Safe Torque Off read first).
-//! * [`firmware`]: the boot stage, streamed updates, trust rotation.
-//! * [`modbus`]: the Modbus/TCP Security server.
-//! * [`provision`]: applying a device profile in one transaction.
+//! * [`drive_loop`]: where a state directory's local inputs are (Safe
+//!   Torque Off, the tamper switch).
+//! * [`firmware`]: the factory's first image and firmware key.
+//! * [`DeviceError`] with its [`Refusal`] kinds.
 //!
-//! Private: connection admission, the TLS set-up, the accept loops, the
-//! runtime that ties them together, forwarding and aggregated records.
+//! Private, in layers, top to bottom (no module imports from a layer above
+//! its own, and no module import cycle remains: `scripts/module-cycles`):
+//!
+//! 1. `runtime`: the wiring; builds the device, binds the listeners and
+//!    runs the one accept loop on each.
+//! 2. `api` (HTTP only: routes, handlers, extractors, the connection
+//!    service, and the error answer every `DeviceError` becomes) and
+//!    `modbus` (Modbus/TCP Security and plain Modbus sessions over the
+//!    drive's registers), siblings that never import each other.
+//! 3. `device`: the device itself (`Device`: its state and every operation
+//!    on it, recorded), behind both interfaces and knowing neither.
+//! 4. `accept` (the accept loop, generic over TLS or plain, the admission
+//!    pools and a per-connection service) over `admission` (the handshake
+//!    and established pools); `posture` (SL-A), `tls`, `firmware`,
+//!    `drive_loop` (the tick thread), `tally` (aggregated records).
+//! 5. `config`, `state` (with `state::journal`, multi-file transactions
+//!    and test fault points), `credential`, `error` (with the lock helper).
+//!
 //! The API's request and answer types are `drivesec-api`'s.
 
+mod accept;
 mod admission;
 pub mod api;
 pub mod config;
 pub mod credential;
+mod device;
 pub mod drive_loop;
+mod error;
 pub mod firmware;
-mod forwarding;
-pub mod modbus;
-pub mod posture;
-pub mod provision;
+mod modbus;
+mod posture;
 mod runtime;
-mod server;
 pub mod state;
 mod tally;
 mod tls;
 
-use std::path::PathBuf;
-
+pub use error::{DeviceError, Refusal};
+pub(crate) use error::{OrPoisoned, Result};
 pub use runtime::{build, run};
 
 /// Runs blocking work (a disk flush, a keystore operation, a wait) from
@@ -51,52 +69,6 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
         _ => f(),
     }
 }
-
-/// Why the device runtime cannot do something.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DeviceError {
-    /// The state directory is corrupt or inconsistent.
-    #[error("refusing the state directory {path}: {reason}")]
-    State {
-        /// The directory or file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The configuration file is wrong.
-    #[error("configuration {path}: {reason}")]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A request or value is not acceptable.
-    #[error("{0}")]
-    Invalid(String),
-    /// Binding or serving failed.
-    #[error("network: {0}")]
-    Net(String),
-    /// Keystore failure.
-    #[error(transparent)]
-    Keystore(#[from] drivesec_keystore::KeystoreError),
-    /// PKI failure.
-    #[error(transparent)]
-    Pki(#[from] drivesec_pki::PkiError),
-    /// Audit failure.
-    #[error(transparent)]
-    Audit(#[from] drivesec_audit::AuditError),
-    /// Accounts failure.
-    #[error(transparent)]
-    Access(#[from] drivesec_access::AccessError),
-    /// File system failure.
-    #[error(transparent)]
-    Fs(#[from] drivesec_fsutil::FsError),
-}
-
-/// Result type of the device crate.
-pub type Result<T> = std::result::Result<T, DeviceError>;
 
 /// Now, UTC, RFC 3339.
 pub(crate) fn now_rfc3339() -> String {

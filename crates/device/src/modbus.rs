@@ -2,7 +2,10 @@
 //! checked against the owner's trust anchors and CRL, the role read once per
 //! TLS session from the certificate's role extension, the rights table the
 //! security administrator sets through the API, and the drive's registers
-//! (docs/modbus.md). Served only once the device is commissioned.
+//! (docs/modbus.md). Served only once the device is commissioned. Its
+//! connections come from the one accept loop (`crate::accept`), as the
+//! API's do ([`Secure`], and [`Plain`] when configured); a sibling of
+//! `crate::api`, it imports nothing from it.
 //!
 //! Each time the device adopts a state (a CRL, new trust anchors, a
 //! renewal), an open session's certificate chain is checked again and the
@@ -16,6 +19,7 @@
 //! recorded before they take effect (parameters each time, the control word
 //! when it changes, taking control aggregated); reads are not.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,23 +29,19 @@ use drivesec_audit::{Actor, Event, Outcome};
 use drivesec_drive::machine::Status;
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_modbus::session::{self, End};
-use drivesec_modbus::{Denial, Exception, ProcessImage, Rights};
+use drivesec_modbus::{Denial, Exception, ProcessImage};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admission::Gate;
-
-use crate::api::{ApiError, Device};
+use crate::accept::{Conn, Service};
 use crate::config::ModbusSettings;
+use crate::device::{Device, Trust};
 use crate::drive_loop::DriveLink;
-use crate::state::{StateDir, files};
-use crate::{DeviceError, Result};
+use crate::state::files;
 
 /// Holding registers 1000.. in order: parameter, scale (register unit), signed.
-pub const PARAM_REGISTERS: [(&str, f64, bool); 10] = [
+pub(crate) const PARAM_REGISTERS: [(&str, f64, bool); 10] = [
     ("speed-reference", 1.0, true),
     ("torque-limit", 0.1, false),
     ("max-speed", 1.0, false),
@@ -54,26 +54,9 @@ pub const PARAM_REGISTERS: [(&str, f64, bool); 10] = [
     ("motor-poles", 1.0, false),
 ];
 /// First parameter register.
-pub const PARAM_BASE: u16 = 1000;
+pub(crate) const PARAM_BASE: u16 = 1000;
 /// Input registers served: 0..=8.
-pub const INPUT_REGISTERS: u16 = 9;
-
-/// Reads the stored rights table (empty when none was set).
-pub fn load_rights(st: &StateDir) -> Result<Rights> {
-    let p = st.path(files::MODBUS_RIGHTS);
-    if !p.exists() {
-        return Ok(Rights::default());
-    }
-    let r: Rights = serde_json::from_slice(&fsu::read(&p)?).map_err(|e| DeviceError::State {
-        path: p.clone(),
-        reason: e.to_string(),
-    })?;
-    r.validate().map_err(|e| DeviceError::State {
-        path: p.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok(r)
-}
+pub(crate) const INPUT_REGISTERS: u16 = 9;
 
 fn to_register(value: f64, scale: f64, signed: bool) -> u16 {
     let raw = (value / scale).round();
@@ -94,7 +77,7 @@ fn from_register(raw: u16, scale: f64, signed: bool) -> f64 {
 }
 
 /// The input registers for a status snapshot.
-pub fn input_registers(s: &Status, tampered: bool) -> [u16; INPUT_REGISTERS as usize] {
+pub(crate) fn input_registers(s: &Status, tampered: bool) -> [u16; INPUT_REGISTERS as usize] {
     let sw = s.status_word
         | if tampered {
             drivesec_drive::machine::SW_TAMPERED
@@ -112,36 +95,6 @@ pub fn input_registers(s: &Status, tampered: bool) -> [u16; INPUT_REGISTERS as u
         (s.ticks >> 16) as u16,
         s.ticks as u16,
     ]
-}
-
-impl Device {
-    /// Stores and applies a new Modbus rights table.
-    pub(crate) fn set_modbus_rights(&self, rights: Rights) -> std::result::Result<(), ApiError> {
-        rights
-            .validate()
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let path = self
-            .state
-            .read()
-            .map_err(|_| ApiError::internal("state lock poisoned"))?
-            .path(files::MODBUS_RIGHTS);
-        let json =
-            serde_json::to_vec_pretty(&rights).map_err(|e| ApiError::internal(e.to_string()))?;
-        fsu::write_atomic(&path, &json, Mode::Public)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        *self
-            .modbus_rights
-            .write()
-            .map_err(|_| ApiError::internal("lock poisoned"))? = Arc::new(rights);
-        Ok(())
-    }
-
-    pub(crate) fn modbus_rights(&self) -> Arc<Rights> {
-        self.modbus_rights
-            .read()
-            .map(|r| r.clone())
-            .unwrap_or_default()
-    }
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -334,7 +287,7 @@ impl ProcessImage for Session {
 /// Resolves, with the reason, once the device's trust no longer admits the
 /// certificate chain `chain` (a session with none, plain Modbus, is never cut).
 async fn trust_lost(
-    mut trust: watch::Receiver<crate::runtime::Trust>,
+    mut trust: watch::Receiver<Trust>,
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
 ) -> String {
     let Some((end_entity, intermediates)) = chain.split_first() else {
@@ -407,93 +360,102 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Serves Modbus/TCP Security until `shutdown` turns true.
-pub async fn serve_tls(
-    listener: TcpListener,
+/// What the accept loop runs for each Modbus/TCP Security connection:
+/// the role read once, here, for the whole TLS session from the client
+/// certificate, and a session cut when the device's trust no longer
+/// admits the certificate chain.
+pub(crate) struct Secure {
     dev: Arc<Device>,
-    gate: Arc<Gate>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let timeout = gate.limits().handshake_timeout;
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let Ok((tcp, addr)) = accepted else { continue };
-        // Over a bound: refuse rather than queue (docs/modbus.md).
-        let Ok(handshake) = gate.handshake(addr.ip()) else {
-            dev.connection_refused("modbus", addr);
-            continue;
-        };
-        // Subscribed before anything is read: a change after this point
-        // checks the session again, and the trust read here decides
-        // whether Modbus is served at all.
-        let mut trust = dev.trust.subscribe();
-        if trust.borrow_and_update().modbus.is_none() {
-            continue; // no owner trust anchors yet: nobody can be authorised
-        }
-        let Ok(cfg) = dev.modbus_tls.read().map(|c| c.clone()) else {
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let dev = dev.clone();
-        tokio::spawn(async move {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await else {
-                return;
-            };
-            let Some(chain) = stream.get_ref().1.peer_certificates().map(<[_]>::to_vec) else {
-                return;
-            };
-            let Some(cert) = chain.first().cloned() else {
-                return;
-            };
-            // The role is read once, here, for the whole TLS session.
-            let role = drivesec_pki::role::role_of_cert(cert.as_ref())
-                .ok()
-                .flatten()
-                .map(|r| r.as_str().to_string());
-            let client = hex::encode(Sha256::digest(cert.as_ref()));
-            let Ok(_slot) = handshake.establish(&client) else {
-                dev.connection_refused("modbus", addr);
-                return;
-            };
-            run_session(dev, stream, client, role, addr, trust_lost(trust, chain)).await;
-        });
+}
+
+impl Secure {
+    /// Modbus/TCP Security for `dev`.
+    pub(crate) fn new(dev: Arc<Device>) -> Self {
+        Secure { dev }
     }
 }
 
-/// Risky: serves plain Modbus/TCP (no TLS, no identity); every client acts
-/// as `role` (none: nothing is allowed).
-pub async fn serve_plain(
-    listener: TcpListener,
+impl Service for Secure {
+    /// The device's trust, subscribed before anything is read: a change
+    /// after this point checks the session again.
+    type Ticket = watch::Receiver<Trust>;
+    const NODELAY: bool = true;
+
+    fn refused(&self, addr: SocketAddr) {
+        // Over a bound: refused rather than queued (docs/modbus.md).
+        self.dev.connection_refused("modbus", addr);
+    }
+
+    fn admit(&self) -> Option<Self::Ticket> {
+        // The trust read here decides whether Modbus is served at all: no
+        // owner trust anchors yet, nobody can be authorised.
+        let mut trust = self.dev.trust.subscribe();
+        trust.borrow_and_update().modbus.as_ref()?;
+        Some(trust)
+    }
+
+    fn serve<S>(&self, conn: Conn<S>, trust: Self::Ticket) -> impl Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // The role is read once, here, for the whole TLS session.
+        let role = conn.chain.first().and_then(|cert| {
+            drivesec_pki::role::role_of_cert(cert.as_ref())
+                .ok()
+                .flatten()
+                .map(|r| r.as_str().to_string())
+        });
+        let cut = trust_lost(trust, conn.chain);
+        run_session(
+            self.dev.clone(),
+            conn.stream,
+            conn.client,
+            role,
+            conn.addr,
+            cut,
+        )
+    }
+}
+
+/// Risky: plain Modbus/TCP (no TLS, no identity), for the accept loop;
+/// every client acts as one configured role (none: nothing is allowed).
+pub(crate) struct Plain {
     dev: Arc<Device>,
     role: Option<String>,
-    gate: Arc<Gate>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let Ok((tcp, addr)) = accepted else { continue };
-        // No handshake: the address is the only identity there is.
-        let slot = gate
-            .handshake(addr.ip())
-            .and_then(|h| h.establish(&format!("plain:{}", addr.ip())));
-        let Ok(slot) = slot else {
-            dev.connection_refused("modbus-plain", addr);
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let (dev, role) = (dev.clone(), role.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            let never = std::future::pending::<String>();
-            run_session(dev, tcp, format!("plain:{}", addr.ip()), role, addr, never).await;
-        });
+}
+
+impl Plain {
+    /// Plain Modbus/TCP for `dev`, every client acting as `role`.
+    pub(crate) fn new(dev: Arc<Device>, role: Option<String>) -> Self {
+        Plain { dev, role }
+    }
+}
+
+impl Service for Plain {
+    type Ticket = ();
+    const NODELAY: bool = true;
+
+    fn refused(&self, addr: SocketAddr) {
+        self.dev.connection_refused("modbus-plain", addr);
+    }
+
+    fn admit(&self) -> Option<()> {
+        Some(())
+    }
+
+    fn serve<S>(&self, conn: Conn<S>, (): ()) -> impl Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let never = std::future::pending::<String>();
+        run_session(
+            self.dev.clone(),
+            conn.stream,
+            conn.client,
+            self.role.clone(),
+            conn.addr,
+            never,
+        )
     }
 }
 

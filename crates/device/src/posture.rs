@@ -12,14 +12,13 @@ use drivesec_access::UserInfo;
 use drivesec_api::security::{self as wire, FoundationalRequirement};
 use drivesec_audit::TimeQuality;
 use drivesec_drive::machine::CommLossReaction;
-use serde_json::json;
 
 use crate::config::DeviceConfig;
 use crate::state::{LifeCycle, StateDir};
 
 /// The posture report and one foundational requirement's assessment are
 /// the API's (`GET /api/v1/posture`).
-pub use drivesec_api::security::{FrAssessment, Posture};
+pub(crate) use drivesec_api::security::{FrAssessment, Posture};
 
 const FRS: [&str; 7] = [
     "Identification and authentication control",
@@ -33,21 +32,21 @@ const FRS: [&str; 7] = [
 
 /// Facts about the running device the configuration does not say.
 #[derive(Debug, Clone, Default)]
-pub struct Live {
+pub(crate) struct Live {
     /// A verified firmware image is running.
-    pub firmware_verified: bool,
+    pub(crate) firmware_verified: bool,
     /// Roles in the Modbus rights table.
-    pub modbus_roles: Vec<String>,
+    pub(crate) modbus_roles: Vec<String>,
     /// Why the audit forwarder refuses its collector (its certificate
     /// failed the check: revoked, not trusted, ...), if it does.
-    pub forwarding_refused: Option<String>,
+    pub(crate) forwarding_refused: Option<String>,
     /// What the audit trail's start-up check found (damage, a rewind of
     /// its checkpoints, what it could not check); empty when it passed.
-    pub audit_findings: Vec<String>,
+    pub(crate) audit_findings: Vec<String>,
 }
 
 /// Assesses the device.
-pub fn assess(
+pub(crate) fn assess(
     st: &StateDir,
     c: &DeviceConfig,
     forwarding: bool,
@@ -576,7 +575,7 @@ impl CrlStage {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             CrlStage::Current => "current",
             CrlStage::Overdue => "overdue",
@@ -601,7 +600,7 @@ impl CrlStage {
     }
 
     /// The value `StateDir::crl_reported` keeps for a stage once recorded.
-    fn level(self) -> u8 {
+    pub(crate) fn level(self) -> u8 {
         match self {
             CrlStage::Current => 0,
             CrlStage::Overdue => 1,
@@ -610,7 +609,7 @@ impl CrlStage {
     }
 }
 
-fn rfc3339(t: time::OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -626,58 +625,6 @@ pub(crate) fn crl_stages<'a>(
         .iter()
         .map(|crl| (crl, CrlStage::of(crl.next_update, now, grace)))
         .collect()
-}
-
-impl crate::api::Device {
-    /// Records, once per stage and loaded state, that an installed CRL
-    /// became overdue (`trust.crl.overdue`, a warning) or stale
-    /// (`trust.crl.stale`, an error log line too). Called every second by
-    /// the runtime and after each CRL installation; cheap when nothing changed.
-    pub(crate) fn report_stale_crl(&self) {
-        use std::sync::atomic::Ordering;
-        let (level, details, flag) = {
-            let (Ok(st), Ok(c)) = (self.state.read(), self.config.read()) else {
-                return;
-            };
-            let stages = crl_stages(&st, &c, time::OffsetDateTime::now_utc());
-            let level = stages.iter().map(|(_, s)| s.level()).max().unwrap_or(0);
-            // Nothing to report, or already reported for this loaded state:
-            // the usual case every second, done before any record is built.
-            if level == 0 || st.crl_reported.load(Ordering::SeqCst) >= level {
-                return;
-            }
-            let details: Vec<_> = stages
-                .iter()
-                .filter(|(_, s)| *s != CrlStage::Current)
-                .map(|(crl, s)| {
-                    json!({"issuer": crl.issuer, "number": crl.number.to_string(),
-                        "next_update": rfc3339(crl.next_update), "status": s.name(),
-                        "grace_secs": c.trust.crl_grace_secs})
-                })
-                .collect();
-            (level, details, st.crl_reported.clone())
-        };
-        if flag.fetch_max(level, Ordering::SeqCst) >= level {
-            return;
-        }
-        let action = if level == 2 {
-            tracing::error!(crls = %serde_json::Value::from(details.clone()), "an owner CRL is stale: its revocations stay enforced, other certificates get in without current revocation status; install a newer CRL");
-            "trust.crl.stale"
-        } else {
-            tracing::warn!(crls = %serde_json::Value::from(details.clone()), "an owner CRL is past its nextUpdate (within the grace period)");
-            "trust.crl.overdue"
-        };
-        let r = self.audit(
-            drivesec_audit::Event::new(drivesec_audit::Actor::Device, action)
-                .outcome(drivesec_audit::Outcome::Failure)
-                .details(json!({"crls": details}))
-                .essential(),
-        );
-        if r.is_err() {
-            // Not recorded: try again next time.
-            flag.store(level - 1, Ordering::SeqCst);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use drivesec_audit::Event;
 
 /// How long after a recorded event the same key's events are only counted.
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 
 /// Most keys tracked at once.
-pub const MAX_KEYS: usize = 4096;
+pub(crate) const MAX_KEYS: usize = 4096;
 
 /// The key that collects events once [`MAX_KEYS`] are tracked.
 const OVERFLOW: &str = "*overflow*";
@@ -48,7 +48,7 @@ fn count_in(map: &mut std::collections::BTreeMap<String, u64>, name: &str) {
 }
 
 /// Most distinct action names a summary lists.
-pub const MAX_ACTIONS: usize = 32;
+pub(crate) const MAX_ACTIONS: usize = 32;
 
 /// Counts per key; see the module docs.
 #[derive(Default)]

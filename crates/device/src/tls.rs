@@ -70,7 +70,7 @@ fn x509_ok(cert: &CertificateDer<'_>) -> std::result::Result<(), rustls::Error> 
 }
 
 /// The crypto provider: *ring*.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -100,7 +100,7 @@ fn tamper_identity(state: &StateDir) -> Result<Arc<rustls::sign::CertifiedKey>> 
 }
 
 /// Builds the API's server configuration for the device's current state.
-pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerConfig>> {
+pub(crate) fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerConfig>> {
     let provider = provider();
     let versions: &[&rustls::SupportedProtocolVersion] = if tls.allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
@@ -143,7 +143,7 @@ pub fn server_config(state: &StateDir, tls: &TlsSettings) -> Result<Arc<ServerCo
 /// of which is on an installed CRL.
 /// The TLS servers check every handshake with it, and an open Modbus
 /// session is checked again with a new one when the trust changes.
-pub fn client_verifier(state: &StateDir) -> Result<Arc<dyn ClientCertVerifier>> {
+pub(crate) fn client_verifier(state: &StateDir) -> Result<Arc<dyn ClientCertVerifier>> {
     let provider = provider();
     Ok(match state.file.state {
         LifeCycle::Factory => Arc::new(ProvisionalClientCert {
@@ -169,7 +169,7 @@ pub fn client_verifier(state: &StateDir) -> Result<Arc<dyn ClientCertVerifier>> 
             // reported (posture, audit, log), never a lock-out. The whole
             // path and ignored expiration are rustls's defaults (the
             // builder has no setter for them, only for the opposite);
-            // crates/cli/tests/attacks_crl.rs fails if either changes.
+            // crates/cli/tests/e2e/crl.rs fails if either changes.
             if !state.crls.is_empty() {
                 b = b
                     .with_crls(state.crl_ders())
@@ -183,7 +183,7 @@ pub fn client_verifier(state: &StateDir) -> Result<Arc<dyn ClientCertVerifier>> 
 
 /// The Modbus/TCP Security server's configuration: the same identity and
 /// client-certificate checks as the API, TLS 1.2 when allowed, no ALPN.
-pub fn modbus_config(
+pub(crate) fn modbus_config(
     state: &StateDir,
     m: &crate::config::ModbusSettings,
 ) -> Result<Arc<ServerConfig>> {

@@ -295,13 +295,8 @@ fn every_crash_point_losing_the_page_cache() {
 fn chains_of_random_crashes() {
     let fx = Fx::new();
     let rounds = if long() { 200 } else { 25 };
-    let mut x = 0x1234_5678_9ABC_DEF1u64;
-    let mut rnd = |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    };
+    let mut rng = drivesec_testkit::Rng::new(0x1234_5678_9ABC_DEF1);
+    let mut rnd = |n: u64| rng.below(n as usize) as u64;
     for round in 0..rounds {
         let dir = fx.device(&format!("r{round}"));
         // Up to five crashes in a row: during the update, then during recovery.

@@ -3,45 +3,14 @@
 //! range) and the partitioning rules of IEC 62443-3-2 ZCR 3.1 to 3.6.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
-use serde::Serialize;
 use toml::Spanned;
 
 use crate::catalog::catalog;
 use crate::model::{Asset, Loaded};
 
-/// One problem.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    /// The model file.
-    pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// Rule id (`zcr-3.3`, `unknown-asset`, ...).
-    pub rule: &'static str,
-    /// What is wrong and what to do.
-    pub message: String,
-    /// A warning does not make the model invalid.
-    pub warning: bool,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}[{}]: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            if self.warning { "warning" } else { "error" },
-            self.rule,
-            self.message
-        )
-    }
-}
+// Defined in its own module, which `model` uses too.
+pub use crate::problem::Problem;
 
 /// A ZCR 3.x rule: id, what must be apart, from what, and the test.
 type SeparationRule = (&'static str, &'static str, &'static str, fn(&Asset) -> bool);

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod check;
 pub mod firewall;
 pub mod model;
+mod problem;
 pub mod profile;
 pub mod report;
 pub mod synth;
@@ -88,7 +89,7 @@ pub fn notation(v: &SlVector) -> String {
 pub enum PlanError {
     /// The model has problems (each located).
     #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<check::Problem>),
+    Invalid(Vec<problem::Problem>),
     /// Reading or writing a file.
     #[error(transparent)]
     Fs(#[from] drivesec_fsutil::FsError),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::check::Problem;
+use crate::problem::Problem;
 use crate::{Fr, PlanError, Result, SlVector};
 
 /// A parsed model and where it came from.

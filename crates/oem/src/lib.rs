@@ -1,139 +1,270 @@
-//! The people's side of drivesec.
-//!
-//! * [`factory`]: the manufacturer's provisioning station for one device:
-//!   identity key generated in the device's keystore, IDevID signed by the
-//!   manufacturer CA, a one-time per-device factory credential stored on the
-//!   device only as an Argon2id hash.
-//! * [`lab`]: a complete local lab (manufacturer CA, OEM CA, provisioned
-//!   devices, one client certificate per built-in role) described by `lab.json`.
-//! * [`demo`]: the end-to-end story `drivesec demo` tells.
+//! Transitional facade: drivesec-oem was split by duty into
+//! drivesec-client (one device), drivesec-factory (the provisioning
+//! station), drivesec-ops (many devices) and drivesec-lab (the lab and the
+//! demo). This crate only re-exports them under the paths it had, so that
+//! its callers compile unchanged until they import the new crates; it
+//! holds no logic of its own but the compatibility shapes of
+//! [`incident::Reach`] and [`rollout::Fleet`] (both now
+//! [`drivesec_ops::Targets`]). Nothing new goes here; it goes away once
+//! crates/cli imports the four crates (see crates/oem/README.md).
 
-pub mod attest;
-pub mod client;
-pub mod commission;
-pub mod daemons;
-pub mod demo;
-pub mod evidence;
-pub mod factory;
-pub mod incident;
-pub mod inventory;
-pub mod lab;
-pub mod modbus;
-pub mod posture;
-pub mod provision;
-pub mod review;
-pub mod rollout;
-pub mod validate;
+pub use drivesec_client::{attest, client, commission, modbus};
+pub use drivesec_factory as factory;
+pub use drivesec_lab::demo;
+pub use drivesec_ops::{evidence, inventory, provision};
 
-use std::path::PathBuf;
+/// drivesec-oem's error was one enum; the API client's is what its
+/// callers still name (and match) as `OemError`.
+pub use drivesec_client::ClientError as OemError;
+/// The API client's result, as `drivesec_oem::Result`.
+pub use drivesec_client::Result;
 
-/// What went wrong on the OEM/manufacturer side.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OemError {
-    /// An input or option is not acceptable.
-    #[error("{0}")]
-    Invalid(String),
-    /// A directory that must be new already exists.
-    #[error("{path} already exists and is not empty; refusing to overwrite it")]
-    Exists {
-        /// The directory.
-        path: PathBuf,
-    },
-    /// A file that should describe something does not.
-    #[error("{path}: {reason}")]
-    BadFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A device did not answer in time (docs/incident-response.md, "Deadlines and sizes").
-    #[error(
-        "{device}: {what} took longer than {secs} s; check that the device runs and the network path to it, then run the command again"
-    )]
-    Timeout {
-        /// The device (name and address).
-        device: String,
-        /// What it did not finish: the TCP connection, the TLS handshake, the answer to a request.
-        what: String,
-        /// The deadline, seconds.
-        secs: u64,
-    },
-    /// A device's answer was larger than the tool takes for that request.
-    #[error("{device}: {what} is larger than {limit} bytes, {why}")]
-    TooLarge {
-        /// The device (name and address).
-        device: String,
-        /// The answer.
-        what: String,
-        /// The cap, bytes.
-        limit: u64,
-        /// Why that is the cap, and what to do.
-        why: &'static str,
-    },
-    /// The device's certificate did not prove it is the expected device;
-    /// nothing was sent to it.
-    #[error("{message}")]
-    Refused {
-        /// What was wrong, naming the device and what to do.
-        message: String,
-        /// The problem.
-        problem: crate::client::PeerProblem,
-    },
-    /// No CRL is known for a connection that must check the owner's
-    /// revocations (the message says where to give one).
-    #[error("{0}")]
-    MissingCrl(String),
-    /// Commissioning failed after the OEM CA issued the device's LDevID.
-    #[error("{message}")]
-    CommissioningFailed {
-        /// What happened and what to do next.
-        message: String,
-        /// The LDevID serial revoked because of it (None: revoking failed too).
-        revoked: Option<String>,
-    },
-    /// A device answered a request with an error status (not 2xx).
-    #[error("{request}: {status} {message}")]
-    Rejected {
-        /// The request, `METHOD PATH`.
-        request: String,
-        /// The HTTP status.
-        status: u16,
-        /// The device's error body (a stable `error` code and a
-        /// `message`), when the answer was one.
-        error: Option<drivesec_api::ErrorBody>,
-        /// What the device said: the error body's message, or the answer
-        /// as it came.
-        message: String,
-    },
-    /// A device's answer to a request is not what the device API defines
-    /// for that request (docs/openapi.json): nothing of it is used.
-    #[error("{device}: the answer to {request} is not what the device API defines: {reason}")]
-    BadAnswer {
-        /// The device (name and address).
-        device: String,
-        /// The request, `METHOD PATH`.
-        request: String,
-        /// The answer type and what did not parse (the field, and why).
-        reason: String,
-    },
-    /// A verification step of the demo failed.
-    #[error("check failed: {0}")]
-    Check(String),
-    /// PKI failure.
-    #[error(transparent)]
-    Pki(#[from] drivesec_pki::PkiError),
-    /// Keystore failure.
-    #[error(transparent)]
-    Keystore(#[from] drivesec_keystore::KeystoreError),
-    /// Device state or runtime failure.
-    #[error(transparent)]
-    Device(#[from] drivesec_device::DeviceError),
-    /// File system failure.
-    #[error(transparent)]
-    Fs(#[from] drivesec_fsutil::FsError),
+/// `drivesec_lab::daemons`, and the password generator now in
+/// `drivesec_ops::provision`.
+pub mod daemons {
+    pub use drivesec_lab::daemons::*;
+    pub use drivesec_ops::provision::random_password;
 }
 
-/// Result type of this crate.
-pub type Result<T> = std::result::Result<T, OemError>;
+/// `drivesec_lab::manifest` (lab.json) and `drivesec_lab::up` (up, down).
+pub mod lab {
+    pub use drivesec_lab::manifest::*;
+    pub use drivesec_lab::up::*;
+}
+
+/// `drivesec_ops::validate`, and the TLS probe now in
+/// `drivesec_client::probe`.
+pub mod validate {
+    pub use drivesec_client::probe::{PROBE_DEADLINE, probe, probe_within};
+    pub use drivesec_ops::validate::*;
+}
+
+/// `drivesec_ops::review`, and the trail collection now in
+/// `drivesec_client::trail`.
+pub mod review {
+    pub use drivesec_client::trail::{collect_trail, collect_trail_within};
+    pub use drivesec_ops::review::*;
+
+    /// `drivesec_ops::review::review` over a [`Reach`](crate::incident::Reach).
+    pub fn review(
+        reach: &crate::incident::Reach,
+        trails: &std::path::Path,
+        dormant_days: i64,
+        burst: usize,
+    ) -> drivesec_ops::Result<Vec<DeviceReview>> {
+        drivesec_ops::review::review(reach, trails, dormant_days, burst)
+    }
+}
+
+/// `drivesec_ops::posture`.
+pub mod posture {
+    pub use drivesec_ops::posture::*;
+
+    /// `drivesec_ops::posture::fetch` over a [`Reach`](crate::incident::Reach).
+    pub fn fetch(reach: &crate::incident::Reach) -> drivesec_ops::Result<Postures> {
+        drivesec_ops::posture::fetch(reach)
+    }
+}
+
+/// `drivesec_ops::incident`; `Reach` and `ReachDevice` are now
+/// `drivesec_ops::Targets` and `drivesec_ops::Target`.
+pub mod incident {
+    use std::path::Path;
+
+    use drivesec_fleet::FleetStore;
+    pub use drivesec_ops::incident::*;
+    use drivesec_ops::targets::Targets;
+    pub use drivesec_ops::targets::{
+        DEFAULT_PARALLEL, Target as ReachDevice, inventory_devices, inventory_revocation,
+    };
+
+    /// `drivesec_ops::incident::scan` over a [`Reach`].
+    pub fn scan(reach: &Reach, store: &mut dyn FleetStore) -> drivesec_ops::Result<Vec<Seen>> {
+        drivesec_ops::incident::scan(reach, store)
+    }
+
+    /// `drivesec_ops::incident::push_crl` over a [`Reach`].
+    pub fn push_crl(
+        reach: &Reach,
+        crl_pem: &str,
+    ) -> drivesec_ops::Result<Vec<(String, std::result::Result<(), String>)>> {
+        drivesec_ops::incident::push_crl(reach, crl_pem)
+    }
+
+    /// `drivesec_ops::incident::renew` over a [`Reach`].
+    pub fn renew(
+        reach: &Reach,
+        oem: &mut drivesec_pki::Ca,
+        margin_days: i64,
+        days: i64,
+        force: bool,
+    ) -> drivesec_ops::Result<Vec<Renewed>> {
+        drivesec_ops::incident::renew(reach, oem, margin_days, days, force)
+    }
+
+    /// Compatibility shape of [`Targets`] (it dereferences to them; pass
+    /// `&reach` wherever `&Targets` is taken). New code uses `Targets`:
+    /// `Targets::from_inventory`, `LabManifest::targets`.
+    pub struct Reach(pub Targets);
+
+    impl std::ops::Deref for Reach {
+        type Target = Targets;
+        fn deref(&self) -> &Targets {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Reach {
+        fn deref_mut(&mut self) -> &mut Targets {
+            &mut self.0
+        }
+    }
+
+    impl Reach {
+        /// `drivesec_lab::LabManifest::targets`.
+        pub fn from_lab(lab: &drivesec_lab::LabManifest) -> drivesec_lab::Result<Reach> {
+            lab.targets().map(Reach)
+        }
+
+        /// `drivesec_ops::Targets::from_inventory`.
+        pub fn from_inventory(
+            inv: &drivesec_ops::inventory::Inventory,
+            path: &Path,
+        ) -> drivesec_ops::Result<Reach> {
+            Targets::from_inventory(inv, path).map(Reach)
+        }
+    }
+}
+
+/// `drivesec_ops::rollout`; `Fleet`, `Operator`, `Plan` and `run` keep
+/// their old shapes over [`drivesec_ops::Targets`].
+pub mod rollout {
+    use std::path::Path;
+
+    use drivesec_client::client::{ClientIdentity, Revocation};
+    use drivesec_firmware::trust::TrustStore;
+    use drivesec_fleet::FleetStore;
+    use drivesec_ops::targets::{Account, Targets, no_manufacturer_crl};
+    use rustls::pki_types::CertificateDer;
+
+    pub use drivesec_ops::rollout::{Event, Outcome, check_release, read_trust};
+    pub use drivesec_ops::targets::Target;
+
+    /// Who performs the updates (a role with `update-firmware`): the
+    /// account of the rollout's [`Targets`].
+    pub struct Operator {
+        /// Client certificate and key.
+        pub identity: ClientIdentity,
+        /// Account.
+        pub username: String,
+        /// Password.
+        pub password: zeroize::Zeroizing<String>,
+        /// Owner roots (device identities chain to them).
+        pub roots: Vec<CertificateDer<'static>>,
+        /// The owner's CRLs.
+        pub revocation: Revocation,
+        /// Operator name recorded with the campaign (the account).
+        pub operator: String,
+    }
+
+    /// The devices, who updates them, and the firmware trust store:
+    /// `drivesec_ops::rollout::from_inventory` and
+    /// `drivesec_lab::LabManifest::rollout_targets` in their old shape.
+    pub struct Fleet {
+        /// The devices.
+        pub targets: Vec<Target>,
+        /// The operator.
+        pub operator: Operator,
+        /// The firmware trust store.
+        pub trust: TrustStore,
+        /// What the caller should show before it starts (a stale CRL, say).
+        pub warnings: Vec<String>,
+    }
+
+    impl Fleet {
+        fn from_targets((t, trust): (Targets, TrustStore)) -> Fleet {
+            Fleet {
+                targets: t.devices,
+                operator: Operator {
+                    identity: t.account.identity,
+                    operator: t.account.username.clone(),
+                    username: t.account.username,
+                    password: t.account.password,
+                    roots: t.roots,
+                    revocation: t.revocation,
+                },
+                trust,
+                warnings: t.warnings,
+            }
+        }
+
+        /// `drivesec_lab::LabManifest::rollout_targets`.
+        pub fn from_lab(m: &drivesec_lab::LabManifest) -> drivesec_lab::Result<Fleet> {
+            m.rollout_targets().map(Fleet::from_targets)
+        }
+
+        /// `drivesec_ops::rollout::from_inventory`.
+        pub fn from_inventory(
+            inv: &drivesec_ops::inventory::Inventory,
+            path: &Path,
+        ) -> drivesec_ops::Result<Fleet> {
+            drivesec_ops::rollout::from_inventory(inv, path).map(Fleet::from_targets)
+        }
+
+        /// `Targets::allow_missing_crl`.
+        pub fn allow_missing_crl(&mut self) {
+            if let Some(w) = self.operator.revocation.allow_missing() {
+                self.warnings.push(w);
+            }
+        }
+    }
+
+    /// Rollout settings, with the parallelism that is now
+    /// `Targets::parallel`.
+    #[derive(Debug, Clone)]
+    pub struct Plan {
+        /// Devices in the canary wave.
+        pub canary: usize,
+        /// Most devices updated at once.
+        pub parallel: usize,
+        /// A wave halts the campaign when more than this fraction of it fails.
+        pub max_failure_rate: f64,
+    }
+
+    /// `drivesec_ops::rollout::run` over `targets` updated by `op`.
+    pub fn run(
+        store: &mut dyn FleetStore,
+        targets: &[Target],
+        op: &Operator,
+        image_path: &Path,
+        trust: &TrustStore,
+        plan: &Plan,
+        events: &mut dyn FnMut(Event),
+    ) -> drivesec_ops::Result<Outcome> {
+        let targets = Targets {
+            devices: targets.to_vec(),
+            account: Account {
+                identity: op.identity.clone(),
+                username: op.username.clone(),
+                password: op.password.clone(),
+            },
+            roots: op.roots.clone(),
+            revocation: op.revocation.clone(),
+            warnings: vec![],
+            parallel: plan.parallel,
+            manufacturer_roots: None,
+            manufacturer_revocation: no_manufacturer_crl(),
+        };
+        drivesec_ops::rollout::run(
+            store,
+            &targets,
+            image_path,
+            trust,
+            &drivesec_ops::rollout::Plan {
+                canary: plan.canary,
+                max_failure_rate: plan.max_failure_rate,
+            },
+            events,
+        )
+    }
+}

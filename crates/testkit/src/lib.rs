@@ -1,9 +1,15 @@
-//! Dev-only support for drivesec's deterministic fuzz tests (README.md):
-//! a seeded generator, the iteration budget, panic capture and byte
-//! mutations. Nothing here is used outside `[dev-dependencies]`.
+//! Dev-only support for drivesec's tests (README.md): for the
+//! deterministic fuzz tests a seeded generator, the iteration budget, panic
+//! capture and byte mutations; for every test the fixtures more than one
+//! crate's tests need (a free loopback port, a TLS server configuration, a
+//! certificate request, polling with a deadline). Nothing here is used
+//! outside `[dev-dependencies]`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
 
 /// xorshift64 (Marsaglia, shifts 13/7/17): small, seeded, reproducible.
 #[derive(Debug, Clone)]
@@ -83,6 +89,73 @@ pub struct Hex<'a>(pub &'a [u8]);
 impl fmt::Display for Hex<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` once `limit`
+/// has passed.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Loopback fixtures: a port and a TLS server.
+pub mod net {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    /// A TCP port on 127.0.0.1 that was free a moment ago (bound, then
+    /// released), for a server the test starts later.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A server configuration presenting `chain` and `key`: the ring
+    /// provider, the safe protocol versions, no client authentication.
+    pub fn tls_server_config(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Arc<rustls::ServerConfig> {
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+        )
+    }
+}
+
+/// Certificate requests, as a device or an operator sends them.
+pub mod csr {
+    /// A certificate request (PEM) over `key` with an empty subject: the
+    /// CA's profile says what the certificate holds.
+    pub fn csr_pem(key: &rcgen::KeyPair) -> String {
+        rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    /// A new P-256 key and a certificate request (PEM) over it with an
+    /// empty subject.
+    pub fn key_and_csr() -> (rcgen::KeyPair, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = csr_pem(&key);
+        (key, csr)
     }
 }
 

@@ -1,6 +1,8 @@
 //! What the audit trail's test files share: a trail signed with a key of a
-//! soft keystore, the frames it stores on disk, and ways to rewrite them.
-//! The CLI's tests/attacks_trail.rs includes this file too (by path).
+//! soft keystore, the frames it stores on disk, ways to rewrite them, and
+//! the independent verifier written from docs/audit.md. The CLI's
+//! end-to-end tests include this file too, by path
+//! (crates/cli/tests/e2e/support/mod.rs, `support::audit_common`).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -68,6 +70,31 @@ impl Fx {
 
     pub fn verify(&self) -> Report {
         verify(&self.trail(), &self.key).unwrap()
+    }
+
+    /// The trail's public key as a PEM file (`key.pem` beside the trail),
+    /// for the independent verifier.
+    pub fn key_pem(&self) -> PathBuf {
+        use base64::Engine;
+        // SubjectPublicKeyInfo of a P-256 key: a fixed prefix, then the point.
+        let mut spki = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
+        spki.extend_from_slice(self.key.raw());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(spki);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let key_pem = self.tmp.path().join("key.pem");
+        std::fs::write(
+            &key_pem,
+            format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                lines.join("\n")
+            ),
+        )
+        .unwrap();
+        key_pem
     }
 
     /// Opens the trail with `cfg`, appends `events` and stops as a crash
@@ -200,4 +227,24 @@ pub fn write_trail(dir: &Path, files: &BTreeMap<PathBuf, Vec<u8>>) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
     }
+}
+
+/// The independent verifier's report on `trail` (the verifier written
+/// from docs/audit.md, crates/cli/tests/e2e/support/audit_verify.py), with
+/// the public key in `key_pem`.
+pub fn python_verify(trail: &Path, key_pem: &Path) -> serde_json::Value {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/tests/e2e/support/audit_verify.py");
+    let o = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(trail)
+        .arg(key_pem)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.code() == Some(0) || o.status.code() == Some(1),
+        "audit_verify.py failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
 }

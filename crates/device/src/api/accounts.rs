@@ -1,23 +1,25 @@
 //! Login, sessions, users and roles.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::http::StatusCode;
 use axum::response::Response;
-use drivesec_access::{
-    AccessError, Accounts, Permission, Role, SessionSummary, Sessions, UserInfo,
-};
+use drivesec_access::{Permission, Role, SessionSummary, UserInfo};
 use drivesec_api::accounts as api;
 use drivesec_api::sessions as sessions_api;
 use drivesec_audit::Outcome;
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, reply};
+use super::{
+    ApiError, Body, Caller, ConnInfo, Device, PathParam, own_password_change, reply,
+    session_caller, settings_change,
+};
+use crate::OrPoisoned;
+use crate::device::Recorder;
 
 /// A permission set as listed on the wire: the names, in the set's order.
 fn wire_permissions(set: &BTreeSet<Permission>) -> Vec<String> {
@@ -61,160 +63,32 @@ fn wire_session(s: SessionSummary) -> sessions_api::SessionSummary {
     }
 }
 
-impl Device {
-    /// Runs `f` on the accounts store (commissioned devices only). Waiting
-    /// for the store (a password hash may hold it) goes through
-    /// `crate::blocking`, so the network thread serves others meanwhile.
-    pub(crate) fn with_accounts<T>(
-        &self,
-        f: impl FnOnce(&mut Accounts) -> Result<T, AccessError>,
-    ) -> Result<T, ApiError> {
-        crate::blocking(|| {
-            let mut g = self
-                .accounts
-                .lock()
-                .map_err(|_| ApiError::internal("accounts lock poisoned"))?;
-            let acc = g.as_mut().ok_or_else(|| {
-                ApiError::conflict(
-                    "the device is in factory state: only commissioning is available",
-                )
-            })?;
-            f(acc).map_err(ApiError::from)
-        })
-    }
-
-    /// Runs `f`, which hashes passwords, on the accounts store in the
-    /// bounded hash pool: a permit (a flood waits briefly, then gets 503)
-    /// and a blocking thread, never the network thread.
-    pub(crate) async fn with_accounts_hashing<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&mut Accounts) -> Result<T, AccessError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let _permit = self.hash_permit(Duration::from_secs(2)).await?;
-        let dev = self.clone();
-        tokio::task::spawn_blocking(move || dev.with_accounts(f))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-    }
-
-    /// The session table, locked.
-    pub(crate) fn lock_sessions(&self) -> Result<MutexGuard<'_, Sessions>, ApiError> {
-        self.sessions
-            .lock()
-            .map_err(|_| ApiError::internal("session lock poisoned"))
-    }
-
-    /// The answer to a session whose password must be changed first, for
-    /// anything but the change, `/me` and logout; recorded (aggregated per
-    /// certificate and account).
-    pub(crate) fn password_change_required(&self, c: &Caller) -> ApiError {
-        self.audit_tallied(
-            &format!(
-                "password-change-required|{}|{}",
-                c.conn.fingerprint, c.username
-            ),
-            Device::event(c, "auth.password-change-required", Outcome::Denied),
+/// Records an account action's outcome in the room `rec` held for it
+/// (taken before the action, so an action the trail cannot record was
+/// refused before it ran).
+fn managed<T, E: Into<ApiError>>(
+    rec: Recorder,
+    c: &Caller,
+    action: &str,
+    target: &str,
+    r: Result<T, E>,
+) -> Result<T, ApiError> {
+    // As the client is answered: its code decides the outcome, and the
+    // record names it.
+    let r = r.map_err(Into::into);
+    let outcome = match &r {
+        Ok(_) => Outcome::Success,
+        Err(e) if matches!(e.code, "privilege-escalation" | "rate-limited") => Outcome::Denied,
+        Err(_) => Outcome::Failure,
+    };
+    let mut ev = Device::event(c, action, outcome).target(target.to_string());
+    if let Err(e) = &r {
+        ev = ev.details(
+            json!({"certificate": c.conn.fingerprint, "role": c.role, "error": format!("{e:?}")}),
         );
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "password-change-required",
-            "the password must be changed first (POST /api/v1/me/password)",
-        )
     }
-
-    /// Records sessions the device ended (`reason`: what ended them).
-    fn record_ended(
-        &self,
-        c: &Caller,
-        ended: &[SessionSummary],
-        reason: &str,
-    ) -> Result<(), ApiError> {
-        for s in ended {
-            self.audit(
-                Device::event(c, "session.end", Outcome::Success)
-                    .target(s.handle.clone())
-                    .details(json!({
-                        "certificate": c.conn.fingerprint, "role": c.role,
-                        "username": s.username, "session_certificate": s.client_fingerprint,
-                        "reason": reason,
-                    }))
-                    .essential(),
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Brings every open session in line with the accounts after a change
-    /// made by `c`: sessions of accounts that no longer exist end, the
-    /// others take their account's current role and permissions at once.
-    /// Both are recorded.
-    pub(crate) fn resync_sessions(&self, c: &Caller, reason: &str) -> Result<(), ApiError> {
-        let current: std::collections::BTreeMap<String, (String, BTreeSet<Permission>)> = self
-            .with_accounts(|a| {
-                Ok(a.users()
-                    .into_iter()
-                    .map(|u| {
-                        let perms = a.permissions_of(&u.username).unwrap_or_default();
-                        (u.username, (u.role, perms))
-                    })
-                    .collect())
-            })?;
-        let (ended, changed) = self
-            .lock_sessions()?
-            .reconcile(Instant::now(), |u| current.get(u).cloned());
-        self.record_ended(c, &ended, reason)?;
-        for s in &changed {
-            self.audit(
-                Device::event(c, "session.permissions-changed", Outcome::Success)
-                    .target(s.handle.clone())
-                    .details(json!({
-                        "certificate": c.conn.fingerprint, "role": c.role,
-                        "username": s.username, "new_role": s.role, "reason": reason,
-                    }))
-                    .essential(),
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Ends `username`'s sessions (all but `keep`) and records them.
-    fn end_sessions_of(
-        &self,
-        c: &Caller,
-        username: &str,
-        keep: Option<&str>,
-        reason: &str,
-    ) -> Result<usize, ApiError> {
-        let ended = self
-            .lock_sessions()?
-            .end_user_sessions(username, keep, Instant::now());
-        self.record_ended(c, &ended, reason)?;
-        Ok(ended.len())
-    }
-
-    /// Records an account action's outcome in the room `rec` held for it
-    /// (taken before the action, so an action the trail cannot record was
-    /// refused before it ran).
-    fn managed<T>(
-        &self,
-        rec: super::Recorder,
-        c: &Caller,
-        action: &str,
-        target: &str,
-        r: Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        let outcome = match &r {
-            Ok(_) => Outcome::Success,
-            Err(e) if matches!(e.code, "privilege-escalation" | "rate-limited") => Outcome::Denied,
-            Err(_) => Outcome::Failure,
-        };
-        let mut ev = Device::event(c, action, outcome).target(target.to_string());
-        if let Err(e) = &r {
-            ev = ev.details(json!({"certificate": c.conn.fingerprint, "role": c.role, "error": format!("{e:?}")}));
-        }
-        rec.record(ev)?;
-        r
-    }
+    rec.record(ev)?;
+    r
 }
 
 pub(crate) async fn login(
@@ -231,7 +105,7 @@ pub(crate) async fn login(
                     .details(json!({"certificate": conn.fingerprint})),
             );
         }
-        return Err(e);
+        return Err(e.into());
     }
     // A login writes the accounts too (failure counts, locks): never
     // beside a factory reset, into the factory device.
@@ -251,7 +125,8 @@ pub(crate) async fn login(
             let tag = a.credential_tag(&auth.username);
             Ok((auth, tag))
         })
-        .await;
+        .await
+        .map_err(ApiError::from);
     // Each record gives its own details.
     let base = |outcome| Device::cert_event(&conn, "auth.login", outcome).target(user.clone());
     let (auth, tag) = match result {
@@ -340,7 +215,7 @@ pub(crate) async fn login(
     let banner = dev
         .config
         .read()
-        .map_err(|_| ApiError::internal("config lock poisoned"))?
+        .or_poisoned("config")?
         .access
         .banner
         .clone();
@@ -360,7 +235,7 @@ pub(crate) async fn logout(
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let c = dev.session_caller(&headers, &conn)?;
+    let c = session_caller(&dev, &headers, &conn)?;
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -379,7 +254,7 @@ pub(crate) async fn me(
     Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let c = dev.session_caller(&headers, &conn)?;
+    let c = session_caller(&dev, &headers, &conn)?;
     Ok(reply(sessions_api::MeAnswer {
         must_change_password: c.must_change_password,
         permissions: wire_permissions(&c.permissions),
@@ -395,7 +270,7 @@ pub(crate) async fn change_own_password(
     headers: HeaderMap,
     Body(req): Body<sessions_api::OwnPasswordRequest>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.own_password_change(&headers, &conn).await?;
+    let (_settings, c) = own_password_change(&dev, &headers, &conn).await?;
     // Per-session rate limit, before any hash: a flood is answered 429 and
     // recorded once per aggregation window.
     let allowed = dev
@@ -422,13 +297,14 @@ pub(crate) async fn change_own_password(
             a.authenticate_from(&user, &req.old_password, &fingerprint, now)?;
             a.set_password(&user, &req.new_password, now)
         })
-        .await;
+        .await
+        .map_err(ApiError::from);
     let r = match r {
         // Nothing was checked: the reserved record goes unused.
         Err(e) if e.code == "busy" => return Err(e),
         r => r,
     };
-    dev.managed(rec, &c, "user.password.change", &c.username, r)?;
+    managed(rec, &c, "user.password.change", &c.username, r)?;
     // The changing session goes on (now unrestricted); the account's other
     // sessions end: whoever held them must log in with the new password.
     dev.lock_sessions()?.password_changed(&c.username);
@@ -457,7 +333,7 @@ pub(crate) async fn add_user(
     headers: HeaderMap,
     Body(req): Body<api::NewUserRequest>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.add")?;
     let (who, perms) = (c.username.clone(), c.permissions.clone());
     let (user, role, pw) = (req.username.clone(), req.role.clone(), req.password);
@@ -470,7 +346,7 @@ pub(crate) async fn add_user(
             a.add_user_by_admin(&user, &role, &pw, time::OffsetDateTime::now_utc())
         })
         .await;
-    dev.managed(rec, &c, "user.add", &req.username, r)?;
+    managed(rec, &c, "user.add", &req.username, r)?;
     Ok(reply(api::UserAddedAnswer {
         must_change_password: true,
         role: req.role,
@@ -484,7 +360,7 @@ pub(crate) async fn remove_user(
     headers: HeaderMap,
     PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.remove")?;
     if name == c.username {
         return Err(ApiError::bad_request("you cannot remove your own account"));
@@ -494,7 +370,7 @@ pub(crate) async fn remove_user(
         a.check_manage(&c.username, &c.permissions, &name)?;
         a.remove_user(&name)
     });
-    dev.managed(rec, &c, "user.remove", &name, r)?;
+    managed(rec, &c, "user.remove", &name, r)?;
     // No other account changed: ending the removed one's sessions is the
     // whole of what `resync_sessions` would do.
     let ended = dev.end_sessions_of(&c, &name, None, "account removed")?;
@@ -511,7 +387,7 @@ pub(crate) async fn set_role(
     PathParam(name): PathParam,
     Body(req): Body<api::SetRoleRequest>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.role.change")?;
     let rec = dev.reserve("user.role.change")?;
     dev.hold_point("accounts:hold").await;
@@ -521,7 +397,7 @@ pub(crate) async fn set_role(
         a.check_assign(&c.username, &c.permissions, &name, &req.role)?;
         a.set_role(&name, &req.role, time::OffsetDateTime::now_utc())
     });
-    dev.managed(rec, &c, "user.role.change", &name, r)?;
+    managed(rec, &c, "user.role.change", &name, r)?;
     // The account's open sessions hold the new role from their next request.
     dev.resync_sessions(&c, "role changed")?;
     Ok(reply(api::RoleSetAnswer {
@@ -536,14 +412,14 @@ pub(crate) async fn unlock(
     headers: HeaderMap,
     PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.unlock")?;
     let rec = dev.reserve("user.unlock")?;
     let r = dev.with_accounts(|a| {
         a.check_manage(&c.username, &c.permissions, &name)?;
         a.unlock(&name)
     });
-    dev.managed(rec, &c, "user.unlock", &name, r)?;
+    managed(rec, &c, "user.unlock", &name, r)?;
     Ok(reply(api::UserUnlockedAnswer { unlocked: name }))
 }
 
@@ -554,7 +430,7 @@ pub(crate) async fn reset_password(
     PathParam(name): PathParam,
     Body(req): Body<api::PasswordResetRequest>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::ManageUsers, "user.password.reset")?;
     let rec = dev.reserve("user.password.reset")?;
     let (user, pw) = (name.clone(), req.password);
@@ -565,7 +441,7 @@ pub(crate) async fn reset_password(
             a.reset_password(&user, &pw, time::OffsetDateTime::now_utc())
         })
         .await;
-    dev.managed(rec, &c, "user.password.reset", &name, r)?;
+    managed(rec, &c, "user.password.reset", &name, r)?;
     // Whoever held the old password loses every session made with it.
     let ended = dev.end_sessions_of(&c, &name, None, "password reset")?;
     Ok(reply(api::PasswordResetAnswer {
@@ -592,7 +468,7 @@ pub(crate) async fn add_role(
     headers: HeaderMap,
     Body(req): Body<api::NewRoleRequest>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::ManageRoles, "role.add")?;
     let mut perms = BTreeSet::new();
     for p in &req.permissions {
@@ -606,7 +482,7 @@ pub(crate) async fn add_role(
         a.check_role_grant(&c.permissions, &perms)?;
         a.add_role(&req.name, perms.clone())
     });
-    dev.managed(rec, &c, "role.add", &req.name, r)?;
+    managed(rec, &c, "role.add", &req.name, r)?;
     Ok(reply(api::RoleAddedAnswer {
         permissions: wire_permissions(&perms),
         name: req.name,
@@ -619,11 +495,11 @@ pub(crate) async fn remove_role(
     headers: HeaderMap,
     PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::ManageRoles, "role.remove")?;
     let rec = dev.reserve("role.remove")?;
     let r = dev.with_accounts(|a| a.remove_role(&name));
-    dev.managed(rec, &c, "role.remove", &name, r)?;
+    managed(rec, &c, "role.remove", &name, r)?;
     dev.resync_sessions(&c, "role removed")?;
     Ok(reply(api::RoleRemovedAnswer { removed: name }))
 }
@@ -648,7 +524,7 @@ pub(crate) async fn terminate_session(
     let rec = dev.reserve("session.terminate")?;
     let ended = dev.lock_sessions()?.terminate(&handle);
     let r = ended.ok_or_else(|| ApiError::not_found(format!("no session '{handle}'")));
-    let info = dev.managed(rec, &c, "session.terminate", &handle, r)?;
+    let info = managed(rec, &c, "session.terminate", &handle, r)?;
     Ok(reply(sessions_api::SessionTerminatedAnswer {
         terminated: handle,
         username: info.username,
@@ -658,6 +534,8 @@ pub(crate) async fn terminate_session(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use drivesec_access::{Accounts, Sessions};
 
     use super::*;
 

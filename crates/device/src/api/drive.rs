@@ -17,7 +17,8 @@ use drivesec_audit::Outcome;
 use drivesec_drive::machine::{CW_FAULT_RESET, CW_QUICK_STOP, CW_RUN, State as Machine};
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, reply};
+use super::{ApiError, Body, Caller, ConnInfo, Device, caller, reply};
+use crate::OrPoisoned;
 
 fn link(dev: &Device) -> Result<&Arc<crate::drive_loop::DriveLink>, ApiError> {
     dev.drive
@@ -71,7 +72,7 @@ pub(crate) async fn control(
     headers: HeaderMap,
     Body(req): Body<DriveControlRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let c = caller(&dev, &headers, &conn)?;
     dev.require(&c, Permission::DriveControl, "drive.control")?;
     if req.command.is_none() && req.speed_reference.is_none() {
         return Err(ApiError::bad_request(
@@ -81,7 +82,7 @@ pub(crate) async fn control(
     if let Some(r) = req.speed_reference {
         dev.params
             .lock()
-            .map_err(|_| ApiError::internal("params lock poisoned"))?
+            .or_poisoned("params")?
             .check("speed-reference", r)
             .map_err(|e| {
                 ApiError::new(

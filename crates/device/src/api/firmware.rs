@@ -18,11 +18,12 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use sha2::Digest;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, reply};
+use super::{ApiError, Body, Caller, ConnInfo, Device, caller, reply};
+use crate::OrPoisoned;
 use crate::firmware::Running;
 
 /// Largest image accepted through the API.
-pub const MAX_IMAGE_BYTES: usize = 1 << 30;
+pub(crate) const MAX_IMAGE_BYTES: usize = 1 << 30;
 
 /// What runs, as the API sends it.
 fn running_wire(r: &Running) -> wire::RunningFirmware {
@@ -91,11 +92,7 @@ pub(crate) async fn status(
     dev.require(&c, Permission::ReadInfo, "firmware.read")?;
     // One snapshot: a reboot in progress finishes first.
     let _boot = dev.boot_lock.read().await;
-    let running = dev
-        .running
-        .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))?
-        .clone();
+    let running = dev.running.lock().or_poisoned("running firmware")?.clone();
     let fw = dev.firmware_snapshot()?;
     let state = fw.as_ref().map(|f| f.state()).transpose()?;
     let trust = fw.as_ref().map(|f| trust_wire(f.trust()));
@@ -112,17 +109,14 @@ pub(crate) async fn rotate_trust(
     headers: HeaderMap,
     Body(req): Body<wire::TrustRotationRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let c = caller(&dev, &headers, &conn)?;
     dev.require(&c, Permission::ManageTrust, "firmware.trust-rotate")?;
     let _gate = busy(&dev)?;
     let rec = dev.reserve("firmware.trust-rotated")?;
     let result = match base64::engine::general_purpose::STANDARD.decode(req.statement.trim()) {
         Err(_) => Err(ApiError::bad_request("statement must be base64")),
         Ok(statement) => {
-            let mut fw = dev
-                .firmware
-                .lock()
-                .map_err(|_| ApiError::internal("lock poisoned"))?;
+            let mut fw = dev.firmware.lock().or_poisoned("firmware")?;
             match fw.as_mut() {
                 None => Err(ApiError::conflict("this device has no firmware slots")),
                 Some(f) => f.rotate_trust(&statement).cloned().map_err(ApiError::from),
@@ -220,7 +214,7 @@ pub(crate) async fn upload(
     // size limit and the minimum rate, docs/device-api.md), so it sees the
     // 4xx instead of a reset mid-upload.
     let mut body = body;
-    let c = match dev.caller(&headers, &conn) {
+    let c = match caller(&dev, &headers, &conn) {
         Ok(c) => c,
         Err(e) => {
             let mut resp = axum::response::IntoResponse::into_response(e);
@@ -232,7 +226,7 @@ pub(crate) async fn upload(
         }
     };
     if let Err(e) = dev.require(&c, Permission::UpdateFirmware, "firmware.update") {
-        return Err(discard(&mut body, e).await);
+        return Err(discard(&mut body, e.into()).await);
     }
     let gate = match busy(&dev) {
         Ok(g) => g,
@@ -241,7 +235,7 @@ pub(crate) async fn upload(
     // Room for the outcome's record before anything is staged.
     let rec = match dev.reserve("firmware.staged") {
         Ok(r) => r,
-        Err(e) => return Err(discard(&mut body, e).await),
+        Err(e) => return Err(discard(&mut body, e.into()).await),
     };
     // A clone: the shared lock is not held while the body streams in.
     let fw = dev.firmware_snapshot()?;
@@ -374,7 +368,7 @@ pub(crate) async fn attest(
     headers: HeaderMap,
     Body(req): Body<wire::AttestRequest>,
 ) -> Result<Response, ApiError> {
-    let c = dev.caller(&headers, &conn)?;
+    let c = caller(&dev, &headers, &conn)?;
     dev.require(&c, Permission::ReadInfo, "firmware.attest")?;
     let nonce = hex::decode(&req.nonce).map_err(|_| ApiError::bad_request("nonce must be hex"))?;
     if !(16..=64).contains(&nonce.len()) {
@@ -383,14 +377,11 @@ pub(crate) async fn attest(
     let running = dev
         .running
         .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .or_poisoned("running firmware")?
         .clone()
         .ok_or_else(|| ApiError::conflict("no firmware is running from a verified slot"))?;
     let (statement, sig, chain) = {
-        let st = dev
-            .state
-            .read()
-            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let st = dev.state.read().or_poisoned("state")?;
         let (handle, chain) = match (&st.file.ldevid_key, &st.ldevid_chain) {
             (Some(k), Some(c)) => (k.clone(), c.clone()),
             _ => (st.file.idevid_key.clone(), st.idevid_chain.clone()),

@@ -16,7 +16,7 @@ use drivesec_modbus::{Rights, Rule};
 use drivesec_pki::role::Role;
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, reply};
+use super::{ApiError, Body, Caller, ConnInfo, Device, reply, settings_change};
 
 /// The wire form of the device's rights table.
 fn to_wire(r: &Rights) -> ModbusRights {
@@ -82,12 +82,13 @@ pub(crate) async fn set_rights(
 ) -> Result<Response, ApiError> {
     // A malformed body is answered before a missing session.
     let rights = from_wire(rights)?;
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::WriteSecuritySettings, "modbus.rights.write")?;
     dev.commissioned()?;
     let old = dev.modbus_rights();
     let rec = dev.reserve("modbus.rights.write")?;
     if let Err(e) = dev.set_modbus_rights(rights.clone()) {
+        let e = ApiError::from(e);
         rec.record(
             Device::event(&c, "modbus.rights.write", Outcome::Failure).details(
                 json!({"certificate": c.conn.fingerprint, "role": c.role, "reason": e.message()}),

@@ -15,24 +15,24 @@ use drivesec_drive::{Group, PARAMS};
 use drivesec_fsutil::{self as fsu, Mode};
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, reply};
+use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, reply, settings_change};
+use crate::OrPoisoned;
+use crate::device::downloads::{
+    CertificateDownload, SEGMENT_DOWNLOADS, SEGMENT_DOWNLOADS_PER_CERTIFICATE,
+};
+use crate::device::reset::{RESET_APPROVAL_WINDOW, ResetRequest};
 use crate::posture::{access_policy, life_cycle};
 use crate::state::files;
 
-/// `forwarding.json` and the forwarding request are the API's type (kept
-/// here under its old path for the device's other users).
-pub use drivesec_api::audit::ForwardingSettings;
+use drivesec_api::audit::ForwardingSettings;
 
 pub(crate) async fn info(State(dev): State<Arc<Device>>) -> Result<Response, ApiError> {
     let tampered = dev.is_tampered();
-    let st = dev
-        .state
-        .read()
-        .map_err(|_| ApiError::internal("state lock poisoned"))?;
+    let st = dev.state.read().or_poisoned("state")?;
     let banner = dev
         .config
         .read()
-        .map_err(|_| ApiError::internal("config lock poisoned"))?
+        .or_poisoned("config")?
         .access
         .banner
         .clone();
@@ -85,11 +85,7 @@ pub(crate) async fn get_params(
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadParams, "param.read")?;
-    let p = dev
-        .params
-        .lock()
-        .map_err(|_| ApiError::internal("params lock poisoned"))?
-        .clone();
+    let p = dev.params.lock().or_poisoned("params")?.clone();
     Ok(reply(wire_drive::ParamsAnswer {
         values: p.values().clone(),
         definitions: PARAMS.iter().map(param_definition).collect(),
@@ -103,7 +99,7 @@ pub(crate) async fn set_param(
     PathParam(name): PathParam,
     Body(req): Body<wire_drive::ParamWriteRequest>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     let def = drivesec_drive::def(&name)
         .ok_or_else(|| ApiError::not_found(format!("unknown parameter '{name}'")))?;
     let perm = match def.group {
@@ -112,16 +108,9 @@ pub(crate) async fn set_param(
         Group::Motor => Permission::WriteParamsMotor,
     };
     dev.require(&c, perm, "param.write")?;
-    let path = dev
-        .state
-        .read()
-        .map_err(|_| ApiError::internal("state lock poisoned"))?
-        .path(files::PARAMS);
+    let path = dev.state.read().or_poisoned("state")?.path(files::PARAMS);
     let rec = dev.reserve("param.write")?;
-    let mut params = dev
-        .params
-        .lock()
-        .map_err(|_| ApiError::internal("params lock poisoned"))?;
+    let mut params = dev.params.lock().or_poisoned("params")?;
     let mut next = params.clone();
     let result = next.set(&name, req.value);
     let old = params.get(&name);
@@ -522,10 +511,7 @@ pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<R
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
     let idevid = {
-        let st = dev
-            .state
-            .read()
-            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let st = dev.state.read().or_poisoned("state")?;
         fsu::read_to_string(&st.path(crate::state::files::IDEVID))
             .map_err(|e| ApiError::internal(e.to_string()))?
     };
@@ -552,53 +538,6 @@ pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<R
         files,
         segments,
     }))
-}
-
-/// Most segment downloads (`GET /api/v1/audit/trail/segment`) a device
-/// serves at once; one more is answered 503 `busy` (docs/device-api.md).
-pub(crate) const SEGMENT_DOWNLOADS: usize = 4;
-
-/// Of those, most with one client certificate: one certificate cannot hold
-/// every place.
-pub(crate) const SEGMENT_DOWNLOADS_PER_CERTIFICATE: usize = 2;
-
-/// Segment downloads in progress per client certificate.
-pub(crate) type SegmentDownloaders =
-    Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
-
-/// One certificate's place among its [`SEGMENT_DOWNLOADS_PER_CERTIFICATE`];
-/// given back when dropped.
-struct CertificateDownload {
-    all: SegmentDownloaders,
-    fingerprint: String,
-}
-
-impl CertificateDownload {
-    fn take(all: &SegmentDownloaders, fingerprint: &str) -> Option<CertificateDownload> {
-        let mut m = all.lock().ok()?;
-        let n = m.entry(fingerprint.to_string()).or_default();
-        if *n >= SEGMENT_DOWNLOADS_PER_CERTIFICATE {
-            return None;
-        }
-        *n += 1;
-        Some(CertificateDownload {
-            all: all.clone(),
-            fingerprint: fingerprint.to_string(),
-        })
-    }
-}
-
-impl Drop for CertificateDownload {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.all.lock()
-            && let Some(n) = m.get_mut(&self.fingerprint)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.fingerprint);
-            }
-        }
-    }
 }
 
 /// The first `bytes` of one segment, as listed by `GET /api/v1/audit/trail`.
@@ -746,7 +685,7 @@ pub(crate) async fn get_forwarding(
     let status = dev
         .forwarder
         .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .or_poisoned("forwarder")?
         .as_ref()
         .map(|f| forwarding_status(f.status()));
     Ok(reply(wire_audit::ForwardingAnswer { settings, status }))
@@ -758,7 +697,7 @@ pub(crate) async fn set_forwarding(
     headers: HeaderMap,
     Body(req): Body<ForwardingSettings>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(
         &c,
         Permission::ConfigureAuditForwarding,
@@ -819,12 +758,7 @@ pub(crate) async fn get_access_policy(
     c: Caller,
 ) -> Result<Response, ApiError> {
     dev.require(&c, Permission::ReadSecuritySettings, "security.access.read")?;
-    let p = dev
-        .config
-        .read()
-        .map_err(|_| ApiError::internal("config lock poisoned"))?
-        .access
-        .clone();
+    let p = dev.config.read().or_poisoned("config")?.access.clone();
     Ok(reply(access_policy(p)))
 }
 
@@ -836,7 +770,7 @@ pub(crate) async fn set_access_policy(
     headers: HeaderMap,
     Body(policy): Body<wire_security::AccessPolicy>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::WriteSecuritySettings, "security.access.set")?;
     let rec = dev.reserve("security.access.set")?;
     let r = dev.set_access_policy(access_policy_from(policy));
@@ -898,27 +832,18 @@ pub(crate) async fn install_crl(
     headers: HeaderMap,
     Body(req): Body<wire_security::CrlInstallRequest>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::ManageTrust, "trust.crl.install")?;
     // Check, build, write, adopt (docs/pki.md, "CRL policy"): a refused
     // CRL (400 naming why) changes nothing, in memory or on disk. One
     // installation at a time, so two cannot both pass the number check
     // against the same installed CRL.
     static GATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _gate = GATE
-        .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))?;
+    let _gate = GATE.lock().or_poisoned("CRL installation")?;
     let rec = dev.reserve("trust.crl.install")?;
-    let config = dev
-        .config
-        .read()
-        .map_err(|_| ApiError::internal("config lock poisoned"))?
-        .clone();
+    let config = dev.config.read().or_poisoned("config")?.clone();
     let r = (|| -> Result<crate::state::StateDir, ApiError> {
-        let st = dev
-            .state
-            .read()
-            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let st = dev.state.read().or_poisoned("state")?;
         let set = st
             .check_crl(req.crl_pem.as_bytes())
             .map_err(ApiError::from)?;
@@ -935,7 +860,7 @@ pub(crate) async fn install_crl(
             "revoked": x.revoked.len()})).collect::<Vec<_>>()}),
         Err(e) => json!({"reason": e.message()}),
     };
-    let r = r.and_then(|next| dev.adopt_state(next));
+    let r = r.and_then(|next| Ok(dev.adopt_state(next)?));
     let outcome = if r.is_ok() {
         Outcome::Success
     } else {
@@ -951,18 +876,6 @@ pub(crate) async fn install_crl(
     Ok(reply(wire_security::CrlInstallAnswer { installed: true }))
 }
 
-/// A factory reset asked for and not yet approved.
-#[derive(Debug, Clone)]
-pub(crate) struct ResetRequest {
-    id: String,
-    username: String,
-    fingerprint: String,
-    at: std::time::Instant,
-}
-
-/// How long a factory-reset request waits for its second person.
-pub(crate) const RESET_APPROVAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// A factory reset erases the owner's configuration, accounts and keys, so
 /// it takes two people (docs/device-api.md, "Factory reset: two people, and the trail survives"): a security
 /// administrator asks for it with its password (202 and a request id), and
@@ -977,17 +890,14 @@ pub(crate) async fn factory_reset(
 ) -> Result<Response, ApiError> {
     // Held (read) while the password is checked again, which writes the
     // accounts (failure counts), and while a request is stored.
-    let (settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::FactoryReset, "device.factory-reset")?;
     dev.reauthenticate(&c, req.password, "device.factory-reset")
         .await?;
     let Some(id) = req.approve else {
         let rec = dev.reserve("device.factory-reset-requested")?;
         let id = hex::encode(rand_bytes());
-        let mut slot = dev
-            .reset_request
-            .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))?;
+        let mut slot = dev.reset_request.lock().or_poisoned("reset request")?;
         // Another account's pending request is not replaced (it would be
         // a way to cancel it); the same account asking again replaces its own.
         if let Some(other) = slot.as_ref()
@@ -1040,10 +950,7 @@ pub(crate) async fn factory_reset(
         }
     };
     let asked = {
-        let mut slot = dev
-            .reset_request
-            .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))?;
+        let mut slot = dev.reset_request.lock().or_poisoned("reset request")?;
         match slot.as_ref() {
             Some(r) if r.at.elapsed() > RESET_APPROVAL_WINDOW => {
                 *slot = None;
@@ -1089,63 +996,6 @@ pub(crate) async fn factory_reset(
         state: drivesec_api::device::LifeCycle::Factory,
         factory_credential: credential.as_str().to_string(),
     }))
-}
-
-impl Device {
-    /// Why `c` cannot be the second person for `asked` (None: it can). The
-    /// approver is another account, over another client certificate, settled
-    /// in its role and password for `api.factory_reset_approver_min_age_secs`
-    /// (an account the requester just made, re-roled or re-passworded
-    /// cannot approve before the owner had time to see that in the trail),
-    /// and the requester still holds `factory-reset`.
-    fn second_person_refusal(
-        &self,
-        asked: &ResetRequest,
-        c: &Caller,
-    ) -> Result<Option<String>, ApiError> {
-        if asked.username == c.username {
-            return Ok(Some("it asked for the reset itself".into()));
-        }
-        if asked.fingerprint == c.conn.fingerprint {
-            return Ok(Some(
-                "it uses the same client certificate as the account that asked".into(),
-            ));
-        }
-        let min_age = self
-            .config
-            .read()
-            .map_err(|_| ApiError::internal("config lock poisoned"))?
-            .api
-            .factory_reset_approver_min_age_secs;
-        let holds = |a: &drivesec_access::Accounts, user: &str| {
-            a.permissions_of(user)
-                .is_some_and(|p| p.contains(&Permission::FactoryReset))
-        };
-        let (settled, requester_can, approver_can) = self.with_accounts(|a| {
-            Ok((
-                a.settled_since(&c.username),
-                holds(a, &asked.username),
-                holds(a, &c.username),
-            ))
-        })?;
-        if !requester_can {
-            return Ok(Some(
-                "the account that asked no longer holds factory-reset".into(),
-            ));
-        }
-        if !approver_can {
-            return Ok(Some("it no longer holds factory-reset".into()));
-        }
-        let age = settled
-            .map(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds())
-            .unwrap_or(0);
-        if age < min_age as i64 {
-            return Ok(Some(format!(
-                "its role or password changed {age} s ago; an approver must be settled for {min_age} s"
-            )));
-        }
-        Ok(None)
-    }
 }
 
 fn rand_bytes() -> [u8; 16] {

@@ -14,7 +14,8 @@ use drivesec_api::provisioning::{ApplyProfile, ProfileApplied, ProfileState};
 use drivesec_audit::Outcome;
 use serde_json::json;
 
-use super::{ApiError, Body, Caller, ConnInfo, Device, reply};
+use super::{ApiError, Body, Caller, ConnInfo, Device, reply, settings_change};
+use crate::OrPoisoned;
 
 pub(crate) async fn get_profile(
     State(dev): State<Arc<Device>>,
@@ -35,8 +36,8 @@ pub(crate) async fn put_profile(
     Body(req): Body<ApplyProfile>,
 ) -> Result<Response, ApiError> {
     // A malformed body is answered before a missing session.
-    crate::provision::check_counts(&req.profile)?;
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    crate::device::check_counts(&req.profile)?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::WriteSecuritySettings, "device.provision")?;
     dev.require(&c, Permission::ManageUsers, "device.provision")?;
     dev.commissioned()?;
@@ -49,6 +50,7 @@ pub(crate) async fn put_profile(
     match tokio::task::block_in_place(|| dev.provision(&c, req)) {
         Ok(changed) => Ok(reply(ProfileApplied { zone, changed })),
         Err(e) => {
+            let e = ApiError::from(e);
             let _ = dev.audit(
                 Device::event(&c, "device.provision", Outcome::Failure)
                     .details(json!({"zone": zone, "reason": e.message()})),
@@ -72,15 +74,10 @@ pub(crate) async fn renew_begin(
     let rec = dev.reserve("identity.renew-begin")?;
     // The new key is made and the CSR signed in the keystore.
     let (next, csr) = crate::blocking(|| {
-        let st = dev
-            .state
-            .read()
-            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let st = dev.state.read().or_poisoned("state")?;
         st.renewal_csr().map_err(ApiError::from)
     })?;
-    *dev.renewal
-        .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))? = Some(next.clone());
+    *dev.renewal.lock().or_poisoned("renewal")? = Some(next.clone());
     rec.record(
         Device::event(&c, "identity.renew-begin", Outcome::Success)
             .details(json!({"key": next.as_str()})),
@@ -97,22 +94,19 @@ pub(crate) async fn renew_complete(
     headers: HeaderMap,
     Body(req): Body<InstallLdevid>,
 ) -> Result<Response, ApiError> {
-    let (_settings, c) = dev.settings_change(&headers, &conn).await?;
+    let (_settings, c) = settings_change(&dev, &headers, &conn).await?;
     dev.require(&c, Permission::ManageTrust, "identity.renew")?;
     let next = dev
         .renewal
         .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))?
+        .or_poisoned("renewal")?
         .clone()
         .ok_or_else(|| {
             ApiError::conflict("no renewal in progress: POST /api/v1/identity/renew first")
         })?;
     let rec = dev.reserve("identity.renewed")?;
     let st = {
-        let cur = dev
-            .state
-            .read()
-            .map_err(|_| ApiError::internal("state lock poisoned"))?;
+        let cur = dev.state.read().or_poisoned("state")?;
         cur.install_renewed(&next, &req.chain_pem)
     };
     let st = match st {
@@ -133,9 +127,7 @@ pub(crate) async fn renew_complete(
         .and_then(|c| drivesec_pki::inspect::summarize(c).ok())
         .map(|s| (s.serial, s.not_after));
     dev.adopt_state(st)?;
-    *dev.renewal
-        .lock()
-        .map_err(|_| ApiError::internal("lock poisoned"))? = None;
+    *dev.renewal.lock().or_poisoned("renewal")? = None;
     rec.record(
         Device::event(&c, "identity.renewed", Outcome::Success)
             .details(json!({"serial": serial.as_ref().map(|s| &s.0), "not_after": serial.as_ref().map(|s| &s.1)}))

@@ -1,0 +1,54 @@
+//! A device's answers, shown: with `--json` as pretty JSON (keys in
+//! alphabetical order, as the device writes them), else as text, with what
+//! the device said escaped for the terminal.
+
+use anyhow::Result;
+use drivesec_oem::client::wire_name;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::text::{safe, safe_lines};
+
+/// Any part of a device answer as its JSON text, safe to print (serde_json
+/// leaves DEL, C1 controls and bidi overrides in strings as they are).
+/// Through a JSON value, so an object's keys are in alphabetical order, as
+/// they were always printed.
+pub(super) fn shown<T: Serialize + ?Sized>(v: &T) -> String {
+    safe(&as_json(v).to_string()).into_owned()
+}
+
+/// An API enum value's name on the wire (`commissioned`,
+/// `safe-torque-off`), safe to print.
+pub(super) fn named<T: Serialize + ?Sized>(v: &T) -> String {
+    safe(&wire_name(v)).into_owned()
+}
+
+/// `v` as a JSON value (objects with their keys in alphabetical order).
+pub(super) fn as_json<T: Serialize + ?Sized>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// `v` as pretty JSON with `--json` (a device answer's keys in
+/// alphabetical order, as the device writes them), else `text(v)`.
+pub(super) fn print<T: Serialize + ?Sized>(json: bool, v: &T, text: impl FnOnce(&T)) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::to_value(v)?)?
+        );
+    } else {
+        text(v);
+    }
+    Ok(())
+}
+
+/// A device answer shown as it is: pretty JSON, with `--json` and without
+/// (keys in alphabetical order, as the device writes them).
+pub(super) fn print_answer(json: bool, v: &Value) -> Result<()> {
+    print(json, v, |v| {
+        println!(
+            "{}",
+            safe_lines(&serde_json::to_string_pretty(v).unwrap_or_default())
+        )
+    })
+}
