@@ -70,7 +70,7 @@ pub const DEFAULT_MAX_MESSAGE: usize = 8192;
 pub const MIN_MAX_MESSAGE: usize = 2048;
 
 /// The largest `max_message` accepted: more than any record needs (a body
-/// is at most 64 KiB, [`frame::MAX_BODY`]).
+/// is at most 64 KiB, [`crate::frame::MAX_BODY`]).
 pub const MAX_MAX_MESSAGE: usize = 256 * 1024;
 
 /// The longest `actor` SD param, in characters; the whole actor is in MSG.

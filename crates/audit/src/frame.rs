@@ -137,7 +137,7 @@ pub fn resync(buf: &[u8], from: usize) -> Option<usize> {
 /// call). Whether a candidate's checksum matches is found without reading
 /// its whole frame: the CRC of any range follows from the CRCs of the
 /// buffer's prefixes (`crc(B) = crc(A‖B) ⊕ crc(A)·x^(8|B|)`), kept every
-/// [`STRIDE`] bytes and computed once. So scanning unreadable bytes costs
+/// `STRIDE` (256) bytes and computed once. So scanning unreadable bytes costs
 /// time linear in their size, however many `DSA1` candidates declaring a
 /// 64 KiB body they hold; the answer is exactly [`resync`]'s definition.
 #[derive(Debug, Default, Clone)]

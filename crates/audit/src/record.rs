@@ -149,7 +149,7 @@ impl Record {
     /// body"): UTF-8 JSON (no byte order mark), one object with the fields
     /// of a record and their types, unknown fields allowed; no object
     /// anywhere in it with a key twice; arrays and objects nested at most
-    /// [`MAX_BODY_DEPTH`] deep; every string valid Unicode and every number
+    /// `MAX_BODY_DEPTH` (64) deep; every string valid Unicode and every number
     /// finite, as serde_json requires. What is not a record is a
     /// `damaged-record` for the verifier.
     pub fn parse(body: &[u8]) -> serde_json::Result<Record> {

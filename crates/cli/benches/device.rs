@@ -25,8 +25,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drivesec_oem::client::{ClientIdentity, DeviceClient, Versions};
-use drivesec_oem::lab::{self, LabOptions};
+use drivesec_client::client::{ClientIdentity, DeviceClient, Versions};
+use drivesec_lab::up::LabOptions;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 fn client_config(cert: &Path, key: &Path, root: &Path) -> Arc<rustls::ClientConfig> {
@@ -102,14 +102,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn main() {
     let secs: f64 = std::env::var("DRIVESEC_BENCH_SECONDS")
         .ok()
@@ -120,11 +112,11 @@ fn main() {
     // `DRIVESEC_BENCH_NETWORK_THREADS=2` measures drivesecd with a second
     // event-loop thread (docs/benchmarks.md).
     let device_config = common::network_threads().map(|n| {
-        let mut c = drivesec_device::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
+        let mut c = drivesec_state::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
         c.runtime.network_threads = n;
         c
     });
-    let m = lab::up(
+    let m = drivesec_lab::up::up(
         &LabOptions {
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
             device_config,
@@ -136,7 +128,7 @@ fn main() {
     struct Down(PathBuf);
     impl Drop for Down {
         fn drop(&mut self) {
-            let _ = lab::down(&self.0);
+            let _ = drivesec_lab::up::down(&self.0);
         }
     }
     let _down = Down(dir.clone());
@@ -157,7 +149,7 @@ fn main() {
     std::fs::create_dir_all(ng.join("logs")).unwrap();
     std::fs::write(ng.join("server.crt"), chain).unwrap();
     std::fs::write(ng.join("server.key"), key.as_bytes()).unwrap();
-    let port = free_port();
+    let port = drivesec_testkit::net::free_port();
     let conf = format!(
         "worker_processes 2;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\ndaemon off;\nevents {{ worker_connections 1024; }}\nhttp {{\n access_log off;\n server {{\n  listen 127.0.0.1:{port} ssl;\n  ssl_certificate {d}/server.crt;\n  ssl_certificate_key {d}/server.key;\n  ssl_protocols TLSv1.3;\n  ssl_verify_client on;\n  ssl_verify_depth 2;\n  ssl_client_certificate {root};\n  ssl_session_tickets off;\n  ssl_session_cache off;\n  location / {{ return 200 '{{}}'; }}\n }}\n}}\n",
         d = ng.display(),

@@ -11,7 +11,7 @@
 //!
 //! drivesecd is the release-profile binary of this workspace, started by
 //! the lab with one device (soft keystore). The load generator
-//! (`drivesec_oem::modbus::load`) runs in this process on one thread: N
+//! (`drivesec_client::modbus::load`) runs in this process on one thread: N
 //! closed-loop sessions multiplexed on one event loop, each sending its
 //! next request when the answer came, on the same 2-core machine as the
 //! servers. The three targets are measured in interleaved rounds
@@ -30,9 +30,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use drivesec_oem::client::{ClientIdentity, DeviceTrust};
-use drivesec_oem::lab::{self, LabOptions};
-use drivesec_oem::modbus::load::{self, LoadResult, Step, Target};
+use drivesec_client::client::{ClientIdentity, DeviceTrust};
+use drivesec_client::modbus::load::{self, LoadResult, Step, Target};
+use drivesec_lab::up::LabOptions;
 
 /// FC 03, 2 holding registers from 0, back to back on `n` sessions.
 fn run(n: usize, secs: f64, target: &Target<'_>) -> LoadResult {
@@ -75,7 +75,7 @@ fn cpu_secs(pid: u32) -> f64 {
 struct LabGuard(PathBuf);
 impl Drop for LabGuard {
     fn drop(&mut self) {
-        let _ = lab::down(&self.0);
+        let _ = drivesec_lab::up::down(&self.0);
     }
 }
 
@@ -91,7 +91,7 @@ fn main() {
         .unwrap_or(5);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let mut cfg = drivesec_device::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
+    let mut cfg = drivesec_state::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
     cfg.modbus.insecure_plain_listen = Some("127.0.0.1:0".parse().unwrap());
     cfg.modbus.insecure_plain_role = Some("viewer".into());
     // The load generator's 64 sessions share one certificate (and, plain,
@@ -103,7 +103,7 @@ fn main() {
         cfg.runtime.network_threads = n;
     }
     let cfg_threads = cfg.runtime.network_threads;
-    let m = lab::up(
+    let m = drivesec_lab::up::up(
         &LabOptions {
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
             device_config: Some(cfg),
@@ -145,11 +145,7 @@ fn main() {
     let (cert_p, key_p) = (tmp.path().join("py.crt"), tmp.path().join("py.key"));
     std::fs::write(&cert_p, chain).unwrap();
     std::fs::write(&key_p, key.as_bytes()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = drivesec_testkit::net::free_port();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/pymodbus_server.py");
     let mut py = Command::new("python3")
         .arg(script)
@@ -175,7 +171,7 @@ fn main() {
         roots,
         "pymodbus.bench",
         Some("BENCH-PYMODBUS".into()),
-        drivesec_oem::client::Revocation::from_file(&m.crl)
+        drivesec_client::client::Revocation::from_file(&m.crl)
             .unwrap()
             .0,
     );

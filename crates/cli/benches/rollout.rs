@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use drivesec_oem::lab::{self, LabOptions};
+use drivesec_lab::up::LabOptions;
 
 struct Down(PathBuf);
 impl Drop for Down {
     fn drop(&mut self) {
-        let _ = lab::down(&self.0);
+        let _ = drivesec_lab::up::down(&self.0);
     }
 }
 
@@ -32,10 +32,10 @@ impl Drop for Down {
 fn measure(n: usize, window: u32, rounds: usize) -> Vec<(f64, f64)> {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let mut cfg = drivesec_device::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
+    let mut cfg = drivesec_state::config::DeviceConfig::new("127.0.0.1:0".parse().unwrap());
     cfg.audit.time_quality = drivesec_audit::TimeQuality::Unsynchronized;
     cfg.firmware.health_window_ticks = window;
-    let m = lab::up(
+    let m = drivesec_lab::up::up(
         &LabOptions {
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
             devices: n,

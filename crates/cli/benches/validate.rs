@@ -8,13 +8,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use drivesec_oem::inventory::Inventory;
-use drivesec_oem::lab::{self, LabOptions};
+use drivesec_lab::up::LabOptions;
 
 struct Down(PathBuf);
 impl Drop for Down {
     fn drop(&mut self) {
-        let _ = lab::down(&self.0);
+        let _ = drivesec_lab::up::down(&self.0);
     }
 }
 
@@ -37,7 +36,7 @@ fn busy() -> f64 {
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let m = lab::up(
+    let m = drivesec_lab::up::up(
         &LabOptions {
             daemon: Some(PathBuf::from(env!("CARGO_BIN_EXE_drivesecd"))),
             devices: 8,
@@ -62,23 +61,25 @@ fn main() {
     );
     let l = drivesec_iec62443::model::parse(std::path::Path::new("bench.toml"), &plan).unwrap();
     let model = &l.model;
-    let inv = Inventory::from_lab(&dir, &m, &|dev: &str| model.asset_of_device(dev)).unwrap();
-    let (ctx, targets) = drivesec_oem::validate::prepare(model, &inv).unwrap();
+    let inv = m
+        .inventory(&dir, &|dev: &str| model.asset_of_device(dev))
+        .unwrap();
+    let (ctx, targets) = drivesec_ops::validate::prepare(model, &inv).unwrap();
     assert_eq!(targets.len(), 8);
     // Warm-up.
-    let _ = drivesec_oem::validate::validate_all(&ctx, &targets[..1], 1);
+    let _ = drivesec_ops::validate::validate_all(&ctx, &targets[..1], 1);
     let busy0 = busy();
     let mut singles = vec![];
     for t in &targets {
         let t0 = Instant::now();
-        let r = drivesec_oem::validate::validate_device(&ctx, t);
+        let r = drivesec_ops::validate::validate_device(&ctx, t);
         singles.push(t0.elapsed().as_secs_f64());
         assert!(r.checks.len() > 10);
     }
     let sum: f64 = singles.iter().sum();
     let busy1 = busy();
     let t0 = Instant::now();
-    let all = drivesec_oem::validate::validate_all(&ctx, &targets, 8);
+    let all = drivesec_ops::validate::validate_all(&ctx, &targets, 8);
     let concurrent = t0.elapsed().as_secs_f64();
     let busy2 = busy();
     assert_eq!(all.len(), 8);

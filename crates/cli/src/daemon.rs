@@ -90,12 +90,12 @@ pub fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = match &args.config {
-        Some(p) => drivesec_device::config::DeviceConfig::load(p)?,
-        None => drivesec_device::config::DeviceConfig::new("127.0.0.1:8443".parse()?),
+        Some(p) => drivesec_state::config::DeviceConfig::load(p)?,
+        None => drivesec_state::config::DeviceConfig::new("127.0.0.1:8443".parse()?),
     };
     match args.action {
         Some(Action::FactoryReset) => {
-            let st = drivesec_device::state::StateDir::load(&args.state)?;
+            let st = drivesec_state::StateDir::load(&args.state)?;
             let cred = st.factory_reset()?;
             println!(
                 "factory reset done; new one-time factory credential: {}",
@@ -106,7 +106,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(Action::Check) => {
             // The same checks start-up runs: the state, then the
             // configuration with the settings made over the API applied.
-            let st = drivesec_device::state::StateDir::load(&args.state)?;
+            let st = drivesec_state::StateDir::load(&args.state)?;
             let config = config.for_state(&st)?;
             // Stricter than start-up: a value above an upper bound that an
             // older version accepted still starts (clamped, and recorded),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use drivesec_ops::Targets;
 
 use crate::output::warn;
 use crate::text::safe;
@@ -37,16 +38,16 @@ pub struct FleetDevices {
 
 /// Where a fleet command's devices come from.
 pub(crate) enum Source {
-    Lab(drivesec_oem::lab::LabManifest),
-    Inventory(drivesec_oem::inventory::Inventory, std::path::PathBuf),
+    Lab(drivesec_lab::LabManifest),
+    Inventory(drivesec_ops::inventory::Inventory, std::path::PathBuf),
 }
 
 impl FleetDevices {
     pub(crate) fn source(&self) -> Result<Source> {
         Ok(match (&self.lab, &self.inventory) {
-            (Some(lab), _) => Source::Lab(drivesec_oem::lab::LabManifest::load(lab)?),
+            (Some(lab), _) => Source::Lab(drivesec_lab::LabManifest::load(lab)?),
             (None, Some(path)) => Source::Inventory(
-                drivesec_oem::inventory::Inventory::load(path)?,
+                drivesec_ops::inventory::Inventory::load(path)?,
                 path.clone(),
             ),
             (None, None) => bail!("give --lab DIR or --inventory FILE"),
@@ -56,18 +57,16 @@ impl FleetDevices {
     /// The devices, reached as the security administrator, `--parallel` at
     /// a time. A missing CRL stops here (unless `--insecure-no-crl`);
     /// warnings (a stale CRL) go to stderr.
-    pub(crate) fn reach(&self) -> Result<drivesec_oem::incident::Reach> {
+    pub(crate) fn reach(&self) -> Result<Targets> {
         let mut reach = match self.source()? {
-            Source::Lab(m) => drivesec_oem::incident::Reach::from_lab(&m)?,
-            Source::Inventory(inv, path) => {
-                drivesec_oem::incident::Reach::from_inventory(&inv, &path)?
-            }
+            Source::Lab(m) => m.targets()?,
+            Source::Inventory(inv, path) => Targets::from_inventory(&inv, &path)?,
         };
         reach.parallel = self.parallel.max(1);
         if self.insecure_no_crl {
             reach.allow_missing_crl();
         }
-        if let drivesec_oem::client::Revocation::Missing(why) = &reach.revocation {
+        if let drivesec_client::client::Revocation::Missing(why) = &reach.revocation {
             bail!("{why}");
         }
         warn(&reach.warnings);

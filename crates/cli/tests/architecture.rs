@@ -76,7 +76,6 @@ fn the_crates_link_only_what_they_may() {
     // The device runtime never links the people's side.
     let device = links(&g, "drivesec-device");
     for people in [
-        "drivesec-oem",
         "drivesec-cli",
         "drivesec-fleet",
         "drivesec-client",
@@ -89,7 +88,8 @@ fn the_crates_link_only_what_they_may() {
     // The people's side by duty: client <- ops <- lab, and the factory
     // beside them. A lower crate never links a higher one; the tool
     // reaches devices over the network, so client and ops never link the
-    // device runtime (the factory does, for the state directory's format).
+    // device runtime; the factory and the lab work on the state
+    // directory's format (drivesec-state), never on the runtime.
     let never = |krate: &str, forbidden: &[&str]| {
         let l = links(&g, krate);
         for f in forbidden {
@@ -102,19 +102,13 @@ fn the_crates_link_only_what_they_may() {
             "drivesec-ops",
             "drivesec-lab",
             "drivesec-factory",
-            "drivesec-oem",
             "drivesec-device",
             "drivesec-fleet",
         ],
     );
     never(
         "drivesec-ops",
-        &[
-            "drivesec-lab",
-            "drivesec-factory",
-            "drivesec-oem",
-            "drivesec-device",
-        ],
+        &["drivesec-lab", "drivesec-factory", "drivesec-device"],
     );
     never(
         "drivesec-factory",
@@ -122,10 +116,23 @@ fn the_crates_link_only_what_they_may() {
             "drivesec-client",
             "drivesec-ops",
             "drivesec-lab",
-            "drivesec-oem",
+            "drivesec-device",
         ],
     );
-    never("drivesec-lab", &["drivesec-oem"]);
+    never("drivesec-lab", &["drivesec-device"]);
+    // The state directory's format links no runtime and nothing of the
+    // people's side.
+    never(
+        "drivesec-state",
+        &[
+            "drivesec-device",
+            "drivesec-client",
+            "drivesec-ops",
+            "drivesec-lab",
+            "drivesec-factory",
+            "drivesec-fleet",
+        ],
+    );
     // Nothing links the binaries, and the test kit only as a dev-dependency.
     for krate in g.keys() {
         let l = links(&g, krate);

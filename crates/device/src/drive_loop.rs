@@ -8,13 +8,14 @@
 //! state directory (present = STO active; any error other than "not found"
 //! counts as active, fail-safe). Nothing on the network can write it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drivesec_drive::ParamSet;
 use drivesec_drive::machine::{CommLossReaction, Drive, State, Status};
+use drivesec_state::io::{sto_path, tamper_path};
 
 /// The tick.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
@@ -38,16 +39,6 @@ pub(crate) fn ticks_advance(ticks: impl Fn() -> Option<u64>, window: u64) -> boo
         }
         std::thread::sleep(TICK / 2);
     }
-}
-
-/// The local STO channel of a state directory.
-pub fn sto_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("io").join("sto")
-}
-
-/// The local tamper input (the enclosure switch) of a state directory.
-pub fn tamper_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("io").join("tamper")
 }
 
 /// Reads the STO input: fail-safe, anything but a clean "absent" is active.

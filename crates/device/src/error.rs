@@ -94,6 +94,26 @@ pub enum DeviceError {
     Fs(#[from] drivesec_fsutil::FsError),
 }
 
+/// A state directory's, configuration's or state operation's error is the
+/// device error of the same name, with the same message (and so the same
+/// answer).
+impl From<drivesec_state::StateError> for DeviceError {
+    fn from(e: drivesec_state::StateError) -> Self {
+        use drivesec_state::StateError as S;
+        match e {
+            S::State { path, reason } => DeviceError::State { path, reason },
+            S::Config { path, reason } => DeviceError::Config { path, reason },
+            S::Invalid(m) => DeviceError::Invalid(m),
+            S::Keystore(e) => DeviceError::Keystore(e),
+            S::Pki(e) => DeviceError::Pki(e),
+            S::Access(e) => DeviceError::Access(e),
+            S::Fs(e) => DeviceError::Fs(e),
+            // A variant added to drivesec-state after this mapping.
+            other => DeviceError::Internal(other.to_string()),
+        }
+    }
+}
+
 /// What the client is told when the trail cannot record: what to do next.
 fn trail_message(e: &drivesec_audit::AuditError) -> String {
     use drivesec_audit::AuditError as A;
@@ -146,5 +166,49 @@ pub(crate) trait OrPoisoned<G> {
 impl<G> OrPoisoned<G> for LockResult<G> {
     fn or_poisoned(self, name: &'static str) -> Result<G> {
         self.map_err(|_| DeviceError::Poisoned(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drivesec_state::StateError;
+
+    use super::DeviceError;
+
+    /// A state error reaches users as it did when the state directory was
+    /// the device's own: the same variant, so the same answer, and the
+    /// same message.
+    #[test]
+    fn a_state_error_is_the_device_error_of_the_same_name() {
+        let path = std::path::PathBuf::from("/state");
+        for (e, same_variant) in [
+            (
+                StateError::State {
+                    path: path.clone(),
+                    reason: "device.json is missing".into(),
+                },
+                (|d: &DeviceError| matches!(d, DeviceError::State { .. }))
+                    as fn(&DeviceError) -> bool,
+            ),
+            (
+                StateError::Config {
+                    path: path.clone(),
+                    reason: "bad".into(),
+                },
+                |d| matches!(d, DeviceError::Config { .. }),
+            ),
+            (StateError::Invalid("not for this key".into()), |d| {
+                matches!(d, DeviceError::Invalid(_))
+            }),
+            (
+                StateError::Fs(drivesec_fsutil::FsError::AlreadyExists { path }),
+                |d| matches!(d, DeviceError::Fs(_)),
+            ),
+        ] {
+            let message = e.to_string();
+            let d = DeviceError::from(e);
+            assert!(same_variant(&d), "{d:?}");
+            assert_eq!(d.to_string(), message);
+        }
     }
 }

@@ -1,21 +1,19 @@
 //! The device side of firmware: the boot stage at start, updates through the
-//! API, trial boots confirmed by a health check, and attestation.
+//! API, trial boots confirmed by a health check, and attestation. The
+//! factory's part (firmware key, first image) is drivesec-state's.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use drivesec_firmware::image::Header;
 use drivesec_firmware::slots::{BootDecision, BootState, Slots};
 use drivesec_firmware::storage::DirStorage;
 use drivesec_firmware::trust::TrustStore;
-use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore};
+use drivesec_keystore::{KeyHandle, KeyStore};
+use drivesec_state::firmware::FIRMWARE_KEY;
+use drivesec_state::{StateDir, files};
 use serde::Serialize;
 
-use crate::state::{StateDir, files};
 use crate::{DeviceError, Result};
-
-/// Handle of the device firmware key (content keys are wrapped to it).
-pub(crate) const FIRMWARE_KEY: &str = "firmware";
 
 /// What is running.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -34,72 +32,11 @@ pub(crate) struct Running {
     pub(crate) trial: bool,
 }
 
-/// Generates the firmware key in the device keystore and writes its public half.
-pub fn create_firmware_key(
-    dir: &Path,
-    store: &dyn KeyStore,
-) -> Result<drivesec_keystore::PublicKey> {
-    let info = store.generate(&KeyHandle::new(FIRMWARE_KEY)?, KeyAlgorithm::EcdsaP256)?;
-    drivesec_fsutil::write_atomic(
-        &dir.join(files::FIRMWARE_KEY_PUB),
-        info.public_key.spki_pem().as_bytes(),
-        drivesec_fsutil::Mode::Public,
-    )?;
-    Ok(info.public_key)
-}
-
-/// The anti-rollback floor of a state directory before its first image: the
-/// counter of the device it replaces (`reprovisioned.json`), else 0.
-pub fn security_counter_floor(dir: &std::path::Path) -> Result<u64> {
-    let p = dir.join(files::REPROVISIONED);
-    if !p.exists() {
-        return Ok(0);
-    }
-    let v: serde_json::Value = serde_json::from_slice(&drivesec_fsutil::read(&p)?)
-        .map_err(|e| DeviceError::Invalid(format!("{}: {e}", p.display())))?;
-    v["security_counter_floor"].as_u64().ok_or_else(|| {
-        DeviceError::Invalid(format!("{}: no security_counter_floor number", p.display()))
-    })
-}
-
-/// Factory: installs the firmware trust store and the first image (slot A).
-/// The image must be at least the directory's `security_counter_floor`.
-pub fn install_factory(st: &StateDir, trust: &TrustStore, image: &[u8]) -> Result<()> {
-    let floor = security_counter_floor(&st.dir)?;
-    let json = serde_json::to_vec_pretty(trust).map_err(|e| DeviceError::Invalid(e.to_string()))?;
-    drivesec_fsutil::write_atomic(
-        &st.path(files::FIRMWARE_TRUST),
-        &json,
-        drivesec_fsutil::Mode::Public,
-    )?;
-    let storage = DirStorage::new(&st.path(files::FIRMWARE))
-        .map_err(|e| DeviceError::Invalid(e.to_string()))?;
-    let key = KeyHandle::new(FIRMWARE_KEY)?;
-    Slots::new(
-        &storage,
-        trust,
-        &st.file.model,
-        &st.file.hw_class,
-        st.store.as_ref(),
-        &key,
-    )
-    .install_initial_at_least(&mut &image[..], floor)
-    .map_err(fw)
-}
-
 /// What the image or statement says is the client's problem (400); the
-/// device's own keystore and file system failing is not (500).
+/// device's own keystore and file system failing is not (500): drivesec-state's
+/// classification, which the factory's first image goes through too.
 pub(crate) fn fw(e: drivesec_firmware::FirmwareError) -> DeviceError {
-    use drivesec_firmware::FirmwareError as F;
-    match e {
-        // The image's ephemeral key is the client's.
-        F::Keystore(k @ drivesec_keystore::KeystoreError::InvalidPeerKey(_)) => {
-            DeviceError::Invalid(format!("the image's key agreement: {k}"))
-        }
-        F::Keystore(k) => DeviceError::Keystore(k),
-        F::Fs(f) => DeviceError::Fs(f),
-        other => DeviceError::Invalid(other.to_string()),
-    }
+    drivesec_state::StateError::from(e).into()
 }
 
 /// The firmware side of a state directory, if it has one. Cheap to clone:

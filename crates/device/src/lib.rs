@@ -2,18 +2,15 @@
 //! device until shutdown, [`build`] makes it and its API router without
 //! serving (in-process tests).
 //!
-//! Public, for the binaries, the factory and the tests:
+//! Public, for the binaries and the tests:
 //!
-//! * [`state`]: the state directory (factory or commissioned) and the checks
-//!   that refuse to start on a corrupt or inconsistent one.
-//! * [`config`]: the daemon configuration file.
 //! * [`api`]: the HTTPS API's connection information and OpenAPI document
 //!   (docs/openapi.json); the API itself is served by [`run`].
-//! * [`credential`]: the one-time factory credential.
-//! * [`drive_loop`]: where a state directory's local inputs are (Safe
-//!   Torque Off, the tamper switch).
-//! * [`firmware`]: the factory's first image and firmware key.
 //! * [`DeviceError`] with its [`Refusal`] kinds.
+//!
+//! The state directory's format (what the factory writes, the checks that
+//! refuse a corrupt directory, `drivesecd.toml`, the factory credential) is
+//! drivesec-state's.
 //!
 //! Private, in layers, top to bottom (no module imports from a layer above
 //! its own, and no module import cycle remains: `scripts/module-cycles`):
@@ -28,26 +25,23 @@
 //!    on it, recorded), behind both interfaces and knowing neither.
 //! 4. `accept` (the accept loop, generic over TLS or plain, the admission
 //!    pools and a per-connection service) over `admission` (the handshake
-//!    and established pools); `posture` (SL-A), `tls`, `firmware`,
-//!    `drive_loop` (the tick thread), `tally` (aggregated records).
-//! 5. `config`, `state` (with `state::journal`, multi-file transactions
-//!    and test fault points), `credential`, `error` (with the lock helper).
+//!    and established pools); `posture` (SL-A), `tls`, `firmware` (the
+//!    slots at run time), `drive_loop` (the tick thread), `tally`
+//!    (aggregated records).
+//! 5. `error` (with the lock helper).
 //!
 //! The API's request and answer types are `drivesec-api`'s.
 
 mod accept;
 mod admission;
 pub mod api;
-pub mod config;
-pub mod credential;
 mod device;
-pub mod drive_loop;
+mod drive_loop;
 mod error;
-pub mod firmware;
+mod firmware;
 mod modbus;
 mod posture;
 mod runtime;
-pub mod state;
 mod tally;
 mod tls;
 

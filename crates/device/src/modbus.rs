@@ -30,15 +30,15 @@ use drivesec_drive::machine::Status;
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_modbus::session::{self, End};
 use drivesec_modbus::{Denial, Exception, ProcessImage};
+use drivesec_state::config::ModbusSettings;
+use drivesec_state::files;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::accept::{Conn, Service};
-use crate::config::ModbusSettings;
 use crate::device::{Device, Trust};
 use crate::drive_loop::DriveLink;
-use crate::state::files;
 
 /// Holding registers 1000.. in order: parameter, scale (register unit), signed.
 pub(crate) const PARAM_REGISTERS: [(&str, f64, bool); 10] = [

@@ -13,8 +13,8 @@ use drivesec_api::security::{self as wire, FoundationalRequirement};
 use drivesec_audit::TimeQuality;
 use drivesec_drive::machine::CommLossReaction;
 
-use crate::config::DeviceConfig;
-use crate::state::{LifeCycle, StateDir};
+use drivesec_state::config::DeviceConfig;
+use drivesec_state::{LifeCycle, StateDir};
 
 /// The posture report and one foundational requirement's assessment are
 /// the API's (`GET /api/v1/posture`).
@@ -357,7 +357,7 @@ fn settings(
             state: life_cycle(st.file.state),
             device_name: st.file.device_name.clone(),
         },
-        factory_credential: st.path(crate::state::files::CREDENTIAL).exists(),
+        factory_credential: st.path(drivesec_state::files::CREDENTIAL).exists(),
         tls: wire::PostureTls {
             versions: versions(c.tls.allow_tls12),
             cipher_suites: suites,
@@ -447,8 +447,8 @@ fn audit_settings(configured: &drivesec_audit::AuditConfig) -> drivesec_api::aud
 }
 
 /// The `[api]` settings on the wire.
-fn api_settings(a: &crate::config::ApiSettings) -> wire::ApiSettings {
-    let crate::config::ApiSettings {
+fn api_settings(a: &drivesec_state::config::ApiSettings) -> wire::ApiSettings {
+    let drivesec_state::config::ApiSettings {
         max_body_bytes,
         max_concurrent_logins,
         logins_per_minute,
@@ -483,10 +483,10 @@ fn api_settings(a: &crate::config::ApiSettings) -> wire::ApiSettings {
 }
 
 /// The device's life-cycle state on the wire.
-pub(crate) fn life_cycle(s: crate::state::LifeCycle) -> drivesec_api::device::LifeCycle {
+pub(crate) fn life_cycle(s: drivesec_state::LifeCycle) -> drivesec_api::device::LifeCycle {
     match s {
-        crate::state::LifeCycle::Factory => drivesec_api::device::LifeCycle::Factory,
-        crate::state::LifeCycle::Commissioned => drivesec_api::device::LifeCycle::Commissioned,
+        drivesec_state::LifeCycle::Factory => drivesec_api::device::LifeCycle::Factory,
+        drivesec_state::LifeCycle::Commissioned => drivesec_api::device::LifeCycle::Commissioned,
     }
 }
 

@@ -12,13 +12,13 @@ use std::time::Duration;
 use axum::Router;
 use drivesec_audit::{Actor, Event};
 use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_state::config::{ApiSettings, DeviceConfig};
+use drivesec_state::{StateDir, files};
 use tokio::net::TcpListener;
 
 use crate::accept::{self, Kind};
 use crate::admission::{Gate, Limits};
-use crate::config::{ApiSettings, DeviceConfig};
 use crate::device::Device;
-use crate::state::{StateDir, files};
 use crate::{DeviceError, OrPoisoned, Result};
 
 /// The admission bounds of the API listener.

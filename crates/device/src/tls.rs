@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use drivesec_keystore::adapters::TlsKey;
+use drivesec_state::config::TlsSettings;
+use drivesec_state::{LifeCycle, StateDir};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
-use crate::config::TlsSettings;
-use crate::state::{LifeCycle, StateDir};
 use crate::{DeviceError, Result};
 
 /// In factory state the device has no owner trust anchors yet, so it accepts
@@ -185,7 +185,7 @@ pub(crate) fn client_verifier(state: &StateDir) -> Result<Arc<dyn ClientCertVeri
 /// client-certificate checks as the API, TLS 1.2 when allowed, no ALPN.
 pub(crate) fn modbus_config(
     state: &StateDir,
-    m: &crate::config::ModbusSettings,
+    m: &drivesec_state::config::ModbusSettings,
 ) -> Result<Arc<ServerConfig>> {
     let api = server_config(
         state,

@@ -9,8 +9,8 @@
 //!   IDevID revoked, the old directory kept as evidence, the same serial
 //!   provisioned again on the same chip.
 //!
-//! What it writes is the device state directory's format; it never talks
-//! to a running device (that is drivesec-client's).
+//! What it writes is the device state directory's format (drivesec-state);
+//! it never talks to a running device (that is drivesec-client's).
 
 mod provision;
 mod reprovision;
@@ -70,9 +70,10 @@ pub enum FactoryError {
     /// Keystore failure.
     #[error(transparent)]
     Keystore(#[from] drivesec_keystore::KeystoreError),
-    /// Device state failure.
+    /// The state directory's format refused something (a file it reads or
+    /// writes, the factory credential's hash, the firmware key).
     #[error(transparent)]
-    Device(#[from] drivesec_device::DeviceError),
+    State(#[from] drivesec_state::StateError),
     /// File system failure.
     #[error(transparent)]
     Fs(#[from] drivesec_fsutil::FsError),

@@ -22,11 +22,11 @@ use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_keystore::pkcs11::{Pkcs11Uri, init_token};
 use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, open_keystore};
 use drivesec_pki::{Ca, CaKind, IssueRequest, Profile, SubjectKey};
+use drivesec_state::{credential, files};
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::{FactoryError, Result};
-use drivesec_device::credential;
 
 /// The handle of the device identity key in every device keystore.
 pub const IDEVID_KEY: &str = "idevid";
@@ -74,7 +74,7 @@ pub struct ProvisionOptions {
     pub keystore: DeviceKeystore,
 }
 
-pub use drivesec_device::state::{DeviceFile, LifeCycle};
+pub use drivesec_state::{DeviceFile, LifeCycle};
 
 /// The station's result. The credential is shown once and never stored in clear.
 #[derive(Debug)]
@@ -156,7 +156,7 @@ pub(crate) fn provision_with(
     });
     match built.and_then(|p| Ok((p, staged.commit()?))) {
         Ok((mut p, dir)) => {
-            p.idevid_path = dir.join("idevid.crt");
+            p.idevid_path = dir.join(files::IDEVID);
             p.device_dir = dir;
             Ok(p)
         }
@@ -226,7 +226,7 @@ fn build(
     let info = store.generate(&handle, KeyAlgorithm::EcdsaP256)?;
     *created = Some((store.clone(), handle.clone()));
     // The firmware key: vendors wrap image content keys to it.
-    drivesec_device::firmware::create_firmware_key(dir, store.as_ref())?;
+    drivesec_state::firmware::create_firmware_key(dir, store.as_ref())?;
 
     let issued = mfg.issue(&IssueRequest {
         profile: Profile::IdevId {
@@ -236,7 +236,7 @@ fn build(
         key: SubjectKey::Public(info.public_key),
     })?;
     fsu::write_new(
-        &dir.join("idevid.crt"),
+        &dir.join(files::IDEVID),
         issued.chain_pem.as_bytes(),
         Mode::Public,
     )?;
@@ -245,11 +245,7 @@ fn build(
 
     let cred = credential::generate();
     let hash = credential::hash(&cred)?;
-    fsu::write_new(
-        &dir.join("factory-credential.hash"),
-        hash.as_bytes(),
-        Mode::Private,
-    )?;
+    fsu::write_new(&dir.join(files::CREDENTIAL), hash.as_bytes(), Mode::Private)?;
 
     let file = DeviceFile {
         format: "drivesec-device".into(),
@@ -281,7 +277,7 @@ fn build(
         device_dir: dir.to_path_buf(),
         serial_number: opts.serial_number.clone(),
         idevid_serial: issued.serial,
-        idevid_path: dir.join("idevid.crt"),
+        idevid_path: dir.join(files::IDEVID),
         backend: store.backend(),
         pkcs11_uri: uri,
         idevid_key_uri,
@@ -291,6 +287,6 @@ fn build(
 
 /// Checks a candidate factory credential against a device's stored hash.
 pub fn check_factory_credential(device_dir: &Path, candidate: &str) -> Result<bool> {
-    let hash = fsu::read_to_string(&device_dir.join("factory-credential.hash"))?;
+    let hash = fsu::read_to_string(&device_dir.join(files::CREDENTIAL))?;
     Ok(credential::verify(candidate, hash.trim()))
 }

@@ -9,14 +9,14 @@ use drivesec_fsutil as fsu;
 use drivesec_keystore::pkcs11::Pkcs11Uri;
 use drivesec_keystore::{KeystoreConfig, open_keystore};
 use drivesec_pki::Ca;
+use drivesec_state::files::{self, REPROVISIONED};
+use drivesec_state::firmware::security_counter_floor;
 use zeroize::Zeroizing;
 
 use crate::provision::{
     DeviceFile, DeviceKeystore, ProvisionOptions, Provisioned, check_manufacturer, provision_with,
 };
 use crate::{FactoryError, Result};
-use drivesec_device::firmware::security_counter_floor;
-use drivesec_device::state::files::REPROVISIONED;
 
 /// A tampered device back at the manufacturer (docs/incident-response.md).
 #[derive(Debug, Clone)]
@@ -59,17 +59,17 @@ pub fn reprovision(mfg: &mut Ca, opts: &ReprovisionOptions) -> Result<Reprovisio
         dir: dir.clone(),
         reason,
     };
-    if !dir.join("device.json").exists() {
+    if !dir.join(files::DEVICE).exists() {
         return Err(invalid(
             "not a device state directory (no device.json)".into(),
         ));
     }
-    if !dir.join(drivesec_device::state::files::TAMPERED).exists() {
+    if !dir.join(files::TAMPERED).exists() {
         return Err(invalid(
             "the device is not tampered (no tampered.json); a device whose keys are intact is reset with `drivesecd --state DIR factory-reset`".into(),
         ));
     }
-    let input = drivesec_device::drive_loop::tamper_path(dir);
+    let input = drivesec_state::io::tamper_path(dir);
     if std::fs::symlink_metadata(&input).is_ok() {
         return Err(invalid(format!(
             "the tamper input {} is still active; inspect and close the enclosure first",
@@ -77,7 +77,7 @@ pub fn reprovision(mfg: &mut Ca, opts: &ReprovisionOptions) -> Result<Reprovisio
         )));
     }
     let file = DeviceFile::load(dir).map_err(|e| invalid(e.to_string()))?;
-    let idevid = drivesec_pki::read_cert_chain(&dir.join("idevid.crt"))?;
+    let idevid = drivesec_pki::read_cert_chain(&dir.join(files::IDEVID))?;
     let leaf = idevid
         .first()
         .ok_or_else(|| invalid("idevid.crt holds no certificate".into()))?;
@@ -92,7 +92,7 @@ pub fn reprovision(mfg: &mut Ca, opts: &ReprovisionOptions) -> Result<Reprovisio
             mfg.dir().display()
         )));
     }
-    let boot = dir.join("firmware").join("boot.json");
+    let boot = dir.join(files::FIRMWARE).join("boot.json");
     let floor = if boot.exists() {
         let v: serde_json::Value = serde_json::from_slice(&fsu::read(&boot)?)
             .map_err(|e| invalid(format!("firmware/boot.json: {e}")))?;

@@ -424,12 +424,9 @@ fn concurrent_advances_end_at_the_max(b: Backend) {
             std::thread::spawn(move || {
                 // Thread t owns the values t, t+8, t+16, ... in a scrambled order.
                 let mut values: Vec<u64> = (0..PER_THREAD).map(|i| i * THREADS + t).collect();
-                let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ t;
+                let mut rng = drivesec_testkit::Rng::new(0x9e37_79b9_7f4a_7c15_u64 ^ t);
                 for i in (1..values.len()).rev() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    values.swap(i, (x % (i as u64 + 1)) as usize);
+                    values.swap(i, rng.below(i + 1));
                 }
                 for to in values {
                     let held = ks.advance_counter(AUDIT, to).unwrap();

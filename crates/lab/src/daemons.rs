@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use drivesec_device::config::DeviceConfig;
 use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_state::config::DeviceConfig;
 
 use crate::{LabError, Result};
 

@@ -138,9 +138,9 @@ pub enum LabError {
     /// Keystore failure.
     #[error(transparent)]
     Keystore(#[from] drivesec_keystore::KeystoreError),
-    /// Device state or runtime failure.
+    /// A device state directory or configuration refused.
     #[error(transparent)]
-    Device(#[from] drivesec_device::DeviceError),
+    State(#[from] drivesec_state::StateError),
     /// File system failure.
     #[error(transparent)]
     Fs(#[from] drivesec_fsutil::FsError),

@@ -6,9 +6,7 @@ use std::path::Path;
 
 use drivesec_client::client::Revocation;
 use drivesec_firmware::trust::TrustStore;
-use drivesec_ops::inventory::{
-    FromLab, Inventory, InventoryDevice, RolloutOperator, Trust, Validator,
-};
+use drivesec_ops::inventory::{Inventory, InventoryDevice, RolloutOperator, Trust, Validator};
 use drivesec_ops::targets::{Account, DEFAULT_PARALLEL, Target, Targets, no_manufacturer_crl};
 use zeroize::Zeroizing;
 
@@ -193,18 +191,5 @@ impl LabManifest {
             },
             devices,
         })
-    }
-}
-
-/// For drivesec-ops's transitional `Inventory::from_lab`: the lab's own
-/// [`LabManifest::inventory`], its error carried whole.
-impl FromLab for LabManifest {
-    fn inventory(
-        &self,
-        lab_dir: &Path,
-        asset_of: &dyn Fn(&str) -> Option<String>,
-    ) -> drivesec_ops::Result<Inventory> {
-        LabManifest::inventory(self, lab_dir, asset_of)
-            .map_err(|e| drivesec_ops::OpsError::Source(Box::new(e)))
     }
 }

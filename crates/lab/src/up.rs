@@ -59,7 +59,7 @@ pub struct LabOptions {
     pub daemon: Option<PathBuf>,
     /// Configuration for every daemon (its `listen` is replaced by an
     /// ephemeral loopback port); `None` uses the defaults.
-    pub device_config: Option<drivesec_device::config::DeviceConfig>,
+    pub device_config: Option<drivesec_state::config::DeviceConfig>,
 }
 
 impl LabOptions {
@@ -276,10 +276,10 @@ fn build(dir: &Path, opts: &LabOptions, progress: &mut dyn FnMut(LabStep)) -> Re
             pid: None,
             pid_start_time: None,
             firmware_key: Some(dir.join("devices").join(&name).join("firmware-key.pub")),
-            sto: Some(drivesec_device::drive_loop::sto_path(
+            sto: Some(drivesec_state::io::sto_path(
                 &dir.join("devices").join(&name),
             )),
-            tamper: Some(drivesec_device::drive_loop::tamper_path(
+            tamper: Some(drivesec_state::io::tamper_path(
                 &dir.join("devices").join(&name),
             )),
         });
@@ -475,8 +475,8 @@ fn setup_firmware(dir: &Path, devices: &[LabDevice]) -> Result<LabFirmware> {
     approve(&packed, &image, (oem.as_ref(), &h("approval")?), "oem").map_err(fw_err)?;
     let bytes = fsu::read(&image)?;
     for d in devices {
-        let st = drivesec_device::state::StateDir::load(&d.dir)?;
-        drivesec_device::firmware::install_factory(&st, &trust, &bytes)?;
+        let st = drivesec_state::StateDir::load(&d.dir)?;
+        drivesec_state::firmware::install_factory(&st, &trust, &bytes)?;
     }
     Ok(LabFirmware {
         vendor_keystore: vendor_dir,
@@ -490,7 +490,7 @@ fn setup_firmware(dir: &Path, devices: &[LabDevice]) -> Result<LabFirmware> {
 /// Starts, commissions and populates one drivesecd per device.
 fn start_devices(
     daemon: &Path,
-    template: Option<&drivesec_device::config::DeviceConfig>,
+    template: Option<&drivesec_state::config::DeviceConfig>,
     m: &mut LabManifest,
     oem: &mut Ca,
     progress: &mut dyn FnMut(LabStep),
@@ -529,12 +529,12 @@ fn start_devices(
             .parse()
             .map_err(|_| LabError::BadAddress("address".into()))?;
         let cfg = match template {
-            Some(t) => drivesec_device::config::DeviceConfig {
+            Some(t) => drivesec_state::config::DeviceConfig {
                 listen,
                 ..t.clone()
             },
             None => {
-                let mut c = drivesec_device::config::DeviceConfig::new(listen);
+                let mut c = drivesec_state::config::DeviceConfig::new(listen);
                 c.audit.time_quality = drivesec_audit::TimeQuality::Unsynchronized;
                 c
             }

@@ -202,31 +202,4 @@ impl Inventory {
         }
         Ok(inv)
     }
-
-    /// The inventory of a running lab: its devices are the assets whose
-    /// `device` names them (`asset_of` maps lab device name -> asset id).
-    /// Transitional (drivesec-oem's callers): the conversion is
-    /// drivesec-lab's (`LabManifest::inventory`), reached through
-    /// [`FromLab`].
-    pub fn from_lab(
-        lab_dir: &Path,
-        lab: &dyn FromLab,
-        asset_of: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Inventory> {
-        lab.inventory(lab_dir, asset_of)
-    }
-}
-
-/// What an inventory can be made of: a running lab (drivesec-lab
-/// implements it for its manifest). Transitional, for
-/// [`Inventory::from_lab`]; new code calls the lab's own conversion.
-pub trait FromLab {
-    /// The inventory of this lab in `lab_dir`: its devices are the assets
-    /// whose `device` names them (`asset_of` maps lab device name -> asset
-    /// id).
-    fn inventory(
-        &self,
-        lab_dir: &Path,
-        asset_of: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Inventory>;
 }

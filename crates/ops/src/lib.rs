@@ -206,9 +206,6 @@ pub enum OpsError {
         /// The value given.
         value: String,
     },
-    /// Making an inventory of something else (a lab) failed: its own error.
-    #[error(transparent)]
-    Source(Box<dyn std::error::Error + Send + Sync>),
     /// PKI failure.
     #[error(transparent)]
     Pki(#[from] drivesec_pki::PkiError),

@@ -20,13 +20,7 @@ fn client(name: &str, key: SubjectKey) -> IssueRequest {
 }
 
 fn csr() -> SubjectKey {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let pem = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (_key, pem) = drivesec_testkit::csr::key_and_csr();
     SubjectKey::CsrPem {
         source: "test.csr".into(),
         pem,

@@ -221,7 +221,7 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
                 }
                 None => (scratch_dir("review")?, true),
             };
-            let r = drivesec_oem::review::review(&reach, &dir, dormant_days, burst.max(2));
+            let r = drivesec_ops::review::review(&reach, &dir, dormant_days, burst.max(2));
             if temporary {
                 let _ = std::fs::remove_dir_all(&dir);
             }

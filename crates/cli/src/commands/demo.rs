@@ -65,7 +65,7 @@ pub fn run(a: DemoArgs, json: bool) -> Result<()> {
     let mut sink = std::io::sink();
     let mut stdout = SafeText(std::io::stdout());
     let out: &mut dyn std::io::Write = if json { &mut sink } else { &mut stdout };
-    let report = drivesec_oem::demo::run(&opts, out, &mut progress_bar(json))?;
+    let report = drivesec_lab::demo::run(&opts, out, &mut progress_bar(json))?;
     if json {
         print_json(&serde_json::to_value(&report)?)?;
     }

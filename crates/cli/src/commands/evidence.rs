@@ -8,7 +8,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Subcommand;
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_keystore::KeyHandle;
-use drivesec_oem::inventory::Inventory;
 use sha2::{Digest, Sha256};
 
 use super::validate::{evidence_key, lab_signer, soft};
@@ -60,7 +59,7 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
             let v: serde_json::Value = serde_json::from_slice(&fsu::read(&file)?)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
             let pk = drivesec_firmware::read_public_key(&evidence_key(&key, &lab)?)?;
-            let doc = drivesec_oem::evidence::verify_kind(&v, &pk, KIND)
+            let doc = drivesec_ops::evidence::verify_kind(&v, &pk, KIND)
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&doc["contents"])?);
@@ -97,9 +96,8 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
             let (inv, reach, signer) = match devices.source()? {
                 Source::Lab(m) => {
                     let lab = devices.lab.clone().unwrap_or_default();
-                    let inv =
-                        Inventory::from_lab(&lab, &m, &|dev: &str| model.asset_of_device(dev))?;
-                    let reach = drivesec_oem::incident::Reach::from_lab(&m)?;
+                    let inv = m.inventory(&lab, &|dev: &str| model.asset_of_device(dev))?;
+                    let reach = m.targets()?;
                     let signer = match given {
                         Some(s) => s,
                         None => lab_signer(&lab, &m)?,
@@ -107,7 +105,7 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
                     (inv, reach, signer)
                 }
                 Source::Inventory(inv, path) => {
-                    let reach = drivesec_oem::incident::Reach::from_inventory(&inv, &path)?;
+                    let reach = drivesec_ops::Targets::from_inventory(&inv, &path)?;
                     let signer = given.ok_or_else(|| {
                         anyhow!(
                             "--sign-keystore DIR --sign-key NAME are needed: the OEM evidence key that signs the bundle"
@@ -119,7 +117,7 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
             let mut assessment = drivesec_iec62443::assess::assess(model);
             // A device that fails here has no live SL-A in the bundle; its
             // validation and review record why.
-            let postures = drivesec_oem::posture::fetch(&reach)?;
+            let postures = drivesec_ops::posture::fetch(&reach)?;
             for f in &postures.failed {
                 eprintln!(
                     "{}: FAILED {} (no live SL-A)",
@@ -128,13 +126,13 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
                 );
             }
             drivesec_iec62443::assess::attach_live(&mut assessment, model, &postures);
-            let (ctx, targets) = drivesec_oem::validate::prepare(model, &inv)?;
-            let results = drivesec_oem::validate::validate_all(&ctx, &targets, 8);
+            let (ctx, targets) = drivesec_ops::validate::prepare(model, &inv)?;
+            let results = drivesec_ops::validate::validate_all(&ctx, &targets, 8);
             let plan_sha = hex::encode(Sha256::digest(text.as_bytes()));
             let validation =
-                drivesec_oem::evidence::document(&model.system.name, &plan_sha, &results);
+                drivesec_ops::evidence::document(&model.system.name, &plan_sha, &results);
             let trails = scratch_dir("bundle")?;
-            let review = drivesec_oem::review::review(&reach, &trails, 90, 5);
+            let review = drivesec_ops::review::review(&reach, &trails, 90, 5);
             let _ = std::fs::remove_dir_all(&trails);
             let review = review?;
             let doc = serde_json::json!({
@@ -152,7 +150,7 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
                     "audit_review": review,
                 },
             });
-            let signed = drivesec_oem::evidence::sign(doc, signer.0.as_ref(), &signer.1)?;
+            let signed = drivesec_ops::evidence::sign(doc, signer.0.as_ref(), &signer.1)?;
             fsu::write_atomic(
                 &out,
                 (serde_json::to_string_pretty(&signed)? + "\n").as_bytes(),

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
+use drivesec_factory::{DeviceKeystore, ProvisionOptions, provision};
 use drivesec_fsutil::{self as fsu, Mode};
-use drivesec_oem::factory::{DeviceKeystore, ProvisionOptions, provision};
 use drivesec_pki::Ca;
 use serde_json::json;
 
@@ -114,7 +114,7 @@ pub fn run(cmd: FactoryCommand, json: bool) -> Result<()> {
                 serde_json::from_str(&fsu::read_to_string(&trust)?).with_context(|| {
                     format!("{} is not a firmware trust store", trust.display())
                 })?;
-            let st = drivesec_device::state::StateDir::load(&device_dir)?;
+            let st = drivesec_state::StateDir::load(&device_dir)?;
             if device_dir.join("firmware").join("boot.json").exists() {
                 bail!(
                     "{} already has firmware; updates go through the device (drivesec device firmware update)",
@@ -122,9 +122,9 @@ pub fn run(cmd: FactoryCommand, json: bool) -> Result<()> {
                 );
             }
             let bytes = fsu::read(&image)?;
-            drivesec_device::firmware::install_factory(&st, &trust_store, &bytes)
+            drivesec_state::firmware::install_factory(&st, &trust_store, &bytes)
                 .with_context(|| format!("installing {}", image.display()))?;
-            let floor = drivesec_device::firmware::security_counter_floor(&device_dir)?;
+            let floor = drivesec_state::firmware::security_counter_floor(&device_dir)?;
             if json {
                 print_json(
                     &json!({"device_dir": device_dir, "image": image, "security_counter_floor": floor}),
@@ -232,9 +232,9 @@ fn factory_reprovision(
         );
     }
     let mut mfg = Ca::open(&ca)?;
-    let r = drivesec_oem::factory::reprovision(
+    let r = drivesec_factory::reprovision(
         &mut mfg,
-        &drivesec_oem::factory::ReprovisionOptions {
+        &drivesec_factory::ReprovisionOptions {
             device_dir,
             archive,
         },
@@ -290,7 +290,7 @@ fn factory_reprovision(
 /// The one-time factory credential goes to `out` (0600, never overwritten)
 /// or, without a file, back to be shown once.
 fn deliver_credential(
-    p: &drivesec_oem::factory::Provisioned,
+    p: &drivesec_factory::Provisioned,
     out: &Option<PathBuf>,
 ) -> Result<Option<String>> {
     match out {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use drivesec_fsutil as fsu;
-use drivesec_oem::rollout::{Event, Fleet, Plan};
+use drivesec_ops::rollout::{Event, Plan};
 
 use crate::fleet_devices::{FleetDevices, Source, failed_devices};
 use crate::output::warn;
@@ -103,19 +103,19 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             if !(0.0..=1.0).contains(&max_failure_rate) {
                 bail!("--max-failure-rate must be between 0 and 1, not {max_failure_rate}");
             }
-            let parallel = devices.parallel;
-            let mut fleet = match devices.source()? {
-                Source::Lab(m) => Fleet::from_lab(&m)?,
-                Source::Inventory(inv, path) => Fleet::from_inventory(&inv, &path)?,
+            let (mut fleet, trust) = match devices.source()? {
+                Source::Lab(m) => m.rollout_targets()?,
+                Source::Inventory(inv, path) => drivesec_ops::rollout::from_inventory(&inv, &path)?,
             };
+            fleet.parallel = devices.parallel;
             if devices.insecure_no_crl {
                 fleet.allow_missing_crl();
             }
-            if let drivesec_oem::client::Revocation::Missing(why) = &fleet.operator.revocation {
+            if let drivesec_client::client::Revocation::Missing(why) = &fleet.revocation {
                 bail!("{why}");
             }
             warn(&fleet.warnings);
-            let targets = &fleet.targets;
+            let targets = &fleet.devices;
             let mut s = drivesec_fleet::open(&store)?;
             let bar = (!json).then(|| {
                 let b = indicatif::ProgressBar::new(targets.len() as u64);
@@ -179,15 +179,13 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                     }
                 }
             };
-            let out = drivesec_oem::rollout::run(
+            let out = drivesec_ops::rollout::run(
                 s.as_mut(),
-                targets,
-                &fleet.operator,
+                &fleet,
                 &release,
-                &fleet.trust,
+                &trust,
                 &Plan {
                     canary,
-                    parallel,
                     max_failure_rate,
                 },
                 &mut on_event,
@@ -212,7 +210,7 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
         } => {
             let reach = devices.reach()?;
             let mut s = drivesec_fleet::open(&store)?;
-            let seen = drivesec_oem::incident::scan(&reach, s.as_mut())?;
+            let seen = drivesec_ops::incident::scan(&reach, s.as_mut())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&seen)?);
             } else {
@@ -290,7 +288,7 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             };
             let mut oem = drivesec_pki::Ca::open(&ca)?;
             let reach = devices.reach()?;
-            let r = drivesec_oem::incident::renew(&reach, &mut oem, margin_days, days, force)?;
+            let r = drivesec_ops::incident::renew(&reach, &mut oem, margin_days, days, force)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -326,7 +324,7 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
         }
         FleetCommand::PushCrl { devices, crl } => {
             let pem = fsu::read_to_string(&crl)?;
-            let r = drivesec_oem::incident::push_crl(&devices.reach()?, &pem)?;
+            let r = drivesec_ops::incident::push_crl(&devices.reach()?, &pem)?;
             let failed: Vec<String> = r
                 .iter()
                 .filter_map(|(d, x)| x.as_ref().err().map(|e| format!("{d}: {e}")))

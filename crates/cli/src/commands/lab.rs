@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use drivesec_oem::lab::{self, Backend, LabOptions, LabStep};
+use drivesec_lab::up::{Backend, LabOptions, LabStep};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::factory::{BackendArg, module};
@@ -123,7 +123,7 @@ pub(crate) fn lab_options(
     .then(|| std::env::var_os("SOFTHSM2_CONF").map(PathBuf::from))
     .flatten();
     let daemon = if daemons {
-        Some(drivesec_oem::daemons::default_daemon()?)
+        Some(drivesec_lab::daemons::default_daemon()?)
     } else {
         None
     };
@@ -175,7 +175,7 @@ pub fn run(cmd: LabCommand, json: bool) -> Result<()> {
             no_daemons,
         } => {
             let opts = lab_options(dir.clone(), devices, keystore, &pkcs11_module, !no_daemons)?;
-            let m = lab::up(&opts, &mut progress_bar(json))?;
+            let m = drivesec_lab::up::up(&opts, &mut progress_bar(json))?;
             if json {
                 print_json(&serde_json::to_value(&m)?)
             } else {
@@ -210,7 +210,7 @@ pub fn run(cmd: LabCommand, json: bool) -> Result<()> {
             }
         }
         LabCommand::Down { dir } => {
-            let d = lab::down(&dir)?;
+            let d = drivesec_lab::up::down(&dir)?;
             if json {
                 print_json(&serde_json::to_value(&d)?)
             } else {

@@ -160,14 +160,12 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             let reach = match (live, live_inventory) {
                 (Some(lab), _) => {
                     let lab = lab_json(&lab);
-                    let m = drivesec_oem::lab::LabManifest::load(
-                        lab.parent().unwrap_or(Path::new(".")),
-                    )
-                    .with_context(|| format!("reading {}", lab.display()))?;
-                    Some(drivesec_oem::incident::Reach::from_lab(&m)?)
+                    let m = drivesec_lab::LabManifest::load(lab.parent().unwrap_or(Path::new(".")))
+                        .with_context(|| format!("reading {}", lab.display()))?;
+                    Some(m.targets()?)
                 }
-                (None, Some(inv)) => Some(drivesec_oem::incident::Reach::from_inventory(
-                    &drivesec_oem::inventory::Inventory::load(&inv)?,
+                (None, Some(inv)) => Some(drivesec_ops::Targets::from_inventory(
+                    &drivesec_ops::inventory::Inventory::load(&inv)?,
                     &inv,
                 )?),
                 (None, None) => None,
@@ -175,11 +173,11 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             // Devices that could not be assessed live (None: not --live).
             let live_failed = match reach {
                 Some(reach) => {
-                    if let drivesec_oem::client::Revocation::Missing(why) = &reach.revocation {
+                    if let drivesec_client::client::Revocation::Missing(why) = &reach.revocation {
                         bail!("{why}");
                     }
                     warn(&reach.warnings);
-                    let postures = drivesec_oem::posture::fetch(&reach)?;
+                    let postures = drivesec_ops::posture::fetch(&reach)?;
                     assess::attach_live(&mut a, &l.model, &postures);
                     if !json {
                         for f in &postures.failed {

@@ -8,8 +8,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_keystore::{KeyHandle, KeyStore, KeystoreConfig, open_keystore};
-use drivesec_oem::inventory::Inventory;
-use drivesec_oem::validate::Verdict;
+use drivesec_ops::inventory::Inventory;
+use drivesec_ops::validate::Verdict;
 use sha2::{Digest, Sha256};
 
 use crate::dirs::{check_output_dir, output_dir};
@@ -102,7 +102,7 @@ pub(crate) fn soft(dir: &Path) -> Result<Arc<dyn KeyStore>> {
 pub(crate) fn evidence_key(key: &Option<PathBuf>, lab: &Option<PathBuf>) -> Result<PathBuf> {
     match (key, lab) {
         (Some(k), _) => Ok(k.clone()),
-        (None, Some(lab)) => Ok(drivesec_oem::lab::LabManifest::load(lab)?
+        (None, Some(lab)) => Ok(drivesec_lab::LabManifest::load(lab)?
             .evidence
             .ok_or_else(|| {
                 anyhow!(
@@ -117,7 +117,7 @@ pub(crate) fn evidence_key(key: &Option<PathBuf>, lab: &Option<PathBuf>) -> Resu
 
 /// The signing key of a lab: its own evidence key, never the firmware
 /// approval key.
-pub(crate) fn lab_signer(lab: &Path, m: &drivesec_oem::lab::LabManifest) -> Result<Signer> {
+pub(crate) fn lab_signer(lab: &Path, m: &drivesec_lab::LabManifest) -> Result<Signer> {
     let e = m.evidence.as_ref().ok_or_else(|| {
         anyhow!(
             "{}: this lab has no evidence key (it was made before labs had one); \
@@ -142,14 +142,14 @@ fn verify_evidence(c: &ValidateCommand, json: bool) -> Result<()> {
     // Bad arguments first: nothing is read before they are all usable.
     let max_age = max_age
         .as_deref()
-        .map(drivesec_oem::evidence::parse_max_age)
+        .map(drivesec_ops::evidence::parse_max_age)
         .transpose()?;
     let v: serde_json::Value = serde_json::from_slice(&fsu::read(file)?)
         .with_context(|| format!("{} is not JSON", file.display()))?;
     let pk = drivesec_firmware::read_public_key(&evidence_key(key, lab)?)?;
     let doc =
-        drivesec_oem::evidence::verify(&v, &pk).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let mut expect = drivesec_oem::evidence::Expectations {
+        drivesec_ops::evidence::verify(&v, &pk).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let mut expect = drivesec_ops::evidence::Expectations {
         max_age,
         ..Default::default()
     };
@@ -160,7 +160,7 @@ fn verify_evidence(c: &ValidateCommand, json: bool) -> Result<()> {
         expect.devices = Inventory::load(path)?
             .devices
             .into_iter()
-            .map(|d| drivesec_oem::evidence::ExpectedDevice {
+            .map(|d| drivesec_ops::evidence::ExpectedDevice {
                 name: d.name,
                 serial: d.serial,
                 certificate_sha256: d.certificate_sha256,
@@ -168,7 +168,7 @@ fn verify_evidence(c: &ValidateCommand, json: bool) -> Result<()> {
             .collect();
     }
     let mismatches =
-        drivesec_oem::evidence::mismatches(&doc, &expect, time::OffsetDateTime::now_utc());
+        drivesec_ops::evidence::mismatches(&doc, &expect, time::OffsetDateTime::now_utc());
     let failed = failed_checks(&doc);
     let checked: Vec<&str> = [
         plan.as_ref().map(|_| "plan"),
@@ -267,9 +267,9 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
     let (inv, signer): (Inventory, Option<Signer>) = match (&a.inventory, &a.lab) {
         (Some(p), None) => (Inventory::load(p)?, None),
         (None, Some(lab)) => {
-            let m = drivesec_oem::lab::LabManifest::load(lab)?;
+            let m = drivesec_lab::LabManifest::load(lab)?;
             let model = &loaded.model;
-            let inv = Inventory::from_lab(lab, &m, &|dev: &str| model.asset_of_device(dev))?;
+            let inv = m.inventory(lab, &|dev: &str| model.asset_of_device(dev))?;
             // Only needed when the evidence is written and no other key is given.
             let signer = if a.out.is_some() && a.sign_key.is_none() {
                 Some(lab_signer(lab, &m)?)
@@ -292,28 +292,28 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
         (None, None, None) => signer,
         _ => bail!("give --sign-key with --sign-keystore DIR or --sign-pkcs11-uri URI"),
     };
-    let (ctx, targets) = drivesec_oem::validate::prepare(&loaded.model, &inv)?;
+    let (ctx, targets) = drivesec_ops::validate::prepare(&loaded.model, &inv)?;
     if targets.is_empty() {
         bail!("the inventory names no device of the plan");
     }
-    let results = drivesec_oem::validate::validate_all(&ctx, &targets, a.parallel);
+    let results = drivesec_ops::validate::validate_all(&ctx, &targets, a.parallel);
     let plan_sha = hex::encode(Sha256::digest(text.as_bytes()));
-    let doc = drivesec_oem::evidence::document(&loaded.model.system.name, &plan_sha, &results);
+    let doc = drivesec_ops::evidence::document(&loaded.model.system.name, &plan_sha, &results);
     let failures: usize = results.iter().map(|r| r.failures().count()).sum();
     let mut evidence_sha = hex::encode(Sha256::digest(serde_json::to_vec(&doc)?));
     if let Some(out) = &a.out {
         let (store, handle) = signer
             .as_ref()
             .ok_or_else(|| anyhow!("evidence must be signed: give --sign-key (with --sign-keystore or --sign-pkcs11-uri)"))?;
-        let signed = drivesec_oem::evidence::sign(doc.clone(), store.as_ref(), handle)?;
+        let signed = drivesec_ops::evidence::sign(doc.clone(), store.as_ref(), handle)?;
         output_dir(out, "validate")?;
         let files: [(&str, String); 3] = [
             (
                 "evidence.json",
                 serde_json::to_string_pretty(&signed)? + "\n",
             ),
-            ("junit.xml", drivesec_oem::evidence::junit(&results)),
-            ("report.html", drivesec_oem::evidence::html(&doc)),
+            ("junit.xml", drivesec_ops::evidence::junit(&results)),
+            ("report.html", drivesec_ops::evidence::html(&doc)),
         ];
         for (name, body) in &files {
             fsu::write_atomic(&out.join(name), body.as_bytes(), Mode::Public)?;
@@ -363,7 +363,7 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
 fn record(
     url: &str,
     inv: &Inventory,
-    results: &[drivesec_oem::validate::DeviceResult],
+    results: &[drivesec_ops::validate::DeviceResult],
     doc: &serde_json::Value,
     evidence_sha: &str,
 ) -> Result<()> {

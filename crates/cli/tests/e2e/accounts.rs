@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::support::{TestLab, config, test_lab};
-use drivesec_device::config::DeviceConfig;
-use drivesec_oem::client::{DeviceClient, Versions};
-use drivesec_oem::modbus::ModbusClient;
+use drivesec_client::client::{DeviceClient, Versions};
+use drivesec_client::modbus::ModbusClient;
+use drivesec_state::config::DeviceConfig;
 use serde_json::{Value, json};
 
 fn recorded(recs: &[Value], action: &str, outcome: &str) -> Vec<Value> {
@@ -478,7 +478,7 @@ fn huge_argon2_memory_cost_is_refused() {
     assert!(recorded(&recs, "security.access.set", "failure").len() >= 2);
     // A bad policy on disk: a clear start-up error, not an abort at login.
     let dev = &lab.m.devices[0];
-    assert!(drivesec_oem::daemons::stop(dev.pid.unwrap()));
+    assert!(drivesec_lab::daemons::stop(dev.pid.unwrap()));
     let mut p = before.clone();
     p["hash"]["memory_kib"] = 4_000_000_000u64.into();
     std::fs::write(
@@ -488,9 +488,9 @@ fn huge_argon2_memory_cost_is_refused() {
     .unwrap();
     let cfg = DeviceConfig::load(&dev.dir.join("drivesecd.toml")).unwrap();
     let daemon = Path::new(env!("CARGO_BIN_EXE_drivesecd"));
-    let err = match drivesec_oem::daemons::start(daemon, &dev.dir, &cfg) {
+    let err = match drivesec_lab::daemons::start(daemon, &dev.dir, &cfg) {
         Ok(s) => {
-            drivesec_oem::daemons::stop(s.pid);
+            drivesec_lab::daemons::stop(s.pid);
             panic!("started with a 4 TB Argon2 memory cost");
         }
         Err(e) => e.to_string(),

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use crate::support::{config, counted_in, lab_release, read_head, state_survives, test_lab};
-use drivesec_device::config::DeviceConfig;
+use drivesec_state::config::DeviceConfig;
 use serde_json::Value;
 
 /// A TCP connection to `to` from the loopback address `from`.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::test_lab;
-use drivesec_oem::client::Reply;
+use drivesec_client::client::Reply;
 use serde_json::{Value, json};
 
 fn status(r: &Reply) -> u16 {
@@ -232,7 +232,7 @@ fn operations() -> Vec<Op> {
         Op {
             method: "PUT",
             path: "/api/v1/modbus/rights",
-            body: Some(drivesec_oem::lab::lab_modbus_rights()),
+            body: Some(drivesec_lab::up::lab_modbus_rights()),
             permission: "write-security-settings",
         },
         Op {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{config, exchange, issue_client_files, test_lab};
-use drivesec_oem::client::{ClientIdentity, DeviceClient, Reply, Versions};
+use drivesec_client::client::{ClientIdentity, DeviceClient, Reply, Versions};
 use serde_json::json;
 
 /// Connects with openssl, sends one request, and says whether it got a 200.
@@ -52,7 +52,7 @@ fn issue_client(
     (ClientIdentity::from_files(&c, &k).unwrap(), serial)
 }
 
-fn info(c: &DeviceClient) -> drivesec_oem::Result<Reply> {
+fn info(c: &DeviceClient) -> drivesec_client::Result<Reply> {
     c.call("GET", "/api/v1/info", None)
 }
 

@@ -13,8 +13,8 @@ use crate::support::{
 };
 use base64::Engine;
 use drivesec_api::firmware::AttestAnswer;
-use drivesec_oem::attest::{Answer, attest, request, verify_attestation};
-use drivesec_oem::client::{DeviceClient, DeviceTrust, Revocation, Versions};
+use drivesec_client::attest::{Answer, attest, request, verify_attestation};
+use drivesec_client::client::{DeviceClient, DeviceTrust, Revocation, Versions};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde_json::{Value, json};
@@ -173,7 +173,7 @@ fn a_genuine_device_in_the_middle_cannot_relay_the_drives_attestation() {
     let f = &lab.m.clients["viewer"];
     let tool = DeviceClient::new(
         addr,
-        Some(&drivesec_oem::client::ClientIdentity::from_files(&f.cert, &f.key).unwrap()),
+        Some(&drivesec_client::client::ClientIdentity::from_files(&f.cert, &f.key).unwrap()),
         &DeviceTrust::owned(
             roots.clone(),
             drive.clone(),
@@ -360,12 +360,12 @@ fn attestation_is_bound_to_nonce_device_and_release() {
         .unwrap();
     let resp = reply.body.clone();
     let verify = |resp: &Value, nonce: &str, name: Option<&str>, h| {
-        let answer = drivesec_oem::attest::Answer {
+        let answer = drivesec_client::attest::Answer {
             body: serde_json::from_value(resp.clone()).unwrap(),
             nonce: nonce.into(),
             peer: reply.peer.clone(),
         };
-        drivesec_oem::attest::verify_attestation(&answer, &roots, &[], name, h)
+        drivesec_client::attest::verify_attestation(&answer, &roots, &[], name, h)
     };
     let r = verify(&resp, nonce, Some(&name), Some(&factory)).unwrap();
     assert_eq!(r.version, "1.0.0");

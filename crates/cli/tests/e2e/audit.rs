@@ -88,7 +88,7 @@ fn a_full_trail_refuses_actions_instead_of_losing_their_records() {
         n += 1;
         assert!(n < 5_000, "the trail never filled");
     }
-    let params = |c: &drivesec_oem::client::DeviceClient| {
+    let params = |c: &drivesec_client::client::DeviceClient| {
         c.ok("GET", "/api/v1/params", None).unwrap()["values"]["max-speed"].clone()
     };
     let speed_before = params(&engineer);

@@ -21,8 +21,8 @@ use crate::support::{
     pki_lab_and_device, read_head, s, spawn_server, store_url, test_lab, wait_until,
     write_inventory, write_json,
 };
-use drivesec_oem::OemError;
-use drivesec_oem::client::{DeviceClient, DeviceTrust, Timeouts, Versions};
+use drivesec_client::ClientError;
+use drivesec_client::client::{DeviceClient, DeviceTrust, Timeouts, Versions};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
@@ -127,7 +127,7 @@ fn client(f: &Factory, addr: SocketAddr, t: Timeouts) -> DeviceClient {
         &DeviceTrust::Idevid {
             roots: f.roots.clone(),
             serial: None,
-            revocation: drivesec_oem::client::Revocation::UncheckedRisky,
+            revocation: drivesec_client::client::Revocation::UncheckedRisky,
         },
         Versions::Default,
     )
@@ -177,10 +177,10 @@ fn a_segment_is_capped_whatever_the_device_declares() {
     });
     let c = client(&f, fake.addr, small());
     let t = tempfile::tempdir().unwrap();
-    let e = drivesec_oem::review::collect_trail(&c, &t.path().join("trail")).unwrap_err();
+    let e = drivesec_client::trail::collect_trail(&c, &t.path().join("trail")).unwrap_err();
     let msg = e.to_string();
     assert!(
-        matches!(e, OemError::TooLarge { limit, .. } if limit == drivesec_oem::client::SEGMENT_CAP),
+        matches!(e, ClientError::TooLarge { limit, .. } if limit == drivesec_client::client::SEGMENT_CAP),
         "{msg}"
     );
     assert!(msg.contains(&fake.addr.to_string()), "{msg}");
@@ -190,7 +190,7 @@ fn a_segment_is_capped_whatever_the_device_declares() {
         "{msg}"
     );
     assert!(
-        fake.sent.load(Ordering::SeqCst) <= drivesec_oem::client::SEGMENT_CAP + (1 << 20),
+        fake.sent.load(Ordering::SeqCst) <= drivesec_client::client::SEGMENT_CAP + (1 << 20),
         "the tool read {} bytes of the segment",
         fake.sent.load(Ordering::SeqCst)
     );
@@ -207,7 +207,7 @@ fn a_segment_is_capped_whatever_the_device_declares() {
         )
         .unwrap_err();
     assert!(
-        matches!(e, OemError::TooLarge { limit, .. } if limit == drivesec_oem::client::SEGMENT_CAP),
+        matches!(e, ClientError::TooLarge { limit, .. } if limit == drivesec_client::client::SEGMENT_CAP),
         "{e}"
     );
 }
@@ -228,13 +228,16 @@ fn the_trail_collected_per_device_is_capped() {
     let c = client(&f, fake.addr, small());
     let t = tempfile::tempdir().unwrap();
     let e =
-        drivesec_oem::review::collect_trail_within(&c, &t.path().join("a"), 10_000).unwrap_err();
-    assert!(matches!(e, OemError::TooLarge { limit: 10_000, .. }), "{e}");
+        drivesec_client::trail::collect_trail_within(&c, &t.path().join("a"), 10_000).unwrap_err();
+    assert!(
+        matches!(e, ClientError::TooLarge { limit: 10_000, .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains(&fake.addr.to_string()), "{e}");
     assert_eq!(fake.sent.load(Ordering::SeqCst), 0);
     // Within the cap, the trail is collected, each segment to its file.
     let dir = t.path().join("b");
-    drivesec_oem::review::collect_trail_within(&c, &dir, 5 * 4096).unwrap();
+    drivesec_client::trail::collect_trail_within(&c, &dir, 5 * 4096).unwrap();
     for i in 1..=5 {
         let seg = std::fs::read(dir.join("segments").join(format!("{i:020}.seg"))).unwrap();
         assert_eq!(seg, vec![b'x'; 4096]);
@@ -271,7 +274,7 @@ fn a_trickled_streamed_answer_fails_at_the_minimum_rate() {
         let start = Instant::now();
         let e = c.download(&path, &mut std::io::sink()).unwrap_err();
         let msg = e.to_string();
-        assert!(matches!(e, OemError::Timeout { .. }), "{path}: {msg}");
+        assert!(matches!(e, ClientError::Timeout { .. }), "{path}: {msg}");
         assert!(
             msg.contains(&fake.addr.to_string()) && msg.contains("minimum rate"),
             "{msg}"
@@ -323,10 +326,10 @@ fn a_trickled_tls_probe_fails_at_its_total_deadline() {
     let trust = DeviceTrust::Idevid {
         roots: f.roots.clone(),
         serial: None,
-        revocation: drivesec_oem::client::Revocation::UncheckedRisky,
+        revocation: drivesec_client::client::Revocation::UncheckedRisky,
     };
     let start = Instant::now();
-    let e = drivesec_oem::validate::probe_within(
+    let e = drivesec_client::probe::probe_within(
         addr,
         None,
         &trust,
@@ -334,13 +337,13 @@ fn a_trickled_tls_probe_fails_at_its_total_deadline() {
         Duration::from_secs(1),
     )
     .unwrap_err();
-    assert!(matches!(e, OemError::Timeout { .. }), "{e}");
+    assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
     assert!(start.elapsed() < Duration::from_secs(6), "{e}");
 
     // The Modbus/TCP Security client: the same for its handshake.
     let start = Instant::now();
-    let e = drivesec_oem::modbus::ModbusClient::connect_within(
+    let e = drivesec_client::modbus::ModbusClient::connect_within(
         addr,
         None,
         &trust,
@@ -348,7 +351,7 @@ fn a_trickled_tls_probe_fails_at_its_total_deadline() {
         Duration::from_secs(1),
     )
     .unwrap_err();
-    assert!(matches!(e, OemError::Timeout { .. }), "{e}");
+    assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
     assert!(start.elapsed() < Duration::from_secs(6), "{e}");
 }
@@ -388,9 +391,9 @@ fn a_trickled_modbus_answer_fails_at_its_deadline() {
     let trust = DeviceTrust::Idevid {
         roots: f.roots.clone(),
         serial: None,
-        revocation: drivesec_oem::client::Revocation::UncheckedRisky,
+        revocation: drivesec_client::client::Revocation::UncheckedRisky,
     };
-    let mut m = drivesec_oem::modbus::ModbusClient::connect_within(
+    let mut m = drivesec_client::modbus::ModbusClient::connect_within(
         addr,
         None,
         &trust,
@@ -400,7 +403,7 @@ fn a_trickled_modbus_answer_fails_at_its_deadline() {
     .unwrap();
     let start = Instant::now();
     let e = m.read_holding(0, 100).unwrap_err();
-    assert!(matches!(e, OemError::Timeout { .. }), "{e}");
+    assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
     assert!(start.elapsed() < Duration::from_secs(6), "{e}");
 }
 
@@ -428,7 +431,7 @@ fn a_silent_device_fails_alone() {
     );
 
     let mut inv = lab.inventory();
-    inv.devices.push(drivesec_oem::inventory::InventoryDevice {
+    inv.devices.push(drivesec_ops::inventory::InventoryDevice {
         name: "drive-silent".into(),
         asset: "drive-silent".into(),
         api: api.clone(),

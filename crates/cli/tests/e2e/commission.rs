@@ -21,28 +21,29 @@ use crate::support::{
     failures, idevid, issue_certificate, key_and_csr, ok, pki_lab, pki_lab_and_device, s,
     sa_cert_args, self_signed_identity, stranger_ca,
 };
-use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
-use drivesec_oem::lab::{LabManifest, LabOptions};
+use drivesec_client::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use drivesec_lab::LabManifest;
+use drivesec_lab::up::LabOptions;
 use drivesec_pki::Ca;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
 /// Commissions the lab's factory-state device as the owner
-/// (`oem::commission`, what `drivesec device commission` runs) over
+/// (`drivesec_client::commission`, what `drivesec device commission` runs) over
 /// `tool`'s certificate with the factory credential `cred`.
 fn commission_as_owner(
     lab: &TestLab,
     oem: &mut Ca,
     tool: &ClientIdentity,
     cred: &str,
-) -> drivesec_oem::Result<drivesec_oem::commission::Commissioned> {
-    drivesec_oem::commission::commission(
+) -> drivesec_client::Result<drivesec_client::commission::Commissioned> {
+    drivesec_client::commission::commission(
         oem,
-        &drivesec_oem::commission::CommissionRequest {
+        &drivesec_client::commission::CommissionRequest {
             addr: lab.addr(),
             identity: tool,
             manufacturer_roots: drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap(),
-            manufacturer_revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+            manufacturer_revocation: drivesec_client::client::Revocation::manufacturer_from_file(
                 &lab.m.manufacturer_crl,
             )
             .unwrap()
@@ -474,7 +475,7 @@ fn a_reprovisioned_devices_old_idevid_gets_nothing() {
 #[test]
 fn commission_refuses_a_relabelled_serial() {
     let tmp = tempfile::tempdir().unwrap();
-    let m = drivesec_oem::lab::up(&LabOptions::new(tmp.path().join("lab")), &mut |_| {}).unwrap();
+    let m = drivesec_lab::up::up(&LabOptions::new(tmp.path().join("lab")), &mut |_| {}).unwrap();
     let dev = tmp.path().join("sn10");
     let cred = tmp.path().join("sn10.credential");
     let (code, _, err) = drivesec(&[
@@ -491,7 +492,7 @@ fn commission_refuses_a_relabelled_serial() {
     ]);
     assert_eq!(code, 0, "{err}");
     let daemon = Path::new(env!("CARGO_BIN_EXE_drivesecd"));
-    let started = drivesec_oem::daemons::start(daemon, &dev, &config()).unwrap();
+    let started = drivesec_lab::daemons::start(daemon, &dev, &config()).unwrap();
     let _stop = Daemon(started.pid);
     let pw = tmp.path().join("admin.pw");
     std::fs::write(&pw, "Setup-Passw0rd-Sec-1\n").unwrap();
@@ -527,11 +528,11 @@ fn commission_refuses_a_relabelled_serial() {
     // Nothing reached the device: still in factory state, the credential alive.
     let factory = DeviceClient::new(
         started.addr,
-        Some(&drivesec_oem::client::ClientIdentity::from_files(&sa.cert, &sa.key).unwrap()),
+        Some(&drivesec_client::client::ClientIdentity::from_files(&sa.cert, &sa.key).unwrap()),
         &DeviceTrust::Idevid {
             roots: drivesec_pki::read_cert_chain(&m.manufacturer_ca).unwrap(),
             serial: Some("SN-10".into()),
-            revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+            revocation: drivesec_client::client::Revocation::manufacturer_from_file(
                 &m.manufacturer_crl,
             )
             .unwrap()
@@ -589,7 +590,7 @@ fn stalling_factory_device(
 /// commission` started against it; with the OEM CA's serials before.
 struct Commissioning {
     _t: tempfile::TempDir,
-    m: drivesec_oem::lab::LabManifest,
+    m: drivesec_lab::LabManifest,
     device: FakeDevice,
     answer_begin: Arc<AtomicBool>,
     before: Vec<String>,

@@ -8,8 +8,8 @@ use crate::support::{
     TestLab, actions, config, failures, issue_client_files, outcome, stranger_ca, test_lab,
 };
 use drivesec_audit::reader::StoredRecord;
-use drivesec_oem::client::{ClientIdentity, DeviceClient, Versions};
-use drivesec_oem::modbus::ModbusClient;
+use drivesec_client::client::{ClientIdentity, DeviceClient, Versions};
+use drivesec_client::modbus::ModbusClient;
 use drivesec_pki::Ca;
 use time::{Duration, OffsetDateTime};
 

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{Reap, run_env};
-use drivesec_oem::lab::LabOptions;
+use drivesec_lab::up::LabOptions;
 
 /// The capabilities a systemd unit file grants (`CapabilityBoundingSet=`,
 /// `AmbientCapabilities=`), in setpriv's spelling: `net_bind_service`.
@@ -97,7 +97,7 @@ fn run_confined(
         std::thread::sleep(Duration::from_millis(20));
     };
     if status.is_none() {
-        assert!(drivesec_oem::daemons::stop(child.0.id()));
+        assert!(drivesec_lab::daemons::stop(child.0.id()));
     }
     (status, std::fs::read_to_string(&err).unwrap_or_default())
 }
@@ -156,7 +156,7 @@ fn deploy_unit_can_bind_modbus_port_under_its_capabilities() {
 
     // A lab-provisioned device, copied to a directory the user owns.
     let tmp = tempfile::tempdir().unwrap();
-    let m = drivesec_oem::lab::up(&LabOptions::new(tmp.path().join("lab")), &mut |_| {}).unwrap();
+    let m = drivesec_lab::up::up(&LabOptions::new(tmp.path().join("lab")), &mut |_| {}).unwrap();
     let run = tmp.path().join("run");
     std::fs::create_dir(&run).unwrap();
     let state = run.join("state");

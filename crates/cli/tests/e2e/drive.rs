@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::{LabGuard, config, ok, run, s, test_lab};
-use drivesec_oem::client::DeviceClient;
+use drivesec_client::client::DeviceClient;
 use serde_json::{Value, json};
 
 /// `drivesec device drive`: the operator starts the drive from the CLI, a
@@ -112,7 +112,7 @@ fn sto_stops_the_drive_whatever_the_network_says() {
     assert_eq!(r.status, 403);
 
     // STO from the local channel.
-    let sto = drivesec_device::drive_loop::sto_path(&lab.device_dir());
+    let sto = drivesec_state::io::sto_path(&lab.device_dir());
     assert_eq!(
         lab.m.devices[0].sto.as_ref(),
         Some(&sto),

@@ -16,7 +16,7 @@ use serde_json::Value;
 /// exits 0.
 #[test]
 fn signed_evidence_with_findings_does_not_pass() {
-    use drivesec_oem::validate::{Check, DeviceResult, Verdict};
+    use drivesec_ops::validate::{Check, DeviceResult, Verdict};
     let (t, m) = pki_lab();
     let e = m.evidence.as_ref().unwrap();
     let store = lab_keystore(&e.keystore);
@@ -42,8 +42,8 @@ fn signed_evidence_with_findings_does_not_pass() {
         seconds: 0.1,
     };
     let write = |name: &str, verdicts: &[Verdict]| {
-        let doc = drivesec_oem::evidence::document("plant", "00", &[result(verdicts)]);
-        let signed = drivesec_oem::evidence::sign(doc, &*store, &handle).unwrap();
+        let doc = drivesec_ops::evidence::document("plant", "00", &[result(verdicts)]);
+        let signed = drivesec_ops::evidence::sign(doc, &*store, &handle).unwrap();
         let path = t.path().join(name);
         std::fs::write(&path, serde_json::to_vec(&signed).unwrap()).unwrap();
         path
@@ -173,10 +173,12 @@ fn evidence_is_bound_to_certificates_plan_inventory_and_age() {
     assert_eq!(code, 2);
     assert!(err.contains("signed with another key"), "{err}");
 
-    let inv = drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|dev| {
-        (dev == "drive-001").then(|| "drive".to_string())
-    })
-    .unwrap();
+    let inv = lab
+        .m
+        .inventory(&lab.dir, &|dev| {
+            (dev == "drive-001").then(|| "drive".to_string())
+        })
+        .unwrap();
     let inventory = d.path().join("inventory.toml");
     write_inventory(&inventory, &inv);
     let verify = |file: &Path, plan: &Path, inventory: &Path, age: &str| {
@@ -276,7 +278,7 @@ fn evidence_is_bound_to_certificates_plan_inventory_and_age() {
     let mut aged = doc.clone();
     aged["generated_at"] = "2020-01-01T00:00:00Z".into();
     let store = lab_keystore(&ek.keystore);
-    let resigned = drivesec_oem::evidence::sign(
+    let resigned = drivesec_ops::evidence::sign(
         aged,
         store.as_ref(),
         &drivesec_keystore::KeyHandle::new(&ek.key).unwrap(),
@@ -357,10 +359,10 @@ fn evidence_bundle_is_signed_and_tamper_evident() {
     // The same over an inventory file, signed with a keystore named on the
     // command line (an inventory does not say where the OEM key is).
     let l = drivesec_iec62443::model::load(&plan).unwrap();
-    let inv = drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|dev| {
-        l.model.asset_of_device(dev)
-    })
-    .unwrap();
+    let inv = lab
+        .m
+        .inventory(&lab.dir, &|dev| l.model.asset_of_device(dev))
+        .unwrap();
     let inventory = d.path().join("plant.toml");
     write_inventory(&inventory, &inv);
     let out2 = d.path().join("bundle2.json");

@@ -211,7 +211,7 @@ fn factory_reprovision_refuses_bad_input_and_keeps_evidence() {
     assert_eq!(v["security_counter_floor"], 0);
     assert_eq!(v["newly_revoked"], true);
     // A factory directory drivesecd accepts: both keys in a new soft store.
-    let st = drivesec_device::state::StateDir::load(&dev).unwrap();
+    let st = drivesec_state::StateDir::load(&dev).unwrap();
     assert_eq!(st.store.list().unwrap().len(), 2);
     assert!(!st.tampered);
     let (ok_, _) = openssl(&[

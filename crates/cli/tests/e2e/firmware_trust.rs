@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use crate::support::{config, lab_keystore, test_lab};
-use drivesec_oem::client::DeviceClient;
+use drivesec_client::client::DeviceClient;
 use serde_json::json;
 
 /// Key rotation and revocation on a running device: only a statement signed

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{Daemon, LabGuard, Out, config, lab_release, ok, run, s, test_lab};
-use drivesec_device::config::DeviceConfig;
-use drivesec_oem::client::{DeviceClient, Versions};
+use drivesec_client::client::{DeviceClient, Versions};
+use drivesec_state::config::DeviceConfig;
 use serde_json::Value;
 
 /// The whole update path through real daemons: pack and approve with the
@@ -222,7 +222,7 @@ fn sigkill(pid: u32) {
         .status();
     // Wait until it is gone (the lab, not this test, is its parent).
     for _ in 0..500 {
-        if !drivesec_oem::daemons::alive(pid) {
+        if !drivesec_lab::daemons::alive(pid) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -268,7 +268,7 @@ fn sigkill_during_update_and_trial_boot_is_survivable() {
     let restart = |pid: &mut u32, addr: &mut SocketAddr, guard: &mut Option<Daemon>| {
         sigkill(*pid);
         *guard = None;
-        let s = drivesec_oem::daemons::start(&daemon, &dev_dir, &conf).unwrap();
+        let s = drivesec_lab::daemons::start(&daemon, &dev_dir, &conf).unwrap();
         *pid = s.pid;
         *addr = s.addr;
         *guard = Some(Daemon(s.pid));

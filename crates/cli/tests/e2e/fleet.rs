@@ -249,9 +249,9 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
     let store = store_url(d.path());
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
     let (c, k, serial) = issue_client_files(&mut oem, d.path(), Some("viewer"), None);
-    let stolen = drivesec_oem::client::ClientIdentity::from_files(&c, &k).unwrap();
-    let info = |dev: &drivesec_oem::lab::LabDevice| {
-        drivesec_oem::client::DeviceClient::new(
+    let stolen = drivesec_client::client::ClientIdentity::from_files(&c, &k).unwrap();
+    let info = |dev: &drivesec_lab::manifest::LabDevice| {
+        drivesec_client::client::DeviceClient::new(
             dev.api
                 .as_ref()
                 .unwrap()
@@ -260,7 +260,7 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
                 .unwrap(),
             Some(&stolen),
             &lab.m.device_trust(dev).unwrap(),
-            drivesec_oem::client::Versions::Default,
+            drivesec_client::client::Versions::Default,
         )
         .unwrap()
         .call("GET", "/api/v1/info", None)
@@ -298,8 +298,7 @@ fn crl_reaches_every_device_and_tamper_is_flagged() {
     // Bit rot in drive-002's staged image: its boot stage refuses it and
     // stays on the other slot; the scan reports it to the store.
     let rel = lab_release(&lab, d.path(), "1.1.0", 2, 64 << 10);
-    let eng =
-        drivesec_oem::lab::LabManifest::session(&lab.m, &lab.m.devices[1], "engineer").unwrap();
+    let eng = drivesec_lab::LabManifest::session(&lab.m, &lab.m.devices[1], "engineer").unwrap();
     let r = eng
         .upload_file("POST", "/api/v1/firmware", &rel, "application/octet-stream")
         .unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::support::{
     Collector, TestLab, config, fresh_lab_may_reset, renew_every_ldevid, test_lab, wait_until,
 };
-use drivesec_oem::client::DeviceClient;
+use drivesec_client::client::DeviceClient;
 use drivesec_pki::Ca;
 use serde_json::{Value, json};
 

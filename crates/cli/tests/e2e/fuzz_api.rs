@@ -13,11 +13,10 @@ use std::path::PathBuf;
 
 use axum::body::Body;
 use drivesec_device::api::ConnInfo;
-use drivesec_device::config::DeviceConfig;
-use drivesec_device::state::StateDir;
-use drivesec_oem::lab;
-use drivesec_oem::lab::LabOptions;
+use drivesec_lab::up::LabOptions;
 use drivesec_pki::{Ca, IssueRequest, Profile, SubjectKey};
+use drivesec_state::StateDir;
+use drivesec_state::config::DeviceConfig;
 use drivesec_testkit::Rng;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -141,7 +140,7 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 fn api_request_handling_survives_random_input() {
     let iters = drivesec_testkit::iters(20_000, 1);
     let tmp = tempfile::tempdir().unwrap();
-    let m = lab::up(&LabOptions::new(tmp.path().join("lab")), &mut |_| {}).unwrap();
+    let m = drivesec_lab::up::up(&LabOptions::new(tmp.path().join("lab")), &mut |_| {}).unwrap();
     // Commission in process: LDevID from the OEM CA, the owner's trust, an admin.
     let dir: PathBuf = m.devices[0].dir.clone();
     let st = StateDir::load(&dir).unwrap();

@@ -127,7 +127,7 @@ fn a_revoked_ldevid_and_its_attestations_are_refused() {
     let reply = admin
         .ok_reply("POST", "/api/v1/attest", Some(&json!({ "nonce": nonce })))
         .unwrap();
-    let answer = drivesec_oem::attest::Answer {
+    let answer = drivesec_client::attest::Answer {
         body: reply.answer().unwrap(),
         nonce: nonce.into(),
         peer: reply.peer,
@@ -136,13 +136,13 @@ fn a_revoked_ldevid_and_its_attestations_are_refused() {
     let serial = drivesec_pki::inspect::summarize(&leaf).unwrap().serial;
     let roots = drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap();
     let name = lab.m.devices[0].device_name.clone();
-    let crls = |p: &Path| match drivesec_oem::client::Revocation::from_file(p).unwrap().0 {
-        drivesec_oem::client::Revocation::Crls(c) => c,
+    let crls = |p: &Path| match drivesec_client::client::Revocation::from_file(p).unwrap().0 {
+        drivesec_client::client::Revocation::Crls(c) => c,
         other => panic!("{other:?}"),
     };
     // The attestation checked against the owner's CRL as it is now.
     let verify = || {
-        drivesec_oem::attest::verify_attestation(
+        drivesec_client::attest::verify_attestation(
             &answer,
             &roots,
             &crls(&lab.m.crl),
@@ -184,9 +184,9 @@ fn validation_reads_the_serial_from_the_certificate() {
     );
     let id = |role: &str| {
         let f = &m.clients[role];
-        drivesec_oem::client::ClientIdentity::from_files(&f.cert, &f.key).unwrap()
+        drivesec_client::client::ClientIdentity::from_files(&f.cert, &f.key).unwrap()
     };
-    let ctx = drivesec_oem::validate::Context {
+    let ctx = drivesec_ops::validate::Context {
         roots: drivesec_pki::read_cert_chain(&m.oem_ca).unwrap(),
         crls: vec![drivesec_pki::read_crl(&m.crl).unwrap()],
         admin: id("security-admin"),
@@ -197,7 +197,7 @@ fn validation_reads_the_serial_from_the_certificate() {
         approved: vec![],
         expiry_margin_days: 30,
     };
-    let target = drivesec_oem::validate::Target {
+    let target = drivesec_ops::validate::Target {
         name: "press".into(),
         asset: "press".into(),
         zone: "cell".into(),
@@ -208,11 +208,11 @@ fn validation_reads_the_serial_from_the_certificate() {
         serial: Some("SN-CLAIMED".into()),
         profile: None,
     };
-    let r = drivesec_oem::validate::validate_device(&ctx, &target);
+    let r = drivesec_ops::validate::validate_device(&ctx, &target);
     let identity = r.checks.iter().find(|c| c.id == "identity").unwrap();
     assert_eq!(
         identity.verdict,
-        drivesec_oem::validate::Verdict::Fail,
+        drivesec_ops::validate::Verdict::Fail,
         "{identity:?}"
     );
     assert!(identity.detail.contains("SN-REAL"), "{identity:?}");

@@ -9,7 +9,7 @@ use std::process::Command;
 use crate::support::{
     LabGuard, Reap, config, drivesec, mode, ok, openssl, s, set_mode, test_lab, tree,
 };
-use drivesec_oem::lab::LabManifest;
+use drivesec_lab::LabManifest;
 use serde_json::Value;
 
 /// `lab down` signals a recorded PID only while it is still the lab's
@@ -64,12 +64,12 @@ fn lab_down_does_not_kill_a_reused_pid() {
         "{r}"
     );
     assert!(
-        drivesec_oem::daemons::alive(sleep.0.id()),
+        drivesec_lab::daemons::alive(sleep.0.id()),
         "lab down killed an unrelated process"
     );
-    assert!(drivesec_oem::daemons::alive(other.0.id()));
+    assert!(drivesec_lab::daemons::alive(other.0.id()));
     assert!(
-        !drivesec_oem::daemons::alive(real),
+        !drivesec_lab::daemons::alive(real),
         "the lab's daemon runs on"
     );
 }

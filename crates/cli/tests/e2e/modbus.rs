@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use crate::support::{
     TestLab, config, counted_in, issue_client_files, rss_kib, test_lab, trail_records, wait_until,
 };
+use drivesec_client::client::{ClientIdentity, Versions};
+use drivesec_client::modbus::{ModbusClient, load};
 use drivesec_modbus::frame::fc;
-use drivesec_oem::client::{ClientIdentity, Versions};
-use drivesec_oem::modbus::{ModbusClient, load};
 use drivesec_testkit::Rng;
 use serde_json::{Value, json};
 
@@ -512,7 +512,7 @@ fn the_rights_table_is_set_by_the_security_admin_and_applies_at_once() {
     let lab = test_lab(Some(config()));
     let admin = lab.admin();
     let before = admin.ok("GET", "/api/v1/modbus/rights", None).unwrap();
-    assert_eq!(before, drivesec_oem::lab::lab_modbus_rights());
+    assert_eq!(before, drivesec_lab::up::lab_modbus_rights());
     let mut viewer = lab.modbus("viewer");
     assert!(viewer.read_input(0, 1).unwrap().is_ok());
     // Only write-security-settings may change it.
@@ -589,7 +589,7 @@ fn a_flood_of_refusals_is_aggregated_and_every_one_counted() {
     }
     drop(viewer);
     // Stopping the daemon records what is still being counted.
-    drivesec_oem::lab::down(&lab.dir).unwrap();
+    drivesec_lab::up::down(&lab.dir).unwrap();
     let recs = trail_records(&lab.device_dir().join("audit"));
     let denied: Vec<&drivesec_audit::reader::StoredRecord> = recs
         .iter()

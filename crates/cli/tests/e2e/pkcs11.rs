@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::support::{
     LabGuard, config, fails, ok, pkcs11_objects, run_env, s, test_lab_on, token_of,
 };
-use drivesec_oem::lab::Backend;
+use drivesec_lab::up::Backend;
 use serde_json::Value;
 
 /// The daemon of a PKCS#11 device logs no ERROR line from cryptoki when it

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::support::test_lab;
-use drivesec_device::config::DeviceConfig;
+use drivesec_state::config::DeviceConfig;
 
 /// Review finding 8 (the posture): a trail setting above its bound, from a
 /// configuration an older version accepted, is reported in the posture's
@@ -18,7 +18,7 @@ fn the_posture_reports_the_clamped_trail_settings_and_says_so() {
     let mut cfg = DeviceConfig::load(&dir.join("drivesecd.toml")).unwrap();
     cfg.audit.segment_bytes = 2 * drivesec_audit::MAX_SEGMENT_BYTES;
     cfg.audit.max_bytes = 2 * drivesec_audit::MAX_TRAIL_BYTES;
-    let s = drivesec_oem::daemons::start(Path::new(env!("CARGO_BIN_EXE_drivesecd")), &dir, &cfg)
+    let s = drivesec_lab::daemons::start(Path::new(env!("CARGO_BIN_EXE_drivesecd")), &dir, &cfg)
         .unwrap();
     lab.started(s);
     let p = lab.admin().ok("GET", "/api/v1/posture", None).unwrap();

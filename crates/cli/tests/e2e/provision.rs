@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::support::{TestLab, config, test_lab};
-use drivesec_device::config::DeviceConfig;
+use drivesec_client::client::{DeviceClient, Versions};
 use drivesec_iec62443::profile::{Account, Profile};
-use drivesec_oem::client::{DeviceClient, Versions};
+use drivesec_state::config::DeviceConfig;
 use serde_json::{Value, json};
 
 fn admin_at(lab: &TestLab, addr: SocketAddr) -> DeviceClient {
@@ -34,14 +34,14 @@ fn applies_reapplies_with_no_change_and_diff_finds_drift() {
     let lab = test_lab(Some(config()));
     let admin = lab.admin();
     let p = lab.cell_profile();
-    let before = drivesec_oem::provision::diff(&admin, &p).unwrap();
+    let before = drivesec_ops::provision::diff(&admin, &p).unwrap();
     assert!(
         before
             .iter()
             .any(|l| l.starts_with("session.max_per_user: profile 1, device 3")),
         "{before:#?}"
     );
-    let r = drivesec_oem::provision::apply(&admin, &p).unwrap();
+    let r = drivesec_ops::provision::apply(&admin, &p).unwrap();
     assert!(
         r.changed.iter().any(|l| l.starts_with("modbus.rights")),
         "{:?}",
@@ -49,11 +49,11 @@ fn applies_reapplies_with_no_change_and_diff_finds_drift() {
     );
     assert!(r.initial_passwords.is_empty(), "no account is new");
     assert_eq!(
-        drivesec_oem::provision::diff(&admin, &p).unwrap(),
+        drivesec_ops::provision::diff(&admin, &p).unwrap(),
         Vec::<String>::new()
     );
     // Again: nothing changes, and the trail says so.
-    let again = drivesec_oem::provision::apply(&admin, &p).unwrap();
+    let again = drivesec_ops::provision::apply(&admin, &p).unwrap();
     assert!(again.changed.is_empty(), "{:?}", again.changed);
     let t = lab
         .session("auditor")
@@ -69,7 +69,7 @@ fn applies_reapplies_with_no_change_and_diff_finds_drift() {
     assert!(!runs[0]["details"]["changed"].as_array().unwrap().is_empty());
     assert!(runs[1]["details"]["changed"].as_array().unwrap().is_empty());
     // The applied Modbus rights hold: no parameter writes at UC 3.
-    let mut eng = drivesec_oem::modbus::ModbusClient::connect(
+    let mut eng = drivesec_client::modbus::ModbusClient::connect(
         lab.m.devices[0].modbus.as_ref().unwrap().parse().unwrap(),
         Some(&lab.identity("engineer")),
         &lab.trust(),
@@ -94,7 +94,7 @@ fn applies_reapplies_with_no_change_and_diff_finds_drift() {
             Some(&json!({"roles": {"viewer": [{"functions": [3, 4], "start": 0, "end": 8}]}})),
         )
         .unwrap();
-    let d = drivesec_oem::provision::diff(&admin, &p).unwrap();
+    let d = drivesec_ops::provision::diff(&admin, &p).unwrap();
     assert!(
         d.contains(&"accounts: stray (security-admin) is not in the profile".to_string()),
         "{d:#?}"
@@ -113,9 +113,9 @@ fn applies_reapplies_with_no_change_and_diff_finds_drift() {
         "{d:#?}"
     );
     // Re-applying repairs all of it.
-    drivesec_oem::provision::apply(&admin, &p).unwrap();
+    drivesec_ops::provision::apply(&admin, &p).unwrap();
     assert_eq!(
-        drivesec_oem::provision::diff(&admin, &p).unwrap(),
+        drivesec_ops::provision::diff(&admin, &p).unwrap(),
         Vec::<String>::new()
     );
 }
@@ -199,13 +199,13 @@ fn killed_at_each_point_of_the_transaction_it_is_all_or_nothing() {
             "{point}: the device should have died, got {r:?}"
         );
         for _ in 0..200 {
-            if !drivesec_oem::daemons::alive(pid) {
+            if !drivesec_lab::daemons::alive(pid) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         std::fs::remove_file(dir.join("test-failpoint")).unwrap();
-        let started = drivesec_oem::daemons::start(daemon, &dir, &cfg).unwrap();
+        let started = drivesec_lab::daemons::start(daemon, &dir, &cfg).unwrap();
         (addr, pid) = (started.addr, started.pid);
         let admin = admin_at(&lab, addr);
         let now = current(&admin);
@@ -215,16 +215,16 @@ fn killed_at_each_point_of_the_transaction_it_is_all_or_nothing() {
         );
         if applied {
             assert_eq!(
-                drivesec_oem::provision::diff(&admin, &p).unwrap(),
+                drivesec_ops::provision::diff(&admin, &p).unwrap(),
                 Vec::<String>::new(),
                 "{point}: not completely applied"
             );
             // Back to the old state for the next round.
             let mut undo: Profile = serde_json::from_value(before.clone()).unwrap();
             undo.zone = "undo".into();
-            drivesec_oem::provision::apply(&admin, &undo).unwrap();
+            drivesec_ops::provision::apply(&admin, &undo).unwrap();
             assert_eq!(
-                drivesec_oem::provision::compare(
+                drivesec_ops::provision::compare(
                     &undo,
                     &serde_json::from_value(current(&admin)).unwrap()
                 ),
@@ -234,5 +234,5 @@ fn killed_at_each_point_of_the_transaction_it_is_all_or_nothing() {
             assert_eq!(now, before, "{point}: something changed");
         }
     }
-    drivesec_oem::daemons::stop(pid);
+    drivesec_lab::daemons::stop(pid);
 }

@@ -12,7 +12,7 @@ use crate::support::{
     config, csr_pem, drivesec, issue_certificate, lab_pointing_at, renew_every_ldevid, s, test_lab,
     test_lab_n,
 };
-use drivesec_oem::lab::LabManifest;
+use drivesec_lab::LabManifest;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
@@ -242,10 +242,10 @@ fn a_renewal_the_tool_cannot_confirm_is_not_revoked() {
 #[test]
 fn ldevid_renewal_before_expiry() {
     let lab = test_lab_n(Some(config()), 4);
-    let serial_of = |dev: &drivesec_oem::lab::LabDevice| {
+    let serial_of = |dev: &drivesec_lab::manifest::LabDevice| {
         let id = lab.identity("viewer");
         let trust = lab.m.device_trust(dev).unwrap();
-        let (_, _, chain) = drivesec_oem::validate::probe(
+        let (_, _, chain) = drivesec_client::probe::probe(
             dev.api
                 .as_ref()
                 .unwrap()
@@ -254,7 +254,7 @@ fn ldevid_renewal_before_expiry() {
                 .unwrap(),
             Some(&id),
             &trust,
-            drivesec_oem::client::Versions::Default,
+            drivesec_client::client::Versions::Default,
         )
         .unwrap();
         drivesec_pki::inspect::summarize(&chain[0]).unwrap().serial
@@ -305,7 +305,7 @@ fn ldevid_renewal_before_expiry() {
         );
     }
     // One key per device in the keystore: the old one is gone.
-    let st = drivesec_device::state::StateDir::load(&lab.m.devices[0].dir).unwrap();
+    let st = drivesec_state::StateDir::load(&lab.m.devices[0].dir).unwrap();
     let handles: Vec<String> = st
         .store
         .list()
@@ -336,18 +336,18 @@ fn ldevid_renewal_before_expiry() {
         "commissioned"
     );
     let dir = lab.device_dir();
-    drivesec_oem::daemons::stop(lab.m.devices[0].pid.unwrap());
-    let cfg = drivesec_device::config::DeviceConfig::load(&dir.join("drivesecd.toml")).unwrap();
+    drivesec_lab::daemons::stop(lab.m.devices[0].pid.unwrap());
+    let cfg = drivesec_state::config::DeviceConfig::load(&dir.join("drivesecd.toml")).unwrap();
     let again =
-        drivesec_oem::daemons::start(Path::new(env!("CARGO_BIN_EXE_drivesecd")), &dir, &cfg)
+        drivesec_lab::daemons::start(Path::new(env!("CARGO_BIN_EXE_drivesecd")), &dir, &cfg)
             .unwrap();
-    let c = drivesec_oem::client::DeviceClient::new(
+    let c = drivesec_client::client::DeviceClient::new(
         again.addr,
         Some(&lab.identity("viewer")),
         &lab.trust(),
-        drivesec_oem::client::Versions::Default,
+        drivesec_client::client::Versions::Default,
     )
     .unwrap();
     assert_eq!(c.call("GET", "/api/v1/info", None).unwrap().status, 200);
-    drivesec_oem::daemons::stop(again.pid);
+    drivesec_lab::daemons::stop(again.pid);
 }

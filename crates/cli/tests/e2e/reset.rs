@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::support::{
     Collector, TestLab, config, fresh_lab_may_reset, test_lab, trail_records, wait_until,
 };
-use drivesec_oem::client::{DeviceClient, DeviceTrust, Versions};
+use drivesec_client::client::{DeviceClient, DeviceTrust, Versions};
 use serde_json::{Value, json};
 
 /// A security administrator (or whoever holds its session) tries to erase
@@ -98,7 +98,7 @@ fn one_administrator_cannot_factory_reset_alone_and_the_trail_survives() {
         )
         .unwrap();
     // Each approval the puppet tries is refused, naming why.
-    let puppet_approves = |c: &drivesec_oem::client::DeviceClient, why: &str| {
+    let puppet_approves = |c: &drivesec_client::client::DeviceClient, why: &str| {
         let id = ask();
         let r = c
             .call(
@@ -298,7 +298,7 @@ fn forwarding_runs_again_after_a_factory_reset_that_failed() {
             Some(&collector.forwarding(&lab)),
         )
         .unwrap();
-    let forwarded = |c: &drivesec_oem::client::DeviceClient| -> Value {
+    let forwarded = |c: &drivesec_client::client::DeviceClient| -> Value {
         c.ok("GET", "/api/v1/audit/forwarding", None).unwrap()
     };
     let seq = admin
@@ -530,7 +530,7 @@ fn factory_credential_dies_and_factory_reset_starts_over() {
         &DeviceTrust::Idevid {
             roots: mfg_roots.clone(),
             serial: Some(lab.m.devices[0].serial_number.clone()),
-            revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+            revocation: drivesec_client::client::Revocation::manufacturer_from_file(
                 &lab.m.manufacturer_crl,
             )
             .unwrap()

@@ -18,10 +18,10 @@ use serde_json::Value;
 fn the_access_review_applies_the_manufacturers_crl() {
     let lab = test_lab(None);
     let t = tempfile::tempdir().unwrap();
-    let inv = drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|_| {
-        Some("drive".to_string())
-    })
-    .unwrap();
+    let inv = lab
+        .m
+        .inventory(&lab.dir, &|_| Some("drive".to_string()))
+        .unwrap();
     assert_eq!(
         inv.trust.manufacturer_crl.as_deref(),
         Some(lab.m.manufacturer_crl.as_path())

@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::{s, test_lab};
-use drivesec_oem::lab;
-use drivesec_oem::lab::LabOptions;
+use drivesec_lab::up::LabOptions;
 
 #[test]
 fn damaged_side_files_do_not_stop_the_drive_and_are_reported() {
@@ -125,7 +124,7 @@ fn drivesecd_check_refuses_a_trail_setting_above_its_bound() {
 fn drivesecd_refuses_a_corrupt_or_inconsistent_state_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let m = lab::up(&LabOptions::new(dir.clone()), &mut |_| {}).unwrap();
+    let m = drivesec_lab::up::up(&LabOptions::new(dir.clone()), &mut |_| {}).unwrap();
     let dev = m.devices[0].dir.clone();
     let check = |d: &Path| {
         let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))

@@ -16,10 +16,10 @@ use crate::support::{
     TestLab, config, drivesec, issue_certificate, lab_pointing_at, pkcs11_objects, s, test_lab,
     test_lab_on, token_of, trail_records, wait_until,
 };
-use drivesec_device::config::DeviceConfig;
-use drivesec_oem::client::{DeviceClient, DeviceTrust, Versions};
-use drivesec_oem::lab::Backend;
-use drivesec_oem::modbus::ModbusClient;
+use drivesec_client::client::{DeviceClient, DeviceTrust, Versions};
+use drivesec_client::modbus::ModbusClient;
+use drivesec_lab::up::Backend;
+use drivesec_state::config::DeviceConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
@@ -42,7 +42,7 @@ fn tamper_seals_the_trail_then_crypto_erases() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(drivesec_oem::daemons::stop(dev.pid.unwrap()));
+    assert!(drivesec_lab::daemons::stop(dev.pid.unwrap()));
     assert!(
         !dev.dir.join("device-secret").exists(),
         "the device secret survived the tamper response"
@@ -249,7 +249,7 @@ fn cli_names_a_tampered_device() {
 }
 
 /// How many private keys the device's token holds.
-fn private_keys_on_token(dev: &drivesec_oem::lab::LabDevice) -> usize {
+fn private_keys_on_token(dev: &drivesec_lab::manifest::LabDevice) -> usize {
     let pin = std::fs::read_to_string(dev.dir.join("pin")).unwrap();
     pkcs11_objects(None, token_of(dev.pkcs11_uri.as_ref().unwrap()), pin.trim())
         .matches("Private Key Object")
@@ -364,7 +364,7 @@ fn tamper_destroys_every_key_and_leaves_only_status() {
 
     // It survives a restart, and a local factory reset cannot undo it.
     let pid = lab.m.devices[0].pid.unwrap();
-    assert!(drivesec_oem::daemons::stop(pid));
+    assert!(drivesec_lab::daemons::stop(pid));
     let recs = trail_records(&dev.dir.join("audit"));
     let t_rec = recs
         .iter()
@@ -380,7 +380,7 @@ fn tamper_destroys_every_key_and_leaves_only_status() {
     assert!(!reset.status.success());
     assert!(String::from_utf8_lossy(&reset.stderr).contains("re-provisioned"));
     let cfg = DeviceConfig::load(&dev.dir.join("drivesecd.toml")).unwrap();
-    let again = drivesec_oem::daemons::start(daemon, &dev.dir, &cfg).unwrap();
+    let again = drivesec_lab::daemons::start(daemon, &dev.dir, &cfg).unwrap();
     let t = DeviceClient::new(
         again.addr,
         Some(&lab.identity("viewer")),
@@ -390,7 +390,7 @@ fn tamper_destroys_every_key_and_leaves_only_status() {
     .unwrap();
     assert_eq!(t.ok("GET", "/api/v1/info", None).unwrap()["tampered"], true);
     assert_eq!(t.call("POST", "/api/v1/logout", None).unwrap().status, 423);
-    drivesec_oem::daemons::stop(again.pid);
+    drivesec_lab::daemons::stop(again.pid);
     assert_eq!(private_keys_on_token(&dev), 0);
 
     reprovision_and_recommission(&lab, &dev, &tamper);
@@ -399,7 +399,11 @@ fn tamper_destroys_every_key_and_leaves_only_status() {
 /// The manufacturer brings the tampered device back: a new identity on the
 /// same chip, the old one revoked, the old directory kept as evidence, the
 /// anti-rollback counter carried over; then the owner commissions it again.
-fn reprovision_and_recommission(lab: &TestLab, dev: &drivesec_oem::lab::LabDevice, tamper: &Path) {
+fn reprovision_and_recommission(
+    lab: &TestLab,
+    dev: &drivesec_lab::manifest::LabDevice,
+    tamper: &Path,
+) {
     use {drivesec, s};
     let work = tempfile::tempdir().unwrap();
     let cred = work.path().join("new.cred");
@@ -502,16 +506,16 @@ fn reprovision_and_recommission(lab: &TestLab, dev: &drivesec_oem::lab::LabDevic
     // The owner commissions it again with the new credential.
     let cfg = DeviceConfig::load(&archive.join("drivesecd.toml")).unwrap();
     let daemon = Path::new(env!("CARGO_BIN_EXE_drivesecd"));
-    let started = drivesec_oem::daemons::start(daemon, &dev.dir, &cfg).unwrap();
+    let started = drivesec_lab::daemons::start(daemon, &dev.dir, &cfg).unwrap();
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
     let credential = std::fs::read_to_string(&cred).unwrap();
-    drivesec_oem::commission::commission(
+    drivesec_client::commission::commission(
         &mut oem,
-        &drivesec_oem::commission::CommissionRequest {
+        &drivesec_client::commission::CommissionRequest {
             addr: started.addr,
             identity: &lab.identity("security-admin"),
             manufacturer_roots: drivesec_pki::read_cert_chain(&lab.m.manufacturer_ca).unwrap(),
-            manufacturer_revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+            manufacturer_revocation: drivesec_client::client::Revocation::manufacturer_from_file(
                 &lab.m.manufacturer_crl,
             )
             .unwrap()
@@ -533,7 +537,7 @@ fn reprovision_and_recommission(lab: &TestLab, dev: &drivesec_oem::lab::LabDevic
             drivesec_pki::read_cert_chain(&lab.m.oem_ca).unwrap(),
             "again.lab.drivesec",
             None,
-            drivesec_oem::client::Revocation::from_file(&lab.m.crl)
+            drivesec_client::client::Revocation::from_file(&lab.m.crl)
                 .unwrap()
                 .0,
         ),
@@ -547,6 +551,6 @@ fn reprovision_and_recommission(lab: &TestLab, dev: &drivesec_oem::lab::LabDevic
     );
     let fw = c.ok("GET", "/api/v1/firmware", None).unwrap();
     assert_eq!(fw["running"]["version"], "1.0.1", "{fw}");
-    drivesec_oem::daemons::stop(started.pid);
+    drivesec_lab::daemons::stop(started.pid);
     assert_eq!(private_keys_on_token(dev), 3, "IDevID, firmware, LDevID");
 }

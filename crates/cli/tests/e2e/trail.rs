@@ -24,7 +24,7 @@ use crate::support::audit_common::{
 use crate::support::{TestLab, audit_common, device_signer, drivesec, fails, ok, run, s, test_lab};
 use drivesec_audit::reader::Query;
 use drivesec_audit::{Actor, AuditLog, Event, frame, reader};
-use drivesec_device::config::DeviceConfig;
+use drivesec_state::config::DeviceConfig;
 use serde_json::Value;
 
 const ESCAPED_USER: &str = "\u{1b}[2J\u{1b}[Hmallory";

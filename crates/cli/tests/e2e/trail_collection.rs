@@ -11,7 +11,7 @@ use crate::support::{
     wait_until,
 };
 use drivesec_audit::{Actor, AuditLog, Event};
-use drivesec_oem::client::{ClientIdentity, DeviceClient, Versions};
+use drivesec_client::client::{ClientIdentity, DeviceClient, Versions};
 use serde_json::Value;
 
 /// A reviewer collects a trail from a drive that has not signed a
@@ -31,7 +31,7 @@ fn a_collected_trail_is_signed_up_to_the_moment_it_was_asked_for() {
     let before = lab.audit_records("").len() as u64;
     let t = tempfile::tempdir().unwrap();
     let auditor = lab.session("auditor");
-    let chain = drivesec_oem::review::collect_trail(&auditor, t.path()).unwrap();
+    let chain = drivesec_client::trail::collect_trail(&auditor, t.path()).unwrap();
     let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
     let report = drivesec_audit::verify::verify(t.path(), &key).unwrap();
     assert!(report.ok, "{:#?}", report.problems);

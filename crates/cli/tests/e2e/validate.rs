@@ -28,13 +28,14 @@ fn four_faults_four_findings_and_evidence() {
     let profile = d.path().join("line.toml");
     std::fs::write(&profile, drivesec_iec62443::profile::to_toml(&p, "bench")).unwrap();
     let admin = lab.admin();
-    drivesec_oem::provision::apply(&admin, &p).unwrap();
+    drivesec_ops::provision::apply(&admin, &p).unwrap();
     // The inventory: the lab's, with the profile.
     let m = &lab.m;
-    let mut inv = drivesec_oem::inventory::Inventory::from_lab(&lab.dir, m, &|dev| {
-        (dev == "drive-001").then(|| "drive".to_string())
-    })
-    .unwrap();
+    let mut inv = m
+        .inventory(&lab.dir, &|dev| {
+            (dev == "drive-001").then(|| "drive".to_string())
+        })
+        .unwrap();
     inv.devices[0].profile = Some(profile.clone());
     // A revoked client certificate, with the CRL on the device.
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
@@ -127,7 +128,7 @@ fn four_faults_four_findings_and_evidence() {
     // Four faults.
     let mut loose = p.clone();
     loose.allow_tls12 = true;
-    drivesec_oem::provision::apply(&admin, &loose).unwrap();
+    drivesec_ops::provision::apply(&admin, &loose).unwrap();
     std::fs::write(
         lab.device_dir().join("factory-credential.hash"),
         "left behind",
@@ -193,7 +194,7 @@ fn four_faults_four_findings_and_evidence() {
             "firmware",
             Box::new(|| {
                 // The owner approves 1.1.0 for this plant.
-                let mut inv = drivesec_oem::inventory::Inventory::load(&inventory).unwrap();
+                let mut inv = drivesec_ops::inventory::Inventory::load(&inventory).unwrap();
                 inv.validator.approved_releases.push(rel.clone());
                 write_inventory(&inventory, &inv);
             }),
@@ -201,7 +202,7 @@ fn four_faults_four_findings_and_evidence() {
         (
             "tls12-refused",
             Box::new(|| {
-                drivesec_oem::provision::apply(&admin, &p).unwrap();
+                drivesec_ops::provision::apply(&admin, &p).unwrap();
             }),
         ),
     ];
@@ -288,13 +289,15 @@ fn audit_forwarding_is_checked_end_to_end() {
     // TRE 2: forwarding required.
     let plan = PLAN.replace("[1, 1, 2, 1, 1, 1, 0]", "[1, 1, 1, 1, 1, 2, 0]");
     let l = drivesec_iec62443::model::parse(Path::new("plan.toml"), &plan).unwrap();
-    let inv = drivesec_oem::inventory::Inventory::from_lab(&lab.dir, &lab.m, &|d| {
-        (d == "drive-001").then(|| "drive".to_string())
-    })
-    .unwrap();
-    let (ctx, targets) = drivesec_oem::validate::prepare(&l.model, &inv).unwrap();
+    let inv = lab
+        .m
+        .inventory(&lab.dir, &|d| {
+            (d == "drive-001").then(|| "drive".to_string())
+        })
+        .unwrap();
+    let (ctx, targets) = drivesec_ops::validate::prepare(&l.model, &inv).unwrap();
     let check = || {
-        let r = drivesec_oem::validate::validate_device(&ctx, &targets[0]);
+        let r = drivesec_ops::validate::validate_device(&ctx, &targets[0]);
         let c = r
             .checks
             .iter()
@@ -304,7 +307,7 @@ fn audit_forwarding_is_checked_end_to_end() {
         (c.verdict, c.detail)
     };
     let (verdict, detail) = check();
-    assert_eq!(verdict, drivesec_oem::validate::Verdict::Pass, "{detail}");
+    assert_eq!(verdict, drivesec_ops::validate::Verdict::Pass, "{detail}");
     assert!(detail.contains("reached the collector"), "{detail}");
     // The test record is at the collector, by its sequence number.
     let seq: u64 = detail.split_whitespace().nth(2).unwrap().parse().unwrap();
@@ -312,6 +315,6 @@ fn audit_forwarding_is_checked_end_to_end() {
     assert!(log.contains(&format!("seq=\"{seq}\"")), "{log}");
     collector.stop();
     let (verdict, detail) = check();
-    assert_eq!(verdict, drivesec_oem::validate::Verdict::Fail, "{detail}");
+    assert_eq!(verdict, drivesec_ops::validate::Verdict::Fail, "{detail}");
     assert!(detail.contains("not delivered"), "{detail}");
 }

@@ -11,8 +11,8 @@ use drivesec_audit::Outcome;
 use serde_json::json;
 
 use super::{ApiError, Body, ConnInfo, Device, reply};
-use crate::OrPoisoned;
 use crate::device::Pending;
+use crate::{DeviceError, OrPoisoned};
 
 pub(crate) async fn begin(
     State(dev): State<Arc<Device>>,
@@ -24,7 +24,7 @@ pub(crate) async fn begin(
     let rec = dev.reserve("commission.begin")?;
     let csr = {
         let st = dev.state.read().or_poisoned("state")?;
-        st.ldevid_csr(&req.device_name)?
+        st.ldevid_csr(&req.device_name).map_err(DeviceError::from)?
     };
     *dev.pending.lock().or_poisoned("pending")? = Some(Pending {
         device_name: req.device_name.clone(),
@@ -70,7 +70,7 @@ pub(crate) async fn complete(
     let rec = dev.reserve("device.commissioned")?;
     let new_state = tokio::task::spawn_blocking(move || {
         let st = d2.state.read().or_poisoned("state")?;
-        st.install_ownership(
+        st.install_ownership_with(
             &name,
             &req.ldevid_chain_pem,
             &req.trust_anchors_pem,
@@ -78,23 +78,21 @@ pub(crate) async fn complete(
             // The TLS configurations of the commissioned state are built
             // before anything is written: one that cannot be built is
             // refused while the device is still in factory state.
-            |owned| {
+            |owned| -> crate::Result<()> {
                 crate::tls::server_config(owned, &config.tls)?;
                 crate::tls::modbus_config(owned, &config.modbus)?;
                 Ok(())
             },
-            |path| {
+            |path| -> crate::Result<()> {
                 let mut acc = Accounts::create(path, policy.clone())
-                    .map_err(|e| crate::DeviceError::Invalid(e.to_string()))?;
+                    .map_err(|e| DeviceError::Invalid(e.to_string()))?;
                 acc.add_user(
                     &req.admin_username,
                     "security-admin",
                     &req.admin_password,
                     time::OffsetDateTime::now_utc(),
                 )
-                .map_err(|e| {
-                    crate::DeviceError::Invalid(format!("first security administrator: {e}"))
-                })?;
+                .map_err(|e| DeviceError::Invalid(format!("first security administrator: {e}")))?;
                 Ok(())
             },
         )

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::response::IntoResponse;
+use drivesec_state::config::ApiSettings;
 use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,7 +28,6 @@ use tower::ServiceExt;
 
 use super::{ApiError, ConnInfo};
 use crate::accept::{Conn, Service};
-use crate::config::ApiSettings;
 use crate::device::{Device, Trust, stale_connection};
 
 /// What the accept loop runs for each API connection: HTTP/1.1 over the

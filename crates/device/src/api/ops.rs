@@ -13,16 +13,16 @@ use drivesec_audit::Outcome;
 use drivesec_audit::reader::{self, Query as AuditQuery};
 use drivesec_drive::{Group, PARAMS};
 use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_state::files;
 use serde_json::json;
 
 use super::{ApiError, Body, Caller, ConnInfo, Device, PathParam, reply, settings_change};
-use crate::OrPoisoned;
 use crate::device::downloads::{
     CertificateDownload, SEGMENT_DOWNLOADS, SEGMENT_DOWNLOADS_PER_CERTIFICATE,
 };
 use crate::device::reset::{RESET_APPROVAL_WINDOW, ResetRequest};
 use crate::posture::{access_policy, life_cycle};
-use crate::state::files;
+use crate::{DeviceError, OrPoisoned};
 
 use drivesec_api::audit::ForwardingSettings;
 
@@ -294,7 +294,7 @@ const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 /// averaged over each [`EXPORT_STALL`] from the answer on (the first
 /// window included, so the connection's buffers filling at once count
 /// only toward the first): what the tool's client demands of devices
-/// (`oem::client::Timeouts::min_rate`). A slower reader is cut off, and
+/// (`drivesec_client::client::Timeouts::min_rate`). A slower reader is cut off, and
 /// its place given back.
 pub(crate) const SEGMENT_MIN_RATE: u64 = 32 << 10;
 
@@ -512,7 +512,7 @@ pub(crate) async fn trail(State(dev): State<Arc<Device>>, c: Caller) -> Result<R
     .map_err(|e| ApiError::internal(e.to_string()))??;
     let idevid = {
         let st = dev.state.read().or_poisoned("state")?;
-        fsu::read_to_string(&st.path(crate::state::files::IDEVID))
+        fsu::read_to_string(&st.path(files::IDEVID))
             .map_err(|e| ApiError::internal(e.to_string()))?
     };
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -842,7 +842,7 @@ pub(crate) async fn install_crl(
     let _gate = GATE.lock().or_poisoned("CRL installation")?;
     let rec = dev.reserve("trust.crl.install")?;
     let config = dev.config.read().or_poisoned("config")?.clone();
-    let r = (|| -> Result<crate::state::StateDir, ApiError> {
+    let r = (|| -> Result<drivesec_state::StateDir, ApiError> {
         let st = dev.state.read().or_poisoned("state")?;
         let set = st
             .check_crl(req.crl_pem.as_bytes())
@@ -850,7 +850,7 @@ pub(crate) async fn install_crl(
         let next = st.with_crls(set);
         crate::tls::server_config(&next, &config.tls)?;
         crate::tls::modbus_config(&next, &config.modbus)?;
-        next.write_crls()?;
+        next.write_crls().map_err(DeviceError::from)?;
         Ok(next)
     })();
     let details = match &r {

@@ -15,7 +15,7 @@ use drivesec_audit::Outcome;
 use serde_json::json;
 
 use super::{ApiError, Body, Caller, ConnInfo, Device, reply, settings_change};
-use crate::OrPoisoned;
+use crate::{DeviceError, OrPoisoned};
 
 pub(crate) async fn get_profile(
     State(dev): State<Arc<Device>>,
@@ -75,7 +75,8 @@ pub(crate) async fn renew_begin(
     // The new key is made and the CSR signed in the keystore.
     let (next, csr) = crate::blocking(|| {
         let st = dev.state.read().or_poisoned("state")?;
-        st.renewal_csr().map_err(ApiError::from)
+        st.renewal_csr()
+            .map_err(|e| ApiError::from(DeviceError::from(e)))
     })?;
     *dev.renewal.lock().or_poisoned("renewal")? = Some(next.clone());
     rec.record(
@@ -108,6 +109,7 @@ pub(crate) async fn renew_complete(
     let st = {
         let cur = dev.state.read().or_poisoned("state")?;
         cur.install_renewed(&next, &req.chain_pem)
+            .map_err(DeviceError::from)
     };
     let st = match st {
         Ok(s) => s,

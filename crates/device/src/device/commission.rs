@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drivesec_audit::Outcome;
+use drivesec_state::LifeCycle;
 use serde_json::json;
 
 use super::{ConnInfo, Device};
-use crate::state::LifeCycle;
 use crate::{DeviceError, OrPoisoned, Refusal, Result};
 
 impl Device {
@@ -68,6 +68,7 @@ impl Device {
                 .read()
                 .or_poisoned("state")?
                 .check_factory_credential(&candidate)
+                .map_err(DeviceError::from)
         })
         .await
         .map_err(|e| DeviceError::internal(e.to_string()))??;

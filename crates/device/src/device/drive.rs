@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use drivesec_access::Sessions;
 use drivesec_audit::{Actor, Event};
+use drivesec_state::StateDir;
 
 use super::Device;
 use crate::drive_loop::{DriveEvent, TamperResponse};
-use crate::state::StateDir;
 use crate::{DeviceError, OrPoisoned, Result};
 
 impl Device {

@@ -3,9 +3,9 @@
 //! trail all working) or reverted, and every outcome is recorded.
 
 use drivesec_audit::{Actor, Event};
+use drivesec_state::journal::failpoint_set;
 
 use super::Device;
-use crate::state::journal::failpoint_set;
 use crate::{OrPoisoned, Result};
 
 impl Device {

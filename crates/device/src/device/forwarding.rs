@@ -19,12 +19,12 @@ use drivesec_audit::forward::{
 };
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_keystore::KeyHandle;
+use drivesec_state::files;
 use rustls::pki_types::CertificateRevocationListDer;
 use tokio::sync::watch;
 
 use super::Device;
 use super::trust::Trust;
-use crate::state::files;
 use crate::{DeviceError, OrPoisoned, Result};
 
 /// The CRLs of the state the device has adopted, as the forwarder asks.
@@ -93,7 +93,7 @@ impl Device {
         if persist && let Ok(st) = self.state.read() {
             let dir = st.dir.clone();
             drop(st);
-            crate::state::journal::failpoint_hold(&dir, "forwarding:hold");
+            drivesec_state::journal::failpoint_hold(&dir, "forwarding:hold");
         }
         let collector = s.collector.parse().map_err(|_| {
             DeviceError::Invalid(format!("collector '{}' is not IP:PORT", s.collector))

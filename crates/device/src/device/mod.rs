@@ -36,9 +36,9 @@ use drivesec_access::{Accounts, Permission, Sessions};
 use drivesec_audit::{AuditLog, Signer};
 use drivesec_drive::ParamSet;
 use drivesec_fsutil as fsu;
+use drivesec_state::config::DeviceConfig;
+use drivesec_state::{LifeCycle, StateDir, files};
 
-use crate::config::DeviceConfig;
-use crate::state::{LifeCycle, StateDir, files};
 use crate::{DeviceError, Result};
 
 pub(crate) use audit::Recorder;
@@ -195,7 +195,7 @@ impl Device {
         let params = load_params(&st)?;
         let tls_cfg = crate::tls::server_config(&st, &config.tls)?;
         let modbus_tls = crate::tls::modbus_config(&st, &config.modbus)?;
-        let modbus_rights = st.modbus_rights()?;
+        let modbus_rights = settings::stored_modbus_rights(&st)?;
         let trust = Trust::of(&st)?;
         let firmware = crate::firmware::Firmware::open(&st)?;
         Ok(Arc::new(Device {

@@ -4,7 +4,8 @@
 //! commit point), the files are replaced one by one, and the journal is
 //! removed. A device killed before the commit point keeps its old state; one
 //! killed after it finishes the job when the state directory is next loaded
-//! (`crate::state::journal::roll_forward`). Re-applying the same profile changes nothing.
+//! (`drivesec_state::StateDir::load` rolls it forward). Re-applying the same
+//! profile changes nothing.
 
 use std::collections::BTreeMap;
 
@@ -14,12 +15,12 @@ use drivesec_audit::Outcome;
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_iec62443::profile::{self, Account, Grant, Lockout, Password, Profile, Session};
 use drivesec_modbus::{Rights, Rule};
+use drivesec_state::config::{ModbusOverride, TlsSettings};
+use drivesec_state::files;
+use drivesec_state::journal::{Journal, apply_files, failpoint};
 use serde::Serialize;
 
 use super::{Caller, Device};
-use crate::config::{ModbusOverride, TlsSettings};
-use crate::state::files;
-use crate::state::journal::{Journal, apply_files, failpoint};
 use crate::{DeviceError, OrPoisoned, Refusal, Result};
 
 /// The rights table of a profile's grants.
@@ -363,7 +364,7 @@ impl Device {
             cfg.modbus.allow_tls12 = modbus.allow_tls12;
         }
         *self.modbus_rights.write().or_poisoned("modbus rights")? = std::sync::Arc::new(rights);
-        let st = crate::state::StateDir::load(&dir)?;
+        let st = drivesec_state::StateDir::load(&dir)?;
         self.adopt_state(st)?;
         rec.record(
             Device::event(c, "device.provision", Outcome::Success)

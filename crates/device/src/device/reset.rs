@@ -8,11 +8,11 @@ use drivesec_access::{Permission, Sessions};
 use drivesec_audit::{Actor, Event};
 use drivesec_drive::ParamSet;
 use drivesec_fsutil as fsu;
+use drivesec_state::journal::failpoint_hold;
+use drivesec_state::{StateDir, files};
 use zeroize::Zeroizing;
 
 use super::{Caller, Device, open_audit};
-use crate::state::journal::failpoint_hold;
-use crate::state::{StateDir, files};
 use crate::{DeviceError, OrPoisoned, Result};
 
 /// A factory reset asked for and not yet approved.
@@ -115,7 +115,7 @@ impl Device {
                 if p.exists() {
                     fsu::shred(&p).map_err(|e| DeviceError::internal(e.to_string()))?;
                 }
-                st.factory_reset()
+                Ok(st.factory_reset()?)
             })();
             match reset {
                 Ok(cred) => (cred, st.dir.clone()),

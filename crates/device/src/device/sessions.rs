@@ -54,16 +54,16 @@ impl Device {
         })
     }
 
-    /// The test-only hold point `point` (`crate::state::journal::failpoint_hold`),
+    /// The test-only hold point `point` (`drivesec_state::journal::failpoint_hold`),
     /// waited for on a blocking thread; nothing unless the state
     /// directory's fault file names it.
     pub(crate) async fn hold_point(&self, point: &'static str) {
         let Some(dir) = self.state.read().ok().map(|st| st.dir.clone()) else {
             return;
         };
-        if crate::state::journal::failpoint_set(&dir, point) {
+        if drivesec_state::journal::failpoint_set(&dir, point) {
             let _ = tokio::task::spawn_blocking(move || {
-                crate::state::journal::failpoint_hold(&dir, point);
+                drivesec_state::journal::failpoint_hold(&dir, point);
             })
             .await;
         }
@@ -182,7 +182,7 @@ impl Device {
     /// Refuses everything but commissioning in factory state.
     pub(crate) fn commissioned(&self) -> Result<()> {
         let st = self.state.read().or_poisoned("state")?;
-        if st.file.state == crate::state::LifeCycle::Factory {
+        if st.file.state == drivesec_state::LifeCycle::Factory {
             return Err(DeviceError::conflict(
                 "the device is in factory state: only commissioning is available",
             ));

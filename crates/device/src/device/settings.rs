@@ -8,10 +8,29 @@ use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_modbus::Rights;
 use serde_json::json;
 
+use drivesec_state::{StateDir, files};
+
 use super::Device;
 use crate::posture;
-use crate::state::files;
 use crate::{DeviceError, OrPoisoned, Result};
+
+/// The Modbus rights table a state directory stores (`modbus-rights.json`;
+/// empty when none was set).
+pub(super) fn stored_modbus_rights(st: &StateDir) -> Result<Rights> {
+    let p = st.path(files::MODBUS_RIGHTS);
+    if !p.exists() {
+        return Ok(Rights::default());
+    }
+    let r: Rights = serde_json::from_slice(&fsu::read(&p)?).map_err(|e| DeviceError::State {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    r.validate().map_err(|e| DeviceError::State {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(r)
+}
 
 impl Device {
     /// A JSON file of the state directory (`files::*`), if present.

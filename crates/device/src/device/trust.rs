@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use drivesec_access::Accounts;
+use drivesec_state::{LifeCycle, StateDir, files};
 
 use super::{ConnInfo, Device};
-use crate::state::{LifeCycle, StateDir, files};
 use crate::{DeviceError, OrPoisoned, Result};
 
 /// The trust open connections were admitted under. The device sends a new
@@ -59,7 +59,7 @@ impl Device {
         };
         let tls_cfg = crate::tls::server_config(&st, &config.tls)?;
         let modbus_tls = crate::tls::modbus_config(&st, &config.modbus)?;
-        let rights = st.modbus_rights()?;
+        let rights = super::settings::stored_modbus_rights(&st)?;
         let trust = Trust::of(&st)?;
         *self.modbus_tls.write().or_poisoned("modbus TLS")? = modbus_tls;
         *self.modbus_rights.write().or_poisoned("modbus rights")? = Arc::new(rights);

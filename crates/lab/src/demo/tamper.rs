@@ -67,7 +67,7 @@ pub(super) fn tamper_story(
         .parse()
         .map_err(|_| LabError::BadAddress(format!("bad api address {api}")))?;
     let keys = || -> Result<usize> {
-        let st = drivesec_device::state::StateDir::load(&d.dir)?;
+        let st = drivesec_state::StateDir::load(&d.dir)?;
         Ok(st.store.list()?.len())
     };
     let keys_before = keys()?;
@@ -180,8 +180,8 @@ fn reprovision_story(
                 reason: e.to_string(),
             }
         })?;
-    let st = drivesec_device::state::StateDir::load(&d.dir)?;
-    drivesec_device::firmware::install_factory(&st, &trust, &drivesec_fsutil::read(&image)?)?;
+    let st = drivesec_state::StateDir::load(&d.dir)?;
+    drivesec_state::firmware::install_factory(&st, &trust, &drivesec_fsutil::read(&image)?)?;
     let keys_after = st.store.list()?.len();
     // The old IDevID still chains to the manufacturer root, and the
     // manufacturer CRL now refuses it.

@@ -13,7 +13,7 @@ use drivesec_api::accounts::{
 use drivesec_api::sessions::{
     MeAnswer, OwnPasswordAnswer, OwnPasswordRequest, SessionListAnswer, SessionTerminatedAnswer,
 };
-use drivesec_oem::client::DeviceClient;
+use drivesec_client::client::DeviceClient;
 
 use super::answer::{as_json, print, print_answer, shown};
 use super::target::{Target, read_secret};

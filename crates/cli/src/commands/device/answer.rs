@@ -3,7 +3,7 @@
 //! the device said escaped for the terminal.
 
 use anyhow::Result;
-use drivesec_oem::client::wire_name;
+use drivesec_client::client::wire_name;
 use serde::Serialize;
 use serde_json::Value;
 

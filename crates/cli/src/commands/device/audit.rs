@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use drivesec_api::audit::{AuditRecordsAnswer, ForwardingSetAnswer, ForwardingSettings};
+use drivesec_client::client::DeviceClient;
 use drivesec_fsutil::{self as fsu, Mode};
-use drivesec_oem::client::DeviceClient;
 
 use super::answer::{named, print, shown};
 use crate::text::safe;

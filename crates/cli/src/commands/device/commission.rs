@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use drivesec_oem::client::Revocation;
+use drivesec_client::client::Revocation;
 
 use super::answer::print;
 use super::target::{Target, read_secret};
@@ -49,7 +49,7 @@ pub struct CommissionArgs {
 /// happened said as for any error (the commissioning's error, shown as
 /// is).
 #[derive(Debug)]
-pub struct EndedBySignal(drivesec_oem::OemError);
+pub struct EndedBySignal(drivesec_client::ClientError);
 
 impl std::fmt::Display for EndedBySignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,7 +65,7 @@ impl std::error::Error for EndedBySignal {
 
 /// Handles SIGINT and SIGTERM while a device is commissioned. What each
 /// signal does, and what is said about it, follows the phase the
-/// commissioning is in (`drivesec_oem::commission::Interrupted`): before
+/// commissioning is in (`drivesec_client::commission::Interrupted`): before
 /// the OEM CA issued anything the process exits at once (130); while the
 /// LDevID is issued or the device finished, the commissioning abandons its
 /// remaining steps and revokes that LDevID (naming it; it then fails,
@@ -79,7 +79,7 @@ impl std::error::Error for EndedBySignal {
 /// signal, a failure or the success the commissioning recorded first
 /// ([`EndedBySignal`]), so the watcher's `exit(130)` (only before
 /// issuance) and the command's own end always agree.
-fn watch_signals(interrupt: &drivesec_oem::commission::Interrupt, device: &str) -> Result<()> {
+fn watch_signals(interrupt: &drivesec_client::commission::Interrupt, device: &str) -> Result<()> {
     use std::io::Write as _;
     use tokio::signal::unix::{SignalKind, signal};
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -176,12 +176,12 @@ pub(super) fn run(
     let manufacturer_roots = drivesec_pki::read_cert_chain(manufacturer_root)?;
     // Nothing fails between here and the commissioning, which records
     // its own failures: a signal meanwhile exits 130 and nothing else.
-    let interrupt = drivesec_oem::commission::Interrupt::new();
+    let interrupt = drivesec_client::commission::Interrupt::new();
     watch_signals(&interrupt, &name)?;
     let ca_dir = oem_ca.clone();
-    let r = drivesec_oem::commission::commission_interruptible(
+    let r = drivesec_client::commission::commission_interruptible(
         &mut ca,
-        &drivesec_oem::commission::CommissionRequest {
+        &drivesec_client::commission::CommissionRequest {
             addr: t.addr,
             identity: &t.identity,
             manufacturer_roots,

@@ -7,7 +7,7 @@ use drivesec_api::drive::{
     DriveCommand as Command, DriveControlAnswer, DriveControlRequest, DriveStatus,
     ParamWriteAnswer, ParamWriteRequest, ParamsAnswer,
 };
-use drivesec_oem::client::DeviceClient;
+use drivesec_client::client::DeviceClient;
 
 use super::answer::{named, print, shown};
 use crate::text::safe;

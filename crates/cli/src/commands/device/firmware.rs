@@ -9,8 +9,8 @@ use drivesec_api::firmware::{
     FirmwareBootState, FirmwareRebootAnswer, FirmwareStatus, FirmwareUploadAnswer, RunningFirmware,
     TrustRotationAnswer, TrustRotationRequest,
 };
+use drivesec_client::client::DeviceClient;
 use drivesec_fsutil as fsu;
-use drivesec_oem::client::DeviceClient;
 
 use super::answer::{print, shown};
 use super::target::{Target, revocation};
@@ -154,7 +154,7 @@ pub(super) fn attest(c: &DeviceClient, t: &Target, a: &AttestArgs, json: bool) -
     // connection authenticated (and the owner's CRLs: an attestation by a
     // revoked key does not count).
     let (revocation, _) = revocation(t)?;
-    let report = drivesec_oem::attest::attest(
+    let report = drivesec_client::attest::attest(
         c,
         &roots,
         revocation.crls()?,

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use drivesec_api::device::DeviceInfo;
-use drivesec_oem::client::DeviceClient;
+use drivesec_client::client::DeviceClient;
 
 use self::accounts::{RolesCommand, SessionsCommand, UsersCommand};
 use self::answer::{named, print};

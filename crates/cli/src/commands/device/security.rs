@@ -7,8 +7,8 @@ use anyhow::{Result, anyhow, bail};
 use drivesec_api::security::{
     FactoryResetAnswer, FactoryResetPendingAnswer, FactoryResetRequest, Posture,
 };
+use drivesec_client::client::DeviceClient;
 use drivesec_fsutil::{self as fsu, Mode};
-use drivesec_oem::client::DeviceClient;
 use serde_json::json;
 
 use super::answer::{named, print};
@@ -37,7 +37,7 @@ pub(super) fn provision(
 ) -> Result<()> {
     let p = read_profile(profile)?;
     let new: Vec<String> = {
-        let (_, cur) = drivesec_oem::provision::current(c)?;
+        let (_, cur) = drivesec_ops::provision::current(c)?;
         p.accounts
             .iter()
             .filter(|a| !cur.accounts.iter().any(|b| b.username == a.username))
@@ -50,7 +50,7 @@ pub(super) fn provision(
             new.join(", ")
         );
     }
-    let r = drivesec_oem::provision::apply(c, &p)?;
+    let r = drivesec_ops::provision::apply(c, &p)?;
     if let Some(out) = passwords_out
         && !r.initial_passwords.is_empty()
     {
@@ -79,7 +79,7 @@ pub(super) fn provision(
 /// `device diff`: where the device differs from a profile.
 pub(super) fn diff(c: &DeviceClient, profile: &Path, json: bool) -> Result<()> {
     let p = read_profile(profile)?;
-    let d = drivesec_oem::provision::diff(c, &p)?;
+    let d = drivesec_ops::provision::diff(c, &p)?;
     print(json, &json!({"drift": d}), |_| {
         if d.is_empty() {
             println!("no drift from {}", profile.display());

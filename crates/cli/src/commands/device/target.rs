@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use drivesec_client::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions};
 use drivesec_fsutil as fsu;
-use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions};
-use drivesec_oem::lab::LabManifest;
+use drivesec_lab::LabManifest;
 
 use clap::Args;
 

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use drivesec_device::config::DeviceConfig;
-use drivesec_oem::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
-use drivesec_oem::lab::{self, LabManifest, LabOptions};
+use drivesec_client::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
+use drivesec_lab::LabManifest;
+use drivesec_lab::up::LabOptions;
+use drivesec_state::config::DeviceConfig;
 
 use super::pki::issue_client_files;
 
@@ -19,12 +20,12 @@ pub struct TestLab {
 
 impl Drop for TestLab {
     fn drop(&mut self) {
-        let _ = lab::down(&self.dir);
+        let _ = drivesec_lab::up::down(&self.dir);
     }
 }
 
 pub fn test_lab(config: Option<DeviceConfig>) -> TestLab {
-    test_lab_on(config, drivesec_oem::lab::Backend::Soft)
+    test_lab_on(config, drivesec_lab::up::Backend::Soft)
 }
 
 /// A lab of `devices` running drives (soft keystores).
@@ -33,7 +34,7 @@ pub fn test_lab_n(config: Option<DeviceConfig>, devices: usize) -> TestLab {
 }
 
 /// A lab whose devices keep their keys on SoftHSM2 tokens (under `$SOFTHSM2_CONF`).
-pub fn test_lab_on(config: Option<DeviceConfig>, keystore: drivesec_oem::lab::Backend) -> TestLab {
+pub fn test_lab_on(config: Option<DeviceConfig>, keystore: drivesec_lab::up::Backend) -> TestLab {
     lab_with(config, |o| o.keystore = keystore)
 }
 
@@ -47,7 +48,7 @@ fn lab_with(config: Option<DeviceConfig>, adjust: impl FnOnce(&mut LabOptions)) 
         ..LabOptions::new(dir.clone())
     };
     adjust(&mut opts);
-    let m = lab::up(&opts, &mut |_| {}).unwrap();
+    let m = drivesec_lab::up::up(&opts, &mut |_| {}).unwrap();
     TestLab { _tmp: tmp, dir, m }
 }
 
@@ -73,7 +74,7 @@ pub fn fresh_lab_may_reset() -> DeviceConfig {
 /// directory.
 pub fn pki_lab() -> (tempfile::TempDir, LabManifest) {
     let t = tempfile::tempdir().unwrap();
-    let m = drivesec_oem::lab::up(&LabOptions::new(t.path().join("lab")), &mut |_| {}).unwrap();
+    let m = drivesec_lab::up::up(&LabOptions::new(t.path().join("lab")), &mut |_| {}).unwrap();
     (t, m)
 }
 
@@ -199,8 +200,8 @@ impl TestLab {
     }
 
     /// A Modbus/TCP Security session with `role`'s certificate.
-    pub fn modbus(&self, role: &str) -> drivesec_oem::modbus::ModbusClient {
-        drivesec_oem::modbus::ModbusClient::connect(
+    pub fn modbus(&self, role: &str) -> drivesec_client::modbus::ModbusClient {
+        drivesec_client::modbus::ModbusClient::connect(
             self.modbus_addr(),
             Some(&self.identity(role)),
             &self.trust(),
@@ -237,7 +238,7 @@ impl TestLab {
         &self,
         identity: &ClientIdentity,
     ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-        let (cfg, name) = drivesec_oem::client::tls_config(
+        let (cfg, name) = drivesec_client::client::tls_config(
             self.addr(),
             Some(identity),
             &self.trust(),
@@ -276,8 +277,8 @@ impl TestLab {
     pub fn restarts(&self) {
         let dev = &self.m.devices[0];
         let cfg = DeviceConfig::load(&dev.dir.join("drivesecd.toml")).unwrap();
-        let again = drivesec_oem::daemons::start(&drivesecd(), &dev.dir, &cfg).unwrap();
-        drivesec_oem::daemons::stop(again.pid);
+        let again = drivesec_lab::daemons::start(&drivesecd(), &dev.dir, &cfg).unwrap();
+        drivesec_lab::daemons::stop(again.pid);
     }
 
     /// A factory reset over the API: the first security administrator asks,
@@ -320,8 +321,9 @@ impl TestLab {
     }
 
     /// The lab's inventory, each device's asset named as the device.
-    pub fn inventory(&self) -> drivesec_oem::inventory::Inventory {
-        drivesec_oem::inventory::Inventory::from_lab(&self.dir, &self.m, &|n| Some(n.to_string()))
+    pub fn inventory(&self) -> drivesec_ops::inventory::Inventory {
+        self.m
+            .inventory(&self.dir, &|n| Some(n.to_string()))
             .unwrap()
     }
 
@@ -335,7 +337,7 @@ impl TestLab {
 
     /// Records a (re)started daemon in the manifest and `lab.json`, so the
     /// clients reach it and `lab down` stops it.
-    pub fn started(&mut self, s: drivesec_oem::daemons::Started) {
+    pub fn started(&mut self, s: drivesec_lab::daemons::Started) {
         let d = &mut self.m.devices[0];
         d.pid = Some(s.pid);
         d.pid_start_time = s.start_time;
@@ -351,14 +353,14 @@ impl TestLab {
     /// Stops the lab device's daemon (without checking its trail).
     pub fn stop_device(&mut self) {
         let pid = self.m.devices[0].pid.take().unwrap();
-        assert!(drivesec_oem::daemons::stop(pid));
+        assert!(drivesec_lab::daemons::stop(pid));
     }
 
     /// Stops the device's daemon, checks that its audit trail verifies
     /// against the IDevID, and returns the trail's records.
     pub fn stop_and_read_trail(&mut self) -> Vec<drivesec_audit::reader::StoredRecord> {
         let dev = self.m.devices[0].clone();
-        assert!(drivesec_oem::daemons::stop(dev.pid.unwrap()));
+        assert!(drivesec_lab::daemons::stop(dev.pid.unwrap()));
         self.m.devices[0].pid = None;
         let chain = drivesec_pki::read_cert_chain(&dev.idevid).unwrap();
         let key = drivesec_pki::inspect::public_key(&chain[0]).unwrap();
@@ -373,14 +375,14 @@ impl TestLab {
         let dir = self.device_dir();
         let cfg = DeviceConfig::load(&dir.join("drivesecd.toml")).map_err(|e| e.to_string())?;
         let s =
-            drivesec_oem::daemons::start(&drivesecd(), &dir, &cfg).map_err(|e| e.to_string())?;
+            drivesec_lab::daemons::start(&drivesecd(), &dir, &cfg).map_err(|e| e.to_string())?;
         self.started(s);
         Ok(())
     }
 
     /// `PUT /api/v1/security/crl` with `body` as the first security
     /// administrator (logged out after): the reply, whatever its status.
-    pub fn put_crl(&self, body: &str) -> drivesec_oem::client::Reply {
+    pub fn put_crl(&self, body: &str) -> drivesec_client::client::Reply {
         let admin = self.admin();
         let r = admin
             .call(
@@ -402,7 +404,7 @@ impl TestLab {
             &DeviceTrust::Idevid {
                 roots: drivesec_pki::read_cert_chain(&self.m.manufacturer_ca).unwrap(),
                 serial: Some(self.m.devices[0].serial_number.clone()),
-                revocation: drivesec_oem::client::Revocation::manufacturer_from_file(
+                revocation: drivesec_client::client::Revocation::manufacturer_from_file(
                     &self.m.manufacturer_crl,
                 )
                 .unwrap()
@@ -426,7 +428,7 @@ impl TestLab {
 /// again from the same state directory: the attack left the state intact.
 pub fn state_survives(lab: &TestLab) {
     let dev = &lab.m.devices[0];
-    assert!(drivesec_oem::daemons::stop(dev.pid.unwrap()));
+    assert!(drivesec_lab::daemons::stop(dev.pid.unwrap()));
     let report = lab.verify_trail(&dev.dir.join("audit"));
     assert!(report.ok, "trail: {:#?}", report.problems);
     lab.restarts();
@@ -438,13 +440,13 @@ pub fn state_survives(lab: &TestLab) {
 pub fn factory_lab(config: Option<DeviceConfig>) -> TestLab {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("lab");
-    let m = lab::up(&LabOptions::new(dir.clone()), &mut |_| {}).unwrap();
+    let m = drivesec_lab::up::up(&LabOptions::new(dir.clone()), &mut |_| {}).unwrap();
     let mut lab = TestLab { _tmp: tmp, dir, m };
     let mut cfg = config.unwrap_or_else(self::config);
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.modbus.listen = "127.0.0.1:0".parse().unwrap();
     let device_dir = lab.device_dir();
-    lab.started(drivesec_oem::daemons::start(&drivesecd(), &device_dir, &cfg).unwrap());
+    lab.started(drivesec_lab::daemons::start(&drivesecd(), &device_dir, &cfg).unwrap());
     lab
 }
 
@@ -454,7 +456,7 @@ pub struct Daemon(pub u32);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        drivesec_oem::daemons::stop(self.0);
+        drivesec_lab::daemons::stop(self.0);
     }
 }
 
@@ -486,7 +488,7 @@ pub fn lab_keystore(dir: &Path) -> std::sync::Arc<dyn drivesec_keystore::KeyStor
 /// What signs the trail of the device in the state directory `dir`: its
 /// keystore and IDevID key, as drivesecd opens them.
 pub fn device_signer(dir: &Path) -> drivesec_audit::Signer {
-    let file = drivesec_oem::factory::DeviceFile::load(dir).unwrap();
+    let file = drivesec_factory::DeviceFile::load(dir).unwrap();
     drivesec_audit::Signer {
         store: drivesec_keystore::open_keystore(&file.keystore, dir).unwrap(),
         handle: file.idevid_key.clone(),

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use drivesec_oem::client::ClientIdentity;
-use drivesec_oem::lab::LabManifest;
+use drivesec_client::client::ClientIdentity;
+use drivesec_lab::LabManifest;
 use drivesec_pki::{Ca, Profile};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use drivesec_oem::lab::LabManifest;
+use drivesec_lab::LabManifest;
 
 /// What a run of `drivesec` left: its exit code and output.
 pub struct Out {
@@ -176,7 +176,7 @@ pub fn store_url(dir: &Path) -> String {
 }
 
 /// Writes `inv` to `path` as TOML.
-pub fn write_inventory(path: &Path, inv: &drivesec_oem::inventory::Inventory) {
+pub fn write_inventory(path: &Path, inv: &drivesec_ops::inventory::Inventory) {
     std::fs::write(path, toml::to_string(inv).unwrap()).unwrap();
 }
 

@@ -8,8 +8,7 @@ use drivesec_audit::AuditConfig;
 use drivesec_fsutil as fsu;
 use serde::{Deserialize, Serialize};
 
-use crate::state::files;
-use crate::{DeviceError, Result};
+use crate::{Result, StateDir, StateError, files};
 
 /// TLS settings of the HTTPS API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,7 +187,7 @@ pub struct DeviceConfig {
 /// The drive's tick, the audit checkpoints, password hashes and firmware
 /// verification run on threads of their own either way; a handler that
 /// waits on a flush or the keystore hands its thread's other connections
-/// to another thread meanwhile (`crate::blocking`).
+/// to another thread meanwhile (drivesec-device's `blocking`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeSettings {
@@ -246,11 +245,11 @@ impl DeviceConfig {
     /// The check is `DeviceConfig::validate`, the one start-up applies.
     pub fn load(path: &Path) -> Result<Self> {
         let text = drivesec_fsutil::read_to_string(path)?;
-        let cfg: DeviceConfig = toml::from_str(&text).map_err(|e| DeviceError::Config {
+        let cfg: DeviceConfig = toml::from_str(&text).map_err(|e| StateError::Config {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        cfg.validate().map_err(|reason| DeviceError::Config {
+        cfg.validate().map_err(|reason| StateError::Config {
             path: path.to_path_buf(),
             reason,
         })?;
@@ -264,8 +263,8 @@ impl DeviceConfig {
     }
 
     /// Every check of the settings, in one place: [`DeviceConfig::load`]
-    /// (so `drivesecd check`) and start-up (`runtime::build`, after the
-    /// overrides set through the API) use this same test, and it includes
+    /// (so `drivesecd check`) and start-up ([`DeviceConfig::for_state`],
+    /// after the overrides set through the API) use this same test, and it includes
     /// the audit trail's own ([`AuditConfig::validate_existing`]), so a
     /// configuration that passes the check also starts.
     pub(crate) fn validate(&self) -> std::result::Result<(), String> {
@@ -375,13 +374,13 @@ impl DeviceConfig {
     /// this one with the settings set through the API applied over it
     /// (access policy, TLS and Modbus overrides), checked by
     /// `DeviceConfig::validate`. Start-up uses it, and so can a check.
-    pub fn for_state(mut self, st: &crate::state::StateDir) -> Result<Self> {
+    pub fn for_state(mut self, st: &StateDir) -> Result<Self> {
         if st.path(files::ACCESS_POLICY).exists() {
             self.access = AccessPolicy::load(&st.path(files::ACCESS_POLICY))?;
         }
         apply_overrides(&st.dir, &mut self)?;
         self.validate()
-            .map_err(|reason| DeviceError::Invalid(format!("configuration: {reason}")))?;
+            .map_err(|reason| StateError::Invalid(format!("configuration: {reason}")))?;
         Ok(self)
     }
 
@@ -395,11 +394,11 @@ impl DeviceConfig {
 /// `drivesecd.toml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ModbusOverride {
+pub struct ModbusOverride {
     /// Served at all.
-    pub(crate) enabled: bool,
+    pub enabled: bool,
     /// TLS 1.2 besides 1.3.
-    pub(crate) allow_tls12: bool,
+    pub allow_tls12: bool,
 }
 
 /// Applies the overrides a profile left in the state directory to a
@@ -413,7 +412,7 @@ fn apply_overrides(dir: &Path, c: &mut DeviceConfig) -> Result<()> {
             Ok(None)
         }
     };
-    let corrupt = |name: &str, e: serde_json::Error| DeviceError::State {
+    let corrupt = |name: &str, e: serde_json::Error| StateError::State {
         path: dir.join(name),
         reason: e.to_string(),
     };

@@ -16,15 +16,13 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{DeviceError, Result, credential};
-
-pub(crate) mod journal;
+use crate::{Result, StateError, credential, files, journal};
 
 /// Handle of the LDevID key.
-pub(crate) const LDEVID_KEY: &str = "ldevid";
+const LDEVID_KEY: &str = "ldevid";
 /// The other LDevID handle: a renewal makes its new key under whichever of
 /// the two is not in use.
-pub(crate) const LDEVID_KEY_NEXT: &str = "ldevid-next";
+const LDEVID_KEY_NEXT: &str = "ldevid-next";
 
 /// Life-cycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,14 +74,14 @@ fn default_hw_class() -> String {
 impl DeviceFile {
     /// Reads `DIR/device.json`.
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join("device.json");
+        let path = dir.join(files::DEVICE);
         let f: DeviceFile =
-            serde_json::from_slice(&fsu::read(&path)?).map_err(|e| DeviceError::State {
+            serde_json::from_slice(&fsu::read(&path)?).map_err(|e| StateError::State {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
         if f.format != "drivesec-device" || f.version != 1 {
-            return Err(DeviceError::State {
+            return Err(StateError::State {
                 path,
                 reason: format!("unsupported format {} version {}", f.format, f.version),
             });
@@ -94,61 +92,16 @@ impl DeviceFile {
     /// Writes `DIR/device.json` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let json =
-            serde_json::to_vec_pretty(self).map_err(|e| DeviceError::Invalid(e.to_string()))?;
-        fsu::write_atomic(&dir.join("device.json"), &json, Mode::Public)?;
+            serde_json::to_vec_pretty(self).map_err(|e| StateError::Invalid(e.to_string()))?;
+        fsu::write_atomic(&dir.join(files::DEVICE), &json, Mode::Public)?;
         Ok(())
     }
 }
 
-/// File names inside the state directory.
-pub mod files {
-    /// IDevID chain.
-    pub(crate) const IDEVID: &str = "idevid.crt";
-    /// Factory credential hash.
-    pub(crate) const CREDENTIAL: &str = "factory-credential.hash";
-    /// LDevID chain.
-    pub(crate) const LDEVID: &str = "ldevid.crt";
-    /// Owner trust anchors.
-    pub(crate) const TRUST: &str = "trust-anchors.pem";
-    /// Owner CRLs, one `X509 CRL` block per issuing CA (docs/pki.md, "CRL policy").
-    pub(crate) const CRL: &str = "crl.pem";
-    /// Accounts store.
-    pub(crate) const ACCOUNTS: &str = "accounts.json";
-    /// Audit trail directory.
-    pub(crate) const AUDIT: &str = "audit";
-    /// Trails sealed and kept by factory resets, one directory each.
-    pub(crate) const AUDIT_ARCHIVE: &str = "audit-archive";
-    /// Drive parameters.
-    pub(crate) const PARAMS: &str = "params.json";
-    /// Audit forwarding settings.
-    pub(crate) const FORWARDING: &str = "forwarding.json";
-    /// Access policy set through the API.
-    pub(crate) const ACCESS_POLICY: &str = "access-policy.json";
-    /// Firmware slots and boot state.
-    pub(crate) const FIRMWARE: &str = "firmware";
-    /// The firmware trust store.
-    pub(crate) const FIRMWARE_TRUST: &str = "firmware-trust.json";
-    /// Written by the manufacturer when it re-provisions a tampered device:
-    /// the old identity and the anti-rollback floor it leaves.
-    pub const REPROVISIONED: &str = "reprovisioned.json";
-    /// Written by the tamper response; only re-provisioning removes it.
-    pub const TAMPERED: &str = "tampered.json";
-    /// A provisioning transaction past its commit point (docs/provisioning.md).
-    pub(crate) const PROVISION_JOURNAL: &str = "provision.journal";
-    /// TLS settings set by a profile (override drivesecd.toml).
-    pub(crate) const TLS_POLICY: &str = "tls-policy.json";
-    /// Modbus settings set by a profile (override drivesecd.toml).
-    pub(crate) const MODBUS_SETTINGS: &str = "modbus-settings.json";
-    /// The last profile applied.
-    pub(crate) const PROFILE: &str = "profile.json";
-    /// Modbus rights per role, set through the API.
-    pub(crate) const MODBUS_RIGHTS: &str = "modbus-rights.json";
-    /// The device firmware key's public half (PEM), for vendors to encrypt to.
-    pub(crate) const FIRMWARE_KEY_PUB: &str = "firmware-key.pub";
-}
-
-/// A loaded, checked state directory.
+/// A loaded, checked state directory. Made only by [`StateDir::load`] and
+/// the operations that return the next state.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct StateDir {
     /// The directory.
     pub dir: PathBuf,
@@ -157,17 +110,17 @@ pub struct StateDir {
     /// The crypto chip.
     pub store: Arc<dyn KeyStore>,
     /// IDevID chain (leaf first).
-    pub(crate) idevid_chain: Vec<CertificateDer<'static>>,
+    pub idevid_chain: Vec<CertificateDer<'static>>,
     /// LDevID chain, once commissioned.
-    pub(crate) ldevid_chain: Option<Vec<CertificateDer<'static>>>,
+    pub ldevid_chain: Option<Vec<CertificateDer<'static>>>,
     /// Owner trust anchors, once commissioned.
-    pub(crate) trust_anchors: Vec<CertificateDer<'static>>,
+    pub trust_anchors: Vec<CertificateDer<'static>>,
     /// Owner CRLs, one per issuer, each checked (parse, issuer, signature)
     /// at installation and again at load.
-    pub(crate) crls: Vec<CrlInfo>,
+    pub crls: Vec<CrlInfo>,
     /// How far the staleness of the CRLs was reported (0 not, 1 overdue,
     /// 2 past the grace period): each stage is recorded once per loaded state.
-    pub(crate) crl_reported: Arc<std::sync::atomic::AtomicU8>,
+    pub crl_reported: Arc<std::sync::atomic::AtomicU8>,
     /// The tamper response ran: the keys are gone (`tampered.json`).
     pub tampered: bool,
 }
@@ -181,8 +134,8 @@ impl std::fmt::Debug for StateDir {
     }
 }
 
-fn inconsistent(dir: &Path, reason: impl Into<String>) -> DeviceError {
-    DeviceError::State {
+fn inconsistent(dir: &Path, reason: impl Into<String>) -> StateError {
+    StateError::State {
         path: dir.to_path_buf(),
         reason: reason.into(),
     }
@@ -224,7 +177,7 @@ fn crl_issuers(
 impl StateDir {
     /// Loads and checks a state directory; refuses a corrupt or inconsistent one.
     pub fn load(dir: &Path) -> Result<StateDir> {
-        if !dir.join("device.json").exists() {
+        if !dir.join(files::DEVICE).exists() {
             return Err(inconsistent(
                 dir,
                 "device.json is missing: not a provisioned device state directory",
@@ -305,14 +258,14 @@ impl StateDir {
     }
 
     /// Path of a file in the directory.
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
     /// The CAs whose CRLs the device takes: the owner's trust anchors and
     /// the CA certificates of the LDevID chain that chain to them (the
     /// owner's issuing CA, which issues the client certificates).
-    pub(crate) fn crl_issuers(&self) -> Vec<CertificateDer<'static>> {
+    fn crl_issuers(&self) -> Vec<CertificateDer<'static>> {
         crl_issuers(
             &self.trust_anchors,
             self.ldevid_chain.as_deref().unwrap_or(&[]),
@@ -320,7 +273,7 @@ impl StateDir {
     }
 
     /// The installed CRLs, DER, for the verifiers.
-    pub(crate) fn crl_ders(&self) -> Vec<CertificateRevocationListDer<'static>> {
+    pub fn crl_ders(&self) -> Vec<CertificateRevocationListDer<'static>> {
         self.crls.iter().map(|c| c.der.clone()).collect()
     }
 
@@ -330,7 +283,7 @@ impl StateDir {
     /// its number is greater than the installed CRL of the same issuer.
     /// Returns the set that would be installed (the issuers not named keep
     /// their CRLs).
-    pub(crate) fn check_crl(&self, body: &[u8]) -> std::result::Result<Vec<CrlInfo>, CrlError> {
+    pub fn check_crl(&self, body: &[u8]) -> std::result::Result<Vec<CrlInfo>, CrlError> {
         if self.file.state != LifeCycle::Commissioned {
             return Err(CrlError::Malformed(
                 "the device is not commissioned: no owner CA to check a CRL against".into(),
@@ -341,7 +294,7 @@ impl StateDir {
     }
 
     /// This state with `crls` installed, in memory only.
-    pub(crate) fn with_crls(&self, crls: Vec<CrlInfo>) -> StateDir {
+    pub fn with_crls(&self, crls: Vec<CrlInfo>) -> StateDir {
         StateDir {
             crls,
             crl_reported: Arc::default(),
@@ -352,7 +305,7 @@ impl StateDir {
     /// Writes this state's CRL set to `crl.pem` (atomic replace). Call after the
     /// set was checked ([`StateDir::check_crl`]) and the configuration
     /// built from it, and before adopting it.
-    pub(crate) fn write_crls(&self) -> Result<()> {
+    pub fn write_crls(&self) -> Result<()> {
         fsu::write_atomic(
             &self.path(files::CRL),
             drivesec_pki::crl::to_pem(&self.crls).as_bytes(),
@@ -362,7 +315,7 @@ impl StateDir {
     }
 
     /// Checks a factory credential against the stored hash (factory state only).
-    pub(crate) fn check_factory_credential(&self, candidate: &str) -> Result<bool> {
+    pub fn check_factory_credential(&self, candidate: &str) -> Result<bool> {
         if self.file.state != LifeCycle::Factory {
             return Ok(false);
         }
@@ -380,20 +333,20 @@ impl StateDir {
         self.store.generate(&handle, KeyAlgorithm::EcdsaP256)?;
         let signer = CertSigningKey::new(self.store.clone(), &handle)?;
         let mut p = rcgen::CertificateParams::new(vec![device_name.to_string()])
-            .map_err(|e| DeviceError::Invalid(format!("device name '{device_name}': {e}")))?;
+            .map_err(|e| StateError::Invalid(format!("device name '{device_name}': {e}")))?;
         p.distinguished_name
             .push(rcgen::DnType::CommonName, device_name);
         let csr = p
             .serialize_request(&signer)
             .and_then(|c| c.pem())
-            .map_err(|e| DeviceError::Invalid(format!("CSR: {e}")))?;
+            .map_err(|e| StateError::Invalid(format!("CSR: {e}")))?;
         Ok(csr)
     }
 
     /// Renewal step 1: a fresh key in the keystore under the unused LDevID
     /// handle, and a CSR for the same device name.
-    pub(crate) fn renewal_csr(&self) -> Result<(KeyHandle, String)> {
-        let bad = |m: &str| DeviceError::Invalid(m.into());
+    pub fn renewal_csr(&self) -> Result<(KeyHandle, String)> {
+        let bad = |m: &str| StateError::Invalid(m.into());
         let current = self
             .file
             .ldevid_key
@@ -416,12 +369,12 @@ impl StateDir {
         self.store.generate(&next, KeyAlgorithm::EcdsaP256)?;
         let signer = CertSigningKey::new(self.store.clone(), &next)?;
         let mut p = rcgen::CertificateParams::new(vec![name.clone()])
-            .map_err(|e| DeviceError::Invalid(format!("device name '{name}': {e}")))?;
+            .map_err(|e| StateError::Invalid(format!("device name '{name}': {e}")))?;
         p.distinguished_name.push(rcgen::DnType::CommonName, name);
         let csr = p
             .serialize_request(&signer)
             .and_then(|c| c.pem())
-            .map_err(|e| DeviceError::Invalid(format!("CSR: {e}")))?;
+            .map_err(|e| StateError::Invalid(format!("CSR: {e}")))?;
         Ok((next, csr))
     }
 
@@ -429,10 +382,10 @@ impl StateDir {
     /// the same device and chain to the owner's trust anchors; then the
     /// certificate and `device.json` switch together (one journalled
     /// transaction) and the old key is destroyed.
-    pub(crate) fn install_renewed(&self, next: &KeyHandle, chain_pem: &str) -> Result<StateDir> {
+    pub fn install_renewed(&self, next: &KeyHandle, chain_pem: &str) -> Result<StateDir> {
         let chain = read_certs_pem(Path::new("ldevid_chain_pem"), chain_pem.as_bytes())?;
         check_key(self.store.as_ref(), next, &chain, "LDevID", &self.dir).map_err(|_| {
-            DeviceError::Invalid(
+            StateError::Invalid(
                 "the certificate is not for the key this device generated for the renewal".into(),
             )
         })?;
@@ -448,7 +401,7 @@ impl StateDir {
             CrlPolicy::Device,
         )
         .map_err(|e| {
-            DeviceError::Invalid(format!(
+            StateError::Invalid(format!(
                 "the renewed LDevID does not chain to the owner: {e}"
             ))
         })?;
@@ -457,7 +410,7 @@ impl StateDir {
         let issuers = crl_issuers(&self.trust_anchors, &chain);
         for (i, crl) in self.crls.iter().enumerate() {
             drivesec_pki::crl::verify_crl(&crl.der, &issuers, i + 1).map_err(|e| {
-                DeviceError::Invalid(format!(
+                StateError::Invalid(format!(
                     "after this renewal the installed CRL could no longer be checked ({e}): include the issuing CA of the CRL in the chain"
                 ))
             })?;
@@ -466,14 +419,14 @@ impl StateDir {
         let mut file = self.file.clone();
         file.ldevid_key = Some(next.clone());
         let json = String::from_utf8(
-            serde_json::to_vec_pretty(&file).map_err(|e| DeviceError::Invalid(e.to_string()))?,
+            serde_json::to_vec_pretty(&file).map_err(|e| StateError::Invalid(e.to_string()))?,
         )
-        .map_err(|e| DeviceError::Invalid(e.to_string()))?;
+        .map_err(|e| StateError::Invalid(e.to_string()))?;
         journal::commit_files(
             &self.dir,
             vec![
                 (files::LDEVID.to_string(), chain_pem.to_string(), false),
-                ("device.json".to_string(), json, false),
+                (files::DEVICE.to_string(), json, false),
             ],
         )?;
         if let Some(h) = old
@@ -492,7 +445,9 @@ impl StateDir {
     /// signature) and whatever `precheck` checks of the commissioned state
     /// as it will be loaded, in memory (drivesecd builds its TLS
     /// configurations from it). A refusal leaves the device in factory
-    /// state with its credential.
+    /// state with its credential. `precheck` and `accounts` fail with a
+    /// [`StateError`]; [`StateDir::install_ownership_with`] takes the
+    /// caller's own error type.
     pub fn install_ownership(
         &self,
         device_name: &str,
@@ -502,11 +457,49 @@ impl StateDir {
         precheck: impl FnOnce(&StateDir) -> Result<()>,
         accounts: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<StateDir> {
+        self.install_ownership_with(
+            device_name,
+            ldevid_chain_pem,
+            trust_pem,
+            crl_pem,
+            precheck,
+            accounts,
+        )
+    }
+
+    /// [`StateDir::install_ownership`], with `precheck` and `accounts`
+    /// failing with the caller's error type `E`, returned as it is.
+    pub fn install_ownership_with<E: From<StateError>>(
+        &self,
+        device_name: &str,
+        ldevid_chain_pem: &str,
+        trust_pem: &str,
+        crl_pem: Option<&str>,
+        precheck: impl FnOnce(&StateDir) -> Result<(), E>,
+        accounts: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<StateDir, E> {
+        let owned = self.owned(device_name, ldevid_chain_pem, trust_pem, crl_pem)?;
+        precheck(&owned)?;
+        let acc = self.write_ownership(&owned, ldevid_chain_pem, trust_pem, crl_pem.is_some())?;
+        accounts(&acc)?;
+        // The commit point.
+        Ok(self.commit_ownership(&owned)?)
+    }
+
+    /// Commissioning step 2's checks: the commissioned state as it will be
+    /// loaded, in memory, nothing written.
+    fn owned(
+        &self,
+        device_name: &str,
+        ldevid_chain_pem: &str,
+        trust_pem: &str,
+        crl_pem: Option<&str>,
+    ) -> Result<StateDir> {
         let handle = KeyHandle::new(LDEVID_KEY)?;
         let chain = read_certs_pem(Path::new("ldevid_chain_pem"), ldevid_chain_pem.as_bytes())?;
         let anchors = read_certs_pem(Path::new("trust_anchors_pem"), trust_pem.as_bytes())?;
         check_key(self.store.as_ref(), &handle, &chain, "LDevID", &self.dir).map_err(|_| {
-            DeviceError::Invalid(
+            StateError::Invalid(
                 "the LDevID certificate is not for the key this device generated".into(),
             )
         })?;
@@ -521,7 +514,7 @@ impl StateDir {
             },
         )
         .map_err(|e| {
-            DeviceError::Invalid(format!(
+            StateError::Invalid(format!(
                 "the LDevID does not chain to the trust anchors given: {e}"
             ))
         })?;
@@ -531,7 +524,7 @@ impl StateDir {
             .iter()
             .any(|s| s == &format!("DNS:{device_name}"))
         {
-            return Err(DeviceError::Invalid(format!(
+            return Err(StateError::Invalid(format!(
                 "the LDevID does not name {device_name}"
             )));
         }
@@ -541,7 +534,7 @@ impl StateDir {
         file.state = LifeCycle::Commissioned;
         file.device_name = Some(device_name.to_string());
         file.ldevid_key = Some(handle);
-        file.commissioned_at = Some(crate::now_rfc3339());
+        file.commissioned_at = Some(now_rfc3339());
         let crls = match crl_pem {
             Some(crl) => {
                 drivesec_pki::crl::verify_crls(crl.as_bytes(), &crl_issuers(&anchors, &chain))
@@ -549,33 +542,47 @@ impl StateDir {
             }
             None => Vec::new(),
         };
-        let owned = StateDir {
+        Ok(StateDir {
             file,
             ldevid_chain: Some(chain),
             trust_anchors: anchors,
             crls,
             crl_reported: Arc::default(),
             ..self.clone()
-        };
-        precheck(&owned)?;
+        })
+    }
+
+    /// Commissioning step 2's files before the commit point: the LDevID
+    /// chain, the trust anchors, the CRLs; any old accounts store removed.
+    /// Returns where the accounts store goes.
+    fn write_ownership(
+        &self,
+        owned: &StateDir,
+        ldevid_chain_pem: &str,
+        trust_pem: &str,
+        crl: bool,
+    ) -> Result<PathBuf> {
         fsu::write_atomic(
             &self.path(files::LDEVID),
             ldevid_chain_pem.as_bytes(),
             Mode::Public,
         )?;
         fsu::write_atomic(&self.path(files::TRUST), trust_pem.as_bytes(), Mode::Public)?;
-        match crl_pem {
-            Some(_) => owned.write_crls()?,
-            None => {
-                let _ = std::fs::remove_file(self.path(files::CRL));
-            }
+        if crl {
+            owned.write_crls()?;
+        } else {
+            let _ = std::fs::remove_file(self.path(files::CRL));
         }
         let acc = self.path(files::ACCOUNTS);
         if acc.exists() {
             std::fs::remove_file(&acc).map_err(|e| fsu::FsError::io("remove", &acc, e))?;
         }
-        accounts(&acc)?;
-        // The commit point.
+        Ok(acc)
+    }
+
+    /// Commissioning step 2's commit point: `device.json` says commissioned,
+    /// the factory credential is shredded, and the new state is loaded.
+    fn commit_ownership(&self, owned: &StateDir) -> Result<StateDir> {
         owned.file.save(&self.dir)?;
         fsu::shred(&self.path(files::CREDENTIAL))?;
         StateDir::load(&self.dir)
@@ -587,7 +594,7 @@ impl StateDir {
     /// credential is made. Returns the credential.
     pub fn factory_reset(&self) -> Result<Zeroizing<String>> {
         if self.tampered {
-            return Err(DeviceError::Invalid(
+            return Err(StateError::Invalid(
                 "the device is tampered: its IDevID key was destroyed, so it must be re-provisioned by the manufacturer (drivesec factory reprovision) before it can be commissioned again".into(),
             ));
         }
@@ -660,30 +667,38 @@ impl StateDir {
 }
 
 impl StateDir {
-    /// The Modbus rights table stored (`modbus-rights.json`; empty when
-    /// none was set).
-    pub(crate) fn modbus_rights(&self) -> Result<drivesec_modbus::Rights> {
-        let p = self.path(files::MODBUS_RIGHTS);
-        if !p.exists() {
-            return Ok(drivesec_modbus::Rights::default());
-        }
-        let r: drivesec_modbus::Rights =
-            serde_json::from_slice(&fsu::read(&p)?).map_err(|e| DeviceError::State {
-                path: p.clone(),
-                reason: e.to_string(),
-            })?;
-        r.validate().map_err(|e| DeviceError::State {
-            path: p.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(r)
-    }
-
     /// Records that the tamper response ran (atomically; idempotent).
-    pub(crate) fn mark_tampered(&self, record: &serde_json::Value) -> Result<()> {
+    pub fn mark_tampered(&self, record: &serde_json::Value) -> Result<()> {
         let json =
-            serde_json::to_vec_pretty(record).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+            serde_json::to_vec_pretty(record).map_err(|e| StateError::Invalid(e.to_string()))?;
         fsu::write_atomic(&self.path(files::TAMPERED), &json, Mode::Public)?;
         Ok(())
+    }
+}
+
+/// Now, UTC, RFC 3339.
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_directory_without_device_json_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let e = StateDir::load(d.path()).unwrap_err();
+        assert!(matches!(e, StateError::State { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refusing the state directory {}: device.json is missing: not a provisioned device state directory",
+                d.path().display()
+            )
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! journal, atomically (the commit point); then the files are replaced one
 //! by one and the journal is removed. A device killed before the commit
 //! point keeps its old state; one killed after it finishes the job when the
-//! state directory is next loaded ([`roll_forward`]).
+//! state directory is next loaded ([`StateDir::load`](crate::StateDir::load)).
 //!
 //! Also the test-only fault and hold points a local test sets in the state
 //! directory (`test-failpoint`).
@@ -13,20 +13,23 @@ use std::path::Path;
 use drivesec_fsutil::{self as fsu, Mode};
 use serde::{Deserialize, Serialize};
 
-use super::files;
-use crate::{DeviceError, Result};
+use crate::files;
+use crate::{Result, StateError};
 
+/// The journal file (`provision.journal`): every file of a transaction
+/// with its new content.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Journal {
+pub struct Journal {
     /// (file name in the state directory, content, private)
-    pub(crate) files: Vec<(String, String, bool)>,
+    pub files: Vec<(String, String, bool)>,
 }
 
 /// A test-only fault point: when `STATE/test-failpoint` names `point`, the
 /// process aborts there. Only a local process with write access to the
 /// state directory can set it.
-pub(crate) fn failpoint(dir: &Path, point: &str) {
+#[doc(hidden)]
+pub fn failpoint(dir: &Path, point: &str) {
     if std::fs::read_to_string(dir.join("test-failpoint")).is_ok_and(|s| s.trim() == point) {
         std::process::abort();
     }
@@ -34,7 +37,8 @@ pub(crate) fn failpoint(dir: &Path, point: &str) {
 
 /// Whether the test-only fault file names `point` (see [`failpoint`]; hold
 /// points may be named one a line, so a test can hold two operations).
-pub(crate) fn failpoint_set(dir: &Path, point: &str) -> bool {
+#[doc(hidden)]
+pub fn failpoint_set(dir: &Path, point: &str) -> bool {
     std::fs::read_to_string(dir.join("test-failpoint"))
         .is_ok_and(|s| s.lines().any(|l| l.trim() == point))
 }
@@ -43,8 +47,9 @@ pub(crate) fn failpoint_set(dir: &Path, point: &str) -> bool {
 /// caller writes `STATE/test-failpoint-reached` (naming it) and waits
 /// there until the fault file names something else (at most a minute),
 /// so a test can run another operation in between. Blocking: only on a
-/// blocking path (`crate::blocking`).
-pub(crate) fn failpoint_hold(dir: &Path, point: &str) {
+/// blocking path (drivesec-device's `blocking`).
+#[doc(hidden)]
+pub fn failpoint_hold(dir: &Path, point: &str) {
     if !failpoint_set(dir, point) {
         return;
     }
@@ -63,7 +68,7 @@ pub(crate) fn roll_forward(dir: &Path) -> Result<bool> {
         return Ok(false);
     }
     let journal: Journal =
-        serde_json::from_slice(&fsu::read(&j)?).map_err(|e| DeviceError::State {
+        serde_json::from_slice(&fsu::read(&j)?).map_err(|e| StateError::State {
             path: j.clone(),
             reason: format!("unreadable provisioning journal: {e}"),
         })?;
@@ -72,7 +77,25 @@ pub(crate) fn roll_forward(dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
-pub(crate) fn apply_files(dir: &Path, j: &Journal) -> Result<()> {
+/// Writes each file of `j` (atomically, one by one). The caller wrote
+/// the journal first (the commit point) and removes it after.
+pub fn apply_files(dir: &Path, j: &Journal) -> Result<()> {
+    // A journal names files of this directory only, never a path: all
+    // checked before the first is written.
+    for (name, _, _) in &j.files {
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.contains('\\')
+            || name.contains('\0')
+        {
+            return Err(StateError::Invalid(format!(
+                "provisioning journal names '{}', which is not a file name of the state directory",
+                name.escape_debug()
+            )));
+        }
+    }
     for (i, (name, text, private)) in j.files.iter().enumerate() {
         if i == 1 {
             failpoint(dir, "provision:mid-apply");
@@ -92,7 +115,7 @@ pub(crate) fn apply_files(dir: &Path, j: &Journal) -> Result<()> {
 pub(crate) fn commit_files(dir: &Path, files: Vec<(String, String, bool)>) -> Result<()> {
     let journal = Journal { files };
     let text =
-        serde_json::to_string_pretty(&journal).map_err(|e| DeviceError::Invalid(e.to_string()))?;
+        serde_json::to_string_pretty(&journal).map_err(|e| StateError::Invalid(e.to_string()))?;
     fsu::write_atomic(
         &dir.join(files::PROVISION_JOURNAL),
         text.as_bytes(),
@@ -101,4 +124,37 @@ pub(crate) fn commit_files(dir: &Path, files: Vec<(String, String, bool)>) -> Re
     apply_files(dir, &journal)?;
     fsu::remove_durable(&dir.join(files::PROVISION_JOURNAL))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Journal, apply_files};
+
+    /// A journal that names a path (a planted or corrupt one) writes
+    /// nothing, not even the files named before the bad one.
+    #[test]
+    fn a_journal_naming_a_path_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        for bad in ["../outside", "/tmp/abs", "..", "", "a/b"] {
+            let j = Journal {
+                files: vec![
+                    ("first.json".into(), "{}".into(), false),
+                    (bad.into(), "x".into(), false),
+                ],
+            };
+            let e = apply_files(&dir, &j).unwrap_err().to_string();
+            assert!(e.contains("not a file name of the state directory"), "{e}");
+            assert!(!dir.join("first.json").exists(), "{bad}");
+        }
+        assert!(!d.path().join("outside").exists());
+        let ok = Journal {
+            files: vec![("first.json".into(), "{}".into(), false)],
+        };
+        apply_files(&dir, &ok).unwrap();
+        assert!(dir.join("first.json").exists());
+    }
 }

@@ -11,7 +11,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::{DeviceError, Result};
+use crate::{Result, StateError};
 
 const ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 
@@ -35,7 +35,7 @@ pub fn hash(credential: &str) -> Result<String> {
     Argon2::default()
         .hash_password(normalize(credential).as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| DeviceError::Invalid(format!("hashing the credential failed: {e}")))
+        .map_err(|e| StateError::Invalid(format!("hashing the credential failed: {e}")))
 }
 
 /// Whether `credential` matches the PHC `hash` (constant-time comparison).
