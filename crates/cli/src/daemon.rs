@@ -5,7 +5,9 @@
 //! tool that starts it.
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 2 when the state
-//! directory or configuration is refused or the API cannot be served.
+//! directory or configuration is refused, another process holds the state
+//! directory's lock (one daemon per directory; the message names its PID),
+//! or the API cannot be served.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,6 +97,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     match args.action {
         Some(Action::FactoryReset) => {
+            // Never beside a running daemon (or a tool changing the
+            // directory): refused, naming its PID.
+            let _lock = drivesec_state::StateLock::acquire(&args.state, "drivesecd factory-reset")?;
             let st = drivesec_state::StateDir::load(&args.state)?;
             let cred = st.factory_reset()?;
             println!(
@@ -104,8 +109,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Some(Action::Check) => {
-            // The same checks start-up runs: the state, then the
-            // configuration with the settings made over the API applied.
+            // The same checks start-up runs: the lock first (a directory a
+            // drivesecd runs on fails the check, naming its PID, as a second
+            // start would fail; held while loading, which may finish a
+            // journal), then the state, then the configuration with the
+            // settings made over the API applied.
+            let _lock = drivesec_state::StateLock::acquire(&args.state, "drivesecd check")?;
             let st = drivesec_state::StateDir::load(&args.state)?;
             let config = config.for_state(&st)?;
             // Stricter than start-up: a value above an upper bound that an

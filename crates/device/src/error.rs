@@ -74,6 +74,15 @@ pub enum DeviceError {
     /// A lock whose holder panicked.
     #[error("{0} lock poisoned")]
     Poisoned(&'static str),
+    /// Another process (a running drivesecd, or a tool changing the
+    /// directory) holds the state directory's lock.
+    #[error("{}", drivesec_state::lock::in_use_message(.dir, .holder.as_ref()))]
+    InUse {
+        /// The state directory.
+        dir: PathBuf,
+        /// Who holds it, as it wrote into the lock file.
+        holder: Option<drivesec_state::lock::Holder>,
+    },
     /// Binding or serving failed.
     #[error("network: {0}")]
     Net(String),
@@ -104,6 +113,7 @@ impl From<drivesec_state::StateError> for DeviceError {
             S::State { path, reason } => DeviceError::State { path, reason },
             S::Config { path, reason } => DeviceError::Config { path, reason },
             S::Invalid(m) => DeviceError::Invalid(m),
+            S::InUse { dir, holder } => DeviceError::InUse { dir, holder },
             S::Keystore(e) => DeviceError::Keystore(e),
             S::Pki(e) => DeviceError::Pki(e),
             S::Access(e) => DeviceError::Access(e),
@@ -200,6 +210,16 @@ mod tests {
             (StateError::Invalid("not for this key".into()), |d| {
                 matches!(d, DeviceError::Invalid(_))
             }),
+            (
+                StateError::InUse {
+                    dir: path.clone(),
+                    holder: Some(drivesec_state::lock::Holder {
+                        pid: 42,
+                        what: "drivesecd".into(),
+                    }),
+                },
+                |d| matches!(d, DeviceError::InUse { .. }),
+            ),
             (
                 StateError::Fs(drivesec_fsutil::FsError::AlreadyExists { path }),
                 |d| matches!(d, DeviceError::Fs(_)),

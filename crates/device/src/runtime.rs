@@ -13,7 +13,7 @@ use axum::Router;
 use drivesec_audit::{Actor, Event};
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_state::config::{ApiSettings, DeviceConfig};
-use drivesec_state::{StateDir, files};
+use drivesec_state::{StateDir, StateLock, files};
 use tokio::net::TcpListener;
 
 use crate::accept::{self, Kind};
@@ -101,11 +101,18 @@ pub fn build(state_dir: &Path, config: DeviceConfig) -> Result<(Arc<Device>, Rou
 
 /// Serves the API until `shutdown` completes. The bound address is written
 /// to `STATE/api.addr` (useful with port 0).
+///
+/// One daemon per state directory: the directory's exclusive lock
+/// (`STATE/drivesecd.lock`, `drivesec_state::lock`) is taken before
+/// anything in it is read or written, and held until this returns (the
+/// kernel releases it however the process ends). While another process
+/// holds it, this fails with [`DeviceError::InUse`], naming its PID.
 pub async fn run(
     state_dir: &Path,
     config: DeviceConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let _lock = StateLock::acquire(state_dir, "drivesecd")?;
     let listen = config.listen;
     let api_settings = config.api.clone();
     let (dev, app) = build(state_dir, config)?;

@@ -29,6 +29,16 @@ pub enum StateError {
     /// an image that does not verify, ...).
     #[error("{0}")]
     Invalid(String),
+    /// Another process (a running drivesecd, or a tool changing the
+    /// directory) holds the state directory's lock ([`crate::lock`]).
+    #[error("{}", crate::lock::in_use_message(.dir, .holder.as_ref()))]
+    InUse {
+        /// The state directory.
+        dir: PathBuf,
+        /// Who holds it, as it wrote into the lock file (`None` when it
+        /// wrote nothing readable).
+        holder: Option<crate::lock::Holder>,
+    },
     /// Keystore failure.
     #[error(transparent)]
     Keystore(#[from] drivesec_keystore::KeystoreError),

@@ -43,5 +43,9 @@ pub const PROFILE: &str = "profile.json";
 pub const MODBUS_RIGHTS: &str = "modbus-rights.json";
 /// The device firmware key's public half (PEM), for vendors to encrypt to.
 pub const FIRMWARE_KEY_PUB: &str = "firmware-key.pub";
+/// The lock file: the exclusive flock(2) on it is held by the one process
+/// that runs on or changes the directory, which writes `PID WHAT` into it
+/// ([`crate::lock`]).
+pub const LOCK: &str = "drivesecd.lock";
 /// The device's identity and life-cycle state ([`crate::DeviceFile`]).
 pub const DEVICE: &str = "device.json";

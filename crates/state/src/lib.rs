@@ -17,6 +17,9 @@
 //! * [`credential`]: the one-time factory credential and its hash.
 //! * [`firmware`]: the factory's part of the firmware slots (firmware key,
 //!   trust store, first image, anti-rollback floor).
+//! * [`lock`]: one process per directory, the exclusive lock drivesecd
+//!   holds while it runs and the tools hold while they change it
+//!   ([`StateLock`]).
 //! * [`StateError`].
 //!
 //! It links no runtime: no network, no async executor, no drivesec-device.
@@ -29,6 +32,8 @@ pub mod files;
 pub mod firmware;
 pub mod io;
 pub mod journal;
+pub mod lock;
 
 pub use dir::{DeviceFile, LifeCycle, StateDir};
 pub use error::{Result, StateError};
+pub use lock::StateLock;

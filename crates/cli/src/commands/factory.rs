@@ -114,6 +114,12 @@ pub fn run(cmd: FactoryCommand, json: bool) -> Result<()> {
                 serde_json::from_str(&fsu::read_to_string(&trust)?).with_context(|| {
                     format!("{} is not a firmware trust store", trust.display())
                 })?;
+            // Never into a running drive (nor beside another tool changing
+            // it): refused, naming the holder's PID, before anything is read.
+            let _lock = drivesec_state::StateLock::acquire(
+                &device_dir,
+                "drivesec factory install-firmware",
+            )?;
             let st = drivesec_state::StateDir::load(&device_dir)?;
             if device_dir.join("firmware").join("boot.json").exists() {
                 bail!(
@@ -231,6 +237,12 @@ fn factory_reprovision(
             p.display()
         );
     }
+    // drivesecd must be stopped: a running one holds the directory's lock
+    // (refused, naming its PID). No lock file is made where none is (the
+    // old directory is kept as evidence as it was); held until the old
+    // directory is archived and the new one is in place.
+    let _lock =
+        drivesec_state::StateLock::acquire_existing(&device_dir, "drivesec factory reprovision")?;
     let mut mfg = Ca::open(&ca)?;
     let r = drivesec_factory::reprovision(
         &mut mfg,

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::support::{TestLab, config, test_lab};
+use crate::support::{TestLab, config, fails, ok, s, test_lab};
 use drivesec_client::client::{DeviceClient, Versions};
 use drivesec_client::modbus::ModbusClient;
 use drivesec_state::config::DeviceConfig;
@@ -715,4 +715,183 @@ fn demoting_the_last_user_manager_is_a_conflict() {
     assert_eq!(r.body["error"], "last-admin");
     assert!(r.body["message"].as_str().unwrap().contains("last one"));
     assert_eq!(admin.ok("GET", "/api/v1/users", None).unwrap(), before);
+}
+
+/// `drivesec device ARGS` against the lab's device.
+fn device_args<'a>(lab: &'a TestLab, args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["device", "--lab", s(&lab.dir)];
+    v.extend_from_slice(args);
+    v
+}
+
+/// Issue 18: `drivesec device passwd` changes the account's own password,
+/// from a file or from stdin; the new one logs in, the old one no longer.
+#[test]
+fn passwd_changes_ones_own_password() {
+    let lab = test_lab(Some(config()));
+    let d = tempfile::tempdir().unwrap();
+    let new_pw = d.path().join("new.pw");
+    std::fs::write(&new_pw, "Own-Choice-From-Cli-2026\n").unwrap();
+    let op = lab.m.users["operator"].clone();
+    let out = ok(&device_args(
+        &lab,
+        &[
+            "--as",
+            "operator",
+            "passwd",
+            "--new-password-file",
+            s(&new_pw),
+        ],
+    ));
+    assert!(out.contains("password changed"), "{out}");
+    let mut c = lab.client("operator");
+    assert!(c.login(&op.username, &op.password).is_err());
+    let login = c.login(&op.username, "Own-Choice-From-Cli-2026").unwrap();
+    assert!(!login.must_change_password);
+
+    // The new password on stdin (the current one is the lab's).
+    let eng = lab.m.users["engineer"].clone();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drivesec"))
+        .args(device_args(
+            &lab,
+            &["--as", "engineer", "--user", &eng.username, "passwd"],
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "Piped-New-Passw0rd-2026").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut c = lab.client("engineer");
+    assert!(c.login(&eng.username, &eng.password).is_err());
+    c.login(&eng.username, "Piped-New-Passw0rd-2026").unwrap();
+}
+
+/// Issue 18: the security administrator sets another account's password
+/// with `users set-password`; the holder must change it at the next login,
+/// and does so with `device passwd`.
+#[test]
+fn users_set_password_must_be_changed_at_the_next_login() {
+    let lab = test_lab(Some(config()));
+    let d = tempfile::tempdir().unwrap();
+    let (temp, own) = (d.path().join("temp.pw"), d.path().join("own.pw"));
+    std::fs::write(&temp, "Set-By-The-Admin-2026").unwrap();
+    std::fs::write(&own, "Chosen-By-The-Holder-2026").unwrap();
+    let op = lab.m.users["operator"].clone();
+    let out = ok(&device_args(
+        &lab,
+        &[
+            "users",
+            "set-password",
+            &op.username,
+            "--new-password-file",
+            s(&temp),
+        ],
+    ));
+    assert!(out.contains("must be changed"), "{out}");
+    let mut c = lab.client("operator");
+    assert!(c.login(&op.username, &op.password).is_err());
+    assert!(
+        c.login(&op.username, "Set-By-The-Admin-2026")
+            .unwrap()
+            .must_change_password
+    );
+    assert_eq!(
+        c.call("GET", "/api/v1/params", None).unwrap().body["error"],
+        "password-change-required"
+    );
+    ok(&device_args(
+        &lab,
+        &[
+            "--as",
+            "operator",
+            "--password-file",
+            s(&temp),
+            "passwd",
+            "--new-password-file",
+            s(&own),
+        ],
+    ));
+    let mut c = lab.client("operator");
+    let login = c.login(&op.username, "Chosen-By-The-Holder-2026").unwrap();
+    assert!(!login.must_change_password);
+    assert_eq!(c.call("GET", "/api/v1/params", None).unwrap().status, 200);
+}
+
+/// Issue 18: `--role operater` is refused, naming the role and the roles
+/// there are, and nothing changes.
+#[test]
+fn an_unknown_role_is_refused_naming_the_known_ones() {
+    let lab = test_lab(Some(config()));
+    let d = tempfile::tempdir().unwrap();
+    let pw = d.path().join("new.pw");
+    std::fs::write(&pw, "Temporary-Passw0rd-1").unwrap();
+    let op = lab.m.users["operator"].username.clone();
+    for args in [
+        vec![
+            "users",
+            "add",
+            "newbie",
+            "operater",
+            "--new-password-file",
+            s(&pw),
+        ],
+        vec!["users", "role", &op, "operater"],
+    ] {
+        let err = fails(&device_args(&lab, &args));
+        assert!(
+            err.contains("operater") && err.contains("operator") && err.contains("viewer"),
+            "{args:?}: {err}"
+        );
+    }
+    let admin = lab.admin();
+    assert_eq!(listed_user(&admin, &op)["role"], "operator");
+    let users = admin.ok("GET", "/api/v1/users", None).unwrap();
+    assert!(!users.to_string().contains("newbie"), "{users}");
+    let recs = lab.audit_records("");
+    assert!(
+        recorded(&recs, "user.add", "failure")
+            .iter()
+            .any(|r| r["target"] == "newbie")
+    );
+    assert!(
+        recorded(&recs, "user.role.change", "failure")
+            .iter()
+            .any(|r| r["target"] == op.as_str())
+    );
+}
+
+/// Issue 18: users, roles and sessions are tables in text mode (a header
+/// row, no JSON), and JSON with `--json` as before.
+#[test]
+fn account_lists_are_tables_in_text_mode() {
+    let lab = test_lab(Some(config()));
+    let _open = lab.session("operator");
+    let op = lab.m.users["operator"].username.clone();
+    for (what, header) in [("users", "USER"), ("roles", "ROLE"), ("sessions", "HANDLE")] {
+        let out = ok(&device_args(&lab, &[what, "list"]));
+        let first = out.lines().next().unwrap_or_default();
+        assert!(first.starts_with(header), "{what}: {out}");
+        assert!(!out.contains('{') && !out.contains('"'), "{what}: {out}");
+        assert!(out.contains("operator"), "{what}: {out}");
+        let json: Value = serde_json::from_str(&ok(&{
+            let mut v = vec!["--json"];
+            v.extend(device_args(&lab, &[what, "list"]));
+            v
+        }))
+        .unwrap();
+        assert!(json[what].is_array(), "{what}: {json}");
+    }
+    let out = ok(&device_args(&lab, &["users", "list"]));
+    let row = out
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(op.as_str()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("operator"), "{out}");
 }

@@ -1,11 +1,12 @@
 //! `drivesec factory`: provisioning prints the credential once and stores
 //! only its hash; re-provisioning refuses bad input by name and keeps the old
-//! directory as evidence.
+//! directory as evidence; installing the factory firmware refuses a
+//! running drive.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::support::{fails, ok, openssl, s, tree};
+use crate::support::{fails, ok, openssl, s, test_lab, tree};
 use serde_json::Value;
 
 #[test]
@@ -241,4 +242,57 @@ fn factory_reprovision_refuses_bad_input_and_keeps_evidence() {
         "{err}"
     );
     assert!(!dev.join("firmware").exists());
+}
+
+/// `factory install-firmware` refuses a running drive (issue 18, item 11):
+/// the daemon holds its directory's lock, so the tool exits 2 naming its
+/// PID before it reads anything, and the slots and the trust store are
+/// unchanged; the drive still serves and its trail verifies.
+#[test]
+fn install_firmware_refuses_a_running_drive_and_changes_nothing() {
+    let mut lab = test_lab(None);
+    let dir = lab.device_dir();
+    let pid = lab.m.devices[0].pid.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let trust = lab.m.firmware.as_ref().unwrap().trust.clone();
+    let img = lab
+        .m
+        .release(work.path(), "1.0.1", 1, 64 * 1024, true)
+        .unwrap();
+    let firmware = || {
+        (
+            tree(&dir.join("firmware")),
+            tree_file(&dir, "firmware-trust.json"),
+        )
+    };
+    let before = firmware();
+    let err = fails(&[
+        "factory",
+        "install-firmware",
+        "--device-dir",
+        s(&dir),
+        "--trust",
+        s(&trust),
+        "--image",
+        s(&img),
+    ]);
+    assert!(
+        err.contains(&format!("drivesecd (PID {pid})"))
+            && err.contains(&format!("kill {pid}"))
+            && err.contains(s(&dir)),
+        "{err}"
+    );
+    assert_eq!(firmware(), before, "a refused install changed the slots");
+    assert_eq!(
+        lab.session("viewer")
+            .ok("GET", "/api/v1/info", None)
+            .unwrap()["state"],
+        "commissioned"
+    );
+    lab.stop_and_read_trail();
+}
+
+/// A file's bytes, or `None` when it is missing.
+fn tree_file(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(dir.join(name)).ok()
 }

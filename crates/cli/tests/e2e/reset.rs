@@ -576,7 +576,10 @@ fn factory_credential_dies_and_factory_reset_starts_over() {
         "{}",
         r.body
     );
-    // The state directory is consistent for a restart in factory state.
+    // The state directory is consistent for a restart in factory state
+    // (checked once the daemon is stopped: `check` refuses a directory a
+    // drivesecd runs on).
+    assert!(drivesec_lab::daemons::stop(lab.m.devices[0].pid.unwrap()));
     let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
         .arg("--state")
         .arg(lab.device_dir())

@@ -3,6 +3,9 @@
 //! (damaged forwarding settings and delivery cursor are reported, in the
 //! posture and the trail, and the owner still logs in); `drivesecd check`
 //! runs the checks start-up runs, with the settings made over the API.
+//! One daemon per state directory (issue 18): a second start, and `check`,
+//! on a running drive's directory are refused naming the running daemon's
+//! PID; a lock file a killed daemon left behind blocks nothing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -175,4 +178,171 @@ fn drivesecd_refuses_a_corrupt_or_inconsistent_state_directory() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.toml"));
     assert_eq!(check(&dev).0, Some(0));
     let _ = BTreeMap::<u8, u8>::new();
+}
+
+/// Runs `drivesecd --state DIR --config DIR/drivesecd.toml EXTRA...` and
+/// waits up to 20 s for it to end: its exit code and stderr. One that still
+/// runs then (a second daemon that was let in) is killed and fails the test.
+fn drivesecd_on(dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let err_file = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+        .args(["--state", s(dir), "--config"])
+        .arg(dir.join("drivesecd.toml"))
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err_file.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let err = std::fs::read_to_string(err_file.path()).unwrap();
+    let status = status.unwrap_or_else(|| {
+        panic!("drivesecd {extra:?} on a running drive's directory still ran after 20 s: {err}")
+    });
+    (status.code(), err)
+}
+
+/// `drivesec --json audit verify DIR/audit --cert DIR/idevid.crt`: exit
+/// code and report.
+fn audit_verify(lab: &crate::support::TestLab) -> (Option<i32>, serde_json::Value) {
+    let dev = &lab.m.devices[0];
+    let o = Command::new(env!("CARGO_BIN_EXE_drivesec"))
+        .args(["--json", "audit", "verify"])
+        .arg(dev.dir.join("audit"))
+        .arg("--cert")
+        .arg(&dev.idevid)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&o.stderr).into_owned())
+        }),
+    )
+}
+
+/// What a refusal for a directory a drivesecd with `pid` holds says: the
+/// directory, the PID and what to do (issue 18, item 5).
+fn names_the_running_daemon(err: &str, dir: &Path, pid: u32) -> bool {
+    err.contains(&format!("drivesecd (PID {pid})"))
+        && err.contains(&format!("kill {pid}"))
+        && err.contains(&dir.display().to_string())
+        && err.contains("another state directory")
+}
+
+/// One daemon per state directory (issue 18, item 5): a second drivesecd
+/// on a running drive's directory exits 2 before it touches anything,
+/// naming the running daemon's PID; the first still serves, and its trail
+/// still verifies (two daemons appending to one trail made an honest
+/// mistake look like tampering).
+#[test]
+fn a_second_drivesecd_on_a_running_drives_directory_is_refused_naming_its_pid() {
+    let mut lab = test_lab(None);
+    let dir = lab.device_dir();
+    let pid = lab.m.devices[0].pid.unwrap();
+    let addr_before = std::fs::read(dir.join("api.addr")).unwrap();
+    let (code, err) = drivesecd_on(&dir, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(names_the_running_daemon(&err, &dir, pid), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("drivesecd.lock")).unwrap(),
+        format!("{pid} drivesecd\n"),
+        "the lock file names the running daemon"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("api.addr")).unwrap(),
+        addr_before,
+        "the refused daemon wrote into the directory"
+    );
+    // The first one still serves, records and signs.
+    let viewer = lab.session("viewer");
+    assert_eq!(
+        viewer.ok("GET", "/api/v1/info", None).unwrap()["state"],
+        "commissioned"
+    );
+    // Its trail, read while it runs, has no problem (its tail may not be
+    // signed yet).
+    let (_, report) = audit_verify(&lab);
+    assert!(report["ok"] == true, "{report}");
+    drop(viewer);
+    // And its trail verifies once it stopped, through the tool and the
+    // library both.
+    lab.stop_and_read_trail();
+    let (code, report) = audit_verify(&lab);
+    assert!(code == Some(0) && report["ok"] == true, "{report}");
+}
+
+/// `drivesecd check` on a running drive's directory fails (exit 2),
+/// naming the running daemon's PID, as a second start would; once the
+/// daemon is stopped it passes.
+#[test]
+fn drivesecd_check_fails_on_a_running_drives_directory_naming_its_pid() {
+    let mut lab = test_lab(None);
+    let dir = lab.device_dir();
+    let pid = lab.m.devices[0].pid.unwrap();
+    let (code, err) = drivesecd_on(&dir, &["check"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(names_the_running_daemon(&err, &dir, pid), "{err}");
+    // The daemon still serves.
+    assert_eq!(
+        lab.session("viewer")
+            .ok("GET", "/api/v1/info", None)
+            .unwrap()["state"],
+        "commissioned"
+    );
+    lab.stop_and_read_trail();
+    let (code, err) = drivesecd_on(&dir, &["check"]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// The lock is the flock, not the file: after the daemon is killed with
+/// SIGKILL its lock file (with its PID) is left behind, and the next start
+/// still succeeds, takes the lock and names itself in the file; a second
+/// start is then refused naming the new daemon.
+#[test]
+fn a_lock_file_left_by_a_killed_daemon_does_not_block_the_next_start() {
+    let mut lab = test_lab(None);
+    let dir = lab.device_dir();
+    let old = lab.m.devices[0].pid.take().unwrap();
+    let status = Command::new("kill")
+        .args(["-KILL", &old.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    crate::support::wait_until("the killed daemon to end", || {
+        !drivesec_lab::daemons::alive(old)
+    });
+    let lock = dir.join("drivesecd.lock");
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        format!("{old} drivesecd\n"),
+        "the killed daemon's lock file is left behind"
+    );
+    lab.start_again()
+        .expect("a stale lock file blocked the start");
+    let new = lab.m.devices[0].pid.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        format!("{new} drivesecd\n")
+    );
+    assert_eq!(
+        lab.session("viewer")
+            .ok("GET", "/api/v1/info", None)
+            .unwrap()["state"],
+        "commissioned"
+    );
+    let (code, err) = drivesecd_on(&dir, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(names_the_running_daemon(&err, &dir, new), "{err}");
 }

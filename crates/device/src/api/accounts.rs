@@ -63,6 +63,25 @@ fn wire_session(s: SessionSummary) -> sessions_api::SessionSummary {
     }
 }
 
+/// An unknown role's refusal (404 `not-found`) names the roles there are,
+/// so that a mistyped one (`operater`) is seen as such.
+fn naming_roles<T>(dev: &Device, role: &str, r: Result<T, ApiError>) -> Result<T, ApiError> {
+    match r {
+        Err(e) if e.code == "not-found" => {
+            let roles = dev.with_accounts(|a| Ok(a.roles()))?;
+            if roles.iter().any(|r| r.name == role) {
+                return Err(e);
+            }
+            let known: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
+            Err(ApiError::not_found(format!(
+                "no such role: {role} (the roles are: {})",
+                known.join(", ")
+            )))
+        }
+        r => r,
+    }
+}
+
 /// Records an account action's outcome in the room `rec` held for it
 /// (taken before the action, so an action the trail cannot record was
 /// refused before it ran).
@@ -345,7 +364,9 @@ pub(crate) async fn add_user(
             a.check_assign(&who, &perms, &user, &role)?;
             a.add_user_by_admin(&user, &role, &pw, time::OffsetDateTime::now_utc())
         })
-        .await;
+        .await
+        .map_err(ApiError::from);
+    let r = naming_roles(&dev, &req.role, r);
     managed(rec, &c, "user.add", &req.username, r)?;
     Ok(reply(api::UserAddedAnswer {
         must_change_password: true,
@@ -397,6 +418,7 @@ pub(crate) async fn set_role(
         a.check_assign(&c.username, &c.permissions, &name, &req.role)?;
         a.set_role(&name, &req.role, time::OffsetDateTime::now_utc())
     });
+    let r = naming_roles(&dev, &req.role, r.map_err(ApiError::from));
     managed(rec, &c, "user.role.change", &name, r)?;
     // The account's open sessions hold the new role from their next request.
     dev.resync_sessions(&c, "role changed")?;

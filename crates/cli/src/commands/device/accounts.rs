@@ -1,21 +1,22 @@
-//! `drivesec device login|password|users|roles|sessions`: accounts, roles
+//! `drivesec device login|passwd|users|roles|sessions`: accounts, roles
 //! and sessions.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
 use drivesec_api::accounts::{
-    NewRoleRequest, NewUserRequest, RoleAddedAnswer, RoleListAnswer, RoleRemovedAnswer,
-    RoleSetAnswer, SetRoleRequest, UserAddedAnswer, UserListAnswer, UserRemovedAnswer,
-    UserUnlockedAnswer,
+    NewRoleRequest, NewUserRequest, PasswordResetAnswer, PasswordResetRequest, RoleAddedAnswer,
+    RoleListAnswer, RoleRemovedAnswer, RoleSetAnswer, SetRoleRequest, UserAddedAnswer,
+    UserListAnswer, UserRemovedAnswer, UserUnlockedAnswer,
 };
 use drivesec_api::sessions::{
     MeAnswer, OwnPasswordAnswer, OwnPasswordRequest, SessionListAnswer, SessionTerminatedAnswer,
 };
 use drivesec_client::client::DeviceClient;
+use zeroize::Zeroizing;
 
-use super::answer::{as_json, print, print_answer, shown};
+use super::answer::{print, shown, table};
 use super::target::{Target, read_secret};
 use crate::text::safe;
 
@@ -50,6 +51,16 @@ pub enum UsersCommand {
     Unlock {
         /// Account name.
         username: String,
+    },
+    /// Set another account's password (a reset): its holder must change
+    /// it at the next login, and the account's open sessions end.
+    SetPassword {
+        /// Account name.
+        username: String,
+        /// File holding the new password (default: one line of stdin, which
+        /// must not be a terminal).
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
     },
 }
 
@@ -96,18 +107,49 @@ pub(super) fn login(c: &DeviceClient, json: bool) -> Result<()> {
     })
 }
 
-/// `device password`: the logged-in account changes its own password.
-pub(super) fn change_password(
-    c: &DeviceClient,
-    t: &Target,
-    new_password_file: &Path,
-    json: bool,
-) -> Result<()> {
+/// The current password (when neither --password-file nor a lab gave it)
+/// and the new one (when --new-password-file did not): read from stdin,
+/// one a line, the current first. Never from a terminal: this build has no
+/// prompt that hides what is typed.
+pub(super) fn passwd_inputs(
+    t: &mut Target,
+    new_password_file: Option<&Path>,
+) -> Result<Zeroizing<String>> {
+    if t.password.is_none() {
+        t.password = Some(stdin_secret("the current password (or --password-file)")?);
+    }
+    match new_password_file {
+        Some(f) => read_secret(f),
+        None => stdin_secret("the new password (or --new-password-file)"),
+    }
+}
+
+/// One line of stdin, without its line end: `what`, when stdin is not a
+/// terminal.
+fn stdin_secret(what: &str) -> Result<Zeroizing<String>> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!(
+            "give {what}: on a terminal the password would be shown as it is typed; \
+             or pipe the password(s) on stdin, one a line"
+        );
+    }
+    let mut line = Zeroizing::new(String::new());
+    stdin.lock().read_line(&mut line)?;
+    let pw = Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
+    if pw.is_empty() {
+        bail!("give {what}: stdin held no line");
+    }
+    Ok(pw)
+}
+
+/// `device passwd`: the logged-in account changes its own password.
+pub(super) fn change_password(c: &DeviceClient, t: &Target, new: &str, json: bool) -> Result<()> {
     let old = t
         .password
         .as_ref()
         .ok_or_else(|| anyhow!("give --password-file (the current password)"))?;
-    let new = read_secret(new_password_file)?;
     let mut body = OwnPasswordRequest {
         old_password: old.to_string(),
         new_password: new.to_string(),
@@ -123,10 +165,48 @@ pub(super) fn change_password(
     })
 }
 
+/// Yes or no, for a table.
+fn yes(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+/// An optional time, for a table.
+fn or_dash(v: &Option<String>) -> String {
+    v.clone().unwrap_or_else(|| "-".into())
+}
+
 /// `device users ...`.
 pub(super) fn users(c: &DeviceClient, u: &UsersCommand, json: bool) -> Result<()> {
-    let v = match u {
-        UsersCommand::List => as_json(&c.get::<UserListAnswer>("/api/v1/users")?),
+    match u {
+        UsersCommand::List => print(json, &c.get::<UserListAnswer>("/api/v1/users")?, |v| {
+            let rows: Vec<Vec<String>> = v
+                .users
+                .iter()
+                .map(|u| {
+                    vec![
+                        u.username.clone(),
+                        u.role.clone(),
+                        u.password_changed.clone(),
+                        yes(u.password_expired),
+                        u.failed_attempts.to_string(),
+                        or_dash(&u.locked_until),
+                        u.locked_certificates.len().to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "USER",
+                    "ROLE",
+                    "PASSWORD CHANGED",
+                    "EXPIRED",
+                    "FAILED",
+                    "LOCKED UNTIL",
+                    "LOCKED CERTS",
+                ],
+                &rows,
+            );
+        }),
         UsersCommand::Add {
             username,
             role,
@@ -140,52 +220,155 @@ pub(super) fn users(c: &DeviceClient, u: &UsersCommand, json: bool) -> Result<()
             };
             let sent = c.send::<_, UserAddedAnswer>("POST", "/api/v1/users", &body);
             zeroize::Zeroize::zeroize(&mut body.password);
-            as_json(&sent?)
+            print(json, &sent?, |v| {
+                println!(
+                    "added {} with role {}{}",
+                    safe(&v.username),
+                    safe(&v.role),
+                    if v.must_change_password {
+                        "; the password must be changed at the first login"
+                    } else {
+                        ""
+                    }
+                )
+            })
         }
-        UsersCommand::Remove { username } => as_json(
+        UsersCommand::Remove { username } => print(
+            json,
             &c.request::<UserRemovedAnswer>("DELETE", &format!("/api/v1/users/{username}"))?,
+            |v| {
+                println!(
+                    "removed {}; {} session(s) ended",
+                    safe(&v.removed),
+                    v.sessions_ended
+                )
+            },
         ),
-        UsersCommand::Role { username, role } => as_json(&c.send::<_, RoleSetAnswer>(
-            "PUT",
-            &format!("/api/v1/users/{username}/role"),
-            &SetRoleRequest { role: role.clone() },
-        )?),
-        UsersCommand::Unlock { username } => as_json(
+        UsersCommand::Role { username, role } => print(
+            json,
+            &c.send::<_, RoleSetAnswer>(
+                "PUT",
+                &format!("/api/v1/users/{username}/role"),
+                &SetRoleRequest { role: role.clone() },
+            )?,
+            |v| println!("{} now has role {}", safe(&v.username), safe(&v.role)),
+        ),
+        UsersCommand::Unlock { username } => print(
+            json,
             &c.request::<UserUnlockedAnswer>("POST", &format!("/api/v1/users/{username}/unlock"))?,
+            |v| println!("unlocked {}", safe(&v.unlocked)),
         ),
-    };
-    print_answer(json, &v)
+        UsersCommand::SetPassword {
+            username,
+            new_password_file,
+        } => {
+            let pw = match new_password_file {
+                Some(f) => read_secret(f)?,
+                None => stdin_secret("the new password (or --new-password-file)")?,
+            };
+            let mut body = PasswordResetRequest {
+                password: pw.to_string(),
+            };
+            let sent = c.send::<_, PasswordResetAnswer>(
+                "POST",
+                &format!("/api/v1/users/{username}/password"),
+                &body,
+            );
+            zeroize::Zeroize::zeroize(&mut body.password);
+            print(json, &sent?, |v| {
+                println!(
+                    "password of {} set; {} session(s) ended{}",
+                    safe(&v.reset),
+                    v.sessions_ended,
+                    if v.must_change_password {
+                        "; it must be changed at the next login"
+                    } else {
+                        ""
+                    }
+                )
+            })
+        }
+    }
 }
 
 /// `device roles ...`.
 pub(super) fn roles(c: &DeviceClient, r: &RolesCommand, json: bool) -> Result<()> {
-    let v = match r {
-        RolesCommand::List => as_json(&c.get::<RoleListAnswer>("/api/v1/roles")?),
+    match r {
+        RolesCommand::List => print(json, &c.get::<RoleListAnswer>("/api/v1/roles")?, |v| {
+            let rows: Vec<Vec<String>> = v
+                .roles
+                .iter()
+                .map(|r| vec![r.name.clone(), yes(r.builtin), r.permissions.join(",")])
+                .collect();
+            table(&["ROLE", "BUILT-IN", "PERMISSIONS"], &rows);
+        }),
         RolesCommand::Add {
             role_name: name,
             permissions,
-        } => as_json(&c.send::<_, RoleAddedAnswer>(
-            "POST",
-            "/api/v1/roles",
-            &NewRoleRequest {
-                name: name.clone(),
-                permissions: permissions.clone(),
+        } => print(
+            json,
+            &c.send::<_, RoleAddedAnswer>(
+                "POST",
+                "/api/v1/roles",
+                &NewRoleRequest {
+                    name: name.clone(),
+                    permissions: permissions.clone(),
+                },
+            )?,
+            |v| {
+                println!(
+                    "added role {}: {}",
+                    safe(&v.name),
+                    safe(&v.permissions.join(","))
+                )
             },
-        )?),
-        RolesCommand::Remove { role_name: name } => {
-            as_json(&c.request::<RoleRemovedAnswer>("DELETE", &format!("/api/v1/roles/{name}"))?)
-        }
-    };
-    print_answer(json, &v)
+        ),
+        RolesCommand::Remove { role_name: name } => print(
+            json,
+            &c.request::<RoleRemovedAnswer>("DELETE", &format!("/api/v1/roles/{name}"))?,
+            |v| println!("removed role {}", safe(&v.removed)),
+        ),
+    }
 }
 
 /// `device sessions ...`.
 pub(super) fn sessions(c: &DeviceClient, s: &SessionsCommand, json: bool) -> Result<()> {
-    let v = match s {
-        SessionsCommand::List => as_json(&c.get::<SessionListAnswer>("/api/v1/sessions")?),
-        SessionsCommand::Terminate { handle } => as_json(
-            &c.request::<SessionTerminatedAnswer>("DELETE", &format!("/api/v1/sessions/{handle}"))?,
+    match s {
+        SessionsCommand::List => print(
+            json,
+            &c.get::<SessionListAnswer>("/api/v1/sessions")?,
+            |v| {
+                let rows: Vec<Vec<String>> = v
+                    .sessions
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.handle.clone(),
+                            s.username.clone(),
+                            s.role.clone(),
+                            format!("{}s", s.age_secs),
+                            format!("{}s", s.idle_secs),
+                            s.client_fingerprint.clone(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "HANDLE",
+                        "USER",
+                        "ROLE",
+                        "AGE",
+                        "IDLE",
+                        "CLIENT CERTIFICATE",
+                    ],
+                    &rows,
+                );
+            },
         ),
-    };
-    print_answer(json, &v)
+        SessionsCommand::Terminate { handle } => print(
+            json,
+            &c.request::<SessionTerminatedAnswer>("DELETE", &format!("/api/v1/sessions/{handle}"))?,
+            |v| println!("terminated {} ({})", safe(&v.terminated), safe(&v.username)),
+        ),
+    }
 }

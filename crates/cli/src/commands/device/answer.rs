@@ -7,7 +7,7 @@ use drivesec_client::client::wire_name;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::text::{safe, safe_lines};
+use crate::text::safe;
 
 /// Any part of a device answer as its JSON text, safe to print (serde_json
 /// leaves DEL, C1 controls and bidi overrides in strings as they are).
@@ -42,13 +42,34 @@ pub(super) fn print<T: Serialize + ?Sized>(json: bool, v: &T, text: impl FnOnce(
     Ok(())
 }
 
-/// A device answer shown as it is: pretty JSON, with `--json` and without
-/// (keys in alphabetical order, as the device writes them).
-pub(super) fn print_answer(json: bool, v: &Value) -> Result<()> {
-    print(json, v, |v| {
-        println!(
-            "{}",
-            safe_lines(&serde_json::to_string_pretty(v).unwrap_or_default())
+/// Rows under a header row, each column as wide as its widest cell. The
+/// cells are made safe here: they are what a device said.
+pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let cells: Vec<Vec<String>> = std::iter::once(headers.iter().map(|h| h.to_string()).collect())
+        .chain(
+            rows.iter()
+                .map(|r| r.iter().map(|c| safe(c).into_owned()).collect()),
         )
-    })
+        .collect();
+    let mut widths = vec![0; headers.len()];
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for row in &cells {
+        let last = row.len().saturating_sub(1);
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c.clone()
+                } else {
+                    format!("{c:<width$}", width = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("  "));
+    }
 }

@@ -48,12 +48,16 @@ pub enum DeviceCommand {
     Info,
     /// Log in and show the account's role and permissions.
     Login,
-    /// Change your own password (the --user account; --password-file holds
-    /// the current one). Required first after an administrator set it.
-    Password {
+    /// Change your own password (the --user account). Required first after
+    /// an administrator set it. The current password is --password-file's
+    /// (or the lab's), the new one --new-password-file's; one not given is
+    /// read from stdin, one a line, the current first (never from a
+    /// terminal, where it would be shown as typed).
+    #[command(visible_alias = "password")]
+    Passwd {
         /// File holding the new password.
         #[arg(long)]
-        new_password_file: PathBuf,
+        new_password_file: Option<PathBuf>,
     },
     /// Accounts.
     #[command(subcommand)]
@@ -114,10 +118,17 @@ pub enum DeviceCommand {
 
 /// Runs one `drivesec device` command.
 pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
-    let t = target(&a.connection)?;
+    let mut t = target(&a.connection)?;
     if let DeviceCommand::Commission(c) = &a.command {
         return commission::run(&t, a.connection.serial.clone(), c, json);
     }
+    let new_password = match &a.command {
+        DeviceCommand::Passwd { new_password_file } => Some(accounts::passwd_inputs(
+            &mut t,
+            new_password_file.as_deref(),
+        )?),
+        _ => None,
+    };
     let c = match &a.command {
         DeviceCommand::Info => owned(&t)?,
         _ => logged_in(&t)?,
@@ -126,9 +137,15 @@ pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
         DeviceCommand::Commission(_) => unreachable!("handled above"),
         DeviceCommand::Info => info(&c, json),
         DeviceCommand::Login => accounts::login(&c, json),
-        DeviceCommand::Password { new_password_file } => {
-            accounts::change_password(&c, &t, new_password_file, json)
-        }
+        DeviceCommand::Passwd { .. } => accounts::change_password(
+            &c,
+            &t,
+            new_password
+                .as_deref()
+                .map(String::as_str)
+                .unwrap_or_default(),
+            json,
+        ),
         DeviceCommand::Users(u) => accounts::users(&c, u, json),
         DeviceCommand::Roles(r) => accounts::roles(&c, r, json),
         DeviceCommand::Sessions(s) => accounts::sessions(&c, s, json),

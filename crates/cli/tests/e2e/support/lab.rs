@@ -350,6 +350,25 @@ impl TestLab {
         .unwrap();
     }
 
+    /// Stops the daemon the manifest records for the device, if it still
+    /// runs as the process the lab started (same start time: a reused PID
+    /// is left alone), and waits until it is gone (its lock released).
+    fn stop_recorded(&mut self) {
+        let d = &mut self.m.devices[0];
+        let Some(pid) = d.pid.take() else {
+            return;
+        };
+        let started = d.pid_start_time;
+        let same = |pid| {
+            drivesec_lab::daemons::alive(pid)
+                && started.is_none_or(|t| drivesec_lab::daemons::start_time(pid) == Some(t))
+        };
+        if same(pid) {
+            drivesec_lab::daemons::stop(pid);
+            wait_until("the old daemon to end", || !same(pid));
+        }
+    }
+
     /// Stops the lab device's daemon (without checking its trail).
     pub fn stop_device(&mut self) {
         let pid = self.m.devices[0].pid.take().unwrap();
@@ -372,6 +391,9 @@ impl TestLab {
     /// Starts the device's daemon again from its state directory and
     /// `drivesecd.toml`; the daemon's complaint if it does not start.
     pub fn start_again(&mut self) -> Result<(), String> {
+        // One daemon per state directory (it holds the directory's lock):
+        // a daemon the manifest still records is stopped first.
+        self.stop_recorded();
         let dir = self.device_dir();
         let cfg = DeviceConfig::load(&dir.join("drivesecd.toml")).map_err(|e| e.to_string())?;
         let s =
