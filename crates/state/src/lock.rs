@@ -101,16 +101,31 @@ impl StateLock {
     }
 }
 
-/// Opens the lock file read-write; a symbolic link in its place is
-/// refused, not followed.
+/// Opens the lock file read-write, created private (0600); a symbolic
+/// link in its place is refused, not followed. A lock file this user may
+/// not write (another user, such as root running `drivesecd check`, made
+/// it) is opened read-only: a flock needs no more, so such a file never
+/// keeps the drive from starting; only the holder's PID is not written.
 fn open(path: &Path, create: bool) -> std::io::Result<File> {
-    OpenOptions::new()
+    let flags = (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32;
+    match OpenOptions::new()
         .read(true)
         .write(true)
         .create(create)
-        .mode(0o644)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
+        .mode(0o600)
+        .custom_flags(flags)
         .open(path)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            OpenOptions::new().read(true).custom_flags(flags).open(path)
+        }
+        r => r,
+    }
+}
+
+/// Whether `file` was opened for writing.
+fn writable(file: &File) -> bool {
+    rustix::fs::fcntl_getfl(file).is_ok_and(|f| f.contains(rustix::fs::OFlags::RDWR))
 }
 
 fn lock(dir: &Path, path: PathBuf, mut file: File, what: &str) -> Result<StateLock> {
@@ -132,6 +147,11 @@ fn lock(dir: &Path, path: PathBuf, mut file: File, what: &str) -> Result<StateLo
         }
     }
     // Ours now: what a previous holder wrote (a killed daemon's PID) goes.
+    // A lock file another user made is only read: the lock holds all the
+    // same, its content stays.
+    if !writable(&file) {
+        return Ok(StateLock { _file: file, path });
+    }
     let pid = std::process::id();
     let written = file
         .set_len(0)
@@ -230,6 +250,34 @@ mod tests {
             std::fs::read_to_string(next.path()).unwrap(),
             format!("{pid} drivesecd check\n")
         );
+    }
+
+    /// A new lock file is private; a lock file this user may only read
+    /// (another user made it) still locks, keeps its content, and a second
+    /// holder is refused. (The read-only open is the one `open` falls back
+    /// to on a permission error; given here directly, as the tests may run
+    /// as root, whom permissions do not stop.)
+    #[test]
+    fn a_lock_file_another_user_made_still_locks() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = state_dir();
+        let l = StateLock::acquire(d.path(), "drivesecd").unwrap();
+        let mode = std::fs::metadata(l.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        drop(l);
+        let path = d.path().join(files::LOCK);
+        std::fs::write(&path, b"4194303 drivesecd of root\n").unwrap();
+        let ro = std::fs::File::open(&path).unwrap();
+        assert!(!writable(&ro));
+        let held = lock(d.path(), path.clone(), ro, "drivesecd").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "4194303 drivesecd of root\n"
+        );
+        let e = StateLock::acquire(d.path(), "drivesecd").unwrap_err();
+        assert!(matches!(e, StateError::InUse { .. }), "{e}");
+        drop(held);
+        StateLock::acquire(d.path(), "drivesecd").unwrap();
     }
 
     #[test]
