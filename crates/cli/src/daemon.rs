@@ -16,7 +16,12 @@ use clap::{Parser, Subcommand};
 
 /// drivesecd: the drivesec device runtime (one simulated drive control unit).
 #[derive(Debug, Parser)]
-#[command(name = "drivesecd", version, about)]
+#[command(
+    name = "drivesecd",
+    version,
+    about = "drivesecd: the drive's security runtime. Serves one device from its state directory: the mutual-TLS HTTPS API, Modbus/TCP Security, the audit trail and the drive loop",
+    after_help = "Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT); 2 when the state directory or the configuration is refused, another process holds the directory's lock (the message names its PID), or the API cannot be served.\n\nThe people's tool is `drivesec` (drivesec --help)."
+)]
 struct Args {
     /// The device state directory (written by `drivesec factory provision`).
     #[arg(long)]

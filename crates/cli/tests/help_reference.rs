@@ -123,3 +123,17 @@ fn the_walk_finds_nested_commands() {
     let help = "Usage: x\n\nCommands:\n  users  Accounts\n  a-very-long  Wrapped\n          about\n  help   Print this\n\nOptions:\n  -h\n";
     assert_eq!(subcommands(help), ["users", "a-very-long"]);
 }
+
+/// Issue #18: `drivesecd --help` describes the daemon, not the people's
+/// tool (clap took the package's description before).
+#[test]
+fn drivesecd_help_describes_the_daemon() {
+    let help = long_help(env!("CARGO_BIN_EXE_drivesecd"), &[]);
+    let first = help.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("drivesecd: the drive's security runtime"),
+        "{help}"
+    );
+    assert!(!help.contains("the tool of manufacturers"), "{help}");
+    assert!(help.contains("Exit codes:"), "{help}");
+}
