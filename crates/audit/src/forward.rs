@@ -605,6 +605,14 @@ impl Tail {
         }
     }
 
+    /// The trail's segments now; where the tail was in segments that are
+    /// gone (dropped) is forgotten.
+    fn segments(&mut self) -> Result<Vec<(u64, PathBuf)>> {
+        let segs = list_segments(&self.dir)?;
+        self.read_to.retain(|f, _| segs.iter().any(|s| s.0 == *f));
+        Ok(segs)
+    }
+
     /// Moves to segment `seg`, where it was left before (or its start).
     fn enter(&mut self, seg: &(u64, PathBuf)) {
         if let Some((first, _)) = &self.segment {
@@ -632,13 +640,20 @@ impl Tail {
     /// so a call ends whatever the directory holds; a segment that cannot
     /// be opened ends it with the error (the forwarder then waits before
     /// it tries again).
+    ///
+    /// With nothing durable above what was handed over (`durable` below
+    /// `next`: an idle trail), nothing can be sent, and the call touches
+    /// no file: where the tail stands is where the next call that can
+    /// send goes on from, as it would after reading the files now.
     fn batch(&mut self, max: usize, durable: u64) -> Result<Vec<Outgoing>> {
         let mut out = Vec::new();
+        if durable < self.next {
+            return Ok(out);
+        }
         let mut visited: Vec<u64> = Vec::new();
         loop {
             if self.segment.is_none() {
-                let segs = list_segments(&self.dir)?;
-                self.read_to.retain(|f, _| segs.iter().any(|s| s.0 == *f));
+                let segs = self.segments()?;
                 let Some(seg) = holding(&segs, self.next) else {
                     return Ok(out);
                 };
@@ -735,8 +750,7 @@ impl Tail {
             // one may start after a gap, records lost to damage and cut at
             // start-up: the forwarder goes on there rather than wait for
             // numbers that will never come).
-            let segs = list_segments(&self.dir)?;
-            self.read_to.retain(|f, _| segs.iter().any(|s| s.0 == *f));
+            let segs = self.segments()?;
             let target = match holding(&segs, self.next) {
                 Some(h) if h.0 != first => Some(h),
                 _ if at_end && above.is_none() => segs.iter().find(|(f, _)| *f > first),
@@ -906,7 +920,9 @@ fn run(dir: &Path, mark: &DurableMark, cfg: &ForwardConfig, tls: &Tls, ctl: &Con
     let mut cursor = read_cursor(dir, "forwarded").unwrap_or(0);
     let mut tail = Tail::new(dir, cursor);
     // Where the tail stood after the last delivered batch: a resend starts
-    // there (by position, not by number, see `Tail::started`).
+    // there, by position (the `Tail` as it stood: its segment, offset and
+    // next number), not by looking the cursor's number up again (see
+    // `Tail::batch`).
     let mut resume = tail.clone();
     let fail = |f: Failure, count: bool| {
         ctl.update(|s| {
@@ -1344,6 +1360,38 @@ mod tests {
         assert_eq!(OPENS.load(std::sync::atomic::Ordering::SeqCst), 1);
         tail.open = Scanner::open_at;
         assert_eq!(seqs_upto(&mut tail, 2), [1, 2]);
+    }
+
+    /// An idle forwarder (nothing durable above what it handed over)
+    /// neither lists `segments/` nor opens a segment at its polls: here
+    /// neither could be read, and the idle batches still end quietly.
+    /// Once a record is durable, the tail goes on where it stood.
+    #[test]
+    fn an_idle_tail_touches_no_file() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        segments(dir, &[&[Some(1), Some(2), Some(3)]]);
+        let mut tail = Tail::new(dir, 0);
+        assert_eq!(seqs_upto(&mut tail, 3), [1, 2, 3]);
+        // `segments/` cannot be listed, no segment opened.
+        let seg_dir = dir.join(crate::layout::SEGMENTS);
+        let away = dir.join("away");
+        std::fs::rename(&seg_dir, &away).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&seg_dir, b"not a directory").unwrap_or_else(|e| panic!("{e}"));
+        tail.open = |path, _| {
+            Err(
+                drivesec_fsutil::FsError::io("open", path, std::io::Error::from_raw_os_error(13))
+                    .into(),
+            )
+        };
+        for _ in 0..3 {
+            assert!(seqs_upto(&mut tail, 3).is_empty());
+        }
+        std::fs::remove_file(&seg_dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&away, &seg_dir).unwrap_or_else(|e| panic!("{e}"));
+        tail.open = Scanner::open_at;
+        segments(dir, &[&[Some(1), Some(2), Some(3), Some(4)]]);
+        assert_eq!(seqs_upto(&mut tail, 4), [4]);
     }
 
     #[test]

@@ -50,15 +50,23 @@ pub(crate) fn segment_dir(dir: &Path) -> Result<SegmentDir> {
         let e = e.map_err(|e| fsu::FsError::io("list", &seg_dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let regular = e.file_type().is_ok_and(|t| t.is_file());
-        // is_segment_name: 24 bytes ending in ".seg", so byte 20 is a boundary.
-        match is_segment_name(&name).then(|| name[..20].parse::<u64>()) {
-            Some(Ok(first)) if regular => out.push((first, e.path())),
+        match segment_number(&name) {
+            Some(first) if regular => out.push((first, e.path())),
             _ => stray.push(name),
         }
     }
     out.sort();
     stray.sort();
     Ok((out, stray))
+}
+
+/// The number in a segment file name (20 digits and `.seg`), when it fits
+/// in 64 bits: the first sequence number of the segment of that name.
+pub(crate) fn segment_number(name: &str) -> Option<u64> {
+    // is_segment_name: 24 bytes ending in ".seg", so byte 20 is a boundary.
+    is_segment_name(name)
+        .then(|| name[..20].parse().ok())
+        .flatten()
 }
 
 /// Whether `name` is a segment file name: 20 digits and `.seg`.

@@ -24,7 +24,8 @@ use drivesec_audit::frame;
 use drivesec_audit::reader::{self, Query, StoredRecord};
 use drivesec_audit::verify::{ProblemKind, Report, verify};
 use drivesec_audit::{
-    Actor, AuditConfig, CHECKPOINT_COUNTER, Event, Outcome, StartupCheck, continue_after,
+    Actor, AuditConfig, CHECKPOINT_COUNTER, Checkpoint, CheckpointKind, Event, Outcome,
+    StartupCheck, continue_after,
 };
 
 impl Fx {
@@ -55,6 +56,9 @@ impl Fx {
         check
     }
 }
+
+/// The body of a frame planted at rest (a valid record of the device).
+const PLANTED_BODY: &[u8] = br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#;
 
 fn cfg() -> AuditConfig {
     AuditConfig {
@@ -480,7 +484,22 @@ fn segment_names_are_bound_and_stray_files_ignored() {
     );
     log.close().unwrap();
     assert!(fx.records().len() > before, "records were lost");
-    assert!(!fx.trail().join("quarantine").exists());
+    // Nothing of the records went to quarantine/: only the directory
+    // planted with a segment's name, moved there by the first start.
+    assert_eq!(
+        names(&fx.trail().join("quarantine")),
+        ["00000000000000000999.seg.stray"]
+    );
+}
+
+/// The names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -504,12 +523,7 @@ fn a_forged_huge_sequence_number_neither_exhausts_numbers_nor_loses_records() {
         fx.fill(20);
         let (p, _, _) = frame_of(&fx.trail(), 20);
         let mut data = std::fs::read(&p).unwrap();
-        frame::encode(
-            forged,
-            &[7; 32],
-            br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#,
-            &mut data,
-        );
+        frame::encode(forged, &[7; 32], PLANTED_BODY, &mut data);
         std::fs::write(&p, &data).unwrap();
         // Several starts: no number is given out twice, none comes from
         // the forged frame.
@@ -549,6 +563,48 @@ fn a_forged_huge_sequence_number_neither_exhausts_numbers_nor_loses_records() {
     }
 }
 
+/// Plants a trail with nothing signed whose chain jumps to just below the
+/// ceiling on sequence numbers and climbs across it: segment 1 holds
+/// records 1..=20, and `rest(jump, prev)` gives the segments after it
+/// (first number, bytes) for a jump to `jump`, `prev` being record 20's
+/// hash. With no statement and no keystore counter, the ceiling is
+/// (max_bytes + reserve_bytes + the segments' size) / 53 (docs/audit.md,
+/// "Start-up check", rule 1); the size does not depend on the numbers,
+/// so the segments are built once to measure it, then for `jump` = the
+/// ceiling - 5. Returns (the ceiling, `jump`).
+fn across_the_ceiling(
+    fx: &Fx,
+    c: &AuditConfig,
+    rest: impl Fn(u64, [u8; 32]) -> Vec<(u64, Vec<u8>)>,
+) -> (u64, u64) {
+    let build = |jump: u64| {
+        let mut one = Vec::new();
+        let mut prev = [0u8; 32];
+        for seq in 1..=20 {
+            prev = frame::encode(seq, &prev, PLANTED_BODY, &mut one);
+        }
+        let mut segs = vec![(1, one)];
+        segs.extend(rest(jump, prev));
+        segs
+    };
+    let size = |segs: &[(u64, Vec<u8>)]| segs.iter().map(|s| s.1.len() as u64).sum::<u64>();
+    let probe = size(&build(1000));
+    let limit = (c.max_bytes + c.reserve_bytes + probe) / 53;
+    let jump = limit - 5;
+    let segs = build(jump);
+    assert_eq!(
+        size(&segs),
+        probe,
+        "the segments' size depends on their numbers"
+    );
+    let seg_dir = fx.trail().join("segments");
+    std::fs::create_dir_all(&seg_dir).unwrap();
+    for (first, bytes) in segs {
+        std::fs::write(seg_dir.join(format!("{first:020}.seg")), bytes).unwrap();
+    }
+    (limit, jump)
+}
+
 /// The ceiling on sequence numbers cuts only frames out of chain. A trail
 /// with no checkpoint yet and no keystore counter (a fresh keystore), so
 /// nothing signed vouches for any number: records 1..20, then a chain
@@ -559,46 +615,37 @@ fn a_forged_huge_sequence_number_neither_exhausts_numbers_nor_loses_records() {
 /// `prev`, or a number that skips) is still cut out and reported.
 #[test]
 fn a_genuine_chain_above_the_ceiling_is_kept_without_checkpoint_or_counter() {
-    const BODY: &[u8] = br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#;
     let fx = Fx::new();
     assert_eq!(fx.counter(), None);
     let c = cfg();
-    let seg_dir = fx.trail().join("segments");
-    std::fs::create_dir_all(&seg_dir).unwrap();
-    // (segment 1, segment `jump`): 1..=20, then jump..jump+29, then two
-    // frames that do not continue it.
-    let build = |jump: u64| {
-        let mut one = Vec::new();
-        let mut prev = [0u8; 32];
-        for seq in 1..=20 {
-            prev = frame::encode(seq, &prev, BODY, &mut one);
-        }
+    // Segment `jump`: jump..jump+29, then two frames that do not continue it.
+    let (limit, jump) = across_the_ceiling(&fx, &c, |jump, mut prev| {
         let mut two = Vec::new();
         for seq in jump..jump + 30 {
-            prev = frame::encode(seq, &prev, BODY, &mut two);
+            prev = frame::encode(seq, &prev, PLANTED_BODY, &mut two);
         }
-        frame::encode(jump + 30, &[9; 32], BODY, &mut two);
-        frame::encode(jump + 32, &prev, BODY, &mut two);
-        (one, two)
-    };
-    // The ceiling: nothing signed, no counter, so (max_bytes +
-    // reserve_bytes + the segments' size) / 53 (docs/audit.md, rule 1).
-    let (one, two) = build(1000);
-    let size = (one.len() + two.len()) as u64;
-    let limit = (c.max_bytes + c.reserve_bytes + size) / 53;
-    let jump = limit - 5;
-    let (one, two) = build(jump);
-    assert_eq!((one.len() + two.len()) as u64, size);
-    std::fs::write(seg_dir.join(format!("{:020}.seg", 1)), one).unwrap();
-    std::fs::write(seg_dir.join(format!("{jump:020}.seg")), two).unwrap();
+        frame::encode(jump + 30, &[9; 32], PLANTED_BODY, &mut two);
+        frame::encode(jump + 32, &prev, PLANTED_BODY, &mut two);
+        vec![(jump, two)]
+    });
 
     let log = fx.open(c);
+    let check = log.startup_check().clone();
     let a = log.append(ev(1)).unwrap();
     log.close().unwrap();
     let seqs: Vec<u64> = fx.records().iter().map(|r| r.seq).collect();
     let chain: Vec<u64> = (1..=20).chain(jump..jump + 30).collect();
     assert_eq!(&seqs[..50], chain.as_slice(), "the chain is kept whole");
-    assert!(jump + 29 > limit);
+    // The device's ceiling is the one computed here: the chain kept climbs
+    // 24 numbers above it.
+    assert!(
+        check
+            .problems
+            .iter()
+            .any(|p| p.message.contains(&format!("a number above {limit},"))),
+        "{:#?}",
+        check.problems
+    );
     assert!(a.seq > jump + 29, "{}", a.seq);
     // The two frames out of chain are cut, as implausible.
     let cut: Vec<serde_json::Value> = actions(&fx, "audit.recovery.quarantined")
@@ -624,12 +671,7 @@ fn export_to_a_bound_fails_when_a_high_number_cuts_the_range_short() {
     let (p, off, len) = frame_of(&fx.trail(), 20);
     let mut data = std::fs::read(&p).unwrap();
     let mut forged = Vec::new();
-    frame::encode(
-        u64::MAX - 1,
-        &[7; 32],
-        br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#,
-        &mut forged,
-    );
+    frame::encode(u64::MAX - 1, &[7; 32], PLANTED_BODY, &mut forged);
     data.splice(off + len..off + len, forged);
     std::fs::write(&p, &data).unwrap();
     let q = Query {
@@ -661,14 +703,6 @@ fn a_misnamed_last_segment_is_left_as_evidence_and_order_is_kept() {
     let fx = Fx::new();
     fx.fill(30);
     let seg_dir = fx.trail().join("segments");
-    let names = |d: &Path| {
-        let mut v: Vec<String> = std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    };
     assert_eq!(names(&seg_dir), [format!("{:020}.seg", 1)]);
     let misnamed = format!("{:020}.seg", 100);
     std::fs::rename(
@@ -1019,12 +1053,7 @@ fn a_reset_anchors_only_what_the_archived_trail_verifies() {
     std::fs::rename(fx.trail(), &archive).unwrap();
     let (last_seg, _, _) = frame_of(&archive, 50);
     let mut forged = Vec::new();
-    frame::encode(
-        u64::MAX - 1,
-        &[7; 32],
-        br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#,
-        &mut forged,
-    );
+    frame::encode(u64::MAX - 1, &[7; 32], PLANTED_BODY, &mut forged);
     let mut data = std::fs::read(&last_seg).unwrap();
     // After the last frame (zero bytes beyond it end the segment).
     let end = frames(&archive)
@@ -1065,8 +1094,6 @@ fn a_reset_anchors_only_what_the_archived_trail_verifies() {
 }
 
 // ---- Segment names, chains and recovery records under a hostile trail ----
-
-const PLANTED_BODY: &[u8] = br#"{"time":"2026-01-01T00:00:00.000000Z","time_quality":"unknown","actor":{"kind":"device"},"action":"x","outcome":"success"}"#;
 
 /// A segment planted at rest with the highest name there is, holding one
 /// valid frame numbered 1: start-up moves it to `quarantine/` whole and
@@ -1199,34 +1226,20 @@ fn one_damaged_frame_in_a_chain_above_the_ceiling_costs_that_frame_only() {
     let fx = Fx::new();
     assert_eq!(fx.counter(), None);
     let c = cfg();
-    let seg_dir = fx.trail().join("segments");
-    std::fs::create_dir_all(&seg_dir).unwrap();
-    // Segment 1: 1..=20; segment `jump`: jump..jump+29, chained on.
-    let build = |jump: u64| {
-        let mut one = Vec::new();
-        let mut prev = [0u8; 32];
-        for seq in 1..=20 {
-            prev = frame::encode(seq, &prev, PLANTED_BODY, &mut one);
-        }
+    // Segment `jump`: jump..jump+29, chained on; record jump+10 (above the
+    // ceiling) damaged: its checksum fails.
+    let (_, jump) = across_the_ceiling(&fx, &c, |jump, mut prev| {
         let mut two = Vec::new();
-        let mut at = Vec::new();
-        for seq in jump..jump + 30 {
-            at.push(two.len());
+        for (i, seq) in (jump..jump + 30).enumerate() {
+            let at = two.len();
             prev = frame::encode(seq, &prev, PLANTED_BODY, &mut two);
+            if i == 10 {
+                two[at + frame::HEADER + 2] ^= 0x01;
+            }
         }
-        (one, two, at)
-    };
-    let (one, two, _) = build(1000);
-    let size = (one.len() + two.len()) as u64;
-    let limit = (c.max_bytes + c.reserve_bytes + size) / 53;
-    let jump = limit - 5;
-    let (one, mut two, at) = build(jump);
-    // Record jump+10 (above the ceiling) damaged: its checksum fails.
+        vec![(jump, two)]
+    });
     let damaged = jump + 10;
-    assert!(damaged > limit);
-    two[at[10] + frame::HEADER + 2] ^= 0x01;
-    std::fs::write(seg_dir.join(format!("{:020}.seg", 1)), one).unwrap();
-    std::fs::write(seg_dir.join(format!("{jump:020}.seg")), two).unwrap();
 
     let log = fx.open(c);
     let a = log.append(ev(1)).unwrap();
@@ -1265,16 +1278,9 @@ fn one_damaged_frame_in_a_chain_above_the_ceiling_costs_that_frame_only() {
 fn damage_over_several_frames_in_a_chain_above_the_ceiling_costs_those_frames_only() {
     let fx = Fx::new();
     let c = cfg();
-    let seg_dir = fx.trail().join("segments");
-    std::fs::create_dir_all(&seg_dir).unwrap();
-    // Segment 1: 1..=20; segment `jump`: jump..jump+29; segment
-    // `jump + 30`: jump+30..jump+39, chained on.
-    let build = |jump: u64| {
-        let mut one = Vec::new();
-        let mut prev = [0u8; 32];
-        for seq in 1..=20 {
-            prev = frame::encode(seq, &prev, PLANTED_BODY, &mut one);
-        }
+    // Segment `jump`: jump..jump+29; segment `jump + 30`: jump+30..jump+39,
+    // chained on.
+    let (_, jump) = across_the_ceiling(&fx, &c, |jump, mut prev| {
         let (mut two, mut three) = (Vec::new(), Vec::new());
         let mut at = Vec::new();
         for seq in jump..jump + 30 {
@@ -1284,25 +1290,18 @@ fn damage_over_several_frames_in_a_chain_above_the_ceiling_costs_those_frames_on
         for seq in jump + 30..jump + 40 {
             prev = frame::encode(seq, &prev, PLANTED_BODY, &mut three);
         }
-        (one, two, three, at)
-    };
-    let (one, two, three, _) = build(1000);
-    let size = (one.len() + two.len() + three.len()) as u64;
-    let limit = (c.max_bytes + c.reserve_bytes + size) / 53;
-    let jump = limit - 5;
-    let (one, mut two, mut three, at) = build(jump);
-    // jump+10..=jump+12: checksums wrong, numbers readable.
-    for i in 10..13 {
-        two[at[i] + frame::HEADER + 2] ^= 0x01;
-    }
-    // jump+20..=jump+22: overwritten, nothing readable.
-    two[at[20]..at[23]].fill(0xa5);
-    // jump+30: its magic gone.
-    three[0] ^= 0xff;
-    std::fs::write(seg_dir.join(format!("{:020}.seg", 1)), one).unwrap();
-    std::fs::write(seg_dir.join(format!("{jump:020}.seg")), two).unwrap();
+        // jump+10..=jump+12: checksums wrong, numbers readable.
+        for i in 10..13 {
+            two[at[i] + frame::HEADER + 2] ^= 0x01;
+        }
+        // jump+20..=jump+22: overwritten, nothing readable.
+        two[at[20]..at[23]].fill(0xa5);
+        // jump+30: its magic gone.
+        three[0] ^= 0xff;
+        vec![(jump, two), (jump + 30, three)]
+    });
+    let seg_dir = fx.trail().join("segments");
     let name_three = format!("{:020}.seg", jump + 30);
-    std::fs::write(seg_dir.join(&name_three), three).unwrap();
 
     let log = fx.open(c);
     let check = log.startup_check().clone();
@@ -1459,4 +1458,262 @@ fn many_cuts_in_one_segment_cost_a_bounded_number_of_records_and_files() {
     assert_eq!(files, 17);
     // What the start-up report lists stays bounded too.
     assert!(check.problems.len() <= 17 + 2, "{:#?}", check.problems);
+}
+
+/// A stray entry carrying a segment's name (a directory or a symbolic
+/// link: no segment, ignored by every reader) stood where the writer
+/// creates a segment, which it does exclusively: at the name of the next
+/// segment, every rotation across it failed, after every restart; at the
+/// name of the first segment of an empty trail, the trail did not open.
+/// Start-up moves it to `quarantine/` as it is, on the record, and the
+/// trail appends across its name.
+#[test]
+fn a_stray_entry_with_a_segment_name_is_moved_aside_and_blocks_nothing() {
+    let c = AuditConfig {
+        segment_bytes: 4096,
+        ..cfg()
+    };
+    // The same history twice: first to learn which name the first
+    // rotation after the next start takes (a directory planted under a
+    // name no rotation takes stands in for it: the same start-up record),
+    // then with a directory planted under that name.
+    let history = |fx: &Fx, planted: &str| -> Vec<String> {
+        let log = fx.open(c.clone());
+        for i in 1..=10 {
+            log.append(ev(i)).unwrap();
+        }
+        log.close().unwrap();
+        let seg_dir = fx.trail().join("segments");
+        let before = names(&seg_dir);
+        std::fs::create_dir(seg_dir.join(planted)).unwrap();
+        std::fs::write(seg_dir.join(planted).join("x"), b"x").unwrap();
+        let log = fx.open(c.clone());
+        for i in 11..=60 {
+            log.append(ev(i))
+                .unwrap_or_else(|e| panic!("append {i} with {planted} planted: {e}"));
+        }
+        log.close().unwrap();
+        names(&seg_dir)
+            .into_iter()
+            .filter(|n| !before.contains(n))
+            .collect()
+    };
+    let dry = Fx::new();
+    let created = history(&dry, &format!("{}.seg", u64::MAX));
+    let next = created.first().unwrap().clone();
+
+    let fx = Fx::new();
+    assert_eq!(history(&fx, &next), created);
+    let seg = fx.trail().join("segments").join(&next);
+    assert!(std::fs::symlink_metadata(&seg).unwrap().is_file());
+    let first: u64 = next[..20].parse().unwrap();
+    assert_eq!(
+        frames(&fx.trail()).iter().find(|f| f.0 == seg).unwrap().3,
+        first
+    );
+    let moved = fx.trail().join("quarantine").join(format!("{next}.stray"));
+    assert_eq!(std::fs::read(moved.join("x")).unwrap(), b"x");
+    let rec: Vec<serde_json::Value> = actions(&fx, "audit.recovery.quarantined")
+        .into_iter()
+        .map(|r| r.record.details)
+        .collect();
+    assert_eq!(rec.len(), 1, "{rec:?}");
+    assert_eq!(rec[0]["segment"], next.as_str());
+    assert_eq!(rec[0]["reason"], "not a regular file");
+    assert_eq!(rec[0]["was"], "directory");
+    assert_eq!(rec[0]["quarantined"], format!("{next}.stray"));
+    let r = fx.verify();
+    assert!(r.ok && r.stray_files.is_empty(), "{r:#?}");
+    assert!(fx.start().passed());
+
+    // A new trail, a dangling symbolic link under the first segment's name.
+    let fx = Fx::new();
+    let seg_dir = fx.trail().join("segments");
+    std::fs::create_dir_all(&seg_dir).unwrap();
+    let first = format!("{:020}.seg", 1);
+    std::os::unix::fs::symlink(fx.tmp.path().join("nowhere"), seg_dir.join(&first)).unwrap();
+    let log = fx.open(cfg());
+    assert_eq!(log.append(ev(1)).unwrap().seq, 2);
+    log.close().unwrap();
+    assert!(
+        std::fs::symlink_metadata(seg_dir.join(&first))
+            .unwrap()
+            .is_file()
+    );
+    let aside = fx.trail().join("quarantine").join(format!("{first}.stray"));
+    assert!(
+        std::fs::symlink_metadata(&aside)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let rec = actions(&fx, "audit.recovery.quarantined");
+    assert_eq!(rec.len(), 1);
+    assert_eq!(
+        (rec[0].seq, &rec[0].record.details["was"]),
+        (1, &"symbolic link".into())
+    );
+    assert!(fx.verify().ok);
+}
+
+/// Pruning `checkpoints.log` behind an anchor removes only what the
+/// verifier takes for a valid checkpoint that nothing contradicts. An
+/// anchor (validly signed, as an anchor) copied into the log is a forged
+/// checkpoint there: it stays, and so does the verdict; so do two valid
+/// checkpoints for one record with different hashes. A checkpoint copied
+/// into `anchor.json` is no anchor: the lines at or below its number stay.
+#[test]
+fn pruning_the_checkpoint_log_keeps_what_does_not_verify_as_a_checkpoint() {
+    use drivesec_audit::FullPolicy::DropForwarded;
+    let forged_in_log = |r: &Report, seq: u64| {
+        r.problems.iter().any(|p| {
+            p.kind == ProblemKind::ForgedCheckpoint
+                && p.file == "checkpoints.log"
+                && p.seq == Some(seq)
+        })
+    };
+    // An anchor in the log.
+    let fx = Fx::new();
+    let c = small_full(DropForwarded);
+    let log = fx.open(c.clone());
+    let anchor_path = fx.trail().join("anchor.json");
+    let mut i = 0;
+    while !anchor_path.exists() {
+        i += 1;
+        assert!(i < 1000, "nothing was dropped");
+        log.append(ev(i)).unwrap();
+        log.mark_exported(log.status().unwrap().durable_seq)
+            .unwrap();
+    }
+    log.close().unwrap();
+    let anchor = std::fs::read_to_string(&anchor_path).unwrap();
+    let seq: u64 = serde_json::from_str::<serde_json::Value>(&anchor).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    // And two valid checkpoints (the key signed both) that disagree about
+    // a record the anchor covers: a forged checkpoint, however pruned.
+    let sign = |hash: &str| {
+        use base64::Engine;
+        let time = "2026-01-01T00:00:00.000000Z";
+        let msg = Checkpoint::signed_bytes(CheckpointKind::Checkpoint, seq - 1, hash, time);
+        let sig = fx.signer.store.sign(&fx.signer.handle, &msg).unwrap();
+        serde_json::to_string(&Checkpoint {
+            kind: CheckpointKind::Checkpoint,
+            seq: seq - 1,
+            hash: hash.into(),
+            time: time.into(),
+            algorithm: "ecdsa-p256-sha256".into(),
+            signature: base64::engine::general_purpose::STANDARD.encode(sig),
+        })
+        .unwrap()
+    };
+    let (one, two) = (sign(&"1".repeat(64)), sign(&"2".repeat(64)));
+    let log_path = fx.trail().join("checkpoints.log");
+    let lines = std::fs::read_to_string(&log_path).unwrap();
+    std::fs::write(&log_path, format!("{anchor}\n{one}\n{two}\n{lines}")).unwrap();
+    assert!(forged_in_log(&fx.verify(), seq));
+    assert!(forged_in_log(&fx.verify(), seq - 1));
+    // Starts, drops and checkpoints: each prunes the log.
+    for _ in 0..2 {
+        let log = fx.open(c.clone());
+        for _ in 0..40 {
+            i += 1;
+            log.append(ev(i)).unwrap();
+            log.mark_exported(log.status().unwrap().durable_seq)
+                .unwrap();
+        }
+        log.close().unwrap();
+    }
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.lines().any(|l| l == anchor),
+        "the forged line was pruned"
+    );
+    assert!(text.lines().any(|l| l == one) && text.lines().any(|l| l == two));
+    assert!(forged_in_log(&fx.verify(), seq));
+    assert!(forged_in_log(&fx.verify(), seq - 1));
+
+    // A checkpoint in anchor.json.
+    let fx = Fx::new();
+    fx.fill(200);
+    let log_path = fx.trail().join("checkpoints.log");
+    let before = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = before.lines().collect();
+    assert!(lines.len() >= 4, "{before}");
+    std::fs::write(fx.trail().join("anchor.json"), lines[1]).unwrap();
+    let check = fx.start();
+    assert!(
+        check
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::ForgedCheckpoint && p.file == "anchor.json"),
+        "{check:#?}"
+    );
+    let after = std::fs::read_to_string(&log_path).unwrap();
+    assert!(after.starts_with(&before), "lines were pruned:\n{after}");
+}
+
+/// The summary of a segment's cuts beyond the first 16 says what they
+/// were: their reason when they share one, `unreadable bytes` when they
+/// are unreadable bytes of several kinds, and `unreadable bytes or
+/// implausible sequence numbers` only when both kinds are among them.
+#[test]
+fn the_summary_of_many_cuts_names_their_kind() {
+    // Damage after every record of a segment of 40: `damage(seq)` is put
+    // after record `seq`; the summary's details.
+    let summary = |damage: &dyn Fn(u64) -> Vec<u8>| {
+        let fx = Fx::new();
+        fx.fill(40);
+        let (p, _, _) = frame_of(&fx.trail(), 1);
+        let data = std::fs::read(&p).unwrap();
+        let mut crafted = Vec::new();
+        for (_, off, len, seq) in frames(&fx.trail()) {
+            crafted.extend_from_slice(&data[off..off + len]);
+            crafted.extend_from_slice(&damage(seq));
+        }
+        std::fs::write(&p, &crafted).unwrap();
+        fx.start();
+        let cut: Vec<serde_json::Value> = actions(&fx, "audit.recovery.quarantined")
+            .into_iter()
+            .map(|r| r.record.details)
+            .collect();
+        assert_eq!(cut.len(), 17, "{cut:?}");
+        assert_eq!(cut[16]["cuts"], 24, "{}", cut[16]);
+        cut[16].clone()
+    };
+    // A frame with a wrong checksum, or bytes without a frame's magic.
+    let bad_checksum = |seq: u64| {
+        let mut f = Vec::new();
+        frame::encode(u64::MAX - seq, &[7; 32], PLANTED_BODY, &mut f);
+        let last = f.len() - 1;
+        f[last] ^= 0xff;
+        f
+    };
+    let no_magic = |_: u64| b"not a frame at all".to_vec();
+    let implausible = |seq: u64| {
+        let mut f = Vec::new();
+        frame::encode(u64::MAX - seq, &[7; 32], PLANTED_BODY, &mut f);
+        f
+    };
+    let unreadable = summary(&|seq| {
+        if seq % 2 == 0 {
+            bad_checksum(seq)
+        } else {
+            no_magic(seq)
+        }
+    });
+    assert_eq!(unreadable["reason"], "unreadable bytes", "{unreadable}");
+    let same = summary(&bad_checksum);
+    assert_eq!(same["reason"], "frame checksum mismatch", "{same}");
+    let both = summary(&|seq| {
+        if seq % 2 == 0 {
+            implausible(seq)
+        } else {
+            no_magic(seq)
+        }
+    });
+    assert_eq!(
+        both["reason"], "unreadable bytes or implausible sequence numbers",
+        "{both}"
+    );
 }

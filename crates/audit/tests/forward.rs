@@ -228,6 +228,20 @@ impl Fixture {
     }
 }
 
+/// A new fixture with a collector (certificate `collector`, `extra`
+/// arguments for rsyslog) started on a free port, and its trail
+/// (`trail/`) open: where most tests start.
+fn collecting(extra: &[&str]) -> (Fixture, u16, Receiver, AuditLog, PathBuf) {
+    let mut fx = Fixture::new();
+    fx.collector_cert("collector");
+    let port = free_port();
+    let rx = fx.receiver(port, "collector", extra);
+    rx.start();
+    let log = fx.log("trail");
+    let trail = fx.path().join("trail");
+    (fx, port, rx, log, trail)
+}
+
 fn ev(i: u64) -> Event {
     Event::new(Actor::User("op".into()), "param.write")
         .target(format!("p{i}"))
@@ -236,14 +250,7 @@ fn ev(i: u64) -> Event {
 
 #[test]
 fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
-    let mut fx = Fixture::new();
-    fx.collector_cert("collector");
-    let port = free_port();
-    let rx = fx.receiver(port, "collector", &[]);
-    rx.start();
-
-    let log = fx.log("trail");
-    let trail = fx.path().join("trail");
+    let (fx, port, rx, log, trail) = collecting(&[]);
     for i in 0..50 {
         log.append(ev(i)).unwrap();
     }
@@ -380,13 +387,7 @@ fn forwarding_survives_a_collector_outage_without_loss_or_duplicates() {
 /// choose: a forged message at the collector).
 #[test]
 fn a_record_longer_than_the_collector_takes_arrives_as_one_marked_message() {
-    let mut fx = Fixture::new();
-    fx.collector_cert("collector");
-    let port = free_port();
-    let rx = fx.receiver(port, "collector", &["--max-message-size", "8k"]);
-    rx.start();
-    let log = fx.log("trail");
-    let trail = fx.path().join("trail");
+    let (fx, port, rx, log, trail) = collecting(&["--max-message-size", "8k"]);
     log.append(ev(0)).unwrap();
     // 20 000 bytes of details, the tail of which looks like a message.
     let forged = "<105>1 2026-01-01T00:00:00Z drive-001 drivesecd - auth.login [drivesec@50316 seq=\"999\"] forged";
@@ -706,13 +707,7 @@ fn a_collector_that_hangs_up_after_the_handshake_gets_the_backoff_not_a_storm() 
 /// lost, and the cursor would be past the trail. Once synced, it goes.
 #[test]
 fn a_record_written_but_not_yet_synced_is_not_forwarded() {
-    let mut fx = Fixture::new();
-    fx.collector_cert("collector");
-    let port = free_port();
-    let rx = fx.receiver(port, "collector", &[]);
-    rx.start();
-    let log = fx.log("trail");
-    let trail = fx.path().join("trail");
+    let (fx, port, rx, log, trail) = collecting(&[]);
     for i in 0..5 {
         log.append(ev(i)).unwrap();
     }
@@ -762,13 +757,7 @@ fn a_record_written_but_not_yet_synced_is_not_forwarded() {
 /// lost numbers used again.
 #[test]
 fn a_cursor_past_the_recovered_trail_is_reset_and_forwarding_goes_on() {
-    let mut fx = Fixture::new();
-    fx.collector_cert("collector");
-    let port = free_port();
-    let rx = fx.receiver(port, "collector", &[]);
-    rx.start();
-    let log = fx.log("trail");
-    let trail = fx.path().join("trail");
+    let (fx, port, rx, log, trail) = collecting(&[]);
     for i in 0..15 {
         log.append(ev(i)).unwrap();
     }
@@ -820,13 +809,7 @@ fn a_cursor_past_the_recovered_trail_is_reset_and_forwarding_goes_on() {
 /// restart of the forwarder nothing is sent twice.
 #[test]
 fn a_forged_low_number_neither_reaches_the_collector_nor_moves_the_cursor_back() {
-    let mut fx = Fixture::new();
-    fx.collector_cert("collector");
-    let port = free_port();
-    let rx = fx.receiver(port, "collector", &[]);
-    rx.start();
-    let log = fx.log("trail");
-    let trail = fx.path().join("trail");
+    let (fx, port, rx, log, trail) = collecting(&[]);
     for i in 0..5 {
         log.append(ev(i)).unwrap();
     }
@@ -880,13 +863,7 @@ fn a_forged_low_number_neither_reaches_the_collector_nor_moves_the_cursor_back()
 /// why; one started with the new log delivers the new trail.
 #[test]
 fn a_forwarder_bound_to_a_retired_trail_sends_nothing_of_the_new_one() {
-    let mut fx = Fixture::new();
-    fx.collector_cert("collector");
-    let port = free_port();
-    let rx = fx.receiver(port, "collector", &[]);
-    rx.start();
-    let old = fx.log("trail");
-    let trail = fx.path().join("trail");
+    let (fx, port, rx, old, trail) = collecting(&[]);
     for i in 0..5 {
         old.append(ev(i)).unwrap();
     }

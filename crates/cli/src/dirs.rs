@@ -27,6 +27,23 @@ pub(crate) fn scratch_dir(what: &str) -> Result<std::path::PathBuf> {
     fresh_private_dir(&format!("drivesec-{what}"))
 }
 
+/// Checks, before an irreversible step whose only record is the file `flag`
+/// names (`--passwords-out`, `--credential-out`), that the file can be made:
+/// its directory exists and takes new files. An error naming the flag and
+/// the file otherwise, while nothing has changed yet.
+pub(crate) fn check_writable_file(flag: &str, file: &std::path::Path) -> Result<()> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    fsu::ensure_writable_dir(dir).with_context(|| {
+        format!(
+            "{flag} {}: cannot be written (nothing was changed)",
+            file.display()
+        )
+    })
+}
+
 /// The marker file that makes a directory the tool's own `--out` output.
 const OUTPUT_MARKER: &str = ".drivesec-output";
 

@@ -1,7 +1,8 @@
 //! Printing shared by the commands: pretty JSON, documents (escaped on a
-//! terminal), a library's story for people, warnings.
+//! terminal), a library's story for people, warnings, progress bars.
 
 use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::text::{safe, safe_lines};
 
@@ -33,10 +34,38 @@ pub(crate) fn print_document(text: &str) {
     }
 }
 
-/// `v` as pretty JSON on stdout.
-pub(crate) fn print_json(v: &serde_json::Value) -> Result<()> {
+/// `v` as pretty JSON on stdout (a struct's fields in their order; a
+/// `serde_json::Value`'s keys in alphabetical order).
+pub(crate) fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// A progress bar on stderr up to `total`, showing `counts` after the bar
+/// (an indicatif template: `{pos}/{len} {msg}`, `{bytes}/{total_bytes}`);
+/// hidden with `--json`, and by indicatif when stderr is no terminal.
+pub(crate) fn progress_bar(json: bool, total: u64, counts: &str) -> ProgressBar {
+    if json {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(total);
+    b.set_style(
+        ProgressStyle::with_template(&format!("{{spinner}} [{{bar:30}}] {counts}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b
+}
+
+/// A line of text-mode output while `bar` runs: above the bar on a
+/// terminal, and on stdout, as text mode prints, when the bar is hidden
+/// (output piped or redirected), where the bar's own lines would be lost.
+pub(crate) fn bar_line(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 /// Prints each warning on stderr.

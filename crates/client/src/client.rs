@@ -897,12 +897,13 @@ impl Reply {
     }
 
     /// What the device said went wrong: its error body's message, or the
-    /// answer as it came (JSON text) when it has none.
+    /// answer as it came (JSON text) when it has none; at most
+    /// [`ERROR_MESSAGE_SHOWN`] bytes of it, saying how many were left out.
     pub fn error_message(&self) -> String {
-        match self.error_body() {
+        bounded_message(match self.error_body() {
             Some(e) => e.message,
             None => self.body.to_string(),
-        }
+        })
     }
 
     /// The answer itself when it is 2xx; otherwise [`ClientError::Rejected`]
@@ -923,10 +924,10 @@ impl Reply {
         Some(ClientError::Rejected {
             request: self.request.clone(),
             status: self.status,
-            message: match &error {
+            message: bounded_message(match &error {
                 Some(e) => e.message.clone(),
                 None => self.body.to_string(),
-            },
+            }),
             error,
         })
     }
@@ -980,6 +981,52 @@ pub fn wire_name<T: Serialize + ?Sized>(v: &T) -> String {
         Ok(other) => other.to_string(),
         Err(_) => String::new(),
     }
+}
+
+/// `name` as one segment of a request's path (`/api/v1/users/NAME`), when it
+/// is a name a device can have: a-z, 0-9, `.`, `_` and `-`, starting with a
+/// letter or digit (drivesec-access's account and role names; session
+/// handles and parameter names are in it too). Anything else is
+/// [`ClientError::BadName`] naming `what` it is, and nothing is sent: `#`,
+/// `?`, `/` or `..` in it would change which request the device gets
+/// (`users remove 'op#x'` would remove `op`).
+pub fn path_name<'a>(what: &'static str, name: &'a str) -> Result<&'a str> {
+    let ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(name)
+    } else {
+        Err(ClientError::BadName {
+            what,
+            name: name.to_string(),
+        })
+    }
+}
+
+/// The most of a device's error message a [`ClientError::Rejected`]
+/// carries (the rest is counted, not shown).
+pub const ERROR_MESSAGE_SHOWN: usize = 1024;
+
+/// What a device said went wrong, at most [`ERROR_MESSAGE_SHOWN`] bytes of
+/// it (cut at a character boundary), saying how many bytes were left out.
+fn bounded_message(message: String) -> String {
+    if message.len() <= ERROR_MESSAGE_SHOWN {
+        return message;
+    }
+    let mut end = ERROR_MESSAGE_SHOWN;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}... ({} more bytes of the device's message not shown)",
+        &message[..end],
+        message.len() - end
+    )
 }
 
 /// A connection's peer certificate chain, leaf first (shared, not copied,
@@ -1569,6 +1616,16 @@ impl DeviceClient {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // A `#` would end the path there (the rest never sent): refused,
+        // as a name that holds one is ([`path_name`]).
+        if path.contains('#') {
+            return Err(ClientError::BadRequest {
+                what: format!("{method} {path}"),
+                reason:
+                    "a request path cannot hold '#' (it would be sent cut there); nothing was sent"
+                        .into(),
+            });
+        }
         let route = path.split('?').next().unwrap_or(path);
         let what = format!("{method} {route}");
         let lim = limits(&self.timeouts, method, path);
@@ -1662,7 +1719,9 @@ impl DeviceClient {
                 at = deadline();
             }
             // A streamed body: windows from the head on, each of which
-            // must bring its share at the minimum rate.
+            // must bring its share at the minimum rate. Time spent writing
+            // the body out to its destination is not counted against the
+            // device (neither here nor in a total deadline).
             let mut window = tokio::time::Instant::now();
             let mut window_got: u64 = 0;
             loop {
@@ -1695,10 +1754,17 @@ impl DeviceClient {
                     }
                     match (&mut sink, ok) {
                         (Sink::Stream(out), true) => {
+                            let writing = tokio::time::Instant::now();
                             out.write_all(&data).map_err(|e| ClientError::WriteAnswer {
                                 request: what.clone(),
                                 reason: e.to_string(),
-                            })?
+                            })?;
+                            // The time the destination took (a slow disk, a
+                            // full pipe) is ours, not the device's: its
+                            // deadlines move on by it.
+                            let ours = writing.elapsed();
+                            window += ours;
+                            at += ours;
                         }
                         _ => bytes.extend_from_slice(&data),
                     }
@@ -1957,6 +2023,14 @@ mod tests {
 
     /// A certificate of `profile` from `ca` over a fresh key (DER).
     fn issue(ca: &mut drivesec_pki::Ca, profile: drivesec_pki::Profile) -> Vec<u8> {
+        issue_with_key(ca, profile).0
+    }
+
+    /// [`issue`], with the key (PKCS#8 DER).
+    fn issue_with_key(
+        ca: &mut drivesec_pki::Ca,
+        profile: drivesec_pki::Profile,
+    ) -> (Vec<u8>, Vec<u8>) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let csr = rcgen::CertificateParams::new(Vec::<String>::new())
             .unwrap()
@@ -1964,15 +2038,130 @@ mod tests {
             .unwrap()
             .pem()
             .unwrap();
-        ca.issue(&drivesec_pki::IssueRequest {
-            profile,
-            key: drivesec_pki::SubjectKey::CsrPem {
-                source: "test".into(),
-                pem: csr,
+        let der = ca
+            .issue(&drivesec_pki::IssueRequest {
+                profile,
+                key: drivesec_pki::SubjectKey::CsrPem {
+                    source: "test".into(),
+                    pem: csr,
+                },
+            })
+            .unwrap()
+            .der;
+        (der, key.serialize_der())
+    }
+
+    /// A device on loopback with an LDevID of `oem`, answering one request
+    /// with `body` in 8 KiB pieces, promptly; the trust that recognises it.
+    fn streaming_device(dir: &Path, body: Vec<u8>) -> (SocketAddr, DeviceTrust) {
+        use std::io::{Read, Write};
+        let mut oem = ca(dir, drivesec_pki::CaKind::Oem);
+        let (ldevid, key) = issue_with_key(
+            &mut oem,
+            drivesec_pki::Profile::LdevId {
+                serial_number: "SN-1".into(),
+                device_name: "drive-001.lab.drivesec".into(),
+                ip_addresses: vec!["127.0.0.1".parse().unwrap()],
+                days: 30,
             },
-        })
-        .unwrap()
-        .der
+        );
+        let chain = vec![
+            CertificateDer::from(ldevid),
+            CertificateDer::from(oem.issuing_der().to_vec()),
+        ];
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()))
+            .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(cfg).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if tls.read(&mut b).unwrap_or(0) == 0 {
+                    return;
+                }
+                head.push(b[0]);
+            }
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                 content-length: {}\r\n\r\n",
+                body.len()
+            );
+            for piece in body.chunks(8 << 10) {
+                if tls.write_all(piece).and_then(|_| tls.flush()).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = tls.read(&mut b);
+        });
+        let root = oem.root_der().to_vec();
+        (
+            addr,
+            DeviceTrust::owned(
+                vec![CertificateDer::from(root)],
+                "drive-001.lab.drivesec",
+                Some("SN-1".into()),
+                Revocation::UncheckedRisky,
+            ),
+        )
+    }
+
+    /// A destination that stalls on its first write (a disk that spins up,
+    /// a pipe whose reader is busy) for longer than the rate window.
+    struct StallsOnce {
+        got: Vec<u8>,
+        stall: Option<Duration>,
+    }
+
+    impl std::io::Write for StallsOnce {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Some(d) = self.stall.take() {
+                std::thread::sleep(d);
+            }
+            self.got.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_slow_destination_is_not_blamed_on_the_device() {
+        let t = tempfile::tempdir().unwrap();
+        let body: Vec<u8> = (0..256u32 << 10).map(|i| (i % 251) as u8).collect();
+        let (addr, trust) = streaming_device(t.path(), body.clone());
+        // Windows of 1 s that must each bring 64 KiB: the device sends far
+        // faster, but the destination takes 2.5 s over its first piece.
+        let c = DeviceClient::new(addr, None, &trust, Versions::Default)
+            .unwrap()
+            .with_timeouts(Timeouts {
+                response: Duration::from_secs(1),
+                min_rate: 64 << 10,
+                ..Timeouts::default()
+            });
+        let mut out = StallsOnce {
+            got: Vec::new(),
+            stall: Some(Duration::from_millis(2500)),
+        };
+        let n = c
+            .download("/api/v1/audit/export", &mut out)
+            .unwrap_or_else(|e| panic!("the destination's stall was blamed on the device: {e}"));
+        assert_eq!(n, body.len() as u64);
+        assert!(out.got == body, "the answer arrived whole");
     }
 
     #[test]
@@ -2207,6 +2396,46 @@ mod tests {
         assert!(matches!(e, ClientError::Rejected { error: None, .. }));
         // A 2xx is itself.
         assert_eq!(reply(200, "{}").success().unwrap().status, 200);
+    }
+
+    #[test]
+    fn a_long_error_message_is_cut_saying_how_much() {
+        // 2000 bytes of two-byte characters: cut at a character boundary.
+        let long = "\u{e9}".repeat(1000);
+        let raw = serde_json::json!({"error": "bad", "message": long}).to_string();
+        let e = reply(400, &raw).success().unwrap_err();
+        let ClientError::Rejected { message, error, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            message.starts_with(&"\u{e9}".repeat(512))
+                && message.ends_with("... (976 more bytes of the device's message not shown)"),
+            "{message}"
+        );
+        // The error body keeps all of it; a short message is itself.
+        assert_eq!(error.as_ref().unwrap().message, long);
+        assert_eq!(bounded_message("short".into()), "short");
+        let odd = format!("a{}", "\u{e9}".repeat(600));
+        assert!(
+            bounded_message(odd).ends_with("(178 more bytes of the device's message not shown)")
+        );
+    }
+
+    #[test]
+    fn only_a_device_name_goes_into_a_path() {
+        for good in ["operator", "op-2", "a.b_c", "0f3a9c", "speed-reference"] {
+            assert_eq!(path_name("account", good).unwrap(), good);
+        }
+        for bad in [
+            "", "op#x", "op/role", "..", ".hidden", "-x", "Op", "a b", "op?x=1", "op%23", "\u{e9}",
+        ] {
+            let e = path_name("account", bad).unwrap_err();
+            assert!(
+                matches!(&e, ClientError::BadName { what: "account", name } if name == bad),
+                "{bad}: {e:?}"
+            );
+            assert!(e.to_string().contains(&format!("account '{bad}'")), "{e}");
+        }
     }
 
     #[test]

@@ -138,6 +138,20 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// A name that would go into a request's path (an account, a role, a
+    /// session handle, a parameter) is not one a device can have: refused
+    /// before anything is sent, since `#`, `?` or `/` in it would change
+    /// which request the device gets.
+    #[error(
+        "{what} '{name}' is not a name a device can have (only a-z, 0-9, '.', '_' and '-', \
+         starting with a letter or digit); nothing was sent"
+    )]
+    BadName {
+        /// What the name is (`account`, `role`, `session handle`, `parameter`).
+        what: &'static str,
+        /// The name as given.
+        name: String,
+    },
     /// A streamed answer could not be written to its destination.
     #[error("writing the answer to {request}: {reason}")]
     WriteAnswer {
@@ -157,7 +171,8 @@ pub enum ClientError {
         /// `message`), when the answer was one.
         error: Option<drivesec_api::ErrorBody>,
         /// What the device said: the error body's message, or the answer
-        /// as it came.
+        /// as it came; at most `client::ERROR_MESSAGE_SHOWN` bytes of it,
+        /// saying how many were left out (`error` keeps all of it).
         message: String,
     },
     /// A device's answer to a request is not what the device API defines

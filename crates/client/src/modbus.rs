@@ -242,17 +242,36 @@ impl ModbusClient {
         }
     }
 
+    /// FC 03/04: `count` registers from `addr`. An answer that does not
+    /// carry exactly them (its byte count, or the bytes that follow, not
+    /// two per register asked for) is an error, never fewer values.
     fn read(&mut self, function: u8, addr: u16, count: u16) -> Result<Answer<Vec<u16>>> {
         let mut pdu = vec![function];
         pdu.extend_from_slice(&addr.to_be_bytes());
         pdu.extend_from_slice(&count.to_be_bytes());
-        Ok(self.request(pdu)?.map(|r| {
-            r.get(2..)
-                .unwrap_or_default()
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect()
-        }))
+        let r = match self.request(pdu)? {
+            Ok(r) => r,
+            Err(code) => return Ok(Err(code)),
+        };
+        let want = 2 * usize::from(count);
+        let (declared, data) = match r.as_slice() {
+            [_, n, data @ ..] => (usize::from(*n), data),
+            _ => (0, &[][..]),
+        };
+        if declared != want || data.len() != want {
+            return Err(ClientError::Modbus {
+                addr: self.addr,
+                reason: format!(
+                    "the answer to reading {count} register(s) at {addr} carries {} byte(s) \
+                     (byte count {declared}); {want} were asked for",
+                    data.len()
+                ),
+            });
+        }
+        Ok(Ok(data
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect()))
     }
 
     /// FC 03.
@@ -273,15 +292,110 @@ impl ModbusClient {
         Ok(self.request(pdu)?.map(|_| ()))
     }
 
-    /// FC 16.
+    /// FC 16: `values` from `addr`. More values than one request holds
+    /// ([`frame::MAX_WRITE`], 123 registers) is refused before anything is
+    /// sent (its count would not fit the request's byte count).
     pub fn write_multiple(&mut self, addr: u16, values: &[u16]) -> Result<Answer<()>> {
+        let count = u16::try_from(values.len())
+            .ok()
+            .filter(|n| *n <= frame::MAX_WRITE)
+            .ok_or_else(|| ClientError::BadRequest {
+                what: format!("writing {} register(s) at {addr} (FC 16)", values.len()),
+                reason: format!(
+                    "at most {} fit one request; nothing was sent",
+                    frame::MAX_WRITE
+                ),
+            })?;
         let mut pdu = vec![fc::WRITE_MULTIPLE];
         pdu.extend_from_slice(&addr.to_be_bytes());
-        pdu.extend_from_slice(&(values.len() as u16).to_be_bytes());
-        pdu.push((values.len() * 2) as u8);
+        pdu.extend_from_slice(&count.to_be_bytes());
+        // At most 246: a byte.
+        pdu.push((count * 2) as u8);
         for v in values {
             pdu.extend_from_slice(&v.to_be_bytes());
         }
         Ok(self.request(pdu)?.map(|_| ()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A plain Modbus/TCP device on loopback answering each request with
+    /// `answer(request PDU)` (the answer's PDU); what it received.
+    fn device(
+        answer: impl Fn(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            loop {
+                let mut head = [0u8; 7];
+                if tcp.read_exact(&mut head).is_err() {
+                    return;
+                }
+                let len = usize::from(u16::from_be_bytes([head[4], head[5]]));
+                let mut pdu = vec![0u8; len - 1];
+                tcp.read_exact(&mut pdu).unwrap();
+                let t = u16::from_be_bytes([head[0], head[1]]);
+                tcp.write_all(&frame::encode(t, 1, &answer(&pdu))).unwrap();
+                let _ = tx.send(pdu);
+            }
+        });
+        (addr, rx)
+    }
+
+    #[test]
+    fn a_read_answer_must_carry_the_registers_asked_for() {
+        // Asked for 3, answers 2 (byte count and bytes agreeing), then a
+        // byte count of 6 over 4 bytes, then right.
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        let (addr, _) =
+            device(
+                move |pdu| match n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => vec![pdu[0], 4, 0, 1, 0, 2],
+                    1 => vec![pdu[0], 6, 0, 1, 0, 2],
+                    _ => vec![pdu[0], 6, 0, 1, 0, 2, 0, 3],
+                },
+            );
+        let mut c = ModbusClient::connect_plain_risky(addr).unwrap();
+        for _ in 0..2 {
+            let e = c.read_holding(0, 3).unwrap_err();
+            assert!(
+                matches!(&e, ClientError::Modbus { reason, .. } if reason.contains("6 were asked for")),
+                "{e}"
+            );
+        }
+        assert_eq!(c.read_input(0, 3).unwrap(), Ok(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_write_that_does_not_fit_one_request_is_never_sent() {
+        let (addr, received) = device(|pdu| pdu[..5].to_vec());
+        let mut c = ModbusClient::connect_plain_risky(addr).unwrap();
+        for len in [usize::from(frame::MAX_WRITE) + 1, 200, 70_000] {
+            let e = c.write_multiple(0, &vec![7; len]).unwrap_err();
+            assert!(
+                matches!(&e, ClientError::BadRequest { .. })
+                    && e.to_string().contains(&format!("{len} register(s)"))
+                    && e.to_string().contains("at most 123"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            c.write_multiple(0, &vec![7; usize::from(frame::MAX_WRITE)])
+                .unwrap(),
+            Ok(())
+        );
+        let got = received.recv().unwrap();
+        assert_eq!(got[..6], [fc::WRITE_MULTIPLE, 0, 0, 0, 123, 246]);
+        assert!(
+            received.try_recv().is_err(),
+            "only the one that fits was sent"
+        );
     }
 }

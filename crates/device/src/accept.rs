@@ -5,8 +5,10 @@
 //! and handed with the client's identity to the listener's [`Service`].
 //!
 //! Over a bound a connection is refused rather than queued: its socket is
-//! closed at once, and the service records the refusal. The loop ends
-//! when `shutdown` turns true.
+//! closed at once, and the service records the refusal. A failed accept
+//! (out of file descriptors, say) is logged once and tried again after
+//! [`ACCEPT_RETRY`], never at once. The loop ends when `shutdown` turns
+//! true.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -69,6 +71,9 @@ pub(crate) trait Service: Send + Sync + 'static {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 }
 
+/// How long the loop waits after a failed accept before it tries again.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Serves `listener` until `shutdown` turns true: each connection is
 /// admitted through `gate`, handshaken as `kind` says, and served by
 /// `service` on a task of its own.
@@ -80,12 +85,34 @@ pub(crate) async fn serve<T: Service>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let timeout = gate.limits().handshake_timeout;
+    // Whether accepting fails now; its error is logged once, when it starts.
+    let mut failing = false;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((tcp, addr)) = accepted else { continue };
+        let (tcp, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors (EMFILE), say: the listener stays
+                // ready and the error repeats until something is freed, so
+                // the loop waits before it tries again instead of spinning.
+                if !failing {
+                    failing = true;
+                    let local = listener.local_addr().ok();
+                    tracing::error!(error = %e, listener = ?local, "accepting a connection failed; retrying every {} ms", ACCEPT_RETRY.as_millis());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(ACCEPT_RETRY) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        if failing {
+            failing = false;
+            tracing::info!(listener = ?listener.local_addr().ok(), "accepting connections again");
+        }
         match &kind {
             Kind::Tls(tls) => {
                 // Over a bound: refuse rather than queue (closing the socket).
@@ -275,6 +302,62 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// A listener whose accept keeps failing (as when the process is out
+    /// of file descriptors) is tried again after a pause, not at once: the
+    /// loop, run here on this thread, spends almost no CPU time in half a
+    /// second of failures (spinning, it spent all of it), and still ends
+    /// on shutdown.
+    #[tokio::test]
+    async fn a_failing_accept_is_retried_after_a_pause_not_spun_on() {
+        use std::io::Write;
+        use std::os::fd::OwnedFd;
+        // A connected socket posing as a listener: readable (its peer sent
+        // a byte nobody reads), and every accept on it fails (EINVAL), an
+        // error that repeats as EMFILE does.
+        let real = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(real.local_addr().unwrap()).unwrap();
+        let (conn, _) = real.accept().unwrap();
+        peer.write_all(b"x").unwrap();
+        let fake = std::net::TcpListener::from(OwnedFd::from(conn));
+        fake.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(fake).unwrap();
+        assert!(listener.accept().await.is_err());
+        let (events, mut rx) = mpsc::unbounded_channel();
+        let (_let_go, release) = watch::channel(false);
+        let (stop, shutdown) = watch::channel(false);
+        let probe = Arc::new(Probe {
+            events,
+            release,
+            admit: true,
+        });
+        // This thread's time on a CPU (the first field of its schedstat, in ns).
+        let cpu = || {
+            let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap())
+        };
+        let before = cpu();
+        let mut task = std::pin::pin!(serve(
+            listener,
+            Kind::Plain,
+            Gate::new(limits()),
+            probe,
+            shutdown,
+        ));
+        let ended = tokio::time::timeout(Duration::from_millis(500), &mut task).await;
+        let spent = cpu() - before;
+        assert!(ended.is_err(), "the loop ended by itself");
+        assert!(
+            spent < Duration::from_millis(100),
+            "the loop spent {spent:?} of CPU time in 500 ms of failing accepts"
+        );
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap();
+        assert!(rx.try_recv().is_err(), "nothing served or recorded");
+        drop(peer);
     }
 
     /// A TLS listener whose service admits nobody (Modbus before

@@ -2,15 +2,26 @@
 //! checked against the owner's trust anchors and CRL, the role read once per
 //! TLS session from the certificate's role extension, the rights table the
 //! security administrator sets through the API, and the drive's registers
-//! (docs/modbus.md). Served only once the device is commissioned. Its
-//! connections come from the one accept loop (`crate::accept`), as the
-//! API's do ([`Secure`], and [`Plain`] when configured); a sibling of
-//! `crate::api`, it imports nothing from it.
+//! (docs/modbus.md). Its connections come from the one accept loop
+//! (`crate::accept`), as the API's do ([`Secure`], and [`Plain`] when
+//! configured); a sibling of `crate::api`, it imports nothing from it.
 //!
+//! Modbus/TCP Security ([`Secure`]) is served only once the device is
+//! commissioned (before, a connection is closed before its handshake).
 //! Each time the device adopts a state (a CRL, new trust anchors, a
-//! renewal), an open session's certificate chain is checked again and the
-//! session is closed if it no longer passes; every session closes on factory reset (after
-//! the tamper response open sessions stay, answering status reads only).
+//! renewal), an open TLS session's certificate chain is checked again and
+//! the session is closed if it no longer passes; a factory reset closes
+//! every TLS session (after the tamper response open sessions stay,
+//! answering status reads only).
+//!
+//! Plain Modbus/TCP ([`Plain`], risky, only when
+//! `modbus.insecure_plain_listen` is set) has no certificate to check: it
+//! is admitted in every state, factory state included, its clients all act
+//! as the configured role (none: nothing is allowed) under the owner's
+//! rights table (in factory state there is none, so every request is
+//! refused), and no change of the device's trust, a factory reset
+//! included, closes its sessions (they end when the client goes or falls
+//! silent).
 //!
 //! Refusals are recorded aggregated per client certificate (`crate::tally`,
 //! shared with the API): the first in a ten-second window at once, the rest
@@ -27,11 +38,9 @@ use std::time::Duration;
 
 use drivesec_audit::{Actor, Event, Outcome};
 use drivesec_drive::machine::Status;
-use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_modbus::session::{self, End};
 use drivesec_modbus::{Denial, Exception, ProcessImage};
 use drivesec_state::config::ModbusSettings;
-use drivesec_state::files;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -39,6 +48,7 @@ use tokio::sync::watch;
 use crate::accept::{Conn, Service};
 use crate::device::{Device, Trust};
 use crate::drive_loop::DriveLink;
+use crate::{DeviceError, Refusal};
 
 /// Holding registers 1000.. in order: parameter, scale (register unit), signed.
 pub(crate) const PARAM_REGISTERS: [(&str, f64, bool); 10] = [
@@ -205,34 +215,22 @@ impl ProcessImage for Session {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(refuse)?;
         // Everything is checked before anything changes.
-        let mut params = self
-            .dev
-            .params
-            .lock()
-            .map_err(|_| Exception::ServerDeviceFailure)?;
         if let Some(r) = reference {
-            params
+            self.dev
+                .params
+                .lock()
+                .map_err(|_| Exception::ServerDeviceFailure)?
                 .check("speed-reference", r)
                 .map_err(|_| Exception::IllegalDataValue)?;
         }
         if !changes.is_empty() {
-            let mut next = params.clone();
-            for (name, v) in &changes {
-                next.set(name, *v)
-                    .map_err(|_| Exception::IllegalDataValue)?;
-            }
-            let path = self
-                .dev
-                .state
-                .read()
-                .map_err(|_| Exception::ServerDeviceFailure)?
-                .path(files::PARAMS);
-            let json =
-                serde_json::to_vec_pretty(&next).map_err(|_| Exception::ServerDeviceFailure)?;
-            crate::blocking(|| fsu::write_atomic(&path, &json, Mode::Public))
-                .map_err(|_| Exception::ServerDeviceFailure)?;
-            let old = std::mem::replace(&mut *params, next);
-            drop(params);
+            let old = self.dev.write_params(&changes).map_err(|e| match e {
+                DeviceError::Refused {
+                    kind: Refusal::Unprocessable,
+                    ..
+                } => Exception::IllegalDataValue,
+                _ => Exception::ServerDeviceFailure,
+            })?;
             for ((name, v), rec) in changes.iter().zip(param_records) {
                 rec.record(
                     self.event("param.write", Outcome::Success)
@@ -241,8 +239,6 @@ impl ProcessImage for Session {
                 )
                 .map_err(refuse)?;
             }
-        } else {
-            drop(params);
         }
         if let (Some(cw), Some(rec)) = (control, control_record) {
             rec.record(

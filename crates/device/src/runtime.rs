@@ -127,7 +127,7 @@ pub async fn run(
     let (tx, rx) = tokio::sync::watch::channel(false);
     let modbus = start_modbus(state_dir, &dev, &rx).await?;
     fsu::write_atomic(
-        &state_dir.join("api.addr"),
+        &state_dir.join(files::API_ADDR),
         format!("{addr}\n").as_bytes(),
         Mode::Public,
     )?;
@@ -221,7 +221,7 @@ async fn start_modbus(
         tracing::info!(addr = %bound, file, "Modbus listening");
         Ok::<_, DeviceError>(l)
     };
-    let l = bind(m.listen, "modbus.addr").await?;
+    let l = bind(m.listen, files::MODBUS_ADDR).await?;
     tasks.push(tokio::spawn(accept::serve(
         l,
         Kind::Tls(dev.modbus_tls.clone()),
@@ -231,7 +231,7 @@ async fn start_modbus(
     )));
     if let Some(plain) = m.insecure_plain_listen {
         tracing::warn!(%plain, "RISKY: plain Modbus/TCP without authentication is enabled");
-        let l = bind(plain, "modbus-plain.addr").await?;
+        let l = bind(plain, files::MODBUS_PLAIN_ADDR).await?;
         tasks.push(tokio::spawn(accept::serve(
             l,
             Kind::Plain,

@@ -1,5 +1,6 @@
-//! The checked-in OpenAPI document and permission matrix stay true to the
-//! code (the sample configuration: drivesec-state's tests/sample_config.rs).
+//! The router serves every route of the checked-in OpenAPI document, and
+//! the permission matrix stays true to the code (the sample configuration:
+//! drivesec-state's tests/sample_config.rs).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -11,10 +12,10 @@ fn repo(p: &str) -> std::path::PathBuf {
 
 #[test]
 fn openapi_documents_every_route() {
-    let doc: serde_json::Value = serde_json::from_str(drivesec_device::api::OPENAPI).unwrap();
-    let on_disk: serde_json::Value =
+    // docs/openapi.json itself is generated from drivesec-api's contract
+    // and checked against it by crates/api/tests/openapi_doc.rs.
+    let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(repo("docs/openapi.json")).unwrap()).unwrap();
-    assert_eq!(doc, on_disk);
     // The router's (method, path) pairs, read from its source, are exactly
     // the contract's (drivesec-api), both ways.
     let src = std::fs::read_to_string(repo("crates/device/src/api/mod.rs")).unwrap();

@@ -67,7 +67,7 @@ pub enum LabError {
     #[error("{0}")]
     Incomplete(String),
     /// A lab device is not running (no API address).
-    #[error("{device} is not running")]
+    #[error("{device} is not running (lab up without --no-daemons)")]
     NotRunning {
         /// The device.
         device: String,

@@ -29,7 +29,7 @@ pub mod validate;
 
 use std::path::PathBuf;
 
-pub use targets::{Account, Target, Targets};
+pub use targets::{Account, Target, Targets, read_secret};
 
 /// What went wrong working on a set of devices.
 #[derive(Debug, thiserror::Error)]

@@ -29,14 +29,28 @@ pub fn current(c: &DeviceClient) -> Result<(Option<Profile>, Profile)> {
     Ok((v.applied, v.current))
 }
 
+/// The accounts of `p` a device whose settings are `cur` ([`current`])
+/// does not have: those applying `p` creates, with initial passwords.
+pub fn new_accounts(p: &Profile, cur: &Profile) -> Vec<String> {
+    p.accounts
+        .iter()
+        .filter(|a| !cur.accounts.iter().any(|b| b.username == a.username))
+        .map(|a| a.username.clone())
+        .collect()
+}
+
 /// Applies `p` through a logged-in security administrator's client.
 pub fn apply(c: &DeviceClient, p: &Profile) -> Result<Applied> {
     let (_, cur) = current(c)?;
-    let initial: BTreeMap<String, String> = p
-        .accounts
-        .iter()
-        .filter(|a| !cur.accounts.iter().any(|b| b.username == a.username))
-        .map(|a| (a.username.clone(), random_password()))
+    apply_over(c, p, &cur)
+}
+
+/// [`apply`] to a device whose settings the caller has just read
+/// ([`current`]): `cur` says which accounts are new.
+pub fn apply_over(c: &DeviceClient, p: &Profile, cur: &Profile) -> Result<Applied> {
+    let initial: BTreeMap<String, String> = new_accounts(p, cur)
+        .into_iter()
+        .map(|a| (a, random_password()))
         .collect();
     let v: ProfileApplied = c.send(
         "PUT",

@@ -13,12 +13,12 @@ use drivesec_fleet::{DeviceRecord, DeviceState, FleetStore};
 use serde::Serialize;
 
 use drivesec_client::ClientError;
-use drivesec_client::client::{ClientIdentity, DeviceClient, Versions};
+use drivesec_client::client::{ClientIdentity, DeviceClient};
 
 use crate::inventory::Inventory;
 use crate::targets::{
     Account, DEFAULT_PARALLEL, Target, Targets, inventory_devices, inventory_revocation,
-    no_manufacturer_crl,
+    no_manufacturer_crl, read_secret,
 };
 use crate::{OpsError, Result};
 
@@ -117,7 +117,7 @@ pub fn from_inventory(inv: &Inventory, path: &std::path::Path) -> Result<(Target
         .as_ref()
         .ok_or_else(|| missing("trust.firmware_trust"))?;
     let devices = inventory_devices(inv, path)?;
-    let password = zeroize::Zeroizing::new(drivesec_fsutil::read_to_string(&op.password_file)?);
+    let password = read_secret(&op.password_file)?;
     let identity = ClientIdentity::from_files(&op.cert, &op.key)?;
     let roots = drivesec_pki::read_cert_chain(&inv.trust.oem_root)?;
     let (revocation, warnings) = inventory_revocation(inv, path)?;
@@ -127,9 +127,7 @@ pub fn from_inventory(inv: &Inventory, path: &std::path::Path) -> Result<(Target
             account: Account {
                 identity,
                 username: op.user.clone(),
-                password: zeroize::Zeroizing::new(
-                    password.trim_end_matches(['\r', '\n']).to_string(),
-                ),
+                password,
             },
             roots,
             revocation,
@@ -176,15 +174,7 @@ fn update_one(
     step: &dyn Fn(DeviceState, &str),
 ) -> DeviceResult {
     let fail = |e: ClientError| (DeviceState::Failed, e.to_string());
-    let mut c = DeviceClient::new(
-        t.addr,
-        Some(&op.account.identity),
-        &op.trust(t),
-        Versions::Default,
-    )
-    .map_err(fail)?;
-    c.login(&op.account.username, &op.account.password)
-        .map_err(fail)?;
+    let c = op.session(t).map_err(fail)?;
     let release = &header.manifest.version;
     let status: FirmwareStatus = c.get("/api/v1/firmware").map_err(fail)?;
     let running = status

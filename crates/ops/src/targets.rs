@@ -85,7 +85,7 @@ impl Targets {
     pub fn from_inventory(inv: &Inventory, path: &Path) -> Result<Targets> {
         let v = &inv.validator;
         let devices = inventory_devices(inv, path)?;
-        let password = Zeroizing::new(drivesec_fsutil::read_to_string(&v.admin_password_file)?);
+        let password = read_secret(&v.admin_password_file)?;
         let identity = ClientIdentity::from_files(&v.admin_cert, &v.admin_key)?;
         let roots = drivesec_pki::read_cert_chain(&inv.trust.oem_root)?;
         let (revocation, mut warnings) = inventory_revocation(inv, path)?;
@@ -108,7 +108,7 @@ impl Targets {
             account: Account {
                 identity,
                 username: v.admin_user.clone(),
-                password: Zeroizing::new(password.trim_end_matches(['\r', '\n']).to_string()),
+                password,
             },
             roots,
             revocation,
@@ -188,6 +188,15 @@ impl Targets {
     }
 }
 
+/// A password (or credential) file's text, without its line end: what an
+/// inventory's `password_file`s and the tool's `--password-file` hold.
+pub fn read_secret(path: &Path) -> Result<Zeroizing<String>> {
+    let text = Zeroizing::new(drivesec_fsutil::read_to_string(path)?);
+    Ok(Zeroizing::new(
+        text.trim_end_matches(['\r', '\n']).to_string(),
+    ))
+}
+
 /// [`Targets::each`] over any devices.
 fn each_device<T: Send>(
     devices: &[Target],
@@ -257,8 +266,8 @@ pub fn inventory_revocation(inv: &Inventory, path: &Path) -> Result<(Revocation,
             format!(
                 "{}: trust.crl is not set, and the tool checks every device's LDevID against \
                  the owner's CRL: set trust.crl to the OEM CA's crl.pem (docs/validation.md); \
-                 fleet commands and `audit review` also take --insecure-no-crl to go on without \
-                 revocation checks",
+                 fleet commands, `audit review` and `evidence bundle` also take --insecure-no-crl \
+                 to go on without revocation checks",
                 path.display()
             )
         },

@@ -141,6 +141,19 @@ fn inconsistent(dir: &Path, reason: impl Into<String>) -> StateError {
     }
 }
 
+/// Refuses a directory without `device.json` (not a provisioned device
+/// state directory), as [`StateDir::load`] and
+/// [`crate::StateLock::acquire`] both do.
+pub(crate) fn require_device_file(dir: &Path) -> Result<()> {
+    if dir.join(files::DEVICE).exists() {
+        return Ok(());
+    }
+    Err(inconsistent(
+        dir,
+        "device.json is missing: not a provisioned device state directory",
+    ))
+}
+
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(read_certs_pem(path, &fsu::read(path)?)?)
 }
@@ -177,12 +190,7 @@ fn crl_issuers(
 impl StateDir {
     /// Loads and checks a state directory; refuses a corrupt or inconsistent one.
     pub fn load(dir: &Path) -> Result<StateDir> {
-        if !dir.join(files::DEVICE).exists() {
-            return Err(inconsistent(
-                dir,
-                "device.json is missing: not a provisioned device state directory",
-            ));
-        }
+        require_device_file(dir)?;
         // A provisioning transaction past its commit point is finished first.
         journal::roll_forward(dir)?;
         let file = DeviceFile::load(dir)?;
@@ -588,15 +596,24 @@ impl StateDir {
         StateDir::load(&self.dir)
     }
 
-    /// Back to factory state: the LDevID key is destroyed, ownership files,
-    /// accounts and parameters' owner settings are removed, the audit trail
-    /// is moved under `audit-archive/`, and a new one-time factory
-    /// credential is made. Returns the credential.
+    /// Back to factory state: the LDevID key is destroyed, the ownership
+    /// files, accounts, the owner's settings and the drive parameters
+    /// (`params.json`) are shredded, the audit trail is moved under
+    /// `audit-archive/`, and a new one-time factory credential is made.
+    /// Returns the credential. The API's reset and the offline one
+    /// (`drivesecd factory-reset`) both run this.
     pub fn factory_reset(&self) -> Result<Zeroizing<String>> {
         if self.tampered {
             return Err(StateError::Invalid(
                 "the device is tampered: its IDevID key was destroyed, so it must be re-provisioned by the manufacturer (drivesec factory reprovision) before it can be commissioned again".into(),
             ));
+        }
+        // The drive parameters first, as the runtime's reset always did:
+        // a reset that fails at its first erasure leaves the owner's
+        // device whole (identity, trust, accounts, settings).
+        let params = self.path(files::PARAMS);
+        if params.exists() {
+            fsu::shred(&params)?;
         }
         // Both LDevID handles (renewal alternates between them).
         for name in [LDEVID_KEY, LDEVID_KEY_NEXT] {

@@ -49,3 +49,10 @@ pub const FIRMWARE_KEY_PUB: &str = "firmware-key.pub";
 pub const LOCK: &str = "drivesecd.lock";
 /// The device's identity and life-cycle state ([`crate::DeviceFile`]).
 pub const DEVICE: &str = "device.json";
+/// The address drivesecd's API bound (written at start; useful with port 0).
+pub const API_ADDR: &str = "api.addr";
+/// The address drivesecd's Modbus/TCP Security server bound.
+pub const MODBUS_ADDR: &str = "modbus.addr";
+/// The address drivesecd's plain Modbus/TCP server bound (only when
+/// configured).
+pub const MODBUS_PLAIN_ADDR: &str = "modbus-plain.addr";

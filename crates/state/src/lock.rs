@@ -71,12 +71,7 @@ impl StateLock {
     /// refused as [`crate::StateDir::load`] refuses it, and gets no lock
     /// file.
     pub fn acquire(dir: &Path, what: &str) -> Result<StateLock> {
-        if !dir.join(files::DEVICE).exists() {
-            return Err(StateError::State {
-                path: dir.to_path_buf(),
-                reason: "device.json is missing: not a provisioned device state directory".into(),
-            });
-        }
+        crate::dir::require_device_file(dir)?;
         let path = dir.join(files::LOCK);
         let file = open(&path, true).map_err(|e| drivesec_fsutil::FsError::io("open", &path, e))?;
         lock(dir, path, file, what)

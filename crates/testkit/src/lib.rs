@@ -94,11 +94,17 @@ impl fmt::Display for Hex<'_> {
 
 /// Polls `f` every 20 ms until it holds; panics naming `what` once `limit`
 /// has passed.
-pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, limit: Duration, f: impl FnMut() -> bool) {
+    wait_until_every(what, limit, Duration::from_millis(20), f);
+}
+
+/// [`wait_until`] polling every `every` (for a check that costs more than
+/// a glance).
+pub fn wait_until_every(what: &str, limit: Duration, every: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 

@@ -13,6 +13,7 @@ use drivesec_pki::read_cert_chain;
 
 use crate::dirs::{check_output_dir_for, output_dir_for, scratch_dir};
 use crate::fleet_devices::FleetDevices;
+use crate::output::print_json;
 use crate::text::safe;
 
 /// `drivesec audit ...`.
@@ -227,7 +228,7 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
             }
             let r = r?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                print_json(&r)?;
             } else {
                 // Everything below came from the devices: printed escaped.
                 for d in &r {
@@ -313,7 +314,7 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
             let key = public_key(&chain[0])?;
             let report = drivesec_audit::verify::verify(&dir, &key)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                print_json(&report)?;
             } else {
                 print_verify(&report);
             }
@@ -343,7 +344,7 @@ pub fn run(cmd: AuditCommand, json: bool) -> Result<()> {
             require_trail(&dir)?;
             let records = reader::read(&dir, &query(&filter)?, limit)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&records)?);
+                print_json(&records)?;
             } else {
                 for r in records {
                     let actor = match &r.record.actor {

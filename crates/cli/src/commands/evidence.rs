@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::validate::{evidence_key, lab_signer, soft};
 use crate::dirs::scratch_dir;
 use crate::fleet_devices::{FleetDevices, Source};
+use crate::output::print_json;
 use crate::text::safe;
 
 /// `drivesec evidence ...`.
@@ -62,7 +63,7 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
             let doc = drivesec_ops::evidence::verify_kind(&v, &pk, KIND)
                 .map_err(|e| anyhow!("{}: {e}", file.display()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&doc["contents"])?);
+                print_json(&doc["contents"])?;
             } else {
                 println!(
                     "{}: signature valid; {} generated {}",
@@ -93,25 +94,26 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
                 (Some(dir), Some(key)) => Some((soft(&dir)?, KeyHandle::new(&key)?)),
                 _ => None,
             };
-            let (inv, reach, signer) = match devices.source()? {
-                Source::Lab(m) => {
-                    let lab = devices.lab.clone().unwrap_or_default();
+            // The devices as the flags say (--parallel, --insecure-no-crl):
+            // a missing CRL stops here, before any device is contacted.
+            let source = devices.source()?;
+            let reach = devices.finish(source.targets()?)?;
+            let (inv, signer) = match source {
+                Source::Lab(m, lab) => {
                     let inv = m.inventory(&lab, &|dev: &str| model.asset_of_device(dev))?;
-                    let reach = m.targets()?;
                     let signer = match given {
                         Some(s) => s,
                         None => lab_signer(&lab, &m)?,
                     };
-                    (inv, reach, signer)
+                    (inv, signer)
                 }
-                Source::Inventory(inv, path) => {
-                    let reach = drivesec_ops::Targets::from_inventory(&inv, &path)?;
+                Source::Inventory(inv, _) => {
                     let signer = given.ok_or_else(|| {
                         anyhow!(
                             "--sign-keystore DIR --sign-key NAME are needed: the OEM evidence key that signs the bundle"
                         )
                     })?;
-                    (inv, reach, signer)
+                    (inv, signer)
                 }
             };
             let mut assessment = drivesec_iec62443::assess::assess(model);
@@ -127,7 +129,7 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
             }
             drivesec_iec62443::assess::attach_live(&mut assessment, model, &postures);
             let (ctx, targets) = drivesec_ops::validate::prepare(model, &inv)?;
-            let results = drivesec_ops::validate::validate_all(&ctx, &targets, 8);
+            let results = drivesec_ops::validate::validate_all(&ctx, &targets, reach.parallel);
             let plan_sha = hex::encode(Sha256::digest(text.as_bytes()));
             let validation =
                 drivesec_ops::evidence::document(&model.system.name, &plan_sha, &results);
@@ -158,12 +160,9 @@ pub fn run(c: EvidenceCommand, json: bool) -> Result<()> {
             )?;
             let findings: usize = results.iter().map(|r| r.failures().count()).sum();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"bundle": out, "validation_findings": findings, "approvals": assessment.approvals.len()})
-                    )?
-                );
+                print_json(
+                    &serde_json::json!({"bundle": out, "validation_findings": findings, "approvals": assessment.approvals.len()}),
+                )?;
             } else {
                 println!(
                     "{}: plan, assessment ({} approval items), validation ({} findings), access review of {} device(s); signed with the OEM evidence key",

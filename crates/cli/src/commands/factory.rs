@@ -10,6 +10,7 @@ use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_pki::Ca;
 use serde_json::json;
 
+use crate::dirs::check_writable_file;
 use crate::output::print_json;
 use crate::text::safe;
 
@@ -170,14 +171,7 @@ pub fn run(cmd: FactoryCommand, json: bool) -> Result<()> {
                     }
                 }
             };
-            if let Some(p) = &credential_out
-                && p.exists()
-            {
-                bail!(
-                    "{} already exists; refusing to overwrite a credential",
-                    p.display()
-                );
-            }
+            check_credential_out(&credential_out)?;
             let p = provision(
                 &mut mfg,
                 &ProvisionOptions {
@@ -229,14 +223,7 @@ fn factory_reprovision(
     credential_out: Option<PathBuf>,
     json: bool,
 ) -> Result<()> {
-    if let Some(p) = &credential_out
-        && p.exists()
-    {
-        bail!(
-            "{} already exists; refusing to overwrite a credential",
-            p.display()
-        );
-    }
+    check_credential_out(&credential_out)?;
     // drivesecd must be stopped: a running one holds the directory's lock
     // (refused, naming its PID). No lock file is made where none is (the
     // old directory is kept as evidence as it was); held until the old
@@ -297,6 +284,20 @@ fn factory_reprovision(
         _ => {}
     }
     Ok(())
+}
+
+/// Before a device is (re-)provisioned: the one-time factory credential,
+/// shown nowhere else when `out` is given, can be written there (a new
+/// file, in a directory that takes it).
+fn check_credential_out(out: &Option<PathBuf>) -> Result<()> {
+    let Some(p) = out else { return Ok(()) };
+    if p.exists() {
+        bail!(
+            "{} already exists; refusing to overwrite a credential",
+            p.display()
+        );
+    }
+    check_writable_file("--credential-out", p)
 }
 
 /// The one-time factory credential goes to `out` (0600, never overwritten)

@@ -14,9 +14,10 @@ use drivesec_firmware::trust::{Requirement, TrustStore, TrustedKey};
 use drivesec_firmware::verify::{DevicePolicy, verify_image};
 use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_keystore::{KeyAlgorithm, KeyHandle, KeyStore, KeystoreConfig, open_keystore};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 
+use crate::output::{print_json, progress_bar};
 use crate::text::safe;
 
 /// Where a firmware key lives.
@@ -218,17 +219,9 @@ fn key_place(k: &KeyArgs) -> String {
     }
 }
 
+/// A byte-counting progress bar (hidden with `--json`).
 fn bar(json: bool, total: u64) -> ProgressBar {
-    if json {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(total);
-    b.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    b
+    progress_bar(json, total, "{bytes}/{total_bytes} {bytes_per_sec}")
 }
 
 fn pair(s: &str, what: &str) -> Result<(String, String)> {
@@ -351,7 +344,7 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
             )?;
             b.finish_and_clear();
             if json {
-                println!("{}", serde_json::to_string_pretty(&m)?);
+                print_json(&m)?;
             } else {
                 println!(
                     "packed {} {} (counter {}, {} bytes, {} chunks) into {}",
@@ -400,7 +393,7 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
                 .collect();
             let v = json!({"manifest": h.manifest, "chunk_count": h.manifest.chunk_count(), "signatures": sigs});
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&v)?;
             } else {
                 let m = &h.manifest;
                 println!(
@@ -554,10 +547,7 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
                 )?;
             }
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"statement": out, "trust": next}))?
-                );
+                print_json(&json!({"statement": out, "trust": next}))?;
             } else {
                 println!(
                     "rotation statement for trust store version {} written to {} ({} key(s) added, {} revoked)",
@@ -608,7 +598,7 @@ pub fn run(cmd: FirmwareCommand, json: bool) -> Result<()> {
                     out.display()
                 );
             } else {
-                println!("{}", serde_json::to_string_pretty(&t)?);
+                print_json(&t)?;
             }
             Ok(())
         }

@@ -9,7 +9,7 @@ use drivesec_fsutil as fsu;
 use drivesec_ops::rollout::{Event, Plan};
 
 use crate::fleet_devices::{FleetDevices, Source, failed_devices};
-use crate::output::warn;
+use crate::output::{bar_line, print_json, progress_bar};
 use crate::text::safe;
 
 /// `drivesec fleet ...`.
@@ -103,28 +103,16 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             if !(0.0..=1.0).contains(&max_failure_rate) {
                 bail!("--max-failure-rate must be between 0 and 1, not {max_failure_rate}");
             }
-            let (mut fleet, trust) = match devices.source()? {
-                Source::Lab(m) => m.rollout_targets()?,
+            let (fleet, trust) = match devices.source()? {
+                Source::Lab(m, _) => m.rollout_targets()?,
                 Source::Inventory(inv, path) => drivesec_ops::rollout::from_inventory(&inv, &path)?,
             };
-            fleet.parallel = devices.parallel;
-            if devices.insecure_no_crl {
-                fleet.allow_missing_crl();
-            }
-            if let drivesec_client::client::Revocation::Missing(why) = &fleet.revocation {
-                bail!("{why}");
-            }
-            warn(&fleet.warnings);
+            let fleet = devices.finish(fleet)?;
             let targets = &fleet.devices;
             let mut s = drivesec_fleet::open(&store)?;
-            let bar = (!json).then(|| {
-                let b = indicatif::ProgressBar::new(targets.len() as u64);
-                b.set_style(
-                    indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                b
-            });
+            // Hidden with --json, and without a terminal: then its lines go
+            // to stdout ([`bar_line`]).
+            let bar = progress_bar(json, targets.len() as u64, "{pos}/{len} {msg}");
             let mut on_event = |e: Event| {
                 if json {
                     if let Ok(l) = serde_json::to_string(&e) {
@@ -132,7 +120,6 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                     }
                     return;
                 }
-                let Some(b) = &bar else { return };
                 match &e {
                     Event::Campaign {
                         id,
@@ -140,16 +127,19 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                         remaining,
                         resumed,
                     } => {
-                        b.set_position(done_before(targets.len(), *remaining));
-                        b.println(format!(
-                            "{} campaign {}: release {}, {remaining} device(s) to go",
-                            if *resumed { "resuming" } else { "starting" },
-                            safe(id),
-                            safe(release)
-                        ));
+                        bar.set_position(done_before(targets.len(), *remaining));
+                        bar_line(
+                            &bar,
+                            format!(
+                                "{} campaign {}: release {}, {remaining} device(s) to go",
+                                if *resumed { "resuming" } else { "starting" },
+                                safe(id),
+                                safe(release)
+                            ),
+                        );
                     }
                     Event::Wave { wave, devices } => {
-                        b.println(format!("wave {wave}: {}", safe(&devices.join(", "))));
+                        bar_line(&bar, format!("wave {wave}: {}", safe(&devices.join(", "))));
                     }
                     Event::Device {
                         device,
@@ -159,23 +149,27 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                         drivesec_fleet::DeviceState::Done
                         | drivesec_fleet::DeviceState::Reverted
                         | drivesec_fleet::DeviceState::Failed => {
-                            b.inc(1);
-                            b.println(format!(
-                                "  {}: {} ({})",
-                                safe(device),
-                                state_name(*state),
-                                safe(detail)
-                            ));
+                            bar.inc(1);
+                            bar_line(
+                                &bar,
+                                format!(
+                                    "  {}: {} ({})",
+                                    safe(device),
+                                    state.as_str(),
+                                    safe(detail)
+                                ),
+                            );
                         }
-                        _ => b.set_message(format!("{}: {}", safe(device), safe(detail))),
+                        _ => bar.set_message(format!("{}: {}", safe(device), safe(detail))),
                     },
                     Event::Halted { wave, failed, of } => {
-                        b.println(format!(
-                            "halted: wave {wave} had {failed} failure(s) of {of}"
-                        ));
+                        bar_line(
+                            &bar,
+                            format!("halted: wave {wave} had {failed} failure(s) of {of}"),
+                        );
                     }
                     Event::Finished { done, failed } => {
-                        b.println(format!("finished: {done} updated, {failed} failed"));
+                        bar_line(&bar, format!("finished: {done} updated, {failed} failed"));
                     }
                 }
             };
@@ -190,9 +184,7 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                 },
                 &mut on_event,
             )?;
-            if let Some(b) = bar {
-                b.finish_and_clear();
-            }
+            bar.finish_and_clear();
             if out.halted {
                 bail!(
                     "campaign {} halted: {} failed ({})",
@@ -212,7 +204,7 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             let mut s = drivesec_fleet::open(&store)?;
             let seen = drivesec_ops::incident::scan(&reach, s.as_mut())?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&seen)?);
+                print_json(&seen)?;
             } else {
                 for d in &seen {
                     let note = if d.tampered {
@@ -278,19 +270,21 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             days,
             force,
         } => {
-            let ca = match (ca, devices.source()?) {
+            // lab.json or the inventory, read once for the CA and the devices.
+            let source = devices.source()?;
+            let ca = match (ca, &source) {
                 (Some(ca), _) => ca,
-                (None, Source::Lab(m)) => m.oem_ca_dir,
+                (None, Source::Lab(m, _)) => m.oem_ca_dir.clone(),
                 (None, Source::Inventory(_, path)) => bail!(
                     "--ca OEM_CA_DIR is needed with --inventory {} (the CA that signs the new LDevIDs)",
                     path.display()
                 ),
             };
             let mut oem = drivesec_pki::Ca::open(&ca)?;
-            let reach = devices.reach()?;
+            let reach = devices.finish(source.targets()?)?;
             let r = drivesec_ops::incident::renew(&reach, &mut oem, margin_days, days, force)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                print_json(&r)?;
             } else {
                 for x in &r {
                     if let Some(e) = &x.error {
@@ -330,13 +324,10 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                 .filter_map(|(d, x)| x.as_ref().err().map(|e| format!("{d}: {e}")))
                 .collect();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "installed": r.iter().filter(|(_, x)| x.is_ok()).map(|(d, _)| d).collect::<Vec<_>>(),
-                        "failed": failed,
-                    }))?
-                );
+                print_json(&serde_json::json!({
+                    "installed": r.iter().filter(|(_, x)| x.is_ok()).map(|(d, _)| d).collect::<Vec<_>>(),
+                    "failed": failed,
+                }))?;
             } else {
                 for (d, x) in &r {
                     match x {
@@ -364,12 +355,9 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                 }
             }
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "devices": devices, "campaign": camp, "last_validation": last_validation,
-                    }))?
-                );
+                print_json(&serde_json::json!({
+                    "devices": devices, "campaign": camp, "last_validation": last_validation,
+                }))?;
                 return Ok(());
             }
             for d in &devices {
@@ -413,7 +401,7 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
                         "  wave {} {:<12} {:<9} {}",
                         d.wave,
                         safe(&d.device),
-                        state_name(d.state),
+                        d.state.as_str(),
                         safe(&d.detail)
                     );
                 }
@@ -421,10 +409,6 @@ pub fn run(c: FleetCommand, json: bool) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn state_name(s: drivesec_fleet::DeviceState) -> &'static str {
-    s.as_str()
 }
 
 /// Where a (resumed) campaign's progress bar starts: the `targets` to work

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Subcommand;
 use drivesec_lab::up::{Backend, LabOptions, LabStep};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::factory::{BackendArg, module};
 use crate::output::print_json;
@@ -143,13 +143,11 @@ pub(crate) fn progress_bar(json: bool) -> impl FnMut(LabStep) {
     let mut bar: Option<ProgressBar> = None;
     move |step| match step {
         LabStep::Start { total } if !json => {
-            let b = ProgressBar::new(total);
-            b.set_style(
-                ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            bar = Some(b);
+            bar = Some(crate::output::progress_bar(
+                json,
+                total,
+                "{pos}/{len} {msg}",
+            ));
         }
         LabStep::Done(msg) => {
             if let Some(b) = &bar {

@@ -9,10 +9,11 @@ use drivesec_fsutil::{self as fsu, Mode};
 use drivesec_iec62443::check::Problem;
 use drivesec_iec62443::model::{self, Loaded};
 use drivesec_iec62443::{PlanError, assess, firewall, report};
+use drivesec_ops::targets::DEFAULT_PARALLEL;
 
 use crate::dirs::{check_output_dir, output_dir};
-use crate::fleet_devices::failed_devices;
-use crate::output::{print_document, warn};
+use crate::fleet_devices::{failed_devices, finish};
+use crate::output::{print_document, print_json};
 use crate::text::{safe, safe_lines};
 
 /// `drivesec plan ...`.
@@ -91,12 +92,7 @@ fn load_checked(path: &Path, json: bool) -> Result<Loaded> {
     };
     let errors = problems.iter().filter(|p| !p.warning).count();
     if json && (errors > 0 || loaded.is_none()) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"valid": false, "problems": problems})
-            )?
-        );
+        print_json(&serde_json::json!({"valid": false, "problems": problems}))?;
     } else {
         for p in &problems {
             eprintln!("{}", safe_lines(&p.to_string()));
@@ -126,13 +122,10 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             let l = load_checked(&model, json)?;
             let m = &l.model;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "valid": true, "problems": [], "assets": m.assets.len(), "zones": m.zones.len(),
-                        "conduits": m.conduits.len(), "threats": m.threats.len(),
-                    }))?
-                );
+                print_json(&serde_json::json!({
+                    "valid": true, "problems": [], "assets": m.assets.len(), "zones": m.zones.len(),
+                    "conduits": m.conduits.len(), "threats": m.threats.len(),
+                }))?;
             } else {
                 println!(
                     "{}: valid ({} assets, {} zones, {} conduits, {} threat scenarios)",
@@ -173,10 +166,7 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             // Devices that could not be assessed live (None: not --live).
             let live_failed = match reach {
                 Some(reach) => {
-                    if let drivesec_client::client::Revocation::Missing(why) = &reach.revocation {
-                        bail!("{why}");
-                    }
-                    warn(&reach.warnings);
+                    let reach = finish(reach, DEFAULT_PARALLEL, false)?;
                     let postures = drivesec_ops::posture::fetch(&reach)?;
                     assess::attach_live(&mut a, &l.model, &postures);
                     if !json {
@@ -222,14 +212,14 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
                         if let (Some(f), Some(o)) = (&live_failed, summary.as_object_mut()) {
                             o.insert("live_failed".into(), serde_json::to_value(f)?);
                         }
-                        println!("{}", serde_json::to_string_pretty(&summary)?);
+                        print_json(&summary)?;
                     } else {
                         for (name, _) in &files {
                             println!("{}", safe(&dir.join(name).display().to_string()));
                         }
                     }
                 }
-                None if json => println!("{}", serde_json::to_string_pretty(&doc)?),
+                None if json => print_json(&doc)?,
                 None => print_document(&report::markdown(&a)),
             }
             let failed: Vec<String> = live_failed
@@ -253,7 +243,7 @@ pub fn run(c: PlanCommand, json: bool) -> Result<()> {
             };
             let p = drivesec_iec62443::profile::derive(&l.model, &zone, z.sl_t);
             if json {
-                println!("{}", serde_json::to_string_pretty(&p)?);
+                print_json(&p)?;
                 return Ok(());
             }
             let text = drivesec_iec62443::profile::to_toml(&p, &l.model.system.name);

@@ -13,6 +13,7 @@ use drivesec_ops::validate::Verdict;
 use sha2::{Digest, Sha256};
 
 use crate::dirs::{check_output_dir, output_dir};
+use crate::output::print_json;
 use crate::text::{safe, safe_lines};
 
 /// `drivesec validate ...`.
@@ -179,13 +180,10 @@ fn verify_evidence(c: &ValidateCommand, json: bool) -> Result<()> {
     .flatten()
     .collect();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "signature": "valid", "checked": checked, "mismatches": mismatches,
-                "failed_checks": failed, "summary": doc["summary"],
-            }))?
-        );
+        print_json(&serde_json::json!({
+            "signature": "valid", "checked": checked, "mismatches": mismatches,
+            "failed_checks": failed, "summary": doc["summary"],
+        }))?;
     } else {
         println!(
             "{}: signature valid; {} device(s), {} finding(s), generated {}",
@@ -324,7 +322,7 @@ pub fn run(a: ValidateArgs, json: bool) -> Result<()> {
         record(url, &inv, &results, &doc, &evidence_sha)?;
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        print_json(&doc)?;
     } else {
         for r in &results {
             let fails: Vec<_> = r.failures().collect();

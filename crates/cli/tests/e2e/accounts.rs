@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::support::{TestLab, config, fails, ok, s, test_lab};
+use crate::support::{TestLab, config, fails, ok, run, s, test_lab};
 use drivesec_client::client::{DeviceClient, Versions};
 use drivesec_client::modbus::ModbusClient;
 use drivesec_state::config::DeviceConfig;
@@ -733,7 +733,7 @@ fn passwd_changes_ones_own_password() {
     let new_pw = d.path().join("new.pw");
     std::fs::write(&new_pw, "Own-Choice-From-Cli-2026\n").unwrap();
     let op = lab.m.users["operator"].clone();
-    let out = ok(&device_args(
+    let o = run(&device_args(
         &lab,
         &[
             "--as",
@@ -743,7 +743,18 @@ fn passwd_changes_ones_own_password() {
             s(&new_pw),
         ],
     ));
-    assert!(out.contains("password changed"), "{out}");
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("password changed"), "{}", o.stdout);
+    // The lab's copy of the password is now the old one: said once.
+    assert!(
+        o.stderr.contains(&format!(
+            "note: {} still holds the old password of {}: give --password-file",
+            lab.dir.join("lab.json").display(),
+            op.username
+        )),
+        "{}",
+        o.stderr
+    );
     let mut c = lab.client("operator");
     assert!(c.login(&op.username, &op.password).is_err());
     let login = c.login(&op.username, "Own-Choice-From-Cli-2026").unwrap();
@@ -806,6 +817,26 @@ fn users_set_password_must_be_changed_at_the_next_login() {
         c.call("GET", "/api/v1/params", None).unwrap().body["error"],
         "password-change-required"
     );
+    // Through the tool, the refusal comes with what to do.
+    let err = fails(&device_args(
+        &lab,
+        &[
+            "--as",
+            "operator",
+            "--password-file",
+            s(&temp),
+            "params",
+            "get",
+        ],
+    ));
+    assert!(
+        err.contains(&format!(
+            "warning: the account {} must change its password before it can do anything else: \
+             run drivesec device passwd",
+            op.username
+        )) && err.contains("GET /api/v1/params: 403"),
+        "{err}"
+    );
     ok(&device_args(
         &lab,
         &[
@@ -822,6 +853,25 @@ fn users_set_password_must_be_changed_at_the_next_login() {
     let login = c.login(&op.username, "Chosen-By-The-Holder-2026").unwrap();
     assert!(!login.must_change_password);
     assert_eq!(c.call("GET", "/api/v1/params", None).unwrap().status, 200);
+}
+
+/// A lab device or role that the lab does not have is refused naming the
+/// ones it has, before anything is sent.
+#[test]
+fn an_unknown_lab_device_or_role_is_refused_naming_the_known_ones() {
+    let lab = test_lab(Some(config()));
+    let err = fails(&device_args(&lab, &["--device", "drive-404", "info"]));
+    assert!(
+        err.contains("no device 'drive-404' in the lab; its devices: drive-001"),
+        "{err}"
+    );
+    let err = fails(&device_args(&lab, &["--as", "operater", "login"]));
+    assert!(
+        err.contains("no client certificate for role 'operater' in the lab; its roles: ")
+            && err.contains("operator")
+            && err.contains("security-admin"),
+        "{err}"
+    );
 }
 
 /// Issue 18: `--role operater` is refused, naming the role and the roles
@@ -894,4 +944,91 @@ fn account_lists_are_tables_in_text_mode() {
         .find(|l| l.split_whitespace().next() == Some(op.as_str()))
         .unwrap_or_else(|| panic!("{out}"));
     assert_eq!(row.split_whitespace().nth(1), Some("operator"), "{out}");
+}
+
+/// A name that is not one a device can have (`operator#x`, `../users`) is
+/// refused by the tool before anything is sent, naming it and the alphabet,
+/// instead of going into the request's path, where `#x` would be dropped
+/// and `operator` removed.
+#[test]
+fn a_name_outside_the_device_alphabet_never_reaches_the_path() {
+    let lab = test_lab(Some(config()));
+    let op = lab.m.users["operator"].username.clone();
+    let hash = format!("{op}#x");
+    let slash = format!("{op}/role");
+    for args in [
+        vec!["users", "remove", hash.as_str()],
+        vec!["users", "unlock", slash.as_str()],
+        vec!["roles", "remove", "../users"],
+        vec!["params", "set", "speed-reference?x=1", "10"],
+    ] {
+        let err = fails(&device_args(&lab, &args));
+        assert!(
+            err.contains(&format!("'{}'", args[2])) && err.contains("a-z, 0-9"),
+            "{args:?}: {err}"
+        );
+    }
+    let admin = lab.admin();
+    assert_eq!(listed_user(&admin, &op)["role"], "operator");
+    assert!(
+        recorded(&lab.audit_records(""), "user.remove", "success").is_empty(),
+        "nothing was removed"
+    );
+}
+
+/// `device provision` whose profile creates an account writes its initial
+/// password to --passwords-out, the only place it is ever shown: a file
+/// that cannot be written (its directory is missing) is refused before the
+/// profile is applied, so no account is created that nobody can log in to.
+#[test]
+fn provision_refuses_an_unwritable_passwords_out_before_applying() {
+    let lab = test_lab(Some(config()));
+    let d = tempfile::tempdir().unwrap();
+    let mut p = lab.cell_profile();
+    p.accounts.push(drivesec_iec62443::profile::Account {
+        username: "newbie".into(),
+        role: "viewer".into(),
+    });
+    let profile = d.path().join("cell.toml");
+    std::fs::write(&profile, drivesec_iec62443::profile::to_toml(&p, "plant")).unwrap();
+    let admin = lab.admin();
+    let before = admin.ok("GET", "/api/v1/profile", None).unwrap();
+    let missing = d.path().join("no-such-dir").join("passwords.txt");
+    let err = fails(&device_args(
+        &lab,
+        &[
+            "provision",
+            "--profile",
+            s(&profile),
+            "--passwords-out",
+            s(&missing),
+        ],
+    ));
+    assert!(
+        err.contains("--passwords-out") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    assert_eq!(admin.ok("GET", "/api/v1/profile", None).unwrap(), before);
+    let users = admin.ok("GET", "/api/v1/users", None).unwrap();
+    assert!(!users.to_string().contains("newbie"), "{users}");
+    // (The profile allows one session per account.)
+    admin.logout().unwrap();
+    // Into a directory that exists: applied, the password written.
+    let out = d.path().join("passwords.txt");
+    ok(&device_args(
+        &lab,
+        &[
+            "provision",
+            "--profile",
+            s(&profile),
+            "--passwords-out",
+            s(&out),
+        ],
+    ));
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .starts_with("newbie ")
+    );
+    assert_eq!(listed_user(&lab.admin(), "newbie")["role"], "viewer");
 }

@@ -115,7 +115,9 @@ fn idle_tcp_flood_on_both_ports_does_not_lock_out_the_owner() {
 
     // Recorded, aggregated: far fewer records than refused connections,
     // and the summaries count them.
-    std::thread::sleep(Duration::from_millis(11_500));
+    lab.wait_for_counted("refused connections", 101, |r| {
+        r.record.action == "net.connection-refused"
+    });
     let refused = lab.audit_records("net.connection-refused");
     assert!(!refused.is_empty(), "the refusals were not recorded");
     assert!(

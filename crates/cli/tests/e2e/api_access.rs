@@ -1,9 +1,7 @@
 //! The device API's access control: every built-in role against every
 //! operation (the role x operation matrix), on a real drivesecd.
 
-use std::time::Duration;
-
-use crate::support::test_lab;
+use crate::support::{outcome, test_lab};
 use drivesec_client::client::Reply;
 use serde_json::{Value, json};
 
@@ -343,7 +341,9 @@ fn every_role_against_every_operation() {
     // Every denial is counted in the trail, attributed to the account and
     // certificate: the first of each ten-second window as its own record,
     // the rest in the window's summary (docs/audit.md, "Floods").
-    std::thread::sleep(Duration::from_millis(11_500));
+    lab.wait_for_counted("denials", denied_expected as u64 + 2, |r| {
+        outcome(r) == "denied" && r.record.action != "net.connection-refused"
+    });
     let auditor = lab.session("auditor");
     let rec = auditor
         .ok("GET", "/api/v1/audit?outcome=denied&limit=10000", None)

@@ -1,6 +1,8 @@
 //! What the device API does with bad input: malformed, oversized and deeply
-//! nested bodies are refused with a 4xx and change nothing; every answer
-//! forbids caching and sniffing, and errors leak no paths.
+//! nested bodies are refused with a 4xx and change nothing; a request
+//! naming what does not exist is told which name that is; a setting the
+//! device cannot store changes nothing; every answer forbids caching and
+//! sniffing, and errors leak no paths.
 
 use std::io::Write;
 
@@ -130,4 +132,86 @@ fn bad_input_is_refused_with_4xx_and_changes_nothing() {
     assert_eq!(before, after, "a refused write changed something");
     // The daemon is alive and well.
     assert_eq!(c.call("GET", "/api/v1/info", None).unwrap().status, 200);
+}
+
+/// A role change for an account that does not exist, to a role that does
+/// not exist either, is refused naming the account (the first thing
+/// wrong), not the role: the unknown-role answer, which lists the roles,
+/// is given only when the role is what is unknown.
+#[test]
+fn a_role_change_for_an_unknown_account_names_the_account_not_the_role() {
+    let lab = test_lab(None);
+    let admin = lab.admin();
+    let r = admin
+        .call(
+            "PUT",
+            "/api/v1/users/ghost/role",
+            Some(&json!({"role": "nope"})),
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (404, Some("not-found")),
+        "{}",
+        r.body
+    );
+    let message = r.body["message"].as_str().unwrap();
+    assert!(message.contains("no such user: ghost"), "{message}");
+    assert!(!message.contains("role"), "{message}");
+    // An existing account and an unknown role: the role is named, with
+    // the roles there are.
+    let viewer = &lab.m.users["viewer"].username;
+    let r = admin
+        .call(
+            "PUT",
+            &format!("/api/v1/users/{viewer}/role"),
+            Some(&json!({"role": "nope"})),
+        )
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    let message = r.body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("no such role: nope (the roles are: "),
+        "{message}"
+    );
+}
+
+/// An access policy the device cannot store (here `access-policy.json`
+/// cannot be replaced: a directory stands in its place) is refused and
+/// applied nowhere: not half, with the accounts already checking
+/// passwords against it while the stored policy and the one read back are
+/// the old. A password the old policy accepts is still accepted.
+#[test]
+fn an_access_policy_the_device_cannot_store_is_not_applied() {
+    let lab = test_lab(None);
+    let admin = lab.admin();
+    let before = admin.ok("GET", "/api/v1/security/access", None).unwrap();
+    let mut stricter = before.clone();
+    stricter["password"]["min_length"] = 64.into();
+    let file = lab.device_dir().join("access-policy.json");
+    let _ = std::fs::remove_file(&file);
+    std::fs::create_dir(&file).unwrap();
+    std::fs::write(file.join("in-the-way"), b"").unwrap();
+    let r = admin
+        .call("PUT", "/api/v1/security/access", Some(&stricter))
+        .unwrap();
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (500, Some("internal")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        admin.ok("GET", "/api/v1/security/access", None).unwrap(),
+        before
+    );
+    // 20 characters: enough for the old policy, not for the refused one.
+    admin
+        .ok(
+            "POST",
+            "/api/v1/users",
+            Some(&json!({"username": "newcomer", "role": "viewer",
+                "password": "Temporary-Passw0rd-1"})),
+        )
+        .unwrap();
 }

@@ -5,12 +5,11 @@
 //! served.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{config, exchange, issue_client_files, test_lab};
-use drivesec_client::client::{ClientIdentity, DeviceClient, Reply, Versions};
+use crate::support::{config, exchange, issue_client_identity, test_lab};
+use drivesec_client::client::{DeviceClient, Reply, Versions};
 use serde_json::json;
 
 /// Connects with openssl, sends one request, and says whether it got a 200.
@@ -42,16 +41,6 @@ fn openssl_connect(addr: SocketAddr, extra: &[&str]) -> (bool, String) {
     (text.contains("HTTP/1.1 200"), text)
 }
 
-/// A client certificate from `ca` (optionally with a chosen validity), as files and identity.
-fn issue_client(
-    ca: &mut drivesec_pki::Ca,
-    dir: &Path,
-    validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
-) -> (ClientIdentity, String) {
-    let (c, k, serial) = issue_client_files(ca, dir, Some("viewer"), validity);
-    (ClientIdentity::from_files(&c, &k).unwrap(), serial)
-}
-
 fn info(c: &DeviceClient) -> drivesec_client::Result<Reply> {
     c.call("GET", "/api/v1/info", None)
 }
@@ -80,7 +69,7 @@ fn tls_refuses_a_certificate_from_another_ca() {
         &drivesec_pki::CaOptions::new(drivesec_pki::CaKind::Oem, "Intruder"),
     )
     .unwrap();
-    let (foreign, _) = issue_client(&mut other, d.path(), None);
+    let (foreign, _) = issue_client_identity(&mut other, d.path(), Some("viewer"), None);
     let c = DeviceClient::new(lab.addr(), Some(&foreign), &lab.trust(), Versions::Default).unwrap();
     assert!(
         info(&c).is_err(),
@@ -94,9 +83,10 @@ fn tls_refuses_an_expired_certificate() {
     let d = tempfile::tempdir().unwrap();
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
     let now = time::OffsetDateTime::now_utc();
-    let (expired, _) = issue_client(
+    let (expired, _) = issue_client_identity(
         &mut oem,
         d.path(),
+        Some("viewer"),
         Some((
             now - time::Duration::days(30),
             now - time::Duration::days(1),
@@ -104,7 +94,7 @@ fn tls_refuses_an_expired_certificate() {
     );
     let c = DeviceClient::new(lab.addr(), Some(&expired), &lab.trust(), Versions::Default).unwrap();
     assert!(info(&c).is_err(), "an expired certificate got through");
-    let (fresh, _) = issue_client(&mut oem, d.path(), None);
+    let (fresh, _) = issue_client_identity(&mut oem, d.path(), Some("viewer"), None);
     let c = DeviceClient::new(lab.addr(), Some(&fresh), &lab.trust(), Versions::Default).unwrap();
     assert_eq!(
         info(&c).unwrap().status,
@@ -122,7 +112,7 @@ fn a_trust_change_closes_open_api_connections() {
     let lab = test_lab(None);
     let d = tempfile::tempdir().unwrap();
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
-    let (_, serial) = issue_client(&mut oem, d.path(), None);
+    let (_, serial) = issue_client_identity(&mut oem, d.path(), Some("viewer"), None);
     let crl = oem.revoke(&serial, "key-compromise").unwrap();
     let mut idle = lab.raw_tls(&lab.identity("viewer"));
     let r = exchange(
@@ -167,7 +157,7 @@ fn a_request_body_held_back_across_a_crl_is_not_served() {
     let lab = test_lab(None);
     let d = tempfile::tempdir().unwrap();
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
-    let (victim, serial) = issue_client(&mut oem, d.path(), None);
+    let (victim, serial) = issue_client_identity(&mut oem, d.path(), Some("viewer"), None);
     let mut c =
         DeviceClient::new(lab.addr(), Some(&victim), &lab.trust(), Versions::Default).unwrap();
     let viewer = &lab.m.users["viewer"];
@@ -204,7 +194,7 @@ fn tls_refuses_a_revoked_certificate_once_the_crl_is_installed() {
     let lab = test_lab(None);
     let d = tempfile::tempdir().unwrap();
     let mut oem = drivesec_pki::Ca::open(&lab.m.oem_ca_dir).unwrap();
-    let (victim, serial) = issue_client(&mut oem, d.path(), None);
+    let (victim, serial) = issue_client_identity(&mut oem, d.path(), Some("viewer"), None);
     let open =
         DeviceClient::new(lab.addr(), Some(&victim), &lab.trust(), Versions::Default).unwrap();
     assert_eq!(info(&open).unwrap().status, 200);

@@ -170,10 +170,9 @@ fn a_genuine_device_in_the_middle_cannot_relay_the_drives_attestation() {
             }
         }
     });
-    let f = &lab.m.clients["viewer"];
     let tool = DeviceClient::new(
         addr,
-        Some(&drivesec_client::client::ClientIdentity::from_files(&f.cert, &f.key).unwrap()),
+        Some(&lab.identity("viewer")),
         &DeviceTrust::owned(
             roots.clone(),
             drive.clone(),

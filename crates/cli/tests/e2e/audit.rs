@@ -5,9 +5,8 @@
 
 use std::io::{Read, Write};
 use std::process::Command;
-use std::time::Duration;
 
-use crate::support::{config, counted_in, read_head, state_survives, test_lab};
+use crate::support::{config, counted_in, outcome, read_head, state_survives, test_lab};
 use drivesec_audit::FullPolicy;
 use serde_json::{Value, json};
 
@@ -40,7 +39,9 @@ fn forbidden_request_flood_is_recorded_aggregated() {
             Some(&json!({"value": 1450.0})),
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(11_500));
+    lab.wait_for_counted("denied parameter writes", 500, |r| {
+        r.record.action == "param.write" && outcome(r) == "denied"
+    });
     let writes = lab.audit_records("param.write");
     let denied: Vec<_> = writes.iter().filter(|r| r["outcome"] == "denied").collect();
     assert!(
@@ -122,10 +123,15 @@ fn a_full_trail_refuses_actions_instead_of_losing_their_records() {
     assert_ne!(st["state"], "running", "{st}");
     // Authentication and security administration use the reserve.
     let mut admin = lab.admin();
-    let users = admin.ok("GET", "/api/v1/users", None).unwrap();
-    assert!(users.is_array() || users.is_object());
-    admin.ok("POST", "/api/v1/logout", None).unwrap();
     let login = lab.m.admin.as_ref().unwrap();
+    let users = admin.ok("GET", "/api/v1/users", None).unwrap();
+    assert!(
+        users["users"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u["username"] == login.username.as_str())),
+        "{users}"
+    );
+    admin.ok("POST", "/api/v1/logout", None).unwrap();
     admin.login(&login.username, &login.password).unwrap();
     state_survives(&lab);
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::support::{drivesec, fails, ok, openssl, s};
+use crate::support::{ca_init, drivesec, fails, ok, openssl, s};
 use serde_json::Value;
 
 /// Starts `drivesec ARGS` without waiting for it.
@@ -56,16 +56,7 @@ fn published_crl(ca: &Path) -> drivesec_pki::CrlInfo {
 fn ca_keeps_every_change_under_parallel_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("ca");
-    let (code, _, err) = drivesec(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&ca),
-        "--kind",
-        "oem",
-        "--org",
-        "OEM Ltd",
-    ]);
+    let (code, _, err) = drivesec(&ca_init(&ca, "oem", "OEM Ltd"));
     assert_eq!(code, 0, "{err}");
 
     let issues = (0..8)
@@ -153,17 +144,9 @@ fn ca_keeps_every_change_under_parallel_runs() {
 fn ca_issue_revoke_crl_flow() {
     let d = tempfile::tempdir().unwrap();
     let ca = d.path().join("oem");
-    let v: Value = serde_json::from_str(&ok(&[
-        "--json",
-        "ca",
-        "init",
-        "--dir",
-        s(&ca),
-        "--kind",
-        "oem",
-        "--org",
-        "OEM Ltd",
-    ]))
+    let v: Value = serde_json::from_str(&ok(
+        &[vec!["--json"], ca_init(&ca, "oem", "OEM Ltd")].concat()
+    ))
     .unwrap();
     assert_eq!(v["keystore"], "soft");
     let cert = d.path().join("eng.crt");

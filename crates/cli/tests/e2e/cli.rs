@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::{
-    ONE_ZONE_PLAN as PLAN, config, drivesec, fails, mode, ok, run, s, set_mode, test_lab, tree,
+    ONE_ZONE_PLAN as PLAN, ca_init, config, drivesec, fails, mode, ok, run, s, set_mode, test_lab,
+    tree,
 };
 use serde_json::Value;
 
@@ -97,29 +98,11 @@ fn device_info_escapes_what_the_device_says() {
 fn bad_input_exits_2_names_the_problem_and_changes_nothing() {
     let d = tempfile::tempdir().unwrap();
     let ca = d.path().join("oem");
-    ok(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&ca),
-        "--kind",
-        "oem",
-        "--org",
-        "OEM",
-    ]);
+    ok(&ca_init(&ca, "oem", "OEM"));
     let before = tree(&ca);
 
     // Existing CA directory.
-    let err = fails(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&ca),
-        "--kind",
-        "oem",
-        "--org",
-        "Other",
-    ]);
+    let err = fails(&ca_init(&ca, "oem", "Other"));
     assert!(
         err.contains(s(&ca)) && err.contains("already exists"),
         "{err}"
@@ -195,16 +178,7 @@ fn bad_input_exits_2_names_the_problem_and_changes_nothing() {
     // Unwritable location: the parent is a regular file.
     let file = d.path().join("plain");
     std::fs::write(&file, "x").unwrap();
-    let err = fails(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&file.join("ca")),
-        "--kind",
-        "oem",
-        "--org",
-        "O",
-    ]);
+    let err = fails(&ca_init(&file.join("ca"), "oem", "O"));
     assert!(err.contains("plain"), "{err}");
     let err = fails(&["lab", "up", "--dir", s(&file.join("lab"))]);
     assert!(err.contains("plain"), "{err}");

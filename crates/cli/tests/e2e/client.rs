@@ -271,7 +271,9 @@ fn a_trickled_streamed_answer_fails_at_the_minimum_rate() {
         ),
         "/api/v1/audit/export".to_string(),
     ] {
-        let start = Instant::now();
+        // Without the rate limit the download succeeds (after 8 s of
+        // trickle, the rest comes at once), so failing at all, as a
+        // minimum-rate timeout, is what shows the limit held.
         let e = c.download(&path, &mut std::io::sink()).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, ClientError::Timeout { .. }), "{path}: {msg}");
@@ -279,7 +281,6 @@ fn a_trickled_streamed_answer_fails_at_the_minimum_rate() {
             msg.contains(&fake.addr.to_string()) && msg.contains("minimum rate"),
             "{msg}"
         );
-        assert!(start.elapsed() < Duration::from_secs(7), "{path}: {msg}");
     }
     // A device that sends at its pace passes with the same deadlines.
     let fast = fake_fast(&f);
@@ -328,7 +329,9 @@ fn a_trickled_tls_probe_fails_at_its_total_deadline() {
         serial: None,
         revocation: drivesec_client::client::Revocation::UncheckedRisky,
     };
-    let start = Instant::now();
+    // The socket closes after 8 s: a client without the total deadline
+    // (each read is answered within 200 ms) fails then on the closed
+    // connection, a TLS error, not a timeout.
     let e = drivesec_client::probe::probe_within(
         addr,
         None,
@@ -339,10 +342,8 @@ fn a_trickled_tls_probe_fails_at_its_total_deadline() {
     .unwrap_err();
     assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
-    assert!(start.elapsed() < Duration::from_secs(6), "{e}");
 
     // The Modbus/TCP Security client: the same for its handshake.
-    let start = Instant::now();
     let e = drivesec_client::modbus::ModbusClient::connect_within(
         addr,
         None,
@@ -353,7 +354,6 @@ fn a_trickled_tls_probe_fails_at_its_total_deadline() {
     .unwrap_err();
     assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
-    assert!(start.elapsed() < Duration::from_secs(6), "{e}");
 }
 
 /// A trickled Modbus answer: the request and its whole answer get one
@@ -401,10 +401,11 @@ fn a_trickled_modbus_answer_fails_at_its_deadline() {
         Duration::from_secs(1),
     )
     .unwrap();
-    let start = Instant::now();
+    // The fake closes after 8 s of trickle: a client with a deadline per
+    // read (each is answered within 200 ms) fails then on the closed
+    // connection, a Modbus error, not a timeout.
     let e = m.read_holding(0, 100).unwrap_err();
     assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
-    assert!(start.elapsed() < Duration::from_secs(6), "{e}");
 }
 
 /// A device that accepts the connection and never answers: `device info`

@@ -11,15 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::fake_device::{
     Answer, FakeDevice, contains, factory_answers, factory_info, factory_state_answers, not_found,
 };
 use crate::support::{
-    Daemon, TestLab, actions, commission_args, config, device_at, drivesec, factory_lab, fails,
-    failures, idevid, issue_certificate, key_and_csr, ok, pki_lab, pki_lab_and_device, s,
-    sa_cert_args, self_signed_identity, stranger_ca,
+    Daemon, Reap, TestLab, actions, commission_args, config, device_at, drivesec, factory_lab,
+    fails, failures, idevid, issue_certificate, key_and_csr, ok, pki_lab, pki_lab_and_device, s,
+    sa_cert_args, self_signed_identity, stranger_ca, wait_until,
 };
 use drivesec_client::client::{ClientIdentity, DeviceClient, DeviceTrust, Versions};
 use drivesec_lab::LabManifest;
@@ -684,7 +684,6 @@ impl Commissioning {
 fn commissioning_interrupted_after_issuance_revokes_the_ldevid() {
     let mut c = Commissioning::start();
     c.answer_begin.store(true, Ordering::SeqCst);
-    let start = Instant::now();
     // Wait until the tool sent commission/complete (the LDevID is issued).
     c.wait_for("commission/complete");
     let status = Command::new("kill")
@@ -694,10 +693,6 @@ fn commissioning_interrupted_after_issuance_revokes_the_ldevid() {
     assert!(status.success());
     let out = c.wait();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "waited for the device's deadline"
-    );
     assert_eq!(out.status.code(), Some(130), "{err}");
     let (ldevid, revoked) = c.issued();
     assert!(revoked, "{err}");
@@ -720,7 +715,10 @@ fn commissioning_interrupted_after_issuance_revokes_the_ldevid() {
         )),
         "{err}"
     );
-    // What the device may have got, and what to do.
+    // What the device may have got, and what to do. "within 5s" names the
+    // grace the tool waited for the stalled answer (the device stalls for
+    // 300 s); a tool that waited for the request's own deadline instead
+    // would name that, or no wait at all.
     assert!(
         err.contains("no answer came within 5s")
             && err.contains("the device may have taken that LDevID")
@@ -752,7 +750,8 @@ fn commissioning_that_cannot_announce_its_ldevid_revokes_it() {
 fn device_cli_commissions_and_operates_a_running_drive() {
     let d = tempfile::tempdir().unwrap();
     let lab_dir = d.path().join("lab");
-    let lab: Value = serde_json::from_str(&ok(&[
+    // `--json lab up` prints the lab's manifest.
+    let m: LabManifest = serde_json::from_str(&ok(&[
         "--json",
         "lab",
         "up",
@@ -763,75 +762,37 @@ fn device_cli_commissions_and_operates_a_running_drive() {
         "--no-daemons",
     ]))
     .unwrap();
-    let dev = &lab["devices"][0];
-    let dev_dir = PathBuf::from(dev["dir"].as_str().unwrap());
+    let dev = &m.devices[0];
     let conf = d.path().join("drivesecd.toml");
     std::fs::write(&conf, "listen = \"127.0.0.1:0\"\n").unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
-        .arg("--state")
-        .arg(&dev_dir)
-        .arg("--config")
-        .arg(&conf)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _kill = Kill(&mut daemon);
-    let addr_file = dev_dir.join("api.addr");
-    for _ in 0..300 {
-        if addr_file.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let _daemon = Reap(
+        Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+            .arg("--state")
+            .arg(&dev.dir)
+            .arg("--config")
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addr_file = dev.dir.join("api.addr");
+    wait_until("drivesecd to write api.addr", || addr_file.exists());
     let api = std::fs::read_to_string(&addr_file)
         .unwrap()
         .trim()
         .to_string();
     let pw = d.path().join("admin.pw");
     std::fs::write(&pw, "Setup-Passw0rd-Sec-1\n").unwrap();
-    let sa_cert = lab["clients"]["security-admin"]["cert"].as_str().unwrap();
-    let sa_key = lab["clients"]["security-admin"]["key"].as_str().unwrap();
-    let oem_root = lab["oem_ca"].as_str().unwrap();
+    let oem_root = s(&m.oem_ca);
     let conn = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "device",
-            "--api",
-            &api,
-            "--name",
-            "press-7.plant.example",
-            "--cert",
-            sa_cert,
-            "--key",
-            sa_key,
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        v.extend(extra.iter().map(|x| x.to_string()));
-        v
+        let mut v: Vec<&str> = vec!["device", "--api", &api, "--name", "press-7.plant.example"];
+        v.extend(sa_cert_args(&m));
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect()
     };
-    let args = conn(&[
-        "commission",
-        "--manufacturer-root",
-        lab["manufacturer_ca"].as_str().unwrap(),
-        "--oem-ca",
-        lab["oem_ca_dir"].as_str().unwrap(),
-        "--credential-file",
-        dev["factory_credential"].as_str().unwrap(),
-        "--serial",
-        dev["serial_number"].as_str().unwrap(),
-        "--admin",
-        "admin",
-        "--admin-password-file",
-        s(&pw),
-    ]);
+    let mut commission = commission_args(&m, &dev.factory_credential, &pw);
+    commission.extend(["--serial", &dev.serial_number]);
+    let args = conn(&commission);
     let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         out.contains("commissioned") && out.contains("press-7.plant.example"),

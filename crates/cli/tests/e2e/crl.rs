@@ -5,7 +5,7 @@
 //! certificate it issued with it.
 
 use crate::support::{
-    TestLab, actions, config, failures, issue_client_files, outcome, stranger_ca, test_lab,
+    TestLab, actions, config, failures, issue_client_identity, outcome, stranger_ca, test_lab,
 };
 use drivesec_audit::reader::StoredRecord;
 use drivesec_client::client::{ClientIdentity, DeviceClient, Versions};
@@ -15,15 +15,6 @@ use time::{Duration, OffsetDateTime};
 
 fn info_status(c: &DeviceClient) -> Option<u16> {
     c.call("GET", "/api/v1/info", None).ok().map(|r| r.status)
-}
-
-fn identity_of(
-    files: (std::path::PathBuf, std::path::PathBuf, String),
-) -> (ClientIdentity, String) {
-    (
-        ClientIdentity::from_files(&files.0, &files.1).unwrap(),
-        files.2,
-    )
 }
 
 /// A refusal's `details.reason`.
@@ -62,8 +53,7 @@ fn expired_crl_does_not_lock_out_the_owner() {
     let mut lab = test_lab(Some(cfg));
     let d = tempfile::tempdir().unwrap();
     let mut oem = Ca::open(&lab.m.oem_ca_dir).unwrap();
-    let (victim, serial) =
-        identity_of(issue_client_files(&mut oem, d.path(), Some("viewer"), None));
+    let (victim, serial) = issue_client_identity(&mut oem, d.path(), Some("viewer"), None);
     assert_eq!(info_status(&lab.client_with(&victim)), Some(200));
     oem.revoke(&serial, "key-compromise").unwrap();
     let now = OffsetDateTime::now_utc();
@@ -162,8 +152,7 @@ fn malformed_crl_is_refused_and_the_daemon_restarts() {
     let mut lab = test_lab(None);
     let d = tempfile::tempdir().unwrap();
     let mut oem = Ca::open(&lab.m.oem_ca_dir).unwrap();
-    let (victim, serial) =
-        identity_of(issue_client_files(&mut oem, d.path(), Some("viewer"), None));
+    let (victim, serial) = issue_client_identity(&mut oem, d.path(), Some("viewer"), None);
     lab.install_crl(&oem.revoke(&serial, "key-compromise").unwrap());
     assert_eq!(info_status(&lab.client_with(&victim)), None);
     let before = crl_file(&lab);
@@ -212,8 +201,7 @@ fn older_crl_replay_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let mut oem = Ca::open(&lab.m.oem_ca_dir).unwrap();
     let old = std::fs::read_to_string(oem.crl_path()).unwrap();
-    let (victim, serial) =
-        identity_of(issue_client_files(&mut oem, d.path(), Some("viewer"), None));
+    let (victim, serial) = issue_client_identity(&mut oem, d.path(), Some("viewer"), None);
     let newer = std::fs::read_to_string(oem.revoke(&serial, "key-compromise").unwrap()).unwrap();
     assert_eq!(lab.put_crl(&newer).status, 200);
     assert_eq!(info_status(&lab.client_with(&victim)), None);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::{LabGuard, config, ok, run, s, test_lab};
+use crate::support::{LabGuard, config, ok, run, s, test_lab, wait_until};
 use drivesec_client::client::DeviceClient;
 use serde_json::{Value, json};
 
@@ -23,12 +23,7 @@ fn device_drive_commands() {
     };
     let status =
         || -> Value { serde_json::from_str(&drive("viewer", &["status"]).stdout).unwrap() };
-    for _ in 0..300 {
-        if status()["state"] == "ready" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until("the drive to be ready", || status()["state"] == "ready");
     let o = drive("viewer", &["start", "--speed", "300"]);
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("403"), "{}", o.stderr);

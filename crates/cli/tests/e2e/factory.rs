@@ -6,23 +6,14 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::support::{fails, ok, openssl, s, test_lab, tree};
+use crate::support::{ca_init, fails, ok, openssl, s, test_lab, tree};
 use serde_json::Value;
 
 #[test]
 fn factory_provision_prints_credential_once_and_stores_only_a_hash() {
     let d = tempfile::tempdir().unwrap();
     let ca = d.path().join("mfg");
-    ok(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&ca),
-        "--kind",
-        "manufacturer",
-        "--org",
-        "Acme",
-    ]);
+    ok(&ca_init(&ca, "manufacturer", "Acme"));
     let dev = d.path().join("dev1");
     let v: Value = serde_json::from_str(&ok(&[
         "--json",
@@ -80,16 +71,7 @@ fn factory_provision_prints_credential_once_and_stores_only_a_hash() {
     assert!(err.contains(s(&dev)), "{err}");
     // IDevIDs come only from the manufacturer CA.
     let oem = d.path().join("oem");
-    ok(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&oem),
-        "--kind",
-        "oem",
-        "--org",
-        "OEM",
-    ]);
+    ok(&ca_init(&oem, "oem", "OEM"));
     let err = fails(&[
         "factory",
         "provision",
@@ -112,16 +94,7 @@ fn factory_reprovision_refuses_bad_input_and_keeps_evidence() {
     let d = tempfile::tempdir().unwrap();
     let ca = |name: &str, kind: &str| {
         let dir = d.path().join(name);
-        ok(&[
-            "ca",
-            "init",
-            "--dir",
-            s(&dir),
-            "--kind",
-            kind,
-            "--org",
-            name,
-        ]);
+        ok(&ca_init(&dir, kind, name));
         dir
     };
     let (mfg, other, oem) = (

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{Daemon, LabGuard, Out, config, lab_release, ok, run, s, test_lab};
+use crate::support::{
+    Daemon, LabGuard, Out, config, lab_release, ok, run, s, test_lab, wait_until,
+};
 use drivesec_client::client::{DeviceClient, Versions};
 use drivesec_state::config::DeviceConfig;
 use serde_json::Value;
@@ -221,12 +223,9 @@ fn sigkill(pid: u32) {
         .args(["-KILL", &pid.to_string()])
         .status();
     // Wait until it is gone (the lab, not this test, is its parent).
-    for _ in 0..500 {
-        if !drivesec_lab::daemons::alive(pid) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the killed daemon to be gone", || {
+        !drivesec_lab::daemons::alive(pid)
+    });
 }
 
 /// Packs and approves a release with the lab's keys through the CLI.

@@ -6,8 +6,6 @@
 //! project's enterprise number (or the configured one) and the latest
 //! checkpoint, and forwarding follows an LDevID renewal.
 
-use std::time::Duration;
-
 use crate::support::{
     Collector, TestLab, config, fresh_lab_may_reset, renew_every_ldevid, test_lab, wait_until,
 };
@@ -258,7 +256,7 @@ fn forwarding_follows_an_ldevid_renewal() {
 fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
     let lab = test_lab(Some(fresh_lab_may_reset()));
     let collector = Collector::start(&lab);
-    let (port, rx) = (collector.port, collector.rx.clone());
+    let port = collector.port;
     let admin = lab.admin();
     // A viewer may not configure it; the security admin may.
     let body = json!({"collector": format!("127.0.0.1:{port}"), "server_name": "127.0.0.1", "ca_pem": std::fs::read_to_string(&lab.m.oem_ca).unwrap()});
@@ -279,81 +277,32 @@ fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
             Some(&json!({"value": 321})),
         )
         .unwrap();
-    let seqs = || -> Vec<u64> {
-        std::fs::read_to_string(rx.join("received.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split("seq=\"").nth(1)?.split('"').next()?.parse().ok())
-            .collect()
-    };
-    let mut got = Vec::new();
-    for _ in 0..200 {
-        got = seqs();
-        if got.iter().any(|_| true)
-            && std::fs::read_to_string(rx.join("received.log"))
-                .unwrap_or_default()
-                .contains("\"new\":321")
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let text = std::fs::read_to_string(rx.join("received.log")).unwrap_or_default();
-    assert!(
-        text.contains("\"new\":321"),
-        "the parameter write did not reach the collector:\n{text}"
-    );
+    wait_until("the parameter write at the collector", || {
+        collector.lines().iter().any(|l| l.contains("\"new\":321"))
+    });
+    let got = collector.seqs();
     assert_eq!(
         got,
         (1..=got.len() as u64).collect::<Vec<_>>(),
         "every record from the first, in order, once"
     );
     // The forwarder's cursor follows the collector's acknowledgements.
-    let mut status = Value::Null;
-    for _ in 0..200 {
-        status = admin.ok("GET", "/api/v1/audit/forwarding", None).unwrap();
-        if status["status"]["forwarded"].as_u64().unwrap() >= got.len() as u64 - 1 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        status["status"]["forwarded"].as_u64().unwrap() >= got.len() as u64 - 1,
-        "{status}"
-    );
+    wait_until("the forwarder's cursor to follow the collector", || {
+        status(&admin)["forwarded"].as_u64().unwrap() >= got.len() as u64 - 1
+    });
     // A test record: its sequence number arrives at the collector, and the
     // device's status says it was delivered.
-    let seq = admin
-        .ok("POST", "/api/v1/audit/forwarding/test", None)
-        .unwrap()["seq"]
-        .as_u64()
-        .unwrap();
-    for _ in 0..200 {
-        if seqs().contains(&seq) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        seqs().contains(&seq),
-        "test record {seq} not at the collector"
-    );
-    let text = std::fs::read_to_string(rx.join("received.log")).unwrap_or_default();
+    let seq = test_record(&admin);
+    wait_until("the test record at the collector", || {
+        collector.seqs().contains(&seq)
+    });
+    let text = collector.lines().join("\n");
     assert!(text.contains("audit.forwarding.test"), "{text}");
     // The device counts it delivered once the write returned (it may log
     // at the collector a moment before).
-    let delivered = || {
-        admin.ok("GET", "/api/v1/audit/forwarding", None).unwrap()["status"]["forwarded"]
-            .as_u64()
-            .unwrap()
-    };
-    for _ in 0..200 {
-        if delivered() >= seq {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(delivered() >= seq, "status never reached {seq}");
+    wait_until("the status to count the test record delivered", || {
+        status(&admin)["forwarded"].as_u64().unwrap() >= seq
+    });
     // The posture no longer loses points for missing forwarding.
     let p = admin.ok("GET", "/api/v1/posture", None).unwrap();
     assert!(
@@ -362,16 +311,13 @@ fn audit_forwarding_configured_through_the_api_reaches_a_real_collector() {
     );
     // A factory reset archives the local trail, and its own record reaches the collector first.
     lab.factory_reset();
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = std::fs::read_to_string(rx.join("received.log")).unwrap_or_default();
-        if text.contains("device.factory-reset") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        text.contains("device.factory-reset"),
-        "the reset was not forwarded before the wipe:\n{text}"
+    wait_until(
+        "the reset's record at the collector (sent before the wipe)",
+        || {
+            collector
+                .lines()
+                .iter()
+                .any(|l| l.contains("device.factory-reset"))
+        },
     );
 }

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{
     TestLab, config, counted_in, issue_client_files, rss_kib, test_lab, trail_records, wait_until,
@@ -35,18 +35,7 @@ fn modbus_flood_does_not_hold_off_sto_or_the_comm_loss_reaction() {
     let connect = |role: &str| lab.modbus(role);
     let state = |c: &mut ModbusClient| c.read_input(0, 7).unwrap().unwrap();
     let wait = |c: &mut ModbusClient, what: &str, f: &dyn Fn(&[u16]) -> bool| {
-        let start = Instant::now();
-        loop {
-            let s = state(c);
-            if f(&s) {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "never {what}: {s:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(&format!("the drive {what}"), || f(&state(c)));
     };
     // The flood: four viewer sessions reading as fast as they can.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -107,19 +96,15 @@ fn a_modbus_restart_after_an_api_stop_is_recorded() {
     let lab = test_lab(None);
     let mut op = lab.modbus("operator");
     let state = |c: &mut ModbusClient| c.read_input(0, 3).unwrap().unwrap();
-    let wait = |c: &mut ModbusClient, f: &dyn Fn(&[u16]) -> bool| {
-        let start = Instant::now();
-        while !f(&state(c)) {
-            assert!(start.elapsed() < Duration::from_secs(20), "{:?}", state(c));
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let wait = |c: &mut ModbusClient, what: &str, f: &dyn Fn(&[u16]) -> bool| {
+        wait_until(&format!("the drive {what}"), || f(&state(c)));
     };
     // A start is an edge seen in the ready state: wait for it first (a
     // freshly started drive is not ready for its first ticks).
-    wait(&mut op, &|s| s[1] == 1);
+    wait(&mut op, "ready", &|s| s[1] == 1);
     assert_eq!(op.write_single(0, 0).unwrap(), Ok(()));
     assert_eq!(op.write_multiple(0, &[1, 600]).unwrap(), Ok(()));
-    wait(&mut op, &|s| s[1] == 2);
+    wait(&mut op, "running", &|s| s[1] == 2);
     let before = lab.audit_records("drive.control").len();
     lab.session("operator")
         .ok(
@@ -128,9 +113,9 @@ fn a_modbus_restart_after_an_api_stop_is_recorded() {
             Some(&json!({"command": "stop"})),
         )
         .unwrap();
-    wait(&mut op, &|s| s[1] == 1);
+    wait(&mut op, "stopped and ready", &|s| s[1] == 1);
     assert_eq!(op.write_single(0, 1).unwrap(), Ok(()));
-    wait(&mut op, &|s| s[1] == 2);
+    wait(&mut op, "running again", &|s| s[1] == 2);
     let after = lab.audit_records("drive.control");
     // The API's stop and the Modbus restart.
     assert_eq!(after.len(), before + 2, "{after:#?}");
@@ -152,7 +137,9 @@ fn two_modbus_sessions_trading_control_do_not_flood_the_trail() {
         assert_eq!(a.write_single(0, 0).unwrap(), Ok(()));
         assert_eq!(b.write_single(0, 0).unwrap(), Ok(()));
     }
-    std::thread::sleep(Duration::from_millis(11_500));
+    lab.wait_for_counted("takeovers", 398, |r| {
+        r.record.action == "drive.control-taken"
+    });
     let taken = lab.audit_records("drive.control-taken");
     assert!(
         taken.len() <= 4,

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::support::{
-    LabGuard, config, fails, ok, pkcs11_objects, run_env, s, test_lab_on, token_of,
+    LabGuard, ca_init, config, fails, ok, pkcs11_objects, run_env, s, test_lab_on, token_of,
 };
 use drivesec_lab::up::Backend;
 use serde_json::Value;
@@ -125,68 +125,42 @@ fn wrong_pin_and_missing_token_are_clear_errors() {
     let wrong = d.path().join("wrong-pin");
     std::fs::write(&wrong, "0000").unwrap();
     let mfg = d.path().join("mfg");
-    let err = fails(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&mfg),
-        "--kind",
-        "manufacturer",
-        "--org",
-        "Acme",
-        "--pkcs11-uri",
+    // `ca init` of the manufacturer CA with its keys on the token `uri`
+    // names, run as `run` (`ok`, `fails`) says.
+    let init_on = |uri: &str, run: fn(&[&str]) -> String| {
+        run(&[
+            ca_init(&mfg, "manufacturer", "Acme"),
+            vec!["--pkcs11-uri", uri],
+        ]
+        .concat())
+    };
+    let err = init_on(
         &format!("pkcs11:token={label}?pin-source=file:{}", s(&wrong)),
-    ]);
+        fails,
+    );
     assert!(err.contains("wrong PIN") && err.contains(&label), "{err}");
     assert!(!err.contains("0000"));
     assert!(!mfg.exists());
-    let err = fails(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&mfg),
-        "--kind",
-        "manufacturer",
-        "--org",
-        "Acme",
-        "--pkcs11-uri",
+    let err = init_on(
         &format!("pkcs11:token=no-such-token?pin-source=file:{}", s(&wrong)),
-    ]);
+        fails,
+    );
     assert!(
         err.contains("no PKCS#11 token matches") && err.contains("no-such-token"),
         "{err}"
     );
     // A PIN in the URI itself would end up in the world-readable ca.json: refused, and never echoed.
-    let err = fails(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&mfg),
-        "--kind",
-        "manufacturer",
-        "--org",
-        "Acme",
-        "--pkcs11-uri",
-        &format!("pkcs11:token={label}?pin-value=user-1234"),
-    ]);
+    let err = init_on(&format!("pkcs11:token={label}?pin-value=user-1234"), fails);
     assert!(err.contains("pin-source"), "{err}");
     assert!(!err.contains("user-1234"), "PIN leaked: {err}");
     assert!(!mfg.exists());
     // Right PIN: the CA keys live on the token and the device gets a token-backed identity.
     let right = d.path().join("pin");
     std::fs::write(&right, "user-1234\n").unwrap();
-    ok(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&mfg),
-        "--kind",
-        "manufacturer",
-        "--org",
-        "Acme",
-        "--pkcs11-uri",
+    init_on(
         &format!("pkcs11:token={label}?pin-source=file:{}", s(&right)),
-    ]);
+        ok,
+    );
     let dev = d.path().join("dev");
     let v: Value = serde_json::from_str(&ok(&[
         "--json",

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::support::{TestLab, config, test_lab};
+use crate::support::{TestLab, config, test_lab, wait_until};
 use drivesec_client::client::{DeviceClient, Versions};
 use drivesec_iec62443::profile::{Account, Profile};
 use drivesec_state::config::DeviceConfig;
@@ -198,12 +198,9 @@ fn killed_at_each_point_of_the_transaction_it_is_all_or_nothing() {
             r.is_err(),
             "{point}: the device should have died, got {r:?}"
         );
-        for _ in 0..200 {
-            if !drivesec_lab::daemons::alive(pid) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_until(&format!("{point}: the device to die"), || {
+            !drivesec_lab::daemons::alive(pid)
+        });
         std::fs::remove_file(dir.join("test-failpoint")).unwrap();
         let started = drivesec_lab::daemons::start(daemon, &dir, &cfg).unwrap();
         (addr, pid) = (started.addr, started.pid);

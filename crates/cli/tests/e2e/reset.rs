@@ -12,6 +12,8 @@
 //!   running again, delivering to the collector.
 //! * An account change in progress, and a role change that finished while
 //!   the approval waited, are honoured.
+//! * The offline reset (`drivesecd factory-reset`) erases the drive
+//!   parameters, as the API's does.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -587,4 +589,41 @@ fn factory_credential_dies_and_factory_reset_starts_over() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The offline factory reset (`drivesecd --state DIR factory-reset`,
+/// physical access) erases what the reset over the API does, the drive
+/// parameters the owner set included: no `params.json` is left for the
+/// next owner. (Before, only the API's reset shredded it.)
+#[test]
+fn an_offline_factory_reset_erases_the_owners_parameters() {
+    let mut lab = test_lab(None);
+    let params = lab.device_dir().join("params.json");
+    lab.session("engineer")
+        .ok(
+            "PUT",
+            "/api/v1/params/max-speed",
+            Some(&json!({"value": 1400})),
+        )
+        .unwrap();
+    assert!(params.exists(), "the parameter was not stored");
+    lab.stop_device();
+    let o = Command::new(env!("CARGO_BIN_EXE_drivesecd"))
+        .arg("--state")
+        .arg(lab.device_dir())
+        .arg("factory-reset")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !params.exists(),
+        "the previous owner's parameters survived the reset"
+    );
+    // The directory starts as a factory device.
+    lab.start_again().unwrap();
+    let info = lab
+        .factory_client(&lab.identity("viewer"))
+        .ok("GET", "/api/v1/info", None)
+        .unwrap();
+    assert_eq!(info["state"], "factory");
 }

@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::support::{config, drivesec, s, test_lab, write_inventory};
+use crate::support::{ca_init, config, drivesec, outcome, s, test_lab, write_inventory};
 use serde_json::Value;
 
 /// `audit review` checks each trail's IDevID against the manufacturer's
@@ -205,7 +205,9 @@ fn access_review_finds_what_happened() {
     }
     // Failed logins are recorded aggregated: the window's summary, which
     // counts all but the first, is written when the window closes.
-    std::thread::sleep(std::time::Duration::from_millis(11_500));
+    lab.wait_for_counted("failed logins", 6, |r| {
+        r.record.action == "auth.login" && outcome(r) == "failure"
+    });
     let (code, out, err) = drivesec(&["--json", "audit", "review", "--lab", s(&lab.dir)]);
     assert_eq!(code, 0, "{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
@@ -287,16 +289,7 @@ fn access_review_finds_what_happened() {
     assert_eq!(r[0]["trail_intact"], false, "{out}");
     // Another manufacturer's root: the device's IDevID is refused.
     let other = t.path().join("other-mfg");
-    let (code, _, err) = drivesec(&[
-        "ca",
-        "init",
-        "--dir",
-        s(&other),
-        "--kind",
-        "manufacturer",
-        "--org",
-        "Other",
-    ]);
+    let (code, _, err) = drivesec(&ca_init(&other, "manufacturer", "Other"));
     assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&inventory)
         .unwrap()

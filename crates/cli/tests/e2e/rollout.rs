@@ -227,8 +227,15 @@ fn a_rollout_killed_mid_wave_resumes_and_updates_each_device_once() {
         vec![1, 1, 1, 1],
         "each device updated exactly once"
     );
-    // Running it again changes nothing.
-    let (code, out, _) = drivesec(&args);
-    assert_eq!(code, 0, "{out}");
+    // Running it again changes nothing; in text mode with its output
+    // piped (no progress bar), it still says so, line by line.
+    let (code, out, err) = drivesec(&args[1..]);
+    assert_eq!(code, 0, "{out}{err}");
     assert_eq!(staged(&lab), vec![1, 1, 1, 1]);
+    assert!(
+        out.contains("resuming campaign rollout-1.1.0-")
+            && out.contains("release 1.1.0, 0 device(s) to go"),
+        "{out}{err}"
+    );
+    assert!(out.contains("finished: 4 updated, 0 failed"), "{out}{err}");
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::{config, counted_in, rss_kib, test_lab};
+use crate::support::{config, counted_in, outcome, rss_kib, test_lab};
 use serde_json::{Value, json};
 
 /// One certificate guesses passwords for a new made-up username on every
@@ -26,7 +26,9 @@ fn guessing_many_usernames_from_one_certificate_is_recorded_aggregated() {
             .unwrap();
         assert_eq!(r.status, 401, "{}", r.body);
     }
-    std::thread::sleep(Duration::from_millis(11_500));
+    lab.wait_for_counted("failed logins", 25, |r| {
+        r.record.action == "auth.login" && outcome(r) == "failure"
+    });
     let failed: Vec<Value> = lab
         .audit_records("auth.login")
         .into_iter()
@@ -124,7 +126,12 @@ fn lockout_after_repeated_failures_and_admin_unlock() {
     // The trail holds the failures, the lockout and the unlock.
     // Failures are recorded aggregated per certificate: the first of a
     // ten-second window on its own, the rest in its summary.
-    std::thread::sleep(Duration::from_millis(11_500));
+    lab.wait_for_counted("failed logins", 5, |r| {
+        r.record.action == "auth.login" && outcome(r) == "failure"
+    });
+    lab.wait_for_counted("lockouts", 1, |r| {
+        r.record.action == "auth.lockout" && outcome(r) == "denied"
+    });
     let t = lab
         .session("auditor")
         .ok("GET", "/api/v1/audit?limit=10000", None)

@@ -7,7 +7,6 @@
 //! on a running drive's directory are refused naming the running daemon's
 //! PID; a lock file a killed daemon left behind blocks nothing.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -177,7 +176,6 @@ fn drivesecd_refuses_a_corrupt_or_inconsistent_state_directory() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.toml"));
     assert_eq!(check(&dev).0, Some(0));
-    let _ = BTreeMap::<u8, u8>::new();
 }
 
 /// Runs `drivesecd --state DIR --config DIR/drivesecd.toml EXTRA...` and

@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::support::fake_device::{BySni, FakeDevice, JsonHandler, certified};
 use crate::support::{
@@ -34,14 +33,9 @@ fn tamper_seals_the_trail_then_crypto_erases() {
     let tamper = dev.tamper.clone().unwrap();
     std::fs::create_dir_all(tamper.parent().unwrap()).unwrap();
     std::fs::write(&tamper, b"").unwrap();
-    let start = Instant::now();
-    while !dev.dir.join("tampered.json").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no tamper response"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the tamper response", || {
+        dev.dir.join("tampered.json").exists()
+    });
     assert!(drivesec_lab::daemons::stop(dev.pid.unwrap()));
     assert!(
         !dev.dir.join("device-secret").exists(),

@@ -8,7 +8,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use drivesec_access::{Permission, Role, SessionSummary, UserInfo};
+use drivesec_access::{AccessError, Permission, Role, SessionSummary, UserInfo};
 use drivesec_api::accounts as api;
 use drivesec_api::sessions as sessions_api;
 use drivesec_audit::Outcome;
@@ -18,8 +18,8 @@ use super::{
     ApiError, Body, Caller, ConnInfo, Device, PathParam, own_password_change, reply,
     session_caller, settings_change,
 };
-use crate::OrPoisoned;
 use crate::device::Recorder;
+use crate::{DeviceError, OrPoisoned};
 
 /// A permission set as listed on the wire: the names, in the set's order.
 fn wire_permissions(set: &BTreeSet<Permission>) -> Vec<String> {
@@ -64,21 +64,20 @@ fn wire_session(s: SessionSummary) -> sessions_api::SessionSummary {
 }
 
 /// An unknown role's refusal (404 `not-found`) names the roles there are,
-/// so that a mistyped one (`operater`) is seen as such.
-fn naming_roles<T>(dev: &Device, role: &str, r: Result<T, ApiError>) -> Result<T, ApiError> {
+/// so that a mistyped one (`operater`) is seen as such. Only the refusal
+/// of `role` itself: an unknown user (also 404 `not-found`) is answered as
+/// it is, naming the user.
+fn naming_roles<T>(dev: &Device, role: &str, r: crate::Result<T>) -> Result<T, ApiError> {
     match r {
-        Err(e) if e.code == "not-found" => {
+        Err(DeviceError::Access(AccessError::UnknownRole(unknown))) if unknown == role => {
             let roles = dev.with_accounts(|a| Ok(a.roles()))?;
-            if roles.iter().any(|r| r.name == role) {
-                return Err(e);
-            }
             let known: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
             Err(ApiError::not_found(format!(
                 "no such role: {role} (the roles are: {})",
                 known.join(", ")
             )))
         }
-        r => r,
+        r => r.map_err(ApiError::from),
     }
 }
 
@@ -255,11 +254,7 @@ pub(crate) async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let c = session_caller(&dev, &headers, &conn)?;
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let token = super::bearer(&headers).unwrap_or_default();
     let rec = dev.reserve("auth.logout")?;
     dev.lock_sessions()?.logout(token);
     rec.record(
@@ -364,8 +359,7 @@ pub(crate) async fn add_user(
             a.check_assign(&who, &perms, &user, &role)?;
             a.add_user_by_admin(&user, &role, &pw, time::OffsetDateTime::now_utc())
         })
-        .await
-        .map_err(ApiError::from);
+        .await;
     let r = naming_roles(&dev, &req.role, r);
     managed(rec, &c, "user.add", &req.username, r)?;
     Ok(reply(api::UserAddedAnswer {
@@ -418,7 +412,7 @@ pub(crate) async fn set_role(
         a.check_assign(&c.username, &c.permissions, &name, &req.role)?;
         a.set_role(&name, &req.role, time::OffsetDateTime::now_utc())
     });
-    let r = naming_roles(&dev, &req.role, r.map_err(ApiError::from));
+    let r = naming_roles(&dev, &req.role, r);
     managed(rec, &c, "user.role.change", &name, r)?;
     // The account's open sessions hold the new role from their next request.
     dev.resync_sessions(&c, "role changed")?;

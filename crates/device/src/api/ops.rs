@@ -12,7 +12,7 @@ use drivesec_api::{audit as wire_audit, drive as wire_drive, security as wire_se
 use drivesec_audit::Outcome;
 use drivesec_audit::reader::{self, Query as AuditQuery};
 use drivesec_drive::{Group, PARAMS};
-use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_fsutil as fsu;
 use drivesec_state::files;
 use serde_json::json;
 
@@ -108,20 +108,10 @@ pub(crate) async fn set_param(
         Group::Motor => Permission::WriteParamsMotor,
     };
     dev.require(&c, perm, "param.write")?;
-    let path = dev.state.read().or_poisoned("state")?.path(files::PARAMS);
     let rec = dev.reserve("param.write")?;
-    let mut params = dev.params.lock().or_poisoned("params")?;
-    let mut next = params.clone();
-    let result = next.set(&name, req.value);
-    let old = params.get(&name);
-    match result {
-        Ok(_) => {
-            let json =
-                serde_json::to_vec_pretty(&next).map_err(|e| ApiError::internal(e.to_string()))?;
-            fsu::write_atomic(&path, &json, Mode::Public)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            *params = next;
-            drop(params);
+    match dev.write_params(&[(name.as_str(), req.value)]) {
+        Ok(before) => {
+            let old = before.get(&name);
             rec.record(
                 Device::event(&c, "param.write", Outcome::Success)
                     .target(name.clone())
@@ -133,19 +123,15 @@ pub(crate) async fn set_param(
                 old,
             }))
         }
-        Err(e) => {
-            drop(params);
+        Err(e @ DeviceError::Refused { .. }) => {
             rec.record(
                 Device::event(&c, "param.write", Outcome::Failure)
                     .target(name.clone())
                     .details(json!({"certificate": c.conn.fingerprint, "role": c.role, "rejected": req.value, "reason": e.to_string()})),
             )?;
-            Err(ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "out-of-range",
-                e.to_string(),
-            ))
+            Err(e.into())
         }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -856,7 +842,7 @@ pub(crate) async fn install_crl(
     let details = match &r {
         Ok(next) => json!({"crls": next.crls.iter().map(|x| json!({
             "issuer": x.issuer, "number": x.number.to_string(),
-            "next_update": x.next_update.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "next_update": crate::posture::rfc3339(x.next_update),
             "revoked": x.revoked.len()})).collect::<Vec<_>>()}),
         Err(e) => json!({"reason": e.message()}),
     };

@@ -1,19 +1,47 @@
-//! The drive's tick thread wired to the device: STO changes recorded, and
-//! the tamper response (seal the trail, destroy every key, serve status
-//! only under a throwaway identity).
+//! The drive's tick thread wired to the device: STO changes recorded, the
+//! drive's parameters written (over the API and Modbus alike), and the
+//! tamper response (seal the trail, destroy every key, serve status only
+//! under a throwaway identity).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use drivesec_access::Sessions;
 use drivesec_audit::{Actor, Event};
-use drivesec_state::StateDir;
+use drivesec_drive::ParamSet;
+use drivesec_fsutil::{self as fsu, Mode};
+use drivesec_state::{StateDir, files};
 
 use super::Device;
 use crate::drive_loop::{DriveEvent, TamperResponse};
-use crate::{DeviceError, OrPoisoned, Result};
+use crate::{DeviceError, OrPoisoned, Refusal, Result};
 
 impl Device {
+    /// Sets the parameters `changes` names, all or none: each value is
+    /// checked first (one out of range is refused, `Unprocessable`
+    /// `out-of-range`, and nothing changes), then the new set is stored
+    /// in `params.json` (crash-safe, through `crate::blocking`: the fsync
+    /// never holds up the network thread's other connections) and only
+    /// then takes effect for the drive. Returns the set as it was. An
+    /// empty `changes` changes and stores nothing.
+    pub(crate) fn write_params(&self, changes: &[(&str, f64)]) -> Result<ParamSet> {
+        let path = self.state.read().or_poisoned("state")?.path(files::PARAMS);
+        let mut params = self.params.lock().or_poisoned("params")?;
+        if changes.is_empty() {
+            return Ok(params.clone());
+        }
+        let mut next = params.clone();
+        for (name, value) in changes {
+            next.set(name, *value).map_err(|e| {
+                DeviceError::refused(Refusal::Unprocessable, "out-of-range", e.to_string())
+            })?;
+        }
+        let json =
+            serde_json::to_vec_pretty(&next).map_err(|e| DeviceError::internal(e.to_string()))?;
+        crate::blocking(|| fsu::write_atomic(&path, &json, Mode::Public))?;
+        Ok(std::mem::replace(&mut *params, next))
+    }
+
     /// Starts the drive on its own thread; STO changes and the tamper
     /// response are recorded from another.
     pub(crate) fn start_drive(self: &Arc<Self>, state_dir: &Path) -> Result<()> {
@@ -108,9 +136,7 @@ impl Device {
         destroyed: std::result::Result<usize, String>,
         speed_rpm: f64,
     ) {
-        let when = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let when = crate::now_rfc3339();
         let _ = self.audit(
             Event::new(Actor::Device, "device.tampered")
                 .outcome(if destroyed.is_ok() {

@@ -60,17 +60,6 @@ fn configure(
     Ok(cfg)
 }
 
-/// Why the forwarder's collector is refused (its certificate failed the
-/// check), for the posture; none when forwarding is off or delivering.
-fn refused(dev: &Device) -> Option<String> {
-    dev.forwarder
-        .lock()
-        .ok()?
-        .as_ref()?
-        .status()
-        .collector_refused
-}
-
 impl Device {
     /// The stored forwarding settings, if any.
     pub(crate) fn forwarding_settings(&self) -> Result<Option<ForwardingSettings>> {
@@ -80,7 +69,12 @@ impl Device {
     /// Why the forwarder's collector is refused (its certificate failed the
     /// check), for the posture; none when forwarding is off or delivering.
     pub(crate) fn forwarding_refused(&self) -> Option<String> {
-        refused(self)
+        self.forwarder
+            .lock()
+            .ok()?
+            .as_ref()?
+            .status()
+            .collector_refused
     }
 
     /// Starts (or restarts) forwarding with the device's current identity,
@@ -99,7 +93,7 @@ impl Device {
             DeviceError::Invalid(format!("collector '{}' is not IP:PORT", s.collector))
         })?;
         let roots = drivesec_pki::read_certs_pem(Path::new("ca_pem"), s.ca_pem.as_bytes())?;
-        let (chain, key, host, fwd_path) = {
+        let (chain, key, host, fwd_path, store) = {
             let st = self.state.read().or_poisoned("state")?;
             let (chain, key): (Vec<_>, KeyHandle) = match (&st.ldevid_chain, &st.file.ldevid_key) {
                 (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -110,9 +104,14 @@ impl Device {
                 .device_name
                 .clone()
                 .unwrap_or_else(|| st.file.serial_number.clone());
-            (chain, key, host, st.path(files::FORWARDING))
+            (
+                chain,
+                key,
+                host,
+                st.path(files::FORWARDING),
+                st.store.clone(),
+            )
         };
-        let store = self.state.read().or_poisoned("state")?.store.clone();
         let cfg = ForwardConfig::new(
             collector,
             s.server_name.clone(),

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use drivesec_access::{Permission, Sessions};
 use drivesec_audit::{Actor, Event};
 use drivesec_drive::ParamSet;
-use drivesec_fsutil as fsu;
+use drivesec_state::StateDir;
 use drivesec_state::journal::failpoint_hold;
-use drivesec_state::{StateDir, files};
 use zeroize::Zeroizing;
 
 use super::{Caller, Device, open_audit};
@@ -110,14 +109,7 @@ impl Device {
         }
         let (cred, dir) = {
             let st = self.state.read().or_poisoned("state")?;
-            let p = st.path(files::PARAMS);
-            let reset = (|| {
-                if p.exists() {
-                    fsu::shred(&p).map_err(|e| DeviceError::internal(e.to_string()))?;
-                }
-                Ok(st.factory_reset()?)
-            })();
-            match reset {
+            match st.factory_reset().map_err(DeviceError::from) {
                 Ok(cred) => (cred, st.dir.clone()),
                 Err(e) => {
                     // The old trail was retired: whatever the reset did,

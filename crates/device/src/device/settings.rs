@@ -56,17 +56,26 @@ impl Device {
             .read()
             .or_poisoned("state")?
             .path(files::ACCESS_POLICY);
+        // Stored first: a policy that cannot be stored is applied nowhere
+        // (not to the accounts either), rather than half.
+        crate::blocking(|| policy.save(&path))?;
         self.with_accounts(|a| a.set_policy(policy.clone()))?;
-        policy.save(&path)?;
         self.lock_sessions()?.set_policy(policy.session.clone());
         self.config.write().or_poisoned("config")?.access = policy;
         Ok(())
     }
 
     /// The security posture of the current configuration.
+    ///
+    /// What it needs of other locks is gathered first, and the state and
+    /// configuration locks are taken last, together, for the assessment
+    /// alone: `forwarding_settings` takes the state lock (read) itself,
+    /// and a second read of a std `RwLock` this thread already holds
+    /// waits behind a writer queued in between (`adopt_state`), which
+    /// waits for the first: a deadlock. (No test forces that interleaving:
+    /// nothing can hold a writer between the two reads from outside, so
+    /// the order here is what prevents it.)
     pub(crate) fn posture(&self) -> Result<posture::Posture> {
-        let st = self.state.read().or_poisoned("state")?;
-        let config = self.config.read().or_poisoned("config")?;
         let forwarding = self.forwarding_settings()?.is_some();
         let users = self
             .accounts
@@ -90,6 +99,8 @@ impl Device {
                 .collect(),
             forwarding_refused: self.forwarding_refused(),
         };
+        let st = self.state.read().or_poisoned("state")?;
+        let config = self.config.read().or_poisoned("config")?;
         Ok(posture::assess(
             &st,
             &config,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use drivesec_api::accounts::{
     NewRoleRequest, NewUserRequest, PasswordResetAnswer, PasswordResetRequest, RoleAddedAnswer,
@@ -13,11 +13,12 @@ use drivesec_api::accounts::{
 use drivesec_api::sessions::{
     MeAnswer, OwnPasswordAnswer, OwnPasswordRequest, SessionListAnswer, SessionTerminatedAnswer,
 };
-use drivesec_client::client::DeviceClient;
+use drivesec_client::client::{DeviceClient, path_name};
+use drivesec_ops::read_secret;
 use zeroize::Zeroizing;
 
 use super::answer::{print, shown, table};
-use super::target::{Target, read_secret};
+use super::target::{Target, logged_in_with};
 use crate::text::safe;
 
 /// `device users`.
@@ -107,19 +108,39 @@ pub(super) fn login(c: &DeviceClient, json: bool) -> Result<()> {
     })
 }
 
-/// The current password (when neither --password-file nor a lab gave it)
-/// and the new one (when --new-password-file did not): read from stdin,
-/// one a line, the current first. Never from a terminal: this build has no
-/// prompt that hides what is typed.
-pub(super) fn passwd_inputs(
-    t: &mut Target,
-    new_password_file: Option<&Path>,
-) -> Result<Zeroizing<String>> {
-    if t.password.is_none() {
-        t.password = Some(stdin_secret("the current password (or --password-file)")?);
+/// `device passwd`: the account (--user, or the lab's) changes its own
+/// password. The current one is --password-file's (or the lab's), the new
+/// one --new-password-file's; one not given is read from stdin, one a
+/// line, the current first, before the device is contacted. Never from a
+/// terminal: this build has no prompt that hides what is typed.
+pub(super) fn passwd(t: &Target, new_password_file: Option<&Path>, json: bool) -> Result<()> {
+    let current = match &t.password {
+        Some(p) => p.clone(),
+        None => stdin_secret("the current password (or --password-file)")?,
+    };
+    let new = new_password(new_password_file)?;
+    let c = logged_in_with(t, &current, true)?;
+    let changed = change_password(&c, &current, &new, json);
+    let _ = c.logout();
+    changed?;
+    if let (Some((lab, holder)), Some(user)) = (&t.lab_account, &t.user)
+        && holder == user
+    {
+        eprintln!(
+            "note: {} still holds the old password of {}: give --password-file with the new \
+             one from now on",
+            safe(&lab.display().to_string()),
+            safe(user)
+        );
     }
-    match new_password_file {
-        Some(f) => read_secret(f),
+    Ok(())
+}
+
+/// The new password of an account: `file`'s (--new-password-file), or
+/// else one line of stdin, which must not be a terminal.
+fn new_password(file: Option<&Path>) -> Result<Zeroizing<String>> {
+    match file {
+        Some(f) => Ok(read_secret(f)?),
         None => stdin_secret("the new password (or --new-password-file)"),
     }
 }
@@ -144,12 +165,8 @@ fn stdin_secret(what: &str) -> Result<Zeroizing<String>> {
     Ok(pw)
 }
 
-/// `device passwd`: the logged-in account changes its own password.
-pub(super) fn change_password(c: &DeviceClient, t: &Target, new: &str, json: bool) -> Result<()> {
-    let old = t
-        .password
-        .as_ref()
-        .ok_or_else(|| anyhow!("give --password-file (the current password)"))?;
+/// The logged-in account changes its own password from `old` to `new`.
+fn change_password(c: &DeviceClient, old: &str, new: &str, json: bool) -> Result<()> {
     let mut body = OwnPasswordRequest {
         old_password: old.to_string(),
         new_password: new.to_string(),
@@ -212,7 +229,7 @@ pub(super) fn users(c: &DeviceClient, u: &UsersCommand, json: bool) -> Result<()
             role,
             new_password_file,
         } => {
-            let pw = read_secret(new_password_file)?;
+            let pw = new_password(Some(new_password_file))?;
             let mut body = NewUserRequest {
                 username: username.clone(),
                 role: role.clone(),
@@ -235,7 +252,10 @@ pub(super) fn users(c: &DeviceClient, u: &UsersCommand, json: bool) -> Result<()
         }
         UsersCommand::Remove { username } => print(
             json,
-            &c.request::<UserRemovedAnswer>("DELETE", &format!("/api/v1/users/{username}"))?,
+            &c.request::<UserRemovedAnswer>(
+                "DELETE",
+                &format!("/api/v1/users/{}", path_name("account", username)?),
+            )?,
             |v| {
                 println!(
                     "removed {}; {} session(s) ended",
@@ -248,30 +268,30 @@ pub(super) fn users(c: &DeviceClient, u: &UsersCommand, json: bool) -> Result<()
             json,
             &c.send::<_, RoleSetAnswer>(
                 "PUT",
-                &format!("/api/v1/users/{username}/role"),
+                &format!("/api/v1/users/{}/role", path_name("account", username)?),
                 &SetRoleRequest { role: role.clone() },
             )?,
             |v| println!("{} now has role {}", safe(&v.username), safe(&v.role)),
         ),
         UsersCommand::Unlock { username } => print(
             json,
-            &c.request::<UserUnlockedAnswer>("POST", &format!("/api/v1/users/{username}/unlock"))?,
+            &c.request::<UserUnlockedAnswer>(
+                "POST",
+                &format!("/api/v1/users/{}/unlock", path_name("account", username)?),
+            )?,
             |v| println!("unlocked {}", safe(&v.unlocked)),
         ),
         UsersCommand::SetPassword {
             username,
             new_password_file,
         } => {
-            let pw = match new_password_file {
-                Some(f) => read_secret(f)?,
-                None => stdin_secret("the new password (or --new-password-file)")?,
-            };
+            let pw = new_password(new_password_file.as_deref())?;
             let mut body = PasswordResetRequest {
                 password: pw.to_string(),
             };
             let sent = c.send::<_, PasswordResetAnswer>(
                 "POST",
-                &format!("/api/v1/users/{username}/password"),
+                &format!("/api/v1/users/{}/password", path_name("account", username)?),
                 &body,
             );
             zeroize::Zeroize::zeroize(&mut body.password);
@@ -325,7 +345,10 @@ pub(super) fn roles(c: &DeviceClient, r: &RolesCommand, json: bool) -> Result<()
         ),
         RolesCommand::Remove { role_name: name } => print(
             json,
-            &c.request::<RoleRemovedAnswer>("DELETE", &format!("/api/v1/roles/{name}"))?,
+            &c.request::<RoleRemovedAnswer>(
+                "DELETE",
+                &format!("/api/v1/roles/{}", path_name("role", name)?),
+            )?,
             |v| println!("removed role {}", safe(&v.removed)),
         ),
     }
@@ -367,7 +390,10 @@ pub(super) fn sessions(c: &DeviceClient, s: &SessionsCommand, json: bool) -> Res
         ),
         SessionsCommand::Terminate { handle } => print(
             json,
-            &c.request::<SessionTerminatedAnswer>("DELETE", &format!("/api/v1/sessions/{handle}"))?,
+            &c.request::<SessionTerminatedAnswer>(
+                "DELETE",
+                &format!("/api/v1/sessions/{}", path_name("session handle", handle)?),
+            )?,
             |v| println!("terminated {} ({})", safe(&v.terminated), safe(&v.username)),
         ),
     }

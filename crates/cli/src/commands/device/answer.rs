@@ -7,6 +7,7 @@ use drivesec_client::client::wire_name;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::output::print_json;
 use crate::text::safe;
 
 /// Any part of a device answer as its JSON text, safe to print (serde_json
@@ -32,10 +33,7 @@ pub(super) fn as_json<T: Serialize + ?Sized>(v: &T) -> Value {
 /// alphabetical order, as the device writes them), else `text(v)`.
 pub(super) fn print<T: Serialize + ?Sized>(json: bool, v: &T, text: impl FnOnce(&T)) -> Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::to_value(v)?)?
-        );
+        print_json(&serde_json::to_value(v)?)?;
     } else {
         text(v);
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use clap::Subcommand;
 use drivesec_api::audit::{AuditRecordsAnswer, ForwardingSetAnswer, ForwardingSettings};
-use drivesec_client::client::DeviceClient;
+use drivesec_client::client::{DeviceClient, path_name};
 use drivesec_fsutil::{self as fsu, Mode};
 
 use super::answer::{named, print, shown};
@@ -60,7 +60,7 @@ pub(super) fn run(c: &DeviceClient, au: &DeviceAuditCommand, json: bool) -> Resu
                 q.push_str(&format!("&from={f}"));
             }
             if let Some(ac) = action {
-                q.push_str(&format!("&action={ac}"));
+                q.push_str(&format!("&action={}", path_name("audit action", ac)?));
             }
             print(json, &c.get::<AuditRecordsAnswer>(&q)?, |v| {
                 for r in &v.records {

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use drivesec_client::client::Revocation;
+use drivesec_ops::read_secret;
 
 use super::answer::print;
-use super::target::{Target, read_secret};
+use super::target::Target;
 use crate::output::warn;
 use crate::text::safe;
 

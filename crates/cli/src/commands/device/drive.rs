@@ -7,7 +7,7 @@ use drivesec_api::drive::{
     DriveCommand as Command, DriveControlAnswer, DriveControlRequest, DriveStatus,
     ParamWriteAnswer, ParamWriteRequest, ParamsAnswer,
 };
-use drivesec_client::client::DeviceClient;
+use drivesec_client::client::{DeviceClient, path_name};
 
 use super::answer::{named, print, shown};
 use crate::text::safe;
@@ -96,7 +96,7 @@ pub(super) fn params(c: &DeviceClient, p: &ParamsCommand, json: bool) -> Result<
             json,
             &c.send::<_, ParamWriteAnswer>(
                 "PUT",
-                &format!("/api/v1/params/{name}"),
+                &format!("/api/v1/params/{}", path_name("parameter", name)?),
                 &ParamWriteRequest { value: *value },
             )?,
             |v| {

@@ -14,6 +14,7 @@ use drivesec_fsutil as fsu;
 
 use super::answer::{print, shown};
 use super::target::{Target, revocation};
+use crate::output::print_json;
 use crate::text::safe;
 
 /// `device firmware`.
@@ -163,7 +164,7 @@ pub(super) fn attest(c: &DeviceClient, t: &Target, a: &AttestArgs, json: bool) -
     )?;
     if report.matches_approved == Some(false) {
         if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            print_json(&report)?;
         }
         bail!(
             "device {} runs {} (root {}), not the approved release",

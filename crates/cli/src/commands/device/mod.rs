@@ -118,34 +118,26 @@ pub enum DeviceCommand {
 
 /// Runs one `drivesec device` command.
 pub fn run(a: DeviceArgs, json: bool) -> Result<()> {
-    let mut t = target(&a.connection)?;
-    if let DeviceCommand::Commission(c) = &a.command {
-        return commission::run(&t, a.connection.serial.clone(), c, json);
+    let t = target(&a.connection)?;
+    match &a.command {
+        DeviceCommand::Commission(c) => {
+            return commission::run(&t, a.connection.serial.clone(), c, json);
+        }
+        DeviceCommand::Passwd { new_password_file } => {
+            return accounts::passwd(&t, new_password_file.as_deref(), json);
+        }
+        _ => {}
     }
-    let new_password = match &a.command {
-        DeviceCommand::Passwd { new_password_file } => Some(accounts::passwd_inputs(
-            &mut t,
-            new_password_file.as_deref(),
-        )?),
-        _ => None,
-    };
     let c = match &a.command {
         DeviceCommand::Info => owned(&t)?,
         _ => logged_in(&t)?,
     };
     let result = match &a.command {
-        DeviceCommand::Commission(_) => unreachable!("handled above"),
+        DeviceCommand::Commission(_) | DeviceCommand::Passwd { .. } => {
+            unreachable!("handled above")
+        }
         DeviceCommand::Info => info(&c, json),
         DeviceCommand::Login => accounts::login(&c, json),
-        DeviceCommand::Passwd { .. } => accounts::change_password(
-            &c,
-            &t,
-            new_password
-                .as_deref()
-                .map(String::as_str)
-                .unwrap_or_default(),
-            json,
-        ),
         DeviceCommand::Users(u) => accounts::users(&c, u, json),
         DeviceCommand::Roles(r) => accounts::roles(&c, r, json),
         DeviceCommand::Sessions(s) => accounts::sessions(&c, s, json),

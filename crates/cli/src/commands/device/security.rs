@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::answer::{named, print};
 use super::target::Target;
+use crate::dirs::check_writable_file;
 use crate::text::safe;
 
 /// `device posture`: SL-A per FR, with the reasons.
@@ -36,21 +37,20 @@ pub(super) fn provision(
     json: bool,
 ) -> Result<()> {
     let p = read_profile(profile)?;
-    let new: Vec<String> = {
-        let (_, cur) = drivesec_ops::provision::current(c)?;
-        p.accounts
-            .iter()
-            .filter(|a| !cur.accounts.iter().any(|b| b.username == a.username))
-            .map(|a| a.username.clone())
-            .collect()
-    };
-    if !new.is_empty() && passwords_out.is_none() {
-        bail!(
-            "the profile creates account(s) {}: give --passwords-out FILE for their initial passwords",
-            new.join(", ")
-        );
+    let (_, cur) = drivesec_ops::provision::current(c)?;
+    let new = drivesec_ops::provision::new_accounts(&p, &cur);
+    // The initial passwords are shown nowhere else: where they go must be
+    // writable before any account exists.
+    if !new.is_empty() {
+        match passwords_out {
+            None => bail!(
+                "the profile creates account(s) {}: give --passwords-out FILE for their initial passwords",
+                new.join(", ")
+            ),
+            Some(out) => check_writable_file("--passwords-out", out)?,
+        }
     }
-    let r = drivesec_ops::provision::apply(c, &p)?;
+    let r = drivesec_ops::provision::apply_over(c, &p, &cur)?;
     if let Some(out) = passwords_out
         && !r.initial_passwords.is_empty()
     {

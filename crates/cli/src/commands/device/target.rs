@@ -2,16 +2,17 @@
 //! `drivesec device` (or a lab's), the owner's trust and CRL, the client
 //! certificate and the account.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use drivesec_client::client::{ClientIdentity, DeviceClient, DeviceTrust, Revocation, Versions};
-use drivesec_fsutil as fsu;
 use drivesec_lab::LabManifest;
+use drivesec_ops::read_secret;
 
 use clap::Args;
 
 use crate::output::warn;
+use crate::text::safe;
 
 /// How to reach the device and who to be to it: `drivesec device`'s
 /// options, given before or after the command.
@@ -83,14 +84,9 @@ pub(super) struct Target {
     pub(super) identity: ClientIdentity,
     pub(super) user: Option<String>,
     pub(super) password: Option<zeroize::Zeroizing<String>>,
-}
-
-/// A password or credential file's text, without its line end.
-pub(super) fn read_secret(path: &Path) -> Result<zeroize::Zeroizing<String>> {
-    let s = fsu::read_to_string(path)?;
-    Ok(zeroize::Zeroizing::new(
-        s.trim_end_matches(['\n', '\r']).to_string(),
-    ))
+    /// With --lab: lab.json, and the account it holds the password of
+    /// (the one `--as` names), which `device passwd` leaves stale there.
+    pub(super) lab_account: Option<(PathBuf, String)>,
 }
 
 /// The device and the tool's identity from the flags, or from a lab.
@@ -98,32 +94,32 @@ pub(super) fn target(a: &Connection) -> Result<Target> {
     if let Some(lab_dir) = &a.lab {
         let m = LabManifest::load(lab_dir)?;
         let d = match &a.device {
-            Some(n) => m
-                .devices
-                .iter()
-                .find(|d| &d.name == n)
-                .ok_or_else(|| anyhow!("no device '{n}' in the lab"))?,
+            Some(n) => m.devices.iter().find(|d| &d.name == n).ok_or_else(|| {
+                anyhow!(
+                    "no device '{n}' in the lab; its devices: {}",
+                    names(m.devices.iter().map(|d| d.name.as_str()))
+                )
+            })?,
             None => m
                 .devices
                 .first()
                 .ok_or_else(|| anyhow!("the lab has no devices"))?,
         };
-        let api = d
-            .api
-            .as_ref()
-            .ok_or_else(|| anyhow!("{} is not running (lab up without --no-daemons)", d.name))?;
+        let addr = m.api_addr(d)?;
         let role = a.as_role.clone().unwrap_or_else(|| "security-admin".into());
-        let files = m
-            .clients
-            .get(&role)
-            .ok_or_else(|| anyhow!("no client certificate for role '{role}'"))?;
+        let files = m.clients.get(&role).ok_or_else(|| {
+            anyhow!(
+                "no client certificate for role '{role}' in the lab; its roles: {}",
+                names(m.clients.keys().map(String::as_str))
+            )
+        })?;
         let creds = if a.as_role.is_none() {
             m.admin.clone()
         } else {
             m.users.get(&role).cloned()
         };
         return Ok(Target {
-            addr: api.trim_start_matches("https://").parse()?,
+            addr,
             name: d.device_name.clone(),
             ca: Some(m.oem_ca.clone()),
             crl: Some(a.crl.clone().unwrap_or_else(|| m.crl.clone())),
@@ -135,6 +131,9 @@ pub(super) fn target(a: &Connection) -> Result<Target> {
                 .user
                 .clone()
                 .or(creds.as_ref().map(|c| c.username.clone())),
+            lab_account: creds
+                .as_ref()
+                .map(|c| (lab_dir.join("lab.json"), c.username.clone())),
             password: match &a.password_file {
                 Some(p) => Some(read_secret(p)?),
                 None => creds.map(|c| zeroize::Zeroizing::new(c.password)),
@@ -169,7 +168,18 @@ pub(super) fn target(a: &Connection) -> Result<Target> {
         identity: ClientIdentity::from_files(cert, key)?,
         user: a.user.clone(),
         password: a.password_file.as_deref().map(read_secret).transpose()?,
+        lab_account: None,
     })
+}
+
+/// Names for a message: `a, b, c` (escaped), or `none`.
+fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let all: Vec<&str> = names.collect();
+    if all.is_empty() {
+        "none".into()
+    } else {
+        safe(&all.join(", ")).into_owned()
+    }
 }
 
 /// A client for the commissioned device `t` names (not logged in).
@@ -211,17 +221,32 @@ pub(super) fn revocation(t: &Target) -> Result<(Revocation, Vec<String>)> {
     Ok((r, w))
 }
 
-/// [`owned`], logged in with the target's account.
+/// [`owned`], logged in with the target's account and password.
 pub(super) fn logged_in(t: &Target) -> Result<DeviceClient> {
+    let pw = t
+        .password
+        .as_ref()
+        .ok_or_else(|| anyhow!("give --password-file"))?;
+    logged_in_with(t, pw, false)
+}
+
+/// [`owned`], logged in with the target's account and `password`. An
+/// account that must change its password first (an administrator set it)
+/// can do nothing else: a hint on stderr says how, unless `changing` it
+/// (`device passwd`).
+pub(super) fn logged_in_with(t: &Target, password: &str, changing: bool) -> Result<DeviceClient> {
     let mut c = owned(t)?;
     let user = t
         .user
         .as_ref()
         .ok_or_else(|| anyhow!("give --user and --password-file"))?;
-    let pw = t
-        .password
-        .as_ref()
-        .ok_or_else(|| anyhow!("give --password-file"))?;
-    c.login(user, pw)?;
+    let login = c.login(user, password)?;
+    if login.must_change_password && !changing {
+        warn(&[format!(
+            "the account {user} must change its password before it can do anything else: \
+             run drivesec device passwd (with the same connection options; the new password \
+             from --new-password-file FILE or stdin)"
+        )]);
+    }
     Ok(c)
 }

@@ -10,7 +10,7 @@ use drivesec_lab::LabManifest;
 use drivesec_lab::up::LabOptions;
 use drivesec_state::config::DeviceConfig;
 
-use super::pki::issue_client_files;
+use super::pki::issue_client_identity;
 
 pub struct TestLab {
     pub _tmp: tempfile::TempDir,
@@ -180,8 +180,8 @@ impl TestLab {
     pub fn client_with_new_certificate(&self, role: &str) -> DeviceClient {
         let d = tempfile::tempdir().unwrap();
         let mut oem = drivesec_pki::Ca::open(&self.m.oem_ca_dir).unwrap();
-        let (cert, key, _) = issue_client_files(&mut oem, d.path(), Some(role), None);
-        self.client_with(&ClientIdentity::from_files(&cert, &key).unwrap())
+        let (id, _) = issue_client_identity(&mut oem, d.path(), Some(role), None);
+        self.client_with(&id)
     }
 
     /// The lab's other security administrator (the `security-admin` role's
@@ -262,6 +262,40 @@ impl TestLab {
         };
         let r = self.session("auditor").ok("GET", &query, None).unwrap();
         r["records"].as_array().unwrap().clone()
+    }
+
+    /// Waits until the first device's trail counts at least `events` events
+    /// (`drivesec_audit::events_counted`) in the records `pick` selects.
+    /// What an attacker repeats is recorded aggregated (docs/audit.md,
+    /// "Floods"): all but the first event of a ten-second window are
+    /// counted only in the summary written once the window closes, so a
+    /// test of a flood waits for that summary here (up to 30 s) before it
+    /// reads the trail. The trail is read on disk, so waiting records
+    /// nothing (no logins, no audit reads).
+    pub fn wait_for_counted(
+        &self,
+        what: &str,
+        events: u64,
+        pick: impl Fn(&drivesec_audit::reader::StoredRecord) -> bool,
+    ) {
+        let trail = self.device_dir().join("audit");
+        let q = drivesec_audit::reader::Query::default();
+        drivesec_testkit::wait_until_every(
+            &format!("the trail to count {events} {what}"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                // A record being appended may not read yet: try again.
+                drivesec_audit::reader::read(&trail, &q, usize::MAX).is_ok_and(|recs| {
+                    let counted: u64 = recs
+                        .iter()
+                        .filter(|r| pick(r))
+                        .map(|r| drivesec_audit::events_counted(&r.record.details))
+                        .sum();
+                    counted >= events
+                })
+            },
+        );
     }
 
     /// Verifies the trail in `trail` (a device's `audit/`, or a kept one)

@@ -134,6 +134,17 @@ pub fn issue_client_files(
     (c, k, issued.serial)
 }
 
+/// [`issue_client_files`] as a client identity, with the serial.
+pub fn issue_client_identity(
+    ca: &mut drivesec_pki::Ca,
+    dir: &Path,
+    role: Option<&str>,
+    validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+) -> (ClientIdentity, String) {
+    let (c, k, serial) = issue_client_files(ca, dir, role, validity);
+    (ClientIdentity::from_files(&c, &k).unwrap(), serial)
+}
+
 /// A self-signed client certificate and its key, written into `dir`.
 pub fn self_signed_identity(dir: &Path, name: &str) -> ClientIdentity {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();

@@ -62,6 +62,13 @@ pub fn fails(args: &[&str]) -> String {
     o.stderr
 }
 
+/// `ca init` of a CA of `kind` (`manufacturer`, `oem`) for the
+/// organisation `org` in `dir`: arguments for `drivesec` (global options
+/// such as `--json` go before them, `ca init` options after).
+pub fn ca_init<'a>(dir: &'a Path, kind: &'a str, org: &'a str) -> Vec<&'a str> {
+    vec!["ca", "init", "--dir", s(dir), "--kind", kind, "--org", org]
+}
+
 /// A path as a command-line argument.
 pub fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
